@@ -1,0 +1,32 @@
+# Thin wrapper over CMake. `make` builds; `make demo`, `make check`, `make bench` as in the README.
+BUILD ?= build
+BUILD_ASAN ?= build-asan
+JOBS ?= $(shell nproc)
+CMAKE_FLAGS ?=
+
+.PHONY: all deps configure demo check test test-asan test-validation bench clean
+
+all: configure
+	cmake --build $(BUILD) -j$(JOBS)
+
+deps:
+	@bash scripts/deps.sh
+
+configure:
+	@test -f $(BUILD)/CMakeCache.txt || cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo $(CMAKE_FLAGS)
+
+demo: deps all
+	@bash scripts/demo.sh $(BUILD)
+
+# The whole suite: normal build, then with the Khronos validation layer, then under ASan + UBSan.
+check: deps all
+	@bash scripts/check.sh $(BUILD) $(BUILD_ASAN) $(JOBS)
+
+test: all
+	@bash scripts/check.sh --plain-only $(BUILD) $(BUILD_ASAN) $(JOBS)
+
+bench: deps all
+	$(BUILD)/bin/lathe-bench
+
+clean:
+	rm -rf $(BUILD) $(BUILD_ASAN)

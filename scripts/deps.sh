@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Installs the Debian 12 packages Lathe needs to build, test and benchmark.
+# As root it runs apt-get for whatever is missing; otherwise it prints the line to run.
+set -euo pipefail
+
+pkgs=(
+  build-essential cmake pkg-config
+  libvulkan-dev mesa-vulkan-drivers vulkan-validationlayers vulkan-tools
+  glslc libshaderc-dev glslang-dev spirv-tools
+  libzmq3-dev libmsgpack-dev libsqlite3-dev libcriterion-dev
+  libjansson-dev libpcre2-dev libopenblas-dev
+)
+# Extra packages for tools/ (fixture generation): opt in with LATHE_TOOLS_DEPS=1.
+if [ "${LATHE_TOOLS_DEPS:-0}" = 1 ]; then pkgs+=(python3-numpy python3-torch); fi
+
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+
+line="apt-get install -y --no-install-recommends ${missing[*]}"
+if [ "$(id -u)" -ne 0 ]; then
+  echo "lathe: missing Debian packages; run as root:" >&2
+  echo "  apt-get update && $line" >&2
+  exit 1
+fi
+echo "lathe: installing ${missing[*]}" >&2
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends "${missing[@]}"

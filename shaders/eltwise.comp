@@ -1,0 +1,32 @@
+#version 450
+// Elementwise ops: y[i] = f(a[i], b[i % nb]).
+#define PC_ELTWISE 1
+#include "pc.h"
+#include "common.glsl"
+
+layout(std430, binding = 0) writeonly buffer Y { float y[]; };
+layout(std430, binding = 1) readonly buffer A { float a[]; };
+layout(std430, binding = 2) readonly buffer B { float b[]; };
+
+float silu(float v) { return v / (1.0 + exp(-v)); }
+
+void main() {
+  uint i = flat_index();
+  if (i >= pc.n) return;
+  float v = a[i];
+  switch (pc.op) {
+  case ELT_ADD: v = v + b[i % pc.nb]; break;
+  case ELT_MUL: v = v * b[i % pc.nb]; break;
+  case ELT_SCALE: v = v * pc.scale; break;
+  case ELT_SILU: v = silu(v); break;
+  case ELT_GELU: {
+    // tanh(u) written through exp so large |u| saturates instead of producing inf/inf.
+    float u = 0.7978845608028654 * (v + 0.044715 * v * v * v);
+    float t = 1.0 - 2.0 / (exp(2.0 * u) + 1.0);
+    v = 0.5 * v * (1.0 + t);
+    break;
+  }
+  case ELT_SWIGLU: v = silu(v) * b[i % pc.nb]; break;
+  }
+  y[i] = v;
+}

@@ -1,0 +1,104 @@
+/* Push-constant structs, written once and compiled both as C (engine/ops*.c) and as GLSL (shaders/).
+ * A shader selects its struct by defining PC_<NAME> before including this file; C sees them all.
+ * Only 4-byte scalar fields: the C and std430 push-constant layouts then agree without padding rules.
+ * Every struct stays at most 128 bytes (the minimum maxPushConstantsSize). */
+#ifndef LATHE_PC_H
+#define LATHE_PC_H
+
+#ifdef LATHE_GLSL
+#define PC_BEGIN(name) layout(push_constant) uniform name##_block {
+#define PC_END(name) } pc;
+#else
+#include <stdint.h>
+typedef uint32_t uint;
+#define PC_BEGIN(name) typedef struct name {
+#define PC_END(name) } name##_t;
+#endif
+
+/* Elementwise ops: y[i] = f(a[i], b[i % nb]) for i < n. */
+#if !defined(LATHE_GLSL) || defined(PC_ELTWISE)
+PC_BEGIN(pc_eltwise)
+  uint n;      /* elements of y and a */
+  uint nb;     /* elements of b (broadcast by modulo); 0 when unused */
+  uint op;     /* ELT_* */
+  float scale; /* for ELT_SCALE */
+PC_END(pc_eltwise)
+#endif
+#define ELT_ADD 0u
+#define ELT_MUL 1u
+#define ELT_SCALE 2u
+#define ELT_SILU 3u
+#define ELT_GELU 4u
+#define ELT_SWIGLU 5u
+
+/* Row-wise normalisation: RMSNorm (has_bias 0, mean 0) and LayerNorm. */
+#if !defined(LATHE_GLSL) || defined(PC_NORM)
+PC_BEGIN(pc_norm)
+  uint rows, n;
+  float eps;
+  uint layernorm; /* 1: subtract the mean and add the bias */
+  uint row_base;
+PC_END(pc_norm)
+#endif
+
+/* Row-wise reductions: softmax, argmax, log-sum-exp / cross-entropy, cosine, top-k. */
+#if !defined(LATHE_GLSL) || defined(PC_ROWS)
+PC_BEGIN(pc_rows)
+  uint rows, n;
+  uint k;        /* top-k: how many */
+  uint row_base;
+  uint has_target; /* cross-entropy: targets bound */
+PC_END(pc_rows)
+#endif
+
+/* Matrix multiply y[M,N] = x[M,K] . w[N,K]^T (+ y when accumulate). */
+#if !defined(LATHE_GLSL) || defined(PC_MATMUL)
+PC_BEGIN(pc_matmul)
+  uint M, N, K;
+  uint k_base, k_len; /* this dispatch covers columns [k_base, k_base + k_len) of K */
+  uint accumulate;    /* 1: add to y instead of overwriting */
+  uint x_stride, w_stride, y_stride; /* row strides in elements */
+PC_END(pc_matmul)
+#endif
+
+/* RoPE applied in place to x[rows, n_heads, head_dim]. */
+#if !defined(LATHE_GLSL) || defined(PC_ROPE)
+PC_BEGIN(pc_rope)
+  uint rows, n_heads, head_dim, rot_dim;
+  uint neox;    /* 1: rotate-half pairs (i, i + rot/2) as Hugging Face; 0: interleaved pairs (2i, 2i + 1) as GGUF */
+  uint max_pos; /* rows of the cos/sin table */
+PC_END(pc_rope)
+#endif
+
+/* Embedding gather: y[r] = table[ids[r] - row_lo] for ids in [row_lo, row_hi). */
+#if !defined(LATHE_GLSL) || defined(PC_EMBED)
+PC_BEGIN(pc_embed)
+  uint n_ids, dim, row_lo, row_hi;
+PC_END(pc_embed)
+#endif
+
+/* Causal attention over a KV cache with grouped KV heads. */
+#if !defined(LATHE_GLSL) || defined(PC_ATTN)
+PC_BEGIN(pc_attn)
+  uint n_q;        /* query rows (tokens) */
+  uint n_heads, n_kv_heads, head_dim;
+  uint q_pos0;     /* position of the first query row; query t sees keys [0, q_pos0 + t] */
+  uint kv_len;     /* keys present in the cache */
+  uint kv_stride;  /* elements between consecutive positions in the cache (n_kv_heads * head_dim) */
+  float scale;     /* usually 1/sqrt(head_dim) */
+  uint split_base, split_len; /* this dispatch covers keys [split_base, split_base + split_len) */
+  uint n_splits;
+PC_END(pc_attn)
+#endif
+
+/* x += scale * z, z standard normal from Philox-4x32-10 keyed by a 64-bit seed. */
+#if !defined(LATHE_GLSL) || defined(PC_PERTURB)
+PC_BEGIN(pc_perturb)
+  uint n;
+  uint seed_lo, seed_hi;
+  uint tensor_id;
+  float scale;
+PC_END(pc_perturb)
+#endif
+
+#endif
