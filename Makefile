@@ -26,7 +26,7 @@ test: all
 	@bash scripts/check.sh --plain-only $(BUILD) $(BUILD_ASAN) $(JOBS)
 
 bench: deps all
-	$(BUILD)/bin/lathe-bench
+	@bash scripts/bench.sh $(BUILD)
 
 clean:
 	rm -rf $(BUILD) $(BUILD_ASAN)

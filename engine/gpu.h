@@ -140,6 +140,10 @@ lt_status_t gpu_cmd_dispatch(gpu_cmd_t *c, gpu_pipeline_t *p, const gpu_bind_t *
 lt_status_t gpu_cmd_copy(gpu_cmd_t *c, gpu_buf_t *src, uint64_t src_off, gpu_buf_t *dst, uint64_t dst_off,
                          uint64_t n, lt_err_t *err);
 
+/* Returns a device buffer of at least `bytes` that lives until the recorder is finished or aborted (for
+ * intermediate results such as split-reduction partials). Owned by the recorder. NULL with err on failure. */
+gpu_buf_t *gpu_cmd_scratch(gpu_cmd_t *c, uint64_t bytes, lt_err_t *err);
+
 /* Submits what is left, waits for the device, frees the recorder and sets *c to NULL.
  * Returns LT_E_DEVICE_LOST, LT_E_DEVICE_OOM, ... from the submission that hit them. */
 lt_status_t gpu_cmd_finish(gpu_cmd_t **c, lt_err_t *err);

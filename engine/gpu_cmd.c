@@ -6,6 +6,7 @@
 
 #define MAX_BINDS 16
 #define MAX_TRACK 256
+#define MAX_SCRATCH 64
 
 /* A command buffer in flight, with the descriptor pool its dispatches used. */
 typedef struct chunk {
@@ -27,6 +28,8 @@ struct gpu_cmd {
   uint32_t in_chunk;   /* dispatches recorded into cur */
   track_t writes[MAX_TRACK], reads[MAX_TRACK]; /* since the last barrier */
   uint32_t n_writes, n_reads;
+  gpu_buf_t *scratch[MAX_SCRATCH];
+  uint32_t n_scratch;
 };
 
 static lt_status_t chunk_new(gpu_cmd_t *c, lt_err_t *err) {
@@ -242,10 +245,26 @@ lt_status_t gpu_cmd_copy(gpu_cmd_t *c, gpu_buf_t *src, uint64_t src_off, gpu_buf
   return LT_OK;
 }
 
+gpu_buf_t *gpu_cmd_scratch(gpu_cmd_t *c, uint64_t bytes, lt_err_t *err) {
+  if (c->n_scratch == MAX_SCRATCH) {
+    lt_fail(err, LT_E_LIMIT, "more than %d scratch buffers in one recording", MAX_SCRATCH);
+    return NULL;
+  }
+  gpu_buf_t *b = gpu_buf_new(c->g, bytes, err);
+  if (b) c->scratch[c->n_scratch++] = b;
+  return b;
+}
+
+static void free_scratch(gpu_cmd_t *c) {
+  for (uint32_t i = 0; i < c->n_scratch; i++) gpu_buf_destroy(&c->scratch[i]);
+  c->n_scratch = 0;
+}
+
 lt_status_t gpu_cmd_finish(gpu_cmd_t **cp, lt_err_t *err) {
   gpu_cmd_t *c = *cp;
   lt_status_t st = chunk_submit(c, err);
   lt_status_t st2 = wait_all(c, st == LT_OK ? err : NULL);
+  free_scratch(c);
   free(c);
   *cp = NULL;
   return st != LT_OK ? st : st2;
@@ -259,6 +278,7 @@ void gpu_cmd_abort(gpu_cmd_t **cp) {
     chunk_free(c->g, c->cur);
   }
   wait_all(c, NULL);
+  free_scratch(c);
   free(c);
   *cp = NULL;
 }

@@ -63,4 +63,80 @@ lt_status_t op_gelu(gpu_cmd_t *c, gpu_view_t y, gpu_view_t a, uint32_t n, lt_err
 /* y[i] = silu(gate[i]) * up[i] (f32). */
 lt_status_t op_swiglu(gpu_cmd_t *c, gpu_view_t y, gpu_view_t gate, gpu_view_t up, uint32_t n, lt_err_t *err);
 
+/* ---- matrix multiply (engine/ops_matmul.c) ---- */
+
+typedef enum matmul_path { MATMUL_AUTO = 0, MATMUL_GEMM, MATMUL_GEMV } matmul_path_t;
+
+/* y[M,N] = x[M,K] . w[N,K]^T, or y += that when accumulate. x and y are f32 row-major; w is f32 or f16 row-major
+ * [N,K] (the Hugging Face Linear layout). Uses a GEMV kernel for few rows and a tiled GEMM kernel otherwise;
+ * long K is split over several dispatches so no invocation loops too long. */
+lt_status_t op_matmul(gpu_cmd_t *c, gpu_view_t y, gpu_view_t x, gpu_view_t w, lt_dtype_t wtype, uint32_t M,
+                      uint32_t N, uint32_t K, bool accumulate, lt_err_t *err);
+/* As op_matmul with the kernel forced (tests and benchmarks). */
+lt_status_t op_matmul_path(gpu_cmd_t *c, gpu_view_t y, gpu_view_t x, gpu_view_t w, lt_dtype_t wtype, uint32_t M,
+                           uint32_t N, uint32_t K, bool accumulate, matmul_path_t path, lt_err_t *err);
+
+/* ---- row-wise ops (engine/ops_rows.c); rows are contiguous, n elements each, f32 ---- */
+
+/* y[r,:] = x[r,:] / sqrt(mean(x[r,:]^2) + eps) * w[:]. y may alias x. */
+lt_status_t op_rmsnorm(gpu_cmd_t *c, gpu_view_t y, gpu_view_t x, gpu_view_t w, uint32_t rows, uint32_t n, float eps,
+                       lt_err_t *err);
+/* y[r,:] = (x[r,:] - mean) / sqrt(var + eps) * w[:] + b[:]. y may alias x. */
+lt_status_t op_layernorm(gpu_cmd_t *c, gpu_view_t y, gpu_view_t x, gpu_view_t w, gpu_view_t b, uint32_t rows,
+                         uint32_t n, float eps, lt_err_t *err);
+/* y[r,:] = softmax(x[r,:]); rows may be 150,000+ wide. y may alias x. */
+lt_status_t op_softmax(gpu_cmd_t *c, gpu_view_t y, gpu_view_t x, uint32_t rows, uint32_t n, lt_err_t *err);
+/* idx[r] = index of the largest x[r,:] (u32; the lowest index wins ties). */
+lt_status_t op_argmax(gpu_cmd_t *c, gpu_view_t idx, gpu_view_t x, uint32_t rows, uint32_t n, lt_err_t *err);
+/* idx[r,:k], val[r,:k] = the k largest x[r,:] in descending order (u32 indices; lower index first on ties);
+ * 1 <= k <= 32 (MoE routing). */
+lt_status_t op_topk(gpu_cmd_t *c, gpu_view_t idx, gpu_view_t val, gpu_view_t x, uint32_t rows, uint32_t n,
+                    uint32_t k, lt_err_t *err);
+/* lse[r] = log(sum(exp(x[r,:]))); when targets (i32 [rows]) has a buffer, also nll[r] = lse[r] - x[r,t[r]]
+ * (cross-entropy); pass a view with buf NULL for targets and nll to skip it. */
+lt_status_t op_logsumexp(gpu_cmd_t *c, gpu_view_t lse, gpu_view_t nll, gpu_view_t x, gpu_view_t targets,
+                         uint32_t rows, uint32_t n, lt_err_t *err);
+/* out[r] = cos(a[r,:], b[r,:]) (0 when either row is all zeros). */
+lt_status_t op_cosine(gpu_cmd_t *c, gpu_view_t out, gpu_view_t a, gpu_view_t b, uint32_t rows, uint32_t n,
+                      lt_err_t *err);
+
+/* ---- positions and lookup (engine/ops_attn.c) ---- */
+
+/* RoPE scaling as in config.json's rope_scaling; type 0 none, 1 llama3. */
+typedef struct rope_scaling {
+  int type;
+  float factor, low_freq_factor, high_freq_factor;
+  uint32_t original_max_position;
+} rope_scaling_t;
+
+/* Fills table[max_pos, rot_dim/2, 2] with (cos, sin) of pos * inv_freq[i], inv_freq[i] = theta^(-2i/rot_dim)
+ * adjusted by the scaling; angles computed in double. Caller owns table (max_pos * rot_dim floats). */
+void rope_table_build(float *table, uint32_t max_pos, uint32_t rot_dim, double theta, const rope_scaling_t *scaling);
+
+/* Rotates x[rows, n_heads, head_dim] in place: the first rot_dim dims of each head, by the angle of pos[r]
+ * (i32 [rows]) from the table built by rope_table_build(). neox: rotate-half pairs (i, i + rot_dim/2) as in
+ * Hugging Face; otherwise interleaved pairs (2i, 2i+1) as in GGUF. */
+lt_status_t op_rope(gpu_cmd_t *c, gpu_view_t x, gpu_view_t pos, gpu_view_t table, uint32_t rows, uint32_t n_heads,
+                    uint32_t head_dim, uint32_t rot_dim, bool neox, uint32_t max_pos, lt_err_t *err);
+
+/* y[i,:] = table[ids[i] - row_lo, :] for the ids in [row_lo, row_hi); other rows of y are left untouched, so a
+ * table split into pieces (each at most maxStorageBufferRange) is gathered by one call per piece.
+ * table is f32 or f16 [row_hi - row_lo, dim]; ids i32 [n_ids]; y f32 [n_ids, dim]. */
+lt_status_t op_embed(gpu_cmd_t *c, gpu_view_t y, gpu_view_t table, lt_dtype_t ttype, gpu_view_t ids, uint32_t n_ids,
+                     uint32_t dim, uint32_t row_lo, uint32_t row_hi, lt_err_t *err);
+
+/* Causal attention for one sequence. q, out: f32 [n_q, n_heads, head_dim]; k, v: f32 caches
+ * [>= kv_len, n_kv_heads, head_dim]. Query row t is at position q_pos0 + t and sees keys [0, q_pos0 + t].
+ * Head h uses KV head h / (n_heads / n_kv_heads). Long caches are split over dispatches (flash-decoding
+ * partials merged by a second pass), so no invocation loops too long. */
+lt_status_t op_attention(gpu_cmd_t *c, gpu_view_t out, gpu_view_t q, gpu_view_t k, gpu_view_t v, uint32_t n_q,
+                         uint32_t n_heads, uint32_t n_kv_heads, uint32_t head_dim, uint32_t q_pos0, uint32_t kv_len,
+                         float scale, lt_err_t *err);
+
+/* ---- zeroth-order perturbation (engine/ops_perturb.c) ---- */
+
+/* x[i] += scale * z(seed, tensor_id, i) for i < n, z standard normal from Philox-4x32-10 (see ref_normal()). */
+lt_status_t op_perturb(gpu_cmd_t *c, gpu_view_t x, uint32_t n, uint64_t seed, uint32_t tensor_id, float scale,
+                       lt_err_t *err);
+
 #endif

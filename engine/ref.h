@@ -3,7 +3,10 @@
 #ifndef LATHE_REF_H
 #define LATHE_REF_H
 
+#include <stdbool.h>
 #include <stdint.h>
+
+#include "engine/ops.h"
 
 /* Converts an IEEE half (bits) to float. */
 float ref_half_to_float(uint16_t h);
@@ -22,5 +25,36 @@ void ref_silu(float *y, const float *a, uint32_t n);
 void ref_gelu(float *y, const float *a, uint32_t n);
 /* y[i] = silu(gate[i]) * up[i] */
 void ref_swiglu(float *y, const float *gate, const float *up, uint32_t n);
+
+/* y[M,N] = x[M,K] . w[N,K]^T (+ y when accumulate); w f32 or f16 bits. Double accumulation. */
+void ref_matmul(float *y, const float *x, const void *w, lt_dtype_t wtype, uint32_t M, uint32_t N, uint32_t K,
+                bool accumulate);
+
+/* Row-wise references (engine/ref_rows.c). */
+void ref_rmsnorm(float *y, const float *x, const float *w, uint32_t rows, uint32_t n, float eps);
+void ref_layernorm(float *y, const float *x, const float *w, const float *b, uint32_t rows, uint32_t n, float eps);
+void ref_softmax(float *y, const float *x, uint32_t rows, uint32_t n);
+void ref_argmax(uint32_t *idx, const float *x, uint32_t rows, uint32_t n);
+void ref_topk(uint32_t *idx, float *val, const float *x, uint32_t rows, uint32_t n, uint32_t k);
+/* nll and targets may be NULL. */
+void ref_logsumexp(float *lse, float *nll, const float *x, const int32_t *targets, uint32_t rows, uint32_t n);
+void ref_cosine(float *out, const float *a, const float *b, uint32_t rows, uint32_t n);
+
+/* RoPE, embedding and attention references (engine/ref_attn.c). The RoPE reference computes its angles itself
+ * (double precision), independently of rope_table_build(). */
+void ref_rope(float *x, const int32_t *pos, uint32_t rows, uint32_t n_heads, uint32_t head_dim, uint32_t rot_dim,
+              bool neox, double theta, const rope_scaling_t *scaling);
+void ref_embed(float *y, const void *table, lt_dtype_t ttype, const int32_t *ids, uint32_t n_ids, uint32_t dim,
+               uint32_t row_lo, uint32_t row_hi);
+void ref_attention(float *out, const float *q, const float *k, const float *v, uint32_t n_q, uint32_t n_heads,
+                   uint32_t n_kv_heads, uint32_t head_dim, uint32_t q_pos0, uint32_t kv_len, float scale);
+
+/* Philox-4x32-10 on counter ctr with key; writes 4 outputs (engine/ref_perturb.c). */
+void ref_philox4x32(uint32_t out[4], const uint32_t ctr[4], const uint32_t key[2]);
+/* The standard normal z(seed, tensor_id, i) that op_perturb() adds: counter (i/4 lo, i/4 hi, tensor_id, 0), key
+ * (seed lo, seed hi); Box-Muller on outputs (0,1) and (2,3); element i takes normal i % 4. */
+float ref_normal(uint64_t seed, uint32_t tensor_id, uint64_t i);
+/* x[i] += scale * ref_normal(seed, tensor_id, i) */
+void ref_perturb(float *x, uint32_t n, uint64_t seed, uint32_t tensor_id, float scale);
 
 #endif
