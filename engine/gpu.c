@@ -100,9 +100,10 @@ static void uuid_str(const uint8_t u[16], char out[37]) {
 static lt_status_t make_instance(gpu_t *g, bool validation, lt_err_t *err) {
   lt_status_t st = LT_OK;
   uint32_t api = 0;
-  /* vkEnumerateInstanceVersion is absent on a 1.0 loader; a missing loader fails at link time, so also probe
-   * for an ICD: vkCreateInstance returns VK_ERROR_INCOMPATIBLE_DRIVER when none is installed. */
-  if (vkEnumerateInstanceVersion(&api) != VK_SUCCESS || api < VK_API_VERSION_1_2)
+  if ((st = vkfn_load(err)) != LT_OK) return st;
+  /* vkEnumerateInstanceVersion is absent on a 1.0 loader. vkCreateInstance returns VK_ERROR_INCOMPATIBLE_DRIVER
+   * when no ICD is installed. */
+  if (!vkEnumerateInstanceVersion || vkEnumerateInstanceVersion(&api) != VK_SUCCESS || api < VK_API_VERSION_1_2)
     return lt_fail(err, LT_E_NO_VULKAN, "the Vulkan loader is older than 1.2; " INSTALL_HINT);
   const char *layers[1] = {"VK_LAYER_KHRONOS_validation"};
   const char *exts[2];
@@ -129,6 +130,7 @@ static lt_status_t make_instance(gpu_t *g, bool validation, lt_err_t *err) {
   if (r == VK_ERROR_INCOMPATIBLE_DRIVER)
     return lt_fail(err, LT_E_NO_VULKAN, "no Vulkan driver (ICD) is installed; " INSTALL_HINT);
   VK_TRY(r);
+  if ((st = vkfn_load_instance(g->inst, err)) != LT_OK) goto out;
   if (validation) {
     PFN_vkCreateDebugUtilsMessengerEXT mk =
         (PFN_vkCreateDebugUtilsMessengerEXT)vkGetInstanceProcAddr(g->inst, "vkCreateDebugUtilsMessengerEXT");

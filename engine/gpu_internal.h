@@ -2,7 +2,7 @@
 #ifndef LATHE_GPU_INTERNAL_H
 #define LATHE_GPU_INTERNAL_H
 
-#include <vulkan/vulkan.h>
+#include "engine/vkfn.h"
 
 #include "engine/gpu.h"
 
