@@ -693,7 +693,7 @@ static lt_status_t transfer(gpu_buf_t *b, uint64_t off, void *host, uint64_t n, 
   gpu_t *g = b->g;
   lt_status_t st = check_range(b, off, n, up ? "an upload" : "a download", err);
   if (st != LT_OK || n == 0) return st;
-  if (b->blk->map) {
+  if (b->blk->map && !g->force_staging) {
     char *p = (char *)b->blk->map + b->off + off;
     if (up) memcpy(p, host, n);
     else {
@@ -745,7 +745,7 @@ static void record_fill(VkCommandBuffer cb, void *p) {
 lt_status_t gpu_buf_zero(gpu_buf_t *b, uint64_t off, uint64_t n, lt_err_t *err) {
   lt_status_t st = check_range(b, off, n, "a fill", err);
   if (st != LT_OK || n == 0) return st;
-  if (b->blk->map) {
+  if (b->blk->map && !b->g->force_staging) {
     memset((char *)b->blk->map + b->off + off, 0, n);
     return LT_OK;
   }
