@@ -160,6 +160,8 @@ static lt_status_t choose_device(gpu_t *g, const char *want, lt_err_t *err) {
   VK_TRY(vkEnumeratePhysicalDevices(g->inst, &n, pds));
   int best = -1;
   gpu_kind_t best_kind = GPU_KIND_OTHER;
+  char list[360] = ""; /* "index = name [UUID]" of each usable device, for the error when none matches */
+  size_t len = 0;
   for (uint32_t i = 0; i < n; i++) {
     VkPhysicalDeviceProperties props;
     vkGetPhysicalDeviceProperties(pds[i], &props);
@@ -172,6 +174,9 @@ static lt_status_t choose_device(gpu_t *g, const char *want, lt_err_t *err) {
       uuid_str(idp.deviceUUID, u);
       char idx[16];
       snprintf(idx, sizeof idx, "%u", i);
+      if (len < sizeof list)
+        len += (size_t)snprintf(list + len, sizeof list - len, "%s%u = %s [%s]", len ? ", " : "", i,
+                                props.deviceName, u);
       if (strcmp(want, idx) == 0 || strcasecmp(want, u) == 0) {
         best = (int)i;
         break;
@@ -186,9 +191,8 @@ static lt_status_t choose_device(gpu_t *g, const char *want, lt_err_t *err) {
   }
   if (best < 0) {
     st = want && *want ? lt_fail(err, LT_E_INVALID,
-                                 "LATHE_DEVICE=%s matches no Vulkan device (use an index from 0 to %u or a "
-                                 "device UUID; `lathe-devices` lists them)",
-                                 want, n - 1)
+                                 "LATHE_DEVICE=%s matches no Vulkan device; use an index or a UUID of: %s",
+                                 want, list[0] ? list : "(none with Vulkan 1.1)")
                        : lt_fail(err, LT_E_NO_VULKAN, "no Vulkan 1.1+ device found; " INSTALL_HINT);
     goto out;
   }
