@@ -79,7 +79,8 @@ static int list_files(const char *dir, const char *suffix, char names[][1200], i
   size_t ls = strlen(suffix);
   for (struct dirent *e; (e = readdir(d)) && n < cap;) {
     size_t l = strlen(e->d_name);
-    if (e->d_name[0] != '.' && l > ls && strcmp(e->d_name + l - ls, suffix) == 0) snprintf(names[n++], 1200, "%s/%s", dir, e->d_name);
+    if (e->d_name[0] != '.' && l > ls && strcmp(e->d_name + l - ls, suffix) == 0)
+      snprintf(names[n++], 1200, "%s/%s", dir, e->d_name);
   }
   closedir(d);
   return n;
@@ -391,7 +392,8 @@ static void check_free_lists(gpu_t *g) {
     for (uint32_t i = 0; i < blk->n_free; i++) {
       const gpu_range_t *r = &blk->free[i];
       cr_assert(r->size > 0 && r->off + r->size <= blk->size, "free range %u outside its block", i);
-      if (i) cr_assert(blk->free[i - 1].off + blk->free[i - 1].size < r->off, "free ranges %u, %u not merged", i - 1, i);
+      if (i)
+        cr_assert(blk->free[i - 1].off + blk->free[i - 1].size < r->off, "free ranges %u, %u not merged", i - 1, i);
     }
     cr_assert(blk->n_free <= blk->live + 1, "%u free ranges around %u live buffers", blk->n_free, blk->live);
   }
