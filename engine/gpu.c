@@ -162,6 +162,8 @@ static lt_status_t choose_device(gpu_t *g, const char *want, lt_err_t *err) {
   VK_TRY(vkEnumeratePhysicalDevices(g->inst, &n, pds));
   int best = -1;
   gpu_kind_t best_kind = GPU_KIND_OTHER;
+  char list[360] = ""; /* "index = name [UUID]" of each usable device, for the error when none matches */
+  size_t len = 0;
   for (uint32_t i = 0; i < n; i++) {
     VkPhysicalDeviceProperties props;
     vkGetPhysicalDeviceProperties(pds[i], &props);
@@ -174,6 +176,9 @@ static lt_status_t choose_device(gpu_t *g, const char *want, lt_err_t *err) {
       uuid_str(idp.deviceUUID, u);
       char idx[16];
       snprintf(idx, sizeof idx, "%u", i);
+      if (len < sizeof list)
+        len += (size_t)snprintf(list + len, sizeof list - len, "%s%u = %s [%s]", len ? ", " : "", i,
+                                props.deviceName, u);
       if (strcmp(want, idx) == 0 || strcasecmp(want, u) == 0) {
         best = (int)i;
         break;
@@ -188,9 +193,8 @@ static lt_status_t choose_device(gpu_t *g, const char *want, lt_err_t *err) {
   }
   if (best < 0) {
     st = want && *want ? lt_fail(err, LT_E_INVALID,
-                                 "LATHE_DEVICE=%s matches no Vulkan device (use an index from 0 to %u or a "
-                                 "device UUID; `lathe-devices` lists them)",
-                                 want, n - 1)
+                                 "LATHE_DEVICE=%s matches no Vulkan device; use an index or a UUID of: %s",
+                                 want, list[0] ? list : "(none with Vulkan 1.1)")
                        : lt_fail(err, LT_E_NO_VULKAN, "no Vulkan 1.1+ device found; " INSTALL_HINT);
     goto out;
   }
@@ -695,7 +699,7 @@ static lt_status_t transfer(gpu_buf_t *b, uint64_t off, void *host, uint64_t n, 
   gpu_t *g = b->g;
   lt_status_t st = check_range(b, off, n, up ? "an upload" : "a download", err);
   if (st != LT_OK || n == 0) return st;
-  if (b->blk->map) {
+  if (b->blk->map && !g->force_staging) {
     char *p = (char *)b->blk->map + b->off + off;
     if (up) memcpy(p, host, n);
     else {
@@ -747,7 +751,7 @@ static void record_fill(VkCommandBuffer cb, void *p) {
 lt_status_t gpu_buf_zero(gpu_buf_t *b, uint64_t off, uint64_t n, lt_err_t *err) {
   lt_status_t st = check_range(b, off, n, "a fill", err);
   if (st != LT_OK || n == 0) return st;
-  if (b->blk->map) {
+  if (b->blk->map && !b->g->force_staging) {
     memset((char *)b->blk->map + b->off + off, 0, n);
     return LT_OK;
   }

@@ -13,6 +13,7 @@ typedef struct chunk {
   VkCommandBuffer cb;
   VkDescriptorPool dpool;
   VkFence fence;
+  uint32_t cap; /* dispatches the descriptor pool was sized for (the chunk size when it was made) */
   struct chunk *next;
 } chunk_t;
 
@@ -37,14 +38,15 @@ static lt_status_t chunk_new(gpu_cmd_t *c, lt_err_t *err) {
   lt_status_t st = LT_OK;
   chunk_t *k = calloc(1, sizeof *k);
   if (!k) return lt_fail(err, LT_E_NOMEM, "out of memory");
+  k->cap = g->chunk;
   VkCommandBufferAllocateInfo ai = {.sType = VK_STRUCTURE_TYPE_COMMAND_BUFFER_ALLOCATE_INFO,
                                     .commandPool = g->pool,
                                     .level = VK_COMMAND_BUFFER_LEVEL_PRIMARY,
                                     .commandBufferCount = 1};
   VK_TRY(vkAllocateCommandBuffers(g->dev, &ai, &k->cb));
-  VkDescriptorPoolSize ps = {.type = VK_DESCRIPTOR_TYPE_STORAGE_BUFFER, .descriptorCount = g->chunk * MAX_BINDS};
+  VkDescriptorPoolSize ps = {.type = VK_DESCRIPTOR_TYPE_STORAGE_BUFFER, .descriptorCount = k->cap * MAX_BINDS};
   VkDescriptorPoolCreateInfo pi = {.sType = VK_STRUCTURE_TYPE_DESCRIPTOR_POOL_CREATE_INFO,
-                                   .maxSets = g->chunk,
+                                   .maxSets = k->cap,
                                    .poolSizeCount = 1,
                                    .pPoolSizes = &ps};
   VK_TRY(vkCreateDescriptorPool(g->dev, &pi, NULL, &k->dpool));
@@ -159,7 +161,7 @@ static void order(gpu_cmd_t *c, const track_t *acc, const bool *write, uint32_t 
 }
 
 static lt_status_t next_slot(gpu_cmd_t *c, lt_err_t *err) {
-  if (c->in_chunk < c->g->chunk) return LT_OK;
+  if (c->in_chunk < c->cur->cap) return LT_OK;
   lt_status_t st = chunk_submit(c, err);
   if (st == LT_OK) st = chunk_new(c, err);
   return st;

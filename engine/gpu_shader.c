@@ -354,10 +354,11 @@ gpu_pipeline_t *gpu_pipeline_get(gpu_t *g, const char *shader, const char *defin
   uint32_t *words = NULL;
   size_t n_words = 0;
   char path[1200];
+  uint64_t hits = g->stats.spirv_cache_hits;
   lt_status_t st = get_spirv(g, shader, defines, &words, &n_words, path, sizeof path, err);
   if (st == LT_OK) {
     st = make_pipeline(g, &e->p, words, n_words, spec, n_spec, err);
-    if (st != LT_OK && path[0] && g->stats.spirv_cache_hits) {
+    if (st != LT_OK && path[0] && g->stats.spirv_cache_hits > hits) {
       /* A cached module the driver refuses is treated as corrupt: drop it and compile afresh once. */
       pipeline_free(g, &e->p);
       e->p.n_bindings = n_bindings;
