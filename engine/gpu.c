@@ -358,7 +358,7 @@ static void make_cache_dir(gpu_t *g, const gpu_opts_t *o) {
 }
 
 gpu_t *gpu_new(const gpu_opts_t *opts, lt_err_t *err) {
-  gpu_opts_t def = {.validation = -1};
+  gpu_opts_t def = {0};
   const gpu_opts_t *o = opts ? opts : &def;
   lt_status_t st = LT_OK;
   gpu_t *g = calloc(1, sizeof *g);
@@ -369,8 +369,8 @@ gpu_t *gpu_new(const gpu_opts_t *opts, lt_err_t *err) {
   g->chunk = 100;
   const char *fs = getenv("LATHE_FORCE_STAGING");
   g->force_staging = fs && *fs && strcmp(fs, "0") != 0;
-  int validation = o->validation;
-  if (validation < 0 || (opts == NULL)) {
+  int validation = o->validation > 0;
+  if (o->validation == 0) {
     const char *v = getenv("LATHE_VALIDATION");
     validation = v && *v && strcmp(v, "0") != 0;
   }

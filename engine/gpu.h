@@ -47,7 +47,7 @@ typedef struct gpu_caps {
 typedef struct gpu_opts {
   const char *device;    /* index or UUID; NULL reads LATHE_DEVICE; NULL/empty picks the best */
   const char *cache_dir; /* shader cache folder; NULL reads LATHE_CACHE_DIR, then XDG_CACHE_HOME/lathe, ~/.cache/lathe */
-  int validation;        /* 1 on, 0 off, -1 or 0-init reads LATHE_VALIDATION */
+  int validation;        /* 0 reads LATHE_VALIDATION, 1 forces the Khronos validation layer on, -1 off */
   bool no_disk_cache;    /* compile everything, never read or write the disk cache */
 } gpu_opts_t;
 

@@ -19,7 +19,7 @@ TestSuite(runtime);
 /* Opens a gpu on cache_dir (NULL: the shared test cache), honouring LATHE_VALIDATION. */
 static gpu_t *rt_open(const char *cache_dir) {
   lt_err_t err = {0};
-  gpu_opts_t o = {.validation = -1, .cache_dir = cache_dir ? cache_dir : getenv("LATHE_TEST_CACHE_DIR")};
+  gpu_opts_t o = {.cache_dir = cache_dir ? cache_dir : getenv("LATHE_TEST_CACHE_DIR")};
   gpu_t *g = gpu_new(&o, &err);
   cr_assert(g != NULL, "gpu_new: %s", err.msg);
   return g;
@@ -301,7 +301,7 @@ Test(runtime, unknown_device_lists_the_devices) {
   fclose(f);
   cr_assert(n > 0, "gpu_list_devices: %s", err.msg);
   cr_assert_eq(setenv("LATHE_DEVICE", "99", 1), 0);
-  gpu_opts_t o = {.validation = -1, .no_disk_cache = true};
+  gpu_opts_t o = {.no_disk_cache = true};
   cr_assert_null(gpu_new(&o, &err));
   cr_assert_eq(err.code, LT_E_INVALID);
   cr_assert(strstr(err.msg, "LATHE_DEVICE=99") != NULL, "message: %s", err.msg);
@@ -484,7 +484,7 @@ Test(runtime, no_driver_names_the_package) {
       char msg[512];
     } r = {0};
     lt_err_t err = {0}, lerr = {0};
-    gpu_opts_t o = {.validation = -1, .no_disk_cache = true};
+    gpu_opts_t o = {.no_disk_cache = true};
     gpu_t *g = gpu_new(&o, &err);
     r.got_gpu = g != NULL;
     r.code = err.code;

@@ -10,7 +10,7 @@ static gpu_t *g_gpu;
 void tgpu_setup(void) {
   lt_err_t err = {0};
   /* Share compiled SPIR-V between test processes (each Criterion test runs in its own process). */
-  gpu_opts_t o = {.validation = -1, .cache_dir = getenv("LATHE_TEST_CACHE_DIR")};
+  gpu_opts_t o = {.cache_dir = getenv("LATHE_TEST_CACHE_DIR")};
   g_gpu = gpu_new(&o, &err);
   cr_assert(g_gpu != NULL, "gpu_new: %s", err.msg);
 }
