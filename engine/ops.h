@@ -76,6 +76,12 @@ lt_status_t op_matmul(gpu_cmd_t *c, gpu_view_t y, gpu_view_t x, gpu_view_t w, lt
 lt_status_t op_matmul_path(gpu_cmd_t *c, gpu_view_t y, gpu_view_t x, gpu_view_t w, lt_dtype_t wtype, uint32_t M,
                            uint32_t N, uint32_t K, bool accumulate, matmul_path_t path, lt_err_t *err);
 
+/* As op_matmul with row strides in elements: row m of x starts at x + m * x_stride, row m of y at
+ * y + m * y_stride (so a weight split into row pieces can fill column ranges of one output). */
+lt_status_t op_matmul_strided(gpu_cmd_t *c, gpu_view_t y, uint32_t y_stride, gpu_view_t x, uint32_t x_stride,
+                              gpu_view_t w, lt_dtype_t wtype, uint32_t M, uint32_t N, uint32_t K, bool accumulate,
+                              lt_err_t *err);
+
 /* ---- row-wise ops (engine/ops_rows.c); rows are contiguous, n elements each, f32 ---- */
 
 /* y[r,:] = x[r,:] / sqrt(mean(x[r,:]^2) + eps) * w[:]. y may alias x. */
@@ -132,6 +138,11 @@ lt_status_t op_embed(gpu_cmd_t *c, gpu_view_t y, gpu_view_t table, lt_dtype_t tt
 lt_status_t op_attention(gpu_cmd_t *c, gpu_view_t out, gpu_view_t q, gpu_view_t k, gpu_view_t v, uint32_t n_q,
                          uint32_t n_heads, uint32_t n_kv_heads, uint32_t head_dim, uint32_t q_pos0, uint32_t kv_len,
                          float scale, lt_err_t *err);
+
+/* y[ids[i], :] += w[i] * x[i, :] for i < n: f32 rows of width d; ids (i32) must be distinct within one call and
+ * ids outside [0, y_rows) are skipped (MoE: an expert's outputs weighted back into the residual stream). */
+lt_status_t op_scatter_add(gpu_cmd_t *c, gpu_view_t y, gpu_view_t x, gpu_view_t ids, gpu_view_t w, uint32_t n,
+                           uint32_t d, uint32_t y_rows, lt_err_t *err);
 
 /* ---- zeroth-order perturbation (engine/ops_perturb.c) ---- */
 

@@ -70,3 +70,11 @@ void ref_gelu(float *y, const float *a, uint32_t n) {
 void ref_swiglu(float *y, const float *gate, const float *up, uint32_t n) {
   for (uint32_t i = 0; i < n; i++) y[i] = (float)(gate[i] / (1.0 + exp(-(double)gate[i])) * up[i]);
 }
+
+void ref_scatter_add(float *y, const float *x, const int32_t *ids, const float *w, uint32_t n, uint32_t d,
+                     uint32_t y_rows) {
+  for (uint32_t i = 0; i < n; i++) {
+    if (ids[i] < 0 || (uint32_t)ids[i] >= y_rows) continue;
+    for (uint32_t j = 0; j < d; j++) y[(uint64_t)ids[i] * d + j] += w[i] * x[(uint64_t)i * d + j];
+  }
+}

@@ -49,6 +49,10 @@ void ref_embed(float *y, const void *table, lt_dtype_t ttype, const int32_t *ids
 void ref_attention(float *out, const float *q, const float *k, const float *v, uint32_t n_q, uint32_t n_heads,
                    uint32_t n_kv_heads, uint32_t head_dim, uint32_t q_pos0, uint32_t kv_len, float scale);
 
+/* y[ids[i], :] += w[i] * x[i, :] (ids outside [0, y_rows) skipped) (engine/ref.c). */
+void ref_scatter_add(float *y, const float *x, const int32_t *ids, const float *w, uint32_t n, uint32_t d,
+                     uint32_t y_rows);
+
 /* Philox-4x32-10 on counter ctr with key; writes 4 outputs (engine/ref_perturb.c). */
 void ref_philox4x32(uint32_t out[4], const uint32_t ctr[4], const uint32_t key[2]);
 /* The standard normal z(seed, tensor_id, i) that op_perturb() adds: counter (i/4 lo, i/4 hi, tensor_id, 0), key

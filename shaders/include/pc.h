@@ -91,6 +91,13 @@ PC_BEGIN(pc_attn)
 PC_END(pc_attn)
 #endif
 
+/* Weighted scatter-add of rows: y[ids[i], :] += w[i] * x[i, :]. */
+#if !defined(LATHE_GLSL) || defined(PC_SCATTER)
+PC_BEGIN(pc_scatter)
+  uint n, d, y_rows;
+PC_END(pc_scatter)
+#endif
+
 /* x += scale * z, z standard normal from Philox-4x32-10 keyed by a 64-bit seed. */
 #if !defined(LATHE_GLSL) || defined(PC_PERTURB)
 PC_BEGIN(pc_perturb)

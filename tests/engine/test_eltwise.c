@@ -1,5 +1,6 @@
 /* Elementwise ops against their CPU references, on sizes that are not multiples of the workgroup. */
 #include <stdlib.h>
+#include <string.h>
 
 #include "engine/ref.h"
 #include "support/tgpu.h"
@@ -110,4 +111,28 @@ Test(eltwise, bad_views_are_errors) {
   cr_assert_eq(op_add(c, gv(big), gv(big), gv(big), 100, 0, &err), LT_E_INVALID);
   tfinish(&c);
   gpu_buf_destroy(&small), gpu_buf_destroy(&big);
+}
+
+Test(eltwise, scatter_add_weighted_rows) {
+  /* 13 rows of width 67 scattered into 20 rows, one id out of range (skipped). */
+  uint32_t n = 13, d = 67, yr = 20;
+  uint64_t seed = 77;
+  float *x = talloc(n * d), *y = talloc(yr * d), *w = talloc(n), *want = talloc(yr * d);
+  int32_t ids[13] = {3, 0, 19, 7, 25, 11, 2, 18, 5, 9, 14, 1, 16};
+  trand(x, n * d, -2, 2, &seed);
+  trand(y, yr * d, -2, 2, &seed);
+  trand(w, n, 0, 1, &seed);
+  memcpy(want, y, yr * d * 4);
+  ref_scatter_add(want, x, ids, w, n, d, yr);
+  gpu_buf_t *by = tbuf_f32(y, yr * d), *bx = tbuf_f32(x, n * d), *bi = tbuf_bytes(ids, sizeof ids), *bw = tbuf_f32(w, n);
+  lt_err_t err = {0};
+  gpu_cmd_t *c = tbegin();
+  cr_assert_eq(op_scatter_add(c, gv(by), gv(bx), gv(bi), gv(bw), n, d, yr, &err), LT_OK, "%s", err.msg);
+  tfinish(&c);
+  float *got = tread_f32(by, yr * d);
+  /* One multiply and one add per element, as in the reference (which rounds w*x to float first, like the GPU
+   * may fuse it): allow one rounding of the product. */
+  tassert_close(got, want, yr * d, 1e-6, 1e-6, "scatter_add");
+  free(got), free(x), free(y), free(w), free(want);
+  gpu_buf_destroy(&by), gpu_buf_destroy(&bx), gpu_buf_destroy(&bi), gpu_buf_destroy(&bw);
 }

@@ -1,0 +1,127 @@
+/* A loaded model on the GPU: weights placed once, per-sequence KV caches, a batched forward pass with hooks for
+ * steering and analysis, generation and scoring. */
+#ifndef LATHE_MODEL_H
+#define LATHE_MODEL_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "engine/gpu.h"
+#include "engine/model_config.h"
+#include "engine/status.h"
+
+typedef struct model model_t;
+typedef struct model_seq model_seq_t;
+
+/* Options for model_load(); zero-initialised means defaults. */
+typedef struct model_load_opts {
+  uint32_t max_tokens_per_pass; /* activation rows held at once; 0 = 512 */
+} model_load_opts_t;
+
+/* What the loader placed on the device. */
+typedef struct model_mem {
+  uint64_t weight_file_bytes;   /* bytes the weights take in their file dtypes */
+  uint64_t weight_device_bytes; /* bytes the weights take on the device */
+  uint64_t activation_bytes;    /* bytes of the activation arena */
+} model_mem_t;
+
+/* Loads a Hugging Face folder or a .gguf file onto g: f32 and f16 weights stay in their dtype; bf16 and Q8_0 are
+ * converted to f32 at load. Tensors larger than the device's maxStorageBufferRange are split into row pieces.
+ * Caller owns the result (model_free); g must outlive it. NULL with err on failure. */
+model_t *model_load(gpu_t *g, const char *path, const model_load_opts_t *opts, lt_err_t *err);
+
+/* Frees the model's device memory and sets *m to NULL; NULL-safe. */
+void model_free(model_t **m);
+
+/* The model's hyper-parameters; owned by m. */
+const model_config_t *model_config(const model_t *m);
+
+/* Bytes placed by the loader; owned by m. */
+const model_mem_t *model_mem(const model_t *m);
+
+/* The gpu the model lives on. */
+gpu_t *model_gpu(const model_t *m);
+
+/* The folder or file the model was loaded from; owned by m. */
+const char *model_path(const model_t *m);
+
+/* A sequence: its KV cache for every layer (f32) and its length. capacity is the most tokens it can hold
+ * (0: the model's max_position, capped at 4096). Caller owns (model_seq_destroy). */
+model_seq_t *model_seq_new(model_t *m, uint32_t capacity, lt_err_t *err);
+
+/* Frees a sequence and sets *s to NULL; NULL-safe. */
+void model_seq_destroy(model_seq_t **s);
+
+/* Tokens held by the sequence. */
+uint32_t model_seq_len(const model_seq_t *s);
+
+/* Most tokens the sequence can hold. */
+uint32_t model_seq_capacity(const model_seq_t *s);
+
+/* Forgets everything after the first n tokens (n <= length). */
+void model_seq_truncate(model_seq_t *s, uint32_t n);
+
+/* ---- hooks: each costs nothing when its pointer is NULL ---- */
+
+/* Called with the residual stream entering block `layer` (layer == n_layers: the final hidden state before the
+ * output norm) for batch item `item`: h is [n_tokens, hidden], valid during the call only. */
+typedef void (*model_resid_fn)(void *ctx, uint32_t layer, uint32_t item, const float *h, uint32_t n_tokens,
+                               uint32_t hidden);
+
+/* Called with the per-head attention outputs of block `layer` before the output projection for batch item
+ * `item`: heads is [n_tokens, n_heads * head_dim] and may be modified in place; return true when modified so
+ * the change is written back. */
+typedef bool (*model_attn_fn)(void *ctx, uint32_t layer, uint32_t item, float *heads, uint32_t n_tokens,
+                              uint32_t n_heads, uint32_t head_dim);
+
+/* Called with each MoE layer's router probabilities (softmax over experts, after masking) for all rows of the
+ * pass: probs is [n_rows, n_experts]. */
+typedef void (*model_router_fn)(void *ctx, uint32_t layer, const float *probs, uint32_t n_rows,
+                                uint32_t n_experts);
+
+typedef struct model_hooks {
+  void *ctx;
+  /* Reading the residual stream: capture_resid[l] (l in 0..n_layers) selects the layers reported to on_resid. */
+  const bool *capture_resid;
+  model_resid_fn on_resid;
+  /* Adding a vector to the residual stream entering block add_layer: h += add_alpha * add_vec[hidden] at the
+   * positions [add_from, add_to) of every item's new tokens (positions counted in the sequence; add_to 0 means
+   * no end). */
+  const float *add_vec;
+  uint32_t add_layer;
+  float add_alpha;
+  uint32_t add_from, add_to;
+  /* Reading and replacing per-head attention outputs of block attn_layer. */
+  model_attn_fn on_attn;
+  uint32_t attn_layer;
+  /* Reading MoE router probabilities. */
+  model_router_fn on_router;
+  /* skip_block[l]: block l is not run at all (the stream passes through unchanged). */
+  const bool *skip_block;
+  /* skip_moe[l]: the feed-forward (MoE or dense) sub-layer of block l is not run; attention stays. */
+  const bool *skip_ffn;
+  /* expert_mask[l * n_experts + e]: expert e of layer l is never routed to. */
+  const bool *expert_mask;
+} model_hooks_t;
+
+/* What a forward pass returns for one batch item. */
+typedef enum model_out { MODEL_OUT_NONE = 0, MODEL_OUT_LAST, MODEL_OUT_ALL, MODEL_OUT_NLL } model_out_t;
+
+/* One sequence's share of a batched forward pass. */
+typedef struct model_item {
+  model_seq_t *seq;
+  const int32_t *tokens; /* appended to seq */
+  uint32_t n_tokens;
+  model_out_t out;
+  /* MODEL_OUT_LAST: vocab floats; MODEL_OUT_ALL: n_tokens * vocab floats; MODEL_OUT_NLL: n_tokens floats,
+   * out[i] = -log p(targets[i] | sequence up to token i). Caller owns. */
+  float *result;
+  const int32_t *targets; /* MODEL_OUT_NLL only: n_tokens ids (a negative id gives NaN) */
+} model_item_t;
+
+/* Runs the tokens of every item through the model (one pass over the weights for the whole batch), appending
+ * them to the items' sequences, and fills each item's result. hooks may be NULL. */
+lt_status_t model_forward(model_t *m, model_item_t *items, uint32_t n_items, const model_hooks_t *hooks,
+                          lt_err_t *err);
+
+#endif
