@@ -7,20 +7,14 @@
 #include "rows.glsl"
 
 layout(std430, binding = 0) writeonly buffer I { uint idx[]; };
-layout(std430, binding = 1) readonly buffer X { float x[]; };
+layout(std430, binding = 1) readonly buffer X { ROWS_T x[]; };
 
 void main() {
   uint r = row_id();
   if (r >= pc.rows) return;
-  uint base = r * pc.n, t = gl_LocalInvocationID.x;
+  uint nv = pc.n / ROWS_W, base = r * nv, t = gl_LocalInvocationID.x;
   uint bk = 0u, bi = 0xffffffffu;
-  for (uint i = t; i < pc.n; i += WG_X) {
-    uint k = rows_key(x[base + i]);
-    if (rows_before(k, i, bk, bi)) {
-      bk = k;
-      bi = i;
-    }
-  }
+  for (uint i = t; i < nv; i += WG_X) rows_consider_t(x[base + i], i * ROWS_W, 0xffffffffu, 0u, bk, bi);
   wg_argmax(bk, bi);
   if (t == 0u) idx[r] = bi;
 }

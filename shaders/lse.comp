@@ -8,22 +8,22 @@
 
 layout(std430, binding = 0) writeonly buffer L { float lse[]; };
 layout(std430, binding = 1) writeonly buffer N { float nll[]; };
-layout(std430, binding = 2) readonly buffer X { float x[]; };
+layout(std430, binding = 2) readonly buffer X { ROWS_T x[]; };
 layout(std430, binding = 3) readonly buffer T { int target[]; };
 
 void main() {
   uint r = row_id();
   if (r >= pc.rows) return;
-  uint base = r * pc.n, t = gl_LocalInvocationID.x;
+  uint nv = pc.n / ROWS_W, base = r * nv, t = gl_LocalInvocationID.x;
   float m = ROWS_NEG_INF, s = 0.0;
-  for (uint i = t; i < pc.n; i += WG_X) {
-    float v = x[base + i];
-    if (v > m) {
-      s = s * exp(m - v) + 1.0;
-      m = v;
-    } else if (m > ROWS_NEG_INF) {
-      s += exp(v - m);
+  for (uint i = t; i < nv; i += WG_X) {
+    ROWS_T v = x[base + i];
+    float mv = rows_hmax(v);
+    if (mv > m) {
+      s *= exp(m - mv);
+      m = mv;
     }
+    if (m > ROWS_NEG_INF) s += rows_hsum(exp(v - m));
   }
   float mx = wg_max(m);
   float tot = wg_sum(m > ROWS_NEG_INF ? s * exp(m - mx) : 0.0);
@@ -32,6 +32,6 @@ void main() {
   lse[r] = l;
   if (pc.has_target != 0u) {
     int tg = target[r];
-    nll[r] = (tg >= 0 && uint(tg) < pc.n) ? l - x[base + uint(tg)] : ROWS_NAN;
+    nll[r] = (tg >= 0 && uint(tg) < pc.n) ? l - ROWS_AT(x, base, uint(tg)) : ROWS_NAN;
   }
 }

@@ -7,31 +7,31 @@
 #include "common.glsl"
 #include "rows.glsl"
 
-layout(std430, binding = 0) writeonly buffer Y { float y[]; };
-layout(std430, binding = 1) readonly buffer X { float x[]; };
-layout(std430, binding = 2) readonly buffer W { float w[]; };
-layout(std430, binding = 3) readonly buffer B { float b[]; };
+layout(std430, binding = 0) writeonly buffer Y { ROWS_T y[]; };
+layout(std430, binding = 1) readonly buffer X { ROWS_T x[]; };
+layout(std430, binding = 2) readonly buffer W { ROWS_T w[]; };
+layout(std430, binding = 3) readonly buffer B { ROWS_T b[]; };
 
 void main() {
   uint r = row_id();
   if (r >= pc.rows) return;
-  uint base = r * pc.n, t = gl_LocalInvocationID.x;
+  uint nv = pc.n / ROWS_W, base = r * nv, t = gl_LocalInvocationID.x;
   float mean = 0.0;
   if (pc.layernorm != 0u) {
     float s = 0.0;
-    for (uint i = t; i < pc.n; i += WG_X) s += x[base + i];
+    for (uint i = t; i < nv; i += WG_X) s += rows_hsum(x[base + i]);
     mean = wg_sum(s) / float(pc.n);
   }
   float ss = 0.0;
-  for (uint i = t; i < pc.n; i += WG_X) {
-    float d = x[base + i] - mean;
-    ss += d * d;
+  for (uint i = t; i < nv; i += WG_X) {
+    ROWS_T d = x[base + i] - mean;
+    ss += rows_hsum(d * d);
   }
   float scale = inversesqrt(wg_sum(ss) / float(pc.n) + pc.eps);
   // Each invocation reads and writes only its own elements, so y may alias x.
   if (pc.layernorm != 0u) {
-    for (uint i = t; i < pc.n; i += WG_X) y[base + i] = (x[base + i] - mean) * scale * w[i] + b[i];
+    for (uint i = t; i < nv; i += WG_X) y[base + i] = (x[base + i] - mean) * scale * w[i] + b[i];
   } else {
-    for (uint i = t; i < pc.n; i += WG_X) y[base + i] = x[base + i] * scale * w[i];
+    for (uint i = t; i < nv; i += WG_X) y[base + i] = x[base + i] * scale * w[i];
   }
 }

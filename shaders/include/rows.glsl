@@ -1,4 +1,6 @@
-// Workgroup reductions for the row-wise ops (one workgroup per row). Include after common.glsl.
+// Workgroup reductions and row access for the row-wise ops (one workgroup per row). Include after common.glsl.
+// VEC4 (set by the wrapper when the row width is a multiple of 4) makes row buffers vec4 arrays, so each load
+// moves 16 bytes: declare row buffers with ROWS_T; a row of n floats is n / ROWS_W elements of ROWS_T.
 // Every helper must be reached by the whole workgroup in uniform control flow: it contains barriers (and subgroup
 // operations on the fast path) and returns the reduced value to every invocation. The shared-memory tree is the
 // path that is always correct; HAS_SUBGROUP_ARITH selects subgroup reductions unless ROWS_NO_SUBGROUP is defined
@@ -10,6 +12,21 @@
 #define ROWS_SUBGROUP 1
 #extension GL_KHR_shader_subgroup_basic : require
 #extension GL_KHR_shader_subgroup_arithmetic : require
+#endif
+
+#if VEC4
+#define ROWS_T vec4
+#define ROWS_W 4u
+float rows_hsum(vec4 v) { return (v.x + v.y) + (v.z + v.w); }
+float rows_hmax(vec4 v) { return max(max(v.x, v.y), max(v.z, v.w)); }
+// Float j of the row starting at ROWS_T element base.
+#define ROWS_AT(arr, base, j) arr[(base) + (j) / 4u][(j) % 4u]
+#else
+#define ROWS_T float
+#define ROWS_W 1u
+float rows_hsum(float v) { return v; }
+float rows_hmax(float v) { return v; }
+#define ROWS_AT(arr, base, j) arr[(base) + (j)]
 #endif
 
 // Partials: one per invocation on the tree path, one per subgroup on the subgroup path.
@@ -88,6 +105,30 @@ uint rows_key(float v) {
 
 // True when (key a, index ia) comes before (key b, index ib) in the order "larger value first, lower index first".
 bool rows_before(uint a, uint ia, uint b, uint ib) { return a > b || (a == b && ia < ib); }
+
+// Folds element (v, i) into the best pair (bk, bi) so far, considering only elements that come after (pk, pi)
+// in the order of rows_before() (pk = 0xffffffff: every element).
+void rows_consider(float v, uint i, uint pk, uint pi, inout uint bk, inout uint bi) {
+  uint k = rows_key(v);
+  bool after = k < pk || (k == pk && i > pi);
+  if (after && rows_before(k, i, bk, bi)) {
+    bk = k;
+    bi = i;
+  }
+}
+
+// rows_consider() for every float of row element v, whose first float has index i0 (no loop: lavapipe counts
+// loop iterations).
+void rows_consider_t(ROWS_T v, uint i0, uint pk, uint pi, inout uint bk, inout uint bi) {
+#if VEC4
+  rows_consider(v.x, i0, pk, pi, bk, bi);
+  rows_consider(v.y, i0 + 1u, pk, pi, bk, bi);
+  rows_consider(v.z, i0 + 2u, pk, pi, bk, bi);
+  rows_consider(v.w, i0 + 3u, pk, pi, bk, bi);
+#else
+  rows_consider(v, i0, pk, pi, bk, bi);
+#endif
+}
 
 // The first (key, index) pair over the workgroup in the order of rows_before(); idx 0xffffffff means "none".
 void wg_argmax(inout uint key, inout uint idx) {

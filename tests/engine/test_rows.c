@@ -31,6 +31,7 @@ TestSuite(rows, .init = tgpu_setup, .fini = tgpu_teardown);
 #define COS_ATOL 1e-5
 
 static const uint32_t ROWS_SET[] = {1, 3, 7, 67};
+/* 1000 (a multiple of 4) takes the vec4 path, the others the scalar one. */
 static const uint32_t WIDTHS[] = {1, 5, 255, 257, 1000, 4097};
 
 /* Random rows in [lo, hi) with a deterministic seed per shape. */
@@ -206,8 +207,9 @@ Test(rows, softmax_large_magnitudes) {
 
 Test(rows, softmax_vocabulary_rows) {
   /* 2 rows x 150,001 (a vocabulary): 1e-7 absolute per element (probabilities average 7e-6) plus 1e-4 relative
-   * for the f32 sum of 150k terms (~150 per invocation, then a tree). */
+   * for the f32 sum of 150k terms (~150 per invocation, then a tree). 150,000 takes the vec4 path. */
   check_softmax(2, 150001, -10, 10, 1e-7, 1e-4);
+  check_softmax(2, 150000, -10, 10, 1e-7, 1e-4);
 }
 
 Test(rows, softmax_in_place) {
@@ -310,9 +312,10 @@ Test(rows, argmax_odd_shapes_with_ties) {
 }
 
 Test(rows, topk_routing_rows) {
-  /* MoE-router-like rows (E = 8, 60, 300) with many ties, and continuous values. */
-  const uint32_t widths[] = {8, 60, 300}, ks[] = {1, 2, 8};
-  for (unsigned w = 0; w < 3; w++)
+  /* MoE-router-like rows (E = 8, 60, 300; 61 for the scalar path) with many ties, and continuous values. Most
+   * run one invocation per row; 300 with k = 8 runs one workgroup per row. */
+  const uint32_t widths[] = {8, 60, 61, 300}, ks[] = {1, 2, 8};
+  for (unsigned w = 0; w < 4; w++)
     for (unsigned k = 0; k < 3; k++) {
       float *x = tied_rows(67, widths[w], 6, 14 + k);
       check_rank(x, 67, widths[w], ks[k], "tied");
@@ -344,8 +347,8 @@ Test(rows, more_than_65535_rows) {
 Test(rows, shared_memory_tree_path) {
   /* The subgroup path is what a device with subgroup arithmetic runs; force the tree and check it too. */
   op_rows_force_tree(true);
-  const uint32_t shapes[][2] = {{3, 1}, {7, 257}, {3, 4097}};
-  for (unsigned s = 0; s < 3; s++) {
+  const uint32_t shapes[][2] = {{3, 1}, {7, 257}, {5, 1000}, {3, 4097}};
+  for (unsigned s = 0; s < 4; s++) {
     uint32_t rows = shapes[s][0], n = shapes[s][1];
     check_norm(rows, n, false, 0);
     check_norm(rows, n, true, 0);
