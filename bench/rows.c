@@ -1,7 +1,7 @@
 /* Benchmark of the row-wise ops against their CPU references (naive C, double accumulation, one thread) measured
  * in the same run, with the largest error seen. Each GPU figure is the mean of `reps` dispatches recorded into
  * one recorder, best of 5 such batches; the reduction path (subgroup or shared-memory tree) heads each block.
- * Usage: bench_rows [reps] (default 10). */
+ * Usage: bench_rows [reps] (default 5). */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -138,7 +138,7 @@ static void run_case(gpu_t *g, const bench_case_t *bc, int reps) {
 }
 
 int main(int argc, char **argv) {
-  int reps = argc > 1 ? atoi(argv[1]) : 10;
+  int reps = argc > 1 ? atoi(argv[1]) : 5;
   if (reps < 1) reps = 1;
   lt_err_t err = {0};
   gpu_opts_t o = {0};

@@ -128,8 +128,9 @@ lt_status_t op_topk(gpu_cmd_t *c, gpu_view_t idx, gpu_view_t val, gpu_view_t x, 
   bool vec4 = rows_vec4(n, &x, 1);
   /* Narrow rows (MoE routing): one invocation per row, k * n / (4 if vec4) iterations each, no barriers. */
   bool per_inv = (uint64_t)k * (vec4 ? n / 4 : n) <= TOPK_PER_INVOCATION_ITERS;
+  uint32_t wg = TOPK_WG;
   gpu_pipeline_t *p = per_inv ? op_pipeline(gpu_cmd_gpu(c), OP_TOPK, vec4 ? "VEC4=1;ROW_PER_INVOCATION=1"
-                                                                          : "ROW_PER_INVOCATION=1", NULL, 0, err)
+                                                                          : "ROW_PER_INVOCATION=1", &wg, 1, err)
                               : rows_pipeline(c, OP_TOPK, "topk", n, k, TOPK_WG, vec4, err);
   if (!p) return err ? err->code : LT_E_SHADER;
   pc_rows_t pc = {.rows = rows, .n = n, .k = k};
@@ -137,7 +138,7 @@ lt_status_t op_topk(gpu_cmd_t *c, gpu_view_t idx, gpu_view_t val, gpu_view_t x, 
   uint64_t bytes[3] = {4ull * rows * k, 4ull * rows * k, 4ull * rows * n};
   bool wr[3] = {true, true, false};
   uint32_t gx, gy;
-  if (per_inv) op_grid_1d(rows, TOPK_WG, &gx, &gy);
+  if (per_inv) op_grid_1d(rows, wg, &gx, &gy);
   else rows_grid(rows, &gx, &gy);
   return op_dispatch(c, p, OP_TOPK, v, bytes, wr, 3, &pc, gx, gy, 1, err);
 }

@@ -13,8 +13,9 @@
  * exists (so tests cover both paths); false (the default) lets them use subgroups. */
 void op_rows_force_tree(bool on);
 
-/* The workgroup size the row ops use for rows of n elements read `passes` times per invocation on a device
- * with these limits; 0 when no size keeps each invocation within ROWS_MAX_ITERS. */
+/* The workgroup size (a power of two) the row ops use for rows of n loads (floats, or vec4s on the vec4 path)
+ * read `passes` times, starting from `preferred` on a device with these limits: smaller for narrow rows, larger
+ * for wide ones; 0 when no size keeps each invocation within ROWS_MAX_ITERS loop iterations. */
 uint32_t op_rows_wg(uint32_t n, uint32_t passes, uint32_t preferred, uint32_t max_invocations, uint32_t max_shared);
 
 #endif

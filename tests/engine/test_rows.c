@@ -212,6 +212,37 @@ Test(rows, softmax_vocabulary_rows) {
   check_softmax(2, 150000, -10, 10, 1e-7, 1e-4);
 }
 
+Test(rows, masked_rows_with_minus_infinity) {
+  /* Masked logits (-inf), as in constrained decoding: invocations whose whole share is -inf must add 0, not
+   * exp(-inf + inf) = NaN. Row 0: the first 600 of 1000 masked; row 1: one finite element; row 2: every other. */
+  uint32_t rows = 3, n = 1000;
+  float *x = rand_rows(rows, n, -5, 5, 30), *want = talloc((uint64_t)rows * n), lse_want[3];
+  for (uint32_t i = 0; i < n; i++) {
+    if (i < 600) x[i] = -INFINITY;
+    if (i != 777) x[n + i] = -INFINITY;
+    if (i % 2) x[2 * n + i] = -INFINITY;
+  }
+  ref_softmax(want, x, rows, n);
+  ref_logsumexp(lse_want, NULL, x, NULL, rows, n);
+  gpu_buf_t *bx = tbuf_f32(x, (uint64_t)rows * n), *by = tbuf_f32(NULL, (uint64_t)rows * n), *bl = tbuf_f32(NULL, 3);
+  gpu_view_t none = {0};
+  lt_err_t err = {0};
+  for (int tree = 0; tree < 2; tree++) {
+    op_rows_force_tree(tree);
+    gpu_cmd_t *c = tbegin();
+    cr_assert_eq(op_softmax(c, gv(by), gv(bx), rows, n, &err), LT_OK, "%s", err.msg);
+    cr_assert_eq(op_logsumexp(c, gv(bl), none, gv(bx), none, rows, n, &err), LT_OK, "%s", err.msg);
+    tfinish(&c);
+    float *got = tread_f32(by, (uint64_t)rows * n), *lse = tread_f32(bl, 3);
+    tassert_close(got, want, (uint64_t)rows * n, SOFTMAX_ATOL, SOFTMAX_RTOL, "softmax of masked rows");
+    tassert_close(lse, lse_want, 3, LSE_ATOL, LSE_RTOL, "logsumexp of masked rows");
+    free(got), free(lse);
+  }
+  op_rows_force_tree(false);
+  free(x), free(want);
+  gpu_buf_destroy(&bx), gpu_buf_destroy(&by), gpu_buf_destroy(&bl);
+}
+
 Test(rows, softmax_in_place) {
   uint32_t rows = 5, n = 999;
   float *x = rand_rows(rows, n, -6, 6, 8), *want = talloc((uint64_t)rows * n);
