@@ -49,10 +49,14 @@ static size_t utf8_len(const unsigned char *s, size_t n, uint32_t *cp) {
   }
   size_t k;
   uint32_t v, min;
-  if ((c & 0xe0) == 0xc0) k = 2, v = c & 0x1f, min = 0x80;
-  else if ((c & 0xf0) == 0xe0) k = 3, v = c & 0x0f, min = 0x800;
-  else if ((c & 0xf8) == 0xf0) k = 4, v = c & 0x07, min = 0x10000;
-  else return 0;
+  if ((c & 0xe0) == 0xc0)
+    k = 2, v = c & 0x1f, min = 0x80;
+  else if ((c & 0xf0) == 0xe0)
+    k = 3, v = c & 0x0f, min = 0x800;
+  else if ((c & 0xf8) == 0xf0)
+    k = 4, v = c & 0x07, min = 0x10000;
+  else
+    return 0;
   if (k > n) return 0;
   for (size_t i = 1; i < k; i++) {
     if ((s[i] & 0xc0) != 0x80) return 0;
@@ -70,8 +74,7 @@ static size_t utf8_put(char *o, uint32_t cp) {
   if (cp < 0x80) return o[0] = (char)cp, 1;
   if (cp < 0x800) return o[0] = (char)(0xc0 | cp >> 6), o[1] = (char)(0x80 | (cp & 0x3f)), 2;
   if (cp < 0x10000)
-    return o[0] = (char)(0xe0 | cp >> 12), o[1] = (char)(0x80 | (cp >> 6 & 0x3f)), o[2] = (char)(0x80 | (cp & 0x3f)),
-           3;
+    return o[0] = (char)(0xe0 | cp >> 12), o[1] = (char)(0x80 | (cp >> 6 & 0x3f)), o[2] = (char)(0x80 | (cp & 0x3f)), 3;
   o[0] = (char)(0xf0 | cp >> 18), o[1] = (char)(0x80 | (cp >> 12 & 0x3f));
   o[2] = (char)(0x80 | (cp >> 6 & 0x3f)), o[3] = (char)(0x80 | (cp & 0x3f));
   return 4;
@@ -101,7 +104,10 @@ static int byte_token_value(const char *s, size_t n) {
   int v = 0;
   for (int i = 3; i < 5; i++) {
     char c = s[i];
-    int d = c >= '0' && c <= '9' ? c - '0' : c >= 'A' && c <= 'F' ? c - 'A' + 10 : c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
+    int d = c >= '0' && c <= '9'   ? c - '0'
+            : c >= 'A' && c <= 'F' ? c - 'A' + 10
+            : c >= 'a' && c <= 'f' ? c - 'a' + 10
+                                   : -1;
     if (d < 0) return -1;
     v = v * 16 + d;
   }
@@ -234,16 +240,16 @@ lt_status_t tokb_merge(tok_t *t, const char *a, size_t an, const char *b, size_t
   uint32_t rank = t->n_merges;
   int32_t ia = tok_vocab_find(t, a, an), ib = tok_vocab_find(t, b, bn);
   if (ia < 0 || ib < 0)
-    return lt_fail(err, LT_E_CORRUPT, "tokenizer: merge %u ('%.*s' '%.*s'): '%.*s' is not in the vocab", rank,
-                   (int)an, a, (int)bn, b, ia < 0 ? (int)an : (int)bn, ia < 0 ? a : b);
+    return lt_fail(err, LT_E_CORRUPT, "tokenizer: merge %u ('%.*s' '%.*s'): '%.*s' is not in the vocab", rank, (int)an,
+                   a, (int)bn, b, ia < 0 ? (int)an : (int)bn, ia < 0 ? a : b);
   lt_status_t st = grow((void **)&t->scratch, &t->scratch_cap, an + bn, 1, err);
   if (st) return st;
   memcpy(t->scratch, a, an);
   memcpy(t->scratch + an, b, bn);
   int32_t im = tok_vocab_find(t, t->scratch, an + bn);
   if (im < 0)
-    return lt_fail(err, LT_E_CORRUPT, "tokenizer: merge %u ('%.*s' '%.*s'): the merged token is not in the vocab",
-                   rank, (int)an, a, (int)bn, b);
+    return lt_fail(err, LT_E_CORRUPT, "tokenizer: merge %u ('%.*s' '%.*s'): the merged token is not in the vocab", rank,
+                   (int)an, a, (int)bn, b);
   if ((st = tokb_merges_reserve(t, 1, err))) return st;
   uint64_t key = (uint64_t)(uint32_t)ia << 32 | (uint32_t)ib;
   merge_slot_t *m = merge_slot(t, key);
@@ -258,13 +264,13 @@ lt_status_t tokb_regex(tok_t *t, const char *pat, size_t n, bool literal, lt_err
   t->re = list;
   int code;
   PCRE2_SIZE at;
-  pcre2_code *re = pcre2_compile((PCRE2_SPTR)pat, n, PCRE2_UTF | PCRE2_UCP | (literal ? PCRE2_LITERAL : 0), &code,
-                                 &at, NULL);
+  pcre2_code *re =
+      pcre2_compile((PCRE2_SPTR)pat, n, PCRE2_UTF | PCRE2_UCP | (literal ? PCRE2_LITERAL : 0), &code, &at, NULL);
   if (!re) {
     PCRE2_UCHAR msg[256];
     pcre2_get_error_message(code, msg, sizeof msg);
-    return lt_fail(err, LT_E_CORRUPT, "tokenizer: pre-tokenizer pattern does not compile at offset %zu: %s",
-                   (size_t)at, (const char *)msg);
+    return lt_fail(err, LT_E_CORRUPT, "tokenizer: pre-tokenizer pattern does not compile at offset %zu: %s", (size_t)at,
+                   (const char *)msg);
   }
   pcre2_jit_compile(re, PCRE2_JIT_COMPLETE); /* an optional speed-up: the interpreter runs when JIT is missing */
   t->re[t->n_re++] = re;
@@ -311,8 +317,10 @@ lt_status_t tokb_finish(tok_t *t, lt_err_t *err) {
   char name[8];
   for (int b = 0; b < 256; b++) {
     size_t k;
-    if (t->kind == TOK_BYTE_LEVEL) k = utf8_put(name, t->cp_of_byte[b]);
-    else k = (size_t)snprintf(name, sizeof name, "<0x%02X>", b);
+    if (t->kind == TOK_BYTE_LEVEL)
+      k = utf8_put(name, t->cp_of_byte[b]);
+    else
+      k = (size_t)snprintf(name, sizeof name, "<0x%02X>", b);
     int32_t id = tok_vocab_find(t, name, k);
     t->byte_tok[b] = id;
     if (id >= 0 && t->kind == TOK_SPM) t->type[id] = TOK_TYPE_BYTE;
@@ -386,16 +394,19 @@ tok_t *tok_new(const tok_spec_t *spec, lt_err_t *err) {
     const char *s = spec_str(spec->merges, spec->merge_lens, i, &n);
     const char *sp = memchr(s, ' ', n);
     if (!sp || sp == s || sp == s + n - 1 || memchr(sp + 1, ' ', (size_t)(s + n - sp - 1)))
-      st = lt_fail(err, LT_E_CORRUPT, "tok_new: merge %u ('%.*s') is not two tokens separated by one space", i,
-                   (int)n, s);
-    else st = tokb_merge(t, s, (size_t)(sp - s), sp + 1, (size_t)(s + n - sp - 1), err);
+      st = lt_fail(err, LT_E_CORRUPT, "tok_new: merge %u ('%.*s') is not two tokens separated by one space", i, (int)n,
+                   s);
+    else
+      st = tokb_merge(t, s, (size_t)(sp - s), sp + 1, (size_t)(s + n - sp - 1), err);
   }
   t->by_score = spec->n_merges == 0 && spec->scores != NULL;
   if (spec->kind == TOK_BYTE_LEVEL) {
     if (!spec->n_pre_regexes && !st) st = tokb_regex(t, TOK_REGEX_GPT2, strlen(TOK_REGEX_GPT2), false, err);
     for (uint32_t i = 0; i < spec->n_pre_regexes && !st; i++) {
-      if (!spec->pre_regexes[i]) st = lt_fail(err, LT_E_INVALID, "tok_new: pre-tokenizer pattern %u is NULL", i);
-      else st = tokb_regex(t, spec->pre_regexes[i], strlen(spec->pre_regexes[i]), false, err);
+      if (!spec->pre_regexes[i])
+        st = lt_fail(err, LT_E_INVALID, "tok_new: pre-tokenizer pattern %u is NULL", i);
+      else
+        st = tokb_regex(t, spec->pre_regexes[i], strlen(spec->pre_regexes[i]), false, err);
     }
   } else {
     t->byte_fallback = true;
@@ -418,13 +429,13 @@ typedef struct span {
 } span_t;
 
 typedef struct sym {
-  int32_t id; /* -1: a character outside the vocab (merging by score), resolved to bytes at the end */
+  int32_t id;          /* -1: a character outside the vocab (merging by score), resolved to bytes at the end */
   uint32_t start, len; /* len 0: merged into its left neighbour */
   int32_t prev, next;
 } sym_t;
 
 typedef struct pair {
-  double key; /* rank, or minus the merged token's score: lower merges first */
+  double key;            /* rank, or minus the merged token's score: lower merges first */
   uint32_t l, r, ll, rl; /* symbols and their lengths when the pair was queued */
   int32_t id;
 } pair_t;
@@ -609,7 +620,8 @@ static lt_status_t normalize(enc_t *e, const char *s, size_t n, bool at_start, c
     const norm_op_t *op = &t->norm[k];
     size_t need;
     if (op->kind == NORM_PREPEND) {
-      if (cn == 0 || (op->first_only && !at_start) || (op->unless_present && cn >= op->an && !memcmp(cur, op->a, op->an)))
+      if (cn == 0 || (op->first_only && !at_start) ||
+          (op->unless_present && cn >= op->an && !memcmp(cur, op->a, op->an)))
         continue;
       need = op->an + cn;
     } else {
@@ -647,8 +659,8 @@ static lt_status_t normalize(enc_t *e, const char *s, size_t n, bool at_start, c
 }
 
 /* Splits each span of `in` with regex re (matches and the gaps between them become spans) into `out`. */
-static lt_status_t split_regex(enc_t *e, const pcre2_code *re, const char *s, const span_t *in, size_t nin,
-                               int outw, size_t *nout) {
+static lt_status_t split_regex(enc_t *e, const pcre2_code *re, const char *s, const span_t *in, size_t nin, int outw,
+                               size_t *nout) {
   size_t no = 0;
   lt_status_t st = LT_OK;
   for (size_t k = 0; k < nin && !st; k++) {
@@ -669,7 +681,8 @@ static lt_status_t split_regex(enc_t *e, const pcre2_code *re, const char *s, co
         pos = ms + utf8_step(sub[ms]);
         continue;
       }
-      span_t piece[2] = {{in[k].off + (uint32_t)last, (uint32_t)(ms - last)}, {in[k].off + (uint32_t)ms, (uint32_t)(me - ms)}};
+      span_t piece[2] = {{in[k].off + (uint32_t)last, (uint32_t)(ms - last)},
+                         {in[k].off + (uint32_t)ms, (uint32_t)(me - ms)}};
       for (int j = ms > last ? 0 : 1; j < 2 && !st; j++) {
         st = grow((void **)&e->sp[outw], &e->sp_cap[outw], no + 1, sizeof(span_t), e->err);
         if (!st) e->sp[outw][no++] = piece[j];
@@ -838,8 +851,10 @@ lt_status_t tok_decode(const tok_t *t, const int32_t *ids, size_t n, unsigned fl
   lt_status_t st = put(&d, "", 0, err);
   for (size_t i = 0; i < n && !st; i++) {
     int32_t id = ids[i];
-    if (id < 0 || (uint32_t)id >= t->n) st = lt_fail(err, LT_E_INVALID, "tok_decode: id %d out of range (%u ids)", id, t->n);
-    else if (!((flags & TOK_SKIP_SPECIAL) && (t->flags[id] & TF_SPECIAL))) st = decode_token(t, id, &d, err);
+    if (id < 0 || (uint32_t)id >= t->n)
+      st = lt_fail(err, LT_E_INVALID, "tok_decode: id %d out of range (%u ids)", id, t->n);
+    else if (!((flags & TOK_SKIP_SPECIAL) && (t->flags[id] & TF_SPECIAL)))
+      st = decode_token(t, id, &d, err);
   }
   if (st) {
     free(d.p);

@@ -30,8 +30,8 @@ typedef enum tok_type {
 /* The pre-tokenizer patterns GGUF files name instead of storing (tokenizer.ggml.pre "gpt-2"/"default" and
  * "llama-bpe"). tokenizer.json files carry their own pattern, which is what tok_new_json() uses. */
 #define TOK_REGEX_GPT2 "'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}\\p{N}]+|\\s+(?!\\S)|\\s+"
-#define TOK_REGEX_LLAMA3                                                                                         \
-  "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|"   \
+#define TOK_REGEX_LLAMA3                                                                                               \
+  "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|"             \
   "\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+"
 
 /* A tokenizer described by plain arrays (what the GGUF loader has in hand). Strings are UTF-8 and need not be
@@ -48,8 +48,8 @@ typedef struct tok_spec {
   const uint32_t *merge_lens; /* n_merges byte lengths, or NULL when NUL-terminated */
   uint32_t n_pre_regexes;     /* TOK_BYTE_LEVEL: split patterns applied in turn (0: TOK_REGEX_GPT2) */
   const char *const *pre_regexes;
-  bool add_space_prefix; /* TOK_SPM: prepend U+2581 to text (and strip one leading space when decoding) */
-  bool ignore_merges;    /* a pre-token that is itself in the vocab is emitted whole (Llama 3) */
+  bool add_space_prefix;          /* TOK_SPM: prepend U+2581 to text (and strip one leading space when decoding) */
+  bool ignore_merges;             /* a pre-token that is itself in the vocab is emitted whole (Llama 3) */
   int32_t bos_id, eos_id, unk_id; /* -1 when absent */
 } tok_spec_t;
 
@@ -61,9 +61,9 @@ enum {
 };
 /* Decode flags. */
 enum {
-  TOK_SKIP_SPECIAL = 1u << 0,   /* leave special tokens (BOS, EOS, control tokens) out */
-  TOK_KEEP_LEADING = 1u << 1,   /* do not strip the leading space the normalizer added (decoding a
-                                   continuation piece by piece) */
+  TOK_SKIP_SPECIAL = 1u << 0, /* leave special tokens (BOS, EOS, control tokens) out */
+  TOK_KEEP_LEADING = 1u << 1, /* do not strip the leading space the normalizer added (decoding a
+                                 continuation piece by piece) */
 };
 
 /* Builds a tokenizer from arrays. Returns NULL and fills err (LT_E_INVALID, LT_E_CORRUPT for merges or

@@ -8,18 +8,18 @@
 
 #include "engine/tokenizer.h"
 
-#define TOK_MAX_TOKENS (1u << 24)     /* ids must stay exact in a float and small in memory */
+#define TOK_MAX_TOKENS (1u << 24)      /* ids must stay exact in a float and small in memory */
 #define TOK_MAX_TOKEN_BYTES (1u << 16) /* longest token text accepted */
 #define TOK_MAX_TEXT ((size_t)1 << 31) /* longest input to encode (symbol offsets are 32-bit) */
 
 /* Per-token flags. */
 enum {
-  TF_SET = 1,      /* the id has a text (vocab files may leave holes) */
-  TF_MODEL = 2,    /* in the model vocab: found by text lookups while merging */
-  TF_ADDED = 4,    /* matched as a whole string in the input before the model runs; decoded as raw text */
-  TF_SPECIAL = 8,  /* added and special: matched only with TOK_PARSE_SPECIAL, skipped by TOK_SKIP_SPECIAL */
-  TF_LSTRIP = 16,  /* added: swallows the whitespace before it */
-  TF_RSTRIP = 32,  /* added: swallows the whitespace after it */
+  TF_SET = 1,     /* the id has a text (vocab files may leave holes) */
+  TF_MODEL = 2,   /* in the model vocab: found by text lookups while merging */
+  TF_ADDED = 4,   /* matched as a whole string in the input before the model runs; decoded as raw text */
+  TF_SPECIAL = 8, /* added and special: matched only with TOK_PARSE_SPECIAL, skipped by TOK_SKIP_SPECIAL */
+  TF_LSTRIP = 16, /* added: swallows the whitespace before it */
+  TF_RSTRIP = 32, /* added: swallows the whitespace after it */
 };
 
 /* One normalizer step, applied to each text segment between added tokens. */
@@ -42,8 +42,8 @@ typedef struct merge_slot {
 
 struct tok {
   tok_kind_t kind;
-  uint32_t n;    /* ids 0..n-1 */
-  char *text;    /* all token texts, back to back */
+  uint32_t n; /* ids 0..n-1 */
+  char *text; /* all token texts, back to back */
   size_t text_len, text_cap;
   uint32_t *off, *len;
   float *score;
@@ -58,7 +58,7 @@ struct tok {
   char *scratch; /* builder scratch (merged texts) */
   size_t scratch_cap;
 
-  int32_t byte_tok[256];  /* byte-level: token of each byte's code point; SPM: the <0xNN> token; -1 none */
+  int32_t byte_tok[256];    /* byte-level: token of each byte's code point; SPM: the <0xNN> token; -1 none */
   uint16_t cp_of_byte[256]; /* GPT-2 bytes-to-unicode table */
   int16_t byte_of_cp[324];  /* its inverse, -1 where undefined */
 
@@ -70,10 +70,10 @@ struct tok {
   uint32_t n_re;
   norm_op_t *norm;
   uint32_t n_norm;
-  bool meta_split;    /* split pieces before each U+2581 (Metaspace split) */
-  bool ignore_merges; /* emit a piece whole when it is a token */
-  bool byte_fallback; /* SPM: unknown characters become <0xNN> tokens */
-  bool fuse_unk;      /* consecutive unknown characters give one unknown token */
+  bool meta_split;      /* split pieces before each U+2581 (Metaspace split) */
+  bool ignore_merges;   /* emit a piece whole when it is a token */
+  bool byte_fallback;   /* SPM: unknown characters become <0xNN> tokens */
+  bool fuse_unk;        /* consecutive unknown characters give one unknown token */
   uint32_t strip_start; /* leading spaces the decoder strips */
   int32_t bos, eos, unk;
 };

@@ -69,8 +69,8 @@ static lt_status_t parse_normalizer(tok_t *t, json_t *n, lt_err_t *err) {
   if (!strcmp(type, "Prepend")) {
     json_t *p = member(n, "prepend", JSON_STRING, "normalizer", &st, err);
     if (!p) return st ? st : lt_fail(err, LT_E_CORRUPT, "tokenizer.json: Prepend normalizer without \"prepend\"");
-    return tokb_norm(t, (norm_op_t){.kind = NORM_PREPEND, .a = (char *)json_string_value(p), .an = json_string_length(p)},
-                     err);
+    return tokb_norm(
+        t, (norm_op_t){.kind = NORM_PREPEND, .a = (char *)json_string_value(p), .an = json_string_length(p)}, err);
   }
   if (!strcmp(type, "Replace")) {
     bool is_regex;
@@ -80,8 +80,11 @@ static lt_status_t parse_normalizer(tok_t *t, json_t *n, lt_err_t *err) {
     if (!c) return lt_fail(err, LT_E_CORRUPT, "tokenizer.json: Replace normalizer without \"content\"");
     if (is_regex) return unsupported(err, "normalizer Replace with a Regex", json_string_value(p));
     return tokb_norm(t,
-                     (norm_op_t){.kind = NORM_REPLACE, .a = (char *)json_string_value(p), .an = json_string_length(p),
-                                 .b = (char *)json_string_value(c), .bn = json_string_length(c)},
+                     (norm_op_t){.kind = NORM_REPLACE,
+                                 .a = (char *)json_string_value(p),
+                                 .an = json_string_length(p),
+                                 .b = (char *)json_string_value(c),
+                                 .bn = json_string_length(c)},
                      err);
   }
   return unsupported(err, "normalizer", type);
@@ -95,16 +98,18 @@ static lt_status_t metaspace(tok_t *t, json_t *p, lt_err_t *err) {
   bool prefix = flag(p, "add_prefix_space", true, "pre_tokenizer", &st, err);
   bool split = flag(p, "split", true, "pre_tokenizer", &st, err);
   if (st) return st;
-  if (rep && strcmp(json_string_value(rep), META) != 0) return unsupported(err, "Metaspace replacement", json_string_value(rep));
+  if (rep && strcmp(json_string_value(rep), META) != 0)
+    return unsupported(err, "Metaspace replacement", json_string_value(rep));
   if (t->n_re) return unsupported(err, "pre_tokenizer order", "Metaspace after a split");
   const char *sc = scheme ? json_string_value(scheme) : prefix ? "always" : "never";
   if (strcmp(sc, "always") && strcmp(sc, "first") && strcmp(sc, "never")) return unsupported(err, "prepend_scheme", sc);
   st = tokb_norm(t, (norm_op_t){.kind = NORM_REPLACE, .a = " ", .an = 1, .b = META, .bn = 3}, err);
   if (!st && strcmp(sc, "never"))
-    st = tokb_norm(t,
-                   (norm_op_t){.kind = NORM_PREPEND, .a = META, .an = 3, .unless_present = true,
-                               .first_only = !strcmp(sc, "first")},
-                   err);
+    st = tokb_norm(
+        t,
+        (norm_op_t){
+            .kind = NORM_PREPEND, .a = META, .an = 3, .unless_present = true, .first_only = !strcmp(sc, "first")},
+        err);
   t->meta_split = split;
   return st;
 }
@@ -136,7 +141,8 @@ static lt_status_t parse_pre(tok_t *t, json_t *p, lt_err_t *err) {
     json_t *beh = member(p, "behavior", JSON_STRING, "pre_tokenizer", &st, err);
     bool invert = flag(p, "invert", false, "pre_tokenizer", &st, err);
     if (st) return st;
-    if (beh && strcmp(json_string_value(beh), "Isolated") != 0) return unsupported(err, "Split behavior", json_string_value(beh));
+    if (beh && strcmp(json_string_value(beh), "Isolated") != 0)
+      return unsupported(err, "Split behavior", json_string_value(beh));
     if (invert) return unsupported(err, "Split", "invert");
     return tokb_regex(t, json_string_value(pat), json_string_length(pat), !is_regex, err);
   }
@@ -252,7 +258,8 @@ static bool has_byte_level(json_t *o, const char *list_key) {
 /* Checks that v is an id in [0, TOK_MAX_TOKENS) and raises *max_id. */
 static lt_status_t check_id(json_t *v, const char *what, uint32_t *max_id, lt_err_t *err) {
   if (!json_is_integer(v) || json_integer_value(v) < 0 || json_integer_value(v) >= (json_int_t)TOK_MAX_TOKENS)
-    return lt_fail(err, LT_E_CORRUPT, "tokenizer.json: %s has no valid id (integer in 0..%u)", what, TOK_MAX_TOKENS - 1);
+    return lt_fail(err, LT_E_CORRUPT, "tokenizer.json: %s has no valid id (integer in 0..%u)", what,
+                   TOK_MAX_TOKENS - 1);
   if ((uint32_t)json_integer_value(v) > *max_id) *max_id = (uint32_t)json_integer_value(v);
   return LT_OK;
 }
@@ -263,12 +270,14 @@ static lt_status_t parse_model(tok_t **out, json_t *root, lt_err_t *err) {
   json_t *model = member(root, "model", JSON_OBJECT, "(top level)", &st, err);
   if (!st && !model) st = lt_fail(err, LT_E_CORRUPT, "tokenizer.json: no \"model\"");
   json_t *mtype = model ? member(model, "type", JSON_STRING, "model", &st, err) : NULL;
-  if (!st && mtype && strcmp(json_string_value(mtype), "BPE") != 0) return unsupported(err, "model type", json_string_value(mtype));
+  if (!st && mtype && strcmp(json_string_value(mtype), "BPE") != 0)
+    return unsupported(err, "model type", json_string_value(mtype));
   json_t *vocab = model ? member(model, "vocab", JSON_OBJECT, "model", &st, err) : NULL;
   json_t *merges = model ? member(model, "merges", JSON_ARRAY, "model", &st, err) : NULL;
   json_t *added = member(root, "added_tokens", JSON_ARRAY, "(top level)", &st, err);
   if (st) return st;
-  if (!vocab || !json_object_size(vocab)) return lt_fail(err, LT_E_CORRUPT, "tokenizer.json: model.vocab is missing or empty");
+  if (!vocab || !json_object_size(vocab))
+    return lt_fail(err, LT_E_CORRUPT, "tokenizer.json: model.vocab is missing or empty");
   json_t *drop = member(model, "dropout", JSON_NULL, "model", &st, err);
   if (drop && (!json_is_number(drop) || json_number_value(drop) > 0)) return unsupported(err, "model", "dropout");
   const char *affix[2] = {"continuing_subword_prefix", "end_of_word_suffix"};
@@ -311,7 +320,9 @@ static lt_status_t parse_model(tok_t **out, json_t *root, lt_err_t *err) {
                       json_string_length(content), 0.0f, special ? TOK_TYPE_CONTROL : TOK_TYPE_USER_DEFINED, fl, err);
   }
   if (!st) st = tokb_index(t, err);
-  if (!st) st = tokb_merges_reserve(t, (uint32_t)(json_array_size(merges) < INT32_MAX ? json_array_size(merges) : INT32_MAX), err);
+  if (!st)
+    st = tokb_merges_reserve(t, (uint32_t)(json_array_size(merges) < INT32_MAX ? json_array_size(merges) : INT32_MAX),
+                             err);
   json_array_foreach(merges, i, v) {
     if (st) break;
     st = add_merge(t, v, i, err);
@@ -319,7 +330,8 @@ static lt_status_t parse_model(tok_t **out, json_t *root, lt_err_t *err) {
   if (st) return st;
   if (unk) {
     t->unk = tok_vocab_find(t, json_string_value(unk), json_string_length(unk));
-    if (t->unk < 0) return lt_fail(err, LT_E_CORRUPT, "tokenizer.json: unk_token \"%s\" is not in the vocab", json_string_value(unk));
+    if (t->unk < 0)
+      return lt_fail(err, LT_E_CORRUPT, "tokenizer.json: unk_token \"%s\" is not in the vocab", json_string_value(unk));
     t->type[t->unk] = TOK_TYPE_UNKNOWN;
   }
   t->byte_fallback = byte_fallback;
@@ -375,11 +387,16 @@ tok_t *tok_new_json(const char *path, lt_err_t *err) {
   tok_t *t = NULL;
   char *buf = NULL;
   long size = fseek(f, 0, SEEK_END) == 0 ? ftell(f) : -1;
-  if (size < 0 || fseek(f, 0, SEEK_SET) != 0) lt_fail(err, LT_E_IO, "tokenizer.json: cannot read %s", path);
-  else if ((size_t)size > JSON_MAX_BYTES) lt_fail(err, LT_E_LIMIT, "tokenizer.json: %s is %ld bytes (at most 1 GiB)", path, size);
-  else if (!(buf = malloc((size_t)size + 1))) lt_fail(err, LT_E_NOMEM, "tokenizer.json: out of memory");
-  else if (fread(buf, 1, (size_t)size, f) != (size_t)size) lt_fail(err, LT_E_IO, "tokenizer.json: short read of %s", path);
-  else t = tok_new_json_buf(buf, (size_t)size, err);
+  if (size < 0 || fseek(f, 0, SEEK_SET) != 0)
+    lt_fail(err, LT_E_IO, "tokenizer.json: cannot read %s", path);
+  else if ((size_t)size > JSON_MAX_BYTES)
+    lt_fail(err, LT_E_LIMIT, "tokenizer.json: %s is %ld bytes (at most 1 GiB)", path, size);
+  else if (!(buf = malloc((size_t)size + 1)))
+    lt_fail(err, LT_E_NOMEM, "tokenizer.json: out of memory");
+  else if (fread(buf, 1, (size_t)size, f) != (size_t)size)
+    lt_fail(err, LT_E_IO, "tokenizer.json: short read of %s", path);
+  else
+    t = tok_new_json_buf(buf, (size_t)size, err);
   free(buf);
   fclose(f);
   return t;

@@ -76,10 +76,10 @@ static void expect_ids(const tok_t *t, const char *s, unsigned flags, const int3
   cr_assert(n == nw && !memcmp(got, want, n * sizeof *got), "'%s': got [%s], want [%s]", s, a, b);
   free(got);
 }
-#define EXPECT_IDS(t, s, flags, ...)                                                                              \
-  do {                                                                                                           \
-    const int32_t want_[] = {__VA_ARGS__};                                                                       \
-    expect_ids(t, s, flags, want_, sizeof want_ / sizeof *want_);                                                \
+#define EXPECT_IDS(t, s, flags, ...)                                                                                   \
+  do {                                                                                                                 \
+    const int32_t want_[] = {__VA_ARGS__};                                                                             \
+    expect_ids(t, s, flags, want_, sizeof want_ / sizeof *want_);                                                      \
   } while (0)
 
 /* Asserts decode(encode(s)) == s byte for byte. */
@@ -102,8 +102,10 @@ static void byte_char(int b, char out[3]) {
     cp = 256;
     for (int x = 0; x < b; x++) cp += !((x >= 33 && x <= 126) || (x >= 161 && x <= 172) || (x >= 174 && x <= 255));
   }
-  if (cp < 0x80) out[k++] = (char)cp;
-  else out[k++] = (char)(0xc0 | cp >> 6), out[k++] = (char)(0x80 | (cp & 0x3f));
+  if (cp < 0x80)
+    out[k++] = (char)cp;
+  else
+    out[k++] = (char)(0xc0 | cp >> 6), out[k++] = (char)(0x80 | (cp & 0x3f));
   out[k] = '\0';
 }
 
@@ -127,15 +129,15 @@ static json_t *byte_level_json(const char *const *extra, int n_extra, const char
     json_array_append_new(jm, merges_as_pairs ? json_pack("[s#s]", merges[i], (int)(sp - merges[i]), sp + 1)
                                               : json_string(merges[i]));
   }
-  json_t *added = json_pack("[{s:i,s:s,s:b,s:b,s:b},{s:i,s:s,s:b,s:b,s:b},{s:i,s:s,s:b,s:b,s:b}]",      //
+  json_t *added = json_pack("[{s:i,s:s,s:b,s:b,s:b},{s:i,s:s,s:b,s:b,s:b},{s:i,s:s,s:b,s:b,s:b}]",          //
                             "id", next, "content", "<|endoftext|>", "special", 1, "lstrip", 0, "rstrip", 0, //
                             "id", next + 1, "content", "<|x|>", "special", 1, "lstrip", 1, "rstrip", 1,     //
                             "id", next + 2, "content", "[[user]]", "special", 0, "lstrip", 0, "rstrip", 0);
-  return json_pack("{s:s,s:o,s:n,s:o,s:{s:s},s:{s:s,s:b},s:{s:s,s:n,s:n,s:n,s:n,s:b,s:b,s:b,s:o,s:o}}", //
-                   "version", "1.0", "added_tokens", added, "normalizer", "pre_tokenizer", pre,         //
-                   "post_processor", "type", "ByteLevel", "decoder", "type", "ByteLevel", "trim_offsets", 1,  //
-                   "model", "type", "BPE", "dropout", "unk_token", "continuing_subword_prefix",            //
-                   "end_of_word_suffix", "fuse_unk", 0, "byte_fallback", 0, "ignore_merges", ignore_merges, //
+  return json_pack("{s:s,s:o,s:n,s:o,s:{s:s},s:{s:s,s:b},s:{s:s,s:n,s:n,s:n,s:n,s:b,s:b,s:b,s:o,s:o}}",      //
+                   "version", "1.0", "added_tokens", added, "normalizer", "pre_tokenizer", pre,              //
+                   "post_processor", "type", "ByteLevel", "decoder", "type", "ByteLevel", "trim_offsets", 1, //
+                   "model", "type", "BPE", "dropout", "unk_token", "continuing_subword_prefix",              //
+                   "end_of_word_suffix", "fuse_unk", 0, "byte_fallback", 0, "ignore_merges", ignore_merges,  //
                    "vocab", vocab, "merges", jm);
 }
 
@@ -144,14 +146,14 @@ static json_t *gpt2_pre(void) {
 }
 
 static json_t *llama3_pre(void) {
-  return json_pack("{s:s,s:[{s:s,s:{s:s},s:s,s:b},{s:s,s:b,s:b,s:b}]}", "type", "Sequence", "pretokenizers", //
-                   "type", "Split", "pattern", "Regex", TOK_REGEX_LLAMA3, "behavior", "Isolated", "invert", 0,  //
+  return json_pack("{s:s,s:[{s:s,s:{s:s},s:s,s:b},{s:s,s:b,s:b,s:b}]}", "type", "Sequence", "pretokenizers",   //
+                   "type", "Split", "pattern", "Regex", TOK_REGEX_LLAMA3, "behavior", "Isolated", "invert", 0, //
                    "type", "ByteLevel", "add_prefix_space", 0, "trim_offsets", 1, "use_regex", 0);
 }
 
 /* The merges of the small GPT-2-style tokenizer; merged ids are 256 + rank. */
-static const char *const GPT2_MERGES[] = {"h e", "Ġ t", "Ġt he", "a t", "Ġ c", "Ġc at",
-                                          "i n", "Ġ in", "t he", "h at", "Ġ hat", "e e"};
+static const char *const GPT2_MERGES[] = {"h e", "Ġ t",  "Ġt he", "a t",  "Ġ c",   "Ġc at",
+                                          "i n", "Ġ in", "t he",  "h at", "Ġ hat", "e e"};
 enum { HE = 256, G_T, G_THE, AT, G_C, G_CAT, IN, G_IN, THE, HAT, G_HAT, EE, ENDOFTEXT, X_TOK, USER_TOK };
 
 static tok_t *small_gpt2(bool pairs) {
@@ -166,14 +168,17 @@ static uint64_t rng(uint64_t *s) {
 /* Fills o with n random code points (ASCII, whitespace, controls, Latin-1, CJK, emoji, NUL) as UTF-8, never
  * U+2581 (which SentencePiece decodes as a space); returns the byte length. */
 static size_t random_utf8(char *o, int n, uint64_t *seed) {
-  static const uint32_t ranges[][2] = {{0x20, 0x7e}, {0x20, 0x20}, {0x09, 0x0d}, {0x00, 0x1f}, {0xa0, 0x2ff},
-                                       {0x4e00, 0x9fff}, {0x1f300, 0x1f6ff}, {0x3040, 0x30ff}, {0x0400, 0x04ff}};
+  static const uint32_t ranges[][2] = {{0x20, 0x7e},       {0x20, 0x20},     {0x09, 0x0d},
+                                       {0x00, 0x1f},       {0xa0, 0x2ff},    {0x4e00, 0x9fff},
+                                       {0x1f300, 0x1f6ff}, {0x3040, 0x30ff}, {0x0400, 0x04ff}};
   size_t k = 0;
   for (int i = 0; i < n; i++) {
     const uint32_t *r = ranges[rng(seed) % 9];
     uint32_t cp = r[0] + (uint32_t)(rng(seed) % (r[1] - r[0] + 1));
-    if (cp < 0x80) o[k++] = (char)cp;
-    else if (cp < 0x800) o[k++] = (char)(0xc0 | cp >> 6), o[k++] = (char)(0x80 | (cp & 0x3f));
+    if (cp < 0x80)
+      o[k++] = (char)cp;
+    else if (cp < 0x800)
+      o[k++] = (char)(0xc0 | cp >> 6), o[k++] = (char)(0x80 | (cp & 0x3f));
     else if (cp < 0x10000)
       o[k++] = (char)(0xe0 | cp >> 12), o[k++] = (char)(0x80 | (cp >> 6 & 0x3f)), o[k++] = (char)(0x80 | (cp & 0x3f));
     else
@@ -281,10 +286,12 @@ Test(tokenizer, stories_metaspace_form) {
     cr_assert(root != NULL, "%s: %s", p, je.text);
     free(p);
     json_object_set_new(root, "normalizer", json_null());
-    json_object_set_new(root, "pre_tokenizer", json_pack("{s:s,s:s,s:s,s:b}", "type", "Metaspace", "replacement",
-                                                         "\xe2\x96\x81", "prepend_scheme", "first", "split", split));
-    json_object_set_new(root, "decoder", json_pack("{s:s,s:s,s:s,s:b}", "type", "Metaspace", "replacement",
-                                                   "\xe2\x96\x81", "prepend_scheme", "first", "split", split));
+    json_object_set_new(root, "pre_tokenizer",
+                        json_pack("{s:s,s:s,s:s,s:b}", "type", "Metaspace", "replacement", "\xe2\x96\x81",
+                                  "prepend_scheme", "first", "split", split));
+    json_object_set_new(root, "decoder",
+                        json_pack("{s:s,s:s,s:s,s:b}", "type", "Metaspace", "replacement", "\xe2\x96\x81",
+                                  "prepend_scheme", "first", "split", split));
     tok_t *t = from_json(root);
     EXPECT_IDS(t, "Once upon a time", TOK_ADD_BOS, 1, 403, 407, 261, 378);
     expect_roundtrip(t, "Once upon a time, there was a dog.", strlen("Once upon a time, there was a dog."));
@@ -309,8 +316,16 @@ Test(tokenizer, score_merging_matches_rank_merging) {
     scores[i] = i >= 259 ? -(float)(i - 259) : 0.0f;
     types[i] = i == 0 ? TOK_TYPE_UNKNOWN : i < 3 ? TOK_TYPE_CONTROL : i < 259 ? TOK_TYPE_BYTE : TOK_TYPE_NORMAL;
   }
-  tok_spec_t spec = {.kind = TOK_SPM, .n_tokens = n, .tokens = toks, .token_lens = lens, .scores = scores,
-                     .token_types = types, .add_space_prefix = true, .bos_id = 1, .eos_id = 2, .unk_id = 0};
+  tok_spec_t spec = {.kind = TOK_SPM,
+                     .n_tokens = n,
+                     .tokens = toks,
+                     .token_lens = lens,
+                     .scores = scores,
+                     .token_types = types,
+                     .add_space_prefix = true,
+                     .bos_id = 1,
+                     .eos_id = 2,
+                     .unk_id = 0};
   lt_err_t err = {0};
   tok_t *t = tok_new(&spec, &err);
   cr_assert(t != NULL, "tok_new: %s", err.msg);
@@ -339,6 +354,30 @@ Test(tokenizer, score_merging_matches_rank_merging) {
   tok_destroy(&ref);
 }
 
+Test(tokenizer, score_merging_skips_control_tokens) {
+  /* "ab" is a control token with the best score: plain text must merge into normal tokens only. */
+  const char *toks[] = {"<unk>", "\u2581", "a", "b", "\u2581a", "ab"};
+  const float scores[] = {0, -5, -5, -5, -1, 0};
+  const int32_t types[] = {TOK_TYPE_UNKNOWN, 1, 1, 1, 1, TOK_TYPE_CONTROL};
+  tok_spec_t spec = {.kind = TOK_SPM,
+                     .n_tokens = 6,
+                     .tokens = toks,
+                     .scores = scores,
+                     .token_types = types,
+                     .add_space_prefix = true,
+                     .bos_id = -1,
+                     .eos_id = -1,
+                     .unk_id = 0};
+  lt_err_t err = {0};
+  tok_t *t = tok_new(&spec, &err);
+  cr_assert(t != NULL, "tok_new: %s", err.msg);
+  EXPECT_IDS(t, "ab", 0, 4, 3);
+  EXPECT_IDS(t, "ab", TOK_PARSE_SPECIAL, 5);
+  /* No byte tokens in this vocab: an unknown character becomes <unk>. */
+  EXPECT_IDS(t, "az", 0, 4, 0);
+  tok_destroy(&t);
+}
+
 /* ---- byte-level BPE ----------------------------------------------------------------------------------------- */
 
 Test(tokenizer, byte_level_hand_derived) {
@@ -352,8 +391,10 @@ Test(tokenizer, byte_level_hand_derived) {
     /* Bytes stand for themselves (id == byte): "!" is 33, "é" is C3 A9, and " é" stays one pre-token. */
     EXPECT_IDS(t, "the cat!", 0, THE, G_CAT, 33);
     EXPECT_IDS(t, " \xc3\xa9", 0, 32, 0xc3, 0xa9);
-    /* Equal ranks: the leftmost pair merges first, "eee" -> ee, e. */
+    /* Equal ranks: the leftmost pair merges first, "eee" -> ee, e. Lower ranks first: in "thee" (h,e) rank 0
+     * beats (e,e) rank 11, then (t,he) -> the, e. */
     EXPECT_IDS(t, "eee", 0, EE, 'e');
+    EXPECT_IDS(t, "thee", 0, THE, 'e');
     /* GPT-2 pattern: "'s" splits off, digits stay with their space, "\n\n" is whitespace. */
     EXPECT_IDS(t, "it's 42\n\nin", 0, 'i', 't', '\'', 's', 32, '4', '2', 10, 10, IN);
     /* Added tokens: special ones only with TOK_PARSE_SPECIAL; <|x|> strips the spaces around it; the
@@ -377,6 +418,58 @@ Test(tokenizer, byte_level_hand_derived) {
     cr_assert_eq(tok_encode(t, "x", 1, TOK_ADD_BOS, &none, &n, &err), LT_E_INVALID, "GPT-2 has no BOS");
     cr_assert_null(none);
     tok_destroy(&t);
+  }
+}
+
+Test(tokenizer, byte_level_from_arrays_matches_json) {
+  /* The GGUF "gpt2" form: token texts, types and "a b" merges as arrays, the pattern named rather than stored. */
+  for (int llama3 = 0; llama3 < 2; llama3++) {
+    json_t *pre = llama3 ? llama3_pre() : gpt2_pre();
+    tok_t *ref = from_json(byte_level_json(NULL, 0, GPT2_MERGES, 12, pre, llama3, false));
+    uint32_t n = tok_n_vocab(ref);
+    const char **toks = calloc(n, sizeof *toks);
+    uint32_t *lens = calloc(n, sizeof *lens);
+    int32_t *types = calloc(n, sizeof *types);
+    for (uint32_t i = 0; i < n; i++) {
+      size_t len;
+      toks[i] = tok_token_text(ref, (int32_t)i, &len);
+      lens[i] = (uint32_t)len;
+      types[i] = tok_token_type(ref, (int32_t)i);
+    }
+    const char *re[] = {TOK_REGEX_LLAMA3};
+    tok_spec_t spec = {.kind = TOK_BYTE_LEVEL,
+                       .n_tokens = n,
+                       .tokens = toks,
+                       .token_lens = lens,
+                       .token_types = types,
+                       .n_merges = 12,
+                       .merges = GPT2_MERGES,
+                       .n_pre_regexes = llama3 ? 1 : 0,
+                       .pre_regexes = re,
+                       .ignore_merges = llama3,
+                       .bos_id = -1,
+                       .eos_id = ENDOFTEXT,
+                       .unk_id = -1};
+    lt_err_t err = {0};
+    tok_t *t = tok_new(&spec, &err);
+    cr_assert(t != NULL, "tok_new: %s", err.msg);
+    free(toks), free(lens), free(types);
+    cr_assert_eq(tok_eos(t), ENDOFTEXT);
+    EXPECT_IDS(t, "the cat in the hat", 0, THE, G_CAT, G_IN, G_THE, G_HAT);
+    EXPECT_IDS(t, "thee<|endoftext|>", TOK_PARSE_SPECIAL, THE, 'e', ENDOFTEXT);
+    char buf[1024];
+    uint64_t seed = 17;
+    for (int k = 0; k < 50; k++) {
+      size_t len = random_utf8(buf, 1 + (int)(rng(&seed) % 100), &seed);
+      int32_t *a = NULL, *b = NULL;
+      size_t na = 0, nb = 0;
+      cr_assert_eq(tok_encode(ref, buf, len, 0, &a, &na, &err), LT_OK, "%s", err.msg);
+      cr_assert_eq(tok_encode(t, buf, len, 0, &b, &nb, &err), LT_OK, "%s", err.msg);
+      cr_assert(na == nb && !memcmp(a, b, na * sizeof *a), "arrays and JSON disagree on '%.*s'", (int)len, buf);
+      free(a), free(b);
+    }
+    tok_destroy(&t);
+    tok_destroy(&ref);
   }
 }
 
@@ -442,34 +535,41 @@ Test(tokenizer, hostile_tokenizer_json) {
   expect_json_error("{\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0,\"b\":0}}}", LT_E_CORRUPT, "one id, two texts");
   expect_json_error("{\"model\":{\"type\":\"BPE\"," VOCAB_ABC ",\"merges\":\"a b\"}}", LT_E_CORRUPT, "merges string");
   expect_json_error("{\"model\":{\"type\":\"BPE\"," VOCAB_ABC ",\"merges\":[\"a c\"]}}", LT_E_CORRUPT, "unknown right");
-  expect_json_error("{\"model\":{\"type\":\"BPE\"," VOCAB_ABC ",\"merges\":[[\"x\",\"b\"]]}}", LT_E_CORRUPT, "unknown left");
-  expect_json_error("{\"model\":{\"type\":\"BPE\"," VOCAB_ABC ",\"merges\":[\"b a\"]}}", LT_E_CORRUPT, "merged not in vocab");
+  expect_json_error("{\"model\":{\"type\":\"BPE\"," VOCAB_ABC ",\"merges\":[[\"x\",\"b\"]]}}", LT_E_CORRUPT,
+                    "unknown left");
+  expect_json_error("{\"model\":{\"type\":\"BPE\"," VOCAB_ABC ",\"merges\":[\"b a\"]}}", LT_E_CORRUPT,
+                    "merged not in vocab");
   expect_json_error("{\"model\":{\"type\":\"BPE\"," VOCAB_ABC ",\"merges\":[\"ab\"]}}", LT_E_CORRUPT, "no space");
   expect_json_error("{\"model\":{\"type\":\"BPE\"," VOCAB_ABC ",\"merges\":[\"a b c\"]}}", LT_E_CORRUPT, "two spaces");
   expect_json_error("{\"model\":{\"type\":\"BPE\"," VOCAB_ABC ",\"merges\":[[0,1]]}}", LT_E_CORRUPT, "numeric pair");
   expect_json_error("{\"model\":{\"type\":\"BPE\"," VOCAB_ABC ",\"merges\":[[\"a\"]]}}", LT_E_CORRUPT, "short pair");
-  expect_json_error("{\"model\":{\"type\":\"BPE\"," VOCAB_ABC ",\"unk_token\":\"<unk>\"}}", LT_E_CORRUPT, "unk not in vocab");
-  expect_json_error("{\"model\":{\"type\":\"BPE\"," VOCAB_ABC ",\"byte_fallback\":\"yes\"}}", LT_E_CORRUPT, "string flag");
+  expect_json_error("{\"model\":{\"type\":\"BPE\"," VOCAB_ABC ",\"unk_token\":\"<unk>\"}}", LT_E_CORRUPT,
+                    "unk not in vocab");
+  expect_json_error("{\"model\":{\"type\":\"BPE\"," VOCAB_ABC ",\"byte_fallback\":\"yes\"}}", LT_E_CORRUPT,
+                    "string flag");
   expect_json_error("{\"model\":{\"type\":\"BPE\"," VOCAB_ABC ",\"dropout\":0.1}}", LT_E_UNSUPPORTED, "dropout");
   expect_json_error("{\"model\":{" VOCAB_ABC "},\"added_tokens\":{}}", LT_E_CORRUPT, "added_tokens object");
-  expect_json_error("{\"model\":{" VOCAB_ABC "},\"added_tokens\":[{\"content\":\"x\"}]}", LT_E_CORRUPT, "added without id");
+  expect_json_error("{\"model\":{" VOCAB_ABC "},\"added_tokens\":[{\"content\":\"x\"}]}", LT_E_CORRUPT,
+                    "added without id");
   expect_json_error("{\"model\":{" VOCAB_ABC "},\"added_tokens\":[{\"id\":3}]}", LT_E_CORRUPT, "added without content");
   expect_json_error("{\"model\":{" VOCAB_ABC "},\"added_tokens\":[{\"id\":0,\"content\":\"zz\"}]}", LT_E_CORRUPT,
                     "added token contradicts the vocab");
   expect_json_error("{\"model\":{" VOCAB_ABC "},\"normalizer\":{\"type\":\"NFKC\"}}", LT_E_UNSUPPORTED, "NFKC");
   expect_json_error("{\"model\":{" VOCAB_ABC "},\"normalizer\":{\"type\":1}}", LT_E_CORRUPT, "normalizer type");
   expect_json_error("{\"model\":{" VOCAB_ABC "},\"pre_tokenizer\":{\"type\":\"Split\",\"pattern\":{\"Regex\":\"(\"},"
-                    "\"behavior\":\"Isolated\"}}", LT_E_CORRUPT, "regex that does not compile");
+                    "\"behavior\":\"Isolated\"}}",
+                    LT_E_CORRUPT, "regex that does not compile");
   expect_json_error("{\"model\":{" VOCAB_ABC "},\"pre_tokenizer\":{\"type\":\"Split\",\"pattern\":{}}}", LT_E_CORRUPT,
                     "Split without pattern");
   expect_json_error("{\"model\":{" VOCAB_ABC "},\"pre_tokenizer\":{\"type\":\"Split\",\"pattern\":{\"Regex\":\"a\"},"
-                    "\"behavior\":\"Removed\"}}", LT_E_UNSUPPORTED, "Split Removed");
+                    "\"behavior\":\"Removed\"}}",
+                    LT_E_UNSUPPORTED, "Split Removed");
   expect_json_error("{\"model\":{" VOCAB_ABC "},\"pre_tokenizer\":{\"type\":\"BertPreTokenizer\"}}", LT_E_UNSUPPORTED,
                     "BERT pre-tokenizer");
   expect_json_error("{\"model\":{" VOCAB_ABC "},\"decoder\":{\"type\":\"WordPiece\"}}", LT_E_UNSUPPORTED, "decoder");
   expect_json_error("{\"model\":{" VOCAB_ABC "},\"post_processor\":{\"type\":\"TemplateProcessing\",\"single\":"
-                    "[{\"SpecialToken\":{\"id\":\"<s>\"}}],\"special_tokens\":{}}}", LT_E_CORRUPT,
-                    "template naming an unknown token");
+                    "[{\"SpecialToken\":{\"id\":\"<s>\"}}],\"special_tokens\":{}}}",
+                    LT_E_CORRUPT, "template naming an unknown token");
 
   /* The smallest valid file loads. */
   lt_err_t err = {0};
@@ -498,8 +598,14 @@ Test(tokenizer, hostile_encode_decode_and_spec) {
   const struct {
     const char *s;
     size_t n;
-  } bad[] = {{"\xff", 1},           {"ok \xc3", 4},        {"\xc0\xaf", 2},       {"\xed\xa0\x80", 3},
-             {"\xf4\x90\x80\x80", 4}, {"\x80 lone", 6},      {"abc\xe4\xbd", 5},    {"\xf8\x88\x80\x80\x80", 5}};
+  } bad[] = {{"\xff", 1},
+             {"ok \xc3", 4},
+             {"\xc0\xaf", 2},
+             {"\xed\xa0\x80", 3},
+             {"\xf4\x90\x80\x80", 4},
+             {"\x80 lone", 6},
+             {"abc\xe4\xbd", 5},
+             {"\xf8\x88\x80\x80\x80", 5}};
   for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
     lt_err_t err = {0};
     int32_t *ids = (int32_t *)&err; /* must be reset to NULL */
@@ -529,8 +635,14 @@ Test(tokenizer, hostile_encode_decode_and_spec) {
   const char *toks[] = {"a", "b", "ab"}, *bad_merge[] = {"a c"}, *good_merge[] = {"a b"};
   const float scores[] = {0, 0, 1};
   const int32_t bad_types[] = {1, 9, 1};
-  tok_spec_t spec = {.kind = TOK_BYTE_LEVEL, .n_tokens = 3, .tokens = toks, .n_merges = 1, .merges = bad_merge,
-                     .bos_id = -1, .eos_id = -1, .unk_id = -1};
+  tok_spec_t spec = {.kind = TOK_BYTE_LEVEL,
+                     .n_tokens = 3,
+                     .tokens = toks,
+                     .n_merges = 1,
+                     .merges = bad_merge,
+                     .bos_id = -1,
+                     .eos_id = -1,
+                     .unk_id = -1};
   cr_assert_null(tok_new(&spec, &err));
   cr_assert_eq(err.code, LT_E_CORRUPT, "%s", err.msg);
   spec.merges = good_merge;
@@ -550,8 +662,14 @@ Test(tokenizer, hostile_encode_decode_and_spec) {
   spec.tokens = NULL;
   cr_assert_null(tok_new(&spec, &err));
   cr_assert_eq(err.code, LT_E_INVALID, "%s", err.msg);
-  spec = (tok_spec_t){.kind = TOK_BYTE_LEVEL, .n_tokens = 3, .tokens = toks, .n_merges = 1, .merges = good_merge,
-                      .bos_id = -1, .eos_id = -1, .unk_id = -1};
+  spec = (tok_spec_t){.kind = TOK_BYTE_LEVEL,
+                      .n_tokens = 3,
+                      .tokens = toks,
+                      .n_merges = 1,
+                      .merges = good_merge,
+                      .bos_id = -1,
+                      .eos_id = -1,
+                      .unk_id = -1};
   const char *bad_re[] = {"[a-"};
   spec.n_pre_regexes = 1;
   spec.pre_regexes = bad_re;
