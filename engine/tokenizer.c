@@ -392,10 +392,12 @@ tok_t *tok_new(const tok_spec_t *spec, lt_err_t *err) {
   for (uint32_t i = 0; i < spec->n_merges && !st; i++) {
     size_t n;
     const char *s = spec_str(spec->merges, spec->merge_lens, i, &n);
-    const char *sp = memchr(s, ' ', n);
-    if (!sp || sp == s || sp == s + n - 1 || memchr(sp + 1, ' ', (size_t)(s + n - sp - 1)))
-      st = lt_fail(err, LT_E_CORRUPT, "tok_new: merge %u ('%.*s') is not two tokens separated by one space", i, (int)n,
-                   s);
+    /* As llama.cpp reads GGUF merges: split at the first space after the first byte, so a left token may be a
+     * space itself and the right one may hold spaces. */
+    const char *sp = n > 1 ? memchr(s + 1, ' ', n - 1) : NULL;
+    if (!sp || sp == s + n - 1)
+      st =
+          lt_fail(err, LT_E_CORRUPT, "tok_new: merge %u ('%.*s') is not two tokens separated by a space", i, (int)n, s);
     else
       st = tokb_merge(t, s, (size_t)(sp - s), sp + 1, (size_t)(s + n - sp - 1), err);
   }

@@ -44,7 +44,8 @@ typedef struct tok_spec {
   const float *scores;        /* n_tokens scores, or NULL; used (higher merges first) when n_merges is 0 */
   const int32_t *token_types; /* n_tokens tok_type_t values, or NULL for all normal */
   uint32_t n_merges;          /* 0: merge by score (sentencepiece / llama.cpp "llama" vocab); needs scores */
-  const char *const *merges;  /* n_merges "left right" strings, best (rank 0) first */
+  const char *const *merges;  /* n_merges "left right" strings, best (rank 0) first; split at the first space
+                                 after the first byte, as llama.cpp reads GGUF merges */
   const uint32_t *merge_lens; /* n_merges byte lengths, or NULL when NUL-terminated */
   uint32_t n_pre_regexes;     /* TOK_BYTE_LEVEL: split patterns applied in turn (0: TOK_REGEX_GPT2) */
   const char *const *pre_regexes;

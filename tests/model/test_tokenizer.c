@@ -675,8 +675,21 @@ Test(tokenizer, hostile_encode_decode_and_spec) {
   spec.pre_regexes = bad_re;
   cr_assert_null(tok_new(&spec, &err));
   cr_assert_eq(err.code, LT_E_CORRUPT, "%s", err.msg);
-  /* A vocab without byte tokens and no unknown token: encoding an unknown byte fails cleanly. */
+  /* GGUF merges split at the first space after the first byte (as llama.cpp reads them): "a  b" is "a" + " b";
+   * "ab " has no right side. */
+  const char *sp_toks[] = {"a", " b", "a b"}, *sp_merge[] = {"a  b"}, *no_right[] = {"ab "};
   spec.n_pre_regexes = 0;
+  spec.tokens = sp_toks;
+  spec.merges = sp_merge;
+  t = tok_new(&spec, &err);
+  cr_assert(t != NULL, "%s", err.msg);
+  tok_destroy(&t);
+  spec.merges = no_right;
+  cr_assert_null(tok_new(&spec, &err));
+  cr_assert_eq(err.code, LT_E_CORRUPT, "%s", err.msg);
+  /* A vocab without byte tokens and no unknown token: encoding an unknown byte fails cleanly. */
+  spec.tokens = toks;
+  spec.merges = good_merge;
   t = tok_new(&spec, &err);
   cr_assert(t != NULL, "%s", err.msg);
   EXPECT_IDS(t, "abab", 0, 2, 2);
