@@ -209,22 +209,19 @@ static lt_status_t parse_post(tok_t *t, json_t *p, lt_err_t *err) {
     json_array_foreach(list, i, v) if (!st) st = parse_post(t, v, err);
     return st;
   }
-  if (strcmp(type, "TemplateProcessing") != 0) return LT_OK; /* others only add offsets or type ids */
+  if (!strcmp(type, "ByteLevel")) return LT_OK; /* it only trims offsets */
+  if (strcmp(type, "TemplateProcessing") != 0) return unsupported(err, "post_processor", type);
   json_t *single = member(p, "single", JSON_ARRAY, "post_processor", &st, err);
-  json_t *specials = member(p, "special_tokens", JSON_OBJECT, "post_processor", &st, err), *item;
-  size_t i;
-  json_array_foreach(single, i, item) {
-    if (st || json_object_get(item, "Sequence")) break;
-    json_t *name = json_object_get(json_object_get(item, "SpecialToken"), "id");
-    json_t *ids = json_object_get(json_object_get(specials, json_string_value(name)), "ids");
-    json_t *id = json_array_get(ids, 0);
-    if (!json_is_string(name) || !json_is_integer(id) || json_integer_value(id) < 0 ||
-        json_integer_value(id) >= (json_int_t)t->n)
-      return lt_fail(err, LT_E_CORRUPT, "tokenizer.json: post_processor.single[%zu] names no known special token", i);
-    t->bos = (int32_t)json_integer_value(id);
-    break;
-  }
-  return st;
+  json_t *specials = member(p, "special_tokens", JSON_OBJECT, "post_processor", &st, err);
+  json_t *first = json_array_get(single, 0);
+  if (st || !first || json_object_get(first, "Sequence")) return st;
+  json_t *name = json_object_get(json_object_get(first, "SpecialToken"), "id");
+  json_t *id = json_array_get(json_object_get(json_object_get(specials, json_string_value(name)), "ids"), 0);
+  if (!json_is_string(name) || !json_is_integer(id) || json_integer_value(id) < 0 ||
+      json_integer_value(id) >= (json_int_t)t->n)
+    return lt_fail(err, LT_E_CORRUPT, "tokenizer.json: post_processor.single[0] names no known special token");
+  t->bos = (int32_t)json_integer_value(id);
+  return LT_OK;
 }
 
 /* Reads one merge, "a b" or ["a", "b"], into the builder. */

@@ -567,6 +567,8 @@ Test(tokenizer, hostile_tokenizer_json) {
   expect_json_error("{\"model\":{" VOCAB_ABC "},\"pre_tokenizer\":{\"type\":\"BertPreTokenizer\"}}", LT_E_UNSUPPORTED,
                     "BERT pre-tokenizer");
   expect_json_error("{\"model\":{" VOCAB_ABC "},\"decoder\":{\"type\":\"WordPiece\"}}", LT_E_UNSUPPORTED, "decoder");
+  expect_json_error("{\"model\":{" VOCAB_ABC "},\"post_processor\":{\"type\":\"RobertaProcessing\"}}",
+                    LT_E_UNSUPPORTED, "RoBERTa post-processor");
   expect_json_error("{\"model\":{" VOCAB_ABC "},\"post_processor\":{\"type\":\"TemplateProcessing\",\"single\":"
                     "[{\"SpecialToken\":{\"id\":\"<s>\"}}],\"special_tokens\":{}}}",
                     LT_E_CORRUPT, "template naming an unknown token");
