@@ -1,6 +1,9 @@
-/* Reads a Hugging Face tokenizer.json (BPE model) into the tokenizer builder. Every part of the file that would
- * change the ids and that this implementation does not follow is refused with LT_E_UNSUPPORTED rather than
- * ignored; parts that only change offsets or training (trim_offsets, truncation, padding) are ignored. */
+/* Reads a Hugging Face tokenizer.json (BPE model) into the tokenizer builder. Normalizers, pre-tokenizers,
+ * decoders and post-processors this implementation does not follow are refused with LT_E_UNSUPPORTED rather than
+ * ignored; parts that only change offsets or training (trim_offsets, truncation, padding) are ignored. Two
+ * added-token options are not followed: single_word, and normalized (HF matches such tokens in the normalized
+ * text, here they are matched in the raw text: the same whenever the normalizer is empty, as for GPT-2 and
+ * Llama 3). */
 #include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
