@@ -1,6 +1,7 @@
 /* BPE tokenizers: byte-level (GPT-2, Llama 3) and SentencePiece-style with byte fallback (Llama 2, Mistral,
  * TinyLlama, stories260K). Built from a Hugging Face tokenizer.json or from plain arrays (what a GGUF file
- * stores). A tok_t is immutable once built: encode and decode may run on several threads at once. */
+ * stores). Once built (and tok_set_bos_eos() called, if needed) a tok_t is read-only: encode and decode may run
+ * on several threads at once. */
 #ifndef LATHE_TOKENIZER_H
 #define LATHE_TOKENIZER_H
 
@@ -14,7 +15,7 @@ typedef struct tok tok_t;
 
 typedef enum tok_kind {
   TOK_BYTE_LEVEL = 1, /* each byte maps to a printable code point (GPT-2 table); regex pre-tokenizer */
-  TOK_SPM = 2,        /* SentencePiece: spaces become U+2581, characters outside the vocab become <0xNN> */
+  TOK_SPM = 2,        /* SentencePiece: spaces become U+2581, characters outside the vocab become <0xNN> tokens */
 } tok_kind_t;
 
 /* Token types as GGUF stores them (tokenizer.ggml.token_type). */
