@@ -92,8 +92,8 @@ Test(driver, workgroup_size_from_a_specialisation_constant) {
   const uint32_t sizes[] = {64, 128};
   for (unsigned i = 0; i < 2; i++) {
     uint32_t w = sizes[i], *o = run_probe("trap_wgsize.comp", w, (pc_canary_t){0}, 5);
-    /* Reported on lavapipe with shaderc's performance optimisation: gl_WorkGroupSize.x read 1 (the declared
-     * default). Observed here on lavapipe (Mesa 22.3.6, Debian 12 shaderc): all three forms read the size. */
+    /* Read after the layout declaration, all three forms see the specialised size (lavapipe, Mesa 22.3.6); the
+     * trap is a use written before the declaration: see gl_workgroup_size_before_its_declaration. */
     cr_log_info("workgroup of %u on %s (%s): gl_WorkGroupSize.x reads %u, 2 * (gl_WorkGroupSize.x / 2) %u, "
                 "stride loop visits %u (want %u); WG_X reads %u; %u invocations ran",
                 w, cp->name, cp->driver_info, o[0], o[3], o[4], 4 * w, o[1], o[2]);
@@ -102,4 +102,19 @@ Test(driver, workgroup_size_from_a_specialisation_constant) {
     cr_assert(o[0] == w || o[0] == 1, "gl_WorkGroupSize.x reads %u: neither the size nor the default", o[0]);
     free(o);
   }
+}
+
+Test(driver, gl_workgroup_size_before_its_declaration) {
+  /* The trap Lathe hit first: flat_index() in common.glsl read gl_WorkGroupSize.x and was included before the
+   * shader's layout(local_size_x_id = 0) line, so it indexed as if workgroups had one invocation and most of
+   * every output went unwritten. common.glsl now declares the size itself and exposes WG_X. This test pins
+   * the compiler behaviour down so a change to it is noticed. */
+  uint32_t *o = run_probe("trap_wgsize_early.comp", 64, (pc_canary_t){0}, 5);
+  cr_log_info("gl_WorkGroupSize.x before the declaration reads %u, after it %u; %u invocations ran", o[0], o[1],
+              o[2]);
+  cr_assert_eq(o[2], 64, "the workgroup has %u invocations, not 64", o[2]);
+  cr_assert_eq(o[1], 64, "after its declaration gl_WorkGroupSize.x reads %u, not 64", o[1]);
+  cr_assert_eq(o[0], 1, "before its declaration gl_WorkGroupSize.x reads %u: the compiler changed; revisit the "
+               "note in shaders/include/common.glsl", o[0]);
+  free(o);
 }
