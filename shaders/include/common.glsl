@@ -2,9 +2,10 @@
 #ifndef LATHE_COMMON_GLSL
 #define LATHE_COMMON_GLSL
 
-// Workgroup size x, set by specialisation constant 0. Use WG_X, never gl_WorkGroupSize: with a spec-ID
-// workgroup size the SPIR-V optimiser can fold gl_WorkGroupSize to the declared default (seen on lavapipe,
-// Mesa 22.3), so shaders would index as if the workgroup had one invocation.
+// Workgroup size x, set by specialisation constant 0, declared here before any helper uses it. Helpers use WG_X:
+// glslang binds a gl_WorkGroupSize written before the layout(local_size_x_id) line to the default (1, 1, 1)
+// (tests/engine/test_driver_traps.c pins this down), which once made every shader index as if its workgroups had
+// one invocation.
 layout(local_size_x_id = 0) in;
 layout(constant_id = 0) const uint WG_X = 64;
 

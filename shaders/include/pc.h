@@ -31,13 +31,12 @@ PC_END(pc_eltwise)
 #define ELT_GELU 4u
 #define ELT_SWIGLU 5u
 
-/* Row-wise normalisation: RMSNorm (has_bias 0, mean 0) and LayerNorm. */
+/* Row-wise normalisation: RMSNorm (layernorm 0) and LayerNorm (layernorm 1); one workgroup per row. */
 #if !defined(LATHE_GLSL) || defined(PC_NORM)
 PC_BEGIN(pc_norm)
   uint rows, n;
   float eps;
   uint layernorm; /* 1: subtract the mean and add the bias */
-  uint row_base;
 PC_END(pc_norm)
 #endif
 
@@ -46,9 +45,16 @@ PC_END(pc_norm)
 PC_BEGIN(pc_rows)
   uint rows, n;
   uint k;        /* top-k: how many */
-  uint row_base;
   uint has_target; /* cross-entropy: targets bound */
 PC_END(pc_rows)
+#endif
+
+/* Driver-trap tests: one invocation adds `step` n times (tests/engine/test_driver_traps.c). */
+#if !defined(LATHE_GLSL) || defined(PC_CANARY)
+PC_BEGIN(pc_canary)
+  uint n;
+  float step;
+PC_END(pc_canary)
 #endif
 
 /* Matrix multiply y[M,N] = x[M,K] . w[N,K]^T (+ y when accumulate). */
