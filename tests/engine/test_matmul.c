@@ -1,0 +1,215 @@
+/* Matrix multiply against its CPU reference: odd shapes, f32 and f16 weights, both kernels, accumulation, and K
+ * long enough to be split over several dispatches. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "engine/ref.h"
+#include "support/tgpu.h"
+
+TestSuite(matmul, .init = tgpu_setup, .fini = tgpu_teardown);
+
+typedef struct shape {
+  uint32_t M, N, K;
+} shape_t;
+
+/* Shapes that are not multiples of any tile or workgroup size; K both a multiple of 4 (vec4 loads) and not. */
+static const shape_t odd_shapes[] = {{1, 37, 53}, {3, 129, 77}, {67, 65, 131}, {130, 33, 257}, {5, 70, 64},
+                                     {2, 3, 1},   {65, 1, 4},   {1, 1, 1}};
+#define N_ODD (sizeof odd_shapes / sizeof odd_shapes[0])
+
+/* Host copies of one problem: x [M,K] f32, w [N,K] in wtype (f16 as bits), y0 [M,N] the starting y. */
+typedef struct problem {
+  uint32_t M, N, K;
+  lt_dtype_t wtype;
+  float *x, *y0;
+  void *w;
+} problem_t;
+
+/* Fills a problem with uniform values in [-1, 1), or with integers in [-2, 2] when integral (then every f32
+ * partial sum of up to 2^21 products is an integer below 2^24, exact, so any summation order gives the exact
+ * result). */
+static problem_t problem_new(uint32_t M, uint32_t N, uint32_t K, lt_dtype_t wtype, bool integral, uint64_t seed) {
+  problem_t p = {M, N, K, wtype, talloc((uint64_t)M * K), talloc((uint64_t)M * N), NULL};
+  uint64_t nw = (uint64_t)N * K;
+  float *wf = talloc(nw);
+  trand(p.x, (uint64_t)M * K, -1, 1, &seed);
+  trand(wf, nw, -1, 1, &seed);
+  trand(p.y0, (uint64_t)M * N, -1, 1, &seed);
+  if (integral) {
+    for (uint64_t i = 0; i < (uint64_t)M * K; i++) p.x[i] = roundf(2.0f * p.x[i]);
+    for (uint64_t i = 0; i < nw; i++) wf[i] = roundf(2.0f * wf[i]);
+    for (uint64_t i = 0; i < (uint64_t)M * N; i++) p.y0[i] = roundf(2.0f * p.y0[i]);
+  }
+  if (wtype == LT_F16) {
+    uint16_t *h = malloc(nw * 2 + 2);
+    cr_assert(h != NULL);
+    for (uint64_t i = 0; i < nw; i++) h[i] = ref_float_to_half(wf[i]);
+    free(wf);
+    p.w = h;
+  } else p.w = wf;
+  return p;
+}
+
+static void problem_free(problem_t *p) { free(p->x), free(p->y0), free(p->w); }
+
+/* Runs the op on the GPU (y starting as y0) and returns y. Caller owns (free()). */
+static float *run_gpu(const problem_t *p, bool accumulate, matmul_path_t path, uint64_t *dispatches) {
+  gpu_buf_t *bx = tbuf_f32(p->x, (uint64_t)p->M * p->K);
+  gpu_buf_t *bw = tbuf_bytes(p->w, (uint64_t)p->N * p->K * lt_dtype_size(p->wtype));
+  gpu_buf_t *by = tbuf_f32(p->y0, (uint64_t)p->M * p->N);
+  uint64_t before = gpu_stats(tgpu())->dispatches;
+  lt_err_t err = {0};
+  gpu_cmd_t *c = tbegin();
+  cr_assert_eq(op_matmul_path(c, gv(by), gv(bx), gv(bw), p->wtype, p->M, p->N, p->K, accumulate, path, &err), LT_OK,
+               "%s", err.msg);
+  tfinish(&c);
+  if (dispatches) *dispatches = gpu_stats(tgpu())->dispatches - before;
+  float *got = tread_f32(by, (uint64_t)p->M * p->N);
+  gpu_buf_destroy(&bx), gpu_buf_destroy(&bw), gpu_buf_destroy(&by);
+  return got;
+}
+
+/* Compares y from the GPU with the reference, elementwise within 1e-5 * (sum_k |x_mk w_nk| + |y0| when
+ * accumulating) + 1e-6. Why: both sides multiply the same f32 values (f16 weights are widened exactly on both
+ * sides), so the only difference is f32 rounding of the GPU's reordered sums. The kernels add at most ~K/4 + 300
+ * terms in sequence (vec4 dots, then tile or subgroup partials, then K chunks), each rounding by at most 2^-24
+ * of the running |sum| <= sum |terms|; rounding errors of random data grow like their square root, so 1e-5 of
+ * sum |terms| is a generous bound for these K, and 1e-6 absolute covers all-zero sums. A missing or doubled term
+ * is ~1/K of sum |terms| (>= 1e-3 here), far outside it. max_abs_err 0 asks for exact equality. */
+static void check(const problem_t *p, bool accumulate, matmul_path_t path, bool exact, const char *what) {
+  uint64_t MN = (uint64_t)p->M * p->N;
+  float *want = talloc(MN);
+  memcpy(want, p->y0, MN * 4);
+  ref_matmul(want, p->x, p->w, p->wtype, p->M, p->N, p->K, accumulate);
+  float *got = run_gpu(p, accumulate, path, NULL);
+  const float *wf = p->w;
+  const uint16_t *wh = p->w;
+  for (uint32_t m = 0; m < p->M; m++)
+    for (uint32_t n = 0; n < p->N; n++) {
+      double mag = accumulate ? fabs((double)p->y0[(uint64_t)m * p->N + n]) : 0.0;
+      for (uint32_t k = 0; k < p->K; k++) {
+        uint64_t i = (uint64_t)n * p->K + k;
+        double wv = p->wtype == LT_F16 ? ref_half_to_float(wh[i]) : wf[i];
+        mag += fabs((double)p->x[(uint64_t)m * p->K + k] * wv);
+      }
+      double tol = exact ? 0.0 : 1e-5 * mag + 1e-6;
+      double g = got[(uint64_t)m * p->N + n], e = want[(uint64_t)m * p->N + n];
+      cr_assert(fabs(g - e) <= tol, "%s %ux%ux%u %s%s path %d: y[%u,%u] = %.9g, want %.9g (tolerance %.3g)", what,
+                p->M, p->N, p->K, lt_dtype_str(p->wtype), accumulate ? " accumulate" : "", (int)path, m, n, g, e,
+                tol);
+    }
+  free(want), free(got);
+}
+
+static void check_all_odd_shapes(matmul_path_t path, const char *what) {
+  for (unsigned s = 0; s < N_ODD; s++)
+    for (int t = 0; t < 2; t++)
+      for (int acc = 0; acc < 2; acc++) {
+        const shape_t *sh = &odd_shapes[s];
+        problem_t p = problem_new(sh->M, sh->N, sh->K, t ? LT_F16 : LT_F32, false, 1000 + 10 * s + 2 * t + acc);
+        check(&p, acc, path, false, what);
+        problem_free(&p);
+      }
+}
+
+Test(matmul, gemm_odd_shapes) { check_all_odd_shapes(MATMUL_GEMM, "gemm"); }
+
+Test(matmul, gemv_odd_shapes) { check_all_odd_shapes(MATMUL_GEMV, "gemv"); }
+
+Test(matmul, auto_odd_shapes) { check_all_odd_shapes(MATMUL_AUTO, "auto"); }
+
+Test(matmul, long_k_is_split_over_dispatches) {
+  /* K = 300,001 or 400,001 (odd: scalar loads) needs more loop iterations than one GEMV invocation may run, and K = 2,000 or
+   * 2,003 more than one GEMM invocation may: each is split into chunks that accumulate. Integer data makes the
+   * exact result the only right one, so a chunk that drops, repeats or overwrites even one term fails; so does
+   * an invocation that lavapipe cut short. */
+  struct {
+    uint32_t M, N, K;
+    matmul_path_t path;
+    lt_dtype_t wtype;
+    bool accumulate;
+  } cases[] = {
+      {3, 5, 300001, MATMUL_GEMV, LT_F32, false}, {1, 2, 400001, MATMUL_GEMV, LT_F16, true},
+      {9, 70, 2003, MATMUL_GEMM, LT_F32, false},  {9, 70, 2000, MATMUL_GEMM, LT_F16, false},
+      {66, 3, 2000, MATMUL_GEMM, LT_F32, true},
+  };
+  for (unsigned i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+    problem_t p = problem_new(cases[i].M, cases[i].N, cases[i].K, cases[i].wtype, true, 77 + i);
+    uint64_t dispatches = 0;
+    free(run_gpu(&p, cases[i].accumulate, cases[i].path, &dispatches));
+    cr_assert_gt(dispatches, 1, "K = %u ran as %llu dispatch(es); expected a split", cases[i].K,
+                 (unsigned long long)dispatches);
+    check(&p, cases[i].accumulate, cases[i].path, true, "split K");
+    problem_free(&p);
+  }
+}
+
+Test(matmul, empty_shapes) {
+  /* M or N of 0 records nothing; K of 0 writes y = 0, or leaves y alone when accumulating. */
+  float junk[6] = {1, 2, 3, 4, 5, 6}, zeros[6] = {0};
+  gpu_buf_t *bx = tbuf_f32(junk, 6), *bw = tbuf_f32(junk, 6), *by = tbuf_f32(junk, 6);
+  lt_err_t err = {0};
+  uint64_t before = gpu_stats(tgpu())->dispatches;
+  gpu_cmd_t *c = tbegin();
+  cr_assert_eq(op_matmul(c, gv(by), gv(bx), gv(bw), LT_F32, 0, 3, 2, false, &err), LT_OK, "%s", err.msg);
+  cr_assert_eq(op_matmul(c, gv(by), gv(bx), gv(bw), LT_F32, 2, 0, 2, false, &err), LT_OK, "%s", err.msg);
+  cr_assert_eq(op_matmul(c, gv(by), gv(bx), gv(bw), LT_F32, 2, 3, 0, true, &err), LT_OK, "%s", err.msg);
+  tfinish(&c);
+  cr_assert_eq(gpu_stats(tgpu())->dispatches, before, "empty products dispatch nothing");
+  float *got = tread_f32(by, 6);
+  tassert_close(got, junk, 6, 0, 0, "K = 0, accumulate");
+  free(got);
+  for (int path = MATMUL_GEMM; path <= MATMUL_GEMV; path++) {
+    cr_assert_eq(gpu_upload(by, 0, junk, sizeof junk, &err), LT_OK);
+    c = tbegin();
+    cr_assert_eq(op_matmul_path(c, gv(by), gv(bx), gv(bw), LT_F32, 2, 3, 0, false, path, &err), LT_OK, "%s",
+                 err.msg);
+    tfinish(&c);
+    got = tread_f32(by, 6);
+    tassert_close(got, zeros, 6, 0, 0, "K = 0 writes zeros");
+    free(got);
+  }
+  gpu_buf_destroy(&bx), gpu_buf_destroy(&bw), gpu_buf_destroy(&by);
+}
+
+Test(matmul, repeated_runs_are_bit_identical) {
+  /* Shared-memory tiles and subgroup partials are summed in a fixed order: a race would show up as jitter. */
+  for (int path = MATMUL_GEMM; path <= MATMUL_GEMV; path++) {
+    problem_t p = problem_new(67, 65, 131, LT_F32, false, 5);
+    float *first = run_gpu(&p, false, path, NULL);
+    for (int r = 0; r < 3; r++) {
+      float *again = run_gpu(&p, false, path, NULL);
+      cr_assert(memcmp(first, again, (size_t)67 * 65 * 4) == 0, "path %d run %d differs from the first", path, r);
+      free(again);
+    }
+    free(first);
+    problem_free(&p);
+  }
+}
+
+Test(matmul, bad_arguments_are_errors) {
+  gpu_buf_t *b = tbuf_f32(NULL, 1024);
+  lt_err_t err = {0};
+  gpu_cmd_t *c = tbegin();
+  cr_assert_eq(op_matmul(c, gv(b), gv(b), gv(b), LT_BF16, 4, 4, 4, false, &err), LT_E_INVALID);
+  cr_assert(strstr(err.msg, "bf16") != NULL, "names the dtype: %s", err.msg);
+  cr_assert_eq(op_matmul_path(c, gv(b), gv(b), gv(b), LT_F32, 4, 4, 4, false, (matmul_path_t)7, &err),
+               LT_E_INVALID);
+  /* w of 40 x 40 f32 needs 6,400 bytes of a 4,096-byte buffer: op_dispatch names the binding (2 = w). */
+  cr_assert_eq(op_matmul(c, gv(b), gv(b), gv(b), LT_F32, 2, 40, 40, false, &err), LT_E_INVALID);
+  cr_assert(strstr(err.msg, "binding 2") != NULL, "names the binding: %s", err.msg);
+  /* A weight larger than one binding may cover is the caller's to split. */
+  uint64_t range = gpu_caps(tgpu())->max_storage_range;
+  uint32_t N = (uint32_t)(range / 4096 / 2 + 1);
+  cr_assert_eq(op_matmul(c, gv(b), gv(b), gv(b), LT_F16, 1, N, 4096, false, &err), LT_E_LIMIT);
+  cr_assert(strstr(err.msg, "w (") != NULL && strstr(err.msg, "maxStorageBufferRange") != NULL, "%s", err.msg);
+  uint64_t align = gpu_caps(tgpu())->min_storage_align;
+  if (align > 1) {
+    gpu_view_t odd = {b, align / 2};
+    cr_assert_eq(op_matmul(c, gv(b), odd, gv(b), LT_F32, 2, 2, 2, false, &err), LT_E_INVALID);
+    cr_assert(strstr(err.msg, "x offset") != NULL, "names the operand: %s", err.msg);
+  }
+  tfinish(&c);
+  gpu_buf_destroy(&b);
+}
