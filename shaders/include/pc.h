@@ -92,8 +92,9 @@ PC_BEGIN(pc_attn)
   uint kv_len;     /* keys present in the cache */
   uint kv_stride;  /* elements between consecutive positions in the cache (n_kv_heads * head_dim) */
   float scale;     /* usually 1/sqrt(head_dim) */
-  uint split_base, split_len; /* this dispatch covers keys [split_base, split_base + split_len) */
-  uint n_splits;
+  uint row_base;   /* first query row of this dispatch; workgroup y indexes rows from here */
+  uint split_len;  /* keys per split; workgroup z covers keys [z * split_len, (z + 1) * split_len) */
+  uint n_splits;   /* 1: attn writes out directly; more: attn writes partials that attn_merge combines */
 PC_END(pc_attn)
 #endif
 
