@@ -149,3 +149,11 @@ lt_status_t op_matmul(gpu_cmd_t *c, gpu_view_t y, gpu_view_t x, gpu_view_t w, lt
                       uint32_t N, uint32_t K, bool accumulate, lt_err_t *err) {
   return op_matmul_path(c, y, x, w, wtype, M, N, K, accumulate, MATMUL_AUTO, err);
 }
+
+lt_status_t op_matmul_strided(gpu_cmd_t *c, gpu_view_t y, uint32_t y_stride, gpu_view_t x, uint32_t x_stride,
+                              gpu_view_t w, lt_dtype_t wtype, uint32_t M, uint32_t N, uint32_t K, bool accumulate,
+                              lt_err_t *err) {
+  if (y_stride != N || x_stride != K)
+    return lt_fail(err, LT_E_UNSUPPORTED, "op_matmul_strided: strides other than the row widths are not supported yet");
+  return op_matmul_path(c, y, x, w, wtype, M, N, K, accumulate, MATMUL_AUTO, err);
+}
