@@ -126,7 +126,8 @@ static int bench_rope(gpu_t *g, uint32_t rows, uint32_t n_heads, uint32_t hd) {
   return 0;
 }
 
-int main(void) {
+/* Runs every shape, or those whose name contains argv[1]. */
+int main(int argc, char **argv) {
   lt_err_t err = {0};
   gpu_t *g = gpu_new(NULL, &err);
   if (!g) return fprintf(stderr, "%s\n", err.msg), 1;
@@ -138,8 +139,10 @@ int main(void) {
       {"decode at 16384, 32/8, hd 128", 1, 32, 8, 128, 16383, 16384},
   };
   int rc = 0;
-  for (size_t i = 0; i < sizeof shapes / sizeof shapes[0] && !rc; i++) rc = bench_attention(g, &shapes[i]);
-  if (!rc) rc = bench_rope(g, 2048, 32, 128);
+  const char *only = argc > 1 ? argv[1] : "";
+  for (size_t i = 0; i < sizeof shapes / sizeof shapes[0] && !rc; i++)
+    if (strstr(shapes[i].name, only)) rc = bench_attention(g, &shapes[i]);
+  if (!rc && strstr("rope", only)) rc = bench_rope(g, 2048, 32, 128);
   gpu_destroy(&g);
   return rc;
 }
