@@ -175,10 +175,10 @@ Test(attn, long_cache_splits_and_merges) {
   /* 600 workgroups: 2048-key splits; rows up to position 2047 are written directly, later ones merge two
    * splits, in one call (odd head_dim, no vec4 path). */
   check_attn(300, 2, 1, 40, 1900, 2200, "chunked prefill across a split boundary");
-  /* Canary for lavapipe's silent stop after ~65,535 loop iterations per invocation: one split of these 12000 keys
-   * would loop ~98,000 times (measured: the output comes back as zeros), so this passes only while the key range
-   * is split. */
-  check_attn(1, 1, 1, 255, 11999, 12000, "canary: 12000 keys, head_dim 255");
+  /* Canary for lavapipe's silent stop after ~65,535 loop iterations per invocation: attn.comp loops ~120 times per
+   * block of 64 keys at head_dim 64 (~170 at 256, where a single split went wrong between 24,000 and 30,000
+   * keys), so one split of these 48000 keys would loop ~90,000 times; this passes only while keys are split. */
+  check_attn(1, 1, 1, 64, 47999, 48000, "canary: 48000 keys, head_dim 64");
 }
 
 Test(attn, bad_arguments_are_errors) {
