@@ -60,6 +60,11 @@ Test(attn, rope_partial_rotary) {
   check_rope(6, 5, 40, 16, false, "rope interleaved 16 of 40");
 }
 
+Test(attn, rope_rows_past_the_grid_y_limit) {
+  /* 70001 rows need the grid's z dimension (y stops at 65535). */
+  check_rope(70001, 1, 6, 4, true, "rope 70001 rows");
+}
+
 Test(attn, rope_llama3_scaling_at_large_positions) {
   /* Llama 3.1 settings; with theta 500000 and 64 rotated dims, pairs 0..14 keep their frequency, 15..17 are
    * interpolated and 18..31 are divided by the factor, so all three branches are exercised. */
@@ -86,9 +91,14 @@ Test(attn, rope_llama3_scaling_at_large_positions) {
 
 /* ---- embedding gather ---- */
 
-static void check_embed(lt_dtype_t tt) {
-  uint32_t vocab = 101, dim = 45, split = 37, n_ids = 23;
-  int32_t ids[23] = {5, 36, 37, 100, 0, -1, 101, 200, 64, 36, 99, 1, 37, 2, 50, -7, 88, 7, 36, 14, 100, 3, 42};
+/* Gathers n_ids ids (the first 23 fixed, including out-of-range ones; the rest pseudo-random in [-3, vocab + 3))
+ * from a table of `vocab` rows split at row 37, with one call per piece, and compares with ref_embed. */
+static void check_embed(lt_dtype_t tt, uint32_t n_ids, uint32_t dim) {
+  uint32_t vocab = 101, split = 37;
+  int32_t fixed[23] = {5, 36, 37, 100, 0, -1, 101, 200, 64, 36, 99, 1, 37, 2, 50, -7, 88, 7, 36, 14, 100, 3, 42};
+  int32_t *ids = malloc(4ull * n_ids);
+  cr_assert(ids != NULL);
+  for (uint32_t i = 0; i < n_ids; i++) ids[i] = i < 23 ? fixed[i] : (int32_t)((i * 2654435761u) % (vocab + 6)) - 3;
   uint64_t nt = (uint64_t)vocab * dim, seed = 31 + tt;
   float *tf = talloc(nt), *want = talloc((uint64_t)n_ids * dim), *init = talloc((uint64_t)n_ids * dim);
   uint16_t *th = malloc(nt * 2);
@@ -102,7 +112,7 @@ static void check_embed(lt_dtype_t tt) {
   uint32_t es = lt_dtype_size(tt);
   gpu_buf_t *b0 = tbuf_bytes(table, (uint64_t)split * dim * es);
   gpu_buf_t *b1 = tbuf_bytes((const char *)table + (uint64_t)split * dim * es, (uint64_t)(vocab - split) * dim * es);
-  gpu_buf_t *bi = tbuf_bytes(ids, sizeof ids), *by = tbuf_f32(init, (uint64_t)n_ids * dim);
+  gpu_buf_t *bi = tbuf_bytes(ids, 4ull * n_ids), *by = tbuf_f32(init, (uint64_t)n_ids * dim);
   lt_err_t err = {0};
   gpu_cmd_t *c = tbegin();
   cr_assert_eq(op_embed(c, gv(by), gv(b0), tt, gv(bi), n_ids, dim, 0, split, &err), LT_OK, "%s", err.msg);
@@ -111,13 +121,18 @@ static void check_embed(lt_dtype_t tt) {
   float *got = tread_f32(by, (uint64_t)n_ids * dim);
   /* A gather is a copy and f16 -> f32 is exact: the results must be identical. */
   tassert_close(got, want, (uint64_t)n_ids * dim, 0, 0, tt == LT_F16 ? "embed f16" : "embed f32");
-  free(got), free(tf), free(th), free(want), free(init);
+  free(got), free(tf), free(th), free(want), free(init), free(ids);
   gpu_buf_destroy(&b0), gpu_buf_destroy(&b1), gpu_buf_destroy(&bi), gpu_buf_destroy(&by);
 }
 
-Test(attn, embed_f32_split_table) { check_embed(LT_F32); }
+Test(attn, embed_f32_split_table) { check_embed(LT_F32, 23, 45); }
 
-Test(attn, embed_f16_split_table) { check_embed(LT_F16); }
+Test(attn, embed_f16_split_table) { check_embed(LT_F16, 23, 45); }
+
+Test(attn, embed_ids_past_the_grid_y_limit) {
+  /* 70001 ids need the grid's z dimension (y stops at 65535). */
+  check_embed(LT_F32, 70001, 3);
+}
 
 /* ---- attention ---- */
 
@@ -155,11 +170,13 @@ Test(attn, prefill) {
   check_attn(37, 4, 4, 64, 0, 37, "prefill 37, gqa 1, hd 64");
   check_attn(37, 6, 3, 40, 0, 37, "prefill 37, gqa 2, hd 40");
   check_attn(37, 8, 2, 8, 0, 37, "prefill 37, gqa 4, hd 8");
+  check_attn(37, 2, 1, 37, 0, 37, "prefill 37, gqa 2, odd hd 37");
 }
 
 Test(attn, decode) {
   check_attn(1, 8, 2, 128, 36, 37, "decode, gqa 4, hd 128");
   check_attn(1, 4, 4, 40, 36, 37, "decode, gqa 1, hd 40");
+  check_attn(1, 4, 2, 255, 36, 37, "decode, gqa 2, hd 255");
   check_attn(1, 2, 1, 8, 0, 1, "decode of the first token");
 }
 
@@ -170,14 +187,20 @@ Test(attn, chunked_prefill) {
 }
 
 Test(attn, long_cache_splits_and_merges) {
-  /* Few (row, head) workgroups: the cache is spread over many splits merged by attn_merge. */
+  /* Few (row, head) tiles: the 5000 keys are spread over many splits merged by attn_merge. */
   check_attn(2, 4, 2, 128, 4998, 5000, "decode-like, 5000 keys");
-  /* 600 workgroups: 2048-key splits; rows up to position 2047 are written directly, later ones merge two
-   * splits, in one call (odd head_dim, no vec4 path). */
-  check_attn(300, 2, 1, 40, 1900, 2200, "chunked prefill across a split boundary");
-  /* Canary for lavapipe's silent stop after ~65,535 loop iterations per invocation: attn.comp loops ~120 times per
-   * block of 64 keys at head_dim 64 (~170 at 256, where a single split went wrong between 24,000 and 30,000
-   * keys), so one split of these 48000 keys would loop ~90,000 times; this passes only while keys are split. */
+}
+
+Test(attn, prefill_across_split_boundaries) {
+  /* Few tiles, so 256-key splits: rows 0..255 are written directly, later ones merge two splits, in one call
+   * (head_dim 38: scalar loads). */
+  check_attn(300, 2, 1, 38, 0, 300, "prefill across a split boundary");
+}
+
+Test(attn, loop_cap_canary) {
+  /* lavapipe silently stops a loop after ~65,535 iterations per invocation. attn.comp loops ~120 times per block
+   * of 64 keys at head_dim 64 (~170 at 256, where a single split went wrong between 24,000 and 30,000 keys), so
+   * one split of these 48000 keys would loop ~90,000 times; this passes only while keys are split. */
   check_attn(1, 1, 1, 64, 47999, 48000, "canary: 48000 keys, head_dim 64");
 }
 
