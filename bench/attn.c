@@ -59,7 +59,8 @@ static int bench_attention(gpu_t *g, const shape_t *sh) {
   gpu_buf_t *bq = gpu_buf_new(g, nq * 4, &err), *bk = gpu_buf_new(g, nkv * 4, &err);
   gpu_buf_t *bv = gpu_buf_new(g, nkv * 4, &err), *bo = gpu_buf_new(g, nq * 4, &err);
   if (!bq || !bk || !bv || !bo) return fprintf(stderr, "%s\n", err.msg), 1;
-  gpu_upload(bq, 0, q, nq * 4, &err), gpu_upload(bk, 0, k, nkv * 4, &err), gpu_upload(bv, 0, v, nkv * 4, &err);
+  if (gpu_upload(bq, 0, q, nq * 4, &err) || gpu_upload(bk, 0, k, nkv * 4, &err) || gpu_upload(bv, 0, v, nkv * 4, &err))
+    return fprintf(stderr, "%s\n", err.msg), 1;
   /* Useful flops: 2 (QK) + 2 (PV) per visible (row, key, dim). */
   double keys = 0;
   for (uint32_t t = 0; t < sh->n_q; t++) keys += fmin(sh->kv_len, sh->q_pos0 + t + 1.0);
@@ -96,8 +97,9 @@ static int bench_rope(gpu_t *g, uint32_t rows, uint32_t n_heads, uint32_t hd) {
   gpu_buf_t *bx = gpu_buf_new(g, n * 4, &err), *bp = gpu_buf_new(g, rows * 4ull, &err);
   gpu_buf_t *bt = gpu_buf_new(g, (uint64_t)max_pos * hd * 4, &err);
   if (!bx || !bp || !bt) return fprintf(stderr, "%s\n", err.msg), 1;
-  gpu_upload(bx, 0, x, n * 4, &err), gpu_upload(bp, 0, pos, rows * 4ull, &err);
-  gpu_upload(bt, 0, table, (uint64_t)max_pos * hd * 4, &err);
+  if (gpu_upload(bx, 0, x, n * 4, &err) || gpu_upload(bp, 0, pos, rows * 4ull, &err) ||
+      gpu_upload(bt, 0, table, (uint64_t)max_pos * hd * 4, &err))
+    return fprintf(stderr, "%s\n", err.msg), 1;
   double t_gpu = 1e30, t_cpu = 1e30;
   for (int rep = 0; rep < 4; rep++) {
     gpu_cmd_t *c = gpu_cmd_begin(g, &err);

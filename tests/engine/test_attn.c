@@ -10,8 +10,8 @@ TestSuite(attn, .init = tgpu_setup, .fini = tgpu_teardown);
 
 /* ---- RoPE ---- */
 
-/* Rotates x[rows, n_heads, head_dim] on the GPU with a table of max_pos positions and compares with ref_rope.
- * Rows whose position is outside [0, max_pos) must come back untouched. Returns the GPU result (caller frees). */
+/* Rotates a copy of x[rows, n_heads, head_dim] on the GPU with a table of max_pos positions built by
+ * rope_table_build(); returns the result (caller frees). */
 static float *rope_gpu(const float *x, const int32_t *pos, uint32_t rows, uint32_t n_heads, uint32_t head_dim,
                        uint32_t rot_dim, bool neox, double theta, const rope_scaling_t *sc, uint32_t max_pos) {
   uint64_t n = (uint64_t)rows * n_heads * head_dim;
@@ -29,6 +29,8 @@ static float *rope_gpu(const float *x, const int32_t *pos, uint32_t rows, uint32
   return got;
 }
 
+/* Compares op_rope with ref_rope (theta 10000, positions < 300). The first and last rows have positions outside
+ * the table (-1 and 300) and must come back untouched. rows >= 3. */
 static void check_rope(uint32_t rows, uint32_t n_heads, uint32_t head_dim, uint32_t rot_dim, bool neox,
                        const char *what) {
   uint64_t n = (uint64_t)rows * n_heads * head_dim, seed = 77 + head_dim + rot_dim;
@@ -38,9 +40,10 @@ static void check_rope(uint32_t rows, uint32_t n_heads, uint32_t head_dim, uint3
   cr_assert(pos != NULL);
   trand(x, n, -1, 1, &seed);
   for (uint32_t r = 0; r < rows; r++) pos[r] = (int32_t)((r * 97u + 3u) % max_pos);
-  pos[rows - 1] = (int32_t)max_pos; /* outside the table: left untouched */
+  pos[0] = -1, pos[rows - 1] = (int32_t)max_pos; /* outside the table: left untouched */
   memcpy(want, x, n * 4);
-  ref_rope(want, pos, rows - 1, n_heads, head_dim, rot_dim, neox, 10000.0, NULL);
+  uint64_t row = (uint64_t)n_heads * head_dim;
+  ref_rope(want + row, pos + 1, rows - 2, n_heads, head_dim, rot_dim, neox, 10000.0, NULL);
   float *got = rope_gpu(x, pos, rows, n_heads, head_dim, rot_dim, neox, 10000.0, NULL, max_pos);
   /* |x| <= 1: the table's cos and sin are f32 roundings of the double values (2^-24 relative each) and the GPU
    * rounds two products and a sum in f32, so |error| <= ~5 * 6e-8 = 3e-7; 1e-6 absolute covers it, while a wrong
