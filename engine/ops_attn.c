@@ -18,6 +18,7 @@
 #define ATTN_TARGET_GROUPS 256u        /* workgroups wanted in flight before splitting for parallelism */
 #define ATTN_SCRATCH_CAP (16ull << 20) /* bytes of split partials per dispatch */
 #define ATTN_BR16_SHARED 24576u        /* shared bytes attn.comp needs with 16-query tiles (~20.8 KiB) */
+_Static_assert(ATTN_WG <= 64 && ATTN_WG % 16 == 0, "attn.comp: blocks of at most 64 keys, split evenly over a tile");
 
 /* inv_freq of pair i (theta^(-2i/rot_dim)) with the Llama-3 adjustment of Hugging Face's
  * _compute_llama3_parameters when s asks for it. */
