@@ -1,0 +1,26 @@
+#version 450
+// Embedding gather: y[r, :] = table[ids[r] - row_lo, :] for ids in [row_lo, row_hi); one invocation per output
+// element, x over the row's dims, y and z over rows. Other rows of y are not written, so a table split into
+// bindable pieces is gathered piece by piece. TABLE_F16=1 reads an f16 table (converted exactly to f32).
+#if TABLE_F16
+#extension GL_EXT_shader_16bit_storage : require
+#endif
+#define PC_EMBED 1
+#include "pc.h"
+#include "common.glsl"
+
+layout(std430, binding = 0) writeonly buffer Y { float y[]; };
+#if TABLE_F16
+layout(std430, binding = 1) readonly buffer T { float16_t table[]; };
+#else
+layout(std430, binding = 1) readonly buffer T { float table[]; };
+#endif
+layout(std430, binding = 2) readonly buffer I { int ids[]; };
+
+void main() {
+  uint col = gl_GlobalInvocationID.x, r = gl_WorkGroupID.z * gl_NumWorkGroups.y + gl_WorkGroupID.y;
+  if (col >= pc.dim || r >= pc.n_ids) return;
+  int id = ids[r];
+  if (id < 0 || uint(id) < pc.row_lo || uint(id) >= pc.row_hi) return;
+  y[r * pc.dim + col] = float(table[(uint(id) - pc.row_lo) * pc.dim + col]);
+}
