@@ -59,7 +59,8 @@ static int bench_attention(gpu_t *g, const shape_t *sh) {
   gpu_buf_t *bq = gpu_buf_new(g, nq * 4, &err), *bk = gpu_buf_new(g, nkv * 4, &err);
   gpu_buf_t *bv = gpu_buf_new(g, nkv * 4, &err), *bo = gpu_buf_new(g, nq * 4, &err);
   if (!bq || !bk || !bv || !bo) return fprintf(stderr, "%s\n", err.msg), 1;
-  gpu_upload(bq, 0, q, nq * 4, &err), gpu_upload(bk, 0, k, nkv * 4, &err), gpu_upload(bv, 0, v, nkv * 4, &err);
+  if (gpu_upload(bq, 0, q, nq * 4, &err) || gpu_upload(bk, 0, k, nkv * 4, &err) || gpu_upload(bv, 0, v, nkv * 4, &err))
+    return fprintf(stderr, "%s\n", err.msg), 1;
   /* Useful flops: 2 (QK) + 2 (PV) per visible (row, key, dim). */
   double keys = 0;
   for (uint32_t t = 0; t < sh->n_q; t++) keys += fmin(sh->kv_len, sh->q_pos0 + t + 1.0);
@@ -96,8 +97,9 @@ static int bench_rope(gpu_t *g, uint32_t rows, uint32_t n_heads, uint32_t hd) {
   gpu_buf_t *bx = gpu_buf_new(g, n * 4, &err), *bp = gpu_buf_new(g, rows * 4ull, &err);
   gpu_buf_t *bt = gpu_buf_new(g, (uint64_t)max_pos * hd * 4, &err);
   if (!bx || !bp || !bt) return fprintf(stderr, "%s\n", err.msg), 1;
-  gpu_upload(bx, 0, x, n * 4, &err), gpu_upload(bp, 0, pos, rows * 4ull, &err);
-  gpu_upload(bt, 0, table, (uint64_t)max_pos * hd * 4, &err);
+  if (gpu_upload(bx, 0, x, n * 4, &err) || gpu_upload(bp, 0, pos, rows * 4ull, &err) ||
+      gpu_upload(bt, 0, table, (uint64_t)max_pos * hd * 4, &err))
+    return fprintf(stderr, "%s\n", err.msg), 1;
   double t_gpu = 1e30, t_cpu = 1e30;
   for (int rep = 0; rep < 4; rep++) {
     gpu_cmd_t *c = gpu_cmd_begin(g, &err);
@@ -126,7 +128,8 @@ static int bench_rope(gpu_t *g, uint32_t rows, uint32_t n_heads, uint32_t hd) {
   return 0;
 }
 
-int main(void) {
+/* Runs every shape, or those whose name contains argv[1]. */
+int main(int argc, char **argv) {
   lt_err_t err = {0};
   gpu_t *g = gpu_new(NULL, &err);
   if (!g) return fprintf(stderr, "%s\n", err.msg), 1;
@@ -138,8 +141,10 @@ int main(void) {
       {"decode at 16384, 32/8, hd 128", 1, 32, 8, 128, 16383, 16384},
   };
   int rc = 0;
-  for (size_t i = 0; i < sizeof shapes / sizeof shapes[0] && !rc; i++) rc = bench_attention(g, &shapes[i]);
-  if (!rc) rc = bench_rope(g, 2048, 32, 128);
+  const char *only = argc > 1 ? argv[1] : "";
+  for (size_t i = 0; i < sizeof shapes / sizeof shapes[0] && !rc; i++)
+    if (strstr(shapes[i].name, only)) rc = bench_attention(g, &shapes[i]);
+  if (!rc && strstr("rope", only)) rc = bench_rope(g, 2048, 32, 128);
   gpu_destroy(&g);
   return rc;
 }

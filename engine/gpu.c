@@ -232,6 +232,12 @@ static void query_caps(gpu_t *g) {
   for (int i = 0; i < 3; i++) c->max_wg_count[i] = lim->maxComputeWorkGroupCount[i];
   c->max_push = lim->maxPushConstantsSize;
   c->max_storage_range = lim->maxStorageBufferRange;
+  /* LATHE_MAX_BINDING lowers the binding limit (tests use it to make small models split their weights). */
+  const char *mb = getenv("LATHE_MAX_BINDING");
+  if (mb && *mb) {
+    unsigned long long v = strtoull(mb, NULL, 10);
+    if (v >= 1024 && v < c->max_storage_range) c->max_storage_range = v;
+  }
   c->min_storage_align = lim->minStorageBufferOffsetAlignment;
 
   VkPhysicalDeviceMaintenance3Properties m3 = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_MAINTENANCE_3_PROPERTIES};

@@ -6,7 +6,6 @@
 
 #define MAX_BINDS 16
 #define MAX_TRACK 256
-#define MAX_SCRATCH 64
 
 /* A command buffer in flight, with the descriptor pool its dispatches used. */
 typedef struct chunk {
@@ -29,8 +28,8 @@ struct gpu_cmd {
   uint32_t in_chunk;   /* dispatches recorded into cur */
   track_t writes[MAX_TRACK], reads[MAX_TRACK]; /* since the last barrier */
   uint32_t n_writes, n_reads;
-  gpu_buf_t *scratch[MAX_SCRATCH];
-  uint32_t n_scratch;
+  gpu_buf_t **scratch; /* grows as ops ask for scratch space */
+  uint32_t n_scratch, cap_scratch;
 };
 
 static lt_status_t chunk_new(gpu_cmd_t *c, lt_err_t *err) {
@@ -248,9 +247,15 @@ lt_status_t gpu_cmd_copy(gpu_cmd_t *c, gpu_buf_t *src, uint64_t src_off, gpu_buf
 }
 
 gpu_buf_t *gpu_cmd_scratch(gpu_cmd_t *c, uint64_t bytes, lt_err_t *err) {
-  if (c->n_scratch == MAX_SCRATCH) {
-    lt_fail(err, LT_E_LIMIT, "more than %d scratch buffers in one recording", MAX_SCRATCH);
-    return NULL;
+  if (c->n_scratch == c->cap_scratch) {
+    uint32_t cap = c->cap_scratch ? 2 * c->cap_scratch : 16;
+    gpu_buf_t **grown = realloc(c->scratch, cap * sizeof *grown);
+    if (!grown) {
+      lt_fail(err, LT_E_NOMEM, "out of memory");
+      return NULL;
+    }
+    c->scratch = grown;
+    c->cap_scratch = cap;
   }
   gpu_buf_t *b = gpu_buf_new(c->g, bytes, err);
   if (b) c->scratch[c->n_scratch++] = b;
@@ -259,7 +264,9 @@ gpu_buf_t *gpu_cmd_scratch(gpu_cmd_t *c, uint64_t bytes, lt_err_t *err) {
 
 static void free_scratch(gpu_cmd_t *c) {
   for (uint32_t i = 0; i < c->n_scratch; i++) gpu_buf_destroy(&c->scratch[i]);
-  c->n_scratch = 0;
+  free(c->scratch);
+  c->scratch = NULL;
+  c->n_scratch = c->cap_scratch = 0;
 }
 
 lt_status_t gpu_cmd_finish(gpu_cmd_t **cp, lt_err_t *err) {

@@ -133,8 +133,8 @@ lt_status_t op_embed(gpu_cmd_t *c, gpu_view_t y, gpu_view_t table, lt_dtype_t tt
 
 /* Causal attention for one sequence. q, out: f32 [n_q, n_heads, head_dim]; k, v: f32 caches
  * [>= kv_len, n_kv_heads, head_dim]. Query row t is at position q_pos0 + t and sees keys [0, q_pos0 + t].
- * Head h uses KV head h / (n_heads / n_kv_heads). Long caches are split over dispatches (flash-decoding
- * partials merged by a second pass), so no invocation loops too long. */
+ * Head h uses KV head h / (n_heads / n_kv_heads). Long caches are split into key ranges run by separate
+ * workgroups (flash-decoding partials merged by a second dispatch), so no invocation loops too long. */
 lt_status_t op_attention(gpu_cmd_t *c, gpu_view_t out, gpu_view_t q, gpu_view_t k, gpu_view_t v, uint32_t n_q,
                          uint32_t n_heads, uint32_t n_kv_heads, uint32_t head_dim, uint32_t q_pos0, uint32_t kv_len,
                          float scale, lt_err_t *err);

@@ -1,151 +1,202 @@
 #version 450
-// Causal attention, flash style: one workgroup per (query row, head, key split). The workgroup walks its keys in
-// blocks of WG_X: each invocation scores one key, the block's max and sum update the running (max, sum) of an
-// online softmax, then each invocation accumulates the probability-weighted V rows for the output dims it owns.
+// Causal attention, flash style with register blocking. A workgroup takes a tile of BR queries that share one KV
+// head (query = (row, head in the GQA group), rows times group size flattened) and one split of the keys, and walks
+// the split in blocks of BC = WG_X keys:
+//   1. S = Q K^T for the block: each invocation scores 4 queries x QG keys over vec4 dims (Q tile in shared);
+//   2. online softmax per query: block max, rescale factor alpha, P = exp(S - max), running sum;
+//   3. O = alpha O + P V: each invocation owns 4 queries x DI vec4 output columns in registers.
+// Every load is a vec4 feeding 16 or more FMAs (lavapipe pays per load instruction, GPUs per byte).
 // One split writes out[] directly; several write unnormalised partials (max, sum, acc[head_dim]) that
-// attn_merge.comp combines. The C wrapper bounds the keys per split so no invocation loops too long.
-// HD4=1 (head_dim % 4 == 0) reads K as vec4.
-#if HAS_SUBGROUP_ARITH
-#extension GL_KHR_shader_subgroup_basic : require
-#extension GL_KHR_shader_subgroup_arithmetic : require
-#endif
+// attn_merge.comp combines. The C wrapper sizes splits so that no invocation loops too long (lavapipe).
+// Variants (defines): BR = 4 or 16 queries per tile; DI = vec4 output columns per invocation;
+// HD4 = head_dim % 4 == 0 (vec4 loads and stores; otherwise scalar loads padded with zeros).
+#extension GL_EXT_control_flow_attributes : require
 #define PC_ATTN 1
 #include "pc.h"
 #include "common.glsl"
 
-#define MAX_HD 256u
-#define MAX_WG 256u
+#ifndef BR
+#define BR 16
+#endif
+#ifndef DI
+#define DI 2
+#endif
+#define QG (BR / 4)        // groups of 4 queries in a tile
+#define MAX_BC 64u         // keys per block = WG_X <= MAX_BC (set by the C wrapper)
+#define MAX_HD4 64u        // head_dim <= 256
 // Finite stand-in for -inf: exp(NEG_BIG - m) is 0 and NEG_BIG - NEG_BIG is 0, never NaN.
 #define NEG_BIG -1.0e30
 
-layout(std430, binding = 0) writeonly buffer O { float o[]; };    // [n_q, n_heads, head_dim]
-layout(std430, binding = 1) readonly buffer Q { float q[]; };     // [n_q, n_heads, head_dim]
 #if HD4
-layout(std430, binding = 2) readonly buffer K { vec4 k4[]; };     // [kv_len, n_kv_heads, head_dim / 4]
+layout(std430, binding = 0) writeonly buffer O { vec4 o4[]; };  // [n_q, n_heads, head_dim]
+layout(std430, binding = 1) readonly buffer Q { vec4 q4[]; };   // [n_q, n_heads, head_dim]
+layout(std430, binding = 2) readonly buffer K { vec4 k4[]; };   // [kv_len, n_kv_heads, head_dim]
+layout(std430, binding = 3) readonly buffer V { vec4 v4[]; };   // [kv_len, n_kv_heads, head_dim]
 #else
-layout(std430, binding = 2) readonly buffer K { float k[]; };     // [kv_len, n_kv_heads, head_dim]
+layout(std430, binding = 0) writeonly buffer O { float o[]; };
+layout(std430, binding = 1) readonly buffer Q { float q[]; };
+layout(std430, binding = 2) readonly buffer K { float k[]; };
+layout(std430, binding = 3) readonly buffer V { float v[]; };
 #endif
-layout(std430, binding = 3) readonly buffer V { float v[]; };     // [kv_len, n_kv_heads, head_dim]
-layout(std430, binding = 4) writeonly buffer PML { vec2 part_ml[]; };  // [rows, n_heads, n_splits] (max, sum)
+layout(std430, binding = 4) writeonly buffer PML { vec2 part_ml[]; };   // [rows, n_heads, n_splits] (max, sum)
 layout(std430, binding = 5) writeonly buffer PACC { float part_acc[]; }; // [rows, n_heads, n_splits, head_dim]
 
+shared vec4 q_s[BR][MAX_HD4];  // the tile's queries, pre-scaled
+shared vec4 p_s[MAX_BC][QG];   // S, then P, for the block: p_s[key][query / 4][query % 4]
+shared float red[MAX_BC];
+shared float m_s[BR], l_s[BR], alpha_s[BR];
+shared uint kend_s[BR];        // keys [k0, kend) are visible to the query; 0 for padding queries
+
+// vec4 of a head's dims [d, d + 4) at element offset `base` (a multiple of 4 with HD4), zero past head_dim.
 #if HD4
-shared vec4 q_s[MAX_HD / 4u];
+#define LOAD4(arr, base, d) arr##4[((base) + (d)) / 4u]
 #else
-shared float q_s[MAX_HD];
-#endif
-shared float acc_s[MAX_HD]; // acc_s[d] is only touched by invocation d % WG_X
-shared float p_s[MAX_WG];
-shared float red[MAX_WG];
-
-#if HAS_SUBGROUP_ARITH
-float wg_max(float x) {
-  x = subgroupMax(x);
-  if (subgroupElect()) red[gl_SubgroupID] = x;
-  barrier();
-  float r = red[0];
-  for (uint i = 1u; i < gl_NumSubgroups; i++) r = max(r, red[i]);
-  barrier();
+#define LOAD4(arr, base, d) load4_##arr((base), (d))
+vec4 load4_q(uint base, uint d) {
+  vec4 r = vec4(0.0);
+  [[unroll]] for (uint c = 0u; c < 4u; c++) if (d + c < pc.head_dim) r[c] = q[base + d + c];
   return r;
 }
-
-float wg_sum(float x) {
-  x = subgroupAdd(x);
-  if (subgroupElect()) red[gl_SubgroupID] = x;
-  barrier();
-  float r = red[0];
-  for (uint i = 1u; i < gl_NumSubgroups; i++) r += red[i];
-  barrier();
+vec4 load4_k(uint base, uint d) {
+  vec4 r = vec4(0.0);
+  [[unroll]] for (uint c = 0u; c < 4u; c++) if (d + c < pc.head_dim) r[c] = k[base + d + c];
   return r;
 }
-#else
-// Tree reductions over shared memory; WG_X is a power of two (checked by the C wrapper).
-float wg_max(float x) {
-  uint tid = gl_LocalInvocationID.x;
-  red[tid] = x;
-  barrier();
-  for (uint s = WG_X / 2u; s > 0u; s >>= 1u) {
-    if (tid < s) red[tid] = max(red[tid], red[tid + s]);
-    barrier();
-  }
-  float r = red[0];
-  barrier();
-  return r;
-}
-
-float wg_sum(float x) {
-  uint tid = gl_LocalInvocationID.x;
-  red[tid] = x;
-  barrier();
-  for (uint s = WG_X / 2u; s > 0u; s >>= 1u) {
-    if (tid < s) red[tid] += red[tid + s];
-    barrier();
-  }
-  float r = red[0];
-  barrier();
+vec4 load4_v(uint base, uint d) {
+  vec4 r = vec4(0.0);
+  [[unroll]] for (uint c = 0u; c < 4u; c++) if (d + c < pc.head_dim) r[c] = v[base + d + c];
   return r;
 }
 #endif
 
 void main() {
   uint tid = gl_LocalInvocationID.x;
-  uint h = gl_WorkGroupID.x, lrow = gl_WorkGroupID.y, z = gl_WorkGroupID.z;
-  uint t = pc.row_base + lrow;
+  uint tile = gl_WorkGroupID.x, kvh = gl_WorkGroupID.y, z = gl_WorkGroupID.z;
+  uint group = pc.n_heads / pc.n_kv_heads;
+  uint nqi = (pc.n_q - pc.row_base) * group; // queries of this KV head in this dispatch
+  uint qi0 = tile * BR;
   // Uniform per workgroup, so returning here keeps every barrier below in uniform control flow.
-  if (t >= pc.n_q || h >= pc.n_heads || z >= pc.n_splits) return;
-  uint hd = pc.head_dim;
-  uint kvh = h / (pc.n_heads / pc.n_kv_heads);
-  uint end = min(pc.kv_len, pc.q_pos0 + t + 1u); // causal: keys [0, q_pos0 + t], never past the cache
+  if (qi0 >= nqi || kvh >= pc.n_kv_heads || z >= pc.n_splits) return;
+  uint hd = pc.head_dim, hd4 = (hd + 3u) / 4u;
   uint k0 = z * pc.split_len;
-  uint k1 = min(end, k0 + pc.split_len);
-  uint qo = (t * pc.n_heads + h) * hd;
+  uint kvo = kvh * hd; // this KV head's offset inside a cache position
 
-#if HD4
-  for (uint d = tid; d < hd / 4u; d += WG_X)
-    q_s[d] = vec4(q[qo + 4u * d], q[qo + 4u * d + 1u], q[qo + 4u * d + 2u], q[qo + 4u * d + 3u]) * pc.scale;
-#else
-  for (uint d = tid; d < hd; d += WG_X) q_s[d] = q[qo + d] * pc.scale;
-#endif
-  for (uint d = tid; d < hd; d += WG_X) acc_s[d] = 0.0;
+  if (tid < BR) {
+    uint qi = qi0 + tid, t = pc.row_base + qi / group;
+    kend_s[tid] = qi < nqi ? min(min(pc.kv_len, pc.q_pos0 + t + 1u), k0 + pc.split_len) : 0u;
+    m_s[tid] = NEG_BIG;
+    l_s[tid] = 0.0;
+  }
+  for (uint e = tid; e < BR * hd4; e += WG_X) {
+    uint r = e / hd4, d4 = e % hd4, qi = qi0 + r;
+    uint t = pc.row_base + qi / group, h = kvh * group + qi % group;
+    q_s[r][d4] = qi < nqi ? LOAD4(q, (t * pc.n_heads + h) * hd, 4u * d4) * pc.scale : vec4(0.0);
+  }
+  // The last query of the tile sees the most keys (positions grow with the row).
+  uint qlast = min(qi0 + BR, nqi) - 1u;
+  uint kmax = min(min(pc.kv_len, pc.q_pos0 + pc.row_base + qlast / group + 1u), k0 + pc.split_len);
   barrier();
 
-  float m = NEG_BIG, l = 0.0;
-  for (uint kb = k0; kb < k1; kb += WG_X) {
-    uint j = kb + tid;
-    float s = NEG_BIG;
-    if (j < k1) {
-      uint ko = j * pc.kv_stride + kvh * hd;
-#if HD4
-      vec4 a = vec4(0.0);
-      for (uint d = 0u; d < hd / 4u; d++) a += q_s[d] * k4[ko / 4u + d];
-      s = (a.x + a.y) + (a.z + a.w);
-#else
-      s = 0.0;
-      for (uint d = 0u; d < hd; d++) s += q_s[d] * k[ko + d];
-#endif
+  // Phase 1: query group qg1, keys kg + KG * j. Phase 2: row r2, keys part + TPR * j.
+  // Phase 3: query group qg3, vec4 columns dg + DG * i.
+  uint KG = WG_X / QG, qg1 = tid / KG, kg = tid % KG;
+  uint TPR = WG_X / BR, r2 = tid / TPR, part = tid % TPR;
+  uint DG = WG_X / QG, qg3 = tid / DG, dg = tid % DG;
+  vec4 acc[DI][4];
+  [[unroll]] for (uint i = 0u; i < DI; i++) [[unroll]] for (uint qq = 0u; qq < 4u; qq++) acc[i][qq] = vec4(0.0);
+
+  for (uint kb = k0; kb < kmax; kb += WG_X) {
+    // 1. scores of 4 queries x QG keys
+    vec4 s[QG]; // s[j][qq]
+    uint kbase[QG];
+    [[unroll]] for (uint j = 0u; j < QG; j++) {
+      s[j] = vec4(0.0);
+      kbase[j] = min(kb + kg + KG * j, kmax - 1u) * pc.kv_stride + kvo; // clamped: masked below
     }
-    float m_new = max(m, wg_max(s));
-    float p = j < k1 ? exp(s - m_new) : 0.0;
-    p_s[tid] = p;
-    float alpha = exp(m - m_new);
-    l = l * alpha + wg_sum(p); // wg_sum's barriers also publish p_s
-    m = m_new;
-    uint nb = min(WG_X, k1 - kb);
-    uint vo = kb * pc.kv_stride + kvh * hd;
-    for (uint d = tid; d < hd; d += WG_X) {
-      float a = acc_s[d] * alpha;
-      for (uint jj = 0u; jj < nb; jj++) a += p_s[jj] * v[vo + jj * pc.kv_stride + d];
-      acc_s[d] = a;
+    for (uint d4 = 0u; d4 < hd4; d4++) {
+      vec4 qv[4];
+      [[unroll]] for (uint qq = 0u; qq < 4u; qq++) qv[qq] = q_s[4u * qg1 + qq][d4];
+      [[unroll]] for (uint j = 0u; j < QG; j++) {
+        vec4 kv = LOAD4(k, kbase[j], 4u * d4);
+        [[unroll]] for (uint qq = 0u; qq < 4u; qq++) s[j][qq] += dot(qv[qq], kv);
+      }
     }
-    barrier(); // p_s is rewritten by the next block
+    [[unroll]] for (uint j = 0u; j < QG; j++) {
+      uint c = kg + KG * j;
+      vec4 sv;
+      [[unroll]] for (uint qq = 0u; qq < 4u; qq++) sv[qq] = kb + c < kend_s[4u * qg1 + qq] ? s[j][qq] : NEG_BIG;
+      p_s[c][qg1] = sv;
+    }
+    barrier();
+
+    // 2. online softmax, TPR invocations per query row
+    float mx = NEG_BIG;
+    for (uint c = part; c < WG_X; c += TPR) mx = max(mx, p_s[c][r2 / 4u][r2 % 4u]);
+    red[tid] = mx;
+    barrier();
+    if (part == 0u) {
+      for (uint i = 1u; i < TPR; i++) mx = max(mx, red[tid + i]);
+      float m_new = max(m_s[r2], mx);
+      alpha_s[r2] = exp(m_s[r2] - m_new);
+      m_s[r2] = m_new;
+    }
+    barrier();
+    float m_new = m_s[r2], sum = 0.0;
+    uint kend = kend_s[r2];
+    for (uint c = part; c < WG_X; c += TPR) {
+      float p = kb + c < kend ? exp(p_s[c][r2 / 4u][r2 % 4u] - m_new) : 0.0;
+      p_s[c][r2 / 4u][r2 % 4u] = p;
+      sum += p;
+    }
+    red[tid] = sum;
+    barrier(); // also publishes P
+    if (part == 0u) {
+      for (uint i = 1u; i < TPR; i++) sum += red[tid + i];
+      l_s[r2] = l_s[r2] * alpha_s[r2] + sum;
+    }
+
+    // 3. O = alpha O + P V for 4 queries x DI vec4 columns
+    vec4 alpha = vec4(alpha_s[4u * qg3], alpha_s[4u * qg3 + 1u], alpha_s[4u * qg3 + 2u], alpha_s[4u * qg3 + 3u]);
+    [[unroll]] for (uint i = 0u; i < DI; i++) [[unroll]] for (uint qq = 0u; qq < 4u; qq++) acc[i][qq] *= alpha[qq];
+    uint nb = min(WG_X, kmax - kb);
+    for (uint c = 0u; c < nb; c++) {
+      vec4 p = p_s[c][qg3];
+      uint vbase = (kb + c) * pc.kv_stride + kvo;
+      [[unroll]] for (uint i = 0u; i < DI; i++) {
+        uint d4 = dg + DG * i;
+        if (d4 < hd4) {
+          vec4 vv = LOAD4(v, vbase, 4u * d4);
+          [[unroll]] for (uint qq = 0u; qq < 4u; qq++) acc[i][qq] += p[qq] * vv;
+        }
+      }
+    }
+    barrier(); // p_s, red and alpha_s are rewritten by the next block; publishes l_s
   }
 
-  if (pc.n_splits == 1u) {
-    float inv = l > 0.0 ? 1.0 / l : 0.0;
-    for (uint d = tid; d < hd; d += WG_X) o[qo + d] = acc_s[d] * inv;
-  } else {
-    uint pi = (lrow * pc.n_heads + h) * pc.n_splits + z;
-    if (tid == 0u) part_ml[pi] = vec2(m, l);
-    for (uint d = tid; d < hd; d += WG_X) part_acc[pi * hd + d] = acc_s[d];
+  [[unroll]] for (uint qq = 0u; qq < 4u; qq++) {
+    uint r = 4u * qg3 + qq, qi = qi0 + r;
+    if (qi >= nqi) continue;
+    uint lrow = qi / group, h = kvh * group + qi % group;
+    if (pc.n_splits == 1u) {
+      float inv = l_s[r] > 0.0 ? 1.0 / l_s[r] : 0.0;
+      uint ob = ((pc.row_base + lrow) * pc.n_heads + h) * hd;
+      [[unroll]] for (uint i = 0u; i < DI; i++) {
+        uint d4 = dg + DG * i;
+#if HD4
+        if (d4 < hd4) o4[ob / 4u + d4] = acc[i][qq] * inv;
+#else
+        [[unroll]] for (uint c = 0u; c < 4u; c++)
+          if (d4 < hd4 && 4u * d4 + c < hd) o[ob + 4u * d4 + c] = acc[i][qq][c] * inv;
+#endif
+      }
+    } else {
+      uint pi = (lrow * pc.n_heads + h) * pc.n_splits + z;
+      if (dg == 0u) part_ml[pi] = vec2(m_s[r], l_s[r]);
+      [[unroll]] for (uint i = 0u; i < DI; i++) {
+        uint d4 = dg + DG * i;
+        [[unroll]] for (uint c = 0u; c < 4u; c++)
+          if (d4 < hd4 && 4u * d4 + c < hd) part_acc[pi * hd + 4u * d4 + c] = acc[i][qq][c];
+      }
+    }
   }
 }

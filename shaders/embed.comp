@@ -1,7 +1,7 @@
 #version 450
 // Embedding gather: y[r, :] = table[ids[r] - row_lo, :] for ids in [row_lo, row_hi); one invocation per output
-// element. Other rows of y are not written, so a table split into bindable pieces is gathered piece by piece.
-// TABLE_F16=1 reads an f16 table (converted exactly to f32).
+// element, x over the row's dims, y and z over rows. Other rows of y are not written, so a table split into
+// bindable pieces is gathered piece by piece. TABLE_F16=1 reads an f16 table (converted exactly to f32).
 #if TABLE_F16
 #extension GL_EXT_shader_16bit_storage : require
 #endif
@@ -18,10 +18,9 @@ layout(std430, binding = 1) readonly buffer T { float table[]; };
 layout(std430, binding = 2) readonly buffer I { int ids[]; };
 
 void main() {
-  uint i = flat_index();
-  if (i >= pc.n_ids * pc.dim) return;
-  uint r = i / pc.dim, col = i % pc.dim;
+  uint col = gl_GlobalInvocationID.x, r = gl_WorkGroupID.z * gl_NumWorkGroups.y + gl_WorkGroupID.y;
+  if (col >= pc.dim || r >= pc.n_ids) return;
   int id = ids[r];
   if (id < 0 || uint(id) < pc.row_lo || uint(id) >= pc.row_hi) return;
-  y[i] = float(table[(uint(id) - pc.row_lo) * pc.dim + col]);
+  y[r * pc.dim + col] = float(table[(uint(id) - pc.row_lo) * pc.dim + col]);
 }

@@ -86,13 +86,13 @@ PC_END(pc_embed)
 /* Causal attention over a KV cache with grouped KV heads. */
 #if !defined(LATHE_GLSL) || defined(PC_ATTN)
 PC_BEGIN(pc_attn)
-  uint n_q;        /* query rows (tokens) */
+  uint n_q;        /* end of this dispatch's query rows: it covers rows [row_base, n_q) */
   uint n_heads, n_kv_heads, head_dim;
   uint q_pos0;     /* position of the first query row; query t sees keys [0, q_pos0 + t] */
   uint kv_len;     /* keys present in the cache */
   uint kv_stride;  /* elements between consecutive positions in the cache (n_kv_heads * head_dim) */
   float scale;     /* usually 1/sqrt(head_dim) */
-  uint row_base;   /* first query row of this dispatch; workgroup y indexes rows from here */
+  uint row_base;   /* first query row of this dispatch; partials are indexed by row - row_base */
   uint split_len;  /* keys per split; workgroup z covers keys [z * split_len, (z + 1) * split_len) */
   uint n_splits;   /* 1: attn writes out directly; more: attn writes partials that attn_merge combines */
 PC_END(pc_attn)

@@ -10,8 +10,8 @@ TestSuite(attn, .init = tgpu_setup, .fini = tgpu_teardown);
 
 /* ---- RoPE ---- */
 
-/* Rotates x[rows, n_heads, head_dim] on the GPU with a table of max_pos positions and compares with ref_rope.
- * Rows whose position is outside [0, max_pos) must come back untouched. Returns the GPU result (caller frees). */
+/* Rotates a copy of x[rows, n_heads, head_dim] on the GPU with a table of max_pos positions built by
+ * rope_table_build(); returns the result (caller frees). */
 static float *rope_gpu(const float *x, const int32_t *pos, uint32_t rows, uint32_t n_heads, uint32_t head_dim,
                        uint32_t rot_dim, bool neox, double theta, const rope_scaling_t *sc, uint32_t max_pos) {
   uint64_t n = (uint64_t)rows * n_heads * head_dim;
@@ -29,6 +29,8 @@ static float *rope_gpu(const float *x, const int32_t *pos, uint32_t rows, uint32
   return got;
 }
 
+/* Compares op_rope with ref_rope (theta 10000, positions < 300). The first and last rows have positions outside
+ * the table (-1 and 300) and must come back untouched. rows >= 3. */
 static void check_rope(uint32_t rows, uint32_t n_heads, uint32_t head_dim, uint32_t rot_dim, bool neox,
                        const char *what) {
   uint64_t n = (uint64_t)rows * n_heads * head_dim, seed = 77 + head_dim + rot_dim;
@@ -38,9 +40,10 @@ static void check_rope(uint32_t rows, uint32_t n_heads, uint32_t head_dim, uint3
   cr_assert(pos != NULL);
   trand(x, n, -1, 1, &seed);
   for (uint32_t r = 0; r < rows; r++) pos[r] = (int32_t)((r * 97u + 3u) % max_pos);
-  pos[rows - 1] = (int32_t)max_pos; /* outside the table: left untouched */
+  pos[0] = -1, pos[rows - 1] = (int32_t)max_pos; /* outside the table: left untouched */
   memcpy(want, x, n * 4);
-  ref_rope(want, pos, rows - 1, n_heads, head_dim, rot_dim, neox, 10000.0, NULL);
+  uint64_t row = (uint64_t)n_heads * head_dim;
+  ref_rope(want + row, pos + 1, rows - 2, n_heads, head_dim, rot_dim, neox, 10000.0, NULL);
   float *got = rope_gpu(x, pos, rows, n_heads, head_dim, rot_dim, neox, 10000.0, NULL, max_pos);
   /* |x| <= 1: the table's cos and sin are f32 roundings of the double values (2^-24 relative each) and the GPU
    * rounds two products and a sum in f32, so |error| <= ~5 * 6e-8 = 3e-7; 1e-6 absolute covers it, while a wrong
@@ -58,6 +61,11 @@ Test(attn, rope_neox_and_interleaved) {
 Test(attn, rope_partial_rotary) {
   check_rope(6, 5, 64, 24, true, "rope neox 24 of 64");
   check_rope(6, 5, 40, 16, false, "rope interleaved 16 of 40");
+}
+
+Test(attn, rope_rows_past_the_grid_y_limit) {
+  /* 70001 rows need the grid's z dimension (y stops at 65535). */
+  check_rope(70001, 1, 6, 4, true, "rope 70001 rows");
 }
 
 Test(attn, rope_llama3_scaling_at_large_positions) {
@@ -86,9 +94,14 @@ Test(attn, rope_llama3_scaling_at_large_positions) {
 
 /* ---- embedding gather ---- */
 
-static void check_embed(lt_dtype_t tt) {
-  uint32_t vocab = 101, dim = 45, split = 37, n_ids = 23;
-  int32_t ids[23] = {5, 36, 37, 100, 0, -1, 101, 200, 64, 36, 99, 1, 37, 2, 50, -7, 88, 7, 36, 14, 100, 3, 42};
+/* Gathers n_ids ids (the first 23 fixed, including out-of-range ones; the rest pseudo-random in [-3, vocab + 3))
+ * from a table of `vocab` rows split at row 37, with one call per piece, and compares with ref_embed. */
+static void check_embed(lt_dtype_t tt, uint32_t n_ids, uint32_t dim) {
+  uint32_t vocab = 101, split = 37;
+  int32_t fixed[23] = {5, 36, 37, 100, 0, -1, 101, 200, 64, 36, 99, 1, 37, 2, 50, -7, 88, 7, 36, 14, 100, 3, 42};
+  int32_t *ids = malloc(4ull * n_ids);
+  cr_assert(ids != NULL);
+  for (uint32_t i = 0; i < n_ids; i++) ids[i] = i < 23 ? fixed[i] : (int32_t)((i * 2654435761u) % (vocab + 6)) - 3;
   uint64_t nt = (uint64_t)vocab * dim, seed = 31 + tt;
   float *tf = talloc(nt), *want = talloc((uint64_t)n_ids * dim), *init = talloc((uint64_t)n_ids * dim);
   uint16_t *th = malloc(nt * 2);
@@ -102,7 +115,7 @@ static void check_embed(lt_dtype_t tt) {
   uint32_t es = lt_dtype_size(tt);
   gpu_buf_t *b0 = tbuf_bytes(table, (uint64_t)split * dim * es);
   gpu_buf_t *b1 = tbuf_bytes((const char *)table + (uint64_t)split * dim * es, (uint64_t)(vocab - split) * dim * es);
-  gpu_buf_t *bi = tbuf_bytes(ids, sizeof ids), *by = tbuf_f32(init, (uint64_t)n_ids * dim);
+  gpu_buf_t *bi = tbuf_bytes(ids, 4ull * n_ids), *by = tbuf_f32(init, (uint64_t)n_ids * dim);
   lt_err_t err = {0};
   gpu_cmd_t *c = tbegin();
   cr_assert_eq(op_embed(c, gv(by), gv(b0), tt, gv(bi), n_ids, dim, 0, split, &err), LT_OK, "%s", err.msg);
@@ -111,13 +124,18 @@ static void check_embed(lt_dtype_t tt) {
   float *got = tread_f32(by, (uint64_t)n_ids * dim);
   /* A gather is a copy and f16 -> f32 is exact: the results must be identical. */
   tassert_close(got, want, (uint64_t)n_ids * dim, 0, 0, tt == LT_F16 ? "embed f16" : "embed f32");
-  free(got), free(tf), free(th), free(want), free(init);
+  free(got), free(tf), free(th), free(want), free(init), free(ids);
   gpu_buf_destroy(&b0), gpu_buf_destroy(&b1), gpu_buf_destroy(&bi), gpu_buf_destroy(&by);
 }
 
-Test(attn, embed_f32_split_table) { check_embed(LT_F32); }
+Test(attn, embed_f32_split_table) { check_embed(LT_F32, 23, 45); }
 
-Test(attn, embed_f16_split_table) { check_embed(LT_F16); }
+Test(attn, embed_f16_split_table) { check_embed(LT_F16, 23, 45); }
+
+Test(attn, embed_ids_past_the_grid_y_limit) {
+  /* 70001 ids need the grid's z dimension (y stops at 65535). */
+  check_embed(LT_F32, 70001, 3);
+}
 
 /* ---- attention ---- */
 
@@ -155,11 +173,13 @@ Test(attn, prefill) {
   check_attn(37, 4, 4, 64, 0, 37, "prefill 37, gqa 1, hd 64");
   check_attn(37, 6, 3, 40, 0, 37, "prefill 37, gqa 2, hd 40");
   check_attn(37, 8, 2, 8, 0, 37, "prefill 37, gqa 4, hd 8");
+  check_attn(37, 2, 1, 37, 0, 37, "prefill 37, gqa 2, odd hd 37");
 }
 
 Test(attn, decode) {
   check_attn(1, 8, 2, 128, 36, 37, "decode, gqa 4, hd 128");
   check_attn(1, 4, 4, 40, 36, 37, "decode, gqa 1, hd 40");
+  check_attn(1, 4, 2, 255, 36, 37, "decode, gqa 2, hd 255");
   check_attn(1, 2, 1, 8, 0, 1, "decode of the first token");
 }
 
@@ -170,15 +190,21 @@ Test(attn, chunked_prefill) {
 }
 
 Test(attn, long_cache_splits_and_merges) {
-  /* Few (row, head) workgroups: the cache is spread over many splits merged by attn_merge. */
+  /* Few (row, head) tiles: the 5000 keys are spread over many splits merged by attn_merge. */
   check_attn(2, 4, 2, 128, 4998, 5000, "decode-like, 5000 keys");
-  /* 600 workgroups: 2048-key splits; rows up to position 2047 are written directly, later ones merge two
-   * splits, in one call (odd head_dim, no vec4 path). */
-  check_attn(300, 2, 1, 40, 1900, 2200, "chunked prefill across a split boundary");
-  /* Canary for lavapipe's silent stop after ~65,535 loop iterations per invocation: one split of these 12000 keys
-   * would loop ~98,000 times (measured: the output comes back as zeros), so this passes only while the key range
-   * is split. */
-  check_attn(1, 1, 1, 255, 11999, 12000, "canary: 12000 keys, head_dim 255");
+}
+
+Test(attn, prefill_across_split_boundaries) {
+  /* Few tiles, so 256-key splits: rows 0..255 are written directly, later ones merge two splits, in one call
+   * (head_dim 38: scalar loads). */
+  check_attn(300, 2, 1, 38, 0, 300, "prefill across a split boundary");
+}
+
+Test(attn, loop_cap_canary) {
+  /* lavapipe silently stops a loop after ~65,535 iterations per invocation. attn.comp loops ~120 times per block
+   * of 64 keys at head_dim 64 (~170 at 256, where a single split went wrong between 24,000 and 30,000 keys), so
+   * one split of these 48000 keys would loop ~90,000 times; this passes only while keys are split. */
+  check_attn(1, 1, 1, 64, 47999, 48000, "canary: 48000 keys, head_dim 64");
 }
 
 Test(attn, bad_arguments_are_errors) {
