@@ -9,7 +9,8 @@
 #include "engine/model_file.h"
 #include "engine/ops.h"
 
-/* Rows of logits computed at once (bounds the logits buffer to LOGIT_ROWS * vocab floats). */
+/* Rows of logits computed at once, at most (bounds the logits buffer to LOGIT_ROWS * vocab floats); fewer when
+ * the device binds less. */
 #define LOGIT_ROWS 32u
 /* Row pieces of split weights hold a multiple of this many rows, so a piece's column offset inside a strided
  * output stays aligned for any device (minStorageBufferOffsetAlignment is at most 256 bytes). */
@@ -39,7 +40,8 @@ typedef struct dlayer {
 
 /* The activation arena for up to cap rows (tokens) per pass. */
 typedef struct acts {
-  uint32_t cap;
+  uint32_t cap;        /* rows per pass */
+  uint32_t logit_rows; /* rows of logits per chunk */
   gpu_buf_t *x, *xn, *q, *k, *v, *att, *gate, *up; /* [cap, width] f32 */
   gpu_buf_t *ids, *pos;                            /* i32 [cap] */
   gpu_buf_t *sel, *tgt, *lse, *nll;                /* [LOGIT_ROWS] */
@@ -163,6 +165,19 @@ static lt_status_t acts_alloc(model_t *m, uint32_t cap, lt_err_t *err) {
   const model_config_t *c = &m->cfg;
   acts_t *a = &m->a;
   acts_free(a);
+  /* Every activation buffer is bound whole: keep [cap, widest row] within one binding. */
+  uint64_t max_bind = gpu_caps(m->g)->max_storage_range;
+  uint64_t widest = c->hidden_size;
+  uint64_t widths[] = {(uint64_t)c->n_heads * c->head_dim, c->intermediate_size,
+                       (uint64_t)c->n_experts * (c->n_experts_used ? c->n_experts_used : 1)};
+  for (size_t i = 0; i < 3; i++)
+    if (widths[i] > widest) widest = widths[i];
+  if (cap > max_bind / (widest * 4)) cap = (uint32_t)(max_bind / (widest * 4));
+  uint64_t lrows = max_bind / ((uint64_t)c->vocab_size * 4);
+  if (cap == 0 || lrows == 0)
+    return lt_fail(err, LT_E_LIMIT, "this device binds at most %llu bytes: too few for one row of activations or logits",
+                   (unsigned long long)max_bind);
+  a->logit_rows = lrows < LOGIT_ROWS ? (uint32_t)lrows : LOGIT_ROWS;
   uint64_t d = c->hidden_size, qd = (uint64_t)c->n_heads * c->head_dim, kvd = (uint64_t)c->n_kv_heads * c->head_dim;
   uint64_t ffn = c->intermediate_size, E = c->n_experts ? c->n_experts : 1, K = c->n_experts_used ? c->n_experts_used : 1;
   struct {
@@ -174,7 +189,7 @@ static lt_status_t acts_alloc(model_t *m, uint32_t cap, lt_err_t *err) {
       {&a->gate, cap * ffn * 4}, {&a->up, cap * ffn * 4},     {&a->ids, cap * 4},
       {&a->pos, cap * 4},        {&a->sel, LOGIT_ROWS * 4},   {&a->tgt, LOGIT_ROWS * 4},
       {&a->lse, LOGIT_ROWS * 4}, {&a->nll, LOGIT_ROWS * 4},   {&a->xs, LOGIT_ROWS * d * 4},
-      {&a->logits, (uint64_t)LOGIT_ROWS * c->vocab_size * 4}, {&a->addv, d * 4},
+      {&a->logits, (uint64_t)a->logit_rows * c->vocab_size * 4}, {&a->addv, d * 4},
   };
   uint64_t total = 0;
   lt_status_t st = LT_OK;
@@ -544,7 +559,7 @@ static lt_status_t outputs(pass_t *p, gpu_cmd_t **c, lt_err_t *err) {
         n++;
       }
       bool end = it == NULL && t == last;
-      if (n == 0 || (n < LOGIT_ROWS && !end)) continue;
+      if (n == 0 || (n < a->logit_rows && !end)) continue;
       bool any_nll = false, any_logits = false;
       for (uint32_t r = 0; r < n; r++) {
         if (p->items[who[r]].out == MODEL_OUT_NLL) any_nll = true;

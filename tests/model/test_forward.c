@@ -1,6 +1,7 @@
 /* The forward pass end to end on a real model made by other people (stories260K, llama2.c), in both its Hugging
  * Face and GGUF forms: greedy generation must reproduce the known story. */
 #include <criterion/criterion.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -46,3 +47,183 @@ static void greedy_story(const char *model_path) {
 Test(forward, stories260k_hf_greedy_story) { greedy_story(STORIES "/hf"); }
 Test(forward, stories260k_gguf_greedy_story) { greedy_story(STORIES "/stories260K.gguf"); }
 Test(forward, stories260k_gguf_f16_greedy_story) { greedy_story(STORIES "/stories260K-f16.gguf"); }
+
+/* Loads stories260K (HF form) for the consistency tests below. */
+static model_t *stories(void) {
+  lt_err_t err = {0};
+  model_t *m = model_load(tgpu(), STORIES "/hf", NULL, &err);
+  cr_assert(m != NULL, "model_load: %s", err.msg);
+  return m;
+}
+
+static const int32_t story_ids[] = {1, 403, 407, 261, 378, 275, 302, 261, 361, 401, 408, 384, 276, 293, 270, 302};
+#define N_STORY (sizeof story_ids / sizeof story_ids[0])
+
+/* Logits of every position from one prefill. Caller frees. */
+static float *prefill_all(model_t *m, const int32_t *ids, uint32_t n, const model_hooks_t *h) {
+  lt_err_t err = {0};
+  uint32_t V = model_config(m)->vocab_size;
+  model_seq_t *s = model_seq_new(m, 64, &err);
+  cr_assert(s != NULL, "%s", err.msg);
+  float *out = talloc((uint64_t)n * V);
+  model_item_t it = {.seq = s, .tokens = ids, .n_tokens = n, .out = MODEL_OUT_ALL, .result = out};
+  cr_assert_eq(model_forward(m, &it, 1, h, &err), LT_OK, "%s", err.msg);
+  cr_assert_eq(model_seq_len(s), n);
+  model_seq_destroy(&s);
+  return out;
+}
+
+Test(forward, cached_decoding_matches_prefill) {
+  /* Token-by-token decoding through the KV cache must give the logits a single prefill gives at each position.
+   * Both are f32 with differently ordered sums (the GEMM path for prefill, GEMV for one row, and attention over
+   * different key splits): logits of magnitude ~10 agree to 1e-4 relative / 2e-4 absolute. */
+  model_t *m = stories();
+  lt_err_t err = {0};
+  uint32_t V = model_config(m)->vocab_size;
+  float *all = prefill_all(m, story_ids, N_STORY, NULL);
+  model_seq_t *s = model_seq_new(m, 64, &err);
+  float *one = talloc(V);
+  for (uint32_t t = 0; t < N_STORY; t++) {
+    model_item_t it = {.seq = s, .tokens = &story_ids[t], .n_tokens = 1, .out = MODEL_OUT_LAST, .result = one};
+    cr_assert_eq(model_forward(m, &it, 1, NULL, &err), LT_OK, "%s", err.msg);
+    tassert_close(one, all + (uint64_t)t * V, V, 2e-4, 1e-4, "decode vs prefill");
+  }
+  /* A prefill split in two (the second part attends to the cached first part) agrees as well. */
+  model_seq_truncate(s, 0);
+  model_item_t a = {.seq = s, .tokens = story_ids, .n_tokens = 7, .out = MODEL_OUT_NONE};
+  cr_assert_eq(model_forward(m, &a, 1, NULL, &err), LT_OK, "%s", err.msg);
+  float *rest = talloc((uint64_t)(N_STORY - 7) * V);
+  model_item_t b = {.seq = s, .tokens = story_ids + 7, .n_tokens = N_STORY - 7, .out = MODEL_OUT_ALL, .result = rest};
+  cr_assert_eq(model_forward(m, &b, 1, NULL, &err), LT_OK, "%s", err.msg);
+  tassert_close(rest, all + 7ull * V, (uint64_t)(N_STORY - 7) * V, 2e-4, 1e-4, "chunked prefill");
+  free(rest), free(one), free(all);
+  model_seq_destroy(&s);
+  model_free(&m);
+}
+
+Test(forward, batch_equals_single_sequences) {
+  /* Three prompts of different lengths in one batch give the same greedy tokens as each alone. */
+  model_t *m = stories();
+  lt_err_t err = {0};
+  const int32_t *prompts[3] = {story_ids, story_ids + 3, story_ids + 1};
+  uint32_t lens[3] = {5, 9, 2};
+  gen_opts_t o = {.max_tokens = 12};
+  gen_result_t batch[3], single[1];
+  cr_assert_eq(model_generate(m, prompts, lens, 3, &o, NULL, NULL, NULL, batch, &err), LT_OK, "%s", err.msg);
+  for (uint32_t i = 0; i < 3; i++) {
+    cr_assert_eq(model_generate(m, &prompts[i], &lens[i], 1, &o, NULL, NULL, NULL, single, &err), LT_OK, "%s",
+                 err.msg);
+    cr_assert_eq(batch[i].n_tokens, single[0].n_tokens, "prompt %u: %u vs %u tokens", i, batch[i].n_tokens,
+                 single[0].n_tokens);
+    cr_assert_arr_eq(batch[i].tokens, single[0].tokens, single[0].n_tokens * sizeof(int32_t), "prompt %u", i);
+    free(single[0].tokens);
+    free(batch[i].tokens);
+  }
+  model_free(&m);
+}
+
+Test(forward, score_matches_log_softmax_of_logits) {
+  /* model_score's log-probabilities (log-sum-exp on the GPU) equal log-softmax of the full logits computed here
+   * in double: f32 logsumexp over 512 terms, 1e-4 absolute. */
+  model_t *m = stories();
+  lt_err_t err = {0};
+  uint32_t V = model_config(m)->vocab_size;
+  float *all = prefill_all(m, story_ids, N_STORY, NULL);
+  float lp[N_STORY], want[N_STORY];
+  cr_assert_eq(model_score(m, story_ids, N_STORY, lp, &err), LT_OK, "%s", err.msg);
+  want[0] = 0;
+  for (uint32_t i = 1; i < N_STORY; i++) {
+    const float *row = all + (uint64_t)(i - 1) * V;
+    double mx = row[0], sum = 0;
+    for (uint32_t v = 1; v < V; v++) mx = row[v] > mx ? row[v] : mx;
+    for (uint32_t v = 0; v < V; v++) sum += exp(row[v] - mx);
+    want[i] = (float)(row[story_ids[i]] - mx - log(sum));
+  }
+  tassert_close(lp, want, N_STORY, 1e-4, 0, "log-probabilities");
+  free(all);
+  model_free(&m);
+}
+
+typedef struct capture {
+  float *h[8];
+  uint32_t n;
+} capture_t;
+
+static void on_resid(void *ctx, uint32_t layer, uint32_t item, const float *h, uint32_t n, uint32_t d) {
+  capture_t *c = ctx;
+  (void)item;
+  c->h[layer] = malloc((uint64_t)n * d * 4);
+  memcpy(c->h[layer], h, (uint64_t)n * d * 4);
+  c->n = n;
+}
+
+static bool on_attn_noop(void *ctx, uint32_t layer, uint32_t item, float *heads, uint32_t n, uint32_t nh,
+                         uint32_t hd) {
+  (void)ctx, (void)layer, (void)item, (void)heads, (void)n, (void)nh, (void)hd;
+  return true; /* claim a change: the unchanged values are written back */
+}
+
+Test(forward, hooks_read_and_leave_the_model_unchanged) {
+  model_t *m = stories();
+  const model_config_t *cf = model_config(m);
+  uint32_t V = cf->vocab_size, d = cf->hidden_size;
+  float *base = prefill_all(m, story_ids, N_STORY, NULL);
+  /* Reading the residual stream of every layer, adding a zero-scaled vector, and writing attention outputs back
+   * unchanged must not change the logits at all (bit-for-bit: the same kernels run on the same data). */
+  bool cap[6] = {true, true, true, true, true, true};
+  capture_t got = {0};
+  float vec[64];
+  for (uint32_t i = 0; i < d; i++) vec[i] = 1.0f;
+  model_hooks_t h = {.ctx = &got, .capture_resid = cap, .on_resid = on_resid, .add_vec = vec, .add_layer = 2,
+                     .add_alpha = 0.0f, .on_attn = on_attn_noop, .attn_layer = 3};
+  float *hooked = prefill_all(m, story_ids, N_STORY, &h);
+  tassert_close(hooked, base, (uint64_t)N_STORY * V, 0, 0, "hooked logits");
+  cr_assert_eq(got.n, N_STORY);
+  for (uint32_t l = 0; l <= cf->n_layers; l++) cr_assert(got.h[l] != NULL, "layer %u reported", l);
+  /* h_0 is the embedding of the tokens: the first row equals embedding row of BOS, which is nonzero. */
+  double norm0 = 0;
+  for (uint32_t i = 0; i < d; i++) norm0 += fabs(got.h[0][i]);
+  cr_assert(norm0 > 0, "h_0 is not the embedding");
+  /* A non-zero steering vector changes the logits. */
+  h.add_alpha = 2.0f;
+  h.on_resid = NULL;
+  float *steered = prefill_all(m, story_ids, N_STORY, &h);
+  double diff = 0;
+  for (uint64_t i = 0; i < (uint64_t)N_STORY * V; i++) diff += fabs(steered[i] - base[i]);
+  cr_assert(diff > 1.0, "adding 2 * ones at layer 2 changed the logits by only %g", diff);
+  for (uint32_t l = 0; l <= cf->n_layers; l++) free(got.h[l]);
+  free(base), free(hooked), free(steered);
+  model_free(&m);
+}
+
+Test(forward, skipping_a_block_equals_running_it_as_identity) {
+  /* With block 2 skipped, the residual stream entering block 3 equals the one entering block 2. */
+  model_t *m = stories();
+  bool skip[5] = {false, false, true, false, false}, cap[6] = {false, false, true, true, false, false};
+  capture_t got = {0};
+  model_hooks_t h = {.ctx = &got, .capture_resid = cap, .on_resid = on_resid, .skip_block = skip};
+  float *out = prefill_all(m, story_ids, N_STORY, &h);
+  tassert_close(got.h[3], got.h[2], (uint64_t)N_STORY * model_config(m)->hidden_size, 0, 0, "h3 == h2");
+  free(got.h[2]), free(got.h[3]), free(out);
+  model_free(&m);
+}
+
+Test(forward, bad_input_is_refused) {
+  model_t *m = stories();
+  lt_err_t err = {0};
+  model_seq_t *s = model_seq_new(m, 8, &err);
+  float out[512];
+  int32_t bad[2] = {1, 999};
+  model_item_t it = {.seq = s, .tokens = bad, .n_tokens = 2, .out = MODEL_OUT_LAST, .result = out};
+  cr_assert_eq(model_forward(m, &it, 1, NULL, &err), LT_E_INVALID);
+  cr_assert(strstr(err.msg, "999") != NULL, "%s", err.msg);
+  int32_t many[9] = {1, 2, 3, 4, 5, 6, 7, 8, 9};
+  it.tokens = many;
+  it.n_tokens = 9;
+  cr_assert_eq(model_forward(m, &it, 1, NULL, &err), LT_E_LIMIT, "capacity");
+  cr_assert_eq(model_seq_len(s), 0);
+  model_seq_destroy(&s);
+  cr_assert_null(model_load(tgpu(), "/nonexistent/model", NULL, &err));
+  cr_assert(strstr(err.msg, "/nonexistent/model") != NULL, "%s", err.msg);
+  model_free(&m);
+}
