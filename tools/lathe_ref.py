@@ -401,6 +401,37 @@ def bpe_merge(symbols, ranks):
     return symbols
 
 
+def bytelevel_tokenizer_json(vocab, merges, specials, bos):
+    """A HF tokenizer.json for a GPT-2-style byte-level BPE: vocab {token: id} (specials included), merges
+    [(a, b)] in rank order, specials [names] as added special tokens, bos (a name or None) prepended by the
+    post-processor. Pre-tokenizer: Split on the GPT-2 regex, then ByteLevel without its own regex."""
+    by_name = {s: vocab[s] for s in specials}
+    tj = {
+        "version": "1.0", "truncation": None, "padding": None,
+        "added_tokens": [{"id": by_name[s], "content": s, "single_word": False, "lstrip": False, "rstrip": False,
+                          "normalized": False, "special": True} for s in specials],
+        "normalizer": None,
+        "pre_tokenizer": {"type": "Sequence", "pretokenizers": [
+            {"type": "Split", "pattern": {"Regex": GPT2_PATTERN}, "behavior": "Isolated", "invert": False},
+            {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False}]},
+        "post_processor": None,
+        "decoder": {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True, "use_regex": True},
+        "model": {"type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": None,
+                  "end_of_word_suffix": None, "fuse_unk": False, "byte_fallback": False, "ignore_merges": False,
+                  "vocab": dict(sorted(vocab.items(), key=lambda kv: kv[1])),
+                  "merges": [f"{a} {b}" for a, b in merges]},
+    }
+    if bos is not None:
+        tj["post_processor"] = {
+            "type": "TemplateProcessing",
+            "single": [{"SpecialToken": {"id": bos, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
+            "pair": [{"SpecialToken": {"id": bos, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}},
+                     {"SpecialToken": {"id": bos, "type_id": 1}}, {"Sequence": {"id": "B", "type_id": 1}}],
+            "special_tokens": {bos: {"id": bos, "ids": [by_name[bos]], "tokens": [bos]}},
+        }
+    return tj
+
+
 class Tokenizer:
     """Encoder/decoder for the two tokenizer.json families Lathe supports."""
 
