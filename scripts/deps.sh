@@ -10,8 +10,9 @@ pkgs=(
   libzmq3-dev libmsgpack-dev libsqlite3-dev libcriterion-dev
   libjansson-dev libpcre2-dev libopenblas-dev
 )
-# Extra packages for tools/ (fixture generation): opt in with LATHE_TOOLS_DEPS=1.
-if [ "${LATHE_TOOLS_DEPS:-0}" = 1 ]; then pkgs+=(python3-numpy python3-torch); fi
+# Extra packages for tools/ (fixtures, the PyTorch reference, training the embedded models on the KJV text):
+# opt in with LATHE_TOOLS_DEPS=1.
+if [ "${LATHE_TOOLS_DEPS:-0}" = 1 ]; then pkgs+=(python3-numpy python3-torch bible-kjv bible-kjv-text); fi
 
 missing=()
 for p in "${pkgs[@]}"; do

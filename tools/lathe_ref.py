@@ -1,0 +1,577 @@
+#!/usr/bin/env python3
+"""Lathe's PyTorch reference for LLaMA and Mixtral causal language models in Hugging Face layout.
+
+A tool, never used at run time: it makes the test fixtures (tools/make_fixtures.py), trains the embedded
+models (tools/train_embedded.py) and is the oracle the C engine is compared against. It reads and writes
+HF folders (config.json, model.safetensors, tokenizer.json, generation_config.json) without the
+`safetensors`, `tokenizers` or `transformers` packages, and follows the semantics of transformers'
+LlamaForCausalLM and MixtralForCausalLM:
+
+  h_0 = embed_tokens[ids]
+  per block: h = h + o_proj(attn(rope(q_proj(rms(h))), rope(k_proj(rms(h))), v_proj(rms(h))))   causal, GQA
+             h = h + mlp(rms(h))      LLaMA: down(silu(gate(x)) * up(x))
+                                      Mixtral: softmax(router(x)) -> top-k -> renormalise -> sum_e w_e * expert_e(x),
+                                               expert_e(x) = w2(silu(w1(x)) * w3(x))
+  logits = lm_head(rms(h_L))          (lm_head = embed_tokens when tie_word_embeddings)
+
+RoPE is the rotate-half form (the HF layout of q_proj/k_proj), with rope_theta and the optional Llama-3
+`rope_scaling`. Weights stored as f16/bf16 are converted exactly to the compute dtype (f32 by default,
+f64 for fixture references).
+
+Command line:
+  lathe_ref.py generate --model DIR (--prompt TEXT | --tokens 1,2,3) [--max-tokens N] [--temperature T]
+                        [--top-k K] [--top-p P] [--seed S] [--dtype f32|f64] [--json]
+  lathe_ref.py logits --model DIR --tokens 1,2,3 [--dtype f64]      prints the last position's top 5
+"""
+import argparse
+import json
+import math
+import os
+import re
+import struct
+import sys
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+assert sys.byteorder == "little", "safetensors data is little-endian; this tool assumes a little-endian host"
+
+# ---------------------------------------------------------------------------------------------------------
+# safetensors: 8-byte little-endian header length, JSON header, raw little-endian tensor data.
+
+ST_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+             "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8}
+ST_NAMES = {v: k for k, v in ST_DTYPES.items()}
+_SAME_SIZE_INT = {8: torch.int64, 4: torch.int32, 2: torch.int16, 1: torch.uint8}
+
+
+def read_safetensors(path):
+    """Returns {name: tensor} (tensors own their memory) and the header's __metadata__ dict."""
+    with open(path, "rb") as f:
+        data = f.read()
+    (n,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8:8 + n])
+    base = 8 + n
+    tensors = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        a, b = info["data_offsets"]
+        dtype = ST_DTYPES[info["dtype"]]
+        raw = bytearray(data[base + a:base + b])
+        t = torch.frombuffer(raw, dtype=dtype) if raw else torch.empty(0, dtype=dtype)
+        tensors[name] = t.reshape(info["shape"])
+    return tensors, header.get("__metadata__", {})
+
+
+def tensor_bytes(t):
+    """Raw little-endian bytes of a tensor (row-major)."""
+    t = t.detach().contiguous().cpu()
+    return t.view(_SAME_SIZE_INT[t.element_size()]).numpy().tobytes()
+
+
+def write_safetensors(path, tensors, metadata=None):
+    """Writes {name: tensor} in the given order; the header is padded with spaces to 8-byte alignment."""
+    header = {"__metadata__": metadata or {"format": "pt"}}
+    blobs, off = [], 0
+    for name, t in tensors.items():
+        raw = tensor_bytes(t)
+        header[name] = {"dtype": ST_NAMES[t.dtype], "shape": list(t.shape), "data_offsets": [off, off + len(raw)]}
+        blobs.append(raw)
+        off += len(raw)
+    h = json.dumps(header, separators=(",", ":")).encode()
+    h += b" " * (-len(h) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(h)))
+        f.write(h)
+        for raw in blobs:
+            f.write(raw)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Model.
+
+def is_moe(cfg):
+    """True for a Mixtral config."""
+    return cfg.get("model_type") == "mixtral" or "MixtralForCausalLM" in cfg.get("architectures", [])
+
+
+def head_dim(cfg):
+    """Per-head size: config head_dim if present, else hidden_size / num_attention_heads."""
+    return cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"]
+
+
+def rope_inv_freq(cfg, dtype=torch.float64):
+    """Per-pair inverse frequencies (head_dim/2,), Llama-3 `rope_scaling` applied as transformers does."""
+    d = head_dim(cfg)
+    theta = float(cfg.get("rope_theta", 10000.0))
+    inv = 1.0 / (theta ** (torch.arange(0, d, 2, dtype=torch.int64).to(dtype) / d))
+    rs = cfg.get("rope_scaling")
+    if not rs:
+        return inv
+    kind = rs.get("rope_type", rs.get("type"))
+    if kind == "default":
+        return inv
+    if kind != "llama3":
+        raise ValueError(f"rope_scaling type {kind!r} unsupported (only llama3)")
+    factor, lo, hi = rs["factor"], rs["low_freq_factor"], rs["high_freq_factor"]
+    old_ctx = rs["original_max_position_embeddings"]
+    lo_wavelen, hi_wavelen = old_ctx / lo, old_ctx / hi
+    wavelen = 2 * math.pi / inv
+    scaled = torch.where(wavelen > lo_wavelen, inv / factor, inv)             # low frequencies: divided
+    smooth = (old_ctx / wavelen - lo) / (hi - lo)
+    smoothed = (1 - smooth) * scaled / factor + smooth * scaled               # medium: interpolated
+    medium = ~(wavelen < hi_wavelen) & ~(wavelen > lo_wavelen)
+    return torch.where(medium, smoothed, scaled)                              # high frequencies: unchanged
+
+
+def rope_cos_sin(cfg, positions, dtype):
+    """cos, sin of shape (T, head_dim) for rotate-half RoPE (each angle repeated in both halves)."""
+    freqs = positions.to(dtype)[:, None] * rope_inv_freq(cfg, dtype)[None, :]
+    emb = torch.cat([freqs, freqs], dim=-1)
+    return emb.cos(), emb.sin()
+
+
+def apply_rope(x, cos, sin):
+    """x (B,H,T,D): x*cos + rotate_half(x)*sin, where rotate_half(x) = (-x2, x1) on the two halves of D."""
+    half = x.shape[-1] // 2
+    rot = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+    return x * cos + rot * sin
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim, eps):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x):
+        return self.weight * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps))
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        c, d = cfg["hidden_size"], head_dim(cfg)
+        self.n_head, self.n_kv, self.d = cfg["num_attention_heads"], cfg["num_key_value_heads"], d
+        bias = bool(cfg.get("attention_bias", False))
+        self.q_proj = nn.Linear(c, self.n_head * d, bias=bias)
+        self.k_proj = nn.Linear(c, self.n_kv * d, bias=bias)
+        self.v_proj = nn.Linear(c, self.n_kv * d, bias=bias)
+        self.o_proj = nn.Linear(self.n_head * d, c, bias=bias)
+
+    def forward(self, x, cos, sin):
+        B, T, _ = x.shape  # x is (B,T,C)
+        q = self.q_proj(x).view(B, T, self.n_head, self.d).transpose(1, 2)  # (B,H,T,D)
+        k = self.k_proj(x).view(B, T, self.n_kv, self.d).transpose(1, 2)    # (B,KV,T,D)
+        v = self.v_proj(x).view(B, T, self.n_kv, self.d).transpose(1, 2)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        rep = self.n_head // self.n_kv                                       # query head h reads kv head h // rep
+        k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
+        att = (q @ k.transpose(-2, -1)) / math.sqrt(self.d)                  # (B,H,T,T)
+        causal = torch.ones(T, T, dtype=torch.bool, device=x.device).triu(1)
+        att = att.masked_fill(causal, float("-inf")).softmax(dim=-1)
+        y = (att @ v).transpose(1, 2).reshape(B, T, self.n_head * self.d)
+        return self.o_proj(y)
+
+
+class MLP(nn.Module):
+    """LLaMA SwiGLU: down(silu(gate(x)) * up(x))."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        c, f = cfg["hidden_size"], cfg["intermediate_size"]
+        self.gate_proj = nn.Linear(c, f, bias=False)
+        self.up_proj = nn.Linear(c, f, bias=False)
+        self.down_proj = nn.Linear(f, c, bias=False)
+
+    def forward(self, x, router_logits=None):
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class Expert(nn.Module):
+    """Mixtral expert: w2(silu(w1(x)) * w3(x)); w1 is the gate, w3 the up projection, w2 the down."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        c, f = cfg["hidden_size"], cfg["intermediate_size"]
+        self.w1 = nn.Linear(c, f, bias=False)
+        self.w2 = nn.Linear(f, c, bias=False)
+        self.w3 = nn.Linear(c, f, bias=False)
+
+    def forward(self, x):
+        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+
+
+class SparseMoE(nn.Module):
+    """Mixtral block_sparse_moe: softmax router, top-k experts, top-k weights renormalised to sum to 1."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        self.top_k = cfg["num_experts_per_tok"]
+        self.gate = nn.Linear(cfg["hidden_size"], cfg["num_local_experts"], bias=False)
+        self.experts = nn.ModuleList(Expert(cfg) for _ in range(cfg["num_local_experts"]))
+
+    def forward(self, x, router_logits=None):
+        B, T, C = x.shape
+        h = x.reshape(B * T, C)
+        logits = self.gate(h)                                     # (N,E)
+        if router_logits is not None:
+            router_logits.append(logits)
+        w, sel = torch.topk(logits.softmax(dim=-1), self.top_k, dim=-1)
+        w = w / w.sum(dim=-1, keepdim=True)
+        out = torch.zeros_like(h)
+        for e, expert in enumerate(self.experts):                  # summed in expert order, as transformers does
+            tok, slot = torch.where(sel == e)
+            if tok.numel():
+                out.index_add_(0, tok, expert(h[tok]) * w[tok, slot, None])
+        return out.view(B, T, C)
+
+
+class Block(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        eps = cfg.get("rms_norm_eps", 1e-6)
+        self.input_layernorm = RMSNorm(cfg["hidden_size"], eps)
+        self.self_attn = Attention(cfg)
+        self.post_attention_layernorm = RMSNorm(cfg["hidden_size"], eps)
+        if is_moe(cfg):
+            self.block_sparse_moe = SparseMoE(cfg)
+        else:
+            self.mlp = MLP(cfg)
+
+    def forward(self, x, cos, sin, router_logits=None):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin)
+        ff = self.block_sparse_moe if hasattr(self, "block_sparse_moe") else self.mlp
+        return x + ff(self.post_attention_layernorm(x), router_logits)
+
+
+class Body(nn.Module):
+    """transformers' LlamaModel / MixtralModel: the `model.` prefix of the tensor names."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        self.embed_tokens = nn.Embedding(cfg["vocab_size"], cfg["hidden_size"])
+        self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg["num_hidden_layers"]))
+        self.norm = RMSNorm(cfg["hidden_size"], cfg.get("rms_norm_eps", 1e-6))
+
+
+class CausalLM(nn.Module):
+    """LlamaForCausalLM or MixtralForCausalLM; state_dict() names are the HF tensor names."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        self.cfg = cfg
+        self.model = Body(cfg)
+        self.tied = bool(cfg.get("tie_word_embeddings", False))
+        if not self.tied:
+            self.lm_head = nn.Linear(cfg["hidden_size"], cfg["vocab_size"], bias=False)
+
+    def forward(self, ids, router_logits=None):
+        """ids (B,T) int64 -> logits (B,T,V) in the parameter dtype; appends each MoE layer's router logits
+        (B*T, E) to router_logits when a list is given."""
+        x = self.model.embed_tokens(ids)
+        cos, sin = rope_cos_sin(self.cfg, torch.arange(ids.shape[1]), x.dtype)
+        for block in self.model.layers:
+            x = block(x, cos, sin, router_logits)
+        x = self.model.norm(x)
+        head = self.model.embed_tokens.weight if self.tied else self.lm_head.weight
+        return x @ head.t()
+
+
+def init_weights(model, gen, std=0.02, norm_jitter=0.0):
+    """Random init from a torch.Generator: N(0, std) matrices, output projections scaled by 1/sqrt(2L)
+    (GPT-2), norm weights 1 + N(0, norm_jitter)."""
+    n_layers = model.cfg["num_hidden_layers"]
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("layernorm.weight") or name == "model.norm.weight":
+                p.copy_(1 + norm_jitter * torch.randn(p.shape, generator=gen))
+            elif name.endswith(("o_proj.weight", "down_proj.weight", "w2.weight")):
+                p.copy_(std / math.sqrt(2 * n_layers) * torch.randn(p.shape, generator=gen))
+            else:
+                p.copy_(std * torch.randn(p.shape, generator=gen))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Hugging Face folders.
+
+TORCH_DTYPE_NAMES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def load_hf(folder, dtype=torch.float32):
+    """Loads config.json + model.safetensors (or a sharded index) into a CausalLM computing in `dtype`.
+    Refuses missing or unexpected tensors and shape mismatches."""
+    with open(os.path.join(folder, "config.json")) as f:
+        cfg = json.load(f)
+    arch = cfg.get("architectures", ["?"])[0]
+    if arch not in ("LlamaForCausalLM", "MixtralForCausalLM"):
+        raise ValueError(f"{folder}: architecture {arch} unsupported (LlamaForCausalLM, MixtralForCausalLM)")
+    index = os.path.join(folder, "model.safetensors.index.json")
+    if os.path.exists(index):
+        with open(index) as f:
+            files = sorted(set(json.load(f)["weight_map"].values()))
+    else:
+        files = ["model.safetensors"]
+    sd = {}
+    for name in files:
+        sd.update(read_safetensors(os.path.join(folder, name))[0])
+    model = CausalLM(cfg)
+    if model.tied:
+        sd.pop("lm_head.weight", None)  # some tied checkpoints store the copy too
+    want = model.state_dict()
+    missing, extra = sorted(set(want) - set(sd)), sorted(set(sd) - set(want))
+    if missing or extra:
+        raise ValueError(f"{folder}: missing tensors {missing[:5]}, unexpected tensors {extra[:5]}")
+    for name, t in sd.items():
+        if tuple(t.shape) != tuple(want[name].shape):
+            raise ValueError(f"{folder}: {name} has shape {list(t.shape)}, config says {list(want[name].shape)}")
+    model.load_state_dict({k: v.to(dtype) for k, v in sd.items()})
+    return model.to(dtype).eval()
+
+
+def save_hf(folder, model, tokenizer_json, store_dtype=torch.float32, extra_files=None):
+    """Writes config.json, model.safetensors (weights cast to store_dtype), tokenizer.json,
+    tokenizer_config.json and generation_config.json into folder (created if needed)."""
+    os.makedirs(folder, exist_ok=True)
+    cfg = dict(model.cfg)
+    cfg["torch_dtype"] = {v: k for k, v in TORCH_DTYPE_NAMES.items()}[store_dtype]
+    with open(os.path.join(folder, "config.json"), "w") as f:
+        json.dump(cfg, f, indent=2)
+        f.write("\n")
+    tensors = {k: v.detach().to(store_dtype) for k, v in model.state_dict().items()}
+    write_safetensors(os.path.join(folder, "model.safetensors"), tensors)
+    with open(os.path.join(folder, "tokenizer.json"), "w") as f:
+        json.dump(tokenizer_json, f, indent=1, ensure_ascii=False)
+        f.write("\n")
+    specials = {t["id"]: t["content"] for t in tokenizer_json.get("added_tokens", [])}
+    tok_cfg = {"bos_token": specials.get(cfg.get("bos_token_id")), "eos_token": specials.get(cfg.get("eos_token_id")),
+               "model_max_length": cfg.get("max_position_embeddings"), "tokenizer_class": "PreTrainedTokenizerFast"}
+    gen_cfg = {"bos_token_id": cfg.get("bos_token_id"), "eos_token_id": cfg.get("eos_token_id")}
+    for name, obj in (("tokenizer_config.json", tok_cfg), ("generation_config.json", gen_cfg)):
+        with open(os.path.join(folder, name), "w") as f:
+            json.dump(obj, f, indent=2)
+            f.write("\n")
+    for name, text in (extra_files or {}).items():
+        with open(os.path.join(folder, name), "w") as f:
+            f.write(text)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Tokenizers from tokenizer.json: byte-level BPE (GPT-2 / Llama-3) and SentencePiece-style BPE (`▁`, byte
+# fallback; Llama-2 / Mistral / TinyLlama).
+
+GPT2_PATTERN = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"
+# Python's `re` has no \p{..}: letters are [^\W\d_], numbers \d, the rest (_ included) is "other".
+# Exact on ASCII text; on other scripts it approximates \p{L} / \p{N} (e.g. Python counts '²' as a letter).
+GPT2_PATTERN_PY = r"'s|'t|'re|'ve|'m|'ll|'d| ?[^\W\d_]+| ?\d+| ?(?:[^\s\w]|_)+|\s+(?!\S)|\s+"
+
+
+def bytes_to_unicode():
+    """GPT-2's reversible map from the 256 byte values to printable unicode characters."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return dict(zip(bs, map(chr, cs)))
+
+
+def bpe_merge(symbols, ranks):
+    """Applies BPE merges to a list of symbols: repeatedly merges every occurrence of the lowest-ranked
+    adjacent pair, left to right."""
+    while len(symbols) > 1:
+        pairs = {(a, b) for a, b in zip(symbols, symbols[1:])}
+        best = min(pairs, key=lambda p: ranks.get(p, math.inf))
+        if best not in ranks:
+            break
+        out, i = [], 0
+        while i < len(symbols):
+            if i + 1 < len(symbols) and (symbols[i], symbols[i + 1]) == best:
+                out.append(symbols[i] + symbols[i + 1])
+                i += 2
+            else:
+                out.append(symbols[i])
+                i += 1
+        symbols = out
+    return symbols
+
+
+def bytelevel_tokenizer_json(vocab, merges, specials, bos):
+    """A HF tokenizer.json for a GPT-2-style byte-level BPE: vocab {token: id} (specials included), merges
+    [(a, b)] in rank order, specials [names] as added special tokens, bos (a name or None) prepended by the
+    post-processor. Pre-tokenizer: Split on the GPT-2 regex, then ByteLevel without its own regex."""
+    by_name = {s: vocab[s] for s in specials}
+    tj = {
+        "version": "1.0", "truncation": None, "padding": None,
+        "added_tokens": [{"id": by_name[s], "content": s, "single_word": False, "lstrip": False, "rstrip": False,
+                          "normalized": False, "special": True} for s in specials],
+        "normalizer": None,
+        "pre_tokenizer": {"type": "Sequence", "pretokenizers": [
+            {"type": "Split", "pattern": {"Regex": GPT2_PATTERN}, "behavior": "Isolated", "invert": False},
+            {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False}]},
+        "post_processor": None,
+        "decoder": {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True, "use_regex": True},
+        "model": {"type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": None,
+                  "end_of_word_suffix": None, "fuse_unk": False, "byte_fallback": False, "ignore_merges": False,
+                  "vocab": dict(sorted(vocab.items(), key=lambda kv: kv[1])),
+                  "merges": [f"{a} {b}" for a, b in merges]},
+    }
+    if bos is not None:
+        tj["post_processor"] = {
+            "type": "TemplateProcessing",
+            "single": [{"SpecialToken": {"id": bos, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
+            "pair": [{"SpecialToken": {"id": bos, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}},
+                     {"SpecialToken": {"id": bos, "type_id": 1}}, {"Sequence": {"id": "B", "type_id": 1}}],
+            "special_tokens": {bos: {"id": bos, "ids": [by_name[bos]], "tokens": [bos]}},
+        }
+    return tj
+
+
+class Tokenizer:
+    """Encoder/decoder for the two tokenizer.json families Lathe supports."""
+
+    def __init__(self, path):
+        with open(path, encoding="utf-8") as f:
+            self.json = tj = json.load(f)
+        model = tj["model"]
+        if model["type"] != "BPE":
+            raise ValueError(f"{path}: tokenizer model {model['type']} unsupported (BPE)")
+        self.vocab = dict(model["vocab"])
+        for t in tj.get("added_tokens", []):
+            self.vocab[t["content"]] = t["id"]
+        self.id_to_token = {i: s for s, i in self.vocab.items()}
+        self.special = {t["content"]: t["id"] for t in tj.get("added_tokens", []) if t.get("special")}
+        merges = [tuple(m.split(" ", 1)) if isinstance(m, str) else tuple(m) for m in model["merges"]]
+        self.ranks = {m: i for i, m in enumerate(merges)}
+        self.byte_level = (tj.get("decoder") or {}).get("type") == "ByteLevel"
+        self.byte_fallback = bool(model.get("byte_fallback"))
+        self.b2u = bytes_to_unicode()
+        self.u2b = {c: b for b, c in self.b2u.items()}
+        self.bos_id = None
+        single = (tj.get("post_processor") or {}).get("single") or []
+        if single and "SpecialToken" in single[0]:
+            self.bos_id = self.vocab[single[0]["SpecialToken"]["id"]]
+
+    def encode(self, text, add_bos=True):
+        """Token ids of text; special token strings in the text become their ids; a BOS is prepended when
+        the post-processor asks for one and add_bos is set."""
+        ids = [self.bos_id] if add_bos and self.bos_id is not None else []
+        if self.special:
+            pieces = re.split("(" + "|".join(map(re.escape, self.special)) + ")", text)
+        else:
+            pieces = [text]
+        for piece in pieces:
+            if piece in self.special:
+                ids.append(self.special[piece])
+            elif piece:
+                ids += self._encode_bytelevel(piece) if self.byte_level else self._encode_sentencepiece(piece)
+        return ids
+
+    def _encode_bytelevel(self, text):
+        ids = []
+        for word in re.findall(GPT2_PATTERN_PY, text):
+            syms = bpe_merge([self.b2u[b] for b in word.encode("utf-8")], self.ranks)
+            ids += [self.vocab[s] for s in syms]
+        return ids
+
+    def _encode_sentencepiece(self, text):
+        text = "▁" + text.replace(" ", "▁")
+        syms = []
+        for ch in text:
+            if ch in self.vocab:
+                syms.append(ch)
+            elif self.byte_fallback:
+                syms += [f"<0x{b:02X}>" for b in ch.encode("utf-8")]
+            else:
+                syms.append(self.json["model"]["unk_token"])
+        return [self.vocab[s] for s in bpe_merge(syms, self.ranks)]
+
+    def decode(self, ids, skip_special=True):
+        """Text of token ids (invalid UTF-8 becomes U+FFFD); special tokens dropped when skip_special."""
+        out = bytearray()
+        for i in ids:
+            tok = self.id_to_token[i]
+            if tok in self.special:
+                if not skip_special:
+                    out += tok.encode("utf-8")
+            elif self.byte_level:
+                out += bytes(self.u2b[c] for c in tok)
+            elif re.fullmatch(r"<0x[0-9A-F]{2}>", tok):
+                out.append(int(tok[3:5], 16))
+            else:
+                out += tok.replace("▁", " ").encode("utf-8")
+        text = out.decode("utf-8", errors="replace")
+        if not self.byte_level and text.startswith(" "):
+            text = text[1:]  # the SentencePiece decoder strips the space the normaliser prepended
+        return text
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Generation (full recompute per step: the reference favours obviousness over speed).
+
+@torch.no_grad()
+def generate(model, ids, max_tokens, temperature=0.0, top_k=0, top_p=1.0, seed=0, eos_id=None):
+    """Continues one prompt (list of ids); returns the new ids. temperature 0 is greedy (argmax, lowest id on
+    ties); else softmax(logits / T) restricted to the top_k and then to the smallest top_p nucleus."""
+    gen = torch.Generator().manual_seed(seed)
+    ids = list(ids)
+    ctx = model.cfg.get("max_position_embeddings", 1 << 30)
+    new = []
+    for _ in range(max_tokens):
+        logits = model(torch.tensor([ids[-ctx:]]))[0, -1].double()
+        if temperature <= 0:
+            tok = int(torch.argmax(logits))
+        else:
+            probs = (logits / temperature).softmax(-1)
+            order = torch.argsort(probs, descending=True)
+            p = probs[order]
+            if top_k > 0:
+                p[top_k:] = 0
+            keep = (p.cumsum(0) - p) < top_p
+            p = torch.where(keep, p, torch.zeros_like(p))
+            tok = int(order[torch.multinomial(p / p.sum(), 1, generator=gen)])
+        new.append(tok)
+        ids.append(tok)
+        if tok == eos_id:
+            break
+    return new
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("command", choices=["generate", "logits"])
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--prompt")
+    ap.add_argument("--tokens", help="comma-separated ids, used as is (no BOS added)")
+    ap.add_argument("--max-tokens", type=int, default=32)
+    ap.add_argument("--temperature", type=float, default=0.0)
+    ap.add_argument("--top-k", type=int, default=0)
+    ap.add_argument("--top-p", type=float, default=1.0)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--dtype", choices=["f32", "f64"], default="f32")
+    ap.add_argument("--json", action="store_true")
+    a = ap.parse_args()
+    model = load_hf(a.model, torch.float64 if a.dtype == "f64" else torch.float32)
+    tok = Tokenizer(os.path.join(a.model, "tokenizer.json"))
+    ids = [int(x) for x in a.tokens.split(",")] if a.tokens else tok.encode(a.prompt or "")
+    if a.command == "logits":
+        logits = model(torch.tensor([ids]))[0, -1]
+        top = torch.topk(logits, 5)
+        for v, i in zip(top.values.tolist(), top.indices.tolist()):
+            print(f"{i:6d} {v:+.6f} {tok.decode([i])!r}")
+        return
+    new = generate(model, ids, a.max_tokens, a.temperature, a.top_k, a.top_p, a.seed, model.cfg.get("eos_token_id"))
+    text = tok.decode(new)
+    if a.json:
+        print(json.dumps({"prompt": a.prompt, "prompt_tokens": ids, "text": text, "tokens": new}))
+    else:
+        print(tok.decode(ids + new))
+
+
+if __name__ == "__main__":
+    main()
