@@ -12,9 +12,6 @@
 /* Rows of logits computed at once, at most (bounds the logits buffer to LOGIT_ROWS * vocab floats); fewer when
  * the device binds less. */
 #define LOGIT_ROWS 32u
-/* Row pieces of split weights hold a multiple of this many rows, so a piece's column offset inside a strided
- * output stays aligned for any device (minStorageBufferOffsetAlignment is at most 256 bytes). */
-#define PIECE_ROW_ALIGN 64u
 /* Masked experts get this router logit (finite, so softmax stays NaN-free when every expert is masked). */
 #define MASKED_LOGIT -1.0e30f
 
@@ -108,10 +105,13 @@ static lt_status_t dmat_load(model_t *m, dmat_t *d, const ft_tensor_t *t, lt_err
   uint64_t max_rows = caps->max_storage_range / row_bytes;
   if (max_rows >= d->rows) d->rows_per_piece = d->rows;
   else {
-    if (max_rows < PIECE_ROW_ALIGN)
+    /* A piece fills the output columns from its first row on (strided matmul): its first row times 4 bytes
+     * must be a multiple of the device's minStorageBufferOffsetAlignment. */
+    uint64_t align = caps->min_storage_align > 4 ? caps->min_storage_align / 4 : 1;
+    if (max_rows < align)
       return lt_fail(err, LT_E_LIMIT, "%s: a row of %llu bytes is too wide for this device's bindings", t->name,
                      (unsigned long long)row_bytes);
-    d->rows_per_piece = (uint32_t)(max_rows / PIECE_ROW_ALIGN * PIECE_ROW_ALIGN);
+    d->rows_per_piece = (uint32_t)(max_rows / align * align);
   }
   d->n_pieces = (d->rows + d->rows_per_piece - 1) / d->rows_per_piece;
   d->piece = calloc(d->n_pieces, sizeof *d->piece);

@@ -1,0 +1,144 @@
+/* The forward pass against the PyTorch reference (tools/lathe_ref.py) on the tiny fixture models of
+ * tests/fixtures: prefill logits, cached decoding, greedy tokens and (Mixtral) router choices.
+ * Tolerance: |logit - reference| <= 1e-4 on every row. The reference ran in float64 on the stored weights; a
+ * float32 PyTorch run lands within 2e-6..4e-6 of it (reference.json), so 1e-4 leaves 25x room for other
+ * summation orders and is still 1/90 of the smallest greedy margin (8.9e-3). */
+#include <criterion/criterion.h>
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "engine/generate.h"
+#include "engine/model.h"
+#include "support/tgpu.h"
+
+#define FIXTURES LATHE_SOURCE_DIR "/tests/fixtures"
+#define ROWS 18
+
+TestSuite(fixtures, .init = tgpu_setup, .fini = tgpu_teardown);
+
+typedef struct fixture {
+  char dir[512];
+  int32_t seq[ROWS + 1]; /* prompt (11) + greedy (8) */
+  uint32_t n_prompt, n_greedy;
+  float logits[ROWS * 96];
+  json_t *ref;
+} fixture_t;
+
+static void fixture_load(fixture_t *f, const char *name) {
+  snprintf(f->dir, sizeof f->dir, FIXTURES "/%s", name);
+  char p[600];
+  snprintf(p, sizeof p, "%s/reference.json", f->dir);
+  json_error_t je;
+  f->ref = json_load_file(p, 0, &je);
+  cr_assert(f->ref != NULL, "%s: %s", p, je.text);
+  json_t *pt = json_object_get(f->ref, "prompt_tokens"), *gt = json_object_get(f->ref, "greedy_tokens");
+  f->n_prompt = (uint32_t)json_array_size(pt);
+  f->n_greedy = (uint32_t)json_array_size(gt);
+  cr_assert_eq(f->n_prompt + f->n_greedy, ROWS + 1, "%s: unexpected sequence length", name);
+  for (uint32_t i = 0; i < f->n_prompt; i++) f->seq[i] = (int32_t)json_integer_value(json_array_get(pt, i));
+  for (uint32_t i = 0; i < f->n_greedy; i++)
+    f->seq[f->n_prompt + i] = (int32_t)json_integer_value(json_array_get(gt, i));
+  snprintf(p, sizeof p, "%s/logits.f32", f->dir);
+  FILE *fp = fopen(p, "rb");
+  cr_assert(fp != NULL, "cannot open %s", p);
+  cr_assert_eq(fread(f->logits, 4, ROWS * 96, fp), ROWS * 96, "%s is short", p);
+  fclose(fp);
+}
+
+typedef struct routes {
+  uint32_t top[2][ROWS][2];
+  uint32_t rows_seen[2];
+} routes_t;
+
+static void on_router(void *ctx, uint32_t layer, const float *probs, uint32_t n_rows, uint32_t n_experts) {
+  routes_t *r = ctx;
+  for (uint32_t t = 0; t < n_rows && r->rows_seen[layer] < ROWS; t++, r->rows_seen[layer]++) {
+    const float *p = probs + (uint64_t)t * n_experts;
+    uint32_t a = 0, b = 1;
+    if (p[b] > p[a]) a = 1, b = 0;
+    for (uint32_t e = 2; e < n_experts; e++) {
+      if (p[e] > p[a]) b = a, a = e;
+      else if (p[e] > p[b]) b = e;
+    }
+    r->top[layer][r->rows_seen[layer]][0] = a;
+    r->top[layer][r->rows_seen[layer]][1] = b;
+  }
+}
+
+static void check_fixture(const char *name) {
+  fixture_t f;
+  fixture_load(&f, name);
+  lt_err_t err = {0};
+  model_t *m = model_load(tgpu(), f.dir, NULL, &err);
+  cr_assert(m != NULL, "%s: %s", name, err.msg);
+  uint32_t V = model_config(m)->vocab_size;
+  cr_assert_eq(V, 96);
+  routes_t routes = {0};
+  model_hooks_t h = {.ctx = &routes, .on_router = on_router};
+
+  /* 1. One prefill of all 18 tokens. */
+  model_seq_t *s = model_seq_new(m, 32, &err);
+  float *all = talloc(ROWS * V);
+  model_item_t it = {.seq = s, .tokens = f.seq, .n_tokens = ROWS, .out = MODEL_OUT_ALL, .result = all};
+  cr_assert_eq(model_forward(m, &it, 1, &h, &err), LT_OK, "%s", err.msg);
+  tassert_close(all, f.logits, ROWS * V, 1e-4, 0, "prefill logits");
+
+  /* 2. Prefill of the prompt, then cached decoding one token at a time. */
+  model_seq_truncate(s, 0);
+  float *rows = talloc(ROWS * V);
+  it = (model_item_t){.seq = s, .tokens = f.seq, .n_tokens = f.n_prompt, .out = MODEL_OUT_ALL, .result = rows};
+  cr_assert_eq(model_forward(m, &it, 1, NULL, &err), LT_OK, "%s", err.msg);
+  for (uint32_t t = f.n_prompt; t < ROWS; t++) {
+    it = (model_item_t){.seq = s, .tokens = &f.seq[t], .n_tokens = 1, .out = MODEL_OUT_LAST,
+                        .result = rows + (uint64_t)t * V};
+    cr_assert_eq(model_forward(m, &it, 1, NULL, &err), LT_OK, "%s", err.msg);
+  }
+  tassert_close(rows, f.logits, ROWS * V, 1e-4, 0, "prefill + cached decoding logits");
+
+  /* 3. Greedy generation picks the reference's tokens. */
+  const int32_t *prompts[1] = {f.seq};
+  gen_opts_t o = {.max_tokens = f.n_greedy, .ignore_eos = true};
+  gen_result_t r[1];
+  cr_assert_eq(model_generate(m, prompts, &f.n_prompt, 1, &o, NULL, NULL, NULL, r, &err), LT_OK, "%s", err.msg);
+  cr_assert_eq(r[0].n_tokens, f.n_greedy);
+  cr_assert_arr_eq(r[0].tokens, f.seq + f.n_prompt, f.n_greedy * sizeof(int32_t), "%s: greedy tokens differ", name);
+  free(r[0].tokens);
+
+  /* 4. Mixtral: the same two experts per position and layer as the reference, in the same order. */
+  json_t *rt = json_object_get(f.ref, "router_top_k");
+  if (rt) {
+    for (uint32_t l = 0; l < 2; l++) {
+      cr_assert_eq(routes.rows_seen[l], ROWS, "layer %u reported %u rows", l, routes.rows_seen[l]);
+      for (uint32_t t = 0; t < ROWS; t++)
+        for (uint32_t k = 0; k < 2; k++) {
+          uint32_t want = (uint32_t)json_integer_value(json_array_get(json_array_get(json_array_get(rt, l), t), k));
+          cr_assert_eq(routes.top[l][t][k], want, "layer %u position %u slot %u: expert %u, reference %u", l, t, k,
+                       routes.top[l][t][k], want);
+        }
+    }
+  }
+  free(all), free(rows);
+  model_seq_destroy(&s);
+  model_free(&m);
+  json_decref(f.ref);
+}
+
+Test(fixtures, llama_tiny_f32) { check_fixture("llama-tiny"); }
+Test(fixtures, llama_tiny_f16) { check_fixture("llama-tiny-f16"); }
+Test(fixtures, llama3_scaled_bf16_tied) { check_fixture("llama3-scaled"); }
+Test(fixtures, mixtral_tiny) { check_fixture("mixtral-tiny"); }
+
+Test(fixtures, split_weights_give_the_same_logits) {
+  /* With bindings limited to 8 KiB the embedding, LM head, MLP and expert weights are split into row pieces (each
+   * filling its columns of the output through a strided matmul), the activation arena shrinks to fit, and the
+   * logits must stay within the fixture tolerance. (Each Criterion test runs in its own process, so the limit
+   * does not leak into other tests.) */
+  setenv("LATHE_MAX_BINDING", "8192", 1);
+  tgpu_teardown();
+  tgpu_setup();
+  cr_assert_eq(gpu_caps(tgpu())->max_storage_range, 8192);
+  check_fixture("llama-tiny");
+  check_fixture("mixtral-tiny");
+}
