@@ -43,7 +43,7 @@ void ev_write(mpw_t *w, const store_event_t *ev) {
 }
 
 lt_status_t ev_emit(daemon_t *d, int64_t job, const char *type, const void *data, size_t n, lt_err_t *err) {
-  lt_status_t st = store_begin(d->store, err);
+  lt_status_t st = store_begin(d->store, false, err);
   store_event_t ev = {job, 0, util_now_ms(), type, data, n};
   if (st || (st = store_event_append(d->store, job, ev.time_ms, type, data, n, &ev.seq, err))) return st;
   bool watched = false;
@@ -80,8 +80,7 @@ lt_status_t ev_transition(daemon_t *d, store_job_t *j, job_state_t to, const cha
   j->state = to;
   j->updated_ms = now;
   util_copy(j->reason, reason, sizeof j->reason);
-  lt_status_t st = store_begin(d->store, err);
-  store_mark_durable(d->store);
+  lt_status_t st = store_begin(d->store, true, err);
   if (st || (st = store_job_update(d->store, j, err))) return st;
   mpw_t w;
   mpw_init(&w);

@@ -343,7 +343,6 @@ static bool op_cancel(req_t *r, mpw_t *w, proto_err_t *e) {
       /* Persisted, so a daemon restart before the worker stops still ends the job cancelled. */
       j.cancel_requested = true;
       j.updated_ms = util_now_ms();
-      store_mark_durable(d->store);
       mpw_t lw;
       mpw_init(&lw);
       mpw_map(&lw);
@@ -378,7 +377,6 @@ static bool op_priority(req_t *r, mpw_t *w, proto_err_t *e) {
   } else {
     j.priority = p;
     j.updated_ms = util_now_ms();
-    store_mark_durable(r->d->store);
     if (store_job_update(r->d->store, &j, &err)) ok = store_failed(e, &err);
   }
   if (ok) {
@@ -404,7 +402,6 @@ static bool op_remove(req_t *r, mpw_t *w, proto_err_t *e) {
   } else {
     char dir[PATH_MAX];
     store_job_dir(r->d->store, j.id, dir, sizeof dir);
-    store_mark_durable(r->d->store);
     if (store_job_delete(r->d->store, j.id, &err)) ok = store_failed(e, &err);
     else if (util_rm_rf(dir, &err)) dlog("job %lld removed; %s", (long long)j.id, err.msg);
   }
@@ -492,7 +489,7 @@ void ops_handle(daemon_t *d, const peer_t *p, const char *owner, const void *buf
     goto reject;
   }
   lt_err_t err = {0};
-  if (op->writes && (store_begin(d->store, &err) || store_savepoint(d->store, &err))) {
+  if (op->writes && (store_begin(d->store, true, &err) || store_savepoint(d->store, &err))) {
     proto_fail(&e, P_INTERNAL, "", "%s", err.msg);
     goto reject;
   }

@@ -83,7 +83,7 @@ static const char *const sql[Q_N] = {
 struct store {
   sqlite3 *db;
   sqlite3_stmt *q[Q_N];
-  bool in_txn, durable, sync_full;
+  bool in_txn, sync_full; /* sync_full: the synchronous level in force (FULL or NORMAL) */
   char home[PATH_MAX];
 };
 
@@ -167,22 +167,23 @@ void store_close(store_t **sp) {
   *sp = NULL;
 }
 
-lt_status_t store_begin(store_t *s, lt_err_t *err) {
-  if (s->in_txn) return LT_OK;
+lt_status_t store_begin(store_t *s, bool durable, lt_err_t *err) {
+  if (s->in_txn && (s->sync_full || !durable)) return LT_OK;
+  if (s->in_txn) {
+    lt_status_t st = store_commit(s, err);
+    if (st) return st;
+  }
+  if (durable != s->sync_full) {
+    if (exec(s, durable ? "PRAGMA synchronous=FULL" : "PRAGMA synchronous=NORMAL", err)) return LT_E_IO;
+    s->sync_full = durable;
+  }
   lt_status_t st = exec(s, "BEGIN IMMEDIATE", err);
-  if (!st) s->in_txn = true, s->durable = false;
+  if (!st) s->in_txn = true;
   return st;
 }
 
-void store_mark_durable(store_t *s) { s->durable = true; }
-
 lt_status_t store_commit(store_t *s, lt_err_t *err) {
   if (!s->in_txn) return LT_OK;
-  /* The synchronous level in force when COMMIT runs decides whether this commit waits for the disk. */
-  if (s->durable != s->sync_full) {
-    if (exec(s, s->durable ? "PRAGMA synchronous=FULL" : "PRAGMA synchronous=NORMAL", err)) return LT_E_IO;
-    s->sync_full = s->durable;
-  }
   lt_status_t st = exec(s, "COMMIT", err);
   if (st) store_rollback(s);
   s->in_txn = false;

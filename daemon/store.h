@@ -1,6 +1,6 @@
 /* The durable job store: one SQLite database in WAL mode (schema in docs/store.md) plus one artifact folder per
  * job. Writes happen inside store_begin()/store_commit() (BEGIN IMMEDIATE); a commit that carries a state change
- * is made with synchronous=FULL, one that carries only progress with synchronous=NORMAL. Owned by the reactor
+ * is made with synchronous=FULL, one that carries only progress with synchronous=NORMAL (see store_begin()). Owned by the reactor
  * thread. Functions returning int give 1 (found), 0 (not found) or a negative lt_status_t. */
 #ifndef LATHE_STORE_H
 #define LATHE_STORE_H
@@ -51,11 +51,10 @@ store_t *store_open(const char *home, lt_err_t *err);
 /* Closes the database and sets *s to NULL; NULL-safe. An open transaction is rolled back. */
 void store_close(store_t **s);
 
-/* Starts a write transaction (BEGIN IMMEDIATE) unless one is open. */
-lt_status_t store_begin(store_t *s, lt_err_t *err);
-
-/* Marks the open transaction as carrying a state change: its commit uses synchronous=FULL. */
-void store_mark_durable(store_t *s);
+/* Starts a write transaction (BEGIN IMMEDIATE) unless one is open. A durable one (state changes) commits with
+ * synchronous=FULL, a light one (progress, logs) with NORMAL; SQLite fixes the level before BEGIN, so asking for
+ * a durable transaction while a light one is open commits the light one first. */
+lt_status_t store_begin(store_t *s, bool durable, lt_err_t *err);
 
 /* Commits the open transaction if any (true durability when marked). */
 lt_status_t store_commit(store_t *s, lt_err_t *err);
