@@ -222,7 +222,9 @@ void lc_begin(lc_t *c, mpw_t *w, const char *op) {
 
 mp_doc_t *lc_call(lc_t *c, mpw_t *w, proto_err_t *pe, lt_err_t *err) {
   proto_err_t dummy;
+  lt_err_t dummy_err;
   if (!pe) pe = &dummy;
+  if (!err) err = &dummy_err;
   pe->code = P_OK;
   uint64_t rid = c->rid++;
   mpw_end(w);

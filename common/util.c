@@ -136,11 +136,17 @@ lt_status_t util_read_z85_key(const char *path, char key[41], lt_err_t *err) {
   while (fgets(line, sizeof line, f)) {
     char *p = line;
     while (*p == ' ' || *p == '\t') p++;
-    if (*p == '#' || *p == '\n' || *p == '\0') continue;
-    char *q = strchr(p, '"');
-    if (q && (strncmp(p, "public-key", 10) == 0 || strncmp(p, "secret-key", 10) == 0)) p = q + 1;
-    else if (strchr(p, '=')) continue; /* other czmq metadata lines */
-    size_t len = strcspn(p, "\"\r\n \t");
+    size_t len = strcspn(p, "\r\n");
+    while (len && (p[len - 1] == ' ' || p[len - 1] == '\t')) len--;
+    /* A bare key first: Z85 uses '#' and '=' too, so a 40-character line is a key whatever it starts with. */
+    if (len != 40 && (strncmp(p, "public-key", 10) == 0 || strncmp(p, "secret-key", 10) == 0)) {
+      char *q = strchr(p, '"');
+      if (!q) continue;
+      p = q + 1;
+      len = strcspn(p, "\"");
+    } else if (len != 40) {
+      continue; /* comments, czmq metadata, blank lines */
+    }
     if (len == 40) {
       memcpy(key, p, 40);
       key[40] = '\0';

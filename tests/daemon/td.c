@@ -38,7 +38,7 @@ static void set_args(td_t *t, const char *const *extra) {
   t->args[n] = NULL;
 }
 
-static void make_dir(td_t *t) {
+void td_prepare(td_t *t) {
   if (t->dir[0]) return;
   snprintf(t->dir, sizeof t->dir, "/tmp/lathe-test-XXXXXX");
   cr_assert_not_null(mkdtemp(t->dir), "mkdtemp: %s", strerror(errno));
@@ -72,13 +72,13 @@ void td_restart(td_t *t) {
 }
 
 void td_start(td_t *t, const char *const *extra) {
-  make_dir(t);
+  td_prepare(t);
   set_args(t, extra);
   td_restart(t);
 }
 
 int td_start_expect_exit(td_t *t, const char *const *extra, int timeout_ms) {
-  make_dir(t);
+  td_prepare(t);
   set_args(t, extra);
   pid_t pid = spawn(t);
   for (int waited = 0; waited < timeout_ms; waited += 20) {

@@ -18,6 +18,8 @@ typedef struct td {
   const char *args[16]; /* extra lathed arguments, NULL-terminated */
 } td_t;
 
+/* Makes the test's folder (idempotent) and fills in the paths. */
+void td_prepare(td_t *t);
 /* Makes the folder and starts lathed with extra arguments (NULL-terminated list, may be NULL); asserts it serves. */
 void td_start(td_t *t, const char *const *extra);
 /* Starts lathed again on the same folder with the same arguments. */
