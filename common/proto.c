@@ -184,7 +184,7 @@ const msgpack_object *mp_get(const msgpack_object *map, const char *key) {
   size_t klen = strlen(key);
   for (uint32_t i = 0; i < map->via.map.size; i++) {
     const msgpack_object *k = &map->via.map.ptr[i].key;
-    if (k->type == MSGPACK_OBJECT_STR && k->via.str.size == klen && memcmp(k->via.str.ptr, key, klen) == 0)
+    if (k->type == MSGPACK_OBJECT_STR && k->via.str.size == klen && klen && memcmp(k->via.str.ptr, key, klen) == 0)
       return &map->via.map.ptr[i].val;
   }
   return NULL;
@@ -192,13 +192,15 @@ const msgpack_object *mp_get(const msgpack_object *map, const char *key) {
 
 bool mp_str_is(const msgpack_object *o, const char *s) {
   size_t n = strlen(s);
-  return o && o->type == MSGPACK_OBJECT_STR && o->via.str.size == n && memcmp(o->via.str.ptr, s, n) == 0;
+  return o && o->type == MSGPACK_OBJECT_STR && o->via.str.size == n && (n == 0 || memcmp(o->via.str.ptr, s, n) == 0);
 }
 
 bool mp_str_copy(const msgpack_object *o, char *buf, size_t n) {
-  if (!o || o->type != MSGPACK_OBJECT_STR || o->via.str.size >= n || memchr(o->via.str.ptr, 0, o->via.str.size))
+  /* msgpack-c gives an empty string a NULL pointer: never hand it to memchr/memcpy. */
+  if (!o || o->type != MSGPACK_OBJECT_STR || o->via.str.size >= n ||
+      (o->via.str.size && memchr(o->via.str.ptr, 0, o->via.str.size)))
     return false;
-  memcpy(buf, o->via.str.ptr, o->via.str.size);
+  if (o->via.str.size) memcpy(buf, o->via.str.ptr, o->via.str.size);
   buf[o->via.str.size] = '\0';
   return true;
 }
@@ -326,7 +328,7 @@ void mpw_end(mpw_t *w) {
 void mpw_strn(mpw_t *w, const char *s, size_t n) {
   item(w);
   msgpack_pack_str(&w->pk, n);
-  msgpack_pack_str_body(&w->pk, s, n);
+  if (n) msgpack_pack_str_body(&w->pk, s, n);
 }
 
 void mpw_str(mpw_t *w, const char *s) { mpw_strn(w, s, strlen(s)); }
@@ -358,8 +360,39 @@ void mpw_raw(mpw_t *w, const void *bytes, size_t n) {
 }
 
 void mpw_obj(mpw_t *w, const msgpack_object *o) {
-  item(w);
-  msgpack_pack_object(&w->pk, *o);
+  /* Walked here rather than with msgpack_pack_object(): msgpack-c gives empty strings a NULL pointer and its
+   * inline packer then passes NULL to memcpy. Nesting is bounded by the pre-pass's depth limit. */
+  switch (o->type) {
+  case MSGPACK_OBJECT_NIL: mpw_nil(w); break;
+  case MSGPACK_OBJECT_BOOLEAN: mpw_bool(w, o->via.boolean); break;
+  case MSGPACK_OBJECT_POSITIVE_INTEGER:
+    item(w);
+    msgpack_pack_uint64(&w->pk, o->via.u64);
+    break;
+  case MSGPACK_OBJECT_NEGATIVE_INTEGER: mpw_int(w, o->via.i64); break;
+  case MSGPACK_OBJECT_FLOAT32:
+  case MSGPACK_OBJECT_FLOAT64: mpw_double(w, o->via.f64); break;
+  case MSGPACK_OBJECT_STR: mpw_strn(w, o->via.str.size ? o->via.str.ptr : "", o->via.str.size); break;
+  case MSGPACK_OBJECT_BIN:
+    item(w);
+    msgpack_pack_bin(&w->pk, o->via.bin.size);
+    if (o->via.bin.size) msgpack_pack_bin_body(&w->pk, o->via.bin.ptr, o->via.bin.size);
+    break;
+  case MSGPACK_OBJECT_ARRAY:
+    mpw_array(w);
+    for (uint32_t i = 0; i < o->via.array.size; i++) mpw_obj(w, &o->via.array.ptr[i]);
+    mpw_end(w);
+    break;
+  case MSGPACK_OBJECT_MAP:
+    mpw_map(w);
+    for (uint32_t i = 0; i < o->via.map.size; i++) {
+      mpw_obj(w, &o->via.map.ptr[i].key);
+      mpw_obj(w, &o->via.map.ptr[i].val);
+    }
+    mpw_end(w);
+    break;
+  default: mpw_nil(w); break; /* ext never passes the pre-pass */
+  }
 }
 
 void mpw_kstr(mpw_t *w, const char *k, const char *v) { mpw_str(w, k), mpw_str(w, v); }

@@ -100,7 +100,7 @@ const char *job_param_str(job_ctx_t *c, const char *key) {
   char **strs = o->type == MSGPACK_OBJECT_STR ? realloc(c->strs, (c->n_strs + 1) * sizeof *strs) : NULL;
   if (!strs) return "";
   c->strs = strs;
-  char *s = strndup(o->via.str.ptr, o->via.str.size);
+  char *s = o->via.str.size ? strndup(o->via.str.ptr, o->via.str.size) : strdup("");
   if (!s) return "";
   c->strs[c->n_strs++] = s;
   return s;

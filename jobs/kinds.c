@@ -110,7 +110,7 @@ static bool check_value(const kind_param_t *p, const msgpack_object *o, mpw_t *w
   case KT_PATH: {
     if (o->type != MSGPACK_OBJECT_STR) return proto_fail(e, P_BAD_TYPE, name, "%s: expected a string", name);
     size_t n = o->via.str.size;
-    if (memchr(o->via.str.ptr, 0, n)) return proto_fail(e, P_BAD_VALUE, name, "%s: holds a NUL byte", name);
+    if (n && memchr(o->via.str.ptr, 0, n)) return proto_fail(e, P_BAD_VALUE, name, "%s: holds a NUL byte", name);
     if (bounded && ((double)n < p->lo || (double)n > p->hi))
       return proto_fail(e, P_OUT_OF_RANGE, name, "%s: length %zu is outside [%.0f, %.0f]", name, n, p->lo, p->hi);
     if (n > PROTO_MAX_STR) return proto_fail(e, P_OUT_OF_RANGE, name, "%s: longer than %d bytes", name, PROTO_MAX_STR);
@@ -206,8 +206,12 @@ bool kind_params_normalise(const kind_t *k, const msgpack_object *params, mpw_t 
       ok = proto_fail(e, P_MISSING_PARAM, name, "%s: kind %s requires it", name, k->name);
     } else ok = kind_parse_text(p, p->def, &t, e);
   }
+  if (!ok) { /* the map was left with a key and no value: discard it unfinished */
+    mpw_free(&t);
+    return false;
+  }
   mpw_end(&t);
-  if (ok && k->validate) {
+  if (k->validate) {
     mp_doc_t *d = mp_doc_parse(t.sb.data, t.sb.size, e);
     ok = d && k->validate(mp_doc_root(d), e);
     mp_doc_destroy(&d);
