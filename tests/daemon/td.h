@@ -8,6 +8,7 @@
 #include <sys/types.h>
 
 #include "client/lc.h"
+#include "jobs/kind.h"
 
 typedef struct td {
   char dir[64];   /* the test's own folder under /tmp */
