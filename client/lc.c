@@ -106,8 +106,6 @@ void lc_destroy(lc_t **cp) {
   *cp = NULL;
 }
 
-const char *lc_socket(const lc_t *c) { return c->socket; }
-
 static bool q_push(evq_t *q, mp_doc_t *d) {
   if (q->n == q->cap) {
     size_t cap = q->cap ? 2 * q->cap : 64;

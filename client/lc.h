@@ -68,7 +68,4 @@ lt_status_t lc_follow(lc_t *c, int64_t id, int64_t after, lc_event_fn fn, void *
 /* The pid of the lathed holding socket's lock (socket NULL: the default), or 0 if none runs. */
 long lc_daemon_pid(const char *socket);
 
-/* The socket this client talks to ("" for TCP); owned by c. */
-const char *lc_socket(const lc_t *c);
-
 #endif

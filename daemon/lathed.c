@@ -70,7 +70,7 @@ static void out_flush(daemon_t *d) {
     outmsg_t *m = &d->out[i];
     if (m->sock && (zmq_send(m->sock, m->id, m->id_n, ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0 ||
                     zmq_send(m->sock, m->data, m->n, ZMQ_DONTWAIT) < 0)) {
-      if (!m->is_worker && m->sock != d->wsock) {
+      if (!m->is_worker) {
         peer_t p = {m->sock == d->ipc ? 0 : 1, {0}, m->id_n};
         memcpy(p.id, m->id, m->id_n);
         watch_remove(d, &p, 0);

@@ -413,5 +413,3 @@ int store_events_after(store_t *s, int64_t id, int64_t after, int64_t limit,
 void store_job_dir(const store_t *s, int64_t id, char *buf, size_t n) {
   snprintf(buf, n, "%s/jobs/%lld", s->home, (long long)id);
 }
-
-const char *store_home(const store_t *s) { return s->home; }

@@ -121,7 +121,4 @@ int store_events_after(store_t *s, int64_t id, int64_t after, int64_t limit,
 /* Writes the artifact folder of job id (home/jobs/<id>) into buf. */
 void store_job_dir(const store_t *s, int64_t id, char *buf, size_t n);
 
-/* The store's folder; owned by s. */
-const char *store_home(const store_t *s);
-
 #endif

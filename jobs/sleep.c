@@ -58,7 +58,9 @@ job_outcome_t run_sleep(job_ctx_t *ctx, lt_err_t *err) {
   snprintf(ckpt, sizeof ckpt, "%s/sleep.ckpt", job_dir(ctx));
   int64_t start = read_checkpoint(ckpt);
   if (start > steps) start = 0;
-  if (start > 0) job_log(ctx, "resuming from checkpoint at step %lld of %lld", (long long)start, (long long)steps);
+  if (start > 0)
+    job_log(ctx, "attempt %u: resuming from checkpoint at step %lld of %lld", job_attempt(ctx), (long long)start,
+            (long long)steps);
   int64_t last_ckpt = util_mono_ms();
   for (int64_t s = start; s < steps; s++) {
     job_stop_t stop = delay ? pause_ms(ctx, delay, ignore_cancel) : job_should_stop(ctx);
