@@ -275,6 +275,9 @@ static lt_status_t setup_tcp(daemon_t *d, lt_err_t *err) {
   if (zmq_setsockopt(d->tcp, ZMQ_CURVE_SERVER, &one, sizeof one) ||
       zmq_setsockopt(d->tcp, ZMQ_CURVE_SECRETKEY, sec, 40) || zmq_bind(d->tcp, d->o.tcp))
     return lt_fail(err, LT_E_IO, "cannot listen on %s: %s", d->o.tcp, zmq_strerror(errno));
+  /* With a port of "*" the system picks one: report the real endpoint (status shows it too). */
+  size_t len = sizeof d->o.tcp;
+  zmq_getsockopt(d->tcp, ZMQ_LAST_ENDPOINT, d->o.tcp, &len);
   dlog("listening on %s (CURVE, clients in %s)", d->o.tcp, d->o.curve_allow);
   return LT_OK;
 }
@@ -284,7 +287,7 @@ static void usage(FILE *f) {
           "usage: lathed [options]\n"
           "  --socket PATH          ipc socket (default $LATHE_SOCKET or $XDG_RUNTIME_DIR/lathe/lathed.sock)\n"
           "  --home DIR             store and artifacts (default $LATHE_HOME or $XDG_DATA_HOME/lathe)\n"
-          "  --tcp ENDPOINT         also listen on TCP (e.g. tcp://127.0.0.1:7117); needs --curve-allow\n"
+          "  --tcp ENDPOINT         also listen on TCP (e.g. tcp://127.0.0.1:7117, port * picks one); needs --curve-allow\n"
           "  --curve-allow DIR      folder of allowed client public keys (*.pub, Z85)\n"
           "  --max-queue N          queued + held jobs accepted (default 10000)\n"
           "  --cancel-grace-ms N    time a running job gets to stop before its worker is killed (default 5000)\n"
