@@ -420,6 +420,10 @@ out:
   if (d->zap) zmq_close(d->zap);
   if (d->ctx) zmq_ctx_term(d->ctx);
   store_close(&d->store);
+  for (size_t i = 0; i < d->n_out; i++) free(d->out[i].data);
+  free(d->out);
+  free(d->watchers);
+  free(d->slot.progress_pending);
   if (home_lock_fd >= 0) close(home_lock_fd);
   if (lock_fd >= 0) close(lock_fd);
   if (rc == 0) dlog("stopped");

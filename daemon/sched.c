@@ -265,6 +265,7 @@ static void job_done(daemon_t *d, const msgpack_object *m) {
   mpw_init(&rw);
   if (result && result->type == MSGPACK_OBJECT_MAP) {
     mpw_obj(&rw, result);
+    free(j.result); /* an earlier, interrupted run's result */
     j.result = rw.sb.data, j.result_n = rw.sb.size;
   }
   if (!strcmp(status, "succeeded")) {
@@ -277,7 +278,7 @@ static void job_done(daemon_t *d, const msgpack_object *m) {
     ev_transition(d, &j, JS_FAILED, reason[0] ? reason : "the runner failed without a reason", &err);
   }
   if (err.code) dlog("job %lld: %s", (long long)j.id, err.msg);
-  j.result = NULL; /* owned by rw */
+  if (j.result == rw.sb.data) j.result = NULL; /* owned by rw */
   store_job_clear(&j);
   mpw_free(&rw);
   slot_job_done(s);
