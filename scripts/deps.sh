@@ -7,7 +7,7 @@ pkgs=(
   build-essential cmake pkg-config
   libvulkan-dev mesa-vulkan-drivers vulkan-validationlayers vulkan-tools
   glslc libshaderc-dev glslang-dev spirv-tools
-  libzmq3-dev libmsgpack-dev libsqlite3-dev libcriterion-dev
+  libzmq3-dev libmsgpack-dev libsqlite3-dev sqlite3 libcriterion-dev
   libjansson-dev libpcre2-dev libopenblas-dev
 )
 # Extra packages for tools/ (fixtures, the PyTorch reference, training the embedded models on the KJV text):

@@ -1,0 +1,740 @@
+/* lathe: the command-line client of lathed. `lathe help` lists the commands; job kinds and their parameters
+ * come from the kind table (jobs/kinds.def). Starts a daemon when none runs (unless --no-autostart or
+ * LATHE_NO_AUTOSTART=1). Text on a terminal; JSON lines with --json or when stdout is not a terminal. */
+#include <errno.h>
+#include <jansson.h>
+#include <limits.h>
+#include <math.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+#include <zmq.h>
+
+#include "client/lc.h"
+#include "common/util.h"
+#include "jobs/kind.h"
+
+/* Exit statuses: 0 success (for run/watch: the job succeeded), 1 job failed or was cancelled, 2 usage,
+ * 3 daemon unreachable or request refused, 130 detached with Ctrl-C. */
+enum { EXIT_JOB_FAILED = 1, EXIT_USAGE = 2, EXIT_DAEMON = 3, EXIT_DETACHED = 130 };
+
+typedef struct cli {
+  lc_opts_t o;
+  bool json;       /* --json */
+  bool lines;      /* JSON lines for events: --json or stdout not a terminal */
+  bool autostart;
+  const char *socket_flag;
+  lc_t *c;
+} cli_t;
+
+static volatile sig_atomic_t interrupted;
+
+static void on_sigint(int sig) {
+  (void)sig;
+  interrupted = 1;
+}
+
+static int fail(int code, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static int fail(int code, const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  fputs("lathe: ", stderr);
+  vfprintf(stderr, fmt, ap);
+  fputc('\n', stderr);
+  va_end(ap);
+  return code;
+}
+
+/* ---- msgpack to JSON ---- */
+
+static json_t *to_json(const msgpack_object *o) {
+  switch (o->type) {
+  case MSGPACK_OBJECT_NIL: return json_null();
+  case MSGPACK_OBJECT_BOOLEAN: return json_boolean(o->via.boolean);
+  case MSGPACK_OBJECT_POSITIVE_INTEGER:
+    return o->via.u64 <= INT64_MAX ? json_integer((json_int_t)o->via.u64) : json_real((double)o->via.u64);
+  case MSGPACK_OBJECT_NEGATIVE_INTEGER: return json_integer(o->via.i64);
+  case MSGPACK_OBJECT_FLOAT32:
+  case MSGPACK_OBJECT_FLOAT64: return isfinite(o->via.f64) ? json_real(o->via.f64) : json_null();
+  case MSGPACK_OBJECT_STR: {
+    json_t *s = json_stringn(o->via.str.ptr, o->via.str.size);
+    if (s) return s;
+    /* not UTF-8: replace the offending bytes */
+    char *copy = malloc(o->via.str.size + 1);
+    if (!copy) return json_null();
+    for (uint32_t i = 0; i < o->via.str.size; i++) {
+      unsigned char ch = (unsigned char)o->via.str.ptr[i];
+      copy[i] = ch < 0x80 && ch ? (char)ch : '?';
+    }
+    s = json_stringn(copy, o->via.str.size);
+    free(copy);
+    return s ? s : json_null();
+  }
+  case MSGPACK_OBJECT_ARRAY: {
+    json_t *a = json_array();
+    for (uint32_t i = 0; i < o->via.array.size; i++) json_array_append_new(a, to_json(&o->via.array.ptr[i]));
+    return a;
+  }
+  case MSGPACK_OBJECT_MAP: {
+    json_t *m = json_object();
+    for (uint32_t i = 0; i < o->via.map.size; i++) {
+      const msgpack_object *k = &o->via.map.ptr[i].key;
+      if (k->type != MSGPACK_OBJECT_STR) continue;
+      char key[256];
+      snprintf(key, sizeof key, "%.*s", (int)k->via.str.size, k->via.str.ptr);
+      json_object_set_new(m, key, to_json(&o->via.map.ptr[i].val));
+    }
+    return m;
+  }
+  default: return json_null();
+  }
+}
+
+/* Prints o as one line of JSON (or indented with pretty). */
+static void print_json(const msgpack_object *o, bool pretty) {
+  json_t *j = to_json(o);
+  json_dumpf(j, stdout, pretty ? JSON_INDENT(2) | JSON_PRESERVE_ORDER : JSON_COMPACT | JSON_PRESERVE_ORDER);
+  fputc('\n', stdout);
+  fflush(stdout);
+  json_decref(j);
+}
+
+static int64_t get_int(const msgpack_object *m, const char *k) {
+  int64_t v = 0;
+  const msgpack_object *o = mp_get(m, k);
+  if (o) mp_as_int(o, &v);
+  return v;
+}
+
+static const char *get_str(const msgpack_object *m, const char *k, char *buf, size_t n) {
+  if (!mp_str_copy(mp_get(m, k), buf, n)) buf[0] = '\0';
+  return buf;
+}
+
+/* ---- the daemon ---- */
+
+/* Starts lathed in the background (like gpg-agent): detached in its own session, logging to HOME/lathed.log, and
+ * waits until it holds its lock. */
+static int start_daemon(cli_t *cli) {
+  char home[PATH_MAX], log[PATH_MAX + 16], dir[PATH_MAX - 16], lathed[PATH_MAX];
+  lt_err_t err = {0};
+  if (util_default_home(home, sizeof home, &err) || util_mkdir_p(home, 0700, &err)) return fail(EXIT_DAEMON, "%s", err.msg);
+  snprintf(log, sizeof log, "%s/lathed.log", home);
+  snprintf(lathed, sizeof lathed, "lathed");
+  if (util_exe_dir(dir, sizeof dir)) {
+    char beside[PATH_MAX];
+    snprintf(beside, sizeof beside, "%s/lathed", dir);
+    if (access(beside, X_OK) == 0) util_copy(lathed, beside, sizeof lathed);
+  }
+  pid_t pid = fork();
+  if (pid < 0) return fail(EXIT_DAEMON, "fork: %s", strerror(errno));
+  if (pid == 0) {
+    setsid();
+    if (fork() != 0) _exit(0);
+    FILE *f = freopen(log, "a", stderr);
+    (void)f;
+    int fd = dup(2);
+    if (fd >= 0) dup2(fd, 1), close(fd);
+    if (!freopen("/dev/null", "r", stdin)) _exit(127);
+    if (cli->socket_flag) execlp(lathed, "lathed", "--socket", cli->socket_flag, (char *)NULL);
+    else execlp(lathed, "lathed", (char *)NULL);
+    fprintf(stderr, "lathe: cannot run %s: %s\n", lathed, strerror(errno));
+    _exit(127);
+  }
+  waitpid(pid, NULL, 0);
+  for (int i = 0; i < 200; i++) {
+    if (lc_daemon_pid(cli->o.socket)) return 0;
+    nanosleep(&(struct timespec){0, 50 * 1000000}, NULL);
+  }
+  return fail(EXIT_DAEMON, "lathed did not start; see %s", log);
+}
+
+/* Connects, starting a daemon first when none runs and that is allowed. */
+static int connect_daemon(cli_t *cli) {
+  if (cli->c) return 0;
+  bool tcp = cli->o.connect && *cli->o.connect;
+  if (!tcp && !lc_daemon_pid(cli->o.socket)) {
+    if (!cli->autostart)
+      return fail(EXIT_DAEMON, "no lathed is running (autostart is off: run `lathe daemon start`)");
+    int rc = start_daemon(cli);
+    if (rc) return rc;
+  }
+  lt_err_t err = {0};
+  if (!(cli->c = lc_new(&cli->o, &err))) return fail(EXIT_DAEMON, "%s", err.msg);
+  return 0;
+}
+
+/* Sends a request built in w and returns the reply, or NULL after printing the error (*rc set). */
+static mp_doc_t *call(cli_t *cli, mpw_t *w, int *rc) {
+  proto_err_t pe = {0};
+  lt_err_t err = {0};
+  mp_doc_t *d = lc_call(cli->c, w, &pe, &err);
+  if (!d) *rc = fail(EXIT_DAEMON, "%s", pe.code ? pe.msg : err.msg);
+  return d;
+}
+
+static bool parse_id(const char *s, int64_t *id) {
+  char *end;
+  long long v = s ? strtoll(s, &end, 10) : 0;
+  if (!s || !*s || *end || v <= 0) return false;
+  *id = v;
+  return true;
+}
+
+/* ---- job kinds: help and arguments from the table ---- */
+
+static void kind_help(FILE *f, const kind_t *k) {
+  fprintf(f, "lathe run|submit %s [--PARAM VALUE ...] [--priority N] [--hold] [--sid ID]\n  %s\n", k->name, k->summary);
+  fprintf(f, "  on a crash: %s\n", k->policy == KIND_RESTART ? "restarts from scratch"
+                                    : k->policy == KIND_RESUME ? "resumes from its last checkpoint"
+                                                               : "fails with the reason");
+  for (size_t i = 0; i < k->n_params; i++) {
+    const kind_param_t *p = &k->params[i];
+    char flag[64];
+    snprintf(flag, sizeof flag, "--%s %s", p->key, kind_type_str(p->type));
+    fprintf(f, "  %-26s %s", flag, p->help);
+    if (p->required) fprintf(f, " (required)\n");
+    else fprintf(f, " (default %s)\n", *p->def ? p->def : "\"\"");
+  }
+}
+
+static void kinds_help(FILE *f) {
+  fprintf(f, "job kinds:\n");
+  for (size_t i = 0; i < kind_count(); i++) fprintf(f, "  %-10s %s\n", kind_at(i)->name, kind_at(i)->summary);
+  fprintf(f, "`lathe help KIND` shows a kind's parameters.\n");
+}
+
+typedef struct submit_args {
+  const kind_t *k;
+  mpw_t params;
+  int64_t priority;
+  bool hold;
+  const char *sid;
+} submit_args_t;
+
+/* Parses `KIND [--param value ...] [--priority N] [--hold] [--sid ID]` into a params map. */
+static int parse_submit(int argc, char **argv, submit_args_t *a) {
+  if (argc < 1) {
+    kinds_help(stderr);
+    return EXIT_USAGE;
+  }
+  a->k = kind_find(argv[0], strlen(argv[0]));
+  if (!a->k) {
+    fprintf(stderr, "lathe: no job kind '%s'\n", argv[0]);
+    kinds_help(stderr);
+    return EXIT_USAGE;
+  }
+  mpw_init(&a->params);
+  mpw_map(&a->params);
+  for (int i = 1; i < argc; i++) {
+    const char *arg = argv[i];
+    if (!strcmp(arg, "--help") || !strcmp(arg, "-h")) {
+      kind_help(stdout, a->k);
+      exit(0);
+    }
+    if (strncmp(arg, "--", 2) != 0) return fail(EXIT_USAGE, "unexpected argument '%s' (parameters are --KEY VALUE)", arg);
+    char key[64];
+    const char *eq = strchr(arg, '='), *value = NULL;
+    snprintf(key, sizeof key, "%.*s", (int)(eq ? (size_t)(eq - arg - 2) : strlen(arg + 2)), arg + 2);
+    for (char *p = key; *p; p++)
+      if (*p == '-') *p = '_';
+    if (eq) value = eq + 1;
+    if (!strcmp(key, "hold") && !eq) {
+      a->hold = true;
+      continue;
+    }
+    const kind_param_t *p = kind_param_find(a->k, key);
+    bool is_bool = p && p->type == KT_BOOL;
+    if (!value && is_bool) {
+      const char *next = i + 1 < argc ? argv[i + 1] : NULL;
+      bool next_is_value = next && (!strcmp(next, "true") || !strcmp(next, "false") || !strcmp(next, "yes") ||
+                                    !strcmp(next, "no") || !strcmp(next, "1") || !strcmp(next, "0"));
+      value = next_is_value ? argv[++i] : "true";
+    }
+    if (!value) {
+      if (i + 1 >= argc) return fail(EXIT_USAGE, "--%s needs a value", key);
+      value = argv[++i];
+    }
+    if (!strcmp(key, "priority")) {
+      char *end;
+      a->priority = strtoll(value, &end, 10);
+      if (!*value || *end) return fail(EXIT_USAGE, "--priority needs an integer");
+    } else if (!strcmp(key, "sid")) {
+      a->sid = value;
+    } else if (!p) {
+      fprintf(stderr, "lathe: kind %s has no parameter --%s\n", a->k->name, key);
+      kind_help(stderr, a->k);
+      return EXIT_USAGE;
+    } else {
+      proto_err_t e;
+      mpw_str(&a->params, key);
+      if (!kind_parse_text(p, value, &a->params, &e)) return fail(EXIT_USAGE, "%s", e.msg);
+    }
+  }
+  mpw_end(&a->params);
+  /* Checked here too so that a typo is reported before anything is sent (the daemon checks again). */
+  proto_err_t e;
+  mp_doc_t *d = mp_doc_parse(a->params.sb.data, a->params.sb.size, &e);
+  mpw_t norm;
+  mpw_init(&norm);
+  bool ok = d && kind_params_normalise(a->k, mp_doc_root(d), &norm, &e);
+  mpw_free(&norm);
+  mp_doc_destroy(&d);
+  return ok ? 0 : fail(EXIT_USAGE, "%s", e.msg);
+}
+
+static int64_t submit(cli_t *cli, submit_args_t *a, int *rc) {
+  proto_err_t pe = {0};
+  lt_err_t err = {0};
+  bool existing = false;
+  int64_t id = lc_submit(cli->c, a->k->name, a->params.sb.data, a->params.sb.size, a->sid, a->priority, a->hold,
+                         &existing, &pe, &err);
+  mpw_free(&a->params);
+  if (!id) *rc = fail(EXIT_DAEMON, "%s", pe.code ? pe.msg : err.msg);
+  return id;
+}
+
+/* ---- following a job ---- */
+
+typedef struct follow {
+  cli_t *cli;
+  int64_t id;
+  bool bar;          /* drawing a progress bar on a terminal */
+  bool bar_drawn;
+  bool logs_only;    /* `logs`: print every event as a line, no bar */
+  char final[16];
+  char reason[512];
+  int64_t t0, step0; /* first progress seen, for the rate */
+} follow_t;
+
+static void fmt_time(int64_t ms, char *buf, size_t n) {
+  time_t t = (time_t)(ms / 1000);
+  struct tm tm;
+  localtime_r(&t, &tm);
+  size_t len = strftime(buf, n, "%H:%M:%S", &tm);
+  snprintf(buf + len, n - len, ".%03d", (int)(ms % 1000));
+}
+
+static void fmt_dur(double s, char *buf, size_t n) {
+  if (!isfinite(s) || s < 0) snprintf(buf, n, "?");
+  else if (s >= 3600) snprintf(buf, n, "%d:%02d:%02d", (int)s / 3600, (int)s / 60 % 60, (int)s % 60);
+  else snprintf(buf, n, "%d:%02d", (int)s / 60, (int)s % 60);
+}
+
+static void clear_bar(follow_t *f) {
+  if (f->bar_drawn) fputs("\r\033[K", stdout);
+  f->bar_drawn = false;
+}
+
+static void draw_bar(follow_t *f, const msgpack_object *ev) {
+  const msgpack_object *data = mp_get(ev, "data");
+  int64_t step = get_int(data, "step"), total = get_int(data, "total"), t = get_int(ev, "time");
+  char unit[32];
+  get_str(data, "unit", unit, sizeof unit);
+  if (!f->t0) f->t0 = t, f->step0 = step;
+  double secs = (double)(t - f->t0) / 1000.0;
+  double rate = secs > 0 ? (double)(step - f->step0) / secs : NAN;
+  char eta[32] = "?", line[256];
+  if (total > 0 && rate > 0) fmt_dur((double)(total - step) / rate, eta, sizeof eta);
+  int width = 30, fill = total > 0 ? (int)(width * step / total) : 0;
+  char bar[64];
+  for (int i = 0; i < width; i++) bar[i] = i < fill ? '#' : '.';
+  bar[width] = '\0';
+  if (isfinite(rate))
+    snprintf(line, sizeof line, "job %lld [%s] %lld/%lld %s  %.1f %s/s  ETA %s", (long long)f->id, bar,
+             (long long)step, (long long)total, unit, rate, unit, eta);
+  else
+    snprintf(line, sizeof line, "job %lld [%s] %lld/%lld %s", (long long)f->id, bar, (long long)step,
+             (long long)total, unit);
+  printf("\r\033[K%s", line);
+  fflush(stdout);
+  f->bar_drawn = true;
+}
+
+/* One line describing an event (text mode). */
+static void print_event_line(follow_t *f, const msgpack_object *ev) {
+  const msgpack_object *data = mp_get(ev, "data");
+  char type[16], when[32], a[512], b[128];
+  get_str(ev, "type", type, sizeof type);
+  fmt_time(get_int(ev, "time"), when, sizeof when);
+  clear_bar(f);
+  printf("%s #%-4lld ", when, (long long)get_int(ev, "seq"));
+  if (!strcmp(type, "state")) {
+    get_str(data, "reason", a, sizeof a);
+    printf("%s%s%s\n", get_str(data, "state", b, sizeof b), *a ? ": " : "", a);
+  } else if (!strcmp(type, "progress")) {
+    printf("progress %lld/%lld %s\n", (long long)get_int(data, "step"), (long long)get_int(data, "total"),
+           get_str(data, "unit", b, sizeof b));
+  } else if (!strcmp(type, "log")) {
+    printf("%s\n", get_str(data, "msg", a, sizeof a));
+  } else if (!strcmp(type, "metric")) {
+    const msgpack_object *v = mp_get(data, "value");
+    printf("metric %s = %g (step %lld)\n", get_str(data, "name", b, sizeof b),
+           v && (v->type == MSGPACK_OBJECT_FLOAT64 || v->type == MSGPACK_OBJECT_FLOAT32) ? v->via.f64 : 0.0,
+           (long long)get_int(data, "step"));
+  } else if (!strcmp(type, "artifact")) {
+    printf("artifact %s: %s\n", get_str(data, "name", b, sizeof b), get_str(data, "path", a, sizeof a));
+  } else {
+    printf("%s\n", type);
+  }
+  fflush(stdout);
+}
+
+static bool on_event(void *user, const msgpack_object *ev) {
+  follow_t *f = user;
+  const msgpack_object *data = mp_get(ev, "data");
+  char type[16];
+  get_str(ev, "type", type, sizeof type);
+  if (!strcmp(type, "state")) {
+    get_str(data, "state", f->final, sizeof f->final);
+    get_str(data, "reason", f->reason, sizeof f->reason);
+  }
+  if (f->cli->lines) print_json(ev, false);
+  else if (f->bar && !strcmp(type, "progress")) draw_bar(f, ev);
+  else print_event_line(f, ev);
+  return true;
+}
+
+/* Follows job id to its end; returns the exit status (0 succeeded, 1 failed/cancelled, 130 detached). */
+static int follow_job(cli_t *cli, int64_t id, bool logs_only, bool to_end) {
+  follow_t f = {.cli = cli, .id = id, .logs_only = logs_only, .bar = !cli->lines && !logs_only};
+  struct sigaction sa = {.sa_handler = on_sigint};
+  sigaction(SIGINT, &sa, NULL);
+  proto_err_t pe = {0};
+  lt_err_t err = {0};
+  bool detached = false;
+  lt_status_t st;
+  if (to_end) {
+    st = lc_follow(cli->c, id, 0, on_event, &f, &interrupted, &detached, &pe, &err);
+  } else {
+    /* `logs` without -f: what is stored now, page by page. */
+    int64_t after = 0;
+    bool more = true;
+    st = LT_OK;
+    while (more && !st) {
+      mpw_t w;
+      lc_begin(cli->c, &w, "events");
+      mpw_kint(&w, "id", id);
+      mpw_kint(&w, "after", after);
+      mp_doc_t *d = lc_call(cli->c, &w, &pe, &err);
+      if (!d) {
+        st = LT_E_IO;
+        break;
+      }
+      const msgpack_object *m = mp_doc_root(d), *evs = mp_get(m, "events"), *mo = mp_get(m, "more");
+      for (uint32_t i = 0; evs && i < evs->via.array.size; i++) on_event(&f, &evs->via.array.ptr[i]);
+      after = get_int(m, "last");
+      more = mo && mo->type == MSGPACK_OBJECT_BOOLEAN && mo->via.boolean;
+      mp_doc_destroy(&d);
+    }
+    return st ? fail(EXIT_DAEMON, "%s", pe.code ? pe.msg : err.msg) : 0;
+  }
+  clear_bar(&f);
+  if (st) return fail(EXIT_DAEMON, "%s", pe.code ? pe.msg : err.msg);
+  if (detached || interrupted) {
+    fprintf(stderr, "lathe: detached from job %lld (it keeps running); re-attach with: lathe watch %lld\n",
+            (long long)id, (long long)id);
+    return EXIT_DETACHED;
+  }
+  if (!cli->lines && !logs_only)
+    printf("job %lld %s%s%s\n", (long long)id, f.final, f.reason[0] ? ": " : "", f.reason);
+  return strcmp(f.final, "succeeded") == 0 ? 0 : EXIT_JOB_FAILED;
+}
+
+/* ---- commands ---- */
+
+static int cmd_submit(cli_t *cli, int argc, char **argv, bool follow) {
+  submit_args_t a = {0};
+  int rc = parse_submit(argc, argv, &a);
+  if (rc || (rc = connect_daemon(cli))) return rc;
+  int64_t id = submit(cli, &a, &rc);
+  if (!id) return rc;
+  if (!follow) {
+    mp_doc_t *d = lc_call_id(cli->c, "show", id, NULL, NULL);
+    const msgpack_object *job = d ? mp_get(mp_doc_root(d), "job") : NULL;
+    char state[16] = "";
+    if (job) get_str(job, "state", state, sizeof state);
+    if (cli->json) {
+      printf("{\"id\": %lld, \"state\": \"%s\"}\n", (long long)id, state);
+    } else {
+      printf("submitted job %lld (%s", (long long)id, state);
+      if (job && get_int(job, "position")) printf(", position %lld", (long long)get_int(job, "position"));
+      printf(")\n");
+    }
+    mp_doc_destroy(&d);
+    return 0;
+  }
+  if (cli->lines) printf("{\"id\": %lld}\n", (long long)id);
+  else printf("job %lld submitted; Ctrl-C detaches\n", (long long)id);
+  fflush(stdout);
+  return follow_job(cli, id, false, true);
+}
+
+static void fmt_age(int64_t ms, char *buf, size_t n) {
+  if (!ms) {
+    snprintf(buf, n, "-");
+    return;
+  }
+  fmt_dur((double)(util_now_ms() - ms) / 1000.0, buf, n);
+}
+
+static int cmd_ps(cli_t *cli, int argc, char **argv) {
+  bool all = false;
+  for (int i = 0; i < argc; i++) {
+    if (!strcmp(argv[i], "--all") || !strcmp(argv[i], "-a")) all = true;
+    else return fail(EXIT_USAGE, "ps: unexpected '%s' (ps [--all])", argv[i]);
+  }
+  int rc = connect_daemon(cli);
+  if (rc) return rc;
+  mpw_t w;
+  lc_begin(cli->c, &w, "list");
+  mpw_kbool(&w, "all", all);
+  mp_doc_t *d = call(cli, &w, &rc);
+  if (!d) return rc;
+  const msgpack_object *jobs = mp_get(mp_doc_root(d), "jobs");
+  if (!cli->json) printf("%6s  %-10s %-10s %4s %5s %4s %8s  %s\n", "ID", "KIND", "STATE", "POS", "PRIO", "ATT", "AGE", "REASON");
+  for (uint32_t i = 0; jobs && i < jobs->via.array.size; i++) {
+    const msgpack_object *j = &jobs->via.array.ptr[i];
+    if (cli->json) {
+      print_json(j, false);
+      continue;
+    }
+    char kind[32], state[16], reason[512], pos[16] = "-", age[32];
+    if (get_int(j, "position")) snprintf(pos, sizeof pos, "%lld", (long long)get_int(j, "position"));
+    fmt_age(get_int(j, "created"), age, sizeof age);
+    printf("%6lld  %-10s %-10s %4s %5lld %4lld %8s  %s\n", (long long)get_int(j, "id"), get_str(j, "kind", kind, sizeof kind),
+           get_str(j, "state", state, sizeof state), pos, (long long)get_int(j, "priority"),
+           (long long)get_int(j, "attempts"), age, get_str(j, "reason", reason, sizeof reason));
+  }
+  mp_doc_destroy(&d);
+  return 0;
+}
+
+/* Commands of the form `CMD ID` that print the reply (show, result, cancel, hold, release, rm). */
+static int cmd_id(cli_t *cli, const char *op, int argc, char **argv) {
+  int64_t id;
+  if (argc != 1 || !parse_id(argv[0], &id)) return fail(EXIT_USAGE, "usage: lathe %s ID", op);
+  int rc = connect_daemon(cli);
+  if (rc) return rc;
+  const char *wire = !strcmp(op, "rm") ? "remove" : op;
+  mpw_t w;
+  lc_begin(cli->c, &w, wire);
+  mpw_kint(&w, "id", id);
+  mp_doc_t *d = call(cli, &w, &rc);
+  if (!d) return rc;
+  const msgpack_object *m = mp_doc_root(d);
+  char state[16], reason[512], dir[PATH_MAX];
+  if (!strcmp(op, "show")) {
+    const msgpack_object *j = mp_get(m, "job");
+    print_json(j, !cli->json);
+  } else if (!strcmp(op, "result")) {
+    const msgpack_object *res = mp_get(m, "result");
+    if (cli->json) {
+      print_json(m, false);
+    } else {
+      printf("job %lld %s%s%s\nfolder: %s\n", (long long)id, get_str(m, "state", state, sizeof state),
+             *get_str(m, "reason", reason, sizeof reason) ? ": " : "", reason, get_str(m, "dir", dir, sizeof dir));
+      if (res) print_json(res, true);
+    }
+  } else if (cli->json) {
+    print_json(m, false);
+  } else if (!strcmp(op, "rm")) {
+    printf("job %lld removed\n", (long long)id);
+  } else {
+    const msgpack_object *cancelling = mp_get(m, "cancelling");
+    printf("job %lld %s%s\n", (long long)id, get_str(m, "state", state, sizeof state),
+           cancelling && cancelling->via.boolean ? " (cancel requested; it stops within seconds)" : "");
+  }
+  mp_doc_destroy(&d);
+  return 0;
+}
+
+static int cmd_priority(cli_t *cli, int argc, char **argv) {
+  int64_t id;
+  char *end;
+  long long p = argc == 2 ? strtoll(argv[1], &end, 10) : 0;
+  if (argc != 2 || !parse_id(argv[0], &id) || !*argv[1] || *end) return fail(EXIT_USAGE, "usage: lathe priority ID N");
+  int rc = connect_daemon(cli);
+  if (rc) return rc;
+  mpw_t w;
+  lc_begin(cli->c, &w, "priority");
+  mpw_kint(&w, "id", id);
+  mpw_kint(&w, "priority", p);
+  mp_doc_t *d = call(cli, &w, &rc);
+  if (!d) return rc;
+  if (cli->json) print_json(mp_doc_root(d), false);
+  else printf("job %lld priority %lld\n", (long long)id, p);
+  mp_doc_destroy(&d);
+  return 0;
+}
+
+static int cmd_logs(cli_t *cli, int argc, char **argv, bool watch) {
+  int64_t id = 0;
+  bool follow = watch;
+  for (int i = 0; i < argc; i++) {
+    if (!strcmp(argv[i], "-f") || !strcmp(argv[i], "--follow")) follow = true;
+    else if (!id && parse_id(argv[i], &id)) continue;
+    else return fail(EXIT_USAGE, "usage: lathe %s", watch ? "watch ID" : "logs ID [-f]");
+  }
+  if (!id) return fail(EXIT_USAGE, "usage: lathe %s", watch ? "watch ID" : "logs ID [-f]");
+  int rc = connect_daemon(cli);
+  if (rc) return rc;
+  rc = follow_job(cli, id, !watch, follow);
+  return watch || rc == EXIT_DETACHED || rc == EXIT_DAEMON ? rc : 0;
+}
+
+static int cmd_daemon(cli_t *cli, int argc, char **argv) {
+  const char *what = argc ? argv[0] : "status";
+  long pid = lc_daemon_pid(cli->o.socket);
+  lt_err_t err = {0};
+  int rc = 0;
+  if (!strcmp(what, "start")) {
+    if (pid) {
+      printf(cli->json ? "{\"pid\": %ld, \"started\": false}\n" : "lathed already running (pid %ld)\n", pid);
+      return 0;
+    }
+    if ((rc = start_daemon(cli))) return rc;
+    pid = lc_daemon_pid(cli->o.socket);
+    printf(cli->json ? "{\"pid\": %ld, \"started\": true}\n" : "lathed started (pid %ld)\n", pid);
+    return 0;
+  }
+  if (!strcmp(what, "stop")) {
+    if (!pid && !(cli->o.connect && *cli->o.connect)) {
+      printf(cli->json ? "{\"pid\": null, \"stopped\": false}\n" : "lathed is not running\n");
+      return 0;
+    }
+    if (!(cli->c = lc_new(&cli->o, &err))) return fail(EXIT_DAEMON, "%s", err.msg);
+    mpw_t w;
+    lc_begin(cli->c, &w, "shutdown");
+    mp_doc_t *d = call(cli, &w, &rc);
+    if (!d) return rc;
+    mp_doc_destroy(&d);
+    /* Stopping may wait for the running job to checkpoint (the daemon's cancel grace). */
+    for (int i = 0; i < 1200 && lc_daemon_pid(cli->o.socket); i++) nanosleep(&(struct timespec){0, 50000000}, NULL);
+    bool gone = !lc_daemon_pid(cli->o.socket);
+    printf(cli->json ? "{\"pid\": %ld, \"stopped\": %s}\n" : "lathed (pid %ld) %s\n", pid,
+           cli->json ? (gone ? "true" : "false") : (gone ? "stopped" : "is still stopping"));
+    return gone ? 0 : EXIT_DAEMON;
+  }
+  if (strcmp(what, "status") != 0) return fail(EXIT_USAGE, "usage: lathe daemon start|stop|status");
+  if (!pid && !(cli->o.connect && *cli->o.connect)) {
+    printf(cli->json ? "{\"pid\": null, \"running\": false}\n" : "lathed is not running\n");
+    return EXIT_DAEMON;
+  }
+  if (!(cli->c = lc_new(&cli->o, &err))) return fail(EXIT_DAEMON, "%s", err.msg);
+  mpw_t w;
+  lc_begin(cli->c, &w, "status");
+  mp_doc_t *d = call(cli, &w, &rc);
+  if (!d) return rc;
+  const msgpack_object *m = mp_doc_root(d);
+  if (cli->json) {
+    print_json(m, false);
+  } else {
+    const msgpack_object *jobs = mp_get(m, "jobs"), *wk = mp_get(m, "worker");
+    char s1[PATH_MAX], s2[PATH_MAX], up[32];
+    fmt_dur((double)get_int(m, "uptime_ms") / 1000.0, up, sizeof up);
+    printf("lathed %s, pid %lld, up %s\n", get_str(m, "version", s1, sizeof s1), (long long)get_int(m, "pid"), up);
+    printf("socket  %s\nstore   %s\n", get_str(m, "socket", s1, sizeof s1), get_str(m, "home", s2, sizeof s2));
+    printf("jobs    %lld queued, %lld held, %lld running, %lld succeeded, %lld failed, %lld cancelled\n",
+           (long long)get_int(jobs, "queued"), (long long)get_int(jobs, "held"), (long long)get_int(jobs, "running"),
+           (long long)get_int(jobs, "succeeded"), (long long)get_int(jobs, "failed"),
+           (long long)get_int(jobs, "cancelled"));
+    printf("worker  %s, pid %lld, %lld restarts, device %s\n", get_str(wk, "state", s1, sizeof s1),
+           (long long)get_int(wk, "pid"), (long long)get_int(wk, "restarts"),
+           *get_str(wk, "device", s2, sizeof s2) ? s2 : "(not open)");
+  }
+  mp_doc_destroy(&d);
+  return 0;
+}
+
+static int cmd_keygen(int argc, char **argv) {
+  if (argc != 1) return fail(EXIT_USAGE, "usage: lathe keygen PATH   (writes PATH.key and PATH.pub)");
+  char pub[41], sec[41], p1[PATH_MAX], p2[PATH_MAX];
+  if (zmq_curve_keypair(pub, sec) != 0) return fail(EXIT_DAEMON, "this libzmq has no CURVE support");
+  snprintf(p1, sizeof p1, "%s.key", argv[0]);
+  snprintf(p2, sizeof p2, "%s.pub", argv[0]);
+  lt_err_t err = {0};
+  if (util_write_z85_key(p1, sec, true, &err) || util_write_z85_key(p2, pub, false, &err))
+    return fail(EXIT_DAEMON, "%s", err.msg);
+  printf("wrote %s (keep it private) and %s (copy it into the daemon's --curve-allow folder)\n", p1, p2);
+  return 0;
+}
+
+static void usage(FILE *f) {
+  fprintf(f,
+          "usage: lathe [--json] [--no-autostart] [--socket PATH | --connect tcp://HOST:PORT --server-key FILE --key FILE]\n"
+          "             COMMAND ...\n"
+          "  run KIND [--PARAM VALUE ...]   submit a job and follow it (exit 0 if it succeeds; Ctrl-C detaches)\n"
+          "  submit KIND [--PARAM VALUE ...] [--priority N] [--hold] [--sid ID]   queue a job\n"
+          "  ps [--all]                     list jobs (waiting and running; --all: every job)\n"
+          "  show ID                        a job in full\n"
+          "  logs ID [-f]                   a job's events (-f: keep following)\n"
+          "  watch ID                       follow a job to its end\n"
+          "  cancel ID | hold ID | release ID | rm ID | result ID | priority ID N\n"
+          "  daemon start|stop|status       the background daemon\n"
+          "  keygen PATH                    make a CURVE key pair for TCP clients\n"
+          "  help [KIND]                    this text, or a job kind's parameters\n");
+  kinds_help(f);
+}
+
+int main(int argc, char **argv) {
+  cli_t cli = {.autostart = true};
+  const char *no = getenv("LATHE_NO_AUTOSTART");
+  if (no && *no && strcmp(no, "0") != 0) cli.autostart = false;
+  cli.o.connect = getenv("LATHE_CONNECT");
+  cli.o.server_key = getenv("LATHE_SERVER_KEY");
+  cli.o.client_key = getenv("LATHE_CLIENT_KEY");
+  /* Global options come before the command. */
+  int i = 1;
+  for (; i < argc && !strncmp(argv[i], "--", 2); i++) {
+    const char *a = argv[i];
+    const char *v = i + 1 < argc ? argv[i + 1] : NULL;
+    if (!strcmp(a, "--json")) cli.json = true;
+    else if (!strcmp(a, "--no-autostart")) cli.autostart = false;
+    else if (!strcmp(a, "--help")) return usage(stdout), 0;
+    else if (!strcmp(a, "--socket") && v) cli.o.socket = cli.socket_flag = v, i++;
+    else if (!strcmp(a, "--connect") && v) cli.o.connect = v, i++;
+    else if (!strcmp(a, "--server-key") && v) cli.o.server_key = v, i++;
+    else if (!strcmp(a, "--key") && v) cli.o.client_key = v, i++;
+    else return usage(stderr), EXIT_USAGE;
+  }
+  if (i >= argc) return usage(stderr), EXIT_USAGE;
+  const char *cmd = argv[i];
+  char **rest = argv + i + 1;
+  int n = argc - i - 1;
+  /* --json may also follow the command. */
+  for (int k = 0; k < n; k++)
+    if (!strcmp(rest[k], "--json")) {
+      cli.json = true;
+      memmove(rest + k, rest + k + 1, (size_t)(n - k - 1) * sizeof *rest);
+      n--, k--;
+    }
+  cli.lines = cli.json || !isatty(STDOUT_FILENO);
+  signal(SIGPIPE, SIG_IGN);
+  int rc;
+  if (!strcmp(cmd, "help")) {
+    const kind_t *k = n ? kind_find(rest[0], strlen(rest[0])) : NULL;
+    if (k) kind_help(stdout, k);
+    else usage(stdout);
+    rc = 0;
+  } else if (!strcmp(cmd, "run")) rc = cmd_submit(&cli, n, rest, true);
+  else if (!strcmp(cmd, "submit")) rc = cmd_submit(&cli, n, rest, false);
+  else if (!strcmp(cmd, "ps")) rc = cmd_ps(&cli, n, rest);
+  else if (!strcmp(cmd, "logs")) rc = cmd_logs(&cli, n, rest, false);
+  else if (!strcmp(cmd, "watch")) rc = cmd_logs(&cli, n, rest, true);
+  else if (!strcmp(cmd, "priority")) rc = cmd_priority(&cli, n, rest);
+  else if (!strcmp(cmd, "daemon")) rc = cmd_daemon(&cli, n, rest);
+  else if (!strcmp(cmd, "keygen")) rc = cmd_keygen(n, rest);
+  else if (!strcmp(cmd, "show") || !strcmp(cmd, "result") || !strcmp(cmd, "cancel") || !strcmp(cmd, "hold") ||
+           !strcmp(cmd, "release") || !strcmp(cmd, "rm"))
+    rc = cmd_id(&cli, cmd, n, rest);
+  else rc = fail(EXIT_USAGE, "unknown command '%s' (lathe help)", cmd);
+  lc_destroy(&cli.c);
+  return rc;
+}

@@ -1,0 +1,70 @@
+# The daemon side: protocol library, job kind table, lathed, lathe-worker, the lathe CLI, their tests, the
+# benchmark's extra libraries and the optional fuzz target. Included from the top-level CMakeLists.txt.
+pkg_check_modules(ZMQ REQUIRED libzmq)
+pkg_check_modules(MSGPACK REQUIRED msgpack)
+pkg_check_modules(SQLITE REQUIRED sqlite3)
+
+# Wire protocol and utilities. engine/status.c is compiled in too so that lathed and lathe (which never touch
+# Vulkan) need not link the engine; in lathe-worker the engine archive's copy is simply not pulled.
+add_library(lathe_common STATIC common/proto.c common/util.c engine/status.c)
+target_include_directories(lathe_common PUBLIC ${CMAKE_SOURCE_DIR} ${MSGPACK_INCLUDE_DIRS} ${ZMQ_INCLUDE_DIRS})
+target_link_libraries(lathe_common PUBLIC ${MSGPACK_LINK_LIBRARIES} ${ZMQ_LINK_LIBRARIES})
+
+# The kind table (schemas, validators, policies): linked by the daemon, the worker and the CLI.
+add_library(lathe_kinds STATIC jobs/kinds.c)
+target_link_libraries(lathe_kinds PUBLIC lathe_common)
+
+# The client library (CLI, tests, benchmark).
+add_library(lathe_client STATIC client/lc.c)
+target_link_libraries(lathe_client PUBLIC lathe_common)
+
+add_executable(lathed daemon/lathed.c daemon/ops.c daemon/events.c daemon/sched.c daemon/zap.c daemon/store.c)
+target_include_directories(lathed PRIVATE ${SQLITE_INCLUDE_DIRS})
+target_link_libraries(lathed lathe_kinds ${SQLITE_LINK_LIBRARIES})
+
+add_executable(lathe-worker daemon/worker.c jobs/runners.c jobs/sleep.c jobs/selftest.c)
+target_link_libraries(lathe-worker lathe_kinds lathe_engine Threads::Threads)
+
+pkg_check_modules(JANSSON_CLI REQUIRED jansson)
+add_executable(lathe client/lathe.c)
+target_include_directories(lathe PRIVATE ${JANSSON_CLI_INCLUDE_DIRS})
+target_link_libraries(lathe lathe_client lathe_kinds ${JANSSON_CLI_LINK_LIBRARIES})
+
+if(LATHE_TESTS AND EXISTS ${CMAKE_SOURCE_DIR}/tests/daemon)
+  pkg_check_modules(CRITERION_D REQUIRED criterion)
+  file(GLOB DAEMON_TEST_SRC CONFIGURE_DEPENDS ${CMAKE_SOURCE_DIR}/tests/daemon/*.c)
+  add_executable(test_daemon ${DAEMON_TEST_SRC})
+  target_include_directories(test_daemon PRIVATE ${CMAKE_SOURCE_DIR}/tests ${CRITERION_D_INCLUDE_DIRS}
+                             ${SQLITE_INCLUDE_DIRS})
+  target_link_libraries(test_daemon lathe_client lathe_kinds ${CRITERION_D_LINK_LIBRARIES} ${SQLITE_LINK_LIBRARIES})
+  # The tests start the real binaries from the build folder.
+  target_compile_definitions(test_daemon PRIVATE LATHE_BIN_DIR="${CMAKE_BINARY_DIR}/bin")
+  add_dependencies(test_daemon lathed lathe-worker lathe)
+endif()
+
+# bench/daemon.c becomes bench_daemon in the top-level file, after this one is read: link it at the end.
+function(lathe_daemon_bench_libs)
+  if(TARGET bench_daemon)
+    target_link_libraries(bench_daemon lathe_client)
+    add_dependencies(bench_daemon lathed lathe-worker)
+  endif()
+endfunction()
+cmake_language(DEFER CALL lathe_daemon_bench_libs)
+
+# libFuzzer target for the message decoder (clang only, never part of make check):
+#   cmake -DLATHE_FUZZ=ON ... && cmake --build build --target fuzz_proto && build/bin/fuzz_proto fuzz/corpus
+option(LATHE_FUZZ "Build the libFuzzer target for the protocol decoder (needs clang)" OFF)
+if(LATHE_FUZZ)
+  find_program(CLANG_FOR_FUZZ NAMES clang clang-14 clang-15 clang-16)
+  if(CLANG_FOR_FUZZ)
+    add_custom_target(fuzz_proto
+      COMMAND ${CLANG_FOR_FUZZ} -g -O1 -std=c17 -D_GNU_SOURCE -fsanitize=fuzzer,address,undefined
+              -I${CMAKE_SOURCE_DIR} ${CMAKE_SOURCE_DIR}/fuzz/fuzz_proto.c ${CMAKE_SOURCE_DIR}/common/proto.c
+              ${CMAKE_SOURCE_DIR}/jobs/kinds.c ${CMAKE_SOURCE_DIR}/engine/status.c ${MSGPACK_LINK_LIBRARIES}
+              -o ${CMAKE_BINARY_DIR}/bin/fuzz_proto
+      DEPENDS ${CMAKE_SOURCE_DIR}/fuzz/fuzz_proto.c ${CMAKE_SOURCE_DIR}/common/proto.c
+      COMMENT "Building the libFuzzer target bin/fuzz_proto with ${CLANG_FOR_FUZZ}")
+  else()
+    message(WARNING "LATHE_FUZZ: no clang found; fuzz_proto is not built")
+  endif()
+endif()

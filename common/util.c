@@ -1,0 +1,172 @@
+#include "common/util.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <ftw.h>
+#include <limits.h>
+#include <pwd.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <time.h>
+#include <unistd.h>
+
+int64_t util_now_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+int64_t util_mono_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+bool util_copy(char *dst, const char *src, size_t n) {
+  size_t len = strlen(src);
+  if (len < n) {
+    memcpy(dst, src, len + 1);
+    return true;
+  }
+  if (n) {
+    memcpy(dst, src, n - 1);
+    dst[n - 1] = '\0';
+  }
+  return false;
+}
+
+lt_status_t util_mkdir_p(const char *path, mode_t mode, lt_err_t *err) {
+  char buf[PATH_MAX];
+  if (!util_copy(buf, path, sizeof buf)) return lt_fail(err, LT_E_LIMIT, "path too long: %s", path);
+  for (char *p = buf + 1;; p++) {
+    if (*p == '/' || *p == '\0') {
+      char c = *p;
+      *p = '\0';
+      if (mkdir(buf, mode) != 0 && errno != EEXIST)
+        return lt_fail(err, LT_E_IO, "cannot create %s: %s", buf, strerror(errno));
+      if (c == '\0') break;
+      *p = c;
+    }
+  }
+  return LT_OK;
+}
+
+lt_status_t util_private_dir(const char *path, lt_err_t *err) {
+  lt_status_t st = util_mkdir_p(path, 0700, err);
+  if (st) return st;
+  struct stat sb;
+  if (stat(path, &sb) != 0) return lt_fail(err, LT_E_IO, "cannot stat %s: %s", path, strerror(errno));
+  if (!S_ISDIR(sb.st_mode)) return lt_fail(err, LT_E_INVALID, "%s is not a folder", path);
+  if (sb.st_uid != geteuid())
+    return lt_fail(err, LT_E_INVALID, "%s belongs to uid %u, not to us (uid %u)", path, (unsigned)sb.st_uid,
+                   (unsigned)geteuid());
+  if (sb.st_mode & 077)
+    return lt_fail(err, LT_E_INVALID, "%s has mode %03o; it must be 0700 (chmod 700 %s)", path,
+                   (unsigned)(sb.st_mode & 0777), path);
+  return LT_OK;
+}
+
+static int rm_one(const char *path, const struct stat *sb, int flag, struct FTW *ftw) {
+  (void)sb, (void)flag, (void)ftw;
+  return remove(path) == 0 || errno == ENOENT ? 0 : -1;
+}
+
+lt_status_t util_rm_rf(const char *path, lt_err_t *err) {
+  struct stat sb;
+  if (lstat(path, &sb) != 0) return errno == ENOENT ? LT_OK : lt_fail(err, LT_E_IO, "%s: %s", path, strerror(errno));
+  if (nftw(path, rm_one, 16, FTW_DEPTH | FTW_PHYS) != 0)
+    return lt_fail(err, LT_E_IO, "cannot remove %s: %s", path, strerror(errno));
+  return LT_OK;
+}
+
+bool util_exe_dir(char *buf, size_t n) {
+  char exe[PATH_MAX];
+  ssize_t len = readlink("/proc/self/exe", exe, sizeof exe - 1);
+  if (len <= 0) return false;
+  exe[len] = '\0';
+  char *slash = strrchr(exe, '/');
+  if (!slash) return false;
+  *slash = '\0';
+  return util_copy(buf, exe, n);
+}
+
+static const char *home_dir(void) {
+  const char *h = getenv("HOME");
+  if (h && *h) return h;
+  struct passwd *pw = getpwuid(getuid());
+  return pw ? pw->pw_dir : "/";
+}
+
+lt_status_t util_default_socket(char *buf, size_t n, lt_err_t *err) {
+  const char *s = getenv("LATHE_SOCKET"), *rt = getenv("XDG_RUNTIME_DIR");
+  int len;
+  if (s && *s)
+    len = snprintf(buf, n, "%s", s);
+  else if (rt && *rt)
+    len = snprintf(buf, n, "%s/lathe/lathed.sock", rt);
+  else
+    len = snprintf(buf, n, "/tmp/lathe-%u/lathed.sock", (unsigned)getuid());
+  /* An ipc endpoint is a Unix socket address: sun_path is 108 bytes including the NUL. */
+  if (len < 0 || (size_t)len >= n || (size_t)len >= sizeof(((struct sockaddr_un *)0)->sun_path))
+    return lt_fail(err, LT_E_LIMIT, "socket path too long for a Unix socket (at most 107 bytes): %s", buf);
+  return LT_OK;
+}
+
+lt_status_t util_default_home(char *buf, size_t n, lt_err_t *err) {
+  const char *h = getenv("LATHE_HOME"), *x = getenv("XDG_DATA_HOME");
+  int len;
+  if (h && *h)
+    len = snprintf(buf, n, "%s", h);
+  else if (x && *x)
+    len = snprintf(buf, n, "%s/lathe", x);
+  else
+    len = snprintf(buf, n, "%s/.local/share/lathe", home_dir());
+  if (len < 0 || (size_t)len >= n) return lt_fail(err, LT_E_LIMIT, "store path too long");
+  return LT_OK;
+}
+
+lt_status_t util_read_z85_key(const char *path, char key[41], lt_err_t *err) {
+  FILE *f = fopen(path, "r");
+  if (!f) return lt_fail(err, LT_E_IO, "cannot read key %s: %s", path, strerror(errno));
+  char line[256];
+  lt_status_t st = lt_fail(err, LT_E_INVALID, "%s holds no Z85 key", path);
+  while (fgets(line, sizeof line, f)) {
+    char *p = line;
+    while (*p == ' ' || *p == '\t') p++;
+    size_t len = strcspn(p, "\r\n");
+    while (len && (p[len - 1] == ' ' || p[len - 1] == '\t')) len--;
+    /* A bare key first: Z85 uses '#' and '=' too, so a 40-character line is a key whatever it starts with. */
+    if (len != 40 && (strncmp(p, "public-key", 10) == 0 || strncmp(p, "secret-key", 10) == 0)) {
+      char *q = strchr(p, '"');
+      if (!q) continue;
+      p = q + 1;
+      len = strcspn(p, "\"");
+    } else if (len != 40) {
+      continue; /* comments, czmq metadata, blank lines */
+    }
+    if (len == 40) {
+      memcpy(key, p, 40);
+      key[40] = '\0';
+      lt_err_clear(err);
+      st = LT_OK;
+    } else {
+      st = lt_fail(err, LT_E_INVALID, "%s: a Z85 CURVE key has 40 characters, found %zu", path, len);
+    }
+    break;
+  }
+  fclose(f);
+  return st;
+}
+
+lt_status_t util_write_z85_key(const char *path, const char *key, bool secret, lt_err_t *err) {
+  int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, secret ? 0600 : 0644);
+  if (fd < 0) return lt_fail(err, LT_E_IO, "cannot write %s: %s", path, strerror(errno));
+  char buf[64];
+  int len = snprintf(buf, sizeof buf, "%s\n", key);
+  bool ok = write(fd, buf, (size_t)len) == len;
+  ok = close(fd) == 0 && ok;
+  return ok ? LT_OK : lt_fail(err, LT_E_IO, "cannot write %s: %s", path, strerror(errno));
+}

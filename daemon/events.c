@@ -1,0 +1,123 @@
+/* Job transitions, stored events and their delivery to watchers, and the progress throttle. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/util.h"
+#include "daemon/lathed.h"
+
+static bool peer_eq(const peer_t *a, const peer_t *b) {
+  return a->sock == b->sock && a->id_n == b->id_n && memcmp(a->id, b->id, a->id_n) == 0;
+}
+
+bool watch_add(daemon_t *d, const peer_t *p, int64_t job) {
+  for (size_t i = 0; i < d->n_watchers; i++)
+    if (d->watchers[i].job == job && peer_eq(&d->watchers[i].peer, p)) return true;
+  if (d->n_watchers >= MAX_WATCHERS) return false;
+  if (!d->watchers && !(d->watchers = calloc(MAX_WATCHERS, sizeof *d->watchers))) return false;
+  d->watchers[d->n_watchers++] = (watcher_t){*p, job};
+  return true;
+}
+
+/* Removes watches matching p (NULL: any peer) and job (0: any job). */
+static void watch_drop(daemon_t *d, const peer_t *p, int64_t job) {
+  size_t k = 0;
+  for (size_t i = 0; i < d->n_watchers; i++) {
+    watcher_t *x = &d->watchers[i];
+    bool match = (!p || peer_eq(&x->peer, p)) && (!job || x->job == job);
+    if (!match) d->watchers[k++] = *x;
+  }
+  d->n_watchers = k;
+}
+
+void watch_remove(daemon_t *d, const peer_t *p, int64_t job) { watch_drop(d, p, job); }
+
+void ev_write(mpw_t *w, const store_event_t *ev) {
+  mpw_map(w);
+  mpw_kint(w, "job", ev->job);
+  mpw_kint(w, "seq", ev->seq);
+  mpw_kint(w, "time", ev->time_ms);
+  mpw_kstr(w, "type", ev->type);
+  mpw_str(w, "data");
+  mpw_raw(w, ev->data, ev->n);
+  mpw_end(w);
+}
+
+lt_status_t ev_emit(daemon_t *d, int64_t job, const char *type, const void *data, size_t n, lt_err_t *err) {
+  lt_status_t st = store_begin(d->store, false, err);
+  store_event_t ev = {job, 0, util_now_ms(), type, data, n};
+  if (st || (st = store_event_append(d->store, job, ev.time_ms, type, data, n, &ev.seq, err))) return st;
+  bool watched = false;
+  for (size_t i = 0; i < d->n_watchers && !watched; i++) watched = d->watchers[i].job == job;
+  if (!watched) return LT_OK;
+  mpw_t w;
+  mpw_init(&w);
+  mpw_map(&w);
+  mpw_kint(&w, "v", PROTO_VERSION);
+  mpw_str(&w, "event");
+  ev_write(&w, &ev);
+  mpw_end(&w);
+  for (size_t i = 0; i < d->n_watchers; i++) {
+    watcher_t *x = &d->watchers[i];
+    if (x->job != job) continue;
+    char *copy = malloc(w.sb.size);
+    if (!copy) continue;
+    memcpy(copy, w.sb.data, w.sb.size);
+    out_push(d, peer_sock(d, &x->peer), x->peer.id, x->peer.id_n, copy, w.sb.size, false, 0);
+  }
+  mpw_free(&w);
+  return LT_OK;
+}
+
+lt_status_t ev_transition(daemon_t *d, store_job_t *j, job_state_t to, const char *reason, lt_err_t *err) {
+  if (d->slot.job == j->id) {
+    lt_status_t st = ev_flush_progress(d, &d->slot, true, err);
+    if (st) return st;
+  }
+  int64_t now = util_now_ms();
+  if (to == JS_RUNNING) j->started_ms = now, j->attempts++;
+  if (job_state_final(to)) j->finished_ms = now;
+  if (to == JS_QUEUED) j->finished_ms = 0;
+  j->state = to;
+  j->updated_ms = now;
+  util_copy(j->reason, reason, sizeof j->reason);
+  lt_status_t st = store_begin(d->store, true, err);
+  if (st || (st = store_job_update(d->store, j, err))) return st;
+  mpw_t w;
+  mpw_init(&w);
+  mpw_map(&w);
+  mpw_kstr(&w, "state", job_state_str(to));
+  mpw_kstr(&w, "reason", reason);
+  mpw_kint(&w, "attempt", j->attempts);
+  mpw_end(&w);
+  st = ev_emit(d, j->id, "state", w.sb.data, w.sb.size, err);
+  mpw_free(&w);
+  /* A final state is the last event a job has: its watchers are done. */
+  if (!st && job_state_final(to)) watch_drop(d, NULL, j->id);
+  return st;
+}
+
+lt_status_t ev_flush_progress(daemon_t *d, slot_t *s, bool force, lt_err_t *err) {
+  if (!s->progress_pending) return LT_OK;
+  int64_t now = util_mono_ms();
+  if (!force && now - s->progress_last_mono < PROGRESS_EVERY_MS) return LT_OK;
+  lt_status_t st = ev_emit(d, s->job, "progress", s->progress_pending, s->progress_pending_n, err);
+  free(s->progress_pending);
+  s->progress_pending = NULL;
+  s->progress_last_mono = now;
+  return st;
+}
+
+lt_status_t ev_progress(daemon_t *d, slot_t *s, const void *data, size_t n, lt_err_t *err) {
+  int64_t now = util_mono_ms();
+  if (!s->progress_pending && now - s->progress_last_mono >= PROGRESS_EVERY_MS) {
+    s->progress_last_mono = now;
+    return ev_emit(d, s->job, "progress", data, n, err);
+  }
+  char *copy = malloc(n);
+  if (!copy) return lt_fail(err, LT_E_NOMEM, "out of memory");
+  memcpy(copy, data, n);
+  free(s->progress_pending);
+  s->progress_pending = copy;
+  s->progress_pending_n = n;
+  return LT_OK;
+}

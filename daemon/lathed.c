@@ -1,0 +1,449 @@
+/* lathed: the job queue daemon. One reactor thread owns every socket, the store and the schedule; the GPU work
+ * happens in a lathe-worker child process. Usage: lathed --help. */
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <libgen.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/signalfd.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+#include <zmq.h>
+
+#include "common/util.h"
+#include "daemon/lathed.h"
+
+void dlog(const char *fmt, ...) {
+  char ts[32];
+  time_t t = time(NULL);
+  strftime(ts, sizeof ts, "%Y-%m-%d %H:%M:%S", localtime(&t));
+  va_list ap;
+  va_start(ap, fmt);
+  fprintf(stderr, "%s lathed[%d]: ", ts, (int)getpid());
+  vfprintf(stderr, fmt, ap);
+  fputc('\n', stderr);
+  va_end(ap);
+}
+
+/* ---- the outbox ---- */
+
+void out_push(daemon_t *d, void *sock, const uint8_t *id, size_t id_n, char *data, size_t n, bool is_reply,
+              uint64_t rid) {
+  if (d->n_out == d->cap_out) {
+    size_t cap = d->cap_out ? 2 * d->cap_out : 64;
+    outmsg_t *o = realloc(d->out, cap * sizeof *o);
+    if (!o) {
+      dlog("out of memory queueing a message; dropped");
+      free(data);
+      return;
+    }
+    d->out = o, d->cap_out = cap;
+  }
+  outmsg_t *m = &d->out[d->n_out++];
+  m->sock = sock;
+  m->id_n = (uint8_t)id_n;
+  memcpy(m->id, id, id_n);
+  m->is_reply = is_reply;
+  m->is_worker = sock == d->wsock;
+  m->rid = rid;
+  m->data = data;
+  m->n = n;
+}
+
+void *peer_sock(daemon_t *d, const peer_t *p) { return p->sock == 0 ? d->ipc : d->tcp; }
+
+void out_peer(daemon_t *d, const peer_t *p, mpw_t *w, bool is_reply, uint64_t rid) {
+  size_t n;
+  char *data = mpw_take(w, &n);
+  out_push(d, peer_sock(d, p), p->id, p->id_n, data, n, is_reply, rid);
+}
+
+/* Sends everything queued this turn. A client that is gone (or whose pipe is full) loses its watches. */
+static void out_flush(daemon_t *d) {
+  for (size_t i = 0; i < d->n_out; i++) {
+    outmsg_t *m = &d->out[i];
+    if (m->sock && (zmq_send(m->sock, m->id, m->id_n, ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0 ||
+                    zmq_send(m->sock, m->data, m->n, ZMQ_DONTWAIT) < 0)) {
+      if (!m->is_worker) {
+        peer_t p = {m->sock == d->ipc ? 0 : 1, {0}, m->id_n};
+        memcpy(p.id, m->id, m->id_n);
+        watch_remove(d, &p, 0);
+      }
+    }
+    free(m->data);
+  }
+  d->n_out = 0;
+}
+
+/* After a failed commit nothing of this turn happened: replies become `internal` errors, the rest is dropped. */
+static void out_fail(daemon_t *d, const char *why) {
+  for (size_t i = 0; i < d->n_out; i++) {
+    outmsg_t *m = &d->out[i];
+    free(m->data);
+    m->data = NULL;
+    if (m->is_reply) {
+      proto_err_t e;
+      proto_fail(&e, P_INTERNAL, "", "the store could not commit (%s); nothing was changed, retry", why);
+      mpw_t w;
+      mpw_init(&w);
+      proto_write_error(&w, m->rid, &e);
+      m->data = mpw_take(&w, &m->n);
+    } else {
+      m->sock = NULL;
+    }
+  }
+  out_flush(d);
+}
+
+/* ---- receiving ---- */
+
+/* Reads one multipart message from a ROUTER: routing id, then exactly one payload frame. Returns false when
+ * nothing is waiting. Oversized or multi-frame messages are answered with an error here. */
+static bool recv_one(daemon_t *d, void *sock, int sock_ix) {
+  zmq_msg_t idm, msg;
+  zmq_msg_init(&idm);
+  if (zmq_msg_recv(&idm, sock, ZMQ_DONTWAIT) < 0) {
+    zmq_msg_close(&idm);
+    return false;
+  }
+  peer_t p = {sock_ix, {0}, 0};
+  size_t idn = zmq_msg_size(&idm);
+  p.id_n = (uint8_t)(idn > MAX_ROUTING_ID ? MAX_ROUTING_ID : idn);
+  memcpy(p.id, zmq_msg_data(&idm), p.id_n);
+  zmq_msg_close(&idm);
+  zmq_msg_init(&msg);
+  int frames = 0;
+  bool have = false;
+  char owner[64] = "";
+  zmq_msg_t payload;
+  zmq_msg_init(&payload);
+  int more = 1;
+  while (more) {
+    if (zmq_msg_recv(&msg, sock, 0) < 0) break;
+    frames++;
+    more = zmq_msg_more(&msg);
+    if (!have) {
+      zmq_msg_move(&payload, &msg);
+      have = true;
+      const char *uid = zmq_msg_gets(&payload, "User-Id");
+      util_copy(owner, uid ? uid : "", sizeof owner);
+    }
+  }
+  zmq_msg_close(&msg);
+  if (sock == d->wsock) {
+    if (frames == 1) sched_worker_msg(d, p.id, p.id_n, zmq_msg_data(&payload), zmq_msg_size(&payload));
+  } else if (frames != 1) {
+    proto_err_t e;
+    proto_fail(&e, P_BAD_FRAMES, "", "a request is one frame; got %d", frames);
+    mpw_t w;
+    mpw_init(&w);
+    proto_write_error(&w, 0, &e);
+    out_peer(d, &p, &w, true, 0);
+    d->rejected++;
+  } else {
+    ops_handle(d, &p, owner, zmq_msg_data(&payload), zmq_msg_size(&payload));
+  }
+  zmq_msg_close(&payload);
+  return true;
+}
+
+static void handle_signals(daemon_t *d) {
+  struct signalfd_siginfo si;
+  while (read(d->sigfd, &si, sizeof si) == (ssize_t)sizeof si) {
+    if (si.ssi_signo == SIGCHLD) {
+      sched_reap(d);
+    } else if (!d->stopping) {
+      dlog("signal %d: shutting down", (int)si.ssi_signo);
+      d->stopping = true;
+    }
+  }
+}
+
+/* Stop accepting: the client sockets close (pending replies are flushed first by the caller). */
+static void close_clients(daemon_t *d) {
+  if (d->ipc) {
+    zmq_close(d->ipc);
+    d->ipc = NULL;
+    unlink(d->o.socket);
+  }
+  if (d->tcp) zmq_close(d->tcp), d->tcp = NULL;
+}
+
+static void loop(daemon_t *d) {
+  int64_t stop_started = 0, exit_sent = 0, wait = 0;
+  while (!d->done) {
+    zmq_pollitem_t it[5] = {{NULL, d->sigfd, ZMQ_POLLIN, 0}, {d->zap, 0, ZMQ_POLLIN, 0}, {d->wsock, 0, ZMQ_POLLIN, 0}};
+    int n = 3;
+    if (d->ipc) it[n++] = (zmq_pollitem_t){d->ipc, 0, ZMQ_POLLIN, 0};
+    if (d->tcp) it[n++] = (zmq_pollitem_t){d->tcp, 0, ZMQ_POLLIN, 0};
+    if (d->stopping && wait > 100) wait = 100;
+    if (zmq_poll(it, n, wait) < 0 && errno != EINTR) {
+      dlog("zmq_poll: %s", zmq_strerror(errno));
+      break;
+    }
+    if (it[0].revents) handle_signals(d);
+    if (it[1].revents) zap_handle(d);
+    for (int k = 0; k < BATCH && recv_one(d, d->wsock, -1); k++) {}
+    for (int k = 0; d->ipc && k < BATCH && recv_one(d, d->ipc, 0); k++) {}
+    for (int k = 0; d->tcp && k < BATCH && recv_one(d, d->tcp, 1); k++) {}
+    wait = sched_timers(d);
+    if (d->stopping && !stop_started) {
+      stop_started = util_mono_ms();
+      if (d->slot.job) sched_stop_running(d, STOP_SHUTDOWN);
+    }
+    if (!d->stopping) sched_dispatch(d);
+    if (d->stopping && !d->slot.job) {
+      /* The job has stopped (or there was none): let the worker close the device cleanly, then leave. */
+      if (d->slot.state == W_DOWN) d->done = true;
+      else if (!exit_sent) sched_tell_exit(d), exit_sent = util_mono_ms();
+      else if (util_mono_ms() - exit_sent > 3000) sched_kill_worker(d, "it did not exit when told");
+    }
+    /* One commit per turn (group commit): replies and events leave only once what they report is stored. */
+    lt_err_t err = {0};
+    if (store_commit(d->store, &err)) {
+      dlog("%s", err.msg);
+      out_fail(d, err.msg);
+      sched_kill_worker(d, "the store failed to commit");
+      d->slot.job = 0;
+      sched_recover(d, "the store failed to commit");
+      store_commit(d->store, NULL);
+    } else {
+      out_flush(d);
+    }
+    if (d->stopping && (d->ipc || d->tcp)) close_clients(d);
+  }
+}
+
+/* ---- setup ---- */
+
+/* Takes an exclusive lock on path (created if needed), writing our pid into it. Returns the fd or -1. */
+static int take_lock(const char *path, lt_err_t *err) {
+  int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+  if (fd < 0) return lt_fail(err, LT_E_IO, "cannot open %s: %s", path, strerror(errno)), -1;
+  if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
+    char buf[32] = "";
+    ssize_t r = pread(fd, buf, sizeof buf - 1, 0);
+    buf[r > 0 ? r : 0] = '\0';
+    lt_fail(err, LT_E_INVALID, "another lathed (pid %ld) holds %s; not starting", strtol(buf, NULL, 10), path);
+    close(fd);
+    return -1;
+  }
+  char pid[32];
+  int len = snprintf(pid, sizeof pid, "%d\n", (int)getpid());
+  if (ftruncate(fd, 0) != 0 || pwrite(fd, pid, (size_t)len, 0) != len) dlog("cannot write pid into %s", path);
+  return fd;
+}
+
+static void *router(daemon_t *d, const char *domain, lt_err_t *err) {
+  void *s = zmq_socket(d->ctx, ZMQ_ROUTER);
+  int one = 1, zero = 0, hwm = 100000;
+  int64_t max = PROTO_HARD_MAX_MSG;
+  if (!s || zmq_setsockopt(s, ZMQ_ZAP_DOMAIN, domain, strlen(domain)) || zmq_setsockopt(s, ZMQ_ROUTER_MANDATORY, &one, sizeof one) ||
+      zmq_setsockopt(s, ZMQ_MAXMSGSIZE, &max, sizeof max) || zmq_setsockopt(s, ZMQ_LINGER, &zero, sizeof zero) ||
+      zmq_setsockopt(s, ZMQ_SNDHWM, &hwm, sizeof hwm) || zmq_setsockopt(s, ZMQ_RCVHWM, &hwm, sizeof hwm)) {
+    lt_fail(err, LT_E_IO, "cannot set up a ROUTER socket: %s", zmq_strerror(errno));
+    if (s) zmq_close(s);
+    return NULL;
+  }
+  return s;
+}
+
+/* TCP with CURVE: the server key pair lives in home/curve (made on first use); clients must be in the allow
+ * folder, checked by the ZAP handler. Without the handler libzmq would accept any key, so no handler, no TCP. */
+static lt_status_t setup_tcp(daemon_t *d, lt_err_t *err) {
+  if (!d->o.curve_allow[0]) return lt_fail(err, LT_E_INVALID, "--tcp needs --curve-allow DIR (allowed client keys)");
+  if (zap_check_curve_dir(d->o.curve_allow, err)) return err->code;
+  if (!zmq_has("curve")) return lt_fail(err, LT_E_UNSUPPORTED, "this libzmq has no CURVE support; TCP refused");
+  char dir[PATH_MAX + 8], pub_path[PATH_MAX + 24], sec_path[PATH_MAX + 24], pub[41], sec[41];
+  snprintf(dir, sizeof dir, "%s/curve", d->o.home);
+  snprintf(pub_path, sizeof pub_path, "%s/server.pub", dir);
+  snprintf(sec_path, sizeof sec_path, "%s/server.key", dir);
+  if (util_private_dir(dir, err)) return err->code;
+  if (util_read_z85_key(sec_path, sec, NULL) || util_read_z85_key(pub_path, pub, NULL)) {
+    if (zmq_curve_keypair(pub, sec) != 0) return lt_fail(err, LT_E_IO, "zmq_curve_keypair: %s", zmq_strerror(errno));
+    if (util_write_z85_key(sec_path, sec, true, err) || util_write_z85_key(pub_path, pub, false, err)) return err->code;
+    dlog("made the server key pair %s (give clients %s)", sec_path, pub_path);
+  }
+  if (!(d->tcp = router(d, "tcp", err))) return err->code;
+  int one = 1;
+  if (zmq_setsockopt(d->tcp, ZMQ_CURVE_SERVER, &one, sizeof one) ||
+      zmq_setsockopt(d->tcp, ZMQ_CURVE_SECRETKEY, sec, 40) || zmq_bind(d->tcp, d->o.tcp))
+    return lt_fail(err, LT_E_IO, "cannot listen on %s: %s", d->o.tcp, zmq_strerror(errno));
+  /* With a port of "*" the system picks one: report the real endpoint (status shows it too). */
+  size_t len = sizeof d->o.tcp;
+  zmq_getsockopt(d->tcp, ZMQ_LAST_ENDPOINT, d->o.tcp, &len);
+  dlog("listening on %s (CURVE, clients in %s)", d->o.tcp, d->o.curve_allow);
+  return LT_OK;
+}
+
+static void usage(FILE *f) {
+  fprintf(f,
+          "usage: lathed [options]\n"
+          "  --socket PATH          ipc socket (default $LATHE_SOCKET or $XDG_RUNTIME_DIR/lathe/lathed.sock)\n"
+          "  --home DIR             store and artifacts (default $LATHE_HOME or $XDG_DATA_HOME/lathe)\n"
+          "  --tcp ENDPOINT         also listen on TCP (e.g. tcp://127.0.0.1:7117, port * picks one); needs --curve-allow\n"
+          "  --curve-allow DIR      folder of allowed client public keys (*.pub, Z85)\n"
+          "  --max-queue N          queued + held jobs accepted (default 10000)\n"
+          "  --cancel-grace-ms N    time a running job gets to stop before its worker is killed (default 5000)\n"
+          "  --heartbeat-timeout-ms N  a silent worker is killed after this (default 10000)\n"
+          "  --max-attempts N       starts of a job before a crash fails it (default 3)\n"
+          "  --keep-alive S         seconds the worker keeps the device open when idle (default 300)\n"
+          "  --worker PATH          the lathe-worker binary (default: next to lathed)\n");
+}
+
+static bool parse_args(daemon_t *d, int argc, char **argv) {
+  enum { O_SOCKET = 1, O_HOME, O_TCP, O_ALLOW, O_QUEUE, O_GRACE, O_HB, O_ATTEMPTS, O_KEEP, O_WORKER, O_HELP, O_VERSION };
+  static const struct option lo[] = {
+      {"socket", 1, 0, O_SOCKET}, {"home", 1, 0, O_HOME}, {"tcp", 1, 0, O_TCP}, {"curve-allow", 1, 0, O_ALLOW},
+      {"max-queue", 1, 0, O_QUEUE}, {"cancel-grace-ms", 1, 0, O_GRACE}, {"heartbeat-timeout-ms", 1, 0, O_HB},
+      {"max-attempts", 1, 0, O_ATTEMPTS}, {"keep-alive", 1, 0, O_KEEP}, {"worker", 1, 0, O_WORKER},
+      {"help", 0, 0, O_HELP}, {"version", 0, 0, O_VERSION}, {0, 0, 0, 0}};
+  opts_t *o = &d->o;
+  o->max_queue = 10000, o->cancel_grace_ms = 5000, o->heartbeat_timeout_ms = 10000, o->max_attempts = 3;
+  o->keep_alive_s = 300;
+  int c;
+  while ((c = getopt_long(argc, argv, "", lo, NULL)) != -1) {
+    char *end = NULL;
+    long long v = optarg ? strtoll(optarg, &end, 10) : 0;
+    bool num_ok = optarg && *optarg && end && !*end && v >= 0;
+    switch (c) {
+    case O_SOCKET: util_copy(o->socket, optarg, sizeof o->socket), o->socket_explicit = true; break;
+    case O_HOME: util_copy(o->home, optarg, sizeof o->home); break;
+    case O_TCP: util_copy(o->tcp, optarg, sizeof o->tcp); break;
+    case O_ALLOW: util_copy(o->curve_allow, optarg, sizeof o->curve_allow); break;
+    case O_WORKER: util_copy(o->worker_path, optarg, sizeof o->worker_path); break;
+    case O_QUEUE: o->max_queue = v; break;
+    case O_GRACE: o->cancel_grace_ms = v; break;
+    case O_HB: o->heartbeat_timeout_ms = v; break;
+    case O_ATTEMPTS: o->max_attempts = v; break;
+    case O_KEEP: o->keep_alive_s = v; break;
+    case O_HELP: usage(stdout); exit(0);
+    case O_VERSION: printf("lathed %s (protocol %d, store %d)\n", LATHED_VERSION, PROTO_VERSION, STORE_VERSION); exit(0);
+    default: usage(stderr); return false;
+    }
+    if (c >= O_QUEUE && c <= O_KEEP && !num_ok) {
+      fprintf(stderr, "lathed: %s needs a non-negative integer\n", argv[optind - 2]);
+      return false;
+    }
+  }
+  if (optind < argc) {
+    usage(stderr);
+    return false;
+  }
+  lt_err_t err = {0};
+  if (getenv("LATHE_SOCKET") && *getenv("LATHE_SOCKET")) o->socket_explicit = true;
+  if (!o->socket[0] && util_default_socket(o->socket, sizeof o->socket, &err)) {
+    fprintf(stderr, "lathed: %s\n", err.msg);
+    return false;
+  }
+  if (!o->home[0] && util_default_home(o->home, sizeof o->home, &err)) {
+    fprintf(stderr, "lathed: %s\n", err.msg);
+    return false;
+  }
+  if (!o->worker_path[0]) {
+    char dir[PATH_MAX - 16];
+    if (!util_exe_dir(dir, sizeof dir)) util_copy(dir, ".", sizeof dir);
+    snprintf(o->worker_path, sizeof o->worker_path, "%s/lathe-worker", dir);
+  }
+  return true;
+}
+
+static int run(daemon_t *d) {
+  lt_err_t err = {0};
+  int lock_fd = -1, home_lock_fd = -1, rc = 1;
+  char sockdir[sizeof d->o.socket], lock_path[sizeof d->o.socket + 8], home_lock[PATH_MAX + 16];
+  util_copy(sockdir, d->o.socket, sizeof sockdir);
+  util_copy(sockdir, dirname(sockdir), sizeof sockdir);
+  if (util_private_dir(sockdir, &err)) {
+    /* The default folder must be private; an explicit socket may live elsewhere (the ZAP handler still admits
+     * only our uid). */
+    if (!d->o.socket_explicit || err.code == LT_E_IO) {
+      dlog("%s", err.msg);
+      return 1;
+    }
+    dlog("warning: %s (continuing: the socket path was given explicitly)", err.msg);
+  }
+  snprintf(lock_path, sizeof lock_path, "%s.lock", d->o.socket);
+  if ((lock_fd = take_lock(lock_path, &err)) < 0) {
+    dlog("%s", err.msg);
+    return 3;
+  }
+  if (util_mkdir_p(d->o.home, 0700, &err)) goto out;
+  snprintf(home_lock, sizeof home_lock, "%s/lathed.lock", d->o.home);
+  if ((home_lock_fd = take_lock(home_lock, &err)) < 0) {
+    rc = 3;
+    goto out;
+  }
+  if (!(d->store = store_open(d->o.home, &err))) goto out;
+  d->ctx = zmq_ctx_new();
+  d->zap = zmq_socket(d->ctx, ZMQ_REP);
+  if (!d->zap || zmq_bind(d->zap, "inproc://zeromq.zap.01") != 0) {
+    lt_fail(&err, LT_E_IO, "cannot install the ZAP authentication handler: %s", zmq_strerror(errno));
+    goto out;
+  }
+  if (!(d->ipc = router(d, "ipc", &err))) goto out;
+  char ep[sizeof d->o.socket + 8];
+  snprintf(ep, sizeof ep, "ipc://%s", d->o.socket);
+  unlink(d->o.socket); /* a stale socket of a dead daemon: we hold the lock, so nobody serves it */
+  if (zmq_bind(d->ipc, ep) != 0) {
+    lt_fail(&err, LT_E_IO, "cannot listen on %s: %s", ep, zmq_strerror(errno));
+    goto out;
+  }
+  if (d->o.tcp[0] && setup_tcp(d, &err)) goto out;
+  if (!(d->wsock = router(d, "worker", &err))) goto out;
+  if (snprintf(d->worker_endpoint, sizeof d->worker_endpoint, "ipc://%s.w", d->o.socket) > 6 + 107) {
+    lt_fail(&err, LT_E_LIMIT, "socket path too long to add the worker socket beside it");
+    goto out;
+  }
+  unlink(d->worker_endpoint + 6);
+  if (zmq_bind(d->wsock, d->worker_endpoint) != 0) {
+    lt_fail(&err, LT_E_IO, "cannot listen on %s: %s", d->worker_endpoint, zmq_strerror(errno));
+    goto out;
+  }
+  d->started_ms = util_now_ms();
+  sched_recover(d, "lathed restarted");
+  if (store_commit(d->store, &err)) goto out;
+  dlog("serving %s (store %s, pid %d)", ep, d->o.home, (int)getpid());
+  sched_spawn(d);
+  loop(d);
+  rc = 0;
+out:
+  if (rc && err.msg[0]) dlog("%s", err.msg);
+  close_clients(d);
+  if (d->wsock) zmq_close(d->wsock), unlink(d->worker_endpoint + 6);
+  if (d->zap) zmq_close(d->zap);
+  if (d->ctx) zmq_ctx_term(d->ctx);
+  store_close(&d->store);
+  for (size_t i = 0; i < d->n_out; i++) free(d->out[i].data);
+  free(d->out);
+  free(d->watchers);
+  free(d->slot.progress_pending);
+  if (home_lock_fd >= 0) close(home_lock_fd);
+  if (lock_fd >= 0) close(lock_fd);
+  if (rc == 0) dlog("stopped");
+  return rc;
+}
+
+int main(int argc, char **argv) {
+  static daemon_t d;
+  if (!parse_args(&d, argc, argv)) return 2;
+  umask(077);
+  signal(SIGPIPE, SIG_IGN);
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGTERM), sigaddset(&set, SIGINT), sigaddset(&set, SIGHUP), sigaddset(&set, SIGCHLD);
+  /* Blocked before ZeroMQ starts its threads, so every thread leaves these to the signalfd. */
+  sigprocmask(SIG_BLOCK, &set, NULL);
+  d.sigfd = signalfd(-1, &set, SFD_NONBLOCK | SFD_CLOEXEC);
+  if (d.sigfd < 0) {
+    perror("lathed: signalfd");
+    return 1;
+  }
+  return run(&d);
+}

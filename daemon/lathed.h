@@ -1,0 +1,162 @@
+/* lathed's internals, shared by its files: lathed.c (setup, reactor loop, outbox), ops.c (client requests),
+ * events.c (transitions, events, watchers, progress throttle), sched.c (the worker and the schedule),
+ * zap.c (authentication). Everything here belongs to the reactor thread. */
+#ifndef LATHE_LATHED_H
+#define LATHE_LATHED_H
+
+#include <limits.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "common/proto.h"
+#include "daemon/store.h"
+
+#define LATHED_VERSION "0.1.0"
+#define MAX_ROUTING_ID 255
+#define MAX_WATCHERS 4096
+/* At most this many progress events per second per job are stored and sent; the last one is always kept. */
+#define PROGRESS_EVERY_MS 100
+/* Messages drained from one socket per loop turn (one store transaction covers the turn). */
+#define BATCH 256
+/* Events returned by one `events` reply (the client asks again for the rest). */
+#define EVENTS_PAGE 1000
+
+/* A client: the socket it came in on (0 ipc, 1 tcp) and its ROUTER routing id. */
+typedef struct peer {
+  int sock;
+  uint8_t id[MAX_ROUTING_ID];
+  uint8_t id_n;
+} peer_t;
+
+/* A client following a job's events. */
+typedef struct watcher {
+  peer_t peer;
+  int64_t job;
+} watcher_t;
+
+/* A message waiting for the turn's commit before it goes out. */
+typedef struct outmsg {
+  void *sock;
+  uint8_t id[MAX_ROUTING_ID];
+  uint8_t id_n;
+  bool is_reply; /* a reply to a request: turned into an `internal` error if the commit fails */
+  bool is_worker; /* a command to the worker: dropped if the commit fails */
+  uint64_t rid;
+  char *data;
+  size_t n;
+} outmsg_t;
+
+typedef enum worker_state { W_DOWN, W_STARTING, W_IDLE, W_BUSY } worker_state_t;
+
+/* Why the running job is being stopped. */
+typedef enum stop_req { STOP_NONE, STOP_CANCEL, STOP_SHUTDOWN } stop_req_t;
+
+/* One GPU slot: its worker process and the job running on it (one slot today; one per GPU later). */
+typedef struct slot {
+  worker_state_t state;
+  pid_t pid;
+  int64_t gen;            /* incremented per spawn; the worker's routing id is "w<gen>" */
+  int64_t started_mono, last_beat_mono, backoff_until_mono;
+  int crash_streak;       /* spawns that died before becoming ready */
+  int64_t restarts;
+  char device[256];
+  char last_exit[160];    /* how the previous worker ended */
+  char kill_reason[128];  /* why we killed it ("" if we did not) */
+  char cancel_by[64];     /* who cancelled the running job */
+  int64_t job;            /* running job id, 0 when none */
+  stop_req_t stop;
+  int64_t stop_deadline_mono;
+  /* progress throttle for the running job */
+  int64_t progress_last_mono;
+  char *progress_pending; /* msgpack data of a held-back progress event (owned) */
+  size_t progress_pending_n;
+} slot_t;
+
+typedef struct opts {
+  char socket[108];
+  bool socket_explicit; /* --socket or LATHE_SOCKET: the folder need not be private */
+  char home[PATH_MAX];
+  char tcp[256];          /* "" when TCP is off */
+  char curve_allow[PATH_MAX];
+  char worker_path[PATH_MAX];
+  int64_t max_queue;
+  int64_t cancel_grace_ms;
+  int64_t heartbeat_timeout_ms;
+  int64_t max_attempts;
+  int64_t keep_alive_s;
+} opts_t;
+
+typedef struct daemon {
+  opts_t o;
+  void *ctx, *zap, *ipc, *tcp, *wsock;
+  int sigfd;
+  char worker_endpoint[PATH_MAX + 8];
+  store_t *store;
+  slot_t slot;
+  watcher_t *watchers;
+  size_t n_watchers;
+  outmsg_t *out;
+  size_t n_out, cap_out;
+  bool stopping;          /* SIGTERM or a shutdown request: accept nothing new, wind down */
+  bool done;              /* leave the loop */
+  int64_t started_ms;
+  int64_t auth_denied, requests, rejected;
+} daemon_t;
+
+/* lathed.c: the outbox. Queues msg (taking ownership of data) for sock/peer after this turn's commit. */
+void out_push(daemon_t *d, void *sock, const uint8_t *id, size_t id_n, char *data, size_t n, bool is_reply,
+              uint64_t rid);
+/* Queues the writer's bytes as a reply/push to a client peer. */
+void out_peer(daemon_t *d, const peer_t *p, mpw_t *w, bool is_reply, uint64_t rid);
+/* The ROUTER socket of peer p. */
+void *peer_sock(daemon_t *d, const peer_t *p);
+/* Logs a line to stderr with a timestamp. */
+void dlog(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+/* ops.c: handles one client request (decoded or not) and queues the reply. */
+void ops_handle(daemon_t *d, const peer_t *p, const char *owner, const void *buf, size_t n);
+
+/* events.c */
+/* Appends an event (data: a msgpack map) to job id and queues it for the job's watchers. */
+lt_status_t ev_emit(daemon_t *d, int64_t job, const char *type, const void *data, size_t n, lt_err_t *err);
+/* Moves job j to state `to` with a reason: updates timestamps, writes the row durably, emits a state event. */
+lt_status_t ev_transition(daemon_t *d, store_job_t *j, job_state_t to, const char *reason, lt_err_t *err);
+/* A progress event from the running job: stored and sent at most every PROGRESS_EVERY_MS; the last one held back
+ * is flushed by ev_flush_progress() (timer, or before any other event of the job). */
+lt_status_t ev_progress(daemon_t *d, slot_t *s, const void *data, size_t n, lt_err_t *err);
+/* Writes out a held-back progress event (if any, and if due or force). */
+lt_status_t ev_flush_progress(daemon_t *d, slot_t *s, bool force, lt_err_t *err);
+/* Registers p as a watcher of job (idempotent). False when the table is full. */
+bool watch_add(daemon_t *d, const peer_t *p, int64_t job);
+/* Removes p's watch on job (job 0: all of p's watches). */
+void watch_remove(daemon_t *d, const peer_t *p, int64_t job);
+/* Writes one stored event as the wire's event object {job, seq, time, type, data}. */
+void ev_write(mpw_t *w, const store_event_t *ev);
+
+/* sched.c */
+/* Starts a worker if none runs and none is backing off. */
+void sched_spawn(daemon_t *d);
+/* Reaps exited children (SIGCHLD) and handles a dead worker. */
+void sched_reap(daemon_t *d);
+/* Handles one message from the worker socket. */
+void sched_worker_msg(daemon_t *d, const uint8_t *id, size_t id_n, const void *buf, size_t n);
+/* Timers: heartbeats, cancel grace, progress flush, restart backoff. Returns ms until the next deadline. */
+int64_t sched_timers(daemon_t *d);
+/* Starts the next queued job if the worker is idle. */
+void sched_dispatch(daemon_t *d);
+/* Asks the running job to stop (cancel or shutdown checkpoint) and arms the grace deadline. */
+void sched_stop_running(daemon_t *d, stop_req_t why);
+/* Startup and after a failed commit: jobs the store shows running are re-queued or failed per their kind. */
+void sched_recover(daemon_t *d, const char *why);
+/* Tells an idle worker to close its device and exit. */
+void sched_tell_exit(daemon_t *d);
+/* Kills the worker (SIGKILL) if one runs; its exit is handled by sched_reap(). */
+void sched_kill_worker(daemon_t *d, const char *why);
+
+/* zap.c: answers the ZAP requests waiting on d->zap. */
+void zap_handle(daemon_t *d);
+/* Checks the CURVE setup for TCP: an allow folder holding at least one key. */
+lt_status_t zap_check_curve_dir(const char *dir, lt_err_t *err);
+
+#endif

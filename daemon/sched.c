@@ -1,0 +1,366 @@
+/* The worker process (spawn, heartbeats, crash handling, restart backoff) and the schedule: which job runs,
+ * and what happens to a job whose run was cut off. */
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "common/util.h"
+#include "daemon/lathed.h"
+#include "jobs/kind.h"
+
+/* Longest wait between two spawns of a worker that keeps dying before it is ready. */
+#define MAX_BACKOFF_MS 30000
+
+static void worker_id(const slot_t *s, char *buf, size_t n) { snprintf(buf, n, "w%lld", (long long)s->gen); }
+
+/* Queues a command for the worker (sent after this turn's commit). */
+static void to_worker(daemon_t *d, mpw_t *w) {
+  char id[32];
+  worker_id(&d->slot, id, sizeof id);
+  size_t n;
+  char *data = mpw_take(w, &n);
+  out_push(d, d->wsock, (const uint8_t *)id, strlen(id), data, n, false, 0);
+}
+
+void sched_spawn(daemon_t *d) {
+  slot_t *s = &d->slot;
+  if (d->stopping || s->state != W_DOWN || util_mono_ms() < s->backoff_until_mono) return;
+  s->gen++;
+  char gen[32], keep[32];
+  snprintf(gen, sizeof gen, "%lld", (long long)s->gen);
+  snprintf(keep, sizeof keep, "%lld", (long long)d->o.keep_alive_s);
+  pid_t parent = getpid();
+  pid_t pid = fork();
+  if (pid == 0) {
+    /* The worker dies with the daemon: a kill -9 of lathed must not leave a second owner of the GPU. */
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (getppid() != parent) _exit(1);
+    sigset_t none;
+    sigemptyset(&none);
+    sigprocmask(SIG_SETMASK, &none, NULL);
+    execl(d->o.worker_path, "lathe-worker", "--connect", d->worker_endpoint, "--gen", gen, "--keep-alive", keep,
+          (char *)NULL);
+    fprintf(stderr, "lathed: cannot run %s: %s\n", d->o.worker_path, strerror(errno));
+    _exit(127);
+  }
+  if (pid < 0) {
+    dlog("fork: %s", strerror(errno));
+    s->backoff_until_mono = util_mono_ms() + 1000;
+    return;
+  }
+  s->pid = pid;
+  s->state = W_STARTING;
+  s->started_mono = s->last_beat_mono = util_mono_ms();
+  s->kill_reason[0] = '\0';
+}
+
+void sched_kill_worker(daemon_t *d, const char *why) {
+  slot_t *s = &d->slot;
+  if (s->pid <= 0) return;
+  if (why && !s->kill_reason[0]) {
+    util_copy(s->kill_reason, why, sizeof s->kill_reason);
+    dlog("killing worker %d: %s", (int)s->pid, why);
+  }
+  kill(s->pid, SIGKILL);
+}
+
+void sched_tell_exit(daemon_t *d) {
+  if (d->slot.state == W_DOWN || d->slot.state == W_STARTING) {
+    sched_kill_worker(d, NULL);
+    return;
+  }
+  mpw_t w;
+  mpw_init(&w);
+  mpw_map(&w);
+  mpw_kstr(&w, "t", "exit");
+  mpw_end(&w);
+  to_worker(d, &w);
+}
+
+/* What becomes of a job whose run was cut off (`how` says by what). Cancelled if a cancel was asked;
+ * otherwise per its kind's policy, failing once the attempts are spent (a shutdown does not spend one). */
+static void interrupted(daemon_t *d, store_job_t *j, const char *how, bool shutdown) {
+  const kind_t *k = kind_find(j->kind, strlen(j->kind));
+  char reason[512];
+  job_state_t to;
+  if (j->cancel_requested) {
+    to = JS_CANCELLED;
+    snprintf(reason, sizeof reason, "%s (%s)", d->slot.cancel_by[0] ? d->slot.cancel_by : "cancelled", how);
+  } else if (!k || k->policy == KIND_FAIL) {
+    to = JS_FAILED;
+    snprintf(reason, sizeof reason, "%s; kind %s %s", how, j->kind, k ? "cannot be restarted" : "is unknown");
+  } else if (!shutdown && j->attempts >= d->o.max_attempts) {
+    to = JS_FAILED;
+    snprintf(reason, sizeof reason, "%s on attempt %lld of %lld; giving up", how, (long long)j->attempts,
+             (long long)d->o.max_attempts);
+  } else {
+    to = JS_QUEUED;
+    if (shutdown) j->attempts--; /* not the job's fault: give the attempt back */
+    snprintf(reason, sizeof reason, "%s; re-queued to %s", how,
+             k->policy == KIND_RESUME ? "resume from its checkpoint" : "restart");
+  }
+  lt_err_t err = {0};
+  if (ev_transition(d, j, to, reason, &err)) dlog("job %lld: %s", (long long)j->id, err.msg);
+  dlog("job %lld %s: %s", (long long)j->id, job_state_str(to), reason);
+}
+
+/* Clears the slot's job after it ended one way or another. */
+static void slot_job_done(slot_t *s) {
+  s->job = 0;
+  s->stop = STOP_NONE;
+  s->cancel_by[0] = '\0';
+  free(s->progress_pending);
+  s->progress_pending = NULL;
+}
+
+static void worker_died(daemon_t *d, int status) {
+  slot_t *s = &d->slot;
+  char how[160];
+  if (WIFSIGNALED(status))
+    snprintf(how, sizeof how, "worker killed by signal %d (%s)", WTERMSIG(status), strsignal(WTERMSIG(status)));
+  else
+    snprintf(how, sizeof how, "worker exited with status %d", WEXITSTATUS(status));
+  if (s->kill_reason[0]) snprintf(how, sizeof how, "worker killed: %s", s->kill_reason);
+  util_copy(s->last_exit, how, sizeof s->last_exit);
+  bool was_ready = s->state == W_IDLE || s->state == W_BUSY;
+  bool clean = WIFEXITED(status) && WEXITSTATUS(status) == 0 && d->stopping;
+  if (!clean) dlog("%s", how);
+  s->pid = 0;
+  s->state = W_DOWN;
+  s->device[0] = '\0';
+  if (was_ready) {
+    s->crash_streak = 0;
+  } else {
+    s->crash_streak++;
+    int64_t back = 250LL << (s->crash_streak < 8 ? s->crash_streak : 8);
+    s->backoff_until_mono = util_mono_ms() + (back > MAX_BACKOFF_MS ? MAX_BACKOFF_MS : back);
+  }
+  if (s->job) {
+    store_job_t j;
+    lt_err_t err = {0};
+    if (store_job_get(d->store, s->job, &j, &err) == 1) {
+      if (s->stop == STOP_CANCEL) j.cancel_requested = true;
+      interrupted(d, &j, how, s->stop == STOP_SHUTDOWN);
+    }
+    store_job_clear(&j);
+    slot_job_done(s);
+  }
+  s->restarts++;
+  sched_spawn(d);
+}
+
+void sched_reap(daemon_t *d) {
+  int status;
+  pid_t pid;
+  while ((pid = waitpid(-1, &status, WNOHANG)) > 0)
+    if (pid == d->slot.pid) worker_died(d, status);
+}
+
+typedef struct ids {
+  int64_t *v;
+  size_t n, cap;
+} ids_t;
+
+static void collect(void *user, const store_job_t *j) {
+  ids_t *ids = user;
+  if (ids->n == ids->cap) {
+    size_t cap = ids->cap ? 2 * ids->cap : 16;
+    int64_t *v = realloc(ids->v, cap * sizeof *v);
+    if (!v) return;
+    ids->v = v, ids->cap = cap;
+  }
+  ids->v[ids->n++] = j->id;
+}
+
+void sched_recover(daemon_t *d, const char *why) {
+  ids_t ids = {0};
+  lt_err_t err = {0};
+  if (store_each_in_state(d->store, JS_RUNNING, collect, &ids, &err)) dlog("recovery: %s", err.msg);
+  char how[160];
+  snprintf(how, sizeof how, "interrupted: %s", why);
+  for (size_t i = 0; i < ids.n; i++) {
+    store_job_t j;
+    if (store_job_get(d->store, ids.v[i], &j, &err) == 1) interrupted(d, &j, how, false);
+    store_job_clear(&j);
+  }
+  free(ids.v);
+}
+
+void sched_stop_running(daemon_t *d, stop_req_t why) {
+  slot_t *s = &d->slot;
+  if (!s->job || s->stop == why) return;
+  if (s->stop == STOP_CANCEL && why == STOP_SHUTDOWN) return; /* already stopping for good */
+  s->stop = why;
+  s->stop_deadline_mono = util_mono_ms() + d->o.cancel_grace_ms;
+  mpw_t w;
+  mpw_init(&w);
+  mpw_map(&w);
+  mpw_kstr(&w, "t", why == STOP_CANCEL ? "cancel" : "checkpoint");
+  mpw_kint(&w, "job", s->job);
+  mpw_end(&w);
+  to_worker(d, &w);
+}
+
+void sched_dispatch(daemon_t *d) {
+  slot_t *s = &d->slot;
+  if (s->state != W_IDLE || s->job || d->stopping) return;
+  lt_err_t err = {0};
+  int64_t id = 0;
+  int found = store_queue_next(d->store, &id, &err);
+  if (found <= 0) {
+    if (found < 0) dlog("%s", err.msg);
+    return;
+  }
+  store_job_t j;
+  if (store_job_get(d->store, id, &j, &err) != 1) return;
+  const kind_t *k = kind_find(j.kind, strlen(j.kind));
+  char dir[PATH_MAX];
+  store_job_dir(d->store, id, dir, sizeof dir);
+  if (!k) {
+    ev_transition(d, &j, JS_FAILED, "unknown kind (this lathed has no such job kind)", &err);
+  } else if (util_mkdir_p(dir, 0700, &err)) {
+    ev_transition(d, &j, JS_FAILED, err.msg, &err);
+  } else if (ev_transition(d, &j, JS_RUNNING, "started", &err)) {
+    dlog("job %lld: %s", (long long)id, err.msg);
+  } else {
+    mpw_t w;
+    mpw_init(&w);
+    mpw_map(&w);
+    mpw_kstr(&w, "t", "run");
+    mpw_kint(&w, "job", id);
+    mpw_kstr(&w, "kind", j.kind);
+    mpw_kstr(&w, "dir", dir);
+    mpw_kint(&w, "attempt", j.attempts);
+    mpw_str(&w, "params");
+    mpw_raw(&w, j.params, j.params_n);
+    mpw_end(&w);
+    to_worker(d, &w);
+    s->job = id;
+    s->state = W_BUSY;
+    s->stop = STOP_NONE;
+    s->progress_last_mono = 0;
+  }
+  store_job_clear(&j);
+}
+
+/* A worker reports how its job ended. */
+static void job_done(daemon_t *d, const msgpack_object *m) {
+  slot_t *s = &d->slot;
+  char status[16] = "", reason[400] = "";
+  mp_field_str(m, "", "status", true, status, sizeof status, NULL);
+  mp_field_str(m, "", "reason", false, reason, sizeof reason, NULL);
+  store_job_t j;
+  lt_err_t err = {0};
+  if (store_job_get(d->store, s->job, &j, &err) != 1) {
+    slot_job_done(s);
+    return;
+  }
+  const msgpack_object *result = mp_get(m, "result");
+  mpw_t rw;
+  mpw_init(&rw);
+  if (result && result->type == MSGPACK_OBJECT_MAP) {
+    mpw_obj(&rw, result);
+    free(j.result); /* an earlier, interrupted run's result */
+    j.result = rw.sb.data, j.result_n = rw.sb.size;
+  }
+  if (!strcmp(status, "succeeded")) {
+    ev_transition(d, &j, JS_SUCCEEDED, "", &err);
+  } else if (!strcmp(status, "cancelled")) {
+    ev_transition(d, &j, JS_CANCELLED, s->cancel_by[0] ? s->cancel_by : "cancelled", &err);
+  } else if (!strcmp(status, "stopped") && s->stop == STOP_SHUTDOWN) {
+    interrupted(d, &j, "stopped for a daemon shutdown", true);
+  } else {
+    ev_transition(d, &j, JS_FAILED, reason[0] ? reason : "the runner failed without a reason", &err);
+  }
+  if (err.code) dlog("job %lld: %s", (long long)j.id, err.msg);
+  if (j.result == rw.sb.data) j.result = NULL; /* owned by rw */
+  store_job_clear(&j);
+  mpw_free(&rw);
+  slot_job_done(s);
+  s->state = W_IDLE;
+}
+
+void sched_worker_msg(daemon_t *d, const uint8_t *id, size_t id_n, const void *buf, size_t n) {
+  slot_t *s = &d->slot;
+  char want[32];
+  worker_id(s, want, sizeof want);
+  if (id_n != strlen(want) || memcmp(id, want, id_n) != 0) return; /* a previous worker's last words */
+  proto_err_t e;
+  mp_doc_t *doc = mp_doc_parse(buf, n, &e);
+  if (!doc) {
+    dlog("bad message from the worker: %s", e.msg);
+    return;
+  }
+  const msgpack_object *m = mp_doc_root(doc);
+  const msgpack_object *t = mp_get(m, "t");
+  int64_t job = 0;
+  mp_field_int(m, "", "job", false, 0, INT64_MAX, &job, NULL);
+  s->last_beat_mono = util_mono_ms();
+  lt_err_t err = {0};
+  if (mp_str_is(t, "ready")) {
+    if (s->state == W_STARTING) s->state = W_IDLE;
+    s->crash_streak = 0;
+  } else if (mp_str_is(t, "hb")) {
+    mp_field_str(m, "", "device", false, s->device, sizeof s->device, NULL);
+  } else if (mp_str_is(t, "event") && job && job == s->job) {
+    const msgpack_object *type = mp_get(m, "type"), *data = mp_get(m, "data");
+    char tname[16] = "";
+    if (data && data->type == MSGPACK_OBJECT_MAP && mp_str_copy(type, tname, sizeof tname) &&
+        (!strcmp(tname, "progress") || !strcmp(tname, "log") || !strcmp(tname, "metric") ||
+         !strcmp(tname, "artifact"))) {
+      mpw_t w;
+      mpw_init(&w);
+      mpw_obj(&w, data);
+      if (!strcmp(tname, "progress")) ev_progress(d, s, w.sb.data, w.sb.size, &err);
+      else if (!ev_flush_progress(d, s, true, &err)) ev_emit(d, job, tname, w.sb.data, w.sb.size, &err);
+      mpw_free(&w);
+    }
+  } else if (mp_str_is(t, "done") && job && job == s->job) {
+    job_done(d, m);
+  }
+  if (err.code) dlog("%s", err.msg);
+  mp_doc_destroy(&doc);
+}
+
+int64_t sched_timers(daemon_t *d) {
+  slot_t *s = &d->slot;
+  int64_t now = util_mono_ms(), next = 1000;
+  lt_err_t err = {0};
+  if (s->progress_pending) {
+    int64_t due = s->progress_last_mono + PROGRESS_EVERY_MS - now;
+    if (due <= 0 && ev_flush_progress(d, s, false, &err)) dlog("%s", err.msg);
+    else if (due < next) next = due;
+  }
+  if (s->state != W_DOWN && s->pid > 0 && !s->kill_reason[0]) {
+    int64_t left = s->last_beat_mono + d->o.heartbeat_timeout_ms - now;
+    if (left <= 0) {
+      char why[128];
+      snprintf(why, sizeof why, "no heartbeat for %lld ms", (long long)(now - s->last_beat_mono));
+      sched_kill_worker(d, why);
+    } else if (left < next) {
+      next = left;
+    }
+  }
+  if (s->job && s->stop != STOP_NONE && !s->kill_reason[0]) {
+    int64_t left = s->stop_deadline_mono - now;
+    if (left <= 0) {
+      char why[128];
+      snprintf(why, sizeof why, "job %lld did not stop within %lld ms of being asked", (long long)s->job,
+               (long long)d->o.cancel_grace_ms);
+      sched_kill_worker(d, why);
+    } else if (left < next) {
+      next = left;
+    }
+  }
+  if (s->state == W_DOWN && !d->stopping) {
+    int64_t left = s->backoff_until_mono - now;
+    if (left <= 0) sched_spawn(d);
+    else if (left < next) next = left;
+  }
+  return next < 0 ? 0 : next;
+}

@@ -1,0 +1,66 @@
+/* What a runner sees of its job: parameters, its artifact folder, stop requests, and calls that emit events
+ * (progress, log lines, metrics, artifacts) and build the result. Implemented by lathe-worker; a runner uses
+ * only this header and the engine's public API. All strings passed in are copied. */
+#ifndef LATHE_JOB_H
+#define LATHE_JOB_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "engine/gpu.h"
+
+typedef struct job_ctx job_ctx_t;
+
+/* What job_should_stop() asks of a runner. */
+typedef enum job_stop {
+  JOB_GO = 0,          /* keep going */
+  JOB_STOP_CANCEL,     /* stop now, return JOB_CANCELLED */
+  JOB_STOP_CHECKPOINT, /* the daemon is shutting down: save a checkpoint if the kind can, return JOB_STOPPED */
+} job_stop_t;
+
+/* How a runner ended. */
+typedef enum job_outcome { JOB_SUCCEEDED, JOB_FAILED, JOB_CANCELLED, JOB_STOPPED } job_outcome_t;
+
+/* A runner: runs the job to an outcome. On JOB_FAILED, err->msg is the reason shown to the user. */
+typedef job_outcome_t (*kind_run_fn)(job_ctx_t *ctx, lt_err_t *err);
+
+/* The job's id, and how many times it has been started (1 on the first run). */
+int64_t job_id(const job_ctx_t *ctx);
+uint32_t job_attempt(const job_ctx_t *ctx);
+
+/* The job's artifact folder (exists; outputs, checkpoints and logs go there); owned by ctx. */
+const char *job_dir(const job_ctx_t *ctx);
+
+/* Parameter values (the daemon has validated them and filled in defaults, so the key always exists). */
+int64_t job_param_int(const job_ctx_t *ctx, const char *key);
+double job_param_float(const job_ctx_t *ctx, const char *key);
+bool job_param_bool(const job_ctx_t *ctx, const char *key);
+/* String and path parameters; owned by ctx. */
+const char *job_param_str(job_ctx_t *ctx, const char *key);
+
+/* Checks (without blocking) whether the daemon asked the job to stop. Call it between steps: a cancelled job
+ * must return within a second or two or its worker is killed. */
+job_stop_t job_should_stop(job_ctx_t *ctx);
+
+/* Emits a progress event: step of total (total 0 when unknown), in `unit` ("steps", "tokens"...). */
+void job_progress(job_ctx_t *ctx, uint64_t step, uint64_t total, const char *unit);
+
+/* Emits a log line. */
+void job_log(job_ctx_t *ctx, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* Emits a metric value (a loss, a rate) at a step. */
+void job_metric(job_ctx_t *ctx, const char *name, double value, uint64_t step);
+
+/* Announces a file the job wrote, by its path relative to job_dir(). */
+void job_artifact(job_ctx_t *ctx, const char *name, const char *relpath);
+
+/* Adds a key to the job's result map (what `lathe result` shows). */
+void job_result_int(job_ctx_t *ctx, const char *key, int64_t v);
+void job_result_float(job_ctx_t *ctx, const char *key, double v);
+void job_result_str(job_ctx_t *ctx, const char *key, const char *v);
+
+/* The worker's device, opened on first use and kept open between jobs (the keep-alive). Owned by the worker;
+ * NULL with err when no device can be opened. */
+gpu_t *job_gpu(job_ctx_t *ctx, lt_err_t *err);
+
+#endif

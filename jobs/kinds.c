@@ -1,0 +1,222 @@
+#include "jobs/kind.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+/* sleep: a failure or crash step past the last step could never happen; say so instead of running for nothing. */
+static bool kind_sleep_validate(const msgpack_object *params, proto_err_t *e) {
+  int64_t steps = 0, fail = -1, crash = -1;
+  mp_as_int(mp_get(params, "steps"), &steps);
+  mp_as_int(mp_get(params, "fail"), &fail);
+  mp_as_int(mp_get(params, "crash"), &crash);
+  if (fail >= steps && fail >= 0)
+    return proto_fail(e, P_OUT_OF_RANGE, "params.fail", "params.fail: step %lld is not below steps (%lld)",
+                      (long long)fail, (long long)steps);
+  if (crash >= steps && crash >= 0)
+    return proto_fail(e, P_OUT_OF_RANGE, "params.crash", "params.crash: step %lld is not below steps (%lld)",
+                      (long long)crash, (long long)steps);
+  return true;
+}
+
+#define P(key, type, req, def, lo, hi, help) {#key, type, req, def, lo, hi, help},
+#define KIND(name, policy, gpu, validate, summary, params) static const kind_param_t name##_params[] = {params};
+#include "jobs/kinds.def"
+#undef KIND
+#undef P
+
+static const kind_t kinds[] = {
+#define P(...)
+#define KIND(name, policy, gpu, validate, summary, params)                                                         \
+  {#name, policy, gpu, validate, summary, name##_params, sizeof name##_params / sizeof name##_params[0]},
+#include "jobs/kinds.def"
+#undef KIND
+#undef P
+};
+
+size_t kind_count(void) { return sizeof kinds / sizeof kinds[0]; }
+
+const kind_t *kind_at(size_t i) { return i < kind_count() ? &kinds[i] : NULL; }
+
+const kind_t *kind_find(const char *name, size_t n) {
+  for (size_t i = 0; i < kind_count(); i++)
+    if (strlen(kinds[i].name) == n && memcmp(kinds[i].name, name, n) == 0) return &kinds[i];
+  return NULL;
+}
+
+const kind_param_t *kind_param_find(const kind_t *k, const char *key) {
+  for (size_t i = 0; i < k->n_params; i++)
+    if (strcmp(k->params[i].key, key) == 0) return &k->params[i];
+  return NULL;
+}
+
+const char *kind_policy_str(kind_policy_t p) {
+  switch (p) {
+  case KIND_RESTART: return "restart";
+  case KIND_RESUME: return "resume";
+  case KIND_FAIL: return "fail";
+  }
+  return "fail";
+}
+
+const char *kind_type_str(kind_type_t t) {
+  switch (t) {
+  case KT_INT: return "int";
+  case KT_FLOAT: return "float";
+  case KT_BOOL: return "bool";
+  case KT_STR: return "string";
+  case KT_PATH: return "path";
+  }
+  return "?";
+}
+
+/* Checks one typed value against its parameter and appends it to w. The single check both the wire and the
+ * command line go through. */
+static bool check_value(const kind_param_t *p, const msgpack_object *o, mpw_t *w, proto_err_t *e) {
+  char name[96];
+  snprintf(name, sizeof name, "params.%s", p->key);
+  bool bounded = p->lo != 0 || p->hi != 0;
+  switch (p->type) {
+  case KT_INT: {
+    int64_t v;
+    if (!mp_as_int(o, &v)) return proto_fail(e, P_BAD_TYPE, name, "%s: expected an integer", name);
+    if (bounded && ((double)v < p->lo || (double)v > p->hi))
+      return proto_fail(e, P_OUT_OF_RANGE, name, "%s: %lld is outside [%.0f, %.0f]", name, (long long)v, p->lo,
+                        p->hi);
+    mpw_int(w, v);
+    return true;
+  }
+  case KT_FLOAT: {
+    int64_t i;
+    double v;
+    if (o->type == MSGPACK_OBJECT_FLOAT32 || o->type == MSGPACK_OBJECT_FLOAT64) v = o->via.f64;
+    else if (mp_as_int(o, &i)) v = (double)i;
+    else return proto_fail(e, P_BAD_TYPE, name, "%s: expected a number", name);
+    if (!isfinite(v)) return proto_fail(e, P_BAD_VALUE, name, "%s: must be finite", name);
+    if (bounded && (v < p->lo || v > p->hi))
+      return proto_fail(e, P_OUT_OF_RANGE, name, "%s: %g is outside [%g, %g]", name, v, p->lo, p->hi);
+    mpw_double(w, v);
+    return true;
+  }
+  case KT_BOOL:
+    if (o->type != MSGPACK_OBJECT_BOOLEAN) return proto_fail(e, P_BAD_TYPE, name, "%s: expected a boolean", name);
+    mpw_bool(w, o->via.boolean);
+    return true;
+  case KT_STR:
+  case KT_PATH: {
+    if (o->type != MSGPACK_OBJECT_STR) return proto_fail(e, P_BAD_TYPE, name, "%s: expected a string", name);
+    size_t n = o->via.str.size;
+    if (n && memchr(o->via.str.ptr, 0, n)) return proto_fail(e, P_BAD_VALUE, name, "%s: holds a NUL byte", name);
+    if (bounded && ((double)n < p->lo || (double)n > p->hi))
+      return proto_fail(e, P_OUT_OF_RANGE, name, "%s: length %zu is outside [%.0f, %.0f]", name, n, p->lo, p->hi);
+    if (n > PROTO_MAX_STR) return proto_fail(e, P_OUT_OF_RANGE, name, "%s: longer than %d bytes", name, PROTO_MAX_STR);
+    if (p->type == KT_PATH && (n == 0 || o->via.str.ptr[0] != '/'))
+      return proto_fail(e, P_BAD_VALUE, name, "%s: a path must be absolute", name);
+    mpw_strn(w, o->via.str.ptr, n);
+    return true;
+  }
+  }
+  return proto_fail(e, P_INTERNAL, name, "%s: unknown parameter type", name);
+}
+
+bool kind_parse_text(const kind_param_t *p, const char *text, mpw_t *w, proto_err_t *e) {
+  char name[96];
+  snprintf(name, sizeof name, "params.%s", p->key);
+  mpw_t t;
+  mpw_init(&t);
+  char *end = NULL;
+  errno = 0;
+  switch (p->type) {
+  case KT_INT: {
+    long long v = strtoll(text, &end, 10);
+    if (!*text || *end || errno) {
+      mpw_free(&t);
+      return proto_fail(e, P_BAD_TYPE, name, "%s: '%s' is not an integer", name, text);
+    }
+    mpw_int(&t, v);
+    break;
+  }
+  case KT_FLOAT: {
+    double v = strtod(text, &end);
+    if (!*text || *end || errno) {
+      mpw_free(&t);
+      return proto_fail(e, P_BAD_TYPE, name, "%s: '%s' is not a number", name, text);
+    }
+    mpw_double(&t, v);
+    break;
+  }
+  case KT_BOOL:
+    if (!strcmp(text, "true") || !strcmp(text, "1") || !strcmp(text, "yes")) mpw_bool(&t, true);
+    else if (!strcmp(text, "false") || !strcmp(text, "0") || !strcmp(text, "no")) mpw_bool(&t, false);
+    else {
+      mpw_free(&t);
+      return proto_fail(e, P_BAD_TYPE, name, "%s: '%s' is not true or false", name, text);
+    }
+    break;
+  case KT_STR: mpw_str(&t, text); break;
+  case KT_PATH: {
+    char abs[2 * PATH_MAX + 2], cwd[PATH_MAX];
+    if (text[0] != '/' && text[0] && getcwd(cwd, sizeof cwd)) snprintf(abs, sizeof abs, "%s/%s", cwd, text);
+    else snprintf(abs, sizeof abs, "%s", text);
+    mpw_str(&t, abs); /* check_value bounds the length */
+    break;
+  }
+  }
+  proto_err_t pe;
+  mp_doc_t *d = mp_doc_parse(t.sb.data, t.sb.size, &pe);
+  bool ok = d && check_value(p, mp_doc_root(d), w, e);
+  if (!d) proto_fail(e, pe.code, name, "%s: %s", name, pe.msg);
+  mp_doc_destroy(&d);
+  mpw_free(&t);
+  return ok;
+}
+
+bool kind_params_normalise(const kind_t *k, const msgpack_object *params, mpw_t *w, proto_err_t *e) {
+  if (params && params->type != MSGPACK_OBJECT_MAP)
+    return proto_fail(e, P_BAD_TYPE, "params", "params: expected a map");
+  uint32_t n = params ? params->via.map.size : 0;
+  for (uint32_t i = 0; i < n; i++) {
+    const msgpack_object *key = &params->via.map.ptr[i].key;
+    char kname[64];
+    if (!mp_str_copy(key, kname, sizeof kname))
+      return proto_fail(e, P_BAD_TYPE, "params", "params: keys must be short strings");
+    char fname[80];
+    snprintf(fname, sizeof fname, "params.%s", kname);
+    if (!kind_param_find(k, kname))
+      return proto_fail(e, P_UNKNOWN_PARAM, fname, "%s: kind %s has no such parameter", fname, k->name);
+    for (uint32_t j = 0; j < i; j++)
+      if (mp_str_is(&params->via.map.ptr[j].key, kname)) return proto_fail(e, P_BAD_VALUE, fname, "%s: given twice", fname);
+  }
+  mpw_t t;
+  mpw_init(&t);
+  mpw_map(&t);
+  bool ok = true;
+  for (size_t i = 0; ok && i < k->n_params; i++) {
+    const kind_param_t *p = &k->params[i];
+    const msgpack_object *v = params ? mp_get(params, p->key) : NULL;
+    mpw_str(&t, p->key);
+    if (v) ok = check_value(p, v, &t, e);
+    else if (p->required) {
+      char name[96];
+      snprintf(name, sizeof name, "params.%s", p->key);
+      ok = proto_fail(e, P_MISSING_PARAM, name, "%s: kind %s requires it", name, k->name);
+    } else ok = kind_parse_text(p, p->def, &t, e);
+  }
+  if (!ok) { /* the map was left with a key and no value: discard it unfinished */
+    mpw_free(&t);
+    return false;
+  }
+  mpw_end(&t);
+  if (k->validate) {
+    mp_doc_t *d = mp_doc_parse(t.sb.data, t.sb.size, e);
+    ok = d && k->validate(mp_doc_root(d), e);
+    mp_doc_destroy(&d);
+  }
+  if (ok) mpw_raw(w, t.sb.data, t.sb.size);
+  mpw_free(&t);
+  return ok;
+}

@@ -1,0 +1,81 @@
+/* The `lathe` binary itself: JSON shapes the issue promises, exit statuses, autostart, help from the table. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+
+#include "td.h"
+
+static td_t t;
+
+static void setup(void) {
+  memset(&t, 0, sizeof t);
+  td_prepare(&t);
+  setenv("LATHE_SOCKET", t.sock, 1);
+  setenv("LATHE_HOME", t.home, 1);
+  unsetenv("LATHE_NO_AUTOSTART");
+}
+
+static void teardown(void) {
+  char cmd[256];
+  snprintf(cmd, sizeof cmd, "%s/lathe daemon stop >/dev/null 2>&1", LATHE_BIN_DIR);
+  if (system(cmd) != 0) cr_log_warn("lathe daemon stop failed");
+  td_cleanup(&t);
+}
+
+TestSuite(cli, .init = setup, .fini = teardown, .timeout = 60);
+
+/* Runs `lathe ARGS`, capturing stdout into out; returns the exit status. */
+static int lathe(char *out, size_t n, const char *args) {
+  char cmd[512];
+  snprintf(cmd, sizeof cmd, "%s/lathe %s 2>/dev/null", LATHE_BIN_DIR, args);
+  FILE *p = popen(cmd, "r");
+  cr_assert_not_null(p);
+  size_t got = fread(out, 1, n - 1, p);
+  out[got] = '\0';
+  int st = pclose(p);
+  return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+Test(cli, autostart_json_shapes_and_exit_statuses) {
+  static char out[1 << 16];
+  cr_assert_eq(lathe(out, sizeof out, "--no-autostart ps"), 3, "no daemon and no autostart: exit 3");
+  cr_assert_eq(lathe(out, sizeof out, "--json submit sleep --steps 2 --delay-ms 1"), 0);
+  cr_assert(strstr(out, "\"id\": 1"), "submit --json prints the id: %s", out);
+  cr_assert_gt(lc_daemon_pid(t.sock), 0, "the CLI started a daemon");
+  cr_assert_eq(lathe(out, sizeof out, "--json daemon status"), 0);
+  cr_assert(strstr(out, "\"pid\":"), "daemon status --json has the pid: %s", out);
+  cr_assert_eq(lathe(out, sizeof out, "run sleep --steps 3 --delay_ms 1"), 0, "run exits 0 on success");
+  cr_assert(strstr(out, "\"state\":\"succeeded\""), "not a terminal: JSON lines: %s", out);
+  cr_assert_eq(lathe(out, sizeof out, "run sleep --steps 3 --fail 1"), 1, "run exits 1 on failure");
+  cr_assert_eq(lathe(out, sizeof out, "--json ps --all"), 0);
+  int lines = 0;
+  for (char *l = strtok(out, "\n"); l; l = strtok(NULL, "\n"), lines++)
+    cr_assert(strstr(l, "\"id\":") && strstr(l, "\"kind\":") && strstr(l, "\"state\":") && strstr(l, "\"reason\":"),
+              "ps line: %s", l);
+  cr_assert_eq(lines, 3);
+  cr_assert_eq(lathe(out, sizeof out, "result 2"), 0);
+  cr_assert(strstr(out, "\"steps\": 3"), "%s", out);
+  cr_assert_eq(lathe(out, sizeof out, "logs 2"), 0);
+  cr_assert(strstr(out, "\"seq\":1"), "%s", out);
+  cr_assert_eq(lathe(out, sizeof out, "submit sleep --steps x"), 2, "a bad parameter is a usage error");
+  cr_assert_eq(lathe(out, sizeof out, "submit sleep --nope 1"), 2);
+  cr_assert_eq(lathe(out, sizeof out, "--json daemon stop"), 0);
+  cr_assert_eq(lc_daemon_pid(t.sock), 0, "daemon stop stops it");
+}
+
+Test(cli, help_comes_from_the_kind_table) {
+  static char out[1 << 14];
+  cr_assert_eq(lathe(out, sizeof out, "help sleep"), 0);
+  for (size_t i = 0; i < kind_count(); i++) {
+    const kind_t *k = kind_at(i);
+    char args[64];
+    snprintf(args, sizeof args, "help %s", k->name);
+    cr_assert_eq(lathe(out, sizeof out, args), 0);
+    for (size_t p = 0; p < k->n_params; p++) {
+      char flag[80];
+      snprintf(flag, sizeof flag, "--%s", k->params[p].key);
+      cr_assert(strstr(out, flag), "help %s lacks %s", k->name, flag);
+    }
+  }
+}

@@ -1,0 +1,211 @@
+/* Crashes and restarts: kill -9 of the daemon and of the worker, a hung worker, a crashing kind, SIGTERM with a
+ * job running, a second daemon on the same socket, 1,000 submitted jobs. Nothing may be lost. */
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "common/util.h"
+#include "td.h"
+
+static td_t t;
+
+static void setup(void) { memset(&t, 0, sizeof t); }
+static void teardown(void) { td_cleanup(&t); }
+
+TestSuite(durability, .init = setup, .fini = teardown, .timeout = 60);
+
+static bool alive(pid_t pid) { return pid > 0 && kill(pid, 0) == 0; }
+
+Test(durability, kill9_daemon_with_jobs_queued_and_running) {
+  static const char *const args[] = {"--max-attempts", "3", NULL};
+  td_start(&t, args);
+  lc_t *c = td_client(&t);
+  int64_t running = td_sleep(c, 20, 50, NULL);
+  int64_t q1 = td_sleep(c, 2, 0, NULL), q2 = td_sleep(c, 2, 0, NULL);
+  proto_err_t pe;
+  int64_t held = lc_submit(c, "sleep", NULL, 0, NULL, 0, true, NULL, &pe, NULL);
+  td_wait_state(c, running, "running", 5000);
+  td_sleep_ms(700); /* past the first checkpoint (written every 500 ms) */
+  pid_t worker = td_worker_pid(c);
+  lc_destroy(&c);
+  td_kill9(&t);
+  /* The worker dies with the daemon (no second owner of the GPU). */
+  for (int i = 0; i < 100 && alive(worker); i++) td_sleep_ms(20);
+  cr_assert_not(alive(worker), "worker %d outlived the daemon", (int)worker);
+  td_restart(&t);
+  c = td_client(&t);
+  char st[16];
+  cr_assert_str_eq(td_state(c, held, st, sizeof st), "held", "a held job stays held");
+  td_wait_state(c, running, "succeeded", 15000);
+  td_wait_state(c, q1, "succeeded", 5000);
+  td_wait_state(c, q2, "succeeded", 5000);
+  evlog_t *ev = calloc(1, sizeof *ev);
+  td_follow(c, running, 0, ev);
+  td_assert_in_order(ev, 0);
+  bool requeued = false;
+  for (int i = 0; i < ev->n_states; i++)
+    if (!strcmp(ev->state[i], "queued") && strstr(ev->reason[i], "lathed restarted")) requeued = true;
+  cr_assert(requeued, "the interrupted job was re-queued with the reason");
+  mp_doc_t *d = lc_call_id(c, "result", running, NULL, NULL);
+  cr_assert_gt(td_int(mp_get(mp_doc_root(d), "result"), "resumed_from"), 0, "it resumed from its checkpoint");
+  mp_doc_destroy(&d);
+  free(ev);
+  lc_destroy(&c);
+}
+
+Test(durability, kill9_worker_mid_job) {
+  td_start(&t, NULL);
+  lc_t *c = td_client(&t);
+  int64_t id = td_sleep(c, 15, 40, NULL);
+  td_wait_state(c, id, "running", 5000);
+  td_sleep_ms(200);
+  pid_t worker = td_worker_pid(c);
+  cr_assert_gt(worker, 0);
+  kill(worker, SIGKILL);
+  td_wait_state(c, id, "succeeded", 15000);
+  mp_doc_t *d = td_show(c, id);
+  const msgpack_object *j = mp_get(mp_doc_root(d), "job");
+  cr_assert_eq(td_int(j, "attempts"), 2);
+  mp_doc_destroy(&d);
+  d = td_status(c);
+  const msgpack_object *w = mp_get(mp_doc_root(d), "worker");
+  cr_assert_geq(td_int(w, "restarts"), 1);
+  cr_assert_neq(td_int(w, "pid"), worker, "a fresh worker replaced the killed one");
+  cr_assert(td_has(w, "last_exit", "signal 9"), "last exit names the signal");
+  mp_doc_destroy(&d);
+  lc_destroy(&c);
+}
+
+Test(durability, crashing_kind_fails_after_max_attempts) {
+  static const char *const args[] = {"--max-attempts", "2", NULL};
+  td_start(&t, args);
+  lc_t *c = td_client(&t);
+  int64_t id = td_sleep(c, 5, 0, "crash", (int64_t)1, NULL);
+  td_wait_state(c, id, "failed", 15000);
+  mp_doc_t *d = td_show(c, id);
+  const msgpack_object *j = mp_get(mp_doc_root(d), "job");
+  cr_assert_eq(td_int(j, "attempts"), 2);
+  cr_assert(td_has(j, "reason", "signal 6"), "reason names the crash");
+  cr_assert(td_has(j, "reason", "giving up"));
+  mp_doc_destroy(&d);
+  int64_t next = td_sleep(c, 1, 0, NULL);
+  td_wait_state(c, next, "succeeded", 10000);
+  lc_destroy(&c);
+}
+
+Test(durability, hung_worker_is_killed_and_replaced) {
+  static const char *const args[] = {"--heartbeat-timeout-ms", "1500", NULL};
+  td_start(&t, args);
+  lc_t *c = td_client(&t);
+  int64_t id = td_sleep(c, 10, 50, NULL);
+  td_wait_state(c, id, "running", 5000);
+  pid_t worker = td_worker_pid(c);
+  kill(worker, SIGSTOP); /* hangs the whole process, heartbeats included */
+  td_wait_state(c, id, "succeeded", 15000);
+  mp_doc_t *d = td_status(c);
+  cr_assert(td_has(mp_get(mp_doc_root(d), "worker"), "last_exit", "no heartbeat"));
+  mp_doc_destroy(&d);
+  lc_destroy(&c);
+}
+
+Test(durability, sigterm_checkpoints_and_resumes) {
+  td_start(&t, NULL);
+  lc_t *c = td_client(&t);
+  int64_t id = td_sleep(c, 30, 40, NULL);
+  int64_t q = td_sleep(c, 1, 0, NULL);
+  td_wait_state(c, id, "running", 5000);
+  td_sleep_ms(300);
+  lc_destroy(&c);
+  td_term(&t, 10000);
+  td_restart(&t);
+  c = td_client(&t);
+  td_wait_state(c, id, "succeeded", 15000);
+  td_wait_state(c, q, "succeeded", 5000);
+  mp_doc_t *d = lc_call_id(c, "result", id, NULL, NULL);
+  cr_assert_gt(td_int(mp_get(mp_doc_root(d), "result"), "resumed_from"), 0, "resumed from the shutdown checkpoint");
+  mp_doc_destroy(&d);
+  d = td_show(c, id);
+  cr_assert_eq(td_int(mp_get(mp_doc_root(d), "job"), "attempts"), 1, "a shutdown does not spend an attempt");
+  mp_doc_destroy(&d);
+  lc_destroy(&c);
+}
+
+Test(durability, second_daemon_refuses_and_does_not_steal) {
+  td_start(&t, NULL);
+  td_t other = t;
+  other.pid = 0;
+  int rc = td_start_expect_exit(&other, NULL, 5000);
+  cr_assert_eq(rc, 3, "a second lathed on the same socket exits with status 3, got %d", rc);
+  lc_t *c = td_client(&t);
+  int64_t id = td_sleep(c, 1, 0, NULL);
+  td_wait_state(c, id, "succeeded", 5000);
+  cr_assert_eq(lc_daemon_pid(t.sock), t.pid, "the first daemon still holds the socket");
+  lc_destroy(&c);
+}
+
+Test(durability, newer_store_schema_is_refused) {
+  td_start(&t, NULL);
+  td_term(&t, 5000);
+  char cmd[512];
+  snprintf(cmd, sizeof cmd, "sqlite3 %s/jobs.db 'PRAGMA user_version = 99' 2>/dev/null", t.home);
+  if (system(cmd) != 0) cr_skip_test("the sqlite3 shell is not installed");
+  int rc = td_start_expect_exit(&t, NULL, 5000);
+  cr_assert(rc != 0 && rc != -1, "lathed must refuse a store from a newer version (exit %d)", rc);
+}
+
+/* Sends n submit requests without waiting, then reads the n replies: the daemon answers them in batches, each
+ * batch in one transaction. */
+static void submit_many(lc_t *c, int n, int64_t *ids) {
+  for (int i = 0; i < n; i++) {
+    mpw_t w;
+    lc_begin(c, &w, "submit");
+    mpw_kstr(&w, "kind", "sleep");
+    mpw_str(&w, "params");
+    mpw_map(&w);
+    mpw_kint(&w, "steps", 0);
+    mpw_end(&w);
+    mpw_end(&w);
+    cr_assert_eq(lc_send_raw(c, w.sb.data, w.sb.size, NULL), LT_OK);
+    mpw_free(&w);
+  }
+  for (int i = 0; i < n; i++) {
+    lt_err_t err = {0};
+    mp_doc_t *d = lc_recv_reply(c, 20000, &err);
+    cr_assert_not_null(d, "reply %d: %s", i, err.msg);
+    const msgpack_object *ok = mp_get(mp_doc_root(d), "ok");
+    cr_assert(ok && ok->via.boolean, "submit %d refused", i);
+    ids[i] = td_int(mp_doc_root(d), "id");
+    mp_doc_destroy(&d);
+  }
+}
+
+Test(durability, thousand_jobs_all_accounted_for) {
+  td_start(&t, NULL);
+  lc_t *c = td_client(&t);
+  enum { N = 1000 };
+  int64_t *ids = calloc(N, sizeof *ids);
+  int64_t t0 = util_mono_ms();
+  submit_many(c, N, ids);
+  int64_t t1 = util_mono_ms();
+  cr_log_info("1000 submits answered in %lld ms", (long long)(t1 - t0));
+  for (int i = 1; i < N; i++) cr_assert_gt(ids[i], ids[i - 1], "ids are unique and increasing");
+  int64_t done = 0;
+  for (int waited = 0; waited < 50000 && done < N; waited += 100) {
+    mp_doc_t *d = td_status(c);
+    done = td_int(mp_get(mp_doc_root(d), "jobs"), "succeeded");
+    mp_doc_destroy(&d);
+    if (done < N) td_sleep_ms(100);
+  }
+  cr_log_info("1000 no-op jobs ran in %lld ms", (long long)(util_mono_ms() - t1));
+  cr_assert_eq(done, N, "all jobs succeeded (got %lld)", (long long)done);
+  mpw_t w;
+  lc_begin(c, &w, "list");
+  mpw_kbool(&w, "all", true);
+  mp_doc_t *d = lc_call(c, &w, NULL, NULL);
+  cr_assert_eq(mp_get(mp_doc_root(d), "jobs")->via.array.size, N);
+  mp_doc_destroy(&d);
+  free(ids);
+  lc_destroy(&c);
+}

@@ -1,0 +1,48 @@
+/* Unit checks of the decoder pre-pass and the kind table (no daemon). */
+#include <string.h>
+
+#include "td.h"
+
+TestSuite(proto, .timeout = 10);
+
+static proto_code_t check(const void *p, size_t n) {
+  proto_err_t e = {0};
+  return mp_check(p, n, PROTO_MAX_DEPTH, &e) ? P_OK : e.code;
+}
+
+Test(proto, prepass_limits) {
+  cr_assert_eq(check("\x80", 1), P_OK);
+  cr_assert_eq(check("\x92\x01\x02", 3), P_OK);
+  cr_assert_eq(check("\x92\x01", 2), P_TOO_MANY, "two elements declared, one byte left");
+  cr_assert_eq(check("\x92\x01\xcd\x01", 4), P_TRUNCATED);
+  cr_assert_eq(check("\xdd\xff\xff\xff\xff", 5), P_TOO_MANY);
+  cr_assert_eq(check("\xa5\x61", 2), P_TRUNCATED);
+  cr_assert_eq(check("\xc1", 1), P_BAD_MSGPACK);
+  cr_assert_eq(check("\x80\x80", 2), P_TRAILING);
+  uint8_t deep[PROTO_MAX_DEPTH + 2];
+  memset(deep, 0x91, sizeof deep);
+  deep[PROTO_MAX_DEPTH] = 0xc0;
+  cr_assert_eq(check(deep, PROTO_MAX_DEPTH + 1), P_OK, "exactly the limit is fine");
+  deep[PROTO_MAX_DEPTH] = 0x91, deep[PROTO_MAX_DEPTH + 1] = 0xc0;
+  cr_assert_eq(check(deep, PROTO_MAX_DEPTH + 2), P_TOO_DEEP);
+}
+
+Test(proto, defaults_fill_in_and_cli_flags_do_not_collide) {
+  static const char *const reserved[] = {"json", "no_autostart", "socket", "connect", "server_key", "key",
+                                         "help", "priority", "hold", "sid"};
+  for (size_t i = 0; i < kind_count(); i++) {
+    const kind_t *k = kind_at(i);
+    for (size_t p = 0; p < k->n_params; p++)
+      for (size_t r = 0; r < sizeof reserved / sizeof *reserved; r++)
+        cr_assert_str_neq(k->params[p].key, reserved[r], "kind %s: parameter --%s is a CLI flag", k->name, reserved[r]);
+    /* Every default parses and validates. */
+    mpw_t w;
+    mpw_init(&w);
+    proto_err_t e = {0};
+    cr_assert(kind_params_normalise(k, NULL, &w, &e), "kind %s defaults: %s", k->name, e.msg);
+    mp_doc_t *d = mp_doc_parse(w.sb.data, w.sb.size, &e);
+    cr_assert_eq(mp_doc_root(d)->via.map.size, k->n_params, "every key is filled in");
+    mp_doc_destroy(&d);
+    mpw_free(&w);
+  }
+}
