@@ -96,14 +96,17 @@ static json_t *to_json(const msgpack_object *o) {
   }
 }
 
-/* Prints o as one line of JSON (or indented with pretty). */
-static void print_json(const msgpack_object *o, bool pretty) {
+/* Prints o to f as one line of JSON (or indented with pretty). */
+static void print_json_to(FILE *f, const msgpack_object *o, bool pretty) {
   json_t *j = to_json(o);
-  json_dumpf(j, stdout, pretty ? JSON_INDENT(2) | JSON_PRESERVE_ORDER : JSON_COMPACT | JSON_PRESERVE_ORDER);
-  fputc('\n', stdout);
-  fflush(stdout);
+  json_dumpf(j, f, pretty ? JSON_INDENT(2) | JSON_PRESERVE_ORDER : JSON_COMPACT | JSON_PRESERVE_ORDER);
+  fputc('\n', f);
+  fflush(f);
   json_decref(j);
 }
+
+/* Prints o to stdout as one line of JSON (or indented with pretty). */
+static void print_json(const msgpack_object *o, bool pretty) { print_json_to(stdout, o, pretty); }
 
 static int64_t get_int(const msgpack_object *m, const char *k) {
   int64_t v = 0;
@@ -232,6 +235,10 @@ static int parse_submit(int argc, char **argv, submit_args_t *a) {
   }
   mpw_init(&a->params);
   mpw_map(&a->params);
+  /* A list parameter (--prompt A --prompt B) collects every occurrence; written once after the loop. */
+  const kind_param_t *list_p[8];
+  const char *list_v[8][KIND_MAX_LIST];
+  size_t list_n[8] = {0}, n_lists = 0;
   for (int i = 1; i < argc; i++) {
     const char *arg = argv[i];
     if (!strcmp(arg, "--help") || !strcmp(arg, "-h")) {
@@ -271,11 +278,26 @@ static int parse_submit(int argc, char **argv, submit_args_t *a) {
       fprintf(stderr, "lathe: kind %s has no parameter --%s\n", a->k->name, key);
       kind_help(stderr, a->k);
       return EXIT_USAGE;
+    } else if (p->type == KT_STRS) {
+      size_t j = 0;
+      while (j < n_lists && list_p[j] != p) j++;
+      if (j == n_lists) {
+        if (n_lists == 8) return fail(EXIT_USAGE, "too many list parameters");
+        list_p[n_lists++] = p;
+      }
+      if (list_n[j] == KIND_MAX_LIST) return fail(EXIT_USAGE, "--%s given more than %d times", key, KIND_MAX_LIST);
+      list_v[j][list_n[j]++] = value;
     } else {
       proto_err_t e;
       mpw_str(&a->params, key);
       if (!kind_parse_text(p, value, &a->params, &e)) return fail(EXIT_USAGE, "%s", e.msg);
     }
+  }
+  for (size_t j = 0; j < n_lists; j++) {
+    mpw_str(&a->params, list_p[j]->key);
+    mpw_array(&a->params);
+    for (size_t k = 0; k < list_n[j]; k++) mpw_str(&a->params, list_v[j][k]);
+    mpw_end(&a->params);
   }
   mpw_end(&a->params);
   /* Checked here too so that a typo is reported before anything is sent (the daemon checks again). */
@@ -386,6 +408,26 @@ static void print_event_line(follow_t *f, const msgpack_object *ev) {
   fflush(stdout);
 }
 
+/* Shows an output record in text mode: a generation as prompt + text, anything else as key: value lines. */
+static void print_output(follow_t *f, const msgpack_object *data) {
+  clear_bar(f);
+  const msgpack_object *text = mp_get(data, "text");
+  if (text && text->type == MSGPACK_OBJECT_STR) {
+    const msgpack_object *prompt = mp_get(data, "prompt");
+    if (prompt && prompt->type == MSGPACK_OBJECT_STR) printf("%.*s", (int)prompt->via.str.size, prompt->via.str.ptr);
+    printf("%.*s\n", (int)text->via.str.size, text->via.str.ptr);
+  } else {
+    for (uint32_t i = 0; i < data->via.map.size; i++) {
+      const msgpack_object *k = &data->via.map.ptr[i].key, *v = &data->via.map.ptr[i].val;
+      if (k->type != MSGPACK_OBJECT_STR) continue;
+      printf("%.*s: ", (int)k->via.str.size, k->via.str.ptr);
+      if (v->type == MSGPACK_OBJECT_STR) printf("%.*s\n", (int)v->via.str.size, v->via.str.ptr);
+      else print_json(v, false);
+    }
+  }
+  fflush(stdout);
+}
+
 static bool on_event(void *user, const msgpack_object *ev) {
   follow_t *f = user;
   const msgpack_object *data = mp_get(ev, "data");
@@ -395,7 +437,11 @@ static bool on_event(void *user, const msgpack_object *ev) {
     get_str(data, "state", f->final, sizeof f->final);
     get_str(data, "reason", f->reason, sizeof f->reason);
   }
-  if (f->cli->lines) print_json(ev, false);
+  if (!strcmp(type, "output") && data) {
+    /* What the job produced: one JSON object per output on stdout (with --json nothing else goes there). */
+    if (f->cli->lines) print_json(data, false);
+    else print_output(f, data);
+  } else if (f->cli->lines) print_json_to(f->cli->json ? stderr : stdout, ev, false);
   else if (f->bar && !strcmp(type, "progress")) draw_bar(f, ev);
   else print_event_line(f, ev);
   return true;
@@ -470,7 +516,7 @@ static int cmd_submit(cli_t *cli, int argc, char **argv, bool follow) {
     mp_doc_destroy(&d);
     return 0;
   }
-  if (cli->lines) printf("{\"id\": %lld}\n", (long long)id);
+  if (cli->lines) fprintf(cli->json ? stderr : stdout, "{\"id\": %lld}\n", (long long)id);
   else printf("job %lld submitted; Ctrl-C detaches\n", (long long)id);
   fflush(stdout);
   return follow_job(cli, id, false, true);

@@ -22,7 +22,10 @@ add_executable(lathed daemon/lathed.c daemon/ops.c daemon/events.c daemon/sched.
 target_include_directories(lathed PRIVATE ${SQLITE_INCLUDE_DIRS})
 target_link_libraries(lathed lathe_kinds ${SQLITE_LINK_LIBRARIES})
 
-add_executable(lathe-worker daemon/worker.c jobs/runners.c jobs/sleep.c jobs/selftest.c)
+# Every jobs/*.c but the table itself holds runners (one file per kind) for the worker.
+file(GLOB RUNNER_SRC CONFIGURE_DEPENDS ${CMAKE_SOURCE_DIR}/jobs/*.c)
+list(REMOVE_ITEM RUNNER_SRC ${CMAKE_SOURCE_DIR}/jobs/kinds.c)
+add_executable(lathe-worker daemon/worker.c ${RUNNER_SRC})
 target_link_libraries(lathe-worker lathe_kinds lathe_engine Threads::Threads)
 
 pkg_check_modules(JANSSON_CLI REQUIRED jansson)

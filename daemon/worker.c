@@ -13,6 +13,7 @@
 #include <zmq.h>
 
 #include "common/util.h"
+#include "engine/model_tok.h"
 #include "jobs/runners.h"
 
 #define HEARTBEAT_MS 500
@@ -23,6 +24,9 @@
 typedef struct runner {
   void *ctx, *pair;
   gpu_t *gpu;
+  model_t *model; /* the last model a job used, kept with the device */
+  tok_t *tok;
+  char model_path[PATH_MAX];
   int64_t idle_since_mono;
   int64_t keep_alive_ms;
 } runner_t;
@@ -35,6 +39,7 @@ struct job_ctx {
   const msgpack_object *params;
   job_stop_t stop;
   mpw_t result;
+  mpw_t out; /* the output record being built */
   char **strs; /* NUL-terminated copies handed out by job_param_str */
   size_t n_strs;
 };
@@ -95,8 +100,8 @@ bool job_param_bool(const job_ctx_t *c, const char *key) {
   return o->type == MSGPACK_OBJECT_BOOLEAN && o->via.boolean;
 }
 
-const char *job_param_str(job_ctx_t *c, const char *key) {
-  const msgpack_object *o = param(c, key);
+/* Keeps a NUL-terminated copy of a string object for the job's lifetime; "" when o is not a string. */
+static const char *keep_str(job_ctx_t *c, const msgpack_object *o) {
   char **strs = o->type == MSGPACK_OBJECT_STR ? realloc(c->strs, (c->n_strs + 1) * sizeof *strs) : NULL;
   if (!strs) return "";
   c->strs = strs;
@@ -104,6 +109,18 @@ const char *job_param_str(job_ctx_t *c, const char *key) {
   if (!s) return "";
   c->strs[c->n_strs++] = s;
   return s;
+}
+
+const char *job_param_str(job_ctx_t *c, const char *key) { return keep_str(c, param(c, key)); }
+
+size_t job_param_list_len(job_ctx_t *c, const char *key) {
+  const msgpack_object *o = param(c, key);
+  return o->type == MSGPACK_OBJECT_ARRAY ? o->via.array.size : 0;
+}
+
+const char *job_param_list_at(job_ctx_t *c, const char *key, size_t i) {
+  const msgpack_object *o = param(c, key);
+  return o->type == MSGPACK_OBJECT_ARRAY && i < o->via.array.size ? keep_str(c, &o->via.array.ptr[i]) : "";
 }
 
 job_stop_t job_should_stop(job_ctx_t *c) {
@@ -150,6 +167,18 @@ void job_metric(job_ctx_t *c, const char *name, double value, uint64_t step) {
   event_end(c, &w);
 }
 
+void job_output_begin(job_ctx_t *c) { event_begin(c, &c->out, "output"); }
+void job_output_str(job_ctx_t *c, const char *key, const char *v) { mpw_kstr(&c->out, key, v); }
+void job_output_int(job_ctx_t *c, const char *key, int64_t v) { mpw_kint(&c->out, key, v); }
+void job_output_float(job_ctx_t *c, const char *key, double v) { mpw_kdouble(&c->out, key, v); }
+void job_output_ints(job_ctx_t *c, const char *key, const int32_t *v, size_t n) {
+  mpw_str(&c->out, key);
+  mpw_array(&c->out);
+  for (size_t i = 0; i < n; i++) mpw_int(&c->out, v[i]);
+  mpw_end(&c->out);
+}
+void job_output_end(job_ctx_t *c) { event_end(c, &c->out); }
+
 void job_artifact(job_ctx_t *c, const char *name, const char *relpath) {
   mpw_t w;
   event_begin(c, &w, "artifact");
@@ -177,6 +206,40 @@ gpu_t *job_gpu(job_ctx_t *c, lt_err_t *err) {
   runner_t *r = c->r;
   if (!r->gpu && (r->gpu = gpu_new(NULL, err))) announce_device(r);
   return r->gpu;
+}
+
+/* Frees the kept model and tokenizer (before the device they live on). */
+static void drop_model(runner_t *r) {
+  model_free(&r->model);
+  tok_destroy(&r->tok);
+  r->model_path[0] = '\0';
+}
+
+model_t *job_model(job_ctx_t *c, const char *path, tok_t **tok, lt_err_t *err) {
+  runner_t *r = c->r;
+  if (r->model && strcmp(r->model_path, path) == 0) {
+    job_log(c, "model %s already loaded", path);
+    *tok = r->tok;
+    return r->model;
+  }
+  drop_model(r);
+  gpu_t *g = job_gpu(c, err);
+  if (!g) return NULL;
+  tok_t *t = model_tokenizer_open(path, err);
+  if (!t) return NULL;
+  model_t *m = model_load(g, path, NULL, err);
+  if (!m) {
+    tok_destroy(&t);
+    return NULL;
+  }
+  const model_mem_t *mem = model_mem(m);
+  job_log(c, "loaded %s: %.1f MiB of weights on %s (%.1f MiB in the file)", path,
+          (double)mem->weight_device_bytes / 1048576.0, gpu_caps(g)->name, (double)mem->weight_file_bytes / 1048576.0);
+  r->model = m;
+  r->tok = t;
+  snprintf(r->model_path, sizeof r->model_path, "%s", path);
+  *tok = t;
+  return m;
 }
 
 static const char *outcome_str(job_outcome_t o) {
@@ -237,6 +300,7 @@ static void *runner_main(void *arg) {
     if (r->gpu) {
       int64_t left = r->idle_since_mono + r->keep_alive_ms - util_mono_ms();
       if (left <= 0) {
+        drop_model(r);
         gpu_destroy(&r->gpu);
         announce_device(r);
         continue;
@@ -260,6 +324,7 @@ static void *runner_main(void *arg) {
     mp_doc_destroy(&d);
     if (leave) break;
   }
+  drop_model(r);
   gpu_destroy(&r->gpu);
   zmq_close(r->pair);
   return NULL;

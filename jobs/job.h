@@ -8,6 +8,8 @@
 #include <stdint.h>
 
 #include "engine/gpu.h"
+#include "engine/model.h"
+#include "engine/tokenizer.h"
 
 typedef struct job_ctx job_ctx_t;
 
@@ -54,6 +56,20 @@ void job_metric(job_ctx_t *ctx, const char *name, double value, uint64_t step);
 /* Announces a file the job wrote, by its path relative to job_dir(). */
 void job_artifact(job_ctx_t *ctx, const char *name, const char *relpath);
 
+/* Starts an output record: one item of what the job produces (one prompt's generation, one score), sent as an
+ * "output" event that `lathe run --json` prints as one JSON object. Add fields, then job_output_end(). */
+void job_output_begin(job_ctx_t *ctx);
+void job_output_str(job_ctx_t *ctx, const char *key, const char *v);
+void job_output_int(job_ctx_t *ctx, const char *key, int64_t v);
+void job_output_float(job_ctx_t *ctx, const char *key, double v);
+void job_output_ints(job_ctx_t *ctx, const char *key, const int32_t *v, size_t n);
+/* Sends the output record started by job_output_begin(). */
+void job_output_end(job_ctx_t *ctx);
+
+/* A list-of-strings parameter: its number of entries, and entry i (owned by ctx). */
+size_t job_param_list_len(job_ctx_t *ctx, const char *key);
+const char *job_param_list_at(job_ctx_t *ctx, const char *key, size_t i);
+
 /* Adds a key to the job's result map (what `lathe result` shows). */
 void job_result_int(job_ctx_t *ctx, const char *key, int64_t v);
 void job_result_float(job_ctx_t *ctx, const char *key, double v);
@@ -62,5 +78,10 @@ void job_result_str(job_ctx_t *ctx, const char *key, const char *v);
 /* The worker's device, opened on first use and kept open between jobs (the keep-alive). Owned by the worker;
  * NULL with err when no device can be opened. */
 gpu_t *job_gpu(job_ctx_t *ctx, lt_err_t *err);
+
+/* The model at path (a Hugging Face folder or a .gguf file) on the worker's device, with its tokenizer in *tok.
+ * The worker keeps the last model loaded between jobs (the keep-alive), so a second job on the same model does
+ * not load it again. Both are owned by the worker; NULL with err on failure. */
+model_t *job_model(job_ctx_t *ctx, const char *path, tok_t **tok, lt_err_t *err);
 
 #endif

@@ -9,7 +9,11 @@
 
 #include "common/proto.h"
 
-typedef enum kind_type { KT_INT, KT_FLOAT, KT_BOOL, KT_STR, KT_PATH } kind_type_t;
+/* KT_STRS: a list of strings (a repeated command-line flag), at most KIND_MAX_LIST entries; lo/hi bound each
+ * entry's length. */
+typedef enum kind_type { KT_INT, KT_FLOAT, KT_BOOL, KT_STR, KT_PATH, KT_STRS } kind_type_t;
+
+#define KIND_MAX_LIST 256
 
 typedef enum kind_policy { KIND_RESTART, KIND_RESUME, KIND_FAIL } kind_policy_t;
 

@@ -23,6 +23,18 @@ static bool kind_sleep_validate(const msgpack_object *params, proto_err_t *e) {
   return true;
 }
 
+/* generate: at least one prompt, and no empty prompt when no BOS token is added (nothing to condition on). */
+static bool kind_generate_validate(const msgpack_object *params, proto_err_t *e) {
+  const msgpack_object *p = mp_get(params, "prompt"), *bos = mp_get(params, "add_bos");
+  if (!p || p->type != MSGPACK_OBJECT_ARRAY || p->via.array.size == 0)
+    return proto_fail(e, P_MISSING_PARAM, "params.prompt", "params.prompt: give at least one prompt");
+  bool add_bos = bos && bos->type == MSGPACK_OBJECT_BOOLEAN && bos->via.boolean;
+  for (uint32_t i = 0; i < p->via.array.size && !add_bos; i++)
+    if (p->via.array.ptr[i].via.str.size == 0)
+      return proto_fail(e, P_BAD_VALUE, "params.prompt", "params.prompt: prompt %u is empty and add_bos is off", i);
+  return true;
+}
+
 #define P(key, type, req, def, lo, hi, help) {#key, type, req, def, lo, hi, help},
 #define KIND(name, policy, gpu, validate, summary, params) static const kind_param_t name##_params[] = {params};
 #include "jobs/kinds.def"
@@ -70,12 +82,27 @@ const char *kind_type_str(kind_type_t t) {
   case KT_BOOL: return "bool";
   case KT_STR: return "string";
   case KT_PATH: return "path";
+  case KT_STRS: return "strings";
   }
   return "?";
 }
 
 /* Checks one typed value against its parameter and appends it to w. The single check both the wire and the
  * command line go through. */
+/* Checks one string value of parameter p (NUL bytes, length bounds, absolute paths); name is "params.<key>". */
+static bool check_str(const kind_param_t *p, const char *name, const msgpack_object *o, proto_err_t *e) {
+  bool bounded = p->lo != 0 || p->hi != 0;
+  if (o->type != MSGPACK_OBJECT_STR) return proto_fail(e, P_BAD_TYPE, name, "%s: expected a string", name);
+  size_t n = o->via.str.size;
+  if (n && memchr(o->via.str.ptr, 0, n)) return proto_fail(e, P_BAD_VALUE, name, "%s: holds a NUL byte", name);
+  if (bounded && ((double)n < p->lo || (double)n > p->hi))
+    return proto_fail(e, P_OUT_OF_RANGE, name, "%s: length %zu is outside [%.0f, %.0f]", name, n, p->lo, p->hi);
+  if (n > PROTO_MAX_STR) return proto_fail(e, P_OUT_OF_RANGE, name, "%s: longer than %d bytes", name, PROTO_MAX_STR);
+  if (p->type == KT_PATH && (n == 0 || o->via.str.ptr[0] != '/'))
+    return proto_fail(e, P_BAD_VALUE, name, "%s: a path must be absolute", name);
+  return true;
+}
+
 static bool check_value(const kind_param_t *p, const msgpack_object *o, mpw_t *w, proto_err_t *e) {
   char name[96];
   snprintf(name, sizeof name, "params.%s", p->key);
@@ -107,16 +134,17 @@ static bool check_value(const kind_param_t *p, const msgpack_object *o, mpw_t *w
     mpw_bool(w, o->via.boolean);
     return true;
   case KT_STR:
-  case KT_PATH: {
-    if (o->type != MSGPACK_OBJECT_STR) return proto_fail(e, P_BAD_TYPE, name, "%s: expected a string", name);
-    size_t n = o->via.str.size;
-    if (n && memchr(o->via.str.ptr, 0, n)) return proto_fail(e, P_BAD_VALUE, name, "%s: holds a NUL byte", name);
-    if (bounded && ((double)n < p->lo || (double)n > p->hi))
-      return proto_fail(e, P_OUT_OF_RANGE, name, "%s: length %zu is outside [%.0f, %.0f]", name, n, p->lo, p->hi);
-    if (n > PROTO_MAX_STR) return proto_fail(e, P_OUT_OF_RANGE, name, "%s: longer than %d bytes", name, PROTO_MAX_STR);
-    if (p->type == KT_PATH && (n == 0 || o->via.str.ptr[0] != '/'))
-      return proto_fail(e, P_BAD_VALUE, name, "%s: a path must be absolute", name);
-    mpw_strn(w, o->via.str.ptr, n);
+  case KT_PATH:
+    if (!check_str(p, name, o, e)) return false;
+    mpw_strn(w, o->via.str.ptr, o->via.str.size);
+    return true;
+  case KT_STRS: {
+    if (o->type != MSGPACK_OBJECT_ARRAY) return proto_fail(e, P_BAD_TYPE, name, "%s: expected a list of strings", name);
+    if (o->via.array.size > KIND_MAX_LIST)
+      return proto_fail(e, P_OUT_OF_RANGE, name, "%s: more than %d entries", name, KIND_MAX_LIST);
+    for (uint32_t i = 0; i < o->via.array.size; i++)
+      if (!check_str(p, name, &o->via.array.ptr[i], e)) return false;
+    mpw_obj(w, o);
     return true;
   }
   }
@@ -158,6 +186,11 @@ bool kind_parse_text(const kind_param_t *p, const char *text, mpw_t *w, proto_er
     }
     break;
   case KT_STR: mpw_str(&t, text); break;
+  case KT_STRS: /* one command-line value is a list of one; the empty default is the empty list */
+    mpw_array(&t);
+    if (*text) mpw_str(&t, text);
+    mpw_end(&t);
+    break;
   case KT_PATH: {
     char abs[2 * PATH_MAX + 2], cwd[PATH_MAX];
     if (text[0] != '/' && text[0] && getcwd(cwd, sizeof cwd)) snprintf(abs, sizeof abs, "%s/%s", cwd, text);

@@ -1,0 +1,86 @@
+/* The `generate` kind: batched text generation from one or more prompts. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "engine/generate.h"
+#include "jobs/runners.h"
+
+typedef struct progress {
+  job_ctx_t *ctx;
+  uint64_t done, total;
+} progress_t;
+
+/* After each token: progress, and a stop when the job is cancelled or asked to stop. */
+static bool on_step(void *user, uint32_t item, const int32_t *tokens, uint32_t n) {
+  (void)item, (void)tokens, (void)n;
+  progress_t *p = user;
+  job_progress(p->ctx, ++p->done, p->total, "tokens");
+  return job_should_stop(p->ctx) == JOB_GO;
+}
+
+job_outcome_t run_generate(job_ctx_t *ctx, lt_err_t *err) {
+  const char *path = job_param_str(ctx, "model");
+  size_t n = job_param_list_len(ctx, "prompt");
+  gen_opts_t o = {.max_tokens = (uint32_t)job_param_int(ctx, "max_tokens"),
+                  .sample = {.temperature = (float)job_param_float(ctx, "temperature"),
+                             .top_k = (uint32_t)job_param_int(ctx, "top_k"),
+                             .top_p = (float)job_param_float(ctx, "top_p")},
+                  .seed = (uint64_t)job_param_int(ctx, "seed"),
+                  .ignore_eos = job_param_bool(ctx, "ignore_eos")};
+  unsigned flags = job_param_bool(ctx, "add_bos") ? TOK_ADD_BOS : 0;
+  job_outcome_t out = JOB_FAILED;
+  tok_t *tok = NULL;
+  model_t *m = job_model(ctx, path, &tok, err);
+  if (!m) return JOB_FAILED;
+  int32_t **ids = calloc(n, sizeof *ids);
+  uint32_t *lens = calloc(n, sizeof *lens);
+  gen_result_t *res = calloc(n, sizeof *res);
+  if (!ids || !lens || !res) {
+    lt_fail(err, LT_E_NOMEM, "out of memory");
+    goto done;
+  }
+  for (size_t i = 0; i < n; i++) {
+    const char *p = job_param_list_at(ctx, "prompt", i);
+    size_t len = 0;
+    if (tok_encode(tok, p, strlen(p), flags, &ids[i], &len, err) != LT_OK) goto done;
+    if (len == 0) {
+      lt_fail(err, LT_E_INVALID, "prompt %zu encodes to no tokens", i);
+      goto done;
+    }
+    lens[i] = (uint32_t)len;
+  }
+  progress_t pr = {.ctx = ctx, .total = (uint64_t)o.max_tokens * n};
+  job_progress(ctx, 0, pr.total, "tokens");
+  if (model_generate(m, (const int32_t *const *)ids, lens, (uint32_t)n, &o, NULL, on_step, &pr, res, err) != LT_OK)
+    goto done;
+  job_stop_t stop = job_should_stop(ctx);
+  if (stop != JOB_GO) {
+    out = stop == JOB_STOP_CANCEL ? JOB_CANCELLED : JOB_STOPPED;
+    goto done;
+  }
+  uint64_t total = 0;
+  for (size_t i = 0; i < n; i++) {
+    char *text = NULL;
+    size_t tlen = 0;
+    if (tok_decode(tok, res[i].tokens, res[i].n_tokens, TOK_KEEP_LEADING, &text, &tlen, err) != LT_OK) goto done;
+    job_output_begin(ctx);
+    job_output_str(ctx, "prompt", job_param_list_at(ctx, "prompt", i));
+    job_output_str(ctx, "text", text);
+    job_output_ints(ctx, "tokens", res[i].tokens, res[i].n_tokens);
+    job_output_int(ctx, "prompt_tokens", lens[i]);
+    job_output_str(ctx, "stop", res[i].stopped_at_eos ? "eos" : "max_tokens");
+    job_output_end(ctx);
+    total += res[i].n_tokens;
+    free(text);
+  }
+  job_result_int(ctx, "prompts", (int64_t)n);
+  job_result_int(ctx, "tokens", (int64_t)total);
+  out = JOB_SUCCEEDED;
+done:
+  for (size_t i = 0; i < n; i++) {
+    if (ids) free(ids[i]);
+    if (res) free(res[i].tokens);
+  }
+  free(ids), free(lens), free(res);
+  return out;
+}
