@@ -1,6 +1,35 @@
 #!/usr/bin/env bash
-# The end-to-end demonstration behind `make demo`.
+# The end-to-end demonstration behind `make demo`: starts lathed (in a private folder under the build tree, so
+# it never touches a daemon you run yourself), runs real jobs on the embedded default model through it, and
+# stops it again.
 set -euo pipefail
 build=${1:-build}
+root=$(cd "$(dirname "$0")/.." && pwd)
+bin="$root/$build/bin"
+model="$root/models/lathe-kjv-llama"
+demo="$root/$build/demo"
+rm -rf "$demo"
+mkdir -p "$demo/run" "$demo/data" "$demo/cache"
+chmod 700 "$demo/run"
+export XDG_RUNTIME_DIR="$demo/run" XDG_DATA_HOME="$demo/data" LATHE_CACHE_DIR="$demo/cache"
+lathe() { "$bin/lathe" "$@"; }
+trap 'lathe daemon stop >/dev/null 2>&1 || true' EXIT
+
 echo "== Vulkan devices"
-"$build"/bin/lathe-devices
+"$bin/lathe-devices"
+echo
+echo "== starting lathed (socket $XDG_RUNTIME_DIR/lathe/lathed.sock)"
+lathe daemon start
+echo
+echo "== lathe run selftest: the worker opens the GPU and checks an op against the CPU"
+lathe run selftest
+echo
+echo "== lathe run generate: the embedded model (trained by this project on the King James Bible)"
+lathe run generate --model "$model" --temperature 0 --max-tokens 48 \
+  --prompt "In the beginning" --prompt "And Jesus said unto them," --prompt "The LORD is my shepherd;"
+echo
+echo "== lathe run score: perplexity on held-out verses"
+lathe run score --model "$model" --data "$model/heldout.jsonl" --max-rows 64
+echo
+echo "== lathe ps --all"
+lathe ps --all
