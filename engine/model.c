@@ -63,6 +63,9 @@ struct model {
   acts_t a;
   gpu_buf_t *rope; /* f32 [rope_rows, rope_dim / 2, 2] */
   uint32_t rope_rows;
+  bool tied;       /* lm_head shares embed's pieces */
+  model_param_t *params;
+  uint32_t n_params;
 };
 
 struct model_seq {
@@ -239,6 +242,71 @@ static lt_status_t rope_ensure(model_t *m, uint32_t rows, lt_err_t *err) {
   return st;
 }
 
+/* Appends the pieces of one tensor (a matrix or, with vec, a norm vector) to the parameter list. */
+static lt_status_t params_add(model_t *m, const model_tensor_t *t, const dmat_t *d, gpu_buf_t *vec, uint32_t vec_n,
+                              lt_err_t *err) {
+  uint32_t n = d ? d->n_pieces : 1;
+  model_param_t *grown = realloc(m->params, (m->n_params + n) * sizeof *grown);
+  if (!grown) return lt_fail(err, LT_E_NOMEM, "out of memory");
+  m->params = grown;
+  for (uint32_t p = 0; p < n; p++) {
+    model_param_t *q = &m->params[m->n_params++];
+    memset(q, 0, sizeof *q);
+    snprintf(q->name, sizeof q->name, "%s", t->name);
+    q->layer = t->layer;
+    q->expert = t->expert;
+    if (d) {
+      q->dtype = d->dtype;
+      q->rows = d->rows;
+      q->cols = d->cols;
+      q->row0 = p * d->rows_per_piece;
+      q->n_rows = d->rows - q->row0 < d->rows_per_piece ? d->rows - q->row0 : d->rows_per_piece;
+      q->buf = d->piece[p];
+    } else {
+      q->is_norm = true;
+      q->dtype = LT_F32;
+      q->rows = q->n_rows = 1;
+      q->cols = vec_n;
+      q->buf = vec;
+    }
+  }
+  return LT_OK;
+}
+
+/* Lists every device tensor under its Hugging Face name, in the file's forward order. */
+static lt_status_t params_build(model_t *m, const model_weights_t *w, lt_err_t *err) {
+  lt_status_t st = LT_OK;
+  uint32_t d = m->cfg.hidden_size;
+  for (uint32_t i = 0; i < w->n_tensors && st == LT_OK; i++) {
+    const model_tensor_t *t = &w->tensors[i];
+    dlayer_t *L = t->layer >= 0 ? &m->layers[t->layer] : NULL;
+    dffn_t *X = L && t->expert >= 0 ? &L->experts[t->expert] : NULL;
+    switch (t->role) {
+    case MR_TOK_EMBD: st = params_add(m, t, &m->embed, NULL, 0, err); break;
+    case MR_LM_HEAD: st = params_add(m, t, &m->lm_head, NULL, 0, err); break;
+    case MR_OUT_NORM: st = params_add(m, t, NULL, m->out_norm, d, err); break;
+    case MR_ATTN_NORM: st = params_add(m, t, NULL, L->attn_norm, d, err); break;
+    case MR_FFN_NORM: st = params_add(m, t, NULL, L->ffn_norm, d, err); break;
+    case MR_WQ: st = params_add(m, t, &L->wq, NULL, 0, err); break;
+    case MR_WK: st = params_add(m, t, &L->wk, NULL, 0, err); break;
+    case MR_WV: st = params_add(m, t, &L->wv, NULL, 0, err); break;
+    case MR_WO: st = params_add(m, t, &L->wo, NULL, 0, err); break;
+    case MR_FFN_GATE: st = params_add(m, t, &L->ffn.gate, NULL, 0, err); break;
+    case MR_FFN_UP: st = params_add(m, t, &L->ffn.up, NULL, 0, err); break;
+    case MR_FFN_DOWN: st = params_add(m, t, &L->ffn.down, NULL, 0, err); break;
+    case MR_ROUTER: st = params_add(m, t, &L->router, NULL, 0, err); break;
+    case MR_EXP_GATE: st = params_add(m, t, &X->gate, NULL, 0, err); break;
+    case MR_EXP_UP: st = params_add(m, t, &X->up, NULL, 0, err); break;
+    case MR_EXP_DOWN: st = params_add(m, t, &X->down, NULL, 0, err); break;
+    case MR_COUNT: break;
+    }
+  }
+  return st;
+}
+
+uint32_t model_param_count(const model_t *m) { return m->n_params; }
+const model_param_t *model_param_at(const model_t *m, uint32_t i) { return &m->params[i]; }
+
 model_t *model_load(gpu_t *g, const char *path, const model_load_opts_t *opts, lt_err_t *err) {
   model_file_t *f = NULL;
   lt_status_t st = model_file_open(&f, path, err);
@@ -257,7 +325,10 @@ model_t *model_load(gpu_t *g, const char *path, const model_load_opts_t *opts, l
   const model_config_t *c = &m->cfg;
   for (uint32_t i = 0; i < w->n_tensors; i++) m->mem.weight_file_bytes += w->tensors[i].t->nbytes;
   if ((st = dmat_load(m, &m->embed, &w->tok_embd, err)) != LT_OK) goto out;
-  if ((st = dmat_load(m, &m->lm_head, &w->lm_head, err)) != LT_OK) goto out;
+  /* A tied LM head is the embedding table itself: placed once, so tuning it tunes both. */
+  m->tied = c->tie_word_embeddings;
+  if (m->tied) m->lm_head = m->embed;
+  else if ((st = dmat_load(m, &m->lm_head, &w->lm_head, err)) != LT_OK) goto out;
   if ((st = upload_f32(g, &m->out_norm, &w->out_norm, &m->mem.weight_device_bytes, err)) != LT_OK) goto out;
   m->layers = calloc(c->n_layers, sizeof *m->layers);
   if (!m->layers) {
@@ -283,6 +354,7 @@ model_t *model_load(gpu_t *g, const char *path, const model_load_opts_t *opts, l
     }
   }
   if (st != LT_OK) goto out;
+  if ((st = params_build(m, w, err)) != LT_OK) goto out;
   st = acts_alloc(m, opts && opts->max_tokens_per_pass ? opts->max_tokens_per_pass : 512, err);
 out:
   model_file_close(&f);
@@ -293,8 +365,10 @@ out:
 void model_free(model_t **mp) {
   if (!mp || !*mp) return;
   model_t *m = *mp;
+  if (m->tied) memset(&m->lm_head, 0, sizeof m->lm_head);
   dmat_free(&m->embed);
   dmat_free(&m->lm_head);
+  free(m->params);
   gpu_buf_destroy(&m->out_norm);
   for (uint32_t l = 0; m->layers && l < m->cfg.n_layers; l++) {
     dlayer_t *d = &m->layers[l];

@@ -45,6 +45,37 @@ gpu_t *model_gpu(const model_t *m);
 /* The folder or file the model was loaded from; owned by m. */
 const char *model_path(const model_t *m);
 
+/* One parameter tensor on the device: a weight matrix split into row pieces is listed once per piece. The list
+ * is in forward order and names each tensor as Hugging Face does; a tied LM head is not listed twice. */
+typedef struct model_param {
+  char name[96];          /* e.g. "model.layers.3.mlp.up_proj.weight" */
+  int32_t layer, expert;  /* -1 where it does not apply */
+  bool is_norm;           /* a norm weight vector (tuning jobs do not decay these) */
+  lt_dtype_t dtype;       /* device dtype (f32 or f16) */
+  uint32_t rows, cols;    /* shape of the whole tensor; a vector has rows 1 */
+  uint32_t row0, n_rows;  /* the rows this piece holds */
+  gpu_buf_t *buf;         /* the piece's data, owned by the model */
+} model_param_t;
+
+/* Number of parameter pieces of the model. */
+uint32_t model_param_count(const model_t *m);
+
+/* The i-th parameter piece; owned by m. */
+const model_param_t *model_param_at(const model_t *m, uint32_t i);
+
+/* Options for model_save(); zero-initialised means defaults. */
+typedef struct model_save_opts {
+  uint64_t max_shard_bytes; /* 0: 2 GiB shards, as Hugging Face writes them */
+  const char *const *meta;  /* (key, value) pairs for the safetensors __metadata__ ("format": "pt" is added) */
+  uint32_t n_meta;
+} model_save_opts_t;
+
+/* Writes the model's current weights as a Hugging Face folder dir (created if needed): config.json from the
+ * model's config, model.safetensors (sharded with an index when large) with f16 weights kept f16 and the rest f32,
+ * and the source folder's tokenizer.json, tokenizer_config.json and generation_config.json when it has them. The
+ * result loads in Lathe and in the Python stack. */
+lt_status_t model_save(model_t *m, const char *dir, const model_save_opts_t *opts, lt_err_t *err);
+
 /* A sequence: its KV cache for every layer (f32) and its length. capacity is the most tokens it can hold
  * (0: the model's max_position, capped at 4096). Caller owns (model_seq_destroy). */
 model_seq_t *model_seq_new(model_t *m, uint32_t capacity, lt_err_t *err);
