@@ -55,11 +55,13 @@ void main() {
   for (uint k0 = pc.k_base; k0 < k_end; k0 += BK) {
     for (uint e = tid; e < BM * per_row; e += WG_X) {
       uint r = e / per_row, c = (e % per_row) * KV;
-      PUT(xs, r, c, load_x(m0 + r, k0 + c, k_end));
+      KTYPE v = load_x(m0 + r, k0 + c, k_end);
+      PUT(xs, r, c, v);
     }
     for (uint e = tid; e < BN * per_row; e += WG_X) {
       uint r = e / per_row, c = (e % per_row) * KV;
-      PUT(ws, r, c, load_w(n0 + r, k0 + c, k_end));
+      KTYPE v = load_w(n0 + r, k0 + c, k_end);
+      PUT(ws, r, c, v);
     }
     barrier();
     [[unroll]] for (uint q = 0; q < KQ; q++) {

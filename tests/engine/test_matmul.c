@@ -72,12 +72,13 @@ static float *run_gpu(const problem_t *p, bool accumulate, matmul_path_t path, u
 }
 
 /* Compares y from the GPU with the reference, elementwise within 1e-5 * (sum_k |x_mk w_nk| + |y0| when
- * accumulating) + 1e-6. Why: both sides multiply the same f32 values (f16 weights are widened exactly on both
- * sides), so the only difference is f32 rounding of the GPU's reordered sums. The kernels add at most ~K/4 + 300
- * terms in sequence (vec4 dots, then tile or subgroup partials, then K chunks), each rounding by at most 2^-24
- * of the running |sum| <= sum |terms|; rounding errors of random data grow like their square root, so 1e-5 of
- * sum |terms| is a generous bound for these K, and 1e-6 absolute covers all-zero sums. A missing or doubled term
- * is ~1/K of sum |terms| (>= 1e-3 here), far outside it. max_abs_err 0 asks for exact equality. */
+ * accumulating) + 1e-6, or exactly when `exact` (integer data). Why: both sides multiply the same f32 values (f16
+ * weights are widened exactly on both sides), so the only difference is the f32 rounding of the GPU's reordered
+ * sums. Each output is a chain of at most K + ~10 additions (K-groups, then subgroup partials, then K chunks),
+ * each rounding by at most 2^-24 of the running |sum| <= sum |terms|: a worst case of 1.6e-5 * sum |terms| for
+ * K = 257, but rounding errors of random data grow like the square root of the chain (~1e-6), so 1e-5 holds with
+ * a wide margin, and 1e-6 absolute covers sums near zero. A missing or doubled term is about 1/K of sum |terms|
+ * (4e-3 here), far outside it. */
 static void check(const problem_t *p, bool accumulate, matmul_path_t path, bool exact, const char *what) {
   uint64_t MN = (uint64_t)p->M * p->N;
   float *want = talloc(MN);
