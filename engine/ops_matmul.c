@@ -71,8 +71,10 @@ static lt_status_t check_operand(const gpu_caps_t *caps, const char *name, gpu_v
   return LT_OK;
 }
 
-lt_status_t op_matmul_path(gpu_cmd_t *c, gpu_view_t y, gpu_view_t x, gpu_view_t w, lt_dtype_t wtype, uint32_t M,
-                           uint32_t N, uint32_t K, bool accumulate, matmul_path_t path, lt_err_t *err) {
+/* The matmul with row strides (in elements) for y and x; w rows are contiguous. */
+static lt_status_t matmul(gpu_cmd_t *c, gpu_view_t y, uint32_t y_stride, gpu_view_t x, uint32_t x_stride, gpu_view_t w,
+                          lt_dtype_t wtype, uint32_t M, uint32_t N, uint32_t K, bool accumulate, matmul_path_t path,
+                          lt_err_t *err) {
   gpu_t *g = gpu_cmd_gpu(c);
   const gpu_caps_t *caps = gpu_caps(g);
   if (wtype != LT_F32 && wtype != LT_F16)
@@ -85,9 +87,12 @@ lt_status_t op_matmul_path(gpu_cmd_t *c, gpu_view_t y, gpu_view_t x, gpu_view_t 
     return lt_fail(err, LT_E_INVALID, "op_matmul: unknown path %d", (int)path);
   if (M == 0 || N == 0) return LT_OK;
   if (K == 0 && accumulate) return LT_OK; /* y += nothing */
+  if (x_stride < K || y_stride < N)
+    return lt_fail(err, LT_E_INVALID, "op_matmul: row strides (x %u, y %u) are shorter than the rows (K %u, N %u)",
+                   x_stride, y_stride, K, N);
 
   uint64_t ws = lt_dtype_size(wtype);
-  uint64_t xb = 4ull * M * K, wb = ws * N * K, yb = 4ull * M * N;
+  uint64_t xb = 4ull * ((uint64_t)(M - 1) * x_stride + K), wb = ws * N * K, yb = 4ull * ((uint64_t)(M - 1) * y_stride + N);
   char shape[96];
   lt_status_t st;
   snprintf(shape, sizeof shape, "[%u,%u] f32", M, K);
@@ -100,7 +105,7 @@ lt_status_t op_matmul_path(gpu_cmd_t *c, gpu_view_t y, gpu_view_t x, gpu_view_t 
   bool gemv = path == MATMUL_GEMV || (path == MATMUL_AUTO && M <= GEMV_MAX_AUTO_M);
   bool staged = path == MATMUL_GEMM_STAGED || (path != MATMUL_GEMM_DIRECT && caps->kind != GPU_KIND_CPU);
   /* K-elements per load: a vec4 of f32 weights or 16 bytes of f16 ones, where K allows it. */
-  uint32_t kv = wtype == LT_F16 ? (K % 8 == 0 ? 8 : 1) : (K % 4 == 0 ? 4 : 1);
+  uint32_t kv = wtype == LT_F16 ? (K % 8 == 0 && x_stride % 8 == 0 ? 8 : 1) : (K % 4 == 0 && x_stride % 4 == 0 ? 4 : 1);
   char defines[48];
   snprintf(defines, sizeof defines, "W_F16=%d;KV=%u;STAGED=%d", wtype == LT_F16, kv, staged);
 
@@ -139,7 +144,7 @@ lt_status_t op_matmul_path(gpu_cmd_t *c, gpu_view_t y, gpu_view_t x, gpu_view_t 
   gpu_view_t views[3] = {y, x, w};
   uint64_t bytes[3] = {yb, xb, wb};
   bool writes[3] = {true, false, false};
-  pc_matmul_t pc = {.M = M, .N = N, .K = K, .x_stride = K, .w_stride = K, .y_stride = N};
+  pc_matmul_t pc = {.M = M, .N = N, .K = K, .x_stride = x_stride, .w_stride = K, .y_stride = y_stride};
   /* The first chunk overwrites y unless asked to accumulate; later chunks add to it. K == 0 is one empty chunk
    * that writes zeros. */
   uint32_t k_base = 0;
@@ -153,15 +158,18 @@ lt_status_t op_matmul_path(gpu_cmd_t *c, gpu_view_t y, gpu_view_t x, gpu_view_t 
   return LT_OK;
 }
 
+lt_status_t op_matmul_path(gpu_cmd_t *c, gpu_view_t y, gpu_view_t x, gpu_view_t w, lt_dtype_t wtype, uint32_t M,
+                           uint32_t N, uint32_t K, bool accumulate, matmul_path_t path, lt_err_t *err) {
+  return matmul(c, y, N, x, K, w, wtype, M, N, K, accumulate, path, err);
+}
+
 lt_status_t op_matmul(gpu_cmd_t *c, gpu_view_t y, gpu_view_t x, gpu_view_t w, lt_dtype_t wtype, uint32_t M,
                       uint32_t N, uint32_t K, bool accumulate, lt_err_t *err) {
-  return op_matmul_path(c, y, x, w, wtype, M, N, K, accumulate, MATMUL_AUTO, err);
+  return matmul(c, y, N, x, K, w, wtype, M, N, K, accumulate, MATMUL_AUTO, err);
 }
 
 lt_status_t op_matmul_strided(gpu_cmd_t *c, gpu_view_t y, uint32_t y_stride, gpu_view_t x, uint32_t x_stride,
                               gpu_view_t w, lt_dtype_t wtype, uint32_t M, uint32_t N, uint32_t K, bool accumulate,
                               lt_err_t *err) {
-  if (y_stride != N || x_stride != K)
-    return lt_fail(err, LT_E_UNSUPPORTED, "op_matmul_strided: strides other than the row widths are not supported yet");
-  return op_matmul_path(c, y, x, w, wtype, M, N, K, accumulate, MATMUL_AUTO, err);
+  return matmul(c, y, y_stride, x, x_stride, w, wtype, M, N, K, accumulate, MATMUL_AUTO, err);
 }

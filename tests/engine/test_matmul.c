@@ -218,3 +218,34 @@ Test(matmul, bad_arguments_are_errors) {
   tfinish(&c);
   gpu_buf_destroy(&b);
 }
+
+Test(matmul, strided_rows_fill_column_ranges) {
+  /* A weight split into two row pieces fills the two column ranges of one output through row strides (as the
+   * model does for weights larger than one binding); x rows are read with a padded stride. Each result element
+   * sums the same K products as the reference: same 1e-5 relative tolerance as above, on the absolute sum. */
+  const uint32_t M = 7, N = 40, K = 36, XS = 44, split = 16;
+  uint64_t seed = 321;
+  float *x = talloc((uint64_t)M * XS), *w = talloc((uint64_t)N * K), *xd = talloc((uint64_t)M * K);
+  float *want = talloc((uint64_t)M * N);
+  trand(x, (uint64_t)M * XS, -1, 1, &seed);
+  trand(w, (uint64_t)N * K, -1, 1, &seed);
+  for (uint32_t m = 0; m < M; m++) memcpy(xd + (uint64_t)m * K, x + (uint64_t)m * XS, K * 4);
+  ref_matmul(want, xd, w, LT_F32, M, N, K, false);
+  gpu_buf_t *bx = tbuf_f32(x, (uint64_t)M * XS), *by = tbuf_f32(NULL, (uint64_t)M * N);
+  gpu_buf_t *w0 = tbuf_f32(w, (uint64_t)split * K), *w1 = tbuf_f32(w + (uint64_t)split * K, (uint64_t)(N - split) * K);
+  lt_err_t err = {0};
+  gpu_cmd_t *c = tbegin();
+  cr_assert_eq(op_matmul_strided(c, gv(by), N, gv(bx), XS, gv(w0), LT_F32, M, split, K, false, &err), LT_OK, "%s",
+               err.msg);
+  gpu_view_t y1 = {by, (uint64_t)split * 4};
+  cr_assert_eq(op_matmul_strided(c, y1, N, gv(bx), XS, gv(w1), LT_F32, M, N - split, K, false, &err), LT_OK, "%s",
+               err.msg);
+  tfinish(&c);
+  float *got = tread_f32(by, (uint64_t)M * N);
+  tassert_close(got, want, (uint64_t)M * N, 1e-5 * K, 0, "strided matmul");
+  cr_assert_eq(op_matmul_strided(c = tbegin(), gv(by), N - 1, gv(bx), XS, gv(w0), LT_F32, M, N, K, false, &err),
+               LT_E_INVALID, "a y stride shorter than N is refused");
+  tfinish(&c);
+  free(got), free(x), free(w), free(xd), free(want);
+  gpu_buf_destroy(&bx), gpu_buf_destroy(&by), gpu_buf_destroy(&w0), gpu_buf_destroy(&w1);
+}
