@@ -103,7 +103,8 @@ static lt_status_t dmat_load(model_t *m, dmat_t *d, const ft_tensor_t *t, lt_err
   if (t->n_dims != 2) return lt_fail(err, LT_E_INVALID, "%s: expected a matrix, got %u dims", t->name, t->n_dims);
   d->rows = (uint32_t)t->shape[0];
   d->cols = (uint32_t)t->shape[1];
-  d->dtype = t->dtype == FT_F16 && caps->storage16 ? LT_F16 : LT_F32;
+  /* f16 and bf16 stay 16-bit on devices with 16-bit storage; everything else (and Q8_0) becomes f32. */
+  d->dtype = caps->storage16 && t->dtype == FT_F16 ? LT_F16 : caps->storage16 && t->dtype == FT_BF16 ? LT_BF16 : LT_F32;
   uint64_t row_bytes = (uint64_t)d->cols * lt_dtype_size(d->dtype);
   uint64_t max_rows = caps->max_storage_range / row_bytes;
   if (max_rows >= d->rows) d->rows_per_piece = d->rows;

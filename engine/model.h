@@ -25,8 +25,8 @@ typedef struct model_mem {
   uint64_t activation_bytes;    /* bytes of the activation arena */
 } model_mem_t;
 
-/* Loads a Hugging Face folder or a .gguf file onto g: f32 and f16 weights stay in their dtype; bf16 and Q8_0 are
- * converted to f32 at load. Tensors larger than the device's maxStorageBufferRange are split into row pieces.
+/* Loads a Hugging Face folder or a .gguf file onto g: f32, f16 and bf16 weights stay in their dtype (16-bit ones
+ * need 16-bit storage buffers, else they become f32); norms and Q8_0 are converted to f32 at load. Tensors larger than the device's maxStorageBufferRange are split into row pieces.
  * Caller owns the result (model_free); g must outlive it. NULL with err on failure. */
 model_t *model_load(gpu_t *g, const char *path, const model_load_opts_t *opts, lt_err_t *err);
 
@@ -51,7 +51,7 @@ typedef struct model_param {
   char name[96];          /* e.g. "model.layers.3.mlp.up_proj.weight" */
   int32_t layer, expert;  /* -1 where it does not apply */
   bool is_norm;           /* a norm weight vector (tuning jobs do not decay these) */
-  lt_dtype_t dtype;       /* device dtype (f32 or f16) */
+  lt_dtype_t dtype;       /* device dtype (f32, f16 or bf16) */
   uint32_t rows, cols;    /* shape of the whole tensor; a vector has rows 1 */
   uint32_t row0, n_rows;  /* the rows this piece holds */
   gpu_buf_t *buf;         /* the piece's data, owned by the model */
@@ -71,7 +71,7 @@ typedef struct model_save_opts {
 } model_save_opts_t;
 
 /* Writes the model's current weights as a Hugging Face folder dir (created if needed): config.json from the
- * model's config, model.safetensors (sharded with an index when large) with f16 weights kept f16 and the rest f32,
+ * model's config, model.safetensors (sharded with an index when large) with 16-bit weights kept in their dtype and the rest f32,
  * and the source folder's tokenizer.json, tokenizer_config.json and generation_config.json when it has them. The
  * result loads in Lathe and in the Python stack. */
 lt_status_t model_save(model_t *m, const char *dir, const model_save_opts_t *opts, lt_err_t *err);

@@ -100,7 +100,7 @@ lt_status_t model_save(model_t *m, const char *dir, const model_save_opts_t *opt
     }
     ft_tensor_t *t = &ts[nt++];
     t->name = p->name;
-    t->dtype = p->dtype == LT_F16 ? FT_F16 : FT_F32;
+    t->dtype = p->dtype == LT_F16 ? FT_F16 : p->dtype == LT_BF16 ? FT_BF16 : FT_F32;
     t->n_dims = p->is_norm ? 1 : 2;
     t->shape[0] = p->is_norm ? p->cols : p->rows;
     t->shape[1] = p->is_norm ? 1 : p->cols;

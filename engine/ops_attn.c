@@ -75,16 +75,17 @@ lt_status_t op_rope(gpu_cmd_t *c, gpu_view_t x, gpu_view_t pos, gpu_view_t table
 
 lt_status_t op_embed(gpu_cmd_t *c, gpu_view_t y, gpu_view_t table, lt_dtype_t ttype, gpu_view_t ids, uint32_t n_ids,
                      uint32_t dim, uint32_t row_lo, uint32_t row_hi, lt_err_t *err) {
-  if (ttype != LT_F32 && ttype != LT_F16)
-    return lt_fail(err, LT_E_INVALID, "embed: table dtype %s (want f32 or f16)", lt_dtype_str(ttype));
+  if (ttype != LT_F32 && ttype != LT_F16 && ttype != LT_BF16)
+    return lt_fail(err, LT_E_INVALID, "embed: table dtype %s (want f32, f16 or bf16)", lt_dtype_str(ttype));
   if (row_hi < row_lo) return lt_fail(err, LT_E_INVALID, "embed: rows [%u, %u) are reversed", row_lo, row_hi);
   gpu_t *g = gpu_cmd_gpu(c);
-  if (ttype == LT_F16 && !gpu_caps(g)->storage16)
-    return lt_fail(err, LT_E_UNSUPPORTED, "embed: f16 table needs 16-bit storage buffers");
+  if (ttype != LT_F32 && !gpu_caps(g)->storage16)
+    return lt_fail(err, LT_E_UNSUPPORTED, "embed: a %s table needs 16-bit storage buffers", lt_dtype_str(ttype));
   if (n_ids == 0 || dim == 0 || row_hi == row_lo) return LT_OK;
   uint64_t n = (uint64_t)n_ids * dim;
   if (n > UINT32_MAX) return lt_fail(err, LT_E_LIMIT, "embed: %llu outputs exceed 32-bit indexing", (unsigned long long)n);
-  gpu_pipeline_t *p = op_pipeline(g, OP_EMBED, ttype == LT_F16 ? "TABLE_F16=1" : NULL, NULL, 0, err);
+  gpu_pipeline_t *p = op_pipeline(g, OP_EMBED, ttype == LT_F16 ? "TABLE_F16=1" : ttype == LT_BF16 ? "TABLE_BF16=1" : NULL,
+                                  NULL, 0, err);
   if (!p) return err ? err->code : LT_E_SHADER;
   pc_embed_t pc = {.n_ids = n_ids, .dim = dim, .row_lo = row_lo, .row_hi = row_hi};
   gpu_view_t v[3] = {y, table, ids};

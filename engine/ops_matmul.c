@@ -77,12 +77,13 @@ static lt_status_t matmul(gpu_cmd_t *c, gpu_view_t y, uint32_t y_stride, gpu_vie
                           lt_err_t *err) {
   gpu_t *g = gpu_cmd_gpu(c);
   const gpu_caps_t *caps = gpu_caps(g);
-  if (wtype != LT_F32 && wtype != LT_F16)
-    return lt_fail(err, LT_E_INVALID, "op_matmul: w must be f32 or f16, not %s", lt_dtype_str(wtype));
-  if (wtype == LT_F16 && K % 8 != 0 && !caps->storage16)
+  bool w16 = wtype == LT_F16 || wtype == LT_BF16;
+  if (wtype != LT_F32 && !w16)
+    return lt_fail(err, LT_E_INVALID, "op_matmul: w must be f32, f16 or bf16, not %s", lt_dtype_str(wtype));
+  if (w16 && K % 8 != 0 && !caps->storage16)
     return lt_fail(err, LT_E_UNSUPPORTED,
-                   "op_matmul: f16 weights with K not a multiple of 8 need 16-bit storage buffers, which %s lacks",
-                   caps->name);
+                   "op_matmul: %s weights with K not a multiple of 8 need 16-bit storage buffers, which %s lacks",
+                   lt_dtype_str(wtype), caps->name);
   if ((unsigned)path > MATMUL_GEMM_DIRECT)
     return lt_fail(err, LT_E_INVALID, "op_matmul: unknown path %d", (int)path);
   if (M == 0 || N == 0) return LT_OK;
@@ -105,9 +106,10 @@ static lt_status_t matmul(gpu_cmd_t *c, gpu_view_t y, uint32_t y_stride, gpu_vie
   bool gemv = path == MATMUL_GEMV || (path == MATMUL_AUTO && M <= GEMV_MAX_AUTO_M);
   bool staged = path == MATMUL_GEMM_STAGED || (path != MATMUL_GEMM_DIRECT && caps->kind != GPU_KIND_CPU);
   /* K-elements per load: a vec4 of f32 weights or 16 bytes of f16 ones, where K allows it. */
-  uint32_t kv = wtype == LT_F16 ? (K % 8 == 0 && x_stride % 8 == 0 ? 8 : 1) : (K % 4 == 0 && x_stride % 4 == 0 ? 4 : 1);
+  uint32_t kv = w16 ? (K % 8 == 0 && x_stride % 8 == 0 ? 8 : 1) : (K % 4 == 0 && x_stride % 4 == 0 ? 4 : 1);
   char defines[48];
-  snprintf(defines, sizeof defines, "W_F16=%d;KV=%u;STAGED=%d", wtype == LT_F16, kv, staged);
+  snprintf(defines, sizeof defines, "W_F16=%d;W_BF16=%d;KV=%u;STAGED=%d", wtype == LT_F16, wtype == LT_BF16, kv,
+           staged);
 
   op_id_t id;
   uint32_t spec[6], n_spec, gx, gy, gz = 1;

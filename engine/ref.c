@@ -44,6 +44,29 @@ uint16_t ref_float_to_half(float f) {
   return (uint16_t)half;
 }
 
+float ref_bf16_to_float(uint16_t h) {
+  uint32_t bits = (uint32_t)h << 16;
+  float f;
+  memcpy(&f, &bits, 4);
+  return f;
+}
+
+uint16_t ref_float_to_bf16(float f) {
+  uint32_t x;
+  memcpy(&x, &f, 4);
+  if ((x & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((x >> 16) | 0x40); /* quiet NaN */
+  x += 0x7fffu + ((x >> 16) & 1u);
+  return (uint16_t)(x >> 16);
+}
+
+float ref_weight_at(const void *w, lt_dtype_t t, uint64_t i) {
+  switch (t) {
+  case LT_F16: return ref_half_to_float(((const uint16_t *)w)[i]);
+  case LT_BF16: return ref_bf16_to_float(((const uint16_t *)w)[i]);
+  default: return ((const float *)w)[i];
+  }
+}
+
 void ref_add(float *y, const float *a, const float *b, uint32_t n, uint32_t nb) {
   for (uint32_t i = 0; i < n; i++) y[i] = a[i] + b[i % nb];
 }

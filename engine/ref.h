@@ -12,6 +12,12 @@
 float ref_half_to_float(uint16_t h);
 /* Converts a float to IEEE half bits, rounding to nearest even. */
 uint16_t ref_float_to_half(float f);
+/* Converts bfloat16 bits to float (exact). */
+float ref_bf16_to_float(uint16_t h);
+/* Converts a float to bfloat16 bits, rounding to nearest even. */
+uint16_t ref_float_to_bf16(float f);
+/* Element i of a weight array of dtype t (f32, f16 or bf16) as float. */
+float ref_weight_at(const void *w, lt_dtype_t t, uint64_t i);
 
 /* y[i] = a[i] + b[i % nb] */
 void ref_add(float *y, const float *a, const float *b, uint32_t n, uint32_t nb);

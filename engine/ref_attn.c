@@ -39,8 +39,7 @@ void ref_embed(float *y, const void *table, lt_dtype_t ttype, const int32_t *ids
     if (id < (int64_t)row_lo || id >= (int64_t)row_hi) continue;
     uint64_t src = (uint64_t)(id - row_lo) * dim;
     for (uint32_t j = 0; j < dim; j++)
-      y[(uint64_t)r * dim + j] = ttype == LT_F16 ? ref_half_to_float(((const uint16_t *)table)[src + j])
-                                                 : ((const float *)table)[src + j];
+      y[(uint64_t)r * dim + j] = ref_weight_at(table, ttype, src + j);
   }
 }
 

@@ -3,14 +3,12 @@
 
 void ref_matmul(float *y, const float *x, const void *w, lt_dtype_t wtype, uint32_t M, uint32_t N, uint32_t K,
                 bool accumulate) {
-  const float *wf = w;
-  const uint16_t *wh = w;
   for (uint32_t m = 0; m < M; m++)
     for (uint32_t n = 0; n < N; n++) {
       double s = accumulate ? y[(uint64_t)m * N + n] : 0.0;
       for (uint32_t k = 0; k < K; k++) {
         uint64_t i = (uint64_t)n * K + k;
-        double wv = wtype == LT_F16 ? ref_half_to_float(wh[i]) : wf[i];
+        double wv = ref_weight_at(w, wtype, i);
         s += (double)x[(uint64_t)m * K + k] * wv;
       }
       y[(uint64_t)m * N + n] = (float)s;

@@ -1,8 +1,9 @@
 #version 450
 // Embedding gather: y[r, :] = table[ids[r] - row_lo, :] for ids in [row_lo, row_hi); one invocation per output
 // element, x over the row's dims, y and z over rows. Other rows of y are not written, so a table split into
-// bindable pieces is gathered piece by piece. TABLE_F16=1 reads an f16 table (converted exactly to f32).
-#if TABLE_F16
+// bindable pieces is gathered piece by piece. TABLE_F16=1 reads an f16 table, TABLE_BF16=1 a bfloat16 one (both
+// converted exactly to f32).
+#if TABLE_F16 || TABLE_BF16
 #extension GL_EXT_shader_16bit_storage : require
 #endif
 #define PC_EMBED 1
@@ -12,8 +13,13 @@
 layout(std430, binding = 0) writeonly buffer Y { float y[]; };
 #if TABLE_F16
 layout(std430, binding = 1) readonly buffer T { float16_t table[]; };
+float table_at(uint i) { return float(table[i]); }
+#elif TABLE_BF16
+layout(std430, binding = 1) readonly buffer T { uint16_t table[]; };
+float table_at(uint i) { return uintBitsToFloat(uint(table[i]) << 16); }
 #else
 layout(std430, binding = 1) readonly buffer T { float table[]; };
+float table_at(uint i) { return table[i]; }
 #endif
 layout(std430, binding = 2) readonly buffer I { int ids[]; };
 
@@ -22,5 +28,5 @@ void main() {
   if (col >= pc.dim || r >= pc.n_ids) return;
   int id = ids[r];
   if (id < 0 || uint(id) < pc.row_lo || uint(id) >= pc.row_hi) return;
-  y[r * pc.dim + col] = float(table[(uint(id) - pc.row_lo) * pc.dim + col]);
+  y[r * pc.dim + col] = table_at((uint(id) - pc.row_lo) * pc.dim + col);
 }

@@ -1,15 +1,17 @@
 // Buffers and loads shared by matmul.comp and gemv.comp: y[M,N] (+)= x[M,K] . w[N,K]^T.
 // Variant defines:
 //   W_F16=1: w holds f16 values (widened to f32 on load; sums are f32);
+//   W_BF16=1: w holds bfloat16 values (widened exactly to f32 on load);
 //   KV=n:    K-elements per load: 1 (scalar), 4 (f32 w: vec4 loads) or 8 (f16 w: one 16-byte load of 8 halves).
 //            KV > 1 needs K and both row strides to be multiples of KV.
 // A group of KV K-elements is a KTYPE: float, vec4, or mat2x4 (two vec4 columns).
 #ifndef LATHE_MATMUL_GLSL
 #define LATHE_MATMUL_GLSL
 
-#if W_F16 && KV == 1
+#if (W_F16 || W_BF16) && KV == 1
 #extension GL_EXT_shader_16bit_storage : require
 #endif
+#define W_16BIT (W_F16 || W_BF16)
 
 #if KV == 1
 #define KTYPE float
@@ -17,13 +19,17 @@
 layout(std430, binding = 1) readonly buffer X { float x[]; };
 #if W_F16
 layout(std430, binding = 2) readonly buffer W { float16_t w[]; };
+KTYPE w_at(uint i) { return float(w[i]); }
+#elif W_BF16
+layout(std430, binding = 2) readonly buffer W { uint16_t w[]; };
+KTYPE w_at(uint i) { return uintBitsToFloat(uint(w[i]) << 16); }
 #else
 layout(std430, binding = 2) readonly buffer W { float w[]; };
+KTYPE w_at(uint i) { return w[i]; }
 #endif
 KTYPE x_at(uint i) { return x[i]; }
-KTYPE w_at(uint i) { return float(w[i]); }
 
-#elif KV == 4 && !W_F16
+#elif KV == 4 && !W_16BIT
 #define KTYPE vec4
 #define KDOT(a, b, acc) DOT4(a, b, acc)
 layout(std430, binding = 1) readonly buffer X { vec4 x[]; };
@@ -31,16 +37,25 @@ layout(std430, binding = 2) readonly buffer W { vec4 w[]; };
 KTYPE x_at(uint i) { return x[i / 4u]; }
 KTYPE w_at(uint i) { return w[i / 4u]; }
 
-#elif KV == 8 && W_F16
+#elif KV == 8 && W_16BIT
 #define KTYPE mat2x4
 #define KDOT(a, b, acc) DOT4((a)[1], (b)[1], DOT4((a)[0], (b)[0], acc))
 layout(std430, binding = 1) readonly buffer X { vec4 x[]; };
-layout(std430, binding = 2) readonly buffer W { uvec4 w[]; }; // 8 halves per element
+layout(std430, binding = 2) readonly buffer W { uvec4 w[]; }; // 8 16-bit values per element
 KTYPE x_at(uint i) { return mat2x4(x[i / 4u], x[i / 4u + 1u]); }
+#if W_F16
 KTYPE w_at(uint i) {
   uvec4 h = w[i / 8u];
   return mat2x4(vec4(unpackHalf2x16(h.x), unpackHalf2x16(h.y)), vec4(unpackHalf2x16(h.z), unpackHalf2x16(h.w)));
 }
+#else
+// A bfloat16 is the top half of an f32: the low one of a pair shifts up, the high one keeps its place.
+vec2 unpack_bf16x2(uint u) { return vec2(uintBitsToFloat(u << 16), uintBitsToFloat(u & 0xffff0000u)); }
+KTYPE w_at(uint i) {
+  uvec4 h = w[i / 8u];
+  return mat2x4(vec4(unpack_bf16x2(h.x), unpack_bf16x2(h.y)), vec4(unpack_bf16x2(h.z), unpack_bf16x2(h.w)));
+}
+#endif
 
 #else
 #error "unsupported W_F16 / KV combination"

@@ -107,10 +107,10 @@ static void check_embed(lt_dtype_t tt, uint32_t n_ids, uint32_t dim) {
   uint16_t *th = malloc(nt * 2);
   cr_assert(th != NULL);
   trand(tf, nt, -3, 3, &seed);
-  for (uint64_t i = 0; i < nt; i++) th[i] = ref_float_to_half(tf[i]);
+  for (uint64_t i = 0; i < nt; i++) th[i] = tt == LT_BF16 ? ref_float_to_bf16(tf[i]) : ref_float_to_half(tf[i]);
   for (uint64_t i = 0; i < (uint64_t)n_ids * dim; i++) init[i] = 7.25f; /* rows with bad ids must keep this */
   memcpy(want, init, (uint64_t)n_ids * dim * 4);
-  const void *table = tt == LT_F16 ? (const void *)th : (const void *)tf;
+  const void *table = tt == LT_F32 ? (const void *)tf : (const void *)th;
   ref_embed(want, table, tt, ids, n_ids, dim, 0, vocab);
   uint32_t es = lt_dtype_size(tt);
   gpu_buf_t *b0 = tbuf_bytes(table, (uint64_t)split * dim * es);
@@ -122,8 +122,8 @@ static void check_embed(lt_dtype_t tt, uint32_t n_ids, uint32_t dim) {
   cr_assert_eq(op_embed(c, gv(by), gv(b1), tt, gv(bi), n_ids, dim, split, vocab, &err), LT_OK, "%s", err.msg);
   tfinish(&c);
   float *got = tread_f32(by, (uint64_t)n_ids * dim);
-  /* A gather is a copy and f16 -> f32 is exact: the results must be identical. */
-  tassert_close(got, want, (uint64_t)n_ids * dim, 0, 0, tt == LT_F16 ? "embed f16" : "embed f32");
+  /* A gather is a copy and f16/bf16 -> f32 is exact: the results must be identical. */
+  tassert_close(got, want, (uint64_t)n_ids * dim, 0, 0, lt_dtype_str(tt));
   free(got), free(tf), free(th), free(want), free(init), free(ids);
   gpu_buf_destroy(&b0), gpu_buf_destroy(&b1), gpu_buf_destroy(&bi), gpu_buf_destroy(&by);
 }
@@ -131,6 +131,8 @@ static void check_embed(lt_dtype_t tt, uint32_t n_ids, uint32_t dim) {
 Test(attn, embed_f32_split_table) { check_embed(LT_F32, 23, 45); }
 
 Test(attn, embed_f16_split_table) { check_embed(LT_F16, 23, 45); }
+
+Test(attn, embed_bf16_split_table) { check_embed(LT_BF16, 23, 45); }
 
 Test(attn, embed_ids_past_the_grid_y_limit) {
   /* 70001 ids need the grid's z dimension (y stops at 65535). */

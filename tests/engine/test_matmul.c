@@ -42,10 +42,10 @@ static problem_t problem_new(uint32_t M, uint32_t N, uint32_t K, lt_dtype_t wtyp
     for (uint64_t i = 0; i < nw; i++) wf[i] = roundf(2.0f * wf[i]);
     for (uint64_t i = 0; i < (uint64_t)M * N; i++) p.y0[i] = roundf(2.0f * p.y0[i]);
   }
-  if (wtype == LT_F16) {
+  if (wtype == LT_F16 || wtype == LT_BF16) {
     uint16_t *h = malloc(nw * 2 + 2);
     cr_assert(h != NULL);
-    for (uint64_t i = 0; i < nw; i++) h[i] = ref_float_to_half(wf[i]);
+    for (uint64_t i = 0; i < nw; i++) h[i] = wtype == LT_F16 ? ref_float_to_half(wf[i]) : ref_float_to_bf16(wf[i]);
     free(wf);
     p.w = h;
   } else p.w = wf;
@@ -85,14 +85,12 @@ static void check(const problem_t *p, bool accumulate, matmul_path_t path, bool 
   memcpy(want, p->y0, MN * 4);
   ref_matmul(want, p->x, p->w, p->wtype, p->M, p->N, p->K, accumulate);
   float *got = run_gpu(p, accumulate, path, NULL);
-  const float *wf = p->w;
-  const uint16_t *wh = p->w;
   for (uint32_t m = 0; m < p->M; m++)
     for (uint32_t n = 0; n < p->N; n++) {
       double mag = accumulate ? fabs((double)p->y0[(uint64_t)m * p->N + n]) : 0.0;
       for (uint32_t k = 0; k < p->K; k++) {
         uint64_t i = (uint64_t)n * p->K + k;
-        double wv = p->wtype == LT_F16 ? ref_half_to_float(wh[i]) : wf[i];
+        double wv = ref_weight_at(p->w, p->wtype, i);
         mag += fabs((double)p->x[(uint64_t)m * p->K + k] * wv);
       }
       double tol = exact ? 0.0 : 1e-5 * mag + 1e-6;
@@ -106,10 +104,11 @@ static void check(const problem_t *p, bool accumulate, matmul_path_t path, bool 
 
 static void check_all_odd_shapes(matmul_path_t path, const char *what) {
   for (unsigned s = 0; s < N_ODD; s++)
-    for (int t = 0; t < 2; t++)
+    for (int t = 0; t < 3; t++)
       for (int acc = 0; acc < 2; acc++) {
         const shape_t *sh = &odd_shapes[s];
-        problem_t p = problem_new(sh->M, sh->N, sh->K, t ? LT_F16 : LT_F32, false, 1000 + 10 * s + 2 * t + acc);
+        const lt_dtype_t types[3] = {LT_F32, LT_F16, LT_BF16};
+        problem_t p = problem_new(sh->M, sh->N, sh->K, types[t], false, 1000 + 10 * s + 2 * t + acc);
         check(&p, acc, path, false, what);
         problem_free(&p);
       }
@@ -197,8 +196,8 @@ Test(matmul, bad_arguments_are_errors) {
   gpu_buf_t *b = tbuf_f32(NULL, 1024);
   lt_err_t err = {0};
   gpu_cmd_t *c = tbegin();
-  cr_assert_eq(op_matmul(c, gv(b), gv(b), gv(b), LT_BF16, 4, 4, 4, false, &err), LT_E_INVALID);
-  cr_assert(strstr(err.msg, "bf16") != NULL, "names the dtype: %s", err.msg);
+  cr_assert_eq(op_matmul(c, gv(b), gv(b), gv(b), LT_I32, 4, 4, 4, false, &err), LT_E_INVALID);
+  cr_assert(strstr(err.msg, "i32") != NULL, "names the dtype: %s", err.msg);
   cr_assert_eq(op_matmul_path(c, gv(b), gv(b), gv(b), LT_F32, 4, 4, 4, false, (matmul_path_t)9, &err),
                LT_E_INVALID);
   /* w of 40 x 40 f32 needs 6,400 bytes of a 4,096-byte buffer: op_dispatch names the binding (2 = w). */
