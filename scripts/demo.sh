@@ -29,7 +29,7 @@ lathe run generate --model "$model" --temperature 0 --max-tokens 48 \
   --prompt "In the beginning" --prompt "And Jesus said unto them," --prompt "The LORD is my shepherd;"
 echo
 echo "== lathe run score: perplexity on held-out verses"
-lathe run score --model "$model" --data "$model/heldout.jsonl" --max-rows 64
+lathe run score --model "$model" --data "$root/models/kjv-heldout.jsonl" --max-rows 64
 echo
 echo "== lathe ps --all"
 lathe ps --all
