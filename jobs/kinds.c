@@ -35,6 +35,14 @@ static bool kind_generate_validate(const msgpack_object *params, proto_err_t *e)
   return true;
 }
 
+/* flatten-graph: the input format is one of three words. */
+static bool kind_flatten_graph_validate(const msgpack_object *params, proto_err_t *e) {
+  const msgpack_object *f = mp_get(params, "format");
+  if (!mp_str_is(f, "auto") && !mp_str_is(f, "jsonl") && !mp_str_is(f, "csv"))
+    return proto_fail(e, P_BAD_VALUE, "params.format", "params.format: expected auto, jsonl or csv");
+  return true;
+}
+
 #define P(key, type, req, def, lo, hi, help) {#key, type, req, def, lo, hi, help},
 #define KIND(name, policy, gpu, validate, summary, params) static const kind_param_t name##_params[] = {params};
 #include "jobs/kinds.def"
@@ -54,9 +62,15 @@ size_t kind_count(void) { return sizeof kinds / sizeof kinds[0]; }
 
 const kind_t *kind_at(size_t i) { return i < kind_count() ? &kinds[i] : NULL; }
 
+/* A kind's name in the table is a C identifier (flatten_graph); users write it with dashes (flatten-graph), as
+ * they do parameter names, so '-' and '_' match each other. */
 const kind_t *kind_find(const char *name, size_t n) {
-  for (size_t i = 0; i < kind_count(); i++)
-    if (strlen(kinds[i].name) == n && memcmp(kinds[i].name, name, n) == 0) return &kinds[i];
+  for (size_t i = 0; i < kind_count(); i++) {
+    const char *k = kinds[i].name;
+    size_t j = 0;
+    while (j < n && k[j] && (k[j] == name[j] || (k[j] == '_' && name[j] == '-'))) j++;
+    if (j == n && !k[j]) return &kinds[i];
+  }
   return NULL;
 }
 
