@@ -53,7 +53,8 @@ bool chat_tmpl_is_plain(const chat_tmpl_t *t);
 
 /* Renders the conversation msgs[n] (add_generation_prompt: end with the opening of an assistant turn). On
  * success *out is a new NUL-terminated string of *len bytes (caller frees). Fails with err naming the line
- * (LT_E_INVALID for raise_exception() and type errors, LT_E_LIMIT past 16 MiB of output or working memory). */
+ * (LT_E_INVALID for raise_exception() and type errors, LT_E_LIMIT past 16 MiB of output or 64 MiB of
+ * working memory). */
 lt_status_t chat_render(const chat_tmpl_t *t, const chat_msg_t *msgs, size_t n, bool add_generation_prompt,
                         char **out, size_t *len, lt_err_t *err);
 
