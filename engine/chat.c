@@ -24,6 +24,8 @@ const char *const CHAT_PLAIN_TEMPLATE = "{% for message in messages %}{{ message
                                         "{{ message['content'] | trim }}\n\n{% endfor %}"
                                         "{% if add_generation_prompt %}Assistant:{% endif %}";
 
+const char *const CHAT_PLAIN_STOPS[] = {"\nUser:", "\nAssistant:", "\nSystem:", NULL};
+
 /* ---- arena and errors ---- */
 
 typedef struct ablock {

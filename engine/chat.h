@@ -35,6 +35,10 @@ typedef struct chat_tmpl chat_tmpl_t;
  * i.e. "User: Hi\n\nAssistant:". */
 extern const char *const CHAT_PLAIN_TEMPLATE;
 
+/* What opens the next turn in the plain template ("\nUser:", "\nAssistant:", "\nSystem:", NULL): a reply
+ * generated after it is cut there (lm_t.stops). */
+extern const char *const CHAT_PLAIN_STOPS[];
+
 /* Parses a Jinja chat template; bos_token and eos_token are the values of those variables (NULL: ""). Caller
  * owns (chat_tmpl_destroy). NULL with err: LT_E_INVALID for a syntax error, LT_E_UNSUPPORTED for a construct
  * outside the subset, both naming the line. */

@@ -43,6 +43,14 @@ static bool kind_flatten_graph_validate(const msgpack_object *params, proto_err_
   return true;
 }
 
+/* feedback: the decision rule is one of two words. */
+static bool kind_feedback_validate(const msgpack_object *params, proto_err_t *e) {
+  const msgpack_object *d = mp_get(params, "decide");
+  if (!mp_str_is(d, "text") && !mp_str_is(d, "loglik"))
+    return proto_fail(e, P_BAD_VALUE, "params.decide", "params.decide: expected text or loglik");
+  return true;
+}
+
 #define P(key, type, req, def, lo, hi, help) {#key, type, req, def, lo, hi, help},
 #define KIND(name, policy, gpu, validate, summary, params) static const kind_param_t name##_params[] = {params};
 #include "jobs/kinds.def"
@@ -112,7 +120,8 @@ static bool check_str(const kind_param_t *p, const char *name, const msgpack_obj
   if (bounded && ((double)n < p->lo || (double)n > p->hi))
     return proto_fail(e, P_OUT_OF_RANGE, name, "%s: length %zu is outside [%.0f, %.0f]", name, n, p->lo, p->hi);
   if (n > PROTO_MAX_STR) return proto_fail(e, P_OUT_OF_RANGE, name, "%s: longer than %d bytes", name, PROTO_MAX_STR);
-  if (p->type == KT_PATH && (n == 0 || o->via.str.ptr[0] != '/'))
+  /* An empty path passes only where the bounds allow it (an optional file: lo = 0). */
+  if (p->type == KT_PATH && n > 0 && o->via.str.ptr[0] != '/')
     return proto_fail(e, P_BAD_VALUE, name, "%s: a path must be absolute", name);
   return true;
 }
