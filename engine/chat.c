@@ -667,7 +667,14 @@ typedef struct parser {
   size_t np, ip; /* pieces and the next one */
   jtok_t *t;     /* tokens of the tag being parsed */
   size_t nt, it;
+  unsigned depth; /* nesting of expressions and blocks, bounded so that no template exhausts the C stack */
 } parser_t;
+
+#define MAX_DEPTH 200
+
+static void enter(parser_t *p) {
+  if (++p->depth > MAX_DEPTH) jfail(p->x, LT_E_LIMIT, "nested more than %d deep", MAX_DEPTH);
+}
 
 static node_t *mk(parser_t *p, nk_t k) {
   node_t *n = jalloc(p->x, sizeof *n);
@@ -869,12 +876,14 @@ static node_t *parse_filters(parser_t *p, node_t *n) {
 
 static node_t *parse_unary(parser_t *p, bool with_filter) {
   node_t *n;
+  enter(p);
   if (skip_op(p, "-")) {
     n = mk(p, N_NEG);
     n->a = parse_unary(p, false);
   } else if (skip_op(p, "+")) {
     n = parse_unary(p, false);
   } else n = parse_postfix(p, parse_primary(p));
+  p->depth--;
   return with_filter ? parse_filters(p, n) : n;
 }
 
@@ -933,7 +942,9 @@ static node_t *parse_compare(parser_t *p) {
 static node_t *parse_not(parser_t *p) {
   if (skip_name(p, "not")) {
     node_t *n = mk(p, N_NOT);
+    enter(p);
     n->a = parse_not(p);
+    p->depth--;
     return n;
   }
   return parse_compare(p);
@@ -960,6 +971,7 @@ static node_t *parse_or(parser_t *p) {
 }
 
 static node_t *parse_expr(parser_t *p) {
+  enter(p);
   node_t *n = parse_or(p);
   while (skip_name(p, "if")) {
     node_t *m = mk(p, N_COND);
@@ -968,6 +980,7 @@ static node_t *parse_expr(parser_t *p) {
     if (skip_name(p, "else")) m->c = parse_expr(p);
     n = m;
   }
+  p->depth--;
   return n;
 }
 
@@ -990,12 +1003,6 @@ static void end_tag(parser_t *p) {
 /* Parses pieces into body until a block tag whose keyword is in stop (NULL-terminated; NULL: the end of the
  * template). Returns that keyword with its tag open (tokens after the keyword current), or NULL at the end. */
 static const char *parse_body(parser_t *p, parr_t *body, const char *const *stop);
-
-static bool in_list(const jtok_t *t, const char *const *words) {
-  for (size_t i = 0; words && words[i]; i++)
-    if (is_name(t, words[i])) return true;
-  return false;
-}
 
 static node_t *parse_if(parser_t *p) {
   static const char *const stop[] = {"elif", "else", "endif", NULL};
@@ -1055,6 +1062,7 @@ static node_t *parse_set(parser_t *p) {
 
 static const char *parse_body(parser_t *p, parr_t *body, const char *const *stop) {
   static const char *const end_gen[] = {"endgeneration", NULL};
+  enter(p);
   while (p->ip < p->np) {
     const piece_t *pc = &p->pc[p->ip++];
     p->x->line = pc->line;
@@ -1077,10 +1085,11 @@ static const char *parse_body(parser_t *p, parr_t *body, const char *const *stop
     const jtok_t *kw = peek(p);
     if (kw->t != J_NAME) jfail(p->x, LT_E_INVALID, "a block tag starts with a keyword");
     p->it++;
-    if (in_list(kw, stop)) {
-      for (size_t i = 0; stop[i]; i++)
-        if (is_name(kw, stop[i])) return stop[i];
-    }
+    for (size_t i = 0; stop && stop[i]; i++)
+      if (is_name(kw, stop[i])) {
+        p->depth--;
+        return stop[i];
+      }
     if (is_name(kw, "if")) parr_push(p->x, body, parse_if(p));
     else if (is_name(kw, "for")) parr_push(p->x, body, parse_for(p));
     else if (is_name(kw, "set")) parr_push(p->x, body, parse_set(p));
@@ -1095,6 +1104,7 @@ static const char *parse_body(parser_t *p, parr_t *body, const char *const *stop
       jfail(p->x, LT_E_INVALID, "unexpected '%.*s'", (int)kw->n, kw->p);
     else jfail(p->x, LT_E_UNSUPPORTED, "'%.*s' tags are not supported", (int)kw->n, kw->p);
   }
+  p->depth--;
   return NULL;
 }
 

@@ -175,6 +175,16 @@ Test(chat, errors_name_the_line) {
   expect_error("{{ raise_exception('nope') }}", LT_E_INVALID, "line 1: raise_exception: nope");
   expect_error("{{ x + }}", LT_E_INVALID, "unexpected end of tag");
   expect_error("{{ 'a' * 100000000 }}", LT_E_LIMIT, "too large");
+  char deep[2100];
+  memset(deep, 0, sizeof deep);
+  strcpy(deep, "{{ ");
+  for (int i = 0; i < 1000; i++) strcat(deep, "(");
+  strcat(deep, " }}");
+  expect_error(deep, LT_E_LIMIT, "nested more than 200 deep");
+  strcpy(deep, "{{ ");
+  for (int i = 0; i < 500; i++) strcat(deep, "not ");
+  strcat(deep, "x }}");
+  expect_error(deep, LT_E_LIMIT, "nested more than 200 deep");
   expect_error("{% for i in range(99999) %}{% for j in range(99999) %}{{ i }}{% endfor %}{% endfor %}", LT_E_LIMIT,
                "MiB");
 }
