@@ -160,6 +160,7 @@ job_outcome_t run_selfgen(job_ctx_t *ctx, lt_err_t *err) {
   dj_model_t dm = {0};
   lines_t *r = NULL;
   FILE *kept = NULL, *dropped = NULL;
+  const char **stops = NULL;
   json_t **rows = calloc(batch, sizeof *rows);
   pair_t *pairs = calloc(batch * per_input, sizeof *pairs);
   tally_t t = {0};
@@ -171,6 +172,16 @@ job_outcome_t run_selfgen(job_ctx_t *ctx, lt_err_t *err) {
       dj_model_open(ctx, job_param_str(ctx, "model"), &dm, err) != LT_OK)
     goto done;
   dm.lm.gen = (gen_opts_t){.max_tokens = (uint32_t)job_param_int(ctx, "max_tokens")}; /* greedy */
+  /* The stop strings: the template's own (the plain one's next turn), then the job's. */
+  size_t n_tmpl = 0, n_job = job_param_list_len(ctx, "stop");
+  while (dm.lm.stops && dm.lm.stops[n_tmpl]) n_tmpl++;
+  if (!(stops = calloc(n_tmpl + n_job + 1, sizeof *stops))) {
+    lt_fail(err, LT_E_NOMEM, "out of memory");
+    goto done;
+  }
+  for (size_t i = 0; i < n_tmpl; i++) stops[i] = dm.lm.stops[i];
+  for (size_t i = 0; i < n_job; i++) stops[n_tmpl + i] = job_param_list_at(ctx, "stop", i);
+  dm.lm.stops = stops;
   if (lm_max_new(&dm.lm) < dm.lm.gen.max_tokens)
     job_log(ctx, "max_tokens %u is more than half the context window: generating %u tokens at most",
             dm.lm.gen.max_tokens, lm_max_new(&dm.lm));
@@ -221,6 +232,6 @@ done:
   lines_close(&r);
   dj_model_close(&dm);
   pool_free(&pool);
-  free(rows), free(pairs);
+  free(stops), free(rows), free(pairs);
   return out;
 }
