@@ -138,3 +138,24 @@ Test(data_jobs, selfgen_runs_end_to_end_with_progress) {
   cr_assert_eq(lathe("--json result 1"), 0);
   cr_assert(strstr(out, "\"pairs\":5"), "%s", out);
 }
+
+Test(data_jobs, feedback_stops_promptly_when_cancelled) {
+  char args[1024], rows[1 << 14] = "";
+  for (int i = 0; i < 60; i++)
+    snprintf(rows + strlen(rows), sizeof rows - strlen(rows),
+             "{\"prompt\": \"Row %d?\", \"a\": \"Yes.\", \"b\": \"No.\"}\n", i);
+  snprintf(args, sizeof args, "--json submit feedback --model %s --data %s --max-tokens 64 --batch 1", DATA_MODEL,
+           file("many.jsonl", rows));
+  cr_assert_eq(lathe(args), 0, "%s", err);
+  lc_t *c = td_client(&t);
+  td_wait_state(c, 1, "running", 30000);
+  pid_t worker = td_worker_pid(c);
+  td_sleep_ms(1500); /* well inside the first rows: the model is loaded and generating */
+  proto_err_t pe = {0};
+  mp_doc_t *d = lc_call_id(c, "cancel", 1, &pe, NULL);
+  cr_assert_not_null(d, "%s", pe.msg);
+  mp_doc_destroy(&d);
+  td_wait_state(c, 1, "cancelled", 2000);
+  cr_assert_eq(td_worker_pid(c), worker, "the runner stopped by itself: the worker was not killed");
+  lc_destroy(&c);
+}
