@@ -479,8 +479,7 @@ static piece_t *split(jx_t *x, const char *s, size_t n, size_t *np) {
     char c1 = t->k == PK_VAR ? '}' : t->k == PK_BLOCK ? '%' : '#';
     size_t close = find_close(s, n, a0, c1, '}', t->k != PK_COMMENT);
     x->line = line;
-    if (close == n)
-      jfail(x, LT_E_INVALID, "unclosed %s", t->k == PK_VAR ? "{{" : t->k == PK_BLOCK ? "{%" : "{#");
+    if (close == n) jfail(x, LT_E_INVALID, "unclosed %s", t->k == PK_VAR ? "{{" : t->k == PK_BLOCK ? "{%" : "{#");
     size_t b0 = close;
     if (b0 > a0 && s[b0 - 1] == '-') t->strip_after = true, b0--;
     t->p = s + a0, t->n = b0 - a0;
@@ -527,7 +526,10 @@ typedef struct jtok {
 } jtok_t;
 
 static int hexval(char c) {
-  return c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
+  return c >= '0' && c <= '9'   ? c - '0'
+         : c >= 'a' && c <= 'f' ? c - 'a' + 10
+         : c >= 'A' && c <= 'F' ? c - 'A' + 10
+                                : -1;
 }
 
 static void put_utf8(jx_t *x, sbuf_t *b, uint32_t c) {
@@ -583,8 +585,8 @@ static void unescape(jx_t *x, const char *s, size_t n, sbuf_t *b) {
 
 /* Splits the inside of a tag into tokens (ends with J_END). */
 static jtok_t *lex(jx_t *x, const char *s, size_t n, size_t *nt) {
-  static const char *ops[] = {"**", "//", "==", "!=", "<=", ">=", "(", ")", "[", "]", "{", "}", ".", ",",
-                              ":",  "|",  "~",  "+",  "-",  "*",  "/", "%", "<", ">", "="};
+  static const char *ops[] = {"**", "//", "==", "!=", "<=", ">=", "(", ")", "[", "]", "{", "}", ".",
+                              ",",  ":",  "|",  "~",  "+",  "-",  "*", "/", "%", "<", ">", "="};
   parr_t a = {0};
   size_t i = 0;
   for (;;) {
@@ -640,25 +642,44 @@ static jtok_t *lex(jx_t *x, const char *s, size_t n, size_t *nt) {
 
 typedef enum nk {
   /* statements */
-  N_TEXT, N_OUT, N_IF, N_FOR, N_SET, N_BODY,
+  N_TEXT,
+  N_OUT,
+  N_IF,
+  N_FOR,
+  N_SET,
+  N_BODY,
   /* expressions */
-  N_CONST, N_NAME, N_ATTR, N_ITEM, N_SLICE, N_CALL, N_FILTER, N_TEST, N_NOT, N_NEG, N_AND, N_OR, N_BIN, N_COND,
-  N_LIST, N_DICT
+  N_CONST,
+  N_NAME,
+  N_ATTR,
+  N_ITEM,
+  N_SLICE,
+  N_CALL,
+  N_FILTER,
+  N_TEST,
+  N_NOT,
+  N_NEG,
+  N_AND,
+  N_OR,
+  N_BIN,
+  N_COND,
+  N_LIST,
+  N_DICT
 } nk_t;
 
 typedef struct node node_t;
 struct node {
   nk_t k;
   int line;
-  val_t v;          /* N_CONST */
-  const char *s;    /* N_TEXT text, names, attribute, filter, test, operator */
+  val_t v;       /* N_CONST */
+  const char *s; /* N_TEXT text, names, attribute, filter, test, operator */
   size_t sn;
   node_t *a, *b, *c; /* operands; N_IF/N_FOR: a condition or iterable, b the loop filter; N_SET: a value */
-  parr_t kids;      /* bodies, arguments, list items, dict keys */
-  parr_t kids2;     /* else bodies, keyword argument values, dict values */
-  parr_t names;     /* N_FOR targets, keyword argument names (const char *, NUL-terminated) */
-  bool neg;         /* N_TEST: `is not` */
-  const char *attr; /* N_SET: namespace attribute, or NULL */
+  parr_t kids;       /* bodies, arguments, list items, dict keys */
+  parr_t kids2;      /* else bodies, keyword argument values, dict values */
+  parr_t names;      /* N_FOR targets, keyword argument names (const char *, NUL-terminated) */
+  bool neg;          /* N_TEST: `is not` */
+  const char *attr;  /* N_SET: namespace attribute, or NULL */
 };
 
 typedef struct parser {
@@ -684,7 +705,9 @@ static node_t *mk(parser_t *p, nk_t k) {
 }
 
 static const jtok_t *peek(parser_t *p) { return &p->t[p->it]; }
-static bool is_op(const jtok_t *t, const char *op) { return t->t == J_OP && strlen(op) == t->n && !memcmp(t->p, op, t->n); }
+static bool is_op(const jtok_t *t, const char *op) {
+  return t->t == J_OP && strlen(op) == t->n && !memcmp(t->p, op, t->n);
+}
 static bool is_name(const jtok_t *t, const char *w) {
   return t->t == J_NAME && strlen(w) == t->n && !memcmp(t->p, w, t->n);
 }
@@ -1093,8 +1116,7 @@ static const char *parse_body(parser_t *p, parr_t *body, const char *const *stop
     if (is_name(kw, "if")) parr_push(p->x, body, parse_if(p));
     else if (is_name(kw, "for")) parr_push(p->x, body, parse_for(p));
     else if (is_name(kw, "set")) parr_push(p->x, body, parse_set(p));
-    else if (is_name(kw, "generation")) { /* Hugging Face's marker of assistant text: rendered as is */
-      end_tag(p);
+    else if (is_name(kw, "generation")) { /* Hugging Face's marker of assistant text: rendered as is */ end_tag(p);
       node_t *n = mk(p, N_BODY);
       if (!parse_body(p, &n->kids, end_gen)) jfail(p->x, LT_E_INVALID, "'generation' without 'endgeneration'");
       end_tag(p);
@@ -1549,7 +1571,11 @@ static val_t call_method(rx_t *r, val_t obj, const char *name, const args_t *a) 
     }
     if (!strcmp(name, "upper") || !strcmp(name, "lower") || !strcmp(name, "title") || !strcmp(name, "capitalize")) {
       check_args(r, a, 0, none, name);
-      return recase(r, obj, name[0] == 'u' ? C_UPPER : name[0] == 'l' ? C_LOWER : name[0] == 't' ? C_TITLE : C_CAPITALIZE);
+      return recase(r, obj,
+                    name[0] == 'u'   ? C_UPPER
+                    : name[0] == 'l' ? C_LOWER
+                    : name[0] == 't' ? C_TITLE
+                                     : C_CAPITALIZE);
     }
     if (!strcmp(name, "split")) {
       check_args(r, a, 1, none, name);
@@ -1607,7 +1633,8 @@ static val_t call_global(rx_t *r, const char *name, const args_t *a) {
     int64_t lo = a->n > 1 ? ival(a->pos[0]) : 0, hi = ival(a->pos[a->n > 1 ? 1 : 0]),
             step = a->n > 2 ? ival(a->pos[2]) : 1;
     if (step == 0) jfail(r->x, LT_E_INVALID, "range() step is zero");
-    int64_t count = step > 0 ? (hi > lo ? (hi - lo + step - 1) / step : 0) : (lo > hi ? (lo - hi - step - 1) / -step : 0);
+    int64_t count =
+        step > 0 ? (hi > lo ? (hi - lo + step - 1) / step : 0) : (lo > hi ? (lo - hi - step - 1) / -step : 0);
     if (count > RANGE_LIMIT) jfail(r->x, LT_E_LIMIT, "range() of more than %d entries", RANGE_LIMIT);
     vlist_t *l = list_new(r->x, (size_t)count);
     for (int64_t i = 0; i < count; i++) l->v[i] = v_int(lo + i * step);
@@ -1635,8 +1662,11 @@ static val_t filter(rx_t *r, const char *name, val_t v, const args_t *a) {
   }
   if (!strcmp(name, "lower") || !strcmp(name, "upper") || !strcmp(name, "title") || !strcmp(name, "capitalize")) {
     check_args(r, a, 0, none, name);
-    return recase(r, to_str(r->x, v), name[0] == 'u' ? C_UPPER : name[0] == 'l' ? C_LOWER : name[0] == 't' ? C_TITLE
-                                                                                                           : C_CAPITALIZE);
+    return recase(r, to_str(r->x, v),
+                  name[0] == 'u'   ? C_UPPER
+                  : name[0] == 'l' ? C_LOWER
+                  : name[0] == 't' ? C_TITLE
+                                   : C_CAPITALIZE);
   }
   if (!strcmp(name, "default") || !strcmp(name, "d")) {
     check_args(r, a, 2, def_kw, name);
@@ -1898,8 +1928,7 @@ static void exec_for(rx_t *r, const node_t *n) {
 static void exec_set(rx_t *r, const node_t *n) {
   val_t v;
   if (n->a) v = eval(r, n->a);
-  else { /* {% set x %}...{% endset %} */
-    sbuf_t b = {0}, *saved = r->capture;
+  else { /* {% set x %}...{% endset %} */ sbuf_t b = {0}, *saved = r->capture;
     r->capture = &b;
     exec_body(r, &n->kids);
     r->capture = saved;
@@ -1934,8 +1963,8 @@ static void exec_body(rx_t *r, const parr_t *body) {
   }
 }
 
-lt_status_t chat_render(const chat_tmpl_t *t, const chat_msg_t *msgs, size_t n, bool add_generation_prompt,
-                        char **out, size_t *len, lt_err_t *err) {
+lt_status_t chat_render(const chat_tmpl_t *t, const chat_msg_t *msgs, size_t n, bool add_generation_prompt, char **out,
+                        size_t *len, lt_err_t *err) {
   jx_t *x = calloc(1, sizeof *x);
   rx_t *r = calloc(1, sizeof *r);
   if (!x || !r) {

@@ -59,8 +59,8 @@ bool chat_tmpl_is_plain(const chat_tmpl_t *t);
  * success *out is a new NUL-terminated string of *len bytes (caller frees). Fails with err naming the line
  * (LT_E_INVALID for raise_exception() and type errors, LT_E_LIMIT past 16 MiB of output or 64 MiB of
  * working memory). */
-lt_status_t chat_render(const chat_tmpl_t *t, const chat_msg_t *msgs, size_t n, bool add_generation_prompt,
-                        char **out, size_t *len, lt_err_t *err);
+lt_status_t chat_render(const chat_tmpl_t *t, const chat_msg_t *msgs, size_t n, bool add_generation_prompt, char **out,
+                        size_t *len, lt_err_t *err);
 
 /* How text rendered by t is tokenized: a model's template writes its own special tokens (BOS included), so
  * TOK_PARSE_SPECIAL and no BOS is added, as Hugging Face does; the plain template writes none, so TOK_ADD_BOS

@@ -141,8 +141,11 @@ lt_status_t fb_judge(const fb_annotator_t *an, const chat_tmpl_t *t, const fb_op
     double margin = 0;
     for (int k = 0; k < 2 && st == LT_OK; k++) {
       fb_vote_t *v = &r->order[k];
-      chat_msg_t m[] = {{"user", items[i].prompt}, {"assistant", r->own}, {"user", requests[2 * i + k]},
-                        {"assistant", v->critique}, {"user", FB_REWRITE_REQUEST}};
+      chat_msg_t m[] = {{"user", items[i].prompt},
+                        {"assistant", r->own},
+                        {"user", requests[2 * i + k]},
+                        {"assistant", v->critique},
+                        {"user", FB_REWRITE_REQUEST}};
       char *ctx = NULL;
       st = render(t, m, 5, &ctx, err);
       if (st == LT_OK) st = mean_ll(an, ctx, items[i].a, &v->mean[0], err);

@@ -25,9 +25,9 @@
 
 #define FB_DEFAULT_PRINCIPLE "which answer is best for humanity"
 /* The critique request; the %s are, in order, the answer shown as A, the one shown as B and the principle. */
-#define FB_CRITIQUE_REQUEST                                                                                          \
-  "Here are two answers to my request.\n\nAnswer A:\n%s\n\nAnswer B:\n%s\n\nCompare each of them with your own "   \
-  "answer, judging by this principle: %s. Critique both answers, then end with a line \"Verdict: Answer A\" or "   \
+#define FB_CRITIQUE_REQUEST                                                                                            \
+  "Here are two answers to my request.\n\nAnswer A:\n%s\n\nAnswer B:\n%s\n\nCompare each of them with your own "       \
+  "answer, judging by this principle: %s. Critique both answers, then end with a line \"Verdict: Answer A\" or "       \
   "\"Verdict: Answer B\"."
 #define FB_VERDICT_SUFFIX "\nVerdict: Answer"
 #define FB_REWRITE_REQUEST "Now repeat the better answer exactly as it was written."
@@ -63,14 +63,14 @@ typedef struct fb_item {
 
 /* One order's judgement; [0] shows A first, [1] shows B first. Strings are owned by the result. */
 typedef struct fb_vote {
-  char *prompt;    /* the rendered critique query */
-  char *critique;  /* what the annotator wrote */
-  int said;        /* the verdict named in the critique: 0 the answer shown first, 1 the second, -1 none */
-  double ll[2];    /* log-likelihoods of " A" and " B" after the critique (NaN when not computed) */
-  int pick;        /* the decision: 0 the answer shown first, 1 the second */
-  bool by_text;    /* decided by the critique's text (else by likelihood) */
-  double mean[2];  /* mean token log-likelihoods of answers a and b as the reply after the critique (NaN when
-                      not computed: only for consistent items) */
+  char *prompt;   /* the rendered critique query */
+  char *critique; /* what the annotator wrote */
+  int said;       /* the verdict named in the critique: 0 the answer shown first, 1 the second, -1 none */
+  double ll[2];   /* log-likelihoods of " A" and " B" after the critique (NaN when not computed) */
+  int pick;       /* the decision: 0 the answer shown first, 1 the second */
+  bool by_text;   /* decided by the critique's text (else by likelihood) */
+  double mean[2]; /* mean token log-likelihoods of answers a and b as the reply after the critique (NaN when
+                     not computed: only for consistent items) */
 } fb_vote_t;
 
 typedef struct fb_result {

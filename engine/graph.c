@@ -295,8 +295,7 @@ lt_status_t graph_read(graph_t *g, const char *path, graph_format_t fmt, bool di
     if (fmt == GRAPH_JSONL) st = jsonl_edge(g, line + a, len - a, directed, &e);
     else if (!grow(&scratch, 1, &scratch_cap, len + 1)) st = lt_fail(&e, LT_E_NOMEM, "out of memory");
     else st = csv_edge(g, line, len, directed, &cols, scratch, &e);
-    if (st != LT_OK)
-      lt_fail(err, st, "%s:%llu: %s", path, (unsigned long long)lines_lineno(r), e.msg);
+    if (st != LT_OK) lt_fail(err, st, "%s:%llu: %s", path, (unsigned long long)lines_lineno(r), e.msg);
     if (on_progress && lines_lineno(r) % 4096 == 0) on_progress(progress_ctx, lines_offset(r), lines_size(r));
   }
   if (st == LT_OK && got < 0) st = (lt_status_t)got;
@@ -327,7 +326,12 @@ size_t graph_name_render(const char *name, size_t len, char *buf, size_t n) {
     PUT('"');
     for (size_t i = 0; i < len; i++) {
       unsigned char c = (unsigned char)name[i];
-      const char *esc = c == '"' ? "\\\"" : c == '\\' ? "\\\\" : c == '\n' ? "\\n" : c == '\t' ? "\\t" : c == '\r' ? "\\r" : NULL;
+      const char *esc = c == '"'    ? "\\\""
+                        : c == '\\' ? "\\\\"
+                        : c == '\n' ? "\\n"
+                        : c == '\t' ? "\\t"
+                        : c == '\r' ? "\\r"
+                                    : NULL;
       char hex[8];
       if (!esc && (c < 0x20 || c == 0x7f)) {
         snprintf(hex, sizeof hex, "\\u%04x", c);
@@ -346,18 +350,18 @@ size_t graph_name_render(const char *name, size_t len, char *buf, size_t n) {
 
 /* Working arrays of one flattening, freed together. */
 typedef struct flat_work {
-  uint32_t *ef, *et;          /* oriented, de-duplicated, loop-free edges in input order */
-  uint64_t *set;              /* open-addressing set of (from << 32 | to) + 1 */
-  size_t *off, *koff;         /* CSR offsets: all edges, kept edges */
-  uint32_t *to, *kto;         /* CSR targets */
-  bool *keep;                 /* per CSR edge: not a back edge */
-  uint8_t *color;             /* DFS: 0 white, 1 on the stack, 2 done */
-  uint32_t *stack;            /* DFS stack of nodes */
-  size_t *iter;               /* per node: next CSR edge to look at */
-  uint32_t *post;             /* nodes in DFS post-order */
+  uint32_t *ef, *et;  /* oriented, de-duplicated, loop-free edges in input order */
+  uint64_t *set;      /* open-addressing set of (from << 32 | to) + 1 */
+  size_t *off, *koff; /* CSR offsets: all edges, kept edges */
+  uint32_t *to, *kto; /* CSR targets */
+  bool *keep;         /* per CSR edge: not a back edge */
+  uint8_t *color;     /* DFS: 0 white, 1 on the stack, 2 done */
+  uint32_t *stack;    /* DFS stack of nodes */
+  size_t *iter;       /* per node: next CSR edge to look at */
+  uint32_t *post;     /* nodes in DFS post-order */
   uint32_t *indeg, *outdeg;
-  uint64_t *count;            /* paths from each node to a sink */
-  size_t *rlen;               /* rendered name lengths */
+  uint64_t *count;                                  /* paths from each node to a sink */
+  size_t *rlen;                                     /* rendered name lengths */
   uint32_t *tn_node, *tn_child, *tn_next, *tn_last; /* the trie: graph node, first child, next sibling, last child */
 } flat_work_t;
 
@@ -512,11 +516,11 @@ static lt_status_t list_paths(const graph_t *g, const graph_flat_opts_t *o, flat
     while (top && !out->truncated) {
       uint32_t v = w->stack[top - 1];
       if (w->iter[v] == w->koff[v] && !w->outdeg[v]) { /* a sink, first visit: the stack is a path */
-        w->iter[v]++; /* visited: popped next round */
+        w->iter[v]++;                                  /* visited: popped next round */
         if (out->n_paths == max_paths) {
           out->truncated = true;
-          snprintf(out->note, sizeof out->note, "listed the first %zu of %llu paths (the max_paths cap)",
-                   out->n_paths, (unsigned long long)out->total_paths);
+          snprintf(out->note, sizeof out->note, "listed the first %zu of %llu paths (the max_paths cap)", out->n_paths,
+                   (unsigned long long)out->total_paths);
           break;
         }
         if (bytes + plen + 1 > max_bytes) {

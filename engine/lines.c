@@ -52,8 +52,8 @@ void lines_close(lines_t **rp) {
 /* Appends n bytes to the current line, refusing to grow past max (checked before allocating). */
 static lt_status_t append(lines_t *r, const char *p, size_t n, lt_err_t *err) {
   if (r->len + n > r->max)
-    return lt_fail(err, LT_E_LIMIT, "%s:%llu: line longer than %zu bytes", r->path,
-                   (unsigned long long)r->lineno + 1, r->max);
+    return lt_fail(err, LT_E_LIMIT, "%s:%llu: line longer than %zu bytes", r->path, (unsigned long long)r->lineno + 1,
+                   r->max);
   if (r->len + n + 1 > r->cap) {
     size_t cap = r->cap ? r->cap : 256;
     while (cap < r->len + n + 1) cap *= 2;

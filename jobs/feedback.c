@@ -19,8 +19,8 @@ typedef struct tally {
 static json_t *json_num(double v) { return isfinite(v) ? json_real(v) : json_null(); }
 
 /* Writes one judged row to both files and as an output record. */
-static lt_status_t emit(job_ctx_t *ctx, FILE *all, FILE *prefs, uint64_t row, const fb_item_t *it,
-                        const fb_result_t *r, tally_t *t, lt_err_t *err) {
+static lt_status_t emit(job_ctx_t *ctx, FILE *all, FILE *prefs, uint64_t row, const fb_item_t *it, const fb_result_t *r,
+                        tally_t *t, lt_err_t *err) {
   const char *chosen = r->chosen < 0 ? NULL : r->chosen == 0 ? it->a : it->b;
   const char *rejected = r->chosen < 0 ? NULL : r->chosen == 0 ? it->b : it->a;
   static const char *const ab[] = {"a", "b"};
@@ -129,7 +129,7 @@ job_outcome_t run_feedback(job_ctx_t *ctx, lt_err_t *err) {
   size_t batch = (size_t)job_param_int(ctx, "batch");
   fb_opts_t opts = {.principle = job_param_str(ctx, "principle"),
                     .decide = !strcmp(job_param_str(ctx, "decide"), "loglik") ? FB_DECIDE_LOGLIK
-                                                                               : FB_DECIDE_TEXT_THEN_LOGLIK};
+                                                                              : FB_DECIDE_TEXT_THEN_LOGLIK};
   job_outcome_t out = JOB_FAILED;
   dj_model_t dm = {0};
   lines_t *r = NULL;
@@ -142,7 +142,8 @@ job_outcome_t run_feedback(job_ctx_t *ctx, lt_err_t *err) {
     lt_fail(err, LT_E_NOMEM, "out of memory");
     goto done;
   }
-  if (dj_count_rows(data, max_rows, &total, err) != LT_OK || dj_model_open(ctx, job_param_str(ctx, "model"), &dm, err) != LT_OK)
+  if (dj_count_rows(data, max_rows, &total, err) != LT_OK ||
+      dj_model_open(ctx, job_param_str(ctx, "model"), &dm, err) != LT_OK)
     goto done;
   dm.lm.gen = (gen_opts_t){.max_tokens = (uint32_t)job_param_int(ctx, "max_tokens"),
                            .sample = {.temperature = (float)job_param_float(ctx, "temperature"),
@@ -179,9 +180,11 @@ job_outcome_t run_feedback(job_ctx_t *ctx, lt_err_t *err) {
   if (dm.lm.n_truncated)
     job_log(ctx, "%llu prompts or scored texts were cut to the %u-token context window",
             (unsigned long long)dm.lm.n_truncated, lm_window(&dm.lm));
-  job_log(ctx, "%llu rows: %llu consistent, %llu flagged inconsistent; %llu of %llu votes decided by the critique's "
-          "text, the rest by likelihood", (unsigned long long)t.rows, (unsigned long long)t.consistent,
-          (unsigned long long)(t.rows - t.consistent), (unsigned long long)t.by_text, (unsigned long long)t.votes);
+  job_log(ctx,
+          "%llu rows: %llu consistent, %llu flagged inconsistent; %llu of %llu votes decided by the critique's "
+          "text, the rest by likelihood",
+          (unsigned long long)t.rows, (unsigned long long)t.consistent, (unsigned long long)(t.rows - t.consistent),
+          (unsigned long long)t.by_text, (unsigned long long)t.votes);
   job_result_int(ctx, "rows", (int64_t)t.rows);
   job_result_int(ctx, "consistent", (int64_t)t.consistent);
   job_result_int(ctx, "inconsistent", (int64_t)(t.rows - t.consistent));

@@ -48,13 +48,15 @@ static lt_status_t write_files(job_ctx_t *ctx, const graph_t *g, const graph_fla
     return lt_fail(err, LT_E_IO, "cannot write %s", path);
   json_t *o = json_object(), *paths = json_array();
   for (size_t p = 0; p < f->n_paths; p++)
-    json_array_append_new(paths, names_json(g, f->path_nodes + f->path_start[p], f->path_start[p + 1] - f->path_start[p]));
+    json_array_append_new(paths,
+                          names_json(g, f->path_nodes + f->path_start[p], f->path_start[p + 1] - f->path_start[p]));
   json_object_set_new(o, "paths", paths);
   json_object_set_new(o, "text", json_stringn(f->text, f->text_len));
   json_object_set_new(o, "sources", names_json(g, f->sources, f->n_sources));
   json_object_set_new(o, "sinks", names_json(g, f->sinks, f->n_sinks));
-  json_object_set_new(o, "total_paths", f->total_paths > INT64_MAX ? json_real((double)f->total_paths)
-                                                                  : json_integer((json_int_t)f->total_paths));
+  json_object_set_new(o, "total_paths",
+                      f->total_paths > INT64_MAX ? json_real((double)f->total_paths)
+                                                 : json_integer((json_int_t)f->total_paths));
   json_object_set_new(o, "truncated", json_boolean(f->truncated));
   json_object_set_new(o, "note", json_string(f->note));
   snprintf(path, sizeof path, "%s/flat.json", job_dir(ctx));
@@ -87,11 +89,12 @@ job_outcome_t run_flatten_graph(job_ctx_t *ctx, lt_err_t *err) {
     goto done;
   }
   if (graph_flatten(g, &o, &f, err) != LT_OK) goto done;
-  job_log(ctx, "%u nodes, %llu edges read; the DAG keeps %llu (%llu undirected oriented, %llu repeats dropped, %llu "
-          "back edges removed); %u sources, %u sinks; %zu of %llu paths listed", f.n_nodes,
-          (unsigned long long)graph_n_edges(g), (unsigned long long)f.n_edges, (unsigned long long)f.n_undirected,
-          (unsigned long long)f.n_duplicates, (unsigned long long)f.n_back_edges, f.n_sources, f.n_sinks, f.n_paths,
-          (unsigned long long)f.total_paths);
+  job_log(ctx,
+          "%u nodes, %llu edges read; the DAG keeps %llu (%llu undirected oriented, %llu repeats dropped, %llu "
+          "back edges removed); %u sources, %u sinks; %zu of %llu paths listed",
+          f.n_nodes, (unsigned long long)graph_n_edges(g), (unsigned long long)f.n_edges,
+          (unsigned long long)f.n_undirected, (unsigned long long)f.n_duplicates, (unsigned long long)f.n_back_edges,
+          f.n_sources, f.n_sinks, f.n_paths, (unsigned long long)f.total_paths);
   if (f.truncated) job_log(ctx, "capped: %s", f.note);
   if (write_files(ctx, g, &f, err) != LT_OK) goto done;
   job_output_begin(ctx);

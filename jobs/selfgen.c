@@ -91,8 +91,10 @@ static lt_status_t row_pairs(json_t *row, const lines_t *r, const pool_t *pool, 
     return lt_fail(err, LT_E_INVALID, "%s:%llu: needs an \"input\" (or \"text\") string, or an \"instruction\"",
                    lines_path(r), (unsigned long long)lines_lineno(r));
   if (!own && !pool->n)
-    return lt_fail(err, LT_E_INVALID, "%s:%llu: the row has no \"instruction\" and no pool was given "
-                   "(--instruction or --instructions)", lines_path(r), (unsigned long long)lines_lineno(r));
+    return lt_fail(err, LT_E_INVALID,
+                   "%s:%llu: the row has no \"instruction\" and no pool was given "
+                   "(--instruction or --instructions)",
+                   lines_path(r), (unsigned long long)lines_lineno(r));
   size_t k = own ? 1 : per_input;
   for (size_t j = 0; j < k; j++)
     pairs[(*np)++] = (pair_t){.row = row_no,

@@ -75,7 +75,8 @@ Test(data_jobs, flatten_graph_runs_without_a_gpu) {
   snprintf(args, sizeof args, "--json run flatten-graph --input %s",
            file("g.csv", "from,to\na,b\na,c\nb,d\nc,d\nd,a\n"));
   cr_assert_eq(lathe(args), 0, "%s", err);
-  static const char *want = "{\"paths\":[[\"a\",\"b\",\"d\"],[\"a\",\"c\",\"d\"]],\"text\":\"a -> [b -> d, c -> d]\\n\",";
+  static const char *want =
+      "{\"paths\":[[\"a\",\"b\",\"d\"],[\"a\",\"c\",\"d\"]],\"text\":\"a -> [b -> d, c -> d]\\n\",";
   cr_assert(strncmp(out, want, strlen(want)) == 0, "%s", out);
   cr_assert_eq(count(out, "\n"), 1, "one JSON object on stdout: %s", out);
   cr_assert(strstr(out, "\"truncated\":false"), "%s", out);
@@ -99,18 +100,19 @@ Test(data_jobs, flatten_graph_runs_without_a_gpu) {
 
 Test(data_jobs, feedback_runs_end_to_end_with_progress) {
   char args[1024];
-  const char *data = file("fb.jsonl",
-                          "{\"prompt\": \"Tell me about the cat.\", \"a\": \"The cat was kind and shared her toys.\", "
-                          "\"b\": \"The cat was mean.\"}\n\n"
-                          "{\"prompt\": \"What did Tom do?\", \"a\": \"Tom hit the dog.\", \"b\": \"Tom helped his "
-                          "mom in the garden.\"}\n");
+  const char *data =
+      file("fb.jsonl", "{\"prompt\": \"Tell me about the cat.\", \"a\": \"The cat was kind and shared her toys.\", "
+                       "\"b\": \"The cat was mean.\"}\n\n"
+                       "{\"prompt\": \"What did Tom do?\", \"a\": \"Tom hit the dog.\", \"b\": \"Tom helped his "
+                       "mom in the garden.\"}\n");
   snprintf(args, sizeof args, "--json run feedback --model %s --data %s --max-tokens 16 --batch 2", DATA_MODEL, data);
   cr_assert_eq(lathe(args), 0, "%s", err);
   cr_assert_eq(count(out, "\n"), 2, "one record per row: %s", out);
   for (const char *p = out; *p; p = strchr(p, '\n') + 1) {
     cr_assert(strncmp(p, "{\"row\":", 7) == 0, "%s", p);
     const char *end = strchr(p, '\n');
-    for (const char *k = "\"prompt\":\0\"chosen\":\0\"rejected\":\0\"strength\":\0\"consistent\":\0"; *k; k += strlen(k) + 1) {
+    for (const char *k = "\"prompt\":\0\"chosen\":\0\"rejected\":\0\"strength\":\0\"consistent\":\0"; *k;
+         k += strlen(k) + 1) {
       const char *at = strstr(p, k);
       cr_assert(at && at < end, "%s lacks %s", p, k);
     }

@@ -44,7 +44,7 @@ static lt_status_t mock_generate(void *ctx, const char *const *prompts, size_t n
     const char *out = OWN;
     if (strstr(prompts[i], "Answer A:\n")) {
       bool first = good_first(prompts[i]);
-      out = m->mode == M_NAME_GOOD ? (first ? "A is kinder.\nVerdict: Answer A" : "B is kinder.\nVerdict: Answer B")
+      out = m->mode == M_NAME_GOOD  ? (first ? "A is kinder.\nVerdict: Answer A" : "B is kinder.\nVerdict: Answer B")
             : m->mode == M_ALWAYS_A ? "Both are fine.\nVerdict: A"
                                     : "Both answers have merit.";
     }
@@ -55,7 +55,8 @@ static lt_status_t mock_generate(void *ctx, const char *const *prompts, size_t n
 
 /* " A" / " B" after a verdict suffix: per mode. An answer as a reply: GOOD -1 per token, anything else -3
  * (4 tokens each), so the margin is exactly 2. */
-static lt_status_t mock_loglik(void *ctx, const char *context, const char *cont, double *sum, size_t *n, lt_err_t *err) {
+static lt_status_t mock_loglik(void *ctx, const char *context, const char *cont, double *sum, size_t *n,
+                               lt_err_t *err) {
   (void)err;
   mock_t *m = ctx;
   m->n_loglik++;
@@ -73,7 +74,7 @@ static lt_status_t mock_loglik(void *ctx, const char *context, const char *cont,
 }
 
 static void judge(mock_t *m, const chat_tmpl_t *t, fb_decide_t decide, const fb_item_t *items, size_t n,
-                         fb_result_t *res) {
+                  fb_result_t *res) {
   fb_annotator_t an = {m, mock_generate, mock_loglik};
   fb_opts_t o = {.principle = "kindness", .decide = decide};
   lt_err_t err = {0};
@@ -89,7 +90,7 @@ static char *subst(const char *s, const char *from, const char *to) {
   size_t n = 0, lf = strlen(from), lt = strlen(to);
   for (const char *p = s; (p = strstr(p, from)); p += lf) n++;
   char *out = malloc(strlen(s) + n * lt + 1), *o = out;
-  for (const char *p = s, *q; ; p = q + lf) {
+  for (const char *p = s, *q;; p = q + lf) {
     q = strstr(p, from);
     size_t k = q ? (size_t)(q - p) : strlen(p);
     memcpy(o, p, k);
@@ -117,7 +118,8 @@ static void check_swap(const char *tmpl_src) {
   cr_assert(strstr(r.order[0].prompt, "Answer A:\n" GOOD "\n\nAnswer B:\n" BAD "\n\n"), "%s", r.order[0].prompt);
   cr_assert(strstr(r.order[1].prompt, "Answer A:\n" BAD "\n\nAnswer B:\n" GOOD "\n\n"), "%s", r.order[1].prompt);
   /* Exactly a swap: exchanging the two texts in the first query gives the second, byte for byte. */
-  char *tmp = subst(r.order[0].prompt, GOOD, "\x01"), *tmp2 = subst(tmp, BAD, GOOD), *swapped = subst(tmp2, "\x01", BAD);
+  char *tmp = subst(r.order[0].prompt, GOOD, "\x01"), *tmp2 = subst(tmp, BAD, GOOD),
+       *swapped = subst(tmp2, "\x01", BAD);
   cr_assert_str_eq(swapped, r.order[1].prompt);
   free(tmp), free(tmp2), free(swapped);
   /* Same conversation: the prompt and the annotator's own answer come first, under the principle. */

@@ -32,9 +32,7 @@ static void expect_text(const char *name, const char *text, const char *want) {
 
 Test(graph, chain) { expect_text("chain.csv", "a,b\nb,c\nc,d\n", "a -> b -> c -> d\n"); }
 
-Test(graph, tree_merges_shared_prefixes) {
-  expect_text("tree.csv", "r,a\nr,b\na,x\na,y\n", "r -> [a -> [x, y], b]\n");
-}
+Test(graph, tree_merges_shared_prefixes) { expect_text("tree.csv", "r,a\nr,b\na,x\na,y\n", "r -> [a -> [x, y], b]\n"); }
 
 Test(graph, diamond_lists_both_paths) { expect_text("diamond.csv", "a,b\na,c\nb,d\nc,d\n", "a -> [b -> d, c -> d]\n"); }
 
@@ -99,9 +97,13 @@ Test(graph, undirected_default_and_duplicates) {
   lt_err_t err = {0};
   graph_t *g = graph_new(NULL);
   /* All edges undirected by default; the repeat b,a of a,b is dropped. */
-  cr_assert_eq(graph_read(g, tdata_file("g.jsonl", "{\"from\":\"a\",\"to\":\"b\"}\n{\"from\":\"b\",\"to\":\"a\"}\n"
-                                                 "{\"from\":\"c\",\"to\":\"b\",\"directed\":true}\n", 0),
-                          GRAPH_AUTO, false, NULL, NULL, &err), LT_OK, "%s", err.msg);
+  cr_assert_eq(graph_read(g,
+                          tdata_file("g.jsonl",
+                                     "{\"from\":\"a\",\"to\":\"b\"}\n{\"from\":\"b\",\"to\":\"a\"}\n"
+                                     "{\"from\":\"c\",\"to\":\"b\",\"directed\":true}\n",
+                                     0),
+                          GRAPH_AUTO, false, NULL, NULL, &err),
+               LT_OK, "%s", err.msg);
   cr_assert_eq(graph_flatten(g, NULL, &f, &err), LT_OK);
   cr_assert_str_eq(f.text, "a -> b\nc -> b\n", "%s", f.text);
   cr_assert_eq(f.n_undirected, 2);
@@ -128,11 +130,13 @@ Test(graph, bad_rows_name_the_line) {
   graph_t *g = graph_new(NULL);
   cr_assert_eq(graph_read(g, tdata_file("bad.csv", "a,b\nc\n", 0), GRAPH_AUTO, true, NULL, NULL, &err), LT_E_INVALID);
   cr_assert(strstr(err.msg, "bad.csv:2: expected from,to"), "%s", err.msg);
-  cr_assert_eq(graph_read(g, tdata_file("bad.jsonl", "{\"from\":\"a\"}\n", 0), GRAPH_AUTO, true, NULL, NULL, &err), LT_E_INVALID);
+  cr_assert_eq(graph_read(g, tdata_file("bad.jsonl", "{\"from\":\"a\"}\n", 0), GRAPH_AUTO, true, NULL, NULL, &err),
+               LT_E_INVALID);
   cr_assert(strstr(err.msg, "bad.jsonl:1: needs \"from\" and \"to\""), "%s", err.msg);
   cr_assert_eq(graph_read(g, tdata_file("bad2.csv", "a,\"b\n", 0), GRAPH_AUTO, true, NULL, NULL, &err), LT_E_INVALID);
   cr_assert(strstr(err.msg, "unterminated"), "%s", err.msg);
-  cr_assert_eq(graph_read(g, tdata_file("bad3.csv", "a,b,maybe\n", 0), GRAPH_AUTO, true, NULL, NULL, &err), LT_E_INVALID);
+  cr_assert_eq(graph_read(g, tdata_file("bad3.csv", "a,b,maybe\n", 0), GRAPH_AUTO, true, NULL, NULL, &err),
+               LT_E_INVALID);
   cr_assert_eq(graph_read(g, "/nonexistent/graph.csv", GRAPH_AUTO, true, NULL, NULL, &err), LT_E_IO);
   graph_destroy(&g);
 }
@@ -194,12 +198,14 @@ Test(graph, long_chain_is_walked_without_recursion_and_capped_by_bytes) {
 Test(graph, node_edge_line_and_name_caps) {
   lt_err_t err = {0};
   graph_t *g = graph_new(&(graph_limits_t){.max_nodes = 10});
-  cr_assert_eq(graph_read(g, tdata_file("n.csv", "a,b\nc,d\ne,f\ng,h\ni,j\nk,l\n", 0), GRAPH_AUTO, true, NULL, NULL, &err),
-               LT_E_LIMIT);
+  cr_assert_eq(
+      graph_read(g, tdata_file("n.csv", "a,b\nc,d\ne,f\ng,h\ni,j\nk,l\n", 0), GRAPH_AUTO, true, NULL, NULL, &err),
+      LT_E_LIMIT);
   cr_assert(strstr(err.msg, "n.csv:6: more than 10 nodes (the max_nodes cap)"), "%s", err.msg);
   graph_destroy(&g);
   g = graph_new(&(graph_limits_t){.max_edges = 3});
-  cr_assert_eq(graph_read(g, tdata_file("e.csv", "a,b\na,c\na,d\na,e\n", 0), GRAPH_AUTO, true, NULL, NULL, &err), LT_E_LIMIT);
+  cr_assert_eq(graph_read(g, tdata_file("e.csv", "a,b\na,c\na,d\na,e\n", 0), GRAPH_AUTO, true, NULL, NULL, &err),
+               LT_E_LIMIT);
   cr_assert(strstr(err.msg, "e.csv:4: more than 3 edges (the max_edges cap)"), "%s", err.msg);
   graph_destroy(&g);
   /* One line of 2 MiB without a newline: refused at 1 MiB, without reading it whole. */

@@ -66,7 +66,8 @@ Test(lm, long_prompts_keep_bos_and_their_end) {
   cr_assert_eq(model_generate(m, pp, &len, 1, &o, NULL, NULL, NULL, r, &err), LT_OK, "%s", err.msg);
   char *want = NULL;
   size_t wn;
-  cr_assert_eq(tok_decode(tok, r[0].tokens, r[0].n_tokens, TOK_SKIP_SPECIAL | TOK_KEEP_LEADING, &want, &wn, &err), LT_OK);
+  cr_assert_eq(tok_decode(tok, r[0].tokens, r[0].n_tokens, TOK_SKIP_SPECIAL | TOK_KEEP_LEADING, &want, &wn, &err),
+               LT_OK);
   cr_assert_str_eq(out[0], want);
   /* A stop string cuts the text before it. */
   cr_assert_geq(wn, 3, "%s", want);

@@ -7,8 +7,15 @@
 #include "engine/selfgen.h"
 
 Test(selfgen, sentence_endings) {
-  const char *kept[] = {"Done.", "Really?", "Stop!", "He said \"go.\"", "It is 'so.'", "Fin.  \n",
-                        "\xe2\x80\x9cYes.\xe2\x80\x9d", "Non.\xc2\xbb", "a.\xe2\x80\x99"};
+  const char *kept[] = {"Done.",
+                        "Really?",
+                        "Stop!",
+                        "He said \"go.\"",
+                        "It is 'so.'",
+                        "Fin.  \n",
+                        "\xe2\x80\x9cYes.\xe2\x80\x9d",
+                        "Non.\xc2\xbb",
+                        "a.\xe2\x80\x99"};
   const char *dropped[] = {"", "   ", "and then", "Done,", "Cut mid-word", "\"quoted\"", "Dr", "1.5 and", "ok.)"};
   for (size_t i = 0; i < sizeof kept / sizeof *kept; i++) cr_assert(sg_ends_sentence(kept[i]), "%s", kept[i]);
   for (size_t i = 0; i < sizeof dropped / sizeof *dropped; i++)
