@@ -18,7 +18,11 @@ static lt_status_t lm_ll_cb(void *ctx, const char *context, const char *continua
   return lm_loglik(ctx, context, continuation, sum, n, err);
 }
 
-fb_annotator_t fb_annotator_lm(lm_t *lm) { return (fb_annotator_t){lm, lm_gen_cb, lm_ll_cb}; }
+static bool lm_stopped_cb(void *ctx) { return ((const lm_t *)ctx)->stopped; }
+
+fb_annotator_t fb_annotator_lm(lm_t *lm) { return (fb_annotator_t){lm, lm_gen_cb, lm_ll_cb, lm_stopped_cb}; }
+
+static bool stopped(const fb_annotator_t *an) { return an->stopped && an->stopped(an->ctx); }
 
 int fb_parse_verdict(const char *text) {
   const char *last = NULL;
@@ -114,6 +118,7 @@ lt_status_t fb_judge(const fb_annotator_t *an, const chat_tmpl_t *t, const fb_op
   }
   if (st != LT_OK || (st = an->generate(an->ctx, prompts, n, outs, err)) != LT_OK) goto done;
   for (size_t i = 0; i < n; i++) res[i].own = outs[i];
+  if (stopped(an)) goto done;
   /* (2) the critiques, A first and then B first, in the same conversation */
   for (size_t i = 0; i < n && st == LT_OK; i++)
     for (int k = 0; k < 2 && st == LT_OK; k++) {
@@ -130,7 +135,7 @@ lt_status_t fb_judge(const fb_annotator_t *an, const chat_tmpl_t *t, const fb_op
   for (size_t i = 0; i < n; i++)
     for (int k = 0; k < 2; k++) res[i].order[k].critique = outs[2 * i + k];
   /* (3) the decisions, and (4) the strength of consistent ones */
-  for (size_t i = 0; i < n && st == LT_OK; i++) {
+  for (size_t i = 0; i < n && st == LT_OK && !stopped(an); i++) {
     fb_result_t *r = &res[i];
     for (int k = 0; k < 2 && st == LT_OK; k++) st = decide(an, &opts, &r->order[k], err);
     if (st != LT_OK) break;

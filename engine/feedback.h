@@ -41,6 +41,8 @@ typedef struct fb_annotator {
   /* The summed log-probability of continuation after context, and its number of tokens. */
   lt_status_t (*loglik)(void *ctx, const char *context, const char *continuation, double *sum, size_t *n_tokens,
                         lt_err_t *err);
+  /* Whether the annotator was asked to stop (NULL: never); fb_judge then returns at once, results incomplete. */
+  bool (*stopped)(void *ctx);
 } fb_annotator_t;
 
 /* The annotator backed by lm (lm_generate and lm_loglik). */
@@ -83,7 +85,7 @@ typedef struct fb_result {
 } fb_result_t;
 
 /* Labels items[n] with annotator an, rendering every query with t; res[n] are filled (release each with
- * fb_result_free, also after a failure). */
+ * fb_result_free, also after a failure or a stop). */
 lt_status_t fb_judge(const fb_annotator_t *an, const chat_tmpl_t *t, const fb_opts_t *o, const fb_item_t *items,
                      size_t n, fb_result_t *res, lt_err_t *err);
 

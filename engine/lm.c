@@ -24,6 +24,13 @@ static bool keep_tail(const lm_t *lm, int32_t *ids, size_t *n, size_t keep) {
   return true;
 }
 
+/* The step callback given to model_generate: lm's own, remembering a stop. */
+static bool step(void *ctx, uint32_t item, const int32_t *tokens, uint32_t n) {
+  lm_t *lm = ctx;
+  if (lm->on_step && !lm->on_step(lm->step_ctx, item, tokens, n)) lm->stopped = true;
+  return !lm->stopped;
+}
+
 lt_status_t lm_generate(lm_t *lm, const char *const *prompts, size_t n, char **outs, lt_err_t *err) {
   uint32_t max_new = lm_max_new(lm), limit = lm_window(lm) - max_new;
   int32_t **ids = calloc(n ? n : 1, sizeof *ids);
@@ -31,6 +38,11 @@ lt_status_t lm_generate(lm_t *lm, const char *const *prompts, size_t n, char **o
   gen_result_t *res = calloc(n ? n : 1, sizeof *res);
   lt_status_t st = LT_OK;
   for (size_t i = 0; i < n; i++) outs[i] = NULL;
+  if (lm->stopped) { /* asked to stop: every output empty, nothing computed */
+    for (size_t i = 0; i < n && st == LT_OK; i++)
+      if (!(outs[i] = strdup(""))) st = lt_fail(err, LT_E_NOMEM, "out of memory");
+    goto decoded;
+  }
   if (!ids || !lens || !res) {
     st = lt_fail(err, LT_E_NOMEM, "out of memory");
     goto done;
@@ -46,8 +58,7 @@ lt_status_t lm_generate(lm_t *lm, const char *const *prompts, size_t n, char **o
   if (st != LT_OK) goto done;
   gen_opts_t o = lm->gen;
   o.max_tokens = max_new;
-  st = model_generate(lm->model, (const int32_t *const *)ids, lens, (uint32_t)n, &o, NULL, lm->on_step, lm->step_ctx,
-                      res, err);
+  st = model_generate(lm->model, (const int32_t *const *)ids, lens, (uint32_t)n, &o, NULL, step, lm, res, err);
   lm->gen.seed += n;
   for (size_t i = 0; i < n && st == LT_OK; i++) {
     size_t len = 0;
@@ -57,6 +68,7 @@ lt_status_t lm_generate(lm_t *lm, const char *const *prompts, size_t n, char **o
       if (hit) *hit = '\0';
     }
   }
+decoded:
   if (st != LT_OK)
     for (size_t i = 0; i < n; i++) {
       free(outs[i]);
@@ -78,6 +90,7 @@ lt_status_t lm_loglik(lm_t *lm, const char *context, const char *continuation, d
   size_t nc = 0, nk = 0;
   *sum = 0;
   *n_tokens = 0;
+  if (lm->stopped) return LT_OK;
   lt_status_t st = tok_encode(lm->tok, context, strlen(context), lm->encode_flags, &c, &nc, err);
   if (st == LT_OK) st = tok_encode(lm->tok, continuation, strlen(continuation), 0, &k, &nk, err);
   if (st == LT_OK && nc == 0) st = lt_fail(err, LT_E_INVALID, "nothing to condition on: the context is empty");

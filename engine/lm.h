@@ -8,6 +8,7 @@
 #ifndef LATHE_LM_H
 #define LATHE_LM_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -24,6 +25,7 @@ typedef struct lm {
   gen_step_fn on_step;      /* called after each decoding step (may be NULL); return false to stop */
   void *step_ctx;
   uint64_t n_truncated; /* prompts and contexts cut to fit the window so far */
+  bool stopped;         /* on_step asked to stop: from then on calls return at once with empty results */
 } lm_t;
 
 /* The context window of lm's model in tokens. */

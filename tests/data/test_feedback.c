@@ -26,6 +26,7 @@ typedef struct mock {
   char *seen[32]; /* prompts given to generate, in order */
   size_t n_seen;
   size_t n_loglik;
+  size_t stop_after; /* report a stop once this many prompts were generated (0: never) */
 } mock_t;
 
 /* Whether GOOD is the answer shown first in a critique query (or a context that starts with one). */
@@ -73,9 +74,13 @@ static lt_status_t mock_loglik(void *ctx, const char *context, const char *cont,
   return LT_OK;
 }
 
+static bool mock_stopped(void *ctx) {
+  return ((mock_t *)ctx)->stop_after && ((mock_t *)ctx)->n_seen >= ((mock_t *)ctx)->stop_after;
+}
+
 static void judge(mock_t *m, const chat_tmpl_t *t, fb_decide_t decide, const fb_item_t *items, size_t n,
                   fb_result_t *res) {
-  fb_annotator_t an = {m, mock_generate, mock_loglik};
+  fb_annotator_t an = {m, mock_generate, mock_loglik, mock_stopped};
   fb_opts_t o = {.principle = "kindness", .decide = decide};
   lt_err_t err = {0};
   cr_assert_eq(fb_judge(&an, t, &o, items, n, res, &err), LT_OK, "%s", err.msg);
@@ -222,4 +227,19 @@ Test(feedback, verdict_parsing) {
   cr_assert_eq(fb_parse_verdict("Verdict: Both"), -1);
   cr_assert_eq(fb_parse_verdict("Answer A is better"), -1, "no verdict line");
   cr_assert_eq(fb_parse_verdict("Verdict: AB"), -1);
+}
+
+Test(feedback, a_stopped_annotator_ends_the_work_early) {
+  lt_err_t err = {0};
+  chat_tmpl_t *t = chat_tmpl_new(CHAT_PLAIN_TEMPLATE, NULL, NULL, &err);
+  fb_item_t items[2] = {{"p1", GOOD, BAD}, {"p2", BAD, GOOD}};
+  fb_result_t r[2];
+  mock_t m = {.mode = M_SILENT_GOOD, .stop_after = 2}; /* stopped during the own answers */
+  judge(&m, t, FB_DECIDE_TEXT_THEN_LOGLIK, items, 2, r);
+  cr_assert_eq(m.n_seen, 2, "no critique is asked for after the stop");
+  cr_assert_eq(m.n_loglik, 0, "nothing is scored after the stop");
+  cr_assert_null(r[0].order[0].critique);
+  fb_result_free(&r[0]), fb_result_free(&r[1]);
+  mock_free(&m);
+  chat_tmpl_destroy(&t);
 }
