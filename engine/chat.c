@@ -1194,7 +1194,7 @@ static const char *token_text(const json_t *v) {
   return json_string_value(json_object_get(v, "content"));
 }
 
-static chat_tmpl_t *plain(lt_err_t *err) {
+chat_tmpl_t *chat_tmpl_plain(lt_err_t *err) {
   chat_tmpl_t *t = chat_tmpl_new(CHAT_PLAIN_TEMPLATE, NULL, NULL, err);
   if (t) t->plain = true;
   return t;
@@ -1206,7 +1206,7 @@ static chat_tmpl_t *from_gguf(const char *path, lt_err_t *err) {
   const char *src = NULL;
   chat_tmpl_t *t = NULL;
   if (!gguf_kv_find(g, "tokenizer.chat_template") || gguf_get_str(g, "tokenizer.chat_template", &src, err) != LT_OK) {
-    t = plain(err);
+    t = chat_tmpl_plain(err);
   } else {
     gguf_tokenizer_t gt;
     const char *bos = "", *eos = "";
@@ -1229,7 +1229,7 @@ chat_tmpl_t *chat_tmpl_open(const char *model_path, lt_err_t *err) {
   if (!S_ISDIR(sb.st_mode)) return from_gguf(model_path, err);
   char path[4200];
   snprintf(path, sizeof path, "%s/tokenizer_config.json", model_path);
-  if (stat(path, &sb) != 0) return plain(err);
+  if (stat(path, &sb) != 0) return chat_tmpl_plain(err);
   json_error_t je;
   json_t *cfg = json_load_file(path, 0, &je);
   if (!cfg) {
@@ -1248,7 +1248,7 @@ chat_tmpl_t *chat_tmpl_open(const char *model_path, lt_err_t *err) {
   }
   chat_tmpl_t *t = src ? chat_tmpl_new(src, token_text(json_object_get(cfg, "bos_token")),
                                        token_text(json_object_get(cfg, "eos_token")), err)
-                       : plain(err);
+                       : chat_tmpl_plain(err);
   json_decref(cfg);
   return t;
 }

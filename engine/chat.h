@@ -44,6 +44,10 @@ extern const char *const CHAT_PLAIN_STOPS[];
  * outside the subset, both naming the line. */
 chat_tmpl_t *chat_tmpl_new(const char *source, const char *bos_token, const char *eos_token, lt_err_t *err);
 
+/* The plain template (CHAT_PLAIN_TEMPLATE, marked plain for chat_tmpl_is_plain and chat_encode_flags). Caller
+ * owns; NULL with err when out of memory. */
+chat_tmpl_t *chat_tmpl_plain(lt_err_t *err);
+
 /* The template of the model at path: "chat_template" of tokenizer_config.json in a Hugging Face folder (a
  * string, or the entry named "default" of a list), or tokenizer.chat_template of a .gguf file, with its BOS and
  * EOS token texts; the plain template when the model has none. Caller owns; NULL with err. */

@@ -12,12 +12,15 @@ static bool keep_going(void *ctx, uint32_t item, const int32_t *tokens, uint32_t
   return job_should_stop(ctx) == JOB_GO;
 }
 
-lt_status_t dj_model_open(job_ctx_t *ctx, const char *path, dj_model_t *dm, lt_err_t *err) {
+lt_status_t dj_model_open(job_ctx_t *ctx, dj_model_t *dm, lt_err_t *err) {
   memset(dm, 0, sizeof *dm);
+  const char *path = job_param_str(ctx, "model");
+  bool force_plain = !strcmp(job_param_str(ctx, "template"), "plain");
   tok_t *tok = NULL;
   model_t *m = job_model(ctx, path, &tok, err);
   if (!m) return err->code ? err->code : LT_E_INVALID;
-  if (!(dm->tmpl = chat_tmpl_open(path, err))) return err->code;
+  dm->tmpl = force_plain ? chat_tmpl_plain(err) : chat_tmpl_open(path, err);
+  if (!dm->tmpl) return err->code;
   bool plain = chat_tmpl_is_plain(dm->tmpl);
   dm->lm = (lm_t){.model = m,
                   .tok = tok,
@@ -26,8 +29,9 @@ lt_status_t dj_model_open(job_ctx_t *ctx, const char *path, dj_model_t *dm, lt_e
                   .on_step = keep_going,
                   .step_ctx = ctx};
   job_log(ctx, "%s; context window %u tokens",
-          plain ? "the model has no chat template: using the plain one (User: ... Assistant:)"
-                : "using the model's chat template",
+          force_plain ? "using the plain chat template (User: ... Assistant:), as asked"
+          : plain     ? "the model has no chat template: using the plain one (User: ... Assistant:)"
+                      : "using the model's chat template",
           lm_window(&dm->lm));
   return LT_OK;
 }

@@ -15,10 +15,11 @@ typedef struct dj_model {
   chat_tmpl_t *tmpl; /* owned */
 } dj_model_t;
 
-/* Loads the model at path (kept by the worker between jobs), opens its chat template (the plain one when it has
- * none) and sets up dm->lm to encode and stop as that template needs and to stop when the job is cancelled.
- * Logs which template is used. Release with dj_model_close(). */
-lt_status_t dj_model_open(job_ctx_t *ctx, const char *path, dj_model_t *dm, lt_err_t *err);
+/* Loads the model named by the job's `model` parameter (kept by the worker between jobs), opens the chat
+ * template its `template` parameter asks for ("model": the model's, the plain one when it has none; "plain")
+ * and sets up dm->lm to encode and stop as that template needs and to stop when the job is cancelled. Logs
+ * which template is used. Release with dj_model_close(). */
+lt_status_t dj_model_open(job_ctx_t *ctx, dj_model_t *dm, lt_err_t *err);
 
 /* Frees the template; the model stays with the worker. NULL-safe. */
 void dj_model_close(dj_model_t *dm);

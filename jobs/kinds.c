@@ -43,12 +43,20 @@ static bool kind_flatten_graph_validate(const msgpack_object *params, proto_err_
   return true;
 }
 
-/* feedback: the decision rule is one of two words. */
+/* selfgen (and feedback): the chat template is the model's or the plain one. */
+static bool kind_selfgen_validate(const msgpack_object *params, proto_err_t *e) {
+  const msgpack_object *t = mp_get(params, "template");
+  if (!mp_str_is(t, "model") && !mp_str_is(t, "plain"))
+    return proto_fail(e, P_BAD_VALUE, "params.template", "params.template: expected model or plain");
+  return true;
+}
+
+/* feedback: the template as for selfgen, and the decision rule is one of two words. */
 static bool kind_feedback_validate(const msgpack_object *params, proto_err_t *e) {
   const msgpack_object *d = mp_get(params, "decide");
   if (!mp_str_is(d, "text") && !mp_str_is(d, "loglik"))
     return proto_fail(e, P_BAD_VALUE, "params.decide", "params.decide: expected text or loglik");
-  return true;
+  return kind_selfgen_validate(params, e);
 }
 
 #define P(key, type, req, def, lo, hi, help) {#key, type, req, def, lo, hi, help},

@@ -171,7 +171,7 @@ job_outcome_t run_selfgen(job_ctx_t *ctx, lt_err_t *err) {
     goto done;
   }
   if (pool_load(ctx, &pool, err) != LT_OK || dj_count_rows(data, max_rows, &total, err) != LT_OK ||
-      dj_model_open(ctx, job_param_str(ctx, "model"), &dm, err) != LT_OK)
+      dj_model_open(ctx, &dm, err) != LT_OK)
     goto done;
   dm.lm.gen = (gen_opts_t){.max_tokens = (uint32_t)job_param_int(ctx, "max_tokens")}; /* greedy */
   /* The stop strings: the template's own (the plain one's next turn), then the job's. */

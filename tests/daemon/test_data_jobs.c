@@ -165,3 +165,38 @@ Test(data_jobs, feedback_stops_promptly_when_cancelled) {
   cr_assert_eq(td_worker_pid(c), worker, "the runner stopped by itself: the worker was not killed");
   lc_destroy(&c);
 }
+
+/* What job id wrote to selfgen.jsonl and dropped.jsonl (static storage). */
+static const char *pairs_written(int id) {
+  static char buf[8192];
+  char path[256];
+  snprintf(path, sizeof path, "%s/jobs/%d/selfgen.jsonl", t.home, id);
+  slurp(path, buf, sizeof buf / 2);
+  snprintf(path, sizeof path, "%s/jobs/%d/dropped.jsonl", t.home, id);
+  slurp(path, buf + strlen(buf), sizeof buf / 2);
+  return buf;
+}
+
+Test(data_jobs, selfgen_renders_with_the_models_template_or_the_plain_one) {
+  /* stories260K with a chat template of its own. */
+  char dir[200], cmd[600], args[1024];
+  snprintf(dir, sizeof dir, "%s/tmodel", t.dir);
+  snprintf(cmd, sizeof cmd, "mkdir -p %s && ln -s %s/[cgm]* %s/tokenizer.json %s/", dir, DATA_MODEL, DATA_MODEL, dir);
+  cr_assert_eq(system(cmd), 0);
+  snprintf(cmd, sizeof cmd, "tmodel/tokenizer_config.json");
+  file(cmd, "{\"bos_token\": \"<s>\", \"eos_token\": \"</s>\", \"chat_template\": "
+            "\"{{ bos_token }}{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }} {% endfor %}"
+            "{% if add_generation_prompt %}[assistant]{% endif %}\"}\n");
+  const char *data = file("in.jsonl", "{\"input\": \"Hello there.\"}\n");
+  snprintf(args, sizeof args, "--json run selfgen --model %s --data %s --instruction Go. --max-tokens 4 --stop x", dir,
+           data);
+  cr_assert_eq(lathe(args), 0, "%s", err);
+  cr_assert(strstr(err, "using the model's chat template"), "%s", err);
+  cr_assert(strstr(pairs_written(1), "\"prompt\":\"<s>[user] Go.\\n\\nHello there. [assistant]\""), "%s",
+            pairs_written(1));
+  strcat(args, " --template plain");
+  cr_assert_eq(lathe(args), 0, "%s", err);
+  cr_assert(strstr(err, "using the plain chat template"), "%s", err);
+  cr_assert(strstr(pairs_written(2), "\"prompt\":\"User: Go.\\n\\nHello there.\\n\\nAssistant:\""), "%s",
+            pairs_written(2));
+}
