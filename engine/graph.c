@@ -517,17 +517,20 @@ static lt_status_t list_paths(const graph_t *g, const graph_flat_opts_t *o, flat
       uint32_t v = w->stack[top - 1];
       if (w->iter[v] == w->koff[v] && !w->outdeg[v]) { /* a sink, first visit: the stack is a path */
         w->iter[v]++;                                  /* visited: popped next round */
+        char total[48];                                /* a saturated count is a lower bound */
+        snprintf(total, sizeof total, "%s%llu", out->total_paths == UINT64_MAX ? "at least " : "",
+                 (unsigned long long)out->total_paths);
         if (out->n_paths == max_paths) {
           out->truncated = true;
-          snprintf(out->note, sizeof out->note, "listed the first %zu of %llu paths (the max_paths cap)", out->n_paths,
-                   (unsigned long long)out->total_paths);
+          snprintf(out->note, sizeof out->note, "listed the first %zu of %s paths (the max_paths cap)", out->n_paths,
+                   total);
           break;
         }
         if (bytes + plen + 1 > max_bytes) {
           out->truncated = true;
           snprintf(out->note, sizeof out->note,
-                   "listed %zu of %llu paths: the next one (%zu bytes) would pass the max_bytes cap of %zu bytes",
-                   out->n_paths, (unsigned long long)out->total_paths, plen + 1, max_bytes);
+                   "listed %zu of %s paths: the next one (%zu bytes) would pass the max_bytes cap of %zu bytes",
+                   out->n_paths, total, plen + 1, max_bytes);
           break;
         }
         if (!grow(&out->path_nodes, sizeof *out->path_nodes, &cap_nodes, used + top) ||

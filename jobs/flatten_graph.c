@@ -91,10 +91,11 @@ job_outcome_t run_flatten_graph(job_ctx_t *ctx, lt_err_t *err) {
   if (graph_flatten(g, &o, &f, err) != LT_OK) goto done;
   job_log(ctx,
           "%u nodes, %llu edges read; the DAG keeps %llu (%llu undirected oriented, %llu repeats dropped, %llu "
-          "back edges removed); %u sources, %u sinks; %zu of %llu paths listed",
+          "back edges removed); %u sources, %u sinks; %zu of %s%llu paths listed",
           f.n_nodes, (unsigned long long)graph_n_edges(g), (unsigned long long)f.n_edges,
           (unsigned long long)f.n_undirected, (unsigned long long)f.n_duplicates, (unsigned long long)f.n_back_edges,
-          f.n_sources, f.n_sinks, f.n_paths, (unsigned long long)f.total_paths);
+          f.n_sources, f.n_sinks, f.n_paths, f.total_paths == UINT64_MAX ? "at least " : "",
+          (unsigned long long)f.total_paths);
   if (f.truncated) job_log(ctx, "capped: %s", f.note);
   if (write_files(ctx, g, &f, err) != LT_OK) goto done;
   job_output_begin(ctx);
