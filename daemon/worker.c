@@ -177,6 +177,14 @@ void job_output_ints(job_ctx_t *c, const char *key, const int32_t *v, size_t n) 
   for (size_t i = 0; i < n; i++) mpw_int(&c->out, v[i]);
   mpw_end(&c->out);
 }
+void job_output_bool(job_ctx_t *c, const char *key, bool v) { mpw_kbool(&c->out, key, v); }
+void job_output_null(job_ctx_t *c, const char *key) { mpw_knil(&c->out, key); }
+void job_output_list_begin(job_ctx_t *c, const char *key) {
+  if (key) mpw_str(&c->out, key);
+  mpw_array(&c->out);
+}
+void job_output_list_str(job_ctx_t *c, const char *v) { mpw_str(&c->out, v); }
+void job_output_list_end(job_ctx_t *c) { mpw_end(&c->out); }
 void job_output_end(job_ctx_t *c) { event_end(c, &c->out); }
 
 void job_artifact(job_ctx_t *c, const char *name, const char *relpath) {

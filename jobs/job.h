@@ -63,6 +63,15 @@ void job_output_str(job_ctx_t *ctx, const char *key, const char *v);
 void job_output_int(job_ctx_t *ctx, const char *key, int64_t v);
 void job_output_float(job_ctx_t *ctx, const char *key, double v);
 void job_output_ints(job_ctx_t *ctx, const char *key, const int32_t *v, size_t n);
+void job_output_bool(job_ctx_t *ctx, const char *key, bool v);
+/* A field with no value (JSON null): "nothing here", e.g. no label for an inconsistent preference. */
+void job_output_null(job_ctx_t *ctx, const char *key);
+/* Opens a list field of the output record (key NULL: a list nested in the list being filled); add entries
+ * with job_output_list_str() and close it with job_output_list_end(). Lists nest at most 2 deep (the
+ * protocol bounds the nesting of a whole events reply). */
+void job_output_list_begin(job_ctx_t *ctx, const char *key);
+void job_output_list_str(job_ctx_t *ctx, const char *v);
+void job_output_list_end(job_ctx_t *ctx);
 /* Sends the output record started by job_output_begin(). */
 void job_output_end(job_ctx_t *ctx);
 

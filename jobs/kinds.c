@@ -35,6 +35,30 @@ static bool kind_generate_validate(const msgpack_object *params, proto_err_t *e)
   return true;
 }
 
+/* flatten-graph: the input format is one of three words. */
+static bool kind_flatten_graph_validate(const msgpack_object *params, proto_err_t *e) {
+  const msgpack_object *f = mp_get(params, "format");
+  if (!mp_str_is(f, "auto") && !mp_str_is(f, "jsonl") && !mp_str_is(f, "csv"))
+    return proto_fail(e, P_BAD_VALUE, "params.format", "params.format: expected auto, jsonl or csv");
+  return true;
+}
+
+/* selfgen (and feedback): the chat template is the model's or the plain one. */
+static bool kind_selfgen_validate(const msgpack_object *params, proto_err_t *e) {
+  const msgpack_object *t = mp_get(params, "template");
+  if (!mp_str_is(t, "model") && !mp_str_is(t, "plain"))
+    return proto_fail(e, P_BAD_VALUE, "params.template", "params.template: expected model or plain");
+  return true;
+}
+
+/* feedback: the template as for selfgen, and the decision rule is one of two words. */
+static bool kind_feedback_validate(const msgpack_object *params, proto_err_t *e) {
+  const msgpack_object *d = mp_get(params, "decide");
+  if (!mp_str_is(d, "text") && !mp_str_is(d, "loglik"))
+    return proto_fail(e, P_BAD_VALUE, "params.decide", "params.decide: expected text or loglik");
+  return kind_selfgen_validate(params, e);
+}
+
 #define P(key, type, req, def, lo, hi, help) {#key, type, req, def, lo, hi, help},
 #define KIND(name, policy, gpu, validate, summary, params) static const kind_param_t name##_params[] = {params};
 #include "jobs/kinds.def"
@@ -54,9 +78,15 @@ size_t kind_count(void) { return sizeof kinds / sizeof kinds[0]; }
 
 const kind_t *kind_at(size_t i) { return i < kind_count() ? &kinds[i] : NULL; }
 
+/* A kind's name in the table is a C identifier (flatten_graph); users write it with dashes (flatten-graph), as
+ * they do parameter names, so '-' and '_' match each other. */
 const kind_t *kind_find(const char *name, size_t n) {
-  for (size_t i = 0; i < kind_count(); i++)
-    if (strlen(kinds[i].name) == n && memcmp(kinds[i].name, name, n) == 0) return &kinds[i];
+  for (size_t i = 0; i < kind_count(); i++) {
+    const char *k = kinds[i].name;
+    size_t j = 0;
+    while (j < n && k[j] && (k[j] == name[j] || (k[j] == '_' && name[j] == '-'))) j++;
+    if (j == n && !k[j]) return &kinds[i];
+  }
   return NULL;
 }
 
@@ -98,7 +128,8 @@ static bool check_str(const kind_param_t *p, const char *name, const msgpack_obj
   if (bounded && ((double)n < p->lo || (double)n > p->hi))
     return proto_fail(e, P_OUT_OF_RANGE, name, "%s: length %zu is outside [%.0f, %.0f]", name, n, p->lo, p->hi);
   if (n > PROTO_MAX_STR) return proto_fail(e, P_OUT_OF_RANGE, name, "%s: longer than %d bytes", name, PROTO_MAX_STR);
-  if (p->type == KT_PATH && (n == 0 || o->via.str.ptr[0] != '/'))
+  /* An empty path passes only where the bounds allow it (an optional file: lo = 0). */
+  if (p->type == KT_PATH && n > 0 && o->via.str.ptr[0] != '/')
     return proto_fail(e, P_BAD_VALUE, name, "%s: a path must be absolute", name);
   return true;
 }

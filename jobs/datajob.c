@@ -1,0 +1,75 @@
+/* Helpers of the model-driven data jobs (no runner here). */
+#include "jobs/datajob.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "engine/lines.h"
+
+/* After each token of a generation: go on unless the job is asked to stop. */
+static bool keep_going(void *ctx, uint32_t item, const int32_t *tokens, uint32_t n) {
+  (void)item, (void)tokens, (void)n;
+  return job_should_stop(ctx) == JOB_GO;
+}
+
+lt_status_t dj_model_open(job_ctx_t *ctx, dj_model_t *dm, lt_err_t *err) {
+  memset(dm, 0, sizeof *dm);
+  const char *path = job_param_str(ctx, "model");
+  bool force_plain = !strcmp(job_param_str(ctx, "template"), "plain");
+  tok_t *tok = NULL;
+  model_t *m = job_model(ctx, path, &tok, err);
+  if (!m) return err->code ? err->code : LT_E_INVALID;
+  dm->tmpl = force_plain ? chat_tmpl_plain(err) : chat_tmpl_open(path, err);
+  if (!dm->tmpl) return err->code;
+  bool plain = chat_tmpl_is_plain(dm->tmpl);
+  dm->lm = (lm_t){.model = m,
+                  .tok = tok,
+                  .encode_flags = chat_encode_flags(dm->tmpl, tok),
+                  .stops = plain ? CHAT_PLAIN_STOPS : NULL,
+                  .on_step = keep_going,
+                  .step_ctx = ctx};
+  job_log(ctx, "%s; context window %u tokens",
+          force_plain ? "using the plain chat template (User: ... Assistant:), as asked"
+          : plain     ? "the model has no chat template: using the plain one (User: ... Assistant:)"
+                      : "using the model's chat template",
+          lm_window(&dm->lm));
+  return LT_OK;
+}
+
+void dj_model_close(dj_model_t *dm) {
+  if (dm) chat_tmpl_destroy(&dm->tmpl);
+}
+
+lt_status_t dj_count_rows(const char *path, uint64_t max, uint64_t *n, lt_err_t *err) {
+  *n = 0;
+  lines_t *r = lines_open(path, 0, err);
+  if (!r) return err->code;
+  const char *line;
+  size_t len;
+  int got = 0;
+  while ((!max || *n < max) && (got = lines_next(r, &line, &len, err)) == 1) {
+    size_t a = 0;
+    while (a < len && (line[a] == ' ' || line[a] == '\t')) a++;
+    if (a < len) (*n)++;
+  }
+  lines_close(&r);
+  return got < 0 ? (lt_status_t)got : LT_OK;
+}
+
+FILE *dj_create(job_ctx_t *ctx, const char *name, lt_err_t *err) {
+  char path[4200];
+  snprintf(path, sizeof path, "%s/%s", job_dir(ctx), name);
+  FILE *f = fopen(path, "w");
+  if (!f) lt_fail(err, LT_E_IO, "cannot write %s", path);
+  else job_artifact(ctx, name, name);
+  return f;
+}
+
+lt_status_t dj_write(FILE *f, json_t *o, lt_err_t *err) {
+  int rc = json_dumpf(o, f, JSON_COMPACT | JSON_PRESERVE_ORDER);
+  json_decref(o);
+  if (rc != 0 || fputc('\n', f) == EOF || fflush(f) != 0) return lt_fail(err, LT_E_IO, "write error (disk full?)");
+  return LT_OK;
+}
+
+job_outcome_t dj_stopped(job_stop_t stop) { return stop == JOB_STOP_CANCEL ? JOB_CANCELLED : JOB_STOPPED; }

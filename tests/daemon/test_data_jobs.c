@@ -1,0 +1,216 @@
+/* The data jobs through the real daemon and the `lathe` CLI: flatten-graph without any Vulkan driver (its JSON
+ * shape, caps and bad input), feedback and selfgen on the embedded model, each with progress events. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "common/util.h"
+#include "td.h"
+
+/* The embedded default model (trained by this project on the King James Bible) once it is in the tree; until
+ * then stories260K. Either way a small LLaMA without a chat template. */
+#define KJV_MODEL LATHE_SOURCE_DIR "/models/lathe-kjv-llama"
+#define STORIES_MODEL LATHE_SOURCE_DIR "/../shared/models/stories260K/hf"
+
+static const char *data_model(void) {
+  static const char *m;
+  if (!m) m = access(KJV_MODEL "/model.safetensors", R_OK) == 0 ? KJV_MODEL : STORIES_MODEL;
+  return m;
+}
+#define DATA_MODEL data_model()
+
+static td_t t;
+
+static void setup(void) {
+  memset(&t, 0, sizeof t);
+  td_prepare(&t);
+  setenv("LATHE_SOCKET", t.sock, 1);
+  setenv("LATHE_HOME", t.home, 1);
+  unsetenv("LATHE_NO_AUTOSTART");
+  if (getenv("LATHE_TEST_CACHE_DIR")) setenv("LATHE_CACHE_DIR", getenv("LATHE_TEST_CACHE_DIR"), 1);
+}
+
+static void teardown(void) {
+  char cmd[256];
+  snprintf(cmd, sizeof cmd, "%s/lathe daemon stop >/dev/null 2>&1", LATHE_BIN_DIR);
+  if (system(cmd) != 0) cr_log_warn("lathe daemon stop failed");
+  td_cleanup(&t);
+}
+
+TestSuite(data_jobs, .init = setup, .fini = teardown, .timeout = 180);
+
+static char out[1 << 18], err[1 << 18];
+
+static void slurp(const char *path, char *buf, size_t n) {
+  FILE *f = fopen(path, "r");
+  size_t got = f ? fread(buf, 1, n - 1, f) : 0;
+  buf[got] = '\0';
+  if (f) fclose(f);
+}
+
+/* Runs `lathe ARGS` with stdout into out and stderr into err; returns the exit status. */
+static int lathe(const char *args) {
+  char cmd[2048], o[160], e[160];
+  snprintf(o, sizeof o, "%s/cli.out", t.dir);
+  snprintf(e, sizeof e, "%s/cli.err", t.dir);
+  snprintf(cmd, sizeof cmd, "%s/lathe %s >%s 2>%s", LATHE_BIN_DIR, args, o, e);
+  int st = system(cmd);
+  slurp(o, out, sizeof out);
+  slurp(e, err, sizeof err);
+  return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+/* Writes text to name in the test's folder and returns its path (static storage). */
+static const char *file(const char *name, const char *text) {
+  static char path[256];
+  snprintf(path, sizeof path, "%s/%s", t.dir, name);
+  FILE *f = fopen(path, "w");
+  cr_assert_not_null(f);
+  fputs(text, f);
+  fclose(f);
+  return path;
+}
+
+static int count(const char *hay, const char *needle) {
+  int n = 0;
+  for (const char *p = hay; (p = strstr(p, needle)); p += strlen(needle)) n++;
+  return n;
+}
+
+Test(data_jobs, flatten_graph_runs_without_a_gpu) {
+  /* No Vulkan driver at all for the daemon and its worker: the CPU-only kind must not care. */
+  setenv("VK_ICD_FILENAMES", "/nonexistent/icd.json", 1);
+  setenv("VK_DRIVER_FILES", "/nonexistent/icd.json", 1);
+  char args[1024];
+  snprintf(args, sizeof args, "--json run flatten-graph --input %s",
+           file("g.csv", "from,to\na,b\na,c\nb,d\nc,d\nd,a\n"));
+  cr_assert_eq(lathe(args), 0, "%s", err);
+  static const char *want =
+      "{\"paths\":[[\"a\",\"b\",\"d\"],[\"a\",\"c\",\"d\"]],\"text\":\"a -> [b -> d, c -> d]\\n\",";
+  cr_assert(strncmp(out, want, strlen(want)) == 0, "%s", out);
+  cr_assert_eq(count(out, "\n"), 1, "one JSON object on stdout: %s", out);
+  cr_assert(strstr(out, "\"truncated\":false"), "%s", out);
+  cr_assert(strstr(err, "\"type\":\"progress\""), "progress events: %s", err);
+  cr_assert(strstr(err, "1 back edges removed"), "the cycle d -> a is reported: %s", err);
+  /* The same daemon cannot run a GPU kind here, which shows there really is no device. */
+  cr_assert_eq(lathe("--json run selftest --n 8"), 1, "selftest must fail without a driver: %s", err);
+  /* Capped paths and refused sizes come back with the cap named. */
+  snprintf(args, sizeof args, "--json run flatten-graph --input %s --max-paths 1",
+           file("g2.jsonl", "{\"source\": \"r\", \"target\": \"x\"}\n{\"source\": \"r\", \"target\": \"y\"}\n"));
+  cr_assert_eq(lathe(args), 0, "%s", err);
+  cr_assert(strstr(out, "\"text\":\"r -> x\\n\"") && strstr(out, "\"truncated\":true") &&
+                strstr(out, "listed the first 1 of 2 paths (the max_paths cap)"),
+            "%s", out);
+  snprintf(args, sizeof args, "--json run flatten-graph --input %s --max-nodes 3", file("g3.csv", "a,b\nc,d\n"));
+  cr_assert_eq(lathe(args), 1);
+  cr_assert(strstr(err, "g3.csv:2: more than 3 nodes (the max_nodes cap)"), "%s", err);
+  snprintf(args, sizeof args, "--json run flatten-graph --input %s --format xml", file("g4.csv", "a,b\n"));
+  cr_assert_eq(lathe(args), 2, "a bad format is a usage error");
+}
+
+Test(data_jobs, feedback_runs_end_to_end_with_progress) {
+  char args[1024];
+  const char *data =
+      file("fb.jsonl", "{\"prompt\": \"Tell me about the cat.\", \"a\": \"The cat was kind and shared her toys.\", "
+                       "\"b\": \"The cat was mean.\"}\n\n"
+                       "{\"prompt\": \"What did Tom do?\", \"a\": \"Tom hit the dog.\", \"b\": \"Tom helped his "
+                       "mom in the garden.\"}\n");
+  snprintf(args, sizeof args, "--json run feedback --model %s --data %s --max-tokens 16 --batch 2", DATA_MODEL, data);
+  cr_assert_eq(lathe(args), 0, "%s", err);
+  cr_assert_eq(count(out, "\n"), 2, "one record per row: %s", out);
+  for (const char *p = out; *p; p = strchr(p, '\n') + 1) {
+    cr_assert(strncmp(p, "{\"row\":", 7) == 0, "%s", p);
+    const char *end = strchr(p, '\n');
+    for (const char *k = "\"prompt\":\0\"chosen\":\0\"rejected\":\0\"strength\":\0\"consistent\":\0"; *k;
+         k += strlen(k) + 1) {
+      const char *at = strstr(p, k);
+      cr_assert(at && at < end, "%s lacks %s", p, k);
+    }
+  }
+  cr_assert(strstr(err, "\"type\":\"progress\",\"data\":{\"step\":2,\"total\":2,\"unit\":\"rows\"}"), "%s", err);
+  cr_assert(strstr(err, "\"name\":\"preferences.jsonl\""), "%s", err);
+  cr_assert_eq(lathe("--json result 1"), 0);
+  cr_assert(strstr(out, "\"rows\":2"), "%s", out);
+}
+
+Test(data_jobs, selfgen_runs_end_to_end_with_progress) {
+  char args[1024];
+  const char *data = file("in.jsonl", "{\"input\": \"Lily saw a big dog.\"}\n{\"text\": \"Tom lost his ball.\"}\n"
+                                      "{\"instruction\": \"Tell a story about a bird.\"}\n");
+  snprintf(args, sizeof args,
+           "--json run selfgen --model %s --data %s --instruction 'Continue the story.' --instruction 'Say what "
+           "happens next.' --per-input 2 --max-tokens 24 --batch 4 --stop '\n'",
+           DATA_MODEL, data);
+  cr_assert_eq(lathe(args), 0, "%s", err);
+  cr_assert_eq(count(out, "\n"), 5, "2 + 2 + 1 pairs: %s", out);
+  cr_assert_eq(count(out, "\"completion\":"), 5);
+  cr_assert_eq(count(out, "\"kept\":"), 5);
+  cr_assert(strstr(out, "\"instruction\":\"Tell a story about a bird.\""), "a row's own instruction wins: %s", out);
+  cr_assert(strstr(err, "\"step\":3,\"total\":3,\"unit\":\"rows\""), "%s", err);
+  cr_assert_eq(lathe("--json result 1"), 0);
+  cr_assert(strstr(out, "\"pairs\":5"), "%s", out);
+  /* Cut at the first line, some targets end a sentence and become training data (KJV: 4 of 5; stories: 1). */
+  cr_assert(strstr(out, "\"kept\":") && !strstr(out, "\"kept\":0"), "%s", out);
+}
+
+Test(data_jobs, feedback_stops_promptly_when_cancelled) {
+  char args[1024], rows[1 << 14] = "";
+  for (int i = 0; i < 60; i++)
+    snprintf(rows + strlen(rows), sizeof rows - strlen(rows),
+             "{\"prompt\": \"Row %d?\", \"a\": \"Yes.\", \"b\": \"No.\"}\n", i);
+  snprintf(args, sizeof args, "--json submit feedback --model %s --data %s --max-tokens 64 --batch 1", DATA_MODEL,
+           file("many.jsonl", rows));
+  cr_assert_eq(lathe(args), 0, "%s", err);
+  lc_t *c = td_client(&t);
+  td_wait_state(c, 1, "running", 30000);
+  pid_t worker = td_worker_pid(c);
+  td_sleep_ms(1500); /* well inside the first rows: the model is loaded and generating */
+  proto_err_t pe = {0};
+  mp_doc_t *d = lc_call_id(c, "cancel", 1, &pe, NULL);
+  cr_assert_not_null(d, "%s", pe.msg);
+  mp_doc_destroy(&d);
+  /* job.h: a cancelled job returns within a second or two (measured: 20 to 200 ms, one decoding step). */
+  int64_t t0 = util_mono_ms();
+  td_wait_state(c, 1, "cancelled", 2000);
+  cr_log_info("cancelled after %lld ms", (long long)(util_mono_ms() - t0));
+  cr_assert_eq(td_worker_pid(c), worker, "the runner stopped by itself: the worker was not killed");
+  lc_destroy(&c);
+}
+
+/* What job id wrote to selfgen.jsonl and dropped.jsonl (static storage). */
+static const char *pairs_written(int id) {
+  static char buf[8192];
+  char path[256];
+  snprintf(path, sizeof path, "%s/jobs/%d/selfgen.jsonl", t.home, id);
+  slurp(path, buf, sizeof buf / 2);
+  snprintf(path, sizeof path, "%s/jobs/%d/dropped.jsonl", t.home, id);
+  slurp(path, buf + strlen(buf), sizeof buf / 2);
+  return buf;
+}
+
+Test(data_jobs, selfgen_renders_with_the_models_template_or_the_plain_one) {
+  /* stories260K with a chat template of its own. */
+  char dir[200], cmd[600], args[1024];
+  snprintf(dir, sizeof dir, "%s/tmodel", t.dir);
+  snprintf(cmd, sizeof cmd, "mkdir -p %s && ln -s %s/[cgm]* %s/tokenizer.json %s/", dir, STORIES_MODEL, STORIES_MODEL,
+           dir);
+  cr_assert_eq(system(cmd), 0);
+  snprintf(cmd, sizeof cmd, "tmodel/tokenizer_config.json");
+  file(cmd, "{\"bos_token\": \"<s>\", \"eos_token\": \"</s>\", \"chat_template\": "
+            "\"{{ bos_token }}{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }} {% endfor %}"
+            "{% if add_generation_prompt %}[assistant]{% endif %}\"}\n");
+  const char *data = file("in.jsonl", "{\"input\": \"Hello there.\"}\n");
+  snprintf(args, sizeof args, "--json run selfgen --model %s --data %s --instruction Go. --max-tokens 4 --stop x", dir,
+           data);
+  cr_assert_eq(lathe(args), 0, "%s", err);
+  cr_assert(strstr(err, "using the model's chat template"), "%s", err);
+  cr_assert(strstr(pairs_written(1), "\"prompt\":\"<s>[user] Go.\\n\\nHello there. [assistant]\""), "%s",
+            pairs_written(1));
+  strcat(args, " --template plain");
+  cr_assert_eq(lathe(args), 0, "%s", err);
+  cr_assert(strstr(err, "using the plain chat template"), "%s", err);
+  cr_assert(strstr(pairs_written(2), "\"prompt\":\"User: Go.\\n\\nHello there.\\n\\nAssistant:\""), "%s",
+            pairs_written(2));
+}
