@@ -218,7 +218,7 @@ Test(attn, bad_arguments_are_errors) {
   cr_assert_eq(op_attention(c, gv(b), gv(b), gv(b), gv(b), 1, 1, 1, 8, 0, 0, 1.0f, &err), LT_E_INVALID);
   cr_assert_eq(op_rope(c, gv(b), gv(b), gv(b), 1, 1, 8, 7, true, 4, &err), LT_E_INVALID);
   cr_assert_eq(op_rope(c, gv(b), gv(b), gv(b), 1, 1, 8, 10, true, 4, &err), LT_E_INVALID);
-  cr_assert_eq(op_embed(c, gv(b), gv(b), LT_BF16, gv(b), 1, 8, 0, 4, &err), LT_E_INVALID);
+  cr_assert_eq(op_embed(c, gv(b), gv(b), LT_I32, gv(b), 1, 8, 0, 4, &err), LT_E_INVALID);
   cr_assert_eq(op_embed(c, gv(b), gv(b), LT_F32, gv(b), 1, 8, 5, 4, &err), LT_E_INVALID);
   tfinish(&c);
   gpu_buf_destroy(&b);
