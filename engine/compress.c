@@ -263,6 +263,7 @@ lt_status_t compress_calibrate(compress_calib_t **out, model_t *m, const int32_t
     st = model_forward(m, &it, 1, &h, err);
     if (st == LT_OK && c->oom) st = lt_fail(err, LT_E_NOMEM, "out of memory collecting calibration inputs");
     c->tokens += T;
+    if (st == LT_OK && opts->on_window && !opts->on_window(opts->ctx, w + 1, opts->samples)) break;
   }
   for (uint32_t l = 0; l < L; l++) {
     c->block_cos[l] = c->block_n[l] ? c->block_cos[l] / (double)c->block_n[l] : NAN;
@@ -388,6 +389,85 @@ lt_status_t compress_pick_experts(bool *drop, const double *scores, uint32_t L, 
     if (!taken[(uint64_t)c[i].l * E + c[i].e]) drop[(uint64_t)c[i].l * E + c[i].e] = true;
   free(c), free(kept), free(taken);
   return LT_OK;
+}
+
+void compress_choice_free(compress_choice_t *c) {
+  if (!c) return;
+  free(c->drop_block), free(c->drop_ffn), free(c->drop_expert);
+  memset(c, 0, sizeof *c);
+}
+
+lt_status_t compress_choose(compress_choice_t *out, const model_config_t *cfg, const compress_calib_t *c,
+                            const compress_methods_t *m, bool random, uint64_t seed, lt_err_t *err) {
+  memset(out, 0, sizeof *out);
+  uint32_t L = cfg->n_layers, E = cfg->n_experts;
+  out->n_layers = L;
+  out->n_experts = E;
+  out->drop_block = calloc(L, 1);
+  out->drop_ffn = calloc(L, 1);
+  out->drop_expert = calloc((uint64_t)L * (E ? E : 1), 1);
+  bool *skip = calloc(L, 1);
+  lt_status_t st = LT_OK;
+  if (!out->drop_block || !out->drop_ffn || !out->drop_expert || !skip) {
+    st = lt_fail(err, LT_E_NOMEM, "out of memory");
+    goto out;
+  }
+  if (m->block_drop) {
+    const double *s = compress_block_scores(c);
+    uint32_t got = random ? compress_pick_random(out->drop_block, s, L, m->drop, NULL, seed)
+                          : compress_pick_highest(out->drop_block, s, L, m->drop, NULL);
+    if (got < m->drop || got == L) {
+      st = lt_fail(err, LT_E_INVALID, "block drop: cannot drop %u of %u blocks", m->drop, L);
+      goto out;
+    }
+  }
+  if (m->layer_drop) {
+    /* Blocks already dropped, and feed-forward sub-layers already gone (NaN scores), are not candidates. */
+    const double *s = compress_layer_scores(c);
+    uint32_t got = random ? compress_pick_random(out->drop_ffn, s, L, m->drop, out->drop_block, seed + 1)
+                          : compress_pick_highest(out->drop_ffn, s, L, m->drop, out->drop_block);
+    if (got < m->drop) {
+      st = lt_fail(err, LT_E_INVALID, "layer drop: only %u feed-forward sub-layers can go, not %u", got, m->drop);
+      goto out;
+    }
+  }
+  if (m->expert_drop) {
+    if (!E) {
+      st = lt_fail(err, LT_E_INVALID, "expert drop needs a mixture-of-experts model");
+      goto out;
+    }
+    for (uint32_t l = 0; l < L; l++) skip[l] = out->drop_block[l] || out->drop_ffn[l] || cfg->ffn_dropped[l];
+    uint32_t keep = m->keep ? m->keep : (3 * E + 3) / 4;
+    const double *s = compress_expert_scores(c);
+    if ((st = compress_pick_experts(out->drop_expert, s, L, E, keep, m->global, cfg->n_experts_used, skip, err)) !=
+        LT_OK)
+      goto out;
+    for (uint32_t l = 0; random && l < L; l++) {
+      /* The same number of experts per block, drawn at random. */
+      bool *row = out->drop_expert + (uint64_t)l * E;
+      uint32_t n = 0;
+      for (uint32_t e = 0; e < E; e++) n += row[e], row[e] = false;
+      compress_pick_random(row, s + (uint64_t)l * E, model_config_experts(cfg, l), n, NULL, seed + 2 + l);
+    }
+  }
+  out->plan = (compress_plan_t){.drop_block = out->drop_block,
+                                .drop_ffn = out->drop_ffn,
+                                .drop_expert = E ? out->drop_expert : NULL,
+                                .sparsity = m->prune && !m->keep_m ? m->sparsity : 0,
+                                .keep_n = m->prune ? m->keep_n : 0,
+                                .keep_m = m->prune ? m->keep_m : 0,
+                                .bits = m->quantize ? m->bits : 0,
+                                .group = m->quantize ? m->group : 0};
+out:
+  free(skip);
+  if (st != LT_OK) compress_choice_free(out);
+  return st;
+}
+
+model_hooks_t compress_choice_hooks(const compress_choice_t *c) {
+  return (model_hooks_t){.skip_block = c->drop_block,
+                         .skip_ffn = c->drop_ffn,
+                         .expert_mask = c->n_experts ? c->drop_expert : NULL};
 }
 
 /* ---- measuring ---- */

@@ -29,6 +29,10 @@ typedef struct compress_calib_opts {
   uint32_t tokens;  /* T tokens per window */
   uint64_t seed;    /* the windows start at offsets drawn uniformly from it */
   bool inputs;      /* also sum the squared inputs of every linear layer (Wanda); a device round trip per site */
+  /* Called after each window (may be NULL); returning false stops the calibration early (it then succeeds with
+   * the windows seen so far). */
+  bool (*on_window)(void *ctx, uint32_t done, uint32_t total);
+  void *ctx;
 } compress_calib_opts_t;
 
 /* Propagates N windows of T tokens of the stream ids[n] through m once (one window per forward call) and
@@ -105,6 +109,38 @@ typedef struct compress_summary {
  * needs calib collected with inputs. summary may be NULL. */
 lt_status_t compress_write(const char *src, const char *dir, const compress_plan_t *plan, const compress_calib_t *calib,
                            compress_summary_t *summary, lt_err_t *err);
+
+/* The methods of one compression job and their parameters (docs/compression.md). */
+typedef struct compress_methods {
+  bool block_drop, layer_drop, expert_drop, prune, quantize;
+  uint32_t drop;           /* block-drop / layer-drop: how many */
+  uint32_t keep;           /* expert-drop: experts kept per block (0: three quarters, rounded up) */
+  bool global;             /* expert-drop: rank across blocks */
+  double sparsity;         /* prune: unstructured fraction zeroed per row (when keep_m is 0) */
+  uint32_t keep_n, keep_m; /* prune: N:M pattern */
+  uint32_t bits, group;    /* quantize */
+} compress_methods_t;
+
+/* A plan with the drop lists it points to. */
+typedef struct compress_choice {
+  compress_plan_t plan;
+  bool *drop_block, *drop_ffn, *drop_expert; /* [n_layers], [n_layers], [n_layers * n_experts]; owned */
+  uint32_t n_layers, n_experts;
+} compress_choice_t;
+
+/* Turns the methods into a plan for the model cfg describes, in the fixed order block drop, layer drop (among
+ * the blocks kept), expert drop (in the blocks that keep their feed-forward sub-layer), pruning, quantisation.
+ * Drops follow the calibration scores, or with random a uniform draw from seed of the same size (per block the
+ * same number of experts): the baseline. Caller frees out with compress_choice_free(). */
+lt_status_t compress_choose(compress_choice_t *out, const model_config_t *cfg, const compress_calib_t *c,
+                            const compress_methods_t *m, bool random, uint64_t seed, lt_err_t *err);
+
+/* Frees the lists of a choice; NULL-safe. */
+void compress_choice_free(compress_choice_t *c);
+
+/* Hooks that make the original model compute what the choice's drops leave (skip_block, skip_ffn,
+ * expert_mask); they point into c. */
+model_hooks_t compress_choice_hooks(const compress_choice_t *c);
 
 /* ---- measuring ---- */
 

@@ -81,7 +81,7 @@ typedef struct model_save_opts {
  * stack. */
 lt_status_t model_save(model_t *m, const char *dir, const model_save_opts_t *opts, lt_err_t *err);
 
-/* Writes a Hugging Face folder dir (created if needed) from host tensors, as model_save() does: the tensors in
+/* Writes a Hugging Face folder dir (created with its parents if needed) from host tensors, as model_save() does: the tensors in
  * their order and dtypes, config.json from cfg, and src_dir's tokenizer and generation files when src_dir (may be
  * NULL) is a folder that has them. */
 lt_status_t model_folder_write(const char *dir, const model_config_t *cfg, const ft_tensor_t *tensors, uint32_t n,

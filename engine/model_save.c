@@ -93,9 +93,24 @@ static lt_status_t copy_if_present(const char *src_dir, const char *dir, const c
   return ok ? LT_OK : lt_fail(err, LT_E_IO, "copying %s to %s failed", from, to);
 }
 
+/* Creates dir and any missing parents, as mkdir -p does. */
+static lt_status_t make_dirs(const char *dir, lt_err_t *err) {
+  char p[4096];
+  if (snprintf(p, sizeof p, "%s", dir) >= (int)sizeof p) return lt_fail(err, LT_E_LIMIT, "path too long: %.64s...", dir);
+  for (char *s = p + 1;; s++) {
+    bool end = *s == '\0';
+    if (*s != '/' && !end) continue;
+    *s = '\0';
+    if (mkdir(p, 0755) != 0 && errno != EEXIST) return lt_fail(err, LT_E_IO, "cannot create %s: %s", p, strerror(errno));
+    if (end) return LT_OK;
+    *s = '/';
+  }
+}
+
 lt_status_t model_folder_write(const char *dir, const model_config_t *cfg, const ft_tensor_t *tensors, uint32_t n,
                                const char *src_dir, const model_save_opts_t *opts, lt_err_t *err) {
-  if (mkdir(dir, 0755) != 0 && errno != EEXIST) return lt_fail(err, LT_E_IO, "cannot create %s: %s", dir, strerror(errno));
+  lt_status_t st = make_dirs(dir, err);
+  if (st != LT_OK) return st;
   const char *meta[34] = {"format", "pt"};
   uint32_t n_meta = 1;
   for (uint32_t k = 0; opts && k < opts->n_meta && n_meta < 17; k++, n_meta++) {
@@ -103,7 +118,7 @@ lt_status_t model_folder_write(const char *dir, const model_config_t *cfg, const
     meta[2 * n_meta + 1] = opts->meta[2 * k + 1];
   }
   uint64_t shard = opts && opts->max_shard_bytes ? opts->max_shard_bytes : DEFAULT_SHARD;
-  lt_status_t st = st_write_sharded(dir, tensors, n, shard, meta, n_meta, err);
+  st = st_write_sharded(dir, tensors, n, shard, meta, n_meta, err);
   if (st == LT_OK) {
     char path[4096];
     snprintf(path, sizeof path, "%s/config.json", dir);

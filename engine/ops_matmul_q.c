@@ -100,7 +100,10 @@ lt_status_t op_matmul_q(gpu_cmd_t *c, gpu_view_t y, uint32_t y_stride, gpu_view_
   op_id_t id;
   uint32_t spec[6], n_spec, gx, gy, gz = 1, k_chunk;
   if (gemv) {
-    gemv_q_cfg_t v = {.wg = 128, .rows = 2, .mr = M < GEMV_MAX_MR ? M : GEMV_MAX_MR};
+    /* Enough invocations for the octets of one row (short rows leave most of a wide workgroup idle): 32..128. */
+    uint32_t wg = 32;
+    while (wg < 128 && wg * OCTET < K) wg *= 2;
+    gemv_q_cfg_t v = {.wg = wg, .rows = 2, .mr = M < GEMV_MAX_MR ? M : GEMV_MAX_MR};
     uint32_t per_step, fixed, groups = ceil_div(N, v.rows);
     gemv_q_loop_iters(&v, vec4, &per_step, &fixed);
     id = OP_GEMV_Q;
