@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "engine/compress.h"
+#include "engine/generate.h"
 #include "engine/model.h"
 #include "engine/model_file.h"
 #include "engine/quant.h"
@@ -55,7 +56,8 @@ static uint32_t fixture_tokens(const char *name, int32_t *ids) {
   const char *keys[] = {"prompt_tokens", "greedy_tokens"};
   for (int k = 0; k < 2; k++) {
     json_t *a = json_object_get(r, keys[k]);
-    for (size_t i = 0; i < json_array_size(a) && n < MAX_TOK; i++) ids[n++] = (int32_t)json_integer_value(json_array_get(a, i));
+    for (size_t i = 0; i < json_array_size(a) && n < MAX_TOK; i++)
+      ids[n++] = (int32_t)json_integer_value(json_array_get(a, i));
   }
   json_decref(r);
   return n;
@@ -154,7 +156,8 @@ static void check_scores(const char *name) {
     for (uint32_t l = 0; l < json_array_size(per_layer); l++) {
       uint32_t ne = sites[s].per_expert ? (uint32_t)json_array_size(json_array_get(per_layer, l)) : 1;
       for (uint32_t e = 0; e < ne; e++) {
-        json_t *want = sites[s].per_expert ? json_array_get(json_array_get(per_layer, l), e) : json_array_get(per_layer, l);
+        json_t *at = json_array_get(per_layer, l);
+        json_t *want = sites[s].per_expert ? json_array_get(at, e) : at;
         const double *got = compress_input_sq(c, sites[s].site, l, sites[s].per_expert ? (int32_t)e : -1);
         double total = 0;
         for (size_t j = 0; j < json_array_size(want); j++) total += json_real_value(json_array_get(want, j));
@@ -548,4 +551,60 @@ Test(compress, bad_plans_are_errors) {
   char qcopy[400];
   snprintf(qcopy, sizeof qcopy, "%s", qdir);
   cr_assert_eq(compress_write(qcopy, tmp_dir("q-again-2"), &q, NULL, NULL, &err), LT_E_UNSUPPORTED);
+}
+
+/* ---- data and measurements ---- */
+
+Test(compress, jsonl_streams_and_windowed_perplexity) {
+  /* The token stream is each row tokenized with BOS and appended ({"text"} or prompt + completion; blank lines
+   * skipped; max_tokens cuts it); a row with neither is refused naming its line. The windowed NLL equals the mean
+   * of model_score's log-probabilities over the same windows (both f32 log-softmax of the same logits: 1e-5). */
+  const char *path = tmp_dir("data.jsonl");
+  FILE *f = fopen(path, "w");
+  cr_assert(f != NULL);
+  fputs("{\"text\": \"Lathe runs\"}\n\n{\"prompt\": \"Hel\", \"completion\": \"lo there, world\"}\n", f);
+  fclose(f);
+  lt_err_t err = {0};
+  tok_t *tok = tok_new_json(FIXTURES "/llama-tiny/tokenizer.json", &err);
+  cr_assert(tok != NULL, "%s", err.msg);
+  int32_t *ids = NULL, *want = NULL, *b = NULL;
+  uint64_t n = 0;
+  size_t na = 0, nb = 0;
+  cr_assert_eq(compress_read_tokens(tok, path, 0, &ids, &n, &err), LT_OK, "%s", err.msg);
+  cr_assert_eq(tok_encode(tok, "Lathe runs", 10, TOK_ADD_BOS, &want, &na, &err), LT_OK);
+  cr_assert_eq(tok_encode(tok, "Hello there, world", 18, TOK_ADD_BOS, &b, &nb, &err), LT_OK);
+  cr_assert_eq(n, na + nb);
+  cr_assert_arr_eq(ids, want, na * 4);
+  cr_assert_arr_eq(ids + na, b, nb * 4);
+  int32_t *cut = NULL;
+  uint64_t nc = 0;
+  cr_assert_eq(compress_read_tokens(tok, path, 5, &cut, &nc, &err), LT_OK);
+  cr_assert_eq(nc, 5);
+  free(cut);
+  model_t *m = load(FIXTURES "/llama-tiny");
+  double nll;
+  uint64_t scored;
+  uint32_t T = 8, W = (uint32_t)(n / T);
+  cr_assert_eq(compress_eval_nll(m, ids, n, T, 0, NULL, &nll, &scored, &err), LT_OK, "%s", err.msg);
+  cr_assert_eq(scored, (uint64_t)W * (T - 1));
+  double sum = 0;
+  float lp[8];
+  for (uint32_t w = 0; w < W; w++) {
+    cr_assert_eq(model_score(m, ids + w * T, T, lp, &err), LT_OK);
+    for (uint32_t t = 1; t < T; t++) sum -= lp[t];
+  }
+  cr_assert(fabs(nll - sum / (double)scored) <= 1e-5, "windowed NLL %.7f, model_score %.7f", nll, sum / scored);
+  compress_speed_t sp;
+  cr_assert_eq(compress_measure(m, ids, n, 8, 4, 1, &sp, &err), LT_OK, "%s", err.msg);
+  cr_assert(sp.prefill_tok_s > 0 && sp.decode_tok_s > 0 && sp.weight_device_bytes == model_mem(m)->weight_device_bytes);
+  cr_assert_eq(compress_measure(m, ids, 10, 8, 4, 1, &sp, &err), LT_E_INVALID, "too few tokens");
+  f = fopen(path, "a");
+  fputs("{\"prompt\": \"no completion\"}\n", f);
+  fclose(f);
+  free(ids);
+  cr_assert_eq(compress_read_tokens(tok, path, 0, &ids, &n, &err), LT_E_INVALID);
+  cr_assert(strstr(err.msg, ":4:") != NULL, "names the line: %s", err.msg);
+  free(want), free(b);
+  model_free(&m);
+  tok_destroy(&tok);
 }
