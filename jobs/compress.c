@@ -153,8 +153,10 @@ job_outcome_t run_compress(job_ctx_t *ctx, lt_err_t *err) {
       double p;
       if (compress_choose(&rc, cfg, calib, &meth, true, seed + 1000 * s, err) != LT_OK) goto done;
       lt_status_t st = hooked_ppl(m, &rc, ev, n_ev, T, windows, &p, err);
-      json_array_append_new(drops, json_pack("{s:o, s:o}", "blocks", indices(rc.drop_block, L), "layers",
-                                             indices(rc.drop_ffn, L)));
+      json_t *ex = json_array();
+      for (uint32_t l = 0; E && l < L; l++) json_array_append_new(ex, indices(rc.drop_expert + (uint64_t)l * E, E));
+      json_array_append_new(drops, json_pack("{s:o, s:o, s:o}", "blocks", indices(rc.drop_block, L), "layers",
+                                             indices(rc.drop_ffn, L), "experts", ex));
       compress_choice_free(&rc);
       if (st != LT_OK) goto done;
       json_array_append_new(rnd, json_real(p));
