@@ -103,7 +103,6 @@ struct compress_calib {
   double *block_cos, *layer_cos, *expert_p; /* sums while calibrating, then means */
   uint64_t *block_n, *layer_n, *router_n;   /* tokens behind each sum */
   double **sq;                              /* [L * slots] per-column sums of squares, NULL until reached */
-  uint32_t *sq_cols;                        /* [L * slots] their widths */
   float *prev, *resid;                      /* the pass's h_l and feed-forward input x: [rows, d] */
   int64_t prev_layer, resid_layer;          /* which block they belong to (-1: none) */
   uint32_t prev_rows, resid_rows, max_rows;
@@ -180,12 +179,9 @@ static void on_site(void *ctx, model_site_t site, uint32_t layer, int32_t expert
   int32_t s = slot_of(c, site, expert);
   if (s < 0) return;
   uint64_t i = (uint64_t)layer * c->slots + (uint32_t)s;
-  if (!c->sq[i]) {
-    if (!(c->sq[i] = calloc(cols, sizeof **c->sq))) {
-      c->oom = true;
-      return;
-    }
-    c->sq_cols[i] = cols;
+  if (!c->sq[i] && !(c->sq[i] = calloc(cols, sizeof **c->sq))) {
+    c->oom = true;
+    return;
   }
   for (uint32_t r = 0; r < rows; r++)
     for (uint32_t j = 0; j < cols; j++) {
@@ -226,14 +222,13 @@ lt_status_t compress_calibrate(compress_calib_t **out, model_t *m, const int32_t
   c->layer_n = calloc(L, sizeof *c->layer_n);
   c->router_n = calloc(L, sizeof *c->router_n);
   c->sq = calloc((uint64_t)L * c->slots, sizeof *c->sq);
-  c->sq_cols = calloc((uint64_t)L * c->slots, sizeof *c->sq_cols);
   c->prev = malloc((uint64_t)T * c->d * 4);
   c->resid = malloc((uint64_t)T * c->d * 4);
   bool *cap_resid = malloc((L + 1) * sizeof *cap_resid);
   lt_status_t st = LT_OK;
   model_seq_t *s = NULL;
   if (!c->block_cos || !c->layer_cos || !c->expert_p || !c->block_n || !c->layer_n || !c->router_n || !c->sq ||
-      !c->sq_cols || !c->prev || !c->resid || !cap_resid) {
+      !c->prev || !c->resid || !cap_resid) {
     st = lt_fail(err, LT_E_NOMEM, "out of memory");
     goto out;
   }
@@ -283,7 +278,7 @@ void compress_calib_free(compress_calib_t **cp) {
   if (!cp || !*cp) return;
   compress_calib_t *c = *cp;
   for (uint64_t i = 0; c->sq && i < (uint64_t)c->L * c->slots; i++) free(c->sq[i]);
-  free(c->sq), free(c->sq_cols);
+  free(c->sq);
   free(c->block_cos), free(c->layer_cos), free(c->expert_p);
   free(c->block_n), free(c->layer_n), free(c->router_n);
   free(c->prev), free(c->resid);

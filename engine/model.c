@@ -414,7 +414,8 @@ model_t *model_load(gpu_t *g, const char *path, const model_load_opts_t *opts, l
       if ((st = dmat_load(m, &d->router, &src->router, err)) != LT_OK) break;
       d->experts = calloc(d->n_experts, sizeof *d->experts);
       if (!d->experts) st = lt_fail(err, LT_E_NOMEM, "out of memory");
-      for (uint32_t e = 0; e < d->n_experts && st == LT_OK; e++) st = ffn_load(m, &d->experts[e], &src->experts[e], err);
+      for (uint32_t e = 0; e < d->n_experts && st == LT_OK; e++)
+        st = ffn_load(m, &d->experts[e], &src->experts[e], err);
     } else {
       st = ffn_load(m, &d->ffn, &src->ffn, err);
     }

@@ -55,7 +55,8 @@ static qproblem_t qproblem_new(uint32_t M, uint32_t N, uint32_t K, lt_dtype_t wt
       put_q(p.q, wtype, K, n, k, (int)(next(&seed) % (uint64_t)(2 * span + 1)) - span);
     }
     for (uint32_t g = 0; g < G; g++) {
-      float s = integral ? ldexpf(1.0f, (int)(next(&seed) % 3) - 1) : 0.01f + 0.09f * (float)(next(&seed) % 1000) / 1000;
+      float s = integral ? ldexpf(1.0f, (int)(next(&seed) % 3) - 1)
+                         : 0.01f + 0.09f * (float)(next(&seed) % 1000) / 1000;
       p.scales[(uint64_t)n * G + g] = ref_float_to_half(s);
     }
   }
@@ -111,7 +112,7 @@ static void check_q(const qproblem_t *p, lt_dtype_t stype, bool accumulate, matm
         mag += fabs((double)xc[(uint64_t)m * K + k] * quant_weight(p->q, p->scales, bits, p->group, K, n, k));
       double tol = exact ? 0.0 : 1e-5 * mag + 1e-6;
       double g = got[(uint64_t)m * p->y_stride + n], e = want[(uint64_t)m * N + n];
-      cr_assert(fabs(g - e) <= tol, "%s %ux%ux%u %s group %u scales %s%s path %d: y[%u,%u] = %.9g, want %.9g (tol %.3g)",
+      cr_assert(fabs(g - e) <= tol, "%s %ux%ux%u %s group %u scales %s%s path %d: y[%u,%u] = %.9g, want %.9g (%.3g)",
                 what, M, N, K, lt_dtype_str(p->wtype), p->group, lt_dtype_str(stype), accumulate ? " accumulate" : "",
                 (int)path, m, n, g, e, tol);
     }
