@@ -147,7 +147,11 @@ job_outcome_t run_compress(job_ctx_t *ctx, lt_err_t *err) {
   if (meth.block_drop || meth.layer_drop || meth.expert_drop) {
     double chosen, sum = 0;
     if (hooked_ppl(m, &choice, ev, n_ev, T, windows, &chosen, err) != LT_OK) goto done;
+    /* The report owns the lists from the start, so an error half-way leaks nothing. */
     json_t *rnd = json_array(), *drops = json_array();
+    json_t *b = json_pack("{s:f, s:o, s:o}", "scored_choice_perplexity", chosen, "random_perplexities", rnd,
+                          "random_drops", drops);
+    json_object_set_new(report, "baseline", b);
     for (uint32_t s = 1; s <= baselines; s++) {
       compress_choice_t rc;
       double p;
@@ -163,10 +167,7 @@ job_outcome_t run_compress(job_ctx_t *ctx, lt_err_t *err) {
       sum += p;
       job_log(ctx, "random drop %u: perplexity %.4f", s, p);
     }
-    json_t *b = json_pack("{s:f, s:o, s:o}", "scored_choice_perplexity", chosen, "random_perplexities", rnd,
-                          "random_drops", drops);
     if (baselines) json_object_set_new(b, "random_mean_perplexity", json_real(sum / baselines));
-    json_object_set_new(report, "baseline", b);
   }
   /* The compressed folder, reloaded and measured. */
   compress_summary_t sum;
