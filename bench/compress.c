@@ -93,6 +93,7 @@ int main(int argc, char **argv) {
   if (!m) die(path, err.msg);
   const model_config_t *cfg = model_config(m);
   uint32_t T = quick ? 32 : 128, n_decode = quick ? 8 : 32, samples = quick ? 4 : 16, windows = quick ? 4 : 32;
+  uint32_t rounds = quick ? 2 : ROUNDS;
   if (cfg->max_position && T > cfg->max_position) T = cfg->max_position;
   int32_t *cal = NULL, *ev = NULL;
   uint64_t n_cal, n_ev;
@@ -109,7 +110,7 @@ int main(int argc, char **argv) {
     ev = random_ids(n_ev, cfg->vocab_size);
   }
   printf("device: %s; model %s (%u blocks, %u experts); prefill %u tokens, decode %u, best of %u rounds%s\n",
-         gpu_caps(g)->name, path, cfg->n_layers, cfg->n_experts, T, n_decode, ROUNDS,
+         gpu_caps(g)->name, path, cfg->n_layers, cfg->n_experts, T, n_decode, rounds,
          quick ? "; LATHE_BENCH_QUICK: small workloads" : "");
   compress_calib_t *calib = NULL;
   compress_calib_opts_t co = {.samples = samples, .tokens = T, .seed = 1, .inputs = true};
@@ -148,7 +149,7 @@ int main(int argc, char **argv) {
     model_t *cm = model_load(g, dir, NULL, &err);
     if (!cm) die(v->name, err.msg);
     compress_speed_t base, s;
-    time_pair(m, cm, ev, n_ev, T, n_decode, quick ? 2 : ROUNDS, &base, &s);
+    time_pair(m, cm, ev, n_ev, T, n_decode, rounds, &base, &s);
     if (with_data && compress_eval_nll(cm, ev, n_ev, T, windows, NULL, &nll, &scored, &err) != LT_OK)
       die(v->name, err.msg);
     printf("%-22s %9.1f %9.1f %12llu %7.2fx %7.2fx %7.2fx", v->name, s.prefill_tok_s, s.decode_tok_s,
