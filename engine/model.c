@@ -8,6 +8,7 @@
 
 #include "engine/model_file.h"
 #include "engine/ops.h"
+#include "engine/quant.h"
 
 /* Rows of logits computed at once, at most (bounds the logits buffer to LOGIT_ROWS * vocab floats); fewer when
  * the device binds less. */
@@ -17,10 +18,13 @@
 
 /* A weight matrix [rows, cols] on the device, split into row pieces when it exceeds one binding. */
 typedef struct dmat {
-  lt_dtype_t dtype;
+  lt_dtype_t dtype; /* f32, f16, or i8 / i4: quantised (engine/quant.h), with scales */
   uint32_t rows, cols;
   uint32_t rows_per_piece, n_pieces;
   gpu_buf_t **piece;
+  gpu_buf_t **scales; /* quantised only: each piece's scales, stype, group columns per scale */
+  lt_dtype_t stype;
+  uint32_t group;
 } dmat_t;
 
 typedef struct dffn {
@@ -33,6 +37,8 @@ typedef struct dlayer {
   dffn_t ffn;
   dmat_t router;
   dffn_t *experts;
+  uint32_t n_experts; /* this block's experts (an expert drop may leave different counts per block) */
+  bool ffn_dropped;   /* compressed model: no feed-forward sub-layer (docs/compression.md) */
 } dlayer_t;
 
 /* The activation arena for up to cap rows (tokens) per pass. */
@@ -48,7 +54,8 @@ typedef struct acts {
   gpu_buf_t *rlog, *rprob, *tk_idx, *tk_val;       /* [cap, E], [cap, E], [cap, k] */
   gpu_buf_t *xe, *ge, *ue, *oe;                    /* expert work rows */
   gpu_buf_t *eids, *ew;                            /* [cap * k + 4 * E] */
-  gpu_buf_t *mask;                                 /* f32 [n_layers, E] */
+  gpu_buf_t *mask;                                 /* f32 [n_layers, mask_stride] */
+  uint32_t mask_stride;                            /* E rounded up so each layer's row is a bindable offset */
 } acts_t;
 
 struct model {
@@ -66,6 +73,7 @@ struct model {
   bool tied;       /* lm_head shares embed's pieces */
   model_param_t *params;
   uint32_t n_params;
+  const model_file_t *file; /* during model_load only: where quantised weights find their scales */
 };
 
 struct model_seq {
@@ -78,7 +86,9 @@ struct model_seq {
 
 static void dmat_free(dmat_t *d) {
   for (uint32_t i = 0; d->piece && i < d->n_pieces; i++) gpu_buf_destroy(&d->piece[i]);
+  for (uint32_t i = 0; d->scales && i < d->n_pieces; i++) gpu_buf_destroy(&d->scales[i]);
   free(d->piece);
+  free(d->scales);
   memset(d, 0, sizeof *d);
 }
 
@@ -95,18 +105,12 @@ static lt_status_t upload_f32(gpu_t *g, gpu_buf_t **out, const ft_tensor_t *t, u
   return st;
 }
 
-/* Places a 2-D weight on the device: f16 stays f16 (when the device has 16-bit storage), everything else f32. */
-static lt_status_t dmat_load(model_t *m, dmat_t *d, const ft_tensor_t *t, lt_err_t *err) {
-  lt_status_t st = LT_OK;
+/* Rows per piece of a matrix whose rows take row_bytes (and, quantised, scale_bytes in a second buffer). */
+static lt_status_t piece_rows(model_t *m, dmat_t *d, const ft_tensor_t *t, uint64_t row_bytes, uint64_t scale_bytes,
+                              lt_err_t *err) {
   const gpu_caps_t *caps = gpu_caps(m->g);
-  memset(d, 0, sizeof *d);
-  if (t->n_dims != 2) return lt_fail(err, LT_E_INVALID, "%s: expected a matrix, got %u dims", t->name, t->n_dims);
-  d->rows = (uint32_t)t->shape[0];
-  d->cols = (uint32_t)t->shape[1];
-  /* f16 and bf16 stay 16-bit on devices with 16-bit storage; everything else (and Q8_0) becomes f32. */
-  d->dtype = caps->storage16 && t->dtype == FT_F16 ? LT_F16 : caps->storage16 && t->dtype == FT_BF16 ? LT_BF16 : LT_F32;
-  uint64_t row_bytes = (uint64_t)d->cols * lt_dtype_size(d->dtype);
-  uint64_t max_rows = caps->max_storage_range / row_bytes;
+  uint64_t widest = row_bytes > scale_bytes ? row_bytes : scale_bytes;
+  uint64_t max_rows = caps->max_storage_range / widest;
   if (max_rows >= d->rows) d->rows_per_piece = d->rows;
   else {
     /* A piece fills the output columns from its first row on (strided matmul): its first row times 4 bytes
@@ -120,6 +124,63 @@ static lt_status_t dmat_load(model_t *m, dmat_t *d, const ft_tensor_t *t, lt_err
   d->n_pieces = (d->rows + d->rows_per_piece - 1) / d->rows_per_piece;
   d->piece = calloc(d->n_pieces, sizeof *d->piece);
   if (!d->piece) return lt_fail(err, LT_E_NOMEM, "out of memory");
+  return LT_OK;
+}
+
+/* Uploads rows [r0, r0 + nr) of a matrix (row_bytes each, from src) into a new buffer *out. */
+static lt_status_t piece_upload(model_t *m, gpu_buf_t **out, const uint8_t *src, uint32_t r0, uint32_t nr,
+                                uint64_t row_bytes, lt_err_t *err) {
+  uint64_t bytes = (uint64_t)nr * row_bytes;
+  if (!(*out = gpu_buf_new(m->g, bytes, err))) return err ? err->code : LT_E_DEVICE_OOM;
+  m->mem.weight_device_bytes += bytes;
+  return gpu_upload(*out, 0, src + (uint64_t)r0 * row_bytes, bytes, err);
+}
+
+/* Places a quantised weight (I8 or packed-int4 U8 rows, F16 scales) on the device as it is in the file: the
+ * integers untouched, the scales f16 (f32 on a device without 16-bit storage). */
+static lt_status_t dmat_load_q(model_t *m, dmat_t *d, const ft_tensor_t *t, lt_err_t *err) {
+  uint32_t cols = 0;
+  const ft_tensor_t *sc = model_file_scales(m->file, t, &cols);
+  if (!sc) return lt_fail(err, LT_E_INVALID, "%s: quantised weight without scales", t->name);
+  d->rows = (uint32_t)t->shape[0];
+  d->cols = cols;
+  d->dtype = t->dtype == FT_I8 ? LT_I8 : LT_I4;
+  d->group = m->cfg.quant_group;
+  d->stype = gpu_caps(m->g)->storage16 ? LT_F16 : LT_F32;
+  uint64_t row_bytes = quant_row_bytes(d->dtype == LT_I8 ? 8 : 4, cols);
+  uint64_t G = quant_groups(cols, d->group), srow = G * lt_dtype_size(d->stype);
+  lt_status_t st = piece_rows(m, d, t, row_bytes, srow, err);
+  if (st != LT_OK) return st;
+  float *conv = NULL;
+  if (d->stype == LT_F32) {
+    if (!(conv = malloc(sc->n_elems * sizeof *conv))) return lt_fail(err, LT_E_NOMEM, "out of memory");
+    st = ft_tensor_to_f32(sc, conv, err);
+  }
+  const uint8_t *ssrc = conv ? (const uint8_t *)conv : (const uint8_t *)sc->data;
+  if (st == LT_OK && !(d->scales = calloc(d->n_pieces, sizeof *d->scales)))
+    st = lt_fail(err, LT_E_NOMEM, "out of memory");
+  for (uint32_t p = 0; p < d->n_pieces && st == LT_OK; p++) {
+    uint32_t r0 = p * d->rows_per_piece, nr = d->rows - r0 < d->rows_per_piece ? d->rows - r0 : d->rows_per_piece;
+    if ((st = piece_upload(m, &d->piece[p], t->data, r0, nr, row_bytes, err)) == LT_OK)
+      st = piece_upload(m, &d->scales[p], ssrc, r0, nr, srow, err);
+  }
+  free(conv);
+  return st;
+}
+
+/* Places a 2-D weight on the device: f16 stays f16 (when the device has 16-bit storage), everything else f32. */
+static lt_status_t dmat_load(model_t *m, dmat_t *d, const ft_tensor_t *t, lt_err_t *err) {
+  lt_status_t st = LT_OK;
+  const gpu_caps_t *caps = gpu_caps(m->g);
+  memset(d, 0, sizeof *d);
+  if (t->n_dims != 2) return lt_fail(err, LT_E_INVALID, "%s: expected a matrix, got %u dims", t->name, t->n_dims);
+  if (t->dtype == FT_I8 || t->dtype == FT_U8) return dmat_load_q(m, d, t, err);
+  d->rows = (uint32_t)t->shape[0];
+  d->cols = (uint32_t)t->shape[1];
+  /* f16 and bf16 stay 16-bit on devices with 16-bit storage; everything else (and Q8_0) becomes f32. */
+  d->dtype = caps->storage16 && t->dtype == FT_F16 ? LT_F16 : caps->storage16 && t->dtype == FT_BF16 ? LT_BF16 : LT_F32;
+  uint64_t row_bytes = (uint64_t)d->cols * lt_dtype_size(d->dtype);
+  if ((st = piece_rows(m, d, t, row_bytes, 0, err)) != LT_OK) return st;
   float *conv = NULL;
   if (d->dtype == LT_F32 && t->dtype != FT_F32) {
     conv = malloc(t->n_elems * sizeof *conv);
@@ -127,15 +188,9 @@ static lt_status_t dmat_load(model_t *m, dmat_t *d, const ft_tensor_t *t, lt_err
     if ((st = ft_tensor_to_f32(t, conv, err)) != LT_OK) goto out;
   }
   const uint8_t *src = conv ? (const uint8_t *)conv : (const uint8_t *)t->data;
-  for (uint32_t p = 0; p < d->n_pieces; p++) {
+  for (uint32_t p = 0; p < d->n_pieces && st == LT_OK; p++) {
     uint32_t r0 = p * d->rows_per_piece, nr = d->rows - r0 < d->rows_per_piece ? d->rows - r0 : d->rows_per_piece;
-    uint64_t bytes = (uint64_t)nr * row_bytes;
-    if (!(d->piece[p] = gpu_buf_new(m->g, bytes, err))) {
-      st = err ? err->code : LT_E_DEVICE_OOM;
-      goto out;
-    }
-    if ((st = gpu_upload(d->piece[p], 0, src + (uint64_t)r0 * row_bytes, bytes, err)) != LT_OK) goto out;
-    m->mem.weight_device_bytes += bytes;
+    st = piece_upload(m, &d->piece[p], src, r0, nr, row_bytes, err);
   }
 out:
   free(conv);
@@ -204,13 +259,15 @@ static lt_status_t acts_alloc(model_t *m, uint32_t cap, lt_err_t *err) {
   }
   if (st == LT_OK && c->n_experts) {
     uint64_t list = cap * K + 4 * E;
+    uint64_t align = gpu_caps(m->g)->min_storage_align / 4;
+    a->mask_stride = (uint32_t)(align > 1 ? (E + align - 1) / align * align : E);
     struct {
       gpu_buf_t **b;
       uint64_t bytes;
     } moe[] = {{&a->rlog, cap * E * 4}, {&a->rprob, cap * E * 4}, {&a->tk_idx, cap * K * 4},
                {&a->tk_val, cap * K * 4}, {&a->xe, cap * d * 4}, {&a->ge, cap * ffn * 4},
                {&a->ue, cap * ffn * 4},  {&a->oe, cap * d * 4},  {&a->eids, list * 4},
-               {&a->ew, list * 4},       {&a->mask, (uint64_t)c->n_layers * E * 4}};
+               {&a->ew, list * 4},       {&a->mask, (uint64_t)c->n_layers * a->mask_stride * 4}};
     for (size_t i = 0; i < sizeof moe / sizeof moe[0] && st == LT_OK; i++) {
       *moe[i].b = gpu_buf_new(m->g, moe[i].bytes, err);
       if (!*moe[i].b) st = err ? err->code : LT_E_DEVICE_OOM;
@@ -258,6 +315,9 @@ static lt_status_t params_add(model_t *m, const model_tensor_t *t, const dmat_t 
     q->expert = t->expert;
     if (d) {
       q->dtype = d->dtype;
+      q->scales = d->scales ? d->scales[p] : NULL;
+      q->stype = d->stype;
+      q->group = d->group;
       q->rows = d->rows;
       q->cols = d->cols;
       q->row0 = p * d->rows_per_piece;
@@ -319,6 +379,7 @@ model_t *model_load(gpu_t *g, const char *path, const model_load_opts_t *opts, l
     return NULL;
   }
   m->g = g;
+  m->file = f;
   snprintf(m->path, sizeof m->path, "%s", path);
   m->cfg = *model_file_config(f);
   const model_weights_t *w = model_file_weights(f);
@@ -339,17 +400,23 @@ model_t *model_load(gpu_t *g, const char *path, const model_load_opts_t *opts, l
   for (uint32_t l = 0; l < c->n_layers && st == LT_OK; l++) {
     const model_layer_t *src = &w->layers[l];
     dlayer_t *d = &m->layers[l];
+    d->n_experts = model_config_experts(c, l);
+    d->ffn_dropped = c->ffn_dropped[l];
     if ((st = upload_f32(g, &d->attn_norm, &src->attn_norm, &m->mem.weight_device_bytes, err)) != LT_OK) break;
-    if ((st = upload_f32(g, &d->ffn_norm, &src->ffn_norm, &m->mem.weight_device_bytes, err)) != LT_OK) break;
+    if (!d->ffn_dropped &&
+        (st = upload_f32(g, &d->ffn_norm, &src->ffn_norm, &m->mem.weight_device_bytes, err)) != LT_OK)
+      break;
     if ((st = dmat_load(m, &d->wq, &src->wq, err)) != LT_OK) break;
     if ((st = dmat_load(m, &d->wk, &src->wk, err)) != LT_OK) break;
     if ((st = dmat_load(m, &d->wv, &src->wv, err)) != LT_OK) break;
     if ((st = dmat_load(m, &d->wo, &src->wo, err)) != LT_OK) break;
+    if (d->ffn_dropped) continue;
     if (c->n_experts) {
       if ((st = dmat_load(m, &d->router, &src->router, err)) != LT_OK) break;
-      d->experts = calloc(c->n_experts, sizeof *d->experts);
+      d->experts = calloc(d->n_experts, sizeof *d->experts);
       if (!d->experts) st = lt_fail(err, LT_E_NOMEM, "out of memory");
-      for (uint32_t e = 0; e < c->n_experts && st == LT_OK; e++) st = ffn_load(m, &d->experts[e], &src->experts[e], err);
+      for (uint32_t e = 0; e < d->n_experts && st == LT_OK; e++)
+        st = ffn_load(m, &d->experts[e], &src->experts[e], err);
     } else {
       st = ffn_load(m, &d->ffn, &src->ffn, err);
     }
@@ -359,6 +426,7 @@ model_t *model_load(gpu_t *g, const char *path, const model_load_opts_t *opts, l
   st = acts_alloc(m, opts && opts->max_tokens_per_pass ? opts->max_tokens_per_pass : 512, err);
 out:
   model_file_close(&f);
+  m->file = NULL;
   if (st != LT_OK) model_free(&m);
   return m;
 }
@@ -381,7 +449,7 @@ void model_free(model_t **mp) {
     dmat_free(&d->wo);
     ffn_free(&d->ffn);
     dmat_free(&d->router);
-    for (uint32_t e = 0; d->experts && e < m->cfg.n_experts; e++) ffn_free(&d->experts[e]);
+    for (uint32_t e = 0; d->experts && e < d->n_experts; e++) ffn_free(&d->experts[e]);
     free(d->experts);
   }
   free(m->layers);
@@ -458,8 +526,13 @@ static lt_status_t dmat_mul(gpu_cmd_t *c, gpu_view_t y, uint32_t y_stride, gpu_v
   for (uint32_t p = 0; p < w->n_pieces; p++) {
     uint32_t r0 = p * w->rows_per_piece, nr = w->rows - r0 < w->rows_per_piece ? w->rows - r0 : w->rows_per_piece;
     gpu_view_t yp = {y.buf, y.off + (uint64_t)r0 * 4};
-    lt_status_t st = op_matmul_strided(c, yp, y_stride, x, w->cols, gv(w->piece[p]), w->dtype, M, nr, w->cols,
-                                       accumulate, err);
+    lt_status_t st;
+    if (w->scales) {
+      qmat_view_t q = {gv(w->piece[p]), gv(w->scales[p]), w->dtype, w->stype, w->group};
+      st = op_matmul_q(c, yp, y_stride, x, w->cols, &q, M, nr, w->cols, accumulate, MATMUL_AUTO, err);
+    } else {
+      st = op_matmul_strided(c, yp, y_stride, x, w->cols, gv(w->piece[p]), w->dtype, M, nr, w->cols, accumulate, err);
+    }
     if (st != LT_OK) return st;
   }
   return LT_OK;
@@ -496,6 +569,20 @@ static lt_status_t report_resid(pass_t *p, gpu_cmd_t **c, uint32_t layer, lt_err
   for (uint32_t i = 0; st == LT_OK && i < p->n_items; i++)
     h->on_resid(h->ctx, layer, i, buf + (uint64_t)p->row0[i] * d, p->items[i].n_tokens, d);
   free(buf);
+  return st;
+}
+
+/* Reports rows x cols floats of buf at a site (model_hooks_t.on_site) when the hooks ask for it. */
+static lt_status_t report_site(pass_t *p, gpu_cmd_t **c, model_site_t site, uint32_t layer, int32_t expert,
+                               gpu_buf_t *buf, uint32_t rows, uint32_t cols, lt_err_t *err) {
+  const model_hooks_t *h = p->h;
+  if (!h || !h->on_site || !h->capture_site || !h->capture_site[site]) return LT_OK;
+  lt_status_t st = flush(p->m->g, c, err);
+  float *x = st == LT_OK ? malloc((uint64_t)rows * cols * 4 + 4) : NULL;
+  if (st == LT_OK && !x) st = lt_fail(err, LT_E_NOMEM, "out of memory");
+  if (st == LT_OK) st = gpu_download(buf, 0, x, (uint64_t)rows * cols * 4, err);
+  if (st == LT_OK) h->on_site(h->ctx, site, layer, expert, x, rows, cols);
+  free(x);
   return st;
 }
 
@@ -539,11 +626,11 @@ static lt_status_t moe_ffn(pass_t *p, gpu_cmd_t **c, uint32_t l, lt_err_t *err) 
   const model_config_t *cf = &m->cfg;
   acts_t *a = &m->a;
   dlayer_t *L = &m->layers[l];
-  uint32_t T = p->T, E = cf->n_experts, K = cf->n_experts_used, d = cf->hidden_size, ffn = cf->intermediate_size;
+  uint32_t T = p->T, E = L->n_experts, K = cf->n_experts_used, d = cf->hidden_size, ffn = cf->intermediate_size;
   lt_status_t st;
   if ((st = mul(*c, a->rlog, a->xn, &L->router, T, false, err)) != LT_OK) return st;
   if (p->h && p->h->expert_mask) {
-    gpu_view_t mk = {a->mask, (uint64_t)l * E * 4};
+    gpu_view_t mk = {a->mask, (uint64_t)l * a->mask_stride * 4};
     if ((st = op_add(*c, gv(a->rlog), gv(a->rlog), mk, T * E, E, err)) != LT_OK) return st;
   }
   if ((st = op_softmax(*c, gv(a->rprob), gv(a->rlog), T, E, err)) != LT_OK) return st;
@@ -593,9 +680,11 @@ static lt_status_t moe_ffn(pass_t *p, gpu_cmd_t **c, uint32_t l, lt_err_t *err) 
     dffn_t *X = &L->experts[e];
     gpu_view_t ids = {a->eids, (uint64_t)start[e] * 4}, wts = {a->ew, (uint64_t)start[e] * 4};
     if ((st = op_embed(*c, gv(a->xe), gv(a->xn), LT_F32, ids, n, d, 0, T, err)) != LT_OK) break;
+    if ((st = report_site(p, c, MODEL_SITE_EXPERT_IN, l, (int32_t)e, a->xe, n, d, err)) != LT_OK) break;
     if ((st = mul(*c, a->ge, a->xe, &X->gate, n, false, err)) != LT_OK) break;
     if ((st = mul(*c, a->ue, a->xe, &X->up, n, false, err)) != LT_OK) break;
     if ((st = op_swiglu(*c, gv(a->ge), gv(a->ge), gv(a->ue), n * ffn, err)) != LT_OK) break;
+    if ((st = report_site(p, c, MODEL_SITE_EXPERT_ACT, l, (int32_t)e, a->ge, n, ffn, err)) != LT_OK) break;
     if ((st = mul(*c, a->oe, a->ge, &X->down, n, false, err)) != LT_OK) break;
     st = op_scatter_add(*c, gv(a->x), gv(a->oe), ids, wts, n, d, T, err);
   }
@@ -710,13 +799,16 @@ static lt_status_t forward_pass(model_t *m, model_item_t *items, uint32_t n_item
     if (st != LT_OK) goto out;
   }
   if (h && h->expert_mask && cf->n_experts) {
-    uint64_t n = (uint64_t)cf->n_layers * cf->n_experts;
+    uint64_t n = (uint64_t)cf->n_layers * a->mask_stride;
     float *mk = malloc(n * 4);
     if (!mk) {
       st = lt_fail(err, LT_E_NOMEM, "out of memory");
       goto out;
     }
-    for (uint64_t i = 0; i < n; i++) mk[i] = h->expert_mask[i] ? MASKED_LOGIT : 0.0f;
+    for (uint32_t l = 0; l < cf->n_layers; l++)
+      for (uint32_t e = 0; e < a->mask_stride; e++)
+        mk[(uint64_t)l * a->mask_stride + e] =
+            e < cf->n_experts && h->expert_mask[(uint64_t)l * cf->n_experts + e] ? MASKED_LOGIT : 0.0f;
     st = gpu_upload(a->mask, 0, mk, n * 4, err);
     free(mk);
     if (st != LT_OK) goto out;
@@ -736,6 +828,7 @@ static lt_status_t forward_pass(model_t *m, model_item_t *items, uint32_t n_item
     if (h && h->add_vec && h->add_layer == l && (st = add_vector(&p, c, err)) != LT_OK) break;
     if (h && h->skip_block && h->skip_block[l]) continue;
     if ((st = op_rmsnorm(c, gv(a->xn), gv(a->x), gv(L->attn_norm), p.T, d, cf->rms_norm_eps, err)) != LT_OK) break;
+    if ((st = report_site(&p, &c, MODEL_SITE_ATTN_IN, l, -1, a->xn, p.T, d, err)) != LT_OK) break;
     if ((st = mul(c, a->q, a->xn, &L->wq, p.T, false, err)) != LT_OK) break;
     if ((st = mul(c, a->k, a->xn, &L->wk, p.T, false, err)) != LT_OK) break;
     if ((st = mul(c, a->v, a->xn, &L->wv, p.T, false, err)) != LT_OK) break;
@@ -757,17 +850,22 @@ static lt_status_t forward_pass(model_t *m, model_item_t *items, uint32_t n_item
     }
     if (st != LT_OK) break;
     if (h && h->on_attn && h->attn_layer == l && (st = attn_hook(&p, &c, l, err)) != LT_OK) break;
+    if ((st = report_site(&p, &c, MODEL_SITE_ATTN_OUT, l, -1, a->att, p.T, qd, err)) != LT_OK) break;
     if ((st = mul(c, a->x, a->att, &L->wo, p.T, true, err)) != LT_OK) break;
-    if (h && h->skip_ffn && h->skip_ffn[l]) continue;
+    if ((h && h->skip_ffn && h->skip_ffn[l]) || L->ffn_dropped) continue;
+    if ((st = report_site(&p, &c, MODEL_SITE_FFN_RESID, l, -1, a->x, p.T, d, err)) != LT_OK) break;
     if ((st = op_rmsnorm(c, gv(a->xn), gv(a->x), gv(L->ffn_norm), p.T, d, cf->rms_norm_eps, err)) != LT_OK) break;
+    if ((st = report_site(&p, &c, MODEL_SITE_FFN_IN, l, -1, a->xn, p.T, d, err)) != LT_OK) break;
     if (cf->n_experts) {
       st = moe_ffn(&p, &c, l, err);
     } else {
       if ((st = mul(c, a->gate, a->xn, &L->ffn.gate, p.T, false, err)) != LT_OK) break;
       if ((st = mul(c, a->up, a->xn, &L->ffn.up, p.T, false, err)) != LT_OK) break;
       if ((st = op_swiglu(c, gv(a->gate), gv(a->gate), gv(a->up), p.T * ffn, err)) != LT_OK) break;
+      if ((st = report_site(&p, &c, MODEL_SITE_FFN_ACT, l, -1, a->gate, p.T, ffn, err)) != LT_OK) break;
       st = mul(c, a->x, a->gate, &L->ffn.down, p.T, true, err);
     }
+    if (st == LT_OK) st = report_site(&p, &c, MODEL_SITE_FFN_OUT, l, -1, a->x, p.T, d, err);
   }
   if (st == LT_OK) st = report_resid(&p, &c, cf->n_layers, err);
   if (st == LT_OK) st = op_rmsnorm(c, gv(a->xn), gv(a->x), gv(m->out_norm), p.T, d, cf->rms_norm_eps, err);

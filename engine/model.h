@@ -6,6 +6,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "engine/ftensor.h"
 #include "engine/gpu.h"
 #include "engine/model_config.h"
 #include "engine/status.h"
@@ -26,7 +27,8 @@ typedef struct model_mem {
 } model_mem_t;
 
 /* Loads a Hugging Face folder or a .gguf file onto g: f32, f16 and bf16 weights stay in their dtype (16-bit ones
- * need 16-bit storage buffers, else they become f32); norms and Q8_0 are converted to f32 at load. Tensors larger than the device's maxStorageBufferRange are split into row pieces.
+ * need 16-bit storage buffers, else they become f32); norms and Q8_0 are converted to f32 at load; int8 / int4
+ * weights of a compressed model stay quantised (docs/compression.md). Tensors larger than the device's maxStorageBufferRange are split into row pieces.
  * Caller owns the result (model_free); g must outlive it. NULL with err on failure. */
 model_t *model_load(gpu_t *g, const char *path, const model_load_opts_t *opts, lt_err_t *err);
 
@@ -51,10 +53,13 @@ typedef struct model_param {
   char name[96];          /* e.g. "model.layers.3.mlp.up_proj.weight" */
   int32_t layer, expert;  /* -1 where it does not apply */
   bool is_norm;           /* a norm weight vector (tuning jobs do not decay these) */
-  lt_dtype_t dtype;       /* device dtype (f32, f16 or bf16) */
+  lt_dtype_t dtype;       /* device dtype: f32, f16 or bf16, or i8 / i4 for quantised weights (engine/quant.h) */
   uint32_t rows, cols;    /* shape of the whole tensor; a vector has rows 1 */
   uint32_t row0, n_rows;  /* the rows this piece holds */
   gpu_buf_t *buf;         /* the piece's data, owned by the model */
+  gpu_buf_t *scales;      /* quantised only: the piece's scales [n_rows, ceil(cols / group)], owned by the model */
+  lt_dtype_t stype;       /* quantised only: the scales' dtype (f16 or f32) */
+  uint32_t group;         /* quantised only: columns per scale */
 } model_param_t;
 
 /* Number of parameter pieces of the model. */
@@ -71,10 +76,20 @@ typedef struct model_save_opts {
 } model_save_opts_t;
 
 /* Writes the model's current weights as a Hugging Face folder dir (created if needed): config.json from the
- * model's config, model.safetensors (sharded with an index when large) with 16-bit weights kept in their dtype and the rest f32,
- * and the source folder's tokenizer.json, tokenizer_config.json and generation_config.json when it has them. The
- * result loads in Lathe and in the Python stack. */
+ * model's config, model.safetensors (sharded with an index when large) with 16-bit weights kept in their dtype,
+ * quantised ones quantised (docs/compression.md) and the rest f32, and the source folder's tokenizer.json,
+ * tokenizer_config.json and generation_config.json when it has them. The result loads in Lathe and (unless
+ * quantised) in the Python stack. */
 lt_status_t model_save(model_t *m, const char *dir, const model_save_opts_t *opts, lt_err_t *err);
+
+/* Writes a Hugging Face folder dir (created with its parents if needed) from host tensors, as model_save() does: the tensors in
+ * their order and dtypes, config.json from cfg, and src_dir's tokenizer and generation files when src_dir (may be
+ * NULL) is a folder that has them. */
+lt_status_t model_folder_write(const char *dir, const model_config_t *cfg, const ft_tensor_t *tensors, uint32_t n,
+                               const char *src_dir, const model_save_opts_t *opts, lt_err_t *err);
+
+/* config.json for cfg in the fields transformers reads, plus Lathe's compression fields. Caller owns (json_decref). */
+json_t *model_config_json(const model_config_t *cfg);
 
 /* A sequence: its KV cache for every layer (f32) and its length. capacity is the most tokens it can hold
  * (0: the model's max_position, capped at 4096). Caller owns (model_seq_destroy). */
@@ -110,6 +125,26 @@ typedef bool (*model_attn_fn)(void *ctx, uint32_t layer, uint32_t item, float *h
 typedef void (*model_router_fn)(void *ctx, uint32_t layer, const float *probs, uint32_t n_rows,
                                 uint32_t n_experts);
 
+/* Where on_site reports activations: the inputs of the linear layers and the stream around the feed-forward
+ * sub-layer (calibration: pruning norms, layer-drop scores). */
+typedef enum model_site {
+  MODEL_SITE_ATTN_IN = 0, /* rmsnorm(h_l): input of q_proj, k_proj, v_proj [rows, hidden] */
+  MODEL_SITE_ATTN_OUT,    /* per-head attention output: input of o_proj [rows, n_heads * head_dim] */
+  MODEL_SITE_FFN_RESID,   /* the stream entering the feed-forward sub-layer, before its norm [rows, hidden] */
+  MODEL_SITE_FFN_IN,      /* its norm: input of the router, or of gate_proj and up_proj [rows, hidden] */
+  MODEL_SITE_FFN_ACT,     /* dense: silu(gate_proj x) * up_proj x, input of down_proj [rows, intermediate] */
+  MODEL_SITE_EXPERT_IN,   /* MoE: the rows routed to one expert, input of its w1 and w3 [rows_e, hidden] */
+  MODEL_SITE_EXPERT_ACT,  /* MoE: silu(w1 x) * w3 x of those rows, input of its w2 [rows_e, intermediate] */
+  MODEL_SITE_FFN_OUT,     /* the stream after the feed-forward sub-layer [rows, hidden] */
+  MODEL_SITE_COUNT
+} model_site_t;
+
+/* Called at `site` of block `layer` (expert: the expert at the expert sites, else -1) with x [rows, cols]: every row
+ * of the pass (the items' new tokens in item order), or at the expert sites the rows routed to that expert in
+ * ascending order. x is valid during the call only. */
+typedef void (*model_site_fn)(void *ctx, model_site_t site, uint32_t layer, int32_t expert, const float *x,
+                              uint32_t rows, uint32_t cols);
+
 typedef struct model_hooks {
   void *ctx;
   /* Reading the residual stream: capture_resid[l] (l in 0..n_layers) selects the layers reported to on_resid. */
@@ -133,6 +168,10 @@ typedef struct model_hooks {
   const bool *skip_ffn;
   /* expert_mask[l * n_experts + e]: expert e of layer l is never routed to. */
   const bool *expert_mask;
+  /* Reading activations at sites: capture_site[s] (s < MODEL_SITE_COUNT) selects the sites reported to on_site,
+   * in every block. Each report waits for the device, so it costs a pass its speed. */
+  const bool *capture_site;
+  model_site_fn on_site;
 } model_hooks_t;
 
 /* What a forward pass returns for one batch item. */

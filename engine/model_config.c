@@ -28,7 +28,7 @@ static const struct arch_desc {
 /* Upper bounds that keep every later size computation far from overflow. */
 #define MAX_HIDDEN (1u << 16)
 #define MAX_FFN (1u << 20)
-#define MAX_LAYERS 1024u
+#define MAX_LAYERS MODEL_MAX_LAYERS
 #define MAX_HEADS 1024u
 #define MAX_HEAD_DIM 1024u
 #define MAX_VOCAB (1u << 22)
@@ -43,6 +43,10 @@ const char *model_arch_str(model_arch_t a) {
   case MODEL_ARCH_COUNT: break;
   }
   return "?";
+}
+
+uint32_t model_config_experts(const model_config_t *c, uint32_t layer) {
+  return layer < MODEL_MAX_LAYERS && c->layer_experts[layer] ? c->layer_experts[layer] : c->n_experts;
 }
 
 /* Checks the ranges and the relations between fields, whatever the source. */
@@ -76,6 +80,15 @@ static lt_status_t config_check(const model_config_t *c, const char *lab, lt_err
                                         c->n_experts_used > c->n_experts || c->n_experts_used > MAX_EXPERTS_USED))
     return lt_fail(err, LT_E_INVALID, "%s: %u experts with %u used per token is outside [1, %u] experts, [1, %u] used",
                    lab, c->n_experts, c->n_experts_used, MAX_EXPERTS, MAX_EXPERTS_USED);
+  for (uint32_t l = 0; l < c->n_layers; l++) {
+    uint32_t e = c->layer_experts[l];
+    if (e && (c->arch != MODEL_ARCH_MIXTRAL || e < c->n_experts_used || e > c->n_experts))
+      return lt_fail(err, LT_E_INVALID, "%s: lathe_experts_per_layer gives block %u %u experts, outside [%u, %u]", lab,
+                     l, e, c->n_experts_used, c->n_experts);
+  }
+  if (c->quant_bits && !((c->quant_bits == 8 || c->quant_bits == 4) && c->quant_group && c->quant_group % 8 == 0))
+    return lt_fail(err, LT_E_INVALID, "%s: quantization_config: bits %u, group_size %u (need 8 or 4, a multiple of 8)",
+                   lab, c->quant_bits, c->quant_group);
   if (c->bos_id >= (int64_t)c->vocab_size)
     return lt_fail(err, LT_E_INVALID, "%s: bos id %d is outside the vocabulary (%u)", lab, c->bos_id, c->vocab_size);
   for (uint32_t i = 0; i < c->n_eos; i++)
@@ -169,6 +182,45 @@ static lt_status_t json_rope_scaling(rope_scaling_t *rs, const json_t *o, const 
   return LT_OK;
 }
 
+/* Reads Lathe's compression fields (docs/compression.md): quantization_config ("lathe_rtn" only), the blocks
+ * whose feed-forward sub-layer was dropped, and per-block expert counts. */
+static lt_status_t json_compression(model_config_t *c, const json_t *config, const char *lab, lt_err_t *err) {
+  const json_t *qc = json_object_get(config, "quantization_config");
+  lt_status_t s;
+  if (qc && !json_is_null(qc)) {
+    const char *method = json_string_value(json_object_get(qc, "quant_method"));
+    if (!json_is_object(qc) || !method)
+      return lt_fail(err, LT_E_INVALID, "%s: quantization_config is not an object with a quant_method", lab);
+    if (strcmp(method, "lathe_rtn"))
+      return lt_fail(err, LT_E_UNSUPPORTED, "%s: quant_method %.40s is not supported (supported: lathe_rtn)", lab,
+                     method);
+    if ((s = json_u32(qc, "bits", REQUIRED, 0, &c->quant_bits, lab, err)) ||
+        (s = json_u32(qc, "group_size", REQUIRED, 0, &c->quant_group, lab, err)))
+      return s;
+  }
+  const json_t *drop = json_object_get(config, "lathe_dropped_moe_layers"), *v;
+  size_t i;
+  if (drop && !json_is_array(drop))
+    return lt_fail(err, LT_E_INVALID, "%s: lathe_dropped_moe_layers is not a list", lab);
+  json_array_foreach(drop, i, v) {
+    json_int_t l = json_integer_value(v);
+    if (!json_is_integer(v) || l < 0 || l >= (json_int_t)c->n_layers || c->ffn_dropped[l])
+      return lt_fail(err, LT_E_INVALID, "%s: lathe_dropped_moe_layers[%zu] is not a distinct block index below %u",
+                     lab, i, c->n_layers);
+    c->ffn_dropped[l] = true;
+  }
+  const json_t *per = json_object_get(config, "lathe_experts_per_layer");
+  if (per && (!json_is_array(per) || json_array_size(per) != c->n_layers))
+    return lt_fail(err, LT_E_INVALID, "%s: lathe_experts_per_layer is not a list of %u counts", lab, c->n_layers);
+  json_array_foreach(per, i, v) {
+    if (!json_is_integer(v) || json_integer_value(v) < 1 || json_integer_value(v) > MAX_EXPERTS)
+      return lt_fail(err, LT_E_INVALID, "%s: lathe_experts_per_layer[%zu] is not a count in [1, %u]", lab, i,
+                     MAX_EXPERTS);
+    c->layer_experts[i] = (uint16_t)json_integer_value(v);
+  }
+  return LT_OK;
+}
+
 /* Finds the architecture from "architectures" (the first supported entry), else from "model_type". */
 static lt_status_t json_arch(const struct arch_desc **out, const json_t *config, const char *lab, lt_err_t *err) {
   const json_t *list = json_object_get(config, "architectures"), *e;
@@ -230,6 +282,9 @@ lt_status_t model_config_from_json(model_config_t *cfg, const json_t *config, co
   if (a->moe && ((s = json_u32(config, "num_local_experts", OPTIONAL, 8, &cfg->n_experts, lab, err)) ||
                  (s = json_u32(config, "num_experts_per_tok", OPTIONAL, 2, &cfg->n_experts_used, lab, err))))
     return s;
+  if (cfg->n_layers > MAX_LAYERS)
+    return lt_fail(err, LT_E_INVALID, "%s: num_hidden_layers is %u, more than %u", lab, cfg->n_layers, MAX_LAYERS);
+  if ((s = json_compression(cfg, config, lab, err))) return s;
   cfg->n_kv_heads = n_kv ? n_kv : cfg->n_heads;
   if (!head_dim) {
     if (!cfg->n_heads || cfg->hidden_size % cfg->n_heads)

@@ -12,6 +12,7 @@
 #include "engine/status.h"
 
 #define MODEL_MAX_EOS 8
+#define MODEL_MAX_LAYERS 1024u
 
 typedef enum model_arch {
   MODEL_ARCH_LLAMA = 0, /* LlamaForCausalLM (also MistralForCausalLM: same tensors, maybe a sliding window) */
@@ -39,7 +40,14 @@ typedef struct model_config {
   int32_t eos_ids[MODEL_MAX_EOS];
   uint32_t n_experts, n_experts_used; /* MoE; both 0 for a dense model */
   uint32_t sliding_window;            /* attention window in tokens; 0 for full causal attention */
+  /* Compressed models (Lathe's own config.json fields, docs/compression.md); all 0 / false otherwise. */
+  uint32_t quant_bits, quant_group;         /* quantization_config "lathe_rtn": bits 8 or 4, columns per scale */
+  uint16_t layer_experts[MODEL_MAX_LAYERS]; /* lathe_experts_per_layer: experts of block l (0: n_experts) */
+  bool ffn_dropped[MODEL_MAX_LAYERS];       /* lathe_dropped_moe_layers: block l has no feed-forward sub-layer */
 } model_config_t;
+
+/* Experts of block `layer` (per-layer counts after an expert drop, else n_experts; 0 for a dense model). */
+uint32_t model_config_experts(const model_config_t *c, uint32_t layer);
 
 /* Returns the architecture's Hugging Face class name ("LlamaForCausalLM", ...); static string. */
 const char *model_arch_str(model_arch_t a);

@@ -6,6 +6,8 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "engine/quant.h"
+
 /* Symbolic dimensions a role's shape is made of. */
 typedef enum dim_sym { D_NONE = 0, D_VOCAB, D_HIDDEN, D_Q, D_KV, D_FFN, D_EXPERTS } dim_sym_t;
 
@@ -56,14 +58,14 @@ static int fill_name(char *buf, size_t cap, const char *pattern, uint32_t a, uin
   return (int)strlen(buf);
 }
 
-static uint64_t dim_value(const model_config_t *c, dim_sym_t d) {
+static uint64_t dim_value(const model_config_t *c, dim_sym_t d, uint32_t layer) {
   switch (d) {
   case D_VOCAB: return c->vocab_size;
   case D_HIDDEN: return c->hidden_size;
   case D_Q: return (uint64_t)c->n_heads * c->head_dim;
   case D_KV: return (uint64_t)c->n_kv_heads * c->head_dim;
   case D_FFN: return c->intermediate_size;
-  case D_EXPERTS: return c->n_experts;
+  case D_EXPERTS: return model_config_experts(c, layer);
   case D_NONE: break;
   }
   return 0;
@@ -82,8 +84,36 @@ static const ft_tensor_t *source_find(const source_t *src, const char *name) {
   return gt ? &gt->t : NULL;
 }
 
+/* Checks a quantised matrix t (I8 or U8, docs/compression.md) of expected shape want[2] against the model's
+ * quantization_config, and its scales "<name>.scales": F16 [rows, ceil(cols / group_size)]. The embedding table
+ * stays floating point (the gather reads f32 or f16). */
+static lt_status_t check_quantised(const ft_tensor_t *t, const source_t *src, const model_config_t *c, model_role_t r,
+                                   const uint64_t *want, lt_err_t *err) {
+  uint32_t bits = t->dtype == FT_I8 ? 8 : 4;
+  if (!src->st || r == MR_TOK_EMBD || c->quant_bits != bits)
+    return lt_fail(err, LT_E_INVALID, "%s: tensor %s has dtype %s, which needs quantization_config with %u bits (%s)",
+                   src->lab, t->name, ft_dtype_str(t->dtype), bits,
+                   r == MR_TOK_EMBD ? "not for the embedding table" : "docs/compression.md");
+  uint64_t cols = quant_row_bytes(bits, (uint32_t)want[1]);
+  if (t->n_dims != 2 || t->shape[0] != want[0] || t->shape[1] != cols) {
+    char got[96], exp[96];
+    uint64_t w2[2] = {want[0], cols};
+    return lt_fail(err, LT_E_INVALID, "%s: quantised tensor %s has shape %s, expected %s", src->lab, t->name,
+                   ft_shape_str(got, sizeof got, t->shape, t->n_dims), ft_shape_str(exp, sizeof exp, w2, 2));
+  }
+  char name[NAME_CAP + 8];
+  snprintf(name, sizeof name, "%s.scales", t->name);
+  const ft_tensor_t *sc = st_find(src->st, name);
+  uint64_t G = quant_groups((uint32_t)want[1], c->quant_group);
+  if (!sc || sc->dtype != FT_F16 || sc->n_dims != 2 || sc->shape[0] != want[0] || sc->shape[1] != G)
+    return lt_fail(err, LT_E_INVALID, "%s: %s is missing or not F16 [%llu, %llu]", src->lab, name,
+                   (unsigned long long)want[0], (unsigned long long)G);
+  return LT_OK;
+}
+
 /* Finds the tensor of role r (layer, expert as the pattern needs) and checks its dtype and shape. With
- * stacked, the expected shape gets a leading n_experts dimension (GGUF MoE). */
+ * stacked, the expected shape gets a leading n_experts dimension (GGUF MoE). Matrices may be quantised
+ * (check_quantised). */
 static lt_status_t fetch(ft_tensor_t *out, const source_t *src, const model_config_t *c, model_role_t r, uint32_t layer,
                          uint32_t expert, bool stacked, lt_err_t *err) {
   const struct role_desc *d = &roles[r];
@@ -93,14 +123,21 @@ static lt_status_t fetch(ft_tensor_t *out, const source_t *src, const model_conf
   if (!t)
     return lt_fail(err, LT_E_INVALID, "%s: tensor %s is missing (needed by %s with %u layers)", src->lab, name,
                    model_arch_str(c->arch), c->n_layers);
-  if (t->dtype != FT_F32 && t->dtype != FT_F16 && t->dtype != FT_BF16 && t->dtype != FT_Q8_0)
+  bool quantised = (t->dtype == FT_I8 || t->dtype == FT_U8) && d->dims[1] && !stacked;
+  if (t->dtype != FT_F32 && t->dtype != FT_F16 && t->dtype != FT_BF16 && t->dtype != FT_Q8_0 && !quantised)
     return lt_fail(err, LT_E_INVALID, "%s: tensor %s has dtype %s; weights must be F32, F16, BF16 or Q8_0", src->lab,
                    name, ft_dtype_str(t->dtype));
   uint64_t want[3];
   const char *sym[3];
   uint32_t n = 0;
   if (stacked) want[n] = c->n_experts, sym[n++] = dim_names[D_EXPERTS];
-  for (int i = 0; i < 2 && d->dims[i]; i++) want[n] = dim_value(c, d->dims[i]), sym[n++] = dim_names[d->dims[i]];
+  for (int i = 0; i < 2 && d->dims[i]; i++)
+    want[n] = dim_value(c, d->dims[i], layer), sym[n++] = dim_names[d->dims[i]];
+  if (quantised) {
+    lt_status_t s = check_quantised(t, src, c, r, want, err);
+    if (s == LT_OK) *out = *t;
+    return s;
+  }
   bool ok = t->n_dims == n;
   for (uint32_t i = 0; ok && i < n; i++) ok = t->shape[i] == want[i];
   if (!ok) {
@@ -146,6 +183,7 @@ static void build_list(model_weights_t *w, const model_config_t *c, char *names)
     list_add(w, &names, MR_WK, li, -1, &L->wk);
     list_add(w, &names, MR_WV, li, -1, &L->wv);
     list_add(w, &names, MR_WO, li, -1, &L->wo);
+    if (c->ffn_dropped[l]) continue;
     list_add(w, &names, MR_FFN_NORM, li, -1, &L->ffn_norm);
     if (!c->n_experts) {
       list_add(w, &names, MR_FFN_GATE, li, -1, &L->ffn.gate);
@@ -154,7 +192,7 @@ static void build_list(model_weights_t *w, const model_config_t *c, char *names)
       continue;
     }
     list_add(w, &names, MR_ROUTER, li, -1, &L->router);
-    for (uint32_t e = 0; e < c->n_experts; e++) {
+    for (uint32_t e = 0; e < model_config_experts(c, l); e++) {
       list_add(w, &names, MR_EXP_GATE, li, (int32_t)e, &L->experts[e].gate);
       list_add(w, &names, MR_EXP_UP, li, (int32_t)e, &L->experts[e].up);
       list_add(w, &names, MR_EXP_DOWN, li, (int32_t)e, &L->experts[e].down);
@@ -201,9 +239,10 @@ static lt_status_t map_weights(model_weights_t **out, const model_config_t *c, c
     model_layer_t *L = &w->layers[l];
     if ((s = fetch(&L->attn_norm, src, c, MR_ATTN_NORM, l, 0, false, err)) ||
         (s = fetch(&L->wq, src, c, MR_WQ, l, 0, false, err)) || (s = fetch(&L->wk, src, c, MR_WK, l, 0, false, err)) ||
-        (s = fetch(&L->wv, src, c, MR_WV, l, 0, false, err)) || (s = fetch(&L->wo, src, c, MR_WO, l, 0, false, err)) ||
-        (s = fetch(&L->ffn_norm, src, c, MR_FFN_NORM, l, 0, false, err)))
+        (s = fetch(&L->wv, src, c, MR_WV, l, 0, false, err)) || (s = fetch(&L->wo, src, c, MR_WO, l, 0, false, err)))
       goto fail;
+    if (c->ffn_dropped[l]) continue; /* no post-attention norm, router, experts or MLP */
+    if ((s = fetch(&L->ffn_norm, src, c, MR_FFN_NORM, l, 0, false, err))) goto fail;
     if (!c->n_experts) {
       if ((s = fetch(&L->ffn.gate, src, c, MR_FFN_GATE, l, 0, false, err)) ||
           (s = fetch(&L->ffn.up, src, c, MR_FFN_UP, l, 0, false, err)) ||
@@ -223,7 +262,7 @@ static lt_status_t map_weights(model_weights_t **out, const model_config_t *c, c
                                       expert_slice(&g3[2], e, c->n_experts)};
       continue;
     }
-    for (uint32_t e = 0; e < c->n_experts; e++)
+    for (uint32_t e = 0; e < model_config_experts(c, l); e++)
       if ((s = fetch(&L->experts[e].gate, src, c, MR_EXP_GATE, l, e, false, err)) ||
           (s = fetch(&L->experts[e].up, src, c, MR_EXP_UP, l, e, false, err)) ||
           (s = fetch(&L->experts[e].down, src, c, MR_EXP_DOWN, l, e, false, err)))
@@ -293,3 +332,16 @@ const model_config_t *model_file_config(const model_file_t *m) { return &m->cfg;
 const model_weights_t *model_file_weights(const model_file_t *m) { return m->w; }
 const gguf_t *model_file_gguf(const model_file_t *m) { return m->g; }
 const st_file_t *model_file_st(const model_file_t *m) { return m->st; }
+
+const ft_tensor_t *model_file_scales(const model_file_t *m, const ft_tensor_t *t, uint32_t *cols) {
+  if (!m->st || (t->dtype != FT_I8 && t->dtype != FT_U8)) return NULL;
+  /* t is one of the weights' tensors: its entry in the flat list gives the role, and so the logical width. */
+  const model_tensor_t *e = NULL;
+  for (uint32_t i = 0; i < m->w->n_tensors && !e; i++)
+    if (m->w->tensors[i].t == t) e = &m->w->tensors[i];
+  if (!e) return NULL;
+  *cols = (uint32_t)dim_value(&m->cfg, roles[e->role].dims[1], (uint32_t)(e->layer < 0 ? 0 : e->layer));
+  char name[NAME_CAP + 8];
+  snprintf(name, sizeof name, "%s.scales", t->name);
+  return st_find(m->st, name);
+}

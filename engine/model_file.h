@@ -73,8 +73,8 @@ typedef struct model_weights {
 } model_weights_t;
 
 /* Maps the tensors of a safetensors set in Hugging Face naming onto cfg's layout, checking presence, shape
- * and dtype (floating point) of each; the first problem is reported naming the tensor. Caller owns *out
- * (model_weights_free); st must outlive it. */
+ * and dtype (floating point, or quantised with its scales: docs/compression.md) of each; the first problem is
+ * reported naming the tensor. Caller owns *out (model_weights_free); st must outlive it. */
 lt_status_t model_weights_from_st(model_weights_t **out, const model_config_t *cfg, const st_file_t *st, lt_err_t *err);
 
 /* As model_weights_from_st for a GGUF file in llama.cpp naming (token_embd, blk.N.attn_q, ...,
@@ -104,5 +104,9 @@ const gguf_t *model_file_gguf(const model_file_t *m);
 
 /* The safetensors set behind m, or NULL for a GGUF file; owned by m. */
 const st_file_t *model_file_st(const model_file_t *m);
+
+/* The scales of a quantised weight t of m's weights (dtype I8 or U8: "<name>.scales", F16, docs/compression.md),
+ * with the weight's logical column count in *cols (its rows are padded); NULL for any other tensor. Owned by m. */
+const ft_tensor_t *model_file_scales(const model_file_t *m, const ft_tensor_t *t, uint32_t *cols);
 
 #endif

@@ -15,7 +15,17 @@ static const op_info_t op_table[OP_COUNT] = {
 #undef OP
 };
 
-uint32_t lt_dtype_size(lt_dtype_t t) { return t == LT_F16 || t == LT_BF16 ? 2 : 4; }
+uint32_t lt_dtype_size(lt_dtype_t t) {
+  switch (t) {
+  case LT_F16:
+  case LT_BF16: return 2;
+  case LT_I8:
+  case LT_I4: return 1;
+  case LT_F32:
+  case LT_I32: break;
+  }
+  return 4;
+}
 
 const char *lt_dtype_str(lt_dtype_t t) {
   switch (t) {
@@ -23,6 +33,8 @@ const char *lt_dtype_str(lt_dtype_t t) {
   case LT_F16: return "f16";
   case LT_BF16: return "bf16";
   case LT_I32: return "i32";
+  case LT_I8: return "i8";
+  case LT_I4: return "i4";
   }
   return "?";
 }

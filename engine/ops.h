@@ -11,9 +11,10 @@
 #include "engine/gpu.h"
 #include "pc.h"
 
-typedef enum lt_dtype { LT_F32 = 0, LT_F16 = 1, LT_BF16 = 2, LT_I32 = 3 } lt_dtype_t;
+/* LT_I8 and LT_I4 are quantised weights (engine/quant.h): int8, or two int4 per byte, with per-group scales. */
+typedef enum lt_dtype { LT_F32 = 0, LT_F16 = 1, LT_BF16 = 2, LT_I32 = 3, LT_I8 = 4, LT_I4 = 5 } lt_dtype_t;
 
-/* Bytes per element of a dtype. */
+/* Bytes per element of a dtype (LT_I4: 1, for the byte that holds two). */
 uint32_t lt_dtype_size(lt_dtype_t t);
 
 /* Returns the dtype's name ("f32", ...); static string. */
@@ -89,6 +90,24 @@ lt_status_t op_matmul_path(gpu_cmd_t *c, gpu_view_t y, gpu_view_t x, gpu_view_t 
 lt_status_t op_matmul_strided(gpu_cmd_t *c, gpu_view_t y, uint32_t y_stride, gpu_view_t x, uint32_t x_stride,
                               gpu_view_t w, lt_dtype_t wtype, uint32_t M, uint32_t N, uint32_t K, bool accumulate,
                               lt_err_t *err);
+
+/* ---- quantised matrix multiply (engine/ops_matmul_q.c) ---- */
+
+/* A quantised weight [N, K] in the layout of engine/quant.h: q holds its int8 (wtype LT_I8) or packed int4 (LT_I4)
+ * rows of quant_row_bytes() bytes each, scales its [N, ceil(K / group)] scales in stype (LT_F16 or LT_F32). */
+typedef struct qmat_view {
+  gpu_view_t q, scales;
+  lt_dtype_t wtype, stype;
+  uint32_t group; /* columns per scale, a multiple of 8 */
+} qmat_view_t;
+
+/* y[M,N] = x[M,K] . dequant(w)[N,K]^T, or y += that when accumulate, reading the integers and their scales
+ * directly (no dequantised copy): a GEMV kernel for few rows, a tiled GEMM otherwise (path forces one, as for
+ * op_matmul_path). Row m of x starts at x + m * x_stride, row m of y at y + m * y_stride (elements), so a weight
+ * split into row pieces fills column ranges of one output. x and y are f32. */
+lt_status_t op_matmul_q(gpu_cmd_t *c, gpu_view_t y, uint32_t y_stride, gpu_view_t x, uint32_t x_stride,
+                        const qmat_view_t *w, uint32_t M, uint32_t N, uint32_t K, bool accumulate, matmul_path_t path,
+                        lt_err_t *err);
 
 /* ---- row-wise ops (engine/ops_rows.c); rows are contiguous, n elements each, f32 ---- */
 

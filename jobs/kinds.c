@@ -59,6 +59,39 @@ static bool kind_feedback_validate(const msgpack_object *params, proto_err_t *e)
   return kind_selfgen_validate(params, e);
 }
 
+/* compress: known, distinct methods; bits 8 or 4; group a multiple of 8; an N:M pattern with 0 < N < M. */
+static bool kind_compress_validate(const msgpack_object *params, proto_err_t *e) {
+  static const char *const known[] = {"expert-drop", "layer-drop", "block-drop", "prune", "quantize"};
+  const msgpack_object *m = mp_get(params, "method");
+  for (uint32_t i = 0; m && m->type == MSGPACK_OBJECT_ARRAY && i < m->via.array.size; i++) {
+    const msgpack_object *s = &m->via.array.ptr[i];
+    bool ok = false;
+    for (size_t k = 0; k < sizeof known / sizeof known[0]; k++) ok |= mp_str_is(s, known[k]);
+    if (!ok)
+      return proto_fail(e, P_BAD_VALUE, "params.method",
+                        "params.method: entry %u is none of expert-drop, layer-drop, block-drop, prune, quantize", i);
+    for (uint32_t j = 0; j < i; j++)
+      if (s->via.str.size == m->via.array.ptr[j].via.str.size &&
+          !memcmp(s->via.str.ptr, m->via.array.ptr[j].via.str.ptr, s->via.str.size))
+        return proto_fail(e, P_BAD_VALUE, "params.method", "params.method: entry %u repeats entry %u", i, j);
+  }
+  int64_t bits = 0, group = 0;
+  mp_as_int(mp_get(params, "bits"), &bits);
+  mp_as_int(mp_get(params, "group"), &group);
+  if (bits != 8 && bits != 4)
+    return proto_fail(e, P_BAD_VALUE, "params.bits", "params.bits: 8 or 4, not %lld", (long long)bits);
+  if (group % 8)
+    return proto_fail(e, P_BAD_VALUE, "params.group", "params.group: %lld is not a multiple of 8", (long long)group);
+  char pat[32] = "";
+  const msgpack_object *p = mp_get(params, "pattern");
+  unsigned n = 0, mm = 0;
+  char tail;
+  if (p && mp_str_copy(p, pat, sizeof pat) && pat[0] &&
+      (sscanf(pat, "%u:%u%c", &n, &mm, &tail) != 2 || n == 0 || n >= mm || mm > 1024))
+    return proto_fail(e, P_BAD_VALUE, "params.pattern", "params.pattern: '%s' is not N:M with 0 < N < M <= 1024", pat);
+  return true;
+}
+
 #define P(key, type, req, def, lo, hi, help) {#key, type, req, def, lo, hi, help},
 #define KIND(name, policy, gpu, validate, summary, params) static const kind_param_t name##_params[] = {params};
 #include "jobs/kinds.def"

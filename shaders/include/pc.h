@@ -67,6 +67,19 @@ PC_BEGIN(pc_matmul)
 PC_END(pc_matmul)
 #endif
 
+/* Matrix multiply with a quantised weight (engine/quant.h): y[M,N] (+)= x[M,K] . dequant(w)[N,K]^T. */
+#if !defined(LATHE_GLSL) || defined(PC_MATMUL_Q)
+PC_BEGIN(pc_matmul_q)
+  uint M, N, K;
+  uint k_base, k_len; /* this dispatch covers columns [k_base, k_base + k_len) of K; k_base a multiple of 8 */
+  uint accumulate;    /* 1: add to y instead of overwriting */
+  uint x_stride, y_stride; /* row strides of x and y in elements */
+  uint kp;            /* columns per row of q (K rounded up to a multiple of 8) */
+  uint n_groups;      /* scales per row */
+  uint group;         /* columns per scale */
+PC_END(pc_matmul_q)
+#endif
+
 /* RoPE applied in place to x[rows, n_heads, head_dim]. */
 #if !defined(LATHE_GLSL) || defined(PC_ROPE)
 PC_BEGIN(pc_rope)

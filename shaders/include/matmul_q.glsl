@@ -1,0 +1,72 @@
+// Buffers and loads shared by matmul_q.comp and gemv_q.comp: y[M,N] (+)= x[M,K] . dequant(w)[N,K]^T with w
+// quantised per row in groups of pc.group columns (layout: engine/quant.h). Work goes in octets: eight
+// consecutive K-elements, which share one scale (the group is a multiple of 8) and one 32-bit word of int4 or
+// two words of int8.
+// Variant defines: BITS=8|4 the integers' width; S_F16=1 reads f16 scales (else f32); VEC4=1 reads x four
+// K-elements at a time (needs K and x_stride to be multiples of 4).
+#ifndef LATHE_MATMUL_Q_GLSL
+#define LATHE_MATMUL_Q_GLSL
+
+#if S_F16
+#extension GL_EXT_shader_16bit_storage : require
+#define STYPE float16_t
+#else
+#define STYPE float
+#endif
+
+#if BITS == 8
+#define QTYPE uvec2 // one octet: eight int8
+#else
+#define QTYPE uint // one octet: eight int4, low nibble first
+#endif
+
+layout(std430, binding = 0) buffer Y { float y[]; }; // read too when accumulating
+#if VEC4
+layout(std430, binding = 1) readonly buffer X { vec4 x[]; };
+#else
+layout(std430, binding = 1) readonly buffer X { float x[]; };
+#endif
+layout(std430, binding = 2) readonly buffer W { QTYPE wq[]; };
+layout(std430, binding = 3) readonly buffer S { STYPE sc[]; };
+
+// x[m, k .. k+8) into lo, hi; zero outside [0, M) x [k, k_end) (k a multiple of 8; k_end is a multiple of 8, or K).
+void load_x8(uint m, uint k, uint k_end, out vec4 lo, out vec4 hi) {
+  lo = vec4(0);
+  hi = vec4(0);
+  if (m >= pc.M) return;
+  uint b = m * pc.x_stride + k;
+#if VEC4
+  if (k < k_end) lo = x[b / 4u];
+  if (k + 4u < k_end) hi = x[b / 4u + 1u];
+#else
+  [[unroll]] for (uint i = 0; i < 4u; i++) {
+    if (k + i < k_end) lo[i] = x[b + i];
+    if (k + 4u + i < k_end) hi[i] = x[b + 4u + i];
+  }
+#endif
+}
+
+// The integers of w[n, k .. k+8) (n < N, k a multiple of 8 below kp) into lo, hi, sign-extended.
+void load_q8(uint n, uint k, out vec4 lo, out vec4 hi) {
+  QTYPE v = wq[(n * pc.kp + k) / 8u];
+#if BITS == 8
+  int a = int(v.x), b = int(v.y);
+  lo = vec4(bitfieldExtract(a, 0, 8), bitfieldExtract(a, 8, 8), bitfieldExtract(a, 16, 8), bitfieldExtract(a, 24, 8));
+  hi = vec4(bitfieldExtract(b, 0, 8), bitfieldExtract(b, 8, 8), bitfieldExtract(b, 16, 8), bitfieldExtract(b, 24, 8));
+#else
+  int a = int(v);
+  lo = vec4(bitfieldExtract(a, 0, 4), bitfieldExtract(a, 4, 4), bitfieldExtract(a, 8, 4), bitfieldExtract(a, 12, 4));
+  hi = vec4(bitfieldExtract(a, 16, 4), bitfieldExtract(a, 20, 4), bitfieldExtract(a, 24, 4), bitfieldExtract(a, 28, 4));
+#endif
+}
+
+// The scale of w[n, k].
+float scale_at(uint n, uint k) { return float(sc[n * pc.n_groups + k / pc.group]); }
+
+// Writes one result, adding what y holds when this dispatch accumulates.
+void store_y(uint m, uint n, float v) {
+  uint i = m * pc.y_stride + n;
+  y[i] = pc.accumulate != 0u ? y[i] + v : v;
+}
+
+#endif
