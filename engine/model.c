@@ -64,6 +64,7 @@ struct model {
   gpu_buf_t *rope; /* f32 [rope_rows, rope_dim / 2, 2] */
   uint32_t rope_rows;
   bool tied;       /* lm_head shares embed's pieces */
+  bool force_f32;  /* f16 weights placed as f32 (model_load_opts_t) */
   model_param_t *params;
   uint32_t n_params;
 };
@@ -103,7 +104,7 @@ static lt_status_t dmat_load(model_t *m, dmat_t *d, const ft_tensor_t *t, lt_err
   if (t->n_dims != 2) return lt_fail(err, LT_E_INVALID, "%s: expected a matrix, got %u dims", t->name, t->n_dims);
   d->rows = (uint32_t)t->shape[0];
   d->cols = (uint32_t)t->shape[1];
-  d->dtype = t->dtype == FT_F16 && caps->storage16 ? LT_F16 : LT_F32;
+  d->dtype = t->dtype == FT_F16 && caps->storage16 && !m->force_f32 ? LT_F16 : LT_F32;
   uint64_t row_bytes = (uint64_t)d->cols * lt_dtype_size(d->dtype);
   uint64_t max_rows = caps->max_storage_range / row_bytes;
   if (max_rows >= d->rows) d->rows_per_piece = d->rows;
@@ -318,6 +319,7 @@ model_t *model_load(gpu_t *g, const char *path, const model_load_opts_t *opts, l
     return NULL;
   }
   m->g = g;
+  m->force_f32 = opts && opts->force_f32;
   snprintf(m->path, sizeof m->path, "%s", path);
   m->cfg = *model_file_config(f);
   const model_weights_t *w = model_file_weights(f);

@@ -16,6 +16,7 @@ typedef struct model_seq model_seq_t;
 /* Options for model_load(); zero-initialised means defaults. */
 typedef struct model_load_opts {
   uint32_t max_tokens_per_pass; /* activation rows held at once; 0 = 512 */
+  bool force_f32;               /* place f16 weights as f32 too (tuning: f16 would round each perturbation) */
 } model_load_opts_t;
 
 /* What the loader placed on the device. */
@@ -25,8 +26,8 @@ typedef struct model_mem {
   uint64_t activation_bytes;    /* bytes of the activation arena */
 } model_mem_t;
 
-/* Loads a Hugging Face folder or a .gguf file onto g: f32 and f16 weights stay in their dtype; bf16 and Q8_0 are
- * converted to f32 at load. Tensors larger than the device's maxStorageBufferRange are split into row pieces.
+/* Loads a Hugging Face folder or a .gguf file onto g: f32 and f16 weights stay in their dtype (f16 becomes f32 with
+ * opts->force_f32); bf16 and Q8_0 are converted to f32 at load. Tensors larger than the device's maxStorageBufferRange are split into row pieces.
  * Caller owns the result (model_free); g must outlive it. NULL with err on failure. */
 model_t *model_load(gpu_t *g, const char *path, const model_load_opts_t *opts, lt_err_t *err);
 
