@@ -205,7 +205,7 @@ lt_status_t zo_update(zo_t *z, uint64_t step_seed, float lr, float g, lt_err_t *
   return pass(z, step_seed, 1.0f - lr * z->o.weight_decay, -lr * g, err);
 }
 
-lt_status_t zo_loss(zo_t *z, const zo_example_t *batch, uint32_t n, double *loss, lt_err_t *err) {
+lt_status_t zo_nll(zo_t *z, const zo_example_t *batch, uint32_t n, double *sum, uint64_t *count, lt_err_t *err) {
   if (n > z->max_batch) return lt_fail(err, LT_E_INVALID, "batch of %u over the %u prepared", n, z->max_batch);
   model_item_t *items = z->items;
   uint32_t k = 0;
@@ -227,14 +227,22 @@ lt_status_t zo_loss(zo_t *z, const zo_example_t *batch, uint32_t n, double *loss
   }
   lt_status_t st = k ? model_forward(z->m, items, k, NULL, err) : LT_OK;
   if (st != LT_OK) return st;
-  double sum = 0.0;
-  uint64_t count = 0;
+  *sum = 0.0;
+  *count = 0;
   for (uint32_t i = 0; i < k; i++)
     for (uint32_t t = 0; t < items[i].n_tokens; t++)
       if (items[i].targets[t] >= 0) {
-        sum += items[i].result[t];
-        count++;
+        *sum += items[i].result[t];
+        (*count)++;
       }
+  return LT_OK;
+}
+
+lt_status_t zo_loss(zo_t *z, const zo_example_t *batch, uint32_t n, double *loss, lt_err_t *err) {
+  double sum;
+  uint64_t count;
+  lt_status_t st = zo_nll(z, batch, n, &sum, &count, err);
+  if (st != LT_OK) return st;
   if (count == 0) return lt_fail(err, LT_E_INVALID, "no token of the batch is scored");
   *loss = sum / (double)count;
   return LT_OK;

@@ -15,6 +15,7 @@
 
 #include <stdbool.h>
 #include <stdint.h>
+#include <stdio.h>
 
 #include "engine/model.h"
 #include "engine/status.h"
@@ -78,8 +79,12 @@ lt_status_t zo_perturb(zo_t *z, uint64_t step_seed, float scale, lt_err_t *err);
  * theta += (-lr * g) * z(step_seed). */
 lt_status_t zo_update(zo_t *z, uint64_t step_seed, float lr, float g, lt_err_t *err);
 
-/* Mean NLL over the scored tokens of the batch (token-weighted; eval mode: nothing stochastic in the forward pass).
- * n <= max_batch; longer examples are cut to max_tokens. LT_E_INVALID when no token is scored. */
+/* The NLL summed over the scored tokens of the batch into *sum, and their number into *count (eval mode: nothing
+ * stochastic in the forward pass). n <= max_batch; longer examples are cut to max_tokens. */
+lt_status_t zo_nll(zo_t *z, const zo_example_t *batch, uint32_t n, double *sum, uint64_t *count, lt_err_t *err);
+
+/* Mean NLL over the scored tokens of the batch (token-weighted): the loss of a step. LT_E_INVALID when no token
+ * is scored. */
 lt_status_t zo_loss(zo_t *z, const zo_example_t *batch, uint32_t n, double *loss, lt_err_t *err);
 
 /* One MeZO/LeZO step on the batch: perturb +eps, L+, perturb -2 eps, L-, perturb +eps (restore), g = (L+ - L-) /
@@ -90,5 +95,22 @@ lt_status_t zo_step(zo_t *z, uint64_t step, float lr, const zo_example_t *batch,
 /* Re-applies a logged step without forward passes: the same perturb, restore and update passes, so the weights
  * come out bit for bit as the step left them (the restore's float rounding included) on the same device. */
 lt_status_t zo_replay(zo_t *z, const zo_record_t *rec, lt_err_t *err);
+
+/* ---- the run log (engine/zo_log.c), JSON Lines ----
+ * Line 1, the header: {"format": "lathe-zo-log", "version": 1, "base": model path, "method": "mezo" | "lezo",
+ * "eps", "weight_decay", "drop_layers", "seed"}. Then one line per step, in order from step 0:
+ * {"step", "seed": the step seed as a decimal string (64 bits), "g", "lr", "loss_plus", "loss_minus"}; g and lr
+ * are written so that they read back to the same floats. Version bump: any change to what a line means. */
+
+/* Writes the header line for a run of base with opts o. */
+lt_status_t zo_log_header(FILE *f, const char *base, const zo_opts_t *o, lt_err_t *err);
+
+/* Writes one step's line. */
+lt_status_t zo_log_record(FILE *f, const zo_record_t *r, lt_err_t *err);
+
+/* Reads the log at path: the header into *o and base (base_n bytes, may be 0), the steps into a new array *recs
+ * of *n (caller owns, free()). LT_E_CORRUPT when a line is malformed or a step is missing. */
+lt_status_t zo_log_read(const char *path, zo_opts_t *o, char *base, size_t base_n, zo_record_t **recs, uint64_t *n,
+                        lt_err_t *err);
 
 #endif
