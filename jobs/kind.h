@@ -46,7 +46,7 @@ size_t kind_count(void);
 /* The i-th kind (i < kind_count()); static storage. */
 const kind_t *kind_at(size_t i);
 
-/* The kind named name (n bytes), or NULL. Static storage. */
+/* The kind named name (n bytes; a '-' matches the table's '_'), or NULL. Static storage. */
 const kind_t *kind_find(const char *name, size_t n);
 
 /* The parameter named key of kind k, or NULL. Static storage. */

@@ -35,6 +35,19 @@ static bool kind_generate_validate(const msgpack_object *params, proto_err_t *e)
   return true;
 }
 
+/* tune_zo: a known method; drop_layers only means something to LeZO. */
+static bool kind_tune_zo_validate(const msgpack_object *params, proto_err_t *e) {
+  const msgpack_object *m = mp_get(params, "method");
+  int64_t drop = -1;
+  mp_as_int(mp_get(params, "drop_layers"), &drop);
+  bool lezo = mp_str_is(m, "lezo");
+  if (!lezo && !mp_str_is(m, "mezo"))
+    return proto_fail(e, P_BAD_VALUE, "params.method", "params.method: mezo or lezo");
+  if (!lezo && drop > 0)
+    return proto_fail(e, P_BAD_VALUE, "params.drop_layers", "params.drop_layers: MeZO tunes every block (use lezo)");
+  return true;
+}
+
 #define P(key, type, req, def, lo, hi, help) {#key, type, req, def, lo, hi, help},
 #define KIND(name, policy, gpu, validate, summary, params) static const kind_param_t name##_params[] = {params};
 #include "jobs/kinds.def"
@@ -54,9 +67,15 @@ size_t kind_count(void) { return sizeof kinds / sizeof kinds[0]; }
 
 const kind_t *kind_at(size_t i) { return i < kind_count() ? &kinds[i] : NULL; }
 
+/* Kind names are C identifiers in the table: a '-' asked for matches its '_' (`tune-zo` finds tune_zo), as
+ * parameter keys do on the command line. */
 const kind_t *kind_find(const char *name, size_t n) {
-  for (size_t i = 0; i < kind_count(); i++)
-    if (strlen(kinds[i].name) == n && memcmp(kinds[i].name, name, n) == 0) return &kinds[i];
+  for (size_t i = 0; i < kind_count(); i++) {
+    const char *k = kinds[i].name;
+    size_t j = 0;
+    while (j < n && k[j] && (k[j] == name[j] || (k[j] == '_' && name[j] == '-'))) j++;
+    if (j == n && !k[j]) return &kinds[i];
+  }
   return NULL;
 }
 
@@ -98,7 +117,9 @@ static bool check_str(const kind_param_t *p, const char *name, const msgpack_obj
   if (bounded && ((double)n < p->lo || (double)n > p->hi))
     return proto_fail(e, P_OUT_OF_RANGE, name, "%s: length %zu is outside [%.0f, %.0f]", name, n, p->lo, p->hi);
   if (n > PROTO_MAX_STR) return proto_fail(e, P_OUT_OF_RANGE, name, "%s: longer than %d bytes", name, PROTO_MAX_STR);
-  if (p->type == KT_PATH && (n == 0 || o->via.str.ptr[0] != '/'))
+  /* An optional path whose default is empty may be empty ("none"); any other path must be absolute. */
+  bool may_be_empty = !p->required && p->def && !p->def[0];
+  if (p->type == KT_PATH && (n == 0 ? !may_be_empty : o->via.str.ptr[0] != '/'))
     return proto_fail(e, P_BAD_VALUE, name, "%s: a path must be absolute", name);
   return true;
 }
