@@ -305,15 +305,16 @@ static job_outcome_t train(run_t *r, uint64_t start, lt_err_t *err) {
     job_metric(ctx, "steps_per_s", rate, s + 1);
     job_metric(ctx, "eta_s", eta, s + 1);
     bool last = s + 1 == r->steps;
-    if (r->eval.n && (last || (r->eval_every && (s + 1) % r->eval_every == 0))) {
-      double el;
-      if (eval_loss(r, &el, err) != LT_OK) goto done;
-      job_metric(ctx, "eval_loss", el, s + 1);
-      char eta_s[32];
+    if (last || (r->eval_every && (s + 1) % r->eval_every == 0)) {
+      char eta_s[32], el_s[48] = "";
       fmt_duration(eta_s, sizeof eta_s, eta);
-      job_log(ctx, "step %" PRIu64 "/%" PRIu64 ": loss %.4f, eval loss %.4f, g %.4g, %.2f steps/s, ETA %s", s + 1,
-              r->steps, loss, el, (double)rec.g, rate, eta_s);
-      r->eval_last = el;
+      if (r->eval.n) {
+        if (eval_loss(r, &r->eval_last, err) != LT_OK) goto done;
+        job_metric(ctx, "eval_loss", r->eval_last, s + 1);
+        snprintf(el_s, sizeof el_s, ", eval loss %.4f", r->eval_last);
+      }
+      job_log(ctx, "step %" PRIu64 "/%" PRIu64 ": loss %.4f%s, g %.4g, %.2f steps/s, ETA %s", s + 1, r->steps, loss,
+              el_s, (double)rec.g, rate, eta_s);
     }
     if (!last && r->save_every && (s + 1) % r->save_every == 0 && checkpoint(r, s + 1, err) != LT_OK) goto done;
   }
