@@ -408,3 +408,36 @@ Test(zo, resumed_run_equals_uninterrupted_run) {
   snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
   cr_assert_eq(system(cmd), 0);
 }
+
+Test(zo, the_log_reader_rejects_a_gap_and_a_foreign_header) {
+  char path[] = "/tmp/lathe-zo-log-XXXXXX";
+  int fd = mkstemp(path);
+  cr_assert_geq(fd, 0);
+  close(fd);
+  static const char *const bad[] = {
+      /* step 1 is missing */
+      "{\"format\":\"lathe-zo-log\",\"version\":1,\"base\":\"/m\",\"method\":\"mezo\",\"eps\":0.001,"
+      "\"weight_decay\":0,\"drop_layers\":0,\"seed\":\"1\"}\n"
+      "{\"step\":0,\"seed\":\"5\",\"g\":1.5,\"lr\":1e-6}\n{\"step\":2,\"seed\":\"6\",\"g\":1.5,\"lr\":1e-6}\n",
+      /* a newer version */
+      "{\"format\":\"lathe-zo-log\",\"version\":2,\"base\":\"/m\",\"method\":\"mezo\",\"eps\":0.001,"
+      "\"weight_decay\":0,\"drop_layers\":0,\"seed\":\"1\"}\n",
+      /* a seed that is not a 64-bit decimal */
+      "{\"format\":\"lathe-zo-log\",\"version\":1,\"base\":\"/m\",\"method\":\"mezo\",\"eps\":0.001,"
+      "\"weight_decay\":0,\"drop_layers\":0,\"seed\":\"1\"}\n{\"step\":0,\"seed\":\"-5\",\"g\":1.5,\"lr\":1e-6}\n",
+  };
+  for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+    FILE *f = fopen(path, "w");
+    cr_assert(f != NULL);
+    fputs(bad[i], f);
+    fclose(f);
+    zo_opts_t o;
+    zo_record_t *r = NULL;
+    uint64_t n = 7;
+    lt_err_t err = {0};
+    cr_assert_eq(zo_log_read(path, &o, NULL, 0, &r, &n, &err), LT_E_CORRUPT, "case %zu: %s", i, err.msg);
+    cr_assert_null(r);
+    cr_assert_eq(n, 0);
+  }
+  unlink(path);
+}
