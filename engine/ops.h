@@ -65,7 +65,15 @@ lt_status_t op_swiglu(gpu_cmd_t *c, gpu_view_t y, gpu_view_t gate, gpu_view_t up
 
 /* ---- matrix multiply (engine/ops_matmul.c) ---- */
 
-typedef enum matmul_path { MATMUL_AUTO = 0, MATMUL_GEMM, MATMUL_GEMV } matmul_path_t;
+/* GEMM picks the device's variant of the tiled kernel: operands staged in shared memory (GPUs) or read straight
+ * from the buffers (CPU drivers); MATMUL_GEMM_STAGED and MATMUL_GEMM_DIRECT force one (tests, benchmarks). */
+typedef enum matmul_path {
+  MATMUL_AUTO = 0,
+  MATMUL_GEMM,
+  MATMUL_GEMV,
+  MATMUL_GEMM_STAGED,
+  MATMUL_GEMM_DIRECT
+} matmul_path_t;
 
 /* y[M,N] = x[M,K] . w[N,K]^T, or y += that when accumulate. x and y are f32 row-major; w is f32 or f16 row-major
  * [N,K] (the Hugging Face Linear layout). Uses a GEMV kernel for few rows and a tiled GEMM kernel otherwise;

@@ -3,8 +3,8 @@
 // A workgroup owns ROWS consecutive rows of w (outputs n) and MR rows of x (workgroup y index = block of M);
 // its invocations stride over K, KV elements at a time, each keeping MR x ROWS partial sums, which are then
 // reduced per subgroup (or through shared memory) and summed in a fixed order. Variants: include/matmul.glsl.
-// The C wrapper (engine/ops_matmul.c) counts this shader's loop iterations to size the K chunks: keep
-// gemv_loop_iters() in step with the loops here.
+// The C wrapper (engine/ops_matmul.c) counts this shader's loop iterations to size the K chunks (loops marked
+// [[unroll]] have trip counts fixed by specialisation and are unrolled): keep gemv_loop_iters() in step.
 #extension GL_EXT_control_flow_attributes : enable
 #if HAS_SUBGROUP_ARITH
 #extension GL_KHR_shader_subgroup_basic : require
@@ -28,13 +28,17 @@ void main() {
   if (n0 >= pc.N) return; // the whole workgroup leaves together (the grid's last z row may overhang)
   const uint k_end = pc.k_base + pc.k_len;
 
+  // Rows past M or N read the last row instead (computed, never stored), so the loop needs no branches.
+  uint xrow[MR], wrow[ROWS];
+  [[unroll]] for (uint m = 0; m < MR; m++) xrow[m] = min(mb + m, pc.M - 1) * pc.x_stride;
+  [[unroll]] for (uint r = 0; r < ROWS; r++) wrow[r] = min(n0 + r, pc.N - 1) * pc.w_stride;
   float acc[MR * ROWS];
   [[unroll]] for (uint p = 0; p < MR * ROWS; p++) acc[p] = 0.0;
   for (uint k = pc.k_base + tid * KV; k < k_end; k += WG_X * KV) {
-    XTYPE xv[MR];
-    [[unroll]] for (uint m = 0; m < MR; m++) xv[m] = load_x(mb + m, k, k_end);
+    KTYPE xv[MR];
+    [[unroll]] for (uint m = 0; m < MR; m++) xv[m] = x_at(xrow[m] + k);
     [[unroll]] for (uint r = 0; r < ROWS; r++) {
-      XTYPE wv = load_w(n0 + r, k, k_end);
+      KTYPE wv = w_at(wrow[r] + k);
       [[unroll]] for (uint m = 0; m < MR; m++) acc[m * ROWS + r] = KDOT(xv[m], wv, acc[m * ROWS + r]);
     }
   }

@@ -1,46 +1,61 @@
 // Buffers and loads shared by matmul.comp and gemv.comp: y[M,N] (+)= x[M,K] . w[N,K]^T.
-// Variant defines: W_F16=1 reads w as f16 (converted to f32 on load, f32 accumulation);
-// VEC4=1 reads x and w four K-elements at a time (needs K and both row strides to be multiples of 4).
+// Variant defines:
+//   W_F16=1: w holds f16 values (widened to f32 on load; sums are f32);
+//   KV=n:    K-elements per load: 1 (scalar), 4 (f32 w: vec4 loads) or 8 (f16 w: one 16-byte load of 8 halves).
+//            KV > 1 needs K and both row strides to be multiples of KV.
+// A group of KV K-elements is a KTYPE: float, vec4, or mat2x4 (two vec4 columns).
 #ifndef LATHE_MATMUL_GLSL
 #define LATHE_MATMUL_GLSL
 
-#if W_F16
+#if W_F16 && KV == 1
 #extension GL_EXT_shader_16bit_storage : require
 #endif
 
-#if VEC4
-#define KV 4u // K-elements per load
-#define XTYPE vec4
-#if W_F16
-#define WTYPE f16vec4
-#else
-#define WTYPE vec4
-#endif
-#define KDOT(a, b, acc) fma((a).w, (b).w, fma((a).z, (b).z, fma((a).y, (b).y, fma((a).x, (b).x, (acc)))))
-#else
-#define KV 1u
-#define XTYPE float
-#if W_F16
-#define WTYPE float16_t
-#else
-#define WTYPE float
-#endif
+#if KV == 1
+#define KTYPE float
 #define KDOT(a, b, acc) fma((a), (b), (acc))
+layout(std430, binding = 1) readonly buffer X { float x[]; };
+#if W_F16
+layout(std430, binding = 2) readonly buffer W { float16_t w[]; };
+#else
+layout(std430, binding = 2) readonly buffer W { float w[]; };
 #endif
+KTYPE x_at(uint i) { return x[i]; }
+KTYPE w_at(uint i) { return float(w[i]); }
+
+#elif KV == 4 && !W_F16
+#define KTYPE vec4
+#define KDOT(a, b, acc) DOT4(a, b, acc)
+layout(std430, binding = 1) readonly buffer X { vec4 x[]; };
+layout(std430, binding = 2) readonly buffer W { vec4 w[]; };
+KTYPE x_at(uint i) { return x[i / 4u]; }
+KTYPE w_at(uint i) { return w[i / 4u]; }
+
+#elif KV == 8 && W_F16
+#define KTYPE mat2x4
+#define KDOT(a, b, acc) DOT4((a)[1], (b)[1], DOT4((a)[0], (b)[0], acc))
+layout(std430, binding = 1) readonly buffer X { vec4 x[]; };
+layout(std430, binding = 2) readonly buffer W { uvec4 w[]; }; // 8 halves per element
+KTYPE x_at(uint i) { return mat2x4(x[i / 4u], x[i / 4u + 1u]); }
+KTYPE w_at(uint i) {
+  uvec4 h = w[i / 8u];
+  return mat2x4(vec4(unpackHalf2x16(h.x), unpackHalf2x16(h.y)), vec4(unpackHalf2x16(h.z), unpackHalf2x16(h.w)));
+}
+
+#else
+#error "unsupported W_F16 / KV combination"
+#endif
+
+// acc + a . b for two vec4s, as four fused multiply-adds in order.
+#define DOT4(a, b, acc) fma((a).w, (b).w, fma((a).z, (b).z, fma((a).y, (b).y, fma((a).x, (b).x, (acc)))))
 
 layout(std430, binding = 0) buffer Y { float y[]; }; // read too when accumulating
-layout(std430, binding = 1) readonly buffer X { XTYPE x[]; };
-layout(std430, binding = 2) readonly buffer W { WTYPE w[]; };
 
-// x[m, k .. k+KV), zero outside [0, M) x [k, k_end): k is a multiple of KV and so is k_end in the VEC4 variant.
-XTYPE load_x(uint m, uint k, uint k_end) {
-  return m < pc.M && k < k_end ? x[(m * pc.x_stride + k) / KV] : XTYPE(0);
-}
+// x[m, k .. k+KV), zero outside [0, M) x [k_base, k_end): k is a multiple of KV and so is k_end unless KV == 1.
+KTYPE load_x(uint m, uint k, uint k_end) { return m < pc.M && k < k_end ? x_at(m * pc.x_stride + k) : KTYPE(0); }
 
-// w[n, k .. k+KV) as f32, zero outside [0, N) x [k, k_end).
-XTYPE load_w(uint n, uint k, uint k_end) {
-  return n < pc.N && k < k_end ? XTYPE(w[(n * pc.w_stride + k) / KV]) : XTYPE(0);
-}
+// w[n, k .. k+KV) as f32, zero outside [0, N) x [k_base, k_end).
+KTYPE load_w(uint n, uint k, uint k_end) { return n < pc.N && k < k_end ? w_at(n * pc.w_stride + k) : KTYPE(0); }
 
 // Writes one result, adding what y holds when this dispatch accumulates.
 void store_y(uint m, uint n, float v) {

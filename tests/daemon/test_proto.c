@@ -35,14 +35,42 @@ Test(proto, defaults_fill_in_and_cli_flags_do_not_collide) {
     for (size_t p = 0; p < k->n_params; p++)
       for (size_t r = 0; r < sizeof reserved / sizeof *reserved; r++)
         cr_assert_str_neq(k->params[p].key, reserved[r], "kind %s: parameter --%s is a CLI flag", k->name, reserved[r]);
-    /* Every default parses and validates. */
-    mpw_t w;
+    /* Required parameters get a plain value of their type; every default parses and validates. */
+    mpw_t given, w;
+    mpw_init(&given);
     mpw_init(&w);
+    mpw_map(&given);
+    size_t n_required = 0;
+    for (size_t p = 0; p < k->n_params; p++) {
+      const kind_param_t *q = &k->params[p];
+      if (!q->required) continue;
+      n_required++;
+      mpw_str(&given, q->key);
+      switch (q->type) {
+      case KT_INT: mpw_int(&given, (int64_t)q->lo); break;
+      case KT_FLOAT: mpw_double(&given, q->lo); break;
+      case KT_BOOL: mpw_bool(&given, false); break;
+      case KT_STR: mpw_str(&given, "x"); break;
+      case KT_PATH: mpw_str(&given, "/x"); break;
+      case KT_STRS: mpw_array(&given), mpw_str(&given, "x"), mpw_end(&given); break;
+      }
+    }
+    mpw_end(&given);
     proto_err_t e = {0};
-    cr_assert(kind_params_normalise(k, NULL, &w, &e), "kind %s defaults: %s", k->name, e.msg);
+    mp_doc_t *g = mp_doc_parse(given.sb.data, given.sb.size, &e);
+    cr_assert(kind_params_normalise(k, mp_doc_root(g), &w, &e), "kind %s defaults: %s", k->name, e.msg);
     mp_doc_t *d = mp_doc_parse(w.sb.data, w.sb.size, &e);
     cr_assert_eq(mp_doc_root(d)->via.map.size, k->n_params, "every key is filled in");
     mp_doc_destroy(&d);
     mpw_free(&w);
+    /* Leaving a required parameter out is an error naming it. */
+    if (n_required) {
+      mpw_init(&w);
+      cr_assert(!kind_params_normalise(k, NULL, &w, &e), "kind %s accepted no parameters", k->name);
+      cr_assert(strstr(e.msg, "requires it") != NULL, "kind %s: %s", k->name, e.msg);
+      mpw_free(&w);
+    }
+    mp_doc_destroy(&g);
+    mpw_free(&given);
   }
 }

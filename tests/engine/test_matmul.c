@@ -13,9 +13,10 @@ typedef struct shape {
   uint32_t M, N, K;
 } shape_t;
 
-/* Shapes that are not multiples of any tile or workgroup size; K both a multiple of 4 (vec4 loads) and not. */
-static const shape_t odd_shapes[] = {{1, 37, 53}, {3, 129, 77}, {67, 65, 131}, {130, 33, 257}, {5, 70, 64},
-                                     {2, 3, 1},   {65, 1, 4},   {1, 1, 1}};
+/* Shapes that are not multiples of any tile or workgroup size; K a multiple of 8 (vector loads for f32 and f16
+ * weights), of 4 only (f32 vector loads), or odd (scalar loads); M above one direct tile (128 rows). */
+static const shape_t odd_shapes[] = {{1, 37, 53},  {3, 129, 77}, {67, 65, 131}, {130, 33, 257}, {5, 70, 64},
+                                     {33, 130, 136}, {261, 9, 20}, {2, 3, 1},     {65, 1, 4},     {1, 1, 1}};
 #define N_ODD (sizeof odd_shapes / sizeof odd_shapes[0])
 
 /* Host copies of one problem: x [M,K] f32, w [N,K] in wtype (f16 as bits), y0 [M,N] the starting y. */
@@ -27,8 +28,8 @@ typedef struct problem {
 } problem_t;
 
 /* Fills a problem with uniform values in [-1, 1), or with integers in [-2, 2] when integral (then every f32
- * partial sum of up to 2^21 products is an integer below 2^24, exact, so any summation order gives the exact
- * result). */
+ * partial sum of up to 2^22 products is an integer of at most 2^24, exact, so any summation order gives the
+ * exact result). */
 static problem_t problem_new(uint32_t M, uint32_t N, uint32_t K, lt_dtype_t wtype, bool integral, uint64_t seed) {
   problem_t p = {M, N, K, wtype, talloc((uint64_t)M * K), talloc((uint64_t)M * N), NULL};
   uint64_t nw = (uint64_t)N * K;
@@ -71,12 +72,13 @@ static float *run_gpu(const problem_t *p, bool accumulate, matmul_path_t path, u
 }
 
 /* Compares y from the GPU with the reference, elementwise within 1e-5 * (sum_k |x_mk w_nk| + |y0| when
- * accumulating) + 1e-6. Why: both sides multiply the same f32 values (f16 weights are widened exactly on both
- * sides), so the only difference is f32 rounding of the GPU's reordered sums. The kernels add at most ~K/4 + 300
- * terms in sequence (vec4 dots, then tile or subgroup partials, then K chunks), each rounding by at most 2^-24
- * of the running |sum| <= sum |terms|; rounding errors of random data grow like their square root, so 1e-5 of
- * sum |terms| is a generous bound for these K, and 1e-6 absolute covers all-zero sums. A missing or doubled term
- * is ~1/K of sum |terms| (>= 1e-3 here), far outside it. max_abs_err 0 asks for exact equality. */
+ * accumulating) + 1e-6, or exactly when `exact` (integer data). Why: both sides multiply the same f32 values (f16
+ * weights are widened exactly on both sides), so the only difference is the f32 rounding of the GPU's reordered
+ * sums. Each output is a chain of at most K + ~10 additions (K-groups, then subgroup partials, then K chunks),
+ * each rounding by at most 2^-24 of the running |sum| <= sum |terms|: a worst case of 1.6e-5 * sum |terms| for
+ * K = 257, but rounding errors of random data grow like the square root of the chain (~1e-6), so 1e-5 holds with
+ * a wide margin, and 1e-6 absolute covers sums near zero. A missing or doubled term is about 1/K of sum |terms|
+ * (4e-3 here), far outside it. */
 static void check(const problem_t *p, bool accumulate, matmul_path_t path, bool exact, const char *what) {
   uint64_t MN = (uint64_t)p->M * p->N;
   float *want = talloc(MN);
@@ -113,26 +115,29 @@ static void check_all_odd_shapes(matmul_path_t path, const char *what) {
       }
 }
 
-Test(matmul, gemm_odd_shapes) { check_all_odd_shapes(MATMUL_GEMM, "gemm"); }
+Test(matmul, gemm_staged_odd_shapes) { check_all_odd_shapes(MATMUL_GEMM_STAGED, "gemm staged"); }
+
+Test(matmul, gemm_direct_odd_shapes) { check_all_odd_shapes(MATMUL_GEMM_DIRECT, "gemm direct"); }
 
 Test(matmul, gemv_odd_shapes) { check_all_odd_shapes(MATMUL_GEMV, "gemv"); }
 
 Test(matmul, auto_odd_shapes) { check_all_odd_shapes(MATMUL_AUTO, "auto"); }
 
 Test(matmul, long_k_is_split_over_dispatches) {
-  /* K = 300,001 or 400,001 (odd: scalar loads) needs more loop iterations than one GEMV invocation may run, and K = 2,000 or
-   * 2,003 more than one GEMM invocation may: each is split into chunks that accumulate. Integer data makes the
-   * exact result the only right one, so a chunk that drops, repeats or overwrites even one term fails; so does
-   * an invocation that lavapipe cut short. */
+  /* Each K needs more loop iterations than one invocation may run (see LOOP_BUDGET in engine/ops_matmul.c), for
+   * each kernel and load width: it is split into chunks that accumulate, the first chunk of each at the largest
+   * size the budget allows. Integer data makes the exact result the only right one, so a chunk that drops,
+   * repeats or overwrites even one term fails; so does an invocation that lavapipe cut short. */
   struct {
     uint32_t M, N, K;
     matmul_path_t path;
     lt_dtype_t wtype;
     bool accumulate;
   } cases[] = {
-      {3, 5, 300001, MATMUL_GEMV, LT_F32, false}, {1, 2, 400001, MATMUL_GEMV, LT_F16, true},
-      {9, 70, 2003, MATMUL_GEMM, LT_F32, false},  {9, 70, 2000, MATMUL_GEMM, LT_F16, false},
-      {66, 3, 2000, MATMUL_GEMM, LT_F32, true},
+      {3, 2, 1100001, MATMUL_GEMV, LT_F32, false},        {1, 2, 1100001, MATMUL_GEMV, LT_F16, true},
+      {3, 5, 20001, MATMUL_GEMM_DIRECT, LT_F32, false},   {2, 3, 70000, MATMUL_GEMM_DIRECT, LT_F32, true},
+      {2, 3, 140000, MATMUL_GEMM_DIRECT, LT_F16, false},  {9, 70, 8003, MATMUL_GEMM_STAGED, LT_F32, false},
+      {3, 5, 30000, MATMUL_GEMM_STAGED, LT_F32, true},    {3, 5, 52800, MATMUL_GEMM_STAGED, LT_F16, false},
   };
   for (unsigned i = 0; i < sizeof cases / sizeof cases[0]; i++) {
     problem_t p = problem_new(cases[i].M, cases[i].N, cases[i].K, cases[i].wtype, true, 77 + i);
@@ -160,7 +165,7 @@ Test(matmul, empty_shapes) {
   float *got = tread_f32(by, 6);
   tassert_close(got, junk, 6, 0, 0, "K = 0, accumulate");
   free(got);
-  for (int path = MATMUL_GEMM; path <= MATMUL_GEMV; path++) {
+  for (int path = MATMUL_GEMM; path <= MATMUL_GEMM_DIRECT; path++) {
     cr_assert_eq(gpu_upload(by, 0, junk, sizeof junk, &err), LT_OK);
     c = tbegin();
     cr_assert_eq(op_matmul_path(c, gv(by), gv(bx), gv(bw), LT_F32, 2, 3, 0, false, path, &err), LT_OK, "%s",
@@ -175,8 +180,8 @@ Test(matmul, empty_shapes) {
 
 Test(matmul, repeated_runs_are_bit_identical) {
   /* Shared-memory tiles and subgroup partials are summed in a fixed order: a race would show up as jitter. */
-  for (int path = MATMUL_GEMM; path <= MATMUL_GEMV; path++) {
-    problem_t p = problem_new(67, 65, 131, LT_F32, false, 5);
+  for (int path = MATMUL_GEMM; path <= MATMUL_GEMM_DIRECT; path++) {
+    problem_t p = problem_new(67, 65, 132, LT_F32, false, 5);
     float *first = run_gpu(&p, false, path, NULL);
     for (int r = 0; r < 3; r++) {
       float *again = run_gpu(&p, false, path, NULL);
@@ -194,7 +199,7 @@ Test(matmul, bad_arguments_are_errors) {
   gpu_cmd_t *c = tbegin();
   cr_assert_eq(op_matmul(c, gv(b), gv(b), gv(b), LT_BF16, 4, 4, 4, false, &err), LT_E_INVALID);
   cr_assert(strstr(err.msg, "bf16") != NULL, "names the dtype: %s", err.msg);
-  cr_assert_eq(op_matmul_path(c, gv(b), gv(b), gv(b), LT_F32, 4, 4, 4, false, (matmul_path_t)7, &err),
+  cr_assert_eq(op_matmul_path(c, gv(b), gv(b), gv(b), LT_F32, 4, 4, 4, false, (matmul_path_t)9, &err),
                LT_E_INVALID);
   /* w of 40 x 40 f32 needs 6,400 bytes of a 4,096-byte buffer: op_dispatch names the binding (2 = w). */
   cr_assert_eq(op_matmul(c, gv(b), gv(b), gv(b), LT_F32, 2, 40, 40, false, &err), LT_E_INVALID);
@@ -212,4 +217,35 @@ Test(matmul, bad_arguments_are_errors) {
   }
   tfinish(&c);
   gpu_buf_destroy(&b);
+}
+
+Test(matmul, strided_rows_fill_column_ranges) {
+  /* A weight split into two row pieces fills the two column ranges of one output through row strides (as the
+   * model does for weights larger than one binding); x rows are read with a padded stride. Each result element
+   * sums the same K products as the reference: same 1e-5 relative tolerance as above, on the absolute sum. */
+  const uint32_t M = 7, N = 40, K = 36, XS = 44, split = 16;
+  uint64_t seed = 321;
+  float *x = talloc((uint64_t)M * XS), *w = talloc((uint64_t)N * K), *xd = talloc((uint64_t)M * K);
+  float *want = talloc((uint64_t)M * N);
+  trand(x, (uint64_t)M * XS, -1, 1, &seed);
+  trand(w, (uint64_t)N * K, -1, 1, &seed);
+  for (uint32_t m = 0; m < M; m++) memcpy(xd + (uint64_t)m * K, x + (uint64_t)m * XS, K * 4);
+  ref_matmul(want, xd, w, LT_F32, M, N, K, false);
+  gpu_buf_t *bx = tbuf_f32(x, (uint64_t)M * XS), *by = tbuf_f32(NULL, (uint64_t)M * N);
+  gpu_buf_t *w0 = tbuf_f32(w, (uint64_t)split * K), *w1 = tbuf_f32(w + (uint64_t)split * K, (uint64_t)(N - split) * K);
+  lt_err_t err = {0};
+  gpu_cmd_t *c = tbegin();
+  cr_assert_eq(op_matmul_strided(c, gv(by), N, gv(bx), XS, gv(w0), LT_F32, M, split, K, false, &err), LT_OK, "%s",
+               err.msg);
+  gpu_view_t y1 = {by, (uint64_t)split * 4};
+  cr_assert_eq(op_matmul_strided(c, y1, N, gv(bx), XS, gv(w1), LT_F32, M, N - split, K, false, &err), LT_OK, "%s",
+               err.msg);
+  tfinish(&c);
+  float *got = tread_f32(by, (uint64_t)M * N);
+  tassert_close(got, want, (uint64_t)M * N, 1e-5 * K, 0, "strided matmul");
+  cr_assert_eq(op_matmul_strided(c = tbegin(), gv(by), N - 1, gv(bx), XS, gv(w0), LT_F32, M, N, K, false, &err),
+               LT_E_INVALID, "a y stride shorter than N is refused");
+  tfinish(&c);
+  free(got), free(x), free(w), free(xd), free(want);
+  gpu_buf_destroy(&bx), gpu_buf_destroy(&by), gpu_buf_destroy(&w0), gpu_buf_destroy(&w1);
 }

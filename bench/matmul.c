@@ -1,0 +1,241 @@
+/* Benchmark of op_matmul: GFLOPS of Lathe's GEMV and GEMM kernels (f32 and f16 weights) as a ratio to OpenBLAS
+ * cblas_sgemm on the CPU, measured in the same run on the same data; the two GEMM variants against each other;
+ * the crossover between GEMV and GEMM for small M (what MATMUL_AUTO's threshold rests on); and shader compile
+ * time with cold and warm caches. LATHE_BENCH_QUICK=1 shrinks the shapes. Upload time is excluded; each figure
+ * is the mean of several timed repetitions after one warm-up run.
+ * Compile times: Mesa drivers keep their own disk cache of compiled shaders, which would make a "cold" start
+ * warm; the benchmark points MESA_SHADER_CACHE_DIR into its temporary folder so that both caches start empty. */
+#include <cblas.h>
+#include <ftw.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "engine/gpu.h"
+#include "engine/ops.h"
+#include "engine/ref.h"
+
+static double now_s(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static void die(const char *what, const lt_err_t *err) {
+  fprintf(stderr, "bench_matmul: %s: %s\n", what, err ? err->msg : "failed");
+  exit(1);
+}
+
+/* Uniform values in [-1, 1) from a fixed-seed xorshift. */
+static void fill(float *a, uint64_t n, uint64_t seed) {
+  for (uint64_t i = 0; i < n; i++) {
+    seed ^= seed << 13;
+    seed ^= seed >> 7;
+    seed ^= seed << 17;
+    a[i] = (float)((double)(seed >> 40) / 8388608.0 - 1.0);
+  }
+}
+
+static void *xmalloc(size_t n) {
+  void *p = malloc(n);
+  if (!p) die("malloc", NULL);
+  return p;
+}
+
+static gpu_buf_t *upload(gpu_t *g, const void *src, uint64_t n) {
+  lt_err_t err = {0};
+  gpu_buf_t *b = gpu_buf_new(g, n, &err);
+  if (!b || gpu_upload(b, 0, src, n, &err) != LT_OK) die("upload", &err);
+  return b;
+}
+
+/* Repetitions after the warm-up: at least 2, more while they fit in about `budget_s` seconds. */
+static int reps_for(double one_run_s, double budget_s) {
+  int r = (int)(budget_s / (one_run_s > 1e-6 ? one_run_s : 1e-6));
+  return r < 2 ? 2 : r > 50 ? 50 : r;
+}
+
+/* Seconds per call of op_matmul_path (mean over repetitions after a warm-up that also compiles). */
+static double time_lathe(gpu_t *g, gpu_buf_t *y, gpu_buf_t *x, gpu_buf_t *w, lt_dtype_t wt, uint32_t M, uint32_t N,
+                         uint32_t K, matmul_path_t path, double budget_s) {
+  lt_err_t err = {0};
+  double t0 = 0, one = 0;
+  int reps = 0;
+  for (int i = -1; i < reps; i++) {
+    if (i == 0) t0 = now_s();
+    double s = now_s();
+    gpu_cmd_t *c = gpu_cmd_begin(g, &err);
+    if (!c || op_matmul_path(c, gv(y), gv(x), gv(w), wt, M, N, K, false, path, &err) != LT_OK) die("op_matmul", &err);
+    if (gpu_cmd_finish(&c, &err) != LT_OK) die("gpu_cmd_finish", &err);
+    if (i == -1) reps = reps_for(one = now_s() - s, budget_s);
+  }
+  return (now_s() - t0) / reps;
+}
+
+/* Seconds per cblas_sgemm of y[M,N] = x[M,K] . w[N,K]^T, timed like time_lathe(). */
+static double time_blas(float *y, const float *x, const float *w, uint32_t M, uint32_t N, uint32_t K,
+                        double budget_s) {
+  double t0 = 0;
+  int reps = 0;
+  for (int i = -1; i < reps; i++) {
+    if (i == 0) t0 = now_s();
+    double s = now_s();
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)M, (int)N, (int)K, 1.0f, x, (int)K, w, (int)K, 0.0f, y,
+                (int)N);
+    if (i == -1) reps = reps_for(now_s() - s, budget_s);
+  }
+  return (now_s() - t0) / reps;
+}
+
+/* Largest |a - b| over the largest |b|: a sanity check that both sides computed the same product. */
+static double rel_diff(const float *a, const float *b, uint64_t n) {
+  double d = 0, m = 0;
+  for (uint64_t i = 0; i < n; i++) {
+    d = fmax(d, fabs((double)a[i] - (double)b[i]));
+    m = fmax(m, fabs((double)b[i]));
+  }
+  return m > 0 ? d / m : d;
+}
+
+/* One shape: OpenBLAS f32, then Lathe with f32 and with f16 weights (the same values rounded to f16; OpenBLAS
+ * keeps the f32 weights), each printed as a ratio to OpenBLAS. */
+static void bench_shape(gpu_t *g, uint32_t M, uint32_t N, uint32_t K, double budget_s) {
+  uint64_t nx = (uint64_t)M * K, nw = (uint64_t)N * K, ny = (uint64_t)M * N;
+  float *x = xmalloc(nx * 4), *w = xmalloc(nw * 4), *yb = xmalloc(ny * 4), *yl = xmalloc(ny * 4);
+  uint16_t *wh = xmalloc(nw * 2);
+  fill(x, nx, 11 + M);
+  fill(w, nw, 17 + N);
+  for (uint64_t i = 0; i < nw; i++) wh[i] = ref_float_to_half(w[i]);
+  double flops = 2.0 * M * N * K;
+  double blas = flops / time_blas(yb, x, w, M, N, K, budget_s) / 1e9;
+  gpu_buf_t *bx = upload(g, x, nx * 4), *by = upload(g, yl, ny * 4);
+  for (int t = 0; t < 2; t++) {
+    lt_dtype_t wt = t ? LT_F16 : LT_F32;
+    gpu_buf_t *bw = t ? upload(g, wh, nw * 2) : upload(g, w, nw * 4);
+    double lathe = flops / time_lathe(g, by, bx, bw, wt, M, N, K, MATMUL_AUTO, budget_s) / 1e9;
+    lt_err_t err = {0};
+    if (gpu_download(by, 0, yl, ny * 4, &err) != LT_OK) die("download", &err);
+    /* f16 weights differ from OpenBLAS's f32 ones by up to 2^-11 relative. */
+    double diff = rel_diff(yl, yb, ny), allowed = t ? 1e-2 : 1e-4;
+    printf("matmul %s %ux%ux%u: lathe %.2f GFLOPS, openblas %.2f GFLOPS, ratio %.3f%s\n", lt_dtype_str(wt), M, N,
+           K, lathe, blas, lathe / blas, diff <= allowed ? "" : "  [RESULT MISMATCH]");
+    if (diff > allowed) fprintf(stderr, "bench_matmul: %s %ux%ux%u differs from OpenBLAS by %.3g of max |y|\n",
+                                lt_dtype_str(wt), M, N, K, diff);
+    fflush(stdout);
+    gpu_buf_destroy(&bw);
+  }
+  gpu_buf_destroy(&bx), gpu_buf_destroy(&by);
+  free(x), free(w), free(wh), free(yb), free(yl);
+}
+
+/* The device's GEMM variant against the other one (shared-memory staging or direct loads) on one shape. */
+static void bench_variants(gpu_t *g, uint32_t M, uint32_t N, uint32_t K, double budget_s) {
+  uint64_t nx = (uint64_t)M * K, nw = (uint64_t)N * K;
+  float *x = xmalloc(nx * 4), *w = xmalloc(nw * 4), *y = calloc((uint64_t)M * N, 4);
+  if (!y) die("calloc", NULL);
+  fill(x, nx, 7);
+  fill(w, nw, 9);
+  gpu_buf_t *bx = upload(g, x, nx * 4), *bw = upload(g, w, nw * 4), *by = upload(g, y, (uint64_t)M * N * 4);
+  double flops = 2.0 * M * N * K;
+  double st = flops / time_lathe(g, by, bx, bw, LT_F32, M, N, K, MATMUL_GEMM_STAGED, budget_s) / 1e9;
+  double di = flops / time_lathe(g, by, bx, bw, LT_F32, M, N, K, MATMUL_GEMM_DIRECT, budget_s) / 1e9;
+  printf("matmul gemm variants f32 %ux%ux%u: staged %.2f GFLOPS, direct %.2f GFLOPS (this device uses %s)\n", M, N, K,
+         st, di, gpu_caps(g)->kind == GPU_KIND_CPU ? "direct" : "staged");
+  fflush(stdout);
+  gpu_buf_destroy(&bx), gpu_buf_destroy(&bw), gpu_buf_destroy(&by);
+  free(x), free(w), free(y);
+}
+
+/* GEMV against GEMM for a few small M on one K x N weight: where MATMUL_AUTO should switch kernels. */
+static void bench_crossover(gpu_t *g, uint32_t N, uint32_t K, double budget_s) {
+  static const uint32_t ms[] = {1, 2, 4, 8, 16};
+  uint64_t nw = (uint64_t)N * K;
+  float *w = xmalloc(nw * 4), *x = xmalloc((uint64_t)16 * K * 4), *y = calloc((uint64_t)16 * N, 4);
+  if (!y) die("calloc", NULL);
+  fill(w, nw, 3);
+  fill(x, (uint64_t)16 * K, 5);
+  gpu_buf_t *bw = upload(g, w, nw * 4), *bx = upload(g, x, (uint64_t)16 * K * 4), *by = upload(g, y, (uint64_t)16 * N * 4);
+  for (unsigned i = 0; i < sizeof ms / sizeof ms[0]; i++) {
+    double flops = 2.0 * ms[i] * N * K;
+    double v = flops / time_lathe(g, by, bx, bw, LT_F32, ms[i], N, K, MATMUL_GEMV, budget_s) / 1e9;
+    double m = flops / time_lathe(g, by, bx, bw, LT_F32, ms[i], N, K, MATMUL_GEMM, budget_s) / 1e9;
+    printf("matmul crossover f32 %ux%ux%u: gemv %.2f GFLOPS, gemm %.2f GFLOPS\n", ms[i], N, K, v, m);
+    fflush(stdout);
+  }
+  gpu_buf_destroy(&bw), gpu_buf_destroy(&bx), gpu_buf_destroy(&by);
+  free(w), free(x), free(y);
+}
+
+/* Gets every matmul pipeline variant (both kernels, f32 and f16 weights, vec4 and scalar loads) by running each
+ * once on a tiny problem; returns the seconds it took. */
+static double get_pipelines(gpu_t *g, int *n_variants) {
+  lt_err_t err = {0};
+  float zeros[64] = {0};
+  gpu_buf_t *b = upload(g, zeros, sizeof zeros);
+  double t0 = now_s();
+  *n_variants = 0;
+  for (int path = MATMUL_GEMM; path <= MATMUL_GEMV; path++)
+    for (int t = 0; t < 2; t++)
+      for (uint32_t K = 3; K <= 4; K++) {
+        gpu_cmd_t *c = gpu_cmd_begin(g, &err);
+        if (!c || op_matmul_path(c, gv(b), gv(b), gv(b), t ? LT_F16 : LT_F32, 1, 1, K, false, path, &err) != LT_OK)
+          die("op_matmul", &err);
+        if (gpu_cmd_finish(&c, &err) != LT_OK) die("gpu_cmd_finish", &err);
+        ++*n_variants;
+      }
+  double s = now_s() - t0;
+  gpu_buf_destroy(&b);
+  return s;
+}
+
+static int rm_entry(const char *path, const struct stat *sb, int flag, struct FTW *ftw) {
+  (void)sb, (void)flag, (void)ftw;
+  return remove(path);
+}
+
+int main(void) {
+  const char *q = getenv("LATHE_BENCH_QUICK");
+  bool quick = q && *q && strcmp(q, "0") != 0;
+  char dir[] = "/tmp/lathe-bench-matmul-XXXXXX";
+  if (!mkdtemp(dir)) die("mkdtemp", NULL);
+  char driver_cache[sizeof dir + 16];
+  snprintf(driver_cache, sizeof driver_cache, "%s/mesa", dir);
+  setenv("MESA_SHADER_CACHE_DIR", driver_cache, 1);
+  lt_err_t err = {0};
+  gpu_opts_t o = {.cache_dir = dir};
+
+  /* Cold: an empty cache folder, so every variant is compiled from GLSL. */
+  gpu_t *g = gpu_new(&o, &err);
+  if (!g) die("gpu_new", &err);
+  printf("device: %s (%s)\n", gpu_caps(g)->name, gpu_caps(g)->driver_info);
+  int nv = 0;
+  double cold = get_pipelines(g, &nv);
+  printf("matmul shader compile cold: %d pipelines in %.1f ms, %llu compiles\n", nv, 1e3 * cold,
+         (unsigned long long)gpu_stats(g)->compiles);
+  gpu_destroy(&g); /* saves the pipeline cache */
+
+  /* Warm: the same folder and a new gpu_t should compile nothing. */
+  g = gpu_new(&o, &err);
+  if (!g) die("gpu_new", &err);
+  double warm = get_pipelines(g, &nv);
+  const gpu_stats_t *st = gpu_stats(g);
+  printf("matmul shader compile warm: %d pipelines in %.1f ms, %llu compiles, %llu SPIR-V cache hits, pipeline "
+         "cache %s\n",
+         nv, 1e3 * warm, (unsigned long long)st->compiles, (unsigned long long)st->spirv_cache_hits,
+         st->pipeline_cache_loaded ? "loaded" : "not loaded");
+  fflush(stdout);
+
+  double budget = quick ? 0.3 : 1.5; /* seconds of timed repetitions per figure */
+  uint32_t big = quick ? 1024 : 4096, sq = quick ? 512 : 2048, rows = quick ? 128 : 512;
+  bench_shape(g, 1, big, big, budget);
+  bench_shape(g, rows, big, big, budget);
+  bench_shape(g, sq, sq, sq, budget);
+  bench_variants(g, rows / 2, big / 2, big / 2, budget / 2);
+  bench_crossover(g, big, big, budget / 3);
+
+  gpu_destroy(&g);
+  nftw(dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+  return 0;
+}
