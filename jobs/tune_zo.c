@@ -349,10 +349,6 @@ job_outcome_t run_tune_zo(job_ctx_t *ctx, lt_err_t *err) {
   job_outcome_t out = JOB_FAILED;
   tok_t *tok = model_tokenizer_open(r.base, err);
   if (!tok) return JOB_FAILED;
-  if (dataset_read(&r.train, tok, job_param_str(ctx, "data"), flags, context, err) != LT_OK) goto done;
-  if (*eval_path && dataset_read(&r.eval, tok, eval_path, flags, context, err) != LT_OK) goto done;
-  job_log(ctx, "%u training rows (%" PRIu64 " skipped: nothing to score within %u tokens), %u eval rows", r.train.n,
-          r.train.skipped, context, r.eval.n);
   if (util_mkdir_p(r.output, 0755, err) != LT_OK) goto done;
   char ckpt[PATH_MAX];
   uint64_t start = state_read(&r, ckpt, sizeof ckpt);
@@ -361,7 +357,13 @@ job_outcome_t run_tune_zo(job_ctx_t *ctx, lt_err_t *err) {
   if (!g) goto done;
   model_load_opts_t lo = {.force_f32 = true};
   if (!(r.m = model_load(g, start ? ckpt : r.base, &lo, err))) goto done;
-  uint32_t L = model_config(r.m)->n_layers;
+  uint32_t L = model_config(r.m)->n_layers, max_pos = model_config(r.m)->max_position;
+  /* Rows longer than the model was trained on would be scored at positions it never saw. */
+  if (max_pos && context > max_pos) context = max_pos;
+  if (dataset_read(&r.train, tok, job_param_str(ctx, "data"), flags, context, err) != LT_OK) goto done;
+  if (*eval_path && dataset_read(&r.eval, tok, eval_path, flags, context, err) != LT_OK) goto done;
+  job_log(ctx, "%u training rows (%" PRIu64 " skipped: nothing to score within %u tokens), %u eval rows", r.train.n,
+          r.train.skipped, context, r.eval.n);
   int64_t drop = job_param_int(ctx, "drop_layers");
   if (r.o.method == ZO_LEZO) r.o.drop_layers = drop < 0 ? L / 2 : (uint32_t)drop;
   if (!(r.z = zo_new(r.m, &r.o, r.batch, context, err))) goto done;
@@ -371,10 +373,9 @@ job_outcome_t run_tune_zo(job_ctx_t *ctx, lt_err_t *err) {
   uint64_t n_params = 0;
   for (uint32_t i = 0; i < model_param_count(r.m); i++)
     n_params += (uint64_t)model_param_at(r.m, i)->n_rows * model_param_at(r.m, i)->cols;
-  job_log(ctx, "%s on %" PRIu64 " parameters (%u blocks%s), lr %g, eps %g, batch %u, %.1f MiB of f32 weights",
-          r.o.method == ZO_LEZO ? "LeZO" : "MeZO", n_params, L, r.o.method == ZO_LEZO ? ", some left out" : "",
+  job_log(ctx, "%s on %" PRIu64 " parameters (%u of %u blocks tuned each step), lr %g, eps %g, batch %u, "
+          "%.1f MiB of f32 weights", r.o.method == ZO_LEZO ? "LeZO" : "MeZO", n_params, L - r.o.drop_layers, L,
           (double)r.lr, (double)r.o.eps, r.batch, (double)model_mem(r.m)->weight_device_bytes / 1048576.0);
-  if (r.o.method == ZO_LEZO) job_log(ctx, "LeZO: %u of %u blocks left out of each step", r.o.drop_layers, L);
   if (r.eval.n) {
     double el;
     if (eval_loss(&r, &el, err) != LT_OK) goto done;
