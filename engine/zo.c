@@ -14,7 +14,6 @@ struct zo {
   uint32_t n_params;
   uint32_t *tensor_id; /* [n_params] */
   bool *active;        /* [n_layers] scratch for the step at hand */
-  uint32_t *order;     /* [n_layers] scratch for the LeZO draw */
   model_seq_t **seqs;  /* [max_batch], capacity max_tokens */
   model_item_t *items; /* [max_batch] */
   int32_t *targets;    /* [max_batch * max_tokens] */
@@ -77,16 +76,16 @@ void zo_blocks(const zo_t *z, uint64_t step_seed, bool *active) {
   uint32_t L = z->n_layers;
   for (uint32_t l = 0; l < L; l++) active[l] = true;
   if (z->o.method != ZO_LEZO) return;
-  /* A partial Fisher-Yates shuffle from the step seed: its first drop_layers entries are the blocks left out. */
+  /* drop_layers distinct blocks drawn uniformly from the step seed (a draw that hits a block already left out is
+   * drawn again). */
   uint64_t s = step_seed ^ 0x4c655a4f4c655a4full;
-  for (uint32_t l = 0; l < L; l++) z->order[l] = l;
   for (uint32_t i = 0; i < z->o.drop_layers; i++) {
-    s += 0x9e3779b97f4a7c15ull;
-    uint32_t j = i + (uint32_t)(mix64(s) % (L - i));
-    uint32_t t = z->order[i];
-    z->order[i] = z->order[j];
-    z->order[j] = t;
-    active[z->order[i]] = false;
+    uint32_t j;
+    do {
+      s += 0x9e3779b97f4a7c15ull;
+      j = (uint32_t)(mix64(s) % L);
+    } while (!active[j]);
+    active[j] = false;
   }
 }
 
@@ -129,12 +128,11 @@ zo_t *zo_new(model_t *m, const zo_opts_t *o, uint32_t max_batch, uint32_t max_to
   z->n_params = n;
   z->tensor_id = calloc(n ? n : 1, sizeof *z->tensor_id);
   z->active = calloc(c->n_layers ? c->n_layers : 1, sizeof *z->active);
-  z->order = calloc(c->n_layers ? c->n_layers : 1, sizeof *z->order);
   z->seqs = calloc(max_batch, sizeof *z->seqs);
   z->items = calloc(max_batch, sizeof *z->items);
   z->targets = malloc((uint64_t)max_batch * max_tokens * sizeof *z->targets);
   z->nll = malloc((uint64_t)max_batch * max_tokens * sizeof *z->nll);
-  if (!z->tensor_id || !z->active || !z->order || !z->seqs || !z->items || !z->targets || !z->nll) {
+  if (!z->tensor_id || !z->active || !z->seqs || !z->items || !z->targets || !z->nll) {
     lt_fail(err, LT_E_NOMEM, "out of memory");
     zo_destroy(&z);
     return NULL;
@@ -166,7 +164,6 @@ void zo_destroy(zo_t **zp) {
   free(z->items);
   free(z->tensor_id);
   free(z->active);
-  free(z->order);
   free(z->targets);
   free(z->nll);
   free(z);
