@@ -441,3 +441,31 @@ Test(zo, the_log_reader_rejects_a_gap_and_a_foreign_header) {
   }
   unlink(path);
 }
+
+Test(zo, mixtral_router_and_experts_follow_their_block) {
+  /* The MoE fixture: a LeZO step leaving out one of its two blocks changes the other block's router and every
+   * one of its experts, and nothing of the block left out. */
+  model_t *m = load(LATHE_SOURCE_DIR "/tests/fixtures/mixtral-tiny", true);
+  zo_t *z = zo(m, ZO_LEZO, 1e-2f, 0.0f, 1, 3);
+  bool active[2];
+  zo_blocks(z, zo_step_seed(3, 0), active);
+  snap_t before = snapshot(m);
+  zo_record_t rec;
+  lt_err_t err = {0};
+  cr_assert_eq(zo_step(z, 0, 1e-2f, tiny_batch, 3, &rec, &err), LT_OK, "%s", err.msg);
+  cr_assert(isfinite(rec.g));
+  snap_t after = snapshot(m);
+  uint32_t experts = 0;
+  for (uint32_t i = 0; i < before.n; i++) {
+    const model_param_t *p = model_param_at(m, i);
+    bool same = memcmp(before.w[i], after.w[i], piece_len(p) * 4) == 0;
+    bool tuned = p->layer < 0 || active[p->layer];
+    cr_assert(same != tuned, "%s (block %d, %s)", p->name, p->layer,
+              tuned ? "tuned but unchanged" : "left out but changed");
+    experts += p->expert >= 0 && tuned;
+  }
+  cr_assert_gt(experts, 0, "no expert tensor was tuned");
+  snap_free(&before), snap_free(&after);
+  zo_destroy(&z);
+  model_free(&m);
+}
