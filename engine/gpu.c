@@ -609,6 +609,7 @@ static gpu_buf_t *buf_new_typed(gpu_t *g, uint64_t bytes, uint32_t type, lt_err_
   b->blk->live++;
   VK_TRY(vkBindBufferMemory(g->dev, b->buf, b->blk->mem, b->off));
   g->stats.bytes_allocated += b->alloc_size;
+  if (g->stats.bytes_allocated > g->stats.bytes_peak) g->stats.bytes_peak = g->stats.bytes_allocated;
 out:
   if (st != LT_OK) {
     gpu_buf_destroy(&b);

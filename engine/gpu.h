@@ -61,6 +61,7 @@ typedef struct gpu_stats {
   bool pipeline_cache_rejected; /* pipeline cache file present but rejected */
   uint64_t dispatches, barriers, submits;
   uint64_t bytes_allocated;   /* device bytes in live buffers */
+  uint64_t bytes_peak;        /* highest bytes_allocated since gpu_new() */
   uint64_t validation_errors; /* messages of error severity from the validation layer */
 } gpu_stats_t;
 

@@ -71,6 +71,7 @@ struct model {
   gpu_buf_t *rope; /* f32 [rope_rows, rope_dim / 2, 2] */
   uint32_t rope_rows;
   bool tied;       /* lm_head shares embed's pieces */
+  bool force_f32;  /* f16 weights placed as f32 (model_load_opts_t) */
   model_param_t *params;
   uint32_t n_params;
   const model_file_t *file; /* during model_load only: where quantised weights find their scales */
@@ -177,8 +178,9 @@ static lt_status_t dmat_load(model_t *m, dmat_t *d, const ft_tensor_t *t, lt_err
   if (t->dtype == FT_I8 || t->dtype == FT_U8) return dmat_load_q(m, d, t, err);
   d->rows = (uint32_t)t->shape[0];
   d->cols = (uint32_t)t->shape[1];
-  /* f16 and bf16 stay 16-bit on devices with 16-bit storage; everything else (and Q8_0) becomes f32. */
-  d->dtype = caps->storage16 && t->dtype == FT_F16 ? LT_F16 : caps->storage16 && t->dtype == FT_BF16 ? LT_BF16 : LT_F32;
+  /* f16 and bf16 stay 16-bit on devices with 16-bit storage unless f32 was asked for; the rest (and Q8_0) is f32. */
+  bool keep16 = caps->storage16 && !m->force_f32;
+  d->dtype = keep16 && t->dtype == FT_F16 ? LT_F16 : keep16 && t->dtype == FT_BF16 ? LT_BF16 : LT_F32;
   uint64_t row_bytes = (uint64_t)d->cols * lt_dtype_size(d->dtype);
   if ((st = piece_rows(m, d, t, row_bytes, 0, err)) != LT_OK) return st;
   float *conv = NULL;
@@ -380,6 +382,7 @@ model_t *model_load(gpu_t *g, const char *path, const model_load_opts_t *opts, l
   }
   m->g = g;
   m->file = f;
+  m->force_f32 = opts && opts->force_f32;
   snprintf(m->path, sizeof m->path, "%s", path);
   m->cfg = *model_file_config(f);
   const model_weights_t *w = model_file_weights(f);

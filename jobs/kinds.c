@@ -92,6 +92,19 @@ static bool kind_compress_validate(const msgpack_object *params, proto_err_t *e)
   return true;
 }
 
+/* tune_zo: a known method; drop_layers only means something to LeZO. */
+static bool kind_tune_zo_validate(const msgpack_object *params, proto_err_t *e) {
+  const msgpack_object *m = mp_get(params, "method");
+  int64_t drop = -1;
+  mp_as_int(mp_get(params, "drop_layers"), &drop);
+  bool lezo = mp_str_is(m, "lezo");
+  if (!lezo && !mp_str_is(m, "mezo"))
+    return proto_fail(e, P_BAD_VALUE, "params.method", "params.method: mezo or lezo");
+  if (!lezo && drop > 0)
+    return proto_fail(e, P_BAD_VALUE, "params.drop_layers", "params.drop_layers: MeZO tunes every block (use lezo)");
+  return true;
+}
+
 #define P(key, type, req, def, lo, hi, help) {#key, type, req, def, lo, hi, help},
 #define KIND(name, policy, gpu, validate, summary, params) static const kind_param_t name##_params[] = {params};
 #include "jobs/kinds.def"

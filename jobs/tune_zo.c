@@ -1,0 +1,426 @@
+/* The `tune-zo` kind: zeroth-order fine-tuning (MeZO or LeZO, engine/zo.h) of a model on a JSONL file, with
+ * held-out evals, checkpoints, a replayable run log, and resumption after a worker or daemon restart.
+ *
+ * Files: <output>/ holds the final model (Hugging Face layout), <output>/checkpoint-<step>/ the checkpoints (the
+ * weights after that many steps), <output>/zo-log.jsonl the run log. <job dir>/tune_zo.state names the last
+ * complete checkpoint; a resumed attempt loads it, cuts the log back to its step and carries on. Batches are a
+ * function of (seed, step), so the resumed run reaches the weights an uninterrupted one would.
+ *
+ * The model is loaded privately with f32 weights, not through job_model(): tuning changes the weights in place,
+ * and the worker's kept model must stay the file's model for the jobs that follow (it may also hold f16 weights,
+ * which cannot be perturbed and restored without rounding). */
+#include <errno.h>
+#include <inttypes.h>
+#include <jansson.h>
+#include <limits.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "common/util.h"
+#include "engine/model_tok.h"
+#include "engine/zo.h"
+#include "jobs/runners.h"
+
+#define MAX_LINE (64u << 20)
+#define LOG_NAME "zo-log.jsonl"
+#define STATE_NAME "tune_zo.state"
+
+/* A JSONL file tokenised: examples pointing into one array of ids. */
+typedef struct dataset {
+  zo_example_t *ex;
+  uint32_t n;
+  int32_t **ids; /* [n], owned */
+  uint64_t skipped; /* rows with nothing to score within the context */
+} dataset_t;
+
+static void dataset_free(dataset_t *d) {
+  for (uint32_t i = 0; d->ids && i < d->n; i++) free(d->ids[i]);
+  free(d->ids);
+  free(d->ex);
+  memset(d, 0, sizeof *d);
+}
+
+/* Tokenises one row: {"text"} (every token after the first is scored) or {"prompt", "completion"} (the
+ * completion's tokens only, tokenised on their own and appended, as the `score` kind does). */
+static lt_status_t row_tokens(tok_t *tok, json_t *row, unsigned flags, int32_t **ids, size_t *n, uint32_t *first,
+                              const char *where, lt_err_t *err) {
+  const char *text = json_string_value(json_object_get(row, "text"));
+  const char *prompt = json_string_value(json_object_get(row, "prompt"));
+  const char *completion = json_string_value(json_object_get(row, "completion"));
+  if (!text && !(prompt && completion))
+    return lt_fail(err, LT_E_INVALID, "%s: needs a \"text\" string, or \"prompt\" and \"completion\" strings", where);
+  *first = 0;
+  lt_status_t st = tok_encode(tok, text ? text : prompt, strlen(text ? text : prompt), flags, ids, n, err);
+  if (st != LT_OK || text) return st;
+  int32_t *cids = NULL;
+  size_t nc = 0;
+  if ((st = tok_encode(tok, completion, strlen(completion), 0, &cids, &nc, err)) != LT_OK) return st;
+  int32_t *all = realloc(*ids, (*n + nc + 1) * sizeof *all);
+  if (!all) st = lt_fail(err, LT_E_NOMEM, "out of memory");
+  else {
+    memcpy(all + *n, cids, nc * sizeof *cids);
+    *ids = all;
+    /* The last prompt token predicts the first completion token: scoring starts there. */
+    *first = *n ? (uint32_t)*n - 1 : 0;
+    *n += nc;
+  }
+  free(cids);
+  return st;
+}
+
+/* Reads and tokenises a JSONL file; rows are cut to `context` tokens, and rows left with nothing to score are
+ * skipped (counted). LT_E_INVALID when no row is left. */
+static lt_status_t dataset_read(dataset_t *d, tok_t *tok, const char *path, unsigned flags, uint32_t context,
+                                lt_err_t *err) {
+  memset(d, 0, sizeof *d);
+  FILE *f = fopen(path, "r");
+  if (!f) return lt_fail(err, LT_E_IO, "cannot open %s: %s", path, strerror(errno));
+  lt_status_t st = LT_OK;
+  char *line = NULL;
+  size_t cap = 0, have = 0;
+  ssize_t len;
+  uint64_t lineno = 0;
+  while (st == LT_OK && (len = getline(&line, &cap, f)) >= 0) {
+    lineno++;
+    char where[PATH_MAX + 32];
+    snprintf(where, sizeof where, "%s:%" PRIu64, path, lineno);
+    if ((size_t)len > MAX_LINE) {
+      st = lt_fail(err, LT_E_LIMIT, "%s: line longer than %u bytes", where, MAX_LINE);
+      break;
+    }
+    size_t k = (size_t)len;
+    while (k && (line[k - 1] == '\n' || line[k - 1] == '\r' || line[k - 1] == ' ')) k--;
+    if (k == 0) continue;
+    json_error_t je;
+    json_t *row = json_loadb(line, k, 0, &je);
+    if (!json_is_object(row)) {
+      st = lt_fail(err, LT_E_INVALID, "%s: not a JSON object (%s)", where, row ? "another JSON value" : je.text);
+      json_decref(row);
+      break;
+    }
+    int32_t *ids = NULL;
+    size_t n = 0;
+    uint32_t first = 0;
+    st = row_tokens(tok, row, flags, &ids, &n, &first, where, err);
+    json_decref(row);
+    if (st != LT_OK) {
+      free(ids);
+      break;
+    }
+    if (n > context) n = context;
+    if (n < 2 || first + 1 >= n) {
+      d->skipped++;
+      free(ids);
+      continue;
+    }
+    if (d->n == have) {
+      have = have ? 2 * have : 256;
+      zo_example_t *ex = realloc(d->ex, have * sizeof *ex);
+      int32_t **pi = ex ? realloc(d->ids, have * sizeof *pi) : NULL;
+      if (ex) d->ex = ex;
+      if (pi) d->ids = pi;
+      if (!ex || !pi || d->n == UINT32_MAX) {
+        free(ids);
+        st = lt_fail(err, LT_E_NOMEM, "out of memory reading %s", path);
+        break;
+      }
+    }
+    d->ids[d->n] = ids;
+    d->ex[d->n++] = (zo_example_t){.ids = ids, .n = (uint32_t)n, .first = first};
+  }
+  free(line);
+  fclose(f);
+  if (st == LT_OK && d->n == 0) st = lt_fail(err, LT_E_INVALID, "%s: no row with tokens to score", path);
+  if (st != LT_OK) dataset_free(d);
+  return st;
+}
+
+/* Everything one attempt of the job holds. */
+typedef struct run {
+  job_ctx_t *ctx;
+  const char *base, *output;
+  zo_opts_t o;
+  float lr;
+  uint64_t steps, eval_every, save_every;
+  uint32_t batch;
+  dataset_t train, eval;
+  model_t *m;
+  zo_t *z;
+  FILE *log;
+  char log_path[PATH_MAX], state_path[PATH_MAX];
+  double eval_first, eval_last, loss_last; /* NAN until measured */
+} run_t;
+
+/* Mean NLL of the eval set, in batches. */
+static lt_status_t eval_loss(run_t *r, double *loss, lt_err_t *err) {
+  double sum = 0.0;
+  uint64_t count = 0;
+  for (uint32_t i = 0; i < r->eval.n; i += r->batch) {
+    uint32_t n = r->eval.n - i < r->batch ? r->eval.n - i : r->batch;
+    double s;
+    uint64_t c;
+    lt_status_t st = zo_nll(r->z, r->eval.ex + i, n, &s, &c, err);
+    if (st != LT_OK) return st;
+    sum += s;
+    count += c;
+  }
+  *loss = sum / (double)count;
+  return LT_OK;
+}
+
+/* Writes the state file atomically: the step, then the checkpoint folder, one line each. */
+static lt_status_t state_write(run_t *r, uint64_t step, const char *dir, lt_err_t *err) {
+  char tmp[PATH_MAX + 8];
+  snprintf(tmp, sizeof tmp, "%s.tmp", r->state_path);
+  FILE *f = fopen(tmp, "w");
+  if (!f) return lt_fail(err, LT_E_IO, "cannot write %s: %s", tmp, strerror(errno));
+  bool ok = fprintf(f, "%" PRIu64 "\n%s\n", step, dir) > 0;
+  ok = fflush(f) == 0 && fsync(fileno(f)) == 0 && ok;
+  ok = fclose(f) == 0 && ok;
+  if (!ok || rename(tmp, r->state_path) != 0)
+    return lt_fail(err, LT_E_IO, "cannot write %s: %s", r->state_path, strerror(errno));
+  return LT_OK;
+}
+
+/* Reads the state file: the step of the last checkpoint (0 when none) and its folder. */
+static uint64_t state_read(run_t *r, char *dir, size_t n) {
+  FILE *f = fopen(r->state_path, "r");
+  uint64_t step = 0;
+  dir[0] = 0;
+  if (!f) return 0;
+  char *line = NULL;
+  size_t cap = 0;
+  ssize_t len;
+  if (fscanf(f, "%" SCNu64 "\n", &step) != 1 || (len = getline(&line, &cap, f)) < 2 || line[len - 1] != '\n' ||
+      (size_t)len > n)
+    step = 0;
+  else snprintf(dir, n, "%.*s", (int)len - 1, line);
+  free(line);
+  fclose(f);
+  return step;
+}
+
+/* Saves the weights after `step` steps as <output>/checkpoint-<step>, the log flushed to disk first, then
+ * records it in the state file: a checkpoint the state names is complete and its steps are in the log. */
+static lt_status_t checkpoint(run_t *r, uint64_t step, lt_err_t *err) {
+  char dir[PATH_MAX], tmp[PATH_MAX + 8], steps[24];
+  snprintf(dir, sizeof dir, "%s/checkpoint-%" PRIu64, r->output, step);
+  snprintf(tmp, sizeof tmp, "%s.tmp", dir);
+  snprintf(steps, sizeof steps, "%" PRIu64, step);
+  const char *meta[] = {"lathe_zo_steps", steps};
+  model_save_opts_t so = {.meta = meta, .n_meta = 1};
+  lt_status_t st;
+  if (fflush(r->log) != 0 || fsync(fileno(r->log)) != 0)
+    return lt_fail(err, LT_E_IO, "writing %s: %s", r->log_path, strerror(errno));
+  if ((st = util_rm_rf(tmp, err)) != LT_OK || (st = model_save(r->m, tmp, &so, err)) != LT_OK) return st;
+  if ((st = util_rm_rf(dir, err)) != LT_OK) return st;
+  if (rename(tmp, dir) != 0) return lt_fail(err, LT_E_IO, "cannot rename %s: %s", tmp, strerror(errno));
+  if ((st = state_write(r, step, dir, err)) != LT_OK) return st;
+  job_artifact(r->ctx, "checkpoint", dir);
+  return LT_OK;
+}
+
+/* Opens the log for appending after `step` steps: a fresh run writes the header; a resumed one keeps the header
+ * and the lines of steps before `step` (a killed attempt may have logged further) and drops the rest. */
+static lt_status_t log_open(run_t *r, uint64_t step, lt_err_t *err) {
+  if (step == 0) {
+    if (!(r->log = fopen(r->log_path, "w")))
+      return lt_fail(err, LT_E_IO, "cannot write %s: %s", r->log_path, strerror(errno));
+    return zo_log_header(r->log, r->base, &r->o, err);
+  }
+  FILE *in = fopen(r->log_path, "r");
+  if (!in) return lt_fail(err, LT_E_IO, "cannot resume: %s: %s", r->log_path, strerror(errno));
+  char tmp[PATH_MAX + 8];
+  snprintf(tmp, sizeof tmp, "%s.tmp", r->log_path);
+  FILE *out = fopen(tmp, "w");
+  lt_status_t st = out ? LT_OK : lt_fail(err, LT_E_IO, "cannot write %s: %s", tmp, strerror(errno));
+  char *line = NULL;
+  size_t cap = 0;
+  ssize_t len;
+  uint64_t kept = 0;
+  while (st == LT_OK && kept < step + 1 && (len = getline(&line, &cap, in)) > 0 && line[len - 1] == '\n') {
+    if (fwrite(line, 1, (size_t)len, out) != (size_t)len) st = lt_fail(err, LT_E_IO, "writing %s", tmp);
+    kept++;
+  }
+  free(line);
+  fclose(in);
+  if (st == LT_OK && kept < step + 1)
+    st = lt_fail(err, LT_E_CORRUPT, "cannot resume: %s holds %" PRIu64 " of the %" PRIu64 " steps of the checkpoint",
+                 r->log_path, kept ? kept - 1 : 0, step);
+  if (out && fclose(out) != 0 && st == LT_OK) st = lt_fail(err, LT_E_IO, "writing %s", tmp);
+  if (st == LT_OK && rename(tmp, r->log_path) != 0)
+    st = lt_fail(err, LT_E_IO, "cannot rename %s: %s", tmp, strerror(errno));
+  if (st == LT_OK && !(r->log = fopen(r->log_path, "a")))
+    st = lt_fail(err, LT_E_IO, "cannot append to %s: %s", r->log_path, strerror(errno));
+  return st;
+}
+
+/* Seconds as "1h02m", "3m05s" or "12s". */
+static void fmt_duration(char *buf, size_t n, double s) {
+  uint64_t t = s > 0 ? (uint64_t)(s + 0.5) : 0;
+  if (t >= 3600) snprintf(buf, n, "%" PRIu64 "h%02" PRIu64 "m", t / 3600, t / 60 % 60);
+  else if (t >= 60) snprintf(buf, n, "%" PRIu64 "m%02" PRIu64 "s", t / 60, t % 60);
+  else snprintf(buf, n, "%" PRIu64 "s", t);
+}
+
+/* Runs steps [start, steps) with evals and checkpoints; the outcome of the loop. */
+static job_outcome_t train(run_t *r, uint64_t start, lt_err_t *err) {
+  job_ctx_t *ctx = r->ctx;
+  uint32_t *idx = malloc(r->batch * sizeof *idx);
+  zo_example_t *b = malloc(r->batch * sizeof *b);
+  if (!idx || !b) {
+    free(idx), free(b);
+    lt_fail(err, LT_E_NOMEM, "out of memory");
+    return JOB_FAILED;
+  }
+  job_outcome_t out = JOB_FAILED;
+  int64_t t0 = util_mono_ms();
+  double loss = 0.0;
+  for (uint64_t s = start; s < r->steps; s++) {
+    job_stop_t stop = job_should_stop(ctx);
+    if (stop == JOB_STOP_CANCEL) {
+      out = JOB_CANCELLED;
+      goto done;
+    }
+    if (stop == JOB_STOP_CHECKPOINT) {
+      out = s > start && checkpoint(r, s, err) != LT_OK ? JOB_FAILED : JOB_STOPPED;
+      goto done;
+    }
+    zo_sample(r->o.seed, s, r->batch, r->train.n, idx);
+    for (uint32_t j = 0; j < r->batch; j++) b[j] = r->train.ex[idx[j]];
+    zo_record_t rec;
+    if (zo_step(r->z, s, r->lr, b, r->batch, &rec, err) != LT_OK) goto done;
+    if (zo_log_record(r->log, &rec, err) != LT_OK) goto done;
+    loss = 0.5 * (rec.loss_plus + rec.loss_minus);
+    double secs = (double)(util_mono_ms() - t0) / 1000.0;
+    double rate = secs > 0 ? (double)(s + 1 - start) / secs : 0.0;
+    double eta = rate > 0 ? (double)(r->steps - s - 1) / rate : 0.0;
+    job_progress(ctx, s + 1, r->steps, "steps");
+    job_metric(ctx, "loss", loss, s + 1);
+    job_metric(ctx, "projected_grad", rec.g, s + 1);
+    job_metric(ctx, "lr", rec.lr, s + 1);
+    job_metric(ctx, "steps_per_s", rate, s + 1);
+    job_metric(ctx, "eta_s", eta, s + 1);
+    bool last = s + 1 == r->steps;
+    if (last || (r->eval_every && (s + 1) % r->eval_every == 0)) {
+      char eta_s[32], el_s[48] = "";
+      fmt_duration(eta_s, sizeof eta_s, eta);
+      if (r->eval.n) {
+        if (eval_loss(r, &r->eval_last, err) != LT_OK) goto done;
+        job_metric(ctx, "eval_loss", r->eval_last, s + 1);
+        snprintf(el_s, sizeof el_s, ", eval loss %.4f", r->eval_last);
+      }
+      job_log(ctx, "step %" PRIu64 "/%" PRIu64 ": loss %.4f%s, g %.4g, %.2f steps/s, ETA %s", s + 1, r->steps, loss,
+              el_s, (double)rec.g, rate, eta_s);
+    }
+    if (!last && r->save_every && (s + 1) % r->save_every == 0 && checkpoint(r, s + 1, err) != LT_OK) goto done;
+  }
+  if (r->steps > start) r->loss_last = loss;
+  out = JOB_SUCCEEDED;
+done:
+  free(idx), free(b);
+  return out;
+}
+
+job_outcome_t run_tune_zo(job_ctx_t *ctx, lt_err_t *err) {
+  run_t r = {.ctx = ctx,
+             .base = job_param_str(ctx, "model"),
+             .output = job_param_str(ctx, "output"),
+             .lr = (float)job_param_float(ctx, "lr"),
+             .steps = (uint64_t)job_param_int(ctx, "steps"),
+             .eval_every = (uint64_t)job_param_int(ctx, "eval_every"),
+             .save_every = (uint64_t)job_param_int(ctx, "save_every"),
+             .batch = (uint32_t)job_param_int(ctx, "batch"),
+             .eval_first = NAN,
+             .eval_last = NAN,
+             .loss_last = NAN};
+  r.o = (zo_opts_t){.method = strcmp(job_param_str(ctx, "method"), "lezo") ? ZO_MEZO : ZO_LEZO,
+                    .eps = (float)job_param_float(ctx, "eps"),
+                    .weight_decay = (float)job_param_float(ctx, "weight_decay"),
+                    .seed = (uint64_t)job_param_int(ctx, "seed")};
+  uint32_t context = (uint32_t)job_param_int(ctx, "context");
+  unsigned flags = job_param_bool(ctx, "add_bos") ? TOK_ADD_BOS : 0;
+  const char *eval_path = job_param_str(ctx, "eval");
+  snprintf(r.log_path, sizeof r.log_path, "%s/" LOG_NAME, r.output);
+  snprintf(r.state_path, sizeof r.state_path, "%s/" STATE_NAME, job_dir(ctx));
+  job_outcome_t out = JOB_FAILED;
+  tok_t *tok = model_tokenizer_open(r.base, err);
+  if (!tok) return JOB_FAILED;
+  if (util_mkdir_p(r.output, 0755, err) != LT_OK) goto done;
+  char ckpt[PATH_MAX];
+  uint64_t start = state_read(&r, ckpt, sizeof ckpt);
+  if (start > r.steps) start = 0; /* the state of another run's length: start over */
+  gpu_t *g = job_gpu(ctx, err);
+  if (!g) goto done;
+  model_load_opts_t lo = {.force_f32 = true};
+  if (!(r.m = model_load(g, start ? ckpt : r.base, &lo, err))) goto done;
+  uint32_t L = model_config(r.m)->n_layers, max_pos = model_config(r.m)->max_position;
+  /* Rows longer than the model was trained on would be scored at positions it never saw. */
+  if (max_pos && context > max_pos) context = max_pos;
+  if (dataset_read(&r.train, tok, job_param_str(ctx, "data"), flags, context, err) != LT_OK) goto done;
+  if (*eval_path && dataset_read(&r.eval, tok, eval_path, flags, context, err) != LT_OK) goto done;
+  job_log(ctx, "%u training rows (%" PRIu64 " skipped: nothing to score within %u tokens), %u eval rows", r.train.n,
+          r.train.skipped, context, r.eval.n);
+  int64_t drop = job_param_int(ctx, "drop_layers");
+  if (r.o.method == ZO_LEZO) r.o.drop_layers = drop < 0 ? L / 2 : (uint32_t)drop;
+  if (!(r.z = zo_new(r.m, &r.o, r.batch, context, err))) goto done;
+  if (log_open(&r, start, err) != LT_OK) goto done;
+  if (start) job_log(ctx, "attempt %u: resuming from %s (step %" PRIu64 " of %" PRIu64 ")", job_attempt(ctx), ckpt,
+                     start, r.steps);
+  uint64_t n_params = 0;
+  for (uint32_t i = 0; i < model_param_count(r.m); i++)
+    n_params += (uint64_t)model_param_at(r.m, i)->n_rows * model_param_at(r.m, i)->cols;
+  job_log(ctx, "%s on %" PRIu64 " parameters (%u of %u blocks tuned each step), lr %g, eps %g, batch %u, "
+          "%.1f MiB of f32 weights", r.o.method == ZO_LEZO ? "LeZO" : "MeZO", n_params, L - r.o.drop_layers, L,
+          (double)r.lr, (double)r.o.eps, r.batch, (double)model_mem(r.m)->weight_device_bytes / 1048576.0);
+  if (r.eval.n) {
+    double el;
+    if (eval_loss(&r, &el, err) != LT_OK) goto done;
+    job_metric(ctx, "eval_loss", el, start);
+    r.eval_first = r.eval_last = el;
+    job_log(ctx, "eval loss at step %" PRIu64 ": %.4f", start, el);
+  }
+  out = train(&r, start, err);
+  if (out != JOB_SUCCEEDED) goto done;
+  char steps[24];
+  snprintf(steps, sizeof steps, "%" PRIu64, r.steps);
+  const char *meta[] = {"lathe_zo_steps", steps};
+  model_save_opts_t so = {.meta = meta, .n_meta = 1};
+  if (fflush(r.log) != 0 || model_save(r.m, r.output, &so, err) != LT_OK) {
+    if (!err->msg[0]) lt_fail(err, LT_E_IO, "writing %s: %s", r.log_path, strerror(errno));
+    out = JOB_FAILED;
+    goto done;
+  }
+  job_artifact(ctx, "model", r.output);
+  job_artifact(ctx, "log", r.log_path);
+  /* The eval loss at this attempt's first step: the base model's, unless the attempt resumed. */
+  const char *first_key = start ? "eval_loss_at_resume" : "eval_loss_base";
+  job_result_int(ctx, "steps", (int64_t)r.steps);
+  job_result_int(ctx, "resumed_from", (int64_t)start);
+  job_result_str(ctx, "output", r.output);
+  if (!isnan(r.loss_last)) job_result_float(ctx, "loss", r.loss_last);
+  if (r.eval.n) {
+    job_result_float(ctx, first_key, r.eval_first);
+    job_result_float(ctx, "eval_loss", r.eval_last);
+  }
+  job_output_begin(ctx);
+  job_output_str(ctx, "output", r.output);
+  job_output_str(ctx, "log", r.log_path);
+  job_output_int(ctx, "steps", (int64_t)r.steps);
+  if (r.eval.n) {
+    job_output_float(ctx, first_key, r.eval_first);
+    job_output_float(ctx, "eval_loss", r.eval_last);
+  }
+  job_output_end(ctx);
+done:
+  if (r.log) fclose(r.log);
+  zo_destroy(&r.z);
+  model_free(&r.m);
+  dataset_free(&r.train);
+  dataset_free(&r.eval);
+  tok_destroy(&tok);
+  return out;
+}
