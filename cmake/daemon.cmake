@@ -41,7 +41,8 @@ if(LATHE_TESTS AND EXISTS ${CMAKE_SOURCE_DIR}/tests/daemon)
                              ${SQLITE_INCLUDE_DIRS})
   target_link_libraries(test_daemon lathe_client lathe_kinds ${CRITERION_D_LINK_LIBRARIES} ${SQLITE_LINK_LIBRARIES})
   # The tests start the real binaries from the build folder.
-  target_compile_definitions(test_daemon PRIVATE LATHE_BIN_DIR="${CMAKE_BINARY_DIR}/bin")
+  target_compile_definitions(test_daemon PRIVATE LATHE_BIN_DIR="${CMAKE_BINARY_DIR}/bin"
+                             LATHE_SOURCE_DIR="${CMAKE_SOURCE_DIR}")
   add_dependencies(test_daemon lathed lathe-worker lathe)
 endif()
 
