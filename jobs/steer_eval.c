@@ -17,21 +17,23 @@
 /* What one condition produced. */
 typedef struct tally {
   uint64_t words, target_hits, avoid_hits, with_target, with_avoid, samples;
+  uint32_t per_target[KIND_MAX_LIST], per_avoid[KIND_MAX_LIST]; /* hits of each listed word */
   double nll;      /* of the generated tokens under the unsteered model */
   uint64_t tokens; /* generated tokens scored */
 } tally_t;
 
-/* Whether word w (n bytes, lower-cased) matches a listed word: equal, or (unless whole) starting with it. */
-static bool listed(const char *w, size_t n, job_ctx_t *ctx, const char *key, bool whole) {
+/* The first listed word (of list key) that word w (n bytes, lower-cased) matches: equal, or (unless whole)
+ * starting with it; -1 when none does. */
+static int listed(const char *w, size_t n, job_ctx_t *ctx, const char *key, bool whole) {
   for (size_t i = 0; i < job_param_list_len(ctx, key); i++) {
     const char *e = job_param_list_at(ctx, key, i);
     size_t k = strlen(e);
     if (k == 0 || k > n || (whole && k != n)) continue;
     bool same = true;
     for (size_t j = 0; j < k && same; j++) same = w[j] == (char)tolower((unsigned char)e[j]);
-    if (same) return true;
+    if (same) return (int)i;
   }
-  return false;
+  return -1;
 }
 
 /* Counts the words of text (runs of letters, digits, apostrophes and non-ASCII bytes) and the listed ones. */
@@ -47,8 +49,9 @@ static void count_words(const char *text, job_ctx_t *ctx, bool whole, tally_t *t
     for (; *p && (isalnum(*p) || *p >= 0x80 || *p == '\''); p++)
       if (n < sizeof w) w[n++] = (char)tolower(*p);
     t->words++;
-    target += listed(w, n, ctx, "target", whole);
-    avoid += listed(w, n, ctx, "avoid", whole);
+    int a = listed(w, n, ctx, "target", whole), b = listed(w, n, ctx, "avoid", whole);
+    if (a >= 0) target++, t->per_target[a]++;
+    if (b >= 0) avoid++, t->per_avoid[b]++;
   }
   t->target_hits += target;
   t->avoid_hits += avoid;
@@ -138,6 +141,19 @@ static job_outcome_t condition(run_t *r, const steer_cfg_t *s, const char *name,
   return JOB_SUCCEEDED;
 }
 
+/* "word count, word count, ..." for list key; caller frees. */
+static char *counts_str(job_ctx_t *ctx, const char *key, const uint32_t *hits) {
+  size_t n = job_param_list_len(ctx, key), cap = 1;
+  for (size_t i = 0; i < n; i++) cap += strlen(job_param_list_at(ctx, key, i)) + 16;
+  char *s = malloc(cap);
+  if (!s) return NULL;
+  size_t at = 0;
+  s[0] = '\0';
+  for (size_t i = 0; i < n; i++)
+    at += (size_t)snprintf(s + at, cap - at, "%s%s %u", i ? ", " : "", job_param_list_at(ctx, key, i), hits[i]);
+  return s;
+}
+
 static void report(job_ctx_t *ctx, const char *name, const char *method, const tally_t *t) {
   double words = t->words ? (double)t->words : NAN, samples = t->samples ? (double)t->samples : NAN;
   job_output_begin(ctx);
@@ -151,6 +167,10 @@ static void report(job_ctx_t *ctx, const char *name, const char *method, const t
   job_output_int(ctx, "avoid_hits", (int64_t)t->avoid_hits);
   job_output_float(ctx, "avoid_per_100_words", 100.0 * (double)t->avoid_hits / words);
   job_output_float(ctx, "samples_with_avoid", (double)t->with_avoid / samples);
+  char *tc = counts_str(ctx, "target", t->per_target), *ac = counts_str(ctx, "avoid", t->per_avoid);
+  job_output_str(ctx, "target_counts", tc ? tc : "");
+  job_output_str(ctx, "avoid_counts", ac ? ac : "");
+  free(tc), free(ac);
   job_output_float(ctx, "perplexity_unsteered_model", t->tokens ? exp(t->nll / (double)t->tokens) : NAN);
   job_output_end(ctx);
 }
