@@ -438,7 +438,9 @@ Test(steer, steering_vector_is_the_mean_difference, GPU) {
   cr_assert_eq(bl, layer);
   cr_assert_str_eq(model, STORIES);
   cr_assert_arr_eq(back, v, d * 4);
+  free(back);
   cr_assert_eq(steer_vector_load(path, d + 1, &back, &bl, model, sizeof model, &err), LT_E_INVALID);
+  cr_assert_null(back);
   unlink(path);
   free(back), free(v), free(want_v), free(mp), free(mn);
   for (int i = 0; i < 3; i++) free(pos[i]);
