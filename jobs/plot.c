@@ -9,7 +9,7 @@
 #define PANEL_H 240.0
 #define LEFT 70.0
 #define RIGHT 150.0 /* room for the legend */
-#define TOP 40.0
+#define TOP 56.0
 #define GAP 50.0
 
 static const char *const colours[] = {"#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b"};
@@ -49,6 +49,8 @@ lt_status_t plot_svg_write(const char *path, const plot_spec_t *p, lt_err_t *err
              "font-size=\"12\">\n<rect width=\"100%%\" height=\"100%%\" fill=\"white\"/>\n", W, height);
   fprintf(f, "<text x=\"%.0f\" y=\"22\" font-size=\"15\">", LEFT);
   put_text(f, p->title);
+  fprintf(f, "</text>\n<text x=\"%.0f\" y=\"40\" fill=\"#444\">", LEFT);
+  put_text(f, p->subtitle);
   fputs("</text>\n", f);
   for (int k = 0; k < panels; k++) {
     double y0 = TOP + k * (PANEL_H + GAP), y1 = y0 + PANEL_H;

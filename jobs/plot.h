@@ -15,7 +15,7 @@ typedef struct plot_curve {
 } plot_curve_t;
 
 typedef struct plot_spec {
-  const char *title, *xlabel;
+  const char *title, *subtitle, *xlabel;
   const char *ylabel[2]; /* per panel */
   uint32_t n;            /* points per curve */
   const plot_curve_t *curves;

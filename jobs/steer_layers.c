@@ -262,9 +262,11 @@ job_outcome_t run_steer_layers(job_ctx_t *ctx, lt_err_t *err) {
             sel, (long long)lo, (long long)hi);
     goto done;
   }
-  char title[1200];
-  snprintf(title, sizeof title, "%s: word vectors' first principal component vs %s; chosen block %lld", path,
-           with_signal ? "the signal" : "surprisal", (long long)chosen);
+  char title[1200], subtitle[200];
+  const char *base = strrchr(path, '/') && strrchr(path, '/')[1] ? strrchr(path, '/') + 1 : path;
+  snprintf(title, sizeof title, "CogSteer layer analysis: %s", base);
+  snprintf(subtitle, sizeof subtitle, "first principal component of %llu word vectors vs %s; chosen block %lld (%s)",
+           (unsigned long long)n_words, with_signal ? "the signal" : "surprisal", (long long)chosen, sel);
   double *cols[3] = {malloc((L + 1) * sizeof(double)), malloc((L + 1) * sizeof(double)),
                      malloc((L + 1) * sizeof(double))};
   bool plotted = false;
@@ -273,7 +275,7 @@ job_outcome_t run_steer_layers(job_ctx_t *ctx, lt_err_t *err) {
       for (int k = 0; k < 3; k++) cols[k][l] = r[3 * l + k];
     plot_curve_t curves[4] = {{"Pearson r", cols[0], 0}, {"Spearman rho", cols[1], 0}, {"Kendall tau-b", cols[2], 0},
                               {"contrast strength", contrast, 1}};
-    plot_spec_t spec = {.title = title, .xlabel = "layer (residual stream entering the block; last: final state)",
+    plot_spec_t spec = {.title = title, .subtitle = subtitle, .xlabel = "layer (residual stream entering the block; last: final state)",
                         .ylabel = {"correlation", "contrast strength"}, .n = L + 1, .curves = curves,
                         .n_curves = contrast ? 4 : 3, .band_lo = (int)lo, .band_hi = (int)hi, .mark = (int)chosen};
     char svg[4200];
