@@ -13,7 +13,8 @@ The tool trains a GPT-2-style byte-level BPE tokenizer (1024 tokens: <|bos|>, <|
 765 merges) on the training verses, then a small LLaMA or Mixtral-style MoE with AdamW and a cosine
 schedule on random 128-token windows, reports held-out perplexity and sample generations, and writes
 <out>/lathe-kjv-llama or <out>/lathe-kjv-moe with a README.md holding the recipe. Deterministic given the seed
-and the thread count (2).
+and the thread count. The default is one thread: on the shared 2-core build machine two threads ran a training
+step 5-10x slower than one whenever other jobs were busy (the OpenMP workers spin-wait for each other).
 """
 import argparse
 import collections
@@ -47,7 +48,7 @@ MODELS = {
               "cfg": dict(COMMON, architectures=["LlamaForCausalLM"], model_type="llama", intermediate_size=352)},
     "moe": {"dir": "lathe-kjv-moe", "lr": 3e-3,
             "cfg": dict(COMMON, architectures=["MixtralForCausalLM"], model_type="mixtral", intermediate_size=192,
-                        num_local_experts=4, num_experts_per_tok=2, router_aux_loss_coef=0.01,
+                        num_local_experts=4, num_experts_per_tok=2, router_aux_loss_coef=0.02,
                         output_router_logits=False)},
 }
 PROMPTS = ["In the beginning", "And the LORD said unto Moses,", "Blessed are the", "The LORD is my shepherd;"]
@@ -161,11 +162,13 @@ def encode_chapters(tok, texts):
 # Training and evaluation.
 
 def load_balancing_loss(router_logits, n_experts, top_k):
-    """transformers' Mixtral auxiliary loss: E * sum_e (fraction of top-k slots routed to e) * (mean prob of e)."""
-    probs = torch.cat(router_logits).softmax(-1)                                # (L*N, E)
+    """Switch-style auxiliary loss, per layer and then averaged: E * sum_e (share of top-k slots routed to e) *
+    (mean router probability of e); 2.0 (= top_k) when balanced. transformers' Mixtral computes it once over all
+    layers together, which lets one layer starve an expert while another layer compensates."""
+    probs = torch.stack(router_logits).softmax(-1)                              # (L, N, E)
     sel = torch.topk(probs, top_k, dim=-1).indices
-    slots = F.one_hot(sel, n_experts).float().mean(0)                            # (k, E)
-    return n_experts * (slots * probs.mean(0)[None]).sum()
+    slots = F.one_hot(sel, n_experts).float().mean(1)                           # (L, k, E)
+    return n_experts * (slots * probs.mean(1)[:, None, :]).sum((1, 2)).mean()
 
 
 def lr_at(step, steps, peak, warmup):
@@ -269,8 +272,10 @@ def train(kind, steps, seed, batch, out_root, threads, cmdline):
             log(f"{msg} lr {opt.param_groups[0]['lr']:.2e} {el:.0f}s ({(step + 1) * batch * CONTEXT / el:.0f} tok/s)")
         if step > 0 and step % 500 == 0:
             model.eval()
-            nll, _ = evaluate(model, eval_ids)
-            log(f"step {step}: held-out ppl {math.exp(nll):.2f}")
+            nll, routing = evaluate(model, eval_ids)
+            shares = "" if routing is None else \
+                " expert shares " + " | ".join(" ".join(f"{x:.2f}" for x in row) for row in routing)
+            log(f"step {step}: held-out ppl {math.exp(nll):.2f}{shares}")
             model.train()
     train_s = time.time() - t_train
     model.eval()
@@ -301,7 +306,7 @@ def make_readme(kind, spec, r, cmdline, first_eval, n_eval, bpb):
     arch = (f"Mixtral-style MoE: hidden {cfg['hidden_size']}, {cfg['num_hidden_layers']} blocks, "
             f"{cfg['num_attention_heads']} heads / {cfg['num_key_value_heads']} KV heads, "
             f"{cfg['num_local_experts']} SwiGLU experts of width {cfg['intermediate_size']}, top-"
-            f"{cfg['num_experts_per_tok']} routing (renormalised), load-balancing loss x{cfg['router_aux_loss_coef']}"
+            f"{cfg['num_experts_per_tok']} routing (renormalised), per-layer load-balancing loss x{cfg['router_aux_loss_coef']}"
             if kind == "moe" else
             f"LLaMA: hidden {cfg['hidden_size']}, {cfg['num_hidden_layers']} blocks, {cfg['num_attention_heads']} "
             f"heads / {cfg['num_key_value_heads']} KV heads, SwiGLU width {cfg['intermediate_size']}")
@@ -327,7 +332,7 @@ def make_readme(kind, spec, r, cmdline, first_eval, n_eval, bpb):
         f"- AdamW (betas 0.9/0.95, weight decay 0.1 on matrices), peak lr {spec['lr']}, linear warm-up "
         f"{max(1, r['steps'] // 50)} steps, cosine decay to 10%, gradient clip 1.0; init N(0, 0.02), output "
         "projections scaled by 1/sqrt(2 x blocks).",
-        f"- Time: {r['train_seconds'] / 60:.1f} min on {r['threads']} CPU threads (Debian python3-torch 1.13, shared "
+        f"- Time: {r['train_seconds'] / 60:.1f} min on {r['threads']} CPU thread(s) (Debian python3-torch 1.13, shared "
         "machine, nice 19). Deterministic given the seed and thread count.",
         "",
         "## Evaluation",
@@ -348,8 +353,8 @@ def make_readme(kind, spec, r, cmdline, first_eval, n_eval, bpb):
         "",
         "## Licence",
         "- Corpus: the King James Version text from Debian's `bible-kjv-text` package, printed with `bible -f",
-        "  \"Gen1:1-Rev22:21\"` from `bible-kjv`. The KJV text is in the public domain (outside the UK, where the",
-        "  Crown's letters patent apply).",
+        "  \"Gen1:1-Rev22:21\"` from `bible-kjv`. The KJV text is in the public domain (in the United Kingdom the",
+        "  Crown's letters patent still govern printing it).",
         "- Weights and tokenizer: made by the Lathe project with `tools/train_embedded.py`; they carry the",
         "  project's licence.",
         "- `training.json` holds the same figures in machine-readable form.",
