@@ -654,7 +654,7 @@ static int cmd_ps(cli_t *cli, int argc, char **argv) {
   mp_doc_t *d = call(cli, &w, &rc);
   if (!d) return rc;
   const msgpack_object *jobs = mp_get(mp_doc_root(d), "jobs");
-  if (!cli->json) printf("%6s  %-10s %-10s %4s %5s %4s %8s  %s\n", "ID", "KIND", "STATE", "POS", "PRIO", "ATT", "AGE", "REASON");
+  if (!cli->json) printf("%6s  %-12s %-10s %4s %5s %4s %8s  %s\n", "ID", "KIND", "STATE", "POS", "PRIO", "ATT", "AGE", "REASON");
   for (uint32_t i = 0; jobs && i < jobs->via.array.size; i++) {
     const msgpack_object *j = &jobs->via.array.ptr[i];
     if (cli->json) {
@@ -664,7 +664,7 @@ static int cmd_ps(cli_t *cli, int argc, char **argv) {
     char kind[32], state[16], reason[512], pos[16] = "-", age[32];
     if (get_int(j, "position")) snprintf(pos, sizeof pos, "%lld", (long long)get_int(j, "position"));
     fmt_age(get_int(j, "created"), age, sizeof age);
-    printf("%6lld  %-10s %-10s %4s %5lld %4lld %8s  %s\n", (long long)get_int(j, "id"), get_str(j, "kind", kind, sizeof kind),
+    printf("%6lld  %-12s %-10s %4s %5lld %4lld %8s  %s\n", (long long)get_int(j, "id"), get_str(j, "kind", kind, sizeof kind),
            get_str(j, "state", state, sizeof state), pos, (long long)get_int(j, "priority"),
            (long long)get_int(j, "attempts"), age, get_str(j, "reason", reason, sizeof reason));
   }
