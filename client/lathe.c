@@ -99,7 +99,7 @@ static json_t *to_json(const msgpack_object *o) {
 /* Prints o to f as one line of JSON (or indented with pretty). */
 static void print_json_to(FILE *f, const msgpack_object *o, bool pretty) {
   json_t *j = to_json(o);
-  json_dumpf(j, f, pretty ? JSON_INDENT(2) | JSON_PRESERVE_ORDER : JSON_COMPACT | JSON_PRESERVE_ORDER);
+  json_dumpf(j, f, (pretty ? JSON_INDENT(2) : JSON_COMPACT) | JSON_PRESERVE_ORDER | JSON_ENCODE_ANY);
   fputc('\n', f);
   fflush(f);
   json_decref(j);
@@ -209,7 +209,7 @@ static void kind_help(FILE *f, const kind_t *k) {
 
 static void kinds_help(FILE *f) {
   fprintf(f, "job kinds:\n");
-  for (size_t i = 0; i < kind_count(); i++) fprintf(f, "  %-10s %s\n", kind_at(i)->name, kind_at(i)->summary);
+  for (size_t i = 0; i < kind_count(); i++) fprintf(f, "  %-13s %s\n", kind_at(i)->name, kind_at(i)->summary);
   fprintf(f, "`lathe help KIND` shows a kind's parameters.\n");
 }
 
@@ -324,6 +324,19 @@ static int64_t submit(cli_t *cli, submit_args_t *a, int *rc) {
 
 /* ---- following a job ---- */
 
+/* Curves a job sends as output records {"plot": XKEY, XKEY: integer, NAME: number, ...} (steer-layers' per-layer
+ * correlations): printed as table rows as they come, drawn in the terminal when the job ends. */
+#define CURVE_POINTS 256
+#define CURVE_SERIES 8
+#define CHART_ROWS 10
+typedef struct curves {
+  char xkey[32];
+  size_t n, n_series;
+  int64_t x[CURVE_POINTS];
+  char name[CURVE_SERIES][32];
+  double y[CURVE_SERIES][CURVE_POINTS];
+} curves_t;
+
 typedef struct follow {
   cli_t *cli;
   int64_t id;
@@ -333,6 +346,7 @@ typedef struct follow {
   char final[16];
   char reason[512];
   int64_t t0, step0; /* first progress seen, for the rate */
+  curves_t *curves;  /* NULL until a plot record comes */
 } follow_t;
 
 static void fmt_time(int64_t ms, char *buf, size_t n) {
@@ -408,11 +422,98 @@ static void print_event_line(follow_t *f, const msgpack_object *ev) {
   fflush(stdout);
 }
 
-/* Shows an output record in text mode: a generation as prompt + text, anything else as key: value lines. */
+static bool is_number(const msgpack_object *o) {
+  return o->type == MSGPACK_OBJECT_FLOAT32 || o->type == MSGPACK_OBJECT_FLOAT64 ||
+         o->type == MSGPACK_OBJECT_POSITIVE_INTEGER || o->type == MSGPACK_OBJECT_NEGATIVE_INTEGER;
+}
+
+static double number(const msgpack_object *o) {
+  if (o->type == MSGPACK_OBJECT_FLOAT32 || o->type == MSGPACK_OBJECT_FLOAT64) return o->via.f64;
+  int64_t v = 0;
+  mp_as_int(o, &v);
+  return (double)v;
+}
+
+/* A plot record: prints it as a table row (the header first) and keeps its point. False when it is not one. */
+static bool plot_point(follow_t *f, const msgpack_object *data) {
+  const msgpack_object *pk = mp_get(data, "plot");
+  char xkey[32];
+  if (!pk || !mp_str_copy(pk, xkey, sizeof xkey)) return false;
+  const msgpack_object *xo = mp_get(data, xkey);
+  if (!xo || !is_number(xo)) return false;
+  if (!f->curves && !(f->curves = calloc(1, sizeof *f->curves))) return false;
+  curves_t *c = f->curves;
+  bool first = c->n == 0 && c->n_series == 0;
+  if (first) snprintf(c->xkey, sizeof c->xkey, "%s", xkey);
+  if (c->n == CURVE_POINTS || strcmp(c->xkey, xkey) != 0) return false;
+  c->x[c->n] = (int64_t)number(xo);
+  for (size_t s = 0; s < CURVE_SERIES; s++) c->y[s][c->n] = NAN;
+  for (uint32_t i = 0; i < data->via.map.size; i++) {
+    const msgpack_object *k = &data->via.map.ptr[i].key, *v = &data->via.map.ptr[i].val;
+    char name[32];
+    if (!mp_str_copy(k, name, sizeof name) || !strcmp(name, xkey) || !strcmp(name, "plot")) continue;
+    size_t s = 0;
+    while (s < c->n_series && strcmp(c->name[s], name) != 0) s++;
+    if (s == c->n_series) {
+      if (!first || s == CURVE_SERIES) continue; /* the columns are those of the first row */
+      snprintf(c->name[c->n_series++], sizeof c->name[0], "%s", name);
+    }
+    c->y[s][c->n] = is_number(v) ? number(v) : NAN;
+  }
+  if (first) {
+    printf("%8s", c->xkey);
+    for (size_t s = 0; s < c->n_series; s++) printf(" %10.10s", c->name[s]);
+    printf("\n");
+  }
+  printf("%8lld", (long long)c->x[c->n]);
+  for (size_t s = 0; s < c->n_series; s++) printf(" %10.4f", c->y[s][c->n]);
+  printf("\n");
+  c->n++;
+  return true;
+}
+
+/* Draws each series of c against its x values as a small text chart. */
+static void draw_curves(const curves_t *c) {
+  for (size_t s = 0; s < c->n_series; s++) {
+    double lo = INFINITY, hi = -INFINITY;
+    for (size_t i = 0; i < c->n; i++)
+      if (isfinite(c->y[s][i])) {
+        lo = c->y[s][i] < lo ? c->y[s][i] : lo;
+        hi = c->y[s][i] > hi ? c->y[s][i] : hi;
+      }
+    if (!isfinite(lo)) continue;
+    if (hi - lo < 1e-12) hi = lo + 1;
+    printf("\n%s by %s\n", c->name[s], c->xkey);
+    for (int row = CHART_ROWS - 1; row >= 0; row--) {
+      if (row == CHART_ROWS - 1) printf("%9.3f |", hi);
+      else if (row == 0) printf("%9.3f |", lo);
+      else printf("%9s |", "");
+      for (size_t i = 0; i < c->n; i++) {
+        double y = c->y[s][i];
+        int at = isfinite(y) ? (int)((y - lo) / (hi - lo) * (CHART_ROWS - 1) + 0.5) : -1;
+        printf("%4s", at == row ? "*" : "");
+      }
+      printf("\n");
+    }
+    printf("%9s +", "");
+    for (size_t i = 0; i < c->n; i++) printf("----");
+    printf("\n%9s  ", "");
+    for (size_t i = 0; i < c->n; i++) printf("%4lld", (long long)c->x[i]);
+    printf("\n");
+  }
+}
+
+/* Shows an output record in text mode: a generation as prompt + text, a plot record as a table row, anything else
+ * as key: value lines. */
 static void print_output(follow_t *f, const msgpack_object *data) {
   clear_bar(f);
-  const msgpack_object *text = mp_get(data, "text");
+  const msgpack_object *text = mp_get(data, "text"), *cond = mp_get(data, "condition");
+  if (plot_point(f, data)) {
+    fflush(stdout);
+    return;
+  }
   if (text && text->type == MSGPACK_OBJECT_STR) {
+    if (cond && cond->type == MSGPACK_OBJECT_STR) printf("[%.*s] ", (int)cond->via.str.size, cond->via.str.ptr);
     const msgpack_object *prompt = mp_get(data, "prompt");
     if (prompt && prompt->type == MSGPACK_OBJECT_STR) printf("%.*s", (int)prompt->via.str.size, prompt->via.str.ptr);
     printf("%.*s\n", (int)text->via.str.size, text->via.str.ptr);
@@ -447,6 +548,13 @@ static bool on_event(void *user, const msgpack_object *ev) {
   return true;
 }
 
+/* Draws the curves collected (text mode) and frees them. */
+static void end_curves(follow_t *f) {
+  if (f->curves && !f->cli->lines) draw_curves(f->curves);
+  free(f->curves);
+  f->curves = NULL;
+}
+
 /* Follows job id to its end; returns the exit status (0 succeeded, 1 failed/cancelled, 130 detached). */
 static int follow_job(cli_t *cli, int64_t id, bool logs_only, bool to_end) {
   follow_t f = {.cli = cli, .id = id, .logs_only = logs_only, .bar = !cli->lines && !logs_only};
@@ -479,9 +587,11 @@ static int follow_job(cli_t *cli, int64_t id, bool logs_only, bool to_end) {
       more = mo && mo->type == MSGPACK_OBJECT_BOOLEAN && mo->via.boolean;
       mp_doc_destroy(&d);
     }
+    end_curves(&f);
     return st ? fail(EXIT_DAEMON, "%s", pe.code ? pe.msg : err.msg) : 0;
   }
   clear_bar(&f);
+  end_curves(&f);
   if (st) return fail(EXIT_DAEMON, "%s", pe.code ? pe.msg : err.msg);
   if (detached || interrupted) {
     fprintf(stderr, "lathe: detached from job %lld (it keeps running); re-attach with: lathe watch %lld\n",
@@ -544,7 +654,7 @@ static int cmd_ps(cli_t *cli, int argc, char **argv) {
   mp_doc_t *d = call(cli, &w, &rc);
   if (!d) return rc;
   const msgpack_object *jobs = mp_get(mp_doc_root(d), "jobs");
-  if (!cli->json) printf("%6s  %-10s %-10s %4s %5s %4s %8s  %s\n", "ID", "KIND", "STATE", "POS", "PRIO", "ATT", "AGE", "REASON");
+  if (!cli->json) printf("%6s  %-12s %-10s %4s %5s %4s %8s  %s\n", "ID", "KIND", "STATE", "POS", "PRIO", "ATT", "AGE", "REASON");
   for (uint32_t i = 0; jobs && i < jobs->via.array.size; i++) {
     const msgpack_object *j = &jobs->via.array.ptr[i];
     if (cli->json) {
@@ -554,7 +664,7 @@ static int cmd_ps(cli_t *cli, int argc, char **argv) {
     char kind[32], state[16], reason[512], pos[16] = "-", age[32];
     if (get_int(j, "position")) snprintf(pos, sizeof pos, "%lld", (long long)get_int(j, "position"));
     fmt_age(get_int(j, "created"), age, sizeof age);
-    printf("%6lld  %-10s %-10s %4s %5lld %4lld %8s  %s\n", (long long)get_int(j, "id"), get_str(j, "kind", kind, sizeof kind),
+    printf("%6lld  %-12s %-10s %4s %5lld %4lld %8s  %s\n", (long long)get_int(j, "id"), get_str(j, "kind", kind, sizeof kind),
            get_str(j, "state", state, sizeof state), pos, (long long)get_int(j, "priority"),
            (long long)get_int(j, "attempts"), age, get_str(j, "reason", reason, sizeof reason));
   }

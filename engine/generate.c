@@ -79,56 +79,93 @@ lt_status_t model_generate(model_t *m, const int32_t *const *prompts, const uint
                            gen_result_t *res, lt_err_t *err) {
   const model_config_t *cf = model_config(m);
   uint32_t V = cf->vocab_size;
+  const gen_pair_t *pair = o->pair;
+  uint32_t per = pair ? 2 : 1; /* sequences per prompt: seq[i] is prompt i's first, seq[n + i] its second */
+  model_out_t out2 = pair && pair->second_logits ? MODEL_OUT_LAST : MODEL_OUT_NONE;
   lt_status_t st = LT_OK;
   memset(res, 0, n * sizeof *res);
-  model_seq_t **seq = calloc(n, sizeof *seq);
-  model_item_t *items = calloc(n, sizeof *items);
-  float *logits = malloc((uint64_t)n * V * 4), *scratch = malloc((uint64_t)V * 2 * 4);
+  model_seq_t **seq = calloc((size_t)n * per, sizeof *seq);
+  model_item_t *items = calloc((size_t)n * per, sizeof *items);
+  float *logits = malloc((uint64_t)n * per * V * 4), *scratch = malloc((uint64_t)V * 2 * 4);
   sample_rng_t *rng = calloc(n, sizeof *rng);
   bool *done = calloc(n, sizeof *done);
   int32_t *next = calloc(n, sizeof *next);
-  if (!seq || !items || !logits || !scratch || !rng || !done || !next) {
+  uint32_t *limit = calloc(n, sizeof *limit);
+  if (!seq || !items || !logits || !scratch || !rng || !done || !next || !limit) {
     st = lt_fail(err, LT_E_NOMEM, "out of memory");
     goto out;
   }
+  bool any = false;
   for (uint32_t i = 0; i < n; i++) {
-    if (prompt_lens[i] == 0) {
+    if (prompt_lens[i] == 0 || (pair && pair->prompt_lens[i] == 0)) {
       st = lt_fail(err, LT_E_INVALID, "prompt %u is empty (no tokens)", i);
       goto out;
     }
-    uint32_t want = prompt_lens[i] + o->max_tokens;
-    if (!(seq[i] = model_seq_new(m, want, err))) {
-      st = err ? err->code : LT_E_NOMEM;
-      goto out;
+    limit[i] = o->forced ? o->forced_lens[i] : o->max_tokens;
+    done[i] = limit[i] == 0;
+    any |= !done[i];
+    for (uint32_t k = 0; k < per; k++) {
+      uint32_t want = (k ? pair->prompt_lens[i] : prompt_lens[i]) + limit[i];
+      if (!(seq[k * n + i] = model_seq_new(m, want, err))) {
+        st = err ? err->code : LT_E_NOMEM;
+        goto out;
+      }
     }
-    if (!(res[i].tokens = malloc(((uint64_t)o->max_tokens + 1) * sizeof(int32_t)))) {
+    if (!(res[i].tokens = malloc(((uint64_t)limit[i] + 1) * sizeof(int32_t)))) {
       st = lt_fail(err, LT_E_NOMEM, "out of memory");
       goto out;
     }
     rng[i].state = o->seed + i;
-    items[i] = (model_item_t){.seq = seq[i], .tokens = prompts[i], .n_tokens = prompt_lens[i],
-                              .out = MODEL_OUT_LAST, .result = logits + (uint64_t)i * V};
   }
-  if (o->max_tokens == 0) goto out;
-  if ((st = model_forward(m, items, n, hooks, err)) != LT_OK) goto out;
-  for (uint32_t step = 0; step < o->max_tokens; step++) {
+  if (!any) goto out;
+  uint32_t k = 0;
+  if (!pair) {
+    for (uint32_t i = 0; i < n; i++)
+      items[i] = (model_item_t){.seq = seq[i], .tokens = prompts[i], .n_tokens = prompt_lens[i],
+                                .out = MODEL_OUT_LAST, .result = logits + (uint64_t)i * V};
+    k = n;
+  } else {
+    /* Every token but the last, both sequences together, without hooks; then the last tokens in pair order. */
+    for (uint32_t i = 0; i < n; i++) {
+      if (pair->prompt_lens[i] > 1)
+        items[k++] = (model_item_t){.seq = seq[n + i], .tokens = pair->prompts[i], .n_tokens = pair->prompt_lens[i] - 1};
+      if (prompt_lens[i] > 1)
+        items[k++] = (model_item_t){.seq = seq[i], .tokens = prompts[i], .n_tokens = prompt_lens[i] - 1};
+    }
+    if (k && (st = model_forward(m, items, k, NULL, err)) != LT_OK) goto out;
+    k = 0;
+    for (uint32_t i = 0; i < n; i++) {
+      items[k++] = (model_item_t){.seq = seq[n + i], .tokens = pair->prompts[i] + pair->prompt_lens[i] - 1,
+                                  .n_tokens = 1, .out = out2, .result = logits + (uint64_t)(n + i) * V};
+      items[k++] = (model_item_t){.seq = seq[i], .tokens = prompts[i] + prompt_lens[i] - 1, .n_tokens = 1,
+                                  .out = MODEL_OUT_LAST, .result = logits + (uint64_t)i * V};
+    }
+  }
+  if ((st = model_forward(m, items, k, hooks, err)) != LT_OK) goto out;
+  for (;;) {
     uint32_t active = 0;
     bool stop = false;
     for (uint32_t i = 0; i < n; i++) {
       if (done[i]) continue;
-      int32_t t = sample_token(logits + (uint64_t)i * V, V, &o->sample, &rng[i], scratch);
-      if (!o->ignore_eos && is_eos(cf, t)) {
+      float *lg = logits + (uint64_t)i * V;
+      if (o->on_logits)
+        o->on_logits(o->logits_ctx, i, res[i].n_tokens, lg, out2 ? logits + (uint64_t)(n + i) * V : NULL, V);
+      int32_t t = o->forced ? o->forced[i][res[i].n_tokens] : sample_token(lg, V, &o->sample, &rng[i], scratch);
+      if (!o->forced && !o->ignore_eos && is_eos(cf, t)) {
         done[i] = true;
         res[i].stopped_at_eos = true;
         continue;
       }
       res[i].tokens[res[i].n_tokens++] = t;
       if (on_step && !on_step(step_ctx, i, res[i].tokens, res[i].n_tokens)) stop = true;
-      if (res[i].n_tokens == o->max_tokens) {
+      if (res[i].n_tokens == limit[i]) {
         done[i] = true;
         continue;
       }
       next[i] = t;
+      if (pair)
+        items[active++] = (model_item_t){.seq = seq[n + i], .tokens = &next[i], .n_tokens = 1, .out = out2,
+                                         .result = logits + (uint64_t)(n + i) * V};
       items[active++] = (model_item_t){.seq = seq[i], .tokens = &next[i], .n_tokens = 1, .out = MODEL_OUT_LAST,
                                        .result = logits + (uint64_t)i * V};
     }
@@ -136,14 +173,14 @@ lt_status_t model_generate(model_t *m, const int32_t *const *prompts, const uint
     if ((st = model_forward(m, items, active, hooks, err)) != LT_OK) break;
   }
 out:
-  for (uint32_t i = 0; seq && i < n; i++) model_seq_destroy(&seq[i]);
+  for (uint32_t i = 0; seq && i < n * per; i++) model_seq_destroy(&seq[i]);
   if (st != LT_OK)
     for (uint32_t i = 0; i < n; i++) {
       free(res[i].tokens);
       res[i].tokens = NULL;
       res[i].n_tokens = 0;
     }
-  free(seq), free(items), free(logits), free(scratch), free(rng), free(done), free(next);
+  free(seq), free(items), free(logits), free(scratch), free(rng), free(done), free(next), free(limit);
   return st;
 }
 

@@ -22,12 +22,36 @@ typedef struct sample_rng {
 /* Picks a token from logits[vocab] (left unchanged). scratch holds 2 * vocab floats; caller owns both. */
 int32_t sample_token(const float *logits, uint32_t vocab, const sample_opts_t *o, sample_rng_t *rng, float *scratch);
 
+/* Called for prompt `item` at decoding step `step` with the logits the next token is chosen from (vocab floats;
+ * it may change them in place: ROSE combines them with `second`, the logits of the prompt's second sequence, or
+ * NULL when there is none or it was not asked for). */
+typedef void (*gen_logits_fn)(void *ctx, uint32_t item, uint32_t step, float *logits, const float *second,
+                              uint32_t vocab);
+
+/* A second sequence per prompt, with its own KV cache, decoded in lockstep with the first (two-pass steering:
+ * CogSteer's contrastive pass, ROSE's reverse prompt): the token chosen for a prompt is appended to both. The
+ * prompts' tokens but the last are prefilled first, for both sequences in one call and without hooks; from then
+ * on every model_forward call holds one token per sequence, the second sequence of each prompt just before its
+ * first, so that an attention hook sees each prompt's second row before its first. */
+typedef struct gen_pair {
+  const int32_t *const *prompts; /* the second sequence's prompt for each prompt (at least one token) */
+  const uint32_t *prompt_lens;
+  bool second_logits; /* compute the second sequence's logits and pass them to on_logits */
+} gen_pair_t;
+
 /* Options for model_generate(). */
 typedef struct gen_opts {
   uint32_t max_tokens; /* new tokens per prompt */
   sample_opts_t sample;
   uint64_t seed;       /* prompt i samples with seed + i */
   bool ignore_eos;     /* keep going after an end-of-sequence token */
+  /* Teacher forcing (NULL: sample): prompt i continues with forced[i][0..forced_lens[i]) instead of sampled
+   * tokens, end-of-sequence tokens included; max_tokens is then ignored. */
+  const int32_t *const *forced;
+  const uint32_t *forced_lens;
+  gen_logits_fn on_logits; /* NULL: none */
+  void *logits_ctx;
+  const gen_pair_t *pair; /* NULL: one sequence per prompt */
 } gen_opts_t;
 
 /* One prompt's generated tokens; tokens is owned by the caller of model_generate (free()). */

@@ -1,9 +1,11 @@
-/* The `generate` kind: batched text generation from one or more prompts. */
+/* The `generate` kind: batched text generation from one or more prompts, optionally steered (activation
+ * addition, CogSteer contrastive intervention, ROSE). */
 #include <stdlib.h>
 #include <string.h>
 
 #include "engine/generate.h"
 #include "jobs/runners.h"
+#include "jobs/steer_common.h"
 
 typedef struct progress {
   job_ctx_t *ctx;
@@ -32,26 +34,19 @@ job_outcome_t run_generate(job_ctx_t *ctx, lt_err_t *err) {
   tok_t *tok = NULL;
   model_t *m = job_model(ctx, path, &tok, err);
   if (!m) return JOB_FAILED;
-  int32_t **ids = calloc(n, sizeof *ids);
-  uint32_t *lens = calloc(n, sizeof *lens);
+  const char **texts = calloc(n, sizeof *texts);
   gen_result_t *res = calloc(n, sizeof *res);
-  if (!ids || !lens || !res) {
+  job_steer_t js = {0};
+  if (!texts || !res) {
     lt_fail(err, LT_E_NOMEM, "out of memory");
     goto done;
   }
-  for (size_t i = 0; i < n; i++) {
-    const char *p = job_param_list_at(ctx, "prompt", i);
-    size_t len = 0;
-    if (tok_encode(tok, p, strlen(p), flags, &ids[i], &len, err) != LT_OK) goto done;
-    if (len == 0) {
-      lt_fail(err, LT_E_INVALID, "prompt %zu encodes to no tokens", i);
-      goto done;
-    }
-    lens[i] = (uint32_t)len;
-  }
+  for (size_t i = 0; i < n; i++) texts[i] = job_param_list_at(ctx, "prompt", i);
+  if (job_steer_init(&js, ctx, m, tok, texts, n, flags, err) != LT_OK) goto done;
   progress_t pr = {.ctx = ctx, .total = (uint64_t)o.max_tokens * n};
   job_progress(ctx, 0, pr.total, "tokens");
-  if (model_generate(m, (const int32_t *const *)ids, lens, (uint32_t)n, &o, NULL, on_step, &pr, res, err) != LT_OK)
+  if (steer_generate(m, &js.cfg, (const int32_t *const *)js.prompts.ids, js.prompts.lens, (uint32_t)n, &o, on_step,
+                     &pr, res, err) != LT_OK)
     goto done;
   job_stop_t stop = job_should_stop(ctx);
   if (stop != JOB_GO) {
@@ -67,8 +62,9 @@ job_outcome_t run_generate(job_ctx_t *ctx, lt_err_t *err) {
     job_output_str(ctx, "prompt", job_param_list_at(ctx, "prompt", i));
     job_output_str(ctx, "text", text);
     job_output_ints(ctx, "tokens", res[i].tokens, res[i].n_tokens);
-    job_output_int(ctx, "prompt_tokens", lens[i]);
+    job_output_int(ctx, "prompt_tokens", js.prompts.lens[i]);
     job_output_str(ctx, "stop", res[i].stopped_at_eos ? "eos" : "max_tokens");
+    if (js.cfg.method != STEER_NONE) job_output_str(ctx, "steer", steer_method_str(js.cfg.method));
     job_output_end(ctx);
     total += res[i].n_tokens;
     free(text);
@@ -77,10 +73,8 @@ job_outcome_t run_generate(job_ctx_t *ctx, lt_err_t *err) {
   job_result_int(ctx, "tokens", (int64_t)total);
   out = JOB_SUCCEEDED;
 done:
-  for (size_t i = 0; i < n; i++) {
-    if (ids) free(ids[i]);
-    if (res) free(res[i].tokens);
-  }
-  free(ids), free(lens), free(res);
+  for (size_t i = 0; res && i < n; i++) free(res[i].tokens);
+  free(texts), free(res);
+  job_steer_free(&js);
   return out;
 }

@@ -23,6 +23,44 @@ static bool kind_sleep_validate(const msgpack_object *params, proto_err_t *e) {
   return true;
 }
 
+/* The steering options shared by generate and steer-eval (STEER_PARAMS): at most one method; the contrastive
+ * intervention needs a layer. need_one: steer-eval compares with and without steering, so it needs one. */
+static bool steer_params_check(const msgpack_object *params, bool need_one, proto_err_t *e) {
+  const msgpack_object *vec = mp_get(params, "steer_vector"), *cp = mp_get(params, "contrast_prompt"),
+                       *rp = mp_get(params, "reverse_prompt");
+  int64_t layer = -1;
+  mp_as_int(mp_get(params, "steer_layer"), &layer);
+  int n = (vec && vec->via.str.size > 0) + (cp && cp->via.str.size > 0) + (rp && rp->via.str.size > 0);
+  if (n > 1)
+    return proto_fail(e, P_BAD_VALUE, "params.steer_vector",
+                      "params.steer_vector: give one of steer_vector, contrast_prompt and reverse_prompt, not %d", n);
+  if (n == 0 && need_one)
+    return proto_fail(e, P_MISSING_PARAM, "params.steer_vector",
+                      "params.steer_vector: give a steering method: steer_vector, contrast_prompt or reverse_prompt");
+  if (cp && cp->via.str.size > 0 && layer < 0)
+    return proto_fail(e, P_MISSING_PARAM, "params.steer_layer",
+                      "params.steer_layer: contrast_prompt needs the layer whose heads it steers");
+  return true;
+}
+
+/* steer-eval: one steering method. */
+static bool kind_steer_eval_validate(const msgpack_object *params, proto_err_t *e) {
+  return steer_params_check(params, true, e);
+}
+
+/* steer-layers: a known correlation; both prompt sets or neither. */
+static bool kind_steer_layers_validate(const msgpack_object *params, proto_err_t *e) {
+  const msgpack_object *sel = mp_get(params, "select"), *pos = mp_get(params, "positive"),
+                       *neg = mp_get(params, "negative");
+  if (!sel || sel->type != MSGPACK_OBJECT_STR || !(mp_str_is(sel, "pearson") || mp_str_is(sel, "spearman") ||
+                                                   mp_str_is(sel, "kendall")))
+    return proto_fail(e, P_BAD_VALUE, "params.select", "params.select: pearson, spearman or kendall");
+  if ((pos && pos->via.str.size > 0) != (neg && neg->via.str.size > 0))
+    return proto_fail(e, P_MISSING_PARAM, "params.negative",
+                      "params.negative: the contrast strength needs both --positive and --negative");
+  return true;
+}
+
 /* generate: at least one prompt, and no empty prompt when no BOS token is added (nothing to condition on). */
 static bool kind_generate_validate(const msgpack_object *params, proto_err_t *e) {
   const msgpack_object *p = mp_get(params, "prompt"), *bos = mp_get(params, "add_bos");
@@ -32,7 +70,7 @@ static bool kind_generate_validate(const msgpack_object *params, proto_err_t *e)
   for (uint32_t i = 0; i < p->via.array.size && !add_bos; i++)
     if (p->via.array.ptr[i].via.str.size == 0)
       return proto_fail(e, P_BAD_VALUE, "params.prompt", "params.prompt: prompt %u is empty and add_bos is off", i);
-  return true;
+  return steer_params_check(params, false, e);
 }
 
 /* flatten-graph: the input format is one of three words. */
@@ -111,10 +149,36 @@ static bool kind_tune_zo_validate(const msgpack_object *params, proto_err_t *e) 
 #undef KIND
 #undef P
 
+/* A kind's name is its identifier in kinds.def with each '_' written '-' (steer_layers: `lathe run steer-layers`),
+ * filled in before main() runs. */
+enum {
+#define P(...)
+#define KIND(name, policy, gpu, validate, summary, params) KIND_ID_##name,
+#include "jobs/kinds.def"
+#undef KIND
+#undef P
+  KIND_N
+};
+#define KIND_NAME_MAX 32
+static char kind_names[KIND_N][KIND_NAME_MAX];
+
+__attribute__((constructor)) static void kind_names_init(void) {
+  static const char *const ids[KIND_N] = {
+#define P(...)
+#define KIND(name, policy, gpu, validate, summary, params) #name,
+#include "jobs/kinds.def"
+#undef KIND
+#undef P
+  };
+  for (size_t i = 0; i < KIND_N; i++)
+    for (size_t c = 0; ids[i][c] && c + 1 < KIND_NAME_MAX; c++) kind_names[i][c] = ids[i][c] == '_' ? '-' : ids[i][c];
+}
+
 static const kind_t kinds[] = {
 #define P(...)
 #define KIND(name, policy, gpu, validate, summary, params)                                                         \
-  {#name, policy, gpu, validate, summary, name##_params, sizeof name##_params / sizeof name##_params[0]},
+  {kind_names[KIND_ID_##name], policy, gpu, validate, summary, name##_params,                                     \
+   sizeof name##_params / sizeof name##_params[0]},
 #include "jobs/kinds.def"
 #undef KIND
 #undef P
@@ -130,7 +194,7 @@ const kind_t *kind_find(const char *name, size_t n) {
   for (size_t i = 0; i < kind_count(); i++) {
     const char *k = kinds[i].name;
     size_t j = 0;
-    while (j < n && k[j] && (k[j] == name[j] || (k[j] == '_' && name[j] == '-'))) j++;
+    while (j < n && k[j] && (k[j] == name[j] || ((k[j] == '_' || k[j] == '-') && (name[j] == '-' || name[j] == '_')))) j++;
     if (j == n && !k[j]) return &kinds[i];
   }
   return NULL;

@@ -31,5 +31,18 @@ echo
 echo "== lathe run score: perplexity on held-out verses"
 lathe run score --model "$model" --data "$root/models/kjv-heldout.jsonl" --max-rows 64
 echo
+steer="$root/docs/steering"
+echo "== lathe run steer-layers: which block's word vectors track surprisal best, and the joy/sorrow contrast"
+lathe run steer-layers --model "$model" --data "$steer/texts.jsonl" --positive "$steer/joy.jsonl" \
+  --negative "$steer/sorrow.jsonl"
+echo
+echo "== lathe run steer-vector: joy minus sorrow at the residual stream entering block 2"
+lathe run steer-vector --model "$model" --positive "$steer/joy.jsonl" --negative "$steer/sorrow.jsonl" --layer 2 \
+  --output "$demo/joy.safetensors"
+echo
+echo "== lathe run steer-eval: generations with and without the vector (docs/steering.md has the full figures)"
+lathe run steer-eval --model "$model" --prompts "$steer/prompts.jsonl" --steer-vector "$demo/joy.safetensors" \
+  --steer-alpha 4 --samples 25 --target rejoice --target glad --target joy --avoid mourn --avoid weep --avoid sorrow
+echo
 echo "== lathe ps --all"
 lathe ps --all
