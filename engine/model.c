@@ -558,6 +558,7 @@ typedef struct pass {
   model_item_t *items;
   uint32_t n_items, T;
   uint32_t *row0; /* first row of each item */
+  const uint32_t *caller; /* the caller's index of each item (hooks report it) */
   const model_hooks_t *h;
 } pass_t;
 
@@ -570,7 +571,7 @@ static lt_status_t report_resid(pass_t *p, gpu_cmd_t **c, uint32_t layer, lt_err
   if (st == LT_OK && !buf) st = lt_fail(err, LT_E_NOMEM, "out of memory");
   if (st == LT_OK) st = gpu_download(p->m->a.x, 0, buf, (uint64_t)p->T * d * 4, err);
   for (uint32_t i = 0; st == LT_OK && i < p->n_items; i++)
-    h->on_resid(h->ctx, layer, i, buf + (uint64_t)p->row0[i] * d, p->items[i].n_tokens, d);
+    h->on_resid(h->ctx, layer, p->caller[i], buf + (uint64_t)p->row0[i] * d, p->items[i].n_tokens, d);
   free(buf);
   return st;
 }
@@ -615,7 +616,7 @@ static lt_status_t attn_hook(pass_t *p, gpu_cmd_t **c, uint32_t layer, lt_err_t 
   if (st == LT_OK) st = gpu_download(p->m->a.att, 0, buf, (uint64_t)p->T * qd * 4, err);
   bool changed = false;
   for (uint32_t i = 0; st == LT_OK && i < p->n_items; i++)
-    changed |= h->on_attn(h->ctx, layer, i, buf + (uint64_t)p->row0[i] * qd, p->items[i].n_tokens, cf->n_heads,
+    changed |= h->on_attn(h->ctx, layer, p->caller[i], buf + (uint64_t)p->row0[i] * qd, p->items[i].n_tokens, cf->n_heads,
                           cf->head_dim);
   if (st == LT_OK && changed) st = gpu_upload(p->m->a.att, 0, buf, (uint64_t)p->T * qd * 4, err);
   free(buf);
@@ -755,13 +756,13 @@ static lt_status_t outputs(pass_t *p, gpu_cmd_t **c, lt_err_t *err) {
 }
 
 /* One pass over the weights for items whose tokens fit the activation arena together. */
-static lt_status_t forward_pass(model_t *m, model_item_t *items, uint32_t n_items, const model_hooks_t *h,
-                                lt_err_t *err) {
+static lt_status_t forward_pass(model_t *m, model_item_t *items, const uint32_t *caller, uint32_t n_items,
+                                const model_hooks_t *h, lt_err_t *err) {
   const model_config_t *cf = &m->cfg;
   acts_t *a = &m->a;
   uint32_t d = cf->hidden_size, qd = cf->n_heads * cf->head_dim, kvd = cf->n_kv_heads * cf->head_dim;
   uint32_t ffn = cf->intermediate_size;
-  pass_t p = {.m = m, .items = items, .n_items = n_items, .h = h};
+  pass_t p = {.m = m, .items = items, .caller = caller, .n_items = n_items, .h = h};
   lt_status_t st = LT_OK;
   gpu_cmd_t *c = NULL;
   int32_t *ids = NULL, *pos = NULL;
@@ -900,14 +901,18 @@ lt_status_t model_forward(model_t *m, model_item_t *items, uint32_t n_items, con
    * (earlier pieces produce no logits unless every position is wanted). */
   uint32_t cap = m->a.cap;
   model_item_t *pass = malloc((n_items ? n_items : 1) * sizeof *pass);
-  if (!pass) return lt_fail(err, LT_E_NOMEM, "out of memory");
+  uint32_t *caller = malloc((n_items ? n_items : 1) * sizeof *caller);
+  if (!pass || !caller) {
+    free(pass), free(caller);
+    return lt_fail(err, LT_E_NOMEM, "out of memory");
+  }
   lt_status_t st = LT_OK;
   uint32_t n = 0, used = 0;
   for (uint32_t i = 0; i < n_items && st == LT_OK; i++) {
     const model_item_t *it = &items[i];
     for (uint32_t done = 0; done < it->n_tokens && st == LT_OK;) {
       if (used == cap) {
-        st = forward_pass(m, pass, n, h, err);
+        st = forward_pass(m, pass, caller, n, h, err);
         n = used = 0;
         if (st != LT_OK) break;
       }
@@ -922,12 +927,14 @@ lt_status_t model_forward(model_t *m, model_item_t *items, uint32_t n_items, con
         piece.result = it->result + done;
         piece.targets = it->targets + done;
       }
+      caller[n] = i;
       pass[n++] = piece;
       used += take;
       done += take;
     }
   }
-  if (st == LT_OK && n) st = forward_pass(m, pass, n, h, err);
+  if (st == LT_OK && n) st = forward_pass(m, pass, caller, n, h, err);
   free(pass);
+  free(caller);
   return st;
 }

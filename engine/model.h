@@ -111,7 +111,7 @@ void model_seq_truncate(model_seq_t *s, uint32_t n);
 /* ---- hooks: each costs nothing when its pointer is NULL ---- */
 
 /* Called with the residual stream entering block `layer` (layer == n_layers: the final hidden state before the
- * output norm) for batch item `item`: h is [n_tokens, hidden], valid during the call only. */
+ * output norm) for batch item `item` (its index in the caller's items array; an item longer than one pass is reported once per pass, with that pass's tokens): h is [n_tokens, hidden], valid during the call only. */
 typedef void (*model_resid_fn)(void *ctx, uint32_t layer, uint32_t item, const float *h, uint32_t n_tokens,
                                uint32_t hidden);
 

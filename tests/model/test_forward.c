@@ -227,3 +227,41 @@ Test(forward, bad_input_is_refused) {
   cr_assert(strstr(err.msg, "/nonexistent/model") != NULL, "%s", err.msg);
   model_free(&m);
 }
+
+typedef struct seen {
+  uint32_t items[8], tokens[8], n;
+} seen_t;
+
+static void on_resid_seen(void *ctx, uint32_t layer, uint32_t item, const float *h, uint32_t n, uint32_t d) {
+  (void)h, (void)d;
+  seen_t *s = ctx;
+  if (layer == 0 && s->n < 8) s->items[s->n] = item, s->tokens[s->n++] = n;
+}
+
+Test(forward, hooks_name_the_callers_items_across_passes) {
+  /* With room for 8 tokens per pass, items of 5, 6 and 2 tokens run as passes {0, 1 (3 of 6)}, {1 (3), 2}: hooks
+   * must report the caller's item indices, not the positions inside each pass. */
+  lt_err_t err = {0};
+  model_load_opts_t o = {.max_tokens_per_pass = 8};
+  model_t *m = model_load(tgpu(), STORIES "/hf", &o, &err);
+  cr_assert(m != NULL, "%s", err.msg);
+  model_seq_t *s[3];
+  model_item_t it[3];
+  uint32_t lens[3] = {5, 6, 2};
+  for (int i = 0; i < 3; i++) {
+    s[i] = model_seq_new(m, 16, &err);
+    it[i] = (model_item_t){.seq = s[i], .tokens = story_ids, .n_tokens = lens[i], .out = MODEL_OUT_NONE};
+  }
+  bool cap[6] = {true};
+  seen_t seen = {0};
+  model_hooks_t h = {.ctx = &seen, .capture_resid = cap, .on_resid = on_resid_seen};
+  cr_assert_eq(model_forward(m, it, 3, &h, &err), LT_OK, "%s", err.msg);
+  uint32_t want_items[4] = {0, 1, 1, 2}, want_tokens[4] = {5, 3, 3, 2};
+  cr_assert_eq(seen.n, 4, "reports: %u", seen.n);
+  for (uint32_t i = 0; i < 4; i++) {
+    cr_assert_eq(seen.items[i], want_items[i], "report %u names item %u, want %u", i, seen.items[i], want_items[i]);
+    cr_assert_eq(seen.tokens[i], want_tokens[i], "report %u has %u tokens, want %u", i, seen.tokens[i], want_tokens[i]);
+  }
+  for (int i = 0; i < 3; i++) model_seq_destroy(&s[i]);
+  model_free(&m);
+}
