@@ -239,3 +239,28 @@ void td_assert_in_order(const evlog_t *log, int64_t after) {
     cr_assert_eq(log->seq[i], after + 1 + i, "event %d has seq %lld, want %lld", i, (long long)log->seq[i],
                  (long long)(after + 1 + i));
 }
+
+void td_cli_setup(td_t *t) {
+  memset(t, 0, sizeof *t);
+  td_prepare(t);
+  setenv("LATHE_SOCKET", t->sock, 1);
+  setenv("LATHE_HOME", t->home, 1);
+  unsetenv("LATHE_NO_AUTOSTART");
+  if (getenv("LATHE_TEST_CACHE_DIR")) setenv("LATHE_CACHE_DIR", getenv("LATHE_TEST_CACHE_DIR"), 1);
+}
+
+void td_cli_teardown(td_t *t) {
+  char cmd[256];
+  snprintf(cmd, sizeof cmd, "%s/lathe daemon stop >/dev/null 2>&1", LATHE_BIN_DIR);
+  if (system(cmd) != 0) cr_log_warn("lathe daemon stop failed");
+  td_cleanup(t);
+}
+
+int td_shell(char *out, size_t n, const char *cmdline) {
+  FILE *p = popen(cmdline, "r");
+  cr_assert_not_null(p, "popen: %s", cmdline);
+  size_t got = fread(out, 1, n - 1, p);
+  out[got] = '\0';
+  int st = pclose(p);
+  return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}

@@ -34,6 +34,15 @@ void td_term(td_t *t, int timeout_ms);
 /* Stops the daemon if running and removes the folder. */
 void td_cleanup(td_t *t);
 
+/* Prepares t for tests that drive the `lathe` CLI: the folder, and LATHE_SOCKET / LATHE_HOME pointing into it
+ * (autostart on, the shared shader cache when LATHE_TEST_CACHE_DIR is set). */
+void td_cli_setup(td_t *t);
+/* Stops the daemon the CLI started (if any) and removes t's folder. */
+void td_cli_teardown(td_t *t);
+/* Runs a shell command line, capturing its stdout into out (NUL-terminated); returns its exit status, -1 when it
+ * did not exit normally. */
+int td_shell(char *out, size_t n, const char *cmdline);
+
 /* A new client of t's daemon (asserts). Caller owns. */
 lc_t *td_client(const td_t *t);
 

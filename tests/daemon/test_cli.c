@@ -8,20 +8,9 @@
 
 static td_t t;
 
-static void setup(void) {
-  memset(&t, 0, sizeof t);
-  td_prepare(&t);
-  setenv("LATHE_SOCKET", t.sock, 1);
-  setenv("LATHE_HOME", t.home, 1);
-  unsetenv("LATHE_NO_AUTOSTART");
-}
+static void setup(void) { td_cli_setup(&t); }
 
-static void teardown(void) {
-  char cmd[256];
-  snprintf(cmd, sizeof cmd, "%s/lathe daemon stop >/dev/null 2>&1", LATHE_BIN_DIR);
-  if (system(cmd) != 0) cr_log_warn("lathe daemon stop failed");
-  td_cleanup(&t);
-}
+static void teardown(void) { td_cli_teardown(&t); }
 
 TestSuite(cli, .init = setup, .fini = teardown, .timeout = 60);
 
@@ -29,12 +18,7 @@ TestSuite(cli, .init = setup, .fini = teardown, .timeout = 60);
 static int lathe(char *out, size_t n, const char *args) {
   char cmd[512];
   snprintf(cmd, sizeof cmd, "%s/lathe %s 2>/dev/null", LATHE_BIN_DIR, args);
-  FILE *p = popen(cmd, "r");
-  cr_assert_not_null(p);
-  size_t got = fread(out, 1, n - 1, p);
-  out[got] = '\0';
-  int st = pclose(p);
-  return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+  return td_shell(out, n, cmd);
 }
 
 Test(cli, autostart_json_shapes_and_exit_statuses) {

@@ -23,21 +23,9 @@ static const char *data_model(void) {
 
 static td_t t;
 
-static void setup(void) {
-  memset(&t, 0, sizeof t);
-  td_prepare(&t);
-  setenv("LATHE_SOCKET", t.sock, 1);
-  setenv("LATHE_HOME", t.home, 1);
-  unsetenv("LATHE_NO_AUTOSTART");
-  if (getenv("LATHE_TEST_CACHE_DIR")) setenv("LATHE_CACHE_DIR", getenv("LATHE_TEST_CACHE_DIR"), 1);
-}
+static void setup(void) { td_cli_setup(&t); }
 
-static void teardown(void) {
-  char cmd[256];
-  snprintf(cmd, sizeof cmd, "%s/lathe daemon stop >/dev/null 2>&1", LATHE_BIN_DIR);
-  if (system(cmd) != 0) cr_log_warn("lathe daemon stop failed");
-  td_cleanup(&t);
-}
+static void teardown(void) { td_cli_teardown(&t); }
 
 TestSuite(data_jobs, .init = setup, .fini = teardown, .timeout = 180);
 
