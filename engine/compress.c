@@ -9,7 +9,8 @@
 #include <string.h>
 #include <time.h>
 
-#define MAX_LINE (64u << 20) /* longest JSONL row read, bytes */
+#include "engine/jsonl.h"
+
 #define EVAL_BATCH 8u        /* windows per forward call when scoring */
 
 /* ---- data ---- */
@@ -18,27 +19,16 @@ lt_status_t compress_read_tokens(const tok_t *tok, const char *path, uint64_t ma
                                  lt_err_t *err) {
   *ids = NULL;
   *n = 0;
-  FILE *f = fopen(path, "r");
-  if (!f) return lt_fail(err, LT_E_IO, "cannot open %s", path);
-  char *line = NULL, *joined = NULL;
-  size_t cap = 0, jcap = 0;
-  ssize_t len;
-  uint64_t lineno = 0, have = 0, room = 0;
+  jsonl_t *r = jsonl_open(path, err);
+  if (!r) return err ? err->code : LT_E_IO;
+  char *joined = NULL;
+  size_t jcap = 0;
+  uint64_t have = 0, room = 0;
   lt_status_t st = LT_OK;
-  while (st == LT_OK && (!max_tokens || have < max_tokens) && (len = getline(&line, &cap, f)) >= 0) {
-    lineno++;
-    if ((size_t)len > MAX_LINE) {
-      st = lt_fail(err, LT_E_LIMIT, "%s:%llu: line longer than %u bytes", path, (unsigned long long)lineno, MAX_LINE);
-      break;
-    }
-    size_t k = (size_t)len;
-    while (k && (line[k - 1] == '\n' || line[k - 1] == '\r' || line[k - 1] == ' ')) k--;
-    if (k == 0) continue;
-    json_error_t je;
-    json_t *row = json_loadb(line, k, 0, &je);
-    const char *text = json_string_value(json_object_get(row, "text"));
-    const char *prompt = json_string_value(json_object_get(row, "prompt"));
-    const char *completion = json_string_value(json_object_get(row, "completion"));
+  json_t *row;
+  while ((!max_tokens || have < max_tokens) && (st = jsonl_next(r, &row, err)) == LT_OK && row) {
+    const char *text = jsonl_str(row, "text"), *prompt = jsonl_str(row, "prompt");
+    const char *completion = jsonl_str(row, "completion");
     if (!text && prompt && completion) {
       /* The calibration text is the whole conversation turn. */
       size_t need = strlen(prompt) + strlen(completion) + 1;
@@ -55,8 +45,8 @@ lt_status_t compress_read_tokens(const tok_t *tok, const char *path, uint64_t ma
       text = joined;
     }
     if (!text) {
-      st = lt_fail(err, LT_E_INVALID, "%s:%llu: needs a \"text\" string, or \"prompt\" and \"completion\" strings (%s)",
-                   path, (unsigned long long)lineno, row ? "found neither" : je.text);
+      st = lt_fail(err, LT_E_INVALID, "%s: needs a \"text\" string, or \"prompt\" and \"completion\" strings",
+                   jsonl_where(r));
       json_decref(row);
       break;
     }
@@ -80,9 +70,8 @@ lt_status_t compress_read_tokens(const tok_t *tok, const char *path, uint64_t ma
     have += rn;
     free(row_ids);
   }
-  free(line);
   free(joined);
-  fclose(f);
+  jsonl_close(&r);
   if (st != LT_OK) {
     free(*ids);
     *ids = NULL;

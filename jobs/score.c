@@ -6,9 +6,8 @@
 #include <string.h>
 
 #include "engine/generate.h"
+#include "engine/jsonl.h"
 #include "jobs/runners.h"
-
-#define MAX_LINE (64u << 20)
 
 typedef struct tally {
   double nll;
@@ -44,74 +43,29 @@ job_outcome_t run_score(job_ctx_t *ctx, lt_err_t *err) {
   tok_t *tok = NULL;
   model_t *m = job_model(ctx, path, &tok, err);
   if (!m) return JOB_FAILED;
-  FILE *f = fopen(data, "r");
-  if (!f) {
-    lt_fail(err, LT_E_IO, "cannot open %s", data);
-    return JOB_FAILED;
-  }
-  fseek(f, 0, SEEK_END);
-  long size = ftell(f);
-  fseek(f, 0, SEEK_SET);
+  jsonl_t *r = jsonl_open(data, err);
+  if (!r) return JOB_FAILED;
   job_outcome_t out = JOB_FAILED;
   tally_t t = {0};
-  char *line = NULL;
-  size_t cap = 0;
-  ssize_t len;
-  uint64_t lineno = 0;
-  while ((len = getline(&line, &cap, f)) >= 0) {
-    lineno++;
-    if (max_rows && t.rows == max_rows) break;
-    if ((size_t)len > MAX_LINE) {
-      lt_fail(err, LT_E_LIMIT, "%s:%llu: line longer than %u bytes", data, (unsigned long long)lineno, MAX_LINE);
-      goto done;
-    }
-    size_t k = (size_t)len;
-    while (k && (line[k - 1] == '\n' || line[k - 1] == '\r' || line[k - 1] == ' ')) k--;
-    if (k == 0) continue;
-    json_error_t je;
-    json_t *row = json_loadb(line, k, 0, &je);
-    if (!row || !json_is_object(row)) {
-      json_decref(row);
-      lt_fail(err, LT_E_INVALID, "%s:%llu: not a JSON object (%s)", data, (unsigned long long)lineno,
-              row ? "another JSON value" : je.text);
-      goto done;
-    }
-    const char *text = json_string_value(json_object_get(row, "text"));
-    const char *prompt = json_string_value(json_object_get(row, "prompt"));
-    const char *completion = json_string_value(json_object_get(row, "completion"));
-    if (!text && !(prompt && completion)) {
-      json_decref(row);
-      lt_fail(err, LT_E_INVALID, "%s:%llu: needs a \"text\" string, or \"prompt\" and \"completion\" strings", data,
-              (unsigned long long)lineno);
-      goto done;
-    }
-    int32_t *ids = NULL, *cids = NULL;
-    size_t n = 0, nc = 0, first = 1;
-    lt_status_t st = tok_encode(tok, text ? text : prompt, strlen(text ? text : prompt), flags, &ids, &n, err);
-    if (st == LT_OK && !text) {
-      /* The completion is tokenized on its own and appended, so its tokens are exactly what is scored. */
-      st = tok_encode(tok, completion, strlen(completion), 0, &cids, &nc, err);
-      int32_t *all = st == LT_OK ? realloc(ids, (n + nc + 1) * sizeof *all) : NULL;
-      if (st == LT_OK && !all) st = lt_fail(err, LT_E_NOMEM, "out of memory");
-      if (all) {
-        ids = all;
-        memcpy(ids + n, cids, nc * sizeof *cids);
-        first = n;
-        n += nc;
-      }
-    }
+  json_t *row;
+  lt_status_t st = LT_OK;
+  while ((!max_rows || t.rows < max_rows) && (st = jsonl_next(r, &row, err)) == LT_OK && row) {
+    int32_t *ids = NULL;
+    size_t n = 0, first = 1;
+    st = jsonl_row_tokens(tok, row, flags, &ids, &n, &first, jsonl_where(r), err);
     json_decref(row);
     if (st == LT_OK) st = score_tokens(m, ids, n, first, window, &t, err);
-    free(ids), free(cids);
+    free(ids);
     if (st != LT_OK) goto done;
     t.rows++;
-    job_progress(ctx, (uint64_t)ftell(f), (uint64_t)size, "bytes");
+    job_progress(ctx, jsonl_offset(r), jsonl_size(r), "bytes");
     job_stop_t stop = job_should_stop(ctx);
     if (stop != JOB_GO) {
       out = stop == JOB_STOP_CANCEL ? JOB_CANCELLED : JOB_STOPPED;
       goto done;
     }
   }
+  if (st != LT_OK) goto done;
   if (t.tokens == 0) {
     lt_fail(err, LT_E_INVALID, "%s: no tokens to score", data);
     goto done;
@@ -129,7 +83,6 @@ job_outcome_t run_score(job_ctx_t *ctx, lt_err_t *err) {
   job_result_int(ctx, "rows", (int64_t)t.rows);
   out = JOB_SUCCEEDED;
 done:
-  free(line);
-  fclose(f);
+  jsonl_close(&r);
   return out;
 }

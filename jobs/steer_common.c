@@ -6,8 +6,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define MAX_LINE (64u << 20)
-
 void seqs_free(seqs_t *s) {
   if (!s) return;
   for (size_t i = 0; s->ids && i < s->n; i++) free(s->ids[i]);
@@ -16,62 +14,6 @@ void seqs_free(seqs_t *s) {
   memset(s, 0, sizeof *s);
 }
 
-void jsonl_free(json_t **rows, size_t n) {
-  for (size_t i = 0; rows && i < n; i++) json_decref(rows[i]);
-  free(rows);
-}
-
-lt_status_t jsonl_load(const char *path, uint64_t max_rows, json_t ***rows, size_t *n, lt_err_t *err) {
-  *rows = NULL;
-  *n = 0;
-  FILE *f = fopen(path, "r");
-  if (!f) return lt_fail(err, LT_E_IO, "cannot open %s", path);
-  lt_status_t st = LT_OK;
-  char *line = NULL;
-  size_t cap = 0, have = 0;
-  ssize_t len;
-  uint64_t lineno = 0;
-  while ((len = getline(&line, &cap, f)) >= 0 && (!max_rows || *n < max_rows)) {
-    lineno++;
-    if ((size_t)len > MAX_LINE) {
-      st = lt_fail(err, LT_E_LIMIT, "%s:%llu: line longer than %u bytes", path, (unsigned long long)lineno, MAX_LINE);
-      break;
-    }
-    size_t k = (size_t)len;
-    while (k && (line[k - 1] == '\n' || line[k - 1] == '\r' || line[k - 1] == ' ')) k--;
-    if (k == 0) continue;
-    json_error_t je;
-    json_t *row = json_loadb(line, k, 0, &je);
-    if (!row || !json_is_object(row)) {
-      json_decref(row);
-      st = lt_fail(err, LT_E_INVALID, "%s:%llu: not a JSON object (%s)", path, (unsigned long long)lineno,
-                   row ? "another JSON value" : je.text);
-      break;
-    }
-    if (*n == have) {
-      size_t want = have ? have * 2 : 64;
-      json_t **grown = realloc(*rows, want * sizeof *grown);
-      if (!grown) {
-        json_decref(row);
-        st = lt_fail(err, LT_E_NOMEM, "out of memory");
-        break;
-      }
-      *rows = grown;
-      have = want;
-    }
-    (*rows)[(*n)++] = row;
-  }
-  free(line);
-  fclose(f);
-  if (st != LT_OK) {
-    jsonl_free(*rows, *n);
-    *rows = NULL;
-    *n = 0;
-  }
-  return st;
-}
-
-const char *jsonl_str(const json_t *row, const char *key) { return json_string_value(json_object_get(row, key)); }
 
 /* Tokenizes prefix + text (either may be empty) into *ids, *len. */
 static lt_status_t encode_joined(const tok_t *tok, const char *prefix, const char *text, unsigned flags, int32_t **ids,

@@ -7,6 +7,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "engine/jsonl.h"
 #include "engine/steer.h"
 #include "jobs/job.h"
 
@@ -20,15 +21,6 @@ typedef struct seqs {
 /* Frees every sequence and the arrays, and zeroes s; NULL-safe. */
 void seqs_free(seqs_t *s);
 
-/* Reads a JSONL file: *rows gets its objects in order (blank lines skipped; at most max_rows, 0: all). A line
- * that is not a JSON object fails with the file and line named. Caller owns (jsonl_free). */
-lt_status_t jsonl_load(const char *path, uint64_t max_rows, json_t ***rows, size_t *n, lt_err_t *err);
-
-/* Releases what jsonl_load() returned. */
-void jsonl_free(json_t **rows, size_t n);
-
-/* The string of a row under key, or NULL when absent or not a string; owned by the row. */
-const char *jsonl_str(const json_t *row, const char *key);
 
 /* Reads a JSONL prompt set and tokenizes each row's "text" (or "prompt") string with flags; rows without one fail
  * with the line named. Caller owns *out (seqs_free). */

@@ -21,10 +21,10 @@
 
 #include "common/util.h"
 #include "engine/model_tok.h"
+#include "engine/jsonl.h"
 #include "engine/zo.h"
 #include "jobs/runners.h"
 
-#define MAX_LINE (64u << 20)
 #define LOG_NAME "zo-log.jsonl"
 #define STATE_NAME "tune_zo.state"
 
@@ -43,73 +43,27 @@ static void dataset_free(dataset_t *d) {
   memset(d, 0, sizeof *d);
 }
 
-/* Tokenises one row: {"text"} (every token after the first is scored) or {"prompt", "completion"} (the
- * completion's tokens only, tokenised on their own and appended, as the `score` kind does). */
-static lt_status_t row_tokens(tok_t *tok, json_t *row, unsigned flags, int32_t **ids, size_t *n, uint32_t *first,
-                              const char *where, lt_err_t *err) {
-  const char *text = json_string_value(json_object_get(row, "text"));
-  const char *prompt = json_string_value(json_object_get(row, "prompt"));
-  const char *completion = json_string_value(json_object_get(row, "completion"));
-  if (!text && !(prompt && completion))
-    return lt_fail(err, LT_E_INVALID, "%s: needs a \"text\" string, or \"prompt\" and \"completion\" strings", where);
-  *first = 0;
-  lt_status_t st = tok_encode(tok, text ? text : prompt, strlen(text ? text : prompt), flags, ids, n, err);
-  if (st != LT_OK || text) return st;
-  int32_t *cids = NULL;
-  size_t nc = 0;
-  if ((st = tok_encode(tok, completion, strlen(completion), 0, &cids, &nc, err)) != LT_OK) return st;
-  int32_t *all = realloc(*ids, (*n + nc + 1) * sizeof *all);
-  if (!all) st = lt_fail(err, LT_E_NOMEM, "out of memory");
-  else {
-    memcpy(all + *n, cids, nc * sizeof *cids);
-    *ids = all;
-    /* The last prompt token predicts the first completion token: scoring starts there. */
-    *first = *n ? (uint32_t)*n - 1 : 0;
-    *n += nc;
-  }
-  free(cids);
-  return st;
-}
-
 /* Reads and tokenises a JSONL file; rows are cut to `context` tokens, and rows left with nothing to score are
  * skipped (counted). LT_E_INVALID when no row is left. */
 static lt_status_t dataset_read(dataset_t *d, tok_t *tok, const char *path, unsigned flags, uint32_t context,
                                 lt_err_t *err) {
   memset(d, 0, sizeof *d);
-  FILE *f = fopen(path, "r");
-  if (!f) return lt_fail(err, LT_E_IO, "cannot open %s: %s", path, strerror(errno));
+  jsonl_t *r = jsonl_open(path, err);
+  if (!r) return err ? err->code : LT_E_IO;
   lt_status_t st = LT_OK;
-  char *line = NULL;
-  size_t cap = 0, have = 0;
-  ssize_t len;
-  uint64_t lineno = 0;
-  while (st == LT_OK && (len = getline(&line, &cap, f)) >= 0) {
-    lineno++;
-    char where[PATH_MAX + 32];
-    snprintf(where, sizeof where, "%s:%" PRIu64, path, lineno);
-    if ((size_t)len > MAX_LINE) {
-      st = lt_fail(err, LT_E_LIMIT, "%s: line longer than %u bytes", where, MAX_LINE);
-      break;
-    }
-    size_t k = (size_t)len;
-    while (k && (line[k - 1] == '\n' || line[k - 1] == '\r' || line[k - 1] == ' ')) k--;
-    if (k == 0) continue;
-    json_error_t je;
-    json_t *row = json_loadb(line, k, 0, &je);
-    if (!json_is_object(row)) {
-      st = lt_fail(err, LT_E_INVALID, "%s: not a JSON object (%s)", where, row ? "another JSON value" : je.text);
-      json_decref(row);
-      break;
-    }
+  size_t have = 0;
+  json_t *row;
+  while ((st = jsonl_next(r, &row, err)) == LT_OK && row) {
     int32_t *ids = NULL;
-    size_t n = 0;
-    uint32_t first = 0;
-    st = row_tokens(tok, row, flags, &ids, &n, &first, where, err);
+    size_t n = 0, scored = 0;
+    st = jsonl_row_tokens(tok, row, flags, &ids, &n, &scored, jsonl_where(r), err);
     json_decref(row);
     if (st != LT_OK) {
       free(ids);
       break;
     }
+    /* The token before the first scored one predicts it: the loss starts at that position. */
+    uint32_t first = scored ? (uint32_t)scored - 1 : 0;
     if (n > context) n = context;
     if (n < 2 || first + 1 >= n) {
       d->skipped++;
@@ -131,8 +85,7 @@ static lt_status_t dataset_read(dataset_t *d, tok_t *tok, const char *path, unsi
     d->ids[d->n] = ids;
     d->ex[d->n++] = (zo_example_t){.ids = ids, .n = (uint32_t)n, .first = first};
   }
-  free(line);
-  fclose(f);
+  jsonl_close(&r);
   if (st == LT_OK && d->n == 0) st = lt_fail(err, LT_E_INVALID, "%s: no row with tokens to score", path);
   if (st != LT_OK) dataset_free(d);
   return st;
