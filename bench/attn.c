@@ -7,7 +7,7 @@
 #include <string.h>
 #include <time.h>
 
-#include "engine/ops.h"
+#include "engine/ops/ops.h"
 
 static double now(void) {
   struct timespec ts;

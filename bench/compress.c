@@ -16,8 +16,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "engine/compress.h"
-#include "engine/model_tok.h"
+#include "methods/compress.h"
+#include "engine/model/model_tok.h"
 
 #define ROUNDS 5u
 

@@ -13,9 +13,9 @@
 #include <string.h>
 #include <time.h>
 
-#include "engine/gpu.h"
-#include "engine/ops.h"
-#include "engine/ref.h"
+#include "engine/gpu/gpu.h"
+#include "engine/ops/ops.h"
+#include "engine/ops/ref/ref.h"
 
 static double now_s(void) {
   struct timespec ts;
@@ -107,7 +107,7 @@ static void bench_shape(gpu_t *g, uint32_t M, uint32_t N, uint32_t K, double bud
   uint16_t *wh = xmalloc(nw * 2);
   fill(x, nx, 11 + M);
   fill(w, nw, 17 + N);
-  for (uint64_t i = 0; i < nw; i++) wh[i] = ref_float_to_half(w[i]);
+  for (uint64_t i = 0; i < nw; i++) wh[i] = dtype_float_to_half(w[i]);
   double flops = 2.0 * M * N * K;
   double blas = flops / time_blas(yb, x, w, M, N, K, budget_s) / 1e9;
   gpu_buf_t *bx = upload(g, x, nx * 4), *by = upload(g, yl, ny * 4);

@@ -20,11 +20,11 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "engine/gpu.h"
-#include "engine/model.h"
-#include "engine/model_file.h"
-#include "engine/ref.h"
-#include "engine/safetensors.h"
+#include "engine/gpu/gpu.h"
+#include "engine/model/model.h"
+#include "engine/model/model_file.h"
+#include "engine/ops/ref/ref.h"
+#include "engine/model/safetensors.h"
 #include "synth.h"
 
 #define MAX_ITEMS 4u

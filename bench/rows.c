@@ -8,10 +8,10 @@
 #include <string.h>
 #include <time.h>
 
-#include "engine/gpu.h"
-#include "engine/ops.h"
-#include "engine/ops_rows.h"
-#include "engine/ref.h"
+#include "engine/gpu/gpu.h"
+#include "engine/ops/ops.h"
+#include "engine/ops/ops_rows.h"
+#include "engine/ops/ref/ref.h"
 
 typedef enum { B_RMS, B_LN, B_SOFTMAX, B_LSE, B_ARGMAX, B_TOPK, B_COSINE } bench_op_t;
 

@@ -14,8 +14,8 @@
 #include <sys/stat.h>
 #include <time.h>
 
-#include "engine/model_tok.h"
-#include "engine/steer.h"
+#include "engine/model/model_tok.h"
+#include "methods/steer.h"
 
 #define MAX_BATCH 4
 #define ROUNDS 5

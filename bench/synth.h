@@ -12,8 +12,8 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "engine/ref.h"
-#include "engine/safetensors.h"
+#include "engine/ops/ref/ref.h"
+#include "engine/model/safetensors.h"
 
 /* The next value of a splitmix64 stream. */
 static uint64_t splitmix64(uint64_t *s) {
@@ -113,12 +113,12 @@ static bool synth_write(char *dir, size_t n_dir, char *msg, size_t msg_n) {
     t[i].data = at;
     for (uint64_t j = 0; j < t[i].n_elems; j++) {
       if (t[i].n_dims == 1) {
-        *at++ = ref_float_to_half(1.0f);
+        *at++ = dtype_float_to_half(1.0f);
         continue;
       }
       uint64_t z = splitmix64(&seed);
       float s = (float)(z & 0xffff) + (float)((z >> 16) & 0xffff) + (float)((z >> 32) & 0xffff) + (float)(z >> 48);
-      *at++ = ref_float_to_half((s - 2.0f * 65535.0f) * scale);
+      *at++ = dtype_float_to_half((s - 2.0f * 65535.0f) * scale);
     }
   }
   lt_err_t err = {0};

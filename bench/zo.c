@@ -1,4 +1,4 @@
-/* Zeroth-order tuning cost (engine/zo.h), in the same run:
+/* Zeroth-order tuning cost (methods/zo.h), in the same run:
  * - step time of LeZO (half the blocks left out of each step) against MeZO on the same model and batch, steps
  *   interleaved, with the time of one perturbation pass: the only work LeZO saves (4 passes a step);
  * - peak device memory (gpu_stats bytes_peak, each on a fresh device) of a tuning step against plain inference of
@@ -12,9 +12,9 @@
 #include <sys/stat.h>
 #include <time.h>
 
-#include "engine/gpu.h"
-#include "engine/model.h"
-#include "engine/zo.h"
+#include "engine/gpu/gpu.h"
+#include "engine/model/model.h"
+#include "methods/zo.h"
 #include "synth.h"
 
 static char synth_dir[256];

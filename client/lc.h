@@ -9,7 +9,7 @@
 #include <stdint.h>
 
 #include "common/proto.h"
-#include "engine/status.h"
+#include "common/status.h"
 
 typedef struct lc lc_t;
 

@@ -4,11 +4,10 @@ pkg_check_modules(ZMQ REQUIRED libzmq)
 pkg_check_modules(MSGPACK REQUIRED msgpack)
 pkg_check_modules(SQLITE REQUIRED sqlite3)
 
-# Wire protocol and utilities. engine/status.c is compiled in too so that lathed and lathe (which never touch
-# Vulkan) need not link the engine; in lathe-worker the engine archive's copy is simply not pulled.
-add_library(lathe_common STATIC common/proto.c common/util.c engine/status.c)
-target_include_directories(lathe_common PUBLIC ${CMAKE_SOURCE_DIR} ${MSGPACK_INCLUDE_DIRS} ${ZMQ_INCLUDE_DIRS})
-target_link_libraries(lathe_common PUBLIC ${MSGPACK_LINK_LIBRARIES} ${ZMQ_LINK_LIBRARIES})
+# Wire protocol and utilities, over the status type (lathed and lathe never touch Vulkan or the engine).
+add_library(lathe_common STATIC common/proto.c common/util.c)
+target_include_directories(lathe_common PUBLIC ${MSGPACK_INCLUDE_DIRS} ${ZMQ_INCLUDE_DIRS})
+target_link_libraries(lathe_common PUBLIC lathe_status ${MSGPACK_LINK_LIBRARIES} ${ZMQ_LINK_LIBRARIES})
 
 # The kind table (schemas, validators, policies): linked by the daemon, the worker and the CLI.
 add_library(lathe_kinds STATIC jobs/kinds.c)
@@ -26,7 +25,7 @@ target_link_libraries(lathed lathe_kinds ${SQLITE_LINK_LIBRARIES})
 file(GLOB RUNNER_SRC CONFIGURE_DEPENDS ${CMAKE_SOURCE_DIR}/jobs/*.c)
 list(REMOVE_ITEM RUNNER_SRC ${CMAKE_SOURCE_DIR}/jobs/kinds.c)
 add_executable(lathe-worker daemon/worker.c ${RUNNER_SRC})
-target_link_libraries(lathe-worker lathe_kinds lathe_engine Threads::Threads)
+target_link_libraries(lathe-worker lathe_kinds lathe_methods Threads::Threads)
 
 pkg_check_modules(JANSSON_CLI REQUIRED jansson)
 add_executable(lathe client/lathe.c)
@@ -64,7 +63,7 @@ if(LATHE_FUZZ)
     add_custom_target(fuzz_proto
       COMMAND ${CLANG_FOR_FUZZ} -g -O1 -std=c17 -D_GNU_SOURCE -fsanitize=fuzzer,address,undefined
               -I${CMAKE_SOURCE_DIR} ${CMAKE_SOURCE_DIR}/fuzz/fuzz_proto.c ${CMAKE_SOURCE_DIR}/common/proto.c
-              ${CMAKE_SOURCE_DIR}/jobs/kinds.c ${CMAKE_SOURCE_DIR}/engine/status.c ${MSGPACK_LINK_LIBRARIES}
+              ${CMAKE_SOURCE_DIR}/jobs/kinds.c ${CMAKE_SOURCE_DIR}/common/status.c ${MSGPACK_LINK_LIBRARIES}
               -o ${CMAKE_BINARY_DIR}/bin/fuzz_proto
       DEPENDS ${CMAKE_SOURCE_DIR}/fuzz/fuzz_proto.c ${CMAKE_SOURCE_DIR}/common/proto.c
       COMMENT "Building the libFuzzer target bin/fuzz_proto with ${CLANG_FOR_FUZZ}")

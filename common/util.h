@@ -7,7 +7,7 @@
 #include <stdint.h>
 #include <sys/types.h>
 
-#include "engine/status.h"
+#include "common/status.h"
 
 /* Wall-clock milliseconds since the Unix epoch (what the store and the wire carry). */
 int64_t util_now_ms(void);

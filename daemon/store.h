@@ -9,7 +9,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "engine/status.h"
+#include "common/status.h"
 
 #define STORE_VERSION 1
 

@@ -13,7 +13,7 @@
 #include <zmq.h>
 
 #include "common/util.h"
-#include "engine/model_tok.h"
+#include "engine/model/model_tok.h"
 #include "jobs/runners.h"
 
 #define HEARTBEAT_MS 500

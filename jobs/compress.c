@@ -7,7 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "engine/compress.h"
+#include "methods/compress.h"
 #include "jobs/runners.h"
 
 #define MAX_CALIB_TOKENS (64ull << 20) /* calibration tokens read at most (windows are drawn from them) */

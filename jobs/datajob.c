@@ -4,7 +4,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "engine/lines.h"
+#include "engine/model/model_tok.h"
+#include "engine/text/lines.h"
 
 /* After each token of a generation: go on unless the job is asked to stop. */
 static bool keep_going(void *ctx, uint32_t item, const int32_t *tokens, uint32_t n) {
@@ -19,7 +20,7 @@ lt_status_t dj_model_open(job_ctx_t *ctx, dj_model_t *dm, lt_err_t *err) {
   tok_t *tok = NULL;
   model_t *m = job_model(ctx, path, &tok, err);
   if (!m) return err->code ? err->code : LT_E_INVALID;
-  dm->tmpl = force_plain ? chat_tmpl_plain(err) : chat_tmpl_open(path, err);
+  dm->tmpl = force_plain ? chat_tmpl_plain(err) : model_chat_template_open(path, err);
   if (!dm->tmpl) return err->code;
   bool plain = chat_tmpl_is_plain(dm->tmpl);
   dm->lm = (lm_t){.model = m,

@@ -6,8 +6,8 @@
 #include <jansson.h>
 #include <stdio.h>
 
-#include "engine/chat.h"
-#include "engine/lm.h"
+#include "engine/text/chat.h"
+#include "methods/lm.h"
 #include "jobs/job.h"
 
 typedef struct dj_model {

@@ -1,4 +1,4 @@
-/* The `feedback` kind: self-reference AI feedback over a JSONL of {prompt, a, b} (engine/feedback.h). Writes
+/* The `feedback` kind: self-reference AI feedback over a JSONL of {prompt, a, b} (methods/feedback.h). Writes
  * feedback.jsonl (every row, with the votes, critiques and a null label when the orders disagree) and
  * preferences.jsonl (the consistent rows only, {prompt, chosen, rejected, strength, consistent}, ready for
  * preference training), and sends one output record per row. */
@@ -6,8 +6,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "engine/feedback.h"
-#include "engine/lines.h"
+#include "methods/feedback.h"
+#include "engine/text/lines.h"
 #include "jobs/datajob.h"
 #include "jobs/runners.h"
 

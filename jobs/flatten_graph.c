@@ -1,11 +1,11 @@
 /* The `flatten-graph` kind: an edge list becomes a DAG's source-to-sink paths and their text form (CPU only; the
- * rules are in engine/graph.h and docs/data-jobs.md). Writes flat.txt (the text) and flat.json (everything) to
+ * rules are in methods/graph.h and docs/data-jobs.md). Writes flat.txt (the text) and flat.json (everything) to
  * the job's folder and sends one output record {paths, text, ...}. */
 #include <jansson.h>
 #include <stdio.h>
 #include <string.h>
 
-#include "engine/graph.h"
+#include "methods/graph.h"
 #include "jobs/runners.h"
 
 /* Bytes of node names listed in the output record's sources and sinks (the full lists are in flat.json): an

@@ -3,7 +3,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "engine/generate.h"
+#include "engine/model/generate.h"
 #include "jobs/runners.h"
 #include "jobs/steer_common.h"
 

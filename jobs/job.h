@@ -7,9 +7,9 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-#include "engine/gpu.h"
-#include "engine/model.h"
-#include "engine/tokenizer.h"
+#include "engine/gpu/gpu.h"
+#include "engine/model/model.h"
+#include "engine/text/tokenizer.h"
 
 typedef struct job_ctx job_ctx_t;
 

@@ -5,7 +5,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "engine/status.h"
+#include "common/status.h"
 
 /* One curve: y[n] against x = 0..n-1 (NaN: no point there), drawn in panel 0 (top) or 1 (below it). */
 typedef struct plot_curve {

@@ -5,8 +5,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "engine/generate.h"
-#include "engine/jsonl.h"
+#include "engine/model/generate.h"
+#include "engine/text/jsonl.h"
 #include "jobs/runners.h"
 
 typedef struct tally {

@@ -4,8 +4,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "engine/lines.h"
-#include "engine/selfgen.h"
+#include "engine/text/lines.h"
+#include "methods/selfgen.h"
 #include "jobs/datajob.h"
 #include "jobs/runners.h"
 

@@ -3,7 +3,7 @@
 #include <math.h>
 #include <stdlib.h>
 
-#include "engine/ops.h"
+#include "engine/ops/ops.h"
 #include "jobs/runners.h"
 
 job_outcome_t run_selftest(job_ctx_t *ctx, lt_err_t *err) {

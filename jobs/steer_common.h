@@ -7,8 +7,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "engine/jsonl.h"
-#include "engine/steer.h"
+#include "engine/text/jsonl.h"
+#include "methods/steer.h"
 #include "jobs/job.h"
 
 /* A list of token sequences; own their arrays. */

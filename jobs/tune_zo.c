@@ -1,4 +1,4 @@
-/* The `tune-zo` kind: zeroth-order fine-tuning (MeZO or LeZO, engine/zo.h) of a model on a JSONL file, with
+/* The `tune-zo` kind: zeroth-order fine-tuning (MeZO or LeZO, methods/zo.h) of a model on a JSONL file, with
  * held-out evals, checkpoints, a replayable run log, and resumption after a worker or daemon restart.
  *
  * Files: <output>/ holds the final model (Hugging Face layout), <output>/checkpoint-<step>/ the checkpoints (the
@@ -20,9 +20,9 @@
 #include <unistd.h>
 
 #include "common/util.h"
-#include "engine/model_tok.h"
-#include "engine/jsonl.h"
-#include "engine/zo.h"
+#include "engine/model/model_tok.h"
+#include "engine/text/jsonl.h"
+#include "methods/zo.h"
 #include "jobs/runners.h"
 
 #define LOG_NAME "zo-log.jsonl"

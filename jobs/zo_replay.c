@@ -1,10 +1,10 @@
 /* The `zo-replay` kind: rebuilds the weights of any step of a `tune-zo` run from its base model and its run log
- * (engine/zo.h: the same perturb, restore and update passes, without forward passes). */
+ * (methods/zo.h: the same perturb, restore and update passes, without forward passes). */
 #include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "engine/zo.h"
+#include "methods/zo.h"
 #include "jobs/runners.h"
 
 job_outcome_t run_zo_replay(job_ctx_t *ctx, lt_err_t *err) {

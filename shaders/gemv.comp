@@ -3,7 +3,7 @@
 // A workgroup owns ROWS consecutive rows of w (outputs n) and MR rows of x (workgroup y index = block of M);
 // its invocations stride over K, KV elements at a time, each keeping MR x ROWS partial sums, which are then
 // reduced per subgroup (or through shared memory) and summed in a fixed order. Variants: include/matmul.glsl.
-// The C wrapper (engine/ops_matmul.c) counts this shader's loop iterations to size the K chunks (loops marked
+// The C wrapper (engine/ops/ops_matmul.c) counts this shader's loop iterations to size the K chunks (loops marked
 // [[unroll]] have trip counts fixed by specialisation and are unrolled): keep gemv_loop_iters() in step.
 #extension GL_EXT_control_flow_attributes : enable
 #if HAS_SUBGROUP_ARITH

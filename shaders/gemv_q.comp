@@ -4,7 +4,7 @@
 // (workgroup y index = block of M); its invocations stride over K one octet (8 elements, one scale) at a time,
 // each keeping MR x ROWS partial sums (the scale applied once per octet), which are then reduced per subgroup
 // (or through shared memory) and summed in a fixed order. Variants: include/matmul_q.glsl.
-// The C wrapper (engine/ops_matmul_q.c) counts this shader's loop iterations to size the K chunks: keep
+// The C wrapper (engine/ops/ops_matmul_q.c) counts this shader's loop iterations to size the K chunks: keep
 // gemv_q_loop_iters() in step with the loops here.
 #extension GL_EXT_control_flow_attributes : enable
 #if HAS_SUBGROUP_ARITH

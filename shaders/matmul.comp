@@ -9,7 +9,7 @@
 //   STAGED=0 (CPU drivers): each invocation reads its operands straight from the buffers. lavapipe runs a
 //     non-uniform load one lane at a time, so staging would only add a load and a store per element; what pays
 //     there is many sums per load (large TM x TN). Rows ty*TM + i, so invocations past M stop at once.
-// The C wrapper (engine/ops_matmul.c) counts this shader's loop iterations to size the K chunks (loops marked
+// The C wrapper (engine/ops/ops_matmul.c) counts this shader's loop iterations to size the K chunks (loops marked
 // [[unroll]] have trip counts fixed by specialisation and are unrolled): keep gemm_loop_iters() in step.
 #extension GL_EXT_control_flow_attributes : enable
 #define PC_MATMUL 1

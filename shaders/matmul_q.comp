@@ -4,7 +4,7 @@
 // invocations TM x TN outputs (strided rows and columns), K walked in BK-wide tiles staged in shared memory. The
 // weight tile is dequantised as it is staged (one octet of integers and one scale per load), so shared memory
 // holds f32 and the inner loop is that of the f32 kernel. Variants: include/matmul_q.glsl.
-// The C wrapper (engine/ops_matmul_q.c) counts this shader's loop iterations to size the K chunks: keep
+// The C wrapper (engine/ops/ops_matmul_q.c) counts this shader's loop iterations to size the K chunks: keep
 // gemm_q_loop_iters() in step with the loops here.
 #extension GL_EXT_control_flow_attributes : enable
 #define PC_MATMUL_Q 1

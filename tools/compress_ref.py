@@ -5,7 +5,7 @@
 
 For the fixtures mixtral-tiny and llama-tiny, runs the fixture's token sequence (reference.json: prompt then
 greedy tokens) through the PyTorch reference (tools/lathe_ref.py) in float64 and writes compress_ref.json next to
-it with what engine/compress.c computes from one calibration window of those tokens:
+it with what methods/compress.c computes from one calibration window of those tokens:
   block_cos[l]   mean over tokens of cos(h_l, h_{l+1})                       (block drop)
   layer_cos[l]   mean over tokens of cos(x, x + FFN(norm(x))), x = h_l + attention   (layer drop)
   expert_prob    [l][e] mean over tokens of the router's softmax probability (expert drop)

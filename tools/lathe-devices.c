@@ -1,7 +1,7 @@
 /* lathe-devices: lists the Vulkan devices Lathe can use and the capabilities of the one it would pick. */
 #include <stdio.h>
 
-#include "engine/gpu.h"
+#include "engine/gpu/gpu.h"
 
 int main(void) {
   lt_err_t err = {0};

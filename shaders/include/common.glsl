@@ -10,7 +10,7 @@ layout(local_size_x_id = 0) in;
 layout(constant_id = 0) const uint WG_X = 64;
 
 // Flat index of this invocation in a 1D problem dispatched as a 2D grid of workgroups
-// (x up to 65535 groups, then y): see op_grid_1d() in engine/ops.c.
+// (x up to 65535 groups, then y): see op_grid_1d() in engine/ops/ops.c.
 uint flat_index() {
   return (gl_WorkGroupID.y * gl_NumWorkGroups.x + gl_WorkGroupID.x) * WG_X + gl_LocalInvocationID.x;
 }

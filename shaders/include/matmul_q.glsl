@@ -1,5 +1,5 @@
 // Buffers and loads shared by matmul_q.comp and gemv_q.comp: y[M,N] (+)= x[M,K] . dequant(w)[N,K]^T with w
-// quantised per row in groups of pc.group columns (layout: engine/quant.h). Work goes in octets: eight
+// quantised per row in groups of pc.group columns (layout: engine/ops/quant.h). Work goes in octets: eight
 // consecutive K-elements, which share one scale (the group is a multiple of 8) and one 32-bit word of int4 or
 // two words of int8.
 // Variant defines: BITS=8|4 the integers' width; S_F16=1 reads f16 scales (else f32); VEC4=1 reads x four

@@ -1,4 +1,4 @@
-/* Push-constant structs, written once and compiled both as C (engine/ops*.c) and as GLSL (shaders/).
+/* Push-constant structs, written once and compiled both as C (the files of engine/ops) and as GLSL (shaders/).
  * A shader selects its struct by defining PC_<NAME> before including this file; C sees them all.
  * Only 4-byte scalar fields: the C and std430 push-constant layouts then agree without padding rules.
  * Every struct stays at most 128 bytes (the minimum maxPushConstantsSize). */
@@ -67,7 +67,7 @@ PC_BEGIN(pc_matmul)
 PC_END(pc_matmul)
 #endif
 
-/* Matrix multiply with a quantised weight (engine/quant.h): y[M,N] (+)= x[M,K] . dequant(w)[N,K]^T. */
+/* Matrix multiply with a quantised weight (engine/ops/quant.h): y[M,N] (+)= x[M,K] . dequant(w)[N,K]^T. */
 #if !defined(LATHE_GLSL) || defined(PC_MATMUL_Q)
 PC_BEGIN(pc_matmul_q)
   uint M, N, K;

@@ -1,5 +1,5 @@
 // Counter-based random numbers for shaders: Philox-4x32-10 (Salmon et al. 2011, Random123) and Box-Muller
-// normals built on it. engine/ref_perturb.c holds the CPU reference of both.
+// normals built on it. engine/ops/ref/ref_perturb.c holds the CPU reference of both.
 #ifndef LATHE_PHILOX_GLSL
 #define LATHE_PHILOX_GLSL
 

@@ -7,8 +7,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "engine/chat.h"
-#include "engine/tokenizer.h"
+#include "engine/model/model_tok.h"
+#include "engine/text/chat.h"
+#include "engine/text/tokenizer.h"
 
 #define CHAT_FIXTURES LATHE_SOURCE_DIR "/tests/fixtures/chat"
 
@@ -47,7 +48,7 @@ Test(chat, model_family_templates_render_the_reference_strings) {
     char dir[512];
     snprintf(dir, sizeof dir, CHAT_FIXTURES "/%s", name);
     lt_err_t err = {0};
-    chat_tmpl_t *t = chat_tmpl_open(dir, &err);
+    chat_tmpl_t *t = model_chat_template_open(dir, &err);
     cr_assert_not_null(t, "%s: %s", name, err.msg);
     cr_assert_not(chat_tmpl_is_plain(t), "%s has a chat_template", name);
     const json_t *msgs = json_object_get(c, "messages");
@@ -84,23 +85,23 @@ Test(chat, plain_template_for_models_without_one) {
   free(out);
   lt_err_t err = {0};
   /* A folder whose tokenizer_config.json has no chat_template, and a GGUF file without one. */
-  chat_tmpl_t *t = chat_tmpl_open(LATHE_SOURCE_DIR "/tests/fixtures/llama-tiny", &err);
+  chat_tmpl_t *t = model_chat_template_open(LATHE_SOURCE_DIR "/tests/fixtures/llama-tiny", &err);
   cr_assert_not_null(t, "%s", err.msg);
   cr_assert(chat_tmpl_is_plain(t));
   tok_t *tok = tok_new_json(LATHE_SOURCE_DIR "/tests/fixtures/llama-tiny/tokenizer.json", &err);
   cr_assert_not_null(tok, "%s", err.msg);
   cr_assert_eq(chat_encode_flags(t, tok), TOK_ADD_BOS, "plain text has no BOS of its own");
   chat_tmpl_destroy(&t);
-  t = chat_tmpl_open(LATHE_SOURCE_DIR "/../shared/models/stories260K/stories260K.gguf", &err);
+  t = model_chat_template_open(LATHE_SOURCE_DIR "/../shared/models/stories260K/stories260K.gguf", &err);
   cr_assert_not_null(t, "%s", err.msg);
   cr_assert(chat_tmpl_is_plain(t));
   chat_tmpl_destroy(&t);
-  t = chat_tmpl_open(CHAT_FIXTURES "/llama3", &err);
+  t = model_chat_template_open(CHAT_FIXTURES "/llama3", &err);
   cr_assert_not_null(t, "%s", err.msg);
   cr_assert_eq(chat_encode_flags(t, tok), TOK_PARSE_SPECIAL, "a model template writes its special tokens");
   chat_tmpl_destroy(&t);
   tok_destroy(&tok);
-  cr_assert_null(chat_tmpl_open("/nonexistent/model", &err));
+  cr_assert_null(model_chat_template_open("/nonexistent/model", &err));
 }
 
 /* Every expected string below was also checked against Jinja2 3.1 with trim_blocks and lstrip_blocks. */

@@ -6,7 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "engine/feedback.h"
+#include "methods/feedback.h"
 
 TestSuite(feedback, .timeout = 30);
 

@@ -5,7 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "engine/graph.h"
+#include "methods/graph.h"
 #include "support/tdata.h"
 
 TestSuite(graph, .fini = tdata_cleanup, .timeout = 30);

@@ -5,8 +5,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "engine/lm.h"
-#include "engine/model_tok.h"
+#include "methods/lm.h"
+#include "engine/model/model_tok.h"
 #include "support/tgpu.h"
 
 #define TINY LATHE_SOURCE_DIR "/tests/fixtures/llama-tiny"

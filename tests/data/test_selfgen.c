@@ -4,7 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "engine/selfgen.h"
+#include "methods/selfgen.h"
 
 Test(selfgen, sentence_endings) {
   const char *kept[] = {"Done.",

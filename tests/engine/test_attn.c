@@ -3,7 +3,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "engine/ref.h"
+#include "engine/ops/ref/ref.h"
 #include "support/tgpu.h"
 
 TestSuite(attn, .init = tgpu_setup, .fini = tgpu_teardown);
@@ -107,7 +107,7 @@ static void check_embed(lt_dtype_t tt, uint32_t n_ids, uint32_t dim) {
   uint16_t *th = malloc(nt * 2);
   cr_assert(th != NULL);
   trand(tf, nt, -3, 3, &seed);
-  for (uint64_t i = 0; i < nt; i++) th[i] = tt == LT_BF16 ? ref_float_to_bf16(tf[i]) : ref_float_to_half(tf[i]);
+  for (uint64_t i = 0; i < nt; i++) th[i] = tt == LT_BF16 ? dtype_float_to_bf16(tf[i]) : dtype_float_to_half(tf[i]);
   for (uint64_t i = 0; i < (uint64_t)n_ids * dim; i++) init[i] = 7.25f; /* rows with bad ids must keep this */
   memcpy(want, init, (uint64_t)n_ids * dim * 4);
   const void *table = tt == LT_F32 ? (const void *)tf : (const void *)th;

@@ -8,7 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "engine/ref.h"
+#include "engine/ops/ref/ref.h"
 #include "support/tgpu.h"
 
 TestSuite(driver, .init = tgpu_setup, .fini = tgpu_teardown);

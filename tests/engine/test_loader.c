@@ -7,7 +7,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include "engine/gpu.h"
+#include "engine/gpu/gpu.h"
 
 /* Runs gpu_new() in a child with one environment variable set; returns the child's status line. */
 static void open_in_child(const char *var, const char *value, char *out, size_t cap) {

@@ -4,7 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "engine/ref.h"
+#include "engine/ops/ref/ref.h"
 #include "support/tgpu.h"
 
 TestSuite(matmul, .init = tgpu_setup, .fini = tgpu_teardown);
@@ -45,7 +45,7 @@ static problem_t problem_new(uint32_t M, uint32_t N, uint32_t K, lt_dtype_t wtyp
   if (wtype == LT_F16 || wtype == LT_BF16) {
     uint16_t *h = malloc(nw * 2 + 2);
     cr_assert(h != NULL);
-    for (uint64_t i = 0; i < nw; i++) h[i] = wtype == LT_F16 ? ref_float_to_half(wf[i]) : ref_float_to_bf16(wf[i]);
+    for (uint64_t i = 0; i < nw; i++) h[i] = wtype == LT_F16 ? dtype_float_to_half(wf[i]) : dtype_float_to_bf16(wf[i]);
     free(wf);
     p.w = h;
   } else p.w = wf;
@@ -123,7 +123,7 @@ Test(matmul, gemv_odd_shapes) { check_all_odd_shapes(MATMUL_GEMV, "gemv"); }
 Test(matmul, auto_odd_shapes) { check_all_odd_shapes(MATMUL_AUTO, "auto"); }
 
 Test(matmul, long_k_is_split_over_dispatches) {
-  /* Each K needs more loop iterations than one invocation may run (see LOOP_BUDGET in engine/ops_matmul.c), for
+  /* Each K needs more loop iterations than one invocation may run (see LOOP_BUDGET in engine/ops/ops_matmul.c), for
    * each kernel and load width: it is split into chunks that accumulate, the first chunk of each at the largest
    * size the budget allows. Integer data makes the exact result the only right one, so a chunk that drops,
    * repeats or overwrites even one term fails; so does an invocation that lavapipe cut short. */

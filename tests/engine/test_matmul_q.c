@@ -4,8 +4,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "engine/quant.h"
-#include "engine/ref.h"
+#include "engine/ops/quant.h"
+#include "engine/ops/ref/ref.h"
 #include "support/tgpu.h"
 
 TestSuite(matmul_q, .init = tgpu_setup, .fini = tgpu_teardown);
@@ -24,7 +24,7 @@ static uint64_t next(uint64_t *s) {
   return *s >> 33;
 }
 
-/* Stores integer v at (n, k) of q in the layout of engine/quant.h. */
+/* Stores integer v at (n, k) of q in the layout of engine/ops/quant.h. */
 static void put_q(uint8_t *q, lt_dtype_t wtype, uint32_t K, uint32_t n, uint32_t k, int v) {
   uint8_t *row = q + (uint64_t)n * quant_row_bytes(wtype == LT_I4 ? 4 : 8, K);
   if (wtype == LT_I8) row[k] = (uint8_t)(int8_t)v;
@@ -57,7 +57,7 @@ static qproblem_t qproblem_new(uint32_t M, uint32_t N, uint32_t K, lt_dtype_t wt
     for (uint32_t g = 0; g < G; g++) {
       float s = integral ? ldexpf(1.0f, (int)(next(&seed) % 3) - 1)
                          : 0.01f + 0.09f * (float)(next(&seed) % 1000) / 1000;
-      p.scales[(uint64_t)n * G + g] = ref_float_to_half(s);
+      p.scales[(uint64_t)n * G + g] = dtype_float_to_half(s);
     }
   }
   return p;
@@ -70,7 +70,7 @@ static float *run_q(const qproblem_t *p, lt_dtype_t stype, bool accumulate, matm
   uint32_t bits = p->wtype == LT_I4 ? 4 : 8, G = quant_groups(p->K, p->group);
   uint64_t ns = (uint64_t)p->N * G;
   float *sf = talloc(ns + 1);
-  for (uint64_t i = 0; i < ns; i++) sf[i] = ref_half_to_float(p->scales[i]);
+  for (uint64_t i = 0; i < ns; i++) sf[i] = dtype_half_to_float(p->scales[i]);
   gpu_buf_t *bx = tbuf_f32(p->x, (uint64_t)p->M * p->x_stride);
   gpu_buf_t *by = tbuf_f32(p->y0, (uint64_t)p->M * p->y_stride);
   gpu_buf_t *bq = tbuf_bytes(p->q, (uint64_t)p->N * quant_row_bytes(bits, p->K) + 4);
@@ -249,7 +249,7 @@ Test(matmul_q, rtn_rounds_to_the_nearest_level) {
     cr_assert_eq(s[2 * G + 1], 0, "an all-zero group has scale 0");
     for (uint32_t n = 0; n < N; n++) {
       for (uint32_t g = 0; g < G; g++) {
-        float sc = ref_half_to_float(s[(uint64_t)n * G + g]);
+        float sc = dtype_half_to_float(s[(uint64_t)n * G + g]);
         int32_t top = 0;
         for (uint32_t k = g * group; k < K && k < (g + 1) * group; k++) {
           int32_t v = quant_int(q, bits, K, n, k);

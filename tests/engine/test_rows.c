@@ -7,8 +7,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "engine/ops_rows.h"
-#include "engine/ref.h"
+#include "engine/ops/ops_rows.h"
+#include "engine/ops/ref/ref.h"
 #include "support/tgpu.h"
 
 TestSuite(rows, .init = tgpu_setup, .fini = tgpu_teardown);

@@ -8,8 +8,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include "engine/gpu_internal.h"
-#include "engine/ref.h"
+#include "engine/gpu/gpu_internal.h"
+#include "engine/ops/ref/ref.h"
 #include "support/tgpu.h"
 
 /* No suite-wide fixture: several tests open their own gpu (other cache folders, environment variables set
@@ -386,7 +386,7 @@ Test(runtime, abort_after_partial_submission, .init = tgpu_setup, .fini = tgpu_t
 
 /* Checks every block's free list: sorted, inside the block, not touching (coalesced), and at most one more range
  * than live buffers (free ranges are separated by live buffers when neighbours merge). Reads the private block
- * list (engine/gpu_internal.h): the allocator's layout is not visible through the public API. */
+ * list (engine/gpu/gpu_internal.h): the allocator's layout is not visible through the public API. */
 static void check_free_lists(gpu_t *g) {
   for (gpu_block_t *blk = g->blocks; blk; blk = blk->next) {
     for (uint32_t i = 0; i < blk->n_free; i++) {

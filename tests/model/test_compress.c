@@ -1,4 +1,4 @@
-/* Compression (engine/compress.h) on the tiny fixture models: calibration scores against the PyTorch reference,
+/* Compression (methods/compress.h) on the tiny fixture models: calibration scores against the PyTorch reference,
  * dropped blocks / feed-forward sub-layers / experts really gone (fewer bytes, fewer dispatches) while the rest
  * computes exactly what the original computes with the same parts skipped by hooks, Wanda's choices, quantised
  * models against their dequantised weights, and output folders that reload. */
@@ -9,12 +9,12 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "engine/compress.h"
-#include "engine/generate.h"
-#include "engine/model.h"
-#include "engine/model_file.h"
-#include "engine/quant.h"
-#include "engine/ref.h"
+#include "methods/compress.h"
+#include "engine/model/generate.h"
+#include "engine/model/model.h"
+#include "engine/model/model_file.h"
+#include "engine/ops/quant.h"
+#include "engine/ops/ref/ref.h"
 #include "support/tgpu.h"
 
 #define FIXTURES LATHE_SOURCE_DIR "/tests/fixtures"

@@ -9,12 +9,12 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "engine/ftensor.h"
-#include "engine/gguf.h"
-#include "engine/model_config.h"
-#include "engine/model_file.h"
-#include "engine/ref.h"
-#include "engine/safetensors.h"
+#include "engine/model/ftensor.h"
+#include "engine/model/gguf.h"
+#include "engine/model/model_config.h"
+#include "engine/model/model_file.h"
+#include "engine/ops/ref/ref.h"
+#include "engine/model/safetensors.h"
 
 static void tmp_cleanup(void);
 TestSuite(files, .fini = tmp_cleanup);
@@ -403,7 +403,7 @@ Test(files, gguf_f16_is_rounded_f32) {
     float *fx = to_f32(x), *fy = to_f32(y);
     /* F16 tensors hold the f32 weights rounded to nearest even; the F32 ones (norms) are unchanged. */
     for (uint64_t k = 0; k < x->n_elems; k++) {
-      float want = y->dtype == FT_F16 ? ref_half_to_float(ref_float_to_half(fx[k])) : fx[k];
+      float want = y->dtype == FT_F16 ? dtype_half_to_float(dtype_float_to_half(fx[k])) : fx[k];
       cr_assert(want == fy[k], "%s[%llu]: %.9g vs %.9g", a->tensors[i].name, (unsigned long long)k, want, fy[k]);
     }
     halves += y->dtype == FT_F16;

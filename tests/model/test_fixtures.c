@@ -9,8 +9,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "engine/generate.h"
-#include "engine/model.h"
+#include "engine/model/generate.h"
+#include "engine/model/model.h"
 #include "support/tgpu.h"
 
 #define FIXTURES LATHE_SOURCE_DIR "/tests/fixtures"

@@ -5,9 +5,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "engine/generate.h"
-#include "engine/model.h"
-#include "engine/model_tok.h"
+#include "engine/model/generate.h"
+#include "engine/model/model.h"
+#include "engine/model/model_tok.h"
 #include "support/tgpu.h"
 
 #define STORIES LATHE_SOURCE_DIR "/../shared/models/stories260K"

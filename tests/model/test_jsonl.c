@@ -6,8 +6,8 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "engine/jsonl.h"
-#include "engine/model_tok.h"
+#include "engine/text/jsonl.h"
+#include "engine/model/model_tok.h"
 
 #define STORIES LATHE_SOURCE_DIR "/../shared/models/stories260K/hf"
 

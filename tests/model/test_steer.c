@@ -1,4 +1,4 @@
-/* Steering (engine/steer.h): the statistics against hand-computed values, word pooling on two real tokenizers,
+/* Steering (methods/steer.h): the statistics against hand-computed values, word pooling on two real tokenizers,
  * and the steered forward paths against CPU references built here from the plain forward pass and its hooks:
  * activation addition at alpha 0, ROSE's combined logits, CogSteer's contrastive intervention, mean-difference
  * steering vectors and teacher-forced scoring. */
@@ -9,10 +9,10 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "engine/generate.h"
-#include "engine/model.h"
-#include "engine/model_tok.h"
-#include "engine/steer.h"
+#include "engine/model/generate.h"
+#include "engine/model/model.h"
+#include "engine/model/model_tok.h"
+#include "methods/steer.h"
 #include "support/tgpu.h"
 
 #define STORIES LATHE_SOURCE_DIR "/../shared/models/stories260K/hf"

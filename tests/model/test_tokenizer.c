@@ -9,7 +9,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "engine/tokenizer.h"
+#include "engine/text/tokenizer.h"
 
 TestSuite(tokenizer);
 

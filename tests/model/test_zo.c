@@ -1,4 +1,4 @@
-/* Zeroth-order tuning (engine/zo.c) on the fixture models: perturb and restore, the projected gradient against
+/* Zeroth-order tuning (methods/zo.c) on the fixture models: perturb and restore, the projected gradient against
  * two forward passes of CPU-perturbed weights, LeZO's untouched blocks, replay of the log, and a resumed run. */
 #include <criterion/criterion.h>
 #include <math.h>
@@ -7,10 +7,10 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "engine/generate.h"
-#include "engine/model.h"
-#include "engine/ref.h"
-#include "engine/zo.h"
+#include "engine/model/generate.h"
+#include "engine/model/model.h"
+#include "engine/ops/ref/ref.h"
+#include "methods/zo.h"
 #include "support/tgpu.h"
 
 #define TINY LATHE_SOURCE_DIR "/tests/fixtures/llama-tiny"

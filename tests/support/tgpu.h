@@ -5,8 +5,8 @@
 #include <criterion/criterion.h>
 #include <stdint.h>
 
-#include "engine/gpu.h"
-#include "engine/ops.h"
+#include "engine/gpu/gpu.h"
+#include "engine/ops/ops.h"
 
 /* Criterion init/fini for GPU suites: .init = tgpu_setup, .fini = tgpu_teardown. The teardown fails the test
  * when the validation layer (LATHE_VALIDATION=1) reported any error. */

@@ -1,0 +1,198 @@
+/* A loaded model on the GPU: weights placed once, per-sequence KV caches, a batched forward pass with hooks for
+ * steering and analysis, generation and scoring. */
+#ifndef LATHE_MODEL_H
+#define LATHE_MODEL_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "engine/model/ftensor.h"
+#include "engine/gpu/gpu.h"
+#include "engine/model/model_config.h"
+#include "common/status.h"
+
+typedef struct model model_t;
+typedef struct model_seq model_seq_t;
+
+/* Options for model_load(); zero-initialised means defaults. */
+typedef struct model_load_opts {
+  uint32_t max_tokens_per_pass; /* activation rows held at once; 0 = 512 */
+  bool force_f32;               /* place f16 weights as f32 too (tuning: f16 would round each perturbation) */
+} model_load_opts_t;
+
+/* What the loader placed on the device. */
+typedef struct model_mem {
+  uint64_t weight_file_bytes;   /* bytes the weights take in their file dtypes */
+  uint64_t weight_device_bytes; /* bytes the weights take on the device */
+  uint64_t activation_bytes;    /* bytes of the activation arena */
+} model_mem_t;
+
+/* Loads a Hugging Face folder or a .gguf file onto g: f32, f16 and bf16 weights stay in their dtype (16-bit ones
+ * need 16-bit storage buffers, else they become f32; opts->force_f32 makes them f32); norms and Q8_0 are converted
+ * to f32 at load; int8 / int4 weights of a compressed model stay quantised (docs/compression.md). Tensors larger than the device's maxStorageBufferRange are split into row pieces.
+ * Caller owns the result (model_free); g must outlive it. NULL with err on failure. */
+model_t *model_load(gpu_t *g, const char *path, const model_load_opts_t *opts, lt_err_t *err);
+
+/* Frees the model's device memory and sets *m to NULL; NULL-safe. */
+void model_free(model_t **m);
+
+/* The model's hyper-parameters; owned by m. */
+const model_config_t *model_config(const model_t *m);
+
+/* Bytes placed by the loader; owned by m. */
+const model_mem_t *model_mem(const model_t *m);
+
+/* The gpu the model lives on. */
+gpu_t *model_gpu(const model_t *m);
+
+/* The folder or file the model was loaded from; owned by m. */
+const char *model_path(const model_t *m);
+
+/* One parameter tensor on the device: a weight matrix split into row pieces is listed once per piece. The list
+ * is in forward order and names each tensor as Hugging Face does; a tied LM head is not listed twice. */
+typedef struct model_param {
+  char name[96];          /* e.g. "model.layers.3.mlp.up_proj.weight" */
+  int32_t layer, expert;  /* -1 where it does not apply */
+  bool is_norm;           /* a norm weight vector (tuning jobs do not decay these) */
+  lt_dtype_t dtype;       /* device dtype: f32, f16 or bf16, or i8 / i4 for quantised weights (engine/ops/quant.h) */
+  uint32_t rows, cols;    /* shape of the whole tensor; a vector has rows 1 */
+  uint32_t row0, n_rows;  /* the rows this piece holds */
+  gpu_buf_t *buf;         /* the piece's data, owned by the model */
+  gpu_buf_t *scales;      /* quantised only: the piece's scales [n_rows, ceil(cols / group)], owned by the model */
+  lt_dtype_t stype;       /* quantised only: the scales' dtype (f16 or f32) */
+  uint32_t group;         /* quantised only: columns per scale */
+} model_param_t;
+
+/* Number of parameter pieces of the model. */
+uint32_t model_param_count(const model_t *m);
+
+/* The i-th parameter piece; owned by m. */
+const model_param_t *model_param_at(const model_t *m, uint32_t i);
+
+/* Options for model_save(); zero-initialised means defaults. */
+typedef struct model_save_opts {
+  uint64_t max_shard_bytes; /* 0: 2 GiB shards, as Hugging Face writes them */
+  const char *const *meta;  /* (key, value) pairs for the safetensors __metadata__ ("format": "pt" is added) */
+  uint32_t n_meta;
+} model_save_opts_t;
+
+/* Writes the model's current weights as a Hugging Face folder dir (created if needed): config.json from the
+ * model's config, model.safetensors (sharded with an index when large) with 16-bit weights kept in their dtype,
+ * quantised ones quantised (docs/compression.md) and the rest f32, and the source folder's tokenizer.json,
+ * tokenizer_config.json and generation_config.json when it has them. The result loads in Lathe and (unless
+ * quantised) in the Python stack. */
+lt_status_t model_save(model_t *m, const char *dir, const model_save_opts_t *opts, lt_err_t *err);
+
+/* Writes a Hugging Face folder dir (created with its parents if needed) from host tensors, as model_save() does: the tensors in
+ * their order and dtypes, config.json from cfg, and src_dir's tokenizer and generation files when src_dir (may be
+ * NULL) is a folder that has them. */
+lt_status_t model_folder_write(const char *dir, const model_config_t *cfg, const ft_tensor_t *tensors, uint32_t n,
+                               const char *src_dir, const model_save_opts_t *opts, lt_err_t *err);
+
+/* config.json for cfg in the fields transformers reads, plus Lathe's compression fields. Caller owns (json_decref). */
+json_t *model_config_json(const model_config_t *cfg);
+
+/* A sequence: its KV cache for every layer (f32) and its length. capacity is the most tokens it can hold
+ * (0: the model's max_position, capped at 4096). Caller owns (model_seq_destroy). */
+model_seq_t *model_seq_new(model_t *m, uint32_t capacity, lt_err_t *err);
+
+/* Frees a sequence and sets *s to NULL; NULL-safe. */
+void model_seq_destroy(model_seq_t **s);
+
+/* Tokens held by the sequence. */
+uint32_t model_seq_len(const model_seq_t *s);
+
+/* Most tokens the sequence can hold. */
+uint32_t model_seq_capacity(const model_seq_t *s);
+
+/* Forgets everything after the first n tokens (n <= length). */
+void model_seq_truncate(model_seq_t *s, uint32_t n);
+
+/* ---- hooks: each costs nothing when its pointer is NULL ---- */
+
+/* Called with the residual stream entering block `layer` (layer == n_layers: the final hidden state before the
+ * output norm) for batch item `item` (its index in the caller's items array; an item longer than one pass is reported once per pass, with that pass's tokens): h is [n_tokens, hidden], valid during the call only. */
+typedef void (*model_resid_fn)(void *ctx, uint32_t layer, uint32_t item, const float *h, uint32_t n_tokens,
+                               uint32_t hidden);
+
+/* Called with the per-head attention outputs of block `layer` before the output projection for batch item
+ * `item`: heads is [n_tokens, n_heads * head_dim] and may be modified in place; return true when modified so
+ * the change is written back. */
+typedef bool (*model_attn_fn)(void *ctx, uint32_t layer, uint32_t item, float *heads, uint32_t n_tokens,
+                              uint32_t n_heads, uint32_t head_dim);
+
+/* Called with each MoE layer's router probabilities (softmax over experts, after masking) for all rows of the
+ * pass: probs is [n_rows, n_experts]. */
+typedef void (*model_router_fn)(void *ctx, uint32_t layer, const float *probs, uint32_t n_rows,
+                                uint32_t n_experts);
+
+/* Where on_site reports activations: the inputs of the linear layers and the stream around the feed-forward
+ * sub-layer (calibration: pruning norms, layer-drop scores). */
+typedef enum model_site {
+  MODEL_SITE_ATTN_IN = 0, /* rmsnorm(h_l): input of q_proj, k_proj, v_proj [rows, hidden] */
+  MODEL_SITE_ATTN_OUT,    /* per-head attention output: input of o_proj [rows, n_heads * head_dim] */
+  MODEL_SITE_FFN_RESID,   /* the stream entering the feed-forward sub-layer, before its norm [rows, hidden] */
+  MODEL_SITE_FFN_IN,      /* its norm: input of the router, or of gate_proj and up_proj [rows, hidden] */
+  MODEL_SITE_FFN_ACT,     /* dense: silu(gate_proj x) * up_proj x, input of down_proj [rows, intermediate] */
+  MODEL_SITE_EXPERT_IN,   /* MoE: the rows routed to one expert, input of its w1 and w3 [rows_e, hidden] */
+  MODEL_SITE_EXPERT_ACT,  /* MoE: silu(w1 x) * w3 x of those rows, input of its w2 [rows_e, intermediate] */
+  MODEL_SITE_FFN_OUT,     /* the stream after the feed-forward sub-layer [rows, hidden] */
+  MODEL_SITE_COUNT
+} model_site_t;
+
+/* Called at `site` of block `layer` (expert: the expert at the expert sites, else -1) with x [rows, cols]: every row
+ * of the pass (the items' new tokens in item order), or at the expert sites the rows routed to that expert in
+ * ascending order. x is valid during the call only. */
+typedef void (*model_site_fn)(void *ctx, model_site_t site, uint32_t layer, int32_t expert, const float *x,
+                              uint32_t rows, uint32_t cols);
+
+typedef struct model_hooks {
+  void *ctx;
+  /* Reading the residual stream: capture_resid[l] (l in 0..n_layers) selects the layers reported to on_resid. */
+  const bool *capture_resid;
+  model_resid_fn on_resid;
+  /* Adding a vector to the residual stream entering block add_layer: h += add_alpha * add_vec[hidden] at the
+   * positions [add_from, add_to) of every item's new tokens (positions counted in the sequence; add_to 0 means
+   * no end). */
+  const float *add_vec;
+  uint32_t add_layer;
+  float add_alpha;
+  uint32_t add_from, add_to;
+  /* Reading and replacing per-head attention outputs of block attn_layer. */
+  model_attn_fn on_attn;
+  uint32_t attn_layer;
+  /* Reading MoE router probabilities. */
+  model_router_fn on_router;
+  /* skip_block[l]: block l is not run at all (the stream passes through unchanged). */
+  const bool *skip_block;
+  /* skip_moe[l]: the feed-forward (MoE or dense) sub-layer of block l is not run; attention stays. */
+  const bool *skip_ffn;
+  /* expert_mask[l * n_experts + e]: expert e of layer l is never routed to. */
+  const bool *expert_mask;
+  /* Reading activations at sites: capture_site[s] (s < MODEL_SITE_COUNT) selects the sites reported to on_site,
+   * in every block. Each report waits for the device, so it costs a pass its speed. */
+  const bool *capture_site;
+  model_site_fn on_site;
+} model_hooks_t;
+
+/* What a forward pass returns for one batch item. */
+typedef enum model_out { MODEL_OUT_NONE = 0, MODEL_OUT_LAST, MODEL_OUT_ALL, MODEL_OUT_NLL } model_out_t;
+
+/* One sequence's share of a batched forward pass. */
+typedef struct model_item {
+  model_seq_t *seq;
+  const int32_t *tokens; /* appended to seq */
+  uint32_t n_tokens;
+  model_out_t out;
+  /* MODEL_OUT_LAST: vocab floats; MODEL_OUT_ALL: n_tokens * vocab floats; MODEL_OUT_NLL: n_tokens floats,
+   * out[i] = -log p(targets[i] | sequence up to token i). Caller owns. */
+  float *result;
+  const int32_t *targets; /* MODEL_OUT_NLL only: n_tokens ids (a negative id gives NaN) */
+} model_item_t;
+
+/* Runs the tokens of every item through the model (one pass over the weights for the whole batch), appending
+ * them to the items' sequences, and fills each item's result. hooks may be NULL. */
+lt_status_t model_forward(model_t *m, model_item_t *items, uint32_t n_items, const model_hooks_t *hooks,
+                          lt_err_t *err);
+
+#endif

@@ -1,0 +1,55 @@
+/* The op table and the helpers every op wrapper uses. */
+#include <stdio.h>
+#include <string.h>
+
+#include "engine/ops/ops.h"
+
+typedef struct op_info {
+  const char *name, *shader;
+  uint32_t n_bindings, push_size, wg;
+} op_info_t;
+
+static const op_info_t op_table[OP_COUNT] = {
+#define OP(id, shader, nb, pc, wg) [OP_##id] = {#id, shader, nb, (uint32_t)sizeof(pc), wg},
+#include "engine/ops/ops.def"
+#undef OP
+};
+
+gpu_pipeline_t *op_pipeline(gpu_t *g, op_id_t id, const char *defines, const uint32_t *spec, uint32_t n_spec,
+                            lt_err_t *err) {
+  const op_info_t *o = &op_table[id];
+  uint32_t sp[8] = {o->wg};
+  if (n_spec > 8) n_spec = 8;
+  for (uint32_t i = 0; i < n_spec; i++) sp[i] = spec[i];
+  if (sp[0] == 0) sp[0] = o->wg;
+  return gpu_pipeline_get(g, o->shader, defines, o->n_bindings, o->push_size, sp, n_spec ? n_spec : 1, err);
+}
+
+lt_status_t op_dispatch(gpu_cmd_t *c, gpu_pipeline_t *p, op_id_t id, const gpu_view_t *views, const uint64_t *bytes,
+                        const bool *writes, uint32_t n, const void *push, uint32_t gx, uint32_t gy, uint32_t gz,
+                        lt_err_t *err) {
+  const op_info_t *o = &op_table[id];
+  gpu_bind_t b[16];
+  if (n > 16 || n != o->n_bindings) return lt_fail(err, LT_E_INVALID, "op %s: %u views for %u bindings", o->name, n, o->n_bindings);
+  for (uint32_t i = 0; i < n; i++) {
+    if (!views[i].buf) return lt_fail(err, LT_E_INVALID, "op %s: binding %u has no buffer", o->name, i);
+    uint64_t size = gpu_buf_size(views[i].buf);
+    uint64_t want = bytes[i] ? bytes[i] : 4;
+    if (views[i].off > size || want > size - views[i].off)
+      return lt_fail(err, LT_E_INVALID, "op %s: binding %u needs %llu bytes at offset %llu of a %llu-byte buffer",
+                     o->name, i, (unsigned long long)want, (unsigned long long)views[i].off,
+                     (unsigned long long)size);
+    /* Bind exactly what the op touches, rounded up to 4 bytes but never past the buffer. */
+    uint64_t range = (want + 3) & ~3ull;
+    if (range > size - views[i].off) range = size - views[i].off;
+    b[i] = (gpu_bind_t){views[i].buf, views[i].off, range, writes[i]};
+  }
+  return gpu_cmd_dispatch(c, p, b, n, push, o->push_size, gx, gy, gz, err);
+}
+
+void op_grid_1d(uint64_t n, uint32_t wg, uint32_t *gx, uint32_t *gy) {
+  uint64_t groups = (n + wg - 1) / wg;
+  if (groups == 0) groups = 1;
+  *gx = (uint32_t)(groups < 65535 ? groups : 65535);
+  *gy = (uint32_t)((groups + *gx - 1) / *gx);
+}

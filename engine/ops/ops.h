@@ -1,0 +1,172 @@
+/* Compute ops on the GPU. Each records dispatches into a gpu_cmd_t; results are ready after gpu_cmd_finish().
+ * Conventions (llm.c style): outputs first, then inputs, then shape ints. Views are byte offsets into buffers
+ * and must be aligned to caps.min_storage_align. All math accumulates in f32. Each op has a CPU reference in
+ * engine/ops/ref/ref.h computing the same thing naively. */
+#ifndef LATHE_OPS_H
+#define LATHE_OPS_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "engine/gpu/gpu.h"
+#include "engine/ops/dtype.h"
+#include "pc.h"
+
+/* A range of a buffer starting at byte offset off (the op decides how many bytes it touches). */
+typedef struct gpu_view {
+  gpu_buf_t *buf;
+  uint64_t off;
+} gpu_view_t;
+
+/* Views a whole buffer from its start. */
+static inline gpu_view_t gv(gpu_buf_t *b) { return (gpu_view_t){b, 0}; }
+
+typedef enum op_id {
+#define OP(id, shader, nb, pc, wg) OP_##id,
+#include "engine/ops/ops.def"
+#undef OP
+  OP_COUNT
+} op_id_t;
+
+/* Returns the pipeline of an op variant (defines "A=1;B=2" select the variant; spec[0] is the workgroup size,
+ * 0 meaning the table's default). The pipeline is owned by the gpu. NULL with err on failure. */
+gpu_pipeline_t *op_pipeline(gpu_t *g, op_id_t id, const char *defines, const uint32_t *spec, uint32_t n_spec,
+                            lt_err_t *err);
+
+/* Records one dispatch of op `id` binding n views with the given byte extents; writes[i] marks outputs. */
+lt_status_t op_dispatch(gpu_cmd_t *c, gpu_pipeline_t *p, op_id_t id, const gpu_view_t *views, const uint64_t *bytes,
+                        const bool *writes, uint32_t n, const void *push, uint32_t gx, uint32_t gy, uint32_t gz,
+                        lt_err_t *err);
+
+/* Splits n invocations of workgroup size wg into a 2D grid gx*gy (gx <= 65535); shaders use flat_index(). */
+void op_grid_1d(uint64_t n, uint32_t wg, uint32_t *gx, uint32_t *gy);
+
+/* ---- elementwise (engine/ops/ops_eltwise.c) ---- */
+
+/* y[i] = a[i] + b[i % nb], i < n (f32). y may alias a. */
+lt_status_t op_add(gpu_cmd_t *c, gpu_view_t y, gpu_view_t a, gpu_view_t b, uint32_t n, uint32_t nb, lt_err_t *err);
+/* y[i] = a[i] * b[i % nb], i < n (f32). y may alias a. */
+lt_status_t op_mul(gpu_cmd_t *c, gpu_view_t y, gpu_view_t a, gpu_view_t b, uint32_t n, uint32_t nb, lt_err_t *err);
+/* y[i] = s * a[i], i < n (f32). y may alias a. */
+lt_status_t op_scale(gpu_cmd_t *c, gpu_view_t y, gpu_view_t a, float s, uint32_t n, lt_err_t *err);
+/* y[i] = a[i] * sigmoid(a[i]) (f32). */
+lt_status_t op_silu(gpu_cmd_t *c, gpu_view_t y, gpu_view_t a, uint32_t n, lt_err_t *err);
+/* y[i] = gelu(a[i]) with the tanh approximation (f32). */
+lt_status_t op_gelu(gpu_cmd_t *c, gpu_view_t y, gpu_view_t a, uint32_t n, lt_err_t *err);
+/* y[i] = silu(gate[i]) * up[i] (f32). */
+lt_status_t op_swiglu(gpu_cmd_t *c, gpu_view_t y, gpu_view_t gate, gpu_view_t up, uint32_t n, lt_err_t *err);
+
+/* ---- matrix multiply (engine/ops/ops_matmul.c) ---- */
+
+/* GEMM picks the device's variant of the tiled kernel: operands staged in shared memory (GPUs) or read straight
+ * from the buffers (CPU drivers); MATMUL_GEMM_STAGED and MATMUL_GEMM_DIRECT force one (tests, benchmarks). */
+typedef enum matmul_path {
+  MATMUL_AUTO = 0,
+  MATMUL_GEMM,
+  MATMUL_GEMV,
+  MATMUL_GEMM_STAGED,
+  MATMUL_GEMM_DIRECT
+} matmul_path_t;
+
+/* y[M,N] = x[M,K] . w[N,K]^T, or y += that when accumulate. x and y are f32 row-major; w is f32 or f16 row-major
+ * [N,K] (the Hugging Face Linear layout). Uses a GEMV kernel for few rows and a tiled GEMM kernel otherwise;
+ * long K is split over several dispatches so no invocation loops too long. */
+lt_status_t op_matmul(gpu_cmd_t *c, gpu_view_t y, gpu_view_t x, gpu_view_t w, lt_dtype_t wtype, uint32_t M,
+                      uint32_t N, uint32_t K, bool accumulate, lt_err_t *err);
+/* As op_matmul with the kernel forced (tests and benchmarks). */
+lt_status_t op_matmul_path(gpu_cmd_t *c, gpu_view_t y, gpu_view_t x, gpu_view_t w, lt_dtype_t wtype, uint32_t M,
+                           uint32_t N, uint32_t K, bool accumulate, matmul_path_t path, lt_err_t *err);
+
+/* As op_matmul with row strides in elements: row m of x starts at x + m * x_stride, row m of y at
+ * y + m * y_stride (so a weight split into row pieces can fill column ranges of one output). */
+lt_status_t op_matmul_strided(gpu_cmd_t *c, gpu_view_t y, uint32_t y_stride, gpu_view_t x, uint32_t x_stride,
+                              gpu_view_t w, lt_dtype_t wtype, uint32_t M, uint32_t N, uint32_t K, bool accumulate,
+                              lt_err_t *err);
+
+/* ---- quantised matrix multiply (engine/ops/ops_matmul_q.c) ---- */
+
+/* A quantised weight [N, K] in the layout of engine/ops/quant.h: q holds its int8 (wtype LT_I8) or packed int4 (LT_I4)
+ * rows of quant_row_bytes() bytes each, scales its [N, ceil(K / group)] scales in stype (LT_F16 or LT_F32). */
+typedef struct qmat_view {
+  gpu_view_t q, scales;
+  lt_dtype_t wtype, stype;
+  uint32_t group; /* columns per scale, a multiple of 8 */
+} qmat_view_t;
+
+/* y[M,N] = x[M,K] . dequant(w)[N,K]^T, or y += that when accumulate, reading the integers and their scales
+ * directly (no dequantised copy): a GEMV kernel for few rows, a tiled GEMM otherwise (path forces one, as for
+ * op_matmul_path). Row m of x starts at x + m * x_stride, row m of y at y + m * y_stride (elements), so a weight
+ * split into row pieces fills column ranges of one output. x and y are f32. */
+lt_status_t op_matmul_q(gpu_cmd_t *c, gpu_view_t y, uint32_t y_stride, gpu_view_t x, uint32_t x_stride,
+                        const qmat_view_t *w, uint32_t M, uint32_t N, uint32_t K, bool accumulate, matmul_path_t path,
+                        lt_err_t *err);
+
+/* ---- row-wise ops (engine/ops/ops_rows.c); rows are contiguous, n elements each, f32 ---- */
+
+/* y[r,:] = x[r,:] / sqrt(mean(x[r,:]^2) + eps) * w[:]. y may alias x. */
+lt_status_t op_rmsnorm(gpu_cmd_t *c, gpu_view_t y, gpu_view_t x, gpu_view_t w, uint32_t rows, uint32_t n, float eps,
+                       lt_err_t *err);
+/* y[r,:] = (x[r,:] - mean) / sqrt(var + eps) * w[:] + b[:]. y may alias x. */
+lt_status_t op_layernorm(gpu_cmd_t *c, gpu_view_t y, gpu_view_t x, gpu_view_t w, gpu_view_t b, uint32_t rows,
+                         uint32_t n, float eps, lt_err_t *err);
+/* y[r,:] = softmax(x[r,:]); rows may be 150,000+ wide. y may alias x. */
+lt_status_t op_softmax(gpu_cmd_t *c, gpu_view_t y, gpu_view_t x, uint32_t rows, uint32_t n, lt_err_t *err);
+/* idx[r] = index of the largest x[r,:] (u32; the lowest index wins ties). */
+lt_status_t op_argmax(gpu_cmd_t *c, gpu_view_t idx, gpu_view_t x, uint32_t rows, uint32_t n, lt_err_t *err);
+/* idx[r,:k], val[r,:k] = the k largest x[r,:] in descending order (u32 indices; lower index first on ties);
+ * 1 <= k <= 32 (MoE routing). */
+lt_status_t op_topk(gpu_cmd_t *c, gpu_view_t idx, gpu_view_t val, gpu_view_t x, uint32_t rows, uint32_t n,
+                    uint32_t k, lt_err_t *err);
+/* lse[r] = log(sum(exp(x[r,:]))); when targets (i32 [rows]) has a buffer, also nll[r] = lse[r] - x[r,t[r]]
+ * (cross-entropy); pass a view with buf NULL for targets and nll to skip it. */
+lt_status_t op_logsumexp(gpu_cmd_t *c, gpu_view_t lse, gpu_view_t nll, gpu_view_t x, gpu_view_t targets,
+                         uint32_t rows, uint32_t n, lt_err_t *err);
+/* out[r] = cos(a[r,:], b[r,:]) (0 when either row is all zeros). */
+lt_status_t op_cosine(gpu_cmd_t *c, gpu_view_t out, gpu_view_t a, gpu_view_t b, uint32_t rows, uint32_t n,
+                      lt_err_t *err);
+
+/* ---- positions and lookup (engine/ops/ops_attn.c) ---- */
+
+/* RoPE scaling as in config.json's rope_scaling; type 0 none, 1 llama3. */
+typedef struct rope_scaling {
+  int type;
+  float factor, low_freq_factor, high_freq_factor;
+  uint32_t original_max_position;
+} rope_scaling_t;
+
+/* Fills table[max_pos, rot_dim/2, 2] with (cos, sin) of pos * inv_freq[i], inv_freq[i] = theta^(-2i/rot_dim)
+ * adjusted by the scaling; angles computed in double. Caller owns table (max_pos * rot_dim floats). */
+void rope_table_build(float *table, uint32_t max_pos, uint32_t rot_dim, double theta, const rope_scaling_t *scaling);
+
+/* Rotates x[rows, n_heads, head_dim] in place: the first rot_dim dims of each head, by the angle of pos[r]
+ * (i32 [rows]) from the table built by rope_table_build(). neox: rotate-half pairs (i, i + rot_dim/2) as in
+ * Hugging Face; otherwise interleaved pairs (2i, 2i+1) as in GGUF. */
+lt_status_t op_rope(gpu_cmd_t *c, gpu_view_t x, gpu_view_t pos, gpu_view_t table, uint32_t rows, uint32_t n_heads,
+                    uint32_t head_dim, uint32_t rot_dim, bool neox, uint32_t max_pos, lt_err_t *err);
+
+/* y[i,:] = table[ids[i] - row_lo, :] for the ids in [row_lo, row_hi); other rows of y are left untouched, so a
+ * table split into pieces (each at most maxStorageBufferRange) is gathered by one call per piece.
+ * table is f32 or f16 [row_hi - row_lo, dim]; ids i32 [n_ids]; y f32 [n_ids, dim]. */
+lt_status_t op_embed(gpu_cmd_t *c, gpu_view_t y, gpu_view_t table, lt_dtype_t ttype, gpu_view_t ids, uint32_t n_ids,
+                     uint32_t dim, uint32_t row_lo, uint32_t row_hi, lt_err_t *err);
+
+/* Causal attention for one sequence. q, out: f32 [n_q, n_heads, head_dim]; k, v: f32 caches
+ * [>= kv_len, n_kv_heads, head_dim]. Query row t is at position q_pos0 + t and sees keys [0, q_pos0 + t].
+ * Head h uses KV head h / (n_heads / n_kv_heads). Long caches are split into key ranges run by separate
+ * workgroups (flash-decoding partials merged by a second dispatch), so no invocation loops too long. */
+lt_status_t op_attention(gpu_cmd_t *c, gpu_view_t out, gpu_view_t q, gpu_view_t k, gpu_view_t v, uint32_t n_q,
+                         uint32_t n_heads, uint32_t n_kv_heads, uint32_t head_dim, uint32_t q_pos0, uint32_t kv_len,
+                         float scale, lt_err_t *err);
+
+/* y[ids[i], :] += w[i] * x[i, :] for i < n: f32 rows of width d; ids (i32) must be distinct within one call and
+ * ids outside [0, y_rows) are skipped (MoE: an expert's outputs weighted back into the residual stream). */
+lt_status_t op_scatter_add(gpu_cmd_t *c, gpu_view_t y, gpu_view_t x, gpu_view_t ids, gpu_view_t w, uint32_t n,
+                           uint32_t d, uint32_t y_rows, lt_err_t *err);
+
+/* ---- zeroth-order perturbation (engine/ops/ops_perturb.c) ---- */
+
+/* x[i] += scale * z(seed, tensor_id, i) for i < n, z standard normal from Philox-4x32-10 (see ref_normal()). */
+lt_status_t op_perturb(gpu_cmd_t *c, gpu_view_t x, uint32_t n, uint64_t seed, uint32_t tensor_id, float scale,
+                       lt_err_t *err);
+
+#endif

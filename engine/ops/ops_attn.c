@@ -1,0 +1,211 @@
+/* Positions and lookup: the RoPE table and rotation, the embedding gather, and causal attention over a KV cache. */
+#include <math.h>
+#include <stdio.h>
+
+#include "engine/ops/ops.h"
+
+#define ROPE_WG 128u  /* = the ROPE row of ops.def */
+#define EMBED_WG 128u /* = the EMBED row of ops.def */
+
+/* Attention tuning: workgroups of ATTN_WG invocations walk the keys in blocks of ATTN_WG, with tiles of 16 queries
+ * (4 when there are fewer queries or little shared memory). lavapipe silently stops a shader loop after ~65,535
+ * iterations per invocation, so a split's estimated per-invocation iterations stay under ATTN_LOOP_BUDGET. */
+#define ATTN_WG 64u
+#define ATTN_MAX_HD 256u
+#define ATTN_LOOP_BUDGET 20000u
+#define ATTN_MAX_SPLIT 2048u
+#define ATTN_MIN_SPLIT 256u
+#define ATTN_TARGET_GROUPS 256u        /* workgroups wanted in flight before splitting for parallelism */
+#define ATTN_SCRATCH_CAP (16ull << 20) /* bytes of split partials per dispatch */
+#define ATTN_BR16_SHARED 24576u        /* shared bytes attn.comp needs with 16-query tiles (~20.8 KiB) */
+_Static_assert(ATTN_WG <= 64 && ATTN_WG % 16 == 0, "attn.comp: blocks of at most 64 keys, split evenly over a tile");
+
+/* inv_freq of pair i (theta^(-2i/rot_dim)) with the Llama-3 adjustment of Hugging Face's
+ * _compute_llama3_parameters when s asks for it. */
+static double rope_inv_freq(uint32_t i, uint32_t rot_dim, double theta, const rope_scaling_t *s) {
+  double inv = pow(theta, -2.0 * (double)i / (double)rot_dim);
+  if (!s || s->type != 1) return inv;
+  double orig = s->original_max_position, lo = s->low_freq_factor, hi = s->high_freq_factor;
+  double wavelen = 2.0 * M_PI / inv;
+  if (wavelen < orig / hi) return inv;              /* high frequencies: kept */
+  if (wavelen > orig / lo) return inv / s->factor;  /* low frequencies: slowed by the factor */
+  double smooth = (orig / wavelen - lo) / (hi - lo); /* in between: interpolated */
+  return (1.0 - smooth) * inv / s->factor + smooth * inv;
+}
+
+void rope_table_build(float *table, uint32_t max_pos, uint32_t rot_dim, double theta, const rope_scaling_t *scaling) {
+  uint32_t pairs = rot_dim / 2;
+  for (uint32_t i = 0; i < pairs; i++) {
+    double inv = rope_inv_freq(i, rot_dim, theta, scaling);
+    for (uint32_t p = 0; p < max_pos; p++) {
+      double a = (double)p * inv;
+      float *e = table + ((uint64_t)p * pairs + i) * 2;
+      e[0] = (float)cos(a);
+      e[1] = (float)sin(a);
+    }
+  }
+}
+
+/* Spreads `rows` workgroup rows over the grid's y and z (y at most 65535); shaders take row = z * ny + y. */
+static void rows_grid(uint32_t rows, uint32_t *gy, uint32_t *gz) {
+  *gy = rows < 65535 ? rows : 65535;
+  *gz = (rows + *gy - 1) / *gy;
+}
+
+lt_status_t op_rope(gpu_cmd_t *c, gpu_view_t x, gpu_view_t pos, gpu_view_t table, uint32_t rows, uint32_t n_heads,
+                    uint32_t head_dim, uint32_t rot_dim, bool neox, uint32_t max_pos, lt_err_t *err) {
+  if (rot_dim == 0 || rot_dim % 2 || rot_dim > head_dim)
+    return lt_fail(err, LT_E_INVALID, "rope: rot_dim %u must be even and in [2, head_dim %u]", rot_dim, head_dim);
+  if (max_pos == 0) return lt_fail(err, LT_E_INVALID, "rope: empty table");
+  if (rows == 0 || n_heads == 0) return LT_OK;
+  uint64_t n = (uint64_t)rows * n_heads * head_dim;
+  if (n > UINT32_MAX) return lt_fail(err, LT_E_LIMIT, "rope: %llu elements exceed 32-bit indexing", (unsigned long long)n);
+  gpu_pipeline_t *p = op_pipeline(gpu_cmd_gpu(c), OP_ROPE, NULL, NULL, 0, err);
+  if (!p) return err ? err->code : LT_E_SHADER;
+  pc_rope_t pc = {.rows = rows, .n_heads = n_heads, .head_dim = head_dim, .rot_dim = rot_dim, .neox = neox,
+                  .max_pos = max_pos};
+  gpu_view_t v[3] = {x, pos, table};
+  uint64_t bytes[3] = {4 * n, 4ull * rows, 4ull * max_pos * rot_dim};
+  bool w[3] = {true, false, false};
+  uint32_t gy, gz;
+  rows_grid(rows, &gy, &gz);
+  return op_dispatch(c, p, OP_ROPE, v, bytes, w, 3, &pc, (n_heads * (rot_dim / 2) + ROPE_WG - 1) / ROPE_WG, gy, gz,
+                     err);
+}
+
+lt_status_t op_embed(gpu_cmd_t *c, gpu_view_t y, gpu_view_t table, lt_dtype_t ttype, gpu_view_t ids, uint32_t n_ids,
+                     uint32_t dim, uint32_t row_lo, uint32_t row_hi, lt_err_t *err) {
+  if (ttype != LT_F32 && ttype != LT_F16 && ttype != LT_BF16)
+    return lt_fail(err, LT_E_INVALID, "embed: table dtype %s (want f32, f16 or bf16)", lt_dtype_str(ttype));
+  if (row_hi < row_lo) return lt_fail(err, LT_E_INVALID, "embed: rows [%u, %u) are reversed", row_lo, row_hi);
+  gpu_t *g = gpu_cmd_gpu(c);
+  if (ttype != LT_F32 && !gpu_caps(g)->storage16)
+    return lt_fail(err, LT_E_UNSUPPORTED, "embed: a %s table needs 16-bit storage buffers", lt_dtype_str(ttype));
+  if (n_ids == 0 || dim == 0 || row_hi == row_lo) return LT_OK;
+  uint64_t n = (uint64_t)n_ids * dim;
+  if (n > UINT32_MAX) return lt_fail(err, LT_E_LIMIT, "embed: %llu outputs exceed 32-bit indexing", (unsigned long long)n);
+  gpu_pipeline_t *p = op_pipeline(g, OP_EMBED, ttype == LT_F16 ? "TABLE_F16=1" : ttype == LT_BF16 ? "TABLE_BF16=1" : NULL,
+                                  NULL, 0, err);
+  if (!p) return err ? err->code : LT_E_SHADER;
+  pc_embed_t pc = {.n_ids = n_ids, .dim = dim, .row_lo = row_lo, .row_hi = row_hi};
+  gpu_view_t v[3] = {y, table, ids};
+  uint64_t bytes[3] = {4 * n, (uint64_t)(row_hi - row_lo) * dim * lt_dtype_size(ttype), 4ull * n_ids};
+  bool w[3] = {true, false, false};
+  uint32_t gy, gz;
+  rows_grid(n_ids, &gy, &gz);
+  return op_dispatch(c, p, OP_EMBED, v, bytes, w, 3, &pc, (dim + EMBED_WG - 1) / EMBED_WG, gy, gz, err);
+}
+
+static uint64_t min_u64(uint64_t a, uint64_t b) { return a < b ? a : b; }
+
+/* Keys per split: short enough that no invocation of attn.comp loops more than ATTN_LOOP_BUDGET times, and when
+ * there are few workgroups (decode), short enough to spread a long cache over the whole device. */
+static uint32_t attn_split_len(uint32_t hd, uint32_t br, uint64_t kv_used, uint64_t groups) {
+  /* Per block an invocation loops over the head's vec4s (scores), twice over its keys of one query row plus the
+   * row's partial results (softmax), and over the block's keys (P.V); the loops over queries and dims are
+   * unrolled. */
+  uint32_t tpr = ATTN_WG / br;
+  uint32_t per_block = (hd + 3) / 4 + 2 * (ATTN_WG / tpr) + 2 * tpr + ATTN_WG;
+  uint64_t len = min_u64(ATTN_LOOP_BUDGET / per_block * ATTN_WG, ATTN_MAX_SPLIT);
+  if (groups < ATTN_TARGET_GROUPS) {
+    uint64_t want = (ATTN_TARGET_GROUPS + groups - 1) / groups;
+    uint64_t even = ((kv_used + want - 1) / want + ATTN_WG - 1) / ATTN_WG * ATTN_WG;
+    len = min_u64(len, even > ATTN_MIN_SPLIT ? even : ATTN_MIN_SPLIT);
+  }
+  return (uint32_t)len;
+}
+
+/* Query rows share a split count while their causal key ranges end in the same split: returns the end of the run
+ * of rows starting at t0 and its split count in *ns. */
+static uint32_t attn_run_end(uint32_t t0, uint32_t n_q, uint32_t q_pos0, uint32_t kv_len, uint32_t split,
+                             uint32_t *ns) {
+  uint64_t end = min_u64(kv_len, (uint64_t)q_pos0 + t0 + 1);
+  uint64_t k = (end + split - 1) / split;
+  *ns = (uint32_t)k;
+  if (k * split >= kv_len) return n_q;
+  return (uint32_t)min_u64(k * split - q_pos0, n_q); /* first row whose keys reach past split k */
+}
+
+/* Most rows of one dispatch with ns splits: the grid's x limit on tiles and, with partials, the scratch cap. */
+static uint32_t attn_chunk_rows(const gpu_caps_t *caps, uint32_t n_heads, uint32_t group, uint32_t hd, uint32_t br,
+                                uint32_t ns) {
+  uint64_t rows = (uint64_t)caps->max_wg_count[0] * br / group;
+  if (ns > 1) rows = min_u64(rows, ATTN_SCRATCH_CAP / ((uint64_t)n_heads * ns * (hd + 2) * 4));
+  return rows ? (uint32_t)min_u64(rows, UINT32_MAX) : 1;
+}
+
+lt_status_t op_attention(gpu_cmd_t *c, gpu_view_t out, gpu_view_t q, gpu_view_t k, gpu_view_t v, uint32_t n_q,
+                         uint32_t n_heads, uint32_t n_kv_heads, uint32_t head_dim, uint32_t q_pos0, uint32_t kv_len,
+                         float scale, lt_err_t *err) {
+  if (n_heads == 0 || n_kv_heads == 0 || n_heads % n_kv_heads)
+    return lt_fail(err, LT_E_INVALID, "attention: %u heads do not group over %u KV heads", n_heads, n_kv_heads);
+  if (head_dim == 0 || head_dim > ATTN_MAX_HD)
+    return lt_fail(err, LT_E_INVALID, "attention: head_dim %u outside [1, %u]", head_dim, ATTN_MAX_HD);
+  if (kv_len == 0) return lt_fail(err, LT_E_INVALID, "attention: empty KV cache");
+  if (n_q == 0) return LT_OK;
+  uint64_t row_elems = (uint64_t)n_heads * head_dim, kv_stride = (uint64_t)n_kv_heads * head_dim;
+  uint64_t kv_used = min_u64(kv_len, (uint64_t)q_pos0 + n_q);
+  if (row_elems * n_q > UINT32_MAX || kv_stride * kv_used > UINT32_MAX)
+    return lt_fail(err, LT_E_LIMIT, "attention: tensors exceed 32-bit indexing");
+  gpu_t *g = gpu_cmd_gpu(c);
+  const gpu_caps_t *caps = gpu_caps(g);
+  if (n_kv_heads > caps->max_wg_count[1])
+    return lt_fail(err, LT_E_LIMIT, "attention: %u KV heads exceed the grid limit %u", n_kv_heads,
+                   caps->max_wg_count[1]);
+  uint32_t group = n_heads / n_kv_heads;
+  /* Tiles of 16 queries reuse each K and V load 16 times; decode with little GQA fills only a few of them. */
+  uint32_t br = (uint64_t)n_q * group >= 16 && caps->max_shared >= ATTN_BR16_SHARED ? 16 : 4;
+  uint32_t dg = ATTN_WG / (br / 4), hd4 = (head_dim + 3) / 4; /* invocations sharing 4 queries' columns */
+  char defines[64];
+  snprintf(defines, sizeof defines, "BR=%u;DI=%u;HD4=%d", br, (hd4 + dg - 1) / dg, head_dim % 4 == 0);
+  uint32_t spec[1] = {ATTN_WG};
+  gpu_pipeline_t *pa = op_pipeline(g, OP_ATTN, defines, spec, 1, err);
+  gpu_pipeline_t *pm = pa ? op_pipeline(g, OP_ATTN_MERGE, NULL, NULL, 0, err) : NULL;
+  if (!pm) return err ? err->code : LT_E_SHADER;
+  uint64_t tiles = ((uint64_t)n_q * group + br - 1) / br * n_kv_heads;
+  uint32_t split = attn_split_len(head_dim, br, kv_used, tiles);
+
+  /* Scratch for the largest dispatch that writes partials: `most` (rows x splits) partial records per head. */
+  uint64_t most = 0;
+  for (uint32_t t0 = 0, t1, ns; t0 < n_q; t0 = t1) {
+    t1 = attn_run_end(t0, n_q, q_pos0, kv_len, split, &ns);
+    uint64_t recs = min_u64(t1 - t0, attn_chunk_rows(caps, n_heads, group, head_dim, br, ns)) * ns;
+    if (ns > 1 && recs > most) most = recs;
+  }
+  gpu_buf_t *scratch = NULL;
+  uint64_t acc_off = 0;
+  if (most) {
+    uint64_t align = caps->min_storage_align ? caps->min_storage_align : 4;
+    acc_off = (most * n_heads * 8 + align - 1) / align * align;
+    scratch = gpu_cmd_scratch(c, acc_off + most * row_elems * 4, err);
+    if (!scratch) return err ? err->code : LT_E_DEVICE_OOM;
+  }
+
+  pc_attn_t pc = {.n_heads = n_heads, .n_kv_heads = n_kv_heads, .head_dim = head_dim, .q_pos0 = q_pos0,
+                  .kv_len = kv_len, .kv_stride = (uint32_t)kv_stride, .scale = scale, .split_len = split};
+  lt_status_t st = LT_OK;
+  for (uint32_t t0 = 0, t1, ns; t0 < n_q && st == LT_OK; t0 = t1) {
+    t1 = attn_run_end(t0, n_q, q_pos0, kv_len, split, &ns);
+    t1 = (uint32_t)min_u64(t1, (uint64_t)t0 + attn_chunk_rows(caps, n_heads, group, head_dim, br, ns));
+    uint32_t rows = t1 - t0;
+    uint64_t keys = min_u64(kv_len, (uint64_t)q_pos0 + t1), recs = (uint64_t)rows * n_heads * ns;
+    pc.n_q = t1;
+    pc.row_base = t0;
+    pc.n_splits = ns;
+    /* One split writes out directly; its partial bindings then only need a valid placeholder. */
+    gpu_view_t part_ml = ns > 1 ? (gpu_view_t){scratch, 0} : q, part_acc = ns > 1 ? (gpu_view_t){scratch, acc_off} : q;
+    gpu_view_t va[6] = {out, q, k, v, part_ml, part_acc};
+    uint64_t ba[6] = {4 * row_elems * t1, 4 * row_elems * t1, 4 * kv_stride * keys, 4 * kv_stride * keys,
+                      ns > 1 ? 8 * recs : 4, ns > 1 ? 4 * head_dim * recs : 4};
+    bool wa[6] = {ns == 1, false, false, false, ns > 1, ns > 1};
+    uint32_t gx = (uint32_t)(((uint64_t)rows * group + br - 1) / br);
+    st = op_dispatch(c, pa, OP_ATTN, va, ba, wa, 6, &pc, gx, n_kv_heads, ns, err);
+    if (st == LT_OK && ns > 1) {
+      gpu_view_t vm[3] = {out, part_ml, part_acc};
+      uint64_t bm[3] = {4 * row_elems * t1, 8 * recs, 4 * head_dim * recs};
+      bool wm[3] = {true, false, false};
+      st = op_dispatch(c, pm, OP_ATTN_MERGE, vm, bm, wm, 3, &pc, n_heads, rows, 1, err);
+    }
+  }
+  return st;
+}

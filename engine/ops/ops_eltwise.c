@@ -1,0 +1,58 @@
+/* Elementwise ops: add, mul, scale, SiLU, GELU, SwiGLU. */
+#include "engine/ops/ops.h"
+
+static lt_status_t eltwise(gpu_cmd_t *c, uint32_t op, gpu_view_t y, gpu_view_t a, gpu_view_t b, uint32_t n,
+                           uint32_t nb, float scale, lt_err_t *err) {
+  if (n == 0) return LT_OK;
+  bool has_b = op == ELT_ADD || op == ELT_MUL || op == ELT_SWIGLU;
+  if (has_b && nb == 0) return lt_fail(err, LT_E_INVALID, "elementwise op: b has 0 elements");
+  gpu_pipeline_t *p = op_pipeline(gpu_cmd_gpu(c), OP_ELTWISE, NULL, NULL, 0, err);
+  if (!p) return err ? err->code : LT_E_SHADER;
+  pc_eltwise_t pc = {.n = n, .nb = has_b ? nb : 0, .op = op, .scale = scale};
+  /* Ops without b bind a in its place, so every binding is valid. */
+  gpu_view_t v[3] = {y, a, has_b ? b : a};
+  uint64_t bytes[3] = {4ull * n, 4ull * n, has_b ? 4ull * nb : 4ull * n};
+  bool w[3] = {true, false, false};
+  uint32_t gx, gy;
+  op_grid_1d(n, 256, &gx, &gy);
+  return op_dispatch(c, p, OP_ELTWISE, v, bytes, w, 3, &pc, gx, gy, 1, err);
+}
+
+lt_status_t op_add(gpu_cmd_t *c, gpu_view_t y, gpu_view_t a, gpu_view_t b, uint32_t n, uint32_t nb, lt_err_t *err) {
+  return eltwise(c, ELT_ADD, y, a, b, n, nb, 0.0f, err);
+}
+
+lt_status_t op_mul(gpu_cmd_t *c, gpu_view_t y, gpu_view_t a, gpu_view_t b, uint32_t n, uint32_t nb, lt_err_t *err) {
+  return eltwise(c, ELT_MUL, y, a, b, n, nb, 0.0f, err);
+}
+
+lt_status_t op_scale(gpu_cmd_t *c, gpu_view_t y, gpu_view_t a, float s, uint32_t n, lt_err_t *err) {
+  return eltwise(c, ELT_SCALE, y, a, a, n, 0, s, err);
+}
+
+lt_status_t op_silu(gpu_cmd_t *c, gpu_view_t y, gpu_view_t a, uint32_t n, lt_err_t *err) {
+  return eltwise(c, ELT_SILU, y, a, a, n, 0, 0.0f, err);
+}
+
+lt_status_t op_gelu(gpu_cmd_t *c, gpu_view_t y, gpu_view_t a, uint32_t n, lt_err_t *err) {
+  return eltwise(c, ELT_GELU, y, a, a, n, 0, 0.0f, err);
+}
+
+lt_status_t op_swiglu(gpu_cmd_t *c, gpu_view_t y, gpu_view_t gate, gpu_view_t up, uint32_t n, lt_err_t *err) {
+  return eltwise(c, ELT_SWIGLU, y, gate, up, n, n, 0.0f, err);
+}
+
+lt_status_t op_scatter_add(gpu_cmd_t *c, gpu_view_t y, gpu_view_t x, gpu_view_t ids, gpu_view_t w, uint32_t n,
+                           uint32_t d, uint32_t y_rows, lt_err_t *err) {
+  if (n == 0 || d == 0) return LT_OK;
+  if ((uint64_t)n * d > UINT32_MAX) return lt_fail(err, LT_E_LIMIT, "op_scatter_add: %u x %u rows is too many", n, d);
+  gpu_pipeline_t *p = op_pipeline(gpu_cmd_gpu(c), OP_SCATTER, NULL, NULL, 0, err);
+  if (!p) return err ? err->code : LT_E_SHADER;
+  pc_scatter_t pc = {.n = n, .d = d, .y_rows = y_rows};
+  gpu_view_t v[4] = {y, x, ids, w};
+  uint64_t bytes[4] = {4ull * y_rows * d, 4ull * n * d, 4ull * n, 4ull * n};
+  bool wr[4] = {true, false, false, false};
+  uint32_t gx, gy;
+  op_grid_1d((uint64_t)n * d, 256, &gx, &gy);
+  return op_dispatch(c, p, OP_SCATTER, v, bytes, wr, 4, &pc, gx, gy, 1, err);
+}

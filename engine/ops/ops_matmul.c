@@ -1,0 +1,177 @@
+/* Matrix multiply y[M,N] (+)= x[M,K] . w[N,K]^T: a register-blocked tiled GEMM (shaders/matmul.comp) and a GEMV
+ * for few rows (shaders/gemv.comp). Both walk K in chunks, one dispatch each, so no invocation loops too long. */
+#include <stdio.h>
+
+#include "engine/ops/ops.h"
+
+/* Loop iterations one invocation may run in one dispatch. lavapipe silently stops every loop of an invocation
+ * after about 65,535 iterations in total (nested ones included); a quarter of that leaves a wide margin. */
+#define LOOP_BUDGET 16384u
+
+/* AUTO takes the GEMV kernel up to this many rows of x. bench_matmul on lavapipe (2 vCPUs), f32 Mx4096x4096:
+ * GEMV 4.3 against GEMM 2.0 GFLOPS at M = 4, 4.4 against 3.8 at M = 8, 4.5 against 9.3 at M = 16. */
+#define GEMV_MAX_AUTO_M 4u
+
+/* Rows of x one GEMV workgroup handles at most (its partial sums live in registers). */
+#define GEMV_MAX_MR 4u
+
+/* GEMM tiling (specialisation constants 1..5 of matmul.comp): a bm x bn tile of y per workgroup, bk-wide K tiles
+ * in shared memory when staged, tm x tn outputs per invocation; (bm/tm) * (bn/tn) invocations. */
+typedef struct gemm_cfg {
+  uint32_t bm, bn, bk, tm, tn;
+} gemm_cfg_t;
+
+/* Staged (GPUs): 64 invocations with 8x8 sums each, 64x64 tiles of x and w 16 deep (10 KiB of shared memory).
+ * Direct (CPU drivers): lavapipe runs every non-uniform load as one scalar load per lane and component, so what
+ * pays is many sums per load: 16x16 sums for 32 loads per K-group. Measured on 2 vCPUs, 32x16 ran ~15% faster
+ * but took four times as long to compile (~4 s per variant), 8x8 ran at half the speed. */
+static const gemm_cfg_t gemm_staged = {.bm = 64, .bn = 64, .bk = 16, .tm = 8, .tn = 8};
+static const gemm_cfg_t gemm_direct = {.bm = 128, .bn = 128, .bk = 16, .tm = 16, .tn = 16};
+
+/* GEMV shape (workgroup size and specialisation constants 1..2 of gemv.comp). */
+typedef struct gemv_cfg {
+  uint32_t wg, rows, mr;
+} gemv_cfg_t;
+
+static uint32_t ceil_div(uint64_t a, uint64_t b) { return (uint32_t)((a + b - 1) / b); }
+
+/* Loop iterations one invocation of a GEMM or GEMV dispatch runs: `fixed` plus `per_unit` for every `k_per_unit`
+ * columns of K. Loops marked [[unroll]] in the shaders run no iterations of their own: their trip counts are
+ * specialisation constants, so the driver unrolls them (the long-K test would catch one that did not). */
+typedef struct loop_cost {
+  uint32_t fixed, per_unit, k_per_unit;
+} loop_cost_t;
+
+static loop_cost_t gemm_loop_iters(const gemm_cfg_t *c, bool staged, uint32_t kv) {
+  if (!staged) return (loop_cost_t){0, 1, kv}; /* the K loop */
+  uint32_t wg = (c->bm / c->tm) * (c->bn / c->tn);
+  /* The K-tile loop and its two staging loops. */
+  return (loop_cost_t){0, 1 + ceil_div((uint64_t)c->bm * c->bk / kv, wg) + ceil_div((uint64_t)c->bn * c->bk / kv, wg),
+                       c->bk};
+}
+
+static loop_cost_t gemv_loop_iters(const gemv_cfg_t *c, uint32_t kv) {
+  uint32_t pairs = c->mr * c->rows;
+  /* The K loop; then the final loop over pairs, each summing at most one partial per invocation. */
+  return (loop_cost_t){ceil_div(pairs, c->wg) * (1 + c->wg), 1, c->wg * kv};
+}
+
+/* Checks one operand: aligned view, at most one binding's range. */
+static lt_status_t check_operand(const gpu_caps_t *caps, const char *name, gpu_view_t v, uint64_t bytes,
+                                 const char *shape, lt_err_t *err) {
+  if (!v.buf) return lt_fail(err, LT_E_INVALID, "op_matmul: %s has no buffer", name);
+  if (v.off % caps->min_storage_align)
+    return lt_fail(err, LT_E_INVALID, "op_matmul: %s offset %llu is not a multiple of %llu bytes", name,
+                   (unsigned long long)v.off, (unsigned long long)caps->min_storage_align);
+  if (bytes > caps->max_storage_range)
+    return lt_fail(err, LT_E_LIMIT,
+                   "op_matmul: %s (%s) is %llu bytes, more than one binding may cover (maxStorageBufferRange %llu); "
+                   "split it by rows and call once per piece",
+                   name, shape, (unsigned long long)bytes, (unsigned long long)caps->max_storage_range);
+  return LT_OK;
+}
+
+/* The matmul with row strides (in elements) for y and x; w rows are contiguous. */
+static lt_status_t matmul(gpu_cmd_t *c, gpu_view_t y, uint32_t y_stride, gpu_view_t x, uint32_t x_stride, gpu_view_t w,
+                          lt_dtype_t wtype, uint32_t M, uint32_t N, uint32_t K, bool accumulate, matmul_path_t path,
+                          lt_err_t *err) {
+  gpu_t *g = gpu_cmd_gpu(c);
+  const gpu_caps_t *caps = gpu_caps(g);
+  bool w16 = wtype == LT_F16 || wtype == LT_BF16;
+  if (wtype != LT_F32 && !w16)
+    return lt_fail(err, LT_E_INVALID, "op_matmul: w must be f32, f16 or bf16, not %s", lt_dtype_str(wtype));
+  if (w16 && K % 8 != 0 && !caps->storage16)
+    return lt_fail(err, LT_E_UNSUPPORTED,
+                   "op_matmul: %s weights with K not a multiple of 8 need 16-bit storage buffers, which %s lacks",
+                   lt_dtype_str(wtype), caps->name);
+  if ((unsigned)path > MATMUL_GEMM_DIRECT)
+    return lt_fail(err, LT_E_INVALID, "op_matmul: unknown path %d", (int)path);
+  if (M == 0 || N == 0) return LT_OK;
+  if (K == 0 && accumulate) return LT_OK; /* y += nothing */
+  if (x_stride < K || y_stride < N)
+    return lt_fail(err, LT_E_INVALID, "op_matmul: row strides (x %u, y %u) are shorter than the rows (K %u, N %u)",
+                   x_stride, y_stride, K, N);
+
+  uint64_t ws = lt_dtype_size(wtype);
+  uint64_t xb = 4ull * ((uint64_t)(M - 1) * x_stride + K), wb = ws * N * K, yb = 4ull * ((uint64_t)(M - 1) * y_stride + N);
+  char shape[96];
+  lt_status_t st;
+  snprintf(shape, sizeof shape, "[%u,%u] f32", M, K);
+  if ((st = check_operand(caps, "x", x, xb, shape, err)) != LT_OK) return st;
+  snprintf(shape, sizeof shape, "[%u,%u] %s", N, K, lt_dtype_str(wtype));
+  if ((st = check_operand(caps, "w", w, wb, shape, err)) != LT_OK) return st;
+  snprintf(shape, sizeof shape, "[%u,%u] f32", M, N);
+  if ((st = check_operand(caps, "y", y, yb, shape, err)) != LT_OK) return st;
+
+  bool gemv = path == MATMUL_GEMV || (path == MATMUL_AUTO && M <= GEMV_MAX_AUTO_M);
+  bool staged = path == MATMUL_GEMM_STAGED || (path != MATMUL_GEMM_DIRECT && caps->kind != GPU_KIND_CPU);
+  /* K-elements per load: a vec4 of f32 weights or 16 bytes of f16 ones, where K allows it. */
+  uint32_t kv = w16 ? (K % 8 == 0 && x_stride % 8 == 0 ? 8 : 1) : (K % 4 == 0 && x_stride % 4 == 0 ? 4 : 1);
+  char defines[48];
+  snprintf(defines, sizeof defines, "W_F16=%d;W_BF16=%d;KV=%u;STAGED=%d", wtype == LT_F16, wtype == LT_BF16, kv,
+           staged);
+
+  op_id_t id;
+  uint32_t spec[6], n_spec, gx, gy, gz = 1;
+  loop_cost_t cost;
+  if (gemv) {
+    /* On CPU drivers one subgroup per workgroup (its barrier is nearly free) with many rows to share each load of
+     * x: on lavapipe, 1x4096x4096 f32, 8 invocations x 16 rows ran at 2.7 GFLOPS, 16 x 8 at 1.2, 64 x 4 at 0.4. */
+    uint32_t mr = M < GEMV_MAX_MR ? M : GEMV_MAX_MR;
+    gemv_cfg_t v = caps->kind == GPU_KIND_CPU ? (gemv_cfg_t){caps->subgroup_size, 16, mr} : (gemv_cfg_t){64, 4, mr};
+    uint32_t groups = ceil_div(N, v.rows);
+    cost = gemv_loop_iters(&v, kv);
+    id = OP_GEMV;
+    spec[0] = v.wg, spec[1] = v.rows, spec[2] = v.mr, n_spec = 3;
+    gx = groups < caps->max_wg_count[0] ? groups : caps->max_wg_count[0];
+    gz = ceil_div(groups, gx);
+    gy = ceil_div(M, v.mr);
+  } else {
+    const gemm_cfg_t *t = staged ? &gemm_staged : &gemm_direct;
+    cost = gemm_loop_iters(t, staged, kv);
+    id = OP_MATMUL;
+    spec[0] = (t->bm / t->tm) * (t->bn / t->tn), spec[1] = t->bm, spec[2] = t->bn, spec[3] = t->bk, spec[4] = t->tm,
+    spec[5] = t->tn, n_spec = 6;
+    gx = ceil_div(N, t->bn);
+    gy = ceil_div(M, t->bm);
+  }
+  /* Whole units per chunk, so every chunk but the last covers whole K-groups (and K tiles). */
+  uint32_t k_chunk = (LOOP_BUDGET - cost.fixed) / cost.per_unit * cost.k_per_unit;
+  if (gx > caps->max_wg_count[0] || gy > caps->max_wg_count[1] || gz > caps->max_wg_count[2])
+    return lt_fail(err, LT_E_LIMIT, "op_matmul: %ux%ux%u needs %ux%ux%u workgroups, more than the device allows", M,
+                   N, K, gx, gy, gz);
+  gpu_pipeline_t *p = op_pipeline(g, id, defines, spec, n_spec, err);
+  if (!p) return err ? err->code : LT_E_SHADER;
+
+  gpu_view_t views[3] = {y, x, w};
+  uint64_t bytes[3] = {yb, xb, wb};
+  bool writes[3] = {true, false, false};
+  pc_matmul_t pc = {.M = M, .N = N, .K = K, .x_stride = x_stride, .w_stride = K, .y_stride = y_stride};
+  /* The first chunk overwrites y unless asked to accumulate; later chunks add to it. K == 0 is one empty chunk
+   * that writes zeros. */
+  uint32_t k_base = 0;
+  do {
+    pc.k_base = k_base;
+    pc.k_len = K - k_base < k_chunk ? K - k_base : k_chunk;
+    pc.accumulate = accumulate || k_base > 0;
+    if ((st = op_dispatch(c, p, id, views, bytes, writes, 3, &pc, gx, gy, gz, err)) != LT_OK) return st;
+    k_base += pc.k_len;
+  } while (k_base < K);
+  return LT_OK;
+}
+
+lt_status_t op_matmul_path(gpu_cmd_t *c, gpu_view_t y, gpu_view_t x, gpu_view_t w, lt_dtype_t wtype, uint32_t M,
+                           uint32_t N, uint32_t K, bool accumulate, matmul_path_t path, lt_err_t *err) {
+  return matmul(c, y, N, x, K, w, wtype, M, N, K, accumulate, path, err);
+}
+
+lt_status_t op_matmul(gpu_cmd_t *c, gpu_view_t y, gpu_view_t x, gpu_view_t w, lt_dtype_t wtype, uint32_t M,
+                      uint32_t N, uint32_t K, bool accumulate, lt_err_t *err) {
+  return matmul(c, y, N, x, K, w, wtype, M, N, K, accumulate, MATMUL_AUTO, err);
+}
+
+lt_status_t op_matmul_strided(gpu_cmd_t *c, gpu_view_t y, uint32_t y_stride, gpu_view_t x, uint32_t x_stride,
+                              gpu_view_t w, lt_dtype_t wtype, uint32_t M, uint32_t N, uint32_t K, bool accumulate,
+                              lt_err_t *err) {
+  return matmul(c, y, y_stride, x, x_stride, w, wtype, M, N, K, accumulate, MATMUL_AUTO, err);
+}

@@ -1,0 +1,148 @@
+/* Matrix multiply with a quantised weight y[M,N] (+)= x[M,K] . dequant(w)[N,K]^T: a tiled GEMM that dequantises
+ * the weight tile into shared memory (shaders/matmul_q.comp) and a GEMV for few rows (shaders/gemv_q.comp), both
+ * reading int8 / int4 and their scales straight from the weight buffers. K is walked in chunks, one dispatch each,
+ * so no invocation loops too long. */
+#include <stdio.h>
+
+#include "engine/ops/ops.h"
+#include "engine/ops/quant.h"
+
+/* Loop iterations one invocation may run in one dispatch: a quarter of lavapipe's ~65,535 (see ops_matmul.c). */
+#define LOOP_BUDGET 16384u
+
+/* AUTO takes the GEMV kernel up to this many rows of x. */
+#define GEMV_MAX_AUTO_M 4u
+
+/* Rows of x one GEMV workgroup handles at most (its partial sums live in registers). */
+#define GEMV_MAX_MR 4u
+
+/* K-elements per load of the integers (an octet). */
+#define OCTET 8u
+
+/* GEMM tiling (specialisation constants 1..5 of matmul_q.comp), as for the f32 kernel: a bm x bn tile of y per
+ * workgroup, bk-wide K tiles (a multiple of 8), tm x tn outputs per invocation. */
+typedef struct gemm_q_cfg {
+  uint32_t bm, bn, bk, tm, tn;
+} gemm_q_cfg_t;
+
+/* GEMV shape (workgroup size and specialisation constants 1..2 of gemv_q.comp). */
+typedef struct gemv_q_cfg {
+  uint32_t wg, rows, mr;
+} gemv_q_cfg_t;
+
+static uint32_t ceil_div(uint64_t a, uint64_t b) { return (uint32_t)((a + b - 1) / b); }
+
+/* Loop iterations of one matmul_q.comp invocation: (per K tile, fixed), counted as if nothing were unrolled;
+ * a scalar x load (no VEC4) loops 4 times. */
+static void gemm_q_loop_iters(const gemm_q_cfg_t *c, bool vec4, uint32_t *per_tile, uint32_t *fixed) {
+  uint32_t wg = (c->bm / c->tm) * (c->bn / c->tn), ko = c->bk / OCTET;
+  *per_tile = 1 + ceil_div((uint64_t)c->bm * ko, wg) * (vec4 ? 1 : 5) + ceil_div((uint64_t)c->bn * ko, wg) +
+              c->bk / 4 * (1 + c->tm + c->tn * (1 + c->tm));
+  *fixed = c->tm * c->tn + c->tm * (1 + c->tn);
+}
+
+/* Loop iterations of one gemv_q.comp invocation: (per step of wg octets, fixed), as above. */
+static void gemv_q_loop_iters(const gemv_q_cfg_t *c, bool vec4, uint32_t *per_step, uint32_t *fixed) {
+  uint32_t pairs = c->mr * c->rows;
+  *per_step = 1 + c->mr * (vec4 ? 1 : 5) + c->rows * (1 + c->mr);
+  *fixed = 2 * pairs + ceil_div(pairs, c->wg) * (1 + c->wg);
+}
+
+/* Checks one operand: a buffer, an aligned offset, at most one binding's range. */
+static lt_status_t check_operand(const gpu_caps_t *caps, const char *name, gpu_view_t v, uint64_t bytes,
+                                 lt_err_t *err) {
+  if (!v.buf) return lt_fail(err, LT_E_INVALID, "op_matmul_q: %s has no buffer", name);
+  if (v.off % caps->min_storage_align)
+    return lt_fail(err, LT_E_INVALID, "op_matmul_q: %s offset %llu is not a multiple of %llu bytes", name,
+                   (unsigned long long)v.off, (unsigned long long)caps->min_storage_align);
+  if (bytes > caps->max_storage_range)
+    return lt_fail(err, LT_E_LIMIT,
+                   "op_matmul_q: %s is %llu bytes, more than one binding may cover (%llu); split the weight by rows",
+                   name, (unsigned long long)bytes, (unsigned long long)caps->max_storage_range);
+  return LT_OK;
+}
+
+lt_status_t op_matmul_q(gpu_cmd_t *c, gpu_view_t y, uint32_t y_stride, gpu_view_t x, uint32_t x_stride,
+                        const qmat_view_t *w, uint32_t M, uint32_t N, uint32_t K, bool accumulate, matmul_path_t path,
+                        lt_err_t *err) {
+  gpu_t *g = gpu_cmd_gpu(c);
+  const gpu_caps_t *caps = gpu_caps(g);
+  if (w->wtype != LT_I8 && w->wtype != LT_I4)
+    return lt_fail(err, LT_E_INVALID, "op_matmul_q: w must be i8 or i4, not %s", lt_dtype_str(w->wtype));
+  if (w->stype != LT_F32 && w->stype != LT_F16)
+    return lt_fail(err, LT_E_INVALID, "op_matmul_q: scales must be f32 or f16, not %s", lt_dtype_str(w->stype));
+  if (w->stype == LT_F16 && !caps->storage16)
+    return lt_fail(err, LT_E_UNSUPPORTED, "op_matmul_q: f16 scales need 16-bit storage buffers, which %s lacks",
+                   caps->name);
+  uint32_t bits = w->wtype == LT_I4 ? 4 : 8;
+  if (!quant_params_ok(bits, w->group))
+    return lt_fail(err, LT_E_INVALID, "op_matmul_q: group %u is not a positive multiple of %u", w->group, OCTET);
+  if (x_stride < K || y_stride < N)
+    return lt_fail(err, LT_E_INVALID, "op_matmul_q: strides x %u, y %u are below the row widths K %u, N %u",
+                   x_stride, y_stride, K, N);
+  if (M == 0 || N == 0) return LT_OK;
+  if (K == 0 && accumulate) return LT_OK; /* y += nothing */
+
+  uint32_t n_groups = quant_groups(K, w->group);
+  uint64_t xb = 4ull * ((uint64_t)(M - 1) * x_stride + K), yb = 4ull * ((uint64_t)(M - 1) * y_stride + N);
+  uint64_t qb = (uint64_t)N * quant_row_bytes(bits, K), sb = (uint64_t)N * n_groups * lt_dtype_size(w->stype);
+  lt_status_t st;
+  if ((st = check_operand(caps, "x", x, xb, err)) != LT_OK || (st = check_operand(caps, "y", y, yb, err)) != LT_OK ||
+      (st = check_operand(caps, "q", w->q, qb, err)) != LT_OK ||
+      (st = check_operand(caps, "scales", w->scales, sb, err)) != LT_OK)
+    return st;
+
+  bool gemv = path == MATMUL_GEMV || (path == MATMUL_AUTO && M <= GEMV_MAX_AUTO_M);
+  bool vec4 = K % 4 == 0 && x_stride % 4 == 0;
+  char defines[48];
+  snprintf(defines, sizeof defines, "BITS=%u;S_F16=%d;VEC4=%d", bits, w->stype == LT_F16, vec4);
+
+  op_id_t id;
+  uint32_t spec[6], n_spec, gx, gy, gz = 1, k_chunk;
+  if (gemv) {
+    /* Enough invocations for the octets of one row (short rows leave most of a wide workgroup idle): 32..128. */
+    uint32_t wg = 32;
+    while (wg < 128 && wg * OCTET < K) wg *= 2;
+    gemv_q_cfg_t v = {.wg = wg, .rows = 2, .mr = M < GEMV_MAX_MR ? M : GEMV_MAX_MR};
+    uint32_t per_step, fixed, groups = ceil_div(N, v.rows);
+    gemv_q_loop_iters(&v, vec4, &per_step, &fixed);
+    id = OP_GEMV_Q;
+    spec[0] = v.wg, spec[1] = v.rows, spec[2] = v.mr, n_spec = 3;
+    gx = groups < caps->max_wg_count[0] ? groups : caps->max_wg_count[0];
+    gz = ceil_div(groups, gx);
+    gy = ceil_div(M, v.mr);
+    k_chunk = (LOOP_BUDGET - fixed) / per_step * v.wg * OCTET;
+  } else {
+    gemm_q_cfg_t t = {.bm = 64, .bn = 64, .bk = 16, .tm = 8, .tn = 8};
+    uint32_t per_tile, fixed;
+    gemm_q_loop_iters(&t, vec4, &per_tile, &fixed);
+    id = OP_MATMUL_Q;
+    spec[0] = (t.bm / t.tm) * (t.bn / t.tn), spec[1] = t.bm, spec[2] = t.bn, spec[3] = t.bk, spec[4] = t.tm,
+    spec[5] = t.tn, n_spec = 6;
+    gx = ceil_div(N, t.bn);
+    gy = ceil_div(M, t.bm);
+    k_chunk = (LOOP_BUDGET - fixed) / per_tile * t.bk;
+  }
+  if (gx > caps->max_wg_count[0] || gy > caps->max_wg_count[1] || gz > caps->max_wg_count[2])
+    return lt_fail(err, LT_E_LIMIT, "op_matmul_q: %ux%ux%u needs %ux%ux%u workgroups, more than the device allows", M,
+                   N, K, gx, gy, gz);
+  gpu_pipeline_t *p = op_pipeline(g, id, defines, spec, n_spec, err);
+  if (!p) return err ? err->code : LT_E_SHADER;
+
+  gpu_view_t views[4] = {y, x, w->q, w->scales};
+  uint64_t bytes[4] = {yb, xb, qb, sb};
+  bool writes[4] = {true, false, false, false};
+  pc_matmul_q_t pc = {.M = M, .N = N, .K = K, .x_stride = x_stride, .y_stride = y_stride,
+                      .kp = quant_padded_cols(K), .n_groups = n_groups, .group = w->group};
+  /* The first chunk overwrites y unless asked to accumulate; later chunks add to it. Chunks are whole octets, so
+   * every chunk but the last ends on one. K == 0 is one empty chunk that writes zeros. */
+  uint32_t k_base = 0;
+  do {
+    pc.k_base = k_base;
+    pc.k_len = K - k_base < k_chunk ? K - k_base : k_chunk;
+    pc.accumulate = accumulate || k_base > 0;
+    if ((st = op_dispatch(c, p, id, views, bytes, writes, 4, &pc, gx, gy, gz, err)) != LT_OK) return st;
+    k_base += pc.k_len;
+  } while (k_base < K);
+  return LT_OK;
+}
