@@ -294,6 +294,43 @@ def init_weights(model, gen, std=0.02, norm_jitter=0.0):
                 p.copy_(std * torch.randn(p.shape, generator=gen))
 
 
+def masked_lm_loss(model, ids, mask, balance=0.0):
+    """The training loss Lathe's `tune` minimises: the mean, over the target tokens whose mask is 1, of the
+    cross-entropy of predicting ids[b, t+1] from ids[b, :t+1]. ids (B,T) int64; mask (B,T-1) of 0/1, mask[b, t]
+    covering target ids[b, t+1]. With balance > 0 on a Mixtral model, adds balance * the load-balancing loss of
+    each MoE layer (mean over layers; see load_balance_loss). Returns a 0-d tensor in the model's dtype."""
+    router = [] if balance > 0 else None
+    logits = model(ids, router)[:, :-1, :]
+    nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1), reduction="none")
+    m = mask.reshape(-1).to(nll.dtype)
+    loss = (nll * m).sum() / m.sum()
+    if router:
+        loss = loss + balance * sum(load_balance_loss(r, model.cfg["num_experts_per_tok"]) for r in router) / len(router)
+    return loss
+
+
+def load_balance_loss(router_logits, top_k):
+    """Switch/Mixtral load balancing for one MoE layer over its N tokens: E * sum_e f_e * P_e, where f_e is the
+    share of the N * top_k routing slots that chose expert e (a constant: no gradient flows through the
+    choice) and P_e the mean router probability of e. Equals 1 when routing is perfectly even."""
+    n, e = router_logits.shape
+    probs = router_logits.softmax(dim=-1)
+    sel = torch.topk(probs, top_k, dim=-1).indices
+    f = torch.zeros(e, dtype=probs.dtype).index_add_(0, sel.reshape(-1), torch.ones(n * top_k, dtype=probs.dtype))
+    f = f / (n * top_k)
+    return e * (f * probs.mean(dim=0)).sum()
+
+
+def loss_and_grads(model, ids, mask, balance=0.0):
+    """The masked LM loss and its gradient with respect to every parameter, by autograd in the model's dtype.
+    Returns (loss as a float, {HF tensor name: gradient}); a tied head's gradient is the embedding's."""
+    model.zero_grad(set_to_none=True)
+    with torch.enable_grad():
+        loss = masked_lm_loss(model, ids, mask, balance)
+        loss.backward()
+    return loss.item(), {name: p.grad.detach().clone() for name, p in model.named_parameters()}
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Hugging Face folders.
 

@@ -157,6 +157,45 @@ def test_fixtures_reproducible():
                     stdout=subprocess.DEVNULL)
 
 
+def test_grads_against_finite_differences():
+    """The autograd gradients grad_ref.py writes, against central differences of the loss in float64."""
+    import grad_ref  # noqa: E402 (tools/ is on the path)
+    for name, balance in (("llama-tiny", 0.0), ("mixtral-tiny", 0.0), ("mixtral-tiny", 0.02)):
+        folder = os.path.join(ROOT, "tests", "fixtures", name)
+        model = ref.load_hf(folder, torch.float64)
+        ids, mask = grad_ref.batch(folder)
+        _, grads = ref.loss_and_grads(model, ids, mask, balance)
+        params = dict(model.named_parameters())
+        gen = torch.Generator().manual_seed(7)
+        for pname in ("model.embed_tokens.weight", "model.layers.0.self_attn.q_proj.weight",
+                      "model.layers.1.input_layernorm.weight", "model.norm.weight"):
+            p = params[pname]
+            for _ in range(3):
+                i = int(torch.randint(p.numel(), (1,), generator=gen))
+                h, old = 1e-6, p.data.view(-1)[i].item()
+                with torch.no_grad():
+                    p.data.view(-1)[i] = old + h
+                    up = ref.masked_lm_loss(model, ids, mask, balance).item()
+                    p.data.view(-1)[i] = old - h
+                    down = ref.masked_lm_loss(model, ids, mask, balance).item()
+                    p.data.view(-1)[i] = old
+                fd, ag = (up - down) / (2 * h), grads[pname].view(-1)[i].item()
+                # Central differences in float64 err by about h^2 times the third derivative plus eps |loss| / h:
+                # around 1e-9 here.
+                assert abs(fd - ag) < 1e-7 + 1e-6 * abs(ag), (name, balance, pname, i, fd, ag)
+
+
+def test_load_balance_even_routing_is_one():
+    logits = torch.zeros(8, 4, dtype=torch.float64)  # equal probabilities; top-2 picks experts 0 and 1 each time
+    # f = (1/2, 1/2, 0, 0), P = (1/4, ...): 4 * (1/8 + 1/8) = 1.
+    assert abs(ref.load_balance_loss(logits, 2).item() - 1.0) < 1e-12
+    logits = torch.tensor([[9.0, 0, 0, 0], [0, 9.0, 0, 0], [0, 0, 9.0, 0], [0, 0, 0, 9.0]], dtype=torch.float64)
+    # Each expert gets a quarter of the slots and every mean probability is 1/4: 4 * 4 * (1/16) = 1.
+    assert abs(ref.load_balance_loss(logits, 1).item() - 1.0) < 1e-12
+    logits = torch.tensor([[9.0, 0, 0, 0]] * 4, dtype=torch.float64)  # all on expert 0: f_0 = 1, P_0 ~ 1
+    assert ref.load_balance_loss(logits, 1).item() > 3.9
+
+
 def test_kjv_tokenizer():
     path = os.path.join(ROOT, "models", "lathe-kjv-llama", "tokenizer.json")
     if not os.path.exists(path):
