@@ -383,7 +383,7 @@ static const char *pick_model(int argc, char **argv, const char **label) {
   }
   printf("note: %s not found: measuring stories260K instead\n", LATHE_SOURCE_DIR "/models/lathe-kjv-llama");
   *label = "stories260K";
-  return LATHE_SOURCE_DIR "/../shared/models/stories260K/hf";
+  return LATHE_SOURCE_DIR "/tests/fixtures/stories260K/hf";
 }
 
 int main(int argc, char **argv) {

@@ -77,7 +77,7 @@ int main(int argc, char **argv) {
   struct stat sb;
   const char *path = argc > 1                                                              ? argv[1]
                      : stat(LATHE_SOURCE_DIR "/models/lathe-kjv-llama/config.json", &sb) == 0 ? LATHE_SOURCE_DIR "/models/lathe-kjv-llama"
-                                                                                           : LATHE_SOURCE_DIR "/../shared/models/stories260K/hf";
+                                                                                           : LATHE_SOURCE_DIR "/tests/fixtures/stories260K/hf";
   const char *q = getenv("LATHE_BENCH_QUICK");
   bool quick = q && *q && strcmp(q, "0") != 0;
   uint32_t k = quick ? 24 : 64;

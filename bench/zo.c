@@ -191,7 +191,7 @@ int main(int argc, char **argv) {
   const char *path = argc > 1 ? argv[1] : LATHE_SOURCE_DIR "/models/lathe-kjv-llama", *label = path;
   if (argc <= 1 && stat(path, &sb) != 0) {
     printf("note: %s not found: measuring stories260K instead\n", path);
-    path = LATHE_SOURCE_DIR "/../shared/models/stories260K/hf";
+    path = LATHE_SOURCE_DIR "/tests/fixtures/stories260K/hf";
   }
   const char *slash = strrchr(path, '/');
   label = slash && slash[1] ? slash + 1 : path;

@@ -12,7 +12,7 @@
 /* The embedded default model (trained by this project on the King James Bible) once it is in the tree; until
  * then stories260K. Either way a small LLaMA without a chat template. */
 #define KJV_MODEL LATHE_SOURCE_DIR "/models/lathe-kjv-llama"
-#define STORIES_MODEL LATHE_SOURCE_DIR "/../shared/models/stories260K/hf"
+#define STORIES_MODEL LATHE_SOURCE_DIR "/tests/fixtures/stories260K/hf"
 
 static const char *data_model(void) {
   static const char *m;

@@ -9,7 +9,7 @@
 
 #include "td.h"
 
-#define STORIES LATHE_SOURCE_DIR "/../shared/models/stories260K/hf"
+#define STORIES LATHE_SOURCE_DIR "/tests/fixtures/stories260K/hf"
 
 static td_t t;
 

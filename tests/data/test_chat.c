@@ -92,7 +92,7 @@ Test(chat, plain_template_for_models_without_one) {
   cr_assert_not_null(tok, "%s", err.msg);
   cr_assert_eq(chat_encode_flags(t, tok), TOK_ADD_BOS, "plain text has no BOS of its own");
   chat_tmpl_destroy(&t);
-  t = model_chat_template_open(LATHE_SOURCE_DIR "/../shared/models/stories260K/stories260K.gguf", &err);
+  t = model_chat_template_open(LATHE_SOURCE_DIR "/tests/fixtures/stories260K/stories260K.gguf", &err);
   cr_assert_not_null(t, "%s", err.msg);
   cr_assert(chat_tmpl_is_plain(t));
   chat_tmpl_destroy(&t);

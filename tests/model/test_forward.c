@@ -10,7 +10,7 @@
 #include "engine/model/model_tok.h"
 #include "support/tgpu.h"
 
-#define STORIES LATHE_SOURCE_DIR "/../shared/models/stories260K"
+#define STORIES LATHE_SOURCE_DIR "/tests/fixtures/stories260K"
 
 TestSuite(forward, .init = tgpu_setup, .fini = tgpu_teardown);
 

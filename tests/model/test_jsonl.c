@@ -9,7 +9,7 @@
 #include "engine/text/jsonl.h"
 #include "engine/model/model_tok.h"
 
-#define STORIES LATHE_SOURCE_DIR "/../shared/models/stories260K/hf"
+#define STORIES LATHE_SOURCE_DIR "/tests/fixtures/stories260K/hf"
 
 static char path[64];
 

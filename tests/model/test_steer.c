@@ -15,7 +15,7 @@
 #include "methods/steer.h"
 #include "support/tgpu.h"
 
-#define STORIES LATHE_SOURCE_DIR "/../shared/models/stories260K/hf"
+#define STORIES LATHE_SOURCE_DIR "/tests/fixtures/stories260K/hf"
 #define TINY LATHE_SOURCE_DIR "/tests/fixtures/llama-tiny"
 
 /* The statistics tests need no GPU; the others open it per test. */

@@ -15,7 +15,7 @@
 
 #define TINY LATHE_SOURCE_DIR "/tests/fixtures/llama-tiny"
 #define TINY_F16 LATHE_SOURCE_DIR "/tests/fixtures/llama-tiny-f16"
-#define STORIES LATHE_SOURCE_DIR "/../shared/models/stories260K/hf"
+#define STORIES LATHE_SOURCE_DIR "/tests/fixtures/stories260K/hf"
 
 /* How far the shader's z may be from ref_normal's (tests/engine/test_perturb.c). */
 #define Z_TOL(z) (1e-5 + 1e-5 * fabs(z))

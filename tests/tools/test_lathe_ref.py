@@ -3,9 +3,8 @@
 
   /usr/bin/python3 tests/tools/test_lathe_ref.py
 
-Needs Debian's python3-torch (LATHE_TOOLS_DEPS=1 scripts/deps.sh). The stories260K check looks for the model
-in $LATHE_MODELS_DIR, else ../shared/models or ../../shared/models next to the repository, and is skipped
-(saying so) when it is absent. Exits non-zero on the first failure.
+Needs Debian's python3-torch (LATHE_TOOLS_DEPS=1 scripts/deps.sh). The stories260K check reads the model from
+$LATHE_MODELS_DIR, else tests/fixtures (where it is committed). Exits non-zero on the first failure.
 """
 import json
 import math
@@ -25,8 +24,7 @@ STORIES_CONTINUATION = (", there was a little girl named Lily. She loved to play
 
 
 def stories_dir():
-    for base in (os.environ.get("LATHE_MODELS_DIR"), os.path.join(ROOT, "..", "shared", "models"),
-                 os.path.join(ROOT, "..", "..", "shared", "models")):
+    for base in (os.environ.get("LATHE_MODELS_DIR"), os.path.join(ROOT, "tests", "fixtures")):
         if base and os.path.isdir(os.path.join(base, "stories260K", "hf")):
             return os.path.join(base, "stories260K", "hf")
     return None
