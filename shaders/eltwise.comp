@@ -27,6 +27,8 @@ void main() {
     break;
   }
   case ELT_SWIGLU: v = silu(v) * b[i % pc.nb]; break;
+  case ELT_RELU: v = max(v, 0.0); break;
+  case ELT_RELU_BW: v = b[i % pc.nb] > 0.0 ? v : 0.0; break;
   }
   y[i] = v;
 }

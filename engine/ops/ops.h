@@ -56,6 +56,11 @@ lt_status_t op_gelu(gpu_cmd_t *c, gpu_view_t y, gpu_view_t a, uint32_t n, lt_err
 /* y[i] = silu(gate[i]) * up[i] (f32). */
 lt_status_t op_swiglu(gpu_cmd_t *c, gpu_view_t y, gpu_view_t gate, gpu_view_t up, uint32_t n, lt_err_t *err);
 
+/* y[i] = max(a[i], 0) (f32). y may alias a. */
+lt_status_t op_relu(gpu_cmd_t *c, gpu_view_t y, gpu_view_t a, uint32_t n, lt_err_t *err);
+/* dx[i] = dy[i] where x[i] > 0, else 0: the backward of op_relu (f32). dx may alias dy. */
+lt_status_t op_relu_backward(gpu_cmd_t *c, gpu_view_t dx, gpu_view_t dy, gpu_view_t x, uint32_t n, lt_err_t *err);
+
 /* ---- matrix multiply (engine/ops/ops_matmul.c) ---- */
 
 /* GEMM picks the device's variant of the tiled kernel: operands staged in shared memory (GPUs) or read straight

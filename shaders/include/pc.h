@@ -30,6 +30,8 @@ PC_END(pc_eltwise)
 #define ELT_SILU 3u
 #define ELT_GELU 4u
 #define ELT_SWIGLU 5u
+#define ELT_RELU 6u
+#define ELT_RELU_BW 7u /* y = a where b > 0, else 0: the ReLU's backward with b its input */
 
 /* Row-wise normalisation: RMSNorm (layernorm 0) and LayerNorm (layernorm 1); one workgroup per row. */
 #if !defined(LATHE_GLSL) || defined(PC_NORM)

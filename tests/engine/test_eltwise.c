@@ -56,8 +56,8 @@ Test(eltwise, scale_and_activations) {
   struct {
     const char *name;
     int which;
-  } cases[] = {{"scale", 0}, {"silu", 1}, {"gelu", 2}, {"swiglu", 3}};
-  for (unsigned k = 0; k < 4; k++) {
+  } cases[] = {{"scale", 0}, {"silu", 1}, {"gelu", 2}, {"swiglu", 3}, {"relu", 4}, {"relu backward", 5}};
+  for (unsigned k = 0; k < 6; k++) {
     gpu_cmd_t *c = tbegin();
     lt_status_t st = LT_OK;
     switch (cases[k].which) {
@@ -65,6 +65,8 @@ Test(eltwise, scale_and_activations) {
     case 1: st = op_silu(c, gv(by), gv(ba), n, &err); ref_silu(want, a, n); break;
     case 2: st = op_gelu(c, gv(by), gv(ba), n, &err); ref_gelu(want, a, n); break;
     case 3: st = op_swiglu(c, gv(by), gv(ba), gv(bu), n, &err); ref_swiglu(want, a, u, n); break;
+    case 4: st = op_relu(c, gv(by), gv(ba), n, &err); ref_relu(want, a, n); break;
+    case 5: st = op_relu_backward(c, gv(by), gv(bu), gv(ba), n, &err); ref_relu_backward(want, u, a, n); break;
     }
     cr_assert_eq(st, LT_OK, "%s", err.msg);
     tfinish(&c);

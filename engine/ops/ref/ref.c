@@ -39,6 +39,14 @@ void ref_swiglu(float *y, const float *gate, const float *up, uint32_t n) {
   for (uint32_t i = 0; i < n; i++) y[i] = (float)(gate[i] / (1.0 + exp(-(double)gate[i])) * up[i]);
 }
 
+void ref_relu(float *y, const float *a, uint32_t n) {
+  for (uint32_t i = 0; i < n; i++) y[i] = a[i] > 0 ? a[i] : 0.0f;
+}
+
+void ref_relu_backward(float *dx, const float *dy, const float *x, uint32_t n) {
+  for (uint32_t i = 0; i < n; i++) dx[i] = x[i] > 0 ? dy[i] : 0.0f;
+}
+
 void ref_scatter_add(float *y, const float *x, const int32_t *ids, const float *w, uint32_t n, uint32_t d,
                      uint32_t y_rows) {
   for (uint32_t i = 0; i < n; i++) {

@@ -24,6 +24,11 @@ void ref_gelu(float *y, const float *a, uint32_t n);
 /* y[i] = silu(gate[i]) * up[i] */
 void ref_swiglu(float *y, const float *gate, const float *up, uint32_t n);
 
+/* y[i] = max(a[i], 0) */
+void ref_relu(float *y, const float *a, uint32_t n);
+/* dx[i] = dy[i] where x[i] > 0, else 0 */
+void ref_relu_backward(float *dx, const float *dy, const float *x, uint32_t n);
+
 /* y[M,N] = x[M,K] . w[N,K]^T (+ y when accumulate); w f32 or f16 bits. Double accumulation. */
 void ref_matmul(float *y, const float *x, const void *w, lt_dtype_t wtype, uint32_t M, uint32_t N, uint32_t K,
                 bool accumulate);
