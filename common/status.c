@@ -17,6 +17,7 @@ const char *lt_status_str(lt_status_t s) {
   case LT_E_UNSUPPORTED: return "unsupported";
   case LT_E_CORRUPT: return "corrupt";
   case LT_E_LIMIT: return "limit";
+  case LT_E_NUMERIC: return "numeric";
   }
   return "unknown";
 }

@@ -17,6 +17,7 @@ typedef enum lt_status {
   LT_E_UNSUPPORTED = -9,  /* the device lacks a required feature */
   LT_E_CORRUPT = -10,     /* a file failed validation */
   LT_E_LIMIT = -11,       /* a size exceeds a limit */
+  LT_E_NUMERIC = -12,     /* a computation produced NaN or infinity (a diverging loss) */
 } lt_status_t;
 
 /* Error detail filled by the call that failed; the caller owns the struct (stack is fine). */

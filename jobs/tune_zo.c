@@ -22,74 +22,12 @@
 #include "common/util.h"
 #include "engine/model/model_tok.h"
 #include "engine/text/jsonl.h"
+#include "methods/dataset.h"
 #include "methods/zo.h"
 #include "jobs/runners.h"
 
 #define LOG_NAME "zo-log.jsonl"
 #define STATE_NAME "tune_zo.state"
-
-/* A JSONL file tokenised: examples pointing into one array of ids. */
-typedef struct dataset {
-  zo_example_t *ex;
-  uint32_t n;
-  int32_t **ids; /* [n], owned */
-  uint64_t skipped; /* rows with nothing to score within the context */
-} dataset_t;
-
-static void dataset_free(dataset_t *d) {
-  for (uint32_t i = 0; d->ids && i < d->n; i++) free(d->ids[i]);
-  free(d->ids);
-  free(d->ex);
-  memset(d, 0, sizeof *d);
-}
-
-/* Reads and tokenises a JSONL file; rows are cut to `context` tokens, and rows left with nothing to score are
- * skipped (counted). LT_E_INVALID when no row is left. */
-static lt_status_t dataset_read(dataset_t *d, tok_t *tok, const char *path, unsigned flags, uint32_t context,
-                                lt_err_t *err) {
-  memset(d, 0, sizeof *d);
-  jsonl_t *r = jsonl_open(path, err);
-  if (!r) return err ? err->code : LT_E_IO;
-  lt_status_t st = LT_OK;
-  size_t have = 0;
-  json_t *row;
-  while ((st = jsonl_next(r, &row, err)) == LT_OK && row) {
-    int32_t *ids = NULL;
-    size_t n = 0, scored = 0;
-    st = jsonl_row_tokens(tok, row, flags, &ids, &n, &scored, jsonl_where(r), err);
-    json_decref(row);
-    if (st != LT_OK) {
-      free(ids);
-      break;
-    }
-    /* The token before the first scored one predicts it: the loss starts at that position. */
-    uint32_t first = scored ? (uint32_t)scored - 1 : 0;
-    if (n > context) n = context;
-    if (n < 2 || first + 1 >= n) {
-      d->skipped++;
-      free(ids);
-      continue;
-    }
-    if (d->n == have) {
-      have = have ? 2 * have : 256;
-      zo_example_t *ex = realloc(d->ex, have * sizeof *ex);
-      int32_t **pi = ex ? realloc(d->ids, have * sizeof *pi) : NULL;
-      if (ex) d->ex = ex;
-      if (pi) d->ids = pi;
-      if (!ex || !pi || d->n == UINT32_MAX) {
-        free(ids);
-        st = lt_fail(err, LT_E_NOMEM, "out of memory reading %s", path);
-        break;
-      }
-    }
-    d->ids[d->n] = ids;
-    d->ex[d->n++] = (zo_example_t){.ids = ids, .n = (uint32_t)n, .first = first};
-  }
-  jsonl_close(&r);
-  if (st == LT_OK && d->n == 0) st = lt_fail(err, LT_E_INVALID, "%s: no row with tokens to score", path);
-  if (st != LT_OK) dataset_free(d);
-  return st;
-}
 
 /* Everything one attempt of the job holds. */
 typedef struct run {

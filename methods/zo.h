@@ -17,8 +17,9 @@
 #include <stdint.h>
 #include <stdio.h>
 
-#include "engine/model/model.h"
 #include "common/status.h"
+#include "engine/model/model.h"
+#include "methods/dataset.h"
 
 typedef enum zo_method { ZO_MEZO = 0, ZO_LEZO } zo_method_t;
 
@@ -31,12 +32,8 @@ typedef struct zo_opts {
   uint64_t seed;        /* run seed: the step seeds derive from it (zo_step_seed()) */
 } zo_opts_t;
 
-/* One tokenised example: the positions whose next token is scored are [first, n - 1) (prompt + completion rows
- * score the completion only: first = prompt length - 1; text rows: first = 0). */
-typedef struct zo_example {
-  const int32_t *ids;
-  uint32_t n, first;
-} zo_example_t;
+/* One tokenised example (methods/dataset.h). */
+typedef lm_example_t zo_example_t;
 
 /* One step of the run log: with the run's opts, it is all a replay needs. */
 typedef struct zo_record {
