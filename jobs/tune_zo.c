@@ -85,7 +85,7 @@ static lt_status_t dataset_read(dataset_t *d, tok_t *tok, const char *path, unsi
     d->ids[d->n] = ids;
     d->ex[d->n++] = (zo_example_t){.ids = ids, .n = (uint32_t)n, .first = first};
   }
-  jsonl_close(&r);
+  jsonl_destroy(&r);
   if (st == LT_OK && d->n == 0) st = lt_fail(err, LT_E_INVALID, "%s: no row with tokens to score", path);
   if (st != LT_OK) dataset_free(d);
   return st;
@@ -371,7 +371,7 @@ job_outcome_t run_tune_zo(job_ctx_t *ctx, lt_err_t *err) {
 done:
   if (r.log) fclose(r.log);
   zo_destroy(&r.z);
-  model_free(&r.m);
+  model_destroy(&r.m);
   dataset_free(&r.train);
   dataset_free(&r.eval);
   tok_destroy(&tok);

@@ -282,7 +282,7 @@ model_t *model_load(gpu_t *g, const char *path, const model_load_opts_t *opts, l
   if (st != LT_OK) return NULL;
   model_t *m = calloc(1, sizeof *m);
   if (!m) {
-    model_file_close(&f);
+    model_file_destroy(&f);
     lt_fail(err, LT_E_NOMEM, "out of memory");
     return NULL;
   }
@@ -334,13 +334,13 @@ model_t *model_load(gpu_t *g, const char *path, const model_load_opts_t *opts, l
   if ((st = params_build(m, w, err)) != LT_OK) goto out;
   st = acts_alloc(m, opts && opts->max_tokens_per_pass ? opts->max_tokens_per_pass : 512, err);
 out:
-  model_file_close(&f);
+  model_file_destroy(&f);
   m->file = NULL;
-  if (st != LT_OK) model_free(&m);
+  if (st != LT_OK) model_destroy(&m);
   return m;
 }
 
-void model_free(model_t **mp) {
+void model_destroy(model_t **mp) {
   if (!mp || !*mp) return;
   model_t *m = *mp;
   if (m->tied) memset(&m->lm_head, 0, sizeof m->lm_head);
