@@ -158,15 +158,15 @@ int main(int argc, char **argv) {
     if (with_data) printf("  %10.3f", exp(nll));
     printf("\n");
     fflush(stdout);
-    model_free(&cm);
+    model_destroy(&cm);
   }
   int rc = 0;
   if (gpu_stats(g)->validation_errors) {
     printf("validation layer: %llu errors\n", (unsigned long long)gpu_stats(g)->validation_errors);
     rc = 1;
   }
-  compress_calib_free(&calib);
-  model_free(&m);
+  compress_calib_destroy(&calib);
+  model_destroy(&m);
   free(cal), free(ev);
   tmp_remove();
   gpu_destroy(&g);

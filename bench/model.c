@@ -113,7 +113,7 @@ static peer_t *peer_load(const char *path, uint32_t cap) {
     d->wo = peer_f32(p, &s->wo);
     d->gate = peer_f32(p, &s->ffn.gate), d->up = peer_f32(p, &s->ffn.up), d->down = peer_f32(p, &s->ffn.down);
   }
-  model_file_close(&f);
+  model_file_destroy(&f);
   uint64_t d = c->hidden_size, qd = (uint64_t)c->n_heads * c->head_dim, kvd = (uint64_t)c->n_kv_heads * c->head_dim;
   p->cap = cap;
   p->x = xmalloc(cap * d * 4), p->xn = xmalloc(cap * d * 4), p->q = xmalloc(cap * qd * 4);
@@ -365,7 +365,7 @@ static int bench_model(gpu_t *g, const char *path, const char *label, const work
   for (uint32_t i = 0; i < MAX_ITEMS; i++) model_seq_destroy(&r.ls[i]), peer_seq_free(r.p, &r.ps[i]);
   free(toks), free(r.lathe_logits), free(r.peer_logits);
   peer_free(&r.p);
-  model_free(&r.m);
+  model_destroy(&r.m);
   return bad;
 }
 

@@ -120,7 +120,7 @@ int main(int argc, char **argv) {
            best[2] / best[0] < 2 ? "" : "  (NOT under 2x)");
   }
   for (int i = 0; i < 2 * MAX_BATCH; i++) free(owned[i]);
-  model_free(&b.m);
+  model_destroy(&b.m);
   tok_destroy(&tok);
   gpu_destroy(&g);
   return 0;

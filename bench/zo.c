@@ -84,7 +84,7 @@ static uint64_t inference_peak(const char *path, bool f32, const batch_t *b) {
   uint64_t peak = gpu_stats(g)->bytes_peak;
   for (uint32_t i = 0; i < b->n; i++) model_seq_destroy(&seqs[i]);
   free(seqs), free(it), free(nll);
-  model_free(&m);
+  model_destroy(&m);
   gpu_destroy(&g);
   return peak;
 }
@@ -168,7 +168,7 @@ static int bench(const char *path, const char *label, uint32_t n, uint32_t len, 
   int rc = gpu_stats(g)->validation_errors ? 1 : 0;
   zo_destroy(&mezo), zo_destroy(&lezo);
   free(tm), free(tl), free(pm), free(pl);
-  model_free(&m);
+  model_destroy(&m);
   gpu_destroy(&g);
   printf("  step time (median of %u): MeZO %.1f ms, LeZO (%u of %u blocks left out) %.1f ms: LeZO speed-up %.2fx\n",
          steps, step_m * 1e3, drop, L, step_l * 1e3, step_m / step_l);

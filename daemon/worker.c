@@ -218,7 +218,7 @@ gpu_t *job_gpu(job_ctx_t *c, lt_err_t *err) {
 
 /* Frees the kept model and tokenizer (before the device they live on). */
 static void drop_model(runner_t *r) {
-  model_free(&r->model);
+  model_destroy(&r->model);
   tok_destroy(&r->tok);
   r->model_path[0] = '\0';
 }

@@ -220,9 +220,9 @@ job_outcome_t run_compress(job_ctx_t *ctx, lt_err_t *err) {
   job_result_float(ctx, "weight_memory_ratio", (double)after.weight_device_bytes / (double)before.weight_device_bytes);
   outcome = JOB_SUCCEEDED;
 done:
-  model_free(&cm);
+  model_destroy(&cm);
   compress_choice_free(&choice);
-  compress_calib_free(&calib);
+  compress_calib_destroy(&calib);
   json_decref(report);
   free(cal), free(ev);
   return outcome;

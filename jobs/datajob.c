@@ -53,7 +53,7 @@ lt_status_t dj_count_rows(const char *path, uint64_t max, uint64_t *n, lt_err_t 
     while (a < len && (line[a] == ' ' || line[a] == '\t')) a++;
     if (a < len) (*n)++;
   }
-  lines_close(&r);
+  lines_destroy(&r);
   return got < 0 ? (lt_status_t)got : LT_OK;
 }
 

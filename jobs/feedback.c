@@ -195,7 +195,7 @@ job_outcome_t run_feedback(job_ctx_t *ctx, lt_err_t *err) {
 done:
   if (all) fclose(all);
   if (prefs) fclose(prefs);
-  lines_close(&r);
+  lines_destroy(&r);
   dj_model_close(&dm);
   free(rows), free(items), free(res);
   return out;

@@ -83,6 +83,6 @@ job_outcome_t run_score(job_ctx_t *ctx, lt_err_t *err) {
   job_result_int(ctx, "rows", (int64_t)t.rows);
   out = JOB_SUCCEEDED;
 done:
-  jsonl_close(&r);
+  jsonl_destroy(&r);
   return out;
 }

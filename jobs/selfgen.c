@@ -66,7 +66,7 @@ static lt_status_t pool_load(job_ctx_t *ctx, pool_t *p, lt_err_t *err) {
     json_decref(o);
   }
   if (st == LT_OK && got < 0) st = (lt_status_t)got;
-  lines_close(&r);
+  lines_destroy(&r);
   return st;
 }
 
@@ -231,7 +231,7 @@ job_outcome_t run_selfgen(job_ctx_t *ctx, lt_err_t *err) {
 done:
   if (kept) fclose(kept);
   if (dropped) fclose(dropped);
-  lines_close(&r);
+  lines_destroy(&r);
   dj_model_close(&dm);
   pool_free(&pool);
   free(stops), free(rows), free(pairs);

@@ -309,7 +309,7 @@ job_outcome_t run_tune_zo(job_ctx_t *ctx, lt_err_t *err) {
 done:
   if (r.log) fclose(r.log);
   zo_destroy(&r.z);
-  model_free(&r.m);
+  model_destroy(&r.m);
   dataset_free(&r.train);
   dataset_free(&r.eval);
   tok_destroy(&tok);

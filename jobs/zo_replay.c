@@ -50,7 +50,7 @@ job_outcome_t run_zo_replay(job_ctx_t *ctx, lt_err_t *err) {
   out = JOB_SUCCEEDED;
 done:
   zo_destroy(&z);
-  model_free(&m);
+  model_destroy(&m);
   free(recs);
   return out;
 }

@@ -71,7 +71,7 @@ lt_status_t compress_read_tokens(const tok_t *tok, const char *path, uint64_t ma
     free(row_ids);
   }
   free(joined);
-  jsonl_close(&r);
+  jsonl_destroy(&r);
   if (st != LT_OK) {
     free(*ids);
     *ids = NULL;
@@ -258,12 +258,12 @@ lt_status_t compress_calibrate(compress_calib_t **out, model_t *m, const int32_t
 out:
   model_seq_destroy(&s);
   free(cap_resid);
-  if (st != LT_OK) compress_calib_free(&c);
+  if (st != LT_OK) compress_calib_destroy(&c);
   *out = c;
   return st;
 }
 
-void compress_calib_free(compress_calib_t **cp) {
+void compress_calib_destroy(compress_calib_t **cp) {
   if (!cp || !*cp) return;
   compress_calib_t *c = *cp;
   for (uint64_t i = 0; c->sq && i < (uint64_t)c->L * c->slots; i++) free(c->sq[i]);

@@ -39,12 +39,12 @@ typedef struct compress_calib_opts {
  * accumulates, per block l: the mean over tokens of cos(h_l, h_{l+1}) (block drop), of cos(x, x + FFN(norm(x)))
  * with x the stream entering the feed-forward sub-layer (layer drop), of each expert's router probability (expert
  * drop), and with opts->inputs the per-column sums of squares of the inputs of every linear layer (Wanda). Needs
- * n >= T. Caller owns *out (compress_calib_free). */
+ * n >= T. Caller owns *out (compress_calib_destroy). */
 lt_status_t compress_calibrate(compress_calib_t **out, model_t *m, const int32_t *ids, uint64_t n,
                                const compress_calib_opts_t *opts, lt_err_t *err);
 
 /* Frees *c and sets it to NULL; NULL-safe. */
-void compress_calib_free(compress_calib_t **c);
+void compress_calib_destroy(compress_calib_t **c);
 
 /* Calibration tokens seen (N * T). */
 uint64_t compress_calib_tokens(const compress_calib_t *c);

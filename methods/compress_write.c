@@ -296,6 +296,6 @@ out:
   if (summary) *summary = sum;
   out_free(&o);
   free(nc), free(new_layer), free(new_expert);
-  model_file_close(&f);
+  model_file_destroy(&f);
   return st;
 }

@@ -57,7 +57,7 @@ lt_status_t dataset_read(dataset_t *d, const tok_t *tok, const char *path, unsig
     d->ids[d->n] = ids;
     d->ex[d->n++] = (lm_example_t){.ids = ids, .n = (uint32_t)n, .first = first};
   }
-  jsonl_close(&r);
+  jsonl_destroy(&r);
   if (st == LT_OK && d->n == 0) st = lt_fail(err, LT_E_INVALID, "%s: no row with tokens to score", path);
   if (st != LT_OK) dataset_free(d);
   return st;

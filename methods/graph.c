@@ -301,7 +301,7 @@ lt_status_t graph_read(graph_t *g, const char *path, graph_format_t fmt, bool di
   if (st == LT_OK && got < 0) st = (lt_status_t)got;
   if (st == LT_OK && on_progress) on_progress(progress_ctx, lines_offset(r), lines_size(r));
   free(scratch);
-  lines_close(&r);
+  lines_destroy(&r);
   return st;
 }
 

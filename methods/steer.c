@@ -316,7 +316,7 @@ lt_status_t steer_vector_load(const char *path, uint32_t hidden, float **v, uint
     free(*v);
     *v = NULL;
   }
-  st_close(&f);
+  st_destroy(&f);
   return st;
 }
 

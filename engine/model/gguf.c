@@ -342,7 +342,7 @@ static lt_status_t open_common(gguf_t **out, const char *label, lt_err_t *err) {
 lt_status_t gguf_open_buffer(gguf_t **out, const void *data, size_t size, const char *label, lt_err_t *err) {
   lt_status_t st = open_common(out, label, err);
   if (!st) st = parse(*out, data, size, err);
-  if (st) gguf_close(out);
+  if (st) gguf_destroy(out);
   return st;
 }
 
@@ -350,11 +350,11 @@ lt_status_t gguf_open(gguf_t **out, const char *path, lt_err_t *err) {
   lt_status_t st = open_common(out, path, err);
   if (!st) st = ft_map_open(&(*out)->map, path, err);
   if (!st) st = parse(*out, (*out)->map.data, (*out)->map.size, err);
-  if (st) gguf_close(out);
+  if (st) gguf_destroy(out);
   return st;
 }
 
-void gguf_close(gguf_t **self_p) {
+void gguf_destroy(gguf_t **self_p) {
   if (!self_p || !*self_p) return;
   gguf_t *g = *self_p;
   for (uint64_t i = 0; i < g->n_kv; i++) {

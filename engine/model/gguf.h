@@ -76,15 +76,15 @@ typedef struct gguf_tokenizer {
   int64_t bos_id, eos_id, unk_id, pad_id;
 } gguf_tokenizer_t;
 
-/* Maps and validates the GGUF file at path. Caller owns *out (gguf_close). */
+/* Maps and validates the GGUF file at path. Caller owns *out (gguf_destroy). */
 lt_status_t gguf_open(gguf_t **out, const char *path, lt_err_t *err);
 
 /* Parses a GGUF image held in memory. data is borrowed and must outlive the object; label names it in
- * messages. Caller owns *out (gguf_close). */
+ * messages. Caller owns *out (gguf_destroy). */
 lt_status_t gguf_open_buffer(gguf_t **out, const void *data, size_t size, const char *label, lt_err_t *err);
 
 /* Unmaps and frees *self_p and sets it to NULL; NULL-safe. */
-void gguf_close(gguf_t **self_p);
+void gguf_destroy(gguf_t **self_p);
 
 /* File path or buffer label; owned by g. */
 const char *gguf_path(const gguf_t *g);

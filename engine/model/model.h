@@ -30,11 +30,11 @@ typedef struct model_mem {
 /* Loads a Hugging Face folder or a .gguf file onto g: f32, f16 and bf16 weights stay in their dtype (16-bit ones
  * need 16-bit storage buffers, else they become f32; opts->force_f32 makes them f32); norms and Q8_0 are converted
  * to f32 at load; int8 / int4 weights of a compressed model stay quantised (docs/compression.md). Tensors larger than the device's maxStorageBufferRange are split into row pieces.
- * Caller owns the result (model_free); g must outlive it. NULL with err on failure. */
+ * Caller owns the result (model_destroy); g must outlive it. NULL with err on failure. */
 model_t *model_load(gpu_t *g, const char *path, const model_load_opts_t *opts, lt_err_t *err);
 
 /* Frees the model's device memory and sets *m to NULL; NULL-safe. */
-void model_free(model_t **m);
+void model_destroy(model_t **m);
 
 /* The model's hyper-parameters; owned by m. */
 const model_config_t *model_config(const model_t *m);

@@ -271,7 +271,7 @@ static lt_status_t map_weights(model_weights_t **out, const model_config_t *c, c
   build_list(w, c, names);
   return LT_OK;
 fail:
-  model_weights_free(out);
+  model_weights_destroy(out);
   return s;
 }
 
@@ -286,7 +286,7 @@ lt_status_t model_weights_from_gguf(model_weights_t **out, const model_config_t 
   return map_weights(out, cfg, &src, err);
 }
 
-void model_weights_free(model_weights_t **self_p) {
+void model_weights_destroy(model_weights_t **self_p) {
   if (!self_p) return;
   free(*self_p);
   *self_p = NULL;
@@ -314,16 +314,16 @@ lt_status_t model_file_open(model_file_t **out, const char *path, lt_err_t *err)
     if (!(s = gguf_open(&m->g, path, err)) && !(s = model_config_from_gguf(&m->cfg, m->g, err)))
       s = model_weights_from_gguf(&m->w, &m->cfg, m->g, err);
   }
-  if (s) model_file_close(out);
+  if (s) model_file_destroy(out);
   return s;
 }
 
-void model_file_close(model_file_t **self_p) {
+void model_file_destroy(model_file_t **self_p) {
   if (!self_p || !*self_p) return;
   model_file_t *m = *self_p;
-  model_weights_free(&m->w);
-  st_close(&m->st);
-  gguf_close(&m->g);
+  model_weights_destroy(&m->w);
+  st_destroy(&m->st);
+  gguf_destroy(&m->g);
   free(m);
   *self_p = NULL;
 }

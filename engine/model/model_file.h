@@ -74,7 +74,7 @@ typedef struct model_weights {
 
 /* Maps the tensors of a safetensors set in Hugging Face naming onto cfg's layout, checking presence, shape
  * and dtype (floating point, or quantised with its scales: docs/compression.md) of each; the first problem is
- * reported naming the tensor. Caller owns *out (model_weights_free); st must outlive it. */
+ * reported naming the tensor. Caller owns *out (model_weights_destroy); st must outlive it. */
 lt_status_t model_weights_from_st(model_weights_t **out, const model_config_t *cfg, const st_file_t *st, lt_err_t *err);
 
 /* As model_weights_from_st for a GGUF file in llama.cpp naming (token_embd, blk.N.attn_q, ...,
@@ -82,16 +82,16 @@ lt_status_t model_weights_from_st(model_weights_t **out, const model_config_t *c
 lt_status_t model_weights_from_gguf(model_weights_t **out, const model_config_t *cfg, const gguf_t *g, lt_err_t *err);
 
 /* Frees *self_p and sets it to NULL; NULL-safe. */
-void model_weights_free(model_weights_t **self_p);
+void model_weights_destroy(model_weights_t **self_p);
 
 typedef struct model_file model_file_t;
 
 /* Opens a model: a folder with config.json and safetensors weights, or a .gguf file (recognised by its
- * magic). Reads the config, maps the weights and validates them. Caller owns *out (model_file_close). */
+ * magic). Reads the config, maps the weights and validates them. Caller owns *out (model_file_destroy). */
 lt_status_t model_file_open(model_file_t **out, const char *path, lt_err_t *err);
 
 /* Closes the files and frees *self_p, setting it to NULL; NULL-safe. */
-void model_file_close(model_file_t **self_p);
+void model_file_destroy(model_file_t **self_p);
 
 /* The model's hyper-parameters; owned by m. */
 const model_config_t *model_file_config(const model_file_t *m);

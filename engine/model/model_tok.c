@@ -68,7 +68,7 @@ static tok_t *from_gguf(const char *path, lt_err_t *err) {
   t = tok_new(&s, err);
 out:
   free(lens);
-  gguf_close(&g);
+  gguf_destroy(&g);
   return t;
 }
 
@@ -109,7 +109,7 @@ static chat_tmpl_t *tmpl_from_gguf(const char *path, lt_err_t *err) {
     }
     t = chat_tmpl_new(src, bos, eos, err);
   }
-  gguf_close(&g);
+  gguf_destroy(&g);
   return t;
 }
 

@@ -232,7 +232,7 @@ lt_status_t st_open_buffer(st_file_t **out, const void *data, size_t size, const
   if (!f->shards[0].path) s = lt_fail(err, LT_E_NOMEM, "%s: out of memory", label);
   if (!s) s = parse_shard(f, 0, data, size, err);
   if (!s) s = build_index(f, err);
-  if (s) st_close(out);
+  if (s) st_destroy(out);
   return s;
 }
 
@@ -293,7 +293,7 @@ static lt_status_t open_index(st_file_t **out, const char *path, lt_err_t *err) 
       s = lt_fail(err, LT_E_CORRUPT, "%s: shard %s holds %s, which weight_map does not list", path,
                   files[(*out)->t[i].shard], (*out)->t[i].name);
 done:
-  if (s) st_close(out);
+  if (s) st_destroy(out);
   free(files);
   free(dir);
   json_decref(idx);
@@ -324,11 +324,11 @@ lt_status_t st_open(st_file_t **out, const char *path, lt_err_t *err) {
   lt_status_t s = alloc_file(out, 1, err);
   if (!s) s = open_shard(*out, 0, path, err);
   if (!s) s = build_index(*out, err);
-  if (s) st_close(out);
+  if (s) st_destroy(out);
   return s;
 }
 
-void st_close(st_file_t **self_p) {
+void st_destroy(st_file_t **self_p) {
   if (!self_p || !*self_p) return;
   st_file_t *f = *self_p;
   for (uint32_t i = 0; i < f->n_shards; i++) {

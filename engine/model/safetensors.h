@@ -18,15 +18,15 @@ typedef struct st_file st_file_t;
 
 /* Opens weights read-only from path: a .safetensors file, a sharded set's index JSON (weight_map names the
  * shard of every tensor; shards live next to it), or a folder holding model.safetensors.index.json or
- * model.safetensors. Caller owns *out (st_close). */
+ * model.safetensors. Caller owns *out (st_destroy). */
 lt_status_t st_open(st_file_t **out, const char *path, lt_err_t *err);
 
 /* Parses a safetensors image held in memory. data is borrowed and must outlive the object; label names it
- * in messages. Caller owns *out (st_close). */
+ * in messages. Caller owns *out (st_destroy). */
 lt_status_t st_open_buffer(st_file_t **out, const void *data, size_t size, const char *label, lt_err_t *err);
 
 /* Unmaps and frees *self_p and sets it to NULL; NULL-safe. */
-void st_close(st_file_t **self_p);
+void st_destroy(st_file_t **self_p);
 
 /* Number of tensors over all shards. */
 uint32_t st_count(const st_file_t *f);

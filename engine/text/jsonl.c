@@ -28,7 +28,7 @@ jsonl_t *jsonl_open(const char *path, lt_err_t *err) {
   struct stat sb;
   if (!(r->f = fopen(path, "r")) || fstat(fileno(r->f), &sb) != 0 || !S_ISREG(sb.st_mode)) {
     lt_fail(err, LT_E_IO, "cannot open %s: %s", path, r->f ? "not a regular file" : strerror(errno));
-    jsonl_close(&r);
+    jsonl_destroy(&r);
     return NULL;
   }
   r->size = (uint64_t)sb.st_size;
@@ -65,7 +65,7 @@ const char *jsonl_where(const jsonl_t *r) { return r->where; }
 uint64_t jsonl_offset(const jsonl_t *r) { return r->offset; }
 uint64_t jsonl_size(const jsonl_t *r) { return r->size; }
 
-void jsonl_close(jsonl_t **rp) {
+void jsonl_destroy(jsonl_t **rp) {
   if (!rp || !*rp) return;
   jsonl_t *r = *rp;
   if (r->f) fclose(r->f);
@@ -101,7 +101,7 @@ lt_status_t jsonl_load(const char *path, uint64_t max_rows, json_t ***rows, size
     }
     (*rows)[(*n)++] = row;
   }
-  jsonl_close(&r);
+  jsonl_destroy(&r);
   if (st != LT_OK) {
     jsonl_free(*rows, *n);
     *rows = NULL;

@@ -14,7 +14,7 @@
 
 typedef struct jsonl jsonl_t;
 
-/* Opens path for reading rows. Caller owns the result (jsonl_close); NULL with err naming the file. */
+/* Opens path for reading rows. Caller owns the result (jsonl_destroy); NULL with err naming the file. */
 jsonl_t *jsonl_open(const char *path, lt_err_t *err);
 
 /* Reads the next row into *row (caller json_decref()s it), or sets *row to NULL at the end of the file. A line
@@ -29,7 +29,7 @@ uint64_t jsonl_offset(const jsonl_t *r);
 uint64_t jsonl_size(const jsonl_t *r);
 
 /* Closes the file and frees *r, setting it to NULL; NULL-safe. */
-void jsonl_close(jsonl_t **r);
+void jsonl_destroy(jsonl_t **r);
 
 /* Reads every row of path (at most max_rows, 0: all). Caller owns *rows (jsonl_free). */
 lt_status_t jsonl_load(const char *path, uint64_t max_rows, json_t ***rows, size_t *n, lt_err_t *err);

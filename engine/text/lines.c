@@ -31,7 +31,7 @@ lines_t *lines_open(const char *path, size_t max_line, lt_err_t *err) {
   r->f = fopen(path, "rb");
   if (!r->path || !r->f) {
     lt_fail(err, r->path ? LT_E_IO : LT_E_NOMEM, "cannot open %s", path);
-    lines_close(&r);
+    lines_destroy(&r);
     return NULL;
   }
   struct stat sb;
@@ -39,7 +39,7 @@ lines_t *lines_open(const char *path, size_t max_line, lt_err_t *err) {
   return r;
 }
 
-void lines_close(lines_t **rp) {
+void lines_destroy(lines_t **rp) {
   lines_t *r = rp ? *rp : NULL;
   if (!r) return;
   if (r->f) fclose(r->f);

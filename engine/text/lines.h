@@ -15,12 +15,12 @@
 
 typedef struct lines lines_t;
 
-/* Opens path for reading lines of at most max_line bytes (0: LINES_MAX_DEFAULT). Caller owns (lines_close);
+/* Opens path for reading lines of at most max_line bytes (0: LINES_MAX_DEFAULT). Caller owns (lines_destroy);
  * NULL with err (LT_E_IO) when the file cannot be opened. */
 lines_t *lines_open(const char *path, size_t max_line, lt_err_t *err);
 
 /* Closes the file and sets *r to NULL; NULL-safe. */
-void lines_close(lines_t **r);
+void lines_destroy(lines_t **r);
 
 /* Reads the next line without its "\n" or "\r\n". Returns 1 with *line (owned by r, valid until the next call,
  * NUL-terminated) and *len, 0 at the end of the file, or a negative status with err (LT_E_LIMIT for a line

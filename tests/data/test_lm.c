@@ -26,7 +26,7 @@ static void open_tiny(lm_t *lm) {
 }
 
 static void close_tiny(void) {
-  model_free(&m);
+  model_destroy(&m);
   tok_destroy(&tok);
 }
 

@@ -176,8 +176,8 @@ static void check_scores(const char *name) {
     }
   }
   cr_assert_gt(checked, 500u, "%s: only %u sums compared", name, checked);
-  compress_calib_free(&c);
-  model_free(&m);
+  compress_calib_destroy(&c);
+  model_destroy(&m);
   json_decref(ref);
 }
 
@@ -226,7 +226,7 @@ static void check_equivalent(const char *name, const char *dir, const model_hook
   cr_log_info("%s: weights %llu -> %llu bytes, dispatches %llu -> %llu", dir, (unsigned long long)wo,
               (unsigned long long)wc, (unsigned long long)d_orig, (unsigned long long)d_comp);
   free(plain), free(want), free(got);
-  model_free(&orig), model_free(&comp);
+  model_destroy(&orig), model_destroy(&comp);
 }
 
 Test(compress, dropped_block_is_gone) {
@@ -240,12 +240,12 @@ Test(compress, dropped_block_is_gone) {
     const char *dir = write_plan(names[k], names[k], &plan, NULL, NULL);
     model_t *comp = load(dir);
     cr_assert_eq(model_config(comp)->n_layers, 1);
-    model_free(&comp);
+    model_destroy(&comp);
     char src[512];
     snprintf(src, sizeof src, FIXTURES "/%s", names[k]);
     model_t *orig = load(src);
     uint64_t removed = param_bytes(orig, (int32_t)k, false, -1);
-    model_free(&orig);
+    model_destroy(&orig);
     model_hooks_t h = {.skip_block = drop};
     check_equivalent(names[k], dir, &h, removed, 0, true);
   }
@@ -270,7 +270,7 @@ Test(compress, dropped_ffn_sublayer_is_gone) {
     snprintf(src, sizeof src, FIXTURES "/%s", names[k]);
     model_t *orig = load(src);
     uint64_t removed = param_bytes(orig, k == 0 ? 1 : 0, true, -1);
-    model_free(&orig);
+    model_destroy(&orig);
     model_hooks_t h = {.skip_ffn = drop};
     check_equivalent(names[k], dir, &h, removed, 0, true);
   }
@@ -292,13 +292,13 @@ Test(compress, dropped_experts_are_gone) {
     const model_config_t *cc = model_config(comp);
     cr_assert_eq(model_config_experts(cc, 0), k == 0 ? 3u : 2u);
     cr_assert_eq(model_config_experts(cc, 1), k == 0 ? 3u : 4u);
-    model_free(&comp);
+    model_destroy(&comp);
     model_t *orig = load(src);
     uint64_t removed = 0;
     for (int32_t l = 0; l < 2; l++)
       for (int32_t e = 0; e < 4; e++)
         if (cases[k][l * 4 + e]) removed += param_bytes(orig, l, true, e) + 64 * 4; /* + its router row */
-    model_free(&orig);
+    model_destroy(&orig);
     model_hooks_t h = {.expert_mask = cases[k]};
     check_equivalent("mixtral-tiny", dir, &h, removed, 1e-5, false);
   }
@@ -312,7 +312,7 @@ Test(compress, composed_drops_renumber_blocks_and_experts) {
   const char *dir = write_plan("mixtral-tiny", "composed", &plan, NULL, NULL);
   model_t *orig = load(FIXTURES "/mixtral-tiny");
   uint64_t removed = param_bytes(orig, 0, false, -1) + param_bytes(orig, 1, true, 2) + 64 * 4;
-  model_free(&orig);
+  model_destroy(&orig);
   model_hooks_t h = {.skip_block = blocks, .expert_mask = experts};
   check_equivalent("mixtral-tiny", dir, &h, removed, 1e-5, true);
 }
@@ -365,7 +365,7 @@ Test(compress, pruning_zeroes_the_lowest_wanda_scores) {
     uint32_t n = fixture_tokens(names[k], ids);
     model_t *m = load(src);
     compress_calib_t *c = calibrate(m, ids, n, true);
-    model_free(&m);
+    model_destroy(&m);
     for (int pattern = 0; pattern < 2; pattern++) {
       compress_plan_t plan = {.sparsity = pattern ? 0 : 0.5, .keep_n = pattern ? 2 : 0, .keep_m = pattern ? 4 : 0};
       compress_summary_t sum;
@@ -402,11 +402,11 @@ Test(compress, pruning_zeroes_the_lowest_wanda_scores) {
       cr_assert_leq(zeros, sum.pruned);
       cr_assert(fabs((double)sum.pruned / (double)sum.prunable - 0.5) < 0.01, "%s: %llu of %llu pruned", out,
                 (unsigned long long)sum.pruned, (unsigned long long)sum.prunable);
-      model_file_close(&fo), model_file_close(&fp);
+      model_file_destroy(&fo), model_file_destroy(&fp);
       model_t *again = load(dir);
-      model_free(&again);
+      model_destroy(&again);
     }
-    compress_calib_free(&c);
+    compress_calib_destroy(&c);
   }
 }
 
@@ -456,7 +456,7 @@ static const char *dequantised_twin(const char *qdir, const char *out) {
   cr_assert_eq(model_folder_write(dir, &cfg, ts, k, qdir, NULL, &err), LT_OK, "%s", err.msg);
   for (uint32_t i = 0; i < n; i++) free(owned[i]);
   free(owned), free(ts);
-  st_close(&st);
+  st_destroy(&st);
   return dir;
 }
 
@@ -496,7 +496,7 @@ Test(compress, quantised_models_compute_with_their_dequantised_weights) {
       float *ls = logits(s, ids, n, NULL, NULL);
       tassert_close(ls, lq, (uint64_t)n * V, 0, 0, saved);
       free(lq), free(lf), free(ls);
-      model_free(&q), model_free(&f), model_free(&s);
+      model_destroy(&q), model_destroy(&f), model_destroy(&s);
     }
 }
 
@@ -605,6 +605,6 @@ Test(compress, jsonl_streams_and_windowed_perplexity) {
   cr_assert_eq(compress_read_tokens(tok, path, 0, &ids, &n, &err), LT_E_INVALID);
   cr_assert(strstr(err.msg, ":4:") != NULL, "names the line: %s", err.msg);
   free(want), free(b);
-  model_free(&m);
+  model_destroy(&m);
   tok_destroy(&tok);
 }

@@ -177,7 +177,7 @@ static lt_status_t gb_parse(const gb_t *b, lt_err_t *err) {
   uint8_t *copy = malloc(b->n ? b->n : 1);
   memcpy(copy, b->p, b->n);
   lt_status_t s = gguf_open_buffer(&g, copy, b->n, "built.gguf", err);
-  if (!s) gguf_close(&g);
+  if (!s) gguf_destroy(&g);
   cr_assert_null(g);
   free(copy);
   return s;
@@ -243,7 +243,7 @@ Test(files, hf_safetensors) {
   for (uint32_t i = 1; i < st_count(st); i++)
     cr_assert_eq((const uint8_t *)st_tensor(st, i - 1)->data + st_tensor(st, i - 1)->nbytes,
                  (const uint8_t *)st_tensor(st, i)->data);
-  st_close(&st);
+  st_destroy(&st);
   cr_assert_null(st);
 }
 
@@ -263,7 +263,7 @@ Test(files, hf_model_file) {
   cr_assert_str_eq(w->layers[3].ffn.down.name, "model.layers.3.mlp.down_proj.weight");
   cr_assert_null(model_file_gguf(m));
   cr_assert_not_null(model_file_st(m));
-  model_file_close(&m);
+  model_file_destroy(&m);
 }
 
 /* ---- the real model: GGUF ---- */
@@ -339,7 +339,7 @@ Test(files, gguf_metadata_and_tokenizer) {
   cr_assert_eq(c.bos_id, h.bos_id);
   cr_assert_eq(c.n_eos, 1);
   cr_assert_eq(c.eos_ids[0], h.eos_ids[0]);
-  gguf_close(&g);
+  gguf_destroy(&g);
 }
 
 /* HF q_proj row h*hd + s*hd/2 + i holds GGUF attn_q row h*hd + 2i + s (Hugging Face's conversion permute). */
@@ -385,8 +385,8 @@ Test(files, gguf_f32_matches_hf) {
   /* The embedding table, explicitly. */
   cr_assert_eq(h->tok_embd.nbytes, 512 * 64 * 4);
   cr_assert(memcmp(h->tok_embd.data, g->tok_embd.data, h->tok_embd.nbytes) == 0);
-  model_file_close(&mh);
-  model_file_close(&mg);
+  model_file_destroy(&mh);
+  model_file_destroy(&mg);
 }
 
 Test(files, gguf_f16_is_rounded_f32) {
@@ -410,8 +410,8 @@ Test(files, gguf_f16_is_rounded_f32) {
     free(fx), free(fy);
   }
   cr_assert_eq(halves, 2 + 5 * 7, "embeddings, head and the 7 matrices of each block are F16");
-  model_file_close(&m32);
-  model_file_close(&m16);
+  model_file_destroy(&m32);
+  model_file_destroy(&m16);
 }
 
 /* Every value type through the typed accessors, on a hand-built file. */
@@ -491,7 +491,7 @@ Test(files, gguf_accessors) {
   cr_assert_null(gguf_kv_at(g, 9));
   gguf_tokenizer_t tok;
   expect_fail(gguf_tokenizer(g, &tok, &err), &err, "tokenizer.ggml.tokens", "no tokenizer");
-  gguf_close(&g);
+  gguf_destroy(&g);
   free(b.p);
 
   /* The dtype helpers the loaders and the forward pass share. */
@@ -539,7 +539,7 @@ Test(files, q8_0_dequantize) {
   float *y = to_f32(t);
   cr_assert(memcmp(y, want, sizeof want) == 0);
   free(y);
-  gguf_close(&g);
+  gguf_destroy(&g);
   free(b.p);
 
   /* Rows that are not whole blocks are refused. */
@@ -605,7 +605,7 @@ Test(files, writer_round_trip) {
   }
   /* A file is listed in its data order, which is the order written. */
   cr_assert_str_eq(st_tensor(st, 0)->name, "a.f32");
-  st_close(&st);
+  st_destroy(&st);
 
   /* Bad input to the writer is refused with a message naming the tensor; nothing is left behind. */
   ft_tensor_t bad = in[0];
@@ -657,7 +657,7 @@ Test(files, sharded_set) {
   cr_assert(in_second > 0 && in_second < st_count(orig));
   cr_assert(strstr(st_shard_path(sh, 1), "model-00002-of-00002.safetensors") != NULL);
   cr_assert_str_eq(st_metadata(sh, "format"), "pt");
-  st_close(&sh);
+  st_destroy(&sh);
 
   /* With config.json next to it, the sharded folder is a loadable model. */
   size_t n;
@@ -667,7 +667,7 @@ Test(files, sharded_set) {
   model_file_t *m = NULL;
   cr_assert_eq(model_file_open(&m, dir, &err), LT_OK, "%s", err.msg);
   cr_assert_eq(model_file_weights(m)->n_tensors, 48);
-  model_file_close(&m);
+  model_file_destroy(&m);
 
   /* Hostile indexes: each refused with a message. */
   const char *idx = join(dir, "model.safetensors.index.json");
@@ -701,9 +701,9 @@ Test(files, sharded_set) {
                     "\"model.norm.weight\": \"model-00003-of-00003.safetensors\"}}";
   spit(idx, dup, strlen(dup));
   expect_fail(st_open(&sh, dir, &err), &err, "is in both", "tensor in two shards");
-  st_close(&s1);
+  st_destroy(&s1);
   free(l1), free(l2), free(list);
-  st_close(&orig);
+  st_destroy(&orig);
 }
 
 /* ---- config.json variants ---- */
@@ -838,7 +838,7 @@ Test(files, mapping_names_missing_and_misshaped_tensors) {
   expect_fail(model_weights_from_st(&w, &c, st2, &err), &err, "model.layers.3.mlp.up_proj.weight is missing",
               "missing tensor");
   cr_assert_null(w);
-  st_close(&st2);
+  st_destroy(&st2);
 
   /* Give layer 2's k_proj the shape of q_proj. */
   for (uint32_t i = 0; i < n; i++)
@@ -854,7 +854,7 @@ Test(files, mapping_names_missing_and_misshaped_tensors) {
   cr_assert_eq(st_open(&st2, p, &err), LT_OK, "%s", err.msg);
   expect_fail(model_weights_from_st(&w, &c, st2, &err), &err,
               "model.layers.2.self_attn.k_proj.weight has shape [64, 64], expected [32, 64]", "mis-shaped tensor");
-  st_close(&st2);
+  st_destroy(&st2);
 
   /* Tied: no lm_head needed, the head is the embedding table, and the flat list holds it once. */
   model_config_t tied = c;
@@ -862,7 +862,7 @@ Test(files, mapping_names_missing_and_misshaped_tensors) {
   cr_assert_eq(model_weights_from_st(&w, &tied, st, &err), LT_OK, "%s", err.msg);
   cr_assert_eq(w->lm_head.data, w->tok_embd.data);
   cr_assert_eq(w->n_tensors, 47);
-  model_weights_free(&w);
+  model_weights_destroy(&w);
 
   /* A config asking for more layers than the GGUF file has. */
   gguf_t *g = NULL;
@@ -874,9 +874,9 @@ Test(files, mapping_names_missing_and_misshaped_tensors) {
   wide.intermediate_size = 173;
   expect_fail(model_weights_from_gguf(&w, &wide, g, &err), &err, "blk.0.ffn_gate.weight has shape [172, 64]",
               "wrong ffn width");
-  gguf_close(&g);
+  gguf_destroy(&g);
   free(fewer), free(list);
-  st_close(&st);
+  st_destroy(&st);
 }
 
 /* ---- a tiny Mixtral in both formats ---- */
@@ -996,15 +996,15 @@ Test(files, mixtral_both_formats) {
               h->tensors[i].name);
   }
   cr_assert_str_eq(h->tensors[9].name, "model.layers.0.block_sparse_moe.experts.0.w3.weight");
-  model_file_close(&m);
+  model_file_destroy(&m);
 
   /* A router with the wrong expert count is named. */
-  model_weights_free(&wg);
+  model_weights_destroy(&wg);
   cg.n_experts = 4;
   expect_fail(model_weights_from_gguf(&wg, &cg, g, &err), &err, "blk.0.ffn_gate_inp.weight has shape [3, 8]",
               "expert count");
   cr_assert_null(wg);
-  gguf_close(&g);
+  gguf_destroy(&g);
   free(b.p);
 }
 
@@ -1025,7 +1025,7 @@ static uint8_t *st_image(const char *header, uint64_t hlen_field, size_t data_le
 static lt_status_t st_try(const uint8_t *img, size_t size, lt_err_t *err) {
   st_file_t *st = NULL;
   lt_status_t s = st_open_buffer(&st, img, size, "hostile.safetensors", err);
-  if (!s) st_close(&st);
+  if (!s) st_destroy(&st);
   cr_assert_null(st);
   return s;
 }
@@ -1211,14 +1211,14 @@ Test(files, hostile_gguf) {
   gb_kv_str(&b, "general.architecture", "gpt2");
   cr_assert_eq(gguf_open_buffer(&g, b.p, b.n, "gpt2.gguf", &err), LT_OK, "%s", err.msg);
   expect_fail(model_config_from_gguf(&c, g, &err), &err, "supported: llama", "gpt2 GGUF");
-  gguf_close(&g);
+  gguf_destroy(&g);
   b.n = 0;
   gb_head(&b, 0, 2);
   gb_kv_str(&b, "general.architecture", "llama");
   gb_kv_str(&b, "llama.rope.scaling.type", "yarn");
   cr_assert_eq(gguf_open_buffer(&g, b.p, b.n, "yarn.gguf", &err), LT_OK, "%s", err.msg);
   expect_fail(model_config_from_gguf(&c, g, &err), &err, "yarn", "yarn GGUF");
-  gguf_close(&g);
+  gguf_destroy(&g);
   free(b.p);
 }
 
@@ -1246,8 +1246,8 @@ static lt_status_t parse_and_walk(const uint8_t *img, size_t size, bool gguf, co
     if (gguf_tokenizer(g, &tok, &e2) == LT_OK)
       for (uint64_t i = 0; i < tok.n_tokens; i++) sink += (float)strlen(tok.tokens[i]);
     if (model_config_from_gguf(&c, g, &e2) == LT_OK && model_weights_from_gguf(&w, &c, g, &e2) == LT_OK)
-      model_weights_free(&w);
-    gguf_close(&g);
+      model_weights_destroy(&w);
+    gguf_destroy(&g);
     return LT_OK;
   }
   st_file_t *st = NULL;
@@ -1261,8 +1261,8 @@ static lt_status_t parse_and_walk(const uint8_t *img, size_t size, bool gguf, co
     free(y);
   }
   lt_err_t e2 = {0};
-  if (model_weights_from_st(&w, hf_cfg, st, &e2) == LT_OK) model_weights_free(&w);
-  st_close(&st);
+  if (model_weights_from_st(&w, hf_cfg, st, &e2) == LT_OK) model_weights_destroy(&w);
+  st_destroy(&st);
   (void)sink;
   return LT_OK;
 }
@@ -1307,7 +1307,7 @@ Test(files, truncated_files) {
     if (t->offset + t->t.nbytes > end) end = t->offset + t->t.nbytes;
   }
   size_t data_off = gguf_data_offset(g);
-  gguf_close(&g);
+  gguf_destroy(&g);
   struct stat sb;
   cr_assert_eq(stat(gp, &sb), 0);
   cr_assert_eq(data_off + end, (uint64_t)sb.st_size);
@@ -1359,7 +1359,7 @@ Test(files, random_mutations) {
   lt_err_t err = {0};
   cr_assert_eq(gguf_open(&g, model_path("stories260K.gguf"), &err), LT_OK, "%s", err.msg);
   size_t data_off = gguf_data_offset(g);
-  gguf_close(&g);
+  gguf_destroy(&g);
   mutations(model_path("stories260K.gguf"), true, data_off, 400, 0x9e3779b97f4a7c15ull);
   mutations(model_path("hf/model.safetensors"), false, 8 + 4944, 400, 0x243f6a8885a308d3ull);
 }

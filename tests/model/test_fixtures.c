@@ -121,7 +121,7 @@ static void check_fixture(const char *name) {
   }
   free(all), free(rows);
   model_seq_destroy(&s);
-  model_free(&m);
+  model_destroy(&m);
   json_decref(f.ref);
 }
 
@@ -171,8 +171,8 @@ Test(fixtures, saved_model_reloads_with_the_same_logits) {
     }
     tassert_close(b, a, ROWS * V, 0, 0, names[k]);
     free(a), free(b);
-    model_free(&m2);
-    model_free(&m);
+    model_destroy(&m2);
+    model_destroy(&m);
     char cmd[128];
     snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
     cr_assert_eq(system(cmd), 0);

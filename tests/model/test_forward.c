@@ -40,7 +40,7 @@ static void greedy_story(const char *model_path) {
   free(text);
   free(r[0].tokens);
   free(ids);
-  model_free(&m);
+  model_destroy(&m);
   tok_destroy(&tok);
 }
 
@@ -98,7 +98,7 @@ Test(forward, cached_decoding_matches_prefill) {
   tassert_close(rest, all + 7ull * V, (uint64_t)(N_STORY - 7) * V, 2e-4, 1e-4, "chunked prefill");
   free(rest), free(one), free(all);
   model_seq_destroy(&s);
-  model_free(&m);
+  model_destroy(&m);
 }
 
 Test(forward, batch_equals_single_sequences) {
@@ -119,7 +119,7 @@ Test(forward, batch_equals_single_sequences) {
     free(single[0].tokens);
     free(batch[i].tokens);
   }
-  model_free(&m);
+  model_destroy(&m);
 }
 
 Test(forward, score_matches_log_softmax_of_logits) {
@@ -141,7 +141,7 @@ Test(forward, score_matches_log_softmax_of_logits) {
   }
   tassert_close(lp, want, N_STORY, 1e-4, 0, "log-probabilities");
   free(all);
-  model_free(&m);
+  model_destroy(&m);
 }
 
 typedef struct capture {
@@ -193,7 +193,7 @@ Test(forward, hooks_read_and_leave_the_model_unchanged) {
   cr_assert(diff > 1.0, "adding 2 * ones at layer 2 changed the logits by only %g", diff);
   for (uint32_t l = 0; l <= cf->n_layers; l++) free(got.h[l]);
   free(base), free(hooked), free(steered);
-  model_free(&m);
+  model_destroy(&m);
 }
 
 Test(forward, skipping_a_block_equals_running_it_as_identity) {
@@ -205,7 +205,7 @@ Test(forward, skipping_a_block_equals_running_it_as_identity) {
   float *out = prefill_all(m, story_ids, N_STORY, &h);
   tassert_close(got.h[3], got.h[2], (uint64_t)N_STORY * model_config(m)->hidden_size, 0, 0, "h3 == h2");
   free(got.h[2]), free(got.h[3]), free(out);
-  model_free(&m);
+  model_destroy(&m);
 }
 
 Test(forward, bad_input_is_refused) {
@@ -225,7 +225,7 @@ Test(forward, bad_input_is_refused) {
   model_seq_destroy(&s);
   cr_assert_null(model_load(tgpu(), "/nonexistent/model", NULL, &err));
   cr_assert(strstr(err.msg, "/nonexistent/model") != NULL, "%s", err.msg);
-  model_free(&m);
+  model_destroy(&m);
 }
 
 typedef struct seen {
@@ -263,5 +263,5 @@ Test(forward, hooks_name_the_callers_items_across_passes) {
     cr_assert_eq(seen.tokens[i], want_tokens[i], "report %u has %u tokens, want %u", i, seen.tokens[i], want_tokens[i]);
   }
   for (int i = 0; i < 3; i++) model_seq_destroy(&s[i]);
-  model_free(&m);
+  model_destroy(&m);
 }

@@ -38,7 +38,7 @@ Test(jsonl, rows_blank_lines_and_errors_name_the_line) {
   char want[96];
   snprintf(want, sizeof want, "%s:5: not a JSON object", path);
   cr_assert(strstr(err.msg, want) != NULL, "%s", err.msg);
-  jsonl_close(&r);
+  jsonl_destroy(&r);
   json_t **rows;
   size_t n;
   cr_assert_eq(jsonl_load(path, 2, &rows, &n, &err), LT_OK, "max_rows stops before the bad row: %s", err.msg);

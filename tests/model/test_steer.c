@@ -212,7 +212,7 @@ Test(steer, alpha_zero_reproduces_unsteered_generation, GPU) {
   for (int i = 0; i < 2; i++) free(plain[i].tokens), free(steered[i].tokens), free(moved[i].tokens);
   free(vec), free(p0), free(p1);
   tok_destroy(&tok);
-  model_free(&m);
+  model_destroy(&m);
 }
 
 /* One sequence of the references below: its own KV cache, fed one call at a time. */
@@ -264,7 +264,7 @@ Test(steer, rose_logits_equal_the_formula_on_both_sequences, GPU) {
   free(lp), free(ln), free(want), free(pos), free(neg), free(pos2), free(neg2);
   for (int i = 0; i < 2; i++) free(r[i].tokens);
   tok_destroy(&tok);
-  model_free(&m);
+  model_destroy(&m);
 }
 
 /* The reference intervention: capture a_s from the contrastive sequence's last row, then steer the base
@@ -347,7 +347,7 @@ static void contrast_matches_reference(uint32_t layer) {
   free(lb), free(lu), free(base), free(twin), free(base2), free(twin2);
   for (int i = 0; i < 2; i++) free(r[i].tokens);
   tok_destroy(&tok);
-  model_free(&m);
+  model_destroy(&m);
 }
 
 Test(steer, contrastive_intervention_matches_cpu_reference_layer0, GPU) { contrast_matches_reference(0); }
@@ -446,7 +446,7 @@ Test(steer, steering_vector_is_the_mean_difference, GPU) {
   for (int i = 0; i < 3; i++) free(pos[i]);
   for (int i = 0; i < 2; i++) free(neg[i]);
   tok_destroy(&tok);
-  model_free(&m);
+  model_destroy(&m);
 }
 
 Test(steer, forced_scoring_matches_model_score, GPU) {
@@ -463,5 +463,5 @@ Test(steer, forced_scoring_matches_model_score, GPU) {
   float *lp[1] = {got};
   cr_assert_eq(steer_score(m, NULL, prompts, lens, conts, clens, 1, lp, &err), LT_OK, "%s", err.msg);
   tassert_close(got, want + np, nc, 2e-4, 0, "log-probabilities");
-  model_free(&m);
+  model_destroy(&m);
 }

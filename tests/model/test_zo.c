@@ -122,7 +122,7 @@ Test(zo, perturb_then_restore_returns_the_weights) {
               worst_plus, worst_back, (unsigned long long)exact, (unsigned long long)total);
   snap_free(&base), snap_free(&plus), snap_free(&back);
   zo_destroy(&z);
-  model_free(&m);
+  model_destroy(&m);
 }
 
 Test(zo, f16_weights_are_refused_unless_loaded_as_f32) {
@@ -138,13 +138,13 @@ Test(zo, f16_weights_are_refused_unless_loaded_as_f32) {
   } else {
     cr_log_info("this device has no 16-bit storage: llama-tiny-f16 loads as f32 anyway");
   }
-  model_free(&m);
+  model_destroy(&m);
   m = load(TINY_F16, true);
   for (uint32_t i = 0; i < model_param_count(m); i++) cr_assert_eq(model_param_at(m, i)->dtype, LT_F32);
   zo_t *z = zo_new(m, &o, 1, 8, &err);
   cr_assert(z != NULL, "%s", err.msg);
   zo_destroy(&z);
-  model_free(&m);
+  model_destroy(&m);
 }
 
 /* Mean NLL of the scored tokens of the batch by model_score, one sequence at a time. */
@@ -229,8 +229,8 @@ Test(zo, projected_gradient_matches_two_cpu_perturbed_forward_passes) {
   cr_assert_gt(fabs(rec.g - g_other), 5e-3 + 1e-3 * fabs(g_other), "another direction's g must differ");
   snap_free(&p), snap_free(&q), snap_free(&now), snap_free(&base);
   zo_destroy(&z);
-  model_free(&m);
-  model_free(&cpu);
+  model_destroy(&m);
+  model_destroy(&cpu);
 }
 
 Test(zo, lezo_touches_only_the_chosen_blocks) {
@@ -271,7 +271,7 @@ Test(zo, lezo_touches_only_the_chosen_blocks) {
   for (uint32_t l = 0; l < L; l++) distinct += seen[l] > 0;
   cr_assert_gt(distinct, 2, "the same blocks every step");
   zo_destroy(&z);
-  model_free(&m);
+  model_destroy(&m);
 }
 
 Test(zo, batches_are_an_epoch_shuffle_fixed_by_seed_and_step) {
@@ -319,7 +319,7 @@ Test(zo, replaying_the_log_reproduces_the_checkpoint) {
     snprintf(ck, sizeof ck, "%s/checkpoint-%d", dir, method);
     cr_assert_eq(model_save(m, ck, NULL, &err), LT_OK, "%s", err.msg);
     zo_destroy(&z);
-    model_free(&m);
+    model_destroy(&m);
 
     /* Through the log file: the run's options and every step's floats must read back exactly. */
     char lp[128];
@@ -360,12 +360,12 @@ Test(zo, replaying_the_log_reproduces_the_checkpoint) {
     cr_log_info("%s: updates alone leave %u of %u pieces off by rounding", method ? "lezo" : "mezo",
                 pieces_differing(r, &updates_only, &trained), trained.n);
     zo_destroy(&z);
-    model_free(&r);
+    model_destroy(&r);
 
     model_t *c = load(ck, false);
     snap_t loaded = snapshot(c);
     cr_assert_eq(pieces_differing(c, &loaded, &trained), 0, "the saved checkpoint loads to other weights");
-    model_free(&c);
+    model_destroy(&c);
     snap_free(&trained), snap_free(&base), snap_free(&replayed), snap_free(&updates_only), snap_free(&loaded);
   }
   char cmd[160];
@@ -393,7 +393,7 @@ Test(zo, resumed_run_equals_uninterrupted_run) {
   snprintf(ck, sizeof ck, "%s/checkpoint-3", dir);
   cr_assert_eq(model_save(b, ck, NULL, &err), LT_OK, "%s", err.msg);
   zo_destroy(&z);
-  model_free(&b);
+  model_destroy(&b);
   b = load(ck, true);
   z = zo(b, ZO_LEZO, 1e-2f, 0.1f, 1, 99);
   run_steps(z, 3, 8, log_b);
@@ -401,8 +401,8 @@ Test(zo, resumed_run_equals_uninterrupted_run) {
   cr_assert_eq(pieces_differing(b, &straight, &resumed), 0, "the resumed run ends elsewhere");
   for (int s = 0; s < 8; s++) cr_assert_eq(log_a[s].g, log_b[s].g, "step %d: g differs", s);
   zo_destroy(&z);
-  model_free(&a);
-  model_free(&b);
+  model_destroy(&a);
+  model_destroy(&b);
   snap_free(&straight), snap_free(&resumed);
   char cmd[160];
   snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
@@ -467,5 +467,5 @@ Test(zo, mixtral_router_and_experts_follow_their_block) {
   cr_assert_gt(experts, 0, "no expert tensor was tuned");
   snap_free(&before), snap_free(&after);
   zo_destroy(&z);
-  model_free(&m);
+  model_destroy(&m);
 }

@@ -1,0 +1,74 @@
+/* Private to engine/model: the device-side layout of a loaded model, shared by the loader (model_load.c) and
+ * the forward pass (forward.c). */
+#ifndef LATHE_MODEL_INTERNAL_H
+#define LATHE_MODEL_INTERNAL_H
+
+#include "engine/model/model.h"
+#include "engine/model/model_file.h"
+
+/* Rows of logits computed at once, at most (bounds the logits buffer to LOGIT_ROWS * vocab floats); fewer when
+ * the device binds less. */
+#define LOGIT_ROWS 32u
+
+/* A weight matrix [rows, cols] on the device, split into row pieces when it exceeds one binding. */
+typedef struct dmat {
+  lt_dtype_t dtype; /* f32, f16, or i8 / i4: quantised (engine/ops/quant.h), with scales */
+  uint32_t rows, cols;
+  uint32_t rows_per_piece, n_pieces;
+  gpu_buf_t **piece;
+  gpu_buf_t **scales; /* quantised only: each piece's scales, stype, group columns per scale */
+  lt_dtype_t stype;
+  uint32_t group;
+} dmat_t;
+
+typedef struct dffn {
+  dmat_t gate, up, down;
+} dffn_t;
+
+typedef struct dlayer {
+  gpu_buf_t *attn_norm, *ffn_norm; /* f32 [hidden] */
+  dmat_t wq, wk, wv, wo;
+  dffn_t ffn;
+  dmat_t router;
+  dffn_t *experts;
+  uint32_t n_experts; /* this block's experts (an expert drop may leave different counts per block) */
+  bool ffn_dropped;   /* compressed model: no feed-forward sub-layer (docs/compression.md) */
+} dlayer_t;
+
+/* The activation arena for up to cap rows (tokens) per pass. */
+typedef struct acts {
+  uint32_t cap;        /* rows per pass */
+  uint32_t logit_rows; /* rows of logits per chunk */
+  gpu_buf_t *x, *xn, *q, *k, *v, *att, *gate, *up; /* [cap, width] f32 */
+  gpu_buf_t *ids, *pos;                            /* i32 [cap] */
+  gpu_buf_t *sel, *tgt, *lse, *nll;                /* [LOGIT_ROWS] */
+  gpu_buf_t *xs, *logits;                          /* [LOGIT_ROWS, hidden], [LOGIT_ROWS, vocab] */
+  gpu_buf_t *addv;                                 /* f32 [hidden] */
+  /* MoE */
+  gpu_buf_t *rlog, *rprob, *tk_idx, *tk_val;       /* [cap, E], [cap, E], [cap, k] */
+  gpu_buf_t *xe, *ge, *ue, *oe;                    /* expert work rows */
+  gpu_buf_t *eids, *ew;                            /* [cap * k + 4 * E] */
+  gpu_buf_t *mask;                                 /* f32 [n_layers, mask_stride] */
+  uint32_t mask_stride;                            /* E rounded up so each layer's row is a bindable offset */
+} acts_t;
+
+struct model {
+  gpu_t *g;
+  char path[1024];
+  model_config_t cfg;
+  bool rope_neox;
+  dmat_t embed, lm_head;
+  gpu_buf_t *out_norm;
+  dlayer_t *layers;
+  model_mem_t mem;
+  acts_t a;
+  gpu_buf_t *rope; /* f32 [rope_rows, rope_dim / 2, 2] */
+  uint32_t rope_rows;
+  bool tied;       /* lm_head shares embed's pieces */
+  bool force_f32;  /* f16 weights placed as f32 (model_load_opts_t) */
+  model_param_t *params;
+  uint32_t n_params;
+  const model_file_t *file; /* during model_load only: where quantised weights find their scales */
+};
+
+#endif
