@@ -48,6 +48,9 @@ gpu_t *model_gpu(const model_t *m);
 /* The folder or file the model was loaded from; owned by m. */
 const char *model_path(const model_t *m);
 
+/* Whether Q and K rotate in rotate-half pairs (Hugging Face layout) rather than interleaved pairs (GGUF). */
+bool model_rope_neox(const model_t *m);
+
 /* One parameter tensor on the device: a weight matrix split into row pieces is listed once per piece. The list
  * is in forward order and names each tensor as Hugging Face does; a tied LM head is not listed twice. */
 typedef struct model_param {

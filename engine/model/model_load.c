@@ -372,3 +372,4 @@ const model_config_t *model_config(const model_t *m) { return &m->cfg; }
 const model_mem_t *model_mem(const model_t *m) { return &m->mem; }
 gpu_t *model_gpu(const model_t *m) { return m->g; }
 const char *model_path(const model_t *m) { return m->path; }
+bool model_rope_neox(const model_t *m) { return m->rope_neox; }
