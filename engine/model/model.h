@@ -77,6 +77,7 @@ typedef struct model_save_opts {
   uint64_t max_shard_bytes; /* 0: 2 GiB shards, as Hugging Face writes them */
   const char *const *meta;  /* (key, value) pairs for the safetensors __metadata__ ("format": "pt" is added) */
   uint32_t n_meta;
+  lt_dtype_t f32_as;        /* f32 tensors are written as this: LT_F32 (0, the default), LT_F16 or LT_BF16 */
 } model_save_opts_t;
 
 /* Writes the model's current weights as a Hugging Face folder dir (created if needed): config.json from the

@@ -198,6 +198,19 @@ lt_status_t model_save(model_t *m, const char *dir, const model_save_opts_t *opt
       t->n_elems = t->shape[0] * t->shape[1];
       t->data = host;
       t->nbytes = bytes;
+      lt_dtype_t as = opts ? opts->f32_as : LT_F32;
+      if (st == LT_OK && !quant && p->dtype == LT_F32 && (as == LT_F16 || as == LT_BF16)) {
+        /* Narrowed in place, rounding to nearest even: the caller asked for a 16-bit checkpoint. */
+        /* Element e's 16 bits land at byte 2e, below the 4e where its f32 was read: nothing unread is overwritten. */
+        for (uint64_t e = 0; e < t->n_elems; e++) {
+          float v;
+          memcpy(&v, host + 4 * e, 4);
+          uint16_t h = as == LT_F16 ? dtype_float_to_half(v) : dtype_float_to_bf16(v);
+          memcpy(host + 2 * e, &h, 2);
+        }
+        t->dtype = as == LT_F16 ? FT_F16 : FT_BF16;
+        t->nbytes = t->n_elems * 2;
+      }
     }
     i = j;
   }

@@ -179,3 +179,38 @@ Test(fixtures, saved_model_reloads_with_the_same_logits) {
     json_decref(f.ref);
   }
 }
+
+Test(fixtures, f32_saved_as_f16_equals_the_f16_fixture) {
+  /* llama-tiny-f16 holds llama-tiny's weights rounded to f16 by PyTorch (round to nearest even); model_save with
+   * f32_as = LT_F16 rounds the same way, so the saved folder computes exactly the f16 fixture's logits. */
+  fixture_t f, f16;
+  fixture_load(&f, "llama-tiny");
+  fixture_load(&f16, "llama-tiny-f16");
+  lt_err_t err = {0};
+  model_t *m = model_load(tgpu(), f.dir, NULL, &err);
+  cr_assert(m != NULL, "%s", err.msg);
+  char dir[] = "/tmp/lathe-save-XXXXXX";
+  cr_assert(mkdtemp(dir) != NULL);
+  model_save_opts_t so = {.f32_as = LT_F16};
+  cr_assert_eq(model_save(m, dir, &so, &err), LT_OK, "%s", err.msg);
+  model_t *ms[2] = {model_load(tgpu(), dir, NULL, &err), model_load(tgpu(), f16.dir, NULL, &err)};
+  cr_assert(ms[0] && ms[1], "%s", err.msg);
+  for (uint32_t i = 0; i < model_param_count(ms[0]); i++)
+    cr_assert_eq(model_param_at(ms[0], i)->dtype, model_param_at(ms[1], i)->dtype, "%s",
+                 model_param_at(ms[0], i)->name);
+  uint32_t V = model_config(m)->vocab_size;
+  float *outs[2] = {talloc(ROWS * V), talloc(ROWS * V)};
+  for (int i = 0; i < 2; i++) {
+    model_seq_t *s = model_seq_new(ms[i], 32, &err);
+    model_item_t it = {.seq = s, .tokens = f.seq, .n_tokens = ROWS, .out = MODEL_OUT_ALL, .result = outs[i]};
+    cr_assert_eq(model_forward(ms[i], &it, 1, NULL, &err), LT_OK, "%s", err.msg);
+    model_seq_destroy(&s);
+  }
+  tassert_close(outs[0], outs[1], ROWS * V, 0, 0, "saved as f16 vs the f16 fixture");
+  free(outs[0]), free(outs[1]);
+  model_destroy(&ms[0]), model_destroy(&ms[1]), model_destroy(&m);
+  char cmd[128];
+  snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+  cr_assert_eq(system(cmd), 0);
+  json_decref(f.ref), json_decref(f16.ref);
+}
