@@ -6,11 +6,11 @@
 
 typedef struct op_info {
   const char *name, *shader;
-  uint32_t n_bindings, push_size, wg;
+  uint32_t n_bindings, push_size, wg, loop_budget;
 } op_info_t;
 
 static const op_info_t op_table[OP_COUNT] = {
-#define OP(id, shader, nb, pc, wg) [OP_##id] = {#id, shader, nb, (uint32_t)sizeof(pc), wg},
+#define OP(id, shader, nb, pc, wg, loops) [OP_##id] = {#id, shader, nb, (uint32_t)sizeof(pc), wg, loops},
 #include "engine/ops/ops.def"
 #undef OP
 };
@@ -53,3 +53,7 @@ void op_grid_1d(uint64_t n, uint32_t wg, uint32_t *gx, uint32_t *gy) {
   *gx = (uint32_t)(groups < 65535 ? groups : 65535);
   *gy = (uint32_t)((groups + *gx - 1) / *gx);
 }
+
+uint32_t op_wg(op_id_t id) { return op_table[id].wg; }
+
+uint32_t op_loop_budget(op_id_t id) { return op_table[id].loop_budget; }

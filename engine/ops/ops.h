@@ -22,7 +22,7 @@ typedef struct gpu_view {
 static inline gpu_view_t gv(gpu_buf_t *b) { return (gpu_view_t){b, 0}; }
 
 typedef enum op_id {
-#define OP(id, shader, nb, pc, wg) OP_##id,
+#define OP(id, shader, nb, pc, wg, loops) OP_##id,
 #include "engine/ops/ops.def"
 #undef OP
   OP_COUNT
@@ -40,6 +40,12 @@ lt_status_t op_dispatch(gpu_cmd_t *c, gpu_pipeline_t *p, op_id_t id, const gpu_v
 
 /* Splits n invocations of workgroup size wg into a 2D grid gx*gy (gx <= 65535); shaders use flat_index(). */
 void op_grid_1d(uint64_t n, uint32_t wg, uint32_t *gx, uint32_t *gy);
+
+/* Returns the workgroup size of op id's row in the op table (engine/ops/ops.def). */
+uint32_t op_wg(op_id_t id);
+
+/* Returns the most loop iterations one invocation of op id may run in one dispatch (engine/ops/ops.def). */
+uint32_t op_loop_budget(op_id_t id);
 
 /* ---- elementwise (engine/ops/ops_eltwise.c) ---- */
 
