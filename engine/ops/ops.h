@@ -47,6 +47,21 @@ uint32_t op_wg(op_id_t id);
 /* Returns the most loop iterations one invocation of op id may run in one dispatch (engine/ops/ops.def). */
 uint32_t op_loop_budget(op_id_t id);
 
+/* Loop iterations one invocation of a kernel that walks K runs in one dispatch: `fixed`, plus `per_unit` for
+ * every `k_per_unit` columns of K it covers. */
+typedef struct op_loop_cost {
+  uint32_t fixed, per_unit, k_per_unit;
+} op_loop_cost_t;
+
+/* Records op id over columns [0, K) of its reduction in chunks, one dispatch each: whole units of `cost`, as many
+ * as the op's loop budget allows per chunk, so no invocation loops too long. pc is the op's push constants, which
+ * start with pc_k_head_t (pc.h): K is read there and each dispatch gets its chunk's k_base, k_len and accumulate.
+ * The first chunk overwrites the output unless `accumulate`, later ones add to it; K == 0 is one empty chunk that
+ * writes zeros. Views and grid as for op_dispatch(). */
+lt_status_t op_dispatch_k(gpu_cmd_t *c, gpu_pipeline_t *p, op_id_t id, const gpu_view_t *views, const uint64_t *bytes,
+                          const bool *writes, uint32_t n, void *pc, op_loop_cost_t cost, bool accumulate, uint32_t gx,
+                          uint32_t gy, uint32_t gz, lt_err_t *err);
+
 /* ---- elementwise (engine/ops/ops_eltwise.c) ---- */
 
 /* y[i] = a[i] + b[i % nb], i < n (f32). y may alias a. */
