@@ -110,7 +110,8 @@ static lt_status_t matmul(gpu_cmd_t *c, gpu_view_t y, uint32_t y_stride, gpu_vie
     /* On CPU drivers one subgroup per workgroup (its barrier is nearly free) with many rows to share each load of
      * x: on lavapipe, 1x4096x4096 f32, 8 invocations x 16 rows ran at 2.7 GFLOPS, 16 x 8 at 1.2, 64 x 4 at 0.4. */
     uint32_t mr = M < GEMV_MAX_MR ? M : GEMV_MAX_MR;
-    gemv_cfg_t v = caps->kind == GPU_KIND_CPU ? (gemv_cfg_t){caps->subgroup_size, 16, mr} : (gemv_cfg_t){64, 4, mr};
+    gemv_cfg_t v = caps->kind == GPU_KIND_CPU ? (gemv_cfg_t){caps->subgroup_size, 16, mr}
+                                                 : (gemv_cfg_t){op_wg(OP_GEMV), 4, mr};
     uint32_t groups = ceil_div(N, v.rows);
     cost = gemv_loop_iters(&v, kv);
     id = OP_GEMV;
