@@ -6,11 +6,11 @@
 
 typedef struct op_info {
   const char *name, *shader;
-  uint32_t n_bindings, push_size, wg;
+  uint32_t n_bindings, push_size, wg, loop_budget;
 } op_info_t;
 
 static const op_info_t op_table[OP_COUNT] = {
-#define OP(id, shader, nb, pc, wg) [OP_##id] = {#id, shader, nb, (uint32_t)sizeof(pc), wg},
+#define OP(id, shader, nb, pc, wg, loops) [OP_##id] = {#id, shader, nb, (uint32_t)sizeof(pc), wg, loops},
 #include "engine/ops/ops.def"
 #undef OP
 };
@@ -52,4 +52,34 @@ void op_grid_1d(uint64_t n, uint32_t wg, uint32_t *gx, uint32_t *gy) {
   if (groups == 0) groups = 1;
   *gx = (uint32_t)(groups < 65535 ? groups : 65535);
   *gy = (uint32_t)((groups + *gx - 1) / *gx);
+}
+
+uint32_t op_wg(op_id_t id) { return op_table[id].wg; }
+
+uint32_t op_loop_budget(op_id_t id) { return op_table[id].loop_budget; }
+
+lt_status_t op_dispatch_k(gpu_cmd_t *c, gpu_pipeline_t *p, op_id_t id, const gpu_view_t *views, const uint64_t *bytes,
+                          const bool *writes, uint32_t n, void *pc, op_loop_cost_t cost, bool accumulate, uint32_t gx,
+                          uint32_t gy, uint32_t gz, lt_err_t *err) {
+  const op_info_t *o = &op_table[id];
+  /* Whole units per chunk, so every chunk but the last covers whole K-groups (and K tiles). */
+  uint32_t units = o->loop_budget > cost.fixed ? (o->loop_budget - cost.fixed) / cost.per_unit : 0;
+  if (units == 0)
+    return lt_fail(err, LT_E_LIMIT, "op %s: an invocation loops %u + %u times per K step, past its budget of %u",
+                   o->name, cost.fixed, cost.per_unit, o->loop_budget);
+  uint32_t k_chunk = units * cost.k_per_unit;
+  /* The head is copied in and out so the op's own struct is only ever written through bytes. */
+  pc_k_head_t h;
+  memcpy(&h, pc, sizeof h);
+  uint32_t K = h.K, k_base = 0;
+  do {
+    h.k_base = k_base;
+    h.k_len = K - k_base < k_chunk ? K - k_base : k_chunk;
+    h.accumulate = accumulate || k_base > 0;
+    memcpy(pc, &h, sizeof h);
+    lt_status_t st = op_dispatch(c, p, id, views, bytes, writes, n, pc, gx, gy, gz, err);
+    if (st != LT_OK) return st;
+    k_base += h.k_len;
+  } while (k_base < K);
+  return LT_OK;
 }

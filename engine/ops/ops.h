@@ -22,7 +22,7 @@ typedef struct gpu_view {
 static inline gpu_view_t gv(gpu_buf_t *b) { return (gpu_view_t){b, 0}; }
 
 typedef enum op_id {
-#define OP(id, shader, nb, pc, wg) OP_##id,
+#define OP(id, shader, nb, pc, wg, loops) OP_##id,
 #include "engine/ops/ops.def"
 #undef OP
   OP_COUNT
@@ -40,6 +40,27 @@ lt_status_t op_dispatch(gpu_cmd_t *c, gpu_pipeline_t *p, op_id_t id, const gpu_v
 
 /* Splits n invocations of workgroup size wg into a 2D grid gx*gy (gx <= 65535); shaders use flat_index(). */
 void op_grid_1d(uint64_t n, uint32_t wg, uint32_t *gx, uint32_t *gy);
+
+/* Returns the workgroup size of op id's row in the op table (engine/ops/ops.def). */
+uint32_t op_wg(op_id_t id);
+
+/* Returns the most loop iterations one invocation of op id may run in one dispatch (engine/ops/ops.def). */
+uint32_t op_loop_budget(op_id_t id);
+
+/* Loop iterations one invocation of a kernel that walks K runs in one dispatch: `fixed`, plus `per_unit` for
+ * every `k_per_unit` columns of K it covers. */
+typedef struct op_loop_cost {
+  uint32_t fixed, per_unit, k_per_unit;
+} op_loop_cost_t;
+
+/* Records op id over columns [0, K) of its reduction in chunks, one dispatch each: whole units of `cost`, as many
+ * as the op's loop budget allows per chunk, so no invocation loops too long. pc is the op's push constants, which
+ * start with pc_k_head_t (pc.h): K is read there and each dispatch gets its chunk's k_base, k_len and accumulate.
+ * The first chunk overwrites the output unless `accumulate`, later ones add to it; K == 0 is one empty chunk that
+ * writes zeros. Views and grid as for op_dispatch(). */
+lt_status_t op_dispatch_k(gpu_cmd_t *c, gpu_pipeline_t *p, op_id_t id, const gpu_view_t *views, const uint64_t *bytes,
+                          const bool *writes, uint32_t n, void *pc, op_loop_cost_t cost, bool accumulate, uint32_t gx,
+                          uint32_t gy, uint32_t gz, lt_err_t *err);
 
 /* ---- elementwise (engine/ops/ops_eltwise.c) ---- */
 

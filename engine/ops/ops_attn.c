@@ -1,24 +1,20 @@
 /* Positions and lookup: the RoPE table and rotation, the embedding gather, and causal attention over a KV cache. */
+#include <assert.h>
 #include <math.h>
 #include <stdio.h>
 
 #include "engine/ops/ops.h"
 
-#define ROPE_WG 128u  /* = the ROPE row of ops.def */
-#define EMBED_WG 128u /* = the EMBED row of ops.def */
-
-/* Attention tuning: workgroups of ATTN_WG invocations walk the keys in blocks of ATTN_WG, with tiles of 16 queries
- * (4 when there are fewer queries or little shared memory). lavapipe silently stops a shader loop after ~65,535
- * iterations per invocation, so a split's estimated per-invocation iterations stay under ATTN_LOOP_BUDGET. */
-#define ATTN_WG 64u
+/* Attention tuning: workgroups of op_wg(OP_ATTN) invocations walk the keys in blocks of that many, with tiles of 16
+ * queries (4 when there are fewer queries or little shared memory). lavapipe silently stops a shader loop after
+ * ~65,535 iterations per invocation, so a split's estimated per-invocation iterations stay within the op's loop
+ * budget (engine/ops/ops.def). */
 #define ATTN_MAX_HD 256u
-#define ATTN_LOOP_BUDGET 20000u
 #define ATTN_MAX_SPLIT 2048u
 #define ATTN_MIN_SPLIT 256u
 #define ATTN_TARGET_GROUPS 256u        /* workgroups wanted in flight before splitting for parallelism */
 #define ATTN_SCRATCH_CAP (16ull << 20) /* bytes of split partials per dispatch */
 #define ATTN_BR16_SHARED 24576u        /* shared bytes attn.comp needs with 16-query tiles (~20.8 KiB) */
-_Static_assert(ATTN_WG <= 64 && ATTN_WG % 16 == 0, "attn.comp: blocks of at most 64 keys, split evenly over a tile");
 
 /* inv_freq of pair i (theta^(-2i/rot_dim)) with the Llama-3 adjustment of Hugging Face's
  * _compute_llama3_parameters when s asks for it. */
@@ -69,7 +65,7 @@ lt_status_t op_rope(gpu_cmd_t *c, gpu_view_t x, gpu_view_t pos, gpu_view_t table
   bool w[3] = {true, false, false};
   uint32_t gy, gz;
   rows_grid(rows, &gy, &gz);
-  return op_dispatch(c, p, OP_ROPE, v, bytes, w, 3, &pc, (n_heads * (rot_dim / 2) + ROPE_WG - 1) / ROPE_WG, gy, gz,
+  return op_dispatch(c, p, OP_ROPE, v, bytes, w, 3, &pc, (n_heads * (rot_dim / 2) + op_wg(OP_ROPE) - 1) / op_wg(OP_ROPE), gy, gz,
                      err);
 }
 
@@ -93,23 +89,23 @@ lt_status_t op_embed(gpu_cmd_t *c, gpu_view_t y, gpu_view_t table, lt_dtype_t tt
   bool w[3] = {true, false, false};
   uint32_t gy, gz;
   rows_grid(n_ids, &gy, &gz);
-  return op_dispatch(c, p, OP_EMBED, v, bytes, w, 3, &pc, (dim + EMBED_WG - 1) / EMBED_WG, gy, gz, err);
+  return op_dispatch(c, p, OP_EMBED, v, bytes, w, 3, &pc, (dim + op_wg(OP_EMBED) - 1) / op_wg(OP_EMBED), gy, gz, err);
 }
 
 static uint64_t min_u64(uint64_t a, uint64_t b) { return a < b ? a : b; }
 
-/* Keys per split: short enough that no invocation of attn.comp loops more than ATTN_LOOP_BUDGET times, and when
+/* Keys per split: short enough that no invocation of attn.comp (workgroups of wg) loops past its budget, and when
  * there are few workgroups (decode), short enough to spread a long cache over the whole device. */
-static uint32_t attn_split_len(uint32_t hd, uint32_t br, uint64_t kv_used, uint64_t groups) {
+static uint32_t attn_split_len(uint32_t wg, uint32_t hd, uint32_t br, uint64_t kv_used, uint64_t groups) {
   /* Per block an invocation loops over the head's vec4s (scores), twice over its keys of one query row plus the
    * row's partial results (softmax), and over the block's keys (P.V); the loops over queries and dims are
    * unrolled. */
-  uint32_t tpr = ATTN_WG / br;
-  uint32_t per_block = (hd + 3) / 4 + 2 * (ATTN_WG / tpr) + 2 * tpr + ATTN_WG;
-  uint64_t len = min_u64(ATTN_LOOP_BUDGET / per_block * ATTN_WG, ATTN_MAX_SPLIT);
+  uint32_t tpr = wg / br;
+  uint32_t per_block = (hd + 3) / 4 + 2 * (wg / tpr) + 2 * tpr + wg;
+  uint64_t len = min_u64(op_loop_budget(OP_ATTN) / per_block * wg, ATTN_MAX_SPLIT);
   if (groups < ATTN_TARGET_GROUPS) {
     uint64_t want = (ATTN_TARGET_GROUPS + groups - 1) / groups;
-    uint64_t even = ((kv_used + want - 1) / want + ATTN_WG - 1) / ATTN_WG * ATTN_WG;
+    uint64_t even = ((kv_used + want - 1) / want + wg - 1) / wg * wg;
     len = min_u64(len, even > ATTN_MIN_SPLIT ? even : ATTN_MIN_SPLIT);
   }
   return (uint32_t)len;
@@ -153,17 +149,19 @@ lt_status_t op_attention(gpu_cmd_t *c, gpu_view_t out, gpu_view_t q, gpu_view_t 
     return lt_fail(err, LT_E_LIMIT, "attention: %u KV heads exceed the grid limit %u", n_kv_heads,
                    caps->max_wg_count[1]);
   uint32_t group = n_heads / n_kv_heads;
+  /* attn.comp holds blocks of at most 64 keys (MAX_BC) and splits a block evenly over a tile's rows. */
+  uint32_t wg = op_wg(OP_ATTN);
+  assert(wg <= 64 && wg % 16 == 0);
   /* Tiles of 16 queries reuse each K and V load 16 times; decode with little GQA fills only a few of them. */
   uint32_t br = (uint64_t)n_q * group >= 16 && caps->max_shared >= ATTN_BR16_SHARED ? 16 : 4;
-  uint32_t dg = ATTN_WG / (br / 4), hd4 = (head_dim + 3) / 4; /* invocations sharing 4 queries' columns */
+  uint32_t dg = wg / (br / 4), hd4 = (head_dim + 3) / 4; /* invocations sharing 4 queries' columns */
   char defines[64];
   snprintf(defines, sizeof defines, "BR=%u;DI=%u;HD4=%d", br, (hd4 + dg - 1) / dg, head_dim % 4 == 0);
-  uint32_t spec[1] = {ATTN_WG};
-  gpu_pipeline_t *pa = op_pipeline(g, OP_ATTN, defines, spec, 1, err);
+  gpu_pipeline_t *pa = op_pipeline(g, OP_ATTN, defines, NULL, 0, err);
   gpu_pipeline_t *pm = pa ? op_pipeline(g, OP_ATTN_MERGE, NULL, NULL, 0, err) : NULL;
   if (!pm) return err ? err->code : LT_E_SHADER;
   uint64_t tiles = ((uint64_t)n_q * group + br - 1) / br * n_kv_heads;
-  uint32_t split = attn_split_len(head_dim, br, kv_used, tiles);
+  uint32_t split = attn_split_len(wg, head_dim, br, kv_used, tiles);
 
   /* Scratch for the largest dispatch that writes partials: `most` (rows x splits) partial records per head. */
   uint64_t most = 0;

@@ -14,7 +14,7 @@ static lt_status_t eltwise(gpu_cmd_t *c, uint32_t op, gpu_view_t y, gpu_view_t a
   uint64_t bytes[3] = {4ull * n, 4ull * n, has_b ? 4ull * nb : 4ull * n};
   bool w[3] = {true, false, false};
   uint32_t gx, gy;
-  op_grid_1d(n, 256, &gx, &gy);
+  op_grid_1d(n, op_wg(OP_ELTWISE), &gx, &gy);
   return op_dispatch(c, p, OP_ELTWISE, v, bytes, w, 3, &pc, gx, gy, 1, err);
 }
 
@@ -53,7 +53,7 @@ lt_status_t op_scatter_add(gpu_cmd_t *c, gpu_view_t y, gpu_view_t x, gpu_view_t 
   uint64_t bytes[4] = {4ull * y_rows * d, 4ull * n * d, 4ull * n, 4ull * n};
   bool wr[4] = {true, false, false, false};
   uint32_t gx, gy;
-  op_grid_1d((uint64_t)n * d, 256, &gx, &gy);
+  op_grid_1d((uint64_t)n * d, op_wg(OP_SCATTER), &gx, &gy);
   return op_dispatch(c, p, OP_SCATTER, v, bytes, wr, 4, &pc, gx, gy, 1, err);
 }
 

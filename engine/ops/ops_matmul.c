@@ -4,10 +4,6 @@
 
 #include "engine/ops/ops.h"
 
-/* Loop iterations one invocation may run in one dispatch. lavapipe silently stops every loop of an invocation
- * after about 65,535 iterations in total (nested ones included); a quarter of that leaves a wide margin. */
-#define LOOP_BUDGET 16384u
-
 /* AUTO takes the GEMV kernel up to this many rows of x. bench_matmul on lavapipe (2 vCPUs), f32 Mx4096x4096:
  * GEMV 4.3 against GEMM 2.0 GFLOPS at M = 4, 4.4 against 3.8 at M = 8, 4.5 against 9.3 at M = 16. */
 #define GEMV_MAX_AUTO_M 4u
@@ -35,25 +31,21 @@ typedef struct gemv_cfg {
 
 static uint32_t ceil_div(uint64_t a, uint64_t b) { return (uint32_t)((a + b - 1) / b); }
 
-/* Loop iterations one invocation of a GEMM or GEMV dispatch runs: `fixed` plus `per_unit` for every `k_per_unit`
- * columns of K. Loops marked [[unroll]] in the shaders run no iterations of their own: their trip counts are
- * specialisation constants, so the driver unrolls them (the long-K test would catch one that did not). */
-typedef struct loop_cost {
-  uint32_t fixed, per_unit, k_per_unit;
-} loop_cost_t;
-
-static loop_cost_t gemm_loop_iters(const gemm_cfg_t *c, bool staged, uint32_t kv) {
-  if (!staged) return (loop_cost_t){0, 1, kv}; /* the K loop */
+/* Loop iterations one invocation of a GEMM or GEMV dispatch runs. Loops marked [[unroll]] in the shaders run no
+ * iterations of their own: their trip counts are specialisation constants, so the driver unrolls them (the long-K
+ * test would catch one that did not). */
+static op_loop_cost_t gemm_loop_iters(const gemm_cfg_t *c, bool staged, uint32_t kv) {
+  if (!staged) return (op_loop_cost_t){0, 1, kv}; /* the K loop */
   uint32_t wg = (c->bm / c->tm) * (c->bn / c->tn);
   /* The K-tile loop and its two staging loops. */
-  return (loop_cost_t){0, 1 + ceil_div((uint64_t)c->bm * c->bk / kv, wg) + ceil_div((uint64_t)c->bn * c->bk / kv, wg),
-                       c->bk};
+  uint32_t stage = ceil_div((uint64_t)c->bm * c->bk / kv, wg) + ceil_div((uint64_t)c->bn * c->bk / kv, wg);
+  return (op_loop_cost_t){0, 1 + stage, c->bk};
 }
 
-static loop_cost_t gemv_loop_iters(const gemv_cfg_t *c, uint32_t kv) {
+static op_loop_cost_t gemv_loop_iters(const gemv_cfg_t *c, uint32_t kv) {
   uint32_t pairs = c->mr * c->rows;
   /* The K loop; then the final loop over pairs, each summing at most one partial per invocation. */
-  return (loop_cost_t){ceil_div(pairs, c->wg) * (1 + c->wg), 1, c->wg * kv};
+  return (op_loop_cost_t){ceil_div(pairs, c->wg) * (1 + c->wg), 1, c->wg * kv};
 }
 
 /* Checks one operand: aligned view, at most one binding's range. */
@@ -113,12 +105,13 @@ static lt_status_t matmul(gpu_cmd_t *c, gpu_view_t y, uint32_t y_stride, gpu_vie
 
   op_id_t id;
   uint32_t spec[6], n_spec, gx, gy, gz = 1;
-  loop_cost_t cost;
+  op_loop_cost_t cost;
   if (gemv) {
     /* On CPU drivers one subgroup per workgroup (its barrier is nearly free) with many rows to share each load of
      * x: on lavapipe, 1x4096x4096 f32, 8 invocations x 16 rows ran at 2.7 GFLOPS, 16 x 8 at 1.2, 64 x 4 at 0.4. */
     uint32_t mr = M < GEMV_MAX_MR ? M : GEMV_MAX_MR;
-    gemv_cfg_t v = caps->kind == GPU_KIND_CPU ? (gemv_cfg_t){caps->subgroup_size, 16, mr} : (gemv_cfg_t){64, 4, mr};
+    gemv_cfg_t v = caps->kind == GPU_KIND_CPU ? (gemv_cfg_t){caps->subgroup_size, 16, mr}
+                                                 : (gemv_cfg_t){op_wg(OP_GEMV), 4, mr};
     uint32_t groups = ceil_div(N, v.rows);
     cost = gemv_loop_iters(&v, kv);
     id = OP_GEMV;
@@ -135,8 +128,6 @@ static lt_status_t matmul(gpu_cmd_t *c, gpu_view_t y, uint32_t y_stride, gpu_vie
     gx = ceil_div(N, t->bn);
     gy = ceil_div(M, t->bm);
   }
-  /* Whole units per chunk, so every chunk but the last covers whole K-groups (and K tiles). */
-  uint32_t k_chunk = (LOOP_BUDGET - cost.fixed) / cost.per_unit * cost.k_per_unit;
   if (gx > caps->max_wg_count[0] || gy > caps->max_wg_count[1] || gz > caps->max_wg_count[2])
     return lt_fail(err, LT_E_LIMIT, "op_matmul: %ux%ux%u needs %ux%ux%u workgroups, more than the device allows", M,
                    N, K, gx, gy, gz);
@@ -147,17 +138,7 @@ static lt_status_t matmul(gpu_cmd_t *c, gpu_view_t y, uint32_t y_stride, gpu_vie
   uint64_t bytes[3] = {yb, xb, wb};
   bool writes[3] = {true, false, false};
   pc_matmul_t pc = {.M = M, .N = N, .K = K, .x_stride = x_stride, .w_stride = K, .y_stride = y_stride};
-  /* The first chunk overwrites y unless asked to accumulate; later chunks add to it. K == 0 is one empty chunk
-   * that writes zeros. */
-  uint32_t k_base = 0;
-  do {
-    pc.k_base = k_base;
-    pc.k_len = K - k_base < k_chunk ? K - k_base : k_chunk;
-    pc.accumulate = accumulate || k_base > 0;
-    if ((st = op_dispatch(c, p, id, views, bytes, writes, 3, &pc, gx, gy, gz, err)) != LT_OK) return st;
-    k_base += pc.k_len;
-  } while (k_base < K);
-  return LT_OK;
+  return op_dispatch_k(c, p, id, views, bytes, writes, 3, &pc, cost, accumulate, gx, gy, gz, err);
 }
 
 lt_status_t op_matmul_path(gpu_cmd_t *c, gpu_view_t y, gpu_view_t x, gpu_view_t w, lt_dtype_t wtype, uint32_t M,

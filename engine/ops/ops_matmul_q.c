@@ -7,9 +7,6 @@
 #include "engine/ops/ops.h"
 #include "engine/ops/quant.h"
 
-/* Loop iterations one invocation may run in one dispatch: a quarter of lavapipe's ~65,535 (see ops_matmul.c). */
-#define LOOP_BUDGET 16384u
-
 /* AUTO takes the GEMV kernel up to this many rows of x. */
 #define GEMV_MAX_AUTO_M 4u
 
@@ -32,20 +29,20 @@ typedef struct gemv_q_cfg {
 
 static uint32_t ceil_div(uint64_t a, uint64_t b) { return (uint32_t)((a + b - 1) / b); }
 
-/* Loop iterations of one matmul_q.comp invocation: (per K tile, fixed), counted as if nothing were unrolled;
- * a scalar x load (no VEC4) loops 4 times. */
-static void gemm_q_loop_iters(const gemm_q_cfg_t *c, bool vec4, uint32_t *per_tile, uint32_t *fixed) {
+/* Loop iterations of one matmul_q.comp invocation, per K tile, counted as if nothing were unrolled; a scalar x
+ * load (no VEC4) loops 4 times. */
+static op_loop_cost_t gemm_q_loop_iters(const gemm_q_cfg_t *c, bool vec4) {
   uint32_t wg = (c->bm / c->tm) * (c->bn / c->tn), ko = c->bk / OCTET;
-  *per_tile = 1 + ceil_div((uint64_t)c->bm * ko, wg) * (vec4 ? 1 : 5) + ceil_div((uint64_t)c->bn * ko, wg) +
-              c->bk / 4 * (1 + c->tm + c->tn * (1 + c->tm));
-  *fixed = c->tm * c->tn + c->tm * (1 + c->tn);
+  uint32_t per_tile = 1 + ceil_div((uint64_t)c->bm * ko, wg) * (vec4 ? 1 : 5) + ceil_div((uint64_t)c->bn * ko, wg) +
+                      c->bk / 4 * (1 + c->tm + c->tn * (1 + c->tm));
+  return (op_loop_cost_t){c->tm * c->tn + c->tm * (1 + c->tn), per_tile, c->bk};
 }
 
-/* Loop iterations of one gemv_q.comp invocation: (per step of wg octets, fixed), as above. */
-static void gemv_q_loop_iters(const gemv_q_cfg_t *c, bool vec4, uint32_t *per_step, uint32_t *fixed) {
+/* Loop iterations of one gemv_q.comp invocation, per step of wg octets, as above. */
+static op_loop_cost_t gemv_q_loop_iters(const gemv_q_cfg_t *c, bool vec4) {
   uint32_t pairs = c->mr * c->rows;
-  *per_step = 1 + c->mr * (vec4 ? 1 : 5) + c->rows * (1 + c->mr);
-  *fixed = 2 * pairs + ceil_div(pairs, c->wg) * (1 + c->wg);
+  uint32_t per_step = 1 + c->mr * (vec4 ? 1 : 5) + c->rows * (1 + c->mr);
+  return (op_loop_cost_t){2 * pairs + ceil_div(pairs, c->wg) * (1 + c->wg), per_step, c->wg * OCTET};
 }
 
 /* Checks one operand: a buffer, an aligned offset, at most one binding's range. */
@@ -98,30 +95,29 @@ lt_status_t op_matmul_q(gpu_cmd_t *c, gpu_view_t y, uint32_t y_stride, gpu_view_
   snprintf(defines, sizeof defines, "BITS=%u;S_F16=%d;VEC4=%d", bits, w->stype == LT_F16, vec4);
 
   op_id_t id;
-  uint32_t spec[6], n_spec, gx, gy, gz = 1, k_chunk;
+  uint32_t spec[6], n_spec, gx, gy, gz = 1;
+  op_loop_cost_t cost;
   if (gemv) {
-    /* Enough invocations for the octets of one row (short rows leave most of a wide workgroup idle): 32..128. */
+    /* Enough invocations for the octets of one row (short rows leave most of a wide workgroup idle), from 32 up to
+     * the table's size. */
     uint32_t wg = 32;
-    while (wg < 128 && wg * OCTET < K) wg *= 2;
+    while (wg < op_wg(OP_GEMV_Q) && wg * OCTET < K) wg *= 2;
     gemv_q_cfg_t v = {.wg = wg, .rows = 2, .mr = M < GEMV_MAX_MR ? M : GEMV_MAX_MR};
-    uint32_t per_step, fixed, groups = ceil_div(N, v.rows);
-    gemv_q_loop_iters(&v, vec4, &per_step, &fixed);
+    uint32_t groups = ceil_div(N, v.rows);
+    cost = gemv_q_loop_iters(&v, vec4);
     id = OP_GEMV_Q;
     spec[0] = v.wg, spec[1] = v.rows, spec[2] = v.mr, n_spec = 3;
     gx = groups < caps->max_wg_count[0] ? groups : caps->max_wg_count[0];
     gz = ceil_div(groups, gx);
     gy = ceil_div(M, v.mr);
-    k_chunk = (LOOP_BUDGET - fixed) / per_step * v.wg * OCTET;
   } else {
     gemm_q_cfg_t t = {.bm = 64, .bn = 64, .bk = 16, .tm = 8, .tn = 8};
-    uint32_t per_tile, fixed;
-    gemm_q_loop_iters(&t, vec4, &per_tile, &fixed);
+    cost = gemm_q_loop_iters(&t, vec4);
     id = OP_MATMUL_Q;
     spec[0] = (t.bm / t.tm) * (t.bn / t.tn), spec[1] = t.bm, spec[2] = t.bn, spec[3] = t.bk, spec[4] = t.tm,
     spec[5] = t.tn, n_spec = 6;
     gx = ceil_div(N, t.bn);
     gy = ceil_div(M, t.bm);
-    k_chunk = (LOOP_BUDGET - fixed) / per_tile * t.bk;
   }
   if (gx > caps->max_wg_count[0] || gy > caps->max_wg_count[1] || gz > caps->max_wg_count[2])
     return lt_fail(err, LT_E_LIMIT, "op_matmul_q: %ux%ux%u needs %ux%ux%u workgroups, more than the device allows", M,
@@ -134,15 +130,6 @@ lt_status_t op_matmul_q(gpu_cmd_t *c, gpu_view_t y, uint32_t y_stride, gpu_view_
   bool writes[4] = {true, false, false, false};
   pc_matmul_q_t pc = {.M = M, .N = N, .K = K, .x_stride = x_stride, .y_stride = y_stride,
                       .kp = quant_padded_cols(K), .n_groups = n_groups, .group = w->group};
-  /* The first chunk overwrites y unless asked to accumulate; later chunks add to it. Chunks are whole octets, so
-   * every chunk but the last ends on one. K == 0 is one empty chunk that writes zeros. */
-  uint32_t k_base = 0;
-  do {
-    pc.k_base = k_base;
-    pc.k_len = K - k_base < k_chunk ? K - k_base : k_chunk;
-    pc.accumulate = accumulate || k_base > 0;
-    if ((st = op_dispatch(c, p, id, views, bytes, writes, 4, &pc, gx, gy, gz, err)) != LT_OK) return st;
-    k_base += pc.k_len;
-  } while (k_base < K);
-  return LT_OK;
+  /* Chunks are whole K tiles or steps of octets, so every chunk but the last ends on an octet. */
+  return op_dispatch_k(c, p, id, views, bytes, writes, 4, &pc, cost, accumulate, gx, gy, gz, err);
 }

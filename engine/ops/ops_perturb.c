@@ -1,8 +1,6 @@
 /* Zeroth-order perturbation (MeZO): x += scale * z with z regenerated from (seed, tensor_id), never stored. */
 #include "engine/ops/ops.h"
 
-#define PERTURB_WG 256 /* the table's default workgroup size (engine/ops/ops.def) */
-
 lt_status_t op_perturb(gpu_cmd_t *c, gpu_view_t x, uint32_t n, uint64_t seed, uint32_t tensor_id, float scale,
                        lt_err_t *err) {
   if (n == 0) return LT_OK;
@@ -17,6 +15,6 @@ lt_status_t op_perturb(gpu_cmd_t *c, gpu_view_t x, uint32_t n, uint64_t seed, ui
   bool w[1] = {true};
   /* One invocation per quad of elements (one Philox call yields four normals). */
   uint32_t gx, gy;
-  op_grid_1d(n / 4 + (n % 4 != 0), PERTURB_WG, &gx, &gy);
+  op_grid_1d(n / 4 + (n % 4 != 0), op_wg(OP_PERTURB), &gx, &gy);
   return op_dispatch(c, p, OP_PERTURB, &x, bytes, w, 1, &pc, gx, gy, 1, err);
 }

@@ -1,16 +1,11 @@
 /* Row-wise ops: RMSNorm, LayerNorm, softmax, argmax, top-k, log-sum-exp / cross-entropy, cosine similarity.
  * One workgroup per row (rows past 65535 use the y dimension of the grid); invocations stride over the row and
  * meet in a workgroup reduction (shaders/include/rows.glsl). The workgroup grows with the row so no invocation
- * loops more than ROWS_MAX_ITERS times; rows too wide even for the largest workgroup are refused. */
+ * loops past the op's loop budget (engine/ops/ops.def); rows too wide even for the largest workgroup are refused. */
 #include "engine/ops/ops_rows.h"
 
 #include <stdio.h>
 
-#include "engine/ops/ops.h"
-
-/* Preferred workgroup sizes: the defaults of the op table (engine/ops/ops.def). */
-#define ROWS_WG 256u
-#define TOPK_WG 64u
 /* Smallest workgroup used for narrow rows (a subgroup on most GPUs). */
 #define ROWS_WG_MIN 32u
 /* Per-invocation iterations above which a wide row gets a bigger workgroup, for parallelism, when allowed. */
@@ -26,13 +21,13 @@ void op_rows_force_tree(bool on) { g_force_tree = on; }
 
 static uint32_t ceil_div(uint32_t a, uint32_t b) { return a / b + (a % b != 0); }
 
-uint32_t op_rows_wg(uint32_t n, uint32_t passes, uint32_t preferred, uint32_t max_invocations, uint32_t max_shared) {
+uint32_t op_rows_wg(op_id_t id, uint32_t n, uint32_t passes, uint32_t max_invocations, uint32_t max_shared) {
   uint32_t cap = 1;
   while (cap * 2 <= max_invocations && cap * 2 <= 1024 && cap * 2 * ROWS_SHARED_PER_INV <= max_shared) cap *= 2;
-  uint32_t wg = preferred < cap ? preferred : cap;
+  uint32_t wg = op_wg(id) < cap ? op_wg(id) : cap;
   while (wg > ROWS_WG_MIN && wg / 2 >= n) wg /= 2;
   while (wg * 2 <= cap && ceil_div(n, wg) > ROWS_ITERS_WIDE) wg *= 2;
-  return (uint64_t)passes * ceil_div(n, wg) <= ROWS_MAX_ITERS ? wg : 0;
+  return (uint64_t)passes * ceil_div(n, wg) <= op_loop_budget(id) ? wg : 0;
 }
 
 /* True when the rows can be read as vec4 (rows.glsl VEC4): n a multiple of 4 and every row view 16-byte aligned. */
@@ -45,15 +40,15 @@ static bool rows_vec4(uint32_t n, const gpu_view_t *views, uint32_t n_views) {
 
 /* Fetches the pipeline of a row op for rows of n floats read `passes` times, as vec4 when vec4. NULL with err. */
 static gpu_pipeline_t *rows_pipeline(gpu_cmd_t *c, op_id_t id, const char *what, uint32_t n, uint32_t passes,
-                                     uint32_t preferred, bool vec4, lt_err_t *err) {
+                                     bool vec4, lt_err_t *err) {
   gpu_t *g = gpu_cmd_gpu(c);
   const gpu_caps_t *caps = gpu_caps(g);
-  uint32_t wg = op_rows_wg(vec4 ? n / 4 : n, passes, preferred, caps->max_wg_invocations, caps->max_shared);
+  uint32_t wg = op_rows_wg(id, vec4 ? n / 4 : n, passes, caps->max_wg_invocations, caps->max_shared);
   if (wg == 0) {
     lt_fail(err, LT_E_LIMIT,
             "%s: rows of %u elements are too wide: even the largest workgroup would loop more than %u times per "
             "invocation (lavapipe silently stops loops near 65,535); split the row",
-            what, n, ROWS_MAX_ITERS);
+            what, n, op_loop_budget(id));
     return NULL;
   }
   char defines[64];
@@ -71,7 +66,7 @@ static lt_status_t norm(gpu_cmd_t *c, gpu_view_t y, gpu_view_t x, gpu_view_t w, 
   if (n == 0) return lt_fail(err, LT_E_INVALID, "%s: rows of 0 elements", what);
   /* RMSNorm binds w in the place of the bias, which it never reads. */
   gpu_view_t v[4] = {y, x, w, layernorm ? b : w};
-  gpu_pipeline_t *p = rows_pipeline(c, OP_NORM, what, n, layernorm ? 3 : 2, ROWS_WG, rows_vec4(n, v, 4), err);
+  gpu_pipeline_t *p = rows_pipeline(c, OP_NORM, what, n, layernorm ? 3 : 2, rows_vec4(n, v, 4), err);
   if (!p) return err ? err->code : LT_E_SHADER;
   pc_norm_t pc = {.rows = rows, .n = n, .eps = eps, .layernorm = layernorm};
   uint64_t rn = 4ull * rows * n;
@@ -96,7 +91,7 @@ lt_status_t op_softmax(gpu_cmd_t *c, gpu_view_t y, gpu_view_t x, uint32_t rows, 
   if (rows == 0) return LT_OK;
   if (n == 0) return lt_fail(err, LT_E_INVALID, "softmax: rows of 0 elements");
   gpu_view_t v[2] = {y, x};
-  gpu_pipeline_t *p = rows_pipeline(c, OP_SOFTMAX, "softmax", n, 2, ROWS_WG, rows_vec4(n, v, 2), err);
+  gpu_pipeline_t *p = rows_pipeline(c, OP_SOFTMAX, "softmax", n, 2, rows_vec4(n, v, 2), err);
   if (!p) return err ? err->code : LT_E_SHADER;
   pc_rows_t pc = {.rows = rows, .n = n};
   uint64_t bytes[2] = {4ull * rows * n, 4ull * rows * n};
@@ -110,7 +105,7 @@ lt_status_t op_argmax(gpu_cmd_t *c, gpu_view_t idx, gpu_view_t x, uint32_t rows,
   if (rows == 0) return LT_OK;
   if (n == 0) return lt_fail(err, LT_E_INVALID, "argmax: rows of 0 elements");
   gpu_view_t v[2] = {idx, x};
-  gpu_pipeline_t *p = rows_pipeline(c, OP_ARGMAX, "argmax", n, 1, ROWS_WG, rows_vec4(n, &x, 1), err);
+  gpu_pipeline_t *p = rows_pipeline(c, OP_ARGMAX, "argmax", n, 1, rows_vec4(n, &x, 1), err);
   if (!p) return err ? err->code : LT_E_SHADER;
   pc_rows_t pc = {.rows = rows, .n = n};
   uint64_t bytes[2] = {4ull * rows, 4ull * rows * n};
@@ -128,17 +123,16 @@ lt_status_t op_topk(gpu_cmd_t *c, gpu_view_t idx, gpu_view_t val, gpu_view_t x, 
   bool vec4 = rows_vec4(n, &x, 1);
   /* Narrow rows (MoE routing): one invocation per row, k * n / (4 if vec4) iterations each, no barriers. */
   bool per_inv = (uint64_t)k * (vec4 ? n / 4 : n) <= TOPK_PER_INVOCATION_ITERS;
-  uint32_t wg = TOPK_WG;
   gpu_pipeline_t *p = per_inv ? op_pipeline(gpu_cmd_gpu(c), OP_TOPK, vec4 ? "VEC4=1;ROW_PER_INVOCATION=1"
-                                                                          : "ROW_PER_INVOCATION=1", &wg, 1, err)
-                              : rows_pipeline(c, OP_TOPK, "topk", n, k, TOPK_WG, vec4, err);
+                                                                          : "ROW_PER_INVOCATION=1", NULL, 0, err)
+                              : rows_pipeline(c, OP_TOPK, "topk", n, k, vec4, err);
   if (!p) return err ? err->code : LT_E_SHADER;
   pc_rows_t pc = {.rows = rows, .n = n, .k = k};
   gpu_view_t v[3] = {idx, val, x};
   uint64_t bytes[3] = {4ull * rows * k, 4ull * rows * k, 4ull * rows * n};
   bool wr[3] = {true, true, false};
   uint32_t gx, gy;
-  if (per_inv) op_grid_1d(rows, wg, &gx, &gy);
+  if (per_inv) op_grid_1d(rows, op_wg(OP_TOPK), &gx, &gy);
   else rows_grid(rows, &gx, &gy);
   return op_dispatch(c, p, OP_TOPK, v, bytes, wr, 3, &pc, gx, gy, 1, err);
 }
@@ -149,7 +143,7 @@ lt_status_t op_logsumexp(gpu_cmd_t *c, gpu_view_t lse, gpu_view_t nll, gpu_view_
     return lt_fail(err, LT_E_INVALID, "logsumexp: targets and nll must both have buffers or both be empty");
   if (rows == 0) return LT_OK;
   if (n == 0) return lt_fail(err, LT_E_INVALID, "logsumexp: rows of 0 elements");
-  gpu_pipeline_t *p = rows_pipeline(c, OP_LSE, "logsumexp", n, 1, ROWS_WG, rows_vec4(n, &x, 1), err);
+  gpu_pipeline_t *p = rows_pipeline(c, OP_LSE, "logsumexp", n, 1, rows_vec4(n, &x, 1), err);
   if (!p) return err ? err->code : LT_E_SHADER;
   bool has_target = targets.buf != NULL;
   pc_rows_t pc = {.rows = rows, .n = n, .has_target = has_target};
@@ -167,7 +161,7 @@ lt_status_t op_cosine(gpu_cmd_t *c, gpu_view_t out, gpu_view_t a, gpu_view_t b, 
   if (rows == 0) return LT_OK;
   if (n == 0) return lt_fail(err, LT_E_INVALID, "cosine: rows of 0 elements");
   gpu_view_t v[3] = {out, a, b};
-  gpu_pipeline_t *p = rows_pipeline(c, OP_COSINE, "cosine", n, 1, ROWS_WG, rows_vec4(n, v + 1, 2), err);
+  gpu_pipeline_t *p = rows_pipeline(c, OP_COSINE, "cosine", n, 1, rows_vec4(n, v + 1, 2), err);
   if (!p) return err ? err->code : LT_E_SHADER;
   pc_rows_t pc = {.rows = rows, .n = n};
   uint64_t bytes[3] = {4ull * rows, 4ull * rows * n, 4ull * rows * n};

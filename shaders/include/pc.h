@@ -82,6 +82,20 @@ PC_BEGIN(pc_matmul_q)
 PC_END(pc_matmul_q)
 #endif
 
+#ifndef LATHE_GLSL
+#include <stddef.h>
+/* The head the push constants of the ops that walk K in chunks start with: op_dispatch_k() (engine/ops/ops.c)
+ * reads K and sets each chunk's k_base, k_len and accumulate through it. */
+typedef struct pc_k_head {
+  uint M, N, K, k_base, k_len, accumulate;
+} pc_k_head_t;
+#define PC_K_HEAD_OK(t)                                                                                               \
+  (offsetof(t, K) == offsetof(pc_k_head_t, K) && offsetof(t, k_base) == offsetof(pc_k_head_t, k_base) &&              \
+   offsetof(t, k_len) == offsetof(pc_k_head_t, k_len) && offsetof(t, accumulate) == offsetof(pc_k_head_t, accumulate))
+_Static_assert(PC_K_HEAD_OK(pc_matmul_t) && PC_K_HEAD_OK(pc_matmul_q_t), "a K-chunked op's push constants must "
+               "start with the fields of pc_k_head_t");
+#endif
+
 /* RoPE applied in place to x[rows, n_heads, head_dim]. */
 #if !defined(LATHE_GLSL) || defined(PC_ROPE)
 PC_BEGIN(pc_rope)

@@ -40,8 +40,8 @@ Test(eltwise, mul_odd_sizes) {
 }
 
 Test(eltwise, large_grid_uses_second_dimension) {
-  /* 65535 workgroups of 256 cover 16.7M elements; one more needs the y dimension of the grid. */
-  uint32_t n = 65535u * 256u + 301u;
+  /* 65535 workgroups fill the grid's x dimension; the 301 elements past them need its y dimension. */
+  uint32_t n = 65535u * op_wg(OP_ELTWISE) + 301u;
   check_binop(op_add, ref_add, n, 3, "add over a 2D grid");
 }
 

@@ -123,7 +123,7 @@ Test(matmul, gemv_odd_shapes) { check_all_odd_shapes(MATMUL_GEMV, "gemv"); }
 Test(matmul, auto_odd_shapes) { check_all_odd_shapes(MATMUL_AUTO, "auto"); }
 
 Test(matmul, long_k_is_split_over_dispatches) {
-  /* Each K needs more loop iterations than one invocation may run (see LOOP_BUDGET in engine/ops/ops_matmul.c), for
+  /* Each K needs more loop iterations than one invocation may run (its loop budget in engine/ops/ops.def), for
    * each kernel and load width: it is split into chunks that accumulate, the first chunk of each at the largest
    * size the budget allows. Integer data makes the exact result the only right one, so a chunk that drops,
    * repeats or overwrites even one term fails; so does an invocation that lavapipe cut short. */

@@ -399,15 +399,15 @@ Test(rows, workgroup_sizing_bounds_the_loops) {
   const uint32_t widths[] = {1, 5, 255, 4097, 150001, 1000000};
   for (unsigned i = 0; i < 6; i++)
     for (uint32_t passes = 1; passes <= 32; passes *= 2) {
-      uint32_t n = widths[i], wg = op_rows_wg(n, passes, 256, cp->max_wg_invocations, cp->max_shared);
+      uint32_t n = widths[i], wg = op_rows_wg(OP_SOFTMAX, n, passes, cp->max_wg_invocations, cp->max_shared);
       if (wg == 0) continue;
       cr_assert(wg >= 32 && wg <= cp->max_wg_invocations && (wg & (wg - 1)) == 0, "n %u: wg %u", n, wg);
-      cr_assert_leq((uint64_t)passes * ((n + wg - 1) / wg), ROWS_MAX_ITERS, "n %u passes %u wg %u", n, passes, wg);
+      cr_assert_leq((uint64_t)passes * ((n + wg - 1) / wg), op_loop_budget(OP_SOFTMAX), "n %u passes %u wg %u", n, passes, wg);
     }
   /* 150,001 wide, two passes: must fit. */
-  cr_assert_neq(op_rows_wg(150001, 2, 256, cp->max_wg_invocations, cp->max_shared), 0);
+  cr_assert_neq(op_rows_wg(OP_SOFTMAX, 150001, 2, cp->max_wg_invocations, cp->max_shared), 0);
   /* A 16 KiB shared-memory device caps the workgroup at 512 invocations (24 bytes each). */
-  cr_assert_eq(op_rows_wg(150001, 2, 256, 1024, 16384), 512);
+  cr_assert_eq(op_rows_wg(OP_SOFTMAX, 150001, 2, 1024, 16384), 512);
 }
 
 Test(rows, bad_arguments_are_errors) {
@@ -420,7 +420,7 @@ Test(rows, bad_arguments_are_errors) {
   cr_assert_eq(op_topk(c, gv(b), gv(b), gv(b), 1, 4, 5, &err), LT_E_INVALID);
   cr_assert_eq(op_logsumexp(c, gv(b), gv(b), gv(b), none, 1, 16, &err), LT_E_INVALID);
   cr_assert_eq(op_argmax(c, gv(b), gv(b), 1, 0, &err), LT_E_INVALID);
-  /* A row needing more than ROWS_MAX_ITERS iterations per invocation is refused before anything is bound. */
+  /* A row needing more than its loop budget per invocation is refused before anything is bound. */
   cr_assert_eq(op_softmax(c, gv(b), gv(b), 1, 0xfffffff0u, &err), LT_E_LIMIT);
   cr_assert(strstr(err.msg, "too wide") != NULL, "message: %s", err.msg);
   cr_assert_eq(op_topk(c, gv(b), gv(b), gv(b), 1, 4000000, 32, &err), LT_E_LIMIT);
