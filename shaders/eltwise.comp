@@ -29,6 +29,7 @@ void main() {
   case ELT_SWIGLU: v = silu(v) * b[i % pc.nb]; break;
   case ELT_RELU: v = max(v, 0.0); break;
   case ELT_RELU_BW: v = b[i % pc.nb] > 0.0 ? v : 0.0; break;
+  case ELT_AXPY: v = fma(pc.scale, b[i % pc.nb], v); break;
   }
   y[i] = v;
 }

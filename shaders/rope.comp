@@ -1,7 +1,8 @@
 #version 450
 // RoPE in place on x[rows, n_heads, head_dim]: one invocation per rotated pair, x over the (head, pair)s of a row,
 // y and z over rows. The first rot_dim dims of each head turn by the angle of pos[row] read from the (cos, sin)
-// table [max_pos, rot_dim / 2]. Rows whose position lies outside the table are left untouched.
+// table [max_pos, rot_dim / 2]. Rows whose position lies outside the table are left untouched. pc.inverse turns
+// by minus the angle: the rotation's transpose, which is RoPE's backward pass.
 #define PC_ROPE 1
 #include "pc.h"
 #include "common.glsl"
@@ -18,6 +19,7 @@ void main() {
   if (p < 0 || uint(p) >= pc.max_pos) return;
   uint head = i / pairs, pair = i - head * pairs;
   vec2 cs = cs_table[uint(p) * pairs + pair];
+  if (pc.inverse != 0u) cs.y = -cs.y;
   uint base = (row * pc.n_heads + head) * pc.head_dim;
   // neox (Hugging Face rotate_half): pairs (i, i + rot/2); interleaved (GGUF): pairs (2i, 2i + 1).
   uint i0 = pc.neox != 0u ? base + pair : base + 2u * pair;

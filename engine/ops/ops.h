@@ -77,6 +77,8 @@ lt_status_t op_gelu(gpu_cmd_t *c, gpu_view_t y, gpu_view_t a, uint32_t n, lt_err
 /* y[i] = silu(gate[i]) * up[i] (f32). */
 lt_status_t op_swiglu(gpu_cmd_t *c, gpu_view_t y, gpu_view_t gate, gpu_view_t up, uint32_t n, lt_err_t *err);
 
+/* y[i] += a * x[i], i < n (f32). */
+lt_status_t op_axpy(gpu_cmd_t *c, gpu_view_t y, gpu_view_t x, float a, uint32_t n, lt_err_t *err);
 /* y[i] = max(a[i], 0) (f32). y may alias a. */
 lt_status_t op_relu(gpu_cmd_t *c, gpu_view_t y, gpu_view_t a, uint32_t n, lt_err_t *err);
 /* dx[i] = dy[i] where x[i] > 0, else 0: the backward of op_relu (f32). dx may alias dy. */
@@ -169,6 +171,12 @@ void rope_table_build(float *table, uint32_t max_pos, uint32_t rot_dim, double t
  * Hugging Face; otherwise interleaved pairs (2i, 2i+1) as in GGUF. */
 lt_status_t op_rope(gpu_cmd_t *c, gpu_view_t x, gpu_view_t pos, gpu_view_t table, uint32_t rows, uint32_t n_heads,
                     uint32_t head_dim, uint32_t rot_dim, bool neox, uint32_t max_pos, lt_err_t *err);
+
+/* The backward of op_rope, in place on the gradient dx[rows, n_heads, head_dim]: the transpose of each rotation,
+ * which is the rotation by minus the angle. */
+lt_status_t op_rope_backward(gpu_cmd_t *c, gpu_view_t dx, gpu_view_t pos, gpu_view_t table, uint32_t rows,
+                             uint32_t n_heads, uint32_t head_dim, uint32_t rot_dim, bool neox, uint32_t max_pos,
+                             lt_err_t *err);
 
 /* y[i,:] = table[ids[i] - row_lo, :] for the ids in [row_lo, row_hi); other rows of y are left untouched, so a
  * table split into pieces (each at most maxStorageBufferRange) is gathered by one call per piece.

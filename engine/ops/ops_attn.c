@@ -48,8 +48,9 @@ static void rows_grid(uint32_t rows, uint32_t *gy, uint32_t *gz) {
   *gz = (rows + *gy - 1) / *gy;
 }
 
-lt_status_t op_rope(gpu_cmd_t *c, gpu_view_t x, gpu_view_t pos, gpu_view_t table, uint32_t rows, uint32_t n_heads,
-                    uint32_t head_dim, uint32_t rot_dim, bool neox, uint32_t max_pos, lt_err_t *err) {
+/* op_rope, or with inverse its backward (the same rotation by minus the angle). */
+static lt_status_t rope(gpu_cmd_t *c, gpu_view_t x, gpu_view_t pos, gpu_view_t table, uint32_t rows, uint32_t n_heads,
+                        uint32_t head_dim, uint32_t rot_dim, bool neox, uint32_t max_pos, bool inverse, lt_err_t *err) {
   if (rot_dim == 0 || rot_dim % 2 || rot_dim > head_dim)
     return lt_fail(err, LT_E_INVALID, "rope: rot_dim %u must be even and in [2, head_dim %u]", rot_dim, head_dim);
   if (max_pos == 0) return lt_fail(err, LT_E_INVALID, "rope: empty table");
@@ -59,7 +60,7 @@ lt_status_t op_rope(gpu_cmd_t *c, gpu_view_t x, gpu_view_t pos, gpu_view_t table
   gpu_pipeline_t *p = op_pipeline(gpu_cmd_gpu(c), OP_ROPE, NULL, NULL, 0, err);
   if (!p) return err ? err->code : LT_E_SHADER;
   pc_rope_t pc = {.rows = rows, .n_heads = n_heads, .head_dim = head_dim, .rot_dim = rot_dim, .neox = neox,
-                  .max_pos = max_pos};
+                  .max_pos = max_pos, .inverse = inverse};
   gpu_view_t v[3] = {x, pos, table};
   uint64_t bytes[3] = {4 * n, 4ull * rows, 4ull * max_pos * rot_dim};
   bool w[3] = {true, false, false};
@@ -67,6 +68,17 @@ lt_status_t op_rope(gpu_cmd_t *c, gpu_view_t x, gpu_view_t pos, gpu_view_t table
   rows_grid(rows, &gy, &gz);
   return op_dispatch(c, p, OP_ROPE, v, bytes, w, 3, &pc, (n_heads * (rot_dim / 2) + op_wg(OP_ROPE) - 1) / op_wg(OP_ROPE), gy, gz,
                      err);
+}
+
+lt_status_t op_rope(gpu_cmd_t *c, gpu_view_t x, gpu_view_t pos, gpu_view_t table, uint32_t rows, uint32_t n_heads,
+                    uint32_t head_dim, uint32_t rot_dim, bool neox, uint32_t max_pos, lt_err_t *err) {
+  return rope(c, x, pos, table, rows, n_heads, head_dim, rot_dim, neox, max_pos, false, err);
+}
+
+lt_status_t op_rope_backward(gpu_cmd_t *c, gpu_view_t dx, gpu_view_t pos, gpu_view_t table, uint32_t rows,
+                             uint32_t n_heads, uint32_t head_dim, uint32_t rot_dim, bool neox, uint32_t max_pos,
+                             lt_err_t *err) {
+  return rope(c, dx, pos, table, rows, n_heads, head_dim, rot_dim, neox, max_pos, true, err);
 }
 
 lt_status_t op_embed(gpu_cmd_t *c, gpu_view_t y, gpu_view_t table, lt_dtype_t ttype, gpu_view_t ids, uint32_t n_ids,

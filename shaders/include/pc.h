@@ -21,7 +21,7 @@ PC_BEGIN(pc_eltwise)
   uint n;      /* elements of y and a */
   uint nb;     /* elements of b (broadcast by modulo); 0 when unused */
   uint op;     /* ELT_* */
-  float scale; /* for ELT_SCALE */
+  float scale; /* for ELT_SCALE and ELT_AXPY */
 PC_END(pc_eltwise)
 #endif
 #define ELT_ADD 0u
@@ -32,6 +32,7 @@ PC_END(pc_eltwise)
 #define ELT_SWIGLU 5u
 #define ELT_RELU 6u
 #define ELT_RELU_BW 7u /* y = a where b > 0, else 0: the ReLU's backward with b its input */
+#define ELT_AXPY 8u    /* y = a + scale * b */
 
 /* Row-wise normalisation: RMSNorm (layernorm 0) and LayerNorm (layernorm 1); one workgroup per row. */
 #if !defined(LATHE_GLSL) || defined(PC_NORM)
@@ -102,6 +103,7 @@ PC_BEGIN(pc_rope)
   uint rows, n_heads, head_dim, rot_dim;
   uint neox;    /* 1: rotate-half pairs (i, i + rot/2) as Hugging Face; 0: interleaved pairs (2i, 2i + 1) as GGUF */
   uint max_pos; /* rows of the cos/sin table */
+  uint inverse; /* 1: rotate by minus the angle (the backward pass) */
 PC_END(pc_rope)
 #endif
 
@@ -142,6 +144,87 @@ PC_BEGIN(pc_perturb)
   uint tensor_id;
   float scale;
 PC_END(pc_perturb)
+#endif
+
+/* ---- training: backward passes and the optimiser ---- */
+
+/* General matrix product for the backward passes: y[M,N] (+)= sum_k A(m,k) B(n,k) over k in [k_base, k_base +
+ * k_len) of K, where A(m,k) = a[m * lda + k] (at = 0) or a[k * lda + m] (at = 1), and B(n,k) is element (n,k)
+ * (bt = 0) or (k,n) (bt = 1) of the stored matrix b with row stride ldb: f32, f16 or bf16 values, or the int8 /
+ * int4 rows of engine/ops/quant.h (kp columns per row) with per-group scales. */
+#if !defined(LATHE_GLSL) || defined(PC_MMT)
+PC_BEGIN(pc_mmt)
+  uint M, N, K;
+  uint k_base, k_len;
+  uint accumulate;
+  uint lda, ldb, ldy;
+  uint at, bt;
+  uint kp, n_groups, group; /* quantised b only */
+PC_END(pc_mmt)
+#endif
+
+/* RMSNorm backward. mode 0 (one workgroup per row): dx[r] (+)= inv w*g - x inv^3 sum(w*g*x) / n and
+ * rinv[r] = inv; mode 1 (one invocation per column): dw[i] (+)= sum over rows [r_base, r_base + r_len) of
+ * g[r,i] x[r,i] rinv[r]. */
+#if !defined(LATHE_GLSL) || defined(PC_NORM_BW)
+PC_BEGIN(pc_norm_bw)
+  uint rows, n;
+  float eps;
+  uint mode;
+  uint r_base, r_len;
+  uint accumulate; /* mode 0: add to dx; mode 1: add to dw (always after the first row chunk) */
+PC_END(pc_norm_bw)
+#endif
+
+/* Causal attention for training, one sequence of T tokens (queries and keys at positions 0..T-1). mode 0:
+ * out and lse per (query, head); mode 1: dq and D = sum(dout * out) per (query, head); mode 2: dk, dv per
+ * (key, kv head) over the queries [t_base, t_base + t_len), accumulating after the first chunk. */
+#if !defined(LATHE_GLSL) || defined(PC_ATTN_TRAIN)
+PC_BEGIN(pc_attn_train)
+  uint T, n_heads, n_kv_heads;
+  float scale;
+  uint mode;
+  uint t_base, t_len, accumulate;
+PC_END(pc_attn_train)
+#endif
+
+/* SwiGLU backward: dgate = dy * up * silu'(gate), dup = dy * silu(gate). */
+#if !defined(LATHE_GLSL) || defined(PC_SWIGLU_BW)
+PC_BEGIN(pc_swiglu_bw)
+  uint n;
+PC_END(pc_swiglu_bw)
+#endif
+
+/* Embedding backward: for each distinct id u (ids[u]), dtable[ids[u], c] += sum of dy[rows[j], c] over
+ * j in [start[u], start[u+1]). */
+#if !defined(LATHE_GLSL) || defined(PC_EMBED_BW)
+PC_BEGIN(pc_embed_bw)
+  uint n_unique, dim, table_rows;
+PC_END(pc_embed_bw)
+#endif
+
+/* Cross-entropy gradient: dlogits[r, j] = (exp(x[r, j] - lse[r]) - (j == t[r])) * w[r] for r < rows, j < n. */
+#if !defined(LATHE_GLSL) || defined(PC_CE_GRAD)
+PC_BEGIN(pc_ce_grad)
+  uint rows, n;
+PC_END(pc_ce_grad)
+#endif
+
+/* AdamW on n elements: m = b1 m + (1 - b1) g s; v = b2 v + (1 - b2) (g s)^2; p -= lr (mhat / (sqrt(vhat) + eps)
+ * + wd p), with bias corrections c1 = 1 - b1^t, c2 = 1 - b2^t computed on the host in double. */
+#if !defined(LATHE_GLSL) || defined(PC_ADAMW)
+PC_BEGIN(pc_adamw)
+  uint n;
+  float lr, beta1, beta2, eps, weight_decay, grad_scale;
+  float c1, c2;
+PC_END(pc_adamw)
+#endif
+
+/* Partial sums: out[g] = sum over x[g * chunk .. (g + 1) * chunk) of x (square = 0) or x^2 (square = 1). */
+#if !defined(LATHE_GLSL) || defined(PC_REDUCE)
+PC_BEGIN(pc_reduce)
+  uint n, chunk, square;
+PC_END(pc_reduce)
 #endif
 
 #endif

@@ -1,0 +1,324 @@
+/* Backward passes and the optimiser (engine/ops/ops_grad.h). */
+#include "engine/ops/ops_grad.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "engine/ops/ops_rows.h"
+#include "engine/ops/quant.h"
+
+/* Most elements one 1D dispatch covers: flat_index() grids reach 65535 x 65535 workgroups, but 32-bit indices
+ * end first. */
+#define MAX_1D (UINT32_MAX / 2u)
+
+static uint32_t ceil_div(uint64_t a, uint32_t b) { return (uint32_t)((a + b - 1) / b); }
+
+/* ---- the backward matrix product (mm_t.comp) ---- */
+
+/* Tile of one mm_t workgroup (the shader's BM x BN). */
+#define MMT_TILE 32u
+
+/* y[M,N] (+)= A . B^T as described by pc (pc_mmt_t), K split into chunks under the loop budget. */
+static lt_status_t mmt(gpu_cmd_t *c, const char *defines, gpu_view_t y, gpu_view_t a, gpu_view_t b, gpu_view_t s,
+                       uint64_t b_bytes, uint64_t s_bytes, pc_mmt_t *pc, bool accumulate, lt_err_t *err) {
+  if (pc->M == 0 || pc->N == 0) return LT_OK;
+  if (ceil_div(pc->M, MMT_TILE) > 65535 || ceil_div(pc->N, MMT_TILE) > 65535)
+    return lt_fail(err, LT_E_LIMIT, "backward matmul: %u x %u outputs exceed the dispatch grid", pc->M, pc->N);
+  gpu_pipeline_t *p = op_pipeline(gpu_cmd_gpu(c), OP_MMT, defines, NULL, 0, err);
+  if (!p) return err ? err->code : LT_E_SHADER;
+  uint64_t a_elems = pc->at ? (uint64_t)(pc->K - 1) * pc->lda + pc->M : (uint64_t)(pc->M - 1) * pc->lda + pc->K;
+  if (pc->K == 0) a_elems = 1;
+  gpu_view_t v[4] = {y, a, b, s.buf ? s : b};
+  uint64_t bytes[4] = {((uint64_t)(pc->M - 1) * pc->ldy + pc->N) * 4, a_elems * 4, b_bytes, s.buf ? s_bytes : b_bytes};
+  bool w[4] = {true, false, false, false};
+  op_loop_cost_t cost = {0, 1, 1};
+  return op_dispatch_k(c, p, OP_MMT, v, bytes, w, 4, pc, cost, accumulate, ceil_div(pc->N, MMT_TILE),
+                       ceil_div(pc->M, MMT_TILE), 1, err);
+}
+
+lt_status_t op_matmul_dx(gpu_cmd_t *c, gpu_view_t dx, gpu_view_t dy, gpu_view_t w, lt_dtype_t wtype, uint32_t M,
+                         uint32_t N, uint32_t K, bool accumulate, lt_err_t *err) {
+  if (wtype != LT_F32 && wtype != LT_F16 && wtype != LT_BF16)
+    return lt_fail(err, LT_E_INVALID, "matmul backward: weight dtype %s (want f32, f16 or bf16)", lt_dtype_str(wtype));
+  /* dx(m, k) = sum_n dy(m, n) w(n, k): A = dy as stored, B read transposed. */
+  pc_mmt_t pc = {.M = M, .N = K, .K = N, .lda = N, .ldb = K, .ldy = K, .at = 0, .bt = 1};
+  const char *def = wtype == LT_F16 ? "W_F16=1" : wtype == LT_BF16 ? "W_BF16=1" : NULL;
+  return mmt(c, def, dx, dy, w, (gpu_view_t){0}, (uint64_t)N * K * lt_dtype_size(wtype), 0, &pc, accumulate, err);
+}
+
+lt_status_t op_matmul_dx_q(gpu_cmd_t *c, gpu_view_t dx, gpu_view_t dy, const qmat_view_t *w, uint32_t M, uint32_t N,
+                           uint32_t K, bool accumulate, lt_err_t *err) {
+  if ((w->wtype != LT_I8 && w->wtype != LT_I4) || (w->stype != LT_F16 && w->stype != LT_F32) || w->group == 0 ||
+      w->group % QUANT_COL_ALIGN)
+    return lt_fail(err, LT_E_INVALID, "matmul backward: quantised weight %s with %s scales and group %u",
+                   lt_dtype_str(w->wtype), lt_dtype_str(w->stype), w->group);
+  uint32_t bits = w->wtype == LT_I4 ? 4 : 8;
+  pc_mmt_t pc = {.M = M, .N = K, .K = N, .lda = N, .ldy = K, .at = 0, .bt = 1, .kp = quant_padded_cols(K),
+                 .n_groups = quant_groups(K, w->group), .group = w->group};
+  char def[32];
+  snprintf(def, sizeof def, "BITS=%u;S_F16=%d", bits, w->stype == LT_F16);
+  uint64_t qbytes = (uint64_t)N * quant_row_bytes(bits, K), sbytes = (uint64_t)N * pc.n_groups * lt_dtype_size(w->stype);
+  return mmt(c, def, dx, dy, w->q, w->scales, qbytes, sbytes, &pc, accumulate, err);
+}
+
+lt_status_t op_matmul_dw(gpu_cmd_t *c, gpu_view_t dw, gpu_view_t dy, gpu_view_t x, uint32_t M, uint32_t N, uint32_t K,
+                         bool accumulate, lt_err_t *err) {
+  /* dw(n, k) = sum_m dy(m, n) x(m, k): both read transposed. */
+  pc_mmt_t pc = {.M = N, .N = K, .K = M, .lda = N, .ldb = K, .ldy = K, .at = 1, .bt = 1};
+  return mmt(c, NULL, dw, dy, x, (gpu_view_t){0}, (uint64_t)M * K * 4, 0, &pc, accumulate, err);
+}
+
+/* ---- RMSNorm ---- */
+
+lt_status_t op_rmsnorm_backward(gpu_cmd_t *c, gpu_view_t dx, gpu_view_t dw, gpu_view_t g, gpu_view_t x, gpu_view_t w,
+                                uint32_t rows, uint32_t n, float eps, lt_err_t *err) {
+  if (rows == 0 || n == 0) return LT_OK;
+  gpu_t *gp = gpu_cmd_gpu(c);
+  const gpu_caps_t *caps = gpu_caps(gp);
+  uint32_t wg = op_rows_wg(OP_NORM_BW, n, 2, caps->max_wg_invocations, caps->max_shared);
+  if (wg == 0) return lt_fail(err, LT_E_LIMIT, "rmsnorm backward: rows of %u elements are too wide", n);
+  gpu_pipeline_t *p = op_pipeline(gp, OP_NORM_BW, NULL, &wg, 1, err);
+  gpu_buf_t *rinv = p ? gpu_cmd_scratch(c, (uint64_t)rows * 4, err) : NULL;
+  if (!p || !rinv) return err ? err->code : LT_E_SHADER;
+  uint64_t rn = (uint64_t)rows * n * 4;
+  gpu_view_t v[6] = {dx, dw.buf ? dw : dx, g, x, w, gv(rinv)};
+  uint64_t bytes[6] = {rn, dw.buf ? (uint64_t)n * 4 : rn, rn, rn, (uint64_t)n * 4, (uint64_t)rows * 4};
+  bool wr[6] = {true, true, false, false, false, true};
+  pc_norm_bw_t pc = {.rows = rows, .n = n, .eps = eps, .mode = 0, .accumulate = 1};
+  uint32_t gx, gy;
+  op_grid_1d(rows, 1, &gx, &gy);
+  lt_status_t st = op_dispatch(c, p, OP_NORM_BW, v, bytes, wr, 6, &pc, gx, gy, 1, err);
+  if (st != LT_OK || !dw.buf) return st;
+  /* dw: one invocation per column over the rows, in chunks of the loop budget. */
+  uint32_t cwg = op_wg(OP_NORM_BW);
+  p = op_pipeline(gp, OP_NORM_BW, NULL, &cwg, 1, err);
+  if (!p) return err ? err->code : LT_E_SHADER;
+  op_grid_1d(n, cwg, &gx, &gy);
+  for (uint32_t r0 = 0; r0 < rows && st == LT_OK; r0 += op_loop_budget(OP_NORM_BW)) {
+    uint32_t len = rows - r0 < op_loop_budget(OP_NORM_BW) ? rows - r0 : op_loop_budget(OP_NORM_BW);
+    pc = (pc_norm_bw_t){.rows = rows, .n = n, .eps = eps, .mode = 1, .r_base = r0, .r_len = len, .accumulate = 1};
+    st = op_dispatch(c, p, OP_NORM_BW, v, bytes, wr, 6, &pc, gx, gy, 1, err);
+  }
+  return st;
+}
+
+/* ---- attention ---- */
+
+static lt_status_t attn_check(uint32_t T, uint32_t n_heads, uint32_t n_kv_heads, uint32_t head_dim, lt_err_t *err) {
+  if (n_heads == 0 || n_kv_heads == 0 || n_heads % n_kv_heads)
+    return lt_fail(err, LT_E_INVALID, "attention: %u heads over %u KV heads", n_heads, n_kv_heads);
+  if (head_dim == 0 || head_dim > 256)
+    return lt_fail(err, LT_E_UNSUPPORTED, "training attention: head size %u (1..256 supported)", head_dim);
+  if (T > op_loop_budget(OP_ATTN_TRAIN))
+    return lt_fail(err, LT_E_LIMIT, "training attention: sequences of %u tokens exceed %u (one loop per key)", T,
+                   op_loop_budget(OP_ATTN_TRAIN));
+  return LT_OK;
+}
+
+/* Records one mode of attn_train.comp over `items` invocations. */
+static lt_status_t attn_train(gpu_cmd_t *c, gpu_view_t *v, uint32_t T, uint32_t H, uint32_t KV, uint32_t hd,
+                              pc_attn_train_t *pc, uint64_t items, lt_err_t *err) {
+  char def[24];
+  snprintf(def, sizeof def, "HD=%u", hd);
+  gpu_pipeline_t *p = op_pipeline(gpu_cmd_gpu(c), OP_ATTN_TRAIN, def, NULL, 0, err);
+  if (!p) return err ? err->code : LT_E_SHADER;
+  uint64_t qn = (uint64_t)T * H * hd * 4, kn = (uint64_t)T * KV * hd * 4, ln = (uint64_t)T * H * 4;
+  uint64_t bytes[9] = {pc->mode == 2 ? kn : qn, pc->mode == 2 ? kn : ln, qn, kn, kn, qn, qn, ln, ln};
+  bool w[9] = {true, true, false, false, false, false, false, false, false};
+  uint32_t gx, gy;
+  op_grid_1d(items, op_wg(OP_ATTN_TRAIN), &gx, &gy);
+  return op_dispatch(c, p, OP_ATTN_TRAIN, v, bytes, w, 9, pc, gx, gy, 1, err);
+}
+
+lt_status_t op_attention_lse(gpu_cmd_t *c, gpu_view_t out, gpu_view_t lse, gpu_view_t q, gpu_view_t k, gpu_view_t v,
+                             uint32_t T, uint32_t n_heads, uint32_t n_kv_heads, uint32_t head_dim, float scale,
+                             lt_err_t *err) {
+  lt_status_t st = attn_check(T, n_heads, n_kv_heads, head_dim, err);
+  if (st != LT_OK || T == 0) return st;
+  /* Modes 0 reads none of bindings 5..8: q stands in for them. */
+  gpu_view_t views[9] = {out, lse, q, k, v, q, q, lse, lse};
+  pc_attn_train_t pc = {.T = T, .n_heads = n_heads, .n_kv_heads = n_kv_heads, .scale = scale, .mode = 0};
+  return attn_train(c, views, T, n_heads, n_kv_heads, head_dim, &pc, (uint64_t)T * n_heads, err);
+}
+
+lt_status_t op_attention_backward(gpu_cmd_t *c, gpu_view_t dq, gpu_view_t dk, gpu_view_t dv, gpu_view_t q,
+                                  gpu_view_t k, gpu_view_t v, gpu_view_t out, gpu_view_t dout, gpu_view_t lse,
+                                  uint32_t T, uint32_t n_heads, uint32_t n_kv_heads, uint32_t head_dim, float scale,
+                                  lt_err_t *err) {
+  lt_status_t st = attn_check(T, n_heads, n_kv_heads, head_dim, err);
+  if (st != LT_OK || T == 0) return st;
+  gpu_buf_t *D = gpu_cmd_scratch(c, (uint64_t)T * n_heads * 4, err);
+  if (!D) return err ? err->code : LT_E_DEVICE_OOM;
+  gpu_view_t views[9] = {dq, gv(D), q, k, v, out, dout, lse, gv(D)};
+  pc_attn_train_t pc = {.T = T, .n_heads = n_heads, .n_kv_heads = n_kv_heads, .scale = scale, .mode = 1};
+  st = attn_train(c, views, T, n_heads, n_kv_heads, head_dim, &pc, (uint64_t)T * n_heads, err);
+  /* dk, dv: each invocation loops over (query, head) pairs of its chunk of queries. */
+  uint32_t rep = n_heads / n_kv_heads, chunk = op_loop_budget(OP_ATTN_TRAIN) / rep;
+  if (chunk == 0) return lt_fail(err, LT_E_LIMIT, "training attention: %u query heads per KV head", rep);
+  gpu_view_t kv_views[9] = {dk, dv, q, k, v, out, dout, lse, gv(D)};
+  for (uint32_t t0 = 0; t0 < T && st == LT_OK; t0 += chunk) {
+    pc = (pc_attn_train_t){.T = T, .n_heads = n_heads, .n_kv_heads = n_kv_heads, .scale = scale, .mode = 2,
+                           .t_base = t0, .t_len = chunk, .accumulate = t0 > 0};
+    st = attn_train(c, kv_views, T, n_heads, n_kv_heads, head_dim, &pc, (uint64_t)T * n_kv_heads, err);
+  }
+  return st;
+}
+
+/* ---- elementwise backward passes ---- */
+
+lt_status_t op_swiglu_backward(gpu_cmd_t *c, gpu_view_t dgate, gpu_view_t dup, gpu_view_t dy, gpu_view_t gate,
+                               gpu_view_t up, uint32_t n, lt_err_t *err) {
+  if (n == 0) return LT_OK;
+  gpu_pipeline_t *p = op_pipeline(gpu_cmd_gpu(c), OP_SWIGLU_BW, NULL, NULL, 0, err);
+  if (!p) return err ? err->code : LT_E_SHADER;
+  gpu_view_t v[5] = {dgate, dup, dy, gate, up};
+  uint64_t b = (uint64_t)n * 4, bytes[5] = {b, b, b, b, b};
+  bool w[5] = {true, true, false, false, false};
+  pc_swiglu_bw_t pc = {.n = n};
+  uint32_t gx, gy;
+  op_grid_1d(n, op_wg(OP_SWIGLU_BW), &gx, &gy);
+  return op_dispatch(c, p, OP_SWIGLU_BW, v, bytes, w, 5, &pc, gx, gy, 1, err);
+}
+
+/* Orders row indices by (id, row): the grouping embed_bw.comp sums in. */
+static const int32_t *g_sort_ids;
+static int cmp_rows(const void *a, const void *b) {
+  int32_t ra = *(const int32_t *)a, rb = *(const int32_t *)b;
+  int32_t ia = g_sort_ids[ra], ib = g_sort_ids[rb];
+  return ia != ib ? (ia < ib ? -1 : 1) : (ra > rb) - (ra < rb);
+}
+
+lt_status_t op_embed_backward(gpu_cmd_t *c, gpu_view_t dtable, gpu_view_t dy, const int32_t *host_ids,
+                              uint32_t n_rows, uint32_t dim, uint32_t table_rows, lt_err_t *err) {
+  if (n_rows == 0 || dim == 0) return LT_OK;
+  gpu_t *g = gpu_cmd_gpu(c);
+  gpu_pipeline_t *p = op_pipeline(g, OP_EMBED_BW, NULL, NULL, 0, err);
+  if (!p) return err ? err->code : LT_E_SHADER;
+  /* Groups of one id, each cut into runs of at most the loop budget: rows, then per run its id and start. */
+  int32_t *rows = malloc((uint64_t)n_rows * 4), *ids = malloc((uint64_t)n_rows * 4),
+          *start = malloc(((uint64_t)n_rows + 1) * 4);
+  lt_status_t st = rows && ids && start ? LT_OK : lt_fail(err, LT_E_NOMEM, "out of memory");
+  uint32_t runs = 0;
+  if (st == LT_OK) {
+    for (uint32_t r = 0; r < n_rows; r++) rows[r] = (int32_t)r;
+    g_sort_ids = host_ids;
+    qsort(rows, n_rows, sizeof *rows, cmp_rows);
+    for (uint32_t j = 0; j < n_rows; j++) {
+      int32_t id = host_ids[rows[j]];
+      bool fresh = j == 0 || id != ids[runs - 1] || (uint32_t)(j - (uint32_t)start[runs - 1]) >= op_loop_budget(OP_EMBED_BW);
+      if (!fresh) continue;
+      ids[runs] = id;
+      start[runs++] = (int32_t)j;
+    }
+    start[runs] = (int32_t)n_rows;
+  }
+  /* Runs of one id must not meet in one dispatch (both would add to the same row): a run that repeats an id
+   * starts a new dispatch. With the loop budget far above most batches, that is one dispatch. */
+  uint32_t first = 0;
+  while (st == LT_OK && first < runs) {
+    uint32_t last = first + 1;
+    while (last < runs && ids[last] != ids[last - 1]) last++;
+    uint32_t nu = last - first;
+    gpu_buf_t *b_rows = gpu_cmd_scratch(c, (uint64_t)n_rows * 4, err), *b_ids = gpu_cmd_scratch(c, (uint64_t)nu * 4, err),
+              *b_start = gpu_cmd_scratch(c, ((uint64_t)nu + 1) * 4, err);
+    if (!b_rows || !b_ids || !b_start) {
+      st = err ? err->code : LT_E_DEVICE_OOM;
+      break;
+    }
+    /* Scratch buffers are written through the host before the recorder runs: each dispatch gets its own. */
+    if ((st = gpu_upload(b_rows, 0, rows, (uint64_t)n_rows * 4, err)) != LT_OK) break;
+    if ((st = gpu_upload(b_ids, 0, ids + first, (uint64_t)nu * 4, err)) != LT_OK) break;
+    if ((st = gpu_upload(b_start, 0, start + first, ((uint64_t)nu + 1) * 4, err)) != LT_OK) break;
+    gpu_view_t v[5] = {dtable, dy, gv(b_ids), gv(b_rows), gv(b_start)};
+    uint64_t bytes[5] = {(uint64_t)table_rows * dim * 4, (uint64_t)n_rows * dim * 4, (uint64_t)nu * 4,
+                         (uint64_t)n_rows * 4, ((uint64_t)nu + 1) * 4};
+    bool w[5] = {true, false, false, false, false};
+    pc_embed_bw_t pc = {.n_unique = nu, .dim = dim, .table_rows = table_rows};
+    uint32_t gx, gy;
+    op_grid_1d((uint64_t)nu * dim, op_wg(OP_EMBED_BW), &gx, &gy);
+    st = op_dispatch(c, p, OP_EMBED_BW, v, bytes, w, 5, &pc, gx, gy, 1, err);
+    first = last;
+  }
+  free(rows), free(ids), free(start);
+  return st;
+}
+
+lt_status_t op_cross_entropy(gpu_cmd_t *c, gpu_view_t nll, gpu_view_t lse, bool backward, gpu_view_t logits,
+                             gpu_view_t targets, gpu_view_t weights, uint32_t rows, uint32_t n, lt_err_t *err) {
+  if (rows == 0) return LT_OK;
+  lt_status_t st = op_logsumexp(c, lse, nll, logits, targets, rows, n, err);
+  if (st != LT_OK || !backward) return st;
+  uint64_t total = (uint64_t)rows * n;
+  if (total > MAX_1D) return lt_fail(err, LT_E_LIMIT, "cross-entropy: %u x %u logits in one call", rows, n);
+  gpu_pipeline_t *p = op_pipeline(gpu_cmd_gpu(c), OP_CE_GRAD, NULL, NULL, 0, err);
+  if (!p) return err ? err->code : LT_E_SHADER;
+  gpu_view_t v[4] = {logits, lse, targets, weights};
+  uint64_t bytes[4] = {total * 4, (uint64_t)rows * 4, (uint64_t)rows * 4, (uint64_t)rows * 4};
+  bool w[4] = {true, false, false, false};
+  pc_ce_grad_t pc = {.rows = rows, .n = n};
+  uint32_t gx, gy;
+  op_grid_1d(total, op_wg(OP_CE_GRAD), &gx, &gy);
+  return op_dispatch(c, p, OP_CE_GRAD, v, bytes, w, 4, &pc, gx, gy, 1, err);
+}
+
+/* ---- the optimiser ---- */
+
+lt_status_t op_adamw(gpu_cmd_t *c, gpu_view_t p, gpu_view_t g, gpu_view_t m, gpu_view_t v, uint32_t n,
+                     const adamw_params_t *a, lt_err_t *err) {
+  if (n == 0) return LT_OK;
+  if (a->step == 0) return lt_fail(err, LT_E_INVALID, "adamw: steps count from 1");
+  gpu_pipeline_t *pl = op_pipeline(gpu_cmd_gpu(c), OP_ADAMW, NULL, NULL, 0, err);
+  if (!pl) return err ? err->code : LT_E_SHADER;
+  pc_adamw_t pc = {.n = n,
+                   .lr = a->lr,
+                   .beta1 = a->beta1,
+                   .beta2 = a->beta2,
+                   .eps = a->eps,
+                   .weight_decay = a->weight_decay,
+                   .grad_scale = a->grad_scale,
+                   .c1 = (float)(1.0 - pow(a->beta1, a->step)),
+                   .c2 = (float)(1.0 - pow(a->beta2, a->step))};
+  gpu_view_t views[4] = {p, g, m, v};
+  uint64_t b = (uint64_t)n * 4, bytes[4] = {b, b, b, b};
+  bool w[4] = {true, false, true, true};
+  uint32_t gx, gy;
+  op_grid_1d(n, op_wg(OP_ADAMW), &gx, &gy);
+  return op_dispatch(c, pl, OP_ADAMW, views, bytes, w, 4, &pc, gx, gy, 1, err);
+}
+
+lt_status_t op_sumsq(gpu_cmd_t *c, gpu_view_t out, gpu_view_t x, uint64_t n, lt_err_t *err) {
+  if (n == 0) return lt_fail(err, LT_E_INVALID, "sumsq: no elements");
+  if (n > (uint64_t)UINT32_MAX) return lt_fail(err, LT_E_LIMIT, "sumsq: %llu elements", (unsigned long long)n);
+  uint32_t wg = op_wg(OP_REDUCE);
+  /* Each workgroup sums `chunk` elements, each invocation at most a quarter of the budget of them; passes over
+   * the partials repeat until one value is left. */
+  uint64_t chunk = (uint64_t)wg * (op_loop_budget(OP_REDUCE) / 4);
+  gpu_pipeline_t *p = op_pipeline(gpu_cmd_gpu(c), OP_REDUCE, NULL, &wg, 1, err);
+  if (!p) return err ? err->code : LT_E_SHADER;
+  bool square = true;
+  gpu_view_t src = x;
+  lt_status_t st = LT_OK;
+  while (st == LT_OK) {
+    uint64_t groups = (n + chunk - 1) / chunk;
+    gpu_view_t dst = out;
+    if (groups > 1) {
+      gpu_buf_t *b = gpu_cmd_scratch(c, groups * 4, err);
+      if (!b) return err ? err->code : LT_E_DEVICE_OOM;
+      dst = gv(b);
+    }
+    gpu_view_t v[2] = {dst, src};
+    uint64_t bytes[2] = {groups * 4, n * 4};
+    bool w[2] = {true, false};
+    pc_reduce_t pc = {.n = (uint32_t)n, .chunk = (uint32_t)chunk, .square = square};
+    uint32_t gx, gy;
+    op_grid_1d(groups, 1, &gx, &gy);
+    st = op_dispatch(c, p, OP_REDUCE, v, bytes, w, 2, &pc, gx, gy, 1, err);
+    if (groups == 1) break;
+    src = dst;
+    n = groups;
+    square = false;
+  }
+  return st;
+}

@@ -1,0 +1,186 @@
+/* CPU references of the backward passes and the optimiser (ref_grad.h). */
+#include "engine/ops/ref/ref_grad.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "engine/ops/quant.h"
+#include "engine/ops/ref/ref.h"
+
+void ref_matmul_dx(float *dx, const float *dy, const void *w, lt_dtype_t wtype, uint32_t M, uint32_t N, uint32_t K,
+                   bool accumulate) {
+  for (uint32_t m = 0; m < M; m++)
+    for (uint32_t k = 0; k < K; k++) {
+      double s = 0;
+      for (uint32_t n = 0; n < N; n++) s += (double)dy[(uint64_t)m * N + n] * ref_weight_at(w, wtype, (uint64_t)n * K + k);
+      float *o = &dx[(uint64_t)m * K + k];
+      *o = (float)(accumulate ? *o + s : s);
+    }
+}
+
+void ref_matmul_dx_q(float *dx, const float *dy, const uint8_t *q, const uint16_t *scales, uint32_t bits,
+                     uint32_t group, uint32_t M, uint32_t N, uint32_t K, bool accumulate) {
+  for (uint32_t m = 0; m < M; m++)
+    for (uint32_t k = 0; k < K; k++) {
+      double s = 0;
+      for (uint32_t n = 0; n < N; n++)
+        s += (double)dy[(uint64_t)m * N + n] * quant_weight(q, scales, bits, group, K, n, k);
+      float *o = &dx[(uint64_t)m * K + k];
+      *o = (float)(accumulate ? *o + s : s);
+    }
+}
+
+void ref_matmul_dw(float *dw, const float *dy, const float *x, uint32_t M, uint32_t N, uint32_t K, bool accumulate) {
+  for (uint32_t n = 0; n < N; n++)
+    for (uint32_t k = 0; k < K; k++) {
+      double s = 0;
+      for (uint32_t m = 0; m < M; m++) s += (double)dy[(uint64_t)m * N + n] * x[(uint64_t)m * K + k];
+      float *o = &dw[(uint64_t)n * K + k];
+      *o = (float)(accumulate ? *o + s : s);
+    }
+}
+
+void ref_rmsnorm_backward(float *dx, float *dw, const float *g, const float *x, const float *w, uint32_t rows,
+                          uint32_t n, float eps) {
+  double *dws = calloc(n, sizeof *dws);
+  for (uint32_t r = 0; r < rows; r++) {
+    const float *xr = x + (uint64_t)r * n, *gr = g + (uint64_t)r * n;
+    double ss = 0, dot = 0;
+    for (uint32_t i = 0; i < n; i++) {
+      ss += (double)xr[i] * xr[i];
+      dot += (double)w[i] * gr[i] * xr[i];
+    }
+    double inv = 1.0 / sqrt(ss / n + eps);
+    for (uint32_t i = 0; i < n; i++) {
+      dx[(uint64_t)r * n + i] += (float)(inv * w[i] * gr[i] - xr[i] * inv * inv * inv * dot / n);
+      if (dws) dws[i] += (double)gr[i] * xr[i] * inv;
+    }
+  }
+  for (uint32_t i = 0; dw && dws && i < n; i++) dw[i] += (float)dws[i];
+  free(dws);
+}
+
+void ref_rope_backward(float *dx, const int32_t *pos, uint32_t rows, uint32_t n_heads, uint32_t head_dim,
+                       uint32_t rot_dim, bool neox, double theta, const rope_scaling_t *scaling) {
+  /* The inverse rotation is the rotation by minus the angle: the same reference at negated positions. */
+  int32_t *neg = malloc((rows ? rows : 1) * sizeof *neg);
+  if (!neg) return;
+  for (uint32_t r = 0; r < rows; r++) neg[r] = -pos[r];
+  ref_rope(dx, neg, rows, n_heads, head_dim, rot_dim, neox, theta, scaling);
+  free(neg);
+}
+
+/* Softmax probabilities of query t, head h over keys 0..t (p[0..t]); returns the log-sum-exp. */
+static double attn_probs(double *p, const float *q, const float *k, uint32_t t, uint32_t h, uint32_t H, uint32_t KV,
+                         uint32_t hd, float scale) {
+  uint32_t g = h / (H / KV);
+  const float *qv = q + ((uint64_t)t * H + h) * hd;
+  double mx = -INFINITY;
+  for (uint32_t j = 0; j <= t; j++) {
+    const float *kv = k + ((uint64_t)j * KV + g) * hd;
+    double s = 0;
+    for (uint32_t d = 0; d < hd; d++) s += (double)qv[d] * kv[d];
+    p[j] = s * scale;
+    if (p[j] > mx) mx = p[j];
+  }
+  double sum = 0;
+  for (uint32_t j = 0; j <= t; j++) sum += exp(p[j] - mx);
+  for (uint32_t j = 0; j <= t; j++) p[j] = exp(p[j] - mx) / sum;
+  return mx + log(sum);
+}
+
+void ref_attention_lse(float *out, float *lse, const float *q, const float *k, const float *v, uint32_t T,
+                       uint32_t n_heads, uint32_t n_kv_heads, uint32_t head_dim, float scale) {
+  double *p = malloc((T ? T : 1) * sizeof *p);
+  uint32_t H = n_heads, KV = n_kv_heads, hd = head_dim;
+  for (uint32_t t = 0; p && t < T; t++)
+    for (uint32_t h = 0; h < H; h++) {
+      lse[(uint64_t)t * H + h] = (float)attn_probs(p, q, k, t, h, H, KV, hd, scale);
+      uint32_t g = h / (H / KV);
+      for (uint32_t d = 0; d < hd; d++) {
+        double s = 0;
+        for (uint32_t j = 0; j <= t; j++) s += p[j] * v[((uint64_t)j * KV + g) * hd + d];
+        out[((uint64_t)t * H + h) * hd + d] = (float)s;
+      }
+    }
+  free(p);
+}
+
+void ref_attention_backward(float *dq, float *dk, float *dv, const float *q, const float *k, const float *v,
+                            const float *dout, uint32_t T, uint32_t n_heads, uint32_t n_kv_heads, uint32_t head_dim,
+                            float scale) {
+  uint32_t H = n_heads, KV = n_kv_heads, hd = head_dim;
+  uint64_t nq = (uint64_t)T * H * hd, nk = (uint64_t)T * KV * hd;
+  double *p = malloc((T ? T : 1) * sizeof *p), *dp = malloc((T ? T : 1) * sizeof *dp);
+  double *aq = calloc(nq + 1, sizeof *aq), *ak = calloc(nk + 1, sizeof *ak), *av = calloc(nk + 1, sizeof *av);
+  for (uint32_t t = 0; p && dp && aq && ak && av && t < T; t++)
+    for (uint32_t h = 0; h < H; h++) {
+      attn_probs(p, q, k, t, h, H, KV, hd, scale);
+      uint32_t g = h / (H / KV);
+      const float *go = dout + ((uint64_t)t * H + h) * hd, *qv = q + ((uint64_t)t * H + h) * hd;
+      /* out = sum_j p_j v_j: dp_j = dout . v_j; ds_j = p_j (dp_j - sum_i p_i dp_i); s_j = scale q . k_j. */
+      double dsum = 0;
+      for (uint32_t j = 0; j <= t; j++) {
+        const float *vj = v + ((uint64_t)j * KV + g) * hd;
+        double s = 0;
+        for (uint32_t d = 0; d < hd; d++) s += (double)go[d] * vj[d];
+        dp[j] = s;
+        dsum += p[j] * s;
+      }
+      for (uint32_t j = 0; j <= t; j++) {
+        double ds = p[j] * (dp[j] - dsum) * scale;
+        const float *kj = k + ((uint64_t)j * KV + g) * hd;
+        for (uint32_t d = 0; d < hd; d++) {
+          aq[((uint64_t)t * H + h) * hd + d] += ds * kj[d];
+          ak[((uint64_t)j * KV + g) * hd + d] += ds * qv[d];
+          av[((uint64_t)j * KV + g) * hd + d] += p[j] * go[d];
+        }
+      }
+    }
+  for (uint64_t i = 0; aq && i < nq; i++) dq[i] = (float)aq[i];
+  for (uint64_t i = 0; ak && av && i < nk; i++) dk[i] = (float)ak[i], dv[i] = (float)av[i];
+  free(p), free(dp), free(aq), free(ak), free(av);
+}
+
+void ref_swiglu_backward(float *dgate, float *dup, const float *dy, const float *gate, const float *up, uint32_t n) {
+  for (uint32_t i = 0; i < n; i++) {
+    double a = gate[i], s = 1.0 / (1.0 + exp(-a));
+    dgate[i] = (float)(dy[i] * (double)up[i] * s * (1.0 + a * (1.0 - s)));
+    dup[i] = (float)(dy[i] * a * s);
+  }
+}
+
+void ref_embed_backward(float *dtable, const float *dy, const int32_t *ids, uint32_t n_rows, uint32_t dim,
+                        uint32_t table_rows) {
+  for (uint32_t r = 0; r < n_rows; r++) {
+    if (ids[r] < 0 || (uint32_t)ids[r] >= table_rows) continue;
+    for (uint32_t c = 0; c < dim; c++) dtable[(uint64_t)ids[r] * dim + c] += dy[(uint64_t)r * dim + c];
+  }
+}
+
+void ref_cross_entropy(float *nll, float *dlogits, const float *logits, const int32_t *targets, const float *weights,
+                       uint32_t rows, uint32_t n) {
+  for (uint32_t r = 0; r < rows; r++) {
+    const float *x = logits + (uint64_t)r * n;
+    double mx = -INFINITY, sum = 0;
+    for (uint32_t j = 0; j < n; j++) mx = x[j] > mx ? x[j] : mx;
+    for (uint32_t j = 0; j < n; j++) sum += exp(x[j] - mx);
+    double lse = mx + log(sum);
+    nll[r] = (float)(lse - x[targets[r]]);
+    for (uint32_t j = 0; dlogits && j < n; j++)
+      dlogits[(uint64_t)r * n + j] = (float)((exp(x[j] - lse) - (j == (uint32_t)targets[r])) * weights[r]);
+  }
+}
+
+void ref_adamw(float *p, const float *g, float *m, float *v, uint32_t n, const adamw_params_t *a) {
+  double c1 = 1.0 - pow(a->beta1, a->step), c2 = 1.0 - pow(a->beta2, a->step);
+  for (uint32_t i = 0; i < n; i++) {
+    double gi = (double)g[i] * a->grad_scale;
+    double mi = a->beta1 * (double)m[i] + (1.0 - a->beta1) * gi;
+    double vi = a->beta2 * (double)v[i] + (1.0 - a->beta2) * gi * gi;
+    m[i] = (float)mi;
+    v[i] = (float)vi;
+    p[i] = (float)(p[i] - a->lr * ((mi / c1) / (sqrt(vi / c2) + a->eps) + a->weight_decay * (double)p[i]));
+  }
+}

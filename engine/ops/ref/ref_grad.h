@@ -1,0 +1,43 @@
+/* CPU references of the backward passes and the optimiser (engine/ops/ops_grad.h): the same math in plain C with
+ * double accumulation, straight from the definitions (no online softmax, no recomputation). */
+#ifndef LATHE_REF_GRAD_H
+#define LATHE_REF_GRAD_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "engine/ops/ops_grad.h"
+
+/* dx[M,K] (+)= dy[M,N] . w[N,K], w f32, f16 or bf16 bits. */
+void ref_matmul_dx(float *dx, const float *dy, const void *w, lt_dtype_t wtype, uint32_t M, uint32_t N, uint32_t K,
+                   bool accumulate);
+/* As ref_matmul_dx for a quantised weight (engine/ops/quant.h: q, f16 scales). */
+void ref_matmul_dx_q(float *dx, const float *dy, const uint8_t *q, const uint16_t *scales, uint32_t bits,
+                     uint32_t group, uint32_t M, uint32_t N, uint32_t K, bool accumulate);
+/* dw[N,K] (+)= dy[M,N]^T . x[M,K]. */
+void ref_matmul_dw(float *dw, const float *dy, const float *x, uint32_t M, uint32_t N, uint32_t K, bool accumulate);
+/* RMSNorm backward: dx += dLoss/dx, and dw += dLoss/dw when dw is not NULL. */
+void ref_rmsnorm_backward(float *dx, float *dw, const float *g, const float *x, const float *w, uint32_t rows,
+                          uint32_t n, float eps);
+/* RoPE backward in place: the rotation by minus the angle. */
+void ref_rope_backward(float *dx, const int32_t *pos, uint32_t rows, uint32_t n_heads, uint32_t head_dim,
+                       uint32_t rot_dim, bool neox, double theta, const rope_scaling_t *scaling);
+/* Causal attention over T tokens with its log-sum-exp per (query, head). */
+void ref_attention_lse(float *out, float *lse, const float *q, const float *k, const float *v, uint32_t T,
+                       uint32_t n_heads, uint32_t n_kv_heads, uint32_t head_dim, float scale);
+/* Its backward: dq, dk, dv (overwritten) from dout, from the definition. */
+void ref_attention_backward(float *dq, float *dk, float *dv, const float *q, const float *k, const float *v,
+                            const float *dout, uint32_t T, uint32_t n_heads, uint32_t n_kv_heads, uint32_t head_dim,
+                            float scale);
+/* SwiGLU backward. */
+void ref_swiglu_backward(float *dgate, float *dup, const float *dy, const float *gate, const float *up, uint32_t n);
+/* dtable[ids[r], :] += dy[r, :] (ids outside [0, table_rows) skipped). */
+void ref_embed_backward(float *dtable, const float *dy, const int32_t *ids, uint32_t n_rows, uint32_t dim,
+                        uint32_t table_rows);
+/* nll[r] = lse(x[r]) - x[r, t[r]]; dlogits (may be NULL) = (softmax - onehot) * w[r]. */
+void ref_cross_entropy(float *nll, float *dlogits, const float *logits, const int32_t *targets, const float *weights,
+                       uint32_t rows, uint32_t n);
+/* One AdamW step on n elements. */
+void ref_adamw(float *p, const float *g, float *m, float *v, uint32_t n, const adamw_params_t *a);
+
+#endif
