@@ -1,0 +1,729 @@
+/* First-order training over a loaded LLaMA model: the training forward (keeping what the backward reads), the
+ * explicit backward pass, and the trainable tensors (full, LoRA, CogSteer adapters). See train.h.
+ *
+ * Shapes (llm.c style): R = n_seq * T rows; d hidden, qd = heads * head_dim, kvd = kv_heads * head_dim, f the MLP
+ * width, V the vocabulary. Per block l the forward keeps
+ *   x   (R,d)   the stream entering the block        xn1 (R,d)  rmsnorm(x), input of q/k/v
+ *   q   (R,qd)  after RoPE   k, v (R,kvd)            att (R,qd) attention output   lse (R,heads)
+ *   h1  (R,d)   the stream after attention (before its adapter)   z1 (R,a) adapter down-projection
+ *   s1  (R,d)   the adapter block only: the stream after the attention adapter
+ *   xn2 (R,d)   rmsnorm(stream), input of gate/up    g, u (R,f) gate and up projections   act (R,f) silu(g) * u
+ *   h2  (R,d)   the stream after the MLP (before its adapter)     z2 (R,a)
+ * With recompute only x is kept per block; the rest lives in one shared set that the backward refills block by
+ * block from x. The backward carries dx = dLoss/d(stream) from the head down, block by block. */
+#include "engine/model/train.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "engine/ops/ops.h"
+#include "engine/ops/ops_grad.h"
+
+/* Rows of logits computed at once (bounds the logits buffer to LOGIT_CHUNK * V floats). */
+#define LOGIT_CHUNK 64u
+
+/* A linear layer's weight as the training pass sees it: the model's tensor, its gradient when trained in full,
+ * and its LoRA pair when it has one. */
+typedef struct wref {
+  const model_param_t *p;
+  int32_t grad; /* index of its train_tensor_t (full training), else -1 */
+  int32_t lora; /* index of its LoRA A in the tensor list (B follows), else -1 */
+} wref_t;
+
+typedef struct tlayer {
+  const model_param_t *attn_norm, *ffn_norm;
+  int32_t attn_norm_grad, ffn_norm_grad;
+  wref_t wq, wk, wv, wo, gate, up, down;
+} tlayer_t;
+
+/* Saved activations of one block (see the header comment). */
+typedef struct blk {
+  gpu_buf_t *x, *xn1, *q, *k, *v, *att, *lse, *h1, *z1, *s1, *xn2, *g, *u, *act, *h2, *z2;
+} blk_t;
+
+struct train {
+  model_t *m;
+  gpu_t *g;
+  const model_config_t *cf;
+  train_opts_t o;
+  bool neox;
+  float lora_scale;
+  uint32_t adapter_dim;
+  const model_param_t *embed, *head, *out_norm;
+  int32_t embed_grad, head_grad, out_norm_grad;
+  tlayer_t *L;
+  int32_t adapter[4]; /* adapter tensors: attention down, attention up, MLP down, MLP up */
+  train_tensor_t *tt;
+  uint32_t n_tt;
+  /* activations for cap rows */
+  uint32_t cap, cap_T;
+  blk_t *blk;     /* per block; with recompute the non-x buffers alias shared */
+  blk_t shared;   /* recompute: the one set of non-x buffers */
+  gpu_buf_t *xf;  /* (R,d) final stream after the output norm */
+  gpu_buf_t *xL;  /* (R,d) final stream before the output norm */
+  gpu_buf_t *ids, *pos, *tgt, *wts, *nll; /* (R) */
+  gpu_buf_t *lse; /* (LOGIT_CHUNK) */
+  gpu_buf_t *logits; /* (LOGIT_CHUNK, V) */
+  gpu_buf_t *dx, *dxn, *datt, *dq, *dk, *dv, *dg, *du, *dact, *lu, *dlu, *dz; /* gradients of activations */
+  gpu_buf_t *rope;
+  uint32_t rope_rows;
+  uint64_t act_bytes;
+  train_stats_t stats;
+};
+
+/* ---- set-up ---- */
+
+static const model_param_t *find_param(const model_t *m, const char *name) {
+  for (uint32_t i = 0; i < model_param_count(m); i++) {
+    const model_param_t *p = model_param_at(m, i);
+    if (!strcmp(p->name, name)) return p;
+  }
+  return NULL;
+}
+
+/* Appends a trainable tensor of rows x cols f32 with a zeroed gradient; value is the model's buffer (full) or a
+ * new one (NULL: allocate). Returns its index, or -1 with err. */
+static int32_t tensor_add(train_t *t, const char *name, uint32_t rows, uint32_t cols, bool decay, gpu_buf_t *value,
+                          lt_err_t *err) {
+  train_tensor_t *grown = realloc(t->tt, (t->n_tt + 1) * sizeof *grown);
+  if (!grown) {
+    lt_fail(err, LT_E_NOMEM, "out of memory");
+    return -1;
+  }
+  t->tt = grown;
+  train_tensor_t *x = &t->tt[t->n_tt];
+  memset(x, 0, sizeof *x);
+  snprintf(x->name, sizeof x->name, "%s", name);
+  x->rows = rows, x->cols = cols, x->decay = decay;
+  uint64_t bytes = (uint64_t)rows * cols * 4;
+  x->grad = gpu_buf_new(t->g, bytes, err);
+  if (!x->grad) return -1;
+  if (value) {
+    x->value = value;
+  } else if (!(x->value = gpu_buf_new(t->g, bytes, err))) {
+    gpu_buf_destroy(&x->grad);
+    return -1;
+  }
+  x->owns_value = value == NULL;
+  return (int32_t)t->n_tt++;
+}
+
+/* splitmix64: the stream the LoRA A and adapter initialisations draw from. */
+static uint64_t mix64(uint64_t *s) {
+  uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+  return z ^ (z >> 31);
+}
+
+/* Fills tensor i with uniform values in [-bound, bound] from the seed stream (bound 0: zeros). */
+static lt_status_t tensor_init(train_t *t, int32_t i, float bound, uint64_t *seed, lt_err_t *err) {
+  train_tensor_t *x = &t->tt[i];
+  uint64_t n = (uint64_t)x->rows * x->cols;
+  float *v = malloc(n * sizeof *v);
+  if (!v) return lt_fail(err, LT_E_NOMEM, "out of memory");
+  for (uint64_t j = 0; j < n; j++)
+    v[j] = bound == 0 ? 0.0f : (float)(((double)(mix64(seed) >> 11) * 0x1.0p-53 * 2.0 - 1.0) * bound);
+  lt_status_t st = gpu_upload(x->value, 0, v, n * 4, err);
+  free(v);
+  return st;
+}
+
+/* The weight of a linear layer: one piece in f32 for full training, any dtype otherwise. */
+static lt_status_t wref_get(train_t *t, wref_t *w, const char *name, lt_err_t *err) {
+  w->grad = w->lora = -1;
+  w->p = find_param(t->m, name);
+  if (!w->p) return lt_fail(err, LT_E_INVALID, "the model has no tensor %s", name);
+  if (w->p->n_rows != w->p->rows)
+    return lt_fail(err, LT_E_UNSUPPORTED,
+                   "%s is split into pieces on this device (%u rows of %u per binding); training needs each weight in "
+                   "one binding",
+                   name, w->p->n_rows, w->p->rows);
+  if (t->o.what == TRAIN_FULL) {
+    if (w->p->dtype != LT_F32)
+      return lt_fail(err, LT_E_UNSUPPORTED, "%s is %s on the device: full training needs f32 weights (load with force_f32)",
+                     name, lt_dtype_str(w->p->dtype));
+    w->grad = tensor_add(t, name, w->p->rows, w->p->cols, true, w->p->buf, err);
+    if (w->grad < 0) return err ? err->code : LT_E_NOMEM;
+  }
+  return LT_OK;
+}
+
+static lt_status_t norm_get(train_t *t, const model_param_t **p, int32_t *grad, const char *name, lt_err_t *err) {
+  *grad = -1;
+  *p = find_param(t->m, name);
+  if (!*p) return lt_fail(err, LT_E_INVALID, "the model has no tensor %s", name);
+  if (t->o.what == TRAIN_FULL) {
+    *grad = tensor_add(t, name, 1, (*p)->cols, false, (*p)->buf, err);
+    if (*grad < 0) return err ? err->code : LT_E_NOMEM;
+  }
+  return LT_OK;
+}
+
+/* Adds the LoRA pair of w (A: r x in, uniform like PEFT's Kaiming init; B: out x r, zero) named as PEFT names
+ * them: base_model.model.<module>.lora_A.weight. */
+static lt_status_t lora_add(train_t *t, wref_t *w, const char *module, uint64_t *seed, lt_err_t *err) {
+  char name[sizeof t->tt->name];
+  uint32_t r = t->o.lora_rank, in = w->p->cols, out = w->p->rows;
+  snprintf(name, sizeof name, "base_model.model.%s.lora_A.weight", module);
+  int32_t a = tensor_add(t, name, r, in, true, NULL, err);
+  if (a < 0) return err ? err->code : LT_E_NOMEM;
+  snprintf(name, sizeof name, "base_model.model.%s.lora_B.weight", module);
+  if (tensor_add(t, name, out, r, true, NULL, err) < 0) return err ? err->code : LT_E_NOMEM;
+  w->lora = a;
+  /* PEFT: kaiming_uniform_(a=sqrt(5)) on A gives bound 1 / sqrt(in). */
+  lt_status_t st = tensor_init(t, a, 1.0f / sqrtf((float)in), seed, err);
+  if (st == LT_OK) st = tensor_init(t, a + 1, 0.0f, seed, err);
+  return st;
+}
+
+static void blk_free(blk_t *b) {
+  gpu_buf_t **all[] = {&b->x,  &b->xn1, &b->q, &b->k, &b->v,   &b->att, &b->lse, &b->h1,
+                       &b->z1, &b->s1,  &b->xn2, &b->g, &b->u, &b->act, &b->h2,  &b->z2};
+  for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) gpu_buf_destroy(all[i]);
+}
+
+static void acts_free(train_t *t) {
+  for (uint32_t l = 0; t->blk && l < t->cf->n_layers; l++) {
+    if (t->o.recompute) gpu_buf_destroy(&t->blk[l].x);
+    else blk_free(&t->blk[l]);
+  }
+  free(t->blk);
+  t->blk = NULL;
+  blk_free(&t->shared);
+  gpu_buf_t **all[] = {&t->lse, &t->xf,  &t->xL,  &t->ids, &t->pos, &t->tgt, &t->wts, &t->nll, &t->logits, &t->dx,
+                       &t->dxn, &t->datt, &t->dq, &t->dk,  &t->dv,  &t->dg,  &t->du,  &t->dact,   &t->lu,
+                       &t->dlu, &t->dz};
+  for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) gpu_buf_destroy(all[i]);
+  t->cap = 0;
+  t->act_bytes = 0;
+}
+
+/* Allocates one buffer of n floats (at least one), counting its bytes. */
+static gpu_buf_t *abuf(train_t *t, uint64_t n, lt_err_t *err) {
+  if (n == 0) n = 1;
+  gpu_buf_t *b = gpu_buf_new(t->g, n * 4, err);
+  if (b) t->act_bytes += n * 4;
+  return b;
+}
+
+static lt_status_t blk_alloc(train_t *t, blk_t *b, uint32_t R, bool with_x, lt_err_t *err) {
+  const model_config_t *c = t->cf;
+  uint64_t d = c->hidden_size, qd = (uint64_t)c->n_heads * c->head_dim, kvd = (uint64_t)c->n_kv_heads * c->head_dim;
+  uint64_t f = c->intermediate_size, a = t->adapter_dim;
+  struct {
+    gpu_buf_t **b;
+    uint64_t n;
+  } want[] = {{&b->xn1, R * d}, {&b->q, R * qd},     {&b->k, R * kvd},  {&b->v, R * kvd}, {&b->att, R * qd},
+              {&b->lse, (uint64_t)R * c->n_heads}, {&b->h1, R * d}, {&b->z1, R * a}, {&b->s1, a ? R * d : 0}, {&b->xn2, R * d},
+              {&b->g, R * f},    {&b->u, R * f},     {&b->act, R * f},  {&b->h2, R * d},  {&b->z2, R * a}};
+  if (with_x && !(b->x = abuf(t, R * d, err))) return err ? err->code : LT_E_DEVICE_OOM;
+  for (size_t i = 0; i < sizeof want / sizeof want[0]; i++)
+    if (!(*want[i].b = abuf(t, want[i].n, err))) return err ? err->code : LT_E_DEVICE_OOM;
+  return LT_OK;
+}
+
+/* Makes the activation buffers hold R rows of sequences of T tokens. */
+static lt_status_t acts_ensure(train_t *t, uint32_t R, uint32_t T, lt_err_t *err) {
+  if (t->cap >= R && t->rope_rows >= T) return LT_OK;
+  const model_config_t *c = t->cf;
+  acts_free(t);
+  lt_status_t st = LT_OK;
+  uint64_t d = c->hidden_size, qd = (uint64_t)c->n_heads * c->head_dim, kvd = (uint64_t)c->n_kv_heads * c->head_dim;
+  uint64_t f = c->intermediate_size, r = t->o.lora_rank ? t->o.lora_rank : 1, a = t->adapter_dim;
+  uint64_t widest_lora = d > f ? d : f;
+  if (!(t->blk = calloc(c->n_layers, sizeof *t->blk))) return lt_fail(err, LT_E_NOMEM, "out of memory");
+  if (t->o.recompute) {
+    st = blk_alloc(t, &t->shared, R, false, err);
+    for (uint32_t l = 0; l < c->n_layers && st == LT_OK; l++) {
+      t->blk[l] = t->shared;
+      t->blk[l].x = abuf(t, R * d, err);
+      if (!t->blk[l].x) st = err ? err->code : LT_E_DEVICE_OOM;
+    }
+  } else {
+    for (uint32_t l = 0; l < c->n_layers && st == LT_OK; l++) st = blk_alloc(t, &t->blk[l], R, true, err);
+  }
+  struct {
+    gpu_buf_t **b;
+    uint64_t n;
+  } want[] = {{&t->xf, R * d},   {&t->xL, R * d},   {&t->ids, R},      {&t->pos, R},     {&t->tgt, R},
+              {&t->wts, R},      {&t->nll, R},      {&t->logits, (uint64_t)LOGIT_CHUNK * c->vocab_size},
+              {&t->lse, LOGIT_CHUNK},
+              {&t->dx, R * d},   {&t->dxn, R * d},  {&t->datt, R * qd}, {&t->dq, R * qd}, {&t->dk, R * kvd},
+              {&t->dv, R * kvd}, {&t->dg, R * f},   {&t->du, R * f},   {&t->dact, R * f}, {&t->lu, R * r},
+              {&t->dlu, R * r},  {&t->dz, R * (a > widest_lora ? a : widest_lora)}};
+  for (size_t i = 0; i < sizeof want / sizeof want[0] && st == LT_OK; i++)
+    if (!(*want[i].b = abuf(t, want[i].n, err))) st = err ? err->code : LT_E_DEVICE_OOM;
+  if (st == LT_OK && t->rope_rows < T) {
+    uint64_t n = (uint64_t)T * c->rope_dim;
+    float *tab = malloc(n * sizeof *tab);
+    if (!tab) st = lt_fail(err, LT_E_NOMEM, "out of memory building the RoPE table");
+    if (st == LT_OK) {
+      rope_table_build(tab, T, c->rope_dim, c->rope_theta, &c->rope_scaling);
+      gpu_buf_destroy(&t->rope);
+      if (!(t->rope = gpu_buf_new(t->g, n * 4, err))) st = err ? err->code : LT_E_DEVICE_OOM;
+      else st = gpu_upload(t->rope, 0, tab, n * 4, err);
+      free(tab);
+      t->rope_rows = st == LT_OK ? T : 0;
+    }
+  }
+  if (st != LT_OK) {
+    acts_free(t);
+    return st;
+  }
+  t->cap = R;
+  t->stats.activation_bytes = t->act_bytes;
+  return LT_OK;
+}
+
+train_t *train_new(model_t *m, const train_opts_t *o, lt_err_t *err) {
+  const model_config_t *c = model_config(m);
+  if (c->n_experts)
+    return lt_fail(err, LT_E_UNSUPPORTED, "first-order training of mixture-of-experts models is not supported yet"),
+           NULL;
+  for (uint32_t l = 0; l < c->n_layers; l++)
+    if (c->ffn_dropped[l])
+      return lt_fail(err, LT_E_UNSUPPORTED, "block %u has no feed-forward sub-layer (a compressed model): training "
+                                            "such a model is not supported", l),
+             NULL;
+  if (o->what == TRAIN_LORA && o->lora_rank == 0)
+    return lt_fail(err, LT_E_INVALID, "LoRA rank must be at least 1"), NULL;
+  if (o->what == TRAIN_LORA && (o->lora_targets == 0 || o->lora_targets >> 7))
+    return lt_fail(err, LT_E_INVALID, "LoRA targets must be a non-empty subset of q,k,v,o,gate,up,down"), NULL;
+  if (o->what == TRAIN_ADAPTER && o->adapter_layer >= c->n_layers)
+    return lt_fail(err, LT_E_INVALID, "adapter block %u is out of range: the model has blocks 0..%u",
+                   o->adapter_layer, c->n_layers - 1),
+           NULL;
+  train_t *t = calloc(1, sizeof *t);
+  if (!t) return lt_fail(err, LT_E_NOMEM, "out of memory"), NULL;
+  t->m = m, t->g = model_gpu(m), t->cf = c, t->o = *o;
+  t->neox = model_rope_neox(m);
+  t->embed_grad = t->head_grad = t->out_norm_grad = -1;
+  for (int i = 0; i < 4; i++) t->adapter[i] = -1;
+  t->lora_scale = o->what == TRAIN_LORA ? o->lora_alpha / (float)o->lora_rank : 0.0f;
+  t->adapter_dim = o->what == TRAIN_ADAPTER ? (o->adapter_dim ? o->adapter_dim : (c->hidden_size / 16 ? c->hidden_size / 16 : 1)) : 0;
+  uint64_t seed = o->seed ^ 0x4c61746865ull;
+  lt_status_t st = LT_OK;
+  wref_t emb;
+  if ((st = wref_get(t, &emb, "model.embed_tokens.weight", err)) != LT_OK) goto fail;
+  t->embed = emb.p, t->embed_grad = emb.grad;
+  if (c->tie_word_embeddings) {
+    t->head = t->embed, t->head_grad = t->embed_grad;
+  } else {
+    wref_t h;
+    if ((st = wref_get(t, &h, "lm_head.weight", err)) != LT_OK) goto fail;
+    t->head = h.p, t->head_grad = h.grad;
+  }
+  if ((st = norm_get(t, &t->out_norm, &t->out_norm_grad, "model.norm.weight", err)) != LT_OK) goto fail;
+  if (!(t->L = calloc(c->n_layers, sizeof *t->L))) {
+    st = lt_fail(err, LT_E_NOMEM, "out of memory");
+    goto fail;
+  }
+  for (uint32_t l = 0; l < c->n_layers && st == LT_OK; l++) {
+    tlayer_t *L = &t->L[l];
+    char name[128];
+#define W(field, fmt)                                                                                                  \
+  snprintf(name, sizeof name, "model.layers.%u." fmt ".weight", l);                                                   \
+  if ((st = wref_get(t, &L->field, name, err)) != LT_OK) break;
+    snprintf(name, sizeof name, "model.layers.%u.input_layernorm.weight", l);
+    if ((st = norm_get(t, &L->attn_norm, &L->attn_norm_grad, name, err)) != LT_OK) break;
+    W(wq, "self_attn.q_proj") W(wk, "self_attn.k_proj") W(wv, "self_attn.v_proj") W(wo, "self_attn.o_proj");
+    snprintf(name, sizeof name, "model.layers.%u.post_attention_layernorm.weight", l);
+    if ((st = norm_get(t, &L->ffn_norm, &L->ffn_norm_grad, name, err)) != LT_OK) break;
+    W(gate, "mlp.gate_proj") W(up, "mlp.up_proj") W(down, "mlp.down_proj");
+#undef W
+    if (o->what == TRAIN_LORA) {
+      wref_t *ws[] = {&L->wq, &L->wk, &L->wv, &L->wo, &L->gate, &L->up, &L->down};
+      const char *mods[] = {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+                            "mlp.gate_proj",    "mlp.up_proj",      "mlp.down_proj"};
+      for (int i = 0; i < 7 && st == LT_OK; i++) {
+        if (!(o->lora_targets & (1u << i))) continue;
+        char module[96];
+        snprintf(module, sizeof module, "model.layers.%u.%s", l, mods[i]);
+        st = lora_add(t, ws[i], module, &seed, err);
+      }
+    }
+  }
+  if (st != LT_OK) goto fail;
+  if (o->what == TRAIN_ADAPTER) {
+    /* Down-projections start like a Linear layer (uniform 1/sqrt(in)); up-projections at zero, so the adapted
+     * model starts equal to the base. */
+    uint32_t d = c->hidden_size, a = t->adapter_dim, M = o->adapter_layer;
+    const char *names[4] = {"attn.down", "attn.up", "mlp.down", "mlp.up"};
+    for (int i = 0; i < 4 && st == LT_OK; i++) {
+      char name[128];
+      snprintf(name, sizeof name, "adapter.layers.%u.%s.weight", M, names[i]);
+      bool down = i % 2 == 0;
+      t->adapter[i] = tensor_add(t, name, down ? a : d, down ? d : a, true, NULL, err);
+      if (t->adapter[i] < 0) st = err ? err->code : LT_E_NOMEM;
+      else st = tensor_init(t, t->adapter[i], down ? 1.0f / sqrtf((float)d) : 0.0f, &seed, err);
+    }
+  }
+  if (st == LT_OK) st = train_zero_grad(t, err);
+  if (st == LT_OK) return t;
+fail:
+  train_destroy(&t);
+  return NULL;
+}
+
+void train_destroy(train_t **tp) {
+  if (!tp || !*tp) return;
+  train_t *t = *tp;
+  acts_free(t);
+  gpu_buf_destroy(&t->rope);
+  for (uint32_t i = 0; i < t->n_tt; i++) {
+    gpu_buf_destroy(&t->tt[i].grad);
+    if (t->tt[i].owns_value) gpu_buf_destroy(&t->tt[i].value);
+  }
+  free(t->tt);
+  free(t->L);
+  free(t);
+  *tp = NULL;
+}
+
+uint32_t train_tensor_count(const train_t *t) { return t->n_tt; }
+const train_tensor_t *train_tensor_at(const train_t *t, uint32_t i) { return &t->tt[i]; }
+const train_stats_t *train_stats(const train_t *t) { return &t->stats; }
+model_t *train_model(const train_t *t) { return t->m; }
+
+lt_status_t train_zero_grad(train_t *t, lt_err_t *err) {
+  lt_status_t st = LT_OK;
+  for (uint32_t i = 0; i < t->n_tt && st == LT_OK; i++)
+    st = gpu_buf_zero(t->tt[i].grad, 0, (uint64_t)t->tt[i].rows * t->tt[i].cols * 4, err);
+  return st;
+}
+
+/* ---- linear layers ---- */
+
+/* y (+)= x . W^T for the model's weight in its own dtype. */
+static lt_status_t wmul(gpu_cmd_t *c, gpu_buf_t *y, gpu_buf_t *x, const model_param_t *p, uint32_t R, bool acc,
+                        lt_err_t *err) {
+  if (p->scales) {
+    qmat_view_t q = {gv(p->buf), gv(p->scales), p->dtype, p->stype, p->group};
+    return op_matmul_q(c, gv(y), p->rows, gv(x), p->cols, &q, R, p->rows, p->cols, acc, MATMUL_AUTO, err);
+  }
+  return op_matmul(c, gv(y), gv(x), gv(p->buf), p->dtype, R, p->rows, p->cols, acc, err);
+}
+
+/* dx (+)= dy . W for the model's weight in its own dtype. */
+static lt_status_t wmul_dx(gpu_cmd_t *c, gpu_buf_t *dx, gpu_buf_t *dy, const model_param_t *p, uint32_t R, bool acc,
+                           lt_err_t *err) {
+  if (p->scales) {
+    qmat_view_t q = {gv(p->buf), gv(p->scales), p->dtype, p->stype, p->group};
+    return op_matmul_dx_q(c, gv(dx), gv(dy), &q, R, p->rows, p->cols, acc, err);
+  }
+  return op_matmul_dx(c, gv(dx), gv(dy), gv(p->buf), p->dtype, R, p->rows, p->cols, acc, err);
+}
+
+/* y (+)= x . W^T + lora_scale * (x . A^T) . B^T; keeps nothing (the backward recomputes x . A^T). */
+static lt_status_t lin_fwd(train_t *t, gpu_cmd_t *c, gpu_buf_t *y, gpu_buf_t *x, const wref_t *w, uint32_t R, bool acc,
+                           lt_err_t *err) {
+  lt_status_t st = wmul(c, y, x, w->p, R, acc, err);
+  if (st != LT_OK || w->lora < 0) return st;
+  const train_tensor_t *A = &t->tt[w->lora], *B = &t->tt[w->lora + 1];
+  uint32_t r = A->rows;
+  if ((st = op_matmul(c, gv(t->lu), gv(x), gv(A->value), LT_F32, R, r, A->cols, false, err)) != LT_OK) return st;
+  if ((st = op_scale(c, gv(t->lu), gv(t->lu), t->lora_scale, R * r, err)) != LT_OK) return st;
+  return op_matmul(c, gv(y), gv(t->lu), gv(B->value), LT_F32, R, B->rows, r, true, err);
+}
+
+/* The backward of lin_fwd: dx (+)= dy . W (+ the LoRA path), and the gradients of W (full) or of A and B. */
+static lt_status_t lin_bwd(train_t *t, gpu_cmd_t *c, gpu_buf_t *dx, gpu_buf_t *dy, gpu_buf_t *x, const wref_t *w,
+                           uint32_t R, bool acc, lt_err_t *err) {
+  lt_status_t st = LT_OK;
+  if (dx && (st = wmul_dx(c, dx, dy, w->p, R, acc, err)) != LT_OK) return st;
+  if (w->grad >= 0 &&
+      (st = op_matmul_dw(c, gv(t->tt[w->grad].grad), gv(dy), gv(x), R, w->p->rows, w->p->cols, true, err)) != LT_OK)
+    return st;
+  if (w->lora < 0) return st;
+  const train_tensor_t *A = &t->tt[w->lora], *B = &t->tt[w->lora + 1];
+  uint32_t r = A->rows, in = A->cols, out = B->rows;
+  /* lu = s (x A^T); dB += dy^T lu; dlu = s (dy B); dA += dlu^T x; dx += dlu A. */
+  if ((st = op_matmul(c, gv(t->lu), gv(x), gv(A->value), LT_F32, R, r, in, false, err)) != LT_OK) return st;
+  if ((st = op_scale(c, gv(t->lu), gv(t->lu), t->lora_scale, R * r, err)) != LT_OK) return st;
+  if ((st = op_matmul_dw(c, gv(B->grad), gv(dy), gv(t->lu), R, out, r, true, err)) != LT_OK) return st;
+  if ((st = op_matmul_dx(c, gv(t->dlu), gv(dy), gv(B->value), LT_F32, R, out, r, false, err)) != LT_OK) return st;
+  if ((st = op_scale(c, gv(t->dlu), gv(t->dlu), t->lora_scale, R * r, err)) != LT_OK) return st;
+  if ((st = op_matmul_dw(c, gv(A->grad), gv(t->dlu), gv(x), R, r, in, true, err)) != LT_OK) return st;
+  if (dx) st = op_matmul_dx(c, gv(dx), gv(t->dlu), gv(A->value), LT_F32, R, r, in, true, err);
+  return st;
+}
+
+/* ---- adapters: h' = h + relu(h . D^T) . U^T ---- */
+
+static lt_status_t adapter_fwd(train_t *t, gpu_cmd_t *c, gpu_buf_t *out, gpu_buf_t *h, gpu_buf_t *z, int site,
+                               uint32_t R, lt_err_t *err) {
+  const train_tensor_t *D = &t->tt[t->adapter[2 * site]], *U = &t->tt[t->adapter[2 * site + 1]];
+  uint32_t d = t->cf->hidden_size, a = t->adapter_dim;
+  lt_status_t st = op_matmul(c, gv(z), gv(h), gv(D->value), LT_F32, R, a, d, false, err);
+  if (st == LT_OK && out != h) st = gpu_cmd_copy(c, h, 0, out, 0, (uint64_t)R * d * 4, err);
+  if (st == LT_OK) st = op_relu(c, gv(t->dz), gv(z), R * a, err);
+  if (st == LT_OK) st = op_matmul(c, gv(out), gv(t->dz), gv(U->value), LT_F32, R, d, a, true, err);
+  return st;
+}
+
+/* dx holds dLoss/dh'; adds the adapter's gradients and leaves dLoss/dh in dx. */
+static lt_status_t adapter_bwd(train_t *t, gpu_cmd_t *c, gpu_buf_t *h, gpu_buf_t *z, int site, uint32_t R,
+                               lt_err_t *err) {
+  const train_tensor_t *D = &t->tt[t->adapter[2 * site]], *U = &t->tt[t->adapter[2 * site + 1]];
+  uint32_t d = t->cf->hidden_size, a = t->adapter_dim;
+  lt_status_t st = op_relu(c, gv(t->dz), gv(z), R * a, err); /* r = relu(z) */
+  if (st == LT_OK) st = op_matmul_dw(c, gv(U->grad), gv(t->dx), gv(t->dz), R, d, a, true, err);
+  if (st == LT_OK) st = op_matmul_dx(c, gv(t->dz), gv(t->dx), gv(U->value), LT_F32, R, d, a, false, err);
+  if (st == LT_OK) st = op_relu_backward(c, gv(t->dz), gv(t->dz), gv(z), R * a, err);
+  if (st == LT_OK) st = op_matmul_dw(c, gv(D->grad), gv(t->dz), gv(h), R, a, d, true, err);
+  if (st == LT_OK) st = op_matmul_dx(c, gv(t->dx), gv(t->dz), gv(D->value), LT_F32, R, a, d, true, err);
+  return st;
+}
+
+/* ---- one block ---- */
+
+typedef struct batch {
+  uint32_t n_seq, T, R;
+} batch_t;
+
+/* Runs block l forward from b->x, filling the block's saved activations; the block's output goes to out. */
+static lt_status_t block_fwd(train_t *t, gpu_cmd_t *c, uint32_t l, const batch_t *bt, gpu_buf_t *out, lt_err_t *err) {
+  const model_config_t *cf = t->cf;
+  const tlayer_t *L = &t->L[l];
+  blk_t *b = &t->blk[l];
+  uint32_t R = bt->R, d = cf->hidden_size, qd = cf->n_heads * cf->head_dim, kvd = cf->n_kv_heads * cf->head_dim;
+  uint32_t f = cf->intermediate_size;
+  bool adapt = t->o.what == TRAIN_ADAPTER && l == t->o.adapter_layer;
+  lt_status_t st = op_rmsnorm(c, gv(b->xn1), gv(b->x), gv(L->attn_norm->buf), R, d, cf->rms_norm_eps, err);
+  if (st == LT_OK) st = lin_fwd(t, c, b->q, b->xn1, &L->wq, R, false, err);
+  if (st == LT_OK) st = lin_fwd(t, c, b->k, b->xn1, &L->wk, R, false, err);
+  if (st == LT_OK) st = lin_fwd(t, c, b->v, b->xn1, &L->wv, R, false, err);
+  if (st == LT_OK)
+    st = op_rope(c, gv(b->q), gv(t->pos), gv(t->rope), R, cf->n_heads, cf->head_dim, cf->rope_dim, t->neox,
+                 t->rope_rows, err);
+  if (st == LT_OK)
+    st = op_rope(c, gv(b->k), gv(t->pos), gv(t->rope), R, cf->n_kv_heads, cf->head_dim, cf->rope_dim, t->neox,
+                 t->rope_rows, err);
+  float scale = 1.0f / sqrtf((float)cf->head_dim);
+  for (uint32_t s = 0; s < bt->n_seq && st == LT_OK; s++) {
+    uint64_t r0 = (uint64_t)s * bt->T;
+    gpu_view_t o = {b->att, r0 * qd * 4}, q = {b->q, r0 * qd * 4}, k = {b->k, r0 * kvd * 4}, v = {b->v, r0 * kvd * 4};
+    gpu_view_t lse = {b->lse, r0 * cf->n_heads * 4};
+    st = op_attention_lse(c, o, lse, q, k, v, bt->T, cf->n_heads, cf->n_kv_heads, cf->head_dim, scale, err);
+  }
+  /* h1 = x + att . Wo^T */
+  if (st == LT_OK) st = gpu_cmd_copy(c, b->x, 0, b->h1, 0, (uint64_t)R * d * 4, err);
+  if (st == LT_OK) st = lin_fwd(t, c, b->h1, b->att, &L->wo, R, true, err);
+  gpu_buf_t *s1 = adapt ? b->s1 : b->h1;
+  if (st == LT_OK && adapt) st = adapter_fwd(t, c, s1, b->h1, b->z1, 0, R, err);
+  if (st == LT_OK) st = op_rmsnorm(c, gv(b->xn2), gv(s1), gv(L->ffn_norm->buf), R, d, cf->rms_norm_eps, err);
+  if (st == LT_OK) st = lin_fwd(t, c, b->g, b->xn2, &L->gate, R, false, err);
+  if (st == LT_OK) st = lin_fwd(t, c, b->u, b->xn2, &L->up, R, false, err);
+  if (st == LT_OK) st = op_swiglu(c, gv(b->act), gv(b->g), gv(b->u), R * f, err);
+  /* h2 = s1 + act . Wdown^T */
+  if (st == LT_OK && s1 != b->h2) st = gpu_cmd_copy(c, s1, 0, b->h2, 0, (uint64_t)R * d * 4, err);
+  if (st == LT_OK) st = lin_fwd(t, c, b->h2, b->act, &L->down, R, true, err);
+  if (st == LT_OK) {
+    if (adapt) st = adapter_fwd(t, c, out, b->h2, b->z2, 1, R, err);
+    else st = gpu_cmd_copy(c, b->h2, 0, out, 0, (uint64_t)R * d * 4, err);
+  }
+  return st;
+}
+
+/* Backward through block l: t->dx holds dLoss/d(block output) and gets dLoss/d(block input) (for the adapter
+ * block, only what the adapters need: the pass stops there). */
+static lt_status_t block_bwd(train_t *t, gpu_cmd_t *c, uint32_t l, const batch_t *bt, lt_err_t *err) {
+  const model_config_t *cf = t->cf;
+  const tlayer_t *L = &t->L[l];
+  blk_t *b = &t->blk[l];
+  uint32_t R = bt->R, d = cf->hidden_size, qd = cf->n_heads * cf->head_dim, kvd = cf->n_kv_heads * cf->head_dim;
+  uint32_t f = cf->intermediate_size;
+  bool adapt = t->o.what == TRAIN_ADAPTER && l == t->o.adapter_layer;
+  lt_status_t st = LT_OK;
+  if (adapt) st = adapter_bwd(t, c, b->h2, b->z2, 1, R, err);
+  /* MLP: dact = dx . Wdown; swiglu backward; dxn = dg . Wgate + du . Wup; rmsnorm backward adds into dx. The
+   * stream entering the norm is h1, or the attention adapter's output (which the adapter block recomputes). */
+  if (st == LT_OK) st = lin_bwd(t, c, t->dact, t->dx, b->act, &L->down, R, false, err);
+  if (st == LT_OK) st = op_swiglu_backward(c, gv(t->dg), gv(t->du), gv(t->dact), gv(b->g), gv(b->u), R * f, err);
+  if (st == LT_OK) st = lin_bwd(t, c, t->dxn, t->dg, b->xn2, &L->gate, R, false, err);
+  if (st == LT_OK) st = lin_bwd(t, c, t->dxn, t->du, b->xn2, &L->up, R, true, err);
+  gpu_buf_t *s1 = adapt ? b->s1 : b->h1;
+  float eps = cf->rms_norm_eps;
+  if (st == LT_OK)
+    st = op_rmsnorm_backward(c, gv(t->dx), L->ffn_norm_grad >= 0 ? gv(t->tt[L->ffn_norm_grad].grad) : gv(NULL),
+                             gv(t->dxn), gv(s1), gv(L->ffn_norm->buf), R, d, eps, err);
+  if (st == LT_OK && adapt) {
+    st = adapter_bwd(t, c, b->h1, b->z1, 0, R, err);
+    if (st == LT_OK) t->stats.lowest_block_backward = l;
+    return st; /* nothing below the adapters needs a gradient */
+  }
+  /* Attention: datt = dx . Wo; flash backward per sequence; RoPE backward; dxn = dq Wq + dk Wk + dv Wv. */
+  if (st == LT_OK) st = lin_bwd(t, c, t->datt, t->dx, b->att, &L->wo, R, false, err);
+  float scale = 1.0f / sqrtf((float)cf->head_dim);
+  for (uint32_t s = 0; s < bt->n_seq && st == LT_OK; s++) {
+    uint64_t r0 = (uint64_t)s * bt->T;
+    gpu_view_t q = {b->q, r0 * qd * 4}, k = {b->k, r0 * kvd * 4}, v = {b->v, r0 * kvd * 4}, o = {b->att, r0 * qd * 4};
+    gpu_view_t lse = {b->lse, r0 * cf->n_heads * 4}, dout = {t->datt, r0 * qd * 4};
+    gpu_view_t dq = {t->dq, r0 * qd * 4}, dk = {t->dk, r0 * kvd * 4}, dv = {t->dv, r0 * kvd * 4};
+    st = op_attention_backward(c, dq, dk, dv, q, k, v, o, dout, lse, bt->T, cf->n_heads, cf->n_kv_heads,
+                               cf->head_dim, scale, err);
+  }
+  if (st == LT_OK)
+    st = op_rope_backward(c, gv(t->dq), gv(t->pos), gv(t->rope), R, cf->n_heads, cf->head_dim, cf->rope_dim, t->neox,
+                          t->rope_rows, err);
+  if (st == LT_OK)
+    st = op_rope_backward(c, gv(t->dk), gv(t->pos), gv(t->rope), R, cf->n_kv_heads, cf->head_dim, cf->rope_dim,
+                          t->neox, t->rope_rows, err);
+  /* q and k were saved after RoPE; the weight gradients need xn1 only, which is saved. */
+  if (st == LT_OK) st = lin_bwd(t, c, t->dxn, t->dq, b->xn1, &L->wq, R, false, err);
+  if (st == LT_OK) st = lin_bwd(t, c, t->dxn, t->dk, b->xn1, &L->wk, R, true, err);
+  if (st == LT_OK) st = lin_bwd(t, c, t->dxn, t->dv, b->xn1, &L->wv, R, true, err);
+  if (st == LT_OK)
+    st = op_rmsnorm_backward(c, gv(t->dx), L->attn_norm_grad >= 0 ? gv(t->tt[L->attn_norm_grad].grad) : gv(NULL),
+                             gv(t->dxn), gv(b->x), gv(L->attn_norm->buf), R, d, eps, err);
+  if (st == LT_OK) t->stats.lowest_block_backward = l;
+  return st;
+}
+
+/* ---- the whole pass ---- */
+
+/* Uploads ids, positions, targets and per-row loss weights (mask / count * scale); returns the count. */
+static lt_status_t batch_upload(train_t *t, const int32_t *ids, const uint8_t *mask, const batch_t *bt, float scale,
+                                uint32_t *count, float **wts_out, lt_err_t *err) {
+  uint32_t R = bt->R, V = t->cf->vocab_size;
+  int32_t *pos = malloc(R * sizeof *pos), *tgt = malloc(R * sizeof *tgt);
+  float *w = malloc(R * sizeof *w);
+  lt_status_t st = LT_OK;
+  if (!pos || !tgt || !w) st = lt_fail(err, LT_E_NOMEM, "out of memory");
+  uint32_t n = 0;
+  for (uint32_t s = 0; s < bt->n_seq && st == LT_OK; s++)
+    for (uint32_t i = 0; i < bt->T; i++) {
+      uint32_t r = s * bt->T + i;
+      if (ids[r] < 0 || (uint32_t)ids[r] >= V) {
+        st = lt_fail(err, LT_E_INVALID, "token id %d at position %u of sequence %u is outside the vocabulary (%u)",
+                     ids[r], i, s, V);
+        break;
+      }
+      pos[r] = (int32_t)i;
+      bool on = i + 1 < bt->T && mask[s * (bt->T - 1) + i];
+      tgt[r] = i + 1 < bt->T ? ids[r + 1] : 0;
+      w[r] = on ? 1.0f : 0.0f;
+      n += on;
+    }
+  if (st == LT_OK && n == 0) st = lt_fail(err, LT_E_INVALID, "the batch has no target token to learn from");
+  for (uint32_t r = 0; st == LT_OK && r < R; r++) w[r] *= scale / (float)n;
+  if (st == LT_OK) st = gpu_upload(t->ids, 0, ids, R * 4, err);
+  if (st == LT_OK) st = gpu_upload(t->pos, 0, pos, R * 4, err);
+  if (st == LT_OK) st = gpu_upload(t->tgt, 0, tgt, R * 4, err);
+  if (st == LT_OK) st = gpu_upload(t->wts, 0, w, R * 4, err);
+  free(pos), free(tgt);
+  *count = n;
+  if (st == LT_OK && wts_out) *wts_out = w;
+  else free(w);
+  return st;
+}
+
+/* The forward through every block and the output norm (t->xf). */
+static lt_status_t forward_body(train_t *t, gpu_cmd_t *c, const batch_t *bt, lt_err_t *err) {
+  const model_config_t *cf = t->cf;
+  uint32_t d = cf->hidden_size, R = bt->R;
+  lt_status_t st = op_embed(c, gv(t->blk[0].x), gv(t->embed->buf), t->embed->dtype, gv(t->ids), R, d, 0,
+                            t->embed->rows, err);
+  for (uint32_t l = 0; l < cf->n_layers && st == LT_OK; l++) {
+    gpu_buf_t *out = l + 1 < cf->n_layers ? t->blk[l + 1].x : t->xL;
+    st = block_fwd(t, c, l, bt, out, err);
+  }
+  if (st == LT_OK) st = op_rmsnorm(c, gv(t->xf), gv(t->xL), gv(t->out_norm->buf), R, d, cf->rms_norm_eps, err);
+  return st;
+}
+
+/* Logits and cross-entropy chunk by chunk; with backward, also dLoss/dxf into t->dxn and the head's gradient.
+ * nll gets every row's -log p(target) (0 where the weight is 0 when the op skips them). */
+static lt_status_t head(train_t *t, gpu_cmd_t *c, const batch_t *bt, bool backward, lt_err_t *err) {
+  uint32_t d = t->cf->hidden_size, V = t->cf->vocab_size, R = bt->R;
+  lt_status_t st = LT_OK;
+  for (uint32_t r0 = 0; r0 < R && st == LT_OK; r0 += LOGIT_CHUNK) {
+    uint32_t n = R - r0 < LOGIT_CHUNK ? R - r0 : LOGIT_CHUNK;
+    gpu_view_t xf = {t->xf, (uint64_t)r0 * d * 4};
+    st = op_matmul(c, gv(t->logits), xf, gv(t->head->buf), t->head->dtype, n, V, d, false, err);
+    gpu_view_t tgt = {t->tgt, (uint64_t)r0 * 4}, w = {t->wts, (uint64_t)r0 * 4}, nll = {t->nll, (uint64_t)r0 * 4};
+    if (st == LT_OK) st = op_cross_entropy(c, nll, gv(t->lse), backward, gv(t->logits), tgt, w, n, V, err);
+    if (st != LT_OK || !backward) continue;
+    gpu_view_t dxf = {t->dxn, (uint64_t)r0 * d * 4};
+    st = op_matmul_dx(c, dxf, gv(t->logits), gv(t->head->buf), t->head->dtype, n, V, d, false, err);
+    if (st == LT_OK && t->head_grad >= 0)
+      st = op_matmul_dw(c, gv(t->tt[t->head_grad].grad), gv(t->logits), xf, n, V, d, true, err);
+  }
+  return st;
+}
+
+/* Sums the masked per-row losses into the batch mean. */
+static lt_status_t read_loss(train_t *t, const batch_t *bt, const float *w, float scale, double *loss, lt_err_t *err) {
+  float *nll = malloc(bt->R * sizeof *nll);
+  if (!nll) return lt_fail(err, LT_E_NOMEM, "out of memory");
+  lt_status_t st = gpu_download(t->nll, 0, nll, bt->R * 4, err);
+  double s = 0;
+  for (uint32_t r = 0; st == LT_OK && r < bt->R; r++) s += (double)w[r] * nll[r];
+  free(nll);
+  *loss = s / scale;
+  return st;
+}
+
+static lt_status_t run(train_t *t, const int32_t *ids, const uint8_t *mask, uint32_t n_seq, uint32_t T, float scale,
+                       bool backward, double *loss, lt_err_t *err) {
+  if (n_seq == 0 || T < 2) return lt_fail(err, LT_E_INVALID, "a batch needs at least one sequence of 2 tokens");
+  if (T > t->cf->max_position && t->cf->max_position)
+    return lt_fail(err, LT_E_LIMIT, "sequences of %u tokens exceed the model's context (%u)", T, t->cf->max_position);
+  batch_t bt = {n_seq, T, n_seq * T};
+  lt_status_t st = acts_ensure(t, bt.R, T, err);
+  uint32_t count = 0;
+  float *w = NULL;
+  if (st == LT_OK) st = batch_upload(t, ids, mask, &bt, backward ? scale : 1.0f, &count, &w, err);
+  /* The backward adds every gradient of the stream into dx, starting from zero. */
+  if (st == LT_OK && backward) st = gpu_buf_zero(t->dx, 0, (uint64_t)bt.R * t->cf->hidden_size * 4, err);
+  if (st != LT_OK) {
+    free(w);
+    return st;
+  }
+  gpu_cmd_t *c = gpu_cmd_begin(t->g, err);
+  if (!c) {
+    free(w);
+    return err ? err->code : LT_E_VULKAN;
+  }
+  const model_config_t *cf = t->cf;
+  uint32_t d = cf->hidden_size;
+  st = forward_body(t, c, &bt, err);
+  if (st == LT_OK) st = head(t, c, &bt, backward, err);
+  if (st == LT_OK && backward) {
+    uint64_t before = gpu_stats(t->g)->dispatches;
+    t->stats.lowest_block_backward = cf->n_layers;
+    /* dx = rmsnorm backward of the output norm, from dxf (in dxn). */
+    st = op_rmsnorm_backward(c, gv(t->dx), t->out_norm_grad >= 0 ? gv(t->tt[t->out_norm_grad].grad) : gv(NULL),
+                               gv(t->dxn), gv(t->xL), gv(t->out_norm->buf), bt.R, d, cf->rms_norm_eps, err);
+    uint32_t lowest = t->o.what == TRAIN_ADAPTER ? t->o.adapter_layer : 0;
+    for (uint32_t l = cf->n_layers; l-- > lowest && st == LT_OK;) {
+      if (t->o.recompute) {
+        gpu_buf_t *out = l + 1 < cf->n_layers ? t->blk[l + 1].x : t->xL;
+        /* Recompute into the shared set; the block's output buffer is rewritten with the same values. */
+        st = block_fwd(t, c, l, &bt, out, err);
+      }
+      if (st == LT_OK) st = block_bwd(t, c, l, &bt, err);
+    }
+    if (st == LT_OK && t->embed_grad >= 0)
+      st = op_embed_backward(c, gv(t->tt[t->embed_grad].grad), gv(t->dx), ids, bt.R, d, t->embed->rows, err);
+    t->stats.backward_dispatches = (uint32_t)(gpu_stats(t->g)->dispatches - before);
+  }
+  if (st == LT_OK) st = gpu_cmd_finish(&c, err);
+  gpu_cmd_abort(&c);
+  if (st == LT_OK) st = read_loss(t, &bt, w, backward ? scale : 1.0f, loss, err);
+  free(w);
+  return st;
+}
+
+lt_status_t train_grad(train_t *t, const int32_t *ids, const uint8_t *mask, uint32_t n_seq, uint32_t T, float scale,
+                       double *loss, lt_err_t *err) {
+  return run(t, ids, mask, n_seq, T, scale, true, loss, err);
+}
+
+lt_status_t train_loss(train_t *t, const int32_t *ids, const uint8_t *mask, uint32_t n_seq, uint32_t T, double *loss,
+                       lt_err_t *err) {
+  return run(t, ids, mask, n_seq, T, 1.0f, false, loss, err);
+}

@@ -1,0 +1,96 @@
+/* First-order training over a loaded model: a forward pass that keeps what the backward needs, an explicit
+ * backward pass over LLaMA blocks written like the forward (no autograd framework), and the trainable tensors
+ * with their gradients. What is trained: every parameter (full), LoRA pairs on chosen projections, or CogSteer's
+ * bottleneck adapters at one block (the backward stops there and never runs below it).
+ *
+ * Conventions: a batch is n_seq sequences of T tokens each, packed as R = n_seq * T rows. mask[s * (T-1) + t]
+ * (0 or 1) says whether target ids[s][t+1] counts; the loss is the mean cross-entropy over the targets that count
+ * (tools/lathe_ref.py masked_lm_loss). Gradients accumulate over calls until train_zero_grad(). */
+#ifndef LATHE_TRAIN_H
+#define LATHE_TRAIN_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "common/status.h"
+#include "engine/model/model.h"
+
+typedef struct train train_t;
+
+/* What is trained. */
+typedef enum train_what { TRAIN_FULL = 0, TRAIN_LORA, TRAIN_ADAPTER } train_what_t;
+
+/* LoRA target projections (a bit each). */
+enum {
+  TRAIN_LORA_Q = 1u << 0,
+  TRAIN_LORA_K = 1u << 1,
+  TRAIN_LORA_V = 1u << 2,
+  TRAIN_LORA_O = 1u << 3,
+  TRAIN_LORA_GATE = 1u << 4,
+  TRAIN_LORA_UP = 1u << 5,
+  TRAIN_LORA_DOWN = 1u << 6,
+};
+
+/* Options of train_new(); zero-initialised means full training without recomputation. */
+typedef struct train_opts {
+  train_what_t what;
+  uint32_t lora_rank;    /* LoRA: r >= 1 */
+  float lora_alpha;      /* LoRA: the update is (alpha / r) B A */
+  uint32_t lora_targets; /* LoRA: TRAIN_LORA_* bits */
+  uint32_t adapter_layer; /* adapter: block M */
+  uint32_t adapter_dim;   /* adapter: bottleneck width (0: hidden / 16, at least 1) */
+  uint64_t seed;          /* initialisation of LoRA A and adapter down-projections */
+  bool recompute;         /* keep only block inputs; recompute inside each block during the backward */
+} train_opts_t;
+
+/* One trainable tensor: its f32 values and gradient on the device (owned by the train_t or, for full training,
+ * the values by the model). */
+typedef struct train_tensor {
+  char name[160];  /* Hugging Face name, or the PEFT / adapter name for added tensors */
+  uint32_t rows, cols;
+  bool decay;      /* weight decay applies (not to norms and biases) */
+  gpu_buf_t *value, *grad;
+  bool owns_value; /* value was allocated by the training state (LoRA, adapters), not the model's own */
+} train_tensor_t;
+
+/* Counters of the last train_grad() call, for tests and benchmarks. */
+typedef struct train_stats {
+  uint32_t backward_dispatches;     /* dispatches recorded by the backward pass */
+  uint32_t lowest_block_backward;   /* the lowest block the backward ran (n_layers when none) */
+  uint64_t activation_bytes;        /* device bytes held for saved activations and gradients of activations */
+} train_stats_t;
+
+/* Prepares training of m: checks the options against the model (LoRA rank >= 1 and targets, adapter block in
+ * range, full training needs f32 weights: load with force_f32), allocates gradients (and LoRA / adapter tensors,
+ * LoRA B and adapter up-projections at zero so the model starts unchanged). m must outlive the result. Caller
+ * owns (train_destroy); NULL with err naming what is wrong. */
+train_t *train_new(model_t *m, const train_opts_t *o, lt_err_t *err);
+
+/* Frees the training state and sets *t to NULL; NULL-safe. */
+void train_destroy(train_t **t);
+
+/* Number of trainable tensors. */
+uint32_t train_tensor_count(const train_t *t);
+/* The i-th trainable tensor; owned by t. */
+const train_tensor_t *train_tensor_at(const train_t *t, uint32_t i);
+
+/* Sets every gradient to zero. */
+lt_status_t train_zero_grad(train_t *t, lt_err_t *err);
+
+/* Runs the forward and backward pass of one batch and adds the gradient of the masked mean cross-entropy, times
+ * scale (1 / accumulation steps), to the gradients. *loss gets the batch loss (unscaled). ids: n_seq * T token
+ * ids; mask: n_seq * (T - 1) of 0/1. */
+lt_status_t train_grad(train_t *t, const int32_t *ids, const uint8_t *mask, uint32_t n_seq, uint32_t T, float scale,
+                       double *loss, lt_err_t *err);
+
+/* The masked mean cross-entropy of a batch with the current trainable values, forward only (evaluation). */
+lt_status_t train_loss(train_t *t, const int32_t *ids, const uint8_t *mask, uint32_t n_seq, uint32_t T, double *loss,
+                       lt_err_t *err);
+
+/* Counters of the last train_grad(); owned by t. */
+const train_stats_t *train_stats(const train_t *t);
+
+/* The model being trained. */
+model_t *train_model(const train_t *t);
+
+#endif

@@ -1,0 +1,267 @@
+/* First-order training over whole models (engine/model/train.h): gradients of the masked LM loss against PyTorch's
+ * float64 autograd (tools/grad_ref.py writes grad_ref.json and grads.safetensors next to the fixtures), finite
+ * differences through the GPU path, LoRA starting as the base model, and the adapter's backward stopping at its
+ * block.
+ *
+ * Tolerance for the gradients: the engine runs in f32 and the reference in f64. The fixture losses are about 5 and
+ * the gradients' largest entries about 1; every gradient entry is a sum over at most 26 rows of products of f32
+ * activations that went through ~20 f32 ops each, so its error is a few hundred f32 roundings of O(1) values:
+ * 1e-4 absolute plus 1e-3 relative holds that with a margin and is still far below any missing or doubled term
+ * (a row's contribution is ~1/20 of the loss's scale). */
+#include <criterion/criterion.h>
+#include <jansson.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "engine/model/model.h"
+#include "engine/model/safetensors.h"
+#include "engine/model/train.h"
+#include "engine/ops/dtype.h"
+#include "support/tgpu.h"
+
+#define FIXTURES LATHE_SOURCE_DIR "/tests/fixtures"
+
+TestSuite(train, .init = tgpu_setup, .fini = tgpu_teardown);
+
+/* The fixed batch of grad_ref.json: ids [n_seq * T], mask [n_seq * (T - 1)], and the reference loss. */
+typedef struct gref {
+  int32_t ids[64];
+  uint8_t mask[64];
+  uint32_t n_seq, T;
+  double loss;
+} gref_t;
+
+static void gref_load(gref_t *g, const char *name) {
+  char p[512];
+  snprintf(p, sizeof p, FIXTURES "/%s/grad_ref.json", name);
+  json_error_t je;
+  json_t *j = json_load_file(p, 0, &je);
+  cr_assert(j, "%s: %s", p, je.text);
+  json_t *ids = json_object_get(j, "ids"), *mask = json_object_get(j, "mask");
+  g->n_seq = (uint32_t)json_array_size(ids);
+  g->T = (uint32_t)json_array_size(json_array_get(ids, 0));
+  cr_assert(g->n_seq * g->T <= 64);
+  for (uint32_t s = 0; s < g->n_seq; s++)
+    for (uint32_t t = 0; t < g->T; t++) {
+      g->ids[s * g->T + t] = (int32_t)json_integer_value(json_array_get(json_array_get(ids, s), t));
+      if (t + 1 < g->T)
+        g->mask[s * (g->T - 1) + t] = (uint8_t)json_integer_value(json_array_get(json_array_get(mask, s), t));
+    }
+  g->loss = json_real_value(json_object_get(j, "loss"));
+  json_decref(j);
+}
+
+static model_t *load_f32(const char *name) {
+  char p[512];
+  snprintf(p, sizeof p, FIXTURES "/%s", name);
+  lt_err_t err = {0};
+  model_load_opts_t o = {.force_f32 = true};
+  model_t *m = model_load(tgpu(), p, &o, &err);
+  cr_assert(m, "%s: %s", name, err.msg);
+  return m;
+}
+
+static float *read_buf(gpu_buf_t *b, uint64_t n) { return tread_f32(b, n); }
+
+/* Every gradient of a full-training state against grads.safetensors. */
+static void check_full_grads(const char *name) {
+  gref_t g;
+  gref_load(&g, name);
+  model_t *m = load_f32(name);
+  lt_err_t err = {0};
+  train_opts_t o = {.what = TRAIN_FULL};
+  train_t *t = train_new(m, &o, &err);
+  cr_assert(t, "%s", err.msg);
+  double loss = 0;
+  cr_assert_eq(train_grad(t, g.ids, g.mask, g.n_seq, g.T, 1.0f, &loss, &err), LT_OK, "%s", err.msg);
+  /* The loss: f32 forward against f64, a sum of ~20 cross-entropies of size ~5. */
+  cr_assert(fabs(loss - g.loss) < 1e-4, "%s: loss %.7f, reference %.7f", name, loss, g.loss);
+  char p[512];
+  snprintf(p, sizeof p, FIXTURES "/%s/grads.safetensors", name);
+  st_file_t *f = NULL;
+  cr_assert_eq(st_open(&f, p, &err), LT_OK, "%s", err.msg);
+  uint32_t checked = 0;
+  for (uint32_t i = 0; i < train_tensor_count(t); i++) {
+    const train_tensor_t *x = train_tensor_at(t, i);
+    const ft_tensor_t *ref = st_find(f, x->name);
+    cr_assert(ref, "%s: no reference gradient for %s", name, x->name);
+    uint64_t n = (uint64_t)x->rows * x->cols;
+    cr_assert_eq(ref->n_elems, n, "%s: %s has %llu elements, reference %llu", name, x->name, (unsigned long long)n,
+                 (unsigned long long)ref->n_elems);
+    float *got = read_buf(x->grad, n);
+    tassert_close(got, (const float *)ref->data, n, 1e-4, 1e-3, x->name);
+    free(got);
+    checked++;
+  }
+  cr_assert_eq(checked, st_count(f), "%s: %u gradients checked of %u", name, checked, st_count(f));
+  st_destroy(&f);
+  train_destroy(&t);
+  model_destroy(&m);
+}
+
+Test(train, full_gradients_match_pytorch_llama) { check_full_grads("llama-tiny"); }
+
+Test(train, full_gradients_match_pytorch_tied_llama3_scaling) { check_full_grads("llama3-scaled"); }
+
+Test(train, recompute_gives_the_same_gradients) {
+  gref_t g;
+  gref_load(&g, "llama-tiny");
+  float *grads[2][64];
+  uint32_t n_t = 0;
+  for (int rc = 0; rc < 2; rc++) {
+    model_t *m = load_f32("llama-tiny");
+    lt_err_t err = {0};
+    train_opts_t o = {.what = TRAIN_FULL, .recompute = rc};
+    train_t *t = train_new(m, &o, &err);
+    cr_assert(t, "%s", err.msg);
+    double loss;
+    cr_assert_eq(train_grad(t, g.ids, g.mask, g.n_seq, g.T, 1.0f, &loss, &err), LT_OK, "%s", err.msg);
+    n_t = train_tensor_count(t);
+    cr_assert(n_t <= 64);
+    for (uint32_t i = 0; i < n_t; i++) {
+      const train_tensor_t *x = train_tensor_at(t, i);
+      grads[rc][i] = read_buf(x->grad, (uint64_t)x->rows * x->cols);
+      if (rc) {
+        /* The same kernels on the same inputs: bit-identical. */
+        cr_assert_eq(memcmp(grads[0][i], grads[1][i], (uint64_t)x->rows * x->cols * 4), 0, "%s differs", x->name);
+        free(grads[0][i]), free(grads[1][i]);
+      }
+    }
+    train_destroy(&t);
+    model_destroy(&m);
+  }
+}
+
+/* Central differences (step h) of the GPU loss for a few coordinates of trainable tensor `which`, against its
+ * gradient. */
+static void finite_differences(train_t *t, const gref_t *g, uint32_t which, uint32_t n_coords, float h) {
+  lt_err_t err = {0};
+  const train_tensor_t *x = train_tensor_at(t, which);
+  uint64_t n = (uint64_t)x->rows * x->cols;
+  cr_assert_eq(train_zero_grad(t, &err), LT_OK);
+  double loss;
+  cr_assert_eq(train_grad(t, g->ids, g->mask, g->n_seq, g->T, 1.0f, &loss, &err), LT_OK, "%s", err.msg);
+  float *grad = read_buf(x->grad, n), *val = read_buf(x->value, n);
+  for (uint32_t k = 0; k < n_coords; k++) {
+    uint64_t i = (k * 2654435761u) % n;
+    float o = val[i], v;
+    double up, dn;
+    v = o + h;
+    cr_assert_eq(gpu_upload(x->value, i * 4, &v, 4, &err), LT_OK);
+    cr_assert_eq(train_loss(t, g->ids, g->mask, g->n_seq, g->T, &up, &err), LT_OK, "%s", err.msg);
+    v = o - h;
+    cr_assert_eq(gpu_upload(x->value, i * 4, &v, 4, &err), LT_OK);
+    cr_assert_eq(train_loss(t, g->ids, g->mask, g->n_seq, g->T, &dn, &err), LT_OK, "%s", err.msg);
+    cr_assert_eq(gpu_upload(x->value, i * 4, &o, 4, &err), LT_OK);
+    double fd = (up - dn) / (2 * h);
+    /* f32 losses of ~5 carry ~1e-6 of rounding: 1e-6 / h in the quotient (5x margin), plus the h^2 terms (2%). */
+    cr_assert(fabs(fd - grad[i]) < 5e-6 / h + 0.02 * fabs(grad[i]), "%s[%llu]: finite difference %g, gradient %g",
+              x->name, (unsigned long long)i, fd, grad[i]);
+  }
+  free(grad), free(val);
+}
+
+Test(train, finite_differences_through_the_gpu_full) {
+  gref_t g;
+  gref_load(&g, "llama-tiny");
+  model_t *m = load_f32("llama-tiny");
+  lt_err_t err = {0};
+  train_opts_t o = {.what = TRAIN_FULL};
+  train_t *t = train_new(m, &o, &err);
+  cr_assert(t, "%s", err.msg);
+  for (uint32_t i = 0; i < train_tensor_count(t); i += 5) finite_differences(t, &g, i, 2, 1e-2f);
+  train_destroy(&t);
+  model_destroy(&m);
+}
+
+Test(train, lora_starts_as_the_base_and_its_gradients_are_right) {
+  gref_t g;
+  gref_load(&g, "llama-tiny");
+  char p[512];
+  snprintf(p, sizeof p, FIXTURES "/llama-tiny");
+  lt_err_t err = {0};
+  /* The base in f16: LoRA trains on a frozen base in its own dtype. */
+  model_t *m = model_load(tgpu(), FIXTURES "/llama-tiny-f16", NULL, &err);
+  cr_assert(m, "%s", err.msg);
+  train_opts_t full = {.what = TRAIN_FULL};
+  cr_assert_null(train_new(m, &full, &err), "full training of f16 weights must be refused");
+  cr_assert(strstr(err.msg, "f32"), "%s", err.msg);
+  train_opts_t o = {.what = TRAIN_LORA, .lora_rank = 4, .lora_alpha = 8, .lora_targets = TRAIN_LORA_Q | TRAIN_LORA_V | TRAIN_LORA_DOWN, .seed = 3};
+  train_t *t = train_new(m, &o, &err);
+  cr_assert(t, "%s", err.msg);
+  cr_assert_eq(train_tensor_count(t), 2u * 3 * model_config(m)->n_layers);
+  cr_assert_str_eq(train_tensor_at(t, 0)->name, "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight");
+  cr_assert_str_eq(train_tensor_at(t, 1)->name, "base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight");
+  /* B = 0: the adapted model computes exactly the base model's loss (the LoRA term adds exact zeros). */
+  train_opts_t none = {.what = TRAIN_LORA, .lora_rank = 1, .lora_alpha = 1, .lora_targets = TRAIN_LORA_K};
+  train_t *t0 = train_new(m, &none, &err);
+  cr_assert(t0, "%s", err.msg);
+  double a, b;
+  cr_assert_eq(train_loss(t, g.ids, g.mask, g.n_seq, g.T, &a, &err), LT_OK, "%s", err.msg);
+  cr_assert_eq(train_loss(t0, g.ids, g.mask, g.n_seq, g.T, &b, &err), LT_OK, "%s", err.msg);
+  cr_assert_eq(a, b, "a fresh LoRA changed the loss: %.9g vs %.9g", a, b);
+  train_destroy(&t0);
+  /* Make B non-zero so A gets a gradient too, then check both by finite differences. */
+  const train_tensor_t *B = train_tensor_at(t, 1);
+  uint64_t nb = (uint64_t)B->rows * B->cols, seed = 4;
+  float *bv = talloc(nb);
+  trand(bv, nb, -0.5, 0.5, &seed);
+  cr_assert_eq(gpu_upload(B->value, 0, bv, nb * 4, &err), LT_OK);
+  free(bv);
+  finite_differences(t, &g, 0, 4, 1e-2f);
+  finite_differences(t, &g, 1, 4, 1e-2f);
+  finite_differences(t, &g, 5, 4, 1e-2f);
+  train_destroy(&t);
+  /* Bad options are refused with a reason. */
+  train_opts_t bad[] = {{.what = TRAIN_LORA, .lora_rank = 0, .lora_targets = TRAIN_LORA_Q},
+                        {.what = TRAIN_LORA, .lora_rank = 2, .lora_targets = 0},
+                        {.what = TRAIN_ADAPTER, .adapter_layer = 2}};
+  const char *why[] = {"rank", "targets", "out of range"};
+  for (int i = 0; i < 3; i++) {
+    cr_assert_null(train_new(m, &bad[i], &err));
+    cr_assert(strstr(err.msg, why[i]), "%s", err.msg);
+  }
+  model_destroy(&m);
+}
+
+Test(train, adapter_backward_stops_at_its_block) {
+  gref_t g;
+  gref_load(&g, "llama-tiny");
+  lt_err_t err = {0};
+  model_t *m = model_load(tgpu(), FIXTURES "/llama-tiny", NULL, &err);
+  cr_assert(m, "%s", err.msg);
+  uint32_t dispatches[2];
+  for (uint32_t M = 0; M < 2; M++) {
+    train_opts_t o = {.what = TRAIN_ADAPTER, .adapter_layer = M, .seed = 1};
+    train_t *t = train_new(m, &o, &err);
+    cr_assert(t, "%s", err.msg);
+    cr_assert_eq(train_tensor_count(t), 4u);
+    double base, with;
+    cr_assert_eq(train_loss(t, g.ids, g.mask, g.n_seq, g.T, &with, &err), LT_OK, "%s", err.msg);
+    train_opts_t lo = {.what = TRAIN_LORA, .lora_rank = 1, .lora_alpha = 1, .lora_targets = TRAIN_LORA_K};
+    train_t *t0 = train_new(m, &lo, &err);
+    cr_assert_eq(train_loss(t0, g.ids, g.mask, g.n_seq, g.T, &base, &err), LT_OK, "%s", err.msg);
+    train_destroy(&t0);
+    cr_assert_eq(with, base, "a fresh adapter (up-projection 0) changed the loss");
+    /* Give the up-projections values so the down-projections get gradients, then check all four. */
+    for (uint32_t i = 1; i < 4; i += 2) {
+      const train_tensor_t *U = train_tensor_at(t, i);
+      uint64_t n = (uint64_t)U->rows * U->cols, seed = 9 + i;
+      float *v = talloc(n);
+      trand(v, n, -0.3, 0.3, &seed);
+      cr_assert_eq(gpu_upload(U->value, 0, v, n * 4, &err), LT_OK);
+      free(v);
+    }
+    /* A small step: the ReLU's kink is within 1e-2 of some rows' inputs, where a difference quotient breaks. */
+    for (uint32_t i = 0; i < 4; i++) finite_differences(t, &g, i, 3, 2e-3f);
+    cr_assert_eq(train_stats(t)->lowest_block_backward, M, "the backward ran below block %u", M);
+    dispatches[M] = train_stats(t)->backward_dispatches;
+    train_destroy(&t);
+  }
+  /* The adapter at block 1 runs no backward through block 0's attention or block 0 at all: fewer dispatches. */
+  cr_assert_lt(dispatches[1], dispatches[0], "backward dispatches: block 1 %u, block 0 %u", dispatches[1],
+               dispatches[0]);
+  model_destroy(&m);
+}
