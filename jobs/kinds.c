@@ -143,6 +143,45 @@ static bool kind_tune_zo_validate(const msgpack_object *params, proto_err_t *e) 
   return true;
 }
 
+static bool kind_tune_validate(const msgpack_object *params, proto_err_t *e) {
+  const msgpack_object *tr = mp_get(params, "train");
+  bool full = mp_str_is(tr, "full"), lora = mp_str_is(tr, "lora"), adapter = mp_str_is(tr, "adapter");
+  if (!full && !lora && !adapter) return proto_fail(e, P_BAD_VALUE, "params.train", "params.train: full, lora or adapter");
+  int64_t layer = -1;
+  mp_as_int(mp_get(params, "layer"), &layer);
+  if (adapter && layer < 0)
+    return proto_fail(e, P_BAD_VALUE, "params.layer", "params.layer: --train adapter needs --layer M (the block)");
+  if (!adapter && layer >= 0)
+    return proto_fail(e, P_BAD_VALUE, "params.layer", "params.layer: only --train adapter takes a block");
+  const msgpack_object *sc = mp_get(params, "schedule");
+  if (!mp_str_is(sc, "cosine") && !mp_str_is(sc, "linear") && !mp_str_is(sc, "constant"))
+    return proto_fail(e, P_BAD_VALUE, "params.schedule", "params.schedule: cosine, linear or constant");
+  const msgpack_object *dt = mp_get(params, "dtype");
+  if (!mp_str_is(dt, "base") && !mp_str_is(dt, "f32") && !mp_str_is(dt, "bf16") && !mp_str_is(dt, "f16"))
+    return proto_fail(e, P_BAD_VALUE, "params.dtype", "params.dtype: f32, bf16, f16 or base");
+  bool merge = false;
+  const msgpack_object *mg = mp_get(params, "merge");
+  if (mg && mg->type == MSGPACK_OBJECT_BOOLEAN) merge = mg->via.boolean;
+  if (merge && !lora) return proto_fail(e, P_BAD_VALUE, "params.merge", "params.merge: only LoRA adapters are merged");
+  /* Every LoRA target must be known: a typo would silently train nothing there. */
+  const msgpack_object *t = mp_get(params, "lora_targets");
+  if (!t || t->type != MSGPACK_OBJECT_STR) return proto_fail(e, P_BAD_VALUE, "params.lora_targets", "params.lora_targets: a list");
+  const char *s = t->via.str.ptr, *end = s + t->via.str.size;
+  while (s <= end) {
+    const char *c = memchr(s, ',', (size_t)(end - s));
+    size_t n = (size_t)((c ? c : end) - s);
+    static const char *const known[] = {"q", "k", "v", "o", "gate", "up", "down"};
+    bool ok = false;
+    for (size_t i = 0; i < 7 && !ok; i++) ok = strlen(known[i]) == n && memcmp(known[i], s, n) == 0;
+    if (!ok)
+      return proto_fail(e, P_BAD_VALUE, "params.lora_targets",
+                        "params.lora_targets: unknown target '%.*s' (known: q,k,v,o,gate,up,down)", (int)n, s);
+    if (!c) break;
+    s = c + 1;
+  }
+  return true;
+}
+
 #define P(key, type, req, def, lo, hi, help) {#key, type, req, def, lo, hi, help},
 #define KIND(name, policy, gpu, validate, summary, params) static const kind_param_t name##_params[] = {params};
 #include "jobs/kinds.def"

@@ -15,7 +15,8 @@ struct tuner {
   uint32_t steps;
   gpu_buf_t **m, **v; /* AdamW moments, one pair per trainable tensor */
   gpu_buf_t **e;      /* SAM: the perturbation added to each tensor (NULL without SAM) */
-  gpu_buf_t *sq;      /* per-tensor sums of squares of the gradients */
+  gpu_buf_t *sq;      /* per-tensor sums of squares of the gradients, one every sq_stride floats */
+  uint32_t sq_stride; /* floats per slot: each slot's view must start at a bindable offset */
   uint32_t n;
 };
 
@@ -42,7 +43,8 @@ tuner_t *tuner_new(train_t *t, const tune_opts_t *o, lt_err_t *err) {
       else st = gpu_buf_zero(*bufs[k], 0, bytes, err);
     }
   }
-  if (st == LT_OK && !(u->sq = gpu_buf_new(u->g, (uint64_t)(u->n ? u->n : 1) * 4, err)))
+  u->sq_stride = (uint32_t)(gpu_caps(u->g)->min_storage_align / 4 ? gpu_caps(u->g)->min_storage_align / 4 : 1);
+  if (st == LT_OK && !(u->sq = gpu_buf_new(u->g, (uint64_t)(u->n ? u->n : 1) * u->sq_stride * 4, err)))
     st = err ? err->code : LT_E_DEVICE_OOM;
   if (st != LT_OK) tuner_destroy(&u);
   return u;
@@ -81,16 +83,16 @@ static lt_status_t grad_norm(tuner_t *u, double *norm, lt_err_t *err) {
   lt_status_t st = LT_OK;
   for (uint32_t i = 0; i < u->n && st == LT_OK; i++) {
     const train_tensor_t *x = train_tensor_at(u->t, i);
-    gpu_view_t out = {u->sq, (uint64_t)i * 4};
+    gpu_view_t out = {u->sq, (uint64_t)i * u->sq_stride * 4};
     st = op_sumsq(c, out, gv(x->grad), tensor_n(x), err);
   }
   if (st == LT_OK) st = gpu_cmd_finish(&c, err);
   gpu_cmd_abort(&c);
-  float *sq = st == LT_OK ? malloc((u->n ? u->n : 1) * sizeof *sq) : NULL;
+  float *sq = st == LT_OK ? malloc((uint64_t)(u->n ? u->n : 1) * u->sq_stride * sizeof *sq) : NULL;
   if (st == LT_OK && !sq) st = lt_fail(err, LT_E_NOMEM, "out of memory");
-  if (st == LT_OK) st = gpu_download(u->sq, 0, sq, (uint64_t)u->n * 4, err);
+  if (st == LT_OK) st = gpu_download(u->sq, 0, sq, (uint64_t)u->n * u->sq_stride * 4, err);
   double s = 0;
-  for (uint32_t i = 0; st == LT_OK && i < u->n; i++) s += sq[i];
+  for (uint32_t i = 0; st == LT_OK && i < u->n; i++) s += sq[(uint64_t)i * u->sq_stride];
   free(sq);
   *norm = sqrt(s);
   return st;

@@ -667,7 +667,7 @@ static lt_status_t read_loss(train_t *t, const batch_t *bt, const float *w, floa
   return st;
 }
 
-static lt_status_t run(train_t *t, const int32_t *ids, const uint8_t *mask, uint32_t n_seq, uint32_t T, float scale,
+static lt_status_t run_padded(train_t *t, const int32_t *ids, const uint8_t *mask, uint32_t n_seq, uint32_t T, float scale,
                        bool backward, double *loss, lt_err_t *err) {
   if (n_seq == 0 || T < 2) return lt_fail(err, LT_E_INVALID, "a batch needs at least one sequence of 2 tokens");
   if (T > t->cf->max_position && t->cf->max_position)
@@ -715,6 +715,26 @@ static lt_status_t run(train_t *t, const int32_t *ids, const uint8_t *mask, uint
   gpu_cmd_abort(&c);
   if (st == LT_OK) st = read_loss(t, &bt, w, backward ? scale : 1.0f, loss, err);
   free(w);
+  return st;
+}
+
+/* Runs a batch whose sequences are padded to T_pad tokens (masked out), so that every per-sequence view of the
+ * activations starts at a bindable offset (min_storage_align). Padding sits after each sequence's tokens, where
+ * causal attention never lets it reach them. */
+static lt_status_t run(train_t *t, const int32_t *ids, const uint8_t *mask, uint32_t n_seq, uint32_t T, float scale,
+                       bool backward, double *loss, lt_err_t *err) {
+  uint32_t q = (uint32_t)(gpu_caps(t->g)->min_storage_align / 4);
+  if (q <= 1 || T % q == 0 || n_seq == 0 || T < 2) return run_padded(t, ids, mask, n_seq, T, scale, backward, loss, err);
+  uint32_t Tp = (T + q - 1) / q * q;
+  int32_t *pi = malloc((uint64_t)n_seq * Tp * sizeof *pi);
+  uint8_t *pm = calloc((uint64_t)n_seq * (Tp - 1), 1);
+  lt_status_t st = pi && pm ? LT_OK : lt_fail(err, LT_E_NOMEM, "out of memory");
+  for (uint32_t s = 0; st == LT_OK && s < n_seq; s++) {
+    for (uint32_t i = 0; i < Tp; i++) pi[(uint64_t)s * Tp + i] = ids[(uint64_t)s * T + (i < T ? i : T - 1)];
+    memcpy(pm + (uint64_t)s * (Tp - 1), mask + (uint64_t)s * (T - 1), T - 1);
+  }
+  if (st == LT_OK) st = run_padded(t, pi, pm, n_seq, Tp, scale, backward, loss, err);
+  free(pi), free(pm);
   return st;
 }
 

@@ -1,0 +1,612 @@
+/* The `tune` kind: first-order fine-tuning (engine/model/train.h, methods/tune.h) of a model on a JSONL file, with
+ * held-out evals, the forgetting measure on a general set, checkpoints, resumption and a loss curve.
+ *
+ * Files: <output>/ gets the result: a Hugging Face folder (full), a PEFT adapter (lora: adapter_config.json and
+ * adapter_model.safetensors; with merge also <output>/merged, the merged model) or an adapter folder (adapter:
+ * adapter_config.json and adapter.safetensors); <output>/checkpoint-<step>/train-state.safetensors holds the
+ * trainable tensors and AdamW's moments after that step; <output>/tune-log.jsonl one line per step; loss.svg the
+ * curves. <job dir>/tune.state names the last complete checkpoint; a resumed attempt loads it and carries on.
+ * Batches are a function of (seed, step), so a resumed run ends on the bytes an uninterrupted one would.
+ *
+ * The model is loaded privately (not through job_model()): full training changes its weights in place, and the
+ * worker's kept model must stay the file's model for the jobs that follow. */
+#include <errno.h>
+#include <inttypes.h>
+#include <jansson.h>
+#include <limits.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "common/util.h"
+#include "engine/model/model_file.h"
+#include "engine/model/model_tok.h"
+#include "engine/model/safetensors.h"
+#include "engine/model/train.h"
+#include "jobs/plot.h"
+#include "jobs/runners.h"
+#include "methods/dataset.h"
+#include "methods/tune.h"
+#include "methods/zo.h"
+
+#define STATE_NAME "tune.state"
+#define LOG_NAME "tune-log.jsonl"
+#define CKPT_FILE "train-state.safetensors"
+
+typedef struct run {
+  job_ctx_t *ctx;
+  const char *base, *output, *what;
+  uint32_t batch, accum, seq_len;
+  uint64_t steps, eval_every, save_every, seed;
+  tune_opts_t o;
+  train_opts_t to;
+  dataset_t data, eval, general;
+  model_t *m;
+  train_t *t;
+  tuner_t *u;
+  FILE *log;
+  char state_path[PATH_MAX], log_path[PATH_MAX];
+  int32_t *ids;  /* [batch * seq_len] */
+  uint8_t *mask; /* [batch * (seq_len - 1)] */
+  double *curve, *eval_curve; /* per step (NaN where none) */
+} run_t;
+
+/* Fills one micro-batch from examples ex[0..n): sequences padded to the longest (at most seq_len) with target
+ * masks covering each example's scored positions. Returns the micro-batch. */
+static tune_batch_t make_batch(run_t *r, const lm_example_t *const *ex, uint32_t n) {
+  uint32_t T = 2;
+  for (uint32_t i = 0; i < n; i++)
+    if (ex[i]->n > T) T = ex[i]->n;
+  for (uint32_t i = 0; i < n; i++) {
+    const lm_example_t *e = ex[i];
+    for (uint32_t j = 0; j < T; j++) r->ids[i * T + j] = j < e->n ? e->ids[j] : e->ids[e->n - 1];
+    for (uint32_t j = 0; j + 1 < T; j++) r->mask[i * (T - 1) + j] = j >= e->first && j + 1 < e->n;
+  }
+  return (tune_batch_t){r->ids, r->mask, n, T};
+}
+
+/* Token-weighted mean loss of a data set, in micro-batches. */
+static lt_status_t set_loss(run_t *r, const dataset_t *d, double *loss, lt_err_t *err) {
+  double sum = 0, count = 0;
+  const lm_example_t **ex = malloc(r->batch * sizeof *ex);
+  if (!ex) return lt_fail(err, LT_E_NOMEM, "out of memory");
+  lt_status_t st = LT_OK;
+  for (uint32_t i = 0; i < d->n && st == LT_OK; i += r->batch) {
+    uint32_t n = d->n - i < r->batch ? d->n - i : r->batch;
+    for (uint32_t j = 0; j < n; j++) ex[j] = &d->ex[i + j];
+    tune_batch_t b = make_batch(r, ex, n);
+    double c = 0, l = 0;
+    for (uint32_t j = 0; j < n * (b.T - 1); j++) c += b.mask[j];
+    if (c == 0) continue;
+    st = train_loss(r->t, b.ids, b.mask, b.n_seq, b.T, &l, err);
+    sum += l * c;
+    count += c;
+  }
+  free(ex);
+  *loss = count ? sum / count : NAN;
+  return st;
+}
+
+/* ---- checkpoints ---- */
+
+static lt_status_t state_write(run_t *r, uint64_t step, const char *dir, lt_err_t *err) {
+  char tmp[PATH_MAX + 8];
+  snprintf(tmp, sizeof tmp, "%s.tmp", r->state_path);
+  FILE *f = fopen(tmp, "w");
+  if (!f) return lt_fail(err, LT_E_IO, "cannot write %s: %s", tmp, strerror(errno));
+  bool ok = fprintf(f, "%" PRIu64 "\n%s\n", step, dir) > 0;
+  ok = fflush(f) == 0 && fsync(fileno(f)) == 0 && ok;
+  ok = fclose(f) == 0 && ok;
+  if (!ok || rename(tmp, r->state_path) != 0)
+    return lt_fail(err, LT_E_IO, "cannot write %s: %s", r->state_path, strerror(errno));
+  return LT_OK;
+}
+
+static uint64_t state_read(run_t *r, char *dir, size_t n) {
+  FILE *f = fopen(r->state_path, "r");
+  uint64_t step = 0;
+  dir[0] = 0;
+  if (!f) return 0;
+  if (fscanf(f, "%" SCNu64 "\n", &step) != 1 || !fgets(dir, (int)n, f)) step = 0;
+  fclose(f);
+  size_t len = strlen(dir);
+  if (step && (len < 2 || dir[len - 1] != '\n')) step = 0;
+  else if (len) dir[len - 1] = 0;
+  return step;
+}
+
+/* Host copies of the trainable tensors and their moments: 3 arrays per tensor. */
+typedef struct host_state {
+  uint32_t n;
+  float **val, **m, **v;
+} host_state_t;
+
+static void host_state_free(host_state_t *h) {
+  for (uint32_t i = 0; i < h->n; i++) {
+    if (h->val) free(h->val[i]);
+    if (h->m) free(h->m[i]);
+    if (h->v) free(h->v[i]);
+  }
+  free(h->val), free(h->m), free(h->v);
+  memset(h, 0, sizeof *h);
+}
+
+static lt_status_t host_state_alloc(host_state_t *h, const train_t *t, lt_err_t *err) {
+  h->n = train_tensor_count(t);
+  h->val = calloc(h->n + 1, sizeof *h->val), h->m = calloc(h->n + 1, sizeof *h->m), h->v = calloc(h->n + 1, sizeof *h->v);
+  if (!h->val || !h->m || !h->v) return lt_fail(err, LT_E_NOMEM, "out of memory");
+  for (uint32_t i = 0; i < h->n; i++) {
+    const train_tensor_t *x = train_tensor_at(t, i);
+    uint64_t b = (uint64_t)x->rows * x->cols * 4;
+    h->val[i] = malloc(b), h->m[i] = malloc(b), h->v[i] = malloc(b);
+    if (!h->val[i] || !h->m[i] || !h->v[i]) return lt_fail(err, LT_E_NOMEM, "out of memory");
+  }
+  return LT_OK;
+}
+
+/* An f32 tensor of the checkpoint file. */
+static ft_tensor_t f32_tensor(const char *name, uint32_t rows, uint32_t cols, const float *data) {
+  ft_tensor_t t = {.name = name, .dtype = FT_F32, .n_dims = 2, .shape = {rows, cols}, .data = data};
+  t.n_elems = (uint64_t)rows * cols;
+  t.nbytes = t.n_elems * 4;
+  return t;
+}
+
+/* Writes <output>/checkpoint-<step>/train-state.safetensors, the log flushed first, then names it in the state. */
+static lt_status_t checkpoint(run_t *r, uint64_t step, lt_err_t *err) {
+  host_state_t h = {0};
+  uint32_t steps = 0;
+  lt_status_t st = host_state_alloc(&h, r->t, err);
+  if (st == LT_OK) st = tuner_state_save(r->u, &steps, h.val, h.m, h.v, err);
+  ft_tensor_t *ts = st == LT_OK ? calloc(3 * (uint64_t)h.n + 1, sizeof *ts) : NULL;
+  char (*names)[200] = st == LT_OK ? calloc(3 * (uint64_t)h.n + 1, sizeof *names) : NULL;
+  if (st == LT_OK && (!ts || !names)) st = lt_fail(err, LT_E_NOMEM, "out of memory");
+  for (uint32_t i = 0; st == LT_OK && i < h.n; i++) {
+    const train_tensor_t *x = train_tensor_at(r->t, i);
+    snprintf(names[3 * i], 200, "%s", x->name);
+    snprintf(names[3 * i + 1], 200, "%s.adam_m", x->name);
+    snprintf(names[3 * i + 2], 200, "%s.adam_v", x->name);
+    ts[3 * i] = f32_tensor(names[3 * i], x->rows, x->cols, h.val[i]);
+    ts[3 * i + 1] = f32_tensor(names[3 * i + 1], x->rows, x->cols, h.m[i]);
+    ts[3 * i + 2] = f32_tensor(names[3 * i + 2], x->rows, x->cols, h.v[i]);
+  }
+  char dir[PATH_MAX], path[PATH_MAX + 32], sbuf[24];
+  snprintf(dir, sizeof dir, "%s/checkpoint-%" PRIu64, r->output, step);
+  snprintf(path, sizeof path, "%s/" CKPT_FILE, dir);
+  snprintf(sbuf, sizeof sbuf, "%" PRIu64, step);
+  const char *meta[] = {"format", "pt", "lathe_tune_steps", sbuf};
+  if (st == LT_OK && (fflush(r->log) != 0 || fsync(fileno(r->log)) != 0))
+    st = lt_fail(err, LT_E_IO, "writing %s: %s", r->log_path, strerror(errno));
+  if (st == LT_OK) st = util_mkdir_p(dir, 0755, err);
+  if (st == LT_OK) st = st_write(path, ts, 3 * h.n, meta, 2, err);
+  if (st == LT_OK) st = state_write(r, step, dir, err);
+  if (st == LT_OK) job_artifact(r->ctx, "checkpoint", dir);
+  free(ts), free(names);
+  host_state_free(&h);
+  return st;
+}
+
+/* Loads the checkpoint in dir (written after `step` steps) into the trainables and the optimiser. */
+static lt_status_t resume(run_t *r, const char *dir, uint64_t step, lt_err_t *err) {
+  char path[PATH_MAX + 32];
+  snprintf(path, sizeof path, "%s/" CKPT_FILE, dir);
+  st_file_t *f = NULL;
+  lt_status_t st = st_open(&f, path, err);
+  host_state_t h = {0};
+  if (st == LT_OK) st = host_state_alloc(&h, r->t, err);
+  for (uint32_t i = 0; st == LT_OK && i < h.n; i++) {
+    const train_tensor_t *x = train_tensor_at(r->t, i);
+    uint64_t n = (uint64_t)x->rows * x->cols;
+    float *dst[3] = {h.val[i], h.m[i], h.v[i]};
+    const char *suffix[3] = {"", ".adam_m", ".adam_v"};
+    for (int k = 0; k < 3 && st == LT_OK; k++) {
+      char name[200];
+      snprintf(name, sizeof name, "%s%s", x->name, suffix[k]);
+      const ft_tensor_t *t = st_find(f, name);
+      if (!t || t->dtype != FT_F32 || t->n_elems != n)
+        st = lt_fail(err, LT_E_CORRUPT, "cannot resume: %s lacks %s as f32 [%u, %u]", path, name, x->rows, x->cols);
+      else memcpy(dst[k], t->data, n * 4);
+    }
+  }
+  if (st == LT_OK) st = tuner_state_load(r->u, (uint32_t)step, h.val, h.m, h.v, err);
+  host_state_free(&h);
+  st_destroy(&f);
+  return st;
+}
+
+/* Opens the log for appending after `step` steps, keeping only the lines of steps before it. */
+static lt_status_t log_open(run_t *r, uint64_t step, lt_err_t *err) {
+  if (step == 0) {
+    r->log = fopen(r->log_path, "w");
+    return r->log ? LT_OK : lt_fail(err, LT_E_IO, "cannot write %s: %s", r->log_path, strerror(errno));
+  }
+  FILE *in = fopen(r->log_path, "r");
+  char tmp[PATH_MAX + 8];
+  snprintf(tmp, sizeof tmp, "%s.tmp", r->log_path);
+  FILE *out = fopen(tmp, "w");
+  lt_status_t st = out ? LT_OK : lt_fail(err, LT_E_IO, "cannot write %s: %s", tmp, strerror(errno));
+  char *line = NULL;
+  size_t cap = 0;
+  ssize_t len;
+  uint64_t kept = 0;
+  while (st == LT_OK && in && kept < step && (len = getline(&line, &cap, in)) > 0 && line[len - 1] == '\n') {
+    if (fwrite(line, 1, (size_t)len, out) != (size_t)len) st = lt_fail(err, LT_E_IO, "writing %s", tmp);
+    kept++;
+  }
+  free(line);
+  if (in) fclose(in);
+  if (out && fclose(out) != 0 && st == LT_OK) st = lt_fail(err, LT_E_IO, "writing %s", tmp);
+  if (st == LT_OK && rename(tmp, r->log_path) != 0) st = lt_fail(err, LT_E_IO, "cannot rename %s", tmp);
+  if (st == LT_OK && !(r->log = fopen(r->log_path, "a")))
+    st = lt_fail(err, LT_E_IO, "cannot append to %s: %s", r->log_path, strerror(errno));
+  return st;
+}
+
+/* ---- results ---- */
+
+/* Writes the trainable tensors (values) as one safetensors file at path. */
+static lt_status_t write_tensors(run_t *r, const char *path, lt_err_t *err) {
+  uint32_t n = train_tensor_count(r->t);
+  ft_tensor_t *ts = calloc(n + 1, sizeof *ts);
+  float **data = calloc(n + 1, sizeof *data);
+  lt_status_t st = ts && data ? LT_OK : lt_fail(err, LT_E_NOMEM, "out of memory");
+  for (uint32_t i = 0; st == LT_OK && i < n; i++) {
+    const train_tensor_t *x = train_tensor_at(r->t, i);
+    uint64_t b = (uint64_t)x->rows * x->cols * 4;
+    if (!(data[i] = malloc(b))) st = lt_fail(err, LT_E_NOMEM, "out of memory");
+    else st = gpu_download(x->value, 0, data[i], b, err);
+    ts[i] = f32_tensor(x->name, x->rows, x->cols, data[i]);
+  }
+  const char *meta[] = {"format", "pt"};
+  if (st == LT_OK) st = st_write(path, ts, n, meta, 1, err);
+  for (uint32_t i = 0; data && i < n; i++) free(data[i]);
+  free(ts), free(data);
+  return st;
+}
+
+static lt_status_t write_json(const char *path, json_t *j, lt_err_t *err) {
+  int rc = json_dump_file(j, path, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
+  json_decref(j);
+  return rc == 0 ? LT_OK : lt_fail(err, LT_E_IO, "cannot write %s", path);
+}
+
+/* PEFT's adapter_config.json for the run's LoRA settings. */
+static lt_status_t write_peft(run_t *r, lt_err_t *err) {
+  static const char *const mods[] = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"};
+  json_t *targets = json_array();
+  for (int i = 0; i < 7; i++)
+    if (r->to.lora_targets & (1u << i)) json_array_append_new(targets, json_string(mods[i]));
+  json_t *j = json_pack("{s:s, s:s, s:i, s:f, s:o, s:f, s:s, s:s, s:b, s:b}", "peft_type", "LORA", "task_type",
+                        "CAUSAL_LM", "r", (int)r->to.lora_rank, "lora_alpha", (double)r->to.lora_alpha,
+                        "target_modules", targets, "lora_dropout", 0.0, "bias", "none", "base_model_name_or_path",
+                        r->base, "fan_in_fan_out", 0, "inference_mode", 1);
+  char p[PATH_MAX + 32];
+  snprintf(p, sizeof p, "%s/adapter_config.json", r->output);
+  lt_status_t st = write_json(p, j, err);
+  snprintf(p, sizeof p, "%s/adapter_model.safetensors", r->output);
+  return st == LT_OK ? write_tensors(r, p, err) : st;
+}
+
+static lt_status_t write_adapter(run_t *r, lt_err_t *err) {
+  const model_config_t *c = model_config(r->m);
+  uint32_t a = train_tensor_at(r->t, 0)->rows;
+  json_t *j = json_pack("{s:s, s:i, s:i, s:i, s:s, s:s}", "lathe_adapter", "cogsteer-bottleneck", "layer",
+                        (int)r->to.adapter_layer, "bottleneck", (int)a, "hidden_size", (int)c->hidden_size,
+                        "placement", "h += relu(h D^T) U^T after the attention and after the MLP of the block",
+                        "base_model", r->base);
+  char p[PATH_MAX + 32];
+  snprintf(p, sizeof p, "%s/adapter_config.json", r->output);
+  lt_status_t st = write_json(p, j, err);
+  snprintf(p, sizeof p, "%s/adapter.safetensors", r->output);
+  return st == LT_OK ? write_tensors(r, p, err) : st;
+}
+
+/* The base's weight dtype, for --dtype base. */
+static lt_dtype_t base_dtype(const char *path) {
+  model_file_t *f = NULL;
+  lt_err_t e = {0};
+  if (model_file_open(&f, path, &e) != LT_OK) return LT_F32;
+  ft_dtype_t t = model_file_weights(f)->tok_embd.dtype;
+  model_file_destroy(&f);
+  return t == FT_F16 ? LT_F16 : t == FT_BF16 ? LT_BF16 : LT_F32;
+}
+
+/* LoRA merged into the base: a second copy of the base in f32, W += (alpha / r) B A for every pair, written as a
+ * Hugging Face folder in the base's dtype. */
+static lt_status_t write_merged(run_t *r, gpu_t *g, lt_err_t *err) {
+  model_load_opts_t lo = {.force_f32 = true};
+  model_t *mm = model_load(g, r->base, &lo, err);
+  if (!mm) return err ? err->code : LT_E_IO;
+  lt_status_t st = LT_OK;
+  float s = r->to.lora_alpha / (float)r->to.lora_rank;
+  for (uint32_t i = 0; st == LT_OK && i + 1 < train_tensor_count(r->t); i += 2) {
+    const train_tensor_t *A = train_tensor_at(r->t, i), *B = train_tensor_at(r->t, i + 1);
+    char name[160];
+    const char *from = A->name + strlen("base_model.model."), *end = strstr(from, ".lora_A.weight");
+    snprintf(name, sizeof name, "%.*s.weight", (int)(end - from), from);
+    const model_param_t *p = NULL;
+    for (uint32_t k = 0; k < model_param_count(mm) && !p; k++)
+      if (!strcmp(model_param_at(mm, k)->name, name)) p = model_param_at(mm, k);
+    if (!p || p->n_rows != p->rows) {
+      st = lt_fail(err, LT_E_INVALID, "merge: %s is missing or split on this device", name);
+      break;
+    }
+    uint32_t out = B->rows, in = A->cols, rk = A->rows;
+    float *w = malloc((uint64_t)out * in * 4), *a = malloc((uint64_t)rk * in * 4), *b = malloc((uint64_t)out * rk * 4);
+    if (!w || !a || !b) st = lt_fail(err, LT_E_NOMEM, "out of memory merging %s", name);
+    if (st == LT_OK) st = gpu_download(p->buf, 0, w, (uint64_t)out * in * 4, err);
+    if (st == LT_OK) st = gpu_download(A->value, 0, a, (uint64_t)rk * in * 4, err);
+    if (st == LT_OK) st = gpu_download(B->value, 0, b, (uint64_t)out * rk * 4, err);
+    for (uint32_t o = 0; st == LT_OK && o < out; o++)
+      for (uint32_t j = 0; j < in; j++) {
+        double d = 0;
+        for (uint32_t q = 0; q < rk; q++) d += (double)b[(uint64_t)o * rk + q] * a[(uint64_t)q * in + j];
+        w[(uint64_t)o * in + j] += (float)(s * d);
+      }
+    if (st == LT_OK) st = gpu_upload(p->buf, 0, w, (uint64_t)out * in * 4, err);
+    free(w), free(a), free(b);
+  }
+  char dir[PATH_MAX + 8];
+  snprintf(dir, sizeof dir, "%s/merged", r->output);
+  model_save_opts_t so = {.f32_as = base_dtype(r->base)};
+  if (st == LT_OK) st = model_save(mm, dir, &so, err);
+  model_destroy(&mm);
+  return st;
+}
+
+static void plot_write(run_t *r) {
+  char p[PATH_MAX + 16];
+  snprintf(p, sizeof p, "%s/loss.svg", r->output);
+  plot_curve_t curves[2] = {{"train loss", r->curve, 0}, {"eval loss", r->eval_curve, 0}};
+  char title[160];
+  snprintf(title, sizeof title, "tune --train %s: loss per step", r->what);
+  plot_spec_t spec = {.title = title, .subtitle = r->base, .xlabel = "step", .ylabel = {"loss", NULL},
+                      .n = (uint32_t)r->steps + 1, .curves = curves, .n_curves = 2, .band_lo = -1, .band_hi = -1,
+                      .mark = -1};
+  lt_err_t e = {0};
+  if (plot_svg_write(p, &spec, &e) == LT_OK) job_artifact(r->ctx, "plot", p);
+  else job_log(r->ctx, "loss curve not written: %s", e.msg);
+}
+
+/* ---- the loop ---- */
+
+static job_outcome_t loop(run_t *r, uint64_t start, lt_err_t *err) {
+  job_ctx_t *ctx = r->ctx;
+  uint32_t per_step = r->batch * r->accum;
+  uint32_t *idx = malloc(per_step * sizeof *idx);
+  const lm_example_t **ex = malloc(per_step * sizeof *ex);
+  tune_batch_t *mb = malloc(r->accum * sizeof *mb);
+  int32_t **mids = calloc(r->accum, sizeof *mids);
+  uint8_t **mmask = calloc(r->accum, sizeof *mmask);
+  int32_t *eval_ids = r->ids; /* make_batch fills r->ids / r->mask: the micro-batches get their own, evals these */
+  uint8_t *eval_mask = r->mask;
+  job_outcome_t out = JOB_FAILED;
+  if (!idx || !ex || !mb || !mids || !mmask) {
+    lt_fail(err, LT_E_NOMEM, "out of memory");
+    goto done;
+  }
+  for (uint32_t k = 0; k < r->accum; k++) {
+    mids[k] = malloc((uint64_t)r->batch * r->seq_len * 4);
+    mmask[k] = malloc((uint64_t)r->batch * r->seq_len);
+    if (!mids[k] || !mmask[k]) {
+      lt_fail(err, LT_E_NOMEM, "out of memory");
+      goto done;
+    }
+  }
+  int64_t t0 = util_mono_ms();
+  uint64_t tokens = 0;
+  for (uint64_t s = start; s < r->steps; s++) {
+    job_stop_t stop = job_should_stop(ctx);
+    if (stop == JOB_STOP_CANCEL) {
+      out = JOB_CANCELLED;
+      goto done;
+    }
+    if (stop == JOB_STOP_CHECKPOINT) {
+      out = s > start && checkpoint(r, s, err) != LT_OK ? JOB_FAILED : JOB_STOPPED;
+      goto done;
+    }
+    zo_sample(r->seed, s, per_step, r->data.n, idx);
+    for (uint32_t j = 0; j < per_step; j++) ex[j] = &r->data.ex[idx[j]];
+    for (uint32_t k = 0; k < r->accum; k++) {
+      r->ids = mids[k], r->mask = mmask[k];
+      mb[k] = make_batch(r, ex + k * r->batch, r->batch);
+      tokens += (uint64_t)mb[k].n_seq * mb[k].T;
+    }
+    r->ids = eval_ids, r->mask = eval_mask;
+    tune_step_info_t info;
+    if (tuner_step(r->u, mb, r->accum, &info, err) != LT_OK) {
+      if (err->code == LT_E_NUMERIC) job_log(ctx, "%s; the last checkpoint is kept", err->msg);
+      goto done;
+    }
+    r->curve[s + 1] = info.loss;
+    double secs = (double)(util_mono_ms() - t0) / 1000.0, rate = secs > 0 ? (double)(s + 1 - start) / secs : 0;
+    double eta = rate > 0 ? (double)(r->steps - s - 1) / rate : 0;
+    job_progress(ctx, s + 1, r->steps, "steps");
+    job_metric(ctx, "loss", info.loss, s + 1);
+    job_metric(ctx, "lr", info.lr, s + 1);
+    job_metric(ctx, "grad_norm", info.grad_norm, s + 1);
+    job_metric(ctx, "tokens_per_s", secs > 0 ? (double)tokens / secs : 0, s + 1);
+    job_metric(ctx, "eta_s", eta, s + 1);
+    fprintf(r->log, "{\"step\": %" PRIu64 ", \"loss\": %.9g, \"lr\": %.9g, \"grad_norm\": %.9g}\n", s + 1, info.loss,
+            info.lr, info.grad_norm);
+    bool last = s + 1 == r->steps;
+    char el[48] = "";
+    if (r->eval.n && (last || (r->eval_every && (s + 1) % r->eval_every == 0))) {
+      double e;
+      if (set_loss(r, &r->eval, &e, err) != LT_OK) goto done;
+      r->eval_curve[s + 1] = e;
+      job_metric(ctx, "eval_loss", e, s + 1);
+      snprintf(el, sizeof el, ", eval loss %.4f", e);
+    }
+    job_log(ctx, "step %" PRIu64 "/%" PRIu64 ": loss %.4f%s, lr %.3g, %.0f tokens/s, ETA %.0fs", s + 1, r->steps,
+            info.loss, el, info.lr, secs > 0 ? (double)tokens / secs : 0, eta);
+    if (!last && r->save_every && (s + 1) % r->save_every == 0 && checkpoint(r, s + 1, err) != LT_OK) goto done;
+  }
+  out = JOB_SUCCEEDED;
+done:
+  for (uint32_t k = 0; mids && mmask && k < r->accum; k++) free(mids[k]), free(mmask[k]);
+  free(mids), free(mmask), free(idx), free(ex), free(mb);
+  r->ids = eval_ids, r->mask = eval_mask;
+  return out;
+}
+
+/* Parses "q,v,down" into TRAIN_LORA_* bits (the daemon's validator has checked every name). */
+static uint32_t lora_bits(const char *list) {
+  static const char *const known[] = {"q", "k", "v", "o", "gate", "up", "down"};
+  uint32_t bits = 0;
+  for (const char *s = list; *s;) {
+    size_t n = strcspn(s, ",");
+    for (int i = 0; i < 7; i++)
+      if (strlen(known[i]) == n && !strncmp(known[i], s, n)) bits |= 1u << i;
+    s += n + (s[n] == ',');
+  }
+  return bits;
+}
+
+job_outcome_t run_tune(job_ctx_t *ctx, lt_err_t *err) {
+  run_t r = {.ctx = ctx,
+             .base = job_param_str(ctx, "model"),
+             .output = job_param_str(ctx, "output"),
+             .what = job_param_str(ctx, "train"),
+             .batch = (uint32_t)job_param_int(ctx, "batch"),
+             .accum = (uint32_t)job_param_int(ctx, "grad_accum"),
+             .seq_len = (uint32_t)job_param_int(ctx, "seq_len"),
+             .steps = (uint64_t)job_param_int(ctx, "steps"),
+             .eval_every = (uint64_t)job_param_int(ctx, "eval_every"),
+             .save_every = (uint64_t)job_param_int(ctx, "save_every"),
+             .seed = (uint64_t)job_param_int(ctx, "seed")};
+  const char *sched = job_param_str(ctx, "schedule");
+  r.o = (tune_opts_t){.lr = job_param_float(ctx, "lr"),
+                      .weight_decay = job_param_float(ctx, "weight_decay"),
+                      .clip = job_param_float(ctx, "clip"),
+                      .sam_rho = job_param_float(ctx, "sam_rho"),
+                      .warmup = (uint32_t)job_param_int(ctx, "warmup"),
+                      .steps = (uint32_t)r.steps,
+                      .schedule = !strcmp(sched, "linear") ? TUNE_LINEAR
+                                  : !strcmp(sched, "constant") ? TUNE_CONSTANT
+                                                               : TUNE_COSINE};
+  bool full = !strcmp(r.what, "full"), lora = !strcmp(r.what, "lora");
+  r.to = (train_opts_t){.what = full ? TRAIN_FULL : lora ? TRAIN_LORA : TRAIN_ADAPTER,
+                        .lora_rank = (uint32_t)job_param_int(ctx, "lora_rank"),
+                        .lora_alpha = (float)job_param_float(ctx, "lora_alpha"),
+                        .lora_targets = lora_bits(job_param_str(ctx, "lora_targets")),
+                        .adapter_layer = (uint32_t)(job_param_int(ctx, "layer") < 0 ? 0 : job_param_int(ctx, "layer")),
+                        .adapter_dim = (uint32_t)job_param_int(ctx, "adapter_dim"),
+                        .seed = r.seed,
+                        .recompute = job_param_bool(ctx, "recompute")};
+  unsigned flags = job_param_bool(ctx, "add_bos") ? TOK_ADD_BOS : 0;
+  const char *eval_path = job_param_str(ctx, "eval"), *general_path = job_param_str(ctx, "eval_general");
+  snprintf(r.state_path, sizeof r.state_path, "%s/" STATE_NAME, job_dir(ctx));
+  snprintf(r.log_path, sizeof r.log_path, "%s/" LOG_NAME, r.output);
+  job_outcome_t out = JOB_FAILED;
+  double general_before = NAN, general_after = NAN, eval_first = NAN, eval_last = NAN;
+  tok_t *tok = model_tokenizer_open(r.base, err);
+  if (!tok) return JOB_FAILED;
+  if (util_mkdir_p(r.output, 0755, err) != LT_OK) goto done;
+  gpu_t *g = job_gpu(ctx, err);
+  if (!g) goto done;
+  model_load_opts_t lo = {.force_f32 = full};
+  if (!(r.m = model_load(g, r.base, &lo, err))) goto done;
+  uint32_t max_pos = model_config(r.m)->max_position;
+  if (max_pos && r.seq_len > max_pos) r.seq_len = max_pos;
+  if (dataset_read(&r.data, tok, job_param_str(ctx, "data"), flags, r.seq_len, err) != LT_OK) goto done;
+  if (*eval_path && dataset_read(&r.eval, tok, eval_path, flags, r.seq_len, err) != LT_OK) goto done;
+  if (*general_path && dataset_read(&r.general, tok, general_path, flags, r.seq_len, err) != LT_OK) goto done;
+  if (r.data.cut)
+    job_log(ctx, "%" PRIu64 " training rows are longer than %u tokens and were cut to it", r.data.cut, r.seq_len);
+  job_log(ctx, "%u training rows (%" PRIu64 " skipped: nothing to score), %u eval rows, %u general rows", r.data.n,
+          r.data.skipped, r.eval.n, r.general.n);
+  if (!(r.t = train_new(r.m, &r.to, err))) goto done;
+  if (!(r.u = tuner_new(r.t, &r.o, err))) goto done;
+  if (!(r.ids = malloc((uint64_t)r.batch * r.seq_len * 4)) || !(r.mask = malloc((uint64_t)r.batch * r.seq_len)) ||
+      !(r.curve = malloc((r.steps + 1) * sizeof *r.curve)) ||
+      !(r.eval_curve = malloc((r.steps + 1) * sizeof *r.eval_curve))) {
+    lt_fail(err, LT_E_NOMEM, "out of memory");
+    goto done;
+  }
+  for (uint64_t i = 0; i <= r.steps; i++) r.curve[i] = r.eval_curve[i] = NAN;
+  uint64_t n_train = 0;
+  for (uint32_t i = 0; i < train_tensor_count(r.t); i++)
+    n_train += (uint64_t)train_tensor_at(r.t, i)->rows * train_tensor_at(r.t, i)->cols;
+  job_log(ctx, "training %s: %" PRIu64 " trainable parameters in %u tensors, lr %g, batch %u x %u, %" PRIu64 " steps%s",
+          r.what, n_train, train_tensor_count(r.t), r.o.lr, r.batch, r.accum, r.steps, r.o.sam_rho > 0 ? ", SAM" : "");
+  if (r.general.n && set_loss(&r, &r.general, &general_before, err) != LT_OK) goto done;
+  char ckpt[PATH_MAX];
+  uint64_t start = state_read(&r, ckpt, sizeof ckpt);
+  if (start > r.steps) start = 0;
+  if (start && resume(&r, ckpt, start, err) != LT_OK) goto done;
+  if (start) job_log(ctx, "attempt %u: resuming from %s (step %" PRIu64 ")", job_attempt(ctx), ckpt, start);
+  if (log_open(&r, start, err) != LT_OK) goto done;
+  if (r.eval.n) {
+    if (set_loss(&r, &r.eval, &eval_first, err) != LT_OK) goto done;
+    r.eval_curve[start] = eval_last = eval_first;
+    job_metric(ctx, "eval_loss", eval_first, start);
+    job_log(ctx, "eval loss at step %" PRIu64 ": %.4f", start, eval_first);
+  }
+  out = loop(&r, start, err);
+  if (out != JOB_SUCCEEDED) goto done;
+  out = JOB_FAILED;
+  for (uint64_t s = r.steps + 1; r.eval.n && s-- > 0;)
+    if (!isnan(r.eval_curve[s])) {
+      eval_last = r.eval_curve[s];
+      break;
+    }
+  if (r.general.n && set_loss(&r, &r.general, &general_after, err) != LT_OK) goto done;
+  if (fflush(r.log) != 0) {
+    lt_fail(err, LT_E_IO, "writing %s", r.log_path);
+    goto done;
+  }
+  lt_status_t st;
+  if (full) {
+    const char *dt = job_param_str(ctx, "dtype");
+    model_save_opts_t so = {.f32_as = !strcmp(dt, "f16") ? LT_F16 : !strcmp(dt, "bf16") ? LT_BF16
+                                                       : !strcmp(dt, "f32") ? LT_F32 : base_dtype(r.base)};
+    st = model_save(r.m, r.output, &so, err);
+  } else if (lora) {
+    st = write_peft(&r, err);
+    if (st == LT_OK && job_param_bool(ctx, "merge")) st = write_merged(&r, g, err);
+  } else {
+    st = write_adapter(&r, err);
+  }
+  if (st != LT_OK) goto done;
+  plot_write(&r);
+  job_artifact(ctx, full ? "model" : "adapter", r.output);
+  job_artifact(ctx, "log", r.log_path);
+  job_result_int(ctx, "steps", (int64_t)r.steps);
+  job_result_int(ctx, "resumed_from", (int64_t)start);
+  job_result_str(ctx, "output", r.output);
+  job_result_str(ctx, "train", r.what);
+  if (!isnan(r.curve[r.steps])) job_result_float(ctx, "loss", r.curve[r.steps]);
+  job_output_begin(ctx);
+  job_output_str(ctx, "output", r.output);
+  job_output_int(ctx, "steps", (int64_t)r.steps);
+  if (r.eval.n) {
+    job_result_float(ctx, start ? "eval_loss_at_resume" : "eval_loss_base", eval_first);
+    job_result_float(ctx, "eval_loss", eval_last);
+    job_output_float(ctx, "eval_loss_base", eval_first);
+    job_output_float(ctx, "eval_loss", eval_last);
+  }
+  if (r.general.n) {
+    job_result_float(ctx, "general_loss_before", general_before);
+    job_result_float(ctx, "general_loss_after", general_after);
+    job_result_float(ctx, "forgetting", general_after - general_before);
+    job_output_float(ctx, "general_loss_before", general_before);
+    job_output_float(ctx, "general_loss_after", general_after);
+    job_output_float(ctx, "forgetting", general_after - general_before);
+  }
+  job_output_end(ctx);
+  out = JOB_SUCCEEDED;
+done:
+  if (r.log) fclose(r.log);
+  tuner_destroy(&r.u);
+  train_destroy(&r.t);
+  model_destroy(&r.m);
+  dataset_free(&r.data);
+  dataset_free(&r.eval);
+  dataset_free(&r.general);
+  free(r.ids), free(r.mask), free(r.curve), free(r.eval_curve);
+  tok_destroy(&tok);
+  return out;
+}
