@@ -38,7 +38,8 @@ if(LATHE_TESTS AND EXISTS ${CMAKE_SOURCE_DIR}/tests/daemon)
   add_executable(test_daemon ${DAEMON_TEST_SRC})
   target_include_directories(test_daemon PRIVATE ${CMAKE_SOURCE_DIR}/tests ${CRITERION_D_INCLUDE_DIRS}
                              ${SQLITE_INCLUDE_DIRS})
-  target_link_libraries(test_daemon lathe_client lathe_kinds ${CRITERION_D_LINK_LIBRARIES} ${SQLITE_LINK_LIBRARIES})
+  target_link_libraries(test_daemon lathe_client lathe_kinds ${CRITERION_D_LINK_LIBRARIES} ${SQLITE_LINK_LIBRARIES}
+                        ${JANSSON_CLI_LINK_LIBRARIES})
   # The tests start the real binaries from the build folder.
   target_compile_definitions(test_daemon PRIVATE LATHE_BIN_DIR="${CMAKE_BINARY_DIR}/bin"
                              LATHE_SOURCE_DIR="${CMAKE_SOURCE_DIR}")
