@@ -21,11 +21,23 @@ add_executable(lathed daemon/lathed.c daemon/ops.c daemon/events.c daemon/sched.
 target_include_directories(lathed PRIVATE ${SQLITE_INCLUDE_DIRS})
 target_link_libraries(lathed lathe_kinds ${SQLITE_LINK_LIBRARIES})
 
-# Every jobs/*.c but the table itself holds runners (one file per kind) for the worker.
+# Every jobs/*.c but the table itself: the runners (one file per kind), the runner API over a host (job.c) and the
+# in-process host (job_local.c). The worker is the daemon's host; tests and tools use the in-process one.
 file(GLOB RUNNER_SRC CONFIGURE_DEPENDS ${CMAKE_SOURCE_DIR}/jobs/*.c)
 list(REMOVE_ITEM RUNNER_SRC ${CMAKE_SOURCE_DIR}/jobs/kinds.c)
-add_executable(lathe-worker daemon/worker.c ${RUNNER_SRC})
-target_link_libraries(lathe-worker lathe_kinds lathe_methods Threads::Threads)
+add_library(lathe_jobs STATIC ${RUNNER_SRC})
+target_link_libraries(lathe_jobs PUBLIC lathe_kinds lathe_methods Threads::Threads)
+add_executable(lathe-worker daemon/worker.c)
+target_link_libraries(lathe-worker lathe_jobs)
+
+if(LATHE_TESTS AND EXISTS ${CMAKE_SOURCE_DIR}/tests/jobs)
+  pkg_check_modules(CRITERION_J REQUIRED criterion)
+  file(GLOB JOBS_TEST_SRC CONFIGURE_DEPENDS ${CMAKE_SOURCE_DIR}/tests/jobs/test_*.c ${CMAKE_SOURCE_DIR}/tests/support/*.c)
+  add_executable(test_jobs ${JOBS_TEST_SRC})
+  target_include_directories(test_jobs PRIVATE ${CMAKE_SOURCE_DIR}/tests ${CRITERION_J_INCLUDE_DIRS})
+  target_link_libraries(test_jobs lathe_jobs lathe_ref ${CRITERION_J_LIBRARIES})
+  target_compile_definitions(test_jobs PRIVATE LATHE_SOURCE_DIR="${CMAKE_SOURCE_DIR}")
+endif()
 
 pkg_check_modules(JANSSON_CLI REQUIRED jansson)
 add_executable(lathe client/lathe.c)

@@ -31,173 +31,33 @@ typedef struct runner {
   int64_t keep_alive_ms;
 } runner_t;
 
-struct job_ctx {
-  runner_t *r;
-  int64_t id;
-  uint32_t attempt;
-  char dir[PATH_MAX];
-  const msgpack_object *params;
-  job_stop_t stop;
-  mpw_t result;
-  mpw_t out; /* the output record being built */
-  char **strs; /* NUL-terminated copies handed out by job_param_str */
-  size_t n_strs;
-};
-
 /* Sends a writer's bytes over the runner's PAIR (to the I/O thread, which forwards them to lathed). */
 static void pair_send(void *pair, mpw_t *w) {
   zmq_send(pair, w->sb.data, w->sb.size, 0);
   mpw_free(w);
 }
 
-/* Starts an event message {t: event, job, type, data: {...}}: the caller adds data fields then calls
- * event_end(). */
-static void event_begin(job_ctx_t *c, mpw_t *w, const char *type) {
-  mpw_init(w);
-  mpw_map(w);
-  mpw_kstr(w, "t", "event");
-  mpw_kint(w, "job", c->id);
-  mpw_kstr(w, "type", type);
-  mpw_str(w, "data");
-  mpw_map(w);
-}
+/* ---- the worker as a job host (jobs/job.h) ---- */
 
-static void event_end(job_ctx_t *c, mpw_t *w) {
-  mpw_end(w);
-  mpw_end(w);
-  pair_send(c->r->pair, w);
-}
+/* Events go to lathed through the I/O thread. */
+static void host_emit(void *host, const void *msg, size_t n) { zmq_send(((runner_t *)host)->pair, msg, n, 0); }
 
-int64_t job_id(const job_ctx_t *c) { return c->id; }
-uint32_t job_attempt(const job_ctx_t *c) { return c->attempt; }
-const char *job_dir(const job_ctx_t *c) { return c->dir; }
-
-static const msgpack_object *param(const job_ctx_t *c, const char *key) {
-  const msgpack_object *o = mp_get(c->params, key);
-  if (!o) {
-    /* The daemon normalises params against the same table: a missing key is a programming error. */
-    fprintf(stderr, "lathe-worker: job %lld has no parameter %s\n", (long long)c->id, key);
-    abort();
-  }
-  return o;
-}
-
-int64_t job_param_int(const job_ctx_t *c, const char *key) {
-  int64_t v = 0;
-  mp_as_int(param(c, key), &v);
-  return v;
-}
-
-double job_param_float(const job_ctx_t *c, const char *key) {
-  const msgpack_object *o = param(c, key);
-  int64_t i;
-  if (o->type == MSGPACK_OBJECT_FLOAT32 || o->type == MSGPACK_OBJECT_FLOAT64) return o->via.f64;
-  return mp_as_int(o, &i) ? (double)i : 0;
-}
-
-bool job_param_bool(const job_ctx_t *c, const char *key) {
-  const msgpack_object *o = param(c, key);
-  return o->type == MSGPACK_OBJECT_BOOLEAN && o->via.boolean;
-}
-
-/* Keeps a NUL-terminated copy of a string object for the job's lifetime; "" when o is not a string. */
-static const char *keep_str(job_ctx_t *c, const msgpack_object *o) {
-  char **strs = o->type == MSGPACK_OBJECT_STR ? realloc(c->strs, (c->n_strs + 1) * sizeof *strs) : NULL;
-  if (!strs) return "";
-  c->strs = strs;
-  char *s = o->via.str.size ? strndup(o->via.str.ptr, o->via.str.size) : strdup("");
-  if (!s) return "";
-  c->strs[c->n_strs++] = s;
-  return s;
-}
-
-const char *job_param_str(job_ctx_t *c, const char *key) { return keep_str(c, param(c, key)); }
-
-size_t job_param_list_len(job_ctx_t *c, const char *key) {
-  const msgpack_object *o = param(c, key);
-  return o->type == MSGPACK_OBJECT_ARRAY ? o->via.array.size : 0;
-}
-
-const char *job_param_list_at(job_ctx_t *c, const char *key, size_t i) {
-  const msgpack_object *o = param(c, key);
-  return o->type == MSGPACK_OBJECT_ARRAY && i < o->via.array.size ? keep_str(c, &o->via.array.ptr[i]) : "";
-}
-
-job_stop_t job_should_stop(job_ctx_t *c) {
+/* Cancel, exit and checkpoint commands arrive from the I/O thread on the PAIR. */
+static job_stop_t host_poll_stop(void *host) {
+  runner_t *r = host;
+  job_stop_t stop = JOB_GO;
   char buf[512];
   int n;
-  while ((n = zmq_recv(c->r->pair, buf, sizeof buf, ZMQ_DONTWAIT)) >= 0) {
+  while ((n = zmq_recv(r->pair, buf, sizeof buf, ZMQ_DONTWAIT)) >= 0) {
     proto_err_t e;
     mp_doc_t *d = mp_doc_parse(buf, (size_t)(n < (int)sizeof buf ? n : (int)sizeof buf), &e);
     const msgpack_object *t = d ? mp_get(mp_doc_root(d), "t") : NULL;
-    if (mp_str_is(t, "cancel") || mp_str_is(t, "exit")) c->stop = JOB_STOP_CANCEL;
-    else if (mp_str_is(t, "checkpoint") && c->stop != JOB_STOP_CANCEL) c->stop = JOB_STOP_CHECKPOINT;
+    if (mp_str_is(t, "cancel") || mp_str_is(t, "exit")) stop = JOB_STOP_CANCEL;
+    else if (mp_str_is(t, "checkpoint") && stop != JOB_STOP_CANCEL) stop = JOB_STOP_CHECKPOINT;
     mp_doc_destroy(&d);
   }
-  return c->stop;
+  return stop;
 }
-
-void job_progress(job_ctx_t *c, uint64_t step, uint64_t total, const char *unit) {
-  mpw_t w;
-  event_begin(c, &w, "progress");
-  mpw_kint(&w, "step", (int64_t)step);
-  mpw_kint(&w, "total", (int64_t)total);
-  mpw_kstr(&w, "unit", unit ? unit : "");
-  event_end(c, &w);
-}
-
-void job_log(job_ctx_t *c, const char *fmt, ...) {
-  char msg[1024];
-  va_list ap;
-  va_start(ap, fmt);
-  vsnprintf(msg, sizeof msg, fmt, ap);
-  va_end(ap);
-  mpw_t w;
-  event_begin(c, &w, "log");
-  mpw_kstr(&w, "msg", msg);
-  event_end(c, &w);
-}
-
-void job_metric(job_ctx_t *c, const char *name, double value, uint64_t step) {
-  mpw_t w;
-  event_begin(c, &w, "metric");
-  mpw_kstr(&w, "name", name);
-  mpw_kdouble(&w, "value", value);
-  mpw_kint(&w, "step", (int64_t)step);
-  event_end(c, &w);
-}
-
-void job_output_begin(job_ctx_t *c) { event_begin(c, &c->out, "output"); }
-void job_output_str(job_ctx_t *c, const char *key, const char *v) { mpw_kstr(&c->out, key, v); }
-void job_output_int(job_ctx_t *c, const char *key, int64_t v) { mpw_kint(&c->out, key, v); }
-void job_output_float(job_ctx_t *c, const char *key, double v) { mpw_kdouble(&c->out, key, v); }
-void job_output_ints(job_ctx_t *c, const char *key, const int32_t *v, size_t n) {
-  mpw_str(&c->out, key);
-  mpw_array(&c->out);
-  for (size_t i = 0; i < n; i++) mpw_int(&c->out, v[i]);
-  mpw_end(&c->out);
-}
-void job_output_bool(job_ctx_t *c, const char *key, bool v) { mpw_kbool(&c->out, key, v); }
-void job_output_null(job_ctx_t *c, const char *key) { mpw_knil(&c->out, key); }
-void job_output_list_begin(job_ctx_t *c, const char *key) {
-  if (key) mpw_str(&c->out, key);
-  mpw_array(&c->out);
-}
-void job_output_list_str(job_ctx_t *c, const char *v) { mpw_str(&c->out, v); }
-void job_output_list_end(job_ctx_t *c) { mpw_end(&c->out); }
-void job_output_end(job_ctx_t *c) { event_end(c, &c->out); }
-
-void job_artifact(job_ctx_t *c, const char *name, const char *relpath) {
-  mpw_t w;
-  event_begin(c, &w, "artifact");
-  mpw_kstr(&w, "name", name);
-  mpw_kstr(&w, "path", relpath);
-  event_end(c, &w);
-}
-
-void job_result_int(job_ctx_t *c, const char *key, int64_t v) { mpw_kint(&c->result, key, v); }
-void job_result_float(job_ctx_t *c, const char *key, double v) { mpw_kdouble(&c->result, key, v); }
-void job_result_str(job_ctx_t *c, const char *key, const char *v) { mpw_kstr(&c->result, key, v); }
 
 /* Tells the I/O thread which device is open ("" when none), for the heartbeats. */
 static void announce_device(runner_t *r) {
@@ -210,8 +70,10 @@ static void announce_device(runner_t *r) {
   pair_send(r->pair, &w);
 }
 
-gpu_t *job_gpu(job_ctx_t *c, lt_err_t *err) {
-  runner_t *r = c->r;
+/* The device, opened on first use and kept between jobs (the keep-alive). */
+static gpu_t *host_gpu(void *host, job_ctx_t *c, lt_err_t *err) {
+  (void)c;
+  runner_t *r = host;
   if (!r->gpu && (r->gpu = gpu_new(NULL, err))) announce_device(r);
   return r->gpu;
 }
@@ -223,15 +85,16 @@ static void drop_model(runner_t *r) {
   r->model_path[0] = '\0';
 }
 
-model_t *job_model(job_ctx_t *c, const char *path, tok_t **tok, lt_err_t *err) {
-  runner_t *r = c->r;
+/* The model at path: the kept one when it is the same, else loaded (and kept for the next job). */
+static model_t *host_model(void *host, job_ctx_t *c, const char *path, tok_t **tok, lt_err_t *err) {
+  runner_t *r = host;
   if (r->model && strcmp(r->model_path, path) == 0) {
     job_log(c, "model %s already loaded", path);
     *tok = r->tok;
     return r->model;
   }
   drop_model(r);
-  gpu_t *g = job_gpu(c, err);
+  gpu_t *g = host_gpu(r, c, err);
   if (!g) return NULL;
   tok_t *t = model_tokenizer_open(path, err);
   if (!t) return NULL;
@@ -260,41 +123,35 @@ static const char *outcome_str(job_outcome_t o) {
   return "failed";
 }
 
+static const job_host_t WORKER_HOST = {host_emit, host_poll_stop, host_gpu, host_model};
+
 /* Runs the job a "run" command describes and reports {t: done, job, status, reason, result}. */
 static void run_job(runner_t *r, const msgpack_object *m) {
-  job_ctx_t c = {.r = r};
-  char kname[32] = "";
-  int64_t attempt = 1;
-  mp_field_int(m, "", "job", true, 1, INT64_MAX, &c.id, NULL);
+  char kname[32] = "", dir[PATH_MAX] = "";
+  int64_t id = 0, attempt = 1;
+  const msgpack_object *params = NULL;
+  mp_field_int(m, "", "job", true, 1, INT64_MAX, &id, NULL);
   mp_field_int(m, "", "attempt", false, 0, UINT32_MAX, &attempt, NULL);
-  c.attempt = (uint32_t)attempt;
   mp_field_str(m, "", "kind", true, kname, sizeof kname, NULL);
-  mp_field_str(m, "", "dir", true, c.dir, sizeof c.dir, NULL);
-  mp_field_map(m, "", "params", true, &c.params, NULL);
-  mpw_init(&c.result);
-  mpw_map(&c.result);
-  const kind_t *k = kind_find(kname, strlen(kname));
-  kind_run_fn fn = k ? runner_for(k) : NULL;
+  mp_field_str(m, "", "dir", true, dir, sizeof dir, NULL);
+  mp_field_map(m, "", "params", true, &params, NULL);
+  job_spec_t spec = {.id = id, .attempt = (uint32_t)attempt, .kind = kname, .dir = dir, .params = params};
+  mpw_t result;
+  mpw_init(&result);
   lt_err_t err = {0};
-  job_outcome_t out = JOB_FAILED;
-  if (!fn || !c.params) lt_fail(&err, LT_E_INVALID, "this worker cannot run kind '%s'", kname);
-  else out = fn(&c, &err);
-  if (out == JOB_FAILED && !err.msg[0]) lt_fail(&err, LT_E_INVALID, "the runner failed without a reason");
-  mpw_end(&c.result);
+  job_outcome_t out = job_run(&WORKER_HOST, r, &spec, &result, &err);
   mpw_t w;
   mpw_init(&w);
   mpw_map(&w);
   mpw_kstr(&w, "t", "done");
-  mpw_kint(&w, "job", c.id);
+  mpw_kint(&w, "job", id);
   mpw_kstr(&w, "status", outcome_str(out));
   mpw_kstr(&w, "reason", out == JOB_FAILED ? err.msg : "");
   mpw_str(&w, "result");
-  mpw_raw(&w, c.result.sb.data, c.result.sb.size);
+  mpw_raw(&w, result.sb.data, result.sb.size);
   mpw_end(&w);
   pair_send(r->pair, &w);
-  mpw_free(&c.result);
-  for (size_t i = 0; i < c.n_strs; i++) free(c.strs[i]);
-  free(c.strs);
+  mpw_free(&result);
   r->idle_since_mono = util_mono_ms();
 }
 

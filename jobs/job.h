@@ -1,12 +1,16 @@
 /* What a runner sees of its job: parameters, its artifact folder, stop requests, and calls that emit events
- * (progress, log lines, metrics, artifacts) and build the result. Implemented by lathe-worker; a runner uses
- * only this header and the engine's public API. All strings passed in are copied. */
+ * (progress, log lines, metrics, artifacts) and build the result. A runner uses only this header and the engine's
+ * public API. The calls are implemented once (jobs/job.c) over a small host interface (job_host_t below) that
+ * decides where events go, how stop requests arrive and which device and models the job gets: lathe-worker is one
+ * host (daemon/worker.c), jobs/job_local.h an in-process one for tests and tools. All strings passed in are
+ * copied. */
 #ifndef LATHE_JOB_H
 #define LATHE_JOB_H
 
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "common/proto.h"
 #include "engine/gpu/gpu.h"
 #include "engine/model/model.h"
 #include "engine/text/tokenizer.h"
@@ -92,5 +96,32 @@ gpu_t *job_gpu(job_ctx_t *ctx, lt_err_t *err);
  * The worker keeps the last model loaded between jobs (the keep-alive), so a second job on the same model does
  * not load it again. Both are owned by the worker; NULL with err on failure. */
 model_t *job_model(job_ctx_t *ctx, const char *path, tok_t **tok, lt_err_t *err);
+
+/* ---- hosts: what runs a runner ---- */
+
+/* A host's callbacks. Each gets the host's own pointer (ctx of job_run). */
+typedef struct job_host {
+  /* Takes one finished event message {t: "event", job, type, data: {...}} (msgpack bytes, valid during the call). */
+  void (*emit)(void *host, const void *msg, size_t n);
+  /* Returns what the job has been asked to do since the last call (JOB_GO when nothing); never blocks. */
+  job_stop_t (*poll_stop)(void *host);
+  /* The device for the job's kernels; owned by the host. NULL with err. */
+  gpu_t *(*gpu)(void *host, job_ctx_t *c, lt_err_t *err);
+  /* The model at path with its tokenizer in *tok; both owned by the host. NULL with err. */
+  model_t *(*model)(void *host, job_ctx_t *c, const char *path, tok_t **tok, lt_err_t *err);
+} job_host_t;
+
+/* One job to run: its id, attempt (1 first), kind name, artifact folder and normalised parameters (a msgpack
+ * map holding every key of the kind's schema, as kind_params_normalise() writes it). */
+typedef struct job_spec {
+  int64_t id;
+  uint32_t attempt;
+  const char *kind, *dir;
+  const msgpack_object *params;
+} job_spec_t;
+
+/* Runs the runner of spec->kind on host h (ctx its pointer) and returns its outcome; the job's result map goes to
+ * result (a writer the caller initialised, then owns). On JOB_FAILED err says why. */
+job_outcome_t job_run(const job_host_t *h, void *ctx, const job_spec_t *spec, mpw_t *result, lt_err_t *err);
 
 #endif

@@ -1,0 +1,185 @@
+/* The runner API (jobs/job.h), implemented once over a host: parameters read from the normalised map, events and
+ * output records built as msgpack and handed to the host, the result map built for the caller. */
+#include <limits.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "jobs/runners.h"
+
+struct job_ctx {
+  const job_host_t *h;
+  void *host;
+  const job_spec_t *spec;
+  char dir[PATH_MAX];
+  job_stop_t stop;
+  mpw_t *result;
+  mpw_t out;   /* the output record being built */
+  char **strs; /* NUL-terminated copies handed out by job_param_str */
+  size_t n_strs;
+};
+
+/* Starts an event message {t: event, job, type, data: {...}}: the caller adds data fields then calls
+ * event_end(). */
+static void event_begin(job_ctx_t *c, mpw_t *w, const char *type) {
+  mpw_init(w);
+  mpw_map(w);
+  mpw_kstr(w, "t", "event");
+  mpw_kint(w, "job", c->spec->id);
+  mpw_kstr(w, "type", type);
+  mpw_str(w, "data");
+  mpw_map(w);
+}
+
+static void event_end(job_ctx_t *c, mpw_t *w) {
+  mpw_end(w);
+  mpw_end(w);
+  c->h->emit(c->host, w->sb.data, w->sb.size);
+  mpw_free(w);
+}
+
+int64_t job_id(const job_ctx_t *c) { return c->spec->id; }
+uint32_t job_attempt(const job_ctx_t *c) { return c->spec->attempt; }
+const char *job_dir(const job_ctx_t *c) { return c->dir; }
+
+static const msgpack_object *param(const job_ctx_t *c, const char *key) {
+  const msgpack_object *o = mp_get(c->spec->params, key);
+  if (!o) {
+    /* Hosts normalise params against the same table: a missing key is a programming error. */
+    fprintf(stderr, "lathe: job %lld has no parameter %s\n", (long long)c->spec->id, key);
+    abort();
+  }
+  return o;
+}
+
+int64_t job_param_int(const job_ctx_t *c, const char *key) {
+  int64_t v = 0;
+  mp_as_int(param(c, key), &v);
+  return v;
+}
+
+double job_param_float(const job_ctx_t *c, const char *key) {
+  const msgpack_object *o = param(c, key);
+  int64_t i;
+  if (o->type == MSGPACK_OBJECT_FLOAT32 || o->type == MSGPACK_OBJECT_FLOAT64) return o->via.f64;
+  return mp_as_int(o, &i) ? (double)i : 0;
+}
+
+bool job_param_bool(const job_ctx_t *c, const char *key) {
+  const msgpack_object *o = param(c, key);
+  return o->type == MSGPACK_OBJECT_BOOLEAN && o->via.boolean;
+}
+
+/* Keeps a NUL-terminated copy of a string object for the job's lifetime; "" when o is not a string. */
+static const char *keep_str(job_ctx_t *c, const msgpack_object *o) {
+  char **strs = o->type == MSGPACK_OBJECT_STR ? realloc(c->strs, (c->n_strs + 1) * sizeof *strs) : NULL;
+  if (!strs) return "";
+  c->strs = strs;
+  char *s = o->via.str.size ? strndup(o->via.str.ptr, o->via.str.size) : strdup("");
+  if (!s) return "";
+  c->strs[c->n_strs++] = s;
+  return s;
+}
+
+const char *job_param_str(job_ctx_t *c, const char *key) { return keep_str(c, param(c, key)); }
+
+size_t job_param_list_len(job_ctx_t *c, const char *key) {
+  const msgpack_object *o = param(c, key);
+  return o->type == MSGPACK_OBJECT_ARRAY ? o->via.array.size : 0;
+}
+
+const char *job_param_list_at(job_ctx_t *c, const char *key, size_t i) {
+  const msgpack_object *o = param(c, key);
+  return o->type == MSGPACK_OBJECT_ARRAY && i < o->via.array.size ? keep_str(c, &o->via.array.ptr[i]) : "";
+}
+
+job_stop_t job_should_stop(job_ctx_t *c) {
+  job_stop_t s = c->h->poll_stop(c->host);
+  if (s == JOB_STOP_CANCEL || (s == JOB_STOP_CHECKPOINT && c->stop != JOB_STOP_CANCEL)) c->stop = s;
+  return c->stop;
+}
+
+void job_progress(job_ctx_t *c, uint64_t step, uint64_t total, const char *unit) {
+  mpw_t w;
+  event_begin(c, &w, "progress");
+  mpw_kint(&w, "step", (int64_t)step);
+  mpw_kint(&w, "total", (int64_t)total);
+  mpw_kstr(&w, "unit", unit ? unit : "");
+  event_end(c, &w);
+}
+
+void job_log(job_ctx_t *c, const char *fmt, ...) {
+  char msg[1024];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(msg, sizeof msg, fmt, ap);
+  va_end(ap);
+  mpw_t w;
+  event_begin(c, &w, "log");
+  mpw_kstr(&w, "msg", msg);
+  event_end(c, &w);
+}
+
+void job_metric(job_ctx_t *c, const char *name, double value, uint64_t step) {
+  mpw_t w;
+  event_begin(c, &w, "metric");
+  mpw_kstr(&w, "name", name);
+  mpw_kdouble(&w, "value", value);
+  mpw_kint(&w, "step", (int64_t)step);
+  event_end(c, &w);
+}
+
+void job_output_begin(job_ctx_t *c) { event_begin(c, &c->out, "output"); }
+void job_output_str(job_ctx_t *c, const char *key, const char *v) { mpw_kstr(&c->out, key, v); }
+void job_output_int(job_ctx_t *c, const char *key, int64_t v) { mpw_kint(&c->out, key, v); }
+void job_output_float(job_ctx_t *c, const char *key, double v) { mpw_kdouble(&c->out, key, v); }
+void job_output_ints(job_ctx_t *c, const char *key, const int32_t *v, size_t n) {
+  mpw_str(&c->out, key);
+  mpw_array(&c->out);
+  for (size_t i = 0; i < n; i++) mpw_int(&c->out, v[i]);
+  mpw_end(&c->out);
+}
+void job_output_bool(job_ctx_t *c, const char *key, bool v) { mpw_kbool(&c->out, key, v); }
+void job_output_null(job_ctx_t *c, const char *key) { mpw_knil(&c->out, key); }
+void job_output_list_begin(job_ctx_t *c, const char *key) {
+  if (key) mpw_str(&c->out, key);
+  mpw_array(&c->out);
+}
+void job_output_list_str(job_ctx_t *c, const char *v) { mpw_str(&c->out, v); }
+void job_output_list_end(job_ctx_t *c) { mpw_end(&c->out); }
+void job_output_end(job_ctx_t *c) { event_end(c, &c->out); }
+
+void job_artifact(job_ctx_t *c, const char *name, const char *relpath) {
+  mpw_t w;
+  event_begin(c, &w, "artifact");
+  mpw_kstr(&w, "name", name);
+  mpw_kstr(&w, "path", relpath);
+  event_end(c, &w);
+}
+
+void job_result_int(job_ctx_t *c, const char *key, int64_t v) { mpw_kint(c->result, key, v); }
+void job_result_float(job_ctx_t *c, const char *key, double v) { mpw_kdouble(c->result, key, v); }
+void job_result_str(job_ctx_t *c, const char *key, const char *v) { mpw_kstr(c->result, key, v); }
+
+gpu_t *job_gpu(job_ctx_t *c, lt_err_t *err) { return c->h->gpu(c->host, c, err); }
+
+model_t *job_model(job_ctx_t *c, const char *path, tok_t **tok, lt_err_t *err) {
+  return c->h->model(c->host, c, path, tok, err);
+}
+
+job_outcome_t job_run(const job_host_t *h, void *ctx, const job_spec_t *spec, mpw_t *result, lt_err_t *err) {
+  job_ctx_t c = {.h = h, .host = ctx, .spec = spec, .result = result};
+  snprintf(c.dir, sizeof c.dir, "%s", spec->dir ? spec->dir : "");
+  mpw_map(result);
+  const kind_t *k = spec->kind ? kind_find(spec->kind, strlen(spec->kind)) : NULL;
+  kind_run_fn fn = k ? runner_for(k) : NULL;
+  job_outcome_t out = JOB_FAILED;
+  if (!fn || !spec->params) lt_fail(err, LT_E_INVALID, "no runner for kind '%s'", spec->kind ? spec->kind : "");
+  else out = fn(&c, err);
+  if (out == JOB_FAILED && err && !err->msg[0]) lt_fail(err, LT_E_INVALID, "the runner failed without a reason");
+  mpw_end(result);
+  for (size_t i = 0; i < c.n_strs; i++) free(c.strs[i]);
+  free(c.strs);
+  return out;
+}

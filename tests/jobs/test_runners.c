@@ -1,0 +1,139 @@
+/* Runners driven in-process through the small job interface (jobs/job_local.h): no daemon, no worker. generate's
+ * greedy tokens equal the PyTorch reference's (tests/fixtures/llama-tiny/reference.json), score's NLL equals the
+ * engine's own model_score on the same tokens, flatten-graph writes the expected paths, and bad parameters are
+ * refused by the kind table before anything runs. */
+#include <criterion/criterion.h>
+#include <jansson.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "engine/model/generate.h"
+#include "engine/model/model_tok.h"
+#include "jobs/job_local.h"
+#include "support/tgpu.h"
+
+#define TINY LATHE_SOURCE_DIR "/tests/fixtures/llama-tiny"
+
+TestSuite(runners, .init = tgpu_setup, .fini = tgpu_teardown);
+
+/* The data map of the first event of type `type`, or NULL. */
+static const msgpack_object *first_event(const job_local_t *l, const char *type) {
+  for (size_t i = 0; i < job_local_event_count(l); i++) {
+    const msgpack_object *e = job_local_event(l, i);
+    if (mp_str_is(mp_get(e, "type"), type)) return mp_get(e, "data");
+  }
+  return NULL;
+}
+
+static double num(const msgpack_object *o) {
+  cr_assert(o);
+  if (o->type == MSGPACK_OBJECT_FLOAT64 || o->type == MSGPACK_OBJECT_FLOAT32) return o->via.f64;
+  int64_t i = 0;
+  cr_assert(mp_as_int(o, &i));
+  return (double)i;
+}
+
+static char dir[] = "/tmp/lathe-runners-XXXXXX";
+
+static job_local_t *host(void) {
+  if (dir[strlen(dir) - 1] == 'X') cr_assert(mkdtemp(dir));
+  lt_err_t err = {0};
+  job_local_t *l = job_local_new(tgpu(), dir, &err);
+  cr_assert(l, "%s", err.msg);
+  return l;
+}
+
+Test(runners, generate_matches_the_reference_greedy_tokens) {
+  json_error_t je;
+  json_t *ref = json_load_file(TINY "/reference.json", 0, &je);
+  cr_assert(ref, "%s", je.text);
+  job_local_t *l = host();
+  const char *kv[] = {"model", TINY, "prompt", json_string_value(json_object_get(ref, "prompt_text")),
+                      "max_tokens", "8", "temperature", "0"};
+  lt_err_t err = {0};
+  cr_assert_eq(job_local_run(l, "generate", kv, 4, &err), JOB_SUCCEEDED, "%s", err.msg);
+  const msgpack_object *out = first_event(l, "output");
+  cr_assert(out, "no output record");
+  const msgpack_object *toks = mp_get(out, "tokens");
+  json_t *want = json_object_get(ref, "greedy_tokens");
+  cr_assert(toks && toks->type == MSGPACK_OBJECT_ARRAY);
+  cr_assert_eq(toks->via.array.size, json_array_size(want));
+  for (uint32_t i = 0; i < toks->via.array.size; i++) {
+    int64_t v = -1;
+    mp_as_int(&toks->via.array.ptr[i], &v);
+    cr_assert_eq(v, json_integer_value(json_array_get(want, i)), "token %u", i);
+  }
+  cr_assert(mp_str_is(mp_get(out, "text"), json_string_value(json_object_get(ref, "greedy_text"))));
+  job_local_destroy(&l);
+  json_decref(ref);
+}
+
+Test(runners, score_equals_the_engine_and_bad_parameters_are_refused) {
+  job_local_t *l = host();
+  char data[4200];
+  snprintf(data, sizeof data, "%s/score.jsonl", dir);
+  FILE *f = fopen(data, "w");
+  cr_assert(f);
+  fprintf(f, "{\"text\": \"Lathe runs on any GPU\"}\n{\"text\": \"Hello, World! 42\"}\n");
+  fclose(f);
+  const char *kv[] = {"model", TINY, "data", data};
+  lt_err_t err = {0};
+  cr_assert_eq(job_local_run(l, "score", kv, 2, &err), JOB_SUCCEEDED, "%s", err.msg);
+  const msgpack_object *res = job_local_result(l);
+  double nll = num(mp_get(res, "nll"));
+  /* The same rows scored by the engine directly: mean of -log p over every token after the first. */
+  tok_t *tok = model_tokenizer_open(TINY, &err);
+  model_t *m = model_load(tgpu(), TINY, NULL, &err);
+  cr_assert(tok && m, "%s", err.msg);
+  const char *rows[] = {"Lathe runs on any GPU", "Hello, World! 42"};
+  double sum = 0;
+  size_t count = 0;
+  for (int r = 0; r < 2; r++) {
+    int32_t *ids = NULL;
+    size_t n = 0;
+    cr_assert_eq(tok_encode(tok, rows[r], strlen(rows[r]), TOK_ADD_BOS, &ids, &n, &err), LT_OK, "%s", err.msg);
+    float *lp = talloc(n);
+    cr_assert_eq(model_score(m, ids, (uint32_t)n, lp, &err), LT_OK, "%s", err.msg);
+    for (size_t i = 1; i < n; i++) sum -= lp[i], count++;
+    free(lp), free(ids);
+  }
+  cr_assert(fabs(nll - sum / count) < 1e-6, "score job %.9g, engine %.9g", nll, sum / count);
+  model_destroy(&m);
+  tok_destroy(&tok);
+  /* A parameter of the wrong type, one out of range and an unknown one: refused with the field named. */
+  const char *bad1[] = {"model", TINY, "data", data, "context", "many"};
+  cr_assert_eq(job_local_run(l, "score", bad1, 3, &err), JOB_FAILED);
+  cr_assert(strstr(err.msg, "context"), "%s", err.msg);
+  const char *bad2[] = {"model", TINY, "prompt", "x", "max_tokens", "-3"};
+  cr_assert_eq(job_local_run(l, "generate", bad2, 3, &err), JOB_FAILED);
+  cr_assert(strstr(err.msg, "max_tokens"), "%s", err.msg);
+  const char *bad3[] = {"model", TINY, "data", data, "colour", "red"};
+  cr_assert_eq(job_local_run(l, "score", bad3, 3, &err), JOB_FAILED);
+  cr_assert(strstr(err.msg, "colour"), "%s", err.msg);
+  cr_assert_eq(job_local_event_count(l), 0u, "nothing ran");
+  job_local_destroy(&l);
+}
+
+Test(runners, flatten_graph_in_process) {
+  job_local_t *l = host();
+  char g[4200];
+  snprintf(g, sizeof g, "%s/g.csv", dir);
+  FILE *f = fopen(g, "w");
+  cr_assert(f);
+  fprintf(f, "from,to\na,b\na,c\nb,d\nc,d\nd,a\n");
+  fclose(f);
+  const char *kv[] = {"input", g};
+  lt_err_t err = {0};
+  cr_assert_eq(job_local_run(l, "flatten-graph", kv, 1, &err), JOB_SUCCEEDED, "%s", err.msg);
+  const msgpack_object *out = first_event(l, "output");
+  cr_assert(out);
+  /* The cycle d -> a is cut; a reaches d by two paths, merged on their shared prefix. */
+  cr_assert(mp_str_is(mp_get(out, "text"), "a -> [b -> d, c -> d]\n"));
+  const msgpack_object *paths = mp_get(out, "paths");
+  cr_assert(paths && paths->type == MSGPACK_OBJECT_ARRAY && paths->via.array.size == 2);
+  cr_assert_eq(num(mp_get(job_local_result(l), "back_edges")), 1);
+  job_local_destroy(&l);
+}
