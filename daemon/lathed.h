@@ -104,18 +104,23 @@ typedef struct daemon {
   int64_t auth_denied, requests, rejected;
 } daemon_t;
 
-/* lathed.c: the outbox. Queues msg (taking ownership of data) for sock/peer after this turn's commit. */
+/* outbox.c: the outbox and the log. Queues msg (taking ownership of data) for sock/peer after this turn's
+ * commit. */
 void out_push(daemon_t *d, void *sock, const uint8_t *id, size_t id_n, char *data, size_t n, bool is_reply,
               uint64_t rid);
 /* Queues the writer's bytes as a reply/push to a client peer. */
 void out_peer(daemon_t *d, const peer_t *p, mpw_t *w, bool is_reply, uint64_t rid);
 /* The ROUTER socket of peer p. */
 void *peer_sock(daemon_t *d, const peer_t *p);
+/* Sends everything queued this turn (after the commit). A client that is gone loses its watches. */
+void out_flush(daemon_t *d);
+/* After a failed commit: queued replies become `internal` errors, everything else is dropped; then flushes. */
+void out_fail(daemon_t *d, const char *why);
 /* Logs a line to stderr with a timestamp. */
 void dlog(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
-/* ops.c: handles one client request (decoded or not) and queues the reply. */
-void ops_handle(daemon_t *d, const peer_t *p, const char *owner, const void *buf, size_t n);
+/* requests.c: handles one client request (decoded or not) and queues the reply. */
+void requests_handle(daemon_t *d, const peer_t *p, const char *owner, const void *buf, size_t n);
 
 /* events.c */
 /* Appends an event (data: a msgpack map) to job id and queues it for the job's watchers. */

@@ -33,7 +33,6 @@ typedef bool (*kind_validate_fn)(const msgpack_object *params, proto_err_t *e);
 typedef struct kind {
   const char *name;
   kind_policy_t policy;
-  bool gpu; /* the runner opens the GPU */
   kind_validate_fn validate;
   const char *summary;
   const kind_param_t *params;

@@ -183,7 +183,7 @@ static bool kind_tune_validate(const msgpack_object *params, proto_err_t *e) {
 }
 
 #define P(key, type, req, def, lo, hi, help) {#key, type, req, def, lo, hi, help},
-#define KIND(name, policy, gpu, validate, summary, params) static const kind_param_t name##_params[] = {params};
+#define KIND(name, policy, validate, summary, params) static const kind_param_t name##_params[] = {params};
 #include "jobs/kinds.def"
 #undef KIND
 #undef P
@@ -192,7 +192,7 @@ static bool kind_tune_validate(const msgpack_object *params, proto_err_t *e) {
  * filled in before main() runs. */
 enum {
 #define P(...)
-#define KIND(name, policy, gpu, validate, summary, params) KIND_ID_##name,
+#define KIND(name, policy, validate, summary, params) KIND_ID_##name,
 #include "jobs/kinds.def"
 #undef KIND
 #undef P
@@ -204,7 +204,7 @@ static char kind_names[KIND_N][KIND_NAME_MAX];
 __attribute__((constructor)) static void kind_names_init(void) {
   static const char *const ids[KIND_N] = {
 #define P(...)
-#define KIND(name, policy, gpu, validate, summary, params) #name,
+#define KIND(name, policy, validate, summary, params) #name,
 #include "jobs/kinds.def"
 #undef KIND
 #undef P
@@ -215,8 +215,8 @@ __attribute__((constructor)) static void kind_names_init(void) {
 
 static const kind_t kinds[] = {
 #define P(...)
-#define KIND(name, policy, gpu, validate, summary, params)                                                         \
-  {kind_names[KIND_ID_##name], policy, gpu, validate, summary, name##_params,                                     \
+#define KIND(name, policy, validate, summary, params)                                                         \
+  {kind_names[KIND_ID_##name], policy, validate, summary, name##_params,                                     \
    sizeof name##_params / sizeof name##_params[0]},
 #include "jobs/kinds.def"
 #undef KIND

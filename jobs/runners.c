@@ -3,7 +3,7 @@
 /* The runners in the order of the kind table (jobs/kinds.def). */
 static const kind_run_fn runners[] = {
 #define P(...)
-#define KIND(name, policy, gpu, validate, summary, params) run_##name,
+#define KIND(name, policy, validate, summary, params) run_##name,
 #include "jobs/kinds.def"
 #undef KIND
 #undef P

@@ -9,7 +9,7 @@
 kind_run_fn runner_for(const kind_t *k);
 
 #define P(...)
-#define KIND(name, policy, gpu, validate, summary, params) job_outcome_t run_##name(job_ctx_t *ctx, lt_err_t *err);
+#define KIND(name, policy, validate, summary, params) job_outcome_t run_##name(job_ctx_t *ctx, lt_err_t *err);
 #include "jobs/kinds.def"
 #undef KIND
 #undef P

@@ -1,5 +1,5 @@
 /* Client requests: one table row per operation (name, handler, whether it writes). Every rejection leaves
- * through ops_handle()'s single error path with a stable code and the field it concerns. */
+ * through requests_handle()'s single error path with a stable code and the field it concerns. */
 #include <stdio.h>
 #include <string.h>
 #include <unistd.h>
@@ -15,7 +15,7 @@ typedef struct req {
   const msgpack_object *m;
 } req_t;
 
-typedef bool (*op_fn)(req_t *r, mpw_t *w, proto_err_t *e);
+typedef bool (*req_fn)(req_t *r, mpw_t *w, proto_err_t *e);
 
 /* A store failure inside a request: reported as `internal` (the request may be retried). */
 static bool store_failed(proto_err_t *e, const lt_err_t *err) {
@@ -72,7 +72,7 @@ static void write_job(mpw_t *w, daemon_t *d, const store_job_t *j, bool full) {
   mpw_end(w);
 }
 
-static bool op_ping(req_t *r, mpw_t *w, proto_err_t *e) {
+static bool req_ping(req_t *r, mpw_t *w, proto_err_t *e) {
   (void)e;
   mpw_kint(w, "pid", getpid());
   mpw_kstr(w, "version", LATHED_VERSION);
@@ -91,12 +91,12 @@ static const char *worker_state_str(worker_state_t s) {
   return "?";
 }
 
-static bool op_status(req_t *r, mpw_t *w, proto_err_t *e) {
+static bool req_status(req_t *r, mpw_t *w, proto_err_t *e) {
   daemon_t *d = r->d;
   int64_t counts[JS_COUNT];
   lt_err_t err = {0};
   if (store_count(d->store, counts, &err)) return store_failed(e, &err);
-  op_ping(r, w, e);
+  req_ping(r, w, e);
   mpw_kstr(w, "socket", d->o.socket);
   mpw_kstr(w, "home", d->o.home);
   mpw_kstr(w, "tcp", d->o.tcp);
@@ -123,7 +123,7 @@ static bool op_status(req_t *r, mpw_t *w, proto_err_t *e) {
   return true;
 }
 
-static bool op_submit(req_t *r, mpw_t *w, proto_err_t *e) {
+static bool req_submit(req_t *r, mpw_t *w, proto_err_t *e) {
   daemon_t *d = r->d;
   char kname[32] = "", sid[129] = "";
   const msgpack_object *params = NULL;
@@ -234,7 +234,7 @@ static void list_one(void *user, const store_job_t *j) {
   write_job(c->w, c->d, j, false);
 }
 
-static bool op_list(req_t *r, mpw_t *w, proto_err_t *e) {
+static bool req_list(req_t *r, mpw_t *w, proto_err_t *e) {
   bool all = false;
   int64_t limit = 0;
   if (!mp_field_bool(r->m, "", "all", false, &all, e) || !mp_field_int(r->m, "", "limit", false, 0, 1000000, &limit, e))
@@ -248,7 +248,7 @@ static bool op_list(req_t *r, mpw_t *w, proto_err_t *e) {
   return true;
 }
 
-static bool op_show(req_t *r, mpw_t *w, proto_err_t *e) {
+static bool req_show(req_t *r, mpw_t *w, proto_err_t *e) {
   store_job_t j;
   if (!load_job(r, &j, e)) return false;
   mpw_str(w, "job");
@@ -268,7 +268,7 @@ static void event_one(void *user, const store_event_t *ev) {
   c->last = ev->seq;
 }
 
-static bool op_events(req_t *r, mpw_t *w, proto_err_t *e) {
+static bool req_events(req_t *r, mpw_t *w, proto_err_t *e) {
   int64_t after = 0, limit = EVENTS_PAGE;
   bool follow = false;
   store_job_t j;
@@ -298,7 +298,7 @@ static bool op_events(req_t *r, mpw_t *w, proto_err_t *e) {
   return ok;
 }
 
-static bool op_unwatch(req_t *r, mpw_t *w, proto_err_t *e) {
+static bool req_unwatch(req_t *r, mpw_t *w, proto_err_t *e) {
   (void)w;
   int64_t id = 0;
   if (!mp_field_int(r->m, "", "id", true, 1, INT64_MAX, &id, e)) return false;
@@ -322,13 +322,13 @@ static bool set_state(req_t *r, mpw_t *w, proto_err_t *e, job_state_t from, job_
   return ok;
 }
 
-static bool op_hold(req_t *r, mpw_t *w, proto_err_t *e) { return set_state(r, w, e, JS_QUEUED, JS_HELD, "held"); }
+static bool req_hold(req_t *r, mpw_t *w, proto_err_t *e) { return set_state(r, w, e, JS_QUEUED, JS_HELD, "held"); }
 
-static bool op_release(req_t *r, mpw_t *w, proto_err_t *e) {
+static bool req_release(req_t *r, mpw_t *w, proto_err_t *e) {
   return set_state(r, w, e, JS_HELD, JS_QUEUED, "released");
 }
 
-static bool op_cancel(req_t *r, mpw_t *w, proto_err_t *e) {
+static bool req_cancel(req_t *r, mpw_t *w, proto_err_t *e) {
   daemon_t *d = r->d;
   store_job_t j;
   if (!load_job(r, &j, e)) return false;
@@ -365,7 +365,7 @@ static bool op_cancel(req_t *r, mpw_t *w, proto_err_t *e) {
   return ok;
 }
 
-static bool op_priority(req_t *r, mpw_t *w, proto_err_t *e) {
+static bool req_priority(req_t *r, mpw_t *w, proto_err_t *e) {
   int64_t p = 0;
   store_job_t j;
   if (!mp_field_int(r->m, "", "priority", true, -1000, 1000, &p, e) || !load_job(r, &j, e)) return false;
@@ -390,7 +390,7 @@ static bool op_priority(req_t *r, mpw_t *w, proto_err_t *e) {
   return ok;
 }
 
-static bool op_remove(req_t *r, mpw_t *w, proto_err_t *e) {
+static bool req_remove(req_t *r, mpw_t *w, proto_err_t *e) {
   (void)w;
   store_job_t j;
   if (!load_job(r, &j, e)) return false;
@@ -409,7 +409,7 @@ static bool op_remove(req_t *r, mpw_t *w, proto_err_t *e) {
   return ok;
 }
 
-static bool op_result(req_t *r, mpw_t *w, proto_err_t *e) {
+static bool req_result(req_t *r, mpw_t *w, proto_err_t *e) {
   store_job_t j;
   if (!load_job(r, &j, e)) return false;
   bool ok = job_state_final(j.state);
@@ -430,7 +430,7 @@ static bool op_result(req_t *r, mpw_t *w, proto_err_t *e) {
   return ok;
 }
 
-static bool op_shutdown(req_t *r, mpw_t *w, proto_err_t *e) {
+static bool req_shutdown(req_t *r, mpw_t *w, proto_err_t *e) {
   (void)e;
   mpw_kint(w, "pid", getpid());
   dlog("shutdown requested by %s", r->owner);
@@ -440,17 +440,17 @@ static bool op_shutdown(req_t *r, mpw_t *w, proto_err_t *e) {
 
 static const struct op {
   const char *name;
-  op_fn fn;
+  req_fn fn;
   bool writes;
 } ops[] = {
-    {"ping", op_ping, false},       {"status", op_status, false},   {"submit", op_submit, true},
-    {"list", op_list, false},       {"show", op_show, false},       {"events", op_events, false},
-    {"unwatch", op_unwatch, false}, {"cancel", op_cancel, true},    {"hold", op_hold, true},
-    {"release", op_release, true},  {"priority", op_priority, true}, {"remove", op_remove, true},
-    {"result", op_result, false},   {"shutdown", op_shutdown, false},
+    {"ping", req_ping, false},       {"status", req_status, false},   {"submit", req_submit, true},
+    {"list", req_list, false},       {"show", req_show, false},       {"events", req_events, false},
+    {"unwatch", req_unwatch, false}, {"cancel", req_cancel, true},    {"hold", req_hold, true},
+    {"release", req_release, true},  {"priority", req_priority, true}, {"remove", req_remove, true},
+    {"result", req_result, false},   {"shutdown", req_shutdown, false},
 };
 
-void ops_handle(daemon_t *d, const peer_t *p, const char *owner, const void *buf, size_t n) {
+void requests_handle(daemon_t *d, const peer_t *p, const char *owner, const void *buf, size_t n) {
   d->requests++;
   proto_err_t e = {0};
   int64_t rid = 0, v = 0;
