@@ -129,7 +129,6 @@ lt_status_t graph_add_edge(graph_t *g, const char *from, size_t from_n, const ch
   return LT_OK;
 }
 
-uint32_t graph_n_nodes(const graph_t *g) { return g->n_nodes; }
 uint64_t graph_n_edges(const graph_t *g) { return g->n_edges; }
 
 const char *graph_node_name(const graph_t *g, uint32_t id, size_t *len) {

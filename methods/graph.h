@@ -60,11 +60,10 @@ typedef void (*graph_progress_fn)(void *ctx, uint64_t done, uint64_t total);
 lt_status_t graph_read(graph_t *g, const char *path, graph_format_t fmt, bool directed, graph_progress_fn on_progress,
                        void *progress_ctx, lt_err_t *err);
 
-/* Nodes and edges added so far (edges as given, before orientation and de-duplication). */
-uint32_t graph_n_nodes(const graph_t *g);
+/* Edges added so far (as given, before orientation and de-duplication). */
 uint64_t graph_n_edges(const graph_t *g);
 
-/* The name of node id (< graph_n_nodes) and its length; owned by g. */
+/* The name of node id (below the node count) and its length; owned by g. */
 const char *graph_node_name(const graph_t *g, uint32_t id, size_t *len);
 
 /* Caps on the flattening; zero fields take the defaults above. */

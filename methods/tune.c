@@ -64,8 +64,6 @@ void tuner_destroy(tuner_t **up) {
   *up = NULL;
 }
 
-uint32_t tuner_steps_done(const tuner_t *u) { return u->steps; }
-
 double tune_lr_at(const tune_opts_t *o, uint32_t s) {
   if (o->warmup && s < o->warmup) return o->lr * (double)(s + 1) / (double)o->warmup;
   if (o->schedule == TUNE_CONSTANT || o->steps <= o->warmup) return o->lr;

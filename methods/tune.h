@@ -52,9 +52,6 @@ double tune_lr_at(const tune_opts_t *o, uint32_t s);
 /* One optimiser step over the micro-batches mb[0..n) (gradient accumulation: the mean of their gradients). */
 lt_status_t tuner_step(tuner_t *u, const tune_batch_t *mb, uint32_t n, tune_step_info_t *info, lt_err_t *err);
 
-/* Steps taken so far. */
-uint32_t tuner_steps_done(const tuner_t *u);
-
 /* The optimiser state as host arrays, for checkpoints: the step count and, per trainable tensor, its values and
  * first and second moments (rows * cols floats each). save writes them into the caller's arrays; load restores
  * them (a resumed run continues bit for bit). */

@@ -424,13 +424,7 @@ void gpu_destroy(gpu_t **gp) {
 
 const gpu_caps_t *gpu_caps(const gpu_t *g) { return &g->caps; }
 const gpu_stats_t *gpu_stats(const gpu_t *g) { return &g->stats; }
-const char *gpu_cache_dir(const gpu_t *g) { return g->cache_dir; }
 void gpu_set_chunk(gpu_t *g, uint32_t n) { g->chunk = n ? n : 1; }
-
-uint32_t gpu_groups(uint64_t n, uint32_t per) {
-  uint64_t gcount = (n + per - 1) / per;
-  return gcount == 0 ? 1 : (uint32_t)(gcount > 65535 ? 65535 : gcount);
-}
 
 int gpu_list_devices(void *file, lt_err_t *err) {
   FILE *f = file;

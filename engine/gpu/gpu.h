@@ -78,9 +78,6 @@ const gpu_caps_t *gpu_caps(const gpu_t *g);
 /* Returns the counters; owned by g. */
 const gpu_stats_t *gpu_stats(const gpu_t *g);
 
-/* Returns the folder of the on-disk shader cache ("" when disabled); owned by g. */
-const char *gpu_cache_dir(const gpu_t *g);
-
 /* Prints one line per Vulkan device (index, type, name, UUID) to f; returns the count or a negative status. */
 int gpu_list_devices(void *file, lt_err_t *err);
 
@@ -157,8 +154,5 @@ gpu_t *gpu_cmd_gpu(const gpu_cmd_t *c);
 
 /* Number of dispatches after which a recorder submits its command buffer (default 100). */
 void gpu_set_chunk(gpu_t *g, uint32_t dispatches_per_submit);
-
-/* Splits n items into ceil(n / per) workgroups, at most caps.max_wg_count[0]; used by op wrappers. */
-uint32_t gpu_groups(uint64_t n, uint32_t per);
 
 #endif

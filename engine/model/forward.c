@@ -81,7 +81,6 @@ void model_seq_destroy(model_seq_t **sp) {
 }
 
 uint32_t model_seq_len(const model_seq_t *s) { return s->len; }
-uint32_t model_seq_capacity(const model_seq_t *s) { return s->cap; }
 void model_seq_truncate(model_seq_t *s, uint32_t n) {
   if (n < s->len) s->len = n;
 }

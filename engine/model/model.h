@@ -106,9 +106,6 @@ void model_seq_destroy(model_seq_t **s);
 /* Tokens held by the sequence. */
 uint32_t model_seq_len(const model_seq_t *s);
 
-/* Most tokens the sequence can hold. */
-uint32_t model_seq_capacity(const model_seq_t *s);
-
 /* Forgets everything after the first n tokens (n <= length). */
 void model_seq_truncate(model_seq_t *s, uint32_t n);
 
