@@ -4,7 +4,7 @@ BUILD_ASAN ?= build-asan
 JOBS ?= $(shell nproc)
 CMAKE_FLAGS ?=
 
-.PHONY: all deps configure demo check test test-asan test-validation bench clean
+.PHONY: all deps configure demo check test test-asan test-validation bench clean format
 
 all: configure
 	cmake --build $(BUILD) -j$(JOBS)
@@ -27,6 +27,10 @@ test: all
 
 bench: deps all
 	@bash scripts/bench.sh $(BUILD)
+
+# Applies .clang-format to every C source and header.
+format:
+	git ls-files '*.c' '*.h' | xargs clang-format -i
 
 clean:
 	rm -rf $(BUILD) $(BUILD_ASAN)

@@ -69,16 +69,18 @@ static int bench_attention(gpu_t *g, const shape_t *sh) {
   for (int rep = 0; rep < 4; rep++) { /* first rep compiles and warms up; best of the rest */
     gpu_cmd_t *c = gpu_cmd_begin(g, &err);
     double t0 = now();
-    if (!c || op_attention(c, gv(bo), gv(bq), gv(bk), gv(bv), sh->n_q, sh->n_heads, sh->n_kv, sh->hd, sh->q_pos0,
-                           sh->kv_len, scale, &err) != LT_OK || gpu_cmd_finish(&c, &err) != LT_OK)
+    if (!c ||
+        op_attention(c, gv(bo), gv(bq), gv(bk), gv(bv), sh->n_q, sh->n_heads, sh->n_kv, sh->hd, sh->q_pos0, sh->kv_len,
+                     scale, &err) != LT_OK ||
+        gpu_cmd_finish(&c, &err) != LT_OK)
       return fprintf(stderr, "%s: %s\n", sh->name, err.msg), 1;
     if (rep) t_gpu = fmin(t_gpu, now() - t0);
     t0 = now();
     cpu_attention(o, q, k, v, s, sh, scale);
     if (rep) t_cpu = fmin(t_cpu, now() - t0);
   }
-  printf("attention %-28s gpu %8.3f ms %7.2f GFLOPS | openblas %8.3f ms %7.2f GFLOPS | gpu/cpu speed %.2fx\n",
-         sh->name, 1e3 * t_gpu, flops / t_gpu * 1e-9, 1e3 * t_cpu, flops / t_cpu * 1e-9, t_cpu / t_gpu);
+  printf("attention %-28s gpu %8.3f ms %7.2f GFLOPS | openblas %8.3f ms %7.2f GFLOPS | gpu/cpu speed %.2fx\n", sh->name,
+         1e3 * t_gpu, flops / t_gpu * 1e-9, 1e3 * t_cpu, flops / t_cpu * 1e-9, t_cpu / t_gpu);
   gpu_buf_destroy(&bq), gpu_buf_destroy(&bk), gpu_buf_destroy(&bv), gpu_buf_destroy(&bo);
   free(q), free(k), free(v), free(o), free(s);
   return 0;
@@ -121,8 +123,8 @@ static int bench_rope(gpu_t *g, uint32_t rows, uint32_t n_heads, uint32_t hd) {
       }
     if (rep) t_cpu = fmin(t_cpu, now() - t0);
   }
-  printf("rope %ux%ux%u neox                 gpu %8.3f ms %7.2f GB/s   | plain C  %8.3f ms | gpu/cpu speed %.2fx\n", rows,
-         n_heads, hd, 1e3 * t_gpu, 8.0 * (double)n / t_gpu * 1e-9, 1e3 * t_cpu, t_cpu / t_gpu);
+  printf("rope %ux%ux%u neox                 gpu %8.3f ms %7.2f GB/s   | plain C  %8.3f ms | gpu/cpu speed %.2fx\n",
+         rows, n_heads, hd, 1e3 * t_gpu, 8.0 * (double)n / t_gpu * 1e-9, 1e3 * t_cpu, t_cpu / t_gpu);
   gpu_buf_destroy(&bx), gpu_buf_destroy(&bp), gpu_buf_destroy(&bt);
   free(x), free(table), free(pos);
   return 0;

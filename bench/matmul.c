@@ -75,8 +75,7 @@ static double time_lathe(gpu_t *g, gpu_buf_t *y, gpu_buf_t *x, gpu_buf_t *w, lt_
 }
 
 /* Seconds per cblas_sgemm of y[M,N] = x[M,K] . w[N,K]^T, timed like time_lathe(). */
-static double time_blas(float *y, const float *x, const float *w, uint32_t M, uint32_t N, uint32_t K,
-                        double budget_s) {
+static double time_blas(float *y, const float *x, const float *w, uint32_t M, uint32_t N, uint32_t K, double budget_s) {
   double t0 = 0;
   int reps = 0;
   for (int i = -1; i < reps; i++) {
@@ -119,10 +118,11 @@ static void bench_shape(gpu_t *g, uint32_t M, uint32_t N, uint32_t K, double bud
     if (gpu_download(by, 0, yl, ny * 4, &err) != LT_OK) die("download", &err);
     /* f16 weights differ from OpenBLAS's f32 ones by up to 2^-11 relative. */
     double diff = rel_diff(yl, yb, ny), allowed = t ? 1e-2 : 1e-4;
-    printf("matmul %s %ux%ux%u: lathe %.2f GFLOPS, openblas %.2f GFLOPS, ratio %.3f%s\n", lt_dtype_str(wt), M, N,
-           K, lathe, blas, lathe / blas, diff <= allowed ? "" : "  [RESULT MISMATCH]");
-    if (diff > allowed) fprintf(stderr, "bench_matmul: %s %ux%ux%u differs from OpenBLAS by %.3g of max |y|\n",
-                                lt_dtype_str(wt), M, N, K, diff);
+    printf("matmul %s %ux%ux%u: lathe %.2f GFLOPS, openblas %.2f GFLOPS, ratio %.3f%s\n", lt_dtype_str(wt), M, N, K,
+           lathe, blas, lathe / blas, diff <= allowed ? "" : "  [RESULT MISMATCH]");
+    if (diff > allowed)
+      fprintf(stderr, "bench_matmul: %s %ux%ux%u differs from OpenBLAS by %.3g of max |y|\n", lt_dtype_str(wt), M, N, K,
+              diff);
     fflush(stdout);
     gpu_buf_destroy(&bw);
   }
@@ -156,7 +156,8 @@ static void bench_crossover(gpu_t *g, uint32_t N, uint32_t K, double budget_s) {
   if (!y) die("calloc", NULL);
   fill(w, nw, 3);
   fill(x, (uint64_t)16 * K, 5);
-  gpu_buf_t *bw = upload(g, w, nw * 4), *bx = upload(g, x, (uint64_t)16 * K * 4), *by = upload(g, y, (uint64_t)16 * N * 4);
+  gpu_buf_t *bw = upload(g, w, nw * 4), *bx = upload(g, x, (uint64_t)16 * K * 4),
+            *by = upload(g, y, (uint64_t)16 * N * 4);
   for (unsigned i = 0; i < sizeof ms / sizeof ms[0]; i++) {
     double flops = 2.0 * ms[i] * N * K;
     double v = flops / time_lathe(g, by, bx, bw, LT_F32, ms[i], N, K, MATMUL_GEMV, budget_s) / 1e9;

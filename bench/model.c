@@ -66,7 +66,7 @@ typedef struct peer {
   float *embed, *lm_head, *out_norm; /* lm_head == embed when tied */
   peer_layer_t *layers;
   uint64_t weight_bytes;
-  uint32_t cap; /* rows per forward */
+  uint32_t cap;                                       /* rows per forward */
   float *x, *xn, *q, *k, *v, *att, *gate, *up, *last; /* [cap, width] */
   int32_t *pos;
   double t_blas; /* seconds spent in OpenBLAS since the last reset */
@@ -234,7 +234,10 @@ static void lathe_step(runner_t *r, uint32_t n_items, uint32_t from, uint32_t n)
   lt_err_t err = {0};
   model_item_t it[MAX_ITEMS];
   for (uint32_t i = 0; i < n_items; i++)
-    it[i] = (model_item_t){.seq = r->ls[i], .tokens = r->toks[i] + from, .n_tokens = n, .out = MODEL_OUT_LAST,
+    it[i] = (model_item_t){.seq = r->ls[i],
+                           .tokens = r->toks[i] + from,
+                           .n_tokens = n,
+                           .out = MODEL_OUT_LAST,
                            .result = r->lathe_logits + (uint64_t)i * r->vocab};
   if (model_forward(r->m, it, n_items, NULL, &err) != LT_OK) die("model_forward", err.msg);
 }
@@ -342,11 +345,14 @@ static int bench_model(gpu_t *g, const char *path, const char *label, const work
     figure_t f = measure(&r, figs[i].items, figs[i].decode ? w->prompt : w->prefill, figs[i].decode ? w->steps : 0);
     double toks_n = (double)figs[i].items * (figs[i].decode ? w->steps : w->prefill);
     char what[64];
-    if (figs[i].decode) snprintf(what, sizeof what, "decode batch %u (%u steps)", figs[i].items, w->steps);
-    else if (figs[i].items == 1) snprintf(what, sizeof what, "prefill %u", w->prefill);
-    else snprintf(what, sizeof what, "prefill %ux%u", figs[i].items, w->prefill);
-    printf("model %s %s: lathe %.1f tok/s, openblas-cpu %.1f tok/s, ratio %.2f, max |logit diff| %.2g%s\n", label,
-           what, toks_n / f.lathe_s, toks_n / f.peer_s, f.peer_s / f.lathe_s, f.diff,
+    if (figs[i].decode)
+      snprintf(what, sizeof what, "decode batch %u (%u steps)", figs[i].items, w->steps);
+    else if (figs[i].items == 1)
+      snprintf(what, sizeof what, "prefill %u", w->prefill);
+    else
+      snprintf(what, sizeof what, "prefill %ux%u", figs[i].items, w->prefill);
+    printf("model %s %s: lathe %.1f tok/s, openblas-cpu %.1f tok/s, ratio %.2f, max |logit diff| %.2g%s\n", label, what,
+           toks_n / f.lathe_s, toks_n / f.peer_s, f.peer_s / f.lathe_s, f.diff,
            tol >= 0 && !(f.diff <= tol) ? " FAIL" : "");
     uint64_t passes = figs[i].decode ? w->steps : 1;
     printf("  detail: lathe %.3f s, %.0f dispatches, %.0f barriers, %.0f submits per pass%s; "

@@ -41,8 +41,8 @@ static gpu_buf_t *buf_from(gpu_t *g, const void *src, uint64_t bytes) {
 }
 
 /* Records one dispatch of the case's op. */
-static lt_status_t record(gpu_cmd_t *c, const bench_case_t *bc, gpu_buf_t *x, gpu_buf_t *x2, gpu_buf_t *w,
-                          gpu_buf_t *t, gpu_buf_t *y, gpu_buf_t *y2, lt_err_t *err) {
+static lt_status_t record(gpu_cmd_t *c, const bench_case_t *bc, gpu_buf_t *x, gpu_buf_t *x2, gpu_buf_t *w, gpu_buf_t *t,
+                          gpu_buf_t *y, gpu_buf_t *y2, lt_err_t *err) {
   gpu_view_t none = {0};
   switch (bc->op) {
   case B_RMS: return op_rmsnorm(c, gv(y), gv(x), gv(w), bc->rows, bc->n, 1e-6f, err);
@@ -82,7 +82,7 @@ static void fill(float *x, uint64_t n, float lo, float hi, uint64_t *s) {
 static void run_case(gpu_t *g, const bench_case_t *bc, int reps) {
   uint64_t len = (uint64_t)bc->rows * bc->n, seed = 42;
   bool idx_out = bc->op == B_ARGMAX || bc->op == B_TOPK;
-  uint64_t out_len = bc->op == B_TOPK ? (uint64_t)bc->rows * bc->k
+  uint64_t out_len = bc->op == B_TOPK                                             ? (uint64_t)bc->rows * bc->k
                      : (bc->op == B_RMS || bc->op == B_LN || bc->op == B_SOFTMAX) ? len
                                                                                   : bc->rows;
   float *x = malloc(len * 4), *x2 = malloc(len * 4), *w = malloc(bc->n * 4ull);
@@ -129,9 +129,8 @@ static void run_case(gpu_t *g, const bench_case_t *bc, int reps) {
   }
   /* Bytes each op must move at least: the input rows once (twice for cosine) plus the outputs. */
   double bytes = 4.0 * (double)len * (bc->op == B_COSINE ? 2 : 1) + 4.0 * (double)out_len;
-  printf("%-26s %6u x %-7u %8.3f ms  %7.2f GB/s  cpu-ref %8.3f ms  ratio %6.2fx  %s %.2g\n", bc->name, bc->rows,
-         bc->n, best * 1e3, bytes / best * 1e-9, cpu * 1e3, cpu / best, idx_out ? "mismatches" : "max err/max|ref|",
-         worst);
+  printf("%-26s %6u x %-7u %8.3f ms  %7.2f GB/s  cpu-ref %8.3f ms  ratio %6.2fx  %s %.2g\n", bc->name, bc->rows, bc->n,
+         best * 1e3, bytes / best * 1e-9, cpu * 1e3, cpu / best, idx_out ? "mismatches" : "max err/max|ref|", worst);
   free(x), free(x2), free(w), free(want), free(want2), free(got), free(t);
   gpu_buf_destroy(&bx), gpu_buf_destroy(&bx2), gpu_buf_destroy(&bw), gpu_buf_destroy(&bt);
   gpu_buf_destroy(&by), gpu_buf_destroy(&by2);
@@ -148,11 +147,16 @@ int main(int argc, char **argv) {
   printf("device: %s (%s); subgroup %u, arithmetic %d; %d reps\n", cp->name, cp->driver_info, cp->subgroup_size,
          cp->subgroup_arith, reps);
   const bench_case_t cases[] = {
-      {"rmsnorm", B_RMS, 512, 4096, 0},          {"layernorm", B_LN, 512, 4096, 0},
-      {"softmax vocab", B_SOFTMAX, 2, 150001, 0}, {"softmax", B_SOFTMAX, 64, 32000, 0},
-      {"logsumexp+nll", B_LSE, 64, 32000, 0},    {"argmax vocab", B_ARGMAX, 8, 150001, 0},
-      {"topk router E=8 k=2", B_TOPK, 4096, 8, 2}, {"topk router E=64 k=8", B_TOPK, 4096, 64, 8},
-      {"topk wide k=32", B_TOPK, 4, 32000, 32},  {"cosine", B_COSINE, 512, 4096, 0},
+      {"rmsnorm", B_RMS, 512, 4096, 0},
+      {"layernorm", B_LN, 512, 4096, 0},
+      {"softmax vocab", B_SOFTMAX, 2, 150001, 0},
+      {"softmax", B_SOFTMAX, 64, 32000, 0},
+      {"logsumexp+nll", B_LSE, 64, 32000, 0},
+      {"argmax vocab", B_ARGMAX, 8, 150001, 0},
+      {"topk router E=8 k=2", B_TOPK, 4096, 8, 2},
+      {"topk router E=64 k=8", B_TOPK, 4096, 64, 8},
+      {"topk wide k=32", B_TOPK, 4, 32000, 32},
+      {"cosine", B_COSINE, 512, 4096, 0},
   };
   for (int tree = 0; tree < 2; tree++) {
     if (tree && !cp->subgroup_arith) break;

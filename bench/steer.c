@@ -75,9 +75,10 @@ static int32_t *encode(tok_t *t, const char *text, uint32_t *n) {
 
 int main(int argc, char **argv) {
   struct stat sb;
-  const char *path = argc > 1                                                              ? argv[1]
-                     : stat(LATHE_SOURCE_DIR "/models/lathe-kjv-llama/config.json", &sb) == 0 ? LATHE_SOURCE_DIR "/models/lathe-kjv-llama"
-                                                                                           : LATHE_SOURCE_DIR "/tests/fixtures/stories260K/hf";
+  const char *path = argc > 1 ? argv[1]
+                     : stat(LATHE_SOURCE_DIR "/models/lathe-kjv-llama/config.json", &sb) == 0
+                         ? LATHE_SOURCE_DIR "/models/lathe-kjv-llama"
+                         : LATHE_SOURCE_DIR "/tests/fixtures/stories260K/hf";
   const char *q = getenv("LATHE_BENCH_QUICK");
   bool quick = q && *q && strcmp(q, "0") != 0;
   uint32_t k = quick ? 24 : 64;
@@ -98,11 +99,15 @@ int main(int argc, char **argv) {
     b.prompts[i] = owned[i] = encode(tok, texts[i], &b.lens[i]);
     b.twins[i] = owned[MAX_BATCH + i] = encode(tok, twin, &b.twin_lens[i]);
   }
-  steer_cfg_t contrast = {.method = STEER_CONTRAST, .layer = cf->n_layers / 2, .exponent = 0.4f, .renorm = true,
-                          .twins = b.twins, .twin_lens = b.twin_lens};
+  steer_cfg_t contrast = {.method = STEER_CONTRAST,
+                          .layer = cf->n_layers / 2,
+                          .exponent = 0.4f,
+                          .renorm = true,
+                          .twins = b.twins,
+                          .twin_lens = b.twin_lens};
   steer_cfg_t rose = {.method = STEER_ROSE, .alpha = 0.5f, .twins = b.twins, .twin_lens = b.twin_lens};
-  printf("model %s (%u blocks, hidden %u) on %s; per decoding step over %u tokens, best of %d\n", path,
-         cf->n_layers, cf->hidden_size, gpu_caps(g)->name, k, ROUNDS);
+  printf("model %s (%u blocks, hidden %u) on %s; per decoding step over %u tokens, best of %d\n", path, cf->n_layers,
+         cf->hidden_size, gpu_caps(g)->name, k, ROUNDS);
   const steer_cfg_t *cfgs[3] = {NULL, &contrast, &rose};
   for (uint32_t n = 1; n <= MAX_BATCH; n *= 4) {
     /* Rounds interleave the three so that a busy machine slows them alike; the best round of each counts. */

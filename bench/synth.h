@@ -40,8 +40,11 @@ static void synth_remove(char *dir) {
 static void synth_add_tensor(ft_tensor_t *t, char (*names)[64], uint32_t *n, uint64_t *total, const char *name,
                              uint64_t rows, uint64_t cols) {
   snprintf(names[*n], 64, "%s", name);
-  t[*n] = (ft_tensor_t){.name = names[*n], .dtype = FT_F16, .n_dims = cols ? 2 : 1,
-                        .shape = {rows, cols ? cols : 1, 1, 1}, .n_elems = rows * (cols ? cols : 1)};
+  t[*n] = (ft_tensor_t){.name = names[*n],
+                        .dtype = FT_F16,
+                        .n_dims = cols ? 2 : 1,
+                        .shape = {rows, cols ? cols : 1, 1, 1},
+                        .n_elems = rows * (cols ? cols : 1)};
   t[*n].nbytes = t[*n].n_elems * 2;
   *total += t[(*n)++].n_elems;
 }
@@ -83,9 +86,9 @@ static bool synth_write(char *dir, size_t n_dir, char *msg, size_t msg_n) {
     const char *name;
     uint64_t rows, cols; /* cols 0: a vector */
   } per_layer[] = {
-      {"input_layernorm", D, 0},         {"self_attn.q_proj", H * HD, D}, {"self_attn.k_proj", KV * HD, D},
-      {"self_attn.v_proj", KV * HD, D},  {"self_attn.o_proj", D, H * HD}, {"post_attention_layernorm", D, 0},
-      {"mlp.gate_proj", F, D},           {"mlp.up_proj", F, D},           {"mlp.down_proj", D, F},
+      {"input_layernorm", D, 0},        {"self_attn.q_proj", H * HD, D}, {"self_attn.k_proj", KV * HD, D},
+      {"self_attn.v_proj", KV * HD, D}, {"self_attn.o_proj", D, H * HD}, {"post_attention_layernorm", D, 0},
+      {"mlp.gate_proj", F, D},          {"mlp.up_proj", F, D},           {"mlp.down_proj", D, F},
   };
   enum { N_PER = sizeof per_layer / sizeof per_layer[0], N = 3 + L * N_PER };
   ft_tensor_t t[N];

@@ -77,8 +77,12 @@ static uint64_t inference_peak(const char *path, bool f32, const batch_t *b) {
   if (!seqs || !it || !nll) die("malloc", "out of memory");
   for (uint32_t i = 0; i < b->n; i++) {
     if (!(seqs[i] = model_seq_new(m, b->len, &err))) die("model_seq_new", err.msg);
-    it[i] = (model_item_t){.seq = seqs[i], .tokens = b->ex[i].ids, .n_tokens = b->len - 1, .out = MODEL_OUT_NLL,
-                           .result = nll + (uint64_t)i * b->len, .targets = b->ex[i].ids + 1};
+    it[i] = (model_item_t){.seq = seqs[i],
+                           .tokens = b->ex[i].ids,
+                           .n_tokens = b->len - 1,
+                           .out = MODEL_OUT_NLL,
+                           .result = nll + (uint64_t)i * b->len,
+                           .targets = b->ex[i].ids + 1};
   }
   if (model_forward(m, it, b->n, NULL, &err) != LT_OK) die("model_forward", err.msg);
   uint64_t peak = gpu_stats(g)->bytes_peak;

@@ -26,8 +26,8 @@ enum { EXIT_JOB_FAILED = 1, EXIT_USAGE = 2, EXIT_DAEMON = 3, EXIT_DETACHED = 130
 
 typedef struct cli {
   lc_opts_t o;
-  bool json;       /* --json */
-  bool lines;      /* JSON lines for events: --json or stdout not a terminal */
+  bool json;  /* --json */
+  bool lines; /* JSON lines for events: --json or stdout not a terminal */
   bool autostart;
   const char *socket_flag;
   lc_t *c;
@@ -127,7 +127,8 @@ static const char *get_str(const msgpack_object *m, const char *k, char *buf, si
 static int start_daemon(cli_t *cli) {
   char home[PATH_MAX], log[PATH_MAX + 16], dir[PATH_MAX - 16], lathed[PATH_MAX];
   lt_err_t err = {0};
-  if (util_default_home(home, sizeof home, &err) || util_mkdir_p(home, 0700, &err)) return fail(EXIT_DAEMON, "%s", err.msg);
+  if (util_default_home(home, sizeof home, &err) || util_mkdir_p(home, 0700, &err))
+    return fail(EXIT_DAEMON, "%s", err.msg);
   snprintf(log, sizeof log, "%s/lathed.log", home);
   snprintf(lathed, sizeof lathed, "lathed");
   if (util_exe_dir(dir, sizeof dir)) {
@@ -145,8 +146,10 @@ static int start_daemon(cli_t *cli) {
     int fd = dup(2);
     if (fd >= 0) dup2(fd, 1), close(fd);
     if (!freopen("/dev/null", "r", stdin)) _exit(127);
-    if (cli->socket_flag) execlp(lathed, "lathed", "--socket", cli->socket_flag, (char *)NULL);
-    else execlp(lathed, "lathed", (char *)NULL);
+    if (cli->socket_flag)
+      execlp(lathed, "lathed", "--socket", cli->socket_flag, (char *)NULL);
+    else
+      execlp(lathed, "lathed", (char *)NULL);
     fprintf(stderr, "lathe: cannot run %s: %s\n", lathed, strerror(errno));
     _exit(127);
   }
@@ -163,8 +166,7 @@ static int connect_daemon(cli_t *cli) {
   if (cli->c) return 0;
   bool tcp = cli->o.connect && *cli->o.connect;
   if (!tcp && !lc_daemon_pid(cli->o.socket)) {
-    if (!cli->autostart)
-      return fail(EXIT_DAEMON, "no lathed is running (autostart is off: run `lathe daemon start`)");
+    if (!cli->autostart) return fail(EXIT_DAEMON, "no lathed is running (autostart is off: run `lathe daemon start`)");
     int rc = start_daemon(cli);
     if (rc) return rc;
   }
@@ -194,16 +196,19 @@ static bool parse_id(const char *s, int64_t *id) {
 
 static void kind_help(FILE *f, const kind_t *k) {
   fprintf(f, "lathe run|submit %s [--PARAM VALUE ...] [--priority N] [--hold] [--sid ID]\n  %s\n", k->name, k->summary);
-  fprintf(f, "  on a crash: %s\n", k->policy == KIND_RESTART ? "restarts from scratch"
-                                    : k->policy == KIND_RESUME ? "resumes from its last checkpoint"
-                                                               : "fails with the reason");
+  fprintf(f, "  on a crash: %s\n",
+          k->policy == KIND_RESTART  ? "restarts from scratch"
+          : k->policy == KIND_RESUME ? "resumes from its last checkpoint"
+                                     : "fails with the reason");
   for (size_t i = 0; i < k->n_params; i++) {
     const kind_param_t *p = &k->params[i];
     char flag[64];
     snprintf(flag, sizeof flag, "--%s %s", p->key, kind_type_str(p->type));
     fprintf(f, "  %-26s %s", flag, p->help);
-    if (p->required) fprintf(f, " (required)\n");
-    else fprintf(f, " (default %s)\n", *p->def ? p->def : "\"\"");
+    if (p->required)
+      fprintf(f, " (required)\n");
+    else
+      fprintf(f, " (default %s)\n", *p->def ? p->def : "\"\"");
   }
 }
 
@@ -245,7 +250,8 @@ static int parse_submit(int argc, char **argv, submit_args_t *a) {
       kind_help(stdout, a->k);
       exit(0);
     }
-    if (strncmp(arg, "--", 2) != 0) return fail(EXIT_USAGE, "unexpected argument '%s' (parameters are --KEY VALUE)", arg);
+    if (strncmp(arg, "--", 2) != 0)
+      return fail(EXIT_USAGE, "unexpected argument '%s' (parameters are --KEY VALUE)", arg);
     char key[64];
     const char *eq = strchr(arg, '='), *value = NULL;
     snprintf(key, sizeof key, "%.*s", (int)(eq ? (size_t)(eq - arg - 2) : strlen(arg + 2)), arg + 2);
@@ -340,9 +346,9 @@ typedef struct curves {
 typedef struct follow {
   cli_t *cli;
   int64_t id;
-  bool bar;          /* drawing a progress bar on a terminal */
+  bool bar; /* drawing a progress bar on a terminal */
   bool bar_drawn;
-  bool logs_only;    /* `logs`: print every event as a line, no bar */
+  bool logs_only; /* `logs`: print every event as a line, no bar */
   char final[16];
   char reason[512];
   int64_t t0, step0; /* first progress seen, for the rate */
@@ -358,9 +364,12 @@ static void fmt_time(int64_t ms, char *buf, size_t n) {
 }
 
 static void fmt_dur(double s, char *buf, size_t n) {
-  if (!isfinite(s) || s < 0) snprintf(buf, n, "?");
-  else if (s >= 3600) snprintf(buf, n, "%d:%02d:%02d", (int)s / 3600, (int)s / 60 % 60, (int)s % 60);
-  else snprintf(buf, n, "%d:%02d", (int)s / 60, (int)s % 60);
+  if (!isfinite(s) || s < 0)
+    snprintf(buf, n, "?");
+  else if (s >= 3600)
+    snprintf(buf, n, "%d:%02d:%02d", (int)s / 3600, (int)s / 60 % 60, (int)s % 60);
+  else
+    snprintf(buf, n, "%d:%02d", (int)s / 60, (int)s % 60);
 }
 
 static void clear_bar(follow_t *f) {
@@ -383,11 +392,11 @@ static void draw_bar(follow_t *f, const msgpack_object *ev) {
   for (int i = 0; i < width; i++) bar[i] = i < fill ? '#' : '.';
   bar[width] = '\0';
   if (isfinite(rate))
-    snprintf(line, sizeof line, "job %lld [%s] %lld/%lld %s  %.1f %s/s  ETA %s", (long long)f->id, bar,
-             (long long)step, (long long)total, unit, rate, unit, eta);
+    snprintf(line, sizeof line, "job %lld [%s] %lld/%lld %s  %.1f %s/s  ETA %s", (long long)f->id, bar, (long long)step,
+             (long long)total, unit, rate, unit, eta);
   else
-    snprintf(line, sizeof line, "job %lld [%s] %lld/%lld %s", (long long)f->id, bar, (long long)step,
-             (long long)total, unit);
+    snprintf(line, sizeof line, "job %lld [%s] %lld/%lld %s", (long long)f->id, bar, (long long)step, (long long)total,
+             unit);
   printf("\r\033[K%s", line);
   fflush(stdout);
   f->bar_drawn = true;
@@ -485,9 +494,12 @@ static void draw_curves(const curves_t *c) {
     if (hi - lo < 1e-12) hi = lo + 1;
     printf("\n%s by %s\n", c->name[s], c->xkey);
     for (int row = CHART_ROWS - 1; row >= 0; row--) {
-      if (row == CHART_ROWS - 1) printf("%9.3f |", hi);
-      else if (row == 0) printf("%9.3f |", lo);
-      else printf("%9s |", "");
+      if (row == CHART_ROWS - 1)
+        printf("%9.3f |", hi);
+      else if (row == 0)
+        printf("%9.3f |", lo);
+      else
+        printf("%9s |", "");
       for (size_t i = 0; i < c->n; i++) {
         double y = c->y[s][i];
         int at = isfinite(y) ? (int)((y - lo) / (hi - lo) * (CHART_ROWS - 1) + 0.5) : -1;
@@ -522,8 +534,10 @@ static void print_output(follow_t *f, const msgpack_object *data) {
       const msgpack_object *k = &data->via.map.ptr[i].key, *v = &data->via.map.ptr[i].val;
       if (k->type != MSGPACK_OBJECT_STR) continue;
       printf("%.*s: ", (int)k->via.str.size, k->via.str.ptr);
-      if (v->type == MSGPACK_OBJECT_STR) printf("%.*s\n", (int)v->via.str.size, v->via.str.ptr);
-      else print_json(v, false);
+      if (v->type == MSGPACK_OBJECT_STR)
+        printf("%.*s\n", (int)v->via.str.size, v->via.str.ptr);
+      else
+        print_json(v, false);
     }
   }
   fflush(stdout);
@@ -540,11 +554,16 @@ static bool on_event(void *user, const msgpack_object *ev) {
   }
   if (!strcmp(type, "output") && data) {
     /* What the job produced: one JSON object per output on stdout (with --json nothing else goes there). */
-    if (f->cli->lines) print_json(data, false);
-    else print_output(f, data);
-  } else if (f->cli->lines) print_json_to(f->cli->json ? stderr : stdout, ev, false);
-  else if (f->bar && !strcmp(type, "progress")) draw_bar(f, ev);
-  else print_event_line(f, ev);
+    if (f->cli->lines)
+      print_json(data, false);
+    else
+      print_output(f, data);
+  } else if (f->cli->lines)
+    print_json_to(f->cli->json ? stderr : stdout, ev, false);
+  else if (f->bar && !strcmp(type, "progress"))
+    draw_bar(f, ev);
+  else
+    print_event_line(f, ev);
   return true;
 }
 
@@ -598,8 +617,7 @@ static int follow_job(cli_t *cli, int64_t id, bool logs_only, bool to_end) {
             (long long)id, (long long)id);
     return EXIT_DETACHED;
   }
-  if (!cli->lines && !logs_only)
-    printf("job %lld %s%s%s\n", (long long)id, f.final, f.reason[0] ? ": " : "", f.reason);
+  if (!cli->lines && !logs_only) printf("job %lld %s%s%s\n", (long long)id, f.final, f.reason[0] ? ": " : "", f.reason);
   return strcmp(f.final, "succeeded") == 0 ? 0 : EXIT_JOB_FAILED;
 }
 
@@ -626,8 +644,10 @@ static int cmd_submit(cli_t *cli, int argc, char **argv, bool follow) {
     mp_doc_destroy(&d);
     return 0;
   }
-  if (cli->lines) fprintf(cli->json ? stderr : stdout, "{\"id\": %lld}\n", (long long)id);
-  else printf("job %lld submitted; Ctrl-C detaches\n", (long long)id);
+  if (cli->lines)
+    fprintf(cli->json ? stderr : stdout, "{\"id\": %lld}\n", (long long)id);
+  else
+    printf("job %lld submitted; Ctrl-C detaches\n", (long long)id);
   fflush(stdout);
   return follow_job(cli, id, false, true);
 }
@@ -643,8 +663,10 @@ static void fmt_age(int64_t ms, char *buf, size_t n) {
 static int cmd_ps(cli_t *cli, int argc, char **argv) {
   bool all = false;
   for (int i = 0; i < argc; i++) {
-    if (!strcmp(argv[i], "--all") || !strcmp(argv[i], "-a")) all = true;
-    else return fail(EXIT_USAGE, "ps: unexpected '%s' (ps [--all])", argv[i]);
+    if (!strcmp(argv[i], "--all") || !strcmp(argv[i], "-a"))
+      all = true;
+    else
+      return fail(EXIT_USAGE, "ps: unexpected '%s' (ps [--all])", argv[i]);
   }
   int rc = connect_daemon(cli);
   if (rc) return rc;
@@ -654,7 +676,8 @@ static int cmd_ps(cli_t *cli, int argc, char **argv) {
   mp_doc_t *d = call(cli, &w, &rc);
   if (!d) return rc;
   const msgpack_object *jobs = mp_get(mp_doc_root(d), "jobs");
-  if (!cli->json) printf("%6s  %-12s %-10s %4s %5s %4s %8s  %s\n", "ID", "KIND", "STATE", "POS", "PRIO", "ATT", "AGE", "REASON");
+  if (!cli->json)
+    printf("%6s  %-12s %-10s %4s %5s %4s %8s  %s\n", "ID", "KIND", "STATE", "POS", "PRIO", "ATT", "AGE", "REASON");
   for (uint32_t i = 0; jobs && i < jobs->via.array.size; i++) {
     const msgpack_object *j = &jobs->via.array.ptr[i];
     if (cli->json) {
@@ -664,9 +687,10 @@ static int cmd_ps(cli_t *cli, int argc, char **argv) {
     char kind[32], state[16], reason[512], pos[16] = "-", age[32];
     if (get_int(j, "position")) snprintf(pos, sizeof pos, "%lld", (long long)get_int(j, "position"));
     fmt_age(get_int(j, "created"), age, sizeof age);
-    printf("%6lld  %-12s %-10s %4s %5lld %4lld %8s  %s\n", (long long)get_int(j, "id"), get_str(j, "kind", kind, sizeof kind),
-           get_str(j, "state", state, sizeof state), pos, (long long)get_int(j, "priority"),
-           (long long)get_int(j, "attempts"), age, get_str(j, "reason", reason, sizeof reason));
+    printf("%6lld  %-12s %-10s %4s %5lld %4lld %8s  %s\n", (long long)get_int(j, "id"),
+           get_str(j, "kind", kind, sizeof kind), get_str(j, "state", state, sizeof state), pos,
+           (long long)get_int(j, "priority"), (long long)get_int(j, "attempts"), age,
+           get_str(j, "reason", reason, sizeof reason));
   }
   mp_doc_destroy(&d);
   return 0;
@@ -724,8 +748,10 @@ static int cmd_priority(cli_t *cli, int argc, char **argv) {
   mpw_kint(&w, "priority", p);
   mp_doc_t *d = call(cli, &w, &rc);
   if (!d) return rc;
-  if (cli->json) print_json(mp_doc_root(d), false);
-  else printf("job %lld priority %lld\n", (long long)id, p);
+  if (cli->json)
+    print_json(mp_doc_root(d), false);
+  else
+    printf("job %lld priority %lld\n", (long long)id, p);
   mp_doc_destroy(&d);
   return 0;
 }
@@ -734,9 +760,12 @@ static int cmd_logs(cli_t *cli, int argc, char **argv, bool watch) {
   int64_t id = 0;
   bool follow = watch;
   for (int i = 0; i < argc; i++) {
-    if (!strcmp(argv[i], "-f") || !strcmp(argv[i], "--follow")) follow = true;
-    else if (!id && parse_id(argv[i], &id)) continue;
-    else return fail(EXIT_USAGE, "usage: lathe %s", watch ? "watch ID" : "logs ID [-f]");
+    if (!strcmp(argv[i], "-f") || !strcmp(argv[i], "--follow"))
+      follow = true;
+    else if (!id && parse_id(argv[i], &id))
+      continue;
+    else
+      return fail(EXIT_USAGE, "usage: lathe %s", watch ? "watch ID" : "logs ID [-f]");
   }
   if (!id) return fail(EXIT_USAGE, "usage: lathe %s", watch ? "watch ID" : "logs ID [-f]");
   int rc = connect_daemon(cli);
@@ -823,19 +852,19 @@ static int cmd_keygen(int argc, char **argv) {
 }
 
 static void usage(FILE *f) {
-  fprintf(f,
-          "usage: lathe [--json] [--no-autostart] [--socket PATH | --connect tcp://HOST:PORT --server-key FILE --key FILE]\n"
-          "             COMMAND ...\n"
-          "  run KIND [--PARAM VALUE ...]   submit a job and follow it (exit 0 if it succeeds; Ctrl-C detaches)\n"
-          "  submit KIND [--PARAM VALUE ...] [--priority N] [--hold] [--sid ID]   queue a job\n"
-          "  ps [--all]                     list jobs (waiting and running; --all: every job)\n"
-          "  show ID                        a job in full\n"
-          "  logs ID [-f]                   a job's events (-f: keep following)\n"
-          "  watch ID                       follow a job to its end\n"
-          "  cancel ID | hold ID | release ID | rm ID | result ID | priority ID N\n"
-          "  daemon start|stop|status       the background daemon\n"
-          "  keygen PATH                    make a CURVE key pair for TCP clients\n"
-          "  help [KIND]                    this text, or a job kind's parameters\n");
+  fprintf(f, "usage: lathe [--json] [--no-autostart] [--socket PATH | --connect tcp://HOST:PORT --server-key FILE "
+             "--key FILE]\n"
+             "             COMMAND ...\n"
+             "  run KIND [--PARAM VALUE ...]   submit a job and follow it (exit 0 if it succeeds; Ctrl-C detaches)\n"
+             "  submit KIND [--PARAM VALUE ...] [--priority N] [--hold] [--sid ID]   queue a job\n"
+             "  ps [--all]                     list jobs (waiting and running; --all: every job)\n"
+             "  show ID                        a job in full\n"
+             "  logs ID [-f]                   a job's events (-f: keep following)\n"
+             "  watch ID                       follow a job to its end\n"
+             "  cancel ID | hold ID | release ID | rm ID | result ID | priority ID N\n"
+             "  daemon start|stop|status       the background daemon\n"
+             "  keygen PATH                    make a CURVE key pair for TCP clients\n"
+             "  help [KIND]                    this text, or a job kind's parameters\n");
   kinds_help(f);
 }
 
@@ -851,14 +880,22 @@ int main(int argc, char **argv) {
   for (; i < argc && !strncmp(argv[i], "--", 2); i++) {
     const char *a = argv[i];
     const char *v = i + 1 < argc ? argv[i + 1] : NULL;
-    if (!strcmp(a, "--json")) cli.json = true;
-    else if (!strcmp(a, "--no-autostart")) cli.autostart = false;
-    else if (!strcmp(a, "--help")) return usage(stdout), 0;
-    else if (!strcmp(a, "--socket") && v) cli.o.socket = cli.socket_flag = v, i++;
-    else if (!strcmp(a, "--connect") && v) cli.o.connect = v, i++;
-    else if (!strcmp(a, "--server-key") && v) cli.o.server_key = v, i++;
-    else if (!strcmp(a, "--key") && v) cli.o.client_key = v, i++;
-    else return usage(stderr), EXIT_USAGE;
+    if (!strcmp(a, "--json"))
+      cli.json = true;
+    else if (!strcmp(a, "--no-autostart"))
+      cli.autostart = false;
+    else if (!strcmp(a, "--help"))
+      return usage(stdout), 0;
+    else if (!strcmp(a, "--socket") && v)
+      cli.o.socket = cli.socket_flag = v, i++;
+    else if (!strcmp(a, "--connect") && v)
+      cli.o.connect = v, i++;
+    else if (!strcmp(a, "--server-key") && v)
+      cli.o.server_key = v, i++;
+    else if (!strcmp(a, "--key") && v)
+      cli.o.client_key = v, i++;
+    else
+      return usage(stderr), EXIT_USAGE;
   }
   if (i >= argc) return usage(stderr), EXIT_USAGE;
   const char *cmd = argv[i];
@@ -876,21 +913,32 @@ int main(int argc, char **argv) {
   int rc;
   if (!strcmp(cmd, "help")) {
     const kind_t *k = n ? kind_find(rest[0], strlen(rest[0])) : NULL;
-    if (k) kind_help(stdout, k);
-    else usage(stdout);
+    if (k)
+      kind_help(stdout, k);
+    else
+      usage(stdout);
     rc = 0;
-  } else if (!strcmp(cmd, "run")) rc = cmd_submit(&cli, n, rest, true);
-  else if (!strcmp(cmd, "submit")) rc = cmd_submit(&cli, n, rest, false);
-  else if (!strcmp(cmd, "ps")) rc = cmd_ps(&cli, n, rest);
-  else if (!strcmp(cmd, "logs")) rc = cmd_logs(&cli, n, rest, false);
-  else if (!strcmp(cmd, "watch")) rc = cmd_logs(&cli, n, rest, true);
-  else if (!strcmp(cmd, "priority")) rc = cmd_priority(&cli, n, rest);
-  else if (!strcmp(cmd, "daemon")) rc = cmd_daemon(&cli, n, rest);
-  else if (!strcmp(cmd, "keygen")) rc = cmd_keygen(n, rest);
+  } else if (!strcmp(cmd, "run"))
+    rc = cmd_submit(&cli, n, rest, true);
+  else if (!strcmp(cmd, "submit"))
+    rc = cmd_submit(&cli, n, rest, false);
+  else if (!strcmp(cmd, "ps"))
+    rc = cmd_ps(&cli, n, rest);
+  else if (!strcmp(cmd, "logs"))
+    rc = cmd_logs(&cli, n, rest, false);
+  else if (!strcmp(cmd, "watch"))
+    rc = cmd_logs(&cli, n, rest, true);
+  else if (!strcmp(cmd, "priority"))
+    rc = cmd_priority(&cli, n, rest);
+  else if (!strcmp(cmd, "daemon"))
+    rc = cmd_daemon(&cli, n, rest);
+  else if (!strcmp(cmd, "keygen"))
+    rc = cmd_keygen(n, rest);
   else if (!strcmp(cmd, "show") || !strcmp(cmd, "result") || !strcmp(cmd, "cancel") || !strcmp(cmd, "hold") ||
            !strcmp(cmd, "release") || !strcmp(cmd, "rm"))
     rc = cmd_id(&cli, cmd, n, rest);
-  else rc = fail(EXIT_USAGE, "unknown command '%s' (lathe help)", cmd);
+  else
+    rc = fail(EXIT_USAGE, "unknown command '%s' (lathe help)", cmd);
   lc_destroy(&cli.c);
   return rc;
 }

@@ -14,12 +14,12 @@
 typedef struct lc lc_t;
 
 typedef struct lc_opts {
-  const char *socket;      /* ipc socket path; NULL: $LATHE_SOCKET or the XDG default */
-  const char *connect;     /* TCP endpoint ("tcp://host:port"); when set, CURVE is used and socket is ignored */
-  const char *server_key;  /* file holding the daemon's public key (TCP) */
-  const char *client_key;  /* file holding this client's secret key (TCP); its public key in the same name + .pub
+  const char *socket;     /* ipc socket path; NULL: $LATHE_SOCKET or the XDG default */
+  const char *connect;    /* TCP endpoint ("tcp://host:port"); when set, CURVE is used and socket is ignored */
+  const char *server_key; /* file holding the daemon's public key (TCP) */
+  const char *client_key; /* file holding this client's secret key (TCP); its public key in the same name + .pub
                               or, for a file ending in .key, the same stem + .pub */
-  int timeout_ms;          /* how long a request waits for its reply (0: 10000) */
+  int timeout_ms;         /* how long a request waits for its reply (0: 10000) */
 } lc_opts_t;
 
 /* Opens a connection (it completes in the background). Returns NULL with err on a bad option or key file.

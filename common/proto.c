@@ -79,8 +79,8 @@ bool mp_check(const uint8_t *p, size_t n, unsigned max_depth, proto_err_t *e) {
     left[depth]--;
     if (i >= n) return proto_fail(e, P_TRUNCATED, "", "message ends at byte %zu inside a value", i);
     uint8_t b = p[i++];
-    unsigned hdr = 0;   /* bytes of length/value following the type byte */
-    int kind = 0;       /* 0 scalar of `hdr` bytes, 1 str/bin with length in hdr bytes, 2 array, 3 map */
+    unsigned hdr = 0; /* bytes of length/value following the type byte */
+    int kind = 0;     /* 0 scalar of `hdr` bytes, 1 str/bin with length in hdr bytes, 2 array, 3 map */
     uint64_t len = 0;
     if (b <= 0x7f || b >= 0xe0 || b == 0xc0 || b == 0xc2 || b == 0xc3) {
       kind = 0;
@@ -92,13 +92,22 @@ bool mp_check(const uint8_t *p, size_t n, unsigned max_depth, proto_err_t *e) {
       kind = 1, len = b & 0x1f;
     } else {
       switch (b) {
-      case 0xc4: case 0xd9: kind = 1, hdr = 1; break; /* bin8, str8 */
-      case 0xc5: case 0xda: kind = 1, hdr = 2; break; /* bin16, str16 */
-      case 0xc6: case 0xdb: kind = 1, hdr = 4; break; /* bin32, str32 */
-      case 0xcc: case 0xd0: hdr = 1; break;
-      case 0xcd: case 0xd1: hdr = 2; break;
-      case 0xca: case 0xce: case 0xd2: hdr = 4; break;
-      case 0xcb: case 0xcf: case 0xd3: hdr = 8; break;
+      case 0xc4:
+      case 0xd9: kind = 1, hdr = 1; break; /* bin8, str8 */
+      case 0xc5:
+      case 0xda: kind = 1, hdr = 2; break; /* bin16, str16 */
+      case 0xc6:
+      case 0xdb: kind = 1, hdr = 4; break; /* bin32, str32 */
+      case 0xcc:
+      case 0xd0: hdr = 1; break;
+      case 0xcd:
+      case 0xd1: hdr = 2; break;
+      case 0xca:
+      case 0xce:
+      case 0xd2: hdr = 4; break;
+      case 0xcb:
+      case 0xcf:
+      case 0xd3: hdr = 8; break;
       case 0xdc: kind = 2, hdr = 2; break;
       case 0xdd: kind = 2, hdr = 4; break;
       case 0xde: kind = 3, hdr = 2; break;
@@ -124,8 +133,7 @@ bool mp_check(const uint8_t *p, size_t n, unsigned max_depth, proto_err_t *e) {
       if (elems > n - i)
         return proto_fail(e, P_TOO_MANY, "", "a %s at byte %zu declares %llu elements but only %zu bytes remain",
                           kind == 3 ? "map" : "array", i, (unsigned long long)len, n - i);
-      if (depth + 1 > max_depth)
-        return proto_fail(e, P_TOO_DEEP, "", "containers nested deeper than %u", max_depth);
+      if (depth + 1 > max_depth) return proto_fail(e, P_TOO_DEEP, "", "containers nested deeper than %u", max_depth);
       left[++depth] = elems;
     }
   }
@@ -226,8 +234,8 @@ static bool field(const msgpack_object *map, const char *prefix, const char *key
   return true;
 }
 
-bool mp_field_int(const msgpack_object *map, const char *prefix, const char *key, bool required, int64_t lo,
-                  int64_t hi, int64_t *out, proto_err_t *e) {
+bool mp_field_int(const msgpack_object *map, const char *prefix, const char *key, bool required, int64_t lo, int64_t hi,
+                  int64_t *out, proto_err_t *e) {
   const msgpack_object *o;
   char name[96];
   if (!field(map, prefix, key, required, &o, name, sizeof name, e)) return false;
@@ -235,8 +243,8 @@ bool mp_field_int(const msgpack_object *map, const char *prefix, const char *key
   int64_t v;
   if (!mp_as_int(o, &v)) return proto_fail(e, P_BAD_TYPE, name, "%s: expected an integer", name);
   if (v < lo || v > hi)
-    return proto_fail(e, P_OUT_OF_RANGE, name, "%s: %lld is outside [%lld, %lld]", name, (long long)v,
-                      (long long)lo, (long long)hi);
+    return proto_fail(e, P_OUT_OF_RANGE, name, "%s: %lld is outside [%lld, %lld]", name, (long long)v, (long long)lo,
+                      (long long)hi);
   *out = v;
   return true;
 }
@@ -252,8 +260,8 @@ bool mp_field_bool(const msgpack_object *map, const char *prefix, const char *ke
   return true;
 }
 
-bool mp_field_str(const msgpack_object *map, const char *prefix, const char *key, bool required, char *buf,
-                  size_t n, proto_err_t *e) {
+bool mp_field_str(const msgpack_object *map, const char *prefix, const char *key, bool required, char *buf, size_t n,
+                  proto_err_t *e) {
   const msgpack_object *o;
   char name[96];
   if (!field(map, prefix, key, required, &o, name, sizeof name, e)) return false;
@@ -345,8 +353,10 @@ void mpw_double(mpw_t *w, double v) {
 
 void mpw_bool(mpw_t *w, bool v) {
   item(w);
-  if (v) msgpack_pack_true(&w->pk);
-  else msgpack_pack_false(&w->pk);
+  if (v)
+    msgpack_pack_true(&w->pk);
+  else
+    msgpack_pack_false(&w->pk);
 }
 
 void mpw_nil(mpw_t *w) {

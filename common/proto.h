@@ -40,11 +40,11 @@ typedef enum proto_code {
   P_OUT_OF_RANGE,
   P_QUEUE_FULL,
   P_NOT_FOUND,
-  P_BAD_STATE,     /* the job is not in a state that allows the operation */
-  P_CONFLICT,      /* a submission id reused with a different job */
+  P_BAD_STATE, /* the job is not in a state that allows the operation */
+  P_CONFLICT,  /* a submission id reused with a different job */
   P_DENIED,
   P_SHUTTING_DOWN,
-  P_INTERNAL,      /* the daemon failed (store I/O); the request may be retried */
+  P_INTERNAL, /* the daemon failed (store I/O); the request may be retried */
   P_CODE_COUNT
 } proto_code_t;
 
@@ -98,13 +98,13 @@ bool mp_as_int(const msgpack_object *o, int64_t *v);
 
 /* Field readers for request maps. Each returns true when the field is valid, or absent and not required
  * (leaving *out untouched); otherwise false with e naming `prefix key` (prefix may be "" or "params."). */
-bool mp_field_int(const msgpack_object *map, const char *prefix, const char *key, bool required, int64_t lo,
-                  int64_t hi, int64_t *out, proto_err_t *e);
+bool mp_field_int(const msgpack_object *map, const char *prefix, const char *key, bool required, int64_t lo, int64_t hi,
+                  int64_t *out, proto_err_t *e);
 bool mp_field_bool(const msgpack_object *map, const char *prefix, const char *key, bool required, bool *out,
                    proto_err_t *e);
 /* String fields are copied into buf of size n (longer strings are rejected as bad_value). */
-bool mp_field_str(const msgpack_object *map, const char *prefix, const char *key, bool required, char *buf,
-                  size_t n, proto_err_t *e);
+bool mp_field_str(const msgpack_object *map, const char *prefix, const char *key, bool required, char *buf, size_t n,
+                  proto_err_t *e);
 /* Map fields: *out points into the document. */
 bool mp_field_map(const msgpack_object *map, const char *prefix, const char *key, bool required,
                   const msgpack_object **out, proto_err_t *e);

@@ -118,9 +118,12 @@ static void loop(daemon_t *d) {
     if (!d->stopping) sched_dispatch(d);
     if (d->stopping && !d->slot.job) {
       /* The job has stopped (or there was none): let the worker close the device cleanly, then leave. */
-      if (d->slot.state == W_DOWN) d->done = true;
-      else if (!exit_sent) sched_tell_exit(d), exit_sent = util_mono_ms();
-      else if (util_mono_ms() - exit_sent > 3000) sched_kill_worker(d, "it did not exit when told");
+      if (d->slot.state == W_DOWN)
+        d->done = true;
+      else if (!exit_sent)
+        sched_tell_exit(d), exit_sent = util_mono_ms();
+      else if (util_mono_ms() - exit_sent > 3000)
+        sched_kill_worker(d, "it did not exit when told");
     }
     /* One commit per turn (group commit): replies and events leave only once what they report is stored. */
     lt_err_t err = {0};
@@ -162,7 +165,8 @@ static void *router(daemon_t *d, const char *domain, lt_err_t *err) {
   void *s = zmq_socket(d->ctx, ZMQ_ROUTER);
   int one = 1, zero = 0, hwm = 100000;
   int64_t max = PROTO_HARD_MAX_MSG;
-  if (!s || zmq_setsockopt(s, ZMQ_ZAP_DOMAIN, domain, strlen(domain)) || zmq_setsockopt(s, ZMQ_ROUTER_MANDATORY, &one, sizeof one) ||
+  if (!s || zmq_setsockopt(s, ZMQ_ZAP_DOMAIN, domain, strlen(domain)) ||
+      zmq_setsockopt(s, ZMQ_ROUTER_MANDATORY, &one, sizeof one) ||
       zmq_setsockopt(s, ZMQ_MAXMSGSIZE, &max, sizeof max) || zmq_setsockopt(s, ZMQ_LINGER, &zero, sizeof zero) ||
       zmq_setsockopt(s, ZMQ_SNDHWM, &hwm, sizeof hwm) || zmq_setsockopt(s, ZMQ_RCVHWM, &hwm, sizeof hwm)) {
     lt_fail(err, LT_E_IO, "cannot set up a ROUTER socket: %s", zmq_strerror(errno));
@@ -201,27 +205,49 @@ static lt_status_t setup_tcp(daemon_t *d, lt_err_t *err) {
 }
 
 static void usage(FILE *f) {
-  fprintf(f,
-          "usage: lathed [options]\n"
-          "  --socket PATH          ipc socket (default $LATHE_SOCKET or $XDG_RUNTIME_DIR/lathe/lathed.sock)\n"
-          "  --home DIR             store and artifacts (default $LATHE_HOME or $XDG_DATA_HOME/lathe)\n"
-          "  --tcp ENDPOINT         also listen on TCP (e.g. tcp://127.0.0.1:7117, port * picks one); needs --curve-allow\n"
-          "  --curve-allow DIR      folder of allowed client public keys (*.pub, Z85)\n"
-          "  --max-queue N          queued + held jobs accepted (default 10000)\n"
-          "  --cancel-grace-ms N    time a running job gets to stop before its worker is killed (default 5000)\n"
-          "  --heartbeat-timeout-ms N  a silent worker is killed after this (default 10000)\n"
-          "  --max-attempts N       starts of a job before a crash fails it (default 3)\n"
-          "  --keep-alive S         seconds the worker keeps the device open when idle (default 300)\n"
-          "  --worker PATH          the lathe-worker binary (default: next to lathed)\n");
+  fprintf(
+      f,
+      "usage: lathed [options]\n"
+      "  --socket PATH          ipc socket (default $LATHE_SOCKET or $XDG_RUNTIME_DIR/lathe/lathed.sock)\n"
+      "  --home DIR             store and artifacts (default $LATHE_HOME or $XDG_DATA_HOME/lathe)\n"
+      "  --tcp ENDPOINT         also listen on TCP (e.g. tcp://127.0.0.1:7117, port * picks one); needs --curve-allow\n"
+      "  --curve-allow DIR      folder of allowed client public keys (*.pub, Z85)\n"
+      "  --max-queue N          queued + held jobs accepted (default 10000)\n"
+      "  --cancel-grace-ms N    time a running job gets to stop before its worker is killed (default 5000)\n"
+      "  --heartbeat-timeout-ms N  a silent worker is killed after this (default 10000)\n"
+      "  --max-attempts N       starts of a job before a crash fails it (default 3)\n"
+      "  --keep-alive S         seconds the worker keeps the device open when idle (default 300)\n"
+      "  --worker PATH          the lathe-worker binary (default: next to lathed)\n");
 }
 
 static bool parse_args(daemon_t *d, int argc, char **argv) {
-  enum { O_SOCKET = 1, O_HOME, O_TCP, O_ALLOW, O_QUEUE, O_GRACE, O_HB, O_ATTEMPTS, O_KEEP, O_WORKER, O_HELP, O_VERSION };
-  static const struct option lo[] = {
-      {"socket", 1, 0, O_SOCKET}, {"home", 1, 0, O_HOME}, {"tcp", 1, 0, O_TCP}, {"curve-allow", 1, 0, O_ALLOW},
-      {"max-queue", 1, 0, O_QUEUE}, {"cancel-grace-ms", 1, 0, O_GRACE}, {"heartbeat-timeout-ms", 1, 0, O_HB},
-      {"max-attempts", 1, 0, O_ATTEMPTS}, {"keep-alive", 1, 0, O_KEEP}, {"worker", 1, 0, O_WORKER},
-      {"help", 0, 0, O_HELP}, {"version", 0, 0, O_VERSION}, {0, 0, 0, 0}};
+  enum {
+    O_SOCKET = 1,
+    O_HOME,
+    O_TCP,
+    O_ALLOW,
+    O_QUEUE,
+    O_GRACE,
+    O_HB,
+    O_ATTEMPTS,
+    O_KEEP,
+    O_WORKER,
+    O_HELP,
+    O_VERSION
+  };
+  static const struct option lo[] = {{"socket", 1, 0, O_SOCKET},
+                                     {"home", 1, 0, O_HOME},
+                                     {"tcp", 1, 0, O_TCP},
+                                     {"curve-allow", 1, 0, O_ALLOW},
+                                     {"max-queue", 1, 0, O_QUEUE},
+                                     {"cancel-grace-ms", 1, 0, O_GRACE},
+                                     {"heartbeat-timeout-ms", 1, 0, O_HB},
+                                     {"max-attempts", 1, 0, O_ATTEMPTS},
+                                     {"keep-alive", 1, 0, O_KEEP},
+                                     {"worker", 1, 0, O_WORKER},
+                                     {"help", 0, 0, O_HELP},
+                                     {"version", 0, 0, O_VERSION},
+                                     {0, 0, 0, 0}};
   opts_t *o = &d->o;
   o->max_queue = 10000, o->cancel_grace_ms = 5000, o->heartbeat_timeout_ms = 10000, o->max_attempts = 3;
   o->keep_alive_s = 300;
@@ -242,7 +268,9 @@ static bool parse_args(daemon_t *d, int argc, char **argv) {
     case O_ATTEMPTS: o->max_attempts = v; break;
     case O_KEEP: o->keep_alive_s = v; break;
     case O_HELP: usage(stdout); exit(0);
-    case O_VERSION: printf("lathed %s (protocol %d, store %d)\n", LATHED_VERSION, PROTO_VERSION, STORE_VERSION); exit(0);
+    case O_VERSION:
+      printf("lathed %s (protocol %d, store %d)\n", LATHED_VERSION, PROTO_VERSION, STORE_VERSION);
+      exit(0);
     default: usage(stderr); return false;
     }
     if (c >= O_QUEUE && c <= O_KEEP && !num_ok) {

@@ -40,7 +40,7 @@ typedef struct outmsg {
   void *sock;
   uint8_t id[MAX_ROUTING_ID];
   uint8_t id_n;
-  bool is_reply; /* a reply to a request: turned into an `internal` error if the commit fails */
+  bool is_reply;  /* a reply to a request: turned into an `internal` error if the commit fails */
   bool is_worker; /* a command to the worker: dropped if the commit fails */
   uint64_t rid;
   char *data;
@@ -56,15 +56,15 @@ typedef enum stop_req { STOP_NONE, STOP_CANCEL, STOP_SHUTDOWN } stop_req_t;
 typedef struct slot {
   worker_state_t state;
   pid_t pid;
-  int64_t gen;            /* incremented per spawn; the worker's routing id is "w<gen>" */
+  int64_t gen; /* incremented per spawn; the worker's routing id is "w<gen>" */
   int64_t started_mono, last_beat_mono, backoff_until_mono;
-  int crash_streak;       /* spawns that died before becoming ready */
+  int crash_streak; /* spawns that died before becoming ready */
   int64_t restarts;
   char device[256];
-  char last_exit[160];    /* how the previous worker ended */
-  char kill_reason[128];  /* why we killed it ("" if we did not) */
-  char cancel_by[64];     /* who cancelled the running job */
-  int64_t job;            /* running job id, 0 when none */
+  char last_exit[160];   /* how the previous worker ended */
+  char kill_reason[128]; /* why we killed it ("" if we did not) */
+  char cancel_by[64];    /* who cancelled the running job */
+  int64_t job;           /* running job id, 0 when none */
   stop_req_t stop;
   int64_t stop_deadline_mono;
   /* progress throttle for the running job */
@@ -77,7 +77,7 @@ typedef struct opts {
   char socket[108];
   bool socket_explicit; /* --socket or LATHE_SOCKET: the folder need not be private */
   char home[PATH_MAX];
-  char tcp[256];          /* "" when TCP is off */
+  char tcp[256]; /* "" when TCP is off */
   char curve_allow[PATH_MAX];
   char worker_path[PATH_MAX];
   int64_t max_queue;
@@ -98,8 +98,8 @@ typedef struct daemon {
   size_t n_watchers;
   outmsg_t *out;
   size_t n_out, cap_out;
-  bool stopping;          /* SIGTERM or a shutdown request: accept nothing new, wind down */
-  bool done;              /* leave the loop */
+  bool stopping; /* SIGTERM or a shutdown request: accept nothing new, wind down */
+  bool done;     /* leave the loop */
   int64_t started_ms;
   int64_t auth_denied, requests, rejected;
 } daemon_t;

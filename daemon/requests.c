@@ -18,9 +18,7 @@ typedef struct req {
 typedef bool (*req_fn)(req_t *r, mpw_t *w, proto_err_t *e);
 
 /* A store failure inside a request: reported as `internal` (the request may be retried). */
-static bool store_failed(proto_err_t *e, const lt_err_t *err) {
-  return proto_fail(e, P_INTERNAL, "", "%s", err->msg);
-}
+static bool store_failed(proto_err_t *e, const lt_err_t *err) { return proto_fail(e, P_INTERNAL, "", "%s", err->msg); }
 
 /* Loads the job named by the request's "id" field. */
 static bool load_job(req_t *r, store_job_t *j, proto_err_t *e) {
@@ -34,8 +32,10 @@ static bool load_job(req_t *r, store_job_t *j, proto_err_t *e) {
 }
 
 static void write_ms(mpw_t *w, const char *k, int64_t ms) {
-  if (ms) mpw_kint(w, k, ms);
-  else mpw_knil(w, k);
+  if (ms)
+    mpw_kint(w, k, ms);
+  else
+    mpw_knil(w, k);
 }
 
 /* The job object of list/show replies (docs/protocol.md). */
@@ -52,8 +52,10 @@ static void write_job(mpw_t *w, daemon_t *d, const store_job_t *j, bool full) {
   write_ms(w, "started", j->started_ms);
   write_ms(w, "finished", j->finished_ms);
   write_ms(w, "updated", j->updated_ms);
-  if (j->position) mpw_kint(w, "position", j->position);
-  else mpw_knil(w, "position");
+  if (j->position)
+    mpw_kint(w, "position", j->position);
+  else
+    mpw_knil(w, "position");
   mpw_kint(w, "last_seq", j->last_seq);
   mpw_kbool(w, "cancel_requested", j->cancel_requested);
   if (full) {
@@ -66,8 +68,10 @@ static void write_job(mpw_t *w, daemon_t *d, const store_job_t *j, bool full) {
     mpw_str(w, "params");
     mpw_raw(w, j->params, j->params_n);
     mpw_str(w, "result");
-    if (j->result && j->result_n) mpw_raw(w, j->result, j->result_n);
-    else mpw_nil(w);
+    if (j->result && j->result_n)
+      mpw_raw(w, j->result, j->result_n);
+    else
+      mpw_nil(w);
   }
   mpw_end(w);
 }
@@ -113,8 +117,10 @@ static bool req_status(req_t *r, mpw_t *w, proto_err_t *e) {
   mpw_kint(w, "restarts", d->slot.restarts);
   mpw_kstr(w, "device", d->slot.device);
   mpw_kstr(w, "last_exit", d->slot.last_exit);
-  if (d->slot.job) mpw_kint(w, "job", d->slot.job);
-  else mpw_knil(w, "job");
+  if (d->slot.job)
+    mpw_kint(w, "job", d->slot.job);
+  else
+    mpw_knil(w, "job");
   mpw_end(w);
   mpw_kint(w, "watchers", (int64_t)d->n_watchers);
   mpw_kint(w, "requests", d->requests);
@@ -141,7 +147,8 @@ static bool req_submit(req_t *r, mpw_t *w, proto_err_t *e) {
                       (int)(ko->via.str.size > 64 ? 64 : ko->via.str.size), ko->via.str.ptr, known);
   }
   util_copy(kname, k->name, sizeof kname);
-  if (!mp_field_map(r->m, "", "params", false, &params, e) || !mp_field_str(r->m, "", "sid", false, sid, sizeof sid, e) ||
+  if (!mp_field_map(r->m, "", "params", false, &params, e) ||
+      !mp_field_str(r->m, "", "sid", false, sid, sizeof sid, e) ||
       !mp_field_int(r->m, "", "priority", false, -1000, 1000, &priority, e) ||
       !mp_field_bool(r->m, "", "hold", false, &hold, e))
     return false;
@@ -170,8 +177,10 @@ static bool req_submit(req_t *r, mpw_t *w, proto_err_t *e) {
       mpw_kint(w, "id", j.id);
       mpw_kstr(w, "state", job_state_str(j.state));
       mpw_kbool(w, "existing", true);
-      if (j.position) mpw_kint(w, "position", j.position);
-      else mpw_knil(w, "position");
+      if (j.position)
+        mpw_kint(w, "position", j.position);
+      else
+        mpw_knil(w, "position");
       ok = true;
       goto out;
     }
@@ -215,8 +224,10 @@ static bool req_submit(req_t *r, mpw_t *w, proto_err_t *e) {
   mpw_kint(w, "id", nj.id);
   mpw_kstr(w, "state", job_state_str(nj.state));
   mpw_kbool(w, "existing", false);
-  if (pos) mpw_kint(w, "position", pos);
-  else mpw_knil(w, "position");
+  if (pos)
+    mpw_kint(w, "position", pos);
+  else
+    mpw_knil(w, "position");
   ok = true;
 out:
   store_job_clear(&j);
@@ -291,7 +302,8 @@ static bool req_events(req_t *r, mpw_t *w, proto_err_t *e) {
     mpw_kstr(w, "state", job_state_str(j.state));
     /* Registering in the same turn as the reply leaves no gap: later events are pushed after this reply. */
     bool watching = follow && !more && !job_state_final(j.state);
-    if (watching && !watch_add(r->d, r->peer, j.id)) ok = proto_fail(e, P_BAD_STATE, "follow", "follow: too many watchers");
+    if (watching && !watch_add(r->d, r->peer, j.id))
+      ok = proto_fail(e, P_BAD_STATE, "follow", "follow: too many watchers");
     mpw_kbool(w, "watching", watching);
   }
   store_job_clear(&j);
@@ -382,8 +394,10 @@ static bool req_priority(req_t *r, mpw_t *w, proto_err_t *e) {
   if (ok) {
     store_job_t fresh = {0};
     mpw_kint(w, "priority", p);
-    if (store_job_get(r->d->store, j.id, &fresh, &err) == 1 && fresh.position) mpw_kint(w, "position", fresh.position);
-    else mpw_knil(w, "position");
+    if (store_job_get(r->d->store, j.id, &fresh, &err) == 1 && fresh.position)
+      mpw_kint(w, "position", fresh.position);
+    else
+      mpw_knil(w, "position");
     store_job_clear(&fresh);
   }
   store_job_clear(&j);
@@ -402,8 +416,10 @@ static bool req_remove(req_t *r, mpw_t *w, proto_err_t *e) {
   } else {
     char dir[PATH_MAX];
     store_job_dir(r->d->store, j.id, dir, sizeof dir);
-    if (store_job_delete(r->d->store, j.id, &err)) ok = store_failed(e, &err);
-    else if (util_rm_rf(dir, &err)) dlog("job %lld removed; %s", (long long)j.id, err.msg);
+    if (store_job_delete(r->d->store, j.id, &err))
+      ok = store_failed(e, &err);
+    else if (util_rm_rf(dir, &err))
+      dlog("job %lld removed; %s", (long long)j.id, err.msg);
   }
   store_job_clear(&j);
   return ok;
@@ -423,8 +439,10 @@ static bool req_result(req_t *r, mpw_t *w, proto_err_t *e) {
     mpw_kstr(w, "reason", j.reason);
     mpw_kstr(w, "dir", dir);
     mpw_str(w, "result");
-    if (j.result && j.result_n) mpw_raw(w, j.result, j.result_n);
-    else mpw_nil(w);
+    if (j.result && j.result_n)
+      mpw_raw(w, j.result, j.result_n);
+    else
+      mpw_nil(w);
   }
   store_job_clear(&j);
   return ok;
@@ -443,10 +461,10 @@ static const struct op {
   req_fn fn;
   bool writes;
 } ops[] = {
-    {"ping", req_ping, false},       {"status", req_status, false},   {"submit", req_submit, true},
-    {"list", req_list, false},       {"show", req_show, false},       {"events", req_events, false},
-    {"unwatch", req_unwatch, false}, {"cancel", req_cancel, true},    {"hold", req_hold, true},
-    {"release", req_release, true},  {"priority", req_priority, true}, {"remove", req_remove, true},
+    {"ping", req_ping, false},       {"status", req_status, false},     {"submit", req_submit, true},
+    {"list", req_list, false},       {"show", req_show, false},         {"events", req_events, false},
+    {"unwatch", req_unwatch, false}, {"cancel", req_cancel, true},      {"hold", req_hold, true},
+    {"release", req_release, true},  {"priority", req_priority, true},  {"remove", req_remove, true},
     {"result", req_result, false},   {"shutdown", req_shutdown, false},
 };
 

@@ -316,8 +316,10 @@ void sched_worker_msg(daemon_t *d, const uint8_t *id, size_t id_n, const void *b
       mpw_t w;
       mpw_init(&w);
       mpw_obj(&w, data);
-      if (!strcmp(tname, "progress")) ev_progress(d, s, w.sb.data, w.sb.size, &err);
-      else if (!ev_flush_progress(d, s, true, &err)) ev_emit(d, job, tname, w.sb.data, w.sb.size, &err);
+      if (!strcmp(tname, "progress"))
+        ev_progress(d, s, w.sb.data, w.sb.size, &err);
+      else if (!ev_flush_progress(d, s, true, &err))
+        ev_emit(d, job, tname, w.sb.data, w.sb.size, &err);
       mpw_free(&w);
     }
   } else if (mp_str_is(t, "done") && job && job == s->job) {
@@ -333,8 +335,10 @@ int64_t sched_timers(daemon_t *d) {
   lt_err_t err = {0};
   if (s->progress_pending) {
     int64_t due = s->progress_last_mono + PROGRESS_EVERY_MS - now;
-    if (due <= 0 && ev_flush_progress(d, s, false, &err)) dlog("%s", err.msg);
-    else if (due < next) next = due;
+    if (due <= 0 && ev_flush_progress(d, s, false, &err))
+      dlog("%s", err.msg);
+    else if (due < next)
+      next = due;
   }
   if (s->state != W_DOWN && s->pid > 0 && !s->kill_reason[0]) {
     int64_t left = s->last_beat_mono + d->o.heartbeat_timeout_ms - now;
@@ -359,8 +363,10 @@ int64_t sched_timers(daemon_t *d) {
   }
   if (s->state == W_DOWN && !d->stopping) {
     int64_t left = s->backoff_until_mono - now;
-    if (left <= 0) sched_spawn(d);
-    else if (left < next) next = left;
+    if (left <= 0)
+      sched_spawn(d);
+    else if (left < next)
+      next = left;
   }
   return next < 0 ? 0 : next;
 }

@@ -53,8 +53,20 @@ static const char schema_v1[] =
 static const char *const migrations[STORE_VERSION] = {schema_v1};
 
 enum {
-  Q_INSERT, Q_UPDATE, Q_GET, Q_BY_SID, Q_DELETE, Q_LIST, Q_IN_STATE, Q_NEXT, Q_COUNT, Q_SEQ, Q_EVENT, Q_EVENTS,
-  Q_POSITION, Q_N
+  Q_INSERT,
+  Q_UPDATE,
+  Q_GET,
+  Q_BY_SID,
+  Q_DELETE,
+  Q_LIST,
+  Q_IN_STATE,
+  Q_NEXT,
+  Q_COUNT,
+  Q_SEQ,
+  Q_EVENT,
+  Q_EVENTS,
+  Q_POSITION,
+  Q_N
 };
 
 static const char *const sql[Q_N] = {
@@ -62,8 +74,8 @@ static const char *const sql[Q_N] = {
                  " params) VALUES (?1, ?2, ?3, ?4, ?5, ?6, 0, ?7, ?7, ?8)",
     [Q_UPDATE] = "UPDATE jobs SET state = ?2, reason = ?3, priority = ?4, attempts = ?5, started_ms = ?6,"
                  " finished_ms = ?7, updated_ms = ?8, cancel_requested = ?9, result = ?10 WHERE id = ?1",
-#define JOB_COLS                                                                                                   \
-  "id, kind, state, reason, priority, owner, sid, attempts, created_ms, started_ms, finished_ms, updated_ms,"     \
+#define JOB_COLS                                                                                                       \
+  "id, kind, state, reason, priority, owner, sid, attempts, created_ms, started_ms, finished_ms, updated_ms,"          \
   " last_seq, cancel_requested, params, result"
     [Q_GET] = "SELECT " JOB_COLS " FROM jobs WHERE id = ?1",
     [Q_BY_SID] = "SELECT " JOB_COLS " FROM jobs WHERE owner = ?1 AND sid = ?2",
@@ -77,7 +89,8 @@ static const char *const sql[Q_N] = {
     [Q_SEQ] = "UPDATE jobs SET last_seq = last_seq + 1 WHERE id = ?1 RETURNING last_seq",
     [Q_EVENT] = "INSERT INTO events (job_id, seq, time_ms, type, data) VALUES (?1, ?2, ?3, ?4, ?5)",
     [Q_EVENTS] = "SELECT seq, time_ms, type, data FROM events WHERE job_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
-    [Q_POSITION] = "SELECT count(*) FROM jobs WHERE state = 'queued' AND (priority > ?2 OR (priority = ?2 AND id <= ?1))",
+    [Q_POSITION] =
+        "SELECT count(*) FROM jobs WHERE state = 'queued' AND (priority > ?2 OR (priority = ?2 AND id <= ?1))",
 };
 
 struct store {
@@ -210,8 +223,10 @@ static sqlite3_stmt *stmt(store_t *s, int q) {
 }
 
 static void bind_opt_ms(sqlite3_stmt *st, int i, int64_t ms) {
-  if (ms) sqlite3_bind_int64(st, i, ms);
-  else sqlite3_bind_null(st, i);
+  if (ms)
+    sqlite3_bind_int64(st, i, ms);
+  else
+    sqlite3_bind_null(st, i);
 }
 
 lt_status_t store_job_insert(store_t *s, const store_job_t *j, int64_t *id, lt_err_t *err) {
@@ -345,8 +360,8 @@ lt_status_t store_list(store_t *s, bool all, int64_t limit, void (*fn)(void *use
   return each_row(s, st, true, fn, user, err);
 }
 
-lt_status_t store_each_in_state(store_t *s, job_state_t state, void (*fn)(void *user, const store_job_t *j),
-                                void *user, lt_err_t *err) {
+lt_status_t store_each_in_state(store_t *s, job_state_t state, void (*fn)(void *user, const store_job_t *j), void *user,
+                                lt_err_t *err) {
   sqlite3_stmt *st = stmt(s, Q_IN_STATE);
   sqlite3_bind_text(st, 1, job_state_str(state), -1, SQLITE_STATIC);
   return each_row(s, st, false, fn, user, err);
@@ -373,8 +388,8 @@ lt_status_t store_count(store_t *s, int64_t counts[JS_COUNT], lt_err_t *err) {
   return rc == SQLITE_DONE ? LT_OK : db_fail(s, err, "counting jobs");
 }
 
-lt_status_t store_event_append(store_t *s, int64_t id, int64_t time_ms, const char *type, const void *data,
-                               size_t n, int64_t *seq, lt_err_t *err) {
+lt_status_t store_event_append(store_t *s, int64_t id, int64_t time_ms, const char *type, const void *data, size_t n,
+                               int64_t *seq, lt_err_t *err) {
   sqlite3_stmt *st = stmt(s, Q_SEQ);
   sqlite3_bind_int64(st, 1, id);
   if (sqlite3_step(st) != SQLITE_ROW) {
@@ -400,8 +415,11 @@ int store_events_after(store_t *s, int64_t id, int64_t after, int64_t limit,
   sqlite3_bind_int64(st, 3, limit);
   int rc, count = 0;
   while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-    store_event_t ev = {id, sqlite3_column_int64(st, 0), sqlite3_column_int64(st, 1),
-                        (const char *)sqlite3_column_text(st, 2), sqlite3_column_blob(st, 3),
+    store_event_t ev = {id,
+                        sqlite3_column_int64(st, 0),
+                        sqlite3_column_int64(st, 1),
+                        (const char *)sqlite3_column_text(st, 2),
+                        sqlite3_column_blob(st, 3),
                         (size_t)sqlite3_column_bytes(st, 3)};
     fn(user, &ev);
     count++;

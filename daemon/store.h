@@ -92,8 +92,8 @@ lt_status_t store_list(store_t *s, bool all, int64_t limit, void (*fn)(void *use
                        lt_err_t *err);
 
 /* Calls fn for every job in state st (id order). */
-lt_status_t store_each_in_state(store_t *s, job_state_t st, void (*fn)(void *user, const store_job_t *j),
-                                void *user, lt_err_t *err);
+lt_status_t store_each_in_state(store_t *s, job_state_t st, void (*fn)(void *user, const store_job_t *j), void *user,
+                                lt_err_t *err);
 
 /* The queued job to run next (highest priority, then oldest): 1 with *id set, 0 when none. */
 int store_queue_next(store_t *s, int64_t *id, lt_err_t *err);
@@ -102,8 +102,8 @@ int store_queue_next(store_t *s, int64_t *id, lt_err_t *err);
 lt_status_t store_count(store_t *s, int64_t counts[JS_COUNT], lt_err_t *err);
 
 /* Appends an event to job id; *seq receives its per-job sequence number (1, 2, ...). data is a msgpack map. */
-lt_status_t store_event_append(store_t *s, int64_t id, int64_t time_ms, const char *type, const void *data,
-                               size_t n, int64_t *seq, lt_err_t *err);
+lt_status_t store_event_append(store_t *s, int64_t id, int64_t time_ms, const char *type, const void *data, size_t n,
+                               int64_t *seq, lt_err_t *err);
 
 /* One stored event, passed to store_events_after()'s callback; owned by the store for the call. */
 typedef struct store_event {

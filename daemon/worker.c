@@ -52,8 +52,10 @@ static job_stop_t host_poll_stop(void *host) {
     proto_err_t e;
     mp_doc_t *d = mp_doc_parse(buf, (size_t)(n < (int)sizeof buf ? n : (int)sizeof buf), &e);
     const msgpack_object *t = d ? mp_get(mp_doc_root(d), "t") : NULL;
-    if (mp_str_is(t, "cancel") || mp_str_is(t, "exit")) stop = JOB_STOP_CANCEL;
-    else if (mp_str_is(t, "checkpoint") && stop != JOB_STOP_CANCEL) stop = JOB_STOP_CHECKPOINT;
+    if (mp_str_is(t, "cancel") || mp_str_is(t, "exit"))
+      stop = JOB_STOP_CANCEL;
+    else if (mp_str_is(t, "checkpoint") && stop != JOB_STOP_CANCEL)
+      stop = JOB_STOP_CHECKPOINT;
     mp_doc_destroy(&d);
   }
   return stop;
@@ -217,10 +219,14 @@ int main(int argc, char **argv) {
       {"connect", 1, 0, 'c'}, {"gen", 1, 0, 'g'}, {"keep-alive", 1, 0, 'k'}, {0, 0, 0, 0}};
   int opt;
   while ((opt = getopt_long(argc, argv, "", lo, NULL)) != -1) {
-    if (opt == 'c') util_copy(endpoint, optarg, sizeof endpoint);
-    else if (opt == 'g') gen = atoll(optarg);
-    else if (opt == 'k') keep_alive = atoll(optarg);
-    else return 2;
+    if (opt == 'c')
+      util_copy(endpoint, optarg, sizeof endpoint);
+    else if (opt == 'g')
+      gen = atoll(optarg);
+    else if (opt == 'k')
+      keep_alive = atoll(optarg);
+    else
+      return 2;
   }
   if (!endpoint[0]) {
     fprintf(stderr, "lathe-worker: started by lathed only (--connect ENDPOINT --gen N)\n");

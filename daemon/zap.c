@@ -113,7 +113,9 @@ void zap_handle(daemon_t *d) {
     if (!strcmp(domain, "ipc") && !strcmp(mech, "NULL")) {
       ok = peer_cred(addr, &uid, &pid) && uid == (long)geteuid();
       snprintf(user, sizeof user, "uid:%ld", uid);
-      if (!ok) snprintf(why, sizeof why, "ipc peer uid %ld (pid %ld) is not the daemon's uid %u", uid, pid, (unsigned)geteuid());
+      if (!ok)
+        snprintf(why, sizeof why, "ipc peer uid %ld (pid %ld) is not the daemon's uid %u", uid, pid,
+                 (unsigned)geteuid());
     } else if (!strcmp(domain, "worker") && !strcmp(mech, "NULL")) {
       ok = peer_cred(addr, &uid, &pid) && uid == (long)geteuid() && pid == (long)d->slot.pid;
       util_copy(user, "worker", sizeof user);

@@ -93,8 +93,12 @@ job_outcome_t run_compress(job_ctx_t *ctx, lt_err_t *err) {
   compress_calib_t *calib = NULL;
   compress_choice_t choice = {0};
   json_t *report = json_object();
-  compress_calib_opts_t co = {.samples = (uint32_t)job_param_int(ctx, "samples"), .tokens = T, .seed = seed,
-                              .inputs = meth.prune, .on_window = on_window, .ctx = ctx};
+  compress_calib_opts_t co = {.samples = (uint32_t)job_param_int(ctx, "samples"),
+                              .tokens = T,
+                              .seed = seed,
+                              .inputs = meth.prune,
+                              .on_window = on_window,
+                              .ctx = ctx};
   compress_speed_t before, after;
   double nll0, nll1;
   uint64_t scored;
@@ -177,9 +181,9 @@ job_outcome_t run_compress(job_ctx_t *ctx, lt_err_t *err) {
     json_object_set_new(report, "prune",
                         json_pack("{s:f, s:s, s:I, s:I, s:f, s:i}", "sparsity", meth.sparsity, "pattern",
                                   job_param_str(ctx, "pattern"), "pruned", (json_int_t)sum.pruned, "prunable",
-                                  (json_int_t)sum.prunable,
-                                  "achieved", sum.prunable ? (double)sum.pruned / (double)sum.prunable : 0.0,
-                                  "magnitude_fallbacks", sum.magnitude_fallbacks));
+                                  (json_int_t)sum.prunable, "achieved",
+                                  sum.prunable ? (double)sum.pruned / (double)sum.prunable : 0.0, "magnitude_fallbacks",
+                                  sum.magnitude_fallbacks));
   if (meth.quantize)
     json_object_set_new(report, "quantize",
                         json_pack("{s:i, s:i, s:I, s:f}", "bits", meth.bits, "group", meth.group, "weights",

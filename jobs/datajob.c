@@ -61,8 +61,10 @@ FILE *dj_create(job_ctx_t *ctx, const char *name, lt_err_t *err) {
   char path[4200];
   snprintf(path, sizeof path, "%s/%s", job_dir(ctx), name);
   FILE *f = fopen(path, "w");
-  if (!f) lt_fail(err, LT_E_IO, "cannot write %s", path);
-  else job_artifact(ctx, name, name);
+  if (!f)
+    lt_fail(err, LT_E_IO, "cannot write %s", path);
+  else
+    job_artifact(ctx, name, name);
   return f;
 }
 

@@ -142,9 +142,7 @@ job_outcome_t run_feedback(job_ctx_t *ctx, lt_err_t *err) {
     lt_fail(err, LT_E_NOMEM, "out of memory");
     goto done;
   }
-  if (dj_count_rows(data, max_rows, &total, err) != LT_OK ||
-      dj_model_open(ctx, &dm, err) != LT_OK)
-    goto done;
+  if (dj_count_rows(data, max_rows, &total, err) != LT_OK || dj_model_open(ctx, &dm, err) != LT_OK) goto done;
   dm.lm.gen = (gen_opts_t){.max_tokens = (uint32_t)job_param_int(ctx, "max_tokens"),
                            .sample = {.temperature = (float)job_param_float(ctx, "temperature"),
                                       .top_k = (uint32_t)job_param_int(ctx, "top_k"),

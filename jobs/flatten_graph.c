@@ -112,8 +112,10 @@ job_outcome_t run_flatten_graph(job_ctx_t *ctx, lt_err_t *err) {
   uint32_t nk = output_names(ctx, g, "sinks", f.sinks, f.n_sinks, ENDPOINT_LIST_BYTES);
   job_output_int(ctx, "n_sources", f.n_sources);
   job_output_int(ctx, "n_sinks", f.n_sinks);
-  if (f.total_paths > INT64_MAX) job_output_float(ctx, "total_paths", (double)f.total_paths);
-  else job_output_int(ctx, "total_paths", (int64_t)f.total_paths);
+  if (f.total_paths > INT64_MAX)
+    job_output_float(ctx, "total_paths", (double)f.total_paths);
+  else
+    job_output_int(ctx, "total_paths", (int64_t)f.total_paths);
   job_output_bool(ctx, "truncated", f.truncated);
   if (f.truncated) job_output_str(ctx, "note", f.note);
   job_output_end(ctx);

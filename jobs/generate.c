@@ -45,8 +45,8 @@ job_outcome_t run_generate(job_ctx_t *ctx, lt_err_t *err) {
   if (job_steer_init(&js, ctx, m, tok, texts, n, flags, err) != LT_OK) goto done;
   progress_t pr = {.ctx = ctx, .total = (uint64_t)o.max_tokens * n};
   job_progress(ctx, 0, pr.total, "tokens");
-  if (steer_generate(m, &js.cfg, (const int32_t *const *)js.prompts.ids, js.prompts.lens, (uint32_t)n, &o, on_step,
-                     &pr, res, err) != LT_OK)
+  if (steer_generate(m, &js.cfg, (const int32_t *const *)js.prompts.ids, js.prompts.lens, (uint32_t)n, &o, on_step, &pr,
+                     res, err) != LT_OK)
     goto done;
   job_stop_t stop = job_should_stop(ctx);
   if (stop != JOB_GO) {

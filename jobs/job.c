@@ -175,8 +175,10 @@ job_outcome_t job_run(const job_host_t *h, void *ctx, const job_spec_t *spec, mp
   const kind_t *k = spec->kind ? kind_find(spec->kind, strlen(spec->kind)) : NULL;
   kind_run_fn fn = k ? runner_for(k) : NULL;
   job_outcome_t out = JOB_FAILED;
-  if (!fn || !spec->params) lt_fail(err, LT_E_INVALID, "no runner for kind '%s'", spec->kind ? spec->kind : "");
-  else out = fn(&c, err);
+  if (!fn || !spec->params)
+    lt_fail(err, LT_E_INVALID, "no runner for kind '%s'", spec->kind ? spec->kind : "");
+  else
+    out = fn(&c, err);
   if (out == JOB_FAILED && err && !err->msg[0]) lt_fail(err, LT_E_INVALID, "the runner failed without a reason");
   mpw_end(result);
   for (size_t i = 0; i < c.n_strs; i++) free(c.strs[i]);

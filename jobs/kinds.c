@@ -52,8 +52,8 @@ static bool kind_steer_eval_validate(const msgpack_object *params, proto_err_t *
 static bool kind_steer_layers_validate(const msgpack_object *params, proto_err_t *e) {
   const msgpack_object *sel = mp_get(params, "select"), *pos = mp_get(params, "positive"),
                        *neg = mp_get(params, "negative");
-  if (!sel || sel->type != MSGPACK_OBJECT_STR || !(mp_str_is(sel, "pearson") || mp_str_is(sel, "spearman") ||
-                                                   mp_str_is(sel, "kendall")))
+  if (!sel || sel->type != MSGPACK_OBJECT_STR ||
+      !(mp_str_is(sel, "pearson") || mp_str_is(sel, "spearman") || mp_str_is(sel, "kendall")))
     return proto_fail(e, P_BAD_VALUE, "params.select", "params.select: pearson, spearman or kendall");
   if ((pos && pos->via.str.size > 0) != (neg && neg->via.str.size > 0))
     return proto_fail(e, P_MISSING_PARAM, "params.negative",
@@ -136,8 +136,7 @@ static bool kind_tune_zo_validate(const msgpack_object *params, proto_err_t *e) 
   int64_t drop = -1;
   mp_as_int(mp_get(params, "drop_layers"), &drop);
   bool lezo = mp_str_is(m, "lezo");
-  if (!lezo && !mp_str_is(m, "mezo"))
-    return proto_fail(e, P_BAD_VALUE, "params.method", "params.method: mezo or lezo");
+  if (!lezo && !mp_str_is(m, "mezo")) return proto_fail(e, P_BAD_VALUE, "params.method", "params.method: mezo or lezo");
   if (!lezo && drop > 0)
     return proto_fail(e, P_BAD_VALUE, "params.drop_layers", "params.drop_layers: MeZO tunes every block (use lezo)");
   return true;
@@ -146,7 +145,8 @@ static bool kind_tune_zo_validate(const msgpack_object *params, proto_err_t *e) 
 static bool kind_tune_validate(const msgpack_object *params, proto_err_t *e) {
   const msgpack_object *tr = mp_get(params, "train");
   bool full = mp_str_is(tr, "full"), lora = mp_str_is(tr, "lora"), adapter = mp_str_is(tr, "adapter");
-  if (!full && !lora && !adapter) return proto_fail(e, P_BAD_VALUE, "params.train", "params.train: full, lora or adapter");
+  if (!full && !lora && !adapter)
+    return proto_fail(e, P_BAD_VALUE, "params.train", "params.train: full, lora or adapter");
   int64_t layer = -1;
   mp_as_int(mp_get(params, "layer"), &layer);
   if (adapter && layer < 0)
@@ -165,7 +165,8 @@ static bool kind_tune_validate(const msgpack_object *params, proto_err_t *e) {
   if (merge && !lora) return proto_fail(e, P_BAD_VALUE, "params.merge", "params.merge: only LoRA adapters are merged");
   /* Every LoRA target must be known: a typo would silently train nothing there. */
   const msgpack_object *t = mp_get(params, "lora_targets");
-  if (!t || t->type != MSGPACK_OBJECT_STR) return proto_fail(e, P_BAD_VALUE, "params.lora_targets", "params.lora_targets: a list");
+  if (!t || t->type != MSGPACK_OBJECT_STR)
+    return proto_fail(e, P_BAD_VALUE, "params.lora_targets", "params.lora_targets: a list");
   const char *s = t->via.str.ptr, *end = s + t->via.str.size;
   while (s <= end) {
     const char *c = memchr(s, ',', (size_t)(end - s));
@@ -215,8 +216,12 @@ __attribute__((constructor)) static void kind_names_init(void) {
 
 static const kind_t kinds[] = {
 #define P(...)
-#define KIND(name, policy, validate, summary, params)                                                         \
-  {kind_names[KIND_ID_##name], policy, validate, summary, name##_params,                                     \
+#define KIND(name, policy, validate, summary, params)                                                                  \
+  {kind_names[KIND_ID_##name],                                                                                         \
+   policy,                                                                                                             \
+   validate,                                                                                                           \
+   summary,                                                                                                            \
+   name##_params,                                                                                                      \
    sizeof name##_params / sizeof name##_params[0]},
 #include "jobs/kinds.def"
 #undef KIND
@@ -233,7 +238,8 @@ const kind_t *kind_find(const char *name, size_t n) {
   for (size_t i = 0; i < kind_count(); i++) {
     const char *k = kinds[i].name;
     size_t j = 0;
-    while (j < n && k[j] && (k[j] == name[j] || ((k[j] == '_' || k[j] == '-') && (name[j] == '-' || name[j] == '_')))) j++;
+    while (j < n && k[j] && (k[j] == name[j] || ((k[j] == '_' || k[j] == '-') && (name[j] == '-' || name[j] == '_'))))
+      j++;
     if (j == n && !k[j]) return &kinds[i];
   }
   return NULL;
@@ -292,17 +298,19 @@ static bool check_value(const kind_param_t *p, const msgpack_object *o, mpw_t *w
     int64_t v;
     if (!mp_as_int(o, &v)) return proto_fail(e, P_BAD_TYPE, name, "%s: expected an integer", name);
     if (bounded && ((double)v < p->lo || (double)v > p->hi))
-      return proto_fail(e, P_OUT_OF_RANGE, name, "%s: %lld is outside [%.0f, %.0f]", name, (long long)v, p->lo,
-                        p->hi);
+      return proto_fail(e, P_OUT_OF_RANGE, name, "%s: %lld is outside [%.0f, %.0f]", name, (long long)v, p->lo, p->hi);
     mpw_int(w, v);
     return true;
   }
   case KT_FLOAT: {
     int64_t i;
     double v;
-    if (o->type == MSGPACK_OBJECT_FLOAT32 || o->type == MSGPACK_OBJECT_FLOAT64) v = o->via.f64;
-    else if (mp_as_int(o, &i)) v = (double)i;
-    else return proto_fail(e, P_BAD_TYPE, name, "%s: expected a number", name);
+    if (o->type == MSGPACK_OBJECT_FLOAT32 || o->type == MSGPACK_OBJECT_FLOAT64)
+      v = o->via.f64;
+    else if (mp_as_int(o, &i))
+      v = (double)i;
+    else
+      return proto_fail(e, P_BAD_TYPE, name, "%s: expected a number", name);
     if (!isfinite(v)) return proto_fail(e, P_BAD_VALUE, name, "%s: must be finite", name);
     if (bounded && (v < p->lo || v > p->hi))
       return proto_fail(e, P_OUT_OF_RANGE, name, "%s: %g is outside [%g, %g]", name, v, p->lo, p->hi);
@@ -358,8 +366,10 @@ bool kind_parse_text(const kind_param_t *p, const char *text, mpw_t *w, proto_er
     break;
   }
   case KT_BOOL:
-    if (!strcmp(text, "true") || !strcmp(text, "1") || !strcmp(text, "yes")) mpw_bool(&t, true);
-    else if (!strcmp(text, "false") || !strcmp(text, "0") || !strcmp(text, "no")) mpw_bool(&t, false);
+    if (!strcmp(text, "true") || !strcmp(text, "1") || !strcmp(text, "yes"))
+      mpw_bool(&t, true);
+    else if (!strcmp(text, "false") || !strcmp(text, "0") || !strcmp(text, "no"))
+      mpw_bool(&t, false);
     else {
       mpw_free(&t);
       return proto_fail(e, P_BAD_TYPE, name, "%s: '%s' is not true or false", name, text);
@@ -373,8 +383,10 @@ bool kind_parse_text(const kind_param_t *p, const char *text, mpw_t *w, proto_er
     break;
   case KT_PATH: {
     char abs[2 * PATH_MAX + 2], cwd[PATH_MAX];
-    if (text[0] != '/' && text[0] && getcwd(cwd, sizeof cwd)) snprintf(abs, sizeof abs, "%s/%s", cwd, text);
-    else snprintf(abs, sizeof abs, "%s", text);
+    if (text[0] != '/' && text[0] && getcwd(cwd, sizeof cwd))
+      snprintf(abs, sizeof abs, "%s/%s", cwd, text);
+    else
+      snprintf(abs, sizeof abs, "%s", text);
     mpw_str(&t, abs); /* check_value bounds the length */
     break;
   }
@@ -402,7 +414,8 @@ bool kind_params_normalise(const kind_t *k, const msgpack_object *params, mpw_t 
     if (!kind_param_find(k, kname))
       return proto_fail(e, P_UNKNOWN_PARAM, fname, "%s: kind %s has no such parameter", fname, k->name);
     for (uint32_t j = 0; j < i; j++)
-      if (mp_str_is(&params->via.map.ptr[j].key, kname)) return proto_fail(e, P_BAD_VALUE, fname, "%s: given twice", fname);
+      if (mp_str_is(&params->via.map.ptr[j].key, kname))
+        return proto_fail(e, P_BAD_VALUE, fname, "%s: given twice", fname);
   }
   mpw_t t;
   mpw_init(&t);
@@ -412,12 +425,14 @@ bool kind_params_normalise(const kind_t *k, const msgpack_object *params, mpw_t 
     const kind_param_t *p = &k->params[i];
     const msgpack_object *v = params ? mp_get(params, p->key) : NULL;
     mpw_str(&t, p->key);
-    if (v) ok = check_value(p, v, &t, e);
+    if (v)
+      ok = check_value(p, v, &t, e);
     else if (p->required) {
       char name[96];
       snprintf(name, sizeof name, "params.%s", p->key);
       ok = proto_fail(e, P_MISSING_PARAM, name, "%s: kind %s requires it", name, k->name);
-    } else ok = kind_parse_text(p, p->def, &t, e);
+    } else
+      ok = kind_parse_text(p, p->def, &t, e);
   }
   if (!ok) { /* the map was left with a key and no value: discard it unfinished */
     mpw_free(&t);

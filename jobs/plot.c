@@ -17,10 +17,14 @@ static const char *const colours[] = {"#1f77b4", "#d62728", "#2ca02c", "#9467bd"
 /* Writes s with the XML special characters escaped. */
 static void put_text(FILE *f, const char *s) {
   for (; s && *s; s++) {
-    if (*s == '&') fputs("&amp;", f);
-    else if (*s == '<') fputs("&lt;", f);
-    else if (*s == '>') fputs("&gt;", f);
-    else fputc(*s, f);
+    if (*s == '&')
+      fputs("&amp;", f);
+    else if (*s == '<')
+      fputs("&lt;", f);
+    else if (*s == '>')
+      fputs("&gt;", f);
+    else
+      fputc(*s, f);
   }
 }
 
@@ -45,8 +49,10 @@ lt_status_t plot_svg_write(const char *path, const plot_spec_t *p, lt_err_t *err
   if (!f) return lt_fail(err, LT_E_IO, "cannot write %s", path);
   double plot_w = W - LEFT - RIGHT, height = TOP + panels * (PANEL_H + GAP) + 10;
   double step = p->n > 1 ? plot_w / (p->n - 1) : 0;
-  fprintf(f, "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"%.0f\" height=\"%.0f\" font-family=\"sans-serif\" "
-             "font-size=\"12\">\n<rect width=\"100%%\" height=\"100%%\" fill=\"white\"/>\n", W, height);
+  fprintf(f,
+          "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"%.0f\" height=\"%.0f\" font-family=\"sans-serif\" "
+          "font-size=\"12\">\n<rect width=\"100%%\" height=\"100%%\" fill=\"white\"/>\n",
+          W, height);
   fprintf(f, "<text x=\"%.0f\" y=\"22\" font-size=\"15\">", LEFT);
   put_text(f, p->title);
   fprintf(f, "</text>\n<text x=\"%.0f\" y=\"40\" fill=\"#444\">", LEFT);
@@ -54,13 +60,13 @@ lt_status_t plot_svg_write(const char *path, const plot_spec_t *p, lt_err_t *err
   fputs("</text>\n", f);
   for (int k = 0; k < panels; k++) {
     double y0 = TOP + k * (PANEL_H + GAP), y1 = y0 + PANEL_H;
-#define PX(i) (LEFT + (i) * step)
-#define PY(v) (y1 - ((v) - lo[k]) / (hi[k] - lo[k]) * PANEL_H)
+#define PX(i) (LEFT + (i)*step)
+#define PY(v) (y1 - ((v)-lo[k]) / (hi[k] - lo[k]) * PANEL_H)
     if (p->band_lo >= 0 && p->band_hi >= p->band_lo)
       fprintf(f, "<rect x=\"%.1f\" y=\"%.1f\" width=\"%.1f\" height=\"%.1f\" fill=\"#eeeeee\"/>\n",
               PX(p->band_lo) - step / 2, y0, (p->band_hi - p->band_lo + 1) * step, PANEL_H);
-    fprintf(f, "<rect x=\"%.1f\" y=\"%.1f\" width=\"%.1f\" height=\"%.1f\" fill=\"none\" stroke=\"#444\"/>\n", LEFT,
-            y0, plot_w, PANEL_H);
+    fprintf(f, "<rect x=\"%.1f\" y=\"%.1f\" width=\"%.1f\" height=\"%.1f\" fill=\"none\" stroke=\"#444\"/>\n", LEFT, y0,
+            plot_w, PANEL_H);
     fprintf(f, "<line x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\" stroke=\"#999\" stroke-dasharray=\"3,3\"/>\n",
             LEFT, PY(0.0), LEFT + plot_w, PY(0.0));
     for (int t = 0; t <= 4; t++) {

@@ -143,8 +143,10 @@ static lt_status_t run_pairs(job_ctx_t *ctx, dj_model_t *dm, pair_t *pairs, size
       json_object_set_new(o, "completion", json_string(p->completion));
       json_object_set_new(o, "instruction", json_string(p->instruction));
       json_object_set_new(o, "input", json_string(p->input));
-      if (st == LT_OK) st = dj_write(keep ? kept : dropped, o, err);
-      else json_decref(o);
+      if (st == LT_OK)
+        st = dj_write(keep ? kept : dropped, o, err);
+      else
+        json_decref(o);
       t->pairs++;
       t->kept += keep;
     }

@@ -14,7 +14,6 @@ void seqs_free(seqs_t *s) {
   memset(s, 0, sizeof *s);
 }
 
-
 /* Tokenizes prefix + text (either may be empty) into *ids, *len. */
 static lt_status_t encode_joined(const tok_t *tok, const char *prefix, const char *text, unsigned flags, int32_t **ids,
                                  uint32_t *len, lt_err_t *err) {
@@ -36,8 +35,8 @@ static lt_status_t encode_joined(const tok_t *tok, const char *prefix, const cha
 }
 
 /* Tokenizes prefix + texts[i] for i < n into out. */
-static lt_status_t encode_all(const tok_t *tok, const char *prefix, const char *const *texts, size_t n,
-                              unsigned flags, seqs_t *out, lt_err_t *err) {
+static lt_status_t encode_all(const tok_t *tok, const char *prefix, const char *const *texts, size_t n, unsigned flags,
+                              seqs_t *out, lt_err_t *err) {
   memset(out, 0, sizeof *out);
   out->ids = calloc(n ? n : 1, sizeof *out->ids);
   out->lens = calloc(n ? n : 1, sizeof *out->lens);
@@ -128,10 +127,13 @@ lt_status_t job_steer_init(job_steer_t *s, job_ctx_t *ctx, model_t *m, const tok
       return st;
     if (*made_with && strcmp(made_with, model_path(m)) != 0)
       job_log(ctx, "note: %s was measured on %s, not on %s", vec, made_with, model_path(m));
-    s->cfg = (steer_cfg_t){.method = STEER_ADD, .layer = layer >= 0 ? (uint32_t)layer : recorded, .vec = s->vec,
+    s->cfg = (steer_cfg_t){.method = STEER_ADD,
+                           .layer = layer >= 0 ? (uint32_t)layer : recorded,
+                           .vec = s->vec,
                            .alpha = (float)job_param_float(ctx, "steer_alpha")};
   } else if (*cp) {
-    s->cfg = (steer_cfg_t){.method = STEER_CONTRAST, .layer = (uint32_t)layer,
+    s->cfg = (steer_cfg_t){.method = STEER_CONTRAST,
+                           .layer = (uint32_t)layer,
                            .exponent = (float)job_param_float(ctx, "contrast_exponent"),
                            .renorm = job_param_bool(ctx, "contrast_renorm")};
     twin_prefix = cp;

@@ -21,7 +21,6 @@ typedef struct seqs {
 /* Frees every sequence and the arrays, and zeroes s; NULL-safe. */
 void seqs_free(seqs_t *s);
 
-
 /* Reads a JSONL prompt set and tokenizes each row's "text" (or "prompt") string with flags; rows without one fail
  * with the line named. Caller owns *out (seqs_free). */
 lt_status_t texts_load(const char *path, const tok_t *tok, unsigned flags, seqs_t *out, lt_err_t *err);

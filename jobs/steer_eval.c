@@ -18,8 +18,8 @@
 typedef struct tally {
   uint64_t words, target_hits, avoid_hits, with_target, with_avoid, samples;
   uint32_t per_target[KIND_MAX_LIST], per_avoid[KIND_MAX_LIST]; /* hits of each listed word */
-  double nll;      /* of the generated tokens under the unsteered model */
-  uint64_t tokens; /* generated tokens scored */
+  double nll;                                                   /* of the generated tokens under the unsteered model */
+  uint64_t tokens;                                              /* generated tokens scored */
 } tally_t;
 
 /* The first listed word (of list key) that word w (n bytes, lower-cased) matches: equal, or (unless whole)
@@ -61,8 +61,8 @@ static void count_words(const char *text, job_ctx_t *ctx, bool whole, tally_t *t
 }
 
 /* Adds the unsteered model's negative log-likelihood of gen given prompt to t. */
-static lt_status_t fluency(model_t *m, const int32_t *prompt, uint32_t np, const int32_t *gen, uint32_t ng,
-                           tally_t *t, lt_err_t *err) {
+static lt_status_t fluency(model_t *m, const int32_t *prompt, uint32_t np, const int32_t *gen, uint32_t ng, tally_t *t,
+                           lt_err_t *err) {
   if (ng == 0) return LT_OK;
   int32_t *all = malloc(((uint64_t)np + ng) * sizeof *all);
   float *lp = malloc(((uint64_t)np + ng) * sizeof *lp);
@@ -214,8 +214,8 @@ job_outcome_t run_steer_eval(job_ctx_t *ctx, lt_err_t *err) {
       lt_fail(err, LT_E_INVALID, "%s: row %zu has no \"prompt\" string", data, i + 1);
       goto done;
     }
-    const char *c = jsonl_str(rows[i], "continuation") ? jsonl_str(rows[i], "continuation")
-                                                         : jsonl_str(rows[i], "completion");
+    const char *c =
+        jsonl_str(rows[i], "continuation") ? jsonl_str(rows[i], "continuation") : jsonl_str(rows[i], "completion");
     size_t len = 0;
     if (c && tok_encode(tok, c, strlen(c), 0, &conts.ids[i], &len, err) != LT_OK) goto done;
     conts.lens[i] = (uint32_t)len;
@@ -228,8 +228,15 @@ job_outcome_t run_steer_eval(job_ctx_t *ctx, lt_err_t *err) {
   }
   if (job_steer_init(&js, ctx, m, tok, texts, n, flags, err) != LT_OK) goto done;
   const char *method = steer_method_str(js.cfg.method);
-  run_t r = {.ctx = ctx, .m = m, .tok = tok, .js = &js, .texts = texts, .o = &o, .n_prompts = n,
-             .samples = (uint32_t)job_param_int(ctx, "samples"), .whole = job_param_bool(ctx, "whole_words")};
+  run_t r = {.ctx = ctx,
+             .m = m,
+             .tok = tok,
+             .js = &js,
+             .texts = texts,
+             .o = &o,
+             .n_prompts = n,
+             .samples = (uint32_t)job_param_int(ctx, "samples"),
+             .whole = job_param_bool(ctx, "whole_words")};
   r.total = 2ull * n * r.samples;
   tally_t base = {0}, steered = {0};
   job_progress(ctx, 0, r.total, "generations");
@@ -237,7 +244,8 @@ job_outcome_t run_steer_eval(job_ctx_t *ctx, lt_err_t *err) {
   if ((out = condition(&r, &js.cfg, "steered", &steered, err)) != JOB_SUCCEEDED) goto done;
   out = JOB_FAILED;
   /* The continuations, teacher forced under both conditions. */
-  const int32_t *const *prompts = (const int32_t *const *)js.prompts.ids, *const *cids = (const int32_t *const *)conts.ids;
+  const int32_t *const *prompts = (const int32_t *const *)js.prompts.ids, *const *cids =
+                                                                              (const int32_t *const *)conts.ids;
   if (steer_score(m, NULL, prompts, js.prompts.lens, cids, conts.lens, (uint32_t)n, lp_base, err) != LT_OK) goto done;
   if (steer_score(m, &js.cfg, prompts, js.prompts.lens, cids, conts.lens, (uint32_t)n, lp_steer, err) != LT_OK)
     goto done;

@@ -52,16 +52,18 @@ static lt_status_t read_signal(const json_t *a, const text_t *t, double *sig, si
                    json_array_size(a), t->n_words);
   for (uint32_t w = 0; w < t->n_words; w++) {
     const json_t *v = json_array_get(a, w);
-    if (json_is_null(v)) sig[t->first_word + w] = NAN;
-    else if (json_is_number(v)) sig[t->first_word + w] = json_number_value(v);
-    else return lt_fail(err, LT_E_INVALID, "row %zu: \"signal\"[%u] is not a number or null", row, w);
+    if (json_is_null(v))
+      sig[t->first_word + w] = NAN;
+    else if (json_is_number(v))
+      sig[t->first_word + w] = json_number_value(v);
+    else
+      return lt_fail(err, LT_E_INVALID, "row %zu: \"signal\"[%u] is not a number or null", row, w);
   }
   return LT_OK;
 }
 
 /* Runs one text, pooling every layer into words and summing token surprisal into sig when surprisal is wanted. */
-static lt_status_t run_text(model_t *m, const text_t *t, pool_ctx_t *pc, const bool *all, double *sig,
-                            lt_err_t *err) {
+static lt_status_t run_text(model_t *m, const text_t *t, pool_ctx_t *pc, const bool *all, double *sig, lt_err_t *err) {
   const model_config_t *cf = model_config(m);
   uint32_t d = cf->hidden_size;
   for (uint32_t l = 0; l <= cf->n_layers; l++) {
@@ -73,13 +75,15 @@ static lt_status_t run_text(model_t *m, const text_t *t, pool_ctx_t *pc, const b
   float *nll = malloc((uint64_t)t->n * sizeof *nll), *surprisal = malloc((uint64_t)t->n * sizeof *surprisal);
   model_seq_t *s = model_seq_new(m, t->n, err);
   lt_status_t st = LT_OK;
-  if (!targets || !nll || !surprisal) st = lt_fail(err, LT_E_NOMEM, "out of memory");
-  else if (!s) st = err ? err->code : LT_E_NOMEM;
+  if (!targets || !nll || !surprisal)
+    st = lt_fail(err, LT_E_NOMEM, "out of memory");
+  else if (!s)
+    st = err ? err->code : LT_E_NOMEM;
   if (st == LT_OK) {
     for (uint32_t i = 0; i < t->n; i++) targets[i] = i + 1 < t->n ? t->ids[i + 1] : -1;
     model_hooks_t h = {.ctx = pc, .capture_resid = all, .on_resid = pool_on_resid};
-    model_item_t it = {.seq = s, .tokens = t->ids, .n_tokens = t->n, .out = MODEL_OUT_NLL, .result = nll,
-                       .targets = targets};
+    model_item_t it = {
+        .seq = s, .tokens = t->ids, .n_tokens = t->n, .out = MODEL_OUT_NLL, .result = nll, .targets = targets};
     st = model_forward(m, &it, 1, &h, err);
   }
   if (st == LT_OK && sig) {
@@ -127,8 +131,8 @@ job_outcome_t run_steer_layers(job_ctx_t *ctx, lt_err_t *err) {
   if (hi < 0) hi = 3 * L / 4;
   if (hi > (int64_t)L - 1) hi = L - 1;
   if (lo > hi) {
-    lt_fail(err, LT_E_INVALID, "the band %lld..%lld holds no block of this model (0..%u)", (long long)lo,
-            (long long)hi, L - 1);
+    lt_fail(err, LT_E_INVALID, "the band %lld..%lld holds no block of this model (0..%u)", (long long)lo, (long long)hi,
+            L - 1);
     return JOB_FAILED;
   }
   job_outcome_t out = JOB_FAILED;
@@ -273,11 +277,20 @@ job_outcome_t run_steer_layers(job_ctx_t *ctx, lt_err_t *err) {
   if (cols[0] && cols[1] && cols[2]) {
     for (uint32_t l = 0; l <= L; l++)
       for (int k = 0; k < 3; k++) cols[k][l] = r[3 * l + k];
-    plot_curve_t curves[4] = {{"Pearson r", cols[0], 0}, {"Spearman rho", cols[1], 0}, {"Kendall tau-b", cols[2], 0},
+    plot_curve_t curves[4] = {{"Pearson r", cols[0], 0},
+                              {"Spearman rho", cols[1], 0},
+                              {"Kendall tau-b", cols[2], 0},
                               {"contrast strength", contrast, 1}};
-    plot_spec_t spec = {.title = title, .subtitle = subtitle, .xlabel = "layer (residual stream entering the block; last: final state)",
-                        .ylabel = {"correlation", "contrast strength"}, .n = L + 1, .curves = curves,
-                        .n_curves = contrast ? 4 : 3, .band_lo = (int)lo, .band_hi = (int)hi, .mark = (int)chosen};
+    plot_spec_t spec = {.title = title,
+                        .subtitle = subtitle,
+                        .xlabel = "layer (residual stream entering the block; last: final state)",
+                        .ylabel = {"correlation", "contrast strength"},
+                        .n = L + 1,
+                        .curves = curves,
+                        .n_curves = contrast ? 4 : 3,
+                        .band_lo = (int)lo,
+                        .band_hi = (int)hi,
+                        .mark = (int)chosen};
     char svg[4200];
     snprintf(svg, sizeof svg, "%s/layers.svg", job_dir(ctx));
     plotted = plot_svg_write(svg, &spec, err) == LT_OK;

@@ -48,8 +48,8 @@ typedef struct run {
   tuner_t *u;
   FILE *log;
   char state_path[PATH_MAX], log_path[PATH_MAX];
-  int32_t *ids;  /* [batch * seq_len] */
-  uint8_t *mask; /* [batch * (seq_len - 1)] */
+  int32_t *ids;               /* [batch * seq_len] */
+  uint8_t *mask;              /* [batch * (seq_len - 1)] */
   double *curve, *eval_curve; /* per step (NaN where none) */
 } run_t;
 
@@ -112,8 +112,10 @@ static uint64_t state_read(run_t *r, char *dir, size_t n) {
   if (fscanf(f, "%" SCNu64 "\n", &step) != 1 || !fgets(dir, (int)n, f)) step = 0;
   fclose(f);
   size_t len = strlen(dir);
-  if (step && (len < 2 || dir[len - 1] != '\n')) step = 0;
-  else if (len) dir[len - 1] = 0;
+  if (step && (len < 2 || dir[len - 1] != '\n'))
+    step = 0;
+  else if (len)
+    dir[len - 1] = 0;
   return step;
 }
 
@@ -135,7 +137,8 @@ static void host_state_free(host_state_t *h) {
 
 static lt_status_t host_state_alloc(host_state_t *h, const train_t *t, lt_err_t *err) {
   h->n = train_tensor_count(t);
-  h->val = calloc(h->n + 1, sizeof *h->val), h->m = calloc(h->n + 1, sizeof *h->m), h->v = calloc(h->n + 1, sizeof *h->v);
+  h->val = calloc(h->n + 1, sizeof *h->val), h->m = calloc(h->n + 1, sizeof *h->m),
+  h->v = calloc(h->n + 1, sizeof *h->v);
   if (!h->val || !h->m || !h->v) return lt_fail(err, LT_E_NOMEM, "out of memory");
   for (uint32_t i = 0; i < h->n; i++) {
     const train_tensor_t *x = train_tensor_at(t, i);
@@ -161,7 +164,7 @@ static lt_status_t checkpoint(run_t *r, uint64_t step, lt_err_t *err) {
   lt_status_t st = host_state_alloc(&h, r->t, err);
   if (st == LT_OK) st = tuner_state_save(r->u, &steps, h.val, h.m, h.v, err);
   ft_tensor_t *ts = st == LT_OK ? calloc(3 * (uint64_t)h.n + 1, sizeof *ts) : NULL;
-  char (*names)[200] = st == LT_OK ? calloc(3 * (uint64_t)h.n + 1, sizeof *names) : NULL;
+  char(*names)[200] = st == LT_OK ? calloc(3 * (uint64_t)h.n + 1, sizeof *names) : NULL;
   if (st == LT_OK && (!ts || !names)) st = lt_fail(err, LT_E_NOMEM, "out of memory");
   for (uint32_t i = 0; st == LT_OK && i < h.n; i++) {
     const train_tensor_t *x = train_tensor_at(r->t, i);
@@ -207,7 +210,8 @@ static lt_status_t resume(run_t *r, const char *dir, uint64_t step, lt_err_t *er
       const ft_tensor_t *t = st_find(f, name);
       if (!t || t->dtype != FT_F32 || t->n_elems != n)
         st = lt_fail(err, LT_E_CORRUPT, "cannot resume: %s lacks %s as f32 [%u, %u]", path, name, x->rows, x->cols);
-      else memcpy(dst[k], t->data, n * 4);
+      else
+        memcpy(dst[k], t->data, n * 4);
     }
   }
   if (st == LT_OK) st = tuner_state_load(r->u, (uint32_t)step, h.val, h.m, h.v, err);
@@ -255,8 +259,10 @@ static lt_status_t write_tensors(run_t *r, const char *path, lt_err_t *err) {
   for (uint32_t i = 0; st == LT_OK && i < n; i++) {
     const train_tensor_t *x = train_tensor_at(r->t, i);
     uint64_t b = (uint64_t)x->rows * x->cols * 4;
-    if (!(data[i] = malloc(b))) st = lt_fail(err, LT_E_NOMEM, "out of memory");
-    else st = gpu_download(x->value, 0, data[i], b, err);
+    if (!(data[i] = malloc(b)))
+      st = lt_fail(err, LT_E_NOMEM, "out of memory");
+    else
+      st = gpu_download(x->value, 0, data[i], b, err);
     ts[i] = f32_tensor(x->name, x->rows, x->cols, data[i]);
   }
   const char *meta[] = {"format", "pt"};
@@ -292,10 +298,10 @@ static lt_status_t write_peft(run_t *r, lt_err_t *err) {
 static lt_status_t write_adapter(run_t *r, lt_err_t *err) {
   const model_config_t *c = model_config(r->m);
   uint32_t a = train_tensor_at(r->t, 0)->rows;
-  json_t *j = json_pack("{s:s, s:i, s:i, s:i, s:s, s:s}", "lathe_adapter", "cogsteer-bottleneck", "layer",
-                        (int)r->to.adapter_layer, "bottleneck", (int)a, "hidden_size", (int)c->hidden_size,
-                        "placement", "h += relu(h D^T) U^T after the attention and after the MLP of the block",
-                        "base_model", r->base);
+  json_t *j =
+      json_pack("{s:s, s:i, s:i, s:i, s:s, s:s}", "lathe_adapter", "cogsteer-bottleneck", "layer",
+                (int)r->to.adapter_layer, "bottleneck", (int)a, "hidden_size", (int)c->hidden_size, "placement",
+                "h += relu(h D^T) U^T after the attention and after the MLP of the block", "base_model", r->base);
   char p[PATH_MAX + 32];
   snprintf(p, sizeof p, "%s/adapter_config.json", r->output);
   lt_status_t st = write_json(p, j, err);
@@ -362,12 +368,21 @@ static void plot_write(run_t *r) {
   plot_curve_t curves[2] = {{"train loss", r->curve, 0}, {"eval loss", r->eval_curve, 0}};
   char title[160];
   snprintf(title, sizeof title, "tune --train %s: loss per step", r->what);
-  plot_spec_t spec = {.title = title, .subtitle = r->base, .xlabel = "step", .ylabel = {"loss", NULL},
-                      .n = (uint32_t)r->steps + 1, .curves = curves, .n_curves = 2, .band_lo = -1, .band_hi = -1,
+  plot_spec_t spec = {.title = title,
+                      .subtitle = r->base,
+                      .xlabel = "step",
+                      .ylabel = {"loss", NULL},
+                      .n = (uint32_t)r->steps + 1,
+                      .curves = curves,
+                      .n_curves = 2,
+                      .band_lo = -1,
+                      .band_hi = -1,
                       .mark = -1};
   lt_err_t e = {0};
-  if (plot_svg_write(p, &spec, &e) == LT_OK) job_artifact(r->ctx, "plot", p);
-  else job_log(r->ctx, "loss curve not written: %s", e.msg);
+  if (plot_svg_write(p, &spec, &e) == LT_OK)
+    job_artifact(r->ctx, "plot", p);
+  else
+    job_log(r->ctx, "loss curve not written: %s", e.msg);
 }
 
 /* ---- the loop ---- */
@@ -484,11 +499,13 @@ job_outcome_t run_tune(job_ctx_t *ctx, lt_err_t *err) {
                       .sam_rho = job_param_float(ctx, "sam_rho"),
                       .warmup = (uint32_t)job_param_int(ctx, "warmup"),
                       .steps = (uint32_t)r.steps,
-                      .schedule = !strcmp(sched, "linear") ? TUNE_LINEAR
+                      .schedule = !strcmp(sched, "linear")     ? TUNE_LINEAR
                                   : !strcmp(sched, "constant") ? TUNE_CONSTANT
                                                                : TUNE_COSINE};
   bool full = !strcmp(r.what, "full"), lora = !strcmp(r.what, "lora");
-  r.to = (train_opts_t){.what = full ? TRAIN_FULL : lora ? TRAIN_LORA : TRAIN_ADAPTER,
+  r.to = (train_opts_t){.what = full   ? TRAIN_FULL
+                                : lora ? TRAIN_LORA
+                                       : TRAIN_ADAPTER,
                         .lora_rank = (uint32_t)job_param_int(ctx, "lora_rank"),
                         .lora_alpha = (float)job_param_float(ctx, "lora_alpha"),
                         .lora_targets = lora_bits(job_param_str(ctx, "lora_targets")),
@@ -561,8 +578,10 @@ job_outcome_t run_tune(job_ctx_t *ctx, lt_err_t *err) {
   lt_status_t st;
   if (full) {
     const char *dt = job_param_str(ctx, "dtype");
-    model_save_opts_t so = {.f32_as = !strcmp(dt, "f16") ? LT_F16 : !strcmp(dt, "bf16") ? LT_BF16
-                                                       : !strcmp(dt, "f32") ? LT_F32 : base_dtype(r.base)};
+    model_save_opts_t so = {.f32_as = !strcmp(dt, "f16")    ? LT_F16
+                                      : !strcmp(dt, "bf16") ? LT_BF16
+                                      : !strcmp(dt, "f32")  ? LT_F32
+                                                            : base_dtype(r.base)};
     st = model_save(r.m, r.output, &so, err);
   } else if (lora) {
     st = write_peft(&r, err);

@@ -88,7 +88,8 @@ static uint64_t state_read(run_t *r, char *dir, size_t n) {
   if (fscanf(f, "%" SCNu64 "\n", &step) != 1 || (len = getline(&line, &cap, f)) < 2 || line[len - 1] != '\n' ||
       (size_t)len > n)
     step = 0;
-  else snprintf(dir, n, "%.*s", (int)len - 1, line);
+  else
+    snprintf(dir, n, "%.*s", (int)len - 1, line);
   free(line);
   fclose(f);
   return step;
@@ -152,9 +153,12 @@ static lt_status_t log_open(run_t *r, uint64_t step, lt_err_t *err) {
 /* Seconds as "1h02m", "3m05s" or "12s". */
 static void fmt_duration(char *buf, size_t n, double s) {
   uint64_t t = s > 0 ? (uint64_t)(s + 0.5) : 0;
-  if (t >= 3600) snprintf(buf, n, "%" PRIu64 "h%02" PRIu64 "m", t / 3600, t / 60 % 60);
-  else if (t >= 60) snprintf(buf, n, "%" PRIu64 "m%02" PRIu64 "s", t / 60, t % 60);
-  else snprintf(buf, n, "%" PRIu64 "s", t);
+  if (t >= 3600)
+    snprintf(buf, n, "%" PRIu64 "h%02" PRIu64 "m", t / 3600, t / 60 % 60);
+  else if (t >= 60)
+    snprintf(buf, n, "%" PRIu64 "m%02" PRIu64 "s", t / 60, t % 60);
+  else
+    snprintf(buf, n, "%" PRIu64 "s", t);
 }
 
 /* Runs steps [start, steps) with evals and checkpoints; the outcome of the loop. */
@@ -259,14 +263,17 @@ job_outcome_t run_tune_zo(job_ctx_t *ctx, lt_err_t *err) {
   if (r.o.method == ZO_LEZO) r.o.drop_layers = drop < 0 ? L / 2 : (uint32_t)drop;
   if (!(r.z = zo_new(r.m, &r.o, r.batch, context, err))) goto done;
   if (log_open(&r, start, err) != LT_OK) goto done;
-  if (start) job_log(ctx, "attempt %u: resuming from %s (step %" PRIu64 " of %" PRIu64 ")", job_attempt(ctx), ckpt,
-                     start, r.steps);
+  if (start)
+    job_log(ctx, "attempt %u: resuming from %s (step %" PRIu64 " of %" PRIu64 ")", job_attempt(ctx), ckpt, start,
+            r.steps);
   uint64_t n_params = 0;
   for (uint32_t i = 0; i < model_param_count(r.m); i++)
     n_params += (uint64_t)model_param_at(r.m, i)->n_rows * model_param_at(r.m, i)->cols;
-  job_log(ctx, "%s on %" PRIu64 " parameters (%u of %u blocks tuned each step), lr %g, eps %g, batch %u, "
-          "%.1f MiB of f32 weights", r.o.method == ZO_LEZO ? "LeZO" : "MeZO", n_params, L - r.o.drop_layers, L,
-          (double)r.lr, (double)r.o.eps, r.batch, (double)model_mem(r.m)->weight_device_bytes / 1048576.0);
+  job_log(ctx,
+          "%s on %" PRIu64 " parameters (%u of %u blocks tuned each step), lr %g, eps %g, batch %u, "
+          "%.1f MiB of f32 weights",
+          r.o.method == ZO_LEZO ? "LeZO" : "MeZO", n_params, L - r.o.drop_layers, L, (double)r.lr, (double)r.o.eps,
+          r.batch, (double)model_mem(r.m)->weight_device_bytes / 1048576.0);
   if (r.eval.n) {
     double el;
     if (eval_loss(&r, &el, err) != LT_OK) goto done;

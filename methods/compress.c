@@ -11,7 +11,7 @@
 
 #include "engine/text/jsonl.h"
 
-#define EVAL_BATCH 8u        /* windows per forward call when scoring */
+#define EVAL_BATCH 8u /* windows per forward call when scoring */
 
 /* ---- data ---- */
 
@@ -305,8 +305,8 @@ uint32_t compress_pick_highest(bool *drop, const double *scores, uint32_t n_item
   return marked;
 }
 
-uint32_t compress_pick_random(bool *drop, const double *scores, uint32_t n_items, uint32_t count,
-                              const bool *exclude, uint64_t seed) {
+uint32_t compress_pick_random(bool *drop, const double *scores, uint32_t n_items, uint32_t count, const bool *exclude,
+                              uint64_t seed) {
   uint32_t marked = 0;
   for (; marked < count; marked++) {
     uint32_t open = 0;
@@ -449,9 +449,8 @@ out:
 }
 
 model_hooks_t compress_choice_hooks(const compress_choice_t *c) {
-  return (model_hooks_t){.skip_block = c->drop_block,
-                         .skip_ffn = c->drop_ffn,
-                         .expert_mask = c->n_experts ? c->drop_expert : NULL};
+  return (model_hooks_t){
+      .skip_block = c->drop_block, .skip_ffn = c->drop_ffn, .expert_mask = c->n_experts ? c->drop_expert : NULL};
 }
 
 /* ---- measuring ---- */
@@ -475,8 +474,12 @@ lt_status_t compress_eval_nll(model_t *m, const int32_t *ids, uint64_t n, uint32
     for (uint32_t b = 0; b < nb; b++) {
       const int32_t *win = ids + (w0 + b) * T;
       model_seq_truncate(seqs[b], 0);
-      items[b] = (model_item_t){.seq = seqs[b], .tokens = win, .n_tokens = T - 1, .out = MODEL_OUT_NLL,
-                                .result = out + (uint64_t)b * T, .targets = win + 1};
+      items[b] = (model_item_t){.seq = seqs[b],
+                                .tokens = win,
+                                .n_tokens = T - 1,
+                                .out = MODEL_OUT_NLL,
+                                .result = out + (uint64_t)b * T,
+                                .targets = win + 1};
     }
     if ((st = model_forward(m, items, nb, hooks, err)) != LT_OK) break;
     for (uint32_t b = 0; b < nb; b++)

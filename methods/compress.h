@@ -68,12 +68,11 @@ const double *compress_input_sq(const compress_calib_t *c, model_site_t site, ui
 
 /* Marks in drop[n_items] the `count` items with the highest scores among those not yet marked and not excluded
  * (exclude may be NULL; NaN scores are never picked; ties: the lower index). Returns how many were marked. */
-uint32_t compress_pick_highest(bool *drop, const double *scores, uint32_t n_items, uint32_t count,
-                               const bool *exclude);
+uint32_t compress_pick_highest(bool *drop, const double *scores, uint32_t n_items, uint32_t count, const bool *exclude);
 
 /* As compress_pick_highest, but the items are drawn uniformly at random from seed (a baseline). */
-uint32_t compress_pick_random(bool *drop, const double *scores, uint32_t n_items, uint32_t count,
-                              const bool *exclude, uint64_t seed);
+uint32_t compress_pick_random(bool *drop, const double *scores, uint32_t n_items, uint32_t count, const bool *exclude,
+                              uint64_t seed);
 
 /* Expert drop: marks drop[l * E + e] for the experts with the lowest scores so that each block l not in
  * skip_block keeps `keep` experts, or (global) so that the kept blocks keep keep * blocks experts in total, the
@@ -94,11 +93,11 @@ typedef struct compress_plan {
 
 /* What compress_write did. */
 typedef struct compress_summary {
-  uint32_t layers, tensors;           /* blocks and tensors written */
-  uint64_t pruned, prunable;          /* weights zeroed by pruning, of the weights it applies to */
-  uint32_t magnitude_fallbacks;       /* pruned matrices with no calibration input (|W| alone ranked them) */
-  uint64_t quantised;                 /* weights quantised */
-  double quant_max_rel_err;           /* largest |w - q s| / max |w| of its group over the quantised weights */
+  uint32_t layers, tensors;     /* blocks and tensors written */
+  uint64_t pruned, prunable;    /* weights zeroed by pruning, of the weights it applies to */
+  uint32_t magnitude_fallbacks; /* pruned matrices with no calibration input (|W| alone ranked them) */
+  uint64_t quantised;           /* weights quantised */
+  double quant_max_rel_err;     /* largest |w - q s| / max |w| of its group over the quantised weights */
 } compress_summary_t;
 
 /* Applies the plan to the weights of the Hugging Face folder src (as m was loaded from) and writes the result as
@@ -151,8 +150,8 @@ lt_status_t compress_eval_nll(model_t *m, const int32_t *ids, uint64_t n, uint32
 
 /* Speed and memory of a model. */
 typedef struct compress_speed {
-  double prefill_tok_s;        /* one prompt of T tokens */
-  double decode_tok_s;         /* one token at a time after it */
+  double prefill_tok_s; /* one prompt of T tokens */
+  double decode_tok_s;  /* one token at a time after it */
   uint64_t weight_device_bytes, weight_file_bytes, activation_bytes;
 } compress_speed_t;
 

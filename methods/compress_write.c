@@ -228,8 +228,8 @@ lt_status_t compress_write(const char *src, const char *dir, const compress_plan
     goto out;
   }
   if (plan->bits && !quant_params_ok(plan->bits, plan->group)) {
-    st = lt_fail(err, LT_E_INVALID, "quantisation: %u bits in groups of %u (need 8 or 4, a multiple of 8)",
-                 plan->bits, plan->group);
+    st = lt_fail(err, LT_E_INVALID, "quantisation: %u bits in groups of %u (need 8 or 4, a multiple of 8)", plan->bits,
+                 plan->group);
     goto out;
   }
   /* The new numbering of blocks and experts, and the new config. */

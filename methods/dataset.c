@@ -15,7 +15,7 @@ void dataset_free(dataset_t *d) {
 }
 
 lt_status_t dataset_read(dataset_t *d, const tok_t *tok, const char *path, unsigned flags, uint32_t context,
-                                lt_err_t *err) {
+                         lt_err_t *err) {
   memset(d, 0, sizeof *d);
   jsonl_t *r = jsonl_open(path, err);
   if (!r) return err ? err->code : LT_E_IO;

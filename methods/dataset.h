@@ -20,9 +20,9 @@ typedef struct lm_example {
 typedef struct dataset {
   lm_example_t *ex;
   uint32_t n;
-  int32_t **ids;     /* [n], owned */
-  uint64_t skipped;  /* rows with nothing to score within the context */
-  uint64_t cut;      /* rows longer than the context, cut to it */
+  int32_t **ids;    /* [n], owned */
+  uint64_t skipped; /* rows with nothing to score within the context */
+  uint64_t cut;     /* rows longer than the context, cut to it */
 } dataset_t;
 
 /* Reads and tokenises a JSONL file into d (caller owns: dataset_free); rows are cut to `context` tokens (counted

@@ -204,8 +204,10 @@ static lt_status_t csv_split(const char *s, size_t len, char *out, size_t *at, s
       for (i++;; i++) {
         if (i == len) return lt_fail(err, LT_E_INVALID, "unterminated quoted field (a field may not span lines)");
         if (s[i] == '"') {
-          if (i + 1 < len && s[i + 1] == '"') i++;
-          else break;
+          if (i + 1 < len && s[i + 1] == '"')
+            i++;
+          else
+            break;
         }
         out[o++] = s[i];
       }
@@ -244,9 +246,12 @@ static lt_status_t csv_edge(graph_t *g, const char *line, size_t len, bool direc
     int f = -1, t = -1, d = -1;
     for (size_t i = 0; i < nf; i++) {
       const char *w = scratch + at[i];
-      if (f < 0 && (is_word(w, n[i], "from") || is_word(w, n[i], "source"))) f = (int)i;
-      else if (t < 0 && (is_word(w, n[i], "to") || is_word(w, n[i], "target"))) t = (int)i;
-      else if (d < 0 && is_word(w, n[i], "directed")) d = (int)i;
+      if (f < 0 && (is_word(w, n[i], "from") || is_word(w, n[i], "source")))
+        f = (int)i;
+      else if (t < 0 && (is_word(w, n[i], "to") || is_word(w, n[i], "target")))
+        t = (int)i;
+      else if (d < 0 && is_word(w, n[i], "directed"))
+        d = (int)i;
     }
     if (f >= 0 && t >= 0) {
       c->from = f, c->to = t, c->dir = d;
@@ -273,8 +278,10 @@ static bool ends_with(const char *s, const char *suffix) {
 lt_status_t graph_read(graph_t *g, const char *path, graph_format_t fmt, bool directed, graph_progress_fn on_progress,
                        void *progress_ctx, lt_err_t *err) {
   if (fmt == GRAPH_AUTO) {
-    if (ends_with(path, ".jsonl") || ends_with(path, ".ndjson") || ends_with(path, ".json")) fmt = GRAPH_JSONL;
-    else if (ends_with(path, ".csv")) fmt = GRAPH_CSV;
+    if (ends_with(path, ".jsonl") || ends_with(path, ".ndjson") || ends_with(path, ".json"))
+      fmt = GRAPH_JSONL;
+    else if (ends_with(path, ".csv"))
+      fmt = GRAPH_CSV;
   }
   lines_t *r = lines_open(path, 1u << 20, err);
   if (!r) return err ? err->code : LT_E_IO;
@@ -291,9 +298,12 @@ lt_status_t graph_read(graph_t *g, const char *path, graph_format_t fmt, bool di
     while (a < len && isspace((unsigned char)line[a])) a++;
     if (a == len) continue;
     if (fmt == GRAPH_AUTO) fmt = line[a] == '{' ? GRAPH_JSONL : GRAPH_CSV;
-    if (fmt == GRAPH_JSONL) st = jsonl_edge(g, line + a, len - a, directed, &e);
-    else if (!grow(&scratch, 1, &scratch_cap, len + 1)) st = lt_fail(&e, LT_E_NOMEM, "out of memory");
-    else st = csv_edge(g, line, len, directed, &cols, scratch, &e);
+    if (fmt == GRAPH_JSONL)
+      st = jsonl_edge(g, line + a, len - a, directed, &e);
+    else if (!grow(&scratch, 1, &scratch_cap, len + 1))
+      st = lt_fail(&e, LT_E_NOMEM, "out of memory");
+    else
+      st = csv_edge(g, line, len, directed, &cols, scratch, &e);
     if (st != LT_OK) lt_fail(err, st, "%s:%llu: %s", path, (unsigned long long)lines_lineno(r), e.msg);
     if (on_progress && lines_lineno(r) % 4096 == 0) on_progress(progress_ctx, lines_offset(r), lines_size(r));
   }
@@ -338,7 +348,8 @@ size_t graph_name_render(const char *name, size_t len, char *buf, size_t n) {
       }
       if (esc)
         for (const char *p = esc; *p; p++) PUT(*p);
-      else PUT(c);
+      else
+        PUT(c);
     }
     PUT('"');
   }
@@ -445,7 +456,8 @@ static lt_status_t break_cycles(uint32_t n, uint64_t m, flat_work_t *w, graph_fl
       size_t e = w->iter[v]++;
       uint32_t u = w->to[e];
       w->keep[e] = w->color[u] != 1;
-      if (w->color[u] == 1) out->n_back_edges++;
+      if (w->color[u] == 1)
+        out->n_back_edges++;
       else if (w->color[u] == 0) {
         w->color[u] = 1;
         w->iter[u] = w->off[u];
@@ -580,12 +592,16 @@ static lt_status_t render(const graph_t *g, flat_work_t *w, graph_flat_t *out, l
       uint32_t t = nt++;
       w->tn_node[t] = path[d], w->tn_child[t] = w->tn_last[t] = w->tn_next[t] = NONE;
       if (at == NONE) {
-        if (root_last != NONE) w->tn_next[root_last] = t;
-        else root_first = t;
+        if (root_last != NONE)
+          w->tn_next[root_last] = t;
+        else
+          root_first = t;
         root_last = t;
       } else {
-        if (w->tn_last[at] != NONE) w->tn_next[w->tn_last[at]] = t;
-        else w->tn_child[at] = t;
+        if (w->tn_last[at] != NONE)
+          w->tn_next[w->tn_last[at]] = t;
+        else
+          w->tn_child[at] = t;
         w->tn_last[at] = t;
       }
       at = t;

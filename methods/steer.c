@@ -13,7 +13,9 @@
 
 /* ---- words ---- */
 
-static bool is_space(unsigned char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\v' || c == '\f'; }
+static bool is_space(unsigned char c) {
+  return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\v' || c == '\f';
+}
 
 uint32_t steer_words(const tok_t *t, const int32_t *ids, uint32_t n, int32_t *word_of) {
   uint32_t n_words = 0;
@@ -31,7 +33,8 @@ uint32_t steer_words(const tok_t *t, const int32_t *ids, uint32_t n, int32_t *wo
     const unsigned char *b = (const unsigned char *)text;
     bool all_space = true;
     for (size_t k = 0; k < len; k++) all_space &= is_space(b[k]);
-    if (len && all_space) boundary = true;
+    if (len && all_space)
+      boundary = true;
     else if (len) {
       if (boundary || is_space(b[0])) n_words++;
       word_of[i] = (int32_t)n_words - 1;
@@ -184,8 +187,10 @@ double steer_kendall(const double *x, const double *y, uint32_t n) {
       int dx = (x[i] > x[j]) - (x[i] < x[j]), dy = (y[i] > y[j]) - (y[i] < y[j]);
       if (dx == 0) tied_x++;
       if (dy == 0) tied_y++;
-      if (dx * dy > 0) concordant++;
-      else if (dx * dy < 0) discordant++;
+      if (dx * dy > 0)
+        concordant++;
+      else if (dx * dy < 0)
+        discordant++;
     }
   double pairs = (double)n * (n - 1) / 2;
   double den = sqrt((pairs - tied_x) * (pairs - tied_y));
@@ -284,10 +289,20 @@ lt_status_t steer_vector_save(const char *path, const float *v, uint32_t hidden,
   snprintf(ls, sizeof ls, "%u", layer);
   snprintf(ps, sizeof ps, "%u", n_pos);
   snprintf(ns, sizeof ns, "%u", n_neg);
-  const char *meta[] = {"format", "pt", "lathe.kind", "steering-vector", "lathe.method", "mean-difference",
-                        "lathe.model", model, "lathe.layer", ls, "lathe.positive", ps, "lathe.negative", ns};
-  ft_tensor_t t = {.name = "steer.vector", .dtype = FT_F32, .n_dims = 1, .shape = {hidden, 1, 1, 1},
-                   .n_elems = hidden, .data = v, .nbytes = (uint64_t)hidden * 4};
+  const char *meta[] = {"format",         "pt",
+                        "lathe.kind",     "steering-vector",
+                        "lathe.method",   "mean-difference",
+                        "lathe.model",    model,
+                        "lathe.layer",    ls,
+                        "lathe.positive", ps,
+                        "lathe.negative", ns};
+  ft_tensor_t t = {.name = "steer.vector",
+                   .dtype = FT_F32,
+                   .n_dims = 1,
+                   .shape = {hidden, 1, 1, 1},
+                   .n_elems = hidden,
+                   .data = v,
+                   .nbytes = (uint64_t)hidden * 4};
   return st_write(path, &t, 1, meta, sizeof meta / sizeof meta[0] / 2, err);
 }
 
@@ -301,14 +316,17 @@ lt_status_t steer_vector_load(const char *path, uint32_t hidden, float **v, uint
   const char *ls = st_metadata(f, "lathe.layer"), *mp = st_metadata(f, "lathe.model");
   char *end = NULL;
   unsigned long lv = ls ? strtoul(ls, &end, 10) : 0;
-  if (!t) st = lt_fail(err, LT_E_INVALID, "%s: no tensor \"steer.vector\" (not a steering vector file)", path);
+  if (!t)
+    st = lt_fail(err, LT_E_INVALID, "%s: no tensor \"steer.vector\" (not a steering vector file)", path);
   else if (t->n_dims != 1 || t->n_elems != hidden)
     st = lt_fail(err, LT_E_INVALID, "%s: the vector has %llu entries but the model's hidden size is %u", path,
                  (unsigned long long)t->n_elems, hidden);
   else if (!ls || !*ls || *end || lv > UINT32_MAX)
     st = lt_fail(err, LT_E_INVALID, "%s: no valid lathe.layer in the metadata", path);
-  else if (!(*v = malloc((uint64_t)hidden * 4))) st = lt_fail(err, LT_E_NOMEM, "out of memory");
-  else st = ft_tensor_to_f32(t, *v, err);
+  else if (!(*v = malloc((uint64_t)hidden * 4)))
+    st = lt_fail(err, LT_E_NOMEM, "out of memory");
+  else
+    st = ft_tensor_to_f32(t, *v, err);
   if (st == LT_OK) {
     *layer = (uint32_t)lv;
     snprintf(model, cap, "%s", mp ? mp : "");
@@ -411,9 +429,7 @@ lt_status_t steer_generate(model_t *m, const steer_cfg_t *s, const int32_t *cons
   contrast_ctx_t cc = {.s = s};
   rose_ctx_t rc = {.alpha = s->alpha, .next = o->on_logits, .next_ctx = o->logits_ctx};
   switch (s->method) {
-  case STEER_ADD:
-    h = (model_hooks_t){.add_vec = s->vec, .add_layer = s->layer, .add_alpha = s->alpha};
-    break;
+  case STEER_ADD: h = (model_hooks_t){.add_vec = s->vec, .add_layer = s->layer, .add_alpha = s->alpha}; break;
   case STEER_CONTRAST:
     if (!(cc.a_s = malloc((uint64_t)cf->n_heads * cf->head_dim * 4))) return lt_fail(err, LT_E_NOMEM, "out of memory");
     h = (model_hooks_t){.ctx = &cc, .on_attn = contrast_on_attn, .attn_layer = s->layer};
@@ -427,8 +443,8 @@ lt_status_t steer_generate(model_t *m, const steer_cfg_t *s, const int32_t *cons
     break;
   case STEER_NONE: break;
   }
-  lt_status_t st = model_generate(m, prompts, lens, n, &go, s->method == STEER_ROSE ? NULL : &h, on_step, step_ctx,
-                                  res, err);
+  lt_status_t st =
+      model_generate(m, prompts, lens, n, &go, s->method == STEER_ROSE ? NULL : &h, on_step, step_ctx, res, err);
   free(cc.a_s);
   return st;
 }
@@ -456,8 +472,8 @@ lt_status_t steer_score(model_t *m, const steer_cfg_t *s, const int32_t *const *
   for (uint32_t i = 0; i < n; i++)
     for (uint32_t j = 0; j < cont_lens[i]; j++)
       if (conts[i][j] < 0 || (uint32_t)conts[i][j] >= V)
-        return lt_fail(err, LT_E_INVALID, "continuation %u: token id %d is outside the vocabulary (%u)", i,
-                       conts[i][j], V);
+        return lt_fail(err, LT_E_INVALID, "continuation %u: token id %d is outside the vocabulary (%u)", i, conts[i][j],
+                       V);
   gen_result_t *res = calloc(n ? n : 1, sizeof *res);
   if (!res) return lt_fail(err, LT_E_NOMEM, "out of memory");
   score_ctx_t c = {.conts = conts, .lp = lp};

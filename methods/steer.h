@@ -87,7 +87,7 @@ typedef enum steer_method {
 /* A steering configuration. The twin prompts are already wrapped and tokenized by the caller. */
 typedef struct steer_cfg {
   steer_method_t method;
-  uint32_t layer;  /* ADD: the block whose input gets the vector; CONTRAST: the block whose heads are steered */
+  uint32_t layer;   /* ADD: the block whose input gets the vector; CONTRAST: the block whose heads are steered */
   const float *vec; /* ADD: [hidden] */
   float alpha;      /* ADD: the vector's scale; ROSE: the reverse prompt's weight (0.5) */
   float exponent;   /* CONTRAST: s = (1 + ||delta||)^exponent per head (0.4) */
@@ -103,8 +103,7 @@ const char *steer_method_str(steer_method_t m);
 /* CogSteer's intervention on one position's per-head attention outputs: with delta = a_s - a, per head
  * s = (1 + ||delta_h||)^exponent and a_h <- a_h - s * delta_h; then, with renorm, a <- a * ||a_old|| / ||a||
  * (norms over all heads jointly). a and a_s are [n_heads * head_dim]; a is changed in place. */
-void steer_contrast_apply(float *a, const float *a_s, uint32_t n_heads, uint32_t head_dim, float exponent,
-                          bool renorm);
+void steer_contrast_apply(float *a, const float *a_s, uint32_t n_heads, uint32_t head_dim, float exponent, bool renorm);
 
 /* ROSE: logits[v] <- logits[v] - alpha * neg[v]. */
 void steer_rose_combine(float *logits, const float *neg, uint32_t vocab, float alpha);

@@ -39,8 +39,10 @@ tuner_t *tuner_new(train_t *t, const tune_opts_t *o, lt_err_t *err) {
     gpu_buf_t **bufs[3] = {&u->m[i], &u->v[i], u->e ? &u->e[i] : NULL};
     for (int k = 0; k < 3 && st == LT_OK; k++) {
       if (!bufs[k]) continue;
-      if (!(*bufs[k] = gpu_buf_new(u->g, bytes, err))) st = err ? err->code : LT_E_DEVICE_OOM;
-      else st = gpu_buf_zero(*bufs[k], 0, bytes, err);
+      if (!(*bufs[k] = gpu_buf_new(u->g, bytes, err)))
+        st = err ? err->code : LT_E_DEVICE_OOM;
+      else
+        st = gpu_buf_zero(*bufs[k], 0, bytes, err);
     }
   }
   u->sq_stride = (uint32_t)(gpu_caps(u->g)->min_storage_align / 4 ? gpu_caps(u->g)->min_storage_align / 4 : 1);

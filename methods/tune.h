@@ -13,13 +13,13 @@ typedef enum tune_schedule { TUNE_COSINE = 0, TUNE_LINEAR, TUNE_CONSTANT } tune_
 
 /* Optimiser settings. */
 typedef struct tune_opts {
-  double lr;            /* peak learning rate */
-  double weight_decay;  /* decoupled decay on tensors with decay set (not norms) */
+  double lr;                /* peak learning rate */
+  double weight_decay;      /* decoupled decay on tensors with decay set (not norms) */
   double beta1, beta2, eps; /* AdamW moments (0.9, 0.999, 1e-8 when zero) */
-  double clip;          /* global gradient-norm clip (0: none) */
-  double sam_rho;       /* SAM radius (0: plain AdamW) */
-  uint32_t warmup;      /* steps of linear warmup from 0 */
-  uint32_t steps;       /* total steps (the schedule's horizon) */
+  double clip;              /* global gradient-norm clip (0: none) */
+  double sam_rho;           /* SAM radius (0: plain AdamW) */
+  uint32_t warmup;          /* steps of linear warmup from 0 */
+  uint32_t steps;           /* total steps (the schedule's horizon) */
   tune_schedule_t schedule;
 } tune_opts_t;
 

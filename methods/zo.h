@@ -37,8 +37,8 @@ typedef lm_example_t zo_example_t;
 
 /* One step of the run log: with the run's opts, it is all a replay needs. */
 typedef struct zo_record {
-  uint64_t step, seed;     /* seed = zo_step_seed(run seed, step) */
-  float g, lr;             /* projected gradient (L+ - L-) / (2 eps); learning rate */
+  uint64_t step, seed;          /* seed = zo_step_seed(run seed, step) */
+  float g, lr;                  /* projected gradient (L+ - L-) / (2 eps); learning rate */
   double loss_plus, loss_minus; /* for the log reader; replay does not need them */
 } zo_record_t;
 

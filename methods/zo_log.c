@@ -120,8 +120,10 @@ lt_status_t zo_log_read(const char *path, zo_opts_t *o, char *base, size_t base_
         if (*n == have) {
           have = have ? 2 * have : 256;
           zo_record_t *grown = realloc(*recs, have * sizeof *grown);
-          if (!grown) st = lt_fail(err, LT_E_NOMEM, "out of memory reading %s", path);
-          else *recs = grown;
+          if (!grown)
+            st = lt_fail(err, LT_E_NOMEM, "out of memory reading %s", path);
+          else
+            *recs = grown;
         }
         if (st == LT_OK) (*recs)[(*n)++] = r;
       }

@@ -28,6 +28,9 @@ tests() { # build dir
   done
 }
 
+# The sources follow the checked-in .clang-format (make format applies it).
+run "format (.clang-format)" bash -c 'git ls-files "*.c" "*.h" | xargs clang-format --dry-run -Werror'
+
 tests "$build"
 if [ $plain_only = 0 ]; then
   LATHE_VALIDATION=1 tests "$build"

@@ -8,7 +8,7 @@ pkgs=(
   libvulkan-dev mesa-vulkan-drivers vulkan-validationlayers vulkan-tools
   glslc libshaderc-dev glslang-dev spirv-tools
   libzmq3-dev libmsgpack-dev libsqlite3-dev sqlite3 libcriterion-dev
-  libjansson-dev libpcre2-dev libopenblas-dev
+  libjansson-dev libpcre2-dev libopenblas-dev clang-format git
 )
 # Extra packages for tools/ (fixtures, the PyTorch reference, training the embedded models on the KJV text):
 # opt in with LATHE_TOOLS_DEPS=1.

@@ -13,6 +13,7 @@
 
 const char *gpu_vk_result_str(VkResult r) {
   switch (r) {
+/* clang-format off */
 #define C(x) case x: return #x;
     C(VK_SUCCESS) C(VK_NOT_READY) C(VK_TIMEOUT) C(VK_INCOMPLETE) C(VK_ERROR_OUT_OF_HOST_MEMORY)
     C(VK_ERROR_OUT_OF_DEVICE_MEMORY) C(VK_ERROR_INITIALIZATION_FAILED) C(VK_ERROR_DEVICE_LOST)
@@ -21,15 +22,19 @@ const char *gpu_vk_result_str(VkResult r) {
     C(VK_ERROR_FORMAT_NOT_SUPPORTED) C(VK_ERROR_FRAGMENTED_POOL) C(VK_ERROR_OUT_OF_POOL_MEMORY)
     C(VK_ERROR_INVALID_EXTERNAL_HANDLE) C(VK_ERROR_FRAGMENTATION) C(VK_ERROR_UNKNOWN)
 #undef C
-  default: return "VK_ERROR_(unnamed)";
+        /* clang-format on */
+        default : return "VK_ERROR_(unnamed)";
   }
 }
 
 lt_status_t gpu_vk_fail(lt_err_t *err, VkResult r, const char *call, const char *file, int line) {
   lt_status_t code = LT_E_VULKAN;
-  if (r == VK_ERROR_DEVICE_LOST) code = LT_E_DEVICE_LOST;
-  else if (r == VK_ERROR_OUT_OF_DEVICE_MEMORY || r == VK_ERROR_OUT_OF_HOST_MEMORY) code = LT_E_DEVICE_OOM;
-  else if (r == VK_ERROR_INCOMPATIBLE_DRIVER || r == VK_ERROR_INITIALIZATION_FAILED) code = LT_E_NO_VULKAN;
+  if (r == VK_ERROR_DEVICE_LOST)
+    code = LT_E_DEVICE_LOST;
+  else if (r == VK_ERROR_OUT_OF_DEVICE_MEMORY || r == VK_ERROR_OUT_OF_HOST_MEMORY)
+    code = LT_E_DEVICE_OOM;
+  else if (r == VK_ERROR_INCOMPATIBLE_DRIVER || r == VK_ERROR_INITIALIZATION_FAILED)
+    code = LT_E_NO_VULKAN;
   const char *base = strrchr(file, '/');
   return lt_fail(err, code, "%s failed: %s (%s:%d)", call, gpu_vk_result_str(r), base ? base + 1 : file, line);
 }
@@ -135,14 +140,13 @@ static lt_status_t make_instance(gpu_t *g, bool validation, lt_err_t *err) {
     PFN_vkCreateDebugUtilsMessengerEXT mk =
         (PFN_vkCreateDebugUtilsMessengerEXT)vkGetInstanceProcAddr(g->inst, "vkCreateDebugUtilsMessengerEXT");
     if (mk) {
-      VkDebugUtilsMessengerCreateInfoEXT mi = {
-          .sType = VK_STRUCTURE_TYPE_DEBUG_UTILS_MESSENGER_CREATE_INFO_EXT,
-          .messageSeverity =
-              VK_DEBUG_UTILS_MESSAGE_SEVERITY_ERROR_BIT_EXT | VK_DEBUG_UTILS_MESSAGE_SEVERITY_WARNING_BIT_EXT,
-          .messageType = VK_DEBUG_UTILS_MESSAGE_TYPE_VALIDATION_BIT_EXT |
-                         VK_DEBUG_UTILS_MESSAGE_TYPE_GENERAL_BIT_EXT,
-          .pfnUserCallback = on_validation,
-          .pUserData = g};
+      VkDebugUtilsMessengerCreateInfoEXT mi = {.sType = VK_STRUCTURE_TYPE_DEBUG_UTILS_MESSENGER_CREATE_INFO_EXT,
+                                               .messageSeverity = VK_DEBUG_UTILS_MESSAGE_SEVERITY_ERROR_BIT_EXT |
+                                                                  VK_DEBUG_UTILS_MESSAGE_SEVERITY_WARNING_BIT_EXT,
+                                               .messageType = VK_DEBUG_UTILS_MESSAGE_TYPE_VALIDATION_BIT_EXT |
+                                                              VK_DEBUG_UTILS_MESSAGE_TYPE_GENERAL_BIT_EXT,
+                                               .pfnUserCallback = on_validation,
+                                               .pUserData = g};
       VK_TRY(mk(g->inst, &mi, NULL, &g->messenger));
     }
   }
@@ -177,8 +181,8 @@ static lt_status_t choose_device(gpu_t *g, const char *want, lt_err_t *err) {
       char idx[16];
       snprintf(idx, sizeof idx, "%u", i);
       if (len < sizeof list)
-        len += (size_t)snprintf(list + len, sizeof list - len, "%s%u = %s [%s]", len ? ", " : "", i,
-                                props.deviceName, u);
+        len +=
+            (size_t)snprintf(list + len, sizeof list - len, "%s%u = %s [%s]", len ? ", " : "", i, props.deviceName, u);
       if (strcmp(want, idx) == 0 || strcasecmp(want, u) == 0) {
         best = (int)i;
         break;
@@ -192,10 +196,10 @@ static lt_status_t choose_device(gpu_t *g, const char *want, lt_err_t *err) {
     }
   }
   if (best < 0) {
-    st = want && *want ? lt_fail(err, LT_E_INVALID,
-                                 "LATHE_DEVICE=%s matches no Vulkan device; use an index or a UUID of: %s",
-                                 want, list[0] ? list : "(none with Vulkan 1.1)")
-                       : lt_fail(err, LT_E_NO_VULKAN, "no Vulkan 1.1+ device found; " INSTALL_HINT);
+    st = want && *want
+             ? lt_fail(err, LT_E_INVALID, "LATHE_DEVICE=%s matches no Vulkan device; use an index or a UUID of: %s",
+                       want, list[0] ? list : "(none with Vulkan 1.1)")
+             : lt_fail(err, LT_E_NO_VULKAN, "no Vulkan 1.1+ device found; " INSTALL_HINT);
     goto out;
   }
   g->phys = pds[best];
@@ -208,8 +212,7 @@ out:
 static void query_caps(gpu_t *g) {
   gpu_caps_t *c = &g->caps;
   VkPhysicalDeviceSubgroupProperties sg = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_SUBGROUP_PROPERTIES};
-  VkPhysicalDeviceDriverProperties drv = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_DRIVER_PROPERTIES,
-                                          .pNext = &sg};
+  VkPhysicalDeviceDriverProperties drv = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_DRIVER_PROPERTIES, .pNext = &sg};
   VkPhysicalDeviceIDProperties idp = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_ID_PROPERTIES, .pNext = &drv};
   VkPhysicalDeviceProperties2 p2 = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_PROPERTIES_2, .pNext = &idp};
   vkGetPhysicalDeviceProperties2(g->phys, &p2);
@@ -245,8 +248,8 @@ static void query_caps(gpu_t *g) {
   vkGetPhysicalDeviceProperties2(g->phys, &p3);
   c->max_alloc = m3.maxMemoryAllocationSize;
 
-  VkPhysicalDeviceShaderFloat16Int8Features f16 = {
-      .sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_SHADER_FLOAT16_INT8_FEATURES};
+  VkPhysicalDeviceShaderFloat16Int8Features f16 = {.sType =
+                                                       VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_SHADER_FLOAT16_INT8_FEATURES};
   VkPhysicalDevice8BitStorageFeatures s8 = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_8BIT_STORAGE_FEATURES,
                                             .pNext = &f16};
   VkPhysicalDevice16BitStorageFeatures s16 = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_16BIT_STORAGE_FEATURES,
@@ -302,10 +305,10 @@ static lt_status_t make_device(gpu_t *g, lt_err_t *err) {
                                 .queueFamilyIndex = g->qfam,
                                 .queueCount = 1,
                                 .pQueuePriorities = &prio};
-  VkPhysicalDeviceShaderFloat16Int8Features f16 = {
-      .sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_SHADER_FLOAT16_INT8_FEATURES,
-      .shaderFloat16 = g->caps.float16,
-      .shaderInt8 = g->caps.int8};
+  VkPhysicalDeviceShaderFloat16Int8Features f16 = {.sType =
+                                                       VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_SHADER_FLOAT16_INT8_FEATURES,
+                                                   .shaderFloat16 = g->caps.float16,
+                                                   .shaderInt8 = g->caps.int8};
   VkPhysicalDevice8BitStorageFeatures s8 = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_8BIT_STORAGE_FEATURES,
                                             .pNext = &f16,
                                             .storageBuffer8BitAccess = g->caps.storage8};
@@ -313,10 +316,8 @@ static lt_status_t make_device(gpu_t *g, lt_err_t *err) {
                                               .pNext = &s8,
                                               .storageBuffer16BitAccess = g->caps.storage16};
   VkPhysicalDeviceFeatures2 f2 = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_FEATURES_2, .pNext = &s16};
-  VkDeviceCreateInfo di = {.sType = VK_STRUCTURE_TYPE_DEVICE_CREATE_INFO,
-                           .pNext = &f2,
-                           .queueCreateInfoCount = 1,
-                           .pQueueCreateInfos = &qi};
+  VkDeviceCreateInfo di = {
+      .sType = VK_STRUCTURE_TYPE_DEVICE_CREATE_INFO, .pNext = &f2, .queueCreateInfoCount = 1, .pQueueCreateInfos = &qi};
   VK_TRY(vkCreateDevice(g->phys, &di, NULL, &g->dev));
   vkGetDeviceQueue(g->dev, g->qfam, 0, &g->queue);
   VkCommandPoolCreateInfo pi = {.sType = VK_STRUCTURE_TYPE_COMMAND_POOL_CREATE_INFO,
@@ -333,8 +334,8 @@ static void make_defines(gpu_t *g) {
   snprintf(g->defines, sizeof g->defines,
            "LATHE_GLSL=1;SUBGROUP_SIZE=%u;HAS_SUBGROUP_ARITH=%d;HAS_SUBGROUP_SHUFFLE=%d;HAS_STORAGE16=%d;"
            "HAS_STORAGE8=%d;HAS_FLOAT16=%d;HAS_INT8=%d;IS_CPU=%d",
-           c->subgroup_size, c->subgroup_arith, c->subgroup_shuffle, c->storage16, c->storage8, c->float16,
-           c->int8, c->kind == GPU_KIND_CPU);
+           c->subgroup_size, c->subgroup_arith, c->subgroup_shuffle, c->storage16, c->storage8, c->float16, c->int8,
+           c->kind == GPU_KIND_CPU);
 }
 
 /* Picks the shader cache folder and creates it (mode 0700); leaves it empty when it cannot be made. */
@@ -343,11 +344,14 @@ static void make_cache_dir(gpu_t *g, const gpu_opts_t *o) {
   if (o->no_disk_cache) return;
   const char *env = o->cache_dir ? o->cache_dir : getenv("LATHE_CACHE_DIR");
   char path[1024];
-  if (env && *env) snprintf(path, sizeof path, "%s", env);
+  if (env && *env)
+    snprintf(path, sizeof path, "%s", env);
   else if (getenv("XDG_CACHE_HOME") && *getenv("XDG_CACHE_HOME"))
     snprintf(path, sizeof path, "%s/lathe", getenv("XDG_CACHE_HOME"));
-  else if (getenv("HOME") && *getenv("HOME")) snprintf(path, sizeof path, "%s/.cache/lathe", getenv("HOME"));
-  else return;
+  else if (getenv("HOME") && *getenv("HOME"))
+    snprintf(path, sizeof path, "%s/.cache/lathe", getenv("HOME"));
+  else
+    return;
   /* mkdir -p */
   for (char *p = path + 1; *p; p++) {
     if (*p != '/') continue;
@@ -522,8 +526,8 @@ static gpu_block_t *block_new(gpu_t *g, uint64_t size, uint32_t type, lt_err_t *
     lt_fail(err, LT_E_NOMEM, "out of memory");
     return NULL;
   }
-  VkMemoryAllocateInfo ai = {.sType = VK_STRUCTURE_TYPE_MEMORY_ALLOCATE_INFO, .allocationSize = size,
-                             .memoryTypeIndex = type};
+  VkMemoryAllocateInfo ai = {
+      .sType = VK_STRUCTURE_TYPE_MEMORY_ALLOCATE_INFO, .allocationSize = size, .memoryTypeIndex = type};
   VK_TRY(vkAllocateMemory(g->dev, &ai, NULL, &b->mem));
   if (g->memprops.memoryTypes[type].propertyFlags & VK_MEMORY_PROPERTY_HOST_VISIBLE_BIT)
     VK_TRY(vkMapMemory(g->dev, b->mem, 0, VK_WHOLE_SIZE, 0, &b->map));
@@ -544,8 +548,8 @@ out:
     if (b->mem) vkFreeMemory(g->dev, b->mem, NULL);
     free(b->free);
     free(b);
-    if (st == LT_E_DEVICE_OOM) lt_fail(err, st, "out of device memory allocating a %llu-byte block",
-                                       (unsigned long long)size);
+    if (st == LT_E_DEVICE_OOM)
+      lt_fail(err, st, "out of device memory allocating a %llu-byte block", (unsigned long long)size);
     return NULL;
   }
   return b;
@@ -653,12 +657,11 @@ lt_status_t gpu_run_once(gpu_t *g, void (*fn)(VkCommandBuffer cb, void *ctx), vo
   VkMemoryBarrier mb = {.sType = VK_STRUCTURE_TYPE_MEMORY_BARRIER,
                         .srcAccessMask = VK_ACCESS_MEMORY_WRITE_BIT,
                         .dstAccessMask = VK_ACCESS_MEMORY_READ_BIT | VK_ACCESS_MEMORY_WRITE_BIT};
-  vkCmdPipelineBarrier(cb, VK_PIPELINE_STAGE_ALL_COMMANDS_BIT, VK_PIPELINE_STAGE_ALL_COMMANDS_BIT, 0, 1, &mb, 0,
-                       NULL, 0, NULL);
+  vkCmdPipelineBarrier(cb, VK_PIPELINE_STAGE_ALL_COMMANDS_BIT, VK_PIPELINE_STAGE_ALL_COMMANDS_BIT, 0, 1, &mb, 0, NULL,
+                       0, NULL);
   fn(cb, ctx);
   mb.dstAccessMask = VK_ACCESS_HOST_READ_BIT;
-  vkCmdPipelineBarrier(cb, VK_PIPELINE_STAGE_ALL_COMMANDS_BIT, VK_PIPELINE_STAGE_HOST_BIT, 0, 1, &mb, 0, NULL, 0,
-                       NULL);
+  vkCmdPipelineBarrier(cb, VK_PIPELINE_STAGE_ALL_COMMANDS_BIT, VK_PIPELINE_STAGE_HOST_BIT, 0, 1, &mb, 0, NULL, 0, NULL);
   VK_TRY(vkEndCommandBuffer(cb));
   VkFenceCreateInfo fi = {.sType = VK_STRUCTURE_TYPE_FENCE_CREATE_INFO};
   VK_TRY(vkCreateFence(g->dev, &fi, NULL, &fence));
@@ -702,7 +705,8 @@ static lt_status_t transfer(gpu_buf_t *b, uint64_t off, void *host, uint64_t n, 
   if (st != LT_OK || n == 0) return st;
   if (b->blk->map && !g->force_staging) {
     char *p = (char *)b->blk->map + b->off + off;
-    if (up) memcpy(p, host, n);
+    if (up)
+      memcpy(p, host, n);
     else {
       /* Shader writes were made host-visible by the barrier that ends every submission. */
       memcpy(host, p, n);

@@ -14,7 +14,13 @@ typedef struct gpu_pipeline gpu_pipeline_t;
 typedef struct gpu_cmd gpu_cmd_t;
 
 /* Device type ranks used for the default choice (higher is preferred). */
-typedef enum gpu_kind { GPU_KIND_OTHER = 0, GPU_KIND_CPU, GPU_KIND_VIRTUAL, GPU_KIND_INTEGRATED, GPU_KIND_DISCRETE } gpu_kind_t;
+typedef enum gpu_kind {
+  GPU_KIND_OTHER = 0,
+  GPU_KIND_CPU,
+  GPU_KIND_VIRTUAL,
+  GPU_KIND_INTEGRATED,
+  GPU_KIND_DISCRETE
+} gpu_kind_t;
 
 /* Everything shaders and callers need to know about the device, queried once at gpu_new(). */
 typedef struct gpu_caps {
@@ -24,40 +30,41 @@ typedef struct gpu_caps {
   uint32_t vendor_id, device_id, driver_version, api_version;
   uint8_t device_uuid[16];
   gpu_kind_t kind;
-  bool storage16;        /* 16-bit storage buffers (f16 weights) */
-  bool storage8;         /* 8-bit storage buffers (int8 weights) */
-  bool float16;          /* fp16 arithmetic */
-  bool int8;             /* int8 arithmetic */
-  bool int_dot;          /* VK_KHR_shader_integer_dot_product */
+  bool storage16; /* 16-bit storage buffers (f16 weights) */
+  bool storage8;  /* 8-bit storage buffers (int8 weights) */
+  bool float16;   /* fp16 arithmetic */
+  bool int8;      /* int8 arithmetic */
+  bool int_dot;   /* VK_KHR_shader_integer_dot_product */
   uint32_t subgroup_size;
-  bool subgroup_arith;   /* subgroupAdd/subgroupMax in compute */
+  bool subgroup_arith; /* subgroupAdd/subgroupMax in compute */
   bool subgroup_shuffle;
-  uint32_t max_shared;   /* bytes of shared memory per workgroup */
+  uint32_t max_shared; /* bytes of shared memory per workgroup */
   uint32_t max_wg_invocations;
   uint32_t max_wg_count[3];
-  uint32_t max_push;     /* bytes of push constants */
+  uint32_t max_push;          /* bytes of push constants */
   uint64_t max_storage_range; /* largest range one binding may have */
   uint64_t max_alloc;         /* largest single allocation */
   uint64_t min_storage_align; /* minStorageBufferOffsetAlignment */
   uint64_t device_local_bytes;
-  bool unified;          /* a memory type is device-local and host-visible: weights written through the map */
+  bool unified; /* a memory type is device-local and host-visible: weights written through the map */
 } gpu_caps_t;
 
 /* Options for gpu_new(); zero-initialised means defaults. */
 typedef struct gpu_opts {
-  const char *device;    /* index or UUID; NULL reads LATHE_DEVICE; NULL/empty picks the best */
-  const char *cache_dir; /* shader cache folder; NULL reads LATHE_CACHE_DIR, then XDG_CACHE_HOME/lathe, ~/.cache/lathe */
-  int validation;        /* 0 reads LATHE_VALIDATION, 1 forces the Khronos validation layer on, -1 off */
-  bool no_disk_cache;    /* compile everything, never read or write the disk cache */
+  const char *device; /* index or UUID; NULL reads LATHE_DEVICE; NULL/empty picks the best */
+  const char
+      *cache_dir;     /* shader cache folder; NULL reads LATHE_CACHE_DIR, then XDG_CACHE_HOME/lathe, ~/.cache/lathe */
+  int validation;     /* 0 reads LATHE_VALIDATION, 1 forces the Khronos validation layer on, -1 off */
+  bool no_disk_cache; /* compile everything, never read or write the disk cache */
 } gpu_opts_t;
 
 /* Counters for tests and benchmarks. */
 typedef struct gpu_stats {
-  uint64_t compiles;          /* GLSL -> SPIR-V compilations done by shaderc */
-  uint64_t spirv_cache_hits;  /* SPIR-V files read from disk and accepted */
+  uint64_t compiles;            /* GLSL -> SPIR-V compilations done by shaderc */
+  uint64_t spirv_cache_hits;    /* SPIR-V files read from disk and accepted */
   uint64_t spirv_cache_rejects; /* SPIR-V files found but rejected (corrupt, truncated, mismatched) */
-  uint64_t pipelines;         /* pipelines created */
-  bool pipeline_cache_loaded; /* VkPipelineCache data read from disk and accepted */
+  uint64_t pipelines;           /* pipelines created */
+  bool pipeline_cache_loaded;   /* VkPipelineCache data read from disk and accepted */
   bool pipeline_cache_rejected; /* pipeline cache file present but rejected */
   uint64_t dispatches, barriers, submits;
   uint64_t bytes_allocated;   /* device bytes in live buffers */
@@ -135,8 +142,8 @@ lt_status_t gpu_cmd_dispatch(gpu_cmd_t *c, gpu_pipeline_t *p, const gpu_bind_t *
                              lt_err_t *err);
 
 /* Records a buffer-to-buffer copy of n bytes (ordered like a dispatch that reads src and writes dst). */
-lt_status_t gpu_cmd_copy(gpu_cmd_t *c, gpu_buf_t *src, uint64_t src_off, gpu_buf_t *dst, uint64_t dst_off,
-                         uint64_t n, lt_err_t *err);
+lt_status_t gpu_cmd_copy(gpu_cmd_t *c, gpu_buf_t *src, uint64_t src_off, gpu_buf_t *dst, uint64_t dst_off, uint64_t n,
+                         lt_err_t *err);
 
 /* Returns a device buffer of at least `bytes` that lives until the recorder is finished or aborted (for
  * intermediate results such as split-reduction partials). Owned by the recorder. NULL with err on failure. */

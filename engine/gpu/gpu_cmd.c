@@ -23,9 +23,9 @@ typedef struct track {
 
 struct gpu_cmd {
   gpu_t *g;
-  chunk_t *cur;        /* being recorded */
-  chunk_t *submitted;  /* in flight, newest first */
-  uint32_t in_chunk;   /* dispatches recorded into cur */
+  chunk_t *cur;                                /* being recorded */
+  chunk_t *submitted;                          /* in flight, newest first */
+  uint32_t in_chunk;                           /* dispatches recorded into cur */
   track_t writes[MAX_TRACK], reads[MAX_TRACK]; /* since the last barrier */
   uint32_t n_writes, n_reads;
   gpu_buf_t **scratch; /* grows as ops ask for scratch space */
@@ -44,10 +44,8 @@ static lt_status_t chunk_new(gpu_cmd_t *c, lt_err_t *err) {
                                     .commandBufferCount = 1};
   VK_TRY(vkAllocateCommandBuffers(g->dev, &ai, &k->cb));
   VkDescriptorPoolSize ps = {.type = VK_DESCRIPTOR_TYPE_STORAGE_BUFFER, .descriptorCount = k->cap * MAX_BINDS};
-  VkDescriptorPoolCreateInfo pi = {.sType = VK_STRUCTURE_TYPE_DESCRIPTOR_POOL_CREATE_INFO,
-                                   .maxSets = k->cap,
-                                   .poolSizeCount = 1,
-                                   .pPoolSizes = &ps};
+  VkDescriptorPoolCreateInfo pi = {
+      .sType = VK_STRUCTURE_TYPE_DESCRIPTOR_POOL_CREATE_INFO, .maxSets = k->cap, .poolSizeCount = 1, .pPoolSizes = &ps};
   VK_TRY(vkCreateDescriptorPool(g->dev, &pi, NULL, &k->dpool));
   VkFenceCreateInfo fi = {.sType = VK_STRUCTURE_TYPE_FENCE_CREATE_INFO};
   VK_TRY(vkCreateFence(g->dev, &fi, NULL, &k->fence));
@@ -154,8 +152,10 @@ static void order(gpu_cmd_t *c, const track_t *acc, const bool *write, uint32_t 
     c->n_writes = c->n_reads = 0;
   }
   for (uint32_t i = 0; i < n; i++) {
-    if (write[i]) c->writes[c->n_writes++] = acc[i];
-    else c->reads[c->n_reads++] = acc[i];
+    if (write[i])
+      c->writes[c->n_writes++] = acc[i];
+    else
+      c->reads[c->n_reads++] = acc[i];
   }
 }
 
@@ -179,8 +179,8 @@ lt_status_t gpu_cmd_dispatch(gpu_cmd_t *c, gpu_pipeline_t *p, const gpu_bind_t *
                    p->push_size);
   if (gx == 0 || gy == 0 || gz == 0) return LT_OK;
   if (gx > g->caps.max_wg_count[0] || gy > g->caps.max_wg_count[1] || gz > g->caps.max_wg_count[2])
-    return lt_fail(err, LT_E_LIMIT, "dispatch of %ux%ux%u workgroups exceeds the device limit %ux%ux%u", gx, gy,
-                   gz, g->caps.max_wg_count[0], g->caps.max_wg_count[1], g->caps.max_wg_count[2]);
+    return lt_fail(err, LT_E_LIMIT, "dispatch of %ux%ux%u workgroups exceeds the device limit %ux%ux%u", gx, gy, gz,
+                   g->caps.max_wg_count[0], g->caps.max_wg_count[1], g->caps.max_wg_count[2]);
   track_t acc[MAX_BINDS];
   bool wr[MAX_BINDS];
   VkDescriptorBufferInfo bi[MAX_BINDS];
@@ -193,8 +193,9 @@ lt_status_t gpu_cmd_dispatch(gpu_cmd_t *c, gpu_pipeline_t *p, const gpu_bind_t *
       return lt_fail(err, LT_E_INVALID, "binding %u: range [%llu, +%llu) is outside a %llu-byte buffer", i,
                      (unsigned long long)b->off, (unsigned long long)range, (unsigned long long)b->buf->size);
     if (b->off % g->caps.min_storage_align)
-      return lt_fail(err, LT_E_INVALID, "binding %u: offset %llu is not a multiple of minStorageBufferOffsetAlignment %llu",
-                     i, (unsigned long long)b->off, (unsigned long long)g->caps.min_storage_align);
+      return lt_fail(err, LT_E_INVALID,
+                     "binding %u: offset %llu is not a multiple of minStorageBufferOffsetAlignment %llu", i,
+                     (unsigned long long)b->off, (unsigned long long)g->caps.min_storage_align);
     if (range > g->caps.max_storage_range)
       return lt_fail(err, LT_E_LIMIT, "binding %u: range of %llu bytes exceeds maxStorageBufferRange %llu", i,
                      (unsigned long long)range, (unsigned long long)g->caps.max_storage_range);
@@ -229,8 +230,8 @@ out:
   return st;
 }
 
-lt_status_t gpu_cmd_copy(gpu_cmd_t *c, gpu_buf_t *src, uint64_t src_off, gpu_buf_t *dst, uint64_t dst_off,
-                         uint64_t n, lt_err_t *err) {
+lt_status_t gpu_cmd_copy(gpu_cmd_t *c, gpu_buf_t *src, uint64_t src_off, gpu_buf_t *dst, uint64_t dst_off, uint64_t n,
+                         lt_err_t *err) {
   if (!c->cur) return lt_fail(err, LT_E_INVALID, "recorder failed earlier; abort it");
   if (src_off > src->size || n > src->size - src_off || dst_off > dst->size || n > dst->size - dst_off)
     return lt_fail(err, LT_E_INVALID, "copy of %llu bytes is outside its buffers", (unsigned long long)n);

@@ -7,13 +7,13 @@
 #include "engine/gpu/gpu.h"
 
 /* Checks a VkResult; on failure records its name and the call site in err, sets st and jumps to `out`. */
-#define VK_TRY(call)                                                                                           \
-  do {                                                                                                         \
-    VkResult vk_try_r_ = (call);                                                                               \
-    if (vk_try_r_ != VK_SUCCESS) {                                                                             \
-      st = gpu_vk_fail(err, vk_try_r_, #call, __FILE__, __LINE__);                                              \
-      goto out;                                                                                                \
-    }                                                                                                          \
+#define VK_TRY(call)                                                                                                   \
+  do {                                                                                                                 \
+    VkResult vk_try_r_ = (call);                                                                                       \
+    if (vk_try_r_ != VK_SUCCESS) {                                                                                     \
+      st = gpu_vk_fail(err, vk_try_r_, #call, __FILE__, __LINE__);                                                     \
+      goto out;                                                                                                        \
+    }                                                                                                                  \
   } while (0)
 
 typedef struct gpu_range {
@@ -24,7 +24,7 @@ typedef struct gpu_block {
   VkDeviceMemory mem;
   uint64_t size;
   uint32_t type;
-  void *map; /* non-NULL when host-visible */
+  void *map;         /* non-NULL when host-visible */
   gpu_range_t *free; /* sorted by offset, coalesced */
   uint32_t n_free, cap_free;
   uint32_t live; /* buffers placed in this block */

@@ -127,8 +127,10 @@ static void add_defines(shaderc_compile_options_t o, const char *defs) {
     size_t len = end ? (size_t)(end - p) : strlen(p);
     const char *eq = memchr(p, '=', len);
     if (len) {
-      if (eq) shaderc_compile_options_add_macro_definition(o, p, (size_t)(eq - p), eq + 1, len - (size_t)(eq - p) - 1);
-      else shaderc_compile_options_add_macro_definition(o, p, len, "1", 1);
+      if (eq)
+        shaderc_compile_options_add_macro_definition(o, p, (size_t)(eq - p), eq + 1, len - (size_t)(eq - p) - 1);
+      else
+        shaderc_compile_options_add_macro_definition(o, p, len, "1", 1);
     }
     p += len + (end ? 1 : 0);
   }
@@ -158,7 +160,8 @@ lt_status_t gpu_compile_glsl(gpu_t *g, const char *name, const char *source, con
   } else {
     size_t bytes = shaderc_result_get_length(r);
     *spirv = malloc(bytes);
-    if (!*spirv) st = lt_fail(err, LT_E_NOMEM, "out of memory");
+    if (!*spirv)
+      st = lt_fail(err, LT_E_NOMEM, "out of memory");
     else {
       memcpy(*spirv, shaderc_result_get_bytes(r), bytes);
       *n_words = bytes / 4;
@@ -208,8 +211,11 @@ static void spv_key(gpu_t *g, const char *name, const char *src, const char *def
     uint8_t uuid[16];
     uint32_t driver_version, vendor, device, format;
     uint64_t inc[2];
-  } dev = {.driver_version = g->caps.driver_version, .vendor = g->caps.vendor_id, .device = g->caps.device_id,
-           .format = CACHE_FORMAT, .inc = {g->include_digest[0], g->include_digest[1]}};
+  } dev = {.driver_version = g->caps.driver_version,
+           .vendor = g->caps.vendor_id,
+           .device = g->caps.device_id,
+           .format = CACHE_FORMAT,
+           .inc = {g->include_digest[0], g->include_digest[1]}};
   memcpy(dev.uuid, g->caps.device_uuid, 16);
   const char *parts[4] = {name, src, g->defines, defines ? defines : ""};
   uint64_t a = gpu_hash_a(&dev, sizeof dev, 1), b = gpu_hash_b(&dev, sizeof dev, 2);
@@ -286,9 +292,8 @@ static lt_status_t make_pipeline(gpu_t *g, gpu_pipeline_t *p, const uint32_t *wo
                                            .descriptorType = VK_DESCRIPTOR_TYPE_STORAGE_BUFFER,
                                            .descriptorCount = 1,
                                            .stageFlags = VK_SHADER_STAGE_COMPUTE_BIT};
-  VkDescriptorSetLayoutCreateInfo dl = {.sType = VK_STRUCTURE_TYPE_DESCRIPTOR_SET_LAYOUT_CREATE_INFO,
-                                        .bindingCount = p->n_bindings,
-                                        .pBindings = lb};
+  VkDescriptorSetLayoutCreateInfo dl = {
+      .sType = VK_STRUCTURE_TYPE_DESCRIPTOR_SET_LAYOUT_CREATE_INFO, .bindingCount = p->n_bindings, .pBindings = lb};
   VK_TRY(vkCreateDescriptorSetLayout(g->dev, &dl, NULL, &p->dsl));
   VkPushConstantRange pr = {.stageFlags = VK_SHADER_STAGE_COMPUTE_BIT, .size = p->push_size};
   VkPipelineLayoutCreateInfo pl = {.sType = VK_STRUCTURE_TYPE_PIPELINE_LAYOUT_CREATE_INFO,
@@ -297,9 +302,8 @@ static lt_status_t make_pipeline(gpu_t *g, gpu_pipeline_t *p, const uint32_t *wo
                                    .pushConstantRangeCount = p->push_size ? 1 : 0,
                                    .pPushConstantRanges = &pr};
   VK_TRY(vkCreatePipelineLayout(g->dev, &pl, NULL, &p->layout));
-  VkShaderModuleCreateInfo mi = {.sType = VK_STRUCTURE_TYPE_SHADER_MODULE_CREATE_INFO,
-                                 .codeSize = n_words * 4,
-                                 .pCode = words};
+  VkShaderModuleCreateInfo mi = {
+      .sType = VK_STRUCTURE_TYPE_SHADER_MODULE_CREATE_INFO, .codeSize = n_words * 4, .pCode = words};
   VK_TRY(vkCreateShaderModule(g->dev, &mi, NULL, &mod));
   VkSpecializationMapEntry me[16];
   if (n_spec > 16) n_spec = 16;
@@ -446,9 +450,8 @@ lt_status_t gpu_pcache_open(gpu_t *g, lt_err_t *err) {
       }
     }
   }
-  VkPipelineCacheCreateInfo ci = {.sType = VK_STRUCTURE_TYPE_PIPELINE_CACHE_CREATE_INFO,
-                                  .initialDataSize = init_n,
-                                  .pInitialData = init};
+  VkPipelineCacheCreateInfo ci = {
+      .sType = VK_STRUCTURE_TYPE_PIPELINE_CACHE_CREATE_INFO, .initialDataSize = init_n, .pInitialData = init};
   VkResult r = vkCreatePipelineCache(g->dev, &ci, NULL, &g->pcache);
   if (r != VK_SUCCESS && init) {
     /* The driver refused data that passed our checks: start empty rather than fail. */

@@ -54,13 +54,15 @@ lt_status_t vkfn_load_instance(VkInstance inst, lt_err_t *err) {
   pthread_mutex_lock(&lock);
   if (!instance_loaded) {
     const char *missing = NULL;
-#define VKFN_GET(name)                                                                                           \
-  lt_##name = (PFN_##name)lt_vkGetInstanceProcAddr(inst, #name);                                                 \
+#define VKFN_GET(name)                                                                                                 \
+  lt_##name = (PFN_##name)lt_vkGetInstanceProcAddr(inst, #name);                                                       \
   if (!lt_##name && !missing) missing = #name;
     VKFN_INSTANCE(VKFN_GET)
 #undef VKFN_GET
-    if (missing) st = lt_fail(err, LT_E_NO_VULKAN, "the Vulkan loader does not provide %s (Vulkan 1.2 needed)", missing);
-    else instance_loaded = 1;
+    if (missing)
+      st = lt_fail(err, LT_E_NO_VULKAN, "the Vulkan loader does not provide %s (Vulkan 1.2 needed)", missing);
+    else
+      instance_loaded = 1;
   }
   pthread_mutex_unlock(&lock);
   return st;

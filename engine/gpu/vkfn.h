@@ -9,6 +9,7 @@
 
 #include "common/status.h"
 
+/* clang-format off */
 /* Entry points resolved without an instance. */
 #define VKFN_GLOBAL(X) X(vkCreateInstance) X(vkEnumerateInstanceVersion) X(vkEnumerateInstanceLayerProperties)
 
@@ -28,6 +29,7 @@
   X(vkGetPipelineCacheData) X(vkCreateDescriptorPool) X(vkDestroyDescriptorPool) X(vkAllocateDescriptorSets)   \
   X(vkUpdateDescriptorSets) X(vkCmdBindPipeline) X(vkCmdBindDescriptorSets) X(vkCmdPushConstants)              \
   X(vkCmdDispatch) X(vkCmdPipelineBarrier) X(vkCmdCopyBuffer) X(vkCmdFillBuffer)
+/* clang-format on */
 
 #define VKFN_DECLARE(name) extern PFN_##name lt_##name;
 VKFN_DECLARE(vkGetInstanceProcAddr)

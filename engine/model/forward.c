@@ -28,8 +28,10 @@ static lt_status_t rope_ensure(model_t *m, uint32_t rows, lt_err_t *err) {
   gpu_buf_destroy(&m->rope);
   lt_status_t st = LT_OK;
   m->rope = gpu_buf_new(m->g, n * 4, err);
-  if (!m->rope) st = err ? err->code : LT_E_DEVICE_OOM;
-  else st = gpu_upload(m->rope, 0, t, n * 4, err);
+  if (!m->rope)
+    st = err ? err->code : LT_E_DEVICE_OOM;
+  else
+    st = gpu_upload(m->rope, 0, t, n * 4, err);
   free(t);
   m->rope_rows = st == LT_OK ? rows : 0;
   return st;
@@ -122,7 +124,7 @@ typedef struct pass {
   model_t *m;
   model_item_t *items;
   uint32_t n_items, T;
-  uint32_t *row0; /* first row of each item */
+  uint32_t *row0;         /* first row of each item */
   const uint32_t *caller; /* the caller's index of each item (hooks report it) */
   const model_hooks_t *h;
 } pass_t;
@@ -181,8 +183,8 @@ static lt_status_t attn_hook(pass_t *p, gpu_cmd_t **c, uint32_t layer, lt_err_t 
   if (st == LT_OK) st = gpu_download(p->m->a.att, 0, buf, (uint64_t)p->T * qd * 4, err);
   bool changed = false;
   for (uint32_t i = 0; st == LT_OK && i < p->n_items; i++)
-    changed |= h->on_attn(h->ctx, layer, p->caller[i], buf + (uint64_t)p->row0[i] * qd, p->items[i].n_tokens, cf->n_heads,
-                          cf->head_dim);
+    changed |= h->on_attn(h->ctx, layer, p->caller[i], buf + (uint64_t)p->row0[i] * qd, p->items[i].n_tokens,
+                          cf->n_heads, cf->head_dim);
   if (st == LT_OK && changed) st = gpu_upload(p->m->a.att, 0, buf, (uint64_t)p->T * qd * 4, err);
   free(buf);
   return st;
@@ -295,8 +297,10 @@ static lt_status_t outputs(pass_t *p, gpu_cmd_t **c, lt_err_t *err) {
       if (n == 0 || (n < a->logit_rows && !end)) continue;
       bool any_nll = false, any_logits = false;
       for (uint32_t r = 0; r < n; r++) {
-        if (p->items[who[r]].out == MODEL_OUT_NLL) any_nll = true;
-        else any_logits = true;
+        if (p->items[who[r]].out == MODEL_OUT_NLL)
+          any_nll = true;
+        else
+          any_logits = true;
       }
       if ((st = gpu_upload(a->sel, 0, sel, n * 4, err)) != LT_OK) break;
       if ((st = gpu_upload(a->tgt, 0, tgt, n * 4, err)) != LT_OK) break;
@@ -309,9 +313,12 @@ static lt_status_t outputs(pass_t *p, gpu_cmd_t **c, lt_err_t *err) {
       if (any_nll && (st = gpu_download(a->nll, 0, nll, n * 4, err)) != LT_OK) break;
       for (uint32_t r = 0; r < n; r++) {
         model_item_t *ir = &p->items[who[r]];
-        if (ir->out == MODEL_OUT_NLL) ir->result[tok[r]] = nll[r];
-        else if (ir->out == MODEL_OUT_LAST) memcpy(ir->result, logits + (uint64_t)r * V, (uint64_t)V * 4);
-        else memcpy(ir->result + (uint64_t)tok[r] * V, logits + (uint64_t)r * V, (uint64_t)V * 4);
+        if (ir->out == MODEL_OUT_NLL)
+          ir->result[tok[r]] = nll[r];
+        else if (ir->out == MODEL_OUT_LAST)
+          memcpy(ir->result, logits + (uint64_t)r * V, (uint64_t)V * 4);
+        else
+          memcpy(ir->result + (uint64_t)tok[r] * V, logits + (uint64_t)r * V, (uint64_t)V * 4);
       }
       n = 0;
     }
@@ -347,8 +354,8 @@ static lt_status_t forward_pass(model_t *m, model_item_t *items, const uint32_t 
     for (uint32_t t = 0; t < items[i].n_tokens; t++) {
       int32_t id = items[i].tokens[t];
       if (id < 0 || (uint32_t)id >= cf->vocab_size) {
-        st = lt_fail(err, LT_E_INVALID, "token id %d at position %u of item %u is outside the vocabulary (%u)", id,
-                     t, i, cf->vocab_size);
+        st = lt_fail(err, LT_E_INVALID, "token id %d at position %u of item %u is outside the vocabulary (%u)", id, t,
+                     i, cf->vocab_size);
         goto out;
       }
       ids[p.row0[i] + t] = id;
@@ -401,8 +408,8 @@ static lt_status_t forward_pass(model_t *m, model_item_t *items, const uint32_t 
     if ((st = mul(c, a->q, a->xn, &L->wq, p.T, false, err)) != LT_OK) break;
     if ((st = mul(c, a->k, a->xn, &L->wk, p.T, false, err)) != LT_OK) break;
     if ((st = mul(c, a->v, a->xn, &L->wv, p.T, false, err)) != LT_OK) break;
-    if ((st = op_rope(c, gv(a->q), gv(a->pos), gv(m->rope), p.T, cf->n_heads, cf->head_dim, cf->rope_dim,
-                      m->rope_neox, m->rope_rows, err)) != LT_OK)
+    if ((st = op_rope(c, gv(a->q), gv(a->pos), gv(m->rope), p.T, cf->n_heads, cf->head_dim, cf->rope_dim, m->rope_neox,
+                      m->rope_rows, err)) != LT_OK)
       break;
     if ((st = op_rope(c, gv(a->k), gv(a->pos), gv(m->rope), p.T, cf->n_kv_heads, cf->head_dim, cf->rope_dim,
                       m->rope_neox, m->rope_rows, err)) != LT_OK)
@@ -414,8 +421,8 @@ static lt_status_t forward_pass(model_t *m, model_item_t *items, const uint32_t 
       if ((st = gpu_cmd_copy(c, a->k, src, s->k[l], dst, bytes, err)) != LT_OK) break;
       if ((st = gpu_cmd_copy(c, a->v, src, s->v[l], dst, bytes, err)) != LT_OK) break;
       gpu_view_t o = {a->att, (uint64_t)p.row0[i] * qd * 4}, q = {a->q, (uint64_t)p.row0[i] * qd * 4};
-      st = op_attention(c, o, q, gv(s->k[l]), gv(s->v[l]), items[i].n_tokens, cf->n_heads, cf->n_kv_heads,
-                        cf->head_dim, s->len, s->len + items[i].n_tokens, 1.0f / sqrtf((float)cf->head_dim), err);
+      st = op_attention(c, o, q, gv(s->k[l]), gv(s->v[l]), items[i].n_tokens, cf->n_heads, cf->n_kv_heads, cf->head_dim,
+                        s->len, s->len + items[i].n_tokens, 1.0f / sqrtf((float)cf->head_dim), err);
     }
     if (st != LT_OK) break;
     if (h && h->on_attn && h->attn_layer == l && (st = attn_hook(&p, &c, l, err)) != LT_OK) break;

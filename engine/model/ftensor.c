@@ -42,7 +42,8 @@ bool ft_shape_bytes(ft_dtype_t t, const uint64_t *shape, uint32_t n_dims, uint64
   if (t == FT_Q8_0) {
     if (n_dims == 0 || shape[n_dims - 1] % FT_Q8_0_BLOCK) return false;
     if (__builtin_mul_overflow(n / FT_Q8_0_BLOCK, (uint64_t)FT_Q8_0_BLOCK_BYTES, &bytes)) return false;
-  } else if (__builtin_mul_overflow(n, (uint64_t)dtype_table[t].size, &bytes)) return false;
+  } else if (__builtin_mul_overflow(n, (uint64_t)dtype_table[t].size, &bytes))
+    return false;
   *n_elems = n;
   *nbytes = bytes;
   return true;
@@ -101,12 +102,16 @@ lt_status_t ft_map_open(ft_map_t *m, const char *path, lt_err_t *err) {
   if (fd < 0) return lt_fail(err, LT_E_IO, "%s: cannot open: %s", path, strerror(errno));
   struct stat st;
   lt_status_t s = LT_OK;
-  if (fstat(fd, &st) != 0) s = lt_fail(err, LT_E_IO, "%s: cannot stat: %s", path, strerror(errno));
-  else if (!S_ISREG(st.st_mode)) s = lt_fail(err, LT_E_IO, "%s: not a regular file", path);
+  if (fstat(fd, &st) != 0)
+    s = lt_fail(err, LT_E_IO, "%s: cannot stat: %s", path, strerror(errno));
+  else if (!S_ISREG(st.st_mode))
+    s = lt_fail(err, LT_E_IO, "%s: not a regular file", path);
   else if (st.st_size > 0) {
     void *p = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
-    if (p == MAP_FAILED) s = lt_fail(err, LT_E_IO, "%s: cannot map: %s", path, strerror(errno));
-    else *m = (ft_map_t){p, (size_t)st.st_size};
+    if (p == MAP_FAILED)
+      s = lt_fail(err, LT_E_IO, "%s: cannot map: %s", path, strerror(errno));
+    else
+      *m = (ft_map_t){p, (size_t)st.st_size};
   }
   close(fd);
   return s;

@@ -121,24 +121,34 @@ lt_status_t model_generate(model_t *m, const int32_t *const *prompts, const uint
   uint32_t k = 0;
   if (!pair) {
     for (uint32_t i = 0; i < n; i++)
-      items[i] = (model_item_t){.seq = seq[i], .tokens = prompts[i], .n_tokens = prompt_lens[i],
-                                .out = MODEL_OUT_LAST, .result = logits + (uint64_t)i * V};
+      items[i] = (model_item_t){.seq = seq[i],
+                                .tokens = prompts[i],
+                                .n_tokens = prompt_lens[i],
+                                .out = MODEL_OUT_LAST,
+                                .result = logits + (uint64_t)i * V};
     k = n;
   } else {
     /* Every token but the last, both sequences together, without hooks; then the last tokens in pair order. */
     for (uint32_t i = 0; i < n; i++) {
       if (pair->prompt_lens[i] > 1)
-        items[k++] = (model_item_t){.seq = seq[n + i], .tokens = pair->prompts[i], .n_tokens = pair->prompt_lens[i] - 1};
+        items[k++] =
+            (model_item_t){.seq = seq[n + i], .tokens = pair->prompts[i], .n_tokens = pair->prompt_lens[i] - 1};
       if (prompt_lens[i] > 1)
         items[k++] = (model_item_t){.seq = seq[i], .tokens = prompts[i], .n_tokens = prompt_lens[i] - 1};
     }
     if (k && (st = model_forward(m, items, k, NULL, err)) != LT_OK) goto out;
     k = 0;
     for (uint32_t i = 0; i < n; i++) {
-      items[k++] = (model_item_t){.seq = seq[n + i], .tokens = pair->prompts[i] + pair->prompt_lens[i] - 1,
-                                  .n_tokens = 1, .out = out2, .result = logits + (uint64_t)(n + i) * V};
-      items[k++] = (model_item_t){.seq = seq[i], .tokens = prompts[i] + prompt_lens[i] - 1, .n_tokens = 1,
-                                  .out = MODEL_OUT_LAST, .result = logits + (uint64_t)i * V};
+      items[k++] = (model_item_t){.seq = seq[n + i],
+                                  .tokens = pair->prompts[i] + pair->prompt_lens[i] - 1,
+                                  .n_tokens = 1,
+                                  .out = out2,
+                                  .result = logits + (uint64_t)(n + i) * V};
+      items[k++] = (model_item_t){.seq = seq[i],
+                                  .tokens = prompts[i] + prompt_lens[i] - 1,
+                                  .n_tokens = 1,
+                                  .out = MODEL_OUT_LAST,
+                                  .result = logits + (uint64_t)i * V};
     }
   }
   if ((st = model_forward(m, items, k, hooks, err)) != LT_OK) goto out;
@@ -164,10 +174,13 @@ lt_status_t model_generate(model_t *m, const int32_t *const *prompts, const uint
       }
       next[i] = t;
       if (pair)
-        items[active++] = (model_item_t){.seq = seq[n + i], .tokens = &next[i], .n_tokens = 1, .out = out2,
+        items[active++] = (model_item_t){.seq = seq[n + i],
+                                         .tokens = &next[i],
+                                         .n_tokens = 1,
+                                         .out = out2,
                                          .result = logits + (uint64_t)(n + i) * V};
-      items[active++] = (model_item_t){.seq = seq[i], .tokens = &next[i], .n_tokens = 1, .out = MODEL_OUT_LAST,
-                                       .result = logits + (uint64_t)i * V};
+      items[active++] = (model_item_t){
+          .seq = seq[i], .tokens = &next[i], .n_tokens = 1, .out = MODEL_OUT_LAST, .result = logits + (uint64_t)i * V};
     }
     if (stop || active == 0) break;
     if ((st = model_forward(m, items, active, hooks, err)) != LT_OK) break;
@@ -194,8 +207,8 @@ lt_status_t model_score(model_t *m, const int32_t *tokens, uint32_t n, float *lo
   lt_status_t st = nll ? LT_OK : lt_fail(err, LT_E_NOMEM, "out of memory");
   if (st == LT_OK) {
     /* Position i predicts token i + 1: feed tokens[0..n-1) with targets tokens[1..n). */
-    model_item_t it = {.seq = s, .tokens = tokens, .n_tokens = n - 1, .out = MODEL_OUT_NLL, .result = nll,
-                       .targets = tokens + 1};
+    model_item_t it = {
+        .seq = s, .tokens = tokens, .n_tokens = n - 1, .out = MODEL_OUT_NLL, .result = nll, .targets = tokens + 1};
     st = model_forward(m, &it, 1, NULL, err);
   }
   if (st == LT_OK)

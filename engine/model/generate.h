@@ -43,8 +43,8 @@ typedef struct gen_pair {
 typedef struct gen_opts {
   uint32_t max_tokens; /* new tokens per prompt */
   sample_opts_t sample;
-  uint64_t seed;       /* prompt i samples with seed + i */
-  bool ignore_eos;     /* keep going after an end-of-sequence token */
+  uint64_t seed;   /* prompt i samples with seed + i */
+  bool ignore_eos; /* keep going after an end-of-sequence token */
   /* Teacher forcing (NULL: sample): prompt i continues with forced[i][0..forced_lens[i]) instead of sampled
    * tokens, end-of-sequence tokens included; max_tokens is then ignored. */
   const int32_t *const *forced;

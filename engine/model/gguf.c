@@ -462,9 +462,12 @@ lt_status_t gguf_get_f32(const gguf_t *g, const char *key, float *out, lt_err_t 
   const gguf_kv_t *kv;
   lt_status_t st = scalar(g, key, &kv, "a float", err);
   if (st) return st;
-  if (kv->type == GGUF_F32) *out = *(const float *)kv->data;
-  else if (kv->type == GGUF_F64) *out = (float)*(const double *)kv->data;
-  else return lt_fail(err, LT_E_INVALID, "%s: key %s is %s, expected f32", g->path, key, gguf_vtype_str(kv->type));
+  if (kv->type == GGUF_F32)
+    *out = *(const float *)kv->data;
+  else if (kv->type == GGUF_F64)
+    *out = (float)*(const double *)kv->data;
+  else
+    return lt_fail(err, LT_E_INVALID, "%s: key %s is %s, expected f32", g->path, key, gguf_vtype_str(kv->type));
   return LT_OK;
 }
 

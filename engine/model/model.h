@@ -54,16 +54,16 @@ bool model_rope_neox(const model_t *m);
 /* One parameter tensor on the device: a weight matrix split into row pieces is listed once per piece. The list
  * is in forward order and names each tensor as Hugging Face does; a tied LM head is not listed twice. */
 typedef struct model_param {
-  char name[96];          /* e.g. "model.layers.3.mlp.up_proj.weight" */
-  int32_t layer, expert;  /* -1 where it does not apply */
-  bool is_norm;           /* a norm weight vector (tuning jobs do not decay these) */
-  lt_dtype_t dtype;       /* device dtype: f32, f16 or bf16, or i8 / i4 for quantised weights (engine/ops/quant.h) */
-  uint32_t rows, cols;    /* shape of the whole tensor; a vector has rows 1 */
-  uint32_t row0, n_rows;  /* the rows this piece holds */
-  gpu_buf_t *buf;         /* the piece's data, owned by the model */
-  gpu_buf_t *scales;      /* quantised only: the piece's scales [n_rows, ceil(cols / group)], owned by the model */
-  lt_dtype_t stype;       /* quantised only: the scales' dtype (f16 or f32) */
-  uint32_t group;         /* quantised only: columns per scale */
+  char name[96];         /* e.g. "model.layers.3.mlp.up_proj.weight" */
+  int32_t layer, expert; /* -1 where it does not apply */
+  bool is_norm;          /* a norm weight vector (tuning jobs do not decay these) */
+  lt_dtype_t dtype;      /* device dtype: f32, f16 or bf16, or i8 / i4 for quantised weights (engine/ops/quant.h) */
+  uint32_t rows, cols;   /* shape of the whole tensor; a vector has rows 1 */
+  uint32_t row0, n_rows; /* the rows this piece holds */
+  gpu_buf_t *buf;        /* the piece's data, owned by the model */
+  gpu_buf_t *scales;     /* quantised only: the piece's scales [n_rows, ceil(cols / group)], owned by the model */
+  lt_dtype_t stype;      /* quantised only: the scales' dtype (f16 or f32) */
+  uint32_t group;        /* quantised only: columns per scale */
 } model_param_t;
 
 /* Number of parameter pieces of the model. */
@@ -77,7 +77,7 @@ typedef struct model_save_opts {
   uint64_t max_shard_bytes; /* 0: 2 GiB shards, as Hugging Face writes them */
   const char *const *meta;  /* (key, value) pairs for the safetensors __metadata__ ("format": "pt" is added) */
   uint32_t n_meta;
-  lt_dtype_t f32_as;        /* f32 tensors are written as this: LT_F32 (0, the default), LT_F16 or LT_BF16 */
+  lt_dtype_t f32_as; /* f32 tensors are written as this: LT_F32 (0, the default), LT_F16 or LT_BF16 */
 } model_save_opts_t;
 
 /* Writes the model's current weights as a Hugging Face folder dir (created if needed): config.json from the
@@ -124,8 +124,7 @@ typedef bool (*model_attn_fn)(void *ctx, uint32_t layer, uint32_t item, float *h
 
 /* Called with each MoE layer's router probabilities (softmax over experts, after masking) for all rows of the
  * pass: probs is [n_rows, n_experts]. */
-typedef void (*model_router_fn)(void *ctx, uint32_t layer, const float *probs, uint32_t n_rows,
-                                uint32_t n_experts);
+typedef void (*model_router_fn)(void *ctx, uint32_t layer, const float *probs, uint32_t n_rows, uint32_t n_experts);
 
 /* Where on_site reports activations: the inputs of the linear layers and the stream around the feed-forward
  * sub-layer (calibration: pruning norms, layer-drop scores). */
@@ -193,7 +192,6 @@ typedef struct model_item {
 
 /* Runs the tokens of every item through the model (one pass over the weights for the whole batch), appending
  * them to the items' sequences, and fills each item's result. hooks may be NULL. */
-lt_status_t model_forward(model_t *m, model_item_t *items, uint32_t n_items, const model_hooks_t *hooks,
-                          lt_err_t *err);
+lt_status_t model_forward(model_t *m, model_item_t *items, uint32_t n_items, const model_hooks_t *hooks, lt_err_t *err);
 
 #endif

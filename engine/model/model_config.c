@@ -123,22 +123,27 @@ static lt_status_t json_u32(const json_t *o, const char *key, field_rule_t rule,
 /* Reads a number field (integer or real) into *out; absent or null gives def. */
 static lt_status_t json_num(const json_t *o, const char *key, double def, double *out, const char *lab, lt_err_t *err) {
   const json_t *v = json_object_get(o, key);
-  if (!v || json_is_null(v)) *out = def;
-  else if (json_is_number(v)) *out = json_number_value(v);
-  else return lt_fail(err, LT_E_INVALID, "%s: %s is not a number", lab, key);
+  if (!v || json_is_null(v))
+    *out = def;
+  else if (json_is_number(v))
+    *out = json_number_value(v);
+  else
+    return lt_fail(err, LT_E_INVALID, "%s: %s is not a number", lab, key);
   return LT_OK;
 }
 
 /* Reads bos_token_id / eos_token_id from o when present (eos may be an int or a list of ints). */
 static lt_status_t json_ids(model_config_t *c, const json_t *o, const char *lab, lt_err_t *err) {
   const json_t *bos = json_object_get(o, "bos_token_id"), *eos = json_object_get(o, "eos_token_id");
-  if (json_is_null(bos)) c->bos_id = -1;
+  if (json_is_null(bos))
+    c->bos_id = -1;
   else if (bos) {
     if (!json_is_integer(bos) || json_integer_value(bos) < 0 || json_integer_value(bos) > INT32_MAX)
       return lt_fail(err, LT_E_INVALID, "%s: bos_token_id is not a non-negative integer", lab);
     c->bos_id = (int32_t)json_integer_value(bos);
   }
-  if (json_is_null(eos)) c->n_eos = 0;
+  if (json_is_null(eos))
+    c->n_eos = 0;
   else if (eos) {
     size_t n = json_is_array(eos) ? json_array_size(eos) : 1;
     if (n > MODEL_MAX_EOS) return lt_fail(err, LT_E_LIMIT, "%s: %zu eos ids, at most %d", lab, n, MODEL_MAX_EOS);
@@ -205,8 +210,8 @@ static lt_status_t json_compression(model_config_t *c, const json_t *config, con
   json_array_foreach(drop, i, v) {
     json_int_t l = json_integer_value(v);
     if (!json_is_integer(v) || l < 0 || l >= (json_int_t)c->n_layers || c->ffn_dropped[l])
-      return lt_fail(err, LT_E_INVALID, "%s: lathe_dropped_moe_layers[%zu] is not a distinct block index below %u",
-                     lab, i, c->n_layers);
+      return lt_fail(err, LT_E_INVALID, "%s: lathe_dropped_moe_layers[%zu] is not a distinct block index below %u", lab,
+                     i, c->n_layers);
     c->ffn_dropped[l] = true;
   }
   const json_t *per = json_object_get(config, "lathe_experts_per_layer");
@@ -401,7 +406,8 @@ lt_status_t model_config_from_gguf(model_config_t *cfg, const gguf_t *g, lt_err_
   if (have_tok && (s = gguf_tokenizer(g, &tok, err))) return s;
   if (gguf_kv_find(g, "llama.vocab_size")) {
     if ((s = gguf_get_u32(g, "llama.vocab_size", &cfg->vocab_size, err))) return s;
-  } else if (have_tok) cfg->vocab_size = tok.n_tokens > UINT32_MAX ? UINT32_MAX : (uint32_t)tok.n_tokens;
+  } else if (have_tok)
+    cfg->vocab_size = tok.n_tokens > UINT32_MAX ? UINT32_MAX : (uint32_t)tok.n_tokens;
   else if (embd && embd->t.n_dims == 2)
     cfg->vocab_size = embd->t.shape[0] > UINT32_MAX ? UINT32_MAX : (uint32_t)embd->t.shape[0];
   else

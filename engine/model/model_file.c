@@ -52,7 +52,8 @@ static int fill_name(char *buf, size_t cap, const char *pattern, uint32_t a, uin
     if (p[0] == '%' && p[1] == 'u') {
       n += (size_t)snprintf(buf + n, cap - n, "%u", used++ ? b : a);
       p++;
-    } else buf[n++] = *p;
+    } else
+      buf[n++] = *p;
   }
   buf[n < cap ? n : cap - 1] = '\0';
   return (int)strlen(buf);
@@ -131,8 +132,7 @@ static lt_status_t fetch(ft_tensor_t *out, const source_t *src, const model_conf
   const char *sym[3];
   uint32_t n = 0;
   if (stacked) want[n] = c->n_experts, sym[n++] = dim_names[D_EXPERTS];
-  for (int i = 0; i < 2 && d->dims[i]; i++)
-    want[n] = dim_value(c, d->dims[i], layer), sym[n++] = dim_names[d->dims[i]];
+  for (int i = 0; i < 2 && d->dims[i]; i++) want[n] = dim_value(c, d->dims[i], layer), sym[n++] = dim_names[d->dims[i]];
   if (quantised) {
     lt_status_t s = check_quantised(t, src, c, r, want, err);
     if (s == LT_OK) *out = *t;
@@ -233,8 +233,10 @@ static lt_status_t map_weights(model_weights_t **out, const model_config_t *c, c
   if ((s = fetch(&w->tok_embd, src, c, MR_TOK_EMBD, 0, 0, false, err)) ||
       (s = fetch(&w->out_norm, src, c, MR_OUT_NORM, 0, 0, false, err)))
     goto fail;
-  if (c->tie_word_embeddings) w->lm_head = w->tok_embd;
-  else if ((s = fetch(&w->lm_head, src, c, MR_LM_HEAD, 0, 0, false, err))) goto fail;
+  if (c->tie_word_embeddings)
+    w->lm_head = w->tok_embd;
+  else if ((s = fetch(&w->lm_head, src, c, MR_LM_HEAD, 0, 0, false, err)))
+    goto fail;
   for (uint32_t l = 0; l < c->n_layers; l++) {
     model_layer_t *L = &w->layers[l];
     if ((s = fetch(&L->attn_norm, src, c, MR_ATTN_NORM, l, 0, false, err)) ||
@@ -306,7 +308,8 @@ lt_status_t model_file_open(model_file_t **out, const char *path, lt_err_t *err)
   if (!m) return lt_fail(err, LT_E_NOMEM, "%s: out of memory", path);
   struct stat sb;
   lt_status_t s;
-  if (stat(path, &sb) != 0) s = lt_fail(err, LT_E_IO, "%s: no such file or folder", path);
+  if (stat(path, &sb) != 0)
+    s = lt_fail(err, LT_E_IO, "%s: no such file or folder", path);
   else if (S_ISDIR(sb.st_mode)) {
     if (!(s = model_config_from_hf(&m->cfg, path, err)) && !(s = st_open(&m->st, path, err)))
       s = model_weights_from_st(&m->w, &m->cfg, m->st, err);

@@ -37,19 +37,19 @@ typedef struct dlayer {
 
 /* The activation arena for up to cap rows (tokens) per pass. */
 typedef struct acts {
-  uint32_t cap;        /* rows per pass */
-  uint32_t logit_rows; /* rows of logits per chunk */
+  uint32_t cap;                                    /* rows per pass */
+  uint32_t logit_rows;                             /* rows of logits per chunk */
   gpu_buf_t *x, *xn, *q, *k, *v, *att, *gate, *up; /* [cap, width] f32 */
   gpu_buf_t *ids, *pos;                            /* i32 [cap] */
   gpu_buf_t *sel, *tgt, *lse, *nll;                /* [LOGIT_ROWS] */
   gpu_buf_t *xs, *logits;                          /* [LOGIT_ROWS, hidden], [LOGIT_ROWS, vocab] */
   gpu_buf_t *addv;                                 /* f32 [hidden] */
   /* MoE */
-  gpu_buf_t *rlog, *rprob, *tk_idx, *tk_val;       /* [cap, E], [cap, E], [cap, k] */
-  gpu_buf_t *xe, *ge, *ue, *oe;                    /* expert work rows */
-  gpu_buf_t *eids, *ew;                            /* [cap * k + 4 * E] */
-  gpu_buf_t *mask;                                 /* f32 [n_layers, mask_stride] */
-  uint32_t mask_stride;                            /* E rounded up so each layer's row is a bindable offset */
+  gpu_buf_t *rlog, *rprob, *tk_idx, *tk_val; /* [cap, E], [cap, E], [cap, k] */
+  gpu_buf_t *xe, *ge, *ue, *oe;              /* expert work rows */
+  gpu_buf_t *eids, *ew;                      /* [cap * k + 4 * E] */
+  gpu_buf_t *mask;                           /* f32 [n_layers, mask_stride] */
+  uint32_t mask_stride;                      /* E rounded up so each layer's row is a bindable offset */
 } acts_t;
 
 struct model {
@@ -64,8 +64,8 @@ struct model {
   acts_t a;
   gpu_buf_t *rope; /* f32 [rope_rows, rope_dim / 2, 2] */
   uint32_t rope_rows;
-  bool tied;       /* lm_head shares embed's pieces */
-  bool force_f32;  /* f16 weights placed as f32 (model_load_opts_t) */
+  bool tied;      /* lm_head shares embed's pieces */
+  bool force_f32; /* f16 weights placed as f32 (model_load_opts_t) */
   model_param_t *params;
   uint32_t n_params;
   const model_file_t *file; /* during model_load only: where quantised weights find their scales */

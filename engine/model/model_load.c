@@ -35,7 +35,8 @@ static lt_status_t piece_rows(model_t *m, dmat_t *d, const ft_tensor_t *t, uint6
   const gpu_caps_t *caps = gpu_caps(m->g);
   uint64_t widest = row_bytes > scale_bytes ? row_bytes : scale_bytes;
   uint64_t max_rows = caps->max_storage_range / widest;
-  if (max_rows >= d->rows) d->rows_per_piece = d->rows;
+  if (max_rows >= d->rows)
+    d->rows_per_piece = d->rows;
   else {
     /* A piece fills the output columns from its first row on (strided matmul): its first row times 4 bytes
      * must be a multiple of the device's minStorageBufferOffsetAlignment. */
@@ -136,10 +137,10 @@ static void ffn_free(dffn_t *f) {
 }
 
 static void acts_free(acts_t *a) {
-  gpu_buf_t **all[] = {&a->x,    &a->xn,  &a->q,     &a->k,      &a->v,      &a->att, &a->gate, &a->up,
-                       &a->ids,  &a->pos, &a->sel,   &a->tgt,    &a->lse,    &a->nll, &a->xs,   &a->logits,
-                       &a->addv, &a->rlog, &a->rprob, &a->tk_idx, &a->tk_val, &a->xe,  &a->ge,   &a->ue,
-                       &a->oe,   &a->eids, &a->ew,   &a->mask};
+  gpu_buf_t **all[] = {&a->x,  &a->xn,     &a->q,    &a->k,    &a->v,     &a->att,    &a->gate,
+                       &a->up, &a->ids,    &a->pos,  &a->sel,  &a->tgt,   &a->lse,    &a->nll,
+                       &a->xs, &a->logits, &a->addv, &a->rlog, &a->rprob, &a->tk_idx, &a->tk_val,
+                       &a->xe, &a->ge,     &a->ue,   &a->oe,   &a->eids,  &a->ew,     &a->mask};
   for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) gpu_buf_destroy(all[i]);
   a->cap = 0;
 }
@@ -159,21 +160,34 @@ static lt_status_t acts_alloc(model_t *m, uint32_t cap, lt_err_t *err) {
   if (cap > max_bind / (widest * 4)) cap = (uint32_t)(max_bind / (widest * 4));
   uint64_t lrows = max_bind / ((uint64_t)c->vocab_size * 4);
   if (cap == 0 || lrows == 0)
-    return lt_fail(err, LT_E_LIMIT, "this device binds at most %llu bytes: too few for one row of activations or logits",
+    return lt_fail(err, LT_E_LIMIT,
+                   "this device binds at most %llu bytes: too few for one row of activations or logits",
                    (unsigned long long)max_bind);
   a->logit_rows = lrows < LOGIT_ROWS ? (uint32_t)lrows : LOGIT_ROWS;
   uint64_t d = c->hidden_size, qd = (uint64_t)c->n_heads * c->head_dim, kvd = (uint64_t)c->n_kv_heads * c->head_dim;
-  uint64_t ffn = c->intermediate_size, E = c->n_experts ? c->n_experts : 1, K = c->n_experts_used ? c->n_experts_used : 1;
+  uint64_t ffn = c->intermediate_size, E = c->n_experts ? c->n_experts : 1,
+           K = c->n_experts_used ? c->n_experts_used : 1;
   struct {
     gpu_buf_t **b;
     uint64_t bytes;
   } want[] = {
-      {&a->x, cap * d * 4},      {&a->xn, cap * d * 4},       {&a->q, cap * qd * 4},
-      {&a->k, cap * kvd * 4},    {&a->v, cap * kvd * 4},      {&a->att, cap * qd * 4},
-      {&a->gate, cap * ffn * 4}, {&a->up, cap * ffn * 4},     {&a->ids, cap * 4},
-      {&a->pos, cap * 4},        {&a->sel, LOGIT_ROWS * 4},   {&a->tgt, LOGIT_ROWS * 4},
-      {&a->lse, LOGIT_ROWS * 4}, {&a->nll, LOGIT_ROWS * 4},   {&a->xs, LOGIT_ROWS * d * 4},
-      {&a->logits, (uint64_t)a->logit_rows * c->vocab_size * 4}, {&a->addv, d * 4},
+      {&a->x, cap * d * 4},
+      {&a->xn, cap * d * 4},
+      {&a->q, cap * qd * 4},
+      {&a->k, cap * kvd * 4},
+      {&a->v, cap * kvd * 4},
+      {&a->att, cap * qd * 4},
+      {&a->gate, cap * ffn * 4},
+      {&a->up, cap * ffn * 4},
+      {&a->ids, cap * 4},
+      {&a->pos, cap * 4},
+      {&a->sel, LOGIT_ROWS * 4},
+      {&a->tgt, LOGIT_ROWS * 4},
+      {&a->lse, LOGIT_ROWS * 4},
+      {&a->nll, LOGIT_ROWS * 4},
+      {&a->xs, LOGIT_ROWS * d * 4},
+      {&a->logits, (uint64_t)a->logit_rows * c->vocab_size * 4},
+      {&a->addv, d * 4},
   };
   uint64_t total = 0;
   lt_status_t st = LT_OK;
@@ -189,10 +203,17 @@ static lt_status_t acts_alloc(model_t *m, uint32_t cap, lt_err_t *err) {
     struct {
       gpu_buf_t **b;
       uint64_t bytes;
-    } moe[] = {{&a->rlog, cap * E * 4}, {&a->rprob, cap * E * 4}, {&a->tk_idx, cap * K * 4},
-               {&a->tk_val, cap * K * 4}, {&a->xe, cap * d * 4}, {&a->ge, cap * ffn * 4},
-               {&a->ue, cap * ffn * 4},  {&a->oe, cap * d * 4},  {&a->eids, list * 4},
-               {&a->ew, list * 4},       {&a->mask, (uint64_t)c->n_layers * a->mask_stride * 4}};
+    } moe[] = {{&a->rlog, cap * E * 4},
+               {&a->rprob, cap * E * 4},
+               {&a->tk_idx, cap * K * 4},
+               {&a->tk_val, cap * K * 4},
+               {&a->xe, cap * d * 4},
+               {&a->ge, cap * ffn * 4},
+               {&a->ue, cap * ffn * 4},
+               {&a->oe, cap * d * 4},
+               {&a->eids, list * 4},
+               {&a->ew, list * 4},
+               {&a->mask, (uint64_t)c->n_layers * a->mask_stride * 4}};
     for (size_t i = 0; i < sizeof moe / sizeof moe[0] && st == LT_OK; i++) {
       *moe[i].b = gpu_buf_new(m->g, moe[i].bytes, err);
       if (!*moe[i].b) st = err ? err->code : LT_E_DEVICE_OOM;
@@ -298,8 +319,10 @@ model_t *model_load(gpu_t *g, const char *path, const model_load_opts_t *opts, l
   if ((st = dmat_load(m, &m->embed, &w->tok_embd, err)) != LT_OK) goto out;
   /* A tied LM head is the embedding table itself: placed once, so tuning it tunes both. */
   m->tied = c->tie_word_embeddings;
-  if (m->tied) m->lm_head = m->embed;
-  else if ((st = dmat_load(m, &m->lm_head, &w->lm_head, err)) != LT_OK) goto out;
+  if (m->tied)
+    m->lm_head = m->embed;
+  else if ((st = dmat_load(m, &m->lm_head, &w->lm_head, err)) != LT_OK)
+    goto out;
   if ((st = upload_f32(g, &m->out_norm, &w->out_norm, &m->mem.weight_device_bytes, err)) != LT_OK) goto out;
   m->layers = calloc(c->n_layers, sizeof *m->layers);
   if (!m->layers) {

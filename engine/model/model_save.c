@@ -40,7 +40,8 @@ json_t *model_config_json(const model_config_t *c) {
   json_object_set_new(j, "attention_bias", json_false());
   json_object_set_new(j, "mlp_bias", json_false());
   if (c->bos_id >= 0) json_object_set_new(j, "bos_token_id", json_integer(c->bos_id));
-  if (c->n_eos == 1) json_object_set_new(j, "eos_token_id", json_integer(c->eos_ids[0]));
+  if (c->n_eos == 1)
+    json_object_set_new(j, "eos_token_id", json_integer(c->eos_ids[0]));
   else if (c->n_eos > 1) {
     json_t *a = json_array();
     for (uint32_t i = 0; i < c->n_eos; i++) json_array_append_new(a, json_integer(c->eos_ids[i]));
@@ -64,10 +65,14 @@ json_t *model_config_json(const model_config_t *c) {
     json_array_append_new(per, json_integer(model_config_experts(c, l)));
     uneven |= model_config_experts(c, l) != c->n_experts;
   }
-  if (json_array_size(dropped)) json_object_set_new(j, "lathe_dropped_moe_layers", dropped);
-  else json_decref(dropped);
-  if (uneven) json_object_set_new(j, "lathe_experts_per_layer", per);
-  else json_decref(per);
+  if (json_array_size(dropped))
+    json_object_set_new(j, "lathe_dropped_moe_layers", dropped);
+  else
+    json_decref(dropped);
+  if (uneven)
+    json_object_set_new(j, "lathe_experts_per_layer", per);
+  else
+    json_decref(per);
   return j;
 }
 
@@ -96,12 +101,14 @@ static lt_status_t copy_if_present(const char *src_dir, const char *dir, const c
 /* Creates dir and any missing parents, as mkdir -p does. */
 static lt_status_t make_dirs(const char *dir, lt_err_t *err) {
   char p[4096];
-  if (snprintf(p, sizeof p, "%s", dir) >= (int)sizeof p) return lt_fail(err, LT_E_LIMIT, "path too long: %.64s...", dir);
+  if (snprintf(p, sizeof p, "%s", dir) >= (int)sizeof p)
+    return lt_fail(err, LT_E_LIMIT, "path too long: %.64s...", dir);
   for (char *s = p + 1;; s++) {
     bool end = *s == '\0';
     if (*s != '/' && !end) continue;
     *s = '\0';
-    if (mkdir(p, 0755) != 0 && errno != EEXIST) return lt_fail(err, LT_E_IO, "cannot create %s: %s", p, strerror(errno));
+    if (mkdir(p, 0755) != 0 && errno != EEXIST)
+      return lt_fail(err, LT_E_IO, "cannot create %s: %s", p, strerror(errno));
     if (end) return LT_OK;
     *s = '/';
   }
@@ -162,7 +169,7 @@ lt_status_t model_save(model_t *m, const char *dir, const model_save_opts_t *opt
   /* At most two tensors per parameter (a quantised one has its scales), each with its host copy and name. */
   ft_tensor_t *ts = calloc(2 * (uint64_t)n + 1, sizeof *ts);
   void **data = calloc(2 * (uint64_t)n + 1, sizeof *data);
-  char (*names)[sizeof ((model_param_t){0}).name + 8] = calloc(n + 1, sizeof *names); /* "<name>.scales" */
+  char(*names)[sizeof((model_param_t){0}).name + 8] = calloc(n + 1, sizeof *names); /* "<name>.scales" */
   lt_status_t st = (ts && data && names) ? LT_OK : lt_fail(err, LT_E_NOMEM, "out of memory");
   uint32_t nt = 0;
   /* Consecutive pieces of one tensor are gathered into one host copy. */
@@ -186,7 +193,7 @@ lt_status_t model_save(model_t *m, const char *dir, const model_save_opts_t *opt
       ft_tensor_t *t = &ts[nt++];
       snprintf(names[i], sizeof names[i], "%s.scales", p->name);
       t->name = sc ? names[i] : p->name;
-      t->dtype = sc                     ? FT_F16
+      t->dtype = sc                    ? FT_F16
                  : p->dtype == LT_F16  ? FT_F16
                  : p->dtype == LT_BF16 ? FT_BF16
                  : p->dtype == LT_I8   ? FT_I8

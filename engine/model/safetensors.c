@@ -312,10 +312,14 @@ lt_status_t st_open(st_file_t **out, const char *path, lt_err_t *err) {
   if (S_ISDIR(st.st_mode)) {
     char *index = path_join(path, "model.safetensors.index.json"), *single = path_join(path, "model.safetensors");
     lt_status_t s;
-    if (!index || !single) s = lt_fail(err, LT_E_NOMEM, "%s: out of memory", path);
-    else if (access(index, F_OK) == 0) s = open_index(out, index, err);
-    else if (access(single, F_OK) == 0) s = st_open(out, single, err);
-    else s = lt_fail(err, LT_E_IO, "%s: holds neither model.safetensors.index.json nor model.safetensors", path);
+    if (!index || !single)
+      s = lt_fail(err, LT_E_NOMEM, "%s: out of memory", path);
+    else if (access(index, F_OK) == 0)
+      s = open_index(out, index, err);
+    else if (access(single, F_OK) == 0)
+      s = st_open(out, single, err);
+    else
+      s = lt_fail(err, LT_E_IO, "%s: holds neither model.safetensors.index.json nor model.safetensors", path);
     free(index);
     free(single);
     return s;

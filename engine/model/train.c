@@ -59,13 +59,13 @@ struct train {
   uint32_t n_tt;
   /* activations for cap rows */
   uint32_t cap, cap_T;
-  blk_t *blk;     /* per block; with recompute the non-x buffers alias shared */
-  blk_t shared;   /* recompute: the one set of non-x buffers */
-  gpu_buf_t *xf;  /* (R,d) final stream after the output norm */
-  gpu_buf_t *xL;  /* (R,d) final stream before the output norm */
+  blk_t *blk;                             /* per block; with recompute the non-x buffers alias shared */
+  blk_t shared;                           /* recompute: the one set of non-x buffers */
+  gpu_buf_t *xf;                          /* (R,d) final stream after the output norm */
+  gpu_buf_t *xL;                          /* (R,d) final stream before the output norm */
   gpu_buf_t *ids, *pos, *tgt, *wts, *nll; /* (R) */
-  gpu_buf_t *lse; /* (LOGIT_CHUNK) */
-  gpu_buf_t *logits; /* (LOGIT_CHUNK, V) */
+  gpu_buf_t *lse;                         /* (LOGIT_CHUNK) */
+  gpu_buf_t *logits;                      /* (LOGIT_CHUNK, V) */
   gpu_buf_t *dx, *dxn, *datt, *dq, *dk, *dv, *dg, *du, *dact, *lu, *dlu, *dz; /* gradients of activations */
   gpu_buf_t *rope;
   uint32_t rope_rows;
@@ -143,8 +143,9 @@ static lt_status_t wref_get(train_t *t, wref_t *w, const char *name, lt_err_t *e
                    name, w->p->n_rows, w->p->rows);
   if (t->o.what == TRAIN_FULL) {
     if (w->p->dtype != LT_F32)
-      return lt_fail(err, LT_E_UNSUPPORTED, "%s is %s on the device: full training needs f32 weights (load with force_f32)",
-                     name, lt_dtype_str(w->p->dtype));
+      return lt_fail(err, LT_E_UNSUPPORTED,
+                     "%s is %s on the device: full training needs f32 weights (load with force_f32)", name,
+                     lt_dtype_str(w->p->dtype));
     w->grad = tensor_add(t, name, w->p->rows, w->p->cols, true, w->p->buf, err);
     if (w->grad < 0) return err ? err->code : LT_E_NOMEM;
   }
@@ -180,22 +181,24 @@ static lt_status_t lora_add(train_t *t, wref_t *w, const char *module, uint64_t 
 }
 
 static void blk_free(blk_t *b) {
-  gpu_buf_t **all[] = {&b->x,  &b->xn1, &b->q, &b->k, &b->v,   &b->att, &b->lse, &b->h1,
+  gpu_buf_t **all[] = {&b->x,  &b->xn1, &b->q,   &b->k, &b->v, &b->att, &b->lse, &b->h1,
                        &b->z1, &b->s1,  &b->xn2, &b->g, &b->u, &b->act, &b->h2,  &b->z2};
   for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) gpu_buf_destroy(all[i]);
 }
 
 static void acts_free(train_t *t) {
   for (uint32_t l = 0; t->blk && l < t->cf->n_layers; l++) {
-    if (t->o.recompute) gpu_buf_destroy(&t->blk[l].x);
-    else blk_free(&t->blk[l]);
+    if (t->o.recompute)
+      gpu_buf_destroy(&t->blk[l].x);
+    else
+      blk_free(&t->blk[l]);
   }
   free(t->blk);
   t->blk = NULL;
   blk_free(&t->shared);
-  gpu_buf_t **all[] = {&t->lse, &t->xf,  &t->xL,  &t->ids, &t->pos, &t->tgt, &t->wts, &t->nll, &t->logits, &t->dx,
-                       &t->dxn, &t->datt, &t->dq, &t->dk,  &t->dv,  &t->dg,  &t->du,  &t->dact,   &t->lu,
-                       &t->dlu, &t->dz};
+  gpu_buf_t **all[] = {&t->lse, &t->xf,     &t->xL, &t->ids,  &t->pos,  &t->tgt, &t->wts,
+                       &t->nll, &t->logits, &t->dx, &t->dxn,  &t->datt, &t->dq,  &t->dk,
+                       &t->dv,  &t->dg,     &t->du, &t->dact, &t->lu,   &t->dlu, &t->dz};
   for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) gpu_buf_destroy(all[i]);
   t->cap = 0;
   t->act_bytes = 0;
@@ -216,9 +219,11 @@ static lt_status_t blk_alloc(train_t *t, blk_t *b, uint32_t R, bool with_x, lt_e
   struct {
     gpu_buf_t **b;
     uint64_t n;
-  } want[] = {{&b->xn1, R * d}, {&b->q, R * qd},     {&b->k, R * kvd},  {&b->v, R * kvd}, {&b->att, R * qd},
-              {&b->lse, (uint64_t)R * c->n_heads}, {&b->h1, R * d}, {&b->z1, R * a}, {&b->s1, a ? R * d : 0}, {&b->xn2, R * d},
-              {&b->g, R * f},    {&b->u, R * f},     {&b->act, R * f},  {&b->h2, R * d},  {&b->z2, R * a}};
+  } want[] = {{&b->xn1, R * d}, {&b->q, R * qd},   {&b->k, R * kvd},
+              {&b->v, R * kvd}, {&b->att, R * qd}, {&b->lse, (uint64_t)R * c->n_heads},
+              {&b->h1, R * d},  {&b->z1, R * a},   {&b->s1, a ? R * d : 0},
+              {&b->xn2, R * d}, {&b->g, R * f},    {&b->u, R * f},
+              {&b->act, R * f}, {&b->h2, R * d},   {&b->z2, R * a}};
   if (with_x && !(b->x = abuf(t, R * d, err))) return err ? err->code : LT_E_DEVICE_OOM;
   for (size_t i = 0; i < sizeof want / sizeof want[0]; i++)
     if (!(*want[i].b = abuf(t, want[i].n, err))) return err ? err->code : LT_E_DEVICE_OOM;
@@ -248,12 +253,27 @@ static lt_status_t acts_ensure(train_t *t, uint32_t R, uint32_t T, lt_err_t *err
   struct {
     gpu_buf_t **b;
     uint64_t n;
-  } want[] = {{&t->xf, R * d},   {&t->xL, R * d},   {&t->ids, R},      {&t->pos, R},     {&t->tgt, R},
-              {&t->wts, R},      {&t->nll, R},      {&t->logits, (uint64_t)LOGIT_CHUNK * c->vocab_size},
+  } want[] = {{&t->xf, R * d},
+              {&t->xL, R * d},
+              {&t->ids, R},
+              {&t->pos, R},
+              {&t->tgt, R},
+              {&t->wts, R},
+              {&t->nll, R},
+              {&t->logits, (uint64_t)LOGIT_CHUNK * c->vocab_size},
               {&t->lse, LOGIT_CHUNK},
-              {&t->dx, R * d},   {&t->dxn, R * d},  {&t->datt, R * qd}, {&t->dq, R * qd}, {&t->dk, R * kvd},
-              {&t->dv, R * kvd}, {&t->dg, R * f},   {&t->du, R * f},   {&t->dact, R * f}, {&t->lu, R * r},
-              {&t->dlu, R * r},  {&t->dz, R * (a > widest_lora ? a : widest_lora)}};
+              {&t->dx, R * d},
+              {&t->dxn, R * d},
+              {&t->datt, R * qd},
+              {&t->dq, R * qd},
+              {&t->dk, R * kvd},
+              {&t->dv, R * kvd},
+              {&t->dg, R * f},
+              {&t->du, R * f},
+              {&t->dact, R * f},
+              {&t->lu, R * r},
+              {&t->dlu, R * r},
+              {&t->dz, R * (a > widest_lora ? a : widest_lora)}};
   for (size_t i = 0; i < sizeof want / sizeof want[0] && st == LT_OK; i++)
     if (!(*want[i].b = abuf(t, want[i].n, err))) st = err ? err->code : LT_E_DEVICE_OOM;
   if (st == LT_OK && t->rope_rows < T) {
@@ -263,8 +283,10 @@ static lt_status_t acts_ensure(train_t *t, uint32_t R, uint32_t T, lt_err_t *err
     if (st == LT_OK) {
       rope_table_build(tab, T, c->rope_dim, c->rope_theta, &c->rope_scaling);
       gpu_buf_destroy(&t->rope);
-      if (!(t->rope = gpu_buf_new(t->g, n * 4, err))) st = err ? err->code : LT_E_DEVICE_OOM;
-      else st = gpu_upload(t->rope, 0, tab, n * 4, err);
+      if (!(t->rope = gpu_buf_new(t->g, n * 4, err)))
+        st = err ? err->code : LT_E_DEVICE_OOM;
+      else
+        st = gpu_upload(t->rope, 0, tab, n * 4, err);
       free(tab);
       t->rope_rows = st == LT_OK ? T : 0;
     }
@@ -285,16 +307,18 @@ train_t *train_new(model_t *m, const train_opts_t *o, lt_err_t *err) {
            NULL;
   for (uint32_t l = 0; l < c->n_layers; l++)
     if (c->ffn_dropped[l])
-      return lt_fail(err, LT_E_UNSUPPORTED, "block %u has no feed-forward sub-layer (a compressed model): training "
-                                            "such a model is not supported", l),
+      return lt_fail(err, LT_E_UNSUPPORTED,
+                     "block %u has no feed-forward sub-layer (a compressed model): training "
+                     "such a model is not supported",
+                     l),
              NULL;
   if (o->what == TRAIN_LORA && o->lora_rank == 0)
     return lt_fail(err, LT_E_INVALID, "LoRA rank must be at least 1"), NULL;
   if (o->what == TRAIN_LORA && (o->lora_targets == 0 || o->lora_targets >> 7))
     return lt_fail(err, LT_E_INVALID, "LoRA targets must be a non-empty subset of q,k,v,o,gate,up,down"), NULL;
   if (o->what == TRAIN_ADAPTER && o->adapter_layer >= c->n_layers)
-    return lt_fail(err, LT_E_INVALID, "adapter block %u is out of range: the model has blocks 0..%u",
-                   o->adapter_layer, c->n_layers - 1),
+    return lt_fail(err, LT_E_INVALID, "adapter block %u is out of range: the model has blocks 0..%u", o->adapter_layer,
+                   c->n_layers - 1),
            NULL;
   train_t *t = calloc(1, sizeof *t);
   if (!t) return lt_fail(err, LT_E_NOMEM, "out of memory"), NULL;
@@ -303,7 +327,9 @@ train_t *train_new(model_t *m, const train_opts_t *o, lt_err_t *err) {
   t->embed_grad = t->head_grad = t->out_norm_grad = -1;
   for (int i = 0; i < 4; i++) t->adapter[i] = -1;
   t->lora_scale = o->what == TRAIN_LORA ? o->lora_alpha / (float)o->lora_rank : 0.0f;
-  t->adapter_dim = o->what == TRAIN_ADAPTER ? (o->adapter_dim ? o->adapter_dim : (c->hidden_size / 16 ? c->hidden_size / 16 : 1)) : 0;
+  t->adapter_dim = o->what == TRAIN_ADAPTER
+                       ? (o->adapter_dim ? o->adapter_dim : (c->hidden_size / 16 ? c->hidden_size / 16 : 1))
+                       : 0;
   uint64_t seed = o->seed ^ 0x4c61746865ull;
   lt_status_t st = LT_OK;
   wref_t emb;
@@ -325,7 +351,7 @@ train_t *train_new(model_t *m, const train_opts_t *o, lt_err_t *err) {
     tlayer_t *L = &t->L[l];
     char name[128];
 #define W(field, fmt)                                                                                                  \
-  snprintf(name, sizeof name, "model.layers.%u." fmt ".weight", l);                                                   \
+  snprintf(name, sizeof name, "model.layers.%u." fmt ".weight", l);                                                    \
   if ((st = wref_get(t, &L->field, name, err)) != LT_OK) break;
     snprintf(name, sizeof name, "model.layers.%u.input_layernorm.weight", l);
     if ((st = norm_get(t, &L->attn_norm, &L->attn_norm_grad, name, err)) != LT_OK) break;
@@ -357,8 +383,10 @@ train_t *train_new(model_t *m, const train_opts_t *o, lt_err_t *err) {
       snprintf(name, sizeof name, "adapter.layers.%u.%s.weight", M, names[i]);
       bool down = i % 2 == 0;
       t->adapter[i] = tensor_add(t, name, down ? a : d, down ? d : a, true, NULL, err);
-      if (t->adapter[i] < 0) st = err ? err->code : LT_E_NOMEM;
-      else st = tensor_init(t, t->adapter[i], down ? 1.0f / sqrtf((float)d) : 0.0f, &seed, err);
+      if (t->adapter[i] < 0)
+        st = err ? err->code : LT_E_NOMEM;
+      else
+        st = tensor_init(t, t->adapter[i], down ? 1.0f / sqrtf((float)d) : 0.0f, &seed, err);
     }
   }
   if (st == LT_OK) st = train_zero_grad(t, err);
@@ -522,8 +550,10 @@ static lt_status_t block_fwd(train_t *t, gpu_cmd_t *c, uint32_t l, const batch_t
   if (st == LT_OK && s1 != b->h2) st = gpu_cmd_copy(c, s1, 0, b->h2, 0, (uint64_t)R * d * 4, err);
   if (st == LT_OK) st = lin_fwd(t, c, b->h2, b->act, &L->down, R, true, err);
   if (st == LT_OK) {
-    if (adapt) st = adapter_fwd(t, c, out, b->h2, b->z2, 1, R, err);
-    else st = gpu_cmd_copy(c, b->h2, 0, out, 0, (uint64_t)R * d * 4, err);
+    if (adapt)
+      st = adapter_fwd(t, c, out, b->h2, b->z2, 1, R, err);
+    else
+      st = gpu_cmd_copy(c, b->h2, 0, out, 0, (uint64_t)R * d * 4, err);
   }
   return st;
 }
@@ -563,15 +593,15 @@ static lt_status_t block_bwd(train_t *t, gpu_cmd_t *c, uint32_t l, const batch_t
     gpu_view_t q = {b->q, r0 * qd * 4}, k = {b->k, r0 * kvd * 4}, v = {b->v, r0 * kvd * 4}, o = {b->att, r0 * qd * 4};
     gpu_view_t lse = {b->lse, r0 * cf->n_heads * 4}, dout = {t->datt, r0 * qd * 4};
     gpu_view_t dq = {t->dq, r0 * qd * 4}, dk = {t->dk, r0 * kvd * 4}, dv = {t->dv, r0 * kvd * 4};
-    st = op_attention_backward(c, dq, dk, dv, q, k, v, o, dout, lse, bt->T, cf->n_heads, cf->n_kv_heads,
-                               cf->head_dim, scale, err);
+    st = op_attention_backward(c, dq, dk, dv, q, k, v, o, dout, lse, bt->T, cf->n_heads, cf->n_kv_heads, cf->head_dim,
+                               scale, err);
   }
   if (st == LT_OK)
     st = op_rope_backward(c, gv(t->dq), gv(t->pos), gv(t->rope), R, cf->n_heads, cf->head_dim, cf->rope_dim, t->neox,
                           t->rope_rows, err);
   if (st == LT_OK)
-    st = op_rope_backward(c, gv(t->dk), gv(t->pos), gv(t->rope), R, cf->n_kv_heads, cf->head_dim, cf->rope_dim,
-                          t->neox, t->rope_rows, err);
+    st = op_rope_backward(c, gv(t->dk), gv(t->pos), gv(t->rope), R, cf->n_kv_heads, cf->head_dim, cf->rope_dim, t->neox,
+                          t->rope_rows, err);
   /* q and k were saved after RoPE; the weight gradients need xn1 only, which is saved. */
   if (st == LT_OK) st = lin_bwd(t, c, t->dxn, t->dq, b->xn1, &L->wq, R, false, err);
   if (st == LT_OK) st = lin_bwd(t, c, t->dxn, t->dk, b->xn1, &L->wk, R, true, err);
@@ -616,8 +646,10 @@ static lt_status_t batch_upload(train_t *t, const int32_t *ids, const uint8_t *m
   if (st == LT_OK) st = gpu_upload(t->wts, 0, w, R * 4, err);
   free(pos), free(tgt);
   *count = n;
-  if (st == LT_OK && wts_out) *wts_out = w;
-  else free(w);
+  if (st == LT_OK && wts_out)
+    *wts_out = w;
+  else
+    free(w);
   return st;
 }
 
@@ -625,8 +657,8 @@ static lt_status_t batch_upload(train_t *t, const int32_t *ids, const uint8_t *m
 static lt_status_t forward_body(train_t *t, gpu_cmd_t *c, const batch_t *bt, lt_err_t *err) {
   const model_config_t *cf = t->cf;
   uint32_t d = cf->hidden_size, R = bt->R;
-  lt_status_t st = op_embed(c, gv(t->blk[0].x), gv(t->embed->buf), t->embed->dtype, gv(t->ids), R, d, 0,
-                            t->embed->rows, err);
+  lt_status_t st =
+      op_embed(c, gv(t->blk[0].x), gv(t->embed->buf), t->embed->dtype, gv(t->ids), R, d, 0, t->embed->rows, err);
   for (uint32_t l = 0; l < cf->n_layers && st == LT_OK; l++) {
     gpu_buf_t *out = l + 1 < cf->n_layers ? t->blk[l + 1].x : t->xL;
     st = block_fwd(t, c, l, bt, out, err);
@@ -667,8 +699,8 @@ static lt_status_t read_loss(train_t *t, const batch_t *bt, const float *w, floa
   return st;
 }
 
-static lt_status_t run_padded(train_t *t, const int32_t *ids, const uint8_t *mask, uint32_t n_seq, uint32_t T, float scale,
-                       bool backward, double *loss, lt_err_t *err) {
+static lt_status_t run_padded(train_t *t, const int32_t *ids, const uint8_t *mask, uint32_t n_seq, uint32_t T,
+                              float scale, bool backward, double *loss, lt_err_t *err) {
   if (n_seq == 0 || T < 2) return lt_fail(err, LT_E_INVALID, "a batch needs at least one sequence of 2 tokens");
   if (T > t->cf->max_position && t->cf->max_position)
     return lt_fail(err, LT_E_LIMIT, "sequences of %u tokens exceed the model's context (%u)", T, t->cf->max_position);
@@ -697,7 +729,7 @@ static lt_status_t run_padded(train_t *t, const int32_t *ids, const uint8_t *mas
     t->stats.lowest_block_backward = cf->n_layers;
     /* dx = rmsnorm backward of the output norm, from dxf (in dxn). */
     st = op_rmsnorm_backward(c, gv(t->dx), t->out_norm_grad >= 0 ? gv(t->tt[t->out_norm_grad].grad) : gv(NULL),
-                               gv(t->dxn), gv(t->xL), gv(t->out_norm->buf), bt.R, d, cf->rms_norm_eps, err);
+                             gv(t->dxn), gv(t->xL), gv(t->out_norm->buf), bt.R, d, cf->rms_norm_eps, err);
     uint32_t lowest = t->o.what == TRAIN_ADAPTER ? t->o.adapter_layer : 0;
     for (uint32_t l = cf->n_layers; l-- > lowest && st == LT_OK;) {
       if (t->o.recompute) {
@@ -724,7 +756,8 @@ static lt_status_t run_padded(train_t *t, const int32_t *ids, const uint8_t *mas
 static lt_status_t run(train_t *t, const int32_t *ids, const uint8_t *mask, uint32_t n_seq, uint32_t T, float scale,
                        bool backward, double *loss, lt_err_t *err) {
   uint32_t q = (uint32_t)(gpu_caps(t->g)->min_storage_align / 4);
-  if (q <= 1 || T % q == 0 || n_seq == 0 || T < 2) return run_padded(t, ids, mask, n_seq, T, scale, backward, loss, err);
+  if (q <= 1 || T % q == 0 || n_seq == 0 || T < 2)
+    return run_padded(t, ids, mask, n_seq, T, scale, backward, loss, err);
   uint32_t Tp = (T + q - 1) / q * q;
   int32_t *pi = malloc((uint64_t)n_seq * Tp * sizeof *pi);
   uint8_t *pm = calloc((uint64_t)n_seq * (Tp - 1), 1);

@@ -34,9 +34,9 @@ enum {
 /* Options of train_new(); zero-initialised means full training without recomputation. */
 typedef struct train_opts {
   train_what_t what;
-  uint32_t lora_rank;    /* LoRA: r >= 1 */
-  float lora_alpha;      /* LoRA: the update is (alpha / r) B A */
-  uint32_t lora_targets; /* LoRA: TRAIN_LORA_* bits */
+  uint32_t lora_rank;     /* LoRA: r >= 1 */
+  float lora_alpha;       /* LoRA: the update is (alpha / r) B A */
+  uint32_t lora_targets;  /* LoRA: TRAIN_LORA_* bits */
   uint32_t adapter_layer; /* adapter: block M */
   uint32_t adapter_dim;   /* adapter: bottleneck width (0: hidden / 16, at least 1) */
   uint64_t seed;          /* initialisation of LoRA A and adapter down-projections */
@@ -46,18 +46,18 @@ typedef struct train_opts {
 /* One trainable tensor: its f32 values and gradient on the device (owned by the train_t or, for full training,
  * the values by the model). */
 typedef struct train_tensor {
-  char name[160];  /* Hugging Face name, or the PEFT / adapter name for added tensors */
+  char name[160]; /* Hugging Face name, or the PEFT / adapter name for added tensors */
   uint32_t rows, cols;
-  bool decay;      /* weight decay applies (not to norms and biases) */
+  bool decay; /* weight decay applies (not to norms and biases) */
   gpu_buf_t *value, *grad;
   bool owns_value; /* value was allocated by the training state (LoRA, adapters), not the model's own */
 } train_tensor_t;
 
 /* Counters of the last train_grad() call, for tests and benchmarks. */
 typedef struct train_stats {
-  uint32_t backward_dispatches;     /* dispatches recorded by the backward pass */
-  uint32_t lowest_block_backward;   /* the lowest block the backward ran (n_layers when none) */
-  uint64_t activation_bytes;        /* device bytes held for saved activations and gradients of activations */
+  uint32_t backward_dispatches;   /* dispatches recorded by the backward pass */
+  uint32_t lowest_block_backward; /* the lowest block the backward ran (n_layers when none) */
+  uint64_t activation_bytes;      /* device bytes held for saved activations and gradients of activations */
 } train_stats_t;
 
 /* Prepares training of m: checks the options against the model (LoRA rank >= 1 and targets, adapter block in

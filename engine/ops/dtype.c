@@ -31,7 +31,8 @@ const char *lt_dtype_str(lt_dtype_t t) {
 float dtype_half_to_float(uint16_t h) {
   uint32_t sign = (uint32_t)(h & 0x8000) << 16, exp = (h >> 10) & 0x1f, man = h & 0x3ff, bits;
   if (exp == 0) {
-    if (man == 0) bits = sign;
+    if (man == 0)
+      bits = sign;
     else { /* subnormal: renormalise */
       exp = 127 - 15 + 1;
       while (!(man & 0x400)) {
@@ -40,8 +41,10 @@ float dtype_half_to_float(uint16_t h) {
       }
       bits = sign | (exp << 23) | ((man & 0x3ff) << 13);
     }
-  } else if (exp == 31) bits = sign | 0x7f800000u | (man << 13);
-  else bits = sign | ((exp + 127 - 15) << 23) | (man << 13);
+  } else if (exp == 31)
+    bits = sign | 0x7f800000u | (man << 13);
+  else
+    bits = sign | ((exp + 127 - 15) << 23) | (man << 13);
   float f;
   memcpy(&f, &bits, 4);
   return f;

@@ -30,15 +30,15 @@ lt_status_t op_dispatch(gpu_cmd_t *c, gpu_pipeline_t *p, op_id_t id, const gpu_v
                         lt_err_t *err) {
   const op_info_t *o = &op_table[id];
   gpu_bind_t b[16];
-  if (n > 16 || n != o->n_bindings) return lt_fail(err, LT_E_INVALID, "op %s: %u views for %u bindings", o->name, n, o->n_bindings);
+  if (n > 16 || n != o->n_bindings)
+    return lt_fail(err, LT_E_INVALID, "op %s: %u views for %u bindings", o->name, n, o->n_bindings);
   for (uint32_t i = 0; i < n; i++) {
     if (!views[i].buf) return lt_fail(err, LT_E_INVALID, "op %s: binding %u has no buffer", o->name, i);
     uint64_t size = gpu_buf_size(views[i].buf);
     uint64_t want = bytes[i] ? bytes[i] : 4;
     if (views[i].off > size || want > size - views[i].off)
       return lt_fail(err, LT_E_INVALID, "op %s: binding %u needs %llu bytes at offset %llu of a %llu-byte buffer",
-                     o->name, i, (unsigned long long)want, (unsigned long long)views[i].off,
-                     (unsigned long long)size);
+                     o->name, i, (unsigned long long)want, (unsigned long long)views[i].off, (unsigned long long)size);
     /* Bind exactly what the op touches, rounded up to 4 bytes but never past the buffer. */
     uint64_t range = (want + 3) & ~3ull;
     if (range > size - views[i].off) range = size - views[i].off;

@@ -99,8 +99,8 @@ typedef enum matmul_path {
 /* y[M,N] = x[M,K] . w[N,K]^T, or y += that when accumulate. x and y are f32 row-major; w is f32 or f16 row-major
  * [N,K] (the Hugging Face Linear layout). Uses a GEMV kernel for few rows and a tiled GEMM kernel otherwise;
  * long K is split over several dispatches so no invocation loops too long. */
-lt_status_t op_matmul(gpu_cmd_t *c, gpu_view_t y, gpu_view_t x, gpu_view_t w, lt_dtype_t wtype, uint32_t M,
-                      uint32_t N, uint32_t K, bool accumulate, lt_err_t *err);
+lt_status_t op_matmul(gpu_cmd_t *c, gpu_view_t y, gpu_view_t x, gpu_view_t w, lt_dtype_t wtype, uint32_t M, uint32_t N,
+                      uint32_t K, bool accumulate, lt_err_t *err);
 /* As op_matmul with the kernel forced (tests and benchmarks). */
 lt_status_t op_matmul_path(gpu_cmd_t *c, gpu_view_t y, gpu_view_t x, gpu_view_t w, lt_dtype_t wtype, uint32_t M,
                            uint32_t N, uint32_t K, bool accumulate, matmul_path_t path, lt_err_t *err);
@@ -143,12 +143,12 @@ lt_status_t op_softmax(gpu_cmd_t *c, gpu_view_t y, gpu_view_t x, uint32_t rows, 
 lt_status_t op_argmax(gpu_cmd_t *c, gpu_view_t idx, gpu_view_t x, uint32_t rows, uint32_t n, lt_err_t *err);
 /* idx[r,:k], val[r,:k] = the k largest x[r,:] in descending order (u32 indices; lower index first on ties);
  * 1 <= k <= 32 (MoE routing). */
-lt_status_t op_topk(gpu_cmd_t *c, gpu_view_t idx, gpu_view_t val, gpu_view_t x, uint32_t rows, uint32_t n,
-                    uint32_t k, lt_err_t *err);
+lt_status_t op_topk(gpu_cmd_t *c, gpu_view_t idx, gpu_view_t val, gpu_view_t x, uint32_t rows, uint32_t n, uint32_t k,
+                    lt_err_t *err);
 /* lse[r] = log(sum(exp(x[r,:]))); when targets (i32 [rows]) has a buffer, also nll[r] = lse[r] - x[r,t[r]]
  * (cross-entropy); pass a view with buf NULL for targets and nll to skip it. */
-lt_status_t op_logsumexp(gpu_cmd_t *c, gpu_view_t lse, gpu_view_t nll, gpu_view_t x, gpu_view_t targets,
-                         uint32_t rows, uint32_t n, lt_err_t *err);
+lt_status_t op_logsumexp(gpu_cmd_t *c, gpu_view_t lse, gpu_view_t nll, gpu_view_t x, gpu_view_t targets, uint32_t rows,
+                         uint32_t n, lt_err_t *err);
 /* out[r] = cos(a[r,:], b[r,:]) (0 when either row is all zeros). */
 lt_status_t op_cosine(gpu_cmd_t *c, gpu_view_t out, gpu_view_t a, gpu_view_t b, uint32_t rows, uint32_t n,
                       lt_err_t *err);

@@ -23,8 +23,8 @@ static double rope_inv_freq(uint32_t i, uint32_t rot_dim, double theta, const ro
   if (!s || s->type != 1) return inv;
   double orig = s->original_max_position, lo = s->low_freq_factor, hi = s->high_freq_factor;
   double wavelen = 2.0 * M_PI / inv;
-  if (wavelen < orig / hi) return inv;              /* high frequencies: kept */
-  if (wavelen > orig / lo) return inv / s->factor;  /* low frequencies: slowed by the factor */
+  if (wavelen < orig / hi) return inv;               /* high frequencies: kept */
+  if (wavelen > orig / lo) return inv / s->factor;   /* low frequencies: slowed by the factor */
   double smooth = (orig / wavelen - lo) / (hi - lo); /* in between: interpolated */
   return (1.0 - smooth) * inv / s->factor + smooth * inv;
 }
@@ -56,18 +56,24 @@ static lt_status_t rope(gpu_cmd_t *c, gpu_view_t x, gpu_view_t pos, gpu_view_t t
   if (max_pos == 0) return lt_fail(err, LT_E_INVALID, "rope: empty table");
   if (rows == 0 || n_heads == 0) return LT_OK;
   uint64_t n = (uint64_t)rows * n_heads * head_dim;
-  if (n > UINT32_MAX) return lt_fail(err, LT_E_LIMIT, "rope: %llu elements exceed 32-bit indexing", (unsigned long long)n);
+  if (n > UINT32_MAX)
+    return lt_fail(err, LT_E_LIMIT, "rope: %llu elements exceed 32-bit indexing", (unsigned long long)n);
   gpu_pipeline_t *p = op_pipeline(gpu_cmd_gpu(c), OP_ROPE, NULL, NULL, 0, err);
   if (!p) return err ? err->code : LT_E_SHADER;
-  pc_rope_t pc = {.rows = rows, .n_heads = n_heads, .head_dim = head_dim, .rot_dim = rot_dim, .neox = neox,
-                  .max_pos = max_pos, .inverse = inverse};
+  pc_rope_t pc = {.rows = rows,
+                  .n_heads = n_heads,
+                  .head_dim = head_dim,
+                  .rot_dim = rot_dim,
+                  .neox = neox,
+                  .max_pos = max_pos,
+                  .inverse = inverse};
   gpu_view_t v[3] = {x, pos, table};
   uint64_t bytes[3] = {4 * n, 4ull * rows, 4ull * max_pos * rot_dim};
   bool w[3] = {true, false, false};
   uint32_t gy, gz;
   rows_grid(rows, &gy, &gz);
-  return op_dispatch(c, p, OP_ROPE, v, bytes, w, 3, &pc, (n_heads * (rot_dim / 2) + op_wg(OP_ROPE) - 1) / op_wg(OP_ROPE), gy, gz,
-                     err);
+  return op_dispatch(c, p, OP_ROPE, v, bytes, w, 3, &pc,
+                     (n_heads * (rot_dim / 2) + op_wg(OP_ROPE) - 1) / op_wg(OP_ROPE), gy, gz, err);
 }
 
 lt_status_t op_rope(gpu_cmd_t *c, gpu_view_t x, gpu_view_t pos, gpu_view_t table, uint32_t rows, uint32_t n_heads,
@@ -91,8 +97,12 @@ lt_status_t op_embed(gpu_cmd_t *c, gpu_view_t y, gpu_view_t table, lt_dtype_t tt
     return lt_fail(err, LT_E_UNSUPPORTED, "embed: a %s table needs 16-bit storage buffers", lt_dtype_str(ttype));
   if (n_ids == 0 || dim == 0 || row_hi == row_lo) return LT_OK;
   uint64_t n = (uint64_t)n_ids * dim;
-  if (n > UINT32_MAX) return lt_fail(err, LT_E_LIMIT, "embed: %llu outputs exceed 32-bit indexing", (unsigned long long)n);
-  gpu_pipeline_t *p = op_pipeline(g, OP_EMBED, ttype == LT_F16 ? "TABLE_F16=1" : ttype == LT_BF16 ? "TABLE_BF16=1" : NULL,
+  if (n > UINT32_MAX)
+    return lt_fail(err, LT_E_LIMIT, "embed: %llu outputs exceed 32-bit indexing", (unsigned long long)n);
+  gpu_pipeline_t *p = op_pipeline(g, OP_EMBED,
+                                  ttype == LT_F16    ? "TABLE_F16=1"
+                                  : ttype == LT_BF16 ? "TABLE_BF16=1"
+                                                     : NULL,
                                   NULL, 0, err);
   if (!p) return err ? err->code : LT_E_SHADER;
   pc_embed_t pc = {.n_ids = n_ids, .dim = dim, .row_lo = row_lo, .row_hi = row_hi};
@@ -191,8 +201,14 @@ lt_status_t op_attention(gpu_cmd_t *c, gpu_view_t out, gpu_view_t q, gpu_view_t 
     if (!scratch) return err ? err->code : LT_E_DEVICE_OOM;
   }
 
-  pc_attn_t pc = {.n_heads = n_heads, .n_kv_heads = n_kv_heads, .head_dim = head_dim, .q_pos0 = q_pos0,
-                  .kv_len = kv_len, .kv_stride = (uint32_t)kv_stride, .scale = scale, .split_len = split};
+  pc_attn_t pc = {.n_heads = n_heads,
+                  .n_kv_heads = n_kv_heads,
+                  .head_dim = head_dim,
+                  .q_pos0 = q_pos0,
+                  .kv_len = kv_len,
+                  .kv_stride = (uint32_t)kv_stride,
+                  .scale = scale,
+                  .split_len = split};
   lt_status_t st = LT_OK;
   for (uint32_t t0 = 0, t1, ns; t0 < n_q && st == LT_OK; t0 = t1) {
     t1 = attn_run_end(t0, n_q, q_pos0, kv_len, split, &ns);
@@ -205,8 +221,8 @@ lt_status_t op_attention(gpu_cmd_t *c, gpu_view_t out, gpu_view_t q, gpu_view_t 
     /* One split writes out directly; its partial bindings then only need a valid placeholder. */
     gpu_view_t part_ml = ns > 1 ? (gpu_view_t){scratch, 0} : q, part_acc = ns > 1 ? (gpu_view_t){scratch, acc_off} : q;
     gpu_view_t va[6] = {out, q, k, v, part_ml, part_acc};
-    uint64_t ba[6] = {4 * row_elems * t1, 4 * row_elems * t1, 4 * kv_stride * keys, 4 * kv_stride * keys,
-                      ns > 1 ? 8 * recs : 4, ns > 1 ? 4 * head_dim * recs : 4};
+    uint64_t ba[6] = {4 * row_elems * t1,   4 * row_elems * t1,    4 * kv_stride * keys,
+                      4 * kv_stride * keys, ns > 1 ? 8 * recs : 4, ns > 1 ? 4 * head_dim * recs : 4};
     bool wa[6] = {ns == 1, false, false, false, ns > 1, ns > 1};
     uint32_t gx = (uint32_t)(((uint64_t)rows * group + br - 1) / br);
     st = op_dispatch(c, pa, OP_ATTN, va, ba, wa, 6, &pc, gx, n_kv_heads, ns, err);

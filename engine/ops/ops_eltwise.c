@@ -1,8 +1,8 @@
 /* Elementwise ops: add, mul, scale, SiLU, GELU, SwiGLU, ReLU and its backward. */
 #include "engine/ops/ops.h"
 
-static lt_status_t eltwise(gpu_cmd_t *c, uint32_t op, gpu_view_t y, gpu_view_t a, gpu_view_t b, uint32_t n,
-                           uint32_t nb, float scale, lt_err_t *err) {
+static lt_status_t eltwise(gpu_cmd_t *c, uint32_t op, gpu_view_t y, gpu_view_t a, gpu_view_t b, uint32_t n, uint32_t nb,
+                           float scale, lt_err_t *err) {
   if (n == 0) return LT_OK;
   bool has_b = op == ELT_ADD || op == ELT_MUL || op == ELT_SWIGLU || op == ELT_RELU_BW || op == ELT_AXPY;
   if (has_b && nb == 0) return lt_fail(err, LT_E_INVALID, "elementwise op: b has 0 elements");

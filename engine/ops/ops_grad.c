@@ -55,11 +55,20 @@ lt_status_t op_matmul_dx_q(gpu_cmd_t *c, gpu_view_t dx, gpu_view_t dy, const qma
     return lt_fail(err, LT_E_INVALID, "matmul backward: quantised weight %s with %s scales and group %u",
                    lt_dtype_str(w->wtype), lt_dtype_str(w->stype), w->group);
   uint32_t bits = w->wtype == LT_I4 ? 4 : 8;
-  pc_mmt_t pc = {.M = M, .N = K, .K = N, .lda = N, .ldy = K, .at = 0, .bt = 1, .kp = quant_padded_cols(K),
-                 .n_groups = quant_groups(K, w->group), .group = w->group};
+  pc_mmt_t pc = {.M = M,
+                 .N = K,
+                 .K = N,
+                 .lda = N,
+                 .ldy = K,
+                 .at = 0,
+                 .bt = 1,
+                 .kp = quant_padded_cols(K),
+                 .n_groups = quant_groups(K, w->group),
+                 .group = w->group};
   char def[32];
   snprintf(def, sizeof def, "BITS=%u;S_F16=%d", bits, w->stype == LT_F16);
-  uint64_t qbytes = (uint64_t)N * quant_row_bytes(bits, K), sbytes = (uint64_t)N * pc.n_groups * lt_dtype_size(w->stype);
+  uint64_t qbytes = (uint64_t)N * quant_row_bytes(bits, K),
+           sbytes = (uint64_t)N * pc.n_groups * lt_dtype_size(w->stype);
   return mmt(c, def, dx, dy, w->q, w->scales, qbytes, sbytes, &pc, accumulate, err);
 }
 
@@ -143,9 +152,9 @@ lt_status_t op_attention_lse(gpu_cmd_t *c, gpu_view_t out, gpu_view_t lse, gpu_v
   return attn_train(c, views, T, n_heads, n_kv_heads, head_dim, &pc, (uint64_t)T * n_heads, err);
 }
 
-lt_status_t op_attention_backward(gpu_cmd_t *c, gpu_view_t dq, gpu_view_t dk, gpu_view_t dv, gpu_view_t q,
-                                  gpu_view_t k, gpu_view_t v, gpu_view_t out, gpu_view_t dout, gpu_view_t lse,
-                                  uint32_t T, uint32_t n_heads, uint32_t n_kv_heads, uint32_t head_dim, float scale,
+lt_status_t op_attention_backward(gpu_cmd_t *c, gpu_view_t dq, gpu_view_t dk, gpu_view_t dv, gpu_view_t q, gpu_view_t k,
+                                  gpu_view_t v, gpu_view_t out, gpu_view_t dout, gpu_view_t lse, uint32_t T,
+                                  uint32_t n_heads, uint32_t n_kv_heads, uint32_t head_dim, float scale,
                                   lt_err_t *err) {
   lt_status_t st = attn_check(T, n_heads, n_kv_heads, head_dim, err);
   if (st != LT_OK || T == 0) return st;
@@ -159,8 +168,14 @@ lt_status_t op_attention_backward(gpu_cmd_t *c, gpu_view_t dq, gpu_view_t dk, gp
   if (chunk == 0) return lt_fail(err, LT_E_LIMIT, "training attention: %u query heads per KV head", rep);
   gpu_view_t kv_views[9] = {dk, dv, q, k, v, out, dout, lse, gv(D)};
   for (uint32_t t0 = 0; t0 < T && st == LT_OK; t0 += chunk) {
-    pc = (pc_attn_train_t){.T = T, .n_heads = n_heads, .n_kv_heads = n_kv_heads, .scale = scale, .mode = 2,
-                           .t_base = t0, .t_len = chunk, .accumulate = t0 > 0};
+    pc = (pc_attn_train_t){.T = T,
+                           .n_heads = n_heads,
+                           .n_kv_heads = n_kv_heads,
+                           .scale = scale,
+                           .mode = 2,
+                           .t_base = t0,
+                           .t_len = chunk,
+                           .accumulate = t0 > 0};
     st = attn_train(c, kv_views, T, n_heads, n_kv_heads, head_dim, &pc, (uint64_t)T * n_kv_heads, err);
   }
   return st;
@@ -190,8 +205,8 @@ static int cmp_rows(const void *a, const void *b) {
   return ia != ib ? (ia < ib ? -1 : 1) : (ra > rb) - (ra < rb);
 }
 
-lt_status_t op_embed_backward(gpu_cmd_t *c, gpu_view_t dtable, gpu_view_t dy, const int32_t *host_ids,
-                              uint32_t n_rows, uint32_t dim, uint32_t table_rows, lt_err_t *err) {
+lt_status_t op_embed_backward(gpu_cmd_t *c, gpu_view_t dtable, gpu_view_t dy, const int32_t *host_ids, uint32_t n_rows,
+                              uint32_t dim, uint32_t table_rows, lt_err_t *err) {
   if (n_rows == 0 || dim == 0) return LT_OK;
   gpu_t *g = gpu_cmd_gpu(c);
   gpu_pipeline_t *p = op_pipeline(g, OP_EMBED_BW, NULL, NULL, 0, err);
@@ -207,7 +222,8 @@ lt_status_t op_embed_backward(gpu_cmd_t *c, gpu_view_t dtable, gpu_view_t dy, co
     qsort(rows, n_rows, sizeof *rows, cmp_rows);
     for (uint32_t j = 0; j < n_rows; j++) {
       int32_t id = host_ids[rows[j]];
-      bool fresh = j == 0 || id != ids[runs - 1] || (uint32_t)(j - (uint32_t)start[runs - 1]) >= op_loop_budget(OP_EMBED_BW);
+      bool fresh =
+          j == 0 || id != ids[runs - 1] || (uint32_t)(j - (uint32_t)start[runs - 1]) >= op_loop_budget(OP_EMBED_BW);
       if (!fresh) continue;
       ids[runs] = id;
       start[runs++] = (int32_t)j;
@@ -221,7 +237,8 @@ lt_status_t op_embed_backward(gpu_cmd_t *c, gpu_view_t dtable, gpu_view_t dy, co
     uint32_t last = first + 1;
     while (last < runs && ids[last] != ids[last - 1]) last++;
     uint32_t nu = last - first;
-    gpu_buf_t *b_rows = gpu_cmd_scratch(c, (uint64_t)n_rows * 4, err), *b_ids = gpu_cmd_scratch(c, (uint64_t)nu * 4, err),
+    gpu_buf_t *b_rows = gpu_cmd_scratch(c, (uint64_t)n_rows * 4, err),
+              *b_ids = gpu_cmd_scratch(c, (uint64_t)nu * 4, err),
               *b_start = gpu_cmd_scratch(c, ((uint64_t)nu + 1) * 4, err);
     if (!b_rows || !b_ids || !b_start) {
       st = err ? err->code : LT_E_DEVICE_OOM;

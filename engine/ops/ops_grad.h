@@ -33,10 +33,9 @@ lt_status_t op_attention_lse(gpu_cmd_t *c, gpu_view_t out, gpu_view_t lse, gpu_v
 
 /* The backward of op_attention_lse: dq, dk, dv (overwritten) from dout, recomputing the probabilities from lse.
  * Needs a scratch of T * n_heads floats, which it takes from the recorder. */
-lt_status_t op_attention_backward(gpu_cmd_t *c, gpu_view_t dq, gpu_view_t dk, gpu_view_t dv, gpu_view_t q,
-                                  gpu_view_t k, gpu_view_t v, gpu_view_t out, gpu_view_t dout, gpu_view_t lse,
-                                  uint32_t T, uint32_t n_heads, uint32_t n_kv_heads, uint32_t head_dim, float scale,
-                                  lt_err_t *err);
+lt_status_t op_attention_backward(gpu_cmd_t *c, gpu_view_t dq, gpu_view_t dk, gpu_view_t dv, gpu_view_t q, gpu_view_t k,
+                                  gpu_view_t v, gpu_view_t out, gpu_view_t dout, gpu_view_t lse, uint32_t T,
+                                  uint32_t n_heads, uint32_t n_kv_heads, uint32_t head_dim, float scale, lt_err_t *err);
 
 /* SwiGLU backward for y = silu(gate) * up: dgate and dup (overwritten) from dy, n elements. */
 lt_status_t op_swiglu_backward(gpu_cmd_t *c, gpu_view_t dgate, gpu_view_t dup, gpu_view_t dy, gpu_view_t gate,
@@ -44,8 +43,8 @@ lt_status_t op_swiglu_backward(gpu_cmd_t *c, gpu_view_t dgate, gpu_view_t dup, g
 
 /* Embedding backward: dtable[ids[r], :] += dy[r, :] for r < n_rows (rows of dim floats; ids outside
  * [0, table_rows) skipped). ids is read on the host too (host_ids, the same values), to group the rows by id. */
-lt_status_t op_embed_backward(gpu_cmd_t *c, gpu_view_t dtable, gpu_view_t dy, const int32_t *host_ids,
-                              uint32_t n_rows, uint32_t dim, uint32_t table_rows, lt_err_t *err);
+lt_status_t op_embed_backward(gpu_cmd_t *c, gpu_view_t dtable, gpu_view_t dy, const int32_t *host_ids, uint32_t n_rows,
+                              uint32_t dim, uint32_t table_rows, lt_err_t *err);
 
 /* Cross-entropy over rows of n logits with per-row weights: nll[r] = lse - x[r, t[r]], and, when dlogits is the
  * logits buffer itself (in place), dlogits = (softmax(x) - onehot(t)) * w[r]. Targets i32, weights f32; a row

@@ -76,8 +76,7 @@ static lt_status_t matmul(gpu_cmd_t *c, gpu_view_t y, uint32_t y_stride, gpu_vie
     return lt_fail(err, LT_E_UNSUPPORTED,
                    "op_matmul: %s weights with K not a multiple of 8 need 16-bit storage buffers, which %s lacks",
                    lt_dtype_str(wtype), caps->name);
-  if ((unsigned)path > MATMUL_GEMM_DIRECT)
-    return lt_fail(err, LT_E_INVALID, "op_matmul: unknown path %d", (int)path);
+  if ((unsigned)path > MATMUL_GEMM_DIRECT) return lt_fail(err, LT_E_INVALID, "op_matmul: unknown path %d", (int)path);
   if (M == 0 || N == 0) return LT_OK;
   if (K == 0 && accumulate) return LT_OK; /* y += nothing */
   if (x_stride < K || y_stride < N)
@@ -85,7 +84,8 @@ static lt_status_t matmul(gpu_cmd_t *c, gpu_view_t y, uint32_t y_stride, gpu_vie
                    x_stride, y_stride, K, N);
 
   uint64_t ws = lt_dtype_size(wtype);
-  uint64_t xb = 4ull * ((uint64_t)(M - 1) * x_stride + K), wb = ws * N * K, yb = 4ull * ((uint64_t)(M - 1) * y_stride + N);
+  uint64_t xb = 4ull * ((uint64_t)(M - 1) * x_stride + K), wb = ws * N * K,
+           yb = 4ull * ((uint64_t)(M - 1) * y_stride + N);
   char shape[96];
   lt_status_t st;
   snprintf(shape, sizeof shape, "[%u,%u] f32", M, K);
@@ -110,8 +110,8 @@ static lt_status_t matmul(gpu_cmd_t *c, gpu_view_t y, uint32_t y_stride, gpu_vie
     /* On CPU drivers one subgroup per workgroup (its barrier is nearly free) with many rows to share each load of
      * x: on lavapipe, 1x4096x4096 f32, 8 invocations x 16 rows ran at 2.7 GFLOPS, 16 x 8 at 1.2, 64 x 4 at 0.4. */
     uint32_t mr = M < GEMV_MAX_MR ? M : GEMV_MAX_MR;
-    gemv_cfg_t v = caps->kind == GPU_KIND_CPU ? (gemv_cfg_t){caps->subgroup_size, 16, mr}
-                                                 : (gemv_cfg_t){op_wg(OP_GEMV), 4, mr};
+    gemv_cfg_t v =
+        caps->kind == GPU_KIND_CPU ? (gemv_cfg_t){caps->subgroup_size, 16, mr} : (gemv_cfg_t){op_wg(OP_GEMV), 4, mr};
     uint32_t groups = ceil_div(N, v.rows);
     cost = gemv_loop_iters(&v, kv);
     id = OP_GEMV;
@@ -129,8 +129,8 @@ static lt_status_t matmul(gpu_cmd_t *c, gpu_view_t y, uint32_t y_stride, gpu_vie
     gy = ceil_div(M, t->bm);
   }
   if (gx > caps->max_wg_count[0] || gy > caps->max_wg_count[1] || gz > caps->max_wg_count[2])
-    return lt_fail(err, LT_E_LIMIT, "op_matmul: %ux%ux%u needs %ux%ux%u workgroups, more than the device allows", M,
-                   N, K, gx, gy, gz);
+    return lt_fail(err, LT_E_LIMIT, "op_matmul: %ux%ux%u needs %ux%ux%u workgroups, more than the device allows", M, N,
+                   K, gx, gy, gz);
   gpu_pipeline_t *p = op_pipeline(g, id, defines, spec, n_spec, err);
   if (!p) return err ? err->code : LT_E_SHADER;
 
@@ -146,8 +146,8 @@ lt_status_t op_matmul_path(gpu_cmd_t *c, gpu_view_t y, gpu_view_t x, gpu_view_t 
   return matmul(c, y, N, x, K, w, wtype, M, N, K, accumulate, path, err);
 }
 
-lt_status_t op_matmul(gpu_cmd_t *c, gpu_view_t y, gpu_view_t x, gpu_view_t w, lt_dtype_t wtype, uint32_t M,
-                      uint32_t N, uint32_t K, bool accumulate, lt_err_t *err) {
+lt_status_t op_matmul(gpu_cmd_t *c, gpu_view_t y, gpu_view_t x, gpu_view_t w, lt_dtype_t wtype, uint32_t M, uint32_t N,
+                      uint32_t K, bool accumulate, lt_err_t *err) {
   return matmul(c, y, N, x, K, w, wtype, M, N, K, accumulate, MATMUL_AUTO, err);
 }
 

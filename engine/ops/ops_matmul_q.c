@@ -75,8 +75,8 @@ lt_status_t op_matmul_q(gpu_cmd_t *c, gpu_view_t y, uint32_t y_stride, gpu_view_
   if (!quant_params_ok(bits, w->group))
     return lt_fail(err, LT_E_INVALID, "op_matmul_q: group %u is not a positive multiple of %u", w->group, OCTET);
   if (x_stride < K || y_stride < N)
-    return lt_fail(err, LT_E_INVALID, "op_matmul_q: strides x %u, y %u are below the row widths K %u, N %u",
-                   x_stride, y_stride, K, N);
+    return lt_fail(err, LT_E_INVALID, "op_matmul_q: strides x %u, y %u are below the row widths K %u, N %u", x_stride,
+                   y_stride, K, N);
   if (M == 0 || N == 0) return LT_OK;
   if (K == 0 && accumulate) return LT_OK; /* y += nothing */
 
@@ -128,8 +128,14 @@ lt_status_t op_matmul_q(gpu_cmd_t *c, gpu_view_t y, uint32_t y_stride, gpu_view_
   gpu_view_t views[4] = {y, x, w->q, w->scales};
   uint64_t bytes[4] = {yb, xb, qb, sb};
   bool writes[4] = {true, false, false, false};
-  pc_matmul_q_t pc = {.M = M, .N = N, .K = K, .x_stride = x_stride, .y_stride = y_stride,
-                      .kp = quant_padded_cols(K), .n_groups = n_groups, .group = w->group};
+  pc_matmul_q_t pc = {.M = M,
+                      .N = N,
+                      .K = K,
+                      .x_stride = x_stride,
+                      .y_stride = y_stride,
+                      .kp = quant_padded_cols(K),
+                      .n_groups = n_groups,
+                      .group = w->group};
   /* Chunks are whole K tiles or steps of octets, so every chunk but the last ends on an octet. */
   return op_dispatch_k(c, p, id, views, bytes, writes, 4, &pc, cost, accumulate, gx, gy, gz, err);
 }

@@ -39,8 +39,8 @@ static bool rows_vec4(uint32_t n, const gpu_view_t *views, uint32_t n_views) {
 }
 
 /* Fetches the pipeline of a row op for rows of n floats read `passes` times, as vec4 when vec4. NULL with err. */
-static gpu_pipeline_t *rows_pipeline(gpu_cmd_t *c, op_id_t id, const char *what, uint32_t n, uint32_t passes,
-                                     bool vec4, lt_err_t *err) {
+static gpu_pipeline_t *rows_pipeline(gpu_cmd_t *c, op_id_t id, const char *what, uint32_t n, uint32_t passes, bool vec4,
+                                     lt_err_t *err) {
   gpu_t *g = gpu_cmd_gpu(c);
   const gpu_caps_t *caps = gpu_caps(g);
   uint32_t wg = op_rows_wg(id, vec4 ? n / 4 : n, passes, caps->max_wg_invocations, caps->max_shared);
@@ -115,16 +115,16 @@ lt_status_t op_argmax(gpu_cmd_t *c, gpu_view_t idx, gpu_view_t x, uint32_t rows,
   return op_dispatch(c, p, OP_ARGMAX, v, bytes, wr, 2, &pc, gx, gy, 1, err);
 }
 
-lt_status_t op_topk(gpu_cmd_t *c, gpu_view_t idx, gpu_view_t val, gpu_view_t x, uint32_t rows, uint32_t n,
-                    uint32_t k, lt_err_t *err) {
+lt_status_t op_topk(gpu_cmd_t *c, gpu_view_t idx, gpu_view_t val, gpu_view_t x, uint32_t rows, uint32_t n, uint32_t k,
+                    lt_err_t *err) {
   if (k < 1 || k > 32) return lt_fail(err, LT_E_INVALID, "topk: k = %u, must be 1..32", k);
   if (k > n) return lt_fail(err, LT_E_INVALID, "topk: k = %u exceeds the row width %u", k, n);
   if (rows == 0) return LT_OK;
   bool vec4 = rows_vec4(n, &x, 1);
   /* Narrow rows (MoE routing): one invocation per row, k * n / (4 if vec4) iterations each, no barriers. */
   bool per_inv = (uint64_t)k * (vec4 ? n / 4 : n) <= TOPK_PER_INVOCATION_ITERS;
-  gpu_pipeline_t *p = per_inv ? op_pipeline(gpu_cmd_gpu(c), OP_TOPK, vec4 ? "VEC4=1;ROW_PER_INVOCATION=1"
-                                                                          : "ROW_PER_INVOCATION=1", NULL, 0, err)
+  gpu_pipeline_t *p = per_inv ? op_pipeline(gpu_cmd_gpu(c), OP_TOPK,
+                                            vec4 ? "VEC4=1;ROW_PER_INVOCATION=1" : "ROW_PER_INVOCATION=1", NULL, 0, err)
                               : rows_pipeline(c, OP_TOPK, "topk", n, k, vec4, err);
   if (!p) return err ? err->code : LT_E_SHADER;
   pc_rows_t pc = {.rows = rows, .n = n, .k = k};
@@ -132,13 +132,15 @@ lt_status_t op_topk(gpu_cmd_t *c, gpu_view_t idx, gpu_view_t val, gpu_view_t x, 
   uint64_t bytes[3] = {4ull * rows * k, 4ull * rows * k, 4ull * rows * n};
   bool wr[3] = {true, true, false};
   uint32_t gx, gy;
-  if (per_inv) op_grid_1d(rows, op_wg(OP_TOPK), &gx, &gy);
-  else rows_grid(rows, &gx, &gy);
+  if (per_inv)
+    op_grid_1d(rows, op_wg(OP_TOPK), &gx, &gy);
+  else
+    rows_grid(rows, &gx, &gy);
   return op_dispatch(c, p, OP_TOPK, v, bytes, wr, 3, &pc, gx, gy, 1, err);
 }
 
-lt_status_t op_logsumexp(gpu_cmd_t *c, gpu_view_t lse, gpu_view_t nll, gpu_view_t x, gpu_view_t targets,
-                         uint32_t rows, uint32_t n, lt_err_t *err) {
+lt_status_t op_logsumexp(gpu_cmd_t *c, gpu_view_t lse, gpu_view_t nll, gpu_view_t x, gpu_view_t targets, uint32_t rows,
+                         uint32_t n, lt_err_t *err) {
   if (!nll.buf != !targets.buf)
     return lt_fail(err, LT_E_INVALID, "logsumexp: targets and nll must both have buffers or both be empty");
   if (rows == 0) return LT_OK;

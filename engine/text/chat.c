@@ -13,7 +13,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-
 #define OUT_LIMIT (16u << 20) /* bytes of rendered text */
 #define MEM_LIMIT (64u << 20) /* bytes of parse or render working memory */
 #define RANGE_LIMIT 100000    /* entries of range() */
@@ -271,7 +270,8 @@ static val_t strip(val_t s, bool left, bool right, const val_t *chars) {
     bool drop = false;
     if (chars) {
       for (size_t j = 0; j < chars->s.n && !drop;) drop = utf8_next(chars->s.p, chars->s.n, &j) == c;
-    } else drop = py_space(c);
+    } else
+      drop = py_space(c);
     if (!drop) break;
     a = i;
   }
@@ -283,7 +283,8 @@ static val_t strip(val_t s, bool left, bool right, const val_t *chars) {
     bool drop = false;
     if (chars) {
       for (size_t j = 0; j < chars->s.n && !drop;) drop = utf8_next(chars->s.p, chars->s.n, &j) == c;
-    } else drop = py_space(c);
+    } else
+      drop = py_space(c);
     if (!drop) break;
     b = start;
   }
@@ -338,12 +339,18 @@ static void repr_into(jx_t *x, sbuf_t *b, val_t v) {
   sb_add(x, b, &q, 1);
   for (size_t i = 0; i < v.s.n; i++) {
     char c = v.s.p[i];
-    if (c == '\\') sb_str(x, b, "\\\\");
-    else if (c == q) sb_str(x, b, dq ? "\\\"" : "\\'");
-    else if (c == '\n') sb_str(x, b, "\\n");
-    else if (c == '\t') sb_str(x, b, "\\t");
-    else if (c == '\r') sb_str(x, b, "\\r");
-    else sb_add(x, b, &c, 1);
+    if (c == '\\')
+      sb_str(x, b, "\\\\");
+    else if (c == q)
+      sb_str(x, b, dq ? "\\\"" : "\\'");
+    else if (c == '\n')
+      sb_str(x, b, "\\n");
+    else if (c == '\t')
+      sb_str(x, b, "\\t");
+    else if (c == '\r')
+      sb_str(x, b, "\\r");
+    else
+      sb_add(x, b, &c, 1);
   }
   sb_add(x, b, &q, 1);
 }
@@ -367,17 +374,25 @@ static void json_into(jx_t *x, sbuf_t *b, val_t v) {
     for (size_t i = 0; i < v.s.n; i++) {
       unsigned char c = (unsigned char)v.s.p[i];
       char esc[8];
-      if (c == '"') sb_str(x, b, "\\\"");
-      else if (c == '\\') sb_str(x, b, "\\\\");
-      else if (c == '\n') sb_str(x, b, "\\n");
-      else if (c == '\r') sb_str(x, b, "\\r");
-      else if (c == '\t') sb_str(x, b, "\\t");
-      else if (c == '\b') sb_str(x, b, "\\b");
-      else if (c == '\f') sb_str(x, b, "\\f");
+      if (c == '"')
+        sb_str(x, b, "\\\"");
+      else if (c == '\\')
+        sb_str(x, b, "\\\\");
+      else if (c == '\n')
+        sb_str(x, b, "\\n");
+      else if (c == '\r')
+        sb_str(x, b, "\\r");
+      else if (c == '\t')
+        sb_str(x, b, "\\t");
+      else if (c == '\b')
+        sb_str(x, b, "\\b");
+      else if (c == '\f')
+        sb_str(x, b, "\\f");
       else if (c < 0x20) {
         snprintf(esc, sizeof esc, "\\u%04x", c);
         sb_str(x, b, esc);
-      } else sb_add(x, b, (const char *)&v.s.p[i], 1);
+      } else
+        sb_add(x, b, (const char *)&v.s.p[i], 1);
     }
     sb_str(x, b, "\"");
     break;
@@ -422,7 +437,8 @@ static char *normalise(jx_t *x, const char *src, size_t *n_out) {
     if (src[i] == '\r') {
       if (i + 1 < n && src[i + 1] == '\n') i++;
       s[o++] = '\n';
-    } else s[o++] = src[i];
+    } else
+      s[o++] = src[i];
   }
   if (o && s[o - 1] == '\n') o--;
   s[o] = '\0';
@@ -472,8 +488,10 @@ static piece_t *split(jx_t *x, const char *s, size_t n, size_t *np) {
     t->k = open == '{' ? PK_VAR : open == '%' ? PK_BLOCK : PK_COMMENT;
     t->line = line;
     size_t a0 = j + 2;
-    if (a0 < n && s[a0] == '-') t->strip_before = true, a0++;
-    else if (a0 < n && s[a0] == '+' && t->k != PK_VAR) t->plus = true, a0++;
+    if (a0 < n && s[a0] == '-')
+      t->strip_before = true, a0++;
+    else if (a0 < n && s[a0] == '+' && t->k != PK_VAR)
+      t->plus = true, a0++;
     char c1 = t->k == PK_VAR ? '}' : t->k == PK_BLOCK ? '%' : '#';
     size_t close = find_close(s, n, a0, c1, '}', t->k != PK_COMMENT);
     x->line = line;
@@ -494,7 +512,8 @@ static piece_t *split(jx_t *x, const char *s, size_t n, size_t *np) {
     size_t lo = 0, hi = t->n;
     if (prev && prev->strip_after) {
       while (lo < hi && strchr(" \t\n\r\f\v", t->p[lo])) lo++;
-    } else if (prev && (prev->k == PK_BLOCK || prev->k == PK_COMMENT) && t->n && t->p[0] == '\n') lo = 1;
+    } else if (prev && (prev->k == PK_BLOCK || prev->k == PK_COMMENT) && t->n && t->p[0] == '\n')
+      lo = 1;
     if (next && next->strip_before) {
       while (hi > lo && strchr(" \t\n\r\f\v", t->p[hi - 1])) hi--;
     } else if (next && (next->k == PK_BLOCK || next->k == PK_COMMENT) && !next->plus) {
@@ -533,8 +552,10 @@ static int hexval(char c) {
 static void put_utf8(jx_t *x, sbuf_t *b, uint32_t c) {
   char u[4];
   size_t n;
-  if (c < 0x80) u[0] = (char)c, n = 1;
-  else if (c < 0x800) u[0] = (char)(0xc0 | c >> 6), u[1] = (char)(0x80 | (c & 0x3f)), n = 2;
+  if (c < 0x80)
+    u[0] = (char)c, n = 1;
+  else if (c < 0x800)
+    u[0] = (char)(0xc0 | c >> 6), u[1] = (char)(0x80 | (c & 0x3f)), n = 2;
   else if (c < 0x10000)
     u[0] = (char)(0xe0 | c >> 12), u[1] = (char)(0x80 | (c >> 6 & 0x3f)), u[2] = (char)(0x80 | (c & 0x3f)), n = 3;
   else
@@ -721,8 +742,10 @@ static bool skip_name(parser_t *p, const char *w) {
 }
 
 static void describe(const jtok_t *t, char *buf, size_t n) {
-  if (t->t == J_END) snprintf(buf, n, "end of tag");
-  else snprintf(buf, n, "'%.*s'", (int)(t->n > 40 ? 40 : t->n), t->p);
+  if (t->t == J_END)
+    snprintf(buf, n, "end of tag");
+  else
+    snprintf(buf, n, "'%.*s'", (int)(t->n > 40 ? 40 : t->n), t->p);
 }
 
 static void expect_op(parser_t *p, const char *op) {
@@ -769,9 +792,12 @@ static node_t *parse_primary(parser_t *p) {
   if (t->t == J_NAME) {
     p->it++;
     n = mk(p, N_CONST);
-    if (is_name(t, "true") || is_name(t, "True")) n->v = v_bool(true);
-    else if (is_name(t, "false") || is_name(t, "False")) n->v = v_bool(false);
-    else if (is_name(t, "none") || is_name(t, "None")) n->v = v_none();
+    if (is_name(t, "true") || is_name(t, "True"))
+      n->v = v_bool(true);
+    else if (is_name(t, "false") || is_name(t, "False"))
+      n->v = v_bool(false);
+    else if (is_name(t, "none") || is_name(t, "None"))
+      n->v = v_none();
     else {
       n->k = N_NAME;
       n->s = jstrdup(p->x, t->p, t->n);
@@ -870,7 +896,8 @@ static node_t *parse_postfix(parser_t *p, node_t *n) {
       m->a = n;
       parse_args(p, m);
       n = m;
-    } else return n;
+    } else
+      return n;
   }
 }
 
@@ -891,7 +918,8 @@ static node_t *parse_filters(parser_t *p, node_t *n) {
       m->a = n;
       if (skip_op(p, "(")) parse_args(p, m);
       n = m;
-    } else return n;
+    } else
+      return n;
   }
 }
 
@@ -903,7 +931,8 @@ static node_t *parse_unary(parser_t *p, bool with_filter) {
     n->a = parse_unary(p, false);
   } else if (skip_op(p, "+")) {
     n = parse_unary(p, false);
-  } else n = parse_postfix(p, parse_primary(p));
+  } else
+    n = parse_postfix(p, parse_primary(p));
   p->depth--;
   return with_filter ? parse_filters(p, n) : n;
 }
@@ -924,7 +953,8 @@ static node_t *parse_math2(parser_t *p) {
       n = binary(p, t->p, n, parse_unary(p, true));
     } else if (is_op(t, "/") || is_op(t, "**")) {
       jfail(p->x, LT_E_UNSUPPORTED, "the '%.*s' operator is not supported", (int)t->n, t->p);
-    } else return n;
+    } else
+      return n;
   }
 }
 
@@ -937,9 +967,12 @@ static node_t *parse_concat(parser_t *p) {
 static node_t *parse_math1(parser_t *p) {
   node_t *n = parse_concat(p);
   for (;;) {
-    if (skip_op(p, "+")) n = binary(p, "+", n, parse_concat(p));
-    else if (skip_op(p, "-")) n = binary(p, "-", n, parse_concat(p));
-    else return n;
+    if (skip_op(p, "+"))
+      n = binary(p, "+", n, parse_concat(p));
+    else if (skip_op(p, "-"))
+      n = binary(p, "-", n, parse_concat(p));
+    else
+      return n;
   }
 }
 
@@ -1039,7 +1072,8 @@ static node_t *parse_if(parser_t *p) {
     end_tag(p);
     if (!parse_body(p, &n->kids2, end)) jfail(p->x, LT_E_INVALID, "'if' without 'endif'");
     end_tag(p);
-  } else end_tag(p);
+  } else
+    end_tag(p);
   return n;
 }
 
@@ -1111,10 +1145,14 @@ static const char *parse_body(parser_t *p, parr_t *body, const char *const *stop
         p->depth--;
         return stop[i];
       }
-    if (is_name(kw, "if")) parr_push(p->x, body, parse_if(p));
-    else if (is_name(kw, "for")) parr_push(p->x, body, parse_for(p));
-    else if (is_name(kw, "set")) parr_push(p->x, body, parse_set(p));
-    else if (is_name(kw, "generation")) { /* Hugging Face's marker of assistant text: rendered as is */ end_tag(p);
+    if (is_name(kw, "if"))
+      parr_push(p->x, body, parse_if(p));
+    else if (is_name(kw, "for"))
+      parr_push(p->x, body, parse_for(p));
+    else if (is_name(kw, "set"))
+      parr_push(p->x, body, parse_set(p));
+    else if (is_name(kw, "generation")) { /* Hugging Face's marker of assistant text: rendered as is */
+      end_tag(p);
       node_t *n = mk(p, N_BODY);
       if (!parse_body(p, &n->kids, end_gen)) jfail(p->x, LT_E_INVALID, "'generation' without 'endgeneration'");
       end_tag(p);
@@ -1122,7 +1160,8 @@ static const char *parse_body(parser_t *p, parr_t *body, const char *const *stop
     } else if (is_name(kw, "elif") || is_name(kw, "else") || is_name(kw, "endif") || is_name(kw, "endfor") ||
                is_name(kw, "endset") || is_name(kw, "endgeneration"))
       jfail(p->x, LT_E_INVALID, "unexpected '%.*s'", (int)kw->n, kw->p);
-    else jfail(p->x, LT_E_UNSUPPORTED, "'%.*s' tags are not supported", (int)kw->n, kw->p);
+    else
+      jfail(p->x, LT_E_UNSUPPORTED, "'%.*s' tags are not supported", (int)kw->n, kw->p);
   }
   p->depth--;
   return NULL;
@@ -1539,8 +1578,10 @@ static val_t call_method(rx_t *r, val_t obj, const char *name, const args_t *a) 
       vlist_t *l = list_new(r->x, obj.d->n);
       for (size_t i = 0; i < obj.d->n; i++) {
         val_t k = v_str(obj.d->k[i], obj.d->kn[i]);
-        if (name[0] == 'k') l->v[i] = k;
-        else if (name[0] == 'v') l->v[i] = obj.d->v[i];
+        if (name[0] == 'k')
+          l->v[i] = k;
+        else if (name[0] == 'v')
+          l->v[i] = obj.d->v[i];
         else {
           vlist_t *pair = list_new(r->x, 2);
           pair->v[0] = k, pair->v[1] = obj.d->v[i];
@@ -1841,7 +1882,8 @@ static void exec_for(rx_t *r, const node_t *n) {
   }
   for (size_t i = 0; i < l->n; i++) {
     val_t v = l->v[i];
-    if (n->names.n == 1) dict_sets(r->x, s.vars, n->names.v[0], v);
+    if (n->names.n == 1)
+      dict_sets(r->x, s.vars, n->names.v[0], v);
     else {
       if (v.t != V_LIST || v.l->n != n->names.n)
         jfail(r->x, LT_E_INVALID, "cannot unpack %s into %zu names", vt_name(v.t), n->names.n);
@@ -1866,8 +1908,10 @@ static void exec_for(rx_t *r, const node_t *n) {
 
 static void exec_set(rx_t *r, const node_t *n) {
   val_t v;
-  if (n->a) v = eval(r, n->a);
-  else { /* {% set x %}...{% endset %} */ sbuf_t b = {0}, *saved = r->capture;
+  if (n->a)
+    v = eval(r, n->a);
+  else { /* {% set x %}...{% endset %} */
+    sbuf_t b = {0}, *saved = r->capture;
     r->capture = &b;
     exec_body(r, &n->kids);
     r->capture = saved;
@@ -1878,7 +1922,8 @@ static void exec_set(rx_t *r, const node_t *n) {
     val_t ns = lookup(r, n->s, n->sn);
     if (ns.t != V_DICT || !ns.d->ns) jfail(r->x, LT_E_INVALID, "'%s' is not a namespace", n->s);
     dict_sets(r->x, ns.d, n->attr, v);
-  } else dict_set(r->x, r->top->vars, n->s, n->sn, v);
+  } else
+    dict_set(r->x, r->top->vars, n->s, n->sn, v);
 }
 
 static void exec_body(rx_t *r, const parr_t *body) {

@@ -117,7 +117,8 @@ lt_status_t jsonl_row_tokens(const tok_t *tok, const json_t *row, unsigned flags
   *ids = NULL;
   *n = 0;
   *first = 1;
-  const char *text = jsonl_str(row, "text"), *prompt = jsonl_str(row, "prompt"), *completion = jsonl_str(row, "completion");
+  const char *text = jsonl_str(row, "text"), *prompt = jsonl_str(row, "prompt"),
+             *completion = jsonl_str(row, "completion");
   if (!text && !(prompt && completion))
     return lt_fail(err, LT_E_INVALID, "%s: needs a \"text\" string, or \"prompt\" and \"completion\" strings", where);
   const char *head = text ? text : prompt;
@@ -127,7 +128,8 @@ lt_status_t jsonl_row_tokens(const tok_t *tok, const json_t *row, unsigned flags
   size_t nc = 0;
   if ((st = tok_encode(tok, completion, strlen(completion), 0, &cids, &nc, err)) != LT_OK) return st;
   int32_t *all = realloc(*ids, (*n + nc + 1) * sizeof *all);
-  if (!all) st = lt_fail(err, LT_E_NOMEM, "out of memory");
+  if (!all)
+    st = lt_fail(err, LT_E_NOMEM, "out of memory");
   else {
     memcpy(all + *n, cids, nc * sizeof *cids);
     *ids = all;

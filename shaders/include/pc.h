@@ -2,6 +2,8 @@
  * A shader selects its struct by defining PC_<NAME> before including this file; C sees them all.
  * Only 4-byte scalar fields: the C and std430 push-constant layouts then agree without padding rules.
  * Every struct stays at most 128 bytes (the minimum maxPushConstantsSize). */
+/* The fields between PC_BEGIN and PC_END are struct members, which clang-format cannot see through the macros. */
+/* clang-format off */
 #ifndef LATHE_PC_H
 #define LATHE_PC_H
 
@@ -227,4 +229,5 @@ PC_BEGIN(pc_reduce)
 PC_END(pc_reduce)
 #endif
 
+/* clang-format on */
 #endif

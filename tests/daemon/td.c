@@ -144,8 +144,10 @@ int64_t td_sleep(lc_t *c, int64_t steps, int64_t delay_ms, ...) {
   while ((k = va_arg(ap, const char *))) {
     int64_t v = va_arg(ap, int64_t);
     mpw_str(&w, k);
-    if (!strcmp(k, "ignore_cancel")) mpw_bool(&w, v != 0);
-    else mpw_int(&w, v);
+    if (!strcmp(k, "ignore_cancel"))
+      mpw_bool(&w, v != 0);
+    else
+      mpw_int(&w, v);
   }
   va_end(ap);
   mpw_end(&w);

@@ -11,11 +11,11 @@
 #include "jobs/kind.h"
 
 typedef struct td {
-  char dir[64];   /* the test's own folder under /tmp */
-  char sock[128]; /* its socket */
-  char home[128]; /* its store */
-  char log[128];  /* the daemon's stderr */
-  pid_t pid;      /* the running lathed, 0 when none */
+  char dir[64];         /* the test's own folder under /tmp */
+  char sock[128];       /* its socket */
+  char home[128];       /* its store */
+  char log[128];        /* the daemon's stderr */
+  pid_t pid;            /* the running lathed, 0 when none */
   const char *args[16]; /* extra lathed arguments, NULL-terminated */
 } td_t;
 

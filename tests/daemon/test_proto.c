@@ -28,8 +28,8 @@ Test(proto, prepass_limits) {
 }
 
 Test(proto, defaults_fill_in_and_cli_flags_do_not_collide) {
-  static const char *const reserved[] = {"json", "no_autostart", "socket", "connect", "server_key", "key",
-                                         "help", "priority", "hold", "sid"};
+  static const char *const reserved[] = {"json", "no_autostart", "socket",   "connect", "server_key",
+                                         "key",  "help",         "priority", "hold",    "sid"};
   for (size_t i = 0; i < kind_count(); i++) {
     const kind_t *k = kind_at(i);
     for (size_t p = 0; p < k->n_params; p++)

@@ -92,7 +92,8 @@ Test(security, tcp_without_an_allow_folder_is_refused) {
   char empty[96];
   snprintf(empty, sizeof empty, "%s/empty", t.dir);
   util_mkdir_p(empty, 0700, NULL);
-  rc = td_start_expect_exit(&t, (const char *const[]){"--tcp", "tcp://127.0.0.1:1", "--curve-allow", empty, NULL}, 5000);
+  rc =
+      td_start_expect_exit(&t, (const char *const[]){"--tcp", "tcp://127.0.0.1:1", "--curve-allow", empty, NULL}, 5000);
   cr_assert(rc > 0, "lathed must refuse TCP with no allowed key (exit %d)", rc);
 }
 

@@ -58,8 +58,9 @@ Test(steer_jobs, vector_generate_layers_and_eval) {
   char v1[256], v2[256];
   write_file("pos.jsonl", pos_set);
   write_file("neg.jsonl", neg_set);
-  cr_assert_eq(lathe(out, sizeof out, "run steer-vector --model " STORIES
-                                      " --positive pos.jsonl --negative neg.jsonl --layer 2 --output happy.safetensors"),
+  cr_assert_eq(lathe(out, sizeof out,
+                     "run steer-vector --model " STORIES
+                     " --positive pos.jsonl --negative neg.jsonl --layer 2 --output happy.safetensors"),
                0, "%s", out);
   cr_assert_str_eq(field(out, "layer", v1, sizeof v1), "2");
   cr_assert(atof(field(out, "norm", v1, sizeof v1)) > 0, "%s", out);
@@ -86,8 +87,9 @@ Test(steer_jobs, vector_generate_layers_and_eval) {
   /* steer-layers: one row per layer (0..5), a layer chosen in the default band 1..3, and the plot. */
   write_file("texts.jsonl", "{\"text\": \"Once upon a time, there was a little girl named Lily.\"}\n"
                             "{\"text\": \"She loved to play outside in the park with her dog.\"}\n");
-  cr_assert_eq(lathe(out, sizeof out, "run steer-layers --model " STORIES
-                                      " --data texts.jsonl --positive pos.jsonl --negative neg.jsonl"),
+  cr_assert_eq(lathe(out, sizeof out,
+                     "run steer-layers --model " STORIES
+                     " --data texts.jsonl --positive pos.jsonl --negative neg.jsonl"),
                0, "%s", out);
   cr_assert(strstr(out, "\"layer\":5"), "%s", out);
   int chosen = atoi(field(out, "chosen_layer", v1, sizeof v1));
@@ -108,9 +110,10 @@ Test(steer_jobs, vector_generate_layers_and_eval) {
   cr_assert(strstr(out, "3 words"), "%s", out);
   /* steer-eval: both conditions and the summary. */
   write_file("prompts.jsonl", "{\"prompt\": \"Lily was\", \"continuation\": \" happy.\"}\n");
-  cr_assert_eq(lathe(out, sizeof out, "run steer-eval --model " STORIES
-                                      " --prompts prompts.jsonl --steer-vector happy.safetensors --target happy "
-                                      "--avoid sad --samples 2 --max-tokens 8"),
+  cr_assert_eq(lathe(out, sizeof out,
+                     "run steer-eval --model " STORIES
+                     " --prompts prompts.jsonl --steer-vector happy.safetensors --target happy "
+                     "--avoid sad --samples 2 --max-tokens 8"),
                0, "%s", out);
   cr_assert(strstr(out, "\"condition\":\"unsteered\"") && strstr(out, "\"condition\":\"steered\""), "%s", out);
   cr_assert_str_eq(field(out, "continuation_tokens", v1, sizeof v1), "3");
@@ -127,8 +130,8 @@ Test(steer_jobs, contradictory_options_are_usage_errors) {
   cr_assert_eq(lathe(out, sizeof out, cmd), 2, "contrast without a layer");
   cr_assert_eq(lathe(out, sizeof out, "run steer-eval --model " STORIES " --prompts /tmp/p.jsonl"), 2,
                "steer-eval without a method");
-  cr_assert_eq(lathe(out, sizeof out, "run steer-layers --model " STORIES " --data /tmp/d.jsonl --positive /tmp/p"),
-               2, "positive without negative");
+  cr_assert_eq(lathe(out, sizeof out, "run steer-layers --model " STORIES " --data /tmp/d.jsonl --positive /tmp/p"), 2,
+               "positive without negative");
   cr_assert_eq(lathe(out, sizeof out, "run steer-layers --model " STORIES " --data /tmp/d.jsonl --select median"), 2,
                "unknown correlation");
 }

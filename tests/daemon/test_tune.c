@@ -27,10 +27,12 @@ static void write_data(char *path, size_t n, const char *name, int rows, int sal
   static const char *const words[] = {"the", "lord", "said", "unto", "moses", "and", "aaron", "speak"};
   for (int i = 0; i < rows; i++) {
     int j = i + salt;
-    if (i % 3 == 2) fprintf(f, "{\"prompt\": \"%s %s\", \"completion\": \" %s %s %s\"}\n", words[j % 8],
-                            words[(j + 3) % 8], words[(j + 1) % 8], words[(j * 5) % 8], words[(j + 6) % 8]);
-    else fprintf(f, "{\"text\": \"%s %s %s %s\"}\n", words[j % 8], words[(j * 3) % 8], words[(j + 2) % 8],
-                 words[(j * 7) % 8]);
+    if (i % 3 == 2)
+      fprintf(f, "{\"prompt\": \"%s %s\", \"completion\": \" %s %s %s\"}\n", words[j % 8], words[(j + 3) % 8],
+              words[(j + 1) % 8], words[(j * 5) % 8], words[(j + 6) % 8]);
+    else
+      fprintf(f, "{\"text\": \"%s %s %s %s\"}\n", words[j % 8], words[(j * 3) % 8], words[(j + 2) % 8],
+              words[(j * 7) % 8]);
   }
   cr_assert_eq(fclose(f), 0);
 }
@@ -44,8 +46,10 @@ static int64_t submit(lc_t *c, const char *const *kv, const char *const *int_key
   for (int i = 0; kv[i]; i += 2) {
     mpw_str(&w, kv[i]);
     /* Booleans travel as msgpack booleans. */
-    if (!strcmp(kv[i + 1], "true") || !strcmp(kv[i + 1], "false")) mpw_bool(&w, !strcmp(kv[i + 1], "true"));
-    else mpw_str(&w, kv[i + 1]);
+    if (!strcmp(kv[i + 1], "true") || !strcmp(kv[i + 1], "false"))
+      mpw_bool(&w, !strcmp(kv[i + 1], "true"));
+    else
+      mpw_str(&w, kv[i + 1]);
   }
   for (int i = 0; int_keys && int_keys[i]; i++) {
     mpw_str(&w, int_keys[i]);
@@ -58,18 +62,24 @@ static int64_t submit(lc_t *c, const char *const *kv, const char *const *int_key
   lt_err_t err = {0};
   int64_t id = lc_submit(c, "tune", w.sb.data, w.sb.size, NULL, 0, false, NULL, &pe, &err);
   mpw_free(&w);
-  if (pe_out) *pe_out = pe;
-  else cr_assert_gt(id, 0, "submit: %s %s", err.msg, pe.msg);
+  if (pe_out)
+    *pe_out = pe;
+  else
+    cr_assert_gt(id, 0, "submit: %s %s", err.msg, pe.msg);
   return id;
 }
 
 /* A float (or integer) field of a result map into *v. */
 static bool mp_as_double(const msgpack_object *o, double *v) {
   if (!o) return false;
-  if (o->type == MSGPACK_OBJECT_FLOAT64 || o->type == MSGPACK_OBJECT_FLOAT32) *v = o->via.f64;
-  else if (o->type == MSGPACK_OBJECT_POSITIVE_INTEGER) *v = (double)o->via.u64;
-  else if (o->type == MSGPACK_OBJECT_NEGATIVE_INTEGER) *v = (double)o->via.i64;
-  else return false;
+  if (o->type == MSGPACK_OBJECT_FLOAT64 || o->type == MSGPACK_OBJECT_FLOAT32)
+    *v = o->via.f64;
+  else if (o->type == MSGPACK_OBJECT_POSITIVE_INTEGER)
+    *v = (double)o->via.u64;
+  else if (o->type == MSGPACK_OBJECT_NEGATIVE_INTEGER)
+    *v = (double)o->via.i64;
+  else
+    return false;
   return true;
 }
 
@@ -145,8 +155,23 @@ Test(tune, lora_and_adapter_results_and_the_forgetting_measure) {
   snprintf(out_d, sizeof out_d, "%s/adapter", t.dir);
   const char *const ik[] = {"steps", "batch", "eval_every", "seq_len", NULL};
   const int64_t iv[] = {12, 4, 6, 16};
-  const char *const kv_l[] = {"model",  TINY,  "data", data, "eval", ev, "eval_general", gen, "output", out_l,
-                              "train", "lora", "lora_targets", "q,k,v,o,gate,up,down", "merge", "true", NULL};
+  const char *const kv_l[] = {"model",
+                              TINY,
+                              "data",
+                              data,
+                              "eval",
+                              ev,
+                              "eval_general",
+                              gen,
+                              "output",
+                              out_l,
+                              "train",
+                              "lora",
+                              "lora_targets",
+                              "q,k,v,o,gate,up,down",
+                              "merge",
+                              "true",
+                              NULL};
   int64_t l = submit(c, kv_l, ik, iv, 5e-3, NULL);
   td_wait_state(c, l, "succeeded", 90000);
   cr_assert(exists(out_l, "adapter_config.json") && exists(out_l, "adapter_model.safetensors"));

@@ -24,10 +24,12 @@ static void write_data(char *path, size_t n) {
   cr_assert(f != NULL);
   static const char *const words[] = {"the", "lord", "said", "unto", "moses", "and", "aaron", "speak"};
   for (int i = 0; i < 24; i++) {
-    if (i % 4 == 3) fprintf(f, "{\"prompt\": \"%s %s\", \"completion\": \" %s %s %s\"}\n", words[i % 8],
-                            words[(i + 3) % 8], words[(i + 1) % 8], words[(i * 5) % 8], words[(i + 6) % 8]);
-    else fprintf(f, "{\"text\": \"%s %s %s %s %s\"}\n", words[i % 8], words[(i * 3) % 8], words[(i + 2) % 8],
-                 words[(i * 7) % 8], words[(i + 5) % 8]);
+    if (i % 4 == 3)
+      fprintf(f, "{\"prompt\": \"%s %s\", \"completion\": \" %s %s %s\"}\n", words[i % 8], words[(i + 3) % 8],
+              words[(i + 1) % 8], words[(i * 5) % 8], words[(i + 6) % 8]);
+    else
+      fprintf(f, "{\"text\": \"%s %s %s %s %s\"}\n", words[i % 8], words[(i * 3) % 8], words[(i + 2) % 8],
+              words[(i * 7) % 8], words[(i + 5) % 8]);
   }
   cr_assert_eq(fclose(f), 0);
 }

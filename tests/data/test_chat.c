@@ -160,7 +160,8 @@ static void expect_error(const char *src, lt_status_t code, const char *msg) {
     cr_assert_eq(chat_render(t, NULL, 0, false, &out, &len, &err), code, "%s: %s", src, err.msg);
     cr_assert_null(out);
     chat_tmpl_destroy(&t);
-  } else cr_assert_eq(err.code, code, "%s: %s", src, err.msg);
+  } else
+    cr_assert_eq(err.code, code, "%s: %s", src, err.msg);
   cr_assert(strstr(err.msg, msg), "%s: %s", src, err.msg);
 }
 

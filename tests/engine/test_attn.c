@@ -17,11 +17,12 @@ static float *rope_gpu(const float *x, const int32_t *pos, uint32_t rows, uint32
   uint64_t n = (uint64_t)rows * n_heads * head_dim;
   float *table = talloc((uint64_t)max_pos * rot_dim);
   rope_table_build(table, max_pos, rot_dim, theta, sc);
-  gpu_buf_t *bx = tbuf_f32(x, n), *bp = tbuf_bytes(pos, 4ull * rows), *bt = tbuf_f32(table, (uint64_t)max_pos * rot_dim);
+  gpu_buf_t *bx = tbuf_f32(x, n), *bp = tbuf_bytes(pos, 4ull * rows),
+            *bt = tbuf_f32(table, (uint64_t)max_pos * rot_dim);
   lt_err_t err = {0};
   gpu_cmd_t *c = tbegin();
-  cr_assert_eq(op_rope(c, gv(bx), gv(bp), gv(bt), rows, n_heads, head_dim, rot_dim, neox, max_pos, &err), LT_OK,
-               "%s", err.msg);
+  cr_assert_eq(op_rope(c, gv(bx), gv(bp), gv(bt), rows, n_heads, head_dim, rot_dim, neox, max_pos, &err), LT_OK, "%s",
+               err.msg);
   tfinish(&c);
   float *got = tread_f32(bx, n);
   free(table);
@@ -71,8 +72,8 @@ Test(attn, rope_rows_past_the_grid_y_limit) {
 Test(attn, rope_llama3_scaling_at_large_positions) {
   /* Llama 3.1 settings; with theta 500000 and 64 rotated dims, pairs 0..14 keep their frequency, 15..17 are
    * interpolated and 18..31 are divided by the factor, so all three branches are exercised. */
-  rope_scaling_t sc = {.type = 1, .factor = 8, .low_freq_factor = 1, .high_freq_factor = 4,
-                       .original_max_position = 8192};
+  rope_scaling_t sc = {
+      .type = 1, .factor = 8, .low_freq_factor = 1, .high_freq_factor = 4, .original_max_position = 8192};
   int32_t pos[] = {0, 1, 2047, 8191, 8192, 32767, 65536, 99999, 100000};
   uint32_t rows = 9, n_heads = 3, hd = 64, max_pos = 100001;
   uint64_t n = (uint64_t)rows * n_heads * hd, seed = 4242;

@@ -110,11 +110,12 @@ Test(driver, gl_workgroup_size_before_its_declaration) {
    * every output went unwritten. common.glsl now declares the size itself and exposes WG_X. This test pins
    * the compiler behaviour down so a change to it is noticed. */
   uint32_t *o = run_probe("trap_wgsize_early.comp", 64, (pc_canary_t){0}, 5);
-  cr_log_info("gl_WorkGroupSize.x before the declaration reads %u, after it %u; %u invocations ran", o[0], o[1],
-              o[2]);
+  cr_log_info("gl_WorkGroupSize.x before the declaration reads %u, after it %u; %u invocations ran", o[0], o[1], o[2]);
   cr_assert_eq(o[2], 64, "the workgroup has %u invocations, not 64", o[2]);
   cr_assert_eq(o[1], 64, "after its declaration gl_WorkGroupSize.x reads %u, not 64", o[1]);
-  cr_assert_eq(o[0], 1, "before its declaration gl_WorkGroupSize.x reads %u: the compiler changed; revisit the "
-               "note in shaders/include/common.glsl", o[0]);
+  cr_assert_eq(o[0], 1,
+               "before its declaration gl_WorkGroupSize.x reads %u: the compiler changed; revisit the "
+               "note in shaders/include/common.glsl",
+               o[0]);
   free(o);
 }

@@ -61,12 +61,30 @@ Test(eltwise, scale_and_activations) {
     gpu_cmd_t *c = tbegin();
     lt_status_t st = LT_OK;
     switch (cases[k].which) {
-    case 0: st = op_scale(c, gv(by), gv(ba), -0.37f, n, &err); ref_scale(want, a, -0.37f, n); break;
-    case 1: st = op_silu(c, gv(by), gv(ba), n, &err); ref_silu(want, a, n); break;
-    case 2: st = op_gelu(c, gv(by), gv(ba), n, &err); ref_gelu(want, a, n); break;
-    case 3: st = op_swiglu(c, gv(by), gv(ba), gv(bu), n, &err); ref_swiglu(want, a, u, n); break;
-    case 4: st = op_relu(c, gv(by), gv(ba), n, &err); ref_relu(want, a, n); break;
-    case 5: st = op_relu_backward(c, gv(by), gv(bu), gv(ba), n, &err); ref_relu_backward(want, u, a, n); break;
+    case 0:
+      st = op_scale(c, gv(by), gv(ba), -0.37f, n, &err);
+      ref_scale(want, a, -0.37f, n);
+      break;
+    case 1:
+      st = op_silu(c, gv(by), gv(ba), n, &err);
+      ref_silu(want, a, n);
+      break;
+    case 2:
+      st = op_gelu(c, gv(by), gv(ba), n, &err);
+      ref_gelu(want, a, n);
+      break;
+    case 3:
+      st = op_swiglu(c, gv(by), gv(ba), gv(bu), n, &err);
+      ref_swiglu(want, a, u, n);
+      break;
+    case 4:
+      st = op_relu(c, gv(by), gv(ba), n, &err);
+      ref_relu(want, a, n);
+      break;
+    case 5:
+      st = op_relu_backward(c, gv(by), gv(bu), gv(ba), n, &err);
+      ref_relu_backward(want, u, a, n);
+      break;
     }
     cr_assert_eq(st, LT_OK, "%s", err.msg);
     tfinish(&c);
@@ -126,7 +144,8 @@ Test(eltwise, scatter_add_weighted_rows) {
   trand(w, n, 0, 1, &seed);
   memcpy(want, y, yr * d * 4);
   ref_scatter_add(want, x, ids, w, n, d, yr);
-  gpu_buf_t *by = tbuf_f32(y, yr * d), *bx = tbuf_f32(x, n * d), *bi = tbuf_bytes(ids, sizeof ids), *bw = tbuf_f32(w, n);
+  gpu_buf_t *by = tbuf_f32(y, yr * d), *bx = tbuf_f32(x, n * d), *bi = tbuf_bytes(ids, sizeof ids),
+            *bw = tbuf_f32(w, n);
   lt_err_t err = {0};
   gpu_cmd_t *c = tbegin();
   cr_assert_eq(op_scatter_add(c, gv(by), gv(bx), gv(bi), gv(bw), n, d, yr, &err), LT_OK, "%s", err.msg);

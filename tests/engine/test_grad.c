@@ -204,7 +204,9 @@ static double attn_loss(const float *q, const float *k, const float *v, const fl
 }
 
 Test(grad, attention_forward_with_lse_and_backward) {
-  struct { uint32_t T, H, KV, hd; } shapes[] = {{1, 2, 1, 8}, {19, 4, 2, 16}, {33, 6, 2, 12}, {7, 3, 3, 5}};
+  struct {
+    uint32_t T, H, KV, hd;
+  } shapes[] = {{1, 2, 1, 8}, {19, 4, 2, 16}, {33, 6, 2, 12}, {7, 3, 3, 5}};
   for (int si = 0; si < 4; si++) {
     uint32_t T = shapes[si].T, H = shapes[si].H, KV = shapes[si].KV, hd = shapes[si].hd;
     float scale = 1.0f / sqrtf((float)hd);
@@ -241,8 +243,8 @@ Test(grad, attention_forward_with_lse_and_backward) {
     gpu_cmd_t *c = tbegin();
     cr_assert_eq(op_attention_lse(c, gv(bo), gv(bl), gv(bq), gv(bk), gv(bv), T, H, KV, hd, scale, &err), LT_OK, "%s",
                  err.msg);
-    cr_assert_eq(op_attention_backward(c, gv(bdq), gv(bdk), gv(bdv), gv(bq), gv(bk), gv(bv), gv(bo), gv(bdo), gv(bl),
-                                       T, H, KV, hd, scale, &err),
+    cr_assert_eq(op_attention_backward(c, gv(bdq), gv(bdk), gv(bdv), gv(bq), gv(bk), gv(bv), gv(bo), gv(bdo), gv(bl), T,
+                                       H, KV, hd, scale, &err),
                  LT_OK, "%s", err.msg);
     tfinish(&c);
     float *go = tread_f32(bo, nq), *gl = tread_f32(bl, nl), *gq = tread_f32(bdq, nq), *gk = tread_f32(bdk, nk),
@@ -342,8 +344,13 @@ Test(grad, adamw_steps_and_sum_of_squares) {
   for (uint32_t step = 1; step <= 5; step++) {
     trand(g, n, -1, 1, &seed);
     cr_assert_eq(gpu_upload(bg, 0, g, n * 4, &err), LT_OK);
-    adamw_params_t a = {.lr = 1e-2f, .beta1 = 0.9f, .beta2 = 0.999f, .eps = 1e-8f, .weight_decay = 0.1f,
-                        .grad_scale = 0.5f, .step = step};
+    adamw_params_t a = {.lr = 1e-2f,
+                        .beta1 = 0.9f,
+                        .beta2 = 0.999f,
+                        .eps = 1e-8f,
+                        .weight_decay = 0.1f,
+                        .grad_scale = 0.5f,
+                        .step = step};
     ref_adamw(p, g, m, v, n, &a);
     gpu_cmd_t *c = tbegin();
     cr_assert_eq(op_adamw(c, gv(bp), gv(bg), gv(bm), gv(bv), n, &a, &err), LT_OK, "%s", err.msg);

@@ -15,7 +15,7 @@ typedef struct shape {
 
 /* Shapes that are not multiples of any tile or workgroup size; K a multiple of 8 (vector loads for f32 and f16
  * weights), of 4 only (f32 vector loads), or odd (scalar loads); M above one direct tile (128 rows). */
-static const shape_t odd_shapes[] = {{1, 37, 53},  {3, 129, 77}, {67, 65, 131}, {130, 33, 257}, {5, 70, 64},
+static const shape_t odd_shapes[] = {{1, 37, 53},    {3, 129, 77}, {67, 65, 131}, {130, 33, 257}, {5, 70, 64},
                                      {33, 130, 136}, {261, 9, 20}, {2, 3, 1},     {65, 1, 4},     {1, 1, 1}};
 #define N_ODD (sizeof odd_shapes / sizeof odd_shapes[0])
 
@@ -48,7 +48,8 @@ static problem_t problem_new(uint32_t M, uint32_t N, uint32_t K, lt_dtype_t wtyp
     for (uint64_t i = 0; i < nw; i++) h[i] = wtype == LT_F16 ? dtype_float_to_half(wf[i]) : dtype_float_to_bf16(wf[i]);
     free(wf);
     p.w = h;
-  } else p.w = wf;
+  } else
+    p.w = wf;
   return p;
 }
 
@@ -95,9 +96,8 @@ static void check(const problem_t *p, bool accumulate, matmul_path_t path, bool 
       }
       double tol = exact ? 0.0 : 1e-5 * mag + 1e-6;
       double g = got[(uint64_t)m * p->N + n], e = want[(uint64_t)m * p->N + n];
-      cr_assert(fabs(g - e) <= tol, "%s %ux%ux%u %s%s path %d: y[%u,%u] = %.9g, want %.9g (tolerance %.3g)", what,
-                p->M, p->N, p->K, lt_dtype_str(p->wtype), accumulate ? " accumulate" : "", (int)path, m, n, g, e,
-                tol);
+      cr_assert(fabs(g - e) <= tol, "%s %ux%ux%u %s%s path %d: y[%u,%u] = %.9g, want %.9g (tolerance %.3g)", what, p->M,
+                p->N, p->K, lt_dtype_str(p->wtype), accumulate ? " accumulate" : "", (int)path, m, n, g, e, tol);
     }
   free(want), free(got);
 }
@@ -133,10 +133,10 @@ Test(matmul, long_k_is_split_over_dispatches) {
     lt_dtype_t wtype;
     bool accumulate;
   } cases[] = {
-      {3, 2, 1100001, MATMUL_GEMV, LT_F32, false},        {1, 2, 1100001, MATMUL_GEMV, LT_F16, true},
-      {3, 5, 20001, MATMUL_GEMM_DIRECT, LT_F32, false},   {2, 3, 70000, MATMUL_GEMM_DIRECT, LT_F32, true},
-      {2, 3, 140000, MATMUL_GEMM_DIRECT, LT_F16, false},  {9, 70, 8003, MATMUL_GEMM_STAGED, LT_F32, false},
-      {3, 5, 30000, MATMUL_GEMM_STAGED, LT_F32, true},    {3, 5, 52800, MATMUL_GEMM_STAGED, LT_F16, false},
+      {3, 2, 1100001, MATMUL_GEMV, LT_F32, false},       {1, 2, 1100001, MATMUL_GEMV, LT_F16, true},
+      {3, 5, 20001, MATMUL_GEMM_DIRECT, LT_F32, false},  {2, 3, 70000, MATMUL_GEMM_DIRECT, LT_F32, true},
+      {2, 3, 140000, MATMUL_GEMM_DIRECT, LT_F16, false}, {9, 70, 8003, MATMUL_GEMM_STAGED, LT_F32, false},
+      {3, 5, 30000, MATMUL_GEMM_STAGED, LT_F32, true},   {3, 5, 52800, MATMUL_GEMM_STAGED, LT_F16, false},
   };
   for (unsigned i = 0; i < sizeof cases / sizeof cases[0]; i++) {
     problem_t p = problem_new(cases[i].M, cases[i].N, cases[i].K, cases[i].wtype, true, 77 + i);
@@ -167,8 +167,7 @@ Test(matmul, empty_shapes) {
   for (int path = MATMUL_GEMM; path <= MATMUL_GEMM_DIRECT; path++) {
     cr_assert_eq(gpu_upload(by, 0, junk, sizeof junk, &err), LT_OK);
     c = tbegin();
-    cr_assert_eq(op_matmul_path(c, gv(by), gv(bx), gv(bw), LT_F32, 2, 3, 0, false, path, &err), LT_OK, "%s",
-                 err.msg);
+    cr_assert_eq(op_matmul_path(c, gv(by), gv(bx), gv(bw), LT_F32, 2, 3, 0, false, path, &err), LT_OK, "%s", err.msg);
     tfinish(&c);
     got = tread_f32(by, 6);
     tassert_close(got, zeros, 6, 0, 0, "K = 0 writes zeros");
@@ -198,8 +197,7 @@ Test(matmul, bad_arguments_are_errors) {
   gpu_cmd_t *c = tbegin();
   cr_assert_eq(op_matmul(c, gv(b), gv(b), gv(b), LT_I32, 4, 4, 4, false, &err), LT_E_INVALID);
   cr_assert(strstr(err.msg, "i32") != NULL, "names the dtype: %s", err.msg);
-  cr_assert_eq(op_matmul_path(c, gv(b), gv(b), gv(b), LT_F32, 4, 4, 4, false, (matmul_path_t)9, &err),
-               LT_E_INVALID);
+  cr_assert_eq(op_matmul_path(c, gv(b), gv(b), gv(b), LT_F32, 4, 4, 4, false, (matmul_path_t)9, &err), LT_E_INVALID);
   /* w of 40 x 40 f32 needs 6,400 bytes of a 4,096-byte buffer: op_dispatch names the binding (2 = w). */
   cr_assert_eq(op_matmul(c, gv(b), gv(b), gv(b), LT_F32, 2, 40, 40, false, &err), LT_E_INVALID);
   cr_assert(strstr(err.msg, "binding 2") != NULL, "names the binding: %s", err.msg);

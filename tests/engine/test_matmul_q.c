@@ -27,8 +27,10 @@ static uint64_t next(uint64_t *s) {
 /* Stores integer v at (n, k) of q in the layout of engine/ops/quant.h. */
 static void put_q(uint8_t *q, lt_dtype_t wtype, uint32_t K, uint32_t n, uint32_t k, int v) {
   uint8_t *row = q + (uint64_t)n * quant_row_bytes(wtype == LT_I4 ? 4 : 8, K);
-  if (wtype == LT_I8) row[k] = (uint8_t)(int8_t)v;
-  else row[k / 2] |= (uint8_t)((v & 0xf) << (k % 2 ? 4 : 0));
+  if (wtype == LT_I8)
+    row[k] = (uint8_t)(int8_t)v;
+  else
+    row[k / 2] |= (uint8_t)((v & 0xf) << (k % 2 ? 4 : 0));
 }
 
 /* Fills a problem with random integers over the full range (or in [-2, 2] when integral) and scales in
@@ -55,8 +57,8 @@ static qproblem_t qproblem_new(uint32_t M, uint32_t N, uint32_t K, lt_dtype_t wt
       put_q(p.q, wtype, K, n, k, (int)(next(&seed) % (uint64_t)(2 * span + 1)) - span);
     }
     for (uint32_t g = 0; g < G; g++) {
-      float s = integral ? ldexpf(1.0f, (int)(next(&seed) % 3) - 1)
-                         : 0.01f + 0.09f * (float)(next(&seed) % 1000) / 1000;
+      float s =
+          integral ? ldexpf(1.0f, (int)(next(&seed) % 3) - 1) : 0.01f + 0.09f * (float)(next(&seed) % 1000) / 1000;
       p.scales[(uint64_t)n * G + g] = dtype_float_to_half(s);
     }
   }
@@ -129,8 +131,8 @@ typedef struct qshape {
 
 /* Shapes that are no multiples of any tile, workgroup or group size; K both a multiple of 4 (vec4 loads of x) and
  * not, below one octet, and with a partial last group. */
-static const qshape_t odd_q[] = {{1, 37, 53, 8},    {3, 129, 77, 32},  {67, 65, 131, 128}, {130, 33, 257, 64},
-                                 {5, 70, 64, 128},  {2, 3, 1, 8},      {65, 1, 4, 16},     {1, 1, 1, 128},
+static const qshape_t odd_q[] = {{1, 37, 53, 8},    {3, 129, 77, 32}, {67, 65, 131, 128}, {130, 33, 257, 64},
+                                 {5, 70, 64, 128},  {2, 3, 1, 8},     {65, 1, 4, 16},     {1, 1, 1, 128},
                                  {4, 19, 300, 128}, {70, 66, 136, 24}};
 #define N_ODD_Q (sizeof odd_q / sizeof odd_q[0])
 
@@ -141,8 +143,8 @@ static void check_odd(matmul_path_t path, const char *what) {
         const qshape_t *sh = &odd_q[s];
         /* Strided rows (padding 3 in x, 5 in y) on every other case. */
         uint32_t px = (s + t) % 2 ? 3 : 0, py = (s + acc) % 2 ? 5 : 0;
-        qproblem_t p = qproblem_new(sh->M, sh->N, sh->K, t ? LT_I4 : LT_I8, sh->group, px, py, false,
-                                    2000 + 10 * s + 2 * t + acc);
+        qproblem_t p =
+            qproblem_new(sh->M, sh->N, sh->K, t ? LT_I4 : LT_I8, sh->group, px, py, false, 2000 + 10 * s + 2 * t + acc);
         check_q(&p, (s + acc) % 2 ? LT_F32 : LT_F16, acc, path, false, what);
         qproblem_free(&p);
       }
@@ -165,8 +167,10 @@ Test(matmul_q, long_k_is_split_over_dispatches) {
     lt_dtype_t wtype;
     bool accumulate;
   } cases[] = {
-      {1, 2, 2000003, MATMUL_GEMV, LT_I4, false}, {4, 1, 1200008, MATMUL_GEMV, LT_I8, true},
-      {9, 70, 2003, MATMUL_GEMM, LT_I8, false},   {66, 3, 2000, MATMUL_GEMM, LT_I4, true},
+      {1, 2, 2000003, MATMUL_GEMV, LT_I4, false},
+      {4, 1, 1200008, MATMUL_GEMV, LT_I8, true},
+      {9, 70, 2003, MATMUL_GEMM, LT_I8, false},
+      {66, 3, 2000, MATMUL_GEMM, LT_I4, true},
   };
   for (unsigned i = 0; i < sizeof cases / sizeof cases[0]; i++) {
     qproblem_t p = qproblem_new(cases[i].M, cases[i].N, cases[i].K, cases[i].wtype, 128, 0, 0, true, 99 + i);

@@ -189,7 +189,8 @@ Test(perturb, different_seed_or_tensor_gives_different_normals) {
     uint64_t seed;
     uint32_t id;
     const char *what;
-  } other[] = {{seed, 12, "tensor id + 1"}, {seed + 1, 11, "seed low word + 1"},
+  } other[] = {{seed, 12, "tensor id + 1"},
+               {seed + 1, 11, "seed low word + 1"},
                {seed ^ (1ull << 32), 11, "seed high word changed"}};
   for (int k = 0; k < 3; k++) {
     float *z = gpu_normals(n, other[k].seed, other[k].id);

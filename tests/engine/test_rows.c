@@ -50,8 +50,10 @@ static void assert_u32_eq(const uint32_t *got, const uint32_t *want, uint64_t n,
 static void check_norm(uint32_t rows, uint32_t n, bool layernorm, float offset) {
   float *x = rand_rows(rows, n, offset - 3, offset + 3, 1), *w = rand_rows(1, n, 0.5f, 1.5f, 2);
   float *b = rand_rows(1, n, -1, 1, 3), *want = talloc((uint64_t)rows * n);
-  if (layernorm) ref_layernorm(want, x, w, b, rows, n, 1e-5f);
-  else ref_rmsnorm(want, x, w, rows, n, 1e-6f);
+  if (layernorm)
+    ref_layernorm(want, x, w, b, rows, n, 1e-5f);
+  else
+    ref_rmsnorm(want, x, w, rows, n, 1e-6f);
   gpu_buf_t *bx = tbuf_f32(x, (uint64_t)rows * n), *bw = tbuf_f32(w, n), *bb = tbuf_f32(b, n);
   gpu_buf_t *by = tbuf_f32(NULL, (uint64_t)rows * n);
   lt_err_t err = {0};
@@ -275,10 +277,13 @@ Test(rows, norms_in_place_at_an_offset) {
                         : op_rmsnorm(c, vx, vx, gv(bw), rows, n, 1e-5f, &err);
     cr_assert_eq(st, LT_OK, "%s", err.msg);
     tfinish(&c);
-    if (ln) ref_layernorm(want, x, w, b, rows, n, 1e-5f);
-    else ref_rmsnorm(want, x, w, rows, n, 1e-5f);
+    if (ln)
+      ref_layernorm(want, x, w, b, rows, n, 1e-5f);
+    else
+      ref_rmsnorm(want, x, w, rows, n, 1e-5f);
     float *got = tread_f32(bx, off / 4 + (uint64_t)rows * n);
-    tassert_close(got + off / 4, want, (uint64_t)rows * n, NORM_ATOL, NORM_RTOL, ln ? "layernorm in place" : "rmsnorm in place");
+    tassert_close(got + off / 4, want, (uint64_t)rows * n, NORM_ATOL, NORM_RTOL,
+                  ln ? "layernorm in place" : "rmsnorm in place");
     free(got);
   }
   free(x), free(w), free(b), free(want), free(buf);
@@ -322,9 +327,9 @@ Test(rows, argmax_ties_take_the_lowest_index) {
   enum { N = 1000 };
   static float x[4 * N];
   for (int i = 0; i < N; i++) x[i] = x[N + i] = (float)(i % 17) * 0.25f;
-  x[700] = x[301] = x[999] = 9.0f;      /* row 0: 301 wins (other invocations hold 700 and 999) */
-  x[N + 0] = -0.0f;                     /* row 1: max 4.0 at i % 17 == 16: first at 16 */
-  for (int i = 0; i < N; i++) x[2 * N + i] = i == 0 ? -0.0f : 0.0f; /* row 2: -0 ties +0: index 0 */
+  x[700] = x[301] = x[999] = 9.0f; /* row 0: 301 wins (other invocations hold 700 and 999) */
+  x[N + 0] = -0.0f;                /* row 1: max 4.0 at i % 17 == 16: first at 16 */
+  for (int i = 0; i < N; i++) x[2 * N + i] = i == 0 ? -0.0f : 0.0f;   /* row 2: -0 ties +0: index 0 */
   for (int i = 0; i < N; i++) x[3 * N + i] = i % 3 ? -INFINITY : NAN; /* row 3: -inf beats NaN: index 1 */
   check_rank(x, 4, N, 8, "hand-made ties");
   uint32_t want[4] = {301, 16, 0, 1}, am[4];
@@ -402,7 +407,8 @@ Test(rows, workgroup_sizing_bounds_the_loops) {
       uint32_t n = widths[i], wg = op_rows_wg(OP_SOFTMAX, n, passes, cp->max_wg_invocations, cp->max_shared);
       if (wg == 0) continue;
       cr_assert(wg >= 32 && wg <= cp->max_wg_invocations && (wg & (wg - 1)) == 0, "n %u: wg %u", n, wg);
-      cr_assert_leq((uint64_t)passes * ((n + wg - 1) / wg), op_loop_budget(OP_SOFTMAX), "n %u passes %u wg %u", n, passes, wg);
+      cr_assert_leq((uint64_t)passes * ((n + wg - 1) / wg), op_loop_budget(OP_SOFTMAX), "n %u passes %u wg %u", n,
+                    passes, wg);
     }
   /* 150,001 wide, two passes: must fit. */
   cr_assert_neq(op_rows_wg(OP_SOFTMAX, 150001, 2, cp->max_wg_invocations, cp->max_shared), 0);

@@ -317,8 +317,8 @@ Test(runtime, unknown_device_lists_the_devices) {
   cr_assert(g != NULL, "LATHE_DEVICE=0: %s", err.msg);
   char uuid[40];
   const uint8_t *u = gpu_caps(g)->device_uuid;
-  snprintf(uuid, sizeof uuid, "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x", u[0], u[1],
-           u[2], u[3], u[4], u[5], u[6], u[7], u[8], u[9], u[10], u[11], u[12], u[13], u[14], u[15]);
+  snprintf(uuid, sizeof uuid, "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x", u[0], u[1], u[2],
+           u[3], u[4], u[5], u[6], u[7], u[8], u[9], u[10], u[11], u[12], u[13], u[14], u[15]);
   rt_close(&g);
   o.device = uuid;
   g = gpu_new(&o, &err);

@@ -51,8 +51,8 @@ Test(runners, generate_matches_the_reference_greedy_tokens) {
   json_t *ref = json_load_file(TINY "/reference.json", 0, &je);
   cr_assert(ref, "%s", je.text);
   job_local_t *l = host();
-  const char *kv[] = {"model", TINY, "prompt", json_string_value(json_object_get(ref, "prompt_text")),
-                      "max_tokens", "8", "temperature", "0"};
+  const char *kv[] = {"model",      TINY, "prompt",      json_string_value(json_object_get(ref, "prompt_text")),
+                      "max_tokens", "8",  "temperature", "0"};
   lt_err_t err = {0};
   cr_assert_eq(job_local_run(l, "generate", kv, 4, &err), JOB_SUCCEEDED, "%s", err.msg);
   const msgpack_object *out = first_event(l, "output");

@@ -147,9 +147,9 @@ static void check_scores(const char *name) {
     const char *key;
     model_site_t site;
     bool per_expert;
-  } sites[] = {{"attn_in", MODEL_SITE_ATTN_IN, false},     {"attn_out", MODEL_SITE_ATTN_OUT, false},
-               {"ffn_in", MODEL_SITE_FFN_IN, false},       {"ffn_act", MODEL_SITE_FFN_ACT, false},
-               {"expert_in", MODEL_SITE_EXPERT_IN, true},  {"expert_act", MODEL_SITE_EXPERT_ACT, true}};
+  } sites[] = {{"attn_in", MODEL_SITE_ATTN_IN, false},    {"attn_out", MODEL_SITE_ATTN_OUT, false},
+               {"ffn_in", MODEL_SITE_FFN_IN, false},      {"ffn_act", MODEL_SITE_FFN_ACT, false},
+               {"expert_in", MODEL_SITE_EXPERT_IN, true}, {"expert_act", MODEL_SITE_EXPERT_ACT, true}};
   uint32_t checked = 0;
   for (size_t s = 0; s < sizeof sites / sizeof sites[0]; s++) {
     json_t *per_layer = json_object_get(json_object_get(ref, "sq"), sites[s].key);
@@ -187,8 +187,8 @@ Test(compress, llama_scores_match_the_pytorch_reference) { check_scores("llama-t
 /* ---- drops ---- */
 
 /* Compresses fixture `name` with plan into a new folder; returns its path (static). */
-static const char *write_plan(const char *name, const char *out, const compress_plan_t *plan,
-                              const compress_calib_t *c, compress_summary_t *sum) {
+static const char *write_plan(const char *name, const char *out, const compress_plan_t *plan, const compress_calib_t *c,
+                              compress_summary_t *sum) {
   char src[512];
   snprintf(src, sizeof src, FIXTURES "/%s", name);
   const char *dir = tmp_dir(out);
@@ -338,7 +338,8 @@ static uint64_t check_wanda(const ft_tensor_t *orig, const ft_tensor_t *got, con
       for (uint32_t k = g0; k < g0 + len; k++) {
         uint64_t i = (uint64_t)n * K + k;
         double s = fabs((double)w[i]) * sqrt(sq[k]);
-        if (p[i] == 0.0f) z++, max_zeroed = fmax(max_zeroed, s);
+        if (p[i] == 0.0f)
+          z++, max_zeroed = fmax(max_zeroed, s);
         else {
           cr_assert_eq(p[i], w[i], "a kept weight changed");
           min_kept = fmin(min_kept, s);
@@ -383,8 +384,9 @@ Test(compress, pruning_zeroes_the_lowest_wanda_scores) {
         const model_tensor_t *a = &wo->tensors[i], *b = &wp->tensors[i];
         cr_assert_str_eq(a->name, b->name);
         static const model_site_t site_of[MR_COUNT] = {
-            [MR_WQ] = MODEL_SITE_ATTN_IN,   [MR_WK] = MODEL_SITE_ATTN_IN,        [MR_WV] = MODEL_SITE_ATTN_IN,
-            [MR_WO] = MODEL_SITE_ATTN_OUT,  [MR_FFN_GATE] = MODEL_SITE_FFN_IN,   [MR_FFN_UP] = MODEL_SITE_FFN_IN,
+            [MR_WQ] = MODEL_SITE_ATTN_IN,       [MR_WK] = MODEL_SITE_ATTN_IN,
+            [MR_WV] = MODEL_SITE_ATTN_IN,       [MR_WO] = MODEL_SITE_ATTN_OUT,
+            [MR_FFN_GATE] = MODEL_SITE_FFN_IN,  [MR_FFN_UP] = MODEL_SITE_FFN_IN,
             [MR_FFN_DOWN] = MODEL_SITE_FFN_ACT, [MR_EXP_GATE] = MODEL_SITE_EXPERT_IN,
             [MR_EXP_UP] = MODEL_SITE_EXPERT_IN, [MR_EXP_DOWN] = MODEL_SITE_EXPERT_ACT};
         bool linear = a->layer >= 0 && a->t->n_dims == 2 && a->role != MR_ROUTER;

@@ -1344,7 +1344,8 @@ static void mutations(const char *path, bool gguf, size_t header_end, uint32_t r
     }
     lt_err_t err = {0};
     lt_status_t s = parse_and_walk(img, size, gguf, &cfg, &err);
-    if (s == LT_OK) ok++;
+    if (s == LT_OK)
+      ok++;
     else {
       cr_assert(s < 0 && err.code == s && err.msg[0], "round %u: failure %d without a message", r, s);
     }

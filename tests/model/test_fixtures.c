@@ -59,8 +59,10 @@ static void on_router(void *ctx, uint32_t layer, const float *probs, uint32_t n_
     uint32_t a = 0, b = 1;
     if (p[b] > p[a]) a = 1, b = 0;
     for (uint32_t e = 2; e < n_experts; e++) {
-      if (p[e] > p[a]) b = a, a = e;
-      else if (p[e] > p[b]) b = e;
+      if (p[e] > p[a])
+        b = a, a = e;
+      else if (p[e] > p[b])
+        b = e;
     }
     r->top[layer][r->rows_seen[layer]][0] = a;
     r->top[layer][r->rows_seen[layer]][1] = b;
@@ -91,8 +93,8 @@ static void check_fixture(const char *name) {
   it = (model_item_t){.seq = s, .tokens = f.seq, .n_tokens = f.n_prompt, .out = MODEL_OUT_ALL, .result = rows};
   cr_assert_eq(model_forward(m, &it, 1, NULL, &err), LT_OK, "%s", err.msg);
   for (uint32_t t = f.n_prompt; t < ROWS; t++) {
-    it = (model_item_t){.seq = s, .tokens = &f.seq[t], .n_tokens = 1, .out = MODEL_OUT_LAST,
-                        .result = rows + (uint64_t)t * V};
+    it = (model_item_t){
+        .seq = s, .tokens = &f.seq[t], .n_tokens = 1, .out = MODEL_OUT_LAST, .result = rows + (uint64_t)t * V};
     cr_assert_eq(model_forward(m, &it, 1, NULL, &err), LT_OK, "%s", err.msg);
   }
   tassert_close(rows, f.logits, ROWS * V, 1e-4, 0, "prefill + cached decoding logits");

@@ -14,8 +14,9 @@
 
 TestSuite(forward, .init = tgpu_setup, .fini = tgpu_teardown);
 
-static const char *known = ", there was a little girl named Lily. She loved to play outside in the park. One day, she saw a "
-                           "big, red ball.";
+static const char *known =
+    ", there was a little girl named Lily. She loved to play outside in the park. One day, she saw a "
+    "big, red ball.";
 
 static void greedy_story(const char *model_path) {
   lt_err_t err = {0};
@@ -111,8 +112,7 @@ Test(forward, batch_equals_single_sequences) {
   gen_result_t batch[3], single[1];
   cr_assert_eq(model_generate(m, prompts, lens, 3, &o, NULL, NULL, NULL, batch, &err), LT_OK, "%s", err.msg);
   for (uint32_t i = 0; i < 3; i++) {
-    cr_assert_eq(model_generate(m, &prompts[i], &lens[i], 1, &o, NULL, NULL, NULL, single, &err), LT_OK, "%s",
-                 err.msg);
+    cr_assert_eq(model_generate(m, &prompts[i], &lens[i], 1, &o, NULL, NULL, NULL, single, &err), LT_OK, "%s", err.msg);
     cr_assert_eq(batch[i].n_tokens, single[0].n_tokens, "prompt %u: %u vs %u tokens", i, batch[i].n_tokens,
                  single[0].n_tokens);
     cr_assert_arr_eq(batch[i].tokens, single[0].tokens, single[0].n_tokens * sizeof(int32_t), "prompt %u", i);
@@ -157,8 +157,7 @@ static void on_resid(void *ctx, uint32_t layer, uint32_t item, const float *h, u
   c->n = n;
 }
 
-static bool on_attn_noop(void *ctx, uint32_t layer, uint32_t item, float *heads, uint32_t n, uint32_t nh,
-                         uint32_t hd) {
+static bool on_attn_noop(void *ctx, uint32_t layer, uint32_t item, float *heads, uint32_t n, uint32_t nh, uint32_t hd) {
   (void)ctx, (void)layer, (void)item, (void)heads, (void)n, (void)nh, (void)hd;
   return true; /* claim a change: the unchanged values are written back */
 }
@@ -174,8 +173,14 @@ Test(forward, hooks_read_and_leave_the_model_unchanged) {
   capture_t got = {0};
   float vec[64];
   for (uint32_t i = 0; i < d; i++) vec[i] = 1.0f;
-  model_hooks_t h = {.ctx = &got, .capture_resid = cap, .on_resid = on_resid, .add_vec = vec, .add_layer = 2,
-                     .add_alpha = 0.0f, .on_attn = on_attn_noop, .attn_layer = 3};
+  model_hooks_t h = {.ctx = &got,
+                     .capture_resid = cap,
+                     .on_resid = on_resid,
+                     .add_vec = vec,
+                     .add_layer = 2,
+                     .add_alpha = 0.0f,
+                     .on_attn = on_attn_noop,
+                     .attn_layer = 3};
   float *hooked = prefill_all(m, story_ids, N_STORY, &h);
   tassert_close(hooked, base, (uint64_t)N_STORY * V, 0, 0, "hooked logits");
   cr_assert_eq(got.n, N_STORY);

@@ -189,8 +189,11 @@ Test(steer, alpha_zero_reproduces_unsteered_generation, GPU) {
   uint64_t seed = 7;
   trand(vec, d, -3, 3, &seed);
   static seen_t a, b;
-  gen_opts_t o = {.max_tokens = 24, .sample = {.temperature = 0.8f, .top_p = 0.95f}, .seed = 3,
-                  .on_logits = record_logits, .logits_ctx = &a};
+  gen_opts_t o = {.max_tokens = 24,
+                  .sample = {.temperature = 0.8f, .top_p = 0.95f},
+                  .seed = 3,
+                  .on_logits = record_logits,
+                  .logits_ctx = &a};
   gen_result_t plain[2], steered[2];
   cr_assert_eq(steer_generate(m, NULL, prompts, lens, 2, &o, NULL, NULL, plain, &err), LT_OK, "%s", err.msg);
   steer_cfg_t s = {.method = STEER_ADD, .layer = 2, .vec = vec, .alpha = 0.0f};
@@ -218,8 +221,8 @@ Test(steer, alpha_zero_reproduces_unsteered_generation, GPU) {
 /* One sequence of the references below: its own KV cache, fed one call at a time. */
 static void feed(model_t *m, model_seq_t *s, const int32_t *ids, uint32_t n, float *logits, const model_hooks_t *h) {
   lt_err_t err = {0};
-  model_item_t it = {.seq = s, .tokens = ids, .n_tokens = n, .out = logits ? MODEL_OUT_LAST : MODEL_OUT_NONE,
-                     .result = logits};
+  model_item_t it = {
+      .seq = s, .tokens = ids, .n_tokens = n, .out = logits ? MODEL_OUT_LAST : MODEL_OUT_NONE, .result = logits};
   cr_assert_eq(model_forward(m, &it, 1, h, &err), LT_OK, "%s", err.msg);
 }
 
@@ -288,7 +291,8 @@ static bool ref_attn(void *ctx, uint32_t layer, uint32_t item, float *heads, uin
     double dd = 0;
     for (uint32_t j = 0; j < hd; j++) dd += pow((double)c->a_s[h * hd + j] - a[h * hd + j], 2);
     double s = exp(0.4 * log(1 + sqrt(dd)));
-    for (uint32_t j = 0; j < hd; j++) out[h * hd + j] = a[h * hd + j] - s * ((double)c->a_s[h * hd + j] - a[h * hd + j]);
+    for (uint32_t j = 0; j < hd; j++)
+      out[h * hd + j] = a[h * hd + j] - s * ((double)c->a_s[h * hd + j] - a[h * hd + j]);
   }
   for (uint32_t j = 0; j < nh * hd; j++) na += (double)a[j] * a[j], no += out[j] * out[j];
   for (uint32_t j = 0; j < nh * hd; j++) {
@@ -315,8 +319,8 @@ static void contrast_matches_reference(uint32_t layer) {
   static seen_t got;
   memset(&got, 0, sizeof got);
   gen_opts_t o = {.max_tokens = 8, .ignore_eos = true, .on_logits = record_logits, .logits_ctx = &got};
-  steer_cfg_t s = {.method = STEER_CONTRAST, .layer = layer, .exponent = 0.4f, .renorm = true, .twins = twins,
-                   .twin_lens = tlens};
+  steer_cfg_t s = {
+      .method = STEER_CONTRAST, .layer = layer, .exponent = 0.4f, .renorm = true, .twins = twins, .twin_lens = tlens};
   gen_result_t r[2];
   cr_assert_eq(steer_generate(m, &s, prompts, lens, 2, &o, NULL, NULL, r, &err), LT_OK, "%s", err.msg);
   cr_assert_eq(r[0].n_tokens, 8);

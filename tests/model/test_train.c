@@ -188,7 +188,11 @@ Test(train, lora_starts_as_the_base_and_its_gradients_are_right) {
   train_opts_t full = {.what = TRAIN_FULL};
   cr_assert_null(train_new(m, &full, &err), "full training of f16 weights must be refused");
   cr_assert(strstr(err.msg, "f32"), "%s", err.msg);
-  train_opts_t o = {.what = TRAIN_LORA, .lora_rank = 4, .lora_alpha = 8, .lora_targets = TRAIN_LORA_Q | TRAIN_LORA_V | TRAIN_LORA_DOWN, .seed = 3};
+  train_opts_t o = {.what = TRAIN_LORA,
+                    .lora_rank = 4,
+                    .lora_alpha = 8,
+                    .lora_targets = TRAIN_LORA_Q | TRAIN_LORA_V | TRAIN_LORA_DOWN,
+                    .seed = 3};
   train_t *t = train_new(m, &o, &err);
   cr_assert(t, "%s", err.msg);
   cr_assert_eq(train_tensor_count(t), 2u * 3 * model_config(m)->n_layers);

@@ -118,8 +118,8 @@ Test(zo, perturb_then_restore_returns_the_weights) {
       total++;
     }
   }
-  cr_log_info("perturb: worst error %.2f of its bound; restore: %.2f of its bound, %llu of %llu bit-exact",
-              worst_plus, worst_back, (unsigned long long)exact, (unsigned long long)total);
+  cr_log_info("perturb: worst error %.2f of its bound; restore: %.2f of its bound, %llu of %llu bit-exact", worst_plus,
+              worst_back, (unsigned long long)exact, (unsigned long long)total);
   snap_free(&base), snap_free(&plus), snap_free(&back);
   zo_destroy(&z);
   model_destroy(&m);
@@ -208,10 +208,9 @@ Test(zo, projected_gradient_matches_two_cpu_perturbed_forward_passes) {
       for (uint64_t k = 0; k < piece_len(pp); k++) {
         double th = before.w[i][k], zz = ref_normal(rec.seed, zo_tensor_id(pp), k);
         double want = th - (double)lr * rec.g * zz;
-        double tol = 0x1p-24 * (5.0 * fabs(th) + 9.0 * (eps + lr * fabs(rec.g)) * fabs(zz)) +
-                     lr * fabs(rec.g) * Z_TOL(zz);
-        cr_assert_leq(fabs(after.w[i][k] - want), tol, "%s[%llu] after the update", pp->name,
-                      (unsigned long long)k);
+        double tol =
+            0x1p-24 * (5.0 * fabs(th) + 9.0 * (eps + lr * fabs(rec.g)) * fabs(zz)) + lr * fabs(rec.g) * Z_TOL(zz);
+        cr_assert_leq(fabs(after.w[i][k] - want), tol, "%s[%llu] after the update", pp->name, (unsigned long long)k);
       }
     }
     snap_free(&p), snap_free(&q), snap_free(&before), snap_free(&after);
@@ -326,8 +325,11 @@ Test(zo, replaying_the_log_reproduces_the_checkpoint) {
     snprintf(lp, sizeof lp, "%s/zo-log-%d.jsonl", dir, method);
     FILE *f = fopen(lp, "w");
     cr_assert(f != NULL);
-    zo_opts_t o = {.method = method ? ZO_LEZO : ZO_MEZO, .eps = 1e-2f, .weight_decay = method ? 0.0f : 0.5f,
-                   .drop_layers = method ? 1 : 0, .seed = 21};
+    zo_opts_t o = {.method = method ? ZO_LEZO : ZO_MEZO,
+                   .eps = 1e-2f,
+                   .weight_decay = method ? 0.0f : 0.5f,
+                   .drop_layers = method ? 1 : 0,
+                   .seed = 21};
     cr_assert_eq(zo_log_header(f, TINY, &o, &err), LT_OK, "%s", err.msg);
     for (int s = 0; s < 6; s++) cr_assert_eq(zo_log_record(f, &log[s], &err), LT_OK, "%s", err.msg);
     cr_assert_eq(fclose(f), 0);
@@ -339,7 +341,8 @@ Test(zo, replaying_the_log_reproduces_the_checkpoint) {
     cr_assert_eq(n_read, 6);
     cr_assert_str_eq(base_path, TINY);
     cr_assert(ro.method == o.method && ro.eps == o.eps && ro.weight_decay == o.weight_decay &&
-              ro.drop_layers == o.drop_layers && ro.seed == o.seed, "the header reads back to other options");
+                  ro.drop_layers == o.drop_layers && ro.seed == o.seed,
+              "the header reads back to other options");
     for (int s = 0; s < 6; s++)
       cr_assert(read[s].seed == log[s].seed && read[s].g == log[s].g && read[s].lr == log[s].lr, "step %d", s);
 

@@ -35,8 +35,8 @@ void ref_matmul(float *y, const float *x, const void *w, lt_dtype_t wtype, uint3
 
 /* y[M,N] = x[M,K] . dequant(w)[N,K]^T (+ y when accumulate) for a quantised weight (engine/ops/quant.h layout): q int8
  * (LT_I8) or packed int4 (LT_I4) rows, scales f16 bits [N, ceil(K / group)]. Double accumulation. */
-void ref_matmul_q(float *y, const float *x, const uint8_t *q, const uint16_t *scales, lt_dtype_t wtype,
-                  uint32_t group, uint32_t M, uint32_t N, uint32_t K, bool accumulate);
+void ref_matmul_q(float *y, const float *x, const uint8_t *q, const uint16_t *scales, lt_dtype_t wtype, uint32_t group,
+                  uint32_t M, uint32_t N, uint32_t K, bool accumulate);
 
 /* Row-wise references (engine/ops/ref/ref_rows.c). */
 void ref_rmsnorm(float *y, const float *x, const float *w, uint32_t rows, uint32_t n, float eps);

@@ -38,8 +38,7 @@ void ref_embed(float *y, const void *table, lt_dtype_t ttype, const int32_t *ids
     int64_t id = ids[r];
     if (id < (int64_t)row_lo || id >= (int64_t)row_hi) continue;
     uint64_t src = (uint64_t)(id - row_lo) * dim;
-    for (uint32_t j = 0; j < dim; j++)
-      y[(uint64_t)r * dim + j] = ref_weight_at(table, ttype, src + j);
+    for (uint32_t j = 0; j < dim; j++) y[(uint64_t)r * dim + j] = ref_weight_at(table, ttype, src + j);
   }
 }
 

@@ -13,7 +13,8 @@ void ref_matmul_dx(float *dx, const float *dy, const void *w, lt_dtype_t wtype, 
   for (uint32_t m = 0; m < M; m++)
     for (uint32_t k = 0; k < K; k++) {
       double s = 0;
-      for (uint32_t n = 0; n < N; n++) s += (double)dy[(uint64_t)m * N + n] * ref_weight_at(w, wtype, (uint64_t)n * K + k);
+      for (uint32_t n = 0; n < N; n++)
+        s += (double)dy[(uint64_t)m * N + n] * ref_weight_at(w, wtype, (uint64_t)n * K + k);
       float *o = &dx[(uint64_t)m * K + k];
       *o = (float)(accumulate ? *o + s : s);
     }

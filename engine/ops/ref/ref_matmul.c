@@ -17,8 +17,8 @@ void ref_matmul(float *y, const float *x, const void *w, lt_dtype_t wtype, uint3
     }
 }
 
-void ref_matmul_q(float *y, const float *x, const uint8_t *q, const uint16_t *scales, lt_dtype_t wtype,
-                  uint32_t group, uint32_t M, uint32_t N, uint32_t K, bool accumulate) {
+void ref_matmul_q(float *y, const float *x, const uint8_t *q, const uint16_t *scales, lt_dtype_t wtype, uint32_t group,
+                  uint32_t M, uint32_t N, uint32_t K, bool accumulate) {
   uint32_t bits = wtype == LT_I4 ? 4 : 8;
   for (uint32_t m = 0; m < M; m++)
     for (uint32_t n = 0; n < N; n++) {
