@@ -39,7 +39,8 @@ typedef struct figure {
 } figure_t;
 
 /* One configuration on a fresh device: STEPS optimiser steps after a warm-up step (tokens/s), and the device's
- * peak memory. what < 0: inference only (the loss, no gradients). */
+ * peak memory. what < 0: inference of the same batch through the model's forward pass (per-token NLL). The
+ * inference and full figures load the weights as f32 (as full training must); LoRA and adapter keep the file's. */
 static figure_t measure(const char *path, int what, const int32_t *ids, const uint8_t *mask) {
   lt_err_t err = {0};
   gpu_opts_t go = {0};
@@ -48,15 +49,26 @@ static figure_t measure(const char *path, int what, const int32_t *ids, const ui
   model_load_opts_t lo = {.force_f32 = what == TRAIN_FULL, .max_tokens_per_pass = N_SEQ * T};
   model_t *m = model_load(g, path, &lo, &err);
   if (!m) die("model", err.msg);
-  train_opts_t o = {.what = what < 0 ? TRAIN_LORA : (train_what_t)what, .lora_rank = 8, .lora_alpha = 16,
-                    .lora_targets = TRAIN_LORA_Q | TRAIN_LORA_V, .adapter_layer = model_config(m)->n_layers / 2};
-  train_t *t = train_new(m, &o, &err);
-  if (!t) die("train", err.msg);
   figure_t f = {0};
+  train_t *t = NULL;
   if (what < 0) {
-    double loss;
-    if (train_loss(t, ids, mask, N_SEQ, T, &loss, &err) != LT_OK) die("loss", err.msg);
+    /* Inference: the model's own forward pass scoring every token of the batch (no training state at all). */
+    float *nll = malloc((uint64_t)N_SEQ * T * 4);
+    model_item_t it[N_SEQ];
+    model_seq_t *sq[N_SEQ];
+    for (uint32_t i = 0; i < N_SEQ; i++) {
+      if (!(sq[i] = model_seq_new(m, T + 1, &err))) die("seq", err.msg);
+      it[i] = (model_item_t){.seq = sq[i], .tokens = ids + i * T, .n_tokens = T - 1, .out = MODEL_OUT_NLL,
+                             .targets = ids + i * T + 1, .result = nll + i * T};
+    }
+    if (model_forward(m, it, N_SEQ, NULL, &err) != LT_OK) die("forward", err.msg);
+    for (uint32_t i = 0; i < N_SEQ; i++) model_seq_destroy(&sq[i]);
+    free(nll);
+    (void)mask;
   } else {
+    train_opts_t o = {.what = (train_what_t)what, .lora_rank = 8, .lora_alpha = 16,
+                      .lora_targets = TRAIN_LORA_Q | TRAIN_LORA_V, .adapter_layer = model_config(m)->n_layers / 2};
+    if (!(t = train_new(m, &o, &err))) die("train", err.msg);
     tune_opts_t to = {.lr = 1e-4, .clip = 1, .steps = STEPS + 1, .schedule = TUNE_CONSTANT};
     tuner_t *u = tuner_new(t, &to, &err);
     if (!u) die("tuner", err.msg);
