@@ -365,7 +365,7 @@ out:
   if (d->wsock) zmq_close(d->wsock), unlink(d->worker_endpoint + 6);
   if (d->zap) zmq_close(d->zap);
   if (d->ctx) zmq_ctx_term(d->ctx);
-  store_close(&d->store);
+  store_destroy(&d->store);
   for (size_t i = 0; i < d->n_out; i++) free(d->out[i].data);
   free(d->out);
   free(d->watchers);

@@ -166,11 +166,11 @@ store_t *store_open(const char *home, lt_err_t *err) {
     }
   return s;
 fail:
-  store_close(&s);
+  store_destroy(&s);
   return NULL;
 }
 
-void store_close(store_t **sp) {
+void store_destroy(store_t **sp) {
   if (!sp || !*sp) return;
   store_t *s = *sp;
   if (s->in_txn) store_rollback(s);

@@ -45,11 +45,11 @@ typedef struct store_job {
 typedef struct store store_t;
 
 /* Opens (creating if needed) the store in folder home: home/jobs.db and home/jobs/<id>/. Refuses a database
- * whose schema version is newer than STORE_VERSION; migrates older ones. Caller owns; store_close(). */
+ * whose schema version is newer than STORE_VERSION; migrates older ones. Caller owns; store_destroy(). */
 store_t *store_open(const char *home, lt_err_t *err);
 
 /* Closes the database and sets *s to NULL; NULL-safe. An open transaction is rolled back. */
-void store_close(store_t **s);
+void store_destroy(store_t **s);
 
 /* Starts a write transaction (BEGIN IMMEDIATE) unless one is open. A durable one (state changes) commits with
  * synchronous=FULL, a light one (progress, logs) with NORMAL; SQLite fixes the level before BEGIN, so asking for

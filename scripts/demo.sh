@@ -44,5 +44,11 @@ echo "== lathe run steer-eval: generations with and without the vector (docs/ste
 lathe run steer-eval --model "$model" --prompts "$steer/prompts.jsonl" --steer-vector "$demo/joy.safetensors" \
   --steer-alpha 4 --samples 25 --target rejoice --target glad --target joy --avoid mourn --avoid weep --avoid sorrow
 echo
+echo "== lathe run tune: LoRA on held-out verses (backpropagation on the GPU; docs/training.md)"
+head -n 160 "$root/models/kjv-heldout.jsonl" > "$demo/tune-train.jsonl"
+sed -n '161,200p' "$root/models/kjv-heldout.jsonl" > "$demo/tune-eval.jsonl"
+lathe run tune --model "$model" --data "$demo/tune-train.jsonl" --eval "$demo/tune-eval.jsonl" --train lora \
+  --lora-targets q,k,v,o --steps 20 --batch 8 --seq-len 64 --lr 3e-3 --eval-every 10 --output "$demo/lora"
+echo
 echo "== lathe ps --all"
 lathe ps --all
