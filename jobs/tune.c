@@ -26,6 +26,7 @@
 #include "engine/model/safetensors.h"
 #include "engine/model/train.h"
 #include "jobs/plot.h"
+#include "jobs/resume.h"
 #include "jobs/runners.h"
 #include "methods/dataset.h"
 #include "methods/tune.h"
@@ -90,34 +91,6 @@ static lt_status_t set_loss(run_t *r, const dataset_t *d, double *loss, lt_err_t
 }
 
 /* ---- checkpoints ---- */
-
-static lt_status_t state_write(run_t *r, uint64_t step, const char *dir, lt_err_t *err) {
-  char tmp[PATH_MAX + 8];
-  snprintf(tmp, sizeof tmp, "%s.tmp", r->state_path);
-  FILE *f = fopen(tmp, "w");
-  if (!f) return lt_fail(err, LT_E_IO, "cannot write %s: %s", tmp, strerror(errno));
-  bool ok = fprintf(f, "%" PRIu64 "\n%s\n", step, dir) > 0;
-  ok = fflush(f) == 0 && fsync(fileno(f)) == 0 && ok;
-  ok = fclose(f) == 0 && ok;
-  if (!ok || rename(tmp, r->state_path) != 0)
-    return lt_fail(err, LT_E_IO, "cannot write %s: %s", r->state_path, strerror(errno));
-  return LT_OK;
-}
-
-static uint64_t state_read(run_t *r, char *dir, size_t n) {
-  FILE *f = fopen(r->state_path, "r");
-  uint64_t step = 0;
-  dir[0] = 0;
-  if (!f) return 0;
-  if (fscanf(f, "%" SCNu64 "\n", &step) != 1 || !fgets(dir, (int)n, f)) step = 0;
-  fclose(f);
-  size_t len = strlen(dir);
-  if (step && (len < 2 || dir[len - 1] != '\n'))
-    step = 0;
-  else if (len)
-    dir[len - 1] = 0;
-  return step;
-}
 
 /* Host copies of the trainable tensors and their moments: 3 arrays per tensor. */
 typedef struct host_state {
@@ -184,7 +157,7 @@ static lt_status_t checkpoint(run_t *r, uint64_t step, lt_err_t *err) {
     st = lt_fail(err, LT_E_IO, "writing %s: %s", r->log_path, strerror(errno));
   if (st == LT_OK) st = util_mkdir_p(dir, 0755, err);
   if (st == LT_OK) st = st_write(path, ts, 3 * h.n, meta, 2, err);
-  if (st == LT_OK) st = state_write(r, step, dir, err);
+  if (st == LT_OK) st = resume_state_write(r->state_path, step, dir, err);
   if (st == LT_OK) job_artifact(r->ctx, "checkpoint", dir);
   free(ts), free(names);
   host_state_free(&h);
@@ -222,30 +195,8 @@ static lt_status_t resume(run_t *r, const char *dir, uint64_t step, lt_err_t *er
 
 /* Opens the log for appending after `step` steps, keeping only the lines of steps before it. */
 static lt_status_t log_open(run_t *r, uint64_t step, lt_err_t *err) {
-  if (step == 0) {
-    r->log = fopen(r->log_path, "w");
-    return r->log ? LT_OK : lt_fail(err, LT_E_IO, "cannot write %s: %s", r->log_path, strerror(errno));
-  }
-  FILE *in = fopen(r->log_path, "r");
-  char tmp[PATH_MAX + 8];
-  snprintf(tmp, sizeof tmp, "%s.tmp", r->log_path);
-  FILE *out = fopen(tmp, "w");
-  lt_status_t st = out ? LT_OK : lt_fail(err, LT_E_IO, "cannot write %s: %s", tmp, strerror(errno));
-  char *line = NULL;
-  size_t cap = 0;
-  ssize_t len;
-  uint64_t kept = 0;
-  while (st == LT_OK && in && kept < step && (len = getline(&line, &cap, in)) > 0 && line[len - 1] == '\n') {
-    if (fwrite(line, 1, (size_t)len, out) != (size_t)len) st = lt_fail(err, LT_E_IO, "writing %s", tmp);
-    kept++;
-  }
-  free(line);
-  if (in) fclose(in);
-  if (out && fclose(out) != 0 && st == LT_OK) st = lt_fail(err, LT_E_IO, "writing %s", tmp);
-  if (st == LT_OK && rename(tmp, r->log_path) != 0) st = lt_fail(err, LT_E_IO, "cannot rename %s", tmp);
-  if (st == LT_OK && !(r->log = fopen(r->log_path, "a")))
-    st = lt_fail(err, LT_E_IO, "cannot append to %s: %s", r->log_path, strerror(errno));
-  return st;
+  r->log = resume_log_open(r->log_path, step, err);
+  return r->log ? LT_OK : err ? err->code : LT_E_IO;
 }
 
 /* ---- results ---- */
@@ -551,7 +502,7 @@ job_outcome_t run_tune(job_ctx_t *ctx, lt_err_t *err) {
           r.what, n_train, train_tensor_count(r.t), r.o.lr, r.batch, r.accum, r.steps, r.o.sam_rho > 0 ? ", SAM" : "");
   if (r.general.n && set_loss(&r, &r.general, &general_before, err) != LT_OK) goto done;
   char ckpt[PATH_MAX];
-  uint64_t start = state_read(&r, ckpt, sizeof ckpt);
+  uint64_t start = resume_state_read(r.state_path, ckpt, sizeof ckpt);
   if (start > r.steps) start = 0;
   if (start && resume(&r, ckpt, start, err) != LT_OK) goto done;
   if (start) job_log(ctx, "attempt %u: resuming from %s (step %" PRIu64 ")", job_attempt(ctx), ckpt, start);

@@ -24,6 +24,7 @@
 #include "engine/text/jsonl.h"
 #include "methods/dataset.h"
 #include "methods/zo.h"
+#include "jobs/resume.h"
 #include "jobs/runners.h"
 
 #define LOG_NAME "zo-log.jsonl"
@@ -62,39 +63,6 @@ static lt_status_t eval_loss(run_t *r, double *loss, lt_err_t *err) {
   return LT_OK;
 }
 
-/* Writes the state file atomically: the step, then the checkpoint folder, one line each. */
-static lt_status_t state_write(run_t *r, uint64_t step, const char *dir, lt_err_t *err) {
-  char tmp[PATH_MAX + 8];
-  snprintf(tmp, sizeof tmp, "%s.tmp", r->state_path);
-  FILE *f = fopen(tmp, "w");
-  if (!f) return lt_fail(err, LT_E_IO, "cannot write %s: %s", tmp, strerror(errno));
-  bool ok = fprintf(f, "%" PRIu64 "\n%s\n", step, dir) > 0;
-  ok = fflush(f) == 0 && fsync(fileno(f)) == 0 && ok;
-  ok = fclose(f) == 0 && ok;
-  if (!ok || rename(tmp, r->state_path) != 0)
-    return lt_fail(err, LT_E_IO, "cannot write %s: %s", r->state_path, strerror(errno));
-  return LT_OK;
-}
-
-/* Reads the state file: the step of the last checkpoint (0 when none) and its folder. */
-static uint64_t state_read(run_t *r, char *dir, size_t n) {
-  FILE *f = fopen(r->state_path, "r");
-  uint64_t step = 0;
-  dir[0] = 0;
-  if (!f) return 0;
-  char *line = NULL;
-  size_t cap = 0;
-  ssize_t len;
-  if (fscanf(f, "%" SCNu64 "\n", &step) != 1 || (len = getline(&line, &cap, f)) < 2 || line[len - 1] != '\n' ||
-      (size_t)len > n)
-    step = 0;
-  else
-    snprintf(dir, n, "%.*s", (int)len - 1, line);
-  free(line);
-  fclose(f);
-  return step;
-}
-
 /* Saves the weights after `step` steps as <output>/checkpoint-<step>, the log flushed to disk first, then
  * records it in the state file: a checkpoint the state names is complete and its steps are in the log. */
 static lt_status_t checkpoint(run_t *r, uint64_t step, lt_err_t *err) {
@@ -110,7 +78,7 @@ static lt_status_t checkpoint(run_t *r, uint64_t step, lt_err_t *err) {
   if ((st = util_rm_rf(tmp, err)) != LT_OK || (st = model_save(r->m, tmp, &so, err)) != LT_OK) return st;
   if ((st = util_rm_rf(dir, err)) != LT_OK) return st;
   if (rename(tmp, dir) != 0) return lt_fail(err, LT_E_IO, "cannot rename %s: %s", tmp, strerror(errno));
-  if ((st = state_write(r, step, dir, err)) != LT_OK) return st;
+  if ((st = resume_state_write(r->state_path, step, dir, err)) != LT_OK) return st;
   job_artifact(r->ctx, "checkpoint", dir);
   return LT_OK;
 }
@@ -118,36 +86,8 @@ static lt_status_t checkpoint(run_t *r, uint64_t step, lt_err_t *err) {
 /* Opens the log for appending after `step` steps: a fresh run writes the header; a resumed one keeps the header
  * and the lines of steps before `step` (a killed attempt may have logged further) and drops the rest. */
 static lt_status_t log_open(run_t *r, uint64_t step, lt_err_t *err) {
-  if (step == 0) {
-    if (!(r->log = fopen(r->log_path, "w")))
-      return lt_fail(err, LT_E_IO, "cannot write %s: %s", r->log_path, strerror(errno));
-    return zo_log_header(r->log, r->base, &r->o, err);
-  }
-  FILE *in = fopen(r->log_path, "r");
-  if (!in) return lt_fail(err, LT_E_IO, "cannot resume: %s: %s", r->log_path, strerror(errno));
-  char tmp[PATH_MAX + 8];
-  snprintf(tmp, sizeof tmp, "%s.tmp", r->log_path);
-  FILE *out = fopen(tmp, "w");
-  lt_status_t st = out ? LT_OK : lt_fail(err, LT_E_IO, "cannot write %s: %s", tmp, strerror(errno));
-  char *line = NULL;
-  size_t cap = 0;
-  ssize_t len;
-  uint64_t kept = 0;
-  while (st == LT_OK && kept < step + 1 && (len = getline(&line, &cap, in)) > 0 && line[len - 1] == '\n') {
-    if (fwrite(line, 1, (size_t)len, out) != (size_t)len) st = lt_fail(err, LT_E_IO, "writing %s", tmp);
-    kept++;
-  }
-  free(line);
-  fclose(in);
-  if (st == LT_OK && kept < step + 1)
-    st = lt_fail(err, LT_E_CORRUPT, "cannot resume: %s holds %" PRIu64 " of the %" PRIu64 " steps of the checkpoint",
-                 r->log_path, kept ? kept - 1 : 0, step);
-  if (out && fclose(out) != 0 && st == LT_OK) st = lt_fail(err, LT_E_IO, "writing %s", tmp);
-  if (st == LT_OK && rename(tmp, r->log_path) != 0)
-    st = lt_fail(err, LT_E_IO, "cannot rename %s: %s", tmp, strerror(errno));
-  if (st == LT_OK && !(r->log = fopen(r->log_path, "a")))
-    st = lt_fail(err, LT_E_IO, "cannot append to %s: %s", r->log_path, strerror(errno));
-  return st;
+  if (!(r->log = resume_log_open(r->log_path, step ? step + 1 : 0, err))) return err ? err->code : LT_E_IO;
+  return step ? LT_OK : zo_log_header(r->log, r->base, &r->o, err);
 }
 
 /* Seconds as "1h02m", "3m05s" or "12s". */
@@ -246,7 +186,7 @@ job_outcome_t run_tune_zo(job_ctx_t *ctx, lt_err_t *err) {
   if (!tok) return JOB_FAILED;
   if (util_mkdir_p(r.output, 0755, err) != LT_OK) goto done;
   char ckpt[PATH_MAX];
-  uint64_t start = state_read(&r, ckpt, sizeof ckpt);
+  uint64_t start = resume_state_read(r.state_path, ckpt, sizeof ckpt);
   if (start > r.steps) start = 0; /* the state of another run's length: start over */
   gpu_t *g = job_gpu(ctx, err);
   if (!g) goto done;

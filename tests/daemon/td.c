@@ -266,3 +266,17 @@ int td_shell(char *out, size_t n, const char *cmdline) {
   int st = pclose(p);
   return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
 }
+
+bool td_same_file(const char *a, const char *b) {
+  FILE *fa = fopen(a, "rb"), *fb = fopen(b, "rb");
+  cr_assert(fa && fb, "cannot open %s or %s", a, b);
+  bool same = true;
+  int ca, cb;
+  do {
+    ca = fgetc(fa);
+    cb = fgetc(fb);
+    same = ca == cb;
+  } while (same && ca != EOF);
+  fclose(fa), fclose(fb);
+  return same;
+}

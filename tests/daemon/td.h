@@ -43,6 +43,9 @@ void td_cli_teardown(td_t *t);
  * did not exit normally. */
 int td_shell(char *out, size_t n, const char *cmdline);
 
+/* Whether two files hold the same bytes (asserts both open). */
+bool td_same_file(const char *a, const char *b);
+
 /* A new client of t's daemon (asserts). Caller owns. */
 lc_t *td_client(const td_t *t);
 

@@ -83,20 +83,6 @@ static bool mp_as_double(const msgpack_object *o, double *v) {
   return true;
 }
 
-static bool same_file(const char *a, const char *b) {
-  FILE *fa = fopen(a, "rb"), *fb = fopen(b, "rb");
-  cr_assert(fa && fb, "cannot open %s or %s", a, b);
-  bool same = true;
-  int ca, cb;
-  do {
-    ca = fgetc(fa);
-    cb = fgetc(fb);
-    same = ca == cb;
-  } while (same && ca != EOF);
-  fclose(fa), fclose(fb);
-  return same;
-}
-
 static bool exists(const char *dir, const char *name) {
   char p[300];
   struct stat sb;
@@ -136,10 +122,10 @@ Test(tune, killed_worker_resumes_to_the_bytes_of_an_uninterrupted_run) {
   td_wait_state(c, b, "succeeded", 90000);
   snprintf(fa, sizeof fa, "%s/model.safetensors", out_a);
   snprintf(fb, sizeof fb, "%s/model.safetensors", out_b);
-  cr_assert(same_file(fa, fb), "the resumed run's weights differ from the uninterrupted run's");
+  cr_assert(td_same_file(fa, fb), "the resumed run's weights differ from the uninterrupted run's");
   snprintf(fa, sizeof fa, "%s/tune-log.jsonl", out_a);
   snprintf(fb, sizeof fb, "%s/tune-log.jsonl", out_b);
-  cr_assert(same_file(fa, fb), "the run logs differ");
+  cr_assert(td_same_file(fa, fb), "the run logs differ");
   cr_assert(exists(out_a, "loss.svg"));
   lc_destroy(&c);
 }

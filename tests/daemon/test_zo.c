@@ -62,21 +62,6 @@ static int64_t submit(lc_t *c, const char *kind, const char *const *kv, const in
   return id;
 }
 
-/* Whether two files hold the same bytes. */
-static bool same_file(const char *a, const char *b) {
-  FILE *fa = fopen(a, "rb"), *fb = fopen(b, "rb");
-  cr_assert(fa && fb, "cannot open %s or %s", a, b);
-  bool same = true;
-  int ca, cb;
-  do {
-    ca = fgetc(fa);
-    cb = fgetc(fb);
-    same = ca == cb;
-  } while (same && ca != EOF);
-  fclose(fa), fclose(fb);
-  return same;
-}
-
 Test(tune_zo, killed_worker_resumes_to_the_weights_of_an_uninterrupted_run) {
   td_start(&t, NULL);
   lc_t *c = td_client(&t);
@@ -113,10 +98,10 @@ Test(tune_zo, killed_worker_resumes_to_the_weights_of_an_uninterrupted_run) {
   td_wait_state(c, b, "succeeded", 60000);
   snprintf(fa, sizeof fa, "%s/model.safetensors", out_a);
   snprintf(fb, sizeof fb, "%s/model.safetensors", out_b);
-  cr_assert(same_file(fa, fb), "the resumed run's weights differ from the uninterrupted run's");
+  cr_assert(td_same_file(fa, fb), "the resumed run's weights differ from the uninterrupted run's");
   snprintf(fa, sizeof fa, "%s/zo-log.jsonl", out_a);
   snprintf(fb, sizeof fb, "%s/zo-log.jsonl", out_b);
-  cr_assert(same_file(fa, fb), "the run logs differ");
+  cr_assert(td_same_file(fa, fb), "the run logs differ");
 
   /* The log rebuilds the final weights and a checkpoint. */
   char rep[128], log[160];
@@ -127,6 +112,6 @@ Test(tune_zo, killed_worker_resumes_to_the_weights_of_an_uninterrupted_run) {
   td_wait_state(c, r, "succeeded", 30000);
   snprintf(fa, sizeof fa, "%s/model.safetensors", out_a);
   snprintf(fb, sizeof fb, "%s/model.safetensors", rep);
-  cr_assert(same_file(fa, fb), "replaying the log gives other weights");
+  cr_assert(td_same_file(fa, fb), "replaying the log gives other weights");
   lc_destroy(&c);
 }
