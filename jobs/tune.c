@@ -270,41 +270,13 @@ static lt_dtype_t base_dtype(const char *path) {
   return t == FT_F16 ? LT_F16 : t == FT_BF16 ? LT_BF16 : LT_F32;
 }
 
-/* LoRA merged into the base: a second copy of the base in f32, W += (alpha / r) B A for every pair, written as a
- * Hugging Face folder in the base's dtype. */
+/* LoRA merged into the base: a second copy of the base in f32 with the pairs folded in, written as a Hugging
+ * Face folder in the base's dtype. */
 static lt_status_t write_merged(run_t *r, gpu_t *g, lt_err_t *err) {
   model_load_opts_t lo = {.force_f32 = true};
   model_t *mm = model_load(g, r->base, &lo, err);
   if (!mm) return err ? err->code : LT_E_IO;
-  lt_status_t st = LT_OK;
-  float s = r->to.lora_alpha / (float)r->to.lora_rank;
-  for (uint32_t i = 0; st == LT_OK && i + 1 < train_tensor_count(r->t); i += 2) {
-    const train_tensor_t *A = train_tensor_at(r->t, i), *B = train_tensor_at(r->t, i + 1);
-    char name[160];
-    const char *from = A->name + strlen("base_model.model."), *end = strstr(from, ".lora_A.weight");
-    snprintf(name, sizeof name, "%.*s.weight", (int)(end - from), from);
-    const model_param_t *p = NULL;
-    for (uint32_t k = 0; k < model_param_count(mm) && !p; k++)
-      if (!strcmp(model_param_at(mm, k)->name, name)) p = model_param_at(mm, k);
-    if (!p || p->n_rows != p->rows) {
-      st = lt_fail(err, LT_E_INVALID, "merge: %s is missing or split on this device", name);
-      break;
-    }
-    uint32_t out = B->rows, in = A->cols, rk = A->rows;
-    float *w = malloc((uint64_t)out * in * 4), *a = malloc((uint64_t)rk * in * 4), *b = malloc((uint64_t)out * rk * 4);
-    if (!w || !a || !b) st = lt_fail(err, LT_E_NOMEM, "out of memory merging %s", name);
-    if (st == LT_OK) st = gpu_download(p->buf, 0, w, (uint64_t)out * in * 4, err);
-    if (st == LT_OK) st = gpu_download(A->value, 0, a, (uint64_t)rk * in * 4, err);
-    if (st == LT_OK) st = gpu_download(B->value, 0, b, (uint64_t)out * rk * 4, err);
-    for (uint32_t o = 0; st == LT_OK && o < out; o++)
-      for (uint32_t j = 0; j < in; j++) {
-        double d = 0;
-        for (uint32_t q = 0; q < rk; q++) d += (double)b[(uint64_t)o * rk + q] * a[(uint64_t)q * in + j];
-        w[(uint64_t)o * in + j] += (float)(s * d);
-      }
-    if (st == LT_OK) st = gpu_upload(p->buf, 0, w, (uint64_t)out * in * 4, err);
-    free(w), free(a), free(b);
-  }
+  lt_status_t st = train_lora_merge(r->t, mm, err);
   char dir[PATH_MAX + 8];
   snprintf(dir, sizeof dir, "%s/merged", r->output);
   model_save_opts_t so = {.f32_as = base_dtype(r->base)};

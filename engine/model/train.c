@@ -780,3 +780,34 @@ lt_status_t train_loss(train_t *t, const int32_t *ids, const uint8_t *mask, uint
                        lt_err_t *err) {
   return run(t, ids, mask, n_seq, T, 1.0f, false, loss, err);
 }
+
+lt_status_t train_lora_merge(const train_t *t, model_t *dst, lt_err_t *err) {
+  if (t->o.what != TRAIN_LORA) return lt_fail(err, LT_E_INVALID, "merge: the training state holds no LoRA pairs");
+  lt_status_t st = LT_OK;
+  float s = t->lora_scale;
+  for (uint32_t i = 0; st == LT_OK && i + 1 < t->n_tt; i += 2) {
+    const train_tensor_t *A = &t->tt[i], *B = &t->tt[i + 1];
+    /* base_model.model.<module>.lora_A.weight -> <module>.weight */
+    char name[sizeof A->name];
+    const char *from = A->name + strlen("base_model.model."), *end = strstr(from, ".lora_A.weight");
+    snprintf(name, sizeof name, "%.*s.weight", (int)(end - from), from);
+    const model_param_t *p = find_param(dst, name);
+    if (!p || p->n_rows != p->rows || p->dtype != LT_F32)
+      return lt_fail(err, LT_E_INVALID, "merge: %s is missing, split or not f32 in the model merged into", name);
+    uint32_t out = B->rows, in = A->cols, rk = A->rows;
+    float *w = malloc((uint64_t)out * in * 4), *a = malloc((uint64_t)rk * in * 4), *b = malloc((uint64_t)out * rk * 4);
+    if (!w || !a || !b) st = lt_fail(err, LT_E_NOMEM, "out of memory merging %s", name);
+    if (st == LT_OK) st = gpu_download(p->buf, 0, w, (uint64_t)out * in * 4, err);
+    if (st == LT_OK) st = gpu_download(A->value, 0, a, (uint64_t)rk * in * 4, err);
+    if (st == LT_OK) st = gpu_download(B->value, 0, b, (uint64_t)out * rk * 4, err);
+    for (uint32_t o = 0; st == LT_OK && o < out; o++)
+      for (uint32_t j = 0; j < in; j++) {
+        double d = 0;
+        for (uint32_t q = 0; q < rk; q++) d += (double)b[(uint64_t)o * rk + q] * a[(uint64_t)q * in + j];
+        w[(uint64_t)o * in + j] += (float)(s * d);
+      }
+    if (st == LT_OK) st = gpu_upload(p->buf, 0, w, (uint64_t)out * in * 4, err);
+    free(w), free(a), free(b);
+  }
+  return st;
+}

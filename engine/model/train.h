@@ -90,6 +90,10 @@ lt_status_t train_loss(train_t *t, const int32_t *ids, const uint8_t *mask, uint
 /* Counters of the last train_grad(); owned by t. */
 const train_stats_t *train_stats(const train_t *t);
 
+/* Folds the LoRA pairs into dst, a copy of the base loaded with f32 weights (force_f32): W += (alpha / r) B A for
+ * every pair, summed on the host in double. LT_E_INVALID when t is not LoRA training or dst lacks a target. */
+lt_status_t train_lora_merge(const train_t *t, model_t *dst, lt_err_t *err);
+
 /* The model being trained. */
 model_t *train_model(const train_t *t);
 

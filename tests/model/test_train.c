@@ -19,6 +19,7 @@
 #include "engine/model/safetensors.h"
 #include "engine/model/train.h"
 #include "engine/ops/dtype.h"
+#include "methods/tune.h"
 #include "support/tgpu.h"
 
 #define FIXTURES LATHE_SOURCE_DIR "/tests/fixtures"
@@ -268,4 +269,59 @@ Test(train, adapter_backward_stops_at_its_block) {
   cr_assert_lt(dispatches[1], dispatches[0], "backward dispatches: block 1 %u, block 0 %u", dispatches[1],
                dispatches[0]);
   model_destroy(&m);
+}
+
+Test(train, merged_lora_computes_the_adapted_model) {
+  /* The merged weights W + (alpha / r) B A give the loss of the base plus its unmerged LoRA: the two differ only
+   * in f32 rounding of the sums (one product instead of two added), ~1e-6 relative on losses of ~5. */
+  gref_t g;
+  gref_load(&g, "llama-tiny");
+  lt_err_t err = {0};
+  model_t *m = model_load(tgpu(), FIXTURES "/llama-tiny", NULL, &err), *mm = load_f32("llama-tiny");
+  cr_assert(m, "%s", err.msg);
+  train_opts_t o = {.what = TRAIN_LORA, .lora_rank = 3, .lora_alpha = 5, .lora_targets = 0x7f, .seed = 2};
+  train_t *t = train_new(m, &o, &err);
+  cr_assert(t, "%s", err.msg);
+  for (uint32_t i = 1; i < train_tensor_count(t); i += 2) {
+    const train_tensor_t *B = train_tensor_at(t, i);
+    uint64_t n = (uint64_t)B->rows * B->cols, seed = i;
+    float *v = talloc(n);
+    trand(v, n, -0.3, 0.3, &seed);
+    cr_assert_eq(gpu_upload(B->value, 0, v, n * 4, &err), LT_OK);
+    free(v);
+  }
+  double adapted, merged, base;
+  cr_assert_eq(train_loss(t, g.ids, g.mask, g.n_seq, g.T, &adapted, &err), LT_OK, "%s", err.msg);
+  train_opts_t full = {.what = TRAIN_FULL};
+  train_t *tb = train_new(mm, &full, &err);
+  cr_assert_eq(train_loss(tb, g.ids, g.mask, g.n_seq, g.T, &base, &err), LT_OK, "%s", err.msg);
+  cr_assert_eq(train_lora_merge(t, mm, &err), LT_OK, "%s", err.msg);
+  cr_assert_eq(train_loss(tb, g.ids, g.mask, g.n_seq, g.T, &merged, &err), LT_OK, "%s", err.msg);
+  cr_assert(fabs(adapted - base) > 1e-3, "the LoRA pairs change nothing: the comparison would prove nothing");
+  cr_assert(fabs(merged - adapted) < 1e-5, "merged %.9g, unmerged %.9g", merged, adapted);
+  train_destroy(&tb), train_destroy(&t);
+  model_destroy(&mm), model_destroy(&m);
+}
+
+Test(train, a_diverging_run_fails_naming_the_step) {
+  gref_t g;
+  gref_load(&g, "llama-tiny");
+  model_t *m = load_f32("llama-tiny");
+  lt_err_t err = {0};
+  train_opts_t o = {.what = TRAIN_FULL};
+  train_t *t = train_new(m, &o, &err);
+  /* A learning rate of 1e30 sends the weights past f32's range within a few steps. */
+  tune_opts_t to = {.lr = 1e30, .steps = 50, .schedule = TUNE_CONSTANT};
+  tuner_t *u = tuner_new(t, &to, &err);
+  cr_assert(u, "%s", err.msg);
+  tune_batch_t b = {g.ids, g.mask, g.n_seq, g.T};
+  tune_step_info_t info;
+  lt_status_t st = LT_OK;
+  uint32_t s = 0;
+  while (s < 50 && (st = tuner_step(u, &b, 1, &info, &err)) == LT_OK) s++;
+  cr_assert_eq(st, LT_E_NUMERIC, "the run did not stop on a non-finite loss (%s)", err.msg);
+  char want[32];
+  snprintf(want, sizeof want, "step %u", s + 1);
+  cr_assert(strstr(err.msg, want), "the error does not name %s: %s", want, err.msg);
+  tuner_destroy(&u), train_destroy(&t), model_destroy(&m);
 }
