@@ -435,7 +435,8 @@ job_outcome_t run_tune(job_ctx_t *ctx, lt_err_t *err) {
                         .adapter_layer = (uint32_t)(job_param_int(ctx, "layer") < 0 ? 0 : job_param_int(ctx, "layer")),
                         .adapter_dim = (uint32_t)job_param_int(ctx, "adapter_dim"),
                         .seed = r.seed,
-                        .recompute = job_param_bool(ctx, "recompute")};
+                        .recompute = job_param_bool(ctx, "recompute"),
+                        .balance = (float)job_param_float(ctx, "balance")};
   unsigned flags = job_param_bool(ctx, "add_bos") ? TOK_ADD_BOS : 0;
   const char *eval_path = job_param_str(ctx, "eval"), *general_path = job_param_str(ctx, "eval_general");
   snprintf(r.state_path, sizeof r.state_path, "%s/" STATE_NAME, job_dir(ctx));

@@ -36,11 +36,31 @@ typedef struct tlayer {
   const model_param_t *attn_norm, *ffn_norm;
   int32_t attn_norm_grad, ffn_norm_grad;
   wref_t wq, wk, wv, wo, gate, up, down;
+  /* Mixture of experts: the router and each expert's w1 (gate), w3 (up), w2 (down). */
+  uint32_t n_exp;
+  wref_t router, *eg, *eu, *ed;
 } tlayer_t;
+
+/* The routing of one MoE block for the batch (host side): each row's top-k experts and renormalised gate weights,
+ * and per expert its rows in ascending order, each expert's list starting at a multiple of 4 entries so its views
+ * stay 16-byte aligned. */
+typedef struct route {
+  uint32_t *idx;   /* [R * K] the chosen experts, descending probability, lower index first on ties */
+  float *wgt;      /* [R * K] their gate weights (probabilities renormalised over the k) */
+  float *prob;     /* [R * E] the router's probabilities */
+  uint32_t *count; /* [E] rows per expert */
+  uint32_t *start; /* [E + 1] list offset of each expert */
+  int32_t *rows;   /* [list] the row of each list entry */
+  float *ew;       /* [list] its gate weight */
+  uint32_t *slot;  /* [list] its (row * K + k) */
+} route_t;
 
 /* Saved activations of one block (see the header comment). */
 typedef struct blk {
   gpu_buf_t *x, *xn1, *q, *k, *v, *att, *lse, *h1, *z1, *s1, *xn2, *g, *u, *act, *h2, *z2;
+  /* MoE: router probabilities (R, E), then in the backward the router logits' gradient; the expert lists (ids,
+   * gate weights) and each listed row's expert input, gate, up, product and output. */
+  gpu_buf_t *rprob, *eids, *ew, *xe, *ge, *ue, *ae, *oe;
 } blk_t;
 
 struct train {
@@ -71,6 +91,12 @@ struct train {
   uint32_t rope_rows;
   uint64_t act_bytes;
   train_stats_t stats;
+  /* MoE */
+  uint32_t E, K, list_cap; /* most experts of a block, experts per token, list entries per block */
+  route_t *routes;         /* per block */
+  gpu_buf_t *ones;         /* (list_cap) ones: the weights that scatter expert input gradients back */
+  uint32_t T_real;         /* tokens per sequence before padding: rows past it are left out of router statistics */
+  float scale;             /* the loss scale of the running pass (gradient accumulation) */
 };
 
 /* ---- set-up ---- */
@@ -181,8 +207,9 @@ static lt_status_t lora_add(train_t *t, wref_t *w, const char *module, uint64_t 
 }
 
 static void blk_free(blk_t *b) {
-  gpu_buf_t **all[] = {&b->x,  &b->xn1, &b->q,   &b->k, &b->v, &b->att, &b->lse, &b->h1,
-                       &b->z1, &b->s1,  &b->xn2, &b->g, &b->u, &b->act, &b->h2,  &b->z2};
+  gpu_buf_t **all[] = {&b->x,     &b->xn1,  &b->q,   &b->k,  &b->v,  &b->att, &b->lse, &b->h1,
+                       &b->z1,    &b->s1,   &b->xn2, &b->g,  &b->u,  &b->act, &b->h2,  &b->z2,
+                       &b->rprob, &b->eids, &b->ew,  &b->xe, &b->ge, &b->ue,  &b->ae,  &b->oe};
   for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) gpu_buf_destroy(all[i]);
 }
 
@@ -196,6 +223,14 @@ static void acts_free(train_t *t) {
   free(t->blk);
   t->blk = NULL;
   blk_free(&t->shared);
+  for (uint32_t l = 0; t->routes && l < t->cf->n_layers; l++) {
+    route_t *r = &t->routes[l];
+    free(r->idx), free(r->wgt), free(r->prob), free(r->count), free(r->start), free(r->rows), free(r->ew),
+        free(r->slot);
+  }
+  free(t->routes);
+  t->routes = NULL;
+  gpu_buf_destroy(&t->ones);
   gpu_buf_t **all[] = {&t->lse, &t->xf,     &t->xL, &t->ids,  &t->pos,  &t->tgt, &t->wts,
                        &t->nll, &t->logits, &t->dx, &t->dxn,  &t->datt, &t->dq,  &t->dk,
                        &t->dv,  &t->dg,     &t->du, &t->dact, &t->lu,   &t->dlu, &t->dz};
@@ -227,6 +262,21 @@ static lt_status_t blk_alloc(train_t *t, blk_t *b, uint32_t R, bool with_x, lt_e
   if (with_x && !(b->x = abuf(t, R * d, err))) return err ? err->code : LT_E_DEVICE_OOM;
   for (size_t i = 0; i < sizeof want / sizeof want[0]; i++)
     if (!(*want[i].b = abuf(t, want[i].n, err))) return err ? err->code : LT_E_DEVICE_OOM;
+  if (!t->E) return LT_OK;
+  uint64_t L = t->list_cap;
+  struct {
+    gpu_buf_t **b;
+    uint64_t n;
+  } moe[] = {{&b->rprob, (uint64_t)R * t->E},
+             {&b->eids, L},
+             {&b->ew, L},
+             {&b->xe, L * d},
+             {&b->ge, L * f},
+             {&b->ue, L * f},
+             {&b->ae, L * f},
+             {&b->oe, L * d}};
+  for (size_t i = 0; i < sizeof moe / sizeof moe[0]; i++)
+    if (!(*moe[i].b = abuf(t, moe[i].n, err))) return err ? err->code : LT_E_DEVICE_OOM;
   return LT_OK;
 }
 
@@ -240,6 +290,27 @@ static lt_status_t acts_ensure(train_t *t, uint32_t R, uint32_t T, lt_err_t *err
   uint64_t f = c->intermediate_size, r = t->o.lora_rank ? t->o.lora_rank : 1, a = t->adapter_dim;
   uint64_t widest_lora = d > f ? d : f;
   if (!(t->blk = calloc(c->n_layers, sizeof *t->blk))) return lt_fail(err, LT_E_NOMEM, "out of memory");
+  if (t->E) {
+    t->list_cap = R * t->K + 4 * t->E;
+    if (!(t->routes = calloc(c->n_layers, sizeof *t->routes))) return lt_fail(err, LT_E_NOMEM, "out of memory");
+    for (uint32_t l = 0; l < c->n_layers; l++) {
+      route_t *ro = &t->routes[l];
+      ro->idx = malloc((uint64_t)R * t->K * 4), ro->wgt = malloc((uint64_t)R * t->K * 4);
+      ro->prob = malloc((uint64_t)R * t->E * 4), ro->count = malloc(t->E * 4), ro->start = malloc((t->E + 1) * 4);
+      ro->rows = malloc((uint64_t)t->list_cap * 4), ro->ew = malloc((uint64_t)t->list_cap * 4);
+      ro->slot = malloc((uint64_t)t->list_cap * 4);
+      if (!ro->idx || !ro->wgt || !ro->prob || !ro->count || !ro->start || !ro->rows || !ro->ew || !ro->slot)
+        return lt_fail(err, LT_E_NOMEM, "out of memory");
+    }
+    float *one = malloc((uint64_t)t->list_cap * 4);
+    if (!one) return lt_fail(err, LT_E_NOMEM, "out of memory");
+    for (uint32_t i = 0; i < t->list_cap; i++) one[i] = 1.0f;
+    if (!(t->ones = abuf(t, t->list_cap, err)))
+      st = err ? err->code : LT_E_DEVICE_OOM;
+    else
+      st = gpu_upload(t->ones, 0, one, (uint64_t)t->list_cap * 4, err);
+    free(one);
+  }
   if (t->o.recompute) {
     st = blk_alloc(t, &t->shared, R, false, err);
     for (uint32_t l = 0; l < c->n_layers && st == LT_OK; l++) {
@@ -302,8 +373,9 @@ static lt_status_t acts_ensure(train_t *t, uint32_t R, uint32_t T, lt_err_t *err
 
 train_t *train_new(model_t *m, const train_opts_t *o, lt_err_t *err) {
   const model_config_t *c = model_config(m);
-  if (c->n_experts)
-    return lt_fail(err, LT_E_UNSUPPORTED, "first-order training of mixture-of-experts models is not supported yet"),
+  if (c->n_experts && o->what == TRAIN_LORA && (o->lora_targets & (TRAIN_LORA_GATE | TRAIN_LORA_UP | TRAIN_LORA_DOWN)))
+    return lt_fail(err, LT_E_UNSUPPORTED,
+                   "LoRA targets gate, up and down name a dense MLP; this mixture-of-experts model takes q,k,v,o"),
            NULL;
   for (uint32_t l = 0; l < c->n_layers; l++)
     if (c->ffn_dropped[l])
@@ -358,7 +430,25 @@ train_t *train_new(model_t *m, const train_opts_t *o, lt_err_t *err) {
     W(wq, "self_attn.q_proj") W(wk, "self_attn.k_proj") W(wv, "self_attn.v_proj") W(wo, "self_attn.o_proj");
     snprintf(name, sizeof name, "model.layers.%u.post_attention_layernorm.weight", l);
     if ((st = norm_get(t, &L->ffn_norm, &L->ffn_norm_grad, name, err)) != LT_OK) break;
-    W(gate, "mlp.gate_proj") W(up, "mlp.up_proj") W(down, "mlp.down_proj");
+    if (c->n_experts) {
+      L->n_exp = model_config_experts(c, l);
+      W(router, "block_sparse_moe.gate");
+      L->eg = calloc(L->n_exp, sizeof *L->eg), L->eu = calloc(L->n_exp, sizeof *L->eu);
+      L->ed = calloc(L->n_exp, sizeof *L->ed);
+      if (!L->eg || !L->eu || !L->ed) st = lt_fail(err, LT_E_NOMEM, "out of memory");
+      for (uint32_t e = 0; e < L->n_exp && st == LT_OK; e++) {
+        wref_t *ws[3] = {&L->eg[e], &L->ed[e], &L->eu[e]};
+        for (int k = 0; k < 3 && st == LT_OK; k++) {
+          snprintf(name, sizeof name, "model.layers.%u.block_sparse_moe.experts.%u.w%d.weight", l, e, k + 1);
+          st = wref_get(t, ws[k], name, err);
+        }
+      }
+      if (st != LT_OK) break;
+      if (L->n_exp > t->E) t->E = L->n_exp;
+      t->K = c->n_experts_used;
+    } else {
+      W(gate, "mlp.gate_proj") W(up, "mlp.up_proj") W(down, "mlp.down_proj");
+    }
 #undef W
     if (o->what == TRAIN_LORA) {
       wref_t *ws[] = {&L->wq, &L->wk, &L->wv, &L->wo, &L->gate, &L->up, &L->down};
@@ -406,6 +496,7 @@ void train_destroy(train_t **tp) {
     if (t->tt[i].owns_value) gpu_buf_destroy(&t->tt[i].value);
   }
   free(t->tt);
+  for (uint32_t l = 0; t->L && l < t->cf->n_layers; l++) free(t->L[l].eg), free(t->L[l].eu), free(t->L[l].ed);
   free(t->L);
   free(t);
   *tp = NULL;
@@ -426,29 +517,29 @@ lt_status_t train_zero_grad(train_t *t, lt_err_t *err) {
 /* ---- linear layers ---- */
 
 /* y (+)= x . W^T for the model's weight in its own dtype. */
-static lt_status_t wmul(gpu_cmd_t *c, gpu_buf_t *y, gpu_buf_t *x, const model_param_t *p, uint32_t R, bool acc,
+static lt_status_t wmul(gpu_cmd_t *c, gpu_view_t y, gpu_view_t x, const model_param_t *p, uint32_t R, bool acc,
                         lt_err_t *err) {
   if (p->scales) {
     qmat_view_t q = {gv(p->buf), gv(p->scales), p->dtype, p->stype, p->group};
-    return op_matmul_q(c, gv(y), p->rows, gv(x), p->cols, &q, R, p->rows, p->cols, acc, MATMUL_AUTO, err);
+    return op_matmul_q(c, y, p->rows, x, p->cols, &q, R, p->rows, p->cols, acc, MATMUL_AUTO, err);
   }
-  return op_matmul(c, gv(y), gv(x), gv(p->buf), p->dtype, R, p->rows, p->cols, acc, err);
+  return op_matmul(c, y, x, gv(p->buf), p->dtype, R, p->rows, p->cols, acc, err);
 }
 
 /* dx (+)= dy . W for the model's weight in its own dtype. */
-static lt_status_t wmul_dx(gpu_cmd_t *c, gpu_buf_t *dx, gpu_buf_t *dy, const model_param_t *p, uint32_t R, bool acc,
+static lt_status_t wmul_dx(gpu_cmd_t *c, gpu_view_t dx, gpu_view_t dy, const model_param_t *p, uint32_t R, bool acc,
                            lt_err_t *err) {
   if (p->scales) {
     qmat_view_t q = {gv(p->buf), gv(p->scales), p->dtype, p->stype, p->group};
-    return op_matmul_dx_q(c, gv(dx), gv(dy), &q, R, p->rows, p->cols, acc, err);
+    return op_matmul_dx_q(c, dx, dy, &q, R, p->rows, p->cols, acc, err);
   }
-  return op_matmul_dx(c, gv(dx), gv(dy), gv(p->buf), p->dtype, R, p->rows, p->cols, acc, err);
+  return op_matmul_dx(c, dx, dy, gv(p->buf), p->dtype, R, p->rows, p->cols, acc, err);
 }
 
 /* y (+)= x . W^T + lora_scale * (x . A^T) . B^T; keeps nothing (the backward recomputes x . A^T). */
 static lt_status_t lin_fwd(train_t *t, gpu_cmd_t *c, gpu_buf_t *y, gpu_buf_t *x, const wref_t *w, uint32_t R, bool acc,
                            lt_err_t *err) {
-  lt_status_t st = wmul(c, y, x, w->p, R, acc, err);
+  lt_status_t st = wmul(c, gv(y), gv(x), w->p, R, acc, err);
   if (st != LT_OK || w->lora < 0) return st;
   const train_tensor_t *A = &t->tt[w->lora], *B = &t->tt[w->lora + 1];
   uint32_t r = A->rows;
@@ -461,7 +552,7 @@ static lt_status_t lin_fwd(train_t *t, gpu_cmd_t *c, gpu_buf_t *y, gpu_buf_t *x,
 static lt_status_t lin_bwd(train_t *t, gpu_cmd_t *c, gpu_buf_t *dx, gpu_buf_t *dy, gpu_buf_t *x, const wref_t *w,
                            uint32_t R, bool acc, lt_err_t *err) {
   lt_status_t st = LT_OK;
-  if (dx && (st = wmul_dx(c, dx, dy, w->p, R, acc, err)) != LT_OK) return st;
+  if (dx && (st = wmul_dx(c, gv(dx), gv(dy), w->p, R, acc, err)) != LT_OK) return st;
   if (w->grad >= 0 &&
       (st = op_matmul_dw(c, gv(t->tt[w->grad].grad), gv(dy), gv(x), R, w->p->rows, w->p->cols, true, err)) != LT_OK)
     return st;
@@ -506,14 +597,168 @@ static lt_status_t adapter_bwd(train_t *t, gpu_cmd_t *c, gpu_buf_t *h, gpu_buf_t
   return st;
 }
 
-/* ---- one block ---- */
+/* ---- mixture of experts ---- */
 
+/* A batch as the passes see it: n_seq sequences of T tokens, R rows. */
 typedef struct batch {
   uint32_t n_seq, T, R;
 } batch_t;
 
+/* Ends the recording (submit and wait) and starts a new one, so the host can read results mid-pass. */
+static lt_status_t flush(train_t *t, gpu_cmd_t **c, lt_err_t *err) {
+  lt_status_t st = gpu_cmd_finish(c, err);
+  if (st != LT_OK) return st;
+  *c = gpu_cmd_begin(t->g, err);
+  return *c ? LT_OK : (err ? err->code : LT_E_VULKAN);
+}
+
+/* Routes every row from its probabilities (host): the k largest in descending order, lower index first on ties
+ * (as op_topk), weights renormalised over the k, and the per-expert row lists. */
+static void route_build(route_t *ro, uint32_t R, uint32_t E, uint32_t K) {
+  memset(ro->count, 0, E * 4);
+  for (uint32_t r = 0; r < R; r++) {
+    const float *p = ro->prob + (uint64_t)r * E;
+    double sum = 0;
+    for (uint32_t k = 0; k < K; k++) {
+      uint32_t best = E;
+      for (uint32_t e = 0; e < E; e++) {
+        bool taken = false;
+        for (uint32_t j = 0; j < k && !taken; j++) taken = ro->idx[r * K + j] == e;
+        if (!taken && (best == E || p[e] > p[best])) best = e;
+      }
+      ro->idx[r * K + k] = best;
+      sum += p[best];
+      ro->count[best]++;
+    }
+    for (uint32_t k = 0; k < K; k++) ro->wgt[r * K + k] = sum > 0 ? (float)(p[ro->idx[r * K + k]] / sum) : 0.0f;
+  }
+  ro->start[0] = 0;
+  for (uint32_t e = 0; e < E; e++) ro->start[e + 1] = ro->start[e] + (ro->count[e] + 3) / 4 * 4;
+  uint32_t *fill = calloc(E, 4);
+  for (uint32_t r = 0; fill && r < R; r++)
+    for (uint32_t k = 0; k < K; k++) {
+      uint32_t e = ro->idx[r * K + k], at = ro->start[e] + fill[e]++;
+      ro->rows[at] = (int32_t)r, ro->ew[at] = ro->wgt[r * K + k], ro->slot[at] = r * K + k;
+    }
+  free(fill);
+}
+
+/* The MoE feed-forward of block l: h2 = s1 + sum over each row's experts of weight * expert(xn2[row]). The routing
+ * is read back to the host (one wait), then each expert gathers its rows, runs its SwiGLU MLP and scatter-adds. */
+static lt_status_t moe_fwd(train_t *t, gpu_cmd_t **c, uint32_t l, const batch_t *bt, gpu_buf_t *s1, lt_err_t *err) {
+  const tlayer_t *L = &t->L[l];
+  blk_t *b = &t->blk[l];
+  route_t *ro = &t->routes[l];
+  uint32_t R = bt->R, E = L->n_exp, K = t->K, d = t->cf->hidden_size, f = t->cf->intermediate_size;
+  lt_status_t st = wmul(*c, gv(b->rprob), gv(b->xn2), L->router.p, R, false, err);
+  if (st == LT_OK) st = op_softmax(*c, gv(b->rprob), gv(b->rprob), R, E, err);
+  if (st == LT_OK) st = flush(t, c, err);
+  if (st == LT_OK) st = gpu_download(b->rprob, 0, ro->prob, (uint64_t)R * E * 4, err);
+  if (st != LT_OK) return st;
+  route_build(ro, R, E, K);
+  uint32_t n = ro->start[E];
+  if ((st = gpu_upload(b->eids, 0, ro->rows, (uint64_t)n * 4 + 4, err)) != LT_OK) return st;
+  if ((st = gpu_upload(b->ew, 0, ro->ew, (uint64_t)n * 4 + 4, err)) != LT_OK) return st;
+  if ((st = gpu_cmd_copy(*c, s1, 0, b->h2, 0, (uint64_t)R * d * 4, err)) != LT_OK) return st;
+  for (uint32_t e = 0; e < E && st == LT_OK; e++) {
+    uint32_t ne = ro->count[e];
+    uint64_t o = ro->start[e];
+    if (!ne) continue;
+    gpu_view_t ids = {b->eids, o * 4}, w = {b->ew, o * 4}, xe = {b->xe, o * d * 4}, ge = {b->ge, o * f * 4},
+               ue = {b->ue, o * f * 4}, ae = {b->ae, o * f * 4}, oe = {b->oe, o * d * 4};
+    st = op_embed(*c, xe, gv(b->xn2), LT_F32, ids, ne, d, 0, R, err);
+    if (st == LT_OK) st = wmul(*c, ge, xe, L->eg[e].p, ne, false, err);
+    if (st == LT_OK) st = wmul(*c, ue, xe, L->eu[e].p, ne, false, err);
+    if (st == LT_OK) st = op_swiglu(*c, ae, ge, ue, ne * f, err);
+    if (st == LT_OK) st = wmul(*c, oe, ae, L->ed[e].p, ne, false, err);
+    if (st == LT_OK) st = op_scatter_add(*c, gv(b->h2), oe, ids, w, ne, d, R, err);
+  }
+  return st;
+}
+
+/* The backward of moe_fwd: t->dx holds dLoss/dh2 (also dLoss/ds1 through the residual); writes dLoss/dxn2 into
+ * t->dxn and adds the router's and experts' weight gradients. The gate weights' and router's gradients are
+ * formed on the host (one wait): d weight = dh2[row] . expert output; through the renormalisation and the
+ * softmax to the router logits; plus the load-balancing term when t->o.balance is set. */
+static lt_status_t moe_bwd(train_t *t, gpu_cmd_t **c, uint32_t l, const batch_t *bt, lt_err_t *err) {
+  const tlayer_t *L = &t->L[l];
+  blk_t *b = &t->blk[l];
+  route_t *ro = &t->routes[l];
+  uint32_t R = bt->R, E = L->n_exp, K = t->K, d = t->cf->hidden_size, f = t->cf->intermediate_size;
+  uint32_t n = ro->start[E];
+  float *dh = malloc((uint64_t)R * d * 4), *oe = malloc((uint64_t)n * d * 4 + 4);
+  double *dw = calloc((uint64_t)R * K, sizeof *dw);
+  float *dl = malloc((uint64_t)R * E * 4);
+  lt_status_t st = dh && oe && dw && dl ? flush(t, c, err) : lt_fail(err, LT_E_NOMEM, "out of memory");
+  if (st == LT_OK) st = gpu_download(t->dx, 0, dh, (uint64_t)R * d * 4, err);
+  if (st == LT_OK && n) st = gpu_download(b->oe, 0, oe, (uint64_t)n * d * 4, err);
+  if (st == LT_OK) {
+    /* d weight of each listed (row, slot), and d expert output = weight * dh[row] (written over oe). */
+    for (uint32_t e = 0; e < E; e++)
+      for (uint32_t j = ro->start[e]; j < ro->start[e] + ro->count[e]; j++) {
+        const float *g = dh + (uint64_t)ro->rows[j] * d;
+        float *y = oe + (uint64_t)j * d;
+        double s = 0;
+        for (uint32_t i = 0; i < d; i++) s += (double)g[i] * y[i], y[i] = ro->ew[j] * g[i];
+        dw[ro->slot[j]] = s;
+      }
+    /* Rows past the real tokens of each sequence are padding: left out of the balancing statistics. */
+    uint32_t real = 0;
+    for (uint32_t r = 0; r < R; r++) real += r % bt->T < t->T_real;
+    double *frac = calloc(E, sizeof *frac);
+    if (frac && t->o.balance > 0)
+      for (uint32_t r = 0; r < R; r++)
+        for (uint32_t k = 0; r % bt->T < t->T_real && k < K; k++) frac[ro->idx[r * K + k]] += 1.0 / ((double)real * K);
+    uint32_t moe_blocks = 0;
+    for (uint32_t j = 0; j < t->cf->n_layers; j++) moe_blocks += t->L[j].n_exp > 0;
+    double coef = t->o.balance * t->scale / (moe_blocks ? moe_blocks : 1) * E / (real ? real : 1);
+    for (uint32_t r = 0; r < R; r++) {
+      const float *p = ro->prob + (uint64_t)r * E;
+      double S = 0, dot = 0, *dp = calloc(E, sizeof *dp);
+      if (!dp) break;
+      for (uint32_t k = 0; k < K; k++) S += p[ro->idx[r * K + k]], dot += dw[r * K + k] * ro->wgt[r * K + k];
+      /* w_k = p_k / S: dp_k = (dw_k - sum_j dw_j w_j) / S for the chosen k; 0 for the others. */
+      for (uint32_t k = 0; S > 0 && k < K; k++) dp[ro->idx[r * K + k]] += (dw[r * K + k] - dot) / S;
+      if (frac && t->o.balance > 0 && r % bt->T < t->T_real)
+        for (uint32_t e = 0; e < E; e++) dp[e] += coef * frac[e];
+      double pd = 0;
+      for (uint32_t e = 0; e < E; e++) pd += p[e] * dp[e];
+      for (uint32_t e = 0; e < E; e++) dl[(uint64_t)r * E + e] = (float)(p[e] * (dp[e] - pd));
+      free(dp);
+    }
+    free(frac);
+    if (n) st = gpu_upload(b->oe, 0, oe, (uint64_t)n * d * 4, err);
+    if (st == LT_OK) st = gpu_upload(b->rprob, 0, dl, (uint64_t)R * E * 4, err);
+  }
+  free(dh), free(oe), free(dw), free(dl);
+  /* dxn = dlogits . Wr (and Wr's gradient); then each expert's input gradient scattered back onto its rows. */
+  if (st == LT_OK) st = lin_bwd(t, *c, t->dxn, b->rprob, b->xn2, &L->router, R, false, err);
+  for (uint32_t e = 0; e < E && st == LT_OK; e++) {
+    uint32_t ne = ro->count[e];
+    uint64_t o = ro->start[e];
+    if (!ne) continue;
+    gpu_view_t ids = {b->eids, o * 4}, ones = {t->ones, o * 4}, xe = {b->xe, o * d * 4}, ge = {b->ge, o * f * 4},
+               ue = {b->ue, o * f * 4}, ae = {b->ae, o * f * 4}, doe = {b->oe, o * d * 4};
+    const wref_t *W1 = &L->eg[e], *W3 = &L->eu[e], *W2 = &L->ed[e];
+    st = wmul_dx(*c, gv(t->dact), doe, W2->p, ne, false, err);
+    if (st == LT_OK && W2->grad >= 0) st = op_matmul_dw(*c, gv(t->tt[W2->grad].grad), doe, ae, ne, d, f, true, err);
+    if (st == LT_OK) st = op_swiglu_backward(*c, gv(t->dg), gv(t->du), gv(t->dact), ge, ue, ne * f, err);
+    if (st == LT_OK) st = wmul_dx(*c, gv(t->dz), gv(t->dg), W1->p, ne, false, err);
+    if (st == LT_OK) st = wmul_dx(*c, gv(t->dz), gv(t->du), W3->p, ne, true, err);
+    if (st == LT_OK && W1->grad >= 0)
+      st = op_matmul_dw(*c, gv(t->tt[W1->grad].grad), gv(t->dg), xe, ne, f, d, true, err);
+    if (st == LT_OK && W3->grad >= 0)
+      st = op_matmul_dw(*c, gv(t->tt[W3->grad].grad), gv(t->du), xe, ne, f, d, true, err);
+    if (st == LT_OK) st = op_scatter_add(*c, gv(t->dxn), gv(t->dz), ids, ones, ne, d, R, err);
+  }
+  return st;
+}
+
+/* ---- one block ---- */
+
 /* Runs block l forward from b->x, filling the block's saved activations; the block's output goes to out. */
-static lt_status_t block_fwd(train_t *t, gpu_cmd_t *c, uint32_t l, const batch_t *bt, gpu_buf_t *out, lt_err_t *err) {
+static lt_status_t block_fwd(train_t *t, gpu_cmd_t **cp, uint32_t l, const batch_t *bt, gpu_buf_t *out, lt_err_t *err) {
+  gpu_cmd_t *c = *cp;
   const model_config_t *cf = t->cf;
   const tlayer_t *L = &t->L[l];
   blk_t *b = &t->blk[l];
@@ -543,12 +788,17 @@ static lt_status_t block_fwd(train_t *t, gpu_cmd_t *c, uint32_t l, const batch_t
   gpu_buf_t *s1 = adapt ? b->s1 : b->h1;
   if (st == LT_OK && adapt) st = adapter_fwd(t, c, s1, b->h1, b->z1, 0, R, err);
   if (st == LT_OK) st = op_rmsnorm(c, gv(b->xn2), gv(s1), gv(L->ffn_norm->buf), R, d, cf->rms_norm_eps, err);
-  if (st == LT_OK) st = lin_fwd(t, c, b->g, b->xn2, &L->gate, R, false, err);
-  if (st == LT_OK) st = lin_fwd(t, c, b->u, b->xn2, &L->up, R, false, err);
-  if (st == LT_OK) st = op_swiglu(c, gv(b->act), gv(b->g), gv(b->u), R * f, err);
-  /* h2 = s1 + act . Wdown^T */
-  if (st == LT_OK && s1 != b->h2) st = gpu_cmd_copy(c, s1, 0, b->h2, 0, (uint64_t)R * d * 4, err);
-  if (st == LT_OK) st = lin_fwd(t, c, b->h2, b->act, &L->down, R, true, err);
+  if (L->n_exp) {
+    if (st == LT_OK) st = moe_fwd(t, cp, l, bt, s1, err);
+    c = *cp;
+  } else {
+    if (st == LT_OK) st = lin_fwd(t, c, b->g, b->xn2, &L->gate, R, false, err);
+    if (st == LT_OK) st = lin_fwd(t, c, b->u, b->xn2, &L->up, R, false, err);
+    if (st == LT_OK) st = op_swiglu(c, gv(b->act), gv(b->g), gv(b->u), R * f, err);
+    /* h2 = s1 + act . Wdown^T */
+    if (st == LT_OK) st = gpu_cmd_copy(c, s1, 0, b->h2, 0, (uint64_t)R * d * 4, err);
+    if (st == LT_OK) st = lin_fwd(t, c, b->h2, b->act, &L->down, R, true, err);
+  }
   if (st == LT_OK) {
     if (adapt)
       st = adapter_fwd(t, c, out, b->h2, b->z2, 1, R, err);
@@ -560,7 +810,8 @@ static lt_status_t block_fwd(train_t *t, gpu_cmd_t *c, uint32_t l, const batch_t
 
 /* Backward through block l: t->dx holds dLoss/d(block output) and gets dLoss/d(block input) (for the adapter
  * block, only what the adapters need: the pass stops there). */
-static lt_status_t block_bwd(train_t *t, gpu_cmd_t *c, uint32_t l, const batch_t *bt, lt_err_t *err) {
+static lt_status_t block_bwd(train_t *t, gpu_cmd_t **cp, uint32_t l, const batch_t *bt, lt_err_t *err) {
+  gpu_cmd_t *c = *cp;
   const model_config_t *cf = t->cf;
   const tlayer_t *L = &t->L[l];
   blk_t *b = &t->blk[l];
@@ -571,10 +822,15 @@ static lt_status_t block_bwd(train_t *t, gpu_cmd_t *c, uint32_t l, const batch_t
   if (adapt) st = adapter_bwd(t, c, b->h2, b->z2, 1, R, err);
   /* MLP: dact = dx . Wdown; swiglu backward; dxn = dg . Wgate + du . Wup; rmsnorm backward adds into dx. The
    * stream entering the norm is h1, or the attention adapter's output (which the adapter block recomputes). */
-  if (st == LT_OK) st = lin_bwd(t, c, t->dact, t->dx, b->act, &L->down, R, false, err);
-  if (st == LT_OK) st = op_swiglu_backward(c, gv(t->dg), gv(t->du), gv(t->dact), gv(b->g), gv(b->u), R * f, err);
-  if (st == LT_OK) st = lin_bwd(t, c, t->dxn, t->dg, b->xn2, &L->gate, R, false, err);
-  if (st == LT_OK) st = lin_bwd(t, c, t->dxn, t->du, b->xn2, &L->up, R, true, err);
+  if (L->n_exp) {
+    if (st == LT_OK) st = moe_bwd(t, cp, l, bt, err);
+    c = *cp;
+  } else {
+    if (st == LT_OK) st = lin_bwd(t, c, t->dact, t->dx, b->act, &L->down, R, false, err);
+    if (st == LT_OK) st = op_swiglu_backward(c, gv(t->dg), gv(t->du), gv(t->dact), gv(b->g), gv(b->u), R * f, err);
+    if (st == LT_OK) st = lin_bwd(t, c, t->dxn, t->dg, b->xn2, &L->gate, R, false, err);
+    if (st == LT_OK) st = lin_bwd(t, c, t->dxn, t->du, b->xn2, &L->up, R, true, err);
+  }
   gpu_buf_t *s1 = adapt ? b->s1 : b->h1;
   float eps = cf->rms_norm_eps;
   if (st == LT_OK)
@@ -654,16 +910,16 @@ static lt_status_t batch_upload(train_t *t, const int32_t *ids, const uint8_t *m
 }
 
 /* The forward through every block and the output norm (t->xf). */
-static lt_status_t forward_body(train_t *t, gpu_cmd_t *c, const batch_t *bt, lt_err_t *err) {
+static lt_status_t forward_body(train_t *t, gpu_cmd_t **cp, const batch_t *bt, lt_err_t *err) {
   const model_config_t *cf = t->cf;
   uint32_t d = cf->hidden_size, R = bt->R;
   lt_status_t st =
-      op_embed(c, gv(t->blk[0].x), gv(t->embed->buf), t->embed->dtype, gv(t->ids), R, d, 0, t->embed->rows, err);
+      op_embed(*cp, gv(t->blk[0].x), gv(t->embed->buf), t->embed->dtype, gv(t->ids), R, d, 0, t->embed->rows, err);
   for (uint32_t l = 0; l < cf->n_layers && st == LT_OK; l++) {
     gpu_buf_t *out = l + 1 < cf->n_layers ? t->blk[l + 1].x : t->xL;
-    st = block_fwd(t, c, l, bt, out, err);
+    st = block_fwd(t, cp, l, bt, out, err);
   }
-  if (st == LT_OK) st = op_rmsnorm(c, gv(t->xf), gv(t->xL), gv(t->out_norm->buf), R, d, cf->rms_norm_eps, err);
+  if (st == LT_OK) st = op_rmsnorm(*cp, gv(t->xf), gv(t->xL), gv(t->out_norm->buf), R, d, cf->rms_norm_eps, err);
   return st;
 }
 
@@ -722,7 +978,7 @@ static lt_status_t run_padded(train_t *t, const int32_t *ids, const uint8_t *mas
   }
   const model_config_t *cf = t->cf;
   uint32_t d = cf->hidden_size;
-  st = forward_body(t, c, &bt, err);
+  st = forward_body(t, &c, &bt, err);
   if (st == LT_OK) st = head(t, c, &bt, backward, err);
   if (st == LT_OK && backward) {
     uint64_t before = gpu_stats(t->g)->dispatches;
@@ -735,9 +991,9 @@ static lt_status_t run_padded(train_t *t, const int32_t *ids, const uint8_t *mas
       if (t->o.recompute) {
         gpu_buf_t *out = l + 1 < cf->n_layers ? t->blk[l + 1].x : t->xL;
         /* Recompute into the shared set; the block's output buffer is rewritten with the same values. */
-        st = block_fwd(t, c, l, &bt, out, err);
+        st = block_fwd(t, &c, l, &bt, out, err);
       }
-      if (st == LT_OK) st = block_bwd(t, c, l, &bt, err);
+      if (st == LT_OK) st = block_bwd(t, &c, l, &bt, err);
     }
     if (st == LT_OK && t->embed_grad >= 0)
       st = op_embed_backward(c, gv(t->tt[t->embed_grad].grad), gv(t->dx), ids, bt.R, d, t->embed->rows, err);
@@ -756,6 +1012,8 @@ static lt_status_t run_padded(train_t *t, const int32_t *ids, const uint8_t *mas
 static lt_status_t run(train_t *t, const int32_t *ids, const uint8_t *mask, uint32_t n_seq, uint32_t T, float scale,
                        bool backward, double *loss, lt_err_t *err) {
   uint32_t q = (uint32_t)(gpu_caps(t->g)->min_storage_align / 4);
+  t->T_real = T;
+  t->scale = backward ? scale : 1.0f;
   if (q <= 1 || T % q == 0 || n_seq == 0 || T < 2)
     return run_padded(t, ids, mask, n_seq, T, scale, backward, loss, err);
   uint32_t Tp = (T + q - 1) / q * q;

@@ -41,6 +41,7 @@ typedef struct train_opts {
   uint32_t adapter_dim;   /* adapter: bottleneck width (0: hidden / 16, at least 1) */
   uint64_t seed;          /* initialisation of LoRA A and adapter down-projections */
   bool recompute;         /* keep only block inputs; recompute inside each block during the backward */
+  float balance;          /* mixture of experts: weight of the load-balancing loss (mean over MoE blocks; 0: off) */
 } train_opts_t;
 
 /* One trainable tensor: its f32 values and gradient on the device (owned by the train_t or, for full training,

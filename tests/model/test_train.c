@@ -66,21 +66,23 @@ static model_t *load_f32(const char *name) {
 
 static float *read_buf(gpu_buf_t *b, uint64_t n) { return tread_f32(b, n); }
 
-/* Every gradient of a full-training state against grads.safetensors. */
-static void check_full_grads(const char *name) {
+/* Every gradient of a full-training state against a reference file (grads.safetensors, or with the MoE
+ * load-balancing term grads-balance.safetensors). */
+static void check_full_grads(const char *name, float balance, const char *file) {
   gref_t g;
   gref_load(&g, name);
   model_t *m = load_f32(name);
   lt_err_t err = {0};
-  train_opts_t o = {.what = TRAIN_FULL};
+  train_opts_t o = {.what = TRAIN_FULL, .balance = balance};
   train_t *t = train_new(m, &o, &err);
   cr_assert(t, "%s", err.msg);
   double loss = 0;
   cr_assert_eq(train_grad(t, g.ids, g.mask, g.n_seq, g.T, 1.0f, &loss, &err), LT_OK, "%s", err.msg);
-  /* The loss: f32 forward against f64, a sum of ~20 cross-entropies of size ~5. */
+  /* The loss (the cross-entropy; the balancing term is a gradient only): f32 forward against f64, a mean of ~20
+   * cross-entropies of size ~5. */
   cr_assert(fabs(loss - g.loss) < 1e-4, "%s: loss %.7f, reference %.7f", name, loss, g.loss);
   char p[512];
-  snprintf(p, sizeof p, FIXTURES "/%s/grads.safetensors", name);
+  snprintf(p, sizeof p, FIXTURES "/%s/%s", name, file);
   st_file_t *f = NULL;
   cr_assert_eq(st_open(&f, p, &err), LT_OK, "%s", err.msg);
   uint32_t checked = 0;
@@ -102,9 +104,21 @@ static void check_full_grads(const char *name) {
   model_destroy(&m);
 }
 
-Test(train, full_gradients_match_pytorch_llama) { check_full_grads("llama-tiny"); }
+Test(train, full_gradients_match_pytorch_llama) { check_full_grads("llama-tiny", 0, "grads.safetensors"); }
 
-Test(train, full_gradients_match_pytorch_tied_llama3_scaling) { check_full_grads("llama3-scaled"); }
+Test(train, full_gradients_match_pytorch_tied_llama3_scaling) {
+  check_full_grads("llama3-scaled", 0, "grads.safetensors");
+}
+
+Test(train, full_gradients_match_pytorch_mixtral) {
+  /* Router, experts (through the renormalised top-2 gate weights) and everything below them. */
+  check_full_grads("mixtral-tiny", 0, "grads.safetensors");
+}
+
+Test(train, mixtral_load_balancing_gradients_match_pytorch) {
+  /* The same with 0.02 x the mean over blocks of E * sum_e f_e P_e added (tools/lathe_ref.py load_balance_loss). */
+  check_full_grads("mixtral-tiny", 0.02f, "grads-balance.safetensors");
+}
 
 Test(train, recompute_gives_the_same_gradients) {
   gref_t g;
