@@ -18,6 +18,8 @@ struct job_ctx {
   mpw_t out;   /* the output record being built */
   char **strs; /* NUL-terminated copies handed out by job_param_str */
   size_t n_strs;
+  model_t *adapted; /* the model the job's adapter is set on (removed when the job ends) */
+  model_adapter_t *adapter;
 };
 
 /* Starts an event message {t: event, job, type, data: {...}}: the caller adds data fields then calls
@@ -165,7 +167,15 @@ void job_result_str(job_ctx_t *c, const char *key, const char *v) { mpw_kstr(c->
 gpu_t *job_gpu(job_ctx_t *c, lt_err_t *err) { return c->h->gpu(c->host, c, err); }
 
 model_t *job_model(job_ctx_t *c, const char *path, tok_t **tok, lt_err_t *err) {
-  return c->h->model(c->host, c, path, tok, err);
+  model_t *m = c->h->model(c->host, c, path, tok, err);
+  const msgpack_object *ad = m ? mp_get(c->spec->params, "adapter") : NULL;
+  if (!ad || ad->type != MSGPACK_OBJECT_STR || ad->via.str.size == 0 || c->adapted == m) return m;
+  const char *dir = keep_str(c, ad);
+  if (!(c->adapter = model_adapter_load(m, dir, err))) return NULL;
+  model_set_adapter(m, c->adapter);
+  c->adapted = m;
+  job_log(c, "adapter %s applied on top of %s", dir, path);
+  return m;
 }
 
 job_outcome_t job_run(const job_host_t *h, void *ctx, const job_spec_t *spec, mpw_t *result, lt_err_t *err) {
@@ -180,6 +190,9 @@ job_outcome_t job_run(const job_host_t *h, void *ctx, const job_spec_t *spec, mp
   else
     out = fn(&c, err);
   if (out == JOB_FAILED && err && !err->msg[0]) lt_fail(err, LT_E_INVALID, "the runner failed without a reason");
+  /* The host may keep the model for the next job: it must not keep this job's adapter. */
+  if (c.adapted) model_set_adapter(c.adapted, NULL);
+  model_adapter_destroy(&c.adapter);
   mpw_end(result);
   for (size_t i = 0; i < c.n_strs; i++) free(c.strs[i]);
   free(c.strs);

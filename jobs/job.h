@@ -94,7 +94,9 @@ gpu_t *job_gpu(job_ctx_t *ctx, lt_err_t *err);
 
 /* The model at path (a Hugging Face folder or a .gguf file) on the worker's device, with its tokenizer in *tok.
  * The worker keeps the last model loaded between jobs (the keep-alive), so a second job on the same model does
- * not load it again. Both are owned by the worker; NULL with err on failure. */
+ * not load it again. When the job has an "adapter" parameter naming a folder (what `tune` writes: a PEFT LoRA or
+ * a bottleneck adapter), it is applied on top for this job only. Both are owned by the worker; NULL with err on
+ * failure. */
 model_t *job_model(job_ctx_t *ctx, const char *path, tok_t **tok, lt_err_t *err);
 
 /* ---- hosts: what runs a runner ---- */

@@ -201,65 +201,6 @@ static lt_status_t log_open(run_t *r, uint64_t step, lt_err_t *err) {
 
 /* ---- results ---- */
 
-/* Writes the trainable tensors (values) as one safetensors file at path. */
-static lt_status_t write_tensors(run_t *r, const char *path, lt_err_t *err) {
-  uint32_t n = train_tensor_count(r->t);
-  ft_tensor_t *ts = calloc(n + 1, sizeof *ts);
-  float **data = calloc(n + 1, sizeof *data);
-  lt_status_t st = ts && data ? LT_OK : lt_fail(err, LT_E_NOMEM, "out of memory");
-  for (uint32_t i = 0; st == LT_OK && i < n; i++) {
-    const train_tensor_t *x = train_tensor_at(r->t, i);
-    uint64_t b = (uint64_t)x->rows * x->cols * 4;
-    if (!(data[i] = malloc(b)))
-      st = lt_fail(err, LT_E_NOMEM, "out of memory");
-    else
-      st = gpu_download(x->value, 0, data[i], b, err);
-    ts[i] = f32_tensor(x->name, x->rows, x->cols, data[i]);
-  }
-  const char *meta[] = {"format", "pt"};
-  if (st == LT_OK) st = st_write(path, ts, n, meta, 1, err);
-  for (uint32_t i = 0; data && i < n; i++) free(data[i]);
-  free(ts), free(data);
-  return st;
-}
-
-static lt_status_t write_json(const char *path, json_t *j, lt_err_t *err) {
-  int rc = json_dump_file(j, path, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
-  json_decref(j);
-  return rc == 0 ? LT_OK : lt_fail(err, LT_E_IO, "cannot write %s", path);
-}
-
-/* PEFT's adapter_config.json for the run's LoRA settings. */
-static lt_status_t write_peft(run_t *r, lt_err_t *err) {
-  static const char *const mods[] = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"};
-  json_t *targets = json_array();
-  for (int i = 0; i < 7; i++)
-    if (r->to.lora_targets & (1u << i)) json_array_append_new(targets, json_string(mods[i]));
-  json_t *j = json_pack("{s:s, s:s, s:i, s:f, s:o, s:f, s:s, s:s, s:b, s:b}", "peft_type", "LORA", "task_type",
-                        "CAUSAL_LM", "r", (int)r->to.lora_rank, "lora_alpha", (double)r->to.lora_alpha,
-                        "target_modules", targets, "lora_dropout", 0.0, "bias", "none", "base_model_name_or_path",
-                        r->base, "fan_in_fan_out", 0, "inference_mode", 1);
-  char p[PATH_MAX + 32];
-  snprintf(p, sizeof p, "%s/adapter_config.json", r->output);
-  lt_status_t st = write_json(p, j, err);
-  snprintf(p, sizeof p, "%s/adapter_model.safetensors", r->output);
-  return st == LT_OK ? write_tensors(r, p, err) : st;
-}
-
-static lt_status_t write_adapter(run_t *r, lt_err_t *err) {
-  const model_config_t *c = model_config(r->m);
-  uint32_t a = train_tensor_at(r->t, 0)->rows;
-  json_t *j =
-      json_pack("{s:s, s:i, s:i, s:i, s:s, s:s}", "lathe_adapter", "cogsteer-bottleneck", "layer",
-                (int)r->to.adapter_layer, "bottleneck", (int)a, "hidden_size", (int)c->hidden_size, "placement",
-                "h += relu(h D^T) U^T after the attention and after the MLP of the block", "base_model", r->base);
-  char p[PATH_MAX + 32];
-  snprintf(p, sizeof p, "%s/adapter_config.json", r->output);
-  lt_status_t st = write_json(p, j, err);
-  snprintf(p, sizeof p, "%s/adapter.safetensors", r->output);
-  return st == LT_OK ? write_tensors(r, p, err) : st;
-}
-
 /* The base's weight dtype, for --dtype base. */
 static lt_dtype_t base_dtype(const char *path) {
   model_file_t *f = NULL;
@@ -507,11 +448,9 @@ job_outcome_t run_tune(job_ctx_t *ctx, lt_err_t *err) {
                                       : !strcmp(dt, "f32")  ? LT_F32
                                                             : base_dtype(r.base)};
     st = model_save(r.m, r.output, &so, err);
-  } else if (lora) {
-    st = write_peft(&r, err);
-    if (st == LT_OK && job_param_bool(ctx, "merge")) st = write_merged(&r, g, err);
   } else {
-    st = write_adapter(&r, err);
+    st = train_save_adapter(r.t, r.output, r.base, err);
+    if (st == LT_OK && lora && job_param_bool(ctx, "merge")) st = write_merged(&r, g, err);
   }
   if (st != LT_OK) goto done;
   plot_write(&r);

@@ -408,6 +408,9 @@ static lt_status_t forward_pass(model_t *m, model_item_t *items, const uint32_t 
     if ((st = mul(c, a->q, a->xn, &L->wq, p.T, false, err)) != LT_OK) break;
     if ((st = mul(c, a->k, a->xn, &L->wk, p.T, false, err)) != LT_OK) break;
     if ((st = mul(c, a->v, a->xn, &L->wv, p.T, false, err)) != LT_OK) break;
+    if ((st = adapter_lora(m, c, a->q, a->xn, l, 0, p.T, err)) != LT_OK) break;
+    if ((st = adapter_lora(m, c, a->k, a->xn, l, 1, p.T, err)) != LT_OK) break;
+    if ((st = adapter_lora(m, c, a->v, a->xn, l, 2, p.T, err)) != LT_OK) break;
     if ((st = op_rope(c, gv(a->q), gv(a->pos), gv(m->rope), p.T, cf->n_heads, cf->head_dim, cf->rope_dim, m->rope_neox,
                       m->rope_rows, err)) != LT_OK)
       break;
@@ -428,6 +431,8 @@ static lt_status_t forward_pass(model_t *m, model_item_t *items, const uint32_t 
     if (h && h->on_attn && h->attn_layer == l && (st = attn_hook(&p, &c, l, err)) != LT_OK) break;
     if ((st = report_site(&p, &c, MODEL_SITE_ATTN_OUT, l, -1, a->att, p.T, qd, err)) != LT_OK) break;
     if ((st = mul(c, a->x, a->att, &L->wo, p.T, true, err)) != LT_OK) break;
+    if ((st = adapter_lora(m, c, a->x, a->att, l, 3, p.T, err)) != LT_OK) break;
+    if ((st = adapter_bottleneck(m, c, a->x, l, 0, p.T, err)) != LT_OK) break;
     if ((h && h->skip_ffn && h->skip_ffn[l]) || L->ffn_dropped) continue;
     if ((st = report_site(&p, &c, MODEL_SITE_FFN_RESID, l, -1, a->x, p.T, d, err)) != LT_OK) break;
     if ((st = op_rmsnorm(c, gv(a->xn), gv(a->x), gv(L->ffn_norm), p.T, d, cf->rms_norm_eps, err)) != LT_OK) break;
@@ -437,10 +442,14 @@ static lt_status_t forward_pass(model_t *m, model_item_t *items, const uint32_t 
     } else {
       if ((st = mul(c, a->gate, a->xn, &L->ffn.gate, p.T, false, err)) != LT_OK) break;
       if ((st = mul(c, a->up, a->xn, &L->ffn.up, p.T, false, err)) != LT_OK) break;
+      if ((st = adapter_lora(m, c, a->gate, a->xn, l, 4, p.T, err)) != LT_OK) break;
+      if ((st = adapter_lora(m, c, a->up, a->xn, l, 5, p.T, err)) != LT_OK) break;
       if ((st = op_swiglu(c, gv(a->gate), gv(a->gate), gv(a->up), p.T * ffn, err)) != LT_OK) break;
       if ((st = report_site(&p, &c, MODEL_SITE_FFN_ACT, l, -1, a->gate, p.T, ffn, err)) != LT_OK) break;
       st = mul(c, a->x, a->gate, &L->ffn.down, p.T, true, err);
+      if (st == LT_OK) st = adapter_lora(m, c, a->x, a->gate, l, 6, p.T, err);
     }
+    if (st == LT_OK) st = adapter_bottleneck(m, c, a->x, l, 1, p.T, err);
     if (st == LT_OK) st = report_site(&p, &c, MODEL_SITE_FFN_OUT, l, -1, a->x, p.T, d, err);
   }
   if (st == LT_OK) st = report_resid(&p, &c, cf->n_layers, err);

@@ -48,6 +48,22 @@ gpu_t *model_gpu(const model_t *m);
 /* The folder or file the model was loaded from; owned by m. */
 const char *model_path(const model_t *m);
 
+/* An adapter for a loaded model: LoRA pairs in PEFT's layout (adapter_config.json with peft_type LORA and
+ * adapter_model.safetensors) or a Lathe CogSteer bottleneck adapter (adapter_config.json with lathe_adapter and
+ * adapter.safetensors), as `tune` writes them. */
+typedef struct model_adapter model_adapter_t;
+
+/* Reads the adapter folder dir for m, checks every tensor against m's shapes and places it on m's device (f32).
+ * Caller owns (model_adapter_destroy; before m). NULL with err naming what does not fit. */
+model_adapter_t *model_adapter_load(model_t *m, const char *dir, lt_err_t *err);
+
+/* Frees the adapter and sets *a to NULL; NULL-safe. Unset it from its model first. */
+void model_adapter_destroy(model_adapter_t **a);
+
+/* Makes m's forward pass (generation, scoring, hooks) apply a on top of the weights; NULL removes it. a must be
+ * loaded for m and outlive its use. */
+void model_set_adapter(model_t *m, const model_adapter_t *a);
+
 /* Whether Q and K rotate in rotate-half pairs (Hugging Face layout) rather than interleaved pairs (GGUF). */
 bool model_rope_neox(const model_t *m);
 

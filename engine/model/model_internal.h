@@ -5,6 +5,7 @@
 
 #include "engine/model/model.h"
 #include "engine/model/model_file.h"
+#include "engine/ops/ops.h"
 
 /* Rows of logits computed at once, at most (bounds the logits buffer to LOGIT_ROWS * vocab floats); fewer when
  * the device binds less. */
@@ -68,7 +69,17 @@ struct model {
   bool force_f32; /* f16 weights placed as f32 (model_load_opts_t) */
   model_param_t *params;
   uint32_t n_params;
-  const model_file_t *file; /* during model_load only: where quantised weights find their scales */
+  const model_file_t *file;       /* during model_load only: where quantised weights find their scales */
+  const model_adapter_t *adapter; /* applied by the forward pass when set (model_set_adapter) */
 };
+
+/* The forward pass's adapter steps (engine/model/adapter.c); each does nothing when no adapter (of its kind, at
+ * that place) is set. y += (alpha / r) (x A^T) B^T for target (0..6: q, k, v, o, gate, up, down) of block l, over T
+ * rows. */
+lt_status_t adapter_lora(const model_t *m, gpu_cmd_t *c, gpu_buf_t *y, gpu_buf_t *x, uint32_t l, int target, uint32_t T,
+                         lt_err_t *err);
+/* h += relu(h D^T) U^T at site 0 (after the attention) or 1 (after the MLP) of block l, over T rows. */
+lt_status_t adapter_bottleneck(const model_t *m, gpu_cmd_t *c, gpu_buf_t *h, uint32_t l, int site, uint32_t T,
+                               lt_err_t *err);
 
 #endif

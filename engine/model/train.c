@@ -13,11 +13,13 @@
  * block from x. The backward carries dx = dLoss/d(stream) from the head down, block by block. */
 #include "engine/model/train.h"
 
+#include <jansson.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "engine/model/safetensors.h"
 #include "engine/ops/ops.h"
 #include "engine/ops/ops_grad.h"
 
@@ -1068,4 +1070,62 @@ lt_status_t train_lora_merge(const train_t *t, model_t *dst, lt_err_t *err) {
     free(w), free(a), free(b);
   }
   return st;
+}
+
+/* Writes the trainable tensors' values as one f32 safetensors file at path. */
+static lt_status_t write_tensors(const train_t *t, const char *path, lt_err_t *err) {
+  ft_tensor_t *ts = calloc(t->n_tt + 1, sizeof *ts);
+  float **data = calloc(t->n_tt + 1, sizeof *data);
+  lt_status_t st = ts && data ? LT_OK : lt_fail(err, LT_E_NOMEM, "out of memory");
+  for (uint32_t i = 0; st == LT_OK && i < t->n_tt; i++) {
+    const train_tensor_t *x = &t->tt[i];
+    uint64_t b = (uint64_t)x->rows * x->cols * 4;
+    if (!(data[i] = malloc(b)))
+      st = lt_fail(err, LT_E_NOMEM, "out of memory");
+    else
+      st = gpu_download(x->value, 0, data[i], b, err);
+    ts[i] = (ft_tensor_t){.name = x->name,
+                          .dtype = FT_F32,
+                          .n_dims = 2,
+                          .shape = {x->rows, x->cols},
+                          .n_elems = (uint64_t)x->rows * x->cols,
+                          .data = data[i],
+                          .nbytes = b};
+  }
+  const char *meta[] = {"format", "pt"};
+  if (st == LT_OK) st = st_write(path, ts, t->n_tt, meta, 1, err);
+  for (uint32_t i = 0; data && i < t->n_tt; i++) free(data[i]);
+  free(ts), free(data);
+  return st;
+}
+
+lt_status_t train_save_adapter(const train_t *t, const char *dir, const char *base, lt_err_t *err) {
+  json_t *j = NULL;
+  const char *file;
+  if (t->o.what == TRAIN_LORA) {
+    static const char *const mods[] = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"};
+    json_t *targets = json_array();
+    for (int i = 0; i < 7; i++)
+      if (t->o.lora_targets & (1u << i)) json_array_append_new(targets, json_string(mods[i]));
+    j = json_pack("{s:s, s:s, s:i, s:f, s:o, s:f, s:s, s:s, s:b, s:b}", "peft_type", "LORA", "task_type", "CAUSAL_LM",
+                  "r", (int)t->o.lora_rank, "lora_alpha", (double)t->o.lora_alpha, "target_modules", targets,
+                  "lora_dropout", 0.0, "bias", "none", "base_model_name_or_path", base, "fan_in_fan_out", 0,
+                  "inference_mode", 1);
+    file = "adapter_model.safetensors";
+  } else if (t->o.what == TRAIN_ADAPTER) {
+    j = json_pack("{s:s, s:i, s:i, s:i, s:s, s:s}", "lathe_adapter", "cogsteer-bottleneck", "layer",
+                  (int)t->o.adapter_layer, "bottleneck", (int)t->adapter_dim, "hidden_size", (int)t->cf->hidden_size,
+                  "placement", "h += relu(h D^T) U^T after the attention and after the MLP of the block", "base_model",
+                  base);
+    file = "adapter.safetensors";
+  } else {
+    return lt_fail(err, LT_E_INVALID, "full training writes a model folder, not an adapter");
+  }
+  char p[4200];
+  snprintf(p, sizeof p, "%s/adapter_config.json", dir);
+  int rc = j ? json_dump_file(j, p, JSON_INDENT(2) | JSON_PRESERVE_ORDER) : -1;
+  json_decref(j);
+  if (rc != 0) return lt_fail(err, LT_E_IO, "cannot write %s", p);
+  snprintf(p, sizeof p, "%s/%s", dir, file);
+  return write_tensors(t, p, err);
 }

@@ -95,6 +95,11 @@ const train_stats_t *train_stats(const train_t *t);
  * every pair, summed on the host in double. LT_E_INVALID when t is not LoRA training or dst lacks a target. */
 lt_status_t train_lora_merge(const train_t *t, model_t *dst, lt_err_t *err);
 
+/* Writes the LoRA pairs in PEFT's layout (adapter_config.json naming base, adapter_model.safetensors) or the
+ * bottleneck adapters in Lathe's (adapter_config.json, adapter.safetensors) into the existing folder dir; they
+ * load back with model_adapter_load(). LT_E_INVALID for full training. */
+lt_status_t train_save_adapter(const train_t *t, const char *dir, const char *base, lt_err_t *err);
+
 /* The model being trained. */
 model_t *train_model(const train_t *t);
 

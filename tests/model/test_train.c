@@ -339,3 +339,84 @@ Test(train, a_diverging_run_fails_naming_the_step) {
   cr_assert(strstr(err.msg, want), "the error does not name %s: %s", want, err.msg);
   tuner_destroy(&u), train_destroy(&t), model_destroy(&m);
 }
+
+/* The masked mean NLL of the batch through the model's inference forward pass (adapters applied when set). */
+static double forward_loss(model_t *m, const gref_t *g) {
+  lt_err_t err = {0};
+  double sum = 0, count = 0;
+  for (uint32_t s = 0; s < g->n_seq; s++) {
+    float nll[64];
+    model_seq_t *sq = model_seq_new(m, g->T, &err);
+    cr_assert(sq, "%s", err.msg);
+    model_item_t it = {.seq = sq,
+                       .tokens = g->ids + s * g->T,
+                       .n_tokens = g->T - 1,
+                       .out = MODEL_OUT_NLL,
+                       .targets = g->ids + s * g->T + 1,
+                       .result = nll};
+    cr_assert_eq(model_forward(m, &it, 1, NULL, &err), LT_OK, "%s", err.msg);
+    model_seq_destroy(&sq);
+    for (uint32_t i = 0; i + 1 < g->T; i++)
+      if (g->mask[s * (g->T - 1) + i]) sum += nll[i], count++;
+  }
+  return sum / count;
+}
+
+Test(train, saved_adapters_apply_in_the_forward_pass) {
+  /* What tune writes (PEFT LoRA, bottleneck adapter) loads on top of the base and the inference forward pass then
+   * computes the loss the training pass computed with the same tensors: two implementations of one function, in
+   * f32 with different summation orders (1e-5 on losses of ~5). */
+  gref_t g;
+  gref_load(&g, "llama-tiny");
+  lt_err_t err = {0};
+  train_opts_t opts[2] = {{.what = TRAIN_LORA, .lora_rank = 4, .lora_alpha = 8, .lora_targets = 0x7f, .seed = 5},
+                          {.what = TRAIN_ADAPTER, .adapter_layer = 1, .seed = 6}};
+  for (int k = 0; k < 2; k++) {
+    model_t *m = model_load(tgpu(), FIXTURES "/llama-tiny", NULL, &err);
+    cr_assert(m, "%s", err.msg);
+    double base = forward_loss(m, &g);
+    train_t *t = train_new(m, &opts[k], &err);
+    cr_assert(t, "%s", err.msg);
+    for (uint32_t i = 1; i < train_tensor_count(t); i += 2) {
+      const train_tensor_t *x = train_tensor_at(t, i);
+      uint64_t n = (uint64_t)x->rows * x->cols, seed = 17 + i;
+      float *v = talloc(n);
+      trand(v, n, -0.3, 0.3, &seed);
+      cr_assert_eq(gpu_upload(x->value, 0, v, n * 4, &err), LT_OK);
+      free(v);
+    }
+    double trained;
+    cr_assert_eq(train_loss(t, g.ids, g.mask, g.n_seq, g.T, &trained, &err), LT_OK, "%s", err.msg);
+    char dir[] = "/tmp/lathe-adapter-XXXXXX";
+    cr_assert(mkdtemp(dir));
+    cr_assert_eq(train_save_adapter(t, dir, FIXTURES "/llama-tiny", &err), LT_OK, "%s", err.msg);
+    model_adapter_t *ad = model_adapter_load(m, dir, &err);
+    cr_assert(ad, "%s", err.msg);
+    model_set_adapter(m, ad);
+    double applied = forward_loss(m, &g);
+    model_set_adapter(m, NULL);
+    cr_assert(fabs(applied - base) > 1e-3, "the adapter changes nothing: the check would prove nothing");
+    cr_assert(fabs(applied - trained) < 1e-5, "%s: forward with the adapter %.9g, training pass %.9g",
+              k ? "bottleneck" : "LoRA", applied, trained);
+    cr_assert_eq(forward_loss(m, &g), base, "unsetting the adapter does not restore the base");
+    model_adapter_destroy(&ad);
+    char cmd[160];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+    cr_assert_eq(system(cmd), 0);
+    train_destroy(&t);
+    model_destroy(&m);
+  }
+  /* An adapter made for another model is refused, naming the mismatch. */
+  model_t *other = model_load(tgpu(), FIXTURES "/llama3-scaled", NULL, &err);
+  model_t *m = model_load(tgpu(), FIXTURES "/llama-tiny", NULL, &err);
+  train_t *t = train_new(m, &opts[0], &err);
+  char dir[] = "/tmp/lathe-adapter-XXXXXX";
+  cr_assert(mkdtemp(dir));
+  cr_assert_eq(train_save_adapter(t, dir, "llama-tiny", &err), LT_OK, "%s", err.msg);
+  cr_assert_null(model_adapter_load(other, dir, &err));
+  cr_assert(strstr(err.msg, "does not fit"), "%s", err.msg);
+  char cmd[160];
+  snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+  cr_assert_eq(system(cmd), 0);
+  train_destroy(&t), model_destroy(&m), model_destroy(&other);
+}
