@@ -401,6 +401,9 @@ job_outcome_t run_tune(job_ctx_t *ctx, lt_err_t *err) {
   job_log(ctx, "%u training rows (%" PRIu64 " skipped: nothing to score), %u eval rows, %u general rows", r.data.n,
           r.data.skipped, r.eval.n, r.general.n);
   if (!(r.t = train_new(r.m, &r.to, err))) goto done;
+  const char *from = job_param_str(ctx, "adapter");
+  if (*from && train_load_adapter(r.t, from, err) != LT_OK) goto done;
+  if (*from) job_log(ctx, "training continues from the adapter in %s", from);
   if (!(r.u = tuner_new(r.t, &r.o, err))) goto done;
   if (!(r.ids = malloc((uint64_t)r.batch * r.seq_len * 4)) || !(r.mask = malloc((uint64_t)r.batch * r.seq_len)) ||
       !(r.curve = malloc((r.steps + 1) * sizeof *r.curve)) ||

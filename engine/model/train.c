@@ -1129,3 +1129,23 @@ lt_status_t train_save_adapter(const train_t *t, const char *dir, const char *ba
   snprintf(p, sizeof p, "%s/%s", dir, file);
   return write_tensors(t, p, err);
 }
+
+lt_status_t train_load_adapter(train_t *t, const char *dir, lt_err_t *err) {
+  if (t->o.what == TRAIN_FULL)
+    return lt_fail(err, LT_E_INVALID, "full training starts from a model: merge the adapter in %s first", dir);
+  char p[4200];
+  snprintf(p, sizeof p, "%s/%s", dir, t->o.what == TRAIN_LORA ? "adapter_model.safetensors" : "adapter.safetensors");
+  st_file_t *f = NULL;
+  lt_status_t st = st_open(&f, p, err);
+  for (uint32_t i = 0; st == LT_OK && i < t->n_tt; i++) {
+    const train_tensor_t *x = &t->tt[i];
+    const ft_tensor_t *s = st_find(f, x->name);
+    if (!s || s->dtype != FT_F32 || s->n_dims != 2 || s->shape[0] != x->rows || s->shape[1] != x->cols)
+      st = lt_fail(err, LT_E_INVALID, "%s: %s is missing or not f32 [%u, %u]: the adapter does not fit this run", p,
+                   x->name, x->rows, x->cols);
+    else
+      st = gpu_upload(x->value, 0, s->data, (uint64_t)x->rows * x->cols * 4, err);
+  }
+  st_destroy(&f);
+  return st;
+}

@@ -100,6 +100,11 @@ lt_status_t train_lora_merge(const train_t *t, model_t *dst, lt_err_t *err);
  * load back with model_adapter_load(). LT_E_INVALID for full training. */
 lt_status_t train_save_adapter(const train_t *t, const char *dir, const char *base, lt_err_t *err);
 
+/* Starts LoRA or adapter training from a folder train_save_adapter() wrote: every trainable tensor takes the
+ * values stored under its name. LT_E_INVALID naming the first tensor that is missing or of another shape, or for
+ * full training (which starts from a model). */
+lt_status_t train_load_adapter(train_t *t, const char *dir, lt_err_t *err);
+
 /* The model being trained. */
 model_t *train_model(const train_t *t);
 

@@ -399,6 +399,15 @@ Test(train, saved_adapters_apply_in_the_forward_pass) {
     cr_assert(fabs(applied - trained) < 1e-5, "%s: forward with the adapter %.9g, training pass %.9g",
               k ? "bottleneck" : "LoRA", applied, trained);
     cr_assert_eq(forward_loss(m, &g), base, "unsetting the adapter does not restore the base");
+    /* A fresh training state started from the folder computes the same loss as the one that wrote it. */
+    train_opts_t fresh = opts[k];
+    fresh.seed = 99;
+    train_t *t2 = train_new(m, &fresh, &err);
+    double resumed;
+    cr_assert_eq(train_load_adapter(t2, dir, &err), LT_OK, "%s", err.msg);
+    cr_assert_eq(train_loss(t2, g.ids, g.mask, g.n_seq, g.T, &resumed, &err), LT_OK, "%s", err.msg);
+    cr_assert_eq(resumed, trained, "starting from the saved adapter gives another model");
+    train_destroy(&t2);
     model_adapter_destroy(&ad);
     char cmd[160];
     snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
@@ -415,8 +424,46 @@ Test(train, saved_adapters_apply_in_the_forward_pass) {
   cr_assert_eq(train_save_adapter(t, dir, "llama-tiny", &err), LT_OK, "%s", err.msg);
   cr_assert_null(model_adapter_load(other, dir, &err));
   cr_assert(strstr(err.msg, "does not fit"), "%s", err.msg);
+  train_opts_t r2 = opts[0];
+  r2.lora_rank = 2;
+  train_t *t3 = train_new(m, &r2, &err);
+  cr_assert_neq(train_load_adapter(t3, dir, &err), LT_OK, "an adapter of rank 4 loaded into a rank-2 run");
+  cr_assert(strstr(err.msg, "does not fit"), "%s", err.msg);
+  train_destroy(&t3);
   char cmd[160];
   snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
   cr_assert_eq(system(cmd), 0);
   train_destroy(&t), model_destroy(&m), model_destroy(&other);
+}
+
+Test(train, a_fresh_lora_gives_the_base_logits_bit_for_bit) {
+  /* B starts at zero: the adapter adds exact zeros to every projection, so every logit keeps its bits. */
+  lt_err_t err = {0};
+  model_t *m = model_load(tgpu(), FIXTURES "/llama-tiny", NULL, &err);
+  cr_assert(m, "%s", err.msg);
+  int32_t toks[12] = {0, 45, 66, 85, 73, 70, 1, 83, 86, 79, 84, 1};
+  uint32_t V = model_config(m)->vocab_size;
+  float *out[2] = {talloc(12 * V), talloc(12 * V)};
+  train_opts_t o = {.what = TRAIN_LORA, .lora_rank = 8, .lora_alpha = 16, .lora_targets = 0x7f, .seed = 1};
+  train_t *t = train_new(m, &o, &err);
+  char dir[] = "/tmp/lathe-adapter-XXXXXX";
+  cr_assert(mkdtemp(dir));
+  cr_assert_eq(train_save_adapter(t, dir, "llama-tiny", &err), LT_OK, "%s", err.msg);
+  model_adapter_t *ad = model_adapter_load(m, dir, &err);
+  cr_assert(ad, "%s", err.msg);
+  for (int k = 0; k < 2; k++) {
+    model_set_adapter(m, k ? ad : NULL);
+    model_seq_t *s = model_seq_new(m, 16, &err);
+    model_item_t it = {.seq = s, .tokens = toks, .n_tokens = 12, .out = MODEL_OUT_ALL, .result = out[k]};
+    cr_assert_eq(model_forward(m, &it, 1, NULL, &err), LT_OK, "%s", err.msg);
+    model_seq_destroy(&s);
+  }
+  model_set_adapter(m, NULL);
+  cr_assert_eq(memcmp(out[0], out[1], 12 * V * 4), 0, "a fresh LoRA changed the logits");
+  model_adapter_destroy(&ad);
+  char cmd[160];
+  snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+  cr_assert_eq(system(cmd), 0);
+  free(out[0]), free(out[1]);
+  train_destroy(&t), model_destroy(&m);
 }
