@@ -58,16 +58,23 @@ static figure_t measure(const char *path, int what, const int32_t *ids, const ui
     model_seq_t *sq[N_SEQ];
     for (uint32_t i = 0; i < N_SEQ; i++) {
       if (!(sq[i] = model_seq_new(m, T + 1, &err))) die("seq", err.msg);
-      it[i] = (model_item_t){.seq = sq[i], .tokens = ids + i * T, .n_tokens = T - 1, .out = MODEL_OUT_NLL,
-                             .targets = ids + i * T + 1, .result = nll + i * T};
+      it[i] = (model_item_t){.seq = sq[i],
+                             .tokens = ids + i * T,
+                             .n_tokens = T - 1,
+                             .out = MODEL_OUT_NLL,
+                             .targets = ids + i * T + 1,
+                             .result = nll + i * T};
     }
     if (model_forward(m, it, N_SEQ, NULL, &err) != LT_OK) die("forward", err.msg);
     for (uint32_t i = 0; i < N_SEQ; i++) model_seq_destroy(&sq[i]);
     free(nll);
     (void)mask;
   } else {
-    train_opts_t o = {.what = (train_what_t)what, .lora_rank = 8, .lora_alpha = 16,
-                      .lora_targets = TRAIN_LORA_Q | TRAIN_LORA_V, .adapter_layer = model_config(m)->n_layers / 2};
+    train_opts_t o = {.what = (train_what_t)what,
+                      .lora_rank = 8,
+                      .lora_alpha = 16,
+                      .lora_targets = TRAIN_LORA_Q | TRAIN_LORA_V,
+                      .adapter_layer = model_config(m)->n_layers / 2};
     if (!(t = train_new(m, &o, &err))) die("train", err.msg);
     tune_opts_t to = {.lr = 1e-4, .clip = 1, .steps = STEPS + 1, .schedule = TUNE_CONSTANT};
     tuner_t *u = tuner_new(t, &to, &err);
@@ -134,8 +141,10 @@ int main(int argc, char **argv) {
   printf("train batch %ux%u on %s\n", N_SEQ, T, path);
   for (int w = 0; w < 3; w++) {
     printf("train %-20s lathe %8.1f tok/s", names[w], f[w].tok_s);
-    if (peer > 0) printf(", pytorch-cpu full %8.1f tok/s, ratio %.2f", peer, f[w].tok_s / peer);
-    else printf(", pytorch-cpu peer unavailable (python3-torch not installed)");
+    if (peer > 0)
+      printf(", pytorch-cpu full %8.1f tok/s, ratio %.2f", peer, f[w].tok_s / peer);
+    else
+      printf(", pytorch-cpu peer unavailable (python3-torch not installed)");
     printf("; peak device memory %.1f MiB vs inference %.1f MiB (ratio %.2f)\n", mib(f[w].peak), mib(inf.peak),
            (double)f[w].peak / (double)inf.peak);
   }
