@@ -21,19 +21,14 @@ TestSuite(files, .fini = tmp_cleanup);
 
 /* ---- fixtures ---- */
 
-/* Returns <shared>/models/stories260K/rel, where <shared> is $LATHE_SHARED_DIR or the shared folder next to the
- * source tree; fails the test when the model folder is absent. */
+/* Returns tests/fixtures/stories260K/rel (the committed third-party model, MIT); fails the test when it is
+ * absent. */
 static const char *model_path(const char *rel) {
   static char buf[4][1024];
   static int k;
-  char dir[900];
-  const char *shared = getenv("LATHE_SHARED_DIR");
-  snprintf(dir, sizeof dir, "%s/models/stories260K", shared && *shared ? shared : LATHE_SOURCE_DIR "/../shared");
+  const char *dir = LATHE_SOURCE_DIR "/tests/fixtures/stories260K";
   struct stat sb;
-  cr_assert(stat(dir, &sb) == 0 && S_ISDIR(sb.st_mode),
-            "the stories260K model folder %s is missing: these tests need the shared models (set LATHE_SHARED_DIR "
-            "to the folder holding models/ if it lives elsewhere)",
-            dir);
+  cr_assert(stat(dir, &sb) == 0 && S_ISDIR(sb.st_mode), "the stories260K fixture folder %s is missing", dir);
   char *p = buf[k++ % 4];
   snprintf(p, 1024, "%s/%s", dir, rel);
   return p;

@@ -17,10 +17,9 @@ TestSuite(tokenizer);
 
 /* Path of a stories260K fixture; fails the test (never skips) when it is missing. Caller frees. */
 static char *fixture(const char *rel) {
-  const char *shared = getenv("LATHE_SHARED_DIR"); /* set when the worktree has no ../shared next to it */
   char *p = NULL;
-  cr_assert(asprintf(&p, "%s/models/stories260K/%s", shared ? shared : LATHE_SOURCE_DIR "/../shared", rel) > 0);
-  cr_assert(access(p, R_OK) == 0, "missing fixture %s (set LATHE_SHARED_DIR to the folder holding models/)", p);
+  cr_assert(asprintf(&p, "%s/tests/fixtures/stories260K/%s", LATHE_SOURCE_DIR, rel) > 0);
+  cr_assert(access(p, R_OK) == 0, "missing fixture %s", p);
   return p;
 }
 
