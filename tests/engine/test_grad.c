@@ -25,7 +25,7 @@ Test(grad, matmul_dx_every_weight_dtype) {
   trand(dy, M * N, -1, 1, &seed);
   trand(w, N * K, -1, 1, &seed);
   trand(dx0, M * K, -1, 1, &seed);
-  uint16_t *w16 = malloc(N * K * 2);
+  uint16_t *w16 = calloc(N * K + 2, 2); /* 4 spare bytes: the device buffer is padded to whole words */
   lt_dtype_t types[] = {LT_F32, LT_F16, LT_BF16};
   for (int ti = 0; ti < 3; ti++)
     for (int acc = 0; acc < 2; acc++) {
@@ -56,8 +56,9 @@ Test(grad, matmul_dx_quantised_in_place) {
   trand(dy, M * N, -1, 1, &seed);
   trand(w, N * K, -1, 1, &seed);
   for (uint32_t bits = 4; bits <= 8; bits += 4) {
-    uint8_t *q = calloc(N, quant_row_bytes(bits, K));
-    uint16_t *s = calloc((uint64_t)N * quant_groups(K, group), 2);
+    /* 4 spare bytes each: the device buffers are padded to whole words. */
+    uint8_t *q = calloc((uint64_t)N * quant_row_bytes(bits, K) + 4, 1);
+    uint16_t *s = calloc((uint64_t)N * quant_groups(K, group) + 2, 2);
     quant_rtn(q, s, w, N, K, bits, group);
     ref_matmul_dx_q(want, dy, q, s, bits, group, M, N, K, false);
     gpu_buf_t *bq = tbuf_bytes(q, (uint64_t)N * quant_row_bytes(bits, K) + 4);
