@@ -1,5 +1,5 @@
-/* First-order training over a loaded LLaMA model: the training forward (keeping what the backward reads), the
- * explicit backward pass, and the trainable tensors (full, LoRA, CogSteer adapters). See train.h.
+/* First-order training over a loaded LLaMA or Mixtral model: the training forward (keeping what the backward
+ * reads), the explicit backward pass, and the trainable tensors (full, LoRA, CogSteer adapters). See train.h.
  *
  * Shapes (llm.c style): R = n_seq * T rows; d hidden, qd = heads * head_dim, kvd = kv_heads * head_dim, f the MLP
  * width, V the vocabulary. Per block l the forward keeps
@@ -9,6 +9,8 @@
  *   s1  (R,d)   the adapter block only: the stream after the attention adapter
  *   xn2 (R,d)   rmsnorm(stream), input of gate/up    g, u (R,f) gate and up projections   act (R,f) silu(g) * u
  *   h2  (R,d)   the stream after the MLP (before its adapter)     z2 (R,a)
+ * Mixture-of-experts blocks keep instead of g, u, act: the router's probabilities and, per routed (row, expert),
+ * the expert's input, gate, up, product and output (rows listed per expert; the routing itself on the host).
  * With recompute only x is kept per block; the rest lives in one shared set that the backward refills block by
  * block from x. The backward carries dx = dLoss/d(stream) from the head down, block by block. */
 #include "engine/model/train.h"
