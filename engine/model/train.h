@@ -1,7 +1,7 @@
 /* First-order training over a loaded model: a forward pass that keeps what the backward needs, an explicit
  * backward pass over LLaMA and Mixtral blocks written like the forward (no autograd framework), and the trainable
- * tensors with their gradients. What is trained: every parameter (full), LoRA pairs on chosen projections, or CogSteer's
- * bottleneck adapters at one block (the backward stops there and never runs below it).
+ * tensors with their gradients. What is trained: every parameter (full), LoRA pairs on chosen projections, or
+ * CogSteer's bottleneck adapters at one block (the backward stops there and never runs below it).
  *
  * Conventions: a batch is n_seq sequences of T tokens each, packed as R = n_seq * T rows. mask[s * (T-1) + t]
  * (0 or 1) says whether target ids[s][t+1] counts; the loss is the mean cross-entropy over the targets that count
