@@ -9,6 +9,10 @@ build=${1:-build} build_asan=${2:-build-asan} jobs=${3:-2}
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 
+# The check build treats warnings as errors (a plain `make` does not: a newer compiler must not break it).
+cmake -S . -B "$build" -DLATHE_WERROR=ON >/dev/null
+cmake --build "$build" -j"$jobs"
+
 export LATHE_TEST_CACHE_DIR="$root/$build/test-cache"
 mkdir -p "$LATHE_TEST_CACHE_DIR"
 start=$(date +%s)
@@ -35,7 +39,7 @@ tests "$build"
 if [ $plain_only = 0 ]; then
   LATHE_VALIDATION=1 tests "$build"
 
-  cmake -S . -B "$build_asan" -DCMAKE_BUILD_TYPE=Debug -DLATHE_SANITIZE=ON -DLATHE_BENCH=OFF >/dev/null
+  cmake -S . -B "$build_asan" -DCMAKE_BUILD_TYPE=Debug -DLATHE_SANITIZE=ON -DLATHE_BENCH=OFF -DLATHE_WERROR=ON >/dev/null
   cmake --build "$build_asan" -j"$jobs"
   # Leak checking is off: lavapipe is unloaded at vkDestroyInstance, so its process-lifetime allocations show up
   # as leaks from an "<unknown module>" that no suppression can name, and Criterion's forked tests would not fail
