@@ -18,11 +18,14 @@ configure:
 demo: deps all
 	@bash scripts/demo.sh $(BUILD)
 
-# The whole suite: normal build, then with the Khronos validation layer, then under ASan + UBSan.
-check: deps all
+# The whole suite: normal build, then with the Khronos validation layer, then under ASan + UBSan. The check build
+# treats warnings as errors (check.sh configures it so; a fresh build folder starts that way).
+check: deps
+	@$(MAKE) --no-print-directory all CMAKE_FLAGS="$(CMAKE_FLAGS) -DLATHE_WERROR=ON"
 	@bash scripts/check.sh $(BUILD) $(BUILD_ASAN) $(JOBS)
 
-test: all
+test:
+	@$(MAKE) --no-print-directory all CMAKE_FLAGS="$(CMAKE_FLAGS) -DLATHE_WERROR=ON"
 	@bash scripts/check.sh --plain-only $(BUILD) $(BUILD_ASAN) $(JOBS)
 
 bench: deps all

@@ -159,11 +159,13 @@ Test(data_jobs, feedback_stops_promptly_when_cancelled) {
   mp_doc_t *d = lc_call_id(c, "cancel", 1, &pe, NULL);
   cr_assert_not_null(d, "%s", pe.msg);
   mp_doc_destroy(&d);
-  /* job.h: a cancelled job returns within a second or two (measured: 20 to 200 ms, one decoding step). */
+  /* job.h: a cancelled job returns within a second or two (measured: 20 to 200 ms, one decoding step). The test
+   * waits on the state rather than timing it (a loaded machine stretches any clock), and what proves the runner
+   * stopped by itself is the worker: one that ignored the cancel for the daemon's 5 s grace would be killed. */
   int64_t t0 = util_mono_ms();
-  td_wait_state(c, 1, "cancelled", 2000);
+  td_wait_state(c, 1, "cancelled", 30000);
   cr_log_info("cancelled after %lld ms", (long long)(util_mono_ms() - t0));
-  cr_assert_eq(td_worker_pid(c), worker, "the runner stopped by itself: the worker was not killed");
+  cr_assert_eq(td_worker_pid(c), worker, "the runner did not stop by itself: the worker was killed");
   lc_destroy(&c);
 }
 
