@@ -15,68 +15,111 @@
 
 static uint32_t ceil_div(uint64_t a, uint32_t b) { return (uint32_t)((a + b - 1) / b); }
 
-/* ---- the backward matrix product (mm_t.comp) ---- */
+/* ---- the backward matrix product (matmul_grad.comp) ----
+ * Neither gradient is the forward kernel's computation: that one sums along the rows of both operands (x[M,K] .
+ * w[N,K]^T), while dX = dY . W sums down the columns of W and dW = dY^T . X down the columns of both. The backward
+ * kernel sums outer products along r, reading w by rows with vector loads, and reads its other operand through
+ * two strides, which covers both gradients. */
 
-/* Tile of one mm_t workgroup (the shader's BM x BN). */
-#define MMT_TILE 32u
+/* Tiling (specialisation constants 1..4 of matmul_grad.comp): a bm x bn tile of y per workgroup, tm x tn sums per
+ * invocation. CPU drivers run each lane's loads one by one, so what pays there is many sums per load (16 x 16, as
+ * the forward direct kernel); GPUs keep 8 x 8 in registers. */
+typedef struct grad_cfg {
+  uint32_t bm, bn, tm, tn;
+} grad_cfg_t;
 
-/* y[M,N] (+)= A . B^T as described by pc (pc_mmt_t), K split into chunks under the loop budget. */
-static lt_status_t mmt(gpu_cmd_t *c, const char *defines, gpu_view_t y, gpu_view_t a, gpu_view_t b, gpu_view_t s,
-                       uint64_t b_bytes, uint64_t s_bytes, pc_mmt_t *pc, bool accumulate, lt_err_t *err) {
-  if (pc->M == 0 || pc->N == 0) return LT_OK;
-  if (ceil_div(pc->M, MMT_TILE) > 65535 || ceil_div(pc->N, MMT_TILE) > 65535)
-    return lt_fail(err, LT_E_LIMIT, "backward matmul: %u x %u outputs exceed the dispatch grid", pc->M, pc->N);
-  gpu_pipeline_t *p = op_pipeline(gpu_cmd_gpu(c), OP_MMT, defines, NULL, 0, err);
+static const grad_cfg_t GRAD_CPU = {.bm = 128, .bn = 128, .tm = 16, .tn = 16};
+static const grad_cfg_t GRAD_GPU = {.bm = 64, .bn = 64, .tm = 8, .tn = 8};
+
+/* y[M,N] (+)= sum_r a(m, r) . w[r, n] over r < R, with a(m, r) = a[m * a_m + r * a_r]; y and a f32, w [R, N] of
+ * wtype (f32, f16, bf16) or, when q is not NULL, the quantised q. The sum over R goes in chunks under the loop
+ * budget, in order. */
+static lt_status_t grad_gemm(gpu_cmd_t *c, const char *what, gpu_view_t y, gpu_view_t a, uint32_t a_m, uint32_t a_r,
+                             gpu_view_t w, lt_dtype_t wtype, const qmat_view_t *q, uint32_t M, uint32_t N, uint32_t R,
+                             bool accumulate, lt_err_t *err) {
+  gpu_t *g = gpu_cmd_gpu(c);
+  const gpu_caps_t *caps = gpu_caps(g);
+  uint32_t bits = 0, n_groups = 0;
+  if (q) {
+    if ((q->wtype != LT_I8 && q->wtype != LT_I4) || (q->stype != LT_F16 && q->stype != LT_F32))
+      return lt_fail(err, LT_E_INVALID, "%s: quantised weight %s with %s scales (want i8 / i4 with f16 / f32)", what,
+                     lt_dtype_str(q->wtype), lt_dtype_str(q->stype));
+    bits = q->wtype == LT_I4 ? 4 : 8;
+    if (!quant_params_ok(bits, q->group))
+      return lt_fail(err, LT_E_INVALID, "%s: group %u is not a positive multiple of %u", what, q->group,
+                     QUANT_COL_ALIGN);
+    if (q->stype == LT_F16 && !caps->storage16)
+      return lt_fail(err, LT_E_UNSUPPORTED, "%s: f16 scales need 16-bit storage buffers, which %s lacks", what,
+                     caps->name);
+    n_groups = quant_groups(N, q->group);
+  } else if (wtype != LT_F32 && wtype != LT_F16 && wtype != LT_BF16) {
+    return lt_fail(err, LT_E_INVALID, "%s: weight dtype %s (want f32, f16 or bf16)", what, lt_dtype_str(wtype));
+  }
+  bool w16 = !q && (wtype == LT_F16 || wtype == LT_BF16);
+  if (w16 && N % 8 != 0 && !caps->storage16)
+    return lt_fail(err, LT_E_UNSUPPORTED, "%s: %s weights with rows not a multiple of 8 need 16-bit storage buffers",
+                   what, lt_dtype_str(wtype));
+  if (M == 0 || N == 0 || (R == 0 && accumulate)) return LT_OK;
+  uint64_t yb = 4ull * M * N, ab = 4ull * ((uint64_t)(M - 1) * a_m + (uint64_t)(R ? R - 1 : 0) * a_r + 1);
+  uint64_t wb = q ? (uint64_t)R * quant_row_bytes(bits, N) : (uint64_t)R * N * lt_dtype_size(wtype);
+  uint64_t sb = q ? (uint64_t)R * n_groups * lt_dtype_size(q->stype) : 0;
+  /* Elements of w per load along N. The plain kernel's vector loads declare a as vec4s too, so its binding is
+   * rounded up to whole vec4s, which the buffer must hold (a partly bound vec4 may read as zeros). */
+  uint32_t kv = q ? 8 : w16 ? (N % 8 == 0 ? 8 : 1) : (N % 4 == 0 ? 4 : 1);
+  if (!q && kv > 1) {
+    uint64_t ab16 = (ab + 15) & ~15ull;
+    if (ab16 <= gpu_buf_size(a.buf) - a.off && ab16 <= caps->max_storage_range)
+      ab = ab16;
+    else
+      kv = 1;
+  }
+  char defines[64];
+  if (q)
+    snprintf(defines, sizeof defines, "BITS=%u;S_F16=%d", bits, q->stype == LT_F16);
+  else
+    snprintf(defines, sizeof defines, "W_F16=%d;W_BF16=%d;KV=%u", wtype == LT_F16, wtype == LT_BF16, kv);
+  const grad_cfg_t *t = caps->kind == GPU_KIND_CPU ? &GRAD_CPU : &GRAD_GPU;
+  uint32_t spec[5] = {(t->bm / t->tm) * (t->bn / t->tn), t->bm, t->bn, t->tm, t->tn};
+  uint32_t gx = ceil_div(N, t->bn), gy = ceil_div(M, t->bm);
+  if (gx > caps->max_wg_count[0] || gy > caps->max_wg_count[1])
+    return lt_fail(err, LT_E_LIMIT, "%s: a %ux%u output needs %ux%u workgroups, more than the device allows", what, M,
+                   N, gx, gy);
+  op_id_t id = q ? OP_MATMUL_GRAD_Q : OP_MATMUL_GRAD;
+  gpu_pipeline_t *p = op_pipeline(g, id, defines, spec, 5, err);
   if (!p) return err ? err->code : LT_E_SHADER;
-  uint64_t a_elems = pc->at ? (uint64_t)(pc->K - 1) * pc->lda + pc->M : (uint64_t)(pc->M - 1) * pc->lda + pc->K;
-  if (pc->K == 0) a_elems = 1;
-  gpu_view_t v[4] = {y, a, b, s.buf ? s : b};
-  uint64_t bytes[4] = {((uint64_t)(pc->M - 1) * pc->ldy + pc->N) * 4, a_elems * 4, b_bytes, s.buf ? s_bytes : b_bytes};
-  bool w[4] = {true, false, false, false};
+  gpu_view_t views[4] = {y, a, q ? q->q : w, q ? q->scales : w};
+  uint64_t bytes[4] = {yb, ab, wb, sb};
+  bool writes[4] = {true, false, false, false};
+  pc_matmul_grad_t pc = {.M = M,
+                         .N = N,
+                         .K = R,
+                         .x_stride = a_m,
+                         .x_rstride = a_r,
+                         .w_stride = N,
+                         .y_stride = N,
+                         .kp = quant_padded_cols(N),
+                         .n_groups = n_groups,
+                         .group = q ? q->group : 0};
+  /* The r loop is the kernel's only loop that is not unrolled: one iteration per row of w. */
   op_loop_cost_t cost = {0, 1, 1};
-  return op_dispatch_k(c, p, OP_MMT, v, bytes, w, 4, pc, cost, accumulate, ceil_div(pc->N, MMT_TILE),
-                       ceil_div(pc->M, MMT_TILE), 1, err);
+  return op_dispatch_k(c, p, id, views, bytes, writes, q ? 4 : 3, &pc, cost, accumulate, gx, gy, 1, err);
 }
 
 lt_status_t op_matmul_dx(gpu_cmd_t *c, gpu_view_t dx, gpu_view_t dy, gpu_view_t w, lt_dtype_t wtype, uint32_t M,
                          uint32_t N, uint32_t K, bool accumulate, lt_err_t *err) {
-  if (wtype != LT_F32 && wtype != LT_F16 && wtype != LT_BF16)
-    return lt_fail(err, LT_E_INVALID, "matmul backward: weight dtype %s (want f32, f16 or bf16)", lt_dtype_str(wtype));
-  /* dx(m, k) = sum_n dy(m, n) w(n, k): A = dy as stored, B read transposed. */
-  pc_mmt_t pc = {.M = M, .N = K, .K = N, .lda = N, .ldb = K, .ldy = K, .at = 0, .bt = 1};
-  const char *def = wtype == LT_F16 ? "W_F16=1" : wtype == LT_BF16 ? "W_BF16=1" : NULL;
-  return mmt(c, def, dx, dy, w, (gpu_view_t){0}, (uint64_t)N * K * lt_dtype_size(wtype), 0, &pc, accumulate, err);
+  /* dx[m, k] = sum_n dy[m, n] w[n, k]: r runs along the rows of dy. */
+  return grad_gemm(c, "matmul backward (dx)", dx, dy, N, 1, w, wtype, NULL, M, K, N, accumulate, err);
 }
 
 lt_status_t op_matmul_dx_q(gpu_cmd_t *c, gpu_view_t dx, gpu_view_t dy, const qmat_view_t *w, uint32_t M, uint32_t N,
                            uint32_t K, bool accumulate, lt_err_t *err) {
-  if ((w->wtype != LT_I8 && w->wtype != LT_I4) || (w->stype != LT_F16 && w->stype != LT_F32) || w->group == 0 ||
-      w->group % QUANT_COL_ALIGN)
-    return lt_fail(err, LT_E_INVALID, "matmul backward: quantised weight %s with %s scales and group %u",
-                   lt_dtype_str(w->wtype), lt_dtype_str(w->stype), w->group);
-  uint32_t bits = w->wtype == LT_I4 ? 4 : 8;
-  pc_mmt_t pc = {.M = M,
-                 .N = K,
-                 .K = N,
-                 .lda = N,
-                 .ldy = K,
-                 .at = 0,
-                 .bt = 1,
-                 .kp = quant_padded_cols(K),
-                 .n_groups = quant_groups(K, w->group),
-                 .group = w->group};
-  char def[32];
-  snprintf(def, sizeof def, "BITS=%u;S_F16=%d", bits, w->stype == LT_F16);
-  uint64_t qbytes = (uint64_t)N * quant_row_bytes(bits, K),
-           sbytes = (uint64_t)N * pc.n_groups * lt_dtype_size(w->stype);
-  return mmt(c, def, dx, dy, w->q, w->scales, qbytes, sbytes, &pc, accumulate, err);
+  return grad_gemm(c, "matmul backward (dx)", dx, dy, N, 1, w->q, w->wtype, w, M, K, N, accumulate, err);
 }
 
 lt_status_t op_matmul_dw(gpu_cmd_t *c, gpu_view_t dw, gpu_view_t dy, gpu_view_t x, uint32_t M, uint32_t N, uint32_t K,
                          bool accumulate, lt_err_t *err) {
-  /* dw(n, k) = sum_m dy(m, n) x(m, k): both read transposed. */
-  pc_mmt_t pc = {.M = N, .N = K, .K = M, .lda = N, .ldb = K, .ldy = K, .at = 1, .bt = 1};
-  return mmt(c, NULL, dw, dy, x, (gpu_view_t){0}, (uint64_t)M * K * 4, 0, &pc, accumulate, err);
+  /* dw[n, k] = sum_m dy[m, n] x[m, k]: r runs down the columns of dy and the rows of x. */
+  return grad_gemm(c, "matmul backward (dw)", dw, dy, 1, N, x, LT_F32, NULL, N, K, M, accumulate, err);
 }
 
 /* ---- RMSNorm ---- */

@@ -150,19 +150,21 @@ PC_END(pc_perturb)
 
 /* ---- training: backward passes and the optimiser ---- */
 
-/* General matrix product for the backward passes: y[M,N] (+)= sum_k A(m,k) B(n,k) over k in [k_base, k_base +
- * k_len) of K, where A(m,k) = a[m * lda + k] (at = 0) or a[k * lda + m] (at = 1), and B(n,k) is element (n,k)
- * (bt = 0) or (k,n) (bt = 1) of the stored matrix b with row stride ldb: f32, f16 or bf16 values, or the int8 /
- * int4 rows of engine/ops/quant.h (kp columns per row) with per-group scales. */
-#if !defined(LATHE_GLSL) || defined(PC_MMT)
-PC_BEGIN(pc_mmt)
+/* The backward matmul: y[M,N] (+)= sum over r in [k_base, k_base + k_len) of a(m, r) . w[r, n] (K rows of w in all),
+ * a read from the x binding at x[m * x_stride + r * x_rstride] (either operand order of dy), w row-major [K, N] in
+ * any weight dtype (quantised: kp columns per row of q, n_groups scales per row, group columns per scale). */
+#if !defined(LATHE_GLSL) || defined(PC_MATMUL_GRAD)
+PC_BEGIN(pc_matmul_grad)
   uint M, N, K;
   uint k_base, k_len;
   uint accumulate;
-  uint lda, ldb, ldy;
-  uint at, bt;
-  uint kp, n_groups, group; /* quantised b only */
-PC_END(pc_mmt)
+  uint x_stride, x_rstride; /* element steps of a along m and along r */
+  uint w_stride, y_stride;  /* row strides of w and y in elements */
+  uint kp, n_groups, group; /* quantised w only */
+PC_END(pc_matmul_grad)
+#endif
+#ifndef LATHE_GLSL
+_Static_assert(PC_K_HEAD_OK(pc_matmul_grad_t), "the backward matmul's push constants start with pc_k_head_t");
 #endif
 
 /* RMSNorm backward. mode 0 (one workgroup per row): dx[r] (+)= inv w*g - x inv^3 sum(w*g*x) / n and

@@ -18,8 +18,8 @@
 
 TestSuite(grad, .init = tgpu_setup, .fini = tgpu_teardown);
 
-Test(grad, matmul_dx_every_weight_dtype) {
-  uint32_t M = 37, N = 53, K = 45;
+/* dX for each weight dtype: widths that rule out vector loads (scalar path) and widths that allow them. */
+static void check_dx(uint32_t M, uint32_t N, uint32_t K) {
   uint64_t seed = 11;
   float *dy = talloc(M * N), *w = talloc(N * K), *dx0 = talloc(M * K), *want = talloc(M * K);
   trand(dy, M * N, -1, 1, &seed);
@@ -47,6 +47,11 @@ Test(grad, matmul_dx_every_weight_dtype) {
       gpu_buf_destroy(&bw), gpu_buf_destroy(&bdy), gpu_buf_destroy(&bdx);
     }
   free(dy), free(w), free(dx0), free(want), free(w16);
+}
+
+Test(grad, matmul_dx_every_weight_dtype) {
+  check_dx(37, 53, 45); /* odd widths: scalar loads */
+  check_dx(37, 48, 40); /* widths of 8: vec4 and 8-wide 16-bit loads */
 }
 
 Test(grad, matmul_dx_quantised_in_place) {
@@ -79,8 +84,8 @@ Test(grad, matmul_dx_quantised_in_place) {
 
 Test(grad, matmul_dw_accumulates_and_splits_long_sums) {
   /* M = 20000 rows: more than one invocation may loop, so the sum over M is split over dispatches. */
-  uint32_t shapes[][3] = {{31, 17, 23}, {20000, 3, 5}};
-  for (int si = 0; si < 2; si++) {
+  uint32_t shapes[][3] = {{31, 17, 23}, {20000, 3, 5}, {19, 8, 12}};
+  for (int si = 0; si < 3; si++) {
     uint32_t M = shapes[si][0], N = shapes[si][1], K = shapes[si][2];
     uint64_t seed = 3 + si;
     float *dy = talloc((uint64_t)M * N), *x = talloc((uint64_t)M * K), *dw0 = talloc(N * K), *want = talloc(N * K);
