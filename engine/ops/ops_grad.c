@@ -323,6 +323,29 @@ lt_status_t op_cross_entropy(gpu_cmd_t *c, gpu_view_t nll, gpu_view_t lse, bool 
   return op_dispatch(c, p, OP_CE_GRAD, v, bytes, w, 4, &pc, gx, gy, 1, err);
 }
 
+lt_status_t op_kd(gpu_cmd_t *c, gpu_view_t loss, gpu_view_t student, gpu_view_t teacher, gpu_view_t weights,
+                  uint32_t rows, uint32_t n, float temperature, bool backward, lt_err_t *err) {
+  if (rows == 0) return LT_OK;
+  if (n == 0) return lt_fail(err, LT_E_INVALID, "distillation: rows of 0 logits");
+  if (!(temperature > 0)) return lt_fail(err, LT_E_INVALID, "distillation: temperature %g (must be > 0)", temperature);
+  if (backward && !weights.buf) return lt_fail(err, LT_E_INVALID, "distillation: the gradient needs row weights");
+  gpu_t *g = gpu_cmd_gpu(c);
+  const gpu_caps_t *caps = gpu_caps(g);
+  /* Three passes over the row: two log-sum-exps, then the terms and the gradient. */
+  uint32_t wg = op_rows_wg(OP_KD, n, 3, caps->max_wg_invocations, caps->max_shared);
+  if (wg == 0) return lt_fail(err, LT_E_LIMIT, "distillation: rows of %u logits are too wide", n);
+  gpu_pipeline_t *p = op_pipeline(g, OP_KD, NULL, &wg, 1, err);
+  if (!p) return err ? err->code : LT_E_SHADER;
+  uint64_t rn = 4ull * rows * n;
+  gpu_view_t v[4] = {loss, student, teacher, weights.buf ? weights : loss};
+  uint64_t bytes[4] = {4ull * rows, rn, rn, 4ull * rows};
+  bool w[4] = {true, backward, false, false};
+  pc_kd_t pc = {.rows = rows, .n = n, .temperature = temperature, .backward = backward};
+  uint32_t gx, gy;
+  op_grid_1d(rows, 1, &gx, &gy);
+  return op_dispatch(c, p, OP_KD, v, bytes, w, 4, &pc, gx, gy, 1, err);
+}
+
 /* ---- the optimiser ---- */
 
 lt_status_t op_adamw(gpu_cmd_t *c, gpu_view_t p, gpu_view_t g, gpu_view_t m, gpu_view_t v, uint32_t n,

@@ -52,6 +52,12 @@ lt_status_t op_embed_backward(gpu_cmd_t *c, gpu_view_t dtable, gpu_view_t dy, co
 lt_status_t op_cross_entropy(gpu_cmd_t *c, gpu_view_t nll, gpu_view_t lse, bool backward, gpu_view_t logits,
                              gpu_view_t targets, gpu_view_t weights, uint32_t rows, uint32_t n, lt_err_t *err);
 
+/* Knowledge distillation over rows of n logits at temperature T: loss[r] = T^2 KL(softmax(t/T) || softmax(s/T))
+ * for the student's logits s and the teacher's t, and, with backward, s overwritten in place by the gradient of
+ * sum_r w[r] loss[r]: w[r] T (softmax(s/T) - softmax(t/T)). Rows may be 150,000+ wide. */
+lt_status_t op_kd(gpu_cmd_t *c, gpu_view_t loss, gpu_view_t student, gpu_view_t teacher, gpu_view_t weights,
+                  uint32_t rows, uint32_t n, float temperature, bool backward, lt_err_t *err);
+
 /* AdamW settings of one step. */
 typedef struct adamw_params {
   float lr, beta1, beta2, eps, weight_decay;

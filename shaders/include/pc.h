@@ -192,6 +192,16 @@ PC_BEGIN(pc_attn_train)
 PC_END(pc_attn_train)
 #endif
 
+/* Knowledge distillation at a temperature over rows of n logits (the loss per row, and the student's gradient in
+ * place when backward). */
+#if !defined(LATHE_GLSL) || defined(PC_KD)
+PC_BEGIN(pc_kd)
+  uint rows, n;
+  float temperature;
+  uint backward;
+PC_END(pc_kd)
+#endif
+
 /* SwiGLU backward: dgate = dy * up * silu'(gate), dup = dy * silu(gate). */
 #if !defined(LATHE_GLSL) || defined(PC_SWIGLU_BW)
 PC_BEGIN(pc_swiglu_bw)

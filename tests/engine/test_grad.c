@@ -385,3 +385,66 @@ Test(grad, adamw_steps_and_sum_of_squares) {
   gpu_buf_destroy(&bx), gpu_buf_destroy(&bo), gpu_buf_destroy(&bp), gpu_buf_destroy(&bg), gpu_buf_destroy(&bm),
       gpu_buf_destroy(&bv);
 }
+
+/* T^2 KL(softmax(t/T) || softmax(s/T)) of one row in double, for the finite differences. */
+static double kd_row(const double *s, const float *t, uint32_t n, double T) {
+  double ms = -INFINITY, mt = -INFINITY, zs = 0, zt = 0, kl = 0;
+  for (uint32_t j = 0; j < n; j++) ms = fmax(ms, s[j] / T), mt = fmax(mt, t[j] / T);
+  for (uint32_t j = 0; j < n; j++) zs += exp(s[j] / T - ms), zt += exp(t[j] / T - mt);
+  for (uint32_t j = 0; j < n; j++) {
+    double lps = s[j] / T - ms - log(zs), lpt = t[j] / T - mt - log(zt);
+    kl += exp(lpt) * (lpt - lps);
+  }
+  return T * T * kl;
+}
+
+Test(grad, distillation_loss_and_gradient) {
+  uint64_t seed = 31;
+  uint32_t shapes[][2] = {{5, 7}, {3, 150001}};
+  float temps[] = {1.0f, 2.5f};
+  for (int si = 0; si < 2; si++)
+    for (int ti = 0; ti < 2; ti++) {
+      uint32_t rows = shapes[si][0], n = shapes[si][1];
+      float T = temps[ti];
+      uint64_t rn = (uint64_t)rows * n;
+      float *s = talloc(rn), *t = talloc(rn), *w = talloc(rows), *loss = talloc(rows), *ds = talloc(rn);
+      trand(s, rn, -4, 4, &seed), trand(t, rn, -4, 4, &seed);
+      for (uint32_t r = 0; r < rows; r++) w[r] = 0.5f + 0.25f * (float)r;
+      ref_kd(loss, ds, s, t, w, rows, n, T);
+      if (n < 100) {
+        /* The reference's gradient against central differences of its loss, and KL's floor: equal rows give 0. */
+        double *sd = malloc(n * sizeof *sd);
+        for (uint32_t r = 0; r < rows; r++) {
+          for (uint32_t j = 0; j < n; j++) sd[j] = s[(uint64_t)r * n + j];
+          for (uint32_t j = 0; j < n; j++) {
+            double o = sd[j], h = 1e-6;
+            sd[j] = o + h;
+            double up = kd_row(sd, t + (uint64_t)r * n, n, T);
+            sd[j] = o - h;
+            double dn = kd_row(sd, t + (uint64_t)r * n, n, T);
+            sd[j] = o;
+            cr_assert(fabs(w[r] * (up - dn) / (2 * h) - ds[(uint64_t)r * n + j]) < 1e-6, "reference d[%u][%u]", r, j);
+          }
+          cr_assert(fabs(kd_row(sd, s + (uint64_t)r * n, n, T)) < 1e-12, "KL of a row with itself");
+        }
+        free(sd);
+      }
+      gpu_buf_t *bs = tbuf_f32(s, rn), *bt = tbuf_f32(t, rn), *bw = tbuf_f32(w, rows), *bl = tbuf_f32(NULL, rows);
+      lt_err_t err = {0};
+      gpu_cmd_t *c = tbegin();
+      cr_assert_eq(op_kd(c, gv(bl), gv(bs), gv(bt), gv(bw), rows, n, T, true, &err), LT_OK, "%s", err.msg);
+      tfinish(&c);
+      float *gl = tread_f32(bl, rows), *gd = tread_f32(bs, rn);
+      /* Sums over n terms of probabilities (<= 1) times log ratios (<= 16): f32 error far below 1e-5 * log n. */
+      tassert_close(gl, loss, rows, 1e-5 * log((double)n) * T * T, 1e-4, "kd loss");
+      tassert_close(gd, ds, rn, 1e-7, 1e-4, "kd gradient");
+      free(gl), free(gd), free(s), free(t), free(w), free(loss), free(ds);
+      gpu_buf_destroy(&bs), gpu_buf_destroy(&bt), gpu_buf_destroy(&bw), gpu_buf_destroy(&bl);
+    }
+  lt_err_t err = {0};
+  gpu_cmd_t *c = tbegin();
+  gpu_buf_t *b = tbuf_f32(NULL, 16);
+  cr_assert_eq(op_kd(c, gv(b), gv(b), gv(b), gv(b), 1, 4, 0.0f, false, &err), LT_E_INVALID, "temperature 0");
+  tfinish(&c);
+  gpu_buf_destroy(&b);
+}

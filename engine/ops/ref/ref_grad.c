@@ -174,6 +174,30 @@ void ref_cross_entropy(float *nll, float *dlogits, const float *logits, const in
   }
 }
 
+/* log softmax(x / T)_j into out[n]. */
+static void log_softmax_t(double *out, const float *x, uint32_t n, double T) {
+  double mx = -INFINITY, sum = 0;
+  for (uint32_t j = 0; j < n; j++) mx = x[j] / T > mx ? x[j] / T : mx;
+  for (uint32_t j = 0; j < n; j++) sum += exp(x[j] / T - mx);
+  for (uint32_t j = 0; j < n; j++) out[j] = x[j] / T - mx - log(sum);
+}
+
+void ref_kd(float *loss, float *dstudent, const float *student, const float *teacher, const float *weights,
+            uint32_t rows, uint32_t n, float temperature) {
+  double *ls = malloc((n ? n : 1) * sizeof *ls), *lt = malloc((n ? n : 1) * sizeof *lt), T = temperature;
+  for (uint32_t r = 0; ls && lt && r < rows; r++) {
+    log_softmax_t(ls, student + (uint64_t)r * n, n, T);
+    log_softmax_t(lt, teacher + (uint64_t)r * n, n, T);
+    double kl = 0;
+    for (uint32_t j = 0; j < n; j++) {
+      kl += exp(lt[j]) * (lt[j] - ls[j]);
+      if (dstudent) dstudent[(uint64_t)r * n + j] = (float)(weights[r] * T * (exp(ls[j]) - exp(lt[j])));
+    }
+    loss[r] = (float)(T * T * kl);
+  }
+  free(ls), free(lt);
+}
+
 void ref_adamw(float *p, const float *g, float *m, float *v, uint32_t n, const adamw_params_t *a) {
   double c1 = 1.0 - pow(a->beta1, a->step), c2 = 1.0 - pow(a->beta2, a->step);
   for (uint32_t i = 0; i < n; i++) {

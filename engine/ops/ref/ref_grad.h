@@ -37,6 +37,9 @@ void ref_embed_backward(float *dtable, const float *dy, const int32_t *ids, uint
 /* nll[r] = lse(x[r]) - x[r, t[r]]; dlogits (may be NULL) = (softmax - onehot) * w[r]. */
 void ref_cross_entropy(float *nll, float *dlogits, const float *logits, const int32_t *targets, const float *weights,
                        uint32_t rows, uint32_t n);
+/* loss[r] = T^2 KL(softmax(t/T) || softmax(s/T)); dstudent (may be NULL) = w[r] T (softmax(s/T) - softmax(t/T)). */
+void ref_kd(float *loss, float *dstudent, const float *student, const float *teacher, const float *weights,
+            uint32_t rows, uint32_t n, float temperature);
 /* One AdamW step on n elements. */
 void ref_adamw(float *p, const float *g, float *m, float *v, uint32_t n, const adamw_params_t *a);
 
