@@ -98,14 +98,22 @@ static lt_status_t grad_norm(tuner_t *u, double *norm, lt_err_t *err) {
   return st;
 }
 
-/* Zeroes the gradients, then accumulates the mean gradient of the micro-batches; returns their mean loss. */
-static lt_status_t gradient(tuner_t *u, const tune_batch_t *mb, uint32_t n, double *loss, lt_err_t *err) {
+/* Zeroes the gradients, then accumulates the mean gradient of the micro-batches; returns their mean loss and, when
+ * info is not NULL, the means of the distillation counters. */
+static lt_status_t gradient(tuner_t *u, const tune_batch_t *mb, uint32_t n, double *loss, tune_step_info_t *info,
+                            lt_err_t *err) {
   lt_status_t st = train_zero_grad(u->t, err);
   double sum = 0;
+  if (info) info->ce = info->teacher_ce = 0, info->atkd_easy = info->atkd_hard = 0;
   for (uint32_t i = 0; i < n && st == LT_OK; i++) {
     double l = 0;
-    st = train_grad(u->t, mb[i].ids, mb[i].mask, mb[i].n_seq, mb[i].T, 1.0f / (float)n, &l, err);
+    st = train_grad_labeled(u->t, mb[i].ids, mb[i].labels, mb[i].mask, mb[i].n_seq, mb[i].T, 1.0f / (float)n, &l, err);
     sum += l;
+    const train_stats_t *ts = train_stats(u->t);
+    if (info) {
+      info->ce += ts->ce / n, info->teacher_ce += ts->teacher_ce / n;
+      info->atkd_easy += ts->atkd_easy, info->atkd_hard += ts->atkd_hard;
+    }
   }
   *loss = sum / n;
   return st;
@@ -131,7 +139,8 @@ static lt_status_t sam_move(tuner_t *u, double gnorm, int sign, lt_err_t *err) {
 lt_status_t tuner_step(tuner_t *u, const tune_batch_t *mb, uint32_t n, tune_step_info_t *info, lt_err_t *err) {
   if (n == 0) return lt_fail(err, LT_E_INVALID, "a step needs at least one micro-batch");
   double loss = 0, gnorm = 0;
-  lt_status_t st = gradient(u, mb, n, &loss, err);
+  tune_step_info_t dist = {0};
+  lt_status_t st = gradient(u, mb, n, &loss, &dist, err);
   if (st == LT_OK) st = grad_norm(u, &gnorm, err);
   if (st != LT_OK) return st;
   if (!isfinite(loss) || !isfinite(gnorm))
@@ -141,7 +150,7 @@ lt_status_t tuner_step(tuner_t *u, const tune_batch_t *mb, uint32_t n, tune_step
     /* Gradient at theta + e, same micro-batches; then back to theta. */
     double loss_e = 0;
     st = sam_move(u, gnorm, +1, err);
-    if (st == LT_OK) st = gradient(u, mb, n, &loss_e, err);
+    if (st == LT_OK) st = gradient(u, mb, n, &loss_e, NULL, err);
     lt_status_t back = sam_move(u, gnorm, -1, err);
     if (st == LT_OK) st = back;
     if (st == LT_OK) st = grad_norm(u, &gnorm, err);
@@ -169,7 +178,10 @@ lt_status_t tuner_step(tuner_t *u, const tune_batch_t *mb, uint32_t n, tune_step
   gpu_cmd_abort(&c);
   if (st != LT_OK) return st;
   u->steps = step;
-  if (info) *info = (tune_step_info_t){loss, gnorm, lr};
+  if (info) {
+    *info = dist;
+    info->loss = loss, info->grad_norm = gnorm, info->lr = lr;
+  }
   return LT_OK;
 }
 

@@ -23,11 +23,13 @@ typedef struct tune_opts {
   tune_schedule_t schedule;
 } tune_opts_t;
 
-/* One micro-batch of a step: n_seq sequences of T tokens and their target mask (see train.h). */
+/* One micro-batch of a step: n_seq sequences of T tokens and their target mask (see train.h); labels, when not
+ * NULL, are the targets in place of ids (train_grad_labeled). */
 typedef struct tune_batch {
   const int32_t *ids;
   const uint8_t *mask;
   uint32_t n_seq, T;
+  const int32_t *labels;
 } tune_batch_t;
 
 /* What one step measured. */
@@ -35,6 +37,9 @@ typedef struct tune_step_info {
   double loss;      /* mean of the micro-batch losses at theta */
   double grad_norm; /* global norm of the gradient the update used (before clipping) */
   double lr;        /* the learning rate of this step */
+  /* Under distillation (train_set_distill), means over the micro-batches at theta: */
+  double ce, teacher_ce;         /* the student's and the teacher's cross-entropy on the data */
+  uint32_t atkd_easy, atkd_hard; /* ATKD: tokens in each set, summed */
 } tune_step_info_t;
 
 typedef struct tuner tuner_t;

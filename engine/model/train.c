@@ -100,7 +100,14 @@ struct train {
   route_t *routes;         /* per block */
   gpu_buf_t *ones;         /* (list_cap) ones: the weights that scatter expert input gradients back */
   uint32_t T_real;         /* tokens per sequence before padding: rows past it are left out of router statistics */
+  uint64_t act_grad_bytes; /* the part of act_bytes that holds gradients of activations */
   float scale;             /* the loss scale of the running pass (gradient accumulation) */
+  /* distillation */
+  train_distill_t dist;
+  gpu_buf_t *dl;   /* (R, 2) per-row distillation terms: KD in [2r]; ATKD's TCKD, NCKD */
+  gpu_buf_t *aw;   /* (R, 2) per-row weights of those terms */
+  gpu_buf_t *pred; /* (R) argmax predictions (train_predict) */
+  float *tnll;     /* (cap) host copy of the teacher's per-row cross-entropy (ATKD's split) */
 };
 
 /* ---- set-up ---- */
@@ -130,6 +137,7 @@ static int32_t tensor_add(train_t *t, const char *name, uint32_t rows, uint32_t 
   uint64_t bytes = (uint64_t)rows * cols * 4;
   x->grad = gpu_buf_new(t->g, bytes, err);
   if (!x->grad) return -1;
+  t->stats.gradient_bytes += bytes;
   if (value) {
     x->value = value;
   } else if (!(x->value = gpu_buf_new(t->g, bytes, err))) {
@@ -235,10 +243,14 @@ static void acts_free(train_t *t) {
   free(t->routes);
   t->routes = NULL;
   gpu_buf_destroy(&t->ones);
-  gpu_buf_t **all[] = {&t->lse, &t->xf,     &t->xL, &t->ids,  &t->pos,  &t->tgt, &t->wts,
-                       &t->nll, &t->logits, &t->dx, &t->dxn,  &t->datt, &t->dq,  &t->dk,
-                       &t->dv,  &t->dg,     &t->du, &t->dact, &t->lu,   &t->dlu, &t->dz};
+  gpu_buf_t **all[] = {&t->lse,    &t->xf,   &t->xL,  &t->ids,  &t->pos, &t->tgt, &t->wts, &t->nll,
+                       &t->logits, &t->dx,   &t->dxn, &t->datt, &t->dq,  &t->dk,  &t->dv,  &t->dg,
+                       &t->du,     &t->dact, &t->lu,  &t->dlu,  &t->dz,  &t->dl,  &t->aw,  &t->pred};
   for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) gpu_buf_destroy(all[i]);
+  free(t->tnll);
+  t->tnll = NULL;
+  t->stats.gradient_bytes -= t->act_grad_bytes;
+  t->act_grad_bytes = 0;
   t->cap = 0;
   t->act_bytes = 0;
 }
@@ -325,32 +337,43 @@ static lt_status_t acts_ensure(train_t *t, uint32_t R, uint32_t T, lt_err_t *err
   } else {
     for (uint32_t l = 0; l < c->n_layers && st == LT_OK; l++) st = blk_alloc(t, &t->blk[l], R, true, err);
   }
+  /* grad: a gradient of activations (or the LoRA / adapter intermediates only the backward reads), which a frozen
+   * state never allocates. */
   struct {
     gpu_buf_t **b;
     uint64_t n;
-  } want[] = {{&t->xf, R * d},
-              {&t->xL, R * d},
-              {&t->ids, R},
-              {&t->pos, R},
-              {&t->tgt, R},
-              {&t->wts, R},
-              {&t->nll, R},
-              {&t->logits, (uint64_t)LOGIT_CHUNK * c->vocab_size},
-              {&t->lse, LOGIT_CHUNK},
-              {&t->dx, R * d},
-              {&t->dxn, R * d},
-              {&t->datt, R * qd},
-              {&t->dq, R * qd},
-              {&t->dk, R * kvd},
-              {&t->dv, R * kvd},
-              {&t->dg, R * f},
-              {&t->du, R * f},
-              {&t->dact, R * f},
-              {&t->lu, R * r},
-              {&t->dlu, R * r},
-              {&t->dz, R * (a > widest_lora ? a : widest_lora)}};
-  for (size_t i = 0; i < sizeof want / sizeof want[0] && st == LT_OK; i++)
+    bool grad;
+  } want[] = {{&t->xf, R * d, false},
+              {&t->xL, R * d, false},
+              {&t->ids, R, false},
+              {&t->pos, R, false},
+              {&t->tgt, R, false},
+              {&t->wts, R, false},
+              {&t->nll, R, false},
+              {&t->dl, 2 * R, false},
+              {&t->aw, 2 * R, false},
+              {&t->pred, R, false},
+              {&t->logits, (uint64_t)LOGIT_CHUNK * c->vocab_size, false},
+              {&t->lse, LOGIT_CHUNK, false},
+              {&t->dx, R * d, true},
+              {&t->dxn, R * d, true},
+              {&t->datt, R * qd, true},
+              {&t->dq, R * qd, true},
+              {&t->dk, R * kvd, true},
+              {&t->dv, R * kvd, true},
+              {&t->dg, R * f, true},
+              {&t->du, R * f, true},
+              {&t->dact, R * f, true},
+              {&t->lu, R * r, true},
+              {&t->dlu, R * r, true},
+              {&t->dz, R * (a > widest_lora ? a : widest_lora), true}};
+  bool frozen = t->o.what == TRAIN_FROZEN;
+  for (size_t i = 0; i < sizeof want / sizeof want[0] && st == LT_OK; i++) {
+    if (want[i].grad && frozen) continue;
     if (!(*want[i].b = abuf(t, want[i].n, err))) st = err ? err->code : LT_E_DEVICE_OOM;
+    if (want[i].grad) t->act_grad_bytes += want[i].n * 4, t->stats.gradient_bytes += want[i].n * 4;
+  }
+  if (st == LT_OK && !(t->tnll = malloc((uint64_t)R * sizeof *t->tnll))) st = lt_fail(err, LT_E_NOMEM, "out of memory");
   if (st == LT_OK && t->rope_rows < T) {
     uint64_t n = (uint64_t)T * c->rope_dim;
     float *tab = malloc(n * sizeof *tab);
@@ -399,6 +422,7 @@ train_t *train_new(model_t *m, const train_opts_t *o, lt_err_t *err) {
   train_t *t = calloc(1, sizeof *t);
   if (!t) return lt_fail(err, LT_E_NOMEM, "out of memory"), NULL;
   t->m = m, t->g = model_gpu(m), t->cf = c, t->o = *o;
+  if (o->what == TRAIN_FROZEN) t->o.recompute = true; /* forward only: block inputs and one shared set */
   t->neox = model_rope_neox(m);
   t->embed_grad = t->head_grad = t->out_norm_grad = -1;
   for (int i = 0; i < 4; i++) t->adapter[i] = -1;
@@ -875,35 +899,44 @@ static lt_status_t block_bwd(train_t *t, gpu_cmd_t **cp, uint32_t l, const batch
 
 /* ---- the whole pass ---- */
 
-/* Uploads ids, positions, targets and per-row loss weights (mask / count * scale); returns the count. */
-static lt_status_t batch_upload(train_t *t, const int32_t *ids, const uint8_t *mask, const batch_t *bt, float scale,
-                                uint32_t *count, float **wts_out, lt_err_t *err) {
+/* What a pass computes. */
+typedef enum pass { PASS_LOSS, PASS_GRAD, PASS_PREDICT } pass_t;
+
+/* Uploads ids, positions, targets (labels shifted, or ids) and per-row loss weights (mask / count * scale) to t
+ * and, under distillation, to the teacher; returns the count and the weights. */
+static lt_status_t batch_upload(train_t *t, const int32_t *ids, const int32_t *labels, const uint8_t *mask,
+                                const batch_t *bt, float scale, uint32_t *count, float **wts_out, lt_err_t *err) {
   uint32_t R = bt->R, V = t->cf->vocab_size;
   int32_t *pos = malloc(R * sizeof *pos), *tgt = malloc(R * sizeof *tgt);
   float *w = malloc(R * sizeof *w);
   lt_status_t st = LT_OK;
   if (!pos || !tgt || !w) st = lt_fail(err, LT_E_NOMEM, "out of memory");
+  if (!labels) labels = ids;
   uint32_t n = 0;
   for (uint32_t s = 0; s < bt->n_seq && st == LT_OK; s++)
     for (uint32_t i = 0; i < bt->T; i++) {
       uint32_t r = s * bt->T + i;
-      if (ids[r] < 0 || (uint32_t)ids[r] >= V) {
-        st = lt_fail(err, LT_E_INVALID, "token id %d at position %u of sequence %u is outside the vocabulary (%u)",
-                     ids[r], i, s, V);
+      bool on = mask && i + 1 < bt->T && mask[s * (bt->T - 1) + i];
+      if (ids[r] < 0 || (uint32_t)ids[r] >= V || (on && (labels[r + 1] < 0 || (uint32_t)labels[r + 1] >= V))) {
+        int32_t bad = ids[r] < 0 || (uint32_t)ids[r] >= V ? ids[r] : labels[r + 1];
+        st = lt_fail(err, LT_E_INVALID, "token id %d at position %u of sequence %u is outside the vocabulary (%u)", bad,
+                     ids[r] == bad ? i : i + 1, s, V);
         break;
       }
       pos[r] = (int32_t)i;
-      bool on = i + 1 < bt->T && mask[s * (bt->T - 1) + i];
-      tgt[r] = i + 1 < bt->T ? ids[r + 1] : 0;
+      tgt[r] = on ? labels[r + 1] : i + 1 < bt->T ? ids[r + 1] : 0;
       w[r] = on ? 1.0f : 0.0f;
       n += on;
     }
-  if (st == LT_OK && n == 0) st = lt_fail(err, LT_E_INVALID, "the batch has no target token to learn from");
-  for (uint32_t r = 0; st == LT_OK && r < R; r++) w[r] *= scale / (float)n;
-  if (st == LT_OK) st = gpu_upload(t->ids, 0, ids, R * 4, err);
-  if (st == LT_OK) st = gpu_upload(t->pos, 0, pos, R * 4, err);
-  if (st == LT_OK) st = gpu_upload(t->tgt, 0, tgt, R * 4, err);
-  if (st == LT_OK) st = gpu_upload(t->wts, 0, w, R * 4, err);
+  if (st == LT_OK && n == 0 && mask) st = lt_fail(err, LT_E_INVALID, "the batch has no target token to learn from");
+  for (uint32_t r = 0; st == LT_OK && r < R; r++) w[r] *= n ? scale / (float)n : 0.0f;
+  train_t *te = t->dist.kind != TRAIN_LOSS_CE ? t->dist.teacher : NULL;
+  for (train_t *x = t; x && st == LT_OK; x = x == t ? te : NULL) {
+    st = gpu_upload(x->ids, 0, ids, R * 4, err);
+    if (st == LT_OK) st = gpu_upload(x->pos, 0, pos, R * 4, err);
+    if (st == LT_OK) st = gpu_upload(x->tgt, 0, tgt, R * 4, err);
+    if (st == LT_OK) st = gpu_upload(x->wts, 0, w, R * 4, err);
+  }
   free(pos), free(tgt);
   *count = n;
   if (st == LT_OK && wts_out)
@@ -927,19 +960,55 @@ static lt_status_t forward_body(train_t *t, gpu_cmd_t **cp, const batch_t *bt, l
   return st;
 }
 
-/* Logits and cross-entropy chunk by chunk; with backward, also dLoss/dxf into t->dxn and the head's gradient.
- * nll gets every row's -log p(target) (0 where the weight is 0 when the op skips them). */
-static lt_status_t head(train_t *t, gpu_cmd_t *c, const batch_t *bt, bool backward, lt_err_t *err) {
+/* Logits rows [r0, r0 + n) into t->logits. */
+static lt_status_t logits_chunk(train_t *t, gpu_cmd_t *c, uint32_t r0, uint32_t n, lt_err_t *err) {
+  uint32_t d = t->cf->hidden_size;
+  gpu_view_t xf = {t->xf, (uint64_t)r0 * d * 4};
+  return op_matmul(c, gv(t->logits), xf, gv(t->head->buf), t->head->dtype, n, t->cf->vocab_size, d, false, err);
+}
+
+/* The cross-entropy of rows [r0, r0 + n) from t->logits into t->nll; with backward, the logits become its gradient. */
+static lt_status_t ce_chunk(train_t *t, gpu_cmd_t *c, uint32_t r0, uint32_t n, bool backward, lt_err_t *err) {
+  gpu_view_t tgt = {t->tgt, (uint64_t)r0 * 4}, w = {t->wts, (uint64_t)r0 * 4}, nll = {t->nll, (uint64_t)r0 * 4};
+  return op_cross_entropy(c, nll, gv(t->lse), backward, gv(t->logits), tgt, w, n, t->cf->vocab_size, err);
+}
+
+/* The distillation terms of rows [r0, r0 + n) into t->dl from the student's t->logits and the teacher's, and with
+ * backward their gradient in place of the student's logits. The student's cross-entropy goes to t->nll first. */
+static lt_status_t distill_chunk(train_t *t, gpu_cmd_t *c, uint32_t r0, uint32_t n, bool backward, lt_err_t *err) {
+  train_t *te = t->dist.teacher;
+  uint32_t V = t->cf->vocab_size;
+  float T = t->dist.temperature;
+  lt_status_t st = ce_chunk(t, c, r0, n, false, err);
+  if (st == LT_OK) st = logits_chunk(te, c, r0, n, err);
+  if (t->dist.kind == TRAIN_LOSS_KD) {
+    if (st == LT_OK) st = ce_chunk(te, c, r0, n, false, err);
+    /* KD has one term per row: they sit at stride 1 in dl, weighted by the loss weights. */
+    gpu_view_t w = {t->wts, (uint64_t)r0 * 4}, dl = {t->dl, (uint64_t)r0 * 4};
+    if (st == LT_OK) st = op_kd(c, dl, gv(t->logits), gv(te->logits), w, n, V, T, backward, err);
+  } else {
+    gpu_view_t tgt = {t->tgt, (uint64_t)r0 * 4}, aw = {t->aw, (uint64_t)r0 * 8}, dl = {t->dl, (uint64_t)r0 * 8};
+    if (st == LT_OK) st = op_atkd(c, dl, gv(t->logits), gv(te->logits), tgt, aw, n, V, T, backward, err);
+  }
+  return st;
+}
+
+/* Logits, loss (cross-entropy, or distillation under train_set_distill when a gradient is wanted) or predictions,
+ * chunk by chunk; with backward, also dLoss/dxf into t->dxn and the head's gradient. */
+static lt_status_t head(train_t *t, gpu_cmd_t *c, const batch_t *bt, pass_t pass, lt_err_t *err) {
   uint32_t d = t->cf->hidden_size, V = t->cf->vocab_size, R = bt->R;
+  bool backward = pass == PASS_GRAD, distill = backward && t->dist.kind != TRAIN_LOSS_CE;
   lt_status_t st = LT_OK;
   for (uint32_t r0 = 0; r0 < R && st == LT_OK; r0 += LOGIT_CHUNK) {
     uint32_t n = R - r0 < LOGIT_CHUNK ? R - r0 : LOGIT_CHUNK;
-    gpu_view_t xf = {t->xf, (uint64_t)r0 * d * 4};
-    st = op_matmul(c, gv(t->logits), xf, gv(t->head->buf), t->head->dtype, n, V, d, false, err);
-    gpu_view_t tgt = {t->tgt, (uint64_t)r0 * 4}, w = {t->wts, (uint64_t)r0 * 4}, nll = {t->nll, (uint64_t)r0 * 4};
-    if (st == LT_OK) st = op_cross_entropy(c, nll, gv(t->lse), backward, gv(t->logits), tgt, w, n, V, err);
+    st = logits_chunk(t, c, r0, n, err);
+    if (st == LT_OK && pass == PASS_PREDICT) {
+      st = op_argmax(c, (gpu_view_t){t->pred, (uint64_t)r0 * 4}, gv(t->logits), n, V, err);
+      continue;
+    }
+    if (st == LT_OK) st = distill ? distill_chunk(t, c, r0, n, true, err) : ce_chunk(t, c, r0, n, backward, err);
     if (st != LT_OK || !backward) continue;
-    gpu_view_t dxf = {t->dxn, (uint64_t)r0 * d * 4};
+    gpu_view_t xf = {t->xf, (uint64_t)r0 * d * 4}, dxf = {t->dxn, (uint64_t)r0 * d * 4};
     st = op_matmul_dx(c, dxf, gv(t->logits), gv(t->head->buf), t->head->dtype, n, V, d, false, err);
     if (st == LT_OK && t->head_grad >= 0)
       st = op_matmul_dw(c, gv(t->tt[t->head_grad].grad), gv(t->logits), xf, n, V, d, true, err);
@@ -947,28 +1016,100 @@ static lt_status_t head(train_t *t, gpu_cmd_t *c, const batch_t *bt, bool backwa
   return st;
 }
 
-/* Sums the masked per-row losses into the batch mean. */
-static lt_status_t read_loss(train_t *t, const batch_t *bt, const float *w, float scale, double *loss, lt_err_t *err) {
-  float *nll = malloc(bt->R * sizeof *nll);
-  if (!nll) return lt_fail(err, LT_E_NOMEM, "out of memory");
-  lt_status_t st = gpu_download(t->nll, 0, nll, bt->R * 4, err);
+/* Sums weighted per-row values of buf (stride floats apart, from offset off) over the batch, divided by scale. */
+static lt_status_t read_sum(gpu_buf_t *buf, uint32_t stride, uint32_t off, const batch_t *bt, const float *w,
+                            float scale, double *out, lt_err_t *err) {
+  float *v = malloc((uint64_t)bt->R * stride * sizeof *v);
+  if (!v) return lt_fail(err, LT_E_NOMEM, "out of memory");
+  lt_status_t st = gpu_download(buf, 0, v, (uint64_t)bt->R * stride * 4, err);
   double s = 0;
-  for (uint32_t r = 0; st == LT_OK && r < bt->R; r++) s += (double)w[r] * nll[r];
-  free(nll);
-  *loss = s / scale;
+  for (uint32_t r = 0; st == LT_OK && r < bt->R; r++)
+    if (w[(uint64_t)r * stride + off] != 0) s += (double)w[(uint64_t)r * stride + off] * v[(uint64_t)r * stride + off];
+  free(v);
+  *out = s / scale;
   return st;
 }
 
-static lt_status_t run_padded(train_t *t, const int32_t *ids, const uint8_t *mask, uint32_t n_seq, uint32_t T,
-                              float scale, bool backward, double *loss, lt_err_t *err) {
+static int cmp_float(const void *a, const void *b) {
+  float x = *(const float *)a, y = *(const float *)b;
+  return (x > y) - (x < y);
+}
+
+void train_atkd_weights(const float *u, uint32_t n, float lambda, float scale, float *w, uint32_t *easy,
+                        uint32_t *hard) {
+  float *sorted = n ? malloc(n * sizeof *sorted) : NULL;
+  double median = 0;
+  if (sorted) {
+    memcpy(sorted, u, n * sizeof *sorted);
+    qsort(sorted, n, sizeof *sorted, cmp_float);
+    median = n % 2 ? sorted[n / 2] : 0.5 * ((double)sorted[n / 2 - 1] + sorted[n / 2]);
+    free(sorted);
+  }
+  uint32_t ne = 0;
+  for (uint32_t i = 0; i < n; i++) ne += (double)u[i] < median;
+  uint32_t nh = n - ne;
+  for (uint32_t i = 0; i < n; i++) {
+    bool e = (double)u[i] < median;
+    w[2 * i] = e ? 0.0f : (1.0f - lambda) * scale / (float)nh;
+    w[2 * i + 1] = e ? lambda * scale / (float)ne : (1.0f - lambda) * scale / (float)nh;
+  }
+  *easy = ne, *hard = nh;
+}
+
+/* ATKD: the teacher's forward and cross-entropy on the batch (already uploaded), its uncertainty per counted row,
+ * the easy / hard split and the per-row term weights into t->aw. */
+static lt_status_t atkd_prepare(train_t *t, const batch_t *bt, const float *w, float scale, lt_err_t *err) {
+  train_t *te = t->dist.teacher;
+  gpu_cmd_t *c = gpu_cmd_begin(t->g, err);
+  if (!c) return err ? err->code : LT_E_VULKAN;
+  lt_status_t st = forward_body(te, &c, bt, err);
+  for (uint32_t r0 = 0; r0 < bt->R && st == LT_OK; r0 += LOGIT_CHUNK) {
+    uint32_t n = bt->R - r0 < LOGIT_CHUNK ? bt->R - r0 : LOGIT_CHUNK;
+    st = logits_chunk(te, c, r0, n, err);
+    if (st == LT_OK) st = ce_chunk(te, c, r0, n, false, err);
+  }
+  if (st == LT_OK) st = gpu_cmd_finish(&c, err);
+  gpu_cmd_abort(&c);
+  if (st == LT_OK) st = gpu_download(te->nll, 0, t->tnll, (uint64_t)bt->R * 4, err);
+  float *u = st == LT_OK ? malloc((uint64_t)bt->R * sizeof *u) : NULL;
+  float *aw = st == LT_OK ? calloc(2 * (uint64_t)bt->R, sizeof *aw) : NULL, *aw_n = NULL;
+  if (st == LT_OK && (!u || !aw || !(aw_n = malloc(2 * (uint64_t)bt->R * sizeof *aw_n))))
+    st = lt_fail(err, LT_E_NOMEM, "out of memory");
+  uint32_t n = 0;
+  double tce = 0;
+  for (uint32_t r = 0; st == LT_OK && r < bt->R; r++)
+    if (w[r] != 0) u[n++] = 1.0f - expf(-t->tnll[r]), tce += (double)w[r] * t->tnll[r];
+  if (st == LT_OK) {
+    train_atkd_weights(u, n, t->dist.lambda, scale, aw_n, &t->stats.atkd_easy, &t->stats.atkd_hard);
+    for (uint32_t r = 0, i = 0; r < bt->R; r++)
+      if (w[r] != 0) aw[2 * r] = aw_n[2 * i], aw[2 * r + 1] = aw_n[2 * i + 1], i++;
+    t->stats.teacher_ce = tce / scale;
+    st = gpu_upload(t->aw, 0, aw, 2 * (uint64_t)bt->R * 4, err);
+  }
+  free(u), free(aw), free(aw_n);
+  return st;
+}
+
+static lt_status_t run_padded(train_t *t, const int32_t *ids, const int32_t *labels, const uint8_t *mask,
+                              uint32_t n_seq, uint32_t T, float scale, pass_t pass, double *loss, int32_t *next,
+                              lt_err_t *err) {
   if (n_seq == 0 || T < 2) return lt_fail(err, LT_E_INVALID, "a batch needs at least one sequence of 2 tokens");
   if (T > t->cf->max_position && t->cf->max_position)
     return lt_fail(err, LT_E_LIMIT, "sequences of %u tokens exceed the model's context (%u)", T, t->cf->max_position);
+  bool backward = pass == PASS_GRAD, distill = backward && t->dist.kind != TRAIN_LOSS_CE;
+  train_t *te = distill ? t->dist.teacher : NULL;
   batch_t bt = {n_seq, T, n_seq * T};
   lt_status_t st = acts_ensure(t, bt.R, T, err);
+  if (st == LT_OK && te) {
+    st = acts_ensure(te, bt.R, T, err);
+    te->T_real = t->T_real, te->scale = 1.0f;
+  }
   uint32_t count = 0;
   float *w = NULL;
-  if (st == LT_OK) st = batch_upload(t, ids, mask, &bt, backward ? scale : 1.0f, &count, &w, err);
+  if (st == LT_OK)
+    st =
+        batch_upload(t, ids, labels, pass == PASS_PREDICT ? NULL : mask, &bt, backward ? scale : 1.0f, &count, &w, err);
+  if (st == LT_OK && distill && t->dist.kind == TRAIN_LOSS_ATKD) st = atkd_prepare(t, &bt, w, scale, err);
   /* The backward adds every gradient of the stream into dx, starting from zero. */
   if (st == LT_OK && backward) st = gpu_buf_zero(t->dx, 0, (uint64_t)bt.R * t->cf->hidden_size * 4, err);
   if (st != LT_OK) {
@@ -982,8 +1123,9 @@ static lt_status_t run_padded(train_t *t, const int32_t *ids, const uint8_t *mas
   }
   const model_config_t *cf = t->cf;
   uint32_t d = cf->hidden_size;
-  st = forward_body(t, &c, &bt, err);
-  if (st == LT_OK) st = head(t, c, &bt, backward, err);
+  if (te && t->dist.kind == TRAIN_LOSS_KD) st = forward_body(te, &c, &bt, err); /* ATKD's ran in atkd_prepare */
+  if (st == LT_OK) st = forward_body(t, &c, &bt, err);
+  if (st == LT_OK) st = head(t, c, &bt, pass, err);
   if (st == LT_OK && backward) {
     uint64_t before = gpu_stats(t->g)->dispatches;
     t->stats.lowest_block_backward = cf->n_layers;
@@ -1005,7 +1147,24 @@ static lt_status_t run_padded(train_t *t, const int32_t *ids, const uint8_t *mas
   }
   if (st == LT_OK) st = gpu_cmd_finish(&c, err);
   gpu_cmd_abort(&c);
-  if (st == LT_OK) st = read_loss(t, &bt, w, backward ? scale : 1.0f, loss, err);
+  if (st == LT_OK && pass == PASS_PREDICT) st = gpu_download(t->pred, 0, next, (uint64_t)bt.R * 4, err);
+  if (st == LT_OK && pass != PASS_PREDICT) st = read_sum(t->nll, 1, 0, &bt, w, backward ? scale : 1.0f, loss, err);
+  if (st == LT_OK && distill) {
+    t->stats.ce = *loss;
+    if (t->dist.kind == TRAIN_LOSS_KD) {
+      st = read_sum(te->nll, 1, 0, &bt, w, scale, &t->stats.teacher_ce, err);
+      if (st == LT_OK) st = read_sum(t->dl, 1, 0, &bt, w, scale, loss, err);
+    } else {
+      float *aw = malloc(2 * (uint64_t)bt.R * sizeof *aw);
+      double tc = 0, nc = 0;
+      if (!aw) st = lt_fail(err, LT_E_NOMEM, "out of memory");
+      if (st == LT_OK) st = gpu_download(t->aw, 0, aw, 2 * (uint64_t)bt.R * 4, err);
+      if (st == LT_OK) st = read_sum(t->dl, 2, 0, &bt, aw, scale, &tc, err);
+      if (st == LT_OK) st = read_sum(t->dl, 2, 1, &bt, aw, scale, &nc, err);
+      *loss = tc + nc;
+      free(aw);
+    }
+  }
   free(w);
   return st;
 }
@@ -1013,34 +1172,81 @@ static lt_status_t run_padded(train_t *t, const int32_t *ids, const uint8_t *mas
 /* Runs a batch whose sequences are padded to T_pad tokens (masked out), so that every per-sequence view of the
  * activations starts at a bindable offset (min_storage_align). Padding sits after each sequence's tokens, where
  * causal attention never lets it reach them. */
-static lt_status_t run(train_t *t, const int32_t *ids, const uint8_t *mask, uint32_t n_seq, uint32_t T, float scale,
-                       bool backward, double *loss, lt_err_t *err) {
+static lt_status_t run(train_t *t, const int32_t *ids, const int32_t *labels, const uint8_t *mask, uint32_t n_seq,
+                       uint32_t T, float scale, pass_t pass, double *loss, int32_t *next, lt_err_t *err) {
   uint32_t q = (uint32_t)(gpu_caps(t->g)->min_storage_align / 4);
   t->T_real = T;
-  t->scale = backward ? scale : 1.0f;
+  t->scale = pass == PASS_GRAD ? scale : 1.0f;
   if (q <= 1 || T % q == 0 || n_seq == 0 || T < 2)
-    return run_padded(t, ids, mask, n_seq, T, scale, backward, loss, err);
+    return run_padded(t, ids, labels, mask, n_seq, T, scale, pass, loss, next, err);
   uint32_t Tp = (T + q - 1) / q * q;
-  int32_t *pi = malloc((uint64_t)n_seq * Tp * sizeof *pi);
+  int32_t *pi = malloc((uint64_t)n_seq * Tp * sizeof *pi),
+          *pl = labels ? malloc((uint64_t)n_seq * Tp * sizeof *pl) : NULL;
+  int32_t *pn = next ? malloc((uint64_t)n_seq * Tp * sizeof *pn) : NULL;
   uint8_t *pm = calloc((uint64_t)n_seq * (Tp - 1), 1);
-  lt_status_t st = pi && pm ? LT_OK : lt_fail(err, LT_E_NOMEM, "out of memory");
+  lt_status_t st = pi && pm && (!labels || pl) && (!next || pn) ? LT_OK : lt_fail(err, LT_E_NOMEM, "out of memory");
   for (uint32_t s = 0; st == LT_OK && s < n_seq; s++) {
-    for (uint32_t i = 0; i < Tp; i++) pi[(uint64_t)s * Tp + i] = ids[(uint64_t)s * T + (i < T ? i : T - 1)];
-    memcpy(pm + (uint64_t)s * (Tp - 1), mask + (uint64_t)s * (T - 1), T - 1);
+    for (uint32_t i = 0; i < Tp; i++) {
+      uint64_t from = (uint64_t)s * T + (i < T ? i : T - 1);
+      pi[(uint64_t)s * Tp + i] = ids[from];
+      if (pl) pl[(uint64_t)s * Tp + i] = labels[from];
+    }
+    if (mask) memcpy(pm + (uint64_t)s * (Tp - 1), mask + (uint64_t)s * (T - 1), T - 1);
   }
-  if (st == LT_OK) st = run_padded(t, pi, pm, n_seq, Tp, scale, backward, loss, err);
-  free(pi), free(pm);
+  if (st == LT_OK) st = run_padded(t, pi, pl, mask ? pm : NULL, n_seq, Tp, scale, pass, loss, pn, err);
+  for (uint32_t s = 0; st == LT_OK && next && s < n_seq; s++)
+    memcpy(next + (uint64_t)s * T, pn + (uint64_t)s * Tp, T * sizeof *next);
+  free(pi), free(pl), free(pn), free(pm);
   return st;
+}
+
+static lt_status_t grad_check(const train_t *t, lt_err_t *err) {
+  if (t->o.what == TRAIN_FROZEN) return lt_fail(err, LT_E_INVALID, "a frozen training state has nothing to train");
+  return LT_OK;
 }
 
 lt_status_t train_grad(train_t *t, const int32_t *ids, const uint8_t *mask, uint32_t n_seq, uint32_t T, float scale,
                        double *loss, lt_err_t *err) {
-  return run(t, ids, mask, n_seq, T, scale, true, loss, err);
+  return train_grad_labeled(t, ids, NULL, mask, n_seq, T, scale, loss, err);
+}
+
+lt_status_t train_grad_labeled(train_t *t, const int32_t *ids, const int32_t *labels, const uint8_t *mask,
+                               uint32_t n_seq, uint32_t T, float scale, double *loss, lt_err_t *err) {
+  if (grad_check(t, err) != LT_OK) return err ? err->code : LT_E_INVALID;
+  return run(t, ids, labels, mask, n_seq, T, scale, PASS_GRAD, loss, NULL, err);
 }
 
 lt_status_t train_loss(train_t *t, const int32_t *ids, const uint8_t *mask, uint32_t n_seq, uint32_t T, double *loss,
                        lt_err_t *err) {
-  return run(t, ids, mask, n_seq, T, 1.0f, false, loss, err);
+  return run(t, ids, NULL, mask, n_seq, T, 1.0f, PASS_LOSS, loss, NULL, err);
+}
+
+lt_status_t train_predict(train_t *t, const int32_t *ids, uint32_t n_seq, uint32_t T, int32_t *next, lt_err_t *err) {
+  return run(t, ids, NULL, NULL, n_seq, T, 1.0f, PASS_PREDICT, NULL, next, err);
+}
+
+lt_status_t train_set_distill(train_t *t, const train_distill_t *d, lt_err_t *err) {
+  if (d->kind == TRAIN_LOSS_CE) {
+    memset(&t->dist, 0, sizeof t->dist);
+    return LT_OK;
+  }
+  const train_t *te = d->teacher;
+  if (d->kind != TRAIN_LOSS_KD && d->kind != TRAIN_LOSS_ATKD)
+    return lt_fail(err, LT_E_INVALID, "distillation: unknown loss %d", (int)d->kind);
+  if (!te || te->o.what != TRAIN_FROZEN)
+    return lt_fail(err, LT_E_INVALID, "distillation: the teacher must be a frozen (forward-only) training state");
+  if (te->g != t->g) return lt_fail(err, LT_E_INVALID, "distillation: the teacher sits on another device");
+  if (te->cf->vocab_size != t->cf->vocab_size)
+    return lt_fail(err, LT_E_INVALID, "distillation: the teacher's vocabulary has %u tokens, the student's %u",
+                   te->cf->vocab_size, t->cf->vocab_size);
+  if (!(d->temperature > 0) || !isfinite(d->temperature))
+    return lt_fail(err, LT_E_INVALID, "distillation: temperature %g (must be > 0)", d->temperature);
+  if (d->kind == TRAIN_LOSS_ATKD && !(d->lambda >= 0 && d->lambda <= 1))
+    return lt_fail(err, LT_E_INVALID, "ATKD: lambda %g is outside [0, 1]", d->lambda);
+  if (d->kind == TRAIN_LOSS_ATKD && t->cf->vocab_size < 2)
+    return lt_fail(err, LT_E_INVALID, "ATKD needs a vocabulary of 2 or more tokens");
+  t->dist = *d;
+  return LT_OK;
 }
 
 lt_status_t train_lora_merge(const train_t *t, model_t *dst, lt_err_t *err) {

@@ -17,8 +17,9 @@
 
 typedef struct train train_t;
 
-/* What is trained. */
-typedef enum train_what { TRAIN_FULL = 0, TRAIN_LORA, TRAIN_ADAPTER } train_what_t;
+/* What is trained. TRAIN_FROZEN trains nothing: a forward-only state (a distillation teacher, evaluation) that
+ * never allocates a gradient, of parameters or of activations, and keeps only each block's input (recompute). */
+typedef enum train_what { TRAIN_FULL = 0, TRAIN_LORA, TRAIN_ADAPTER, TRAIN_FROZEN } train_what_t;
 
 /* LoRA target projections (a bit each). */
 enum {
@@ -59,7 +60,27 @@ typedef struct train_stats {
   uint32_t backward_dispatches;   /* dispatches recorded by the backward pass */
   uint32_t lowest_block_backward; /* the lowest block the backward ran (n_layers when none) */
   uint64_t activation_bytes;      /* device bytes held for saved activations and gradients of activations */
+  uint64_t gradient_bytes;        /* device bytes of gradients: the trainable tensors' and the activations' */
+  /* The last train_grad() under distillation (train_set_distill): */
+  double ce;                     /* the student's masked mean cross-entropy on the batch */
+  double teacher_ce;             /* the teacher's, on the same batch */
+  uint32_t atkd_easy, atkd_hard; /* ATKD: target tokens in each set */
 } train_stats_t;
+
+/* The loss train_grad() minimises. */
+typedef enum train_loss_kind {
+  TRAIN_LOSS_CE = 0, /* masked mean cross-entropy against the data */
+  TRAIN_LOSS_KD,     /* masked mean of T^2 KL(pT || pS) at temperature T */
+  TRAIN_LOSS_ATKD,   /* lambda NCKD(easy) + (1 - lambda) (TCKD(hard) + NCKD(hard)), each a mean over its set */
+} train_loss_kind_t;
+
+/* Distillation settings (train_set_distill). */
+typedef struct train_distill {
+  train_loss_kind_t kind;
+  train_t *teacher;  /* a TRAIN_FROZEN state over the teacher model: same device and vocabulary; not owned */
+  float temperature; /* > 0 */
+  float lambda;      /* ATKD: weight of the easy tokens, in [0, 1] */
+} train_distill_t;
 
 /* Prepares training of m: checks the options against the model (LoRA rank >= 1 and targets, adapter block in
  * range, full training needs f32 weights: load with force_f32), allocates gradients (and LoRA / adapter tensors,
@@ -83,6 +104,26 @@ lt_status_t train_zero_grad(train_t *t, lt_err_t *err);
  * ids; mask: n_seq * (T - 1) of 0/1. */
 lt_status_t train_grad(train_t *t, const int32_t *ids, const uint8_t *mask, uint32_t n_seq, uint32_t T, float scale,
                        double *loss, lt_err_t *err);
+
+/* As train_grad, with row (s, t)'s target labels[s * T + t + 1] instead of ids[s * T + t + 1] (KID: the inputs
+ * rewritten, the labels kept); labels NULL means ids. Labels are read only where the mask counts. */
+lt_status_t train_grad_labeled(train_t *t, const int32_t *ids, const int32_t *labels, const uint8_t *mask,
+                               uint32_t n_seq, uint32_t T, float scale, double *loss, lt_err_t *err);
+
+/* Makes train_grad() minimise a distillation loss against d->teacher, which runs forward only on the same batch
+ * (CE: back to plain cross-entropy). train_loss() stays the cross-entropy. LT_E_INVALID when the teacher is not
+ * frozen, sits on another device or has another vocabulary size, or a setting is out of range. */
+lt_status_t train_set_distill(train_t *t, const train_distill_t *d, lt_err_t *err);
+
+/* ATKD's split of one batch: u[i] = 1 - pT(target) of n tokens; those below the median (the mean of the middle
+ * two for an even count) are easy, the rest hard. w[2i] (TCKD) and w[2i + 1] (NCKD) get the weights that make
+ * sum_i w[2i] TCKD_i + w[2i + 1] NCKD_i the ATKD loss times scale; *easy and *hard the set sizes. */
+void train_atkd_weights(const float *u, uint32_t n, float lambda, float scale, float *w, uint32_t *easy,
+                        uint32_t *hard);
+
+/* The model's greedy prediction of every next token of a batch, forward only: next[s * T + t] is the argmax of the
+ * logits at position t (the prediction for position t + 1). next holds n_seq * T ids, caller-owned. */
+lt_status_t train_predict(train_t *t, const int32_t *ids, uint32_t n_seq, uint32_t T, int32_t *next, lt_err_t *err);
 
 /* The masked mean cross-entropy of a batch with the current trainable values, forward only (evaluation). */
 lt_status_t train_loss(train_t *t, const int32_t *ids, const uint8_t *mask, uint32_t n_seq, uint32_t T, double *loss,

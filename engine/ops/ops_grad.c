@@ -346,6 +346,29 @@ lt_status_t op_kd(gpu_cmd_t *c, gpu_view_t loss, gpu_view_t student, gpu_view_t 
   return op_dispatch(c, p, OP_KD, v, bytes, w, 4, &pc, gx, gy, 1, err);
 }
 
+lt_status_t op_atkd(gpu_cmd_t *c, gpu_view_t loss, gpu_view_t student, gpu_view_t teacher, gpu_view_t targets,
+                    gpu_view_t weights, uint32_t rows, uint32_t n, float temperature, bool backward, lt_err_t *err) {
+  if (rows == 0) return LT_OK;
+  if (n < 2) return lt_fail(err, LT_E_INVALID, "ATKD: rows of %u logits (the non-target part needs 2 or more)", n);
+  if (!(temperature > 0)) return lt_fail(err, LT_E_INVALID, "ATKD: temperature %g (must be > 0)", temperature);
+  if (backward && !weights.buf) return lt_fail(err, LT_E_INVALID, "ATKD: the gradient needs row weights");
+  gpu_t *g = gpu_cmd_gpu(c);
+  const gpu_caps_t *caps = gpu_caps(g);
+  /* Three passes over the row: the non-target maxima, their sums, then the terms and the gradient. */
+  uint32_t wg = op_rows_wg(OP_ATKD, n, 3, caps->max_wg_invocations, caps->max_shared);
+  if (wg == 0) return lt_fail(err, LT_E_LIMIT, "ATKD: rows of %u logits are too wide", n);
+  gpu_pipeline_t *p = op_pipeline(g, OP_ATKD, NULL, &wg, 1, err);
+  if (!p) return err ? err->code : LT_E_SHADER;
+  uint64_t rn = 4ull * rows * n;
+  gpu_view_t v[5] = {loss, student, teacher, targets, weights.buf ? weights : loss};
+  uint64_t bytes[5] = {8ull * rows, rn, rn, 4ull * rows, 8ull * rows};
+  bool w[5] = {true, backward, false, false, false};
+  pc_kd_t pc = {.rows = rows, .n = n, .temperature = temperature, .backward = backward};
+  uint32_t gx, gy;
+  op_grid_1d(rows, 1, &gx, &gy);
+  return op_dispatch(c, p, OP_ATKD, v, bytes, w, 5, &pc, gx, gy, 1, err);
+}
+
 /* ---- the optimiser ---- */
 
 lt_status_t op_adamw(gpu_cmd_t *c, gpu_view_t p, gpu_view_t g, gpu_view_t m, gpu_view_t v, uint32_t n,

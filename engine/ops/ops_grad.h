@@ -58,6 +58,13 @@ lt_status_t op_cross_entropy(gpu_cmd_t *c, gpu_view_t nll, gpu_view_t lse, bool 
 lt_status_t op_kd(gpu_cmd_t *c, gpu_view_t loss, gpu_view_t student, gpu_view_t teacher, gpu_view_t weights,
                   uint32_t rows, uint32_t n, float temperature, bool backward, lt_err_t *err);
 
+/* ATKD's terms over rows of n >= 2 logits at temperature T, each row with its ground-truth token tgt[r]:
+ * loss[2r] = T^2 TCKD (KL of the target / non-target split) and loss[2r + 1] = T^2 NCKD (KL among the non-target
+ * tokens, renormalised), teacher first. With backward, s is overwritten in place by the gradient of
+ * sum_r w[2r] loss[2r] + w[2r + 1] loss[2r + 1]. A target outside [0, n) gives NaN losses. */
+lt_status_t op_atkd(gpu_cmd_t *c, gpu_view_t loss, gpu_view_t student, gpu_view_t teacher, gpu_view_t targets,
+                    gpu_view_t weights, uint32_t rows, uint32_t n, float temperature, bool backward, lt_err_t *err);
+
 /* AdamW settings of one step. */
 typedef struct adamw_params {
   float lr, beta1, beta2, eps, weight_decay;

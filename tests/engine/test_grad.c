@@ -448,3 +448,92 @@ Test(grad, distillation_loss_and_gradient) {
   tfinish(&c);
   gpu_buf_destroy(&b);
 }
+
+/* wt T^2 TCKD + wn T^2 NCKD of one row in double, from log-probabilities (for the finite differences). */
+static double atkd_row(const double *s, const float *t, uint32_t g, uint32_t n, double T, double wt, double wn) {
+  double ms = -INFINITY, mt = -INFINITY, zs = 0, zt = 0;
+  for (uint32_t j = 0; j < n; j++) ms = fmax(ms, s[j] / T), mt = fmax(mt, t[j] / T);
+  for (uint32_t j = 0; j < n; j++) zs += exp(s[j] / T - ms), zt += exp(t[j] / T - mt);
+  double lzs = ms + log(zs), lzt = mt + log(zt), zsn = 0, ztn = 0;
+  for (uint32_t j = 0; j < n; j++)
+    if (j != g) zsn += exp(s[j] / T - lzs), ztn += exp(t[j] / T - lzt);
+  double qg = exp(s[g] / T - lzs), pg = exp(t[g] / T - lzt);
+  double tckd = pg * log(pg / qg) + ztn * log(ztn / zsn), nckd = 0;
+  for (uint32_t j = 0; j < n; j++)
+    if (j != g) {
+      double pt = exp(t[j] / T - lzt) / ztn, ps = exp(s[j] / T - lzs) / zsn;
+      nckd += pt * log(pt / ps);
+    }
+  return T * T * (wt * tckd + wn * nckd);
+}
+
+Test(grad, atkd_terms_and_gradient) {
+  uint64_t seed = 37;
+  uint32_t shapes[][2] = {{5, 7}, {3, 150001}};
+  float temps[] = {1.0f, 2.5f};
+  for (int si = 0; si < 2; si++)
+    for (int ti = 0; ti < 2; ti++) {
+      uint32_t rows = shapes[si][0], n = shapes[si][1];
+      float T = temps[ti];
+      uint64_t rn = (uint64_t)rows * n;
+      float *s = talloc(rn), *t = talloc(rn), *w = talloc(2 * rows), *loss = talloc(2 * rows), *ds = talloc(rn);
+      int32_t tg[5];
+      trand(s, rn, -4, 4, &seed), trand(t, rn, -4, 4, &seed);
+      for (uint32_t r = 0; r < rows; r++) {
+        tg[r] = (int32_t)((r * 7919u + 3u) % n);
+        w[2 * r] = 0.25f + 0.5f * (float)r, w[2 * r + 1] = r == 1 ? 0.0f : 0.75f - 0.1f * (float)r;
+      }
+      /* Row 0: a teacher sure of the target (1 - pT_g about 1e-8: f32 would round 1 - p to 0). */
+      t[(uint64_t)tg[0]] = 20.0f * T;
+      ref_atkd(loss, ds, s, t, tg, w, rows, n, T);
+      if (n < 100) {
+        double *sd = malloc(n * sizeof *sd);
+        for (uint32_t r = 0; r < rows; r++) {
+          const float *tr = t + (uint64_t)r * n;
+          for (uint32_t j = 0; j < n; j++) sd[j] = s[(uint64_t)r * n + j];
+          /* The reference's terms against the log-domain ones, and its gradient against central differences. */
+          double both = atkd_row(sd, tr, (uint32_t)tg[r], n, T, 1, 1);
+          cr_assert(fabs(both - (double)loss[2 * r] - (double)loss[2 * r + 1]) < 1e-5 * (1 + fabs(both)),
+                    "reference terms of row %u", r);
+          for (uint32_t j = 0; j < n; j++) {
+            double o = sd[j], h = 1e-6;
+            sd[j] = o + h;
+            double up = atkd_row(sd, tr, (uint32_t)tg[r], n, T, w[2 * r], w[2 * r + 1]);
+            sd[j] = o - h;
+            double dn = atkd_row(sd, tr, (uint32_t)tg[r], n, T, w[2 * r], w[2 * r + 1]);
+            sd[j] = o;
+            cr_assert(fabs((up - dn) / (2 * h) - ds[(uint64_t)r * n + j]) < 1e-6, "reference d[%u][%u]", r, j);
+          }
+        }
+        free(sd);
+      }
+      gpu_buf_t *bs = tbuf_f32(s, rn), *bt = tbuf_f32(t, rn), *bw = tbuf_f32(w, 2 * rows),
+                *bl = tbuf_f32(NULL, 2 * rows), *bg = tbuf_f32((const float *)tg, rows);
+      lt_err_t err = {0};
+      gpu_cmd_t *c = tbegin();
+      cr_assert_eq(op_atkd(c, gv(bl), gv(bs), gv(bt), gv(bg), gv(bw), rows, n, T, true, &err), LT_OK, "%s", err.msg);
+      tfinish(&c);
+      float *gl = tread_f32(bl, 2 * rows), *gd = tread_f32(bs, rn);
+      /* As for op_kd: sums of n probability-weighted log ratios, f32 error well under 1e-5 * log n. */
+      tassert_close(gl, loss, 2 * rows, 1e-5 * log((double)n) * T * T, 1e-4, "atkd terms");
+      tassert_close(gd, ds, rn, 1e-7, 1e-4, "atkd gradient");
+      free(gl), free(gd), free(s), free(t), free(w), free(loss), free(ds);
+      gpu_buf_destroy(&bs), gpu_buf_destroy(&bt), gpu_buf_destroy(&bw), gpu_buf_destroy(&bl), gpu_buf_destroy(&bg);
+    }
+  /* A target outside the row gives NaN terms; rows of one logit and temperature 0 are refused. */
+  lt_err_t err = {0};
+  float x[8] = {0.5f, -1, 2, 0, 1, 1, -2, 0.25f};
+  int32_t bad[2] = {4, -1};
+  gpu_buf_t *b = tbuf_f32(x, 8), *bg = tbuf_f32((const float *)bad, 2), *bl = tbuf_f32(NULL, 4);
+  gpu_cmd_t *c = tbegin();
+  cr_assert_eq(op_atkd(c, gv(bl), gv(b), gv(b), gv(bg), gv(NULL), 2, 4, 1.0f, false, &err), LT_OK, "%s", err.msg);
+  tfinish(&c);
+  float *gl = tread_f32(bl, 4);
+  for (int i = 0; i < 4; i++) cr_assert(isnan(gl[i]), "term %d of an out-of-range target: %g", i, gl[i]);
+  free(gl);
+  c = tbegin();
+  cr_assert_eq(op_atkd(c, gv(bl), gv(b), gv(b), gv(bg), gv(NULL), 2, 1, 1.0f, false, &err), LT_E_INVALID, "n = 1");
+  cr_assert_eq(op_atkd(c, gv(bl), gv(b), gv(b), gv(bg), gv(NULL), 2, 4, 0.0f, false, &err), LT_E_INVALID, "T = 0");
+  tfinish(&c);
+  gpu_buf_destroy(&b), gpu_buf_destroy(&bg), gpu_buf_destroy(&bl);
+}

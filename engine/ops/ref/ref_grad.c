@@ -198,6 +198,40 @@ void ref_kd(float *loss, float *dstudent, const float *student, const float *tea
   free(ls), free(lt);
 }
 
+void ref_atkd(float *loss, float *dstudent, const float *student, const float *teacher, const int32_t *targets,
+              const float *weights, uint32_t rows, uint32_t n, float temperature) {
+  double *ls = malloc((n ? n : 1) * sizeof *ls), *lt = malloc((n ? n : 1) * sizeof *lt), T = temperature;
+  for (uint32_t r = 0; ls && lt && r < rows; r++) {
+    log_softmax_t(ls, student + (uint64_t)r * n, n, T);
+    log_softmax_t(lt, teacher + (uint64_t)r * n, n, T);
+    uint32_t g = (uint32_t)targets[r];
+    double qg = exp(ls[g]), pg = exp(lt[g]);
+    double tckd = pg * log(pg / qg) + (1 - pg) * log((1 - pg) / (1 - qg)), nckd = 0;
+    for (uint32_t j = 0; j < n; j++) {
+      if (j == g) continue;
+      double pt = exp(lt[j]) / (1 - pg), ps = exp(ls[j]) / (1 - qg);
+      nckd += pt * log(pt / ps);
+    }
+    loss[2 * r] = (float)(T * T * tckd);
+    loss[2 * r + 1] = (float)(T * T * nckd);
+    if (!dstudent) continue;
+    /* d/ds_j of T^2 (wt TCKD + wn NCKD), with z = s / T: TCKD's is (qg - pg)(1[j = g] - (1 - 1[j = g]) ps_j) and
+     * NCKD's (ps_j - pt_j) off the target, both times T. */
+    double wt = weights[2 * r], wn = weights[2 * r + 1];
+    for (uint32_t j = 0; j < n; j++) {
+      double d;
+      if (j == g) {
+        d = wt * (qg - pg);
+      } else {
+        double pt = exp(lt[j]) / (1 - pg), ps = exp(ls[j]) / (1 - qg);
+        d = wn * (ps - pt) - wt * (qg - pg) * ps;
+      }
+      dstudent[(uint64_t)r * n + j] = (float)(T * d);
+    }
+  }
+  free(ls), free(lt);
+}
+
 void ref_adamw(float *p, const float *g, float *m, float *v, uint32_t n, const adamw_params_t *a) {
   double c1 = 1.0 - pow(a->beta1, a->step), c2 = 1.0 - pow(a->beta2, a->step);
   for (uint32_t i = 0; i < n; i++) {

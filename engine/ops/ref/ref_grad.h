@@ -40,6 +40,10 @@ void ref_cross_entropy(float *nll, float *dlogits, const float *logits, const in
 /* loss[r] = T^2 KL(softmax(t/T) || softmax(s/T)); dstudent (may be NULL) = w[r] T (softmax(s/T) - softmax(t/T)). */
 void ref_kd(float *loss, float *dstudent, const float *student, const float *teacher, const float *weights,
             uint32_t rows, uint32_t n, float temperature);
+/* ATKD's terms straight from their definitions in double: loss[2r] = T^2 TCKD, loss[2r + 1] = T^2 NCKD (op_atkd);
+ * dstudent (may be NULL) = the gradient of w[2r] loss[2r] + w[2r + 1] loss[2r + 1]. */
+void ref_atkd(float *loss, float *dstudent, const float *student, const float *teacher, const int32_t *targets,
+              const float *weights, uint32_t rows, uint32_t n, float temperature);
 /* One AdamW step on n elements. */
 void ref_adamw(float *p, const float *g, float *m, float *v, uint32_t n, const adamw_params_t *a);
 
