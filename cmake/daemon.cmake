@@ -18,7 +18,7 @@ add_library(lathe_client STATIC client/lc.c)
 target_link_libraries(lathe_client PUBLIC lathe_common)
 
 add_executable(lathed daemon/lathed.c daemon/outbox.c daemon/requests.c daemon/events.c daemon/sched.c daemon/zap.c
-                      daemon/store.c)
+                      daemon/store.c daemon/preflight.c)
 target_include_directories(lathed PRIVATE ${SQLITE_INCLUDE_DIRS})
 target_link_libraries(lathed lathe_kinds ${SQLITE_LINK_LIBRARIES})
 
@@ -52,7 +52,7 @@ if(LATHE_TESTS AND EXISTS ${CMAKE_SOURCE_DIR}/tests/daemon)
   target_include_directories(test_daemon PRIVATE ${CMAKE_SOURCE_DIR}/tests ${CRITERION_D_INCLUDE_DIRS}
                              ${SQLITE_INCLUDE_DIRS})
   target_link_libraries(test_daemon lathe_client lathe_kinds ${CRITERION_D_LINK_LIBRARIES} ${SQLITE_LINK_LIBRARIES}
-                        ${JANSSON_CLI_LINK_LIBRARIES})
+                        ${JANSSON_CLI_LINK_LIBRARIES} m)
   # The tests start the real binaries from the build folder.
   target_compile_definitions(test_daemon PRIVATE LATHE_BIN_DIR="${CMAKE_BINARY_DIR}/bin"
                              LATHE_SOURCE_DIR="${CMAKE_SOURCE_DIR}")

@@ -11,6 +11,7 @@
 
 #include "common/proto.h"
 #include "daemon/store.h"
+#include "jobs/kind.h"
 
 #define LATHED_VERSION "0.1.0"
 #define MAX_ROUTING_ID 255
@@ -121,6 +122,10 @@ void dlog(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
 /* requests.c: handles one client request (decoded or not) and queues the reply. */
 void requests_handle(daemon_t *d, const peer_t *p, const char *owner, const void *buf, size_t n);
+
+/* preflight.c: the submit-time file checks of kind k (kind_files) on its normalised params; false with e naming
+ * the field when one fails. */
+bool preflight_files(daemon_t *d, const kind_t *k, const msgpack_object *params, proto_err_t *e);
 
 /* events.c */
 /* Appends an event (data: a msgpack map) to job id and queues it for the job's watchers. */

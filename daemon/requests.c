@@ -185,6 +185,12 @@ static bool req_submit(req_t *r, mpw_t *w, proto_err_t *e) {
       goto out;
     }
   }
+  if (kind_files(k)) {
+    mp_doc_t *pd = mp_doc_parse(pw.sb.data, pw.sb.size, e);
+    bool pass = pd && preflight_files(d, k, mp_doc_root(pd), e);
+    mp_doc_destroy(&pd);
+    if (!pass) goto out;
+  }
   int64_t counts[JS_COUNT];
   if (store_count(d->store, counts, &err)) {
     ok = store_failed(e, &err);

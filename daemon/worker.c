@@ -212,14 +212,36 @@ static void send_simple(void *sock, const char *t, const char *device, int64_t g
   mpw_free(&w);
 }
 
+/* lathe-worker --check-tokenizers PATH_A NAME_A PATH_B NAME_B: lathed's submit-time check that two models share a
+ * tokenizer, run in a process of its own so that a hostile file can never take the daemon down. Prints "ok" and
+ * exits 0, or prints the reason and exits 1. No device is opened. */
+static int check_tokenizers(int argc, char **argv) {
+  if (argc != 4) {
+    fprintf(stdout, "lathe-worker --check-tokenizers PATH_A NAME_A PATH_B NAME_B\n");
+    return 2;
+  }
+  lt_err_t err = {0};
+  if (model_tokenizers_same(argv[0], argv[2], argv[1], argv[3], &err) != LT_OK) {
+    fprintf(stdout, "%s\n", err.msg);
+    return 1;
+  }
+  fprintf(stdout, "ok\n");
+  return 0;
+}
+
 int main(int argc, char **argv) {
   char endpoint[PATH_MAX + 8] = "";
   long long gen = 0, keep_alive = 300;
-  static const struct option lo[] = {
-      {"connect", 1, 0, 'c'}, {"gen", 1, 0, 'g'}, {"keep-alive", 1, 0, 'k'}, {0, 0, 0, 0}};
+  static const struct option lo[] = {{"connect", 1, 0, 'c'},
+                                     {"gen", 1, 0, 'g'},
+                                     {"keep-alive", 1, 0, 'k'},
+                                     {"check-tokenizers", 0, 0, 't'},
+                                     {0, 0, 0, 0}};
   int opt;
   while ((opt = getopt_long(argc, argv, "", lo, NULL)) != -1) {
-    if (opt == 'c')
+    if (opt == 't')
+      return check_tokenizers(argc - optind, argv + optind);
+    else if (opt == 'c')
       util_copy(endpoint, optarg, sizeof endpoint);
     else if (opt == 'g')
       gen = atoll(optarg);

@@ -39,6 +39,17 @@ typedef struct kind {
   size_t n_params;
 } kind_t;
 
+/* Submit-time checks that read the files a job names: lathed runs them before it queues the job (the parsing in a
+ * lathe-worker process of its own). exist: params (NULL-ended) that must name an existing path when not empty;
+ * same_tokenizer: two model params whose tokenizers must match (NULLs: none). */
+typedef struct kind_files {
+  const char *exist[4];
+  const char *same_tokenizer[2];
+} kind_files_t;
+
+/* The file checks of kind k; NULL when it has none. Static storage. */
+const kind_files_t *kind_files(const kind_t *k);
+
 /* Number of kinds in the table. */
 size_t kind_count(void);
 

@@ -183,6 +183,23 @@ static bool kind_tune_validate(const msgpack_object *params, proto_err_t *e) {
   return true;
 }
 
+/* distill: tune's checks on what is trained, then the distillation settings. */
+static bool kind_distill_validate(const msgpack_object *params, proto_err_t *e) {
+  if (!kind_tune_validate(params, e)) return false;
+  const msgpack_object *m = mp_get(params, "method"), *kl = mp_get(params, "kid_loss");
+  if (!mp_str_is(m, "kd") && !mp_str_is(m, "atkd") && !mp_str_is(m, "kid"))
+    return proto_fail(e, P_BAD_VALUE, "params.method", "params.method: kd, atkd or kid");
+  if (!mp_str_is(kl, "kd") && !mp_str_is(kl, "atkd"))
+    return proto_fail(e, P_BAD_VALUE, "params.kid_loss", "params.kid_loss: kd or atkd");
+  double r = 0;
+  const msgpack_object *mr = mp_get(params, "mask_ratio");
+  if (mr && (mr->type == MSGPACK_OBJECT_FLOAT32 || mr->type == MSGPACK_OBJECT_FLOAT64)) r = mr->via.f64;
+  if (!(r > 0 && r < 1))
+    return proto_fail(e, P_OUT_OF_RANGE, "params.mask_ratio",
+                      "params.mask_ratio: %g is outside (0, 1): KID masks some of the targets, not none or all", r);
+  return true;
+}
+
 #define P(key, type, req, def, lo, hi, help) {#key, type, req, def, lo, hi, help},
 #define KIND(name, policy, validate, summary, params) static const kind_param_t name##_params[] = {params};
 #include "jobs/kinds.def"
@@ -447,4 +464,16 @@ bool kind_params_normalise(const kind_t *k, const msgpack_object *params, mpw_t 
   if (ok) mpw_raw(w, t.sb.data, t.sb.size);
   mpw_free(&t);
   return ok;
+}
+
+const kind_files_t *kind_files(const kind_t *k) {
+  static const struct {
+    const char *kind;
+    kind_files_t f;
+  } table[] = {
+      {"distill", {{"teacher", "student", "data", NULL}, {"teacher", "student"}}},
+  };
+  for (size_t i = 0; i < sizeof table / sizeof table[0]; i++)
+    if (!strcmp(table[i].kind, k->name)) return &table[i].f;
+  return NULL;
 }

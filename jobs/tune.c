@@ -1,5 +1,7 @@
 /* The `tune` kind: first-order fine-tuning (engine/model/train.h, methods/tune.h) of a model on a JSONL file, with
- * held-out evals, the forgetting measure on a general set, checkpoints, resumption and a loss curve.
+ * held-out evals, the forgetting measure on a general set, checkpoints, resumption and a loss curve; and the
+ * `distill` kind, the same run with the loss taken against a frozen teacher (train_set_distill; KID's rewriting
+ * from methods/distill.h): a teacher state that runs forward only and its held-out loss as the reference.
  *
  * Files: <output>/ gets the result: a Hugging Face folder (full), a PEFT adapter (lora: adapter_config.json and
  * adapter_model.safetensors; with merge also <output>/merged, the merged model) or an adapter folder (adapter:
@@ -29,15 +31,16 @@
 #include "jobs/resume.h"
 #include "jobs/runners.h"
 #include "methods/dataset.h"
+#include "methods/distill.h"
 #include "methods/tune.h"
 #include "methods/zo.h"
 
 #define STATE_NAME "tune.state"
-#define LOG_NAME "tune-log.jsonl"
 #define CKPT_FILE "train-state.safetensors"
 
 typedef struct run {
   job_ctx_t *ctx;
+  const char *kind; /* "tune" or "distill" */
   const char *base, *output, *what;
   uint32_t batch, accum, seq_len;
   uint64_t steps, eval_every, save_every, seed;
@@ -52,6 +55,16 @@ typedef struct run {
   int32_t *ids;               /* [batch * seq_len] */
   uint8_t *mask;              /* [batch * (seq_len - 1)] */
   double *curve, *eval_curve; /* per step (NaN where none) */
+  /* distill */
+  bool distill, kid;
+  const char *teacher_path;
+  model_t *tm;
+  train_t *tt;          /* the teacher: frozen */
+  train_distill_t dist; /* the loss */
+  double mask_ratio;
+  double teacher_eval; /* the teacher's held-out loss (NaN without --eval) */
+  uint8_t *picked;     /* [batch * (seq_len - 1)] KID's masked targets */
+  int32_t **kid_ids;   /* [accum][batch * seq_len] KID's rewritten inputs */
 } run_t;
 
 /* Fills one micro-batch from examples ex[0..n): sequences padded to the longest (at most seq_len) with target
@@ -68,8 +81,8 @@ static tune_batch_t make_batch(run_t *r, const lm_example_t *const *ex, uint32_t
   return (tune_batch_t){r->ids, r->mask, n, T, NULL};
 }
 
-/* Token-weighted mean loss of a data set, in micro-batches. */
-static lt_status_t set_loss(run_t *r, const dataset_t *d, double *loss, lt_err_t *err) {
+/* Token-weighted mean loss of a data set under the model of t, in micro-batches. */
+static lt_status_t set_loss(run_t *r, train_t *t, const dataset_t *d, double *loss, lt_err_t *err) {
   double sum = 0, count = 0;
   const lm_example_t **ex = malloc(r->batch * sizeof *ex);
   if (!ex) return lt_fail(err, LT_E_NOMEM, "out of memory");
@@ -81,7 +94,7 @@ static lt_status_t set_loss(run_t *r, const dataset_t *d, double *loss, lt_err_t
     double c = 0, l = 0;
     for (uint32_t j = 0; j < n * (b.T - 1); j++) c += b.mask[j];
     if (c == 0) continue;
-    st = train_loss(r->t, b.ids, b.mask, b.n_seq, b.T, &l, err);
+    st = train_loss(t, b.ids, b.mask, b.n_seq, b.T, &l, err);
     sum += l * c;
     count += c;
   }
@@ -231,7 +244,11 @@ static void plot_write(run_t *r) {
   snprintf(p, sizeof p, "%s/loss.svg", r->output);
   plot_curve_t curves[2] = {{"train loss", r->curve, 0}, {"eval loss", r->eval_curve, 0}};
   char title[160];
-  snprintf(title, sizeof title, "tune --train %s: loss per step", r->what);
+  if (r->distill)
+    snprintf(title, sizeof title, "distill --method %s --train %s: loss per step (eval: cross-entropy)",
+             job_param_str(r->ctx, "method"), r->what);
+  else
+    snprintf(title, sizeof title, "tune --train %s: loss per step", r->what);
   plot_spec_t spec = {.title = title,
                       .subtitle = r->base,
                       .xlabel = "step",
@@ -250,6 +267,22 @@ static void plot_write(run_t *r) {
 }
 
 /* ---- the loop ---- */
+
+/* distill: one eval as an output record and a log line: the student's held-out loss and perplexity, and the
+ * teacher's as the reference. */
+static void eval_record(run_t *r, uint64_t step, double loss) {
+  job_output_begin(r->ctx);
+  job_output_int(r->ctx, "step", (int64_t)step);
+  job_output_float(r->ctx, "eval_loss", loss);
+  job_output_float(r->ctx, "eval_ppl", exp(loss));
+  job_output_float(r->ctx, "teacher_eval_loss", r->teacher_eval);
+  job_output_float(r->ctx, "teacher_eval_ppl", exp(r->teacher_eval));
+  job_output_end(r->ctx);
+  fprintf(r->log,
+          "{\"step\": %" PRIu64 ", \"eval_loss\": %.9g, \"eval_ppl\": %.9g, \"teacher_eval_loss\": %.9g, "
+          "\"teacher_eval_ppl\": %.9g}\n",
+          step, loss, exp(loss), r->teacher_eval, exp(r->teacher_eval));
+}
 
 static job_outcome_t loop(run_t *r, uint64_t start, lt_err_t *err) {
   job_ctx_t *ctx = r->ctx;
@@ -288,10 +321,20 @@ static job_outcome_t loop(run_t *r, uint64_t start, lt_err_t *err) {
     }
     zo_sample(r->seed, s, per_step, r->data.n, idx);
     for (uint32_t j = 0; j < per_step; j++) ex[j] = &r->data.ex[idx[j]];
+    uint32_t masked = 0, changed = 0;
     for (uint32_t k = 0; k < r->accum; k++) {
       r->ids = mids[k], r->mask = mmask[k];
       mb[k] = make_batch(r, ex + k * r->batch, r->batch);
       tokens += (uint64_t)mb[k].n_seq * mb[k].T;
+      if (!r->kid) continue;
+      /* KID: the picked targets become the student's own predictions; the labels stay the data's. */
+      uint32_t ch = 0;
+      masked += distill_kid_pick(r->seed, s, k, mb[k].mask, mb[k].n_seq, mb[k].T, r->mask_ratio, r->picked);
+      if (distill_kid_rewrite(r->t, mb[k].ids, r->picked, mb[k].n_seq, mb[k].T, r->kid_ids[k], &ch, err) != LT_OK)
+        goto done;
+      changed += ch;
+      mb[k].labels = mb[k].ids;
+      mb[k].ids = r->kid_ids[k];
     }
     r->ids = eval_ids, r->mask = eval_mask;
     tune_step_info_t info;
@@ -308,16 +351,29 @@ static job_outcome_t loop(run_t *r, uint64_t start, lt_err_t *err) {
     job_metric(ctx, "grad_norm", info.grad_norm, s + 1);
     job_metric(ctx, "tokens_per_s", secs > 0 ? (double)tokens / secs : 0, s + 1);
     job_metric(ctx, "eta_s", eta, s + 1);
-    fprintf(r->log, "{\"step\": %" PRIu64 ", \"loss\": %.9g, \"lr\": %.9g, \"grad_norm\": %.9g}\n", s + 1, info.loss,
+    fprintf(r->log, "{\"step\": %" PRIu64 ", \"loss\": %.9g, \"lr\": %.9g, \"grad_norm\": %.9g", s + 1, info.loss,
             info.lr, info.grad_norm);
+    if (r->distill) {
+      fprintf(r->log, ", \"ce\": %.9g, \"teacher_ce\": %.9g", info.ce, info.teacher_ce);
+      job_metric(ctx, "ce", info.ce, s + 1);
+      job_metric(ctx, "teacher_ce", info.teacher_ce, s + 1);
+    }
+    if (r->dist.kind == TRAIN_LOSS_ATKD)
+      fprintf(r->log, ", \"atkd_easy\": %u, \"atkd_hard\": %u", info.atkd_easy, info.atkd_hard);
+    if (r->kid) {
+      fprintf(r->log, ", \"kid_masked\": %u, \"kid_changed\": %u", masked, changed);
+      job_metric(ctx, "kid_changed", masked ? (double)changed / masked : 0, s + 1);
+    }
+    fputs("}\n", r->log);
     bool last = s + 1 == r->steps;
-    char el[48] = "";
+    char el[96] = "";
     if (r->eval.n && (last || (r->eval_every && (s + 1) % r->eval_every == 0))) {
       double e;
-      if (set_loss(r, &r->eval, &e, err) != LT_OK) goto done;
+      if (set_loss(r, r->t, &r->eval, &e, err) != LT_OK) goto done;
       r->eval_curve[s + 1] = e;
       job_metric(ctx, "eval_loss", e, s + 1);
-      snprintf(el, sizeof el, ", eval loss %.4f", e);
+      snprintf(el, sizeof el, ", eval loss %.4f (perplexity %.2f)", e, exp(e));
+      if (r->distill) eval_record(r, s + 1, e);
     }
     job_log(ctx, "step %" PRIu64 "/%" PRIu64 ": loss %.4f%s, lr %.3g, %.0f tokens/s, ETA %.0fs", s + 1, r->steps,
             info.loss, el, info.lr, secs > 0 ? (double)tokens / secs : 0, eta);
@@ -344,9 +400,46 @@ static uint32_t lora_bits(const char *list) {
   return bits;
 }
 
-job_outcome_t run_tune(job_ctx_t *ctx, lt_err_t *err) {
+/* The distillation settings of a distill job: the loss, and the teacher loaded in its own dtype as a frozen state. */
+static lt_status_t teacher_open(run_t *r, gpu_t *g, lt_err_t *err) {
+  job_ctx_t *ctx = r->ctx;
+  const char *method = job_param_str(ctx, "method");
+  r->kid = !strcmp(method, "kid");
+  r->mask_ratio = job_param_float(ctx, "mask_ratio");
+  const char *loss = r->kid ? job_param_str(ctx, "kid_loss") : method;
+  r->dist = (train_distill_t){.kind = !strcmp(loss, "atkd") ? TRAIN_LOSS_ATKD : TRAIN_LOSS_KD,
+                              .temperature = (float)job_param_float(ctx, "kd_temperature"),
+                              .lambda = (float)job_param_float(ctx, "lambda")};
+  /* The submit-time check again: the files may have changed since. */
+  if (model_tokenizers_same(r->teacher_path, r->base, "teacher", "student", err) != LT_OK) return err->code;
+  model_load_opts_t lo = {0};
+  if (!(r->tm = model_load(g, r->teacher_path, &lo, err))) return err ? err->code : LT_E_IO;
+  train_opts_t to = {.what = TRAIN_FROZEN};
+  if (!(r->tt = train_new(r->tm, &to, err))) return err ? err->code : LT_E_INVALID;
+  r->dist.teacher = r->tt;
+  if (train_set_distill(r->t, &r->dist, err) != LT_OK) return err->code;
+  if (r->kid) {
+    if (!(r->picked = malloc((uint64_t)r->batch * r->seq_len)) || !(r->kid_ids = calloc(r->accum, sizeof *r->kid_ids)))
+      return lt_fail(err, LT_E_NOMEM, "out of memory");
+    for (uint32_t k = 0; k < r->accum; k++)
+      if (!(r->kid_ids[k] = malloc((uint64_t)r->batch * r->seq_len * 4)))
+        return lt_fail(err, LT_E_NOMEM, "out of memory");
+  }
+  const model_config_t *tc = model_config(r->tm);
+  job_log(ctx, "teacher %s: %u blocks, hidden %u, %s weights; loss %s%s at temperature %g%s", r->teacher_path,
+          tc->n_layers, tc->hidden_size, lt_dtype_str(model_param_at(r->tm, 0)->dtype), r->kid ? "kid + " : "", loss,
+          r->dist.temperature, r->dist.kind == TRAIN_LOSS_ATKD ? " (lambda from --lambda)" : "");
+  return LT_OK;
+}
+
+/* tune and distill: the run of one job of either kind. */
+static job_outcome_t first_order(job_ctx_t *ctx, bool distill, lt_err_t *err) {
   run_t r = {.ctx = ctx,
-             .base = job_param_str(ctx, "model"),
+             .kind = distill ? "distill" : "tune",
+             .distill = distill,
+             .teacher_path = distill ? job_param_str(ctx, "teacher") : NULL,
+             .teacher_eval = NAN,
+             .base = job_param_str(ctx, distill ? "student" : "model"),
              .output = job_param_str(ctx, "output"),
              .what = job_param_str(ctx, "train"),
              .batch = (uint32_t)job_param_int(ctx, "batch"),
@@ -381,7 +474,7 @@ job_outcome_t run_tune(job_ctx_t *ctx, lt_err_t *err) {
   unsigned flags = job_param_bool(ctx, "add_bos") ? TOK_ADD_BOS : 0;
   const char *eval_path = job_param_str(ctx, "eval"), *general_path = job_param_str(ctx, "eval_general");
   snprintf(r.state_path, sizeof r.state_path, "%s/" STATE_NAME, job_dir(ctx));
-  snprintf(r.log_path, sizeof r.log_path, "%s/" LOG_NAME, r.output);
+  snprintf(r.log_path, sizeof r.log_path, "%s/%s-log.jsonl", r.output, r.kind);
   job_outcome_t out = JOB_FAILED;
   double general_before = NAN, general_after = NAN, eval_first = NAN, eval_last = NAN;
   tok_t *tok = model_tokenizer_open(r.base, err);
@@ -404,6 +497,7 @@ job_outcome_t run_tune(job_ctx_t *ctx, lt_err_t *err) {
   const char *from = job_param_str(ctx, "adapter");
   if (*from && train_load_adapter(r.t, from, err) != LT_OK) goto done;
   if (*from) job_log(ctx, "training continues from the adapter in %s", from);
+  if (distill && teacher_open(&r, g, err) != LT_OK) goto done;
   if (!(r.u = tuner_new(r.t, &r.o, err))) goto done;
   if (!(r.ids = malloc((uint64_t)r.batch * r.seq_len * 4)) || !(r.mask = malloc((uint64_t)r.batch * r.seq_len)) ||
       !(r.curve = malloc((r.steps + 1) * sizeof *r.curve)) ||
@@ -417,7 +511,7 @@ job_outcome_t run_tune(job_ctx_t *ctx, lt_err_t *err) {
     n_train += (uint64_t)train_tensor_at(r.t, i)->rows * train_tensor_at(r.t, i)->cols;
   job_log(ctx, "training %s: %" PRIu64 " trainable parameters in %u tensors, lr %g, batch %u x %u, %" PRIu64 " steps%s",
           r.what, n_train, train_tensor_count(r.t), r.o.lr, r.batch, r.accum, r.steps, r.o.sam_rho > 0 ? ", SAM" : "");
-  if (r.general.n && set_loss(&r, &r.general, &general_before, err) != LT_OK) goto done;
+  if (r.general.n && set_loss(&r, r.t, &r.general, &general_before, err) != LT_OK) goto done;
   char ckpt[PATH_MAX];
   uint64_t start = resume_state_read(r.state_path, ckpt, sizeof ckpt);
   if (start > r.steps) start = 0;
@@ -425,10 +519,15 @@ job_outcome_t run_tune(job_ctx_t *ctx, lt_err_t *err) {
   if (start) job_log(ctx, "attempt %u: resuming from %s (step %" PRIu64 ")", job_attempt(ctx), ckpt, start);
   if (log_open(&r, start, err) != LT_OK) goto done;
   if (r.eval.n) {
-    if (set_loss(&r, &r.eval, &eval_first, err) != LT_OK) goto done;
+    if (distill && set_loss(&r, r.tt, &r.eval, &r.teacher_eval, err) != LT_OK) goto done;
+    if (set_loss(&r, r.t, &r.eval, &eval_first, err) != LT_OK) goto done;
     r.eval_curve[start] = eval_last = eval_first;
     job_metric(ctx, "eval_loss", eval_first, start);
-    job_log(ctx, "eval loss at step %" PRIu64 ": %.4f", start, eval_first);
+    job_log(ctx, "eval loss at step %" PRIu64 ": %.4f (perplexity %.2f)", start, eval_first, exp(eval_first));
+    if (distill) {
+      job_log(ctx, "teacher's eval loss: %.4f (perplexity %.2f)", r.teacher_eval, exp(r.teacher_eval));
+      eval_record(&r, start, eval_first);
+    }
   }
   out = loop(&r, start, err);
   if (out != JOB_SUCCEEDED) goto done;
@@ -438,7 +537,7 @@ job_outcome_t run_tune(job_ctx_t *ctx, lt_err_t *err) {
       eval_last = r.eval_curve[s];
       break;
     }
-  if (r.general.n && set_loss(&r, &r.general, &general_after, err) != LT_OK) goto done;
+  if (r.general.n && set_loss(&r, r.t, &r.general, &general_after, err) != LT_OK) goto done;
   if (fflush(r.log) != 0) {
     lt_fail(err, LT_E_IO, "writing %s", r.log_path);
     goto done;
@@ -463,6 +562,7 @@ job_outcome_t run_tune(job_ctx_t *ctx, lt_err_t *err) {
   job_result_int(ctx, "resumed_from", (int64_t)start);
   job_result_str(ctx, "output", r.output);
   job_result_str(ctx, "train", r.what);
+  if (distill) job_result_str(ctx, "method", job_param_str(ctx, "method"));
   if (!isnan(r.curve[r.steps])) job_result_float(ctx, "loss", r.curve[r.steps]);
   job_output_begin(ctx);
   job_output_str(ctx, "output", r.output);
@@ -472,6 +572,14 @@ job_outcome_t run_tune(job_ctx_t *ctx, lt_err_t *err) {
     job_result_float(ctx, "eval_loss", eval_last);
     job_output_float(ctx, "eval_loss_base", eval_first);
     job_output_float(ctx, "eval_loss", eval_last);
+    if (distill) {
+      job_result_float(ctx, "eval_ppl", exp(eval_last));
+      job_result_float(ctx, "teacher_eval_loss", r.teacher_eval);
+      job_result_float(ctx, "teacher_eval_ppl", exp(r.teacher_eval));
+      job_output_float(ctx, "eval_ppl", exp(eval_last));
+      job_output_float(ctx, "teacher_eval_loss", r.teacher_eval);
+      job_output_float(ctx, "teacher_eval_ppl", exp(r.teacher_eval));
+    }
   }
   if (r.general.n) {
     job_result_float(ctx, "general_loss_before", general_before);
@@ -487,7 +595,11 @@ done:
   if (r.log) fclose(r.log);
   tuner_destroy(&r.u);
   train_destroy(&r.t);
+  train_destroy(&r.tt);
   model_destroy(&r.m);
+  model_destroy(&r.tm);
+  for (uint32_t k = 0; r.kid_ids && k < r.accum; k++) free(r.kid_ids[k]);
+  free(r.kid_ids), free(r.picked);
   dataset_free(&r.data);
   dataset_free(&r.eval);
   dataset_free(&r.general);
@@ -495,3 +607,7 @@ done:
   tok_destroy(&tok);
   return out;
 }
+
+job_outcome_t run_tune(job_ctx_t *ctx, lt_err_t *err) { return first_order(ctx, false, err); }
+
+job_outcome_t run_distill(job_ctx_t *ctx, lt_err_t *err) { return first_order(ctx, true, err); }

@@ -28,8 +28,8 @@ static uint32_t below(uint64_t *s, uint32_t n) {
   return (uint32_t)(x % n);
 }
 
-uint32_t distill_kid_pick(uint64_t seed, uint64_t step, uint32_t micro, const uint8_t *mask, uint32_t n_seq,
-                          uint32_t T, double ratio, uint8_t *picked) {
+uint32_t distill_kid_pick(uint64_t seed, uint64_t step, uint32_t micro, const uint8_t *mask, uint32_t n_seq, uint32_t T,
+                          double ratio, uint8_t *picked) {
   uint64_t n = (uint64_t)n_seq * (T - 1);
   memset(picked, 0, n);
   uint32_t count = 0;
@@ -52,8 +52,8 @@ uint32_t distill_kid_pick(uint64_t seed, uint64_t step, uint32_t micro, const ui
   return k;
 }
 
-lt_status_t distill_kid_rewrite(train_t *student, const int32_t *ids, const uint8_t *picked, uint32_t n_seq,
-                                uint32_t T, int32_t *out, uint32_t *changed, lt_err_t *err) {
+lt_status_t distill_kid_rewrite(train_t *student, const int32_t *ids, const uint8_t *picked, uint32_t n_seq, uint32_t T,
+                                int32_t *out, uint32_t *changed, lt_err_t *err) {
   uint64_t R = (uint64_t)n_seq * T;
   int32_t *next = malloc(R * sizeof *next);
   if (!next) return lt_fail(err, LT_E_NOMEM, "out of memory");

@@ -145,3 +145,47 @@ chat_tmpl_t *model_chat_template_open(const char *model_path, lt_err_t *err) {
   json_decref(cfg);
   return t;
 }
+
+/* A token's text for a message: printable ASCII as is, other bytes as \xNN, cut to 48 bytes of output. */
+static void token_show(char *out, size_t cap, const tok_t *t, int32_t id) {
+  size_t n = 0, o = 0;
+  const char *s = tok_token_text(t, id, &n);
+  for (size_t i = 0; s && i < n && o + 5 < cap && o < 48; i++) {
+    unsigned char c = (unsigned char)s[i];
+    o += (size_t)snprintf(out + o, cap - o, c >= 0x20 && c < 0x7f && c != '\'' ? "%c" : "\\x%02x", c);
+  }
+  out[o] = '\0';
+}
+
+lt_status_t model_tokenizers_same(const char *a, const char *b, const char *name_a, const char *name_b, lt_err_t *err) {
+  tok_t *ta = model_tokenizer_open(a, err);
+  if (!ta) return err ? err->code : LT_E_IO;
+  tok_t *tb = model_tokenizer_open(b, err);
+  if (!tb) {
+    tok_destroy(&ta);
+    return err ? err->code : LT_E_IO;
+  }
+  lt_status_t st = LT_OK;
+  uint32_t na = tok_n_vocab(ta), nb = tok_n_vocab(tb), n = na < nb ? na : nb;
+  for (uint32_t i = 0; i < n && st == LT_OK; i++) {
+    size_t la = 0, lb = 0;
+    const char *sa = tok_token_text(ta, (int32_t)i, &la), *sb = tok_token_text(tb, (int32_t)i, &lb);
+    if (la == lb && !memcmp(sa, sb, la) && tok_token_type(ta, (int32_t)i) == tok_token_type(tb, (int32_t)i)) continue;
+    char xa[200], xb[200];
+    token_show(xa, sizeof xa, ta, (int32_t)i), token_show(xb, sizeof xb, tb, (int32_t)i);
+    st = lt_fail(err, LT_E_INVALID,
+                 "the %s and the %s do not share a tokenizer: token %u is '%s' in the %s's and '%s' in the %s's",
+                 name_a, name_b, i, xa, name_a, xb, name_b);
+  }
+  if (st == LT_OK && na != nb)
+    st = lt_fail(err, LT_E_INVALID,
+                 "the %s and the %s do not share a tokenizer: the %s's has %u tokens, the %s's %u (token %u is the "
+                 "first one only one of them has)",
+                 name_a, name_b, name_a, na, name_b, nb, n);
+  if (st == LT_OK && (tok_bos(ta) != tok_bos(tb) || tok_eos(ta) != tok_eos(tb)))
+    st = lt_fail(err, LT_E_INVALID,
+                 "the %s and the %s do not share a tokenizer: BOS / EOS ids %d / %d in the %s's, %d / %d in the %s's",
+                 name_a, name_b, tok_bos(ta), tok_eos(ta), name_a, tok_bos(tb), tok_eos(tb), name_b);
+  tok_destroy(&ta), tok_destroy(&tb);
+  return st;
+}

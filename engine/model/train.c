@@ -903,8 +903,8 @@ static lt_status_t block_bwd(train_t *t, gpu_cmd_t **cp, uint32_t l, const batch
 typedef enum pass { PASS_LOSS, PASS_GRAD, PASS_PREDICT } pass_t;
 
 /* Uploads ids, positions, targets (labels shifted, or ids) and per-row loss weights (mask / count * scale) to t
- * and, under distillation, to the teacher; returns the count and the weights. */
-static lt_status_t batch_upload(train_t *t, const int32_t *ids, const int32_t *labels, const uint8_t *mask,
+ * and to te (the teacher of a distillation pass, else NULL); returns the count and the weights. */
+static lt_status_t batch_upload(train_t *t, train_t *te, const int32_t *ids, const int32_t *labels, const uint8_t *mask,
                                 const batch_t *bt, float scale, uint32_t *count, float **wts_out, lt_err_t *err) {
   uint32_t R = bt->R, V = t->cf->vocab_size;
   int32_t *pos = malloc(R * sizeof *pos), *tgt = malloc(R * sizeof *tgt);
@@ -930,7 +930,6 @@ static lt_status_t batch_upload(train_t *t, const int32_t *ids, const int32_t *l
     }
   if (st == LT_OK && n == 0 && mask) st = lt_fail(err, LT_E_INVALID, "the batch has no target token to learn from");
   for (uint32_t r = 0; st == LT_OK && r < R; r++) w[r] *= n ? scale / (float)n : 0.0f;
-  train_t *te = t->dist.kind != TRAIN_LOSS_CE ? t->dist.teacher : NULL;
   for (train_t *x = t; x && st == LT_OK; x = x == t ? te : NULL) {
     st = gpu_upload(x->ids, 0, ids, R * 4, err);
     if (st == LT_OK) st = gpu_upload(x->pos, 0, pos, R * 4, err);
@@ -1107,8 +1106,8 @@ static lt_status_t run_padded(train_t *t, const int32_t *ids, const int32_t *lab
   uint32_t count = 0;
   float *w = NULL;
   if (st == LT_OK)
-    st =
-        batch_upload(t, ids, labels, pass == PASS_PREDICT ? NULL : mask, &bt, backward ? scale : 1.0f, &count, &w, err);
+    st = batch_upload(t, te, ids, labels, pass == PASS_PREDICT ? NULL : mask, &bt, backward ? scale : 1.0f, &count, &w,
+                      err);
   if (st == LT_OK && distill && t->dist.kind == TRAIN_LOSS_ATKD) st = atkd_prepare(t, &bt, w, scale, err);
   /* The backward adds every gradient of the stream into dx, starting from zero. */
   if (st == LT_OK && backward) st = gpu_buf_zero(t->dx, 0, (uint64_t)bt.R * t->cf->hidden_size * 4, err);

@@ -137,3 +137,38 @@ Test(runners, flatten_graph_in_process) {
   cr_assert_eq(num(mp_get(job_local_result(l), "back_edges")), 1);
   job_local_destroy(&l);
 }
+
+Test(runners, distill_kid_with_full_training_runs_in_process) {
+  job_local_t *l = host();
+  char data[300], out[300];
+  snprintf(data, sizeof data, "%s/distill.jsonl", dir);
+  snprintf(out, sizeof out, "%s/distill-out", dir);
+  FILE *f = fopen(data, "w");
+  cr_assert(f);
+  for (int i = 0; i < 12; i++)
+    if (i % 3 == 2)
+      fprintf(f, "{\"prompt\": \"the lord %d\", \"completion\": \" said unto moses\"}\n", i);
+    else
+      fprintf(f, "{\"text\": \"the lord said unto moses %d and aaron\"}\n", i);
+  fclose(f);
+  const char *kv[] = {"teacher",    LATHE_SOURCE_DIR "/tests/fixtures/mixtral-tiny",
+                      "student",    TINY,
+                      "data",       data,
+                      "output",     out,
+                      "method",     "kid",
+                      "train",      "full",
+                      "steps",      "12",
+                      "batch",      "3",
+                      "seq_len",    "16",
+                      "eval",       data,
+                      "eval_every", "0",
+                      "save_every", "5",
+                      "mask_ratio", "0.5",
+                      "seed",       "7"};
+  lt_err_t err = {0};
+  cr_assert_eq(job_local_run(l, "distill", kv, sizeof kv / sizeof kv[0] / 2, &err), JOB_SUCCEEDED, "%s", err.msg);
+  const msgpack_object *r = job_local_result(l);
+  cr_assert(num(mp_get(r, "teacher_eval_loss")) > 0);
+  cr_assert(num(mp_get(r, "eval_ppl")) > 1);
+  job_local_destroy(&l);
+}

@@ -175,7 +175,8 @@ Test(distill, the_teacher_is_untouched_and_never_gets_a_gradient) {
   cr_assert_eq(tuner_step(u, &b, 1, &info[0], &err), LT_OK, "%s", err.msg);
   /* The frozen state holds no trainable tensor and not one byte of gradient; a gradient of it is refused. */
   cr_assert_eq(train_tensor_count(t), 0);
-  cr_assert_eq(train_stats(t)->gradient_bytes, 0, "%llu gradient bytes", (unsigned long long)train_stats(t)->gradient_bytes);
+  cr_assert_eq(train_stats(t)->gradient_bytes, 0, "%llu gradient bytes",
+               (unsigned long long)train_stats(t)->gradient_bytes);
   cr_assert(train_stats(s)->gradient_bytes > 0);
   double l = 0;
   cr_assert_eq(train_grad(t, d.ids, d.mask, d.n_seq, d.T, 1.0f, &l, &err), LT_E_INVALID);
