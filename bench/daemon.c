@@ -10,16 +10,11 @@
 #include <unistd.h>
 #include <zmq.h>
 
+#include "clock.h"
 #include "client/lc.h"
 #include "common/util.h"
 
 enum { LATENCY_JOBS = 200, THROUGHPUT_JOBS = 2000, ECHO_ROUNDS = 5000 };
-
-static double now_s(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
 
 static int cmp_double(const void *a, const void *b) {
   double x = *(const double *)a, y = *(const double *)b;

@@ -13,15 +13,10 @@
 #include <string.h>
 #include <time.h>
 
+#include "clock.h"
 #include "engine/gpu/gpu.h"
 #include "engine/ops/ops.h"
 #include "engine/ops/ref/ref.h"
-
-static double now_s(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 static void die(const char *what, const lt_err_t *err) {
   fprintf(stderr, "bench_matmul: %s: %s\n", what, err ? err->msg : "failed");

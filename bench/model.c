@@ -20,6 +20,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "clock.h"
 #include "engine/gpu/gpu.h"
 #include "engine/model/model.h"
 #include "engine/model/model_file.h"
@@ -48,12 +49,6 @@ static void *xmalloc(uint64_t bytes) {
 }
 
 /* Monotonic seconds. */
-static double now_s(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
 /* ---- the peer: a plain CPU forward pass ---- */
 
 typedef struct peer_layer {
@@ -288,8 +283,8 @@ static figure_t measure(runner_t *r, uint32_t n_items, uint32_t n, uint32_t step
 }
 
 /* Formats bytes as MiB into buf (32 bytes); returns buf. */
-static const char *mib(char *buf, uint64_t bytes) {
-  snprintf(buf, 32, "%.1f MiB", (double)bytes / (1 << 20));
+static const char *mib_str(char *buf, uint64_t bytes) {
+  snprintf(buf, 32, "%.1f MiB", mib(bytes));
   return buf;
 }
 
@@ -365,9 +360,9 @@ static int bench_model(gpu_t *g, const char *path, const char *label, const work
   char a[32], b[32], d[32], e[32];
   printf("model %s memory: lathe weights %s on the device for %s in the file (ratio %.2f), activations %s; "
          "openblas-cpu weights %s (f32)\n",
-         label, mib(a, mm->weight_device_bytes), mib(b, mm->weight_file_bytes),
-         (double)mm->weight_device_bytes / (double)mm->weight_file_bytes, mib(d, mm->activation_bytes),
-         mib(e, r.p->weight_bytes));
+         label, mib_str(a, mm->weight_device_bytes), mib_str(b, mm->weight_file_bytes),
+         (double)mm->weight_device_bytes / (double)mm->weight_file_bytes, mib_str(d, mm->activation_bytes),
+         mib_str(e, r.p->weight_bytes));
   for (uint32_t i = 0; i < MAX_ITEMS; i++) model_seq_destroy(&r.ls[i]), peer_seq_free(r.p, &r.ps[i]);
   free(toks), free(r.lathe_logits), free(r.peer_logits);
   peer_free(&r.p);

@@ -8,6 +8,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "clock.h"
 #include "engine/gpu/gpu.h"
 #include "engine/ops/ops.h"
 #include "engine/ops/ops_rows.h"
@@ -20,12 +21,6 @@ typedef struct bench_case {
   bench_op_t op;
   uint32_t rows, n, k;
 } bench_case_t;
-
-static double now_s(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 static void die(const char *what, const lt_err_t *err) {
   fprintf(stderr, "bench_rows: %s: %s\n", what, err->msg);

@@ -14,6 +14,7 @@
 #include <sys/stat.h>
 #include <time.h>
 
+#include "clock.h"
 #include "engine/model/model_tok.h"
 #include "methods/steer.h"
 
@@ -23,12 +24,6 @@
 static _Noreturn void die(const char *what, const char *msg) {
   fprintf(stderr, "bench_steer: %s: %s\n", what, msg);
   exit(1);
-}
-
-static double now_s(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
 typedef struct setup {

@@ -11,6 +11,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "clock.h"
 #include "engine/gpu/gpu.h"
 #include "engine/model/model.h"
 #include "engine/model/train.h"
@@ -24,14 +25,6 @@ static _Noreturn void die(const char *what, const char *msg) {
   fprintf(stderr, "bench_train: %s: %s\n", what, msg);
   exit(1);
 }
-
-static double now_s(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
-static double mib(uint64_t b) { return (double)b / 1048576.0; }
 
 typedef struct figure {
   double tok_s;

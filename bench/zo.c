@@ -12,6 +12,7 @@
 #include <sys/stat.h>
 #include <time.h>
 
+#include "clock.h"
 #include "engine/gpu/gpu.h"
 #include "engine/model/model.h"
 #include "methods/zo.h"
@@ -25,14 +26,6 @@ static _Noreturn void die(const char *what, const char *msg) {
   synth_remove(synth_dir);
   exit(1);
 }
-
-static double now_s(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
-static double mib(uint64_t b) { return (double)b / 1048576.0; }
 
 /* A batch of n random rows of len tokens (text rows: every token after the first scored). */
 typedef struct batch {

@@ -32,7 +32,8 @@ static bool same_tokenizer(daemon_t *d, const msgpack_object *params, const char
   snprintf(field, sizeof field, "params.%s", b);
   if (!pa[0] || !pb[0]) return true;
   int fd[2];
-  if (pipe(fd) != 0) return proto_fail(e, P_INTERNAL, field, "%s: cannot check the tokenizers: %s", field, strerror(errno));
+  if (pipe(fd) != 0)
+    return proto_fail(e, P_INTERNAL, field, "%s: cannot check the tokenizers: %s", field, strerror(errno));
   pid_t pid = fork();
   if (pid == 0) {
     sigset_t none;
@@ -72,8 +73,7 @@ static bool same_tokenizer(daemon_t *d, const msgpack_object *params, const char
   close(fd[0]);
   if (timed_out) kill(pid, SIGKILL);
   int status = 0;
-  while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
-  }
+  while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {}
   out[n] = '\0';
   while (n && (out[n - 1] == '\n' || out[n - 1] == '\r')) out[--n] = '\0';
   if (timed_out)
@@ -83,7 +83,8 @@ static bool same_tokenizer(daemon_t *d, const msgpack_object *params, const char
   if (WIFSIGNALED(status))
     return proto_fail(e, P_BAD_VALUE, field, "%s: the tokenizer check died of signal %d on these files", field,
                       WTERMSIG(status));
-  return proto_fail(e, P_INTERNAL, field, "%s: the tokenizer check failed: %s", field, out[0] ? out : "no reason given");
+  return proto_fail(e, P_INTERNAL, field, "%s: the tokenizer check failed: %s", field,
+                    out[0] ? out : "no reason given");
 }
 
 bool preflight_files(daemon_t *d, const kind_t *k, const msgpack_object *params, proto_err_t *e) {

@@ -8,12 +8,8 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 bin="$root/$build/bin"
 model="$root/models/lathe-kjv-llama"
 demo="$root/$build/demo"
-rm -rf "$demo"
-mkdir -p "$demo/run" "$demo/data" "$demo/cache"
-chmod 700 "$demo/run"
-export XDG_RUNTIME_DIR="$demo/run" XDG_DATA_HOME="$demo/data" LATHE_CACHE_DIR="$demo/cache"
-lathe() { "$bin/lathe" "$@"; }
-trap 'lathe daemon stop >/dev/null 2>&1 || true' EXIT
+. "$root/scripts/private_daemon.sh"
+private_daemon "$demo"
 
 echo "== Vulkan devices"
 "$bin/lathe-devices"

@@ -13,12 +13,8 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 bin="$root/$build/bin"
 model=${2:-$root/models/lathe-kjv-llama}
 work="$root/$build/zo-figures"
-rm -rf "$work"
-mkdir -p "$work/run" "$work/data" "$work/cache"
-chmod 700 "$work/run"
-export XDG_RUNTIME_DIR="$work/run" XDG_DATA_HOME="$work/data" LATHE_CACHE_DIR="$work/cache"
-lathe() { "$bin/lathe" "$@"; }
-trap 'lathe daemon stop >/dev/null 2>&1 || true' EXIT
+. "$root/scripts/private_daemon.sh"
+private_daemon "$work"
 
 cd "$work"
 python3 - <<'EOF'

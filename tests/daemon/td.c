@@ -280,3 +280,20 @@ bool td_same_file(const char *a, const char *b) {
   fclose(fa), fclose(fb);
   return same;
 }
+
+void td_write_rows(const td_t *t, char *path, size_t n, const char *name, int rows, int salt) {
+  snprintf(path, n, "%s/%s.jsonl", t->dir, name);
+  FILE *f = fopen(path, "w");
+  cr_assert(f != NULL);
+  static const char *const words[] = {"the", "lord", "said", "unto", "moses", "and", "aaron", "speak"};
+  for (int i = 0; i < rows; i++) {
+    int j = i + salt;
+    if (i % 3 == 2)
+      fprintf(f, "{\"prompt\": \"%s %s\", \"completion\": \" %s %s %s\"}\n", words[j % 8], words[(j + 3) % 8],
+              words[(j + 1) % 8], words[(j * 5) % 8], words[(j + 6) % 8]);
+    else
+      fprintf(f, "{\"text\": \"%s %s %s %s\"}\n", words[j % 8], words[(j * 3) % 8], words[(j + 2) % 8],
+              words[(j * 7) % 8]);
+  }
+  cr_assert_eq(fclose(f), 0);
+}

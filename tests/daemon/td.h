@@ -43,6 +43,10 @@ void td_cli_teardown(td_t *t);
  * did not exit normally. */
 int td_shell(char *out, size_t n, const char *cmdline);
 
+/* Writes t->dir/NAME.jsonl into path (n bytes) with `rows` training rows built from eight KJV words (salt shifts
+ * them): two {"text"} rows, then one {"prompt", "completion"} row, in turn. Asserts. */
+void td_write_rows(const td_t *t, char *path, size_t n, const char *name, int rows, int salt);
+
 /* Whether two files hold the same bytes (asserts both open). */
 bool td_same_file(const char *a, const char *b);
 

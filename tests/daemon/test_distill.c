@@ -21,23 +21,6 @@ static void teardown(void) { td_cleanup(&t); }
 
 TestSuite(distill, .init = setup, .fini = teardown, .timeout = 180);
 
-static void write_data(char *path, size_t n, const char *name, int rows, int salt) {
-  snprintf(path, n, "%s/%s.jsonl", t.dir, name);
-  FILE *f = fopen(path, "w");
-  cr_assert(f != NULL);
-  static const char *const words[] = {"the", "lord", "said", "unto", "moses", "and", "aaron", "speak"};
-  for (int i = 0; i < rows; i++) {
-    int j = i + salt;
-    if (i % 3 == 2)
-      fprintf(f, "{\"prompt\": \"%s %s\", \"completion\": \" %s %s %s\"}\n", words[j % 8], words[(j + 3) % 8],
-              words[(j + 1) % 8], words[(j * 5) % 8], words[(j + 6) % 8]);
-    else
-      fprintf(f, "{\"text\": \"%s %s %s %s\"}\n", words[j % 8], words[(j * 3) % 8], words[(j + 2) % 8],
-              words[(j * 7) % 8]);
-  }
-  cr_assert_eq(fclose(f), 0);
-}
-
 /* Submits a distill job: string pairs (NULL-ended; "true" / "false" as booleans), integer pairs, float pairs. */
 static int64_t submit(lc_t *c, const char *const *kv, const char *const *ik, const int64_t *iv, const char *const *fk,
                       const double *fv, proto_err_t *pe_out) {
@@ -95,15 +78,21 @@ Test(distill, kd_atkd_and_kid_runs_record_student_and_teacher) {
   td_start(&t, NULL);
   lc_t *c = td_client(&t);
   char data[128], ev[128];
-  write_data(data, sizeof data, "train", 24, 0);
-  write_data(ev, sizeof ev, "eval", 9, 3);
+  td_write_rows(&t, data, sizeof data, "train", 24, 0);
+  td_write_rows(&t, ev, sizeof ev, "eval", 9, 3);
   const char *methods[] = {"kd", "atkd", "kid"};
   double teacher_loss[3];
   for (int m = 0; m < 3; m++) {
     char out[128];
     snprintf(out, sizeof out, "%s/%s", t.dir, methods[m]);
-    const char *kv[] = {"teacher", FIX "/mixtral-tiny", "student", FIX "/llama-tiny", "data", data, "eval", ev,
-                        "output", out, "method", methods[m], "kid_loss", "atkd", NULL};
+    const char *kv[] = {"teacher",  FIX "/mixtral-tiny",
+                        "student",  FIX "/llama-tiny",
+                        "data",     data,
+                        "eval",     ev,
+                        "output",   out,
+                        "method",   methods[m],
+                        "kid_loss", "atkd",
+                        NULL};
     const char *ik[] = {"steps", "batch", "eval_every", "seq_len", NULL};
     const int64_t iv[] = {6, 3, 3, 16};
     const char *fk[] = {"lr", "kd_temperature", NULL};
@@ -125,8 +114,7 @@ Test(distill, kd_atkd_and_kid_runs_record_student_and_teacher) {
         continue;
       }
       steps++;
-      cr_assert(json_object_get(j, "ce") && json_object_get(j, "teacher_ce"), "%s: a step line without ce",
-                methods[m]);
+      cr_assert(json_object_get(j, "ce") && json_object_get(j, "teacher_ce"), "%s: a step line without ce", methods[m]);
       if (json_object_get(j, "kid_masked")) {
         kid++;
         cr_assert_gt(json_integer_value(json_object_get(j, "kid_masked")), 0);
@@ -152,15 +140,20 @@ Test(distill, killed_kid_run_resumes_to_the_bytes_of_an_uninterrupted_run) {
   td_start(&t, NULL);
   lc_t *c = td_client(&t);
   char data[128], out_a[128], out_b[128], ck[200], fa[200], fb[200];
-  write_data(data, sizeof data, "train", 24, 0);
+  td_write_rows(&t, data, sizeof data, "train", 24, 0);
   snprintf(out_a, sizeof out_a, "%s/a", t.dir);
   snprintf(out_b, sizeof out_b, "%s/b", t.dir);
   const char *ik[] = {"steps", "batch", "save_every", "eval_every", "seq_len", "seed", NULL};
   const int64_t iv[] = {40, 3, 10, 0, 16, 7};
   const char *fk[] = {"lr", "mask_ratio", NULL};
   const double fv[] = {1e-3, 0.5};
-  const char *kv_a[] = {"teacher", FIX "/mixtral-tiny", "student", FIX "/llama-tiny", "data", data, "output", out_a,
-                        "method", "kid", "train", "full", NULL};
+  const char *kv_a[] = {"teacher", FIX "/mixtral-tiny",
+                        "student", FIX "/llama-tiny",
+                        "data",    data,
+                        "output",  out_a,
+                        "method",  "kid",
+                        "train",   "full",
+                        NULL};
   int64_t a = submit(c, kv_a, ik, iv, fk, fv, NULL);
   snprintf(ck, sizeof ck, "%s/checkpoint-20/train-state.safetensors", out_a);
   struct stat sb;
@@ -183,8 +176,13 @@ Test(distill, killed_kid_run_resumes_to_the_bytes_of_an_uninterrupted_run) {
   kill(worker, SIGKILL);
   td_wait_state(c, a, "succeeded", 90000);
   cr_assert_geq(result_num(c, a, "resumed_from"), 10, "not resumed from a checkpoint");
-  const char *kv_b[] = {"teacher", FIX "/mixtral-tiny", "student", FIX "/llama-tiny", "data", data, "output", out_b,
-                        "method", "kid", "train", "full", NULL};
+  const char *kv_b[] = {"teacher", FIX "/mixtral-tiny",
+                        "student", FIX "/llama-tiny",
+                        "data",    data,
+                        "output",  out_b,
+                        "method",  "kid",
+                        "train",   "full",
+                        NULL};
   int64_t b = submit(c, kv_b, ik, iv, fk, fv, NULL);
   td_wait_state(c, b, "succeeded", 90000);
   snprintf(fa, sizeof fa, "%s/model.safetensors", out_a);
@@ -200,7 +198,7 @@ Test(distill, bad_input_is_refused_at_submit) {
   td_start(&t, NULL);
   lc_t *c = td_client(&t);
   char data[128], out[128], missing[160];
-  write_data(data, sizeof data, "train", 6, 0);
+  td_write_rows(&t, data, sizeof data, "train", 6, 0);
   snprintf(out, sizeof out, "%s/o", t.dir);
   snprintf(missing, sizeof missing, "%s/no-such-teacher", t.dir);
   struct {
@@ -218,7 +216,7 @@ Test(distill, bad_input_is_refused_at_submit) {
   };
   for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
     const char *kv[] = {"teacher", cases[i].teacher, "student", FIX "/llama-tiny", "data", data, "output", out,
-                        "method", cases[i].method, NULL};
+                        "method",  cases[i].method,  NULL};
     const char *fk[] = {"mask_ratio", "lambda", NULL};
     const double fv[] = {cases[i].mask_ratio, cases[i].lambda};
     proto_err_t pe = {0};

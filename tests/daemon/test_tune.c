@@ -20,23 +20,6 @@ static void teardown(void) { td_cleanup(&t); }
 
 TestSuite(tune, .init = setup, .fini = teardown, .timeout = 180);
 
-static void write_data(char *path, size_t n, const char *name, int rows, int salt) {
-  snprintf(path, n, "%s/%s.jsonl", t.dir, name);
-  FILE *f = fopen(path, "w");
-  cr_assert(f != NULL);
-  static const char *const words[] = {"the", "lord", "said", "unto", "moses", "and", "aaron", "speak"};
-  for (int i = 0; i < rows; i++) {
-    int j = i + salt;
-    if (i % 3 == 2)
-      fprintf(f, "{\"prompt\": \"%s %s\", \"completion\": \" %s %s %s\"}\n", words[j % 8], words[(j + 3) % 8],
-              words[(j + 1) % 8], words[(j * 5) % 8], words[(j + 6) % 8]);
-    else
-      fprintf(f, "{\"text\": \"%s %s %s %s\"}\n", words[j % 8], words[(j * 3) % 8], words[(j + 2) % 8],
-              words[(j * 7) % 8]);
-  }
-  cr_assert_eq(fclose(f), 0);
-}
-
 /* Submits a tune job: string pairs, then (name, int64) pairs for the integer parameters, NULL-terminated each. */
 static int64_t submit(lc_t *c, const char *const *kv, const char *const *int_keys, const int64_t *ints, double lr,
                       proto_err_t *pe_out) {
@@ -94,7 +77,7 @@ Test(tune, killed_worker_resumes_to_the_bytes_of_an_uninterrupted_run) {
   td_start(&t, NULL);
   lc_t *c = td_client(&t);
   char data[128], out_a[128], out_b[128], ck[200], fa[200], fb[200];
-  write_data(data, sizeof data, "train", 24, 0);
+  td_write_rows(&t, data, sizeof data, "train", 24, 0);
   snprintf(out_a, sizeof out_a, "%s/a", t.dir);
   snprintf(out_b, sizeof out_b, "%s/b", t.dir);
   const char *const ik[] = {"steps", "batch", "save_every", "eval_every", "seq_len", "seed", NULL};
@@ -134,9 +117,9 @@ Test(tune, lora_and_adapter_results_and_the_forgetting_measure) {
   td_start(&t, NULL);
   lc_t *c = td_client(&t);
   char data[128], ev[128], gen[128], out_l[128], out_d[128];
-  write_data(data, sizeof data, "train", 30, 0);
-  write_data(ev, sizeof ev, "eval", 9, 3);
-  write_data(gen, sizeof gen, "general", 9, 5);
+  td_write_rows(&t, data, sizeof data, "train", 30, 0);
+  td_write_rows(&t, ev, sizeof ev, "eval", 9, 3);
+  td_write_rows(&t, gen, sizeof gen, "general", 9, 5);
   snprintf(out_l, sizeof out_l, "%s/lora", t.dir);
   snprintf(out_d, sizeof out_d, "%s/adapter", t.dir);
   const char *const ik[] = {"steps", "batch", "eval_every", "seq_len", NULL};
@@ -196,7 +179,7 @@ Test(tune, bad_parameters_are_refused) {
   td_start(&t, NULL);
   lc_t *c = td_client(&t);
   char data[128], out[128];
-  write_data(data, sizeof data, "train", 6, 0);
+  td_write_rows(&t, data, sizeof data, "train", 6, 0);
   snprintf(out, sizeof out, "%s/o", t.dir);
   struct {
     const char *k1, *v1, *k2, *v2;

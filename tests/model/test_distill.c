@@ -16,6 +16,7 @@
 #include "engine/model/model.h"
 #include "engine/model/safetensors.h"
 #include "engine/model/train.h"
+#include "methods/compress.h"
 #include "methods/distill.h"
 #include "methods/tune.h"
 #include "support/tgpu.h"
@@ -265,6 +266,13 @@ Test(distill, kid_writes_the_students_predictions_into_the_picked_targets) {
   train_opts_t o = {.what = TRAIN_LORA, .lora_rank = 2, .lora_alpha = 2, .lora_targets = TRAIN_LORA_Q};
   train_t *t = train_new(m, &o, &err);
   cr_assert(t, "%s", err.msg);
+  /* Under distillation, with the teacher's buffers not yet made: the prediction is the student's alone. */
+  model_t *tm = load("mixtral-tiny", false);
+  train_opts_t fo = {.what = TRAIN_FROZEN};
+  train_t *te = train_new(tm, &fo, &err);
+  cr_assert(te, "%s", err.msg);
+  train_distill_t dist = {.kind = TRAIN_LOSS_KD, .teacher = te, .temperature = 1.0f};
+  cr_assert_eq(train_set_distill(t, &dist, &err), LT_OK, "%s", err.msg);
   uint8_t picked[64];
   int32_t out[64];
   uint32_t k = distill_kid_pick(1, 0, 0, d.mask, d.n_seq, d.T, 0.5, picked), changed = 0;
@@ -279,7 +287,46 @@ Test(distill, kid_writes_the_students_predictions_into_the_picked_targets) {
     }
   cr_assert_eq(diff, changed);
   cr_assert(k > 0 && changed > 0, "%u picked, %u changed: the tiny model is rarely right", k, changed);
-  train_destroy(&t);
-  model_destroy(&m);
+  train_destroy(&t), train_destroy(&te);
+  model_destroy(&m), model_destroy(&tm);
+  json_decref(d.j);
+}
+
+Test(distill, a_quantised_teacher_runs_in_its_own_dtype) {
+  /* mixtral-tiny quantised to int8 (group 32) by compress_write, as `compress --method quantize` writes it: the
+   * teacher's weights stay i8 on the device and its forward reads them in place. The KD loss moves only by the
+   * quantisation error: int8 round-to-nearest changes each logit by about 1% of its size, so the loss (a KL of
+   * size ~1.35) and the teacher's cross-entropy (~5.2) by well under 3%. */
+  dref_t d;
+  dref_load(&d);
+  json_t *c = dref_case(&d, "kd");
+  char dir[] = "/tmp/lathe-distill-q8-XXXXXX";
+  cr_assert(mkdtemp(dir));
+  lt_err_t err = {0};
+  compress_plan_t plan = {.bits = 8, .group = 32};
+  cr_assert_eq(compress_write(FIXTURES "/mixtral-tiny", dir, &plan, NULL, NULL, &err), LT_OK, "%s", err.msg);
+  model_load_opts_t lo = {0};
+  model_t *tm = model_load(tgpu(), dir, &lo, &err), *sm = load("llama-tiny", true);
+  cr_assert(tm, "%s", err.msg);
+  bool any_q = false;
+  for (uint32_t i = 0; i < model_param_count(tm); i++) any_q |= model_param_at(tm, i)->dtype == LT_I8;
+  cr_assert(any_q, "the quantised teacher has no int8 weight on the device");
+  train_opts_t so = {.what = TRAIN_FULL}, to = {.what = TRAIN_FROZEN};
+  train_t *s = train_new(sm, &so, &err), *t = train_new(tm, &to, &err);
+  cr_assert(s && t, "%s", err.msg);
+  train_distill_t dist = {.kind = TRAIN_LOSS_KD, .teacher = t, .temperature = (float)jnum(c, "temperature")};
+  cr_assert_eq(train_set_distill(s, &dist, &err), LT_OK, "%s", err.msg);
+  double loss = 0;
+  cr_assert_eq(train_grad(s, d.ids, d.mask, d.n_seq, d.T, 1.0f, &loss, &err), LT_OK, "%s", err.msg);
+  double want = jnum(c, "value"), tce = jnum(c, "teacher_ce");
+  cr_assert(fabs(loss - want) < 0.03 * want, "loss %g with an int8 teacher, %g with f32", loss, want);
+  cr_assert(loss != want, "the int8 teacher gave the f32 teacher's loss exactly");
+  cr_assert(fabs(train_stats(s)->teacher_ce - tce) < 0.03 * tce, "teacher ce %g vs %g", train_stats(s)->teacher_ce,
+            tce);
+  train_destroy(&s), train_destroy(&t);
+  model_destroy(&sm), model_destroy(&tm);
+  char cmd[128];
+  snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+  cr_assert_eq(system(cmd), 0);
   json_decref(d.j);
 }
