@@ -66,10 +66,8 @@ static figure_t measure(const char *teacher, const char *student, int method, bo
     if (!(tm = model_load(g, teacher, &tl, &err))) die("teacher", err.msg);
     train_opts_t fo = {.what = TRAIN_FROZEN};
     if (!(t = train_new(tm, &fo, &err))) die("teacher state", err.msg);
-    train_distill_t d = {.kind = method == ATKD ? TRAIN_LOSS_ATKD : TRAIN_LOSS_KD,
-                         .teacher = t,
-                         .temperature = 1.0f,
-                         .lambda = 0.2f};
+    train_distill_t d = {
+        .kind = method == ATKD ? TRAIN_LOSS_ATKD : TRAIN_LOSS_KD, .teacher = t, .temperature = 1.0f, .lambda = 0.2f};
     if (train_set_distill(s, &d, &err) != LT_OK) die("distill", err.msg);
   }
   tune_opts_t to = {.lr = 1e-4, .clip = 1, .steps = STEPS + 1, .schedule = TUNE_CONSTANT};

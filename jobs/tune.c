@@ -426,9 +426,16 @@ static lt_status_t teacher_open(run_t *r, gpu_t *g, lt_err_t *err) {
         return lt_fail(err, LT_E_NOMEM, "out of memory");
   }
   const model_config_t *tc = model_config(r->tm);
-  job_log(ctx, "teacher %s: %u blocks, hidden %u, %s weights; loss %s%s at temperature %g%s", r->teacher_path,
-          tc->n_layers, tc->hidden_size, lt_dtype_str(model_param_at(r->tm, 0)->dtype), r->kid ? "kid + " : "", loss,
-          r->dist.temperature, r->dist.kind == TRAIN_LOSS_ATKD ? " (lambda from --lambda)" : "");
+  lt_dtype_t wdt = model_param_at(r->tm, 0)->dtype; /* the blocks' matrices (a quantised model keeps its embedding) */
+  for (uint32_t i = 0; i < model_param_count(r->tm); i++)
+    if (model_param_at(r->tm, i)->layer >= 0 && !model_param_at(r->tm, i)->is_norm) {
+      wdt = model_param_at(r->tm, i)->dtype;
+      break;
+    }
+  char lam[32] = "";
+  if (r->dist.kind == TRAIN_LOSS_ATKD) snprintf(lam, sizeof lam, ", lambda %g", r->dist.lambda);
+  job_log(ctx, "teacher %s: %u blocks, hidden %u, %s block weights; loss %s%s at temperature %g%s", r->teacher_path,
+          tc->n_layers, tc->hidden_size, lt_dtype_str(wdt), r->kid ? "kid + " : "", loss, r->dist.temperature, lam);
   return LT_OK;
 }
 

@@ -46,5 +46,10 @@ sed -n '161,200p' "$root/models/kjv-heldout.jsonl" > "$demo/tune-eval.jsonl"
 lathe run tune --model "$model" --data "$demo/tune-train.jsonl" --eval "$demo/tune-eval.jsonl" --train lora \
   --lora-targets q,k,v,o --steps 20 --batch 8 --seq-len 64 --lr 3e-3 --eval-every 10 --output "$demo/lora"
 echo
+echo "== lathe run distill: the mixture-of-experts model teaches the dense one (ATKD; docs/distillation.md)"
+lathe run distill --teacher "$root/models/lathe-kjv-moe" --student "$model" --data "$demo/tune-train.jsonl" \
+  --eval "$demo/tune-eval.jsonl" --method atkd --train lora --lora-targets q,k,v,o --steps 10 --batch 8 \
+  --seq-len 64 --lr 3e-3 --eval-every 5 --output "$demo/distill"
+echo
 echo "== lathe ps --all"
 lathe ps --all
