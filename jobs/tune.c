@@ -78,7 +78,7 @@ static tune_batch_t make_batch(run_t *r, const lm_example_t *const *ex, uint32_t
     for (uint32_t j = 0; j < T; j++) r->ids[i * T + j] = j < e->n ? e->ids[j] : e->ids[e->n - 1];
     for (uint32_t j = 0; j + 1 < T; j++) r->mask[i * (T - 1) + j] = j >= e->first && j + 1 < e->n;
   }
-  return (tune_batch_t){r->ids, r->mask, n, T, NULL};
+  return (tune_batch_t){r->ids, r->mask, n, T, NULL, NULL};
 }
 
 /* Token-weighted mean loss of a data set under the model of t, in micro-batches. */

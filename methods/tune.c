@@ -107,7 +107,12 @@ static lt_status_t gradient(tuner_t *u, const tune_batch_t *mb, uint32_t n, doub
   if (info) info->ce = info->teacher_ce = 0, info->atkd_easy = info->atkd_hard = 0;
   for (uint32_t i = 0; i < n && st == LT_OK; i++) {
     double l = 0;
-    st = train_grad_labeled(u->t, mb[i].ids, mb[i].labels, mb[i].mask, mb[i].n_seq, mb[i].T, 1.0f / (float)n, &l, err);
+    if (mb[i].pair_weights)
+      st = train_grad_pairs(u->t, mb[i].ids, mb[i].mask, mb[i].pair_weights, mb[i].n_seq / 2, mb[i].T, 1.0f / (float)n,
+                            &l, err);
+    else
+      st =
+          train_grad_labeled(u->t, mb[i].ids, mb[i].labels, mb[i].mask, mb[i].n_seq, mb[i].T, 1.0f / (float)n, &l, err);
     sum += l;
     const train_stats_t *ts = train_stats(u->t);
     if (info) {

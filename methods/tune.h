@@ -24,12 +24,14 @@ typedef struct tune_opts {
 } tune_opts_t;
 
 /* One micro-batch of a step: n_seq sequences of T tokens and their target mask (see train.h); labels, when not
- * NULL, are the targets in place of ids (train_grad_labeled). */
+ * NULL, are the targets in place of ids (train_grad_labeled); pair_weights, when not NULL, make the micro-batch
+ * n_seq / 2 DPO pairs with those weights (train_grad_pairs). */
 typedef struct tune_batch {
   const int32_t *ids;
   const uint8_t *mask;
   uint32_t n_seq, T;
   const int32_t *labels;
+  const float *pair_weights;
 } tune_batch_t;
 
 /* What one step measured. */

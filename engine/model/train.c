@@ -104,10 +104,11 @@ struct train {
   float scale;             /* the loss scale of the running pass (gradient accumulation) */
   /* distillation */
   train_distill_t dist;
-  gpu_buf_t *dl;   /* (R, 2) per-row distillation terms: KD in [2r]; ATKD's TCKD, NCKD */
-  gpu_buf_t *aw;   /* (R, 2) per-row weights of those terms */
-  gpu_buf_t *pred; /* (R) argmax predictions (train_predict) */
-  float *tnll;     /* (cap) host copy of the teacher's per-row cross-entropy (ATKD's split) */
+  gpu_buf_t *dl;       /* (R, 2) per-row distillation terms: KD in [2r]; ATKD's TCKD, NCKD */
+  gpu_buf_t *aw;       /* (R, 2) per-row weights of those terms */
+  gpu_buf_t *pred;     /* (R) argmax predictions (train_predict) */
+  float *tnll;         /* (cap) host copy of the teacher's per-row cross-entropy (ATKD's split) */
+  const float *pair_w; /* DPO: the running batch's pair weights (NULL: 1) */
 };
 
 /* ---- set-up ---- */
@@ -996,7 +997,8 @@ static lt_status_t distill_chunk(train_t *t, gpu_cmd_t *c, uint32_t r0, uint32_t
  * chunk by chunk; with backward, also dLoss/dxf into t->dxn and the head's gradient. */
 static lt_status_t head(train_t *t, gpu_cmd_t *c, const batch_t *bt, pass_t pass, lt_err_t *err) {
   uint32_t d = t->cf->hidden_size, V = t->cf->vocab_size, R = bt->R;
-  bool backward = pass == PASS_GRAD, distill = backward && t->dist.kind != TRAIN_LOSS_CE;
+  bool backward = pass == PASS_GRAD;
+  bool distill = backward && t->dist.kind != TRAIN_LOSS_CE && t->dist.kind != TRAIN_LOSS_DPO;
   lt_status_t st = LT_OK;
   for (uint32_t r0 = 0; r0 < R && st == LT_OK; r0 += LOGIT_CHUNK) {
     uint32_t n = R - r0 < LOGIT_CHUNK ? R - r0 : LOGIT_CHUNK;
@@ -1089,6 +1091,57 @@ static lt_status_t atkd_prepare(train_t *t, const batch_t *bt, const float *w, f
   return st;
 }
 
+/* log(1 + exp(x)) without overflow. */
+static double softplus(double x) { return x > 0 ? x + log1p(exp(-x)) : log1p(exp(x)); }
+
+/* DPO: both models' forward passes and per-row cross-entropies on the batch (already uploaded), the pairs' summed
+ * completion log-probabilities, their losses, and the per-row weights of the policy's cross-entropy whose gradient
+ * is the DPO loss's (times scale) into t->wts. The policy's activations stay for the backward. */
+static lt_status_t dpo_prepare(train_t *t, gpu_cmd_t **cp, const batch_t *bt, const float *w, float scale, double *loss,
+                               lt_err_t *err) {
+  train_t *ref = t->dist.teacher;
+  lt_status_t st = forward_body(ref, cp, bt, err);
+  if (st == LT_OK) st = forward_body(t, cp, bt, err);
+  for (uint32_t r0 = 0; r0 < bt->R && st == LT_OK; r0 += LOGIT_CHUNK) {
+    uint32_t n = bt->R - r0 < LOGIT_CHUNK ? bt->R - r0 : LOGIT_CHUNK;
+    for (train_t *x = ref; x && st == LT_OK; x = x == ref ? t : NULL) {
+      st = logits_chunk(x, *cp, r0, n, err);
+      if (st == LT_OK) st = ce_chunk(x, *cp, r0, n, false, err);
+    }
+  }
+  if (st == LT_OK) st = gpu_cmd_finish(cp, err);
+  gpu_cmd_abort(cp);
+  uint32_t P = bt->n_seq / 2;
+  float *pn = st == LT_OK ? malloc((uint64_t)bt->R * sizeof *pn) : NULL, *wn = NULL;
+  double *d = st == LT_OK ? calloc(bt->n_seq, sizeof *d) : NULL; /* per sequence: log pi - log ref */
+  if (st == LT_OK && (!pn || !d || !(wn = calloc(bt->R, sizeof *wn)))) st = lt_fail(err, LT_E_NOMEM, "out of memory");
+  if (st == LT_OK) st = gpu_download(ref->nll, 0, t->tnll, (uint64_t)bt->R * 4, err);
+  if (st == LT_OK) st = gpu_download(t->nll, 0, pn, (uint64_t)bt->R * 4, err);
+  for (uint32_t r = 0; st == LT_OK && r < bt->R; r++)
+    if (w[r] != 0) d[r / bt->T] += (double)t->tnll[r] - (double)pn[r];
+  double sum = 0, margin = 0, acc = 0, beta = t->dist.beta;
+  for (uint32_t p = 0; st == LT_OK && p < P; p++) {
+    double z = beta * (d[2 * p] - d[2 * p + 1]), pw = t->pair_w ? t->pair_w[p] : 1.0;
+    sum += pw * softplus(-z);
+    margin += z, acc += z > 0;
+    /* d loss_p / d nll(token of the chosen) = beta sigmoid(-z); of the rejected, its negative. */
+    double c = pw * beta / (1.0 + exp(z)) / P * scale;
+    for (uint32_t k = 0; k < 2; k++)
+      for (uint32_t i = 0; i < bt->T; i++) {
+        uint64_t r = (uint64_t)(2 * p + k) * bt->T + i;
+        if (w[r] != 0) wn[r] = (float)(k == 0 ? c : -c);
+      }
+  }
+  if (st == LT_OK) {
+    *loss = sum / P;
+    t->stats.dpo_margin = margin / P, t->stats.dpo_accuracy = acc / P;
+    st = gpu_upload(t->wts, 0, wn, (uint64_t)bt->R * 4, err);
+  }
+  free(pn), free(wn), free(d);
+  if (st == LT_OK && !(*cp = gpu_cmd_begin(t->g, err))) st = err ? err->code : LT_E_VULKAN;
+  return st;
+}
+
 static lt_status_t run_padded(train_t *t, const int32_t *ids, const int32_t *labels, const uint8_t *mask,
                               uint32_t n_seq, uint32_t T, float scale, pass_t pass, double *loss, int32_t *next,
                               lt_err_t *err) {
@@ -1096,6 +1149,8 @@ static lt_status_t run_padded(train_t *t, const int32_t *ids, const int32_t *lab
   if (T > t->cf->max_position && t->cf->max_position)
     return lt_fail(err, LT_E_LIMIT, "sequences of %u tokens exceed the model's context (%u)", T, t->cf->max_position);
   bool backward = pass == PASS_GRAD, distill = backward && t->dist.kind != TRAIN_LOSS_CE;
+  bool dpo = distill && t->dist.kind == TRAIN_LOSS_DPO;
+  if (dpo && n_seq % 2) return lt_fail(err, LT_E_INVALID, "DPO batches hold pairs: %u sequences is not even", n_seq);
   train_t *te = distill ? t->dist.teacher : NULL;
   batch_t bt = {n_seq, T, n_seq * T};
   lt_status_t st = acts_ensure(t, bt.R, T, err);
@@ -1122,8 +1177,13 @@ static lt_status_t run_padded(train_t *t, const int32_t *ids, const int32_t *lab
   }
   const model_config_t *cf = t->cf;
   uint32_t d = cf->hidden_size;
-  if (te && t->dist.kind == TRAIN_LOSS_KD) st = forward_body(te, &c, &bt, err); /* ATKD's ran in atkd_prepare */
-  if (st == LT_OK) st = forward_body(t, &c, &bt, err);
+  if (dpo) {
+    /* Both forwards, the pairs' losses and the rows' weights; the head below reads the policy's kept activations. */
+    st = dpo_prepare(t, &c, &bt, w, scale, loss, err);
+  } else {
+    if (te && t->dist.kind == TRAIN_LOSS_KD) st = forward_body(te, &c, &bt, err); /* ATKD's ran in atkd_prepare */
+    if (st == LT_OK) st = forward_body(t, &c, &bt, err);
+  }
   if (st == LT_OK) st = head(t, c, &bt, pass, err);
   if (st == LT_OK && backward) {
     uint64_t before = gpu_stats(t->g)->dispatches;
@@ -1147,8 +1207,9 @@ static lt_status_t run_padded(train_t *t, const int32_t *ids, const int32_t *lab
   if (st == LT_OK) st = gpu_cmd_finish(&c, err);
   gpu_cmd_abort(&c);
   if (st == LT_OK && pass == PASS_PREDICT) st = gpu_download(t->pred, 0, next, (uint64_t)bt.R * 4, err);
-  if (st == LT_OK && pass != PASS_PREDICT) st = read_sum(t->nll, 1, 0, &bt, w, backward ? scale : 1.0f, loss, err);
-  if (st == LT_OK && distill) {
+  if (st == LT_OK && pass != PASS_PREDICT && !dpo)
+    st = read_sum(t->nll, 1, 0, &bt, w, backward ? scale : 1.0f, loss, err);
+  if (st == LT_OK && distill && !dpo) {
     t->stats.ce = *loss;
     if (t->dist.kind == TRAIN_LOSS_KD) {
       st = read_sum(te->nll, 1, 0, &bt, w, scale, &t->stats.teacher_ce, err);
@@ -1215,6 +1276,18 @@ lt_status_t train_grad_labeled(train_t *t, const int32_t *ids, const int32_t *la
   return run(t, ids, labels, mask, n_seq, T, scale, PASS_GRAD, loss, NULL, err);
 }
 
+lt_status_t train_grad_pairs(train_t *t, const int32_t *ids, const uint8_t *mask, const float *weights,
+                             uint32_t n_pairs, uint32_t T, float scale, double *loss, lt_err_t *err) {
+  if (grad_check(t, err) != LT_OK) return err ? err->code : LT_E_INVALID;
+  if (t->dist.kind != TRAIN_LOSS_DPO)
+    return lt_fail(err, LT_E_INVALID, "preference pairs need DPO set first (train_set_distill with a reference)");
+  if (n_pairs == 0) return lt_fail(err, LT_E_INVALID, "a DPO batch needs at least one pair");
+  t->pair_w = weights;
+  lt_status_t st = run(t, ids, NULL, mask, 2 * n_pairs, T, scale, PASS_GRAD, loss, NULL, err);
+  t->pair_w = NULL;
+  return st;
+}
+
 lt_status_t train_loss(train_t *t, const int32_t *ids, const uint8_t *mask, uint32_t n_seq, uint32_t T, double *loss,
                        lt_err_t *err) {
   return run(t, ids, NULL, mask, n_seq, T, 1.0f, PASS_LOSS, loss, NULL, err);
@@ -1230,7 +1303,7 @@ lt_status_t train_set_distill(train_t *t, const train_distill_t *d, lt_err_t *er
     return LT_OK;
   }
   const train_t *te = d->teacher;
-  if (d->kind != TRAIN_LOSS_KD && d->kind != TRAIN_LOSS_ATKD)
+  if (d->kind != TRAIN_LOSS_KD && d->kind != TRAIN_LOSS_ATKD && d->kind != TRAIN_LOSS_DPO)
     return lt_fail(err, LT_E_INVALID, "distillation: unknown loss %d", (int)d->kind);
   if (!te || te->o.what != TRAIN_FROZEN)
     return lt_fail(err, LT_E_INVALID, "distillation: the teacher must be a frozen (forward-only) training state");
@@ -1238,7 +1311,9 @@ lt_status_t train_set_distill(train_t *t, const train_distill_t *d, lt_err_t *er
   if (te->cf->vocab_size != t->cf->vocab_size)
     return lt_fail(err, LT_E_INVALID, "distillation: the teacher's vocabulary has %u tokens, the student's %u",
                    te->cf->vocab_size, t->cf->vocab_size);
-  if (!(d->temperature > 0) || !isfinite(d->temperature))
+  if (d->kind == TRAIN_LOSS_DPO && !(d->beta > 0 && isfinite(d->beta)))
+    return lt_fail(err, LT_E_INVALID, "DPO: beta %g (must be > 0)", d->beta);
+  if (d->kind != TRAIN_LOSS_DPO && (!(d->temperature > 0) || !isfinite(d->temperature)))
     return lt_fail(err, LT_E_INVALID, "distillation: temperature %g (must be > 0)", d->temperature);
   if (d->kind == TRAIN_LOSS_ATKD && !(d->lambda >= 0 && d->lambda <= 1))
     return lt_fail(err, LT_E_INVALID, "ATKD: lambda %g is outside [0, 1]", d->lambda);

@@ -65,6 +65,9 @@ typedef struct train_stats {
   double ce;                     /* the student's masked mean cross-entropy on the batch */
   double teacher_ce;             /* the teacher's, on the same batch */
   uint32_t atkd_easy, atkd_hard; /* ATKD: target tokens in each set */
+  /* The last train_grad_pairs() under DPO: */
+  double dpo_margin;   /* mean over pairs of beta * (the policy's log-ratio to the reference, chosen minus rejected) */
+  double dpo_accuracy; /* share of pairs whose margin is above 0 */
 } train_stats_t;
 
 /* The loss train_grad() minimises. */
@@ -72,14 +75,18 @@ typedef enum train_loss_kind {
   TRAIN_LOSS_CE = 0, /* masked mean cross-entropy against the data */
   TRAIN_LOSS_KD,     /* masked mean of T^2 KL(pT || pS) at temperature T */
   TRAIN_LOSS_ATKD,   /* lambda NCKD(easy) + (1 - lambda) (TCKD(hard) + NCKD(hard)), each a mean over its set */
+  TRAIN_LOSS_DPO,    /* direct preference optimisation against a frozen reference (train_grad_pairs) */
 } train_loss_kind_t;
 
-/* Distillation settings (train_set_distill). */
+/* The settings of a loss taken against a second, frozen model (train_set_distill): distillation's teacher, or
+ * DPO's reference. */
 typedef struct train_distill {
   train_loss_kind_t kind;
-  train_t *teacher;  /* a TRAIN_FROZEN state over the teacher model: same device and vocabulary; not owned */
-  float temperature; /* > 0 */
+  train_t *teacher;  /* a TRAIN_FROZEN state over the teacher (DPO: the reference) model: same device and
+                        vocabulary; not owned */
+  float temperature; /* KD / ATKD: > 0 */
   float lambda;      /* ATKD: weight of the easy tokens, in [0, 1] */
+  float beta;        /* DPO: > 0 */
 } train_distill_t;
 
 /* Prepares training of m: checks the options against the model (LoRA rank >= 1 and targets, adapter block in
@@ -109,6 +116,16 @@ lt_status_t train_grad(train_t *t, const int32_t *ids, const uint8_t *mask, uint
  * rewritten, the labels kept); labels NULL means ids. Labels are read only where the mask counts. */
 lt_status_t train_grad_labeled(train_t *t, const int32_t *ids, const int32_t *labels, const uint8_t *mask,
                                uint32_t n_seq, uint32_t T, float scale, double *loss, lt_err_t *err);
+
+/* DPO's gradient of a batch of n_pairs preference pairs: sequence 2p is pair p's prompt + chosen completion,
+ * sequence 2p + 1 its prompt + rejected completion, the mask covering the completion tokens (of T each, as for
+ * train_grad). With the log-probabilities of the completions summed over their tokens under the policy (t) and the
+ * frozen reference (train_set_distill with TRAIN_LOSS_DPO), pair p's loss is
+ * -log sigmoid(beta ((lp_w - lr_w) - (lp_l - lr_l))), times weights[p] (NULL: 1); the batch loss is their mean
+ * over the pairs, and its gradient times scale is added. *loss gets the batch loss. One forward pass of each model
+ * and one backward pass of the policy. */
+lt_status_t train_grad_pairs(train_t *t, const int32_t *ids, const uint8_t *mask, const float *weights,
+                             uint32_t n_pairs, uint32_t T, float scale, double *loss, lt_err_t *err);
 
 /* Makes train_grad() minimise a distillation loss against d->teacher, which runs forward only on the same batch
  * (CE: back to plain cross-entropy). train_loss() stays the cross-entropy. LT_E_INVALID when the teacher is not
