@@ -14,12 +14,12 @@
 #include <string.h>
 
 #include "engine/model/model.h"
-#include "engine/model/safetensors.h"
 #include "engine/model/train.h"
 #include "methods/compress.h"
 #include "methods/distill.h"
 #include "methods/tune.h"
 #include "support/tgpu.h"
+#include "support/ttrain.h"
 
 #define FIXTURES LATHE_SOURCE_DIR "/tests/fixtures"
 
@@ -58,15 +58,7 @@ static json_t *dref_case(const dref_t *d, const char *name) {
   return NULL;
 }
 
-static model_t *load(const char *name, bool f32) {
-  char p[512];
-  snprintf(p, sizeof p, FIXTURES "/%s", name);
-  lt_err_t err = {0};
-  model_load_opts_t o = {.force_f32 = f32};
-  model_t *m = model_load(tgpu(), p, &o, &err);
-  cr_assert(m, "%s: %s", name, err.msg);
-  return m;
-}
+static model_t *load(const char *name, bool f32) { return ttrain_load(name, f32); }
 
 static double jnum(json_t *c, const char *key) { return json_number_value(json_object_get(c, key)); }
 
@@ -101,22 +93,7 @@ static void check_case(const char *name) {
   }
   char p[512];
   snprintf(p, sizeof p, FIXTURES "/distill/%s", json_string_value(json_object_get(c, "grads_file")));
-  st_file_t *f = NULL;
-  cr_assert_eq(st_open(&f, p, &err), LT_OK, "%s", err.msg);
-  uint32_t checked = 0;
-  for (uint32_t i = 0; i < train_tensor_count(s); i++) {
-    const train_tensor_t *x = train_tensor_at(s, i);
-    const ft_tensor_t *ref = st_find(f, x->name);
-    cr_assert(ref, "%s: no reference gradient for %s", name, x->name);
-    uint64_t n = (uint64_t)x->rows * x->cols;
-    cr_assert_eq(ref->n_elems, n, "%s: %s size", name, x->name);
-    float *got = tread_f32(x->grad, n);
-    tassert_close(got, (const float *)ref->data, n, 1e-4, 1e-3, x->name);
-    free(got);
-    checked++;
-  }
-  cr_assert_eq(checked, st_count(f), "%s: %u gradients checked of %u", name, checked, st_count(f));
-  st_destroy(&f);
+  ttrain_check_grads(s, p);
   train_destroy(&s), train_destroy(&t);
   model_destroy(&sm), model_destroy(&tm);
   json_decref(d.j);

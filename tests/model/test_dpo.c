@@ -10,10 +10,10 @@
 #include <string.h>
 
 #include "engine/model/model.h"
-#include "engine/model/safetensors.h"
 #include "engine/model/train.h"
 #include "methods/tune.h"
 #include "support/tgpu.h"
+#include "support/ttrain.h"
 
 #define FIXTURES LATHE_SOURCE_DIR "/tests/fixtures"
 
@@ -42,15 +42,7 @@ static void pref_load(pref_t *d) {
     }
 }
 
-static model_t *load(const char *name, bool f32) {
-  char p[512];
-  snprintf(p, sizeof p, FIXTURES "/%s", name);
-  lt_err_t err = {0};
-  model_load_opts_t o = {.force_f32 = f32};
-  model_t *m = model_load(tgpu(), p, &o, &err);
-  cr_assert(m, "%s: %s", name, err.msg);
-  return m;
-}
+static model_t *load(const char *name, bool f32) { return ttrain_load(name, f32); }
 
 static void check_case(size_t k) {
   pref_t d;
@@ -83,18 +75,7 @@ static void check_case(size_t k) {
   cr_assert_eq(train_stats(p)->dpo_accuracy, acc);
   char path[512];
   snprintf(path, sizeof path, FIXTURES "/dpo/%s", json_string_value(json_object_get(c, "grads_file")));
-  st_file_t *f = NULL;
-  cr_assert_eq(st_open(&f, path, &err), LT_OK, "%s", err.msg);
-  for (uint32_t i = 0; i < train_tensor_count(p); i++) {
-    const train_tensor_t *x = train_tensor_at(p, i);
-    const ft_tensor_t *ref = st_find(f, x->name);
-    cr_assert(ref && ref->n_elems == (uint64_t)x->rows * x->cols, "reference gradient of %s", x->name);
-    float *got = tread_f32(x->grad, ref->n_elems);
-    tassert_close(got, (const float *)ref->data, ref->n_elems, 1e-4, 1e-3, x->name);
-    free(got);
-  }
-  cr_assert_eq(train_tensor_count(p), st_count(f));
-  st_destroy(&f);
+  ttrain_check_grads(p, path);
   train_destroy(&p), train_destroy(&r);
   model_destroy(&pm), model_destroy(&rm);
   json_decref(d.j);

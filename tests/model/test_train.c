@@ -16,11 +16,11 @@
 #include <string.h>
 
 #include "engine/model/model.h"
-#include "engine/model/safetensors.h"
 #include "engine/model/train.h"
 #include "engine/ops/dtype.h"
 #include "methods/tune.h"
 #include "support/tgpu.h"
+#include "support/ttrain.h"
 
 #define FIXTURES LATHE_SOURCE_DIR "/tests/fixtures"
 
@@ -54,15 +54,7 @@ static void gref_load(gref_t *g, const char *name) {
   json_decref(j);
 }
 
-static model_t *load_f32(const char *name) {
-  char p[512];
-  snprintf(p, sizeof p, FIXTURES "/%s", name);
-  lt_err_t err = {0};
-  model_load_opts_t o = {.force_f32 = true};
-  model_t *m = model_load(tgpu(), p, &o, &err);
-  cr_assert(m, "%s: %s", name, err.msg);
-  return m;
-}
+static model_t *load_f32(const char *name) { return ttrain_load(name, true); }
 
 static float *read_buf(gpu_buf_t *b, uint64_t n) { return tread_f32(b, n); }
 
@@ -83,23 +75,7 @@ static void check_full_grads(const char *name, float balance, const char *file) 
   cr_assert(fabs(loss - g.loss) < 1e-4, "%s: loss %.7f, reference %.7f", name, loss, g.loss);
   char p[512];
   snprintf(p, sizeof p, FIXTURES "/%s/%s", name, file);
-  st_file_t *f = NULL;
-  cr_assert_eq(st_open(&f, p, &err), LT_OK, "%s", err.msg);
-  uint32_t checked = 0;
-  for (uint32_t i = 0; i < train_tensor_count(t); i++) {
-    const train_tensor_t *x = train_tensor_at(t, i);
-    const ft_tensor_t *ref = st_find(f, x->name);
-    cr_assert(ref, "%s: no reference gradient for %s", name, x->name);
-    uint64_t n = (uint64_t)x->rows * x->cols;
-    cr_assert_eq(ref->n_elems, n, "%s: %s has %llu elements, reference %llu", name, x->name, (unsigned long long)n,
-                 (unsigned long long)ref->n_elems);
-    float *got = read_buf(x->grad, n);
-    tassert_close(got, (const float *)ref->data, n, 1e-4, 1e-3, x->name);
-    free(got);
-    checked++;
-  }
-  cr_assert_eq(checked, st_count(f), "%s: %u gradients checked of %u", name, checked, st_count(f));
-  st_destroy(&f);
+  ttrain_check_grads(t, p);
   train_destroy(&t);
   model_destroy(&m);
 }
