@@ -297,3 +297,29 @@ void td_write_rows(const td_t *t, char *path, size_t n, const char *name, int ro
   }
   cr_assert_eq(fclose(f), 0);
 }
+
+int64_t td_submit(lc_t *c, const char *kind, const char *const *kv, const char *const *ik, const int64_t *iv,
+                  const char *const *fk, const double *fv, proto_err_t *pe_out) {
+  mpw_t w;
+  mpw_init(&w);
+  mpw_map(&w);
+  for (int i = 0; kv[i]; i += 2) {
+    mpw_str(&w, kv[i]);
+    if (!strcmp(kv[i + 1], "true") || !strcmp(kv[i + 1], "false"))
+      mpw_bool(&w, !strcmp(kv[i + 1], "true"));
+    else
+      mpw_str(&w, kv[i + 1]);
+  }
+  for (int i = 0; ik && ik[i]; i++) mpw_str(&w, ik[i]), mpw_int(&w, iv[i]);
+  for (int i = 0; fk && fk[i]; i++) mpw_str(&w, fk[i]), mpw_double(&w, fv[i]);
+  mpw_end(&w);
+  proto_err_t pe = {0};
+  lt_err_t err = {0};
+  int64_t id = lc_submit(c, kind, w.sb.data, w.sb.size, NULL, 0, false, NULL, &pe, &err);
+  mpw_free(&w);
+  if (pe_out)
+    *pe_out = pe;
+  else
+    cr_assert_gt(id, 0, "submit: %s %s", err.msg, pe.msg);
+  return id;
+}

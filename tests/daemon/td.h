@@ -47,6 +47,12 @@ int td_shell(char *out, size_t n, const char *cmdline);
  * them): two {"text"} rows, then one {"prompt", "completion"} row, in turn. Asserts. */
 void td_write_rows(const td_t *t, char *path, size_t n, const char *name, int rows, int salt);
 
+/* Submits a job of kind with its params: kv string pairs ("true" / "false" travel as booleans), ik / iv integer
+ * and fk / fv float ones, each key list NULL-ended (ik and fk may be NULL). With pe_out the refusal is left there
+ * for the caller; without, a refusal fails the test. Returns the job id (<= 0 when refused). */
+int64_t td_submit(lc_t *c, const char *kind, const char *const *kv, const char *const *ik, const int64_t *iv,
+                  const char *const *fk, const double *fv, proto_err_t *pe_out);
+
 /* Whether two files hold the same bytes (asserts both open). */
 bool td_same_file(const char *a, const char *b);
 

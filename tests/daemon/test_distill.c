@@ -21,31 +21,10 @@ static void teardown(void) { td_cleanup(&t); }
 
 TestSuite(distill, .init = setup, .fini = teardown, .timeout = 180);
 
-/* Submits a distill job: string pairs (NULL-ended; "true" / "false" as booleans), integer pairs, float pairs. */
+/* Submits a distill job (td_submit). */
 static int64_t submit(lc_t *c, const char *const *kv, const char *const *ik, const int64_t *iv, const char *const *fk,
                       const double *fv, proto_err_t *pe_out) {
-  mpw_t w;
-  mpw_init(&w);
-  mpw_map(&w);
-  for (int i = 0; kv[i]; i += 2) {
-    mpw_str(&w, kv[i]);
-    if (!strcmp(kv[i + 1], "true") || !strcmp(kv[i + 1], "false"))
-      mpw_bool(&w, !strcmp(kv[i + 1], "true"));
-    else
-      mpw_str(&w, kv[i + 1]);
-  }
-  for (int i = 0; ik && ik[i]; i++) mpw_str(&w, ik[i]), mpw_int(&w, iv[i]);
-  for (int i = 0; fk && fk[i]; i++) mpw_str(&w, fk[i]), mpw_double(&w, fv[i]);
-  mpw_end(&w);
-  proto_err_t pe = {0};
-  lt_err_t err = {0};
-  int64_t id = lc_submit(c, "distill", w.sb.data, w.sb.size, NULL, 0, false, NULL, &pe, &err);
-  mpw_free(&w);
-  if (pe_out)
-    *pe_out = pe;
-  else
-    cr_assert_gt(id, 0, "submit: %s %s", err.msg, pe.msg);
-  return id;
+  return td_submit(c, "distill", kv, ik, iv, fk, fv, pe_out);
 }
 
 static double result_num(lc_t *c, int64_t id, const char *key) {

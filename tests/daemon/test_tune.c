@@ -20,36 +20,12 @@ static void teardown(void) { td_cleanup(&t); }
 
 TestSuite(tune, .init = setup, .fini = teardown, .timeout = 180);
 
-/* Submits a tune job: string pairs, then (name, int64) pairs for the integer parameters, NULL-terminated each. */
+/* Submits a tune job at learning rate lr (td_submit). */
 static int64_t submit(lc_t *c, const char *const *kv, const char *const *int_keys, const int64_t *ints, double lr,
                       proto_err_t *pe_out) {
-  mpw_t w;
-  mpw_init(&w);
-  mpw_map(&w);
-  for (int i = 0; kv[i]; i += 2) {
-    mpw_str(&w, kv[i]);
-    /* Booleans travel as msgpack booleans. */
-    if (!strcmp(kv[i + 1], "true") || !strcmp(kv[i + 1], "false"))
-      mpw_bool(&w, !strcmp(kv[i + 1], "true"));
-    else
-      mpw_str(&w, kv[i + 1]);
-  }
-  for (int i = 0; int_keys && int_keys[i]; i++) {
-    mpw_str(&w, int_keys[i]);
-    mpw_int(&w, ints[i]);
-  }
-  mpw_str(&w, "lr");
-  mpw_double(&w, lr);
-  mpw_end(&w);
-  proto_err_t pe = {0};
-  lt_err_t err = {0};
-  int64_t id = lc_submit(c, "tune", w.sb.data, w.sb.size, NULL, 0, false, NULL, &pe, &err);
-  mpw_free(&w);
-  if (pe_out)
-    *pe_out = pe;
-  else
-    cr_assert_gt(id, 0, "submit: %s %s", err.msg, pe.msg);
-  return id;
+  const char *const fk[] = {"lr", NULL};
+  const double fv[] = {lr};
+  return td_submit(c, "tune", kv, int_keys, ints, fk, fv, pe_out);
 }
 
 /* A float (or integer) field of a result map into *v. */
