@@ -1,5 +1,5 @@
 /* The `feedback` kind: self-reference AI feedback over a JSONL of {prompt, a, b} (methods/feedback.h). Writes
- * feedback.jsonl (every row, with the votes, critiques and a null label when the orders disagree) and
+ * feedback.jsonl (every row, with the votes, critiques, the lean and a null label when the orders disagree) and
  * preferences.jsonl (the consistent rows only, {prompt, chosen, rejected, strength, consistent}, ready for
  * preference training), and sends one output record per row. */
 #include <math.h>
@@ -52,6 +52,8 @@ static lt_status_t emit(job_ctx_t *ctx, FILE *all, FILE *prefs, uint64_t row, co
   json_object_set_new(o, "rejected", rejected ? json_string(rejected) : json_null());
   json_object_set_new(o, "strength", json_real(r->strength));
   json_object_set_new(o, "consistent", json_boolean(r->consistent));
+  json_object_set_new(o, "lean", json_string(ab[r->lean]));
+  json_object_set_new(o, "lean_margin", json_num(r->lean_margin));
   json_object_set_new(o, "a", json_string(it->a));
   json_object_set_new(o, "b", json_string(it->b));
   json_object_set_new(o, "own_answer", json_string(r->own));

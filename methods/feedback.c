@@ -134,7 +134,8 @@ lt_status_t fb_judge(const fb_annotator_t *an, const chat_tmpl_t *t, const fb_op
   if (st != LT_OK || (st = an->generate(an->ctx, prompts, 2 * n, outs, err)) != LT_OK) goto done;
   for (size_t i = 0; i < n; i++)
     for (int k = 0; k < 2; k++) res[i].order[k].critique = outs[2 * i + k];
-  /* (3) the decisions, and (4) the strength of consistent ones */
+  /* (3) the decisions, and (4) every row's likelihoods of a and b as the reply to the rewrite request: the
+   * lean, and the strength of consistent rows */
   for (size_t i = 0; i < n && st == LT_OK && !stopped(an); i++) {
     fb_result_t *r = &res[i];
     for (int k = 0; k < 2 && st == LT_OK; k++) st = decide(an, &opts, &r->order[k], err);
@@ -142,8 +143,6 @@ lt_status_t fb_judge(const fb_annotator_t *an, const chat_tmpl_t *t, const fb_op
     int vote0 = r->order[0].pick, vote1 = 1 - r->order[1].pick; /* in terms of a (0) and b (1) */
     r->consistent = vote0 == vote1;
     r->chosen = r->consistent ? vote0 : -1;
-    if (!r->consistent) continue;
-    double margin = 0;
     for (int k = 0; k < 2 && st == LT_OK; k++) {
       fb_vote_t *v = &r->order[k];
       chat_msg_t m[] = {{"user", items[i].prompt},
@@ -156,9 +155,16 @@ lt_status_t fb_judge(const fb_annotator_t *an, const chat_tmpl_t *t, const fb_op
       if (st == LT_OK) st = mean_ll(an, ctx, items[i].a, &v->mean[0], err);
       if (st == LT_OK) st = mean_ll(an, ctx, items[i].b, &v->mean[1], err);
       free(ctx);
-      margin += v->mean[r->chosen] - v->mean[1 - r->chosen];
     }
-    r->strength = margin / 2;
+    if (st != LT_OK) break;
+    const fb_vote_t *v0 = &r->order[0], *v1 = &r->order[1];
+    double avg[2] = {(v0->mean[0] + v1->mean[0]) / 2, (v0->mean[1] + v1->mean[1]) / 2};
+    r->lean = avg[1] > avg[0] ? 1 : 0;
+    r->lean_margin = avg[r->lean] - avg[1 - r->lean];
+    if (r->consistent) {
+      int c = r->chosen;
+      r->strength = ((v0->mean[c] - v0->mean[1 - c]) + (v1->mean[c] - v1->mean[1 - c])) / 2;
+    }
   }
 done:
   if (requests)

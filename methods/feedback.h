@@ -9,9 +9,16 @@
  * continues with FB_VERDICT_SUFFIX, and the more likely of the continuations " A" and " B" wins (a tie picks the
  * answer shown first).
  *
- * Preference strength (consistent items only): in each order the conversation goes on with the critique as the
- * annotator's turn and FB_REWRITE_REQUEST as the next user turn; the margin is the chosen answer's mean token
- * log-likelihood as the reply minus the rejected one's; the strength is the mean of the two orders' margins.
+ * Rewrite likelihoods (every item, consistent or not): in each order the conversation goes on with the critique
+ * as the annotator's turn and FB_REWRITE_REQUEST as the next user turn, and answers a and b are each scored as
+ * the reply: their mean token log-likelihoods.
+ *
+ * Preference strength (consistent items only; 0 otherwise): the margin of an order is the chosen answer's mean
+ * token log-likelihood minus the rejected one's; the strength is the mean of the two orders' margins.
+ *
+ * Lean (every item): the answer whose mean over the two orders of its mean token log-likelihood is higher (a tie
+ * picks a), and the lean margin, that mean for the lean answer minus the other's (>= 0). It gives inconsistent
+ * items a label for training that opts into them; for consistent items it may differ from the chosen answer.
  * The exact texts are in docs/data-jobs.md. */
 #ifndef LATHE_FEEDBACK_H
 #define LATHE_FEEDBACK_H
@@ -71,17 +78,19 @@ typedef struct fb_vote {
   double ll[2];   /* log-likelihoods of " A" and " B" after the critique (NaN when not computed) */
   int pick;       /* the decision: 0 the answer shown first, 1 the second */
   bool by_text;   /* decided by the critique's text (else by likelihood) */
-  double mean[2]; /* mean token log-likelihoods of answers a and b as the reply after the critique (NaN when
-                     not computed: only for consistent items) */
+  double mean[2]; /* mean token log-likelihoods of answers a and b as the reply to FB_REWRITE_REQUEST after the
+                     critique; computed for every item (NaN only when the work stopped before it) */
 } fb_vote_t;
 
 typedef struct fb_result {
   char *own_prompt; /* the rendered first query */
   char *own;        /* the annotator's own answer */
   fb_vote_t order[2];
-  bool consistent; /* both orders picked the same answer */
-  int chosen;      /* 0: a, 1: b, -1: no label (inconsistent) */
-  double strength; /* the margin described above; 0 when inconsistent */
+  bool consistent;    /* both orders picked the same answer */
+  int chosen;         /* 0: a, 1: b, -1: no label (inconsistent) */
+  double strength;    /* the margin described above; 0 when inconsistent */
+  int lean;           /* 0: a, 1: b, the answer with the higher mean over orders of mean[] (a tie picks a) */
+  double lean_margin; /* that mean for the lean answer minus the other's; >= 0 */
 } fb_result_t;
 
 /* Labels items[n] with annotator an, rendering every query with t; res[n] are filled (release each with

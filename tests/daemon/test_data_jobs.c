@@ -121,6 +121,21 @@ Test(data_jobs, feedback_runs_end_to_end_with_progress) {
   cr_assert(strstr(err, "\"name\":\"preferences.jsonl\""), "%s", err);
   cr_assert_eq(lathe("--json result 1"), 0);
   cr_assert(strstr(out, "\"rows\":2"), "%s", out);
+  /* feedback.jsonl: every row, consistent or not, has its lean and a lean margin >= 0. */
+  static char rows[1 << 16];
+  char path[256];
+  snprintf(path, sizeof path, "%s/jobs/1/feedback.jsonl", t.home);
+  slurp(path, rows, sizeof rows);
+  cr_assert_eq(count(rows, "\n"), 2, "%s", rows);
+  for (char *p = rows, *end; (end = strchr(p, '\n')); p = end + 1) {
+    *end = '\0';
+    const char *lean = strstr(p, "\"lean\":"), *margin = strstr(p, "\"lean_margin\":");
+    cr_assert(lean && (!strncmp(lean + 7, "\"a\"", 3) || !strncmp(lean + 7, "\"b\"", 3)), "%s", p);
+    cr_assert(margin, "%s", p);
+    char *num_end;
+    double m = strtod(margin + 14, &num_end);
+    cr_assert(num_end != margin + 14 && m >= 0, "%s", p);
+  }
 }
 
 Test(data_jobs, selfgen_runs_end_to_end_with_progress) {

@@ -1,6 +1,7 @@
 /* Self-reference AI feedback with a scripted annotator: the second query really shows the answers swapped, a
  * label survives only when both orders agree (inconsistent pairs are flagged), the verdict comes from the
- * critique's text or else from the likelihood, and the strength is the documented margin. */
+ * critique's text or else from the likelihood, the strength is the documented margin, and every pair, consistent
+ * or not, gets its rewrite likelihoods and its lean. */
 #include <criterion/criterion.h>
 #include <math.h>
 #include <stdlib.h>
@@ -26,7 +27,9 @@ typedef struct mock {
   char *seen[32]; /* prompts given to generate, in order */
   size_t n_seen;
   size_t n_loglik;
-  size_t stop_after; /* report a stop once this many prompts were generated (0: never) */
+  size_t stop_after;      /* report a stop once this many prompts were generated (0: never) */
+  bool table;             /* score an answer as a reply by reply_sum (else GOOD -4, anything else -12) */
+  double reply_sum[2][2]; /* [0 when GOOD is shown first, 1 when second][0 GOOD, 1 the other]: sums of 4 tokens */
 } mock_t;
 
 /* Whether GOOD is the answer shown first in a critique query (or a context that starts with one). */
@@ -55,7 +58,7 @@ static lt_status_t mock_generate(void *ctx, const char *const *prompts, size_t n
 }
 
 /* " A" / " B" after a verdict suffix: per mode. An answer as a reply: GOOD -1 per token, anything else -3
- * (4 tokens each), so the margin is exactly 2. */
+ * (4 tokens each), so the margin is exactly 2; or, with table, reply_sum / 4 by order and answer. */
 static lt_status_t mock_loglik(void *ctx, const char *context, const char *cont, double *sum, size_t *n,
                                lt_err_t *err) {
   (void)err;
@@ -70,7 +73,10 @@ static lt_status_t mock_loglik(void *ctx, const char *context, const char *cont,
   }
   cr_assert(strstr(context, FB_REWRITE_REQUEST), "answers are scored as the reply to the rewrite request");
   *n = 4;
-  *sum = !strcmp(cont, GOOD) ? -4.0 : -12.0;
+  if (m->table)
+    *sum = m->reply_sum[!good_first(context)][strcmp(cont, GOOD) != 0];
+  else
+    *sum = !strcmp(cont, GOOD) ? -4.0 : -12.0;
   return LT_OK;
 }
 
@@ -157,6 +163,9 @@ Test(feedback, agreeing_orders_keep_the_label_with_its_margin) {
     cr_assert(isnan(r[i].order[0].ll[0]), "the text decided: no likelihood needed");
     /* mean log-likelihood of GOOD is -1, of BAD -3: margin 2 in both orders */
     cr_assert_float_eq(r[i].strength, 2.0, 1e-12);
+    /* the lean agrees with the label here, by the same margin */
+    cr_assert_eq(r[i].lean, r[i].chosen);
+    cr_assert_float_eq(r[i].lean_margin, 2.0, 1e-12);
   }
   cr_assert_float_eq(r[0].order[1].mean[0], -1.0, 1e-12);
   cr_assert_float_eq(r[0].order[1].mean[1], -3.0, 1e-12);
@@ -170,15 +179,38 @@ Test(feedback, inconsistent_pairs_are_flagged) {
   chat_tmpl_t *t = chat_tmpl_new(CHAT_PLAIN_TEMPLATE, NULL, NULL, &err);
   fb_item_t it = {"p", GOOD, BAD};
   fb_result_t r;
-  /* The critique always says A: order one picks a, order two picks b. */
-  mock_t m = {.mode = M_ALWAYS_A};
+  /* The critique always says A: order one picks a, order two picks b. The rewrite likelihoods (a is GOOD):
+   * A first (GOOD first): a -4/4 = -1.0, b -6/4 = -1.5; B first (GOOD second): a -10/4 = -2.5, b -2/4 = -0.5.
+   * Means over the orders: a (-1.0 - 2.5) / 2 = -1.75, b (-1.5 - 0.5) / 2 = -1.0: the lean is b, by 0.75,
+   * although the first order alone favours a. */
+  mock_t m = {.mode = M_ALWAYS_A, .table = true, .reply_sum = {{-4.0, -6.0}, {-10.0, -2.0}}};
   judge(&m, t, FB_DECIDE_TEXT_THEN_LOGLIK, &it, 1, &r);
   cr_assert_not(r.consistent);
   cr_assert_eq(r.chosen, -1);
-  cr_assert_eq(r.strength, 0.0);
+  cr_assert_eq(r.strength, 0.0, "no strength for an unlabelled pair");
   cr_assert_eq(r.order[0].said, 0);
   cr_assert_eq(r.order[1].said, 0);
-  cr_assert(isnan(r.order[0].mean[0]), "no strength for an unlabelled pair");
+  /* the likelihoods are computed all the same, for answers a and b in each order */
+  cr_assert_float_eq(r.order[0].mean[0], -1.0, 1e-12);
+  cr_assert_float_eq(r.order[0].mean[1], -1.5, 1e-12);
+  cr_assert_float_eq(r.order[1].mean[0], -2.5, 1e-12);
+  cr_assert_float_eq(r.order[1].mean[1], -0.5, 1e-12);
+  cr_assert_eq(r.lean, 1, "b has the higher mean over the orders");
+  cr_assert_float_eq(r.lean_margin, 0.75, 1e-12);
+  fb_result_free(&r);
+  mock_free(&m);
+  /* A tie over the orders picks a, even where a is the worse text and each order alone leans: a = BAD, b = GOOD;
+   * A first (BAD first): a -1, b -2; B first (GOOD first): a -2, b -1; both means -1.5. */
+  fb_item_t tie = {"p", BAD, GOOD};
+  m = (mock_t){.mode = M_ALWAYS_A, .table = true, .reply_sum = {{-4.0, -8.0}, {-8.0, -4.0}}};
+  judge(&m, t, FB_DECIDE_TEXT_THEN_LOGLIK, &tie, 1, &r);
+  cr_assert_not(r.consistent);
+  cr_assert_float_eq(r.order[0].mean[0], -1.0, 1e-12);
+  cr_assert_float_eq(r.order[0].mean[1], -2.0, 1e-12);
+  cr_assert_float_eq(r.order[1].mean[0], -2.0, 1e-12);
+  cr_assert_float_eq(r.order[1].mean[1], -1.0, 1e-12);
+  cr_assert_eq(r.lean, 0, "a tie picks a");
+  cr_assert_eq(r.lean_margin, 0.0);
   fb_result_free(&r);
   mock_free(&m);
   /* No verdict written, and the likelihood always prefers " A": inconsistent too, decided by likelihood. */
