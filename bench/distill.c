@@ -78,7 +78,7 @@ static figure_t measure(const char *teacher, const char *student, int method, bo
   double t0 = 0;
   for (uint32_t k = 0; k <= STEPS; k++) {
     if (k == 1) t0 = now_s();
-    tune_batch_t b = {ids, mask, N_SEQ, T, NULL, NULL};
+    tune_batch_t b = {ids, mask, N_SEQ, T, NULL, NULL, NULL};
     if (method == KID) {
       distill_kid_pick(1, k, 0, mask, N_SEQ, T, 0.3, picked);
       if (distill_kid_rewrite(s, ids, picked, N_SEQ, T, kid_ids, NULL, &err) != LT_OK) die("kid", err.msg);

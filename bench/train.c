@@ -72,7 +72,7 @@ static figure_t measure(const char *path, int what, const int32_t *ids, const ui
     tune_opts_t to = {.lr = 1e-4, .clip = 1, .steps = STEPS + 1, .schedule = TUNE_CONSTANT};
     tuner_t *u = tuner_new(t, &to, &err);
     if (!u) die("tuner", err.msg);
-    tune_batch_t b = {ids, mask, N_SEQ, T, NULL, NULL};
+    tune_batch_t b = {ids, mask, N_SEQ, T, NULL, NULL, NULL};
     tune_step_info_t info;
     if (tuner_step(u, &b, 1, &info, &err) != LT_OK) die("step", err.msg);
     double t0 = now_s();

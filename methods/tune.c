@@ -104,12 +104,12 @@ static lt_status_t gradient(tuner_t *u, const tune_batch_t *mb, uint32_t n, doub
                             lt_err_t *err) {
   lt_status_t st = train_zero_grad(u->t, err);
   double sum = 0;
-  if (info) info->ce = info->teacher_ce = 0, info->atkd_easy = info->atkd_hard = 0;
+  if (info) *info = (tune_step_info_t){0};
   for (uint32_t i = 0; i < n && st == LT_OK; i++) {
     double l = 0;
     if (mb[i].pair_weights)
-      st = train_grad_pairs(u->t, mb[i].ids, mb[i].mask, mb[i].pair_weights, mb[i].n_seq / 2, mb[i].T, 1.0f / (float)n,
-                            &l, err);
+      st = train_grad_pairs(u->t, mb[i].ids, mb[i].mask, mb[i].pair_weights, mb[i].ref_logp, mb[i].n_seq / 2, mb[i].T,
+                            1.0f / (float)n, &l, err);
     else
       st =
           train_grad_labeled(u->t, mb[i].ids, mb[i].labels, mb[i].mask, mb[i].n_seq, mb[i].T, 1.0f / (float)n, &l, err);
@@ -118,6 +118,7 @@ static lt_status_t gradient(tuner_t *u, const tune_batch_t *mb, uint32_t n, doub
     if (info) {
       info->ce += ts->ce / n, info->teacher_ce += ts->teacher_ce / n;
       info->atkd_easy += ts->atkd_easy, info->atkd_hard += ts->atkd_hard;
+      if (mb[i].pair_weights) info->dpo_margin += ts->dpo_margin / n, info->dpo_accuracy += ts->dpo_accuracy / n;
     }
   }
   *loss = sum / n;

@@ -25,13 +25,14 @@ typedef struct tune_opts {
 
 /* One micro-batch of a step: n_seq sequences of T tokens and their target mask (see train.h); labels, when not
  * NULL, are the targets in place of ids (train_grad_labeled); pair_weights, when not NULL, make the micro-batch
- * n_seq / 2 DPO pairs with those weights (train_grad_pairs). */
+ * n_seq / 2 DPO pairs with those weights (train_grad_pairs), whose reference log-probabilities ref_logp may carry. */
 typedef struct tune_batch {
   const int32_t *ids;
   const uint8_t *mask;
   uint32_t n_seq, T;
   const int32_t *labels;
   const float *pair_weights;
+  const double *ref_logp; /* DPO: the reference's log-probability of each sequence (NULL: computed each pass) */
 } tune_batch_t;
 
 /* What one step measured. */
@@ -42,6 +43,8 @@ typedef struct tune_step_info {
   /* Under distillation (train_set_distill), means over the micro-batches at theta: */
   double ce, teacher_ce;         /* the student's and the teacher's cross-entropy on the data */
   uint32_t atkd_easy, atkd_hard; /* ATKD: tokens in each set, summed */
+  /* DPO, means over the micro-batches at theta: */
+  double dpo_margin, dpo_accuracy; /* the implicit reward margin and the share of pairs it ranks right */
 } tune_step_info_t;
 
 typedef struct tuner tuner_t;

@@ -9,8 +9,10 @@ differ and the gradient is not the one at the start of training). Pairs: each of
 tools/grad_ref.py gives a prompt (its first 5 tokens) and two completions of 8 tokens: the text's own next 8
 tokens (chosen) and those of the other text (rejected). Writes tests/fixtures/dpo/:
   dpo_ref.json             the batch (4 sequences of 13 tokens: pair p is sequences 2p, 2p+1), the mask (the
-                           completion targets), and per case (beta, pair weights): the loss, each pair's
-                           log-ratio margin, and the gradient file
+                           completion targets), per sequence the summed log-probabilities under the policy
+                           (logp_policy) and the reference (logp_reference) and the summed KL(p_policy || p_ref)
+                           of the next-token distributions at the masked positions (kl), and per case (beta, pair
+                           weights): the loss, each pair's log-ratio margin, and the gradient file
   grads-<case>.safetensors  one F32 tensor per policy parameter
 Loss per pair: -log sigmoid(beta * ((lp_w - lr_w) - (lp_l - lr_l))) with log-probabilities summed over the
 completion tokens, times the pair's weight; the batch loss is the mean over pairs.
@@ -40,6 +42,13 @@ def seq_logp(model, ids, mask):
     return (lp * mask).sum(-1)
 
 
+def seq_kl(model, reference, ids, mask):
+    """Sum over the masked positions of KL(p_model || p_reference) of the next-token distributions, per sequence."""
+    lp = torch.log_softmax(model(ids)[:, :-1, :], -1)
+    lr = torch.log_softmax(reference(ids)[:, :-1, :], -1)
+    return ((lp.exp() * (lp - lr)).sum(-1) * mask).sum(-1)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--fixtures", default=os.path.join(os.path.dirname(__file__), "..", "tests", "fixtures"))
@@ -62,6 +71,9 @@ def main():
     os.makedirs(os.path.join(a.fixtures, "dpo"), exist_ok=True)
     with torch.no_grad():
         lr = seq_logp(reference, ids, mask)
+        out["logp_policy"] = seq_logp(policy, ids, mask).tolist()
+        out["logp_reference"] = lr.tolist()
+        out["kl"] = seq_kl(policy, reference, ids, mask).tolist()
     for case in CASES:
         policy.zero_grad(set_to_none=True)
         with torch.enable_grad():

@@ -104,11 +104,15 @@ struct train {
   float scale;             /* the loss scale of the running pass (gradient accumulation) */
   /* distillation */
   train_distill_t dist;
-  gpu_buf_t *dl;       /* (R, 2) per-row distillation terms: KD in [2r]; ATKD's TCKD, NCKD */
-  gpu_buf_t *aw;       /* (R, 2) per-row weights of those terms */
-  gpu_buf_t *pred;     /* (R) argmax predictions (train_predict) */
-  float *tnll;         /* (cap) host copy of the teacher's per-row cross-entropy (ATKD's split) */
-  const float *pair_w; /* DPO: the running batch's pair weights (NULL: 1) */
+  gpu_buf_t *dl;        /* (R, 2) per-row distillation terms: KD in [2r]; ATKD's TCKD, NCKD */
+  gpu_buf_t *aw;        /* (R, 2) per-row weights of those terms */
+  gpu_buf_t *pred;      /* (R) argmax predictions (train_predict) */
+  float *tnll;          /* (cap) host copy of the teacher's per-row cross-entropy (ATKD's split) */
+  const float *pair_w;  /* DPO: the running batch's pair weights (NULL: 1) */
+  const double *ref_lp; /* DPO: the running batch's reference log-probabilities per sequence (NULL: computed) */
+  /* train_compare: the frozen model compared with (NULL: none) and the caller's per-sequence outputs */
+  train_t *cmp_ref;
+  double *cmp_lp, *cmp_lr, *cmp_kl;
 };
 
 /* ---- set-up ---- */
@@ -901,7 +905,7 @@ static lt_status_t block_bwd(train_t *t, gpu_cmd_t **cp, uint32_t l, const batch
 /* ---- the whole pass ---- */
 
 /* What a pass computes. */
-typedef enum pass { PASS_LOSS, PASS_GRAD, PASS_PREDICT } pass_t;
+typedef enum pass { PASS_LOSS, PASS_GRAD, PASS_PREDICT, PASS_COMPARE } pass_t;
 
 /* Uploads ids, positions, targets (labels shifted, or ids) and per-row loss weights (mask / count * scale) to t
  * and to te (the teacher of a distillation pass, else NULL); returns the count and the weights. */
@@ -993,6 +997,19 @@ static lt_status_t distill_chunk(train_t *t, gpu_cmd_t *c, uint32_t r0, uint32_t
   return st;
 }
 
+/* train_compare's rows [r0, r0 + n): both models' cross-entropies into their nll, and KL(p_t || p_ref) per row
+ * into t->dl (op_kd at temperature 1 with the roles swapped: the compared model as the "student"). */
+static lt_status_t compare_chunk(train_t *t, gpu_cmd_t *c, uint32_t r0, uint32_t n, lt_err_t *err) {
+  train_t *ref = t->cmp_ref;
+  lt_status_t st = ce_chunk(t, c, r0, n, false, err);
+  if (st != LT_OK || !ref) return st;
+  st = logits_chunk(ref, c, r0, n, err);
+  if (st == LT_OK) st = ce_chunk(ref, c, r0, n, false, err);
+  gpu_view_t w = {t->wts, (uint64_t)r0 * 4}, dl = {t->dl, (uint64_t)r0 * 4};
+  if (st == LT_OK) st = op_kd(c, dl, gv(ref->logits), gv(t->logits), w, n, t->cf->vocab_size, 1.0f, false, err);
+  return st;
+}
+
 /* Logits, loss (cross-entropy, or distillation under train_set_distill when a gradient is wanted) or predictions,
  * chunk by chunk; with backward, also dLoss/dxf into t->dxn and the head's gradient. */
 static lt_status_t head(train_t *t, gpu_cmd_t *c, const batch_t *bt, pass_t pass, lt_err_t *err) {
@@ -1005,6 +1022,10 @@ static lt_status_t head(train_t *t, gpu_cmd_t *c, const batch_t *bt, pass_t pass
     st = logits_chunk(t, c, r0, n, err);
     if (st == LT_OK && pass == PASS_PREDICT) {
       st = op_argmax(c, (gpu_view_t){t->pred, (uint64_t)r0 * 4}, gv(t->logits), n, V, err);
+      continue;
+    }
+    if (st == LT_OK && pass == PASS_COMPARE) {
+      st = compare_chunk(t, c, r0, n, err);
       continue;
     }
     if (st == LT_OK) st = distill ? distill_chunk(t, c, r0, n, true, err) : ce_chunk(t, c, r0, n, backward, err);
@@ -1099,12 +1120,13 @@ static double softplus(double x) { return x > 0 ? x + log1p(exp(-x)) : log1p(exp
  * is the DPO loss's (times scale) into t->wts. The policy's activations stay for the backward. */
 static lt_status_t dpo_prepare(train_t *t, gpu_cmd_t **cp, const batch_t *bt, const float *w, float scale, double *loss,
                                lt_err_t *err) {
-  train_t *ref = t->dist.teacher;
-  lt_status_t st = forward_body(ref, cp, bt, err);
+  /* The reference's forward only when its log-probabilities were not given. */
+  train_t *ref = t->ref_lp ? NULL : t->dist.teacher;
+  lt_status_t st = ref ? forward_body(ref, cp, bt, err) : LT_OK;
   if (st == LT_OK) st = forward_body(t, cp, bt, err);
   for (uint32_t r0 = 0; r0 < bt->R && st == LT_OK; r0 += LOGIT_CHUNK) {
     uint32_t n = bt->R - r0 < LOGIT_CHUNK ? bt->R - r0 : LOGIT_CHUNK;
-    for (train_t *x = ref; x && st == LT_OK; x = x == ref ? t : NULL) {
+    for (train_t *x = ref ? ref : t; x && st == LT_OK; x = x == ref ? t : NULL) {
       st = logits_chunk(x, *cp, r0, n, err);
       if (st == LT_OK) st = ce_chunk(x, *cp, r0, n, false, err);
     }
@@ -1115,10 +1137,13 @@ static lt_status_t dpo_prepare(train_t *t, gpu_cmd_t **cp, const batch_t *bt, co
   float *pn = st == LT_OK ? malloc((uint64_t)bt->R * sizeof *pn) : NULL, *wn = NULL;
   double *d = st == LT_OK ? calloc(bt->n_seq, sizeof *d) : NULL; /* per sequence: log pi - log ref */
   if (st == LT_OK && (!pn || !d || !(wn = calloc(bt->R, sizeof *wn)))) st = lt_fail(err, LT_E_NOMEM, "out of memory");
-  if (st == LT_OK) st = gpu_download(ref->nll, 0, t->tnll, (uint64_t)bt->R * 4, err);
+  if (st == LT_OK && ref) st = gpu_download(ref->nll, 0, t->tnll, (uint64_t)bt->R * 4, err);
   if (st == LT_OK) st = gpu_download(t->nll, 0, pn, (uint64_t)bt->R * 4, err);
+  /* Given log-probabilities: the policy's summed from 0 in row order as train_compare sums them, so that equal
+   * models give a margin of exactly 0 either way. */
   for (uint32_t r = 0; st == LT_OK && r < bt->R; r++)
-    if (w[r] != 0) d[r / bt->T] += (double)t->tnll[r] - (double)pn[r];
+    if (w[r] != 0) d[r / bt->T] += (ref ? (double)t->tnll[r] : 0.0) - (double)pn[r];
+  for (uint32_t s = 0; st == LT_OK && t->ref_lp && s < bt->n_seq; s++) d[s] -= t->ref_lp[s];
   double sum = 0, margin = 0, acc = 0, beta = t->dist.beta;
   for (uint32_t p = 0; st == LT_OK && p < P; p++) {
     double z = beta * (d[2 * p] - d[2 * p + 1]), pw = t->pair_w ? t->pair_w[p] : 1.0;
@@ -1142,6 +1167,28 @@ static lt_status_t dpo_prepare(train_t *t, gpu_cmd_t **cp, const batch_t *bt, co
   return st;
 }
 
+/* train_compare's per-sequence sums over the counted rows (w[r] != 0): log-probabilities under t and ref, and
+ * the KL per row in t->dl. */
+static lt_status_t compare_sums(train_t *t, train_t *ref, const batch_t *bt, const float *w, lt_err_t *err) {
+  float *v = malloc((uint64_t)bt->R * sizeof *v);
+  if (!v) return lt_fail(err, LT_E_NOMEM, "out of memory");
+  struct {
+    gpu_buf_t *buf;
+    double *out, sign;
+  } sums[3] = {{t->nll, t->cmp_lp, -1}, {ref ? ref->nll : NULL, t->cmp_lr, -1}, {t->dl, t->cmp_kl, 1}};
+  lt_status_t st = LT_OK;
+  for (int k = 0; k < 3 && st == LT_OK; k++) {
+    if (!sums[k].out) continue;
+    memset(sums[k].out, 0, bt->n_seq * sizeof *sums[k].out);
+    if (k > 0 && !ref) continue;
+    st = gpu_download(sums[k].buf, 0, v, (uint64_t)bt->R * 4, err);
+    for (uint32_t r = 0; st == LT_OK && r < bt->R; r++)
+      if (w[r] != 0) sums[k].out[r / bt->T] += sums[k].sign * v[r];
+  }
+  free(v);
+  return st;
+}
+
 static lt_status_t run_padded(train_t *t, const int32_t *ids, const int32_t *labels, const uint8_t *mask,
                               uint32_t n_seq, uint32_t T, float scale, pass_t pass, double *loss, int32_t *next,
                               lt_err_t *err) {
@@ -1149,9 +1196,9 @@ static lt_status_t run_padded(train_t *t, const int32_t *ids, const int32_t *lab
   if (T > t->cf->max_position && t->cf->max_position)
     return lt_fail(err, LT_E_LIMIT, "sequences of %u tokens exceed the model's context (%u)", T, t->cf->max_position);
   bool backward = pass == PASS_GRAD, distill = backward && t->dist.kind != TRAIN_LOSS_CE;
-  bool dpo = distill && t->dist.kind == TRAIN_LOSS_DPO;
+  bool dpo = distill && t->dist.kind == TRAIN_LOSS_DPO, compare = pass == PASS_COMPARE;
   if (dpo && n_seq % 2) return lt_fail(err, LT_E_INVALID, "DPO batches hold pairs: %u sequences is not even", n_seq);
-  train_t *te = distill ? t->dist.teacher : NULL;
+  train_t *te = distill ? t->dist.teacher : compare ? t->cmp_ref : NULL;
   batch_t bt = {n_seq, T, n_seq * T};
   lt_status_t st = acts_ensure(t, bt.R, T, err);
   if (st == LT_OK && te) {
@@ -1181,7 +1228,8 @@ static lt_status_t run_padded(train_t *t, const int32_t *ids, const int32_t *lab
     /* Both forwards, the pairs' losses and the rows' weights; the head below reads the policy's kept activations. */
     st = dpo_prepare(t, &c, &bt, w, scale, loss, err);
   } else {
-    if (te && t->dist.kind == TRAIN_LOSS_KD) st = forward_body(te, &c, &bt, err); /* ATKD's ran in atkd_prepare */
+    /* ATKD's teacher ran in atkd_prepare */
+    if (te && (compare || t->dist.kind == TRAIN_LOSS_KD)) st = forward_body(te, &c, &bt, err);
     if (st == LT_OK) st = forward_body(t, &c, &bt, err);
   }
   if (st == LT_OK) st = head(t, c, &bt, pass, err);
@@ -1207,7 +1255,8 @@ static lt_status_t run_padded(train_t *t, const int32_t *ids, const int32_t *lab
   if (st == LT_OK) st = gpu_cmd_finish(&c, err);
   gpu_cmd_abort(&c);
   if (st == LT_OK && pass == PASS_PREDICT) st = gpu_download(t->pred, 0, next, (uint64_t)bt.R * 4, err);
-  if (st == LT_OK && pass != PASS_PREDICT && !dpo)
+  if (st == LT_OK && compare) st = compare_sums(t, te, &bt, w, err);
+  if (st == LT_OK && pass != PASS_PREDICT && !compare && !dpo)
     st = read_sum(t->nll, 1, 0, &bt, w, backward ? scale : 1.0f, loss, err);
   if (st == LT_OK && distill && !dpo) {
     t->stats.ce = *loss;
@@ -1277,14 +1326,29 @@ lt_status_t train_grad_labeled(train_t *t, const int32_t *ids, const int32_t *la
 }
 
 lt_status_t train_grad_pairs(train_t *t, const int32_t *ids, const uint8_t *mask, const float *weights,
-                             uint32_t n_pairs, uint32_t T, float scale, double *loss, lt_err_t *err) {
+                             const double *ref_lp, uint32_t n_pairs, uint32_t T, float scale, double *loss,
+                             lt_err_t *err) {
   if (grad_check(t, err) != LT_OK) return err ? err->code : LT_E_INVALID;
   if (t->dist.kind != TRAIN_LOSS_DPO)
     return lt_fail(err, LT_E_INVALID, "preference pairs need DPO set first (train_set_distill with a reference)");
   if (n_pairs == 0) return lt_fail(err, LT_E_INVALID, "a DPO batch needs at least one pair");
-  t->pair_w = weights;
+  t->pair_w = weights, t->ref_lp = ref_lp;
   lt_status_t st = run(t, ids, NULL, mask, 2 * n_pairs, T, scale, PASS_GRAD, loss, NULL, err);
-  t->pair_w = NULL;
+  t->pair_w = NULL, t->ref_lp = NULL;
+  return st;
+}
+
+lt_status_t train_compare(train_t *t, train_t *ref, const int32_t *ids, const uint8_t *mask, uint32_t n_seq, uint32_t T,
+                          double *lp, double *lr, double *kl, lt_err_t *err) {
+  if (ref && ref->o.what != TRAIN_FROZEN)
+    return lt_fail(err, LT_E_INVALID, "compare: the reference must be a frozen (forward-only) training state");
+  if (ref && (ref->g != t->g || ref->cf->vocab_size != t->cf->vocab_size))
+    return lt_fail(err, LT_E_INVALID, "compare: the reference sits on another device or has another vocabulary");
+  if (!ref && (lr || kl)) return lt_fail(err, LT_E_INVALID, "compare: reference outputs asked without a reference");
+  if (!mask) return lt_fail(err, LT_E_INVALID, "compare: a mask of the scored tokens is needed");
+  t->cmp_ref = ref, t->cmp_lp = lp, t->cmp_lr = lr, t->cmp_kl = kl;
+  lt_status_t st = run(t, ids, NULL, mask, n_seq, T, 1.0f, PASS_COMPARE, NULL, NULL, err);
+  t->cmp_ref = NULL, t->cmp_lp = t->cmp_lr = t->cmp_kl = NULL;
   return st;
 }
 

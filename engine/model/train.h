@@ -123,9 +123,18 @@ lt_status_t train_grad_labeled(train_t *t, const int32_t *ids, const int32_t *la
  * frozen reference (train_set_distill with TRAIN_LOSS_DPO), pair p's loss is
  * -log sigmoid(beta ((lp_w - lr_w) - (lp_l - lr_l))), times weights[p] (NULL: 1); the batch loss is their mean
  * over the pairs, and its gradient times scale is added. *loss gets the batch loss. One forward pass of each model
- * and one backward pass of the policy. */
+ * and one backward pass of the policy; ref_lp, when not NULL, gives lr per sequence (2 * n_pairs doubles, from
+ * train_compare on the reference) and the reference's forward is skipped (SAM's second pass, repeated batches). */
 lt_status_t train_grad_pairs(train_t *t, const int32_t *ids, const uint8_t *mask, const float *weights,
-                             uint32_t n_pairs, uint32_t T, float scale, double *loss, lt_err_t *err);
+                             const double *ref_lp, uint32_t n_pairs, uint32_t T, float scale, double *loss,
+                             lt_err_t *err);
+
+/* Forward only, t and (when not NULL) the frozen ref on the same batch (ids, mask as for train_grad): per sequence
+ * s, lp[s] the summed log-probability of its counted targets under t, lr[s] under ref, and kl[s] the summed
+ * KL(p_t || p_ref) of the next-token distributions at those positions. Any output may be NULL; each holds n_seq
+ * doubles, caller-owned. */
+lt_status_t train_compare(train_t *t, train_t *ref, const int32_t *ids, const uint8_t *mask, uint32_t n_seq, uint32_t T,
+                          double *lp, double *lr, double *kl, lt_err_t *err);
 
 /* Makes train_grad() minimise a distillation loss against d->teacher, which runs forward only on the same batch
  * (CE: back to plain cross-entropy). train_loss() stays the cross-entropy. LT_E_INVALID when the teacher is not

@@ -144,7 +144,7 @@ Test(distill, the_teacher_is_untouched_and_never_gets_a_gradient) {
   tune_opts_t o = {.lr = 1e-2, .steps = 3};
   tuner_t *u = tuner_new(s, &o, &err);
   cr_assert(u, "%s", err.msg);
-  tune_batch_t b = {d.ids, d.mask, d.n_seq, d.T, NULL, NULL};
+  tune_batch_t b = {.ids = d.ids, .mask = d.mask, .n_seq = d.n_seq, .T = d.T};
   tune_step_info_t info[3];
   for (int k = 0; k < 3; k++) cr_assert_eq(tuner_step(u, &b, 1, &info[k], &err), LT_OK, "%s", err.msg);
   cr_assert(info[2].loss < info[0].loss, "ATKD loss %g -> %g does not fall", info[0].loss, info[2].loss);

@@ -304,7 +304,7 @@ Test(train, a_diverging_run_fails_naming_the_step) {
   tune_opts_t to = {.lr = 1e30, .steps = 50, .schedule = TUNE_CONSTANT};
   tuner_t *u = tuner_new(t, &to, &err);
   cr_assert(u, "%s", err.msg);
-  tune_batch_t b = {g.ids, g.mask, g.n_seq, g.T, NULL, NULL};
+  tune_batch_t b = {.ids = g.ids, .mask = g.mask, .n_seq = g.n_seq, .T = g.T};
   tune_step_info_t info;
   lt_status_t st = LT_OK;
   uint32_t s = 0;
