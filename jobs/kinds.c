@@ -142,7 +142,7 @@ static bool kind_tune_zo_validate(const msgpack_object *params, proto_err_t *e) 
   return true;
 }
 
-static bool kind_tune_validate(const msgpack_object *params, proto_err_t *e) {
+static bool kind_first_order_validate(const msgpack_object *params, proto_err_t *e) {
   const msgpack_object *tr = mp_get(params, "train");
   bool full = mp_str_is(tr, "full"), lora = mp_str_is(tr, "lora"), adapter = mp_str_is(tr, "adapter");
   if (!full && !lora && !adapter)
@@ -184,8 +184,26 @@ static bool kind_tune_validate(const msgpack_object *params, proto_err_t *e) {
 }
 
 /* distill: tune's checks on what is trained, then the distillation settings. */
+/* tune: the first-order settings, and the objective's. */
+static bool kind_tune_validate(const msgpack_object *params, proto_err_t *e) {
+  if (!kind_first_order_validate(params, e)) return false;
+  const msgpack_object *ob = mp_get(params, "objective"), *dw = mp_get(params, "dpo_weight"),
+                       *inc = mp_get(params, "include_inconsistent");
+  bool dpo = mp_str_is(ob, "dpo");
+  if (!dpo && !mp_str_is(ob, "ce"))
+    return proto_fail(e, P_BAD_VALUE, "params.objective", "params.objective: ce or dpo");
+  if (!mp_str_is(dw, "none") && !mp_str_is(dw, "strength"))
+    return proto_fail(e, P_BAD_VALUE, "params.dpo_weight", "params.dpo_weight: none or strength");
+  if (!dpo && !mp_str_is(dw, "none"))
+    return proto_fail(e, P_BAD_VALUE, "params.dpo_weight", "params.dpo_weight: only --objective dpo weighs pairs");
+  if (!dpo && inc && inc->type == MSGPACK_OBJECT_BOOLEAN && inc->via.boolean)
+    return proto_fail(e, P_BAD_VALUE, "params.include_inconsistent",
+                      "params.include_inconsistent: only --objective dpo reads preference pairs");
+  return true;
+}
+
 static bool kind_distill_validate(const msgpack_object *params, proto_err_t *e) {
-  if (!kind_tune_validate(params, e)) return false;
+  if (!kind_first_order_validate(params, e)) return false;
   const msgpack_object *m = mp_get(params, "method"), *kl = mp_get(params, "kid_loss");
   if (!mp_str_is(m, "kd") && !mp_str_is(m, "atkd") && !mp_str_is(m, "kid"))
     return proto_fail(e, P_BAD_VALUE, "params.method", "params.method: kd, atkd or kid");

@@ -2,6 +2,8 @@
  * held-out evals, the forgetting measure on a general set, checkpoints, resumption and a loss curve; and the
  * `distill` kind, the same run with the loss taken against a frozen teacher (train_set_distill; KID's rewriting
  * from methods/distill.h): a teacher state that runs forward only and its held-out loss as the reference.
+ * tune --objective dpo trains on preference pairs (methods/prefs.h) against the frozen starting weights: their
+ * log-probabilities computed once per micro-batch, the evals on held-out pairs (accuracy, reward margin, KL).
  *
  * Files: <output>/ gets the result: a Hugging Face folder (full), a PEFT adapter (lora: adapter_config.json and
  * adapter_model.safetensors; with merge also <output>/merged, the merged model) or an adapter folder (adapter:
@@ -32,11 +34,23 @@
 #include "jobs/runners.h"
 #include "methods/dataset.h"
 #include "methods/distill.h"
+#include "methods/prefs.h"
 #include "methods/tune.h"
 #include "methods/zo.h"
 
 #define STATE_NAME "tune.state"
 #define CKPT_FILE "train-state.safetensors"
+
+/* One eval of the policy on held-out pairs against the reference. */
+typedef struct dpo_eval {
+  double loss;            /* the mean DPO loss */
+  double pref_accuracy;   /* share of pairs whose chosen side the policy finds more likely than the rejected */
+  double ref_accuracy;    /* the same for the reference (the starting weights) */
+  double reward_accuracy; /* share of pairs with a positive implicit reward margin */
+  double reward_margin;   /* mean of beta ((lp_w - lr_w) - (lp_l - lr_l)) */
+  double kl_ref;          /* mean per completion token of KL(policy || reference) */
+  double chosen_logp, rejected_logp; /* the policy's mean summed log-probability of each side */
+} dpo_eval_t;
 
 typedef struct run {
   job_ctx_t *ctx;
@@ -65,6 +79,18 @@ typedef struct run {
   double teacher_eval; /* the teacher's held-out loss (NaN without --eval) */
   uint8_t *picked;     /* [batch * (seq_len - 1)] KID's masked targets */
   int32_t **kid_ids;   /* [accum][batch * seq_len] KID's rewritten inputs */
+  /* tune --objective dpo */
+  bool dpo;
+  uint32_t seqs;            /* sequences per micro-batch: batch, or both sides of batch pairs */
+  pref_set_t pdata, peval;  /* training and held-out pairs */
+  model_t *rm;              /* full: the reference's own copy of the starting weights (else it shares r->m) */
+  train_t *rt;              /* the reference: frozen */
+  float *pw;                /* per training pair: its loss weight (1, or the strength's share) */
+  float **mb_pw;            /* [accum][batch] the micro-batches' pair weights */
+  double **mb_ref;          /* [accum][2 * batch] the reference's log-probability of each sequence */
+  const lm_example_t **pex; /* [2 * batch] the sides of a micro-batch's pairs */
+  const pref_pair_t **pp;   /* [batch] a micro-batch's pairs */
+  dpo_eval_t eval_first_dpo, eval_last_dpo;
 } run_t;
 
 /* Fills one micro-batch from examples ex[0..n): sequences padded to the longest (at most seq_len) with target
@@ -78,7 +104,46 @@ static tune_batch_t make_batch(run_t *r, const lm_example_t *const *ex, uint32_t
     for (uint32_t j = 0; j < T; j++) r->ids[i * T + j] = j < e->n ? e->ids[j] : e->ids[e->n - 1];
     for (uint32_t j = 0; j + 1 < T; j++) r->mask[i * (T - 1) + j] = j >= e->first && j + 1 < e->n;
   }
-  return (tune_batch_t){r->ids, r->mask, n, T, NULL, NULL};
+  return (tune_batch_t){.ids = r->ids, .mask = r->mask, .n_seq = n, .T = T};
+}
+
+/* Fills one micro-batch of pairs p[0..n) (sequence 2j chosen, 2j + 1 rejected). */
+static tune_batch_t make_pair_batch(run_t *r, const pref_pair_t *const *p, uint32_t n) {
+  for (uint32_t j = 0; j < n; j++) r->pex[2 * j] = &p[j]->chosen, r->pex[2 * j + 1] = &p[j]->rejected;
+  return make_batch(r, r->pex, 2 * n);
+}
+
+/* log(1 + exp(x)) without overflow. */
+static double softplus(double x) { return x > 0 ? x + log1p(exp(-x)) : log1p(exp(x)); }
+
+/* The policy against the reference on the held-out pairs, in micro-batches. */
+static lt_status_t dpo_evaluate(run_t *r, dpo_eval_t *e, lt_err_t *err) {
+  memset(e, 0, sizeof *e);
+  double beta = r->dist.beta, tokens = 0;
+  double *lp = malloc(2 * (uint64_t)r->batch * sizeof *lp), *lr = malloc(2 * (uint64_t)r->batch * sizeof *lr),
+         *kl = malloc(2 * (uint64_t)r->batch * sizeof *kl);
+  const pref_pair_t **pp = malloc(r->batch * sizeof *pp);
+  lt_status_t st = lp && lr && kl && pp ? LT_OK : lt_fail(err, LT_E_NOMEM, "out of memory");
+  for (uint32_t i = 0; st == LT_OK && i < r->peval.n; i += r->batch) {
+    uint32_t n = r->peval.n - i < r->batch ? r->peval.n - i : r->batch;
+    for (uint32_t j = 0; j < n; j++) pp[j] = &r->peval.p[i + j];
+    tune_batch_t b = make_pair_batch(r, pp, n);
+    st = train_compare(r->t, r->rt, b.ids, b.mask, b.n_seq, b.T, lp, lr, kl, err);
+    for (uint32_t j = 0; st == LT_OK && j < n; j++) {
+      double z = beta * ((lp[2 * j] - lr[2 * j]) - (lp[2 * j + 1] - lr[2 * j + 1]));
+      e->loss += softplus(-z), e->reward_margin += z, e->reward_accuracy += z > 0;
+      e->pref_accuracy += lp[2 * j] > lp[2 * j + 1], e->ref_accuracy += lr[2 * j] > lr[2 * j + 1];
+      e->chosen_logp += lp[2 * j], e->rejected_logp += lp[2 * j + 1];
+      e->kl_ref += kl[2 * j] + kl[2 * j + 1];
+    }
+    for (uint32_t k = 0; st == LT_OK && k < b.n_seq * (b.T - 1); k++) tokens += b.mask[k];
+  }
+  double n = r->peval.n;
+  e->loss /= n, e->reward_margin /= n, e->reward_accuracy /= n, e->pref_accuracy /= n, e->ref_accuracy /= n;
+  e->chosen_logp /= n, e->rejected_logp /= n;
+  e->kl_ref = tokens ? e->kl_ref / tokens : 0;
+  free(lp), free(lr), free(kl), free(pp);
+  return st;
 }
 
 /* Token-weighted mean loss of a data set under the model of t, in micro-batches. */
@@ -247,6 +312,8 @@ static void plot_write(run_t *r) {
   if (r->distill)
     snprintf(title, sizeof title, "distill --method %s --train %s: loss per step (eval: cross-entropy)",
              job_param_str(r->ctx, "method"), r->what);
+  else if (r->dpo)
+    snprintf(title, sizeof title, "tune --objective dpo --train %s: DPO loss per step (eval: held-out pairs)", r->what);
   else
     snprintf(title, sizeof title, "tune --train %s: loss per step", r->what);
   plot_spec_t spec = {.title = title,
@@ -284,6 +351,44 @@ static void eval_record(run_t *r, uint64_t step, double loss) {
           step, loss, exp(loss), r->teacher_eval, exp(r->teacher_eval));
 }
 
+/* dpo: one eval as an output record and a log line. */
+static void dpo_record(run_t *r, uint64_t step, const dpo_eval_t *e) {
+  job_output_begin(r->ctx);
+  job_output_int(r->ctx, "step", (int64_t)step);
+  job_output_float(r->ctx, "eval_loss", e->loss);
+  job_output_float(r->ctx, "pref_accuracy", e->pref_accuracy);
+  job_output_float(r->ctx, "reference_pref_accuracy", e->ref_accuracy);
+  job_output_float(r->ctx, "reward_accuracy", e->reward_accuracy);
+  job_output_float(r->ctx, "reward_margin", e->reward_margin);
+  job_output_float(r->ctx, "kl_ref", e->kl_ref);
+  job_output_float(r->ctx, "chosen_logp", e->chosen_logp);
+  job_output_float(r->ctx, "rejected_logp", e->rejected_logp);
+  job_output_end(r->ctx);
+  fprintf(r->log,
+          "{\"step\": %" PRIu64 ", \"eval_loss\": %.9g, \"pref_accuracy\": %.9g, \"reference_pref_accuracy\": %.9g, "
+          "\"reward_accuracy\": %.9g, \"reward_margin\": %.9g, \"kl_ref\": %.9g, \"chosen_logp\": %.9g, "
+          "\"rejected_logp\": %.9g}\n",
+          step, e->loss, e->pref_accuracy, e->ref_accuracy, e->reward_accuracy, e->reward_margin, e->kl_ref,
+          e->chosen_logp, e->rejected_logp);
+  job_metric(r->ctx, "pref_accuracy", e->pref_accuracy, step);
+  job_metric(r->ctx, "reward_margin", e->reward_margin, step);
+  job_metric(r->ctx, "kl_ref", e->kl_ref, step);
+}
+
+/* dpo: the micro-batch k of pairs idx[0..batch): sides, pair weights, and the reference's log-probabilities
+ * (one forward of the reference, reused by SAM's second pass). */
+static lt_status_t pair_micro_batch(run_t *r, const uint32_t *idx, uint32_t k, tune_batch_t *b, lt_err_t *err) {
+  const pref_pair_t **pp = r->pp;
+  for (uint32_t j = 0; j < r->batch; j++) {
+    pp[j] = &r->pdata.p[idx[j]];
+    r->mb_pw[k][j] = r->pw ? r->pw[idx[j]] : 1.0f;
+  }
+  *b = make_pair_batch(r, pp, r->batch);
+  b->pair_weights = r->mb_pw[k];
+  b->ref_logp = r->mb_ref[k];
+  return train_compare(r->rt, NULL, b->ids, b->mask, b->n_seq, b->T, r->mb_ref[k], NULL, NULL, err);
+}
+
 static job_outcome_t loop(run_t *r, uint64_t start, lt_err_t *err) {
   job_ctx_t *ctx = r->ctx;
   uint32_t per_step = r->batch * r->accum;
@@ -300,8 +405,8 @@ static job_outcome_t loop(run_t *r, uint64_t start, lt_err_t *err) {
     goto done;
   }
   for (uint32_t k = 0; k < r->accum; k++) {
-    mids[k] = malloc((uint64_t)r->batch * r->seq_len * 4);
-    mmask[k] = malloc((uint64_t)r->batch * r->seq_len);
+    mids[k] = malloc((uint64_t)r->seqs * r->seq_len * 4);
+    mmask[k] = malloc((uint64_t)r->seqs * r->seq_len);
     if (!mids[k] || !mmask[k]) {
       lt_fail(err, LT_E_NOMEM, "out of memory");
       goto done;
@@ -319,12 +424,13 @@ static job_outcome_t loop(run_t *r, uint64_t start, lt_err_t *err) {
       out = s > start && checkpoint(r, s, err) != LT_OK ? JOB_FAILED : JOB_STOPPED;
       goto done;
     }
-    zo_sample(r->seed, s, per_step, r->data.n, idx);
-    for (uint32_t j = 0; j < per_step; j++) ex[j] = &r->data.ex[idx[j]];
+    zo_sample(r->seed, s, per_step, r->dpo ? r->pdata.n : r->data.n, idx);
+    for (uint32_t j = 0; j < per_step && !r->dpo; j++) ex[j] = &r->data.ex[idx[j]];
     uint32_t masked = 0, changed = 0;
     for (uint32_t k = 0; k < r->accum; k++) {
       r->ids = mids[k], r->mask = mmask[k];
-      mb[k] = make_batch(r, ex + k * r->batch, r->batch);
+      if (r->dpo && pair_micro_batch(r, idx + k * r->batch, k, &mb[k], err) != LT_OK) goto done;
+      if (!r->dpo) mb[k] = make_batch(r, ex + k * r->batch, r->batch);
       tokens += (uint64_t)mb[k].n_seq * mb[k].T;
       if (!r->kid) continue;
       /* KID: the picked targets become the student's own predictions; the labels stay the data's. */
@@ -360,6 +466,10 @@ static job_outcome_t loop(run_t *r, uint64_t start, lt_err_t *err) {
     }
     if (r->dist.kind == TRAIN_LOSS_ATKD)
       fprintf(r->log, ", \"atkd_easy\": %u, \"atkd_hard\": %u", info.atkd_easy, info.atkd_hard);
+    if (r->dpo) {
+      fprintf(r->log, ", \"reward_margin\": %.9g, \"reward_accuracy\": %.9g", info.dpo_margin, info.dpo_accuracy);
+      job_metric(ctx, "train_reward_margin", info.dpo_margin, s + 1);
+    }
     if (r->kid) {
       fprintf(r->log, ", \"kid_masked\": %u, \"kid_changed\": %u", masked, changed);
       job_metric(ctx, "kid_changed", masked ? (double)changed / masked : 0, s + 1);
@@ -367,13 +477,21 @@ static job_outcome_t loop(run_t *r, uint64_t start, lt_err_t *err) {
     fputs("}\n", r->log);
     bool last = s + 1 == r->steps;
     char el[96] = "";
-    if (r->eval.n && (last || (r->eval_every && (s + 1) % r->eval_every == 0))) {
+    if ((r->eval.n || r->peval.n) && (last || (r->eval_every && (s + 1) % r->eval_every == 0))) {
       double e;
-      if (set_loss(r, r->t, &r->eval, &e, err) != LT_OK) goto done;
+      if (r->dpo) {
+        if (dpo_evaluate(r, &r->eval_last_dpo, err) != LT_OK) goto done;
+        e = r->eval_last_dpo.loss;
+        dpo_record(r, s + 1, &r->eval_last_dpo);
+        snprintf(el, sizeof el, ", held-out DPO loss %.4f, preference accuracy %.3f, KL %.4g", e,
+                 r->eval_last_dpo.pref_accuracy, r->eval_last_dpo.kl_ref);
+      } else {
+        if (set_loss(r, r->t, &r->eval, &e, err) != LT_OK) goto done;
+        snprintf(el, sizeof el, ", eval loss %.4f (perplexity %.2f)", e, exp(e));
+        if (r->distill) eval_record(r, s + 1, e);
+      }
       r->eval_curve[s + 1] = e;
       job_metric(ctx, "eval_loss", e, s + 1);
-      snprintf(el, sizeof el, ", eval loss %.4f (perplexity %.2f)", e, exp(e));
-      if (r->distill) eval_record(r, s + 1, e);
     }
     job_log(ctx, "step %" PRIu64 "/%" PRIu64 ": loss %.4f%s, lr %.3g, %.0f tokens/s, ETA %.0fs", s + 1, r->steps,
             info.loss, el, info.lr, secs > 0 ? (double)tokens / secs : 0, eta);
@@ -439,6 +557,77 @@ static lt_status_t teacher_open(run_t *r, gpu_t *g, lt_err_t *err) {
   return LT_OK;
 }
 
+/* dpo: the pair weights of --dpo-weight: max(strength, 0) over its mean across the training pairs, so that the
+ * loss keeps the scale of unweighted pairs (the learning rate means the same) and a pair whose likelihood margin
+ * disagrees with its vote counts for nothing. */
+static lt_status_t pair_weights(run_t *r, lt_err_t *err) {
+  if (strcmp(job_param_str(r->ctx, "dpo_weight"), "strength")) return LT_OK;
+  double sum = 0;
+  uint32_t zero = 0;
+  for (uint32_t i = 0; i < r->pdata.n; i++) sum += r->pdata.p[i].strength > 0 ? r->pdata.p[i].strength : 0;
+  if (!(sum > 0)) return lt_fail(err, LT_E_INVALID, "--dpo-weight strength: no training pair has a positive strength");
+  if (!(r->pw = malloc((uint64_t)r->pdata.n * sizeof *r->pw))) return lt_fail(err, LT_E_NOMEM, "out of memory");
+  double mean = sum / r->pdata.n;
+  for (uint32_t i = 0; i < r->pdata.n; i++) {
+    double v = r->pdata.p[i].strength;
+    r->pw[i] = v > 0 ? (float)(v / mean) : 0.0f;
+    zero += !(v > 0);
+  }
+  job_log(r->ctx, "pair weights: strength / %.4g (the mean of the positive parts); %u of %u pairs weigh 0", mean, zero,
+          r->pdata.n);
+  return LT_OK;
+}
+
+/* dpo: the reference, the starting weights, as a frozen state: over the policy's own model when training LoRA or
+ * adapters (the base is never changed; they start at zero), over a second f32 copy of the base for full training,
+ * that copy with the starting LoRA folded in when training continues from --adapter. */
+static lt_status_t reference_open(run_t *r, gpu_t *g, bool from_adapter, lt_err_t *err) {
+  bool full = r->to.what == TRAIN_FULL;
+  if (from_adapter && r->to.what == TRAIN_ADAPTER)
+    return lt_fail(err, LT_E_INVALID,
+                   "--objective dpo from --adapter: a bottleneck adapter cannot be folded into the reference; start "
+                   "from a LoRA adapter or from the base");
+  if (full || from_adapter) {
+    model_load_opts_t lo = {.force_f32 = true};
+    if (!(r->rm = model_load(g, r->base, &lo, err))) return err ? err->code : LT_E_IO;
+    if (from_adapter && train_lora_merge(r->t, r->rm, err) != LT_OK) return err->code;
+  }
+  train_opts_t to = {.what = TRAIN_FROZEN};
+  if (!(r->rt = train_new(r->rm ? r->rm : r->m, &to, err))) return err ? err->code : LT_E_INVALID;
+  r->dist = (train_distill_t){.kind = TRAIN_LOSS_DPO, .teacher = r->rt, .beta = (float)job_param_float(r->ctx, "beta")};
+  if (train_set_distill(r->t, &r->dist, err) != LT_OK) return err->code;
+  r->mb_pw = calloc(r->accum, sizeof *r->mb_pw);
+  r->mb_ref = calloc(r->accum, sizeof *r->mb_ref);
+  r->pex = malloc(2 * (uint64_t)r->batch * sizeof *r->pex);
+  r->pp = malloc((uint64_t)r->batch * sizeof *r->pp);
+  if (!r->mb_pw || !r->mb_ref || !r->pex || !r->pp) return lt_fail(err, LT_E_NOMEM, "out of memory");
+  for (uint32_t k = 0; k < r->accum; k++)
+    if (!(r->mb_pw[k] = malloc(r->batch * sizeof **r->mb_pw)) ||
+        !(r->mb_ref[k] = malloc(2 * (uint64_t)r->batch * sizeof **r->mb_ref)))
+      return lt_fail(err, LT_E_NOMEM, "out of memory");
+  job_log(r->ctx, "DPO against the starting weights (%s), beta %g%s", r->rm ? "a second f32 copy" : "the base, shared",
+          r->dist.beta, r->pw ? ", pairs weighted by strength" : "");
+  return LT_OK;
+}
+
+/* dpo: reads the training and held-out pairs. */
+static lt_status_t pairs_read(run_t *r, const tok_t *tok, unsigned flags, const char *eval_path, lt_err_t *err) {
+  pref_opts_t po = {.flags = flags,
+                    .context = r->seq_len,
+                    .include_inconsistent = job_param_bool(r->ctx, "include_inconsistent"),
+                    .need_strength = !strcmp(job_param_str(r->ctx, "dpo_weight"), "strength")};
+  if (pref_read(&r->pdata, tok, job_param_str(r->ctx, "data"), &po, err) != LT_OK) return err->code;
+  po.need_strength = false;
+  if (*eval_path && pref_read(&r->peval, tok, eval_path, &po, err) != LT_OK) return err->code;
+  const char *what = po.include_inconsistent ? "included" : "skipped";
+  job_log(r->ctx,
+          "%u training pairs (%" PRIu64 " rows marked inconsistent, %s; %" PRIu64 " with nothing to score within %u "
+          "tokens; %" PRIu64 " sides cut to it), %u held-out pairs (%" PRIu64 " inconsistent, %s)",
+          r->pdata.n, r->pdata.inconsistent, what, r->pdata.skipped, r->seq_len, r->pdata.cut, r->peval.n,
+          r->peval.inconsistent, what);
+  return pair_weights(r, err);
+}
+
 /* tune and distill: the run of one job of either kind. */
 static job_outcome_t first_order(job_ctx_t *ctx, bool distill, lt_err_t *err) {
   run_t r = {.ctx = ctx,
@@ -456,6 +645,8 @@ static job_outcome_t first_order(job_ctx_t *ctx, bool distill, lt_err_t *err) {
              .eval_every = (uint64_t)job_param_int(ctx, "eval_every"),
              .save_every = (uint64_t)job_param_int(ctx, "save_every"),
              .seed = (uint64_t)job_param_int(ctx, "seed")};
+  r.dpo = !distill && !strcmp(job_param_str(ctx, "objective"), "dpo");
+  r.seqs = r.batch * (r.dpo ? 2 : 1);
   const char *sched = job_param_str(ctx, "schedule");
   r.o = (tune_opts_t){.lr = job_param_float(ctx, "lr"),
                       .weight_decay = job_param_float(ctx, "weight_decay"),
@@ -493,20 +684,23 @@ static job_outcome_t first_order(job_ctx_t *ctx, bool distill, lt_err_t *err) {
   if (!(r.m = model_load(g, r.base, &lo, err))) goto done;
   uint32_t max_pos = model_config(r.m)->max_position;
   if (max_pos && r.seq_len > max_pos) r.seq_len = max_pos;
-  if (dataset_read(&r.data, tok, job_param_str(ctx, "data"), flags, r.seq_len, err) != LT_OK) goto done;
-  if (*eval_path && dataset_read(&r.eval, tok, eval_path, flags, r.seq_len, err) != LT_OK) goto done;
+  if (r.dpo && pairs_read(&r, tok, flags, eval_path, err) != LT_OK) goto done;
+  if (!r.dpo && dataset_read(&r.data, tok, job_param_str(ctx, "data"), flags, r.seq_len, err) != LT_OK) goto done;
+  if (!r.dpo && *eval_path && dataset_read(&r.eval, tok, eval_path, flags, r.seq_len, err) != LT_OK) goto done;
   if (*general_path && dataset_read(&r.general, tok, general_path, flags, r.seq_len, err) != LT_OK) goto done;
   if (r.data.cut)
     job_log(ctx, "%" PRIu64 " training rows are longer than %u tokens and were cut to it", r.data.cut, r.seq_len);
-  job_log(ctx, "%u training rows (%" PRIu64 " skipped: nothing to score), %u eval rows, %u general rows", r.data.n,
-          r.data.skipped, r.eval.n, r.general.n);
+  if (!r.dpo)
+    job_log(ctx, "%u training rows (%" PRIu64 " skipped: nothing to score), %u eval rows, %u general rows", r.data.n,
+            r.data.skipped, r.eval.n, r.general.n);
   if (!(r.t = train_new(r.m, &r.to, err))) goto done;
   const char *from = job_param_str(ctx, "adapter");
   if (*from && train_load_adapter(r.t, from, err) != LT_OK) goto done;
   if (*from) job_log(ctx, "training continues from the adapter in %s", from);
   if (distill && teacher_open(&r, g, err) != LT_OK) goto done;
+  if (r.dpo && reference_open(&r, g, *from, err) != LT_OK) goto done;
   if (!(r.u = tuner_new(r.t, &r.o, err))) goto done;
-  if (!(r.ids = malloc((uint64_t)r.batch * r.seq_len * 4)) || !(r.mask = malloc((uint64_t)r.batch * r.seq_len)) ||
+  if (!(r.ids = malloc((uint64_t)r.seqs * r.seq_len * 4)) || !(r.mask = malloc((uint64_t)r.seqs * r.seq_len)) ||
       !(r.curve = malloc((r.steps + 1) * sizeof *r.curve)) ||
       !(r.eval_curve = malloc((r.steps + 1) * sizeof *r.eval_curve))) {
     lt_fail(err, LT_E_NOMEM, "out of memory");
@@ -525,6 +719,18 @@ static job_outcome_t first_order(job_ctx_t *ctx, bool distill, lt_err_t *err) {
   if (start && resume(&r, ckpt, start, err) != LT_OK) goto done;
   if (start) job_log(ctx, "attempt %u: resuming from %s (step %" PRIu64 ")", job_attempt(ctx), ckpt, start);
   if (log_open(&r, start, err) != LT_OK) goto done;
+  if (r.peval.n) {
+    if (dpo_evaluate(&r, &r.eval_first_dpo, err) != LT_OK) goto done;
+    r.eval_last_dpo = r.eval_first_dpo;
+    r.eval_curve[start] = eval_last = eval_first = r.eval_first_dpo.loss;
+    job_metric(ctx, "eval_loss", eval_first, start);
+    job_log(ctx,
+            "held-out pairs at step %" PRIu64 ": DPO loss %.4f, preference accuracy %.3f (the reference's %.3f), "
+            "reward margin %.4g, KL to the reference %.4g per token",
+            start, eval_first, r.eval_first_dpo.pref_accuracy, r.eval_first_dpo.ref_accuracy,
+            r.eval_first_dpo.reward_margin, r.eval_first_dpo.kl_ref);
+    dpo_record(&r, start, &r.eval_first_dpo);
+  }
   if (r.eval.n) {
     if (distill && set_loss(&r, r.tt, &r.eval, &r.teacher_eval, err) != LT_OK) goto done;
     if (set_loss(&r, r.t, &r.eval, &eval_first, err) != LT_OK) goto done;
@@ -539,7 +745,7 @@ static job_outcome_t first_order(job_ctx_t *ctx, bool distill, lt_err_t *err) {
   out = loop(&r, start, err);
   if (out != JOB_SUCCEEDED) goto done;
   out = JOB_FAILED;
-  for (uint64_t s = r.steps + 1; r.eval.n && s-- > 0;)
+  for (uint64_t s = r.steps + 1; (r.eval.n || r.peval.n) && s-- > 0;)
     if (!isnan(r.eval_curve[s])) {
       eval_last = r.eval_curve[s];
       break;
@@ -570,11 +776,27 @@ static job_outcome_t first_order(job_ctx_t *ctx, bool distill, lt_err_t *err) {
   job_result_str(ctx, "output", r.output);
   job_result_str(ctx, "train", r.what);
   if (distill) job_result_str(ctx, "method", job_param_str(ctx, "method"));
+  if (!distill) job_result_str(ctx, "objective", r.dpo ? "dpo" : "ce");
+  if (r.dpo) job_result_int(ctx, "pairs", r.pdata.n);
   if (!isnan(r.curve[r.steps])) job_result_float(ctx, "loss", r.curve[r.steps]);
   job_output_begin(ctx);
   job_output_str(ctx, "output", r.output);
   job_output_int(ctx, "steps", (int64_t)r.steps);
-  if (r.eval.n) {
+  if (r.peval.n) {
+    const dpo_eval_t *a = &r.eval_first_dpo, *b = &r.eval_last_dpo;
+    const char *base = start ? "eval_pref_accuracy_at_resume" : "eval_pref_accuracy_base";
+    job_result_float(ctx, base, a->pref_accuracy);
+    job_result_float(ctx, "eval_pref_accuracy", b->pref_accuracy);
+    job_result_float(ctx, "eval_reward_accuracy", b->reward_accuracy);
+    job_result_float(ctx, "eval_reward_margin", b->reward_margin);
+    job_result_float(ctx, "eval_kl_ref", b->kl_ref);
+    job_output_float(ctx, base, a->pref_accuracy);
+    job_output_float(ctx, "eval_pref_accuracy", b->pref_accuracy);
+    job_output_float(ctx, "eval_reward_accuracy", b->reward_accuracy);
+    job_output_float(ctx, "eval_reward_margin", b->reward_margin);
+    job_output_float(ctx, "eval_kl_ref", b->kl_ref);
+  }
+  if (r.eval.n || r.peval.n) {
     job_result_float(ctx, start ? "eval_loss_at_resume" : "eval_loss_base", eval_first);
     job_result_float(ctx, "eval_loss", eval_last);
     job_output_float(ctx, "eval_loss_base", eval_first);
@@ -603,8 +825,17 @@ done:
   tuner_destroy(&r.u);
   train_destroy(&r.t);
   train_destroy(&r.tt);
+  train_destroy(&r.rt);
   model_destroy(&r.m);
   model_destroy(&r.tm);
+  model_destroy(&r.rm);
+  for (uint32_t k = 0; k < r.accum; k++) {
+    if (r.mb_pw) free(r.mb_pw[k]);
+    if (r.mb_ref) free(r.mb_ref[k]);
+  }
+  free(r.mb_pw), free(r.mb_ref), free(r.pex), free(r.pp), free(r.pw);
+  pref_free(&r.pdata);
+  pref_free(&r.peval);
   for (uint32_t k = 0; r.kid_ids && k < r.accum; k++) free(r.kid_ids[k]);
   free(r.kid_ids), free(r.picked);
   dataset_free(&r.data);

@@ -1,5 +1,7 @@
 /* The data jobs through the real daemon and the `lathe` CLI: flatten-graph without any Vulkan driver (its JSON
  * shape, caps and bad input), feedback and selfgen on the embedded model, each with progress events. */
+#include <jansson.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -136,6 +138,113 @@ Test(data_jobs, feedback_runs_end_to_end_with_progress) {
     double m = strtod(margin + 14, &num_end);
     cr_assert(num_end != margin + 14 && m >= 0, "%s", p);
   }
+}
+
+/* The AI-feedback loop: feedback labels pairs, tune --objective dpo trains a LoRA on them against the starting
+ * weights. The held-out pairs are the training ones here (the figures of docs/preference.md hold some out): DPO
+ * must lower their loss from exactly log 2, and the inconsistent rows are skipped unless included. */
+Test(data_jobs, feedback_labels_train_dpo_end_to_end) {
+  char args[2048], path[256];
+  const char *data = file(
+      "fb.jsonl", "{\"prompt\": \"And God said\", \"a\": \"Let there be light.\", \"b\": \"Let the cat in.\"}\n"
+                  "{\"prompt\": \"In the beginning\", \"a\": \"God created the earth.\", \"b\": \"we took a bus.\"}\n"
+                  "{\"prompt\": \"The LORD is\", \"a\": \"my shepherd.\", \"b\": \"my laptop.\"}\n"
+                  "{\"prompt\": \"Blessed are\", \"a\": \"the meek.\", \"b\": \"the servers.\"}\n");
+  snprintf(args, sizeof args, "--json run feedback --model %s --data %s --max-tokens 8 --batch 4", DATA_MODEL, data);
+  cr_assert_eq(lathe(args), 0, "%s", err);
+  cr_assert_eq(lathe("--json result 1"), 0);
+  const char *ic = strstr(out, "\"inconsistent\":");
+  cr_assert(ic, "%s", out);
+  int inconsistent = atoi(ic + 15);
+  snprintf(path, sizeof path, "%s/jobs/1/feedback.jsonl", t.home);
+  /* Every row, the inconsistent ones by their lean. */
+  snprintf(args, sizeof args,
+           "--json run tune --model %s --objective dpo --data %s --eval %s --include-inconsistent --train lora "
+           "--steps 6 --batch 2 --lr 5e-3 --eval-every 3 --output %s/dpo",
+           DATA_MODEL, path, path, t.dir);
+  cr_assert_eq(lathe(args), 0, "%s", err);
+  cr_assert(strstr(err, "4 training pairs (") && strstr(err, " rows marked inconsistent, included"), "%s", err);
+  json_error_t je;
+  const char *final = strstr(out, "{\"output\":");
+  json_t *res = json_loads(final ? final : "{}", JSON_DISABLE_EOF_CHECK, &je);
+  cr_assert(res, "%s", out);
+  double base = json_number_value(json_object_get(res, "eval_loss_base")),
+         after = json_number_value(json_object_get(res, "eval_loss"));
+  cr_assert_eq(base, log1p(1.0), "the policy starts as its reference: %.17g", base);
+  cr_assert(after < base - 0.01, "DPO loss on its own pairs %g -> %g", base, after);
+  cr_assert(json_number_value(json_object_get(res, "eval_reward_accuracy")) > 0.5, "%s", out);
+  cr_assert(json_number_value(json_object_get(res, "eval_kl_ref")) > 0, "%s", out);
+  cr_assert(json_is_number(json_object_get(res, "eval_pref_accuracy_base")) &&
+                json_is_number(json_object_get(res, "eval_pref_accuracy")),
+            "%s", out);
+  json_decref(res);
+  cr_assert(strstr(out, "{\"step\":0,\"eval_loss\":0.69314718055994"), "a record per eval from step 0: %s", out);
+  /* Without --include-inconsistent the flagged rows are left out, and a file of nothing else is refused. */
+  snprintf(args, sizeof args,
+           "--json run tune --model %s --objective dpo --data %s --train lora --steps 1 --batch 1 --output %s/dpo2",
+           DATA_MODEL, path, t.dir);
+  char want[96];
+  snprintf(want, sizeof want, "%d training pairs (%d rows marked inconsistent, skipped", 4 - inconsistent,
+           inconsistent);
+  if (inconsistent < 4) {
+    cr_assert_eq(lathe(args), 0, "%s", err);
+    cr_assert(strstr(err, want), "%s in %s", want, err);
+  } else {
+    cr_assert_eq(lathe(args), 1);
+    cr_assert(strstr(err, "no preference pair to train on"), "%s", err);
+  }
+}
+
+/* Whether the CLI's JSON event stream holds text (its quotes escaped as JSON writes them). */
+static bool json_has(const char *stream, const char *text) {
+  char esc[512];
+  size_t n = 0;
+  for (const char *p = text; *p && n + 2 < sizeof esc; p++) {
+    if (*p == '"') esc[n++] = '\\';
+    esc[n++] = *p;
+  }
+  esc[n] = '\0';
+  return strstr(stream, esc) != NULL;
+}
+
+/* Bad preference rows fail the job with the file, the line and what is wrong; DPO settings without DPO are refused
+ * at submit. */
+Test(data_jobs, bad_preference_rows_name_the_line) {
+  static const struct {
+    const char *rows, *want;
+  } cases[] = {
+      {"{\"prompt\": \"a\", \"chosen\": \" b\", \"rejected\": \" c\"}\n{\"prompt\": \"a\", \"chosen\": \" b\"}\n",
+       "bad.jsonl:2: a preference row needs \"prompt\", \"chosen\" and \"rejected\" strings: \"rejected\" is missing"},
+      {"{\"prompt\": \"a\", \"chosen\": \" the same\", \"rejected\": \" the same\"}\n",
+       "bad.jsonl:1: \"chosen\" and \"rejected\" are the same text"},
+      {"\n{\"prompt\": \"a\", \"chosen\": \"\", \"rejected\": \" c\"}\n",
+       "bad.jsonl:2: the chosen completion is empty"},
+      {"{\"prompt\": \"a\", \"chosen\": \" b\", \"rejected\": \"  \"}\n",
+       "bad.jsonl:1: the rejected completion is empty"},
+      {"{\"prompt\": 3, \"chosen\": \" b\", \"rejected\": \" c\"}\n", "bad.jsonl:1: a preference row needs"},
+  };
+  char args[1024];
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+    snprintf(args, sizeof args, "--json run tune --model %s --objective dpo --data %s --steps 1 --output %s/o%zu",
+             DATA_MODEL, file("bad.jsonl", cases[i].rows), t.dir, i);
+    cr_assert_eq(lathe(args), 1, "case %zu: %s", i, err);
+    cr_assert(json_has(err, cases[i].want), "case %zu: want %s in %s", i, cases[i].want, err);
+  }
+  const char *good = file("good.jsonl", "{\"prompt\": \"a\", \"chosen\": \" b\", \"rejected\": \" c\"}\n");
+  snprintf(args, sizeof args,
+           "--json run tune --model %s --objective dpo --data %s --dpo-weight strength "
+           "--steps 1 --output %s/w",
+           DATA_MODEL, good, t.dir);
+  cr_assert_eq(lathe(args), 1);
+  cr_assert(json_has(err, "good.jsonl:1: --dpo-weight strength needs a \"strength\" number on every row"), "%s", err);
+  snprintf(args, sizeof args, "--json run tune --model %s --data %s --dpo-weight strength --steps 1 --output %s/x",
+           DATA_MODEL, good, t.dir);
+  cr_assert_eq(lathe(args), 2, "refused at submit");
+  cr_assert(strstr(err, "params.dpo_weight: only --objective dpo weighs pairs"), "%s", err);
+  snprintf(args, sizeof args, "--json run tune --model %s --data %s --objective ppo --steps 1 --output %s/y",
+           DATA_MODEL, good, t.dir);
+  cr_assert_eq(lathe(args), 2, "refused at submit");
+  cr_assert(strstr(err, "params.objective: ce or dpo"), "%s", err);
 }
 
 Test(data_jobs, selfgen_runs_end_to_end_with_progress) {
