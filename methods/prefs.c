@@ -51,8 +51,9 @@ static int row_label(const json_t *row, const pref_opts_t *o, const char *where,
     const json_t *js[3] = {pj, wj, lj};
     for (int k = 0; k < 3; k++)
       if (!json_is_string(js[k]))
-        return lt_fail(err, LT_E_INVALID, "%s: a preference row needs \"prompt\", \"chosen\" and \"rejected\" strings: "
-                                          "\"%s\" is %s",
+        return lt_fail(err, LT_E_INVALID,
+                       "%s: a preference row needs \"prompt\", \"chosen\" and \"rejected\" strings: "
+                       "\"%s\" is %s",
                        where, names[k], js[k] ? "not a string" : "missing"),
                -1;
     *chosen = json_string_value(wj), *rejected = json_string_value(lj);

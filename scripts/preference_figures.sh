@@ -47,22 +47,28 @@ run() {
   printf '  %-44s %6.1f s\n' "$1 -> $out" "$(echo "$t1 - $t0" | bc)"
 }
 
-echo "1. answers: two samples per prompt ($n prompts)"
-run answers-a.jsonl generate --model "$model" "${pargs[@]}" --max-tokens 16 --temperature 1 --top-k 0 --top-p 1 --seed 1
-run answers-b.jsonl generate --model "$model" "${pargs[@]}" --max-tokens 16 --temperature 1 --top-k 0 --top-p 1 \
-  --seed 100001
-$py - answers-a.jsonl answers-b.jsonl >pairs.jsonl <<'PY'
+# Feedback rows {prompt, a, b} from two generate outputs (the same prompts in the same order), leaving out the
+# prompts whose two answers are equal (a pair that prefers nothing); says how many, naming them WHY.
+pair_up() {
+  $py - "$1" "$2" "$3" <<'PY'
 import json, sys
 a = [json.loads(l) for l in open(sys.argv[1])]
 b = [json.loads(l) for l in open(sys.argv[2])]
 same = 0
 for x, y in zip(a, b):
     if x["text"].strip() == y["text"].strip():
-        same += 1  # a pair that prefers nothing
+        same += 1
         continue
     print(json.dumps({"prompt": x["prompt"], "a": x["text"], "b": y["text"]}))
-print(f"  {len(a)} prompts: {same} with two equal samples left out", file=sys.stderr)
+print(f"  {len(a)} prompts: {same} left out ({sys.argv[3]})", file=sys.stderr)
 PY
+}
+
+echo "1. answers: two samples per prompt ($n prompts)"
+run answers-a.jsonl generate --model "$model" "${pargs[@]}" --max-tokens 16 --temperature 1 --top-k 0 --top-p 1 --seed 1
+run answers-b.jsonl generate --model "$model" "${pargs[@]}" --max-tokens 16 --temperature 1 --top-k 0 --top-p 1 \
+  --seed 100001
+pair_up answers-a.jsonl answers-b.jsonl "two equal samples" >pairs.jsonl
 
 echo "2. labels: the model judges its own pairs"
 run feedback.out feedback --model "$model" --data pairs.jsonl --max-tokens 24 --batch 16
@@ -123,18 +129,7 @@ for p in "${prompts[@]: -$held}"; do hargs+=(--prompt "$p"); done
 run gen-base.jsonl generate --model "$model" "${hargs[@]}" --max-tokens 16 --temperature 0
 run gen-dpo.jsonl generate --model "$model" --adapter "$work/dpo-lora" "${hargs[@]}" --max-tokens 16 --temperature 0
 # Both orders of the pair are judged inside feedback (position swap); base as a, DPO as b.
-$py - gen-base.jsonl gen-dpo.jsonl >judge.jsonl <<'PY'
-import json, sys
-a = [json.loads(l) for l in open(sys.argv[1])]
-b = [json.loads(l) for l in open(sys.argv[2])]
-same = 0
-for x, y in zip(a, b):
-    if x["text"].strip() == y["text"].strip():
-        same += 1
-        continue
-    print(json.dumps({"prompt": x["prompt"], "a": x["text"], "b": y["text"]}))
-print(f"  {len(a)} held-out prompts: the DPO policy's greedy answer is the base's in {same}", file=sys.stderr)
-PY
+pair_up gen-base.jsonl gen-dpo.jsonl "the same greedy answer from both" >judge.jsonl
 run judge.out feedback --model "$model" --data judge.jsonl --max-tokens 24 --batch 16
 $py - judge.out judge.jsonl "$(find "$work/data" -path "*/jobs/$($py -c 'import json,sys; print(json.loads(open(sys.argv[1]).readline())["id"])' judge.out.events)/feedback.jsonl")" <<'PY'
 import json, sys

@@ -44,16 +44,24 @@ static void pref_load(pref_t *d) {
 
 static model_t *load(const char *name, bool f32) { return ttrain_load(name, f32); }
 
+/* The fixture's policy (trained in full, f32) and its frozen reference, as models and training states. */
+static void fixture_models(const pref_t *d, model_t **pm, model_t **rm, train_t **p, train_t **r) {
+  *pm = load(json_string_value(json_object_get(d->j, "policy")), true);
+  *rm = load(json_string_value(json_object_get(d->j, "reference")), false);
+  lt_err_t err = {0};
+  train_opts_t po = {.what = TRAIN_FULL}, ro = {.what = TRAIN_FROZEN};
+  *p = train_new(*pm, &po, &err), *r = train_new(*rm, &ro, &err);
+  cr_assert(*p && *r, "%s", err.msg);
+}
+
 static void check_case(size_t k) {
   pref_t d;
   pref_load(&d);
   json_t *c = json_array_get(json_object_get(d.j, "cases"), k);
-  model_t *pm = load(json_string_value(json_object_get(d.j, "policy")), true);
-  model_t *rm = load(json_string_value(json_object_get(d.j, "reference")), false);
+  model_t *pm, *rm;
+  train_t *p, *r;
+  fixture_models(&d, &pm, &rm, &p, &r);
   lt_err_t err = {0};
-  train_opts_t po = {.what = TRAIN_FULL}, ro = {.what = TRAIN_FROZEN};
-  train_t *p = train_new(pm, &po, &err), *r = train_new(rm, &ro, &err);
-  cr_assert(p && r, "%s", err.msg);
   train_distill_t dist = {
       .kind = TRAIN_LOSS_DPO, .teacher = r, .beta = (float)json_number_value(json_object_get(c, "beta"))};
   cr_assert_eq(train_set_distill(p, &dist, &err), LT_OK, "%s", err.msg);
@@ -90,12 +98,10 @@ Test(dpo, loss_and_gradients_match_pytorch) { check_case(0); }
 Test(dpo, compare_matches_pytorch_and_a_given_reference_gives_the_same_gradient) {
   pref_t d;
   pref_load(&d);
-  model_t *pm = load(json_string_value(json_object_get(d.j, "policy")), true);
-  model_t *rm = load(json_string_value(json_object_get(d.j, "reference")), false);
+  model_t *pm, *rm;
+  train_t *p, *r;
+  fixture_models(&d, &pm, &rm, &p, &r);
   lt_err_t err = {0};
-  train_opts_t po = {.what = TRAIN_FULL}, ro = {.what = TRAIN_FROZEN};
-  train_t *p = train_new(pm, &po, &err), *r = train_new(rm, &ro, &err);
-  cr_assert(p && r, "%s", err.msg);
   double lp[4], lr[4], kl[4], lp_alone[4];
   cr_assert_eq(train_compare(p, r, d.ids, d.mask, d.n_seq, d.T, lp, lr, kl, &err), LT_OK, "%s", err.msg);
   cr_assert_eq(train_compare(p, NULL, d.ids, d.mask, d.n_seq, d.T, lp_alone, NULL, NULL, &err), LT_OK, "%s", err.msg);
