@@ -1,5 +1,7 @@
 #include "common/util.h"
 
+#include "common/fsout.h"
+
 #include <errno.h>
 #include <fcntl.h>
 #include <ftw.h>
@@ -162,11 +164,11 @@ lt_status_t util_read_z85_key(const char *path, char key[41], lt_err_t *err) {
 }
 
 lt_status_t util_write_z85_key(const char *path, const char *key, bool secret, lt_err_t *err) {
-  int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, secret ? 0600 : 0644);
-  if (fd < 0) return lt_fail(err, LT_E_IO, "cannot write %s: %s", path, strerror(errno));
-  char buf[64];
-  int len = snprintf(buf, sizeof buf, "%s\n", key);
-  bool ok = write(fd, buf, (size_t)len) == len;
-  ok = close(fd) == 0 && ok;
-  return ok ? LT_OK : lt_fail(err, LT_E_IO, "cannot write %s: %s", path, strerror(errno));
+  util_out_t o;
+  if (util_out_open(&o, path, secret ? 0600 : 0644, err) != LT_OK) return LT_E_IO;
+  if (fprintf(o.f, "%s\n", key) < 0) {
+    util_out_abort(&o);
+    return lt_fail(err, LT_E_IO, "cannot write %s: %s", path, strerror(errno));
+  }
+  return util_out_commit(&o, err);
 }

@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "methods/compress.h"
+#include "engine/text/jsonl.h"
 #include "jobs/runners.h"
 
 #define MAX_CALIB_TOKENS (64ull << 20) /* calibration tokens read at most (windows are drawn from them) */
@@ -205,10 +206,7 @@ job_outcome_t run_compress(job_ctx_t *ctx, lt_err_t *err) {
                                 (double)after.weight_device_bytes / (double)before.weight_device_bytes));
   char rpath[4200];
   snprintf(rpath, sizeof rpath, "%s/report.json", job_dir(ctx));
-  if (json_dump_file(report, rpath, JSON_INDENT(1)) != 0) {
-    lt_fail(err, LT_E_IO, "cannot write %s", rpath);
-    goto done;
-  }
+  if (jsonl_write_file(rpath, report, JSON_INDENT(1), err) != LT_OK) goto done;
   job_artifact(ctx, "report", "report.json");
   job_output_begin(ctx);
   job_output_str(ctx, "output", out_dir);

@@ -1,5 +1,6 @@
 /* Helpers of the model-driven data jobs (no runner here). */
 #include "jobs/datajob.h"
+#include "common/fsout.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -60,11 +61,8 @@ lt_status_t dj_count_rows(const char *path, uint64_t max, uint64_t *n, lt_err_t 
 FILE *dj_create(job_ctx_t *ctx, const char *name, lt_err_t *err) {
   char path[4200];
   snprintf(path, sizeof path, "%s/%s", job_dir(ctx), name);
-  FILE *f = fopen(path, "w");
-  if (!f)
-    lt_fail(err, LT_E_IO, "cannot write %s", path);
-  else
-    job_artifact(ctx, name, name);
+  FILE *f = util_open_nofollow(path, false, err);
+  if (f) job_artifact(ctx, name, name);
   return f;
 }
 

@@ -5,6 +5,8 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "common/fsout.h"
+#include "engine/text/jsonl.h"
 #include "methods/graph.h"
 #include "jobs/runners.h"
 
@@ -43,9 +45,13 @@ static json_t *names_json(const graph_t *g, const uint32_t *ids, size_t n) {
 static lt_status_t write_files(job_ctx_t *ctx, const graph_t *g, const graph_flat_t *f, lt_err_t *err) {
   char path[4200];
   snprintf(path, sizeof path, "%s/flat.txt", job_dir(ctx));
-  FILE *t = fopen(path, "wb");
-  if (!t || fwrite(f->text, 1, f->text_len, t) != f->text_len || fclose(t) != 0)
+  util_out_t t;
+  if (util_out_open(&t, path, 0644, err) != LT_OK) return LT_E_IO;
+  if (fwrite(f->text, 1, f->text_len, t.f) != f->text_len) {
+    util_out_abort(&t);
     return lt_fail(err, LT_E_IO, "cannot write %s", path);
+  }
+  if (util_out_commit(&t, err) != LT_OK) return LT_E_IO;
   json_t *o = json_object(), *paths = json_array();
   for (size_t p = 0; p < f->n_paths; p++)
     json_array_append_new(paths,
@@ -60,9 +66,9 @@ static lt_status_t write_files(job_ctx_t *ctx, const graph_t *g, const graph_fla
   json_object_set_new(o, "truncated", json_boolean(f->truncated));
   json_object_set_new(o, "note", json_string(f->note));
   snprintf(path, sizeof path, "%s/flat.json", job_dir(ctx));
-  int rc = json_dump_file(o, path, JSON_COMPACT | JSON_PRESERVE_ORDER);
+  lt_status_t st = jsonl_write_file(path, o, JSON_COMPACT | JSON_PRESERVE_ORDER, err);
   json_decref(o);
-  if (rc != 0) return lt_fail(err, LT_E_IO, "cannot write %s", path);
+  if (st != LT_OK) return st;
   job_artifact(ctx, "text", "flat.txt");
   job_artifact(ctx, "paths", "flat.json");
   return LT_OK;

@@ -1,6 +1,8 @@
 /* SVG line charts: one or two stacked panels sharing the x axis. */
 #include "jobs/plot.h"
 
+#include "common/fsout.h"
+
 #include <math.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -45,8 +47,9 @@ lt_status_t plot_svg_write(const char *path, const plot_spec_t *p, lt_err_t *err
     double pad = (hi[k] - lo[k]) * 0.08 + 1e-9;
     lo[k] -= pad, hi[k] += pad;
   }
-  FILE *f = fopen(path, "w");
-  if (!f) return lt_fail(err, LT_E_IO, "cannot write %s", path);
+  util_out_t out;
+  if (util_out_open(&out, path, 0644, err) != LT_OK) return LT_E_IO;
+  FILE *f = out.f;
   double plot_w = W - LEFT - RIGHT, height = TOP + panels * (PANEL_H + GAP) + 10;
   double step = p->n > 1 ? plot_w / (p->n - 1) : 0;
   fprintf(f,
@@ -105,7 +108,5 @@ lt_status_t plot_svg_write(const char *path, const plot_spec_t *p, lt_err_t *err
   fprintf(f, "<text x=\"%.1f\" y=\"%.1f\" text-anchor=\"middle\">", LEFT + plot_w / 2, height - 4);
   put_text(f, p->xlabel);
   fputs("</text>\n</svg>\n", f);
-  bool bad = ferror(f);
-  if (fclose(f) != 0 || bad) return lt_fail(err, LT_E_IO, "cannot write %s", path);
-  return LT_OK;
+  return util_out_commit(&out, err);
 }

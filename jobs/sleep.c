@@ -8,6 +8,7 @@
 #include <time.h>
 
 #include "common/util.h"
+#include "common/fsout.h"
 #include "jobs/runners.h"
 
 /* Checkpoints are written at most this often (and when the daemon asks for one). */
@@ -27,13 +28,13 @@ static int64_t read_checkpoint(const char *path) {
 
 /* Writes the next step to run atomically (a crash mid-write leaves the previous checkpoint). */
 static bool write_checkpoint(const char *path, int64_t step) {
-  char tmp[PATH_MAX + 8];
-  snprintf(tmp, sizeof tmp, "%s.tmp", path);
-  FILE *f = fopen(tmp, "w");
-  if (!f) return false;
-  bool ok = fprintf(f, "%lld\n", (long long)step) > 0;
-  ok = fclose(f) == 0 && ok;
-  return ok && rename(tmp, path) == 0;
+  util_out_t o;
+  if (util_out_open(&o, path, 0644, NULL) != LT_OK) return false;
+  if (fprintf(o.f, "%lld\n", (long long)step) < 0) {
+    util_out_abort(&o);
+    return false;
+  }
+  return util_out_commit(&o, NULL) == LT_OK;
 }
 
 /* Sleeps ms in slices, returning early with the stop request if one comes (a cancel is ignored when asked). */

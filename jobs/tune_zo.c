@@ -19,6 +19,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "common/fsout.h"
 #include "common/util.h"
 #include "engine/model/model_tok.h"
 #include "engine/text/jsonl.h"
@@ -66,16 +67,19 @@ static lt_status_t eval_loss(run_t *r, double *loss, lt_err_t *err) {
 /* Saves the weights after `step` steps as <output>/checkpoint-<step>, the log flushed to disk first, then
  * records it in the state file: a checkpoint the state names is complete and its steps are in the log. */
 static lt_status_t checkpoint(run_t *r, uint64_t step, lt_err_t *err) {
-  char dir[PATH_MAX], tmp[PATH_MAX + 8], steps[24];
+  char dir[PATH_MAX], tmp[PATH_MAX + 80], steps[24];
   snprintf(dir, sizeof dir, "%s/checkpoint-%" PRIu64, r->output, step);
-  snprintf(tmp, sizeof tmp, "%s.tmp", dir);
   snprintf(steps, sizeof steps, "%" PRIu64, step);
   const char *meta[] = {"lathe_zo_steps", steps};
   model_save_opts_t so = {.meta = meta, .n_meta = 1};
   lt_status_t st;
   if (fflush(r->log) != 0 || fsync(fileno(r->log)) != 0)
     return lt_fail(err, LT_E_IO, "writing %s: %s", r->log_path, strerror(errno));
-  if ((st = util_rm_rf(tmp, err)) != LT_OK || (st = model_save(r->m, tmp, &so, err)) != LT_OK) return st;
+  if ((st = util_out_dir(dir, tmp, sizeof tmp, err)) != LT_OK) return st;
+  if ((st = model_save(r->m, tmp, &so, err)) != LT_OK) {
+    util_rm_rf(tmp, NULL);
+    return st;
+  }
   if ((st = util_rm_rf(dir, err)) != LT_OK) return st;
   if (rename(tmp, dir) != 0) return lt_fail(err, LT_E_IO, "cannot rename %s: %s", tmp, strerror(errno));
   if ((st = resume_state_write(r->state_path, step, dir, err)) != LT_OK) return st;

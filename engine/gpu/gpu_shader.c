@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include "engine/gpu/gpu_internal.h"
+#include "common/fsout.h"
 #include "engine/gpu/shader_src.h"
 
 #define SPV_MAGIC "LTSPIRV1"
@@ -172,16 +173,14 @@ lt_status_t gpu_compile_glsl(gpu_t *g, const char *name, const char *source, con
   return st;
 }
 
-/* Writes data to path atomically (temp file + rename); failures are silent. */
+/* Writes data to path atomically (a new file renamed into place, util_out); failures are silent. */
 static void write_atomic(const char *path, const void *a, size_t na, const void *b, size_t nb) {
-  char tmp[1200];
-  snprintf(tmp, sizeof tmp, "%s.%d.tmp", path, (int)getpid());
-  FILE *f = fopen(tmp, "wb");
-  if (!f) return;
-  bool ok = fwrite(a, 1, na, f) == na && (nb == 0 || fwrite(b, 1, nb, f) == nb);
-  ok = (fclose(f) == 0) && ok;
-  if (ok) ok = rename(tmp, path) == 0;
-  if (!ok) unlink(tmp);
+  util_out_t o;
+  if (util_out_open(&o, path, 0644, NULL) != LT_OK) return;
+  if (fwrite(a, 1, na, o.f) == na && (nb == 0 || fwrite(b, 1, nb, o.f) == nb))
+    util_out_commit(&o, NULL);
+  else
+    util_out_abort(&o);
 }
 
 /* Reads a whole file of at most MAX_CACHE_FILE bytes. Caller owns *data. */

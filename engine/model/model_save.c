@@ -7,6 +7,8 @@
 #include <sys/stat.h>
 
 #include "engine/model/model.h"
+#include "engine/text/jsonl.h"
+#include "common/fsout.h"
 #include "engine/ops/quant.h"
 #include "engine/ops/dtype.h"
 #include "engine/model/safetensors.h"
@@ -83,19 +85,22 @@ static lt_status_t copy_if_present(const char *src_dir, const char *dir, const c
   snprintf(to, sizeof to, "%s/%s", dir, name);
   FILE *in = fopen(from, "rb");
   if (!in) return LT_OK;
-  FILE *out = fopen(to, "wb");
-  if (!out) {
+  util_out_t out;
+  if (util_out_open(&out, to, 0644, err) != LT_OK) {
     fclose(in);
-    return lt_fail(err, LT_E_IO, "cannot write %s: %s", to, strerror(errno));
+    return LT_E_IO;
   }
   char buf[65536];
   size_t n;
   bool ok = true;
-  while (ok && (n = fread(buf, 1, sizeof buf, in)) > 0) ok = fwrite(buf, 1, n, out) == n;
+  while (ok && (n = fread(buf, 1, sizeof buf, in)) > 0) ok = fwrite(buf, 1, n, out.f) == n;
   ok = !ferror(in) && ok;
   fclose(in);
-  ok = fclose(out) == 0 && ok;
-  return ok ? LT_OK : lt_fail(err, LT_E_IO, "copying %s to %s failed", from, to);
+  if (!ok) {
+    util_out_abort(&out);
+    return lt_fail(err, LT_E_IO, "copying %s to %s failed", from, to);
+  }
+  return util_out_commit(&out, err);
 }
 
 /* Creates dir and any missing parents, as mkdir -p does. */
@@ -130,8 +135,7 @@ lt_status_t model_folder_write(const char *dir, const model_config_t *cfg, const
     char path[4096];
     snprintf(path, sizeof path, "%s/config.json", dir);
     json_t *j = model_config_json(cfg);
-    if (json_dump_file(j, path, JSON_INDENT(2) | JSON_PRESERVE_ORDER) != 0)
-      st = lt_fail(err, LT_E_IO, "cannot write %s", path);
+    st = jsonl_write_file(path, j, JSON_INDENT(2) | JSON_PRESERVE_ORDER, err);
     json_decref(j);
   }
   struct stat sb;

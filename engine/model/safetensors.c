@@ -1,6 +1,8 @@
 /* safetensors: header validation, sharded sets, lookup by name, and the writer. */
 #include "engine/model/safetensors.h"
 
+#include "common/fsout.h"
+
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -374,28 +376,18 @@ const char *st_metadata(const st_file_t *f, const char *key) {
 
 /* ---- writer ---- */
 
-/* Writes size bytes from each of the n pieces to path via path.tmp and a rename. */
+/* Writes size bytes from each of the n pieces to path: a new file renamed into place (util_out). */
 static lt_status_t write_atomic(const char *path, const void *const *piece, const uint64_t *size, uint32_t n,
                                 lt_err_t *err) {
-  size_t len = strlen(path);
-  char *tmp = malloc(len + 5);
-  if (!tmp) return lt_fail(err, LT_E_NOMEM, "%s: out of memory", path);
-  memcpy(tmp, path, len);
-  memcpy(tmp + len, ".tmp", 5);
-  lt_status_t s = LT_OK;
-  FILE *fp = fopen(tmp, "wb");
-  if (!fp) s = lt_fail(err, LT_E_IO, "%s: cannot create: %s", tmp, strerror(errno));
-  for (uint32_t i = 0; !s && i < n; i++)
-    if (size[i] && fwrite(piece[i], 1, size[i], fp) != size[i])
-      s = lt_fail(err, LT_E_IO, "%s: write failed: %s", tmp, strerror(errno));
-  if (fp && (fflush(fp) != 0 || fsync(fileno(fp)) != 0) && !s)
-    s = lt_fail(err, LT_E_IO, "%s: write failed: %s", tmp, strerror(errno));
-  if (fp && fclose(fp) != 0 && !s) s = lt_fail(err, LT_E_IO, "%s: close failed: %s", tmp, strerror(errno));
-  if (!s && rename(tmp, path) != 0)
-    s = lt_fail(err, LT_E_IO, "%s: cannot rename into place: %s", path, strerror(errno));
-  if (s && fp) unlink(tmp);
-  free(tmp);
-  return s;
+  util_out_t o;
+  if (util_out_open(&o, path, 0644, err) != LT_OK) return LT_E_IO;
+  for (uint32_t i = 0; i < n; i++)
+    if (size[i] && fwrite(piece[i], 1, size[i], o.f) != size[i]) {
+      lt_fail(err, LT_E_IO, "%s: write failed: %s", path, strerror(errno));
+      util_out_abort(&o);
+      return LT_E_IO;
+    }
+  return util_out_commit(&o, err);
 }
 
 /* Adds the n_meta (key, value) pairs to obj as strings. */

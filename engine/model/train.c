@@ -22,6 +22,7 @@
 #include <string.h>
 
 #include "engine/model/safetensors.h"
+#include "engine/text/jsonl.h"
 #include "engine/ops/ops.h"
 #include "engine/ops/ops_grad.h"
 
@@ -1469,9 +1470,10 @@ lt_status_t train_save_adapter(const train_t *t, const char *dir, const char *ba
   }
   char p[4200];
   snprintf(p, sizeof p, "%s/adapter_config.json", dir);
-  int rc = j ? json_dump_file(j, p, JSON_INDENT(2) | JSON_PRESERVE_ORDER) : -1;
+  lt_status_t st = j ? jsonl_write_file(p, j, JSON_INDENT(2) | JSON_PRESERVE_ORDER, err)
+                     : lt_fail(err, LT_E_NOMEM, "cannot write %s: out of memory", p);
   json_decref(j);
-  if (rc != 0) return lt_fail(err, LT_E_IO, "cannot write %s", p);
+  if (st != LT_OK) return st;
   snprintf(p, sizeof p, "%s/%s", dir, file);
   return write_tensors(t, p, err);
 }

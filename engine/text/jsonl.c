@@ -1,6 +1,8 @@
 /* JSONL rows, read one bounded line at a time. */
 #include "engine/text/jsonl.h"
 
+#include "common/fsout.h"
+
 #include <errno.h>
 #include <limits.h>
 #include <stdio.h>
@@ -138,4 +140,14 @@ lt_status_t jsonl_row_tokens(const tok_t *tok, const json_t *row, unsigned flags
   }
   free(cids);
   return st;
+}
+
+lt_status_t jsonl_write_file(const char *path, const json_t *j, size_t flags, lt_err_t *err) {
+  util_out_t o;
+  if (util_out_open(&o, path, 0644, err) != LT_OK) return LT_E_IO;
+  if (json_dumpf(j, o.f, flags) != 0 || fputc('\n', o.f) == EOF) {
+    util_out_abort(&o);
+    return lt_fail(err, LT_E_IO, "cannot write %s", path);
+  }
+  return util_out_commit(&o, err);
 }

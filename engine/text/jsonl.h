@@ -31,6 +31,10 @@ uint64_t jsonl_size(const jsonl_t *r);
 /* Closes the file and frees *r, setting it to NULL; NULL-safe. */
 void jsonl_destroy(jsonl_t **r);
 
+/* Writes j (json_dumpf flags) to path as a new file renamed into place (util_out: never through a planted link).
+ * LT_E_IO with err naming path. */
+lt_status_t jsonl_write_file(const char *path, const json_t *j, size_t flags, lt_err_t *err);
+
 /* Reads every row of path (at most max_rows, 0: all). Caller owns *rows (jsonl_free). */
 lt_status_t jsonl_load(const char *path, uint64_t max_rows, json_t ***rows, size_t *n, lt_err_t *err);
 
