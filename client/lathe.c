@@ -20,8 +20,9 @@
 #include "common/util.h"
 #include "jobs/kind.h"
 
-/* Exit statuses: 0 success (for run/watch: the job succeeded), 1 job failed or was cancelled, 2 usage,
- * 3 daemon unreachable or request refused, 130 detached with Ctrl-C. */
+/* Exit statuses: 0 success (for run/watch: the job succeeded), 1 job failed or was cancelled, 2 usage (also a
+ * submission refused for a parameter or a file), 3 daemon unreachable or request refused otherwise, 130 detached
+ * with Ctrl-C. */
 enum { EXIT_JOB_FAILED = 1, EXIT_USAGE = 2, EXIT_DAEMON = 3, EXIT_DETACHED = 130 };
 
 typedef struct cli {
@@ -324,7 +325,11 @@ static int64_t submit(cli_t *cli, submit_args_t *a, int *rc) {
   int64_t id = lc_submit(cli->c, a->k->name, a->params.sb.data, a->params.sb.size, a->sid, a->priority, a->hold,
                          &existing, &pe, &err);
   mpw_free(&a->params);
-  if (!id) *rc = fail(EXIT_DAEMON, "%s", pe.code ? pe.msg : err.msg);
+  /* A submission the daemon refuses for what it says (a parameter, a file it names) is the user's to fix: a usage
+   * error; anything else (no daemon, a full queue, a store failure) is the daemon's. */
+  bool usage = pe.code == P_BAD_VALUE || pe.code == P_OUT_OF_RANGE || pe.code == P_UNKNOWN_PARAM ||
+               pe.code == P_MISSING_PARAM || pe.code == P_UNKNOWN_KIND || pe.code == P_BAD_TYPE;
+  if (!id) *rc = fail(usage ? EXIT_USAGE : EXIT_DAEMON, "%s", pe.code ? pe.msg : err.msg);
   return id;
 }
 

@@ -123,8 +123,9 @@ void dlog(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 /* requests.c: handles one client request (decoded or not) and queues the reply. */
 void requests_handle(daemon_t *d, const peer_t *p, const char *owner, const void *buf, size_t n);
 
-/* preflight.c: the submit-time file checks of kind k (kind_files) on its normalised params; false with e naming
- * the field when one fails. */
+/* preflight.c: the submit-time file checks of kind k on its normalised params: every input path exists, the
+ * output is none of them and, when it exists and is not empty, is written into only with force; then kind k's own
+ * (kind_files). False with e naming the field when one fails. */
 bool preflight_files(daemon_t *d, const kind_t *k, const msgpack_object *params, proto_err_t *e);
 
 /* events.c */

@@ -3,7 +3,10 @@
  * process: it runs `lathe-worker --check-tokenizers` and waits for its verdict (at most PREFLIGHT_MS; a crash or a
  * hang of that process is an error for this submit, never for the daemon). The wait holds the daemon's loop: a
  * tokenizer of 150,000 tokens parses in well under a second. */
+#include <dirent.h>
 #include <errno.h>
+#include <limits.h>
+#include <stdlib.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdio.h>
@@ -87,7 +90,73 @@ static bool same_tokenizer(daemon_t *d, const msgpack_object *params, const char
                     out[0] ? out : "no reason given");
 }
 
+/* The real path of p, or, when p does not exist, its folder's real path joined with its last name (into out). */
+static void resolve(const char *p, char *out) {
+  if (realpath(p, out)) return;
+  char parent[PATH_MAX], base[PATH_MAX];
+  util_copy(parent, p, sizeof parent);
+  char *slash = strrchr(parent, '/');
+  util_copy(base, slash ? slash + 1 : p, sizeof base);
+  if (slash) *slash = '\0';
+  char rp[PATH_MAX];
+  size_t nr = 0, nb = strlen(base);
+  if (!realpath(slash ? (parent[0] ? parent : "/") : ".", rp) || (nr = strlen(rp)) + nb + 2 > PATH_MAX) {
+    util_copy(out, p, PATH_MAX);
+    return;
+  }
+  if (nr == 1) nr = 0; /* "/" */
+  memcpy(out, rp, nr);
+  out[nr] = '/';
+  memcpy(out + nr + 1, base, nb + 1);
+}
+
+/* Whether path is a folder with an entry, or a file. */
+static bool occupied(const char *path) {
+  struct stat st;
+  if (stat(path, &st) != 0) return false;
+  if (!S_ISDIR(st.st_mode)) return true;
+  DIR *dir = opendir(path);
+  if (!dir) return true;
+  bool any = false;
+  for (struct dirent *de; !any && (de = readdir(dir));) any = strcmp(de->d_name, ".") && strcmp(de->d_name, "..");
+  closedir(dir);
+  return any;
+}
+
+/* Every kind: the input paths (every path parameter but output) exist; output is none of them, and an output that
+ * exists and is not empty is written into only with force. */
+static bool preflight_paths(const kind_t *k, const msgpack_object *params, proto_err_t *e) {
+  char out[PATH_MAX] = "", out_real[PATH_MAX] = "";
+  param_str(params, "output", out, sizeof out);
+  if (out[0]) resolve(out, out_real);
+  for (size_t i = 0; i < k->n_params; i++) {
+    const kind_param_t *p = &k->params[i];
+    if (p->type != KT_PATH || !strcmp(p->key, "output")) continue;
+    char path[PATH_MAX], field[80], real[PATH_MAX];
+    param_str(params, p->key, path, sizeof path);
+    if (!path[0]) continue;
+    snprintf(field, sizeof field, "params.%s", p->key);
+    struct stat st;
+    if (stat(path, &st) != 0) return proto_fail(e, P_BAD_VALUE, field, "%s: %s: %s", field, path, strerror(errno));
+    resolve(path, real);
+    if (out_real[0] && !strcmp(real, out_real))
+      return proto_fail(e, P_BAD_VALUE, "params.output",
+                        "params.output: %s is also the job's %s: the result would overwrite its own input; write "
+                        "it elsewhere",
+                        out, p->key);
+  }
+  const msgpack_object *force = mp_get(params, "force");
+  bool forced = force && force->type == MSGPACK_OBJECT_BOOLEAN && force->via.boolean;
+  if (out[0] && !forced && occupied(out))
+    return proto_fail(e, P_BAD_VALUE, "params.output",
+                      "params.output: %s exists and is not empty; pass --force to write into it (the files this job "
+                      "writes are replaced, others stay)",
+                      out);
+  return true;
+}
+
 bool preflight_files(daemon_t *d, const kind_t *k, const msgpack_object *params, proto_err_t *e) {
+  if (!preflight_paths(k, params, e)) return false;
   const kind_files_t *f = kind_files(k);
   if (!f) return true;
   for (int i = 0; i < 4 && f->exist[i]; i++) {

@@ -185,7 +185,7 @@ static bool req_submit(req_t *r, mpw_t *w, proto_err_t *e) {
       goto out;
     }
   }
-  if (kind_files(k)) {
+  {
     mp_doc_t *pd = mp_doc_parse(pw.sb.data, pw.sb.size, e);
     bool pass = pd && preflight_files(d, k, mp_doc_root(pd), e);
     mp_doc_destroy(&pd);

@@ -63,3 +63,51 @@ Test(cli, help_comes_from_the_kind_table) {
     }
   }
 }
+
+/* Mistakes about files are refused at submit, naming the parameter, and nothing is queued for them: a missing
+ * model or data file, an output that is the job's own input, an output folder that exists and is not empty
+ * (accepted with --force, as is an empty one). */
+/* `lathe ARGS 2>&1` into out (static): the exit status. */
+static int lathe_all(char *out, size_t n, const char *args) {
+  static char cmd[4096];
+  snprintf(cmd, sizeof cmd, "%s/lathe %.3000s 2>&1", LATHE_BIN_DIR, args);
+  return td_shell(out, n, cmd);
+}
+
+Test(cli, missing_inputs_and_unsafe_outputs_are_refused_at_submit) {
+  static char out[1 << 14], args[2048];
+  char data[256], full[256], empty[256];
+  snprintf(data, sizeof data, "%s/train.jsonl", t.dir);
+  FILE *f = fopen(data, "w");
+  cr_assert(f);
+  fputs("{\"text\": \"In the beginning God created the heaven and the earth.\"}\n", f);
+  fclose(f);
+  snprintf(full, sizeof full, "%s/full", t.dir);
+  snprintf(empty, sizeof empty, "%s/empty", t.dir);
+  snprintf(args, sizeof args, "mkdir -p %s %s && touch %s/old-result", full, empty, full);
+  cr_assert_eq(td_shell(out, sizeof out, args), 0);
+  const char *model = LATHE_SOURCE_DIR "/models/lathe-kjv-llama";
+  snprintf(args, sizeof args, "submit tune --model %s/none --data %s --output %s/o1 --steps 1", t.dir, data, t.dir);
+  cr_assert_eq(lathe_all(out, sizeof out, args), 2, "%s", out);
+  cr_assert(strstr(out, "params.model: ") && strstr(out, "No such file"), "%s", out);
+  snprintf(args, sizeof args, "submit tune --model %s --data %s.missing --output %s/o2 --steps 1", model, data, t.dir);
+  cr_assert_eq(lathe_all(out, sizeof out, args), 2, "%s", out);
+  cr_assert(strstr(out, "params.data: ") && strstr(out, "No such file"), "%s", out);
+  snprintf(args, sizeof args, "submit tune --model %s --data %s --output %s --steps 1", model, data, full);
+  cr_assert_eq(lathe_all(out, sizeof out, args), 2, "%s", out);
+  cr_assert(strstr(out, "params.output: ") && strstr(out, "exists and is not empty"), "%s", out);
+  /* The output is the model itself, named another way; --force does not change that. */
+  snprintf(args, sizeof args,
+           "submit compress --model %s --method layer-drop --drop 1 --data %s --eval %s --output %s/../lathe-kjv-llama "
+           "--force",
+           model, data, data, model);
+  cr_assert_eq(lathe_all(out, sizeof out, args), 2, "%s", out);
+  cr_assert(strstr(out, "params.output: ") && strstr(out, "is also the job's model"), "%s", out);
+  cr_assert_eq(lathe_all(out, sizeof out, "--json ps --all"), 0);
+  cr_assert_eq(out[0], '\0', "nothing was queued: %s", out);
+  /* With --force, and into an empty folder, the same jobs are accepted. */
+  snprintf(args, sizeof args, "submit tune --model %s --data %s --output %s --steps 1 --force", model, data, full);
+  cr_assert_eq(lathe_all(out, sizeof out, args), 0, "%s", out);
+  snprintf(args, sizeof args, "submit tune --model %s --data %s --output %s --steps 1", model, data, empty);
+  cr_assert_eq(lathe_all(out, sizeof out, args), 0, "%s", out);
+}
