@@ -13,6 +13,7 @@
 #include <zmq.h>
 
 #include "common/util.h"
+#include "engine/model/model_file.h"
 #include "engine/model/model_tok.h"
 #include "jobs/runners.h"
 
@@ -27,6 +28,7 @@ typedef struct runner {
   model_t *model; /* the last model a job used, kept with the device */
   tok_t *tok;
   char model_path[PATH_MAX];
+  uint64_t model_stamp; /* model_file_stamp() of model_path when it was loaded */
   int64_t idle_since_mono;
   int64_t keep_alive_ms;
 } runner_t;
@@ -87,13 +89,18 @@ static void drop_model(runner_t *r) {
   r->model_path[0] = '\0';
 }
 
-/* The model at path: the kept one when it is the same, else loaded (and kept for the next job). */
+/* The model at path: the kept one when it is the same path and nothing on disk there changed since it was loaded
+ * (model_file_stamp), else loaded (and kept for the next job). */
 static model_t *host_model(void *host, job_ctx_t *c, const char *path, tok_t **tok, lt_err_t *err) {
   runner_t *r = host;
+  uint64_t stamp = model_file_stamp(path);
   if (r->model && strcmp(r->model_path, path) == 0) {
-    job_log(c, "model %s already loaded", path);
-    *tok = r->tok;
-    return r->model;
+    if (stamp && stamp == r->model_stamp) {
+      job_log(c, "model %s already loaded", path);
+      *tok = r->tok;
+      return r->model;
+    }
+    job_log(c, "model %s changed on disk since it was loaded: loading it again", path);
   }
   drop_model(r);
   gpu_t *g = host_gpu(r, c, err);
@@ -111,6 +118,7 @@ static model_t *host_model(void *host, job_ctx_t *c, const char *path, tok_t **t
   r->model = m;
   r->tok = t;
   snprintf(r->model_path, sizeof r->model_path, "%s", path);
+  r->model_stamp = stamp;
   *tok = t;
   return m;
 }

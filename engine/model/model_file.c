@@ -1,5 +1,6 @@
 /* Uniform weights from Hugging Face or GGUF files: one table of roles gives both names and expected shapes. */
 #include "engine/model/model_file.h"
+#include <dirent.h>
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -347,4 +348,52 @@ const ft_tensor_t *model_file_scales(const model_file_t *m, const ft_tensor_t *t
   char name[NAME_CAP + 8];
   snprintf(name, sizeof name, "%s.scales", t->name);
   return st_find(m->st, name);
+}
+
+/* FNV-1a over n bytes, continuing from h. */
+static uint64_t fnv(uint64_t h, const void *p, size_t n) {
+  const unsigned char *b = p;
+  for (size_t i = 0; i < n; i++) h = (h ^ b[i]) * 0x100000001b3ull;
+  return h;
+}
+
+static uint64_t stat_hash(uint64_t h, const char *name, const struct stat *st) {
+  uint64_t v[7] = {(uint64_t)st->st_dev,         (uint64_t)st->st_ino,          (uint64_t)st->st_size,
+                   (uint64_t)st->st_mtim.tv_sec, (uint64_t)st->st_mtim.tv_nsec, (uint64_t)st->st_ctim.tv_sec,
+                   (uint64_t)st->st_ctim.tv_nsec};
+  h = fnv(h, name, strlen(name) + 1);
+  return fnv(h, v, sizeof v);
+}
+
+static int cmp_name(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
+
+uint64_t model_file_stamp(const char *path) {
+  struct stat st;
+  if (stat(path, &st) != 0) return 0;
+  uint64_t h = stat_hash(0xcbf29ce484222325ull, "", &st);
+  if (!S_ISDIR(st.st_mode)) return h ? h : 1;
+  DIR *d = opendir(path);
+  if (!d) return 0;
+  char **names = NULL;
+  size_t n = 0, cap = 0;
+  for (struct dirent *de; (de = readdir(d));) {
+    if (de->d_name[0] == '.') continue;
+    if (n == cap) {
+      char **nn = realloc(names, (cap = cap ? 2 * cap : 32) * sizeof *nn);
+      if (!nn) break;
+      names = nn;
+    }
+    if (!(names[n] = strdup(de->d_name))) break;
+    n++;
+  }
+  closedir(d);
+  qsort(names, n, sizeof *names, cmp_name);
+  for (size_t i = 0; i < n; i++) {
+    char p[4096];
+    snprintf(p, sizeof p, "%s/%s", path, names[i]);
+    if (stat(p, &st) == 0 && S_ISREG(st.st_mode)) h = stat_hash(h, names[i], &st);
+    free(names[i]);
+  }
+  free(names);
+  return h ? h : 1;
 }

@@ -90,6 +90,11 @@ typedef struct model_file model_file_t;
  * magic). Reads the config, maps the weights and validates them. Caller owns *out (model_file_destroy). */
 lt_status_t model_file_open(model_file_t **out, const char *path, lt_err_t *err);
 
+/* A fingerprint of what is on disk at path (a model file, or a folder and every file directly in it): device,
+ * inode, size and modification and change times, hashed. A rewrite, a rename into place or an edit in place
+ * changes it. 0 when path cannot be read. */
+uint64_t model_file_stamp(const char *path);
+
 /* Closes the files and frees *self_p, setting it to NULL; NULL-safe. */
 void model_file_destroy(model_file_t **self_p);
 

@@ -4,6 +4,7 @@
 #include <string.h>
 #include <sys/wait.h>
 
+#include "common/util.h"
 #include "td.h"
 
 static td_t t;
@@ -110,4 +111,38 @@ Test(cli, missing_inputs_and_unsafe_outputs_are_refused_at_submit) {
   cr_assert_eq(lathe_all(out, sizeof out, args), 0, "%s", out);
   snprintf(args, sizeof args, "submit tune --model %s --data %s --output %s --steps 1", model, data, empty);
   cr_assert_eq(lathe_all(out, sizeof out, args), 0, "%s", out);
+}
+
+/* The worker keeps the last model for the next job only while nothing on disk changed: a folder rewritten in
+ * place is loaded again, and the job then runs the new weights. */
+Test(cli, a_model_changed_on_disk_is_loaded_again) {
+  static char out[1 << 16], args[2048], text[3][512];
+  const char *models = LATHE_SOURCE_DIR "/models";
+  snprintf(args, sizeof args, "cp -r %s/lathe-kjv-llama %s/m", models, t.dir);
+  cr_assert_eq(td_shell(out, sizeof out, args), 0);
+  const char *src[3] = {"m", "m", "m"};
+  for (int k = 0; k < 3; k++) {
+    if (k == 2) {
+      snprintf(args, sizeof args, "rm -r %s/m && cp -r %s/lathe-kjv-moe %s/m", t.dir, models, t.dir);
+      cr_assert_eq(td_shell(out, sizeof out, args), 0);
+    }
+    snprintf(args, sizeof args,
+             "--json run generate --model %s/%s --prompt 'And God said' --temperature 0 --max-tokens 12", t.dir,
+             src[k]);
+    cr_assert_eq(lathe_all(out, sizeof out, args), 0, "%s", out);
+    const char *tx = strstr(out, "{\"prompt\":");
+    cr_assert(tx, "%s", out);
+    util_copy(text[k], tx, sizeof text[k]);
+    *strchr(text[k], '\n') = '\0';
+    if (k == 1) cr_assert(strstr(out, "already loaded"), "the second job reuses the kept model: %s", out);
+    if (k == 2) cr_assert(strstr(out, "changed on disk since it was loaded"), "%s", out);
+  }
+  cr_assert_str_eq(text[0], text[1]);
+  /* The MoE model's own greedy text, from its own path. */
+  snprintf(args, sizeof args,
+           "--json run generate --model %s/lathe-kjv-moe --prompt 'And God said' --temperature 0 --max-tokens 12",
+           models);
+  cr_assert_eq(lathe_all(out, sizeof out, args), 0, "%s", out);
+  cr_assert(strstr(out, text[2]), "after the rewrite the job ran the new weights: %s vs %s", text[2], out);
+  cr_assert_str_neq(text[0], text[2], "the two models write the same text: the test shows nothing");
 }
