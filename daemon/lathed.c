@@ -215,6 +215,7 @@ static void usage(FILE *f) {
       "  --max-queue N          queued + held jobs accepted (default 10000)\n"
       "  --cancel-grace-ms N    time a running job gets to stop before its worker is killed (default 5000)\n"
       "  --heartbeat-timeout-ms N  a silent worker is killed after this (default 10000)\n"
+      "  --start-timeout-ms N  a worker that has not started a job it was handed this long is killed (default 30000)\n"
       "  --max-attempts N       starts of a job before a crash fails it (default 3)\n"
       "  --keep-alive S         seconds the worker keeps the device open when idle (default 300)\n"
       "  --worker PATH          the lathe-worker binary (default: next to lathed)\n");
@@ -229,6 +230,7 @@ static bool parse_args(daemon_t *d, int argc, char **argv) {
     O_QUEUE,
     O_GRACE,
     O_HB,
+    O_START,
     O_ATTEMPTS,
     O_KEEP,
     O_WORKER,
@@ -242,6 +244,7 @@ static bool parse_args(daemon_t *d, int argc, char **argv) {
                                      {"max-queue", 1, 0, O_QUEUE},
                                      {"cancel-grace-ms", 1, 0, O_GRACE},
                                      {"heartbeat-timeout-ms", 1, 0, O_HB},
+                                     {"start-timeout-ms", 1, 0, O_START},
                                      {"max-attempts", 1, 0, O_ATTEMPTS},
                                      {"keep-alive", 1, 0, O_KEEP},
                                      {"worker", 1, 0, O_WORKER},
@@ -250,6 +253,7 @@ static bool parse_args(daemon_t *d, int argc, char **argv) {
                                      {0, 0, 0, 0}};
   opts_t *o = &d->o;
   o->max_queue = 10000, o->cancel_grace_ms = 5000, o->heartbeat_timeout_ms = 10000, o->max_attempts = 3;
+  o->start_timeout_ms = 30000;
   o->keep_alive_s = 300;
   int c;
   while ((c = getopt_long(argc, argv, "", lo, NULL)) != -1) {
@@ -265,6 +269,7 @@ static bool parse_args(daemon_t *d, int argc, char **argv) {
     case O_QUEUE: o->max_queue = v; break;
     case O_GRACE: o->cancel_grace_ms = v; break;
     case O_HB: o->heartbeat_timeout_ms = v; break;
+    case O_START: o->start_timeout_ms = v; break;
     case O_ATTEMPTS: o->max_attempts = v; break;
     case O_KEEP: o->keep_alive_s = v; break;
     case O_HELP: usage(stdout); exit(0);

@@ -54,6 +54,10 @@ typedef enum worker_state { W_DOWN, W_STARTING, W_IDLE, W_BUSY } worker_state_t;
 typedef enum stop_req { STOP_NONE, STOP_CANCEL, STOP_SHUTDOWN } stop_req_t;
 
 /* One GPU slot: its worker process and the job running on it (one slot today; one per GPU later). */
+/* Bytes of the worker's run message besides the parameters: the job's folder (at most PATH_MAX), its kind and
+ * the keys. A job's parameters take at most PROTO_MAX_MSG less this. */
+#define RUN_MSG_RESERVE (PATH_MAX + 512)
+
 typedef struct slot {
   worker_state_t state;
   pid_t pid;
@@ -66,6 +70,8 @@ typedef struct slot {
   char kill_reason[128]; /* why we killed it ("" if we did not) */
   char cancel_by[64];    /* who cancelled the running job */
   int64_t job;           /* running job id, 0 when none */
+  bool job_started;      /* the worker said it started job */
+  int64_t start_deadline_mono;
   stop_req_t stop;
   int64_t stop_deadline_mono;
   /* progress throttle for the running job */
@@ -84,6 +90,7 @@ typedef struct opts {
   int64_t max_queue;
   int64_t cancel_grace_ms;
   int64_t heartbeat_timeout_ms;
+  int64_t start_timeout_ms; /* a job handed to the worker must be started within this */
   int64_t max_attempts;
   int64_t keep_alive_s;
 } opts_t;

@@ -158,6 +158,16 @@ static bool req_submit(req_t *r, mpw_t *w, proto_err_t *e) {
     mpw_free(&pw);
     return false;
   }
+  /* The worker gets the parameters in one message with the job's folder and kind: what cannot reach it is refused
+   * here, not left running forever. */
+  if (pw.sb.size > PROTO_MAX_MSG - RUN_MSG_RESERVE) {
+    proto_fail(e, P_TOO_LARGE, "params",
+               "params: %zu bytes with the defaults filled in; a job's parameters may take at most %u bytes (the "
+               "worker's message limit less room for the job's folder); pass large inputs as files",
+               pw.sb.size, PROTO_MAX_MSG - RUN_MSG_RESERVE);
+    mpw_free(&pw);
+    return false;
+  }
   lt_err_t err = {0};
   store_job_t j = {0};
   bool ok = false;

@@ -239,8 +239,20 @@ void sched_dispatch(daemon_t *d) {
     mpw_str(&w, "params");
     mpw_raw(&w, j.params, j.params_n);
     mpw_end(&w);
+    if (w.sb.size > PROTO_MAX_MSG) {
+      /* Refused at submit (requests.c); a job stored before that check gets a reason, not a silent drop. */
+      char why[200];
+      snprintf(why, sizeof why, "its run message (%zu bytes) exceeds the worker's %u-byte message limit", w.sb.size,
+               PROTO_MAX_MSG);
+      ev_transition(d, &j, JS_FAILED, why, &err);
+      mpw_free(&w);
+      store_job_clear(&j);
+      return;
+    }
     to_worker(d, &w);
     s->job = id;
+    s->job_started = false;
+    s->start_deadline_mono = util_mono_ms() + d->o.start_timeout_ms;
     s->state = W_BUSY;
     s->stop = STOP_NONE;
     s->progress_last_mono = 0;
@@ -307,7 +319,22 @@ void sched_worker_msg(daemon_t *d, const uint8_t *id, size_t id_n, const void *b
     s->crash_streak = 0;
   } else if (mp_str_is(t, "hb")) {
     mp_field_str(m, "", "device", false, s->device, sizeof s->device, NULL);
+  } else if (mp_str_is(t, "started") && job && job == s->job) {
+    s->job_started = true;
+  } else if (mp_str_is(t, "unreadable") && s->job && !s->job_started) {
+    /* The worker could not read the run message: handing it over again would fail the same way. */
+    char why[300] = "", reason[400];
+    mp_field_str(m, "", "reason", false, why, sizeof why, NULL);
+    snprintf(reason, sizeof reason, "the worker could not read the job's run message: %s", why);
+    store_job_t j;
+    if (store_job_get(d->store, s->job, &j, &err) == 1) {
+      ev_transition(d, &j, JS_FAILED, reason, &err);
+      store_job_clear(&j);
+    }
+    slot_job_done(s);
+    s->state = W_IDLE;
   } else if (mp_str_is(t, "event") && job && job == s->job) {
+    s->job_started = true;
     const msgpack_object *type = mp_get(m, "type"), *data = mp_get(m, "data");
     char tname[16] = "";
     if (data && data->type == MSGPACK_OBJECT_MAP && mp_str_copy(type, tname, sizeof tname) &&
@@ -345,6 +372,17 @@ int64_t sched_timers(daemon_t *d) {
     if (left <= 0) {
       char why[128];
       snprintf(why, sizeof why, "no heartbeat for %lld ms", (long long)(now - s->last_beat_mono));
+      sched_kill_worker(d, why);
+    } else if (left < next) {
+      next = left;
+    }
+  }
+  if (s->job && !s->job_started && !s->kill_reason[0]) {
+    int64_t left = s->start_deadline_mono - now;
+    if (left <= 0) {
+      char why[128];
+      snprintf(why, sizeof why, "job %lld not started by the worker within %lld ms", (long long)s->job,
+               (long long)d->o.start_timeout_ms);
       sched_kill_worker(d, why);
     } else if (left < next) {
       next = left;

@@ -146,11 +146,17 @@ static void run_job(runner_t *r, const msgpack_object *m) {
   mp_field_str(m, "", "dir", true, dir, sizeof dir, NULL);
   mp_field_map(m, "", "params", true, &params, NULL);
   job_spec_t spec = {.id = id, .attempt = (uint32_t)attempt, .kind = kname, .dir = dir, .params = params};
+  mpw_t w;
+  mpw_init(&w);
+  mpw_map(&w);
+  mpw_kstr(&w, "t", "started");
+  mpw_kint(&w, "job", id);
+  mpw_end(&w);
+  pair_send(r->pair, &w);
   mpw_t result;
   mpw_init(&result);
   lt_err_t err = {0};
   job_outcome_t out = job_run(&WORKER_HOST, r, &spec, &result, &err);
-  mpw_t w;
   mpw_init(&w);
   mpw_map(&w);
   mpw_kstr(&w, "t", "done");
@@ -206,6 +212,18 @@ static void *runner_main(void *arg) {
 }
 
 /* ---- the I/O thread ---- */
+
+/* Tells the daemon a message from it could not be read (a run it would otherwise wait on forever). */
+static void send_unreadable(void *sock, const char *why) {
+  mpw_t w;
+  mpw_init(&w);
+  mpw_map(&w);
+  mpw_kstr(&w, "t", "unreadable");
+  mpw_kstr(&w, "reason", why);
+  mpw_end(&w);
+  zmq_send(sock, w.sb.data, w.sb.size, 0);
+  mpw_free(&w);
+}
 
 static void send_simple(void *sock, const char *t, const char *device, int64_t gen) {
   mpw_t w;
@@ -299,6 +317,7 @@ int main(int argc, char **argv) {
       mp_doc_t *d = mp_doc_parse(zmq_msg_data(&msg), zmq_msg_size(&msg), &e);
       if (d && mp_str_is(mp_get(mp_doc_root(d), "t"), "exit")) leaving = true;
       if (d) zmq_msg_send(&msg, pair, 0); /* run, cancel, checkpoint, exit: the runner's business */
+      if (!d) send_unreadable(dealer, e.msg);
       mp_doc_destroy(&d);
     }
     while (zmq_msg_recv(&msg, pair, ZMQ_DONTWAIT) >= 0) {

@@ -209,3 +209,32 @@ Test(durability, thousand_jobs_all_accounted_for) {
   free(ids);
   lc_destroy(&c);
 }
+
+/* A worker that is handed a job but never starts it (stopped here while idle, its heartbeats silent for longer
+ * than the start timeout but not the heartbeat timeout) is killed after --start-timeout-ms, and the job runs on
+ * the next worker. */
+Test(durability, a_job_the_worker_never_starts_goes_to_a_new_worker) {
+  static const char *const args[] = {"--heartbeat-timeout-ms", "60000", "--start-timeout-ms", "1000", NULL};
+  td_start(&t, args);
+  lc_t *c = td_client(&t);
+  /* The worker must be ready (idle) before it is stopped, else nothing is handed to it. */
+  bool idle = false;
+  for (int i = 0; i < 400 && !idle; i++) {
+    mp_doc_t *s = td_status(c);
+    idle = td_has(mp_get(mp_doc_root(s), "worker"), "state", "idle");
+    mp_doc_destroy(&s);
+    if (!idle) td_sleep_ms(25);
+  }
+  cr_assert(idle, "the worker never became ready");
+  pid_t worker = td_worker_pid(c);
+  kill(worker, SIGSTOP);
+  int64_t id = td_sleep(c, 2, 10, NULL);
+  td_wait_state(c, id, "succeeded", 20000);
+  mp_doc_t *d = td_status(c);
+  cr_assert(td_has(mp_get(mp_doc_root(d), "worker"), "last_exit", "not started by the worker within 1000 ms"));
+  mp_doc_destroy(&d);
+  d = td_show(c, id);
+  cr_assert_eq(td_int(mp_get(mp_doc_root(d), "job"), "attempts"), 2);
+  mp_doc_destroy(&d);
+  lc_destroy(&c);
+}

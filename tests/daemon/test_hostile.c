@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "jobs/kind.h"
 #include "td.h"
 
 static td_t t;
@@ -215,5 +216,51 @@ Test(hostile, oversize_and_multipart_frames) {
   lc_destroy(&rude);
   free(hbuf);
   free(buf);
+  still_serving();
+}
+
+/* Parameters just under the message limit fit a submit but not the worker's run message (which adds the job's
+ * folder): they are refused at submit naming params, nothing is queued, and a job just under the parameter limit
+ * runs. */
+/* generate's params {model, prompt: [...], max_tokens: 1} as msgpack, the prompts of PROTO_MAX_STR bytes each
+ * (the most a string may hold) but the last, of `last` bytes, KIND_MAX_LIST - 1 of them. */
+static void big_prompts(mpw_t *w, size_t last) {
+  static char text[PROTO_MAX_STR + 1];
+  memset(text, 'a', PROTO_MAX_STR);
+  mpw_init(w);
+  mpw_map(w);
+  mpw_kstr(w, "model", LATHE_SOURCE_DIR "/models/lathe-kjv-llama");
+  mpw_str(w, "prompt");
+  mpw_array(w);
+  for (int i = 0; i < KIND_MAX_LIST - 1; i++) {
+    text[i + 1 < KIND_MAX_LIST - 1 ? PROTO_MAX_STR : last] = '\0';
+    mpw_str(w, text);
+  }
+  mpw_end(w);
+  mpw_kint(w, "max_tokens", 1);
+  mpw_end(w);
+}
+
+/* Parameters just under the message limit fit a submit but not the worker's run message, which adds the job's
+ * folder and kind: they are refused at submit naming params, and nothing is queued. Smaller ones are accepted and
+ * start. */
+Test(hostile, parameters_that_cannot_reach_the_worker_are_refused_at_submit) {
+  mpw_t w;
+  big_prompts(&w, PROTO_MAX_STR);
+  cr_assert(w.sb.size > PROTO_MAX_MSG - 8192 && w.sb.size < PROTO_MAX_MSG, "%zu bytes", w.sb.size);
+  proto_err_t pe = {0};
+  lt_err_t err = {0};
+  int64_t id = lc_submit(c, "generate", w.sb.data, w.sb.size, NULL, 0, false, NULL, &pe, &err);
+  mpw_free(&w);
+  cr_assert_eq(id, 0, "accepted");
+  cr_assert_eq(pe.code, P_TOO_LARGE, "%s %s", pe.msg, err.msg);
+  cr_assert_str_eq(pe.field, "params");
+  cr_assert(strstr(pe.msg, "may take at most"), "%s", pe.msg);
+  /* 8 KiB less: accepted, and it starts; its id 1 shows that nothing was queued before it. */
+  big_prompts(&w, 0);
+  id = lc_submit(c, "generate", w.sb.data, w.sb.size, NULL, 0, false, NULL, &pe, &err);
+  mpw_free(&w);
+  cr_assert_eq(id, 1, "%s %s", pe.msg, err.msg);
+  td_wait_state(c, id, "running", 10000);
   still_serving();
 }
