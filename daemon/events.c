@@ -10,12 +10,37 @@ static bool peer_eq(const peer_t *a, const peer_t *b) {
 }
 
 bool watch_add(daemon_t *d, const peer_t *p, int64_t job) {
+  int64_t now = util_mono_ms();
   for (size_t i = 0; i < d->n_watchers; i++)
-    if (d->watchers[i].job == job && peer_eq(&d->watchers[i].peer, p)) return true;
+    if (d->watchers[i].job == job && peer_eq(&d->watchers[i].peer, p)) {
+      d->watchers[i].seen_mono = now;
+      return true;
+    }
+  if (d->n_watchers >= MAX_WATCHERS) watch_expire(d);
   if (d->n_watchers >= MAX_WATCHERS) return false;
   if (!d->watchers && !(d->watchers = calloc(MAX_WATCHERS, sizeof *d->watchers))) return false;
-  d->watchers[d->n_watchers++] = (watcher_t){*p, job};
+  d->watchers[d->n_watchers++] = (watcher_t){*p, job, now};
   return true;
+}
+
+void watch_seen(daemon_t *d, const peer_t *p) {
+  int64_t now = util_mono_ms();
+  for (size_t i = 0; i < d->n_watchers; i++)
+    if (peer_eq(&d->watchers[i].peer, p)) d->watchers[i].seen_mono = now;
+}
+
+int64_t watch_expire(daemon_t *d) {
+  int64_t now = util_mono_ms(), next = d->o.watch_lease_ms;
+  size_t k = 0;
+  for (size_t i = 0; i < d->n_watchers; i++) {
+    watcher_t *x = &d->watchers[i];
+    int64_t left = x->seen_mono + d->o.watch_lease_ms - now;
+    if (left <= 0) continue;
+    if (left < next) next = left;
+    d->watchers[k++] = *x;
+  }
+  d->n_watchers = k;
+  return next;
 }
 
 /* Removes watches matching p (NULL: any peer) and job (0: any job). */

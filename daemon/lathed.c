@@ -111,6 +111,8 @@ static void loop(daemon_t *d) {
     for (int k = 0; d->ipc && k < BATCH && recv_one(d, d->ipc, 0); k++) {}
     for (int k = 0; d->tcp && k < BATCH && recv_one(d, d->tcp, 1); k++) {}
     wait = sched_timers(d);
+    int64_t lease = watch_expire(d);
+    if (lease < wait) wait = lease;
     if (d->stopping && !stop_started) {
       stop_started = util_mono_ms();
       if (d->slot.job) sched_stop_running(d, STOP_SHUTDOWN);
@@ -216,6 +218,8 @@ static void usage(FILE *f) {
       "  --cancel-grace-ms N    time a running job gets to stop before its worker is killed (default 5000)\n"
       "  --heartbeat-timeout-ms N  a silent worker is killed after this (default 10000)\n"
       "  --start-timeout-ms N  a worker that has not started a job it was handed this long is killed (default 30000)\n"
+      "  --watch-lease-ms N  a watch lapses this long after its client last asked or was sent an event (default "
+      "30000)\n"
       "  --max-attempts N       starts of a job before a crash fails it (default 3)\n"
       "  --keep-alive S         seconds the worker keeps the device open when idle (default 300)\n"
       "  --worker PATH          the lathe-worker binary (default: next to lathed)\n");
@@ -231,6 +235,7 @@ static bool parse_args(daemon_t *d, int argc, char **argv) {
     O_GRACE,
     O_HB,
     O_START,
+    O_LEASE,
     O_ATTEMPTS,
     O_KEEP,
     O_WORKER,
@@ -245,6 +250,7 @@ static bool parse_args(daemon_t *d, int argc, char **argv) {
                                      {"cancel-grace-ms", 1, 0, O_GRACE},
                                      {"heartbeat-timeout-ms", 1, 0, O_HB},
                                      {"start-timeout-ms", 1, 0, O_START},
+                                     {"watch-lease-ms", 1, 0, O_LEASE},
                                      {"max-attempts", 1, 0, O_ATTEMPTS},
                                      {"keep-alive", 1, 0, O_KEEP},
                                      {"worker", 1, 0, O_WORKER},
@@ -253,7 +259,7 @@ static bool parse_args(daemon_t *d, int argc, char **argv) {
                                      {0, 0, 0, 0}};
   opts_t *o = &d->o;
   o->max_queue = 10000, o->cancel_grace_ms = 5000, o->heartbeat_timeout_ms = 10000, o->max_attempts = 3;
-  o->start_timeout_ms = 30000;
+  o->start_timeout_ms = 30000, o->watch_lease_ms = WATCH_LEASE_MS;
   o->keep_alive_s = 300;
   int c;
   while ((c = getopt_long(argc, argv, "", lo, NULL)) != -1) {
@@ -270,6 +276,7 @@ static bool parse_args(daemon_t *d, int argc, char **argv) {
     case O_GRACE: o->cancel_grace_ms = v; break;
     case O_HB: o->heartbeat_timeout_ms = v; break;
     case O_START: o->start_timeout_ms = v; break;
+    case O_LEASE: o->watch_lease_ms = v; break;
     case O_ATTEMPTS: o->max_attempts = v; break;
     case O_KEEP: o->keep_alive_s = v; break;
     case O_HELP: usage(stdout); exit(0);

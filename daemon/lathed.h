@@ -34,7 +34,13 @@ typedef struct peer {
 typedef struct watcher {
   peer_t peer;
   int64_t job;
+  int64_t seen_mono; /* the last follow request of the peer for the job, or event delivered to it */
 } watcher_t;
+
+/* The default of --watch-lease-ms: a watch lapses this long after its peer last asked to follow or was sent an
+ * event, so a client gone without a word (its job quiet) leaves the table. Clients ask again every second while
+ * idle. */
+#define WATCH_LEASE_MS 30000
 
 /* A message waiting for the turn's commit before it goes out. */
 typedef struct outmsg {
@@ -91,6 +97,7 @@ typedef struct opts {
   int64_t cancel_grace_ms;
   int64_t heartbeat_timeout_ms;
   int64_t start_timeout_ms; /* a job handed to the worker must be started within this */
+  int64_t watch_lease_ms;   /* see WATCH_LEASE_MS */
   int64_t max_attempts;
   int64_t keep_alive_s;
 } opts_t;
@@ -147,6 +154,10 @@ lt_status_t ev_progress(daemon_t *d, slot_t *s, const void *data, size_t n, lt_e
 lt_status_t ev_flush_progress(daemon_t *d, slot_t *s, bool force, lt_err_t *err);
 /* Registers p as a watcher of job (idempotent). False when the table is full. */
 bool watch_add(daemon_t *d, const peer_t *p, int64_t job);
+/* Marks every watch of peer p as seen now (an event reached it). */
+void watch_seen(daemon_t *d, const peer_t *p);
+/* Drops the watches whose lease lapsed; returns the ms until the next one lapses (the lease when none). */
+int64_t watch_expire(daemon_t *d);
 /* Removes p's watch on job (job 0: all of p's watches). */
 void watch_remove(daemon_t *d, const peer_t *p, int64_t job);
 /* Writes one stored event as the wire's event object {job, seq, time, type, data}. */

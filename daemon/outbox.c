@@ -59,13 +59,19 @@ void out_peer(daemon_t *d, const peer_t *p, mpw_t *w, bool is_reply, uint64_t ri
 void out_flush(daemon_t *d) {
   for (size_t i = 0; i < d->n_out; i++) {
     outmsg_t *m = &d->out[i];
-    if (m->sock && (zmq_send(m->sock, m->id, m->id_n, ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0 ||
-                    zmq_send(m->sock, m->data, m->n, ZMQ_DONTWAIT) < 0)) {
-      if (!m->is_worker) {
-        peer_t p = {m->sock == d->ipc ? 0 : 1, {0}, m->id_n};
-        memcpy(p.id, m->id, m->id_n);
+    if (!m->sock) {
+      free(m->data);
+      continue;
+    }
+    bool sent = zmq_send(m->sock, m->id, m->id_n, ZMQ_SNDMORE | ZMQ_DONTWAIT) >= 0 &&
+                zmq_send(m->sock, m->data, m->n, ZMQ_DONTWAIT) >= 0;
+    if (!m->is_worker) {
+      peer_t p = {m->sock == d->ipc ? 0 : 1, {0}, m->id_n};
+      memcpy(p.id, m->id, m->id_n);
+      if (!sent)
         watch_remove(d, &p, 0);
-      }
+      else if (!m->is_reply)
+        watch_seen(d, &p);
     }
     free(m->data);
   }

@@ -238,3 +238,38 @@ Test(durability, a_job_the_worker_never_starts_goes_to_a_new_worker) {
   mp_doc_destroy(&d);
   lc_destroy(&c);
 }
+
+/* Clients that follow a quiet job and go away without a word leave the watch table when their lease lapses
+ * (--watch-lease-ms): the table does not fill up with the dead. */
+Test(durability, watchers_that_vanish_leave_the_table) {
+  static const char *const args[] = {"--watch-lease-ms", "600", NULL};
+  td_start(&t, args);
+  lc_t *c = td_client(&t);
+  int64_t id = td_sleep(c, 1, 20000, NULL); /* one step of 20 s: no event while it sleeps */
+  td_wait_state(c, id, "running", 5000);
+  td_sleep_ms(300); /* past the progress throttle: the job is quiet from here */
+  for (int k = 0; k < 20; k++) {
+    lc_t *w = td_client(&t);
+    mpw_t m;
+    lc_begin(w, &m, "events");
+    mpw_kint(&m, "id", id);
+    mpw_kint(&m, "after", 1000000);
+    mpw_kbool(&m, "follow", true);
+    mp_doc_t *d = lc_call(w, &m, NULL, NULL);
+    cr_assert(d, "follow refused");
+    mp_doc_destroy(&d);
+    lc_destroy(&w);
+  }
+  mp_doc_t *d = td_status(c);
+  cr_assert_eq(td_int(mp_doc_root(d), "watchers"), 20);
+  mp_doc_destroy(&d);
+  int64_t n = -1;
+  for (int i = 0; i < 60 && n != 0; i++) {
+    td_sleep_ms(50);
+    d = td_status(c);
+    n = td_int(mp_doc_root(d), "watchers");
+    mp_doc_destroy(&d);
+  }
+  cr_assert_eq(n, 0, "%lld watchers left after their lease", (long long)n);
+  lc_destroy(&c);
+}
