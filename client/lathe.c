@@ -675,29 +675,35 @@ static int cmd_ps(cli_t *cli, int argc, char **argv) {
   }
   int rc = connect_daemon(cli);
   if (rc) return rc;
-  mpw_t w;
-  lc_begin(cli->c, &w, "list");
-  mpw_kbool(&w, "all", all);
-  mp_doc_t *d = call(cli, &w, &rc);
-  if (!d) return rc;
-  const msgpack_object *jobs = mp_get(mp_doc_root(d), "jobs");
   if (!cli->json)
     printf("%6s  %-12s %-10s %4s %5s %4s %8s  %s\n", "ID", "KIND", "STATE", "POS", "PRIO", "ATT", "AGE", "REASON");
-  for (uint32_t i = 0; jobs && i < jobs->via.array.size; i++) {
-    const msgpack_object *j = &jobs->via.array.ptr[i];
-    if (cli->json) {
-      print_json(j, false);
-      continue;
+  /* Page by page: a reply holds a few hundred jobs at most. */
+  for (int64_t after = 0, more = 1; more;) {
+    mpw_t w;
+    lc_begin(cli->c, &w, "list");
+    mpw_kbool(&w, "all", all);
+    mpw_kint(&w, "after", after);
+    mp_doc_t *d = call(cli, &w, &rc);
+    if (!d) return rc;
+    const msgpack_object *jobs = mp_get(mp_doc_root(d), "jobs"), *mo = mp_get(mp_doc_root(d), "more");
+    more = mo && mo->type == MSGPACK_OBJECT_BOOLEAN && mo->via.boolean;
+    after = get_int(mp_doc_root(d), "last");
+    for (uint32_t i = 0; jobs && i < jobs->via.array.size; i++) {
+      const msgpack_object *j = &jobs->via.array.ptr[i];
+      if (cli->json) {
+        print_json(j, false);
+        continue;
+      }
+      char kind[32], state[16], reason[512], pos[16] = "-", age[32];
+      if (get_int(j, "position")) snprintf(pos, sizeof pos, "%lld", (long long)get_int(j, "position"));
+      fmt_age(get_int(j, "created"), age, sizeof age);
+      printf("%6lld  %-12s %-10s %4s %5lld %4lld %8s  %s\n", (long long)get_int(j, "id"),
+             get_str(j, "kind", kind, sizeof kind), get_str(j, "state", state, sizeof state), pos,
+             (long long)get_int(j, "priority"), (long long)get_int(j, "attempts"), age,
+             get_str(j, "reason", reason, sizeof reason));
     }
-    char kind[32], state[16], reason[512], pos[16] = "-", age[32];
-    if (get_int(j, "position")) snprintf(pos, sizeof pos, "%lld", (long long)get_int(j, "position"));
-    fmt_age(get_int(j, "created"), age, sizeof age);
-    printf("%6lld  %-12s %-10s %4s %5lld %4lld %8s  %s\n", (long long)get_int(j, "id"),
-           get_str(j, "kind", kind, sizeof kind), get_str(j, "state", state, sizeof state), pos,
-           (long long)get_int(j, "priority"), (long long)get_int(j, "attempts"), age,
-           get_str(j, "reason", reason, sizeof reason));
+    mp_doc_destroy(&d);
   }
-  mp_doc_destroy(&d);
   return 0;
 }
 

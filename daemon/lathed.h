@@ -22,6 +22,10 @@
 #define BATCH 256
 /* Events returned by one `events` reply (the client asks again for the rest). */
 #define EVENTS_PAGE 1000
+/* Jobs per `list` reply at most (a job object is well under 1 KiB without its parameters and result). */
+#define LIST_PAGE 500
+/* `show` leaves out parameters or a result larger than this (saying how large), so that its reply always fits. */
+#define SHOW_PART_MAX (256u << 10)
 
 /* A client: the socket it came in on (0 ipc, 1 tcp) and its ROUTER routing id. */
 typedef struct peer {

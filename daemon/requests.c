@@ -65,13 +65,18 @@ static void write_job(mpw_t *w, daemon_t *d, const store_job_t *j, bool full) {
     mpw_kstr(w, "sid", j->sid);
     const kind_t *k = kind_find(j->kind, strlen(j->kind));
     mpw_kstr(w, "policy", k ? kind_policy_str(k->policy) : "fail");
+    /* Parameters and results near the message limit are left out with their size: the reply must fit. */
     mpw_str(w, "params");
-    mpw_raw(w, j->params, j->params_n);
+    if (j->params_n <= SHOW_PART_MAX)
+      mpw_raw(w, j->params, j->params_n);
+    else
+      mpw_nil(w), mpw_kint(w, "params_bytes", (int64_t)j->params_n);
     mpw_str(w, "result");
-    if (j->result && j->result_n)
+    if (j->result && j->result_n && j->result_n <= SHOW_PART_MAX)
       mpw_raw(w, j->result, j->result_n);
     else
       mpw_nil(w);
+    if (j->result_n > SHOW_PART_MAX) mpw_kint(w, "result_bytes", (int64_t)j->result_n);
   }
   mpw_end(w);
 }
@@ -254,24 +259,48 @@ out:
 typedef struct list_ctx {
   mpw_t *w;
   daemon_t *d;
+  int64_t last; /* the id of the last job written */
+  int64_t n;    /* jobs written */
 } list_ctx_t;
+
+/* Counts the jobs it is called for. */
+static void count_one(void *user, const store_job_t *j) {
+  (void)j;
+  ++*(int64_t *)user;
+}
 
 static void list_one(void *user, const store_job_t *j) {
   list_ctx_t *c = user;
   write_job(c->w, c->d, j, false);
+  c->last = j->id;
+  c->n++;
 }
 
+/* A page of jobs (ids above `after`, at most `limit`, at most LIST_PAGE): a reply stays far under the message
+ * limit however many jobs the store holds; `more` says whether another page follows (ask with after = last). */
 static bool req_list(req_t *r, mpw_t *w, proto_err_t *e) {
   bool all = false;
-  int64_t limit = 0;
-  if (!mp_field_bool(r->m, "", "all", false, &all, e) || !mp_field_int(r->m, "", "limit", false, 0, 1000000, &limit, e))
+  int64_t limit = 0, after = 0;
+  if (!mp_field_bool(r->m, "", "all", false, &all, e) ||
+      !mp_field_int(r->m, "", "limit", false, 0, 1000000, &limit, e) ||
+      !mp_field_int(r->m, "", "after", false, 0, INT64_MAX, &after, e))
     return false;
+  int64_t page = limit > 0 && limit < LIST_PAGE ? limit : LIST_PAGE;
   mpw_str(w, "jobs");
   mpw_array(w);
-  list_ctx_t c = {w, r->d};
+  list_ctx_t c = {w, r->d, after, 0};
   lt_err_t err = {0};
-  if (store_list(r->d->store, all, limit, list_one, &c, &err)) return store_failed(e, &err);
+  /* One more than the page tells whether there is more; that one is not written. */
+  if (store_list(r->d->store, all, after, page, list_one, &c, &err)) return store_failed(e, &err);
   mpw_end(w);
+  bool more = false;
+  if (c.n == page) {
+    int64_t counts = 0;
+    if (store_list(r->d->store, all, c.last, 1, count_one, &counts, &err)) return store_failed(e, &err);
+    more = counts > 0;
+  }
+  mpw_kint(w, "last", c.last);
+  mpw_kbool(w, "more", more);
   return true;
 }
 
@@ -536,6 +565,14 @@ void requests_handle(daemon_t *d, const peer_t *p, const char *owner, const void
   if (op->writes) store_release(d->store, !ok);
   if (!ok) goto reject;
   mpw_end(&w);
+  /* A reply the client could not take is an error it can read (a `list` or `show` never gets here). */
+  if (w.sb.size > PROTO_MAX_MSG) {
+    proto_fail(&e, P_TOO_LARGE, "", "the reply to %s would be %zu bytes, over the %u-byte message limit", name,
+               w.sb.size, PROTO_MAX_MSG);
+    mpw_free(&w);
+    mpw_init(&w);
+    goto reject;
+  }
   mp_doc_destroy(&doc);
   out_peer(d, p, &w, true, (uint64_t)rid);
   return;

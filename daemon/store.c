@@ -80,9 +80,10 @@ static const char *const sql[Q_N] = {
     [Q_GET] = "SELECT " JOB_COLS " FROM jobs WHERE id = ?1",
     [Q_BY_SID] = "SELECT " JOB_COLS " FROM jobs WHERE owner = ?1 AND sid = ?2",
     [Q_DELETE] = "DELETE FROM jobs WHERE id = ?1",
-    [Q_LIST] = "SELECT " JOB_COLS ", CASE WHEN state = 'queued' THEN"
-               " ROW_NUMBER() OVER (PARTITION BY state ORDER BY priority DESC, id) END"
-               " FROM jobs WHERE ?1 OR state IN ('queued', 'held', 'running') ORDER BY id LIMIT ?2",
+    /* Positions are numbered over every queued job before the page (id > ?3) is cut. */
+    [Q_LIST] = "SELECT * FROM (SELECT " JOB_COLS ", CASE WHEN state = 'queued' THEN"
+               " ROW_NUMBER() OVER (PARTITION BY state ORDER BY priority DESC, id) END AS position"
+               " FROM jobs WHERE ?1 OR state IN ('queued', 'held', 'running')) WHERE id > ?3 ORDER BY id LIMIT ?2",
     [Q_IN_STATE] = "SELECT " JOB_COLS " FROM jobs WHERE state = ?1 ORDER BY id",
     [Q_NEXT] = "SELECT id FROM jobs WHERE state = 'queued' ORDER BY priority DESC, id LIMIT 1",
     [Q_COUNT] = "SELECT state, count(*) FROM jobs GROUP BY state",
@@ -352,11 +353,12 @@ static lt_status_t each_row(store_t *s, sqlite3_stmt *st, bool with_position, vo
   return rc == SQLITE_DONE ? LT_OK : db_fail(s, err, "listing jobs");
 }
 
-lt_status_t store_list(store_t *s, bool all, int64_t limit, void (*fn)(void *user, const store_job_t *j), void *user,
-                       lt_err_t *err) {
+lt_status_t store_list(store_t *s, bool all, int64_t after, int64_t limit, void (*fn)(void *user, const store_job_t *j),
+                       void *user, lt_err_t *err) {
   sqlite3_stmt *st = stmt(s, Q_LIST);
   sqlite3_bind_int(st, 1, all);
   sqlite3_bind_int64(st, 2, limit > 0 ? limit : -1);
+  sqlite3_bind_int64(st, 3, after);
   return each_row(s, st, true, fn, user, err);
 }
 

@@ -86,10 +86,11 @@ void store_job_clear(store_job_t *j);
 /* Deletes a job and its events (not its folder: see store_job_dir()). */
 lt_status_t store_job_delete(store_t *s, int64_t id, lt_err_t *err);
 
-/* Calls fn for every job (all) or every queued, held or running job, in id order, with positions filled;
- * stops early after limit jobs (0: no limit). The job passed is owned by the store for the call's duration. */
-lt_status_t store_list(store_t *s, bool all, int64_t limit, void (*fn)(void *user, const store_job_t *j), void *user,
-                       lt_err_t *err);
+/* Calls fn for every job (all) or every queued, held or running job with an id above after, in id order, with
+ * positions filled; stops early after limit jobs (0: no limit). The job passed is owned by the store for the call's
+ * duration. */
+lt_status_t store_list(store_t *s, bool all, int64_t after, int64_t limit, void (*fn)(void *user, const store_job_t *j),
+                       void *user, lt_err_t *err);
 
 /* Calls fn for every job in state st (id order). */
 lt_status_t store_each_in_state(store_t *s, job_state_t st, void (*fn)(void *user, const store_job_t *j), void *user,

@@ -200,12 +200,31 @@ Test(durability, thousand_jobs_all_accounted_for) {
   }
   cr_log_info("1000 no-op jobs ran in %lld ms", (long long)(util_mono_ms() - t1));
   cr_assert_eq(done, N, "all jobs succeeded (got %lld)", (long long)done);
-  mpw_t w;
-  lc_begin(c, &w, "list");
-  mpw_kbool(&w, "all", true);
-  mp_doc_t *d = lc_call(c, &w, NULL, NULL);
-  cr_assert_eq(mp_get(mp_doc_root(d), "jobs")->via.array.size, N);
-  mp_doc_destroy(&d);
+  /* The list comes in pages of at most 500, each starting after the last id of the one before. */
+  int64_t seen = 0, after = 0, pages = 0;
+  for (bool more = true; more; pages++) {
+    mpw_t w;
+    lc_begin(c, &w, "list");
+    mpw_kbool(&w, "all", true);
+    mpw_kint(&w, "after", after);
+    mp_doc_t *d = lc_call(c, &w, NULL, NULL);
+    cr_assert(d);
+    const msgpack_object *jobs = mp_get(mp_doc_root(d), "jobs");
+    cr_assert_leq(jobs->via.array.size, 500);
+    for (uint32_t i = 0; i < jobs->via.array.size; i++, seen++)
+      cr_assert_gt(td_int(&jobs->via.array.ptr[i], "id"), after, "ids go up across pages");
+    after = td_int(mp_doc_root(d), "last");
+    more = mp_get(mp_doc_root(d), "more")->via.boolean;
+    mp_doc_destroy(&d);
+  }
+  cr_assert_eq(seen, N);
+  cr_assert_eq(pages, 2);
+  /* The CLI reads every page. */
+  char cmd[512];
+  static char out[1 << 20];
+  snprintf(cmd, sizeof cmd, "LATHE_SOCKET=%s %s/lathe --no-autostart --json ps --all | wc -l", t.sock, LATHE_BIN_DIR);
+  cr_assert_eq(td_shell(out, sizeof out, cmd), 0);
+  cr_assert_eq(atoi(out), N, "%s", out);
   free(ids);
   lc_destroy(&c);
 }

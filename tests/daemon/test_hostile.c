@@ -262,5 +262,11 @@ Test(hostile, parameters_that_cannot_reach_the_worker_are_refused_at_submit) {
   mpw_free(&w);
   cr_assert_eq(id, 1, "%s %s", pe.msg, err.msg);
   td_wait_state(c, id, "running", 10000);
+  /* `show` of it fits a reply: the parameters are left out with their size. */
+  mp_doc_t *d = td_show(c, id);
+  const msgpack_object *job = mp_get(mp_doc_root(d), "job");
+  cr_assert_gt(td_int(job, "params_bytes"), 1000000);
+  cr_assert_eq(mp_get(job, "params")->type, MSGPACK_OBJECT_NIL);
+  mp_doc_destroy(&d);
   still_serving();
 }
