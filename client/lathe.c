@@ -796,7 +796,17 @@ static int cmd_daemon(cli_t *cli, int argc, char **argv) {
       return 0;
     }
     if ((rc = start_daemon(cli))) return rc;
-    pid = lc_daemon_pid(cli->o.socket);
+    /* The pid the daemon itself reports once it answers (its lock file may not hold it yet). */
+    if ((rc = connect_daemon(cli))) return rc;
+    mpw_t w;
+    mp_doc_t *d = NULL;
+    for (int i = 0; i < 200 && !d; i++) {
+      lc_begin(cli->c, &w, "ping");
+      if (!(d = lc_call(cli->c, &w, NULL, NULL))) nanosleep(&(struct timespec){0, 50000000}, NULL);
+    }
+    if (!d) return fail(EXIT_DAEMON, "lathed started but does not answer on %s", cli->o.socket);
+    pid = (long)get_int(mp_doc_root(d), "pid");
+    mp_doc_destroy(&d);
     printf(cli->json ? "{\"pid\": %ld, \"started\": true}\n" : "lathed started (pid %ld)\n", pid);
     return 0;
   }
@@ -807,13 +817,32 @@ static int cmd_daemon(cli_t *cli, int argc, char **argv) {
     }
     if (!(cli->c = lc_new(&cli->o, &err))) return fail(EXIT_DAEMON, "%s", err.msg);
     mpw_t w;
+    bool remote = cli->o.connect && *cli->o.connect;
+    if (remote) { /* the remote daemon's pid, for the message: the local lock file says nothing about it */
+      lc_begin(cli->c, &w, "ping");
+      mp_doc_t *p = call(cli, &w, &rc);
+      if (!p) return rc;
+      pid = (long)get_int(mp_doc_root(p), "pid");
+      mp_doc_destroy(&p);
+    }
     lc_begin(cli->c, &w, "shutdown");
     mp_doc_t *d = call(cli, &w, &rc);
     if (!d) return rc;
     mp_doc_destroy(&d);
-    /* Stopping may wait for the running job to checkpoint (the daemon's cancel grace). */
-    for (int i = 0; i < 1200 && lc_daemon_pid(cli->o.socket); i++) nanosleep(&(struct timespec){0, 50000000}, NULL);
-    bool gone = !lc_daemon_pid(cli->o.socket);
+    /* Stopping may wait for the running job to checkpoint (the daemon's cancel grace). A local daemon is gone
+     * when its lock is free; a remote one when it stops answering. */
+    bool gone = false;
+    for (int i = 0; i < 1200 && !gone; i++) {
+      if (remote) {
+        lc_begin(cli->c, &w, "ping");
+        mp_doc_t *p = lc_call(cli->c, &w, NULL, NULL);
+        gone = !p;
+        mp_doc_destroy(&p);
+      } else {
+        gone = !lc_daemon_pid(cli->o.socket);
+      }
+      if (!gone) nanosleep(&(struct timespec){0, 50000000}, NULL);
+    }
     printf(cli->json ? "{\"pid\": %ld, \"stopped\": %s}\n" : "lathed (pid %ld) %s\n", pid,
            cli->json ? (gone ? "true" : "false") : (gone ? "stopped" : "is still stopping"));
     return gone ? 0 : EXIT_DAEMON;

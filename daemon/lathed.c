@@ -145,11 +145,18 @@ static void loop(daemon_t *d) {
 
 /* ---- setup ---- */
 
-/* Takes an exclusive lock on path (created if needed), writing our pid into it. Returns the fd or -1. */
+/* Takes an exclusive lock on path (created if needed), writing our pid into it. Returns the fd or -1. A client
+ * probing whether a daemon runs holds a shared lock for a moment: the lock is tried for up to two seconds before
+ * another daemon is named as its holder. */
 static int take_lock(const char *path, lt_err_t *err) {
   int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
   if (fd < 0) return lt_fail(err, LT_E_IO, "cannot open %s: %s", path, strerror(errno)), -1;
-  if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
+  int locked = flock(fd, LOCK_EX | LOCK_NB);
+  for (int i = 0; locked != 0 && errno == EWOULDBLOCK && i < 200; i++) {
+    nanosleep(&(struct timespec){0, 10 * 1000000}, NULL);
+    locked = flock(fd, LOCK_EX | LOCK_NB);
+  }
+  if (locked != 0) {
     char buf[32] = "";
     ssize_t r = pread(fd, buf, sizeof buf - 1, 0);
     buf[r > 0 ? r : 0] = '\0';

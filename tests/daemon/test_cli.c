@@ -146,3 +146,22 @@ Test(cli, a_model_changed_on_disk_is_loaded_again) {
   cr_assert(strstr(out, text[2]), "after the rewrite the job ran the new weights: %s vs %s", text[2], out);
   cr_assert_str_neq(text[0], text[2], "the two models write the same text: the test shows nothing");
 }
+
+/* `daemon start` reports the pid the daemon itself answers with (never a placeholder read from a lock file that
+ * does not hold it yet), and `daemon stop` waits until it is gone. */
+Test(cli, daemon_start_reports_the_daemons_own_pid) {
+  static char out[1 << 14];
+  cr_assert_eq(lathe(out, sizeof out, "--json daemon start"), 0);
+  const char *p = strstr(out, "\"pid\": ");
+  cr_assert(p && strstr(out, "\"started\": true"), "%s", out);
+  long pid = strtol(p + 7, NULL, 10);
+  cr_assert_gt(pid, 1, "%s", out);
+  cr_assert_eq(lc_daemon_pid(t.sock), pid);
+  cr_assert_eq(lathe(out, sizeof out, "--json daemon status"), 0);
+  char want[48];
+  snprintf(want, sizeof want, "\"pid\":%ld", pid);
+  cr_assert(strstr(out, want), "%s in %s", want, out);
+  cr_assert_eq(lathe(out, sizeof out, "--json daemon stop"), 0);
+  cr_assert(strstr(out, "\"stopped\": true"), "%s", out);
+  cr_assert_eq(lc_daemon_pid(t.sock), 0);
+}

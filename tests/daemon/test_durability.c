@@ -1,8 +1,11 @@
 /* Crashes and restarts: kill -9 of the daemon and of the worker, a hung worker, a crashing kind, SIGTERM with a
  * job running, a second daemon on the same socket, 1,000 submitted jobs. Nothing may be lost. */
+#include <fcntl.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -290,5 +293,30 @@ Test(durability, watchers_that_vanish_leave_the_table) {
     mp_doc_destroy(&d);
   }
   cr_assert_eq(n, 0, "%lld watchers left after their lease", (long long)n);
+  lc_destroy(&c);
+}
+
+/* A client probing the lock (a shared flock, held for a moment) while lathed starts does not make it refuse to
+ * start: the daemon retries its exclusive lock for a bounded time. */
+Test(durability, a_probe_holding_the_lock_does_not_stop_a_start) {
+  td_prepare(&t);
+  char lock[200];
+  snprintf(lock, sizeof lock, "%s/run", t.dir);
+  cr_assert_eq(mkdir(lock, 0700), 0);
+  snprintf(lock, sizeof lock, "%s.lock", t.sock);
+  int fd = open(lock, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+  cr_assert(fd >= 0);
+  cr_assert_eq(flock(fd, LOCK_SH), 0);
+  pid_t holder = fork();
+  if (holder == 0) { /* keeps the shared lock 300 ms after the daemon is spawned, then lets go */
+    td_sleep_ms(300);
+    _exit(0);
+  }
+  close(fd); /* the child's copy holds the lock */
+  td_start(&t, NULL);
+  waitpid(holder, NULL, 0);
+  lc_t *c = td_client(&t);
+  int64_t id = td_sleep(c, 1, 0, NULL);
+  td_wait_state(c, id, "succeeded", 5000);
   lc_destroy(&c);
 }
