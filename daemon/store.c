@@ -3,6 +3,8 @@
 #include <limits.h>
 #include <sqlite3.h>
 #include <stdio.h>
+#include <dirent.h>
+#include <sys/stat.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -13,6 +15,7 @@ static const char *const state_names[JS_COUNT] = {"queued", "held", "running", "
 const char *job_state_str(job_state_t s) { return (unsigned)s < JS_COUNT ? state_names[s] : "unknown"; }
 
 bool job_state_parse(const char *s, job_state_t *out) {
+  if (!s) return false;
   for (int i = 0; i < JS_COUNT; i++)
     if (strcmp(s, state_names[i]) == 0) return *out = (job_state_t)i, true;
   return false;
@@ -124,6 +127,68 @@ static int user_version(store_t *s) {
   return v;
 }
 
+/* A text column, "" when it is NULL (a damaged or hand-edited store must not crash the daemon). */
+static const char *col_text(sqlite3_stmt *st, int i) {
+  const unsigned char *t = sqlite3_column_text(st, i);
+  return t ? (const char *)t : "";
+}
+
+/* A store that is missing or empty next to job folders (deleted, truncated, or a fresh file in an old home) would
+ * hand out their ids again and write into their folders: refused, naming the way out. */
+static bool store_matches_folders(const char *home, const char *db, lt_err_t *err) {
+  struct stat st;
+  if (stat(db, &st) == 0 && st.st_size > 0) return true;
+  char jobs[PATH_MAX + 8];
+  snprintf(jobs, sizeof jobs, "%s/jobs", home);
+  DIR *d = opendir(jobs);
+  if (!d) return true;
+  long n = 0;
+  for (struct dirent *de; (de = readdir(d));) n += de->d_name[0] >= '0' && de->d_name[0] <= '9';
+  closedir(d);
+  if (!n) return true;
+  lt_fail(err, LT_E_CORRUPT,
+          "store %s is %s but %s holds %ld job folders: starting would reuse their ids and folders. Restore the store, "
+          "or move the folders aside (mv %s %s.old) to start afresh",
+          db, stat(db, &st) == 0 ? "empty" : "missing", jobs, n, jobs, jobs);
+  return false;
+}
+
+/* PRAGMA quick_check, and the tables and columns this lathed reads. */
+static bool store_healthy(store_t *s, const char *path, lt_err_t *err) {
+  sqlite3_stmt *st = NULL;
+  char verdict[256] = "";
+  if (sqlite3_prepare_v2(s->db, "PRAGMA quick_check", -1, &st, NULL) == SQLITE_OK && sqlite3_step(st) == SQLITE_ROW)
+    util_copy(verdict, col_text(st, 0), sizeof verdict);
+  else
+    util_copy(verdict, sqlite3_errmsg(s->db), sizeof verdict);
+  sqlite3_finalize(st);
+  if (strcmp(verdict, "ok") != 0) {
+    lt_fail(err, LT_E_CORRUPT,
+            "store %s is damaged (%s). Keep a copy, then recover it with `sqlite3 %s .recover | sqlite3 fixed.db` "
+            "(docs/store.md)",
+            path, verdict, path);
+    return false;
+  }
+  static const char *const need[] = {
+      "jobs.id",          "jobs.kind",       "jobs.state",    "jobs.reason",           "jobs.priority",
+      "jobs.owner",       "jobs.sid",        "jobs.attempts", "jobs.created_ms",       "jobs.started_ms",
+      "jobs.finished_ms", "jobs.updated_ms", "jobs.last_seq", "jobs.cancel_requested", "jobs.params",
+      "jobs.result",      "events.job_id",   "events.seq",    "events.type",           "events.data"};
+  for (size_t i = 0; i < sizeof need / sizeof need[0]; i++) {
+    char table[16], q[128];
+    const char *dot = strchr(need[i], '.');
+    snprintf(table, sizeof table, "%.*s", (int)(dot - need[i]), need[i]);
+    snprintf(q, sizeof q, "SELECT 1 FROM pragma_table_info('%s') WHERE name = '%s'", table, dot + 1);
+    bool found = sqlite3_prepare_v2(s->db, q, -1, &st, NULL) == SQLITE_OK && sqlite3_step(st) == SQLITE_ROW;
+    sqlite3_finalize(st);
+    if (!found) {
+      lt_fail(err, LT_E_CORRUPT, "store %s lacks the column %s that this lathed reads (docs/store.md)", path, need[i]);
+      return false;
+    }
+  }
+  return true;
+}
+
 store_t *store_open(const char *home, lt_err_t *err) {
   store_t *s = calloc(1, sizeof *s);
   if (!s) return lt_fail(err, LT_E_NOMEM, "out of memory"), NULL;
@@ -132,6 +197,7 @@ store_t *store_open(const char *home, lt_err_t *err) {
   snprintf(path, sizeof path, "%s/jobs", home);
   if (util_mkdir_p(path, 0700, err)) goto fail;
   snprintf(path, sizeof path, "%s/jobs.db", home);
+  if (!store_matches_folders(home, path, err)) goto fail;
   if (sqlite3_open_v2(path, &s->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, NULL) !=
       SQLITE_OK) {
     db_fail(s, err, path);
@@ -160,6 +226,7 @@ store_t *store_open(const char *home, lt_err_t *err) {
       goto fail;
     }
   }
+  if (!store_healthy(s, path, err)) goto fail;
   for (int i = 0; i < Q_N; i++)
     if (sqlite3_prepare_v3(s->db, sql[i], -1, SQLITE_PREPARE_PERSISTENT, &s->q[i], NULL) != SQLITE_OK) {
       db_fail(s, err, sql[i]);
@@ -274,13 +341,13 @@ static void *blob_dup(sqlite3_stmt *st, int col, size_t *n) {
 static void read_row(sqlite3_stmt *st, store_job_t *j, bool copy_blobs) {
   memset(j, 0, sizeof *j);
   j->id = sqlite3_column_int64(st, 0);
-  util_copy(j->kind, (const char *)sqlite3_column_text(st, 1), sizeof j->kind);
-  job_state_parse((const char *)sqlite3_column_text(st, 2), &j->state);
-  util_copy(j->reason, (const char *)sqlite3_column_text(st, 3), sizeof j->reason);
+  util_copy(j->kind, col_text(st, 1), sizeof j->kind);
+  /* A state that is not one of ours reads as failed: such a job is never run. */
+  if (!job_state_parse(col_text(st, 2), &j->state)) j->state = JS_FAILED;
+  util_copy(j->reason, col_text(st, 3), sizeof j->reason);
   j->priority = sqlite3_column_int64(st, 4);
-  util_copy(j->owner, (const char *)sqlite3_column_text(st, 5), sizeof j->owner);
-  const unsigned char *sid = sqlite3_column_text(st, 6);
-  util_copy(j->sid, sid ? (const char *)sid : "", sizeof j->sid);
+  util_copy(j->owner, col_text(st, 5), sizeof j->owner);
+  util_copy(j->sid, col_text(st, 6), sizeof j->sid);
   j->attempts = sqlite3_column_int64(st, 7);
   j->created_ms = sqlite3_column_int64(st, 8);
   j->started_ms = sqlite3_column_int64(st, 9);
@@ -420,7 +487,7 @@ int store_events_after(store_t *s, int64_t id, int64_t after, int64_t limit,
     store_event_t ev = {id,
                         sqlite3_column_int64(st, 0),
                         sqlite3_column_int64(st, 1),
-                        (const char *)sqlite3_column_text(st, 2),
+                        col_text(st, 2),
                         sqlite3_column_blob(st, 3),
                         (size_t)sqlite3_column_bytes(st, 3)};
     fn(user, &ev);
