@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
+#include <sys/stat.h>
 #include <unistd.h>
 #include <zmq.h>
 
@@ -28,6 +29,37 @@ struct lc {
 
 static int monitor_seq;
 
+/* Whether the daemon's socket at path can be trusted to be this user's daemon: the socket, when there, belongs to
+ * us; its folder, when others may write to it, must keep their hands off our files (the sticky bit, as /tmp has),
+ * and then the socket must already be there (else another user could create it first). */
+static lt_status_t socket_trusted(const char *path, lt_err_t *err) {
+  char dir[PATH_MAX];
+  util_copy(dir, path, sizeof dir);
+  char *slash = strrchr(dir, '/');
+  if (slash) *(slash == dir ? slash + 1 : slash) = '\0';
+  struct stat ds, ss;
+  bool have = lstat(path, &ss) == 0;
+  uid_t me = getuid();
+  if (have && ss.st_uid != me)
+    return lt_fail(err, LT_E_IO,
+                   "%s belongs to uid %u, not to you (uid %u): another user's program may be listening there; "
+                   "nothing was sent",
+                   path, (unsigned)ss.st_uid, (unsigned)me);
+  if (have && !S_ISSOCK(ss.st_mode)) return lt_fail(err, LT_E_INVALID, "%s is not a socket", path);
+  if (!slash || lstat(dir, &ds) != 0) return LT_OK; /* no folder yet: the daemon makes it private */
+  bool others_write = (ds.st_mode & (S_IWGRP | S_IWOTH)) != 0;
+  if (others_write && !(ds.st_mode & S_ISVTX))
+    return lt_fail(err, LT_E_IO,
+                   "%s: other users can write to the folder %s and replace the socket; use a private folder", path,
+                   dir);
+  if (others_write && !have)
+    return lt_fail(err, LT_E_IO,
+                   "%s does not exist, in a folder other users can write to: not waiting on a socket another user "
+                   "could create; start the daemon first or use a private folder",
+                   path);
+  return LT_OK;
+}
+
 lc_t *lc_new(const lc_opts_t *o, lt_err_t *err) {
   lc_opts_t none = {0};
   if (!o) o = &none;
@@ -48,6 +80,7 @@ lc_t *lc_new(const lc_opts_t *o, lt_err_t *err) {
       goto fail;
     }
     snprintf(ep, sizeof ep, "ipc://%s", c->socket);
+    if (socket_trusted(c->socket, err) != LT_OK) goto fail;
   }
   c->ctx = zmq_ctx_new();
   c->sock = zmq_socket(c->ctx, ZMQ_DEALER);

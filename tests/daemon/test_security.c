@@ -98,22 +98,58 @@ Test(security, tcp_without_an_allow_folder_is_refused) {
 }
 
 /* In a child running as nobody: 0 if the daemon refused or never answered, 1 if it answered. */
+/* Pings the daemon at sock as uid nobody with a bare ZeroMQ socket (not lc, whose own checks would refuse the
+ * root-owned socket first: this is about the daemon's check). 1 when an answer came, 0 when none did. */
 static int ping_as_nobody(const char *sock) {
   pid_t pid = fork();
   cr_assert(pid >= 0);
   if (pid == 0) {
     if (setgroups(0, NULL) != 0 || setgid(65534) != 0 || setuid(65534) != 0) _exit(2);
-    lc_opts_t o = {.socket = sock, .timeout_ms = 1500};
-    lc_t *c = lc_new(&o, NULL);
-    if (!c) _exit(0);
+    void *ctx = zmq_ctx_new(), *s = zmq_socket(ctx, ZMQ_DEALER);
+    int zero = 0, wait = 1500;
+    zmq_setsockopt(s, ZMQ_LINGER, &zero, sizeof zero);
+    zmq_setsockopt(s, ZMQ_RCVTIMEO, &wait, sizeof wait);
+    char ep[256];
+    snprintf(ep, sizeof ep, "ipc://%s", sock);
+    if (zmq_connect(s, ep) != 0) _exit(0);
     mpw_t w;
-    lc_begin(c, &w, "ping");
-    mp_doc_t *d = lc_call(c, &w, NULL, NULL);
-    _exit(d ? 1 : 0);
+    mpw_init(&w);
+    mpw_map(&w);
+    mpw_kint(&w, "v", PROTO_VERSION);
+    mpw_kint(&w, "rid", 1);
+    mpw_kstr(&w, "op", "ping");
+    mpw_end(&w);
+    zmq_send(s, w.sb.data, w.sb.size, 0);
+    char buf[4096];
+    _exit(zmq_recv(s, buf, sizeof buf, 0) > 0 ? 1 : 0);
   }
   int st;
   waitpid(pid, &st, 0);
   return WIFEXITED(st) ? WEXITSTATUS(st) : 100 + WTERMSIG(st);
+}
+
+/* The client trusts a socket only where another user cannot have put it: a folder others may write to without
+ * the sticky bit is refused, and in a sticky one the socket must be there already; a socket another uid owns is
+ * refused (checked as root, who can give it away). */
+Test(security, the_client_refuses_a_socket_another_user_could_have_placed) {
+  td_prepare(&t);
+  char run[96], out[4096], cmd[512];
+  snprintf(run, sizeof run, "%s/run", t.dir);
+  util_mkdir_p(run, 0700, NULL);
+  chmod(t.dir, 0755);
+  td_start(&t, NULL);
+  chmod(run, 0777);
+  snprintf(cmd, sizeof cmd, "LATHE_SOCKET=%s %s/lathe --no-autostart ps 2>&1", t.sock, LATHE_BIN_DIR);
+  int rc = td_shell(out, sizeof out, cmd);
+  cr_assert_neq(rc, 0, "%s", out);
+  cr_assert(strstr(out, "other users can write to the folder") && strstr(out, "use a private folder"), "%s", out);
+  chmod(run, 01777); /* sticky, like /tmp: the daemon's own socket is safe there */
+  cr_assert_eq(td_shell(out, sizeof out, cmd), 0, "%s", out);
+  if (geteuid() == 0) {
+    cr_assert_eq(chown(t.sock, 65534, 65534), 0);
+    cr_assert_neq(td_shell(out, sizeof out, cmd), 0, "%s", out);
+    cr_assert(strstr(out, "belongs to uid 65534, not to you") && strstr(out, "nothing was sent"), "%s", out);
+  }
 }
 
 Test(security, other_uid_cannot_use_the_ipc_socket) {
