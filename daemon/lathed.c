@@ -10,6 +10,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
 #include <sys/signalfd.h>
 #include <sys/stat.h>
 #include <time.h>
@@ -93,11 +95,40 @@ static void close_clients(daemon_t *d) {
   if (d->tcp) zmq_close(d->tcp), d->tcp = NULL;
 }
 
+/* Reads the TCP monitor's events: counts connections, and shuts one that arrives over the cap at once (libzmq then
+ * closes it and reports the disconnect). */
+static void tcp_monitor(daemon_t *d) {
+  for (;;) {
+    zmq_msg_t ev, addr;
+    zmq_msg_init(&ev);
+    if (zmq_msg_recv(&ev, d->tcp_mon, ZMQ_DONTWAIT) < 0) {
+      zmq_msg_close(&ev);
+      return;
+    }
+    zmq_msg_init(&addr);
+    if (zmq_msg_more(&ev)) zmq_msg_recv(&addr, d->tcp_mon, 0);
+    if (zmq_msg_size(&ev) >= 6) {
+      const uint8_t *b = zmq_msg_data(&ev);
+      uint16_t event;
+      uint32_t value;
+      memcpy(&event, b, 2), memcpy(&value, b + 2, 4);
+      if (event == ZMQ_EVENT_ACCEPTED && ++d->tcp_open > d->o.max_tcp) {
+        shutdown((int)value, SHUT_RDWR);
+        d->tcp_shed++;
+      } else if (event == ZMQ_EVENT_DISCONNECTED && d->tcp_open > 0) {
+        d->tcp_open--;
+      }
+    }
+    zmq_msg_close(&ev), zmq_msg_close(&addr);
+  }
+}
+
 static void loop(daemon_t *d) {
   int64_t stop_started = 0, exit_sent = 0, wait = 0;
   while (!d->done) {
-    zmq_pollitem_t it[5] = {{NULL, d->sigfd, ZMQ_POLLIN, 0}, {d->zap, 0, ZMQ_POLLIN, 0}, {d->wsock, 0, ZMQ_POLLIN, 0}};
+    zmq_pollitem_t it[6] = {{NULL, d->sigfd, ZMQ_POLLIN, 0}, {d->zap, 0, ZMQ_POLLIN, 0}, {d->wsock, 0, ZMQ_POLLIN, 0}};
     int n = 3;
+    if (d->tcp_mon) it[n++] = (zmq_pollitem_t){d->tcp_mon, 0, ZMQ_POLLIN, 0};
     if (d->ipc) it[n++] = (zmq_pollitem_t){d->ipc, 0, ZMQ_POLLIN, 0};
     if (d->tcp) it[n++] = (zmq_pollitem_t){d->tcp, 0, ZMQ_POLLIN, 0};
     if (d->stopping && wait > 100) wait = 100;
@@ -107,6 +138,7 @@ static void loop(daemon_t *d) {
     }
     if (it[0].revents) handle_signals(d);
     if (it[1].revents) zap_handle(d);
+    if (d->tcp_mon) tcp_monitor(d);
     for (int k = 0; k < BATCH && recv_one(d, d->wsock, -1); k++) {}
     for (int k = 0; d->ipc && k < BATCH && recv_one(d, d->ipc, 0); k++) {}
     for (int k = 0; d->tcp && k < BATCH && recv_one(d, d->tcp, 1); k++) {}
@@ -202,14 +234,24 @@ static lt_status_t setup_tcp(daemon_t *d, lt_err_t *err) {
     dlog("made the server key pair %s (give clients %s)", sec_path, pub_path);
   }
   if (!(d->tcp = router(d, "tcp", err))) return err->code;
-  int one = 1;
+  int one = 1, handshake = TCP_HANDSHAKE_MS;
+  /* Before authentication a TCP peer costs a descriptor: a handshake must finish within TCP_HANDSHAKE_MS, and the
+   * open connections are counted (the monitor) and capped, keeping descriptors for the ipc socket and the store. */
+  struct rlimit rl;
+  int64_t fds = getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY ? (int64_t)rl.rlim_cur : 4096;
+  if (!d->o.max_tcp) d->o.max_tcp = fds / 4 < 1024 ? (fds / 4 > 8 ? fds / 4 : 8) : 1024;
+  if (zmq_setsockopt(d->tcp, ZMQ_HANDSHAKE_IVL, &handshake, sizeof handshake) ||
+      zmq_socket_monitor(d->tcp, "inproc://lathed-tcp-monitor", ZMQ_EVENT_ACCEPTED | ZMQ_EVENT_DISCONNECTED) ||
+      !(d->tcp_mon = zmq_socket(d->ctx, ZMQ_PAIR)) || zmq_connect(d->tcp_mon, "inproc://lathed-tcp-monitor"))
+    return lt_fail(err, LT_E_IO, "cannot watch the TCP socket's connections: %s", zmq_strerror(errno));
   if (zmq_setsockopt(d->tcp, ZMQ_CURVE_SERVER, &one, sizeof one) ||
       zmq_setsockopt(d->tcp, ZMQ_CURVE_SECRETKEY, sec, 40) || zmq_bind(d->tcp, d->o.tcp))
     return lt_fail(err, LT_E_IO, "cannot listen on %s: %s", d->o.tcp, zmq_strerror(errno));
   /* With a port of "*" the system picks one: report the real endpoint (status shows it too). */
   size_t len = sizeof d->o.tcp;
   zmq_getsockopt(d->tcp, ZMQ_LAST_ENDPOINT, d->o.tcp, &len);
-  dlog("listening on %s (CURVE, clients in %s)", d->o.tcp, d->o.curve_allow);
+  dlog("listening on %s (CURVE, clients in %s; at most %lld connections, %d ms to authenticate)", d->o.tcp,
+       d->o.curve_allow, (long long)d->o.max_tcp, TCP_HANDSHAKE_MS);
   return LT_OK;
 }
 
@@ -227,6 +269,8 @@ static void usage(FILE *f) {
       "  --start-timeout-ms N  a worker that has not started a job it was handed this long is killed (default 30000)\n"
       "  --watch-lease-ms N  a watch lapses this long after its client last asked or was sent an event (default "
       "30000)\n"
+      "  --max-tcp-connections N  TCP connections open at once, authenticated or not (default: a quarter of the\n"
+      "                         descriptor limit, at most 1024); more are closed as they arrive\n"
       "  --max-attempts N       starts of a job before a crash fails it (default 3)\n"
       "  --keep-alive S         seconds the worker keeps the device open when idle (default 300)\n"
       "  --worker PATH          the lathe-worker binary (default: next to lathed)\n");
@@ -243,6 +287,7 @@ static bool parse_args(daemon_t *d, int argc, char **argv) {
     O_HB,
     O_START,
     O_LEASE,
+    O_MAXTCP,
     O_ATTEMPTS,
     O_KEEP,
     O_WORKER,
@@ -258,6 +303,7 @@ static bool parse_args(daemon_t *d, int argc, char **argv) {
                                      {"heartbeat-timeout-ms", 1, 0, O_HB},
                                      {"start-timeout-ms", 1, 0, O_START},
                                      {"watch-lease-ms", 1, 0, O_LEASE},
+                                     {"max-tcp-connections", 1, 0, O_MAXTCP},
                                      {"max-attempts", 1, 0, O_ATTEMPTS},
                                      {"keep-alive", 1, 0, O_KEEP},
                                      {"worker", 1, 0, O_WORKER},
@@ -284,6 +330,7 @@ static bool parse_args(daemon_t *d, int argc, char **argv) {
     case O_HB: o->heartbeat_timeout_ms = v; break;
     case O_START: o->start_timeout_ms = v; break;
     case O_LEASE: o->watch_lease_ms = v; break;
+    case O_MAXTCP: o->max_tcp = v; break;
     case O_ATTEMPTS: o->max_attempts = v; break;
     case O_KEEP: o->keep_alive_s = v; break;
     case O_HELP: usage(stdout); exit(0);
@@ -319,8 +366,19 @@ static bool parse_args(daemon_t *d, int argc, char **argv) {
   return true;
 }
 
+/* Raises the soft descriptor limit to the hard one: clients, the store and the worker all take descriptors. */
+static void raise_nofile(void) {
+  struct rlimit rl;
+  if (getrlimit(RLIMIT_NOFILE, &rl) != 0 || rl.rlim_cur >= rl.rlim_max) return;
+  rlim_t was = rl.rlim_cur;
+  rl.rlim_cur = rl.rlim_max;
+  if (setrlimit(RLIMIT_NOFILE, &rl) == 0)
+    dlog("descriptor limit raised from %llu to %llu", (unsigned long long)was, (unsigned long long)rl.rlim_cur);
+}
+
 static int run(daemon_t *d) {
   lt_err_t err = {0};
+  raise_nofile();
   int lock_fd = -1, home_lock_fd = -1, rc = 1;
   char sockdir[sizeof d->o.socket], lock_path[sizeof d->o.socket + 8], home_lock[PATH_MAX + 16];
   util_copy(sockdir, d->o.socket, sizeof sockdir);
@@ -383,6 +441,7 @@ out:
   close_clients(d);
   if (d->wsock) zmq_close(d->wsock), unlink(d->worker_endpoint + 6);
   if (d->zap) zmq_close(d->zap);
+  if (d->tcp_mon) zmq_close(d->tcp_mon);
   if (d->ctx) zmq_ctx_term(d->ctx);
   store_destroy(&d->store);
   for (size_t i = 0; i < d->n_out; i++) free(d->out[i].data);

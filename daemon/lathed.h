@@ -68,6 +68,9 @@ typedef enum stop_req { STOP_NONE, STOP_CANCEL, STOP_SHUTDOWN } stop_req_t;
  * the keys. A job's parameters take at most PROTO_MAX_MSG less this. */
 #define RUN_MSG_RESERVE (PATH_MAX + 512)
 
+/* A TCP client must finish its CURVE handshake within this (libzmq's default is 30 s). */
+#define TCP_HANDSHAKE_MS 5000
+
 typedef struct slot {
   worker_state_t state;
   pid_t pid;
@@ -102,6 +105,7 @@ typedef struct opts {
   int64_t heartbeat_timeout_ms;
   int64_t start_timeout_ms; /* a job handed to the worker must be started within this */
   int64_t watch_lease_ms;   /* see WATCH_LEASE_MS */
+  int64_t max_tcp;          /* TCP connections open at once (0: from the descriptor limit) */
   int64_t max_attempts;
   int64_t keep_alive_s;
 } opts_t;
@@ -121,6 +125,10 @@ typedef struct daemon {
   bool done;     /* leave the loop */
   int64_t started_ms;
   int64_t auth_denied, requests, rejected;
+  /* TCP before authentication: a monitor counts open connections; past the cap new ones are shut at once. */
+  void *tcp_mon;    /* PAIR reading the TCP socket's monitor events */
+  int64_t tcp_open; /* TCP connections open now */
+  int64_t tcp_shed; /* connections shut for being over the cap */
 } daemon_t;
 
 /* outbox.c: the outbox and the log. Queues msg (taking ownership of data) for sock/peer after this turn's

@@ -131,6 +131,8 @@ static bool req_status(req_t *r, mpw_t *w, proto_err_t *e) {
   mpw_kint(w, "requests", d->requests);
   mpw_kint(w, "rejected", d->rejected);
   mpw_kint(w, "auth_denied", d->auth_denied);
+  mpw_kint(w, "tcp_open", d->tcp_open);
+  mpw_kint(w, "tcp_shed", d->tcp_shed);
   return true;
 }
 

@@ -1,5 +1,9 @@
 /* Authentication: over TCP only CURVE keys in the allow folder get in (and TCP without one is refused at
  * start); on the ipc socket only the daemon's own uid gets in, even when the socket file is open to all. */
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <errno.h>
 #include <grp.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -43,8 +47,12 @@ static lt_status_t tcp_ping(const char *ep, const char *server_pub, const char *
   return st;
 }
 
-Test(security, curve_known_key_accepted_unknown_refused) {
-  char keys[96], allow[96], ep[64], server_pub[160], alice[128], mallory[128];
+/* Keys for alice (allowed) and mallory (not) under t.dir/keys, and a daemon on a TCP port of the system's choosing
+ * with its extra arguments (NULL-ended, at most 4); fills the endpoint, the server's public key and both secret
+ * key paths. */
+static void tcp_daemon(const char *const *extra, char ep[64], char server_pub[160], char alice[128],
+                       char mallory[128]) {
+  char keys[96], allow[96];
   /* The folder first, to hold the keys before the daemon starts. */
   td_prepare(&t);
   snprintf(keys, sizeof keys, "%s/keys", t.dir);
@@ -57,16 +65,24 @@ Test(security, curve_known_key_accepted_unknown_refused) {
   char key[41];
   cr_assert_eq(util_read_z85_key(src, key, NULL), LT_OK);
   cr_assert_eq(util_write_z85_key(dst, key, false, NULL), LT_OK);
-  const char *args[] = {"--tcp", "tcp://127.0.0.1:*", "--curve-allow", allow, NULL};
+  const char *args[9] = {"--tcp", "tcp://127.0.0.1:*", "--curve-allow", allow, NULL};
+  for (int i = 0; extra && extra[i] && i < 4; i++) args[4 + i] = extra[i];
   td_start(&t, args);
   /* The port the system picked, from the daemon's status. */
   lc_t *local = td_client(&t);
   mp_doc_t *st = td_status(local);
-  cr_assert(mp_str_copy(mp_get(mp_doc_root(st), "tcp"), ep, sizeof ep) && strncmp(ep, "tcp://127.0.0.1:", 16) == 0);
+  cr_assert(mp_str_copy(mp_get(mp_doc_root(st), "tcp"), ep, 64) && strncmp(ep, "tcp://127.0.0.1:", 16) == 0);
   mp_doc_destroy(&st);
-  snprintf(server_pub, sizeof server_pub, "%s/curve/server.pub", t.home);
-  snprintf(alice, sizeof alice, "%s/alice.key", keys);
-  snprintf(mallory, sizeof mallory, "%s/mallory.key", keys);
+  lc_destroy(&local);
+  snprintf(server_pub, 160, "%s/curve/server.pub", t.home);
+  snprintf(alice, 128, "%s/alice.key", keys);
+  snprintf(mallory, 128, "%s/mallory.key", keys);
+}
+
+Test(security, curve_known_key_accepted_unknown_refused) {
+  char ep[64], server_pub[160], alice[128], mallory[128];
+  tcp_daemon(NULL, ep, server_pub, alice, mallory);
+  lc_t *local = td_client(&t);
   proto_err_t pe = {0};
   cr_assert_eq(tcp_ping(ep, server_pub, alice, &pe), LT_OK, "alice is allowed: %s", pe.msg);
   pe.code = P_OK;
@@ -172,4 +188,56 @@ Test(security, other_uid_cannot_use_the_ipc_socket) {
   /* And the normal setup: a private folder keeps other users from connecting at all. */
   chmod(run, 0700);
   cr_assert_eq(ping_as_nobody(t.sock), 0);
+}
+
+/* Raw TCP connections that never authenticate cannot exhaust the daemon's descriptors: past
+ * --max-tcp-connections they are closed as they arrive, the rest are dropped after the handshake timeout, the ipc
+ * socket keeps answering throughout, and an allowed key gets in once the flood has gone. The daemon also raised its
+ * soft descriptor limit to the hard one. */
+Test(security, a_flood_of_unauthenticated_tcp_connections_is_shed) {
+  char ep[64], server_pub[160], alice[128], mallory[128];
+  static const char *const extra[] = {"--max-tcp-connections", "32", NULL};
+  tcp_daemon(extra, ep, server_pub, alice, mallory);
+  enum { FLOOD = 300 };
+  int fds[FLOOD];
+  struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)atoi(strrchr(ep, ':') + 1))};
+  inet_pton(AF_INET, "127.0.0.1", &sa.sin_addr);
+  for (int i = 0; i < FLOOD; i++) {
+    fds[i] = socket(AF_INET, SOCK_STREAM, 0);
+    cr_assert_geq(fds[i], 0);
+    cr_assert_eq(connect(fds[i], (struct sockaddr *)&sa, sizeof sa), 0, "connection %d: %s", i, strerror(errno));
+  }
+  lc_t *local = td_client(&t);
+  int64_t open = -1, shed = -1;
+  for (int i = 0; i < 100 && shed < FLOOD - 32; i++) {
+    mp_doc_t *d = td_status(local);
+    open = td_int(mp_doc_root(d), "tcp_open"), shed = td_int(mp_doc_root(d), "tcp_shed");
+    mp_doc_destroy(&d);
+    if (shed < FLOOD - 32) td_sleep_ms(50);
+  }
+  cr_assert_geq(shed, FLOOD - 32, "shed %lld, open %lld", (long long)shed, (long long)open);
+  cr_assert_leq(open, 32);
+  /* The unauthenticated ones left are dropped after the handshake timeout; then alice gets in. */
+  int64_t left = open;
+  for (int i = 0; i < 200 && left > 0; i++) {
+    td_sleep_ms(50);
+    mp_doc_t *d = td_status(local);
+    left = td_int(mp_doc_root(d), "tcp_open");
+    mp_doc_destroy(&d);
+  }
+  cr_assert_eq(left, 0, "connections that never authenticated are still open");
+  proto_err_t pe = {0};
+  cr_assert_eq(tcp_ping(ep, server_pub, alice, &pe), LT_OK, "alice after the flood: %s", pe.msg);
+  for (int i = 0; i < FLOOD; i++) close(fds[i]);
+  /* The soft descriptor limit was raised to the hard one. */
+  char path[64], line[256];
+  snprintf(path, sizeof path, "/proc/%d/limits", (int)t.pid);
+  FILE *f = fopen(path, "r");
+  cr_assert(f);
+  unsigned long long soft = 0, hard = 0;
+  while (fgets(line, sizeof line, f))
+    if (sscanf(line, "Max open files %llu %llu", &soft, &hard) == 2) break;
+  fclose(f);
+  cr_assert(soft > 0 && soft == hard, "soft %llu, hard %llu", soft, hard);
+  lc_destroy(&local);
 }
