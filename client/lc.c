@@ -22,7 +22,8 @@ struct lc {
   void *ctx, *sock, *mon;
   uint64_t rid;
   int timeout_ms;
-  bool denied;
+  bool denied;         /* the daemon refused this client's key (ZAP) */
+  char handshake[160]; /* why a handshake failed ("" when none did) */
   char socket[108];
   evq_t q;
 };
@@ -160,7 +161,9 @@ static mp_doc_t *q_pop(evq_t *q) {
   return d;
 }
 
-/* Reads monitor events; true if a handshake was refused. */
+/* Reads monitor events; true if a handshake failed, with c->handshake saying how: only a refusal by the daemon's
+ * authentication is "denied"; a connection that broke off mid-handshake (a daemon stopping) or a protocol error (a
+ * wrong server key, another program on the port) says so instead. */
 static bool check_monitor(lc_t *c) {
   if (!c->mon) return false;
   zmq_msg_t m;
@@ -168,15 +171,27 @@ static bool check_monitor(lc_t *c) {
   while (zmq_msg_recv(&m, c->mon, ZMQ_DONTWAIT) >= 0) {
     if (zmq_msg_size(&m) >= 6) {
       uint16_t ev;
+      uint32_t value;
       memcpy(&ev, zmq_msg_data(&m), sizeof ev);
-      if (ev & (ZMQ_EVENT_HANDSHAKE_FAILED_AUTH | ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL |
-                ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL))
+      memcpy(&value, (const char *)zmq_msg_data(&m) + 2, sizeof value);
+      if (ev & ZMQ_EVENT_HANDSHAKE_FAILED_AUTH) {
         c->denied = true;
+        snprintf(c->handshake, sizeof c->handshake, "the daemon refused this client (authentication failed, %u)",
+                 (unsigned)value);
+      } else if (ev & ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL) {
+        snprintf(c->handshake, sizeof c->handshake,
+                 "the handshake with the daemon failed (protocol error %#x: is the server key the daemon's, and is it "
+                 "a lathed listening there?)",
+                 (unsigned)value);
+      } else if (ev & ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL) {
+        snprintf(c->handshake, sizeof c->handshake,
+                 "the connection closed during the handshake (the daemon may have stopped or restarted)");
+      }
     }
     while (zmq_msg_more(&m) && zmq_msg_recv(&m, c->mon, ZMQ_DONTWAIT) >= 0) {}
   }
   zmq_msg_close(&m);
-  return c->denied;
+  return c->handshake[0] != '\0';
 }
 
 /* Receives one decoded message within timeout_ms: NULL on timeout or refusal (err says which). Undecodable
@@ -193,7 +208,8 @@ static mp_doc_t *recv_any(lc_t *c, int timeout_ms, lt_err_t *err) {
       return NULL;
     }
     if (check_monitor(c)) {
-      lt_fail(err, LT_E_IO, "the daemon refused this client (authentication failed)");
+      lt_fail(err, LT_E_IO, "%s", c->handshake);
+      if (!c->denied) c->handshake[0] = '\0'; /* reported once: libzmq tries again */
       return NULL;
     }
     if (r > 0 && (it[0].revents & ZMQ_POLLIN)) {

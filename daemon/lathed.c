@@ -271,6 +271,8 @@ static void usage(FILE *f) {
       "30000)\n"
       "  --max-tcp-connections N  TCP connections open at once, authenticated or not (default: a quarter of the\n"
       "                         descriptor limit, at most 1024); more are closed as they arrive\n"
+      "  --allow-path NAME=DIR  jobs of TCP key NAME may read and write under DIR (repeat; without one a key may\n"
+      "                         name no path)\n"
       "  --max-attempts N       starts of a job before a crash fails it (default 3)\n"
       "  --keep-alive S         seconds the worker keeps the device open when idle (default 300)\n"
       "  --worker PATH          the lathe-worker binary (default: next to lathed)\n");
@@ -291,6 +293,7 @@ static bool parse_args(daemon_t *d, int argc, char **argv) {
     O_ATTEMPTS,
     O_KEEP,
     O_WORKER,
+    O_ALLOWPATH,
     O_HELP,
     O_VERSION
   };
@@ -304,6 +307,7 @@ static bool parse_args(daemon_t *d, int argc, char **argv) {
                                      {"start-timeout-ms", 1, 0, O_START},
                                      {"watch-lease-ms", 1, 0, O_LEASE},
                                      {"max-tcp-connections", 1, 0, O_MAXTCP},
+                                     {"allow-path", 1, 0, O_ALLOWPATH},
                                      {"max-attempts", 1, 0, O_ATTEMPTS},
                                      {"keep-alive", 1, 0, O_KEEP},
                                      {"worker", 1, 0, O_WORKER},
@@ -331,6 +335,18 @@ static bool parse_args(daemon_t *d, int argc, char **argv) {
     case O_START: o->start_timeout_ms = v; break;
     case O_LEASE: o->watch_lease_ms = v; break;
     case O_MAXTCP: o->max_tcp = v; break;
+    case O_ALLOWPATH: {
+      const char *eq = strchr(optarg, '=');
+      struct allow_path *a = o->n_allow < MAX_ALLOW_PATHS ? &o->allow[o->n_allow] : NULL;
+      if (!eq || eq == optarg || (size_t)(eq - optarg) >= sizeof a->key || !a || !realpath(eq + 1, a->dir)) {
+        fprintf(stderr, "lathed: --allow-path %s: needs NAME=DIR with an existing DIR (at most %d)\n", optarg,
+                MAX_ALLOW_PATHS);
+        return false;
+      }
+      snprintf(a->key, sizeof a->key, "%.*s", (int)(eq - optarg), optarg);
+      o->n_allow++;
+      break;
+    }
     case O_ATTEMPTS: o->max_attempts = v; break;
     case O_KEEP: o->keep_alive_s = v; break;
     case O_HELP: usage(stdout); exit(0);

@@ -68,6 +68,9 @@ typedef enum stop_req { STOP_NONE, STOP_CANCEL, STOP_SHUTDOWN } stop_req_t;
  * the keys. A job's parameters take at most PROTO_MAX_MSG less this. */
 #define RUN_MSG_RESERVE (PATH_MAX + 512)
 
+/* --allow-path entries at most. */
+#define MAX_ALLOW_PATHS 64
+
 /* A TCP client must finish its CURVE handshake within this (libzmq's default is 30 s). */
 #define TCP_HANDSHAKE_MS 5000
 
@@ -106,6 +109,12 @@ typedef struct opts {
   int64_t start_timeout_ms; /* a job handed to the worker must be started within this */
   int64_t watch_lease_ms;   /* see WATCH_LEASE_MS */
   int64_t max_tcp;          /* TCP connections open at once (0: from the descriptor limit) */
+  /* --allow-path NAME=DIR: the folders (real paths) the jobs of TCP key NAME may read and write under */
+  struct allow_path {
+    char key[64];
+    char dir[PATH_MAX];
+  } allow[MAX_ALLOW_PATHS];
+  int n_allow;
   int64_t max_attempts;
   int64_t keep_alive_s;
 } opts_t;
@@ -150,9 +159,10 @@ void dlog(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 void requests_handle(daemon_t *d, const peer_t *p, const char *owner, const void *buf, size_t n);
 
 /* preflight.c: the submit-time file checks of kind k on its normalised params: every input path exists, the
- * output is none of them and, when it exists and is not empty, is written into only with force; then kind k's own
- * (kind_files). False with e naming the field when one fails. */
-bool preflight_files(daemon_t *d, const kind_t *k, const msgpack_object *params, proto_err_t *e);
+ * output is none of them and, when it exists and is not empty, is written into only with force; for a TCP key
+ * (owner "key:NAME"), every path lies under a folder --allow-path gives NAME; then kind k's own (kind_files). False
+ * with e naming the field when one fails. */
+bool preflight_files(daemon_t *d, const kind_t *k, const msgpack_object *params, const char *owner, proto_err_t *e);
 
 /* events.c */
 /* Appends an event (data: a msgpack map) to job id and queues it for the job's watchers. */

@@ -125,7 +125,20 @@ static bool occupied(const char *path) {
 
 /* Every kind: the input paths (every path parameter but output) exist; output is none of them, and an output that
  * exists and is not empty is written into only with force. */
-static bool preflight_paths(const kind_t *k, const msgpack_object *params, proto_err_t *e) {
+/* Whether the real path `real` lies under a folder --allow-path gives key `name`. */
+static bool allowed(const daemon_t *d, const char *name, const char *real) {
+  for (int i = 0; i < d->o.n_allow; i++) {
+    const struct allow_path *a = &d->o.allow[i];
+    size_t n = strlen(a->dir);
+    if (!strcmp(a->key, name) && !strncmp(real, a->dir, n) && (real[n] == '\0' || real[n] == '/' || n == 1))
+      return true;
+  }
+  return false;
+}
+
+static bool preflight_paths(const daemon_t *d, const kind_t *k, const msgpack_object *params, const char *owner,
+                            proto_err_t *e) {
+  const char *key = owner && !strncmp(owner, "key:", 4) ? owner + 4 : NULL;
   char out[PATH_MAX] = "", out_real[PATH_MAX] = "";
   param_str(params, "output", out, sizeof out);
   if (out[0]) resolve(out, out_real);
@@ -137,14 +150,23 @@ static bool preflight_paths(const kind_t *k, const msgpack_object *params, proto
     if (!path[0]) continue;
     snprintf(field, sizeof field, "params.%s", p->key);
     struct stat st;
-    if (stat(path, &st) != 0) return proto_fail(e, P_BAD_VALUE, field, "%s: %s: %s", field, path, strerror(errno));
     resolve(path, real);
+    if (key && !allowed(d, key, real))
+      return proto_fail(e, P_DENIED, field,
+                        "%s: %s is outside the folders key %s may use on this server (lathed --allow-path %s=DIR)",
+                        field, path, key, key);
+    if (stat(path, &st) != 0) return proto_fail(e, P_BAD_VALUE, field, "%s: %s: %s", field, path, strerror(errno));
     if (out_real[0] && !strcmp(real, out_real))
       return proto_fail(e, P_BAD_VALUE, "params.output",
                         "params.output: %s is also the job's %s: the result would overwrite its own input; write "
                         "it elsewhere",
                         out, p->key);
   }
+  if (key && out[0] && !allowed(d, key, out_real))
+    return proto_fail(e, P_DENIED, "params.output",
+                      "params.output: %s is outside the folders key %s may use on this server (lathed --allow-path "
+                      "%s=DIR)",
+                      out, key, key);
   const msgpack_object *force = mp_get(params, "force");
   bool forced = force && force->type == MSGPACK_OBJECT_BOOLEAN && force->via.boolean;
   if (out[0] && !forced && occupied(out))
@@ -155,8 +177,8 @@ static bool preflight_paths(const kind_t *k, const msgpack_object *params, proto
   return true;
 }
 
-bool preflight_files(daemon_t *d, const kind_t *k, const msgpack_object *params, proto_err_t *e) {
-  if (!preflight_paths(k, params, e)) return false;
+bool preflight_files(daemon_t *d, const kind_t *k, const msgpack_object *params, const char *owner, proto_err_t *e) {
+  if (!preflight_paths(d, k, params, owner, e)) return false;
   const kind_files_t *f = kind_files(k);
   if (!f) return true;
   for (int i = 0; i < 4 && f->exist[i]; i++) {

@@ -21,6 +21,9 @@ typedef bool (*req_fn)(req_t *r, mpw_t *w, proto_err_t *e);
 static bool store_failed(proto_err_t *e, const lt_err_t *err) { return proto_fail(e, P_INTERNAL, "", "%s", err->msg); }
 
 /* Loads the job named by the request's "id" field. */
+/* Whether the request came over TCP (a CURVE key): such a client sees and acts on its own jobs only. */
+static bool remote(const req_t *r) { return strncmp(r->owner, "key:", 4) == 0; }
+
 static bool load_job(req_t *r, store_job_t *j, proto_err_t *e) {
   int64_t id = 0;
   if (!mp_field_int(r->m, "", "id", true, 1, INT64_MAX, &id, e)) return false;
@@ -28,6 +31,11 @@ static bool load_job(req_t *r, store_job_t *j, proto_err_t *e) {
   int found = store_job_get(r->d->store, id, j, &err);
   if (found < 0) return store_failed(e, &err);
   if (!found) return proto_fail(e, P_NOT_FOUND, "id", "id: no job %lld", (long long)id);
+  if (remote(r) && strcmp(j->owner, r->owner) != 0) {
+    store_job_clear(j);
+    return proto_fail(e, P_DENIED, "id", "id: job %lld is not yours (%s sees and acts on its own jobs only)",
+                      (long long)id, r->owner);
+  }
   return true;
 }
 
@@ -204,7 +212,7 @@ static bool req_submit(req_t *r, mpw_t *w, proto_err_t *e) {
   }
   {
     mp_doc_t *pd = mp_doc_parse(pw.sb.data, pw.sb.size, e);
-    bool pass = pd && preflight_files(d, k, mp_doc_root(pd), e);
+    bool pass = pd && preflight_files(d, k, mp_doc_root(pd), r->owner, e);
     mp_doc_destroy(&pd);
     if (!pass) goto out;
   }
@@ -261,8 +269,9 @@ out:
 typedef struct list_ctx {
   mpw_t *w;
   daemon_t *d;
-  int64_t last; /* the id of the last job written */
-  int64_t n;    /* jobs written */
+  int64_t last;      /* the id of the last job read */
+  int64_t n;         /* jobs read (written, or left out as another owner's) */
+  const char *owner; /* write only this owner's jobs (NULL: all) */
 } list_ctx_t;
 
 /* Counts the jobs it is called for. */
@@ -273,7 +282,7 @@ static void count_one(void *user, const store_job_t *j) {
 
 static void list_one(void *user, const store_job_t *j) {
   list_ctx_t *c = user;
-  write_job(c->w, c->d, j, false);
+  if (!c->owner || !strcmp(c->owner, j->owner)) write_job(c->w, c->d, j, false);
   c->last = j->id;
   c->n++;
 }
@@ -290,7 +299,7 @@ static bool req_list(req_t *r, mpw_t *w, proto_err_t *e) {
   int64_t page = limit > 0 && limit < LIST_PAGE ? limit : LIST_PAGE;
   mpw_str(w, "jobs");
   mpw_array(w);
-  list_ctx_t c = {w, r->d, after, 0};
+  list_ctx_t c = {w, r->d, after, 0, remote(r) ? r->owner : NULL};
   lt_err_t err = {0};
   /* One more than the page tells whether there is more; that one is not written. */
   if (store_list(r->d->store, all, after, page, list_one, &c, &err)) return store_failed(e, &err);
@@ -496,6 +505,9 @@ static bool req_result(req_t *r, mpw_t *w, proto_err_t *e) {
 }
 
 static bool req_shutdown(req_t *r, mpw_t *w, proto_err_t *e) {
+  if (remote(r))
+    return proto_fail(e, P_DENIED, "",
+                      "shutdown: only the daemon's own user, on its local socket, may stop it (%s may not)", r->owner);
   (void)e;
   mpw_kint(w, "pid", getpid());
   dlog("shutdown requested by %s", r->owner);

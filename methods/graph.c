@@ -1,6 +1,7 @@
 /* EEDP graph flattening; the rules are in graph.h and docs/data-jobs.md. Every walk is iterative (an explicit
  * stack), so a chain of a million nodes costs memory, never the C stack. */
 #include "methods/graph.h"
+#include "engine/text/jsonl.h"
 
 #include <ctype.h>
 #include <stdio.h>
@@ -165,10 +166,12 @@ static bool json_name(const json_t *v, char *num, const char **s, size_t *n) {
 
 static lt_status_t jsonl_edge(graph_t *g, const char *line, size_t len, bool directed, lt_err_t *err) {
   json_error_t je;
+  char jb[160];
   json_t *o = json_loadb(line, len, 0, &je);
   lt_status_t st = LT_OK;
   if (!o || !json_is_object(o)) {
-    st = lt_fail(err, LT_E_INVALID, "not a JSON object (%s)", o ? "another JSON value" : je.text);
+    st = lt_fail(err, LT_E_INVALID, "not a JSON object (%s)",
+                 o ? "another JSON value" : jsonl_error_brief(&je, jb, sizeof jb));
     goto out;
   }
   const json_t *f = json_object_get(o, "from"), *t = json_object_get(o, "to"), *d = json_object_get(o, "directed");

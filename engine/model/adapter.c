@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "engine/model/model_internal.h"
+#include "engine/text/jsonl.h"
 #include "engine/model/safetensors.h"
 
 #define N_TARGETS 7
@@ -72,8 +73,9 @@ model_adapter_t *model_adapter_load(model_t *m, const char *dir, lt_err_t *err) 
   char p[4200];
   snprintf(p, sizeof p, "%s/adapter_config.json", dir);
   json_error_t je;
+  char jb[160];
   json_t *cfg = json_load_file(p, 0, &je);
-  if (!cfg) return lt_fail(err, LT_E_IO, "%s: %s", p, je.text), NULL;
+  if (!cfg) return lt_fail(err, LT_E_IO, "%s: %s", p, jsonl_error_brief(&je, jb, sizeof jb)), NULL;
   model_adapter_t *a = calloc(1, sizeof *a);
   st_file_t *f = NULL;
   lt_status_t st = a ? LT_OK : lt_fail(err, LT_E_NOMEM, "out of memory");

@@ -1,5 +1,6 @@
 /* Shared pieces of the model file readers: dtype table, shape arithmetic, conversion to f32, mappings. */
 #include "engine/model/ftensor.h"
+#include "engine/text/jsonl.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -131,8 +132,10 @@ lt_status_t ft_json_load(json_t **out, const char *path, size_t max_bytes, lt_er
     return lt_fail(err, LT_E_LIMIT, "%s: %lld bytes is over the %zu-byte limit for this JSON file", path,
                    (long long)st.st_size, max_bytes);
   json_error_t je;
+  char jb[160];
   *out = json_load_file(path, JSON_REJECT_DUPLICATES, &je);
   if (!*out)
-    return lt_fail(err, LT_E_CORRUPT, "%s: invalid JSON at line %d column %d: %s", path, je.line, je.column, je.text);
+    return lt_fail(err, LT_E_CORRUPT, "%s: invalid JSON at line %d column %d: %s", path, je.line, je.column,
+                   jsonl_error_brief(&je, jb, sizeof jb));
   return LT_OK;
 }

@@ -1,5 +1,6 @@
 /* Tokenizers and chat templates from Hugging Face folders and GGUF files. */
 #include "engine/model/model_tok.h"
+#include "engine/text/jsonl.h"
 
 #include <jansson.h>
 #include <stdio.h>
@@ -124,9 +125,10 @@ chat_tmpl_t *model_chat_template_open(const char *model_path, lt_err_t *err) {
   snprintf(path, sizeof path, "%s/tokenizer_config.json", model_path);
   if (stat(path, &sb) != 0) return chat_tmpl_plain(err);
   json_error_t je;
+  char jb[160];
   json_t *cfg = json_load_file(path, 0, &je);
   if (!cfg) {
-    lt_fail(err, LT_E_CORRUPT, "%s: %s (line %d)", path, je.text, je.line);
+    lt_fail(err, LT_E_CORRUPT, "%s: %s (line %d)", path, jsonl_error_brief(&je, jb, sizeof jb), je.line);
     return NULL;
   }
   const json_t *ct = json_object_get(cfg, "chat_template");

@@ -1,5 +1,6 @@
 /* safetensors: header validation, sharded sets, lookup by name, and the writer. */
 #include "engine/model/safetensors.h"
+#include "engine/text/jsonl.h"
 
 #include "common/fsout.h"
 
@@ -108,9 +109,11 @@ static lt_status_t parse_shard(st_file_t *f, uint32_t si, const uint8_t *data, s
     return lt_fail(err, LT_E_CORRUPT, "%s: header length %llu runs past the end of the file (%zu bytes)", lab,
                    (unsigned long long)hlen, size);
   json_error_t je;
+  char jb[160];
   sh->header = json_loadb((const char *)data + 8, (size_t)hlen, JSON_REJECT_DUPLICATES, &je);
   if (!sh->header)
-    return lt_fail(err, LT_E_CORRUPT, "%s: header is not valid JSON (at byte %d): %s", lab, je.position, je.text);
+    return lt_fail(err, LT_E_CORRUPT, "%s: header is not valid JSON (at byte %d): %s", lab, je.position,
+                   jsonl_error_brief(&je, jb, sizeof jb));
   if (!json_is_object(sh->header)) return lt_fail(err, LT_E_CORRUPT, "%s: header is not a JSON object", lab);
 
   const uint8_t *area = data + 8 + hlen;

@@ -50,9 +50,11 @@ lt_status_t jsonl_next(jsonl_t *r, json_t **row, lt_err_t *err) {
     while (k && (r->line[k - 1] == '\n' || r->line[k - 1] == '\r' || r->line[k - 1] == ' ')) k--;
     if (k == 0) continue;
     json_error_t je;
+    char jb[160];
     json_t *o = json_loadb(r->line, k, 0, &je);
     if (!json_is_object(o)) {
-      lt_fail(err, LT_E_INVALID, "%s: not a JSON object (%s)", r->where, o ? "another JSON value" : je.text);
+      lt_fail(err, LT_E_INVALID, "%s: not a JSON object (%s)", r->where,
+              o ? "another JSON value" : jsonl_error_brief(&je, jb, sizeof jb));
       json_decref(o);
       return LT_E_INVALID;
     }
@@ -150,4 +152,11 @@ lt_status_t jsonl_write_file(const char *path, const json_t *j, size_t flags, lt
     return lt_fail(err, LT_E_IO, "cannot write %s", path);
   }
   return util_out_commit(&o, err);
+}
+
+const char *jsonl_error_brief(const json_error_t *je, char *buf, size_t n) {
+  const char *near = strstr(je->text, " near ");
+  size_t len = near ? (size_t)(near - je->text) : strlen(je->text);
+  snprintf(buf, n, "%.*s", (int)len, je->text);
+  return buf;
 }

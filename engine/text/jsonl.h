@@ -31,6 +31,10 @@ uint64_t jsonl_size(const jsonl_t *r);
 /* Closes the file and frees *r, setting it to NULL; NULL-safe. */
 void jsonl_destroy(jsonl_t **r);
 
+/* jansson's error text without the input it quotes ("... near 'TOKEN'"), into buf: an error about a file the
+ * caller may not read must not echo its contents. Returns buf. */
+const char *jsonl_error_brief(const json_error_t *je, char *buf, size_t n);
+
 /* Writes j (json_dumpf flags) to path as a new file renamed into place (util_out: never through a planted link).
  * LT_E_IO with err naming path. */
 lt_status_t jsonl_write_file(const char *path, const json_t *j, size_t flags, lt_err_t *err);

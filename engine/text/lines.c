@@ -1,4 +1,5 @@
 #include "engine/text/lines.h"
+#include "engine/text/jsonl.h"
 
 #include <stdbool.h>
 #include <stdio.h>
@@ -109,11 +110,12 @@ int lines_next_json(lines_t *r, json_t **obj, lt_err_t *err) {
     while (a < len && (line[a] == ' ' || line[a] == '\t')) a++;
     if (a == len) continue;
     json_error_t je;
+    char jb[160];
     json_t *o = json_loadb(line + a, len - a, 0, &je);
     if (!o || !json_is_object(o)) {
       json_decref(o);
       return lt_fail(err, LT_E_INVALID, "%s:%llu: not a JSON object (%s)", r->path, (unsigned long long)r->lineno,
-                     o ? "another JSON value" : je.text);
+                     o ? "another JSON value" : jsonl_error_brief(&je, jb, sizeof jb));
     }
     *obj = o;
     return 1;

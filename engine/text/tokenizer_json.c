@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "engine/text/tokenizer_internal.h"
+#include "engine/text/jsonl.h"
 
 #define JSON_MAX_BYTES ((size_t)1 << 30)
 #define META "\xe2\x96\x81" /* U+2581, SentencePiece's space */
@@ -355,9 +356,11 @@ tok_t *tok_new_json_buf(const char *json, size_t len, lt_err_t *err) {
     return NULL;
   }
   json_error_t je;
+  char jb[160];
   json_t *root = json_loadb(json, len, JSON_ALLOW_NUL, &je);
   if (!root) {
-    lt_fail(err, LT_E_CORRUPT, "tokenizer.json: line %d column %d: %s", je.line, je.column, je.text);
+    lt_fail(err, LT_E_CORRUPT, "tokenizer.json: line %d column %d: %s", je.line, je.column,
+            jsonl_error_brief(&je, jb, sizeof jb));
     return NULL;
   }
   tok_t *t = NULL;

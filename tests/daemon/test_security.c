@@ -88,6 +88,20 @@ Test(security, curve_known_key_accepted_unknown_refused) {
   pe.code = P_OK;
   cr_assert_neq(tcp_ping(ep, server_pub, mallory, &pe), LT_OK, "mallory is not in the allow folder");
   cr_assert_eq(pe.code, P_DENIED, "the refusal is seen as such (got %s)", proto_code_str(pe.code));
+  /* The wrong server key is not a refusal of the client's: the message says what broke. */
+  char wrong_server[160];
+  snprintf(wrong_server, sizeof wrong_server, "%s/keys/mallory.pub", t.dir);
+  lc_opts_t wo = {.connect = ep, .server_key = wrong_server, .client_key = alice, .timeout_ms = 3000};
+  lt_err_t werr = {0};
+  lc_t *wc = lc_new(&wo, &werr);
+  cr_assert(wc, "%s", werr.msg);
+  mpw_t ww;
+  lc_begin(wc, &ww, "ping");
+  pe.code = P_OK;
+  cr_assert_null(lc_call(wc, &ww, &pe, &werr));
+  cr_assert_neq(pe.code, P_DENIED, "%s", werr.msg);
+  cr_assert(!strstr(werr.msg, "authentication failed"), "%s", werr.msg);
+  lc_destroy(&wc);
   /* Alice's jobs are owned by her key's name. */
   lc_opts_t o = {.connect = ep, .server_key = server_pub, .client_key = alice};
   lc_t *c = lc_new(&o, NULL);
@@ -239,5 +253,72 @@ Test(security, a_flood_of_unauthenticated_tcp_connections_is_shed) {
     if (sscanf(line, "Max open files %llu %llu", &soft, &hard) == 2) break;
   fclose(f);
   cr_assert(soft > 0 && soft == hard, "soft %llu, hard %llu", soft, hard);
+  lc_destroy(&local);
+}
+
+/* A TCP key sees and acts on its own jobs only, cannot stop the daemon, and names paths only under the folders
+ * --allow-path gives it; an error about a file never echoes the file's contents. */
+Test(security, a_remote_key_acts_on_its_own_jobs_under_its_own_folders) {
+  char ep[64], server_pub[160], alice[128], mallory[128], files[128], arg[160], cmd[512], out[4096];
+  td_prepare(&t);
+  snprintf(files, sizeof files, "%s/alice-files", t.dir);
+  util_mkdir_p(files, 0700, NULL);
+  snprintf(arg, sizeof arg, "alice=%s", files);
+  const char *extra[] = {"--allow-path", arg, NULL};
+  tcp_daemon(extra, ep, server_pub, alice, mallory);
+  lc_t *local = td_client(&t);
+  int64_t mine = lc_submit(local, "sleep", NULL, 0, NULL, 0, true, NULL, NULL, NULL);
+  cr_assert_gt(mine, 0);
+  lc_opts_t o = {.connect = ep, .server_key = server_pub, .client_key = alice};
+  lc_t *c = lc_new(&o, NULL);
+  cr_assert(c);
+  int64_t hers = lc_submit(c, "sleep", NULL, 0, NULL, 0, true, NULL, NULL, NULL);
+  cr_assert_gt(hers, 0);
+  proto_err_t pe = {0};
+  const char *ops[] = {"cancel", "show", "remove", "result", "release"};
+  for (size_t i = 0; i < sizeof ops / sizeof ops[0]; i++) {
+    mp_doc_t *d = lc_call_id(c, ops[i], mine, &pe, NULL);
+    cr_assert_null(d, "%s of another owner's job was allowed", ops[i]);
+    cr_assert_eq(pe.code, P_DENIED, "%s: %s", ops[i], pe.msg);
+  }
+  mp_doc_t *d = lc_call_id(c, "show", hers, &pe, NULL);
+  cr_assert(d, "%s", pe.msg);
+  mp_doc_destroy(&d);
+  mpw_t w;
+  lc_begin(c, &w, "list");
+  mpw_kbool(&w, "all", true);
+  d = lc_call(c, &w, NULL, NULL);
+  const msgpack_object *jobs = mp_get(mp_doc_root(d), "jobs");
+  cr_assert_eq(jobs->via.array.size, 1);
+  cr_assert_eq(td_int(&jobs->via.array.ptr[0], "id"), hers);
+  mp_doc_destroy(&d);
+  lc_begin(c, &w, "shutdown");
+  cr_assert_null(lc_call(c, &w, &pe, NULL));
+  cr_assert_eq(pe.code, P_DENIED, "%s", pe.msg);
+  /* Paths: outside the folder refused (nothing read); inside, a file that is not JSONL fails the job without its
+   * contents in the reason. */
+  snprintf(cmd, sizeof cmd, "cp -r %s/models/lathe-kjv-llama %s/m && printf 'root:x:0:0:secret-line\\n' > %s/p.jsonl",
+           LATHE_SOURCE_DIR, files, files);
+  cr_assert_eq(td_shell(out, sizeof out, cmd), 0);
+  const char *outside[] = {"model", LATHE_SOURCE_DIR "/models/lathe-kjv-llama", "data", "/etc/passwd", NULL};
+  int64_t id = td_submit(c, "score", outside, NULL, NULL, NULL, NULL, &pe);
+  cr_assert_leq(id, 0);
+  cr_assert_eq(pe.code, P_DENIED, "%s", pe.msg);
+  cr_assert(strstr(pe.msg, "params.model: ") && strstr(pe.msg, "--allow-path alice=DIR"), "%s", pe.msg);
+  char model[200], data[200], passwd_data[] = "/etc/passwd";
+  snprintf(model, sizeof model, "%s/m", files);
+  snprintf(data, sizeof data, "%s/p.jsonl", files);
+  const char *half[] = {"model", model, "data", passwd_data, NULL};
+  cr_assert_leq(td_submit(c, "score", half, NULL, NULL, NULL, NULL, &pe), 0);
+  cr_assert(strstr(pe.msg, "params.data: /etc/passwd is outside"), "%s", pe.msg);
+  const char *inside[] = {"model", model, "data", data, NULL};
+  id = td_submit(c, "score", inside, NULL, NULL, NULL, NULL, NULL);
+  td_wait_state(c, id, "failed", 30000);
+  d = td_show(c, id);
+  char reason[400] = "";
+  mp_str_copy(mp_get(mp_get(mp_doc_root(d), "job"), "reason"), reason, sizeof reason);
+  mp_doc_destroy(&d);
+  cr_assert(strstr(reason, "p.jsonl:1") && !strstr(reason, "root") && !strstr(reason, "secret"), "%s", reason);
+  lc_destroy(&c);
   lc_destroy(&local);
 }
