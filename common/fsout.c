@@ -18,7 +18,8 @@ static mode_t current_umask(void) {
 
 lt_status_t util_out_open(util_out_t *o, const char *path, mode_t mode, lt_err_t *err) {
   memset(o, 0, sizeof *o);
-  if (snprintf(o->path, sizeof o->path, "%s", path) >= (int)sizeof o->path) return lt_fail(err, LT_E_IO, "path too long: %s", path);
+  if (snprintf(o->path, sizeof o->path, "%s", path) >= (int)sizeof o->path)
+    return lt_fail(err, LT_E_IO, "path too long: %s", path);
   char dir[sizeof o->path];
   snprintf(dir, sizeof dir, "%s", path);
   const char *folder = dirname(dir);

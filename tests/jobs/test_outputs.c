@@ -81,8 +81,16 @@ Test(outputs, the_writers_replace_a_planted_link_and_never_follow_it) {
   plant("loss.svg", path, sizeof path);
   double y[3] = {3, 2, 1};
   plot_curve_t c = {"loss", y, 0};
-  plot_spec_t spec = {.title = "t", .subtitle = "s", .xlabel = "step", .ylabel = {"loss", NULL}, .n = 3,
-                      .curves = &c, .n_curves = 1, .band_lo = -1, .band_hi = -1, .mark = -1};
+  plot_spec_t spec = {.title = "t",
+                      .subtitle = "s",
+                      .xlabel = "step",
+                      .ylabel = {"loss", NULL},
+                      .n = 3,
+                      .curves = &c,
+                      .n_curves = 1,
+                      .band_lo = -1,
+                      .band_hi = -1,
+                      .mark = -1};
   cr_assert_eq(plot_svg_write(path, &spec, &err), LT_OK, "%s", err.msg);
   check_safe(path);
   /* the resume state, and a log rewritten on resume */
