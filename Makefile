@@ -4,7 +4,7 @@ BUILD_ASAN ?= build-asan
 JOBS ?= $(shell nproc)
 CMAKE_FLAGS ?=
 
-.PHONY: all deps configure demo check test test-asan test-validation bench clean format
+.PHONY: soak all deps configure demo check test test-asan test-validation bench clean format
 
 all: configure
 	cmake --build $(BUILD) -j$(JOBS)
@@ -27,6 +27,12 @@ check: deps
 test:
 	@$(MAKE) --no-print-directory all CMAKE_FLAGS="$(CMAKE_FLAGS) -DLATHE_WERROR=ON"
 	@bash scripts/check.sh --plain-only $(BUILD) $(BUILD_ASAN) $(JOBS)
+
+# The chaos test at length: random kill -9s of daemon and worker for LATHE_CHAOS_ROUNDS rounds (default 200, a few
+# minutes); LATHE_CHAOS_SEED repeats a run.
+soak: deps all
+	@LATHE_CHAOS_ROUNDS=$${LATHE_CHAOS_ROUNDS:-200} LATHE_TEST_CACHE_DIR=$(CURDIR)/$(BUILD)/test-cache \
+		$(BUILD)/bin/test_daemon --filter 'chaos/*' --verbose
 
 bench: deps all
 	@bash scripts/bench.sh $(BUILD)
