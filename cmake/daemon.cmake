@@ -68,7 +68,13 @@ function(lathe_daemon_bench_libs)
 endfunction()
 cmake_language(DEFER CALL lathe_daemon_bench_libs)
 
-# libFuzzer target for the message decoder (clang only, never part of make check):
+# The message decoder's fuzz target driven by fuzz/replay.c (any compiler; make check runs it under ASan).
+if(LATHE_TESTS)
+  add_executable(fuzz_replay_proto ${CMAKE_SOURCE_DIR}/fuzz/fuzz_proto.c ${CMAKE_SOURCE_DIR}/fuzz/replay.c)
+  target_link_libraries(fuzz_replay_proto lathe_kinds)
+endif()
+
+# libFuzzer target for the message decoder (clang only; make check replays its corpus with fuzz_replay_proto):
 #   cmake -DLATHE_FUZZ=ON ... && cmake --build build --target fuzz_proto && build/bin/fuzz_proto fuzz/corpus
 option(LATHE_FUZZ "Build the libFuzzer target for the protocol decoder (needs clang)" OFF)
 if(LATHE_FUZZ)

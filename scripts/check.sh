@@ -47,6 +47,10 @@ if [ $plain_only = 0 ]; then
   export ASAN_OPTIONS=detect_leaks=0:abort_on_error=1:detect_odr_violation=0
   export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
   LATHE_TEST_CACHE_DIR="$root/$build_asan/test-cache" tests "$build_asan"
+  # The fuzz targets over their committed corpora plus a fixed number of seeded mutations (fuzz/replay.c); a
+  # failing input is left in the build folder as fuzz-crash.bin.
+  run "fuzz replay: file parsers [$build_asan]" bash -c "cd '$build_asan' && bin/fuzz_replay_files --keep-first-byte '$root/fuzz/corpus-files'"
+  run "fuzz replay: protocol [$build_asan]" bash -c "cd '$build_asan' && bin/fuzz_replay_proto '$root/fuzz/corpus'"
 fi
 echo "== check finished in $(( $(date +%s) - start )) s"
 if [ $status = 0 ]; then echo "check: all suites passed"; else echo "check: FAILED"; fi

@@ -135,7 +135,7 @@ lt_status_t jsonl_row_tokens(const tok_t *tok, const json_t *row, unsigned flags
   if (!all)
     st = lt_fail(err, LT_E_NOMEM, "out of memory");
   else {
-    memcpy(all + *n, cids, nc * sizeof *cids);
+    if (nc) memcpy(all + *n, cids, nc * sizeof *cids);
     *ids = all;
     *first = *n;
     *n += nc;
