@@ -356,6 +356,14 @@ void sched_worker_msg(daemon_t *d, const uint8_t *id, size_t id_n, const void *b
   mp_doc_destroy(&doc);
 }
 
+/* Whether the deadline `due` has passed; if not, brings *next down to the time left. */
+static bool overdue(int64_t due, int64_t now, int64_t *next) {
+  int64_t left = due - now;
+  if (left <= 0) return true;
+  if (left < *next) *next = left;
+  return false;
+}
+
 int64_t sched_timers(daemon_t *d) {
   slot_t *s = &d->slot;
   int64_t now = util_mono_ms(), next = 1000;
@@ -367,44 +375,22 @@ int64_t sched_timers(daemon_t *d) {
     else if (due < next)
       next = due;
   }
-  if (s->state != W_DOWN && s->pid > 0 && !s->kill_reason[0]) {
-    int64_t left = s->last_beat_mono + d->o.heartbeat_timeout_ms - now;
-    if (left <= 0) {
-      char why[128];
-      snprintf(why, sizeof why, "no heartbeat for %lld ms", (long long)(now - s->last_beat_mono));
-      sched_kill_worker(d, why);
-    } else if (left < next) {
-      next = left;
-    }
+  char why[128];
+  if (s->state != W_DOWN && s->pid > 0 && !s->kill_reason[0] &&
+      overdue(s->last_beat_mono + d->o.heartbeat_timeout_ms, now, &next)) {
+    snprintf(why, sizeof why, "no heartbeat for %lld ms", (long long)(now - s->last_beat_mono));
+    sched_kill_worker(d, why);
   }
-  if (s->job && !s->job_started && !s->kill_reason[0]) {
-    int64_t left = s->start_deadline_mono - now;
-    if (left <= 0) {
-      char why[128];
-      snprintf(why, sizeof why, "job %lld not started by the worker within %lld ms", (long long)s->job,
-               (long long)d->o.start_timeout_ms);
-      sched_kill_worker(d, why);
-    } else if (left < next) {
-      next = left;
-    }
+  if (s->job && !s->job_started && !s->kill_reason[0] && overdue(s->start_deadline_mono, now, &next)) {
+    snprintf(why, sizeof why, "job %lld not started by the worker within %lld ms", (long long)s->job,
+             (long long)d->o.start_timeout_ms);
+    sched_kill_worker(d, why);
   }
-  if (s->job && s->stop != STOP_NONE && !s->kill_reason[0]) {
-    int64_t left = s->stop_deadline_mono - now;
-    if (left <= 0) {
-      char why[128];
-      snprintf(why, sizeof why, "job %lld did not stop within %lld ms of being asked", (long long)s->job,
-               (long long)d->o.cancel_grace_ms);
-      sched_kill_worker(d, why);
-    } else if (left < next) {
-      next = left;
-    }
+  if (s->job && s->stop != STOP_NONE && !s->kill_reason[0] && overdue(s->stop_deadline_mono, now, &next)) {
+    snprintf(why, sizeof why, "job %lld did not stop within %lld ms of being asked", (long long)s->job,
+             (long long)d->o.cancel_grace_ms);
+    sched_kill_worker(d, why);
   }
-  if (s->state == W_DOWN && !d->stopping) {
-    int64_t left = s->backoff_until_mono - now;
-    if (left <= 0)
-      sched_spawn(d);
-    else if (left < next)
-      next = left;
-  }
+  if (s->state == W_DOWN && !d->stopping && overdue(s->backoff_until_mono, now, &next)) sched_spawn(d);
   return next < 0 ? 0 : next;
 }

@@ -54,6 +54,16 @@ static void fixture_models(const pref_t *d, model_t **pm, model_t **rm, train_t 
   cr_assert(*p && *r, "%s", err.msg);
 }
 
+/* Checks p's gradients against case c's PyTorch file, then frees the states, the models and the fixture. */
+static void check_grads_and_free(pref_t *d, const json_t *c, train_t *p, train_t *r, model_t *pm, model_t *rm) {
+  char path[512];
+  snprintf(path, sizeof path, FIXTURES "/dpo/%s", json_string_value(json_object_get(c, "grads_file")));
+  ttrain_check_grads(p, path);
+  train_destroy(&p), train_destroy(&r);
+  model_destroy(&pm), model_destroy(&rm);
+  json_decref(d->j);
+}
+
 static void check_case(size_t k) {
   pref_t d;
   pref_load(&d);
@@ -82,12 +92,7 @@ static void check_case(size_t k) {
   }
   cr_assert(fabs(train_stats(p)->dpo_margin - mean) < 1e-4, "margin %g vs %g", train_stats(p)->dpo_margin, mean);
   cr_assert_eq(train_stats(p)->dpo_accuracy, acc);
-  char path[512];
-  snprintf(path, sizeof path, FIXTURES "/dpo/%s", json_string_value(json_object_get(c, "grads_file")));
-  ttrain_check_grads(p, path);
-  train_destroy(&p), train_destroy(&r);
-  model_destroy(&pm), model_destroy(&rm);
-  json_decref(d.j);
+  check_grads_and_free(&d, c, p, r, pm, rm);
 }
 
 Test(dpo, loss_and_gradients_match_pytorch) { check_case(0); }
@@ -125,12 +130,7 @@ Test(dpo, compare_matches_pytorch_and_a_given_reference_gives_the_same_gradient)
   cr_assert_eq(train_grad_pairs(p, d.ids, d.mask, NULL, lr, d.n_seq / 2, d.T, 1.0f, &loss, &err), LT_OK, "%s", err.msg);
   double want = json_number_value(json_object_get(c, "value"));
   cr_assert(fabs(loss - want) < 1e-4, "loss %.7f, reference %.7f", loss, want);
-  char path[512];
-  snprintf(path, sizeof path, FIXTURES "/dpo/%s", json_string_value(json_object_get(c, "grads_file")));
-  ttrain_check_grads(p, path);
-  train_destroy(&p), train_destroy(&r);
-  model_destroy(&pm), model_destroy(&rm);
-  json_decref(d.j);
+  check_grads_and_free(&d, c, p, r, pm, rm);
 }
 Test(dpo, weighted_pairs_match_pytorch) { check_case(1); }
 
