@@ -41,15 +41,62 @@ static void on_sigint(int sig) {
   interrupted = 1;
 }
 
+/* Rewrites the daemon's field names as the flags a user types: "params.max_tokens" becomes "--max-tokens". */
+static void flagify(char *msg) {
+  for (char *p = msg; (p = strstr(p, "params."));) {
+    size_t n = 7;
+    while (p[n] == '_' || (p[n] >= 'a' && p[n] <= 'z') || (p[n] >= '0' && p[n] <= '9')) n++;
+    if (n == 7) {
+      p += 7;
+      continue;
+    }
+    p[0] = '-', p[1] = '-';
+    memmove(p + 2, p + 7, strlen(p + 7) + 1);
+    for (char *q = p + 2; q < p + n - 5; q++)
+      if (*q == '_') *q = '-';
+    p += n - 5;
+  }
+}
+
 static int fail(int code, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 static int fail(int code, const char *fmt, ...) {
+  char msg[2048];
   va_list ap;
   va_start(ap, fmt);
-  fputs("lathe: ", stderr);
-  vfprintf(stderr, fmt, ap);
-  fputc('\n', stderr);
+  vsnprintf(msg, sizeof msg, fmt, ap);
   va_end(ap);
+  flagify(msg);
+  fprintf(stderr, "lathe: %s\n", msg);
   return code;
+}
+
+/* Edit distance of a and b (short words), for did-you-mean. */
+static size_t distance(const char *a, const char *b) {
+  size_t na = strlen(a), nb = strlen(b), row[65];
+  if (na > 64 || nb > 64) return SIZE_MAX;
+  for (size_t j = 0; j <= nb; j++) row[j] = j;
+  for (size_t i = 1; i <= na; i++) {
+    size_t prev = row[0];
+    row[0] = i;
+    for (size_t j = 1; j <= nb; j++) {
+      size_t cur = row[j], sub = prev + (a[i - 1] != b[j - 1]);
+      row[j] = sub < row[j] + 1 ? sub : row[j] + 1;
+      if (row[j - 1] + 1 < row[j]) row[j] = row[j - 1] + 1;
+      prev = cur;
+    }
+  }
+  return row[nb];
+}
+
+/* The candidate closest to word, or NULL when none is within a third of its length (at least 2 edits). */
+static const char *closest(const char *word, const char *const *cands, size_t n) {
+  const char *best = NULL;
+  size_t best_d = strlen(word) / 3 > 2 ? strlen(word) / 3 : 2;
+  for (size_t i = 0; i < n; i++) {
+    size_t d = distance(word, cands[i]);
+    if (d <= best_d && (!best || d < distance(word, best))) best = cands[i];
+  }
+  return best;
 }
 
 /* ---- msgpack to JSON ---- */
@@ -205,6 +252,8 @@ static void kind_help(FILE *f, const kind_t *k) {
     const kind_param_t *p = &k->params[i];
     char flag[64];
     snprintf(flag, sizeof flag, "--%s %s", p->key, kind_type_str(p->type));
+    for (char *q = flag + 2; *q && *q != ' '; q++)
+      if (*q == '_') *q = '-';
     fprintf(f, "  %-26s %s", flag, p->help);
     if (p->required)
       fprintf(f, " (required)\n");
@@ -235,6 +284,11 @@ static int parse_submit(int argc, char **argv, submit_args_t *a) {
   }
   a->k = kind_find(argv[0], strlen(argv[0]));
   if (!a->k) {
+    const char *names[64];
+    size_t nk = 0;
+    for (size_t i = 0; i < kind_count() && nk < 64; i++) names[nk++] = kind_at(i)->name;
+    const char *near = closest(argv[0], names, nk);
+    if (near) return fail(EXIT_USAGE, "no job kind '%s'; did you mean '%s'?", argv[0], near);
     fprintf(stderr, "lathe: no job kind '%s'\n", argv[0]);
     kinds_help(stderr);
     return EXIT_USAGE;
@@ -282,7 +336,22 @@ static int parse_submit(int argc, char **argv, submit_args_t *a) {
     } else if (!strcmp(key, "sid")) {
       a->sid = value;
     } else if (!p) {
-      fprintf(stderr, "lathe: kind %s has no parameter --%s\n", a->k->name, key);
+      char flags[64][64];
+      const char *names[64];
+      size_t nf = 0;
+      for (size_t j = 0; j < a->k->n_params && nf < 64; j++, nf++) {
+        snprintf(flags[nf], sizeof flags[nf], "%s", a->k->params[j].key);
+        names[nf] = flags[nf];
+      }
+      const char *near = closest(key, names, nf);
+      char shown[64], near_shown[64] = "";
+      snprintf(shown, sizeof shown, "%s", key);
+      if (near) snprintf(near_shown, sizeof near_shown, "%s", near);
+      for (char *q = shown; *q; q++) *q = *q == '_' ? '-' : *q;
+      for (char *q = near_shown; *q; q++) *q = *q == '_' ? '-' : *q;
+      if (near)
+        return fail(EXIT_USAGE, "kind %s has no parameter --%s; did you mean --%s?", a->k->name, shown, near_shown);
+      fprintf(stderr, "lathe: kind %s has no parameter --%s\n", a->k->name, shown);
       kind_help(stderr, a->k);
       return EXIT_USAGE;
     } else if (p->type == KT_STRS) {
@@ -926,6 +995,8 @@ int main(int argc, char **argv) {
       cli.autostart = false;
     else if (!strcmp(a, "--help"))
       return usage(stdout), 0;
+    else if (!strcmp(a, "--version"))
+      return printf("lathe %s (protocol %d)\n", LATHE_VERSION, PROTO_VERSION), 0;
     else if (!strcmp(a, "--socket") && v)
       cli.o.socket = cli.socket_flag = v, i++;
     else if (!strcmp(a, "--connect") && v)
@@ -951,12 +1022,25 @@ int main(int argc, char **argv) {
   cli.lines = cli.json || !isatty(STDOUT_FILENO);
   signal(SIGPIPE, SIG_IGN);
   int rc;
+  static const char *const commands[] = {"help",   "version", "run",  "submit", "ps",     "logs", "watch",   "priority",
+                                         "daemon", "keygen",  "show", "result", "cancel", "hold", "release", "rm"};
   if (!strcmp(cmd, "help")) {
     const kind_t *k = n ? kind_find(rest[0], strlen(rest[0])) : NULL;
-    if (k)
+    rc = 0;
+    if (k) {
       kind_help(stdout, k);
-    else
+    } else if (n) {
+      const char *names[64];
+      size_t nk = 0;
+      for (size_t j = 0; j < kind_count() && nk < 64; j++) names[nk++] = kind_at(j)->name;
+      const char *near = closest(rest[0], names, nk);
+      rc = near ? fail(EXIT_USAGE, "no job kind '%s'; did you mean '%s'?", rest[0], near)
+                : fail(EXIT_USAGE, "no job kind '%s' (lathe help lists them)", rest[0]);
+    } else {
       usage(stdout);
+    }
+  } else if (!strcmp(cmd, "version")) {
+    printf("lathe %s (protocol %d)\n", LATHE_VERSION, PROTO_VERSION);
     rc = 0;
   } else if (!strcmp(cmd, "run"))
     rc = cmd_submit(&cli, n, rest, true);
@@ -977,8 +1061,11 @@ int main(int argc, char **argv) {
   else if (!strcmp(cmd, "show") || !strcmp(cmd, "result") || !strcmp(cmd, "cancel") || !strcmp(cmd, "hold") ||
            !strcmp(cmd, "release") || !strcmp(cmd, "rm"))
     rc = cmd_id(&cli, cmd, n, rest);
-  else
-    rc = fail(EXIT_USAGE, "unknown command '%s' (lathe help)", cmd);
+  else {
+    const char *near = closest(cmd, commands, sizeof commands / sizeof commands[0]);
+    rc = near ? fail(EXIT_USAGE, "unknown command '%s'; did you mean '%s'?", cmd, near)
+              : fail(EXIT_USAGE, "unknown command '%s' (lathe help)", cmd);
+  }
   lc_destroy(&cli.c);
   return rc;
 }

@@ -12,6 +12,9 @@
 /* Deepest container nesting accepted (a request is a map holding a params map holding scalars: depth 2). */
 #define PROTO_MAX_DEPTH 8
 /* Largest message answered: anything bigger gets a `too_large` error reply without being decoded. */
+/* The release of the daemon, the CLI and the worker (one number for all three). */
+#define LATHE_VERSION "0.1.0"
+
 #define PROTO_MAX_MSG (1u << 20)
 /* ZMQ_MAXMSGSIZE: a peer sending more than this is disconnected by libzmq before the bytes are buffered. */
 #define PROTO_HARD_MAX_MSG (16 << 20)

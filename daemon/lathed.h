@@ -13,7 +13,7 @@
 #include "daemon/store.h"
 #include "jobs/kind.h"
 
-#define LATHED_VERSION "0.1.0"
+#define LATHED_VERSION LATHE_VERSION
 #define MAX_ROUTING_ID 255
 #define MAX_WATCHERS 4096
 /* At most this many progress events per second per job are stored and sent; the last one is always kept. */

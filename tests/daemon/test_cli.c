@@ -22,6 +22,13 @@ static int lathe(char *out, size_t n, const char *args) {
   return td_shell(out, n, cmd);
 }
 
+/* `lathe ARGS 2>&1` into out (static): the exit status. */
+static int lathe_all(char *out, size_t n, const char *args) {
+  static char cmd[4096];
+  snprintf(cmd, sizeof cmd, "%s/lathe %.3000s 2>&1", LATHE_BIN_DIR, args);
+  return td_shell(out, n, cmd);
+}
+
 Test(cli, autostart_json_shapes_and_exit_statuses) {
   static char out[1 << 16];
   cr_assert_eq(lathe(out, sizeof out, "--no-autostart ps"), 3, "no daemon and no autostart: exit 3");
@@ -59,21 +66,30 @@ Test(cli, help_comes_from_the_kind_table) {
     cr_assert_eq(lathe(out, sizeof out, args), 0);
     for (size_t p = 0; p < k->n_params; p++) {
       char flag[80];
-      snprintf(flag, sizeof flag, "--%s", k->params[p].key);
+      snprintf(flag, sizeof flag, "--%s ", k->params[p].key);
+      for (char *q = flag; *q; q++) *q = *q == '_' ? '-' : *q; /* flags are shown as typed: --delay-ms */
       cr_assert(strstr(out, flag), "help %s lacks %s", k->name, flag);
     }
   }
+  /* A kind that is not there is an error, with the nearest name offered; so are mistyped commands and flags. */
+  static char err[1 << 12];
+  cr_assert_eq(lathe_all(err, sizeof err, "help tnue"), 2);
+  cr_assert(strstr(err, "no job kind 'tnue'; did you mean 'tune'?"), "%s", err);
+  cr_assert_eq(lathe_all(err, sizeof err, "sbumit sleep"), 2);
+  cr_assert(strstr(err, "unknown command 'sbumit'; did you mean 'submit'?"), "%s", err);
+  cr_assert_eq(lathe_all(err, sizeof err, "submit sleep --delay-mss 3"), 2);
+  cr_assert(strstr(err, "kind sleep has no parameter --delay-mss; did you mean --delay-ms?"), "%s", err);
+  cr_assert_eq(lathe_all(err, sizeof err, "--version"), 0);
+  cr_assert(!strncmp(err, "lathe ", 6) && strstr(err, "(protocol "), "%s", err);
+  cr_assert_eq(lathe_all(err, sizeof err, "version"), 0);
+  /* An error about a parameter names the flag as typed, not the wire field. */
+  cr_assert_eq(lathe_all(err, sizeof err, "submit generate --model /no/such --prompt x --max-tokens 2"), 2);
+  cr_assert(strstr(err, "--model: /no/such: No such file") && !strstr(err, "params."), "%s", err);
 }
 
 /* Mistakes about files are refused at submit, naming the parameter, and nothing is queued for them: a missing
  * model or data file, an output that is the job's own input, an output folder that exists and is not empty
  * (accepted with --force, as is an empty one). */
-/* `lathe ARGS 2>&1` into out (static): the exit status. */
-static int lathe_all(char *out, size_t n, const char *args) {
-  static char cmd[4096];
-  snprintf(cmd, sizeof cmd, "%s/lathe %.3000s 2>&1", LATHE_BIN_DIR, args);
-  return td_shell(out, n, cmd);
-}
 
 Test(cli, missing_inputs_and_unsafe_outputs_are_refused_at_submit) {
   static char out[1 << 14], args[2048];
@@ -90,20 +106,20 @@ Test(cli, missing_inputs_and_unsafe_outputs_are_refused_at_submit) {
   const char *model = LATHE_SOURCE_DIR "/models/lathe-kjv-llama";
   snprintf(args, sizeof args, "submit tune --model %s/none --data %s --output %s/o1 --steps 1", t.dir, data, t.dir);
   cr_assert_eq(lathe_all(out, sizeof out, args), 2, "%s", out);
-  cr_assert(strstr(out, "params.model: ") && strstr(out, "No such file"), "%s", out);
+  cr_assert(strstr(out, "--model: ") && strstr(out, "No such file"), "%s", out);
   snprintf(args, sizeof args, "submit tune --model %s --data %s.missing --output %s/o2 --steps 1", model, data, t.dir);
   cr_assert_eq(lathe_all(out, sizeof out, args), 2, "%s", out);
-  cr_assert(strstr(out, "params.data: ") && strstr(out, "No such file"), "%s", out);
+  cr_assert(strstr(out, "--data: ") && strstr(out, "No such file"), "%s", out);
   snprintf(args, sizeof args, "submit tune --model %s --data %s --output %s --steps 1", model, data, full);
   cr_assert_eq(lathe_all(out, sizeof out, args), 2, "%s", out);
-  cr_assert(strstr(out, "params.output: ") && strstr(out, "exists and is not empty"), "%s", out);
+  cr_assert(strstr(out, "--output: ") && strstr(out, "exists and is not empty"), "%s", out);
   /* The output is the model itself, named another way; --force does not change that. */
   snprintf(args, sizeof args,
            "submit compress --model %s --method layer-drop --drop 1 --data %s --eval %s --output %s/../lathe-kjv-llama "
            "--force",
            model, data, data, model);
   cr_assert_eq(lathe_all(out, sizeof out, args), 2, "%s", out);
-  cr_assert(strstr(out, "params.output: ") && strstr(out, "is also the job's model"), "%s", out);
+  cr_assert(strstr(out, "--output: ") && strstr(out, "is also the job's model"), "%s", out);
   cr_assert_eq(lathe_all(out, sizeof out, "--json ps --all"), 0);
   cr_assert_eq(out[0], '\0', "nothing was queued: %s", out);
   /* With --force, and into an empty folder, the same jobs are accepted. */

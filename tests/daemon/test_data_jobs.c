@@ -240,11 +240,11 @@ Test(data_jobs, bad_preference_rows_name_the_line) {
   snprintf(args, sizeof args, "--json run tune --model %s --data %s --dpo-weight strength --steps 1 --output %s/x",
            DATA_MODEL, good, t.dir);
   cr_assert_eq(lathe(args), 2, "refused at submit");
-  cr_assert(strstr(err, "params.dpo_weight: only --objective dpo weighs pairs"), "%s", err);
+  cr_assert(strstr(err, "--dpo-weight: only --objective dpo weighs pairs"), "%s", err);
   snprintf(args, sizeof args, "--json run tune --model %s --data %s --objective ppo --steps 1 --output %s/y",
            DATA_MODEL, good, t.dir);
   cr_assert_eq(lathe(args), 2, "refused at submit");
-  cr_assert(strstr(err, "params.objective: ce or dpo"), "%s", err);
+  cr_assert(strstr(err, "--objective: ce or dpo"), "%s", err);
 }
 
 Test(data_jobs, selfgen_runs_end_to_end_with_progress) {
