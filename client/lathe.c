@@ -649,7 +649,7 @@ static void end_curves(follow_t *f) {
 }
 
 /* Follows job id to its end; returns the exit status (0 succeeded, 1 failed/cancelled, 130 detached). */
-static int follow_job(cli_t *cli, int64_t id, bool logs_only, bool to_end) {
+static int follow_job(cli_t *cli, int64_t id, bool logs_only, bool to_end, int64_t after) {
   follow_t f = {.cli = cli, .id = id, .logs_only = logs_only, .bar = !cli->lines && !logs_only};
   struct sigaction sa = {.sa_handler = on_sigint};
   sigaction(SIGINT, &sa, NULL);
@@ -658,10 +658,9 @@ static int follow_job(cli_t *cli, int64_t id, bool logs_only, bool to_end) {
   bool detached = false;
   lt_status_t st;
   if (to_end) {
-    st = lc_follow(cli->c, id, 0, on_event, &f, &interrupted, &detached, &pe, &err);
+    st = lc_follow(cli->c, id, after, on_event, &f, &interrupted, &detached, &pe, &err);
   } else {
     /* `logs` without -f: what is stored now, page by page. */
-    int64_t after = 0;
     bool more = true;
     st = LT_OK;
     while (more && !st) {
@@ -723,15 +722,7 @@ static int cmd_submit(cli_t *cli, int argc, char **argv, bool follow) {
   else
     printf("job %lld submitted; Ctrl-C detaches\n", (long long)id);
   fflush(stdout);
-  return follow_job(cli, id, false, true);
-}
-
-static void fmt_age(int64_t ms, char *buf, size_t n) {
-  if (!ms) {
-    snprintf(buf, n, "-");
-    return;
-  }
-  fmt_dur((double)(util_now_ms() - ms) / 1000.0, buf, n);
+  return follow_job(cli, id, false, true, 0);
 }
 
 static int cmd_ps(cli_t *cli, int argc, char **argv) {
@@ -745,7 +736,8 @@ static int cmd_ps(cli_t *cli, int argc, char **argv) {
   int rc = connect_daemon(cli);
   if (rc) return rc;
   if (!cli->json)
-    printf("%6s  %-12s %-10s %4s %5s %4s %8s  %s\n", "ID", "KIND", "STATE", "POS", "PRIO", "ATT", "AGE", "REASON");
+    printf("%6s  %-12s %-10s %8s %8s %8s %4s  %-18s %s\n", "ID", "KIND", "STATE", "PROGRESS", "ELAPSED", "ETA", "POS",
+           "MODEL", "REASON");
   /* Page by page: a reply holds a few hundred jobs at most. */
   for (int64_t after = 0, more = 1; more;) {
     mpw_t w;
@@ -763,13 +755,19 @@ static int cmd_ps(cli_t *cli, int argc, char **argv) {
         print_json(j, false);
         continue;
       }
-      char kind[32], state[16], reason[512], pos[16] = "-", age[32];
+      char kind[32], state[16], reason[512], pos[16] = "-", model[64], prog[16] = "-", elapsed[32] = "-", eta[32] = "-";
       if (get_int(j, "position")) snprintf(pos, sizeof pos, "%lld", (long long)get_int(j, "position"));
-      fmt_age(get_int(j, "created"), age, sizeof age);
-      printf("%6lld  %-12s %-10s %4s %5lld %4lld %8s  %s\n", (long long)get_int(j, "id"),
-             get_str(j, "kind", kind, sizeof kind), get_str(j, "state", state, sizeof state), pos,
-             (long long)get_int(j, "priority"), (long long)get_int(j, "attempts"), age,
-             get_str(j, "reason", reason, sizeof reason));
+      const msgpack_object *pr = mp_get(j, "progress"), *el = mp_get(j, "elapsed_s"), *et = mp_get(j, "eta_s");
+      if (pr && pr->type == MSGPACK_OBJECT_MAP) {
+        const msgpack_object *pc = mp_get(pr, "percent");
+        if (pc && (pc->type == MSGPACK_OBJECT_FLOAT64 || pc->type == MSGPACK_OBJECT_FLOAT32))
+          snprintf(prog, sizeof prog, "%.0f%%", pc->via.f64);
+      }
+      if (el && el->type == MSGPACK_OBJECT_FLOAT64) fmt_dur(el->via.f64, elapsed, sizeof elapsed);
+      if (et && et->type == MSGPACK_OBJECT_FLOAT64) fmt_dur(et->via.f64, eta, sizeof eta);
+      printf("%6lld  %-12s %-10s %8s %8s %8s %4s  %-18.18s %s\n", (long long)get_int(j, "id"),
+             get_str(j, "kind", kind, sizeof kind), get_str(j, "state", state, sizeof state), prog, elapsed, eta, pos,
+             get_str(j, "model", model, sizeof model), get_str(j, "reason", reason, sizeof reason));
     }
     mp_doc_destroy(&d);
   }
@@ -836,21 +834,39 @@ static int cmd_priority(cli_t *cli, int argc, char **argv) {
   return 0;
 }
 
+/* `logs ID [-f] [--tail N]` and `watch ID [--tail N]`: the events (the last N of them; watch: the last 20 unless
+ * said) and, when following, the live ones after them. */
 static int cmd_logs(cli_t *cli, int argc, char **argv, bool watch) {
-  int64_t id = 0;
+  int64_t id = 0, tail = watch ? 20 : -1;
   bool follow = watch;
+  const char *usage_line = watch ? "watch ID [--tail N]" : "logs ID [-f] [--tail N]";
   for (int i = 0; i < argc; i++) {
+    char *end = NULL;
     if (!strcmp(argv[i], "-f") || !strcmp(argv[i], "--follow"))
       follow = true;
+    else if ((!strcmp(argv[i], "--tail") || !strcmp(argv[i], "-n")) && i + 1 < argc &&
+             (tail = strtoll(argv[i + 1], &end, 10)) >= 0 && *argv[i + 1] && !*end)
+      i++;
     else if (!id && parse_id(argv[i], &id))
       continue;
     else
-      return fail(EXIT_USAGE, "usage: lathe %s", watch ? "watch ID" : "logs ID [-f]");
+      return fail(EXIT_USAGE, "usage: lathe %s", usage_line);
   }
-  if (!id) return fail(EXIT_USAGE, "usage: lathe %s", watch ? "watch ID" : "logs ID [-f]");
+  if (!id) return fail(EXIT_USAGE, "usage: lathe %s", usage_line);
   int rc = connect_daemon(cli);
   if (rc) return rc;
-  rc = follow_job(cli, id, !watch, follow);
+  int64_t after = 0;
+  if (tail >= 0) { /* the last `tail` events: from the job's last sequence number */
+    mpw_t w;
+    lc_begin(cli->c, &w, "show");
+    mpw_kint(&w, "id", id);
+    mp_doc_t *d = call(cli, &w, &rc);
+    if (!d) return rc;
+    int64_t last = get_int(mp_get(mp_doc_root(d), "job"), "last_seq");
+    mp_doc_destroy(&d);
+    after = last > tail ? last - tail : 0;
+  }
+  rc = follow_job(cli, id, !watch, follow, after);
   return watch || rc == EXIT_DETACHED || rc == EXIT_DAEMON ? rc : 0;
 }
 
@@ -968,8 +984,8 @@ static void usage(FILE *f) {
              "  submit KIND [--PARAM VALUE ...] [--priority N] [--hold] [--sid ID]   queue a job\n"
              "  ps [--all]                     list jobs (waiting and running; --all: every job)\n"
              "  show ID                        a job in full\n"
-             "  logs ID [-f]                   a job's events (-f: keep following)\n"
-             "  watch ID                       follow a job to its end\n"
+             "  logs ID [-f] [--tail N]        a job's events (the last N; -f: keep following)\n"
+             "  watch ID [--tail N]            follow a job to its end (from its last N events, default 20)\n"
              "  cancel ID | hold ID | release ID | rm ID | result ID | priority ID N\n"
              "  daemon start|stop|status       the background daemon\n"
              "  keygen PATH                    make a CURVE key pair for TCP clients\n"

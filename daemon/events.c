@@ -134,6 +134,17 @@ lt_status_t ev_flush_progress(daemon_t *d, slot_t *s, bool force, lt_err_t *err)
 
 lt_status_t ev_progress(daemon_t *d, slot_t *s, const void *data, size_t n, lt_err_t *err) {
   int64_t now = util_mono_ms();
+  /* The latest step for `ps`, whether or not this event is held back. */
+  proto_err_t pe;
+  mp_doc_t *doc = mp_doc_parse(data, n, &pe);
+  if (doc) {
+    const msgpack_object *m = mp_doc_root(doc);
+    int64_t step = 0, total = 0;
+    if (mp_as_int(mp_get(m, "step"), &step) && mp_as_int(mp_get(m, "total"), &total))
+      s->prog_step = step, s->prog_total = total;
+    if (!mp_str_copy(mp_get(m, "unit"), s->prog_unit, sizeof s->prog_unit)) s->prog_unit[0] = '\0';
+    mp_doc_destroy(&doc);
+  }
   if (!s->progress_pending && now - s->progress_last_mono >= PROGRESS_EVERY_MS) {
     s->progress_last_mono = now;
     return ev_emit(d, s->job, "progress", data, n, err);

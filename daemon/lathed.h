@@ -92,7 +92,9 @@ typedef struct slot {
   int64_t stop_deadline_mono;
   /* progress throttle for the running job */
   int64_t progress_last_mono;
-  char *progress_pending; /* msgpack data of a held-back progress event (owned) */
+  char *progress_pending;        /* msgpack data of a held-back progress event (owned) */
+  int64_t prog_step, prog_total; /* the running job's latest progress (0, 0 before any) */
+  char prog_unit[16];
   size_t progress_pending_n;
 } slot_t;
 

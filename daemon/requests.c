@@ -47,6 +47,49 @@ static void write_ms(mpw_t *w, const char *k, int64_t ms) {
 }
 
 /* The job object of list/show replies (docs/protocol.md). */
+/* What `ps` shows beside the state: the model (the last part of its path), the time run so far (or in all, once
+ * finished), and for the running job its latest progress and an estimate of the time left (linear in the steps). */
+static void write_times(mpw_t *w, daemon_t *d, const store_job_t *j) {
+  proto_err_t pe;
+  mp_doc_t *p = j->params ? mp_doc_parse(j->params, j->params_n, &pe) : NULL;
+  char model[PATH_MAX] = "";
+  if (p && !mp_str_copy(mp_get(mp_doc_root(p), "model"), model, sizeof model))
+    mp_str_copy(mp_get(mp_doc_root(p), "student"), model, sizeof model);
+  mp_doc_destroy(&p);
+  size_t n = strlen(model);
+  while (n > 1 && model[n - 1] == '/') model[--n] = '\0';
+  const char *base = strrchr(model, '/') ? strrchr(model, '/') + 1 : model;
+  if (*base)
+    mpw_kstr(w, "model", base);
+  else
+    mpw_knil(w, "model");
+  int64_t now = util_now_ms();
+  bool running = j->state == JS_RUNNING && j->started_ms;
+  if (running || (j->started_ms && j->finished_ms))
+    mpw_kdouble(w, "elapsed_s", (double)((running ? now : j->finished_ms) - j->started_ms) / 1000.0);
+  else
+    mpw_knil(w, "elapsed_s");
+  const slot_t *s = &d->slot;
+  if (running && s->job == j->id && s->prog_total > 0) {
+    mpw_str(w, "progress");
+    mpw_map(w);
+    mpw_kint(w, "step", s->prog_step);
+    mpw_kint(w, "total", s->prog_total);
+    mpw_kstr(w, "unit", s->prog_unit);
+    mpw_kdouble(w, "percent", 100.0 * (double)s->prog_step / (double)s->prog_total);
+    mpw_end(w);
+    if (s->prog_step > 0)
+      mpw_kdouble(w, "eta_s",
+                  (double)(now - j->started_ms) / 1000.0 * (double)(s->prog_total - s->prog_step) /
+                      (double)s->prog_step);
+    else
+      mpw_knil(w, "eta_s");
+  } else {
+    mpw_knil(w, "progress");
+    mpw_knil(w, "eta_s");
+  }
+}
+
 static void write_job(mpw_t *w, daemon_t *d, const store_job_t *j, bool full) {
   mpw_map(w);
   mpw_kint(w, "id", j->id);
@@ -66,6 +109,7 @@ static void write_job(mpw_t *w, daemon_t *d, const store_job_t *j, bool full) {
     mpw_knil(w, "position");
   mpw_kint(w, "last_seq", j->last_seq);
   mpw_kbool(w, "cancel_requested", j->cancel_requested);
+  write_times(w, d, j);
   if (full) {
     char dir[PATH_MAX];
     store_job_dir(d->store, j->id, dir, sizeof dir);

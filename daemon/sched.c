@@ -112,6 +112,7 @@ static void interrupted(daemon_t *d, store_job_t *j, const char *how, bool shutd
 /* Clears the slot's job after it ended one way or another. */
 static void slot_job_done(slot_t *s) {
   s->job = 0;
+  s->prog_step = s->prog_total = 0, s->prog_unit[0] = '\0';
   s->stop = STOP_NONE;
   s->cancel_by[0] = '\0';
   free(s->progress_pending);
@@ -251,6 +252,7 @@ void sched_dispatch(daemon_t *d) {
     }
     to_worker(d, &w);
     s->job = id;
+    s->prog_step = s->prog_total = 0, s->prog_unit[0] = '\0';
     s->job_started = false;
     s->start_deadline_mono = util_mono_ms() + d->o.start_timeout_ms;
     s->state = W_BUSY;

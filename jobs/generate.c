@@ -1,10 +1,15 @@
 /* The `generate` kind: batched text generation from one or more prompts, optionally steered (activation
  * addition, CogSteer contrastive intervention, ROSE). */
+#include <jansson.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "engine/model/generate.h"
+#include "jobs/datajob.h"
 #include "jobs/runners.h"
+
+/* Bytes of generated text the result holds at most (the rest of a reply needs room too). */
+#define RESULT_TEXTS_MAX (256u << 10)
 #include "jobs/steer_common.h"
 
 typedef struct progress {
@@ -35,6 +40,8 @@ job_outcome_t run_generate(job_ctx_t *ctx, lt_err_t *err) {
   model_t *m = job_model(ctx, path, &tok, err);
   if (!m) return JOB_FAILED;
   const char **texts = calloc(n, sizeof *texts);
+  char **outs = NULL; /* the decoded texts */
+  FILE *gens = NULL;  /* generations.jsonl */
   gen_result_t *res = calloc(n, sizeof *res);
   job_steer_t js = {0};
   if (!texts || !res) {
@@ -54,10 +61,22 @@ job_outcome_t run_generate(job_ctx_t *ctx, lt_err_t *err) {
     goto done;
   }
   uint64_t total = 0;
+  size_t text_bytes = 0;
+  if (!(outs = calloc(n, sizeof *outs)) || !(gens = dj_create(ctx, "generations.jsonl", err))) {
+    if (!outs) lt_fail(err, LT_E_NOMEM, "out of memory");
+    goto done;
+  }
   for (size_t i = 0; i < n; i++) {
     char *text = NULL;
     size_t tlen = 0;
     if (tok_decode(tok, res[i].tokens, res[i].n_tokens, TOK_KEEP_LEADING, &text, &tlen, err) != LT_OK) goto done;
+    json_t *row = json_pack("{s:s, s:s, s:i, s:s}", "prompt", job_param_list_at(ctx, "prompt", i), "text", text,
+                            "tokens", (int)res[i].n_tokens, "stop", res[i].stopped_at_eos ? "eos" : "max_tokens");
+    if (!row || dj_write(gens, row, err) != LT_OK) {
+      free(text);
+      goto done;
+    }
+    outs[i] = text, text_bytes += tlen;
     job_output_begin(ctx);
     job_output_str(ctx, "prompt", job_param_list_at(ctx, "prompt", i));
     job_output_str(ctx, "text", text);
@@ -67,12 +86,19 @@ job_outcome_t run_generate(job_ctx_t *ctx, lt_err_t *err) {
     if (js.cfg.method != STEER_NONE) job_output_str(ctx, "steer", steer_method_str(js.cfg.method));
     job_output_end(ctx);
     total += res[i].n_tokens;
-    free(text);
   }
   job_result_int(ctx, "prompts", (int64_t)n);
   job_result_int(ctx, "tokens", (int64_t)total);
+  /* The texts themselves, while they stay small enough for a reply; all of them are in generations.jsonl. */
+  if (text_bytes <= RESULT_TEXTS_MAX)
+    job_result_strs(ctx, "texts", (const char *const *)outs, n);
+  else
+    job_result_str(ctx, "texts_in", "generations.jsonl");
   out = JOB_SUCCEEDED;
 done:
+  if (gens) fclose(gens);
+  for (size_t i = 0; outs && i < n; i++) free(outs[i]);
+  free(outs);
   for (size_t i = 0; res && i < n; i++) free(res[i].tokens);
   free(texts), free(res);
   job_steer_free(&js);

@@ -163,6 +163,12 @@ void job_artifact(job_ctx_t *c, const char *name, const char *relpath) {
 void job_result_int(job_ctx_t *c, const char *key, int64_t v) { mpw_kint(c->result, key, v); }
 void job_result_float(job_ctx_t *c, const char *key, double v) { mpw_kdouble(c->result, key, v); }
 void job_result_str(job_ctx_t *c, const char *key, const char *v) { mpw_kstr(c->result, key, v); }
+void job_result_strs(job_ctx_t *c, const char *key, const char *const *v, size_t n) {
+  mpw_str(c->result, key);
+  mpw_array(c->result);
+  for (size_t i = 0; i < n; i++) mpw_str(c->result, v[i]);
+  mpw_end(c->result);
+}
 
 gpu_t *job_gpu(job_ctx_t *c, lt_err_t *err) { return c->h->gpu(c->host, c, err); }
 

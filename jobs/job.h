@@ -87,6 +87,8 @@ const char *job_param_list_at(job_ctx_t *ctx, const char *key, size_t i);
 void job_result_int(job_ctx_t *ctx, const char *key, int64_t v);
 void job_result_float(job_ctx_t *ctx, const char *key, double v);
 void job_result_str(job_ctx_t *ctx, const char *key, const char *v);
+/* A list of n strings under key in the result. */
+void job_result_strs(job_ctx_t *ctx, const char *key, const char *const *v, size_t n);
 
 /* The worker's device, opened on first use and kept open between jobs (the keep-alive). Owned by the worker;
  * NULL with err when no device can be opened. */

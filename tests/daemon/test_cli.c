@@ -17,7 +17,7 @@ TestSuite(cli, .init = setup, .fini = teardown, .timeout = 60);
 
 /* Runs `lathe ARGS`, capturing stdout into out; returns the exit status. */
 static int lathe(char *out, size_t n, const char *args) {
-  char cmd[512];
+  char cmd[4096];
   snprintf(cmd, sizeof cmd, "%s/lathe %s 2>/dev/null", LATHE_BIN_DIR, args);
   return td_shell(out, n, cmd);
 }
@@ -180,4 +180,58 @@ Test(cli, daemon_start_reports_the_daemons_own_pid) {
   cr_assert_eq(lathe(out, sizeof out, "--json daemon stop"), 0);
   cr_assert(strstr(out, "\"stopped\": true"), "%s", out);
   cr_assert_eq(lc_daemon_pid(t.sock), 0);
+}
+
+/* What a user reads back: `ps --json` gives a running job's progress, elapsed time and an estimate of the time
+ * left, and the model; `logs --tail N` prints the last N events; a generate job's result holds its texts (and its
+ * folder generations.jsonl). */
+Test(cli, ps_progress_logs_tail_and_generate_texts) {
+  static char out[1 << 16];
+  cr_assert_eq(lathe(out, sizeof out, "submit sleep --steps 60 --delay-ms 100"), 0);
+  bool seen = false;
+  for (int i = 0; i < 100 && !seen; i++) {
+    td_sleep_ms(50);
+    cr_assert_eq(lathe(out, sizeof out, "--json ps"), 0);
+    const char *pg = strstr(out, "\"progress\":{\"step\":");
+    seen = pg && atoi(pg + 19) >= 5 && strstr(out, "\"eta_s\":") && strstr(out, "\"elapsed_s\":");
+  }
+  cr_assert(seen, "no progress, elapsed and ETA for the running job: %s", out);
+  cr_assert(strstr(out, "\"unit\":\"steps\"") && strstr(out, "\"percent\":"), "%s", out);
+  /* Stopped, its events stay put: the last five are seqs last-4 .. last. */
+  cr_assert_eq(lathe(out, sizeof out, "cancel 1"), 0);
+  for (int i = 0; i < 100 && !strstr(out, "\"state\":\"cancelled\""); i++) {
+    td_sleep_ms(50);
+    cr_assert_eq(lathe(out, sizeof out, "--json ps --all"), 0);
+  }
+  const char *ls = strstr(out, "\"last_seq\":");
+  cr_assert(ls, "%s", out);
+  long last = strtol(ls + 11, NULL, 10);
+  cr_assert_gt(last, 5);
+  cr_assert_eq(lathe(out, sizeof out, "logs 1 --tail 5"), 0);
+  int lines = 0;
+  for (const char *p = out; (p = strchr(p, '\n')); p++) lines++;
+  cr_assert_eq(lines, 5, "%s", out);
+  char want[48];
+  snprintf(want, sizeof want, "\"seq\":%ld,", last - 4);
+  cr_assert(!strncmp(strstr(out, "\"seq\":"), want, strlen(want)), "want %s first: %s", want, out);
+  char args[512];
+  snprintf(args, sizeof args,
+           "--json run generate --model %s/models/lathe-kjv-llama --prompt 'And God said' --prompt 'In the' "
+           "--temperature 0 --max-tokens 6",
+           LATHE_SOURCE_DIR);
+  cr_assert_eq(lathe(out, sizeof out, args), 0);
+  char first[256];
+  const char *tx = strstr(out, "\"text\":\"");
+  cr_assert(tx, "%s", out);
+  snprintf(first, sizeof first, "%.*s", (int)(strchr(tx + 8, '"') - tx - 8), tx + 8);
+  cr_assert_eq(lathe(out, sizeof out, "--json result 2"), 0);
+  cr_assert(strstr(out, "\"texts\"") && strstr(out, first), "the result lacks the text '%s': %s", first, out);
+  char path[300];
+  snprintf(path, sizeof path, "%s/jobs/2/generations.jsonl", t.home);
+  FILE *f = fopen(path, "r");
+  cr_assert(f, "no %s", path);
+  int rows = 0;
+  for (int ch; (ch = fgetc(f)) != EOF;) rows += ch == '\n';
+  fclose(f);
+  cr_assert_eq(rows, 2);
 }
