@@ -50,6 +50,22 @@ job_outcome_t run_generate(job_ctx_t *ctx, lt_err_t *err) {
   }
   for (size_t i = 0; i < n; i++) texts[i] = job_param_list_at(ctx, "prompt", i);
   if (job_steer_init(&js, ctx, m, tok, texts, n, flags, err) != LT_OK) goto done;
+  /* Generation stops at the model's context (positions past it were never trained): said once in the log, and
+   * such texts end with stop "context". */
+  uint32_t ctx_len = model_config(m)->max_position, longest = 0, asked = o.max_tokens;
+  for (size_t i = 0; i < n; i++) longest = js.prompts.lens[i] > longest ? js.prompts.lens[i] : longest;
+  if (ctx_len && longest >= ctx_len) {
+    lt_fail(err, LT_E_LIMIT, "a prompt of %u tokens fills the model's context of %u tokens: nothing can be generated",
+            longest, ctx_len);
+    goto done;
+  }
+  if (ctx_len && o.max_tokens > ctx_len - longest) {
+    o.max_tokens = ctx_len - longest;
+    job_log(ctx,
+            "max_tokens %u reaches past the model's context (%u tokens, the longest prompt %u): generating %u "
+            "at most",
+            asked, ctx_len, longest, o.max_tokens);
+  }
   progress_t pr = {.ctx = ctx, .total = (uint64_t)o.max_tokens * n};
   job_progress(ctx, 0, pr.total, "tokens");
   if (steer_generate(m, &js.cfg, (const int32_t *const *)js.prompts.ids, js.prompts.lens, (uint32_t)n, &o, on_step, &pr,
@@ -70,8 +86,11 @@ job_outcome_t run_generate(job_ctx_t *ctx, lt_err_t *err) {
     char *text = NULL;
     size_t tlen = 0;
     if (tok_decode(tok, res[i].tokens, res[i].n_tokens, TOK_KEEP_LEADING, &text, &tlen, err) != LT_OK) goto done;
+    const char *why = res[i].stopped_at_eos                                                     ? "eos"
+                      : o.max_tokens < asked && js.prompts.lens[i] + res[i].n_tokens >= ctx_len ? "context"
+                                                                                                : "max_tokens";
     json_t *row = json_pack("{s:s, s:s, s:i, s:s}", "prompt", job_param_list_at(ctx, "prompt", i), "text", text,
-                            "tokens", (int)res[i].n_tokens, "stop", res[i].stopped_at_eos ? "eos" : "max_tokens");
+                            "tokens", (int)res[i].n_tokens, "stop", why);
     if (!row || dj_write(gens, row, err) != LT_OK) {
       free(text);
       goto done;
@@ -82,7 +101,7 @@ job_outcome_t run_generate(job_ctx_t *ctx, lt_err_t *err) {
     job_output_str(ctx, "text", text);
     job_output_ints(ctx, "tokens", res[i].tokens, res[i].n_tokens);
     job_output_int(ctx, "prompt_tokens", js.prompts.lens[i]);
-    job_output_str(ctx, "stop", res[i].stopped_at_eos ? "eos" : "max_tokens");
+    job_output_str(ctx, "stop", why);
     if (js.cfg.method != STEER_NONE) job_output_str(ctx, "steer", steer_method_str(js.cfg.method));
     job_output_end(ctx);
     total += res[i].n_tokens;

@@ -234,4 +234,12 @@ Test(cli, ps_progress_logs_tail_and_generate_texts) {
   for (int ch; (ch = fgetc(f)) != EOF;) rows += ch == '\n';
   fclose(f);
   cr_assert_eq(rows, 2);
+  /* Asked for more tokens than the context holds, generation stops at it and says so once. */
+  snprintf(args, sizeof args,
+           "--json run generate --model %s/models/lathe-kjv-llama --prompt 'And God said' --temperature 0 "
+           "--max-tokens 500",
+           LATHE_SOURCE_DIR);
+  cr_assert_eq(lathe_all(out, sizeof out, args), 0, "%s", out);
+  cr_assert(strstr(out, "max_tokens 500 reaches past the model's context (128 tokens"), "%s", out);
+  cr_assert(strstr(out, "\"stop\":\"context\""), "%s", out);
 }
