@@ -696,9 +696,30 @@ static int follow_job(cli_t *cli, int64_t id, bool logs_only, bool to_end, int64
 
 /* ---- commands ---- */
 
+/* A local submission's input paths (every path parameter but output) must exist here: a mistake is caught before
+ * a daemon is even started (lathed checks again). The paths of a remote daemon live on its machine: not checked. */
+static int check_inputs(const cli_t *cli, const submit_args_t *a) {
+  if (cli->o.connect && *cli->o.connect) return 0;
+  proto_err_t e;
+  mp_doc_t *d = mp_doc_parse(a->params.sb.data, a->params.sb.size, &e);
+  int rc = 0;
+  for (size_t i = 0; d && !rc && i < a->k->n_params; i++) {
+    const kind_param_t *p = &a->k->params[i];
+    char path[PATH_MAX];
+    struct stat st;
+    if (p->type != KT_PATH || !strcmp(p->key, "output") ||
+        !mp_str_copy(mp_get(mp_doc_root(d), p->key), path, sizeof path))
+      continue;
+    if (path[0] && stat(path, &st) != 0) rc = fail(EXIT_USAGE, "params.%s: %s: %s", p->key, path, strerror(errno));
+  }
+  mp_doc_destroy(&d);
+  return rc;
+}
+
 static int cmd_submit(cli_t *cli, int argc, char **argv, bool follow) {
   submit_args_t a = {0};
   int rc = parse_submit(argc, argv, &a);
+  if (!rc) rc = check_inputs(cli, &a);
   if (rc || (rc = connect_daemon(cli))) return rc;
   int64_t id = submit(cli, &a, &rc);
   if (!id) return rc;
