@@ -36,6 +36,8 @@ tests() { # build dir
 run "format (.clang-format)" bash -c 'git ls-files "*.c" "*.h" | xargs clang-format --dry-run -Werror'
 
 tests "$build"
+# The Python client against a real daemon (Debian's python3-zmq and python3-msgpack, for /usr/bin/python3).
+run "python client" /usr/bin/python3 tests/python/test_client.py "$build/bin"
 if [ $plain_only = 0 ]; then
   LATHE_VALIDATION=1 tests "$build"
 

@@ -9,6 +9,7 @@ pkgs=(
   glslc libshaderc-dev glslang-dev spirv-tools
   libzmq3-dev libmsgpack-dev libsqlite3-dev sqlite3 libcriterion-dev
   libjansson-dev libpcre2-dev libopenblas-dev clang-format git
+  python3 python3-zmq python3-msgpack
 )
 # Extra packages for tools/ (fixtures, the PyTorch reference, training the embedded models on the KJV text):
 # opt in with LATHE_TOOLS_DEPS=1.
