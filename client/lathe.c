@@ -423,6 +423,7 @@ typedef struct follow {
   bool bar; /* drawing a progress bar on a terminal */
   bool bar_drawn;
   bool logs_only; /* `logs`: print every event as a line, no bar */
+  FILE *ev;       /* where events go: stdout for `logs` (they are what it prints), else stderr (results: stdout) */
   char final[16];
   char reason[512];
   int64_t t0, step0; /* first progress seen, for the rate */
@@ -447,7 +448,7 @@ static void fmt_dur(double s, char *buf, size_t n) {
 }
 
 static void clear_bar(follow_t *f) {
-  if (f->bar_drawn) fputs("\r\033[K", stdout);
+  if (f->bar_drawn) fputs("\r\033[K", f->ev);
   f->bar_drawn = false;
 }
 
@@ -471,8 +472,8 @@ static void draw_bar(follow_t *f, const msgpack_object *ev) {
   else
     snprintf(line, sizeof line, "job %lld [%s] %lld/%lld %s", (long long)f->id, bar, (long long)step, (long long)total,
              unit);
-  printf("\r\033[K%s", line);
-  fflush(stdout);
+  fprintf(f->ev, "\r\033[K%s", line);
+  fflush(f->ev);
   f->bar_drawn = true;
 }
 
@@ -483,26 +484,26 @@ static void print_event_line(follow_t *f, const msgpack_object *ev) {
   get_str(ev, "type", type, sizeof type);
   fmt_time(get_int(ev, "time"), when, sizeof when);
   clear_bar(f);
-  printf("%s #%-4lld ", when, (long long)get_int(ev, "seq"));
+  fprintf(f->ev, "%s #%-4lld ", when, (long long)get_int(ev, "seq"));
   if (!strcmp(type, "state")) {
     get_str(data, "reason", a, sizeof a);
-    printf("%s%s%s\n", get_str(data, "state", b, sizeof b), *a ? ": " : "", a);
+    fprintf(f->ev, "%s%s%s\n", get_str(data, "state", b, sizeof b), *a ? ": " : "", a);
   } else if (!strcmp(type, "progress")) {
-    printf("progress %lld/%lld %s\n", (long long)get_int(data, "step"), (long long)get_int(data, "total"),
-           get_str(data, "unit", b, sizeof b));
+    fprintf(f->ev, "progress %lld/%lld %s\n", (long long)get_int(data, "step"), (long long)get_int(data, "total"),
+            get_str(data, "unit", b, sizeof b));
   } else if (!strcmp(type, "log")) {
-    printf("%s\n", get_str(data, "msg", a, sizeof a));
+    fprintf(f->ev, "%s\n", get_str(data, "msg", a, sizeof a));
   } else if (!strcmp(type, "metric")) {
     const msgpack_object *v = mp_get(data, "value");
-    printf("metric %s = %g (step %lld)\n", get_str(data, "name", b, sizeof b),
-           v && (v->type == MSGPACK_OBJECT_FLOAT64 || v->type == MSGPACK_OBJECT_FLOAT32) ? v->via.f64 : 0.0,
-           (long long)get_int(data, "step"));
+    fprintf(f->ev, "metric %s = %g (step %lld)\n", get_str(data, "name", b, sizeof b),
+            v && (v->type == MSGPACK_OBJECT_FLOAT64 || v->type == MSGPACK_OBJECT_FLOAT32) ? v->via.f64 : 0.0,
+            (long long)get_int(data, "step"));
   } else if (!strcmp(type, "artifact")) {
-    printf("artifact %s: %s\n", get_str(data, "name", b, sizeof b), get_str(data, "path", a, sizeof a));
+    fprintf(f->ev, "artifact %s: %s\n", get_str(data, "name", b, sizeof b), get_str(data, "path", a, sizeof a));
   } else {
-    printf("%s\n", type);
+    fprintf(f->ev, "%s\n", type);
   }
-  fflush(stdout);
+  fflush(f->ev);
 }
 
 static bool is_number(const msgpack_object *o) {
@@ -633,7 +634,7 @@ static bool on_event(void *user, const msgpack_object *ev) {
     else
       print_output(f, data);
   } else if (f->cli->lines)
-    print_json_to(f->cli->json ? stderr : stdout, ev, false);
+    print_json_to(f->ev, ev, false);
   else if (f->bar && !strcmp(type, "progress"))
     draw_bar(f, ev);
   else
@@ -650,7 +651,11 @@ static void end_curves(follow_t *f) {
 
 /* Follows job id to its end; returns the exit status (0 succeeded, 1 failed/cancelled, 130 detached). */
 static int follow_job(cli_t *cli, int64_t id, bool logs_only, bool to_end, int64_t after) {
-  follow_t f = {.cli = cli, .id = id, .logs_only = logs_only, .bar = !cli->lines && !logs_only};
+  follow_t f = {.cli = cli,
+                .id = id,
+                .logs_only = logs_only,
+                .bar = !cli->lines && !logs_only,
+                .ev = logs_only ? stdout : stderr};
   struct sigaction sa = {.sa_handler = on_sigint};
   sigaction(SIGINT, &sa, NULL);
   proto_err_t pe = {0};

@@ -37,8 +37,14 @@ Test(cli, autostart_json_shapes_and_exit_statuses) {
   cr_assert_gt(lc_daemon_pid(t.sock), 0, "the CLI started a daemon");
   cr_assert_eq(lathe(out, sizeof out, "--json daemon status"), 0);
   cr_assert(strstr(out, "\"pid\":"), "daemon status --json has the pid: %s", out);
-  cr_assert_eq(lathe(out, sizeof out, "run sleep --steps 3 --delay_ms 1"), 0, "run exits 0 on success");
-  cr_assert(strstr(out, "\"state\":\"succeeded\""), "not a terminal: JSON lines: %s", out);
+  /* Results on stdout, events on stderr (as JSON lines when not a terminal). */
+  char cmd[512], errs[1 << 14];
+  snprintf(cmd, sizeof cmd, "%s/lathe run sleep --steps 3 --delay_ms 1 2>%s/run.err", LATHE_BIN_DIR, t.dir);
+  cr_assert_eq(td_shell(out, sizeof out, cmd), 0, "run exits 0 on success");
+  cr_assert(!strstr(out, "\"state\""), "events stay off stdout (results only): %s", out);
+  snprintf(cmd, sizeof cmd, "cat %s/run.err", t.dir);
+  cr_assert_eq(td_shell(errs, sizeof errs, cmd), 0);
+  cr_assert(strstr(errs, "\"state\":\"succeeded\""), "not a terminal: events as JSON lines on stderr: %s", errs);
   cr_assert_eq(lathe(out, sizeof out, "run sleep --steps 3 --fail 1"), 1, "run exits 1 on failure");
   cr_assert_eq(lathe(out, sizeof out, "--json ps --all"), 0);
   int lines = 0;
