@@ -4,7 +4,7 @@ BUILD_ASAN ?= build-asan
 JOBS ?= $(shell nproc)
 CMAKE_FLAGS ?=
 
-.PHONY: soak all deps configure demo check test test-asan test-validation bench clean format
+.PHONY: install soak all deps configure demo check test test-asan test-validation bench clean format
 
 all: configure
 	cmake --build $(BUILD) -j$(JOBS)
@@ -36,6 +36,12 @@ soak: deps all
 
 bench: deps all
 	@bash scripts/bench.sh $(BUILD)
+
+# Installs lathe, lathed and lathe-worker into PREFIX/bin (default ~/.local), the docs into PREFIX/share/doc/lathe
+# and the systemd user unit into PREFIX/lib/systemd/user; DESTDIR stages the tree elsewhere.
+PREFIX ?= $(HOME)/.local
+install: all
+	@DESTDIR=$(DESTDIR) cmake --install $(BUILD) --prefix $(PREFIX)
 
 # Applies .clang-format to every C source and header.
 format:

@@ -91,3 +91,14 @@ if(LATHE_FUZZ)
     message(WARNING "LATHE_FUZZ: no clang found; fuzz_proto is not built")
   endif()
 endif()
+
+# make install (PREFIX, DESTDIR): the three programs, the docs, and the systemd user unit with its paths under the
+# prefix. The shaders are compiled into the programs; nothing else is read at run time.
+install(TARGETS lathed lathe-worker lathe RUNTIME DESTINATION bin)
+install(DIRECTORY ${CMAKE_SOURCE_DIR}/docs/ DESTINATION share/doc/lathe FILES_MATCHING PATTERN "*.md" PATTERN "*.svg")
+install(FILES ${CMAKE_SOURCE_DIR}/README.md DESTINATION share/doc/lathe)
+install(CODE "
+  file(READ \"${CMAKE_SOURCE_DIR}/dist/lathed.service\" unit)
+  string(REPLACE \"%h/.local\" \"\${CMAKE_INSTALL_PREFIX}\" unit \"\${unit}\")
+  file(WRITE \"\$ENV{DESTDIR}\${CMAKE_INSTALL_PREFIX}/lib/systemd/user/lathed.service\" \"\${unit}\")
+  message(STATUS \"Installing: \$ENV{DESTDIR}\${CMAKE_INSTALL_PREFIX}/lib/systemd/user/lathed.service\")")
