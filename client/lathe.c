@@ -427,7 +427,13 @@ typedef struct follow {
   char final[16];
   char reason[512];
   int64_t t0, step0; /* first progress seen, for the rate */
-  curves_t *curves;  /* NULL until a plot record comes */
+  /* The latest progress and up to 3 of the job's figures (loss, eval loss, ...), shown on the one bar line. */
+  int64_t step, total, t_last;
+  char unit[32];
+  char mname[3][24];
+  double mval[3];
+  int n_m;
+  curves_t *curves; /* NULL until a plot record comes */
 } follow_t;
 
 static void fmt_time(int64_t ms, char *buf, size_t n) {
@@ -452,29 +458,55 @@ static void clear_bar(follow_t *f) {
   f->bar_drawn = false;
 }
 
-static void draw_bar(follow_t *f, const msgpack_object *ev) {
-  const msgpack_object *data = mp_get(ev, "data");
-  int64_t step = get_int(data, "step"), total = get_int(data, "total"), t = get_int(ev, "time");
-  char unit[32];
-  get_str(data, "unit", unit, sizeof unit);
-  if (!f->t0) f->t0 = t, f->step0 = step;
-  double secs = (double)(t - f->t0) / 1000.0;
-  double rate = secs > 0 ? (double)(step - f->step0) / secs : NAN;
-  char eta[32] = "?", line[256];
-  if (total > 0 && rate > 0) fmt_dur((double)(total - step) / rate, eta, sizeof eta);
-  int width = 30, fill = total > 0 ? (int)(width * step / total) : 0;
+/* Draws the bar line from the latest progress and figures: step/N, the figures, the rate and the time left. */
+static void redraw_bar(follow_t *f) {
+  double secs = (double)(f->t_last - f->t0) / 1000.0;
+  double rate = secs > 0 ? (double)(f->step - f->step0) / secs : NAN;
+  char eta[32] = "?", line[512], figs[160] = "";
+  if (f->total > 0 && rate > 0) fmt_dur((double)(f->total - f->step) / rate, eta, sizeof eta);
+  int width = 24, fill = f->total > 0 ? (int)(width * f->step / f->total) : 0;
   char bar[64];
   for (int i = 0; i < width; i++) bar[i] = i < fill ? '#' : '.';
   bar[width] = '\0';
+  for (int i = 0, at = 0; i < f->n_m && at < (int)sizeof figs; i++)
+    at += snprintf(figs + at, sizeof figs - (size_t)at, "  %s %.4g", f->mname[i], f->mval[i]);
   if (isfinite(rate))
-    snprintf(line, sizeof line, "job %lld [%s] %lld/%lld %s  %.1f %s/s  ETA %s", (long long)f->id, bar, (long long)step,
-             (long long)total, unit, rate, unit, eta);
+    snprintf(line, sizeof line, "job %lld [%s] %lld/%lld %s%s  %.1f %s/s  ETA %s", (long long)f->id, bar,
+             (long long)f->step, (long long)f->total, f->unit, figs, rate, f->unit, eta);
   else
-    snprintf(line, sizeof line, "job %lld [%s] %lld/%lld %s", (long long)f->id, bar, (long long)step, (long long)total,
-             unit);
+    snprintf(line, sizeof line, "job %lld [%s] %lld/%lld %s%s", (long long)f->id, bar, (long long)f->step,
+             (long long)f->total, f->unit, figs);
   fprintf(f->ev, "\r\033[K%s", line);
   fflush(f->ev);
   f->bar_drawn = true;
+}
+
+static void draw_bar(follow_t *f, const msgpack_object *ev) {
+  const msgpack_object *data = mp_get(ev, "data");
+  f->step = get_int(data, "step"), f->total = get_int(data, "total"), f->t_last = get_int(ev, "time");
+  get_str(data, "unit", f->unit, sizeof f->unit);
+  if (!f->t0) f->t0 = f->t_last, f->step0 = f->step;
+  redraw_bar(f);
+}
+
+/* A metric on a terminal: its latest value joins the bar (the first three names that are figures of the run, not
+ * its pace), instead of a line of its own; the log and the result keep every value. */
+static void bar_metric(follow_t *f, const msgpack_object *ev) {
+  const msgpack_object *data = mp_get(ev, "data"), *v = mp_get(data, "value");
+  char name[24];
+  get_str(data, "name", name, sizeof name);
+  static const char *const pace[] = {"lr", "eta_s", "tokens_per_s", "grad_norm", "kid_changed"};
+  for (size_t i = 0; i < sizeof pace / sizeof pace[0]; i++)
+    if (!strcmp(name, pace[i])) return;
+  double x = v && (v->type == MSGPACK_OBJECT_FLOAT64 || v->type == MSGPACK_OBJECT_FLOAT32)
+                 ? v->via.f64
+                 : (double)get_int(data, "value");
+  int k = 0;
+  while (k < f->n_m && strcmp(f->mname[k], name)) k++;
+  if (k == f->n_m && f->n_m == 3) return;
+  if (k == f->n_m) snprintf(f->mname[f->n_m++], sizeof f->mname[0], "%s", name);
+  f->mval[k] = x;
+  if (f->bar_drawn) redraw_bar(f);
 }
 
 /* One line describing an event (text mode). */
@@ -637,8 +669,13 @@ static bool on_event(void *user, const msgpack_object *ev) {
     print_json_to(f->ev, ev, false);
   else if (f->bar && !strcmp(type, "progress"))
     draw_bar(f, ev);
-  else
+  else if (f->bar && !strcmp(type, "metric"))
+    bar_metric(f, ev);
+  else {
+    bool had_bar = f->bar_drawn;
     print_event_line(f, ev);
+    if (had_bar && f->bar && strcmp(type, "state")) redraw_bar(f);
+  }
   return true;
 }
 
@@ -744,10 +781,10 @@ static int cmd_submit(cli_t *cli, int argc, char **argv, bool follow) {
     return 0;
   }
   if (cli->lines)
-    fprintf(cli->json ? stderr : stdout, "{\"id\": %lld}\n", (long long)id);
+    fprintf(stderr, "{\"id\": %lld}\n", (long long)id);
   else
-    printf("job %lld submitted; Ctrl-C detaches\n", (long long)id);
-  fflush(stdout);
+    fprintf(stderr, "job %lld submitted; Ctrl-C detaches\n", (long long)id);
+  fflush(stderr);
   return follow_job(cli, id, false, true, 0);
 }
 
@@ -1061,7 +1098,10 @@ int main(int argc, char **argv) {
       memmove(rest + k, rest + k + 1, (size_t)(n - k - 1) * sizeof *rest);
       n--, k--;
     }
-  cli.lines = cli.json || !isatty(STDOUT_FILENO);
+  /* Events go to stderr: a terminal there gets the one updating line per job, anything else JSON lines.
+   * LATHE_TTY=1 forces the terminal form (for scripts that record it). */
+  const char *tty = getenv("LATHE_TTY");
+  cli.lines = cli.json || !(isatty(STDERR_FILENO) || (tty && !strcmp(tty, "1")));
   signal(SIGPIPE, SIG_IGN);
   int rc;
   static const char *const commands[] = {"help",   "version", "run",  "submit", "ps",     "logs", "watch",   "priority",

@@ -249,3 +249,30 @@ Test(cli, ps_progress_logs_tail_and_generate_texts) {
   cr_assert(strstr(out, "max_tokens 500 reaches past the model's context (128 tokens"), "%s", out);
   cr_assert(strstr(out, "\"stop\":\"context\""), "%s", out);
 }
+
+/* On a terminal (forced with LATHE_TTY=1, stderr to a file) a run shows one updating line: step/N, the run's
+ * figures (loss, eval loss) and the rate, redrawn in place; its metrics are no lines of their own. */
+Test(cli, a_terminal_gets_one_updating_progress_line) {
+  static char out[1 << 16], errs[1 << 18];
+  char data[256], args[1024];
+  snprintf(data, sizeof data, "%s/zo.jsonl", t.dir);
+  FILE *f = fopen(data, "w");
+  cr_assert(f);
+  for (int i = 0; i < 16; i++) fputs("{\"prompt\": \"And God said\", \"completion\": \" unto Moses\"}\n", f);
+  fclose(f);
+  snprintf(args, sizeof args,
+           "LATHE_TTY=1 %s/lathe run tune-zo --model %s/models/lathe-kjv-llama --data %s --steps 12 --eval-every 0 "
+           "--output %s/zo 2>%s/tty.err",
+           LATHE_BIN_DIR, LATHE_SOURCE_DIR, data, t.dir, t.dir);
+  cr_assert_eq(td_shell(out, sizeof out, args), 0, "%s", out);
+  snprintf(args, sizeof args, "cat %s/tty.err", t.dir);
+  cr_assert_eq(td_shell(errs, sizeof errs, args), 0);
+  int redraws = 0, lines = 0;
+  for (const char *p = errs; (p = strstr(p, "\r\033[Kjob 1 [")); p++) redraws++;
+  for (const char *p = errs; (p = strchr(p, '\n')); p++) lines++;
+  cr_assert_geq(redraws, 12, "%s", errs);
+  cr_assert(strstr(errs, "12/12 steps") && strstr(errs, "  loss "), "%s", errs);
+  cr_assert(!strstr(errs, "metric "), "metrics are not lines of their own: %s", errs);
+  cr_assert_leq(lines, 10, "a line per event, not one updating line: %s", errs);
+  cr_assert(!strstr(out, "progress"), "%s", out);
+}
