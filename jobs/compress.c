@@ -104,11 +104,35 @@ job_outcome_t run_compress(job_ctx_t *ctx, lt_err_t *err) {
   double nll0, nll1;
   uint64_t scored;
   job_log(ctx, "calibrating on %u windows of %u tokens", co.samples, T);
-  if (compress_read_tokens(tok, job_param_str(ctx, "data"), MAX_CALIB_TOKENS, &cal, &n_cal, err) != LT_OK ||
-      compress_read_tokens(tok, job_param_str(ctx, "eval"), windows ? (uint64_t)windows * T + T + n_decode : 0, &ev,
-                           &n_ev, err) != LT_OK ||
-      compress_calibrate(&calib, m, cal, n_cal, &co, err) != LT_OK)
-    goto done;
+  const char *eval_path = job_param_str(ctx, "eval");
+  char eval_name[4200];
+  snprintf(eval_name, sizeof eval_name, "%s", eval_path);
+  if (compress_read_tokens(tok, job_param_str(ctx, "data"), MAX_CALIB_TOKENS, &cal, &n_cal, err) != LT_OK) goto done;
+  if (*eval_path) {
+    if (compress_read_tokens(tok, eval_path, windows ? (uint64_t)windows * T + T + n_decode : 0, &ev, &n_ev, err) !=
+        LT_OK)
+      goto done;
+  } else {
+    /* No --eval: the last tenth of --data's tokens (at least two windows) is held out of calibration and scored. */
+    uint64_t hold = n_cal / 10 > 2 * (uint64_t)T + 1 + n_decode ? n_cal / 10 : 2 * (uint64_t)T + 1 + n_decode;
+    if (hold + T + 1 > n_cal) {
+      lt_fail(err, LT_E_INVALID,
+              "--data holds %llu tokens: too few to hold out %llu for the evaluation and calibrate on the rest; pass "
+              "--eval or more data",
+              (unsigned long long)n_cal, (unsigned long long)hold);
+      goto done;
+    }
+    if (!(ev = malloc(hold * sizeof *ev))) {
+      lt_fail(err, LT_E_NOMEM, "out of memory");
+      goto done;
+    }
+    memcpy(ev, cal + (n_cal - hold), hold * sizeof *ev);
+    n_ev = hold, n_cal -= hold;
+    snprintf(eval_name, sizeof eval_name, "the last %llu tokens of %s (held out of calibration)",
+             (unsigned long long)hold, job_param_str(ctx, "data"));
+    job_log(ctx, "no --eval: scoring %s", eval_name);
+  }
+  if (compress_calibrate(&calib, m, cal, n_cal, &co, err) != LT_OK) goto done;
   job_stop_t stop = job_should_stop(ctx);
   if (stop != JOB_GO) {
     outcome = stop == JOB_STOP_CANCEL ? JOB_CANCELLED : JOB_STOPPED;
@@ -195,9 +219,8 @@ job_outcome_t run_compress(job_ctx_t *ctx, lt_err_t *err) {
     goto done;
   job_metric(ctx, "perplexity_after", exp(nll1), 0);
   json_object_set_new(report, "perplexity",
-                      json_pack("{s:s, s:I, s:f, s:f, s:f}", "eval", job_param_str(ctx, "eval"), "tokens",
-                                (json_int_t)scored, "before", exp(nll0), "after", exp(nll1), "ratio",
-                                exp(nll1 - nll0)));
+                      json_pack("{s:s, s:I, s:f, s:f, s:f}", "eval", eval_name, "tokens", (json_int_t)scored, "before",
+                                exp(nll0), "after", exp(nll1), "ratio", exp(nll1 - nll0)));
   json_object_set_new(report, "speed",
                       json_pack("{s:i, s:i, s:o, s:o, s:f, s:f, s:f}", "prefill_tokens", T, "decode_tokens", n_decode,
                                 "before", speed_json(&before), "after", speed_json(&after), "prefill_ratio",

@@ -276,3 +276,16 @@ Test(cli, a_terminal_gets_one_updating_progress_line) {
   cr_assert_leq(lines, 10, "a line per event, not one updating line: %s", errs);
   cr_assert(!strstr(out, "progress"), "%s", out);
 }
+
+/* compress needs only --model, --method, --data and --output: without --eval it scores a held-out tail of --data,
+ * and says so. */
+Test(cli, compress_without_eval_scores_a_held_out_share_of_the_data) {
+  static char out[1 << 16], args[1024];
+  snprintf(args, sizeof args,
+           "--json run compress --model %s/models/lathe-kjv-llama --method block-drop --drop 1 --data "
+           "%s/models/kjv-heldout.jsonl --output %s/cmp --samples 4 --eval-windows 8",
+           LATHE_SOURCE_DIR, LATHE_SOURCE_DIR, t.dir);
+  cr_assert_eq(lathe_all(out, sizeof out, args), 0, "%s", out);
+  cr_assert(strstr(out, "no --eval: scoring the last ") && strstr(out, "(held out of calibration)"), "%s", out);
+  cr_assert(strstr(out, "\"perplexity_before\":") && strstr(out, "\"perplexity_after\":"), "%s", out);
+}
