@@ -118,6 +118,12 @@ lt_status_t ev_transition(daemon_t *d, store_job_t *j, job_state_t to, const cha
   mpw_free(&w);
   /* A final state is the last event a job has: its watchers are done. */
   if (!st && job_state_final(to)) watch_drop(d, NULL, j->id);
+  /* One line per start and end in the daemon's log (the journal under systemd). */
+  if (!st && to == JS_RUNNING)
+    dlog("job %lld (%s) started, attempt %lld", (long long)j->id, j->kind, (long long)j->attempts);
+  if (!st && job_state_final(to))
+    dlog("job %lld (%s) %s after %.1f s%s%s", (long long)j->id, j->kind, job_state_str(to),
+         j->started_ms ? (double)(now - j->started_ms) / 1000.0 : 0.0, reason[0] ? ": " : "", reason);
   return st;
 }
 

@@ -48,6 +48,12 @@ Test(lifecycle, queued_running_succeeded_with_result) {
   cr_assert_eq(td_int(mp_get(mp_doc_root(d), "result"), "steps"), 5);
   mp_doc_destroy(&d);
   lc_destroy(&c);
+  /* The daemon's log (the journal under systemd) has one line for the start and one for the end. */
+  char cmd[512];
+  snprintf(cmd, sizeof cmd,
+           "grep -q 'job %lld (sleep) started, attempt 1' %s && grep -q 'job %lld (sleep) succeeded after ' %s",
+           (long long)id, t.log, (long long)id, t.log);
+  cr_assert_eq(system(cmd), 0, "%s", cmd);
 }
 
 Test(lifecycle, failed_with_reason) {
