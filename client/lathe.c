@@ -837,6 +837,66 @@ static int cmd_ps(cli_t *cli, int argc, char **argv) {
   return 0;
 }
 
+/* One value for a person: strings as they are, floats to 4 significant digits, nil as "-", containers as JSON. */
+static void print_value(const msgpack_object *o) {
+  switch (o->type) {
+  case MSGPACK_OBJECT_STR: printf("%.*s", (int)o->via.str.size, o->via.str.ptr); break;
+  case MSGPACK_OBJECT_FLOAT32:
+  case MSGPACK_OBJECT_FLOAT64: printf("%.4g", o->via.f64); break;
+  case MSGPACK_OBJECT_POSITIVE_INTEGER: printf("%llu", (unsigned long long)o->via.u64); break;
+  case MSGPACK_OBJECT_NEGATIVE_INTEGER: printf("%lld", (long long)o->via.i64); break;
+  case MSGPACK_OBJECT_BOOLEAN: printf("%s", o->via.boolean ? "true" : "false"); break;
+  case MSGPACK_OBJECT_NIL: printf("-"); break;
+  default: print_json_to(stdout, o, false); return; /* ends the line itself */
+  }
+  putchar('\n');
+}
+
+/* A map's entries as "  key = value" lines. */
+static void print_map(const msgpack_object *m) {
+  for (uint32_t i = 0; m && m->type == MSGPACK_OBJECT_MAP && i < m->via.map.size; i++) {
+    const msgpack_object_kv *kv = &m->via.map.ptr[i];
+    printf("  %.*s = ", (int)kv->key.via.str.size, kv->key.via.str.ptr);
+    print_value(&kv->val);
+  }
+}
+
+/* `lathe show ID` for a person: state, times in local time with durations, progress, folder, parameters, result. */
+static void print_job(const msgpack_object *j) {
+  char kind[32], state[16], reason[512], model[64], dir[PATH_MAX], a[64], b[64];
+  printf("job %lld  %s  %s (attempt %lld)\n", (long long)get_int(j, "id"), get_str(j, "kind", kind, sizeof kind),
+         get_str(j, "state", state, sizeof state), (long long)get_int(j, "attempts"));
+  if (*get_str(j, "reason", reason, sizeof reason)) printf("reason:   %s\n", reason);
+  if (*get_str(j, "model", model, sizeof model)) printf("model:    %s\n", model);
+  const char *names[3] = {"created", "started", "finished"};
+  for (int k = 0; k < 3; k++) {
+    int64_t ms = get_int(j, names[k]);
+    if (!ms) continue;
+    time_t t = (time_t)(ms / 1000);
+    struct tm tm;
+    localtime_r(&t, &tm);
+    strftime(a, sizeof a, "%Y-%m-%d %H:%M:%S", &tm);
+    printf("%-9s %s\n", names[k], a);
+  }
+  const msgpack_object *el = mp_get(j, "elapsed_s"), *pr = mp_get(j, "progress"), *et = mp_get(j, "eta_s");
+  if (el && el->type == MSGPACK_OBJECT_FLOAT64) fmt_dur(el->via.f64, a, sizeof a), printf("elapsed:  %s\n", a);
+  if (pr && pr->type == MSGPACK_OBJECT_MAP) {
+    strcpy(b, "?");
+    if (et && et->type == MSGPACK_OBJECT_FLOAT64) fmt_dur(et->via.f64, b, sizeof b);
+    printf("progress: %lld/%lld %s, ETA %s\n", (long long)get_int(pr, "step"), (long long)get_int(pr, "total"),
+           get_str(pr, "unit", a, sizeof a), b);
+  }
+  if (get_int(j, "position")) printf("queued:   position %lld\n", (long long)get_int(j, "position"));
+  if (*get_str(j, "dir", dir, sizeof dir)) printf("folder:   %s\n", dir);
+  printf("params:\n");
+  print_map(mp_get(j, "params"));
+  const msgpack_object *res = mp_get(j, "result");
+  if (res && res->type == MSGPACK_OBJECT_MAP) {
+    printf("result:\n");
+    print_map(res);
+  }
+}
+
 /* Commands of the form `CMD ID` that print the reply (show, result, cancel, hold, release, rm). */
 static int cmd_id(cli_t *cli, const char *op, int argc, char **argv) {
   int64_t id;
@@ -853,7 +913,10 @@ static int cmd_id(cli_t *cli, const char *op, int argc, char **argv) {
   char state[16], reason[512], dir[PATH_MAX];
   if (!strcmp(op, "show")) {
     const msgpack_object *j = mp_get(m, "job");
-    print_json(j, !cli->json);
+    if (cli->json)
+      print_json(j, false);
+    else
+      print_job(j);
   } else if (!strcmp(op, "result")) {
     const msgpack_object *res = mp_get(m, "result");
     if (cli->json) {
@@ -861,7 +924,7 @@ static int cmd_id(cli_t *cli, const char *op, int argc, char **argv) {
     } else {
       printf("job %lld %s%s%s\nfolder: %s\n", (long long)id, get_str(m, "state", state, sizeof state),
              *get_str(m, "reason", reason, sizeof reason) ? ": " : "", reason, get_str(m, "dir", dir, sizeof dir));
-      if (res) print_json(res, true);
+      if (res && res->type == MSGPACK_OBJECT_MAP) print_map(res);
     }
   } else if (cli->json) {
     print_json(m, false);

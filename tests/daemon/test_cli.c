@@ -53,7 +53,13 @@ Test(cli, autostart_json_shapes_and_exit_statuses) {
               "ps line: %s", l);
   cr_assert_eq(lines, 3);
   cr_assert_eq(lathe(out, sizeof out, "result 2"), 0);
-  cr_assert(strstr(out, "\"steps\": 3"), "%s", out);
+  cr_assert(strstr(out, "  steps = 3\n"), "readable by default: %s", out);
+  cr_assert_eq(lathe(out, sizeof out, "--json result 2"), 0);
+  cr_assert(strstr(out, "\"steps\":3"), "%s", out);
+  cr_assert_eq(lathe(out, sizeof out, "show 2"), 0);
+  cr_assert(strstr(out, "job 2  sleep  succeeded (attempt 1)\n") && strstr(out, "params:\n  steps = 3\n") &&
+                strstr(out, "\nstarted   20"),
+            "readable: %s", out);
   cr_assert_eq(lathe(out, sizeof out, "logs 2"), 0);
   cr_assert(strstr(out, "\"seq\":1"), "%s", out);
   cr_assert_eq(lathe(out, sizeof out, "submit sleep --steps x"), 2, "a bad parameter is a usage error");
