@@ -170,12 +170,12 @@ static const char *get_str(const msgpack_object *m, const char *k, char *buf, si
 
 /* ---- the daemon ---- */
 
-/* Starts lathed in the background (like gpg-agent): detached in its own session, logging to HOME/lathed.log, and
- * waits until it holds its lock. */
+/* Starts lathed in the background (like gpg-agent): detached in its own session, logging to lathed.log in the log
+ * folder (util_default_log_dir), and waits until it holds its lock. */
 static int start_daemon(cli_t *cli) {
   char home[PATH_MAX], log[PATH_MAX + 16], dir[PATH_MAX - 16], lathed[PATH_MAX];
   lt_err_t err = {0};
-  if (util_default_home(home, sizeof home, &err) || util_mkdir_p(home, 0700, &err))
+  if (util_default_log_dir(home, sizeof home, &err) || util_mkdir_p(home, 0700, &err))
     return fail(EXIT_DAEMON, "%s", err.msg);
   snprintf(log, sizeof log, "%s/lathed.log", home);
   snprintf(lathed, sizeof lathed, "lathed");
@@ -1036,6 +1036,18 @@ static int cmd_daemon(cli_t *cli, int argc, char **argv) {
       pid = (long)get_int(mp_doc_root(p), "pid");
       mp_doc_destroy(&p);
     }
+    /* The running job, if any: after the stop the user is told what becomes of it. */
+    int64_t running = 0;
+    char rkind[32] = "", policy[16] = "";
+    lc_begin(cli->c, &w, "status");
+    mp_doc_t *s = lc_call(cli->c, &w, NULL, NULL);
+    if (s) running = get_int(mp_get(mp_doc_root(s), "worker"), "job");
+    mp_doc_destroy(&s);
+    if (running > 0 && (s = lc_call_id(cli->c, "show", running, NULL, NULL))) {
+      get_str(mp_get(mp_doc_root(s), "job"), "kind", rkind, sizeof rkind);
+      get_str(mp_get(mp_doc_root(s), "job"), "policy", policy, sizeof policy);
+      mp_doc_destroy(&s);
+    }
     lc_begin(cli->c, &w, "shutdown");
     mp_doc_t *d = call(cli, &w, &rc);
     if (!d) return rc;
@@ -1054,8 +1066,15 @@ static int cmd_daemon(cli_t *cli, int argc, char **argv) {
       }
       if (!gone) nanosleep(&(struct timespec){0, 50000000}, NULL);
     }
-    printf(cli->json ? "{\"pid\": %ld, \"stopped\": %s}\n" : "lathed (pid %ld) %s\n", pid,
-           cli->json ? (gone ? "true" : "false") : (gone ? "stopped" : "is still stopping"));
+    const char *fate = !strcmp(policy, "resume")    ? "checkpointed: it resumes from there when lathed starts again"
+                       : !strcmp(policy, "restart") ? "stopped: it starts over when lathed starts again"
+                                                    : "stopped: its kind cannot be restarted, so it fails";
+    if (cli->json)
+      printf("{\"pid\": %ld, \"stopped\": %s, \"running_job\": %lld}\n", pid, gone ? "true" : "false",
+             (long long)running);
+    else
+      printf("lathed (pid %ld) %s\n", pid, gone ? "stopped" : "is still stopping");
+    if (running > 0 && !cli->json) printf("job %lld (%s) was running and was %s\n", (long long)running, rkind, fate);
     return gone ? 0 : EXIT_DAEMON;
   }
   if (strcmp(what, "status") != 0) return fail(EXIT_USAGE, "usage: lathe daemon start|stop|status");

@@ -117,6 +117,19 @@ lt_status_t util_default_socket(char *buf, size_t n, lt_err_t *err) {
   return LT_OK;
 }
 
+lt_status_t util_default_log_dir(char *buf, size_t n, lt_err_t *err) {
+  const char *h = getenv("LATHE_HOME"), *x = getenv("XDG_STATE_HOME");
+  int len;
+  if (h && *h)
+    len = snprintf(buf, n, "%s", h);
+  else if (x && *x)
+    len = snprintf(buf, n, "%s/lathe", x);
+  else
+    len = snprintf(buf, n, "%s/.local/state/lathe", home_dir());
+  if (len < 0 || (size_t)len >= n) return lt_fail(err, LT_E_LIMIT, "log folder path too long");
+  return LT_OK;
+}
+
 lt_status_t util_default_home(char *buf, size_t n, lt_err_t *err) {
   const char *h = getenv("LATHE_HOME"), *x = getenv("XDG_DATA_HOME");
   int len;

@@ -39,6 +39,10 @@ lt_status_t util_default_socket(char *buf, size_t n, lt_err_t *err);
 /* Writes the default store folder: $LATHE_HOME, else $XDG_DATA_HOME/lathe, else ~/.local/share/lathe. */
 lt_status_t util_default_home(char *buf, size_t n, lt_err_t *err);
 
+/* Writes the folder of the log of a daemon the CLI starts: $LATHE_HOME when set (a private instance keeps
+ * everything together), else $XDG_STATE_HOME/lathe, else ~/.local/state/lathe. */
+lt_status_t util_default_log_dir(char *buf, size_t n, lt_err_t *err);
+
 /* Reads a Z85 CURVE key (40 characters) from the first non-comment line of a file, accepting either the bare
  * key or czmq's `public-key = "..."` / `secret-key = "..."` form. Returns LT_OK or LT_E_INVALID/LT_E_IO. */
 lt_status_t util_read_z85_key(const char *path, char key[41], lt_err_t *err);

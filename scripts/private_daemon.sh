@@ -8,6 +8,6 @@ private_daemon() {
   rm -rf "$work"
   mkdir -p "$work/run" "$work/data" "$work/cache"
   chmod 700 "$work/run"
-  export XDG_RUNTIME_DIR="$work/run" XDG_DATA_HOME="$work/data" LATHE_CACHE_DIR="$work/cache"
+  export XDG_RUNTIME_DIR="$work/run" XDG_DATA_HOME="$work/data" XDG_STATE_HOME="$work/state" LATHE_CACHE_DIR="$work/cache"
   trap 'lathe daemon stop >/dev/null 2>&1 || true' EXIT
 }
