@@ -231,6 +231,9 @@ job_outcome_t run_compress(job_ctx_t *ctx, lt_err_t *err) {
   snprintf(rpath, sizeof rpath, "%s/report.json", job_dir(ctx));
   if (jsonl_write_file(rpath, report, JSON_INDENT(1), err) != LT_OK) goto done;
   job_artifact(ctx, "report", "report.json");
+  /* The same report beside the model it describes, which travels without the job folder. */
+  snprintf(rpath, sizeof rpath, "%s/lathe-report.json", out_dir);
+  if (jsonl_write_file(rpath, report, JSON_INDENT(1), err) != LT_OK) goto done;
   job_output_begin(ctx);
   job_output_str(ctx, "output", out_dir);
   job_output_float(ctx, "perplexity_before", exp(nll0));

@@ -300,4 +300,7 @@ Test(cli, compress_without_eval_scores_a_held_out_share_of_the_data) {
   cr_assert_eq(lathe_all(out, sizeof out, args), 0, "%s", out);
   cr_assert(strstr(out, "no --eval: scoring the last ") && strstr(out, "(held out of calibration)"), "%s", out);
   cr_assert(strstr(out, "\"perplexity_before\":") && strstr(out, "\"perplexity_after\":"), "%s", out);
+  /* The report travels with the model. */
+  snprintf(args, sizeof args, "grep -q '\"perplexity\"' %s/cmp/lathe-report.json", t.dir);
+  cr_assert_eq(system(args), 0, "no lathe-report.json beside the compressed model");
 }
