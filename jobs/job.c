@@ -1,11 +1,14 @@
 /* The runner API (jobs/job.h), implemented once over a host: parameters read from the normalised map, events and
  * output records built as msgpack and handed to the host, the result map built for the caller. */
+#include <jansson.h>
 #include <limits.h>
+#include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "engine/text/jsonl.h"
 #include "jobs/runners.h"
 
 struct job_ctx {
@@ -20,6 +23,7 @@ struct job_ctx {
   size_t n_strs;
   model_t *adapted; /* the model the job's adapter is set on (removed when the job ends) */
   model_adapter_t *adapter;
+  json_t *report; /* the result's fields as JSON, for job_report_write (NULL until the first) */
 };
 
 /* Starts an event message {t: event, job, type, data: {...}}: the caller adds data fields then calls
@@ -160,14 +164,42 @@ void job_artifact(job_ctx_t *c, const char *name, const char *relpath) {
   event_end(c, &w);
 }
 
-void job_result_int(job_ctx_t *c, const char *key, int64_t v) { mpw_kint(c->result, key, v); }
-void job_result_float(job_ctx_t *c, const char *key, double v) { mpw_kdouble(c->result, key, v); }
-void job_result_str(job_ctx_t *c, const char *key, const char *v) { mpw_kstr(c->result, key, v); }
+/* Keeps a result field in the JSON mirror of the result (a NaN as null). */
+static void report_set(job_ctx_t *c, const char *key, json_t *v) {
+  if (!c->report) c->report = json_object();
+  json_object_set_new(c->report, key, v ? v : json_null());
+}
+
+void job_result_int(job_ctx_t *c, const char *key, int64_t v) {
+  mpw_kint(c->result, key, v);
+  report_set(c, key, json_integer((json_int_t)v));
+}
+void job_result_float(job_ctx_t *c, const char *key, double v) {
+  mpw_kdouble(c->result, key, v);
+  report_set(c, key, isfinite(v) ? json_real(v) : NULL);
+}
+void job_result_str(job_ctx_t *c, const char *key, const char *v) {
+  mpw_kstr(c->result, key, v);
+  report_set(c, key, json_string(v));
+}
 void job_result_strs(job_ctx_t *c, const char *key, const char *const *v, size_t n) {
   mpw_str(c->result, key);
   mpw_array(c->result);
-  for (size_t i = 0; i < n; i++) mpw_str(c->result, v[i]);
+  json_t *a = json_array();
+  for (size_t i = 0; i < n; i++) mpw_str(c->result, v[i]), json_array_append_new(a, json_string(v[i]));
   mpw_end(c->result);
+  report_set(c, key, a);
+}
+
+lt_status_t job_report_write(job_ctx_t *c, const char *dir, lt_err_t *err) {
+  char path[PATH_MAX + 32];
+  snprintf(path, sizeof path, "%s/lathe-report.json", dir);
+  json_t *o = json_pack("{s:s, s:I, s:O}", "kind", c->spec->kind ? c->spec->kind : "", "job", (json_int_t)c->spec->id,
+                        "result", c->report ? c->report : json_object());
+  lt_status_t st = o ? jsonl_write_file(path, o, JSON_INDENT(1) | JSON_PRESERVE_ORDER, err)
+                     : lt_fail(err, LT_E_NOMEM, "out of memory");
+  json_decref(o);
+  return st;
 }
 
 gpu_t *job_gpu(job_ctx_t *c, lt_err_t *err) { return c->h->gpu(c->host, c, err); }
@@ -199,6 +231,7 @@ job_outcome_t job_run(const job_host_t *h, void *ctx, const job_spec_t *spec, mp
   /* The host may keep the model for the next job: it must not keep this job's adapter. */
   if (c.adapted) model_set_adapter(c.adapted, NULL);
   model_adapter_destroy(&c.adapter);
+  json_decref(c.report);
   mpw_end(result);
   for (size_t i = 0; i < c.n_strs; i++) free(c.strs[i]);
   free(c.strs);

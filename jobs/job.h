@@ -90,6 +90,10 @@ void job_result_str(job_ctx_t *ctx, const char *key, const char *v);
 /* A list of n strings under key in the result. */
 void job_result_strs(job_ctx_t *ctx, const char *key, const char *const *v, size_t n);
 
+/* Writes dir/lathe-report.json: {kind, job, result} with the result's fields so far (job_result_*), beside a model
+ * the job wrote, which travels without the job folder. */
+lt_status_t job_report_write(job_ctx_t *ctx, const char *dir, lt_err_t *err);
+
 /* The worker's device, opened on first use and kept open between jobs (the keep-alive). Owned by the worker;
  * NULL with err when no device can be opened. */
 gpu_t *job_gpu(job_ctx_t *ctx, lt_err_t *err);

@@ -819,6 +819,7 @@ static job_outcome_t first_order(job_ctx_t *ctx, bool distill, lt_err_t *err) {
     job_output_float(ctx, "forgetting", general_after - general_before);
   }
   job_output_end(ctx);
+  if (job_report_write(ctx, r.output, err) != LT_OK) goto done;
   out = JOB_SUCCEEDED;
 done:
   if (r.log) fclose(r.log);

@@ -248,6 +248,10 @@ job_outcome_t run_tune_zo(job_ctx_t *ctx, lt_err_t *err) {
     job_result_float(ctx, first_key, r.eval_first);
     job_result_float(ctx, "eval_loss", r.eval_last);
   }
+  if (job_report_write(ctx, r.output, err) != LT_OK) {
+    out = JOB_FAILED;
+    goto done;
+  }
   job_output_begin(ctx);
   job_output_str(ctx, "output", r.output);
   job_output_str(ctx, "log", r.log_path);

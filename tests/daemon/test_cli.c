@@ -287,6 +287,11 @@ Test(cli, a_terminal_gets_one_updating_progress_line) {
   cr_assert(!strstr(errs, "metric "), "metrics are not lines of their own: %s", errs);
   cr_assert_leq(lines, 10, "a line per event, not one updating line: %s", errs);
   cr_assert(!strstr(out, "progress"), "%s", out);
+  /* The run's result also lies beside the model it wrote. */
+  snprintf(args, sizeof args,
+           "grep -q '\"kind\": \"tune-zo\"' %s/zo/lathe-report.json && grep -q '\"steps\": 12' %s/zo/lathe-report.json",
+           t.dir, t.dir);
+  cr_assert_eq(system(args), 0, "%s", args);
 }
 
 /* compress needs only --model, --method, --data and --output: without --eval it scores a held-out tail of --data,

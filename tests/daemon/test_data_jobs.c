@@ -179,6 +179,9 @@ Test(data_jobs, feedback_labels_train_dpo_end_to_end) {
             "%s", out);
   json_decref(res);
   cr_assert(strstr(out, "{\"step\":0,\"eval_loss\":0.69314718055994"), "a record per eval from step 0: %s", out);
+  char grep[300];
+  snprintf(grep, sizeof grep, "grep -q '\"eval_pref_accuracy\"' %s/dpo/lathe-report.json", t.dir);
+  cr_assert_eq(system(grep), 0, "the DPO result lies beside the adapter: %s", grep);
   /* Without --include-inconsistent the flagged rows are left out, and a file of nothing else is refused. */
   snprintf(args, sizeof args,
            "--json run tune --model %s --objective dpo --data %s --train lora --steps 1 --batch 1 --output %s/dpo2",
