@@ -117,30 +117,27 @@ lt_status_t util_default_socket(char *buf, size_t n, lt_err_t *err) {
   return LT_OK;
 }
 
-lt_status_t util_default_log_dir(char *buf, size_t n, lt_err_t *err) {
-  const char *h = getenv("LATHE_HOME"), *x = getenv("XDG_STATE_HOME");
+/* $LATHE_HOME when set, else $XDG_VAR/lathe, else ~/FALLBACK/lathe, into buf; `what` names it in the error. */
+static lt_status_t lathe_dir(char *buf, size_t n, const char *xdg_var, const char *fallback, const char *what,
+                             lt_err_t *err) {
+  const char *h = getenv("LATHE_HOME"), *x = getenv(xdg_var);
   int len;
   if (h && *h)
     len = snprintf(buf, n, "%s", h);
   else if (x && *x)
     len = snprintf(buf, n, "%s/lathe", x);
   else
-    len = snprintf(buf, n, "%s/.local/state/lathe", home_dir());
-  if (len < 0 || (size_t)len >= n) return lt_fail(err, LT_E_LIMIT, "log folder path too long");
+    len = snprintf(buf, n, "%s/%s/lathe", home_dir(), fallback);
+  if (len < 0 || (size_t)len >= n) return lt_fail(err, LT_E_LIMIT, "%s path too long", what);
   return LT_OK;
 }
 
+lt_status_t util_default_log_dir(char *buf, size_t n, lt_err_t *err) {
+  return lathe_dir(buf, n, "XDG_STATE_HOME", ".local/state", "log folder", err);
+}
+
 lt_status_t util_default_home(char *buf, size_t n, lt_err_t *err) {
-  const char *h = getenv("LATHE_HOME"), *x = getenv("XDG_DATA_HOME");
-  int len;
-  if (h && *h)
-    len = snprintf(buf, n, "%s", h);
-  else if (x && *x)
-    len = snprintf(buf, n, "%s/lathe", x);
-  else
-    len = snprintf(buf, n, "%s/.local/share/lathe", home_dir());
-  if (len < 0 || (size_t)len >= n) return lt_fail(err, LT_E_LIMIT, "store path too long");
-  return LT_OK;
+  return lathe_dir(buf, n, "XDG_DATA_HOME", ".local/share", "store", err);
 }
 
 lt_status_t util_read_z85_key(const char *path, char key[41], lt_err_t *err) {
