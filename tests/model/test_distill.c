@@ -33,21 +33,8 @@ typedef struct dref {
 } dref_t;
 
 static void dref_load(dref_t *d) {
-  json_error_t je;
-  d->j = json_load_file(FIXTURES "/distill/distill_ref.json", 0, &je);
-  cr_assert(d->j, "distill_ref.json: %s", je.text);
-  json_t *ids = json_object_get(d->j, "ids"), *mask = json_object_get(d->j, "mask");
-  json_t *am = json_object_get(d->j, "student_argmax");
-  d->n_seq = (uint32_t)json_array_size(ids);
-  d->T = (uint32_t)json_array_size(json_array_get(ids, 0));
-  cr_assert(d->n_seq * d->T <= 64);
-  for (uint32_t s = 0; s < d->n_seq; s++)
-    for (uint32_t t = 0; t < d->T; t++) {
-      d->ids[s * d->T + t] = (int32_t)json_integer_value(json_array_get(json_array_get(ids, s), t));
-      d->argmax[s * d->T + t] = (int32_t)json_integer_value(json_array_get(json_array_get(am, s), t));
-      if (t + 1 < d->T)
-        d->mask[s * (d->T - 1) + t] = (uint8_t)json_integer_value(json_array_get(json_array_get(mask, s), t));
-    }
+  d->j = ttrain_batch_load(FIXTURES "/distill/distill_ref.json", d->ids, d->mask, 64, &d->n_seq, &d->T);
+  ttrain_int_grid(json_object_get(d->j, "student_argmax"), d->n_seq, d->T, d->argmax);
 }
 
 static json_t *dref_case(const dref_t *d, const char *name) {
@@ -58,8 +45,6 @@ static json_t *dref_case(const dref_t *d, const char *name) {
   return NULL;
 }
 
-static model_t *load(const char *name, bool f32) { return ttrain_load(name, f32); }
-
 static double jnum(json_t *c, const char *key) { return json_number_value(json_object_get(c, key)); }
 
 /* One reference case: the student (llama-tiny, full) against its teacher in the teacher's own dtype. */
@@ -68,7 +53,8 @@ static void check_case(const char *name) {
   dref_load(&d);
   json_t *c = dref_case(&d, name);
   bool atkd = !strcmp(json_string_value(json_object_get(c, "loss")), "atkd");
-  model_t *sm = load("llama-tiny", true), *tm = load(json_string_value(json_object_get(c, "teacher")), false);
+  model_t *sm = ttrain_load("llama-tiny", true),
+          *tm = ttrain_load(json_string_value(json_object_get(c, "teacher")), false);
   lt_err_t err = {0};
   train_opts_t so = {.what = TRAIN_FULL}, to = {.what = TRAIN_FROZEN};
   train_t *s = train_new(sm, &so, &err), *t = train_new(tm, &to, &err);
@@ -127,7 +113,7 @@ Test(distill, atkd_split_by_hand) {
 Test(distill, the_teacher_is_untouched_and_never_gets_a_gradient) {
   dref_t d;
   dref_load(&d);
-  model_t *sm = load("llama-tiny", false), *tm = load("mixtral-tiny", false);
+  model_t *sm = ttrain_load("llama-tiny", false), *tm = ttrain_load("mixtral-tiny", false);
   lt_err_t err = {0};
   uint32_t np = model_param_count(tm);
   void **before = calloc(np, sizeof *before);
@@ -184,7 +170,7 @@ Test(distill, the_teacher_is_untouched_and_never_gets_a_gradient) {
 Test(distill, predictions_match_pytorch) {
   dref_t d;
   dref_load(&d);
-  model_t *m = load("llama-tiny", false);
+  model_t *m = ttrain_load("llama-tiny", false);
   lt_err_t err = {0};
   train_opts_t o = {.what = TRAIN_FROZEN};
   train_t *t = train_new(m, &o, &err);
@@ -238,13 +224,13 @@ Test(distill, kid_masks_exactly_the_share_asked_and_follows_the_seed) {
 Test(distill, kid_writes_the_students_predictions_into_the_picked_targets) {
   dref_t d;
   dref_load(&d);
-  model_t *m = load("llama-tiny", false);
+  model_t *m = ttrain_load("llama-tiny", false);
   lt_err_t err = {0};
   train_opts_t o = {.what = TRAIN_LORA, .lora_rank = 2, .lora_alpha = 2, .lora_targets = TRAIN_LORA_Q};
   train_t *t = train_new(m, &o, &err);
   cr_assert(t, "%s", err.msg);
   /* Under distillation, with the teacher's buffers not yet made: the prediction is the student's alone. */
-  model_t *tm = load("mixtral-tiny", false);
+  model_t *tm = ttrain_load("mixtral-tiny", false);
   train_opts_t fo = {.what = TRAIN_FROZEN};
   train_t *te = train_new(tm, &fo, &err);
   cr_assert(te, "%s", err.msg);
@@ -283,7 +269,7 @@ Test(distill, a_quantised_teacher_runs_in_its_own_dtype) {
   compress_plan_t plan = {.bits = 8, .group = 32};
   cr_assert_eq(compress_write(FIXTURES "/mixtral-tiny", dir, &plan, NULL, NULL, &err), LT_OK, "%s", err.msg);
   model_load_opts_t lo = {0};
-  model_t *tm = model_load(tgpu(), dir, &lo, &err), *sm = load("llama-tiny", true);
+  model_t *tm = model_load(tgpu(), dir, &lo, &err), *sm = ttrain_load("llama-tiny", true);
   cr_assert(tm, "%s", err.msg);
   bool any_q = false;
   for (uint32_t i = 0; i < model_param_count(tm); i++) any_q |= model_param_at(tm, i)->dtype == LT_I8;

@@ -27,27 +27,13 @@ typedef struct pref {
 } pref_t;
 
 static void pref_load(pref_t *d) {
-  json_error_t je;
-  d->j = json_load_file(FIXTURES "/dpo/dpo_ref.json", 0, &je);
-  cr_assert(d->j, "dpo_ref.json: %s", je.text);
-  json_t *ids = json_object_get(d->j, "ids"), *mask = json_object_get(d->j, "mask");
-  d->n_seq = (uint32_t)json_array_size(ids);
-  d->T = (uint32_t)json_array_size(json_array_get(ids, 0));
-  cr_assert(d->n_seq * d->T <= 64);
-  for (uint32_t s = 0; s < d->n_seq; s++)
-    for (uint32_t t = 0; t < d->T; t++) {
-      d->ids[s * d->T + t] = (int32_t)json_integer_value(json_array_get(json_array_get(ids, s), t));
-      if (t + 1 < d->T)
-        d->mask[s * (d->T - 1) + t] = (uint8_t)json_integer_value(json_array_get(json_array_get(mask, s), t));
-    }
+  d->j = ttrain_batch_load(FIXTURES "/dpo/dpo_ref.json", d->ids, d->mask, 64, &d->n_seq, &d->T);
 }
-
-static model_t *load(const char *name, bool f32) { return ttrain_load(name, f32); }
 
 /* The fixture's policy (trained in full, f32) and its frozen reference, as models and training states. */
 static void fixture_models(const pref_t *d, model_t **pm, model_t **rm, train_t **p, train_t **r) {
-  *pm = load(json_string_value(json_object_get(d->j, "policy")), true);
-  *rm = load(json_string_value(json_object_get(d->j, "reference")), false);
+  *pm = ttrain_load(json_string_value(json_object_get(d->j, "policy")), true);
+  *rm = ttrain_load(json_string_value(json_object_get(d->j, "reference")), false);
   lt_err_t err = {0};
   train_opts_t po = {.what = TRAIN_FULL}, ro = {.what = TRAIN_FROZEN};
   *p = train_new(*pm, &po, &err), *r = train_new(*rm, &ro, &err);
@@ -137,7 +123,7 @@ Test(dpo, weighted_pairs_match_pytorch) { check_case(1); }
 Test(dpo, a_policy_equal_to_its_reference_gives_log_2_and_learns_the_preference) {
   pref_t d;
   pref_load(&d);
-  model_t *pm = load("llama-tiny", false), *rm = load("llama-tiny", false);
+  model_t *pm = ttrain_load("llama-tiny", false), *rm = ttrain_load("llama-tiny", false);
   lt_err_t err = {0};
   train_opts_t po = {.what = TRAIN_LORA, .lora_rank = 4, .lora_alpha = 8, .lora_targets = TRAIN_LORA_Q | TRAIN_LORA_V},
                ro = {.what = TRAIN_FROZEN};

@@ -37,19 +37,7 @@ typedef struct gref {
 static void gref_load(gref_t *g, const char *name) {
   char p[512];
   snprintf(p, sizeof p, FIXTURES "/%s/grad_ref.json", name);
-  json_error_t je;
-  json_t *j = json_load_file(p, 0, &je);
-  cr_assert(j, "%s: %s", p, je.text);
-  json_t *ids = json_object_get(j, "ids"), *mask = json_object_get(j, "mask");
-  g->n_seq = (uint32_t)json_array_size(ids);
-  g->T = (uint32_t)json_array_size(json_array_get(ids, 0));
-  cr_assert(g->n_seq * g->T <= 64);
-  for (uint32_t s = 0; s < g->n_seq; s++)
-    for (uint32_t t = 0; t < g->T; t++) {
-      g->ids[s * g->T + t] = (int32_t)json_integer_value(json_array_get(json_array_get(ids, s), t));
-      if (t + 1 < g->T)
-        g->mask[s * (g->T - 1) + t] = (uint8_t)json_integer_value(json_array_get(json_array_get(mask, s), t));
-    }
+  json_t *j = ttrain_batch_load(p, g->ids, g->mask, 64, &g->n_seq, &g->T);
   g->loss = json_real_value(json_object_get(j, "loss"));
   json_decref(j);
 }

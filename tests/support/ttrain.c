@@ -17,6 +17,27 @@ model_t *ttrain_load(const char *name, bool f32) {
   return m;
 }
 
+void ttrain_int_grid(const json_t *a, uint32_t n_seq, uint32_t T, int32_t *out) {
+  for (uint32_t s = 0; s < n_seq; s++)
+    for (uint32_t t = 0; t < T; t++)
+      out[s * T + t] = (int32_t)json_integer_value(json_array_get(json_array_get(a, s), t));
+}
+
+json_t *ttrain_batch_load(const char *path, int32_t *ids, uint8_t *mask, uint32_t cap, uint32_t *n_seq, uint32_t *T) {
+  json_error_t je;
+  json_t *j = json_load_file(path, 0, &je);
+  cr_assert(j, "%s: %s", path, je.text);
+  const json_t *ji = json_object_get(j, "ids"), *jm = json_object_get(j, "mask");
+  *n_seq = (uint32_t)json_array_size(ji);
+  *T = (uint32_t)json_array_size(json_array_get(ji, 0));
+  cr_assert(*n_seq * *T <= cap, "%s: %u x %u tokens, room for %u", path, *n_seq, *T, cap);
+  ttrain_int_grid(ji, *n_seq, *T, ids);
+  for (uint32_t s = 0; s < *n_seq; s++)
+    for (uint32_t t = 0; t + 1 < *T; t++)
+      mask[s * (*T - 1) + t] = (uint8_t)json_integer_value(json_array_get(json_array_get(jm, s), t));
+  return j;
+}
+
 void ttrain_check_grads(const train_t *t, const char *path) {
   lt_err_t err = {0};
   st_file_t *f = NULL;
