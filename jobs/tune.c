@@ -113,9 +113,6 @@ static tune_batch_t make_pair_batch(run_t *r, const pref_pair_t *const *p, uint3
   return make_batch(r, r->pex, 2 * n);
 }
 
-/* log(1 + exp(x)) without overflow. */
-static double softplus(double x) { return x > 0 ? x + log1p(exp(-x)) : log1p(exp(x)); }
-
 /* The policy against the reference on the held-out pairs, in micro-batches. */
 static lt_status_t dpo_evaluate(run_t *r, dpo_eval_t *e, lt_err_t *err) {
   memset(e, 0, sizeof *e);
@@ -131,7 +128,7 @@ static lt_status_t dpo_evaluate(run_t *r, dpo_eval_t *e, lt_err_t *err) {
     st = train_compare(r->t, r->rt, b.ids, b.mask, b.n_seq, b.T, lp, lr, kl, err);
     for (uint32_t j = 0; st == LT_OK && j < n; j++) {
       double z = beta * ((lp[2 * j] - lr[2 * j]) - (lp[2 * j + 1] - lr[2 * j + 1]));
-      e->loss += softplus(-z), e->reward_margin += z, e->reward_accuracy += z > 0;
+      e->loss += train_dpo_pair_loss(z), e->reward_margin += z, e->reward_accuracy += z > 0;
       e->pref_accuracy += lp[2 * j] > lp[2 * j + 1], e->ref_accuracy += lr[2 * j] > lr[2 * j + 1];
       e->chosen_logp += lp[2 * j], e->rejected_logp += lp[2 * j + 1];
       e->kl_ref += kl[2 * j] + kl[2 * j + 1];

@@ -1113,8 +1113,7 @@ static lt_status_t atkd_prepare(train_t *t, const batch_t *bt, const float *w, f
   return st;
 }
 
-/* log(1 + exp(x)) without overflow. */
-static double softplus(double x) { return x > 0 ? x + log1p(exp(-x)) : log1p(exp(x)); }
+double train_dpo_pair_loss(double z) { return z < 0 ? -z + log1p(exp(z)) : log1p(exp(-z)); }
 
 /* DPO: both models' forward passes and per-row cross-entropies on the batch (already uploaded), the pairs' summed
  * completion log-probabilities, their losses, and the per-row weights of the policy's cross-entropy whose gradient
@@ -1148,7 +1147,7 @@ static lt_status_t dpo_prepare(train_t *t, gpu_cmd_t **cp, const batch_t *bt, co
   double sum = 0, margin = 0, acc = 0, beta = t->dist.beta;
   for (uint32_t p = 0; st == LT_OK && p < P; p++) {
     double z = beta * (d[2 * p] - d[2 * p + 1]), pw = t->pair_w ? t->pair_w[p] : 1.0;
-    sum += pw * softplus(-z);
+    sum += pw * train_dpo_pair_loss(z);
     margin += z, acc += z > 0;
     /* d loss_p / d nll(token of the chosen) = beta sigmoid(-z); of the rejected, its negative. */
     double c = pw * beta / (1.0 + exp(z)) / P * scale;

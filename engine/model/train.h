@@ -129,6 +129,9 @@ lt_status_t train_grad_pairs(train_t *t, const int32_t *ids, const uint8_t *mask
                              const double *ref_lp, uint32_t n_pairs, uint32_t T, float scale, double *loss,
                              lt_err_t *err);
 
+/* DPO's loss of one pair whose implicit reward margin is z: -log sigmoid(z) = log(1 + exp(-z)), without overflow. */
+double train_dpo_pair_loss(double z);
+
 /* Forward only, t and (when not NULL) the frozen ref on the same batch (ids, mask as for train_grad): per sequence
  * s, lp[s] the summed log-probability of its counted targets under t, lr[s] under ref, and kl[s] the summed
  * KL(p_t || p_ref) of the next-token distributions at those positions. Any output may be NULL; each holds n_seq
