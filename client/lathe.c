@@ -70,6 +70,13 @@ static int fail(int code, const char *fmt, ...) {
   return code;
 }
 
+/* A parameter key as the flag a user types: underscores become dashes, in place. */
+static char *dashed(char *s) {
+  for (char *q = s; *q; q++)
+    if (*q == '_') *q = '-';
+  return s;
+}
+
 /* Edit distance of a and b (short words), for did-you-mean. */
 static size_t distance(const char *a, const char *b) {
   size_t na = strlen(a), nb = strlen(b), row[65];
@@ -97,6 +104,14 @@ static const char *closest(const char *word, const char *const *cands, size_t n)
     if (d <= best_d && (!best || d < distance(word, best))) best = cands[i];
   }
   return best;
+}
+
+/* The job kind whose name is closest to word, or NULL (closest()). */
+static const char *closest_kind(const char *word) {
+  const char *names[64];
+  size_t n = 0;
+  for (size_t i = 0; i < kind_count() && n < 64; i++) names[n++] = kind_at(i)->name;
+  return closest(word, names, n);
 }
 
 /* ---- msgpack to JSON ---- */
@@ -161,6 +176,11 @@ static int64_t get_int(const msgpack_object *m, const char *k) {
   const msgpack_object *o = mp_get(m, k);
   if (o) mp_as_int(o, &v);
   return v;
+}
+
+static bool get_bool(const msgpack_object *m, const char *k) {
+  const msgpack_object *o = mp_get(m, k);
+  return o && o->type == MSGPACK_OBJECT_BOOLEAN && o->via.boolean;
 }
 
 static const char *get_str(const msgpack_object *m, const char *k, char *buf, size_t n) {
@@ -251,9 +271,9 @@ static void kind_help(FILE *f, const kind_t *k) {
   for (size_t i = 0; i < k->n_params; i++) {
     const kind_param_t *p = &k->params[i];
     char flag[64];
-    snprintf(flag, sizeof flag, "--%s %s", p->key, kind_type_str(p->type));
-    for (char *q = flag + 2; *q && *q != ' '; q++)
-      if (*q == '_') *q = '-';
+    snprintf(flag, sizeof flag, "--%s", p->key);
+    dashed(flag);
+    snprintf(flag + strlen(flag), sizeof flag - strlen(flag), " %s", kind_type_str(p->type));
     fprintf(f, "  %-26s %s", flag, p->help);
     if (p->required)
       fprintf(f, " (required)\n");
@@ -284,10 +304,7 @@ static int parse_submit(int argc, char **argv, submit_args_t *a) {
   }
   a->k = kind_find(argv[0], strlen(argv[0]));
   if (!a->k) {
-    const char *names[64];
-    size_t nk = 0;
-    for (size_t i = 0; i < kind_count() && nk < 64; i++) names[nk++] = kind_at(i)->name;
-    const char *near = closest(argv[0], names, nk);
+    const char *near = closest_kind(argv[0]);
     if (near) return fail(EXIT_USAGE, "no job kind '%s'; did you mean '%s'?", argv[0], near);
     fprintf(stderr, "lathe: no job kind '%s'\n", argv[0]);
     kinds_help(stderr);
@@ -336,19 +353,14 @@ static int parse_submit(int argc, char **argv, submit_args_t *a) {
     } else if (!strcmp(key, "sid")) {
       a->sid = value;
     } else if (!p) {
-      char flags[64][64];
       const char *names[64];
       size_t nf = 0;
-      for (size_t j = 0; j < a->k->n_params && nf < 64; j++, nf++) {
-        snprintf(flags[nf], sizeof flags[nf], "%s", a->k->params[j].key);
-        names[nf] = flags[nf];
-      }
+      for (size_t j = 0; j < a->k->n_params && nf < 64; j++) names[nf++] = a->k->params[j].key;
       const char *near = closest(key, names, nf);
       char shown[64], near_shown[64] = "";
       snprintf(shown, sizeof shown, "%s", key);
       if (near) snprintf(near_shown, sizeof near_shown, "%s", near);
-      for (char *q = shown; *q; q++) *q = *q == '_' ? '-' : *q;
-      for (char *q = near_shown; *q; q++) *q = *q == '_' ? '-' : *q;
+      dashed(shown), dashed(near_shown);
       if (near)
         return fail(EXIT_USAGE, "kind %s has no parameter --%s; did you mean --%s?", a->k->name, shown, near_shown);
       fprintf(stderr, "lathe: kind %s has no parameter --%s\n", a->k->name, shown);
@@ -715,10 +727,10 @@ static int follow_job(cli_t *cli, int64_t id, bool logs_only, bool to_end, int64
         st = LT_E_IO;
         break;
       }
-      const msgpack_object *m = mp_doc_root(d), *evs = mp_get(m, "events"), *mo = mp_get(m, "more");
+      const msgpack_object *m = mp_doc_root(d), *evs = mp_get(m, "events");
       for (uint32_t i = 0; evs && i < evs->via.array.size; i++) on_event(&f, &evs->via.array.ptr[i]);
       after = get_int(m, "last");
-      more = mo && mo->type == MSGPACK_OBJECT_BOOLEAN && mo->via.boolean;
+      more = get_bool(m, "more");
       mp_doc_destroy(&d);
     }
     end_curves(&f);
@@ -809,8 +821,8 @@ static int cmd_ps(cli_t *cli, int argc, char **argv) {
     mpw_kint(&w, "after", after);
     mp_doc_t *d = call(cli, &w, &rc);
     if (!d) return rc;
-    const msgpack_object *jobs = mp_get(mp_doc_root(d), "jobs"), *mo = mp_get(mp_doc_root(d), "more");
-    more = mo && mo->type == MSGPACK_OBJECT_BOOLEAN && mo->via.boolean;
+    const msgpack_object *jobs = mp_get(mp_doc_root(d), "jobs");
+    more = get_bool(mp_doc_root(d), "more");
     after = get_int(mp_doc_root(d), "last");
     for (uint32_t i = 0; jobs && i < jobs->via.array.size; i++) {
       const msgpack_object *j = &jobs->via.array.ptr[i];
@@ -1194,10 +1206,7 @@ int main(int argc, char **argv) {
     if (k) {
       kind_help(stdout, k);
     } else if (n) {
-      const char *names[64];
-      size_t nk = 0;
-      for (size_t j = 0; j < kind_count() && nk < 64; j++) names[nk++] = kind_at(j)->name;
-      const char *near = closest(rest[0], names, nk);
+      const char *near = closest_kind(rest[0]);
       rc = near ? fail(EXIT_USAGE, "no job kind '%s'; did you mean '%s'?", rest[0], near)
                 : fail(EXIT_USAGE, "no job kind '%s' (lathe help lists them)", rest[0]);
     } else {
