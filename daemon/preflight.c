@@ -1,8 +1,9 @@
-/* Submit-time checks on the files a job names (jobs/kind.h, kind_files): paths that must exist, and two models
- * that must share a tokenizer. Parsing a model's tokenizer is the engine's work, which lathed never does in its own
- * process: it runs `lathe-worker --check-tokenizers` and waits for its verdict (at most PREFLIGHT_MS; a crash or a
- * hang of that process is an error for this submit, never for the daemon). The wait holds the daemon's loop: a
- * tokenizer of 150,000 tokens parses in well under a second. */
+/* Submit-time checks on the files a job names: for every kind, paths that must exist, outputs that must not
+ * overwrite an input or an existing result, a remote key's allowed folders; per kind (jobs/kind.h, kind_files),
+ * two models that must share a tokenizer. Parsing a model's tokenizer is the engine's work, which lathed never does
+ * in its own process: it runs `lathe-worker --check-tokenizers` and waits for its verdict (at most PREFLIGHT_MS; a
+ * crash or a hang of that process is an error for this submit, never for the daemon). The wait holds the daemon's
+ * loop: a tokenizer of 150,000 tokens parses in well under a second. */
 #include <dirent.h>
 #include <errno.h>
 #include <limits.h>
@@ -123,8 +124,6 @@ static bool occupied(const char *path) {
   return any;
 }
 
-/* Every kind: the input paths (every path parameter but output) exist; output is none of them, and an output that
- * exists and is not empty is written into only with force. */
 /* Whether the real path `real` lies under a folder --allow-path gives key `name`. */
 static bool allowed(const daemon_t *d, const char *name, const char *real) {
   for (int i = 0; i < d->o.n_allow; i++) {
@@ -136,6 +135,8 @@ static bool allowed(const daemon_t *d, const char *name, const char *real) {
   return false;
 }
 
+/* Every kind: the input paths (every path parameter but output) exist; output is none of them, and an output that
+ * exists and is not empty is written into only with force. */
 static bool preflight_paths(const daemon_t *d, const kind_t *k, const msgpack_object *params, const char *owner,
                             proto_err_t *e) {
   const char *key = owner && !strncmp(owner, "key:", 4) ? owner + 4 : NULL;
@@ -181,14 +182,6 @@ bool preflight_files(daemon_t *d, const kind_t *k, const msgpack_object *params,
   if (!preflight_paths(d, k, params, owner, e)) return false;
   const kind_files_t *f = kind_files(k);
   if (!f) return true;
-  for (int i = 0; i < 4 && f->exist[i]; i++) {
-    char path[PATH_MAX], field[80];
-    param_str(params, f->exist[i], path, sizeof path);
-    snprintf(field, sizeof field, "params.%s", f->exist[i]);
-    struct stat st;
-    if (path[0] && stat(path, &st) != 0)
-      return proto_fail(e, P_BAD_VALUE, field, "%s: %s: %s", field, path, strerror(errno));
-  }
   if (f->same_tokenizer[0] && !same_tokenizer(d, params, f->same_tokenizer[0], f->same_tokenizer[1], e)) return false;
   return true;
 }

@@ -112,7 +112,6 @@ static void interrupted(daemon_t *d, store_job_t *j, const char *how, bool shutd
 /* Clears the slot's job after it ended one way or another. */
 static void slot_job_done(slot_t *s) {
   s->job = 0;
-  s->prog_step = s->prog_total = 0, s->prog_unit[0] = '\0';
   s->stop = STOP_NONE;
   s->cancel_by[0] = '\0';
   free(s->progress_pending);

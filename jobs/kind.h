@@ -39,11 +39,10 @@ typedef struct kind {
   size_t n_params;
 } kind_t;
 
-/* Submit-time checks that read the files a job names: lathed runs them before it queues the job (the parsing in a
- * lathe-worker process of its own). exist: params (NULL-ended) that must name an existing path when not empty;
- * same_tokenizer: two model params whose tokenizers must match (NULLs: none). */
+/* Submit-time checks that read the files a job names, beyond the existence of every path parameter that lathed
+ * checks for every kind: lathed runs them before it queues the job (the parsing in a lathe-worker process of its
+ * own). same_tokenizer: two model params whose tokenizers must match (NULLs: none). */
 typedef struct kind_files {
-  const char *exist[4];
   const char *same_tokenizer[2];
 } kind_files_t;
 

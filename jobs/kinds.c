@@ -489,7 +489,7 @@ const kind_files_t *kind_files(const kind_t *k) {
     const char *kind;
     kind_files_t f;
   } table[] = {
-      {"distill", {{"teacher", "student", "data", NULL}, {"teacher", "student"}}},
+      {"distill", {{"teacher", "student"}}},
   };
   for (size_t i = 0; i < sizeof table / sizeof table[0]; i++)
     if (!strcmp(table[i].kind, k->name)) return &table[i].f;
