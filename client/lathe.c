@@ -951,6 +951,35 @@ static int cmd_id(cli_t *cli, const char *op, int argc, char **argv) {
   return 0;
 }
 
+/* `lathe rm --older-than D`: removes the finished jobs that ended more than D ago (a remote key's own only), page
+ * by page. */
+static int cmd_prune(cli_t *cli, int argc, char **argv) {
+  int64_t older = 0;
+  const char *arg = argc == 2 ? argv[1] : argc == 1 && !strncmp(argv[0], "--older-than=", 13) ? argv[0] + 13 : NULL;
+  if (!arg || !util_parse_duration(arg, &older))
+    return fail(EXIT_USAGE, "usage: lathe rm --older-than D   (D: a duration such as 30d, 12h, 90m or 45s)");
+  int rc = connect_daemon(cli);
+  if (rc) return rc;
+  int64_t removed = 0;
+  int64_t cutoff = util_now_ms() - older;
+  for (bool more = true; more;) {
+    mpw_t w;
+    lc_begin(cli->c, &w, "prune");
+    /* The same cutoff for every page, however long the removal takes. */
+    mpw_kint(&w, "older_than_ms", util_now_ms() - cutoff);
+    mp_doc_t *d = call(cli, &w, &rc);
+    if (!d) return rc;
+    removed += get_int(mp_doc_root(d), "removed");
+    more = get_bool(mp_doc_root(d), "more");
+    mp_doc_destroy(&d);
+  }
+  if (cli->json)
+    printf("{\"removed\": %lld}\n", (long long)removed);
+  else
+    printf("removed %lld finished job%s that ended over %s ago\n", (long long)removed, removed == 1 ? "" : "s", arg);
+  return 0;
+}
+
 static int cmd_priority(cli_t *cli, int argc, char **argv) {
   int64_t id;
   char *end;
@@ -1108,6 +1137,7 @@ static int cmd_daemon(cli_t *cli, int argc, char **argv) {
     fmt_dur((double)get_int(m, "uptime_ms") / 1000.0, up, sizeof up);
     printf("lathed %s, pid %lld, up %s\n", get_str(m, "version", s1, sizeof s1), (long long)get_int(m, "pid"), up);
     printf("socket  %s\nstore   %s\n", get_str(m, "socket", s1, sizeof s1), get_str(m, "home", s2, sizeof s2));
+    if (strcmp(get_str(m, "store", s1, sizeof s1), "ok") != 0 && s1[0]) printf("READ-ONLY: %s\n", s1);
     printf("jobs    %lld queued, %lld held, %lld running, %lld succeeded, %lld failed, %lld cancelled\n",
            (long long)get_int(jobs, "queued"), (long long)get_int(jobs, "held"), (long long)get_int(jobs, "running"),
            (long long)get_int(jobs, "succeeded"), (long long)get_int(jobs, "failed"),
@@ -1144,6 +1174,7 @@ static void usage(FILE *f) {
              "  logs ID [-f] [--tail N]        a job's events (the last N; -f: keep following)\n"
              "  watch ID [--tail N]            follow a job to its end (from its last N events, default 20)\n"
              "  cancel ID | hold ID | release ID | rm ID | result ID | priority ID N\n"
+             "  rm --older-than D              remove the finished jobs that ended over D ago (30d, 12h, 90m)\n"
              "  daemon start|stop|status       the background daemon\n"
              "  keygen PATH                    make a CURVE key pair for TCP clients\n"
              "  help [KIND]                    this text, or a job kind's parameters\n");
@@ -1231,6 +1262,8 @@ int main(int argc, char **argv) {
     rc = cmd_daemon(&cli, n, rest);
   else if (!strcmp(cmd, "keygen"))
     rc = cmd_keygen(n, rest);
+  else if (!strcmp(cmd, "rm") && n >= 1 && !strncmp(rest[0], "--older-than", 12))
+    rc = cmd_prune(&cli, n, rest);
   else if (!strcmp(cmd, "show") || !strcmp(cmd, "result") || !strcmp(cmd, "cancel") || !strcmp(cmd, "hold") ||
            !strcmp(cmd, "release") || !strcmp(cmd, "rm"))
     rc = cmd_id(&cli, cmd, n, rest);

@@ -56,7 +56,15 @@ if(LATHE_TESTS AND EXISTS ${CMAKE_SOURCE_DIR}/tests/daemon)
   # The tests start the real binaries from the build folder.
   target_compile_definitions(test_daemon PRIVATE LATHE_BIN_DIR="${CMAKE_BINARY_DIR}/bin"
                              LATHE_SOURCE_DIR="${CMAKE_SOURCE_DIR}")
-  add_dependencies(test_daemon lathed lathe-worker lathe)
+  add_dependencies(test_daemon lathed lathe-worker lathe lathe_test_fullfs)
+  # A disk that fills up on demand (LD_PRELOAD into lathed) for the store-failure tests.
+  add_library(lathe_test_fullfs SHARED ${CMAKE_SOURCE_DIR}/tests/support/fullfs.c)
+  target_link_libraries(lathe_test_fullfs ${CMAKE_DL_LIBS})
+  # Plain code even in the sanitizer build: preloaded ahead of a sanitized lathed it must not bring its own runtime.
+  target_compile_options(lathe_test_fullfs PRIVATE -fno-sanitize=all)
+  target_link_options(lathe_test_fullfs PRIVATE -fno-sanitize=all)
+  set_target_properties(lathe_test_fullfs PROPERTIES LIBRARY_OUTPUT_DIRECTORY ${CMAKE_BINARY_DIR}/lib)
+  target_compile_definitions(test_daemon PRIVATE LATHE_FULLFS="$<TARGET_FILE:lathe_test_fullfs>")
 endif()
 
 # bench/daemon.c becomes bench_daemon in the top-level file, after this one is read: link it at the end.

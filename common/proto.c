@@ -32,6 +32,7 @@ static const char *const code_names[P_CODE_COUNT] = {
     [P_DENIED] = "denied",
     [P_SHUTTING_DOWN] = "shutting_down",
     [P_INTERNAL] = "internal",
+    [P_READ_ONLY] = "read_only",
 };
 
 const char *proto_code_str(proto_code_t c) {

@@ -47,7 +47,8 @@ typedef enum proto_code {
   P_CONFLICT,  /* a submission id reused with a different job */
   P_DENIED,
   P_SHUTTING_DOWN,
-  P_INTERNAL, /* the daemon failed (store I/O); the request may be retried */
+  P_INTERNAL,  /* the daemon failed (store I/O); the request may be retried */
+  P_READ_ONLY, /* the store cannot be written for now: reads work, writes are refused until it recovers */
   P_CODE_COUNT
 } proto_code_t;
 

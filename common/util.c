@@ -21,6 +21,24 @@ int64_t util_now_ms(void) {
   return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
+bool util_parse_duration(const char *s, int64_t *ms) {
+  char *end = NULL;
+  if (!s || *s < '0' || *s > '9') return false;
+  errno = 0;
+  long long v = strtoll(s, &end, 10);
+  static const struct {
+    char unit;
+    int64_t ms;
+  } units[] = {{'\0', 1000}, {'s', 1000}, {'m', 60000}, {'h', 3600000}, {'d', 86400000}, {'w', 604800000}};
+  for (size_t i = 0; i < sizeof units / sizeof units[0]; i++)
+    if (*end == units[i].unit && (!*end || !end[1])) {
+      if (errno || v > 366000LL * 86400000 / units[i].ms) return false;
+      *ms = v * units[i].ms;
+      return true;
+    }
+  return false;
+}
+
 int64_t util_mono_ms(void) {
   struct timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);

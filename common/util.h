@@ -19,6 +19,10 @@ int64_t util_mono_ms(void);
 /* Copies src into dst of size n, always NUL-terminating; returns false if it had to truncate. */
 bool util_copy(char *dst, const char *src, size_t n);
 
+/* Parses a duration: a whole number with a unit s, m, h, d or w (a bare number is seconds), into *ms. False when
+ * s is not one, or is longer than about a thousand years. */
+bool util_parse_duration(const char *s, int64_t *ms);
+
 /* Creates path and its missing parents; folders it creates get `mode`. Returns LT_OK or LT_E_IO with err. */
 lt_status_t util_mkdir_p(const char *path, mode_t mode, lt_err_t *err);
 

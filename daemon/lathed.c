@@ -140,8 +140,14 @@ static void loop(daemon_t *d) {
     if (it[1].revents) zap_handle(d);
     if (d->tcp_mon) tcp_monitor(d);
     for (int k = 0; k < BATCH && recv_one(d, d->wsock, -1); k++) {}
-    for (int k = 0; d->ipc && k < BATCH && recv_one(d, d->ipc, 0); k++) {}
-    for (int k = 0; d->tcp && k < BATCH && recv_one(d, d->tcp, 1); k++) {}
+    /* The client sockets share one budget per turn, taken in turns, so neither can starve the other. */
+    d->turn_work = 0;
+    int64_t turn_end = util_mono_ms() + TURN_MS;
+    for (int k = 0; k < BATCH && d->turn_work < TURN_WORK && util_mono_ms() < turn_end; k++) {
+      bool got = d->ipc && recv_one(d, d->ipc, 0);
+      got |= d->tcp && d->turn_work < TURN_WORK && recv_one(d, d->tcp, 1);
+      if (!got) break;
+    }
     wait = sched_timers(d);
     int64_t lease = watch_expire(d);
     if (lease < wait) wait = lease;
@@ -149,7 +155,13 @@ static void loop(daemon_t *d) {
       stop_started = util_mono_ms();
       if (d->slot.job) sched_stop_running(d, STOP_SHUTDOWN);
     }
-    if (!d->stopping) sched_dispatch(d);
+    int64_t retry = store_retry(d);
+    if (retry < wait) wait = retry;
+    if (!d->stopping && !d->store_fault[0]) {
+      sched_dispatch(d);
+      int64_t prune = sched_retention(d);
+      if (prune < wait) wait = prune;
+    }
     if (d->stopping && !d->slot.job) {
       /* The job has stopped (or there was none): let the worker close the device cleanly, then leave. */
       if (d->slot.state == W_DOWN)
@@ -161,16 +173,10 @@ static void loop(daemon_t *d) {
     }
     /* One commit per turn (group commit): replies and events leave only once what they report is stored. */
     lt_err_t err = {0};
-    if (store_commit(d->store, &err)) {
-      dlog("%s", err.msg);
-      out_fail(d, err.msg);
-      sched_kill_worker(d, "the store failed to commit");
-      d->slot.job = 0;
-      sched_recover(d, "the store failed to commit");
-      store_commit(d->store, NULL);
-    } else {
+    if (store_commit(d->store, &err))
+      store_failed_commit(d, err.msg);
+    else
       out_flush(d);
-    }
     if (d->stopping && (d->ipc || d->tcp)) close_clients(d);
   }
 }
@@ -275,6 +281,8 @@ static void usage(FILE *f) {
       "                         name no path)\n"
       "  --max-attempts N       starts of a job before a crash fails it (default 3)\n"
       "  --keep-alive S         seconds the worker keeps the device open when idle (default 300)\n"
+      "  --keep-finished D      remove finished jobs (rows and folders) D after they end: 30d, 12h, 90m (default:\n"
+      "                         keep them until `lathe rm`)\n"
       "  --worker PATH          the lathe-worker binary (default: next to lathed)\n");
 }
 
@@ -294,6 +302,7 @@ static bool parse_args(daemon_t *d, int argc, char **argv) {
     O_KEEP,
     O_WORKER,
     O_ALLOWPATH,
+    O_KEEPFIN,
     O_HELP,
     O_VERSION
   };
@@ -311,6 +320,7 @@ static bool parse_args(daemon_t *d, int argc, char **argv) {
                                      {"max-attempts", 1, 0, O_ATTEMPTS},
                                      {"keep-alive", 1, 0, O_KEEP},
                                      {"worker", 1, 0, O_WORKER},
+                                     {"keep-finished", 1, 0, O_KEEPFIN},
                                      {"help", 0, 0, O_HELP},
                                      {"version", 0, 0, O_VERSION},
                                      {0, 0, 0, 0}};
@@ -349,6 +359,12 @@ static bool parse_args(daemon_t *d, int argc, char **argv) {
     }
     case O_ATTEMPTS: o->max_attempts = v; break;
     case O_KEEP: o->keep_alive_s = v; break;
+    case O_KEEPFIN:
+      if (!util_parse_duration(optarg, &o->keep_finished_ms) || o->keep_finished_ms <= 0) {
+        fprintf(stderr, "lathed: --keep-finished %s: needs a duration such as 30d, 12h or 90m\n", optarg);
+        return false;
+      }
+      break;
     case O_HELP: usage(stdout); exit(0);
     case O_VERSION:
       printf("lathed %s (protocol %d, store %d)\n", LATHED_VERSION, PROTO_VERSION, STORE_VERSION);

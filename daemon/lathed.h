@@ -20,6 +20,11 @@
 #define PROGRESS_EVERY_MS 100
 /* Messages drained from one socket per loop turn (one store transaction covers the turn). */
 #define BATCH 256
+/* Work one loop turn may take from the client sockets before it commits and sends: a request costs one unit plus
+ * one per KiB of its reply, and the turn also ends after TURN_MS. libzmq hands out the peers' messages in turn, so
+ * a client pipelining thousands of requests delays another's reply by at most about one turn. */
+#define TURN_WORK 256
+#define TURN_MS 50
 /* Events returned by one `events` reply (the client asks again for the rest). */
 #define EVENTS_PAGE 1000
 /* Jobs per `list` reply at most (a job object is well under 1 KiB without its parameters and result). */
@@ -119,6 +124,7 @@ typedef struct opts {
   int n_allow;
   int64_t max_attempts;
   int64_t keep_alive_s;
+  int64_t keep_finished_ms; /* --keep-finished: finished jobs are removed this long after they end (0: kept) */
 } opts_t;
 
 typedef struct daemon {
@@ -136,11 +142,23 @@ typedef struct daemon {
   bool done;     /* leave the loop */
   int64_t started_ms;
   int64_t auth_denied, requests, rejected;
+  int64_t turn_work; /* units of work this loop turn (TURN_WORK) */
   /* TCP before authentication: a monitor counts open connections; past the cap new ones are shut at once. */
   void *tcp_mon;    /* PAIR reading the TCP socket's monitor events */
   int64_t tcp_open; /* TCP connections open now */
   int64_t tcp_shed; /* connections shut for being over the cap */
+  /* Why the store cannot be written ("" while it can): a commit failed, so lathed serves reads, refuses writes with
+   * `read_only`, starts no job, and tries a write every STORE_RETRY_MS until one commits. */
+  char store_fault[384];
+  int64_t store_retry_mono;
+  int64_t prune_due_mono; /* the next retention pass (--keep-finished) */
 } daemon_t;
+
+/* A retention pass runs this often (and again at once while a pass leaves jobs to remove). */
+#define RETENTION_EVERY_MS 600000
+
+/* How often a read-only daemon tries to write its store again. */
+#define STORE_RETRY_MS 2000
 
 /* outbox.c: the outbox and the log. Queues msg (taking ownership of data) for sock/peer after this turn's
  * commit. */
@@ -159,6 +177,12 @@ void dlog(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
 /* requests.c: handles one client request (decoded or not) and queues the reply. */
 void requests_handle(daemon_t *d, const peer_t *p, const char *owner, const void *buf, size_t n);
+
+/* Finished jobs removed by one `prune` request or one retention pass at most. */
+#define PRUNE_PAGE 100
+/* Removes up to PRUNE_PAGE finished jobs that ended before cutoff_ms (of one owner; NULL: any), rows and folders,
+ * in the open transaction; *more says whether others remain. Returns how many, or a negative status. */
+int64_t jobs_prune(daemon_t *d, int64_t cutoff_ms, const char *owner, bool *more, lt_err_t *err);
 
 /* preflight.c: the submit-time file checks of kind k on its normalised params: every input path exists, the
  * output is none of them and, when it exists and is not empty, is written into only with force; for a TCP key
@@ -204,8 +228,18 @@ void sched_stop_running(daemon_t *d, stop_req_t why);
 void sched_recover(daemon_t *d, const char *why);
 /* Tells an idle worker to close its device and exit. */
 void sched_tell_exit(daemon_t *d);
+/* With --keep-finished, when due: removes up to PRUNE_PAGE jobs that finished longer ago than that. Returns ms
+ * until the next pass (INT64_MAX without the option). */
+int64_t sched_retention(daemon_t *d);
 /* Kills the worker (SIGKILL) if one runs; its exit is handled by sched_reap(). */
 void sched_kill_worker(daemon_t *d, const char *why);
+
+/* The store failed to commit (why): everything the turn queued is undone, the worker is killed and the daemon is
+ * read-only until store_retry() commits. */
+void store_failed_commit(daemon_t *d, const char *why);
+/* For a read-only daemon whose retry is due: writes a probe and recovers the jobs the store shows running; leaves
+ * the read-only state when that commits. Returns ms until the next try (INT64_MAX when writable). */
+int64_t store_retry(daemon_t *d);
 
 /* zap.c: answers the ZAP requests waiting on d->zap. */
 void zap_handle(daemon_t *d);

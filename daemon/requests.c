@@ -163,6 +163,8 @@ static bool req_status(req_t *r, mpw_t *w, proto_err_t *e) {
   mpw_kstr(w, "tcp", d->o.tcp);
   mpw_kint(w, "uptime_ms", util_now_ms() - d->started_ms);
   mpw_kint(w, "max_queue", d->o.max_queue);
+  /* "ok", or why the daemon is read-only */
+  mpw_kstr(w, "store", d->store_fault[0] ? d->store_fault : "ok");
   mpw_str(w, "jobs");
   mpw_map(w);
   for (int s = 0; s < JS_COUNT; s++) mpw_kint(w, job_state_str((job_state_t)s), counts[s]);
@@ -504,25 +506,54 @@ static bool req_priority(req_t *r, mpw_t *w, proto_err_t *e) {
   return ok;
 }
 
+/* Deletes finished job id from the store and its folder from disk (a folder that cannot be removed is logged). */
+static lt_status_t remove_job(daemon_t *d, int64_t id, lt_err_t *err) {
+  char dir[PATH_MAX];
+  store_job_dir(d->store, id, dir, sizeof dir);
+  lt_status_t st = store_job_delete(d->store, id, err);
+  lt_err_t rm = {0};
+  if (!st && util_rm_rf(dir, &rm)) dlog("job %lld removed; %s", (long long)id, rm.msg);
+  return st;
+}
+
 static bool req_remove(req_t *r, mpw_t *w, proto_err_t *e) {
   (void)w;
   store_job_t j;
   if (!load_job(r, &j, e)) return false;
   bool ok = true;
   lt_err_t err = {0};
-  if (!job_state_final(j.state)) {
+  if (!job_state_final(j.state))
     ok = proto_fail(e, P_BAD_STATE, "id", "id: job %lld is %s; cancel it first", (long long)j.id,
                     job_state_str(j.state));
-  } else {
-    char dir[PATH_MAX];
-    store_job_dir(r->d->store, j.id, dir, sizeof dir);
-    if (store_job_delete(r->d->store, j.id, &err))
-      ok = store_failed(e, &err);
-    else if (util_rm_rf(dir, &err))
-      dlog("job %lld removed; %s", (long long)j.id, err.msg);
-  }
+  else if (remove_job(r->d, j.id, &err))
+    ok = store_failed(e, &err);
   store_job_clear(&j);
   return ok;
+}
+
+int64_t jobs_prune(daemon_t *d, int64_t cutoff_ms, const char *owner, bool *more, lt_err_t *err) {
+  int64_t ids[PRUNE_PAGE + 1];
+  int n = store_finished_before(d->store, cutoff_ms, owner, ids, PRUNE_PAGE + 1, err);
+  if (n < 0) return n;
+  *more = n > PRUNE_PAGE;
+  if (*more) n = PRUNE_PAGE;
+  for (int i = 0; i < n; i++)
+    if (remove_job(d, ids[i], err)) return err->code;
+  return n;
+}
+
+/* Removes up to PRUNE_PAGE finished jobs that ended more than older_than_ms ago (a remote key: its own only);
+ * `more` says whether others remain (ask again). */
+static bool req_prune(req_t *r, mpw_t *w, proto_err_t *e) {
+  int64_t older = 0;
+  if (!mp_field_int(r->m, "", "older_than_ms", true, 0, INT64_MAX / 2, &older, e)) return false;
+  bool more = false;
+  lt_err_t err = {0};
+  int64_t n = jobs_prune(r->d, util_now_ms() - older, remote(r) ? r->owner : NULL, &more, &err);
+  if (n < 0) return store_failed(e, &err);
+  mpw_kint(w, "removed", n);
+  mpw_kbool(w, "more", more);
+  return true;
 }
 
 static bool req_result(req_t *r, mpw_t *w, proto_err_t *e) {
@@ -564,11 +595,11 @@ static const struct op {
   req_fn fn;
   bool writes;
 } ops[] = {
-    {"ping", req_ping, false},       {"status", req_status, false},     {"submit", req_submit, true},
-    {"list", req_list, false},       {"show", req_show, false},         {"events", req_events, false},
-    {"unwatch", req_unwatch, false}, {"cancel", req_cancel, true},      {"hold", req_hold, true},
-    {"release", req_release, true},  {"priority", req_priority, true},  {"remove", req_remove, true},
-    {"result", req_result, false},   {"shutdown", req_shutdown, false},
+    {"ping", req_ping, false},       {"status", req_status, false},    {"submit", req_submit, true},
+    {"list", req_list, false},       {"show", req_show, false},        {"events", req_events, false},
+    {"unwatch", req_unwatch, false}, {"cancel", req_cancel, true},     {"hold", req_hold, true},
+    {"release", req_release, true},  {"priority", req_priority, true}, {"remove", req_remove, true},
+    {"prune", req_prune, true},      {"result", req_result, false},    {"shutdown", req_shutdown, false},
 };
 
 void requests_handle(daemon_t *d, const peer_t *p, const char *owner, const void *buf, size_t n) {
@@ -609,6 +640,13 @@ void requests_handle(daemon_t *d, const peer_t *p, const char *owner, const void
     proto_fail(&e, P_SHUTTING_DOWN, "", "lathed is shutting down");
     goto reject;
   }
+  if (d->store_fault[0] && op->writes) {
+    proto_fail(&e, P_READ_ONLY, "",
+               "read-only: the job store cannot be written (%s); reads work, writes wait for a retry to commit (every "
+               "%d s)",
+               d->store_fault, STORE_RETRY_MS / 1000);
+    goto reject;
+  }
   lt_err_t err = {0};
   if (op->writes && (store_begin(d->store, true, &err) || store_savepoint(d->store, &err))) {
     proto_fail(&e, P_INTERNAL, "", "%s", err.msg);
@@ -632,9 +670,11 @@ void requests_handle(daemon_t *d, const peer_t *p, const char *owner, const void
     goto reject;
   }
   mp_doc_destroy(&doc);
+  d->turn_work += 1 + (int64_t)(w.sb.size >> 10);
   out_peer(d, p, &w, true, (uint64_t)rid);
   return;
 reject:
+  d->turn_work++;
   d->rejected++;
   mp_doc_destroy(&doc);
   mpw_free(&w);

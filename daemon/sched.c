@@ -395,3 +395,56 @@ int64_t sched_timers(daemon_t *d) {
   if (s->state == W_DOWN && !d->stopping && overdue(s->backoff_until_mono, now, &next)) sched_spawn(d);
   return next < 0 ? 0 : next;
 }
+
+void store_failed_commit(daemon_t *d, const char *why) {
+  dlog("%s", why);
+  out_fail(d, why);
+  sched_kill_worker(d, "the store failed to commit");
+  if (d->slot.job) slot_job_done(&d->slot);
+  if (!d->store_fault[0]) {
+    const char *hint =
+        strstr(why, "malformed") ? "stop lathed and recover it as docs/store.md says" : "free space on its disk";
+    snprintf(d->store_fault, sizeof d->store_fault, "%.150s; %s", why, hint);
+    dlog("the store cannot be written: read-only until a write succeeds (tried every %d ms)", STORE_RETRY_MS);
+  }
+  d->store_retry_mono = util_mono_ms() + STORE_RETRY_MS;
+}
+
+int64_t store_retry(daemon_t *d) {
+  if (!d->store_fault[0]) return INT64_MAX;
+  int64_t now = util_mono_ms();
+  if (now < d->store_retry_mono) return d->store_retry_mono - now;
+  lt_err_t err = {0};
+  if (store_begin(d->store, true, &err) || store_probe(d->store, &err) || store_commit(d->store, &err)) {
+    store_rollback(d->store);
+    d->store_retry_mono = now + STORE_RETRY_MS;
+    return STORE_RETRY_MS;
+  }
+  dlog("the store can be written again: taking writes (it failed with: %s)", d->store_fault);
+  d->store_fault[0] = '\0';
+  /* The jobs the store shows running lost their run with the failed commit: re-queued or failed per their kind
+   * (committed with the turn). */
+  if (store_begin(d->store, true, &err))
+    store_failed_commit(d, err.msg);
+  else
+    sched_recover(d, "the store failed to commit");
+  return d->store_fault[0] ? STORE_RETRY_MS : INT64_MAX;
+}
+
+int64_t sched_retention(daemon_t *d) {
+  if (!d->o.keep_finished_ms) return INT64_MAX;
+  int64_t now = util_mono_ms();
+  if (now < d->prune_due_mono) return d->prune_due_mono - now;
+  lt_err_t err = {0};
+  bool more = false;
+  int64_t n = store_begin(d->store, true, &err)
+                  ? err.code
+                  : jobs_prune(d, util_now_ms() - d->o.keep_finished_ms, NULL, &more, &err);
+  if (n < 0)
+    dlog("retention: %s", err.msg);
+  else if (n > 0)
+    dlog("retention: removed %lld finished jobs that ended over %lld s ago%s", (long long)n,
+         (long long)(d->o.keep_finished_ms / 1000), more ? " (more to come)" : "");
+  d->prune_due_mono = more ? now : now + RETENTION_EVERY_MS;
+  return more ? 0 : RETENTION_EVERY_MS;
+}

@@ -69,6 +69,7 @@ enum {
   Q_EVENT,
   Q_EVENTS,
   Q_POSITION,
+  Q_FINISHED,
   Q_N
 };
 
@@ -95,6 +96,8 @@ static const char *const sql[Q_N] = {
     [Q_EVENTS] = "SELECT seq, time_ms, type, data FROM events WHERE job_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
     [Q_POSITION] =
         "SELECT count(*) FROM jobs WHERE state = 'queued' AND (priority > ?2 OR (priority = ?2 AND id <= ?1))",
+    [Q_FINISHED] = "SELECT id FROM jobs WHERE state IN ('succeeded', 'failed', 'cancelled') AND finished_ms < ?1"
+                   " AND (?2 IS NULL OR owner = ?2) ORDER BY id LIMIT ?3",
 };
 
 struct store {
@@ -265,6 +268,12 @@ lt_status_t store_begin(store_t *s, bool durable, lt_err_t *err) {
 
 lt_status_t store_commit(store_t *s, lt_err_t *err) {
   if (!s->in_txn) return LT_OK;
+  /* An I/O error (disk full) inside the transaction can make SQLite roll it back on its own: what followed ran
+   * outside it, so the turn is failed as a whole rather than committed in part. */
+  if (sqlite3_get_autocommit(s->db)) {
+    s->in_txn = false;
+    return lt_fail(err, LT_E_IO, "store: the transaction was rolled back by an earlier write error");
+  }
   lt_status_t st = exec(s, "COMMIT", err);
   if (st) store_rollback(s);
   s->in_txn = false;
@@ -274,6 +283,12 @@ lt_status_t store_commit(store_t *s, lt_err_t *err) {
 void store_rollback(store_t *s) {
   if (s->in_txn) exec(s, "ROLLBACK", NULL);
   s->in_txn = false;
+}
+
+lt_status_t store_probe(store_t *s, lt_err_t *err) {
+  char q[64];
+  snprintf(q, sizeof q, "PRAGMA user_version = %d", STORE_VERSION);
+  return exec(s, q, err);
 }
 
 lt_status_t store_savepoint(store_t *s, lt_err_t *err) { return exec(s, "SAVEPOINT req", err); }
@@ -443,6 +458,21 @@ int store_queue_next(store_t *s, int64_t *id, lt_err_t *err) {
   sqlite3_reset(st);
   if (rc == SQLITE_ROW) return 1;
   return rc == SQLITE_DONE ? 0 : db_fail(s, err, "picking the next job");
+}
+
+int store_finished_before(store_t *s, int64_t cutoff_ms, const char *owner, int64_t *ids, int max, lt_err_t *err) {
+  sqlite3_stmt *st = stmt(s, Q_FINISHED);
+  sqlite3_bind_int64(st, 1, cutoff_ms);
+  if (owner)
+    sqlite3_bind_text(st, 2, owner, -1, SQLITE_STATIC);
+  else
+    sqlite3_bind_null(st, 2);
+  sqlite3_bind_int(st, 3, max);
+  int n = 0, rc = SQLITE_DONE;
+  while (n < max && (rc = sqlite3_step(st)) == SQLITE_ROW) ids[n++] = sqlite3_column_int64(st, 0);
+  if (n < max && rc != SQLITE_DONE) return db_fail(s, err, "finding finished jobs");
+  sqlite3_reset(st);
+  return n;
 }
 
 lt_status_t store_count(store_t *s, int64_t counts[JS_COUNT], lt_err_t *err) {

@@ -62,6 +62,10 @@ lt_status_t store_commit(store_t *s, lt_err_t *err);
 /* Rolls the open transaction back if any. */
 void store_rollback(store_t *s);
 
+/* Writes the database header (the schema version, unchanged) inside the open transaction: a commit after it shows
+ * that the store can be written again. */
+lt_status_t store_probe(store_t *s, lt_err_t *err);
+
 /* Opens a savepoint inside the transaction (one per request, so a failed request undoes only itself). */
 lt_status_t store_savepoint(store_t *s, lt_err_t *err);
 
@@ -98,6 +102,10 @@ lt_status_t store_each_in_state(store_t *s, job_state_t st, void (*fn)(void *use
 
 /* The queued job to run next (highest priority, then oldest): 1 with *id set, 0 when none. */
 int store_queue_next(store_t *s, int64_t *id, lt_err_t *err);
+
+/* The ids of up to max finished jobs (succeeded, failed, cancelled) that finished before cutoff_ms, oldest id
+ * first, of one owner (NULL: any), into ids: returns how many (>= 0) or a negative status. */
+int store_finished_before(store_t *s, int64_t cutoff_ms, const char *owner, int64_t *ids, int max, lt_err_t *err);
 
 /* Counts jobs by state into counts[JS_COUNT]. */
 lt_status_t store_count(store_t *s, int64_t counts[JS_COUNT], lt_err_t *err);

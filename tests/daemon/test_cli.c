@@ -309,3 +309,32 @@ Test(cli, compress_without_eval_scores_a_held_out_share_of_the_data) {
   snprintf(args, sizeof args, "grep -q '\"perplexity\"' %s/cmp/lathe-report.json", t.dir);
   cr_assert_eq(system(args), 0, "no lathe-report.json beside the compressed model");
 }
+
+/* `lathe rm --older-than D` removes the finished jobs that ended over D ago, rows and folders, page by page (150
+ * of them: two pages of the daemon's `prune`), and leaves the younger, the held and the running. */
+Test(cli, rm_older_than_removes_the_old_finished_jobs) {
+  static char out[1 << 16];
+  cr_assert_eq(lathe(out, sizeof out, "daemon start"), 0);
+  lc_t *c = td_client(&t);
+  int64_t last = 0;
+  for (int i = 0; i < 150; i++) last = td_sleep(c, 1, 0, NULL);
+  td_wait_state(c, last, "succeeded", 20000);
+  td_sleep_ms(1100);
+  int64_t young = td_sleep(c, 1, 0, NULL);
+  td_wait_state(c, young, "succeeded", 5000);
+  int64_t running = td_sleep(c, 400, 50, NULL);
+  td_wait_state(c, running, "running", 5000);
+  lc_destroy(&c);
+  cr_assert_eq(lathe(out, sizeof out, "rm --older-than 1s"), 0);
+  cr_assert(strstr(out, "removed 150 finished jobs that ended over 1s ago"), "%s", out);
+  cr_assert_eq(lathe(out, sizeof out, "--json ps --all"), 0);
+  int rows = 0;
+  for (const char *p = out; (p = strstr(p, "\"id\":")); p++) rows++;
+  cr_assert_eq(rows, 2, "the young and the running job are left: %s", out);
+  char dir[256];
+  snprintf(dir, sizeof dir, "%s/jobs/1", getenv("LATHE_HOME"));
+  cr_assert_neq(access(dir, F_OK), 0, "job 1's folder is gone");
+  cr_assert_eq(lathe_all(out, sizeof out, "rm --older-than soon"), 2);
+  cr_assert(strstr(out, "usage: lathe rm --older-than D"), "%s", out);
+  cr_assert_eq(lathe(out, sizeof out, "cancel 152"), 0);
+}

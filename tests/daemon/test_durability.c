@@ -373,3 +373,112 @@ Test(durability, a_damaged_store_is_read_safely_or_refused) {
     sh(cmd);
   }
 }
+
+/* The status's "store" field contains needle (polls up to timeout_ms). */
+static bool store_says(lc_t *c, const char *needle, int timeout_ms) {
+  for (int waited = 0; waited < timeout_ms; waited += 50) {
+    mp_doc_t *d = td_status(c);
+    bool yes = td_has(mp_doc_root(d), "store", needle);
+    mp_doc_destroy(&d);
+    if (yes) return true;
+    td_sleep_ms(50);
+  }
+  return false;
+}
+
+/* The store's disk fills while a job runs (its commit fails): the daemon turns read-only and says why; reads
+ * work, writes (a cancel included) are refused naming the cause, and nothing is left "running" without a run. Once
+ * space returns, a retry commits: the job gets its run back and a cancel stops it, new jobs run. */
+Test(durability, a_full_disk_makes_the_daemon_read_only_until_space_returns) {
+  td_prepare(&t);
+  char flag[160], ao[512];
+  snprintf(flag, sizeof flag, "%s/disk-full", t.dir);
+  const char *asan = getenv("ASAN_OPTIONS");
+  char *asan_was = asan ? strdup(asan) : NULL;
+  /* The shim comes first in the preload list; a sanitized lathed must accept that. */
+  snprintf(ao, sizeof ao, "%s%sverify_asan_link_order=0", asan ? asan : "", asan ? ":" : "");
+  setenv("ASAN_OPTIONS", ao, 1);
+  setenv("LD_PRELOAD", LATHE_FULLFS, 1);
+  setenv("LATHE_TEST_FULL_FLAG", flag, 1);
+  td_start(&t, NULL);
+  unsetenv("LD_PRELOAD");
+  if (asan_was) setenv("ASAN_OPTIONS", asan_was, 1), free(asan_was);
+  lc_t *c = td_client(&t);
+  cr_assert(store_says(c, "ok", 1000));
+  int64_t a = td_sleep(c, 2000, 20, NULL);
+  td_wait_state(c, a, "running", 5000);
+  FILE *f = fopen(flag, "w");
+  cr_assert(f);
+  fclose(f);
+  /* The running job's progress cannot be stored: the commit fails and the daemon turns read-only. */
+  cr_assert(store_says(c, "free space on its disk", 10000), "the daemon did not say its store is full");
+  proto_err_t pe = {0};
+  const char *kv[] = {NULL}, *ik[] = {"steps", NULL};
+  int64_t iv[] = {1};
+  cr_assert_leq(td_submit(c, "sleep", kv, ik, iv, NULL, NULL, &pe), 0);
+  cr_assert_eq(pe.code, P_READ_ONLY, "submit: %s", pe.msg);
+  cr_assert(strstr(pe.msg, "disk is full") && strstr(pe.msg, "read-only"), "%s", pe.msg);
+  mp_doc_t *d = lc_call_id(c, "cancel", a, &pe, NULL);
+  cr_assert_null(d);
+  cr_assert_eq(pe.code, P_READ_ONLY, "cancel: %s", pe.msg);
+  char st[16];
+  td_state(c, a, st, sizeof st); /* reads still work */
+  unlink(flag);
+  cr_assert(store_says(c, "ok", 10000), "the daemon did not take writes again");
+  d = lc_call_id(c, "cancel", a, &pe, NULL);
+  cr_assert(d, "cancel after recovery: %s", pe.msg);
+  mp_doc_destroy(&d);
+  td_wait_state(c, a, "cancelled", 10000);
+  mp_doc_t *s = td_show(c, a);
+  cr_assert(td_has(mp_get(mp_doc_root(s), "job"), "reason", "cancelled"));
+  mp_doc_destroy(&s);
+  int64_t b = td_sleep(c, 1, 0, NULL);
+  td_wait_state(c, b, "succeeded", 10000);
+  lc_destroy(&c);
+  char cmd[512];
+  snprintf(cmd, sizeof cmd, "grep -q 'the store can be written again' %s", t.log);
+  sh(cmd);
+}
+
+/* lathed --keep-finished D removes the jobs that finished over D ago (rows and folders) when it starts and every
+ * ten minutes after; held and queued jobs stay, whatever their age. */
+Test(durability, keep_finished_removes_old_finished_jobs) {
+  td_start(&t, NULL);
+  lc_t *c = td_client(&t);
+  int64_t a = td_sleep(c, 1, 0, NULL), b = td_sleep(c, 1, 0, NULL);
+  td_wait_state(c, b, "succeeded", 5000);
+  mpw_t p;
+  mpw_init(&p);
+  mpw_map(&p);
+  mpw_kint(&p, "steps", 1);
+  mpw_end(&p);
+  proto_err_t pe = {0};
+  int64_t held = lc_submit(c, "sleep", p.sb.data, p.sb.size, NULL, 0, true, NULL, &pe, NULL);
+  mpw_free(&p);
+  cr_assert_gt(held, 0, "%s", pe.msg);
+  lc_destroy(&c);
+  td_term(&t, 5000);
+  td_sleep_ms(1100);
+  static const char *const keep[] = {"--keep-finished", "1s", NULL};
+  td_start(&t, keep);
+  c = td_client(&t);
+  mp_doc_t *d = NULL;
+  for (int i = 0; i < 40 && (d = lc_call_id(c, "show", a, &pe, NULL)); i++) mp_doc_destroy(&d), td_sleep_ms(50);
+  cr_assert_null(d, "job %lld is still there", (long long)a);
+  cr_assert_eq(pe.code, P_NOT_FOUND);
+  d = lc_call_id(c, "show", b, &pe, NULL);
+  cr_assert_null(d);
+  char st[16];
+  cr_assert_str_eq(td_state(c, held, st, sizeof st), "held");
+  char dir[256];
+  snprintf(dir, sizeof dir, "%s/jobs/%lld", t.home, (long long)a);
+  cr_assert_neq(access(dir, F_OK), 0, "its folder is gone");
+  lc_destroy(&c);
+  char cmd[512];
+  snprintf(cmd, sizeof cmd, "grep -q 'retention: removed 2 finished jobs' %s", t.log);
+  sh(cmd);
+  td_t bad = {0};
+  static const char *const soon[] = {"--keep-finished", "soon", NULL};
+  cr_assert_gt(td_start_expect_exit(&bad, soon, 5000), 0, "a duration that is none is refused");
+  td_cleanup(&bad);
+}

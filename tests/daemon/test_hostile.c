@@ -270,3 +270,52 @@ Test(hostile, parameters_that_cannot_reach_the_worker_are_refused_at_submit) {
   mp_doc_destroy(&d);
   still_serving();
 }
+
+/* One client pipelining hundreds of costly requests (each a `list` of 100 jobs, a reply of about 20 KiB) does not
+ * stall another: three pings in a row from a second client each come back within a turn or two of the first
+ * client's stream, long before that stream ends. (Each turn served up to 256 requests and sent their replies
+ * together after its commit, so every ping waited for a whole batch of the other client's.) */
+Test(hostile, a_pipelining_client_does_not_stall_the_others) {
+  enum { JOBS = 100, LISTS = 800 };
+  lc_t *p = td_client(&t);
+  lt_err_t err = {0};
+  for (int i = 0; i < JOBS; i++) {
+    mpw_t w;
+    req(&w, "submit");
+    mpw_kstr(&w, "kind", "sleep");
+    mpw_str(&w, "params");
+    mpw_map(&w);
+    mpw_kint(&w, "steps", 1);
+    mpw_end(&w);
+    mpw_kbool(&w, "hold", true);
+    mpw_end(&w);
+    cr_assert_eq(lc_send_raw(p, w.sb.data, w.sb.size, &err), LT_OK, "%s", err.msg);
+    mpw_free(&w);
+  }
+  for (int i = 0; i < JOBS; i++) {
+    mp_doc_t *d = lc_recv_reply(p, 10000, &err);
+    cr_assert(d, "submit %d: %s", i, err.msg);
+    cr_assert(mp_get(mp_doc_root(d), "id"), "submit %d was refused", i);
+    mp_doc_destroy(&d);
+  }
+  mpw_t w;
+  req(&w, "list");
+  mpw_end(&w);
+  for (int i = 0; i < LISTS; i++) cr_assert_eq(lc_send_raw(p, w.sb.data, w.sb.size, &err), LT_OK, "%s", err.msg);
+  mpw_free(&w);
+  mp_doc_t *d = lc_recv_reply(p, 10000, &err);
+  cr_assert(d, "first list: %s", err.msg);
+  cr_assert_eq(mp_get(mp_doc_root(d), "jobs")->via.array.size, JOBS);
+  mp_doc_destroy(&d);
+  int got = 1;
+  for (int i = 0; i < 3; i++) still_serving();
+  while ((d = lc_recv_reply(p, 0, &err))) got++, mp_doc_destroy(&d);
+  cr_log_info("the pings came back after %d of the other client's %d replies", got, LISTS);
+  cr_assert_lt(got, LISTS / 4, "the pings waited for %d of the other client's %d replies", got, LISTS);
+  for (; got < LISTS; got++) {
+    d = lc_recv_reply(p, 10000, &err);
+    cr_assert(d, "list reply %d of %d: %s", got + 1, LISTS, err.msg);
+    mp_doc_destroy(&d);
+  }
+  lc_destroy(&p);
+}

@@ -91,6 +91,17 @@ class ClientTest(unittest.TestCase):
         self.assertTrue(self.c.cancel(job)["cancelling"])
         self.assertEqual(self.c.wait(job, timeout=20), "cancelled")
 
+    def test_remove_and_prune(self):
+        a, b = self.c.submit("sleep", steps=1), self.c.submit("sleep", steps=1)
+        self.assertEqual(self.c.wait(b, timeout=20), "succeeded")
+        self.c.remove(a)
+        with self.assertRaises(lathe.LatheError) as e:
+            self.c.show(a)
+        self.assertEqual(e.exception.code, "not_found")
+        self.assertEqual(self.c.prune(3600), 0, "nothing ended an hour ago")
+        self.assertGreaterEqual(self.c.prune(0), 1)
+        self.assertNotIn(b, [j["id"] for j in self.c.jobs(all=True)])
+
     def test_refused_parameter_names_the_field(self):
         with self.assertRaises(lathe.LatheError) as e:
             self.c.submit("sleep", steps="many")

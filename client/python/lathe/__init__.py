@@ -154,6 +154,19 @@ class Client:
         """Asks the daemon to cancel the job; returns the reply (the state, and whether it is stopping)."""
         return self.call("cancel", id=job)
 
+    def remove(self, job):
+        """Removes a finished job: its row, events and folder."""
+        self.call("remove", id=job)
+
+    def prune(self, older_than_s):
+        """Removes every finished job that ended more than older_than_s seconds ago; returns how many."""
+        cutoff, removed = time.time() - older_than_s, 0
+        while True:
+            reply = self.call("prune", older_than_ms=max(0, int((time.time() - cutoff) * 1000)))
+            removed += reply["removed"]
+            if not reply.get("more"):
+                return removed
+
     def jobs(self, all=False):
         """Every waiting and running job (all=True: every job), page by page."""
         out, after = [], 0
