@@ -58,7 +58,7 @@ if(LATHE_TESTS AND EXISTS ${CMAKE_SOURCE_DIR}/tests/daemon)
                              LATHE_SOURCE_DIR="${CMAKE_SOURCE_DIR}")
   add_dependencies(test_daemon lathed lathe-worker lathe lathe_test_fullfs)
   # A disk that fills up on demand (LD_PRELOAD into lathed) for the store-failure tests.
-  add_library(lathe_test_fullfs SHARED ${CMAKE_SOURCE_DIR}/tests/support/fullfs.c)
+  add_library(lathe_test_fullfs SHARED ${CMAKE_SOURCE_DIR}/tests/preload/fullfs.c)
   target_link_libraries(lathe_test_fullfs ${CMAKE_DL_LIBS})
   # Plain code even in the sanitizer build: preloaded ahead of a sanitized lathed it must not bring its own runtime.
   target_compile_options(lathe_test_fullfs PRIVATE -fno-sanitize=all)
@@ -82,22 +82,11 @@ if(LATHE_TESTS)
   target_link_libraries(fuzz_replay_proto lathe_kinds)
 endif()
 
-# libFuzzer target for the message decoder (clang only; make check replays its corpus with fuzz_replay_proto):
-#   cmake -DLATHE_FUZZ=ON ... && cmake --build build --target fuzz_proto && build/bin/fuzz_proto fuzz/corpus
-option(LATHE_FUZZ "Build the libFuzzer target for the protocol decoder (needs clang)" OFF)
+# The message decoder's libFuzzer target (LATHE_FUZZ, a clang build: see the top-level CMakeLists.txt).
 if(LATHE_FUZZ)
-  find_program(CLANG_FOR_FUZZ NAMES clang clang-14 clang-15 clang-16)
-  if(CLANG_FOR_FUZZ)
-    add_custom_target(fuzz_proto
-      COMMAND ${CLANG_FOR_FUZZ} -g -O1 -std=c17 -D_GNU_SOURCE -fsanitize=fuzzer,address,undefined
-              -I${CMAKE_SOURCE_DIR} ${CMAKE_SOURCE_DIR}/fuzz/fuzz_proto.c ${CMAKE_SOURCE_DIR}/common/proto.c
-              ${CMAKE_SOURCE_DIR}/jobs/kinds.c ${CMAKE_SOURCE_DIR}/common/status.c ${MSGPACK_LINK_LIBRARIES}
-              -o ${CMAKE_BINARY_DIR}/bin/fuzz_proto
-      DEPENDS ${CMAKE_SOURCE_DIR}/fuzz/fuzz_proto.c ${CMAKE_SOURCE_DIR}/common/proto.c
-      COMMENT "Building the libFuzzer target bin/fuzz_proto with ${CLANG_FOR_FUZZ}")
-  else()
-    message(WARNING "LATHE_FUZZ: no clang found; fuzz_proto is not built")
-  endif()
+  add_executable(fuzz_proto ${CMAKE_SOURCE_DIR}/fuzz/fuzz_proto.c)
+  target_link_libraries(fuzz_proto lathe_kinds)
+  target_link_options(fuzz_proto PRIVATE -fsanitize=fuzzer)
 endif()
 
 # make install (PREFIX, DESTDIR): the three programs, the docs, and the systemd user unit with its paths under the

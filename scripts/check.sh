@@ -36,6 +36,9 @@ tests() { # build dir
 run "format (.clang-format)" bash -c 'git ls-files "*.c" "*.h" | xargs clang-format --dry-run -Werror'
 
 tests "$build"
+# A checkout in a long path builds (the check build's warnings as errors), and a default build never makes
+# warnings errors.
+run "long checkout path" bash tests/tools/long_path_build.sh "$jobs"
 # make install into a staging folder gives programs that run and a unit that points at them.
 run "install (DESTDIR)" bash -c "rm -rf '$build/stage' && DESTDIR='$root/$build/stage' cmake --install '$build' --prefix /usr >/dev/null && '$build/stage/usr/bin/lathe' --version && test -x '$build/stage/usr/bin/lathed' && test -x '$build/stage/usr/bin/lathe-worker' && grep -q 'ExecStart=/usr/bin/lathed' '$build/stage/usr/lib/systemd/user/lathed.service' && test -f '$build/stage/usr/share/doc/lathe/operations.md'"
 # The Python client against a real daemon (Debian's python3-zmq and python3-msgpack, for /usr/bin/python3).

@@ -3,6 +3,7 @@
 #include <errno.h>
 #include <signal.h>
 #include <stdarg.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -252,7 +253,7 @@ void td_cli_setup(td_t *t) {
 }
 
 void td_cli_teardown(td_t *t) {
-  char cmd[256];
+  char cmd[PATH_MAX + 64];
   snprintf(cmd, sizeof cmd, "%s/lathe daemon stop >/dev/null 2>&1", LATHE_BIN_DIR);
   if (system(cmd) != 0) cr_log_warn("lathe daemon stop failed");
   td_cleanup(t);

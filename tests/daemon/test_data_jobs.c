@@ -2,6 +2,7 @@
  * shape, caps and bad input), feedback and selfgen on the embedded model, each with progress events. */
 #include <jansson.h>
 #include <math.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -309,7 +310,7 @@ static const char *pairs_written(int id) {
 
 Test(data_jobs, selfgen_renders_with_the_models_template_or_the_plain_one) {
   /* stories260K with a chat template of its own. */
-  char dir[200], cmd[600], args[1024];
+  static char dir[200], cmd[3 * PATH_MAX], args[1024];
   snprintf(dir, sizeof dir, "%s/tmodel", t.dir);
   snprintf(cmd, sizeof cmd, "mkdir -p %s && ln -s %s/[cgm]* %s/tokenizer.json %s/", dir, STORIES_MODEL, STORIES_MODEL,
            dir);

@@ -5,6 +5,7 @@
 #include <sys/socket.h>
 #include <errno.h>
 #include <grp.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -257,7 +258,7 @@ Test(security, a_flood_of_unauthenticated_tcp_connections_is_shed) {
 /* A TCP key sees and acts on its own jobs only, cannot stop the daemon, and names paths only under the folders
  * --allow-path gives it; an error about a file never echoes the file's contents. */
 Test(security, a_remote_key_acts_on_its_own_jobs_under_its_own_folders) {
-  char ep[64], server_pub[160], alice[128], mallory[128], files[128], arg[160], cmd[512], out[4096];
+  char ep[64], server_pub[160], alice[128], mallory[128], files[128], arg[160], cmd[PATH_MAX + 512], out[4096];
   td_prepare(&t);
   snprintf(files, sizeof files, "%s/alice-files", t.dir);
   util_mkdir_p(files, 0700, NULL);

@@ -3,6 +3,7 @@
  * activation addition at alpha 0, ROSE's combined logits, CogSteer's contrastive intervention, mean-difference
  * steering vectors and teacher-forced scoring. */
 #include <criterion/criterion.h>
+#include <limits.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -437,7 +438,7 @@ Test(steer, steering_vector_is_the_mean_difference, GPU) {
   cr_assert_eq(steer_vector_save(path, v, d, layer, STORIES, 3, 2, &err), LT_OK, "%s", err.msg);
   float *back = NULL;
   uint32_t bl = 0;
-  char model[256];
+  char model[PATH_MAX];
   cr_assert_eq(steer_vector_load(path, d, &back, &bl, model, sizeof model, &err), LT_OK, "%s", err.msg);
   cr_assert_eq(bl, layer);
   cr_assert_str_eq(model, STORIES);
