@@ -429,8 +429,18 @@ typedef struct curves {
   double y[CURVE_SERIES][CURVE_POINTS];
 } curves_t;
 
+/* One prompt's text as a generate job streams it: what has come, and how much of it is printed. */
+typedef struct stream {
+  char *buf;
+  size_t n, printed;
+  bool done;
+} stream_t;
+
 typedef struct follow {
   cli_t *cli;
+  stream_t *items; /* generated texts streaming in (`text` events), printed prompt by prompt */
+  uint32_t n_items, cur;
+  bool streaming; /* a text has started: progress stays off the terminal it shares */
   int64_t id;
   bool bar; /* drawing a progress bar on a terminal */
   bool bar_drawn;
@@ -544,6 +554,9 @@ static void print_event_line(follow_t *f, const msgpack_object *ev) {
             (long long)get_int(data, "step"));
   } else if (!strcmp(type, "artifact")) {
     fprintf(f->ev, "artifact %s: %s\n", get_str(data, "name", b, sizeof b), get_str(data, "path", a, sizeof a));
+  } else if (!strcmp(type, "text")) {
+    fprintf(f->ev, "text %lld%s: %s\n", (long long)get_int(data, "item"), get_bool(data, "done") ? " (end)" : "",
+            get_str(data, "text", a, sizeof a));
   } else {
     fprintf(f->ev, "%s\n", type);
   }
@@ -634,6 +647,60 @@ static void draw_curves(const curves_t *c) {
   }
 }
 
+/* Appends n bytes to item's stream (growing the table). False when out of memory or the item is absurd. */
+static bool stream_add(follow_t *f, uint32_t item, const char *p, size_t n) {
+  if (item >= 1u << 20) return false;
+  if (item >= f->n_items) {
+    stream_t *v = realloc(f->items, (item + 1) * sizeof *v);
+    if (!v) return false;
+    memset(v + f->n_items, 0, (item + 1 - f->n_items) * sizeof *v);
+    f->items = v, f->n_items = item + 1;
+  }
+  stream_t *s = &f->items[item];
+  char *b = realloc(s->buf, s->n + n + 1);
+  if (!b) return false;
+  memcpy(b + s->n, p, n);
+  s->buf = b, s->n += n;
+  return true;
+}
+
+/* Prints the streamed texts in prompt order: the current prompt's text as it comes, a later prompt's (held until
+ * then) once the ones before it are done, a blank line between prompts. */
+static void stream_pump(follow_t *f) {
+  while (f->cur < f->n_items) {
+    stream_t *s = &f->items[f->cur];
+    if (s->printed == 0 && s->n && f->cur > 0) fputs("\n", stdout);
+    fwrite(s->buf + s->printed, 1, s->n - s->printed, stdout);
+    s->printed = s->n;
+    if (!s->done) break;
+    fputs("\n", stdout);
+    f->cur++;
+  }
+  fflush(stdout);
+}
+
+/* A `text` event in text mode: the next piece of one prompt's generated text (with its prompt first). */
+static void stream_text(follow_t *f, const msgpack_object *data) {
+  if (!f->streaming) {
+    clear_bar(f);
+    f->streaming = true;
+  }
+  int64_t item = get_int(data, "item");
+  const msgpack_object *prompt = mp_get(data, "prompt"), *text = mp_get(data, "text");
+  if (item < 0) return;
+  if (prompt && prompt->type == MSGPACK_OBJECT_STR)
+    stream_add(f, (uint32_t)item, prompt->via.str.ptr, prompt->via.str.size);
+  if (text && text->type == MSGPACK_OBJECT_STR) stream_add(f, (uint32_t)item, text->via.str.ptr, text->via.str.size);
+  if ((uint32_t)item < f->n_items && get_bool(data, "done")) f->items[item].done = true;
+  stream_pump(f);
+}
+
+/* Whether an output record repeats a text that was streamed already (generate's records name their item). */
+static bool streamed_already(const follow_t *f, const msgpack_object *data) {
+  int64_t item = mp_get(data, "item") ? get_int(data, "item") : -1;
+  return item >= 0 && (uint64_t)item < f->n_items && f->items[item].done;
+}
+
 /* Shows an output record in text mode: a generation as prompt + text, a plot record as a table row, anything else
  * as key: value lines. */
 static void print_output(follow_t *f, const msgpack_object *data) {
@@ -675,8 +742,12 @@ static bool on_event(void *user, const msgpack_object *ev) {
     /* What the job produced: one JSON object per output on stdout (with --json nothing else goes there). */
     if (f->cli->lines)
       print_json(data, false);
-    else
+    else if (!streamed_already(f, data))
       print_output(f, data);
+  } else if (!strcmp(type, "text") && data && !f->cli->lines && !f->logs_only) {
+    stream_text(f, data);
+  } else if (f->streaming && !f->cli->lines && (!strcmp(type, "progress") || !strcmp(type, "metric"))) {
+    /* the text coming in shows the progress */
   } else if (f->cli->lines)
     print_json_to(f->ev, ev, false);
   else if (f->bar && !strcmp(type, "progress"))
@@ -738,6 +809,8 @@ static int follow_job(cli_t *cli, int64_t id, bool logs_only, bool to_end, int64
   }
   clear_bar(&f);
   end_curves(&f);
+  for (uint32_t i = 0; i < f.n_items; i++) free(f.items[i].buf);
+  free(f.items);
   if (st) return fail(EXIT_DAEMON, "%s", pe.code ? pe.msg : err.msg);
   if (detached || interrupted) {
     fprintf(stderr, "lathe: detached from job %lld (it keeps running); re-attach with: lathe watch %lld\n",

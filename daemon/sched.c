@@ -340,7 +340,7 @@ void sched_worker_msg(daemon_t *d, const uint8_t *id, size_t id_n, const void *b
     char tname[16] = "";
     if (data && data->type == MSGPACK_OBJECT_MAP && mp_str_copy(type, tname, sizeof tname) &&
         (!strcmp(tname, "progress") || !strcmp(tname, "log") || !strcmp(tname, "metric") ||
-         !strcmp(tname, "artifact") || !strcmp(tname, "output"))) {
+         !strcmp(tname, "artifact") || !strcmp(tname, "output") || !strcmp(tname, "text"))) {
       mpw_t w;
       mpw_init(&w);
       mpw_obj(&w, data);

@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "engine/model/generate.h"
+#include "common/util.h"
 #include "jobs/datajob.h"
 #include "jobs/runners.h"
 
@@ -12,16 +13,52 @@
 #define RESULT_TEXTS_MAX (256u << 10)
 #include "jobs/steer_common.h"
 
+/* A prompt's text goes out as `text` events at most this often while it is generated (and once at its end). */
+#define STREAM_EVERY_MS 100
+
 typedef struct progress {
   job_ctx_t *ctx;
+  const tok_t *tok;
   uint64_t done, total;
+  size_t *sent;       /* bytes of each prompt's text sent in `text` events */
+  int64_t *sent_mono; /* when each prompt's last piece went */
 } progress_t;
 
-/* After each token: progress, and a stop when the job is cancelled or asked to stop. */
+/* Length of the longest prefix of s[0..n) that does not end inside a UTF-8 sequence. */
+static size_t utf8_whole(const char *s, size_t n) {
+  size_t i = n, back = 0;
+  while (i > 0 && back < 4 && ((unsigned char)s[i - 1] & 0xC0) == 0x80) i--, back++;
+  if (i == 0) return n;
+  unsigned char lead = (unsigned char)s[i - 1];
+  size_t need = lead >= 0xF0 ? 4 : lead >= 0xE0 ? 3 : lead >= 0xC0 ? 2 : 1;
+  return back + 1 >= need ? n : i - 1;
+}
+
+/* Sends what item's text has grown by since its last piece (decoding all its tokens, so pieces always join up to
+ * the final text); done: the item's last piece, whatever remains. */
+static void stream_text(progress_t *p, uint32_t item, const int32_t *tokens, uint32_t n, bool done) {
+  char *text = NULL;
+  size_t len = 0;
+  if (tok_decode(p->tok, tokens, n, TOK_KEEP_LEADING, &text, &len, NULL) != LT_OK) return;
+  size_t upto = done ? len : utf8_whole(text, len);
+  size_t from = p->sent[item] < upto ? p->sent[item] : upto;
+  if (upto > from || done) {
+    job_text(p->ctx, item, p->sent[item] == 0 ? job_param_list_at(p->ctx, "prompt", item) : NULL, text + from,
+             upto - from, done);
+    p->sent[item] = upto;
+  }
+  free(text);
+}
+
+/* After each token: progress, the text so far (throttled), and a stop when the job is cancelled or asked to stop. */
 static bool on_step(void *user, uint32_t item, const int32_t *tokens, uint32_t n) {
-  (void)item, (void)tokens, (void)n;
   progress_t *p = user;
   job_progress(p->ctx, ++p->done, p->total, "tokens");
+  int64_t now = util_mono_ms();
+  if (now - p->sent_mono[item] >= STREAM_EVERY_MS) {
+    p->sent_mono[item] = now;
+    stream_text(p, item, tokens, n, false);
+  }
   return job_should_stop(p->ctx) == JOB_GO;
 }
 
@@ -44,6 +81,7 @@ job_outcome_t run_generate(job_ctx_t *ctx, lt_err_t *err) {
   FILE *gens = NULL;  /* generations.jsonl */
   gen_result_t *res = calloc(n, sizeof *res);
   job_steer_t js = {0};
+  progress_t pr = {0};
   if (!texts || !res) {
     lt_fail(err, LT_E_NOMEM, "out of memory");
     goto done;
@@ -66,7 +104,15 @@ job_outcome_t run_generate(job_ctx_t *ctx, lt_err_t *err) {
             "at most",
             asked, ctx_len, longest, o.max_tokens);
   }
-  progress_t pr = {.ctx = ctx, .total = (uint64_t)o.max_tokens * n};
+  pr = (progress_t){.ctx = ctx,
+                    .tok = tok,
+                    .total = (uint64_t)o.max_tokens * n,
+                    .sent = calloc(n, sizeof *pr.sent),
+                    .sent_mono = calloc(n, sizeof *pr.sent_mono)};
+  if (!pr.sent || !pr.sent_mono) {
+    lt_fail(err, LT_E_NOMEM, "out of memory");
+    goto done;
+  }
   job_progress(ctx, 0, pr.total, "tokens");
   if (steer_generate(m, &js.cfg, (const int32_t *const *)js.prompts.ids, js.prompts.lens, (uint32_t)n, &o, on_step, &pr,
                      res, err) != LT_OK)
@@ -76,6 +122,7 @@ job_outcome_t run_generate(job_ctx_t *ctx, lt_err_t *err) {
     out = stop == JOB_STOP_CANCEL ? JOB_CANCELLED : JOB_STOPPED;
     goto done;
   }
+  for (size_t i = 0; i < n; i++) stream_text(&pr, (uint32_t)i, res[i].tokens, res[i].n_tokens, true);
   uint64_t total = 0;
   size_t text_bytes = 0;
   if (!(outs = calloc(n, sizeof *outs)) || !(gens = dj_create(ctx, "generations.jsonl", err))) {
@@ -97,6 +144,7 @@ job_outcome_t run_generate(job_ctx_t *ctx, lt_err_t *err) {
     }
     outs[i] = text, text_bytes += tlen;
     job_output_begin(ctx);
+    job_output_int(ctx, "item", (int64_t)i);
     job_output_str(ctx, "prompt", job_param_list_at(ctx, "prompt", i));
     job_output_str(ctx, "text", text);
     job_output_ints(ctx, "tokens", res[i].tokens, res[i].n_tokens);
@@ -120,6 +168,7 @@ done:
   free(outs);
   for (size_t i = 0; res && i < n; i++) free(res[i].tokens);
   free(texts), free(res);
+  free(pr.sent), free(pr.sent_mono);
   job_steer_free(&js);
   return out;
 }

@@ -136,6 +136,17 @@ void job_metric(job_ctx_t *c, const char *name, double value, uint64_t step) {
   event_end(c, &w);
 }
 
+void job_text(job_ctx_t *c, uint32_t item, const char *prompt, const char *piece, size_t n, bool done) {
+  mpw_t w;
+  event_begin(c, &w, "text");
+  mpw_kint(&w, "item", item);
+  if (prompt) mpw_kstr(&w, "prompt", prompt);
+  mpw_str(&w, "text");
+  mpw_strn(&w, piece, n);
+  mpw_kbool(&w, "done", done);
+  event_end(c, &w);
+}
+
 void job_output_begin(job_ctx_t *c) { event_begin(c, &c->out, "output"); }
 void job_output_str(job_ctx_t *c, const char *key, const char *v) { mpw_kstr(&c->out, key, v); }
 void job_output_int(job_ctx_t *c, const char *key, int64_t v) { mpw_kint(&c->out, key, v); }

@@ -56,6 +56,9 @@ void job_log(job_ctx_t *ctx, const char *fmt, ...) __attribute__((format(printf,
 
 /* Emits a metric value (a loss, a rate) at a step. */
 void job_metric(job_ctx_t *ctx, const char *name, double value, uint64_t step);
+/* Emits a `text` event: the next piece of item's generated text as it is produced (prompt: its prompt, given with
+ * the item's first piece, else NULL); done marks the item's last piece. */
+void job_text(job_ctx_t *ctx, uint32_t item, const char *prompt, const char *piece, size_t n, bool done);
 
 /* Announces a file the job wrote, by its path relative to job_dir(). */
 void job_artifact(job_ctx_t *ctx, const char *name, const char *relpath);

@@ -1,4 +1,5 @@
 /* The `lathe` binary itself: JSON shapes the issue promises, exit statuses, autostart, help from the table. */
+#include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -337,4 +338,32 @@ Test(cli, rm_older_than_removes_the_old_finished_jobs) {
   cr_assert_eq(lathe_all(out, sizeof out, "rm --older-than soon"), 2);
   cr_assert(strstr(out, "usage: lathe rm --older-than D"), "%s", out);
   cr_assert_eq(lathe(out, sizeof out, "cancel 152"), 0);
+}
+
+/* generate streams its texts as they are produced (`text` events): on a terminal (forced) stdout gets each prompt
+ * and its text as it comes, prompt after prompt with a blank line between, and exactly the texts of the result
+ * (the pieces join up, and the finished outputs are not printed twice); `logs` lists the pieces. */
+Test(cli, generate_streams_its_texts_prompt_by_prompt) {
+  static char out[1 << 16], res[1 << 16];
+  char args[1024];
+  snprintf(args, sizeof args,
+           "run generate --model %s/models/lathe-kjv-llama --prompt 'And God said' --prompt 'In the' "
+           "--temperature 0 --max-tokens 48",
+           LATHE_SOURCE_DIR);
+  char cmd[1200];
+  snprintf(cmd, sizeof cmd, "LATHE_TTY=1 %s/lathe %s 2>/dev/null", LATHE_BIN_DIR, args);
+  cr_assert_eq(td_shell(out, sizeof out, cmd), 0, "%s", out);
+  cr_assert_eq(lathe(res, sizeof res, "--json result 1"), 0);
+  json_error_t je;
+  json_t *r = json_loads(res, 0, &je);
+  cr_assert(r, "%s: %s", je.text, res);
+  json_t *texts = json_object_get(json_object_get(r, "result"), "texts");
+  cr_assert_eq(json_array_size(texts), 2, "%s", res);
+  static char want[1 << 16];
+  snprintf(want, sizeof want, "And God said%s\n\nIn the%s\njob 1 succeeded\n",
+           json_string_value(json_array_get(texts, 0)), json_string_value(json_array_get(texts, 1)));
+  json_decref(r);
+  cr_assert_str_eq(out, want);
+  cr_assert_eq(lathe(out, sizeof out, "--json logs 1"), 0);
+  cr_assert(strstr(out, "\"type\":\"text\"") && strstr(out, "\"done\":true"), "%s", out);
 }
