@@ -316,6 +316,7 @@ static int parse_submit(int argc, char **argv, submit_args_t *a) {
   const kind_param_t *list_p[8];
   const char *list_v[8][KIND_MAX_LIST];
   size_t list_n[8] = {0}, n_lists = 0;
+  bool device_given = false;
   for (int i = 1; i < argc; i++) {
     const char *arg = argv[i];
     if (!strcmp(arg, "--help") || !strcmp(arg, "-h")) {
@@ -335,6 +336,7 @@ static int parse_submit(int argc, char **argv, submit_args_t *a) {
       continue;
     }
     const kind_param_t *p = kind_param_find(a->k, key);
+    device_given |= !strcmp(key, "device");
     bool is_bool = p && p->type == KT_BOOL;
     if (!value && is_bool) {
       const char *next = i + 1 < argc ? argv[i + 1] : NULL;
@@ -381,6 +383,14 @@ static int parse_submit(int argc, char **argv, submit_args_t *a) {
       if (!kind_parse_text(p, value, &a->params, &e)) return fail(EXIT_USAGE, "%s", e.msg);
     }
   }
+  /* LATHE_DEVICE in the client's environment reaches the job unless --device names one. */
+  const char *env_dev = getenv("LATHE_DEVICE");
+  if (!device_given && env_dev && *env_dev) {
+    proto_err_t e;
+    mpw_str(&a->params, "device");
+    if (!kind_parse_text(kind_param_find(a->k, "device"), env_dev, &a->params, &e))
+      return fail(EXIT_USAGE, "LATHE_DEVICE: %s", e.msg);
+  }
   for (size_t j = 0; j < n_lists; j++) {
     mpw_str(&a->params, list_p[j]->key);
     mpw_array(&a->params);
@@ -396,6 +406,8 @@ static int parse_submit(int argc, char **argv, submit_args_t *a) {
   bool ok = d && kind_params_normalise(a->k, mp_doc_root(d), &norm, &e);
   mpw_free(&norm);
   mp_doc_destroy(&d);
+  if (!ok && !device_given && !strcmp(e.field, "params.device"))
+    return fail(EXIT_USAGE, "LATHE_DEVICE=%s: not a device index or UUID (lathe-devices lists them)", env_dev);
   return ok ? 0 : fail(EXIT_USAGE, "%s", e.msg);
 }
 

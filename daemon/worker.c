@@ -25,7 +25,8 @@
 typedef struct runner {
   void *ctx, *pair;
   gpu_t *gpu;
-  model_t *model; /* the last model a job used, kept with the device */
+  char gpu_device[72]; /* the `device` the open gpu was asked for ("": the default choice) */
+  model_t *model;      /* the last model a job used, kept with the device */
   tok_t *tok;
   char model_path[PATH_MAX];
   uint64_t model_stamp; /* model_file_stamp() of model_path when it was loaded */
@@ -74,11 +75,25 @@ static void announce_device(runner_t *r) {
   pair_send(r->pair, &w);
 }
 
-/* The device, opened on first use and kept between jobs (the keep-alive). */
+static void drop_model(runner_t *r);
+
+/* The device, opened on first use and kept between jobs (the keep-alive). A job naming another device (its
+ * `device` parameter, an index or UUID) closes the kept one and opens that; an empty one takes whatever is open,
+ * else the daemon's choice (LATHE_DEVICE where it runs, or the best device). */
 static gpu_t *host_gpu(void *host, job_ctx_t *c, lt_err_t *err) {
-  (void)c;
   runner_t *r = host;
-  if (!r->gpu && (r->gpu = gpu_new(NULL, err))) announce_device(r);
+  const char *want = job_param_str(c, "device");
+  if (r->gpu && *want && strcmp(want, r->gpu_device) != 0) {
+    job_log(c, "closing %s to open device %s", gpu_caps(r->gpu)->name, want);
+    drop_model(r);
+    gpu_destroy(&r->gpu);
+  }
+  if (!r->gpu) {
+    gpu_opts_t o = {.device = *want ? want : NULL};
+    if (!(r->gpu = gpu_new(&o, err))) return NULL;
+    snprintf(r->gpu_device, sizeof r->gpu_device, "%s", want);
+    announce_device(r);
+  }
   return r->gpu;
 }
 

@@ -1,5 +1,6 @@
 #include "jobs/kind.h"
 
+#include <ctype.h>
 #include <errno.h>
 #include <limits.h>
 #include <math.h>
@@ -219,7 +220,13 @@ static bool kind_distill_validate(const msgpack_object *params, proto_err_t *e) 
 }
 
 #define P(key, type, req, def, lo, hi, help) {#key, type, req, def, lo, hi, help},
-#define KIND(name, policy, validate, summary, params) static const kind_param_t name##_params[] = {params};
+/* Every kind's last parameters. */
+#define COMMON_PARAMS                                                                                                  \
+  P(device, KT_STR, false, "", 0, 64,                                                                                  \
+    "the GPU the job runs on: an index or a UUID as lathe-devices lists them (the CLI fills it from LATHE_DEVICE; "    \
+    "empty: the daemon's device)")
+#define KIND(name, policy, validate, summary, params)                                                                  \
+  static const kind_param_t name##_params[] = {params COMMON_PARAMS};
 #include "jobs/kinds.def"
 #undef KIND
 #undef P
@@ -435,6 +442,19 @@ bool kind_parse_text(const kind_param_t *p, const char *text, mpw_t *w, proto_er
   return ok;
 }
 
+/* The common `device` parameter: empty, a device index, or a UUID (8-4-4-4-12 hex digits) as lathe-devices shows. */
+static bool device_ok(const msgpack_object *params, proto_err_t *e) {
+  char dev[72] = "";
+  mp_str_copy(mp_get(params, "device"), dev, sizeof dev);
+  size_t n = strlen(dev), digits = strspn(dev, "0123456789");
+  bool uuid = n == 36;
+  for (size_t i = 0; uuid && i < n; i++)
+    uuid = (i == 8 || i == 13 || i == 18 || i == 23) ? dev[i] == '-' : isxdigit((unsigned char)dev[i]) != 0;
+  if (n == 0 || (digits == n && n <= 4) || uuid) return true;
+  return proto_fail(e, P_BAD_VALUE, "params.device",
+                    "params.device: '%s' is neither a device index nor a UUID (lathe-devices lists them)", dev);
+}
+
 bool kind_params_normalise(const kind_t *k, const msgpack_object *params, mpw_t *w, proto_err_t *e) {
   if (params && params->type != MSGPACK_OBJECT_MAP)
     return proto_fail(e, P_BAD_TYPE, "params", "params: expected a map");
@@ -474,11 +494,9 @@ bool kind_params_normalise(const kind_t *k, const msgpack_object *params, mpw_t 
     return false;
   }
   mpw_end(&t);
-  if (k->validate) {
-    mp_doc_t *d = mp_doc_parse(t.sb.data, t.sb.size, e);
-    ok = d && k->validate(mp_doc_root(d), e);
-    mp_doc_destroy(&d);
-  }
+  mp_doc_t *d = mp_doc_parse(t.sb.data, t.sb.size, e);
+  ok = d && device_ok(mp_doc_root(d), e) && (!k->validate || k->validate(mp_doc_root(d), e));
+  mp_doc_destroy(&d);
   if (ok) mpw_raw(w, t.sb.data, t.sb.size);
   mpw_free(&t);
   return ok;

@@ -197,7 +197,8 @@ static lt_status_t choose_device(gpu_t *g, const char *want, lt_err_t *err) {
   }
   if (best < 0) {
     st = want && *want
-             ? lt_fail(err, LT_E_INVALID, "LATHE_DEVICE=%s matches no Vulkan device; use an index or a UUID of: %s",
+             ? lt_fail(err, LT_E_INVALID,
+                       "device %s (--device or LATHE_DEVICE) matches no Vulkan device; name one by index or UUID: %s",
                        want, list[0] ? list : "(none with Vulkan 1.1)")
              : lt_fail(err, LT_E_NO_VULKAN, "no Vulkan 1.1+ device found; " INSTALL_HINT);
     goto out;

@@ -367,3 +367,24 @@ Test(cli, generate_streams_its_texts_prompt_by_prompt) {
   cr_assert_eq(lathe(out, sizeof out, "--json logs 1"), 0);
   cr_assert(strstr(out, "\"type\":\"text\"") && strstr(out, "\"done\":true"), "%s", out);
 }
+
+/* A device chosen on the client reaches the job: --device, or LATHE_DEVICE in the client's environment (the
+ * flag wins); a device that exists runs it, one that does not fails the job naming the devices there are, and
+ * text that is no device index or UUID is refused at submit naming where it came from. */
+Test(cli, the_clients_device_choice_reaches_the_job) {
+  static char out[1 << 16];
+  cr_assert_eq(lathe(out, sizeof out, "run selftest --n 64 --device 0"), 0, "%s", out);
+  cr_assert_eq(td_shell(out, sizeof out, "LATHE_DEVICE=0 " LATHE_BIN_DIR "/lathe submit selftest --n 64 2>&1"), 0, "%s",
+               out);
+  cr_assert_eq(td_shell(out, sizeof out, "LATHE_DEVICE=0 " LATHE_BIN_DIR "/lathe --json show 2"), 0);
+  cr_assert(strstr(out, "\"device\":\"0\""), "LATHE_DEVICE did not reach job 2: %s", out);
+  cr_assert_eq(lathe_all(out, sizeof out, "run selftest --n 64 --device 9"), 1, "%s", out);
+  cr_assert(strstr(out, "device 9 (--device or LATHE_DEVICE) matches no Vulkan device; name one by index or UUID: 0 ="),
+            "%s", out);
+  cr_assert_eq(lathe_all(out, sizeof out, "submit selftest --device gpu0"), 2);
+  cr_assert(strstr(out, "--device: 'gpu0' is neither a device index nor a UUID"), "%s", out);
+  cr_assert_eq(td_shell(out, sizeof out, "LATHE_DEVICE=first " LATHE_BIN_DIR "/lathe submit selftest 2>&1"), 2);
+  cr_assert(strstr(out, "LATHE_DEVICE=first: not a device index or UUID"), "%s", out);
+  cr_assert_eq(td_shell(out, sizeof out, "LATHE_DEVICE=first " LATHE_BIN_DIR "/lathe submit selftest --device 0"), 0,
+               "the flag wins over the environment: %s", out);
+}

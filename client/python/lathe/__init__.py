@@ -130,13 +130,15 @@ class Client:
     def submit(self, kind, sid=None, priority=0, hold=False, **params):
         """Queues a job of `kind` with its parameters (keyword arguments; dashes or underscores; a list for a
         parameter given several times, such as prompt) and returns its id. Relative paths are made absolute here,
-        as the CLI makes them."""
+        as the CLI makes them. LATHE_DEVICE, when set, becomes the job's device unless `device` is given."""
         p = {}
         for k, v in params.items():
             key = k.replace("-", "_")
             if isinstance(v, str) and key in PATH_PARAMS and v and not v.startswith("/"):
                 v = os.path.abspath(v)
             p[key] = list(v) if isinstance(v, tuple) else v
+        if "device" not in p and os.environ.get("LATHE_DEVICE"):
+            p["device"] = os.environ["LATHE_DEVICE"]  # the GPU chosen on the client reaches the job
         fields = {"kind": kind, "params": p, "priority": priority, "hold": hold}
         if sid:
             fields["sid"] = sid
