@@ -835,8 +835,8 @@ static int follow_job(cli_t *cli, int64_t id, bool logs_only, bool to_end, int64
 
 /* ---- commands ---- */
 
-/* A local submission's input paths (every path parameter but output) must exist here: a mistake is caught before
- * a daemon is even started (lathed checks again). The paths of a remote daemon live on its machine: not checked. */
+/* A local submission's input paths must exist and be readable here (models must look like models) and its output
+ * must be writable: a mistake is caught before a daemon is even started (lathed checks again). The paths of a remote daemon live on its machine: not checked. */
 static int check_inputs(const cli_t *cli, const submit_args_t *a) {
   if (cli->o.connect && *cli->o.connect) return 0;
   proto_err_t e;
@@ -844,12 +844,11 @@ static int check_inputs(const cli_t *cli, const submit_args_t *a) {
   int rc = 0;
   for (size_t i = 0; d && !rc && i < a->k->n_params; i++) {
     const kind_param_t *p = &a->k->params[i];
-    char path[PATH_MAX];
-    struct stat st;
-    if (p->type != KT_PATH || !strcmp(p->key, "output") ||
-        !mp_str_copy(mp_get(mp_doc_root(d), p->key), path, sizeof path))
-      continue;
-    if (path[0] && stat(path, &st) != 0) rc = fail(EXIT_USAGE, "params.%s: %s: %s", p->key, path, strerror(errno));
+    char path[PATH_MAX], why[PATH_MAX + 200];
+    if (p->type != KT_PATH || !mp_str_copy(mp_get(mp_doc_root(d), p->key), path, sizeof path) || !path[0]) continue;
+    if (!strcmp(p->key, "output") ? !util_output_ok(path, why, sizeof why)
+                                  : !util_input_ok(p->key, path, why, sizeof why))
+      rc = fail(EXIT_USAGE, "params.%s: %s", p->key, why);
   }
   mp_doc_destroy(&d);
   return rc;

@@ -21,6 +21,70 @@ int64_t util_now_ms(void) {
   return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
+bool util_input_ok(const char *key, const char *path, char *why, size_t n) {
+  struct stat st;
+  if (stat(path, &st) != 0) return snprintf(why, n, "%s: %s", path, strerror(errno)), false;
+  if (access(path, R_OK) != 0) return snprintf(why, n, "%s: cannot be read: %s", path, strerror(errno)), false;
+  if (strcmp(key, "model") && strcmp(key, "teacher") && strcmp(key, "student")) return true;
+  if (S_ISDIR(st.st_mode)) {
+    char p[PATH_MAX + 40];
+    snprintf(p, sizeof p, "%s/config.json", path);
+    bool config = access(p, R_OK) == 0;
+    snprintf(p, sizeof p, "%s/model.safetensors", path);
+    bool weights = access(p, R_OK) == 0;
+    snprintf(p, sizeof p, "%s/model.safetensors.index.json", path);
+    weights |= access(p, R_OK) == 0;
+    if (config && weights) return true;
+    snprintf(why, n,
+             "%s is a folder without %s: a model is a Hugging Face folder (config.json, model.safetensors or its "
+             "index, tokenizer.json) or a .gguf file",
+             path, !config ? "config.json" : "model.safetensors or model.safetensors.index.json");
+    return false;
+  }
+  char magic[4] = {0};
+  FILE *f = fopen(path, "rb");
+  size_t got = f ? fread(magic, 1, 4, f) : 0;
+  if (f) fclose(f);
+  if (got == 4 && !memcmp(magic, "GGUF", 4)) return true;
+  snprintf(why, n,
+           "%s is not a GGUF file (it does not start with \"GGUF\"): a model is a .gguf file or a Hugging Face "
+           "folder",
+           path);
+  return false;
+}
+
+bool util_output_ok(const char *path, char *why, size_t n) {
+  char p[PATH_MAX];
+  util_copy(p, path, sizeof p);
+  struct stat st;
+  /* The nearest existing part of the path: the job makes the folders below it. */
+  while (stat(p, &st) != 0) {
+    char *slash = strrchr(p, '/');
+    if (!slash) {
+      util_copy(p, ".", sizeof p);
+      continue;
+    }
+    if (slash == p)
+      slash[1] = '\0';
+    else
+      *slash = '\0';
+  }
+  if (!S_ISDIR(st.st_mode)) {
+    if (strcmp(p, path) != 0) return snprintf(why, n, "%s: %s is a file, not a folder", path, p), false;
+    /* An existing file is replaced by a new one made beside it (the force check is the caller's). */
+    char *slash = strrchr(p, '/');
+    if (!slash)
+      util_copy(p, ".", sizeof p);
+    else if (slash == p)
+      slash[1] = '\0';
+    else
+      *slash = '\0';
+  }
+  if (access(p, W_OK | X_OK) != 0)
+    return snprintf(why, n, "%s: cannot write in %s: %s", path, p, strerror(errno)), false;
+  return true;
+}
+
 bool util_parse_duration(const char *s, int64_t *ms) {
   char *end = NULL;
   if (!s || *s < '0' || *s > '9') return false;

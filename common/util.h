@@ -19,6 +19,15 @@ int64_t util_mono_ms(void);
 /* Copies src into dst of size n, always NUL-terminating; returns false if it had to truncate. */
 bool util_copy(char *dst, const char *src, size_t n);
 
+/* Whether the input path of job parameter `key` is usable: it exists and can be read, and for a model parameter
+ * (model, teacher, student) it looks like one: a GGUF file (its magic) or a Hugging Face folder (config.json with
+ * model.safetensors or model.safetensors.index.json). False with why (n bytes) saying what is wrong. */
+bool util_input_ok(const char *key, const char *path, char *why, size_t n);
+
+/* Whether output path can be written: the nearest part of it that exists is a folder this process may write in
+ * (or the path itself, when it is an existing folder). False with why saying what is wrong. */
+bool util_output_ok(const char *path, char *why, size_t n);
+
 /* Parses a duration: a whole number with a unit s, m, h, d or w (a bare number is seconds), into *ms. False when
  * s is not one, or is longer than about a thousand years. */
 bool util_parse_duration(const char *s, int64_t *ms);

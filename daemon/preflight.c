@@ -150,13 +150,13 @@ static bool preflight_paths(const daemon_t *d, const kind_t *k, const msgpack_ob
     param_str(params, p->key, path, sizeof path);
     if (!path[0]) continue;
     snprintf(field, sizeof field, "params.%s", p->key);
-    struct stat st;
     resolve(path, real);
     if (key && !allowed(d, key, real))
       return proto_fail(e, P_DENIED, field,
                         "%s: %s is outside the folders key %s may use on this server (lathed --allow-path %s=DIR)",
                         field, path, key, key);
-    if (stat(path, &st) != 0) return proto_fail(e, P_BAD_VALUE, field, "%s: %s: %s", field, path, strerror(errno));
+    char why[PATH_MAX + 200];
+    if (!util_input_ok(p->key, path, why, sizeof why)) return proto_fail(e, P_BAD_VALUE, field, "%s: %s", field, why);
     if (out_real[0] && !strcmp(real, out_real))
       return proto_fail(e, P_BAD_VALUE, "params.output",
                         "params.output: %s is also the job's %s: the result would overwrite its own input; write "
@@ -168,6 +168,9 @@ static bool preflight_paths(const daemon_t *d, const kind_t *k, const msgpack_ob
                       "params.output: %s is outside the folders key %s may use on this server (lathed --allow-path "
                       "%s=DIR)",
                       out, key, key);
+  char why[PATH_MAX + 200];
+  if (out[0] && !util_output_ok(out, why, sizeof why))
+    return proto_fail(e, P_BAD_VALUE, "params.output", "params.output: %s", why);
   const msgpack_object *force = mp_get(params, "force");
   bool forced = force && force->type == MSGPACK_OBJECT_BOOLEAN && force->via.boolean;
   if (out[0] && !forced && occupied(out))

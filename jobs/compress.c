@@ -9,6 +9,7 @@
 
 #include "methods/compress.h"
 #include "engine/text/jsonl.h"
+#include "jobs/plot.h"
 #include "jobs/runners.h"
 
 #define MAX_CALIB_TOKENS (64ull << 20) /* calibration tokens read at most (windows are drawn from them) */
@@ -37,6 +38,69 @@ static json_t *speed_json(const compress_speed_t *s) {
 }
 
 /* Stops calibration when the job is cancelled or asked to stop. */
+/* The job folder's pictures: scores.svg, each block's calibration scores (block drop's and layer drop's) with the
+ * dropped blocks shaded; experts.svg for a MoE model, each expert's mean router probability per block with the
+ * dropped experts crossed out. A picture that cannot be written is a log line, not a failure. */
+static void write_plots(job_ctx_t *ctx, const char *model, const model_config_t *cfg, const compress_calib_t *calib,
+                        const compress_methods_t *meth, const compress_choice_t *choice) {
+  uint32_t L = cfg->n_layers, E = cfg->n_experts;
+  char path[4200], title[200];
+  lt_err_t e = {0};
+  bool *marked = calloc(L, sizeof *marked);
+  if (!marked) return;
+  for (uint32_t l = 0; l < L; l++)
+    marked[l] = (meth->block_drop && choice->drop_block && choice->drop_block[l]) ||
+                (meth->layer_drop && choice->drop_ffn && choice->drop_ffn[l]);
+  plot_curve_t curves[2] = {{"block: cos(h_l, h_l+1)", compress_block_scores(calib), 0},
+                            {"layer: cos(x, x + FFN(x))", compress_layer_scores(calib), 0}};
+  snprintf(title, sizeof title, "compress: per-block scores (high: the block changes little; %s)",
+           meth->block_drop   ? "the highest blocks dropped"
+           : meth->layer_drop ? "the highest feed-forward layers dropped"
+                              : "nothing dropped");
+  plot_spec_t spec = {.title = title,
+                      .subtitle = model,
+                      .xlabel = "block",
+                      .ylabel = {"mean cosine similarity", NULL},
+                      .n = L,
+                      .curves = curves,
+                      .n_curves = 2,
+                      .band_lo = -1,
+                      .band_hi = -1,
+                      .mark = -1,
+                      .marked = meth->block_drop || meth->layer_drop ? marked : NULL,
+                      .marked_label = meth->block_drop ? "dropped block" : "dropped FFN",
+                      .fit = true};
+  snprintf(path, sizeof path, "%s/scores.svg", job_dir(ctx));
+  if (plot_svg_write(path, &spec, &e) == LT_OK)
+    job_artifact(ctx, "scores_plot", "scores.svg");
+  else
+    job_log(ctx, "scores.svg not written: %s", e.msg);
+  free(marked);
+  const double *ex = compress_expert_scores(calib);
+  if (!E || !ex) return;
+  double *v = malloc((uint64_t)L * E * sizeof *v);
+  if (!v) return;
+  for (uint32_t l = 0; l < L; l++)
+    for (uint32_t x = 0; x < E; x++)
+      v[(uint64_t)l * E + x] = x < model_config_experts(cfg, l) ? ex[(uint64_t)l * E + x] : NAN;
+  plot_heat_t h = {.title = "compress: expert usage (mean router probability per token)",
+                   .subtitle = model,
+                   .xlabel = "expert",
+                   .ylabel = "block",
+                   .scale_label = "probability",
+                   .rows = L,
+                   .cols = E,
+                   .v = v,
+                   .marked = meth->expert_drop ? choice->drop_expert : NULL,
+                   .marked_label = "dropped expert"};
+  snprintf(path, sizeof path, "%s/experts.svg", job_dir(ctx));
+  if (plot_heat_write(path, &h, &e) == LT_OK)
+    job_artifact(ctx, "experts_plot", "experts.svg");
+  else
+    job_log(ctx, "experts.svg not written: %s", e.msg);
+  free(v);
+}
+
 static bool on_window(void *user, uint32_t done, uint32_t total) {
   job_ctx_t *ctx = user;
   job_progress(ctx, done, total, "windows");
@@ -167,6 +231,7 @@ job_outcome_t run_compress(job_ctx_t *ctx, lt_err_t *err) {
                         json_pack("{s:s, s:b, s:o, s:o}", "score", "mean router probability", "global", meth.global,
                                   "scores", sc, "dropped", dr));
   }
+  write_plots(ctx, path, cfg, calib, &meth, &choice);
   /* Before: perplexity and speed of the original. */
   if (compress_eval_nll(m, ev, n_ev, T, windows, NULL, &nll0, &scored, err) != LT_OK ||
       compress_measure(m, ev, n_ev, T, n_decode, SPEED_REPS, &before, err) != LT_OK)

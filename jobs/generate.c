@@ -144,12 +144,12 @@ job_outcome_t run_generate(job_ctx_t *ctx, lt_err_t *err) {
     }
     outs[i] = text, text_bytes += tlen;
     job_output_begin(ctx);
-    job_output_int(ctx, "item", (int64_t)i);
     job_output_str(ctx, "prompt", job_param_list_at(ctx, "prompt", i));
     job_output_str(ctx, "text", text);
     job_output_ints(ctx, "tokens", res[i].tokens, res[i].n_tokens);
     job_output_int(ctx, "prompt_tokens", js.prompts.lens[i]);
     job_output_str(ctx, "stop", why);
+    job_output_int(ctx, "item", (int64_t)i);
     if (js.cfg.method != STEER_NONE) job_output_str(ctx, "steer", steer_method_str(js.cfg.method));
     job_output_end(ctx);
     total += res[i].n_tokens;

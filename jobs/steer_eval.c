@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "jobs/plot.h"
 #include "jobs/runners.h"
 #include "jobs/steer_common.h"
 
@@ -175,6 +176,56 @@ static void report(job_ctx_t *ctx, const char *name, const char *method, const t
   job_output_end(ctx);
 }
 
+/* steer-eval.svg in the job folder: hits per 100 words, unsteered vs steered, for all target words, all avoid words
+ * and each listed word (up to 12 bars' worth of groups); the fluency cost and log-probability shift in the subtitle. */
+static void bars(job_ctx_t *ctx, const char *method, const tally_t *base, const tally_t *steered, double ppl0,
+                 double ppl1, double shift) {
+  enum { GROUPS = 12 };
+  const char *groups[GROUPS];
+  char names[GROUPS][48];
+  double v[2 * GROUPS];
+  uint32_t g = 0;
+  const tally_t *t[2] = {base, steered};
+  for (int k = 0; k < 2 && g < GROUPS; k++) {
+    const char *key = k ? "avoid" : "target";
+    size_t n = job_param_list_len(ctx, key);
+    if (!n) continue;
+    snprintf(names[g], sizeof names[g], "all %s words", key);
+    for (int c = 0; c < 2; c++)
+      v[c * GROUPS + g] = t[c]->words ? 100.0 * (double)(k ? t[c]->avoid_hits : t[c]->target_hits) / t[c]->words : NAN;
+    g++;
+    for (size_t i = 0; i < n && n > 1 && g < GROUPS; i++, g++) {
+      snprintf(names[g], sizeof names[g], "%s%.40s", k ? "-" : "+", job_param_list_at(ctx, key, i));
+      for (int c = 0; c < 2; c++)
+        v[c * GROUPS + g] =
+            t[c]->words ? 100.0 * (double)(k ? t[c]->per_avoid[i] : t[c]->per_target[i]) / t[c]->words : NAN;
+    }
+  }
+  if (!g) return;
+  double packed[2 * GROUPS];
+  for (uint32_t i = 0; i < g; i++) groups[i] = names[i], packed[i] = v[i], packed[g + i] = v[GROUPS + i];
+  char title[160], sub[200], path[4200];
+  snprintf(title, sizeof title, "steer-eval --%s: listed words per 100 generated words", method);
+  int at = snprintf(sub, sizeof sub, "perplexity under the unsteered model: %.2f unsteered, %.2f steered", ppl0, ppl1);
+  if (isfinite(shift))
+    snprintf(sub + at, sizeof sub - (size_t)at, "; continuations' log-probability shift %+.3f per token", shift);
+  static const char *const series[] = {"unsteered", "steered"};
+  plot_bars_t b = {.title = title,
+                   .subtitle = sub,
+                   .ylabel = "per 100 words",
+                   .n_groups = g,
+                   .n_series = 2,
+                   .groups = groups,
+                   .series = series,
+                   .v = packed};
+  lt_err_t e = {0};
+  snprintf(path, sizeof path, "%s/steer-eval.svg", job_dir(ctx));
+  if (plot_bars_write(path, &b, &e) == LT_OK)
+    job_artifact(ctx, "plot", "steer-eval.svg");
+  else
+    job_log(ctx, "steer-eval.svg not written: %s", e.msg);
+}
+
 job_outcome_t run_steer_eval(job_ctx_t *ctx, lt_err_t *err) {
   const char *path = job_param_str(ctx, "model"), *data = job_param_str(ctx, "prompts");
   unsigned flags = job_param_bool(ctx, "add_bos") ? TOK_ADD_BOS : 0;
@@ -270,6 +321,7 @@ job_outcome_t run_steer_eval(job_ctx_t *ctx, lt_err_t *err) {
   job_output_float(ctx, "logprob_shift_per_token", scored ? shift : NAN);
   job_output_float(ctx, "perplexity_ratio", ppl1 / ppl0);
   job_output_end(ctx);
+  bars(ctx, method, &base, &steered, ppl0, ppl1, scored ? shift : NAN);
   job_result_str(ctx, "method", method);
   job_result_float(ctx, "target_per_100_words_unsteered", b_rate);
   job_result_float(ctx, "target_per_100_words_steered", s_rate);

@@ -322,7 +322,8 @@ static void plot_write(run_t *r) {
                       .n_curves = 2,
                       .band_lo = -1,
                       .band_hi = -1,
-                      .mark = -1};
+                      .mark = -1,
+                      .fit = true};
   lt_err_t e = {0};
   if (plot_svg_write(p, &spec, &e) == LT_OK)
     job_artifact(r->ctx, "plot", p);

@@ -2,8 +2,9 @@
  * held-out evals, checkpoints, a replayable run log, and resumption after a worker or daemon restart.
  *
  * Files: <output>/ holds the final model (Hugging Face layout), <output>/checkpoint-<step>/ the checkpoints (the
- * weights after that many steps), <output>/zo-log.jsonl the run log. <job dir>/tune_zo.state names the last
- * complete checkpoint; a resumed attempt loads it, cuts the log back to its step and carries on. Batches are a
+ * weights after that many steps), <output>/zo-log.jsonl the run log, <output>/loss.svg the loss curves.
+ * <job dir>/tune_zo.state names the last complete checkpoint; a resumed attempt loads it, cuts the log back to its
+ * step and carries on. Batches are a
  * function of (seed, step), so the resumed run reaches the weights an uninterrupted one would.
  *
  * The model is loaded privately with f32 weights, not through job_model(): tuning changes the weights in place,
@@ -25,6 +26,7 @@
 #include "engine/text/jsonl.h"
 #include "methods/dataset.h"
 #include "methods/zo.h"
+#include "jobs/plot.h"
 #include "jobs/resume.h"
 #include "jobs/runners.h"
 
@@ -45,7 +47,43 @@ typedef struct run {
   FILE *log;
   char log_path[PATH_MAX], state_path[PATH_MAX];
   double eval_first, eval_last, loss_last; /* NAN until measured */
+  double *eval_curve;                      /* eval loss after step s at [s] (NAN where not measured this attempt) */
 } run_t;
+
+/* <output>/loss.svg: the training loss of every step (from the run log, so a resumed run's earlier steps too) and
+ * the eval losses this attempt measured. */
+static void plot_write(run_t *r) {
+  zo_opts_t o;
+  zo_record_t *recs = NULL;
+  uint64_t n = 0;
+  lt_err_t e = {0};
+  double *curve = NULL;
+  if (zo_log_read(r->log_path, &o, NULL, 0, &recs, &n, &e) == LT_OK &&
+      (curve = malloc((r->steps + 1) * sizeof *curve))) {
+    for (uint64_t s = 0; s <= r->steps; s++) curve[s] = NAN;
+    for (uint64_t i = 0; i < n; i++)
+      if (recs[i].step < r->steps) curve[recs[i].step + 1] = 0.5 * (recs[i].loss_plus + recs[i].loss_minus);
+    char p[PATH_MAX + 16], title[160];
+    snprintf(p, sizeof p, "%s/loss.svg", r->output);
+    snprintf(title, sizeof title, "tune-zo --method %s: loss per step (train: mean of the two perturbed losses)",
+             r->o.method == ZO_LEZO ? "lezo" : "mezo");
+    plot_curve_t curves[2] = {{"train loss", curve, 0}, {"eval loss", r->eval_curve, 0}};
+    plot_spec_t spec = {.title = title,
+                        .subtitle = r->base,
+                        .xlabel = "step",
+                        .ylabel = {"loss", NULL},
+                        .n = (uint32_t)r->steps + 1,
+                        .curves = curves,
+                        .n_curves = r->eval_curve ? 2 : 1,
+                        .band_lo = -1,
+                        .band_hi = -1,
+                        .mark = -1,
+                        .fit = true};
+    if (plot_svg_write(p, &spec, &e) == LT_OK) job_artifact(r->ctx, "plot", p);
+  }
+  if (e.msg[0]) job_log(r->ctx, "loss curve not written: %s", e.msg);
+  free(recs), free(curve);
+}
 
 /* Mean NLL of the eval set, in batches. */
 static lt_status_t eval_loss(run_t *r, double *loss, lt_err_t *err) {
@@ -150,6 +188,7 @@ static job_outcome_t train(run_t *r, uint64_t start, lt_err_t *err) {
       if (r->eval.n) {
         if (eval_loss(r, &r->eval_last, err) != LT_OK) goto done;
         job_metric(ctx, "eval_loss", r->eval_last, s + 1);
+        if (r->eval_curve) r->eval_curve[s + 1] = r->eval_last;
         snprintf(el_s, sizeof el_s, ", eval loss %.4f", r->eval_last);
       }
       job_log(ctx, "step %" PRIu64 "/%" PRIu64 ": loss %.4f%s, g %.4g, %.2f steps/s, ETA %s", s + 1, r->steps, loss,
@@ -218,11 +257,14 @@ job_outcome_t run_tune_zo(job_ctx_t *ctx, lt_err_t *err) {
           "%.1f MiB of f32 weights",
           r.o.method == ZO_LEZO ? "LeZO" : "MeZO", n_params, L - r.o.drop_layers, L, (double)r.lr, (double)r.o.eps,
           r.batch, (double)model_mem(r.m)->weight_device_bytes / 1048576.0);
+  if (r.eval.n && r.steps < (1u << 24) && (r.eval_curve = malloc((r.steps + 1) * sizeof *r.eval_curve)))
+    for (uint64_t s = 0; s <= r.steps; s++) r.eval_curve[s] = NAN;
   if (r.eval.n) {
     double el;
     if (eval_loss(&r, &el, err) != LT_OK) goto done;
     job_metric(ctx, "eval_loss", el, start);
     r.eval_first = r.eval_last = el;
+    if (r.eval_curve) r.eval_curve[start] = el;
     job_log(ctx, "eval loss at step %" PRIu64 ": %.4f", start, el);
   }
   out = train(&r, start, err);
@@ -238,6 +280,7 @@ job_outcome_t run_tune_zo(job_ctx_t *ctx, lt_err_t *err) {
   }
   job_artifact(ctx, "model", r.output);
   job_artifact(ctx, "log", r.log_path);
+  if (r.steps < (1u << 24)) plot_write(&r);
   /* The eval loss at this attempt's first step: the base model's, unless the attempt resumed. */
   const char *first_key = start ? "eval_loss_at_resume" : "eval_loss_base";
   job_result_int(ctx, "steps", (int64_t)r.steps);
@@ -262,6 +305,7 @@ job_outcome_t run_tune_zo(job_ctx_t *ctx, lt_err_t *err) {
   }
   job_output_end(ctx);
 done:
+  free(r.eval_curve);
   if (r.log) fclose(r.log);
   zo_destroy(&r.z);
   model_destroy(&r.m);

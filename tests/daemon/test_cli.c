@@ -133,6 +133,31 @@ Test(cli, missing_inputs_and_unsafe_outputs_are_refused_at_submit) {
            model, data, data, model);
   cr_assert_eq(lathe_all(out, sizeof out, args), 2, "%s", out);
   cr_assert(strstr(out, "--output: ") && strstr(out, "is also the job's model"), "%s", out);
+  /* A model that is no model: a folder without config.json, a file that is not GGUF; an output below a file. */
+  snprintf(args, sizeof args, "submit tune --model %s --data %s --output %s/o3 --steps 1", t.dir, data, t.dir);
+  cr_assert_eq(lathe_all(out, sizeof out, args), 2, "%s", out);
+  cr_assert(strstr(out, "--model: ") && strstr(out, "is a folder without config.json"), "%s", out);
+  snprintf(args, sizeof args, "submit generate --model %s --prompt hi", data);
+  cr_assert_eq(lathe_all(out, sizeof out, args), 2, "%s", out);
+  cr_assert(strstr(out, "--model: ") && strstr(out, "is not a GGUF file"), "%s", out);
+  snprintf(args, sizeof args, "submit tune --model %s --data %s --output %s/o4 --steps 1", model, data, data);
+  cr_assert_eq(lathe_all(out, sizeof out, args), 2, "%s", out);
+  cr_assert(strstr(out, "--output: ") && strstr(out, "is a file, not a folder"), "%s", out);
+  /* The daemon checks again for clients that do not. */
+  cr_assert_eq(lathe(out, sizeof out, "daemon start"), 0);
+  lc_t *c = td_client(&t);
+  proto_err_t pe = {0};
+  const char *kv[] = {"model", t.dir, "data", data, NULL};
+  cr_assert_leq(td_submit(c, "score", kv, NULL, NULL, NULL, NULL, &pe), 0);
+  cr_assert_str_eq(pe.field, "params.model");
+  cr_assert(strstr(pe.msg, "is a folder without config.json"), "%s", pe.msg);
+  char below[300];
+  snprintf(below, sizeof below, "%s/o5", data);
+  const char *kv2[] = {"model", model, "data", data, "output", below, NULL};
+  cr_assert_leq(td_submit(c, "tune", kv2, NULL, NULL, NULL, NULL, &pe), 0);
+  cr_assert_str_eq(pe.field, "params.output");
+  cr_assert(strstr(pe.msg, "is a file, not a folder"), "%s", pe.msg);
+  lc_destroy(&c);
   cr_assert_eq(lathe_all(out, sizeof out, "--json ps --all"), 0);
   cr_assert_eq(out[0], '\0', "nothing was queued: %s", out);
   /* With --force, and into an empty folder, the same jobs are accepted. */
@@ -296,12 +321,13 @@ Test(cli, a_terminal_gets_one_updating_progress_line) {
 }
 
 /* compress needs only --model, --method, --data and --output: without --eval it scores a held-out tail of --data,
- * and says so. */
+ * and says so. Its pictures: the per-block scores with the dropped block shaded, and for a MoE model the expert
+ * usage with the dropped experts crossed out. */
 Test(cli, compress_without_eval_scores_a_held_out_share_of_the_data) {
   static char out[1 << 16], args[1024];
   snprintf(args, sizeof args,
-           "--json run compress --model %s/models/lathe-kjv-llama --method block-drop --drop 1 --data "
-           "%s/models/kjv-heldout.jsonl --output %s/cmp --samples 4 --eval-windows 8",
+           "--json run compress --model %s/models/lathe-kjv-moe --method block-drop --drop 1 --method expert-drop "
+           "--data %s/models/kjv-heldout.jsonl --output %s/cmp --samples 4 --eval-windows 8",
            LATHE_SOURCE_DIR, LATHE_SOURCE_DIR, t.dir);
   cr_assert_eq(lathe_all(out, sizeof out, args), 0, "%s", out);
   cr_assert(strstr(out, "no --eval: scoring the last ") && strstr(out, "(held out of calibration)"), "%s", out);
@@ -309,6 +335,18 @@ Test(cli, compress_without_eval_scores_a_held_out_share_of_the_data) {
   /* The report travels with the model. */
   snprintf(args, sizeof args, "grep -q '\"perplexity\"' %s/cmp/lathe-report.json", t.dir);
   cr_assert_eq(system(args), 0, "no lathe-report.json beside the compressed model");
+  const char *home = getenv("LATHE_HOME");
+  snprintf(args, sizeof args,
+           "test $(grep -c 'fill=\"#f7c6c6\"/>' %s/jobs/1/scores.svg) = 1 && grep -q '>dropped block<' "
+           "%s/jobs/1/scores.svg",
+           home, home);
+  cr_assert_eq(system(args), 0, "scores.svg shades one dropped block: %s", args);
+  /* Expert drop keeps three quarters of each block's experts: a quarter of the cells crossed out. */
+  snprintf(
+      args, sizeof args,
+      "test $(grep -c '<path d=\"M' %s/jobs/1/experts.svg) -ge 2 && grep -q '>dropped expert<' %s/jobs/1/experts.svg",
+      home, home);
+  cr_assert_eq(system(args), 0, "experts.svg marks the dropped experts: %s", args);
 }
 
 /* `lathe rm --older-than D` removes the finished jobs that ended over D ago, rows and folders, page by page (150

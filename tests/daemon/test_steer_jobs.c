@@ -64,7 +64,7 @@ Test(steer_jobs, vector_generate_layers_and_eval) {
                0, "%s", out);
   cr_assert_str_eq(field(out, "layer", v1, sizeof v1), "2");
   cr_assert(atof(field(out, "norm", v1, sizeof v1)) > 0, "%s", out);
-  char path[256];
+  char path[1024];
   snprintf(path, sizeof path, "%s/happy.safetensors", t.dir);
   FILE *f = fopen(path, "rb");
   cr_assert_not_null(f, "the vector file was not written (the CLI makes relative paths absolute)");
@@ -118,6 +118,14 @@ Test(steer_jobs, vector_generate_layers_and_eval) {
   cr_assert(strstr(out, "\"condition\":\"unsteered\"") && strstr(out, "\"condition\":\"steered\""), "%s", out);
   cr_assert_str_eq(field(out, "continuation_tokens", v1, sizeof v1), "3");
   field(out, "logprob_shift_per_token", v1, sizeof v1);
+  /* and its picture: the unsteered and steered bars of the target and the avoid words. */
+  id = strstr(out, "{\"id\": ");
+  cr_assert_not_null(id);
+  snprintf(path, sizeof path,
+           "grep -q 'all target words' %s/jobs/%d/steer-eval.svg && grep -q '>steered<' "
+           "%s/jobs/%d/steer-eval.svg && grep -q 'all avoid words' %s/jobs/%d/steer-eval.svg",
+           t.home, atoi(id + 7), t.home, atoi(id + 7), t.home, atoi(id + 7));
+  cr_assert_eq(system(path), 0, "%s", path);
 }
 
 Test(steer_jobs, contradictory_options_are_usage_errors) {

@@ -102,6 +102,19 @@ Test(tune_zo, killed_worker_resumes_to_the_weights_of_an_uninterrupted_run) {
   snprintf(fa, sizeof fa, "%s/zo-log.jsonl", out_a);
   snprintf(fb, sizeof fb, "%s/zo-log.jsonl", out_b);
   cr_assert(td_same_file(fa, fb), "the run logs differ");
+  /* The loss curve of the resumed run has every step, those before the resume too (read from the run log). */
+  snprintf(fa, sizeof fa, "%s/loss.svg", out_a);
+  FILE *svg = fopen(fa, "r");
+  cr_assert(svg, "no %s", fa);
+  static char doc[1 << 16];
+  size_t got = fread(doc, 1, sizeof doc - 1, svg);
+  fclose(svg);
+  doc[got] = '\0';
+  const char *pts = strstr(doc, "points=\"");
+  cr_assert(pts && strstr(doc, ">train loss<"), "%s", doc);
+  int points = 0;
+  for (const char *q = pts + 8; *q && *q != '"'; q++) points += *q == ',';
+  cr_assert_eq(points, 60, "the curve has %d of the 60 steps", points);
 
   /* The log rebuilds the final weights and a checkpoint. */
   char rep[128], log[160];

@@ -4,6 +4,7 @@
  * appending refuse a link. The victims' bytes are checked after each writer. */
 #include <criterion/criterion.h>
 #include <jansson.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -158,4 +159,108 @@ Test(outputs, a_new_output_gets_the_mode_asked_less_the_umask) {
   cr_assert(p && fgets(out, sizeof out, p));
   pclose(p);
   cr_assert_eq(atoi(out), 1, "only out.txt is left");
+}
+
+/* Reads a whole small file into buf (NUL-terminated). */
+static void slurp_file(const char *path, char *buf, size_t n) {
+  FILE *f = fopen(path, "r");
+  cr_assert(f, "no %s", path);
+  size_t got = fread(buf, 1, n - 1, f);
+  fclose(f);
+  buf[got] = '\0';
+}
+
+/* Whether the labels v[n] are consecutive multiples of one step that is 1, 2 or 5 times a power of ten. */
+static bool round_ticks(const double *v, int n) {
+  if (n < 2) return false;
+  double st = v[1] - v[0], mag = pow(10, floor(log10(st))), r = st / mag;
+  if (fabs(r - 1) > 1e-6 && fabs(r - 2) > 1e-6 && fabs(r - 5) > 1e-6) return false;
+  for (int i = 0; i < n; i++) {
+    if (fabs(v[i] / st - round(v[i] / st)) > 1e-6) return false;
+    if (i && fabs(v[i] - v[i - 1] - st) > st * 1e-6) return false;
+  }
+  return true;
+}
+
+/* Charts label their axes at round numbers (a loss between 1.25 and 3.0 over 1,000 steps: y at 0.5 or 0.2 steps,
+ * x at multiples of 100 or 200), draw no dots on long curves, and the bar chart and heat map show every bar, cell
+ * and mark. */
+Test(outputs, charts_label_round_numbers_and_show_every_bar_and_mark) {
+  char path[300];
+  lt_err_t err = {0};
+  static char doc[1 << 20];
+  plant("curve.svg", path, sizeof path);
+  static double y[1001];
+  for (int i = 0; i <= 1000; i++) y[i] = 2.125 + 0.875 * sin(i / 50.0);
+  plot_curve_t c = {"train loss", y, 0};
+  plot_spec_t spec = {.title = "t",
+                      .subtitle = "s",
+                      .xlabel = "step",
+                      .ylabel = {"loss", NULL},
+                      .n = 1001,
+                      .curves = &c,
+                      .n_curves = 1,
+                      .band_lo = -1,
+                      .band_hi = -1,
+                      .mark = -1,
+                      .fit = true};
+  cr_assert_eq(plot_svg_write(path, &spec, &err), LT_OK, "%s", err.msg);
+  slurp_file(path, doc, sizeof doc);
+  double ys[32], xs[32];
+  int ny = 0, nx = 0;
+  for (const char *p = doc; (p = strstr(p, "<text x=")); p++) {
+    double x, yy, v;
+    char anchor[16];
+    if (sscanf(p, "<text x=\"%lf\" y=\"%lf\" text-anchor=\"%15[a-z]\">%lf<", &x, &yy, anchor, &v) != 4) continue;
+    if (!strcmp(anchor, "end") && ny < 32) ys[ny++] = v;
+    if (!strcmp(anchor, "middle") && nx < 32) xs[nx++] = v;
+  }
+  cr_assert(ny >= 3 && ny <= 12 && round_ticks(ys, ny), "y labels %d from %g to %g", ny, ys[0], ys[ny - 1]);
+  cr_assert(nx >= 3 && nx <= 12 && round_ticks(xs, nx) && xs[0] == 0, "x labels %d, %g, %g", nx, xs[0], xs[1]);
+  cr_assert(ys[0] <= 1.25 && ys[ny - 1] >= 3.0 && ys[0] > 0, "the y range fits the curve: %g..%g", ys[0], ys[ny - 1]);
+  cr_assert_null(strstr(doc, "<circle"), "1,001 points are a line, not dots");
+
+  plant("bars.svg", path, sizeof path);
+  static const char *const groups[] = {"all target words", "+joy", "-sad"}, *const series[] = {"unsteered", "steered"};
+  double v[6] = {0.4, 0.1, 0.3, 1.7, 1.2, 0.05};
+  plot_bars_t b = {.title = "t",
+                   .subtitle = "s",
+                   .ylabel = "per 100 words",
+                   .n_groups = 3,
+                   .n_series = 2,
+                   .groups = groups,
+                   .series = series,
+                   .v = v};
+  cr_assert_eq(plot_bars_write(path, &b, &err), LT_OK, "%s", err.msg);
+  check_safe(path);
+  slurp_file(path, doc, sizeof doc);
+  int bars = 0;
+  for (const char *p = doc; (p = strstr(p, "fill=\"#1f77b4\"/>")); p++) bars++;
+  for (const char *p = doc; (p = strstr(p, "fill=\"#d62728\"/>")); p++) bars++;
+  cr_assert_eq(bars, 6, "%s", doc);
+  cr_assert(strstr(doc, ">+joy<") && strstr(doc, ">steered<") && strstr(doc, ">1.70<"), "%s", doc);
+
+  plant("heat.svg", path, sizeof path);
+  double h[32];
+  bool marked[32] = {false};
+  for (int i = 0; i < 32; i++) h[i] = (i % 8) / 8.0 + 0.01 * (i / 8);
+  marked[3] = marked[12] = marked[30] = true;
+  plot_heat_t hm = {.title = "t",
+                    .subtitle = "s",
+                    .xlabel = "expert",
+                    .ylabel = "block",
+                    .scale_label = "p",
+                    .rows = 4,
+                    .cols = 8,
+                    .v = h,
+                    .marked = marked,
+                    .marked_label = "dropped expert"};
+  cr_assert_eq(plot_heat_write(path, &hm, &err), LT_OK, "%s", err.msg);
+  check_safe(path);
+  slurp_file(path, doc, sizeof doc);
+  int cells = 0, crosses = 0;
+  for (const char *p = doc; (p = strstr(p, "stroke=\"#fff\"/>")); p++) cells++;
+  for (const char *p = doc; (p = strstr(p, "<path d=\"M")); p++) crosses++;
+  cr_assert_eq(cells, 32);
+  cr_assert_eq(crosses, 3 + 1, "three marked cells and the legend's mark");
 }
