@@ -448,11 +448,17 @@ typedef struct stream {
   bool done;
 } stream_t;
 
+/* Without a terminal or --json, `run` and `watch` print a progress line this often at most. */
+#define LINE_EVERY_MS 2000
+
 typedef struct follow {
   cli_t *cli;
   stream_t *items; /* generated texts streaming in (`text` events), printed prompt by prompt */
   uint32_t n_items, cur;
   bool streaming; /* a text has started: progress stays off the terminal it shares */
+  /* JSON lines on a non-terminal without --json: progress at most every LINE_EVERY_MS, metrics left to the log */
+  bool quiet_lines;
+  int64_t line_last_mono;
   int64_t id;
   bool bar; /* drawing a progress bar on a terminal */
   bool bar_drawn;
@@ -760,9 +766,14 @@ static bool on_event(void *user, const msgpack_object *ev) {
     stream_text(f, data);
   } else if (f->streaming && !f->cli->lines && (!strcmp(type, "progress") || !strcmp(type, "metric"))) {
     /* the text coming in shows the progress */
-  } else if (f->cli->lines)
+  } else if (f->quiet_lines && !strcmp(type, "metric")) {
+    /* in the job's log and result; a line each would flood a file or a pipe */
+  } else if (f->quiet_lines && !strcmp(type, "progress") && util_mono_ms() - f->line_last_mono < LINE_EVERY_MS) {
+    /* the next one a few seconds on shows where it stands */
+  } else if (f->cli->lines) {
+    if (!strcmp(type, "progress")) f->line_last_mono = util_mono_ms();
     print_json_to(f->ev, ev, false);
-  else if (f->bar && !strcmp(type, "progress"))
+  } else if (f->bar && !strcmp(type, "progress"))
     draw_bar(f, ev);
   else if (f->bar && !strcmp(type, "metric"))
     bar_metric(f, ev);
@@ -786,6 +797,7 @@ static int follow_job(cli_t *cli, int64_t id, bool logs_only, bool to_end, int64
   follow_t f = {.cli = cli,
                 .id = id,
                 .logs_only = logs_only,
+                .quiet_lines = cli->lines && !cli->json && !logs_only,
                 .bar = !cli->lines && !logs_only,
                 .ev = logs_only ? stdout : stderr};
   struct sigaction sa = {.sa_handler = on_sigint};

@@ -426,3 +426,32 @@ Test(cli, the_clients_device_choice_reaches_the_job) {
   cr_assert_eq(td_shell(out, sizeof out, "LATHE_DEVICE=first " LATHE_BIN_DIR "/lathe submit selftest --device 0"), 0,
                "the flag wins over the environment: %s", out);
 }
+
+/* Without a terminal and without --json, `run` writes a progress line every two seconds at most and no metric
+ * lines (the job's log keeps them all); --json keeps every event for programs. */
+Test(cli, without_a_terminal_progress_is_a_line_every_few_seconds) {
+  static char out[1 << 18];
+  int64_t t0 = util_mono_ms();
+  cr_assert_eq(lathe_all(out, sizeof out, "run sleep --steps 30 --delay-ms 100"), 0, "%s", out);
+  int64_t took = util_mono_ms() - t0;
+  int progress = 0;
+  for (const char *p = out; (p = strstr(p, "\"type\":\"progress\"")); p++) progress++;
+  cr_assert(progress >= 1 && progress <= 1 + took / 2000, "%d progress lines in %lld ms: %s", progress, (long long)took,
+            out);
+  /* tune-zo emits five metrics a step: none of them is a line here. */
+  char data[256], args[1024];
+  snprintf(data, sizeof data, "%s/zo.jsonl", t.dir);
+  FILE *f = fopen(data, "w");
+  cr_assert(f);
+  for (int i = 0; i < 8; i++) fputs("{\"prompt\": \"And God said\", \"completion\": \" unto Moses\"}\n", f);
+  fclose(f);
+  snprintf(args, sizeof args, "run tune-zo --model %s/models/lathe-kjv-llama --data %s --steps 4 --output %s/zo",
+           LATHE_SOURCE_DIR, data, t.dir);
+  cr_assert_eq(lathe_all(out, sizeof out, args), 0, "%s", out);
+  cr_assert_null(strstr(out, "\"type\":\"metric\""), "%s", out);
+  cr_assert(strstr(out, "\"type\":\"log\""), "log lines stay: %s", out);
+  cr_assert_eq(lathe_all(out, sizeof out, "--json run sleep --steps 30 --delay-ms 100"), 0, "%s", out);
+  progress = 0;
+  for (const char *p = out; (p = strstr(p, "\"type\":\"progress\"")); p++) progress++;
+  cr_assert_geq(progress, 20, "--json keeps the events: %d", progress);
+}
