@@ -358,14 +358,22 @@ Test(cli, rm_older_than_removes_the_old_finished_jobs) {
   int64_t last = 0;
   for (int i = 0; i < 150; i++) last = td_sleep(c, 1, 0, NULL);
   td_wait_state(c, last, "succeeded", 20000);
-  td_sleep_ms(1100);
+  td_sleep_ms(2500);
   int64_t young = td_sleep(c, 1, 0, NULL);
   td_wait_state(c, young, "succeeded", 5000);
   int64_t running = td_sleep(c, 400, 50, NULL);
   td_wait_state(c, running, "running", 5000);
+  mp_doc_t *d = td_show(c, young);
+  int64_t young_end = td_int(mp_get(mp_doc_root(d), "job"), "finished");
+  mp_doc_destroy(&d);
   lc_destroy(&c);
-  cr_assert_eq(lathe(out, sizeof out, "rm --older-than 1s"), 0);
-  cr_assert(strstr(out, "removed 150 finished jobs that ended over 1s ago"), "%s", out);
+  /* Older than the young job is now, rounded up, plus a second: the old ones ended 2.5 s before it did. */
+  int64_t age_s = (util_now_ms() - young_end + 999) / 1000 + 1;
+  char cmd[64], want[96];
+  snprintf(cmd, sizeof cmd, "rm --older-than %llds", (long long)age_s);
+  cr_assert_eq(lathe(out, sizeof out, cmd), 0);
+  snprintf(want, sizeof want, "removed 150 finished jobs that ended over %llds ago", (long long)age_s);
+  cr_assert(strstr(out, want), "%s: %s", want, out);
   cr_assert_eq(lathe(out, sizeof out, "--json ps --all"), 0);
   int rows = 0;
   for (const char *p = out; (p = strstr(p, "\"id\":")); p++) rows++;
