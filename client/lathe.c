@@ -1246,6 +1246,23 @@ static int cmd_daemon(cli_t *cli, int argc, char **argv) {
   return 0;
 }
 
+/* `lathe tokenize ...`: runs lathe-worker --tokenize (next to this program), which links the tokenizers; no daemon
+ * is involved. */
+static int cmd_tokenize(const cli_t *cli, int argc, char **argv) {
+  char dir[PATH_MAX - 32], worker[PATH_MAX];
+  if (!util_exe_dir(dir, sizeof dir)) return fail(EXIT_DAEMON, "cannot find the folder this program is in");
+  snprintf(worker, sizeof worker, "%s/lathe-worker", dir);
+  char **args = calloc((size_t)argc + 4, sizeof *args);
+  if (!args) return fail(EXIT_DAEMON, "out of memory");
+  args[0] = worker, args[1] = "--tokenize";
+  for (int i = 0; i < argc; i++) args[i + 2] = argv[i];
+  if (cli->json) args[argc + 2] = "--json"; /* lathe's own --json, wherever it was written */
+  fflush(stdout);
+  execv(worker, args);
+  free(args);
+  return fail(EXIT_DAEMON, "cannot run %s: %s", worker, strerror(errno));
+}
+
 static int cmd_keygen(int argc, char **argv) {
   if (argc != 1) return fail(EXIT_USAGE, "usage: lathe keygen PATH   (writes PATH.key and PATH.pub)");
   char pub[41], sec[41], p1[PATH_MAX], p2[PATH_MAX];
@@ -1273,6 +1290,8 @@ static void usage(FILE *f) {
              "  rm --older-than D              remove the finished jobs that ended over D ago (30d, 12h, 90m)\n"
              "  daemon start|stop|status       the background daemon\n"
              "  keygen PATH                    make a CURVE key pair for TCP clients\n"
+             "  tokenize --model PATH (--text T | --file F) [--add-bos] [--parse-special] [--json]\n"
+             "                                 token ids and pieces (no daemon needed)\n"
              "  help [KIND]                    this text, or a job kind's parameters\n");
   kinds_help(f);
 }
@@ -1325,8 +1344,9 @@ int main(int argc, char **argv) {
   cli.lines = cli.json || !(isatty(STDERR_FILENO) || (tty && !strcmp(tty, "1")));
   signal(SIGPIPE, SIG_IGN);
   int rc;
-  static const char *const commands[] = {"help",   "version", "run",  "submit", "ps",     "logs", "watch",   "priority",
-                                         "daemon", "keygen",  "show", "result", "cancel", "hold", "release", "rm"};
+  static const char *const commands[] = {"help",   "version",  "run",     "submit", "ps",      "logs",
+                                         "watch",  "priority", "daemon",  "keygen", "show",    "result",
+                                         "cancel", "hold",     "release", "rm",     "tokenize"};
   if (!strcmp(cmd, "help")) {
     const kind_t *k = n ? kind_find(rest[0], strlen(rest[0])) : NULL;
     rc = 0;
@@ -1358,6 +1378,8 @@ int main(int argc, char **argv) {
     rc = cmd_daemon(&cli, n, rest);
   else if (!strcmp(cmd, "keygen"))
     rc = cmd_keygen(n, rest);
+  else if (!strcmp(cmd, "tokenize"))
+    rc = cmd_tokenize(&cli, n, rest);
   else if (!strcmp(cmd, "rm") && n >= 1 && !strncmp(rest[0], "--older-than", 12))
     rc = cmd_prune(&cli, n, rest);
   else if (!strcmp(cmd, "show") || !strcmp(cmd, "result") || !strcmp(cmd, "cancel") || !strcmp(cmd, "hold") ||

@@ -28,7 +28,7 @@ file(GLOB RUNNER_SRC CONFIGURE_DEPENDS ${CMAKE_SOURCE_DIR}/jobs/*.c)
 list(REMOVE_ITEM RUNNER_SRC ${CMAKE_SOURCE_DIR}/jobs/kinds.c)
 add_library(lathe_jobs STATIC ${RUNNER_SRC})
 target_link_libraries(lathe_jobs PUBLIC lathe_kinds lathe_methods Threads::Threads)
-add_executable(lathe-worker daemon/worker.c)
+add_executable(lathe-worker daemon/worker.c daemon/tokenize.c)
 target_link_libraries(lathe-worker lathe_jobs)
 
 if(LATHE_TESTS AND EXISTS ${CMAKE_SOURCE_DIR}/tests/jobs)

@@ -13,6 +13,7 @@
 #include <zmq.h>
 
 #include "common/util.h"
+#include "daemon/tokenize.h"
 #include "engine/model/model_file.h"
 #include "engine/model/model_tok.h"
 #include "jobs/runners.h"
@@ -271,6 +272,8 @@ static int check_tokenizers(int argc, char **argv) {
 }
 
 int main(int argc, char **argv) {
+  /* lathe-worker --tokenize ARGS: `lathe tokenize ARGS` (daemon/tokenize.c). */
+  if (argc > 1 && !strcmp(argv[1], "--tokenize")) return tokenize_main(argc - 1, argv + 1);
   char endpoint[PATH_MAX + 8] = "";
   long long gen = 0, keep_alive = 300;
   static const struct option lo[] = {{"connect", 1, 0, 'c'},

@@ -463,3 +463,71 @@ Test(cli, without_a_terminal_progress_is_a_line_every_few_seconds) {
   for (const char *p = out; (p = strstr(p, "\"type\":\"progress\"")); p++) progress++;
   cr_assert_geq(progress, 20, "--json keeps the events: %d", progress);
 }
+
+/* Runs `lathe` with argv (no shell: texts go through as they are), capturing stdout into out; the exit status. */
+static int lathe_argv(char *out, size_t n, const char *const *args) {
+  int fd[2];
+  cr_assert_eq(pipe(fd), 0);
+  pid_t pid = fork();
+  cr_assert_geq(pid, 0);
+  if (pid == 0) {
+    dup2(fd[1], STDOUT_FILENO);
+    close(fd[0]), close(fd[1]);
+    const char *argv[16] = {LATHE_BIN_DIR "/lathe"};
+    for (int i = 0; args[i] && i < 14; i++) argv[i + 1] = args[i];
+    execv(argv[0], (char *const *)argv);
+    _exit(127);
+  }
+  close(fd[1]);
+  size_t got = 0;
+  for (ssize_t r; got + 1 < n && (r = read(fd[0], out + got, n - 1 - got)) > 0;) got += (size_t)r;
+  out[got] = '\0';
+  close(fd[0]);
+  int st = 0;
+  waitpid(pid, &st, 0);
+  return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+/* `lathe tokenize` (no daemon) gives the committed known encodings of the reference tokenizer, BOS included, for
+ * every case (whitespace runs, digits, contractions, accents, emoji, special markers), from a folder that holds
+ * only tokenizer.json; and a GGUF's embedded vocabulary gives the greedy fixture's prompt ids. */
+Test(cli, tokenize_gives_the_reference_ids) {
+  static char out[1 << 16];
+  json_error_t je;
+  json_t *cases = json_load_file(LATHE_SOURCE_DIR "/tests/fixtures/tokenizer-cases.json", 0, &je);
+  cr_assert(cases, "%s", je.text);
+  const char *tok_path;
+  json_t *list;
+  int checked = 0;
+  json_object_foreach(cases, tok_path, list) {
+    char dir[512], cmd[1200];
+    snprintf(dir, sizeof dir, "%s/tok-only-%d", t.dir, checked);
+    snprintf(cmd, sizeof cmd, "mkdir -p %s && cp %s/%s %s/", dir, LATHE_SOURCE_DIR, tok_path, dir);
+    cr_assert_eq(system(cmd), 0, "%s", cmd);
+    size_t i;
+    json_t *c;
+    json_array_foreach(list, i, c) {
+      const char *text = json_string_value(json_object_get(c, "text"));
+      const char *args[] = {"tokenize", "--model", dir, "--text", text, "--add-bos", "--parse-special", "--json", NULL};
+      cr_assert_eq(lathe_argv(out, sizeof out, args), 0, "%s: %s", text, out);
+      json_t *got = json_loads(out, 0, &je);
+      cr_assert(got, "%s", out);
+      cr_assert(json_equal(json_object_get(got, "ids"), json_object_get(c, "ids")), "%s on %s: got %s", tok_path, text,
+                out);
+      cr_assert_eq(json_array_size(json_object_get(got, "pieces")), json_array_size(json_object_get(c, "ids")));
+      json_decref(got);
+      checked++;
+    }
+  }
+  json_decref(cases);
+  cr_assert_geq(checked, 12);
+  const char *args[] = {"tokenize", "--model",          LATHE_SOURCE_DIR "/tests/fixtures/stories260K/stories260K.gguf",
+                        "--text",   "Once upon a time", "--add-bos",
+                        NULL};
+  cr_assert_eq(lathe_argv(out, sizeof out, args), 0, "%s", out);
+  cr_assert_str_eq(out, "1 403 407 261 378\t\"<s>\" \" Once\" \" upon\" \" a\" \" time\"\n");
+  const char *bad[] = {"tokenize", "--model", t.dir, "--text", "x", NULL};
+  cr_assert_eq(lathe_argv(out, sizeof out, bad), 1);
+  const char *usage[] = {"tokenize", "--text", "x", NULL};
+  cr_assert_eq(lathe_argv(out, sizeof out, usage), 2);
+}
