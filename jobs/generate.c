@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "engine/model/generate.h"
+#include "engine/model/model_tok.h"
 #include "common/util.h"
 #include "jobs/datajob.h"
 #include "jobs/runners.h"
@@ -16,9 +17,16 @@
 /* A prompt's text goes out as `text` events at most this often while it is generated (and once at its end). */
 #define STREAM_EVERY_MS 100
 
+/* End-of-turn tokens of common chat templates: with --chat, any of them the vocabulary holds as a special token
+ * ends a reply (besides the model's end-of-sequence tokens). */
+static const char *const TURN_ENDS[] = {"<|im_end|>",    "<|eot_id|>",      "<|end|>",    "<end_of_turn>",
+                                        "<|endoftext|>", "<|end_of_text|>", "<|eom_id|>", "</s>"};
+
 typedef struct progress {
   job_ctx_t *ctx;
   const tok_t *tok;
+  const char *const *stops; /* with the plain template: text that opens the next turn (the reply is cut there) */
+  size_t hold;              /* bytes held back while streaming: the longest stop string */
   uint64_t done, total;
   size_t *sent;       /* bytes of each prompt's text sent in `text` events */
   int64_t *sent_mono; /* when each prompt's last piece went */
@@ -34,13 +42,28 @@ static size_t utf8_whole(const char *s, size_t n) {
   return back + 1 >= need ? n : i - 1;
 }
 
+/* The length of text[0..len) cut before its first stop string (len when none); *cut says whether one was found. */
+static size_t stop_cut(const char *const *stops, const char *text, size_t len, bool *cut) {
+  size_t at = len;
+  for (size_t i = 0; stops && stops[i]; i++) {
+    const char *hit = memmem(text, len, stops[i], strlen(stops[i]));
+    if (hit && (size_t)(hit - text) < at) at = (size_t)(hit - text);
+  }
+  if (cut) *cut = at < len;
+  return at;
+}
+
 /* Sends what item's text has grown by since its last piece (decoding all its tokens, so pieces always join up to
- * the final text); done: the item's last piece, whatever remains. */
+ * the final text); done: the item's last piece, whatever remains. Text past a stop string is never sent, nor the
+ * last bytes that could be the start of one until the item is done. */
 static void stream_text(progress_t *p, uint32_t item, const int32_t *tokens, uint32_t n, bool done) {
   char *text = NULL;
   size_t len = 0;
   if (tok_decode(p->tok, tokens, n, TOK_KEEP_LEADING, &text, &len, NULL) != LT_OK) return;
-  size_t upto = done ? len : utf8_whole(text, len);
+  bool cut = false;
+  size_t end = stop_cut(p->stops, text, len, &cut);
+  if (!done && !cut) end = end > p->hold ? end - p->hold : 0;
+  size_t upto = done || cut ? end : utf8_whole(text, end);
   size_t from = p->sent[item] < upto ? p->sent[item] : upto;
   if (upto > from || done) {
     job_text(p->ctx, item, p->sent[item] == 0 ? job_param_list_at(p->ctx, "prompt", item) : NULL, text + from,
@@ -82,11 +105,45 @@ job_outcome_t run_generate(job_ctx_t *ctx, lt_err_t *err) {
   gen_result_t *res = calloc(n, sizeof *res);
   job_steer_t js = {0};
   progress_t pr = {0};
+  chat_tmpl_t *tmpl = NULL;
+  char **rendered = NULL; /* the prompts as conversations, with --chat */
   if (!texts || !res) {
     lt_fail(err, LT_E_NOMEM, "out of memory");
     goto done;
   }
   for (size_t i = 0; i < n; i++) texts[i] = job_param_list_at(ctx, "prompt", i);
+  bool chat = job_param_bool(ctx, "chat");
+  int32_t stop_ids[sizeof TURN_ENDS / sizeof TURN_ENDS[0]];
+  uint32_t n_stop = 0;
+  if (chat) {
+    /* Each prompt becomes a conversation: the system message, if any, and the prompt as the user's turn. */
+    if (!(tmpl = model_chat_template_open(path, err)) || !(rendered = calloc(n, sizeof *rendered))) {
+      if (tmpl) lt_fail(err, LT_E_NOMEM, "out of memory");
+      goto done;
+    }
+    const char *sys = job_param_str(ctx, "system");
+    for (size_t i = 0; i < n; i++) {
+      chat_msg_t msgs[2] = {{"system", sys}, {"user", texts[i]}};
+      size_t len = 0;
+      if (chat_render(tmpl, *sys ? msgs : msgs + 1, *sys ? 2 : 1, true, &rendered[i], &len, err) != LT_OK) goto done;
+      texts[i] = rendered[i];
+    }
+    flags = chat_encode_flags(tmpl, tok);
+    if (chat_tmpl_is_plain(tmpl)) {
+      pr.stops = CHAT_PLAIN_STOPS;
+      for (size_t i = 0; CHAT_PLAIN_STOPS[i]; i++)
+        if (strlen(CHAT_PLAIN_STOPS[i]) > pr.hold) pr.hold = strlen(CHAT_PLAIN_STOPS[i]);
+    } else {
+      for (size_t i = 0; i < sizeof TURN_ENDS / sizeof TURN_ENDS[0]; i++) {
+        int32_t id = tok_find(tok, TURN_ENDS[i], strlen(TURN_ENDS[i]));
+        int type = tok_token_type(tok, id);
+        if (id >= 0 && (type == TOK_TYPE_CONTROL || type == TOK_TYPE_USER_DEFINED)) stop_ids[n_stop++] = id;
+      }
+      o.stop_ids = stop_ids, o.n_stop_ids = n_stop;
+    }
+    job_log(ctx, "chat: %s template%s, %u end-of-turn token%s", chat_tmpl_is_plain(tmpl) ? "the plain" : "the model's",
+            *sys ? " with a system message" : "", n_stop, n_stop == 1 ? "" : "s");
+  }
   if (job_steer_init(&js, ctx, m, tok, texts, n, flags, err) != LT_OK) goto done;
   /* Generation stops at the model's context (positions past it were never trained): said once in the log, and
    * such texts end with stop "context". */
@@ -104,11 +161,8 @@ job_outcome_t run_generate(job_ctx_t *ctx, lt_err_t *err) {
             "at most",
             asked, ctx_len, longest, o.max_tokens);
   }
-  pr = (progress_t){.ctx = ctx,
-                    .tok = tok,
-                    .total = (uint64_t)o.max_tokens * n,
-                    .sent = calloc(n, sizeof *pr.sent),
-                    .sent_mono = calloc(n, sizeof *pr.sent_mono)};
+  pr.ctx = ctx, pr.tok = tok, pr.total = (uint64_t)o.max_tokens * n;
+  pr.sent = calloc(n, sizeof *pr.sent), pr.sent_mono = calloc(n, sizeof *pr.sent_mono);
   if (!pr.sent || !pr.sent_mono) {
     lt_fail(err, LT_E_NOMEM, "out of memory");
     goto done;
@@ -133,7 +187,11 @@ job_outcome_t run_generate(job_ctx_t *ctx, lt_err_t *err) {
     char *text = NULL;
     size_t tlen = 0;
     if (tok_decode(tok, res[i].tokens, res[i].n_tokens, TOK_KEEP_LEADING, &text, &tlen, err) != LT_OK) goto done;
+    bool cut = false;
+    tlen = stop_cut(pr.stops, text, tlen, &cut);
+    text[tlen] = '\0';
     const char *why = res[i].stopped_at_eos                                                     ? "eos"
+                      : cut                                                                     ? "end_of_turn"
                       : o.max_tokens < asked && js.prompts.lens[i] + res[i].n_tokens >= ctx_len ? "context"
                                                                                                 : "max_tokens";
     json_t *row = json_pack("{s:s, s:s, s:i, s:s}", "prompt", job_param_list_at(ctx, "prompt", i), "text", text,
@@ -150,6 +208,7 @@ job_outcome_t run_generate(job_ctx_t *ctx, lt_err_t *err) {
     job_output_int(ctx, "prompt_tokens", js.prompts.lens[i]);
     job_output_str(ctx, "stop", why);
     job_output_int(ctx, "item", (int64_t)i);
+    if (chat) job_output_str(ctx, "rendered", texts[i]);
     if (js.cfg.method != STEER_NONE) job_output_str(ctx, "steer", steer_method_str(js.cfg.method));
     job_output_end(ctx);
     total += res[i].n_tokens;
@@ -169,6 +228,9 @@ done:
   for (size_t i = 0; res && i < n; i++) free(res[i].tokens);
   free(texts), free(res);
   free(pr.sent), free(pr.sent_mono);
+  for (size_t i = 0; rendered && i < n; i++) free(rendered[i]);
+  free(rendered);
+  chat_tmpl_destroy(&tmpl);
   job_steer_free(&js);
   return out;
 }

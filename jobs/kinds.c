@@ -68,9 +68,24 @@ static bool kind_generate_validate(const msgpack_object *params, proto_err_t *e)
   if (!p || p->type != MSGPACK_OBJECT_ARRAY || p->via.array.size == 0)
     return proto_fail(e, P_MISSING_PARAM, "params.prompt", "params.prompt: give at least one prompt");
   bool add_bos = bos && bos->type == MSGPACK_OBJECT_BOOLEAN && bos->via.boolean;
-  for (uint32_t i = 0; i < p->via.array.size && !add_bos; i++)
+  const msgpack_object *chat = mp_get(params, "chat"), *sys = mp_get(params, "system");
+  bool chatting = chat && chat->type == MSGPACK_OBJECT_BOOLEAN && chat->via.boolean;
+  for (uint32_t i = 0; i < p->via.array.size && !add_bos && !chatting; i++)
     if (p->via.array.ptr[i].via.str.size == 0)
       return proto_fail(e, P_BAD_VALUE, "params.prompt", "params.prompt: prompt %u is empty and add_bos is off", i);
+  if (!chatting && sys && sys->type == MSGPACK_OBJECT_STR && sys->via.str.size)
+    return proto_fail(e, P_BAD_VALUE, "params.system", "params.system: a system message needs params.chat");
+  static const char *const prefixes[] = {"contrast_prompt", "reverse_prompt", "positive_prompt"};
+  for (size_t i = 0; chatting && i < sizeof prefixes / sizeof prefixes[0]; i++) {
+    const msgpack_object *v = mp_get(params, prefixes[i]);
+    if (v && v->type == MSGPACK_OBJECT_STR && v->via.str.size) {
+      char field[48];
+      snprintf(field, sizeof field, "params.%s", prefixes[i]);
+      return proto_fail(e, P_BAD_VALUE, field,
+                        "%s: not with params.chat (it is put before the raw prompt, which a chat template wraps)",
+                        field);
+    }
+  }
   return steer_params_check(params, false, e);
 }
 

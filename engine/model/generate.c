@@ -68,9 +68,12 @@ int32_t sample_token(const float *logits, uint32_t vocab, const sample_opts_t *o
   return (int32_t)c[n - 1].id;
 }
 
-static bool is_eos(const model_config_t *c, int32_t t) {
+/* Whether t ends a sequence: one of the model's end-of-sequence tokens or of the caller's stop tokens. */
+static bool is_eos(const model_config_t *c, const gen_opts_t *o, int32_t t) {
   for (uint32_t i = 0; i < c->n_eos; i++)
     if (c->eos_ids[i] == t) return true;
+  for (uint32_t i = 0; i < o->n_stop_ids; i++)
+    if (o->stop_ids[i] == t) return true;
   return false;
 }
 
@@ -161,7 +164,7 @@ lt_status_t model_generate(model_t *m, const int32_t *const *prompts, const uint
       if (o->on_logits)
         o->on_logits(o->logits_ctx, i, res[i].n_tokens, lg, out2 ? logits + (uint64_t)(n + i) * V : NULL, V);
       int32_t t = o->forced ? o->forced[i][res[i].n_tokens] : sample_token(lg, V, &o->sample, &rng[i], scratch);
-      if (!o->forced && !o->ignore_eos && is_eos(cf, t)) {
+      if (!o->forced && !o->ignore_eos && is_eos(cf, o, t)) {
         done[i] = true;
         res[i].stopped_at_eos = true;
         continue;

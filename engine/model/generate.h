@@ -45,6 +45,10 @@ typedef struct gen_opts {
   sample_opts_t sample;
   uint64_t seed;   /* prompt i samples with seed + i */
   bool ignore_eos; /* keep going after an end-of-sequence token */
+  /* More tokens that end a sequence as the model's end-of-sequence tokens do (a chat template's end of turn);
+   * like them, not part of the result. */
+  const int32_t *stop_ids;
+  uint32_t n_stop_ids;
   /* Teacher forcing (NULL: sample): prompt i continues with forced[i][0..forced_lens[i]) instead of sampled
    * tokens, end-of-sequence tokens included; max_tokens is then ignored. */
   const int32_t *const *forced;

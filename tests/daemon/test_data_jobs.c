@@ -332,3 +332,34 @@ Test(data_jobs, selfgen_renders_with_the_models_template_or_the_plain_one) {
   cr_assert(strstr(pairs_written(2), "\"prompt\":\"User: Go.\\n\\nHello there.\\n\\nAssistant:\""), "%s",
             pairs_written(2));
 }
+
+/* generate --chat renders each prompt as a user turn (after --system) with the model's template, or the plain one
+ * when the model has none, and says which; --system alone is refused. */
+Test(data_jobs, generate_chat_renders_the_conversation) {
+  static char dir[200], cmd[3 * PATH_MAX], args[1024];
+  snprintf(dir, sizeof dir, "%s/tmodel", t.dir);
+  snprintf(cmd, sizeof cmd, "mkdir -p %s && ln -s %s/[cgm]* %s/tokenizer.json %s/", dir, STORIES_MODEL, STORIES_MODEL,
+           dir);
+  cr_assert_eq(system(cmd), 0);
+  file("tmodel/tokenizer_config.json",
+       "{\"bos_token\": \"<s>\", \"eos_token\": \"</s>\", \"chat_template\": "
+       "\"{{ bos_token }}{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }} {% endfor %}"
+       "{% if add_generation_prompt %}[assistant]{% endif %}\"}\n");
+  snprintf(args, sizeof args,
+           "--json run generate --model %s --chat --system 'Be kind.' --prompt Hi --prompt 'Tell a story' "
+           "--temperature 0 --max-tokens 8",
+           dir);
+  cr_assert_eq(lathe(args), 0, "%s", err);
+  cr_assert(strstr(err, "chat: the model's template with a system message, 1 end-of-turn token"), "%s", err);
+  cr_assert(strstr(out, "\"rendered\":\"<s>[system] Be kind. [user] Hi [assistant]\""), "%s", out);
+  cr_assert(strstr(out, "\"rendered\":\"<s>[system] Be kind. [user] Tell a story [assistant]\""), "%s", out);
+  snprintf(args, sizeof args, "--json run generate --model %s --chat --prompt Hi --temperature 0 --max-tokens 8",
+           STORIES_MODEL);
+  cr_assert_eq(lathe(args), 0, "%s", err);
+  cr_assert(strstr(err, "chat: the plain template"), "%s", err);
+  cr_assert(strstr(out, "\"rendered\":\"User: Hi\\n\\nAssistant:\""), "%s", out);
+  cr_assert_null(strstr(out, "\\nUser:"), "the reply ends where the next turn would open: %s", out);
+  snprintf(args, sizeof args, "run generate --model %s --system 'Be kind.' --prompt Hi", STORIES_MODEL);
+  cr_assert_eq(lathe(args), 2, "%s", err);
+  cr_assert(strstr(err, "--system: a system message needs --chat"), "%s", err);
+}

@@ -270,3 +270,40 @@ Test(forward, hooks_name_the_callers_items_across_passes) {
   for (int i = 0; i < 3; i++) model_seq_destroy(&s[i]);
   model_destroy(&m);
 }
+
+/* A stop token ends a sequence as the model's end-of-sequence token does: the greedy story stops just before the
+ * first appearance of its sixth token, which is not part of the result; the other prompt of the batch is not cut
+ * unless it meets that token too. */
+Test(forward, stop_ids_end_a_sequence_like_eos) {
+  lt_err_t err = {0};
+  tok_t *tok = model_tokenizer_open(STORIES "/stories260K.gguf", &err);
+  cr_assert(tok, "%s", err.msg);
+  model_t *m = model_load(tgpu(), STORIES "/stories260K.gguf", NULL, &err);
+  cr_assert(m, "%s", err.msg);
+  int32_t *a = NULL, *b = NULL;
+  size_t na = 0, nb = 0;
+  cr_assert_eq(tok_encode(tok, "Once upon a time", 16, TOK_ADD_BOS, &a, &na, &err), LT_OK, "%s", err.msg);
+  cr_assert_eq(tok_encode(tok, "The dog", 7, TOK_ADD_BOS, &b, &nb, &err), LT_OK, "%s", err.msg);
+  const int32_t *prompts[2] = {a, b};
+  uint32_t lens[2] = {(uint32_t)na, (uint32_t)nb};
+  gen_opts_t o = {.max_tokens = 24};
+  gen_result_t plain[2], stopped[2];
+  cr_assert_eq(model_generate(m, prompts, lens, 2, &o, NULL, NULL, NULL, plain, &err), LT_OK, "%s", err.msg);
+  cr_assert_eq(plain[0].n_tokens, 24);
+  int32_t stop = plain[0].tokens[5];
+  uint32_t at = 0;
+  while (plain[0].tokens[at] != stop) at++;
+  o.stop_ids = &stop, o.n_stop_ids = 1;
+  cr_assert_eq(model_generate(m, prompts, lens, 2, &o, NULL, NULL, NULL, stopped, &err), LT_OK, "%s", err.msg);
+  cr_assert_eq(stopped[0].n_tokens, at);
+  cr_assert(stopped[0].stopped_at_eos);
+  cr_assert_arr_eq(stopped[0].tokens, plain[0].tokens, at * sizeof(int32_t));
+  uint32_t bat = 0;
+  while (bat < plain[1].n_tokens && plain[1].tokens[bat] != stop) bat++;
+  cr_assert_eq(stopped[1].n_tokens, bat, "the other prompt stops at the same token or not at all");
+  cr_assert_arr_eq(stopped[1].tokens, plain[1].tokens, bat * sizeof(int32_t));
+  for (int i = 0; i < 2; i++) free(plain[i].tokens), free(stopped[i].tokens);
+  free(a), free(b);
+  model_destroy(&m);
+  tok_destroy(&tok);
+}
