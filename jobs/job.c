@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "engine/model/model_file.h"
 #include "engine/text/jsonl.h"
 #include "jobs/runners.h"
 
@@ -214,6 +215,19 @@ lt_status_t job_report_write(job_ctx_t *c, const char *dir, lt_err_t *err) {
 }
 
 gpu_t *job_gpu(job_ctx_t *c, lt_err_t *err) { return c->h->gpu(c->host, c, err); }
+
+lt_dtype_t job_save_dtype(job_ctx_t *c, const char *base) {
+  const char *dt = job_param_str(c, "dtype");
+  if (!strcmp(dt, "f16")) return LT_F16;
+  if (!strcmp(dt, "bf16")) return LT_BF16;
+  if (!strcmp(dt, "f32")) return LT_F32;
+  model_file_t *f = NULL;
+  lt_err_t e = {0};
+  if (model_file_open(&f, base, &e) != LT_OK) return LT_F32;
+  ft_dtype_t t = model_file_weights(f)->tok_embd.dtype;
+  model_file_destroy(&f);
+  return t == FT_F16 ? LT_F16 : t == FT_BF16 ? LT_BF16 : LT_F32;
+}
 
 model_t *job_model(job_ctx_t *c, const char *path, tok_t **tok, lt_err_t *err) {
   model_t *m = c->h->model(c->host, c, path, tok, err);

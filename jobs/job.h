@@ -101,6 +101,10 @@ lt_status_t job_report_write(job_ctx_t *ctx, const char *dir, lt_err_t *err);
  * NULL with err when no device can be opened. */
 gpu_t *job_gpu(job_ctx_t *ctx, lt_err_t *err);
 
+/* The dtype f32 weights are written as, from the job's `dtype` parameter: f32, f16, bf16, or base (that of the
+ * model at base's token embedding; f32 when it cannot be read). */
+lt_dtype_t job_save_dtype(job_ctx_t *ctx, const char *base);
+
 /* The model at path (a Hugging Face folder or a .gguf file) on the worker's device, with its tokenizer in *tok.
  * The worker keeps the last model loaded between jobs (the keep-alive), so a second job on the same model does
  * not load it again. When the job has an "adapter" parameter naming a folder (what `tune` writes: a PEFT LoRA or

@@ -146,6 +146,14 @@ static bool kind_compress_validate(const msgpack_object *params, proto_err_t *e)
   return true;
 }
 
+/* The dtype of written weights: f32, bf16, f16 or base (the base model's). */
+static bool dtype_ok(const msgpack_object *params, proto_err_t *e) {
+  const msgpack_object *dt = mp_get(params, "dtype");
+  if (!mp_str_is(dt, "base") && !mp_str_is(dt, "f32") && !mp_str_is(dt, "bf16") && !mp_str_is(dt, "f16"))
+    return proto_fail(e, P_BAD_VALUE, "params.dtype", "params.dtype: f32, bf16, f16 or base");
+  return true;
+}
+
 /* tune_zo: a known method; drop_layers only means something to LeZO. */
 static bool kind_tune_zo_validate(const msgpack_object *params, proto_err_t *e) {
   const msgpack_object *m = mp_get(params, "method");
@@ -155,7 +163,7 @@ static bool kind_tune_zo_validate(const msgpack_object *params, proto_err_t *e) 
   if (!lezo && !mp_str_is(m, "mezo")) return proto_fail(e, P_BAD_VALUE, "params.method", "params.method: mezo or lezo");
   if (!lezo && drop > 0)
     return proto_fail(e, P_BAD_VALUE, "params.drop_layers", "params.drop_layers: MeZO tunes every block (use lezo)");
-  return true;
+  return dtype_ok(params, e);
 }
 
 static bool kind_first_order_validate(const msgpack_object *params, proto_err_t *e) {
@@ -172,9 +180,7 @@ static bool kind_first_order_validate(const msgpack_object *params, proto_err_t 
   const msgpack_object *sc = mp_get(params, "schedule");
   if (!mp_str_is(sc, "cosine") && !mp_str_is(sc, "linear") && !mp_str_is(sc, "constant"))
     return proto_fail(e, P_BAD_VALUE, "params.schedule", "params.schedule: cosine, linear or constant");
-  const msgpack_object *dt = mp_get(params, "dtype");
-  if (!mp_str_is(dt, "base") && !mp_str_is(dt, "f32") && !mp_str_is(dt, "bf16") && !mp_str_is(dt, "f16"))
-    return proto_fail(e, P_BAD_VALUE, "params.dtype", "params.dtype: f32, bf16, f16 or base");
+  if (!dtype_ok(params, e)) return false;
   bool merge = false;
   const msgpack_object *mg = mp_get(params, "merge");
   if (mg && mg->type == MSGPACK_OBJECT_BOOLEAN) merge = mg->via.boolean;

@@ -276,16 +276,6 @@ static lt_status_t log_open(run_t *r, uint64_t step, lt_err_t *err) {
 
 /* ---- results ---- */
 
-/* The base's weight dtype, for --dtype base. */
-static lt_dtype_t base_dtype(const char *path) {
-  model_file_t *f = NULL;
-  lt_err_t e = {0};
-  if (model_file_open(&f, path, &e) != LT_OK) return LT_F32;
-  ft_dtype_t t = model_file_weights(f)->tok_embd.dtype;
-  model_file_destroy(&f);
-  return t == FT_F16 ? LT_F16 : t == FT_BF16 ? LT_BF16 : LT_F32;
-}
-
 /* LoRA merged into the base: a second copy of the base in f32 with the pairs folded in, written as a Hugging
  * Face folder in the base's dtype. */
 static lt_status_t write_merged(run_t *r, gpu_t *g, lt_err_t *err) {
@@ -295,7 +285,7 @@ static lt_status_t write_merged(run_t *r, gpu_t *g, lt_err_t *err) {
   lt_status_t st = train_lora_merge(r->t, mm, err);
   char dir[PATH_MAX + 8];
   snprintf(dir, sizeof dir, "%s/merged", r->output);
-  model_save_opts_t so = {.f32_as = base_dtype(r->base)};
+  model_save_opts_t so = {.f32_as = job_save_dtype(r->ctx, r->base)};
   if (st == LT_OK) st = model_save(mm, dir, &so, err);
   model_destroy(&mm);
   return st;
@@ -755,11 +745,7 @@ static job_outcome_t first_order(job_ctx_t *ctx, bool distill, lt_err_t *err) {
   }
   lt_status_t st;
   if (full) {
-    const char *dt = job_param_str(ctx, "dtype");
-    model_save_opts_t so = {.f32_as = !strcmp(dt, "f16")    ? LT_F16
-                                      : !strcmp(dt, "bf16") ? LT_BF16
-                                      : !strcmp(dt, "f32")  ? LT_F32
-                                                            : base_dtype(r.base)};
+    model_save_opts_t so = {.f32_as = job_save_dtype(ctx, r.base)};
     st = model_save(r.m, r.output, &so, err);
   } else {
     st = train_save_adapter(r.t, r.output, r.base, err);

@@ -272,7 +272,7 @@ job_outcome_t run_tune_zo(job_ctx_t *ctx, lt_err_t *err) {
   char steps[24];
   snprintf(steps, sizeof steps, "%" PRIu64, r.steps);
   const char *meta[] = {"lathe_zo_steps", steps};
-  model_save_opts_t so = {.meta = meta, .n_meta = 1};
+  model_save_opts_t so = {.meta = meta, .n_meta = 1, .f32_as = job_save_dtype(ctx, r.base)};
   if (fflush(r.log) != 0 || model_save(r.m, r.output, &so, err) != LT_OK) {
     if (!err->msg[0]) lt_fail(err, LT_E_IO, "writing %s: %s", r.log_path, strerror(errno));
     out = JOB_FAILED;

@@ -128,3 +128,39 @@ Test(tune_zo, killed_worker_resumes_to_the_weights_of_an_uninterrupted_run) {
   cr_assert(td_same_file(fa, fb), "replaying the log gives other weights");
   lc_destroy(&c);
 }
+
+/* The first 4 KiB of a file (a safetensors header fits), NUL-terminated, into buf. */
+static void head_of(const char *path, char *buf, size_t n) {
+  FILE *f = fopen(path, "rb");
+  cr_assert(f, "no %s", path);
+  size_t got = fread(buf, 1, n - 1, f);
+  fclose(f);
+  for (size_t i = 0; i < got; i++)
+    if (!buf[i]) buf[i] = ' ';
+  buf[got] = '\0';
+}
+
+/* tune-zo writes the final weights in the base's dtype unless --dtype says otherwise (it tunes in f32). */
+Test(tune_zo, the_output_keeps_the_base_dtype_unless_told) {
+  td_start(&t, NULL);
+  lc_t *c = td_client(&t);
+  char data[128], out_a[128], out_b[128], path[192];
+  static char head[4096];
+  write_data(data, sizeof data);
+  snprintf(out_a, sizeof out_a, "%s/a", t.dir);
+  snprintf(out_b, sizeof out_b, "%s/b", t.dir);
+  const int64_t ints[] = {2, 2, 0, 0, 0, 5};
+  const char *const kv_a[] = {"model", TINY "-f16", "data", data, "output", out_a, NULL};
+  int64_t a = submit(c, "tune-zo", kv_a, ints);
+  const char *const kv_b[] = {"model", TINY "-f16", "data", data, "output", out_b, "dtype", "f32", NULL};
+  int64_t b = submit(c, "tune-zo", kv_b, ints);
+  td_wait_state(c, a, "succeeded", 60000);
+  td_wait_state(c, b, "succeeded", 60000);
+  snprintf(path, sizeof path, "%s/model.safetensors", out_a);
+  head_of(path, head, sizeof head);
+  cr_assert(strstr(head, "\"F16\"") && !strstr(head, "\"F32\""), "the f16 base gives f16 weights: %s", head);
+  snprintf(path, sizeof path, "%s/model.safetensors", out_b);
+  head_of(path, head, sizeof head);
+  cr_assert(strstr(head, "\"F32\"") && !strstr(head, "\"F16\""), "--dtype f32: %s", head);
+  lc_destroy(&c);
+}
