@@ -154,8 +154,9 @@ out:
   return st;
 }
 
-/* Picks a physical device: by index or UUID when asked, else the best kind (discrete first). */
-static lt_status_t choose_device(gpu_t *g, const char *want, lt_err_t *err) {
+/* Picks a physical device: by index or UUID when asked (from_env: the ask is LATHE_DEVICE, and a refusal names it),
+ * else the best kind (discrete first). */
+static lt_status_t choose_device(gpu_t *g, const char *want, bool from_env, lt_err_t *err) {
   lt_status_t st = LT_OK;
   uint32_t n = 0;
   VkPhysicalDevice *pds = NULL;
@@ -197,9 +198,9 @@ static lt_status_t choose_device(gpu_t *g, const char *want, lt_err_t *err) {
   }
   if (best < 0) {
     st = want && *want
-             ? lt_fail(err, LT_E_INVALID,
-                       "device %s (--device or LATHE_DEVICE) matches no Vulkan device; name one by index or UUID: %s",
-                       want, list[0] ? list : "(none with Vulkan 1.1)")
+             ? lt_fail(err, LT_E_INVALID, "%s%s%s matches no Vulkan device; name one by index or UUID: %s",
+                       from_env ? "LATHE_DEVICE=" : "device ", want, from_env ? "" : " (--device or LATHE_DEVICE)",
+                       list[0] ? list : "(none with Vulkan 1.1)")
              : lt_fail(err, LT_E_NO_VULKAN, "no Vulkan 1.1+ device found; " INSTALL_HINT);
     goto out;
   }
@@ -387,7 +388,7 @@ gpu_t *gpu_new(const gpu_opts_t *opts, lt_err_t *err) {
   }
   if ((st = make_instance(g, validation != 0, err)) != LT_OK) goto out;
   const char *want = o->device ? o->device : getenv("LATHE_DEVICE");
-  if ((st = choose_device(g, want, err)) != LT_OK) goto out;
+  if ((st = choose_device(g, want, !o->device, err)) != LT_OK) goto out;
   query_caps(g);
   if ((st = make_device(g, err)) != LT_OK) goto out;
   make_defines(g);

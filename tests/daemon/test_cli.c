@@ -500,7 +500,7 @@ Test(cli, tokenize_gives_the_reference_ids) {
   json_t *list;
   int checked = 0;
   json_object_foreach(cases, tok_path, list) {
-    char dir[512], cmd[1200];
+    static char dir[512], cmd[3 * PATH_MAX];
     snprintf(dir, sizeof dir, "%s/tok-only-%d", t.dir, checked);
     snprintf(cmd, sizeof cmd, "mkdir -p %s && cp %s/%s %s/", dir, LATHE_SOURCE_DIR, tok_path, dir);
     cr_assert_eq(system(cmd), 0, "%s", cmd);
