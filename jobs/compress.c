@@ -71,10 +71,7 @@ static void write_plots(job_ctx_t *ctx, const char *model, const model_config_t 
                       .marked_label = meth->block_drop ? "dropped block" : "dropped FFN",
                       .fit = true};
   snprintf(path, sizeof path, "%s/scores.svg", job_dir(ctx));
-  if (plot_svg_write(path, &spec, &e) == LT_OK)
-    job_artifact(ctx, "scores_plot", "scores.svg");
-  else
-    job_log(ctx, "scores.svg not written: %s", e.msg);
+  job_picture(ctx, plot_svg_write(path, &spec, &e), "scores_plot", "scores.svg", &e);
   free(marked);
   const double *ex = compress_expert_scores(calib);
   if (!E || !ex) return;
@@ -94,10 +91,7 @@ static void write_plots(job_ctx_t *ctx, const char *model, const model_config_t 
                    .marked = meth->expert_drop ? choice->drop_expert : NULL,
                    .marked_label = "dropped expert"};
   snprintf(path, sizeof path, "%s/experts.svg", job_dir(ctx));
-  if (plot_heat_write(path, &h, &e) == LT_OK)
-    job_artifact(ctx, "experts_plot", "experts.svg");
-  else
-    job_log(ctx, "experts.svg not written: %s", e.msg);
+  job_picture(ctx, plot_heat_write(path, &h, &e), "experts_plot", "experts.svg", &e);
   free(v);
 }
 

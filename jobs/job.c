@@ -216,6 +216,13 @@ lt_status_t job_report_write(job_ctx_t *c, const char *dir, lt_err_t *err) {
 
 gpu_t *job_gpu(job_ctx_t *c, lt_err_t *err) { return c->h->gpu(c->host, c, err); }
 
+void job_picture(job_ctx_t *c, lt_status_t st, const char *name, const char *path, const lt_err_t *e) {
+  if (st == LT_OK)
+    job_artifact(c, name, path);
+  else
+    job_log(c, "%s not written: %s", path, e->msg);
+}
+
 lt_dtype_t job_save_dtype(job_ctx_t *c, const char *base) {
   const char *dt = job_param_str(c, "dtype");
   if (!strcmp(dt, "f16")) return LT_F16;

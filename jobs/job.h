@@ -101,6 +101,10 @@ lt_status_t job_report_write(job_ctx_t *ctx, const char *dir, lt_err_t *err);
  * NULL with err when no device can be opened. */
 gpu_t *job_gpu(job_ctx_t *ctx, lt_err_t *err);
 
+/* After a picture was written (st; e its error) at path: an artifact named name, or a log line saying why not (a
+ * picture is never worth failing a job for). */
+void job_picture(job_ctx_t *ctx, lt_status_t st, const char *name, const char *path, const lt_err_t *e);
+
 /* The dtype f32 weights are written as, from the job's `dtype` parameter: f32, f16, bf16, or base (that of the
  * model at base's token embedding; f32 when it cannot be read). */
 lt_dtype_t job_save_dtype(job_ctx_t *ctx, const char *base);

@@ -172,6 +172,23 @@ lt_status_t plot_svg_write(const char *path, const plot_spec_t *p, lt_err_t *err
   return util_out_commit(&out, err);
 }
 
+lt_status_t plot_loss_write(const char *path, const char *title, const char *subtitle, const double *train,
+                            const double *eval, uint32_t n, lt_err_t *err) {
+  plot_curve_t curves[2] = {{"train loss", train, 0}, {"eval loss", eval, 0}};
+  plot_spec_t spec = {.title = title,
+                      .subtitle = subtitle,
+                      .xlabel = "step",
+                      .ylabel = {"loss", NULL},
+                      .n = n,
+                      .curves = curves,
+                      .n_curves = eval ? 2 : 1,
+                      .band_lo = -1,
+                      .band_hi = -1,
+                      .mark = -1,
+                      .fit = true};
+  return plot_svg_write(path, &spec, err);
+}
+
 lt_status_t plot_bars_write(const char *path, const plot_bars_t *b, lt_err_t *err) {
   double lo = 0, hi = 0;
   for (uint64_t i = 0; i < (uint64_t)b->n_series * b->n_groups; i++)

@@ -32,6 +32,11 @@ typedef struct plot_spec {
 /* Writes the chart p as an SVG file at path. */
 lt_status_t plot_svg_write(const char *path, const plot_spec_t *p, lt_err_t *err);
 
+/* Writes a loss chart at path: train[n] and, when not NULL, eval[n] against the step (NaN: none at that step), the
+ * y range fitted to them. */
+lt_status_t plot_loss_write(const char *path, const char *title, const char *subtitle, const double *train,
+                            const double *eval, uint32_t n, lt_err_t *err);
+
 /* A grouped bar chart: for each group (a label under the axis) one bar per series (named in the legend). */
 typedef struct plot_bars {
   const char *title, *subtitle, *ylabel;

@@ -220,10 +220,7 @@ static void bars(job_ctx_t *ctx, const char *method, const tally_t *base, const 
                    .v = packed};
   lt_err_t e = {0};
   snprintf(path, sizeof path, "%s/steer-eval.svg", job_dir(ctx));
-  if (plot_bars_write(path, &b, &e) == LT_OK)
-    job_artifact(ctx, "plot", "steer-eval.svg");
-  else
-    job_log(ctx, "steer-eval.svg not written: %s", e.msg);
+  job_picture(ctx, plot_bars_write(path, &b, &e), "plot", "steer-eval.svg", &e);
 }
 
 job_outcome_t run_steer_eval(job_ctx_t *ctx, lt_err_t *err) {

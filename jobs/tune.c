@@ -294,7 +294,6 @@ static lt_status_t write_merged(run_t *r, gpu_t *g, lt_err_t *err) {
 static void plot_write(run_t *r) {
   char p[PATH_MAX + 16];
   snprintf(p, sizeof p, "%s/loss.svg", r->output);
-  plot_curve_t curves[2] = {{"train loss", r->curve, 0}, {"eval loss", r->eval_curve, 0}};
   char title[160];
   if (r->distill)
     snprintf(title, sizeof title, "distill --method %s --train %s: loss per step (eval: cross-entropy)",
@@ -303,22 +302,9 @@ static void plot_write(run_t *r) {
     snprintf(title, sizeof title, "tune --objective dpo --train %s: DPO loss per step (eval: held-out pairs)", r->what);
   else
     snprintf(title, sizeof title, "tune --train %s: loss per step", r->what);
-  plot_spec_t spec = {.title = title,
-                      .subtitle = r->base,
-                      .xlabel = "step",
-                      .ylabel = {"loss", NULL},
-                      .n = (uint32_t)r->steps + 1,
-                      .curves = curves,
-                      .n_curves = 2,
-                      .band_lo = -1,
-                      .band_hi = -1,
-                      .mark = -1,
-                      .fit = true};
   lt_err_t e = {0};
-  if (plot_svg_write(p, &spec, &e) == LT_OK)
-    job_artifact(r->ctx, "plot", p);
-  else
-    job_log(r->ctx, "loss curve not written: %s", e.msg);
+  job_picture(r->ctx, plot_loss_write(p, title, r->base, r->curve, r->eval_curve, (uint32_t)r->steps + 1, &e), "plot",
+              p, &e);
 }
 
 /* ---- the loop ---- */

@@ -57,9 +57,12 @@ static void plot_write(run_t *r) {
   zo_record_t *recs = NULL;
   uint64_t n = 0;
   lt_err_t e = {0};
-  double *curve = NULL;
-  if (zo_log_read(r->log_path, &o, NULL, 0, &recs, &n, &e) == LT_OK &&
-      (curve = malloc((r->steps + 1) * sizeof *curve))) {
+  if (zo_log_read(r->log_path, &o, NULL, 0, &recs, &n, &e) != LT_OK) {
+    job_log(r->ctx, "loss curve not written: %s", e.msg);
+    return;
+  }
+  double *curve = malloc((r->steps + 1) * sizeof *curve);
+  if (curve) {
     for (uint64_t s = 0; s <= r->steps; s++) curve[s] = NAN;
     for (uint64_t i = 0; i < n; i++)
       if (recs[i].step < r->steps) curve[recs[i].step + 1] = 0.5 * (recs[i].loss_plus + recs[i].loss_minus);
@@ -67,21 +70,9 @@ static void plot_write(run_t *r) {
     snprintf(p, sizeof p, "%s/loss.svg", r->output);
     snprintf(title, sizeof title, "tune-zo --method %s: loss per step (train: mean of the two perturbed losses)",
              r->o.method == ZO_LEZO ? "lezo" : "mezo");
-    plot_curve_t curves[2] = {{"train loss", curve, 0}, {"eval loss", r->eval_curve, 0}};
-    plot_spec_t spec = {.title = title,
-                        .subtitle = r->base,
-                        .xlabel = "step",
-                        .ylabel = {"loss", NULL},
-                        .n = (uint32_t)r->steps + 1,
-                        .curves = curves,
-                        .n_curves = r->eval_curve ? 2 : 1,
-                        .band_lo = -1,
-                        .band_hi = -1,
-                        .mark = -1,
-                        .fit = true};
-    if (plot_svg_write(p, &spec, &e) == LT_OK) job_artifact(r->ctx, "plot", p);
+    job_picture(r->ctx, plot_loss_write(p, title, r->base, curve, r->eval_curve, (uint32_t)r->steps + 1, &e), "plot", p,
+                &e);
   }
-  if (e.msg[0]) job_log(r->ctx, "loss curve not written: %s", e.msg);
   free(recs), free(curve);
 }
 

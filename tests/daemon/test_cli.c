@@ -288,16 +288,21 @@ Test(cli, ps_progress_logs_tail_and_generate_texts) {
   cr_assert(strstr(out, "\"stop\":\"context\""), "%s", out);
 }
 
+/* Writes t.dir/zo.jsonl (its path into path) with `rows` identical prompt + completion rows for tune-zo runs. */
+static void zo_data(char *path, size_t n, int rows) {
+  snprintf(path, n, "%s/zo.jsonl", t.dir);
+  FILE *f = fopen(path, "w");
+  cr_assert(f);
+  for (int i = 0; i < rows; i++) fputs("{\"prompt\": \"And God said\", \"completion\": \" unto Moses\"}\n", f);
+  fclose(f);
+}
+
 /* On a terminal (forced with LATHE_TTY=1, stderr to a file) a run shows one updating line: step/N, the run's
  * figures (loss, eval loss) and the rate, redrawn in place; its metrics are no lines of their own. */
 Test(cli, a_terminal_gets_one_updating_progress_line) {
   static char out[1 << 16], errs[1 << 18];
   char data[256], args[1024];
-  snprintf(data, sizeof data, "%s/zo.jsonl", t.dir);
-  FILE *f = fopen(data, "w");
-  cr_assert(f);
-  for (int i = 0; i < 16; i++) fputs("{\"prompt\": \"And God said\", \"completion\": \" unto Moses\"}\n", f);
-  fclose(f);
+  zo_data(data, sizeof data, 16);
   snprintf(args, sizeof args,
            "LATHE_TTY=1 %s/lathe run tune-zo --model %s/models/lathe-kjv-llama --data %s --steps 12 --eval-every 0 "
            "--output %s/zo 2>%s/tty.err",
@@ -448,11 +453,7 @@ Test(cli, without_a_terminal_progress_is_a_line_every_few_seconds) {
             out);
   /* tune-zo emits five metrics a step: none of them is a line here. */
   char data[256], args[1024];
-  snprintf(data, sizeof data, "%s/zo.jsonl", t.dir);
-  FILE *f = fopen(data, "w");
-  cr_assert(f);
-  for (int i = 0; i < 8; i++) fputs("{\"prompt\": \"And God said\", \"completion\": \" unto Moses\"}\n", f);
-  fclose(f);
+  zo_data(data, sizeof data, 8);
   snprintf(args, sizeof args, "run tune-zo --model %s/models/lathe-kjv-llama --data %s --steps 4 --output %s/zo",
            LATHE_SOURCE_DIR, data, t.dir);
   cr_assert_eq(lathe_all(out, sizeof out, args), 0, "%s", out);

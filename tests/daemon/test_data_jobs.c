@@ -308,17 +308,23 @@ static const char *pairs_written(int id) {
   return buf;
 }
 
-Test(data_jobs, selfgen_renders_with_the_models_template_or_the_plain_one) {
-  /* stories260K with a chat template of its own. */
-  static char dir[200], cmd[3 * PATH_MAX], args[1024];
-  snprintf(dir, sizeof dir, "%s/tmodel", t.dir);
+/* stories260K with a chat template of its own, in t.dir/tmodel (its path into dir): "<s>[role] content ...
+ * [assistant]". */
+static void templated_model(char *dir, size_t n) {
+  static char cmd[3 * PATH_MAX];
+  snprintf(dir, n, "%s/tmodel", t.dir);
   snprintf(cmd, sizeof cmd, "mkdir -p %s && ln -s %s/[cgm]* %s/tokenizer.json %s/", dir, STORIES_MODEL, STORIES_MODEL,
            dir);
   cr_assert_eq(system(cmd), 0);
-  snprintf(cmd, sizeof cmd, "tmodel/tokenizer_config.json");
-  file(cmd, "{\"bos_token\": \"<s>\", \"eos_token\": \"</s>\", \"chat_template\": "
-            "\"{{ bos_token }}{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }} {% endfor %}"
-            "{% if add_generation_prompt %}[assistant]{% endif %}\"}\n");
+  file("tmodel/tokenizer_config.json",
+       "{\"bos_token\": \"<s>\", \"eos_token\": \"</s>\", \"chat_template\": "
+       "\"{{ bos_token }}{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }} {% endfor %}"
+       "{% if add_generation_prompt %}[assistant]{% endif %}\"}\n");
+}
+
+Test(data_jobs, selfgen_renders_with_the_models_template_or_the_plain_one) {
+  static char dir[200], args[1024];
+  templated_model(dir, sizeof dir);
   const char *data = file("in.jsonl", "{\"input\": \"Hello there.\"}\n");
   snprintf(args, sizeof args, "--json run selfgen --model %s --data %s --instruction Go. --max-tokens 4 --stop x", dir,
            data);
@@ -336,15 +342,8 @@ Test(data_jobs, selfgen_renders_with_the_models_template_or_the_plain_one) {
 /* generate --chat renders each prompt as a user turn (after --system) with the model's template, or the plain one
  * when the model has none, and says which; --system alone is refused. */
 Test(data_jobs, generate_chat_renders_the_conversation) {
-  static char dir[200], cmd[3 * PATH_MAX], args[1024];
-  snprintf(dir, sizeof dir, "%s/tmodel", t.dir);
-  snprintf(cmd, sizeof cmd, "mkdir -p %s && ln -s %s/[cgm]* %s/tokenizer.json %s/", dir, STORIES_MODEL, STORIES_MODEL,
-           dir);
-  cr_assert_eq(system(cmd), 0);
-  file("tmodel/tokenizer_config.json",
-       "{\"bos_token\": \"<s>\", \"eos_token\": \"</s>\", \"chat_template\": "
-       "\"{{ bos_token }}{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }} {% endfor %}"
-       "{% if add_generation_prompt %}[assistant]{% endif %}\"}\n");
+  static char dir[200], args[1024];
+  templated_model(dir, sizeof dir);
   snprintf(args, sizeof args,
            "--json run generate --model %s --chat --system 'Be kind.' --prompt Hi --prompt 'Tell a story' "
            "--temperature 0 --max-tokens 8",

@@ -63,6 +63,15 @@ static void req(mpw_t *w, const char *op) {
   mpw_kstr(w, "op", op);
 }
 
+/* A submit of a sleep job of `steps` steps, its params map left open for more fields. */
+static void sleep_submit(mpw_t *w, int64_t steps) {
+  req(w, "submit");
+  mpw_kstr(w, "kind", "sleep");
+  mpw_str(w, "params");
+  mpw_map(w);
+  mpw_kint(w, "steps", steps);
+}
+
 static long rss_kb(pid_t pid) {
   char path[64], line[256];
   snprintf(path, sizeof path, "/proc/%d/status", (int)pid);
@@ -92,11 +101,7 @@ Test(hostile, random_bytes) {
 
 Test(hostile, truncated_at_every_length) {
   mpw_t w;
-  req(&w, "submit");
-  mpw_kstr(&w, "kind", "sleep");
-  mpw_str(&w, "params");
-  mpw_map(&w);
-  mpw_kint(&w, "steps", 100000);
+  sleep_submit(&w, 100000);
   mpw_kstr(&w, "message", "hello");
   mpw_end(&w);
   mpw_end(&w);
@@ -281,11 +286,7 @@ Test(hostile, a_pipelining_client_does_not_stall_the_others) {
   lt_err_t err = {0};
   for (int i = 0; i < JOBS; i++) {
     mpw_t w;
-    req(&w, "submit");
-    mpw_kstr(&w, "kind", "sleep");
-    mpw_str(&w, "params");
-    mpw_map(&w);
-    mpw_kint(&w, "steps", 1);
+    sleep_submit(&w, 1);
     mpw_end(&w);
     mpw_kbool(&w, "hold", true);
     mpw_end(&w);
