@@ -31,6 +31,7 @@ typedef struct cli {
   bool lines; /* JSON lines for events: --json or stdout not a terminal */
   bool autostart;
   const char *socket_flag;
+  const char *devices; /* `daemon start --devices LIST`: passed to lathed */
   lc_t *c;
 } cli_t;
 
@@ -214,10 +215,12 @@ static int start_daemon(cli_t *cli) {
     int fd = dup(2);
     if (fd >= 0) dup2(fd, 1), close(fd);
     if (!freopen("/dev/null", "r", stdin)) _exit(127);
-    if (cli->socket_flag)
-      execlp(lathed, "lathed", "--socket", cli->socket_flag, (char *)NULL);
-    else
-      execlp(lathed, "lathed", (char *)NULL);
+    const char *args[8] = {"lathed"};
+    int n = 1;
+    if (cli->socket_flag) args[n++] = "--socket", args[n++] = cli->socket_flag;
+    if (cli->devices) args[n++] = "--devices", args[n++] = cli->devices;
+    args[n] = NULL;
+    execvp(lathed, (char *const *)args);
     fprintf(stderr, "lathe: cannot run %s: %s\n", lathed, strerror(errno));
     _exit(127);
   }
@@ -907,8 +910,8 @@ static int cmd_ps(cli_t *cli, int argc, char **argv) {
   int rc = connect_daemon(cli);
   if (rc) return rc;
   if (!cli->json)
-    printf("%6s  %-12s %-10s %8s %8s %8s %4s  %-18s %s\n", "ID", "KIND", "STATE", "PROGRESS", "ELAPSED", "ETA", "POS",
-           "MODEL", "REASON");
+    printf("%6s  %-12s %-10s %8s %8s %8s %4s %4s  %-18s %s\n", "ID", "KIND", "STATE", "PROGRESS", "ELAPSED", "ETA",
+           "POS", "DEV", "MODEL", "REASON");
   /* Page by page: a reply holds a few hundred jobs at most. */
   for (int64_t after = 0, more = 1; more;) {
     mpw_t w;
@@ -926,8 +929,12 @@ static int cmd_ps(cli_t *cli, int argc, char **argv) {
         print_json(j, false);
         continue;
       }
-      char kind[32], state[16], reason[512], pos[16] = "-", model[64], prog[16] = "-", elapsed[32] = "-", eta[32] = "-";
+      char kind[32], state[16], reason[512], pos[16] = "-", model[64], prog[16] = "-", elapsed[32] = "-", eta[32] = "-",
+                                             dev[16] = "-";
       if (get_int(j, "position")) snprintf(pos, sizeof pos, "%lld", (long long)get_int(j, "position"));
+      const msgpack_object *dv = mp_get(j, "device");
+      if (dv && dv->type == MSGPACK_OBJECT_POSITIVE_INTEGER)
+        snprintf(dev, sizeof dev, "%llu", (unsigned long long)dv->via.u64);
       const msgpack_object *pr = mp_get(j, "progress"), *el = mp_get(j, "elapsed_s"), *et = mp_get(j, "eta_s");
       if (pr && pr->type == MSGPACK_OBJECT_MAP) {
         const msgpack_object *pc = mp_get(pr, "percent");
@@ -936,9 +943,9 @@ static int cmd_ps(cli_t *cli, int argc, char **argv) {
       }
       if (el && el->type == MSGPACK_OBJECT_FLOAT64) fmt_dur(el->via.f64, elapsed, sizeof elapsed);
       if (et && et->type == MSGPACK_OBJECT_FLOAT64) fmt_dur(et->via.f64, eta, sizeof eta);
-      printf("%6lld  %-12s %-10s %8s %8s %8s %4s  %-18.18s %s\n", (long long)get_int(j, "id"),
+      printf("%6lld  %-12s %-10s %8s %8s %8s %4s %4s  %-18.18s %s\n", (long long)get_int(j, "id"),
              get_str(j, "kind", kind, sizeof kind), get_str(j, "state", state, sizeof state), prog, elapsed, eta, pos,
-             get_str(j, "model", model, sizeof model), get_str(j, "reason", reason, sizeof reason));
+             dev, get_str(j, "model", model, sizeof model), get_str(j, "reason", reason, sizeof reason));
     }
     mp_doc_destroy(&d);
   }
@@ -1133,12 +1140,23 @@ static int cmd_logs(cli_t *cli, int argc, char **argv, bool watch) {
   return watch || rc == EXIT_DETACHED || rc == EXIT_DAEMON ? rc : 0;
 }
 
+/* Running jobs `daemon stop` reports at most (one per worker). */
+#define MAX_RUNNING 16
+
 static int cmd_daemon(cli_t *cli, int argc, char **argv) {
   const char *what = argc ? argv[0] : "status";
   long pid = lc_daemon_pid(cli->o.socket);
   lt_err_t err = {0};
   int rc = 0;
   if (!strcmp(what, "start")) {
+    for (int i = 1; i < argc; i++) {
+      if (!strcmp(argv[i], "--devices") && i + 1 < argc)
+        cli->devices = argv[++i];
+      else if (!strncmp(argv[i], "--devices=", 10))
+        cli->devices = argv[i] + 10;
+      else
+        return fail(EXIT_USAGE, "usage: lathe daemon start [--devices LIST]   (LIST: device indexes or UUIDs, 0,1)");
+    }
     if (pid) {
       printf(cli->json ? "{\"pid\": %ld, \"started\": false}\n" : "lathed already running (pid %ld)\n", pid);
       return 0;
@@ -1173,18 +1191,23 @@ static int cmd_daemon(cli_t *cli, int argc, char **argv) {
       pid = (long)get_int(mp_doc_root(p), "pid");
       mp_doc_destroy(&p);
     }
-    /* The running job, if any: after the stop the user is told what becomes of it. */
-    int64_t running = 0;
-    char rkind[32] = "", policy[16] = "";
+    /* The running jobs, one per worker at most: after the stop the user is told what becomes of each. */
+    int64_t running[MAX_RUNNING] = {0};
+    char rkind[MAX_RUNNING][32] = {{0}}, policy[MAX_RUNNING][16] = {{0}};
+    int n_running = 0;
     lc_begin(cli->c, &w, "status");
     mp_doc_t *s = lc_call(cli->c, &w, NULL, NULL);
-    if (s) running = get_int(mp_get(mp_doc_root(s), "worker"), "job");
+    const msgpack_object *ws = s ? mp_get(mp_doc_root(s), "workers") : NULL;
+    for (uint32_t i = 0; ws && ws->type == MSGPACK_OBJECT_ARRAY && i < ws->via.array.size; i++)
+      if (get_int(&ws->via.array.ptr[i], "job") > 0 && n_running < MAX_RUNNING)
+        running[n_running++] = get_int(&ws->via.array.ptr[i], "job");
     mp_doc_destroy(&s);
-    if (running > 0 && (s = lc_call_id(cli->c, "show", running, NULL, NULL))) {
-      get_str(mp_get(mp_doc_root(s), "job"), "kind", rkind, sizeof rkind);
-      get_str(mp_get(mp_doc_root(s), "job"), "policy", policy, sizeof policy);
-      mp_doc_destroy(&s);
-    }
+    for (int i = 0; i < n_running; i++)
+      if ((s = lc_call_id(cli->c, "show", running[i], NULL, NULL))) {
+        get_str(mp_get(mp_doc_root(s), "job"), "kind", rkind[i], sizeof rkind[i]);
+        get_str(mp_get(mp_doc_root(s), "job"), "policy", policy[i], sizeof policy[i]);
+        mp_doc_destroy(&s);
+      }
     lc_begin(cli->c, &w, "shutdown");
     mp_doc_t *d = call(cli, &w, &rc);
     if (!d) return rc;
@@ -1203,15 +1226,20 @@ static int cmd_daemon(cli_t *cli, int argc, char **argv) {
       }
       if (!gone) nanosleep(&(struct timespec){0, 50000000}, NULL);
     }
-    const char *fate = !strcmp(policy, "resume")    ? "checkpointed: it resumes from there when lathed starts again"
-                       : !strcmp(policy, "restart") ? "stopped: it starts over when lathed starts again"
-                                                    : "stopped: its kind cannot be restarted, so it fails";
-    if (cli->json)
-      printf("{\"pid\": %ld, \"stopped\": %s, \"running_job\": %lld}\n", pid, gone ? "true" : "false",
-             (long long)running);
-    else
+    if (cli->json) {
+      printf("{\"pid\": %ld, \"stopped\": %s, \"running_job\": %lld, \"running_jobs\": [", pid, gone ? "true" : "false",
+             (long long)running[0]);
+      for (int i = 0; i < n_running; i++) printf("%s%lld", i ? ", " : "", (long long)running[i]);
+      printf("]}\n");
+    } else {
       printf("lathed (pid %ld) %s\n", pid, gone ? "stopped" : "is still stopping");
-    if (running > 0 && !cli->json) printf("job %lld (%s) was running and was %s\n", (long long)running, rkind, fate);
+    }
+    for (int i = 0; i < n_running && !cli->json; i++) {
+      const char *fate = !strcmp(policy[i], "resume") ? "checkpointed: it resumes from there when lathed starts again"
+                         : !strcmp(policy[i], "restart") ? "stopped: it starts over when lathed starts again"
+                                                         : "stopped: its kind cannot be restarted, so it fails";
+      printf("job %lld (%s) was running and was %s\n", (long long)running[i], rkind[i], fate);
+    }
     return gone ? 0 : EXIT_DAEMON;
   }
   if (strcmp(what, "status") != 0) return fail(EXIT_USAGE, "usage: lathe daemon start|stop|status");
@@ -1263,6 +1291,40 @@ static int cmd_tokenize(const cli_t *cli, int argc, char **argv) {
   return fail(EXIT_DAEMON, "cannot run %s: %s", worker, strerror(errno));
 }
 
+/* `lathe devices`: the daemon's workers, one line each: worker, device index, name, memory, state, job. */
+static int cmd_devices(cli_t *cli, int argc, char **argv) {
+  (void)argv;
+  if (argc) return fail(EXIT_USAGE, "usage: lathe devices");
+  int rc = connect_daemon(cli);
+  if (rc) return rc;
+  mpw_t w;
+  lc_begin(cli->c, &w, "status");
+  mp_doc_t *d = call(cli, &w, &rc);
+  if (!d) return rc;
+  const msgpack_object *ws = mp_get(mp_doc_root(d), "workers");
+  if (!cli->json) printf("%6s  %-6s %-36s %9s  %-8s %s\n", "WORKER", "DEVICE", "NAME", "MEMORY", "STATE", "JOB");
+  for (uint32_t i = 0; ws && ws->type == MSGPACK_OBJECT_ARRAY && i < ws->via.array.size; i++) {
+    const msgpack_object *x = &ws->via.array.ptr[i];
+    if (cli->json) {
+      print_json(x, false);
+      continue;
+    }
+    char want[72], name[128], state[16], mem[32] = "-", job[24] = "-";
+    get_str(x, "want", want, sizeof want);
+    get_str(x, "device_name", name, sizeof name);
+    if (!name[0]) get_str(x, "device", name, sizeof name);
+    get_str(x, "state", state, sizeof state);
+    /* A worker that died and is waiting to start again has lost its device for now. */
+    if (!strcmp(state, "down")) snprintf(state, sizeof state, "lost");
+    if (get_int(x, "memory_mib") > 0) snprintf(mem, sizeof mem, "%lld MiB", (long long)get_int(x, "memory_mib"));
+    if (get_int(x, "job") > 0) snprintf(job, sizeof job, "%lld", (long long)get_int(x, "job"));
+    printf("%6lld  %-6s %-36.36s %9s  %-8s %s\n", (long long)get_int(x, "index"), want[0] ? want : "any",
+           name[0] ? name : "(not open)", mem, state, job);
+  }
+  mp_doc_destroy(&d);
+  return 0;
+}
+
 static int cmd_keygen(int argc, char **argv) {
   if (argc != 1) return fail(EXIT_USAGE, "usage: lathe keygen PATH   (writes PATH.key and PATH.pub)");
   char pub[41], sec[41], p1[PATH_MAX], p2[PATH_MAX];
@@ -1288,7 +1350,8 @@ static void usage(FILE *f) {
              "  watch ID [--tail N]            follow a job to its end (from its last N events, default 20)\n"
              "  cancel ID | hold ID | release ID | rm ID | result ID | priority ID N\n"
              "  rm --older-than D              remove the finished jobs that ended over D ago (30d, 12h, 90m)\n"
-             "  daemon start|stop|status       the background daemon\n"
+             "  daemon start [--devices LIST] | stop | status   the background daemon (LIST: a worker per device)\n"
+             "  devices                        the daemon's workers: device, memory, state (idle/busy/lost), job\n"
              "  keygen PATH                    make a CURVE key pair for TCP clients\n"
              "  tokenize --model PATH (--text T | --file F) [--add-bos] [--parse-special] [--json]\n"
              "                                 token ids and pieces (no daemon needed)\n"
@@ -1344,9 +1407,9 @@ int main(int argc, char **argv) {
   cli.lines = cli.json || !(isatty(STDERR_FILENO) || (tty && !strcmp(tty, "1")));
   signal(SIGPIPE, SIG_IGN);
   int rc;
-  static const char *const commands[] = {"help",   "version",  "run",     "submit", "ps",      "logs",
-                                         "watch",  "priority", "daemon",  "keygen", "show",    "result",
-                                         "cancel", "hold",     "release", "rm",     "tokenize"};
+  static const char *const commands[] = {"help",   "version",  "run",     "submit", "ps",       "logs",
+                                         "watch",  "priority", "daemon",  "keygen", "show",     "result",
+                                         "cancel", "hold",     "release", "rm",     "tokenize", "devices"};
   if (!strcmp(cmd, "help")) {
     const kind_t *k = n ? kind_find(rest[0], strlen(rest[0])) : NULL;
     rc = 0;
@@ -1380,6 +1443,8 @@ int main(int argc, char **argv) {
     rc = cmd_keygen(n, rest);
   else if (!strcmp(cmd, "tokenize"))
     rc = cmd_tokenize(&cli, n, rest);
+  else if (!strcmp(cmd, "devices"))
+    rc = cmd_devices(&cli, n, rest);
   else if (!strcmp(cmd, "rm") && n >= 1 && !strncmp(rest[0], "--older-than", 12))
     rc = cmd_prune(&cli, n, rest);
   else if (!strcmp(cmd, "show") || !strcmp(cmd, "result") || !strcmp(cmd, "cancel") || !strcmp(cmd, "hold") ||

@@ -94,8 +94,9 @@ lt_status_t ev_emit(daemon_t *d, int64_t job, const char *type, const void *data
 }
 
 lt_status_t ev_transition(daemon_t *d, store_job_t *j, job_state_t to, const char *reason, lt_err_t *err) {
-  if (d->slot.job == j->id) {
-    lt_status_t st = ev_flush_progress(d, &d->slot, true, err);
+  slot_t *s = sched_slot_of_job(d, j->id);
+  if (s) {
+    lt_status_t st = ev_flush_progress(d, s, true, err);
     if (st) return st;
   }
   int64_t now = util_now_ms();

@@ -153,7 +153,7 @@ static void loop(daemon_t *d) {
     if (lease < wait) wait = lease;
     if (d->stopping && !stop_started) {
       stop_started = util_mono_ms();
-      if (d->slot.job) sched_stop_running(d, STOP_SHUTDOWN);
+      for (int i = 0; i < d->n_slots; i++) sched_stop_running(d, &d->slots[i], STOP_SHUTDOWN);
     }
     int64_t retry = store_retry(d);
     if (retry < wait) wait = retry;
@@ -162,14 +162,16 @@ static void loop(daemon_t *d) {
       int64_t prune = sched_retention(d);
       if (prune < wait) wait = prune;
     }
-    if (d->stopping && !d->slot.job) {
-      /* The job has stopped (or there was none): let the worker close the device cleanly, then leave. */
-      if (d->slot.state == W_DOWN)
+    bool busy = false, up = false;
+    for (int i = 0; i < d->n_slots; i++) busy |= d->slots[i].job != 0, up |= d->slots[i].state != W_DOWN;
+    if (d->stopping && !busy) {
+      /* The jobs have stopped (or there were none): let the workers close their devices cleanly, then leave. */
+      if (!up)
         d->done = true;
       else if (!exit_sent)
         sched_tell_exit(d), exit_sent = util_mono_ms();
       else if (util_mono_ms() - exit_sent > 3000)
-        sched_kill_worker(d, "it did not exit when told");
+        for (int i = 0; i < d->n_slots; i++) sched_kill_worker(d, &d->slots[i], "it did not exit when told");
     }
     /* One commit per turn (group commit): replies and events leave only once what they report is stored. */
     lt_err_t err = {0};
@@ -283,7 +285,9 @@ static void usage(FILE *f) {
       "  --keep-alive S         seconds the worker keeps the device open when idle (default 300)\n"
       "  --keep-finished D      remove finished jobs (rows and folders) D after they end: 30d, 12h, 90m (default:\n"
       "                         keep them until `lathe rm`)\n"
-      "  --worker PATH          the lathe-worker binary (default: next to lathed)\n");
+      "  --worker PATH          the lathe-worker binary (default: next to lathed)\n"
+      "  --devices LIST         one worker per entry, a device index or UUID (0,1; 0,0 runs two on device 0);\n"
+      "                         default: one per GPU found (the CPU driver only when there is no other)\n");
 }
 
 static bool parse_args(daemon_t *d, int argc, char **argv) {
@@ -301,6 +305,7 @@ static bool parse_args(daemon_t *d, int argc, char **argv) {
     O_ATTEMPTS,
     O_KEEP,
     O_WORKER,
+    O_DEVICES,
     O_ALLOWPATH,
     O_KEEPFIN,
     O_HELP,
@@ -320,6 +325,7 @@ static bool parse_args(daemon_t *d, int argc, char **argv) {
                                      {"max-attempts", 1, 0, O_ATTEMPTS},
                                      {"keep-alive", 1, 0, O_KEEP},
                                      {"worker", 1, 0, O_WORKER},
+                                     {"devices", 1, 0, O_DEVICES},
                                      {"keep-finished", 1, 0, O_KEEPFIN},
                                      {"help", 0, 0, O_HELP},
                                      {"version", 0, 0, O_VERSION},
@@ -339,6 +345,23 @@ static bool parse_args(daemon_t *d, int argc, char **argv) {
     case O_TCP: util_copy(o->tcp, optarg, sizeof o->tcp); break;
     case O_ALLOW: util_copy(o->curve_allow, optarg, sizeof o->curve_allow); break;
     case O_WORKER: util_copy(o->worker_path, optarg, sizeof o->worker_path); break;
+    case O_DEVICES: {
+      /* Comma-separated indexes or UUIDs; a device may repeat (two workers on it). */
+      size_t n = strlen(optarg);
+      bool ok = n > 0 && n < sizeof o->devices && strspn(optarg, "0123456789abcdefABCDEF-,") == n && optarg[0] != ',' &&
+                optarg[n - 1] != ',' && !strstr(optarg, ",,");
+      int count = 1;
+      for (const char *q = optarg; *q; q++) count += *q == ',';
+      if (!ok || count > MAX_SLOTS) {
+        fprintf(stderr,
+                "lathed: --devices %s: a comma-separated list of at most %d device indexes or UUIDs (lathe "
+                "devices lists them)\n",
+                optarg, MAX_SLOTS);
+        return false;
+      }
+      util_copy(o->devices, optarg, sizeof o->devices);
+      break;
+    }
     case O_QUEUE: o->max_queue = v; break;
     case O_GRACE: o->cancel_grace_ms = v; break;
     case O_HB: o->heartbeat_timeout_ms = v; break;
@@ -461,6 +484,7 @@ static int run(daemon_t *d) {
     lt_fail(&err, LT_E_IO, "cannot listen on %s: %s", d->worker_endpoint, zmq_strerror(errno));
     goto out;
   }
+  sched_slots(d);
   d->started_ms = util_now_ms();
   sched_recover(d, "lathed restarted");
   if (store_commit(d->store, &err)) goto out;
@@ -479,7 +503,7 @@ out:
   for (size_t i = 0; i < d->n_out; i++) free(d->out[i].data);
   free(d->out);
   free(d->watchers);
-  free(d->slot.progress_pending);
+  for (int i = 0; i < d->n_slots; i++) free(d->slots[i].progress_pending);
   if (home_lock_fd >= 0) close(home_lock_fd);
   if (lock_fd >= 0) close(lock_fd);
   if (rc == 0) dlog("stopped");

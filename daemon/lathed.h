@@ -68,7 +68,7 @@ typedef enum worker_state { W_DOWN, W_STARTING, W_IDLE, W_BUSY } worker_state_t;
 /* Why the running job is being stopped. */
 typedef enum stop_req { STOP_NONE, STOP_CANCEL, STOP_SHUTDOWN } stop_req_t;
 
-/* One GPU slot: its worker process and the job running on it (one slot today; one per GPU later). */
+/* One GPU slot: its worker process and the job running on it. lathed runs one per device (--devices). */
 /* Bytes of the worker's run message besides the parameters: the job's folder (at most PATH_MAX), its kind and
  * the keys. A job's parameters take at most PROTO_MAX_MSG less this. */
 #define RUN_MSG_RESERVE (PATH_MAX + 512)
@@ -79,10 +79,20 @@ typedef enum stop_req { STOP_NONE, STOP_CANCEL, STOP_SHUTDOWN } stop_req_t;
 /* A TCP client must finish its CURVE handshake within this (libzmq's default is 30 s). */
 #define TCP_HANDSHAKE_MS 5000
 
+/* Workers (GPU slots) at most. */
+#define MAX_SLOTS 16
+
 typedef struct slot {
+  int ix;            /* its index in d->slots */
+  char want[72];     /* the device its worker opens: an index or UUID ("": the worker's own choice) */
+  char uuid[40];     /* want's UUID when the device listing gave one ("" otherwise) */
+  char index[12];    /* want's index when the device listing gave one ("" otherwise) */
+  char name[128];    /* want's name from the listing ("" otherwise) */
+  int64_t mib;       /* want's device-local memory from the listing (0: unknown) */
+  int64_t dev_index; /* the index of the device the worker has open, -1 when none */
   worker_state_t state;
   pid_t pid;
-  int64_t gen; /* incremented per spawn; the worker's routing id is "w<gen>" */
+  int64_t gen; /* the worker's generation (unique across slots, from d->gen); its routing id is "w<gen>" */
   int64_t started_mono, last_beat_mono, backoff_until_mono;
   int crash_streak; /* spawns that died before becoming ready */
   int64_t restarts;
@@ -124,6 +134,7 @@ typedef struct opts {
   int n_allow;
   int64_t max_attempts;
   int64_t keep_alive_s;
+  char devices[512]; /* --devices: comma-separated device selectors, one worker each ("": one per device found) */
   int64_t keep_finished_ms; /* --keep-finished: finished jobs are removed this long after they end (0: kept) */
 } opts_t;
 
@@ -133,7 +144,9 @@ typedef struct daemon {
   int sigfd;
   char worker_endpoint[PATH_MAX + 8];
   store_t *store;
-  slot_t slot;
+  slot_t slots[MAX_SLOTS];
+  int n_slots;
+  int64_t gen; /* worker generations handed out */
   watcher_t *watchers;
   size_t n_watchers;
   outmsg_t *out;
@@ -212,7 +225,14 @@ void watch_remove(daemon_t *d, const peer_t *p, int64_t job);
 void ev_write(mpw_t *w, const store_event_t *ev);
 
 /* sched.c */
-/* Starts a worker if none runs and none is backing off. */
+/* Fills d->slots from --devices, or one slot per device `lathe-worker --list-devices` finds (the non-CPU ones when
+ * there are any; LATHE_DEVICE, when set, picks one), or one slot of the worker's own choice when none is listed. */
+void sched_slots(daemon_t *d);
+/* The slot running job id, or NULL. */
+slot_t *sched_slot_of_job(daemon_t *d, int64_t id);
+/* Whether some slot can run a job pinned to device `pin` (an index or UUID; "" any). */
+bool sched_device_known(const daemon_t *d, const char *pin);
+/* Starts a worker for every slot that has none and is not backing off. */
 void sched_spawn(daemon_t *d);
 /* Reaps exited children (SIGCHLD) and handles a dead worker. */
 void sched_reap(daemon_t *d);
@@ -220,19 +240,19 @@ void sched_reap(daemon_t *d);
 void sched_worker_msg(daemon_t *d, const uint8_t *id, size_t id_n, const void *buf, size_t n);
 /* Timers: heartbeats, cancel grace, progress flush, restart backoff. Returns ms until the next deadline. */
 int64_t sched_timers(daemon_t *d);
-/* Starts the next queued job if the worker is idle. */
+/* Hands each idle worker the next queued job it may run. */
 void sched_dispatch(daemon_t *d);
-/* Asks the running job to stop (cancel or shutdown checkpoint) and arms the grace deadline. */
-void sched_stop_running(daemon_t *d, stop_req_t why);
+/* Asks slot s's running job to stop (cancel or shutdown checkpoint) and arms the grace deadline. */
+void sched_stop_running(daemon_t *d, slot_t *s, stop_req_t why);
 /* Startup and after a failed commit: jobs the store shows running are re-queued or failed per their kind. */
 void sched_recover(daemon_t *d, const char *why);
-/* Tells an idle worker to close its device and exit. */
+/* Tells every idle worker to close its device and exit (kills one still starting). */
 void sched_tell_exit(daemon_t *d);
 /* With --keep-finished, when due: removes up to PRUNE_PAGE jobs that finished longer ago than that. Returns ms
  * until the next pass (INT64_MAX without the option). */
 int64_t sched_retention(daemon_t *d);
-/* Kills the worker (SIGKILL) if one runs; its exit is handled by sched_reap(). */
-void sched_kill_worker(daemon_t *d, const char *why);
+/* Kills slot s's worker (SIGKILL) if one runs; its exit is handled by sched_reap(). */
+void sched_kill_worker(daemon_t *d, slot_t *s, const char *why);
 
 /* The store failed to commit (why): everything the turn queued is undone, the worker is killed and the daemon is
  * read-only until store_retry() commits. */

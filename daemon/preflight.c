@@ -181,8 +181,24 @@ static bool preflight_paths(const daemon_t *d, const kind_t *k, const msgpack_ob
   return true;
 }
 
+/* A job pinned to a device needs a worker on it. */
+static bool preflight_device(const daemon_t *d, const msgpack_object *params, proto_err_t *e) {
+  char pin[72];
+  param_str(params, "device", pin, sizeof pin);
+  if (sched_device_known(d, pin)) return true;
+  char list[512] = "";
+  size_t at = 0;
+  for (int i = 0; i < d->n_slots && at < sizeof list; i++)
+    at += (size_t)snprintf(list + at, sizeof list - at, "%s%s%s%s%s", i ? ", " : "", d->slots[i].want,
+                           d->slots[i].name[0] ? " (" : "", d->slots[i].name, d->slots[i].name[0] ? ")" : "");
+  return proto_fail(e, P_BAD_VALUE, "params.device",
+                    "params.device: no worker of this daemon runs on device %s; its "
+                    "workers' devices: %s (lathe devices)",
+                    pin, list);
+}
+
 bool preflight_files(daemon_t *d, const kind_t *k, const msgpack_object *params, const char *owner, proto_err_t *e) {
-  if (!preflight_paths(d, k, params, owner, e)) return false;
+  if (!preflight_device(d, params, e) || !preflight_paths(d, k, params, owner, e)) return false;
   const kind_files_t *f = kind_files(k);
   if (!f) return true;
   if (f->same_tokenizer[0] && !same_tokenizer(d, params, f->same_tokenizer[0], f->same_tokenizer[1], e)) return false;

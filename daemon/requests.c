@@ -69,8 +69,20 @@ static void write_times(mpw_t *w, daemon_t *d, const store_job_t *j) {
     mpw_kdouble(w, "elapsed_s", (double)((running ? now : j->finished_ms) - j->started_ms) / 1000.0);
   else
     mpw_knil(w, "elapsed_s");
-  const slot_t *s = &d->slot;
-  if (running && s->job == j->id && s->prog_total > 0) {
+  const slot_t *s = running ? sched_slot_of_job(d, j->id) : NULL;
+  if (s) {
+    mpw_kint(w, "worker", s->ix);
+    if (s->dev_index >= 0)
+      mpw_kint(w, "device", s->dev_index);
+    else if (s->index[0])
+      mpw_kint(w, "device", atoll(s->index));
+    else
+      mpw_knil(w, "device");
+  } else {
+    mpw_knil(w, "worker");
+    mpw_knil(w, "device");
+  }
+  if (s && s->prog_total > 0) {
     mpw_str(w, "progress");
     mpw_map(w);
     mpw_kint(w, "step", s->prog_step);
@@ -152,6 +164,26 @@ static const char *worker_state_str(worker_state_t s) {
   return "?";
 }
 
+/* One worker as the status reply shows it. */
+static void write_worker(mpw_t *w, const slot_t *s) {
+  mpw_map(w);
+  mpw_kint(w, "index", s->ix);
+  mpw_kstr(w, "state", worker_state_str(s->state));
+  mpw_kint(w, "pid", s->pid);
+  mpw_kint(w, "restarts", s->restarts);
+  mpw_kstr(w, "device", s->device);
+  mpw_kstr(w, "want", s->want);
+  mpw_kstr(w, "device_name", s->name);
+  mpw_kstr(w, "uuid", s->uuid);
+  mpw_kint(w, "memory_mib", s->mib);
+  mpw_kstr(w, "last_exit", s->last_exit);
+  if (s->job)
+    mpw_kint(w, "job", s->job);
+  else
+    mpw_knil(w, "job");
+  mpw_end(w);
+}
+
 static bool req_status(req_t *r, mpw_t *w, proto_err_t *e) {
   daemon_t *d = r->d;
   int64_t counts[JS_COUNT];
@@ -169,17 +201,12 @@ static bool req_status(req_t *r, mpw_t *w, proto_err_t *e) {
   mpw_map(w);
   for (int s = 0; s < JS_COUNT; s++) mpw_kint(w, job_state_str((job_state_t)s), counts[s]);
   mpw_end(w);
+  /* "worker": the first, as before there were several; "workers": every one. */
   mpw_str(w, "worker");
-  mpw_map(w);
-  mpw_kstr(w, "state", worker_state_str(d->slot.state));
-  mpw_kint(w, "pid", d->slot.pid);
-  mpw_kint(w, "restarts", d->slot.restarts);
-  mpw_kstr(w, "device", d->slot.device);
-  mpw_kstr(w, "last_exit", d->slot.last_exit);
-  if (d->slot.job)
-    mpw_kint(w, "job", d->slot.job);
-  else
-    mpw_knil(w, "job");
+  write_worker(w, &d->slots[0]);
+  mpw_str(w, "workers");
+  mpw_array(w);
+  for (int i = 0; i < d->n_slots; i++) write_worker(w, &d->slots[i]);
   mpw_end(w);
   mpw_kint(w, "watchers", (int64_t)d->n_watchers);
   mpw_kint(w, "requests", d->requests);
@@ -465,9 +492,10 @@ static bool req_cancel(req_t *r, mpw_t *w, proto_err_t *e) {
       if (store_job_update(d->store, &j, &err) || ev_emit(d, j.id, "log", lw.sb.data, lw.sb.size, &err))
         ok = store_failed(e, &err);
       mpw_free(&lw);
-      if (ok && d->slot.job == j.id) {
-        util_copy(d->slot.cancel_by, reason, sizeof d->slot.cancel_by);
-        sched_stop_running(d, STOP_CANCEL);
+      slot_t *s = ok ? sched_slot_of_job(d, j.id) : NULL;
+      if (s) {
+        util_copy(s->cancel_by, reason, sizeof s->cancel_by);
+        sched_stop_running(d, s, STOP_CANCEL);
       }
     }
     mpw_kbool(w, "cancelling", true);

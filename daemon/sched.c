@@ -18,19 +18,19 @@
 
 static void worker_id(const slot_t *s, char *buf, size_t n) { snprintf(buf, n, "w%lld", (long long)s->gen); }
 
-/* Queues a command for the worker (sent after this turn's commit). */
-static void to_worker(daemon_t *d, mpw_t *w) {
+/* Queues a command for slot s's worker (sent after this turn's commit). */
+static void to_worker(daemon_t *d, slot_t *s, mpw_t *w) {
   char id[32];
-  worker_id(&d->slot, id, sizeof id);
+  worker_id(s, id, sizeof id);
   size_t n;
   char *data = mpw_take(w, &n);
   out_push(d, d->wsock, (const uint8_t *)id, strlen(id), data, n, false, 0);
 }
 
-void sched_spawn(daemon_t *d) {
-  slot_t *s = &d->slot;
+/* Starts slot s's worker unless one runs or it is backing off. */
+static void spawn_slot(daemon_t *d, slot_t *s) {
   if (d->stopping || s->state != W_DOWN || util_mono_ms() < s->backoff_until_mono) return;
-  s->gen++;
+  s->gen = ++d->gen;
   char gen[32], keep[32];
   snprintf(gen, sizeof gen, "%lld", (long long)s->gen);
   snprintf(keep, sizeof keep, "%lld", (long long)d->o.keep_alive_s);
@@ -43,8 +43,12 @@ void sched_spawn(daemon_t *d) {
     sigset_t none;
     sigemptyset(&none);
     sigprocmask(SIG_SETMASK, &none, NULL);
-    execl(d->o.worker_path, "lathe-worker", "--connect", d->worker_endpoint, "--gen", gen, "--keep-alive", keep,
-          (char *)NULL);
+    if (s->want[0])
+      execl(d->o.worker_path, "lathe-worker", "--connect", d->worker_endpoint, "--gen", gen, "--keep-alive", keep,
+            "--device", s->want, (char *)NULL);
+    else
+      execl(d->o.worker_path, "lathe-worker", "--connect", d->worker_endpoint, "--gen", gen, "--keep-alive", keep,
+            (char *)NULL);
     fprintf(stderr, "lathed: cannot run %s: %s\n", d->o.worker_path, strerror(errno));
     _exit(127);
   }
@@ -59,38 +63,45 @@ void sched_spawn(daemon_t *d) {
   s->kill_reason[0] = '\0';
 }
 
-void sched_kill_worker(daemon_t *d, const char *why) {
-  slot_t *s = &d->slot;
+void sched_spawn(daemon_t *d) {
+  for (int i = 0; i < d->n_slots; i++) spawn_slot(d, &d->slots[i]);
+}
+
+void sched_kill_worker(daemon_t *d, slot_t *s, const char *why) {
+  (void)d;
   if (s->pid <= 0) return;
   if (why && !s->kill_reason[0]) {
     util_copy(s->kill_reason, why, sizeof s->kill_reason);
-    dlog("killing worker %d: %s", (int)s->pid, why);
+    dlog("killing worker %d (slot %d): %s", (int)s->pid, s->ix, why);
   }
   kill(s->pid, SIGKILL);
 }
 
 void sched_tell_exit(daemon_t *d) {
-  if (d->slot.state == W_DOWN || d->slot.state == W_STARTING) {
-    sched_kill_worker(d, NULL);
-    return;
+  for (int i = 0; i < d->n_slots; i++) {
+    slot_t *s = &d->slots[i];
+    if (s->state == W_DOWN || s->state == W_STARTING) {
+      sched_kill_worker(d, s, NULL);
+      continue;
+    }
+    mpw_t w;
+    mpw_init(&w);
+    mpw_map(&w);
+    mpw_kstr(&w, "t", "exit");
+    mpw_end(&w);
+    to_worker(d, s, &w);
   }
-  mpw_t w;
-  mpw_init(&w);
-  mpw_map(&w);
-  mpw_kstr(&w, "t", "exit");
-  mpw_end(&w);
-  to_worker(d, &w);
 }
 
 /* What becomes of a job whose run was cut off (`how` says by what). Cancelled if a cancel was asked;
  * otherwise per its kind's policy, failing once the attempts are spent (a shutdown does not spend one). */
-static void interrupted(daemon_t *d, store_job_t *j, const char *how, bool shutdown) {
+static void interrupted(daemon_t *d, const slot_t *s, store_job_t *j, const char *how, bool shutdown) {
   const kind_t *k = kind_find(j->kind, strlen(j->kind));
   char reason[512];
   job_state_t to;
   if (j->cancel_requested) {
     to = JS_CANCELLED;
-    snprintf(reason, sizeof reason, "%s (%s)", d->slot.cancel_by[0] ? d->slot.cancel_by : "cancelled", how);
+    snprintf(reason, sizeof reason, "%s (%s)", s && s->cancel_by[0] ? s->cancel_by : "cancelled", how);
   } else if (!k || k->policy == KIND_FAIL) {
     to = JS_FAILED;
     snprintf(reason, sizeof reason, "%s; kind %s %s", how, j->kind, k ? "cannot be restarted" : "is unknown");
@@ -118,8 +129,7 @@ static void slot_job_done(slot_t *s) {
   s->progress_pending = NULL;
 }
 
-static void worker_died(daemon_t *d, int status) {
-  slot_t *s = &d->slot;
+static void worker_died(daemon_t *d, slot_t *s, int status) {
   char how[160];
   if (WIFSIGNALED(status))
     snprintf(how, sizeof how, "worker killed by signal %d (%s)", WTERMSIG(status), strsignal(WTERMSIG(status)));
@@ -145,20 +155,21 @@ static void worker_died(daemon_t *d, int status) {
     lt_err_t err = {0};
     if (store_job_get(d->store, s->job, &j, &err) == 1) {
       if (s->stop == STOP_CANCEL) j.cancel_requested = true;
-      interrupted(d, &j, how, s->stop == STOP_SHUTDOWN);
+      interrupted(d, s, &j, how, s->stop == STOP_SHUTDOWN);
     }
     store_job_clear(&j);
     slot_job_done(s);
   }
   s->restarts++;
-  sched_spawn(d);
+  spawn_slot(d, s);
 }
 
 void sched_reap(daemon_t *d) {
   int status;
   pid_t pid;
   while ((pid = waitpid(-1, &status, WNOHANG)) > 0)
-    if (pid == d->slot.pid) worker_died(d, status);
+    for (int i = 0; i < d->n_slots; i++)
+      if (pid == d->slots[i].pid) worker_died(d, &d->slots[i], status);
 }
 
 typedef struct ids {
@@ -185,14 +196,13 @@ void sched_recover(daemon_t *d, const char *why) {
   snprintf(how, sizeof how, "interrupted: %s", why);
   for (size_t i = 0; i < ids.n; i++) {
     store_job_t j;
-    if (store_job_get(d->store, ids.v[i], &j, &err) == 1) interrupted(d, &j, how, false);
+    if (store_job_get(d->store, ids.v[i], &j, &err) == 1) interrupted(d, NULL, &j, how, false);
     store_job_clear(&j);
   }
   free(ids.v);
 }
 
-void sched_stop_running(daemon_t *d, stop_req_t why) {
-  slot_t *s = &d->slot;
+void sched_stop_running(daemon_t *d, slot_t *s, stop_req_t why) {
   if (!s->job || s->stop == why) return;
   if (s->stop == STOP_CANCEL && why == STOP_SHUTDOWN) return; /* already stopping for good */
   s->stop = why;
@@ -203,15 +213,48 @@ void sched_stop_running(daemon_t *d, stop_req_t why) {
   mpw_kstr(&w, "t", why == STOP_CANCEL ? "cancel" : "checkpoint");
   mpw_kint(&w, "job", s->job);
   mpw_end(&w);
-  to_worker(d, &w);
+  to_worker(d, s, &w);
 }
 
-void sched_dispatch(daemon_t *d) {
-  slot_t *s = &d->slot;
-  if (s->state != W_IDLE || s->job || d->stopping) return;
+/* The device a job's parameters pin it to into pin ("" when any). */
+static void job_pin(const void *params, size_t n, char *pin, size_t cap) {
+  pin[0] = '\0';
+  proto_err_t e;
+  mp_doc_t *doc = mp_doc_parse(params, n, &e);
+  if (doc) mp_str_copy(mp_get(mp_doc_root(doc), "device"), pin, cap);
+  mp_doc_destroy(&doc);
+}
+
+/* Whether slot s may run a job pinned to pin: any job when the slot's worker chooses its own device (it opens the
+ * pinned one itself), else one pinned to nothing or to the slot's device by index or UUID. */
+static bool slot_fits(const slot_t *s, const char *pin) {
+  return !pin[0] || !s->want[0] || !strcmp(pin, s->want) || !strcmp(pin, s->index) ||
+         (s->uuid[0] && !strcasecmp(pin, s->uuid));
+}
+
+bool sched_device_known(const daemon_t *d, const char *pin) {
+  for (int i = 0; i < d->n_slots; i++)
+    if (slot_fits(&d->slots[i], pin)) return true;
+  return false;
+}
+
+slot_t *sched_slot_of_job(daemon_t *d, int64_t id) {
+  for (int i = 0; id && i < d->n_slots; i++)
+    if (d->slots[i].job == id) return &d->slots[i];
+  return NULL;
+}
+
+static bool fits_cb(void *user, const store_job_t *j) {
+  char pin[72];
+  job_pin(j->params, j->params_n, pin, sizeof pin);
+  return slot_fits(user, pin);
+}
+
+/* Hands slot s (idle) the first queued job it may run. */
+static void dispatch_slot(daemon_t *d, slot_t *s) {
   lt_err_t err = {0};
   int64_t id = 0;
-  int found = store_queue_next(d->store, &id, &err);
+  int found = store_queue_find(d->store, fits_cb, s, &id, &err);
   if (found <= 0) {
     if (found < 0) dlog("%s", err.msg);
     return;
@@ -249,7 +292,7 @@ void sched_dispatch(daemon_t *d) {
       store_job_clear(&j);
       return;
     }
-    to_worker(d, &w);
+    to_worker(d, s, &w);
     s->job = id;
     s->prog_step = s->prog_total = 0, s->prog_unit[0] = '\0';
     s->job_started = false;
@@ -261,9 +304,13 @@ void sched_dispatch(daemon_t *d) {
   store_job_clear(&j);
 }
 
+void sched_dispatch(daemon_t *d) {
+  for (int i = 0; i < d->n_slots && !d->stopping; i++)
+    if (d->slots[i].state == W_IDLE && !d->slots[i].job) dispatch_slot(d, &d->slots[i]);
+}
+
 /* A worker reports how its job ended. */
-static void job_done(daemon_t *d, const msgpack_object *m) {
-  slot_t *s = &d->slot;
+static void job_done(daemon_t *d, slot_t *s, const msgpack_object *m) {
   char status[16] = "", reason[400] = "";
   mp_field_str(m, "", "status", true, status, sizeof status, NULL);
   mp_field_str(m, "", "reason", false, reason, sizeof reason, NULL);
@@ -286,7 +333,7 @@ static void job_done(daemon_t *d, const msgpack_object *m) {
   } else if (!strcmp(status, "cancelled")) {
     ev_transition(d, &j, JS_CANCELLED, s->cancel_by[0] ? s->cancel_by : "cancelled", &err);
   } else if (!strcmp(status, "stopped") && s->stop == STOP_SHUTDOWN) {
-    interrupted(d, &j, "stopped for a daemon shutdown", true);
+    interrupted(d, s, &j, "stopped for a daemon shutdown", true);
   } else {
     ev_transition(d, &j, JS_FAILED, reason[0] ? reason : "the runner failed without a reason", &err);
   }
@@ -299,10 +346,13 @@ static void job_done(daemon_t *d, const msgpack_object *m) {
 }
 
 void sched_worker_msg(daemon_t *d, const uint8_t *id, size_t id_n, const void *buf, size_t n) {
-  slot_t *s = &d->slot;
-  char want[32];
-  worker_id(s, want, sizeof want);
-  if (id_n != strlen(want) || memcmp(id, want, id_n) != 0) return; /* a previous worker's last words */
+  slot_t *s = NULL;
+  for (int i = 0; i < d->n_slots && !s; i++) {
+    char want[32];
+    worker_id(&d->slots[i], want, sizeof want);
+    if (id_n == strlen(want) && memcmp(id, want, id_n) == 0) s = &d->slots[i];
+  }
+  if (!s) return; /* a previous worker's last words */
   proto_err_t e;
   mp_doc_t *doc = mp_doc_parse(buf, n, &e);
   if (!doc) {
@@ -320,6 +370,7 @@ void sched_worker_msg(daemon_t *d, const uint8_t *id, size_t id_n, const void *b
     s->crash_streak = 0;
   } else if (mp_str_is(t, "hb")) {
     mp_field_str(m, "", "device", false, s->device, sizeof s->device, NULL);
+    mp_field_int(m, "", "index", false, -1, INT64_MAX, &s->dev_index, NULL);
   } else if (mp_str_is(t, "started") && job && job == s->job) {
     s->job_started = true;
   } else if (mp_str_is(t, "unreadable") && s->job && !s->job_started) {
@@ -351,7 +402,7 @@ void sched_worker_msg(daemon_t *d, const uint8_t *id, size_t id_n, const void *b
       mpw_free(&w);
     }
   } else if (mp_str_is(t, "done") && job && job == s->job) {
-    job_done(d, m);
+    job_done(d, s, m);
   }
   if (err.code) dlog("%s", err.msg);
   mp_doc_destroy(&doc);
@@ -365,9 +416,9 @@ static bool overdue(int64_t due, int64_t now, int64_t *next) {
   return false;
 }
 
-int64_t sched_timers(daemon_t *d) {
-  slot_t *s = &d->slot;
-  int64_t now = util_mono_ms(), next = 1000;
+/* Slot s's timers; brings *next down to its next deadline. */
+static void slot_timers(daemon_t *d, slot_t *s, int64_t *nextp) {
+  int64_t now = util_mono_ms(), next = *nextp;
   lt_err_t err = {0};
   if (s->progress_pending) {
     int64_t due = s->progress_last_mono + PROGRESS_EVERY_MS - now;
@@ -380,27 +431,35 @@ int64_t sched_timers(daemon_t *d) {
   if (s->state != W_DOWN && s->pid > 0 && !s->kill_reason[0] &&
       overdue(s->last_beat_mono + d->o.heartbeat_timeout_ms, now, &next)) {
     snprintf(why, sizeof why, "no heartbeat for %lld ms", (long long)(now - s->last_beat_mono));
-    sched_kill_worker(d, why);
+    sched_kill_worker(d, s, why);
   }
   if (s->job && !s->job_started && !s->kill_reason[0] && overdue(s->start_deadline_mono, now, &next)) {
     snprintf(why, sizeof why, "job %lld not started by the worker within %lld ms", (long long)s->job,
              (long long)d->o.start_timeout_ms);
-    sched_kill_worker(d, why);
+    sched_kill_worker(d, s, why);
   }
   if (s->job && s->stop != STOP_NONE && !s->kill_reason[0] && overdue(s->stop_deadline_mono, now, &next)) {
     snprintf(why, sizeof why, "job %lld did not stop within %lld ms of being asked", (long long)s->job,
              (long long)d->o.cancel_grace_ms);
-    sched_kill_worker(d, why);
+    sched_kill_worker(d, s, why);
   }
-  if (s->state == W_DOWN && !d->stopping && overdue(s->backoff_until_mono, now, &next)) sched_spawn(d);
+  if (s->state == W_DOWN && !d->stopping && overdue(s->backoff_until_mono, now, &next)) spawn_slot(d, s);
+  *nextp = next;
+}
+
+int64_t sched_timers(daemon_t *d) {
+  int64_t next = 1000;
+  for (int i = 0; i < d->n_slots; i++) slot_timers(d, &d->slots[i], &next);
   return next < 0 ? 0 : next;
 }
 
 void store_failed_commit(daemon_t *d, const char *why) {
   dlog("%s", why);
   out_fail(d, why);
-  sched_kill_worker(d, "the store failed to commit");
-  if (d->slot.job) slot_job_done(&d->slot);
+  for (int i = 0; i < d->n_slots; i++) {
+    sched_kill_worker(d, &d->slots[i], "the store failed to commit");
+    if (d->slots[i].job) slot_job_done(&d->slots[i]);
+  }
   if (!d->store_fault[0]) {
     const char *hint =
         strstr(why, "malformed") ? "stop lathed and recover it as docs/store.md says" : "free space on its disk";
@@ -447,4 +506,103 @@ int64_t sched_retention(daemon_t *d) {
          (long long)(d->o.keep_finished_ms / 1000), more ? " (more to come)" : "");
   d->prune_due_mono = more ? now : now + RETENTION_EVERY_MS;
   return more ? 0 : RETENTION_EVERY_MS;
+}
+
+/* Runs `lathe-worker --list-devices` and reads its lines into the slot-shaped table devs (at most MAX_SLOTS);
+ * returns how many, 0 when there is no Vulkan or the worker cannot run. */
+static int list_devices(daemon_t *d, slot_t *devs, char kinds[][16]) {
+  int fd[2];
+  if (pipe(fd) != 0) return 0;
+  pid_t pid = fork();
+  if (pid == 0) {
+    dup2(fd[1], STDOUT_FILENO);
+    close(fd[0]), close(fd[1]);
+    execl(d->o.worker_path, "lathe-worker", "--list-devices", (char *)NULL);
+    _exit(127);
+  }
+  close(fd[1]);
+  if (pid < 0) {
+    close(fd[0]);
+    return 0;
+  }
+  char out[8192];
+  size_t got = 0;
+  for (ssize_t r; got + 1 < sizeof out && (r = read(fd[0], out + got, sizeof out - 1 - got)) != 0;)
+    if (r > 0)
+      got += (size_t)r;
+    else if (errno != EINTR)
+      break;
+  close(fd[0]);
+  out[got] = '\0';
+  int status = 0;
+  while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {}
+  if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) return 0;
+  int n = 0;
+  for (char *line = strtok(out, "\n"); line && n < MAX_SLOTS; line = strtok(NULL, "\n")) {
+    char *f[5] = {0};
+    int nf = 0;
+    for (char *p = line; nf < 5; nf++) {
+      f[nf] = p;
+      char *tab = strchr(p, '\t');
+      if (!tab) {
+        nf++;
+        break;
+      }
+      *tab = '\0', p = tab + 1;
+    }
+    if (nf < 4) continue;
+    slot_t *s = &devs[n];
+    memset(s, 0, sizeof *s);
+    util_copy(s->index, f[0], sizeof s->index);
+    util_copy(kinds[n], f[1], 16);
+    util_copy(s->name, f[2], sizeof s->name);
+    util_copy(s->uuid, f[3], sizeof s->uuid);
+    s->mib = nf > 4 ? atoll(f[4]) : 0;
+    n++;
+  }
+  return n;
+}
+
+/* Fills slot s to open device selector want, with its index, UUID, name and memory when the listing has it. */
+static void slot_for(slot_t *s, const char *want, const slot_t *devs, int n_devs) {
+  util_copy(s->want, want, sizeof s->want);
+  for (int i = 0; i < n_devs; i++)
+    if (!strcmp(want, devs[i].index) || !strcasecmp(want, devs[i].uuid)) {
+      util_copy(s->index, devs[i].index, sizeof s->index);
+      util_copy(s->uuid, devs[i].uuid, sizeof s->uuid);
+      util_copy(s->name, devs[i].name, sizeof s->name);
+      s->mib = devs[i].mib;
+    }
+}
+
+void sched_slots(daemon_t *d) {
+  slot_t devs[MAX_SLOTS];
+  char kinds[MAX_SLOTS][16];
+  int n_devs = list_devices(d, devs, kinds);
+  d->n_slots = 0;
+  const char *env = getenv("LATHE_DEVICE");
+  if (d->o.devices[0]) {
+    char list[sizeof d->o.devices];
+    util_copy(list, d->o.devices, sizeof list);
+    for (char *tok = strtok(list, ","); tok && d->n_slots < MAX_SLOTS; tok = strtok(NULL, ","))
+      slot_for(&d->slots[d->n_slots++], tok, devs, n_devs);
+  } else if (env && *env) {
+    slot_for(&d->slots[d->n_slots++], env, devs, n_devs);
+  } else {
+    /* Every device, but a CPU driver (lavapipe) only when there is nothing else. */
+    bool other = false;
+    for (int i = 0; i < n_devs; i++) other |= strcmp(kinds[i], "cpu") != 0;
+    for (int i = 0; i < n_devs && d->n_slots < MAX_SLOTS; i++)
+      if (!other || strcmp(kinds[i], "cpu") != 0) slot_for(&d->slots[d->n_slots++], devs[i].index, devs, n_devs);
+  }
+  if (!d->n_slots) d->n_slots = 1; /* no Vulkan listed: one worker of its own choice (CPU-only kinds still run) */
+  for (int i = 0; i < d->n_slots; i++) {
+    d->slots[i].ix = i;
+    d->slots[i].dev_index = -1;
+    const slot_t *s = &d->slots[i];
+    if (s->want[0])
+      dlog("worker %d: device %s%s%s%s", i, s->want, s->name[0] ? " (" : "", s->name, s->name[0] ? ")" : "");
+    else
+      dlog("worker %d: the worker's own choice of device", i);
+  }
 }

@@ -70,6 +70,7 @@ enum {
   Q_EVENTS,
   Q_POSITION,
   Q_FINISHED,
+  Q_QUEUE,
   Q_N
 };
 
@@ -96,6 +97,7 @@ static const char *const sql[Q_N] = {
     [Q_EVENTS] = "SELECT seq, time_ms, type, data FROM events WHERE job_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
     [Q_POSITION] =
         "SELECT count(*) FROM jobs WHERE state = 'queued' AND (priority > ?2 OR (priority = ?2 AND id <= ?1))",
+    [Q_QUEUE] = "SELECT " JOB_COLS " FROM jobs WHERE state = 'queued' ORDER BY priority DESC, id",
     [Q_FINISHED] = "SELECT id FROM jobs WHERE state IN ('succeeded', 'failed', 'cancelled') AND finished_ms < ?1"
                    " AND (?2 IS NULL OR owner = ?2) ORDER BY id LIMIT ?3",
 };
@@ -458,6 +460,19 @@ int store_queue_next(store_t *s, int64_t *id, lt_err_t *err) {
   sqlite3_reset(st);
   if (rc == SQLITE_ROW) return 1;
   return rc == SQLITE_DONE ? 0 : db_fail(s, err, "picking the next job");
+}
+
+int store_queue_find(store_t *s, bool (*fn)(void *user, const store_job_t *j), void *user, int64_t *id, lt_err_t *err) {
+  sqlite3_stmt *st = stmt(s, Q_QUEUE);
+  int rc, found = 0;
+  while (!found && (rc = sqlite3_step(st)) == SQLITE_ROW) {
+    store_job_t j;
+    read_row(st, &j, false);
+    if (fn(user, &j)) *id = j.id, found = 1;
+  }
+  if (!found && rc != SQLITE_DONE) found = db_fail(s, err, "reading the queue");
+  sqlite3_reset(st);
+  return found;
 }
 
 int store_finished_before(store_t *s, int64_t cutoff_ms, const char *owner, int64_t *ids, int max, lt_err_t *err) {

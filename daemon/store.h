@@ -107,6 +107,10 @@ int store_queue_next(store_t *s, int64_t *id, lt_err_t *err);
  * first, of one owner (NULL: any), into ids: returns how many (>= 0) or a negative status. */
 int store_finished_before(store_t *s, int64_t cutoff_ms, const char *owner, int64_t *ids, int max, lt_err_t *err);
 
+/* Calls fn for the queued jobs in the order they are to run (priority, then age) until it returns true: 1 with *id
+ * set to that job, 0 when it never did, or a negative status. The job passed is owned by the store for the call. */
+int store_queue_find(store_t *s, bool (*fn)(void *user, const store_job_t *j), void *user, int64_t *id, lt_err_t *err);
+
 /* Counts jobs by state into counts[JS_COUNT]. */
 lt_status_t store_count(store_t *s, int64_t counts[JS_COUNT], lt_err_t *err);
 

@@ -26,8 +26,8 @@
 typedef struct runner {
   void *ctx, *pair;
   gpu_t *gpu;
-  char gpu_device[72]; /* the `device` the open gpu was asked for ("": the default choice) */
-  model_t *model;      /* the last model a job used, kept with the device */
+  const char *default_device; /* --device: what a job that names none runs on ("" or NULL: the best device) */
+  model_t *model;             /* the last model a job used, kept with the device */
   tok_t *tok;
   char model_path[PATH_MAX];
   uint64_t model_stamp; /* model_file_stamp() of model_path when it was loaded */
@@ -72,19 +72,33 @@ static void announce_device(runner_t *r) {
   mpw_map(&w);
   mpw_kstr(&w, "t", "device");
   mpw_kstr(&w, "name", r->gpu ? gpu_caps(r->gpu)->name : "");
+  mpw_kint(&w, "index", r->gpu ? (int64_t)gpu_caps(r->gpu)->device_index : -1);
   mpw_end(&w);
   pair_send(r->pair, &w);
 }
 
 static void drop_model(runner_t *r);
 
+/* Whether device selector want (an index or a UUID) names the open device of g. */
+static bool is_device(const gpu_t *g, const char *want) {
+  const gpu_caps_t *c = gpu_caps(g);
+  if (want[0] >= '0' && want[0] <= '9' && strlen(want) < 8) return (uint32_t)atoi(want) == c->device_index;
+  char u[40];
+  const uint8_t *b = c->device_uuid;
+  snprintf(u, sizeof u, "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x", b[0], b[1], b[2], b[3],
+           b[4], b[5], b[6], b[7], b[8], b[9], b[10], b[11], b[12], b[13], b[14], b[15]);
+  return strcasecmp(u, want) == 0;
+}
+
 /* The device, opened on first use and kept between jobs (the keep-alive). A job naming another device (its
- * `device` parameter, an index or UUID) closes the kept one and opens that; an empty one takes whatever is open,
- * else the daemon's choice (LATHE_DEVICE where it runs, or the best device). */
+ * `device` parameter, an index or UUID) closes the kept one and opens that; one naming none runs on this worker's
+ * device (--device), or, without one, on what is open, else the daemon's choice (LATHE_DEVICE where it runs, or the
+ * best device). */
 static gpu_t *host_gpu(void *host, job_ctx_t *c, lt_err_t *err) {
   runner_t *r = host;
   const char *want = job_param_str(c, "device");
-  if (r->gpu && *want && strcmp(want, r->gpu_device) != 0) {
+  if (!*want && r->default_device) want = r->default_device;
+  if (r->gpu && *want && !is_device(r->gpu, want)) {
     job_log(c, "closing %s to open device %s", gpu_caps(r->gpu)->name, want);
     drop_model(r);
     gpu_destroy(&r->gpu);
@@ -92,7 +106,6 @@ static gpu_t *host_gpu(void *host, job_ctx_t *c, lt_err_t *err) {
   if (!r->gpu) {
     gpu_opts_t o = {.device = *want ? want : NULL};
     if (!(r->gpu = gpu_new(&o, err))) return NULL;
-    snprintf(r->gpu_device, sizeof r->gpu_device, "%s", want);
     announce_device(r);
   }
   return r->gpu;
@@ -241,14 +254,14 @@ static void send_unreadable(void *sock, const char *why) {
   mpw_free(&w);
 }
 
-static void send_simple(void *sock, const char *t, const char *device, int64_t gen) {
+static void send_simple(void *sock, const char *t, const char *device, int64_t index, int64_t gen) {
   mpw_t w;
   mpw_init(&w);
   mpw_map(&w);
   mpw_kstr(&w, "t", t);
   mpw_kint(&w, "pid", getpid());
   mpw_kint(&w, "gen", gen);
-  if (device) mpw_kstr(&w, "device", device);
+  if (device) mpw_kstr(&w, "device", device), mpw_kint(&w, "index", index);
   mpw_end(&w);
   zmq_send(sock, w.sb.data, w.sb.size, ZMQ_DONTWAIT);
   mpw_free(&w);
@@ -271,15 +284,30 @@ static int check_tokenizers(int argc, char **argv) {
   return 0;
 }
 
+/* lathe-worker --list-devices: lathed's view of the machine's Vulkan devices, one line each (gpu_list_devices), so
+ * that it can start a worker per device without touching Vulkan itself. Exits 1 with the reason when there is no
+ * Vulkan. */
+static int list_devices(void) {
+  lt_err_t err = {0};
+  if (gpu_list_devices(stdout, &err) < 0) {
+    fprintf(stdout, "%s\n", err.msg);
+    return 1;
+  }
+  return 0;
+}
+
 int main(int argc, char **argv) {
   /* lathe-worker --tokenize ARGS: `lathe tokenize ARGS` (daemon/tokenize.c). */
   if (argc > 1 && !strcmp(argv[1], "--tokenize")) return tokenize_main(argc - 1, argv + 1);
   char endpoint[PATH_MAX + 8] = "";
+  const char *default_device = NULL;
   long long gen = 0, keep_alive = 300;
   static const struct option lo[] = {{"connect", 1, 0, 'c'},
                                      {"gen", 1, 0, 'g'},
                                      {"keep-alive", 1, 0, 'k'},
                                      {"check-tokenizers", 0, 0, 't'},
+                                     {"device", 1, 0, 'd'},
+                                     {"list-devices", 0, 0, 'l'},
                                      {0, 0, 0, 0}};
   int opt;
   while ((opt = getopt_long(argc, argv, "", lo, NULL)) != -1) {
@@ -291,6 +319,10 @@ int main(int argc, char **argv) {
       gen = atoll(optarg);
     else if (opt == 'k')
       keep_alive = atoll(optarg);
+    else if (opt == 'd')
+      default_device = optarg;
+    else if (opt == 'l')
+      return list_devices();
     else
       return 2;
   }
@@ -313,11 +345,12 @@ int main(int argc, char **argv) {
     fprintf(stderr, "lathe-worker: cannot connect to %s: %s\n", endpoint, zmq_strerror(zmq_errno()));
     return 1;
   }
-  runner_t r = {.ctx = ctx, .keep_alive_ms = keep_alive * 1000};
+  runner_t r = {.ctx = ctx, .keep_alive_ms = keep_alive * 1000, .default_device = default_device};
   pthread_t th;
   pthread_create(&th, NULL, runner_main, &r);
   char device[256] = "";
-  send_simple(dealer, "ready", NULL, gen);
+  int64_t dev_index = -1; /* the open device's index, -1 when none is open */
+  send_simple(dealer, "ready", NULL, -1, gen);
   int64_t next_beat = util_mono_ms() + HEARTBEAT_MS;
   bool leaving = false;
   while (!leaving) {
@@ -325,7 +358,7 @@ int main(int argc, char **argv) {
     zmq_pollitem_t it[2] = {{dealer, 0, ZMQ_POLLIN, 0}, {pair, 0, ZMQ_POLLIN, 0}};
     zmq_poll(it, 2, wait > 0 ? wait : 0);
     if (util_mono_ms() >= next_beat) {
-      send_simple(dealer, "hb", device, gen);
+      send_simple(dealer, "hb", device, dev_index, gen);
       next_beat = util_mono_ms() + HEARTBEAT_MS;
     }
     zmq_msg_t msg;
@@ -344,7 +377,9 @@ int main(int argc, char **argv) {
       const msgpack_object *m = d ? mp_doc_root(d) : NULL;
       if (m && mp_str_is(mp_get(m, "t"), "device")) {
         mp_str_copy(mp_get(m, "name"), device, sizeof device);
-        send_simple(dealer, "hb", device, gen);
+        dev_index = -1;
+        mp_as_int(mp_get(m, "index"), &dev_index);
+        send_simple(dealer, "hb", device, dev_index, gen);
       } else if (m) {
         zmq_msg_send(&msg, dealer, 0);
       }

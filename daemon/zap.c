@@ -117,7 +117,10 @@ void zap_handle(daemon_t *d) {
         snprintf(why, sizeof why, "ipc peer uid %ld (pid %ld) is not the daemon's uid %u", uid, pid,
                  (unsigned)geteuid());
     } else if (!strcmp(domain, "worker") && !strcmp(mech, "NULL")) {
-      ok = peer_cred(addr, &uid, &pid) && uid == (long)geteuid() && pid == (long)d->slot.pid;
+      ok = peer_cred(addr, &uid, &pid) && uid == (long)geteuid();
+      bool ours = false;
+      for (int i = 0; i < d->n_slots; i++) ours |= pid == (long)d->slots[i].pid;
+      ok = ok && ours;
       util_copy(user, "worker", sizeof user);
       if (!ok) snprintf(why, sizeof why, "worker socket: pid %ld is not our worker", pid);
     } else if (!strcmp(domain, "tcp") && !strcmp(mech, "CURVE") && nf >= 7 && sizes[6] == 32) {

@@ -205,6 +205,7 @@ static lt_status_t choose_device(gpu_t *g, const char *want, bool from_env, lt_e
     goto out;
   }
   g->phys = pds[best];
+  g->caps.device_index = (uint32_t)best;
 out:
   free(pds);
   return st;
@@ -448,7 +449,14 @@ int gpu_list_devices(void *file, lt_err_t *err) {
     vkGetPhysicalDeviceProperties2(pds[i], &p2);
     char u[37];
     uuid_str(idp.deviceUUID, u);
-    fprintf(f, "%u\t%s\t%s\t%s\n", i, kind_str(kind_of(p2.properties.deviceType)), p2.properties.deviceName, u);
+    VkPhysicalDeviceMemoryProperties mp;
+    vkGetPhysicalDeviceMemoryProperties(pds[i], &mp);
+    uint64_t local = 0;
+    for (uint32_t h = 0; h < mp.memoryHeapCount; h++)
+      if ((mp.memoryHeaps[h].flags & VK_MEMORY_HEAP_DEVICE_LOCAL_BIT) && mp.memoryHeaps[h].size > local)
+        local = mp.memoryHeaps[h].size;
+    fprintf(f, "%u\t%s\t%s\t%s\t%llu\n", i, kind_str(kind_of(p2.properties.deviceType)), p2.properties.deviceName, u,
+            (unsigned long long)(local >> 20));
   }
   vkDestroyInstance(tmp.inst, NULL);
   return (int)n;

@@ -29,6 +29,7 @@ typedef struct gpu_caps {
   char driver_info[256];
   uint32_t vendor_id, device_id, driver_version, api_version;
   uint8_t device_uuid[16];
+  uint32_t device_index; /* its index in the Vulkan instance's list (what LATHE_DEVICE and --device name) */
   gpu_kind_t kind;
   bool storage16; /* 16-bit storage buffers (f16 weights) */
   bool storage8;  /* 8-bit storage buffers (int8 weights) */
@@ -85,7 +86,8 @@ const gpu_caps_t *gpu_caps(const gpu_t *g);
 /* Returns the counters; owned by g. */
 const gpu_stats_t *gpu_stats(const gpu_t *g);
 
-/* Prints one line per Vulkan device (index, type, name, UUID) to f; returns the count or a negative status. */
+/* Prints one line per Vulkan device to f, tab-separated: index, type, name, UUID, MiB of its largest device-local
+ * heap; returns the count or a negative status. */
 int gpu_list_devices(void *file, lt_err_t *err);
 
 /* ---- buffers ---- */

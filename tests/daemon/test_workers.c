@@ -1,0 +1,136 @@
+/* Several workers, one per device: on a machine with one Vulkan device the tests show lavapipe's driver to the
+ * daemon twice (two ICD files naming it), which gives devices 0 and 1; `--devices 0,0` runs two workers on one
+ * device. Two jobs run at the same time, a job pinned to a device waits for that device's worker while the other
+ * is idle, killing one worker touches only its job, and ps and status show which device runs what. */
+#include <glob.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "td.h"
+
+static td_t t;
+
+static void setup(void) { memset(&t, 0, sizeof t); }
+static void teardown(void) { td_cleanup(&t); }
+
+TestSuite(workers, .init = setup, .fini = teardown, .timeout = 90);
+
+/* Starts lathed seeing lavapipe twice (devices 0 and 1), with extra arguments. */
+static void start_two_devices(const char *const *extra) {
+  td_prepare(&t);
+  glob_t g;
+  cr_assert_eq(glob("/usr/share/vulkan/icd.d/lvp_icd*.json", 0, NULL, &g), 0, "no lavapipe ICD file");
+  char copy[256], both[1024], cmd[1024];
+  snprintf(copy, sizeof copy, "%s/lvp-again.json", t.dir);
+  snprintf(cmd, sizeof cmd, "cp %s %s", g.gl_pathv[0], copy);
+  cr_assert_eq(system(cmd), 0);
+  snprintf(both, sizeof both, "%s:%s", g.gl_pathv[0], copy);
+  globfree(&g);
+  setenv("VK_ICD_FILENAMES", both, 1);
+  td_start(&t, extra);
+  unsetenv("VK_ICD_FILENAMES");
+}
+
+/* The `worker` and `device` fields of job id's show reply (-1 when nil). */
+static void placed(lc_t *c, int64_t id, int64_t *worker, int64_t *device) {
+  mp_doc_t *d = td_show(c, id);
+  const msgpack_object *j = mp_get(mp_doc_root(d), "job");
+  *worker = td_int(j, "worker");
+  *device = td_int(j, "device");
+  mp_doc_destroy(&d);
+}
+
+/* A sleep job pinned to device pin (NULL: none) of `steps` 50 ms steps. */
+static int64_t sleeper(lc_t *c, int64_t steps, const char *pin) {
+  const char *kv[] = {"device", pin, NULL};
+  const char *ik[] = {"steps", "delay_ms", NULL};
+  const int64_t iv[] = {steps, 50};
+  return td_submit(c, "sleep", pin ? kv : kv + 2, ik, iv, NULL, NULL, NULL);
+}
+
+Test(workers, two_jobs_run_at_once_one_per_device) {
+  start_two_devices(NULL);
+  lc_t *c = td_client(&t);
+  mp_doc_t *st = td_status(c);
+  const msgpack_object *ws = mp_get(mp_doc_root(st), "workers");
+  cr_assert(ws && ws->via.array.size == 2, "one worker per device");
+  mp_doc_destroy(&st);
+  int64_t a = sleeper(c, 200, NULL), b = sleeper(c, 200, NULL);
+  td_wait_state(c, a, "running", 10000);
+  td_wait_state(c, b, "running", 10000);
+  int64_t wa, da, wb, db;
+  placed(c, a, &wa, &da);
+  placed(c, b, &wb, &db);
+  cr_assert(wa != wb && wa >= 0 && wb >= 0, "the two jobs run on different workers (%lld, %lld)", (long long)wa,
+            (long long)wb);
+  cr_assert(da != db && da >= 0 && db >= 0, "and on different devices (%lld, %lld)", (long long)da, (long long)db);
+  /* A job pinned to a device that has no worker is refused at submit. */
+  proto_err_t pe = {0};
+  const char *kv[] = {"device", "7", NULL};
+  cr_assert_leq(td_submit(c, "sleep", kv, NULL, NULL, NULL, NULL, &pe), 0);
+  cr_assert_str_eq(pe.field, "params.device");
+  lc_destroy(&c);
+}
+
+Test(workers, a_pinned_job_waits_for_its_device_and_a_killed_worker_touches_only_its_job) {
+  start_two_devices(NULL);
+  lc_t *c = td_client(&t);
+  int64_t a = sleeper(c, 400, "1");
+  td_wait_state(c, a, "running", 10000);
+  int64_t b = sleeper(c, 400, "1");
+  int64_t other = sleeper(c, 400, NULL);
+  td_wait_state(c, other, "running", 10000);
+  char s[16];
+  cr_assert_str_eq(td_state(c, b, s, sizeof s), "queued", "pinned to the busy device 1, it waits");
+  int64_t w, dev;
+  placed(c, other, &w, &dev);
+  cr_assert_eq(dev, 0, "the unpinned job took the idle device");
+  placed(c, a, &w, &dev);
+  cr_assert_eq(dev, 1);
+  /* Kill device 1's worker: its job is re-queued (sleep resumes), the other job runs on untouched. */
+  mp_doc_t *st = td_status(c);
+  const msgpack_object *ws = mp_get(mp_doc_root(st), "workers");
+  pid_t victim = (pid_t)td_int(&ws->via.array.ptr[w], "pid");
+  mp_doc_destroy(&st);
+  cr_assert_gt(victim, 0);
+  kill(victim, SIGKILL);
+  for (int i = 0; i < 200 && strcmp(td_state(c, a, s, sizeof s), "running") == 0; i++) {
+    mp_doc_t *d = td_show(c, a);
+    bool again = td_int(mp_get(mp_doc_root(d), "job"), "attempts") > 1;
+    mp_doc_destroy(&d);
+    if (again) break;
+    td_sleep_ms(50);
+  }
+  mp_doc_t *d = td_show(c, other);
+  cr_assert_eq(td_int(mp_get(mp_doc_root(d), "job"), "attempts"), 1, "the other worker's job was not touched");
+  cr_assert(td_has(mp_get(mp_doc_root(d), "job"), "state", "running"));
+  mp_doc_destroy(&d);
+  /* Device 1's worker comes back; the cancelled first job frees it and the waiting one runs there. */
+  cr_assert_not_null(lc_call_id(c, "cancel", a, NULL, NULL));
+  td_wait_state(c, a, "cancelled", 20000);
+  td_wait_state(c, b, "running", 20000);
+  placed(c, b, &w, &dev);
+  cr_assert_eq(dev, 1, "the pinned job ran on its device");
+  lc_destroy(&c);
+}
+
+Test(workers, two_workers_on_one_device) {
+  static const char *const args[] = {"--devices", "0,0", NULL};
+  td_start(&t, args);
+  lc_t *c = td_client(&t);
+  int64_t a = sleeper(c, 200, NULL), b = sleeper(c, 200, "0");
+  td_wait_state(c, a, "running", 10000);
+  td_wait_state(c, b, "running", 10000);
+  int64_t wa, da, wb, db;
+  placed(c, a, &wa, &da);
+  placed(c, b, &wb, &db);
+  cr_assert(wa != wb && da == 0 && db == 0, "workers %lld and %lld, devices %lld and %lld", (long long)wa,
+            (long long)wb, (long long)da, (long long)db);
+  lc_destroy(&c);
+  td_t bad = {0};
+  static const char *const wrong[] = {"--devices", "0,,1", NULL};
+  cr_assert_gt(td_start_expect_exit(&bad, wrong, 5000), 0, "a malformed list is refused");
+  td_cleanup(&bad);
+}
