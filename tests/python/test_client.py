@@ -91,6 +91,11 @@ class ClientTest(unittest.TestCase):
         self.assertTrue(self.c.cancel(job)["cancelling"])
         self.assertEqual(self.c.wait(job, timeout=20), "cancelled")
 
+    def test_devices(self):
+        workers = self.c.devices()
+        self.assertGreaterEqual(len(workers), 1)
+        self.assertIn(workers[0]["state"], ("starting", "idle", "busy", "down"))
+
     def test_remove_and_prune(self):
         a, b = self.c.submit("sleep", steps=1), self.c.submit("sleep", steps=1)
         self.assertEqual(self.c.wait(b, timeout=20), "succeeded")

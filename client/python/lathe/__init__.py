@@ -156,6 +156,10 @@ class Client:
         """Asks the daemon to cancel the job; returns the reply (the state, and whether it is stopping)."""
         return self.call("cancel", id=job)
 
+    def devices(self):
+        """The daemon's workers (a list of dicts: index, device, state, job, memory_mib, ...), one per device."""
+        return self.status()["workers"]
+
     def remove(self, job):
         """Removes a finished job: its row, events and folder."""
         self.call("remove", id=job)
