@@ -484,7 +484,7 @@ static int run(daemon_t *d) {
     lt_fail(&err, LT_E_IO, "cannot listen on %s: %s", d->worker_endpoint, zmq_strerror(errno));
     goto out;
   }
-  sched_slots(d);
+  if (!sched_slots(d, &err)) goto out;
   d->started_ms = util_now_ms();
   sched_recover(d, "lathed restarted");
   if (store_commit(d->store, &err)) goto out;

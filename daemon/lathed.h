@@ -226,8 +226,9 @@ void ev_write(mpw_t *w, const store_event_t *ev);
 
 /* sched.c */
 /* Fills d->slots from --devices, or one slot per device `lathe-worker --list-devices` finds (the non-CPU ones when
- * there are any; LATHE_DEVICE, when set, picks one), or one slot of the worker's own choice when none is listed. */
-void sched_slots(daemon_t *d);
+ * there are any; LATHE_DEVICE, when set, picks one), or one slot of the worker's own choice when none is listed.
+ * False with err when --devices names a device the listing does not have. */
+bool sched_slots(daemon_t *d, lt_err_t *err);
 /* The slot running job id, or NULL. */
 slot_t *sched_slot_of_job(daemon_t *d, int64_t id);
 /* Whether some slot can run a job pinned to device `pin` (an index or UUID; "" any). */

@@ -575,7 +575,7 @@ static void slot_for(slot_t *s, const char *want, const slot_t *devs, int n_devs
     }
 }
 
-void sched_slots(daemon_t *d) {
+bool sched_slots(daemon_t *d, lt_err_t *err) {
   slot_t devs[MAX_SLOTS];
   char kinds[MAX_SLOTS][16];
   int n_devs = list_devices(d, devs, kinds);
@@ -584,8 +584,19 @@ void sched_slots(daemon_t *d) {
   if (d->o.devices[0]) {
     char list[sizeof d->o.devices];
     util_copy(list, d->o.devices, sizeof list);
-    for (char *tok = strtok(list, ","); tok && d->n_slots < MAX_SLOTS; tok = strtok(NULL, ","))
-      slot_for(&d->slots[d->n_slots++], tok, devs, n_devs);
+    for (char *tok = strtok(list, ","); tok && d->n_slots < MAX_SLOTS; tok = strtok(NULL, ",")) {
+      slot_t *s = &d->slots[d->n_slots++];
+      slot_for(s, tok, devs, n_devs);
+      if (n_devs && !s->index[0]) {
+        char names[512] = "";
+        size_t at = 0;
+        for (int i = 0; i < n_devs && at < sizeof names; i++)
+          at +=
+              (size_t)snprintf(names + at, sizeof names - at, "%s%s (%s)", i ? ", " : "", devs[i].index, devs[i].name);
+        lt_fail(err, LT_E_INVALID, "--devices: there is no device %s here; the devices: %s", tok, names);
+        return false;
+      }
+    }
   } else if (env && *env) {
     slot_for(&d->slots[d->n_slots++], env, devs, n_devs);
   } else {
@@ -605,4 +616,5 @@ void sched_slots(daemon_t *d) {
     else
       dlog("worker %d: the worker's own choice of device", i);
   }
+  return true;
 }

@@ -133,4 +133,11 @@ Test(workers, two_workers_on_one_device) {
   static const char *const wrong[] = {"--devices", "0,,1", NULL};
   cr_assert_gt(td_start_expect_exit(&bad, wrong, 5000), 0, "a malformed list is refused");
   td_cleanup(&bad);
+  td_t absent = {0};
+  static const char *const none[] = {"--devices", "0,5", NULL};
+  cr_assert_gt(td_start_expect_exit(&absent, none, 5000), 0, "a device that is not there is refused");
+  char cmd[512];
+  snprintf(cmd, sizeof cmd, "grep -q 'there is no device 5 here; the devices: 0 (' %s", absent.log);
+  cr_assert_eq(system(cmd), 0, "%s", cmd);
+  td_cleanup(&absent);
 }
