@@ -169,9 +169,9 @@ static bool store_healthy(store_t *s, const char *path, lt_err_t *err) {
   sqlite3_finalize(st);
   if (strcmp(verdict, "ok") != 0) {
     lt_fail(err, LT_E_CORRUPT,
-            "store %s is damaged (%s). Keep a copy, then recover it with `sqlite3 %s .recover | sqlite3 fixed.db` "
-            "(docs/store.md)",
-            path, verdict, path);
+            "store %s is damaged (%s). Keep a copy, then recover it with `sqlite3 %s .dump | sqlite3 fixed.db && "
+            "sqlite3 fixed.db 'PRAGMA user_version = %d'` and put fixed.db in its place (docs/store.md)",
+            path, verdict, path, STORE_VERSION);
     return false;
   }
   static const char *const need[] = {
