@@ -1,5 +1,5 @@
 /* Benchmark of op_matmul: GFLOPS of Lathe's GEMV and GEMM kernels (f32 and f16 weights) as a ratio to OpenBLAS
- * cblas_sgemm on the CPU, measured in the same run on the same data; the two GEMM variants against each other;
+ * on the CPU (cblas_sgemv for one row, cblas_sgemm otherwise), measured in the same run on the same data; the two GEMM variants against each other;
  * the crossover between GEMV and GEMM for small M (what MATMUL_AUTO's threshold rests on); and shader compile
  * time with cold and warm caches. LATHE_BENCH_QUICK=1 shrinks the shapes. Upload time is excluded; each figure
  * is the mean of several timed repetitions after one warm-up run.
@@ -69,15 +69,20 @@ static double time_lathe(gpu_t *g, gpu_buf_t *y, gpu_buf_t *x, gpu_buf_t *w, lt_
   return (now_s() - t0) / reps;
 }
 
-/* Seconds per cblas_sgemm of y[M,N] = x[M,K] . w[N,K]^T, timed like time_lathe(). */
+/* Seconds per OpenBLAS product y[M,N] = x[M,K] . w[N,K]^T, timed like time_lathe(): cblas_sgemv for one row (the
+ * matrix-vector product is its own, faster path in OpenBLAS: an sgemm with M = 1 would flatter a GEMV about 4x),
+ * cblas_sgemm otherwise. */
 static double time_blas(float *y, const float *x, const float *w, uint32_t M, uint32_t N, uint32_t K, double budget_s) {
   double t0 = 0;
   int reps = 0;
   for (int i = -1; i < reps; i++) {
     if (i == 0) t0 = now_s();
     double s = now_s();
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)M, (int)N, (int)K, 1.0f, x, (int)K, w, (int)K, 0.0f, y,
-                (int)N);
+    if (M == 1)
+      cblas_sgemv(CblasRowMajor, CblasNoTrans, (int)N, (int)K, 1.0f, w, (int)K, x, 1, 0.0f, y, 1);
+    else
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)M, (int)N, (int)K, 1.0f, x, (int)K, w, (int)K, 0.0f, y,
+                  (int)N);
     if (i == -1) reps = reps_for(now_s() - s, budget_s);
   }
   return (now_s() - t0) / reps;
@@ -113,8 +118,8 @@ static void bench_shape(gpu_t *g, uint32_t M, uint32_t N, uint32_t K, double bud
     if (gpu_download(by, 0, yl, ny * 4, &err) != LT_OK) die("download", &err);
     /* f16 weights differ from OpenBLAS's f32 ones by up to 2^-11 relative. */
     double diff = rel_diff(yl, yb, ny), allowed = t ? 1e-2 : 1e-4;
-    printf("matmul %s %ux%ux%u: lathe %.2f GFLOPS, openblas %.2f GFLOPS, ratio %.3f%s\n", lt_dtype_str(wt), M, N, K,
-           lathe, blas, lathe / blas, diff <= allowed ? "" : "  [RESULT MISMATCH]");
+    printf("matmul %s %ux%ux%u: lathe %.2f GFLOPS, openblas %s %.2f GFLOPS, ratio %.3f%s\n", lt_dtype_str(wt), M, N, K,
+           lathe, M == 1 ? "sgemv" : "sgemm", blas, lathe / blas, diff <= allowed ? "" : "  [RESULT MISMATCH]");
     if (diff > allowed)
       fprintf(stderr, "bench_matmul: %s %ux%ux%u differs from OpenBLAS by %.3g of max |y|\n", lt_dtype_str(wt), M, N, K,
               diff);
