@@ -1,5 +1,6 @@
 /* The `lathe` binary itself: JSON shapes the issue promises, exit statuses, autostart, help from the table. */
 #include <jansson.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -395,13 +396,11 @@ Test(cli, rm_older_than_removes_the_old_finished_jobs) {
  * and its text as it comes, prompt after prompt with a blank line between, and exactly the texts of the result
  * (the pieces join up, and the finished outputs are not printed twice); `logs` lists the pieces. */
 Test(cli, generate_streams_its_texts_prompt_by_prompt) {
-  static char out[1 << 16], res[1 << 16];
-  char args[1024];
+  static char out[1 << 16], res[1 << 16], args[2 * PATH_MAX], cmd[3 * PATH_MAX];
   snprintf(args, sizeof args,
            "run generate --model %s/models/lathe-kjv-llama --prompt 'And God said' --prompt 'In the' "
            "--temperature 0 --max-tokens 48",
            LATHE_SOURCE_DIR);
-  char cmd[1200];
   snprintf(cmd, sizeof cmd, "LATHE_TTY=1 %s/lathe %s 2>/dev/null", LATHE_BIN_DIR, args);
   cr_assert_eq(td_shell(out, sizeof out, cmd), 0, "%s", out);
   cr_assert_eq(lathe(res, sizeof res, "--json result 1"), 0);
