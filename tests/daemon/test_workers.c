@@ -66,6 +66,18 @@ Test(workers, two_jobs_run_at_once_one_per_device) {
   cr_assert(wa != wb && wa >= 0 && wb >= 0, "the two jobs run on different workers (%lld, %lld)", (long long)wa,
             (long long)wb);
   cr_assert(da != db && da >= 0 && db >= 0, "and on different devices (%lld, %lld)", (long long)da, (long long)db);
+  /* The CLI shows it: `lathe devices` a busy line per worker, `lathe ps` the device of each running job. */
+  static char out[1 << 14];
+  char cmd[512];
+  snprintf(cmd, sizeof cmd, "%s/lathe --no-autostart --socket %s devices", LATHE_BIN_DIR, t.sock);
+  cr_assert_eq(td_shell(out, sizeof out, cmd), 0, "%s", out);
+  int busy = 0;
+  for (const char *p = out; (p = strstr(p, " busy ")); p++) busy++;
+  cr_assert_eq(busy, 2, "%s", out);
+  cr_assert(strstr(out, "WORKER  DEVICE NAME") && strstr(out, "MiB"), "%s", out);
+  snprintf(cmd, sizeof cmd, "%s/lathe --no-autostart --socket %s ps", LATHE_BIN_DIR, t.sock);
+  cr_assert_eq(td_shell(out, sizeof out, cmd), 0, "%s", out);
+  cr_assert(strstr(out, " DEV ") && strstr(out, "    0  ") && strstr(out, "    1  "), "%s", out);
   /* A job pinned to a device that has no worker is refused at submit. */
   proto_err_t pe = {0};
   const char *kv[] = {"device", "7", NULL};
