@@ -952,6 +952,68 @@ static int cmd_ps(cli_t *cli, int argc, char **argv) {
   return 0;
 }
 
+/* Local date and time of ms since the epoch ("-" for 0) into buf. */
+static void fmt_when(int64_t ms, char *buf, size_t n) {
+  if (ms <= 0) {
+    snprintf(buf, n, "-");
+    return;
+  }
+  time_t t = (time_t)(ms / 1000);
+  struct tm tm;
+  localtime_r(&t, &tm);
+  strftime(buf, n, "%Y-%m-%d %H:%M:%S", &tm);
+}
+
+/* `lathe history [--since D]`: the finished jobs (those that ended within D), like sacct: when each started and
+ * ended, how long it ran, how it ended and why. */
+static int cmd_history(cli_t *cli, int argc, char **argv) {
+  int64_t since = 0;
+  for (int i = 0; i < argc; i++) {
+    const char *v = !strcmp(argv[i], "--since") && i + 1 < argc ? argv[++i]
+                    : !strncmp(argv[i], "--since=", 8)          ? argv[i] + 8
+                                                                : NULL;
+    if (!v || !util_parse_duration(v, &since))
+      return fail(EXIT_USAGE, "usage: lathe history [--since D]   (D: a duration such as 30d, 12h, 90m)");
+  }
+  int rc = connect_daemon(cli);
+  if (rc) return rc;
+  int64_t cutoff = since ? util_now_ms() - since : 0;
+  if (!cli->json)
+    printf("%6s  %-12s %-10s %-19s  %-19s %8s %8s  %-18s %s\n", "ID", "KIND", "STATE", "STARTED", "ENDED", "ELAPSED",
+           "ATTEMPTS", "MODEL", "REASON");
+  for (int64_t after = 0, more = 1; more;) {
+    mpw_t w;
+    lc_begin(cli->c, &w, "list");
+    mpw_kbool(&w, "all", true);
+    mpw_kint(&w, "after", after);
+    mp_doc_t *d = call(cli, &w, &rc);
+    if (!d) return rc;
+    const msgpack_object *jobs = mp_get(mp_doc_root(d), "jobs");
+    more = get_bool(mp_doc_root(d), "more");
+    after = get_int(mp_doc_root(d), "last");
+    for (uint32_t i = 0; jobs && i < jobs->via.array.size; i++) {
+      const msgpack_object *j = &jobs->via.array.ptr[i];
+      int64_t ended = get_int(j, "finished");
+      if (ended <= 0 || ended < cutoff) continue;
+      if (cli->json) {
+        print_json(j, false);
+        continue;
+      }
+      char kind[32], state[16], reason[512], model[64], started[32], end[32], elapsed[32] = "-";
+      fmt_when(get_int(j, "started"), started, sizeof started);
+      fmt_when(ended, end, sizeof end);
+      const msgpack_object *el = mp_get(j, "elapsed_s");
+      if (el && el->type == MSGPACK_OBJECT_FLOAT64) fmt_dur(el->via.f64, elapsed, sizeof elapsed);
+      printf("%6lld  %-12s %-10s %-19s  %-19s %8s %8lld  %-18.18s %s\n", (long long)get_int(j, "id"),
+             get_str(j, "kind", kind, sizeof kind), get_str(j, "state", state, sizeof state), started, end, elapsed,
+             (long long)get_int(j, "attempts"), get_str(j, "model", model, sizeof model),
+             get_str(j, "reason", reason, sizeof reason));
+    }
+    mp_doc_destroy(&d);
+  }
+  return 0;
+}
+
 /* One value for a person: strings as they are, floats to 4 significant digits, nil as "-", containers as JSON. */
 static void print_value(const msgpack_object *o) {
   switch (o->type) {
@@ -1345,6 +1407,7 @@ static void usage(FILE *f) {
              "  run KIND [--PARAM VALUE ...]   submit a job and follow it (exit 0 if it succeeds; Ctrl-C detaches)\n"
              "  submit KIND [--PARAM VALUE ...] [--priority N] [--hold] [--sid ID]   queue a job\n"
              "  ps [--all]                     list jobs (waiting and running; --all: every job)\n"
+             "  history [--since D]            finished jobs: started, ended, elapsed, attempts, reason (like sacct)\n"
              "  show ID                        a job in full\n"
              "  logs ID [-f] [--tail N]        a job's events (the last N; -f: keep following)\n"
              "  watch ID [--tail N]            follow a job to its end (from its last N events, default 20)\n"
@@ -1407,9 +1470,9 @@ int main(int argc, char **argv) {
   cli.lines = cli.json || !(isatty(STDERR_FILENO) || (tty && !strcmp(tty, "1")));
   signal(SIGPIPE, SIG_IGN);
   int rc;
-  static const char *const commands[] = {"help",   "version",  "run",     "submit", "ps",       "logs",
-                                         "watch",  "priority", "daemon",  "keygen", "show",     "result",
-                                         "cancel", "hold",     "release", "rm",     "tokenize", "devices"};
+  static const char *const commands[] = {"help",     "version", "run",      "submit",  "ps",     "logs",   "watch",
+                                         "priority", "daemon",  "keygen",   "show",    "result", "cancel", "hold",
+                                         "release",  "rm",      "tokenize", "devices", "history"};
   if (!strcmp(cmd, "help")) {
     const kind_t *k = n ? kind_find(rest[0], strlen(rest[0])) : NULL;
     rc = 0;
@@ -1445,6 +1508,8 @@ int main(int argc, char **argv) {
     rc = cmd_tokenize(&cli, n, rest);
   else if (!strcmp(cmd, "devices"))
     rc = cmd_devices(&cli, n, rest);
+  else if (!strcmp(cmd, "history"))
+    rc = cmd_history(&cli, n, rest);
   else if (!strcmp(cmd, "rm") && n >= 1 && !strncmp(rest[0], "--older-than", 12))
     rc = cmd_prune(&cli, n, rest);
   else if (!strcmp(cmd, "show") || !strcmp(cmd, "result") || !strcmp(cmd, "cancel") || !strcmp(cmd, "hold") ||

@@ -530,3 +530,18 @@ Test(cli, tokenize_gives_the_reference_ids) {
   const char *usage[] = {"tokenize", "--text", "x", NULL};
   cr_assert_eq(lathe_argv(out, sizeof out, usage), 2);
 }
+
+/* `lathe history` lists the finished jobs only, like sacct: start, end, elapsed, attempts and how each ended;
+ * --since D keeps those that ended within D. */
+Test(cli, history_lists_finished_jobs_with_their_times) {
+  static char out[1 << 14];
+  cr_assert_eq(lathe(out, sizeof out, "run sleep --steps 2 --delay-ms 10"), 0);
+  cr_assert_eq(lathe(out, sizeof out, "submit sleep --steps 1000 --hold"), 0);
+  cr_assert_eq(lathe(out, sizeof out, "history"), 0);
+  cr_assert(strstr(out, "STARTED") && strstr(out, "ENDED") && strstr(out, "ATTEMPTS"), "%s", out);
+  cr_assert(strstr(out, "     1  sleep        succeeded  20"), "job 1 with its start date: %s", out);
+  cr_assert_null(strstr(out, "     2  sleep"), "the held job is not history: %s", out);
+  cr_assert_eq(lathe(out, sizeof out, "--json history --since 1h"), 0);
+  cr_assert(strstr(out, "\"id\":1,") && !strstr(out, "\"id\":2,"), "%s", out);
+  cr_assert_eq(lathe_all(out, sizeof out, "history --since soon"), 2);
+}
