@@ -231,8 +231,8 @@ void ev_write(mpw_t *w, const store_event_t *ev);
 bool sched_slots(daemon_t *d, lt_err_t *err);
 /* The slot running job id, or NULL. */
 slot_t *sched_slot_of_job(daemon_t *d, int64_t id);
-/* Whether some slot can run a job pinned to device `pin` (an index or UUID; "" any). */
-bool sched_device_known(const daemon_t *d, const char *pin);
+/* Whether some slot can run a job pinned to device `pin` (an index or UUID; "" any) that needs mib MiB (0: any). */
+bool sched_device_known(const daemon_t *d, const char *pin, int64_t mib);
 /* Starts a worker for every slot that has none and is not backing off. */
 void sched_spawn(daemon_t *d);
 /* Reaps exited children (SIGCHLD) and handles a dead worker. */

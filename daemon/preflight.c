@@ -181,20 +181,25 @@ static bool preflight_paths(const daemon_t *d, const kind_t *k, const msgpack_ob
   return true;
 }
 
-/* A job pinned to a device needs a worker on it. */
+/* A job pinned to a device, or asking for device memory, needs a worker that fits. */
 static bool preflight_device(const daemon_t *d, const msgpack_object *params, proto_err_t *e) {
   char pin[72];
+  int64_t mib = 0;
   param_str(params, "device", pin, sizeof pin);
-  if (sched_device_known(d, pin)) return true;
+  mp_as_int(mp_get(params, "memory"), &mib);
+  if (sched_device_known(d, pin, mib)) return true;
   char list[512] = "";
   size_t at = 0;
   for (int i = 0; i < d->n_slots && at < sizeof list; i++)
-    at += (size_t)snprintf(list + at, sizeof list - at, "%s%s%s%s%s", i ? ", " : "", d->slots[i].want,
-                           d->slots[i].name[0] ? " (" : "", d->slots[i].name, d->slots[i].name[0] ? ")" : "");
-  return proto_fail(e, P_BAD_VALUE, "params.device",
-                    "params.device: no worker of this daemon runs on device %s; its "
-                    "workers' devices: %s (lathe devices)",
-                    pin, list);
+    at += (size_t)snprintf(list + at, sizeof list - at, "%s%s (%s, %lld MiB)", i ? ", " : "", d->slots[i].want,
+                           d->slots[i].name, (long long)d->slots[i].mib);
+  if (!sched_device_known(d, pin, 0))
+    return proto_fail(e, P_BAD_VALUE, "params.device",
+                      "params.device: no worker of this daemon runs on device %s; its workers' devices: %s", pin, list);
+  return proto_fail(e, P_BAD_VALUE, "params.memory",
+                    "params.memory: no worker%s%s has a device with %lld MiB; its "
+                    "workers' devices: %s",
+                    pin[0] ? " on device " : "", pin, (long long)mib, list);
 }
 
 bool preflight_files(daemon_t *d, const kind_t *k, const msgpack_object *params, const char *owner, proto_err_t *e) {

@@ -216,25 +216,31 @@ void sched_stop_running(daemon_t *d, slot_t *s, stop_req_t why) {
   to_worker(d, s, &w);
 }
 
-/* The device a job's parameters pin it to into pin ("" when any). */
-static void job_pin(const void *params, size_t n, char *pin, size_t cap) {
+/* The device a job's parameters pin it to into pin ("" when any) and the MiB of device memory it asks for. */
+static void job_pin(const void *params, size_t n, char *pin, size_t cap, int64_t *mib) {
   pin[0] = '\0';
+  *mib = 0;
   proto_err_t e;
   mp_doc_t *doc = mp_doc_parse(params, n, &e);
-  if (doc) mp_str_copy(mp_get(mp_doc_root(doc), "device"), pin, cap);
+  if (doc) {
+    mp_str_copy(mp_get(mp_doc_root(doc), "device"), pin, cap);
+    mp_as_int(mp_get(mp_doc_root(doc), "memory"), mib);
+  }
   mp_doc_destroy(&doc);
 }
 
-/* Whether slot s may run a job pinned to pin: any job when the slot's worker chooses its own device (it opens the
- * pinned one itself), else one pinned to nothing or to the slot's device by index or UUID. */
-static bool slot_fits(const slot_t *s, const char *pin) {
-  return !pin[0] || !s->want[0] || !strcmp(pin, s->want) || !strcmp(pin, s->index) ||
-         (s->uuid[0] && !strcasecmp(pin, s->uuid));
+/* Whether slot s may run a job pinned to pin that needs mib MiB: any job when the slot's worker chooses its own
+ * device (it opens the pinned one itself, and its memory is not known), else one pinned to nothing or to the slot's
+ * device by index or UUID, asking for no more memory than the device has (when the listing said). */
+static bool slot_fits(const slot_t *s, const char *pin, int64_t mib) {
+  if (!s->want[0]) return true;
+  if (mib > 0 && s->mib > 0 && mib > s->mib) return false;
+  return !pin[0] || !strcmp(pin, s->want) || !strcmp(pin, s->index) || (s->uuid[0] && !strcasecmp(pin, s->uuid));
 }
 
-bool sched_device_known(const daemon_t *d, const char *pin) {
+bool sched_device_known(const daemon_t *d, const char *pin, int64_t mib) {
   for (int i = 0; i < d->n_slots; i++)
-    if (slot_fits(&d->slots[i], pin)) return true;
+    if (slot_fits(&d->slots[i], pin, mib)) return true;
   return false;
 }
 
@@ -246,8 +252,9 @@ slot_t *sched_slot_of_job(daemon_t *d, int64_t id) {
 
 static bool fits_cb(void *user, const store_job_t *j) {
   char pin[72];
-  job_pin(j->params, j->params_n, pin, sizeof pin);
-  return slot_fits(user, pin);
+  int64_t mib;
+  job_pin(j->params, j->params_n, pin, sizeof pin, &mib);
+  return slot_fits(user, pin, mib);
 }
 
 /* Hands slot s (idle) the first queued job it may run. */

@@ -245,7 +245,9 @@ static bool kind_distill_validate(const msgpack_object *params, proto_err_t *e) 
 #define COMMON_PARAMS                                                                                                  \
   P(device, KT_STR, false, "", 0, 64,                                                                                  \
     "the GPU the job runs on: an index or a UUID as lathe-devices lists them (the CLI fills it from LATHE_DEVICE; "    \
-    "empty: the daemon's device)")
+    "empty: the daemon's device)")                                                                                     \
+  P(memory, KT_INT, false, "0", 0, 1073741824,                                                                         \
+    "MiB of device memory the job needs: it runs only on a worker whose device has that much (0: any)")
 #define KIND(name, policy, validate, summary, params)                                                                  \
   static const kind_param_t name##_params[] = {params COMMON_PARAMS};
 #include "jobs/kinds.def"

@@ -83,6 +83,18 @@ Test(workers, two_jobs_run_at_once_one_per_device) {
   const char *kv[] = {"device", "7", NULL};
   cr_assert_leq(td_submit(c, "sleep", kv, NULL, NULL, NULL, NULL, &pe), 0);
   cr_assert_str_eq(pe.field, "params.device");
+  /* --memory: a job that needs more device memory than any device has is refused; one that fits runs. */
+  mp_doc_t *sd = td_status(c);
+  int64_t mib = td_int(&mp_get(mp_doc_root(sd), "workers")->via.array.ptr[0], "memory_mib");
+  mp_doc_destroy(&sd);
+  cr_assert_gt(mib, 0, "the listing gives each device's memory");
+  const char *mk[] = {"memory", NULL};
+  const int64_t too_much[] = {mib + 1}, enough[] = {mib};
+  cr_assert_leq(td_submit(c, "sleep", kv + 2, mk, too_much, NULL, NULL, &pe), 0);
+  cr_assert_str_eq(pe.field, "params.memory");
+  cr_assert(strstr(pe.msg, "MiB"), "%s", pe.msg);
+  int64_t fits = td_submit(c, "sleep", kv + 2, mk, enough, NULL, NULL, NULL);
+  cr_assert_gt(fits, 0);
   lc_destroy(&c);
 }
 
