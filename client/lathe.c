@@ -899,6 +899,52 @@ static int cmd_submit(cli_t *cli, int argc, char **argv, bool follow) {
   return follow_job(cli, id, false, true, 0);
 }
 
+/* Calls fn(cli, job, user) for every job the daemon lists (all: finished ones too), page by page: a reply holds a
+ * few hundred jobs at most. Returns 0, or the exit status of a request that failed. */
+static int each_job(cli_t *cli, bool all, void (*fn)(cli_t *cli, const msgpack_object *j, void *user), void *user) {
+  int rc = 0;
+  for (int64_t after = 0, more = 1; more;) {
+    mpw_t w;
+    lc_begin(cli->c, &w, "list");
+    mpw_kbool(&w, "all", all);
+    mpw_kint(&w, "after", after);
+    mp_doc_t *d = call(cli, &w, &rc);
+    if (!d) return rc;
+    const msgpack_object *jobs = mp_get(mp_doc_root(d), "jobs");
+    more = get_bool(mp_doc_root(d), "more");
+    after = get_int(mp_doc_root(d), "last");
+    for (uint32_t i = 0; jobs && i < jobs->via.array.size; i++) fn(cli, &jobs->via.array.ptr[i], user);
+    mp_doc_destroy(&d);
+  }
+  return 0;
+}
+
+/* One job as `ps` prints it (a JSON object with --json). */
+static void ps_row(cli_t *cli, const msgpack_object *j, void *user) {
+  (void)user;
+  if (cli->json) {
+    print_json(j, false);
+    return;
+  }
+  char kind[32], state[16], reason[512], pos[16] = "-", model[64], prog[16] = "-", elapsed[32] = "-", eta[32] = "-",
+                                         dev[16] = "-";
+  if (get_int(j, "position")) snprintf(pos, sizeof pos, "%lld", (long long)get_int(j, "position"));
+  const msgpack_object *dv = mp_get(j, "device");
+  if (dv && dv->type == MSGPACK_OBJECT_POSITIVE_INTEGER)
+    snprintf(dev, sizeof dev, "%llu", (unsigned long long)dv->via.u64);
+  const msgpack_object *pr = mp_get(j, "progress"), *el = mp_get(j, "elapsed_s"), *et = mp_get(j, "eta_s");
+  if (pr && pr->type == MSGPACK_OBJECT_MAP) {
+    const msgpack_object *pc = mp_get(pr, "percent");
+    if (pc && (pc->type == MSGPACK_OBJECT_FLOAT64 || pc->type == MSGPACK_OBJECT_FLOAT32))
+      snprintf(prog, sizeof prog, "%.0f%%", pc->via.f64);
+  }
+  if (el && el->type == MSGPACK_OBJECT_FLOAT64) fmt_dur(el->via.f64, elapsed, sizeof elapsed);
+  if (et && et->type == MSGPACK_OBJECT_FLOAT64) fmt_dur(et->via.f64, eta, sizeof eta);
+  printf("%6lld  %-12s %-10s %8s %8s %8s %4s %4s  %-18.18s %s\n", (long long)get_int(j, "id"),
+         get_str(j, "kind", kind, sizeof kind), get_str(j, "state", state, sizeof state), prog, elapsed, eta, pos, dev,
+         get_str(j, "model", model, sizeof model), get_str(j, "reason", reason, sizeof reason));
+}
+
 static int cmd_ps(cli_t *cli, int argc, char **argv) {
   bool all = false;
   for (int i = 0; i < argc; i++) {
@@ -912,44 +958,7 @@ static int cmd_ps(cli_t *cli, int argc, char **argv) {
   if (!cli->json)
     printf("%6s  %-12s %-10s %8s %8s %8s %4s %4s  %-18s %s\n", "ID", "KIND", "STATE", "PROGRESS", "ELAPSED", "ETA",
            "POS", "DEV", "MODEL", "REASON");
-  /* Page by page: a reply holds a few hundred jobs at most. */
-  for (int64_t after = 0, more = 1; more;) {
-    mpw_t w;
-    lc_begin(cli->c, &w, "list");
-    mpw_kbool(&w, "all", all);
-    mpw_kint(&w, "after", after);
-    mp_doc_t *d = call(cli, &w, &rc);
-    if (!d) return rc;
-    const msgpack_object *jobs = mp_get(mp_doc_root(d), "jobs");
-    more = get_bool(mp_doc_root(d), "more");
-    after = get_int(mp_doc_root(d), "last");
-    for (uint32_t i = 0; jobs && i < jobs->via.array.size; i++) {
-      const msgpack_object *j = &jobs->via.array.ptr[i];
-      if (cli->json) {
-        print_json(j, false);
-        continue;
-      }
-      char kind[32], state[16], reason[512], pos[16] = "-", model[64], prog[16] = "-", elapsed[32] = "-", eta[32] = "-",
-                                             dev[16] = "-";
-      if (get_int(j, "position")) snprintf(pos, sizeof pos, "%lld", (long long)get_int(j, "position"));
-      const msgpack_object *dv = mp_get(j, "device");
-      if (dv && dv->type == MSGPACK_OBJECT_POSITIVE_INTEGER)
-        snprintf(dev, sizeof dev, "%llu", (unsigned long long)dv->via.u64);
-      const msgpack_object *pr = mp_get(j, "progress"), *el = mp_get(j, "elapsed_s"), *et = mp_get(j, "eta_s");
-      if (pr && pr->type == MSGPACK_OBJECT_MAP) {
-        const msgpack_object *pc = mp_get(pr, "percent");
-        if (pc && (pc->type == MSGPACK_OBJECT_FLOAT64 || pc->type == MSGPACK_OBJECT_FLOAT32))
-          snprintf(prog, sizeof prog, "%.0f%%", pc->via.f64);
-      }
-      if (el && el->type == MSGPACK_OBJECT_FLOAT64) fmt_dur(el->via.f64, elapsed, sizeof elapsed);
-      if (et && et->type == MSGPACK_OBJECT_FLOAT64) fmt_dur(et->via.f64, eta, sizeof eta);
-      printf("%6lld  %-12s %-10s %8s %8s %8s %4s %4s  %-18.18s %s\n", (long long)get_int(j, "id"),
-             get_str(j, "kind", kind, sizeof kind), get_str(j, "state", state, sizeof state), prog, elapsed, eta, pos,
-             dev, get_str(j, "model", model, sizeof model), get_str(j, "reason", reason, sizeof reason));
-    }
-    mp_doc_destroy(&d);
-  }
-  return 0;
+  return each_job(cli, all, ps_row, NULL);
 }
 
 /* Local date and time of ms since the epoch ("-" for 0) into buf. */
@@ -962,6 +971,25 @@ static void fmt_when(int64_t ms, char *buf, size_t n) {
   struct tm tm;
   localtime_r(&t, &tm);
   strftime(buf, n, "%Y-%m-%d %H:%M:%S", &tm);
+}
+
+/* One finished job as `history` prints it, when it ended at or after the cutoff *user (ms since the epoch). */
+static void history_row(cli_t *cli, const msgpack_object *j, void *user) {
+  int64_t ended = get_int(j, "finished");
+  if (ended <= 0 || ended < *(const int64_t *)user) return;
+  if (cli->json) {
+    print_json(j, false);
+    return;
+  }
+  char kind[32], state[16], reason[512], model[64], started[32], end[32], elapsed[32] = "-";
+  fmt_when(get_int(j, "started"), started, sizeof started);
+  fmt_when(ended, end, sizeof end);
+  const msgpack_object *el = mp_get(j, "elapsed_s");
+  if (el && el->type == MSGPACK_OBJECT_FLOAT64) fmt_dur(el->via.f64, elapsed, sizeof elapsed);
+  printf("%6lld  %-12s %-10s %-19s  %-19s %8s %8lld  %-18.18s %s\n", (long long)get_int(j, "id"),
+         get_str(j, "kind", kind, sizeof kind), get_str(j, "state", state, sizeof state), started, end, elapsed,
+         (long long)get_int(j, "attempts"), get_str(j, "model", model, sizeof model),
+         get_str(j, "reason", reason, sizeof reason));
 }
 
 /* `lathe history [--since D]`: the finished jobs (those that ended within D), like sacct: when each started and
@@ -981,37 +1009,7 @@ static int cmd_history(cli_t *cli, int argc, char **argv) {
   if (!cli->json)
     printf("%6s  %-12s %-10s %-19s  %-19s %8s %8s  %-18s %s\n", "ID", "KIND", "STATE", "STARTED", "ENDED", "ELAPSED",
            "ATTEMPTS", "MODEL", "REASON");
-  for (int64_t after = 0, more = 1; more;) {
-    mpw_t w;
-    lc_begin(cli->c, &w, "list");
-    mpw_kbool(&w, "all", true);
-    mpw_kint(&w, "after", after);
-    mp_doc_t *d = call(cli, &w, &rc);
-    if (!d) return rc;
-    const msgpack_object *jobs = mp_get(mp_doc_root(d), "jobs");
-    more = get_bool(mp_doc_root(d), "more");
-    after = get_int(mp_doc_root(d), "last");
-    for (uint32_t i = 0; jobs && i < jobs->via.array.size; i++) {
-      const msgpack_object *j = &jobs->via.array.ptr[i];
-      int64_t ended = get_int(j, "finished");
-      if (ended <= 0 || ended < cutoff) continue;
-      if (cli->json) {
-        print_json(j, false);
-        continue;
-      }
-      char kind[32], state[16], reason[512], model[64], started[32], end[32], elapsed[32] = "-";
-      fmt_when(get_int(j, "started"), started, sizeof started);
-      fmt_when(ended, end, sizeof end);
-      const msgpack_object *el = mp_get(j, "elapsed_s");
-      if (el && el->type == MSGPACK_OBJECT_FLOAT64) fmt_dur(el->via.f64, elapsed, sizeof elapsed);
-      printf("%6lld  %-12s %-10s %-19s  %-19s %8s %8lld  %-18.18s %s\n", (long long)get_int(j, "id"),
-             get_str(j, "kind", kind, sizeof kind), get_str(j, "state", state, sizeof state), started, end, elapsed,
-             (long long)get_int(j, "attempts"), get_str(j, "model", model, sizeof model),
-             get_str(j, "reason", reason, sizeof reason));
-    }
-    mp_doc_destroy(&d);
-  }
-  return 0;
+  return each_job(cli, true, history_row, &cutoff);
 }
 
 /* One value for a person: strings as they are, floats to 4 significant digits, nil as "-", containers as JSON. */

@@ -76,18 +76,8 @@ function(lathe_daemon_bench_libs)
 endfunction()
 cmake_language(DEFER CALL lathe_daemon_bench_libs)
 
-# The message decoder's fuzz target driven by fuzz/replay.c (any compiler; make check runs it under ASan).
-if(LATHE_TESTS)
-  add_executable(fuzz_replay_proto ${CMAKE_SOURCE_DIR}/fuzz/fuzz_proto.c ${CMAKE_SOURCE_DIR}/fuzz/replay.c)
-  target_link_libraries(fuzz_replay_proto lathe_kinds)
-endif()
-
-# The message decoder's libFuzzer target (LATHE_FUZZ, a clang build: see the top-level CMakeLists.txt).
-if(LATHE_FUZZ)
-  add_executable(fuzz_proto ${CMAKE_SOURCE_DIR}/fuzz/fuzz_proto.c)
-  target_link_libraries(fuzz_proto lathe_kinds)
-  target_link_options(fuzz_proto PRIVATE -fsanitize=fuzzer)
-endif()
+# The message decoder's fuzz targets (lathe_fuzz_target, top-level CMakeLists.txt).
+lathe_fuzz_target(proto lathe_kinds)
 
 # make install (PREFIX, DESTDIR): the three programs, the docs, and the systemd user unit with its paths under the
 # prefix. The shaders are compiled into the programs; nothing else is read at run time.

@@ -197,6 +197,15 @@ void requests_handle(daemon_t *d, const peer_t *p, const char *owner, const void
  * in the open transaction; *more says whether others remain. Returns how many, or a negative status. */
 int64_t jobs_prune(daemon_t *d, int64_t cutoff_ms, const char *owner, bool *more, lt_err_t *err);
 
+/* How long a run of lathe-worker as a tool (worker_tool) may take before it is killed. */
+#define WORKER_TOOL_MS 30000
+
+/* preflight.c: runs `lathe-worker ARGS` (args NULL-terminated, at most 14) in a process of its own and collects its
+ * stdout into out (cap bytes, NUL-terminated) for at most WORKER_TOOL_MS, then kills it (*timed_out). Returns its wait
+ * status, or -1 when it could not be started (errno says why). The wait holds the daemon's loop: the tools answer
+ * within a second (a tokenizer check, a device listing). */
+int worker_tool(const daemon_t *d, const char *const *args, char *out, size_t cap, bool *timed_out);
+
 /* preflight.c: the submit-time file checks of kind k on its normalised params: every input path exists, the
  * output is none of them and, when it exists and is not empty, is written into only with force; for a TCP key
  * (owner "key:NAME"), every path lies under a folder --allow-path gives NAME; then kind k's own (kind_files). False

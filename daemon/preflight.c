@@ -1,9 +1,9 @@
 /* Submit-time checks on the files a job names: for every kind, paths that must exist, outputs that must not
  * overwrite an input or an existing result, a remote key's allowed folders; per kind (jobs/kind.h, kind_files),
  * two models that must share a tokenizer. Parsing a model's tokenizer is the engine's work, which lathed never does
- * in its own process: it runs `lathe-worker --check-tokenizers` and waits for its verdict (at most PREFLIGHT_MS; a
- * crash or a hang of that process is an error for this submit, never for the daemon). The wait holds the daemon's
- * loop: a tokenizer of 150,000 tokens parses in well under a second. */
+ * in its own process: it runs `lathe-worker --check-tokenizers` (worker_tool) and waits for its verdict (at most
+ * WORKER_TOOL_MS; a crash or a hang of that process is an error for this submit, never for the daemon). The wait
+ * holds the daemon's loop: a tokenizer of 150,000 tokens parses in well under a second. */
 #include <dirent.h>
 #include <errno.h>
 #include <limits.h>
@@ -20,13 +20,63 @@
 #include "daemon/lathed.h"
 #include "jobs/kind.h"
 
-#define PREFLIGHT_MS 30000
-
 /* The string value of params[key] into buf ("" when absent). */
 static void param_str(const msgpack_object *params, const char *key, char *buf, size_t n) {
   buf[0] = '\0';
   const msgpack_object *o = mp_get(params, key);
   if (o && o->type == MSGPACK_OBJECT_STR) mp_str_copy(o, buf, n);
+}
+
+int worker_tool(const daemon_t *d, const char *const *args, char *out, size_t cap, bool *timed_out) {
+  *timed_out = false;
+  out[0] = '\0';
+  const char *argv[16] = {"lathe-worker"};
+  int na = 1;
+  for (; args[na - 1] && na < 15; na++) argv[na] = args[na - 1];
+  argv[na] = NULL;
+  int fd[2];
+  if (pipe(fd) != 0) return -1;
+  pid_t pid = fork();
+  if (pid == 0) {
+    sigset_t none;
+    sigemptyset(&none);
+    sigprocmask(SIG_SETMASK, &none, NULL);
+    dup2(fd[1], STDOUT_FILENO);
+    close(fd[0]), close(fd[1]);
+    execv(d->o.worker_path, (char *const *)argv);
+    printf("cannot run %s: %s\n", d->o.worker_path, strerror(errno));
+    _exit(127);
+  }
+  int saved = errno;
+  close(fd[1]);
+  if (pid < 0) {
+    close(fd[0]);
+    errno = saved;
+    return -1;
+  }
+  size_t n = 0;
+  int64_t end = util_mono_ms() + WORKER_TOOL_MS;
+  for (;;) {
+    int64_t left = end - util_mono_ms();
+    if (left <= 0) {
+      *timed_out = true;
+      break;
+    }
+    struct pollfd p = {fd[0], POLLIN, 0};
+    int r = poll(&p, 1, (int)left);
+    if (r <= 0) continue;
+    ssize_t got = read(fd[0], out + n, cap - 1 - n);
+    if (got < 0 && errno == EINTR) continue;
+    if (got <= 0) break;
+    n += (size_t)got;
+    if (n == cap - 1) break;
+  }
+  close(fd[0]);
+  if (*timed_out) kill(pid, SIGKILL);
+  int status = 0;
+  while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {}
+  out[n] = '\0';
+  return status;
 }
 
 /* Runs the worker's tokenizer check on the models in params a and b. */
@@ -35,53 +85,16 @@ static bool same_tokenizer(daemon_t *d, const msgpack_object *params, const char
   param_str(params, a, pa, sizeof pa), param_str(params, b, pb, sizeof pb);
   snprintf(field, sizeof field, "params.%s", b);
   if (!pa[0] || !pb[0]) return true;
-  int fd[2];
-  if (pipe(fd) != 0)
-    return proto_fail(e, P_INTERNAL, field, "%s: cannot check the tokenizers: %s", field, strerror(errno));
-  pid_t pid = fork();
-  if (pid == 0) {
-    sigset_t none;
-    sigemptyset(&none);
-    sigprocmask(SIG_SETMASK, &none, NULL);
-    dup2(fd[1], STDOUT_FILENO);
-    close(fd[0]), close(fd[1]);
-    execl(d->o.worker_path, "lathe-worker", "--check-tokenizers", pa, a, pb, b, (char *)NULL);
-    printf("cannot run %s: %s\n", d->o.worker_path, strerror(errno));
-    _exit(127);
-  }
-  close(fd[1]);
-  if (pid < 0) {
-    close(fd[0]);
-    return proto_fail(e, P_INTERNAL, field, "%s: cannot check the tokenizers: fork: %s", field, strerror(errno));
-  }
   char out[1024];
-  size_t n = 0;
-  int64_t end = util_mono_ms() + PREFLIGHT_MS;
-  bool timed_out = false;
-  for (;;) {
-    int64_t left = end - util_mono_ms();
-    if (left <= 0) {
-      timed_out = true;
-      break;
-    }
-    struct pollfd p = {fd[0], POLLIN, 0};
-    int r = poll(&p, 1, (int)left);
-    if (r < 0 && errno == EINTR) continue;
-    if (r <= 0) continue;
-    ssize_t got = read(fd[0], out + n, sizeof out - 1 - n);
-    if (got < 0 && errno == EINTR) continue;
-    if (got <= 0) break;
-    n += (size_t)got;
-    if (n == sizeof out - 1) break;
-  }
-  close(fd[0]);
-  if (timed_out) kill(pid, SIGKILL);
-  int status = 0;
-  while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {}
-  out[n] = '\0';
+  bool timed_out;
+  const char *args[] = {"--check-tokenizers", pa, a, pb, b, NULL};
+  int status = worker_tool(d, args, out, sizeof out, &timed_out);
+  if (status < 0)
+    return proto_fail(e, P_INTERNAL, field, "%s: cannot check the tokenizers: %s", field, strerror(errno));
+  size_t n = strlen(out);
   while (n && (out[n - 1] == '\n' || out[n - 1] == '\r')) out[--n] = '\0';
   if (timed_out)
-    return proto_fail(e, P_BAD_VALUE, field, "%s: the tokenizer check took over %d s", field, PREFLIGHT_MS / 1000);
+    return proto_fail(e, P_BAD_VALUE, field, "%s: the tokenizer check took over %d s", field, WORKER_TOOL_MS / 1000);
   if (WIFEXITED(status) && WEXITSTATUS(status) == 0) return true;
   if (WIFEXITED(status) && WEXITSTATUS(status) == 1) return proto_fail(e, P_BAD_VALUE, field, "%s: %s", field, out);
   if (WIFSIGNALED(status))

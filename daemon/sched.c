@@ -43,12 +43,10 @@ static void spawn_slot(daemon_t *d, slot_t *s) {
     sigset_t none;
     sigemptyset(&none);
     sigprocmask(SIG_SETMASK, &none, NULL);
-    if (s->want[0])
-      execl(d->o.worker_path, "lathe-worker", "--connect", d->worker_endpoint, "--gen", gen, "--keep-alive", keep,
-            "--device", s->want, (char *)NULL);
-    else
-      execl(d->o.worker_path, "lathe-worker", "--connect", d->worker_endpoint, "--gen", gen, "--keep-alive", keep,
-            (char *)NULL);
+    const char *argv[] = {"lathe-worker", "--connect", d->worker_endpoint, "--gen", gen,
+                          "--keep-alive", keep,        "--device",         s->want, NULL};
+    if (!s->want[0]) argv[7] = NULL; /* no device of its own: the worker chooses */
+    execv(d->o.worker_path, (char *const *)argv);
     fprintf(stderr, "lathed: cannot run %s: %s\n", d->o.worker_path, strerror(errno));
     _exit(127);
   }
@@ -518,32 +516,11 @@ int64_t sched_retention(daemon_t *d) {
 /* Runs `lathe-worker --list-devices` and reads its lines into the slot-shaped table devs (at most MAX_SLOTS);
  * returns how many, 0 when there is no Vulkan or the worker cannot run. */
 static int list_devices(daemon_t *d, slot_t *devs, char kinds[][16]) {
-  int fd[2];
-  if (pipe(fd) != 0) return 0;
-  pid_t pid = fork();
-  if (pid == 0) {
-    dup2(fd[1], STDOUT_FILENO);
-    close(fd[0]), close(fd[1]);
-    execl(d->o.worker_path, "lathe-worker", "--list-devices", (char *)NULL);
-    _exit(127);
-  }
-  close(fd[1]);
-  if (pid < 0) {
-    close(fd[0]);
-    return 0;
-  }
   char out[8192];
-  size_t got = 0;
-  for (ssize_t r; got + 1 < sizeof out && (r = read(fd[0], out + got, sizeof out - 1 - got)) != 0;)
-    if (r > 0)
-      got += (size_t)r;
-    else if (errno != EINTR)
-      break;
-  close(fd[0]);
-  out[got] = '\0';
-  int status = 0;
-  while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {}
-  if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) return 0;
+  bool timed_out;
+  static const char *const args[] = {"--list-devices", NULL};
+  int status = worker_tool(d, args, out, sizeof out, &timed_out);
+  if (status < 0 || timed_out || !WIFEXITED(status) || WEXITSTATUS(status) != 0) return 0;
   int n = 0;
   for (char *line = strtok(out, "\n"); line && n < MAX_SLOTS; line = strtok(NULL, "\n")) {
     char *f[5] = {0};

@@ -63,7 +63,6 @@ enum {
   Q_DELETE,
   Q_LIST,
   Q_IN_STATE,
-  Q_NEXT,
   Q_COUNT,
   Q_SEQ,
   Q_EVENT,
@@ -90,7 +89,6 @@ static const char *const sql[Q_N] = {
                " ROW_NUMBER() OVER (PARTITION BY state ORDER BY priority DESC, id) END AS position"
                " FROM jobs WHERE ?1 OR state IN ('queued', 'held', 'running')) WHERE id > ?3 ORDER BY id LIMIT ?2",
     [Q_IN_STATE] = "SELECT " JOB_COLS " FROM jobs WHERE state = ?1 ORDER BY id",
-    [Q_NEXT] = "SELECT id FROM jobs WHERE state = 'queued' ORDER BY priority DESC, id LIMIT 1",
     [Q_COUNT] = "SELECT state, count(*) FROM jobs GROUP BY state",
     [Q_SEQ] = "UPDATE jobs SET last_seq = last_seq + 1 WHERE id = ?1 RETURNING last_seq",
     [Q_EVENT] = "INSERT INTO events (job_id, seq, time_ms, type, data) VALUES (?1, ?2, ?3, ?4, ?5)",
@@ -451,15 +449,6 @@ lt_status_t store_each_in_state(store_t *s, job_state_t state, void (*fn)(void *
   sqlite3_stmt *st = stmt(s, Q_IN_STATE);
   sqlite3_bind_text(st, 1, job_state_str(state), -1, SQLITE_STATIC);
   return each_row(s, st, false, fn, user, err);
-}
-
-int store_queue_next(store_t *s, int64_t *id, lt_err_t *err) {
-  sqlite3_stmt *st = stmt(s, Q_NEXT);
-  int rc = sqlite3_step(st);
-  if (rc == SQLITE_ROW) *id = sqlite3_column_int64(st, 0);
-  sqlite3_reset(st);
-  if (rc == SQLITE_ROW) return 1;
-  return rc == SQLITE_DONE ? 0 : db_fail(s, err, "picking the next job");
 }
 
 int store_queue_find(store_t *s, bool (*fn)(void *user, const store_job_t *j), void *user, int64_t *id, lt_err_t *err) {

@@ -100,9 +100,6 @@ lt_status_t store_list(store_t *s, bool all, int64_t after, int64_t limit, void 
 lt_status_t store_each_in_state(store_t *s, job_state_t st, void (*fn)(void *user, const store_job_t *j), void *user,
                                 lt_err_t *err);
 
-/* The queued job to run next (highest priority, then oldest): 1 with *id set, 0 when none. */
-int store_queue_next(store_t *s, int64_t *id, lt_err_t *err);
-
 /* The ids of up to max finished jobs (succeeded, failed, cancelled) that finished before cutoff_ms, oldest id
  * first, of one owner (NULL: any), into ids: returns how many (>= 0) or a negative status. */
 int store_finished_before(store_t *s, int64_t cutoff_ms, const char *owner, int64_t *ids, int max, lt_err_t *err);

@@ -83,10 +83,8 @@ static void drop_model(runner_t *r);
 static bool is_device(const gpu_t *g, const char *want) {
   const gpu_caps_t *c = gpu_caps(g);
   if (want[0] >= '0' && want[0] <= '9' && strlen(want) < 8) return (uint32_t)atoi(want) == c->device_index;
-  char u[40];
-  const uint8_t *b = c->device_uuid;
-  snprintf(u, sizeof u, "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x", b[0], b[1], b[2], b[3],
-           b[4], b[5], b[6], b[7], b[8], b[9], b[10], b[11], b[12], b[13], b[14], b[15]);
+  char u[37];
+  gpu_uuid_str(c->device_uuid, u);
   return strcasecmp(u, want) == 0;
 }
 

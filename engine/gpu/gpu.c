@@ -92,7 +92,7 @@ static const char *kind_str(gpu_kind_t k) {
   return names[k];
 }
 
-static void uuid_str(const uint8_t u[16], char out[37]) {
+void gpu_uuid_str(const uint8_t u[16], char out[37]) {
   char *p = out;
   for (int i = 0; i < 16; i++) {
     p += sprintf(p, "%02x", u[i]);
@@ -178,7 +178,7 @@ static lt_status_t choose_device(gpu_t *g, const char *want, bool from_env, lt_e
       VkPhysicalDeviceProperties2 p2 = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_PROPERTIES_2, .pNext = &idp};
       vkGetPhysicalDeviceProperties2(pds[i], &p2);
       char u[37];
-      uuid_str(idp.deviceUUID, u);
+      gpu_uuid_str(idp.deviceUUID, u);
       char idx[16];
       snprintf(idx, sizeof idx, "%u", i);
       if (len < sizeof list)
@@ -448,7 +448,7 @@ int gpu_list_devices(void *file, lt_err_t *err) {
     VkPhysicalDeviceProperties2 p2 = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_PROPERTIES_2, .pNext = &idp};
     vkGetPhysicalDeviceProperties2(pds[i], &p2);
     char u[37];
-    uuid_str(idp.deviceUUID, u);
+    gpu_uuid_str(idp.deviceUUID, u);
     VkPhysicalDeviceMemoryProperties mp;
     vkGetPhysicalDeviceMemoryProperties(pds[i], &mp);
     uint64_t local = 0;

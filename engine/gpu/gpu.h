@@ -86,6 +86,9 @@ const gpu_caps_t *gpu_caps(const gpu_t *g);
 /* Returns the counters; owned by g. */
 const gpu_stats_t *gpu_stats(const gpu_t *g);
 
+/* Writes a device UUID in its usual form (8-4-4-4-12 lower-case hex digits, NUL-terminated) into out. */
+void gpu_uuid_str(const uint8_t u[16], char out[37]);
+
 /* Prints one line per Vulkan device to f, tab-separated: index, type, name, UUID, MiB of its largest device-local
  * heap; returns the count or a negative status. */
 int gpu_list_devices(void *file, lt_err_t *err);
