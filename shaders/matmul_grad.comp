@@ -7,7 +7,8 @@
 // TN values of one row of w, loaded KV at a time along n (w's contiguous dimension), so every load feeds TM or
 // TN/KV sums, as in the direct variant of matmul.comp.
 // Variants: BITS=8|4 reads w quantised (engine/ops/quant.h) through include/matmul_q.glsl, one octet and its
-// scale per load (KV = 8; rows of q are padded to kp columns, so whole octets never leave the row); otherwise
+// scale per load (KV = 8; rows of q are padded to kp columns, so whole octets never leave the row); with GQ too,
+// GGUF's block formats (include/qblock.glsl; N is a multiple of the block size); otherwise
 // W_F16 / W_BF16 / KV select the loads of include/matmul.glsl (KV > 1 needs N and w_stride multiples of KV).
 // The C wrapper (engine/ops/ops_grad.c) sizes k_len so the r loop, this shader's only loop that is not
 // unrolled (the others have trip counts fixed by specialisation), stays within the loop budget.

@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "engine/ops/qblock.h"
 #include "engine/model/model_internal.h"
 #include "engine/ops/ops.h"
 
@@ -97,7 +98,10 @@ static lt_status_t dmat_mul(gpu_cmd_t *c, gpu_view_t y, uint32_t y_stride, gpu_v
     uint32_t r0 = p * w->rows_per_piece, nr = w->rows - r0 < w->rows_per_piece ? w->rows - r0 : w->rows_per_piece;
     gpu_view_t yp = {y.buf, y.off + (uint64_t)r0 * 4};
     lt_status_t st;
-    if (w->scales) {
+    if (qblock_is(w->dtype)) {
+      qmat_view_t q = {gv(w->piece[p]), {0}, w->dtype, LT_F32, 0};
+      st = op_matmul_q(c, yp, y_stride, x, w->cols, &q, M, nr, w->cols, accumulate, MATMUL_AUTO, err);
+    } else if (w->scales) {
       qmat_view_t q = {gv(w->piece[p]), gv(w->scales[p]), w->dtype, w->stype, w->group};
       st = op_matmul_q(c, yp, y_stride, x, w->cols, &q, M, nr, w->cols, accumulate, MATMUL_AUTO, err);
     } else {

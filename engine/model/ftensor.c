@@ -11,14 +11,26 @@
 #include <unistd.h>
 
 #include "engine/ops/dtype.h"
+#include "engine/ops/qblock.h"
 
 static const struct {
   const char *name;
   uint32_t size;
 } dtype_table[FT_DTYPE_COUNT] = {
-    [FT_F32] = {"F32", 4}, [FT_F16] = {"F16", 2}, [FT_BF16] = {"BF16", 2}, [FT_I8] = {"I8", 1},
-    [FT_U8] = {"U8", 1},   [FT_I32] = {"I32", 4}, [FT_Q8_0] = {"Q8_0", 0},
+    [FT_F32] = {"F32", 4},   [FT_F16] = {"F16", 2},   [FT_BF16] = {"BF16", 2}, [FT_I8] = {"I8", 1},
+    [FT_U8] = {"U8", 1},     [FT_I32] = {"I32", 4},   [FT_Q8_0] = {"Q8_0", 0}, [FT_Q4_0] = {"Q4_0", 0},
+    [FT_Q4_1] = {"Q4_1", 0}, [FT_Q5_0] = {"Q5_0", 0}, [FT_Q5_1] = {"Q5_1", 0}, [FT_Q2_K] = {"Q2_K", 0},
+    [FT_Q3_K] = {"Q3_K", 0}, [FT_Q4_K] = {"Q4_K", 0}, [FT_Q5_K] = {"Q5_K", 0}, [FT_Q6_K] = {"Q6_K", 0},
 };
+
+_Static_assert(FT_Q6_K - FT_Q8_0 == LT_Q6_K - LT_Q8_0 && FT_Q4_K - FT_Q8_0 == LT_Q4_K - LT_Q8_0,
+               "the file's block dtypes follow the compute side's order");
+
+bool ft_dtype_qblock(ft_dtype_t t, lt_dtype_t *out) {
+  if (t < FT_Q8_0 || t > FT_Q6_K) return false;
+  *out = (lt_dtype_t)(LT_Q8_0 + (int)(t - FT_Q8_0));
+  return true;
+}
 
 const char *ft_dtype_str(ft_dtype_t t) { return (unsigned)t < FT_DTYPE_COUNT ? dtype_table[t].name : "?"; }
 
@@ -34,15 +46,22 @@ bool ft_dtype_to_lt(ft_dtype_t t, lt_dtype_t *out) {
   }
 }
 
+uint32_t ft_block_elems(ft_dtype_t t) {
+  lt_dtype_t q;
+  return ft_dtype_qblock(t, &q) ? qblock_info(q)->block : 1;
+}
+
 bool ft_shape_bytes(ft_dtype_t t, const uint64_t *shape, uint32_t n_dims, uint64_t *n_elems, uint64_t *nbytes) {
   if (n_dims > FT_MAX_DIMS || (unsigned)t >= FT_DTYPE_COUNT) return false;
   uint64_t n = 1;
   for (uint32_t i = 0; i < n_dims; i++)
     if (__builtin_mul_overflow(n, shape[i], &n)) return false;
   uint64_t bytes;
-  if (t == FT_Q8_0) {
-    if (n_dims == 0 || shape[n_dims - 1] % FT_Q8_0_BLOCK) return false;
-    if (__builtin_mul_overflow(n / FT_Q8_0_BLOCK, (uint64_t)FT_Q8_0_BLOCK_BYTES, &bytes)) return false;
+  lt_dtype_t q;
+  if (ft_dtype_qblock(t, &q)) {
+    const qblock_info_t *qi = qblock_info(q);
+    if (n_dims == 0 || shape[n_dims - 1] % qi->block) return false;
+    if (__builtin_mul_overflow(n / qi->block, (uint64_t)qi->bytes, &bytes)) return false;
   } else if (__builtin_mul_overflow(n, (uint64_t)dtype_table[t].size, &bytes))
     return false;
   *n_elems = n;
@@ -58,16 +77,6 @@ const char *ft_shape_str(char *buf, size_t cap, const uint64_t *shape, uint32_t 
     len += (size_t)snprintf(buf + len, cap - len, "%s%llu", i ? ", " : "", (unsigned long long)shape[i]);
   if (len < cap) snprintf(buf + len, cap - len, "]");
   return buf;
-}
-
-void ft_q8_0_dequantize(float *y, const void *blocks, uint64_t n) {
-  const uint8_t *b = blocks;
-  for (uint64_t blk = 0; blk < n / FT_Q8_0_BLOCK; blk++, b += FT_Q8_0_BLOCK_BYTES) {
-    uint16_t h;
-    memcpy(&h, b, 2);
-    float d = dtype_half_to_float(h);
-    for (uint32_t i = 0; i < FT_Q8_0_BLOCK; i++) y[blk * FT_Q8_0_BLOCK + i] = d * (float)(int8_t)b[2 + i];
-  }
 }
 
 lt_status_t ft_tensor_to_f32(const ft_tensor_t *t, float *out, lt_err_t *err) {
@@ -89,10 +98,15 @@ lt_status_t ft_tensor_to_f32(const ft_tensor_t *t, float *out, lt_err_t *err) {
       memcpy(&out[i], &bits, 4);
     }
     break;
-  case FT_Q8_0: ft_q8_0_dequantize(out, p, t->n_elems); break;
-  default:
+  default: {
+    lt_dtype_t q;
+    if (ft_dtype_qblock(t->dtype, &q)) {
+      qblock_dequant(q, p, out, t->n_elems);
+      break;
+    }
     return lt_fail(err, LT_E_INVALID, "tensor %s: dtype %s cannot be converted to f32", t->name,
                    ft_dtype_str(t->dtype));
+  }
   }
   return LT_OK;
 }

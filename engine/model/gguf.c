@@ -1,6 +1,7 @@
 /* GGUF reader: a bounds-checked cursor over the header, key/values copied into native arrays, tensor infos
  * validated against the data section. */
 #include "engine/model/gguf.h"
+#include "engine/ops/qblock.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -47,8 +48,12 @@ static bool ggml_to_ft(uint32_t type, ft_dtype_t *out) {
   case GGML_TYPE_F32: *out = FT_F32; return true;
   case GGML_TYPE_F16: *out = FT_F16; return true;
   case GGML_TYPE_BF16: *out = FT_BF16; return true;
-  case GGML_TYPE_Q8_0: *out = FT_Q8_0; return true;
-  default: return false;
+  default: {
+    lt_dtype_t q;
+    if (!qblock_from_ggml(type, &q)) return false;
+    *out = (ft_dtype_t)(FT_Q8_0 + (int)(q - LT_Q8_0));
+    return true;
+  }
   }
 }
 
@@ -199,15 +204,15 @@ static lt_status_t rd_tensor_info(rd_t *r, gguf_tensor_t *gt, uint64_t i) {
   if ((st = rd_u32(r, &type, what)) || (st = rd_u64(r, &gt->offset, what))) return st;
   gt->ggml_type = type;
   if (!ggml_to_ft(type, &gt->t.dtype))
-    return lt_fail(r->err, LT_E_UNSUPPORTED, "%s: tensor %s has type %s (%u); supported: F32, F16, BF16, Q8_0", r->lab,
-                   name, gguf_ggml_type_str(type), type);
+    return lt_fail(r->err, LT_E_UNSUPPORTED, "%s: tensor %s has type %s (%u); supported: F32, F16, BF16, %s", r->lab,
+                   name, gguf_ggml_type_str(type), type, qblock_names());
   gt->t.n_dims = n_dims;
   for (uint32_t d = 0; d < FT_MAX_DIMS; d++) gt->t.shape[d] = d < n_dims ? gt->ne[n_dims - 1 - d] : 1;
   char sb[96];
   if (!ft_shape_bytes(gt->t.dtype, gt->t.shape, n_dims, &gt->t.n_elems, &gt->t.nbytes))
     return lt_fail(r->err, LT_E_CORRUPT, "%s: tensor %s: %s dims %s overflow or break its %d-element blocks", r->lab,
                    name, gguf_ggml_type_str(type), ft_shape_str(sb, sizeof sb, gt->ne, n_dims),
-                   gt->t.dtype == FT_Q8_0 ? FT_Q8_0_BLOCK : 1);
+                   ft_block_elems(gt->t.dtype));
   return LT_OK;
 }
 

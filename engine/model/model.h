@@ -17,7 +17,7 @@ typedef struct model_seq model_seq_t;
 /* Options for model_load(); zero-initialised means defaults. */
 typedef struct model_load_opts {
   uint32_t max_tokens_per_pass; /* activation rows held at once; 0 = 512 */
-  bool force_f32;               /* place f16 weights as f32 too (tuning: f16 would round each perturbation) */
+  bool force_f32; /* place f16 and block-quantised weights as f32 too (tuning: f16 would round each perturbation) */
 } model_load_opts_t;
 
 /* What the loader placed on the device. */
@@ -28,8 +28,10 @@ typedef struct model_mem {
 } model_mem_t;
 
 /* Loads a Hugging Face folder or a .gguf file onto g: f32, f16 and bf16 weights stay in their dtype (16-bit ones
- * need 16-bit storage buffers, else they become f32; opts->force_f32 makes them f32); norms and Q8_0 are converted
- * to f32 at load; int8 / int4 weights of a compressed model stay quantised (docs/compression.md). Tensors larger than the device's maxStorageBufferRange are split into row pieces.
+ * need 16-bit storage buffers, else they become f32; opts->force_f32 makes them f32); GGUF's block formats (Q4_0 ..
+ * Q6_K, engine/ops/qblock.h) stay as they are in the file, read in place by the shaders (force_f32 dequantises
+ * them); norms are converted to f32 at load; int8 / int4 weights of a compressed model stay quantised
+ * (docs/compression.md). Tensors larger than the device's maxStorageBufferRange are split into row pieces.
  * Caller owns the result (model_destroy); g must outlive it. NULL with err on failure. */
 model_t *model_load(gpu_t *g, const char *path, const model_load_opts_t *opts, lt_err_t *err);
 

@@ -1,5 +1,6 @@
 /* Uniform weights from Hugging Face or GGUF files: one table of roles gives both names and expected shapes. */
 #include "engine/model/model_file.h"
+#include "engine/ops/qblock.h"
 #include <dirent.h>
 
 #include <stdio.h>
@@ -126,9 +127,10 @@ static lt_status_t fetch(ft_tensor_t *out, const source_t *src, const model_conf
     return lt_fail(err, LT_E_INVALID, "%s: tensor %s is missing (needed by %s with %u layers)", src->lab, name,
                    model_arch_str(c->arch), c->n_layers);
   bool quantised = (t->dtype == FT_I8 || t->dtype == FT_U8) && d->dims[1] && !stacked;
-  if (t->dtype != FT_F32 && t->dtype != FT_F16 && t->dtype != FT_BF16 && t->dtype != FT_Q8_0 && !quantised)
-    return lt_fail(err, LT_E_INVALID, "%s: tensor %s has dtype %s; weights must be F32, F16, BF16 or Q8_0", src->lab,
-                   name, ft_dtype_str(t->dtype));
+  lt_dtype_t qb;
+  if (t->dtype != FT_F32 && t->dtype != FT_F16 && t->dtype != FT_BF16 && !ft_dtype_qblock(t->dtype, &qb) && !quantised)
+    return lt_fail(err, LT_E_INVALID, "%s: tensor %s has dtype %s; weights must be F32, F16, BF16 or one of %s",
+                   src->lab, name, ft_dtype_str(t->dtype), qblock_names());
   uint64_t want[3];
   const char *sym[3];
   uint32_t n = 0;

@@ -6,6 +6,7 @@
 
 #include "engine/model/model_internal.h"
 #include "engine/ops/dtype.h"
+#include "engine/ops/qblock.h"
 #include "engine/ops/quant.h"
 
 static void dmat_free(dmat_t *d) {
@@ -52,13 +53,36 @@ static lt_status_t piece_rows(model_t *m, dmat_t *d, const ft_tensor_t *t, uint6
   return LT_OK;
 }
 
-/* Uploads rows [r0, r0 + nr) of a matrix (row_bytes each, from src) into a new buffer *out. */
+/* Uploads rows [r0, r0 + nr) of a matrix (row_bytes each, from src) into a new buffer *out, rounded up to whole
+ * 32-bit words (rows of GGUF blocks need not end on one; the rest of the last word is 0). */
 static lt_status_t piece_upload(model_t *m, gpu_buf_t **out, const uint8_t *src, uint32_t r0, uint32_t nr,
                                 uint64_t row_bytes, lt_err_t *err) {
-  uint64_t bytes = (uint64_t)nr * row_bytes;
-  if (!(*out = gpu_buf_new(m->g, bytes, err))) return err ? err->code : LT_E_DEVICE_OOM;
-  m->mem.weight_device_bytes += bytes;
-  return gpu_upload(*out, 0, src + (uint64_t)r0 * row_bytes, bytes, err);
+  uint64_t bytes = (uint64_t)nr * row_bytes, whole = bytes / 4 * 4;
+  if (!(*out = gpu_buf_new(m->g, (bytes + 3) / 4 * 4, err))) return err ? err->code : LT_E_DEVICE_OOM;
+  m->mem.weight_device_bytes += (bytes + 3) / 4 * 4;
+  const uint8_t *from = src + (uint64_t)r0 * row_bytes;
+  lt_status_t st = whole ? gpu_upload(*out, 0, from, whole, err) : LT_OK;
+  if (st == LT_OK && whole < bytes) {
+    uint8_t tail[4] = {0};
+    memcpy(tail, from + whole, bytes - whole);
+    st = gpu_upload(*out, whole, tail, 4, err);
+  }
+  return st;
+}
+
+/* Places a matrix in one of GGUF's block formats on the device as it is in the file (the shaders read the blocks
+ * in place). */
+static lt_status_t dmat_load_blocks(model_t *m, dmat_t *d, const ft_tensor_t *t, lt_dtype_t q, lt_err_t *err) {
+  d->rows = (uint32_t)t->shape[0];
+  d->cols = (uint32_t)t->shape[1];
+  d->dtype = q;
+  uint64_t row_bytes = qblock_row_bytes(q, d->cols);
+  lt_status_t st = piece_rows(m, d, t, row_bytes, 0, err);
+  for (uint32_t p = 0; p < d->n_pieces && st == LT_OK; p++) {
+    uint32_t r0 = p * d->rows_per_piece, nr = d->rows - r0 < d->rows_per_piece ? d->rows - r0 : d->rows_per_piece;
+    st = piece_upload(m, &d->piece[p], t->data, r0, nr, row_bytes, err);
+  }
+  return st;
 }
 
 /* Places a quantised weight (I8 or packed-int4 U8 rows, F16 scales) on the device as it is in the file: the
@@ -100,9 +124,12 @@ static lt_status_t dmat_load(model_t *m, dmat_t *d, const ft_tensor_t *t, lt_err
   memset(d, 0, sizeof *d);
   if (t->n_dims != 2) return lt_fail(err, LT_E_INVALID, "%s: expected a matrix, got %u dims", t->name, t->n_dims);
   if (t->dtype == FT_I8 || t->dtype == FT_U8) return dmat_load_q(m, d, t, err);
+  lt_dtype_t q;
+  if (ft_dtype_qblock(t->dtype, &q) && !m->force_f32) return dmat_load_blocks(m, d, t, q, err);
   d->rows = (uint32_t)t->shape[0];
   d->cols = (uint32_t)t->shape[1];
-  /* f16 and bf16 stay 16-bit on devices with 16-bit storage unless f32 was asked for; the rest (and Q8_0) is f32. */
+  /* f16 and bf16 stay 16-bit on devices with 16-bit storage unless f32 was asked for; the rest (and block formats
+   * when f32 was asked for) is f32. */
   bool keep16 = caps->storage16 && !m->force_f32;
   d->dtype = keep16 && t->dtype == FT_F16 ? LT_F16 : keep16 && t->dtype == FT_BF16 ? LT_BF16 : LT_F32;
   uint64_t row_bytes = (uint64_t)d->cols * lt_dtype_size(d->dtype);

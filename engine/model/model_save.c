@@ -9,6 +9,7 @@
 #include "engine/model/model.h"
 #include "engine/text/jsonl.h"
 #include "common/fsout.h"
+#include "engine/ops/qblock.h"
 #include "engine/ops/quant.h"
 #include "engine/ops/dtype.h"
 #include "engine/model/safetensors.h"
@@ -181,9 +182,11 @@ lt_status_t model_save(model_t *m, const char *dir, const model_save_opts_t *opt
     const model_param_t *p = model_param_at(m, i);
     uint32_t j = i;
     while (j < n && strcmp(model_param_at(m, j)->name, p->name) == 0) j++;
-    bool quant = p->dtype == LT_I8 || p->dtype == LT_I4;
+    bool quant = p->dtype == LT_I8 || p->dtype == LT_I4, blocks = qblock_is(p->dtype);
     uint32_t bits = p->dtype == LT_I4 ? 4 : 8;
-    uint64_t row = quant ? quant_row_bytes(bits, p->cols) : (uint64_t)p->cols * lt_dtype_size(p->dtype);
+    uint64_t row = quant    ? quant_row_bytes(bits, p->cols)
+                   : blocks ? qblock_row_bytes(p->dtype, p->cols)
+                            : (uint64_t)p->cols * lt_dtype_size(p->dtype);
     for (int part = 0; part < (quant ? 2 : 1) && st == LT_OK; part++) {
       bool sc = part == 1;
       uint64_t row_bytes = sc ? 2ull * quant_groups(p->cols, p->group) : row, bytes = p->rows * row_bytes;
@@ -194,6 +197,18 @@ lt_status_t model_save(model_t *m, const char *dir, const model_save_opts_t *opt
       }
       data[nt] = host;
       st = gather(m, i, j, sc, row_bytes, host, err);
+      if (st == LT_OK && blocks) { /* GGUF's block formats have no safetensors form: written dequantised, f32 */
+        float *f = malloc((uint64_t)p->rows * p->cols * 4 + 4);
+        if (!f) {
+          st = lt_fail(err, LT_E_NOMEM, "out of memory saving %s", p->name);
+          break;
+        }
+        qblock_dequant(p->dtype, host, f, (uint64_t)p->rows * p->cols);
+        free(host);
+        data[nt] = host = (uint8_t *)f;
+        row_bytes = (uint64_t)p->cols * 4;
+        bytes = p->rows * row_bytes;
+      }
       ft_tensor_t *t = &ts[nt++];
       snprintf(names[i], sizeof names[i], "%s.scales", p->name);
       t->name = sc ? names[i] : p->name;
@@ -205,12 +220,12 @@ lt_status_t model_save(model_t *m, const char *dir, const model_save_opts_t *opt
                                        : FT_F32;
       t->n_dims = p->is_norm ? 1 : 2;
       t->shape[0] = p->is_norm ? p->cols : p->rows;
-      t->shape[1] = p->is_norm ? 1 : row_bytes / (sc ? 2 : quant ? 1 : lt_dtype_size(p->dtype));
+      t->shape[1] = p->is_norm ? 1 : blocks ? p->cols : row_bytes / (sc ? 2 : quant ? 1 : lt_dtype_size(p->dtype));
       t->n_elems = t->shape[0] * t->shape[1];
       t->data = host;
       t->nbytes = bytes;
       lt_dtype_t as = opts ? opts->f32_as : LT_F32;
-      if (st == LT_OK && !quant && p->dtype == LT_F32 && (as == LT_F16 || as == LT_BF16)) {
+      if (st == LT_OK && !quant && (p->dtype == LT_F32 || blocks) && (as == LT_F16 || as == LT_BF16)) {
         /* Narrowed in place, rounding to nearest even: the caller asked for a 16-bit checkpoint. */
         /* Element e's 16 bits land at byte 2e, below the 4e where its f32 was read: nothing unread is overwritten. */
         for (uint64_t e = 0; e < t->n_elems; e++) {

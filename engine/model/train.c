@@ -23,6 +23,7 @@
 
 #include "engine/model/safetensors.h"
 #include "engine/text/jsonl.h"
+#include "engine/ops/qblock.h"
 #include "engine/ops/ops.h"
 #include "engine/ops/ops_grad.h"
 
@@ -553,8 +554,8 @@ lt_status_t train_zero_grad(train_t *t, lt_err_t *err) {
 /* y (+)= x . W^T for the model's weight in its own dtype. */
 static lt_status_t wmul(gpu_cmd_t *c, gpu_view_t y, gpu_view_t x, const model_param_t *p, uint32_t R, bool acc,
                         lt_err_t *err) {
-  if (p->scales) {
-    qmat_view_t q = {gv(p->buf), gv(p->scales), p->dtype, p->stype, p->group};
+  if (p->scales || qblock_is(p->dtype)) {
+    qmat_view_t q = {gv(p->buf), p->scales ? gv(p->scales) : (gpu_view_t){0}, p->dtype, p->stype, p->group};
     return op_matmul_q(c, y, p->rows, x, p->cols, &q, R, p->rows, p->cols, acc, MATMUL_AUTO, err);
   }
   return op_matmul(c, y, x, gv(p->buf), p->dtype, R, p->rows, p->cols, acc, err);
@@ -563,8 +564,8 @@ static lt_status_t wmul(gpu_cmd_t *c, gpu_view_t y, gpu_view_t x, const model_pa
 /* dx (+)= dy . W for the model's weight in its own dtype. */
 static lt_status_t wmul_dx(gpu_cmd_t *c, gpu_view_t dx, gpu_view_t dy, const model_param_t *p, uint32_t R, bool acc,
                            lt_err_t *err) {
-  if (p->scales) {
-    qmat_view_t q = {gv(p->buf), gv(p->scales), p->dtype, p->stype, p->group};
+  if (p->scales || qblock_is(p->dtype)) {
+    qmat_view_t q = {gv(p->buf), p->scales ? gv(p->scales) : (gpu_view_t){0}, p->dtype, p->stype, p->group};
     return op_matmul_dx_q(c, dx, dy, &q, R, p->rows, p->cols, acc, err);
   }
   return op_matmul_dx(c, dx, dy, gv(p->buf), p->dtype, R, p->rows, p->cols, acc, err);
@@ -969,7 +970,7 @@ static lt_status_t forward_body(train_t *t, gpu_cmd_t **cp, const batch_t *bt, l
 static lt_status_t logits_chunk(train_t *t, gpu_cmd_t *c, uint32_t r0, uint32_t n, lt_err_t *err) {
   uint32_t d = t->cf->hidden_size;
   gpu_view_t xf = {t->xf, (uint64_t)r0 * d * 4};
-  return op_matmul(c, gv(t->logits), xf, gv(t->head->buf), t->head->dtype, n, t->cf->vocab_size, d, false, err);
+  return wmul(c, gv(t->logits), xf, t->head, n, false, err);
 }
 
 /* The cross-entropy of rows [r0, r0 + n) from t->logits into t->nll; with backward, the logits become its gradient. */
@@ -1032,7 +1033,7 @@ static lt_status_t head(train_t *t, gpu_cmd_t *c, const batch_t *bt, pass_t pass
     if (st == LT_OK) st = distill ? distill_chunk(t, c, r0, n, true, err) : ce_chunk(t, c, r0, n, backward, err);
     if (st != LT_OK || !backward) continue;
     gpu_view_t xf = {t->xf, (uint64_t)r0 * d * 4}, dxf = {t->dxn, (uint64_t)r0 * d * 4};
-    st = op_matmul_dx(c, dxf, gv(t->logits), gv(t->head->buf), t->head->dtype, n, V, d, false, err);
+    st = wmul_dx(c, dxf, gv(t->logits), t->head, n, false, err);
     if (st == LT_OK && t->head_grad >= 0)
       st = op_matmul_dw(c, gv(t->tt[t->head_grad].grad), gv(t->logits), xf, n, V, d, true, err);
   }

@@ -4,6 +4,8 @@
 
 #include "engine/ops/dtype.h"
 
+#include "engine/ops/qblock.h"
+
 uint32_t lt_dtype_size(lt_dtype_t t) {
   switch (t) {
   case LT_F16:
@@ -11,9 +13,10 @@ uint32_t lt_dtype_size(lt_dtype_t t) {
   case LT_I8:
   case LT_I4: return 1;
   case LT_F32:
-  case LT_I32: break;
+  case LT_I32: return 4;
+  default: break;
   }
-  return 4;
+  return 0; /* block formats */
 }
 
 const char *lt_dtype_str(lt_dtype_t t) {
@@ -24,8 +27,9 @@ const char *lt_dtype_str(lt_dtype_t t) {
   case LT_I32: return "i32";
   case LT_I8: return "i8";
   case LT_I4: return "i4";
+  default: break;
   }
-  return "?";
+  return qblock_is(t) ? qblock_info(t)->name : "?";
 }
 
 float dtype_half_to_float(uint16_t h) {

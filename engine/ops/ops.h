@@ -114,7 +114,9 @@ lt_status_t op_matmul_strided(gpu_cmd_t *c, gpu_view_t y, uint32_t y_stride, gpu
 /* ---- quantised matrix multiply (engine/ops/ops_matmul_q.c) ---- */
 
 /* A quantised weight [N, K] in the layout of engine/ops/quant.h: q holds its int8 (wtype LT_I8) or packed int4 (LT_I4)
- * rows of quant_row_bytes() bytes each, scales its [N, ceil(K / group)] scales in stype (LT_F16 or LT_F32). */
+ * rows of quant_row_bytes() bytes each, scales its [N, ceil(K / group)] scales in stype (LT_F16 or LT_F32). Or, with
+ * wtype one of GGUF's block formats (engine/ops/qblock.h), q holds the file's rows of qblock_row_bytes() bytes each
+ * (K a multiple of the block size) and scales, stype and group are unused. */
 typedef struct qmat_view {
   gpu_view_t q, scales;
   lt_dtype_t wtype, stype;

@@ -4,6 +4,7 @@
 #include <stdio.h>
 
 #include "engine/ops/ops.h"
+#include "engine/ops/qblock.h"
 
 /* Attention tuning: workgroups of op_wg(OP_ATTN) invocations walk the keys in blocks of that many, with tiles of 16
  * queries (4 when there are fewer queries or little shared memory). lavapipe silently stops a shader loop after
@@ -89,29 +90,41 @@ lt_status_t op_rope_backward(gpu_cmd_t *c, gpu_view_t dx, gpu_view_t pos, gpu_vi
 
 lt_status_t op_embed(gpu_cmd_t *c, gpu_view_t y, gpu_view_t table, lt_dtype_t ttype, gpu_view_t ids, uint32_t n_ids,
                      uint32_t dim, uint32_t row_lo, uint32_t row_hi, lt_err_t *err) {
-  if (ttype != LT_F32 && ttype != LT_F16 && ttype != LT_BF16)
-    return lt_fail(err, LT_E_INVALID, "embed: table dtype %s (want f32, f16 or bf16)", lt_dtype_str(ttype));
+  bool blocks = qblock_is(ttype);
+  if (ttype != LT_F32 && ttype != LT_F16 && ttype != LT_BF16 && !blocks)
+    return lt_fail(err, LT_E_INVALID, "embed: table dtype %s (want f32, f16, bf16 or one of %s)", lt_dtype_str(ttype),
+                   qblock_names());
+  if (blocks && dim % qblock_info(ttype)->block)
+    return lt_fail(err, LT_E_INVALID, "embed: rows of %u are no multiple of %s's %u-element blocks", dim,
+                   lt_dtype_str(ttype), qblock_info(ttype)->block);
   if (row_hi < row_lo) return lt_fail(err, LT_E_INVALID, "embed: rows [%u, %u) are reversed", row_lo, row_hi);
   gpu_t *g = gpu_cmd_gpu(c);
-  if (ttype != LT_F32 && !gpu_caps(g)->storage16)
+  if ((ttype == LT_F16 || ttype == LT_BF16) && !gpu_caps(g)->storage16)
     return lt_fail(err, LT_E_UNSUPPORTED, "embed: a %s table needs 16-bit storage buffers", lt_dtype_str(ttype));
   if (n_ids == 0 || dim == 0 || row_hi == row_lo) return LT_OK;
   uint64_t n = (uint64_t)n_ids * dim;
   if (n > UINT32_MAX)
     return lt_fail(err, LT_E_LIMIT, "embed: %llu outputs exceed 32-bit indexing", (unsigned long long)n);
+  char defines[16];
+  snprintf(defines, sizeof defines, "GQ=%d", (int)ttype);
   gpu_pipeline_t *p = op_pipeline(g, OP_EMBED,
                                   ttype == LT_F16    ? "TABLE_F16=1"
                                   : ttype == LT_BF16 ? "TABLE_BF16=1"
+                                  : blocks           ? defines
                                                      : NULL,
                                   NULL, 0, err);
   if (!p) return err ? err->code : LT_E_SHADER;
-  pc_embed_t pc = {.n_ids = n_ids, .dim = dim, .row_lo = row_lo, .row_hi = row_hi};
+  uint64_t row_bytes = blocks ? qblock_row_bytes(ttype, dim) : (uint64_t)dim * lt_dtype_size(ttype);
+  pc_embed_t pc = {.n_ids = n_ids, .dim = dim, .row_lo = row_lo, .row_hi = row_hi, .row_bytes = (uint32_t)row_bytes};
   gpu_view_t v[3] = {y, table, ids};
-  uint64_t bytes[3] = {4 * n, (uint64_t)(row_hi - row_lo) * dim * lt_dtype_size(ttype), 4ull * n_ids};
+  /* Block rows need not end on a word: the shader reads whole words, the last one partly. */
+  uint64_t tb = (uint64_t)(row_hi - row_lo) * row_bytes;
+  uint64_t bytes[3] = {4 * n, blocks ? (tb + 3) / 4 * 4 : tb, 4ull * n_ids};
   bool w[3] = {true, false, false};
-  uint32_t gy, gz;
+  uint32_t gy, gz, per_row = blocks ? dim / 8 : dim;
   rows_grid(n_ids, &gy, &gz);
-  return op_dispatch(c, p, OP_EMBED, v, bytes, w, 3, &pc, (dim + op_wg(OP_EMBED) - 1) / op_wg(OP_EMBED), gy, gz, err);
+  return op_dispatch(c, p, OP_EMBED, v, bytes, w, 3, &pc, (per_row + op_wg(OP_EMBED) - 1) / op_wg(OP_EMBED), gy, gz,
+                     err);
 }
 
 static uint64_t min_u64(uint64_t a, uint64_t b) { return a < b ? a : b; }

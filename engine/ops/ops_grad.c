@@ -1,4 +1,5 @@
 /* Backward passes and the optimiser (engine/ops/ops_grad.h). */
+#include "engine/ops/qblock.h"
 #include "engine/ops/ops_grad.h"
 
 #include <math.h>
@@ -40,7 +41,13 @@ static lt_status_t grad_gemm(gpu_cmd_t *c, const char *what, gpu_view_t y, gpu_v
   gpu_t *g = gpu_cmd_gpu(c);
   const gpu_caps_t *caps = gpu_caps(g);
   uint32_t bits = 0, n_groups = 0;
-  if (q) {
+  bool blocks = q && qblock_is(q->wtype);
+  if (blocks) {
+    bits = 8;
+    if (N % qblock_info(q->wtype)->block)
+      return lt_fail(err, LT_E_INVALID, "%s: rows of %u are no multiple of %s's %u-element blocks", what, N,
+                     lt_dtype_str(q->wtype), qblock_info(q->wtype)->block);
+  } else if (q) {
     if ((q->wtype != LT_I8 && q->wtype != LT_I4) || (q->stype != LT_F16 && q->stype != LT_F32))
       return lt_fail(err, LT_E_INVALID, "%s: quantised weight %s with %s scales (want i8 / i4 with f16 / f32)", what,
                      lt_dtype_str(q->wtype), lt_dtype_str(q->stype));
@@ -61,8 +68,12 @@ static lt_status_t grad_gemm(gpu_cmd_t *c, const char *what, gpu_view_t y, gpu_v
                    what, lt_dtype_str(wtype));
   if (M == 0 || N == 0 || (R == 0 && accumulate)) return LT_OK;
   uint64_t yb = 4ull * M * N, ab = 4ull * ((uint64_t)(M - 1) * a_m + (uint64_t)(R ? R - 1 : 0) * a_r + 1);
-  uint64_t wb = q ? (uint64_t)R * quant_row_bytes(bits, N) : (uint64_t)R * N * lt_dtype_size(wtype);
-  uint64_t sb = q ? (uint64_t)R * n_groups * lt_dtype_size(q->stype) : 0;
+  uint64_t row_bytes = blocks ? qblock_row_bytes(q->wtype, N) : q ? quant_row_bytes(bits, N) : 0;
+  /* Block rows need not end on a word: the shader reads whole words, the last one partly. */
+  uint64_t wb = blocks ? ((uint64_t)R * row_bytes + 3) / 4 * 4
+                : q    ? (uint64_t)R * row_bytes
+                       : (uint64_t)R * N * lt_dtype_size(wtype);
+  uint64_t sb = blocks ? wb : q ? (uint64_t)R * n_groups * lt_dtype_size(q->stype) : 0;
   /* Elements of w per load along N. The plain kernel's vector loads declare a as vec4s too, so its binding is
    * rounded up to whole vec4s, which the buffer must hold (a partly bound vec4 may read as zeros). */
   uint32_t kv = q ? 8 : w16 ? (N % 8 == 0 ? 8 : 1) : (N % 4 == 0 ? 4 : 1);
@@ -75,7 +86,8 @@ static lt_status_t grad_gemm(gpu_cmd_t *c, const char *what, gpu_view_t y, gpu_v
   }
   char defines[64];
   if (q)
-    snprintf(defines, sizeof defines, "BITS=%u;S_F16=%d", bits, q->stype == LT_F16);
+    snprintf(defines, sizeof defines, "BITS=%u;S_F16=%d;GQ=%d", bits, !blocks && q->stype == LT_F16,
+             blocks ? (int)q->wtype : 0);
   else
     snprintf(defines, sizeof defines, "W_F16=%d;W_BF16=%d;KV=%u", wtype == LT_F16, wtype == LT_BF16, kv);
   const grad_cfg_t *t = caps->kind == GPU_KIND_CPU ? &GRAD_CPU : &GRAD_GPU;
@@ -87,7 +99,8 @@ static lt_status_t grad_gemm(gpu_cmd_t *c, const char *what, gpu_view_t y, gpu_v
   op_id_t id = q ? OP_MATMUL_GRAD_Q : OP_MATMUL_GRAD;
   gpu_pipeline_t *p = op_pipeline(g, id, defines, spec, 5, err);
   if (!p) return err ? err->code : LT_E_SHADER;
-  gpu_view_t views[4] = {y, a, q ? q->q : w, q ? q->scales : w};
+  /* The block formats carry their scales: their shader binds the blocks in the scales' slot too, unread. */
+  gpu_view_t views[4] = {y, a, q ? q->q : w, blocks ? q->q : q ? q->scales : w};
   uint64_t bytes[4] = {yb, ab, wb, sb};
   bool writes[4] = {true, false, false, false};
   pc_matmul_grad_t pc = {.M = M,
@@ -99,7 +112,8 @@ static lt_status_t grad_gemm(gpu_cmd_t *c, const char *what, gpu_view_t y, gpu_v
                          .y_stride = N,
                          .kp = quant_padded_cols(N),
                          .n_groups = n_groups,
-                         .group = q ? q->group : 0};
+                         .group = q ? q->group : 0,
+                         .row_bytes = (uint32_t)row_bytes};
   /* The r loop is the kernel's only loop that is not unrolled: one iteration per row of w. */
   op_loop_cost_t cost = {0, 1, 1};
   return op_dispatch_k(c, p, id, views, bytes, writes, q ? 4 : 3, &pc, cost, accumulate, gx, gy, 1, err);

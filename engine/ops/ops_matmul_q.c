@@ -5,7 +5,13 @@
 #include <stdio.h>
 
 #include "engine/ops/ops.h"
+#include "engine/ops/qblock.h"
 #include "engine/ops/quant.h"
+
+/* shaders/include/qblock.glsl names the block formats by these numbers. */
+_Static_assert(LT_Q8_0 == 6 && LT_Q4_0 == 7 && LT_Q4_1 == 8 && LT_Q5_0 == 9 && LT_Q5_1 == 10 && LT_Q2_K == 11 &&
+                   LT_Q3_K == 12 && LT_Q4_K == 13 && LT_Q5_K == 14 && LT_Q6_K == 15,
+               "qblock.glsl's GQ_ numbers");
 
 /* AUTO takes the GEMV kernel up to this many rows of x. */
 #define GEMV_MAX_AUTO_M 4u
@@ -64,15 +70,20 @@ lt_status_t op_matmul_q(gpu_cmd_t *c, gpu_view_t y, uint32_t y_stride, gpu_view_
                         lt_err_t *err) {
   gpu_t *g = gpu_cmd_gpu(c);
   const gpu_caps_t *caps = gpu_caps(g);
-  if (w->wtype != LT_I8 && w->wtype != LT_I4)
-    return lt_fail(err, LT_E_INVALID, "op_matmul_q: w must be i8 or i4, not %s", lt_dtype_str(w->wtype));
-  if (w->stype != LT_F32 && w->stype != LT_F16)
+  bool blocks = qblock_is(w->wtype);
+  if (!blocks && w->wtype != LT_I8 && w->wtype != LT_I4)
+    return lt_fail(err, LT_E_INVALID, "op_matmul_q: w must be i8, i4 or a block format (%s), not %s", qblock_names(),
+                   lt_dtype_str(w->wtype));
+  if (blocks && K % qblock_info(w->wtype)->block)
+    return lt_fail(err, LT_E_INVALID, "op_matmul_q: K %u is not a multiple of %s's %u-element blocks", K,
+                   lt_dtype_str(w->wtype), qblock_info(w->wtype)->block);
+  if (!blocks && w->stype != LT_F32 && w->stype != LT_F16)
     return lt_fail(err, LT_E_INVALID, "op_matmul_q: scales must be f32 or f16, not %s", lt_dtype_str(w->stype));
-  if (w->stype == LT_F16 && !caps->storage16)
+  if (!blocks && w->stype == LT_F16 && !caps->storage16)
     return lt_fail(err, LT_E_UNSUPPORTED, "op_matmul_q: f16 scales need 16-bit storage buffers, which %s lacks",
                    caps->name);
   uint32_t bits = w->wtype == LT_I4 ? 4 : 8;
-  if (!quant_params_ok(bits, w->group))
+  if (!blocks && !quant_params_ok(bits, w->group))
     return lt_fail(err, LT_E_INVALID, "op_matmul_q: group %u is not a positive multiple of %u", w->group, OCTET);
   if (x_stride < K || y_stride < N)
     return lt_fail(err, LT_E_INVALID, "op_matmul_q: strides x %u, y %u are below the row widths K %u, N %u", x_stride,
@@ -80,19 +91,25 @@ lt_status_t op_matmul_q(gpu_cmd_t *c, gpu_view_t y, uint32_t y_stride, gpu_view_
   if (M == 0 || N == 0) return LT_OK;
   if (K == 0 && accumulate) return LT_OK; /* y += nothing */
 
-  uint32_t n_groups = quant_groups(K, w->group);
+  uint32_t n_groups = blocks ? 0 : quant_groups(K, w->group);
+  uint64_t row_bytes = blocks ? qblock_row_bytes(w->wtype, K) : quant_row_bytes(bits, K);
   uint64_t xb = 4ull * ((uint64_t)(M - 1) * x_stride + K), yb = 4ull * ((uint64_t)(M - 1) * y_stride + N);
-  uint64_t qb = (uint64_t)N * quant_row_bytes(bits, K), sb = (uint64_t)N * n_groups * lt_dtype_size(w->stype);
+  /* Block rows need not end on a word: the shader reads whole words, the last one partly. */
+  uint64_t qb = ((uint64_t)N * row_bytes + 3) / 4 * 4, sb = (uint64_t)N * n_groups * lt_dtype_size(w->stype);
+  if (row_bytes > UINT32_MAX)
+    return lt_fail(err, LT_E_LIMIT, "op_matmul_q: rows of %llu bytes exceed 32-bit indexing",
+                   (unsigned long long)row_bytes);
   lt_status_t st;
   if ((st = check_operand(caps, "x", x, xb, err)) != LT_OK || (st = check_operand(caps, "y", y, yb, err)) != LT_OK ||
       (st = check_operand(caps, "q", w->q, qb, err)) != LT_OK ||
-      (st = check_operand(caps, "scales", w->scales, sb, err)) != LT_OK)
+      (!blocks && (st = check_operand(caps, "scales", w->scales, sb, err)) != LT_OK))
     return st;
 
   bool gemv = path == MATMUL_GEMV || (path == MATMUL_AUTO && M <= GEMV_MAX_AUTO_M);
   bool vec4 = K % 4 == 0 && x_stride % 4 == 0;
-  char defines[48];
-  snprintf(defines, sizeof defines, "BITS=%u;S_F16=%d;VEC4=%d", bits, w->stype == LT_F16, vec4);
+  char defines[64];
+  snprintf(defines, sizeof defines, "BITS=%u;S_F16=%d;VEC4=%d;GQ=%d", bits, !blocks && w->stype == LT_F16, vec4,
+           blocks ? (int)w->wtype : 0);
 
   op_id_t id;
   uint32_t spec[6], n_spec, gx, gy, gz = 1;
@@ -125,8 +142,9 @@ lt_status_t op_matmul_q(gpu_cmd_t *c, gpu_view_t y, uint32_t y_stride, gpu_view_
   gpu_pipeline_t *p = op_pipeline(g, id, defines, spec, n_spec, err);
   if (!p) return err ? err->code : LT_E_SHADER;
 
-  gpu_view_t views[4] = {y, x, w->q, w->scales};
-  uint64_t bytes[4] = {yb, xb, qb, sb};
+  /* The block formats carry their scales: their shader binds the blocks in the scales' slot too, unread. */
+  gpu_view_t views[4] = {y, x, w->q, blocks ? w->q : w->scales};
+  uint64_t bytes[4] = {yb, xb, qb, blocks ? qb : sb};
   bool writes[4] = {true, false, false, false};
   pc_matmul_q_t pc = {.M = M,
                       .N = N,
@@ -135,7 +153,8 @@ lt_status_t op_matmul_q(gpu_cmd_t *c, gpu_view_t y, uint32_t y_stride, gpu_view_
                       .y_stride = y_stride,
                       .kp = quant_padded_cols(K),
                       .n_groups = n_groups,
-                      .group = w->group};
+                      .group = w->group,
+                      .row_bytes = (uint32_t)row_bytes};
   /* Chunks are whole K tiles or steps of octets, so every chunk but the last ends on an octet. */
   return op_dispatch_k(c, p, id, views, bytes, writes, 4, &pc, cost, accumulate, gx, gy, gz, err);
 }

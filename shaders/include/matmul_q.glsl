@@ -2,11 +2,29 @@
 // quantised per row in groups of pc.group columns (layout: engine/ops/quant.h). Work goes in octets: eight
 // consecutive K-elements, which share one scale (the group is a multiple of 8) and one 32-bit word of int4 or
 // two words of int8.
+// GQ=<block format> reads GGUF's block formats instead (include/qblock.glsl).
 // Variant defines: BITS=8|4 the integers' width; S_F16=1 reads f16 scales (else f32); VEC4=1 reads x four
 // K-elements at a time (needs K and x_stride to be multiples of 4).
 #ifndef LATHE_MATMUL_Q_GLSL
 #define LATHE_MATMUL_Q_GLSL
 
+#if GQ
+layout(std430, binding = 0) buffer Y { float y[]; }; // read too when accumulating
+#if VEC4
+layout(std430, binding = 1) readonly buffer X { vec4 x[]; };
+#else
+layout(std430, binding = 1) readonly buffer X { float x[]; };
+#endif
+layout(std430, binding = 2) readonly buffer W { uint wq[]; };               // rows of blocks, pc.row_bytes apart
+layout(std430, binding = 3) readonly buffer S { uint unused_scales[]; }; // the blocks carry their scales
+#include "qblock.glsl"
+
+// The weights w[n, k .. k+8) (n < N, k a multiple of 8 below K) into lo, hi.
+void load_q8(uint n, uint k, out vec4 lo, out vec4 hi) { qb_octet(n * pc.row_bytes, k, lo, hi); }
+
+// load_q8() returns the weights themselves.
+float scale_at(uint n, uint k) { return 1.0; }
+#else
 #if S_F16
 #extension GL_EXT_shader_16bit_storage : require
 #define STYPE float16_t
@@ -28,6 +46,7 @@ layout(std430, binding = 1) readonly buffer X { float x[]; };
 #endif
 layout(std430, binding = 2) readonly buffer W { QTYPE wq[]; };
 layout(std430, binding = 3) readonly buffer S { STYPE sc[]; };
+#endif // GQ
 
 // x[m, k .. k+8) into lo, hi; zero outside [0, M) x [k, k_end) (k a multiple of 8; k_end is a multiple of 8, or K).
 void load_x8(uint m, uint k, uint k_end, out vec4 lo, out vec4 hi) {
@@ -46,6 +65,7 @@ void load_x8(uint m, uint k, uint k_end, out vec4 lo, out vec4 hi) {
 #endif
 }
 
+#if !GQ
 // The integers of w[n, k .. k+8) (n < N, k a multiple of 8 below kp) into lo, hi, sign-extended.
 void load_q8(uint n, uint k, out vec4 lo, out vec4 hi) {
   QTYPE v = wq[(n * pc.kp + k) / 8u];
@@ -62,6 +82,7 @@ void load_q8(uint n, uint k, out vec4 lo, out vec4 hi) {
 
 // The scale of w[n, k].
 float scale_at(uint n, uint k) { return float(sc[n * pc.n_groups + k / pc.group]); }
+#endif // !GQ
 
 // Writes one result, adding what y holds when this dispatch accumulates.
 void store_y(uint m, uint n, float v) {

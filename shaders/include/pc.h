@@ -82,6 +82,7 @@ PC_BEGIN(pc_matmul_q)
   uint kp;            /* columns per row of q (K rounded up to a multiple of 8) */
   uint n_groups;      /* scales per row */
   uint group;         /* columns per scale */
+  uint row_bytes;     /* block formats (GQ): bytes per row of w */
 PC_END(pc_matmul_q)
 #endif
 
@@ -113,6 +114,7 @@ PC_END(pc_rope)
 #if !defined(LATHE_GLSL) || defined(PC_EMBED)
 PC_BEGIN(pc_embed)
   uint n_ids, dim, row_lo, row_hi;
+  uint row_bytes; /* block-format tables (GQ): bytes per row */
 PC_END(pc_embed)
 #endif
 
@@ -161,6 +163,7 @@ PC_BEGIN(pc_matmul_grad)
   uint x_stride, x_rstride; /* element steps of a along m and along r */
   uint w_stride, y_stride;  /* row strides of w and y in elements */
   uint kp, n_groups, group; /* quantised w only */
+  uint row_bytes;           /* block-format w (GQ) only: bytes per row */
 PC_END(pc_matmul_grad)
 #endif
 #ifndef LATHE_GLSL

@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include "engine/model/ftensor.h"
+#include "engine/ops/qblock.h"
 #include "engine/model/gguf.h"
 #include "engine/model/model_config.h"
 #include "engine/model/model_file.h"
@@ -515,7 +516,7 @@ Test(files, q8_0_dequantize) {
     want[32 + i] = -0.25f * q1;
   }
   float got[64];
-  ft_q8_0_dequantize(got, blk, 64);
+  qblock_dequant(LT_Q8_0, blk, got, 64);
   for (int i = 0; i < 64; i++) cr_assert_eq(got[i], want[i], "element %d: %g vs %g", i, got[i], want[i]);
 
   /* The same blocks as a [2, 32] Q8_0 tensor of a hand-built GGUF file. */
@@ -1160,8 +1161,15 @@ Test(files, hostile_gguf) {
        gb_put(&b, data, 64));
   CASE("overflow", LT_E_CORRUPT, gb_head(&b, 1, 0), gb_tensor(&b, "t", 3, big, 0, 0), gb_align(&b, 32),
        gb_put(&b, data, 64));
-  CASE("Q4_K (12)", LT_E_UNSUPPORTED, gb_head(&b, 1, 0), gb_tensor(&b, "t", 2, ne2, 12, 0), gb_align(&b, 32),
+  CASE("IQ2_XXS (16)", LT_E_UNSUPPORTED, gb_head(&b, 1, 0), gb_tensor(&b, "t", 2, ne2, 16, 0), gb_align(&b, 32),
        gb_put(&b, data, 64));
+  CASE("Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K", LT_E_UNSUPPORTED, gb_head(&b, 1, 0),
+       gb_tensor(&b, "t", 2, ne2, 20, 0), gb_align(&b, 32), gb_put(&b, data, 64));
+  /* A block format whose blocks do not fit the row (8 elements of Q4_K's 256) is refused before any read. */
+  CASE("Q4_K dims [8, 2] overflow or break its 256-element blocks", LT_E_CORRUPT, gb_head(&b, 1, 0),
+       gb_tensor(&b, "t", 2, ne2, 12, 0), gb_align(&b, 32), gb_put(&b, data, 64));
+  CASE("Q5_0 dims [8, 2] overflow or break its 32-element blocks", LT_E_CORRUPT, gb_head(&b, 1, 0),
+       gb_tensor(&b, "t", 2, ne2, 6, 0), gb_align(&b, 32), gb_put(&b, data, 64));
   CASE("unknown (99)", LT_E_UNSUPPORTED, gb_head(&b, 1, 0), gb_tensor(&b, "t", 2, ne2, 99, 0), gb_align(&b, 32),
        gb_put(&b, data, 64));
   CASE("past the data section", LT_E_CORRUPT, gb_head(&b, 1, 0), gb_tensor(&b, "t", 2, ne2, 0, 1024), gb_align(&b, 32),
