@@ -46,6 +46,7 @@ shared vec4 p_s[MAX_BC][QG];   // S, then P, for the block: p_s[key][query / 4][
 shared float red[MAX_BC];
 shared float m_s[BR], l_s[BR], alpha_s[BR];
 shared uint kend_s[BR];        // keys [k0, kend) are visible to the query; 0 for padding queries
+shared uint kbeg_s[BR];        // and keys from kbeg on (a sliding window); 0 without one
 
 // vec4 of a head's dims [d, d + 4) at element offset `base` (a multiple of 4 with HD4), zero past head_dim.
 #if HD4
@@ -84,6 +85,7 @@ void main() {
   if (tid < BR) {
     uint qi = qi0 + tid, t = pc.row_base + qi / group;
     kend_s[tid] = qi < nqi ? min(min(pc.kv_len, pc.q_pos0 + t + 1u), k0 + pc.split_len) : 0u;
+    kbeg_s[tid] = pc.window != 0u && pc.q_pos0 + t + 1u > pc.window ? pc.q_pos0 + t + 1u - pc.window : 0u;
     m_s[tid] = NEG_BIG;
     l_s[tid] = 0.0;
   }
@@ -95,6 +97,9 @@ void main() {
   // The last query of the tile sees the most keys (positions grow with the row).
   uint qlast = min(qi0 + BR, nqi) - 1u;
   uint kmax = min(min(pc.kv_len, pc.q_pos0 + pc.row_base + qlast / group + 1u), k0 + pc.split_len);
+  // The first query of the tile sees the earliest keys: with a window, blocks before its first key are skipped.
+  uint tfirst = pc.q_pos0 + pc.row_base + qi0 / group + 1u;
+  uint kfrom = pc.window != 0u && tfirst > pc.window ? max(k0, tfirst - pc.window) : k0;
   barrier();
 
   // Phase 1: query group qg1, keys kg + KG * j. Phase 2: row r2, keys part + TPR * j.
@@ -105,7 +110,7 @@ void main() {
   vec4 acc[DI][4];
   [[unroll]] for (uint i = 0u; i < DI; i++) [[unroll]] for (uint qq = 0u; qq < 4u; qq++) acc[i][qq] = vec4(0.0);
 
-  for (uint kb = k0; kb < kmax; kb += WG_X) {
+  for (uint kb = kfrom; kb < kmax; kb += WG_X) {
     // 1. scores of 4 queries x QG keys
     vec4 s[QG]; // s[j][qq]
     uint kbase[QG];
@@ -124,7 +129,10 @@ void main() {
     [[unroll]] for (uint j = 0u; j < QG; j++) {
       uint c = kg + KG * j;
       vec4 sv;
-      [[unroll]] for (uint qq = 0u; qq < 4u; qq++) sv[qq] = kb + c < kend_s[4u * qg1 + qq] ? s[j][qq] : NEG_BIG;
+      [[unroll]] for (uint qq = 0u; qq < 4u; qq++) {
+        uint r = 4u * qg1 + qq;
+        sv[qq] = kb + c < kend_s[r] && kb + c >= kbeg_s[r] ? s[j][qq] : NEG_BIG;
+      }
       p_s[c][qg1] = sv;
     }
     barrier();
@@ -142,9 +150,9 @@ void main() {
     }
     barrier();
     float m_new = m_s[r2], sum = 0.0;
-    uint kend = kend_s[r2];
+    uint kend = kend_s[r2], kbeg = kbeg_s[r2];
     for (uint c = part; c < WG_X; c += TPR) {
-      float p = kb + c < kend ? exp(p_s[c][r2 / 4u][r2 % 4u] - m_new) : 0.0;
+      float p = kb + c < kend && kb + c >= kbeg ? exp(p_s[c][r2 / 4u][r2 % 4u] - m_new) : 0.0;
       p_s[c][r2 / 4u][r2 % 4u] = p;
       sum += p;
     }

@@ -40,6 +40,7 @@ void main() {
     float kj[HD], vj[HD], dk[HD], dv[HD];
     [[unroll]] for (uint d = 0; d < HD; d++) kj[d] = k[kb + d], vj[d] = v[kb + d], dk[d] = 0.0, dv[d] = 0.0;
     uint t0 = max(j, pc.t_base), t1 = min(pc.t_base + pc.t_len, pc.T);
+    if (pc.window != 0u) t1 = min(t1, j + pc.window); // queries t < j + window see key j
     for (uint t = t0; t < t1; t++) {
       for (uint hh = 0u; hh < rep; hh++) {
         uint h = g * rep + hh, qb = (t * H + h) * HD;
@@ -65,13 +66,14 @@ void main() {
   }
   if (i >= pc.T * H) return;
   uint t = i / H, h = i - t * H, g = h / rep, qb = (t * H + h) * HD;
+  uint j0 = pc.window != 0u && t + 1u > pc.window ? t + 1u - pc.window : 0u; // the first key in the window
   float qv[HD];
   [[unroll]] for (uint d = 0; d < HD; d++) qv[d] = q[qb + d];
   if (pc.mode == 0u) {
     // Finite stand-in for -inf: exp(-1e30 - m) is 0 and never NaN.
     float m = -1.0e30, l = 0.0, acc[HD];
     [[unroll]] for (uint d = 0; d < HD; d++) acc[d] = 0.0;
-    for (uint j = 0u; j <= t; j++) {
+    for (uint j = j0; j <= t; j++) {
       uint kb = (j * KV + g) * HD;
       float s = pc.scale * dot_at(qv, kb, true);
       float mn = max(m, s), a = exp(m - mn), p = exp(s - mn);
@@ -90,7 +92,7 @@ void main() {
     dq[d] = 0.0;
   }
   float L = lse[t * H + h];
-  for (uint j = 0u; j <= t; j++) {
+  for (uint j = j0; j <= t; j++) {
     uint kb = (j * KV + g) * HD;
     float p = exp(pc.scale * dot_at(qv, kb, true) - L);
     float ds = p * (dot_at(dov, kb, false) - D);

@@ -1,18 +1,30 @@
 #!/usr/bin/env python3
-"""Lathe's PyTorch reference for LLaMA and Mixtral causal language models in Hugging Face layout.
+"""Lathe's PyTorch reference for LLaMA, Mistral, Qwen2 and Mixtral causal language models in Hugging Face layout.
 
 A tool, never used at run time: it makes the test fixtures (tools/make_fixtures.py), trains the embedded
 models (tools/train_embedded.py) and is the oracle the C engine is compared against. It reads and writes
 HF folders (config.json, model.safetensors, tokenizer.json, generation_config.json) without the
 `safetensors`, `tokenizers` or `transformers` packages, and follows the semantics of transformers'
-LlamaForCausalLM and MixtralForCausalLM:
+LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM and MixtralForCausalLM:
 
   h_0 = embed_tokens[ids]
   per block: h = h + o_proj(attn(rope(q_proj(rms(h))), rope(k_proj(rms(h))), v_proj(rms(h))))   causal, GQA
+                                      (sliding window for Mistral/Mixtral with `sliding_window`: see attention_mask)
              h = h + mlp(rms(h))      LLaMA: down(silu(gate(x)) * up(x))
                                       Mixtral: softmax(router(x)) -> top-k -> renormalise -> sum_e w_e * expert_e(x),
                                                expert_e(x) = w2(silu(w1(x)) * w3(x))
   logits = lm_head(rms(h_L))          (lm_head = embed_tokens when tie_word_embeddings)
+
+The families differ only in biases and masking (see family(), linear_biases(), sliding_window()):
+  LLaMA    no biases unless `attention_bias` (q, k, v and o) / `mlp_bias` (gate, up, down); full causal attention
+  Qwen2    biases on q_proj, k_proj, v_proj always (not o_proj, not the MLP); full causal attention (configs with
+           `use_sliding_window` true are refused)
+  Mistral  no biases; sliding-window causal attention of `sliding_window` keys (4096 when the key is absent,
+           as MistralConfig's default; null is full attention)
+  Mixtral  no biases; sliding window when `sliding_window` is set (MixtralConfig's default is null)
+Keys a config omits get the defaults of the transformers config classes (config_default): rope_theta 1e4 and
+rms_norm_eps 1e-6 for LLaMA, Mistral and Qwen2 (Qwen2Config's rope_theta default is 1e4; real Qwen2 checkpoints
+write 1e6), rope_theta 1e6 and rms_norm_eps 1e-5 for Mixtral.
 
 RoPE is the rotate-half form (the HF layout of q_proj/k_proj), with rope_theta and the optional Llama-3
 `rope_scaling`. Weights stored as f16/bf16 are converted exactly to the compute dtype (f32 by default,
@@ -92,9 +104,102 @@ def write_safetensors(path, tensors, metadata=None):
 # ---------------------------------------------------------------------------------------------------------
 # Model.
 
+FAMILIES = {"LlamaForCausalLM": "llama", "MistralForCausalLM": "mistral", "Qwen2ForCausalLM": "qwen2",
+            "MixtralForCausalLM": "mixtral"}
+
+
+def family(cfg):
+    """"llama", "mistral", "qwen2" or "mixtral", from `architectures` (else `model_type`); LLaMA when neither says.
+    Raises on an architecture or model_type outside the four."""
+    archs = cfg.get("architectures") or []
+    if archs:
+        if archs[0] not in FAMILIES:
+            raise ValueError(f"architecture {archs[0]} unsupported ({', '.join(FAMILIES)})")
+        return FAMILIES[archs[0]]
+    kind = cfg.get("model_type", "llama")
+    if kind not in FAMILIES.values():
+        raise ValueError(f"model_type {kind!r} unsupported ({', '.join(FAMILIES.values())})")
+    return kind
+
+
+# transformers' config-class defaults for the keys this reference reads with a fallback.
+DEFAULTS = {"llama": {"rope_theta": 10000.0, "rms_norm_eps": 1e-6},
+            "mistral": {"rope_theta": 10000.0, "rms_norm_eps": 1e-6},
+            "qwen2": {"rope_theta": 10000.0, "rms_norm_eps": 1e-6},
+            "mixtral": {"rope_theta": 1e6, "rms_norm_eps": 1e-5}}
+
+
+def config_default(cfg, key):
+    """cfg[key], else the family's transformers default (DEFAULTS)."""
+    return cfg.get(key, DEFAULTS[family(cfg)][key])
+
+
 def is_moe(cfg):
     """True for a Mixtral config."""
-    return cfg.get("model_type") == "mixtral" or "MixtralForCausalLM" in cfg.get("architectures", [])
+    return family(cfg) == "mixtral"
+
+
+def linear_biases(cfg):
+    """(q/k/v bias, o bias, MLP bias) as transformers builds them: Qwen2Attention has bias=True on q, k, v and
+    bias=False on o; LlamaAttention uses config.attention_bias on all four and LlamaMLP config.mlp_bias; Mistral
+    and Mixtral have none."""
+    fam = family(cfg)
+    if fam == "qwen2":
+        return True, False, False
+    if fam == "llama":
+        return bool(cfg.get("attention_bias", False)), bool(cfg.get("attention_bias", False)), \
+            bool(cfg.get("mlp_bias", False))
+    return False, False, False
+
+
+def sliding_window(cfg, layer):
+    """The attention window W of block `layer` (an int: a query sees its own position and the W-1 before it), or
+    None for full causal attention.
+      Mistral: config.sliding_window on every layer; MistralConfig's default 4096 when the key is absent, null
+               means full attention (the transformers behaviour: a config.json without the key gets 4096).
+      Mixtral: config.sliding_window on every layer, default null.
+      Qwen2:   only with use_sliding_window, which this reference refuses (transformers applies it to the layers
+               from max_window_layers on, and its versions disagreed on that); real checkpoints carry a
+               sliding_window value with use_sliding_window false, and then it is ignored, as transformers does.
+      LLaMA:   never."""
+    fam = family(cfg)
+    if fam == "qwen2":
+        types = cfg.get("layer_types") or []
+        if cfg.get("use_sliding_window") or any(t != "full_attention" for t in types):
+            raise ValueError("Qwen2 with use_sliding_window (or sliding_attention layer_types) unsupported")
+        return None
+    if fam == "mistral":
+        w = cfg.get("sliding_window", 4096)
+    elif fam == "mixtral":
+        w = cfg.get("sliding_window")
+    else:
+        return None
+    if w is None:
+        return None
+    if isinstance(w, bool) or not isinstance(w, int) or w < 1:
+        raise ValueError(f"sliding_window {w!r}: a positive integer or null expected")
+    return w
+
+
+def attention_mask(T, window=None, device=None):
+    """(T, T) bool, True where query i may attend to key j (positions 0..T-1 of one sequence, no cache):
+    j <= i (causal) and, with a window W, i - j < W.
+
+    The window rule is transformers' current one: masking_utils.sliding_window_overlay allows
+    `kv_idx > q_idx - sliding_window`, AND-ed with causal_mask_function's `kv_idx <= q_idx`, and the earlier
+    _prepare_4d_causal_attention_mask_with_cache_position of Mistral/Mixtral/Qwen2 masked
+    `arange(target) <= cache_position - sliding_window`, the same set. So the window holds W keys, the query's
+    own position included: query i sees keys max(0, i-W+1)..i, and query W is the first to lose key 0.
+    Not every implementation agrees: Mistral's original one_file_ref (triu(diagonal=-sliding_window)) and the
+    AttentionMaskConverter of some older transformers releases (`diagonal = past - sliding_window - 1`) keep W+1
+    keys, j >= i - W, like flash-attn's window_size=(W, W); current transformers and vLLM (flash-attn window
+    (W-1, 0)) keep W. This reference follows current transformers, as the fixtures must."""
+    i = torch.arange(T, device=device)[:, None]
+    j = torch.arange(T, device=device)[None, :]
+    allowed = j <= i
+    if window is not None:
+        allowed = allowed & (i - j < window)
+    return allowed
 
 
 def head_dim(cfg):
@@ -105,7 +210,7 @@ def head_dim(cfg):
 def rope_inv_freq(cfg, dtype=torch.float64):
     """Per-pair inverse frequencies (head_dim/2,), Llama-3 `rope_scaling` applied as transformers does."""
     d = head_dim(cfg)
-    theta = float(cfg.get("rope_theta", 10000.0))
+    theta = float(config_default(cfg, "rope_theta"))
     inv = 1.0 / (theta ** (torch.arange(0, d, 2, dtype=torch.int64).to(dtype) / d))
     rs = cfg.get("rope_scaling")
     if not rs:
@@ -151,15 +256,16 @@ class RMSNorm(nn.Module):
 
 
 class Attention(nn.Module):
-    def __init__(self, cfg):
+    def __init__(self, cfg, layer=0):
         super().__init__()
         c, d = cfg["hidden_size"], head_dim(cfg)
         self.n_head, self.n_kv, self.d = cfg["num_attention_heads"], cfg["num_key_value_heads"], d
-        bias = bool(cfg.get("attention_bias", False))
-        self.q_proj = nn.Linear(c, self.n_head * d, bias=bias)
-        self.k_proj = nn.Linear(c, self.n_kv * d, bias=bias)
-        self.v_proj = nn.Linear(c, self.n_kv * d, bias=bias)
-        self.o_proj = nn.Linear(self.n_head * d, c, bias=bias)
+        qkv_bias, o_bias, _ = linear_biases(cfg)
+        self.window = sliding_window(cfg, layer)  # None: full causal attention
+        self.q_proj = nn.Linear(c, self.n_head * d, bias=qkv_bias)
+        self.k_proj = nn.Linear(c, self.n_kv * d, bias=qkv_bias)
+        self.v_proj = nn.Linear(c, self.n_kv * d, bias=qkv_bias)
+        self.o_proj = nn.Linear(self.n_head * d, c, bias=o_bias)
 
     def forward(self, x, cos, sin):
         B, T, _ = x.shape  # x is (B,T,C)
@@ -170,21 +276,22 @@ class Attention(nn.Module):
         rep = self.n_head // self.n_kv                                       # query head h reads kv head h // rep
         k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
         att = (q @ k.transpose(-2, -1)) / math.sqrt(self.d)                  # (B,H,T,T)
-        causal = torch.ones(T, T, dtype=torch.bool, device=x.device).triu(1)
-        att = att.masked_fill(causal, float("-inf")).softmax(dim=-1)
+        masked = ~attention_mask(T, self.window, x.device)
+        att = att.masked_fill(masked, float("-inf")).softmax(dim=-1)
         y = (att @ v).transpose(1, 2).reshape(B, T, self.n_head * self.d)
         return self.o_proj(y)
 
 
 class MLP(nn.Module):
-    """LLaMA SwiGLU: down(silu(gate(x)) * up(x))."""
+    """LLaMA / Mistral / Qwen2 SwiGLU: down(silu(gate(x)) * up(x))."""
 
     def __init__(self, cfg):
         super().__init__()
         c, f = cfg["hidden_size"], cfg["intermediate_size"]
-        self.gate_proj = nn.Linear(c, f, bias=False)
-        self.up_proj = nn.Linear(c, f, bias=False)
-        self.down_proj = nn.Linear(f, c, bias=False)
+        bias = linear_biases(cfg)[2]
+        self.gate_proj = nn.Linear(c, f, bias=bias)
+        self.up_proj = nn.Linear(c, f, bias=bias)
+        self.down_proj = nn.Linear(f, c, bias=bias)
 
     def forward(self, x, router_logits=None):
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
@@ -230,11 +337,11 @@ class SparseMoE(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, cfg):
+    def __init__(self, cfg, layer=0):
         super().__init__()
-        eps = cfg.get("rms_norm_eps", 1e-6)
+        eps = config_default(cfg, "rms_norm_eps")
         self.input_layernorm = RMSNorm(cfg["hidden_size"], eps)
-        self.self_attn = Attention(cfg)
+        self.self_attn = Attention(cfg, layer)
         self.post_attention_layernorm = RMSNorm(cfg["hidden_size"], eps)
         if is_moe(cfg):
             self.block_sparse_moe = SparseMoE(cfg)
@@ -248,17 +355,18 @@ class Block(nn.Module):
 
 
 class Body(nn.Module):
-    """transformers' LlamaModel / MixtralModel: the `model.` prefix of the tensor names."""
+    """transformers' LlamaModel / MistralModel / Qwen2Model / MixtralModel: the `model.` prefix of the tensor names."""
 
     def __init__(self, cfg):
         super().__init__()
         self.embed_tokens = nn.Embedding(cfg["vocab_size"], cfg["hidden_size"])
-        self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg["num_hidden_layers"]))
-        self.norm = RMSNorm(cfg["hidden_size"], cfg.get("rms_norm_eps", 1e-6))
+        self.layers = nn.ModuleList(Block(cfg, i) for i in range(cfg["num_hidden_layers"]))
+        self.norm = RMSNorm(cfg["hidden_size"], config_default(cfg, "rms_norm_eps"))
 
 
 class CausalLM(nn.Module):
-    """LlamaForCausalLM or MixtralForCausalLM; state_dict() names are the HF tensor names."""
+    """LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM or MixtralForCausalLM; state_dict() names are the HF
+    tensor names (biases, where the family has them, as `<linear>.bias`)."""
 
     def __init__(self, cfg):
         super().__init__()
@@ -280,13 +388,15 @@ class CausalLM(nn.Module):
         return x @ head.t()
 
 
-def init_weights(model, gen, std=0.02, norm_jitter=0.0):
-    """Random init from a torch.Generator: N(0, std) matrices, output projections scaled by 1/sqrt(2L)
-    (GPT-2), norm weights 1 + N(0, norm_jitter)."""
+def init_weights(model, gen, std=0.02, norm_jitter=0.0, bias_std=None):
+    """Random init from a torch.Generator, in named_parameters() order: N(0, std) matrices, output projections
+    scaled by 1/sqrt(2L) (GPT-2), norm weights 1 + N(0, norm_jitter), biases N(0, bias_std) (std when None)."""
     n_layers = model.cfg["num_hidden_layers"]
     with torch.no_grad():
         for name, p in model.named_parameters():
-            if name.endswith("layernorm.weight") or name == "model.norm.weight":
+            if name.endswith(".bias"):
+                p.copy_((std if bias_std is None else bias_std) * torch.randn(p.shape, generator=gen))
+            elif name.endswith("layernorm.weight") or name == "model.norm.weight":
                 p.copy_(1 + norm_jitter * torch.randn(p.shape, generator=gen))
             elif name.endswith(("o_proj.weight", "down_proj.weight", "w2.weight")):
                 p.copy_(std / math.sqrt(2 * n_layers) * torch.randn(p.shape, generator=gen))
@@ -343,8 +453,8 @@ def load_hf(folder, dtype=torch.float32):
     with open(os.path.join(folder, "config.json")) as f:
         cfg = json.load(f)
     arch = cfg.get("architectures", ["?"])[0]
-    if arch not in ("LlamaForCausalLM", "MixtralForCausalLM"):
-        raise ValueError(f"{folder}: architecture {arch} unsupported (LlamaForCausalLM, MixtralForCausalLM)")
+    if arch not in FAMILIES:
+        raise ValueError(f"{folder}: architecture {arch} unsupported ({', '.join(FAMILIES)})")
     index = os.path.join(folder, "model.safetensors.index.json")
     if os.path.exists(index):
         with open(index) as f:

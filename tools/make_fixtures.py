@@ -1,19 +1,25 @@
 #!/usr/bin/env python3
 """Makes the tiny random fixture models under tests/fixtures/ and their reference outputs.
 
-  /usr/bin/python3 tools/make_fixtures.py [--out tests/fixtures] [--check]
+  /usr/bin/python3 tools/make_fixtures.py [--out tests/fixtures] [--only NAME ...] [--check]
 
 Each fixture is a Hugging Face folder (config.json, model.safetensors, tokenizer.json, tokenizer_config.json,
 generation_config.json) plus reference.json and logits.f32; tokenizer-cases.json holds known encodings for the
 fixture tokenizer and the embedded KJV tokenizer (models/lathe-kjv-llama). tests/fixtures/README.md documents
 the format.
 Deterministic: weights come from fixed seeds, references are computed in float64 from the stored weights.
---check regenerates into a temporary folder and fails unless every file is byte-identical to --out.
+--only writes just the named fixtures (and not tokenizer-cases.json).
+--check regenerates into a temporary folder and fails unless every file this tool writes is byte-identical to
+--out, except reference.json, whose numbers may move with the CPU's float summation order: there every
+non-float value must be equal, every float equal to 1e-9 relative, and f32_reference_max_abs_diff (the float32
+run's error, which depends on the CPU's float32 kernels) below 1e-4 on both sides. Files other tools write into
+the folders (grads, compress_ref.json) are not compared.
 """
 import argparse
 import filecmp
 import json
 import os
+import shutil
 import sys
 import tempfile
 
@@ -23,10 +29,15 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import lathe_ref as ref  # noqa: E402
 
 VOCAB = 96
+QWEN2_SEED, QWEN2_STD = 2, 0.3   # seeds picked for wide greedy margins and varied greedy tokens
+MISTRAL_SEED = 7
 PROMPT_TEXT = "Lathe runs"     # BOS + 10 characters = 11 tokens
 N_GREEDY = 8
 MIN_GREEDY_MARGIN = 1e-3       # top-1 minus top-2 logit at each greedy step, so f32 engines pick the same token
 MIN_ROUTER_GAP = 1e-4          # k-th minus (k+1)-th router probability, so f32 engines pick the same experts
+MIN_EFFECT = 0.1               # |logit change| when the Qwen2 biases are dropped / the sliding window is widened
+CHECK_RTOL = 1e-9              # --check: float64 reference numbers may differ in the last bits across CPUs
+CHECK_F32_DIFF = 1e-4          # --check: f32_reference_max_abs_diff must stay below the suggested engine tolerance
 KJV_TOKENIZER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "models", "lathe-kjv-llama",
                              "tokenizer.json")
 KJV_TEXTS = [
@@ -48,20 +59,39 @@ BASE = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_siz
         "tie_word_embeddings": False, "bos_token_id": 0, "eos_token_id": 0, "attention_bias": False,
         "mlp_bias": False}
 
-# name: (config overrides, stored dtype, seed, init std); the tied model needs a larger std, or its greedy
-# output just repeats the last token (the tied head favours the embedding the residual stream carries)
+# The keys transformers' Qwen2Config writes (no attention_bias: Qwen2 always has q/k/v biases). sliding_window is
+# inert with use_sliding_window false, as in the released Qwen2/Qwen2.5 checkpoints.
+QWEN2_BASE = {"architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "vocab_size": VOCAB, "hidden_size": 64,
+              "intermediate_size": 160, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+              "hidden_act": "silu", "max_position_embeddings": 256, "initializer_range": 0.02, "rms_norm_eps": 1e-6,
+              "use_cache": True, "tie_word_embeddings": True, "rope_theta": 1000000.0, "rope_scaling": None,
+              "use_sliding_window": False, "sliding_window": 4096, "max_window_layers": 28,
+              "attention_dropout": 0.0, "bos_token_id": 0, "eos_token_id": 0}
+# The keys transformers' MistralConfig writes (no attention_bias or mlp_bias: Mistral has no biases).
+MISTRAL_BASE = {"architectures": ["MistralForCausalLM"], "model_type": "mistral", "vocab_size": VOCAB,
+                "hidden_size": 64, "intermediate_size": 160, "num_hidden_layers": 2, "num_attention_heads": 4,
+                "num_key_value_heads": 2, "head_dim": 16, "hidden_act": "silu", "max_position_embeddings": 256,
+                "initializer_range": 0.02, "rms_norm_eps": 1e-5, "use_cache": True, "rope_theta": 10000.0,
+                "sliding_window": 4, "attention_dropout": 0.0, "tie_word_embeddings": False, "bos_token_id": 0,
+                "eos_token_id": 0}
+
+# name: (base config, overrides, stored dtype, seed, init std, bias std or None); the tied models need a larger
+# std, or their greedy output just repeats the last token (the tied head favours the embedding the residual stream
+# carries)
 FIXTURES = {
-    "llama-tiny": ({}, torch.float32, 1, 0.15),
-    "llama-tiny-f16": ({}, torch.float16, 1, 0.15),
-    "llama3-scaled": ({"hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 4,
-                       "num_key_value_heads": 1, "rms_norm_eps": 1e-6, "tie_word_embeddings": True,
-                       "rope_scaling": {"rope_type": "llama3", "factor": 4.0, "low_freq_factor": 1.0,
-                                        "high_freq_factor": 4.0, "original_max_position_embeddings": 64}},
-                      torch.bfloat16, 3, 0.3),
-    "mixtral-tiny": ({"architectures": ["MixtralForCausalLM"], "model_type": "mixtral", "intermediate_size": 20,
-                      "num_local_experts": 4, "num_experts_per_tok": 2, "router_aux_loss_coef": 0.02,
-                      "output_router_logits": False},
-                     torch.float32, 4, 0.15),
+    "llama-tiny": (BASE, {}, torch.float32, 1, 0.15, None),
+    "llama-tiny-f16": (BASE, {}, torch.float16, 1, 0.15, None),
+    "llama3-scaled": (BASE, {"hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 4,
+                             "num_key_value_heads": 1, "rms_norm_eps": 1e-6, "tie_word_embeddings": True,
+                             "rope_scaling": {"rope_type": "llama3", "factor": 4.0, "low_freq_factor": 1.0,
+                                              "high_freq_factor": 4.0, "original_max_position_embeddings": 64}},
+                      torch.bfloat16, 3, 0.3, None),
+    "mixtral-tiny": (BASE, {"architectures": ["MixtralForCausalLM"], "model_type": "mixtral", "intermediate_size": 20,
+                            "num_local_experts": 4, "num_experts_per_tok": 2, "router_aux_loss_coef": 0.02,
+                            "output_router_logits": False},
+                     torch.float32, 4, 0.15, None),
+    "qwen2-tiny": (QWEN2_BASE, {}, torch.float32, QWEN2_SEED, QWEN2_STD, 0.5),
+    "mistral-swa-tiny": (MISTRAL_BASE, {}, torch.float32, MISTRAL_SEED, 0.15, None),
 }
 
 
@@ -74,10 +104,10 @@ def fixture_tokenizer():
     return ref.bytelevel_tokenizer_json(vocab, [], ["<|endoftext|>"], "<|endoftext|>")
 
 
-def make(out, name, overrides, store_dtype, seed, std, tok_json):
-    cfg = dict(BASE, **overrides)
+def make(out, name, base, overrides, store_dtype, seed, std, bias_std, tok_json):
+    cfg = dict(base, **overrides)
     model = ref.CausalLM(cfg)
-    ref.init_weights(model, torch.Generator().manual_seed(seed), std=std, norm_jitter=0.1)
+    ref.init_weights(model, torch.Generator().manual_seed(seed), std=std, norm_jitter=0.1, bias_std=bias_std)
     folder = os.path.join(out, name)
     ref.save_hf(folder, model, tok_json, store_dtype)
 
@@ -119,6 +149,29 @@ def make(out, name, overrides, store_dtype, seed, std, tok_json):
         assert gap > MIN_ROUTER_GAP, f"{name}: router gap {gap:.2e} too small; pick another seed"
         info["min_router_gap"] = gap
         info["router_top_k"] = torch.topk(probs, k, dim=-1).indices.tolist()
+    biases = [n for n in m64.state_dict() if n.endswith(".bias")]
+    if biases:  # the biases must matter: the same model without them lands far away
+        plain = ref.load_hf(folder, torch.float64)
+        with torch.no_grad():
+            for n, p in plain.named_parameters():
+                if n.endswith(".bias"):
+                    p.zero_()
+            diff = float((plain(seq)[0] - logits).abs().max())
+        assert diff > MIN_EFFECT, f"{name}: dropping the biases moves the logits by only {diff:.3g}"
+        info["zero_bias_max_abs_diff"] = diff
+    windows = {layer.self_attn.window for layer in m64.model.layers}
+    if windows != {None}:  # the window must matter: full causal attention on the same weights lands far away
+        full = ref.load_hf(folder, torch.float64)
+        for layer in full.model.layers:
+            layer.self_attn.window = None
+        with torch.no_grad():
+            row_diff = (full(seq)[0] - logits).abs().max(dim=-1).values
+        diff, w = float(row_diff.max()), min(windows - {None})
+        assert diff > MIN_EFFECT, f"{name}: full attention moves the logits by only {diff:.3g}"
+        first = int(torch.nonzero(row_diff > 0)[0])
+        assert first == w, f"{name}: first row changed by full attention is {first}, not {w}"
+        info["full_attention_max_abs_diff"] = diff
+        info["full_attention_first_diff_row"] = first
     with open(os.path.join(folder, "logits.f32"), "wb") as f:
         f.write(ref.tensor_bytes(logits.float()))
     with open(os.path.join(folder, "reference.json"), "w") as f:
@@ -138,37 +191,69 @@ def tokenizer_cases(path, texts):
     return cases
 
 
+def same_reference(mine, theirs, key=None):
+    """reference.json equality up to the CPU: non-floats equal, floats within CHECK_RTOL, the float32 error below
+    CHECK_F32_DIFF on both sides."""
+    if key == "f32_reference_max_abs_diff":
+        return all(isinstance(v, float) and 0 <= v < CHECK_F32_DIFF for v in (mine, theirs))
+    if isinstance(mine, float) or isinstance(theirs, float):
+        return all(isinstance(v, float) for v in (mine, theirs)) and \
+            abs(mine - theirs) <= CHECK_RTOL * max(abs(mine), abs(theirs))
+    if isinstance(mine, dict):
+        return isinstance(theirs, dict) and list(mine) == list(theirs) and \
+            all(same_reference(mine[k], theirs[k], k) for k in mine)
+    if isinstance(mine, list):
+        return isinstance(theirs, list) and len(mine) == len(theirs) and \
+            all(same_reference(a, b, key) for a, b in zip(mine, theirs))
+    return type(mine) is type(theirs) and mine == theirs
+
+
+def same_file(mine, theirs):
+    if not os.path.isfile(theirs):
+        return False
+    if filecmp.cmp(mine, theirs, shallow=False):
+        return True
+    if os.path.basename(mine) != "reference.json":
+        return False
+    with open(mine) as f, open(theirs) as g:
+        return same_reference(json.load(f), json.load(g))
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "..", "tests", "fixtures"))
+    ap.add_argument("--only", nargs="+", choices=list(FIXTURES), metavar="NAME")
     ap.add_argument("--check", action="store_true")
     a = ap.parse_args()
     torch.set_num_threads(1)
     tok_json = fixture_tokenizer()
     dest = tempfile.mkdtemp() if a.check else a.out
-    for name, (overrides, dtype, seed, std) in FIXTURES.items():
-        info = make(dest, name, overrides, dtype, seed, std, tok_json)
+    names = a.only or list(FIXTURES)
+    for name in names:
+        base, overrides, dtype, seed, std, bias_std = FIXTURES[name]
+        info = make(dest, name, base, overrides, dtype, seed, std, bias_std, tok_json)
         print(f"{name}: greedy {info['greedy_tokens']} margin {info['min_greedy_margin']:.3g} "
               f"f32-vs-f64 {info['f32_reference_max_abs_diff']:.2e} max|logit| {info['max_abs_logit']:.2f}"
-              + (f" router gap {info['min_router_gap']:.3g}" if "min_router_gap" in info else ""))
-    fixture_tok = os.path.join(dest, "llama-tiny", "tokenizer.json")
-    cases = {"models/lathe-kjv-llama/tokenizer.json": tokenizer_cases(KJV_TOKENIZER, KJV_TEXTS),
-             "tests/fixtures/llama-tiny/tokenizer.json": tokenizer_cases(fixture_tok, FIXTURE_TEXTS)}
-    with open(os.path.join(dest, "tokenizer-cases.json"), "w") as f:
-        json.dump(cases, f, indent=1, ensure_ascii=False)
-        f.write("\n")
+              + (f" router gap {info['min_router_gap']:.3g}" if "min_router_gap" in info else "")
+              + (f" no-bias diff {info['zero_bias_max_abs_diff']:.3g}" if "zero_bias_max_abs_diff" in info else "")
+              + (f" full-attention diff {info['full_attention_max_abs_diff']:.3g} from row "
+                 f"{info['full_attention_first_diff_row']}" if "full_attention_max_abs_diff" in info else ""))
+    if not a.only:
+        fixture_tok = os.path.join(dest, "llama-tiny", "tokenizer.json")
+        cases = {"models/lathe-kjv-llama/tokenizer.json": tokenizer_cases(KJV_TOKENIZER, KJV_TEXTS),
+                 "tests/fixtures/llama-tiny/tokenizer.json": tokenizer_cases(fixture_tok, FIXTURE_TEXTS)}
+        with open(os.path.join(dest, "tokenizer-cases.json"), "w") as f:
+            json.dump(cases, f, indent=1, ensure_ascii=False)
+            f.write("\n")
     if a.check:
-        bad = []
-        for name in FIXTURES:
-            mine, theirs = os.path.join(dest, name), os.path.join(a.out, name)
-            names = sorted(set(os.listdir(mine)) | set(os.listdir(theirs) if os.path.isdir(theirs) else []))
-            _, mismatch, missing = filecmp.cmpfiles(mine, theirs, names, shallow=False)
-            bad += [f"{name}/{f}" for f in mismatch + missing]
-        if not filecmp.cmp(os.path.join(dest, "tokenizer-cases.json"), os.path.join(a.out, "tokenizer-cases.json"),
-                           shallow=False):
+        bad = [os.path.join(name, f) for name in names for f in sorted(os.listdir(os.path.join(dest, name)))
+               if not same_file(os.path.join(dest, name, f), os.path.join(a.out, name, f))]
+        if not a.only and not same_file(os.path.join(dest, "tokenizer-cases.json"),
+                                        os.path.join(a.out, "tokenizer-cases.json")):
             bad.append("tokenizer-cases.json")
+        shutil.rmtree(dest)
         if bad:
-            sys.exit(f"make_fixtures --check: differ from {a.out}: {sorted(set(bad))}")
+            sys.exit(f"make_fixtures --check: differ from {a.out}: {bad}")
         print("make_fixtures --check: identical")
 
 

@@ -170,9 +170,9 @@ static int kquant(const char *src, const char *out) {
   struct {
     const char *name;
     int64_t cols, rows; /* rows 0: a norm vector */
-  } spec[] = {{"attn_norm", D, 0}, {"attn_q", D, D},   {"attn_k", D, D / H * KVH}, {"attn_v", D, D / H * KVH},
-              {"attn_output", D, D}, {"ffn_norm", D, 0}, {"ffn_gate", D, F},         {"ffn_up", D, F},
-              {"ffn_down", F, D}};
+  } spec[] = {{"attn_norm", D, 0},        {"attn_q", D, D},      {"attn_k", D, D / H * KVH},
+              {"attn_v", D, D / H * KVH}, {"attn_output", D, D}, {"ffn_norm", D, 0},
+              {"ffn_gate", D, F},         {"ffn_up", D, F},      {"ffn_down", F, D}};
   ts[n] = ggml_new_tensor_2d(ctx, GGML_TYPE_F32, D, V), ggml_set_name(ts[n++], "token_embd.weight");
   for (int b = 0; b < L; b++)
     for (size_t s = 0; s < sizeof spec / sizeof spec[0]; s++) {

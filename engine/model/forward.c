@@ -412,6 +412,10 @@ static lt_status_t forward_pass(model_t *m, model_item_t *items, const uint32_t 
     if ((st = mul(c, a->q, a->xn, &L->wq, p.T, false, err)) != LT_OK) break;
     if ((st = mul(c, a->k, a->xn, &L->wk, p.T, false, err)) != LT_OK) break;
     if ((st = mul(c, a->v, a->xn, &L->wv, p.T, false, err)) != LT_OK) break;
+    if (L->bq && ((st = op_add(c, gv(a->q), gv(a->q), gv(L->bq), p.T * qd, qd, err)) != LT_OK ||
+                  (st = op_add(c, gv(a->k), gv(a->k), gv(L->bk), p.T * kvd, kvd, err)) != LT_OK ||
+                  (st = op_add(c, gv(a->v), gv(a->v), gv(L->bv), p.T * kvd, kvd, err)) != LT_OK))
+      break;
     if ((st = adapter_lora(m, c, a->q, a->xn, l, 0, p.T, err)) != LT_OK) break;
     if ((st = adapter_lora(m, c, a->k, a->xn, l, 1, p.T, err)) != LT_OK) break;
     if ((st = adapter_lora(m, c, a->v, a->xn, l, 2, p.T, err)) != LT_OK) break;
@@ -429,7 +433,7 @@ static lt_status_t forward_pass(model_t *m, model_item_t *items, const uint32_t 
       if ((st = gpu_cmd_copy(c, a->v, src, s->v[l], dst, bytes, err)) != LT_OK) break;
       gpu_view_t o = {a->att, (uint64_t)p.row0[i] * qd * 4}, q = {a->q, (uint64_t)p.row0[i] * qd * 4};
       st = op_attention(c, o, q, gv(s->k[l]), gv(s->v[l]), items[i].n_tokens, cf->n_heads, cf->n_kv_heads, cf->head_dim,
-                        s->len, s->len + items[i].n_tokens, 1.0f / sqrtf((float)cf->head_dim), err);
+                        s->len, s->len + items[i].n_tokens, cf->sliding_window, 1.0f / sqrtf((float)cf->head_dim), err);
     }
     if (st != LT_OK) break;
     if (h && h->on_attn && h->attn_layer == l && (st = attn_hook(&p, &c, l, err)) != LT_OK) break;

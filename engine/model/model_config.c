@@ -19,11 +19,12 @@ static const struct arch_desc {
   uint32_t max_position, sliding_window;
 } archs[] = {
     {"LlamaForCausalLM", "llama", MODEL_ARCH_LLAMA, false, 1e-6f, 10000.0, 2048, 0},
-    {"MistralForCausalLM", "mistral", MODEL_ARCH_LLAMA, false, 1e-6f, 10000.0, 4096 * 32, 4096},
+    {"MistralForCausalLM", "mistral", MODEL_ARCH_MISTRAL, false, 1e-6f, 10000.0, 4096 * 32, 4096},
     {"MixtralForCausalLM", "mixtral", MODEL_ARCH_MIXTRAL, true, 1e-5f, 1e6, 4096 * 32, 0},
+    {"Qwen2ForCausalLM", "qwen2", MODEL_ARCH_QWEN2, false, 1e-6f, 10000.0, 32768, 0},
 };
 #define N_ARCHS (sizeof archs / sizeof archs[0])
-#define ARCH_LIST "LlamaForCausalLM, MistralForCausalLM, MixtralForCausalLM"
+#define ARCH_LIST "LlamaForCausalLM, MistralForCausalLM, MixtralForCausalLM, Qwen2ForCausalLM"
 
 /* Upper bounds that keep every later size computation far from overflow. */
 #define MAX_HIDDEN (1u << 16)
@@ -40,8 +41,16 @@ const char *model_arch_str(model_arch_t a) {
   switch (a) {
   case MODEL_ARCH_LLAMA: return "LlamaForCausalLM";
   case MODEL_ARCH_MIXTRAL: return "MixtralForCausalLM";
+  case MODEL_ARCH_MISTRAL: return "MistralForCausalLM";
+  case MODEL_ARCH_QWEN2: return "Qwen2ForCausalLM";
   case MODEL_ARCH_COUNT: break;
   }
+  return "?";
+}
+
+const char *model_arch_type(model_arch_t a) {
+  for (size_t k = 0; k < N_ARCHS; k++)
+    if (archs[k].arch == a) return archs[k].model_type;
   return "?";
 }
 
@@ -289,6 +298,15 @@ lt_status_t model_config_from_json(model_config_t *cfg, const json_t *config, co
     return s;
   if (cfg->n_layers > MAX_LAYERS)
     return lt_fail(err, LT_E_INVALID, "%s: num_hidden_layers is %u, more than %u", lab, cfg->n_layers, MAX_LAYERS);
+  /* An explicit null window is full attention (Mistral v0.2 on); Qwen2 applies its window only when
+   * use_sliding_window is true, and then only above max_window_layers, which Lathe does not do: refused. */
+  if (json_is_null(json_object_get(config, "sliding_window"))) cfg->sliding_window = 0;
+  if (cfg->arch != MODEL_ARCH_MISTRAL && cfg->arch != MODEL_ARCH_MIXTRAL) {
+    if (cfg->arch == MODEL_ARCH_QWEN2 && json_is_true(json_object_get(config, "use_sliding_window")))
+      return lt_fail(err, LT_E_UNSUPPORTED, "%s: use_sliding_window true is not supported for Qwen2", lab);
+    cfg->sliding_window = 0;
+  }
+  cfg->qkv_bias = cfg->arch == MODEL_ARCH_QWEN2;
   if ((s = json_compression(cfg, config, lab, err))) return s;
   cfg->n_kv_heads = n_kv ? n_kv : cfg->n_heads;
   if (!head_dim) {
@@ -338,11 +356,11 @@ lt_status_t model_config_from_hf(model_config_t *cfg, const char *dir, lt_err_t 
 
 /* ---- GGUF metadata ---- */
 
-/* Reads llama.<key> as a u32 into *out; absent gives def unless it is required. */
-static lt_status_t gguf_u32(const gguf_t *g, const char *key, field_rule_t rule, uint32_t def, uint32_t *out,
-                            lt_err_t *err) {
+/* Reads <arch>.<key> as a u32 into *out; absent gives def unless it is required. */
+static lt_status_t gguf_u32(const gguf_t *g, const char *arch, const char *key, field_rule_t rule, uint32_t def,
+                            uint32_t *out, lt_err_t *err) {
   char full[96];
-  snprintf(full, sizeof full, "llama.%s", key);
+  snprintf(full, sizeof full, "%s.%s", arch, key);
   if (rule != REQUIRED && !gguf_kv_find(g, full)) {
     *out = def;
     return LT_OK;
@@ -357,30 +375,36 @@ lt_status_t model_config_from_gguf(model_config_t *cfg, const gguf_t *g, lt_err_
   const char *lab = gguf_path(g), *arch;
   lt_status_t s = gguf_get_str(g, "general.architecture", &arch, err);
   if (s) return s;
-  if (strcmp(arch, "llama"))
-    return lt_fail(err, LT_E_UNSUPPORTED, "%s: GGUF architecture %.40s is not supported (supported: llama)", lab, arch);
-  if (gguf_kv_find(g, "llama.rope.scaling.type")) {
+  if (strcmp(arch, "llama") && strcmp(arch, "qwen2"))
+    return lt_fail(err, LT_E_UNSUPPORTED, "%s: GGUF architecture %.40s is not supported (supported: llama, qwen2)", lab,
+                   arch);
+  char key[96];
+  snprintf(key, sizeof key, "%s.rope.scaling.type", arch);
+  if (gguf_kv_find(g, key)) {
     const char *type;
-    if ((s = gguf_get_str(g, "llama.rope.scaling.type", &type, err))) return s;
+    if ((s = gguf_get_str(g, key, &type, err))) return s;
     if (strcmp(type, "none"))
-      return lt_fail(err, LT_E_UNSUPPORTED, "%s: llama.rope.scaling.type %.40s is not supported (supported: none)", lab,
-                     type);
+      return lt_fail(err, LT_E_UNSUPPORTED, "%s: %s %.40s is not supported (supported: none)", lab, key, type);
   }
   if (gguf_tensor_find(g, "rope_freqs.weight"))
     return lt_fail(err, LT_E_UNSUPPORTED,
                    "%s: rope_freqs.weight (per-frequency RoPE factors, llama3 scaling) is not supported", lab);
   uint32_t n_kv, key_len;
-  if ((s = gguf_u32(g, "embedding_length", REQUIRED, 0, &cfg->hidden_size, err)) ||
-      (s = gguf_u32(g, "feed_forward_length", REQUIRED, 0, &cfg->intermediate_size, err)) ||
-      (s = gguf_u32(g, "block_count", REQUIRED, 0, &cfg->n_layers, err)) ||
-      (s = gguf_u32(g, "attention.head_count", REQUIRED, 0, &cfg->n_heads, err)) ||
-      (s = gguf_u32(g, "attention.head_count_kv", OPTIONAL_NONZERO, 0, &n_kv, err)) ||
-      (s = gguf_u32(g, "attention.key_length", OPTIONAL_NONZERO, 0, &key_len, err)) ||
-      (s = gguf_u32(g, "context_length", OPTIONAL, 2048, &cfg->max_position, err)) ||
-      (s = gguf_u32(g, "expert_count", OPTIONAL, 0, &cfg->n_experts, err)) ||
-      (s = gguf_u32(g, "expert_used_count", OPTIONAL, 0, &cfg->n_experts_used, err)))
+  if ((s = gguf_u32(g, arch, "embedding_length", REQUIRED, 0, &cfg->hidden_size, err)) ||
+      (s = gguf_u32(g, arch, "feed_forward_length", REQUIRED, 0, &cfg->intermediate_size, err)) ||
+      (s = gguf_u32(g, arch, "block_count", REQUIRED, 0, &cfg->n_layers, err)) ||
+      (s = gguf_u32(g, arch, "attention.head_count", REQUIRED, 0, &cfg->n_heads, err)) ||
+      (s = gguf_u32(g, arch, "attention.head_count_kv", OPTIONAL_NONZERO, 0, &n_kv, err)) ||
+      (s = gguf_u32(g, arch, "attention.key_length", OPTIONAL_NONZERO, 0, &key_len, err)) ||
+      (s = gguf_u32(g, arch, "context_length", OPTIONAL, 2048, &cfg->max_position, err)) ||
+      (s = gguf_u32(g, arch, "expert_count", OPTIONAL, 0, &cfg->n_experts, err)) ||
+      (s = gguf_u32(g, arch, "expert_used_count", OPTIONAL, 0, &cfg->n_experts_used, err)))
     return s;
-  cfg->arch = cfg->n_experts ? MODEL_ARCH_MIXTRAL : MODEL_ARCH_LLAMA;
+  bool qwen2 = !strcmp(arch, "qwen2");
+  if (qwen2 && cfg->n_experts)
+    return lt_fail(err, LT_E_UNSUPPORTED, "%s: qwen2 with experts (Qwen2-MoE) is not supported", lab);
+  cfg->arch = qwen2 ? MODEL_ARCH_QWEN2 : cfg->n_experts ? MODEL_ARCH_MIXTRAL : MODEL_ARCH_LLAMA;
+  cfg->qkv_bias = qwen2;
   if (!cfg->n_experts) cfg->n_experts_used = 0;
   cfg->n_kv_heads = n_kv ? n_kv : cfg->n_heads;
   if (!key_len) {
@@ -390,13 +414,13 @@ lt_status_t model_config_from_gguf(model_config_t *cfg, const gguf_t *g, lt_err_
     key_len = cfg->hidden_size / cfg->n_heads;
   }
   cfg->head_dim = key_len;
-  if ((s = gguf_u32(g, "rope.dimension_count", OPTIONAL_NONZERO, key_len, &cfg->rope_dim, err))) return s;
-  cfg->rms_norm_eps = 1e-5f;
-  if (gguf_kv_find(g, "llama.attention.layer_norm_rms_epsilon") &&
-      (s = gguf_get_f32(g, "llama.attention.layer_norm_rms_epsilon", &cfg->rms_norm_eps, err)))
-    return s;
-  float theta = 10000.0f;
-  if (gguf_kv_find(g, "llama.rope.freq_base") && (s = gguf_get_f32(g, "llama.rope.freq_base", &theta, err))) return s;
+  if ((s = gguf_u32(g, arch, "rope.dimension_count", OPTIONAL_NONZERO, key_len, &cfg->rope_dim, err))) return s;
+  cfg->rms_norm_eps = qwen2 ? 1e-6f : 1e-5f;
+  snprintf(key, sizeof key, "%s.attention.layer_norm_rms_epsilon", arch);
+  if (gguf_kv_find(g, key) && (s = gguf_get_f32(g, key, &cfg->rms_norm_eps, err))) return s;
+  float theta = qwen2 ? 1e6f : 10000.0f;
+  snprintf(key, sizeof key, "%s.rope.freq_base", arch);
+  if (gguf_kv_find(g, key) && (s = gguf_get_f32(g, key, &theta, err))) return s;
   cfg->rope_theta = theta;
 
   /* The vocabulary: llama.vocab_size, else the tokenizer's token list, else the embedding table. */
@@ -404,8 +428,9 @@ lt_status_t model_config_from_gguf(model_config_t *cfg, const gguf_t *g, lt_err_
   gguf_tokenizer_t tok;
   bool have_tok = gguf_kv_find(g, "tokenizer.ggml.tokens") != NULL;
   if (have_tok && (s = gguf_tokenizer(g, &tok, err))) return s;
-  if (gguf_kv_find(g, "llama.vocab_size")) {
-    if ((s = gguf_get_u32(g, "llama.vocab_size", &cfg->vocab_size, err))) return s;
+  snprintf(key, sizeof key, "%s.vocab_size", arch);
+  if (gguf_kv_find(g, key)) {
+    if ((s = gguf_get_u32(g, key, &cfg->vocab_size, err))) return s;
   } else if (have_tok)
     cfg->vocab_size = tok.n_tokens > UINT32_MAX ? UINT32_MAX : (uint32_t)tok.n_tokens;
   else if (embd && embd->t.n_dims == 2)

@@ -15,8 +15,10 @@
 #define MODEL_MAX_LAYERS 1024u
 
 typedef enum model_arch {
-  MODEL_ARCH_LLAMA = 0, /* LlamaForCausalLM (also MistralForCausalLM: same tensors, maybe a sliding window) */
+  MODEL_ARCH_LLAMA = 0, /* LlamaForCausalLM */
   MODEL_ARCH_MIXTRAL,   /* MixtralForCausalLM: LLaMA attention, sparse MoE feed-forward */
+  MODEL_ARCH_MISTRAL,   /* MistralForCausalLM: LLaMA's tensors, attention within a sliding window */
+  MODEL_ARCH_QWEN2,     /* Qwen2ForCausalLM: LLaMA with biases on the q, k and v projections */
   MODEL_ARCH_COUNT
 } model_arch_t;
 
@@ -40,6 +42,7 @@ typedef struct model_config {
   int32_t eos_ids[MODEL_MAX_EOS];
   uint32_t n_experts, n_experts_used; /* MoE; both 0 for a dense model */
   uint32_t sliding_window;            /* attention window in tokens; 0 for full causal attention */
+  bool qkv_bias;                      /* the q, k and v projections have biases (Qwen2) */
   /* Compressed models (Lathe's own config.json fields, docs/compression.md); all 0 / false otherwise. */
   uint32_t quant_bits, quant_group;         /* quantization_config "lathe_rtn": bits 8 or 4, columns per scale */
   uint16_t layer_experts[MODEL_MAX_LAYERS]; /* lathe_experts_per_layer: experts of block l (0: n_experts) */
@@ -51,6 +54,9 @@ uint32_t model_config_experts(const model_config_t *c, uint32_t layer);
 
 /* Returns the architecture's Hugging Face class name ("LlamaForCausalLM", ...); static string. */
 const char *model_arch_str(model_arch_t a);
+
+/* Returns the architecture's Hugging Face model_type ("llama", ...); static string. */
+const char *model_arch_type(model_arch_t a);
 
 /* Fills cfg from dir/config.json and, when present, dir/generation_config.json (its bos/eos ids win).
  * Unsupported architectures, activations, biases and RoPE scalings are refused with LT_E_UNSUPPORTED. */

@@ -42,6 +42,9 @@ static const struct role_desc {
     [MR_EXP_DOWN] = {"model.layers.%u.block_sparse_moe.experts.%u.w2.weight",
                      "blk.%u.ffn_down_exps.weight",
                      {D_HIDDEN, D_FFN}},
+    [MR_BQ] = {"model.layers.%u.self_attn.q_proj.bias", "blk.%u.attn_q.bias", {D_Q}},
+    [MR_BK] = {"model.layers.%u.self_attn.k_proj.bias", "blk.%u.attn_k.bias", {D_KV}},
+    [MR_BV] = {"model.layers.%u.self_attn.v_proj.bias", "blk.%u.attn_v.bias", {D_KV}},
 };
 
 #define NAME_CAP 96 /* bytes for a canonical name, NUL included */
@@ -185,6 +188,11 @@ static void build_list(model_weights_t *w, const model_config_t *c, char *names)
     list_add(w, &names, MR_WQ, li, -1, &L->wq);
     list_add(w, &names, MR_WK, li, -1, &L->wk);
     list_add(w, &names, MR_WV, li, -1, &L->wv);
+    if (c->qkv_bias) {
+      list_add(w, &names, MR_BQ, li, -1, &L->bq);
+      list_add(w, &names, MR_BK, li, -1, &L->bk);
+      list_add(w, &names, MR_BV, li, -1, &L->bv);
+    }
     list_add(w, &names, MR_WO, li, -1, &L->wo);
     if (c->ffn_dropped[l]) continue;
     list_add(w, &names, MR_FFN_NORM, li, -1, &L->ffn_norm);
@@ -207,7 +215,7 @@ static void build_list(model_weights_t *w, const model_config_t *c, char *names)
 
 /* Allocates w with its layers, experts, flat list and names arena in one block. */
 static model_weights_t *weights_alloc(const model_config_t *c, char **names) {
-  uint64_t per_layer = 6 + (c->n_experts ? 1 + 3ull * c->n_experts : 3);
+  uint64_t per_layer = 6 + (c->qkv_bias ? 3 : 0) + (c->n_experts ? 1 + 3ull * c->n_experts : 3);
   uint64_t n_list = 3 + (uint64_t)c->n_layers * per_layer;
   uint64_t bytes = sizeof(model_weights_t) + c->n_layers * sizeof(model_layer_t) +
                    (uint64_t)c->n_layers * c->n_experts * sizeof(model_ffn_t) + n_list * sizeof(model_tensor_t) +
@@ -231,7 +239,8 @@ static lt_status_t map_weights(model_weights_t **out, const model_config_t *c, c
   if (!w) return lt_fail(err, LT_E_NOMEM, "%s: out of memory for the weight list", src->lab);
   bool gguf = src->g != NULL;
   w->format = gguf ? MODEL_FORMAT_GGUF : MODEL_FORMAT_HF;
-  w->rope_neox = !gguf;
+  /* llama.cpp's converter permutes LLaMA's Q and K rows into interleaved pairs; Qwen2 files keep HF's order. */
+  w->rope_neox = !gguf || c->arch == MODEL_ARCH_QWEN2;
   lt_status_t s;
   if ((s = fetch(&w->tok_embd, src, c, MR_TOK_EMBD, 0, 0, false, err)) ||
       (s = fetch(&w->out_norm, src, c, MR_OUT_NORM, 0, 0, false, err)))
@@ -245,6 +254,10 @@ static lt_status_t map_weights(model_weights_t **out, const model_config_t *c, c
     if ((s = fetch(&L->attn_norm, src, c, MR_ATTN_NORM, l, 0, false, err)) ||
         (s = fetch(&L->wq, src, c, MR_WQ, l, 0, false, err)) || (s = fetch(&L->wk, src, c, MR_WK, l, 0, false, err)) ||
         (s = fetch(&L->wv, src, c, MR_WV, l, 0, false, err)) || (s = fetch(&L->wo, src, c, MR_WO, l, 0, false, err)))
+      goto fail;
+    if (c->qkv_bias &&
+        ((s = fetch(&L->bq, src, c, MR_BQ, l, 0, false, err)) || (s = fetch(&L->bk, src, c, MR_BK, l, 0, false, err)) ||
+         (s = fetch(&L->bv, src, c, MR_BV, l, 0, false, err))))
       goto fail;
     if (c->ffn_dropped[l]) continue; /* no post-attention norm, router, experts or MLP */
     if ((s = fetch(&L->ffn_norm, src, c, MR_FFN_NORM, l, 0, false, err))) goto fail;

@@ -36,6 +36,9 @@ typedef enum model_role {
   MR_EXP_GATE,     /* [ffn, hidden], one per expert */
   MR_EXP_UP,       /* [ffn, hidden], one per expert */
   MR_EXP_DOWN,     /* [hidden, ffn], one per expert */
+  MR_BQ,           /* [n_heads * head_dim] (qkv_bias) */
+  MR_BK,           /* [n_kv_heads * head_dim] (qkv_bias) */
+  MR_BV,           /* [n_kv_heads * head_dim] (qkv_bias) */
   MR_COUNT
 } model_role_t;
 
@@ -46,6 +49,7 @@ typedef struct model_ffn {
 /* One transformer block. Dense models fill ffn; MoE models fill router and experts instead. */
 typedef struct model_layer {
   ft_tensor_t attn_norm, wq, wk, wv, wo, ffn_norm;
+  ft_tensor_t bq, bk, bv; /* qkv_bias models only */
   model_ffn_t ffn;
   ft_tensor_t router;
   model_ffn_t *experts; /* [n_experts], NULL for dense; owned by the model_weights */

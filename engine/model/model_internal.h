@@ -28,6 +28,7 @@ typedef struct dffn {
 
 typedef struct dlayer {
   gpu_buf_t *attn_norm, *ffn_norm; /* f32 [hidden] */
+  gpu_buf_t *bq, *bk, *bv;         /* f32 q, k, v biases (qkv_bias models), else NULL */
   dmat_t wq, wk, wv, wo;
   dffn_t ffn;
   dmat_t router;

@@ -315,6 +315,9 @@ static lt_status_t params_build(model_t *m, const model_weights_t *w, lt_err_t *
     case MR_EXP_GATE: st = params_add(m, t, &X->gate, NULL, 0, err); break;
     case MR_EXP_UP: st = params_add(m, t, &X->up, NULL, 0, err); break;
     case MR_EXP_DOWN: st = params_add(m, t, &X->down, NULL, 0, err); break;
+    case MR_BQ: st = params_add(m, t, NULL, L->bq, m->cfg.n_heads * m->cfg.head_dim, err); break;
+    case MR_BK: st = params_add(m, t, NULL, L->bk, m->cfg.n_kv_heads * m->cfg.head_dim, err); break;
+    case MR_BV: st = params_add(m, t, NULL, L->bv, m->cfg.n_kv_heads * m->cfg.head_dim, err); break;
     case MR_COUNT: break;
     }
   }
@@ -369,6 +372,10 @@ model_t *model_load(gpu_t *g, const char *path, const model_load_opts_t *opts, l
     if ((st = dmat_load(m, &d->wk, &src->wk, err)) != LT_OK) break;
     if ((st = dmat_load(m, &d->wv, &src->wv, err)) != LT_OK) break;
     if ((st = dmat_load(m, &d->wo, &src->wo, err)) != LT_OK) break;
+    if (c->qkv_bias && ((st = upload_f32(g, &d->bq, &src->bq, &m->mem.weight_device_bytes, err)) != LT_OK ||
+                        (st = upload_f32(g, &d->bk, &src->bk, &m->mem.weight_device_bytes, err)) != LT_OK ||
+                        (st = upload_f32(g, &d->bv, &src->bv, &m->mem.weight_device_bytes, err)) != LT_OK))
+      break;
     if (d->ffn_dropped) continue;
     if (c->n_experts) {
       if ((st = dmat_load(m, &d->router, &src->router, err)) != LT_OK) break;
@@ -402,6 +409,9 @@ void model_destroy(model_t **mp) {
     dlayer_t *d = &m->layers[l];
     gpu_buf_destroy(&d->attn_norm);
     gpu_buf_destroy(&d->ffn_norm);
+    gpu_buf_destroy(&d->bq);
+    gpu_buf_destroy(&d->bk);
+    gpu_buf_destroy(&d->bv);
     dmat_free(&d->wq);
     dmat_free(&d->wk);
     dmat_free(&d->wv);

@@ -20,7 +20,7 @@ json_t *model_config_json(const model_config_t *c) {
   json_t *j = json_object();
   bool moe = c->arch == MODEL_ARCH_MIXTRAL;
   json_object_set_new(j, "architectures", json_pack("[s]", model_arch_str(c->arch)));
-  json_object_set_new(j, "model_type", json_string(moe ? "mixtral" : "llama"));
+  json_object_set_new(j, "model_type", json_string(model_arch_type(c->arch)));
   json_object_set_new(j, "hidden_size", json_integer(c->hidden_size));
   json_object_set_new(j, "intermediate_size", json_integer(c->intermediate_size));
   json_object_set_new(j, "num_hidden_layers", json_integer(c->n_layers));
@@ -54,7 +54,10 @@ json_t *model_config_json(const model_config_t *c) {
     json_object_set_new(j, "num_local_experts", json_integer(c->n_experts));
     json_object_set_new(j, "num_experts_per_tok", json_integer(c->n_experts_used));
   }
-  if (c->sliding_window) json_object_set_new(j, "sliding_window", json_integer(c->sliding_window));
+  if (c->sliding_window)
+    json_object_set_new(j, "sliding_window", json_integer(c->sliding_window));
+  else if (c->arch == MODEL_ARCH_MISTRAL || c->arch == MODEL_ARCH_MIXTRAL)
+    json_object_set_new(j, "sliding_window", json_null()); /* absent would mean Mistral's default window */
   json_object_set_new(j, "torch_dtype", json_string("float32"));
   /* Lathe's compression fields (docs/compression.md). */
   if (c->quant_bits)

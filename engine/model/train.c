@@ -41,6 +41,8 @@ typedef struct wref {
 typedef struct tlayer {
   const model_param_t *attn_norm, *ffn_norm;
   int32_t attn_norm_grad, ffn_norm_grad;
+  const model_param_t *bq, *bk, *bv; /* q, k, v biases (qkv_bias models), else NULL */
+  int32_t bq_grad, bk_grad, bv_grad;
   wref_t wq, wk, wv, wo, gate, up, down;
   /* Mixture of experts: the router and each expert's w1 (gate), w3 (up), w2 (down). */
   uint32_t n_exp;
@@ -334,6 +336,17 @@ static lt_status_t acts_ensure(train_t *t, uint32_t R, uint32_t T, lt_err_t *err
       st = gpu_upload(t->ones, 0, one, (uint64_t)t->list_cap * 4, err);
     free(one);
   }
+  if (st == LT_OK && c->qkv_bias && !t->ones && t->o.what == TRAIN_FULL) {
+    /* Bias gradients are column sums of the projections' output gradients: dy^T . ones. */
+    float *one = malloc((uint64_t)R * 4);
+    if (!one) return lt_fail(err, LT_E_NOMEM, "out of memory");
+    for (uint32_t i = 0; i < R; i++) one[i] = 1.0f;
+    if (!(t->ones = abuf(t, R, err)))
+      st = err ? err->code : LT_E_DEVICE_OOM;
+    else
+      st = gpu_upload(t->ones, 0, one, (uint64_t)R * 4, err);
+    free(one);
+  }
   if (t->o.recompute) {
     st = blk_alloc(t, &t->shared, R, false, err);
     for (uint32_t l = 0; l < c->n_layers && st == LT_OK; l++) {
@@ -463,6 +476,16 @@ train_t *train_new(model_t *m, const train_opts_t *o, lt_err_t *err) {
     snprintf(name, sizeof name, "model.layers.%u.input_layernorm.weight", l);
     if ((st = norm_get(t, &L->attn_norm, &L->attn_norm_grad, name, err)) != LT_OK) break;
     W(wq, "self_attn.q_proj") W(wk, "self_attn.k_proj") W(wv, "self_attn.v_proj") W(wo, "self_attn.o_proj");
+    L->bq_grad = L->bk_grad = L->bv_grad = -1;
+    if (c->qkv_bias) {
+      const model_param_t **bs[3] = {&L->bq, &L->bk, &L->bv};
+      int32_t *gs[3] = {&L->bq_grad, &L->bk_grad, &L->bv_grad};
+      for (int k = 0; k < 3 && st == LT_OK; k++) {
+        snprintf(name, sizeof name, "model.layers.%u.self_attn.%c_proj.bias", l, "qkv"[k]);
+        st = norm_get(t, bs[k], gs[k], name, err); /* trained in full training, never decayed */
+      }
+      if (st != LT_OK) break;
+    }
     snprintf(name, sizeof name, "model.layers.%u.post_attention_layernorm.weight", l);
     if ((st = norm_get(t, &L->ffn_norm, &L->ffn_norm_grad, name, err)) != LT_OK) break;
     if (c->n_experts) {
@@ -804,6 +827,11 @@ static lt_status_t block_fwd(train_t *t, gpu_cmd_t **cp, uint32_t l, const batch
   if (st == LT_OK) st = lin_fwd(t, c, b->q, b->xn1, &L->wq, R, false, err);
   if (st == LT_OK) st = lin_fwd(t, c, b->k, b->xn1, &L->wk, R, false, err);
   if (st == LT_OK) st = lin_fwd(t, c, b->v, b->xn1, &L->wv, R, false, err);
+  if (st == LT_OK && L->bq) {
+    if ((st = op_add(c, gv(b->q), gv(b->q), gv(L->bq->buf), R * qd, qd, err)) == LT_OK &&
+        (st = op_add(c, gv(b->k), gv(b->k), gv(L->bk->buf), R * kvd, kvd, err)) == LT_OK)
+      st = op_add(c, gv(b->v), gv(b->v), gv(L->bv->buf), R * kvd, kvd, err);
+  }
   if (st == LT_OK)
     st = op_rope(c, gv(b->q), gv(t->pos), gv(t->rope), R, cf->n_heads, cf->head_dim, cf->rope_dim, t->neox,
                  t->rope_rows, err);
@@ -815,7 +843,8 @@ static lt_status_t block_fwd(train_t *t, gpu_cmd_t **cp, uint32_t l, const batch
     uint64_t r0 = (uint64_t)s * bt->T;
     gpu_view_t o = {b->att, r0 * qd * 4}, q = {b->q, r0 * qd * 4}, k = {b->k, r0 * kvd * 4}, v = {b->v, r0 * kvd * 4};
     gpu_view_t lse = {b->lse, r0 * cf->n_heads * 4};
-    st = op_attention_lse(c, o, lse, q, k, v, bt->T, cf->n_heads, cf->n_kv_heads, cf->head_dim, scale, err);
+    st = op_attention_lse(c, o, lse, q, k, v, bt->T, cf->n_heads, cf->n_kv_heads, cf->head_dim, cf->sliding_window,
+                          scale, err);
   }
   /* h1 = x + att . Wo^T */
   if (st == LT_OK) st = gpu_cmd_copy(c, b->x, 0, b->h1, 0, (uint64_t)R * d * 4, err);
@@ -885,7 +914,7 @@ static lt_status_t block_bwd(train_t *t, gpu_cmd_t **cp, uint32_t l, const batch
     gpu_view_t lse = {b->lse, r0 * cf->n_heads * 4}, dout = {t->datt, r0 * qd * 4};
     gpu_view_t dq = {t->dq, r0 * qd * 4}, dk = {t->dk, r0 * kvd * 4}, dv = {t->dv, r0 * kvd * 4};
     st = op_attention_backward(c, dq, dk, dv, q, k, v, o, dout, lse, bt->T, cf->n_heads, cf->n_kv_heads, cf->head_dim,
-                               scale, err);
+                               cf->sliding_window, scale, err);
   }
   if (st == LT_OK)
     st = op_rope_backward(c, gv(t->dq), gv(t->pos), gv(t->rope), R, cf->n_heads, cf->head_dim, cf->rope_dim, t->neox,
@@ -893,6 +922,11 @@ static lt_status_t block_bwd(train_t *t, gpu_cmd_t **cp, uint32_t l, const batch
   if (st == LT_OK)
     st = op_rope_backward(c, gv(t->dk), gv(t->pos), gv(t->rope), R, cf->n_kv_heads, cf->head_dim, cf->rope_dim, t->neox,
                           t->rope_rows, err);
+  /* The biases' gradients: the column sums of dq, dk, dv (full training). */
+  const int32_t bg[3] = {L->bq_grad, L->bk_grad, L->bv_grad};
+  gpu_buf_t *bdy[3] = {t->dq, t->dk, t->dv};
+  for (int k = 0; k < 3 && st == LT_OK; k++)
+    if (bg[k] >= 0) st = op_matmul_dw(c, gv(t->tt[bg[k]].grad), gv(bdy[k]), gv(t->ones), R, k ? kvd : qd, 1, true, err);
   /* q and k were saved after RoPE; the weight gradients need xn1 only, which is saved. */
   if (st == LT_OK) st = lin_bwd(t, c, t->dxn, t->dq, b->xn1, &L->wq, R, false, err);
   if (st == LT_OK) st = lin_bwd(t, c, t->dxn, t->dk, b->xn1, &L->wk, R, true, err);

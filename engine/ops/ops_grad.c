@@ -199,26 +199,28 @@ static lt_status_t attn_train(gpu_cmd_t *c, gpu_view_t *v, uint32_t T, uint32_t 
 }
 
 lt_status_t op_attention_lse(gpu_cmd_t *c, gpu_view_t out, gpu_view_t lse, gpu_view_t q, gpu_view_t k, gpu_view_t v,
-                             uint32_t T, uint32_t n_heads, uint32_t n_kv_heads, uint32_t head_dim, float scale,
-                             lt_err_t *err) {
+                             uint32_t T, uint32_t n_heads, uint32_t n_kv_heads, uint32_t head_dim, uint32_t window,
+                             float scale, lt_err_t *err) {
   lt_status_t st = attn_check(T, n_heads, n_kv_heads, head_dim, err);
   if (st != LT_OK || T == 0) return st;
   /* Modes 0 reads none of bindings 5..8: q stands in for them. */
   gpu_view_t views[9] = {out, lse, q, k, v, q, q, lse, lse};
-  pc_attn_train_t pc = {.T = T, .n_heads = n_heads, .n_kv_heads = n_kv_heads, .scale = scale, .mode = 0};
+  pc_attn_train_t pc = {
+      .T = T, .n_heads = n_heads, .n_kv_heads = n_kv_heads, .scale = scale, .mode = 0, .window = window};
   return attn_train(c, views, T, n_heads, n_kv_heads, head_dim, &pc, (uint64_t)T * n_heads, err);
 }
 
 lt_status_t op_attention_backward(gpu_cmd_t *c, gpu_view_t dq, gpu_view_t dk, gpu_view_t dv, gpu_view_t q, gpu_view_t k,
                                   gpu_view_t v, gpu_view_t out, gpu_view_t dout, gpu_view_t lse, uint32_t T,
-                                  uint32_t n_heads, uint32_t n_kv_heads, uint32_t head_dim, float scale,
-                                  lt_err_t *err) {
+                                  uint32_t n_heads, uint32_t n_kv_heads, uint32_t head_dim, uint32_t window,
+                                  float scale, lt_err_t *err) {
   lt_status_t st = attn_check(T, n_heads, n_kv_heads, head_dim, err);
   if (st != LT_OK || T == 0) return st;
   gpu_buf_t *D = gpu_cmd_scratch(c, (uint64_t)T * n_heads * 4, err);
   if (!D) return err ? err->code : LT_E_DEVICE_OOM;
   gpu_view_t views[9] = {dq, gv(D), q, k, v, out, dout, lse, gv(D)};
-  pc_attn_train_t pc = {.T = T, .n_heads = n_heads, .n_kv_heads = n_kv_heads, .scale = scale, .mode = 1};
+  pc_attn_train_t pc = {
+      .T = T, .n_heads = n_heads, .n_kv_heads = n_kv_heads, .scale = scale, .mode = 1, .window = window};
   st = attn_train(c, views, T, n_heads, n_kv_heads, head_dim, &pc, (uint64_t)T * n_heads, err);
   /* dk, dv: each invocation loops over (query, head) pairs of its chunk of queries. */
   uint32_t rep = n_heads / n_kv_heads, chunk = op_loop_budget(OP_ATTN_TRAIN) / rep;
@@ -232,7 +234,8 @@ lt_status_t op_attention_backward(gpu_cmd_t *c, gpu_view_t dq, gpu_view_t dk, gp
                            .mode = 2,
                            .t_base = t0,
                            .t_len = chunk,
-                           .accumulate = t0 > 0};
+                           .accumulate = t0 > 0,
+                           .window = window};
     st = attn_train(c, kv_views, T, n_heads, n_kv_heads, head_dim, &pc, (uint64_t)T * n_kv_heads, err);
   }
   return st;

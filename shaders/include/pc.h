@@ -130,6 +130,7 @@ PC_BEGIN(pc_attn)
   uint row_base;   /* first query row of this dispatch; partials are indexed by row - row_base */
   uint split_len;  /* keys per split; workgroup z covers keys [z * split_len, (z + 1) * split_len) */
   uint n_splits;   /* 1: attn writes out directly; more: attn writes partials that attn_merge combines */
+  uint window;     /* sliding window: query t sees keys (q_pos0 + t - window, q_pos0 + t] only; 0: none */
 PC_END(pc_attn)
 #endif
 
@@ -192,6 +193,7 @@ PC_BEGIN(pc_attn_train)
   float scale;
   uint mode;
   uint t_base, t_len, accumulate;
+  uint window; /* query t sees keys (t - window, t] only; 0: all keys up to t */
 PC_END(pc_attn_train)
 #endif
 

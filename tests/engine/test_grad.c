@@ -199,10 +199,10 @@ Test(grad, rope_backward_is_the_transpose) {
 
 /* sum(dout * attention(q, k, v)) in double, for the finite differences of the attention reference. */
 static double attn_loss(const float *q, const float *k, const float *v, const float *dout, uint32_t T, uint32_t H,
-                        uint32_t KV, uint32_t hd, float scale) {
+                        uint32_t KV, uint32_t hd, uint32_t W, float scale) {
   uint64_t n = (uint64_t)T * H * hd;
   float *out = talloc(n), *lse = talloc((uint64_t)T * H);
-  ref_attention_lse(out, lse, q, k, v, T, H, KV, hd, scale);
+  ref_attention_lse(out, lse, q, k, v, T, H, KV, hd, W, scale);
   double L = 0;
   for (uint64_t i = 0; i < n; i++) L += (double)out[i] * dout[i];
   free(out), free(lse);
@@ -210,21 +210,23 @@ static double attn_loss(const float *q, const float *k, const float *v, const fl
 }
 
 Test(grad, attention_forward_with_lse_and_backward) {
+  /* W: a sliding window (Mistral), 0 for full causal attention. */
   struct {
-    uint32_t T, H, KV, hd;
-  } shapes[] = {{1, 2, 1, 8}, {19, 4, 2, 16}, {33, 6, 2, 12}, {7, 3, 3, 5}};
-  for (int si = 0; si < 4; si++) {
-    uint32_t T = shapes[si].T, H = shapes[si].H, KV = shapes[si].KV, hd = shapes[si].hd;
+    uint32_t T, H, KV, hd, W;
+  } shapes[] = {{1, 2, 1, 8, 0}, {19, 4, 2, 16, 0}, {33, 6, 2, 12, 0},
+                {7, 3, 3, 5, 0}, {19, 4, 2, 16, 5}, {33, 2, 1, 8, 1}};
+  for (int si = 0; si < 6; si++) {
+    uint32_t T = shapes[si].T, H = shapes[si].H, KV = shapes[si].KV, hd = shapes[si].hd, W = shapes[si].W;
     float scale = 1.0f / sqrtf((float)hd);
     uint64_t nq = (uint64_t)T * H * hd, nk = (uint64_t)T * KV * hd, nl = (uint64_t)T * H, seed = 40 + si;
     float *q = talloc(nq), *k = talloc(nk), *v = talloc(nk), *dout = talloc(nq);
     trand(q, nq, -1, 1, &seed), trand(k, nk, -1, 1, &seed), trand(v, nk, -1, 1, &seed), trand(dout, nq, -1, 1, &seed);
     float *out = talloc(nq), *lse = talloc(nl), *dq = talloc(nq), *dk = talloc(nk), *dv = talloc(nk);
-    ref_attention_lse(out, lse, q, k, v, T, H, KV, hd, scale);
-    ref_attention_backward(dq, dk, dv, q, k, v, dout, T, H, KV, hd, scale);
+    ref_attention_lse(out, lse, q, k, v, T, H, KV, hd, W, scale);
+    ref_attention_backward(dq, dk, dv, q, k, v, dout, T, H, KV, hd, W, scale);
     /* The output equals the existing attention reference; the backward reference matches finite differences. */
     float *out2 = talloc(nq);
-    ref_attention(out2, q, k, v, T, H, KV, hd, 0, T, scale);
+    ref_attention(out2, q, k, v, T, H, KV, hd, 0, T, W, scale);
     tassert_close(out, out2, nq, 1e-6, 1e-5, "reference forward");
     free(out2);
     float *bufs[3] = {q, k, v}, *grads[3] = {dq, dk, dv};
@@ -233,9 +235,9 @@ Test(grad, attention_forward_with_lse_and_backward) {
       for (uint64_t i = 0; i < n; i += 7) {
         float o = bufs[b][i], h = 1e-2f;
         bufs[b][i] = o + h;
-        double up = attn_loss(q, k, v, dout, T, H, KV, hd, scale);
+        double up = attn_loss(q, k, v, dout, T, H, KV, hd, W, scale);
         bufs[b][i] = o - h;
-        double dn = attn_loss(q, k, v, dout, T, H, KV, hd, scale);
+        double dn = attn_loss(q, k, v, dout, T, H, KV, hd, W, scale);
         bufs[b][i] = o;
         /* f32 outputs summed in double: the difference quotient carries ~1e-7 / h of rounding, plus h^2 terms. */
         cr_assert(fabs((up - dn) / (2 * h) - grads[b][i]) < 2e-4 + 1e-3 * fabs(grads[b][i]),
@@ -247,10 +249,10 @@ Test(grad, attention_forward_with_lse_and_backward) {
               *bdv = tbuf_f32(NULL, nk);
     lt_err_t err = {0};
     gpu_cmd_t *c = tbegin();
-    cr_assert_eq(op_attention_lse(c, gv(bo), gv(bl), gv(bq), gv(bk), gv(bv), T, H, KV, hd, scale, &err), LT_OK, "%s",
+    cr_assert_eq(op_attention_lse(c, gv(bo), gv(bl), gv(bq), gv(bk), gv(bv), T, H, KV, hd, W, scale, &err), LT_OK, "%s",
                  err.msg);
     cr_assert_eq(op_attention_backward(c, gv(bdq), gv(bdk), gv(bdv), gv(bq), gv(bk), gv(bv), gv(bo), gv(bdo), gv(bl), T,
-                                       H, KV, hd, scale, &err),
+                                       H, KV, hd, W, scale, &err),
                  LT_OK, "%s", err.msg);
     tfinish(&c);
     float *go = tread_f32(bo, nq), *gl = tread_f32(bl, nl), *gq = tread_f32(bdq, nq), *gk = tread_f32(bdk, nk),

@@ -84,8 +84,8 @@ static double check(lt_dtype_t t, uint32_t M, uint32_t N, uint32_t K, uint32_t p
       }
       double tol = 1e-5 * (wmax * xsum + (acc ? fabs(y0[(uint64_t)m * ys + n]) : 0.0)) + 1e-6;
       double g = got[(uint64_t)m * ys + n];
-      cr_assert(fabs(g - want) <= tol, "%s %ux%ux%u path %d%s: y[%u,%u] = %.9g, want %.9g (tol %.3g)",
-                lt_dtype_str(t), M, N, K, (int)path, acc ? " accumulate" : "", m, n, g, want, tol);
+      cr_assert(fabs(g - want) <= tol, "%s %ux%ux%u path %d%s: y[%u,%u] = %.9g, want %.9g (tol %.3g)", lt_dtype_str(t),
+                M, N, K, (int)path, acc ? " accumulate" : "", m, n, g, want, tol);
       worst = fmax(worst, fabs(g - want) / tol);
     }
   }
@@ -215,8 +215,8 @@ Test(qblock, the_reference_equals_ggml_dequantisation) {
       for (uint32_t k = 0; k < cols; k++) wmax = fmaxf(wmax, fabsf(want[(uint64_t)r * cols + k]));
       for (uint32_t k = 0; k < cols; k++) {
         uint64_t i = (uint64_t)r * cols + k;
-        cr_assert(fabsf(got[i] - want[i]) <= 1e-6f * wmax, "%s row %u element %u: %.9g, ggml %.9g", lt_dtype_str(t),
-                  r, k, got[i], want[i]);
+        cr_assert(fabsf(got[i] - want[i]) <= 1e-6f * wmax, "%s row %u element %u: %.9g, ggml %.9g", lt_dtype_str(t), r,
+                  k, got[i], want[i]);
       }
     }
     free(blocks), free(want), free(got);
@@ -254,8 +254,8 @@ Test(qblock, dx_through_every_format) {
           dsum += fabs(dy[m * N + n]);
         }
         double tol = 1e-5 * wmax * dsum + 1e-6;
-        cr_assert(fabs(got[(uint64_t)m * K + k] - want) <= tol, "%s dx[%u,%u] = %.9g, want %.9g", lt_dtype_str(t), m,
-                  k, got[(uint64_t)m * K + k], want);
+        cr_assert(fabs(got[(uint64_t)m * K + k] - want) <= tol, "%s dx[%u,%u] = %.9g, want %.9g", lt_dtype_str(t), m, k,
+                  got[(uint64_t)m * K + k], want);
       }
     gpu_buf_destroy(&bw), gpu_buf_destroy(&bdy), gpu_buf_destroy(&bdx);
     free(w), free(dy), free(wf), free(got);

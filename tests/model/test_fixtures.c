@@ -5,6 +5,8 @@
  * summation orders and is still 1/90 of the smallest greedy margin (8.9e-3). */
 #include <criterion/criterion.h>
 #include <jansson.h>
+#include <limits.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -131,6 +133,43 @@ Test(fixtures, llama_tiny_f32) { check_fixture("llama-tiny"); }
 Test(fixtures, llama_tiny_f16) { check_fixture("llama-tiny-f16"); }
 Test(fixtures, llama3_scaled_bf16_tied) { check_fixture("llama3-scaled"); }
 Test(fixtures, mixtral_tiny) { check_fixture("mixtral-tiny"); }
+Test(fixtures, qwen2_tiny_qkv_biases_tied) { check_fixture("qwen2-tiny"); }
+Test(fixtures, mistral_sliding_window_of_4) { check_fixture("mistral-swa-tiny"); }
+
+Test(fixtures, the_window_changes_the_logits_past_it) {
+  /* The same Mistral weights loaded with the window off (sliding_window null in a copy of the folder) give the
+   * reference's logits for rows 0..3, which see at most 4 keys either way, and different ones after: the window
+   * is applied, and applied from the right row on. */
+  fixture_t f;
+  fixture_load(&f, "mistral-swa-tiny");
+  static char cmd[4 * PATH_MAX + 256]; /* the fixture folder may sit under a long path */
+  char dir[] = "/tmp/lathe-noswa-XXXXXX";
+  cr_assert(mkdtemp(dir) != NULL);
+  snprintf(cmd, sizeof cmd,
+           "cp %s/* %s/ && sed -i 's/\"sliding_window\": 4/\"sliding_window\": null/' %s/config.json && "
+           "grep -q '\"sliding_window\": null' %s/config.json",
+           f.dir, dir, dir, dir);
+  cr_assert_eq(system(cmd), 0, "%s", cmd);
+  lt_err_t err = {0};
+  model_t *m = model_load(tgpu(), dir, NULL, &err);
+  cr_assert(m != NULL, "%s", err.msg);
+  cr_assert_eq(model_config(m)->sliding_window, 0);
+  uint32_t V = model_config(m)->vocab_size;
+  model_seq_t *s = model_seq_new(m, 32, &err);
+  float *all = talloc(ROWS * V);
+  model_item_t it = {.seq = s, .tokens = f.seq, .n_tokens = ROWS, .out = MODEL_OUT_ALL, .result = all};
+  cr_assert_eq(model_forward(m, &it, 1, NULL, &err), LT_OK, "%s", err.msg);
+  tassert_close(all, f.logits, 4 * V, 1e-4, 0, "rows 0..3 without the window");
+  double worst = 0;
+  for (uint64_t i = 4ull * V; i < (uint64_t)ROWS * V; i++) worst = fmax(worst, fabs(all[i] - f.logits[i]));
+  cr_assert_gt(worst, 0.1, "full attention moved the logits past the window by only %g", worst);
+  free(all);
+  model_seq_destroy(&s);
+  model_destroy(&m);
+  json_decref(f.ref);
+  snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+  cr_assert_eq(system(cmd), 0);
+}
 
 Test(fixtures, split_weights_give_the_same_logits) {
   /* With bindings limited to 8 KiB the embedding, LM head, MLP and expert weights are split into row pieces (each
@@ -147,9 +186,10 @@ Test(fixtures, split_weights_give_the_same_logits) {
 
 Test(fixtures, saved_model_reloads_with_the_same_logits) {
   /* model_save writes a Hugging Face folder that loads again and computes bit-identical logits (the same weights
-   * in the same dtypes); checked for an f16, a tied bf16 (saved as f32) and a Mixtral model. */
-  const char *names[] = {"llama-tiny-f16", "llama3-scaled", "mixtral-tiny"};
-  for (unsigned k = 0; k < 3; k++) {
+   * in the same dtypes); checked for an f16, a tied bf16 (saved as f32), a Mixtral, a Qwen2 (biases) and a Mistral
+   * (sliding window) model. */
+  const char *names[] = {"llama-tiny-f16", "llama3-scaled", "mixtral-tiny", "qwen2-tiny", "mistral-swa-tiny"};
+  for (unsigned k = 0; k < 5; k++) {
     fixture_t f;
     fixture_load(&f, names[k]);
     lt_err_t err = {0};

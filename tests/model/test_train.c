@@ -74,6 +74,12 @@ Test(train, full_gradients_match_pytorch_tied_llama3_scaling) {
   check_full_grads("llama3-scaled", 0, "grads.safetensors");
 }
 
+Test(train, full_gradients_match_pytorch_qwen2_biases) { check_full_grads("qwen2-tiny", 0, "grads.safetensors"); }
+
+Test(train, full_gradients_match_pytorch_mistral_window) {
+  check_full_grads("mistral-swa-tiny", 0, "grads.safetensors");
+}
+
 Test(train, full_gradients_match_pytorch_mixtral) {
   /* Router, experts (through the renormalised top-2 gate weights) and everything below them. */
   check_full_grads("mixtral-tiny", 0, "grads.safetensors");

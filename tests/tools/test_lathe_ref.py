@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Checks tools/lathe_ref.py against a real model and against independent, written-out formulas.
+"""Checks tools/lathe_ref.py against a real model and against independent, written-out formulas (per-head, per-key
+and per-expert loops with their own reading of biases and sliding windows), and the fixtures against it.
 
   /usr/bin/python3 tests/tools/test_lathe_ref.py
 
@@ -87,11 +88,21 @@ def test_llama3_inv_freq():
 
 
 def dense_forward(model, ids):
-    """The forward pass written out per head and per expert with plain loops (float64)."""
+    """The forward pass written out per head and per expert with plain loops (float64). Query t of a Mistral
+    model reads the keys t-W+1..t (the window holds W keys, the query's own included), others the keys 0..t; the
+    linear layers add their bias where the checkpoint has one."""
     cfg = model.cfg
     sd = {k: v.double() for k, v in model.state_dict().items()}
     T, H, KV, D = len(ids), cfg["num_attention_heads"], cfg["num_key_value_heads"], ref.head_dim(cfg)
     eps = cfg["rms_norm_eps"]
+    window = cfg.get("sliding_window") if cfg["architectures"] == ["MistralForCausalLM"] else None
+
+    def keys(t):
+        return range(0 if window is None else max(0, t - window + 1), t + 1)
+
+    def linear(x, name):
+        y = x @ sd[name + ".weight"].t()
+        return y + sd[name + ".bias"] if name + ".bias" in sd else y
 
     def rms(x, w):
         return w * x / torch.sqrt((x * x).mean(-1, keepdim=True) + eps)
@@ -108,16 +119,17 @@ def dense_forward(model, ids):
     for layer in range(cfg["num_hidden_layers"]):
         p = f"model.layers.{layer}."
         h = rms(x, sd[p + "input_layernorm.weight"])
-        q, k, v = (h @ sd[p + f"self_attn.{n}_proj.weight"].t() for n in "qkv")
+        q, k, v = (linear(h, p + f"self_attn.{n}_proj") for n in "qkv")
         att_out = torch.zeros(T, H * D, dtype=torch.float64)
         for head in range(H):
             kvh = head // (H // KV)
             for t in range(T):
                 qt = rope(q[t, head * D:(head + 1) * D], t)
-                scores = torch.tensor([qt @ rope(k[s, kvh * D:(kvh + 1) * D], s) / math.sqrt(D) for s in range(t + 1)])
+                scores = torch.tensor([qt @ rope(k[s, kvh * D:(kvh + 1) * D], s) / math.sqrt(D) for s in keys(t)])
                 w = scores.softmax(0)
-                att_out[t, head * D:(head + 1) * D] = sum(w[s] * v[s, kvh * D:(kvh + 1) * D] for s in range(t + 1))
-        x = x + att_out @ sd[p + "self_attn.o_proj.weight"].t()
+                att_out[t, head * D:(head + 1) * D] = sum(w[n] * v[s, kvh * D:(kvh + 1) * D]
+                                                          for n, s in enumerate(keys(t)))
+        x = x + linear(att_out, p + "self_attn.o_proj")
         h = rms(x, sd[p + "post_attention_layernorm.weight"])
         if ref.is_moe(cfg):
             out = torch.zeros_like(h)
@@ -129,8 +141,8 @@ def dense_forward(model, ids):
                     w1, w2, w3 = (sd[p + f"block_sparse_moe.experts.{e}.w{i}.weight"] for i in (1, 2, 3))
                     out[t] += probs[e] / norm * (w2 @ (torch.nn.functional.silu(w1 @ h[t]) * (w3 @ h[t])))
         else:
-            g, u, d = (sd[p + f"mlp.{n}_proj.weight"] for n in ("gate", "up", "down"))
-            out = (torch.nn.functional.silu(h @ g.t()) * (h @ u.t())) @ d.t()
+            out = linear(torch.nn.functional.silu(linear(h, p + "mlp.gate_proj")) * linear(h, p + "mlp.up_proj"),
+                         p + "mlp.down_proj")
         x = x + out
     x = rms(x, sd["model.norm.weight"])
     head = sd["model.embed_tokens.weight"] if cfg.get("tie_word_embeddings") else sd["lm_head.weight"]
@@ -139,15 +151,149 @@ def dense_forward(model, ids):
 
 def test_forward_against_loops():
     fixtures = os.path.join(ROOT, "tests", "fixtures")
-    for name in ("llama-tiny", "llama3-scaled", "mixtral-tiny"):
+    for name in ("llama-tiny", "llama3-scaled", "mixtral-tiny", "qwen2-tiny", "mistral-swa-tiny"):
         model = ref.load_hf(os.path.join(fixtures, name), torch.float64)
         with open(os.path.join(fixtures, name, "reference.json")) as f:
-            ids = json.load(f)["prompt_tokens"][:6]
+            ids = json.load(f)["prompt_tokens"][:7]  # past mistral-swa-tiny's window of 4
         want = dense_forward(model, ids)
         with torch.no_grad():
             got = model(torch.tensor([ids]))[0]
         err = float((got - want).abs().max())
         assert err < 1e-10, (name, err)  # float64 both ways: only summation order differs
+
+
+def random_model(cfg, seed, bias_std=0.5):
+    model = ref.CausalLM(cfg).double()
+    ref.init_weights(model, torch.Generator().manual_seed(seed), std=0.3, norm_jitter=0.1, bias_std=bias_std)
+    return model.eval()
+
+
+TINY = {"vocab_size": 40, "hidden_size": 24, "intermediate_size": 40, "num_hidden_layers": 2,
+        "num_attention_heads": 6, "num_key_value_heads": 2, "rms_norm_eps": 1e-5, "rope_theta": 10000.0,
+        "bos_token_id": 0, "eos_token_id": 0}
+
+
+def test_sliding_window_mask():
+    """attention_mask against the rule spelled out, and a random Mistral model (windows 1, 3 and 5 over 12 tokens,
+    GQA) against the per-query loop over its allowed keys."""
+    for T, W in ((1, 1), (5, 1), (6, 3), (9, 4), (4, 9)):
+        m = ref.attention_mask(T, W)
+        for i in range(T):
+            for j in range(T):
+                assert bool(m[i, j]) == (j <= i and i - j < W), (T, W, i, j)
+            assert int(m[i].sum()) == min(i + 1, W)  # the window holds W keys, the query's own position included
+    assert torch.equal(ref.attention_mask(7), torch.ones(7, 7, dtype=torch.bool).tril())
+    gen = torch.Generator().manual_seed(11)
+    for W in (1, 3, 5):
+        cfg = dict(TINY, architectures=["MistralForCausalLM"], model_type="mistral", sliding_window=W)
+        model = random_model(cfg, 20 + W)
+        ids = torch.randint(cfg["vocab_size"], (12,), generator=gen).tolist()
+        with torch.no_grad():
+            got = model(torch.tensor([ids]))[0]
+            for layer in model.model.layers:
+                layer.self_attn.window = None
+            full = model(torch.tensor([ids]))[0]
+        for layer in model.model.layers:
+            layer.self_attn.window = W
+        err = float((got - dense_forward(model, ids)).abs().max())
+        assert err < 1e-10, (W, err)
+        row = (got - full).abs().max(-1).values  # rows before W see every key either way
+        assert float(row[:W].max()) == 0 and float(row[W:].min()) > 1e-3, (W, row.tolist())
+
+
+def test_config_semantics():
+    """Which configs get biases and windows, and the defaults of omitted keys, as transformers' config classes."""
+    mistral = dict(TINY, architectures=["MistralForCausalLM"], model_type="mistral")
+    assert ref.sliding_window(mistral, 0) == 4096                         # MistralConfig's default
+    assert ref.sliding_window(dict(mistral, sliding_window=None), 0) is None
+    assert ref.sliding_window(dict(mistral, sliding_window=7), 1) == 7
+    mixtral = dict(TINY, architectures=["MixtralForCausalLM"], model_type="mixtral")
+    assert ref.sliding_window(mixtral, 0) is None and ref.sliding_window(dict(mixtral, sliding_window=8), 0) == 8
+    qwen2 = dict(TINY, architectures=["Qwen2ForCausalLM"], model_type="qwen2", sliding_window=4,
+                 use_sliding_window=False)
+    assert ref.sliding_window(qwen2, 1) is None                           # inert without use_sliding_window
+    for bad in (dict(qwen2, use_sliding_window=True), dict(qwen2, layer_types=["full_attention", "sliding_attention"]),
+                dict(mistral, sliding_window=0), dict(mistral, sliding_window=2.5)):
+        try:
+            ref.sliding_window(bad, 1)
+        except ValueError:
+            continue
+        raise AssertionError(f"accepted {bad}")
+    llama = dict(TINY, architectures=["LlamaForCausalLM"], model_type="llama", sliding_window=3)
+    assert ref.sliding_window(llama, 0) is None
+    assert ref.linear_biases(qwen2) == (True, False, False)
+    assert ref.linear_biases(dict(qwen2, attention_bias=False)) == (True, False, False)
+    assert ref.linear_biases(llama) == (False, False, False)
+    assert ref.linear_biases(dict(llama, attention_bias=True, mlp_bias=True)) == (True, True, True)
+    assert ref.linear_biases(dict(mistral, attention_bias=True)) == (False, False, False)
+    names = set(ref.CausalLM(qwen2).state_dict())
+    assert {n for n in names if n.endswith(".bias")} == {f"model.layers.{i}.self_attn.{p}_proj.bias"
+                                                          for i in range(2) for p in "qkv"}
+    bare = {k: v for k, v in TINY.items() if k not in ("rope_theta", "rms_norm_eps")}
+    for arch, theta, eps in (("LlamaForCausalLM", 1e4, 1e-6), ("MistralForCausalLM", 1e4, 1e-6),
+                             ("Qwen2ForCausalLM", 1e4, 1e-6), ("MixtralForCausalLM", 1e6, 1e-5)):
+        cfg = dict(bare, architectures=[arch])
+        assert ref.config_default(cfg, "rope_theta") == theta and ref.config_default(cfg, "rms_norm_eps") == eps, arch
+    assert ref.family({"model_type": "qwen2"}) == "qwen2" and ref.family({}) == "llama"
+    try:
+        ref.family({"architectures": ["GPT2LMHeadModel"]})
+    except ValueError:
+        pass
+    else:
+        raise AssertionError("accepted GPT2LMHeadModel")
+
+
+def test_biases_against_loops():
+    """Random LLaMA with attention_bias and mlp_bias (biases on q, k, v, o, gate, up, down) and a random untied
+    Qwen2, against the loops."""
+    gen = torch.Generator().manual_seed(12)
+    for extra in ({"architectures": ["LlamaForCausalLM"], "model_type": "llama", "attention_bias": True,
+                   "mlp_bias": True},
+                  {"architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2"}):
+        model = random_model(dict(TINY, **extra), 30)
+        ids = torch.randint(TINY["vocab_size"], (9,), generator=gen).tolist()
+        with torch.no_grad():
+            got = model(torch.tensor([ids]))[0]
+        err = float((got - dense_forward(model, ids)).abs().max())
+        assert err < 1e-10, (extra["architectures"], err)
+
+
+def test_fixture_effects():
+    """qwen2-tiny's biases and mistral-swa-tiny's window matter, by the amounts reference.json records."""
+    fixtures = os.path.join(ROOT, "tests", "fixtures")
+    for name in ("qwen2-tiny", "mistral-swa-tiny"):
+        folder = os.path.join(fixtures, name)
+        with open(os.path.join(folder, "reference.json")) as f:
+            info = json.load(f)
+        seq = torch.tensor([info["prompt_tokens"] + info["greedy_tokens"][:-1]])
+        model = ref.load_hf(folder, torch.float64)
+        with torch.no_grad():
+            base = model(seq)[0]
+            want = torch.frombuffer(bytearray(open(os.path.join(folder, "logits.f32"), "rb").read()),
+                                    dtype=torch.float32).reshape(info["logits_shape"]).double()
+            assert float((base - want).abs().max()) < 1e-6, name
+            if name == "qwen2-tiny":
+                assert model.cfg["tie_word_embeddings"] and not hasattr(model, "lm_head")
+                diffs = {}
+                for p in "qkv":  # each bias on its own moves the logits
+                    changed = ref.load_hf(folder, torch.float64)
+                    for layer in changed.model.layers:
+                        getattr(layer.self_attn, f"{p}_proj").bias.zero_()
+                    diffs[p] = float((changed(seq)[0] - base).abs().max())
+                assert min(diffs.values()) > 1, diffs
+                for layer in model.model.layers:
+                    for p in "qkv":
+                        getattr(layer.self_attn, f"{p}_proj").bias.zero_()
+                diff = float((model(seq)[0] - base).abs().max())
+                assert abs(diff - info["zero_bias_max_abs_diff"]) < 1e-9 and diff > 1, (diff, info)
+            else:
+                assert [layer.self_attn.window for layer in model.model.layers] == [4, 4]
+                for layer in model.model.layers:
+                    layer.self_attn.window = None
+                row = (model(seq)[0] - base).abs().max(-1).values
+                assert abs(float(row.max()) - info["full_attention_max_abs_diff"]) < 1e-9, (row, info)
+                assert float(row[:4].max()) == 0 and info["full_attention_first_diff_row"] == 4
+                assert float(row.max()) > 1, row
 
 
 def test_fixtures_reproducible():
@@ -158,15 +304,25 @@ def test_fixtures_reproducible():
 def test_grads_against_finite_differences():
     """The autograd gradients grad_ref.py writes, against central differences of the loss in float64."""
     import grad_ref  # noqa: E402 (tools/ is on the path)
-    for name, balance in (("llama-tiny", 0.0), ("mixtral-tiny", 0.0), ("mixtral-tiny", 0.02)):
+    for name, balance in (("llama-tiny", 0.0), ("mixtral-tiny", 0.0), ("mixtral-tiny", 0.02), ("qwen2-tiny", 0.0)):
         folder = os.path.join(ROOT, "tests", "fixtures", name)
         model = ref.load_hf(folder, torch.float64)
         ids, mask = grad_ref.batch(folder)
         _, grads = ref.loss_and_grads(model, ids, mask, balance)
         params = dict(model.named_parameters())
         gen = torch.Generator().manual_seed(7)
-        for pname in ("model.embed_tokens.weight", "model.layers.0.self_attn.q_proj.weight",
-                      "model.layers.1.input_layernorm.weight", "model.norm.weight"):
+        with open(os.path.join(folder, "grad_ref.json")) as f:
+            stored = json.load(f)
+        assert stored["ids"] == ids.tolist(), name
+        assert abs(stored["loss"] - ref.masked_lm_loss(model, ids, mask).item()) < 1e-12, name
+        saved = ref.read_safetensors(os.path.join(folder, stored["grads_file"] if balance == 0 else
+                                                  stored["grads_balance_file"]))[0]
+        assert sorted(saved) == sorted(grads), name  # every parameter, by its HF name
+        for pname, g in grads.items():
+            assert torch.allclose(saved[pname].double(), g, rtol=1e-6, atol=1e-12), (name, pname)
+        biases = [n for n in params if n.endswith(".bias")]
+        for pname in ["model.embed_tokens.weight", "model.layers.0.self_attn.q_proj.weight",
+                      "model.layers.1.input_layernorm.weight", "model.norm.weight"] + biases[:3]:
             p = params[pname]
             for _ in range(3):
                 i = int(torch.randint(p.numel(), (1,), generator=gen))

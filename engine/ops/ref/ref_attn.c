@@ -43,7 +43,8 @@ void ref_embed(float *y, const void *table, lt_dtype_t ttype, const int32_t *ids
 }
 
 void ref_attention(float *out, const float *q, const float *k, const float *v, uint32_t n_q, uint32_t n_heads,
-                   uint32_t n_kv_heads, uint32_t head_dim, uint32_t q_pos0, uint32_t kv_len, float scale) {
+                   uint32_t n_kv_heads, uint32_t head_dim, uint32_t q_pos0, uint32_t kv_len, uint32_t window,
+                   float scale) {
   uint32_t group = n_heads / n_kv_heads;
   uint64_t kv_stride = (uint64_t)n_kv_heads * head_dim;
   double *w = malloc((kv_len ? kv_len : 1) * sizeof *w), *acc = malloc(head_dim * sizeof *acc);
@@ -54,15 +55,16 @@ void ref_attention(float *out, const float *q, const float *k, const float *v, u
       uint64_t kvo = (uint64_t)(h / group) * head_dim;
       uint64_t end = (uint64_t)q_pos0 + t + 1;
       if (end > kv_len) end = kv_len;
+      uint64_t beg = window && (uint64_t)q_pos0 + t + 1 > window ? (uint64_t)q_pos0 + t + 1 - window : 0;
       double mx = -INFINITY, sum = 0;
-      for (uint64_t j = 0; j < end; j++) {
+      for (uint64_t j = beg; j < end; j++) {
         double s = 0;
         for (uint32_t d = 0; d < head_dim; d++) s += (double)qh[d] * k[j * kv_stride + kvo + d];
         w[j] = s * scale;
         if (w[j] > mx) mx = w[j];
       }
       memset(acc, 0, head_dim * sizeof *acc);
-      for (uint64_t j = 0; j < end; j++) {
+      for (uint64_t j = beg; j < end; j++) {
         w[j] = exp(w[j] - mx);
         sum += w[j];
         for (uint32_t d = 0; d < head_dim; d++) acc[d] += w[j] * v[j * kv_stride + kvo + d];

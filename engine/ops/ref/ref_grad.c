@@ -72,13 +72,15 @@ void ref_rope_backward(float *dx, const int32_t *pos, uint32_t rows, uint32_t n_
   free(neg);
 }
 
-/* Softmax probabilities of query t, head h over keys 0..t (p[0..t]); returns the log-sum-exp. */
+/* Softmax probabilities of query t, head h over keys 0..t (p[0..t]), 0 for the keys before a sliding window of
+ * `window` keys (0: none); returns the log-sum-exp. */
 static double attn_probs(double *p, const float *q, const float *k, uint32_t t, uint32_t h, uint32_t H, uint32_t KV,
-                         uint32_t hd, float scale) {
-  uint32_t g = h / (H / KV);
+                         uint32_t hd, uint32_t window, float scale) {
+  uint32_t g = h / (H / KV), j0 = window && t + 1 > window ? t + 1 - window : 0;
   const float *qv = q + ((uint64_t)t * H + h) * hd;
   double mx = -INFINITY;
-  for (uint32_t j = 0; j <= t; j++) {
+  for (uint32_t j = 0; j < j0; j++) p[j] = -INFINITY;
+  for (uint32_t j = j0; j <= t; j++) {
     const float *kv = k + ((uint64_t)j * KV + g) * hd;
     double s = 0;
     for (uint32_t d = 0; d < hd; d++) s += (double)qv[d] * kv[d];
@@ -92,12 +94,12 @@ static double attn_probs(double *p, const float *q, const float *k, uint32_t t, 
 }
 
 void ref_attention_lse(float *out, float *lse, const float *q, const float *k, const float *v, uint32_t T,
-                       uint32_t n_heads, uint32_t n_kv_heads, uint32_t head_dim, float scale) {
+                       uint32_t n_heads, uint32_t n_kv_heads, uint32_t head_dim, uint32_t window, float scale) {
   double *p = malloc((T ? T : 1) * sizeof *p);
   uint32_t H = n_heads, KV = n_kv_heads, hd = head_dim;
   for (uint32_t t = 0; p && t < T; t++)
     for (uint32_t h = 0; h < H; h++) {
-      lse[(uint64_t)t * H + h] = (float)attn_probs(p, q, k, t, h, H, KV, hd, scale);
+      lse[(uint64_t)t * H + h] = (float)attn_probs(p, q, k, t, h, H, KV, hd, window, scale);
       uint32_t g = h / (H / KV);
       for (uint32_t d = 0; d < hd; d++) {
         double s = 0;
@@ -110,14 +112,14 @@ void ref_attention_lse(float *out, float *lse, const float *q, const float *k, c
 
 void ref_attention_backward(float *dq, float *dk, float *dv, const float *q, const float *k, const float *v,
                             const float *dout, uint32_t T, uint32_t n_heads, uint32_t n_kv_heads, uint32_t head_dim,
-                            float scale) {
+                            uint32_t window, float scale) {
   uint32_t H = n_heads, KV = n_kv_heads, hd = head_dim;
   uint64_t nq = (uint64_t)T * H * hd, nk = (uint64_t)T * KV * hd;
   double *p = malloc((T ? T : 1) * sizeof *p), *dp = malloc((T ? T : 1) * sizeof *dp);
   double *aq = calloc(nq + 1, sizeof *aq), *ak = calloc(nk + 1, sizeof *ak), *av = calloc(nk + 1, sizeof *av);
   for (uint32_t t = 0; p && dp && aq && ak && av && t < T; t++)
     for (uint32_t h = 0; h < H; h++) {
-      attn_probs(p, q, k, t, h, H, KV, hd, scale);
+      attn_probs(p, q, k, t, h, H, KV, hd, window, scale);
       uint32_t g = h / (H / KV);
       const float *go = dout + ((uint64_t)t * H + h) * hd, *qv = q + ((uint64_t)t * H + h) * hd;
       /* out = sum_j p_j v_j: dp_j = dout . v_j; ds_j = p_j (dp_j - sum_i p_i dp_i); s_j = scale q . k_j. */

@@ -22,13 +22,14 @@ void ref_rmsnorm_backward(float *dx, float *dw, const float *g, const float *x, 
 /* RoPE backward in place: the rotation by minus the angle. */
 void ref_rope_backward(float *dx, const int32_t *pos, uint32_t rows, uint32_t n_heads, uint32_t head_dim,
                        uint32_t rot_dim, bool neox, double theta, const rope_scaling_t *scaling);
-/* Causal attention over T tokens with its log-sum-exp per (query, head). */
+/* Causal attention over T tokens with its log-sum-exp per (query, head); window > 0: query t sees keys
+ * (t - window, t] only. */
 void ref_attention_lse(float *out, float *lse, const float *q, const float *k, const float *v, uint32_t T,
-                       uint32_t n_heads, uint32_t n_kv_heads, uint32_t head_dim, float scale);
+                       uint32_t n_heads, uint32_t n_kv_heads, uint32_t head_dim, uint32_t window, float scale);
 /* Its backward: dq, dk, dv (overwritten) from dout, from the definition. */
 void ref_attention_backward(float *dq, float *dk, float *dv, const float *q, const float *k, const float *v,
                             const float *dout, uint32_t T, uint32_t n_heads, uint32_t n_kv_heads, uint32_t head_dim,
-                            float scale);
+                            uint32_t window, float scale);
 /* SwiGLU backward. */
 void ref_swiglu_backward(float *dgate, float *dup, const float *dy, const float *gate, const float *up, uint32_t n);
 /* dtable[ids[r], :] += dy[r, :] (ids outside [0, table_rows) skipped). */
