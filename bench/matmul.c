@@ -1,4 +1,5 @@
-/* Benchmark of op_matmul: GFLOPS of Lathe's GEMV and GEMM kernels (f32 and f16 weights) as a ratio to OpenBLAS
+/* Benchmark of op_matmul: GFLOPS of Lathe's GEMV and GEMM kernels (f32 and f16 weights, and GGUF's block formats
+ * read in place) as a ratio to OpenBLAS
  * on the CPU (cblas_sgemv for one row, cblas_sgemm otherwise), measured in the same run on the same data; the two GEMM variants against each other;
  * the crossover between GEMV and GEMM for small M (what MATMUL_AUTO's threshold rests on); and shader compile
  * time with cold and warm caches. LATHE_BENCH_QUICK=1 shrinks the shapes. Upload time is excluded; each figure
@@ -16,6 +17,7 @@
 #include "clock.h"
 #include "engine/gpu/gpu.h"
 #include "engine/ops/ops.h"
+#include "engine/ops/qblock.h"
 #include "engine/ops/ref/ref.h"
 
 static void die(const char *what, const lt_err_t *err) {
@@ -52,9 +54,10 @@ static int reps_for(double one_run_s, double budget_s) {
   return r < 2 ? 2 : r > 50 ? 50 : r;
 }
 
-/* Seconds per call of op_matmul_path (mean over repetitions after a warm-up that also compiles). */
-static double time_lathe(gpu_t *g, gpu_buf_t *y, gpu_buf_t *x, gpu_buf_t *w, lt_dtype_t wt, uint32_t M, uint32_t N,
-                         uint32_t K, matmul_path_t path, double budget_s) {
+/* Seconds per call of op_matmul_path, or with q of op_matmul_q on that quantised weight (mean over repetitions
+ * after a warm-up that also compiles). */
+static double time_lathe_q(gpu_t *g, gpu_buf_t *y, gpu_buf_t *x, gpu_buf_t *w, lt_dtype_t wt, const qmat_view_t *q,
+                           uint32_t M, uint32_t N, uint32_t K, matmul_path_t path, double budget_s) {
   lt_err_t err = {0};
   double t0 = 0, one = 0;
   int reps = 0;
@@ -62,11 +65,18 @@ static double time_lathe(gpu_t *g, gpu_buf_t *y, gpu_buf_t *x, gpu_buf_t *w, lt_
     if (i == 0) t0 = now_s();
     double s = now_s();
     gpu_cmd_t *c = gpu_cmd_begin(g, &err);
-    if (!c || op_matmul_path(c, gv(y), gv(x), gv(w), wt, M, N, K, false, path, &err) != LT_OK) die("op_matmul", &err);
+    if (!c || (q ? op_matmul_q(c, gv(y), N, gv(x), K, q, M, N, K, false, path, &err)
+                 : op_matmul_path(c, gv(y), gv(x), gv(w), wt, M, N, K, false, path, &err)) != LT_OK)
+      die("op_matmul", &err);
     if (gpu_cmd_finish(&c, &err) != LT_OK) die("gpu_cmd_finish", &err);
     if (i == -1) reps = reps_for(one = now_s() - s, budget_s);
   }
   return (now_s() - t0) / reps;
+}
+
+static double time_lathe(gpu_t *g, gpu_buf_t *y, gpu_buf_t *x, gpu_buf_t *w, lt_dtype_t wt, uint32_t M, uint32_t N,
+                         uint32_t K, matmul_path_t path, double budget_s) {
+  return time_lathe_q(g, y, x, w, wt, NULL, M, N, K, path, budget_s);
 }
 
 /* Seconds per OpenBLAS product y[M,N] = x[M,K] . w[N,K]^T, timed like time_lathe(): cblas_sgemv for one row (the
@@ -128,6 +138,48 @@ static void bench_shape(gpu_t *g, uint32_t M, uint32_t N, uint32_t K, double bud
   }
   gpu_buf_destroy(&bx), gpu_buf_destroy(&by);
   free(x), free(w), free(wh), free(yb), free(yl);
+}
+
+/* Weights in GGUF's block formats, read in place by the quantised kernels (random blocks with finite scales, as a
+ * quantiser would leave them), against OpenBLAS on the same weights dequantised to f32: GFLOPS, their ratio, and the
+ * bytes of weight read per second (what bounds a GEMV). */
+static void bench_blocks(gpu_t *g, uint32_t M, uint32_t N, uint32_t K, double budget_s) {
+  static const lt_dtype_t types[] = {LT_Q8_0, LT_Q4_0, LT_Q4_K, LT_Q5_K, LT_Q6_K};
+  uint64_t nx = (uint64_t)M * K, nw = (uint64_t)N * K, ny = (uint64_t)M * N;
+  float *x = xmalloc(nx * 4), *w = xmalloc(nw * 4), *yb = xmalloc(ny * 4), *yl = xmalloc(ny * 4);
+  fill(x, nx, 23);
+  gpu_buf_t *bx = upload(g, x, nx * 4), *by = upload(g, yl, ny * 4);
+  double flops = 2.0 * M * N * K;
+  for (unsigned t = 0; t < sizeof types / sizeof types[0]; t++) {
+    const qblock_info_t *qi = qblock_info(types[t]);
+    uint64_t bytes = N * qblock_row_bytes(types[t], K), padded = (bytes + 3) / 4 * 4;
+    uint8_t *q = xmalloc(padded);
+    uint64_t s = 0x9e3779b97f4a7c15ull + t;
+    for (uint64_t i = 0; i < padded; i++) s = s * 6364136223846793005ull + 1442695040888963407ull, q[i] = s >> 56;
+    for (uint64_t b = 0; b < bytes / qi->bytes; b++)
+      for (int f = 0; f < 2; f++)
+        if (qi->half_at[f] != UINT32_MAX) {
+          uint16_t h = dtype_float_to_half(f ? 0.002f : 0.01f);
+          memcpy(q + b * qi->bytes + qi->half_at[f], &h, 2);
+        }
+    qblock_dequant(types[t], q, w, nw);
+    double blas = flops / time_blas(yb, x, w, M, N, K, budget_s) / 1e9;
+    gpu_buf_t *bq = upload(g, q, padded);
+    qmat_view_t qv = {gv(bq), {0}, types[t], LT_F32, 0};
+    double secs = time_lathe_q(g, by, bx, NULL, types[t], &qv, M, N, K, MATMUL_AUTO, budget_s);
+    lt_err_t err = {0};
+    if (gpu_download(by, 0, yl, ny * 4, &err) != LT_OK) die("download", &err);
+    double diff = rel_diff(yl, yb, ny);
+    printf("matmul %s %ux%ux%u: lathe %.2f GFLOPS (weights %.2f GB/s), openblas %s on f32 %.2f GFLOPS, ratio %.3f%s\n",
+           qi->name, M, N, K, flops / secs / 1e9, bytes / secs / 1e9, M == 1 ? "sgemv" : "sgemm", blas,
+           flops / secs / 1e9 / blas, diff <= 1e-4 ? "" : "  [RESULT MISMATCH]");
+    if (diff > 1e-4) fprintf(stderr, "bench_matmul: %s differs from OpenBLAS by %.3g of max |y|\n", qi->name, diff);
+    fflush(stdout);
+    gpu_buf_destroy(&bq);
+    free(q);
+  }
+  gpu_buf_destroy(&bx), gpu_buf_destroy(&by);
+  free(x), free(w), free(yb), free(yl);
 }
 
 /* The device's GEMM variant against the other one (shared-memory staging or direct loads) on one shape. */
@@ -233,6 +285,8 @@ int main(void) {
   bench_shape(g, 1, big, big, budget);
   bench_shape(g, rows, big, big, budget);
   bench_shape(g, sq, sq, sq, budget);
+  bench_blocks(g, 1, big, big, budget);
+  bench_blocks(g, rows / 4, big, big, budget);
   bench_variants(g, rows / 2, big / 2, big / 2, budget / 2);
   bench_crossover(g, big, big, budget / 3);
 

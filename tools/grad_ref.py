@@ -5,13 +5,15 @@ every parameter, by PyTorch autograd in float64 on the stored weights of the fix
   /usr/bin/python3 tools/grad_ref.py [--fixtures tests/fixtures] [NAME ...]
 
 For llama-tiny, llama3-scaled (tied head, Llama-3 RoPE scaling, bf16 weights), mixtral-tiny, qwen2-tiny (tied
-head, q/k/v biases) and mistral-swa-tiny (a sliding window of 4 keys) it writes, next to each fixture (only the NAMEs given, if any):
+head, q/k/v biases), mistral-swa-tiny (a sliding window of 4 keys) and phi3-tiny (fused qkv_proj and gate_up_proj, a
+sliding window of 5 keys) it writes, next to each fixture (only the NAMEs given, if any):
   grad_ref.json        the batch (token ids, B x T), the loss mask (B x T-1; mask[b][t] covers the target
                        ids[b][t+1]), the loss (lathe_ref.masked_lm_loss: mean cross-entropy over the masked-in
                        targets), and for mixtral-tiny the same with the load-balancing term (balance 0.02)
   grads.safetensors    one F32 tensor per parameter, named as the parameter (the HF tensor name, biases included;
-                       the float64 gradient rounded once; relative rounding error 6e-8, far below what an f32
-                       engine's backward can reach)
+                       phi3-tiny's by its fused names, self_attn.qkv_proj.weight and mlp.gate_up_proj.weight, rows
+                       laid out as the weights; the float64 gradient rounded once; relative rounding error 6e-8, far
+                       below what an f32 engine's backward can reach)
   grads-balance.safetensors  mixtral-tiny only: the gradients of the loss with the balancing term
 Row 0 of the batch is a plain text row (every target counts); row 1 is a prompt + completion row whose first 5
 targets are masked out, as `tune` does for {"prompt", "completion"} rows. Deterministic: float64 throughout.
@@ -26,7 +28,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import lathe_ref as ref  # noqa: E402
 
-FIXTURES = ["llama-tiny", "llama3-scaled", "mixtral-tiny", "qwen2-tiny", "mistral-swa-tiny"]
+FIXTURES = ["llama-tiny", "llama3-scaled", "mixtral-tiny", "qwen2-tiny", "mistral-swa-tiny", "phi3-tiny"]
 TEXTS = ["Lathe runs on any GPU", "Hello, World! 42 is it"]
 T = 13          # tokens per row (odd on purpose: no tile of the engine divides it)
 PROMPT_LEN = 5  # row 1: targets 0..4 are the prompt's, masked out
@@ -54,8 +56,12 @@ def write_grads(path, grads):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--fixtures", default=os.path.join(os.path.dirname(__file__), "..", "tests", "fixtures"))
-    ap.add_argument("names", nargs="*", choices=FIXTURES, metavar="NAME", help=f"some of {', '.join(FIXTURES)}")
+    # Checked by hand: argparse before Python 3.12 tests an empty nargs="*" list against `choices` and refuses it.
+    ap.add_argument("names", nargs="*", metavar="NAME", help=f"some of {', '.join(FIXTURES)} (default: all)")
     a = ap.parse_args()
+    unknown = [n for n in a.names if n not in FIXTURES]
+    if unknown:
+        ap.error(f"unknown fixture {', '.join(unknown)} (choose from {', '.join(FIXTURES)})")
     torch.set_num_threads(1)
     for name in a.names or FIXTURES:
         folder = os.path.join(a.fixtures, name)

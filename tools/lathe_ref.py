@@ -1,30 +1,40 @@
 #!/usr/bin/env python3
-"""Lathe's PyTorch reference for LLaMA, Mistral, Qwen2 and Mixtral causal language models in Hugging Face layout.
+"""Lathe's PyTorch reference for LLaMA, Mistral, Qwen2, Mixtral and Phi-3 causal language models in Hugging Face
+layout.
 
 A tool, never used at run time: it makes the test fixtures (tools/make_fixtures.py), trains the embedded
 models (tools/train_embedded.py) and is the oracle the C engine is compared against. It reads and writes
 HF folders (config.json, model.safetensors, tokenizer.json, generation_config.json) without the
 `safetensors`, `tokenizers` or `transformers` packages, and follows the semantics of transformers'
-LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM and MixtralForCausalLM:
+LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, MixtralForCausalLM and Phi3ForCausalLM:
 
   h_0 = embed_tokens[ids]
   per block: h = h + o_proj(attn(rope(q_proj(rms(h))), rope(k_proj(rms(h))), v_proj(rms(h))))   causal, GQA
-                                      (sliding window for Mistral/Mixtral with `sliding_window`: see attention_mask)
+                                      (sliding window for Mistral/Mixtral/Phi-3 with `sliding_window`: see
+                                       attention_mask)
              h = h + mlp(rms(h))      LLaMA: down(silu(gate(x)) * up(x))
                                       Mixtral: softmax(router(x)) -> top-k -> renormalise -> sum_e w_e * expert_e(x),
                                                expert_e(x) = w2(silu(w1(x)) * w3(x))
   logits = lm_head(rms(h_L))          (lm_head = embed_tokens when tie_word_embeddings)
 
-The families differ only in biases and masking (see family(), linear_biases(), sliding_window()):
+The families differ only in biases, masking and fused projections (see family(), linear_biases(), sliding_window(),
+fused_projections()):
   LLaMA    no biases unless `attention_bias` (q, k, v and o) / `mlp_bias` (gate, up, down); full causal attention
   Qwen2    biases on q_proj, k_proj, v_proj always (not o_proj, not the MLP); full causal attention (configs with
            `use_sliding_window` true are refused)
   Mistral  no biases; sliding-window causal attention of `sliding_window` keys (4096 when the key is absent,
            as MistralConfig's default; null is full attention)
   Mixtral  no biases; sliding window when `sliding_window` is set (MixtralConfig's default is null)
+  Phi-3    no biases; LLaMA's layer with two fused weights: self_attn.qkv_proj [(H + 2 KV) * D, C] whose rows are
+           q_proj, then k_proj, then v_proj, and mlp.gate_up_proj [2 F, C] whose first F rows are gate_proj and
+           last F up_proj (Phi3MLP: gate, up = gate_up_proj(x).chunk(2); down(up * silu(gate))); sliding window
+           when `sliding_window` is set (Phi3Config's default is null; Phi-3-mini-4k's config.json writes 2047);
+           `rope_scaling` (longrope, su, yarn) and `partial_rotary_factor` other than 1 are refused
+           (check_phi3). Without them a Phi-3 computes exactly what a Mistral with the split weights and the same
+           window computes.
 Keys a config omits get the defaults of the transformers config classes (config_default): rope_theta 1e4 and
 rms_norm_eps 1e-6 for LLaMA, Mistral and Qwen2 (Qwen2Config's rope_theta default is 1e4; real Qwen2 checkpoints
-write 1e6), rope_theta 1e6 and rms_norm_eps 1e-5 for Mixtral.
+write 1e6), rope_theta 1e6 and rms_norm_eps 1e-5 for Mixtral, rope_theta 1e4 and rms_norm_eps 1e-5 for Phi-3.
 
 RoPE is the rotate-half form (the HF layout of q_proj/k_proj), with rope_theta and the optional Llama-3
 `rope_scaling`. Weights stored as f16/bf16 are converted exactly to the compute dtype (f32 by default,
@@ -105,12 +115,12 @@ def write_safetensors(path, tensors, metadata=None):
 # Model.
 
 FAMILIES = {"LlamaForCausalLM": "llama", "MistralForCausalLM": "mistral", "Qwen2ForCausalLM": "qwen2",
-            "MixtralForCausalLM": "mixtral"}
+            "MixtralForCausalLM": "mixtral", "Phi3ForCausalLM": "phi3"}
 
 
 def family(cfg):
-    """"llama", "mistral", "qwen2" or "mixtral", from `architectures` (else `model_type`); LLaMA when neither says.
-    Raises on an architecture or model_type outside the four."""
+    """"llama", "mistral", "qwen2", "mixtral" or "phi3", from `architectures` (else `model_type`); LLaMA when neither
+    says. Raises on an architecture or model_type outside the five."""
     archs = cfg.get("architectures") or []
     if archs:
         if archs[0] not in FAMILIES:
@@ -126,7 +136,8 @@ def family(cfg):
 DEFAULTS = {"llama": {"rope_theta": 10000.0, "rms_norm_eps": 1e-6},
             "mistral": {"rope_theta": 10000.0, "rms_norm_eps": 1e-6},
             "qwen2": {"rope_theta": 10000.0, "rms_norm_eps": 1e-6},
-            "mixtral": {"rope_theta": 1e6, "rms_norm_eps": 1e-5}}
+            "mixtral": {"rope_theta": 1e6, "rms_norm_eps": 1e-5},
+            "phi3": {"rope_theta": 10000.0, "rms_norm_eps": 1e-5}}
 
 
 def config_default(cfg, key):
@@ -139,10 +150,32 @@ def is_moe(cfg):
     return family(cfg) == "mixtral"
 
 
+def fused_projections(cfg):
+    """True for Phi-3, whose attention holds one qkv_proj (q rows, then k, then v) and whose MLP holds one
+    gate_up_proj (gate rows, then up) instead of LLaMA's separate q/k/v_proj and gate/up_proj."""
+    return family(cfg) == "phi3"
+
+
+def check_phi3(cfg):
+    """Refuses the Phi-3 configs this reference does not compute: any `rope_scaling` (Phi-3's longrope, written
+    "su" or "yarn" by older checkpoints, switches short/long factors per sequence length) and a
+    `partial_rotary_factor` other than 1 (RoPE on a leading part of each head only, as Phi-4-mini). Other families
+    pass unchecked."""
+    if family(cfg) != "phi3":
+        return
+    rs = cfg.get("rope_scaling")
+    if rs is not None:
+        kind = rs.get("rope_type", rs.get("type")) if isinstance(rs, dict) else rs
+        raise ValueError(f"Phi-3 rope_scaling {kind!r} unsupported (only null: no longrope/su/yarn)")
+    prf = cfg.get("partial_rotary_factor", 1.0)
+    if isinstance(prf, bool) or not isinstance(prf, (int, float)) or prf != 1.0:
+        raise ValueError(f"Phi-3 partial_rotary_factor {prf!r} unsupported (only 1.0: RoPE on the whole head)")
+
+
 def linear_biases(cfg):
     """(q/k/v bias, o bias, MLP bias) as transformers builds them: Qwen2Attention has bias=True on q, k, v and
-    bias=False on o; LlamaAttention uses config.attention_bias on all four and LlamaMLP config.mlp_bias; Mistral
-    and Mixtral have none."""
+    bias=False on o; LlamaAttention uses config.attention_bias on all four and LlamaMLP config.mlp_bias; Mistral,
+    Mixtral and Phi-3 have none (Phi3Attention and Phi3MLP hard-code bias=False, whatever attention_bias says)."""
     fam = family(cfg)
     if fam == "qwen2":
         return True, False, False
@@ -158,6 +191,9 @@ def sliding_window(cfg, layer):
       Mistral: config.sliding_window on every layer; MistralConfig's default 4096 when the key is absent, null
                means full attention (the transformers behaviour: a config.json without the key gets 4096).
       Mixtral: config.sliding_window on every layer, default null.
+      Phi-3:   config.sliding_window on every layer, default null (Phi3Config's default; Phi3Model picks
+               create_sliding_window_causal_mask, the Mistral rule, whenever it is set). Released checkpoints write
+               it (2047 for Phi-3-mini-4k and Phi-3-medium-4k).
       Qwen2:   only with use_sliding_window, which this reference refuses (transformers applies it to the layers
                from max_window_layers on, and its versions disagreed on that); real checkpoints carry a
                sliding_window value with use_sliding_window false, and then it is ignored, as transformers does.
@@ -170,7 +206,7 @@ def sliding_window(cfg, layer):
         return None
     if fam == "mistral":
         w = cfg.get("sliding_window", 4096)
-    elif fam == "mixtral":
+    elif fam in ("mixtral", "phi3"):
         w = cfg.get("sliding_window")
     else:
         return None
@@ -208,7 +244,9 @@ def head_dim(cfg):
 
 
 def rope_inv_freq(cfg, dtype=torch.float64):
-    """Per-pair inverse frequencies (head_dim/2,), Llama-3 `rope_scaling` applied as transformers does."""
+    """Per-pair inverse frequencies (head_dim/2,), Llama-3 `rope_scaling` applied as transformers does (a Phi-3
+    config with rope_scaling or partial rotary is refused: check_phi3)."""
+    check_phi3(cfg)
     d = head_dim(cfg)
     theta = float(config_default(cfg, "rope_theta"))
     inv = 1.0 / (theta ** (torch.arange(0, d, 2, dtype=torch.int64).to(dtype) / d))
@@ -262,16 +300,31 @@ class Attention(nn.Module):
         self.n_head, self.n_kv, self.d = cfg["num_attention_heads"], cfg["num_key_value_heads"], d
         qkv_bias, o_bias, _ = linear_biases(cfg)
         self.window = sliding_window(cfg, layer)  # None: full causal attention
+        self.fused = fused_projections(cfg)
+        if self.fused:  # Phi3Attention's order: o_proj, then qkv_proj
+            self.o_proj = nn.Linear(self.n_head * d, c, bias=False)
+            self.qkv_proj = nn.Linear(c, (self.n_head + 2 * self.n_kv) * d, bias=False)
+            return
         self.q_proj = nn.Linear(c, self.n_head * d, bias=qkv_bias)
         self.k_proj = nn.Linear(c, self.n_kv * d, bias=qkv_bias)
         self.v_proj = nn.Linear(c, self.n_kv * d, bias=qkv_bias)
         self.o_proj = nn.Linear(self.n_head * d, c, bias=o_bias)
 
+    def project(self, x):
+        """q (B,T,H*D), k and v (B,T,KV*D). Fused (Phi-3): columns [0, H*D) of qkv_proj(x) are q,
+        [H*D, H*D + KV*D) k and [H*D + KV*D, H*D + 2*KV*D) v, as Phi3Attention slices them."""
+        if not self.fused:
+            return self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        qd, kvd = self.n_head * self.d, self.n_kv * self.d
+        qkv = self.qkv_proj(x)
+        return qkv[..., :qd], qkv[..., qd:qd + kvd], qkv[..., qd + kvd:]
+
     def forward(self, x, cos, sin):
         B, T, _ = x.shape  # x is (B,T,C)
-        q = self.q_proj(x).view(B, T, self.n_head, self.d).transpose(1, 2)  # (B,H,T,D)
-        k = self.k_proj(x).view(B, T, self.n_kv, self.d).transpose(1, 2)    # (B,KV,T,D)
-        v = self.v_proj(x).view(B, T, self.n_kv, self.d).transpose(1, 2)
+        q, k, v = self.project(x)
+        q = q.reshape(B, T, self.n_head, self.d).transpose(1, 2)             # (B,H,T,D)
+        k = k.reshape(B, T, self.n_kv, self.d).transpose(1, 2)               # (B,KV,T,D)
+        v = v.reshape(B, T, self.n_kv, self.d).transpose(1, 2)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         rep = self.n_head // self.n_kv                                       # query head h reads kv head h // rep
         k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
@@ -283,17 +336,25 @@ class Attention(nn.Module):
 
 
 class MLP(nn.Module):
-    """LLaMA / Mistral / Qwen2 SwiGLU: down(silu(gate(x)) * up(x))."""
+    """LLaMA / Mistral / Qwen2 SwiGLU: down(silu(gate(x)) * up(x)). Phi-3 (fused): gate, up =
+    gate_up_proj(x).chunk(2, dim=-1), the first intermediate_size outputs being the gate; down(up * silu(gate))."""
 
     def __init__(self, cfg):
         super().__init__()
         c, f = cfg["hidden_size"], cfg["intermediate_size"]
         bias = linear_biases(cfg)[2]
-        self.gate_proj = nn.Linear(c, f, bias=bias)
-        self.up_proj = nn.Linear(c, f, bias=bias)
+        self.fused = fused_projections(cfg)
+        if self.fused:  # Phi3MLP's order: gate_up_proj, then down_proj
+            self.gate_up_proj = nn.Linear(c, 2 * f, bias=False)
+        else:
+            self.gate_proj = nn.Linear(c, f, bias=bias)
+            self.up_proj = nn.Linear(c, f, bias=bias)
         self.down_proj = nn.Linear(f, c, bias=bias)
 
     def forward(self, x, router_logits=None):
+        if self.fused:
+            gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
+            return self.down_proj(up * F.silu(gate))
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
 
 
@@ -355,7 +416,8 @@ class Block(nn.Module):
 
 
 class Body(nn.Module):
-    """transformers' LlamaModel / MistralModel / Qwen2Model / MixtralModel: the `model.` prefix of the tensor names."""
+    """transformers' LlamaModel / MistralModel / Qwen2Model / MixtralModel / Phi3Model: the `model.` prefix of the
+    tensor names."""
 
     def __init__(self, cfg):
         super().__init__()
@@ -365,11 +427,13 @@ class Body(nn.Module):
 
 
 class CausalLM(nn.Module):
-    """LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM or MixtralForCausalLM; state_dict() names are the HF
-    tensor names (biases, where the family has them, as `<linear>.bias`)."""
+    """LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, MixtralForCausalLM or Phi3ForCausalLM; state_dict()
+    names are the HF tensor names (biases, where the family has them, as `<linear>.bias`; Phi-3's fused
+    self_attn.qkv_proj and mlp.gate_up_proj as such). Refuses the configs check_phi3 refuses."""
 
     def __init__(self, cfg):
         super().__init__()
+        check_phi3(cfg)
         self.cfg = cfg
         self.model = Body(cfg)
         self.tied = bool(cfg.get("tie_word_embeddings", False))

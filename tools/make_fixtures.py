@@ -31,6 +31,7 @@ import lathe_ref as ref  # noqa: E402
 VOCAB = 96
 QWEN2_SEED, QWEN2_STD = 2, 0.3   # seeds picked for wide greedy margins and varied greedy tokens
 MISTRAL_SEED = 7
+PHI3_SEED = 9
 PROMPT_TEXT = "Lathe runs"     # BOS + 10 characters = 11 tokens
 N_GREEDY = 8
 MIN_GREEDY_MARGIN = 1e-3       # top-1 minus top-2 logit at each greedy step, so f32 engines pick the same token
@@ -74,6 +75,18 @@ MISTRAL_BASE = {"architectures": ["MistralForCausalLM"], "model_type": "mistral"
                 "initializer_range": 0.02, "rms_norm_eps": 1e-5, "use_cache": True, "rope_theta": 10000.0,
                 "sliding_window": 4, "attention_dropout": 0.0, "tie_word_embeddings": False, "bos_token_id": 0,
                 "eos_token_id": 0}
+# The keys transformers' Phi3Config writes, in its order (no head_dim: Phi3Config has none, hidden / heads = 16; no
+# attention_bias: Phi-3 has no biases). rope_scaling null and partial_rotary_factor 1.0: the only RoPE lathe_ref
+# computes for Phi-3. original_max_position_embeddings only matters to longrope. pad_token_id null: transformers builds
+# the embedding with padding_idx = pad_token_id, which zeroes that row's gradient, and 0 (the BOS/EOS) would do so
+# for a token every batch row holds; Phi3Config's default 32000 is outside the vocabulary.
+PHI3_BASE = {"architectures": ["Phi3ForCausalLM"], "model_type": "phi3", "vocab_size": VOCAB, "hidden_size": 64,
+             "intermediate_size": 160, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+             "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attention_dropout": 0.0, "hidden_act": "silu",
+             "max_position_embeddings": 256, "original_max_position_embeddings": 256, "initializer_range": 0.02,
+             "rms_norm_eps": 1e-5, "use_cache": True, "tie_word_embeddings": False, "rope_theta": 10000.0,
+             "rope_scaling": None, "partial_rotary_factor": 1.0, "bos_token_id": 0, "eos_token_id": 0,
+             "pad_token_id": None, "sliding_window": 5}
 
 # name: (base config, overrides, stored dtype, seed, init std, bias std or None); the tied models need a larger
 # std, or their greedy output just repeats the last token (the tied head favours the embedding the residual stream
@@ -92,6 +105,7 @@ FIXTURES = {
                      torch.float32, 4, 0.15, None),
     "qwen2-tiny": (QWEN2_BASE, {}, torch.float32, QWEN2_SEED, QWEN2_STD, 0.5),
     "mistral-swa-tiny": (MISTRAL_BASE, {}, torch.float32, MISTRAL_SEED, 0.15, None),
+    "phi3-tiny": (PHI3_BASE, {}, torch.float32, PHI3_SEED, 0.15, None),
 }
 
 

@@ -22,9 +22,10 @@ static const struct arch_desc {
     {"MistralForCausalLM", "mistral", MODEL_ARCH_MISTRAL, false, 1e-6f, 10000.0, 4096 * 32, 4096},
     {"MixtralForCausalLM", "mixtral", MODEL_ARCH_MIXTRAL, true, 1e-5f, 1e6, 4096 * 32, 0},
     {"Qwen2ForCausalLM", "qwen2", MODEL_ARCH_QWEN2, false, 1e-6f, 10000.0, 32768, 0},
+    {"Phi3ForCausalLM", "phi3", MODEL_ARCH_PHI3, false, 1e-5f, 10000.0, 4096, 0}, /* Phi3Config: no window */
 };
 #define N_ARCHS (sizeof archs / sizeof archs[0])
-#define ARCH_LIST "LlamaForCausalLM, MistralForCausalLM, MixtralForCausalLM, Qwen2ForCausalLM"
+#define ARCH_LIST "LlamaForCausalLM, MistralForCausalLM, MixtralForCausalLM, Qwen2ForCausalLM, Phi3ForCausalLM"
 
 /* Upper bounds that keep every later size computation far from overflow. */
 #define MAX_HIDDEN (1u << 16)
@@ -43,6 +44,7 @@ const char *model_arch_str(model_arch_t a) {
   case MODEL_ARCH_MIXTRAL: return "MixtralForCausalLM";
   case MODEL_ARCH_MISTRAL: return "MistralForCausalLM";
   case MODEL_ARCH_QWEN2: return "Qwen2ForCausalLM";
+  case MODEL_ARCH_PHI3: return "Phi3ForCausalLM";
   case MODEL_ARCH_COUNT: break;
   }
   return "?";
@@ -301,12 +303,15 @@ lt_status_t model_config_from_json(model_config_t *cfg, const json_t *config, co
   /* An explicit null window is full attention (Mistral v0.2 on); Qwen2 applies its window only when
    * use_sliding_window is true, and then only above max_window_layers, which Lathe does not do: refused. */
   if (json_is_null(json_object_get(config, "sliding_window"))) cfg->sliding_window = 0;
-  if (cfg->arch != MODEL_ARCH_MISTRAL && cfg->arch != MODEL_ARCH_MIXTRAL) {
+  if (cfg->arch != MODEL_ARCH_MISTRAL && cfg->arch != MODEL_ARCH_MIXTRAL && cfg->arch != MODEL_ARCH_PHI3) {
     if (cfg->arch == MODEL_ARCH_QWEN2 && json_is_true(json_object_get(config, "use_sliding_window")))
       return lt_fail(err, LT_E_UNSUPPORTED, "%s: use_sliding_window true is not supported for Qwen2", lab);
     cfg->sliding_window = 0;
   }
   cfg->qkv_bias = cfg->arch == MODEL_ARCH_QWEN2;
+  const json_t *prf = json_object_get(config, "partial_rotary_factor");
+  if (prf && !json_is_null(prf) && (!json_is_number(prf) || json_number_value(prf) != 1.0))
+    return lt_fail(err, LT_E_UNSUPPORTED, "%s: partial_rotary_factor other than 1 is not supported", lab);
   if ((s = json_compression(cfg, config, lab, err))) return s;
   cfg->n_kv_heads = n_kv ? n_kv : cfg->n_heads;
   if (!head_dim) {

@@ -19,6 +19,7 @@ typedef enum model_arch {
   MODEL_ARCH_MIXTRAL,   /* MixtralForCausalLM: LLaMA attention, sparse MoE feed-forward */
   MODEL_ARCH_MISTRAL,   /* MistralForCausalLM: LLaMA's tensors, attention within a sliding window */
   MODEL_ARCH_QWEN2,     /* Qwen2ForCausalLM: LLaMA with biases on the q, k and v projections */
+  MODEL_ARCH_PHI3,      /* Phi3ForCausalLM: Mistral with fused qkv and gate_up tensors in its files */
   MODEL_ARCH_COUNT
 } model_arch_t;
 

@@ -11,10 +11,17 @@
 #include "engine/ops/quant.h"
 
 /* Symbolic dimensions a role's shape is made of. */
-typedef enum dim_sym { D_NONE = 0, D_VOCAB, D_HIDDEN, D_Q, D_KV, D_FFN, D_EXPERTS } dim_sym_t;
+typedef enum dim_sym { D_NONE = 0, D_VOCAB, D_HIDDEN, D_Q, D_KV, D_FFN, D_EXPERTS, D_QKV, D_FFN2 } dim_sym_t;
 
-static const char *const dim_names[] = {
-    "", "vocab_size", "hidden_size", "heads*head_dim", "kv_heads*head_dim", "intermediate_size", "experts"};
+static const char *const dim_names[] = {"",
+                                        "vocab_size",
+                                        "hidden_size",
+                                        "heads*head_dim",
+                                        "kv_heads*head_dim",
+                                        "intermediate_size",
+                                        "experts",
+                                        "(heads+2*kv_heads)*head_dim",
+                                        "2*intermediate_size"};
 
 static const struct role_desc {
   const char *hf, *gguf; /* name patterns (layer, then expert); GGUF expert tensors are stacked */
@@ -45,7 +52,20 @@ static const struct role_desc {
     [MR_BQ] = {"model.layers.%u.self_attn.q_proj.bias", "blk.%u.attn_q.bias", {D_Q}},
     [MR_BK] = {"model.layers.%u.self_attn.k_proj.bias", "blk.%u.attn_k.bias", {D_KV}},
     [MR_BV] = {"model.layers.%u.self_attn.v_proj.bias", "blk.%u.attn_v.bias", {D_KV}},
+    [MR_WQKV] = {"model.layers.%u.self_attn.qkv_proj.weight", "blk.%u.attn_qkv.weight", {D_QKV, D_HIDDEN}},
+    [MR_FFN_GATE_UP] = {"model.layers.%u.mlp.gate_up_proj.weight", "blk.%u.ffn_up.weight", {D_FFN2, D_HIDDEN}},
 };
+
+/* Rows [r0, r0 + n) of a matrix in a file, as a tensor of its own (the same bytes: a fused tensor's parts). */
+static ft_tensor_t row_slice(const ft_tensor_t *t, uint64_t r0, uint64_t n) {
+  ft_tensor_t s = *t;
+  uint64_t row_bytes = t->nbytes / t->shape[0];
+  s.shape[0] = n;
+  s.n_elems = n * t->shape[1];
+  s.nbytes = n * row_bytes;
+  s.data = (const uint8_t *)t->data + r0 * row_bytes;
+  return s;
+}
 
 #define NAME_CAP 96 /* bytes for a canonical name, NUL included */
 
@@ -72,6 +92,8 @@ static uint64_t dim_value(const model_config_t *c, dim_sym_t d, uint32_t layer) 
   case D_KV: return (uint64_t)c->n_kv_heads * c->head_dim;
   case D_FFN: return c->intermediate_size;
   case D_EXPERTS: return model_config_experts(c, layer);
+  case D_QKV: return (uint64_t)(c->n_heads + 2ull * c->n_kv_heads) * c->head_dim;
+  case D_FFN2: return 2ull * c->intermediate_size;
   case D_NONE: break;
   }
   return 0;
@@ -251,9 +273,18 @@ static lt_status_t map_weights(model_weights_t **out, const model_config_t *c, c
     goto fail;
   for (uint32_t l = 0; l < c->n_layers; l++) {
     model_layer_t *L = &w->layers[l];
+    bool fused = c->arch == MODEL_ARCH_PHI3;
+    if (fused) { /* the q, k and v rows of one tensor, and below the gate and up rows of another */
+      ft_tensor_t qkv;
+      uint64_t qd = dim_value(c, D_Q, l), kvd = dim_value(c, D_KV, l);
+      if ((s = fetch(&qkv, src, c, MR_WQKV, l, 0, false, err))) goto fail;
+      L->wq = row_slice(&qkv, 0, qd), L->wk = row_slice(&qkv, qd, kvd), L->wv = row_slice(&qkv, qd + kvd, kvd);
+    }
     if ((s = fetch(&L->attn_norm, src, c, MR_ATTN_NORM, l, 0, false, err)) ||
-        (s = fetch(&L->wq, src, c, MR_WQ, l, 0, false, err)) || (s = fetch(&L->wk, src, c, MR_WK, l, 0, false, err)) ||
-        (s = fetch(&L->wv, src, c, MR_WV, l, 0, false, err)) || (s = fetch(&L->wo, src, c, MR_WO, l, 0, false, err)))
+        (!fused && ((s = fetch(&L->wq, src, c, MR_WQ, l, 0, false, err)) ||
+                    (s = fetch(&L->wk, src, c, MR_WK, l, 0, false, err)) ||
+                    (s = fetch(&L->wv, src, c, MR_WV, l, 0, false, err)))) ||
+        (s = fetch(&L->wo, src, c, MR_WO, l, 0, false, err)))
       goto fail;
     if (c->qkv_bias &&
         ((s = fetch(&L->bq, src, c, MR_BQ, l, 0, false, err)) || (s = fetch(&L->bk, src, c, MR_BK, l, 0, false, err)) ||
@@ -262,8 +293,14 @@ static lt_status_t map_weights(model_weights_t **out, const model_config_t *c, c
     if (c->ffn_dropped[l]) continue; /* no post-attention norm, router, experts or MLP */
     if ((s = fetch(&L->ffn_norm, src, c, MR_FFN_NORM, l, 0, false, err))) goto fail;
     if (!c->n_experts) {
-      if ((s = fetch(&L->ffn.gate, src, c, MR_FFN_GATE, l, 0, false, err)) ||
-          (s = fetch(&L->ffn.up, src, c, MR_FFN_UP, l, 0, false, err)) ||
+      if (fused) {
+        ft_tensor_t gu;
+        if ((s = fetch(&gu, src, c, MR_FFN_GATE_UP, l, 0, false, err))) goto fail;
+        L->ffn.gate = row_slice(&gu, 0, c->intermediate_size);
+        L->ffn.up = row_slice(&gu, c->intermediate_size, c->intermediate_size);
+      }
+      if ((!fused && ((s = fetch(&L->ffn.gate, src, c, MR_FFN_GATE, l, 0, false, err)) ||
+                      (s = fetch(&L->ffn.up, src, c, MR_FFN_UP, l, 0, false, err)))) ||
           (s = fetch(&L->ffn.down, src, c, MR_FFN_DOWN, l, 0, false, err)))
         goto fail;
       continue;

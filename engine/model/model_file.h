@@ -39,6 +39,8 @@ typedef enum model_role {
   MR_BQ,           /* [n_heads * head_dim] (qkv_bias) */
   MR_BK,           /* [n_kv_heads * head_dim] (qkv_bias) */
   MR_BV,           /* [n_kv_heads * head_dim] (qkv_bias) */
+  MR_WQKV,         /* [(n_heads + 2 n_kv_heads) * head_dim, hidden]: q, k, v rows fused (Phi-3 files) */
+  MR_FFN_GATE_UP,  /* [2 ffn, hidden]: gate rows, then up rows (Phi-3 files) */
   MR_COUNT
 } model_role_t;
 

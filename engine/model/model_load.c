@@ -318,6 +318,8 @@ static lt_status_t params_build(model_t *m, const model_weights_t *w, lt_err_t *
     case MR_BQ: st = params_add(m, t, NULL, L->bq, m->cfg.n_heads * m->cfg.head_dim, err); break;
     case MR_BK: st = params_add(m, t, NULL, L->bk, m->cfg.n_kv_heads * m->cfg.head_dim, err); break;
     case MR_BV: st = params_add(m, t, NULL, L->bv, m->cfg.n_kv_heads * m->cfg.head_dim, err); break;
+    case MR_WQKV:
+    case MR_FFN_GATE_UP: break; /* listed as their parts (q, k, v; gate, up) */
     case MR_COUNT: break;
     }
   }

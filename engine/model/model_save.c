@@ -19,8 +19,11 @@
 json_t *model_config_json(const model_config_t *c) {
   json_t *j = json_object();
   bool moe = c->arch == MODEL_ARCH_MIXTRAL;
-  json_object_set_new(j, "architectures", json_pack("[s]", model_arch_str(c->arch)));
-  json_object_set_new(j, "model_type", json_string(model_arch_type(c->arch)));
+  /* A Phi-3 is saved with its q, k, v and gate, up matrices apart, as LLaMA names them: that is exactly a Mistral
+   * (same window, no RoPE scaling), so it is written as one, which transformers loads as it is. */
+  model_arch_t as = c->arch == MODEL_ARCH_PHI3 ? MODEL_ARCH_MISTRAL : c->arch;
+  json_object_set_new(j, "architectures", json_pack("[s]", model_arch_str(as)));
+  json_object_set_new(j, "model_type", json_string(model_arch_type(as)));
   json_object_set_new(j, "hidden_size", json_integer(c->hidden_size));
   json_object_set_new(j, "intermediate_size", json_integer(c->intermediate_size));
   json_object_set_new(j, "num_hidden_layers", json_integer(c->n_layers));
@@ -56,7 +59,7 @@ json_t *model_config_json(const model_config_t *c) {
   }
   if (c->sliding_window)
     json_object_set_new(j, "sliding_window", json_integer(c->sliding_window));
-  else if (c->arch == MODEL_ARCH_MISTRAL || c->arch == MODEL_ARCH_MIXTRAL)
+  else if (as == MODEL_ARCH_MISTRAL || as == MODEL_ARCH_MIXTRAL)
     json_object_set_new(j, "sliding_window", json_null()); /* absent would mean Mistral's default window */
   json_object_set_new(j, "torch_dtype", json_string("float32"));
   /* Lathe's compression fields (docs/compression.md). */

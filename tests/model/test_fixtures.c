@@ -71,11 +71,14 @@ static void on_router(void *ctx, uint32_t layer, const float *probs, uint32_t n_
   }
 }
 
-static void check_fixture(const char *name) {
+/* Checks the fixture's model, from its folder or (file not NULL) from that file inside it. */
+static void check_fixture_file(const char *name, const char *file) {
   fixture_t f;
   fixture_load(&f, name);
   lt_err_t err = {0};
-  model_t *m = model_load(tgpu(), f.dir, NULL, &err);
+  char path[600];
+  snprintf(path, sizeof path, "%s%s%s", f.dir, file ? "/" : "", file ? file : "");
+  model_t *m = model_load(tgpu(), path, NULL, &err);
   cr_assert(m != NULL, "%s: %s", name, err.msg);
   uint32_t V = model_config(m)->vocab_size;
   cr_assert_eq(V, 96);
@@ -129,12 +132,19 @@ static void check_fixture(const char *name) {
   json_decref(f.ref);
 }
 
+static void check_fixture(const char *name) { check_fixture_file(name, NULL); }
+
 Test(fixtures, llama_tiny_f32) { check_fixture("llama-tiny"); }
+/* The same weights as GGUF files written by tools/hf_to_gguf.py as llama.cpp's converter lays them out: LLaMA's
+ * q and k rows permuted into interleaved RoPE pairs, Qwen2's kept in rotate-half order with its biases. */
+Test(fixtures, llama_tiny_gguf) { check_fixture_file("llama-tiny", "llama-tiny.gguf"); }
+Test(fixtures, qwen2_tiny_gguf) { check_fixture_file("qwen2-tiny", "qwen2-tiny.gguf"); }
 Test(fixtures, llama_tiny_f16) { check_fixture("llama-tiny-f16"); }
 Test(fixtures, llama3_scaled_bf16_tied) { check_fixture("llama3-scaled"); }
 Test(fixtures, mixtral_tiny) { check_fixture("mixtral-tiny"); }
 Test(fixtures, qwen2_tiny_qkv_biases_tied) { check_fixture("qwen2-tiny"); }
 Test(fixtures, mistral_sliding_window_of_4) { check_fixture("mistral-swa-tiny"); }
+Test(fixtures, phi3_fused_tensors_window_of_5) { check_fixture("phi3-tiny"); }
 
 Test(fixtures, the_window_changes_the_logits_past_it) {
   /* The same Mistral weights loaded with the window off (sliding_window null in a copy of the folder) give the
@@ -186,10 +196,11 @@ Test(fixtures, split_weights_give_the_same_logits) {
 
 Test(fixtures, saved_model_reloads_with_the_same_logits) {
   /* model_save writes a Hugging Face folder that loads again and computes bit-identical logits (the same weights
-   * in the same dtypes); checked for an f16, a tied bf16 (saved as f32), a Mixtral, a Qwen2 (biases) and a Mistral
-   * (sliding window) model. */
-  const char *names[] = {"llama-tiny-f16", "llama3-scaled", "mixtral-tiny", "qwen2-tiny", "mistral-swa-tiny"};
-  for (unsigned k = 0; k < 5; k++) {
+   * in the same dtypes); checked for an f16, a tied bf16 (saved as f32), a Mixtral, a Qwen2 (biases), a Mistral
+   * (sliding window) and a Phi-3 model (fused tensors; saved apart, as the Mistral it equals). */
+  const char *names[] = {"llama-tiny-f16", "llama3-scaled",    "mixtral-tiny",
+                         "qwen2-tiny",     "mistral-swa-tiny", "phi3-tiny"};
+  for (unsigned k = 0; k < 6; k++) {
     fixture_t f;
     fixture_load(&f, names[k]);
     lt_err_t err = {0};

@@ -80,6 +80,11 @@ Test(train, full_gradients_match_pytorch_mistral_window) {
   check_full_grads("mistral-swa-tiny", 0, "grads.safetensors");
 }
 
+Test(train, full_gradients_match_pytorch_phi3_fused) {
+  /* The reference names Phi-3's fused qkv_proj and gate_up_proj; Lathe trains their parts (q, k, v; gate, up). */
+  check_full_grads("phi3-tiny", 0, "grads.safetensors");
+}
+
 Test(train, full_gradients_match_pytorch_mixtral) {
   /* Router, experts (through the renormalised top-2 gate weights) and everything below them. */
   check_full_grads("mixtral-tiny", 0, "grads.safetensors");

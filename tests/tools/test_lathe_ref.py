@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Checks tools/lathe_ref.py against a real model and against independent, written-out formulas (per-head, per-key
-and per-expert loops with their own reading of biases and sliding windows), and the fixtures against it.
+and per-expert loops with their own reading of biases, sliding windows and Phi-3's fused weights), Phi-3 against the
+Mistral model made of its split weights, and the fixtures against it.
 
   /usr/bin/python3 tests/tools/test_lathe_ref.py
 
@@ -87,15 +88,40 @@ def test_llama3_inv_freq():
     assert kinds == {"high", "medium", "low"}
 
 
+def split_phi3(sd, cfg):
+    """A Phi-3 state dict with its fused weights cut apart under the LLaMA names: rows [0, H*D) of qkv_proj are
+    q_proj, the next KV*D k_proj, the last KV*D v_proj; the first intermediate_size rows of gate_up_proj are
+    gate_proj, the rest up_proj."""
+    qd = cfg["num_attention_heads"] * ref.head_dim(cfg)
+    kvd = cfg["num_key_value_heads"] * ref.head_dim(cfg)
+    f = cfg["intermediate_size"]
+    out = {}
+    for name, t in sd.items():
+        if name.endswith("self_attn.qkv_proj.weight"):
+            assert t.shape[0] == qd + 2 * kvd, (name, t.shape)
+            p = name[:-len("qkv_proj.weight")]
+            out[p + "q_proj.weight"], out[p + "k_proj.weight"] = t[:qd].clone(), t[qd:qd + kvd].clone()
+            out[p + "v_proj.weight"] = t[qd + kvd:].clone()
+        elif name.endswith("mlp.gate_up_proj.weight"):
+            assert t.shape[0] == 2 * f, (name, t.shape)
+            p = name[:-len("gate_up_proj.weight")]
+            out[p + "gate_proj.weight"], out[p + "up_proj.weight"] = t[:f].clone(), t[f:].clone()
+        else:
+            out[name] = t.clone()
+    return out
+
+
 def dense_forward(model, ids):
-    """The forward pass written out per head and per expert with plain loops (float64). Query t of a Mistral
-    model reads the keys t-W+1..t (the window holds W keys, the query's own included), others the keys 0..t; the
-    linear layers add their bias where the checkpoint has one."""
+    """The forward pass written out per head and per expert with plain loops (float64). Query t of a Mistral or
+    Phi-3 model with a window W reads the keys t-W+1..t (the window holds W keys, the query's own included), others
+    the keys 0..t; the linear layers add their bias where the checkpoint has one; Phi-3's fused weights are split
+    by split_phi3."""
     cfg = model.cfg
-    sd = {k: v.double() for k, v in model.state_dict().items()}
+    sd = split_phi3({k: v.double() for k, v in model.state_dict().items()}, cfg)
     T, H, KV, D = len(ids), cfg["num_attention_heads"], cfg["num_key_value_heads"], ref.head_dim(cfg)
     eps = cfg["rms_norm_eps"]
-    window = cfg.get("sliding_window") if cfg["architectures"] == ["MistralForCausalLM"] else None
+    window = cfg.get("sliding_window") if cfg["architectures"][0] in ("MistralForCausalLM", "Phi3ForCausalLM") \
+        else None
 
     def keys(t):
         return range(0 if window is None else max(0, t - window + 1), t + 1)
@@ -151,10 +177,10 @@ def dense_forward(model, ids):
 
 def test_forward_against_loops():
     fixtures = os.path.join(ROOT, "tests", "fixtures")
-    for name in ("llama-tiny", "llama3-scaled", "mixtral-tiny", "qwen2-tiny", "mistral-swa-tiny"):
+    for name in ("llama-tiny", "llama3-scaled", "mixtral-tiny", "qwen2-tiny", "mistral-swa-tiny", "phi3-tiny"):
         model = ref.load_hf(os.path.join(fixtures, name), torch.float64)
         with open(os.path.join(fixtures, name, "reference.json")) as f:
-            ids = json.load(f)["prompt_tokens"][:7]  # past mistral-swa-tiny's window of 4
+            ids = json.load(f)["prompt_tokens"][:7]  # past mistral-swa-tiny's window of 4 and phi3-tiny's of 5
         want = dense_forward(model, ids)
         with torch.no_grad():
             got = model(torch.tensor([ids]))[0]
@@ -243,6 +269,118 @@ def test_config_semantics():
         raise AssertionError("accepted GPT2LMHeadModel")
 
 
+PHI3 = dict(TINY, architectures=["Phi3ForCausalLM"], model_type="phi3", rope_scaling=None, partial_rotary_factor=1.0,
+            original_max_position_embeddings=64, sliding_window=3)
+
+
+def test_phi3_config():
+    """Phi-3's family, defaults, window, fused tensor names and shapes, tied head, and the configs it refuses
+    (rope_scaling of any kind, partial rotary), from CausalLM and from load_hf."""
+    assert ref.family(PHI3) == "phi3" and ref.family({"model_type": "phi3"}) == "phi3"
+    bare = {k: v for k, v in PHI3.items() if k not in ("rope_theta", "rms_norm_eps", "sliding_window")}
+    assert ref.config_default(bare, "rope_theta") == 1e4 and ref.config_default(bare, "rms_norm_eps") == 1e-5
+    assert ref.sliding_window(bare, 0) is None                           # Phi3Config's default: no window
+    assert ref.sliding_window(dict(bare, sliding_window=None), 1) is None
+    assert ref.sliding_window(PHI3, 1) == 3
+    assert ref.fused_projections(PHI3) and not ref.fused_projections(dict(PHI3, architectures=["MistralForCausalLM"]))
+    assert ref.linear_biases(dict(PHI3, attention_bias=True, mlp_bias=True)) == (False, False, False)
+    H, KV, D, F = 6, 2, 4, 40
+    shapes = {n: list(t.shape) for n, t in ref.CausalLM(PHI3).state_dict().items()}
+    for i in range(2):
+        p = f"model.layers.{i}."
+        assert shapes.pop(p + "self_attn.qkv_proj.weight") == [(H + 2 * KV) * D, 24]
+        assert shapes.pop(p + "self_attn.o_proj.weight") == [24, H * D]
+        assert shapes.pop(p + "mlp.gate_up_proj.weight") == [2 * F, 24]
+        assert shapes.pop(p + "mlp.down_proj.weight") == [24, F]
+        assert shapes.pop(p + "input_layernorm.weight") == shapes.pop(p + "post_attention_layernorm.weight") == [24]
+    assert shapes == {"model.embed_tokens.weight": [40, 24], "model.norm.weight": [24], "lm_head.weight": [40, 24]}
+    tied = ref.CausalLM(dict(PHI3, tie_word_embeddings=True))
+    assert not hasattr(tied, "lm_head") and "lm_head.weight" not in tied.state_dict()
+    for ok in (dict(PHI3, partial_rotary_factor=1), {k: v for k, v in PHI3.items() if k != "partial_rotary_factor"},
+               {k: v for k, v in PHI3.items() if k != "rope_scaling"}):
+        ref.CausalLM(ok)
+    longrope = {"type": "longrope", "short_factor": [1.0] * 2, "long_factor": [2.0] * 2,
+                "original_max_position_embeddings": 64}
+    bad = [dict(PHI3, rope_scaling=longrope), dict(PHI3, rope_scaling=dict(longrope, type="su")),
+           dict(PHI3, rope_scaling={"rope_type": "longrope", "short_factor": [1.0] * 2, "long_factor": [2.0] * 2}),
+           dict(PHI3, rope_scaling={"rope_type": "llama3", "factor": 4.0, "low_freq_factor": 1.0,
+                                    "high_freq_factor": 4.0, "original_max_position_embeddings": 64}),
+           dict(PHI3, partial_rotary_factor=0.75), dict(PHI3, partial_rotary_factor=None)]
+    for cfg in bad:
+        for make in (ref.CausalLM, ref.rope_inv_freq):
+            try:
+                make(cfg)
+            except ValueError as e:
+                assert "Phi-3" in str(e), e
+                continue
+            raise AssertionError(f"{make.__name__} accepted {cfg}")
+    src = os.path.join(ROOT, "tests", "fixtures", "phi3-tiny")
+    with tempfile.TemporaryDirectory() as d:
+        for name in ("model.safetensors", "tokenizer.json"):
+            with open(os.path.join(src, name), "rb") as f, open(os.path.join(d, name), "wb") as g:
+                g.write(f.read())
+        with open(os.path.join(src, "config.json")) as f:
+            cfg = json.load(f)
+        for change in ({"rope_scaling": longrope}, {"partial_rotary_factor": 0.5}):
+            with open(os.path.join(d, "config.json"), "w") as f:
+                json.dump(dict(cfg, **change), f)
+            try:
+                ref.load_hf(d)
+            except ValueError as e:
+                assert "Phi-3" in str(e), e
+                continue
+            raise AssertionError(f"load_hf accepted {change}")
+        with open(os.path.join(d, "config.json"), "w") as f:
+            json.dump(cfg, f)
+        assert ref.load_hf(d).model.layers[0].self_attn.window == 5
+
+
+def mistral_of_phi3(phi3):
+    """The MistralForCausalLM with phi3's split weights (split_phi3) and the same window, eps, theta and head."""
+    cfg = {k: v for k, v in phi3.cfg.items() if k not in ("rope_scaling", "partial_rotary_factor",
+                                                             "original_max_position_embeddings")}
+    cfg.update(architectures=["MistralForCausalLM"], model_type="mistral",
+               sliding_window=ref.sliding_window(phi3.cfg, 0))             # Mistral's own default would be 4096
+    mistral = ref.CausalLM(cfg).double()
+    mistral.load_state_dict(split_phi3(phi3.state_dict(), phi3.cfg))
+    return mistral.eval()
+
+
+def test_phi3_equals_mistral():
+    """A Phi-3 without rope scaling is the Mistral made of its split weights with the same window: random models
+    (windows 1, 3, none; GQA 6/2 and MHA; untied and tied) and phi3-tiny give the same logits to float64 rounding,
+    while the wrong cuts (up before gate, v before k) land far away."""
+    gen = torch.Generator().manual_seed(13)
+    cases = [dict(PHI3, sliding_window=1), PHI3, dict(PHI3, sliding_window=None),
+             dict(PHI3, num_key_value_heads=6, tie_word_embeddings=True)]
+    models = [random_model(cfg, 40 + i, bias_std=None) for i, cfg in enumerate(cases)]
+    models.append(ref.load_hf(os.path.join(ROOT, "tests", "fixtures", "phi3-tiny"), torch.float64))
+    for model in models:
+        cfg = model.cfg
+        ids = torch.randint(cfg["vocab_size"], (12,), generator=gen).tolist()
+        mistral = mistral_of_phi3(model)
+        assert [b.self_attn.window for b in mistral.model.layers] == [b.self_attn.window for b in model.model.layers]
+        with torch.no_grad():
+            got, want = model(torch.tensor([ids]))[0], mistral(torch.tensor([ids]))[0]
+            err = float((got - want).abs().max())
+            assert err < 1e-12, (cfg.get("sliding_window"), err)
+            f, kvd = cfg["intermediate_size"], cfg["num_key_value_heads"] * ref.head_dim(cfg)
+            for block in mistral.model.layers:  # gate and up swapped
+                g, u = block.mlp.gate_proj.weight.clone(), block.mlp.up_proj.weight.clone()
+                block.mlp.gate_proj.weight.copy_(u)
+                block.mlp.up_proj.weight.copy_(g)
+            swapped = float((mistral(torch.tensor([ids]))[0] - got).abs().max())
+            mistral = mistral_of_phi3(model)
+            for block in mistral.model.layers:  # k and v swapped
+                k, v = block.self_attn.k_proj.weight.clone(), block.self_attn.v_proj.weight.clone()
+                block.self_attn.k_proj.weight.copy_(v)
+                block.self_attn.v_proj.weight.copy_(k)
+            kv_swapped = float((mistral(torch.tensor([ids]))[0] - got).abs().max())
+        assert swapped > 1e-2 and kv_swapped > 1e-2, (swapped, kv_swapped, f, kvd)
+        err = float((got - dense_forward(model, ids)).abs().max())
+        assert err < 1e-10, err
+
+
 def test_biases_against_loops():
     """Random LLaMA with attention_bias and mlp_bias (biases on q, k, v, o, gate, up, down) and a random untied
     Qwen2, against the loops."""
@@ -259,9 +397,10 @@ def test_biases_against_loops():
 
 
 def test_fixture_effects():
-    """qwen2-tiny's biases and mistral-swa-tiny's window matter, by the amounts reference.json records."""
+    """qwen2-tiny's biases and mistral-swa-tiny's and phi3-tiny's windows matter, by the amounts reference.json
+    records."""
     fixtures = os.path.join(ROOT, "tests", "fixtures")
-    for name in ("qwen2-tiny", "mistral-swa-tiny"):
+    for name in ("qwen2-tiny", "mistral-swa-tiny", "phi3-tiny"):
         folder = os.path.join(fixtures, name)
         with open(os.path.join(folder, "reference.json")) as f:
             info = json.load(f)
@@ -287,13 +426,14 @@ def test_fixture_effects():
                 diff = float((model(seq)[0] - base).abs().max())
                 assert abs(diff - info["zero_bias_max_abs_diff"]) < 1e-9 and diff > 1, (diff, info)
             else:
-                assert [layer.self_attn.window for layer in model.model.layers] == [4, 4]
+                W = {"mistral-swa-tiny": 4, "phi3-tiny": 5}[name]
+                assert [layer.self_attn.window for layer in model.model.layers] == [W, W]
                 for layer in model.model.layers:
                     layer.self_attn.window = None
                 row = (model(seq)[0] - base).abs().max(-1).values
                 assert abs(float(row.max()) - info["full_attention_max_abs_diff"]) < 1e-9, (row, info)
-                assert float(row[:4].max()) == 0 and info["full_attention_first_diff_row"] == 4
-                assert float(row.max()) > 1, row
+                assert float(row[:W].max()) == 0 and info["full_attention_first_diff_row"] == W
+                assert float(row[W]) > 1e-3 and float(row.max()) > 1, row
 
 
 def test_fixtures_reproducible():
@@ -304,7 +444,8 @@ def test_fixtures_reproducible():
 def test_grads_against_finite_differences():
     """The autograd gradients grad_ref.py writes, against central differences of the loss in float64."""
     import grad_ref  # noqa: E402 (tools/ is on the path)
-    for name, balance in (("llama-tiny", 0.0), ("mixtral-tiny", 0.0), ("mixtral-tiny", 0.02), ("qwen2-tiny", 0.0)):
+    for name, balance in (("llama-tiny", 0.0), ("mixtral-tiny", 0.0), ("mixtral-tiny", 0.02), ("qwen2-tiny", 0.0),
+                          ("phi3-tiny", 0.0)):
         folder = os.path.join(ROOT, "tests", "fixtures", name)
         model = ref.load_hf(folder, torch.float64)
         ids, mask = grad_ref.batch(folder)
@@ -321,22 +462,38 @@ def test_grads_against_finite_differences():
         for pname, g in grads.items():
             assert torch.allclose(saved[pname].double(), g, rtol=1e-6, atol=1e-12), (name, pname)
         biases = [n for n in params if n.endswith(".bias")]
+        picks = []  # (name, flat index): 3 random elements of each, and for Phi-3's fused weights one per part
         for pname in ["model.embed_tokens.weight", "model.layers.0.self_attn.q_proj.weight",
                       "model.layers.1.input_layernorm.weight", "model.norm.weight"] + biases[:3]:
-            p = params[pname]
+            if pname not in params:
+                continue
             for _ in range(3):
-                i = int(torch.randint(p.numel(), (1,), generator=gen))
-                h, old = 1e-6, p.data.view(-1)[i].item()
-                with torch.no_grad():
-                    p.data.view(-1)[i] = old + h
-                    up = ref.masked_lm_loss(model, ids, mask, balance).item()
-                    p.data.view(-1)[i] = old - h
-                    down = ref.masked_lm_loss(model, ids, mask, balance).item()
-                    p.data.view(-1)[i] = old
-                fd, ag = (up - down) / (2 * h), grads[pname].view(-1)[i].item()
-                # Central differences in float64 err by about h^2 times the third derivative plus eps |loss| / h:
-                # around 1e-9 here.
-                assert abs(fd - ag) < 1e-7 + 1e-6 * abs(ag), (name, balance, pname, i, fd, ag)
+                picks.append((pname, int(torch.randint(params[pname].numel(), (1,), generator=gen))))
+        if "model.layers.0.self_attn.qkv_proj.weight" in params:
+            cfg, C = model.cfg, model.cfg["hidden_size"]
+            qd = cfg["num_attention_heads"] * ref.head_dim(cfg)
+            kvd = cfg["num_key_value_heads"] * ref.head_dim(cfg)
+            f = cfg["intermediate_size"]
+            for layer in range(cfg["num_hidden_layers"]):
+                p = f"model.layers.{layer}."
+                for part, lo, n in (("self_attn.qkv_proj", 0, qd), ("self_attn.qkv_proj", qd, kvd),  # q, k, v rows
+                                    ("self_attn.qkv_proj", qd + kvd, kvd),
+                                    ("mlp.gate_up_proj", 0, f), ("mlp.gate_up_proj", f, f)):       # gate, up rows
+                    row = lo + int(torch.randint(n, (1,), generator=gen))
+                    picks.append((p + part + ".weight", row * C + int(torch.randint(C, (1,), generator=gen))))
+        for pname, i in picks:
+            p = params[pname]
+            h, old = 1e-6, p.data.view(-1)[i].item()
+            with torch.no_grad():
+                p.data.view(-1)[i] = old + h
+                up = ref.masked_lm_loss(model, ids, mask, balance).item()
+                p.data.view(-1)[i] = old - h
+                down = ref.masked_lm_loss(model, ids, mask, balance).item()
+                p.data.view(-1)[i] = old
+            fd, ag = (up - down) / (2 * h), grads[pname].view(-1)[i].item()
+            # Central differences in float64 err by about h^2 times the third derivative plus eps |loss| / h:
+            # around 1e-9 here.
+            assert abs(fd - ag) < 1e-7 + 1e-6 * abs(ag), (name, balance, pname, i, fd, ag)
 
 
 def test_load_balance_even_routing_is_one():
