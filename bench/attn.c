@@ -71,7 +71,7 @@ static int bench_attention(gpu_t *g, const shape_t *sh) {
     double t0 = now();
     if (!c ||
         op_attention(c, gv(bo), gv(bq), gv(bk), gv(bv), sh->n_q, sh->n_heads, sh->n_kv, sh->hd, sh->q_pos0, sh->kv_len,
-                     0, scale, &err) != LT_OK ||
+                     0, scale, 0.0f, &err) != LT_OK ||
         gpu_cmd_finish(&c, &err) != LT_OK)
       return fprintf(stderr, "%s: %s\n", sh->name, err.msg), 1;
     if (rep) t_gpu = fmin(t_gpu, now() - t0);

@@ -192,7 +192,7 @@ static void peer_forward(peer_t *p, peer_seq_t *const *seqs, const int32_t *cons
       memcpy(s->k[l] + (uint64_t)s->len * kvd, p->k + (uint64_t)i * n * kvd, (uint64_t)n * kvd * 4);
       memcpy(s->v[l] + (uint64_t)s->len * kvd, p->v + (uint64_t)i * n * kvd, (uint64_t)n * kvd * 4);
       ref_attention(p->att + (uint64_t)i * n * qd, p->q + (uint64_t)i * n * qd, s->k[l], s->v[l], n, c->n_heads,
-                    c->n_kv_heads, hd, s->len, s->len + n, c->sliding_window, 1.0f / sqrtf((float)hd));
+                    c->n_kv_heads, hd, s->len, s->len + n, c->sliding_window, 1.0f / sqrtf((float)hd), 0.0f);
     }
     peer_mm(p, p->x, p->att, L->wo, T, d, qd, true);
     ref_rmsnorm(p->xn, p->x, L->ffn_norm, T, d, c->rms_norm_eps);

@@ -131,7 +131,10 @@ void main() {
       vec4 sv;
       [[unroll]] for (uint qq = 0u; qq < 4u; qq++) {
         uint r = 4u * qg1 + qq;
-        sv[qq] = kb + c < kend_s[r] && kb + c >= kbeg_s[r] ? s[j][qq] : NEG_BIG;
+        float sc = s[j][qq];
+        // Soft-capping, tanh written through exp so a large |score| saturates instead of producing inf / inf.
+        if (pc.softcap > 0.0) sc = pc.softcap * (1.0 - 2.0 / (exp(2.0 * sc / pc.softcap) + 1.0));
+        sv[qq] = kb + c < kend_s[r] && kb + c >= kbeg_s[r] ? sc : NEG_BIG;
       }
       p_s[c][qg1] = sv;
     }

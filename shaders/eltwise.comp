@@ -10,6 +10,11 @@ layout(std430, binding = 2) readonly buffer B { float b[]; };
 
 float silu(float v) { return v / (1.0 + exp(-v)); }
 
+// tanh(u) written through exp so large |u| saturates instead of producing inf/inf.
+float tanh_safe(float u) { return 1.0 - 2.0 / (exp(2.0 * u) + 1.0); }
+
+float gelu_tanh(float v) { return 0.5 * v * (1.0 + tanh_safe(0.7978845608028654 * (v + 0.044715 * v * v * v))); }
+
 void main() {
   uint i = flat_index();
   if (i >= pc.n) return;
@@ -19,13 +24,9 @@ void main() {
   case ELT_MUL: v = v * b[i % pc.nb]; break;
   case ELT_SCALE: v = v * pc.scale; break;
   case ELT_SILU: v = silu(v); break;
-  case ELT_GELU: {
-    // tanh(u) written through exp so large |u| saturates instead of producing inf/inf.
-    float u = 0.7978845608028654 * (v + 0.044715 * v * v * v);
-    float t = 1.0 - 2.0 / (exp(2.0 * u) + 1.0);
-    v = 0.5 * v * (1.0 + t);
-    break;
-  }
+  case ELT_GELU: v = gelu_tanh(v); break;
+  case ELT_GEGLU: v = gelu_tanh(v) * b[i % pc.nb]; break;
+  case ELT_SOFTCAP: v = pc.scale * tanh_safe(v / pc.scale); break;
   case ELT_SWIGLU: v = silu(v) * b[i % pc.nb]; break;
   case ELT_RELU: v = max(v, 0.0); break;
   case ELT_RELU_BW: v = b[i % pc.nb] > 0.0 ? v : 0.0; break;

@@ -1,12 +1,13 @@
 #!/usr/bin/env python3
-"""Lathe's PyTorch reference for LLaMA, Mistral, Qwen2, Mixtral and Phi-3 causal language models in Hugging Face
-layout.
+"""Lathe's PyTorch reference for LLaMA, Mistral, Qwen2, Mixtral, Phi-3 and Gemma 2 causal language models in Hugging
+Face layout.
 
 A tool, never used at run time: it makes the test fixtures (tools/make_fixtures.py), trains the embedded
 models (tools/train_embedded.py) and is the oracle the C engine is compared against. It reads and writes
 HF folders (config.json, model.safetensors, tokenizer.json, generation_config.json) without the
 `safetensors`, `tokenizers` or `transformers` packages, and follows the semantics of transformers'
-LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, MixtralForCausalLM and Phi3ForCausalLM:
+LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, MixtralForCausalLM, Phi3ForCausalLM and Gemma2ForCausalLM
+(Gemma 2's block differs: see the Gemma 2 paragraph below):
 
   h_0 = embed_tokens[ids]
   per block: h = h + o_proj(attn(rope(q_proj(rms(h))), rope(k_proj(rms(h))), v_proj(rms(h))))   causal, GQA
@@ -32,9 +33,25 @@ fused_projections()):
            `rope_scaling` (longrope, su, yarn) and `partial_rotary_factor` other than 1 are refused
            (check_phi3). Without them a Phi-3 computes exactly what a Mistral with the split weights and the same
            window computes.
+  Gemma 2  (Gemma2ForCausalLM, model_type "gemma2"; transformers' modeling_gemma2, rule by rule, see GemmaRMSNorm,
+           Attention, MLP, Block and CausalLM):
+             h_0 = embed_tokens[ids] * sqrt(hidden_size)                  (the normalizer)
+             Gemma RMSNorm: x * rsqrt(mean(x^2) + eps) * (1 + weight)     (the stored weight is the offset from 1)
+             per block: h = h + post_attention_layernorm(attn(input_layernorm(h)))
+                        h = h + post_feedforward_layernorm(mlp(pre_feedforward_layernorm(h)))
+             mlp(x) = down(gelu_tanh(gate(x)) * up(x))                    (hidden_activation gelu_pytorch_tanh)
+             attention scores (q . k) * query_pre_attn_scalar^-0.5, then cap * tanh(scores / cap) with
+               cap = attn_logit_softcapping, BEFORE the causal/window mask; GQA; head_dim from the config
+             layer i: sliding window of `sliding_window` keys when i % 2 == 0, full causal attention when odd
+               (`layer_types`, where the config has it, decides instead)
+             logits = lm_head(norm(h_L)), tied by default; then cap * tanh(logits / cap) with
+               cap = final_logit_softcapping
+           no biases (`attention_bias` true is refused), other hidden_activations refused (check_gemma2).
 Keys a config omits get the defaults of the transformers config classes (config_default): rope_theta 1e4 and
 rms_norm_eps 1e-6 for LLaMA, Mistral and Qwen2 (Qwen2Config's rope_theta default is 1e4; real Qwen2 checkpoints
-write 1e6), rope_theta 1e6 and rms_norm_eps 1e-5 for Mixtral, rope_theta 1e4 and rms_norm_eps 1e-5 for Phi-3.
+write 1e6), rope_theta 1e6 and rms_norm_eps 1e-5 for Mixtral, rope_theta 1e4 and rms_norm_eps 1e-5 for Phi-3;
+Gemma2Config's for Gemma 2 (rms_norm_eps 1e-6, rope_theta 1e4, query_pre_attn_scalar 256, attn_logit_softcapping 50,
+final_logit_softcapping 30, sliding_window 4096, head_dim 256, hidden_activation gelu_pytorch_tanh, tied head).
 
 RoPE is the rotate-half form (the HF layout of q_proj/k_proj), with rope_theta and the optional Llama-3
 `rope_scaling`. Weights stored as f16/bf16 are converted exactly to the compute dtype (f32 by default,
@@ -115,12 +132,12 @@ def write_safetensors(path, tensors, metadata=None):
 # Model.
 
 FAMILIES = {"LlamaForCausalLM": "llama", "MistralForCausalLM": "mistral", "Qwen2ForCausalLM": "qwen2",
-            "MixtralForCausalLM": "mixtral", "Phi3ForCausalLM": "phi3"}
+            "MixtralForCausalLM": "mixtral", "Phi3ForCausalLM": "phi3", "Gemma2ForCausalLM": "gemma2"}
 
 
 def family(cfg):
-    """"llama", "mistral", "qwen2", "mixtral" or "phi3", from `architectures` (else `model_type`); LLaMA when neither
-    says. Raises on an architecture or model_type outside the five."""
+    """"llama", "mistral", "qwen2", "mixtral", "phi3" or "gemma2", from `architectures` (else `model_type`); LLaMA when
+    neither says. Raises on an architecture or model_type outside the six."""
     archs = cfg.get("architectures") or []
     if archs:
         if archs[0] not in FAMILIES:
@@ -132,17 +149,61 @@ def family(cfg):
     return kind
 
 
-# transformers' config-class defaults for the keys this reference reads with a fallback.
-DEFAULTS = {"llama": {"rope_theta": 10000.0, "rms_norm_eps": 1e-6},
-            "mistral": {"rope_theta": 10000.0, "rms_norm_eps": 1e-6},
-            "qwen2": {"rope_theta": 10000.0, "rms_norm_eps": 1e-6},
-            "mixtral": {"rope_theta": 1e6, "rms_norm_eps": 1e-5},
-            "phi3": {"rope_theta": 10000.0, "rms_norm_eps": 1e-5}}
+# transformers' config-class defaults for the keys this reference reads with a fallback. tie_word_embeddings: False
+# in LlamaConfig, MistralConfig, Qwen2Config, MixtralConfig and Phi3Config, True in Gemma2Config.
+DEFAULTS = {"llama": {"rope_theta": 10000.0, "rms_norm_eps": 1e-6, "tie_word_embeddings": False},
+            "mistral": {"rope_theta": 10000.0, "rms_norm_eps": 1e-6, "tie_word_embeddings": False},
+            "qwen2": {"rope_theta": 10000.0, "rms_norm_eps": 1e-6, "tie_word_embeddings": False},
+            "mixtral": {"rope_theta": 1e6, "rms_norm_eps": 1e-5, "tie_word_embeddings": False},
+            "phi3": {"rope_theta": 10000.0, "rms_norm_eps": 1e-5, "tie_word_embeddings": False},
+            # Gemma2Config's defaults (its hybrid-cache-era __init__ and the current dataclass agree on these).
+            "gemma2": {"rope_theta": 10000.0, "rms_norm_eps": 1e-6, "tie_word_embeddings": True,
+                       "query_pre_attn_scalar": 256, "attn_logit_softcapping": 50.0, "final_logit_softcapping": 30.0,
+                       "sliding_window": 4096, "head_dim": 256, "hidden_activation": "gelu_pytorch_tanh"}}
 
 
 def config_default(cfg, key):
-    """cfg[key], else the family's transformers default (DEFAULTS)."""
+    """cfg[key], else the family's transformers default (DEFAULTS). A key present with null stays None (for Gemma 2's
+    softcappings that switches them off, as transformers' `if ... is not None` does)."""
     return cfg.get(key, DEFAULTS[family(cfg)][key])
+
+
+def is_gemma2(cfg):
+    """True for a Gemma 2 config (Gemma RMSNorm, scaled embeddings, four norms per block, GeGLU, softcaps, alternating
+    sliding/global attention)."""
+    return family(cfg) == "gemma2"
+
+
+GEMMA2_LAYER_TYPES = ("sliding_attention", "full_attention")
+
+
+def check_gemma2(cfg):
+    """Refuses the Gemma 2 configs this reference does not compute as transformers would: `attention_bias` true
+    (Gemma2Attention would add q/k/v/o biases; no released checkpoint has them), a hidden_activation other than
+    gelu_pytorch_tanh (Gemma2MLP applies ACT2FN[hidden_activation]), `use_bidirectional_attention` (no causal mask),
+    a `layer_types` list of the wrong length or with other entries, non-positive query_pre_attn_scalar or softcaps,
+    and a sliding layer without a positive integer window. Other families pass unchecked."""
+    if not is_gemma2(cfg):
+        return
+    if cfg.get("attention_bias", False):
+        raise ValueError("Gemma 2 attention_bias true unsupported (no biases)")
+    act = config_default(cfg, "hidden_activation")
+    if act != "gelu_pytorch_tanh":
+        raise ValueError(f"Gemma 2 hidden_activation {act!r} unsupported (only gelu_pytorch_tanh)")
+    if cfg.get("use_bidirectional_attention"):
+        raise ValueError("Gemma 2 use_bidirectional_attention unsupported (causal attention only)")
+    types = cfg.get("layer_types")
+    if types is not None and (not isinstance(types, list) or len(types) != cfg["num_hidden_layers"]
+                              or any(t not in GEMMA2_LAYER_TYPES for t in types)):
+        raise ValueError(f"Gemma 2 layer_types {types!r}: one of {GEMMA2_LAYER_TYPES} per layer expected")
+    for key in ("query_pre_attn_scalar", "attn_logit_softcapping", "final_logit_softcapping"):
+        v = config_default(cfg, key)
+        if key != "query_pre_attn_scalar" and v is None:
+            continue
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
+            raise ValueError(f"Gemma 2 {key} {v!r}: a positive number expected")
+    for layer in range(cfg["num_hidden_layers"]):
+        sliding_window(cfg, layer)  # raises on a sliding layer without a valid window
 
 
 def is_moe(cfg):
@@ -197,8 +258,23 @@ def sliding_window(cfg, layer):
       Qwen2:   only with use_sliding_window, which this reference refuses (transformers applies it to the layers
                from max_window_layers on, and its versions disagreed on that); real checkpoints carry a
                sliding_window value with use_sliding_window false, and then it is ignored, as transformers does.
+      Gemma 2: per layer. transformers' Gemma2Config fills `layer_types` with "sliding_attention" where
+               (i + 1) % 2 is 1 and "full_attention" elsewhere (the older Gemma2Attention: is_sliding =
+               not bool(layer_idx % 2)): layer i % 2 == 0 gets the window, odd layers full causal attention. A config
+               that writes `layer_types` is followed instead. The window is config.sliding_window (Gemma2Config's
+               default 4096 when absent); a sliding layer without one is refused (transformers cannot build it).
+               Same mask rule as Mistral's (attention_mask): the older Gemma2DecoderLayer masked
+               tril(ones, diagonal=-sliding_window), i.e. j <= i - W, leaving i - j < W.
       LLaMA:   never."""
     fam = family(cfg)
+    if fam == "gemma2":
+        types = cfg.get("layer_types") or [GEMMA2_LAYER_TYPES[i % 2] for i in range(cfg["num_hidden_layers"])]
+        if types[layer] == "full_attention":
+            return None
+        w = config_default(cfg, "sliding_window")
+        if isinstance(w, bool) or not isinstance(w, int) or w < 1:
+            raise ValueError(f"Gemma 2 sliding_window {w!r} on sliding layer {layer}: a positive integer expected")
+        return w
     if fam == "qwen2":
         types = cfg.get("layer_types") or []
         if cfg.get("use_sliding_window") or any(t != "full_attention" for t in types):
@@ -239,7 +315,10 @@ def attention_mask(T, window=None, device=None):
 
 
 def head_dim(cfg):
-    """Per-head size: config head_dim if present, else hidden_size / num_attention_heads."""
+    """Per-head size: config head_dim if present, else hidden_size / num_attention_heads; for Gemma 2 config head_dim,
+    else Gemma2Config's default 256 (never derived from hidden_size: Gemma 2 heads are wider than hidden / heads)."""
+    if is_gemma2(cfg):
+        return config_default(cfg, "head_dim")
     return cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"]
 
 
@@ -293,6 +372,28 @@ class RMSNorm(nn.Module):
         return self.weight * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps))
 
 
+class GemmaRMSNorm(nn.Module):
+    """Gemma2RMSNorm: x * rsqrt(mean(x^2) + eps) * (1 + weight). The stored weight is the offset from 1
+    (transformers initialises it to zeros), and the product is taken before casting back to x's dtype
+    ((x * w).to(dtype), where LLaMA's RMSNorm casts first): the same thing in the f32/f64 this reference computes in."""
+
+    def __init__(self, dim, eps):
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(dim))
+        self.eps = eps
+
+    def forward(self, x):
+        return (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)) * (1.0 + self.weight)
+
+
+def softcap(x, cap):
+    """cap * tanh(x / cap), in transformers' order of operations (divide, tanh, multiply); x unchanged when cap is
+    None (Gemma 2's attn_logit_softcapping and final_logit_softcapping)."""
+    if cap is None:
+        return x
+    return torch.tanh(x / cap) * cap
+
+
 class Attention(nn.Module):
     def __init__(self, cfg, layer=0):
         super().__init__()
@@ -300,6 +401,11 @@ class Attention(nn.Module):
         self.n_head, self.n_kv, self.d = cfg["num_attention_heads"], cfg["num_key_value_heads"], d
         qkv_bias, o_bias, _ = linear_biases(cfg)
         self.window = sliding_window(cfg, layer)  # None: full causal attention
+        # Gemma 2: scores * query_pre_attn_scalar^-0.5 (Gemma2Attention.scaling; not head_dim^-0.5), then the
+        # attention softcap. Other families: scores / sqrt(head_dim), no cap.
+        self.gemma2 = is_gemma2(cfg)
+        self.scaling = config_default(cfg, "query_pre_attn_scalar") ** -0.5 if self.gemma2 else None
+        self.softcap = config_default(cfg, "attn_logit_softcapping") if self.gemma2 else None
         self.fused = fused_projections(cfg)
         if self.fused:  # Phi3Attention's order: o_proj, then qkv_proj
             self.o_proj = nn.Linear(self.n_head * d, c, bias=False)
@@ -328,7 +434,11 @@ class Attention(nn.Module):
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         rep = self.n_head // self.n_kv                                       # query head h reads kv head h // rep
         k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
-        att = (q @ k.transpose(-2, -1)) / math.sqrt(self.d)                  # (B,H,T,T)
+        if self.scaling is None:
+            att = (q @ k.transpose(-2, -1)) / math.sqrt(self.d)              # (B,H,T,T)
+        else:
+            att = (q @ k.transpose(-2, -1)) * self.scaling                   # Gemma 2: query_pre_attn_scalar^-0.5
+        att = softcap(att, self.softcap)     # Gemma 2: cap * tanh(scores / cap) on every score, BEFORE the mask
         masked = ~attention_mask(T, self.window, x.device)
         att = att.masked_fill(masked, float("-inf")).softmax(dim=-1)
         y = (att @ v).transpose(1, 2).reshape(B, T, self.n_head * self.d)
@@ -337,12 +447,15 @@ class Attention(nn.Module):
 
 class MLP(nn.Module):
     """LLaMA / Mistral / Qwen2 SwiGLU: down(silu(gate(x)) * up(x)). Phi-3 (fused): gate, up =
-    gate_up_proj(x).chunk(2, dim=-1), the first intermediate_size outputs being the gate; down(up * silu(gate))."""
+    gate_up_proj(x).chunk(2, dim=-1), the first intermediate_size outputs being the gate; down(up * silu(gate)).
+    Gemma 2 GeGLU: down(gelu_tanh(gate(x)) * up(x)), gelu_tanh(x) = 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))
+    (hidden_activation gelu_pytorch_tanh: F.gelu(approximate="tanh"))."""
 
     def __init__(self, cfg):
         super().__init__()
         c, f = cfg["hidden_size"], cfg["intermediate_size"]
         bias = linear_biases(cfg)[2]
+        self.gelu = is_gemma2(cfg)
         self.fused = fused_projections(cfg)
         if self.fused:  # Phi3MLP's order: gate_up_proj, then down_proj
             self.gate_up_proj = nn.Linear(c, 2 * f, bias=False)
@@ -355,6 +468,8 @@ class MLP(nn.Module):
         if self.fused:
             gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
             return self.down_proj(up * F.silu(gate))
+        if self.gelu:
+            return self.down_proj(F.gelu(self.gate_proj(x), approximate="tanh") * self.up_proj(x))
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
 
 
@@ -398,45 +513,68 @@ class SparseMoE(nn.Module):
 
 
 class Block(nn.Module):
+    """One decoder layer. LLaMA-like: h + attn(input_layernorm(h)), then + mlp(post_attention_layernorm(h)) (there
+    post_attention_layernorm is the norm BEFORE the MLP). Gemma 2 (Gemma2DecoderLayer, four Gemma RMSNorms):
+      h = h + post_attention_layernorm(attn(input_layernorm(h)))          post_attention_layernorm: on attn's OUTPUT
+      h = h + post_feedforward_layernorm(mlp(pre_feedforward_layernorm(h)))"""
+
     def __init__(self, cfg, layer=0):
         super().__init__()
         eps = config_default(cfg, "rms_norm_eps")
-        self.input_layernorm = RMSNorm(cfg["hidden_size"], eps)
+        self.sandwich = is_gemma2(cfg)
+        norm = GemmaRMSNorm if self.sandwich else RMSNorm
+        self.input_layernorm = norm(cfg["hidden_size"], eps)
         self.self_attn = Attention(cfg, layer)
-        self.post_attention_layernorm = RMSNorm(cfg["hidden_size"], eps)
+        self.post_attention_layernorm = norm(cfg["hidden_size"], eps)
+        if self.sandwich:
+            self.pre_feedforward_layernorm = norm(cfg["hidden_size"], eps)
+            self.post_feedforward_layernorm = norm(cfg["hidden_size"], eps)
         if is_moe(cfg):
             self.block_sparse_moe = SparseMoE(cfg)
         else:
             self.mlp = MLP(cfg)
 
     def forward(self, x, cos, sin, router_logits=None):
+        if self.sandwich:
+            x = x + self.post_attention_layernorm(self.self_attn(self.input_layernorm(x), cos, sin))
+            return x + self.post_feedforward_layernorm(self.mlp(self.pre_feedforward_layernorm(x)))
         x = x + self.self_attn(self.input_layernorm(x), cos, sin)
         ff = self.block_sparse_moe if hasattr(self, "block_sparse_moe") else self.mlp
         return x + ff(self.post_attention_layernorm(x), router_logits)
 
 
 class Body(nn.Module):
-    """transformers' LlamaModel / MistralModel / Qwen2Model / MixtralModel / Phi3Model: the `model.` prefix of the
-    tensor names."""
+    """transformers' LlamaModel / MistralModel / Qwen2Model / MixtralModel / Phi3Model / Gemma2Model: the `model.`
+    prefix of the tensor names (Gemma 2's final norm is a Gemma RMSNorm too)."""
 
     def __init__(self, cfg):
         super().__init__()
         self.embed_tokens = nn.Embedding(cfg["vocab_size"], cfg["hidden_size"])
         self.layers = nn.ModuleList(Block(cfg, i) for i in range(cfg["num_hidden_layers"]))
-        self.norm = RMSNorm(cfg["hidden_size"], config_default(cfg, "rms_norm_eps"))
+        norm = GemmaRMSNorm if is_gemma2(cfg) else RMSNorm
+        self.norm = norm(cfg["hidden_size"], config_default(cfg, "rms_norm_eps"))
 
 
 class CausalLM(nn.Module):
-    """LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, MixtralForCausalLM or Phi3ForCausalLM; state_dict()
-    names are the HF tensor names (biases, where the family has them, as `<linear>.bias`; Phi-3's fused
-    self_attn.qkv_proj and mlp.gate_up_proj as such). Refuses the configs check_phi3 refuses."""
+    """LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, MixtralForCausalLM, Phi3ForCausalLM or
+    Gemma2ForCausalLM; state_dict() names are the HF tensor names (biases, where the family has them, as
+    `<linear>.bias`; Phi-3's fused self_attn.qkv_proj and mlp.gate_up_proj as such; Gemma 2's four norms per block).
+    Refuses the configs check_phi3 and check_gemma2 refuse."""
 
     def __init__(self, cfg):
         super().__init__()
         check_phi3(cfg)
+        check_gemma2(cfg)
         self.cfg = cfg
         self.model = Body(cfg)
-        self.tied = bool(cfg.get("tie_word_embeddings", False))
+        # Gemma 2: the embedding output is multiplied by sqrt(hidden_size) (Gemma2Model's normalizer,
+        # torch.tensor(hidden_size**0.5, dtype=hidden_states.dtype): in the f32/f64 this reference computes in that is
+        # sqrt(C) rounded once; a bf16 run of transformers rounds it to bf16, e.g. sqrt(3584) = 59.87 -> 59.75), and
+        # the logits are soft-capped by final_logit_softcapping (null: no cap). Other families: neither.
+        gemma2 = is_gemma2(cfg)
+        self.embed_scale = cfg["hidden_size"] ** 0.5 if gemma2 else None
+        self.final_softcap = config_default(cfg, "final_logit_softcapping") if gemma2 else None
+        self.tied = bool(config_default(cfg, "tie_word_embeddings"))
         if not self.tied:
             self.lm_head = nn.Linear(cfg["hidden_size"], cfg["vocab_size"], bias=False)
 
@@ -444,24 +582,29 @@ class CausalLM(nn.Module):
         """ids (B,T) int64 -> logits (B,T,V) in the parameter dtype; appends each MoE layer's router logits
         (B*T, E) to router_logits when a list is given."""
         x = self.model.embed_tokens(ids)
+        if self.embed_scale is not None:
+            x = x * torch.tensor(self.embed_scale, dtype=x.dtype)           # Gemma 2: * sqrt(hidden_size)
         cos, sin = rope_cos_sin(self.cfg, torch.arange(ids.shape[1]), x.dtype)
         for block in self.model.layers:
             x = block(x, cos, sin, router_logits)
         x = self.model.norm(x)
         head = self.model.embed_tokens.weight if self.tied else self.lm_head.weight
-        return x @ head.t()
+        return softcap(x @ head.t(), self.final_softcap)                   # Gemma 2: cap * tanh(logits / cap)
 
 
 def init_weights(model, gen, std=0.02, norm_jitter=0.0, bias_std=None):
     """Random init from a torch.Generator, in named_parameters() order: N(0, std) matrices, output projections
-    scaled by 1/sqrt(2L) (GPT-2), norm weights 1 + N(0, norm_jitter), biases N(0, bias_std) (std when None)."""
+    scaled by 1/sqrt(2L) (GPT-2), norm weights 1 + N(0, norm_jitter), biases N(0, bias_std) (std when None). Gemma 2's
+    norm weights are stored as the offset from 1 (GemmaRMSNorm multiplies by 1 + weight), so they get N(0, norm_jitter)
+    and still scale by 1 + N(0, norm_jitter)."""
     n_layers = model.cfg["num_hidden_layers"]
+    norm_base = 0.0 if is_gemma2(model.cfg) else 1.0
     with torch.no_grad():
         for name, p in model.named_parameters():
             if name.endswith(".bias"):
                 p.copy_((std if bias_std is None else bias_std) * torch.randn(p.shape, generator=gen))
             elif name.endswith("layernorm.weight") or name == "model.norm.weight":
-                p.copy_(1 + norm_jitter * torch.randn(p.shape, generator=gen))
+                p.copy_(norm_base + norm_jitter * torch.randn(p.shape, generator=gen))
             elif name.endswith(("o_proj.weight", "down_proj.weight", "w2.weight")):
                 p.copy_(std / math.sqrt(2 * n_layers) * torch.randn(p.shape, generator=gen))
             else:

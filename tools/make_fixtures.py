@@ -32,11 +32,16 @@ VOCAB = 96
 QWEN2_SEED, QWEN2_STD = 2, 0.3   # seeds picked for wide greedy margins and varied greedy tokens
 MISTRAL_SEED = 7
 PHI3_SEED = 9
+# Gemma 2's tied head reads a residual stream that carries sqrt(hidden) * the last token's embedding, so most random
+# Gemma 2 models just repeat the last token; this seed and std give three greedy tokens, a 0.2 margin and softcaps
+# that move the logits by 0.4 (attention) and 1.4 (final).
+GEMMA2_SEED, GEMMA2_STD = 229, 0.12
 PROMPT_TEXT = "Lathe runs"     # BOS + 10 characters = 11 tokens
 N_GREEDY = 8
 MIN_GREEDY_MARGIN = 1e-3       # top-1 minus top-2 logit at each greedy step, so f32 engines pick the same token
 MIN_ROUTER_GAP = 1e-4          # k-th minus (k+1)-th router probability, so f32 engines pick the same experts
 MIN_EFFECT = 0.1               # |logit change| when the Qwen2 biases are dropped / the sliding window is widened
+MIN_SOFTCAP_EFFECT = 0.05      # |logit change| when Gemma 2's attention / final softcap is switched off
 CHECK_RTOL = 1e-9              # --check: float64 reference numbers may differ in the last bits across CPUs
 CHECK_F32_DIFF = 1e-4          # --check: f32_reference_max_abs_diff must stay below the suggested engine tolerance
 KJV_TOKENIZER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "models", "lathe-kjv-llama",
@@ -87,6 +92,18 @@ PHI3_BASE = {"architectures": ["Phi3ForCausalLM"], "model_type": "phi3", "vocab_
              "rms_norm_eps": 1e-5, "use_cache": True, "tie_word_embeddings": False, "rope_theta": 10000.0,
              "rope_scaling": None, "partial_rotary_factor": 1.0, "bos_token_id": 0, "eos_token_id": 0,
              "pad_token_id": None, "sliding_window": 5}
+# The keys transformers' Gemma2Config writes, in the order of its __init__ of the hybrid-cache era (4.42 .. 4.4x, the
+# releases the Gemma 2 checkpoints were written with): head_dim 16 = hidden / heads here, query_pre_attn_scalar 24
+# deliberately not head_dim (the scale is 24^-0.5, not 16^-0.5), softcaps small enough to bite on tiny random weights.
+# No layer_types (the released configs have none): layer 0 slides (window 4), layer 1 is global. pad_token_id null as
+# for Phi-3 (padding_idx 0 would zero the gradient of the BOS row).
+GEMMA2_BASE = {"architectures": ["Gemma2ForCausalLM"], "model_type": "gemma2", "vocab_size": VOCAB, "hidden_size": 64,
+               "intermediate_size": 160, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+               "head_dim": 16, "hidden_activation": "gelu_pytorch_tanh", "max_position_embeddings": 256,
+               "initializer_range": 0.02, "rms_norm_eps": 1e-6, "use_cache": True, "pad_token_id": None,
+               "eos_token_id": 0, "bos_token_id": 0, "tie_word_embeddings": True, "rope_theta": 10000.0,
+               "attention_bias": False, "attention_dropout": 0.0, "query_pre_attn_scalar": 24, "sliding_window": 4,
+               "final_logit_softcapping": 4.0, "attn_logit_softcapping": 1.5, "cache_implementation": "hybrid"}
 
 # name: (base config, overrides, stored dtype, seed, init std, bias std or None); the tied models need a larger
 # std, or their greedy output just repeats the last token (the tied head favours the embedding the residual stream
@@ -106,6 +123,7 @@ FIXTURES = {
     "qwen2-tiny": (QWEN2_BASE, {}, torch.float32, QWEN2_SEED, QWEN2_STD, 0.5),
     "mistral-swa-tiny": (MISTRAL_BASE, {}, torch.float32, MISTRAL_SEED, 0.15, None),
     "phi3-tiny": (PHI3_BASE, {}, torch.float32, PHI3_SEED, 0.15, None),
+    "gemma2-tiny": (GEMMA2_BASE, {}, torch.float32, GEMMA2_SEED, GEMMA2_STD, None),
 }
 
 
@@ -173,6 +191,22 @@ def make(out, name, base, overrides, store_dtype, seed, std, bias_std, tok_json)
             diff = float((plain(seq)[0] - logits).abs().max())
         assert diff > MIN_EFFECT, f"{name}: dropping the biases moves the logits by only {diff:.3g}"
         info["zero_bias_max_abs_diff"] = diff
+    if any(layer.self_attn.softcap is not None for layer in m64.model.layers):
+        # Gemma 2's attention softcap must matter: the same weights without it land far away
+        plain = ref.load_hf(folder, torch.float64)
+        for layer in plain.model.layers:
+            layer.self_attn.softcap = None
+        with torch.no_grad():
+            diff = float((plain(seq)[0] - logits).abs().max())
+        assert diff > MIN_SOFTCAP_EFFECT, f"{name}: no attention softcap moves the logits by only {diff:.3g}"
+        info["no_attn_softcap_max_abs_diff"] = diff
+    if m64.final_softcap is not None:  # and the final one
+        plain = ref.load_hf(folder, torch.float64)
+        plain.final_softcap = None
+        with torch.no_grad():
+            diff = float((plain(seq)[0] - logits).abs().max())
+        assert diff > MIN_SOFTCAP_EFFECT, f"{name}: no final softcap moves the logits by only {diff:.3g}"
+        info["no_final_softcap_max_abs_diff"] = diff
     windows = {layer.self_attn.window for layer in m64.model.layers}
     if windows != {None}:  # the window must matter: full causal attention on the same weights lands far away
         full = ref.load_hf(folder, torch.float64)
@@ -250,6 +284,10 @@ def main():
               f"f32-vs-f64 {info['f32_reference_max_abs_diff']:.2e} max|logit| {info['max_abs_logit']:.2f}"
               + (f" router gap {info['min_router_gap']:.3g}" if "min_router_gap" in info else "")
               + (f" no-bias diff {info['zero_bias_max_abs_diff']:.3g}" if "zero_bias_max_abs_diff" in info else "")
+              + (f" no-attn-softcap diff {info['no_attn_softcap_max_abs_diff']:.3g}"
+                 if "no_attn_softcap_max_abs_diff" in info else "")
+              + (f" no-final-softcap diff {info['no_final_softcap_max_abs_diff']:.3g}"
+                 if "no_final_softcap_max_abs_diff" in info else "")
               + (f" full-attention diff {info['full_attention_max_abs_diff']:.3g} from row "
                  f"{info['full_attention_first_diff_row']}" if "full_attention_max_abs_diff" in info else ""))
     if not a.only:

@@ -310,6 +310,9 @@ static lt_status_t outputs(pass_t *p, gpu_cmd_t **c, lt_err_t *err) {
       if ((st = gpu_upload(a->tgt, 0, tgt, n * 4, err)) != LT_OK) break;
       if ((st = op_embed(*c, gv(a->xs), gv(a->xn), LT_F32, gv(a->sel), n, d, 0, p->T, err)) != LT_OK) break;
       if ((st = dmat_mul(*c, gv(a->logits), V, gv(a->xs), &m->lm_head, n, false, err)) != LT_OK) break;
+      if (m->cfg.final_softcap > 0 &&
+          (st = op_softcap(*c, gv(a->logits), gv(a->logits), m->cfg.final_softcap, n * V, err)) != LT_OK)
+        break;
       if (any_nll && (st = op_logsumexp(*c, gv(a->lse), gv(a->nll), gv(a->logits), gv(a->tgt), n, V, err)) != LT_OK)
         break;
       if ((st = flush(m->g, c, err)) != LT_OK) break;
@@ -402,6 +405,7 @@ static lt_status_t forward_pass(model_t *m, model_item_t *items, const uint32_t 
     uint32_t hi = lo + m->embed.rows_per_piece < m->embed.rows ? lo + m->embed.rows_per_piece : m->embed.rows;
     st = op_embed(c, gv(a->x), gv(m->embed.piece[pc]), m->embed.dtype, gv(a->ids), p.T, d, lo, hi, err);
   }
+  if (st == LT_OK && cf->embed_scale > 0) st = op_scale(c, gv(a->x), gv(a->x), cf->embed_scale, p.T * d, err);
   for (uint32_t l = 0; l < cf->n_layers && st == LT_OK; l++) {
     dlayer_t *L = &m->layers[l];
     if ((st = report_resid(&p, &c, l, err)) != LT_OK) break;
@@ -433,13 +437,20 @@ static lt_status_t forward_pass(model_t *m, model_item_t *items, const uint32_t 
       if ((st = gpu_cmd_copy(c, a->v, src, s->v[l], dst, bytes, err)) != LT_OK) break;
       gpu_view_t o = {a->att, (uint64_t)p.row0[i] * qd * 4}, q = {a->q, (uint64_t)p.row0[i] * qd * 4};
       st = op_attention(c, o, q, gv(s->k[l]), gv(s->v[l]), items[i].n_tokens, cf->n_heads, cf->n_kv_heads, cf->head_dim,
-                        s->len, s->len + items[i].n_tokens, cf->sliding_window, 1.0f / sqrtf((float)cf->head_dim), err);
+                        s->len, s->len + items[i].n_tokens, model_config_window(cf, l), model_config_attn_scale(cf),
+                        cf->attn_softcap, err);
     }
     if (st != LT_OK) break;
     if (h && h->on_attn && h->attn_layer == l && (st = attn_hook(&p, &c, l, err)) != LT_OK) break;
     if ((st = report_site(&p, &c, MODEL_SITE_ATTN_OUT, l, -1, a->att, p.T, qd, err)) != LT_OK) break;
-    if ((st = mul(c, a->x, a->att, &L->wo, p.T, true, err)) != LT_OK) break;
-    if ((st = adapter_lora(m, c, a->x, a->att, l, 3, p.T, err)) != LT_OK) break;
+    /* With post-norms (Gemma 2) the sub-layer's output is normed before it joins the residual stream. */
+    gpu_buf_t *ao = cf->post_norms ? a->sub : a->x;
+    if ((st = mul(c, ao, a->att, &L->wo, p.T, !cf->post_norms, err)) != LT_OK) break;
+    if ((st = adapter_lora(m, c, ao, a->att, l, 3, p.T, err)) != LT_OK) break;
+    if (cf->post_norms &&
+        ((st = op_rmsnorm(c, gv(a->xn), gv(a->sub), gv(L->post_attn_norm), p.T, d, cf->rms_norm_eps, err)) != LT_OK ||
+         (st = op_add(c, gv(a->x), gv(a->x), gv(a->xn), p.T * d, p.T * d, err)) != LT_OK))
+      break;
     if ((st = adapter_bottleneck(m, c, a->x, l, 0, p.T, err)) != LT_OK) break;
     if ((h && h->skip_ffn && h->skip_ffn[l]) || L->ffn_dropped) continue;
     if ((st = report_site(&p, &c, MODEL_SITE_FFN_RESID, l, -1, a->x, p.T, d, err)) != LT_OK) break;
@@ -452,10 +463,16 @@ static lt_status_t forward_pass(model_t *m, model_item_t *items, const uint32_t 
       if ((st = mul(c, a->up, a->xn, &L->ffn.up, p.T, false, err)) != LT_OK) break;
       if ((st = adapter_lora(m, c, a->gate, a->xn, l, 4, p.T, err)) != LT_OK) break;
       if ((st = adapter_lora(m, c, a->up, a->xn, l, 5, p.T, err)) != LT_OK) break;
-      if ((st = op_swiglu(c, gv(a->gate), gv(a->gate), gv(a->up), p.T * ffn, err)) != LT_OK) break;
+      st = cf->gelu ? op_geglu(c, gv(a->gate), gv(a->gate), gv(a->up), p.T * ffn, err)
+                    : op_swiglu(c, gv(a->gate), gv(a->gate), gv(a->up), p.T * ffn, err);
+      if (st != LT_OK) break;
       if ((st = report_site(&p, &c, MODEL_SITE_FFN_ACT, l, -1, a->gate, p.T, ffn, err)) != LT_OK) break;
-      st = mul(c, a->x, a->gate, &L->ffn.down, p.T, true, err);
-      if (st == LT_OK) st = adapter_lora(m, c, a->x, a->gate, l, 6, p.T, err);
+      gpu_buf_t *fo = cf->post_norms ? a->sub : a->x;
+      st = mul(c, fo, a->gate, &L->ffn.down, p.T, !cf->post_norms, err);
+      if (st == LT_OK) st = adapter_lora(m, c, fo, a->gate, l, 6, p.T, err);
+      if (st == LT_OK && cf->post_norms &&
+          (st = op_rmsnorm(c, gv(a->xn), gv(a->sub), gv(L->post_ffn_norm), p.T, d, cf->rms_norm_eps, err)) == LT_OK)
+        st = op_add(c, gv(a->x), gv(a->x), gv(a->xn), p.T * d, p.T * d, err);
     }
     if (st == LT_OK) st = adapter_bottleneck(m, c, a->x, l, 1, p.T, err);
     if (st == LT_OK) st = report_site(&p, &c, MODEL_SITE_FFN_OUT, l, -1, a->x, p.T, d, err);

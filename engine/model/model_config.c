@@ -23,9 +23,11 @@ static const struct arch_desc {
     {"MixtralForCausalLM", "mixtral", MODEL_ARCH_MIXTRAL, true, 1e-5f, 1e6, 4096 * 32, 0},
     {"Qwen2ForCausalLM", "qwen2", MODEL_ARCH_QWEN2, false, 1e-6f, 10000.0, 32768, 0},
     {"Phi3ForCausalLM", "phi3", MODEL_ARCH_PHI3, false, 1e-5f, 10000.0, 4096, 0}, /* Phi3Config: no window */
+    {"Gemma2ForCausalLM", "gemma2", MODEL_ARCH_GEMMA2, false, 1e-6f, 10000.0, 8192, 4096},
 };
 #define N_ARCHS (sizeof archs / sizeof archs[0])
-#define ARCH_LIST "LlamaForCausalLM, MistralForCausalLM, MixtralForCausalLM, Qwen2ForCausalLM, Phi3ForCausalLM"
+#define ARCH_LIST                                                                                                      \
+  "LlamaForCausalLM, MistralForCausalLM, MixtralForCausalLM, Qwen2ForCausalLM, Phi3ForCausalLM, Gemma2ForCausalLM"
 
 /* Upper bounds that keep every later size computation far from overflow. */
 #define MAX_HIDDEN (1u << 16)
@@ -45,6 +47,7 @@ const char *model_arch_str(model_arch_t a) {
   case MODEL_ARCH_MISTRAL: return "MistralForCausalLM";
   case MODEL_ARCH_QWEN2: return "Qwen2ForCausalLM";
   case MODEL_ARCH_PHI3: return "Phi3ForCausalLM";
+  case MODEL_ARCH_GEMMA2: return "Gemma2ForCausalLM";
   case MODEL_ARCH_COUNT: break;
   }
   return "?";
@@ -54,6 +57,14 @@ const char *model_arch_type(model_arch_t a) {
   for (size_t k = 0; k < N_ARCHS; k++)
     if (archs[k].arch == a) return archs[k].model_type;
   return "?";
+}
+
+uint32_t model_config_window(const model_config_t *c, uint32_t layer) {
+  return layer < MODEL_MAX_LAYERS && c->layer_full[layer] ? 0 : c->sliding_window;
+}
+
+float model_config_attn_scale(const model_config_t *c) {
+  return c->attn_scale > 0 ? c->attn_scale : 1.0f / sqrtf((float)c->head_dim);
 }
 
 uint32_t model_config_experts(const model_config_t *c, uint32_t layer) {
@@ -237,6 +248,51 @@ static lt_status_t json_compression(model_config_t *c, const json_t *config, con
   return LT_OK;
 }
 
+/* Reads an optional positive number (absent: def; null: 0, the feature off) into *out. */
+static lt_status_t json_opt_pos(const json_t *o, const char *key, double def, float *out, const char *lab,
+                                lt_err_t *err) {
+  const json_t *v = json_object_get(o, key);
+  if (!v) {
+    *out = (float)def;
+    return LT_OK;
+  }
+  if (json_is_null(v)) {
+    *out = 0;
+    return LT_OK;
+  }
+  if (!json_is_number(v) || !(json_number_value(v) > 0) || !isfinite(json_number_value(v)))
+    return lt_fail(err, LT_E_INVALID, "%s: %s is not a positive number", lab, key);
+  *out = (float)json_number_value(v);
+  return LT_OK;
+}
+
+/* Gemma 2's fields, with Gemma2Config's defaults: embeddings scaled by sqrt(hidden_size), norms as offsets from 1
+ * before and after each sub-layer, GeGLU, scores scaled by query_pre_attn_scalar^-1/2 and soft-capped
+ * (attn_logit_softcapping), logits soft-capped (final_logit_softcapping), and the sliding window on the blocks
+ * layer_types names "sliding_attention" (absent: the even blocks). */
+static lt_status_t json_gemma2(model_config_t *cfg, const json_t *config, const char *lab, lt_err_t *err) {
+  float qpas;
+  lt_status_t s;
+  if ((s = json_opt_pos(config, "query_pre_attn_scalar", 256, &qpas, lab, err)) ||
+      (s = json_opt_pos(config, "attn_logit_softcapping", 50.0, &cfg->attn_softcap, lab, err)) ||
+      (s = json_opt_pos(config, "final_logit_softcapping", 30.0, &cfg->final_softcap, lab, err)))
+    return s;
+  if (!(qpas > 0)) return lt_fail(err, LT_E_INVALID, "%s: query_pre_attn_scalar is null", lab);
+  cfg->attn_scale = 1.0f / sqrtf(qpas);
+  cfg->embed_scale = sqrtf((float)cfg->hidden_size);
+  cfg->norm_plus_one = cfg->post_norms = cfg->gelu = true;
+  const json_t *types = json_object_get(config, "layer_types");
+  if (types && !json_is_null(types) && (!json_is_array(types) || json_array_size(types) != cfg->n_layers))
+    return lt_fail(err, LT_E_INVALID, "%s: layer_types is not a list of %u entries", lab, cfg->n_layers);
+  for (uint32_t l = 0; l < cfg->n_layers && l < MODEL_MAX_LAYERS; l++) {
+    const char *t = json_is_array(types) ? json_string_value(json_array_get(types, l)) : NULL;
+    if (json_is_array(types) && (!t || (strcmp(t, "sliding_attention") && strcmp(t, "full_attention"))))
+      return lt_fail(err, LT_E_INVALID, "%s: layer_types[%u] is neither sliding_attention nor full_attention", lab, l);
+    cfg->layer_full[l] = t ? !strcmp(t, "full_attention") : l % 2 == 1;
+  }
+  return LT_OK;
+}
+
 /* Finds the architecture from "architectures" (the first supported entry), else from "model_type". */
 static lt_status_t json_arch(const struct arch_desc **out, const json_t *config, const char *lab, lt_err_t *err) {
   const json_t *list = json_object_get(config, "architectures"), *e;
@@ -271,10 +327,14 @@ lt_status_t model_config_from_json(model_config_t *cfg, const json_t *config, co
   if (s) return s;
   cfg->arch = a->arch;
 
-  const char *act = json_string_value(json_object_get(config, "hidden_act"));
-  if (json_object_get(config, "hidden_act") && (!act || strcmp(act, "silu")))
-    return lt_fail(err, LT_E_UNSUPPORTED, "%s: hidden_act %.40s is not supported (supported: silu)", lab,
-                   act ? act : "(not a string)");
+  /* Gemma 2 names its MLP activation hidden_activation (hidden_act too, in older configs). */
+  bool gemma2 = cfg->arch == MODEL_ARCH_GEMMA2;
+  const char *act_key = gemma2 && json_object_get(config, "hidden_activation") ? "hidden_activation" : "hidden_act";
+  const char *act = json_string_value(json_object_get(config, act_key)),
+             *want_act = gemma2 ? "gelu_pytorch_tanh" : "silu";
+  if (json_object_get(config, act_key) && (!act || strcmp(act, want_act)))
+    return lt_fail(err, LT_E_UNSUPPORTED, "%s: %s %.40s is not supported (supported: %s)", lab, act_key,
+                   act ? act : "(not a string)", want_act);
   static const char *const biases[] = {"attention_bias", "mlp_bias"};
   for (int i = 0; i < 2; i++)
     if (json_is_true(json_object_get(config, biases[i])))
@@ -303,7 +363,7 @@ lt_status_t model_config_from_json(model_config_t *cfg, const json_t *config, co
   /* An explicit null window is full attention (Mistral v0.2 on); Qwen2 applies its window only when
    * use_sliding_window is true, and then only above max_window_layers, which Lathe does not do: refused. */
   if (json_is_null(json_object_get(config, "sliding_window"))) cfg->sliding_window = 0;
-  if (cfg->arch != MODEL_ARCH_MISTRAL && cfg->arch != MODEL_ARCH_MIXTRAL && cfg->arch != MODEL_ARCH_PHI3) {
+  if (cfg->arch != MODEL_ARCH_MISTRAL && cfg->arch != MODEL_ARCH_MIXTRAL && cfg->arch != MODEL_ARCH_PHI3 && !gemma2) {
     if (cfg->arch == MODEL_ARCH_QWEN2 && json_is_true(json_object_get(config, "use_sliding_window")))
       return lt_fail(err, LT_E_UNSUPPORTED, "%s: use_sliding_window true is not supported for Qwen2", lab);
     cfg->sliding_window = 0;
@@ -314,6 +374,7 @@ lt_status_t model_config_from_json(model_config_t *cfg, const json_t *config, co
     return lt_fail(err, LT_E_UNSUPPORTED, "%s: partial_rotary_factor other than 1 is not supported", lab);
   if ((s = json_compression(cfg, config, lab, err))) return s;
   cfg->n_kv_heads = n_kv ? n_kv : cfg->n_heads;
+  if (!head_dim && gemma2) head_dim = 256; /* Gemma2Config's default */
   if (!head_dim) {
     if (!cfg->n_heads || cfg->hidden_size % cfg->n_heads)
       return lt_fail(err, LT_E_INVALID, "%s: hidden_size %u does not split into %u heads and head_dim is not given",
@@ -325,10 +386,11 @@ lt_status_t model_config_from_json(model_config_t *cfg, const json_t *config, co
   cfg->rope_theta = theta;
   const json_t *tie = json_object_get(config, "tie_word_embeddings");
   if (tie && !json_is_boolean(tie)) return lt_fail(err, LT_E_INVALID, "%s: tie_word_embeddings is not a boolean", lab);
-  cfg->tie_word_embeddings = json_is_true(tie);
+  cfg->tie_word_embeddings = tie ? json_is_true(tie) : gemma2; /* Gemma2Config ties by default */
+  if (gemma2 && (s = json_gemma2(cfg, config, lab, err))) return s;
 
-  cfg->bos_id = 1;
-  cfg->eos_ids[0] = 2;
+  cfg->bos_id = gemma2 ? 2 : 1; /* the config classes' defaults */
+  cfg->eos_ids[0] = gemma2 ? 1 : 2;
   cfg->n_eos = 1;
   if ((s = json_ids(cfg, config, lab, err))) return s;
   if (generation) {

@@ -20,6 +20,8 @@ typedef enum model_arch {
   MODEL_ARCH_MISTRAL,   /* MistralForCausalLM: LLaMA's tensors, attention within a sliding window */
   MODEL_ARCH_QWEN2,     /* Qwen2ForCausalLM: LLaMA with biases on the q, k and v projections */
   MODEL_ARCH_PHI3,      /* Phi3ForCausalLM: Mistral with fused qkv and gate_up tensors in its files */
+  MODEL_ARCH_GEMMA2,    /* Gemma2ForCausalLM: scaled embeddings, 1 + w norms before and after each sub-layer, GeGLU,
+                           soft-capped scores and logits, sliding-window and global blocks in turn */
   MODEL_ARCH_COUNT
 } model_arch_t;
 
@@ -44,11 +46,25 @@ typedef struct model_config {
   uint32_t n_experts, n_experts_used; /* MoE; both 0 for a dense model */
   uint32_t sliding_window;            /* attention window in tokens; 0 for full causal attention */
   bool qkv_bias;                      /* the q, k and v projections have biases (Qwen2) */
+  /* Gemma 2 (0 / false elsewhere). */
+  float embed_scale;                 /* > 0: the embeddings are multiplied by it (sqrt(hidden_size)) */
+  bool norm_plus_one;                /* RMSNorm weights are stored as offsets from 1 (the loader adds the 1) */
+  bool post_norms;                   /* an RMSNorm after the attention and after the MLP, before each residual add */
+  bool gelu;                         /* the MLP's activation is GELU (tanh form), not SiLU */
+  float attn_scale;                  /* > 0: scores are attn_scale * q.k instead of q.k / sqrt(head_dim) */
+  float attn_softcap, final_softcap; /* > 0: scores / logits soft-capped to cap * tanh(x / cap) */
+  bool layer_full[MODEL_MAX_LAYERS]; /* block l attends to the whole context whatever sliding_window says */
   /* Compressed models (Lathe's own config.json fields, docs/compression.md); all 0 / false otherwise. */
   uint32_t quant_bits, quant_group;         /* quantization_config "lathe_rtn": bits 8 or 4, columns per scale */
   uint16_t layer_experts[MODEL_MAX_LAYERS]; /* lathe_experts_per_layer: experts of block l (0: n_experts) */
   bool ffn_dropped[MODEL_MAX_LAYERS];       /* lathe_dropped_moe_layers: block l has no feed-forward sub-layer */
 } model_config_t;
+
+/* The sliding window block `layer` attends within (0: the whole context). */
+uint32_t model_config_window(const model_config_t *c, uint32_t layer);
+
+/* The factor on q.k in attention scores: attn_scale, else 1 / sqrt(head_dim). */
+float model_config_attn_scale(const model_config_t *c);
 
 /* Experts of block `layer` (per-layer counts after an expert drop, else n_experts; 0 for a dense model). */
 uint32_t model_config_experts(const model_config_t *c, uint32_t layer);

@@ -54,7 +54,21 @@ static const struct role_desc {
     [MR_BV] = {"model.layers.%u.self_attn.v_proj.bias", "blk.%u.attn_v.bias", {D_KV}},
     [MR_WQKV] = {"model.layers.%u.self_attn.qkv_proj.weight", "blk.%u.attn_qkv.weight", {D_QKV, D_HIDDEN}},
     [MR_FFN_GATE_UP] = {"model.layers.%u.mlp.gate_up_proj.weight", "blk.%u.ffn_up.weight", {D_FFN2, D_HIDDEN}},
+    [MR_POST_ATTN_NORM] = {"model.layers.%u.post_attention_layernorm.weight",
+                           "blk.%u.post_attention_norm.weight",
+                           {D_HIDDEN}},
+    [MR_POST_FFN_NORM] = {"model.layers.%u.post_feedforward_layernorm.weight",
+                          "blk.%u.post_ffw_norm.weight",
+                          {D_HIDDEN}},
 };
+
+/* The Hugging Face name pattern of a role in cfg's architecture: Gemma 2 calls its norm before the MLP
+ * pre_feedforward_layernorm and uses LLaMA's name for that norm (post_attention_layernorm) for the one after the
+ * attention. */
+static const char *role_hf(const model_config_t *c, model_role_t r) {
+  if (c->arch == MODEL_ARCH_GEMMA2 && r == MR_FFN_NORM) return "model.layers.%u.pre_feedforward_layernorm.weight";
+  return roles[r].hf;
+}
 
 /* Rows [r0, r0 + n) of a matrix in a file, as a tensor of its own (the same bytes: a fused tensor's parts). */
 static ft_tensor_t row_slice(const ft_tensor_t *t, uint64_t r0, uint64_t n) {
@@ -146,7 +160,7 @@ static lt_status_t fetch(ft_tensor_t *out, const source_t *src, const model_conf
                          uint32_t expert, bool stacked, lt_err_t *err) {
   const struct role_desc *d = &roles[r];
   char name[NAME_CAP];
-  fill_name(name, sizeof name, src->st ? d->hf : d->gguf, layer, expert);
+  fill_name(name, sizeof name, src->st ? role_hf(c, r) : d->gguf, layer, expert);
   const ft_tensor_t *t = source_find(src, name);
   if (!t)
     return lt_fail(err, LT_E_INVALID, "%s: tensor %s is missing (needed by %s with %u layers)", src->lab, name,
@@ -193,51 +207,54 @@ static ft_tensor_t expert_slice(const ft_tensor_t *s, uint32_t e, uint32_t n_exp
 }
 
 /* Appends one entry to the flat list, naming it canonically into the names arena. */
-static void list_add(model_weights_t *w, char **names, model_role_t r, int32_t layer, int32_t expert,
-                     const ft_tensor_t *t) {
+static void list_add(model_weights_t *w, const model_config_t *c, char **names, model_role_t r, int32_t layer,
+                     int32_t expert, const ft_tensor_t *t) {
   model_tensor_t *e = &w->tensors[w->n_tensors++];
-  int len = fill_name(*names, NAME_CAP, roles[r].hf, (uint32_t)layer, (uint32_t)expert);
+  int len = fill_name(*names, NAME_CAP, role_hf(c, r), (uint32_t)layer, (uint32_t)expert);
   *e = (model_tensor_t){*names, r, layer, expert, t};
   *names += len + 1;
 }
 
 static void build_list(model_weights_t *w, const model_config_t *c, char *names) {
-  list_add(w, &names, MR_TOK_EMBD, -1, -1, &w->tok_embd);
+  list_add(w, c, &names, MR_TOK_EMBD, -1, -1, &w->tok_embd);
   for (uint32_t l = 0; l < c->n_layers; l++) {
     model_layer_t *L = &w->layers[l];
     int32_t li = (int32_t)l;
-    list_add(w, &names, MR_ATTN_NORM, li, -1, &L->attn_norm);
-    list_add(w, &names, MR_WQ, li, -1, &L->wq);
-    list_add(w, &names, MR_WK, li, -1, &L->wk);
-    list_add(w, &names, MR_WV, li, -1, &L->wv);
+    list_add(w, c, &names, MR_ATTN_NORM, li, -1, &L->attn_norm);
+    list_add(w, c, &names, MR_WQ, li, -1, &L->wq);
+    list_add(w, c, &names, MR_WK, li, -1, &L->wk);
+    list_add(w, c, &names, MR_WV, li, -1, &L->wv);
     if (c->qkv_bias) {
-      list_add(w, &names, MR_BQ, li, -1, &L->bq);
-      list_add(w, &names, MR_BK, li, -1, &L->bk);
-      list_add(w, &names, MR_BV, li, -1, &L->bv);
+      list_add(w, c, &names, MR_BQ, li, -1, &L->bq);
+      list_add(w, c, &names, MR_BK, li, -1, &L->bk);
+      list_add(w, c, &names, MR_BV, li, -1, &L->bv);
     }
-    list_add(w, &names, MR_WO, li, -1, &L->wo);
+    list_add(w, c, &names, MR_WO, li, -1, &L->wo);
+    if (c->post_norms) list_add(w, c, &names, MR_POST_ATTN_NORM, li, -1, &L->post_attn_norm);
     if (c->ffn_dropped[l]) continue;
-    list_add(w, &names, MR_FFN_NORM, li, -1, &L->ffn_norm);
+    list_add(w, c, &names, MR_FFN_NORM, li, -1, &L->ffn_norm);
     if (!c->n_experts) {
-      list_add(w, &names, MR_FFN_GATE, li, -1, &L->ffn.gate);
-      list_add(w, &names, MR_FFN_UP, li, -1, &L->ffn.up);
-      list_add(w, &names, MR_FFN_DOWN, li, -1, &L->ffn.down);
+      list_add(w, c, &names, MR_FFN_GATE, li, -1, &L->ffn.gate);
+      list_add(w, c, &names, MR_FFN_UP, li, -1, &L->ffn.up);
+      list_add(w, c, &names, MR_FFN_DOWN, li, -1, &L->ffn.down);
+      if (c->post_norms) list_add(w, c, &names, MR_POST_FFN_NORM, li, -1, &L->post_ffn_norm);
       continue;
     }
-    list_add(w, &names, MR_ROUTER, li, -1, &L->router);
+    list_add(w, c, &names, MR_ROUTER, li, -1, &L->router);
     for (uint32_t e = 0; e < model_config_experts(c, l); e++) {
-      list_add(w, &names, MR_EXP_GATE, li, (int32_t)e, &L->experts[e].gate);
-      list_add(w, &names, MR_EXP_UP, li, (int32_t)e, &L->experts[e].up);
-      list_add(w, &names, MR_EXP_DOWN, li, (int32_t)e, &L->experts[e].down);
+      list_add(w, c, &names, MR_EXP_GATE, li, (int32_t)e, &L->experts[e].gate);
+      list_add(w, c, &names, MR_EXP_UP, li, (int32_t)e, &L->experts[e].up);
+      list_add(w, c, &names, MR_EXP_DOWN, li, (int32_t)e, &L->experts[e].down);
     }
   }
-  list_add(w, &names, MR_OUT_NORM, -1, -1, &w->out_norm);
-  if (!c->tie_word_embeddings) list_add(w, &names, MR_LM_HEAD, -1, -1, &w->lm_head);
+  list_add(w, c, &names, MR_OUT_NORM, -1, -1, &w->out_norm);
+  if (!c->tie_word_embeddings) list_add(w, c, &names, MR_LM_HEAD, -1, -1, &w->lm_head);
 }
 
 /* Allocates w with its layers, experts, flat list and names arena in one block. */
 static model_weights_t *weights_alloc(const model_config_t *c, char **names) {
-  uint64_t per_layer = 6 + (c->qkv_bias ? 3 : 0) + (c->n_experts ? 1 + 3ull * c->n_experts : 3);
+  uint64_t per_layer =
+      6 + (c->qkv_bias ? 3 : 0) + (c->post_norms ? 2 : 0) + (c->n_experts ? 1 + 3ull * c->n_experts : 3);
   uint64_t n_list = 3 + (uint64_t)c->n_layers * per_layer;
   uint64_t bytes = sizeof(model_weights_t) + c->n_layers * sizeof(model_layer_t) +
                    (uint64_t)c->n_layers * c->n_experts * sizeof(model_ffn_t) + n_list * sizeof(model_tensor_t) +
@@ -285,6 +302,9 @@ static lt_status_t map_weights(model_weights_t **out, const model_config_t *c, c
                     (s = fetch(&L->wk, src, c, MR_WK, l, 0, false, err)) ||
                     (s = fetch(&L->wv, src, c, MR_WV, l, 0, false, err)))) ||
         (s = fetch(&L->wo, src, c, MR_WO, l, 0, false, err)))
+      goto fail;
+    if (c->post_norms && ((s = fetch(&L->post_attn_norm, src, c, MR_POST_ATTN_NORM, l, 0, false, err)) ||
+                          (s = fetch(&L->post_ffn_norm, src, c, MR_POST_FFN_NORM, l, 0, false, err))))
       goto fail;
     if (c->qkv_bias &&
         ((s = fetch(&L->bq, src, c, MR_BQ, l, 0, false, err)) || (s = fetch(&L->bk, src, c, MR_BK, l, 0, false, err)) ||

@@ -20,27 +20,29 @@ typedef enum model_format { MODEL_FORMAT_HF = 0, MODEL_FORMAT_GGUF } model_forma
 
 /* What a tensor is, whatever its file calls it. */
 typedef enum model_role {
-  MR_TOK_EMBD = 0, /* [vocab, hidden] */
-  MR_OUT_NORM,     /* [hidden] */
-  MR_LM_HEAD,      /* [vocab, hidden] */
-  MR_ATTN_NORM,    /* [hidden] */
-  MR_WQ,           /* [n_heads * head_dim, hidden] */
-  MR_WK,           /* [n_kv_heads * head_dim, hidden] */
-  MR_WV,           /* [n_kv_heads * head_dim, hidden] */
-  MR_WO,           /* [hidden, n_heads * head_dim] */
-  MR_FFN_NORM,     /* [hidden] */
-  MR_FFN_GATE,     /* [ffn, hidden] */
-  MR_FFN_UP,       /* [ffn, hidden] */
-  MR_FFN_DOWN,     /* [hidden, ffn] */
-  MR_ROUTER,       /* [n_experts, hidden] */
-  MR_EXP_GATE,     /* [ffn, hidden], one per expert */
-  MR_EXP_UP,       /* [ffn, hidden], one per expert */
-  MR_EXP_DOWN,     /* [hidden, ffn], one per expert */
-  MR_BQ,           /* [n_heads * head_dim] (qkv_bias) */
-  MR_BK,           /* [n_kv_heads * head_dim] (qkv_bias) */
-  MR_BV,           /* [n_kv_heads * head_dim] (qkv_bias) */
-  MR_WQKV,         /* [(n_heads + 2 n_kv_heads) * head_dim, hidden]: q, k, v rows fused (Phi-3 files) */
-  MR_FFN_GATE_UP,  /* [2 ffn, hidden]: gate rows, then up rows (Phi-3 files) */
+  MR_TOK_EMBD = 0,   /* [vocab, hidden] */
+  MR_OUT_NORM,       /* [hidden] */
+  MR_LM_HEAD,        /* [vocab, hidden] */
+  MR_ATTN_NORM,      /* [hidden] */
+  MR_WQ,             /* [n_heads * head_dim, hidden] */
+  MR_WK,             /* [n_kv_heads * head_dim, hidden] */
+  MR_WV,             /* [n_kv_heads * head_dim, hidden] */
+  MR_WO,             /* [hidden, n_heads * head_dim] */
+  MR_FFN_NORM,       /* [hidden] */
+  MR_FFN_GATE,       /* [ffn, hidden] */
+  MR_FFN_UP,         /* [ffn, hidden] */
+  MR_FFN_DOWN,       /* [hidden, ffn] */
+  MR_ROUTER,         /* [n_experts, hidden] */
+  MR_EXP_GATE,       /* [ffn, hidden], one per expert */
+  MR_EXP_UP,         /* [ffn, hidden], one per expert */
+  MR_EXP_DOWN,       /* [hidden, ffn], one per expert */
+  MR_BQ,             /* [n_heads * head_dim] (qkv_bias) */
+  MR_BK,             /* [n_kv_heads * head_dim] (qkv_bias) */
+  MR_BV,             /* [n_kv_heads * head_dim] (qkv_bias) */
+  MR_WQKV,           /* [(n_heads + 2 n_kv_heads) * head_dim, hidden]: q, k, v rows fused (Phi-3 files) */
+  MR_FFN_GATE_UP,    /* [2 ffn, hidden]: gate rows, then up rows (Phi-3 files) */
+  MR_POST_ATTN_NORM, /* [hidden]: after the attention, before the residual add (Gemma 2) */
+  MR_POST_FFN_NORM,  /* [hidden]: after the MLP, before the residual add (Gemma 2) */
   MR_COUNT
 } model_role_t;
 
@@ -51,7 +53,8 @@ typedef struct model_ffn {
 /* One transformer block. Dense models fill ffn; MoE models fill router and experts instead. */
 typedef struct model_layer {
   ft_tensor_t attn_norm, wq, wk, wv, wo, ffn_norm;
-  ft_tensor_t bq, bk, bv; /* qkv_bias models only */
+  ft_tensor_t bq, bk, bv;                    /* qkv_bias models only */
+  ft_tensor_t post_attn_norm, post_ffn_norm; /* post_norms models only */
   model_ffn_t ffn;
   ft_tensor_t router;
   model_ffn_t *experts; /* [n_experts], NULL for dense; owned by the model_weights */

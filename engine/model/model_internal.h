@@ -27,8 +27,9 @@ typedef struct dffn {
 } dffn_t;
 
 typedef struct dlayer {
-  gpu_buf_t *attn_norm, *ffn_norm; /* f32 [hidden] */
-  gpu_buf_t *bq, *bk, *bv;         /* f32 q, k, v biases (qkv_bias models), else NULL */
+  gpu_buf_t *attn_norm, *ffn_norm;           /* f32 [hidden] */
+  gpu_buf_t *bq, *bk, *bv;                   /* f32 q, k, v biases (qkv_bias models), else NULL */
+  gpu_buf_t *post_attn_norm, *post_ffn_norm; /* f32 [hidden] (post_norms models), else NULL */
   dmat_t wq, wk, wv, wo;
   dffn_t ffn;
   dmat_t router;
@@ -46,6 +47,7 @@ typedef struct acts {
   gpu_buf_t *sel, *tgt, *lse, *nll;                /* [LOGIT_ROWS] */
   gpu_buf_t *xs, *logits;                          /* [LOGIT_ROWS, hidden], [LOGIT_ROWS, vocab] */
   gpu_buf_t *addv;                                 /* f32 [hidden] */
+  gpu_buf_t *sub;                                  /* [cap, hidden]: a sub-layer's output before its post-norm */
   /* MoE */
   gpu_buf_t *rlog, *rprob, *tk_idx, *tk_val; /* [cap, E], [cap, E], [cap, k] */
   gpu_buf_t *xe, *ge, *ue, *oe;              /* expert work rows */

@@ -17,17 +17,29 @@ static void dmat_free(dmat_t *d) {
   memset(d, 0, sizeof *d);
 }
 
-static lt_status_t upload_f32(gpu_t *g, gpu_buf_t **out, const ft_tensor_t *t, uint64_t *dev_bytes, lt_err_t *err) {
+/* Uploads t as f32, plus `offset` on every element (Gemma's norm weights are stored as offsets from 1). */
+static lt_status_t upload_f32_plus(gpu_t *g, gpu_buf_t **out, const ft_tensor_t *t, float offset, uint64_t *dev_bytes,
+                                   lt_err_t *err) {
   lt_status_t st = LT_OK;
   float *host = malloc(t->n_elems * sizeof *host);
   if (!host) return lt_fail(err, LT_E_NOMEM, "out of memory converting %s", t->name);
   if ((st = ft_tensor_to_f32(t, host, err)) == LT_OK) {
+    for (uint64_t i = 0; offset != 0 && i < t->n_elems; i++) host[i] += offset;
     *out = gpu_buf_new(g, t->n_elems * 4, err);
     st = *out ? gpu_upload(*out, 0, host, t->n_elems * 4, err) : (err ? err->code : LT_E_DEVICE_OOM);
     if (st == LT_OK) *dev_bytes += t->n_elems * 4;
   }
   free(host);
   return st;
+}
+
+static lt_status_t upload_f32(gpu_t *g, gpu_buf_t **out, const ft_tensor_t *t, uint64_t *dev_bytes, lt_err_t *err) {
+  return upload_f32_plus(g, out, t, 0.0f, dev_bytes, err);
+}
+
+/* Uploads a norm's weight vector as the multiplier the RMSNorm shader applies (1 + w for Gemma). */
+static lt_status_t upload_norm(model_t *m, gpu_buf_t **out, const ft_tensor_t *t, lt_err_t *err) {
+  return upload_f32_plus(m->g, out, t, m->cfg.norm_plus_one ? 1.0f : 0.0f, &m->mem.weight_device_bytes, err);
 }
 
 /* Rows per piece of a matrix whose rows take row_bytes (and, quantised, scale_bytes in a second buffer). */
@@ -164,10 +176,10 @@ static void ffn_free(dffn_t *f) {
 }
 
 static void acts_free(acts_t *a) {
-  gpu_buf_t **all[] = {&a->x,  &a->xn,     &a->q,    &a->k,    &a->v,     &a->att,    &a->gate,
-                       &a->up, &a->ids,    &a->pos,  &a->sel,  &a->tgt,   &a->lse,    &a->nll,
-                       &a->xs, &a->logits, &a->addv, &a->rlog, &a->rprob, &a->tk_idx, &a->tk_val,
-                       &a->xe, &a->ge,     &a->ue,   &a->oe,   &a->eids,  &a->ew,     &a->mask};
+  gpu_buf_t **all[] = {&a->x,    &a->xn,   &a->q,     &a->k,      &a->v,      &a->att, &a->gate, &a->up,
+                       &a->ids,  &a->pos,  &a->sel,   &a->tgt,    &a->lse,    &a->nll, &a->xs,   &a->logits,
+                       &a->addv, &a->rlog, &a->rprob, &a->tk_idx, &a->tk_val, &a->xe,  &a->ge,   &a->ue,
+                       &a->oe,   &a->eids, &a->ew,    &a->mask,   &a->sub};
   for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) gpu_buf_destroy(all[i]);
   a->cap = 0;
 }
@@ -215,6 +227,7 @@ static lt_status_t acts_alloc(model_t *m, uint32_t cap, lt_err_t *err) {
       {&a->xs, LOGIT_ROWS * d * 4},
       {&a->logits, (uint64_t)a->logit_rows * c->vocab_size * 4},
       {&a->addv, d * 4},
+      {&a->sub, c->post_norms ? cap * d * 4 : 4},
   };
   uint64_t total = 0;
   lt_status_t st = LT_OK;
@@ -318,6 +331,8 @@ static lt_status_t params_build(model_t *m, const model_weights_t *w, lt_err_t *
     case MR_BQ: st = params_add(m, t, NULL, L->bq, m->cfg.n_heads * m->cfg.head_dim, err); break;
     case MR_BK: st = params_add(m, t, NULL, L->bk, m->cfg.n_kv_heads * m->cfg.head_dim, err); break;
     case MR_BV: st = params_add(m, t, NULL, L->bv, m->cfg.n_kv_heads * m->cfg.head_dim, err); break;
+    case MR_POST_ATTN_NORM: st = params_add(m, t, NULL, L->post_attn_norm, d, err); break;
+    case MR_POST_FFN_NORM: st = params_add(m, t, NULL, L->post_ffn_norm, d, err); break;
     case MR_WQKV:
     case MR_FFN_GATE_UP: break; /* listed as their parts (q, k, v; gate, up) */
     case MR_COUNT: break;
@@ -355,7 +370,7 @@ model_t *model_load(gpu_t *g, const char *path, const model_load_opts_t *opts, l
     m->lm_head = m->embed;
   else if ((st = dmat_load(m, &m->lm_head, &w->lm_head, err)) != LT_OK)
     goto out;
-  if ((st = upload_f32(g, &m->out_norm, &w->out_norm, &m->mem.weight_device_bytes, err)) != LT_OK) goto out;
+  if ((st = upload_norm(m, &m->out_norm, &w->out_norm, err)) != LT_OK) goto out;
   m->layers = calloc(c->n_layers, sizeof *m->layers);
   if (!m->layers) {
     st = lt_fail(err, LT_E_NOMEM, "out of memory");
@@ -366,9 +381,10 @@ model_t *model_load(gpu_t *g, const char *path, const model_load_opts_t *opts, l
     dlayer_t *d = &m->layers[l];
     d->n_experts = model_config_experts(c, l);
     d->ffn_dropped = c->ffn_dropped[l];
-    if ((st = upload_f32(g, &d->attn_norm, &src->attn_norm, &m->mem.weight_device_bytes, err)) != LT_OK) break;
-    if (!d->ffn_dropped &&
-        (st = upload_f32(g, &d->ffn_norm, &src->ffn_norm, &m->mem.weight_device_bytes, err)) != LT_OK)
+    if ((st = upload_norm(m, &d->attn_norm, &src->attn_norm, err)) != LT_OK) break;
+    if (!d->ffn_dropped && (st = upload_norm(m, &d->ffn_norm, &src->ffn_norm, err)) != LT_OK) break;
+    if (c->post_norms && ((st = upload_norm(m, &d->post_attn_norm, &src->post_attn_norm, err)) != LT_OK ||
+                          (st = upload_norm(m, &d->post_ffn_norm, &src->post_ffn_norm, err)) != LT_OK))
       break;
     if ((st = dmat_load(m, &d->wq, &src->wq, err)) != LT_OK) break;
     if ((st = dmat_load(m, &d->wk, &src->wk, err)) != LT_OK) break;
@@ -411,6 +427,8 @@ void model_destroy(model_t **mp) {
     dlayer_t *d = &m->layers[l];
     gpu_buf_destroy(&d->attn_norm);
     gpu_buf_destroy(&d->ffn_norm);
+    gpu_buf_destroy(&d->post_attn_norm);
+    gpu_buf_destroy(&d->post_ffn_norm);
     gpu_buf_destroy(&d->bq);
     gpu_buf_destroy(&d->bk);
     gpu_buf_destroy(&d->bv);

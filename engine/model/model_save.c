@@ -1,6 +1,7 @@
 /* Writing a model on the device back out as a Hugging Face folder. */
 #include <errno.h>
 #include <jansson.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -57,9 +58,24 @@ json_t *model_config_json(const model_config_t *c) {
     json_object_set_new(j, "num_local_experts", json_integer(c->n_experts));
     json_object_set_new(j, "num_experts_per_tok", json_integer(c->n_experts_used));
   }
+  if (c->arch == MODEL_ARCH_GEMMA2) {
+    json_object_set_new(j, "hidden_activation", json_string("gelu_pytorch_tanh"));
+    json_object_set_new(j, "hidden_act", json_string("gelu_pytorch_tanh"));
+    /* attn_scale is query_pre_attn_scalar^-1/2 in f32: the scalar comes back to within rounding (an integer). */
+    double qpas = 1.0 / ((double)c->attn_scale * c->attn_scale);
+    json_object_set_new(j, "query_pre_attn_scalar",
+                        fabs(qpas - round(qpas)) < 1e-3 * qpas ? json_integer((json_int_t)round(qpas))
+                                                               : json_real(qpas));
+    json_object_set_new(j, "attn_logit_softcapping", c->attn_softcap > 0 ? json_real(c->attn_softcap) : json_null());
+    json_object_set_new(j, "final_logit_softcapping", c->final_softcap > 0 ? json_real(c->final_softcap) : json_null());
+    json_t *types = json_array();
+    for (uint32_t l = 0; l < c->n_layers; l++)
+      json_array_append_new(types, json_string(c->layer_full[l] ? "full_attention" : "sliding_attention"));
+    json_object_set_new(j, "layer_types", types);
+  }
   if (c->sliding_window)
     json_object_set_new(j, "sliding_window", json_integer(c->sliding_window));
-  else if (as == MODEL_ARCH_MISTRAL || as == MODEL_ARCH_MIXTRAL)
+  else if (as == MODEL_ARCH_MISTRAL || as == MODEL_ARCH_MIXTRAL || as == MODEL_ARCH_GEMMA2)
     json_object_set_new(j, "sliding_window", json_null()); /* absent would mean Mistral's default window */
   json_object_set_new(j, "torch_dtype", json_string("float32"));
   /* Lathe's compression fields (docs/compression.md). */
@@ -224,6 +240,13 @@ lt_status_t model_save(model_t *m, const char *dir, const model_save_opts_t *opt
                  : p->dtype == LT_I8   ? FT_I8
                  : quant               ? FT_U8
                                        : FT_F32;
+      if (st == LT_OK && p->is_norm && model_config(m)->norm_plus_one) /* stored as the offset from 1 */
+        for (uint64_t e = 0; e < p->cols; e++) {
+          float v;
+          memcpy(&v, host + 4 * e, 4);
+          v -= 1.0f;
+          memcpy(host + 4 * e, &v, 4);
+        }
       t->n_dims = p->is_norm ? 1 : 2;
       t->shape[0] = p->is_norm ? p->cols : p->rows;
       t->shape[1] = p->is_norm ? 1 : blocks ? p->cols : row_bytes / (sc ? 2 : quant ? 1 : lt_dtype_size(p->dtype));

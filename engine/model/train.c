@@ -420,6 +420,12 @@ static lt_status_t acts_ensure(train_t *t, uint32_t R, uint32_t T, lt_err_t *err
 
 train_t *train_new(model_t *m, const train_opts_t *o, lt_err_t *err) {
   const model_config_t *c = model_config(m);
+  if (c->post_norms || c->gelu || c->embed_scale > 0 || c->attn_softcap > 0 || c->final_softcap > 0)
+    return lt_fail(err, LT_E_UNSUPPORTED,
+                   "first-order training (tune, distillation, DPO) of %s is not supported: its post-norms, GeGLU and "
+                   "soft-capping have no backward pass yet; tune-zo (forward passes only) tunes it",
+                   model_arch_str(c->arch)),
+           NULL;
   if (c->n_experts && o->what == TRAIN_LORA && (o->lora_targets & (TRAIN_LORA_GATE | TRAIN_LORA_UP | TRAIN_LORA_DOWN)))
     return lt_fail(err, LT_E_UNSUPPORTED,
                    "LoRA targets gate, up and down name a dense MLP; this mixture-of-experts model takes q,k,v,o"),

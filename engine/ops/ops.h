@@ -76,6 +76,10 @@ lt_status_t op_silu(gpu_cmd_t *c, gpu_view_t y, gpu_view_t a, uint32_t n, lt_err
 lt_status_t op_gelu(gpu_cmd_t *c, gpu_view_t y, gpu_view_t a, uint32_t n, lt_err_t *err);
 /* y[i] = silu(gate[i]) * up[i] (f32). */
 lt_status_t op_swiglu(gpu_cmd_t *c, gpu_view_t y, gpu_view_t gate, gpu_view_t up, uint32_t n, lt_err_t *err);
+/* y = gelu_tanh(gate) * up (Gemma's MLP), n elements. y may alias gate. */
+lt_status_t op_geglu(gpu_cmd_t *c, gpu_view_t y, gpu_view_t gate, gpu_view_t up, uint32_t n, lt_err_t *err);
+/* y = cap * tanh(a / cap), n elements (Gemma 2's logit soft-capping); cap > 0. y may alias a. */
+lt_status_t op_softcap(gpu_cmd_t *c, gpu_view_t y, gpu_view_t a, float cap, uint32_t n, lt_err_t *err);
 
 /* y[i] += a * x[i], i < n (f32). */
 lt_status_t op_axpy(gpu_cmd_t *c, gpu_view_t y, gpu_view_t x, float a, uint32_t n, lt_err_t *err);
@@ -188,12 +192,13 @@ lt_status_t op_embed(gpu_cmd_t *c, gpu_view_t y, gpu_view_t table, lt_dtype_t tt
 
 /* Causal attention for one sequence. q, out: f32 [n_q, n_heads, head_dim]; k, v: f32 caches
  * [>= kv_len, n_kv_heads, head_dim]. Query row t is at position q_pos0 + t and sees keys [0, q_pos0 + t], or with
- * a sliding window W > 0 only the last W of them, (q_pos0 + t - W, q_pos0 + t] (Mistral).
+ * a sliding window W > 0 only the last W of them, (q_pos0 + t - W, q_pos0 + t] (Mistral). Scores are scale * q.k,
+ * soft-capped to softcap * tanh(s / softcap) when softcap > 0 (Gemma 2).
  * Head h uses KV head h / (n_heads / n_kv_heads). Long caches are split into key ranges run by separate
  * workgroups (flash-decoding partials merged by a second dispatch), so no invocation loops too long. */
 lt_status_t op_attention(gpu_cmd_t *c, gpu_view_t out, gpu_view_t q, gpu_view_t k, gpu_view_t v, uint32_t n_q,
                          uint32_t n_heads, uint32_t n_kv_heads, uint32_t head_dim, uint32_t q_pos0, uint32_t kv_len,
-                         uint32_t window, float scale, lt_err_t *err);
+                         uint32_t window, float scale, float softcap, lt_err_t *err);
 
 /* y[ids[i], :] += w[i] * x[i, :] for i < n: f32 rows of width d; ids (i32) must be distinct within one call and
  * ids outside [0, y_rows) are skipped (MoE: an expert's outputs weighted back into the residual stream). */

@@ -167,7 +167,7 @@ static uint32_t attn_chunk_rows(const gpu_caps_t *caps, uint32_t n_heads, uint32
 
 lt_status_t op_attention(gpu_cmd_t *c, gpu_view_t out, gpu_view_t q, gpu_view_t k, gpu_view_t v, uint32_t n_q,
                          uint32_t n_heads, uint32_t n_kv_heads, uint32_t head_dim, uint32_t q_pos0, uint32_t kv_len,
-                         uint32_t window, float scale, lt_err_t *err) {
+                         uint32_t window, float scale, float softcap, lt_err_t *err) {
   if (n_heads == 0 || n_kv_heads == 0 || n_heads % n_kv_heads)
     return lt_fail(err, LT_E_INVALID, "attention: %u heads do not group over %u KV heads", n_heads, n_kv_heads);
   if (head_dim == 0 || head_dim > ATTN_MAX_HD)
@@ -215,6 +215,7 @@ lt_status_t op_attention(gpu_cmd_t *c, gpu_view_t out, gpu_view_t q, gpu_view_t 
   }
 
   pc_attn_t pc = {.window = window,
+                  .softcap = softcap > 0 ? softcap : 0.0f,
                   .n_heads = n_heads,
                   .n_kv_heads = n_kv_heads,
                   .head_dim = head_dim,

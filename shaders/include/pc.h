@@ -35,6 +35,8 @@ PC_END(pc_eltwise)
 #define ELT_RELU 6u
 #define ELT_RELU_BW 7u /* y = a where b > 0, else 0: the ReLU's backward with b its input */
 #define ELT_AXPY 8u    /* y = a + scale * b */
+#define ELT_GEGLU 9u   /* y = gelu_tanh(a) * b (Gemma's MLP) */
+#define ELT_SOFTCAP 10u /* y = scale * tanh(a / scale) (Gemma 2's logit soft-capping) */
 
 /* Row-wise normalisation: RMSNorm (layernorm 0) and LayerNorm (layernorm 1); one workgroup per row. */
 #if !defined(LATHE_GLSL) || defined(PC_NORM)
@@ -131,6 +133,7 @@ PC_BEGIN(pc_attn)
   uint split_len;  /* keys per split; workgroup z covers keys [z * split_len, (z + 1) * split_len) */
   uint n_splits;   /* 1: attn writes out directly; more: attn writes partials that attn_merge combines */
   uint window;     /* sliding window: query t sees keys (q_pos0 + t - window, q_pos0 + t] only; 0: none */
+  float softcap;   /* > 0: each scaled score s becomes softcap * tanh(s / softcap) (Gemma 2) */
 PC_END(pc_attn)
 #endif
 

@@ -144,8 +144,8 @@ Test(attn, embed_ids_past_the_grid_y_limit) {
 
 /* Runs op_attention on random q, k, v (cache of kv_len + 3 positions, NaN past kv_len) and compares with
  * ref_attention. */
-static void check_attn_w(uint32_t n_q, uint32_t n_heads, uint32_t n_kv, uint32_t hd, uint32_t q_pos0, uint32_t kv_len,
-                         uint32_t window, const char *what) {
+static void check_attn_wc(uint32_t n_q, uint32_t n_heads, uint32_t n_kv, uint32_t hd, uint32_t q_pos0, uint32_t kv_len,
+                          uint32_t window, float softcap, const char *what) {
   uint32_t cap = kv_len + 3;
   uint64_t nq = (uint64_t)n_q * n_heads * hd, nkv = (uint64_t)cap * n_kv * hd, nvalid = (uint64_t)kv_len * n_kv * hd;
   uint64_t seed = 1000003ull * n_q + 7ull * kv_len + hd;
@@ -155,13 +155,13 @@ static void check_attn_w(uint32_t n_q, uint32_t n_heads, uint32_t n_kv, uint32_t
   trand(v, nkv, -1, 1, &seed);
   for (uint64_t i = nvalid; i < nkv; i++) k[i] = v[i] = NAN; /* positions past kv_len must never be read */
   float scale = 1.0f / sqrtf((float)hd);
-  ref_attention(want, q, k, v, n_q, n_heads, n_kv, hd, q_pos0, kv_len, window, scale);
+  ref_attention(want, q, k, v, n_q, n_heads, n_kv, hd, q_pos0, kv_len, window, scale, softcap);
   gpu_buf_t *bq = tbuf_f32(q, nq), *bk = tbuf_f32(k, nkv), *bv = tbuf_f32(v, nkv), *bo = tbuf_f32(NULL, nq);
   lt_err_t err = {0};
   gpu_cmd_t *c = tbegin();
-  cr_assert_eq(
-      op_attention(c, gv(bo), gv(bq), gv(bk), gv(bv), n_q, n_heads, n_kv, hd, q_pos0, kv_len, window, scale, &err),
-      LT_OK, "%s: %s", what, err.msg);
+  cr_assert_eq(op_attention(c, gv(bo), gv(bq), gv(bk), gv(bv), n_q, n_heads, n_kv, hd, q_pos0, kv_len, window, scale,
+                            softcap, &err),
+               LT_OK, "%s: %s", what, err.msg);
   tfinish(&c);
   float *got = tread_f32(bo, nq);
   /* Outputs are convex combinations of v in [-1, 1]. The GPU sums scores, probabilities and weighted values in f32
@@ -171,6 +171,11 @@ static void check_attn_w(uint32_t n_q, uint32_t n_heads, uint32_t n_kv, uint32_t
   tassert_close(got, want, nq, 1e-5, 1e-4, what);
   free(got), free(q), free(k), free(v), free(want);
   gpu_buf_destroy(&bq), gpu_buf_destroy(&bk), gpu_buf_destroy(&bv), gpu_buf_destroy(&bo);
+}
+
+static void check_attn_w(uint32_t n_q, uint32_t n_heads, uint32_t n_kv, uint32_t hd, uint32_t q_pos0, uint32_t kv_len,
+                         uint32_t window, const char *what) {
+  check_attn_wc(n_q, n_heads, n_kv, hd, q_pos0, kv_len, window, 0.0f, what);
 }
 
 static void check_attn(uint32_t n_q, uint32_t n_heads, uint32_t n_kv, uint32_t hd, uint32_t q_pos0, uint32_t kv_len,
@@ -190,14 +195,22 @@ Test(attn, sliding_window) {
   check_attn_w(20, 2, 1, 8, 0, 20, 1000, "a window longer than the sequence");
 }
 
+Test(attn, soft_capped_scores) {
+  /* Gemma 2: scores capped by cap * tanh(s / cap), alone and with a window (its local layers); q in [-2, 2] and head
+   * sizes up to 64 give scaled scores of several units, so a cap of 1.5 bends most of them. */
+  check_attn_wc(37, 4, 2, 16, 0, 37, 0, 1.5f, "prefill 37, cap 1.5");
+  check_attn_wc(13, 4, 1, 64, 24, 37, 5, 1.5f, "chunk of 13 after 24, window 5, cap 1.5");
+  check_attn_wc(2, 4, 2, 128, 4998, 5000, 0, 50.0f, "decode-like with splits, cap 50");
+}
+
 Test(attn, a_window_changes_the_output) {
   /* The window must matter: the same problem with and without it differs by far more than the tolerance. */
   uint32_t n_q = 20, H = 2, KV = 1, hd = 8;
   uint64_t nq = (uint64_t)n_q * H * hd, nk = (uint64_t)n_q * KV * hd, seed = 5;
   float *q = talloc(nq), *k = talloc(nk), *v = talloc(nk), *a = talloc(nq), *b = talloc(nq);
   trand(q, nq, -2, 2, &seed), trand(k, nk, -1, 1, &seed), trand(v, nk, -1, 1, &seed);
-  ref_attention(a, q, k, v, n_q, H, KV, hd, 0, n_q, 4, 0.35f);
-  ref_attention(b, q, k, v, n_q, H, KV, hd, 0, n_q, 0, 0.35f);
+  ref_attention(a, q, k, v, n_q, H, KV, hd, 0, n_q, 4, 0.35f, 0.0f);
+  ref_attention(b, q, k, v, n_q, H, KV, hd, 0, n_q, 0, 0.35f, 0.0f);
   double worst = 0;
   for (uint64_t i = 0; i < nq; i++) worst = fmax(worst, fabs(a[i] - b[i]));
   /* Rows 0..3 see at most 4 keys either way: identical; later rows lose keys. */
@@ -248,9 +261,9 @@ Test(attn, bad_arguments_are_errors) {
   gpu_buf_t *b = tbuf_f32(NULL, 4096);
   lt_err_t err = {0};
   gpu_cmd_t *c = tbegin();
-  cr_assert_eq(op_attention(c, gv(b), gv(b), gv(b), gv(b), 1, 6, 4, 8, 0, 1, 0, 1.0f, &err), LT_E_INVALID);
-  cr_assert_eq(op_attention(c, gv(b), gv(b), gv(b), gv(b), 1, 1, 1, 257, 0, 1, 0, 1.0f, &err), LT_E_INVALID);
-  cr_assert_eq(op_attention(c, gv(b), gv(b), gv(b), gv(b), 1, 1, 1, 8, 0, 0, 0, 1.0f, &err), LT_E_INVALID);
+  cr_assert_eq(op_attention(c, gv(b), gv(b), gv(b), gv(b), 1, 6, 4, 8, 0, 1, 0, 1.0f, 0.0f, &err), LT_E_INVALID);
+  cr_assert_eq(op_attention(c, gv(b), gv(b), gv(b), gv(b), 1, 1, 1, 257, 0, 1, 0, 1.0f, 0.0f, &err), LT_E_INVALID);
+  cr_assert_eq(op_attention(c, gv(b), gv(b), gv(b), gv(b), 1, 1, 1, 8, 0, 0, 0, 1.0f, 0.0f, &err), LT_E_INVALID);
   cr_assert_eq(op_rope(c, gv(b), gv(b), gv(b), 1, 1, 8, 7, true, 4, &err), LT_E_INVALID);
   cr_assert_eq(op_rope(c, gv(b), gv(b), gv(b), 1, 1, 8, 10, true, 4, &err), LT_E_INVALID);
   cr_assert_eq(op_embed(c, gv(b), gv(b), LT_I32, gv(b), 1, 8, 0, 4, &err), LT_E_INVALID);

@@ -56,8 +56,9 @@ Test(eltwise, scale_and_activations) {
   struct {
     const char *name;
     int which;
-  } cases[] = {{"scale", 0}, {"silu", 1}, {"gelu", 2}, {"swiglu", 3}, {"relu", 4}, {"relu backward", 5}};
-  for (unsigned k = 0; k < 6; k++) {
+  } cases[] = {{"scale", 0}, {"silu", 1},          {"gelu", 2},  {"swiglu", 3},
+               {"relu", 4},  {"relu backward", 5}, {"geglu", 6}, {"softcap", 7}};
+  for (unsigned k = 0; k < 8; k++) {
     gpu_cmd_t *c = tbegin();
     lt_status_t st = LT_OK;
     switch (cases[k].which) {
@@ -84,6 +85,14 @@ Test(eltwise, scale_and_activations) {
     case 5:
       st = op_relu_backward(c, gv(by), gv(bu), gv(ba), n, &err);
       ref_relu_backward(want, u, a, n);
+      break;
+    case 6:
+      st = op_geglu(c, gv(by), gv(ba), gv(bu), n, &err);
+      ref_geglu(want, a, u, n);
+      break;
+    case 7: /* a in [-12, 12] against a cap of 5: both the linear and the saturated part of tanh */
+      st = op_softcap(c, gv(by), gv(ba), 5.0f, n, &err);
+      ref_softcap(want, a, 5.0f, n);
       break;
     }
     cr_assert_eq(st, LT_OK, "%s", err.msg);

@@ -226,7 +226,7 @@ Test(grad, attention_forward_with_lse_and_backward) {
     ref_attention_backward(dq, dk, dv, q, k, v, dout, T, H, KV, hd, W, scale);
     /* The output equals the existing attention reference; the backward reference matches finite differences. */
     float *out2 = talloc(nq);
-    ref_attention(out2, q, k, v, T, H, KV, hd, 0, T, W, scale);
+    ref_attention(out2, q, k, v, T, H, KV, hd, 0, T, W, scale, 0.0f);
     tassert_close(out, out2, nq, 1e-6, 1e-5, "reference forward");
     free(out2);
     float *bufs[3] = {q, k, v}, *grads[3] = {dq, dk, dv};

@@ -13,6 +13,7 @@
 
 #include "engine/model/generate.h"
 #include "engine/model/model.h"
+#include "engine/model/train.h"
 #include "support/tgpu.h"
 
 #define FIXTURES LATHE_SOURCE_DIR "/tests/fixtures"
@@ -145,6 +146,21 @@ Test(fixtures, mixtral_tiny) { check_fixture("mixtral-tiny"); }
 Test(fixtures, qwen2_tiny_qkv_biases_tied) { check_fixture("qwen2-tiny"); }
 Test(fixtures, mistral_sliding_window_of_4) { check_fixture("mistral-swa-tiny"); }
 Test(fixtures, phi3_fused_tensors_window_of_5) { check_fixture("phi3-tiny"); }
+/* Gemma 2: scaled embeddings, 1 + w norms before and after each sub-layer, GeGLU, soft-capped scores and logits,
+ * a window of 4 in block 0 and full attention in block 1, a query scalar that is not the head size. */
+Test(fixtures, gemma2_tiny) { check_fixture("gemma2-tiny"); }
+
+Test(fixtures, gemma2_is_not_trained_first_order) {
+  /* Training's backward has no soft-capping, GeGLU or post-norm steps: refused with a message naming the way that
+   * works (tune-zo). */
+  lt_err_t err = {0};
+  model_t *m = model_load(tgpu(), FIXTURES "/gemma2-tiny", NULL, &err);
+  cr_assert(m, "%s", err.msg);
+  train_opts_t o = {.what = TRAIN_LORA, .lora_rank = 2, .lora_alpha = 4, .lora_targets = TRAIN_LORA_Q};
+  cr_assert_null(train_new(m, &o, &err));
+  cr_assert(strstr(err.msg, "Gemma2ForCausalLM") && strstr(err.msg, "tune-zo"), "%s", err.msg);
+  model_destroy(&m);
+}
 
 Test(fixtures, the_window_changes_the_logits_past_it) {
   /* The same Mistral weights loaded with the window off (sliding_window null in a copy of the folder) give the
@@ -197,10 +213,11 @@ Test(fixtures, split_weights_give_the_same_logits) {
 Test(fixtures, saved_model_reloads_with_the_same_logits) {
   /* model_save writes a Hugging Face folder that loads again and computes bit-identical logits (the same weights
    * in the same dtypes); checked for an f16, a tied bf16 (saved as f32), a Mixtral, a Qwen2 (biases), a Mistral
-   * (sliding window) and a Phi-3 model (fused tensors; saved apart, as the Mistral it equals). */
-  const char *names[] = {"llama-tiny-f16", "llama3-scaled",    "mixtral-tiny",
-                         "qwen2-tiny",     "mistral-swa-tiny", "phi3-tiny"};
-  for (unsigned k = 0; k < 6; k++) {
+   * (sliding window), a Phi-3 (fused tensors; saved apart, as the Mistral it equals) and a Gemma 2 model (norms
+   * stored as offsets from 1, its own config fields). */
+  const char *names[] = {"llama-tiny-f16",   "llama3-scaled", "mixtral-tiny", "qwen2-tiny",
+                         "mistral-swa-tiny", "phi3-tiny",     "gemma2-tiny"};
+  for (unsigned k = 0; k < 7; k++) {
     fixture_t f;
     fixture_load(&f, names[k]);
     lt_err_t err = {0};

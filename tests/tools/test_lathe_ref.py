@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Checks tools/lathe_ref.py against a real model and against independent, written-out formulas (per-head, per-key
-and per-expert loops with their own reading of biases, sliding windows and Phi-3's fused weights), Phi-3 against the
-Mistral model made of its split weights, and the fixtures against it.
+and per-expert loops with their own reading of biases, sliding windows, Phi-3's fused weights and Gemma 2's rules),
+Phi-3 against the Mistral model made of its split weights, and the fixtures against it.
 
   /usr/bin/python3 tests/tools/test_lathe_ref.py
 
@@ -111,37 +111,81 @@ def split_phi3(sd, cfg):
     return out
 
 
-def dense_forward(model, ids):
+GEMMA2_RULES = ("norm_offset", "embed_scale", "scalar", "attn_softcap", "cap_after_mask", "final_softcap", "alternate",
+                "sandwich", "gelu")
+
+
+def dense_forward(model, ids, wrong=()):
     """The forward pass written out per head and per expert with plain loops (float64). Query t of a Mistral or
     Phi-3 model with a window W reads the keys t-W+1..t (the window holds W keys, the query's own included), others
     the keys 0..t; the linear layers add their bias where the checkpoint has one; Phi-3's fused weights are split
-    by split_phi3."""
+    by split_phi3.
+
+    Gemma 2, rule by rule as modeling_gemma2 writes them: the embedding times sqrt(hidden_size); every norm
+    x / sqrt(mean(x^2) + eps) * (1 + w); scores q.k / sqrt(query_pre_attn_scalar), then c * tanh(score / c) with
+    c = attn_logit_softcapping, over the allowed keys only; layer l slides (window sliding_window) when
+    layer_types[l] == "sliding_attention", or without layer_types when l is even; the block
+    x + post_attention_layernorm(attn(input_layernorm(x))), then x + post_feedforward_layernorm(mlp(
+    pre_feedforward_layernorm(x))); the MLP down(gelu_tanh(gate) * up) with gelu_tanh written out; the head tied
+    unless tie_word_embeddings is false; the logits c * tanh(logits / c) with c = final_logit_softcapping.
+    `wrong` names Gemma 2 rules (GEMMA2_RULES) to get wrong the way an engine might: norm_offset (w instead of 1 + w),
+    embed_scale (no sqrt(hidden)), scalar (1 / sqrt(head_dim)), attn_softcap (none), cap_after_mask (the cap applied
+    after an additive -inf mask, which turns masked and future keys into -c: they get weight), final_softcap (none),
+    alternate (the window on every layer), sandwich (LLaMA's block: no post-norms, pre_feedforward_layernorm before
+    the MLP), gelu (silu instead)."""
     cfg = model.cfg
+    assert set(wrong) <= set(GEMMA2_RULES), wrong
     sd = split_phi3({k: v.double() for k, v in model.state_dict().items()}, cfg)
     T, H, KV, D = len(ids), cfg["num_attention_heads"], cfg["num_key_value_heads"], ref.head_dim(cfg)
+    C = cfg["hidden_size"]
     eps = cfg["rms_norm_eps"]
-    window = cfg.get("sliding_window") if cfg["architectures"][0] in ("MistralForCausalLM", "Phi3ForCausalLM") \
-        else None
+    arch = cfg["architectures"][0]
+    gemma = arch == "Gemma2ForCausalLM"
+    inv_freq = ref.rope_inv_freq(cfg).tolist()
 
-    def keys(t):
-        return range(0 if window is None else max(0, t - window + 1), t + 1)
+    def window(layer):
+        if arch in ("MistralForCausalLM", "Phi3ForCausalLM"):
+            return cfg.get("sliding_window")
+        if gemma:
+            types = cfg.get("layer_types")
+            sliding = types[layer] == "sliding_attention" if types else layer % 2 == 0
+            return cfg["sliding_window"] if sliding or "alternate" in wrong else None
+        return None
+
+    def keys(t, w):
+        return range(0 if w is None else max(0, t - w + 1), t + 1)
 
     def linear(x, name):
         y = x @ sd[name + ".weight"].t()
         return y + sd[name + ".bias"] if name + ".bias" in sd else y
 
     def rms(x, w):
+        if gemma and "norm_offset" not in wrong:
+            w = 1 + w
         return w * x / torch.sqrt((x * x).mean(-1, keepdim=True) + eps)
 
     def rope(v, pos):  # v (D,), rotate pairs (j, j + D/2)
         out = v.clone()
         for j in range(D // 2):
-            ang = pos * ref.rope_inv_freq(cfg)[j].item()
+            ang = pos * inv_freq[j]
             a, b = v[j].item(), v[j + D // 2].item()
             out[j], out[j + D // 2] = a * math.cos(ang) - b * math.sin(ang), b * math.cos(ang) + a * math.sin(ang)
         return out
 
+    def cap(value, c):
+        return value if c is None else c * math.tanh(value / c)
+
+    def gelu_tanh(x):
+        return 0.5 * x * (1 + torch.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x ** 3)))
+
+    if gemma:
+        scale = 1 / math.sqrt(D if "scalar" in wrong else cfg["query_pre_attn_scalar"])
+        attn_cap = None if "attn_softcap" in wrong else cfg.get("attn_logit_softcapping")
+    else:
+        scale, attn_cap = 1 / math.sqrt(D), None
     x = sd["model.embed_tokens.weight"][ids]
+    if gemma and "embed_scale" not in wrong:
+        x = x * math.sqrt(C)
     for layer in range(cfg["num_hidden_layers"]):
         p = f"model.layers.{layer}."
         h = rms(x, sd[p + "input_layernorm.weight"])
@@ -149,12 +193,34 @@ def dense_forward(model, ids):
         att_out = torch.zeros(T, H * D, dtype=torch.float64)
         for head in range(H):
             kvh = head // (H // KV)
+            ks = [rope(k[s, kvh * D:(kvh + 1) * D], s) for s in range(T)]
             for t in range(T):
                 qt = rope(q[t, head * D:(head + 1) * D], t)
-                scores = torch.tensor([qt @ rope(k[s, kvh * D:(kvh + 1) * D], s) / math.sqrt(D) for s in keys(t)])
+                if "cap_after_mask" in wrong:  # every key, masked ones at -inf, then the cap
+                    allowed = set(keys(t, window(layer)))
+                    seen = range(T)
+                    scores = torch.tensor([cap(float(qt @ ks[s]) * scale if s in allowed else -math.inf, attn_cap)
+                                           for s in seen], dtype=torch.float64)
+                else:
+                    seen = keys(t, window(layer))
+                    scores = torch.tensor([cap(float(qt @ ks[s]) * scale, attn_cap) for s in seen],
+                                          dtype=torch.float64)
                 w = scores.softmax(0)
                 att_out[t, head * D:(head + 1) * D] = sum(w[n] * v[s, kvh * D:(kvh + 1) * D]
-                                                          for n, s in enumerate(keys(t)))
+                                                          for n, s in enumerate(seen))
+        if gemma and "sandwich" in wrong:  # LLaMA's block with Gemma's names: no post-norms
+            x = x + linear(att_out, p + "self_attn.o_proj")
+            h = rms(x, sd[p + "pre_feedforward_layernorm.weight"])
+            act = torch.nn.functional.silu if "gelu" in wrong else gelu_tanh
+            x = x + linear(act(linear(h, p + "mlp.gate_proj")) * linear(h, p + "mlp.up_proj"), p + "mlp.down_proj")
+            continue
+        if gemma:
+            x = x + rms(linear(att_out, p + "self_attn.o_proj"), sd[p + "post_attention_layernorm.weight"])
+            h = rms(x, sd[p + "pre_feedforward_layernorm.weight"])
+            act = torch.nn.functional.silu if "gelu" in wrong else gelu_tanh
+            out = linear(act(linear(h, p + "mlp.gate_proj")) * linear(h, p + "mlp.up_proj"), p + "mlp.down_proj")
+            x = x + rms(out, sd[p + "post_feedforward_layernorm.weight"])
+            continue
         x = x + linear(att_out, p + "self_attn.o_proj")
         h = rms(x, sd[p + "post_attention_layernorm.weight"])
         if ref.is_moe(cfg):
@@ -171,16 +237,19 @@ def dense_forward(model, ids):
                          p + "mlp.down_proj")
         x = x + out
     x = rms(x, sd["model.norm.weight"])
-    head = sd["model.embed_tokens.weight"] if cfg.get("tie_word_embeddings") else sd["lm_head.weight"]
-    return x @ head.t()
+    head = sd["model.embed_tokens.weight"] if cfg.get("tie_word_embeddings", gemma) else sd["lm_head.weight"]
+    logits = x @ head.t()
+    final_cap = cfg.get("final_logit_softcapping") if gemma and "final_softcap" not in wrong else None
+    return logits if final_cap is None else final_cap * torch.tanh(logits / final_cap)
 
 
 def test_forward_against_loops():
     fixtures = os.path.join(ROOT, "tests", "fixtures")
-    for name in ("llama-tiny", "llama3-scaled", "mixtral-tiny", "qwen2-tiny", "mistral-swa-tiny", "phi3-tiny"):
+    for name in ("llama-tiny", "llama3-scaled", "mixtral-tiny", "qwen2-tiny", "mistral-swa-tiny", "phi3-tiny",
+                 "gemma2-tiny"):
         model = ref.load_hf(os.path.join(fixtures, name), torch.float64)
         with open(os.path.join(fixtures, name, "reference.json")) as f:
-            ids = json.load(f)["prompt_tokens"][:7]  # past mistral-swa-tiny's window of 4 and phi3-tiny's of 5
+            ids = json.load(f)["prompt_tokens"][:7]  # past the windows of 4 (mistral-swa-tiny, gemma2-tiny) and 5
         want = dense_forward(model, ids)
         with torch.no_grad():
             got = model(torch.tensor([ids]))[0]
@@ -396,11 +465,165 @@ def test_biases_against_loops():
         assert err < 1e-10, (extra["architectures"], err)
 
 
+GEMMA2 = dict(TINY, architectures=["Gemma2ForCausalLM"], model_type="gemma2", num_hidden_layers=4, head_dim=6,
+              hidden_activation="gelu_pytorch_tanh", rms_norm_eps=1e-6, tie_word_embeddings=True,
+              query_pre_attn_scalar=10, attn_logit_softcapping=1.0, final_logit_softcapping=2.0, sliding_window=3)
+
+
+def gemma2_model(cfg, seed):
+    """A random Gemma 2 in float64 with norm offsets N(0, 0.5) (1 + w from about 0 to 2) and std 0.3 matrices."""
+    model = ref.CausalLM(cfg).double()
+    ref.init_weights(model, torch.Generator().manual_seed(seed), std=0.3, norm_jitter=0.5)
+    return model.eval()
+
+
+def expect_refusal(make, cfg, word):
+    try:
+        make(cfg)
+    except ValueError as e:
+        assert word in str(e), e
+        return
+    raise AssertionError(f"{make.__name__} accepted {cfg}")
+
+
+def test_gemma2_config():
+    """Gemma 2's family, Gemma2Config's defaults, the alternating windows (and layer_types), tensor names (four norms
+    per block, tied head by default) and the configs it refuses."""
+    assert ref.family(GEMMA2) == "gemma2" and ref.family({"model_type": "gemma2"}) == "gemma2"
+    bare = {k: v for k, v in GEMMA2.items() if k not in (
+        "rms_norm_eps", "rope_theta", "query_pre_attn_scalar", "attn_logit_softcapping", "final_logit_softcapping",
+        "sliding_window", "head_dim", "hidden_activation", "tie_word_embeddings")}
+    for key, want in (("rms_norm_eps", 1e-6), ("rope_theta", 1e4), ("query_pre_attn_scalar", 256),
+                      ("attn_logit_softcapping", 50.0), ("final_logit_softcapping", 30.0), ("sliding_window", 4096),
+                      ("head_dim", 256), ("hidden_activation", "gelu_pytorch_tanh"), ("tie_word_embeddings", True)):
+        assert ref.config_default(bare, key) == want, key
+    assert ref.head_dim(bare) == 256 and ref.head_dim(GEMMA2) == 6       # never hidden / heads (24 / 6 = 4)
+    model = ref.CausalLM(bare)
+    assert model.tied and not hasattr(model, "lm_head") and model.final_softcap == 30.0
+    attn = model.model.layers[0].self_attn
+    assert attn.scaling == 256 ** -0.5 and attn.softcap == 50.0 and attn.d == 256
+    # Layer i % 2 == 0 slides, odd layers are global; layer_types, where given, decides.
+    assert [ref.sliding_window(bare, i) for i in range(4)] == [4096, None, 4096, None]
+    assert [ref.sliding_window(GEMMA2, i) for i in range(4)] == [3, None, 3, None]
+    types = ["full_attention", "sliding_attention", "sliding_attention", "full_attention"]
+    assert [ref.sliding_window(dict(GEMMA2, layer_types=types), i) for i in range(4)] == [None, 3, 3, None]
+    layers = ref.CausalLM(dict(GEMMA2, layer_types=types)).model.layers
+    assert [b.self_attn.window for b in layers] == [None, 3, 3, None]
+    off = ref.CausalLM(dict(GEMMA2, attn_logit_softcapping=None, final_logit_softcapping=None))
+    assert off.final_softcap is None and all(b.self_attn.softcap is None for b in off.model.layers)
+    assert ref.linear_biases(GEMMA2) == (False, False, False)
+    shapes = {n: list(t.shape) for n, t in ref.CausalLM(GEMMA2).state_dict().items()}
+    want = {"model.embed_tokens.weight": [40, 24], "model.norm.weight": [24]}
+    for i in range(4):
+        p = f"model.layers.{i}."
+        want.update({p + "self_attn.q_proj.weight": [36, 24], p + "self_attn.k_proj.weight": [12, 24],
+                     p + "self_attn.v_proj.weight": [12, 24], p + "self_attn.o_proj.weight": [24, 36],
+                     p + "mlp.gate_proj.weight": [40, 24], p + "mlp.up_proj.weight": [40, 24],
+                     p + "mlp.down_proj.weight": [24, 40]})
+        for n in ("input_layernorm", "post_attention_layernorm", "pre_feedforward_layernorm",
+                  "post_feedforward_layernorm"):
+            want[p + n + ".weight"] = [24]
+    assert shapes == want, sorted(set(shapes) ^ set(want))
+    assert "lm_head.weight" in ref.CausalLM(dict(GEMMA2, tie_word_embeddings=False)).state_dict()
+    fresh = ref.CausalLM(GEMMA2)  # Gemma RMSNorm weights start at 0: 1 + w = 1
+    assert all(float(p.abs().max()) == 0 for n, p in fresh.named_parameters() if n.endswith("norm.weight"))
+    for bad, word in ((dict(GEMMA2, attention_bias=True), "attention_bias"),
+                      (dict(GEMMA2, hidden_activation="gelu"), "hidden_activation"),
+                      (dict(GEMMA2, hidden_activation="silu"), "hidden_activation"),
+                      (dict(GEMMA2, use_bidirectional_attention=True), "bidirectional"),
+                      (dict(GEMMA2, layer_types=["sliding_attention"] * 3), "layer_types"),
+                      (dict(GEMMA2, layer_types=["sliding_attention", "global", "full_attention", "full_attention"]),
+                       "layer_types"),
+                      (dict(GEMMA2, sliding_window=None), "sliding_window"),
+                      (dict(GEMMA2, sliding_window=0), "sliding_window"),
+                      (dict(GEMMA2, query_pre_attn_scalar=0), "query_pre_attn_scalar"),
+                      (dict(GEMMA2, attn_logit_softcapping=-1.0), "attn_logit_softcapping"),
+                      (dict(GEMMA2, final_logit_softcapping=0), "final_logit_softcapping")):
+        expect_refusal(ref.CausalLM, bad, word)
+    # Without a sliding layer the window may be null.
+    ref.CausalLM(dict(GEMMA2, sliding_window=None, layer_types=["full_attention"] * 4))
+
+
+def test_gemma2_pieces():
+    """Each Gemma 2 rule in isolation: the norm multiplies by 1 + w, the embedding enters the first block times
+    sqrt(hidden_size), the logits are cap * tanh(raw / cap) of the tied head's raw logits, and the attention softcap,
+    the scale and the window act where the loop says (the model with a rule switched off equals the loop with that
+    rule dropped)."""
+    gen = torch.Generator().manual_seed(21)
+    norm = ref.GemmaRMSNorm(24, 1e-6).double()
+    x = torch.randn(5, 24, generator=gen, dtype=torch.float64)
+    with torch.no_grad():
+        norm.weight.copy_(0.5 * torch.randn(24, generator=gen, dtype=torch.float64))
+        unit = x / torch.sqrt((x * x).mean(-1, keepdim=True) + 1e-6)
+        assert float((norm(x) - unit * (1 + norm.weight)).abs().max()) < 1e-14
+        assert float((norm(x) - unit * norm.weight).abs().max()) > 0.1   # not LLaMA's w
+        norm.weight.zero_()
+        assert float((norm(x) - unit).abs().max()) < 1e-14                # a zero offset: a plain RMS normalisation
+
+    model = gemma2_model(GEMMA2, 50)
+    ids = torch.randint(GEMMA2["vocab_size"], (11,), generator=gen).tolist()
+    seen = {}
+    model.model.layers[0].register_forward_pre_hook(lambda m, args: seen.__setitem__("h0", args[0]))
+    model.model.norm.register_forward_hook(lambda m, args, out: seen.__setitem__("final", out))
+    with torch.no_grad():
+        logits = model(torch.tensor([ids]))[0]
+    emb = model.model.embed_tokens.weight[ids]
+    assert torch.equal(seen["h0"][0], emb * math.sqrt(24))              # sqrt(24) = 4.899: the normalizer
+    raw = seen["final"][0] @ model.model.embed_tokens.weight.t()         # tied head
+    assert float(raw.abs().max()) > 2.5                                  # the cap (2) bites
+    assert float((logits - 2.0 * torch.tanh(raw / 2.0)).abs().max()) < 1e-14 and float(logits.abs().max()) < 2.0
+    assert [b.self_attn.window for b in model.model.layers] == [3, None, 3, None]
+
+    want = dense_forward(model, ids)
+    assert float((logits - want).abs().max()) < 1e-10
+    with torch.no_grad():
+        for rule, switch, restore in (
+                ("final_softcap", lambda: setattr(model, "final_softcap", None),
+                 lambda: setattr(model, "final_softcap", 2.0)),
+                ("attn_softcap", lambda: [setattr(b.self_attn, "softcap", None) for b in model.model.layers],
+                 lambda: [setattr(b.self_attn, "softcap", 1.0) for b in model.model.layers]),
+                ("alternate", lambda: [setattr(b.self_attn, "window", 3) for b in model.model.layers],
+                 lambda: [setattr(b.self_attn, "window", (3, None)[i % 2]) for i, b in enumerate(model.model.layers)]),
+                ("scalar", lambda: [setattr(b.self_attn, "scaling", 6 ** -0.5) for b in model.model.layers],
+                 lambda: [setattr(b.self_attn, "scaling", 10 ** -0.5) for b in model.model.layers]),
+                ("embed_scale", lambda: setattr(model, "embed_scale", 1.0),
+                 lambda: setattr(model, "embed_scale", 24 ** 0.5))):
+            switch()
+            changed = model(torch.tensor([ids]))[0]
+            restore()
+            assert float((changed - dense_forward(model, ids, wrong=(rule,))).abs().max()) < 1e-10, rule
+            assert float((changed - logits).abs().max()) > 1e-2, rule
+        assert torch.equal(model(torch.tensor([ids]))[0], logits)
+
+
+def test_gemma2_against_loops():
+    """Random Gemma 2 models (4 layers: windows 3 / none / 3 / none; windows 1 and 5; layer_types; softcaps off;
+    MHA; untied head) against the loop; on the first, every rule the loop can get wrong (GEMMA2_RULES) moves the
+    logits, so each one is exercised."""
+    gen = torch.Generator().manual_seed(22)
+    types = ["full_attention", "sliding_attention", "sliding_attention", "full_attention"]
+    cases = [GEMMA2, dict(GEMMA2, sliding_window=1), dict(GEMMA2, sliding_window=5, num_hidden_layers=3),
+             dict(GEMMA2, layer_types=types), dict(GEMMA2, attn_logit_softcapping=None, final_logit_softcapping=None),
+             dict(GEMMA2, num_key_value_heads=6, tie_word_embeddings=False)]
+    for i, cfg in enumerate(cases):
+        model = gemma2_model(cfg, 60 + i)
+        ids = torch.randint(cfg["vocab_size"], (12,), generator=gen).tolist()
+        with torch.no_grad():
+            got = model(torch.tensor([ids]))[0]
+        err = float((got - dense_forward(model, ids)).abs().max())
+        assert err < 1e-10, (i, err)
+        if i == 0:
+            for rule in GEMMA2_RULES:
+                moved = float((got - dense_forward(model, ids, wrong=(rule,))).abs().max())
+                assert moved > 1e-2, (rule, moved)
+
+
 def test_fixture_effects():
-    """qwen2-tiny's biases and mistral-swa-tiny's and phi3-tiny's windows matter, by the amounts reference.json
-    records."""
+    """qwen2-tiny's biases, mistral-swa-tiny's and phi3-tiny's windows, and gemma2-tiny's softcaps and window matter,
+    by the amounts reference.json records; and every Gemma 2 rule the loop can get wrong moves gemma2-tiny's logits
+    far past the suggested tolerance."""
     fixtures = os.path.join(ROOT, "tests", "fixtures")
-    for name in ("qwen2-tiny", "mistral-swa-tiny", "phi3-tiny"):
+    for name in ("qwen2-tiny", "mistral-swa-tiny", "phi3-tiny", "gemma2-tiny"):
         folder = os.path.join(fixtures, name)
         with open(os.path.join(folder, "reference.json")) as f:
             info = json.load(f)
@@ -425,6 +648,29 @@ def test_fixture_effects():
                         getattr(layer.self_attn, f"{p}_proj").bias.zero_()
                 diff = float((model(seq)[0] - base).abs().max())
                 assert abs(diff - info["zero_bias_max_abs_diff"]) < 1e-9 and diff > 1, (diff, info)
+            elif name == "gemma2-tiny":
+                assert model.tied and not hasattr(model, "lm_head") and model.final_softcap == 4.0
+                assert [layer.self_attn.window for layer in model.model.layers] == [4, None]  # local, then global
+                assert [layer.self_attn.softcap for layer in model.model.layers] == [1.5, 1.5]
+
+                def rows(change):  # per-row largest |logit change| with one feature switched off
+                    changed = ref.load_hf(folder, torch.float64)
+                    change(changed)
+                    return (changed(seq)[0] - base).abs().max(-1).values
+
+                for key, change in (
+                        ("no_attn_softcap_max_abs_diff",
+                         lambda m: [setattr(layer.self_attn, "softcap", None) for layer in m.model.layers]),
+                        ("no_final_softcap_max_abs_diff", lambda m: setattr(m, "final_softcap", None)),
+                        ("full_attention_max_abs_diff",
+                         lambda m: [setattr(layer.self_attn, "window", None) for layer in m.model.layers])):
+                    row = rows(change)
+                    assert abs(float(row.max()) - info[key]) < 1e-9 and float(row.max()) > 0.05, (key, row, info)
+                assert float(row[:4].max()) == 0 and float(row[4]) > 1e-3 and info["full_attention_first_diff_row"] == 4
+                ids = seq[0].tolist()
+                for rule in GEMMA2_RULES:
+                    moved = float((dense_forward(model, ids, wrong=(rule,)) - base).abs().max())
+                    assert moved > 0.1, (rule, moved)
             else:
                 W = {"mistral-swa-tiny": 4, "phi3-tiny": 5}[name]
                 assert [layer.self_attn.window for layer in model.model.layers] == [W, W]

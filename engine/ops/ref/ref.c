@@ -39,6 +39,17 @@ void ref_swiglu(float *y, const float *gate, const float *up, uint32_t n) {
   for (uint32_t i = 0; i < n; i++) y[i] = (float)(gate[i] / (1.0 + exp(-(double)gate[i])) * up[i]);
 }
 
+void ref_geglu(float *y, const float *gate, const float *up, uint32_t n) {
+  for (uint32_t i = 0; i < n; i++) {
+    double v = gate[i];
+    y[i] = (float)(0.5 * v * (1.0 + tanh(0.7978845608028654 * (v + 0.044715 * v * v * v))) * up[i]);
+  }
+}
+
+void ref_softcap(float *y, const float *a, float cap, uint32_t n) {
+  for (uint32_t i = 0; i < n; i++) y[i] = (float)(cap * tanh((double)a[i] / cap));
+}
+
 void ref_relu(float *y, const float *a, uint32_t n) {
   for (uint32_t i = 0; i < n; i++) y[i] = a[i] > 0 ? a[i] : 0.0f;
 }

@@ -23,6 +23,10 @@ void ref_silu(float *y, const float *a, uint32_t n);
 void ref_gelu(float *y, const float *a, uint32_t n);
 /* y[i] = silu(gate[i]) * up[i] */
 void ref_swiglu(float *y, const float *gate, const float *up, uint32_t n);
+/* y[i] = gelu_tanh(gate[i]) * up[i] */
+void ref_geglu(float *y, const float *gate, const float *up, uint32_t n);
+/* y[i] = cap * tanh(a[i] / cap) */
+void ref_softcap(float *y, const float *a, float cap, uint32_t n);
 
 /* y[i] = max(a[i], 0) */
 void ref_relu(float *y, const float *a, uint32_t n);
@@ -54,10 +58,11 @@ void ref_rope(float *x, const int32_t *pos, uint32_t rows, uint32_t n_heads, uin
               bool neox, double theta, const rope_scaling_t *scaling);
 void ref_embed(float *y, const void *table, lt_dtype_t ttype, const int32_t *ids, uint32_t n_ids, uint32_t dim,
                uint32_t row_lo, uint32_t row_hi);
-/* Query t (at position q_pos0 + t) sees keys [0, q_pos0 + t], or with window > 0 only (q_pos0 + t - window, ...]. */
+/* Query t (at position q_pos0 + t) sees keys [0, q_pos0 + t], or with window > 0 only (q_pos0 + t - window, ...];
+ * softcap > 0 caps each scaled score s to softcap * tanh(s / softcap). */
 void ref_attention(float *out, const float *q, const float *k, const float *v, uint32_t n_q, uint32_t n_heads,
                    uint32_t n_kv_heads, uint32_t head_dim, uint32_t q_pos0, uint32_t kv_len, uint32_t window,
-                   float scale);
+                   float scale, float softcap);
 
 /* y[ids[i], :] += w[i] * x[i, :] (ids outside [0, y_rows) skipped) (engine/ops/ref/ref.c). */
 void ref_scatter_add(float *y, const float *x, const int32_t *ids, const float *w, uint32_t n, uint32_t d,

@@ -44,7 +44,7 @@ void ref_embed(float *y, const void *table, lt_dtype_t ttype, const int32_t *ids
 
 void ref_attention(float *out, const float *q, const float *k, const float *v, uint32_t n_q, uint32_t n_heads,
                    uint32_t n_kv_heads, uint32_t head_dim, uint32_t q_pos0, uint32_t kv_len, uint32_t window,
-                   float scale) {
+                   float scale, float softcap) {
   uint32_t group = n_heads / n_kv_heads;
   uint64_t kv_stride = (uint64_t)n_kv_heads * head_dim;
   double *w = malloc((kv_len ? kv_len : 1) * sizeof *w), *acc = malloc(head_dim * sizeof *acc);
@@ -61,6 +61,7 @@ void ref_attention(float *out, const float *q, const float *k, const float *v, u
         double s = 0;
         for (uint32_t d = 0; d < head_dim; d++) s += (double)qh[d] * k[j * kv_stride + kvo + d];
         w[j] = s * scale;
+        if (softcap > 0) w[j] = softcap * tanh(w[j] / softcap);
         if (w[j] > mx) mx = w[j];
       }
       memset(acc, 0, head_dim * sizeof *acc);
