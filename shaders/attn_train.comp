@@ -10,6 +10,8 @@
 // HD (a define: the head size) makes every loop over dims compile-time and unrolled, so an invocation loops once
 // per key (modes 0, 1) or once per (query, head) of its chunk (mode 2); the wrapper keeps both within the op's
 // loop budget. Every sum runs in a fixed order, with no atomics.
+// With pc.softcap > 0 (Gemma 2) the scores are capped, s = cap * tanh(scale q.k / cap), and the backward carries the
+// cap's derivative 1 - (s / cap)^2 into dq and dk.
 #extension GL_EXT_control_flow_attributes : require
 #define PC_ATTN_TRAIN 1
 #include "pc.h"
@@ -24,6 +26,14 @@ layout(std430, binding = 5) readonly buffer O { float o[]; };     // 1: out
 layout(std430, binding = 6) readonly buffer DO { float dout[]; }; // 1, 2: dLoss/dout
 layout(std430, binding = 7) readonly buffer L { float lse[]; };   // 1, 2: [T, n_heads]
 layout(std430, binding = 8) readonly buffer DD { float dd[]; };   // 2: D [T, n_heads]
+
+// The score from scale * q.k: soft-capped when pc.softcap > 0 (tanh through exp: large values saturate).
+float capped(float s) { return pc.softcap > 0.0 ? pc.softcap * (1.0 - 2.0 / (exp(2.0 * s / pc.softcap) + 1.0)) : s; }
+// The derivative of capped() at the capped score c.
+float dcap(float c) {
+  float t = pc.softcap > 0.0 ? c / pc.softcap : 0.0;
+  return 1.0 - t * t;
+}
 
 float dot_at(float a[HD], uint base, bool from_k) {
   float s = 0.0;
@@ -49,8 +59,8 @@ void main() {
           s = fma(q[qb + d], kj[d], s);
           dp = fma(dout[qb + d], vj[d], dp);
         }
-        float p = exp(pc.scale * s - lse[t * H + h]);
-        float ds = p * (dp - dd[t * H + h]);
+                float sc = capped(pc.scale * s), p = exp(sc - lse[t * H + h]);
+        float ds = p * (dp - dd[t * H + h]) * dcap(sc);
         [[unroll]] for (uint d = 0; d < HD; d++) {
           dv[d] = fma(p, dout[qb + d], dv[d]);
           dk[d] = fma(ds, q[qb + d], dk[d]);
@@ -75,7 +85,7 @@ void main() {
     [[unroll]] for (uint d = 0; d < HD; d++) acc[d] = 0.0;
     for (uint j = j0; j <= t; j++) {
       uint kb = (j * KV + g) * HD;
-      float s = pc.scale * dot_at(qv, kb, true);
+            float s = capped(pc.scale * dot_at(qv, kb, true));
       float mn = max(m, s), a = exp(m - mn), p = exp(s - mn);
       l = l * a + p;
       [[unroll]] for (uint d = 0; d < HD; d++) acc[d] = fma(p, v[kb + d], acc[d] * a);
@@ -94,8 +104,8 @@ void main() {
   float L = lse[t * H + h];
   for (uint j = j0; j <= t; j++) {
     uint kb = (j * KV + g) * HD;
-    float p = exp(pc.scale * dot_at(qv, kb, true) - L);
-    float ds = p * (dot_at(dov, kb, false) - D);
+        float sc = capped(pc.scale * dot_at(qv, kb, true)), p = exp(sc - L);
+    float ds = p * (dot_at(dov, kb, false) - D) * dcap(sc);
     [[unroll]] for (uint d = 0; d < HD; d++) dq[d] = fma(ds, k[kb + d], dq[d]);
   }
   [[unroll]] for (uint d = 0; d < HD; d++) r0[qb + d] = pc.scale * dq[d];

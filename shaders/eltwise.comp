@@ -27,6 +27,11 @@ void main() {
   case ELT_GELU: v = gelu_tanh(v); break;
   case ELT_GEGLU: v = gelu_tanh(v) * b[i % pc.nb]; break;
   case ELT_SOFTCAP: v = pc.scale * tanh_safe(v / pc.scale); break;
+  case ELT_SOFTCAP_BW: {
+    float t = b[i % pc.nb] / pc.scale;
+    v = v * (1.0 - t * t);
+    break;
+  }
   case ELT_SWIGLU: v = silu(v) * b[i % pc.nb]; break;
   case ELT_RELU: v = max(v, 0.0); break;
   case ELT_RELU_BW: v = b[i % pc.nb] > 0.0 ? v : 0.0; break;

@@ -28,7 +28,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import lathe_ref as ref  # noqa: E402
 
-FIXTURES = ["llama-tiny", "llama3-scaled", "mixtral-tiny", "qwen2-tiny", "mistral-swa-tiny", "phi3-tiny"]
+FIXTURES = ["llama-tiny", "llama3-scaled", "mixtral-tiny", "qwen2-tiny", "mistral-swa-tiny", "phi3-tiny", "gemma2-tiny"]
 TEXTS = ["Lathe runs on any GPU", "Hello, World! 42 is it"]
 T = 13          # tokens per row (odd on purpose: no tile of the engine divides it)
 PROMPT_LEN = 5  # row 1: targets 0..4 are the prompt's, masked out

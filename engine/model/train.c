@@ -43,6 +43,8 @@ typedef struct tlayer {
   int32_t attn_norm_grad, ffn_norm_grad;
   const model_param_t *bq, *bk, *bv; /* q, k, v biases (qkv_bias models), else NULL */
   int32_t bq_grad, bk_grad, bv_grad;
+  const model_param_t *post_attn_norm, *post_ffn_norm; /* post_norms models (Gemma 2), else NULL */
+  int32_t post_attn_norm_grad, post_ffn_norm_grad;
   wref_t wq, wk, wv, wo, gate, up, down;
   /* Mixture of experts: the router and each expert's w1 (gate), w3 (up), w2 (down). */
   uint32_t n_exp;
@@ -66,6 +68,7 @@ typedef struct route {
 /* Saved activations of one block (see the header comment). */
 typedef struct blk {
   gpu_buf_t *x, *xn1, *q, *k, *v, *att, *lse, *h1, *z1, *s1, *xn2, *g, *u, *act, *h2, *z2;
+  gpu_buf_t *ao, *fo; /* post_norms: the attention's and the MLP's outputs before their norms */
   /* MoE: router probabilities (R, E), then in the backward the router logits' gradient; the expert lists (ids,
    * gate weights) and each listed row's expert input, gate, up, product and output. */
   gpu_buf_t *rprob, *eids, *ew, *xe, *ge, *ue, *ae, *oe;
@@ -94,6 +97,8 @@ struct train {
   gpu_buf_t *ids, *pos, *tgt, *wts, *nll; /* (R) */
   gpu_buf_t *lse;                         /* (LOGIT_CHUNK) */
   gpu_buf_t *logits;                      /* (LOGIT_CHUNK, V) */
+  gpu_buf_t *capped;                      /* final_softcap: the capped logits of the chunk, for the backward */
+  gpu_buf_t *pn;                          /* post_norms: a normed sub-layer output on its way into the stream */
   gpu_buf_t *dx, *dxn, *datt, *dq, *dk, *dv, *dg, *du, *dact, *lu, *dlu, *dz; /* gradients of activations */
   gpu_buf_t *rope;
   uint32_t rope_rows;
@@ -228,9 +233,9 @@ static lt_status_t lora_add(train_t *t, wref_t *w, const char *module, uint64_t 
 }
 
 static void blk_free(blk_t *b) {
-  gpu_buf_t **all[] = {&b->x,     &b->xn1,  &b->q,   &b->k,  &b->v,  &b->att, &b->lse, &b->h1,
-                       &b->z1,    &b->s1,   &b->xn2, &b->g,  &b->u,  &b->act, &b->h2,  &b->z2,
-                       &b->rprob, &b->eids, &b->ew,  &b->xe, &b->ge, &b->ue,  &b->ae,  &b->oe};
+  gpu_buf_t **all[] = {&b->x,  &b->xn1, &b->q,  &b->k,  &b->v,   &b->att, &b->lse, &b->h1,    &b->z1,
+                       &b->s1, &b->xn2, &b->g,  &b->u,  &b->act, &b->h2,  &b->z2,  &b->rprob, &b->eids,
+                       &b->ew, &b->xe,  &b->ge, &b->ue, &b->ae,  &b->oe,  &b->ao,  &b->fo};
   for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) gpu_buf_destroy(all[i]);
 }
 
@@ -252,9 +257,9 @@ static void acts_free(train_t *t) {
   free(t->routes);
   t->routes = NULL;
   gpu_buf_destroy(&t->ones);
-  gpu_buf_t **all[] = {&t->lse,    &t->xf,   &t->xL,  &t->ids,  &t->pos, &t->tgt, &t->wts, &t->nll,
-                       &t->logits, &t->dx,   &t->dxn, &t->datt, &t->dq,  &t->dk,  &t->dv,  &t->dg,
-                       &t->du,     &t->dact, &t->lu,  &t->dlu,  &t->dz,  &t->dl,  &t->aw,  &t->pred};
+  gpu_buf_t **all[] = {&t->lse,    &t->xf,   &t->xL, &t->ids, &t->pos,  &t->tgt, &t->wts, &t->nll, &t->logits,
+                       &t->capped, &t->pn,   &t->dx, &t->dxn, &t->datt, &t->dq,  &t->dk,  &t->dv,  &t->dg,
+                       &t->du,     &t->dact, &t->lu, &t->dlu, &t->dz,   &t->dl,  &t->aw,  &t->pred};
   for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) gpu_buf_destroy(all[i]);
   free(t->tnll);
   t->tnll = NULL;
@@ -279,11 +284,23 @@ static lt_status_t blk_alloc(train_t *t, blk_t *b, uint32_t R, bool with_x, lt_e
   struct {
     gpu_buf_t **b;
     uint64_t n;
-  } want[] = {{&b->xn1, R * d}, {&b->q, R * qd},   {&b->k, R * kvd},
-              {&b->v, R * kvd}, {&b->att, R * qd}, {&b->lse, (uint64_t)R * c->n_heads},
-              {&b->h1, R * d},  {&b->z1, R * a},   {&b->s1, a ? R * d : 0},
-              {&b->xn2, R * d}, {&b->g, R * f},    {&b->u, R * f},
-              {&b->act, R * f}, {&b->h2, R * d},   {&b->z2, R * a}};
+  } want[] = {{&b->xn1, R * d},
+              {&b->q, R * qd},
+              {&b->k, R * kvd},
+              {&b->v, R * kvd},
+              {&b->att, R * qd},
+              {&b->lse, (uint64_t)R * c->n_heads},
+              {&b->h1, R * d},
+              {&b->z1, R * a},
+              {&b->s1, a ? R * d : 0},
+              {&b->xn2, R * d},
+              {&b->g, R * f},
+              {&b->u, R * f},
+              {&b->act, R * f},
+              {&b->h2, R * d},
+              {&b->z2, R * a},
+              {&b->ao, c->post_norms ? R * d : 0},
+              {&b->fo, c->post_norms ? R * d : 0}};
   if (with_x && !(b->x = abuf(t, R * d, err))) return err ? err->code : LT_E_DEVICE_OOM;
   for (size_t i = 0; i < sizeof want / sizeof want[0]; i++)
     if (!(*want[i].b = abuf(t, want[i].n, err))) return err ? err->code : LT_E_DEVICE_OOM;
@@ -374,6 +391,8 @@ static lt_status_t acts_ensure(train_t *t, uint32_t R, uint32_t T, lt_err_t *err
               {&t->aw, 2 * R, false},
               {&t->pred, R, false},
               {&t->logits, (uint64_t)LOGIT_CHUNK * c->vocab_size, false},
+              {&t->capped, c->final_softcap > 0 ? (uint64_t)LOGIT_CHUNK * c->vocab_size : 0, true},
+              {&t->pn, c->post_norms ? R * d : 0, false},
               {&t->lse, LOGIT_CHUNK, false},
               {&t->dx, R * d, true},
               {&t->dxn, R * d, true},
@@ -420,12 +439,7 @@ static lt_status_t acts_ensure(train_t *t, uint32_t R, uint32_t T, lt_err_t *err
 
 train_t *train_new(model_t *m, const train_opts_t *o, lt_err_t *err) {
   const model_config_t *c = model_config(m);
-  if (c->post_norms || c->gelu || c->embed_scale > 0 || c->attn_softcap > 0 || c->final_softcap > 0)
-    return lt_fail(err, LT_E_UNSUPPORTED,
-                   "first-order training (tune, distillation, DPO) of %s is not supported: its post-norms, GeGLU and "
-                   "soft-capping have no backward pass yet; tune-zo (forward passes only) tunes it",
-                   model_arch_str(c->arch)),
-           NULL;
+
   if (c->n_experts && o->what == TRAIN_LORA && (o->lora_targets & (TRAIN_LORA_GATE | TRAIN_LORA_UP | TRAIN_LORA_DOWN)))
     return lt_fail(err, LT_E_UNSUPPORTED,
                    "LoRA targets gate, up and down name a dense MLP; this mixture-of-experts model takes q,k,v,o"),
@@ -492,8 +506,18 @@ train_t *train_new(model_t *m, const train_opts_t *o, lt_err_t *err) {
       }
       if (st != LT_OK) break;
     }
-    snprintf(name, sizeof name, "model.layers.%u.post_attention_layernorm.weight", l);
+    /* Gemma 2 names its norm before the MLP pre_feedforward_layernorm, and LLaMA's name is its norm after the
+     * attention. */
+    snprintf(name, sizeof name, "model.layers.%u.%s.weight", l,
+             c->post_norms ? "pre_feedforward_layernorm" : "post_attention_layernorm");
     if ((st = norm_get(t, &L->ffn_norm, &L->ffn_norm_grad, name, err)) != LT_OK) break;
+    L->post_attn_norm_grad = L->post_ffn_norm_grad = -1;
+    if (c->post_norms) {
+      snprintf(name, sizeof name, "model.layers.%u.post_attention_layernorm.weight", l);
+      if ((st = norm_get(t, &L->post_attn_norm, &L->post_attn_norm_grad, name, err)) != LT_OK) break;
+      snprintf(name, sizeof name, "model.layers.%u.post_feedforward_layernorm.weight", l);
+      if ((st = norm_get(t, &L->post_ffn_norm, &L->post_ffn_norm_grad, name, err)) != LT_OK) break;
+    }
     if (c->n_experts) {
       L->n_exp = model_config_experts(c, l);
       W(router, "block_sparse_moe.gate");
@@ -844,17 +868,22 @@ static lt_status_t block_fwd(train_t *t, gpu_cmd_t **cp, uint32_t l, const batch
   if (st == LT_OK)
     st = op_rope(c, gv(b->k), gv(t->pos), gv(t->rope), R, cf->n_kv_heads, cf->head_dim, cf->rope_dim, t->neox,
                  t->rope_rows, err);
-  float scale = 1.0f / sqrtf((float)cf->head_dim);
   for (uint32_t s = 0; s < bt->n_seq && st == LT_OK; s++) {
     uint64_t r0 = (uint64_t)s * bt->T;
     gpu_view_t o = {b->att, r0 * qd * 4}, q = {b->q, r0 * qd * 4}, k = {b->k, r0 * kvd * 4}, v = {b->v, r0 * kvd * 4};
     gpu_view_t lse = {b->lse, r0 * cf->n_heads * 4};
-    st = op_attention_lse(c, o, lse, q, k, v, bt->T, cf->n_heads, cf->n_kv_heads, cf->head_dim, cf->sliding_window,
-                          scale, err);
+    st = op_attention_lse(c, o, lse, q, k, v, bt->T, cf->n_heads, cf->n_kv_heads, cf->head_dim,
+                          model_config_window(cf, l), model_config_attn_scale(cf), cf->attn_softcap, err);
   }
   /* h1 = x + att . Wo^T */
   if (st == LT_OK) st = gpu_cmd_copy(c, b->x, 0, b->h1, 0, (uint64_t)R * d * 4, err);
-  if (st == LT_OK) st = lin_fwd(t, c, b->h1, b->att, &L->wo, R, true, err);
+  if (!cf->post_norms) {
+    if (st == LT_OK) st = lin_fwd(t, c, b->h1, b->att, &L->wo, R, true, err);
+  } else { /* h1 = x + norm(att . Wo^T) (Gemma 2), the norm's input kept for the backward */
+    if (st == LT_OK) st = lin_fwd(t, c, b->ao, b->att, &L->wo, R, false, err);
+    if (st == LT_OK) st = op_rmsnorm(c, gv(t->pn), gv(b->ao), gv(L->post_attn_norm->buf), R, d, cf->rms_norm_eps, err);
+    if (st == LT_OK) st = op_add(c, gv(b->h1), gv(b->h1), gv(t->pn), R * d, R * d, err);
+  }
   gpu_buf_t *s1 = adapt ? b->s1 : b->h1;
   if (st == LT_OK && adapt) st = adapter_fwd(t, c, s1, b->h1, b->z1, 0, R, err);
   if (st == LT_OK) st = op_rmsnorm(c, gv(b->xn2), gv(s1), gv(L->ffn_norm->buf), R, d, cf->rms_norm_eps, err);
@@ -864,10 +893,18 @@ static lt_status_t block_fwd(train_t *t, gpu_cmd_t **cp, uint32_t l, const batch
   } else {
     if (st == LT_OK) st = lin_fwd(t, c, b->g, b->xn2, &L->gate, R, false, err);
     if (st == LT_OK) st = lin_fwd(t, c, b->u, b->xn2, &L->up, R, false, err);
-    if (st == LT_OK) st = op_swiglu(c, gv(b->act), gv(b->g), gv(b->u), R * f, err);
-    /* h2 = s1 + act . Wdown^T */
+    if (st == LT_OK)
+      st = cf->gelu ? op_geglu(c, gv(b->act), gv(b->g), gv(b->u), R * f, err)
+                    : op_swiglu(c, gv(b->act), gv(b->g), gv(b->u), R * f, err);
+    /* h2 = s1 + act . Wdown^T, or s1 + norm(act . Wdown^T) with post-norms (its input kept) */
     if (st == LT_OK) st = gpu_cmd_copy(c, s1, 0, b->h2, 0, (uint64_t)R * d * 4, err);
-    if (st == LT_OK) st = lin_fwd(t, c, b->h2, b->act, &L->down, R, true, err);
+    if (!cf->post_norms) {
+      if (st == LT_OK) st = lin_fwd(t, c, b->h2, b->act, &L->down, R, true, err);
+    } else {
+      if (st == LT_OK) st = lin_fwd(t, c, b->fo, b->act, &L->down, R, false, err);
+      if (st == LT_OK) st = op_rmsnorm(c, gv(t->pn), gv(b->fo), gv(L->post_ffn_norm->buf), R, d, cf->rms_norm_eps, err);
+      if (st == LT_OK) st = op_add(c, gv(b->h2), gv(b->h2), gv(t->pn), R * d, R * d, err);
+    }
   }
   if (st == LT_OK) {
     if (adapt)
@@ -896,8 +933,19 @@ static lt_status_t block_bwd(train_t *t, gpu_cmd_t **cp, uint32_t l, const batch
     if (st == LT_OK) st = moe_bwd(t, cp, l, bt, err);
     c = *cp;
   } else {
-    if (st == LT_OK) st = lin_bwd(t, c, t->dact, t->dx, b->act, &L->down, R, false, err);
-    if (st == LT_OK) st = op_swiglu_backward(c, gv(t->dg), gv(t->du), gv(t->dact), gv(b->g), gv(b->u), R * f, err);
+    /* With a post-norm, the MLP's output gradient goes back through it first (into dxn, free until below). */
+    gpu_buf_t *dfo = t->dx;
+    if (cf->post_norms) {
+      dfo = t->dxn;
+      if (st == LT_OK)
+        st = op_rmsnorm_backward_set(c, gv(dfo),
+                                     L->post_ffn_norm_grad >= 0 ? gv(t->tt[L->post_ffn_norm_grad].grad) : gv(NULL),
+                                     gv(t->dx), gv(b->fo), gv(L->post_ffn_norm->buf), R, d, cf->rms_norm_eps, err);
+    }
+    if (st == LT_OK) st = lin_bwd(t, c, t->dact, dfo, b->act, &L->down, R, false, err);
+    if (st == LT_OK)
+      st = cf->gelu ? op_geglu_backward(c, gv(t->dg), gv(t->du), gv(t->dact), gv(b->g), gv(b->u), R * f, err)
+                    : op_swiglu_backward(c, gv(t->dg), gv(t->du), gv(t->dact), gv(b->g), gv(b->u), R * f, err);
     if (st == LT_OK) st = lin_bwd(t, c, t->dxn, t->dg, b->xn2, &L->gate, R, false, err);
     if (st == LT_OK) st = lin_bwd(t, c, t->dxn, t->du, b->xn2, &L->up, R, true, err);
   }
@@ -912,15 +960,22 @@ static lt_status_t block_bwd(train_t *t, gpu_cmd_t **cp, uint32_t l, const batch
     return st; /* nothing below the adapters needs a gradient */
   }
   /* Attention: datt = dx . Wo; flash backward per sequence; RoPE backward; dxn = dq Wq + dk Wk + dv Wv. */
-  if (st == LT_OK) st = lin_bwd(t, c, t->datt, t->dx, b->att, &L->wo, R, false, err);
-  float scale = 1.0f / sqrtf((float)cf->head_dim);
+  gpu_buf_t *dao = t->dx;
+  if (cf->post_norms) { /* back through the attention's post-norm into dxn (rewritten by the q, k, v below) */
+    dao = t->dxn;
+    if (st == LT_OK)
+      st = op_rmsnorm_backward_set(c, gv(dao),
+                                   L->post_attn_norm_grad >= 0 ? gv(t->tt[L->post_attn_norm_grad].grad) : gv(NULL),
+                                   gv(t->dx), gv(b->ao), gv(L->post_attn_norm->buf), R, d, cf->rms_norm_eps, err);
+  }
+  if (st == LT_OK) st = lin_bwd(t, c, t->datt, dao, b->att, &L->wo, R, false, err);
   for (uint32_t s = 0; s < bt->n_seq && st == LT_OK; s++) {
     uint64_t r0 = (uint64_t)s * bt->T;
     gpu_view_t q = {b->q, r0 * qd * 4}, k = {b->k, r0 * kvd * 4}, v = {b->v, r0 * kvd * 4}, o = {b->att, r0 * qd * 4};
     gpu_view_t lse = {b->lse, r0 * cf->n_heads * 4}, dout = {t->datt, r0 * qd * 4};
     gpu_view_t dq = {t->dq, r0 * qd * 4}, dk = {t->dk, r0 * kvd * 4}, dv = {t->dv, r0 * kvd * 4};
     st = op_attention_backward(c, dq, dk, dv, q, k, v, o, dout, lse, bt->T, cf->n_heads, cf->n_kv_heads, cf->head_dim,
-                               cf->sliding_window, scale, err);
+                               model_config_window(cf, l), model_config_attn_scale(cf), cf->attn_softcap, err);
   }
   if (st == LT_OK)
     st = op_rope_backward(c, gv(t->dq), gv(t->pos), gv(t->rope), R, cf->n_heads, cf->head_dim, cf->rope_dim, t->neox,
@@ -998,6 +1053,8 @@ static lt_status_t forward_body(train_t *t, gpu_cmd_t **cp, const batch_t *bt, l
   uint32_t d = cf->hidden_size, R = bt->R;
   lt_status_t st =
       op_embed(*cp, gv(t->blk[0].x), gv(t->embed->buf), t->embed->dtype, gv(t->ids), R, d, 0, t->embed->rows, err);
+  if (st == LT_OK && cf->embed_scale > 0)
+    st = op_scale(*cp, gv(t->blk[0].x), gv(t->blk[0].x), cf->embed_scale, R * d, err);
   for (uint32_t l = 0; l < cf->n_layers && st == LT_OK; l++) {
     gpu_buf_t *out = l + 1 < cf->n_layers ? t->blk[l + 1].x : t->xL;
     st = block_fwd(t, cp, l, bt, out, err);
@@ -1006,11 +1063,16 @@ static lt_status_t forward_body(train_t *t, gpu_cmd_t **cp, const batch_t *bt, l
   return st;
 }
 
-/* Logits rows [r0, r0 + n) into t->logits. */
+/* Logits rows [r0, r0 + n) into t->logits (soft-capped when the model caps them; with a gradient buffer, a copy of
+ * the capped values goes to t->capped for the backward). */
 static lt_status_t logits_chunk(train_t *t, gpu_cmd_t *c, uint32_t r0, uint32_t n, lt_err_t *err) {
-  uint32_t d = t->cf->hidden_size;
+  uint32_t d = t->cf->hidden_size, V = t->cf->vocab_size;
   gpu_view_t xf = {t->xf, (uint64_t)r0 * d * 4};
-  return wmul(c, gv(t->logits), xf, t->head, n, false, err);
+  lt_status_t st = wmul(c, gv(t->logits), xf, t->head, n, false, err);
+  if (st != LT_OK || !(t->cf->final_softcap > 0)) return st;
+  st = op_softcap(c, gv(t->logits), gv(t->logits), t->cf->final_softcap, n * V, err);
+  if (st == LT_OK && t->capped) st = gpu_cmd_copy(c, t->logits, 0, t->capped, 0, (uint64_t)n * V * 4, err);
+  return st;
 }
 
 /* The cross-entropy of rows [r0, r0 + n) from t->logits into t->nll; with backward, the logits become its gradient. */
@@ -1072,6 +1134,8 @@ static lt_status_t head(train_t *t, gpu_cmd_t *c, const batch_t *bt, pass_t pass
     }
     if (st == LT_OK) st = distill ? distill_chunk(t, c, r0, n, true, err) : ce_chunk(t, c, r0, n, backward, err);
     if (st != LT_OK || !backward) continue;
+    if (t->cf->final_softcap > 0) /* the gradient wrt the capped logits, back through the cap */
+      st = op_softcap_backward(c, gv(t->logits), gv(t->logits), gv(t->capped), t->cf->final_softcap, n * V, err);
     gpu_view_t xf = {t->xf, (uint64_t)r0 * d * 4}, dxf = {t->dxn, (uint64_t)r0 * d * 4};
     st = wmul_dx(c, dxf, gv(t->logits), t->head, n, false, err);
     if (st == LT_OK && t->head_grad >= 0)
@@ -1289,6 +1353,8 @@ static lt_status_t run_padded(train_t *t, const int32_t *ids, const int32_t *lab
       }
       if (st == LT_OK) st = block_bwd(t, &c, l, &bt, err);
     }
+    if (st == LT_OK && t->embed_grad >= 0 && t->cf->embed_scale > 0) /* x0 = scale * E[id] */
+      st = op_scale(c, gv(t->dx), gv(t->dx), t->cf->embed_scale, bt.R * d, err);
     if (st == LT_OK && t->embed_grad >= 0)
       st = op_embed_backward(c, gv(t->tt[t->embed_grad].grad), gv(t->dx), ids, bt.R, d, t->embed->rows, err);
     t->stats.backward_dispatches = (uint32_t)(gpu_stats(t->g)->dispatches - before);

@@ -80,6 +80,9 @@ lt_status_t op_swiglu(gpu_cmd_t *c, gpu_view_t y, gpu_view_t gate, gpu_view_t up
 lt_status_t op_geglu(gpu_cmd_t *c, gpu_view_t y, gpu_view_t gate, gpu_view_t up, uint32_t n, lt_err_t *err);
 /* y = cap * tanh(a / cap), n elements (Gemma 2's logit soft-capping); cap > 0. y may alias a. */
 lt_status_t op_softcap(gpu_cmd_t *c, gpu_view_t y, gpu_view_t a, float cap, uint32_t n, lt_err_t *err);
+/* Its backward: dx = dy * (1 - (y / cap)^2) with y the capped values, n elements. dx may alias dy. */
+lt_status_t op_softcap_backward(gpu_cmd_t *c, gpu_view_t dx, gpu_view_t dy, gpu_view_t y, float cap, uint32_t n,
+                                lt_err_t *err);
 
 /* y[i] += a * x[i], i < n (f32). */
 lt_status_t op_axpy(gpu_cmd_t *c, gpu_view_t y, gpu_view_t x, float a, uint32_t n, lt_err_t *err);

@@ -4,8 +4,8 @@
 static lt_status_t eltwise(gpu_cmd_t *c, uint32_t op, gpu_view_t y, gpu_view_t a, gpu_view_t b, uint32_t n, uint32_t nb,
                            float scale, lt_err_t *err) {
   if (n == 0) return LT_OK;
-  bool has_b =
-      op == ELT_ADD || op == ELT_MUL || op == ELT_SWIGLU || op == ELT_GEGLU || op == ELT_RELU_BW || op == ELT_AXPY;
+  bool has_b = op == ELT_ADD || op == ELT_MUL || op == ELT_SWIGLU || op == ELT_GEGLU || op == ELT_RELU_BW ||
+               op == ELT_AXPY || op == ELT_SOFTCAP_BW;
   if (has_b && nb == 0) return lt_fail(err, LT_E_INVALID, "elementwise op: b has 0 elements");
   gpu_pipeline_t *p = op_pipeline(gpu_cmd_gpu(c), OP_ELTWISE, NULL, NULL, 0, err);
   if (!p) return err ? err->code : LT_E_SHADER;
@@ -50,6 +50,12 @@ lt_status_t op_geglu(gpu_cmd_t *c, gpu_view_t y, gpu_view_t gate, gpu_view_t up,
 lt_status_t op_softcap(gpu_cmd_t *c, gpu_view_t y, gpu_view_t a, float cap, uint32_t n, lt_err_t *err) {
   if (!(cap > 0)) return lt_fail(err, LT_E_INVALID, "softcap: the cap %g is not positive", cap);
   return eltwise(c, ELT_SOFTCAP, y, a, a, n, 0, cap, err);
+}
+
+lt_status_t op_softcap_backward(gpu_cmd_t *c, gpu_view_t dx, gpu_view_t dy, gpu_view_t y, float cap, uint32_t n,
+                                lt_err_t *err) {
+  if (!(cap > 0)) return lt_fail(err, LT_E_INVALID, "softcap backward: the cap %g is not positive", cap);
+  return eltwise(c, ELT_SOFTCAP_BW, dx, dy, y, n, n, cap, err);
 }
 
 lt_status_t op_scatter_add(gpu_cmd_t *c, gpu_view_t y, gpu_view_t x, gpu_view_t ids, gpu_view_t w, uint32_t n,

@@ -138,8 +138,8 @@ lt_status_t op_matmul_dw(gpu_cmd_t *c, gpu_view_t dw, gpu_view_t dy, gpu_view_t 
 
 /* ---- RMSNorm ---- */
 
-lt_status_t op_rmsnorm_backward(gpu_cmd_t *c, gpu_view_t dx, gpu_view_t dw, gpu_view_t g, gpu_view_t x, gpu_view_t w,
-                                uint32_t rows, uint32_t n, float eps, lt_err_t *err) {
+static lt_status_t rmsnorm_backward(gpu_cmd_t *c, gpu_view_t dx, gpu_view_t dw, gpu_view_t g, gpu_view_t x,
+                                    gpu_view_t w, uint32_t rows, uint32_t n, float eps, bool acc_dx, lt_err_t *err) {
   if (rows == 0 || n == 0) return LT_OK;
   gpu_t *gp = gpu_cmd_gpu(c);
   const gpu_caps_t *caps = gpu_caps(gp);
@@ -152,7 +152,7 @@ lt_status_t op_rmsnorm_backward(gpu_cmd_t *c, gpu_view_t dx, gpu_view_t dw, gpu_
   gpu_view_t v[6] = {dx, dw.buf ? dw : dx, g, x, w, gv(rinv)};
   uint64_t bytes[6] = {rn, dw.buf ? (uint64_t)n * 4 : rn, rn, rn, (uint64_t)n * 4, (uint64_t)rows * 4};
   bool wr[6] = {true, true, false, false, false, true};
-  pc_norm_bw_t pc = {.rows = rows, .n = n, .eps = eps, .mode = 0, .accumulate = 1};
+  pc_norm_bw_t pc = {.rows = rows, .n = n, .eps = eps, .mode = 0, .accumulate = acc_dx};
   uint32_t gx, gy;
   op_grid_1d(rows, 1, &gx, &gy);
   lt_status_t st = op_dispatch(c, p, OP_NORM_BW, v, bytes, wr, 6, &pc, gx, gy, 1, err);
@@ -168,6 +168,16 @@ lt_status_t op_rmsnorm_backward(gpu_cmd_t *c, gpu_view_t dx, gpu_view_t dw, gpu_
     st = op_dispatch(c, p, OP_NORM_BW, v, bytes, wr, 6, &pc, gx, gy, 1, err);
   }
   return st;
+}
+
+lt_status_t op_rmsnorm_backward(gpu_cmd_t *c, gpu_view_t dx, gpu_view_t dw, gpu_view_t g, gpu_view_t x, gpu_view_t w,
+                                uint32_t rows, uint32_t n, float eps, lt_err_t *err) {
+  return rmsnorm_backward(c, dx, dw, g, x, w, rows, n, eps, true, err);
+}
+
+lt_status_t op_rmsnorm_backward_set(gpu_cmd_t *c, gpu_view_t dx, gpu_view_t dw, gpu_view_t g, gpu_view_t x,
+                                    gpu_view_t w, uint32_t rows, uint32_t n, float eps, lt_err_t *err) {
+  return rmsnorm_backward(c, dx, dw, g, x, w, rows, n, eps, false, err);
 }
 
 /* ---- attention ---- */
@@ -200,27 +210,37 @@ static lt_status_t attn_train(gpu_cmd_t *c, gpu_view_t *v, uint32_t T, uint32_t 
 
 lt_status_t op_attention_lse(gpu_cmd_t *c, gpu_view_t out, gpu_view_t lse, gpu_view_t q, gpu_view_t k, gpu_view_t v,
                              uint32_t T, uint32_t n_heads, uint32_t n_kv_heads, uint32_t head_dim, uint32_t window,
-                             float scale, lt_err_t *err) {
+                             float scale, float softcap, lt_err_t *err) {
   lt_status_t st = attn_check(T, n_heads, n_kv_heads, head_dim, err);
   if (st != LT_OK || T == 0) return st;
   /* Modes 0 reads none of bindings 5..8: q stands in for them. */
   gpu_view_t views[9] = {out, lse, q, k, v, q, q, lse, lse};
-  pc_attn_train_t pc = {
-      .T = T, .n_heads = n_heads, .n_kv_heads = n_kv_heads, .scale = scale, .mode = 0, .window = window};
+  pc_attn_train_t pc = {.T = T,
+                        .n_heads = n_heads,
+                        .n_kv_heads = n_kv_heads,
+                        .scale = scale,
+                        .mode = 0,
+                        .window = window,
+                        .softcap = softcap > 0 ? softcap : 0.0f};
   return attn_train(c, views, T, n_heads, n_kv_heads, head_dim, &pc, (uint64_t)T * n_heads, err);
 }
 
 lt_status_t op_attention_backward(gpu_cmd_t *c, gpu_view_t dq, gpu_view_t dk, gpu_view_t dv, gpu_view_t q, gpu_view_t k,
                                   gpu_view_t v, gpu_view_t out, gpu_view_t dout, gpu_view_t lse, uint32_t T,
                                   uint32_t n_heads, uint32_t n_kv_heads, uint32_t head_dim, uint32_t window,
-                                  float scale, lt_err_t *err) {
+                                  float scale, float softcap, lt_err_t *err) {
   lt_status_t st = attn_check(T, n_heads, n_kv_heads, head_dim, err);
   if (st != LT_OK || T == 0) return st;
   gpu_buf_t *D = gpu_cmd_scratch(c, (uint64_t)T * n_heads * 4, err);
   if (!D) return err ? err->code : LT_E_DEVICE_OOM;
   gpu_view_t views[9] = {dq, gv(D), q, k, v, out, dout, lse, gv(D)};
-  pc_attn_train_t pc = {
-      .T = T, .n_heads = n_heads, .n_kv_heads = n_kv_heads, .scale = scale, .mode = 1, .window = window};
+  pc_attn_train_t pc = {.T = T,
+                        .n_heads = n_heads,
+                        .n_kv_heads = n_kv_heads,
+                        .scale = scale,
+                        .mode = 1,
+                        .window = window,
+                        .softcap = softcap > 0 ? softcap : 0.0f};
   st = attn_train(c, views, T, n_heads, n_kv_heads, head_dim, &pc, (uint64_t)T * n_heads, err);
   /* dk, dv: each invocation loops over (query, head) pairs of its chunk of queries. */
   uint32_t rep = n_heads / n_kv_heads, chunk = op_loop_budget(OP_ATTN_TRAIN) / rep;
@@ -235,7 +255,8 @@ lt_status_t op_attention_backward(gpu_cmd_t *c, gpu_view_t dq, gpu_view_t dk, gp
                            .t_base = t0,
                            .t_len = chunk,
                            .accumulate = t0 > 0,
-                           .window = window};
+                           .window = window,
+                           .softcap = softcap > 0 ? softcap : 0.0f};
     st = attn_train(c, kv_views, T, n_heads, n_kv_heads, head_dim, &pc, (uint64_t)T * n_kv_heads, err);
   }
   return st;
@@ -243,18 +264,28 @@ lt_status_t op_attention_backward(gpu_cmd_t *c, gpu_view_t dq, gpu_view_t dk, gp
 
 /* ---- elementwise backward passes ---- */
 
-lt_status_t op_swiglu_backward(gpu_cmd_t *c, gpu_view_t dgate, gpu_view_t dup, gpu_view_t dy, gpu_view_t gate,
-                               gpu_view_t up, uint32_t n, lt_err_t *err) {
+static lt_status_t glu_backward(gpu_cmd_t *c, gpu_view_t dgate, gpu_view_t dup, gpu_view_t dy, gpu_view_t gate,
+                                gpu_view_t up, uint32_t n, bool gelu, lt_err_t *err) {
   if (n == 0) return LT_OK;
   gpu_pipeline_t *p = op_pipeline(gpu_cmd_gpu(c), OP_SWIGLU_BW, NULL, NULL, 0, err);
   if (!p) return err ? err->code : LT_E_SHADER;
   gpu_view_t v[5] = {dgate, dup, dy, gate, up};
   uint64_t b = (uint64_t)n * 4, bytes[5] = {b, b, b, b, b};
   bool w[5] = {true, true, false, false, false};
-  pc_swiglu_bw_t pc = {.n = n};
+  pc_swiglu_bw_t pc = {.n = n, .gelu = gelu};
   uint32_t gx, gy;
   op_grid_1d(n, op_wg(OP_SWIGLU_BW), &gx, &gy);
   return op_dispatch(c, p, OP_SWIGLU_BW, v, bytes, w, 5, &pc, gx, gy, 1, err);
+}
+
+lt_status_t op_swiglu_backward(gpu_cmd_t *c, gpu_view_t dgate, gpu_view_t dup, gpu_view_t dy, gpu_view_t gate,
+                               gpu_view_t up, uint32_t n, lt_err_t *err) {
+  return glu_backward(c, dgate, dup, dy, gate, up, n, false, err);
+}
+
+lt_status_t op_geglu_backward(gpu_cmd_t *c, gpu_view_t dgate, gpu_view_t dup, gpu_view_t dy, gpu_view_t gate,
+                              gpu_view_t up, uint32_t n, lt_err_t *err) {
+  return glu_backward(c, dgate, dup, dy, gate, up, n, true, err);
 }
 
 /* Orders row indices by (id, row): the grouping embed_bw.comp sums in. */

@@ -24,24 +24,31 @@ lt_status_t op_matmul_dw(gpu_cmd_t *c, gpu_view_t dw, gpu_view_t dy, gpu_view_t 
 lt_status_t op_rmsnorm_backward(gpu_cmd_t *c, gpu_view_t dx, gpu_view_t dw, gpu_view_t g, gpu_view_t x, gpu_view_t w,
                                 uint32_t rows, uint32_t n, float eps, lt_err_t *err);
 
+/* As op_rmsnorm_backward, but dx is overwritten (dx = dLoss/dx), not added to; dw still accumulates. */
+lt_status_t op_rmsnorm_backward_set(gpu_cmd_t *c, gpu_view_t dx, gpu_view_t dw, gpu_view_t g, gpu_view_t x,
+                                    gpu_view_t w, uint32_t rows, uint32_t n, float eps, lt_err_t *err);
+
 /* Causal attention over one sequence of T tokens at positions 0..T-1 (q: [T, n_heads, head_dim]; k, v:
  * [T, n_kv_heads, head_dim]) that also writes lse[T, n_heads], the log-sum-exp of each query's scaled scores,
- * for op_attention_backward. The same result as op_attention with q_pos0 0 and kv_len T (and the same sliding
- * window: 0 for none). */
+  * for op_attention_backward. The same result as op_attention with q_pos0 0 and kv_len T (and the same sliding
+ * window, 0 for none, and soft-cap, 0 for none). */
 lt_status_t op_attention_lse(gpu_cmd_t *c, gpu_view_t out, gpu_view_t lse, gpu_view_t q, gpu_view_t k, gpu_view_t v,
                              uint32_t T, uint32_t n_heads, uint32_t n_kv_heads, uint32_t head_dim, uint32_t window,
-                             float scale, lt_err_t *err);
+                             float scale, float softcap, lt_err_t *err);
 
 /* The backward of op_attention_lse: dq, dk, dv (overwritten) from dout, recomputing the probabilities from lse.
  * Needs a scratch of T * n_heads floats, which it takes from the recorder. */
 lt_status_t op_attention_backward(gpu_cmd_t *c, gpu_view_t dq, gpu_view_t dk, gpu_view_t dv, gpu_view_t q, gpu_view_t k,
                                   gpu_view_t v, gpu_view_t out, gpu_view_t dout, gpu_view_t lse, uint32_t T,
                                   uint32_t n_heads, uint32_t n_kv_heads, uint32_t head_dim, uint32_t window,
-                                  float scale, lt_err_t *err);
+                                  float scale, float softcap, lt_err_t *err);
 
 /* SwiGLU backward for y = silu(gate) * up: dgate and dup (overwritten) from dy, n elements. */
 lt_status_t op_swiglu_backward(gpu_cmd_t *c, gpu_view_t dgate, gpu_view_t dup, gpu_view_t dy, gpu_view_t gate,
                                gpu_view_t up, uint32_t n, lt_err_t *err);
+/* GeGLU backward for y = gelu_tanh(gate) * up (Gemma), as op_swiglu_backward. */
+lt_status_t op_geglu_backward(gpu_cmd_t *c, gpu_view_t dgate, gpu_view_t dup, gpu_view_t dy, gpu_view_t gate,
+                              gpu_view_t up, uint32_t n, lt_err_t *err);
 
 /* Embedding backward: dtable[ids[r], :] += dy[r, :] for r < n_rows (rows of dim floats; ids outside
  * [0, table_rows) skipped). ids is read on the host too (host_ids, the same values), to group the rows by id. */

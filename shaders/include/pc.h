@@ -37,6 +37,7 @@ PC_END(pc_eltwise)
 #define ELT_AXPY 8u    /* y = a + scale * b */
 #define ELT_GEGLU 9u   /* y = gelu_tanh(a) * b (Gemma's MLP) */
 #define ELT_SOFTCAP 10u /* y = scale * tanh(a / scale) (Gemma 2's logit soft-capping) */
+#define ELT_SOFTCAP_BW 11u /* y = a * (1 - (b / scale)^2): the backward of the cap, b its output */
 
 /* Row-wise normalisation: RMSNorm (layernorm 0) and LayerNorm (layernorm 1); one workgroup per row. */
 #if !defined(LATHE_GLSL) || defined(PC_NORM)
@@ -197,6 +198,7 @@ PC_BEGIN(pc_attn_train)
   uint mode;
   uint t_base, t_len, accumulate;
   uint window; /* query t sees keys (t - window, t] only; 0: all keys up to t */
+  float softcap; /* > 0: scores are capped to softcap * tanh(s / softcap) (Gemma 2) */
 PC_END(pc_attn_train)
 #endif
 
@@ -214,6 +216,7 @@ PC_END(pc_kd)
 #if !defined(LATHE_GLSL) || defined(PC_SWIGLU_BW)
 PC_BEGIN(pc_swiglu_bw)
   uint n;
+  uint gelu; /* 1: y = gelu_tanh(gate) * up (GeGLU) instead of SwiGLU */
 PC_END(pc_swiglu_bw)
 #endif
 

@@ -156,6 +156,18 @@ Test(grad, rmsnorm_backward) {
   /* Row sums of n = 301 terms of magnitude <= 4; dw sums 7 rows. */
   tassert_close(gdx, wdx, rows * n, 1e-5 * n, 1e-4, "dx");
   tassert_close(gdw, wdw, n, 1e-5 * rows * 4, 1e-4, "dw");
+  free(gdx), free(gdw);
+  /* The overwriting form (a post-norm's input gradient, Gemma 2): dx = the gradient alone, whatever dx held; dw
+   * still accumulates. */
+  c = tbegin();
+  cr_assert_eq(op_rmsnorm_backward_set(c, gv(bdx), gv(bdw), gv(bg), gv(bx), gv(bw), rows, n, eps, &err), LT_OK, "%s",
+               err.msg);
+  tfinish(&c);
+  for (uint32_t i = 0; i < rows * n; i++) wdx[i] -= dx0[i];
+  for (uint32_t i = 0; i < n; i++) wdw[i] += wdw[i] - dw0[i];
+  gdx = tread_f32(bdx, rows * n), gdw = tread_f32(bdw, n);
+  tassert_close(gdx, wdx, rows * n, 1e-5 * n, 1e-4, "dx (set)");
+  tassert_close(gdw, wdw, n, 2e-5 * rows * 4, 1e-4, "dw (accumulated twice)");
   free(gdx), free(gdw), free(x), free(w), free(g), free(dx0), free(dw0), free(wdx), free(wdw);
   gpu_buf_destroy(&bx), gpu_buf_destroy(&bw), gpu_buf_destroy(&bg), gpu_buf_destroy(&bdx), gpu_buf_destroy(&bdw);
 }
@@ -199,10 +211,10 @@ Test(grad, rope_backward_is_the_transpose) {
 
 /* sum(dout * attention(q, k, v)) in double, for the finite differences of the attention reference. */
 static double attn_loss(const float *q, const float *k, const float *v, const float *dout, uint32_t T, uint32_t H,
-                        uint32_t KV, uint32_t hd, uint32_t W, float scale) {
+                        uint32_t KV, uint32_t hd, uint32_t W, float scale, float cap) {
   uint64_t n = (uint64_t)T * H * hd;
   float *out = talloc(n), *lse = talloc((uint64_t)T * H);
-  ref_attention_lse(out, lse, q, k, v, T, H, KV, hd, W, scale);
+  ref_attention_lse(out, lse, q, k, v, T, H, KV, hd, W, scale, cap);
   double L = 0;
   for (uint64_t i = 0; i < n; i++) L += (double)out[i] * dout[i];
   free(out), free(lse);
@@ -210,23 +222,26 @@ static double attn_loss(const float *q, const float *k, const float *v, const fl
 }
 
 Test(grad, attention_forward_with_lse_and_backward) {
-  /* W: a sliding window (Mistral), 0 for full causal attention. */
+  /* W: a sliding window (Mistral), 0 for full causal attention; cap: soft-capped scores (Gemma 2), 0 for none. With
+   * q, k in [-1, 1] the scaled scores reach about 1: caps of 0.5 and 1 bend them. */
   struct {
     uint32_t T, H, KV, hd, W;
-  } shapes[] = {{1, 2, 1, 8, 0}, {19, 4, 2, 16, 0}, {33, 6, 2, 12, 0},
-                {7, 3, 3, 5, 0}, {19, 4, 2, 16, 5}, {33, 2, 1, 8, 1}};
-  for (int si = 0; si < 6; si++) {
+    float cap;
+  } shapes[] = {{1, 2, 1, 8, 0, 0},   {19, 4, 2, 16, 0, 0}, {33, 6, 2, 12, 0, 0},    {7, 3, 3, 5, 0, 0},
+                {19, 4, 2, 16, 5, 0}, {33, 2, 1, 8, 1, 0},  {19, 4, 2, 16, 0, 0.5f}, {21, 4, 2, 16, 4, 1.0f}};
+  for (int si = 0; si < 8; si++) {
     uint32_t T = shapes[si].T, H = shapes[si].H, KV = shapes[si].KV, hd = shapes[si].hd, W = shapes[si].W;
+    float cap = shapes[si].cap;
     float scale = 1.0f / sqrtf((float)hd);
     uint64_t nq = (uint64_t)T * H * hd, nk = (uint64_t)T * KV * hd, nl = (uint64_t)T * H, seed = 40 + si;
     float *q = talloc(nq), *k = talloc(nk), *v = talloc(nk), *dout = talloc(nq);
     trand(q, nq, -1, 1, &seed), trand(k, nk, -1, 1, &seed), trand(v, nk, -1, 1, &seed), trand(dout, nq, -1, 1, &seed);
     float *out = talloc(nq), *lse = talloc(nl), *dq = talloc(nq), *dk = talloc(nk), *dv = talloc(nk);
-    ref_attention_lse(out, lse, q, k, v, T, H, KV, hd, W, scale);
-    ref_attention_backward(dq, dk, dv, q, k, v, dout, T, H, KV, hd, W, scale);
+    ref_attention_lse(out, lse, q, k, v, T, H, KV, hd, W, scale, cap);
+    ref_attention_backward(dq, dk, dv, q, k, v, dout, T, H, KV, hd, W, scale, cap);
     /* The output equals the existing attention reference; the backward reference matches finite differences. */
     float *out2 = talloc(nq);
-    ref_attention(out2, q, k, v, T, H, KV, hd, 0, T, W, scale, 0.0f);
+    ref_attention(out2, q, k, v, T, H, KV, hd, 0, T, W, scale, cap);
     tassert_close(out, out2, nq, 1e-6, 1e-5, "reference forward");
     free(out2);
     float *bufs[3] = {q, k, v}, *grads[3] = {dq, dk, dv};
@@ -235,9 +250,9 @@ Test(grad, attention_forward_with_lse_and_backward) {
       for (uint64_t i = 0; i < n; i += 7) {
         float o = bufs[b][i], h = 1e-2f;
         bufs[b][i] = o + h;
-        double up = attn_loss(q, k, v, dout, T, H, KV, hd, W, scale);
+        double up = attn_loss(q, k, v, dout, T, H, KV, hd, W, scale, cap);
         bufs[b][i] = o - h;
-        double dn = attn_loss(q, k, v, dout, T, H, KV, hd, W, scale);
+        double dn = attn_loss(q, k, v, dout, T, H, KV, hd, W, scale, cap);
         bufs[b][i] = o;
         /* f32 outputs summed in double: the difference quotient carries ~1e-7 / h of rounding, plus h^2 terms. */
         cr_assert(fabs((up - dn) / (2 * h) - grads[b][i]) < 2e-4 + 1e-3 * fabs(grads[b][i]),
@@ -249,10 +264,10 @@ Test(grad, attention_forward_with_lse_and_backward) {
               *bdv = tbuf_f32(NULL, nk);
     lt_err_t err = {0};
     gpu_cmd_t *c = tbegin();
-    cr_assert_eq(op_attention_lse(c, gv(bo), gv(bl), gv(bq), gv(bk), gv(bv), T, H, KV, hd, W, scale, &err), LT_OK, "%s",
-                 err.msg);
+    cr_assert_eq(op_attention_lse(c, gv(bo), gv(bl), gv(bq), gv(bk), gv(bv), T, H, KV, hd, W, scale, cap, &err), LT_OK,
+                 "%s", err.msg);
     cr_assert_eq(op_attention_backward(c, gv(bdq), gv(bdk), gv(bdv), gv(bq), gv(bk), gv(bv), gv(bo), gv(bdo), gv(bl), T,
-                                       H, KV, hd, W, scale, &err),
+                                       H, KV, hd, W, scale, cap, &err),
                  LT_OK, "%s", err.msg);
     tfinish(&c);
     float *go = tread_f32(bo, nq), *gl = tread_f32(bl, nl), *gq = tread_f32(bdq, nq), *gk = tread_f32(bdk, nk),
@@ -293,6 +308,38 @@ Test(grad, swiglu_embed_and_cross_entropy) {
   tassert_close(g1, wg, n, 2e-6, 1e-5, "dgate");
   tassert_close(g2, wu, n, 2e-6, 1e-5, "dup");
   free(g1), free(g2), free(gate), free(up), free(dy), free(wg), free(wu);
+  gpu_buf_destroy(&bg), gpu_buf_destroy(&bu), gpu_buf_destroy(&bdy), gpu_buf_destroy(&bdg), gpu_buf_destroy(&bdu);
+
+  /* GeGLU (Gemma): the reference against central differences of gelu_tanh(a) * u, then the device against it; and
+   * the logit soft-cap's backward dx = dy (1 - (y / cap)^2) at y = cap tanh(a / cap). */
+  gate = talloc(n), up = talloc(n), dy = talloc(n), wg = talloc(n), wu = talloc(n);
+  trand(gate, n, -6, 6, &seed), trand(up, n, -2, 2, &seed), trand(dy, n, -1, 1, &seed);
+  ref_geglu_backward(wg, wu, dy, gate, up, n);
+  for (uint32_t i = 0; i < n; i += 50) {
+    double a = gate[i], h = 1e-6;
+    double f1 = 0.5 * (a + h) * (1 + tanh(0.7978845608028654 * ((a + h) + 0.044715 * pow(a + h, 3)))) * up[i];
+    double f0 = 0.5 * (a - h) * (1 + tanh(0.7978845608028654 * ((a - h) + 0.044715 * pow(a - h, 3)))) * up[i];
+    cr_assert(fabs((f1 - f0) / (2 * h) * dy[i] - wg[i]) < 1e-5, "reference geglu dgate[%u]", i);
+  }
+  bg = tbuf_f32(gate, n), bu = tbuf_f32(up, n), bdy = tbuf_f32(dy, n), bdg = tbuf_f32(NULL, n), bdu = tbuf_f32(NULL, n);
+  c = tbegin();
+  cr_assert_eq(op_geglu_backward(c, gv(bdg), gv(bdu), gv(bdy), gv(bg), gv(bu), n, &err), LT_OK, "%s", err.msg);
+  tfinish(&c);
+  g1 = tread_f32(bdg, n), g2 = tread_f32(bdu, n);
+  tassert_close(g1, wg, n, 2e-6, 1e-5, "geglu dgate");
+  tassert_close(g2, wu, n, 2e-6, 1e-5, "geglu dup");
+  free(g1), free(g2);
+  float *capped = talloc(n), *wsc = talloc(n);
+  ref_softcap(capped, gate, 4.0f, n);
+  for (uint32_t i = 0; i < n; i++) wsc[i] = (float)(dy[i] * (1.0 - pow((double)capped[i] / 4.0, 2)));
+  gpu_buf_t *bcap = tbuf_f32(capped, n);
+  c = tbegin();
+  cr_assert_eq(op_softcap_backward(c, gv(bdg), gv(bdy), gv(bcap), 4.0f, n, &err), LT_OK, "%s", err.msg);
+  tfinish(&c);
+  g1 = tread_f32(bdg, n);
+  tassert_close(g1, wsc, n, 1e-6, 1e-5, "softcap backward");
+  free(g1), free(capped), free(wsc), free(gate), free(up), free(dy), free(wg), free(wu);
+  gpu_buf_destroy(&bcap);
   gpu_buf_destroy(&bg), gpu_buf_destroy(&bu), gpu_buf_destroy(&bdy), gpu_buf_destroy(&bdg), gpu_buf_destroy(&bdu);
 
   /* Embedding: 57 rows over 11 ids (repeats, one out of range) into a table of 10 rows of 9. */

@@ -150,18 +150,6 @@ Test(fixtures, phi3_fused_tensors_window_of_5) { check_fixture("phi3-tiny"); }
  * a window of 4 in block 0 and full attention in block 1, a query scalar that is not the head size. */
 Test(fixtures, gemma2_tiny) { check_fixture("gemma2-tiny"); }
 
-Test(fixtures, gemma2_is_not_trained_first_order) {
-  /* Training's backward has no soft-capping, GeGLU or post-norm steps: refused with a message naming the way that
-   * works (tune-zo). */
-  lt_err_t err = {0};
-  model_t *m = model_load(tgpu(), FIXTURES "/gemma2-tiny", NULL, &err);
-  cr_assert(m, "%s", err.msg);
-  train_opts_t o = {.what = TRAIN_LORA, .lora_rank = 2, .lora_alpha = 4, .lora_targets = TRAIN_LORA_Q};
-  cr_assert_null(train_new(m, &o, &err));
-  cr_assert(strstr(err.msg, "Gemma2ForCausalLM") && strstr(err.msg, "tune-zo"), "%s", err.msg);
-  model_destroy(&m);
-}
-
 Test(fixtures, the_window_changes_the_logits_past_it) {
   /* The same Mistral weights loaded with the window off (sliding_window null in a copy of the folder) give the
    * reference's logits for rows 0..3, which see at most 4 keys either way, and different ones after: the window

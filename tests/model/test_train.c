@@ -85,6 +85,12 @@ Test(train, full_gradients_match_pytorch_phi3_fused) {
   check_full_grads("phi3-tiny", 0, "grads.safetensors");
 }
 
+Test(train, full_gradients_match_pytorch_gemma2) {
+  /* Scaled embeddings, norms before and after each sub-layer (1 + w), GeGLU, soft-capped scores and logits, a
+   * window in block 0: every gradient, norms and the tied embedding included. */
+  check_full_grads("gemma2-tiny", 0, "grads.safetensors");
+}
+
 Test(train, full_gradients_match_pytorch_mixtral) {
   /* Router, experts (through the renormalised top-2 gate weights) and everything below them. */
   check_full_grads("mixtral-tiny", 0, "grads.safetensors");

@@ -73,9 +73,10 @@ void ref_rope_backward(float *dx, const int32_t *pos, uint32_t rows, uint32_t n_
 }
 
 /* Softmax probabilities of query t, head h over keys 0..t (p[0..t]), 0 for the keys before a sliding window of
- * `window` keys (0: none); returns the log-sum-exp. */
-static double attn_probs(double *p, const float *q, const float *k, uint32_t t, uint32_t h, uint32_t H, uint32_t KV,
-                         uint32_t hd, uint32_t window, float scale) {
+ * `window` keys (0: none), the scores soft-capped when softcap > 0 (dc[j], when dc is not NULL, gets the cap's
+ * derivative at key j); returns the log-sum-exp. */
+static double attn_probs(double *p, double *dc, const float *q, const float *k, uint32_t t, uint32_t h, uint32_t H,
+                         uint32_t KV, uint32_t hd, uint32_t window, float scale, float softcap) {
   uint32_t g = h / (H / KV), j0 = window && t + 1 > window ? t + 1 - window : 0;
   const float *qv = q + ((uint64_t)t * H + h) * hd;
   double mx = -INFINITY;
@@ -85,6 +86,12 @@ static double attn_probs(double *p, const float *q, const float *k, uint32_t t, 
     double s = 0;
     for (uint32_t d = 0; d < hd; d++) s += (double)qv[d] * kv[d];
     p[j] = s * scale;
+    if (softcap > 0) {
+      double th = tanh(p[j] / softcap);
+      p[j] = softcap * th;
+      if (dc) dc[j] = 1 - th * th;
+    } else if (dc)
+      dc[j] = 1;
     if (p[j] > mx) mx = p[j];
   }
   double sum = 0;
@@ -94,12 +101,13 @@ static double attn_probs(double *p, const float *q, const float *k, uint32_t t, 
 }
 
 void ref_attention_lse(float *out, float *lse, const float *q, const float *k, const float *v, uint32_t T,
-                       uint32_t n_heads, uint32_t n_kv_heads, uint32_t head_dim, uint32_t window, float scale) {
+                       uint32_t n_heads, uint32_t n_kv_heads, uint32_t head_dim, uint32_t window, float scale,
+                       float softcap) {
   double *p = malloc((T ? T : 1) * sizeof *p);
   uint32_t H = n_heads, KV = n_kv_heads, hd = head_dim;
   for (uint32_t t = 0; p && t < T; t++)
     for (uint32_t h = 0; h < H; h++) {
-      lse[(uint64_t)t * H + h] = (float)attn_probs(p, q, k, t, h, H, KV, hd, window, scale);
+      lse[(uint64_t)t * H + h] = (float)attn_probs(p, NULL, q, k, t, h, H, KV, hd, window, scale, softcap);
       uint32_t g = h / (H / KV);
       for (uint32_t d = 0; d < hd; d++) {
         double s = 0;
@@ -112,14 +120,15 @@ void ref_attention_lse(float *out, float *lse, const float *q, const float *k, c
 
 void ref_attention_backward(float *dq, float *dk, float *dv, const float *q, const float *k, const float *v,
                             const float *dout, uint32_t T, uint32_t n_heads, uint32_t n_kv_heads, uint32_t head_dim,
-                            uint32_t window, float scale) {
+                            uint32_t window, float scale, float softcap) {
   uint32_t H = n_heads, KV = n_kv_heads, hd = head_dim;
   uint64_t nq = (uint64_t)T * H * hd, nk = (uint64_t)T * KV * hd;
-  double *p = malloc((T ? T : 1) * sizeof *p), *dp = malloc((T ? T : 1) * sizeof *dp);
+  double *p = malloc((T ? T : 1) * sizeof *p), *dp = malloc((T ? T : 1) * sizeof *dp),
+         *dc = malloc((T ? T : 1) * sizeof *dc);
   double *aq = calloc(nq + 1, sizeof *aq), *ak = calloc(nk + 1, sizeof *ak), *av = calloc(nk + 1, sizeof *av);
-  for (uint32_t t = 0; p && dp && aq && ak && av && t < T; t++)
+  for (uint32_t t = 0; p && dp && dc && aq && ak && av && t < T; t++)
     for (uint32_t h = 0; h < H; h++) {
-      attn_probs(p, q, k, t, h, H, KV, hd, window, scale);
+      attn_probs(p, dc, q, k, t, h, H, KV, hd, window, scale, softcap);
       uint32_t g = h / (H / KV);
       const float *go = dout + ((uint64_t)t * H + h) * hd, *qv = q + ((uint64_t)t * H + h) * hd;
       /* out = sum_j p_j v_j: dp_j = dout . v_j; ds_j = p_j (dp_j - sum_i p_i dp_i); s_j = scale q . k_j. */
@@ -132,7 +141,7 @@ void ref_attention_backward(float *dq, float *dk, float *dv, const float *q, con
         dsum += p[j] * s;
       }
       for (uint32_t j = 0; j <= t; j++) {
-        double ds = p[j] * (dp[j] - dsum) * scale;
+        double ds = p[j] * (dp[j] - dsum) * dc[j] * scale;
         const float *kj = k + ((uint64_t)j * KV + g) * hd;
         for (uint32_t d = 0; d < hd; d++) {
           aq[((uint64_t)t * H + h) * hd + d] += ds * kj[d];
@@ -143,7 +152,7 @@ void ref_attention_backward(float *dq, float *dk, float *dv, const float *q, con
     }
   for (uint64_t i = 0; aq && i < nq; i++) dq[i] = (float)aq[i];
   for (uint64_t i = 0; ak && av && i < nk; i++) dk[i] = (float)ak[i], dv[i] = (float)av[i];
-  free(p), free(dp), free(aq), free(ak), free(av);
+  free(p), free(dp), free(dc), free(aq), free(ak), free(av);
 }
 
 void ref_swiglu_backward(float *dgate, float *dup, const float *dy, const float *gate, const float *up, uint32_t n) {
@@ -151,6 +160,16 @@ void ref_swiglu_backward(float *dgate, float *dup, const float *dy, const float 
     double a = gate[i], s = 1.0 / (1.0 + exp(-a));
     dgate[i] = (float)(dy[i] * (double)up[i] * s * (1.0 + a * (1.0 - s)));
     dup[i] = (float)(dy[i] * a * s);
+  }
+}
+
+void ref_geglu_backward(float *dgate, float *dup, const float *dy, const float *gate, const float *up, uint32_t n) {
+  const double c = 0.7978845608028654;
+  for (uint32_t i = 0; i < n; i++) {
+    double a = gate[i], t = tanh(c * (a + 0.044715 * a * a * a));
+    double g = 0.5 * (1 + t) + 0.5 * a * (1 - t * t) * c * (1 + 3 * 0.044715 * a * a);
+    dgate[i] = (float)(dy[i] * (double)up[i] * g);
+    dup[i] = (float)(dy[i] * 0.5 * a * (1 + t));
   }
 }
 

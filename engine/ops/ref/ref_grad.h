@@ -23,15 +23,18 @@ void ref_rmsnorm_backward(float *dx, float *dw, const float *g, const float *x, 
 void ref_rope_backward(float *dx, const int32_t *pos, uint32_t rows, uint32_t n_heads, uint32_t head_dim,
                        uint32_t rot_dim, bool neox, double theta, const rope_scaling_t *scaling);
 /* Causal attention over T tokens with its log-sum-exp per (query, head); window > 0: query t sees keys
- * (t - window, t] only. */
+ * (t - window, t] only; softcap > 0: scores capped to softcap * tanh(s / softcap). */
 void ref_attention_lse(float *out, float *lse, const float *q, const float *k, const float *v, uint32_t T,
-                       uint32_t n_heads, uint32_t n_kv_heads, uint32_t head_dim, uint32_t window, float scale);
+                       uint32_t n_heads, uint32_t n_kv_heads, uint32_t head_dim, uint32_t window, float scale,
+                       float softcap);
 /* Its backward: dq, dk, dv (overwritten) from dout, from the definition. */
 void ref_attention_backward(float *dq, float *dk, float *dv, const float *q, const float *k, const float *v,
                             const float *dout, uint32_t T, uint32_t n_heads, uint32_t n_kv_heads, uint32_t head_dim,
-                            uint32_t window, float scale);
+                            uint32_t window, float scale, float softcap);
 /* SwiGLU backward. */
 void ref_swiglu_backward(float *dgate, float *dup, const float *dy, const float *gate, const float *up, uint32_t n);
+/* GeGLU backward (y = gelu_tanh(gate) * up). */
+void ref_geglu_backward(float *dgate, float *dup, const float *dy, const float *gate, const float *up, uint32_t n);
 /* dtable[ids[r], :] += dy[r, :] (ids outside [0, table_rows) skipped). */
 void ref_embed_backward(float *dtable, const float *dy, const int32_t *ids, uint32_t n_rows, uint32_t dim,
                         uint32_t table_rows);
