@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "methods/compress.h"
+#include "engine/model/gguf_write.h"
 #include "engine/text/jsonl.h"
 #include "jobs/plot.h"
 #include "jobs/runners.h"
@@ -293,8 +294,16 @@ job_outcome_t run_compress(job_ctx_t *ctx, lt_err_t *err) {
   /* The same report beside the model it describes, which travels without the job folder. */
   snprintf(rpath, sizeof rpath, "%s/lathe-report.json", out_dir);
   if (jsonl_write_file(rpath, report, JSON_INDENT(1), err) != LT_OK) goto done;
+  char gguf[4200] = "";
+  if (!strcmp(job_param_str(ctx, "format"), "gguf")) {
+    snprintf(gguf, sizeof gguf, "%s/model.gguf", out_dir);
+    job_log(ctx, "writing %s", gguf);
+    if (model_export_gguf(out_dir, gguf, err) != LT_OK) goto done;
+    job_artifact(ctx, "gguf", gguf);
+  }
   job_output_begin(ctx);
   job_output_str(ctx, "output", out_dir);
+  if (gguf[0]) job_output_str(ctx, "gguf", gguf);
   job_output_float(ctx, "perplexity_before", exp(nll0));
   job_output_float(ctx, "perplexity_after", exp(nll1));
   job_output_float(ctx, "prefill_ratio", after.prefill_tok_s / before.prefill_tok_s);
@@ -302,6 +311,7 @@ job_outcome_t run_compress(job_ctx_t *ctx, lt_err_t *err) {
   job_output_float(ctx, "weight_memory_ratio", (double)after.weight_device_bytes / (double)before.weight_device_bytes);
   job_output_end(ctx);
   job_result_str(ctx, "output", out_dir);
+  if (gguf[0]) job_result_str(ctx, "gguf", gguf);
   job_result_float(ctx, "perplexity_before", exp(nll0));
   job_result_float(ctx, "perplexity_after", exp(nll1));
   job_result_float(ctx, "weight_memory_ratio", (double)after.weight_device_bytes / (double)before.weight_device_bytes);

@@ -136,6 +136,19 @@ static bool kind_compress_validate(const msgpack_object *params, proto_err_t *e)
     return proto_fail(e, P_BAD_VALUE, "params.bits", "params.bits: 8 or 4, not %lld", (long long)bits);
   if (group % 8)
     return proto_fail(e, P_BAD_VALUE, "params.group", "params.group: %lld is not a multiple of 8", (long long)group);
+  char fmt[16] = "hf";
+  const msgpack_object *fo = mp_get(params, "format");
+  if (fo && !mp_str_copy(fo, fmt, sizeof fmt)) fmt[0] = '?';
+  if (strcmp(fmt, "hf") && strcmp(fmt, "gguf"))
+    return proto_fail(e, P_BAD_VALUE, "params.format", "params.format: hf or gguf, not '%s'", fmt);
+  bool quantize = false;
+  for (uint32_t i = 0; m && m->type == MSGPACK_OBJECT_ARRAY && i < m->via.array.size; i++)
+    quantize |= mp_str_is(&m->via.array.ptr[i], "quantize");
+  if (!strcmp(fmt, "gguf") && quantize && group != 32)
+    return proto_fail(e, P_BAD_VALUE, "params.group",
+                      "params.group: --format gguf writes the quantised weights as Q8_0 / Q4_0 blocks of 32 columns: "
+                      "--group 32, not %lld",
+                      (long long)group);
   char pat[32] = "";
   const msgpack_object *p = mp_get(params, "pattern");
   unsigned n = 0, mm = 0;

@@ -8,6 +8,7 @@
  *   qblock_ggml legacy SRC.gguf OUT    SRC's tensors quantised to a mixture of the 32-element formats (Q4_0, Q4_1,
  *                                      Q5_0, Q5_1, Q8_0 by block and role; F16 where a row is no multiple of 32,
  *                                      norms F32), metadata and tokenizer carried over
+  *   qblock_ggml read FILE.gguf         reads a GGUF file with ggml: keys, tensors, mean |w| of each dequantised
  *   qblock_ggml kquant SRC.gguf OUT    a LLaMA of width 256 (FFN 512, 2 blocks, 4 heads, 2 KV heads) with
  *                                      seeded random weights, quantised Q4_K_M-style (Q4_K, Q6_K for V and the
  *                                      down projection in block 0, Q5_K / Q3_K / Q2_K in block 1), with SRC's
@@ -198,10 +199,45 @@ static int kquant(const char *src, const char *out) {
   return rc;
 }
 
+/* Reads a GGUF file with ggml's own reader: its metadata count, each tensor's type and shape, and the mean |w| of
+ * its values dequantised by ggml (a check that another implementation reads what Lathe wrote). */
+static int read_file(const char *path) {
+  struct ggml_context *ctx = NULL;
+  struct gguf_init_params p = {.no_alloc = false, .ctx = &ctx};
+  struct gguf_context *g = gguf_init_from_file(path, p);
+  if (!g) return fprintf(stderr, "ggml cannot read %s\n", path), 1;
+  printf("%s: GGUF v%u, %lld keys, %lld tensors, architecture %s, tokenizer %s with %zu tokens\n", path,
+         gguf_get_version(g), (long long)gguf_get_n_kv(g), (long long)gguf_get_n_tensors(g),
+         gguf_get_val_str(g, gguf_find_key(g, "general.architecture")),
+         gguf_find_key(g, "tokenizer.ggml.model") >= 0 ? gguf_get_val_str(g, gguf_find_key(g, "tokenizer.ggml.model"))
+                                                       : "(none)",
+         gguf_find_key(g, "tokenizer.ggml.tokens") >= 0 ? gguf_get_arr_n(g, gguf_find_key(g, "tokenizer.ggml.tokens"))
+                                                        : (size_t)0);
+  for (int64_t i = 0; i < gguf_get_n_tensors(g); i++) {
+    struct ggml_tensor *t = ggml_get_tensor(ctx, gguf_get_tensor_name(g, i));
+    int64_t n = ggml_nelements(t);
+    float *f = malloc((size_t)n * sizeof *f);
+    if (t->type == GGML_TYPE_F32)
+      memcpy(f, t->data, (size_t)n * 4);
+    else
+      ggml_get_type_traits(t->type)->to_float(t->data, f, n);
+    double s = 0;
+    for (int64_t j = 0; j < n; j++) s += fabs(f[j]);
+    printf("  %-28s %-5s [%lld, %lld] mean |w| %.6f\n", t->name, ggml_type_name(t->type), (long long)t->ne[1],
+           (long long)t->ne[0], s / (double)n);
+    free(f);
+  }
+  gguf_free(g);
+  ggml_free(ctx);
+  return 0;
+}
+
 int main(int argc, char **argv) {
   if (argc == 3 && !strcmp(argv[1], "blocks")) return blocks(argv[2]);
   if (argc == 4 && !strcmp(argv[1], "legacy")) return legacy(argv[2], argv[3]);
   if (argc == 4 && !strcmp(argv[1], "kquant")) return kquant(argv[2], argv[3]);
-  fprintf(stderr, "usage: qblock_ggml blocks OUTDIR | legacy SRC.gguf OUT.gguf | kquant SRC.gguf OUT.gguf\n");
+  if (argc == 3 && !strcmp(argv[1], "read")) return read_file(argv[2]);
+  fprintf(stderr,
+          "usage: qblock_ggml blocks OUTDIR | legacy SRC.gguf OUT.gguf | kquant SRC.gguf OUT.gguf | read FILE\n");
   return 2;
 }
