@@ -70,7 +70,7 @@ static void kv_arr_head(gbuf_t *b, const char *key, uint32_t elem, uint64_t n) {
 typedef struct otensor {
   char name[96];
   uint32_t type, n_dims;
-  uint64_t ne[2];
+  uint64_t ne[3];
   uint8_t *data;
   uint64_t nbytes;
 } otensor_t;
@@ -138,7 +138,8 @@ static void deq_row(void *ctx, uint64_t row, uint8_t *dst) {
   const q_ctx_t *c = ctx;
   uint32_t G = (c->cols + 31) / 32;
   for (uint32_t k = 0; k < c->cols; k++) {
-    float v = (float)quant_int(c->q, c->bits, c->cols, (uint32_t)row, k) * dtype_half_to_float(c->scales[row * G + k / 32]);
+    float v =
+        (float)quant_int(c->q, c->bits, c->cols, (uint32_t)row, k) * dtype_half_to_float(c->scales[row * G + k / 32]);
     memcpy(dst + 4ull * k, &v, 4);
   }
 }
@@ -163,7 +164,7 @@ static lt_status_t tensor_out(otensor_t *o, const model_file_t *f, const model_c
     uint32_t cols = 0;
     const ft_tensor_t *sc = model_file_scales(f, t, &cols);
     if (!sc || sc->dtype != FT_F16) return lt_fail(err, LT_E_INVALID, "%s: quantised without f16 scales", e->name);
-        if (c->quant_group != 32)
+    if (c->quant_group != 32)
       return lt_fail(err, LT_E_UNSUPPORTED,
                      "%s: GGUF's Q8_0 / Q4_0 hold groups of 32 columns; this model is quantised in groups of %u "
                      "(compress with --group 32)",
@@ -191,13 +192,15 @@ static lt_status_t tensor_out(otensor_t *o, const model_file_t *f, const model_c
 /* The token string of each id (NULL where none), from the vocabulary and the added tokens; caller frees the array
  * (the strings belong to tok). */
 static const char **token_table(const json_t *tok, uint64_t *n_out, uint8_t **special_out) {
-  const json_t *vocab = json_object_get(json_object_get(tok, "model"), "vocab"), *added = json_object_get(tok, "added_tokens");
+  const json_t *vocab = json_object_get(json_object_get(tok, "model"), "vocab"),
+               *added = json_object_get(tok, "added_tokens");
   uint64_t n = 0;
   const char *k;
   json_t *v;
   size_t i;
-  json_object_foreach((json_t *)vocab, k, v) if (json_is_integer(v) && json_integer_value(v) >= 0 &&
-                                                (uint64_t)json_integer_value(v) >= n) n = (uint64_t)json_integer_value(v) + 1;
+  json_object_foreach((json_t *)vocab, k,
+                      v) if (json_is_integer(v) && json_integer_value(v) >= 0 && (uint64_t)json_integer_value(v) >= n)
+      n = (uint64_t)json_integer_value(v) + 1;
   json_array_foreach(added, i, v) {
     json_int_t id = json_integer_value(json_object_get(v, "id"));
     if (id >= 0 && (uint64_t)id >= n) n = (uint64_t)id + 1;
@@ -208,7 +211,8 @@ static const char **token_table(const json_t *tok, uint64_t *n_out, uint8_t **sp
     free(t), free(sp);
     return NULL;
   }
-  json_object_foreach((json_t *)vocab, k, v) if (json_is_integer(v) && json_integer_value(v) >= 0) t[json_integer_value(v)] = k;
+  json_object_foreach((json_t *)vocab, k, v) if (json_is_integer(v) && json_integer_value(v) >= 0)
+      t[json_integer_value(v)] = k;
   json_array_foreach(added, i, v) {
     json_int_t id = json_integer_value(json_object_get(v, "id"));
     const char *s = json_string_value(json_object_get(v, "content"));
@@ -365,13 +369,15 @@ lt_status_t model_export_gguf(const char *src, const char *out_path, lt_err_t *e
   }
   bool has_window = false;
   for (uint32_t l = 0; l < c->n_layers; l++) has_window |= model_config_window(c, l) != 0;
-  const char *why = c->n_experts                                      ? "a mixture of experts"
-                    : c->arch == MODEL_ARCH_GEMMA2                    ? "Gemma 2"
-                    : c->rope_scaling.type                            ? "RoPE scaling"
-                    : has_window                                      ? "a sliding window (llama.cpp's llama has none)"
-                    : c->rope_dim != c->head_dim                      ? "partial RoPE"
-                    : c->head_dim % 2                                 ? "an odd head size"
-                                                                      : NULL;
+  bool uneven = false;
+  for (uint32_t l = 0; l < c->n_layers; l++) uneven |= model_config_experts(c, l) != c->n_experts;
+  const char *why = uneven                         ? "experts dropped unevenly across blocks"
+                    : c->arch == MODEL_ARCH_GEMMA2 ? "Gemma 2"
+                    : c->rope_scaling.type         ? "RoPE scaling"
+                    : has_window                   ? "a sliding window (llama.cpp's llama has none)"
+                    : c->rope_dim != c->head_dim   ? "partial RoPE"
+                    : c->head_dim % 2              ? "an odd head size"
+                                                   : NULL;
   for (uint32_t l = 0; !why && l < c->n_layers; l++)
     if (c->ffn_dropped[l]) why = "a block without its feed-forward sub-layer";
   if (why) {
@@ -395,6 +401,10 @@ lt_status_t model_export_gguf(const char *src, const char *out_path, lt_err_t *e
   KV_U32("attention.value_length", c->head_dim);
   KV_U32("rope.dimension_count", c->rope_dim);
   KV_U32("vocab_size", c->vocab_size);
+  if (c->n_experts) {
+    KV_U32("expert_count", c->n_experts);
+    KV_U32("expert_used_count", c->n_experts_used);
+  }
   KV_F32("rope.freq_base", (float)c->rope_theta);
   KV_F32("attention.layer_norm_rms_epsilon", c->rms_norm_eps);
 #undef KV_U32
@@ -410,6 +420,35 @@ lt_status_t model_export_gguf(const char *src, const char *out_path, lt_err_t *e
   for (uint32_t i = 0; i < w->n_tensors && st == LT_OK; i++, nt++)
     st = tensor_out(&ts[nt], f, c, &w->tensors[i], c->arch != MODEL_ARCH_QWEN2, err);
   if (st != LT_OK) goto done;
+  /* A block's experts are one GGUF tensor [experts, rows, cols]: the entries of the same name, stacked in order. */
+  for (uint32_t i = 0; i < nt; i++) {
+    uint32_t n = 1;
+    for (uint32_t j = i + 1; j < nt; j++) n += !strcmp(ts[j].name, ts[i].name);
+    if (n == 1) continue;
+    uint8_t *all = malloc(ts[i].nbytes * n);
+    if (!all) {
+      st = lt_fail(err, LT_E_NOMEM, "out of memory stacking %s", ts[i].name);
+      goto done;
+    }
+    uint64_t at = 0;
+    for (uint32_t j = i; j < nt; j++) {
+      if (strcmp(ts[j].name, ts[i].name)) continue;
+      if (ts[j].type != ts[i].type || ts[j].nbytes != ts[i].nbytes) {
+        free(all);
+        st = lt_fail(err, LT_E_UNSUPPORTED, "%s: the experts differ in type or shape", ts[i].name);
+        goto done;
+      }
+      memcpy(all + at, ts[j].data, ts[j].nbytes);
+      at += ts[j].nbytes;
+      if (j > i) { /* removed from the list */
+        free(ts[j].data);
+        memmove(&ts[j], &ts[j + 1], (nt - j - 1) * sizeof *ts);
+        nt--, j--;
+      }
+    }
+    free(ts[i].data);
+    ts[i].data = all, ts[i].nbytes = at, ts[i].n_dims = 3, ts[i].ne[2] = n;
+  }
   if (!ftype)
     for (uint32_t i = 0; i < nt; i++)
       if (ts[i].n_dims == 2 && ts[i].type != T_F32) ftype = ts[i].type == T_F16 ? 1 : 32;

@@ -99,7 +99,7 @@ static int fill_name(char *buf, size_t cap, const char *pattern, uint32_t a, uin
 }
 
 bool model_role_gguf_name(model_role_t r, int32_t layer, char *buf, size_t cap) {
-  if (r >= MR_COUNT || r == MR_EXP_GATE || r == MR_EXP_UP || r == MR_EXP_DOWN) return false;
+  if (r >= MR_COUNT) return false;
   fill_name(buf, cap, roles[r].gguf, layer < 0 ? 0 : (uint32_t)layer, 0);
   return true;
 }

@@ -123,8 +123,8 @@ const st_file_t *model_file_st(const model_file_t *m);
  * with the weight's logical column count in *cols (its rows are padded); NULL for any other tensor. Owned by m. */
 const ft_tensor_t *model_file_scales(const model_file_t *m, const ft_tensor_t *t, uint32_t *cols);
 
-/* Writes the GGUF name of role r in block `layer` (as llama.cpp's converter names it) into buf (cap bytes); false
- * for roles without one of their own (experts are stacked in GGUF). */
+/* Writes the GGUF name of role r in block `layer` (as llama.cpp's converter names it) into buf (cap bytes); an
+ * expert's role names the tensor all of the block's experts are stacked in. False for an unknown role. */
 bool model_role_gguf_name(model_role_t r, int32_t layer, char *buf, size_t cap);
 
 #endif
