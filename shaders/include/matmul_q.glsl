@@ -8,13 +8,14 @@
 #ifndef LATHE_MATMUL_Q_GLSL
 #define LATHE_MATMUL_Q_GLSL
 
-#if GQ
 layout(std430, binding = 0) buffer Y { float y[]; }; // read too when accumulating
 #if VEC4
 layout(std430, binding = 1) readonly buffer X { vec4 x[]; };
 #else
 layout(std430, binding = 1) readonly buffer X { float x[]; };
 #endif
+
+#if GQ
 layout(std430, binding = 2) readonly buffer W { uint wq[]; };               // rows of blocks, pc.row_bytes apart
 layout(std430, binding = 3) readonly buffer S { uint unused_scales[]; }; // the blocks carry their scales
 #include "qblock.glsl"
@@ -38,12 +39,6 @@ float scale_at(uint n, uint k) { return 1.0; }
 #define QTYPE uint // one octet: eight int4, low nibble first
 #endif
 
-layout(std430, binding = 0) buffer Y { float y[]; }; // read too when accumulating
-#if VEC4
-layout(std430, binding = 1) readonly buffer X { vec4 x[]; };
-#else
-layout(std430, binding = 1) readonly buffer X { float x[]; };
-#endif
 layout(std430, binding = 2) readonly buffer W { QTYPE wq[]; };
 layout(std430, binding = 3) readonly buffer S { STYPE sc[]; };
 #endif // GQ
