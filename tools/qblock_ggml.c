@@ -8,7 +8,9 @@
  *   qblock_ggml legacy SRC.gguf OUT    SRC's tensors quantised to a mixture of the 32-element formats (Q4_0, Q4_1,
  *                                      Q5_0, Q5_1, Q8_0 by block and role; F16 where a row is no multiple of 32,
  *                                      norms F32), metadata and tokenizer carried over
-  *   qblock_ggml read FILE.gguf         reads a GGUF file with ggml: keys, tensors, mean |w| of each dequantised
+   *   qblock_ggml read FILE.gguf         reads a GGUF file with ggml: keys, tensors, mean |w| of each dequantised
+ *   qblock_ggml dequant FILE.gguf DIR  DIR/weights.safetensors (every tensor dequantised by ggml, F32, GGUF names)
+ *                                      and DIR/meta.json (the hyper-parameters), for tools/qblock_reference.py
  *   qblock_ggml kquant SRC.gguf OUT    a LLaMA of width 256 (FFN 512, 2 blocks, 4 heads, 2 KV heads) with
  *                                      seeded random weights, quantised Q4_K_M-style (Q4_K, Q6_K for V and the
  *                                      down projection in block 0, Q5_K / Q3_K / Q2_K in block 1), with SRC's
@@ -232,12 +234,81 @@ static int read_file(const char *path) {
   return 0;
 }
 
+/* Writes OUTDIR/weights.safetensors (every tensor of FILE as F32, dequantised by ggml, under its GGUF name and
+ * row-major shape) and OUTDIR/meta.json (the llama.* hyper-parameters), for tools/qblock_reference.py. */
+static int dequant_file(const char *path, const char *dir) {
+  struct ggml_context *ctx = NULL;
+  struct gguf_init_params p = {.no_alloc = false, .ctx = &ctx};
+  struct gguf_context *g = gguf_init_from_file(path, p);
+  if (!g) return fprintf(stderr, "ggml cannot read %s\n", path), 1;
+  int64_t n = gguf_get_n_tensors(g);
+  size_t hcap = 1 << 20, hl = 0;
+  char *h = malloc(hcap);
+  uint64_t off = 0;
+  hl += (size_t)snprintf(h + hl, hcap - hl, "{");
+  for (int64_t i = 0; i < n; i++) {
+    struct ggml_tensor *t = ggml_get_tensor(ctx, gguf_get_tensor_name(g, i));
+    uint64_t bytes = (uint64_t)ggml_nelements(t) * 4;
+    hl += (size_t)snprintf(h + hl, hcap - hl, "%s\"%s\":{\"dtype\":\"F32\",\"shape\":[", i ? "," : "", t->name);
+    for (int d = ggml_n_dims(t) - 1; d >= 0; d--)
+      hl += (size_t)snprintf(h + hl, hcap - hl, "%lld%s", (long long)t->ne[d], d ? "," : "");
+    hl += (size_t)snprintf(h + hl, hcap - hl, "],\"data_offsets\":[%llu,%llu]}", (unsigned long long)off,
+                           (unsigned long long)(off + bytes));
+    off += bytes;
+  }
+  hl += (size_t)snprintf(h + hl, hcap - hl, "}");
+  while (hl % 8) h[hl++] = ' ';
+  char out[4096];
+  snprintf(out, sizeof out, "%s/weights.safetensors", dir);
+  FILE *f = fopen(out, "wb");
+  uint64_t hlen = hl;
+  if (!f || fwrite(&hlen, 8, 1, f) != 1 || fwrite(h, 1, hl, f) != hl)
+    return fprintf(stderr, "cannot write %s\n", out), 1;
+  for (int64_t i = 0; i < n; i++) {
+    struct ggml_tensor *t = ggml_get_tensor(ctx, gguf_get_tensor_name(g, i));
+    int64_t ne = ggml_nelements(t);
+    float *v = malloc((size_t)ne * 4);
+    if (t->type == GGML_TYPE_F32)
+      memcpy(v, t->data, (size_t)ne * 4);
+    else
+      ggml_get_type_traits(t->type)->to_float(t->data, v, ne);
+    if (fwrite(v, 4, (size_t)ne, f) != (size_t)ne) return fprintf(stderr, "cannot write %s\n", out), 1;
+    free(v);
+  }
+  fclose(f);
+  snprintf(out, sizeof out, "%s/meta.json", dir);
+  f = fopen(out, "w");
+  const char *arch = gguf_get_val_str(g, gguf_find_key(g, "general.architecture"));
+  static const char *const keys[] = {"embedding_length",     "feed_forward_length",     "block_count",
+                                     "attention.head_count", "attention.head_count_kv", "context_length"};
+  fprintf(f, "{\"architecture\": \"%s\"", arch);
+  char k[128];
+  for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++) {
+    snprintf(k, sizeof k, "%s.%s", arch, keys[i]);
+    int64_t id = gguf_find_key(g, k);
+    if (id >= 0) fprintf(f, ", \"%s\": %u", keys[i], gguf_get_val_u32(g, id));
+  }
+  static const char *const fkeys[] = {"rope.freq_base", "attention.layer_norm_rms_epsilon"};
+  for (size_t i = 0; i < 2; i++) {
+    snprintf(k, sizeof k, "%s.%s", arch, fkeys[i]);
+    int64_t id = gguf_find_key(g, k);
+    if (id >= 0) fprintf(f, ", \"%s\": %.9g", fkeys[i], gguf_get_val_f32(g, id));
+  }
+  fprintf(f, "}\n");
+  fclose(f);
+  free(h);
+  gguf_free(g);
+  ggml_free(ctx);
+  return 0;
+}
+
 int main(int argc, char **argv) {
   if (argc == 3 && !strcmp(argv[1], "blocks")) return blocks(argv[2]);
   if (argc == 4 && !strcmp(argv[1], "legacy")) return legacy(argv[2], argv[3]);
   if (argc == 4 && !strcmp(argv[1], "kquant")) return kquant(argv[2], argv[3]);
   if (argc == 3 && !strcmp(argv[1], "read")) return read_file(argv[2]);
+  if (argc == 4 && !strcmp(argv[1], "dequant")) return dequant_file(argv[2], argv[3]);
   fprintf(stderr,
-          "usage: qblock_ggml blocks OUTDIR | legacy SRC.gguf OUT.gguf | kquant SRC.gguf OUT.gguf | read FILE\n");
+          "usage: qblock_ggml blocks DIR | legacy SRC.gguf OUT | kquant SRC.gguf OUT | read FILE | dequant FILE DIR\n");
   return 2;
 }

@@ -4,7 +4,9 @@
  * reference, itself checked against ggml's dequantiser in tests/engine/test_qblock.c) computes, in prefill and
  * decode, and generate the same greedy tokens. */
 #include <criterion/criterion.h>
+#include <limits.h>
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -90,6 +92,31 @@ Test(qmodels, mixed_32_element_formats_run_in_place) { in_place_smaller(QDIR "/s
 
 /* 2.6 to 6.6 bits per weight against 32. */
 Test(qmodels, k_quant_mixture_runs_in_place) { in_place_smaller(QDIR "/kquant-tiny.gguf", 4); }
+
+/* Lathe's logits, the blocks read in place, against an independent implementation: ggml dequantised the file's
+ * weights and the PyTorch reference ran them in float64 (tools/qblock_reference.py; <name>.logits.f32 beside the
+ * file). The float32 reference lands 2e-6 (K-quant) and 1.1e-5 (stories, logits up to 19) from float64; Lathe's f32
+ * sums in another order land about as far, so 2e-4 + 1e-5 relative has a margin of ten, while a misread block
+ * moves logits by 0.1 and more (see the mutation in same_as_dequantised's comment). */
+static void matches_independent_reference(const char *name) {
+  char path[PATH_MAX], ref[PATH_MAX];
+  snprintf(path, sizeof path, QDIR "/%s.gguf", name);
+  snprintf(ref, sizeof ref, QDIR "/%s.logits.f32", name);
+  model_t *m = load(path, false);
+  uint32_t V = model_config(m)->vocab_size;
+  float *got = logits(m, ids, N_IDS, false), *want = talloc((uint64_t)N_IDS * V);
+  FILE *f = fopen(ref, "rb");
+  cr_assert(f, "%s is missing", ref);
+  cr_assert_eq(fread(want, 4, (size_t)N_IDS * V, f), (size_t)N_IDS * V, "%s is short", ref);
+  fclose(f);
+  tassert_close(got, want, (uint64_t)N_IDS * V, 2e-4, 1e-5, name);
+  free(got), free(want);
+  model_destroy(&m);
+}
+
+Test(qmodels, k_quant_mixture_matches_ggml_and_pytorch) { matches_independent_reference("kquant-tiny"); }
+
+Test(qmodels, legacy_mixture_matches_ggml_and_pytorch) { matches_independent_reference("stories260K-mixed"); }
 
 Test(qmodels, quantised_stories_stay_close_to_the_original) {
   /* ggml's quantisation (4 to 8 bits) perturbs stories260K's logits but keeps its predictions: the next-token
