@@ -12,6 +12,7 @@
 #include "engine/model/model_file.h"
 #include "engine/ops/dtype.h"
 #include "engine/ops/quant.h"
+#include "engine/text/tokenizer.h"
 
 #define ALIGN 32u
 #define TOKENIZER_MAX_JSON (64u << 20)
@@ -243,6 +244,20 @@ static bool has_type(const json_t *node, const char *type) {
   return false;
 }
 
+/* The Split pre-tokenizer's regex in node (itself or inside a Sequence), or NULL when there is none. */
+static const char *split_regex(const json_t *node) {
+  const char *type = json_string_value(json_object_get(node, "type"));
+  if (type && !strcmp(type, "Split"))
+    return json_string_value(json_object_get(json_object_get(node, "pattern"), "Regex"));
+  size_t i;
+  json_t *e;
+  json_array_foreach(json_object_get(node, "pretokenizers"), i, e) {
+    const char *r = split_regex(e);
+    if (r) return r;
+  }
+  return NULL;
+}
+
 static lt_status_t tokenizer_kv(gbuf_t *b, const char *src, const model_config_t *c, lt_err_t *err) {
   char path[4200];
   snprintf(path, sizeof path, "%s/tokenizer.json", src);
@@ -277,8 +292,16 @@ static lt_status_t tokenizer_kv(gbuf_t *b, const char *src, const model_config_t
                  c->vocab_size);
     goto out;
   }
+  const char *pre = spm ? NULL : tok_pre_name(split_regex(json_object_get(tok, "pre_tokenizer")));
+  if (!spm && !pre) {
+    st = lt_fail(err, LT_E_UNSUPPORTED,
+                 "%s/tokenizer.json: its split pattern has no GGUF pre-tokenizer name here (known: GPT-2's, Llama 3's, "
+                 "Qwen2's)",
+                 src);
+    goto out;
+  }
   kv_str(b, "tokenizer.ggml.model", spm ? "llama" : "gpt2");
-  if (!spm) kv_str(b, "tokenizer.ggml.pre", "default");
+  if (!spm) kv_str(b, "tokenizer.ggml.pre", pre);
   char pad[32];
   kv_arr_head(b, "tokenizer.ggml.tokens", GGUF_STRING, V);
   for (uint64_t i = 0; i < V; i++) {

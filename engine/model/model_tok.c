@@ -55,12 +55,7 @@ static tok_t *from_gguf(const char *path, lt_err_t *err) {
     s.kind = TOK_BYTE_LEVEL;
     s.n_merges = (uint32_t)gt.n_merges;
     s.merges = gt.merges;
-    static const char *llama3[] = {TOK_REGEX_LLAMA3};
-    if (pre && strcmp(pre, "llama-bpe") == 0) {
-      s.n_pre_regexes = 1;
-      s.pre_regexes = llama3;
-      s.ignore_merges = true;
-    }
+    tok_pre_by_name(pre, &s); /* unknown names keep GPT-2's pattern */
   } else {
     lt_fail(err, LT_E_UNSUPPORTED, "%s: tokenizer model \"%s\" is not supported (supported: llama, gpt2)", path,
             gt.model);

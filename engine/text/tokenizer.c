@@ -906,3 +906,34 @@ int32_t tok_find(const tok_t *t, const char *text, size_t len) {
   }
   return -1;
 }
+
+static const char *const re_llama3[] = {TOK_REGEX_LLAMA3}, *const re_qwen2[] = {TOK_REGEX_QWEN2};
+
+static const struct {
+  const char *name;
+  const char *const *re; /* NULL: GPT-2's (the default) */
+  bool ignore_merges;
+} pre_names[] = {
+    {"llama-bpe", re_llama3, true}, {"llama3", re_llama3, true},
+    {"qwen2", re_qwen2, false},     {"deepseek-r1-qwen", re_qwen2, false},
+    {"default", NULL, false},       {"gpt-2", NULL, false},
+    {"phi-2", NULL, false},         {"roberta-bpe", NULL, false},
+};
+
+bool tok_pre_by_name(const char *name, tok_spec_t *spec) {
+  for (size_t i = 0; name && i < sizeof pre_names / sizeof pre_names[0]; i++)
+    if (!strcmp(name, pre_names[i].name)) {
+      spec->n_pre_regexes = pre_names[i].re ? 1 : 0;
+      spec->pre_regexes = pre_names[i].re;
+      spec->ignore_merges = pre_names[i].ignore_merges;
+      return true;
+    }
+  return false;
+}
+
+const char *tok_pre_name(const char *pattern) {
+  if (!pattern || !strcmp(pattern, TOK_REGEX_GPT2)) return "default";
+  if (!strcmp(pattern, TOK_REGEX_LLAMA3)) return "llama-bpe";
+  if (!strcmp(pattern, TOK_REGEX_QWEN2)) return "qwen2";
+  return NULL;
+}

@@ -34,6 +34,10 @@ typedef enum tok_type {
 #define TOK_REGEX_LLAMA3                                                                                               \
   "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|"             \
   "\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+"
+/* Qwen2's: Llama 3's with digits split one by one. */
+#define TOK_REGEX_QWEN2                                                                                                \
+  "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|"                  \
+  "\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+"
 
 /* A tokenizer described by plain arrays (what the GGUF loader has in hand). Strings are UTF-8 and need not be
  * NUL-terminated when their lengths are given. Everything is copied: the arrays may be freed after tok_new(). */
@@ -54,6 +58,15 @@ typedef struct tok_spec {
   bool ignore_merges;             /* a pre-token that is itself in the vocab is emitted whole (Llama 3) */
   int32_t bos_id, eos_id, unk_id; /* -1 when absent */
 } tok_spec_t;
+
+/* Sets spec's split patterns (and ignore_merges) for the byte-level pre-tokenizer GGUF files name in
+ * tokenizer.ggml.pre: "llama-bpe" / "llama3" (Llama 3), "qwen2" / "deepseek-r1-qwen" (Qwen2), and GPT-2's for
+ * "default", "gpt-2" and the names that use it; false (spec unchanged: GPT-2's pattern) for other names. */
+bool tok_pre_by_name(const char *name, tok_spec_t *spec);
+
+/* The GGUF pre-tokenizer name of a split pattern (as tokenizer.json stores it): "llama-bpe", "qwen2" or, for GPT-2's
+ * pattern, "default"; NULL for a pattern without one. Static string. */
+const char *tok_pre_name(const char *pattern);
 
 /* Encode flags. */
 enum {

@@ -144,6 +144,12 @@ static json_t *gpt2_pre(void) {
   return json_pack("{s:s,s:b,s:b,s:b}", "type", "ByteLevel", "add_prefix_space", 0, "trim_offsets", 1, "use_regex", 1);
 }
 
+static json_t *qwen2_pre(void) {
+  return json_pack("{s:s,s:[{s:s,s:{s:s},s:s,s:b},{s:s,s:b,s:b,s:b}]}", "type", "Sequence", "pretokenizers",  //
+                   "type", "Split", "pattern", "Regex", TOK_REGEX_QWEN2, "behavior", "Isolated", "invert", 0, //
+                   "type", "ByteLevel", "add_prefix_space", 0, "trim_offsets", 1, "use_regex", 0);
+}
+
 static json_t *llama3_pre(void) {
   return json_pack("{s:s,s:[{s:s,s:{s:s},s:s,s:b},{s:s,s:b,s:b,s:b}]}", "type", "Sequence", "pretokenizers",   //
                    "type", "Split", "pattern", "Regex", TOK_REGEX_LLAMA3, "behavior", "Isolated", "invert", 0, //
@@ -423,9 +429,13 @@ Test(tokenizer, byte_level_hand_derived) {
 }
 
 Test(tokenizer, byte_level_from_arrays_matches_json) {
-  /* The GGUF "gpt2" form: token texts, types and "a b" merges as arrays, the pattern named rather than stored. */
-  for (int llama3 = 0; llama3 < 2; llama3++) {
-    json_t *pre = llama3 ? llama3_pre() : gpt2_pre();
+  /* The GGUF "gpt2" form: token texts, types and "a b" merges as arrays, the pattern named rather than stored
+   * (tokenizer.ggml.pre through tok_pre_by_name), against tokenizer.json carrying the pattern itself: GPT-2's,
+   * Llama 3's and Qwen2's. */
+  static const char *const names[] = {"gpt-2", "llama-bpe", "qwen2"};
+  for (int which = 0; which < 3; which++) {
+    bool llama3 = which == 1;
+    json_t *pre = which == 0 ? gpt2_pre() : llama3 ? llama3_pre() : qwen2_pre();
     tok_t *ref = from_json(byte_level_json(NULL, 0, GPT2_MERGES, 12, pre, llama3, false));
     uint32_t n = tok_n_vocab(ref);
     const char **toks = calloc(n, sizeof *toks);
@@ -437,7 +447,6 @@ Test(tokenizer, byte_level_from_arrays_matches_json) {
       lens[i] = (uint32_t)len;
       types[i] = tok_token_type(ref, (int32_t)i);
     }
-    const char *re[] = {TOK_REGEX_LLAMA3};
     tok_spec_t spec = {.kind = TOK_BYTE_LEVEL,
                        .n_tokens = n,
                        .tokens = toks,
@@ -445,12 +454,16 @@ Test(tokenizer, byte_level_from_arrays_matches_json) {
                        .token_types = types,
                        .n_merges = 12,
                        .merges = GPT2_MERGES,
-                       .n_pre_regexes = llama3 ? 1 : 0,
-                       .pre_regexes = re,
-                       .ignore_merges = llama3,
                        .bos_id = -1,
                        .eos_id = ENDOFTEXT,
                        .unk_id = -1};
+    cr_assert(tok_pre_by_name(names[which], &spec), "%s is a known pre-tokenizer", names[which]);
+    cr_assert_eq(spec.ignore_merges, llama3);
+    /* The toy merges have no digits, where Qwen2's and Llama 3's patterns differ: the pattern itself is checked. */
+    const char *want = which == 0 ? NULL : llama3 ? TOK_REGEX_LLAMA3 : TOK_REGEX_QWEN2;
+    cr_assert(want ? spec.n_pre_regexes == 1 && !strcmp(spec.pre_regexes[0], want) : spec.n_pre_regexes == 0,
+              "%s names the wrong pattern", names[which]);
+    cr_assert_str_eq(tok_pre_name(want), which == 0 ? "default" : names[which]);
     lt_err_t err = {0};
     tok_t *t = tok_new(&spec, &err);
     cr_assert(t != NULL, "tok_new: %s", err.msg);
