@@ -89,6 +89,16 @@ static bool kind_generate_validate(const msgpack_object *params, proto_err_t *e)
   return steer_params_check(params, false, e);
 }
 
+/* export: the output is named as a GGUF file, so a folder is never mistaken for one. */
+static bool kind_export_validate(const msgpack_object *params, proto_err_t *e) {
+  char out[4200] = "";
+  const msgpack_object *o = mp_get(params, "output");
+  size_t n = o && mp_str_copy(o, out, sizeof out) ? strlen(out) : 0;
+  if (n < 6 || strcmp(out + n - 5, ".gguf"))
+    return proto_fail(e, P_BAD_VALUE, "params.output", "params.output: a file name ending in .gguf, not '%s'", out);
+  return true;
+}
+
 /* flatten-graph: the input format is one of three words. */
 static bool kind_flatten_graph_validate(const msgpack_object *params, proto_err_t *e) {
   const msgpack_object *f = mp_get(params, "format");

@@ -117,6 +117,40 @@ Test(runners, score_equals_the_engine_and_bad_parameters_are_refused) {
   job_local_destroy(&l);
 }
 
+Test(runners, export_writes_a_gguf_that_loads) {
+  /* llama-tiny as GGUF: the file loads and computes the folder's greedy tokens; an existing file is kept unless
+   * --force; an output not named .gguf is refused by the kind table before anything runs. */
+  job_local_t *l = host();
+  char out[4200];
+  snprintf(out, sizeof out, "%s/tiny.gguf", dir);
+  const char *kv[] = {"model", TINY, "output", out};
+  lt_err_t err = {0};
+  cr_assert_eq(job_local_run(l, "export", kv, 2, &err), JOB_SUCCEEDED, "%s", err.msg);
+  cr_assert_gt(num(mp_get(job_local_result(l), "bytes")), 100000);
+  job_local_destroy(&l);
+  model_t *a = model_load(tgpu(), TINY, NULL, &err), *b = model_load(tgpu(), out, NULL, &err);
+  cr_assert(a && b, "%s", err.msg);
+  const int32_t prompt[] = {0, 45, 66, 85, 73, 70};
+  const int32_t *prompts[1] = {prompt};
+  uint32_t lens[1] = {6};
+  gen_opts_t o = {.max_tokens = 8, .ignore_eos = true};
+  gen_result_t ra[1], rb[1];
+  cr_assert_eq(model_generate(a, prompts, lens, 1, &o, NULL, NULL, NULL, ra, &err), LT_OK, "%s", err.msg);
+  cr_assert_eq(model_generate(b, prompts, lens, 1, &o, NULL, NULL, NULL, rb, &err), LT_OK, "%s", err.msg);
+  cr_assert_arr_eq(ra[0].tokens, rb[0].tokens, 8 * sizeof(int32_t), "the GGUF copy generates other tokens");
+  free(ra[0].tokens), free(rb[0].tokens);
+  model_destroy(&a), model_destroy(&b);
+  l = host();
+  cr_assert_eq(job_local_run(l, "export", kv, 2, &err), JOB_FAILED);
+  cr_assert(strstr(err.msg, "--force"), "%s", err.msg);
+  job_local_destroy(&l);
+  l = host();
+  const char *bad[] = {"model", TINY, "output", dir};
+  cr_assert_neq(job_local_run(l, "export", bad, 2, &err), JOB_SUCCEEDED);
+  cr_assert(strstr(err.msg, ".gguf"), "%s", err.msg);
+  job_local_destroy(&l);
+}
+
 Test(runners, flatten_graph_in_process) {
   job_local_t *l = host();
   char g[4200];
