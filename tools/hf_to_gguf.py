@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Writes a Hugging Face LLaMA or Qwen2 folder as an F32 GGUF file laid out as llama.cpp's converter lays it out,
+"""Writes a Hugging Face LLaMA, Qwen2 or Phi-3 folder as an F32 GGUF file laid out as llama.cpp's converter lays it out,
 for the tests of Lathe's GGUF reader on architectures the stored real models do not cover (a tool, never used at
 run time).
 
@@ -10,7 +10,8 @@ feed_forward_length, block_count, attention.head_count, attention.head_count_kv,
 attention.layer_norm_rms_epsilon; the tensors under GGUF's names (token_embd, blk.N.attn_q ... ffn_down,
 output_norm, output unless tied; Qwen2's attn_q/k/v.bias), F32, dims innermost first. LLaMA's q and k rows are
 permuted from Hugging Face's rotate-half order into interleaved pairs (as llama.cpp's converter does); Qwen2's are
-not (llama.cpp runs Qwen2 with rotate-half RoPE). No tokenizer is written: the vocabulary size comes from the
+not, nor Phi-3's (llama.cpp runs both with rotate-half RoPE); Phi-3 keeps its fused attn_qkv and ffn_up (gate rows,
+then up rows) and writes phi3.attention.sliding_window. No tokenizer is written: the vocabulary size comes from the
 embedding table.
 """
 import json
@@ -54,9 +55,10 @@ def main():
     with open(os.path.join(src, "config.json")) as f:
         cfg = json.load(f)
     archs = cfg.get("architectures") or []
-    arch = "qwen2" if "Qwen2ForCausalLM" in archs else "llama" if "LlamaForCausalLM" in archs else None
+    arch = ("qwen2" if "Qwen2ForCausalLM" in archs else "phi3" if "Phi3ForCausalLM" in archs
+            else "llama" if "LlamaForCausalLM" in archs else None)
     if arch is None:
-        sys.exit(f"{src}: only LlamaForCausalLM and Qwen2ForCausalLM are written, not {archs}")
+        sys.exit(f"{src}: only LlamaForCausalLM, Qwen2ForCausalLM and Phi3ForCausalLM are written, not {archs}")
     tensors, _ = lathe_ref.read_safetensors(os.path.join(src, "model.safetensors"))
     H = cfg["num_attention_heads"]
     KV = cfg.get("num_key_value_heads", H)
@@ -69,20 +71,28 @@ def main():
            kv_u32(f"{arch}.attention.head_count_kv", KV),
            kv_f32(f"{arch}.rope.freq_base", cfg.get("rope_theta", 10000.0)),
            kv_f32(f"{arch}.attention.layer_norm_rms_epsilon", cfg.get("rms_norm_eps", 1e-6))]
+    if arch == "phi3" and cfg.get("sliding_window"):
+        kvs.append(kv_u32(f"{arch}.attention.sliding_window", cfg["sliding_window"]))
     names = [("model.embed_tokens.weight", "token_embd.weight")]
     for i in range(L):
         p, q = f"model.layers.{i}.", f"blk.{i}."
-        names += [(p + "input_layernorm.weight", q + "attn_norm.weight"),
-                  (p + "self_attn.q_proj.weight", q + "attn_q.weight"),
-                  (p + "self_attn.k_proj.weight", q + "attn_k.weight"),
-                  (p + "self_attn.v_proj.weight", q + "attn_v.weight")]
+        names.append((p + "input_layernorm.weight", q + "attn_norm.weight"))
+        if arch == "phi3":  # fused as in the HF folder: attn_qkv, and ffn_up holding the gate rows, then the up rows
+            names.append((p + "self_attn.qkv_proj.weight", q + "attn_qkv.weight"))
+        else:
+            names += [(p + "self_attn.q_proj.weight", q + "attn_q.weight"),
+                      (p + "self_attn.k_proj.weight", q + "attn_k.weight"),
+                      (p + "self_attn.v_proj.weight", q + "attn_v.weight")]
         if arch == "qwen2":
             names += [(p + f"self_attn.{x}_proj.bias", q + f"attn_{x}.bias") for x in "qkv"]
         names += [(p + "self_attn.o_proj.weight", q + "attn_output.weight"),
-                  (p + "post_attention_layernorm.weight", q + "ffn_norm.weight"),
-                  (p + "mlp.gate_proj.weight", q + "ffn_gate.weight"),
-                  (p + "mlp.up_proj.weight", q + "ffn_up.weight"),
-                  (p + "mlp.down_proj.weight", q + "ffn_down.weight")]
+                  (p + "post_attention_layernorm.weight", q + "ffn_norm.weight")]
+        if arch == "phi3":
+            names.append((p + "mlp.gate_up_proj.weight", q + "ffn_up.weight"))
+        else:
+            names += [(p + "mlp.gate_proj.weight", q + "ffn_gate.weight"),
+                      (p + "mlp.up_proj.weight", q + "ffn_up.weight")]
+        names.append((p + "mlp.down_proj.weight", q + "ffn_down.weight"))
     names.append(("model.norm.weight", "output_norm.weight"))
     if not cfg.get("tie_word_embeddings", False):
         names.append(("lm_head.weight", "output.weight"))

@@ -442,9 +442,9 @@ lt_status_t model_config_from_gguf(model_config_t *cfg, const gguf_t *g, lt_err_
   const char *lab = gguf_path(g), *arch;
   lt_status_t s = gguf_get_str(g, "general.architecture", &arch, err);
   if (s) return s;
-  if (strcmp(arch, "llama") && strcmp(arch, "qwen2"))
-    return lt_fail(err, LT_E_UNSUPPORTED, "%s: GGUF architecture %.40s is not supported (supported: llama, qwen2)", lab,
-                   arch);
+  if (strcmp(arch, "llama") && strcmp(arch, "qwen2") && strcmp(arch, "phi3"))
+    return lt_fail(err, LT_E_UNSUPPORTED,
+                   "%s: GGUF architecture %.40s is not supported (supported: llama, qwen2, phi3)", lab, arch);
   char key[96];
   snprintf(key, sizeof key, "%s.rope.scaling.type", arch);
   if (gguf_kv_find(g, key)) {
@@ -453,6 +453,9 @@ lt_status_t model_config_from_gguf(model_config_t *cfg, const gguf_t *g, lt_err_
     if (strcmp(type, "none"))
       return lt_fail(err, LT_E_UNSUPPORTED, "%s: %s %.40s is not supported (supported: none)", lab, key, type);
   }
+  if (gguf_tensor_find(g, "rope_factors_long.weight") || gguf_tensor_find(g, "rope_factors_short.weight"))
+    return lt_fail(err, LT_E_UNSUPPORTED,
+                   "%s: rope_factors_long / rope_factors_short (Phi-3's longrope) are not supported", lab);
   if (gguf_tensor_find(g, "rope_freqs.weight"))
     return lt_fail(err, LT_E_UNSUPPORTED,
                    "%s: rope_freqs.weight (per-frequency RoPE factors, llama3 scaling) is not supported", lab);
@@ -467,10 +470,15 @@ lt_status_t model_config_from_gguf(model_config_t *cfg, const gguf_t *g, lt_err_
       (s = gguf_u32(g, arch, "expert_count", OPTIONAL, 0, &cfg->n_experts, err)) ||
       (s = gguf_u32(g, arch, "expert_used_count", OPTIONAL, 0, &cfg->n_experts_used, err)))
     return s;
-  bool qwen2 = !strcmp(arch, "qwen2");
-  if (qwen2 && cfg->n_experts)
-    return lt_fail(err, LT_E_UNSUPPORTED, "%s: qwen2 with experts (Qwen2-MoE) is not supported", lab);
-  cfg->arch = qwen2 ? MODEL_ARCH_QWEN2 : cfg->n_experts ? MODEL_ARCH_MIXTRAL : MODEL_ARCH_LLAMA;
+  bool qwen2 = !strcmp(arch, "qwen2"), phi3 = !strcmp(arch, "phi3");
+  if ((qwen2 || phi3) && cfg->n_experts)
+    return lt_fail(err, LT_E_UNSUPPORTED, "%s: %s with experts is not supported", lab, arch);
+  cfg->arch = qwen2            ? MODEL_ARCH_QWEN2
+              : phi3           ? MODEL_ARCH_PHI3
+              : cfg->n_experts ? MODEL_ARCH_MIXTRAL
+                               : MODEL_ARCH_LLAMA;
+  /* Phi-3's window: phi3.attention.sliding_window (absent: none). */
+  if (phi3 && (s = gguf_u32(g, arch, "attention.sliding_window", OPTIONAL, 0, &cfg->sliding_window, err))) return s;
   cfg->qkv_bias = qwen2;
   if (!cfg->n_experts) cfg->n_experts_used = 0;
   cfg->n_kv_heads = n_kv ? n_kv : cfg->n_heads;

@@ -140,6 +140,9 @@ Test(fixtures, llama_tiny_f32) { check_fixture("llama-tiny"); }
  * q and k rows permuted into interleaved RoPE pairs, Qwen2's kept in rotate-half order with its biases. */
 Test(fixtures, llama_tiny_gguf) { check_fixture_file("llama-tiny", "llama-tiny.gguf"); }
 Test(fixtures, qwen2_tiny_gguf) { check_fixture_file("qwen2-tiny", "qwen2-tiny.gguf"); }
+/* Phi-3 as llama.cpp writes it: fused attn_qkv and ffn_up (gate rows first), rotate-half RoPE, its window in
+ * phi3.attention.sliding_window. */
+Test(fixtures, phi3_tiny_gguf) { check_fixture_file("phi3-tiny", "phi3-tiny.gguf"); }
 Test(fixtures, llama_tiny_f16) { check_fixture("llama-tiny-f16"); }
 Test(fixtures, llama3_scaled_bf16_tied) { check_fixture("llama3-scaled"); }
 Test(fixtures, mixtral_tiny) { check_fixture("mixtral-tiny"); }
