@@ -385,13 +385,16 @@ lt_status_t model_export_gguf(const char *src, const char *out_path, lt_err_t *e
   otensor_t *ts = NULL;
   uint32_t nt = 0;
   util_out_t out = {0};
-  const char *arch = c->arch == MODEL_ARCH_QWEN2 ? "qwen2" : "llama";
+  /* Phi-3 goes out as llama.cpp's phi3 (fused tensors, a window key); a Mistral as llama, which has no window. */
+  const char *arch = c->arch == MODEL_ARCH_QWEN2 ? "qwen2" : c->arch == MODEL_ARCH_PHI3 ? "phi3" : "llama";
+  bool phi3 = c->arch == MODEL_ARCH_PHI3;
   if (w->format != MODEL_FORMAT_HF) {
     st = lt_fail(err, LT_E_UNSUPPORTED, "%s: GGUF output is written from Hugging Face folders", src);
     goto done;
   }
   bool has_window = false;
-  for (uint32_t l = 0; l < c->n_layers; l++) has_window |= model_config_window(c, l) != 0;
+  for (uint32_t l = 0; l < c->n_layers; l++) has_window |= model_config_window(c, l) != c->sliding_window;
+  has_window |= c->sliding_window && !phi3; /* phi3 holds one window for every block */
   bool uneven = false;
   for (uint32_t l = 0; l < c->n_layers; l++) uneven |= model_config_experts(c, l) != c->n_experts;
   const char *why = uneven                         ? "experts dropped unevenly across blocks"
@@ -424,6 +427,7 @@ lt_status_t model_export_gguf(const char *src, const char *out_path, lt_err_t *e
   KV_U32("attention.value_length", c->head_dim);
   KV_U32("rope.dimension_count", c->rope_dim);
   KV_U32("vocab_size", c->vocab_size);
+  if (phi3 && c->sliding_window) KV_U32("attention.sliding_window", c->sliding_window);
   if (c->n_experts) {
     KV_U32("expert_count", c->n_experts);
     KV_U32("expert_used_count", c->n_experts_used);
@@ -441,7 +445,42 @@ lt_status_t model_export_gguf(const char *src, const char *out_path, lt_err_t *e
     goto done;
   }
   for (uint32_t i = 0; i < w->n_tensors && st == LT_OK; i++, nt++)
-    st = tensor_out(&ts[nt], f, c, &w->tensors[i], c->arch != MODEL_ARCH_QWEN2, err);
+    st = tensor_out(&ts[nt], f, c, &w->tensors[i], c->arch != MODEL_ARCH_QWEN2 && !phi3, err);
+  if (st != LT_OK) goto done;
+  /* Phi-3: each block's q, k, v rows fused into attn_qkv and its gate, up rows into ffn_up, as llama.cpp holds them. */
+  for (uint32_t l = 0; phi3 && l < c->n_layers && st == LT_OK; l++) {
+    static const char *const parts[2][4] = {{"attn_q", "attn_k", "attn_v", "attn_qkv"},
+                                            {"ffn_gate", "ffn_up", NULL, "ffn_up"}};
+    for (int g = 0; g < 2 && st == LT_OK; g++) {
+      uint32_t idx[3], n = 0;
+      for (int k = 0; k < 3 && parts[g][k]; k++) {
+        char want[96];
+        snprintf(want, sizeof want, "blk.%u.%s.weight", l, parts[g][k]);
+        for (uint32_t i = 0; i < nt; i++)
+          if (!strcmp(ts[i].name, want)) idx[n++] = i;
+      }
+      uint64_t total = 0, rows = 0;
+      for (uint32_t k = 0; k < n; k++) total += ts[idx[k]].nbytes, rows += ts[idx[k]].ne[1];
+      uint8_t *all = n ? malloc(total) : NULL;
+      if (!all || (n > 1 && ts[idx[1]].type != ts[idx[0]].type) || (n > 2 && ts[idx[2]].type != ts[idx[0]].type)) {
+        free(all);
+        st = lt_fail(err, LT_E_UNSUPPORTED, "block %u: the parts of %s differ in type or are missing", l, parts[g][3]);
+        break;
+      }
+      uint64_t at = 0;
+      for (uint32_t k = 0; k < n; k++) memcpy(all + at, ts[idx[k]].data, ts[idx[k]].nbytes), at += ts[idx[k]].nbytes;
+      otensor_t *o = &ts[idx[0]];
+      free(o->data);
+      o->data = all, o->nbytes = total, o->ne[1] = rows;
+      snprintf(o->name, sizeof o->name, "blk.%u.%s.weight", l, parts[g][3]);
+      for (int k = (int)n - 1; k >= 1; k--) { /* the other parts leave the list (highest index first) */
+        uint32_t j = idx[k];
+        free(ts[j].data);
+        memmove(&ts[j], &ts[j + 1], (nt - j - 1) * sizeof *ts);
+        nt--;
+      }
+    }
+  }
   if (st != LT_OK) goto done;
   /* A block's experts are one GGUF tensor [experts, rows, cols]: the entries of the same name, stacked in order. */
   for (uint32_t i = 0; i < nt; i++) {

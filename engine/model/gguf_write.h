@@ -4,7 +4,7 @@
 
 #include "common/status.h"
 
-/* Writes the Hugging Face folder src (LLaMA, Mistral without a window, Phi-3 saved apart, Qwen2 or Mixtral) as the
+/* Writes the Hugging Face folder src (LLaMA, Mistral without a window, Phi-3, Qwen2 or Mixtral) as the
  * GGUF file out_path: llama.cpp's tensor names and metadata keys, LLaMA's q and k rows permuted into interleaved RoPE
  * pairs, F32 / F16 / BF16 tensors in their dtype (norms F32), Lathe's int8 / int4 weights with 32-column groups as
  * Q8_0 / Q4_0 blocks holding the same integers and scales (no second rounding; rows that are no whole number of

@@ -103,6 +103,9 @@ Test(gguf_export, qwen2_biases_tied) { same_model(FIXTURES "/qwen2-tiny", true);
  * ffn_gate_inp, expert_count and expert_used_count (what Lathe's GGUF reader and llama.cpp take apart again). */
 Test(gguf_export, mixtral_experts_stacked) { same_model(FIXTURES "/mixtral-tiny", true); }
 
+/* Phi-3 with its window: written as llama.cpp's phi3, q/k/v fused back into attn_qkv and gate/up into ffn_up. */
+Test(gguf_export, phi3_fused_with_its_window) { same_model(FIXTURES "/phi3-tiny", true); }
+
 Test(gguf_export, stories260k_sentencepiece_style) {
   /* A real model with a SentencePiece-style BPE vocabulary (byte fallback): the folder and its GGUF copy agree, and
    * the copy tokenises as llama.cpp's own conversion of the same model (stories260K.gguf) does. */
