@@ -208,6 +208,18 @@ static lt_status_t attn_train(gpu_cmd_t *c, gpu_view_t *v, uint32_t T, uint32_t 
   return op_dispatch(c, p, OP_ATTN_TRAIN, v, bytes, w, 9, pc, gx, gy, 1, err);
 }
 
+/* The push constants every mode of attn_train.comp shares (softcap <= 0: none). */
+static pc_attn_train_t attn_train_pc(uint32_t T, uint32_t n_heads, uint32_t n_kv_heads, uint32_t window, float scale,
+                                     float softcap, uint32_t mode) {
+  return (pc_attn_train_t){.T = T,
+                           .n_heads = n_heads,
+                           .n_kv_heads = n_kv_heads,
+                           .scale = scale,
+                           .mode = mode,
+                           .window = window,
+                           .softcap = softcap > 0 ? softcap : 0.0f};
+}
+
 lt_status_t op_attention_lse(gpu_cmd_t *c, gpu_view_t out, gpu_view_t lse, gpu_view_t q, gpu_view_t k, gpu_view_t v,
                              uint32_t T, uint32_t n_heads, uint32_t n_kv_heads, uint32_t head_dim, uint32_t window,
                              float scale, float softcap, lt_err_t *err) {
@@ -215,13 +227,7 @@ lt_status_t op_attention_lse(gpu_cmd_t *c, gpu_view_t out, gpu_view_t lse, gpu_v
   if (st != LT_OK || T == 0) return st;
   /* Modes 0 reads none of bindings 5..8: q stands in for them. */
   gpu_view_t views[9] = {out, lse, q, k, v, q, q, lse, lse};
-  pc_attn_train_t pc = {.T = T,
-                        .n_heads = n_heads,
-                        .n_kv_heads = n_kv_heads,
-                        .scale = scale,
-                        .mode = 0,
-                        .window = window,
-                        .softcap = softcap > 0 ? softcap : 0.0f};
+  pc_attn_train_t pc = attn_train_pc(T, n_heads, n_kv_heads, window, scale, softcap, 0);
   return attn_train(c, views, T, n_heads, n_kv_heads, head_dim, &pc, (uint64_t)T * n_heads, err);
 }
 
@@ -234,29 +240,15 @@ lt_status_t op_attention_backward(gpu_cmd_t *c, gpu_view_t dq, gpu_view_t dk, gp
   gpu_buf_t *D = gpu_cmd_scratch(c, (uint64_t)T * n_heads * 4, err);
   if (!D) return err ? err->code : LT_E_DEVICE_OOM;
   gpu_view_t views[9] = {dq, gv(D), q, k, v, out, dout, lse, gv(D)};
-  pc_attn_train_t pc = {.T = T,
-                        .n_heads = n_heads,
-                        .n_kv_heads = n_kv_heads,
-                        .scale = scale,
-                        .mode = 1,
-                        .window = window,
-                        .softcap = softcap > 0 ? softcap : 0.0f};
+  pc_attn_train_t pc = attn_train_pc(T, n_heads, n_kv_heads, window, scale, softcap, 1);
   st = attn_train(c, views, T, n_heads, n_kv_heads, head_dim, &pc, (uint64_t)T * n_heads, err);
   /* dk, dv: each invocation loops over (query, head) pairs of its chunk of queries. */
   uint32_t rep = n_heads / n_kv_heads, chunk = op_loop_budget(OP_ATTN_TRAIN) / rep;
   if (chunk == 0) return lt_fail(err, LT_E_LIMIT, "training attention: %u query heads per KV head", rep);
   gpu_view_t kv_views[9] = {dk, dv, q, k, v, out, dout, lse, gv(D)};
   for (uint32_t t0 = 0; t0 < T && st == LT_OK; t0 += chunk) {
-    pc = (pc_attn_train_t){.T = T,
-                           .n_heads = n_heads,
-                           .n_kv_heads = n_kv_heads,
-                           .scale = scale,
-                           .mode = 2,
-                           .t_base = t0,
-                           .t_len = chunk,
-                           .accumulate = t0 > 0,
-                           .window = window,
-                           .softcap = softcap > 0 ? softcap : 0.0f};
+    pc = attn_train_pc(T, n_heads, n_kv_heads, window, scale, softcap, 2);
+    pc.t_base = t0, pc.t_len = chunk, pc.accumulate = t0 > 0;
     st = attn_train(c, kv_views, T, n_heads, n_kv_heads, head_dim, &pc, (uint64_t)T * n_kv_heads, err);
   }
   return st;
