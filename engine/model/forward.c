@@ -116,6 +116,21 @@ static lt_status_t mul(gpu_cmd_t *c, gpu_buf_t *y, gpu_buf_t *x, const dmat_t *w
   return dmat_mul(c, gv(y), w->rows, gv(x), w, M, acc, err);
 }
 
+/* A sub-layer's output joins the residual stream a->x: x += in . W^T plus the LoRA of `target` (block l), or with a
+ * post-norm (Gemma 2) x += norm(in . W^T + LoRA), through a->sub (a->xn is free at both call sites). */
+static lt_status_t join_stream(model_t *m, gpu_cmd_t *c, gpu_buf_t *in, const dmat_t *w, gpu_buf_t *post_norm,
+                               uint32_t l, int target, uint32_t T, lt_err_t *err) {
+  acts_t *a = &m->a;
+  uint32_t d = m->cfg.hidden_size;
+  gpu_buf_t *out = post_norm ? a->sub : a->x;
+  lt_status_t st = mul(c, out, in, w, T, !post_norm, err);
+  if (st == LT_OK) st = adapter_lora(m, c, out, in, l, target, T, err);
+  if (st == LT_OK && post_norm &&
+      (st = op_rmsnorm(c, gv(a->xn), gv(a->sub), gv(post_norm), T, d, m->cfg.rms_norm_eps, err)) == LT_OK)
+    st = op_add(c, gv(a->x), gv(a->x), gv(a->xn), T * d, T * d, err);
+  return st;
+}
+
 /* Ends the current recording (submit + wait) and starts a new one, so the host can read results mid-pass. */
 static lt_status_t flush(gpu_t *g, gpu_cmd_t **c, lt_err_t *err) {
   lt_status_t st = gpu_cmd_finish(c, err);
@@ -443,14 +458,7 @@ static lt_status_t forward_pass(model_t *m, model_item_t *items, const uint32_t 
     if (st != LT_OK) break;
     if (h && h->on_attn && h->attn_layer == l && (st = attn_hook(&p, &c, l, err)) != LT_OK) break;
     if ((st = report_site(&p, &c, MODEL_SITE_ATTN_OUT, l, -1, a->att, p.T, qd, err)) != LT_OK) break;
-    /* With post-norms (Gemma 2) the sub-layer's output is normed before it joins the residual stream. */
-    gpu_buf_t *ao = cf->post_norms ? a->sub : a->x;
-    if ((st = mul(c, ao, a->att, &L->wo, p.T, !cf->post_norms, err)) != LT_OK) break;
-    if ((st = adapter_lora(m, c, ao, a->att, l, 3, p.T, err)) != LT_OK) break;
-    if (cf->post_norms &&
-        ((st = op_rmsnorm(c, gv(a->xn), gv(a->sub), gv(L->post_attn_norm), p.T, d, cf->rms_norm_eps, err)) != LT_OK ||
-         (st = op_add(c, gv(a->x), gv(a->x), gv(a->xn), p.T * d, p.T * d, err)) != LT_OK))
-      break;
+    if ((st = join_stream(m, c, a->att, &L->wo, L->post_attn_norm, l, 3, p.T, err)) != LT_OK) break;
     if ((st = adapter_bottleneck(m, c, a->x, l, 0, p.T, err)) != LT_OK) break;
     if ((h && h->skip_ffn && h->skip_ffn[l]) || L->ffn_dropped) continue;
     if ((st = report_site(&p, &c, MODEL_SITE_FFN_RESID, l, -1, a->x, p.T, d, err)) != LT_OK) break;
@@ -467,12 +475,7 @@ static lt_status_t forward_pass(model_t *m, model_item_t *items, const uint32_t 
                     : op_swiglu(c, gv(a->gate), gv(a->gate), gv(a->up), p.T * ffn, err);
       if (st != LT_OK) break;
       if ((st = report_site(&p, &c, MODEL_SITE_FFN_ACT, l, -1, a->gate, p.T, ffn, err)) != LT_OK) break;
-      gpu_buf_t *fo = cf->post_norms ? a->sub : a->x;
-      st = mul(c, fo, a->gate, &L->ffn.down, p.T, !cf->post_norms, err);
-      if (st == LT_OK) st = adapter_lora(m, c, fo, a->gate, l, 6, p.T, err);
-      if (st == LT_OK && cf->post_norms &&
-          (st = op_rmsnorm(c, gv(a->xn), gv(a->sub), gv(L->post_ffn_norm), p.T, d, cf->rms_norm_eps, err)) == LT_OK)
-        st = op_add(c, gv(a->x), gv(a->x), gv(a->xn), p.T * d, p.T * d, err);
+      st = join_stream(m, c, a->gate, &L->ffn.down, L->post_ffn_norm, l, 6, p.T, err);
     }
     if (st == LT_OK) st = adapter_bottleneck(m, c, a->x, l, 1, p.T, err);
     if (st == LT_OK) st = report_site(&p, &c, MODEL_SITE_FFN_OUT, l, -1, a->x, p.T, d, err);

@@ -844,6 +844,29 @@ static lt_status_t moe_bwd(train_t *t, gpu_cmd_t **c, uint32_t l, const batch_t 
 
 /* ---- one block ---- */
 
+/* A sub-layer's output joins the residual stream: stream += x . W^T, or with a post-norm (Gemma 2)
+ * stream += norm(x . W^T), the norm's input kept in pre for the backward. */
+static lt_status_t join_fwd(train_t *t, gpu_cmd_t *c, gpu_buf_t *stream, gpu_buf_t *x, const wref_t *w,
+                            const model_param_t *post_norm, gpu_buf_t *pre, uint32_t R, lt_err_t *err) {
+  if (!post_norm) return lin_fwd(t, c, stream, x, w, R, true, err);
+  uint32_t d = t->cf->hidden_size;
+  lt_status_t st = lin_fwd(t, c, pre, x, w, R, false, err);
+  if (st == LT_OK) st = op_rmsnorm(c, gv(t->pn), gv(pre), gv(post_norm->buf), R, d, t->cf->rms_norm_eps, err);
+  if (st == LT_OK) st = op_add(c, gv(stream), gv(stream), gv(t->pn), R * d, R * d, err);
+  return st;
+}
+
+/* The gradient reaching a sub-layer's output projection from dLoss/d(stream) in t->dx: t->dx itself, or with a
+ * post-norm its backward into t->dxn (the norm weight's gradient added at grad >= 0). */
+static gpu_buf_t *join_bwd(train_t *t, gpu_cmd_t *c, const model_param_t *post_norm, int32_t grad, gpu_buf_t *pre,
+                           uint32_t R, lt_status_t *st, lt_err_t *err) {
+  if (!post_norm) return t->dx;
+  if (*st == LT_OK)
+    *st = op_rmsnorm_backward_set(c, gv(t->dxn), grad >= 0 ? gv(t->tt[grad].grad) : gv(NULL), gv(t->dx), gv(pre),
+                                  gv(post_norm->buf), R, t->cf->hidden_size, t->cf->rms_norm_eps, err);
+  return t->dxn;
+}
+
 /* Runs block l forward from b->x, filling the block's saved activations; the block's output goes to out. */
 static lt_status_t block_fwd(train_t *t, gpu_cmd_t **cp, uint32_t l, const batch_t *bt, gpu_buf_t *out, lt_err_t *err) {
   gpu_cmd_t *c = *cp;
@@ -875,15 +898,9 @@ static lt_status_t block_fwd(train_t *t, gpu_cmd_t **cp, uint32_t l, const batch
     st = op_attention_lse(c, o, lse, q, k, v, bt->T, cf->n_heads, cf->n_kv_heads, cf->head_dim,
                           model_config_window(cf, l), model_config_attn_scale(cf), cf->attn_softcap, err);
   }
-  /* h1 = x + att . Wo^T */
+  /* h1 = x + att . Wo^T (through the post-norm, if any) */
   if (st == LT_OK) st = gpu_cmd_copy(c, b->x, 0, b->h1, 0, (uint64_t)R * d * 4, err);
-  if (!cf->post_norms) {
-    if (st == LT_OK) st = lin_fwd(t, c, b->h1, b->att, &L->wo, R, true, err);
-  } else { /* h1 = x + norm(att . Wo^T) (Gemma 2), the norm's input kept for the backward */
-    if (st == LT_OK) st = lin_fwd(t, c, b->ao, b->att, &L->wo, R, false, err);
-    if (st == LT_OK) st = op_rmsnorm(c, gv(t->pn), gv(b->ao), gv(L->post_attn_norm->buf), R, d, cf->rms_norm_eps, err);
-    if (st == LT_OK) st = op_add(c, gv(b->h1), gv(b->h1), gv(t->pn), R * d, R * d, err);
-  }
+  if (st == LT_OK) st = join_fwd(t, c, b->h1, b->att, &L->wo, L->post_attn_norm, b->ao, R, err);
   gpu_buf_t *s1 = adapt ? b->s1 : b->h1;
   if (st == LT_OK && adapt) st = adapter_fwd(t, c, s1, b->h1, b->z1, 0, R, err);
   if (st == LT_OK) st = op_rmsnorm(c, gv(b->xn2), gv(s1), gv(L->ffn_norm->buf), R, d, cf->rms_norm_eps, err);
@@ -896,15 +913,9 @@ static lt_status_t block_fwd(train_t *t, gpu_cmd_t **cp, uint32_t l, const batch
     if (st == LT_OK)
       st = cf->gelu ? op_geglu(c, gv(b->act), gv(b->g), gv(b->u), R * f, err)
                     : op_swiglu(c, gv(b->act), gv(b->g), gv(b->u), R * f, err);
-    /* h2 = s1 + act . Wdown^T, or s1 + norm(act . Wdown^T) with post-norms (its input kept) */
+    /* h2 = s1 + act . Wdown^T (through the post-norm, if any) */
     if (st == LT_OK) st = gpu_cmd_copy(c, s1, 0, b->h2, 0, (uint64_t)R * d * 4, err);
-    if (!cf->post_norms) {
-      if (st == LT_OK) st = lin_fwd(t, c, b->h2, b->act, &L->down, R, true, err);
-    } else {
-      if (st == LT_OK) st = lin_fwd(t, c, b->fo, b->act, &L->down, R, false, err);
-      if (st == LT_OK) st = op_rmsnorm(c, gv(t->pn), gv(b->fo), gv(L->post_ffn_norm->buf), R, d, cf->rms_norm_eps, err);
-      if (st == LT_OK) st = op_add(c, gv(b->h2), gv(b->h2), gv(t->pn), R * d, R * d, err);
-    }
+    if (st == LT_OK) st = join_fwd(t, c, b->h2, b->act, &L->down, L->post_ffn_norm, b->fo, R, err);
   }
   if (st == LT_OK) {
     if (adapt)
@@ -933,15 +944,8 @@ static lt_status_t block_bwd(train_t *t, gpu_cmd_t **cp, uint32_t l, const batch
     if (st == LT_OK) st = moe_bwd(t, cp, l, bt, err);
     c = *cp;
   } else {
-    /* With a post-norm, the MLP's output gradient goes back through it first (into dxn, free until below). */
-    gpu_buf_t *dfo = t->dx;
-    if (cf->post_norms) {
-      dfo = t->dxn;
-      if (st == LT_OK)
-        st = op_rmsnorm_backward_set(c, gv(dfo),
-                                     L->post_ffn_norm_grad >= 0 ? gv(t->tt[L->post_ffn_norm_grad].grad) : gv(NULL),
-                                     gv(t->dx), gv(b->fo), gv(L->post_ffn_norm->buf), R, d, cf->rms_norm_eps, err);
-    }
+    /* dxn is free until the gate and up projections' backward below rewrites it. */
+    gpu_buf_t *dfo = join_bwd(t, c, L->post_ffn_norm, L->post_ffn_norm_grad, b->fo, R, &st, err);
     if (st == LT_OK) st = lin_bwd(t, c, t->dact, dfo, b->act, &L->down, R, false, err);
     if (st == LT_OK)
       st = cf->gelu ? op_geglu_backward(c, gv(t->dg), gv(t->du), gv(t->dact), gv(b->g), gv(b->u), R * f, err)
@@ -960,14 +964,8 @@ static lt_status_t block_bwd(train_t *t, gpu_cmd_t **cp, uint32_t l, const batch
     return st; /* nothing below the adapters needs a gradient */
   }
   /* Attention: datt = dx . Wo; flash backward per sequence; RoPE backward; dxn = dq Wq + dk Wk + dv Wv. */
-  gpu_buf_t *dao = t->dx;
-  if (cf->post_norms) { /* back through the attention's post-norm into dxn (rewritten by the q, k, v below) */
-    dao = t->dxn;
-    if (st == LT_OK)
-      st = op_rmsnorm_backward_set(c, gv(dao),
-                                   L->post_attn_norm_grad >= 0 ? gv(t->tt[L->post_attn_norm_grad].grad) : gv(NULL),
-                                   gv(t->dx), gv(b->ao), gv(L->post_attn_norm->buf), R, d, cf->rms_norm_eps, err);
-  }
+  /* dxn is free until the q, k, v projections' backward below rewrites it. */
+  gpu_buf_t *dao = join_bwd(t, c, L->post_attn_norm, L->post_attn_norm_grad, b->ao, R, &st, err);
   if (st == LT_OK) st = lin_bwd(t, c, t->datt, dao, b->att, &L->wo, R, false, err);
   for (uint32_t s = 0; s < bt->n_seq && st == LT_OK; s++) {
     uint64_t r0 = (uint64_t)s * bt->T;
