@@ -188,6 +188,33 @@ static lt_status_t tensor_out(otensor_t *o, const model_file_t *f, const model_c
   return rows_out(o, rows, pc.row_bytes, perm, plain_row, &pc, err);
 }
 
+/* Joins the data of ts[idx[0..n)] (ascending indices, one type; one size too when same_size) into ts[idx[0]], in
+ * that order, and removes the others from the list; the caller names the result and sets its dims. `what` names
+ * the parts in the error. */
+static lt_status_t concat_out(otensor_t *ts, uint32_t *nt, const uint32_t *idx, uint32_t n, bool same_size,
+                              const char *what, lt_err_t *err) {
+  uint64_t total = 0;
+  for (uint32_t k = 0; k < n; k++) {
+    const otensor_t *o = &ts[idx[k]];
+    if (o->type != ts[idx[0]].type || (same_size && o->nbytes != ts[idx[0]].nbytes))
+      return lt_fail(err, LT_E_UNSUPPORTED, "%s differ in type or shape", what);
+    total += o->nbytes;
+  }
+  uint8_t *all = malloc(total ? total : 1);
+  if (!all) return lt_fail(err, LT_E_NOMEM, "out of memory joining %s", what);
+  uint64_t at = 0;
+  for (uint32_t k = 0; k < n; k++) memcpy(all + at, ts[idx[k]].data, ts[idx[k]].nbytes), at += ts[idx[k]].nbytes;
+  free(ts[idx[0]].data);
+  ts[idx[0]].data = all, ts[idx[0]].nbytes = total;
+  for (uint32_t k = n - 1; k >= 1; k--) { /* highest index first, so the lower ones stay where they are */
+    uint32_t j = idx[k];
+    free(ts[j].data);
+    memmove(&ts[j], &ts[j + 1], (*nt - j - 1) * sizeof *ts);
+    (*nt)--;
+  }
+  return LT_OK;
+}
+
 /* ---- tokenizer ---- */
 
 /* The token string of each id (NULL where none), from the vocabulary and the added tokens; caller frees the array
@@ -452,65 +479,43 @@ lt_status_t model_export_gguf(const char *src, const char *out_path, lt_err_t *e
     static const char *const parts[2][4] = {{"attn_q", "attn_k", "attn_v", "attn_qkv"},
                                             {"ffn_gate", "ffn_up", NULL, "ffn_up"}};
     for (int g = 0; g < 2 && st == LT_OK; g++) {
-      uint32_t idx[3], n = 0;
-      for (int k = 0; k < 3 && parts[g][k]; k++) {
+      uint32_t idx[3], n = 0, want_n = parts[g][2] ? 3 : 2;
+      uint64_t rows = 0;
+      for (uint32_t k = 0; k < want_n; k++) {
         char want[96];
         snprintf(want, sizeof want, "blk.%u.%s.weight", l, parts[g][k]);
         for (uint32_t i = 0; i < nt; i++)
-          if (!strcmp(ts[i].name, want)) idx[n++] = i;
+          if (!strcmp(ts[i].name, want)) idx[n++] = i, rows += ts[i].ne[1];
       }
-      uint64_t total = 0, rows = 0;
-      for (uint32_t k = 0; k < n; k++) total += ts[idx[k]].nbytes, rows += ts[idx[k]].ne[1];
-      uint8_t *all = n ? malloc(total) : NULL;
-      if (!all || (n > 1 && ts[idx[1]].type != ts[idx[0]].type) || (n > 2 && ts[idx[2]].type != ts[idx[0]].type)) {
-        free(all);
-        st = lt_fail(err, LT_E_UNSUPPORTED, "block %u: the parts of %s differ in type or are missing", l, parts[g][3]);
+      char what[96];
+      snprintf(what, sizeof what, "block %u: the parts of %s", l, parts[g][3]);
+      if (n != want_n) {
+        st = lt_fail(err, LT_E_UNSUPPORTED, "%s are missing", what);
         break;
       }
-      uint64_t at = 0;
-      for (uint32_t k = 0; k < n; k++) memcpy(all + at, ts[idx[k]].data, ts[idx[k]].nbytes), at += ts[idx[k]].nbytes;
-      otensor_t *o = &ts[idx[0]];
-      free(o->data);
-      o->data = all, o->nbytes = total, o->ne[1] = rows;
-      snprintf(o->name, sizeof o->name, "blk.%u.%s.weight", l, parts[g][3]);
-      for (int k = (int)n - 1; k >= 1; k--) { /* the other parts leave the list (highest index first) */
-        uint32_t j = idx[k];
-        free(ts[j].data);
-        memmove(&ts[j], &ts[j + 1], (nt - j - 1) * sizeof *ts);
-        nt--;
-      }
+      if ((st = concat_out(ts, &nt, idx, n, false, what, err)) != LT_OK) break;
+      snprintf(ts[idx[0]].name, sizeof ts[idx[0]].name, "blk.%u.%s.weight", l, parts[g][3]);
+      ts[idx[0]].ne[1] = rows;
     }
   }
   if (st != LT_OK) goto done;
   /* A block's experts are one GGUF tensor [experts, rows, cols]: the entries of the same name, stacked in order. */
-  for (uint32_t i = 0; i < nt; i++) {
-    uint32_t n = 1;
-    for (uint32_t j = i + 1; j < nt; j++) n += !strcmp(ts[j].name, ts[i].name);
-    if (n == 1) continue;
-    uint8_t *all = malloc(ts[i].nbytes * n);
-    if (!all) {
-      st = lt_fail(err, LT_E_NOMEM, "out of memory stacking %s", ts[i].name);
-      goto done;
-    }
-    uint64_t at = 0;
-    for (uint32_t j = i; j < nt; j++) {
-      if (strcmp(ts[j].name, ts[i].name)) continue;
-      if (ts[j].type != ts[i].type || ts[j].nbytes != ts[i].nbytes) {
-        free(all);
-        st = lt_fail(err, LT_E_UNSUPPORTED, "%s: the experts differ in type or shape", ts[i].name);
-        goto done;
-      }
-      memcpy(all + at, ts[j].data, ts[j].nbytes);
-      at += ts[j].nbytes;
-      if (j > i) { /* removed from the list */
-        free(ts[j].data);
-        memmove(&ts[j], &ts[j + 1], (nt - j - 1) * sizeof *ts);
-        nt--, j--;
-      }
-    }
-    free(ts[i].data);
-    ts[i].data = all, ts[i].nbytes = at, ts[i].n_dims = 3, ts[i].ne[2] = n;
+  uint32_t *same = malloc((nt + 1) * sizeof *same);
+  if (!same) {
+    st = lt_fail(err, LT_E_NOMEM, "out of memory");
+    goto done;
   }
+  for (uint32_t i = 0; i < nt && st == LT_OK; i++) {
+    uint32_t n = 0;
+    for (uint32_t j = i; j < nt; j++)
+      if (!strcmp(ts[j].name, ts[i].name)) same[n++] = j;
+    if (n == 1) continue;
+    char what[128];
+    snprintf(what, sizeof what, "%s: the experts", ts[i].name);
+    if ((st = concat_out(ts, &nt, same, n, true, what, err)) == LT_OK) ts[i].n_dims = 3, ts[i].ne[2] = n;
+  }
+  free(same);
+  if (st != LT_OK) goto done;
   if (!ftype)
     for (uint32_t i = 0; i < nt; i++)
       if (ts[i].n_dims == 2 && ts[i].type != T_F32) ftype = ts[i].type == T_F16 ? 1 : 32;
