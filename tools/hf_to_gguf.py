@@ -48,6 +48,40 @@ def permute_interleaved(w, n_head):
     return w.reshape(n_head, 2, rows // n_head // 2, cols).transpose(1, 2).reshape(rows, cols)
 
 
+def unpermute_interleaved(w, n_head):
+    """The inverse: llama.cpp's interleaved pairs (2i, 2i+1) of each head back to (i, i + hd/2)."""
+    rows, cols = w.shape
+    return w.reshape(n_head, rows // n_head // 2, 2, cols).transpose(1, 2).reshape(rows, cols)
+
+
+def tensor_names(arch, n_layers, tied):
+    """(Hugging Face name, GGUF name) of every tensor of a llama, qwen2 or phi3 model, in llama.cpp's order."""
+    names = [("model.embed_tokens.weight", "token_embd.weight")]
+    for i in range(n_layers):
+        p, q = f"model.layers.{i}.", f"blk.{i}."
+        names.append((p + "input_layernorm.weight", q + "attn_norm.weight"))
+        if arch == "phi3":  # fused as in the HF folder: attn_qkv, and ffn_up holding the gate rows, then the up rows
+            names.append((p + "self_attn.qkv_proj.weight", q + "attn_qkv.weight"))
+        else:
+            names += [(p + "self_attn.q_proj.weight", q + "attn_q.weight"),
+                      (p + "self_attn.k_proj.weight", q + "attn_k.weight"),
+                      (p + "self_attn.v_proj.weight", q + "attn_v.weight")]
+        if arch == "qwen2":
+            names += [(p + f"self_attn.{x}_proj.bias", q + f"attn_{x}.bias") for x in "qkv"]
+        names += [(p + "self_attn.o_proj.weight", q + "attn_output.weight"),
+                  (p + "post_attention_layernorm.weight", q + "ffn_norm.weight")]
+        if arch == "phi3":
+            names.append((p + "mlp.gate_up_proj.weight", q + "ffn_up.weight"))
+        else:
+            names += [(p + "mlp.gate_proj.weight", q + "ffn_gate.weight"),
+                      (p + "mlp.up_proj.weight", q + "ffn_up.weight")]
+        names.append((p + "mlp.down_proj.weight", q + "ffn_down.weight"))
+    names.append(("model.norm.weight", "output_norm.weight"))
+    if not tied:
+        names.append(("lm_head.weight", "output.weight"))
+    return names
+
+
 def main():
     if len(sys.argv) != 3:
         sys.exit(__doc__)
@@ -73,29 +107,7 @@ def main():
            kv_f32(f"{arch}.attention.layer_norm_rms_epsilon", cfg.get("rms_norm_eps", 1e-6))]
     if arch == "phi3" and cfg.get("sliding_window"):
         kvs.append(kv_u32(f"{arch}.attention.sliding_window", cfg["sliding_window"]))
-    names = [("model.embed_tokens.weight", "token_embd.weight")]
-    for i in range(L):
-        p, q = f"model.layers.{i}.", f"blk.{i}."
-        names.append((p + "input_layernorm.weight", q + "attn_norm.weight"))
-        if arch == "phi3":  # fused as in the HF folder: attn_qkv, and ffn_up holding the gate rows, then the up rows
-            names.append((p + "self_attn.qkv_proj.weight", q + "attn_qkv.weight"))
-        else:
-            names += [(p + "self_attn.q_proj.weight", q + "attn_q.weight"),
-                      (p + "self_attn.k_proj.weight", q + "attn_k.weight"),
-                      (p + "self_attn.v_proj.weight", q + "attn_v.weight")]
-        if arch == "qwen2":
-            names += [(p + f"self_attn.{x}_proj.bias", q + f"attn_{x}.bias") for x in "qkv"]
-        names += [(p + "self_attn.o_proj.weight", q + "attn_output.weight"),
-                  (p + "post_attention_layernorm.weight", q + "ffn_norm.weight")]
-        if arch == "phi3":
-            names.append((p + "mlp.gate_up_proj.weight", q + "ffn_up.weight"))
-        else:
-            names += [(p + "mlp.gate_proj.weight", q + "ffn_gate.weight"),
-                      (p + "mlp.up_proj.weight", q + "ffn_up.weight")]
-        names.append((p + "mlp.down_proj.weight", q + "ffn_down.weight"))
-    names.append(("model.norm.weight", "output_norm.weight"))
-    if not cfg.get("tie_word_embeddings", False):
-        names.append(("lm_head.weight", "output.weight"))
+    names = tensor_names(arch, L, cfg.get("tie_word_embeddings", False))
     infos, blobs, off = [], [], 0
     for hf, gg in names:
         t = tensors[hf].float()

@@ -19,16 +19,11 @@ import tempfile
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import hf_to_gguf  # noqa: E402
 import lathe_ref  # noqa: E402
 
 # The sequence test_qmodels.c runs (stories260K's "Once upon a time" story tokens).
 IDS = [1, 403, 407, 261, 378, 275, 302, 261, 361, 401, 408, 384, 276, 293, 270, 302]
-
-
-def rotate_half_rows(w, n_head):
-    """Inverse of llama.cpp's permute: interleaved pairs (2i, 2i+1) of each head back to (i, i + hd/2)."""
-    rows, cols = w.shape
-    return w.reshape(n_head, rows // n_head // 2, 2, cols).transpose(1, 2).reshape(rows, cols)
 
 
 def main():
@@ -48,18 +43,12 @@ def main():
            "num_key_value_heads": KV, "vocab_size": V, "max_position_embeddings": meta.get("context_length", 2048),
            "rms_norm_eps": meta.get("attention.layer_norm_rms_epsilon", 1e-5),
            "rope_theta": meta.get("rope.freq_base", 10000.0), "tie_word_embeddings": tied, "hidden_act": "silu"}
-    sd = {"model.embed_tokens.weight": gg["token_embd.weight"], "model.norm.weight": gg["output_norm.weight"]}
-    if not tied:
-        sd["lm_head.weight"] = gg["output.weight"]
-    names = {"attn_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm", "attn_q": "self_attn.q_proj",
-             "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj", "attn_output": "self_attn.o_proj",
-             "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj", "ffn_down": "mlp.down_proj"}
-    for i in range(L):
-        for g, h in names.items():
-            t = gg[f"blk.{i}.{g}.weight"]
-            if g in ("attn_q", "attn_k"):
-                t = rotate_half_rows(t, H if g == "attn_q" else KV)
-            sd[f"model.layers.{i}.{h}.weight"] = t.contiguous()
+    sd = {}
+    for hf, name in hf_to_gguf.tensor_names("llama", L, tied):
+        t = gg[name]
+        if name.endswith(("attn_q.weight", "attn_k.weight")):
+            t = hf_to_gguf.unpermute_interleaved(t, H if "attn_q" in name else KV)
+        sd[hf] = t.contiguous()
     with tempfile.TemporaryDirectory() as tmp:
         with open(os.path.join(tmp, "config.json"), "w") as f:
             json.dump(cfg, f)
