@@ -76,33 +76,26 @@ void qb_octet(uint row, uint k, out vec4 lo, out vec4 hi) {
   const int a0 = int(rd32(b + 2u + e)), a1 = int(rd32(b + 6u + e));
   lo = d * vec4(bitfieldExtract(a0, 0, 8), bitfieldExtract(a0, 8, 8), bitfieldExtract(a0, 16, 8), bitfieldExtract(a0, 24, 8));
   hi = d * vec4(bitfieldExtract(a1, 0, 8), bitfieldExtract(a1, 8, 8), bitfieldExtract(a1, 16, 8), bitfieldExtract(a1, 24, 8));
-#elif GQ == GQ_Q4_0 || GQ == GQ_Q4_1
-  const uint qs = b + (GQ == GQ_Q4_0 ? 2u : 4u) + (e & 15u), sh = e >= 16u ? 4u : 0u;
+#elif GQ == GQ_Q4_0 || GQ == GQ_Q4_1 || GQ == GQ_Q5_0 || GQ == GQ_Q5_1
+  // The 32-element nibble formats: d (and m for Q4_1 / Q5_1), the fifth bits (Q5_0 / Q5_1), then the nibbles.
+  const bool five = GQ == GQ_Q5_0 || GQ == GQ_Q5_1, offset = GQ == GQ_Q4_1 || GQ == GQ_Q5_1;
+  const uint at = offset ? 4u : 2u, qs = b + at + (five ? 4u : 0u) + (e & 15u), sh = e >= 16u ? 4u : 0u;
   const float d = rdh(b);
   vec4 q0 = bytes4(rd32(qs), sh, 15u), q1 = bytes4(rd32(qs + 4u), sh, 15u);
-#if GQ == GQ_Q4_0
-  lo = (q0 - 8.0) * d;
-  hi = (q1 - 8.0) * d;
-#else
-  const float m = rdh(b + 2u);
-  lo = q0 * d + m;
-  hi = q1 * d + m;
-#endif
-#elif GQ == GQ_Q5_0 || GQ == GQ_Q5_1
-  const uint at = GQ == GQ_Q5_0 ? 2u : 4u, qh = rd32(b + at) >> e, qs = b + at + 4u + (e & 15u);
-  const uint sh = e >= 16u ? 4u : 0u;
-  const float d = rdh(b);
-  vec4 h0 = vec4(float(qh & 1u), float((qh >> 1) & 1u), float((qh >> 2) & 1u), float((qh >> 3) & 1u));
-  vec4 h1 = vec4(float((qh >> 4) & 1u), float((qh >> 5) & 1u), float((qh >> 6) & 1u), float((qh >> 7) & 1u));
-  vec4 q0 = bytes4(rd32(qs), sh, 15u) + 16.0 * h0, q1 = bytes4(rd32(qs + 4u), sh, 15u) + 16.0 * h1;
-#if GQ == GQ_Q5_0
-  lo = (q0 - 16.0) * d;
-  hi = (q1 - 16.0) * d;
-#else
-  const float m = rdh(b + 2u);
-  lo = q0 * d + m;
-  hi = q1 * d + m;
-#endif
+  if (five) {
+    const uint qh = rd32(b + at) >> e;
+    q0 += 16.0 * vec4(float(qh & 1u), float((qh >> 1) & 1u), float((qh >> 2) & 1u), float((qh >> 3) & 1u));
+    q1 += 16.0 * vec4(float((qh >> 4) & 1u), float((qh >> 5) & 1u), float((qh >> 6) & 1u), float((qh >> 7) & 1u));
+  }
+  if (offset) { // w = d q + m
+    const float m = rdh(b + 2u);
+    lo = q0 * d + m;
+    hi = q1 * d + m;
+  } else { // w = d (q - 8), or d (q - 16) with the fifth bit
+    const float zero = five ? 16.0 : 8.0;
+    lo = (q0 - zero) * d;
+    hi = (q1 - zero) * d;
+  }
 #elif GQ == GQ_Q2_K
   const uint h = e >> 7, j = (e & 127u) >> 5, l = e & 31u, sc = rd8(b + 8u * h + 2u * j + (l >> 4));
   const float dl = rdh(b + 80u) * float(sc & 15u), ml = rdh(b + 82u) * float(sc >> 4);
