@@ -930,7 +930,10 @@ static void ps_row(cli_t *cli, const msgpack_object *j, void *user) {
                                          dev[16] = "-";
   if (get_int(j, "position")) snprintf(pos, sizeof pos, "%lld", (long long)get_int(j, "position"));
   const msgpack_object *dv = mp_get(j, "device");
-  if (dv && dv->type == MSGPACK_OBJECT_POSITIVE_INTEGER)
+  char node[64] = "";
+  if (*get_str(j, "slurm_job", node, sizeof node)) /* run under Slurm: its node ("slurm" before it has one) */
+    snprintf(dev, sizeof dev, "%s", *get_str(j, "node", node, sizeof node) ? node : "slurm");
+  else if (dv && dv->type == MSGPACK_OBJECT_POSITIVE_INTEGER)
     snprintf(dev, sizeof dev, "%llu", (unsigned long long)dv->via.u64);
   const msgpack_object *pr = mp_get(j, "progress"), *el = mp_get(j, "elapsed_s"), *et = mp_get(j, "eta_s");
   if (pr && pr->type == MSGPACK_OBJECT_MAP) {
@@ -1380,6 +1383,23 @@ static int cmd_devices(cli_t *cli, int argc, char **argv) {
     if (get_int(x, "job") > 0) snprintf(job, sizeof job, "%lld", (long long)get_int(x, "job"));
     printf("%6lld  %-6s %-36.36s %9s  %-8s %s\n", (long long)get_int(x, "index"), want[0] ? want : "any",
            name[0] ? name : "(not open)", mem, state, job);
+  }
+  /* Jobs run under Slurm: one line each, the node and Slurm's state in place of a local device. */
+  const msgpack_object *sl = mp_get(mp_doc_root(d), "slurm"), *sj = sl ? mp_get(sl, "jobs") : NULL;
+  for (uint32_t i = 0; sj && sj->type == MSGPACK_OBJECT_ARRAY && i < sj->via.array.size; i++) {
+    const msgpack_object *x = &sj->via.array.ptr[i];
+    if (cli->json) {
+      print_json(x, false);
+      continue;
+    }
+    char sid[24], st[24], node[64], dev[128], name[256];
+    get_str(x, "slurm_job", sid, sizeof sid);
+    get_str(x, "slurm_state", st, sizeof st);
+    get_str(x, "node", node, sizeof node);
+    get_str(x, "device", dev, sizeof dev);
+    snprintf(name, sizeof name, "Slurm job %s on %s%s%s", sid, node[0] ? node : "(no node yet)", dev[0] ? ": " : "",
+             dev);
+    printf("%6s  %-6s %-36.36s %9s  %-8s %lld\n", "slurm", "-", name, "-", st, (long long)get_int(x, "job"));
   }
   mp_doc_destroy(&d);
   return 0;

@@ -17,7 +17,7 @@ target_link_libraries(lathe_kinds PUBLIC lathe_common)
 add_library(lathe_client STATIC client/lc.c)
 target_link_libraries(lathe_client PUBLIC lathe_common)
 
-add_executable(lathed daemon/lathed.c daemon/outbox.c daemon/requests.c daemon/events.c daemon/sched.c daemon/zap.c
+add_executable(lathed daemon/lathed.c daemon/outbox.c daemon/requests.c daemon/events.c daemon/sched.c daemon/slurm.c daemon/zap.c
                       daemon/store.c daemon/preflight.c)
 target_include_directories(lathed PRIVATE ${SQLITE_INCLUDE_DIRS})
 target_link_libraries(lathed lathe_kinds ${SQLITE_LINK_LIBRARIES})

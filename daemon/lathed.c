@@ -56,8 +56,8 @@ static bool recv_one(daemon_t *d, void *sock, int sock_ix) {
     }
   }
   zmq_msg_close(&msg);
-  if (sock == d->wsock) {
-    if (frames == 1) sched_worker_msg(d, p.id, p.id_n, zmq_msg_data(&payload), zmq_msg_size(&payload));
+  if (sock == d->wsock || (sock == d->wtcp && sock)) {
+    if (frames == 1) sched_worker_msg(d, p.id, p.id_n, owner, zmq_msg_data(&payload), zmq_msg_size(&payload));
   } else if (frames != 1) {
     proto_err_t e;
     proto_fail(&e, P_BAD_FRAMES, "", "a request is one frame; got %d", frames);
@@ -126,8 +126,9 @@ static void tcp_monitor(daemon_t *d) {
 static void loop(daemon_t *d) {
   int64_t stop_started = 0, exit_sent = 0, wait = 0;
   while (!d->done) {
-    zmq_pollitem_t it[6] = {{NULL, d->sigfd, ZMQ_POLLIN, 0}, {d->zap, 0, ZMQ_POLLIN, 0}, {d->wsock, 0, ZMQ_POLLIN, 0}};
+    zmq_pollitem_t it[7] = {{NULL, d->sigfd, ZMQ_POLLIN, 0}, {d->zap, 0, ZMQ_POLLIN, 0}, {d->wsock, 0, ZMQ_POLLIN, 0}};
     int n = 3;
+    if (d->wtcp) it[n++] = (zmq_pollitem_t){d->wtcp, 0, ZMQ_POLLIN, 0};
     if (d->tcp_mon) it[n++] = (zmq_pollitem_t){d->tcp_mon, 0, ZMQ_POLLIN, 0};
     if (d->ipc) it[n++] = (zmq_pollitem_t){d->ipc, 0, ZMQ_POLLIN, 0};
     if (d->tcp) it[n++] = (zmq_pollitem_t){d->tcp, 0, ZMQ_POLLIN, 0};
@@ -140,6 +141,7 @@ static void loop(daemon_t *d) {
     if (it[1].revents) zap_handle(d);
     if (d->tcp_mon) tcp_monitor(d);
     for (int k = 0; k < BATCH && recv_one(d, d->wsock, -1); k++) {}
+    for (int k = 0; d->wtcp && k < BATCH && recv_one(d, d->wtcp, -1); k++) {}
     /* The client sockets share one budget per turn, taken in turns, so neither can starve the other. */
     d->turn_work = 0;
     int64_t turn_end = util_mono_ms() + TURN_MS;
@@ -154,6 +156,7 @@ static void loop(daemon_t *d) {
     if (d->stopping && !stop_started) {
       stop_started = util_mono_ms();
       for (int i = 0; i < d->n_slots; i++) sched_stop_running(d, &d->slots[i], STOP_SHUTDOWN);
+      slurm_shutdown(d);
     }
     int64_t retry = store_retry(d);
     if (retry < wait) wait = retry;
@@ -164,6 +167,7 @@ static void loop(daemon_t *d) {
     }
     bool busy = false, up = false;
     for (int i = 0; i < d->n_slots; i++) busy |= d->slots[i].job != 0, up |= d->slots[i].state != W_DOWN;
+    busy |= d->n_remote > 0;
     if (d->stopping && !busy) {
       /* The jobs have stopped (or there were none): let the workers close their devices cleanly, then leave. */
       if (!up)
@@ -287,7 +291,11 @@ static void usage(FILE *f) {
       "                         keep them until `lathe rm`)\n"
       "  --worker PATH          the lathe-worker binary (default: next to lathed)\n"
       "  --devices LIST         one worker per entry, a device index or UUID (0,1; 0,0 runs two on device 0);\n"
-      "                         default: one per GPU found (the CPU driver only when there is no other)\n");
+      "                         default: one per GPU found (the CPU driver only when there is no other)\n"
+      "  --executor local|slurm where a job that names none runs (default local; docs/cluster.md)\n"
+      "  --slurm-listen ENDPOINT  where Slurm jobs' workers connect, CURVE (default tcp://0.0.0.0:*)\n"
+      "  --slurm-host NAME      the name cluster nodes reach this machine by (default its hostname)\n"
+      "  --slurm-poll-ms N      how often Slurm is asked about its jobs (default 2000)\n");
 }
 
 static bool parse_args(daemon_t *d, int argc, char **argv) {
@@ -308,6 +316,10 @@ static bool parse_args(daemon_t *d, int argc, char **argv) {
     O_DEVICES,
     O_ALLOWPATH,
     O_KEEPFIN,
+    O_EXECUTOR,
+    O_SLURM_LISTEN,
+    O_SLURM_HOST,
+    O_SLURM_POLL,
     O_HELP,
     O_VERSION
   };
@@ -327,6 +339,10 @@ static bool parse_args(daemon_t *d, int argc, char **argv) {
                                      {"worker", 1, 0, O_WORKER},
                                      {"devices", 1, 0, O_DEVICES},
                                      {"keep-finished", 1, 0, O_KEEPFIN},
+                                     {"executor", 1, 0, O_EXECUTOR},
+                                     {"slurm-listen", 1, 0, O_SLURM_LISTEN},
+                                     {"slurm-host", 1, 0, O_SLURM_HOST},
+                                     {"slurm-poll-ms", 1, 0, O_SLURM_POLL},
                                      {"help", 0, 0, O_HELP},
                                      {"version", 0, 0, O_VERSION},
                                      {0, 0, 0, 0}};
@@ -334,6 +350,8 @@ static bool parse_args(daemon_t *d, int argc, char **argv) {
   o->max_queue = 10000, o->cancel_grace_ms = 5000, o->heartbeat_timeout_ms = 10000, o->max_attempts = 3;
   o->start_timeout_ms = 30000, o->watch_lease_ms = WATCH_LEASE_MS;
   o->keep_alive_s = 300;
+  o->slurm_poll_ms = 2000;
+  util_copy(o->executor, "local", sizeof o->executor);
   int c;
   while ((c = getopt_long(argc, argv, "", lo, NULL)) != -1) {
     char *end = NULL;
@@ -387,6 +405,22 @@ static bool parse_args(daemon_t *d, int argc, char **argv) {
         fprintf(stderr, "lathed: --keep-finished %s: needs a duration such as 30d, 12h or 90m\n", optarg);
         return false;
       }
+      break;
+    case O_EXECUTOR:
+      if (strcmp(optarg, "local") != 0 && strcmp(optarg, "slurm") != 0) {
+        fprintf(stderr, "lathed: --executor %s: local or slurm\n", optarg);
+        return false;
+      }
+      util_copy(o->executor, optarg, sizeof o->executor);
+      break;
+    case O_SLURM_LISTEN: util_copy(o->slurm_listen, optarg, sizeof o->slurm_listen); break;
+    case O_SLURM_HOST: util_copy(o->slurm_host, optarg, sizeof o->slurm_host); break;
+    case O_SLURM_POLL:
+      if (!num_ok || v < 100) {
+        fprintf(stderr, "lathed: --slurm-poll-ms %s: at least 100\n", optarg);
+        return false;
+      }
+      o->slurm_poll_ms = v;
       break;
     case O_HELP: usage(stdout); exit(0);
     case O_VERSION:
@@ -484,7 +518,7 @@ static int run(daemon_t *d) {
     lt_fail(&err, LT_E_IO, "cannot listen on %s: %s", d->worker_endpoint, zmq_strerror(errno));
     goto out;
   }
-  if (!sched_slots(d, &err)) goto out;
+  if (!sched_slots(d, &err) || !slurm_init(d, &err)) goto out;
   d->started_ms = util_now_ms();
   sched_recover(d, "lathed restarted");
   if (store_commit(d->store, &err)) goto out;
@@ -496,6 +530,7 @@ out:
   if (rc && err.msg[0]) dlog("%s", err.msg);
   close_clients(d);
   if (d->wsock) zmq_close(d->wsock), unlink(d->worker_endpoint + 6);
+  if (d->wtcp) zmq_close(d->wtcp);
   if (d->zap) zmq_close(d->zap);
   if (d->tcp_mon) zmq_close(d->tcp_mon);
   if (d->ctx) zmq_ctx_term(d->ctx);

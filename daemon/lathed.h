@@ -111,7 +111,22 @@ typedef struct slot {
   int64_t prog_step, prog_total; /* the running job's latest progress (0, 0 before any) */
   char prog_unit[16];
   size_t progress_pending_n;
+  /* A Slurm slot (d->remote, slurm.c): one job's one-shot worker in a Slurm batch job. */
+  bool remote;
+  char slurm_id[24];     /* Slurm's job id ("" before sbatch answered) */
+  char slurm_state[24];  /* the last state Slurm gave (PENDING, RUNNING, ...) */
+  char slurm_reason[64]; /* Slurm's reason with it (Priority, Resources, None, ...) */
+  char node[64];         /* the node it runs on ("" before it starts) */
+  char pub[41];          /* the worker's CURVE public key, issued for this job alone */
+  char *run_msg;         /* the run command, sent when the worker says ready (owned) */
+  size_t run_msg_n;
+  int64_t ended_mono; /* when Slurm first said the batch job ended (0: not yet) */
+  bool scancelled;    /* scancel was run for it */
+  bool signalled;     /* the worker got a stop signal from Slurm (scancel, time limit, preemption) */
 } slot_t;
+
+/* Slurm jobs followed at once at most (more wait in the queue). */
+#define MAX_REMOTE 64
 
 typedef struct opts {
   char socket[108];
@@ -136,6 +151,10 @@ typedef struct opts {
   int64_t keep_alive_s;
   char devices[512]; /* --devices: comma-separated device selectors, one worker each ("": one per device found) */
   int64_t keep_finished_ms; /* --keep-finished: finished jobs are removed this long after they end (0: kept) */
+  char executor[8];         /* --executor: where a job that names none runs, "local" or "slurm" */
+  char slurm_listen[256];   /* --slurm-listen: where Slurm jobs' workers connect (default tcp://0.0.0.0:*) */
+  char slurm_host[256];     /* --slurm-host: the name the nodes reach this machine by (default its hostname) */
+  int64_t slurm_poll_ms;    /* --slurm-poll-ms: how often Slurm is asked about the jobs it runs for us */
 } opts_t;
 
 typedef struct daemon {
@@ -165,6 +184,15 @@ typedef struct daemon {
   char store_fault[384];
   int64_t store_retry_mono;
   int64_t prune_due_mono; /* the next retention pass (--keep-finished) */
+  /* The Slurm executor (slurm.c) */
+  char slurm_missing[256];           /* why Slurm cannot be used ("" when sbatch answered at start) */
+  char slurm_version[64];            /* what `sbatch --version` said */
+  void *wtcp;                        /* ROUTER for Slurm jobs' workers (CURVE), bound at the first Slurm job */
+  char wtcp_connect[320];            /* the endpoint those workers connect to */
+  char slurm_pub[41], slurm_sec[41]; /* the daemon's CURVE key pair for wtcp, made at start, never stored */
+  slot_t remote[MAX_REMOTE];         /* the Slurm jobs being followed */
+  int n_remote;
+  int64_t slurm_poll_mono; /* the next time Slurm is asked */
 } daemon_t;
 
 /* A retention pass runs this often (and again at once while a pass leaves jobs to remove). */
@@ -199,6 +227,12 @@ int64_t jobs_prune(daemon_t *d, int64_t cutoff_ms, const char *owner, bool *more
 
 /* How long a run of lathe-worker as a tool (worker_tool) may take before it is killed. */
 #define WORKER_TOOL_MS 30000
+
+/* preflight.c: runs program path (a name is looked up on PATH) with argv (NULL-terminated) in a process of its own
+ * and collects its stdout (and stderr with err_too) into out (cap bytes, NUL-terminated) for at most limit_ms, then
+ * kills it (*timed_out). Returns its wait status, or -1 when it could not be started (errno says why). */
+int run_tool(const char *path, const char *const *argv, bool err_too, int64_t limit_ms, char *out, size_t cap,
+             bool *timed_out);
 
 /* preflight.c: runs `lathe-worker ARGS` (args NULL-terminated, at most 14) in a process of its own and collects its
  * stdout into out (cap bytes, NUL-terminated) for at most WORKER_TOOL_MS, then kills it (*timed_out). Returns its wait
@@ -246,8 +280,9 @@ bool sched_device_known(const daemon_t *d, const char *pin, int64_t mib);
 void sched_spawn(daemon_t *d);
 /* Reaps exited children (SIGCHLD) and handles a dead worker. */
 void sched_reap(daemon_t *d);
-/* Handles one message from the worker socket. */
-void sched_worker_msg(daemon_t *d, const uint8_t *id, size_t id_n, const void *buf, size_t n);
+/* Handles one message from a worker socket; owner is the connection's ZAP user ("slurm:JOB" for a Slurm job's
+ * worker, which may speak only for its own job). */
+void sched_worker_msg(daemon_t *d, const uint8_t *id, size_t id_n, const char *owner, const void *buf, size_t n);
 /* Timers: heartbeats, cancel grace, progress flush, restart backoff. Returns ms until the next deadline. */
 int64_t sched_timers(daemon_t *d);
 /* Hands each idle worker the next queued job it may run. */
@@ -270,6 +305,50 @@ void store_failed_commit(daemon_t *d, const char *why);
 /* For a read-only daemon whose retry is due: writes a probe and recovers the jobs the store shows running; leaves
  * the read-only state when that commits. Returns ms until the next try (INT64_MAX when writable). */
 int64_t store_retry(daemon_t *d);
+
+/* sched.c, for slurm.c */
+/* What becomes of job j whose run on slot s (NULL: none) was cut off (`how`): cancelled if a cancel was asked,
+ * else re-queued or failed per its kind (a shutdown does not spend an attempt). */
+void sched_interrupted(daemon_t *d, const slot_t *s, store_job_t *j, const char *how, bool shutdown);
+/* Clears slot s's job after it ended one way or another. */
+void sched_slot_job_done(slot_t *s);
+/* Queues msg for slot s's worker (sent after this turn's commit); takes the writer's bytes. */
+void sched_to_worker(daemon_t *d, slot_t *s, mpw_t *w);
+/* Moves queued job j to running and writes its run command into w (for a worker). False when the job cannot run
+ * (it is failed with the reason, or the transition could not be stored). */
+bool sched_start_job(daemon_t *d, store_job_t *j, mpw_t *w);
+/* Whether a job's parameters send it to Slurm (its `executor`, or the daemon's when it names none). */
+bool sched_job_is_slurm(const daemon_t *d, const void *params, size_t n);
+
+/* slurm.c: the Slurm executor. Each job sent to Slurm is an sbatch script running `lathe-worker --one-shot` on the
+ * node Slurm picks; the worker connects back over TCP with CURVE under a key issued for that job alone. */
+/* At start: whether Slurm's sbatch answers (sets d->slurm_missing when it does not); makes the CURVE key pair.
+ * False with err only when --executor slurm was asked and Slurm is missing. */
+bool slurm_init(daemon_t *d, lt_err_t *err);
+/* Submit-time checks of the executor parameters (Slurm present, no local-only pins, no Slurm-only options for a
+ * local job). False with e naming the field. */
+bool slurm_preflight(daemon_t *d, const msgpack_object *params, proto_err_t *e);
+/* Sends the queued Slurm jobs to Slurm (sbatch), up to MAX_REMOTE followed at once. */
+void slurm_dispatch(daemon_t *d);
+/* Polls Slurm for its jobs' states and handles heartbeats, start and stop deadlines. Returns ms until the next. */
+int64_t slurm_timers(daemon_t *d);
+/* Asks the Slurm job of slot s to stop: a cancel runs scancel; a shutdown asks the worker for a checkpoint (a job
+ * still waiting in Slurm's queue is cancelled there and re-queued here). */
+void slurm_stop(daemon_t *d, slot_t *s, stop_req_t why);
+/* Asks every Slurm job to stop for a daemon shutdown. */
+void slurm_shutdown(daemon_t *d);
+/* The worker of slot s connected and said ready: it gets its run command. */
+void slurm_ready(daemon_t *d, slot_t *s);
+/* Forgets slot s after its job ended (the key is revoked; s is invalid afterwards). */
+void slurm_release(daemon_t *d, slot_t *s);
+/* Recovery of a job the store shows running: cancels the Slurm job it had, if any (its worker can no longer
+ * report to this daemon). */
+void slurm_recover(daemon_t *d, int64_t job);
+/* The store failed to commit: every Slurm job is cancelled and forgotten (recovery re-queues their jobs). */
+void slurm_drop_all(daemon_t *d);
+/* ZAP for the Slurm worker socket: whether CURVE key (Z85) was issued to a followed job's worker; writes the user
+ * name ("slurm:JOB") that the job's messages must then carry (sched_worker_msg checks it). */
+bool slurm_key_ok(daemon_t *d, const char *key, char *user, size_t n);
 
 /* zap.c: answers the ZAP requests waiting on d->zap. */
 void zap_handle(daemon_t *d);

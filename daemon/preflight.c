@@ -27,13 +27,10 @@ static void param_str(const msgpack_object *params, const char *key, char *buf, 
   if (o && o->type == MSGPACK_OBJECT_STR) mp_str_copy(o, buf, n);
 }
 
-int worker_tool(const daemon_t *d, const char *const *args, char *out, size_t cap, bool *timed_out) {
+int run_tool(const char *path, const char *const *argv, bool err_too, int64_t limit_ms, char *out, size_t cap,
+             bool *timed_out) {
   *timed_out = false;
   out[0] = '\0';
-  const char *argv[16] = {"lathe-worker"};
-  int na = 1;
-  for (; args[na - 1] && na < 15; na++) argv[na] = args[na - 1];
-  argv[na] = NULL;
   int fd[2];
   if (pipe(fd) != 0) return -1;
   pid_t pid = fork();
@@ -42,9 +39,10 @@ int worker_tool(const daemon_t *d, const char *const *args, char *out, size_t ca
     sigemptyset(&none);
     sigprocmask(SIG_SETMASK, &none, NULL);
     dup2(fd[1], STDOUT_FILENO);
+    if (err_too) dup2(fd[1], STDERR_FILENO);
     close(fd[0]), close(fd[1]);
-    execv(d->o.worker_path, (char *const *)argv);
-    printf("cannot run %s: %s\n", d->o.worker_path, strerror(errno));
+    execvp(path, (char *const *)argv);
+    dprintf(STDOUT_FILENO, "cannot run %s: %s\n", path, strerror(errno)); /* unbuffered: _exit follows */
     _exit(127);
   }
   int saved = errno;
@@ -55,7 +53,7 @@ int worker_tool(const daemon_t *d, const char *const *args, char *out, size_t ca
     return -1;
   }
   size_t n = 0;
-  int64_t end = util_mono_ms() + WORKER_TOOL_MS;
+  int64_t end = util_mono_ms() + limit_ms;
   for (;;) {
     int64_t left = end - util_mono_ms();
     if (left <= 0) {
@@ -77,6 +75,14 @@ int worker_tool(const daemon_t *d, const char *const *args, char *out, size_t ca
   while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {}
   out[n] = '\0';
   return status;
+}
+
+int worker_tool(const daemon_t *d, const char *const *args, char *out, size_t cap, bool *timed_out) {
+  const char *argv[16] = {"lathe-worker"};
+  int na = 1;
+  for (; args[na - 1] && na < 15; na++) argv[na] = args[na - 1];
+  argv[na] = NULL;
+  return run_tool(d->o.worker_path, argv, false, WORKER_TOOL_MS, out, cap, timed_out);
 }
 
 /* Runs the worker's tokenizer check on the models in params a and b. */
@@ -216,7 +222,13 @@ static bool preflight_device(const daemon_t *d, const msgpack_object *params, pr
 }
 
 bool preflight_files(daemon_t *d, const kind_t *k, const msgpack_object *params, const char *owner, proto_err_t *e) {
-  if (!preflight_device(d, params, e) || !preflight_paths(d, k, params, owner, e)) return false;
+  if (!slurm_preflight(d, params, e)) return false;
+  mpw_t pw;
+  mpw_init(&pw);
+  mpw_obj(&pw, params);
+  bool slurm = sched_job_is_slurm(d, pw.sb.data, pw.sb.size);
+  mpw_free(&pw);
+  if ((!slurm && !preflight_device(d, params, e)) || !preflight_paths(d, k, params, owner, e)) return false;
   const kind_files_t *f = kind_files(k);
   if (!f) return true;
   if (f->same_tokenizer[0] && !same_tokenizer(d, params, f->same_tokenizer[0], f->same_tokenizer[1], e)) return false;

@@ -70,7 +70,18 @@ static void write_times(mpw_t *w, daemon_t *d, const store_job_t *j) {
   else
     mpw_knil(w, "elapsed_s");
   const slot_t *s = running ? sched_slot_of_job(d, j->id) : NULL;
-  if (s) {
+  if (s && s->remote) {
+    /* A job run under Slurm: its batch job, Slurm's state for it and the node (the device index is the node's). */
+    mpw_knil(w, "worker");
+    if (s->dev_index >= 0)
+      mpw_kint(w, "device", s->dev_index);
+    else
+      mpw_knil(w, "device");
+    mpw_kstr(w, "executor", "slurm");
+    mpw_kstr(w, "slurm_job", s->slurm_id);
+    mpw_kstr(w, "slurm_state", s->slurm_state);
+    mpw_kstr(w, "node", s->node);
+  } else if (s) {
     mpw_kint(w, "worker", s->ix);
     if (s->dev_index >= 0)
       mpw_kint(w, "device", s->dev_index);
@@ -214,6 +225,27 @@ static bool req_status(req_t *r, mpw_t *w, proto_err_t *e) {
   mpw_kint(w, "auth_denied", d->auth_denied);
   mpw_kint(w, "tcp_open", d->tcp_open);
   mpw_kint(w, "tcp_shed", d->tcp_shed);
+  /* The Slurm executor: whether it can be used, and the Slurm jobs followed now. */
+  mpw_str(w, "slurm");
+  mpw_map(w);
+  mpw_kstr(w, "executor", d->o.executor);
+  mpw_kstr(w, "version", d->slurm_version);
+  mpw_kstr(w, "missing", d->slurm_missing);
+  mpw_kstr(w, "connect", d->wtcp_connect);
+  mpw_str(w, "jobs");
+  mpw_array(w);
+  for (int i = 0; i < d->n_remote; i++) {
+    const slot_t *s = &d->remote[i];
+    mpw_map(w);
+    mpw_kint(w, "job", s->job);
+    mpw_kstr(w, "slurm_job", s->slurm_id);
+    mpw_kstr(w, "slurm_state", s->slurm_state);
+    mpw_kstr(w, "node", s->node);
+    mpw_kstr(w, "device", s->device);
+    mpw_end(w);
+  }
+  mpw_end(w);
+  mpw_end(w);
   return true;
 }
 

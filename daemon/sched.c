@@ -18,14 +18,14 @@
 
 static void worker_id(const slot_t *s, char *buf, size_t n) { snprintf(buf, n, "w%lld", (long long)s->gen); }
 
-/* Queues a command for slot s's worker (sent after this turn's commit). */
-static void to_worker(daemon_t *d, slot_t *s, mpw_t *w) {
+void sched_to_worker(daemon_t *d, slot_t *s, mpw_t *w) {
   char id[32];
   worker_id(s, id, sizeof id);
   size_t n;
   char *data = mpw_take(w, &n);
-  out_push(d, d->wsock, (const uint8_t *)id, strlen(id), data, n, false, 0);
+  out_push(d, s->remote ? d->wtcp : d->wsock, (const uint8_t *)id, strlen(id), data, n, false, 0);
 }
+#define to_worker sched_to_worker
 
 /* Starts slot s's worker unless one runs or it is backing off. */
 static void spawn_slot(daemon_t *d, slot_t *s) {
@@ -91,9 +91,7 @@ void sched_tell_exit(daemon_t *d) {
   }
 }
 
-/* What becomes of a job whose run was cut off (`how` says by what). Cancelled if a cancel was asked;
- * otherwise per its kind's policy, failing once the attempts are spent (a shutdown does not spend one). */
-static void interrupted(daemon_t *d, const slot_t *s, store_job_t *j, const char *how, bool shutdown) {
+void sched_interrupted(daemon_t *d, const slot_t *s, store_job_t *j, const char *how, bool shutdown) {
   const kind_t *k = kind_find(j->kind, strlen(j->kind));
   char reason[512];
   job_state_t to;
@@ -118,8 +116,7 @@ static void interrupted(daemon_t *d, const slot_t *s, store_job_t *j, const char
   dlog("job %lld %s: %s", (long long)j->id, job_state_str(to), reason);
 }
 
-/* Clears the slot's job after it ended one way or another. */
-static void slot_job_done(slot_t *s) {
+void sched_slot_job_done(slot_t *s) {
   s->job = 0;
   s->stop = STOP_NONE;
   s->cancel_by[0] = '\0';
@@ -153,10 +150,10 @@ static void worker_died(daemon_t *d, slot_t *s, int status) {
     lt_err_t err = {0};
     if (store_job_get(d->store, s->job, &j, &err) == 1) {
       if (s->stop == STOP_CANCEL) j.cancel_requested = true;
-      interrupted(d, s, &j, how, s->stop == STOP_SHUTDOWN);
+      sched_interrupted(d, s, &j, how, s->stop == STOP_SHUTDOWN);
     }
     store_job_clear(&j);
-    slot_job_done(s);
+    sched_slot_job_done(s);
   }
   s->restarts++;
   spawn_slot(d, s);
@@ -194,7 +191,8 @@ void sched_recover(daemon_t *d, const char *why) {
   snprintf(how, sizeof how, "interrupted: %s", why);
   for (size_t i = 0; i < ids.n; i++) {
     store_job_t j;
-    if (store_job_get(d->store, ids.v[i], &j, &err) == 1) interrupted(d, NULL, &j, how, false);
+    slurm_recover(d, ids.v[i]);
+    if (store_job_get(d->store, ids.v[i], &j, &err) == 1) sched_interrupted(d, NULL, &j, how, false);
     store_job_clear(&j);
   }
   free(ids.v);
@@ -203,6 +201,10 @@ void sched_recover(daemon_t *d, const char *why) {
 void sched_stop_running(daemon_t *d, slot_t *s, stop_req_t why) {
   if (!s->job || s->stop == why) return;
   if (s->stop == STOP_CANCEL && why == STOP_SHUTDOWN) return; /* already stopping for good */
+  if (s->remote) {
+    slurm_stop(d, s, why);
+    return;
+  }
   s->stop = why;
   s->stop_deadline_mono = util_mono_ms() + d->o.cancel_grace_ms;
   mpw_t w;
@@ -214,17 +216,26 @@ void sched_stop_running(daemon_t *d, slot_t *s, stop_req_t why) {
   to_worker(d, s, &w);
 }
 
-/* The device a job's parameters pin it to into pin ("" when any) and the MiB of device memory it asks for. */
-static void job_pin(const void *params, size_t n, char *pin, size_t cap, int64_t *mib) {
-  pin[0] = '\0';
+/* The device a job's parameters pin it to into pin ("" when any), the MiB of device memory it asks for and its
+ * executor into exec ("" when it names none). */
+static void job_pin(const void *params, size_t n, char *pin, size_t cap, int64_t *mib, char exec[8]) {
+  pin[0] = exec[0] = '\0';
   *mib = 0;
   proto_err_t e;
   mp_doc_t *doc = mp_doc_parse(params, n, &e);
   if (doc) {
     mp_str_copy(mp_get(mp_doc_root(doc), "device"), pin, cap);
     mp_as_int(mp_get(mp_doc_root(doc), "memory"), mib);
+    mp_str_copy(mp_get(mp_doc_root(doc), "executor"), exec, 8);
   }
   mp_doc_destroy(&doc);
+}
+
+bool sched_job_is_slurm(const daemon_t *d, const void *params, size_t n) {
+  char pin[72], exec[8];
+  int64_t mib;
+  job_pin(params, n, pin, sizeof pin, &mib, exec);
+  return !strcmp(exec[0] ? exec : d->o.executor, "slurm");
 }
 
 /* Whether slot s may run a job pinned to pin that needs mib MiB: any job when the slot's worker chooses its own
@@ -245,58 +256,78 @@ bool sched_device_known(const daemon_t *d, const char *pin, int64_t mib) {
 slot_t *sched_slot_of_job(daemon_t *d, int64_t id) {
   for (int i = 0; id && i < d->n_slots; i++)
     if (d->slots[i].job == id) return &d->slots[i];
+  for (int i = 0; id && i < d->n_remote; i++)
+    if (d->remote[i].job == id) return &d->remote[i];
   return NULL;
 }
 
+typedef struct fit {
+  daemon_t *d;
+  slot_t *s;
+} fit_t;
+
 static bool fits_cb(void *user, const store_job_t *j) {
-  char pin[72];
+  const fit_t *f = user;
+  char pin[72], exec[8];
   int64_t mib;
-  job_pin(j->params, j->params_n, pin, sizeof pin, &mib);
-  return slot_fits(user, pin, mib);
+  job_pin(j->params, j->params_n, pin, sizeof pin, &mib, exec);
+  if (!strcmp(exec[0] ? exec : f->d->o.executor, "slurm")) return false; /* Slurm's (slurm_dispatch) */
+  return slot_fits(f->s, pin, mib);
+}
+
+bool sched_start_job(daemon_t *d, store_job_t *j, mpw_t *w) {
+  lt_err_t err = {0};
+  const kind_t *k = kind_find(j->kind, strlen(j->kind));
+  char dir[PATH_MAX];
+  store_job_dir(d->store, j->id, dir, sizeof dir);
+  if (!k) {
+    ev_transition(d, j, JS_FAILED, "unknown kind (this lathed has no such job kind)", &err);
+    return false;
+  }
+  if (util_mkdir_p(dir, 0700, &err)) {
+    ev_transition(d, j, JS_FAILED, err.msg, &err);
+    return false;
+  }
+  if (ev_transition(d, j, JS_RUNNING, "started", &err)) {
+    dlog("job %lld: %s", (long long)j->id, err.msg);
+    return false;
+  }
+  mpw_init(w);
+  mpw_map(w);
+  mpw_kstr(w, "t", "run");
+  mpw_kint(w, "job", j->id);
+  mpw_kstr(w, "kind", j->kind);
+  mpw_kstr(w, "dir", dir);
+  mpw_kint(w, "attempt", j->attempts);
+  mpw_str(w, "params");
+  mpw_raw(w, j->params, j->params_n);
+  mpw_end(w);
+  if (w->sb.size > PROTO_MAX_MSG) {
+    /* Refused at submit (requests.c); a job stored before that check gets a reason, not a silent drop. */
+    char why[200];
+    snprintf(why, sizeof why, "its run message (%zu bytes) exceeds the worker's %u-byte message limit", w->sb.size,
+             PROTO_MAX_MSG);
+    ev_transition(d, j, JS_FAILED, why, &err);
+    mpw_free(w);
+    return false;
+  }
+  return true;
 }
 
 /* Hands slot s (idle) the first queued job it may run. */
 static void dispatch_slot(daemon_t *d, slot_t *s) {
   lt_err_t err = {0};
   int64_t id = 0;
-  int found = store_queue_find(d->store, fits_cb, s, &id, &err);
+  fit_t f = {d, s};
+  int found = store_queue_find(d->store, fits_cb, &f, &id, &err);
   if (found <= 0) {
     if (found < 0) dlog("%s", err.msg);
     return;
   }
   store_job_t j;
   if (store_job_get(d->store, id, &j, &err) != 1) return;
-  const kind_t *k = kind_find(j.kind, strlen(j.kind));
-  char dir[PATH_MAX];
-  store_job_dir(d->store, id, dir, sizeof dir);
-  if (!k) {
-    ev_transition(d, &j, JS_FAILED, "unknown kind (this lathed has no such job kind)", &err);
-  } else if (util_mkdir_p(dir, 0700, &err)) {
-    ev_transition(d, &j, JS_FAILED, err.msg, &err);
-  } else if (ev_transition(d, &j, JS_RUNNING, "started", &err)) {
-    dlog("job %lld: %s", (long long)id, err.msg);
-  } else {
-    mpw_t w;
-    mpw_init(&w);
-    mpw_map(&w);
-    mpw_kstr(&w, "t", "run");
-    mpw_kint(&w, "job", id);
-    mpw_kstr(&w, "kind", j.kind);
-    mpw_kstr(&w, "dir", dir);
-    mpw_kint(&w, "attempt", j.attempts);
-    mpw_str(&w, "params");
-    mpw_raw(&w, j.params, j.params_n);
-    mpw_end(&w);
-    if (w.sb.size > PROTO_MAX_MSG) {
-      /* Refused at submit (requests.c); a job stored before that check gets a reason, not a silent drop. */
-      char why[200];
-      snprintf(why, sizeof why, "its run message (%zu bytes) exceeds the worker's %u-byte message limit", w.sb.size,
-               PROTO_MAX_MSG);
-      ev_transition(d, &j, JS_FAILED, why, &err);
-      mpw_free(&w);
-      store_job_clear(&j);
-      return;
-    }
+  mpw_t w;
+  if (sched_start_job(d, &j, &w)) {
     to_worker(d, s, &w);
     s->job = id;
     s->prog_step = s->prog_total = 0, s->prog_unit[0] = '\0';
@@ -310,6 +341,7 @@ static void dispatch_slot(daemon_t *d, slot_t *s) {
 }
 
 void sched_dispatch(daemon_t *d) {
+  slurm_dispatch(d);
   for (int i = 0; i < d->n_slots && !d->stopping; i++)
     if (d->slots[i].state == W_IDLE && !d->slots[i].job) dispatch_slot(d, &d->slots[i]);
 }
@@ -322,7 +354,7 @@ static void job_done(daemon_t *d, slot_t *s, const msgpack_object *m) {
   store_job_t j;
   lt_err_t err = {0};
   if (store_job_get(d->store, s->job, &j, &err) != 1) {
-    slot_job_done(s);
+    sched_slot_job_done(s);
     return;
   }
   const msgpack_object *result = mp_get(m, "result");
@@ -338,7 +370,7 @@ static void job_done(daemon_t *d, slot_t *s, const msgpack_object *m) {
   } else if (!strcmp(status, "cancelled")) {
     ev_transition(d, &j, JS_CANCELLED, s->cancel_by[0] ? s->cancel_by : "cancelled", &err);
   } else if (!strcmp(status, "stopped") && s->stop == STOP_SHUTDOWN) {
-    interrupted(d, s, &j, "stopped for a daemon shutdown", true);
+    sched_interrupted(d, s, &j, "stopped for a daemon shutdown", true);
   } else {
     ev_transition(d, &j, JS_FAILED, reason[0] ? reason : "the runner failed without a reason", &err);
   }
@@ -346,18 +378,28 @@ static void job_done(daemon_t *d, slot_t *s, const msgpack_object *m) {
   if (j.result == rw.sb.data) j.result = NULL; /* owned by rw */
   store_job_clear(&j);
   mpw_free(&rw);
-  slot_job_done(s);
+  sched_slot_job_done(s);
   s->state = W_IDLE;
 }
 
-void sched_worker_msg(daemon_t *d, const uint8_t *id, size_t id_n, const void *buf, size_t n) {
+void sched_worker_msg(daemon_t *d, const uint8_t *id, size_t id_n, const char *owner, const void *buf, size_t n) {
   slot_t *s = NULL;
-  for (int i = 0; i < d->n_slots && !s; i++) {
+  for (int i = 0; i < d->n_slots + d->n_remote && !s; i++) {
+    slot_t *c = i < d->n_slots ? &d->slots[i] : &d->remote[i - d->n_slots];
     char want[32];
-    worker_id(&d->slots[i], want, sizeof want);
-    if (id_n == strlen(want) && memcmp(id, want, id_n) == 0) s = &d->slots[i];
+    worker_id(c, want, sizeof want);
+    if (id_n == strlen(want) && memcmp(id, want, id_n) == 0) s = c;
   }
   if (!s) return; /* a previous worker's last words */
+  if (s->remote) {
+    /* A Slurm job's key speaks for that job alone, whatever routing id its connection claims. */
+    char want[48];
+    snprintf(want, sizeof want, "slurm:%lld", (long long)s->job);
+    if (strcmp(owner, want) != 0) {
+      dlog("a message for %s's worker came from %s: dropped", want, owner);
+      return;
+    }
+  }
   proto_err_t e;
   mp_doc_t *doc = mp_doc_parse(buf, n, &e);
   if (!doc) {
@@ -370,7 +412,10 @@ void sched_worker_msg(daemon_t *d, const uint8_t *id, size_t id_n, const void *b
   mp_field_int(m, "", "job", false, 0, INT64_MAX, &job, NULL);
   s->last_beat_mono = util_mono_ms();
   lt_err_t err = {0};
-  if (mp_str_is(t, "ready")) {
+  bool release = false;
+  if (mp_str_is(t, "ready") && s->remote) {
+    slurm_ready(d, s);
+  } else if (mp_str_is(t, "ready")) {
     if (s->state == W_STARTING) s->state = W_IDLE;
     s->crash_streak = 0;
   } else if (mp_str_is(t, "hb")) {
@@ -388,8 +433,9 @@ void sched_worker_msg(daemon_t *d, const uint8_t *id, size_t id_n, const void *b
       ev_transition(d, &j, JS_FAILED, reason, &err);
       store_job_clear(&j);
     }
-    slot_job_done(s);
+    sched_slot_job_done(s);
     s->state = W_IDLE;
+    release = s->remote;
   } else if (mp_str_is(t, "event") && job && job == s->job) {
     s->job_started = true;
     const msgpack_object *type = mp_get(m, "type"), *data = mp_get(m, "data");
@@ -406,11 +452,19 @@ void sched_worker_msg(daemon_t *d, const uint8_t *id, size_t id_n, const void *b
         ev_emit(d, job, tname, w.sb.data, w.sb.size, &err);
       mpw_free(&w);
     }
+  } else if (mp_str_is(t, "signal") && s->remote) {
+    s->signalled = true;
+    d->slurm_poll_mono = util_mono_ms(); /* ask Slurm why now */
+  } else if (mp_str_is(t, "done") && job && job == s->job && s->remote && s->signalled && s->stop == STOP_NONE) {
+    /* Slurm stopped the job (lathed did not ask): it ends with Slurm's reason once Slurm gives it (slurm.c). */
+    s->state = W_DOWN;
   } else if (mp_str_is(t, "done") && job && job == s->job) {
     job_done(d, s, m);
+    release = s->remote;
   }
   if (err.code) dlog("%s", err.msg);
   mp_doc_destroy(&doc);
+  if (release) slurm_release(d, s);
 }
 
 /* Whether the deadline `due` has passed; if not, brings *next down to the time left. */
@@ -455,6 +509,8 @@ static void slot_timers(daemon_t *d, slot_t *s, int64_t *nextp) {
 int64_t sched_timers(daemon_t *d) {
   int64_t next = 1000;
   for (int i = 0; i < d->n_slots; i++) slot_timers(d, &d->slots[i], &next);
+  int64_t remote = slurm_timers(d);
+  if (remote < next) next = remote;
   return next < 0 ? 0 : next;
 }
 
@@ -463,8 +519,9 @@ void store_failed_commit(daemon_t *d, const char *why) {
   out_fail(d, why);
   for (int i = 0; i < d->n_slots; i++) {
     sched_kill_worker(d, &d->slots[i], "the store failed to commit");
-    if (d->slots[i].job) slot_job_done(&d->slots[i]);
+    if (d->slots[i].job) sched_slot_job_done(&d->slots[i]);
   }
+  slurm_drop_all(d);
   if (!d->store_fault[0]) {
     const char *hint =
         strstr(why, "malformed") ? "stop lathed and recover it as docs/store.md says" : "free space on its disk";

@@ -1,6 +1,8 @@
 /* lathe-worker: runs jobs on one GPU for lathed. Two threads: the I/O thread owns the connection to the daemon
  * (heartbeats, forwarding commands and events); the runner thread owns the Vulkan device and runs one job at a
- * time. They talk over an inproc PAIR, never through shared memory. Started by lathed only. */
+ * time. They talk over an inproc PAIR, never through shared memory. Started by lathed only: as its child on this
+ * machine (ipc), or with --one-shot by a Slurm batch script on a cluster node, connecting back over TCP with CURVE
+ * under a key lathed issued for that one job, running that job and exiting. */
 #include <getopt.h>
 #include <limits.h>
 #include <pthread.h>
@@ -19,6 +21,10 @@
 #include "jobs/runners.h"
 
 #define HEARTBEAT_MS 500
+/* A one-shot worker that has not been handed its job this long after it started gives up (lathed forgot it). */
+#define ONE_SHOT_WAIT_MS 120000
+/* A one-shot worker's last message (the job's end) gets this long to reach lathed before the worker exits. */
+#define ONE_SHOT_LINGER_MS 10000
 #define PAIR_ENDPOINT "inproc://runner"
 
 /* ---- the runner thread and the job context ---- */
@@ -240,6 +246,46 @@ static void *runner_main(void *arg) {
 
 /* ---- the I/O thread ---- */
 
+/* SIGTERM or SIGINT reached a one-shot worker (Slurm's scancel, or its time limit): the job is cancelled. */
+static volatile sig_atomic_t got_term;
+static void on_term(int sig) {
+  (void)sig;
+  got_term = 1;
+}
+
+/* Sends {t: TYPE} to the runner (cancel, exit). */
+static void tell_runner(void *pair, const char *type) {
+  mpw_t w;
+  mpw_init(&w);
+  mpw_map(&w);
+  mpw_kstr(&w, "t", type);
+  mpw_end(&w);
+  zmq_send(pair, w.sb.data, w.sb.size, 0);
+  mpw_free(&w);
+}
+
+/* Sets up CURVE on the dealer for a one-shot worker: the daemon's public key, and the job's key pair from the
+ * secret key in key_file (the public half is derived from it). */
+static bool one_shot_curve(void *dealer, const char *server_key, const char *key_file) {
+  char sec[41], pub[41];
+  lt_err_t err = {0};
+  if (!server_key || strlen(server_key) != 40) {
+    fprintf(stderr, "lathe-worker: --one-shot needs --server-key (the daemon's 40-character Z85 public key)\n");
+    return false;
+  }
+  if (!key_file || util_read_z85_key(key_file, sec, &err) != LT_OK || zmq_curve_public(pub, sec) != 0) {
+    fprintf(stderr, "lathe-worker: --one-shot needs --key-file with the job's secret key: %s\n",
+            err.msg[0] ? err.msg : "no key file given");
+    return false;
+  }
+  if (zmq_setsockopt(dealer, ZMQ_CURVE_SERVERKEY, server_key, 40) ||
+      zmq_setsockopt(dealer, ZMQ_CURVE_SECRETKEY, sec, 40) || zmq_setsockopt(dealer, ZMQ_CURVE_PUBLICKEY, pub, 40)) {
+    fprintf(stderr, "lathe-worker: cannot set up CURVE: %s\n", zmq_strerror(zmq_errno()));
+    return false;
+  }
+  return true;
+}
+
 /* Tells the daemon a message from it could not be read (a run it would otherwise wait on forever). */
 static void send_unreadable(void *sock, const char *why) {
   mpw_t w;
@@ -298,15 +344,14 @@ int main(int argc, char **argv) {
   /* lathe-worker --tokenize ARGS: `lathe tokenize ARGS` (daemon/tokenize.c). */
   if (argc > 1 && !strcmp(argv[1], "--tokenize")) return tokenize_main(argc - 1, argv + 1);
   char endpoint[PATH_MAX + 8] = "";
-  const char *default_device = NULL;
+  const char *default_device = NULL, *server_key = NULL, *key_file = NULL;
   long long gen = 0, keep_alive = 300;
-  static const struct option lo[] = {{"connect", 1, 0, 'c'},
-                                     {"gen", 1, 0, 'g'},
-                                     {"keep-alive", 1, 0, 'k'},
-                                     {"check-tokenizers", 0, 0, 't'},
-                                     {"device", 1, 0, 'd'},
-                                     {"list-devices", 0, 0, 'l'},
-                                     {0, 0, 0, 0}};
+  bool one_shot = false;
+  static const struct option lo[] = {{"connect", 1, 0, 'c'},    {"gen", 1, 0, 'g'},
+                                     {"keep-alive", 1, 0, 'k'}, {"check-tokenizers", 0, 0, 't'},
+                                     {"device", 1, 0, 'd'},     {"list-devices", 0, 0, 'l'},
+                                     {"one-shot", 0, 0, 'o'},   {"server-key", 1, 0, 's'},
+                                     {"key-file", 1, 0, 'f'},   {0, 0, 0, 0}};
   int opt;
   while ((opt = getopt_long(argc, argv, "", lo, NULL)) != -1) {
     if (opt == 't')
@@ -321,6 +366,12 @@ int main(int argc, char **argv) {
       default_device = optarg;
     else if (opt == 'l')
       return list_devices();
+    else if (opt == 'o')
+      one_shot = true;
+    else if (opt == 's')
+      server_key = optarg;
+    else if (opt == 'f')
+      key_file = optarg;
     else
       return 2;
   }
@@ -329,6 +380,12 @@ int main(int argc, char **argv) {
     return 2;
   }
   signal(SIGPIPE, SIG_IGN);
+  if (one_shot) {
+    struct sigaction sa = {0};
+    sa.sa_handler = on_term;
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGINT, &sa, NULL);
+  }
   void *ctx = zmq_ctx_new();
   void *dealer = zmq_socket(ctx, ZMQ_DEALER), *pair = zmq_socket(ctx, ZMQ_PAIR);
   char id[32];
@@ -338,6 +395,7 @@ int main(int argc, char **argv) {
   zmq_setsockopt(dealer, ZMQ_ROUTING_ID, id, strlen(id));
   zmq_setsockopt(dealer, ZMQ_LINGER, &zero, sizeof zero);
   zmq_setsockopt(dealer, ZMQ_MAXMSGSIZE, &max, sizeof max);
+  if (one_shot && !one_shot_curve(dealer, server_key, key_file)) return 1;
   zmq_bind(pair, PAIR_ENDPOINT);
   if (zmq_connect(dealer, endpoint) != 0) {
     fprintf(stderr, "lathe-worker: cannot connect to %s: %s\n", endpoint, zmq_strerror(zmq_errno()));
@@ -345,7 +403,15 @@ int main(int argc, char **argv) {
   }
   runner_t r = {.ctx = ctx, .keep_alive_ms = keep_alive * 1000, .default_device = default_device};
   pthread_t th;
+  /* The runner leaves the stop signals to this thread (its poll wakes at least every heartbeat). */
+  sigset_t stops, was;
+  sigemptyset(&stops);
+  sigaddset(&stops, SIGTERM), sigaddset(&stops, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &stops, &was);
   pthread_create(&th, NULL, runner_main, &r);
+  pthread_sigmask(SIG_SETMASK, &was, NULL);
+  int64_t started = util_mono_ms();
+  bool got_run = false, told_cancel = false;
   char device[256] = "";
   int64_t dev_index = -1; /* the open device's index, -1 when none is open */
   send_simple(dealer, "ready", NULL, -1, gen);
@@ -355,6 +421,20 @@ int main(int argc, char **argv) {
     int64_t wait = next_beat - util_mono_ms();
     zmq_pollitem_t it[2] = {{dealer, 0, ZMQ_POLLIN, 0}, {pair, 0, ZMQ_POLLIN, 0}};
     zmq_poll(it, 2, wait > 0 ? wait : 0);
+    if (one_shot && got_term && !told_cancel) {
+      /* Cancelled by Slurm: the job stops at its next check and reports it; with no job yet there is nothing to do. */
+      told_cancel = true;
+      send_simple(dealer, "signal", NULL, -1, gen); /* lathed asks Slurm why */
+      fprintf(stderr, "lathe-worker: stop signal: %s\n", got_run ? "cancelling the job" : "leaving");
+      tell_runner(pair, got_run ? "cancel" : "exit");
+      leaving = !got_run;
+    }
+    if (one_shot && !got_run && !leaving && util_mono_ms() - started > ONE_SHOT_WAIT_MS) {
+      fprintf(stderr, "lathe-worker: lathed at %s handed over no job within %d s; leaving\n", endpoint,
+              ONE_SHOT_WAIT_MS / 1000);
+      tell_runner(pair, "exit");
+      leaving = true;
+    }
     if (util_mono_ms() >= next_beat) {
       send_simple(dealer, "hb", device, dev_index, gen);
       next_beat = util_mono_ms() + HEARTBEAT_MS;
@@ -365,6 +445,7 @@ int main(int argc, char **argv) {
       proto_err_t e;
       mp_doc_t *d = mp_doc_parse(zmq_msg_data(&msg), zmq_msg_size(&msg), &e);
       if (d && mp_str_is(mp_get(mp_doc_root(d), "t"), "exit")) leaving = true;
+      if (d && mp_str_is(mp_get(mp_doc_root(d), "t"), "run")) got_run = true;
       if (d) zmq_msg_send(&msg, pair, 0); /* run, cancel, checkpoint, exit: the runner's business */
       if (!d) send_unreadable(dealer, e.msg);
       mp_doc_destroy(&d);
@@ -379,7 +460,15 @@ int main(int argc, char **argv) {
         mp_as_int(mp_get(m, "index"), &dev_index);
         send_simple(dealer, "hb", device, dev_index, gen);
       } else if (m) {
+        bool done = mp_str_is(mp_get(m, "t"), "done");
         zmq_msg_send(&msg, dealer, 0);
+        if (one_shot && done) {
+          /* Its one job has ended: the runner closes the device, and the report gets time to reach lathed. */
+          int linger = ONE_SHOT_LINGER_MS;
+          zmq_setsockopt(dealer, ZMQ_LINGER, &linger, sizeof linger);
+          tell_runner(pair, "exit");
+          leaving = true;
+        }
       }
       mp_doc_destroy(&d);
     }

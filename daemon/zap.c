@@ -1,7 +1,7 @@
 /* The ZAP handler (RFC 27): decides every connection before libzmq lets it speak. ipc clients must run as the
  * daemon's uid (libzmq puts the peer's SO_PEERCRED uid, gid and pid in the address field: "localhost:UID:GID:PID");
  * the worker socket admits only the worker we spawned; TCP clients must present a CURVE key listed in the
- * allow folder. */
+ * allow folder; the Slurm workers' socket admits only the keys issued to the Slurm jobs being followed. */
 #include <dirent.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -123,6 +123,12 @@ void zap_handle(daemon_t *d) {
       ok = ok && ours;
       util_copy(user, "worker", sizeof user);
       if (!ok) snprintf(why, sizeof why, "worker socket: pid %ld is not our worker", pid);
+    } else if (!strcmp(domain, "slurm") && !strcmp(mech, "CURVE") && nf >= 7 && sizes[6] == 32) {
+      char key[41];
+      zmq_z85_encode(key, (const uint8_t *)f[6], 32);
+      ok = slurm_key_ok(d, key, user, sizeof user);
+      if (!ok)
+        snprintf(why, sizeof why, "Slurm worker socket: peer %.64s has key %s, issued to no job here", addr, key);
     } else if (!strcmp(domain, "tcp") && !strcmp(mech, "CURVE") && nf >= 7 && sizes[6] == 32) {
       char key[41], name[64];
       zmq_z85_encode(key, (const uint8_t *)f[6], 32);

@@ -270,7 +270,14 @@ static bool kind_distill_validate(const msgpack_object *params, proto_err_t *e) 
     "the GPU the job runs on: an index or a UUID as lathe-devices lists them (the CLI fills it from LATHE_DEVICE; "    \
     "empty: the daemon's device)")                                                                                     \
   P(memory, KT_INT, false, "0", 0, 1073741824,                                                                         \
-    "MiB of device memory the job needs: it runs only on a worker whose device has that much (0: any)")
+    "MiB of device memory the job needs: it runs only on a worker whose device has that much (0: any)")                \
+  P(executor, KT_STR, false, "", 0, 8,                                                                                 \
+    "where the job runs: local (lathed's own workers) or slurm (a Slurm batch job; docs/cluster.md); empty: the "      \
+    "daemon's --executor")                                                                                             \
+  P(partition, KT_STR, false, "", 0, 128, "Slurm partition (sbatch --partition; --executor slurm only)")               \
+  P(gres, KT_STR, false, "", 0, 256, "Slurm generic resources, e.g. gpu:1 (sbatch --gres; --executor slurm only)")     \
+  P(time, KT_STR, false, "", 0, 32, "Slurm time limit, e.g. 2:00:00 (sbatch --time; --executor slurm only)")           \
+  P(account, KT_STR, false, "", 0, 128, "Slurm account to charge (sbatch --account; --executor slurm only)")
 #define KIND(name, policy, validate, summary, params)                                                                  \
   static const kind_param_t name##_params[] = {params COMMON_PARAMS};
 #include "jobs/kinds.def"
@@ -501,6 +508,33 @@ static bool device_ok(const msgpack_object *params, proto_err_t *e) {
                     "params.device: '%s' is neither a device index nor a UUID (lathe-devices lists them)", dev);
 }
 
+/* The common executor parameters: executor empty, local or slurm; the Slurm options in the characters sbatch takes
+ * for them (they reach sbatch as arguments, never through a shell). */
+static bool executor_ok(const msgpack_object *params, proto_err_t *e) {
+  char v[300];
+  mp_str_copy(mp_get(params, "executor"), v, sizeof v);
+  if (v[0] && strcmp(v, "local") != 0 && strcmp(v, "slurm") != 0)
+    return proto_fail(e, P_BAD_VALUE, "params.executor", "params.executor: '%s' is neither local nor slurm", v);
+  static const struct {
+    const char *key, *chars, *example;
+  } opts[] = {
+      {"partition", "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.,-", "gpu or debug,gpu"},
+      {"gres", "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.,:-", "gpu:1 or gpu:a100:2"},
+      {"time", "0123456789:-", "30, 2:00:00 or 1-12"},
+      {"account", "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-", "mylab"},
+  };
+  for (size_t i = 0; i < sizeof opts / sizeof opts[0]; i++) {
+    mp_str_copy(mp_get(params, opts[i].key), v, sizeof v);
+    if (strspn(v, opts[i].chars) != strlen(v)) {
+      char name[32];
+      snprintf(name, sizeof name, "params.%s", opts[i].key);
+      return proto_fail(e, P_BAD_VALUE, name, "%s: '%s' is not a Slurm %s (such as %s)", name, v, opts[i].key,
+                        opts[i].example);
+    }
+  }
+  return true;
+}
+
 bool kind_params_normalise(const kind_t *k, const msgpack_object *params, mpw_t *w, proto_err_t *e) {
   if (params && params->type != MSGPACK_OBJECT_MAP)
     return proto_fail(e, P_BAD_TYPE, "params", "params: expected a map");
@@ -541,7 +575,8 @@ bool kind_params_normalise(const kind_t *k, const msgpack_object *params, mpw_t 
   }
   mpw_end(&t);
   mp_doc_t *d = mp_doc_parse(t.sb.data, t.sb.size, e);
-  ok = d && device_ok(mp_doc_root(d), e) && (!k->validate || k->validate(mp_doc_root(d), e));
+  ok = d && device_ok(mp_doc_root(d), e) && executor_ok(mp_doc_root(d), e) &&
+       (!k->validate || k->validate(mp_doc_root(d), e));
   mp_doc_destroy(&d);
   if (ok) mpw_raw(w, t.sb.data, t.sb.size);
   mpw_free(&t);

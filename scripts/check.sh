@@ -43,6 +43,9 @@ run "long checkout path" bash tests/tools/long_path_build.sh "$jobs"
 run "install (DESTDIR)" bash -c "rm -rf '$build/stage' && DESTDIR='$root/$build/stage' cmake --install '$build' --prefix /usr >/dev/null && '$build/stage/usr/bin/lathe' --version && test -x '$build/stage/usr/bin/lathed' && test -x '$build/stage/usr/bin/lathe-worker' && grep -q 'ExecStart=/usr/bin/lathed' '$build/stage/usr/lib/systemd/user/lathed.service' && test -f '$build/stage/usr/share/doc/lathe/operations.md'"
 # The Python client against a real daemon (Debian's python3-zmq and python3-msgpack, for /usr/bin/python3).
 run "python client" /usr/bin/python3 tests/python/test_client.py "$build/bin"
+# The Slurm executor against a one-node Slurm cluster started on this machine (when Slurm is installed: .ci/run
+# installs it; the script says when it does not run).
+run "slurm executor" timeout 600 bash tests/slurm/test_slurm.sh "$build/bin"
 if [ $plain_only = 0 ]; then
   LATHE_VALIDATION=1 tests "$build"
 

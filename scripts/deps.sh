@@ -14,6 +14,9 @@ pkgs=(
 # Extra packages for tools/ (fixtures, the PyTorch reference, training the embedded models on the KJV text):
 # opt in with LATHE_TOOLS_DEPS=1.
 if [ "${LATHE_TOOLS_DEPS:-0}" = 1 ]; then pkgs+=(python3-numpy python3-torch bible-kjv bible-kjv-text); fi
+# A one-node Slurm cluster for the Slurm executor's test (tests/slurm/test_slurm.sh): opt in with LATHE_SLURM_DEPS=1
+# (.ci/run does).
+if [ "${LATHE_SLURM_DEPS:-0}" = 1 ]; then pkgs+=(slurmctld slurmd slurm-client munge); fi
 
 missing=()
 for p in "${pkgs[@]}"; do
