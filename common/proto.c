@@ -215,6 +215,7 @@ bool mp_str_copy(const msgpack_object *o, char *buf, size_t n) {
 }
 
 bool mp_as_int(const msgpack_object *o, int64_t *v) {
+  if (!o) return false; /* an absent key (mp_get's NULL) */
   if (o->type == MSGPACK_OBJECT_POSITIVE_INTEGER && o->via.u64 <= (uint64_t)INT64_MAX) {
     *v = (int64_t)o->via.u64;
     return true;

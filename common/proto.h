@@ -97,7 +97,7 @@ bool mp_str_is(const msgpack_object *o, const char *s);
 /* Copies a string value into buf (NUL-terminated). False if o is not a string, holds a NUL or does not fit. */
 bool mp_str_copy(const msgpack_object *o, char *buf, size_t n);
 
-/* Reads an integer value (positive or negative msgpack int) into *v. False if o is not an integer. */
+/* Reads an integer value (positive or negative msgpack int) into *v. False if o is NULL or not an integer. */
 bool mp_as_int(const msgpack_object *o, int64_t *v);
 
 /* Field readers for request maps. Each returns true when the field is valid, or absent and not required

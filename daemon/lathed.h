@@ -101,6 +101,7 @@ typedef struct slot {
   char kill_reason[128]; /* why we killed it ("" if we did not) */
   char cancel_by[64];    /* who cancelled the running job */
   int64_t job;           /* running job id, 0 when none */
+  int64_t lent_to;       /* an idle worker whose device a data-parallel job (tune-zo --devices) uses, 0 when none */
   bool job_started;      /* the worker said it started job */
   int64_t start_deadline_mono;
   stop_req_t stop;
@@ -310,13 +311,16 @@ int64_t store_retry(daemon_t *d);
 /* What becomes of job j whose run on slot s (NULL: none) was cut off (`how`): cancelled if a cancel was asked,
  * else re-queued or failed per its kind (a shutdown does not spend an attempt). */
 void sched_interrupted(daemon_t *d, const slot_t *s, store_job_t *j, const char *how, bool shutdown);
-/* Clears slot s's job after it ended one way or another. */
-void sched_slot_job_done(slot_t *s);
+/* Clears slot s's job after it ended one way or another (and takes back the devices lent to it). */
+void sched_slot_job_done(daemon_t *d, slot_t *s);
 /* Queues msg for slot s's worker (sent after this turn's commit); takes the writer's bytes. */
 void sched_to_worker(daemon_t *d, slot_t *s, mpw_t *w);
-/* Moves queued job j to running and writes its run command into w (for a worker). False when the job cannot run
- * (it is failed with the reason, or the transition could not be stored). */
-bool sched_start_job(daemon_t *d, store_job_t *j, mpw_t *w);
+/* Moves queued job j to running and writes its run command into w (for a worker), with the n_lent device
+ * selectors lent beside the worker's own. False when the job cannot run (it is failed with the reason, or the
+ * transition could not be stored). */
+bool sched_start_job(daemon_t *d, store_job_t *j, const char *const *lent, int n_lent, mpw_t *w);
+/* Whether the local workers can ever give a job n devices at once (each with a device of its own to name). */
+bool sched_devices_known(const daemon_t *d, int64_t n);
 /* Whether a job's parameters send it to Slurm (its `executor`, or the daemon's when it names none). */
 bool sched_job_is_slurm(const daemon_t *d, const void *params, size_t n);
 

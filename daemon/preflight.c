@@ -229,6 +229,17 @@ bool preflight_files(daemon_t *d, const kind_t *k, const msgpack_object *params,
   bool slurm = sched_job_is_slurm(d, pw.sb.data, pw.sb.size);
   mpw_free(&pw);
   if ((!slurm && !preflight_device(d, params, e)) || !preflight_paths(d, k, params, owner, e)) return false;
+  int64_t devices = 1;
+  mp_as_int(mp_get(params, "devices"), &devices);
+  if (devices > 1 && slurm)
+    return proto_fail(e, P_BAD_VALUE, "params.devices",
+                      "params.devices: a job run under Slurm has its node's one device; run data-parallel jobs on "
+                      "lathed's own workers (--executor local)");
+  if (!slurm && !sched_devices_known(d, devices))
+    return proto_fail(e, P_BAD_VALUE, "params.devices",
+                      "params.devices: %lld devices at once, but this daemon has %d worker%s with a device of its own "
+                      "(lathe devices lists them; lathed --devices 0,1 names them)",
+                      (long long)devices, d->n_slots, d->n_slots == 1 ? "" : "s");
   const kind_files_t *f = kind_files(k);
   if (!f) return true;
   if (f->same_tokenizer[0] && !same_tokenizer(d, params, f->same_tokenizer[0], f->same_tokenizer[1], e)) return false;

@@ -179,7 +179,8 @@ static const char *worker_state_str(worker_state_t s) {
 static void write_worker(mpw_t *w, const slot_t *s) {
   mpw_map(w);
   mpw_kint(w, "index", s->ix);
-  mpw_kstr(w, "state", worker_state_str(s->state));
+  /* "lent": idle, its device used by a data-parallel job running on another worker (`job` names it). */
+  mpw_kstr(w, "state", s->lent_to ? "lent" : worker_state_str(s->state));
   mpw_kint(w, "pid", s->pid);
   mpw_kint(w, "restarts", s->restarts);
   mpw_kstr(w, "device", s->device);
@@ -188,8 +189,8 @@ static void write_worker(mpw_t *w, const slot_t *s) {
   mpw_kstr(w, "uuid", s->uuid);
   mpw_kint(w, "memory_mib", s->mib);
   mpw_kstr(w, "last_exit", s->last_exit);
-  if (s->job)
-    mpw_kint(w, "job", s->job);
+  if (s->job || s->lent_to)
+    mpw_kint(w, "job", s->job ? s->job : s->lent_to);
   else
     mpw_knil(w, "job");
   mpw_end(w);

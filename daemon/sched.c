@@ -116,7 +116,9 @@ void sched_interrupted(daemon_t *d, const slot_t *s, store_job_t *j, const char 
   dlog("job %lld %s: %s", (long long)j->id, job_state_str(to), reason);
 }
 
-void sched_slot_job_done(slot_t *s) {
+void sched_slot_job_done(daemon_t *d, slot_t *s) {
+  for (int i = 0; s->job && i < d->n_slots; i++)
+    if (d->slots[i].lent_to == s->job) d->slots[i].lent_to = 0;
   s->job = 0;
   s->stop = STOP_NONE;
   s->cancel_by[0] = '\0';
@@ -153,7 +155,7 @@ static void worker_died(daemon_t *d, slot_t *s, int status) {
       sched_interrupted(d, s, &j, how, s->stop == STOP_SHUTDOWN);
     }
     store_job_clear(&j);
-    sched_slot_job_done(s);
+    sched_slot_job_done(d, s);
   }
   s->restarts++;
   spawn_slot(d, s);
@@ -216,26 +218,40 @@ void sched_stop_running(daemon_t *d, slot_t *s, stop_req_t why) {
   to_worker(d, s, &w);
 }
 
-/* The device a job's parameters pin it to into pin ("" when any), the MiB of device memory it asks for and its
- * executor into exec ("" when it names none). */
-static void job_pin(const void *params, size_t n, char *pin, size_t cap, int64_t *mib, char exec[8]) {
-  pin[0] = exec[0] = '\0';
-  *mib = 0;
+/* Where a job's parameters send it: the device it is pinned to ("" when any), the MiB of device memory it asks
+ * for, its executor ("" when it names none) and the devices it runs on at once (tune-zo --devices; 1 else). */
+typedef struct place {
+  char pin[72], exec[8];
+  int64_t mib, devices;
+} place_t;
+
+static void job_place(const void *params, size_t n, place_t *p) {
+  memset(p, 0, sizeof *p);
+  p->devices = 1;
   proto_err_t e;
   mp_doc_t *doc = mp_doc_parse(params, n, &e);
   if (doc) {
-    mp_str_copy(mp_get(mp_doc_root(doc), "device"), pin, cap);
-    mp_as_int(mp_get(mp_doc_root(doc), "memory"), mib);
-    mp_str_copy(mp_get(mp_doc_root(doc), "executor"), exec, 8);
+    mp_str_copy(mp_get(mp_doc_root(doc), "device"), p->pin, sizeof p->pin);
+    mp_as_int(mp_get(mp_doc_root(doc), "memory"), &p->mib);
+    mp_str_copy(mp_get(mp_doc_root(doc), "executor"), p->exec, sizeof p->exec);
+    mp_as_int(mp_get(mp_doc_root(doc), "devices"), &p->devices);
   }
   mp_doc_destroy(&doc);
 }
 
 bool sched_job_is_slurm(const daemon_t *d, const void *params, size_t n) {
-  char pin[72], exec[8];
-  int64_t mib;
-  job_pin(params, n, pin, sizeof pin, &mib, exec);
-  return !strcmp(exec[0] ? exec : d->o.executor, "slurm");
+  place_t p;
+  job_place(params, n, &p);
+  return !strcmp(p.exec[0] ? p.exec : d->o.executor, "slurm");
+}
+
+/* Whether slot s is idle with nothing lent and a device of its own to name. */
+static bool lendable(const slot_t *s) { return s->state == W_IDLE && !s->job && !s->lent_to && s->want[0]; }
+
+bool sched_devices_known(const daemon_t *d, int64_t n) {
+  int64_t named = 0;
+  for (int i = 0; i < d->n_slots; i++) named += d->slots[i].want[0] != 0;
+  return n <= 1 || named >= n;
 }
 
 /* Whether slot s may run a job pinned to pin that needs mib MiB: any job when the slot's worker chooses its own
@@ -268,14 +284,20 @@ typedef struct fit {
 
 static bool fits_cb(void *user, const store_job_t *j) {
   const fit_t *f = user;
-  char pin[72], exec[8];
-  int64_t mib;
-  job_pin(j->params, j->params_n, pin, sizeof pin, &mib, exec);
-  if (!strcmp(exec[0] ? exec : f->d->o.executor, "slurm")) return false; /* Slurm's (slurm_dispatch) */
-  return slot_fits(f->s, pin, mib);
+  place_t p;
+  job_place(j->params, j->params_n, &p);
+  if (!strcmp(p.exec[0] ? p.exec : f->d->o.executor, "slurm")) return false; /* Slurm's (slurm_dispatch) */
+  if (p.devices > 1) {
+    /* A data-parallel job starts only when it can have that many idle workers' devices at once (smaller jobs
+     * behind it may start meanwhile). */
+    int64_t others = 0;
+    for (int i = 0; i < f->d->n_slots; i++) others += &f->d->slots[i] != f->s && lendable(&f->d->slots[i]);
+    if (!f->s->want[0] || others < p.devices - 1) return false;
+  }
+  return slot_fits(f->s, p.pin, p.mib);
 }
 
-bool sched_start_job(daemon_t *d, store_job_t *j, mpw_t *w) {
+bool sched_start_job(daemon_t *d, store_job_t *j, const char *const *lent, int n_lent, mpw_t *w) {
   lt_err_t err = {0};
   const kind_t *k = kind_find(j->kind, strlen(j->kind));
   char dir[PATH_MAX];
@@ -299,6 +321,12 @@ bool sched_start_job(daemon_t *d, store_job_t *j, mpw_t *w) {
   mpw_kstr(w, "kind", j->kind);
   mpw_kstr(w, "dir", dir);
   mpw_kint(w, "attempt", j->attempts);
+  if (n_lent) {
+    mpw_str(w, "lent");
+    mpw_array(w);
+    for (int i = 0; i < n_lent; i++) mpw_str(w, lent[i]);
+    mpw_end(w);
+  }
   mpw_str(w, "params");
   mpw_raw(w, j->params, j->params_n);
   mpw_end(w);
@@ -326,8 +354,17 @@ static void dispatch_slot(daemon_t *d, slot_t *s) {
   }
   store_job_t j;
   if (store_job_get(d->store, id, &j, &err) != 1) return;
+  /* A data-parallel job borrows the devices of other idle workers: they stay idle, lent to it, until it ends. */
+  place_t p;
+  job_place(j.params, j.params_n, &p);
+  const char *lent[MAX_SLOTS] = {0};
+  slot_t *lenders[MAX_SLOTS] = {0};
+  int n_lent = 0;
+  for (int i = 0; i < d->n_slots && n_lent < p.devices - 1; i++)
+    if (&d->slots[i] != s && lendable(&d->slots[i])) lenders[n_lent] = &d->slots[i], lent[n_lent++] = d->slots[i].want;
   mpw_t w;
-  if (sched_start_job(d, &j, &w)) {
+  if (sched_start_job(d, &j, lent, n_lent, &w)) {
+    for (int i = 0; i < n_lent; i++) lenders[i]->lent_to = id;
     to_worker(d, s, &w);
     s->job = id;
     s->prog_step = s->prog_total = 0, s->prog_unit[0] = '\0';
@@ -343,7 +380,7 @@ static void dispatch_slot(daemon_t *d, slot_t *s) {
 void sched_dispatch(daemon_t *d) {
   slurm_dispatch(d);
   for (int i = 0; i < d->n_slots && !d->stopping; i++)
-    if (d->slots[i].state == W_IDLE && !d->slots[i].job) dispatch_slot(d, &d->slots[i]);
+    if (d->slots[i].state == W_IDLE && !d->slots[i].job && !d->slots[i].lent_to) dispatch_slot(d, &d->slots[i]);
 }
 
 /* A worker reports how its job ended. */
@@ -354,7 +391,7 @@ static void job_done(daemon_t *d, slot_t *s, const msgpack_object *m) {
   store_job_t j;
   lt_err_t err = {0};
   if (store_job_get(d->store, s->job, &j, &err) != 1) {
-    sched_slot_job_done(s);
+    sched_slot_job_done(d, s);
     return;
   }
   const msgpack_object *result = mp_get(m, "result");
@@ -378,7 +415,7 @@ static void job_done(daemon_t *d, slot_t *s, const msgpack_object *m) {
   if (j.result == rw.sb.data) j.result = NULL; /* owned by rw */
   store_job_clear(&j);
   mpw_free(&rw);
-  sched_slot_job_done(s);
+  sched_slot_job_done(d, s);
   s->state = W_IDLE;
 }
 
@@ -433,7 +470,7 @@ void sched_worker_msg(daemon_t *d, const uint8_t *id, size_t id_n, const char *o
       ev_transition(d, &j, JS_FAILED, reason, &err);
       store_job_clear(&j);
     }
-    sched_slot_job_done(s);
+    sched_slot_job_done(d, s);
     s->state = W_IDLE;
     release = s->remote;
   } else if (mp_str_is(t, "event") && job && job == s->job) {
@@ -519,7 +556,7 @@ void store_failed_commit(daemon_t *d, const char *why) {
   out_fail(d, why);
   for (int i = 0; i < d->n_slots; i++) {
     sched_kill_worker(d, &d->slots[i], "the store failed to commit");
-    if (d->slots[i].job) sched_slot_job_done(&d->slots[i]);
+    if (d->slots[i].job) sched_slot_job_done(d, &d->slots[i]);
   }
   slurm_drop_all(d);
   if (!d->store_fault[0]) {

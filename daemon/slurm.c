@@ -276,7 +276,7 @@ void slurm_dispatch(daemon_t *d) {
     store_job_t j;
     if (store_job_get(d->store, id, &j, &err) != 1) return;
     mpw_t w;
-    if (!sched_start_job(d, &j, &w)) {
+    if (!sched_start_job(d, &j, NULL, 0, &w)) {
       store_job_clear(&j);
       continue;
     }
@@ -389,7 +389,7 @@ static void ended_in_slurm(daemon_t *d, slot_t *s) {
     dlog("job %lld: %s", (long long)j.id, how);
   }
   store_job_clear(&j);
-  sched_slot_job_done(s);
+  sched_slot_job_done(d, s);
 }
 
 /* Cuts slot s's job off for `how` (a lost worker, a start or stop deadline): scancel, then the job is cancelled,
@@ -403,7 +403,7 @@ static void cut_off(daemon_t *d, slot_t *s, const char *how) {
     sched_interrupted(d, s, &j, how, s->stop == STOP_SHUTDOWN);
   }
   store_job_clear(&j);
-  sched_slot_job_done(s);
+  sched_slot_job_done(d, s);
 }
 
 /* Asks Slurm about every followed job (one squeue), then sacct for those the controller no longer lists. */

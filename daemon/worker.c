@@ -178,7 +178,8 @@ static void run_job(runner_t *r, const msgpack_object *m) {
   mp_field_str(m, "", "kind", true, kname, sizeof kname, NULL);
   mp_field_str(m, "", "dir", true, dir, sizeof dir, NULL);
   mp_field_map(m, "", "params", true, &params, NULL);
-  job_spec_t spec = {.id = id, .attempt = (uint32_t)attempt, .kind = kname, .dir = dir, .params = params};
+  job_spec_t spec = {
+      .id = id, .attempt = (uint32_t)attempt, .kind = kname, .dir = dir, .params = params, .lent = mp_get(m, "lent")};
   mpw_t w;
   mpw_init(&w);
   mpw_map(&w);

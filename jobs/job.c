@@ -50,6 +50,17 @@ int64_t job_id(const job_ctx_t *c) { return c->spec->id; }
 uint32_t job_attempt(const job_ctx_t *c) { return c->spec->attempt; }
 const char *job_dir(const job_ctx_t *c) { return c->dir; }
 
+uint32_t job_lent_devices(const job_ctx_t *c) {
+  const msgpack_object *l = c->spec->lent;
+  return l && l->type == MSGPACK_OBJECT_ARRAY ? l->via.array.size : 0;
+}
+
+const char *job_lent_device(const job_ctx_t *c, uint32_t i, char *buf, size_t n) {
+  buf[0] = '\0';
+  if (i < job_lent_devices(c)) mp_str_copy(&c->spec->lent->via.array.ptr[i], buf, n);
+  return buf;
+}
+
 static const msgpack_object *param(const job_ctx_t *c, const char *key) {
   const msgpack_object *o = mp_get(c->spec->params, key);
   if (!o) {

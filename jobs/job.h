@@ -37,6 +37,12 @@ uint32_t job_attempt(const job_ctx_t *ctx);
 /* The job's artifact folder (exists; outputs, checkpoints and logs go there); owned by ctx. */
 const char *job_dir(const job_ctx_t *ctx);
 
+/* The devices the daemon lent the job beside its own (a data-parallel job's, `devices` > 1): how many, and the
+ * i-th one's selector (an index or UUID for gpu_opts_t.device) into buf. 0 when the host lent none (an in-process
+ * host: the job then opens its replicas on its own device). */
+uint32_t job_lent_devices(const job_ctx_t *ctx);
+const char *job_lent_device(const job_ctx_t *ctx, uint32_t i, char *buf, size_t n);
+
 /* Parameter values (the daemon has validated them and filled in defaults, so the key always exists). */
 int64_t job_param_int(const job_ctx_t *ctx, const char *key);
 double job_param_float(const job_ctx_t *ctx, const char *key);
@@ -137,6 +143,7 @@ typedef struct job_spec {
   uint32_t attempt;
   const char *kind, *dir;
   const msgpack_object *params;
+  const msgpack_object *lent; /* an array of device selectors lent beside the job's own device, or NULL */
 } job_spec_t;
 
 /* Runs the runner of spec->kind on host h (ctx its pointer) and returns its outcome; the job's result map goes to

@@ -186,6 +186,24 @@ static bool kind_tune_zo_validate(const msgpack_object *params, proto_err_t *e) 
   if (!lezo && !mp_str_is(m, "mezo")) return proto_fail(e, P_BAD_VALUE, "params.method", "params.method: mezo or lezo");
   if (!lezo && drop > 0)
     return proto_fail(e, P_BAD_VALUE, "params.drop_layers", "params.drop_layers: MeZO tunes every block (use lezo)");
+  int64_t batch = 1, micro = 0, devices = 1;
+  mp_as_int(mp_get(params, "batch"), &batch);
+  mp_as_int(mp_get(params, "micro_batch"), &micro);
+  mp_as_int(mp_get(params, "devices"), &devices);
+  if (micro > batch)
+    return proto_fail(e, P_BAD_VALUE, "params.micro_batch", "params.micro_batch: %lld is more than the batch (%lld)",
+                      (long long)micro, (long long)batch);
+  char pin[72] = "";
+  mp_str_copy(mp_get(params, "device"), pin, sizeof pin);
+  if (devices > 1 && pin[0])
+    return proto_fail(e, P_BAD_VALUE, "params.device",
+                      "params.device: a data-parallel run (--devices %lld) takes the devices of idle workers; it "
+                      "cannot be pinned to one",
+                      (long long)devices);
+  if (devices > batch)
+    return proto_fail(e, P_BAD_VALUE, "params.devices",
+                      "params.devices: %lld devices for a batch of %lld would leave some without an example",
+                      (long long)devices, (long long)batch);
   return dtype_ok(params, e);
 }
 

@@ -44,6 +44,12 @@ typedef struct run {
   dataset_t train, eval;
   model_t *m;
   zo_t *z;
+  /* Data-parallel replicas (--devices): [0] is m and z on the job's own device; the others each hold their own
+   * copy of the weights on a device of their own (owned here). */
+  uint32_t n_rep, micro;
+  zo_t *zs[ZO_MAX_REPLICAS];
+  model_t *rm[ZO_MAX_REPLICAS];
+  gpu_t *rg[ZO_MAX_REPLICAS];
   FILE *log;
   char log_path[PATH_MAX], state_path[PATH_MAX];
   double eval_first, eval_last, loss_last; /* NAN until measured */
@@ -134,6 +140,38 @@ static void fmt_duration(char *buf, size_t n, double s) {
     snprintf(buf, n, "%" PRIu64 "s", t);
 }
 
+/* The replicas of a data-parallel run (--devices N): N - 1 more copies of the weights at path, each on a device the
+ * daemon lent the job (on the job's own device when the host lent none), scoring micro-batches of r->micro. */
+static lt_status_t open_replicas(run_t *r, const char *path, uint32_t context, lt_err_t *err) {
+  r->n_rep = (uint32_t)job_param_int(r->ctx, "devices");
+  int64_t micro = job_param_int(r->ctx, "micro_batch");
+  r->micro = micro > 0 ? (uint32_t)micro : (r->batch + r->n_rep - 1) / r->n_rep;
+  r->zs[0] = r->z;
+  if (r->n_rep > ZO_MAX_REPLICAS)
+    return lt_fail(err, LT_E_INVALID, "--devices %u: at most %d", r->n_rep, ZO_MAX_REPLICAS);
+  char names[1024] = "";
+  size_t at = (size_t)snprintf(names, sizeof names, "%s", gpu_caps(job_gpu(r->ctx, err))->name);
+  for (uint32_t i = 1; i < r->n_rep; i++) {
+    char sel[72];
+    job_lent_device(r->ctx, i - 1, sel, sizeof sel);
+    if (!sel[0]) util_copy(sel, job_param_str(r->ctx, "device"), sizeof sel);
+    gpu_opts_t go = {.device = sel[0] ? sel : NULL};
+    model_load_opts_t lo = {.force_f32 = true};
+    if (!(r->rg[i] = gpu_new(&go, err))) return err->code;
+    if (!(r->rm[i] = model_load(r->rg[i], path, &lo, err))) return err->code;
+    if (!(r->zs[i] = zo_new(r->rm[i], &r->o, r->micro, context, err))) return err->code;
+    if (at < sizeof names)
+      at += (size_t)snprintf(names + at, sizeof names - at, ", %s%s%s", sel[0] ? sel : "", sel[0] ? ": " : "",
+                             gpu_caps(r->rg[i])->name);
+  }
+  if (r->n_rep > 1 || r->micro < r->batch)
+    job_log(r->ctx,
+            "batches of %u in forward passes of %u examples on %u device%s (%s); only the losses cross "
+            "between them",
+            r->batch, r->micro, r->n_rep, r->n_rep > 1 ? "s" : "", names);
+  return LT_OK;
+}
+
 /* Runs steps [start, steps) with evals and checkpoints; the outcome of the loop. */
 static job_outcome_t train(run_t *r, uint64_t start, lt_err_t *err) {
   job_ctx_t *ctx = r->ctx;
@@ -160,7 +198,7 @@ static job_outcome_t train(run_t *r, uint64_t start, lt_err_t *err) {
     zo_sample(r->o.seed, s, r->batch, r->train.n, idx);
     for (uint32_t j = 0; j < r->batch; j++) b[j] = r->train.ex[idx[j]];
     zo_record_t rec;
-    if (zo_step(r->z, s, r->lr, b, r->batch, &rec, err) != LT_OK) goto done;
+    if (zo_step_replicas(r->zs, r->n_rep, r->micro, s, r->lr, b, r->batch, &rec, err) != LT_OK) goto done;
     if (zo_log_record(r->log, &rec, err) != LT_OK) goto done;
     loss = 0.5 * (rec.loss_plus + rec.loss_minus);
     double secs = (double)(util_mono_ms() - t0) / 1000.0;
@@ -236,6 +274,7 @@ job_outcome_t run_tune_zo(job_ctx_t *ctx, lt_err_t *err) {
   int64_t drop = job_param_int(ctx, "drop_layers");
   if (r.o.method == ZO_LEZO) r.o.drop_layers = drop < 0 ? L / 2 : (uint32_t)drop;
   if (!(r.z = zo_new(r.m, &r.o, r.batch, context, err))) goto done;
+  if (open_replicas(&r, start ? ckpt : r.base, context, err) != LT_OK) goto done;
   if (log_open(&r, start, err) != LT_OK) goto done;
   if (start)
     job_log(ctx, "attempt %u: resuming from %s (step %" PRIu64 " of %" PRIu64 ")", job_attempt(ctx), ckpt, start,
@@ -298,6 +337,11 @@ job_outcome_t run_tune_zo(job_ctx_t *ctx, lt_err_t *err) {
 done:
   free(r.eval_curve);
   if (r.log) fclose(r.log);
+  for (uint32_t i = 1; i < ZO_MAX_REPLICAS; i++) {
+    zo_destroy(&r.zs[i]);
+    model_destroy(&r.rm[i]);
+    gpu_destroy(&r.rg[i]);
+  }
   zo_destroy(&r.z);
   model_destroy(&r.m);
   dataset_free(&r.train);

@@ -2,6 +2,8 @@
 #include "methods/zo.h"
 
 #include <math.h>
+#include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -12,12 +14,15 @@ struct zo {
   zo_opts_t o;
   uint32_t n_layers, max_batch, max_tokens;
   uint32_t n_params;
-  uint32_t *tensor_id; /* [n_params] */
-  bool *active;        /* [n_layers] scratch for the step at hand */
-  model_seq_t **seqs;  /* [max_batch], capacity max_tokens */
-  model_item_t *items; /* [max_batch] */
-  int32_t *targets;    /* [max_batch * max_tokens] */
-  float *nll;          /* [max_batch * max_tokens] */
+  uint32_t *tensor_id;            /* [n_params] */
+  bool *active;                   /* [n_layers] scratch for the step at hand */
+  model_seq_t **seqs;             /* [max_batch], capacity max_tokens */
+  model_item_t *items;            /* [max_batch] */
+  int32_t *targets;               /* [max_batch * max_tokens] */
+  float *nll;                     /* [max_batch * max_tokens] */
+  uint32_t *which;                /* [max_batch] the example each forward item scores */
+  double *ex_sum, *ex_sum2;       /* [max_batch] per-example NLL sums (at +eps and -eps in a step) */
+  uint64_t *ex_count, *ex_count2; /* [max_batch] their scored tokens */
 };
 
 /* splitmix64's finaliser: a bijective 64-bit mix. */
@@ -132,7 +137,13 @@ zo_t *zo_new(model_t *m, const zo_opts_t *o, uint32_t max_batch, uint32_t max_to
   z->items = calloc(max_batch, sizeof *z->items);
   z->targets = malloc((uint64_t)max_batch * max_tokens * sizeof *z->targets);
   z->nll = malloc((uint64_t)max_batch * max_tokens * sizeof *z->nll);
-  if (!z->tensor_id || !z->active || !z->seqs || !z->items || !z->targets || !z->nll) {
+  z->which = calloc(max_batch, sizeof *z->which);
+  z->ex_sum = calloc(max_batch, sizeof *z->ex_sum);
+  z->ex_sum2 = calloc(max_batch, sizeof *z->ex_sum2);
+  z->ex_count = calloc(max_batch, sizeof *z->ex_count);
+  z->ex_count2 = calloc(max_batch, sizeof *z->ex_count2);
+  if (!z->tensor_id || !z->active || !z->seqs || !z->items || !z->targets || !z->nll || !z->which || !z->ex_sum ||
+      !z->ex_sum2 || !z->ex_count || !z->ex_count2) {
     lt_fail(err, LT_E_NOMEM, "out of memory");
     zo_destroy(&z);
     return NULL;
@@ -166,6 +177,7 @@ void zo_destroy(zo_t **zp) {
   free(z->active);
   free(z->targets);
   free(z->nll);
+  free(z->which), free(z->ex_sum), free(z->ex_sum2), free(z->ex_count), free(z->ex_count2);
   free(z);
   *zp = NULL;
 }
@@ -202,12 +214,13 @@ lt_status_t zo_update(zo_t *z, uint64_t step_seed, float lr, float g, lt_err_t *
   return pass(z, step_seed, 1.0f - lr * z->o.weight_decay, -lr * g, err);
 }
 
-lt_status_t zo_nll(zo_t *z, const zo_example_t *batch, uint32_t n, double *sum, uint64_t *count, lt_err_t *err) {
+lt_status_t zo_nll_each(zo_t *z, const zo_example_t *batch, uint32_t n, double *sum, uint64_t *count, lt_err_t *err) {
   if (n > z->max_batch) return lt_fail(err, LT_E_INVALID, "batch of %u over the %u prepared", n, z->max_batch);
   model_item_t *items = z->items;
-  uint32_t k = 0;
+  uint32_t k = 0, *which = z->which;
   for (uint32_t b = 0; b < n; b++) {
     const zo_example_t *e = &batch[b];
+    sum[b] = 0.0, count[b] = 0;
     uint32_t len = e->n < z->max_tokens ? e->n : z->max_tokens;
     if (len < 2 || e->first >= len - 1) continue; /* nothing of it is scored within max_tokens */
     int32_t *tg = z->targets + (uint64_t)k * z->max_tokens;
@@ -220,19 +233,31 @@ lt_status_t zo_nll(zo_t *z, const zo_example_t *batch, uint32_t n, double *sum, 
                               .out = MODEL_OUT_NLL,
                               .result = z->nll + (uint64_t)k * z->max_tokens,
                               .targets = tg};
-    k++;
+    which[k++] = b;
   }
   lt_status_t st = k ? model_forward(z->m, items, k, NULL, err) : LT_OK;
   if (st != LT_OK) return st;
-  *sum = 0.0;
-  *count = 0;
   for (uint32_t i = 0; i < k; i++)
     for (uint32_t t = 0; t < items[i].n_tokens; t++)
       if (items[i].targets[t] >= 0) {
-        *sum += items[i].result[t];
-        (*count)++;
+        sum[which[i]] += items[i].result[t];
+        count[which[i]]++;
       }
   return LT_OK;
+}
+
+/* The batch's NLL sum and count from per-example ones, added in example order: the same total whichever replicas
+ * scored which examples. */
+static void add_up(const double *sum, const uint64_t *count, uint32_t n, double *total, uint64_t *tokens) {
+  *total = 0.0, *tokens = 0;
+  for (uint32_t b = 0; b < n; b++) *total += sum[b], *tokens += count[b];
+}
+
+lt_status_t zo_nll(zo_t *z, const zo_example_t *batch, uint32_t n, double *sum, uint64_t *count, lt_err_t *err) {
+  if (n > z->max_batch) return lt_fail(err, LT_E_INVALID, "batch of %u over the %u prepared", n, z->max_batch);
+  lt_status_t st = zo_nll_each(z, batch, n, z->ex_sum, z->ex_count, err);
+  if (st == LT_OK) add_up(z->ex_sum, z->ex_count, n, sum, count);
+  return st;
 }
 
 lt_status_t zo_loss(zo_t *z, const zo_example_t *batch, uint32_t n, double *loss, lt_err_t *err) {
@@ -245,22 +270,128 @@ lt_status_t zo_loss(zo_t *z, const zo_example_t *batch, uint32_t n, double *loss
   return LT_OK;
 }
 
-lt_status_t zo_step(zo_t *z, uint64_t step, float lr, const zo_example_t *batch, uint32_t n, zo_record_t *rec,
-                    lt_err_t *err) {
-  uint64_t seed = zo_step_seed(z->o.seed, step);
-  float eps = z->o.eps;
-  double lp = 0.0, lm = 0.0;
+/* What one replica does in a step: its micro-batches (r, r + n_rep, r + 2 n_rep, ... of `micro` examples each)
+ * scored at +eps and -eps with the weights restored after (phase 0), or the update with the agreed g (phase 1). */
+typedef struct share {
+  zo_t *z;
+  uint64_t seed;
+  float lr, g;
+  int phase;
+  const zo_example_t *batch;
+  uint32_t n, micro, r, n_rep;
+  double *sum_plus, *sum_minus; /* [batch], this replica writes [lo, hi) */
+  uint64_t *count_plus, *count_minus;
   lt_status_t st;
-  if ((st = zo_perturb(z, seed, eps, err)) != LT_OK) return st;
-  if ((st = zo_loss(z, batch, n, &lp, err)) != LT_OK) return st;
-  if ((st = zo_perturb(z, seed, -2.0f * eps, err)) != LT_OK) return st;
-  if ((st = zo_loss(z, batch, n, &lm, err)) != LT_OK) return st;
-  if ((st = zo_perturb(z, seed, eps, err)) != LT_OK) return st;
+  lt_err_t err;
+} share_t;
+
+/* Scores the replica's micro-batches into sum/count at the weights as they are. */
+static lt_status_t share_score(share_t *s, double *sum, uint64_t *count, lt_err_t *err) {
+  for (uint64_t lo = (uint64_t)s->r * s->micro; lo < s->n; lo += (uint64_t)s->n_rep * s->micro) {
+    uint32_t k = s->n - lo < s->micro ? (uint32_t)(s->n - lo) : s->micro;
+    lt_status_t st = zo_nll_each(s->z, s->batch + lo, k, sum + lo, count + lo, err);
+    if (st != LT_OK) return st;
+  }
+  return LT_OK;
+}
+
+static void *share_run(void *arg) {
+  share_t *s = arg;
+  zo_t *z = s->z;
+  float eps = z->o.eps;
+  lt_err_t *err = &s->err;
+  if (s->phase == 1) {
+    s->st = zo_update(z, s->seed, s->lr, s->g, err);
+    return NULL;
+  }
+  /* Every replica perturbs and restores its whole copy (the weights stay identical across replicas), even when
+   * it has no micro-batch of its own this step. */
+  if ((s->st = zo_perturb(z, s->seed, eps, err)) != LT_OK) return NULL;
+  if ((s->st = share_score(s, s->sum_plus, s->count_plus, err)) != LT_OK) return NULL;
+  if ((s->st = zo_perturb(z, s->seed, -2.0f * eps, err)) != LT_OK) return NULL;
+  if ((s->st = share_score(s, s->sum_minus, s->count_minus, err)) != LT_OK) return NULL;
+  s->st = zo_perturb(z, s->seed, eps, err);
+  return NULL;
+}
+
+/* Runs phase on every replica, each in a thread of its own (replica 0 on the calling thread). */
+static lt_status_t run_shares(share_t *sh, uint32_t n_rep, int phase, lt_err_t *err) {
+  pthread_t th[ZO_MAX_REPLICAS];
+  bool started[ZO_MAX_REPLICAS] = {0};
+  for (uint32_t r = 0; r < n_rep; r++) {
+    sh[r].phase = phase;
+    sh[r].st = LT_OK;
+    sh[r].err.code = LT_OK, sh[r].err.msg[0] = '\0';
+  }
+  for (uint32_t r = 1; r < n_rep; r++) started[r] = pthread_create(&th[r], NULL, share_run, &sh[r]) == 0;
+  share_run(&sh[0]);
+  for (uint32_t r = 1; r < n_rep; r++) {
+    if (started[r])
+      pthread_join(th[r], NULL);
+    else
+      share_run(&sh[r]); /* no thread to be had: run it here */
+  }
+  for (uint32_t r = 0; r < n_rep; r++)
+    if (sh[r].st != LT_OK) {
+      *err = sh[r].err;
+      if (n_rep > 1) snprintf(err->msg, sizeof err->msg, "replica %u: %.480s", r, sh[r].err.msg);
+      return sh[r].st;
+    }
+  return LT_OK;
+}
+
+lt_status_t zo_step_replicas(zo_t *const *z, uint32_t n_rep, uint32_t micro, uint64_t step, float lr,
+                             const zo_example_t *batch, uint32_t n, zo_record_t *rec, lt_err_t *err) {
+  if (n_rep < 1 || n_rep > ZO_MAX_REPLICAS)
+    return lt_fail(err, LT_E_INVALID, "%u replicas: 1 to %d", n_rep, ZO_MAX_REPLICAS);
+  if (micro == 0 || micro > n) micro = n ? n : 1;
+  if (n > z[0]->max_batch) return lt_fail(err, LT_E_INVALID, "batch of %u over the %u prepared", n, z[0]->max_batch);
+  for (uint32_t r = 1; r < n_rep; r++) {
+    if (micro > z[r]->max_batch)
+      return lt_fail(err, LT_E_INVALID, "micro-batch of %u over replica %u's %u prepared", micro, r, z[r]->max_batch);
+    /* The replicas run in threads at once, and a device object serves one thread at a time. */
+    for (uint32_t q = 0; q < r; q++)
+      if (model_gpu(z[q]->m) == model_gpu(z[r]->m))
+        return lt_fail(err, LT_E_INVALID, "replicas %u and %u share a device object; each needs its own", q, r);
+  }
+  uint64_t seed = zo_step_seed(z[0]->o.seed, step);
+  float eps = z[0]->o.eps;
+  /* Scratch of replica 0: per-example sums at both perturbations. */
+  double *sp = z[0]->ex_sum, *sm = z[0]->ex_sum2;
+  uint64_t *cp = z[0]->ex_count, *cm = z[0]->ex_count2;
+  share_t sh[ZO_MAX_REPLICAS];
+  for (uint32_t r = 0; r < n_rep; r++)
+    sh[r] = (share_t){.z = z[r],
+                      .seed = seed,
+                      .lr = lr,
+                      .batch = batch,
+                      .n = n,
+                      .micro = micro,
+                      .r = r,
+                      .n_rep = n_rep,
+                      .sum_plus = sp,
+                      .sum_minus = sm,
+                      .count_plus = cp,
+                      .count_minus = cm};
+  lt_status_t st = run_shares(sh, n_rep, 0, err);
+  if (st != LT_OK) return st;
+  double lp, lm;
+  uint64_t np, nm;
+  add_up(sp, cp, n, &lp, &np);
+  add_up(sm, cm, n, &lm, &nm);
+  if (np == 0 || nm == 0) return lt_fail(err, LT_E_INVALID, "no token of the batch is scored");
+  lp /= (double)np, lm /= (double)nm;
   float g = (float)((lp - lm) / (2.0 * (double)eps));
   if (!isfinite(g)) return lt_fail(err, LT_E_INVALID, "step %llu: the loss is not finite", (unsigned long long)step);
-  if ((st = zo_update(z, seed, lr, g, err)) != LT_OK) return st;
+  for (uint32_t r = 0; r < n_rep; r++) sh[r].g = g;
+  if ((st = run_shares(sh, n_rep, 1, err)) != LT_OK) return st;
   *rec = (zo_record_t){.step = step, .seed = seed, .g = g, .lr = lr, .loss_plus = lp, .loss_minus = lm};
   return LT_OK;
+}
+
+lt_status_t zo_step(zo_t *z, uint64_t step, float lr, const zo_example_t *batch, uint32_t n, zo_record_t *rec,
+                    lt_err_t *err) {
+  return zo_step_replicas(&z, 1, n, step, lr, batch, n, rec, err);
 }
 
 lt_status_t zo_replay(zo_t *z, const zo_record_t *rec, lt_err_t *err) {

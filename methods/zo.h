@@ -76,6 +76,11 @@ lt_status_t zo_perturb(zo_t *z, uint64_t step_seed, float scale, lt_err_t *err);
  * theta += (-lr * g) * z(step_seed). */
 lt_status_t zo_update(zo_t *z, uint64_t step_seed, float lr, float g, lt_err_t *err);
 
+/* Per example b of the batch: the NLL summed over its scored tokens into sum[b] (in token order) and their
+ * number into count[b] (0 for an example with nothing scored within max_tokens). One forward pass; n <=
+ * max_batch. */
+lt_status_t zo_nll_each(zo_t *z, const zo_example_t *batch, uint32_t n, double *sum, uint64_t *count, lt_err_t *err);
+
 /* The NLL summed over the scored tokens of the batch into *sum, and their number into *count (eval mode: nothing
  * stochastic in the forward pass). n <= max_batch; longer examples are cut to max_tokens. */
 lt_status_t zo_nll(zo_t *z, const zo_example_t *batch, uint32_t n, double *sum, uint64_t *count, lt_err_t *err);
@@ -85,9 +90,23 @@ lt_status_t zo_nll(zo_t *z, const zo_example_t *batch, uint32_t n, double *sum, 
 lt_status_t zo_loss(zo_t *z, const zo_example_t *batch, uint32_t n, double *loss, lt_err_t *err);
 
 /* One MeZO/LeZO step on the batch: perturb +eps, L+, perturb -2 eps, L-, perturb +eps (restore), g = (L+ - L-) /
- * (2 eps), update with lr. Fills *rec. */
+ * (2 eps), update with lr. Fills *rec. The losses add the per-example NLL sums (zo_nll_each) in example order,
+ * then divide by the scored tokens. */
 lt_status_t zo_step(zo_t *z, uint64_t step, float lr, const zo_example_t *batch, uint32_t n, zo_record_t *rec,
                     lt_err_t *err);
+
+/* Replicas of one run at most (zo_step_replicas). */
+#define ZO_MAX_REPLICAS 16
+
+/* zo_step, data-parallel over n_rep replicas: z[r] tunes its own copy of the same weights (each on its own device,
+ * or several on one, each through a gpu_t of its own: they run in threads at once). The batch is scored in micro-batches of `micro` examples, one forward pass each (0: the
+ * whole batch in one); replica r scores micro-batches r, r + n_rep, ..., each replica in a thread of its own, and
+ * only the per-example loss sums come back; every replica then applies the same update. The forward passes are
+ * the same whatever n_rep, so the losses, g and the weights are bit for bit those of one replica with the same
+ * `micro` (an example's NLL can move in its last bit with the other examples of its forward pass on some drivers,
+ * which is why the micro-batches, not only the batch, are fixed). zo_step is one replica, one micro-batch. */
+lt_status_t zo_step_replicas(zo_t *const *z, uint32_t n_rep, uint32_t micro, uint64_t step, float lr,
+                             const zo_example_t *batch, uint32_t n, zo_record_t *rec, lt_err_t *err);
 
 /* Re-applies a logged step without forward passes: the same perturb, restore and update passes, so the weights
  * come out bit for bit as the step left them (the restore's float rounding included) on the same device. */

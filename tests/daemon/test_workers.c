@@ -165,3 +165,99 @@ Test(workers, two_workers_on_one_device) {
   cr_assert_eq(system(cmd), 0, "%s", cmd);
   td_cleanup(&absent);
 }
+
+/* The status reply's workers as "STATE:JOB" for worker 0 and 1 into a and b (JOB 0 when none). */
+static void worker_states(lc_t *c, char *a, char *b, size_t n) {
+  mp_doc_t *st = td_status(c);
+  const msgpack_object *ws = mp_get(mp_doc_root(st), "workers");
+  char *out[2] = {a, b};
+  for (uint32_t i = 0; i < 2 && ws && i < ws->via.array.size; i++) {
+    char state[16] = "";
+    mp_str_copy(mp_get(&ws->via.array.ptr[i], "state"), state, sizeof state);
+    snprintf(out[i], n, "%s:%lld", state, (long long)td_int(&ws->via.array.ptr[i], "job"));
+  }
+  mp_doc_destroy(&st);
+}
+
+Test(workers, data_parallel_tune_zo_gives_the_bytes_of_one_device, .timeout = 240) {
+  /* tune-zo --devices 2 borrows the second worker's device (shown `lent`, a sleep job waits meanwhile), scores
+   * each batch's two micro-batches on the two devices and exchanges only the losses: its checkpoint, final weights
+   * and run log are byte for byte those of one device running the same micro-batches. A third device is refused. */
+  start_two_devices(NULL);
+  lc_t *c = td_client(&t);
+  char data[PATH_MAX], out[3][PATH_MAX + 8];
+  snprintf(data, sizeof data, "%s/train.jsonl", t.dir);
+  FILE *f = fopen(data, "w");
+  cr_assert(f != NULL);
+  static const char *const words[] = {"the", "lord", "said", "unto", "moses", "and", "aaron", "speak"};
+  for (int i = 0; i < 24; i++)
+    fprintf(f, "{\"text\": \"%s %s %s %s %s\"}\n", words[i % 8], words[(i * 3) % 8], words[(i + 2) % 8],
+            words[(i * 7) % 8], words[(i + 5) % 8]);
+  cr_assert_eq(fclose(f), 0);
+  int64_t ids[3];
+  /* devices, micro_batch: 2 devices sharing each batch of 4 (micro-batches of 2 by default), then one device with
+   * micro-batches of 2, then one device with the whole batch per forward pass. */
+  const int64_t dev[3] = {2, 1, 1}, micro[3] = {0, 2, 0};
+  int64_t sleeper_id = 0;
+  for (int r = 0; r < 3; r++) {
+    snprintf(out[r], sizeof out[r], "%s/out%d", t.dir, r);
+    const char *kv[] = {
+        "model", LATHE_SOURCE_DIR "/tests/fixtures/llama-tiny", "data", data, "output", out[r], "method", "lezo", NULL};
+    const char *ik[] = {"steps", "batch", "save_every", "eval_every", "seed", "devices", "micro_batch", NULL};
+    const int64_t iv[] = {60, 4, 30, 0, 9, dev[r], micro[r]};
+    const char *fk[] = {"lr", "eps", NULL};
+    const double fv[] = {1e-3, 1e-2};
+    ids[r] = td_submit(c, "tune-zo", kv, ik, iv, fk, fv, NULL);
+    if (r == 0) {
+      /* While it runs: worker 0 or 1 busy with it, the other lent to it, and a sleep job waits for a worker. */
+      char a[48] = "", b[48] = "", want_busy[48], want_lent[48];
+      snprintf(want_busy, sizeof want_busy, "busy:%lld", (long long)ids[0]);
+      snprintf(want_lent, sizeof want_lent, "lent:%lld", (long long)ids[0]);
+      bool seen = false;
+      for (int waited = 0; waited < 30000 && !seen; waited += 10) {
+        worker_states(c, a, b, sizeof a);
+        seen = (!strcmp(a, want_busy) && !strcmp(b, want_lent)) || (!strcmp(a, want_lent) && !strcmp(b, want_busy));
+        if (!seen) td_sleep_ms(10);
+      }
+      cr_assert(seen, "workers %s and %s while job %lld ran on two devices", a, b, (long long)ids[0]);
+      sleeper_id = sleeper(c, 1, NULL);
+      mp_doc_t *d = td_show(c, sleeper_id);
+      char state[16] = "";
+      mp_str_copy(mp_get(mp_get(mp_doc_root(d), "job"), "state"), state, sizeof state);
+      mp_doc_destroy(&d);
+      cr_assert_str_eq(state, "queued", "the sleep job waits while both devices are taken");
+    }
+    td_wait_state(c, ids[r], "succeeded", 200000);
+  }
+  td_wait_state(c, sleeper_id, "succeeded", 30000);
+  static const char *const files[] = {"model.safetensors", "zo-log.jsonl", "checkpoint-30/model.safetensors"};
+  for (int i = 0; i < 3; i++) {
+    char fa[PATH_MAX + 64], fb[PATH_MAX + 64];
+    snprintf(fa, sizeof fa, "%s/%s", out[0], files[i]);
+    snprintf(fb, sizeof fb, "%s/%s", out[1], files[i]);
+    cr_assert(td_same_file(fa, fb), "%s: two devices differ from one device with the same micro-batches", files[i]);
+    snprintf(fb, sizeof fb, "%s/%s", out[2], files[i]);
+    cr_log_info("%s with the whole batch in one forward pass: %s", files[i],
+                td_same_file(fa, fb) ? "the same bytes" : "different in the last bits");
+  }
+  /* The log says how the work was shared. */
+  mp_doc_t *ev = lc_call_id(c, "events", ids[0], NULL, NULL);
+  cr_assert(ev != NULL);
+  bool said = false;
+  const msgpack_object *evs = mp_get(mp_doc_root(ev), "events");
+  for (uint32_t i = 0; evs && i < evs->via.array.size && !said; i++) {
+    char msg[512] = "";
+    mp_str_copy(mp_get(mp_get(&evs->via.array.ptr[i], "data"), "msg"), msg, sizeof msg);
+    said = strstr(msg, "forward passes of 2 examples on 2 devices") != NULL;
+  }
+  mp_doc_destroy(&ev);
+  cr_assert(said, "no log line names the two devices");
+  proto_err_t pe = {0};
+  const char *kv[] = {
+      "model", LATHE_SOURCE_DIR "/tests/fixtures/llama-tiny", "data", data, "output", out[0], "force", "true", NULL};
+  const char *ik[] = {"devices", "batch", NULL};
+  const int64_t iv[] = {3, 4};
+  int64_t refused = td_submit(c, "tune-zo", kv, ik, iv, NULL, NULL, &pe);
+  cr_assert_leq(refused, 0, "three devices of two are refused (got job %lld)", (long long)refused);
+  cr_assert(strstr(pe.msg, "3 devices at once, but this daemon has 2 workers"), "%s", pe.msg);
+}
