@@ -285,8 +285,8 @@ static bool kind_distill_validate(const msgpack_object *params, proto_err_t *e) 
 /* Every kind's last parameters. */
 #define COMMON_PARAMS                                                                                                  \
   P(device, KT_STR, false, "", 0, 64,                                                                                  \
-    "the GPU the job runs on: an index or a UUID as lathe-devices lists them (the CLI fills it from LATHE_DEVICE; "    \
-    "empty: the daemon's device)")                                                                                     \
+    "the GPU the job runs on: an index or a UUID as lathe-devices lists them, or any (the CLI fills it from "          \
+    "LATHE_DEVICE; empty or any: the first free worker)")                                                              \
   P(memory, KT_INT, false, "0", 0, 1073741824,                                                                         \
     "MiB of device memory the job needs: it runs only on a worker whose device has that much (0: any)")                \
   P(executor, KT_STR, false, "", 0, 8,                                                                                 \
@@ -578,7 +578,9 @@ bool kind_params_normalise(const kind_t *k, const msgpack_object *params, mpw_t 
     const kind_param_t *p = &k->params[i];
     const msgpack_object *v = params ? mp_get(params, p->key) : NULL;
     mpw_str(&t, p->key);
-    if (v)
+    if (v && !strcmp(p->key, "device") && mp_str_is(v, "any"))
+      ok = kind_parse_text(p, "", &t, e); /* --device any: no pin, stored as the default */
+    else if (v)
       ok = check_value(p, v, &t, e);
     else if (p->required) {
       char name[96];

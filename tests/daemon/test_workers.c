@@ -144,7 +144,13 @@ Test(workers, two_workers_on_one_device) {
   static const char *const args[] = {"--devices", "0,0", NULL};
   td_start(&t, args);
   lc_t *c = td_client(&t);
-  int64_t a = sleeper(c, 200, NULL), b = sleeper(c, 200, "0");
+  /* --device any is no pin (stored as the default), like naming none. */
+  int64_t a = sleeper(c, 200, "any"), b = sleeper(c, 200, "0");
+  mp_doc_t *shown = td_show(c, a);
+  char pin[16] = "?";
+  mp_str_copy(mp_get(mp_get(mp_get(mp_doc_root(shown), "job"), "params"), "device"), pin, sizeof pin);
+  mp_doc_destroy(&shown);
+  cr_assert_str_eq(pin, "", "--device any stored as %s", pin);
   td_wait_state(c, a, "running", 10000);
   td_wait_state(c, b, "running", 10000);
   int64_t wa, da, wb, db;
