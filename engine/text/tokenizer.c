@@ -907,23 +907,111 @@ int32_t tok_find(const tok_t *t, const char *text, size_t len) {
   return -1;
 }
 
-static const char *const re_llama3[] = {TOK_REGEX_LLAMA3}, *const re_qwen2[] = {TOK_REGEX_QWEN2};
+/* The pre-tokenizers GGUF files name in tokenizer.ggml.pre: the Hugging Face tokenizers' own split patterns,
+ * applied in turn (each splits every piece into its matches and the gaps between them, as a Split pre-tokenizer
+ * with the Isolated behaviour does), then GPT-2's byte-level mapping. A family whose tokenizer.json runs Digits or
+ * Punctuation pre-tokenizers before the byte-level one gets their patterns first. */
+static const char *const re_gpt2[] = {TOK_REGEX_GPT2}, *const re_llama3[] = {TOK_REGEX_LLAMA3},
+                         *const re_qwen2[] = {TOK_REGEX_QWEN2};
+/* DeepSeek LLM: line breaks, then Latin/Greek/Cyrillic-like letter runs (its tokenizer.json's own classes),
+ * ASCII and full-width punctuation, trailing whitespace, CJK runs and digit runs. */
+static const char *const re_deepseek_llm[] = {
+    "[\r\n]",
+    "\\s?[A-Za-z\u00b5\u00c0-\u00d6\u00d8-\u00f6\u00f8-\u01ba\u01bc-\u01bf\u01c4-\u0293\u0295-\u02af\u0370-\u0373"
+    "\u0376\u0377\u037b-\u037d\u037f\u0386\u0388-\u038a\u038c\u038e-\u03a1\u03a3-\u03f5\u03f7-\u0481\u048a-\u052f"
+    "\u0531-\u0556\u10a0-\u10c5\u13a0-\u13f5\u13f8-\u13fd\u1c90-\u1cba\u1cbd-\u1cbf\u1d00-\u1d2b\u1d6b-\u1d77"
+    "\u1d79-\u1d9a\u1e00-\u1f15\u1f18-\u1f1d\u1f20-\u1f45\u1f48-\u1f4d\u1f50-\u1f57\u1f59\u1f5b\u1f5d\u1f5f-\u1f7d"
+    "\u1f80-\u1fb4\u1fb6-\u1fbc\u1fbe\u1fc2-\u1fc4\u1fc6-\u1fcc\u1fd0-\u1fd3\u1fd6-\u1fdb\u1fe0-\u1fec\u1ff2-\u1ff4"
+    "\u1ff6-\u1ffc\u2102\u2107\u210a-\u2113\u2115\u2119-\u211d\u2124\u2126\u2128\u212a-\u212d\u212f-\u2134\u2139"
+    "\u213c-\u213f\u2145-\u2149\u214e\u2183\u2184\u2c00-\u2c7b\u2c7e-\u2ce4\u2ceb-\u2cee\u2cf2\u2cf3\ua640-\ua66d"
+    "\ua680-\ua69b\ua722-\ua76f\ua771-\ua787\ua78b-\ua78e\uab70-\uabbf\ufb00-\ufb06\ufb13-\ufb17\uff21-\uff3a"
+    "\uff41-\uff5a\U00010400-\U0001044f\U000104b0-\U000104d3\U000104d8-\U000104fb\U00010c80-\U00010cb2"
+    "\U00010cc0-\U00010cf2\U000118a0-\U000118df\U0001e900-\U0001e943]+",
+    "\\s?[!-/:-~\uff01-\uff0f\uff1a-\uff5e\u2018-\u201f\u3000-\u3002]+",
+    "\\s+$",
+    "[\u4e00-\u9fa5\u0800-\u4e00\uac00-\ud7ff]+",
+    "\\p{N}+"};
+/* DeepSeek Coder: line breaks, letter runs, punctuation runs, CJK runs, single digits. */
+static const char *const re_deepseek_coder[] = {"[\r\n]", "\\s?\\p{L}+", "\\s?\\p{P}+",
+                                                "[\u4e00-\u9fa5\u0800-\u4e00\uac00-\ud7ff]+", "\\p{N}"};
+/* DeepSeek V3: up to three digits, kana and CJK runs, then its byte-level pattern. */
+static const char *const re_deepseek_v3[] = {
+    "\\p{N}{1,3}", "[\u4e00-\u9fa5\u3040-\u309f\u30a0-\u30ff]+",
+    "[!\"#$%&'()*+,\\-./:;<=>?@\\[\\\\\\]^_`{|}~][A-Za-z]+|[^\r\n\\p{L}\\p{P}\\p{S}]?[\\p{L}\\p{M}]+| ?[\\p{P}\\p{S}]+"
+    "[\r\n]*|\\s*[\r\n]+|\\s+(?!\\S)|\\s+"};
+/* Falcon: punctuation runs (Punctuation), GPT-2's, then digit runs cut into threes. */
+static const char *const re_falcon[] = {"[\\p{P}\\$\\+<=>\\^~\\|`]+", TOK_REGEX_GPT2, "[0-9][0-9][0-9]"};
+/* StarCoder and kin: single digits (Digits, individual), then GPT-2's. */
+static const char *const re_starcoder[] = {"\\p{N}", TOK_REGEX_GPT2};
+/* BLOOM, Poro, GPT-3 Finnish: a run up to whitespace or sentence punctuation, with one leading space. */
+static const char *const re_bloom[] = {" ?[^(\\s|.,!?\u2026\u3002\uff0c\u3001\u0964\u06d4\u060c)]+"};
+static const char *const re_viking[] = {" ?[^(\\s|.,!?\u2026\u3002\uff0c\u3001\u0964\u06d4\u060c)]+", "\\p{N}"};
+/* Tekken (Mistral Nemo): case-aware letter runs, single digits. */
+static const char *const re_tekken[] = {
+    "[^\\r\\n\\p{L}\\p{N}]?[\\p{Lu}\\p{Lt}\\p{Lm}\\p{Lo}\\p{M}]*[\\p{Ll}\\p{Lm}\\p{Lo}\\p{M}]+|[^\\r\\n\\p{L}\\p{N}]?"
+    "[\\p{Lu}\\p{Lt}\\p{Lm}\\p{Lo}\\p{M}]+[\\p{Ll}\\p{Lm}\\p{Lo}\\p{M}]*|\\p{N}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n/]*|"
+    "\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+"};
 
+#define PRE(name, list, ignore)                                                                                        \
+  { name, list, sizeof list / sizeof list[0], ignore }
 static const struct {
   const char *name;
-  const char *const *re; /* NULL: GPT-2's (the default) */
+  const char *const *re;
+  uint32_t n_re;
   bool ignore_merges;
 } pre_names[] = {
-    {"llama-bpe", re_llama3, true}, {"llama3", re_llama3, true},
-    {"qwen2", re_qwen2, false},     {"deepseek-r1-qwen", re_qwen2, false},
-    {"default", NULL, false},       {"gpt-2", NULL, false},
-    {"phi-2", NULL, false},         {"roberta-bpe", NULL, false},
+    PRE("default", re_gpt2, false),
+    PRE("gpt-2", re_gpt2, false),
+    PRE("phi-2", re_gpt2, false),
+    PRE("roberta-bpe", re_gpt2, false),
+    PRE("mpt", re_gpt2, false),
+    PRE("olmo", re_gpt2, false),
+    PRE("jais", re_gpt2, false),
+    PRE("jina-es", re_gpt2, false),
+    PRE("jina-de", re_gpt2, false),
+    PRE("jina-v1-en", re_gpt2, false),
+    PRE("jina-v2-es", re_gpt2, false),
+    PRE("jina-v2-de", re_gpt2, false),
+    PRE("jina-v2-code", re_gpt2, false),
+    PRE("gigachat", re_gpt2, false),
+    PRE("llama-bpe", re_llama3, true),
+    PRE("llama3", re_llama3, true),
+    PRE("llama-v3", re_llama3, true),
+    PRE("falcon3", re_llama3, true),
+    PRE("dbrx", re_llama3, false),
+    PRE("smaug-bpe", re_llama3, false),
+    PRE("chatglm-bpe", re_llama3, false),
+    PRE("qwen2", re_qwen2, false),
+    PRE("deepseek-r1-qwen", re_qwen2, false),
+    PRE("stablelm2", re_qwen2, false),
+    PRE("megrez", re_qwen2, false),
+    PRE("deepseek-llm", re_deepseek_llm, false),
+    PRE("deepseek-coder", re_deepseek_coder, false),
+    PRE("deepseek-v3", re_deepseek_v3, false),
+    PRE("falcon", re_falcon, false),
+    PRE("starcoder", re_starcoder, false),
+    PRE("refact", re_starcoder, false),
+    PRE("command-r", re_starcoder, false),
+    PRE("smollm", re_starcoder, false),
+    PRE("codeshell", re_starcoder, false),
+    PRE("exaone", re_starcoder, false),
+    PRE("minerva-7b", re_starcoder, false),
+    PRE("bloom", re_bloom, false),
+    PRE("poro-chat", re_bloom, false),
+    PRE("gpt3-finnish", re_bloom, false),
+    PRE("viking", re_viking, false),
+    PRE("tekken", re_tekken, true),
 };
+#undef PRE
+
+size_t tok_pre_count(void) { return sizeof pre_names / sizeof pre_names[0]; }
+
+const char *tok_pre_at(size_t i) { return i < tok_pre_count() ? pre_names[i].name : NULL; }
 
 bool tok_pre_by_name(const char *name, tok_spec_t *spec) {
   for (size_t i = 0; name && i < sizeof pre_names / sizeof pre_names[0]; i++)
     if (!strcmp(name, pre_names[i].name)) {
-      spec->n_pre_regexes = pre_names[i].re ? 1 : 0;
+      spec->n_pre_regexes = pre_names[i].n_re;
       spec->pre_regexes = pre_names[i].re;
       spec->ignore_merges = pre_names[i].ignore_merges;
       return true;

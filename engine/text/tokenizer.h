@@ -60,9 +60,14 @@ typedef struct tok_spec {
 } tok_spec_t;
 
 /* Sets spec's split patterns (and ignore_merges) for the byte-level pre-tokenizer GGUF files name in
- * tokenizer.ggml.pre: "llama-bpe" / "llama3" (Llama 3), "qwen2" / "deepseek-r1-qwen" (Qwen2), and GPT-2's for
- * "default", "gpt-2" and the names that use it; false (spec unchanged: GPT-2's pattern) for other names. */
+ * tokenizer.ggml.pre: the GPT-2, Llama 3, Qwen2, DeepSeek (LLM, Coder, V3), Falcon, StarCoder (refact, command-r,
+ * smollm, ...), BLOOM, Viking and Tekken families under the names llama.cpp's converter writes; false (spec
+ * unchanged: GPT-2's pattern) for other names. */
 bool tok_pre_by_name(const char *name, tok_spec_t *spec);
+
+/* How many pre-tokenizer names tok_pre_by_name knows, and the i-th of them (a static string; NULL past the end). */
+size_t tok_pre_count(void);
+const char *tok_pre_at(size_t i);
 
 /* The GGUF pre-tokenizer name of a split pattern (as tokenizer.json stores it): "llama-bpe", "qwen2" or, for GPT-2's
  * pattern, "default"; NULL for a pattern without one. Static string. */
