@@ -932,7 +932,7 @@ static void ps_row(cli_t *cli, const msgpack_object *j, void *user) {
   const msgpack_object *dv = mp_get(j, "device");
   char node[64] = "";
   if (*get_str(j, "slurm_job", node, sizeof node)) /* run under Slurm: its node ("slurm" before it has one) */
-    snprintf(dev, sizeof dev, "%s", *get_str(j, "node", node, sizeof node) ? node : "slurm");
+    snprintf(dev, sizeof dev, "%.15s", *get_str(j, "node", node, sizeof node) ? node : "slurm");
   else if (dv && dv->type == MSGPACK_OBJECT_POSITIVE_INTEGER)
     snprintf(dev, sizeof dev, "%llu", (unsigned long long)dv->via.u64);
   const msgpack_object *pr = mp_get(j, "progress"), *el = mp_get(j, "elapsed_s"), *et = mp_get(j, "eta_s");

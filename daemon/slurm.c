@@ -229,7 +229,7 @@ static bool submit(daemon_t *d, slot_t *s, const msgpack_object *params, char *w
   }
   out[o] = '\0';
   snprintf(out + o, sizeof out - o, "/slurm-%%j.out");
-  char name[48], part[160], gres[300], tim[48], acct[160], chdir[PATH_MAX + 16], v[256];
+  char name[48], part[300], gres[300], tim[300], acct[300], chdir[PATH_MAX + 16], v[256];
   snprintf(name, sizeof name, "--job-name=lathe-%lld", (long long)s->job);
   snprintf(chdir, sizeof chdir, "--chdir=%s", dir);
   const char *argv[16] = {"sbatch", "--parsable", name, out, chdir};
