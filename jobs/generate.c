@@ -186,7 +186,9 @@ job_outcome_t run_generate(job_ctx_t *ctx, lt_err_t *err) {
   for (size_t i = 0; i < n; i++) {
     char *text = NULL;
     size_t tlen = 0;
-    if (tok_decode(tok, res[i].tokens, res[i].n_tokens, TOK_KEEP_LEADING, &text, &tlen, err) != LT_OK) goto done;
+    if (tok_decode(tok, res[i].tokens, res[i].n_tokens, TOK_KEEP_LEADING | TOK_UTF8_REPLACE, &text, &tlen, err) !=
+        LT_OK)
+      goto done;
     bool cut = false;
     tlen = stop_cut(pr.stops, text, tlen, &cut);
     text[tlen] = '\0';
@@ -197,6 +199,7 @@ job_outcome_t run_generate(job_ctx_t *ctx, lt_err_t *err) {
     json_t *row = json_pack("{s:s, s:s, s:i, s:s}", "prompt", job_param_list_at(ctx, "prompt", i), "text", text,
                             "tokens", (int)res[i].n_tokens, "stop", why);
     if (!row || dj_write(gens, row, err) != LT_OK) {
+      if (!row) lt_fail(err, LT_E_NOMEM, "out of memory writing the generations");
       free(text);
       goto done;
     }

@@ -118,7 +118,8 @@ static job_outcome_t condition(run_t *r, const steer_cfg_t *s, const char *name,
     for (uint32_t j = 0; j < k; j++) {
       char *text = NULL;
       size_t len = 0;
-      if (st == LT_OK) st = tok_decode(r->tok, res[j].tokens, res[j].n_tokens, TOK_KEEP_LEADING, &text, &len, err);
+      if (st == LT_OK)
+        st = tok_decode(r->tok, res[j].tokens, res[j].n_tokens, TOK_KEEP_LEADING | TOK_UTF8_REPLACE, &text, &len, err);
       if (st == LT_OK) st = fluency(r->m, pp[j], pl[j], res[j].tokens, res[j].n_tokens, t, err);
       if (st == LT_OK) {
         count_words(text, r->ctx, r->whole, t);

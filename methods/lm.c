@@ -62,7 +62,8 @@ lt_status_t lm_generate(lm_t *lm, const char *const *prompts, size_t n, char **o
   lm->gen.seed += n;
   for (size_t i = 0; i < n && st == LT_OK; i++) {
     size_t len = 0;
-    st = tok_decode(lm->tok, res[i].tokens, res[i].n_tokens, TOK_SKIP_SPECIAL | TOK_KEEP_LEADING, &outs[i], &len, err);
+    st = tok_decode(lm->tok, res[i].tokens, res[i].n_tokens, TOK_SKIP_SPECIAL | TOK_KEEP_LEADING | TOK_UTF8_REPLACE,
+                    &outs[i], &len, err);
     for (size_t s = 0; st == LT_OK && lm->stops && lm->stops[s]; s++) {
       char *hit = strstr(outs[i], lm->stops[s]);
       if (hit) *hit = '\0';

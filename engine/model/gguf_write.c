@@ -285,6 +285,21 @@ static const char *split_regex(const json_t *node) {
   return NULL;
 }
 
+/* Whether tokenizer.json's post-processor puts the special token `bos` first in a single sequence (a
+ * TemplateProcessing, alone or inside a Sequence of processors): how a Hugging Face tokenizer without an
+ * add_bos_token setting says it adds BOS. */
+static bool template_adds_bos(const json_t *pp, const char *bos) {
+  if (!pp || !bos) return false;
+  size_t i;
+  json_t *e;
+  json_array_foreach(json_object_get(pp, "processors"), i, e) if (template_adds_bos(e, bos)) return true;
+  const char *type = json_string_value(json_object_get(pp, "type"));
+  if (!type || strcmp(type, "TemplateProcessing") != 0) return false;
+  const json_t *first = json_array_get(json_object_get(pp, "single"), 0);
+  const char *id = json_string_value(json_object_get(json_object_get(first, "SpecialToken"), "id"));
+  return id && !strcmp(id, bos);
+}
+
 static lt_status_t tokenizer_kv(gbuf_t *b, const char *src, const model_config_t *c, lt_err_t *err) {
   char path[4200];
   snprintf(path, sizeof path, "%s/tokenizer.json", src);
@@ -388,8 +403,12 @@ static lt_status_t tokenizer_kv(gbuf_t *b, const char *src, const model_config_t
   }
   if (c->bos_id >= 0) kv_u32(b, "tokenizer.ggml.bos_token_id", (uint32_t)c->bos_id);
   if (c->n_eos) kv_u32(b, "tokenizer.ggml.eos_token_id", (uint32_t)c->eos_ids[0]);
+  /* BOS as the Hugging Face tokenizer adds it: its add_bos_token setting, else its post-processor's template,
+   * else SentencePiece's habit (llama.cpp assumes none for byte-level vocabularies without this key). */
   const json_t *add_bos = json_object_get(cfg, "add_bos_token");
-  kv_bool(b, "tokenizer.ggml.add_bos_token", add_bos ? json_is_true(add_bos) : spm);
+  const char *bos_text = c->bos_id >= 0 && (uint64_t)c->bos_id < n ? t[c->bos_id] : NULL;
+  kv_bool(b, "tokenizer.ggml.add_bos_token",
+          add_bos ? json_is_true(add_bos) : template_adds_bos(json_object_get(tok, "post_processor"), bos_text) || spm);
   const char *tmpl = json_string_value(json_object_get(cfg, "chat_template"));
   if (tmpl) kv_str(b, "tokenizer.chat_template", tmpl);
   if (b->oom) st = lt_fail(err, LT_E_NOMEM, "out of memory writing the tokenizer");

@@ -84,6 +84,8 @@ enum {
   TOK_SKIP_SPECIAL = 1u << 0, /* leave special tokens (BOS, EOS, control tokens) out */
   TOK_KEEP_LEADING = 1u << 1, /* do not strip the leading space the normalizer added (decoding a
                                  continuation piece by piece) */
+  TOK_UTF8_REPLACE = 1u << 2, /* finished text: every byte that starts no valid UTF-8 sequence becomes U+FFFD
+                                 (random or cut-off tokens can leave stray bytes; JSON needs valid UTF-8) */
 };
 
 /* Builds a tokenizer from arrays. Returns NULL and fills err (LT_E_INVALID, LT_E_CORRUPT for merges or
@@ -110,7 +112,7 @@ lt_status_t tok_encode(const tok_t *t, const char *text, size_t len, unsigned fl
 
 /* Decodes n token ids into text. On success *text is a new NUL-terminated string of *len bytes (caller frees
  * with free()). The bytes are the tokens' raw bytes: arbitrary ids may give invalid UTF-8 (no U+FFFD
- * replacement), so a continuation can be decoded piece by piece. Fails with LT_E_INVALID on an id out of
+ * replacement unless TOK_UTF8_REPLACE), so a continuation can be decoded piece by piece. Fails with LT_E_INVALID on an id out of
  * range. */
 lt_status_t tok_decode(const tok_t *t, const int32_t *ids, size_t n, unsigned flags, char **text, size_t *len,
                        lt_err_t *err);

@@ -46,6 +46,26 @@ static job_local_t *host(void) {
   return l;
 }
 
+Test(runners, generate_writes_stray_bytes_as_replacement_characters) {
+  /* The K-quant fixture is random weights over a byte-fallback vocabulary: its greedy continuation of this prompt
+   * decodes to bytes that are no valid UTF-8 (it failed the job "without a reason" once). The text comes out with
+   * U+FFFD in their place and the job succeeds. */
+  job_local_t *l = host();
+  const char *kv[] = {"model",       LATHE_SOURCE_DIR "/tests/fixtures/qblock/kquant-tiny.gguf",
+                      "prompt",      "Once upon a time",
+                      "max_tokens",  "24",
+                      "temperature", "0",
+                      "ignore_eos",  "true"};
+  lt_err_t err = {0};
+  cr_assert_eq(job_local_run(l, "generate", kv, 5, &err), JOB_SUCCEEDED, "%s", err.msg);
+  const msgpack_object *out = first_event(l, "output");
+  cr_assert(out, "no output record");
+  char text[1024] = "";
+  cr_assert(mp_str_copy(mp_get(out, "text"), text, sizeof text));
+  cr_assert(strstr(text, "\xEF\xBF\xBD"), "no replacement character in %s", text);
+  job_local_destroy(&l);
+}
+
 Test(runners, generate_matches_the_reference_greedy_tokens) {
   json_error_t je;
   json_t *ref = json_load_file(TINY "/reference.json", 0, &je);

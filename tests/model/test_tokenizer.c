@@ -861,3 +861,30 @@ Test(tokenizer, every_named_pre_tokenizer_compiles_and_keeps_every_byte) {
   free(toks), free(lens);
   tok_destroy(&ref);
 }
+
+Test(tokenizer, utf8_replace_marks_stray_bytes_and_keeps_valid_text) {
+  /* Byte-level ids of a lone lead byte, a stray continuation byte and an overlong form decode to raw bytes, or with
+   * TOK_UTF8_REPLACE to one U+FFFD per byte that starts no valid sequence; valid text (2-, 3- and 4-byte forms)
+   * is untouched. */
+  tok_t *t = stories(); /* SentencePiece with <0xNN> byte tokens: any byte string is a list of ids */
+  static const char bad[] = "a\xC3 b\x80"
+                            "c\xC0\xAF\xE2\x82\xAC\xF0\x9F\x98\x81\xC3\xA9";
+  size_t n = sizeof bad - 1;
+  int32_t *ids = calloc(n, sizeof *ids);
+  for (size_t i = 0; i < n; i++) {
+    char piece[8];
+    snprintf(piece, sizeof piece, "<0x%02X>", (unsigned char)bad[i]);
+    cr_assert_geq(ids[i] = tok_find(t, piece, strlen(piece)), 0, "%s", piece);
+  }
+  lt_err_t err = {0};
+  char *raw = NULL, *fixed = NULL;
+  size_t nr = 0, nf = 0;
+  cr_assert_eq(tok_decode(t, ids, n, TOK_KEEP_LEADING, &raw, &nr, &err), LT_OK, "%s", err.msg);
+  cr_assert(nr == sizeof bad - 1 && !memcmp(raw, bad, nr), "raw decoding keeps the bytes");
+  cr_assert_eq(tok_decode(t, ids, n, TOK_KEEP_LEADING | TOK_UTF8_REPLACE, &fixed, &nf, &err), LT_OK, "%s", err.msg);
+  static const char want[] = "a\xEF\xBF\xBD b\xEF\xBF\xBD"
+                             "c\xEF\xBF\xBD\xEF\xBF\xBD\xE2\x82\xAC\xF0\x9F\x98\x81\xC3\xA9";
+  cr_assert(nf == sizeof want - 1 && !memcmp(fixed, want, nf), "got %s", fixed);
+  free(ids), free(raw), free(fixed);
+  tok_destroy(&t);
+}
