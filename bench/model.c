@@ -9,6 +9,11 @@
  * folder and deleted afterwards. Figures: prefill of one 128-token prompt and of 4 x 128, decoding at batch 1 and
  * 4 after a 16-token prompt, and the bytes the loader placed. Each figure is one timed run after a warm-up that
  * builds every pipeline. LATHE_BENCH_QUICK=1 shrinks the workloads.
+ *
+ * With LATHE_BENCH_LLAMA=/path/to/llama-bench (tools/llama_cpp_build.sh builds it from a llama.cpp checkout kept
+ * outside this repository), llama.cpp's CPU backend is a second peer: the model is written as GGUF
+ * (model_export_gguf; a .gguf is taken as it is) and llama-bench runs prefill of the same length and decoding of
+ * the same number of tokens on it, right after Lathe's figures, with as many threads as OpenBLAS uses.
  * Usage: bench_model [model folder or .gguf]. Exit status 1 when the f16 model's logits differ by more than 1e-2. */
 #include <cblas.h>
 #include <errno.h>
@@ -23,6 +28,7 @@
 #include "clock.h"
 #include "engine/gpu/gpu.h"
 #include "engine/model/model.h"
+#include "engine/model/gguf_write.h"
 #include "engine/model/model_file.h"
 #include "engine/ops/ref/ref.h"
 #include "engine/model/safetensors.h"
@@ -288,6 +294,8 @@ static const char *mib_str(char *buf, uint64_t bytes) {
   return buf;
 }
 
+static void llama_peer(const char *path, const char *label, const workload_t *w, double lathe_pp, double lathe_tg);
+
 /* Measures every figure for the model at path; returns 1 when its logits disagree beyond tol (tol < 0: only
  * printed). */
 static int bench_model(gpu_t *g, const char *path, const char *label, const workload_t *w, double tol) {
@@ -336,9 +344,11 @@ static int bench_model(gpu_t *g, const char *path, const char *label, const work
     bool decode;
   } figs[] = {{"prefill", 1, false}, {"prefill", MAX_ITEMS, false}, {"decode", 1, true}, {"decode", MAX_ITEMS, true}};
   int bad = 0;
+  double lathe_pp = 0, lathe_tg = 0; /* batch 1, for the llama.cpp peer */
   for (size_t i = 0; i < sizeof figs / sizeof figs[0]; i++) {
     figure_t f = measure(&r, figs[i].items, figs[i].decode ? w->prompt : w->prefill, figs[i].decode ? w->steps : 0);
     double toks_n = (double)figs[i].items * (figs[i].decode ? w->steps : w->prefill);
+    if (figs[i].items == 1) *(figs[i].decode ? &lathe_tg : &lathe_pp) = toks_n / f.lathe_s;
     char what[64];
     if (figs[i].decode)
       snprintf(what, sizeof what, "decode batch %u (%u steps)", figs[i].items, w->steps);
@@ -356,6 +366,7 @@ static int bench_model(gpu_t *g, const char *path, const char *label, const work
            f.new_pipelines ? " (pipelines were built while timing!)" : "", f.peer_s, 100 * r.p->t_blas / f.peer_s);
     if (tol >= 0 && !(f.diff <= tol)) bad = 1;
   }
+  llama_peer(path, label, w, lathe_pp, lathe_tg);
   const model_mem_t *mm = model_mem(r.m);
   char a[32], b[32], d[32], e[32];
   printf("model %s memory: lathe weights %s on the device for %s in the file (ratio %.2f), activations %s; "
@@ -368,6 +379,62 @@ static int bench_model(gpu_t *g, const char *path, const char *label, const work
   peer_free(&r.p);
   model_destroy(&r.m);
   return bad;
+}
+
+/* llama-bench's mean tokens per second for its prompt test (-p) and generation test (-n) from its JSON output;
+ * false when it did not run. */
+static bool llama_bench(const char *bench, const char *gguf, uint32_t prefill, uint32_t steps, double *pp, double *tg) {
+  char cmd[1536];
+  snprintf(cmd, sizeof cmd, "'%s' -m '%s' -p %u -n %u -t %d -r 3 -o json 2>/dev/null", bench, gguf, prefill, steps,
+           openblas_get_num_threads());
+  FILE *f = popen(cmd, "r");
+  if (!f) return false;
+  static char out[1 << 16];
+  size_t n = fread(out, 1, sizeof out - 1, f);
+  out[n] = '\0';
+  int st = pclose(f);
+  *pp = *tg = 0;
+  /* One object per test: "n_prompt": P, "n_gen": G, ... "avg_ts": T. */
+  for (char *o = strstr(out, "\"n_prompt\""); o; o = strstr(o + 1, "\"n_prompt\"")) {
+    long np = strtol(strchr(o, ':') + 1, NULL, 10);
+    char *g = strstr(o, "\"n_gen\""), *ts = strstr(o, "\"avg_ts\"");
+    if (!g || !ts) break;
+    long ng = strtol(strchr(g, ':') + 1, NULL, 10);
+    double v = strtod(strchr(ts, ':') + 1, NULL);
+    if (np > 0 && ng == 0) *pp = v;
+    if (np == 0 && ng > 0) *tg = v;
+  }
+  return st == 0 && *pp > 0 && *tg > 0;
+}
+
+/* The llama.cpp peer (LATHE_BENCH_LLAMA) for the model at path: prints its prefill and decode rates against Lathe's
+ * (lathe_pp, lathe_tg tokens per second, batch 1) as ratios. */
+static void llama_peer(const char *path, const char *label, const workload_t *w, double lathe_pp, double lathe_tg) {
+  const char *bench = getenv("LATHE_BENCH_LLAMA");
+  if (!bench || !*bench) return;
+  char gguf[512];
+  size_t len = strlen(path);
+  bool own = !(len > 5 && !strcmp(path + len - 5, ".gguf"));
+  lt_err_t err = {0};
+  if (own) {
+    snprintf(gguf, sizeof gguf, "%s/lathe-bench-%d.gguf", getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp", (int)getpid());
+    if (model_export_gguf(path, gguf, &err) != LT_OK) {
+      printf("model %s llama.cpp-cpu: not measured: cannot write it as GGUF: %s\n", label, err.msg);
+      return;
+    }
+  } else {
+    snprintf(gguf, sizeof gguf, "%s", path);
+  }
+  double pp, tg;
+  if (llama_bench(bench, gguf, w->prefill, w->steps, &pp, &tg)) {
+    printf("model %s prefill %u: lathe %.1f tok/s, llama.cpp-cpu %.1f tok/s, ratio %.2f\n", label, w->prefill, lathe_pp,
+           pp, lathe_pp / pp);
+    printf("model %s decode batch 1 (%u tokens): lathe %.1f tok/s, llama.cpp-cpu %.1f tok/s, ratio %.2f\n", label,
+           w->steps, lathe_tg, tg, lathe_tg / tg);
+  } else {
+    printf("model %s llama.cpp-cpu: %s did not run on %s\n", label, bench, gguf);
+  }
+  if (own) unlink(gguf);
 }
 
 /* The model to compare first: argv[1], else lathe-kjv-llama when it exists, else stories260K. */

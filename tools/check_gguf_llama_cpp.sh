@@ -17,11 +17,7 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 src=${LLAMA_SRC:?set LLAMA_SRC to a llama.cpp checkout outside this repository}
 build=${LLAMA_BUILD:-/tmp/llama-build}
 
-if [ ! -e "$build/bin/libllama.so" ]; then
-  cmake -S "$src" -B "$build" -DCMAKE_BUILD_TYPE=Release -DLLAMA_CURL=OFF -DGGML_VULKAN=OFF -DLLAMA_BUILD_TESTS=OFF \
-    -DLLAMA_BUILD_SERVER=OFF >/dev/null
-  cmake --build "$build" -j"$(nproc)" --target llama >/dev/null
-fi
+[ -e "$build/bin/libllama.so" ] || bash "$root/tools/llama_cpp_build.sh" "$build" >/dev/null
 gcc -O2 -o "$build/llama_run" "$root/tools/llama_run.c" -I"$src/include" -I"$src/ggml/include" -L"$build/bin" \
   -lllama -lggml -lggml-base -lm -Wl,-rpath,"$build/bin"
 
