@@ -311,6 +311,11 @@ int64_t store_retry(daemon_t *d);
 /* What becomes of job j whose run on slot s (NULL: none) was cut off (`how`): cancelled if a cancel was asked,
  * else re-queued or failed per its kind (a shutdown does not spend an attempt). */
 void sched_interrupted(daemon_t *d, const slot_t *s, store_job_t *j, const char *how, bool shutdown);
+/* Slot s's job lost its run (`how`): it is cancelled, re-queued or failed (sched_interrupted) and the slot's job
+ * cleared. */
+void sched_cut_off(daemon_t *d, slot_t *s, const char *how);
+/* Sends slot s's worker the command to stop its job: cancel, or checkpoint (why STOP_SHUTDOWN). */
+void sched_tell_stop(daemon_t *d, slot_t *s, stop_req_t why);
 /* Clears slot s's job after it ended one way or another (and takes back the devices lent to it). */
 void sched_slot_job_done(daemon_t *d, slot_t *s);
 /* Queues msg for slot s's worker (sent after this turn's commit); takes the writer's bytes. */

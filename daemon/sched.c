@@ -126,6 +126,17 @@ void sched_slot_job_done(daemon_t *d, slot_t *s) {
   s->progress_pending = NULL;
 }
 
+void sched_cut_off(daemon_t *d, slot_t *s, const char *how) {
+  store_job_t j;
+  lt_err_t err = {0};
+  if (store_job_get(d->store, s->job, &j, &err) == 1) {
+    if (s->stop == STOP_CANCEL) j.cancel_requested = true;
+    sched_interrupted(d, s, &j, how, s->stop == STOP_SHUTDOWN);
+  }
+  store_job_clear(&j);
+  sched_slot_job_done(d, s);
+}
+
 static void worker_died(daemon_t *d, slot_t *s, int status) {
   char how[160];
   if (WIFSIGNALED(status))
@@ -147,16 +158,7 @@ static void worker_died(daemon_t *d, slot_t *s, int status) {
     int64_t back = 250LL << (s->crash_streak < 8 ? s->crash_streak : 8);
     s->backoff_until_mono = util_mono_ms() + (back > MAX_BACKOFF_MS ? MAX_BACKOFF_MS : back);
   }
-  if (s->job) {
-    store_job_t j;
-    lt_err_t err = {0};
-    if (store_job_get(d->store, s->job, &j, &err) == 1) {
-      if (s->stop == STOP_CANCEL) j.cancel_requested = true;
-      sched_interrupted(d, s, &j, how, s->stop == STOP_SHUTDOWN);
-    }
-    store_job_clear(&j);
-    sched_slot_job_done(d, s);
-  }
+  if (s->job) sched_cut_off(d, s, how);
   s->restarts++;
   spawn_slot(d, s);
 }
@@ -209,6 +211,10 @@ void sched_stop_running(daemon_t *d, slot_t *s, stop_req_t why) {
   }
   s->stop = why;
   s->stop_deadline_mono = util_mono_ms() + d->o.cancel_grace_ms;
+  sched_tell_stop(d, s, why);
+}
+
+void sched_tell_stop(daemon_t *d, slot_t *s, stop_req_t why) {
   mpw_t w;
   mpw_init(&w);
   mpw_map(&w);

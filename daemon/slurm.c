@@ -396,14 +396,7 @@ static void ended_in_slurm(daemon_t *d, slot_t *s) {
  * re-queued or failed as a local worker's crash would leave it. */
 static void cut_off(daemon_t *d, slot_t *s, const char *how) {
   scancel(d, s, how);
-  store_job_t j;
-  lt_err_t err = {0};
-  if (store_job_get(d->store, s->job, &j, &err) == 1) {
-    if (s->stop == STOP_CANCEL) j.cancel_requested = true;
-    sched_interrupted(d, s, &j, how, s->stop == STOP_SHUTDOWN);
-  }
-  store_job_clear(&j);
-  sched_slot_job_done(d, s);
+  sched_cut_off(d, s, how);
 }
 
 /* Asks Slurm about every followed job (one squeue), then sacct for those the controller no longer lists. */
@@ -499,25 +492,11 @@ void slurm_stop(daemon_t *d, slot_t *s, stop_req_t why) {
   bool connected = s->state == W_BUSY;
   if (why == STOP_CANCEL) {
     /* The cancel goes to the worker too, so that it stops at once and reports; scancel ends the batch job. */
-    if (connected) {
-      mpw_t w;
-      mpw_init(&w);
-      mpw_map(&w);
-      mpw_kstr(&w, "t", "cancel");
-      mpw_kint(&w, "job", s->job);
-      mpw_end(&w);
-      sched_to_worker(d, s, &w);
-    }
+    if (connected) sched_tell_stop(d, s, why);
     scancel(d, s, s->cancel_by[0] ? s->cancel_by : "cancelled");
     if (!connected) cut_off(d, s, "cancelled while waiting in Slurm's queue");
   } else if (connected) {
-    mpw_t w;
-    mpw_init(&w);
-    mpw_map(&w);
-    mpw_kstr(&w, "t", "checkpoint");
-    mpw_kint(&w, "job", s->job);
-    mpw_end(&w);
-    sched_to_worker(d, s, &w);
+    sched_tell_stop(d, s, why);
   } else {
     cut_off(d, s, "lathed is shutting down; its Slurm job had not started");
   }

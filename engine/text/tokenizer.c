@@ -869,6 +869,7 @@ static lt_status_t utf8_replace(dbuf_t *d, lt_err_t *err) {
     st = k ? put(&o, d->p + i, k, err) : put(&o, "\xEF\xBF\xBD", 3, err);
     i += k ? k : 1;
   }
+  if (!st) o.p[o.n] = '\0'; /* put() keeps room for it */
   free(d->p);
   *d = o;
   return st;
