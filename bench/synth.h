@@ -1,5 +1,5 @@
 /* The synthetic LLaMA the benchmarks share (bench_model, bench_zo): about 100M parameters in f16 with random
- * weights, written into a temporary folder and deleted afterwards. Header-only: each bench is one program. */
+ * weights and a filler tokenizer, written into a temporary folder and deleted afterwards. Header-only: each bench is one program. */
 #ifndef LATHE_BENCH_SYNTH_H
 #define LATHE_BENCH_SYNTH_H
 
@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <jansson.h>
 #include <unistd.h>
 
 #include "engine/ops/ref/ref.h"
@@ -23,13 +24,15 @@ static uint64_t splitmix64(uint64_t *s) {
   return z ^ (z >> 31);
 }
 
-/* Deletes the synthetic folder dir and its two files, if any, and clears dir. */
+/* Deletes the synthetic folder dir and its three files, if any, and clears dir. */
 static void synth_remove(char *dir) {
   if (!dir[0]) return;
   char p[300];
   snprintf(p, sizeof p, "%s/config.json", dir);
   unlink(p);
   snprintf(p, sizeof p, "%s/model.safetensors", dir);
+  unlink(p);
+  snprintf(p, sizeof p, "%s/tokenizer.json", dir);
   unlink(p);
   rmdir(dir);
   dir[0] = 0;
@@ -53,8 +56,37 @@ static void synth_add_tensor(ft_tensor_t *t, char (*names)[64], uint32_t *n, uin
  * into a new temporary folder whose path goes to dir (n bytes). Matrices hold approximately normal values (a sum
  * of four uniforms) of standard deviation 0.02 from a fixed seed; norms are 1. Returns false with msg (msg_n
  * bytes) on failure, the folder removed. */
+/* Writes dir/tokenizer.json for a vocabulary of v tokens: stories260K's SentencePiece-style tokenizer (512 tokens,
+ * byte fallback, its merges) with filler pieces for the ids above, which no text reaches; enough for the model to
+ * be written as GGUF and run by llama.cpp. False with msg. */
+static bool synth_tokenizer(const char *dir, uint32_t v, char *msg, size_t msg_n) {
+  json_error_t je;
+  json_t *t = json_load_file(LATHE_SOURCE_DIR "/tests/fixtures/stories260K/hf/tokenizer.json", 0, &je);
+  json_t *vocab = t ? json_object_get(json_object_get(t, "model"), "vocab") : NULL;
+  if (!vocab) {
+    snprintf(msg, msg_n, "stories260K's tokenizer.json: %s", t ? "no vocab" : je.text);
+    json_decref(t);
+    return false;
+  }
+  for (uint32_t id = (uint32_t)json_object_size(vocab); id < v; id++) {
+    char piece[32];
+    snprintf(piece, sizeof piece,
+             "\xe2\x96\x81"
+             "filler%u",
+             id);
+    json_object_set_new(vocab, piece, json_integer(id));
+  }
+  char p[300];
+  snprintf(p, sizeof p, "%s/tokenizer.json", dir);
+  bool ok = json_dump_file(t, p, JSON_COMPACT) == 0;
+  if (!ok) snprintf(msg, msg_n, "%s: cannot write", p);
+  json_decref(t);
+  return ok;
+}
+
 static bool synth_write(char *dir, size_t n_dir, char *msg, size_t msg_n) {
   enum { D = 768, L = 8, H = 12, KV = 4, HD = D / H, F = 2048, V = 32000 };
+  msg[0] = '\0';
   const char *tmp = getenv("TMPDIR");
   snprintf(dir, n_dir, "%s/lathe-bench-model-XXXXXX", tmp && *tmp ? tmp : "/tmp");
   if (!mkdtemp(dir)) {
@@ -77,8 +109,8 @@ static bool synth_write(char *dir, size_t n_dir, char *msg, size_t msg_n) {
           "\"rms_norm_eps\": 1e-05, \"rope_theta\": 10000.0, \"tie_word_embeddings\": false, \"hidden_act\": \"silu\", "
           "\"torch_dtype\": \"float16\", \"bos_token_id\": 1, \"eos_token_id\": 2}\n",
           D, F, L, H, KV, V);
-  if (fclose(f) != 0) {
-    snprintf(msg, msg_n, "%s: %s", p, strerror(errno));
+  if (fclose(f) != 0 || !synth_tokenizer(dir, V, msg, msg_n)) {
+    if (!msg[0]) snprintf(msg, msg_n, "%s: %s", p, strerror(errno));
     synth_remove(dir);
     return false;
   }
