@@ -14,6 +14,7 @@
  * outside this repository), llama.cpp's CPU backend is a second peer: the model is written as GGUF
  * (model_export_gguf; a .gguf is taken as it is) and llama-bench runs prefill of the same length and decoding of
  * the same number of tokens on it, right after Lathe's figures, with as many threads as OpenBLAS uses.
+ * LATHE_BENCH_NO_FUSE=1 turns off the fused decode MLP (model_fuse_decode), for a side-by-side of the fusion.
  * Usage: bench_model [model folder or .gguf]. Exit status 1 when the f16 model's logits differ by more than 1e-2. */
 #include <cblas.h>
 #include <errno.h>
@@ -455,8 +456,10 @@ static const char *pick_model(int argc, char **argv, const char **label) {
 }
 
 int main(int argc, char **argv) {
-  const char *q = getenv("LATHE_BENCH_QUICK");
+  const char *q = getenv("LATHE_BENCH_QUICK"), *nf = getenv("LATHE_BENCH_NO_FUSE");
   bool quick = q && *q && strcmp(q, "0") != 0;
+  /* LATHE_BENCH_NO_FUSE=1: decode runs the gated MLP as three dispatches, for a side-by-side of the fusion. */
+  if (nf && *nf && strcmp(nf, "0") != 0) model_fuse_decode(false);
   /* The synthetic model decodes slowly on lavapipe: fewer steps there keep the whole run near 3 minutes. */
   workload_t named = quick ? (workload_t){32, 16, 8} : (workload_t){128, 16, 32};
   workload_t synth = quick ? (workload_t){32, 16, 4} : (workload_t){128, 16, 8};

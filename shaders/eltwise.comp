@@ -8,12 +8,7 @@ layout(std430, binding = 0) writeonly buffer Y { float y[]; };
 layout(std430, binding = 1) readonly buffer A { float a[]; };
 layout(std430, binding = 2) readonly buffer B { float b[]; };
 
-float silu(float v) { return v / (1.0 + exp(-v)); }
-
-// tanh(u) written through exp so large |u| saturates instead of producing inf/inf.
-float tanh_safe(float u) { return 1.0 - 2.0 / (exp(2.0 * u) + 1.0); }
-
-float gelu_tanh(float v) { return 0.5 * v * (1.0 + tanh_safe(0.7978845608028654 * (v + 0.044715 * v * v * v))); }
+#include "act.glsl"
 
 void main() {
   uint i = flat_index();

@@ -169,6 +169,11 @@ void model_adapter_destroy(model_adapter_t **ap) {
 
 void model_set_adapter(model_t *m, const model_adapter_t *a) { m->adapter = a && a->m == m ? a : NULL; }
 
+bool adapter_has_lora(const model_t *m, uint32_t l, int target) {
+  const model_adapter_t *a = m->adapter;
+  return a && a->lora && l < a->n_layers && a->A[l][target];
+}
+
 lt_status_t adapter_lora(const model_t *m, gpu_cmd_t *c, gpu_buf_t *y, gpu_buf_t *x, uint32_t l, int target, uint32_t T,
                          lt_err_t *err) {
   const model_adapter_t *a = m->adapter;

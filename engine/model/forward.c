@@ -112,6 +112,26 @@ static lt_status_t dmat_mul(gpu_cmd_t *c, gpu_view_t y, uint32_t y_stride, gpu_v
   return LT_OK;
 }
 
+static bool g_fuse = true;
+
+void model_fuse_decode(bool on) { g_fuse = on; }
+
+/* The gated MLP of block l for T tokens as one dispatch (op_gemv_glu), when the weights allow it: gate and up
+ * whole (one piece each) in one float dtype, and no LoRA on either. LT_E_UNSUPPORTED (err cleared) when they do
+ * not, or when the op does not take the shape: the caller runs the separate ops. */
+static lt_status_t fused_glu(const model_t *m, gpu_cmd_t *c, const dlayer_t *L, uint32_t l, uint32_t T, lt_err_t *err) {
+  const dmat_t *g = &L->ffn.gate, *u = &L->ffn.up;
+  bool lora = adapter_has_lora(m, l, 4) || adapter_has_lora(m, l, 5);
+  if (!g_fuse || T > 4 || lora || g->n_pieces != 1 || u->n_pieces != 1 || g->dtype != u->dtype || g->scales ||
+      u->scales || qblock_is(g->dtype) || (g->dtype != LT_F32 && g->dtype != LT_F16 && g->dtype != LT_BF16))
+    return LT_E_UNSUPPORTED;
+  const acts_t *a = &m->a;
+  lt_status_t st = op_gemv_glu(c, gv(a->gate), gv(a->xn), gv(g->piece[0]), gv(u->piece[0]), g->dtype, T, g->rows,
+                               g->cols, m->cfg.gelu, err);
+  if (st == LT_E_UNSUPPORTED) lt_err_clear(err);
+  return st;
+}
+
 static lt_status_t mul(gpu_cmd_t *c, gpu_buf_t *y, gpu_buf_t *x, const dmat_t *w, uint32_t M, bool acc, lt_err_t *err) {
   return dmat_mul(c, gv(y), w->rows, gv(x), w, M, acc, err);
 }
@@ -466,6 +486,10 @@ static lt_status_t forward_pass(model_t *m, model_item_t *items, const uint32_t 
     if ((st = report_site(&p, &c, MODEL_SITE_FFN_IN, l, -1, a->xn, p.T, d, err)) != LT_OK) break;
     if (cf->n_experts) {
       st = moe_ffn(&p, &c, l, err);
+    } else if ((st = fused_glu(m, c, L, l, p.T, err)) != LT_E_UNSUPPORTED) {
+      if (st != LT_OK) break;
+      if ((st = report_site(&p, &c, MODEL_SITE_FFN_ACT, l, -1, a->gate, p.T, ffn, err)) != LT_OK) break;
+      st = join_stream(m, c, a->gate, &L->ffn.down, L->post_ffn_norm, l, 6, p.T, err);
     } else {
       if ((st = mul(c, a->gate, a->xn, &L->ffn.gate, p.T, false, err)) != LT_OK) break;
       if ((st = mul(c, a->up, a->xn, &L->ffn.up, p.T, false, err)) != LT_OK) break;

@@ -76,6 +76,9 @@ struct model {
   const model_adapter_t *adapter; /* applied by the forward pass when set (model_set_adapter) */
 };
 
+/* Whether the model's adapter puts a LoRA pair on projection `target` of block l (adapter.c). */
+bool adapter_has_lora(const model_t *m, uint32_t l, int target);
+
 /* The forward pass's adapter steps (engine/model/adapter.c); each does nothing when no adapter (of its kind, at
  * that place) is set. y += (alpha / r) (x A^T) B^T for target (0..6: q, k, v, o, gate, up, down) of block l, over T
  * rows. */

@@ -118,6 +118,14 @@ lt_status_t op_matmul_strided(gpu_cmd_t *c, gpu_view_t y, uint32_t y_stride, gpu
                               gpu_view_t w, lt_dtype_t wtype, uint32_t M, uint32_t N, uint32_t K, bool accumulate,
                               lt_err_t *err);
 
+/* A gated MLP's activation for few rows in one dispatch: y[M,N] = act(x . wg^T) * (x . wu^T) with act SiLU
+ * (SwiGLU) or, with gelu, GeLU-tanh (GeGLU); x, y f32 row-major, wg and wu [N,K] in one dtype (f32, f16, bf16).
+ * The same sums and activation as op_matmul twice and op_swiglu / op_geglu, in one dispatch instead of three (the
+ * decode step's MLP). LT_E_UNSUPPORTED, with nothing recorded, when the shape is not one it takes (M above 4, or a
+ * K too long for one dispatch): the caller then runs the three ops. */
+lt_status_t op_gemv_glu(gpu_cmd_t *c, gpu_view_t y, gpu_view_t x, gpu_view_t wg, gpu_view_t wu, lt_dtype_t wtype,
+                        uint32_t M, uint32_t N, uint32_t K, bool gelu, lt_err_t *err);
+
 /* ---- quantised matrix multiply (engine/ops/ops_matmul_q.c) ---- */
 
 /* A quantised weight [N, K] in the layout of engine/ops/quant.h: q holds its int8 (wtype LT_I8) or packed int4 (LT_I4)

@@ -141,6 +141,49 @@ static lt_status_t matmul(gpu_cmd_t *c, gpu_view_t y, uint32_t y_stride, gpu_vie
   return op_dispatch_k(c, p, id, views, bytes, writes, 3, &pc, cost, accumulate, gx, gy, gz, err);
 }
 
+lt_status_t op_gemv_glu(gpu_cmd_t *c, gpu_view_t y, gpu_view_t x, gpu_view_t wg, gpu_view_t wu, lt_dtype_t wtype,
+                        uint32_t M, uint32_t N, uint32_t K, bool gelu, lt_err_t *err) {
+  gpu_t *g = gpu_cmd_gpu(c);
+  const gpu_caps_t *caps = gpu_caps(g);
+  bool w16 = wtype == LT_F16 || wtype == LT_BF16;
+  if (M == 0 || M > GEMV_MAX_AUTO_M || N == 0 || K == 0 || (wtype != LT_F32 && !w16) ||
+      (w16 && K % 8 != 0 && !caps->storage16))
+    return lt_fail(err, LT_E_UNSUPPORTED, "op_gemv_glu: %ux%ux%u %s is not a shape it takes", M, N, K,
+                   lt_dtype_str(wtype));
+  uint64_t ws = lt_dtype_size(wtype);
+  uint64_t xb = 4ull * M * K, wb = ws * N * K, yb = 4ull * M * N;
+  char shape[96];
+  lt_status_t st;
+  snprintf(shape, sizeof shape, "[%u,%u] f32", M, K);
+  if ((st = check_operand(caps, "x", x, xb, shape, err)) != LT_OK) return st;
+  snprintf(shape, sizeof shape, "[%u,%u] %s", N, K, lt_dtype_str(wtype));
+  if ((st = check_operand(caps, "w", wg, wb, shape, err)) != LT_OK) return st;
+  if ((st = check_operand(caps, "w", wu, wb, shape, err)) != LT_OK) return st;
+  snprintf(shape, sizeof shape, "[%u,%u] f32", M, N);
+  if ((st = check_operand(caps, "y", y, yb, shape, err)) != LT_OK) return st;
+  uint32_t kv = w16 ? (K % 8 == 0 ? 8 : 1) : (K % 4 == 0 ? 4 : 1);
+  gemv_cfg_t v =
+      caps->kind == GPU_KIND_CPU ? (gemv_cfg_t){caps->subgroup_size, 16, M} : (gemv_cfg_t){op_wg(OP_GEMV_GLU), 4, M};
+  /* The K loop, then the final loop reading two partial sums per pair: all of K in one dispatch or not at all. */
+  op_loop_cost_t cost = gemv_loop_iters(&v, kv);
+  cost.fixed += ceil_div(v.mr * v.rows, v.wg) * v.wg;
+  uint32_t budget = op_loop_budget(OP_GEMV_GLU);
+  if (cost.fixed >= budget || (uint64_t)(budget - cost.fixed) / cost.per_unit * cost.k_per_unit < K)
+    return lt_fail(err, LT_E_UNSUPPORTED, "op_gemv_glu: K %u needs more than one dispatch", K);
+  char defines[64];
+  snprintf(defines, sizeof defines, "W_F16=%d;W_BF16=%d;KV=%u;STAGED=0;GLU=%d", wtype == LT_F16, wtype == LT_BF16, kv,
+           gelu ? 2 : 1);
+  uint32_t spec[3] = {v.wg, v.rows, v.mr}, groups = ceil_div(N, v.rows);
+  uint32_t gx = groups < caps->max_wg_count[0] ? groups : caps->max_wg_count[0], gz = ceil_div(groups, gx);
+  gpu_pipeline_t *p = op_pipeline(g, OP_GEMV_GLU, defines, spec, 3, err);
+  if (!p) return err ? err->code : LT_E_SHADER;
+  gpu_view_t views[4] = {y, x, wg, wu};
+  uint64_t bytes[4] = {yb, xb, wb, wb};
+  bool writes[4] = {true, false, false, false};
+  pc_matmul_t pc = {.M = M, .N = N, .K = K, .x_stride = K, .w_stride = K, .y_stride = N, .k_base = 0, .k_len = K};
+  return op_dispatch(c, p, OP_GEMV_GLU, views, bytes, writes, 4, &pc, gx, 1, gz, err);
+}
+
 lt_status_t op_matmul_path(gpu_cmd_t *c, gpu_view_t y, gpu_view_t x, gpu_view_t w, lt_dtype_t wtype, uint32_t M,
                            uint32_t N, uint32_t K, bool accumulate, matmul_path_t path, lt_err_t *err) {
   return matmul(c, y, N, x, K, w, wtype, M, N, K, accumulate, path, err);

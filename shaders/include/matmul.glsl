@@ -1,5 +1,5 @@
 // Buffers and loads shared by matmul.comp and gemv.comp: y[M,N] (+)= x[M,K] . w[N,K]^T.
-// Variant defines:
+// Variant defines (GLU: gemv.comp's gated variant, which also binds w2):
 //   W_F16=1: w holds f16 values (widened to f32 on load; sums are f32);
 //   W_BF16=1: w holds bfloat16 values (widened exactly to f32 on load);
 //   KV=n:    K-elements per load: 1 (scalar), 4 (f32 w: vec4 loads) or 8 (f16 w: one 16-byte load of 8 halves).
@@ -44,21 +44,40 @@ layout(std430, binding = 1) readonly buffer X { vec4 x[]; };
 layout(std430, binding = 2) readonly buffer W { uvec4 w[]; }; // 8 16-bit values per element
 KTYPE x_at(uint i) { return mat2x4(x[i / 4u], x[i / 4u + 1u]); }
 #if W_F16
-KTYPE w_at(uint i) {
-  uvec4 h = w[i / 8u];
+KTYPE unpack8(uvec4 h) {
   return mat2x4(vec4(unpackHalf2x16(h.x), unpackHalf2x16(h.y)), vec4(unpackHalf2x16(h.z), unpackHalf2x16(h.w)));
 }
 #else
 // A bfloat16 is the top half of an f32: the low one of a pair shifts up, the high one keeps its place.
 vec2 unpack_bf16x2(uint u) { return vec2(uintBitsToFloat(u << 16), uintBitsToFloat(u & 0xffff0000u)); }
-KTYPE w_at(uint i) {
-  uvec4 h = w[i / 8u];
+KTYPE unpack8(uvec4 h) {
   return mat2x4(vec4(unpack_bf16x2(h.x), unpack_bf16x2(h.y)), vec4(unpack_bf16x2(h.z), unpack_bf16x2(h.w)));
 }
 #endif
+KTYPE w_at(uint i) { return unpack8(w[i / 8u]); }
 
 #else
 #error "unsupported W_F16 / KV combination"
+#endif
+
+#if GLU
+// The gated GEMV's second matrix (the up projection), laid out and typed as w.
+#if KV == 1 && W_F16
+layout(std430, binding = 3) readonly buffer W2 { float16_t w2[]; };
+KTYPE w2_at(uint i) { return float(w2[i]); }
+#elif KV == 1 && W_BF16
+layout(std430, binding = 3) readonly buffer W2 { uint16_t w2[]; };
+KTYPE w2_at(uint i) { return uintBitsToFloat(uint(w2[i]) << 16); }
+#elif KV == 1
+layout(std430, binding = 3) readonly buffer W2 { float w2[]; };
+KTYPE w2_at(uint i) { return w2[i]; }
+#elif KV == 4
+layout(std430, binding = 3) readonly buffer W2 { vec4 w2[]; };
+KTYPE w2_at(uint i) { return w2[i / 4u]; }
+#else
+layout(std430, binding = 3) readonly buffer W2 { uvec4 w2[]; };
+KTYPE w2_at(uint i) { return unpack8(w2[i / 8u]); }
+#endif
 #endif
 
 // acc + a . b for two vec4s, as four fused multiply-adds in order.

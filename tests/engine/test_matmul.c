@@ -246,3 +246,74 @@ Test(matmul, strided_rows_fill_column_ranges) {
   free(got), free(x), free(w), free(xd), free(want);
   gpu_buf_destroy(&bx), gpu_buf_destroy(&by), gpu_buf_destroy(&w0), gpu_buf_destroy(&w1);
 }
+
+/* The gated GEMV (op_gemv_glu): y = act(x . wg^T) * (x . wu^T) for the decode step's MLP. For every dtype, both
+ * activations and shapes of 1 to 4 rows with odd N and K (scalar, vec4 and 8-wide loads): against the CPU reference
+ * (ref_matmul twice, then ref_swiglu / ref_geglu), within the matmul tolerance above carried through the
+ * activation (|d act(g) u| <= |act'(g)| |u| dg + |act(g)| du, with |act'| <= 1.13 for SiLU and GeLU-tanh), and
+ * bit for bit against the three separate ops it replaces (same sums in the same order, the same activation code).
+ * More than 4 rows is refused (the caller runs the three ops). */
+Test(matmul, gated_gemv_equals_the_three_ops_it_fuses) {
+  static const shape_t shapes[] = {{1, 37, 53}, {3, 129, 77}, {4, 65, 136}, {2, 3, 1}, {1, 70, 64}, {4, 9, 20}};
+  const lt_dtype_t types[3] = {LT_F32, LT_F16, LT_BF16};
+  lt_err_t err = {0};
+  for (unsigned s = 0; s < sizeof shapes / sizeof shapes[0]; s++)
+    for (int t = 0; t < 3; t++)
+      for (int gelu = 0; gelu < 2; gelu++) {
+        const shape_t *sh = &shapes[s];
+        problem_t pg = problem_new(sh->M, sh->N, sh->K, types[t], false, 7000 + 10 * s + 2 * t + gelu);
+        problem_t pu = problem_new(sh->M, sh->N, sh->K, types[t], false, 8000 + 10 * s + 2 * t + gelu);
+        memcpy(pu.x, pg.x, (uint64_t)sh->M * sh->K * 4); /* one x for both products */
+        uint64_t MN = (uint64_t)sh->M * sh->N, wb = (uint64_t)sh->N * sh->K * lt_dtype_size(types[t]);
+        gpu_buf_t *bx = tbuf_f32(pg.x, (uint64_t)sh->M * sh->K), *bg = tbuf_bytes(pg.w, wb), *bu = tbuf_bytes(pu.w, wb);
+        gpu_buf_t *by = tbuf_f32(NULL, MN), *b1 = tbuf_f32(NULL, MN), *b2 = tbuf_f32(NULL, MN);
+        uint64_t before = gpu_stats(tgpu())->dispatches;
+        gpu_cmd_t *c = tbegin();
+        cr_assert_eq(op_gemv_glu(c, gv(by), gv(bx), gv(bg), gv(bu), types[t], sh->M, sh->N, sh->K, gelu, &err), LT_OK,
+                     "%s", err.msg);
+        tfinish(&c);
+        cr_assert_eq(gpu_stats(tgpu())->dispatches - before, 1, "one dispatch");
+        c = tbegin();
+        cr_assert_eq(op_matmul_path(c, gv(b1), gv(bx), gv(bg), types[t], sh->M, sh->N, sh->K, false, MATMUL_GEMV, &err),
+                     LT_OK, "%s", err.msg);
+        cr_assert_eq(op_matmul_path(c, gv(b2), gv(bx), gv(bu), types[t], sh->M, sh->N, sh->K, false, MATMUL_GEMV, &err),
+                     LT_OK, "%s", err.msg);
+        cr_assert_eq(gelu ? op_geglu(c, gv(b1), gv(b1), gv(b2), (uint32_t)MN, &err)
+                          : op_swiglu(c, gv(b1), gv(b1), gv(b2), (uint32_t)MN, &err),
+                     LT_OK, "%s", err.msg);
+        tfinish(&c);
+        float *got = tread_f32(by, MN), *three = tread_f32(b1, MN);
+        float *g = talloc(MN), *u = talloc(MN), *want = talloc(MN);
+        ref_matmul(g, pg.x, pg.w, types[t], sh->M, sh->N, sh->K, false);
+        ref_matmul(u, pg.x, pu.w, types[t], sh->M, sh->N, sh->K, false);
+        (gelu ? ref_geglu : ref_swiglu)(want, g, u, (uint32_t)MN);
+        for (uint32_t m = 0; m < sh->M; m++)
+          for (uint32_t n = 0; n < sh->N; n++) {
+            uint64_t i = (uint64_t)m * sh->N + n;
+            double mg = 0, mu = 0;
+            for (uint32_t k = 0; k < sh->K; k++) {
+              double xv = fabs((double)pg.x[(uint64_t)m * sh->K + k]);
+              mg += xv * fabs(ref_weight_at(pg.w, types[t], (uint64_t)n * sh->K + k));
+              mu += xv * fabs(ref_weight_at(pu.w, types[t], (uint64_t)n * sh->K + k));
+            }
+            double dg = 1e-5 * mg + 1e-6, du = 1e-5 * mu + 1e-6, act = fabs(want[i] / (u[i] != 0 ? u[i] : 1));
+            double tol = 1.13 * fabs(u[i]) * dg + (act + 1.13 * dg) * du + 1e-6;
+            cr_assert(fabs(got[i] - want[i]) <= tol, "%ux%ux%u %s %s: y[%u,%u] = %.9g, want %.9g (tolerance %.3g)",
+                      sh->M, sh->N, sh->K, lt_dtype_str(types[t]), gelu ? "geglu" : "swiglu", m, n, got[i], want[i],
+                      tol);
+            cr_assert(memcmp(&got[i], &three[i], 4) == 0, "%ux%ux%u %s %s: y[%u,%u] = %.9g fused, %.9g in three ops",
+                      sh->M, sh->N, sh->K, lt_dtype_str(types[t]), gelu ? "geglu" : "swiglu", m, n, got[i], three[i]);
+          }
+        free(got), free(three), free(g), free(u), free(want);
+        gpu_buf_destroy(&bx), gpu_buf_destroy(&bg), gpu_buf_destroy(&bu);
+        gpu_buf_destroy(&by), gpu_buf_destroy(&b1), gpu_buf_destroy(&b2);
+        problem_free(&pg), problem_free(&pu);
+      }
+  gpu_buf_t *b = tbuf_f32(NULL, 64);
+  gpu_cmd_t *c = tbegin();
+  cr_assert_eq(op_gemv_glu(c, gv(b), gv(b), gv(b), gv(b), LT_F32, 5, 2, 2, false, &err), LT_E_UNSUPPORTED);
+  cr_assert(strstr(err.msg, "5x2x2"), "%s", err.msg);
+  cr_assert_eq(op_gemv_glu(c, gv(b), gv(b), gv(b), gv(b), LT_I8, 1, 2, 2, false, &err), LT_E_UNSUPPORTED);
+  tfinish(&c);
+  gpu_buf_destroy(&b);
+}
