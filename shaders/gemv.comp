@@ -8,6 +8,9 @@
 // GLU=1 (SwiGLU) or 2 (GeGLU): a gated MLP's two products in one dispatch, y = act(x.w^T) * (x.w2^T), over the
 // whole of K at once (the wrapper refuses a K that needs chunks); the sums are reduced in the order of the plain
 // variant and the activation is eltwise.comp's, so the result is what the three separate dispatches give.
+// QKV=1: three products of one x in one dispatch, y = x.w^T ([M, N]), y2 = x.w2^T and y3 = x.w3^T ([M, n2] each),
+// the attention's q, k and v: workgroups walk the rows of w, then w2, then w3 (ROWS divides N and n2, so each
+// workgroup reads one matrix), each row summed as the plain variant sums it.
 #extension GL_EXT_control_flow_attributes : enable
 #if HAS_SUBGROUP_ARITH
 #extension GL_KHR_shader_subgroup_basic : require
@@ -22,6 +25,9 @@
 #ifndef GLU
 #define GLU 0
 #endif
+#ifndef QKV
+#define QKV 0
+#endif
 #define N_ACC (GLU != 0 ? 2u : 1u) // sums kept per (m, r): the gate's, and with GLU the up projection's
 
 layout(constant_id = 1) const uint ROWS = 2; // rows of w (outputs n) per workgroup
@@ -33,22 +39,36 @@ shared float red[N_ACC * MR * ROWS * WG_X];
 
 void main() {
   const uint tid = gl_LocalInvocationID.x;
+#if QKV
+  // Which matrix this workgroup reads (uniform over it), its row count, and the first of its rows.
+  const uint g0 = (gl_WorkGroupID.z * gl_NumWorkGroups.x + gl_WorkGroupID.x) * ROWS;
+  const uint mat = g0 < pc.N ? 0u : g0 < pc.N + pc.n2 ? 1u : 2u;
+  const uint n_rows = mat == 0u ? pc.N : pc.n2;
+  const uint n0 = mat == 0u ? g0 : mat == 1u ? g0 - pc.N : g0 - pc.N - pc.n2;
+  if (g0 >= pc.N + 2u * pc.n2) return;
+#else
+  const uint n_rows = pc.N;
   const uint n0 = (gl_WorkGroupID.z * gl_NumWorkGroups.x + gl_WorkGroupID.x) * ROWS;
-  const uint mb = gl_WorkGroupID.y * MR;
   if (n0 >= pc.N) return; // the whole workgroup leaves together (the grid's last z row may overhang)
+#endif
+  const uint mb = gl_WorkGroupID.y * MR;
   const uint k_end = pc.k_base + pc.k_len;
 
   // Rows past M or N read the last row instead (computed, never stored), so the loop needs no branches.
   uint xrow[MR], wrow[ROWS];
   [[unroll]] for (uint m = 0; m < MR; m++) xrow[m] = min(mb + m, pc.M - 1) * pc.x_stride;
-  [[unroll]] for (uint r = 0; r < ROWS; r++) wrow[r] = min(n0 + r, pc.N - 1) * pc.w_stride;
+  [[unroll]] for (uint r = 0; r < ROWS; r++) wrow[r] = min(n0 + r, n_rows - 1) * pc.w_stride;
   float acc[N_ACC * MR * ROWS];
   [[unroll]] for (uint p = 0; p < N_ACC * MR * ROWS; p++) acc[p] = 0.0;
   for (uint k = pc.k_base + tid * KV; k < k_end; k += WG_X * KV) {
     KTYPE xv[MR];
     [[unroll]] for (uint m = 0; m < MR; m++) xv[m] = x_at(xrow[m] + k);
     [[unroll]] for (uint r = 0; r < ROWS; r++) {
+#if QKV
+      KTYPE wv = mat == 0u ? w_at(wrow[r] + k) : mat == 1u ? w2_at(wrow[r] + k) : w3_at(wrow[r] + k);
+#else
       KTYPE wv = w_at(wrow[r] + k);
+#endif
       [[unroll]] for (uint m = 0; m < MR; m++) acc[m * ROWS + r] = KDOT(xv[m], wv, acc[m * ROWS + r]);
 #if GLU
       KTYPE uv = w2_at(wrow[r] + k);
@@ -71,7 +91,7 @@ void main() {
   barrier();
   for (uint p = tid; p < MR * ROWS; p += WG_X) {
     uint m = mb + p / ROWS, n = n0 + p % ROWS;
-    if (m < pc.M && n < pc.N) {
+    if (m < pc.M && n < n_rows) {
       float s = 0.0;
       for (uint i = 0; i < n_slots; i++) s += red[p * WG_X + i];
 #if GLU
@@ -79,7 +99,16 @@ void main() {
       for (uint i = 0; i < n_slots; i++) u += red[(MR * ROWS + p) * WG_X + i];
       s = (GLU == 1 ? silu(s) : gelu_tanh(s)) * u;
 #endif
+#if QKV
+      if (mat == 1u)
+        y2[m * pc.n2 + n] = s;
+      else if (mat == 2u)
+        y3[m * pc.n2 + n] = s;
+      else
+        store_y(m, n, s);
+#else
       store_y(m, n, s);
+#endif
     }
   }
 }

@@ -114,20 +114,42 @@ static lt_status_t dmat_mul(gpu_cmd_t *c, gpu_view_t y, uint32_t y_stride, gpu_v
 
 static bool g_fuse = true;
 
+static bool fusable(const dmat_t *const *w, int n);
+
 void model_fuse_decode(bool on) { g_fuse = on; }
 
 /* The gated MLP of block l for T tokens as one dispatch (op_gemv_glu), when the weights allow it: gate and up
  * whole (one piece each) in one float dtype, and no LoRA on either. LT_E_UNSUPPORTED (err cleared) when they do
  * not, or when the op does not take the shape: the caller runs the separate ops. */
 static lt_status_t fused_glu(const model_t *m, gpu_cmd_t *c, const dlayer_t *L, uint32_t l, uint32_t T, lt_err_t *err) {
-  const dmat_t *g = &L->ffn.gate, *u = &L->ffn.up;
+  const dmat_t *g = &L->ffn.gate, *u = &L->ffn.up, *w[2] = {g, u};
   bool lora = adapter_has_lora(m, l, 4) || adapter_has_lora(m, l, 5);
-  if (!g_fuse || T > 4 || lora || g->n_pieces != 1 || u->n_pieces != 1 || g->dtype != u->dtype || g->scales ||
-      u->scales || qblock_is(g->dtype) || (g->dtype != LT_F32 && g->dtype != LT_F16 && g->dtype != LT_BF16))
-    return LT_E_UNSUPPORTED;
+  if (!g_fuse || T > 4 || lora || !fusable(w, 2)) return LT_E_UNSUPPORTED;
   const acts_t *a = &m->a;
   lt_status_t st = op_gemv_glu(c, gv(a->gate), gv(a->xn), gv(g->piece[0]), gv(u->piece[0]), g->dtype, T, g->rows,
                                g->cols, m->cfg.gelu, err);
+  if (st == LT_E_UNSUPPORTED) lt_err_clear(err);
+  return st;
+}
+
+/* Whether matrices w[0..n) can go to a fused GEMV: whole (one piece each), one float dtype, not quantised. */
+static bool fusable(const dmat_t *const *w, int n) {
+  for (int i = 0; i < n; i++)
+    if (w[i]->n_pieces != 1 || w[i]->dtype != w[0]->dtype || w[i]->scales || qblock_is(w[i]->dtype) ||
+        (w[i]->dtype != LT_F32 && w[i]->dtype != LT_F16 && w[i]->dtype != LT_BF16))
+      return false;
+  return true;
+}
+
+/* Block l's q, k and v projections for T tokens as one dispatch (op_gemv_qkv) when the weights allow it (no LoRA
+ * on them); LT_E_UNSUPPORTED (err cleared) otherwise, and the caller runs the three products. */
+static lt_status_t fused_qkv(const model_t *m, gpu_cmd_t *c, const dlayer_t *L, uint32_t l, uint32_t T, lt_err_t *err) {
+  const dmat_t *w[3] = {&L->wq, &L->wk, &L->wv};
+  bool lora = adapter_has_lora(m, l, 0) || adapter_has_lora(m, l, 1) || adapter_has_lora(m, l, 2);
+  if (!g_fuse || T > 4 || lora || !fusable(w, 3) || L->wk.rows != L->wv.rows) return LT_E_UNSUPPORTED;
+  const acts_t *a = &m->a;
+  lt_status_t st = op_gemv_qkv(c, gv(a->q), gv(a->k), gv(a->v), gv(a->xn), gv(L->wq.piece[0]), gv(L->wk.piece[0]),
+                               gv(L->wv.piece[0]), L->wq.dtype, T, L->wq.rows, L->wk.rows, L->wq.cols, err);
   if (st == LT_E_UNSUPPORTED) lt_err_clear(err);
   return st;
 }
@@ -448,9 +470,12 @@ static lt_status_t forward_pass(model_t *m, model_item_t *items, const uint32_t 
     if (h && h->skip_block && h->skip_block[l]) continue;
     if ((st = op_rmsnorm(c, gv(a->xn), gv(a->x), gv(L->attn_norm), p.T, d, cf->rms_norm_eps, err)) != LT_OK) break;
     if ((st = report_site(&p, &c, MODEL_SITE_ATTN_IN, l, -1, a->xn, p.T, d, err)) != LT_OK) break;
-    if ((st = mul(c, a->q, a->xn, &L->wq, p.T, false, err)) != LT_OK) break;
-    if ((st = mul(c, a->k, a->xn, &L->wk, p.T, false, err)) != LT_OK) break;
-    if ((st = mul(c, a->v, a->xn, &L->wv, p.T, false, err)) != LT_OK) break;
+    if ((st = fused_qkv(m, c, L, l, p.T, err)) == LT_E_UNSUPPORTED) {
+      if ((st = mul(c, a->q, a->xn, &L->wq, p.T, false, err)) != LT_OK) break;
+      if ((st = mul(c, a->k, a->xn, &L->wk, p.T, false, err)) != LT_OK) break;
+      st = mul(c, a->v, a->xn, &L->wv, p.T, false, err);
+    }
+    if (st != LT_OK) break;
     if (L->bq && ((st = op_add(c, gv(a->q), gv(a->q), gv(L->bq), p.T * qd, qd, err)) != LT_OK ||
                   (st = op_add(c, gv(a->k), gv(a->k), gv(L->bk), p.T * kvd, kvd, err)) != LT_OK ||
                   (st = op_add(c, gv(a->v), gv(a->v), gv(L->bv), p.T * kvd, kvd, err)) != LT_OK))

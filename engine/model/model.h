@@ -212,9 +212,9 @@ typedef struct model_item {
  * them to the items' sequences, and fills each item's result. hooks may be NULL. */
 lt_status_t model_forward(model_t *m, model_item_t *items, uint32_t n_items, const model_hooks_t *hooks, lt_err_t *err);
 
-/* Whether forward passes of up to 4 tokens run a gated MLP's gate, up and activation as one dispatch
- * (op_gemv_glu) where the weights allow it (default on; the logits are the same either way). For tests and
- * side-by-side measurements; process-wide. */
+/* Whether forward passes of up to 4 tokens run the attention's q, k and v products as one dispatch (op_gemv_qkv)
+ * and a gated MLP's gate, up and activation as one (op_gemv_glu), where the weights allow it (default on; the
+ * logits are the same either way). For tests and side-by-side measurements; process-wide. */
 void model_fuse_decode(bool on);
 
 #endif

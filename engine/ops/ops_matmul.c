@@ -141,47 +141,98 @@ static lt_status_t matmul(gpu_cmd_t *c, gpu_view_t y, uint32_t y_stride, gpu_vie
   return op_dispatch_k(c, p, id, views, bytes, writes, 3, &pc, cost, accumulate, gx, gy, gz, err);
 }
 
-lt_status_t op_gemv_glu(gpu_cmd_t *c, gpu_view_t y, gpu_view_t x, gpu_view_t wg, gpu_view_t wu, lt_dtype_t wtype,
-                        uint32_t M, uint32_t N, uint32_t K, bool gelu, lt_err_t *err) {
+/* What the fused GEMV variants (gemv.comp with GLU or QKV) share: the shape and dtype they take, the kernel shape,
+ * the pipeline and the grid for `rows` rows of output in all. LT_E_UNSUPPORTED when they do not take it (M above
+ * 4, K too long for one dispatch, a dtype other than f32/f16/bf16, or, with row_multiple, row counts that are not
+ * multiples of the kernel's rows per workgroup). */
+typedef struct fused_gemv {
+  gpu_pipeline_t *p;
+  uint32_t gx, gz, kv;
+} fused_gemv_t;
+
+static lt_status_t fused_gemv_prep(gpu_cmd_t *c, op_id_t id, const char *name, const char *variant, lt_dtype_t wtype,
+                                   uint32_t M, uint32_t rows, uint32_t K, const uint32_t *row_counts, uint32_t n_counts,
+                                   fused_gemv_t *f, lt_err_t *err) {
   gpu_t *g = gpu_cmd_gpu(c);
   const gpu_caps_t *caps = gpu_caps(g);
   bool w16 = wtype == LT_F16 || wtype == LT_BF16;
-  if (M == 0 || M > GEMV_MAX_AUTO_M || N == 0 || K == 0 || (wtype != LT_F32 && !w16) ||
+  if (M == 0 || M > GEMV_MAX_AUTO_M || rows == 0 || K == 0 || (wtype != LT_F32 && !w16) ||
       (w16 && K % 8 != 0 && !caps->storage16))
-    return lt_fail(err, LT_E_UNSUPPORTED, "op_gemv_glu: %ux%ux%u %s is not a shape it takes", M, N, K,
+    return lt_fail(err, LT_E_UNSUPPORTED, "%s: %ux%ux%u %s is not a shape it takes", name, M, rows, K,
                    lt_dtype_str(wtype));
-  uint64_t ws = lt_dtype_size(wtype);
-  uint64_t xb = 4ull * M * K, wb = ws * N * K, yb = 4ull * M * N;
+  f->kv = w16 ? (K % 8 == 0 ? 8 : 1) : (K % 4 == 0 ? 4 : 1);
+  gemv_cfg_t v = caps->kind == GPU_KIND_CPU ? (gemv_cfg_t){caps->subgroup_size, 16, M} : (gemv_cfg_t){op_wg(id), 4, M};
+  for (uint32_t i = 0; i < n_counts; i++)
+    if (row_counts[i] % v.rows)
+      return lt_fail(err, LT_E_UNSUPPORTED, "%s: %u rows are not a multiple of %u", name, row_counts[i], v.rows);
+  /* The K loop, then the final loop (two partial sums per pair with GLU): all of K in one dispatch or not at all. */
+  op_loop_cost_t cost = gemv_loop_iters(&v, f->kv);
+  cost.fixed += ceil_div(v.mr * v.rows, v.wg) * v.wg;
+  uint32_t budget = op_loop_budget(id);
+  if (cost.fixed >= budget || (uint64_t)(budget - cost.fixed) / cost.per_unit * cost.k_per_unit < K)
+    return lt_fail(err, LT_E_UNSUPPORTED, "%s: K %u needs more than one dispatch", name, K);
+  char defines[64];
+  snprintf(defines, sizeof defines, "W_F16=%d;W_BF16=%d;KV=%u;STAGED=0;%s", wtype == LT_F16, wtype == LT_BF16, f->kv,
+           variant);
+  uint32_t spec[3] = {v.wg, v.rows, v.mr}, groups = ceil_div(rows, v.rows);
+  f->gx = groups < caps->max_wg_count[0] ? groups : caps->max_wg_count[0];
+  f->gz = ceil_div(groups, f->gx);
+  if (!(f->p = op_pipeline(g, id, defines, spec, 3, err))) return err ? err->code : LT_E_SHADER;
+  return LT_OK;
+}
+
+/* Checks the operands of a fused GEMV: x [M,K], each weight [rows_i, K] in wtype, each output [M, rows_i]. */
+static lt_status_t fused_gemv_check(const gpu_caps_t *caps, gpu_view_t x, const gpu_view_t *w, const gpu_view_t *y,
+                                    const uint32_t *rows, uint32_t n, lt_dtype_t wtype, uint32_t M, uint32_t K,
+                                    lt_err_t *err) {
   char shape[96];
   lt_status_t st;
   snprintf(shape, sizeof shape, "[%u,%u] f32", M, K);
-  if ((st = check_operand(caps, "x", x, xb, shape, err)) != LT_OK) return st;
-  snprintf(shape, sizeof shape, "[%u,%u] %s", N, K, lt_dtype_str(wtype));
-  if ((st = check_operand(caps, "w", wg, wb, shape, err)) != LT_OK) return st;
-  if ((st = check_operand(caps, "w", wu, wb, shape, err)) != LT_OK) return st;
-  snprintf(shape, sizeof shape, "[%u,%u] f32", M, N);
-  if ((st = check_operand(caps, "y", y, yb, shape, err)) != LT_OK) return st;
-  uint32_t kv = w16 ? (K % 8 == 0 ? 8 : 1) : (K % 4 == 0 ? 4 : 1);
-  gemv_cfg_t v =
-      caps->kind == GPU_KIND_CPU ? (gemv_cfg_t){caps->subgroup_size, 16, M} : (gemv_cfg_t){op_wg(OP_GEMV_GLU), 4, M};
-  /* The K loop, then the final loop reading two partial sums per pair: all of K in one dispatch or not at all. */
-  op_loop_cost_t cost = gemv_loop_iters(&v, kv);
-  cost.fixed += ceil_div(v.mr * v.rows, v.wg) * v.wg;
-  uint32_t budget = op_loop_budget(OP_GEMV_GLU);
-  if (cost.fixed >= budget || (uint64_t)(budget - cost.fixed) / cost.per_unit * cost.k_per_unit < K)
-    return lt_fail(err, LT_E_UNSUPPORTED, "op_gemv_glu: K %u needs more than one dispatch", K);
-  char defines[64];
-  snprintf(defines, sizeof defines, "W_F16=%d;W_BF16=%d;KV=%u;STAGED=0;GLU=%d", wtype == LT_F16, wtype == LT_BF16, kv,
-           gelu ? 2 : 1);
-  uint32_t spec[3] = {v.wg, v.rows, v.mr}, groups = ceil_div(N, v.rows);
-  uint32_t gx = groups < caps->max_wg_count[0] ? groups : caps->max_wg_count[0], gz = ceil_div(groups, gx);
-  gpu_pipeline_t *p = op_pipeline(g, OP_GEMV_GLU, defines, spec, 3, err);
-  if (!p) return err ? err->code : LT_E_SHADER;
+  if ((st = check_operand(caps, "x", x, 4ull * M * K, shape, err)) != LT_OK) return st;
+  for (uint32_t i = 0; i < n; i++) {
+    snprintf(shape, sizeof shape, "[%u,%u] %s", rows[i], K, lt_dtype_str(wtype));
+    if ((st = check_operand(caps, "w", w[i], lt_dtype_size(wtype) * rows[i] * K, shape, err)) != LT_OK) return st;
+    snprintf(shape, sizeof shape, "[%u,%u] f32", M, rows[i]);
+    if ((st = check_operand(caps, "y", y[i], 4ull * M * rows[i], shape, err)) != LT_OK) return st;
+  }
+  return LT_OK;
+}
+
+lt_status_t op_gemv_glu(gpu_cmd_t *c, gpu_view_t y, gpu_view_t x, gpu_view_t wg, gpu_view_t wu, lt_dtype_t wtype,
+                        uint32_t M, uint32_t N, uint32_t K, bool gelu, lt_err_t *err) {
+  fused_gemv_t f;
+  lt_status_t st =
+      fused_gemv_prep(c, OP_GEMV_GLU, "op_gemv_glu", gelu ? "GLU=2" : "GLU=1", wtype, M, N, K, NULL, 0, &f, err);
+  const gpu_view_t ws[2] = {wg, wu}, ys[2] = {y, y};
+  const uint32_t rows[2] = {N, N};
+  if (st == LT_OK) st = fused_gemv_check(gpu_caps(gpu_cmd_gpu(c)), x, ws, ys, rows, 2, wtype, M, K, err);
+  if (st != LT_OK) return st;
+  uint64_t wb = lt_dtype_size(wtype) * N * K;
   gpu_view_t views[4] = {y, x, wg, wu};
-  uint64_t bytes[4] = {yb, xb, wb, wb};
+  uint64_t bytes[4] = {4ull * M * N, 4ull * M * K, wb, wb};
   bool writes[4] = {true, false, false, false};
   pc_matmul_t pc = {.M = M, .N = N, .K = K, .x_stride = K, .w_stride = K, .y_stride = N, .k_base = 0, .k_len = K};
-  return op_dispatch(c, p, OP_GEMV_GLU, views, bytes, writes, 4, &pc, gx, 1, gz, err);
+  return op_dispatch(c, f.p, OP_GEMV_GLU, views, bytes, writes, 4, &pc, f.gx, 1, f.gz, err);
+}
+
+lt_status_t op_gemv_qkv(gpu_cmd_t *c, gpu_view_t q, gpu_view_t k, gpu_view_t v, gpu_view_t x, gpu_view_t wq,
+                        gpu_view_t wk, gpu_view_t wv, lt_dtype_t wtype, uint32_t M, uint32_t N, uint32_t N2, uint32_t K,
+                        lt_err_t *err) {
+  fused_gemv_t f;
+  const uint32_t rows[3] = {N, N2, N2};
+  lt_status_t st =
+      N2 == 0 ? lt_fail(err, LT_E_UNSUPPORTED, "op_gemv_qkv: no k and v rows")
+              : fused_gemv_prep(c, OP_GEMV_QKV, "op_gemv_qkv", "QKV=1", wtype, M, N + 2 * N2, K, rows, 3, &f, err);
+  const gpu_view_t ws[3] = {wq, wk, wv}, ys[3] = {q, k, v};
+  if (st == LT_OK) st = fused_gemv_check(gpu_caps(gpu_cmd_gpu(c)), x, ws, ys, rows, 3, wtype, M, K, err);
+  if (st != LT_OK) return st;
+  uint64_t es = lt_dtype_size(wtype);
+  gpu_view_t views[7] = {q, x, wq, wk, wv, k, v};
+  uint64_t bytes[7] = {4ull * M * N, 4ull * M * K, es * N * K, es * N2 * K, es * N2 * K, 4ull * M * N2, 4ull * M * N2};
+  bool writes[7] = {true, false, false, false, false, true, true};
+  pc_matmul_t pc = {
+      .M = M, .N = N, .K = K, .x_stride = K, .w_stride = K, .y_stride = N, .k_base = 0, .k_len = K, .n2 = N2};
+  return op_dispatch(c, f.p, OP_GEMV_QKV, views, bytes, writes, 7, &pc, f.gx, 1, f.gz, err);
 }
 
 lt_status_t op_matmul_path(gpu_cmd_t *c, gpu_view_t y, gpu_view_t x, gpu_view_t w, lt_dtype_t wtype, uint32_t M,

@@ -1,5 +1,5 @@
 // Buffers and loads shared by matmul.comp and gemv.comp: y[M,N] (+)= x[M,K] . w[N,K]^T.
-// Variant defines (GLU: gemv.comp's gated variant, which also binds w2):
+// Variant defines (GLU and QKV: gemv.comp's fused variants, which also bind w2, and w3, y2, y3):
 //   W_F16=1: w holds f16 values (widened to f32 on load; sums are f32);
 //   W_BF16=1: w holds bfloat16 values (widened exactly to f32 on load);
 //   KV=n:    K-elements per load: 1 (scalar), 4 (f32 w: vec4 loads) or 8 (f16 w: one 16-byte load of 8 halves).
@@ -60,24 +60,38 @@ KTYPE w_at(uint i) { return unpack8(w[i / 8u]); }
 #error "unsupported W_F16 / KV combination"
 #endif
 
-#if GLU
-// The gated GEMV's second matrix (the up projection), laid out and typed as w.
+// A further matrix laid out and typed as w, at binding B, read through NAME_at.
 #if KV == 1 && W_F16
-layout(std430, binding = 3) readonly buffer W2 { float16_t w2[]; };
-KTYPE w2_at(uint i) { return float(w2[i]); }
+#define EXTRA_W(B, NAME)                                                                                              \
+  layout(std430, binding = B) readonly buffer NAME##_buf { float16_t NAME[]; };                                       \
+  KTYPE NAME##_at(uint i) { return float(NAME[i]); }
 #elif KV == 1 && W_BF16
-layout(std430, binding = 3) readonly buffer W2 { uint16_t w2[]; };
-KTYPE w2_at(uint i) { return uintBitsToFloat(uint(w2[i]) << 16); }
+#define EXTRA_W(B, NAME)                                                                                              \
+  layout(std430, binding = B) readonly buffer NAME##_buf { uint16_t NAME[]; };                                        \
+  KTYPE NAME##_at(uint i) { return uintBitsToFloat(uint(NAME[i]) << 16); }
 #elif KV == 1
-layout(std430, binding = 3) readonly buffer W2 { float w2[]; };
-KTYPE w2_at(uint i) { return w2[i]; }
+#define EXTRA_W(B, NAME)                                                                                              \
+  layout(std430, binding = B) readonly buffer NAME##_buf { float NAME[]; };                                           \
+  KTYPE NAME##_at(uint i) { return NAME[i]; }
 #elif KV == 4
-layout(std430, binding = 3) readonly buffer W2 { vec4 w2[]; };
-KTYPE w2_at(uint i) { return w2[i / 4u]; }
+#define EXTRA_W(B, NAME)                                                                                              \
+  layout(std430, binding = B) readonly buffer NAME##_buf { vec4 NAME[]; };                                            \
+  KTYPE NAME##_at(uint i) { return NAME[i / 4u]; }
 #else
-layout(std430, binding = 3) readonly buffer W2 { uvec4 w2[]; };
-KTYPE w2_at(uint i) { return unpack8(w2[i / 8u]); }
+#define EXTRA_W(B, NAME)                                                                                              \
+  layout(std430, binding = B) readonly buffer NAME##_buf { uvec4 NAME[]; };                                           \
+  KTYPE NAME##_at(uint i) { return unpack8(NAME[i / 8u]); }
 #endif
+
+#if GLU || QKV
+// The gated GEMV's up projection, or QKV's k projection.
+EXTRA_W(3, w2)
+#endif
+#if QKV
+// QKV's v projection, and the k and v outputs.
+EXTRA_W(4, w3)
+layout(std430, binding = 5) writeonly buffer Y2 { float y2[]; };
+layout(std430, binding = 6) writeonly buffer Y3 { float y3[]; };
 #endif
 
 // acc + a . b for two vec4s, as four fused multiply-adds in order.

@@ -72,6 +72,7 @@ PC_BEGIN(pc_matmul)
   uint k_base, k_len; /* this dispatch covers columns [k_base, k_base + k_len) of K */
   uint accumulate;    /* 1: add to y instead of overwriting */
   uint x_stride, w_stride, y_stride; /* row strides in elements */
+  uint n2;            /* gemv.comp with QKV: rows of w2 and of w3 (N is w's) */
 PC_END(pc_matmul)
 #endif
 

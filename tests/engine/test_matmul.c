@@ -317,3 +317,56 @@ Test(matmul, gated_gemv_equals_the_three_ops_it_fuses) {
   tfinish(&c);
   gpu_buf_destroy(&b);
 }
+
+Test(matmul, qkv_gemv_equals_three_products) {
+  /* op_gemv_qkv: the attention's three projections of one x in one dispatch, for every dtype and 1 to 4 rows:
+   * against the CPU reference within the matmul tolerance above, and bit for bit against three GEMV dispatches.
+   * Row counts that are not a multiple of the kernel's rows per workgroup are refused. */
+  static const struct {
+    uint32_t M, N, N2, K;
+  } shapes[] = {{1, 64, 32, 53}, {3, 48, 16, 136}, {4, 16, 16, 1}, {2, 128, 64, 77}, {1, 32, 32, 20}};
+  const lt_dtype_t types[3] = {LT_F32, LT_F16, LT_BF16};
+  lt_err_t err = {0};
+  for (unsigned s = 0; s < sizeof shapes / sizeof shapes[0]; s++)
+    for (int t = 0; t < 3; t++) {
+      uint32_t M = shapes[s].M, K = shapes[s].K, rows[3] = {shapes[s].N, shapes[s].N2, shapes[s].N2};
+      problem_t p[3];
+      gpu_buf_t *bw[3], *by[3], *b1[3];
+      for (int i = 0; i < 3; i++) {
+        p[i] = problem_new(M, rows[i], K, types[t], false, 9000 + 10 * s + 3 * t + i);
+        if (i) memcpy(p[i].x, p[0].x, (uint64_t)M * K * 4);
+        bw[i] = tbuf_bytes(p[i].w, (uint64_t)rows[i] * K * lt_dtype_size(types[t]));
+        by[i] = tbuf_f32(NULL, (uint64_t)M * rows[i]);
+        b1[i] = tbuf_f32(NULL, (uint64_t)M * rows[i]);
+      }
+      gpu_buf_t *bx = tbuf_f32(p[0].x, (uint64_t)M * K);
+      gpu_cmd_t *c = tbegin();
+      lt_status_t st = op_gemv_qkv(c, gv(by[0]), gv(by[1]), gv(by[2]), gv(bx), gv(bw[0]), gv(bw[1]), gv(bw[2]),
+                                   types[t], M, rows[0], rows[1], K, &err);
+      cr_assert_eq(st, LT_OK, "%s", err.msg);
+      for (int i = 0; i < 3; i++)
+        cr_assert_eq(op_matmul_path(c, gv(b1[i]), gv(bx), gv(bw[i]), types[t], M, rows[i], K, false, MATMUL_GEMV, &err),
+                     LT_OK, "%s", err.msg);
+      tfinish(&c);
+      for (int i = 0; i < 3; i++) {
+        float *got = tread_f32(by[i], (uint64_t)M * rows[i]), *apart = tread_f32(b1[i], (uint64_t)M * rows[i]);
+        cr_assert(memcmp(got, apart, (uint64_t)M * rows[i] * 4) == 0,
+                  "%ux%u/%ux%u %s: product %d differs from its "
+                  "own GEMV",
+                  M, rows[0], rows[1], K, lt_dtype_str(types[t]), i);
+        free(got), free(apart);
+        check(&p[i], false, MATMUL_GEMV, false, "gemv (the qkv reference)");
+        gpu_buf_destroy(&bw[i]), gpu_buf_destroy(&by[i]), gpu_buf_destroy(&b1[i]);
+        problem_free(&p[i]);
+      }
+      gpu_buf_destroy(&bx);
+    }
+  gpu_buf_t *b = tbuf_f32(NULL, 4096);
+  gpu_cmd_t *c = tbegin();
+  cr_assert_eq(op_gemv_qkv(c, gv(b), gv(b), gv(b), gv(b), gv(b), gv(b), gv(b), LT_F32, 1, 37, 16, 8, &err),
+               LT_E_UNSUPPORTED);
+  cr_assert_eq(op_gemv_qkv(c, gv(b), gv(b), gv(b), gv(b), gv(b), gv(b), gv(b), LT_F32, 5, 16, 16, 8, &err),
+               LT_E_UNSUPPORTED);
+  tfinish(&c);
+  gpu_buf_destroy(&b);
+}
