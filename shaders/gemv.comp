@@ -28,6 +28,29 @@
 #ifndef QKV
 #define QKV 0
 #endif
+#ifndef NORM
+#define NORM 0
+#endif
+// NORM (with GLU or QKV): x is the residual stream and the products see RMSNorm(x) * g: each (x_k g_k) enters the
+// sums, the rows' sums of squares are kept beside them, and every result is scaled by 1 / sqrt(mean(x^2) + eps).
+#if NORM
+layout(std430, binding = GLU != 0 ? 4 : 7) readonly buffer G { float gn[]; };
+#if KV == 1
+KTYPE g_at(uint k) { return gn[k]; }
+#define KMUL(a, b) ((a) * (b))
+#elif KV == 4
+KTYPE g_at(uint k) { return vec4(gn[k], gn[k + 1u], gn[k + 2u], gn[k + 3u]); }
+#define KMUL(a, b) ((a) * (b))
+#else
+KTYPE g_at(uint k) {
+  return mat2x4(vec4(gn[k], gn[k + 1u], gn[k + 2u], gn[k + 3u]), vec4(gn[k + 4u], gn[k + 5u], gn[k + 6u], gn[k + 7u]));
+}
+#define KMUL(a, b) matrixCompMult((a), (b))
+#endif
+#define N_SS MR // the rows' sums of squares, after the products' sums
+#else
+#define N_SS 0u
+#endif
 #define N_ACC (GLU != 0 ? 2u : 1u) // sums kept per (m, r): the gate's, and with GLU the up projection's
 
 layout(constant_id = 1) const uint ROWS = 2; // rows of w (outputs n) per workgroup
@@ -35,7 +58,7 @@ layout(constant_id = 2) const uint MR = 1;   // rows of x per workgroup
 
 // red[(a * MR * ROWS + p) * WG_X + slot]: partial sum a (gate, or up with GLU) of pair p = (m, r) from one subgroup
 // (or one invocation).
-shared float red[N_ACC * MR * ROWS * WG_X];
+shared float red[(N_ACC * MR * ROWS + N_SS) * WG_X];
 
 void main() {
   const uint tid = gl_LocalInvocationID.x;
@@ -58,11 +81,18 @@ void main() {
   uint xrow[MR], wrow[ROWS];
   [[unroll]] for (uint m = 0; m < MR; m++) xrow[m] = min(mb + m, pc.M - 1) * pc.x_stride;
   [[unroll]] for (uint r = 0; r < ROWS; r++) wrow[r] = min(n0 + r, n_rows - 1) * pc.w_stride;
-  float acc[N_ACC * MR * ROWS];
-  [[unroll]] for (uint p = 0; p < N_ACC * MR * ROWS; p++) acc[p] = 0.0;
+  float acc[N_ACC * MR * ROWS + N_SS];
+  [[unroll]] for (uint p = 0; p < N_ACC * MR * ROWS + N_SS; p++) acc[p] = 0.0;
   for (uint k = pc.k_base + tid * KV; k < k_end; k += WG_X * KV) {
     KTYPE xv[MR];
     [[unroll]] for (uint m = 0; m < MR; m++) xv[m] = x_at(xrow[m] + k);
+#if NORM
+    KTYPE gk = g_at(k);
+    [[unroll]] for (uint m = 0; m < MR; m++) {
+      acc[N_ACC * MR * ROWS + m] = KDOT(xv[m], xv[m], acc[N_ACC * MR * ROWS + m]);
+      xv[m] = KMUL(xv[m], gk);
+    }
+#endif
     [[unroll]] for (uint r = 0; r < ROWS; r++) {
 #if QKV
       KTYPE wv = mat == 0u ? w_at(wrow[r] + k) : mat == 1u ? w2_at(wrow[r] + k) : w3_at(wrow[r] + k);
@@ -80,13 +110,13 @@ void main() {
 
 #if HAS_SUBGROUP_ARITH
   const uint n_slots = gl_NumSubgroups;
-  [[unroll]] for (uint p = 0; p < N_ACC * MR * ROWS; p++) {
+  [[unroll]] for (uint p = 0; p < N_ACC * MR * ROWS + N_SS; p++) {
     float s = subgroupAdd(acc[p]);
     if (subgroupElect()) red[p * WG_X + gl_SubgroupID] = s;
   }
 #else
   const uint n_slots = WG_X;
-  [[unroll]] for (uint p = 0; p < N_ACC * MR * ROWS; p++) red[p * WG_X + tid] = acc[p];
+  [[unroll]] for (uint p = 0; p < N_ACC * MR * ROWS + N_SS; p++) red[p * WG_X + tid] = acc[p];
 #endif
   barrier();
   for (uint p = tid; p < MR * ROWS; p += WG_X) {
@@ -94,9 +124,18 @@ void main() {
     if (m < pc.M && n < n_rows) {
       float s = 0.0;
       for (uint i = 0; i < n_slots; i++) s += red[p * WG_X + i];
+#if NORM
+      float ss = 0.0;
+      for (uint i = 0; i < n_slots; i++) ss += red[(N_ACC * MR * ROWS + p / ROWS) * WG_X + i];
+      float scale = inversesqrt(ss / float(pc.K) + pc.eps);
+      s *= scale;
+#endif
 #if GLU
       float u = 0.0;
       for (uint i = 0; i < n_slots; i++) u += red[(MR * ROWS + p) * WG_X + i];
+#if NORM
+      u *= scale;
+#endif
       s = (GLU == 1 ? silu(s) : gelu_tanh(s)) * u;
 #endif
 #if QKV

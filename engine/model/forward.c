@@ -118,18 +118,25 @@ static bool fusable(const dmat_t *const *w, int n);
 
 void model_fuse_decode(bool on) { g_fuse = on; }
 
-/* The gated MLP of block l for T tokens as one dispatch (op_gemv_glu), when the weights allow it: gate and up
- * whole (one piece each) in one float dtype, and no LoRA on either. LT_E_UNSUPPORTED (err cleared) when they do
- * not, or when the op does not take the shape: the caller runs the separate ops. */
-static lt_status_t fused_glu(const model_t *m, gpu_cmd_t *c, const dlayer_t *L, uint32_t l, uint32_t T, lt_err_t *err) {
+/* The gated MLP of block l for T tokens as one dispatch (op_gemv_glu) from x (with norm: the residual stream, the
+ * norm folded in), when the weights allow it: gate and up whole in one float dtype, and no LoRA on either.
+ * LT_E_UNSUPPORTED (err cleared) when they do not, or when the op does not take the shape: the caller runs the
+ * separate ops. */
+static lt_status_t fused_glu(const model_t *m, gpu_cmd_t *c, const dlayer_t *L, uint32_t l, uint32_t T, gpu_buf_t *x,
+                             gpu_buf_t *norm, lt_err_t *err) {
   const dmat_t *g = &L->ffn.gate, *u = &L->ffn.up, *w[2] = {g, u};
   bool lora = adapter_has_lora(m, l, 4) || adapter_has_lora(m, l, 5);
   if (!g_fuse || T > 4 || lora || !fusable(w, 2)) return LT_E_UNSUPPORTED;
-  const acts_t *a = &m->a;
-  lt_status_t st = op_gemv_glu(c, gv(a->gate), gv(a->xn), gv(g->piece[0]), gv(u->piece[0]), g->dtype, T, g->rows,
-                               g->cols, m->cfg.gelu, err);
+  gpu_view_t nv = norm ? gv(norm) : (gpu_view_t){0};
+  lt_status_t st = op_gemv_glu(c, gv(m->a.gate), gv(x), gv(g->piece[0]), gv(u->piece[0]), g->dtype, T, g->rows, g->cols,
+                               m->cfg.gelu, nv, m->cfg.rms_norm_eps, err);
   if (st == LT_E_UNSUPPORTED) lt_err_clear(err);
   return st;
+}
+
+/* Whether nothing reads activation site `site` in this pass (so the norm that produces it may be folded away). */
+static bool site_unread(const model_hooks_t *h, model_site_t site) {
+  return !h || !h->on_site || !h->capture_site || !h->capture_site[site];
 }
 
 /* Whether matrices w[0..n) can go to a fused GEMV: whole (one piece each), one float dtype, not quantised. */
@@ -141,15 +148,19 @@ static bool fusable(const dmat_t *const *w, int n) {
   return true;
 }
 
-/* Block l's q, k and v projections for T tokens as one dispatch (op_gemv_qkv) when the weights allow it (no LoRA
- * on them); LT_E_UNSUPPORTED (err cleared) otherwise, and the caller runs the three products. */
-static lt_status_t fused_qkv(const model_t *m, gpu_cmd_t *c, const dlayer_t *L, uint32_t l, uint32_t T, lt_err_t *err) {
+/* Block l's q, k and v projections for T tokens as one dispatch (op_gemv_qkv) from x (with norm: the residual
+ * stream, the norm folded in) when the weights allow it (no LoRA on them); LT_E_UNSUPPORTED (err cleared)
+ * otherwise, and the caller runs the three products. */
+static lt_status_t fused_qkv(const model_t *m, gpu_cmd_t *c, const dlayer_t *L, uint32_t l, uint32_t T, gpu_buf_t *x,
+                             gpu_buf_t *norm, lt_err_t *err) {
   const dmat_t *w[3] = {&L->wq, &L->wk, &L->wv};
   bool lora = adapter_has_lora(m, l, 0) || adapter_has_lora(m, l, 1) || adapter_has_lora(m, l, 2);
   if (!g_fuse || T > 4 || lora || !fusable(w, 3) || L->wk.rows != L->wv.rows) return LT_E_UNSUPPORTED;
   const acts_t *a = &m->a;
-  lt_status_t st = op_gemv_qkv(c, gv(a->q), gv(a->k), gv(a->v), gv(a->xn), gv(L->wq.piece[0]), gv(L->wk.piece[0]),
-                               gv(L->wv.piece[0]), L->wq.dtype, T, L->wq.rows, L->wk.rows, L->wq.cols, err);
+  gpu_view_t nv = norm ? gv(norm) : (gpu_view_t){0};
+  lt_status_t st =
+      op_gemv_qkv(c, gv(a->q), gv(a->k), gv(a->v), gv(x), gv(L->wq.piece[0]), gv(L->wk.piece[0]), gv(L->wv.piece[0]),
+                  L->wq.dtype, T, L->wq.rows, L->wk.rows, L->wq.cols, nv, m->cfg.rms_norm_eps, err);
   if (st == LT_E_UNSUPPORTED) lt_err_clear(err);
   return st;
 }
@@ -468,12 +479,16 @@ static lt_status_t forward_pass(model_t *m, model_item_t *items, const uint32_t 
     if ((st = report_resid(&p, &c, l, err)) != LT_OK) break;
     if (h && h->add_vec && h->add_layer == l && (st = add_vector(&p, c, err)) != LT_OK) break;
     if (h && h->skip_block && h->skip_block[l]) continue;
-    if ((st = op_rmsnorm(c, gv(a->xn), gv(a->x), gv(L->attn_norm), p.T, d, cf->rms_norm_eps, err)) != LT_OK) break;
-    if ((st = report_site(&p, &c, MODEL_SITE_ATTN_IN, l, -1, a->xn, p.T, d, err)) != LT_OK) break;
-    if ((st = fused_qkv(m, c, L, l, p.T, err)) == LT_E_UNSUPPORTED) {
-      if ((st = mul(c, a->q, a->xn, &L->wq, p.T, false, err)) != LT_OK) break;
-      if ((st = mul(c, a->k, a->xn, &L->wk, p.T, false, err)) != LT_OK) break;
-      st = mul(c, a->v, a->xn, &L->wv, p.T, false, err);
+    /* q, k, v: the norm folded into one fused product, else the norm and then one fused product, else four ops. */
+    st = site_unread(h, MODEL_SITE_ATTN_IN) ? fused_qkv(m, c, L, l, p.T, a->x, L->attn_norm, err) : LT_E_UNSUPPORTED;
+    if (st == LT_E_UNSUPPORTED) {
+      if ((st = op_rmsnorm(c, gv(a->xn), gv(a->x), gv(L->attn_norm), p.T, d, cf->rms_norm_eps, err)) != LT_OK) break;
+      if ((st = report_site(&p, &c, MODEL_SITE_ATTN_IN, l, -1, a->xn, p.T, d, err)) != LT_OK) break;
+      if ((st = fused_qkv(m, c, L, l, p.T, a->xn, NULL, err)) == LT_E_UNSUPPORTED) {
+        if ((st = mul(c, a->q, a->xn, &L->wq, p.T, false, err)) != LT_OK) break;
+        if ((st = mul(c, a->k, a->xn, &L->wk, p.T, false, err)) != LT_OK) break;
+        st = mul(c, a->v, a->xn, &L->wv, p.T, false, err);
+      }
     }
     if (st != LT_OK) break;
     if (L->bq && ((st = op_add(c, gv(a->q), gv(a->q), gv(L->bq), p.T * qd, qd, err)) != LT_OK ||
@@ -507,11 +522,18 @@ static lt_status_t forward_pass(model_t *m, model_item_t *items, const uint32_t 
     if ((st = adapter_bottleneck(m, c, a->x, l, 0, p.T, err)) != LT_OK) break;
     if ((h && h->skip_ffn && h->skip_ffn[l]) || L->ffn_dropped) continue;
     if ((st = report_site(&p, &c, MODEL_SITE_FFN_RESID, l, -1, a->x, p.T, d, err)) != LT_OK) break;
-    if ((st = op_rmsnorm(c, gv(a->xn), gv(a->x), gv(L->ffn_norm), p.T, d, cf->rms_norm_eps, err)) != LT_OK) break;
-    if ((st = report_site(&p, &c, MODEL_SITE_FFN_IN, l, -1, a->xn, p.T, d, err)) != LT_OK) break;
+    /* The MLP's norm folded into the fused gate-and-up product where it can be, else run first. */
+    st = !cf->n_experts && site_unread(h, MODEL_SITE_FFN_IN) ? fused_glu(m, c, L, l, p.T, a->x, L->ffn_norm, err)
+                                                             : LT_E_UNSUPPORTED;
+    bool folded = st == LT_OK;
+    if (st != LT_OK && st != LT_E_UNSUPPORTED) break;
+    if (!folded) {
+      if ((st = op_rmsnorm(c, gv(a->xn), gv(a->x), gv(L->ffn_norm), p.T, d, cf->rms_norm_eps, err)) != LT_OK) break;
+      if ((st = report_site(&p, &c, MODEL_SITE_FFN_IN, l, -1, a->xn, p.T, d, err)) != LT_OK) break;
+    }
     if (cf->n_experts) {
       st = moe_ffn(&p, &c, l, err);
-    } else if ((st = fused_glu(m, c, L, l, p.T, err)) != LT_E_UNSUPPORTED) {
+    } else if (folded || (st = fused_glu(m, c, L, l, p.T, a->xn, NULL, err)) != LT_E_UNSUPPORTED) {
       if (st != LT_OK) break;
       if ((st = report_site(&p, &c, MODEL_SITE_FFN_ACT, l, -1, a->gate, p.T, ffn, err)) != LT_OK) break;
       st = join_stream(m, c, a->gate, &L->ffn.down, L->post_ffn_norm, l, 6, p.T, err);

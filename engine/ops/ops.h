@@ -123,8 +123,11 @@ lt_status_t op_matmul_strided(gpu_cmd_t *c, gpu_view_t y, uint32_t y_stride, gpu
  * The same sums and activation as op_matmul twice and op_swiglu / op_geglu, in one dispatch instead of three (the
  * decode step's MLP). LT_E_UNSUPPORTED, with nothing recorded, when the shape is not one it takes (M above 4, or a
  * K too long for one dispatch): the caller then runs the three ops. */
+/* With norm.buf set, x is the residual stream and the products see RMSNorm(x) * norm (norm: K f32 multipliers,
+ * eps the norm's epsilon): the norm op that would come first is folded in (sums of x * norm scaled by each row's
+ * 1 / sqrt(mean(x^2) + eps), equal to the separate ops within f32 rounding). */
 lt_status_t op_gemv_glu(gpu_cmd_t *c, gpu_view_t y, gpu_view_t x, gpu_view_t wg, gpu_view_t wu, lt_dtype_t wtype,
-                        uint32_t M, uint32_t N, uint32_t K, bool gelu, lt_err_t *err);
+                        uint32_t M, uint32_t N, uint32_t K, bool gelu, gpu_view_t norm, float eps, lt_err_t *err);
 
 /* Three products of one x for few rows in one dispatch (the attention's q, k and v): q[M,N] = x . wq^T, k[M,N2] =
  * x . wk^T, v[M,N2] = x . wv^T, the weights [rows,K] in one dtype (f32, f16, bf16). The same sums as op_matmul
@@ -132,7 +135,8 @@ lt_status_t op_gemv_glu(gpu_cmd_t *c, gpu_view_t y, gpu_view_t x, gpu_view_t wg,
  * long for one dispatch, N or N2 not a multiple of the kernel's rows per workgroup): the caller runs op_matmul. */
 lt_status_t op_gemv_qkv(gpu_cmd_t *c, gpu_view_t q, gpu_view_t k, gpu_view_t v, gpu_view_t x, gpu_view_t wq,
                         gpu_view_t wk, gpu_view_t wv, lt_dtype_t wtype, uint32_t M, uint32_t N, uint32_t N2, uint32_t K,
-                        lt_err_t *err);
+                        gpu_view_t norm, float eps, lt_err_t *err);
+/* (norm.buf: as for op_gemv_glu, RMSNorm(x) * norm folded in.) */
 
 /* ---- quantised matrix multiply (engine/ops/ops_matmul_q.c) ---- */
 

@@ -199,40 +199,54 @@ static lt_status_t fused_gemv_check(const gpu_caps_t *caps, gpu_view_t x, const 
 }
 
 lt_status_t op_gemv_glu(gpu_cmd_t *c, gpu_view_t y, gpu_view_t x, gpu_view_t wg, gpu_view_t wu, lt_dtype_t wtype,
-                        uint32_t M, uint32_t N, uint32_t K, bool gelu, lt_err_t *err) {
+                        uint32_t M, uint32_t N, uint32_t K, bool gelu, gpu_view_t norm, float eps, lt_err_t *err) {
   fused_gemv_t f;
-  lt_status_t st =
-      fused_gemv_prep(c, OP_GEMV_GLU, "op_gemv_glu", gelu ? "GLU=2" : "GLU=1", wtype, M, N, K, NULL, 0, &f, err);
+  bool nm = norm.buf != NULL;
+  const char *variant = gelu ? (nm ? "GLU=2;NORM=1" : "GLU=2") : (nm ? "GLU=1;NORM=1" : "GLU=1");
+  op_id_t id = nm ? OP_GEMV_GLU_N : OP_GEMV_GLU;
+  lt_status_t st = fused_gemv_prep(c, id, "op_gemv_glu", variant, wtype, M, N, K, NULL, 0, &f, err);
   const gpu_view_t ws[2] = {wg, wu}, ys[2] = {y, y};
   const uint32_t rows[2] = {N, N};
   if (st == LT_OK) st = fused_gemv_check(gpu_caps(gpu_cmd_gpu(c)), x, ws, ys, rows, 2, wtype, M, K, err);
   if (st != LT_OK) return st;
   uint64_t wb = lt_dtype_size(wtype) * N * K;
-  gpu_view_t views[4] = {y, x, wg, wu};
-  uint64_t bytes[4] = {4ull * M * N, 4ull * M * K, wb, wb};
-  bool writes[4] = {true, false, false, false};
-  pc_matmul_t pc = {.M = M, .N = N, .K = K, .x_stride = K, .w_stride = K, .y_stride = N, .k_base = 0, .k_len = K};
-  return op_dispatch(c, f.p, OP_GEMV_GLU, views, bytes, writes, 4, &pc, f.gx, 1, f.gz, err);
+  gpu_view_t views[5] = {y, x, wg, wu, norm};
+  uint64_t bytes[5] = {4ull * M * N, 4ull * M * K, wb, wb, 4ull * K};
+  bool writes[5] = {true, false, false, false, false};
+  pc_matmul_t pc = {
+      .M = M, .N = N, .K = K, .x_stride = K, .w_stride = K, .y_stride = N, .k_base = 0, .k_len = K, .eps = eps};
+  return op_dispatch(c, f.p, id, views, bytes, writes, nm ? 5 : 4, &pc, f.gx, 1, f.gz, err);
 }
 
 lt_status_t op_gemv_qkv(gpu_cmd_t *c, gpu_view_t q, gpu_view_t k, gpu_view_t v, gpu_view_t x, gpu_view_t wq,
                         gpu_view_t wk, gpu_view_t wv, lt_dtype_t wtype, uint32_t M, uint32_t N, uint32_t N2, uint32_t K,
-                        lt_err_t *err) {
+                        gpu_view_t norm, float eps, lt_err_t *err) {
   fused_gemv_t f;
   const uint32_t rows[3] = {N, N2, N2};
-  lt_status_t st =
-      N2 == 0 ? lt_fail(err, LT_E_UNSUPPORTED, "op_gemv_qkv: no k and v rows")
-              : fused_gemv_prep(c, OP_GEMV_QKV, "op_gemv_qkv", "QKV=1", wtype, M, N + 2 * N2, K, rows, 3, &f, err);
+  bool nm = norm.buf != NULL;
+  op_id_t id = nm ? OP_GEMV_QKV_N : OP_GEMV_QKV;
+  lt_status_t st = N2 == 0 ? lt_fail(err, LT_E_UNSUPPORTED, "op_gemv_qkv: no k and v rows")
+                           : fused_gemv_prep(c, id, "op_gemv_qkv", nm ? "QKV=1;NORM=1" : "QKV=1", wtype, M, N + 2 * N2,
+                                             K, rows, 3, &f, err);
   const gpu_view_t ws[3] = {wq, wk, wv}, ys[3] = {q, k, v};
   if (st == LT_OK) st = fused_gemv_check(gpu_caps(gpu_cmd_gpu(c)), x, ws, ys, rows, 3, wtype, M, K, err);
   if (st != LT_OK) return st;
   uint64_t es = lt_dtype_size(wtype);
-  gpu_view_t views[7] = {q, x, wq, wk, wv, k, v};
-  uint64_t bytes[7] = {4ull * M * N, 4ull * M * K, es * N * K, es * N2 * K, es * N2 * K, 4ull * M * N2, 4ull * M * N2};
-  bool writes[7] = {true, false, false, false, false, true, true};
-  pc_matmul_t pc = {
-      .M = M, .N = N, .K = K, .x_stride = K, .w_stride = K, .y_stride = N, .k_base = 0, .k_len = K, .n2 = N2};
-  return op_dispatch(c, f.p, OP_GEMV_QKV, views, bytes, writes, 7, &pc, f.gx, 1, f.gz, err);
+  gpu_view_t views[8] = {q, x, wq, wk, wv, k, v, norm};
+  uint64_t bytes[8] = {4ull * M * N, 4ull * M * K,  es * N * K,    es * N2 * K,
+                       es * N2 * K,  4ull * M * N2, 4ull * M * N2, 4ull * K};
+  bool writes[8] = {true, false, false, false, false, true, true, false};
+  pc_matmul_t pc = {.M = M,
+                    .N = N,
+                    .K = K,
+                    .x_stride = K,
+                    .w_stride = K,
+                    .y_stride = N,
+                    .k_base = 0,
+                    .k_len = K,
+                    .n2 = N2,
+                    .eps = eps};
+  return op_dispatch(c, f.p, id, views, bytes, writes, nm ? 8 : 7, &pc, f.gx, 1, f.gz, err);
 }
 
 lt_status_t op_matmul_path(gpu_cmd_t *c, gpu_view_t y, gpu_view_t x, gpu_view_t w, lt_dtype_t wtype, uint32_t M,

@@ -73,6 +73,7 @@ PC_BEGIN(pc_matmul)
   uint accumulate;    /* 1: add to y instead of overwriting */
   uint x_stride, w_stride, y_stride; /* row strides in elements */
   uint n2;            /* gemv.comp with QKV: rows of w2 and of w3 (N is w's) */
+  float eps;          /* gemv.comp with NORM: the RMSNorm epsilon */
 PC_END(pc_matmul)
 #endif
 

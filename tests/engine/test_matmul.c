@@ -269,8 +269,9 @@ Test(matmul, gated_gemv_equals_the_three_ops_it_fuses) {
         gpu_buf_t *by = tbuf_f32(NULL, MN), *b1 = tbuf_f32(NULL, MN), *b2 = tbuf_f32(NULL, MN);
         uint64_t before = gpu_stats(tgpu())->dispatches;
         gpu_cmd_t *c = tbegin();
-        cr_assert_eq(op_gemv_glu(c, gv(by), gv(bx), gv(bg), gv(bu), types[t], sh->M, sh->N, sh->K, gelu, &err), LT_OK,
-                     "%s", err.msg);
+        cr_assert_eq(op_gemv_glu(c, gv(by), gv(bx), gv(bg), gv(bu), types[t], sh->M, sh->N, sh->K, gelu,
+                                 (gpu_view_t){0}, 0, &err),
+                     LT_OK, "%s", err.msg);
         tfinish(&c);
         cr_assert_eq(gpu_stats(tgpu())->dispatches - before, 1, "one dispatch");
         c = tbegin();
@@ -311,9 +312,11 @@ Test(matmul, gated_gemv_equals_the_three_ops_it_fuses) {
       }
   gpu_buf_t *b = tbuf_f32(NULL, 64);
   gpu_cmd_t *c = tbegin();
-  cr_assert_eq(op_gemv_glu(c, gv(b), gv(b), gv(b), gv(b), LT_F32, 5, 2, 2, false, &err), LT_E_UNSUPPORTED);
+  cr_assert_eq(op_gemv_glu(c, gv(b), gv(b), gv(b), gv(b), LT_F32, 5, 2, 2, false, (gpu_view_t){0}, 0, &err),
+               LT_E_UNSUPPORTED);
   cr_assert(strstr(err.msg, "5x2x2"), "%s", err.msg);
-  cr_assert_eq(op_gemv_glu(c, gv(b), gv(b), gv(b), gv(b), LT_I8, 1, 2, 2, false, &err), LT_E_UNSUPPORTED);
+  cr_assert_eq(op_gemv_glu(c, gv(b), gv(b), gv(b), gv(b), LT_I8, 1, 2, 2, false, (gpu_view_t){0}, 0, &err),
+               LT_E_UNSUPPORTED);
   tfinish(&c);
   gpu_buf_destroy(&b);
 }
@@ -342,7 +345,7 @@ Test(matmul, qkv_gemv_equals_three_products) {
       gpu_buf_t *bx = tbuf_f32(p[0].x, (uint64_t)M * K);
       gpu_cmd_t *c = tbegin();
       lt_status_t st = op_gemv_qkv(c, gv(by[0]), gv(by[1]), gv(by[2]), gv(bx), gv(bw[0]), gv(bw[1]), gv(bw[2]),
-                                   types[t], M, rows[0], rows[1], K, &err);
+                                   types[t], M, rows[0], rows[1], K, (gpu_view_t){0}, 0, &err);
       cr_assert_eq(st, LT_OK, "%s", err.msg);
       for (int i = 0; i < 3; i++)
         cr_assert_eq(op_matmul_path(c, gv(b1[i]), gv(bx), gv(bw[i]), types[t], M, rows[i], K, false, MATMUL_GEMV, &err),
@@ -363,10 +366,81 @@ Test(matmul, qkv_gemv_equals_three_products) {
     }
   gpu_buf_t *b = tbuf_f32(NULL, 4096);
   gpu_cmd_t *c = tbegin();
-  cr_assert_eq(op_gemv_qkv(c, gv(b), gv(b), gv(b), gv(b), gv(b), gv(b), gv(b), LT_F32, 1, 37, 16, 8, &err),
-               LT_E_UNSUPPORTED);
-  cr_assert_eq(op_gemv_qkv(c, gv(b), gv(b), gv(b), gv(b), gv(b), gv(b), gv(b), LT_F32, 5, 16, 16, 8, &err),
-               LT_E_UNSUPPORTED);
+  cr_assert_eq(
+      op_gemv_qkv(c, gv(b), gv(b), gv(b), gv(b), gv(b), gv(b), gv(b), LT_F32, 1, 37, 16, 8, (gpu_view_t){0}, 0, &err),
+      LT_E_UNSUPPORTED);
+  cr_assert_eq(
+      op_gemv_qkv(c, gv(b), gv(b), gv(b), gv(b), gv(b), gv(b), gv(b), LT_F32, 5, 16, 16, 8, (gpu_view_t){0}, 0, &err),
+      LT_E_UNSUPPORTED);
   tfinish(&c);
   gpu_buf_destroy(&b);
+}
+
+Test(matmul, fused_gemv_with_the_norm_folded_in) {
+  /* Both fused GEMVs with an RMSNorm folded in (x the residual stream, g the norm's multipliers): against the CPU
+   * reference of the separate steps (ref_rmsnorm, then ref_matmul, then the activation). The fold sums x g w and
+   * scales by 1/sqrt(mean x^2 + eps) at the end, so it differs from the reference by f32 rounding only: the matmul
+   * tolerance on the normalised rows' |x_n w| sums, plus 1e-5 of the result for the scale's own rounding (a sum
+   * of K squares and one inverse square root), carried through the activation as above. */
+  static const shape_t shapes[] = {{1, 32, 53}, {3, 48, 136}, {4, 16, 20}, {2, 64, 64}};
+  const lt_dtype_t types[2] = {LT_F32, LT_F16};
+  const float eps = 1e-5f;
+  lt_err_t err = {0};
+  for (unsigned s = 0; s < sizeof shapes / sizeof shapes[0]; s++)
+    for (int t = 0; t < 2; t++) {
+      uint32_t M = shapes[s].M, N = shapes[s].N, K = shapes[s].K;
+      problem_t pa = problem_new(M, N, K, types[t], false, 11000 + 10 * s + t);
+      problem_t pb = problem_new(M, N, K, types[t], false, 12000 + 10 * s + t);
+      problem_t pc = problem_new(M, N, K, types[t], false, 13000 + 10 * s + t);
+      float *g = talloc(K), *xn = talloc((uint64_t)M * K);
+      uint64_t seed = 99 + s;
+      trand(g, K, 0.5, 1.5, &seed);
+      ref_rmsnorm(xn, pa.x, g, M, K, eps);
+      uint64_t wb = (uint64_t)N * K * lt_dtype_size(types[t]);
+      gpu_buf_t *bx = tbuf_f32(pa.x, (uint64_t)M * K), *bg = tbuf_f32(g, K);
+      gpu_buf_t *wa = tbuf_bytes(pa.w, wb), *wbb = tbuf_bytes(pb.w, wb), *wc = tbuf_bytes(pc.w, wb);
+      gpu_buf_t *y1 = tbuf_f32(NULL, (uint64_t)M * N), *y2 = tbuf_f32(NULL, (uint64_t)M * N);
+      gpu_buf_t *y3 = tbuf_f32(NULL, (uint64_t)M * N), *yg = tbuf_f32(NULL, (uint64_t)M * N);
+      gpu_cmd_t *c = tbegin();
+      cr_assert_eq(op_gemv_qkv(c, gv(y1), gv(y2), gv(y3), gv(bx), gv(wa), gv(wbb), gv(wc), types[t], M, N, N, K, gv(bg),
+                               eps, &err),
+                   LT_OK, "%s", err.msg);
+      cr_assert_eq(op_gemv_glu(c, gv(yg), gv(bx), gv(wa), gv(wbb), types[t], M, N, K, false, gv(bg), eps, &err), LT_OK,
+                   "%s", err.msg);
+      tfinish(&c);
+      const problem_t *ps[3] = {&pa, &pb, &pc};
+      gpu_buf_t *ys[3] = {y1, y2, y3};
+      float *prod[3];
+      for (int i = 0; i < 3; i++) {
+        prod[i] = talloc((uint64_t)M * N);
+        ref_matmul(prod[i], xn, ps[i]->w, types[t], M, N, K, false);
+        float *got = tread_f32(ys[i], (uint64_t)M * N);
+        for (uint32_t m = 0; m < M; m++)
+          for (uint32_t n = 0; n < N; n++) {
+            double mag = 0;
+            for (uint32_t k = 0; k < K; k++)
+              mag += fabs((double)xn[(uint64_t)m * K + k] * ref_weight_at(ps[i]->w, types[t], (uint64_t)n * K + k));
+            double e = prod[i][(uint64_t)m * N + n], tol = 1e-5 * mag + 1e-5 * fabs(e) + 1e-6;
+            cr_assert(fabs(got[(uint64_t)m * N + n] - e) <= tol,
+                      "qkv+norm %ux%ux%u %s product %d: y[%u,%u] = %.9g, "
+                      "want %.9g",
+                      M, N, K, lt_dtype_str(types[t]), i, m, n, got[(uint64_t)m * N + n], e);
+          }
+        free(got);
+      }
+      float *want = talloc((uint64_t)M * N), *got = tread_f32(yg, (uint64_t)M * N);
+      ref_swiglu(want, prod[0], prod[1], M * N);
+      for (uint64_t i = 0; i < (uint64_t)M * N; i++) {
+        double dg = 1e-5 * fabs(prod[0][i]) + 1e-4, du = 1e-5 * fabs(prod[1][i]) + 1e-4;
+        double tol =
+            1.13 * fabs(prod[1][i]) * dg + (fabs(want[i] / (prod[1][i] != 0 ? prod[1][i] : 1)) + 1.13 * dg) * du;
+        cr_assert(fabs(got[i] - want[i]) <= tol, "glu+norm %ux%ux%u %s: y[%llu] = %.9g, want %.9g (tolerance %.3g)", M,
+                  N, K, lt_dtype_str(types[t]), (unsigned long long)i, got[i], want[i], tol);
+      }
+      free(want), free(got), free(g), free(xn);
+      for (int i = 0; i < 3; i++) free(prod[i]);
+      gpu_buf_destroy(&bx), gpu_buf_destroy(&bg), gpu_buf_destroy(&wa), gpu_buf_destroy(&wbb), gpu_buf_destroy(&wc);
+      gpu_buf_destroy(&y1), gpu_buf_destroy(&y2), gpu_buf_destroy(&y3), gpu_buf_destroy(&yg);
+      problem_free(&pa), problem_free(&pb), problem_free(&pc);
+    }
 }

@@ -335,9 +335,10 @@ static uint64_t decode_steps(const char *model_path, uint32_t items, uint32_t n,
 }
 
 Test(forward, fused_decode_gives_the_same_logits_in_fewer_dispatches) {
-  /* Decoding runs each block's q, k and v products as one dispatch (op_gemv_qkv) and its gate, up and activation
-   * as one (op_gemv_glu) where it can: the logits of 8 decode steps, at batch 1 and 4, in f32 and f16, are bit for
-   * bit those of the separate ops, with four dispatches fewer per block and step. */
+  /* Decoding runs each block's attention norm, q, k and v products as one dispatch (op_gemv_qkv with the norm
+   * folded in) and its MLP norm, gate, up and activation as one (op_gemv_glu) where it can: the logits of 8 decode
+   * steps, at batch 1 and 4, in f32 and f16, agree with the separate ops (same greedy tokens), with six dispatches
+   * fewer per block and step. */
   static const char *const paths[] = {STORIES "/stories260K.gguf", STORIES "/stories260K-f16.gguf"};
   for (int pi = 0; pi < 2; pi++)
     for (uint32_t items = 1; items <= 4; items += 3) {
@@ -347,9 +348,19 @@ Test(forward, fused_decode_gives_the_same_logits_in_fewer_dispatches) {
       uint64_t d_apart = decode_steps(paths[pi], items, n, apart);
       model_fuse_decode(true);
       uint64_t d_fused = decode_steps(paths[pi], items, n, fused);
-      cr_assert(memcmp(fused, apart, (uint64_t)n * items * V * 4) == 0, "%s batch %u: the fused products moved a logit",
-                paths[pi], items);
-      cr_assert_eq(d_apart - d_fused, 4ull * L * n, "%s batch %u: %llu dispatches apart, %llu fused", paths[pi], items,
+      /* The folded norm sums its squares in another order than the norm op: f32 rounding, logits of magnitude ~10
+       * within 1e-4 relative / 2e-4 absolute as in cached_decoding_matches_prefill, and the same greedy token. */
+      tassert_close(fused, apart, (uint64_t)n * items * V, 2e-4, 1e-4, "fused vs separate ops");
+      for (uint64_t r = 0; r < (uint64_t)n * items; r++) {
+        uint32_t af = 0, aa = 0;
+        for (uint32_t v = 1; v < V; v++) {
+          if (fused[r * V + v] > fused[r * V + af]) af = v;
+          if (apart[r * V + v] > apart[r * V + aa]) aa = v;
+        }
+        cr_assert_eq(af, aa, "%s batch %u row %llu: greedy token %u fused, %u apart", paths[pi], items,
+                     (unsigned long long)r, af, aa);
+      }
+      cr_assert_eq(d_apart - d_fused, 6ull * L * n, "%s batch %u: %llu dispatches apart, %llu fused", paths[pi], items,
                    (unsigned long long)d_apart, (unsigned long long)d_fused);
       cr_log_info("%s batch %u: %.1f dispatches per step fused, %.1f apart", paths[pi], items, (double)d_fused / n,
                   (double)d_apart / n);
