@@ -326,8 +326,13 @@ void sched_to_worker(daemon_t *d, slot_t *s, mpw_t *w);
 bool sched_start_job(daemon_t *d, store_job_t *j, const char *const *lent, int n_lent, mpw_t *w);
 /* Whether the local workers can ever give a job n devices at once (each with a device of its own to name). */
 bool sched_devices_known(const daemon_t *d, int64_t n);
+/* Loads into j the first queued job (priority, then age) for which fn(user, job) holds; false when there is none
+ * (or the store failed, logged). */
+bool sched_next_queued(daemon_t *d, bool (*fn)(void *user, const store_job_t *j), void *user, store_job_t *j);
 /* Whether a job's parameters send it to Slurm (its `executor`, or the daemon's when it names none). */
 bool sched_job_is_slurm(const daemon_t *d, const void *params, size_t n);
+/* The same for parameters already parsed. */
+bool sched_params_slurm(const daemon_t *d, const msgpack_object *params);
 
 /* slurm.c: the Slurm executor. Each job sent to Slurm is an sbatch script running `lathe-worker --one-shot` on the
  * node Slurm picks; the worker connects back over TCP with CURVE under a key issued for that job alone. */

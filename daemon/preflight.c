@@ -223,11 +223,7 @@ static bool preflight_device(const daemon_t *d, const msgpack_object *params, pr
 
 bool preflight_files(daemon_t *d, const kind_t *k, const msgpack_object *params, const char *owner, proto_err_t *e) {
   if (!slurm_preflight(d, params, e)) return false;
-  mpw_t pw;
-  mpw_init(&pw);
-  mpw_obj(&pw, params);
-  bool slurm = sched_job_is_slurm(d, pw.sb.data, pw.sb.size);
-  mpw_free(&pw);
+  bool slurm = sched_params_slurm(d, params);
   if ((!slurm && !preflight_device(d, params, e)) || !preflight_paths(d, k, params, owner, e)) return false;
   int64_t devices = 1;
   mp_as_int(mp_get(params, "devices"), &devices);

@@ -245,10 +245,21 @@ static void job_place(const void *params, size_t n, place_t *p) {
   mp_doc_destroy(&doc);
 }
 
+/* Whether executor name exec ("": none named) sends a job to Slurm. */
+static bool exec_is_slurm(const daemon_t *d, const char *exec) {
+  return !strcmp(exec[0] ? exec : d->o.executor, "slurm");
+}
+
 bool sched_job_is_slurm(const daemon_t *d, const void *params, size_t n) {
   place_t p;
   job_place(params, n, &p);
-  return !strcmp(p.exec[0] ? p.exec : d->o.executor, "slurm");
+  return exec_is_slurm(d, p.exec);
+}
+
+bool sched_params_slurm(const daemon_t *d, const msgpack_object *params) {
+  char exec[8] = "";
+  mp_str_copy(mp_get(params, "executor"), exec, sizeof exec);
+  return exec_is_slurm(d, exec);
 }
 
 /* Whether slot s is idle with nothing lent and a device of its own to name. */
@@ -292,7 +303,7 @@ static bool fits_cb(void *user, const store_job_t *j) {
   const fit_t *f = user;
   place_t p;
   job_place(j->params, j->params_n, &p);
-  if (!strcmp(p.exec[0] ? p.exec : f->d->o.executor, "slurm")) return false; /* Slurm's (slurm_dispatch) */
+  if (exec_is_slurm(f->d, p.exec)) return false; /* Slurm's (slurm_dispatch) */
   if (p.devices > 1) {
     /* A data-parallel job starts only when it can have that many idle workers' devices at once (smaller jobs
      * behind it may start meanwhile). */
@@ -348,18 +359,20 @@ bool sched_start_job(daemon_t *d, store_job_t *j, const char *const *lent, int n
   return true;
 }
 
-/* Hands slot s (idle) the first queued job it may run. */
-static void dispatch_slot(daemon_t *d, slot_t *s) {
+bool sched_next_queued(daemon_t *d, bool (*fn)(void *user, const store_job_t *j), void *user, store_job_t *j) {
   lt_err_t err = {0};
   int64_t id = 0;
+  int found = store_queue_find(d->store, fn, user, &id, &err);
+  if (found < 0) dlog("%s", err.msg);
+  return found > 0 && store_job_get(d->store, id, j, &err) == 1;
+}
+
+/* Hands slot s (idle) the first queued job it may run. */
+static void dispatch_slot(daemon_t *d, slot_t *s) {
   fit_t f = {d, s};
-  int found = store_queue_find(d->store, fits_cb, &f, &id, &err);
-  if (found <= 0) {
-    if (found < 0) dlog("%s", err.msg);
-    return;
-  }
   store_job_t j;
-  if (store_job_get(d->store, id, &j, &err) != 1) return;
+  if (!sched_next_queued(d, fits_cb, &f, &j)) return;
+  int64_t id = j.id;
   /* A data-parallel job borrows the devices of other idle workers: they stay idle, lent to it, until it ends. */
   place_t p;
   job_place(j.params, j.params_n, &p);

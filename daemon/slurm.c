@@ -80,9 +80,8 @@ static void pstr(const msgpack_object *params, const char *key, char *buf, size_
 }
 
 bool slurm_preflight(daemon_t *d, const msgpack_object *params, proto_err_t *e) {
-  char exec[16], v[16];
-  pstr(params, "executor", exec, sizeof exec);
-  bool slurm = !strcmp(exec[0] ? exec : d->o.executor, "slurm");
+  char v[16];
+  bool slurm = sched_params_slurm(d, params);
   static const char *const only[] = {"partition", "gres", "time", "account"};
   if (!slurm) {
     for (size_t i = 0; i < sizeof only / sizeof only[0]; i++) {
@@ -267,14 +266,9 @@ static bool slurm_cb(void *user, const store_job_t *j) { return sched_job_is_slu
 void slurm_dispatch(daemon_t *d) {
   while (d->n_remote < MAX_REMOTE && !d->slurm_missing[0]) {
     lt_err_t err = {0};
-    int64_t id = 0;
-    int found = store_queue_find(d->store, slurm_cb, d, &id, &err);
-    if (found <= 0) {
-      if (found < 0) dlog("%s", err.msg);
-      return;
-    }
     store_job_t j;
-    if (store_job_get(d->store, id, &j, &err) != 1) return;
+    if (!sched_next_queued(d, slurm_cb, d, &j)) return;
+    int64_t id = j.id;
     mpw_t w;
     if (!sched_start_job(d, &j, NULL, 0, &w)) {
       store_job_clear(&j);

@@ -261,8 +261,7 @@ static void tell_runner(void *pair, const char *type) {
   mpw_map(&w);
   mpw_kstr(&w, "t", type);
   mpw_end(&w);
-  zmq_send(pair, w.sb.data, w.sb.size, 0);
-  mpw_free(&w);
+  pair_send(pair, &w);
 }
 
 /* Sets up CURVE on the dealer for a one-shot worker: the daemon's public key, and the job's key pair from the

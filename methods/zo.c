@@ -254,7 +254,6 @@ static void add_up(const double *sum, const uint64_t *count, uint32_t n, double 
 }
 
 lt_status_t zo_nll(zo_t *z, const zo_example_t *batch, uint32_t n, double *sum, uint64_t *count, lt_err_t *err) {
-  if (n > z->max_batch) return lt_fail(err, LT_E_INVALID, "batch of %u over the %u prepared", n, z->max_batch);
   lt_status_t st = zo_nll_each(z, batch, n, z->ex_sum, z->ex_count, err);
   if (st == LT_OK) add_up(z->ex_sum, z->ex_count, n, sum, count);
   return st;

@@ -42,6 +42,12 @@ static op_loop_cost_t gemm_loop_iters(const gemm_cfg_t *c, bool staged, uint32_t
   return (op_loop_cost_t){0, 1 + stage, c->bk};
 }
 
+/* The GEMV shape for mr rows of x with op id's kernel: on CPU drivers one subgroup per workgroup (its barrier is
+ * nearly free) with many rows to share each load of x; on GPUs the op's workgroup over 4 rows. */
+static gemv_cfg_t gemv_cfg(const gpu_caps_t *caps, op_id_t id, uint32_t mr) {
+  return caps->kind == GPU_KIND_CPU ? (gemv_cfg_t){caps->subgroup_size, 16, mr} : (gemv_cfg_t){op_wg(id), 4, mr};
+}
+
 static op_loop_cost_t gemv_loop_iters(const gemv_cfg_t *c, uint32_t kv) {
   uint32_t pairs = c->mr * c->rows;
   /* The K loop; then the final loop over pairs, each summing at most one partial per invocation. */
@@ -109,9 +115,7 @@ static lt_status_t matmul(gpu_cmd_t *c, gpu_view_t y, uint32_t y_stride, gpu_vie
   if (gemv) {
     /* On CPU drivers one subgroup per workgroup (its barrier is nearly free) with many rows to share each load of
      * x: on lavapipe, 1x4096x4096 f32, 8 invocations x 16 rows ran at 2.7 GFLOPS, 16 x 8 at 1.2, 64 x 4 at 0.4. */
-    uint32_t mr = M < GEMV_MAX_MR ? M : GEMV_MAX_MR;
-    gemv_cfg_t v =
-        caps->kind == GPU_KIND_CPU ? (gemv_cfg_t){caps->subgroup_size, 16, mr} : (gemv_cfg_t){op_wg(OP_GEMV), 4, mr};
+    gemv_cfg_t v = gemv_cfg(caps, OP_GEMV, M < GEMV_MAX_MR ? M : GEMV_MAX_MR);
     uint32_t groups = ceil_div(N, v.rows);
     cost = gemv_loop_iters(&v, kv);
     id = OP_GEMV;
@@ -161,7 +165,7 @@ static lt_status_t fused_gemv_prep(gpu_cmd_t *c, op_id_t id, const char *name, c
     return lt_fail(err, LT_E_UNSUPPORTED, "%s: %ux%ux%u %s is not a shape it takes", name, M, rows, K,
                    lt_dtype_str(wtype));
   f->kv = w16 ? (K % 8 == 0 ? 8 : 1) : (K % 4 == 0 ? 4 : 1);
-  gemv_cfg_t v = caps->kind == GPU_KIND_CPU ? (gemv_cfg_t){caps->subgroup_size, 16, M} : (gemv_cfg_t){op_wg(id), 4, M};
+  gemv_cfg_t v = gemv_cfg(caps, id, M);
   for (uint32_t i = 0; i < n_counts; i++)
     if (row_counts[i] % v.rows)
       return lt_fail(err, LT_E_UNSUPPORTED, "%s: %u rows are not a multiple of %u", name, row_counts[i], v.rows);

@@ -844,28 +844,13 @@ static lt_status_t decode_token(const tok_t *t, int32_t id, dbuf_t *d, lt_err_t 
   return LT_OK;
 }
 
-/* The length of the valid UTF-8 sequence at s (n bytes left), or 0 when none starts there (overlong forms,
- * surrogates and code points past U+10FFFF are invalid). */
-static size_t utf8_seq(const unsigned char *s, size_t n) {
-  unsigned c = s[0];
-  size_t k = c < 0x80 ? 1 : (c & 0xE0) == 0xC0 ? 2 : (c & 0xF0) == 0xE0 ? 3 : (c & 0xF8) == 0xF0 ? 4 : 0;
-  if (!k || k > n) return 0;
-  uint32_t cp = k == 1 ? c : k == 2 ? c & 0x1F : k == 3 ? c & 0x0F : c & 0x07;
-  for (size_t i = 1; i < k; i++) {
-    if ((s[i] & 0xC0) != 0x80) return 0;
-    cp = cp << 6 | (s[i] & 0x3F);
-  }
-  static const uint32_t least[5] = {0, 0, 0x80, 0x800, 0x10000};
-  if (cp < least[k] || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) return 0;
-  return k;
-}
-
 /* Rewrites d's bytes with U+FFFD for every byte that starts no valid UTF-8 sequence. */
 static lt_status_t utf8_replace(dbuf_t *d, lt_err_t *err) {
   dbuf_t o = {0};
   lt_status_t st = put(&o, "", 0, err);
   for (size_t i = 0; i < d->n && !st;) {
-    size_t k = utf8_seq((const unsigned char *)d->p + i, d->n - i);
+    uint32_t cp;
+    size_t k = utf8_len((const unsigned char *)d->p + i, d->n - i, &cp);
     st = k ? put(&o, d->p + i, k, err) : put(&o, "\xEF\xBF\xBD", 3, err);
     i += k ? k : 1;
   }
