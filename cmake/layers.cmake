@@ -3,7 +3,7 @@
 #   cmake -DROOT=<source tree> -P cmake/layers.cmake
 #
 # Layers, lowest first: common < engine/gpu < engine/ops < engine/model < methods < jobs < daemon, client.
-# engine/text sits beside engine/ops (both above common, below model). engine/ops/ref holds the CPU references:
+# engine/text and engine/audio sit beside engine/ops (all above common, below model). engine/ops/ref holds the CPU references:
 # tests and benchmarks use them, production code never does. A quoted include with no folder ("pc.h") is a
 # shader or local header and always allowed.
 if(NOT ROOT)
@@ -15,13 +15,14 @@ set(allowed_engine/gpu "common;engine/gpu")
 set(allowed_engine/ops "common;engine/gpu;engine/ops")
 set(allowed_engine/ops/ref "common;engine/gpu;engine/ops;engine/ops/ref")
 set(allowed_engine/text "common;engine/text")
-set(allowed_engine/model "common;engine/gpu;engine/ops;engine/text;engine/model")
-set(allowed_methods "common;engine/gpu;engine/ops;engine/text;engine/model;methods")
-set(allowed_jobs "common;engine/gpu;engine/ops;engine/text;engine/model;methods;jobs")
-set(allowed_daemon "common;engine/gpu;engine/ops;engine/text;engine/model;methods;jobs;daemon")
+set(allowed_engine/audio "common;engine/audio")
+set(allowed_engine/model "common;engine/gpu;engine/ops;engine/text;engine/audio;engine/model")
+set(allowed_methods "common;engine/gpu;engine/ops;engine/text;engine/audio;engine/model;methods")
+set(allowed_jobs "common;engine/gpu;engine/ops;engine/text;engine/audio;engine/model;methods;jobs")
+set(allowed_daemon "common;engine/gpu;engine/ops;engine/text;engine/audio;engine/model;methods;jobs;daemon")
 set(allowed_client "common;jobs;client")
 # Most specific first: a file belongs to the first layer whose folder holds it.
-set(layers engine/ops/ref engine/gpu engine/ops engine/text engine/model methods jobs daemon client common)
+set(layers engine/ops/ref engine/gpu engine/ops engine/text engine/audio engine/model methods jobs daemon client common)
 
 set(bad "")
 foreach(layer ${layers})

@@ -1,11 +1,13 @@
-/* Elementwise ops: add, mul, scale, SiLU, GELU, SwiGLU, GeGLU, soft-capping, ReLU and its backward. */
+/* Elementwise ops: add, mul, scale, SiLU, GELU, SwiGLU, GeGLU, soft-capping, ReLU and its backward, the log-mel
+ * clamp. */
 #include "engine/ops/ops.h"
+#include "engine/ops/ops_audio.h"
 
 static lt_status_t eltwise(gpu_cmd_t *c, uint32_t op, gpu_view_t y, gpu_view_t a, gpu_view_t b, uint32_t n, uint32_t nb,
                            float scale, lt_err_t *err) {
   if (n == 0) return LT_OK;
   bool has_b = op == ELT_ADD || op == ELT_MUL || op == ELT_SWIGLU || op == ELT_GEGLU || op == ELT_RELU_BW ||
-               op == ELT_AXPY || op == ELT_SOFTCAP_BW;
+               op == ELT_AXPY || op == ELT_SOFTCAP_BW || op == ELT_LOGMEL_CLAMP;
   if (has_b && nb == 0) return lt_fail(err, LT_E_INVALID, "elementwise op: b has 0 elements");
   gpu_pipeline_t *p = op_pipeline(gpu_cmd_gpu(c), OP_ELTWISE, NULL, NULL, 0, err);
   if (!p) return err ? err->code : LT_E_SHADER;
@@ -83,4 +85,9 @@ lt_status_t op_relu_backward(gpu_cmd_t *c, gpu_view_t dx, gpu_view_t dy, gpu_vie
 
 lt_status_t op_axpy(gpu_cmd_t *c, gpu_view_t y, gpu_view_t x, float a, uint32_t n, lt_err_t *err) {
   return eltwise(c, ELT_AXPY, y, y, x, n, n, a, err);
+}
+
+lt_status_t op_logmel_clamp(gpu_cmd_t *c, gpu_view_t y, gpu_view_t a, gpu_view_t mx, float range, uint32_t n,
+                            lt_err_t *err) {
+  return eltwise(c, ELT_LOGMEL_CLAMP, y, a, mx, n, 1, range, err);
 }

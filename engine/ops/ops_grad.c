@@ -434,16 +434,17 @@ lt_status_t op_adamw(gpu_cmd_t *c, gpu_view_t p, gpu_view_t g, gpu_view_t m, gpu
   return op_dispatch(c, pl, OP_ADAMW, views, bytes, w, 4, &pc, gx, gy, 1, err);
 }
 
-lt_status_t op_sumsq(gpu_cmd_t *c, gpu_view_t out, gpu_view_t x, uint64_t n, lt_err_t *err) {
-  if (n == 0) return lt_fail(err, LT_E_INVALID, "sumsq: no elements");
-  if (n > (uint64_t)UINT32_MAX) return lt_fail(err, LT_E_LIMIT, "sumsq: %llu elements", (unsigned long long)n);
+/* Reduces x[0, n) to out[0] with `mode` on the first pass and `then` on the passes over the partials. */
+static lt_status_t reduce_all(gpu_cmd_t *c, gpu_view_t out, gpu_view_t x, uint64_t n, uint32_t mode, uint32_t then,
+                              const char *name, lt_err_t *err) {
+  if (n == 0) return lt_fail(err, LT_E_INVALID, "%s: no elements", name);
+  if (n > (uint64_t)UINT32_MAX) return lt_fail(err, LT_E_LIMIT, "%s: %llu elements", name, (unsigned long long)n);
   uint32_t wg = op_wg(OP_REDUCE);
   /* Each workgroup sums `chunk` elements, each invocation at most a quarter of the budget of them; passes over
    * the partials repeat until one value is left. */
   uint64_t chunk = (uint64_t)wg * (op_loop_budget(OP_REDUCE) / 4);
   gpu_pipeline_t *p = op_pipeline(gpu_cmd_gpu(c), OP_REDUCE, NULL, &wg, 1, err);
   if (!p) return err ? err->code : LT_E_SHADER;
-  bool square = true;
   gpu_view_t src = x;
   lt_status_t st = LT_OK;
   while (st == LT_OK) {
@@ -457,14 +458,22 @@ lt_status_t op_sumsq(gpu_cmd_t *c, gpu_view_t out, gpu_view_t x, uint64_t n, lt_
     gpu_view_t v[2] = {dst, src};
     uint64_t bytes[2] = {groups * 4, n * 4};
     bool w[2] = {true, false};
-    pc_reduce_t pc = {.n = (uint32_t)n, .chunk = (uint32_t)chunk, .square = square};
+    pc_reduce_t pc = {.n = (uint32_t)n, .chunk = (uint32_t)chunk, .mode = mode};
     uint32_t gx, gy;
     op_grid_1d(groups, 1, &gx, &gy);
     st = op_dispatch(c, p, OP_REDUCE, v, bytes, w, 2, &pc, gx, gy, 1, err);
     if (groups == 1) break;
     src = dst;
     n = groups;
-    square = false;
+    mode = then;
   }
   return st;
+}
+
+lt_status_t op_sumsq(gpu_cmd_t *c, gpu_view_t out, gpu_view_t x, uint64_t n, lt_err_t *err) {
+  return reduce_all(c, out, x, n, REDUCE_SUMSQ, REDUCE_SUM, "sumsq", err);
+}
+
+lt_status_t op_max(gpu_cmd_t *c, gpu_view_t out, gpu_view_t x, uint64_t n, lt_err_t *err) {
+  return reduce_all(c, out, x, n, REDUCE_MAX, REDUCE_MAX, "max", err);
 }

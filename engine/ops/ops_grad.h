@@ -88,4 +88,7 @@ lt_status_t op_adamw(gpu_cmd_t *c, gpu_view_t p, gpu_view_t g, gpu_view_t m, gpu
 /* out[0] = sum of x[i]^2 for i < n, in a fixed order (several passes over partials taken from the recorder). */
 lt_status_t op_sumsq(gpu_cmd_t *c, gpu_view_t out, gpu_view_t x, uint64_t n, lt_err_t *err);
 
+/* out[0] = the largest of x[i] for i < n (none may be NaN), passes as for op_sumsq. */
+lt_status_t op_max(gpu_cmd_t *c, gpu_view_t out, gpu_view_t x, uint64_t n, lt_err_t *err);
+
 #endif

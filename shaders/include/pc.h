@@ -38,6 +38,7 @@ PC_END(pc_eltwise)
 #define ELT_GEGLU 9u   /* y = gelu_tanh(a) * b (Gemma's MLP) */
 #define ELT_SOFTCAP 10u /* y = scale * tanh(a / scale) (Gemma 2's logit soft-capping) */
 #define ELT_SOFTCAP_BW 11u /* y = a * (1 - (b / scale)^2): the backward of the cap, b its output */
+#define ELT_LOGMEL_CLAMP 12u /* y = (max(a, b - scale) + 4) / 4: Whisper's log-mel normalisation, b its maximum */
 
 /* Row-wise normalisation: RMSNorm (layernorm 0) and LayerNorm (layernorm 1); one workgroup per row. */
 #if !defined(LATHE_GLSL) || defined(PC_NORM)
@@ -250,8 +251,22 @@ PC_END(pc_adamw)
 /* Partial sums: out[g] = sum over x[g * chunk .. (g + 1) * chunk) of x (square = 0) or x^2 (square = 1). */
 #if !defined(LATHE_GLSL) || defined(PC_REDUCE)
 PC_BEGIN(pc_reduce)
-  uint n, chunk, square;
+  uint n, chunk, mode; /* REDUCE_* */
 PC_END(pc_reduce)
+#endif
+#define REDUCE_SUM 0u
+#define REDUCE_SUMSQ 1u
+#define REDUCE_MAX 2u /* the largest element (none may be NaN) */
+
+/* Log-mel features (logmel.comp): one workgroup per frame t; frame t is samples [t * hop - n_fft / 2, ...) of x,
+ * reflected at both ends, times the window. y[t * n_mels + m] = log10(max(mel power, 1e-10)). */
+#define LOGMEL_MAX_FFT 1024u /* the largest n_fft the shader's shared arrays hold */
+#if !defined(LATHE_GLSL) || defined(PC_LOGMEL)
+PC_BEGIN(pc_logmel)
+  uint n;      /* samples of x */
+  uint frames; /* frames to write */
+  uint hop, n_fft, n_bins, n_mels;
+PC_END(pc_logmel)
 #endif
 
 /* clang-format on */

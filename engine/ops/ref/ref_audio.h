@@ -1,0 +1,12 @@
+/* CPU reference of the speech features (engine/ops/ops_audio.c), in double precision. */
+#ifndef LATHE_REF_AUDIO_H
+#define LATHE_REF_AUDIO_H
+
+#include "engine/ops/ops_audio.h"
+
+/* y [n / hop][n_mels] = Whisper's normalised log-mel features of n samples x, computed naively: the centred,
+ * reflected frames, a direct DFT in double, the filter bank of logmel_filters(), log10, the clamp and the
+ * scaling of op_logmel(). n must pass logmel_check(). */
+void ref_logmel(float *y, const float *x, uint64_t n, const logmel_shape_t *s);
+
+#endif
