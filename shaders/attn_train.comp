@@ -1,5 +1,5 @@
 #version 450
-// Causal GQA attention for training, on one sequence of pc.T tokens at positions 0..T-1 (queries and keys the same
+// Causal GQA attention for training (or, with pc.bidir, every query seeing every key: an encoder's), on one sequence of pc.T tokens at positions 0..T-1 (queries and keys the same
 // rows). Three modes over the same buffers (pc.h, pc_attn_train); s = scale * q . k, query head h reads KV head
 // h / (n_heads / n_kv_heads):
 //   0 forward,  one invocation per (query t, head h): out = softmax(s) v with an online softmax, lse = log-sum-exp
@@ -49,7 +49,7 @@ void main() {
     uint j = i / KV, g = i - j * KV, kb = (j * KV + g) * HD;
     float kj[HD], vj[HD], dk[HD], dv[HD];
     [[unroll]] for (uint d = 0; d < HD; d++) kj[d] = k[kb + d], vj[d] = v[kb + d], dk[d] = 0.0, dv[d] = 0.0;
-    uint t0 = max(j, pc.t_base), t1 = min(pc.t_base + pc.t_len, pc.T);
+    uint t0 = pc.bidir != 0u ? pc.t_base : max(j, pc.t_base), t1 = min(pc.t_base + pc.t_len, pc.T);
     if (pc.window != 0u) t1 = min(t1, j + pc.window); // queries t < j + window see key j
     for (uint t = t0; t < t1; t++) {
       for (uint hh = 0u; hh < rep; hh++) {
@@ -77,13 +77,14 @@ void main() {
   if (i >= pc.T * H) return;
   uint t = i / H, h = i - t * H, g = h / rep, qb = (t * H + h) * HD;
   uint j0 = pc.window != 0u && t + 1u > pc.window ? t + 1u - pc.window : 0u; // the first key in the window
+  uint j1 = pc.bidir != 0u ? pc.T - 1u : t;                                   // the last key it sees
   float qv[HD];
   [[unroll]] for (uint d = 0; d < HD; d++) qv[d] = q[qb + d];
   if (pc.mode == 0u) {
     // Finite stand-in for -inf: exp(-1e30 - m) is 0 and never NaN.
     float m = -1.0e30, l = 0.0, acc[HD];
     [[unroll]] for (uint d = 0; d < HD; d++) acc[d] = 0.0;
-    for (uint j = j0; j <= t; j++) {
+    for (uint j = j0; j <= j1; j++) {
       uint kb = (j * KV + g) * HD;
             float s = capped(pc.scale * dot_at(qv, kb, true));
       float mn = max(m, s), a = exp(m - mn), p = exp(s - mn);
@@ -102,7 +103,7 @@ void main() {
     dq[d] = 0.0;
   }
   float L = lse[t * H + h];
-  for (uint j = j0; j <= t; j++) {
+  for (uint j = j0; j <= j1; j++) {
     uint kb = (j * KV + g) * HD;
         float sc = capped(pc.scale * dot_at(qv, kb, true)), p = exp(sc - L);
     float ds = p * (dot_at(dov, kb, false) - D) * dcap(sc);

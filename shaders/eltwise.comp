@@ -31,6 +31,8 @@ void main() {
   case ELT_RELU: v = max(v, 0.0); break;
   case ELT_RELU_BW: v = b[i % pc.nb] > 0.0 ? v : 0.0; break;
   case ELT_AXPY: v = fma(pc.scale, b[i % pc.nb], v); break;
+  case ELT_GELU_ERF: v = gelu_erf(v); break;
+  case ELT_GELU_ERF_BW: v = v * gelu_erf_grad(b[i % pc.nb]); break;
   case ELT_LOGMEL_CLAMP: v = (max(v, b[i % pc.nb] - pc.scale) + 4.0) * 0.25; break;
   }
   y[i] = v;

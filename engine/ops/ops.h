@@ -74,6 +74,10 @@ lt_status_t op_scale(gpu_cmd_t *c, gpu_view_t y, gpu_view_t a, float s, uint32_t
 lt_status_t op_silu(gpu_cmd_t *c, gpu_view_t y, gpu_view_t a, uint32_t n, lt_err_t *err);
 /* y[i] = gelu(a[i]) with the tanh approximation (f32). */
 lt_status_t op_gelu(gpu_cmd_t *c, gpu_view_t y, gpu_view_t a, uint32_t n, lt_err_t *err);
+/* y[i] = a[i] * Phi(a[i]), the exact (erf) GELU of Whisper and BERT (f32). */
+lt_status_t op_gelu_erf(gpu_cmd_t *c, gpu_view_t y, gpu_view_t a, uint32_t n, lt_err_t *err);
+/* dx[i] = dy[i] * gelu_erf'(x[i]), the backward of op_gelu_erf (f32). dx may alias dy. */
+lt_status_t op_gelu_erf_backward(gpu_cmd_t *c, gpu_view_t dx, gpu_view_t dy, gpu_view_t x, uint32_t n, lt_err_t *err);
 /* y[i] = silu(gate[i]) * up[i] (f32). */
 lt_status_t op_swiglu(gpu_cmd_t *c, gpu_view_t y, gpu_view_t gate, gpu_view_t up, uint32_t n, lt_err_t *err);
 /* y = gelu_tanh(gate) * up (Gemma's MLP), n elements. y may alias gate. */

@@ -87,3 +87,33 @@ lt_status_t op_logmel(gpu_cmd_t *c, gpu_view_t y, gpu_view_t x, gpu_view_t tab, 
   if (st != LT_OK) return st;
   return op_logmel_clamp(c, y, y, gv(mx), LOGMEL_RANGE, (uint32_t)out_n, err);
 }
+
+/* One dispatch of conv_cols.comp. */
+static lt_status_t conv_cols(gpu_cmd_t *c, gpu_view_t y, gpu_view_t x, uint32_t t_in, uint32_t ch, uint32_t k,
+                             uint32_t stride, uint32_t pad, uint32_t mode, const char *name, lt_err_t *err) {
+  if (ch == 0 || k == 0 || stride == 0 || pad >= k)
+    return lt_fail(err, LT_E_INVALID, "%s: %u channels, kernel %u, stride %u, padding %u", name, ch, k, stride, pad);
+  uint32_t t_out = conv_out_len(t_in, k, stride, pad);
+  if (t_out == 0) return lt_fail(err, LT_E_INVALID, "%s: %u steps are shorter than the kernel (%u)", name, t_in, k);
+  uint64_t cols = (uint64_t)t_out * ch * k, in = (uint64_t)t_in * ch;
+  if (cols > UINT32_MAX) return lt_fail(err, LT_E_LIMIT, "%s: %llu column elements", name, (unsigned long long)cols);
+  gpu_pipeline_t *p = op_pipeline(gpu_cmd_gpu(c), OP_CONV_COLS, NULL, NULL, 0, err);
+  if (!p) return err ? err->code : LT_E_SHADER;
+  pc_conv_cols_t pc = {.t_in = t_in, .t_out = t_out, .ch = ch, .k = k, .stride = stride, .pad = pad, .mode = mode};
+  gpu_view_t v[2] = {y, x};
+  uint64_t bytes[2] = {(mode == 0 ? cols : in) * 4, (mode == 0 ? in : cols) * 4};
+  bool w[2] = {true, false};
+  uint32_t gx, gy;
+  op_grid_1d(mode == 0 ? cols : in, op_wg(OP_CONV_COLS), &gx, &gy);
+  return op_dispatch(c, p, OP_CONV_COLS, v, bytes, w, 2, &pc, gx, gy, 1, err);
+}
+
+lt_status_t op_im2col(gpu_cmd_t *c, gpu_view_t cols, gpu_view_t x, uint32_t t_in, uint32_t ch, uint32_t k,
+                      uint32_t stride, uint32_t pad, lt_err_t *err) {
+  return conv_cols(c, cols, x, t_in, ch, k, stride, pad, 0, "im2col", err);
+}
+
+lt_status_t op_col2im(gpu_cmd_t *c, gpu_view_t dx, gpu_view_t dcols, uint32_t t_in, uint32_t ch, uint32_t k,
+                      uint32_t stride, uint32_t pad, lt_err_t *err) {
+  return conv_cols(c, dx, dcols, t_in, ch, k, stride, pad, 1, "col2im", err);
+}

@@ -1,4 +1,5 @@
-/* Speech features on the device: Whisper's log-mel spectrogram (engine/ops/ops_audio.c). */
+/* Speech on the device (engine/ops/ops_audio.c): Whisper's log-mel spectrogram, and the columns a speech encoder's
+ * conv1d layers multiply (im2col and its transpose). */
 #ifndef LATHE_OPS_AUDIO_H
 #define LATHE_OPS_AUDIO_H
 
@@ -50,5 +51,20 @@ lt_status_t op_logmel_clamp(gpu_cmd_t *c, gpu_view_t y, gpu_view_t a, gpu_view_t
  * lives in a scratch buffer of the recorder. */
 lt_status_t op_logmel(gpu_cmd_t *c, gpu_view_t y, gpu_view_t x, gpu_view_t tab, uint64_t n, const logmel_shape_t *s,
                       lt_err_t *err);
+
+/* Output length of a conv1d over t_in steps: (t_in + 2 pad - k) / stride + 1 (0 when the kernel does not fit). */
+static inline uint32_t conv_out_len(uint32_t t_in, uint32_t k, uint32_t stride, uint32_t pad) {
+  return t_in + 2 * pad < k ? 0 : (t_in + 2 * pad - k) / stride + 1;
+}
+
+/* cols [t_out, ch * k] = the conv1d windows of x [t_in, ch] (im2col, zero padding of pad steps each side); a
+ * conv1d with weight [out, ch, k] (PyTorch's layout) is then cols times its [out, ch * k] transpose. */
+lt_status_t op_im2col(gpu_cmd_t *c, gpu_view_t cols, gpu_view_t x, uint32_t t_in, uint32_t ch, uint32_t k,
+                      uint32_t stride, uint32_t pad, lt_err_t *err);
+
+/* dx [t_in, ch] = the column gradient dcols [t_out, ch * k] folded back onto the input (op_im2col's transpose),
+ * overwritten. */
+lt_status_t op_col2im(gpu_cmd_t *c, gpu_view_t dx, gpu_view_t dcols, uint32_t t_in, uint32_t ch, uint32_t k,
+                      uint32_t stride, uint32_t pad, lt_err_t *err);
 
 #endif

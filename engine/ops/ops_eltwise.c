@@ -7,7 +7,7 @@ static lt_status_t eltwise(gpu_cmd_t *c, uint32_t op, gpu_view_t y, gpu_view_t a
                            float scale, lt_err_t *err) {
   if (n == 0) return LT_OK;
   bool has_b = op == ELT_ADD || op == ELT_MUL || op == ELT_SWIGLU || op == ELT_GEGLU || op == ELT_RELU_BW ||
-               op == ELT_AXPY || op == ELT_SOFTCAP_BW || op == ELT_LOGMEL_CLAMP;
+               op == ELT_AXPY || op == ELT_SOFTCAP_BW || op == ELT_LOGMEL_CLAMP || op == ELT_GELU_ERF_BW;
   if (has_b && nb == 0) return lt_fail(err, LT_E_INVALID, "elementwise op: b has 0 elements");
   gpu_pipeline_t *p = op_pipeline(gpu_cmd_gpu(c), OP_ELTWISE, NULL, NULL, 0, err);
   if (!p) return err ? err->code : LT_E_SHADER;
@@ -39,6 +39,14 @@ lt_status_t op_silu(gpu_cmd_t *c, gpu_view_t y, gpu_view_t a, uint32_t n, lt_err
 
 lt_status_t op_gelu(gpu_cmd_t *c, gpu_view_t y, gpu_view_t a, uint32_t n, lt_err_t *err) {
   return eltwise(c, ELT_GELU, y, a, a, n, 0, 0.0f, err);
+}
+
+lt_status_t op_gelu_erf(gpu_cmd_t *c, gpu_view_t y, gpu_view_t a, uint32_t n, lt_err_t *err) {
+  return eltwise(c, ELT_GELU_ERF, y, a, a, n, 0, 0.0f, err);
+}
+
+lt_status_t op_gelu_erf_backward(gpu_cmd_t *c, gpu_view_t dx, gpu_view_t dy, gpu_view_t x, uint32_t n, lt_err_t *err) {
+  return eltwise(c, ELT_GELU_ERF_BW, dx, dy, x, n, n, 0.0f, err);
 }
 
 lt_status_t op_swiglu(gpu_cmd_t *c, gpu_view_t y, gpu_view_t gate, gpu_view_t up, uint32_t n, lt_err_t *err) {

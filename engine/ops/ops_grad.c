@@ -138,46 +138,61 @@ lt_status_t op_matmul_dw(gpu_cmd_t *c, gpu_view_t dw, gpu_view_t dy, gpu_view_t 
 
 /* ---- RMSNorm ---- */
 
-static lt_status_t rmsnorm_backward(gpu_cmd_t *c, gpu_view_t dx, gpu_view_t dw, gpu_view_t g, gpu_view_t x,
-                                    gpu_view_t w, uint32_t rows, uint32_t n, float eps, bool acc_dx, lt_err_t *err) {
+/* RMSNorm's backward, or LayerNorm's with db (db.buf NULL: none) when ln. */
+static lt_status_t norm_backward(gpu_cmd_t *c, gpu_view_t dx, gpu_view_t dw, gpu_view_t db, gpu_view_t g, gpu_view_t x,
+                                 gpu_view_t w, uint32_t rows, uint32_t n, float eps, bool acc_dx, bool ln,
+                                 lt_err_t *err) {
   if (rows == 0 || n == 0) return LT_OK;
   gpu_t *gp = gpu_cmd_gpu(c);
   const gpu_caps_t *caps = gpu_caps(gp);
   uint32_t wg = op_rows_wg(OP_NORM_BW, n, 2, caps->max_wg_invocations, caps->max_shared);
   if (wg == 0) return lt_fail(err, LT_E_LIMIT, "rmsnorm backward: rows of %u elements are too wide", n);
   gpu_pipeline_t *p = op_pipeline(gp, OP_NORM_BW, NULL, &wg, 1, err);
-  gpu_buf_t *rinv = p ? gpu_cmd_scratch(c, (uint64_t)rows * 4, err) : NULL;
+  uint64_t rinv_n = (uint64_t)rows * (ln ? 2 : 1);
+  gpu_buf_t *rinv = p ? gpu_cmd_scratch(c, rinv_n * 4, err) : NULL;
   if (!p || !rinv) return err ? err->code : LT_E_SHADER;
   uint64_t rn = (uint64_t)rows * n * 4;
   gpu_view_t v[6] = {dx, dw.buf ? dw : dx, g, x, w, gv(rinv)};
-  uint64_t bytes[6] = {rn, dw.buf ? (uint64_t)n * 4 : rn, rn, rn, (uint64_t)n * 4, (uint64_t)rows * 4};
+  uint64_t bytes[6] = {rn, dw.buf ? (uint64_t)n * 4 : rn, rn, rn, (uint64_t)n * 4, rinv_n * 4};
   bool wr[6] = {true, true, false, false, false, true};
-  pc_norm_bw_t pc = {.rows = rows, .n = n, .eps = eps, .mode = 0, .accumulate = acc_dx};
+  pc_norm_bw_t pc = {.rows = rows, .n = n, .eps = eps, .mode = 0, .accumulate = acc_dx, .layernorm = ln};
   uint32_t gx, gy;
   op_grid_1d(rows, 1, &gx, &gy);
   lt_status_t st = op_dispatch(c, p, OP_NORM_BW, v, bytes, wr, 6, &pc, gx, gy, 1, err);
-  if (st != LT_OK || !dw.buf) return st;
-  /* dw: one invocation per column over the rows, in chunks of the loop budget. */
+  if (st != LT_OK || (!dw.buf && !db.buf)) return st;
+  /* dw (mode 1) and db (mode 2): one invocation per column over the rows, in chunks of the loop budget. */
   uint32_t cwg = op_wg(OP_NORM_BW);
   p = op_pipeline(gp, OP_NORM_BW, NULL, &cwg, 1, err);
   if (!p) return err ? err->code : LT_E_SHADER;
   op_grid_1d(n, cwg, &gx, &gy);
-  for (uint32_t r0 = 0; r0 < rows && st == LT_OK; r0 += op_loop_budget(OP_NORM_BW)) {
-    uint32_t len = rows - r0 < op_loop_budget(OP_NORM_BW) ? rows - r0 : op_loop_budget(OP_NORM_BW);
-    pc = (pc_norm_bw_t){.rows = rows, .n = n, .eps = eps, .mode = 1, .r_base = r0, .r_len = len, .accumulate = 1};
-    st = op_dispatch(c, p, OP_NORM_BW, v, bytes, wr, 6, &pc, gx, gy, 1, err);
+  for (uint32_t mode = 1; mode <= 2 && st == LT_OK; mode++) {
+    gpu_view_t out = mode == 1 ? dw : db;
+    if (!out.buf) continue;
+    v[1] = out;
+    bytes[1] = (uint64_t)n * 4;
+    for (uint32_t r0 = 0; r0 < rows && st == LT_OK; r0 += op_loop_budget(OP_NORM_BW)) {
+      uint32_t len = rows - r0 < op_loop_budget(OP_NORM_BW) ? rows - r0 : op_loop_budget(OP_NORM_BW);
+      pc = (pc_norm_bw_t){
+          .rows = rows, .n = n, .eps = eps, .mode = mode, .r_base = r0, .r_len = len, .accumulate = 1, .layernorm = ln};
+      st = op_dispatch(c, p, OP_NORM_BW, v, bytes, wr, 6, &pc, gx, gy, 1, err);
+    }
   }
   return st;
 }
 
+lt_status_t op_layernorm_backward(gpu_cmd_t *c, gpu_view_t dx, gpu_view_t dw, gpu_view_t db, gpu_view_t g, gpu_view_t x,
+                                  gpu_view_t w, uint32_t rows, uint32_t n, float eps, bool acc_dx, lt_err_t *err) {
+  return norm_backward(c, dx, dw, db, g, x, w, rows, n, eps, acc_dx, true, err);
+}
+
 lt_status_t op_rmsnorm_backward(gpu_cmd_t *c, gpu_view_t dx, gpu_view_t dw, gpu_view_t g, gpu_view_t x, gpu_view_t w,
                                 uint32_t rows, uint32_t n, float eps, lt_err_t *err) {
-  return rmsnorm_backward(c, dx, dw, g, x, w, rows, n, eps, true, err);
+  return norm_backward(c, dx, dw, gv(NULL), g, x, w, rows, n, eps, true, false, err);
 }
 
 lt_status_t op_rmsnorm_backward_set(gpu_cmd_t *c, gpu_view_t dx, gpu_view_t dw, gpu_view_t g, gpu_view_t x,
                                     gpu_view_t w, uint32_t rows, uint32_t n, float eps, lt_err_t *err) {
-  return rmsnorm_backward(c, dx, dw, g, x, w, rows, n, eps, false, err);
+  return norm_backward(c, dx, dw, gv(NULL), g, x, w, rows, n, eps, false, false, err);
 }
 
 /* ---- attention ---- */
@@ -211,13 +226,15 @@ static lt_status_t attn_train(gpu_cmd_t *c, gpu_view_t *v, uint32_t T, uint32_t 
 /* The push constants every mode of attn_train.comp shares (softcap <= 0: none). */
 static pc_attn_train_t attn_train_pc(uint32_t T, uint32_t n_heads, uint32_t n_kv_heads, uint32_t window, float scale,
                                      float softcap, uint32_t mode) {
+  bool bidir = window == ATTN_BIDIRECTIONAL;
   return (pc_attn_train_t){.T = T,
                            .n_heads = n_heads,
                            .n_kv_heads = n_kv_heads,
                            .scale = scale,
                            .mode = mode,
-                           .window = window,
-                           .softcap = softcap > 0 ? softcap : 0.0f};
+                           .window = bidir ? 0 : window,
+                           .softcap = softcap > 0 ? softcap : 0.0f,
+                           .bidir = bidir};
 }
 
 lt_status_t op_attention_lse(gpu_cmd_t *c, gpu_view_t out, gpu_view_t lse, gpu_view_t q, gpu_view_t k, gpu_view_t v,

@@ -28,6 +28,9 @@ lt_status_t op_rmsnorm_backward(gpu_cmd_t *c, gpu_view_t dx, gpu_view_t dw, gpu_
 lt_status_t op_rmsnorm_backward_set(gpu_cmd_t *c, gpu_view_t dx, gpu_view_t dw, gpu_view_t g, gpu_view_t x,
                                     gpu_view_t w, uint32_t rows, uint32_t n, float eps, lt_err_t *err);
 
+/* The `window` of op_attention_lse and op_attention_backward that makes every query see every key (an encoder). */
+#define ATTN_BIDIRECTIONAL UINT32_MAX
+
 /* Causal attention over one sequence of T tokens at positions 0..T-1 (q: [T, n_heads, head_dim]; k, v:
  * [T, n_kv_heads, head_dim]) that also writes lse[T, n_heads], the log-sum-exp of each query's scaled scores,
   * for op_attention_backward. The same result as op_attention with q_pos0 0 and kv_len T (and the same sliding
@@ -42,6 +45,11 @@ lt_status_t op_attention_backward(gpu_cmd_t *c, gpu_view_t dq, gpu_view_t dk, gp
                                   gpu_view_t v, gpu_view_t out, gpu_view_t dout, gpu_view_t lse, uint32_t T,
                                   uint32_t n_heads, uint32_t n_kv_heads, uint32_t head_dim, uint32_t window,
                                   float scale, float softcap, lt_err_t *err);
+
+/* LayerNorm backward for y = (x - mean) * inv * w + b over rows of n: dx (added to when acc_dx, else overwritten),
+ * dw and db added to (either NULL: not wanted), from g = dLoss/dy. Takes 2 * rows floats of scratch. */
+lt_status_t op_layernorm_backward(gpu_cmd_t *c, gpu_view_t dx, gpu_view_t dw, gpu_view_t db, gpu_view_t g, gpu_view_t x,
+                                  gpu_view_t w, uint32_t rows, uint32_t n, float eps, bool acc_dx, lt_err_t *err);
 
 /* SwiGLU backward for y = silu(gate) * up: dgate and dup (overwritten) from dy, n elements. */
 lt_status_t op_swiglu_backward(gpu_cmd_t *c, gpu_view_t dgate, gpu_view_t dup, gpu_view_t dy, gpu_view_t gate,

@@ -38,6 +38,8 @@ PC_END(pc_eltwise)
 #define ELT_GEGLU 9u   /* y = gelu_tanh(a) * b (Gemma's MLP) */
 #define ELT_SOFTCAP 10u /* y = scale * tanh(a / scale) (Gemma 2's logit soft-capping) */
 #define ELT_SOFTCAP_BW 11u /* y = a * (1 - (b / scale)^2): the backward of the cap, b its output */
+#define ELT_GELU_ERF 13u /* y = a * Phi(a), the exact GELU (Whisper's) */
+#define ELT_GELU_ERF_BW 14u /* y = a * gelu_erf'(b): its backward, b its input */
 #define ELT_LOGMEL_CLAMP 12u /* y = (max(a, b - scale) + 4) / 4: Whisper's log-mel normalisation, b its maximum */
 
 /* Row-wise normalisation: RMSNorm (layernorm 0) and LayerNorm (layernorm 1); one workgroup per row. */
@@ -188,6 +190,7 @@ PC_BEGIN(pc_norm_bw)
   uint mode;
   uint r_base, r_len;
   uint accumulate; /* mode 0: add to dx; mode 1: add to dw (always after the first row chunk) */
+  uint layernorm;  /* LayerNorm's backward (the mean subtracted) instead of RMSNorm's */
 PC_END(pc_norm_bw)
 #endif
 
@@ -202,6 +205,7 @@ PC_BEGIN(pc_attn_train)
   uint t_base, t_len, accumulate;
   uint window; /* query t sees keys (t - window, t] only; 0: all keys up to t */
   float softcap; /* > 0: scores are capped to softcap * tanh(s / softcap) (Gemma 2) */
+  uint bidir;    /* every query sees every key (an encoder); window unused */
 PC_END(pc_attn_train)
 #endif
 
@@ -257,6 +261,16 @@ PC_END(pc_reduce)
 #define REDUCE_SUM 0u
 #define REDUCE_SUMSQ 1u
 #define REDUCE_MAX 2u /* the largest element (none may be NaN) */
+
+/* Conv1d as columns (conv_cols.comp), x [T_in, C] row-major, one invocation per output element:
+ * mode 0 (im2col): y[t, c * K + k] = x[t * stride + k - pad, c], 0 outside x; y is [T_out, C * K]
+ * mode 1 (its transpose, a gather): y[u, c] = sum over k of x[t, c * K + k] with t * stride + k - pad = u; x is
+ *   [T_out, C * K] and y [T_in, C] */
+#if !defined(LATHE_GLSL) || defined(PC_CONV_COLS)
+PC_BEGIN(pc_conv_cols)
+  uint t_in, t_out, ch, k, stride, pad, mode;
+PC_END(pc_conv_cols)
+#endif
 
 /* Log-mel features (logmel.comp): one workgroup per frame t; frame t is samples [t * hop - n_fft / 2, ...) of x,
  * reflected at both ends, times the window. y[t * n_mels + m] = log10(max(mel power, 1e-10)). */

@@ -323,3 +323,45 @@ Test(logmel, max_over_many_passes) {
   free(got), free(x);
   gpu_buf_destroy(&bx), gpu_buf_destroy(&bo);
 }
+
+TestSuite(conv_cols, .init = tgpu_setup, .fini = tgpu_teardown);
+
+Test(conv_cols, im2col_and_its_transpose) {
+  /* Whisper's two convolutions (kernel 3, padding 1, strides 1 and 2) on odd lengths, and a wider kernel. */
+  struct {
+    uint32_t t_in, ch, k, stride, pad;
+  } shapes[] = {{37, 5, 3, 1, 1}, {37, 5, 3, 2, 1}, {38, 3, 3, 2, 1}, {16, 4, 5, 3, 2}, {3, 2, 3, 2, 1}};
+  for (int si = 0; si < 5; si++) {
+    uint32_t t_in = shapes[si].t_in, ch = shapes[si].ch, k = shapes[si].k, st = shapes[si].stride, pad = shapes[si].pad;
+    uint32_t t_out = conv_out_len(t_in, k, st, pad);
+    uint64_t ni = (uint64_t)t_in * ch, nc = (uint64_t)t_out * ch * k, seed = 70 + si;
+    float *x = talloc(ni), *dc = talloc(nc), *cols = talloc(nc), *dx = talloc(ni);
+    trand(x, ni, -1, 1, &seed);
+    trand(dc, nc, -1, 1, &seed);
+    ref_im2col(cols, x, t_in, ch, k, st, pad);
+    ref_col2im(dx, dc, t_in, ch, k, st, pad);
+    /* The references are each other's transpose: <im2col(x), dc> == <x, col2im(dc)>. */
+    double l = 0, r = 0;
+    for (uint64_t i = 0; i < nc; i++) l += (double)cols[i] * dc[i];
+    for (uint64_t i = 0; i < ni; i++) r += (double)x[i] * dx[i];
+    cr_assert(fabs(l - r) < 1e-4, "adjoint %d: %g vs %g", si, l, r);
+    gpu_buf_t *bx = tbuf_f32(x, ni), *bdc = tbuf_f32(dc, nc), *bc = tbuf_f32(NULL, nc), *bdx = tbuf_f32(NULL, ni);
+    lt_err_t err = {0};
+    gpu_cmd_t *c = tbegin();
+    cr_assert_eq(op_im2col(c, gv(bc), gv(bx), t_in, ch, k, st, pad, &err), LT_OK, "%s", err.msg);
+    cr_assert_eq(op_col2im(c, gv(bdx), gv(bdc), t_in, ch, k, st, pad, &err), LT_OK, "%s", err.msg);
+    tfinish(&c);
+    float *gc = tread_f32(bc, nc), *gdx = tread_f32(bdx, ni);
+    /* im2col copies (exact); col2im adds at most k values of magnitude <= 1 in another order. */
+    tassert_close(gc, cols, nc, 0, 0, "im2col");
+    tassert_close(gdx, dx, ni, 1e-6 * k, 0, "col2im");
+    free(gc), free(gdx), free(x), free(dc), free(cols), free(dx);
+    gpu_buf_destroy(&bx), gpu_buf_destroy(&bdc), gpu_buf_destroy(&bc), gpu_buf_destroy(&bdx);
+  }
+  lt_err_t err = {0};
+  gpu_cmd_t *c = tbegin();
+  cr_assert_eq(op_im2col(c, gv(NULL), gv(NULL), 1, 4, 5, 1, 1, &err), LT_E_INVALID, "a kernel longer than the input");
+  cr_assert(strstr(err.msg, "shorter than the kernel"), "%s", err.msg);
+  cr_assert_eq(op_im2col(c, gv(NULL), gv(NULL), 10, 4, 3, 0, 1, &err), LT_E_INVALID, "stride 0");
+  tfinish(&c);
+}

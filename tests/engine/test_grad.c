@@ -222,14 +222,24 @@ static double attn_loss(const float *q, const float *k, const float *v, const fl
 }
 
 Test(grad, attention_forward_with_lse_and_backward) {
-  /* W: a sliding window (Mistral), 0 for full causal attention; cap: soft-capped scores (Gemma 2), 0 for none. With
+  /* W: a sliding window (Mistral), 0 for full causal attention, ATTN_BIDIRECTIONAL for an encoder's (every query sees
+   * every key); cap: soft-capped scores (Gemma 2), 0 for none. With
    * q, k in [-1, 1] the scaled scores reach about 1: caps of 0.5 and 1 bend them. */
   struct {
     uint32_t T, H, KV, hd, W;
     float cap;
-  } shapes[] = {{1, 2, 1, 8, 0, 0},   {19, 4, 2, 16, 0, 0}, {33, 6, 2, 12, 0, 0},    {7, 3, 3, 5, 0, 0},
-                {19, 4, 2, 16, 5, 0}, {33, 2, 1, 8, 1, 0},  {19, 4, 2, 16, 0, 0.5f}, {21, 4, 2, 16, 4, 1.0f}};
-  for (int si = 0; si < 8; si++) {
+  } shapes[] = {{1, 2, 1, 8, 0, 0},
+                {19, 4, 2, 16, 0, 0},
+                {33, 6, 2, 12, 0, 0},
+                {7, 3, 3, 5, 0, 0},
+                {19, 4, 2, 16, 5, 0},
+                {33, 2, 1, 8, 1, 0},
+                {19, 4, 2, 16, 0, 0.5f},
+                {21, 4, 2, 16, 4, 1.0f},
+                {19, 4, 4, 16, ATTN_BIDIRECTIONAL, 0},
+                {33, 6, 2, 12, ATTN_BIDIRECTIONAL, 0},
+                {1, 2, 1, 8, ATTN_BIDIRECTIONAL, 0}};
+  for (int si = 0; si < (int)(sizeof shapes / sizeof shapes[0]); si++) {
     uint32_t T = shapes[si].T, H = shapes[si].H, KV = shapes[si].KV, hd = shapes[si].hd, W = shapes[si].W;
     float cap = shapes[si].cap;
     float scale = 1.0f / sqrtf((float)hd);
@@ -241,7 +251,9 @@ Test(grad, attention_forward_with_lse_and_backward) {
     ref_attention_backward(dq, dk, dv, q, k, v, dout, T, H, KV, hd, W, scale, cap);
     /* The output equals the existing attention reference; the backward reference matches finite differences. */
     float *out2 = talloc(nq);
-    ref_attention(out2, q, k, v, T, H, KV, hd, 0, T, W, scale, cap);
+    /* Bidirectional: queries placed after every key see them all. */
+    bool bidir = W == ATTN_BIDIRECTIONAL;
+    ref_attention(out2, q, k, v, T, H, KV, hd, bidir ? T : 0, T, bidir ? 0 : W, scale, cap);
     tassert_close(out, out2, nq, 1e-6, 1e-5, "reference forward");
     free(out2);
     float *bufs[3] = {q, k, v}, *grads[3] = {dq, dk, dv};
@@ -585,4 +597,103 @@ Test(grad, atkd_terms_and_gradient) {
   cr_assert_eq(op_atkd(c, gv(bl), gv(b), gv(b), gv(bg), gv(NULL), 2, 4, 0.0f, false, &err), LT_E_INVALID, "T = 0");
   tfinish(&c);
   gpu_buf_destroy(&b), gpu_buf_destroy(&bg), gpu_buf_destroy(&bl);
+}
+
+/* sum(g * layernorm(x) * w) in double (the bias adds a constant), the loss the LayerNorm backward differentiates. */
+static double ln_loss(const double *x, const float *w, const float *g, uint32_t rows, uint32_t n, float eps) {
+  double L = 0;
+  for (uint32_t r = 0; r < rows; r++) {
+    double mean = 0, var = 0;
+    for (uint32_t i = 0; i < n; i++) mean += x[r * n + i];
+    mean /= n;
+    for (uint32_t i = 0; i < n; i++) var += (x[r * n + i] - mean) * (x[r * n + i] - mean);
+    double inv = 1.0 / sqrt(var / n + eps);
+    for (uint32_t i = 0; i < n; i++) L += g[r * n + i] * (x[r * n + i] - mean) * inv * w[i];
+  }
+  return L;
+}
+
+Test(grad, layernorm_backward) {
+  /* Rows with a large common offset too: the backward centres them as the forward does. */
+  uint32_t rows = 9, n = 301;
+  float eps = 1e-5f;
+  uint64_t seed = 19;
+  float *x = talloc(rows * n), *w = talloc(n), *g = talloc(rows * n), *dx0 = talloc(rows * n), *dw0 = talloc(n),
+        *db0 = talloc(n);
+  trand(x, rows * n, -2, 2, &seed);
+  for (uint32_t i = 0; i < n; i++) x[2 * n + i] += 30.0f;
+  trand(w, n, 0.5, 1.5, &seed);
+  trand(g, rows * n, -1, 1, &seed);
+  trand(dx0, rows * n, -1, 1, &seed);
+  trand(dw0, n, -1, 1, &seed);
+  trand(db0, n, -1, 1, &seed);
+  float *wdx = talloc(rows * n), *wdw = talloc(n), *wdb = talloc(n);
+  memcpy(wdx, dx0, rows * n * 4), memcpy(wdw, dw0, n * 4), memcpy(wdb, db0, n * 4);
+  ref_layernorm_backward(wdx, wdw, wdb, g, x, w, rows, n, eps);
+  double *xd = malloc(rows * n * sizeof *xd);
+  for (uint32_t i = 0; i < rows * n; i++) xd[i] = x[i];
+  for (uint32_t i = 0; i < rows * n; i += 89) {
+    double h = 1e-6, o = xd[i];
+    xd[i] = o + h;
+    double up = ln_loss(xd, w, g, rows, n, eps);
+    xd[i] = o - h;
+    double dn = ln_loss(xd, w, g, rows, n, eps);
+    xd[i] = o;
+    cr_assert(fabs((up - dn) / (2 * h) - (wdx[i] - dx0[i])) < 1e-5, "reference dx[%u]", i);
+  }
+  free(xd);
+  gpu_buf_t *bx = tbuf_f32(x, rows * n), *bw = tbuf_f32(w, n), *bg = tbuf_f32(g, rows * n),
+            *bdx = tbuf_f32(dx0, rows * n), *bdw = tbuf_f32(dw0, n), *bdb = tbuf_f32(db0, n);
+  lt_err_t err = {0};
+  gpu_cmd_t *c = tbegin();
+  cr_assert_eq(op_layernorm_backward(c, gv(bdx), gv(bdw), gv(bdb), gv(bg), gv(bx), gv(bw), rows, n, eps, true, &err),
+               LT_OK, "%s", err.msg);
+  tfinish(&c);
+  float *gdx = tread_f32(bdx, rows * n), *gdw = tread_f32(bdw, n), *gdb = tread_f32(bdb, n);
+  /* Row sums of n = 301 terms of magnitude <= 4 (dx); dw and db sum 9 rows. */
+  tassert_close(gdx, wdx, rows * n, 1e-5 * n, 1e-4, "dx");
+  tassert_close(gdw, wdw, n, 1e-5 * rows * 4, 1e-4, "dw");
+  tassert_close(gdb, wdb, n, 1e-6 * rows, 1e-5, "db");
+  free(gdx), free(gdw), free(gdb);
+  /* Overwriting dx, without dw or db. */
+  c = tbegin();
+  cr_assert_eq(op_layernorm_backward(c, gv(bdx), gv(NULL), gv(NULL), gv(bg), gv(bx), gv(bw), rows, n, eps, false, &err),
+               LT_OK, "%s", err.msg);
+  tfinish(&c);
+  for (uint32_t i = 0; i < rows * n; i++) wdx[i] -= dx0[i];
+  gdx = tread_f32(bdx, rows * n);
+  tassert_close(gdx, wdx, rows * n, 1e-5 * n, 1e-4, "dx (set)");
+  free(gdx), free(x), free(w), free(g), free(dx0), free(dw0), free(db0), free(wdx), free(wdw), free(wdb);
+  gpu_buf_destroy(&bx), gpu_buf_destroy(&bw), gpu_buf_destroy(&bg), gpu_buf_destroy(&bdx), gpu_buf_destroy(&bdw);
+  gpu_buf_destroy(&bdb);
+}
+
+Test(grad, gelu_erf_and_its_backward) {
+  uint32_t n = 4001;
+  uint64_t seed = 31;
+  float *x = talloc(n), *dy = talloc(n), *want = talloc(n), *wantd = talloc(n);
+  trand(x, n, -8, 8, &seed);
+  trand(dy, n, -1, 1, &seed);
+  ref_gelu_erf(want, x, n);
+  ref_gelu_erf_backward(wantd, dy, x, n);
+  /* The reference's derivative against central differences of libm's GELU. */
+  for (uint32_t i = 0; i < n; i += 37) {
+    double h = 1e-5, v = x[i];
+    double d =
+        (0.5 * (v + h) * (1 + erf((v + h) / sqrt(2.0))) - 0.5 * (v - h) * (1 + erf((v - h) / sqrt(2.0)))) / (2 * h);
+    cr_assert(fabs(d * dy[i] - wantd[i]) < 1e-6, "reference gelu'(%g)", v);
+  }
+  gpu_buf_t *bx = tbuf_f32(x, n), *bdy = tbuf_f32(dy, n), *by = tbuf_f32(NULL, n), *bd = tbuf_f32(NULL, n);
+  lt_err_t err = {0};
+  gpu_cmd_t *c = tbegin();
+  cr_assert_eq(op_gelu_erf(c, gv(by), gv(bx), n, &err), LT_OK, "%s", err.msg);
+  cr_assert_eq(op_gelu_erf_backward(c, gv(bd), gv(bdy), gv(bx), n, &err), LT_OK, "%s", err.msg);
+  tfinish(&c);
+  float *got = tread_f32(by, n), *gotd = tread_f32(bd, n);
+  /* The shader's erf is within 1.5e-7 of the true one: GELU moves by at most |x| / 2 * 1.5e-7 (6e-7 at |x| = 8),
+   * plus f32 rounding of values up to 8 (5e-7). The derivative adds |x| phi(x) through exp (a few ulps). */
+  tassert_close(got, want, n, 1.2e-6, 1e-6, "gelu_erf");
+  tassert_close(gotd, wantd, n, 1e-6, 1e-5, "gelu_erf backward");
+  free(got), free(gotd), free(x), free(dy), free(want), free(wantd);
+  gpu_buf_destroy(&bx), gpu_buf_destroy(&bdy), gpu_buf_destroy(&by), gpu_buf_destroy(&bd);
 }

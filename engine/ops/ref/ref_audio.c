@@ -3,6 +3,7 @@
 
 #include <math.h>
 #include <stdlib.h>
+#include <string.h>
 
 void ref_logmel(float *y, const float *x, uint64_t n, const logmel_shape_t *s) {
   uint32_t nf = s->n_fft, nb = nf / 2 + 1, nm = s->n_mels, frames = logmel_frames(n, s);
@@ -37,4 +38,25 @@ void ref_logmel(float *y, const float *x, uint64_t n, const logmel_shape_t *s) {
   }
   for (uint64_t i = 0; i < (uint64_t)frames * nm; i++) y[i] = (float)((fmax(out[i], mx - LOGMEL_RANGE) + 4.0) / 4.0);
   free(filt), free(frame), free(power), free(out);
+}
+
+void ref_im2col(float *cols, const float *x, uint32_t t_in, uint32_t ch, uint32_t k, uint32_t stride, uint32_t pad) {
+  uint32_t t_out = conv_out_len(t_in, k, stride, pad);
+  for (uint32_t t = 0; t < t_out; t++)
+    for (uint32_t c = 0; c < ch; c++)
+      for (uint32_t j = 0; j < k; j++) {
+        int64_t u = (int64_t)t * stride + j - pad;
+        cols[((uint64_t)t * ch + c) * k + j] = u >= 0 && u < t_in ? x[(uint64_t)u * ch + c] : 0.0f;
+      }
+}
+
+void ref_col2im(float *dx, const float *dcols, uint32_t t_in, uint32_t ch, uint32_t k, uint32_t stride, uint32_t pad) {
+  uint32_t t_out = conv_out_len(t_in, k, stride, pad);
+  memset(dx, 0, (uint64_t)t_in * ch * sizeof *dx);
+  for (uint32_t t = 0; t < t_out; t++)
+    for (uint32_t c = 0; c < ch; c++)
+      for (uint32_t j = 0; j < k; j++) {
+        int64_t u = (int64_t)t * stride + j - pad;
+        if (u >= 0 && u < t_in) dx[(uint64_t)u * ch + c] += dcols[((uint64_t)t * ch + c) * k + j];
+      }
 }

@@ -72,16 +72,17 @@ void ref_rope_backward(float *dx, const int32_t *pos, uint32_t rows, uint32_t n_
   free(neg);
 }
 
-/* Softmax probabilities of query t, head h over keys 0..t (p[0..t]), 0 for the keys before a sliding window of
- * `window` keys (0: none), the scores soft-capped when softcap > 0 (dc[j], when dc is not NULL, gets the cap's
+/* Softmax probabilities of query t, head h over keys 0..last (p[0..last]; last is t, or T - 1 for
+ * ATTN_BIDIRECTIONAL), 0 for the keys before a sliding window of `window` keys (0: none), the scores soft-capped when softcap > 0 (dc[j], when dc is not NULL, gets the cap's
  * derivative at key j); returns the log-sum-exp. */
-static double attn_probs(double *p, double *dc, const float *q, const float *k, uint32_t t, uint32_t h, uint32_t H,
-                         uint32_t KV, uint32_t hd, uint32_t window, float scale, float softcap) {
+static double attn_probs(double *p, double *dc, const float *q, const float *k, uint32_t t, uint32_t last, uint32_t h,
+                         uint32_t H, uint32_t KV, uint32_t hd, uint32_t window, float scale, float softcap) {
+  if (window == ATTN_BIDIRECTIONAL) window = 0;
   uint32_t g = h / (H / KV), j0 = window && t + 1 > window ? t + 1 - window : 0;
   const float *qv = q + ((uint64_t)t * H + h) * hd;
   double mx = -INFINITY;
   for (uint32_t j = 0; j < j0; j++) p[j] = -INFINITY;
-  for (uint32_t j = j0; j <= t; j++) {
+  for (uint32_t j = j0; j <= last; j++) {
     const float *kv = k + ((uint64_t)j * KV + g) * hd;
     double s = 0;
     for (uint32_t d = 0; d < hd; d++) s += (double)qv[d] * kv[d];
@@ -95,8 +96,8 @@ static double attn_probs(double *p, double *dc, const float *q, const float *k, 
     if (p[j] > mx) mx = p[j];
   }
   double sum = 0;
-  for (uint32_t j = 0; j <= t; j++) sum += exp(p[j] - mx);
-  for (uint32_t j = 0; j <= t; j++) p[j] = exp(p[j] - mx) / sum;
+  for (uint32_t j = 0; j <= last; j++) sum += exp(p[j] - mx);
+  for (uint32_t j = 0; j <= last; j++) p[j] = exp(p[j] - mx) / sum;
   return mx + log(sum);
 }
 
@@ -107,11 +108,12 @@ void ref_attention_lse(float *out, float *lse, const float *q, const float *k, c
   uint32_t H = n_heads, KV = n_kv_heads, hd = head_dim;
   for (uint32_t t = 0; p && t < T; t++)
     for (uint32_t h = 0; h < H; h++) {
-      lse[(uint64_t)t * H + h] = (float)attn_probs(p, NULL, q, k, t, h, H, KV, hd, window, scale, softcap);
+      uint32_t last = window == ATTN_BIDIRECTIONAL ? T - 1 : t;
+      lse[(uint64_t)t * H + h] = (float)attn_probs(p, NULL, q, k, t, last, h, H, KV, hd, window, scale, softcap);
       uint32_t g = h / (H / KV);
       for (uint32_t d = 0; d < hd; d++) {
         double s = 0;
-        for (uint32_t j = 0; j <= t; j++) s += p[j] * v[((uint64_t)j * KV + g) * hd + d];
+        for (uint32_t j = 0; j <= last; j++) s += p[j] * v[((uint64_t)j * KV + g) * hd + d];
         out[((uint64_t)t * H + h) * hd + d] = (float)s;
       }
     }
@@ -128,19 +130,20 @@ void ref_attention_backward(float *dq, float *dk, float *dv, const float *q, con
   double *aq = calloc(nq + 1, sizeof *aq), *ak = calloc(nk + 1, sizeof *ak), *av = calloc(nk + 1, sizeof *av);
   for (uint32_t t = 0; p && dp && dc && aq && ak && av && t < T; t++)
     for (uint32_t h = 0; h < H; h++) {
-      attn_probs(p, dc, q, k, t, h, H, KV, hd, window, scale, softcap);
+      uint32_t last = window == ATTN_BIDIRECTIONAL ? T - 1 : t;
+      attn_probs(p, dc, q, k, t, last, h, H, KV, hd, window, scale, softcap);
       uint32_t g = h / (H / KV);
       const float *go = dout + ((uint64_t)t * H + h) * hd, *qv = q + ((uint64_t)t * H + h) * hd;
       /* out = sum_j p_j v_j: dp_j = dout . v_j; ds_j = p_j (dp_j - sum_i p_i dp_i); s_j = scale q . k_j. */
       double dsum = 0;
-      for (uint32_t j = 0; j <= t; j++) {
+      for (uint32_t j = 0; j <= last; j++) {
         const float *vj = v + ((uint64_t)j * KV + g) * hd;
         double s = 0;
         for (uint32_t d = 0; d < hd; d++) s += (double)go[d] * vj[d];
         dp[j] = s;
         dsum += p[j] * s;
       }
-      for (uint32_t j = 0; j <= t; j++) {
+      for (uint32_t j = 0; j <= last; j++) {
         double ds = p[j] * (dp[j] - dsum) * dc[j] * scale;
         const float *kj = k + ((uint64_t)j * KV + g) * hd;
         for (uint32_t d = 0; d < hd; d++) {
@@ -262,5 +265,39 @@ void ref_adamw(float *p, const float *g, float *m, float *v, uint32_t n, const a
     m[i] = (float)mi;
     v[i] = (float)vi;
     p[i] = (float)(p[i] - a->lr * ((mi / c1) / (sqrt(vi / c2) + a->eps) + a->weight_decay * (double)p[i]));
+  }
+}
+
+void ref_layernorm_backward(float *dx, float *dw, float *db, const float *g, const float *x, const float *w,
+                            uint32_t rows, uint32_t n, float eps) {
+  for (uint32_t r = 0; r < rows; r++) {
+    const float *xr = x + (uint64_t)r * n, *gr = g + (uint64_t)r * n;
+    double mean = 0, var = 0, mg = 0, mgx = 0;
+    for (uint32_t i = 0; i < n; i++) mean += xr[i];
+    mean /= n;
+    for (uint32_t i = 0; i < n; i++) var += (xr[i] - mean) * (xr[i] - mean);
+    double inv = 1.0 / sqrt(var / n + eps);
+    for (uint32_t i = 0; i < n; i++) {
+      double xh = (xr[i] - mean) * inv, gw = (double)w[i] * gr[i];
+      mg += gw, mgx += gw * xh;
+    }
+    mg /= n, mgx /= n;
+    for (uint32_t i = 0; i < n; i++) {
+      double xh = (xr[i] - mean) * inv;
+      dx[(uint64_t)r * n + i] += (float)(inv * ((double)w[i] * gr[i] - mg - xh * mgx));
+      if (dw) dw[i] += (float)(gr[i] * xh);
+      if (db) db[i] += gr[i];
+    }
+  }
+}
+
+void ref_gelu_erf(float *y, const float *a, uint32_t n) {
+  for (uint32_t i = 0; i < n; i++) y[i] = (float)(0.5 * a[i] * (1.0 + erf(a[i] / sqrt(2.0))));
+}
+
+void ref_gelu_erf_backward(float *dx, const float *dy, const float *x, uint32_t n) {
+  for (uint32_t i = 0; i < n; i++) {
+    double v = x[i];
+    dx[i] = (float)(dy[i] * (0.5 * (1.0 + erf(v / sqrt(2.0))) + v * exp(-0.5 * v * v) / sqrt(2.0 * M_PI)));
   }
 }

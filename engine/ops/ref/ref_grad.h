@@ -23,7 +23,7 @@ void ref_rmsnorm_backward(float *dx, float *dw, const float *g, const float *x, 
 void ref_rope_backward(float *dx, const int32_t *pos, uint32_t rows, uint32_t n_heads, uint32_t head_dim,
                        uint32_t rot_dim, bool neox, double theta, const rope_scaling_t *scaling);
 /* Causal attention over T tokens with its log-sum-exp per (query, head); window > 0: query t sees keys
- * (t - window, t] only; softcap > 0: scores capped to softcap * tanh(s / softcap). */
+ * (t - window, t] only, ATTN_BIDIRECTIONAL: every key; softcap > 0: scores capped to softcap * tanh(s / softcap). */
 void ref_attention_lse(float *out, float *lse, const float *q, const float *k, const float *v, uint32_t T,
                        uint32_t n_heads, uint32_t n_kv_heads, uint32_t head_dim, uint32_t window, float scale,
                        float softcap);
@@ -31,6 +31,13 @@ void ref_attention_lse(float *out, float *lse, const float *q, const float *k, c
 void ref_attention_backward(float *dq, float *dk, float *dv, const float *q, const float *k, const float *v,
                             const float *dout, uint32_t T, uint32_t n_heads, uint32_t n_kv_heads, uint32_t head_dim,
                             uint32_t window, float scale, float softcap);
+/* LayerNorm backward: dx += dLoss/dx; dw += dLoss/dw and db += dLoss/db when not NULL. */
+void ref_layernorm_backward(float *dx, float *dw, float *db, const float *g, const float *x, const float *w,
+                            uint32_t rows, uint32_t n, float eps);
+/* y[i] = a[i] Phi(a[i]) through libm's erf. */
+void ref_gelu_erf(float *y, const float *a, uint32_t n);
+/* dx[i] = dy[i] (Phi(x[i]) + x[i] phi(x[i])). */
+void ref_gelu_erf_backward(float *dx, const float *dy, const float *x, uint32_t n);
 /* SwiGLU backward. */
 void ref_swiglu_backward(float *dgate, float *dup, const float *dy, const float *gate, const float *up, uint32_t n);
 /* GeGLU backward (y = gelu_tanh(gate) * up). */
