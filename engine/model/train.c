@@ -122,6 +122,10 @@ struct train {
   /* train_compare: the frozen model compared with (NULL: none) and the caller's per-sequence outputs */
   train_t *cmp_ref;
   double *cmp_lp, *cmp_lr, *cmp_kl;
+  /* train_set_inputs: embeddings from outside for runs of positions, and where their gradient goes */
+  gpu_buf_t *in_emb, *in_demb;
+  train_input_run_t *in_runs;
+  uint32_t n_in_runs;
 };
 
 /* ---- set-up ---- */
@@ -578,6 +582,7 @@ void train_destroy(train_t **tp) {
   if (!tp || !*tp) return;
   train_t *t = *tp;
   acts_free(t);
+  free(t->in_runs);
   gpu_buf_destroy(&t->rope);
   for (uint32_t i = 0; i < t->n_tt; i++) {
     gpu_buf_destroy(&t->tt[i].grad);
@@ -1053,6 +1058,11 @@ static lt_status_t forward_body(train_t *t, gpu_cmd_t **cp, const batch_t *bt, l
       op_embed(*cp, gv(t->blk[0].x), gv(t->embed->buf), t->embed->dtype, gv(t->ids), R, d, 0, t->embed->rows, err);
   if (st == LT_OK && cf->embed_scale > 0)
     st = op_scale(*cp, gv(t->blk[0].x), gv(t->blk[0].x), cf->embed_scale, R * d, err);
+  for (uint32_t i = 0; i < t->n_in_runs && st == LT_OK; i++) {
+    const train_input_run_t *r = &t->in_runs[i];
+    st = gpu_cmd_copy(*cp, t->in_emb, (uint64_t)r->row * d * 4, t->blk[0].x,
+                      ((uint64_t)r->seq * bt->T + r->pos) * d * 4, (uint64_t)r->n * d * 4, err);
+  }
   for (uint32_t l = 0; l < cf->n_layers && st == LT_OK; l++) {
     gpu_buf_t *out = l + 1 < cf->n_layers ? t->blk[l + 1].x : t->xL;
     st = block_fwd(t, cp, l, bt, out, err);
@@ -1303,6 +1313,12 @@ static lt_status_t run_padded(train_t *t, const int32_t *ids, const int32_t *lab
   if (dpo && n_seq % 2) return lt_fail(err, LT_E_INVALID, "DPO batches hold pairs: %u sequences is not even", n_seq);
   train_t *te = distill ? t->dist.teacher : compare ? t->cmp_ref : NULL;
   batch_t bt = {n_seq, T, n_seq * T};
+  for (uint32_t i = 0; i < t->n_in_runs; i++) {
+    const train_input_run_t *r = &t->in_runs[i];
+    if (r->seq >= n_seq || r->pos + (uint64_t)r->n > t->T_real)
+      return lt_fail(err, LT_E_INVALID, "input embeddings for positions %u..%u of sequence %u: the batch has %u of %u",
+                     r->pos, r->pos + r->n, r->seq, n_seq, t->T_real);
+  }
   lt_status_t st = acts_ensure(t, bt.R, T, err);
   if (st == LT_OK && te) {
     st = acts_ensure(te, bt.R, T, err);
@@ -1350,6 +1366,11 @@ static lt_status_t run_padded(train_t *t, const int32_t *ids, const int32_t *lab
         st = block_fwd(t, &c, l, &bt, out, err);
       }
       if (st == LT_OK) st = block_bwd(t, &c, l, &bt, err);
+    }
+    for (uint32_t i = 0; t->in_demb && i < t->n_in_runs && st == LT_OK; i++) {
+      const train_input_run_t *r = &t->in_runs[i];
+      st = gpu_cmd_copy(c, t->dx, ((uint64_t)r->seq * bt.T + r->pos) * d * 4, t->in_demb, (uint64_t)r->row * d * 4,
+                        (uint64_t)r->n * d * 4, err);
     }
     if (st == LT_OK && t->embed_grad >= 0 && t->cf->embed_scale > 0) /* x0 = scale * E[id] */
       st = op_scale(c, gv(t->dx), gv(t->dx), t->cf->embed_scale, bt.R * d, err);
@@ -1416,6 +1437,32 @@ static lt_status_t run(train_t *t, const int32_t *ids, const int32_t *labels, co
 
 static lt_status_t grad_check(const train_t *t, lt_err_t *err) {
   if (t->o.what == TRAIN_FROZEN) return lt_fail(err, LT_E_INVALID, "a frozen training state has nothing to train");
+  if (t->o.what == TRAIN_INPUTS && !t->in_demb)
+    return lt_fail(err, LT_E_INVALID, "an inputs-only training state needs input embeddings with a gradient");
+  return LT_OK;
+}
+
+lt_status_t train_set_inputs(train_t *t, gpu_buf_t *emb, gpu_buf_t *demb, const train_input_run_t *runs, uint32_t n,
+                             lt_err_t *err) {
+  free(t->in_runs);
+  t->in_runs = NULL, t->n_in_runs = 0, t->in_emb = t->in_demb = NULL;
+  if (!emb) return LT_OK;
+  if (demb && (t->o.what == TRAIN_FULL || t->o.what == TRAIN_ADAPTER || t->o.what == TRAIN_FROZEN))
+    return lt_fail(err, LT_E_UNSUPPORTED,
+                   "input embeddings with a gradient need a LoRA or inputs-only training state (this one %s)",
+                   t->o.what == TRAIN_FULL      ? "trains the token embeddings"
+                   : t->o.what == TRAIN_ADAPTER ? "stops its backward at the adapter's block"
+                                                : "is frozen");
+  uint64_t d4 = (uint64_t)t->cf->hidden_size * 4;
+  for (uint32_t i = 0; i < n; i++) {
+    uint64_t end = ((uint64_t)runs[i].row + runs[i].n) * d4;
+    if (runs[i].n == 0 || end > gpu_buf_size(emb) || (demb && end > gpu_buf_size(demb)))
+      return lt_fail(err, LT_E_INVALID, "input run %u (rows %u..%u) is empty or outside the embedding buffers", i,
+                     runs[i].row, runs[i].row + runs[i].n);
+  }
+  if (n && !(t->in_runs = malloc(n * sizeof *runs))) return lt_fail(err, LT_E_NOMEM, "out of memory");
+  if (n) memcpy(t->in_runs, runs, n * sizeof *runs);
+  t->n_in_runs = n, t->in_emb = emb, t->in_demb = demb;
   return LT_OK;
 }
 

@@ -18,8 +18,10 @@
 typedef struct train train_t;
 
 /* What is trained. TRAIN_FROZEN trains nothing: a forward-only state (a distillation teacher, evaluation) that
- * never allocates a gradient, of parameters or of activations, and keeps only each block's input (recompute). */
-typedef enum train_what { TRAIN_FULL = 0, TRAIN_LORA, TRAIN_ADAPTER, TRAIN_FROZEN } train_what_t;
+ * never allocates a gradient, of parameters or of activations, and keeps only each block's input (recompute).
+ * TRAIN_INPUTS trains nothing of the model either, but its backward runs down to the input embeddings set with
+ * train_set_inputs() (a speech connector learning to feed a frozen LLM). */
+typedef enum train_what { TRAIN_FULL = 0, TRAIN_LORA, TRAIN_ADAPTER, TRAIN_FROZEN, TRAIN_INPUTS } train_what_t;
 
 /* LoRA target projections (a bit each). */
 enum {
@@ -102,6 +104,20 @@ void train_destroy(train_t **t);
 uint32_t train_tensor_count(const train_t *t);
 /* The i-th trainable tensor; owned by t. */
 const train_tensor_t *train_tensor_at(const train_t *t, uint32_t i);
+
+/* A run of positions whose input embeddings come from outside: positions [pos, pos + n) of sequence seq of the
+ * next batches take rows [row, row + n) of the embedding buffer. */
+typedef struct train_input_run {
+  uint32_t seq, pos, n, row;
+} train_input_run_t;
+
+/* Makes the next passes read the runs' input embeddings from emb (device, f32 [rows, hidden], used as they are:
+ * no embedding scale) instead of their tokens' (whose ids must still be valid; they are placeholders). With
+ * demb, each backward also writes dLoss/d(those rows) into demb at the same rows (overwritten). emb NULL clears.
+ * The runs are copied; they are checked against each batch. A state that trains the token embeddings (full) or
+ * whose backward stops above block 0 (an adapter) cannot take a gradient for them: LT_E_UNSUPPORTED. */
+lt_status_t train_set_inputs(train_t *t, gpu_buf_t *emb, gpu_buf_t *demb, const train_input_run_t *runs, uint32_t n,
+                             lt_err_t *err);
 
 /* Sets every gradient to zero. */
 lt_status_t train_zero_grad(train_t *t, lt_err_t *err);

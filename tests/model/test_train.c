@@ -448,3 +448,85 @@ Test(train, a_fresh_lora_gives_the_base_logits_bit_for_bit) {
   free(out[0]), free(out[1]);
   train_destroy(&t), model_destroy(&m);
 }
+
+/* The embedding table of m (f32 on the device) downloaded; caller frees. */
+static float *embed_table(model_t *m) {
+  for (uint32_t i = 0; i < model_param_count(m); i++) {
+    const model_param_t *p = model_param_at(m, i);
+    if (!strcmp(p->name, "model.embed_tokens.weight")) {
+      cr_assert_eq(p->dtype, LT_F32);
+      return tread_f32(p->buf, (uint64_t)p->rows * p->cols);
+    }
+  }
+  cr_assert_fail("no embedding table");
+  return NULL;
+}
+
+Test(train, input_embeddings_from_outside_and_their_gradient) {
+  /* Two sequences of 12 distinct tokens (24 ids of 96, none repeated). Runs of positions take their input
+   * embeddings from a buffer holding exactly their tokens' rows: the loss is the same to the bit, and the gradient
+   * that reaches those rows equals the token embedding gradient a full-training state gives each of those ids
+   * (each id occurs once, and llama-tiny's head is untied, so that row gets the input's gradient alone). */
+  model_t *m = ttrain_load("llama-tiny", true);
+  uint32_t n_seq = 2, T = 12, d = model_config(m)->hidden_size;
+  int32_t ids[24];
+  uint8_t mask[22];
+  for (uint32_t i = 0; i < 24; i++) ids[i] = (int32_t)((i * 37 + 5) % 96);
+  for (uint32_t i = 0; i < 22; i++) mask[i] = i % 11 >= 4; /* targets after the runs only, as a speech prompt */
+  train_input_run_t runs[2] = {{.seq = 0, .pos = 1, .n = 4, .row = 0}, {.seq = 1, .pos = 2, .n = 3, .row = 4}};
+  float *table = embed_table(m), *emb = talloc(7 * d);
+  for (int r = 0; r < 2; r++)
+    for (uint32_t k = 0; k < runs[r].n; k++)
+      memcpy(emb + (uint64_t)(runs[r].row + k) * d, table + (uint64_t)ids[runs[r].seq * T + runs[r].pos + k] * d,
+             d * 4);
+  gpu_buf_t *be = tbuf_f32(emb, 7 * d), *bd = tbuf_f32(NULL, 7 * d);
+  lt_err_t err = {0};
+  train_opts_t full = {.what = TRAIN_FULL};
+  train_t *tf = train_new(m, &full, &err);
+  cr_assert(tf, "%s", err.msg);
+  double lf, li;
+  cr_assert_eq(train_grad(tf, ids, mask, n_seq, T, 1.0f, &lf, &err), LT_OK, "%s", err.msg);
+  float *dtable = NULL;
+  for (uint32_t i = 0; i < train_tensor_count(tf); i++)
+    if (!strcmp(train_tensor_at(tf, i)->name, "model.embed_tokens.weight"))
+      dtable = tread_f32(train_tensor_at(tf, i)->grad, (uint64_t)model_config(m)->vocab_size * d);
+  cr_assert_not_null(dtable);
+  /* The full state refuses a gradient for outside embeddings (its table's gradient would take the placeholders'). */
+  cr_assert_eq(train_set_inputs(tf, be, bd, runs, 2, &err), LT_E_UNSUPPORTED);
+  cr_assert(strstr(err.msg, "trains the token embeddings"), "%s", err.msg);
+  train_destroy(&tf);
+  train_opts_t in = {.what = TRAIN_INPUTS};
+  train_t *ti = train_new(m, &in, &err);
+  cr_assert(ti, "%s", err.msg);
+  cr_assert_eq(train_tensor_count(ti), 0);
+  cr_assert_eq(train_grad(ti, ids, mask, n_seq, T, 1.0f, &li, &err), LT_E_INVALID, "nothing to train yet");
+  cr_assert_eq(train_set_inputs(ti, be, bd, runs, 2, &err), LT_OK, "%s", err.msg);
+  cr_assert_eq(train_grad(ti, ids, mask, n_seq, T, 1.0f, &li, &err), LT_OK, "%s", err.msg);
+  cr_assert_eq(lf, li, "the same embeddings from outside change the loss: %.9g vs %.9g", lf, li);
+  float *got = tread_f32(bd, 7 * d), *want = talloc(7 * d);
+  for (int r = 0; r < 2; r++)
+    for (uint32_t k = 0; k < runs[r].n; k++)
+      memcpy(want + (uint64_t)(runs[r].row + k) * d, dtable + (uint64_t)ids[runs[r].seq * T + runs[r].pos + k] * d,
+             d * 4);
+  /* The same ops in the same order down the stream: equal but for the weight-gradient work the full state adds
+   * beside them, which does not touch dx. */
+  tassert_close(got, want, 7 * d, 1e-7, 1e-5, "input embedding gradient");
+  double norm = 0;
+  for (uint64_t i = 0; i < 7ull * d; i++) norm += (double)got[i] * got[i];
+  cr_assert_gt(norm, 1e-8, "the gradient is not zero");
+  /* Other embeddings change the loss; runs outside the batch are refused. */
+  for (uint64_t i = 0; i < 7ull * d; i++) emb[i] *= -1;
+  cr_assert_eq(gpu_upload(be, 0, emb, 7ull * d * 4, &err), LT_OK, "%s", err.msg);
+  double ln;
+  cr_assert_eq(train_loss(ti, ids, mask, n_seq, T, &ln, &err), LT_OK, "%s", err.msg);
+  cr_assert_neq(ln, li, "the outside embeddings are not read");
+  train_input_run_t bad = {.seq = 2, .pos = 0, .n = 1, .row = 0};
+  cr_assert_eq(train_set_inputs(ti, be, bd, &bad, 1, &err), LT_OK, "%s", err.msg);
+  cr_assert_eq(train_loss(ti, ids, mask, n_seq, T, &ln, &err), LT_E_INVALID);
+  cr_assert(strstr(err.msg, "sequence 2"), "%s", err.msg);
+  bad = (train_input_run_t){.seq = 0, .pos = 0, .n = 8, .row = 0};
+  cr_assert_eq(train_set_inputs(ti, be, bd, &bad, 1, &err), LT_E_INVALID, "rows past the buffer");
+  free(got), free(want), free(dtable), free(table), free(emb);
+  gpu_buf_destroy(&be), gpu_buf_destroy(&bd);
+  train_destroy(&ti), model_destroy(&m);
+}
