@@ -412,6 +412,7 @@ static lt_status_t forward_pass(model_t *m, model_item_t *items, const uint32_t 
   pass_t p = {.m = m, .items = items, .caller = caller, .n_items = n_items, .h = h};
   lt_status_t st = LT_OK;
   gpu_cmd_t *c = NULL;
+  gpu_buf_t *emb = NULL;
   int32_t *ids = NULL, *pos = NULL;
   p.row0 = malloc((n_items + 1) * sizeof *p.row0);
   if (!p.row0) return lt_fail(err, LT_E_NOMEM, "out of memory");
@@ -438,6 +439,21 @@ static lt_status_t forward_pass(model_t *m, model_item_t *items, const uint32_t 
     }
   if ((st = gpu_upload(a->ids, 0, ids, p.T * 4, err)) != LT_OK) goto out;
   if ((st = gpu_upload(a->pos, 0, pos, p.T * 4, err)) != LT_OK) goto out;
+  /* Embeddings from outside: every item's rows one after another in one buffer, copied into the stream below. */
+  uint64_t n_emb = 0;
+  for (uint32_t i = 0; i < n_items; i++) n_emb += items[i].n_embeds;
+  if (n_emb) {
+    if (!(emb = gpu_buf_new(m->g, n_emb * d * 4, err))) {
+      st = err ? err->code : LT_E_DEVICE_OOM;
+      goto out;
+    }
+    for (uint32_t i = 0, row = 0; i < n_items && st == LT_OK; i++)
+      if (items[i].n_embeds) {
+        st = gpu_upload(emb, (uint64_t)row * d * 4, items[i].embeds, (uint64_t)items[i].n_embeds * d * 4, err);
+        row += items[i].n_embeds;
+      }
+    if (st != LT_OK) goto out;
+  }
   if (h && h->add_vec && (st = gpu_upload(a->addv, 0, h->add_vec, (uint64_t)d * 4, err)) != LT_OK) goto out;
   if (h && h->add_vec && h->add_alpha != 1.0f) {
     /* Scale once on the device: addv = alpha * vec. */
@@ -474,6 +490,12 @@ static lt_status_t forward_pass(model_t *m, model_item_t *items, const uint32_t 
     st = op_embed(c, gv(a->x), gv(m->embed.piece[pc]), m->embed.dtype, gv(a->ids), p.T, d, lo, hi, err);
   }
   if (st == LT_OK && cf->embed_scale > 0) st = op_scale(c, gv(a->x), gv(a->x), cf->embed_scale, p.T * d, err);
+  for (uint32_t i = 0, row = 0; i < n_items && st == LT_OK; i++)
+    if (items[i].n_embeds) {
+      st = gpu_cmd_copy(c, emb, (uint64_t)row * d * 4, a->x, ((uint64_t)p.row0[i] + items[i].embeds_at) * d * 4,
+                        (uint64_t)items[i].n_embeds * d * 4, err);
+      row += items[i].n_embeds;
+    }
   for (uint32_t l = 0; l < cf->n_layers && st == LT_OK; l++) {
     dlayer_t *L = &m->layers[l];
     if ((st = report_resid(&p, &c, l, err)) != LT_OK) break;
@@ -559,6 +581,7 @@ static lt_status_t forward_pass(model_t *m, model_item_t *items, const uint32_t 
     for (uint32_t i = 0; i < n_items; i++) items[i].seq->len += items[i].n_tokens;
 out:
   gpu_cmd_abort(&c);
+  gpu_buf_destroy(&emb);
   free(ids);
   free(pos);
   free(p.row0);
@@ -574,6 +597,9 @@ lt_status_t model_forward(model_t *m, model_item_t *items, uint32_t n_items, con
                      it->n_tokens, it->seq->cap);
     if (it->out != MODEL_OUT_NONE && !it->result) return lt_fail(err, LT_E_INVALID, "item %u: no result buffer", i);
     if (it->out == MODEL_OUT_NLL && !it->targets) return lt_fail(err, LT_E_INVALID, "item %u: NLL without targets", i);
+    if (it->n_embeds && (!it->embeds || (uint64_t)it->embeds_at + it->n_embeds > it->n_tokens))
+      return lt_fail(err, LT_E_INVALID, "item %u: input embeddings for tokens %u..%u of %u", i, it->embeds_at,
+                     it->embeds_at + it->n_embeds, it->n_tokens);
     for (uint32_t j = 0; j < i; j++)
       if (items[j].seq == it->seq) return lt_fail(err, LT_E_INVALID, "items %u and %u share a sequence", j, i);
   }
@@ -607,6 +633,12 @@ lt_status_t model_forward(model_t *m, model_item_t *items, uint32_t n_items, con
         piece.result = it->result + done;
         piece.targets = it->targets + done;
       }
+      /* The piece's share of the outside embeddings. */
+      uint32_t lo = it->embeds_at > done ? it->embeds_at : done;
+      uint32_t hi = it->embeds_at + it->n_embeds < done + take ? it->embeds_at + it->n_embeds : done + take;
+      piece.n_embeds = it->n_embeds && hi > lo ? hi - lo : 0;
+      piece.embeds_at = piece.n_embeds ? lo - done : 0;
+      piece.embeds = piece.n_embeds ? it->embeds + (uint64_t)(lo - it->embeds_at) * m->cfg.hidden_size : NULL;
       caller[n] = i;
       pass[n++] = piece;
       used += take;

@@ -206,6 +206,11 @@ typedef struct model_item {
    * out[i] = -log p(targets[i] | sequence up to token i). Caller owns. */
   float *result;
   const int32_t *targets; /* MODEL_OUT_NLL only: n_tokens ids (a negative id gives NaN) */
+  /* Input embeddings from outside (a speech connector's rows): tokens [embeds_at, embeds_at + n_embeds) of this
+   * item enter the first block as these hidden-size vectors (host floats, used as they are: no embedding scale)
+   * instead of their tokens' embeddings; the tokens there must still be valid ids. n_embeds 0: none. */
+  const float *embeds;
+  uint32_t embeds_at, n_embeds;
 } model_item_t;
 
 /* Runs the tokens of every item through the model (one pass over the weights for the whole batch), appending

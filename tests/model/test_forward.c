@@ -367,3 +367,43 @@ Test(forward, fused_decode_gives_the_same_logits_in_fewer_dispatches) {
       free(fused), free(apart);
     }
 }
+
+Test(forward, input_embeddings_from_outside) {
+  /* Tokens 2..5 of a prompt enter as vectors from outside: their own token embeddings give the same logits to the
+   * bit; other vectors change every later position's logits but none before them; a range past the tokens is
+   * refused. */
+  lt_err_t err = {0};
+  model_load_opts_t o = {.force_f32 = true};
+  model_t *m = model_load(tgpu(), LATHE_SOURCE_DIR "/tests/fixtures/llama-tiny", &o, &err);
+  cr_assert(m, "%s", err.msg);
+  uint32_t d = model_config(m)->hidden_size, V = model_config(m)->vocab_size, n = 9;
+  const model_param_t *e = NULL;
+  for (uint32_t i = 0; i < model_param_count(m); i++)
+    if (!strcmp(model_param_at(m, i)->name, "model.embed_tokens.weight")) e = model_param_at(m, i);
+  cr_assert_not_null(e);
+  float *table = tread_f32(e->buf, (uint64_t)e->rows * e->cols);
+  int32_t ids[9] = {1, 17, 33, 2, 90, 41, 7, 60, 5};
+  float *emb = talloc(4 * d), *a = talloc((uint64_t)n * V), *b = talloc((uint64_t)n * V), *c = talloc((uint64_t)n * V);
+  for (uint32_t k = 0; k < 4; k++) memcpy(emb + (uint64_t)k * d, table + (uint64_t)ids[2 + k] * d, d * 4);
+  float *outs[3] = {a, b, c};
+  for (int run = 0; run < 3; run++) {
+    if (run == 2)
+      for (uint64_t i = 0; i < 4ull * d; i++) emb[i] = -emb[i];
+    model_seq_t *s = model_seq_new(m, 16, &err);
+    model_item_t it = {.seq = s, .tokens = ids, .n_tokens = n, .out = MODEL_OUT_ALL, .result = outs[run]};
+    if (run > 0) it.embeds = emb, it.embeds_at = 2, it.n_embeds = 4;
+    cr_assert_eq(model_forward(m, &it, 1, NULL, &err), LT_OK, "%s", err.msg);
+    model_seq_destroy(&s);
+  }
+  cr_assert_eq(memcmp(a, b, (uint64_t)n * V * 4), 0, "the tokens' own embeddings from outside change the logits");
+  cr_assert_eq(memcmp(a, c, 2ull * V * 4), 0, "positions before the outside rows moved");
+  for (uint32_t t = 2; t < n; t++)
+    cr_assert_neq(memcmp(a + (uint64_t)t * V, c + (uint64_t)t * V, V * 4), 0, "row %u", t);
+  model_seq_t *s = model_seq_new(m, 16, &err);
+  model_item_t bad = {.seq = s, .tokens = ids, .n_tokens = n, .embeds = emb, .embeds_at = 7, .n_embeds = 4};
+  cr_assert_eq(model_forward(m, &bad, 1, NULL, &err), LT_E_INVALID);
+  cr_assert(strstr(err.msg, "input embeddings for tokens 7..11 of 9"), "%s", err.msg);
+  model_seq_destroy(&s);
+  free(table), free(emb), free(a), free(b), free(c);
+  model_destroy(&m);
+}
