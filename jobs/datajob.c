@@ -74,3 +74,57 @@ lt_status_t dj_write(FILE *f, json_t *o, lt_err_t *err) {
 }
 
 job_outcome_t dj_stopped(job_stop_t stop) { return stop == JOB_STOP_CANCEL ? JOB_CANCELLED : JOB_STOPPED; }
+
+#define MAX_POOL 100000
+
+static lt_status_t dj_pool_add(dj_pool_t *p, const char *s, size_t n, lt_err_t *err) {
+  if (p->n == MAX_POOL) return lt_fail(err, LT_E_LIMIT, "more than %d instructions", MAX_POOL);
+  if (p->n == p->cap) {
+    size_t cap = p->cap ? p->cap * 2 : 16;
+    char **v = realloc(p->v, cap * sizeof *v);
+    if (!v) return lt_fail(err, LT_E_NOMEM, "out of memory");
+    p->v = v, p->cap = cap;
+  }
+  if (!(p->v[p->n] = strndup(s, n))) return lt_fail(err, LT_E_NOMEM, "out of memory");
+  p->n++;
+  return LT_OK;
+}
+
+void dj_pool_free(dj_pool_t *p) {
+  for (size_t i = 0; i < p->n; i++) free(p->v[i]);
+  free(p->v);
+}
+
+lt_status_t dj_pool_load(job_ctx_t *ctx, dj_pool_t *p, lt_err_t *err) {
+  for (size_t i = 0; i < job_param_list_len(ctx, "instruction"); i++) {
+    const char *s = job_param_list_at(ctx, "instruction", i);
+    lt_status_t st = dj_pool_add(p, s, strlen(s), err);
+    if (st != LT_OK) return st;
+  }
+  const char *path = job_param_str(ctx, "instructions");
+  if (!*path) return LT_OK;
+  lines_t *r = lines_open(path, 1u << 20, err);
+  if (!r) return err->code;
+  const char *line;
+  size_t len;
+  int got = 0;
+  lt_status_t st = LT_OK;
+  while (st == LT_OK && (got = lines_next(r, &line, &len, err)) == 1) {
+    while (len && strchr(" \t", line[len - 1])) len--;
+    while (len && strchr(" \t", *line)) line++, len--;
+    if (!len) continue;
+    if (*line != '{') {
+      st = dj_pool_add(p, line, len, err);
+      continue;
+    }
+    json_t *o = json_loadb(line, len, 0, NULL);
+    const char *s = json_string_value(json_object_get(o, "instruction"));
+    st = s ? dj_pool_add(p, s, strlen(s), err)
+           : lt_fail(err, LT_E_INVALID, "%s:%llu: expected {\"instruction\": \"...\"}", path,
+                     (unsigned long long)lines_lineno(r));
+    json_decref(o);
+  }
+  if (st == LT_OK && got < 0) st = (lt_status_t)got;
+  lines_destroy(&r);
+  return st;
+}

@@ -33,6 +33,19 @@ FILE *dj_create(job_ctx_t *ctx, const char *name, lt_err_t *err);
 /* Writes o as one line of JSON (keys in insertion order) and releases it. */
 lt_status_t dj_write(FILE *f, json_t *o, lt_err_t *err);
 
+/* An instruction pool: the job's `instruction` list parameters, then the lines of its `instructions` file (plain
+ * text, or JSONL {"instruction": ...} when a line starts with '{'). */
+typedef struct dj_pool {
+  char **v;
+  size_t n, cap;
+} dj_pool_t;
+
+/* Fills p (zeroed by the caller) from the job's parameters; at most 100,000 entries. */
+lt_status_t dj_pool_load(job_ctx_t *ctx, dj_pool_t *p, lt_err_t *err);
+
+/* Frees the entries; NULL-safe. */
+void dj_pool_free(dj_pool_t *p);
+
 /* The outcome for a stop request (cancelled, or stopped for a shutdown). */
 job_outcome_t dj_stopped(job_stop_t stop);
 

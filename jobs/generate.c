@@ -9,6 +9,7 @@
 #include "common/util.h"
 #include "jobs/datajob.h"
 #include "jobs/runners.h"
+#include "jobs/speech_job.h"
 
 /* Bytes of generated text the result holds at most (the rest of a reply needs room too). */
 #define RESULT_TEXTS_MAX (256u << 10)
@@ -86,6 +87,7 @@ static bool on_step(void *user, uint32_t item, const int32_t *tokens, uint32_t n
 }
 
 job_outcome_t run_generate(job_ctx_t *ctx, lt_err_t *err) {
+  if (*job_param_str(ctx, "audio")) return speech_generate(ctx, err);
   const char *path = job_param_str(ctx, "model");
   size_t n = job_param_list_len(ctx, "prompt");
   gen_opts_t o = {.max_tokens = (uint32_t)job_param_int(ctx, "max_tokens"),

@@ -63,8 +63,31 @@ static bool kind_steer_layers_validate(const msgpack_object *params, proto_err_t
 }
 
 /* generate: at least one prompt, and no empty prompt when no BOS token is added (nothing to condition on). */
+/* speech-train: a known stage and encoder choice. */
+static bool kind_speech_train_validate(const msgpack_object *params, proto_err_t *e) {
+  const msgpack_object *st = mp_get(params, "stage"), *enc = mp_get(params, "train_encoder");
+  if (!st || st->type != MSGPACK_OBJECT_STR || !(mp_str_is(st, "asr") || mp_str_is(st, "self-powered")))
+    return proto_fail(e, P_BAD_VALUE, "params.stage", "params.stage: asr or self-powered");
+  if (!enc || enc->type != MSGPACK_OBJECT_STR ||
+      !(mp_str_is(enc, "yes") || mp_str_is(enc, "no") || mp_str_is(enc, "auto")))
+    return proto_fail(e, P_BAD_VALUE, "params.train_encoder", "params.train_encoder: yes, no or auto");
+  return true;
+}
+
+/* speech-eval: nothing beyond the schema (the instructions may be absent: then WER alone). */
+static bool kind_speech_eval_validate(const msgpack_object *params, proto_err_t *e) {
+  (void)params, (void)e;
+  return true;
+}
+
 static bool kind_generate_validate(const msgpack_object *params, proto_err_t *e) {
   const msgpack_object *p = mp_get(params, "prompt"), *bos = mp_get(params, "add_bos");
+  const msgpack_object *au = mp_get(params, "audio"), *sp = mp_get(params, "speech");
+  bool audio = au && au->type == MSGPACK_OBJECT_STR && au->via.str.size;
+  if (audio != (sp && sp->type == MSGPACK_OBJECT_STR && sp->via.str.size > 0))
+    return proto_fail(e, P_MISSING_PARAM, audio ? "params.speech" : "params.audio",
+                      audio ? "params.speech: --audio needs the speech model (--speech)"
+                            : "params.audio: --speech names a speech model for --audio");
   if (!p || p->type != MSGPACK_OBJECT_ARRAY || p->via.array.size == 0)
     return proto_fail(e, P_MISSING_PARAM, "params.prompt", "params.prompt: give at least one prompt");
   bool add_bos = bos && bos->type == MSGPACK_OBJECT_BOOLEAN && bos->via.boolean;

@@ -9,67 +9,6 @@
 #include "jobs/datajob.h"
 #include "jobs/runners.h"
 
-#define MAX_POOL 100000
-
-/* The instruction pool: the `instruction` list parameters, then the lines of the `instructions` file (plain
- * text, or JSONL {"instruction": ...} when a line starts with '{'). */
-typedef struct pool {
-  char **v;
-  size_t n, cap;
-} pool_t;
-
-static lt_status_t pool_add(pool_t *p, const char *s, size_t n, lt_err_t *err) {
-  if (p->n == MAX_POOL) return lt_fail(err, LT_E_LIMIT, "more than %d instructions", MAX_POOL);
-  if (p->n == p->cap) {
-    size_t cap = p->cap ? p->cap * 2 : 16;
-    char **v = realloc(p->v, cap * sizeof *v);
-    if (!v) return lt_fail(err, LT_E_NOMEM, "out of memory");
-    p->v = v, p->cap = cap;
-  }
-  if (!(p->v[p->n] = strndup(s, n))) return lt_fail(err, LT_E_NOMEM, "out of memory");
-  p->n++;
-  return LT_OK;
-}
-
-static void pool_free(pool_t *p) {
-  for (size_t i = 0; i < p->n; i++) free(p->v[i]);
-  free(p->v);
-}
-
-static lt_status_t pool_load(job_ctx_t *ctx, pool_t *p, lt_err_t *err) {
-  for (size_t i = 0; i < job_param_list_len(ctx, "instruction"); i++) {
-    const char *s = job_param_list_at(ctx, "instruction", i);
-    lt_status_t st = pool_add(p, s, strlen(s), err);
-    if (st != LT_OK) return st;
-  }
-  const char *path = job_param_str(ctx, "instructions");
-  if (!*path) return LT_OK;
-  lines_t *r = lines_open(path, 1u << 20, err);
-  if (!r) return err->code;
-  const char *line;
-  size_t len;
-  int got = 0;
-  lt_status_t st = LT_OK;
-  while (st == LT_OK && (got = lines_next(r, &line, &len, err)) == 1) {
-    while (len && strchr(" \t", line[len - 1])) len--;
-    while (len && strchr(" \t", *line)) line++, len--;
-    if (!len) continue;
-    if (*line != '{') {
-      st = pool_add(p, line, len, err);
-      continue;
-    }
-    json_t *o = json_loadb(line, len, 0, NULL);
-    const char *s = json_string_value(json_object_get(o, "instruction"));
-    st = s ? pool_add(p, s, strlen(s), err)
-           : lt_fail(err, LT_E_INVALID, "%s:%llu: expected {\"instruction\": \"...\"}", path,
-                     (unsigned long long)lines_lineno(r));
-    json_decref(o);
-  }
-  if (st == LT_OK && got < 0) st = (lt_status_t)got;
-  lines_destroy(&r);
-  return st;
-}
-
 /* One (instruction, input) pair of a batch. */
 typedef struct pair {
   uint64_t row;
@@ -82,7 +21,7 @@ typedef struct tally {
 } tally_t;
 
 /* Adds the pairs of one input row: its own "instruction" if it has one, else per_input from the pool. */
-static lt_status_t row_pairs(json_t *row, const lines_t *r, const pool_t *pool, size_t per_input, uint64_t row_no,
+static lt_status_t row_pairs(json_t *row, const lines_t *r, const dj_pool_t *pool, size_t per_input, uint64_t row_no,
                              pair_t *pairs, size_t *np, lt_err_t *err) {
   const char *input = json_string_value(json_object_get(row, "input"));
   if (!input) input = json_string_value(json_object_get(row, "text"));
@@ -160,7 +99,7 @@ job_outcome_t run_selfgen(job_ctx_t *ctx, lt_err_t *err) {
   uint64_t max_rows = (uint64_t)job_param_int(ctx, "max_rows"), total = 0;
   size_t batch = (size_t)job_param_int(ctx, "batch"), per_input = (size_t)job_param_int(ctx, "per_input");
   job_outcome_t out = JOB_FAILED;
-  pool_t pool = {0};
+  dj_pool_t pool = {0};
   dj_model_t dm = {0};
   lines_t *r = NULL;
   FILE *kept = NULL, *dropped = NULL;
@@ -172,7 +111,7 @@ job_outcome_t run_selfgen(job_ctx_t *ctx, lt_err_t *err) {
     lt_fail(err, LT_E_NOMEM, "out of memory");
     goto done;
   }
-  if (pool_load(ctx, &pool, err) != LT_OK || dj_count_rows(data, max_rows, &total, err) != LT_OK ||
+  if (dj_pool_load(ctx, &pool, err) != LT_OK || dj_count_rows(data, max_rows, &total, err) != LT_OK ||
       dj_model_open(ctx, &dm, err) != LT_OK)
     goto done;
   dm.lm.gen = (gen_opts_t){.max_tokens = (uint32_t)job_param_int(ctx, "max_tokens")}; /* greedy */
@@ -235,7 +174,7 @@ done:
   if (dropped) fclose(dropped);
   lines_destroy(&r);
   dj_model_close(&dm);
-  pool_free(&pool);
+  dj_pool_free(&pool);
   free(stops), free(rows), free(pairs);
   return out;
 }

@@ -113,8 +113,7 @@ lt_status_t slm_speech_rows(slm_t *s, const float *feats, uint32_t T, float **ro
 /* ---- prompts ---- */
 
 /* Appends the tokens of text (flags as tok_encode) to p. */
-static lt_status_t append_text(slm_t *s, slm_prompt_t *p, const char *text, size_t len, unsigned flags,
-                               lt_err_t *err) {
+static lt_status_t append_text(slm_t *s, slm_prompt_t *p, const char *text, size_t len, unsigned flags, lt_err_t *err) {
   int32_t *ids = NULL;
   size_t n = 0;
   lt_status_t st = len ? tok_encode(s->tok, text, len, flags, &ids, &n, err) : LT_OK;
@@ -152,8 +151,8 @@ static char *join_content(const char *instruction, const char *tail) {
   return c;
 }
 
-lt_status_t slm_prompt_speech(slm_t *s, const char *instruction, uint32_t n_speech, const char *target,
-                              slm_prompt_t *p, lt_err_t *err) {
+lt_status_t slm_prompt_speech(slm_t *s, const char *instruction, uint32_t n_speech, const char *target, slm_prompt_t *p,
+                              lt_err_t *err) {
   memset(p, 0, sizeof *p);
   char *content = join_content(instruction ? instruction : "", SPEECH_MARK), *text = NULL;
   if (!content) return lt_fail(err, LT_E_NOMEM, "out of memory");
@@ -241,8 +240,8 @@ static char *answer_text(slm_t *s, const int32_t *ids, uint32_t n, lt_err_t *err
   return t;
 }
 
-lt_status_t slm_answer(slm_t *s, const slm_prompt_t *prompts, const float *const *rows, uint32_t n,
-                       uint32_t max_tokens, char **texts, lt_err_t *err) {
+lt_status_t slm_answer(slm_t *s, const slm_prompt_t *prompts, const float *const *rows, uint32_t n, uint32_t max_tokens,
+                       char **texts, lt_err_t *err) {
   const model_config_t *c = model_config(s->llm);
   uint32_t V = c->vocab_size, window = c->max_position ? c->max_position : 4096;
   for (uint32_t i = 0; i < n; i++) texts[i] = NULL;
@@ -252,7 +251,8 @@ lt_status_t slm_answer(slm_t *s, const slm_prompt_t *prompts, const float *const
   int32_t *gen = calloc((uint64_t)(n ? n : 1) * (max_tokens + 1), sizeof *gen), *next = calloc(n ? n : 1, 4);
   uint32_t *len = calloc(n ? n : 1, 4), *who = calloc(n ? n : 1, 4);
   bool *done = calloc(n ? n : 1, 1);
-  lt_status_t st = seq && it && logits && gen && next && len && who && done ? LT_OK : lt_fail(err, LT_E_NOMEM, "out of memory");
+  lt_status_t st =
+      seq && it && logits && gen && next && len && who && done ? LT_OK : lt_fail(err, LT_E_NOMEM, "out of memory");
   for (uint32_t i = 0; st == LT_OK && i < n; i++) {
     if (prompts[i].n + 1 > window) {
       st = lt_fail(err, LT_E_LIMIT, "prompt %u: %u tokens leave no room in the LLM's context window (%u)", i,
@@ -271,7 +271,8 @@ lt_status_t slm_answer(slm_t *s, const slm_prompt_t *prompts, const float *const
                                 .out = MODEL_OUT_LAST,
                                 .result = logits + (uint64_t)active * V};
     if (rows && rows[i] && prompts[i].n_speech)
-      it[active].embeds = rows[i], it[active].embeds_at = prompts[i].speech_at, it[active].n_embeds = prompts[i].n_speech;
+      it[active].embeds = rows[i], it[active].embeds_at = prompts[i].speech_at,
+      it[active].n_embeds = prompts[i].n_speech;
     who[active++] = i;
   }
   while (st == LT_OK && active) {
@@ -293,7 +294,10 @@ lt_status_t slm_answer(slm_t *s, const slm_prompt_t *prompts, const float *const
       }
       if (stop || len[i] >= max_tokens || model_seq_len(seq[i]) + 1 >= window) continue;
       next[i] = best;
-      it[keep] = (model_item_t){.seq = seq[i], .tokens = &next[i], .n_tokens = 1, .out = MODEL_OUT_LAST,
+      it[keep] = (model_item_t){.seq = seq[i],
+                                .tokens = &next[i],
+                                .n_tokens = 1,
+                                .out = MODEL_OUT_LAST,
                                 .result = logits + (uint64_t)keep * V};
       who[keep++] = i;
     }
@@ -310,6 +314,19 @@ lt_status_t slm_answer(slm_t *s, const slm_prompt_t *prompts, const float *const
 }
 
 /* ---- training ---- */
+
+uint32_t slm_window(const slm_t *s) {
+  uint32_t w = model_config(s->llm)->max_position;
+  return w ? w : 4096;
+}
+
+lt_status_t slm_example_tokens(slm_t *s, const slm_example_t *ex, uint32_t *n, lt_err_t *err) {
+  slm_prompt_t p;
+  lt_status_t st = slm_prompt_speech(s, ex->instruction, speech_out_rows(s->sp, ex->T), ex->target, &p, err);
+  *n = st == LT_OK ? p.n : 0;
+  slm_prompt_free(&p);
+  return st;
+}
 
 /* The batch of a step: ids and mask padded to the longest prompt, the speech rows on the device and their runs. */
 typedef struct sbatch {
@@ -329,7 +346,7 @@ static void sbatch_free(sbatch_t *b) {
 
 static lt_status_t sbatch_make(slm_t *s, const slm_example_t *ex, uint32_t n, bool grad, sbatch_t *b, lt_err_t *err) {
   memset(b, 0, sizeof *b);
-  uint32_t window = model_config(s->llm)->max_position ? model_config(s->llm)->max_position : 4096;
+  uint32_t window = slm_window(s);
   slm_prompt_t *p = calloc(n ? n : 1, sizeof *p);
   float **rows = calloc(n ? n : 1, sizeof *rows);
   b->rows_at = calloc(n ? n : 1, 4), b->n_rows = calloc(n ? n : 1, 4), b->runs = calloc(n ? n : 1, sizeof *b->runs);

@@ -45,8 +45,8 @@ typedef struct slm_prompt {
 
 /* The prompt for instruction with n_speech rows of speech in the user's turn, followed by target's tokens when
  * target is not NULL. Caller frees with slm_prompt_free(). */
-lt_status_t slm_prompt_speech(slm_t *s, const char *instruction, uint32_t n_speech, const char *target,
-                              slm_prompt_t *p, lt_err_t *err);
+lt_status_t slm_prompt_speech(slm_t *s, const char *instruction, uint32_t n_speech, const char *target, slm_prompt_t *p,
+                              lt_err_t *err);
 
 /* The same turn with text input in the speech's place (the LLM alone), without a target. */
 lt_status_t slm_prompt_text(slm_t *s, const char *instruction, const char *input, slm_prompt_t *p, lt_err_t *err);
@@ -57,8 +57,8 @@ void slm_prompt_free(slm_prompt_t *p);
 /* Greedy answers to n prompts generated together, rows[i] being prompt i's speech rows (NULL for a text prompt):
  * at most max_tokens each, cut at the first newline, the end of the turn or an end-of-sequence token, trimmed.
  * texts[i] get new strings (caller frees). */
-lt_status_t slm_answer(slm_t *s, const slm_prompt_t *prompts, const float *const *rows, uint32_t n,
-                       uint32_t max_tokens, char **texts, lt_err_t *err);
+lt_status_t slm_answer(slm_t *s, const slm_prompt_t *prompts, const float *const *rows, uint32_t n, uint32_t max_tokens,
+                       char **texts, lt_err_t *err);
 
 /* One training example: features, the instruction and the target text. */
 typedef struct slm_example {
@@ -75,10 +75,10 @@ typedef struct slm_step_opts {
 
 /* What a step measured. */
 typedef struct slm_step_info {
-  double loss;       /* the masked mean cross-entropy of the targets */
-  double grad_norm;  /* the speech model's gradient norm before clipping */
-  uint32_t tokens;   /* target tokens */
-  uint32_t max_len;  /* the longest sequence */
+  double loss;      /* the masked mean cross-entropy of the targets */
+  double grad_norm; /* the speech model's gradient norm before clipping */
+  uint32_t tokens;  /* target tokens */
+  uint32_t max_len; /* the longest sequence */
 } slm_step_info_t;
 
 /* One step on n examples: their speech rows enter the LLM (state t: TRAIN_INPUTS, or TRAIN_LORA with `lora` its
@@ -87,6 +87,12 @@ typedef struct slm_step_info {
  * longer than the LLM's context window are refused with their index. */
 lt_status_t slm_train_step(slm_t *s, train_t *t, tuner_t *lora, const slm_example_t *ex, uint32_t n,
                            const slm_step_opts_t *o, slm_step_info_t *info, lt_err_t *err);
+
+/* The tokens example ex takes in the LLM (its prompt, speech rows and target), into *n. */
+lt_status_t slm_example_tokens(slm_t *s, const slm_example_t *ex, uint32_t *n, lt_err_t *err);
+
+/* The LLM's context window in tokens. */
+uint32_t slm_window(const slm_t *s);
 
 /* The mean cross-entropy of the examples' targets under the current model (no update). */
 lt_status_t slm_eval_loss(slm_t *s, train_t *t, const slm_example_t *ex, uint32_t n, double *loss, lt_err_t *err);

@@ -21,8 +21,8 @@ Test(speechlm, word_edits) {
   cr_assert_eq(slm_word_edits("the cat sat", "The cat, sat.", &n), 0);
   cr_assert_eq(n, 3);
   cr_assert_eq(slm_word_edits("the cat sat on", "the cat sat", &n), 1); /* an insertion */
-  cr_assert_eq(slm_word_edits("the dog sat", "the cat sat", &n), 1);   /* a substitution */
-  cr_assert_eq(slm_word_edits("cat sat", "the cat sat", &n), 1);       /* a deletion */
+  cr_assert_eq(slm_word_edits("the dog sat", "the cat sat", &n), 1);    /* a substitution */
+  cr_assert_eq(slm_word_edits("cat sat", "the cat sat", &n), 1);        /* a deletion */
   cr_assert_eq(slm_word_edits("", "and god said", &n), 3);
   cr_assert_eq(slm_word_edits("sat the cat", "the cat sat", &n), 2);
   cr_assert_eq(slm_word_edits("don't", "Don't!", &n), 0);
@@ -45,8 +45,16 @@ static void open_all(fixture_t *f, uint32_t stack) {
   f->tok = model_tokenizer_open(KJV, &err);
   cr_assert(f->tok, "%s", err.msg);
   f->tmpl = chat_tmpl_plain(&err);
-  speech_config_t c = {.n_mels = 80, .d_model = 32, .n_layers = 1, .n_heads = 4, .ffn = 64, .max_positions = 256,
-                       .eps = 1e-5f, .stack = stack, .hidden = 64, .llm_hidden = 128};
+  speech_config_t c = {.n_mels = 80,
+                       .d_model = 32,
+                       .n_layers = 1,
+                       .n_heads = 4,
+                       .ffn = 64,
+                       .max_positions = 256,
+                       .eps = 1e-5f,
+                       .stack = stack,
+                       .hidden = 64,
+                       .llm_hidden = 128};
   f->sp = speech_new(tgpu(), &c, 5, &err);
   cr_assert(f->sp, "%s", err.msg);
   f->s = slm_new(f->sp, f->llm, f->tok, f->tmpl, &err);
@@ -128,8 +136,11 @@ static void train_two(bool lora) {
   cr_assert_eq(T[0], 60);
   slm_example_t ex[2] = {{feats[0], T[0], "Transcribe the audio.", "In the beginning God created the heaven."},
                          {feats[1], T[1], "Transcribe the audio.", "Jesus wept."}};
-  train_opts_t o = lora ? (train_opts_t){.what = TRAIN_LORA, .lora_rank = 4, .lora_alpha = 8,
-                                         .lora_targets = TRAIN_LORA_Q | TRAIN_LORA_V, .seed = 1}
+  train_opts_t o = lora ? (train_opts_t){.what = TRAIN_LORA,
+                                         .lora_rank = 4,
+                                         .lora_alpha = 8,
+                                         .lora_targets = TRAIN_LORA_Q | TRAIN_LORA_V,
+                                         .seed = 1}
                         : (train_opts_t){.what = TRAIN_INPUTS};
   train_t *t = train_new(f.llm, &o, &err);
   cr_assert(t, "%s", err.msg);
