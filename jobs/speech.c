@@ -46,8 +46,10 @@ static lt_status_t sjob_open(job_ctx_t *ctx, sjob_t *j, const char *speech, lt_e
     speech_config_t conn = {0};
     if (!(j->sp = speech_load(model_gpu(j->llm), speech, &conn, 1, err))) return err->code;
     if (!speech_config(j->sp)->llm_hidden)
-      return lt_fail(err, LT_E_INVALID, "%s: a speech model without a connector (a Whisper checkpoint?): train one "
-                                        "with speech-train first", speech);
+      return lt_fail(err, LT_E_INVALID,
+                     "%s: a speech model without a connector (a Whisper checkpoint?): train one "
+                     "with speech-train first",
+                     speech);
     if (!(j->s = slm_new(j->sp, j->llm, j->tok, j->tmpl, err))) return err->code;
   }
   return LT_OK;
@@ -175,7 +177,8 @@ static lt_status_t self_powered(sjob_t *j, const srow_t *rows, size_t n_rows, co
   for (size_t i = 0; st == LT_OK && i < n_rows; i++)
     for (size_t k = 0; st == LT_OK && k < per; k++) {
       const char *in = k == 0 && rows[i].instruction ? rows[i].instruction
-                                                       : pool->n ? pool->v[sg_pick(i, k, per, pool->n)] : NULL;
+                       : pool->n                     ? pool->v[sg_pick(i, k, per, pool->n)]
+                                                     : NULL;
       if (!in) continue;
       ins[np] = in, row_of[np] = i;
       st = slm_prompt_text(j->s, in, rows[i].text, &p[np], err);
@@ -249,8 +252,9 @@ job_outcome_t run_speech_train(job_ctx_t *ctx, lt_err_t *err) {
   const char *enc = job_param_str(ctx, "train_encoder");
   bool train_enc = !strcmp(enc, "yes") || (!strcmp(enc, "auto") && !selfp);
   speech_set_trainable(j.sp, train_enc, true);
-  job_log(ctx, "speech model: %s, %u blocks of width %u, %u heads; connector: %u frames per row into %u dimensions; "
-               "stage %s, training the %s",
+  job_log(ctx,
+          "speech model: %s, %u blocks of width %u, %u heads; connector: %u frames per row into %u dimensions; "
+          "stage %s, training the %s",
           *speech ? speech : "new", sc->n_layers, sc->d_model, sc->n_heads, sc->stack, sc->llm_hidden, stage,
           train_enc ? "encoder and connector" : "connector");
   if (rows_load(&j, job_param_str(ctx, "data"), (uint64_t)job_param_int(ctx, "max_rows"),
@@ -268,8 +272,9 @@ job_outcome_t run_speech_train(job_ctx_t *ctx, lt_err_t *err) {
     bool own = false;
     for (size_t i = 0; i < n_rows; i++) own |= rows[i].instruction != NULL;
     if (!pool.n && !own) {
-      lt_fail(err, LT_E_INVALID, "stage self-powered needs instructions: --instruction, --instructions, or rows with "
-                                 "their own \"instruction\"");
+      lt_fail(err, LT_E_INVALID,
+              "stage self-powered needs instructions: --instruction, --instructions, or rows with "
+              "their own \"instruction\"");
       goto done;
     }
     if (self_powered(&j, rows, n_rows, &pool, ex, &n_ex, targets, &dropped, err) != LT_OK) goto done;
@@ -306,8 +311,7 @@ job_outcome_t run_speech_train(job_ctx_t *ctx, lt_err_t *err) {
   }
   n_ex = kept;
   if (too_long)
-    job_log(ctx, "%zu examples left out: longer than the LLM's context window (%u tokens)", too_long,
-            slm_window(j.s));
+    job_log(ctx, "%zu examples left out: longer than the LLM's context window (%u tokens)", too_long, slm_window(j.s));
   job_result_int(ctx, "too_long", (int64_t)too_long);
   if (n_ex == 0) {
     lt_fail(err, LT_E_INVALID, "no training example: every LLM answer was dropped or too long");
@@ -552,14 +556,13 @@ job_outcome_t speech_generate(job_ctx_t *ctx, lt_err_t *err) {
   const char *audio = job_param_str(ctx, "audio");
   if (slm_features(j.s, audio, 0, &feats, &T, err) != LT_OK) goto done;
   if (slm_speech_rows(j.s, feats, T, &rows, &nr, err) != LT_OK) goto done;
-  job_log(ctx, "%s: %.2f s of audio, %u frames, %u rows of speech into the LLM; answering greedily", audio,
-          T * 0.01, T, nr);
+  job_log(ctx, "%s: %.2f s of audio, %u frames, %u rows of speech into the LLM; answering greedily", audio, T * 0.01, T,
+          nr);
   for (size_t i = 0; i < n; i++) {
     pr[i] = rows;
     if (slm_prompt_speech(j.s, job_param_list_at(ctx, "prompt", i), nr, NULL, &p[i], err) != LT_OK) goto done;
   }
-  if (answer_all(&j, p, pr, n, 8, (uint32_t)job_param_int(ctx, "max_tokens"), ans, "prompts", err) != LT_OK)
-    goto done;
+  if (answer_all(&j, p, pr, n, 8, (uint32_t)job_param_int(ctx, "max_tokens"), ans, "prompts", err) != LT_OK) goto done;
   for (size_t i = 0; i < n; i++) {
     const char *prompt = job_param_list_at(ctx, "prompt", i);
     job_text(ctx, (uint32_t)i, prompt, ans[i], strlen(ans[i]), true);

@@ -9,13 +9,13 @@ pkgs=(
   glslc libshaderc-dev glslang-dev spirv-tools
   libzmq3-dev libmsgpack-dev libsqlite3-dev sqlite3 libcriterion-dev
   libjansson-dev libpcre2-dev libopenblas-dev clang-format git
-  libsndfile1-dev libsamplerate0-dev
+  libsndfile1-dev libsamplerate0-dev espeak-ng
   python3 python3-zmq python3-msgpack
 )
-# Extra packages for tools/ (fixtures, the PyTorch reference, training the embedded models on the KJV text,
-# synthesising the speech demo):
+# espeak-ng speaks the held-out verses the speech demo's test and `make demo` transcribe (tests and tools only).
+# Extra packages for tools/ (fixtures, the PyTorch reference, training the embedded models on the KJV text):
 # opt in with LATHE_TOOLS_DEPS=1.
-if [ "${LATHE_TOOLS_DEPS:-0}" = 1 ]; then pkgs+=(python3-numpy python3-torch bible-kjv bible-kjv-text espeak-ng); fi
+if [ "${LATHE_TOOLS_DEPS:-0}" = 1 ]; then pkgs+=(python3-numpy python3-torch bible-kjv bible-kjv-text); fi
 # A one-node Slurm cluster for the Slurm executor's test (tests/slurm/test_slurm.sh): opt in with LATHE_SLURM_DEPS=1
 # (.ci/run does).
 if [ "${LATHE_SLURM_DEPS:-0}" = 1 ]; then pkgs+=(slurmctld slurmd slurm-client munge); fi

@@ -25,11 +25,13 @@ Usage: speech_ref.py OUT_DIR    writes config.json, model.safetensors (random we
 import json
 import math
 import os
-import struct
 import sys
 
 import torch
 import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from logmel_ref import write_safetensors  # noqa: E402  (float32 from numpy arrays)
 
 torch.set_default_dtype(torch.float64)
 
@@ -113,19 +115,6 @@ def forward(cfg, w, x):
     return enc, F.linear(z, w["connector.proj2.weight"], w["connector.proj2.bias"])
 
 
-def write_safetensors(path, tensors):
-    header, blobs, off = {"__metadata__": {"format": "pt"}}, [], 0
-    for name, t in tensors.items():
-        raw = t.detach().to(torch.float32).contiguous().numpy().tobytes()
-        header[name] = {"dtype": "F32", "shape": list(t.shape), "data_offsets": [off, off + len(raw)]}
-        blobs.append(raw)
-        off += len(raw)
-    h = json.dumps(header, separators=(",", ":")).encode()
-    h += b" " * (-len(h) % 8)
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(h)) + h + b"".join(blobs))
-
-
 def main():
     if len(sys.argv) != 2:
         sys.exit(__doc__)
@@ -143,12 +132,12 @@ def main():
     with open(os.path.join(out, "config.json"), "w") as f:
         json.dump(CFG, f, indent=2)
         f.write("\n")
-    write_safetensors(os.path.join(out, "model.safetensors"), w)
+    write_safetensors(os.path.join(out, "model.safetensors"), {k: v.numpy() for k, v in w.items()})
     ref = {"x": x, "r": r, "enc": enc, "out": o}
     for k, p in params.items():
         if p.grad is not None:
             ref["grad." + k] = p.grad
-    write_safetensors(os.path.join(out, "ref.safetensors"), ref)
+    write_safetensors(os.path.join(out, "ref.safetensors"), {k: v.detach().numpy() for k, v in ref.items()})
     print(f"{out}: T {T} -> encoder {tuple(enc.shape)} -> connector {tuple(o.shape)}; "
           f"{sum(v.numel() for v in w.values())} weights")
 

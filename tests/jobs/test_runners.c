@@ -14,27 +14,11 @@
 #include "engine/model/model_tok.h"
 #include "jobs/job_local.h"
 #include "support/tgpu.h"
+#include "jobs/tjobs.h"
 
 #define TINY LATHE_SOURCE_DIR "/tests/fixtures/llama-tiny"
 
 TestSuite(runners, .init = tgpu_setup, .fini = tgpu_teardown);
-
-/* The data map of the first event of type `type`, or NULL. */
-static const msgpack_object *first_event(const job_local_t *l, const char *type) {
-  for (size_t i = 0; i < job_local_event_count(l); i++) {
-    const msgpack_object *e = job_local_event(l, i);
-    if (mp_str_is(mp_get(e, "type"), type)) return mp_get(e, "data");
-  }
-  return NULL;
-}
-
-static double num(const msgpack_object *o) {
-  cr_assert(o);
-  if (o->type == MSGPACK_OBJECT_FLOAT64 || o->type == MSGPACK_OBJECT_FLOAT32) return o->via.f64;
-  int64_t i = 0;
-  cr_assert(mp_as_int(o, &i));
-  return (double)i;
-}
 
 static char dir[] = "/tmp/lathe-runners-XXXXXX";
 
@@ -58,7 +42,7 @@ Test(runners, generate_writes_stray_bytes_as_replacement_characters) {
                       "ignore_eos",  "true"};
   lt_err_t err = {0};
   cr_assert_eq(job_local_run(l, "generate", kv, 5, &err), JOB_SUCCEEDED, "%s", err.msg);
-  const msgpack_object *out = first_event(l, "output");
+  const msgpack_object *out = tjobs_first_event(l, "output");
   cr_assert(out, "no output record");
   char text[1024] = "";
   cr_assert(mp_str_copy(mp_get(out, "text"), text, sizeof text));
@@ -75,7 +59,7 @@ Test(runners, generate_matches_the_reference_greedy_tokens) {
                       "max_tokens", "8",  "temperature", "0"};
   lt_err_t err = {0};
   cr_assert_eq(job_local_run(l, "generate", kv, 4, &err), JOB_SUCCEEDED, "%s", err.msg);
-  const msgpack_object *out = first_event(l, "output");
+  const msgpack_object *out = tjobs_first_event(l, "output");
   cr_assert(out, "no output record");
   const msgpack_object *toks = mp_get(out, "tokens");
   json_t *want = json_object_get(ref, "greedy_tokens");
@@ -103,7 +87,7 @@ Test(runners, score_equals_the_engine_and_bad_parameters_are_refused) {
   lt_err_t err = {0};
   cr_assert_eq(job_local_run(l, "score", kv, 2, &err), JOB_SUCCEEDED, "%s", err.msg);
   const msgpack_object *res = job_local_result(l);
-  double nll = num(mp_get(res, "nll"));
+  double nll = tjobs_num(mp_get(res, "nll"));
   /* The same rows scored by the engine directly: mean of -log p over every token after the first. */
   tok_t *tok = model_tokenizer_open(TINY, &err);
   model_t *m = model_load(tgpu(), TINY, NULL, &err);
@@ -146,7 +130,7 @@ Test(runners, export_writes_a_gguf_that_loads) {
   const char *kv[] = {"model", TINY, "output", out};
   lt_err_t err = {0};
   cr_assert_eq(job_local_run(l, "export", kv, 2, &err), JOB_SUCCEEDED, "%s", err.msg);
-  cr_assert_gt(num(mp_get(job_local_result(l), "bytes")), 100000);
+  cr_assert_gt(tjobs_num(mp_get(job_local_result(l), "bytes")), 100000);
   job_local_destroy(&l);
   model_t *a = model_load(tgpu(), TINY, NULL, &err), *b = model_load(tgpu(), out, NULL, &err);
   cr_assert(a && b, "%s", err.msg);
@@ -182,13 +166,13 @@ Test(runners, flatten_graph_in_process) {
   const char *kv[] = {"input", g};
   lt_err_t err = {0};
   cr_assert_eq(job_local_run(l, "flatten-graph", kv, 1, &err), JOB_SUCCEEDED, "%s", err.msg);
-  const msgpack_object *out = first_event(l, "output");
+  const msgpack_object *out = tjobs_first_event(l, "output");
   cr_assert(out);
   /* The cycle d -> a is cut; a reaches d by two paths, merged on their shared prefix. */
   cr_assert(mp_str_is(mp_get(out, "text"), "a -> [b -> d, c -> d]\n"));
   const msgpack_object *paths = mp_get(out, "paths");
   cr_assert(paths && paths->type == MSGPACK_OBJECT_ARRAY && paths->via.array.size == 2);
-  cr_assert_eq(num(mp_get(job_local_result(l), "back_edges")), 1);
+  cr_assert_eq(tjobs_num(mp_get(job_local_result(l), "back_edges")), 1);
   job_local_destroy(&l);
 }
 
@@ -222,7 +206,7 @@ Test(runners, distill_kid_with_full_training_runs_in_process) {
   lt_err_t err = {0};
   cr_assert_eq(job_local_run(l, "distill", kv, sizeof kv / sizeof kv[0] / 2, &err), JOB_SUCCEEDED, "%s", err.msg);
   const msgpack_object *r = job_local_result(l);
-  cr_assert(num(mp_get(r, "teacher_eval_loss")) > 0);
-  cr_assert(num(mp_get(r, "eval_ppl")) > 1);
+  cr_assert(tjobs_num(mp_get(r, "teacher_eval_loss")) > 0);
+  cr_assert(tjobs_num(mp_get(r, "eval_ppl")) > 1);
   job_local_destroy(&l);
 }

@@ -12,6 +12,7 @@
 #include "jobs/job_local.h"
 #include "support/tdata.h"
 #include "support/tgpu.h"
+#include "jobs/tjobs.h"
 
 #define KJV LATHE_SOURCE_DIR "/models/lathe-kjv-llama"
 
@@ -19,28 +20,6 @@ TestSuite(speech_jobs, .init = tgpu_setup, .fini = tgpu_teardown);
 
 /* Runs kind with the (key, value) pairs of array kv. */
 #define RUN(l, kind, kv, err) job_local_run(l, kind, kv, sizeof kv / sizeof kv[0] / 2, err)
-
-static const msgpack_object *first_event(const job_local_t *l, const char *type) {
-  for (size_t i = 0; i < job_local_event_count(l); i++) {
-    const msgpack_object *e = job_local_event(l, i);
-    if (mp_str_is(mp_get(e, "type"), type)) return mp_get(e, "data");
-  }
-  return NULL;
-}
-
-static size_t count_events(const job_local_t *l, const char *type) {
-  size_t n = 0;
-  for (size_t i = 0; i < job_local_event_count(l); i++) n += mp_str_is(mp_get(job_local_event(l, i), "type"), type);
-  return n;
-}
-
-static double num(const msgpack_object *o) {
-  cr_assert(o);
-  if (o->type == MSGPACK_OBJECT_FLOAT64 || o->type == MSGPACK_OBJECT_FLOAT32) return o->via.f64;
-  int64_t i = 0;
-  cr_assert(mp_as_int(o, &i));
-  return (double)i;
-}
 
 static size_t lines_in(const char *path) {
   FILE *f = fopen(path, "r");
@@ -81,58 +60,65 @@ Test(speech_jobs, train_both_stages_evaluate_and_answer_from_audio) {
   job_local_t *l = job_local_new(tgpu(), tdata_dir(), NULL);
   cr_assert(l);
   lt_err_t err = {0};
-  const char *asr[] = {"model", KJV,   "data",  data, "output", out1,  "steps",   "3",  "batch", "2",
-                       "d_model", "32", "layers", "1", "heads", "4", "ffn", "64", "hidden", "64",
-                       "max_positions", "100", "warmup", "1"};
+  const char *asr[] = {"model", KJV,  "data",    data, "output",        out1,  "steps",  "3",
+                       "batch", "2",  "d_model", "32", "layers",        "1",   "heads",  "4",
+                       "ffn",   "64", "hidden",  "64", "max_positions", "100", "warmup", "1"};
   cr_assert_eq(RUN(l, "speech-train", asr, &err), JOB_SUCCEEDED, "%s", err.msg);
   const msgpack_object *res = job_local_result(l);
-  cr_assert_eq(num(mp_get(res, "steps")), 3);
-  cr_assert_eq(num(mp_get(res, "examples")), 3);
-  cr_assert(isfinite(num(mp_get(res, "final_loss"))) && num(mp_get(res, "final_loss")) > 0);
+  cr_assert_eq(tjobs_num(mp_get(res, "steps")), 3);
+  cr_assert_eq(tjobs_num(mp_get(res, "examples")), 3);
+  cr_assert(isfinite(tjobs_num(mp_get(res, "final_loss"))) && tjobs_num(mp_get(res, "final_loss")) > 0);
   snprintf(path, sizeof path, "%s/speech-log.jsonl", out1);
   cr_assert_eq(lines_in(path), 3);
   snprintf(path, sizeof path, "%s/targets.jsonl", out1);
   cr_assert_eq(lines_in(path), 3, "asr: the transcripts are the targets");
   snprintf(path, sizeof path, "%s/speech/model.safetensors", out1);
   cr_assert_eq(access(path, R_OK), 0, "no speech model written");
-  cr_assert_eq(count_events(l, "metric"), 3);
+  cr_assert_eq(tjobs_count_events(l, "metric"), 3);
   /* Stage self-powered from it, with LoRA on the LLM: the LLM's answers become targets. */
   char sp_from[1100];
   snprintf(sp_from, sizeof sp_from, "%s/speech", out1);
-  const char *sp[] = {"model", KJV, "data", data, "output", out2, "stage", "self-powered", "speech", sp_from,
-                      "instruction", "Continue the verse.", "steps", "2", "batch", "2", "lora", "true",
-                      "warmup", "0"};
+  const char *sp[] = {"model",  KJV,     "data",        data,
+                      "output", out2,    "stage",       "self-powered",
+                      "speech", sp_from, "instruction", "Continue the verse.",
+                      "steps",  "2",     "batch",       "2",
+                      "lora",   "true",  "warmup",      "0"};
   cr_assert_eq(RUN(l, "speech-train", sp, &err), JOB_SUCCEEDED, "%s", err.msg);
   res = job_local_result(l);
   snprintf(path, sizeof path, "%s/targets.jsonl", out2);
   cr_assert_eq(lines_in(path), 3, "one LLM answer per row");
-  cr_assert_eq(num(mp_get(res, "examples")) + num(mp_get(res, "dropped")), 6, "3 answers (kept or not) + 3 asr rows");
+  cr_assert_eq(tjobs_num(mp_get(res, "examples")) + tjobs_num(mp_get(res, "dropped")), 6,
+               "3 answers (kept or not) + 3 asr rows");
   snprintf(path, sizeof path, "%s/adapter/adapter_config.json", out2);
   cr_assert_eq(access(path, R_OK), 0, "no LoRA adapter written");
   /* speech-eval: transcription and instruction prompts, with the adapter. */
   char adapter[1100], speech2[1100];
   snprintf(adapter, sizeof adapter, "%s/adapter", out2);
   snprintf(speech2, sizeof speech2, "%s/speech", out2);
-  const char *ev[] = {"model", KJV, "speech", speech2, "data", data, "adapter", adapter, "instruction", "Keep going.",
-                      "max_tokens", "12"};
+  const char *ev[] = {"model",   KJV,     "speech",      speech2,       "data",       data,
+                      "adapter", adapter, "instruction", "Keep going.", "max_tokens", "12"};
   cr_assert_eq(RUN(l, "speech-eval", ev, &err), JOB_SUCCEEDED, "%s", err.msg);
   res = job_local_result(l);
-  cr_assert_eq(count_events(l, "output"), 6, "two prompts per row");
-  cr_assert_eq(num(mp_get(res, "rows")), 3);
-  cr_assert_eq(num(mp_get(res, "words")), 2 + 7 + 7);
-  double f = num(mp_get(res, "follow_share")), t = num(mp_get(res, "transcribe_share")),
-         n = num(mp_get(res, "neither_share"));
+  cr_assert_eq(tjobs_count_events(l, "output"), 6, "two prompts per row");
+  cr_assert_eq(tjobs_num(mp_get(res, "rows")), 3);
+  cr_assert_eq(tjobs_num(mp_get(res, "words")), 2 + 7 + 7);
+  double f = tjobs_num(mp_get(res, "follow_share")), t = tjobs_num(mp_get(res, "transcribe_share")),
+         n = tjobs_num(mp_get(res, "neither_share"));
   cr_assert(fabs(f + t + n - 1) < 1e-9, "shares %g + %g + %g", f, t, n);
-  cr_assert_geq(num(mp_get(res, "wer")), 0);
+  cr_assert_geq(tjobs_num(mp_get(res, "wer")), 0);
   /* generate --audio. */
   char wav[1100];
   snprintf(wav, sizeof wav, "%s/a.wav", tdata_dir());
-  const char *g[] = {"model", KJV, "speech", speech2, "audio", wav, "prompt", "Transcribe the audio.",
-                     "prompt", "Continue the verse.", "max_tokens", "8"};
+  const char *g[] = {"model",      KJV,
+                     "speech",     speech2,
+                     "audio",      wav,
+                     "prompt",     "Transcribe the audio.",
+                     "prompt",     "Continue the verse.",
+                     "max_tokens", "8"};
   cr_assert_eq(RUN(l, "generate", g, &err), JOB_SUCCEEDED, "%s", err.msg);
-  cr_assert_eq(count_events(l, "output"), 2);
-  const msgpack_object *o = first_event(l, "output");
-  cr_assert_eq(num(mp_get(o, "speech_rows")), 7, "0.5 s: 50 frames, 25 positions, 7 rows of 4");
+  cr_assert_eq(tjobs_count_events(l, "output"), 2);
+  const msgpack_object *o = tjobs_first_event(l, "output");
+  cr_assert_eq(tjobs_num(mp_get(o, "speech_rows")), 7, "0.5 s: 50 frames, 25 positions, 7 rows of 4");
   job_local_destroy(&l);
   tdata_cleanup();
 }
@@ -147,8 +133,7 @@ Test(speech_jobs, bad_input_is_named) {
     const char *rows, *needle;
   } cases[] = {
       {"{\"audio\": \"a.wav\"}\n", "train.jsonl:1: a row needs \"audio\" (a file) and \"text\""},
-      {"{\"audio\": \"a.wav\", \"text\": \"x\"}\n{\"audio\": \"gone.wav\", \"text\": \"y\"}\n",
-       "train.jsonl:2: audio"},
+      {"{\"audio\": \"a.wav\", \"text\": \"x\"}\n{\"audio\": \"gone.wav\", \"text\": \"y\"}\n", "train.jsonl:2: audio"},
       {"{\"audio\": \"empty.wav\", \"text\": \"x\"}\n", "the file is empty"},
   };
   tdata_file("empty.wav", "", 0);
