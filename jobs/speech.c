@@ -321,10 +321,19 @@ job_outcome_t run_speech_train(job_ctx_t *ctx, lt_err_t *err) {
   train_opts_t to = lora ? (train_opts_t){.what = TRAIN_LORA,
                                           .lora_rank = (uint32_t)job_param_int(ctx, "lora_rank"),
                                           .lora_alpha = 2.0f * (float)job_param_int(ctx, "lora_rank"),
-                                          .lora_targets = TRAIN_LORA_Q | TRAIN_LORA_V,
+                                          .lora_targets = TRAIN_LORA_Q | TRAIN_LORA_K | TRAIN_LORA_V | TRAIN_LORA_O,
                                           .seed = (uint64_t)job_param_int(ctx, "seed")}
                          : (train_opts_t){.what = TRAIN_INPUTS};
   if (!(t = train_new(j.llm, &to, err))) goto done;
+  const char *lora_from = job_param_str(ctx, "lora_from");
+  if (*lora_from && !lora) {
+    lt_fail(err, LT_E_INVALID, "--lora-from needs --lora");
+    goto done;
+  }
+  if (*lora_from) {
+    if (train_load_adapter(t, lora_from, err) != LT_OK) goto done;
+    job_log(ctx, "LoRA pairs from %s", lora_from);
+  }
   tune_opts_t sched = {.lr = job_param_float(ctx, "lr"),
                        .warmup = (uint32_t)job_param_int(ctx, "warmup"),
                        .steps = steps,
@@ -475,7 +484,11 @@ job_outcome_t run_speech_eval(job_ctx_t *ctx, lt_err_t *err) {
   lt_status_t st = tq && tix && tans ? LT_OK : lt_fail(err, LT_E_NOMEM, "out of memory");
   for (size_t i = 0; st == LT_OK && i < np; i++)
     if (tp[i].n) tq[nt] = tp[i], tix[nt++] = i;
+  /* The LLM's own answers come from the LLM as it is: without the job's adapter, as speech-train made them. */
+  const model_adapter_t *ad = model_get_adapter(j.llm);
+  model_set_adapter(j.llm, NULL);
   if (st == LT_OK) st = answer_all(&j, tq, none, nt, batch, max_tokens, tans, "LLM answers", err);
+  model_set_adapter(j.llm, ad);
   for (size_t k = 0; st == LT_OK && k < nt; k++) llm[tix[k]] = tans[k], tans[k] = NULL;
   free(tq), free(tix), free(tans);
   if (st != LT_OK) goto done;

@@ -51,5 +51,14 @@ lathe run distill --teacher "$root/models/lathe-kjv-moe" --student "$model" --da
   --eval "$demo/tune-eval.jsonl" --method atkd --train lora --lora-targets q,k,v,o --steps 10 --batch 8 \
   --seq-len 64 --lr 3e-3 --eval-every 5 --output "$demo/distill"
 echo
+speech="$root/models/lathe-kjv-speech"
+verse=$(/usr/bin/python3 -c 'import json,sys; print(json.loads(open(sys.argv[1]).readline())["text"])' \
+  "$speech/heldout.jsonl")
+echo "== lathe run generate --audio: a held-out verse spoken by espeak-ng, heard by the embedded speech model"
+echo "   (docs/speech.md): \"$verse\""
+espeak-ng -v en-us -s 165 -w "$demo/verse.wav" "$verse"
+lathe run generate --model "$model" --speech "$speech" --audio "$demo/verse.wav" --prompt "Transcribe the audio." \
+  --prompt "Continue the verse."
+echo
 echo "== lathe ps --all"
 lathe ps --all

@@ -6,7 +6,8 @@
 Verses of 5 to 14 words; training verses from the part of the text the embedded LLM was trained on, held-out ones
 from its held-out tail (tools/train_embedded.py's split). Each verse is spoken once, the voice and speed taken in
 turn from VOICES (so every voice is in both sets). Writes OUT_DIR/wav/*.wav (espeak-ng's 22,050 Hz 16-bit mono),
-OUT_DIR/train.jsonl and OUT_DIR/heldout.jsonl ({"audio": "wav/NAME.wav", "text": verse}), and the instruction
+OUT_DIR/train.jsonl and OUT_DIR/heldout.jsonl ({"audio": "wav/NAME.wav", "text": verse, "voice", "wpm", "pitch":
+espeak-ng's settings}), and the instruction
 pools OUT_DIR/instructions-train.txt and OUT_DIR/instructions-heldout.txt. Needs `bible` (bible-kjv) and
 espeak-ng (scripts/deps.sh with LATHE_TOOLS_DEPS=1). Deterministic: the same files on every run.
 """
@@ -42,7 +43,7 @@ def write_set(out, name, verses, start):
             voice, wpm, pitch = VOICES[(start + i) % len(VOICES)]
             wav = f"wav/{name}-{i:05d}.wav"
             speak(text, voice, wpm, pitch, os.path.join(out, wav))
-            f.write(json.dumps({"audio": wav, "text": text, "voice": voice, "wpm": wpm}) + "\n")
+            f.write(json.dumps({"audio": wav, "text": text, "voice": voice, "wpm": wpm, "pitch": pitch}) + "\n")
 
 
 def main():

@@ -169,6 +169,8 @@ void model_adapter_destroy(model_adapter_t **ap) {
 
 void model_set_adapter(model_t *m, const model_adapter_t *a) { m->adapter = a && a->m == m ? a : NULL; }
 
+const model_adapter_t *model_get_adapter(const model_t *m) { return m->adapter; }
+
 bool adapter_has_lora(const model_t *m, uint32_t l, int target) {
   const model_adapter_t *a = m->adapter;
   return a && a->lora && l < a->n_layers && a->A[l][target];

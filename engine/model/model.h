@@ -66,6 +66,9 @@ void model_adapter_destroy(model_adapter_t **a);
  * loaded for m and outlive its use. */
 void model_set_adapter(model_t *m, const model_adapter_t *a);
 
+/* The adapter forward passes of m apply now (NULL: none); owned by whoever loaded it. */
+const model_adapter_t *model_get_adapter(const model_t *m);
+
 /* Whether Q and K rotate in rotate-half pairs (Hugging Face layout) rather than interleaved pairs (GGUF). */
 bool model_rope_neox(const model_t *m);
 
