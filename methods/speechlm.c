@@ -313,6 +313,31 @@ lt_status_t slm_answer(slm_t *s, const slm_prompt_t *prompts, const float *const
   return st;
 }
 
+lt_status_t slm_target_nll(slm_t *s, const slm_prompt_t *prompts, const float *const *rows, uint32_t n, double *sum,
+                           uint64_t *count, lt_err_t *err) {
+  lt_status_t st = LT_OK;
+  for (uint32_t i = 0; i < n && st == LT_OK; i++) {
+    const slm_prompt_t *p = &prompts[i];
+    if (p->target_at >= p->n || p->n < 2) continue;
+    model_seq_t *q = model_seq_new(s->llm, p->n, err);
+    float *nll = malloc(p->n * sizeof *nll);
+    int32_t *tgt = malloc(p->n * sizeof *tgt);
+    if (!q || !nll || !tgt) st = err && err->code ? err->code : lt_fail(err, LT_E_NOMEM, "out of memory");
+    if (st == LT_OK) {
+      /* Row j predicts token j + 1: the targets are the prompt shifted by one. */
+      for (uint32_t j = 0; j < p->n; j++) tgt[j] = j + 1 < p->n ? p->ids[j + 1] : p->ids[j];
+      model_item_t it = {
+          .seq = q, .tokens = p->ids, .n_tokens = p->n - 1, .out = MODEL_OUT_NLL, .result = nll, .targets = tgt};
+      if (rows && rows[i] && p->n_speech) it.embeds = rows[i], it.embeds_at = p->speech_at, it.n_embeds = p->n_speech;
+      st = model_forward(s->llm, &it, 1, NULL, err);
+      for (uint32_t j = p->target_at - 1; st == LT_OK && j + 1 < p->n; j++) *sum += nll[j], (*count)++;
+    }
+    model_seq_destroy(&q);
+    free(nll), free(tgt);
+  }
+  return st;
+}
+
 /* ---- training ---- */
 
 uint32_t slm_window(const slm_t *s) {

@@ -60,6 +60,12 @@ void slm_prompt_free(slm_prompt_t *p);
 lt_status_t slm_answer(slm_t *s, const slm_prompt_t *prompts, const float *const *rows, uint32_t n, uint32_t max_tokens,
                        char **texts, lt_err_t *err);
 
+/* The negative log-likelihood of each prompt's target under the LLM as it runs now (its adapter included):
+ * prompts made with slm_prompt_speech() with a target, rows[i] their speech rows. Adds the sum over target tokens
+ * to *sum and their number to *count. */
+lt_status_t slm_target_nll(slm_t *s, const slm_prompt_t *prompts, const float *const *rows, uint32_t n, double *sum,
+                           uint64_t *count, lt_err_t *err);
+
 /* One training example: features, the instruction and the target text. */
 typedef struct slm_example {
   const float *feats;

@@ -152,6 +152,22 @@ static void train_two(bool lora) {
   }
   double before, after;
   cr_assert_eq(slm_eval_loss(f.s, t, ex, 2, &before, &err), LT_OK, "%s", err.msg);
+  /* The forward pass's NLL of the same targets (model_forward with the rows, the path speech-eval takes) equals the
+   * training state's loss, a mean over the same tokens, within f32 rounding of two implementations. */
+  if (!lora) {
+    slm_prompt_t p[2];
+    float *r[2];
+    uint32_t nr[2];
+    double sum = 0;
+    uint64_t cnt = 0;
+    for (int i = 0; i < 2; i++) {
+      cr_assert_eq(slm_speech_rows(f.s, ex[i].feats, ex[i].T, &r[i], &nr[i], &err), LT_OK, "%s", err.msg);
+      cr_assert_eq(slm_prompt_speech(f.s, ex[i].instruction, nr[i], ex[i].target, &p[i], &err), LT_OK, "%s", err.msg);
+    }
+    cr_assert_eq(slm_target_nll(f.s, p, (const float *const *)r, 2, &sum, &cnt, &err), LT_OK, "%s", err.msg);
+    cr_assert(fabs(sum / (double)cnt - before) < 1e-4, "forward NLL %.6f vs training loss %.6f", sum / cnt, before);
+    for (int i = 0; i < 2; i++) free(r[i]), slm_prompt_free(&p[i]);
+  }
   slm_step_info_t info;
   for (uint32_t step = 1; step <= 12; step++) {
     slm_step_opts_t so = {.lr = 2e-3f, .clip = 1.0f, .step = step};
