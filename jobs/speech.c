@@ -476,15 +476,21 @@ job_outcome_t run_speech_eval(job_ctx_t *ctx, lt_err_t *err) {
     }
   }
   if (answer_all(&j, p, pr, np, batch, max_tokens, ans, "answers", err) != LT_OK) goto done;
-  /* How likely the LLM finds each transcript after its speech: a measure that moves before the answers do. */
-  double nll_sum = 0;
-  uint64_t nll_count = 0;
+  /* How likely the LLM finds each transcript after its speech: a measure that moves before the answers do. The
+   * control puts the next row's speech before the same transcript: a model that hears finds its own speech's
+   * transcript likelier, and the gap between the two is what the speech tells it. */
+  double nll_sum = 0, other_sum = 0;
+  uint64_t nll_count = 0, other_count = 0;
   for (size_t i = 0; i < n_rows; i++) {
-    slm_prompt_t q;
-    if (slm_prompt_speech(j.s, asr, nsr[i], rows[i].text, &q, err) != LT_OK) goto done;
-    lt_status_t qs = slm_target_nll(j.s, &q, (const float *const *)&sr[i], 1, &nll_sum, &nll_count, err);
-    slm_prompt_free(&q);
-    if (qs != LT_OK) goto done;
+    for (int c = 0; c < (n_rows > 1 ? 2 : 1); c++) {
+      size_t o = c ? (i + 1) % n_rows : i;
+      slm_prompt_t q;
+      if (slm_prompt_speech(j.s, asr, nsr[o], rows[i].text, &q, err) != LT_OK) goto done;
+      lt_status_t qs = slm_target_nll(j.s, &q, (const float *const *)&sr[o], 1, c ? &other_sum : &nll_sum,
+                                      c ? &other_count : &nll_count, err);
+      slm_prompt_free(&q);
+      if (qs != LT_OK) goto done;
+    }
   }
   /* The LLM's own answers from the transcripts, for the instruction prompts. */
   size_t nt = 0;
@@ -542,6 +548,12 @@ job_outcome_t run_speech_eval(job_ctx_t *ctx, lt_err_t *err) {
   job_result_float(ctx, "transcript_nll", nll_count ? nll_sum / (double)nll_count : 0);
   job_log(ctx, "transcripts after their speech: %.4f nats per token over %llu tokens",
           nll_count ? nll_sum / (double)nll_count : 0, (unsigned long long)nll_count);
+  if (other_count) {
+    double other = other_sum / (double)other_count, gain = other - nll_sum / (double)nll_count;
+    job_result_float(ctx, "transcript_nll_other_speech", other);
+    job_result_float(ctx, "listening_gain", gain);
+    job_log(ctx, "after another row's speech: %.4f nats per token; listening gain %.4f", other, gain);
+  }
   if (n_ins) {
     job_log(ctx, "instruction prompts: %llu; follow %.3f, transcribe %.3f, neither %.3f", (unsigned long long)n_ins,
             (double)follow / n_ins, (double)transcribe / n_ins, (double)neither / n_ins);
