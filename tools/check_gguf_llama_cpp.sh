@@ -35,6 +35,7 @@ cases=(
   "qwen2-tiny|export $fx/qwen2-tiny|the lord said unto moses"
   "phi3-tiny|export $work/p3-tiny|the lord said unto moses"
   "mixtral-tiny|export $fx/mixtral-tiny|the lord said unto moses"
+  "gemma2-26|export $work/gemma2-26|the lord said unto moses"
   "llama-tiny Q8_0|quantize 8 $fx/llama-tiny|the lord said unto moses"
   "llama-tiny Q4_0|quantize 4 $fx/llama-tiny|the lord said unto moses"
   "kquant-tiny|file $fx/qblock/kquant-tiny.gguf|Once upon a time"
@@ -43,6 +44,51 @@ cases=(
 # llama.cpp looks up </s>, <unk> and <s> in every model whose name says phi3 (to set their attributes); the toy
 # vocabulary of the Phi-3 fixture has none of them, so it goes in under a name that does not.
 cp -r "$fx/phi3-tiny" "$work/p3-tiny"
+# This llama.cpp runs gemma2 only with the block counts of Gemma 2's 2B, 9B and 27B models (26, 42, 46) and takes
+# the query scale from the shape: gemma2-tiny's two blocks become 26 (block l from block l % 2 with seeded noise,
+# so the sliding and global blocks keep their order) and its query_pre_attn_scalar the head size.
+/usr/bin/python3 - "$fx/gemma2-tiny" "$work/gemma2-26" <<'PY'
+import json, os, shutil, struct, sys
+import numpy as np
+src, dst = sys.argv[1], sys.argv[2]
+os.makedirs(dst)
+for f in ("tokenizer.json", "tokenizer_config.json", "generation_config.json"):
+    shutil.copy(os.path.join(src, f), dst)
+cfg = json.load(open(os.path.join(src, "config.json")))
+cfg["num_hidden_layers"], cfg["query_pre_attn_scalar"] = 26, cfg["head_dim"]
+json.dump(cfg, open(os.path.join(dst, "config.json"), "w"), indent=2)
+raw = open(os.path.join(src, "model.safetensors"), "rb").read()
+n = struct.unpack("<Q", raw[:8])[0]
+head = json.loads(raw[8:8 + n])
+head.pop("__metadata__", None)
+def get(name):
+    e = head[name]
+    assert e["dtype"] == "F32"
+    a, b = e["data_offsets"]
+    return np.frombuffer(raw[8 + n + a:8 + n + b], dtype=np.float32).reshape(e["shape"])
+rng = np.random.default_rng(26)
+out = {}
+for name in head:
+    if not name.startswith("model.layers."):
+        out[name] = get(name)
+        continue
+    layer, rest = name[len("model.layers."):].split(".", 1)
+    if int(layer) > 1:
+        continue
+    for l in range(int(layer), 26, 2):
+        w = get(name)
+        out[f"model.layers.{l}.{rest}"] = (w + rng.normal(0, 0.02, w.shape) * (l > 1)).astype(np.float32)
+meta, off, blobs = {}, 0, []
+for name, a in out.items():
+    b = np.ascontiguousarray(a).tobytes()
+    meta[name] = {"dtype": "F32", "shape": list(a.shape), "data_offsets": [off, off + len(b)]}
+    off += len(b)
+    blobs.append(b)
+h = json.dumps(meta).encode()
+h += b" " * (-len(h) % 8)
+with open(os.path.join(dst, "model.safetensors"), "wb") as f:
+    f.write(struct.pack("<Q", len(h)) + h + b"".join(blobs))
+PY
 # Calibration text for compress (quantisation reads no statistics from it, but the job takes a data file).
 /usr/bin/python3 -c '
 import json, random

@@ -2,6 +2,7 @@
 #include "engine/model/gguf_write.h"
 
 #include <jansson.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -156,7 +157,12 @@ static lt_status_t tensor_out(otensor_t *o, const model_file_t *f, const model_c
     o->type = T_F32, o->n_dims = 1, o->ne[0] = t->shape[0];
     o->nbytes = t->n_elems * 4;
     if (!(o->data = malloc(o->nbytes))) return lt_fail(err, LT_E_NOMEM, "out of memory for %s", o->name);
-    return ft_tensor_to_f32(t, (float *)o->data, err);
+    lt_status_t st = ft_tensor_to_f32(t, (float *)o->data, err);
+    bool norm = e->role == MR_OUT_NORM || e->role == MR_ATTN_NORM || e->role == MR_FFN_NORM ||
+                e->role == MR_POST_ATTN_NORM || e->role == MR_POST_FFN_NORM;
+    if (st == LT_OK && norm && c->norm_plus_one) /* Gemma's offsets from 1: llama.cpp's gemma2 holds 1 + w */
+      for (uint64_t i = 0; i < t->n_elems; i++) ((float *)o->data)[i] += 1.0f;
+    return st;
   }
   uint64_t rows = t->shape[0];
   o->n_dims = 2;
@@ -431,25 +437,36 @@ lt_status_t model_export_gguf(const char *src, const char *out_path, lt_err_t *e
   otensor_t *ts = NULL;
   uint32_t nt = 0;
   util_out_t out = {0};
-  /* Phi-3 goes out as llama.cpp's phi3 (fused tensors, a window key); a Mistral as llama, which has no window. */
-  const char *arch = c->arch == MODEL_ARCH_QWEN2 ? "qwen2" : c->arch == MODEL_ARCH_PHI3 ? "phi3" : "llama";
-  bool phi3 = c->arch == MODEL_ARCH_PHI3;
+  /* Phi-3 goes out as llama.cpp's phi3 (fused tensors, a window key); a Mistral as llama, which has no window;
+   * Gemma 2 as gemma2 (a window key, sliding blocks first then every other one). */
+  bool phi3 = c->arch == MODEL_ARCH_PHI3, gemma2 = c->arch == MODEL_ARCH_GEMMA2;
+  const char *arch = c->arch == MODEL_ARCH_QWEN2 ? "qwen2" : phi3 ? "phi3" : gemma2 ? "gemma2" : "llama";
   if (w->format != MODEL_FORMAT_HF) {
     st = lt_fail(err, LT_E_UNSUPPORTED, "%s: GGUF output is written from Hugging Face folders", src);
     goto done;
   }
-  bool has_window = false;
+  bool has_window = false, gemma2_order = true;
   for (uint32_t l = 0; l < c->n_layers; l++) has_window |= model_config_window(c, l) != c->sliding_window;
   has_window |= c->sliding_window && !phi3; /* phi3 holds one window for every block */
+  for (uint32_t l = 0; l < c->n_layers; l++) gemma2_order &= c->layer_full[l] == (l % 2 == 1);
+  /* llama.cpp's gemma2 has no key for the query scale: it takes 1/sqrt(head_dim), or 1/sqrt(hidden / heads) for the
+   * 46-block model. */
+  float g2_scale = 1.0f / sqrtf((float)(c->n_layers == 46 ? c->hidden_size / c->n_heads : c->head_dim));
+  if (gemma2) has_window = false;
   bool uneven = false;
   for (uint32_t l = 0; l < c->n_layers; l++) uneven |= model_config_experts(c, l) != c->n_experts;
-  const char *why = uneven                         ? "experts dropped unevenly across blocks"
-                    : c->arch == MODEL_ARCH_GEMMA2 ? "Gemma 2"
-                    : c->rope_scaling.type         ? "RoPE scaling"
-                    : has_window                   ? "a sliding window (llama.cpp's llama has none)"
-                    : c->rope_dim != c->head_dim   ? "partial RoPE"
-                    : c->head_dim % 2              ? "an odd head size"
-                                                   : NULL;
+  const char *why = uneven                    ? "experts dropped unevenly across blocks"
+                    : gemma2 && !gemma2_order ? "Gemma 2 with other than a sliding block then a global one in turn"
+                    : gemma2 && fabsf(model_config_attn_scale(c) - g2_scale) > 1e-6f * g2_scale
+                        ? "Gemma 2 with a query_pre_attn_scalar other than head_dim (llama.cpp's gemma2 has no key for "
+                          "it)"
+                    : gemma2 && !c->tie_word_embeddings ? "Gemma 2 with an output head of its own"
+                    : gemma2 && (!(c->attn_softcap > 0) || !(c->final_softcap > 0)) ? "Gemma 2 without soft-capping"
+                    : c->rope_scaling.type                                          ? "RoPE scaling"
+                    : has_window                 ? "a sliding window (llama.cpp's llama has none)"
+                    : c->rope_dim != c->head_dim ? "partial RoPE"
+                    : c->head_dim % 2            ? "an odd head size"
+                                                 : NULL;
   for (uint32_t l = 0; !why && l < c->n_layers; l++)
     if (c->ffn_dropped[l]) why = "a block without its feed-forward sub-layer";
   if (why) {
@@ -474,6 +491,11 @@ lt_status_t model_export_gguf(const char *src, const char *out_path, lt_err_t *e
   KV_U32("rope.dimension_count", c->rope_dim);
   KV_U32("vocab_size", c->vocab_size);
   if (phi3 && c->sliding_window) KV_U32("attention.sliding_window", c->sliding_window);
+  if (gemma2) { /* no window: one as long as the context */
+    KV_U32("attention.sliding_window", c->sliding_window ? c->sliding_window : c->max_position);
+    KV_F32("attn_logit_softcapping", c->attn_softcap);
+    KV_F32("final_logit_softcapping", c->final_softcap);
+  }
   if (c->n_experts) {
     KV_U32("expert_count", c->n_experts);
     KV_U32("expert_used_count", c->n_experts_used);
@@ -491,7 +513,7 @@ lt_status_t model_export_gguf(const char *src, const char *out_path, lt_err_t *e
     goto done;
   }
   for (uint32_t i = 0; i < w->n_tensors && st == LT_OK; i++, nt++)
-    st = tensor_out(&ts[nt], f, c, &w->tensors[i], c->arch != MODEL_ARCH_QWEN2 && !phi3, err);
+    st = tensor_out(&ts[nt], f, c, &w->tensors[i], c->arch != MODEL_ARCH_QWEN2 && !phi3 && !gemma2, err);
   if (st != LT_OK) goto done;
   /* Phi-3: each block's q, k, v rows fused into attn_qkv and its gate, up rows into ffn_up, as llama.cpp holds them. */
   for (uint32_t l = 0; phi3 && l < c->n_layers && st == LT_OK; l++) {

@@ -437,14 +437,41 @@ static lt_status_t gguf_u32(const gguf_t *g, const char *arch, const char *key, 
   return s;
 }
 
+/* Gemma 2 as llama.cpp's gemma2 holds it: norms already 1 + w, soft-caps under their keys (absent: 50 and 30),
+ * sliding-window blocks first and then every other one, embeddings scaled by sqrt(hidden), and the query scale
+ * that llama.cpp derives from the shape (1/sqrt(hidden / heads) for the 46-block 27B, else 1/sqrt(head_dim)),
+ * there being no key for query_pre_attn_scalar. Called once the sizes are read. */
+static lt_status_t gguf_gemma2(model_config_t *cfg, const gguf_t *g, const char *lab, lt_err_t *err) {
+  static const struct {
+    const char *key;
+    float def;
+  } caps[2] = {{"gemma2.attn_logit_softcapping", 50.0f}, {"gemma2.final_logit_softcapping", 30.0f}};
+  float v[2];
+  for (int i = 0; i < 2; i++) {
+    v[i] = caps[i].def;
+    lt_status_t s = gguf_kv_find(g, caps[i].key) ? gguf_get_f32(g, caps[i].key, &v[i], err) : LT_OK;
+    if (s) return s;
+    if (!(v[i] > 0) || !isfinite(v[i])) return lt_fail(err, LT_E_INVALID, "%s: %s is %g", lab, caps[i].key, v[i]);
+  }
+  cfg->attn_softcap = v[0], cfg->final_softcap = v[1];
+  if (!cfg->n_heads || !cfg->hidden_size || cfg->hidden_size % cfg->n_heads)
+    return lt_fail(err, LT_E_INVALID, "%s: embedding_length %u does not split into %u heads", lab, cfg->hidden_size,
+                   cfg->n_heads);
+  cfg->attn_scale = 1.0f / sqrtf((float)(cfg->n_layers == 46 ? cfg->hidden_size / cfg->n_heads : cfg->head_dim));
+  cfg->embed_scale = sqrtf((float)cfg->hidden_size);
+  cfg->norm_plus_one = cfg->norms_hold_one = cfg->post_norms = cfg->gelu = true;
+  for (uint32_t l = 0; l < cfg->n_layers && l < MODEL_MAX_LAYERS; l++) cfg->layer_full[l] = l % 2 == 1;
+  return LT_OK;
+}
+
 lt_status_t model_config_from_gguf(model_config_t *cfg, const gguf_t *g, lt_err_t *err) {
   *cfg = (model_config_t){0};
   const char *lab = gguf_path(g), *arch;
   lt_status_t s = gguf_get_str(g, "general.architecture", &arch, err);
   if (s) return s;
-  if (strcmp(arch, "llama") && strcmp(arch, "qwen2") && strcmp(arch, "phi3"))
+  if (strcmp(arch, "llama") && strcmp(arch, "qwen2") && strcmp(arch, "phi3") && strcmp(arch, "gemma2"))
     return lt_fail(err, LT_E_UNSUPPORTED,
-                   "%s: GGUF architecture %.40s is not supported (supported: llama, qwen2, phi3)", lab, arch);
+                   "%s: GGUF architecture %.40s is not supported (supported: llama, qwen2, phi3, gemma2)", lab, arch);
   char key[96];
   snprintf(key, sizeof key, "%s.rope.scaling.type", arch);
   if (gguf_kv_find(g, key)) {
@@ -470,15 +497,18 @@ lt_status_t model_config_from_gguf(model_config_t *cfg, const gguf_t *g, lt_err_
       (s = gguf_u32(g, arch, "expert_count", OPTIONAL, 0, &cfg->n_experts, err)) ||
       (s = gguf_u32(g, arch, "expert_used_count", OPTIONAL, 0, &cfg->n_experts_used, err)))
     return s;
-  bool qwen2 = !strcmp(arch, "qwen2"), phi3 = !strcmp(arch, "phi3");
-  if ((qwen2 || phi3) && cfg->n_experts)
+  bool qwen2 = !strcmp(arch, "qwen2"), phi3 = !strcmp(arch, "phi3"), gemma2 = !strcmp(arch, "gemma2");
+  if ((qwen2 || phi3 || gemma2) && cfg->n_experts)
     return lt_fail(err, LT_E_UNSUPPORTED, "%s: %s with experts is not supported", lab, arch);
   cfg->arch = qwen2            ? MODEL_ARCH_QWEN2
               : phi3           ? MODEL_ARCH_PHI3
+              : gemma2         ? MODEL_ARCH_GEMMA2
               : cfg->n_experts ? MODEL_ARCH_MIXTRAL
                                : MODEL_ARCH_LLAMA;
-  /* Phi-3's window: phi3.attention.sliding_window (absent: none). */
-  if (phi3 && (s = gguf_u32(g, arch, "attention.sliding_window", OPTIONAL, 0, &cfg->sliding_window, err))) return s;
+  /* Phi-3's window: phi3.attention.sliding_window (absent: none); Gemma 2's (absent: 4096, as llama.cpp reads it). */
+  if ((phi3 || gemma2) &&
+      (s = gguf_u32(g, arch, "attention.sliding_window", OPTIONAL, gemma2 ? 4096 : 0, &cfg->sliding_window, err)))
+    return s;
   cfg->qkv_bias = qwen2;
   if (!cfg->n_experts) cfg->n_experts_used = 0;
   cfg->n_kv_heads = n_kv ? n_kv : cfg->n_heads;
@@ -490,13 +520,14 @@ lt_status_t model_config_from_gguf(model_config_t *cfg, const gguf_t *g, lt_err_
   }
   cfg->head_dim = key_len;
   if ((s = gguf_u32(g, arch, "rope.dimension_count", OPTIONAL_NONZERO, key_len, &cfg->rope_dim, err))) return s;
-  cfg->rms_norm_eps = qwen2 ? 1e-6f : 1e-5f;
+  cfg->rms_norm_eps = qwen2 || gemma2 ? 1e-6f : 1e-5f;
   snprintf(key, sizeof key, "%s.attention.layer_norm_rms_epsilon", arch);
   if (gguf_kv_find(g, key) && (s = gguf_get_f32(g, key, &cfg->rms_norm_eps, err))) return s;
   float theta = qwen2 ? 1e6f : 10000.0f;
   snprintf(key, sizeof key, "%s.rope.freq_base", arch);
   if (gguf_kv_find(g, key) && (s = gguf_get_f32(g, key, &theta, err))) return s;
   cfg->rope_theta = theta;
+  if (gemma2 && (s = gguf_gemma2(cfg, g, lab, err))) return s;
 
   /* The vocabulary: llama.vocab_size, else the tokenizer's token list, else the embedding table. */
   const gguf_tensor_t *embd = gguf_tensor_find(g, "token_embd.weight");

@@ -49,6 +49,7 @@ typedef struct model_config {
   /* Gemma 2 (0 / false elsewhere). */
   float embed_scale;                 /* > 0: the embeddings are multiplied by it (sqrt(hidden_size)) */
   bool norm_plus_one;                /* RMSNorm weights are stored as offsets from 1 (the loader adds the 1) */
+  bool norms_hold_one;               /* with norm_plus_one: the file's norms hold 1 + w already (GGUF gemma2) */
   bool post_norms;                   /* an RMSNorm after the attention and after the MLP, before each residual add */
   bool gelu;                         /* the MLP's activation is GELU (tanh form), not SiLU */
   float attn_scale;                  /* > 0: scores are attn_scale * q.k instead of q.k / sqrt(head_dim) */

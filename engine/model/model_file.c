@@ -286,7 +286,7 @@ static lt_status_t map_weights(model_weights_t **out, const model_config_t *c, c
   w->format = gguf ? MODEL_FORMAT_GGUF : MODEL_FORMAT_HF;
   /* llama.cpp's converter permutes LLaMA's Q and K rows into interleaved pairs; Qwen2 and Phi-3 files keep HF's
    * order (llama.cpp runs them with rotate-half RoPE). */
-  w->rope_neox = !gguf || c->arch == MODEL_ARCH_QWEN2 || c->arch == MODEL_ARCH_PHI3;
+  w->rope_neox = !gguf || c->arch == MODEL_ARCH_QWEN2 || c->arch == MODEL_ARCH_PHI3 || c->arch == MODEL_ARCH_GEMMA2;
   lt_status_t s;
   if ((s = fetch(&w->tok_embd, src, c, MR_TOK_EMBD, 0, 0, false, err)) ||
       (s = fetch(&w->out_norm, src, c, MR_OUT_NORM, 0, 0, false, err)))

@@ -39,7 +39,8 @@ static lt_status_t upload_f32(gpu_t *g, gpu_buf_t **out, const ft_tensor_t *t, u
 
 /* Uploads a norm's weight vector as the multiplier the RMSNorm shader applies (1 + w for Gemma). */
 static lt_status_t upload_norm(model_t *m, gpu_buf_t **out, const ft_tensor_t *t, lt_err_t *err) {
-  return upload_f32_plus(m->g, out, t, m->cfg.norm_plus_one ? 1.0f : 0.0f, &m->mem.weight_device_bytes, err);
+  float one = m->cfg.norm_plus_one && !m->cfg.norms_hold_one ? 1.0f : 0.0f;
+  return upload_f32_plus(m->g, out, t, one, &m->mem.weight_device_bytes, err);
 }
 
 /* Rows per piece of a matrix whose rows take row_bytes (and, quantised, scale_bytes in a second buffer). */

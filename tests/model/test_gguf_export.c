@@ -2,6 +2,7 @@
  * tokens as the folder, the same token ids from the converted tokenizer (also against llama.cpp's own conversion of
  * stories260K), Lathe's int8 / int4 weights as Q8_0 / Q4_0 blocks, and what has no GGUF form refused. */
 #include <criterion/criterion.h>
+#include <jansson.h>
 #include <limits.h>
 #include <math.h>
 #include <stdio.h>
@@ -106,6 +107,27 @@ Test(gguf_export, mixtral_experts_stacked) { same_model(FIXTURES "/mixtral-tiny"
 /* Phi-3 with its window: written as llama.cpp's phi3, q/k/v fused back into attn_qkv and gate/up into ffn_up. */
 Test(gguf_export, phi3_fused_with_its_window) { same_model(FIXTURES "/phi3-tiny", true); }
 
+/* Gemma 2 as llama.cpp's gemma2: norms written as 1 + w, the soft-caps and the window under their keys, rotate-half
+ * RoPE, and read back with llama.cpp's rules (sliding block first, then every other one; the query scale from the
+ * shape). The fixture's query_pre_attn_scalar (24) is no head size, so a copy with 16, its head_dim, goes out; the
+ * toy text runs past the window of 4, so a wrong block order or window changes the logits. */
+Test(gguf_export, gemma2_norms_plus_one_softcaps_and_windows) {
+  char dir[] = "/tmp/lathe-gemma2-XXXXXX";
+  cr_assert(mkdtemp(dir));
+  char cmd[PATH_MAX + 128], path[PATH_MAX];
+  snprintf(cmd, sizeof cmd, "cp %s/gemma2-tiny/*.json %s/gemma2-tiny/model.safetensors %s", FIXTURES, FIXTURES, dir);
+  cr_assert_eq(system(cmd), 0);
+  snprintf(path, sizeof path, "%s/config.json", dir);
+  json_error_t je;
+  json_t *cfg = json_load_file(path, 0, &je);
+  cr_assert(cfg, "%s", je.text);
+  json_object_set_new(cfg, "query_pre_attn_scalar", json_integer(16));
+  cr_assert_eq(json_dump_file(cfg, path, JSON_INDENT(2)), 0);
+  json_decref(cfg);
+  same_model(dir, true);
+  cleanup(dir);
+}
+
 Test(gguf_export, stories260k_sentencepiece_style) {
   /* A real model with a SentencePiece-style BPE vocabulary (byte fallback): the folder and its GGUF copy agree, and
    * the copy tokenises as llama.cpp's own conversion of the same model (stories260K.gguf) does. */
@@ -165,6 +187,7 @@ Test(gguf_export, what_has_no_gguf_form_is_refused) {
   cr_assert_eq(model_export_gguf(FIXTURES "/mistral-swa-tiny", out, &err), LT_E_UNSUPPORTED);
   cr_assert(strstr(err.msg, "sliding window"), "%s", err.msg);
   cr_assert_eq(model_export_gguf(FIXTURES "/gemma2-tiny", out, &err), LT_E_UNSUPPORTED);
+  cr_assert(strstr(err.msg, "query_pre_attn_scalar"), "%s", err.msg);
   /* Groups of 64 have no block format. */
   snprintf(q, sizeof q, "%s/q", dir);
   compress_plan_t plan = {.bits = 8, .group = 64};
