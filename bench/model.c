@@ -14,7 +14,8 @@
  * outside this repository), llama.cpp's CPU backend is a second peer: the model is written as GGUF
  * (model_export_gguf; a .gguf is taken as it is) and llama-bench runs prefill of the same length and decoding of
  * the same number of tokens on it, right after Lathe's figures, with as many threads as OpenBLAS uses.
- * LATHE_BENCH_NO_FUSE=1 turns off the fused decode MLP (model_fuse_decode), for a side-by-side of the fusion.
+ * LATHE_BENCH_NO_FUSE=1 turns off the fused decode products (model_fuse_decode), LATHE_BENCH_NO_FUSE=rope only
+ * RoPE and the KV-cache write in the q, k, v product's epilogue (model_fuse_rope), for side-by-sides.
  * Usage: bench_model [model folder or .gguf]. Exit status 1 when the f16 model's logits differ by more than 1e-2. */
 #include <cblas.h>
 #include <errno.h>
@@ -458,8 +459,11 @@ static const char *pick_model(int argc, char **argv, const char **label) {
 int main(int argc, char **argv) {
   const char *q = getenv("LATHE_BENCH_QUICK"), *nf = getenv("LATHE_BENCH_NO_FUSE");
   bool quick = q && *q && strcmp(q, "0") != 0;
-  /* LATHE_BENCH_NO_FUSE=1: decode runs the gated MLP as three dispatches, for a side-by-side of the fusion. */
-  if (nf && *nf && strcmp(nf, "0") != 0) model_fuse_decode(false);
+  /* LATHE_BENCH_NO_FUSE=1: decode runs every product apart; =rope: RoPE and the cache write apart. */
+  if (nf && !strcmp(nf, "rope"))
+    model_fuse_rope(false);
+  else if (nf && *nf && strcmp(nf, "0") != 0)
+    model_fuse_decode(false);
   /* The synthetic model decodes slowly on lavapipe: fewer steps there keep the whole run near 3 minutes. */
   workload_t named = quick ? (workload_t){32, 16, 8} : (workload_t){128, 16, 32};
   workload_t synth = quick ? (workload_t){32, 16, 4} : (workload_t){128, 16, 8};

@@ -11,6 +11,9 @@
 // QKV=1: three products of one x in one dispatch, y = x.w^T ([M, N]), y2 = x.w2^T and y3 = x.w3^T ([M, n2] each),
 // the attention's q, k and v: workgroups walk the rows of w, then w2, then w3 (ROWS divides N and n2, so each
 // workgroup reads one matrix), each row summed as the plain variant sums it.
+// ROPE=1 (with QKV): q and k leave rotated by RoPE at the position pos[m], as rope.comp turns them (every dim of a
+// head, (cos, sin) from the table [rope_max_pos, head_dim / 2]): a workgroup's rows are taken in rotation pairs
+// (slots 2j and 2j + 1 hold a pair's two rows), so each pair's two sums meet in its epilogue.
 #extension GL_EXT_control_flow_attributes : enable
 #if HAS_SUBGROUP_ARITH
 #extension GL_KHR_shader_subgroup_basic : require
@@ -30,6 +33,19 @@
 #endif
 #ifndef NORM
 #define NORM 0
+#endif
+#ifndef ROPE
+#define ROPE 0
+#endif
+#if ROPE
+layout(std430, binding = 8) readonly buffer P { int pos[]; };
+layout(std430, binding = 9) readonly buffer T { vec2 cs_table[]; }; // (cos, sin)
+// The row of w (and of y) behind slot `slot` of q or k: pairs adjacent in slots, wherever they are in the head.
+uint rope_row(uint slot) {
+  if (pc.rope_neox == 0u) return slot;
+  uint head = slot / pc.rope_hd, i = slot - head * pc.rope_hd;
+  return head * pc.rope_hd + (i >> 1) + (i & 1u) * (pc.rope_hd >> 1);
+}
 #endif
 // NORM (with GLU or QKV): x is the residual stream and the products see RMSNorm(x) * g: each (x_k g_k) enters the
 // sums, the rows' sums of squares are kept beside them, and every result is scaled by 1 / sqrt(mean(x^2) + eps).
@@ -80,7 +96,14 @@ void main() {
   // Rows past M or N read the last row instead (computed, never stored), so the loop needs no branches.
   uint xrow[MR], wrow[ROWS];
   [[unroll]] for (uint m = 0; m < MR; m++) xrow[m] = min(mb + m, pc.M - 1) * pc.x_stride;
+#if ROPE
+  [[unroll]] for (uint r = 0; r < ROWS; r++) {
+    uint slot = min(n0 + r, n_rows - 1);
+    wrow[r] = (mat < 2u ? rope_row(slot) : slot) * pc.w_stride;
+  }
+#else
   [[unroll]] for (uint r = 0; r < ROWS; r++) wrow[r] = min(n0 + r, n_rows - 1) * pc.w_stride;
+#endif
   float acc[N_ACC * MR * ROWS + N_SS];
   [[unroll]] for (uint p = 0; p < N_ACC * MR * ROWS + N_SS; p++) acc[p] = 0.0;
   for (uint k = pc.k_base + tid * KV; k < k_end; k += WG_X * KV) {
@@ -137,6 +160,23 @@ void main() {
       u *= scale;
 #endif
       s = (GLU == 1 ? silu(s) : gelu_tanh(s)) * u;
+#endif
+#if ROPE
+      if (mat < 2u) {
+        // The pair's other sum (slot n ^ 1, the same row m), scaled alike; then the turn.
+        float s2 = 0.0;
+        for (uint i = 0; i < n_slots; i++) s2 += red[(p ^ 1u) * WG_X + i];
+#if NORM
+        s2 *= scale;
+#endif
+        int ps = pos[m];
+        if (ps >= 0 && uint(ps) < pc.rope_max_pos) {
+          uint i = n % pc.rope_hd;
+          vec2 cs = cs_table[uint(ps) * (pc.rope_hd / 2u) + i / 2u];
+          s = (i & 1u) == 0u ? s * cs.x - s2 * cs.y : s * cs.x + s2 * cs.y;
+        }
+        n = rope_row(n);
+      }
 #endif
 #if QKV
       if (mat == 1u)

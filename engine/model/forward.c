@@ -112,11 +112,13 @@ static lt_status_t dmat_mul(gpu_cmd_t *c, gpu_view_t y, uint32_t y_stride, gpu_v
   return LT_OK;
 }
 
-static bool g_fuse = true;
+static bool g_fuse = true, g_fuse_rope = true;
 
 static bool fusable(const dmat_t *const *w, int n);
 
 void model_fuse_decode(bool on) { g_fuse = on; }
+
+void model_fuse_rope(bool on) { g_fuse_rope = on; }
 
 /* The gated MLP of block l for T tokens as one dispatch (op_gemv_glu) from x (with norm: the residual stream, the
  * norm folded in), when the weights allow it: gate and up whole in one float dtype, and no LoRA on either.
@@ -152,16 +154,38 @@ static bool fusable(const dmat_t *const *w, int n) {
  * stream, the norm folded in) when the weights allow it (no LoRA on them); LT_E_UNSUPPORTED (err cleared)
  * otherwise, and the caller runs the three products. */
 static lt_status_t fused_qkv(const model_t *m, gpu_cmd_t *c, const dlayer_t *L, uint32_t l, uint32_t T, gpu_buf_t *x,
-                             gpu_buf_t *norm, lt_err_t *err) {
+                             gpu_buf_t *norm, const gpu_view_t *cache, bool *roped, bool *cache_used, lt_err_t *err) {
   const dmat_t *w[3] = {&L->wq, &L->wk, &L->wv};
   bool lora = adapter_has_lora(m, l, 0) || adapter_has_lora(m, l, 1) || adapter_has_lora(m, l, 2);
+  *roped = false;
   if (!g_fuse || T > 4 || lora || !fusable(w, 3) || L->wk.rows != L->wv.rows) return LT_E_UNSUPPORTED;
   const acts_t *a = &m->a;
+  const model_config_t *cf = &m->cfg;
   gpu_view_t nv = norm ? gv(norm) : (gpu_view_t){0};
-  lt_status_t st =
-      op_gemv_qkv(c, gv(a->q), gv(a->k), gv(a->v), gv(x), gv(L->wq.piece[0]), gv(L->wk.piece[0]), gv(L->wv.piece[0]),
-                  L->wq.dtype, T, L->wq.rows, L->wk.rows, L->wq.cols, nv, m->cfg.rms_norm_eps, err);
+  /* RoPE in the product's epilogue when every dim turns and no bias comes between (Qwen2's are added before it). */
+  op_qkv_rope_t r = {gv(a->pos), gv(m->rope), cf->head_dim, m->rope_rows, m->rope_neox};
+  bool rope = g_fuse_rope && !L->bq && cf->rope_dim == cf->head_dim;
+  /* Turned k and v straight into the sequence's cache (cache[0], cache[1]) when the caller gives it: no copies. */
+  bool direct = rope && cache;
+  lt_status_t st = op_gemv_qkv_rope(c, gv(a->q), direct ? cache[0] : gv(a->k), direct ? cache[1] : gv(a->v), gv(x),
+                                    gv(L->wq.piece[0]), gv(L->wk.piece[0]), gv(L->wv.piece[0]), L->wq.dtype, T,
+                                    L->wq.rows, L->wk.rows, L->wq.cols, nv, cf->rms_norm_eps, rope ? &r : NULL, err);
+  if (st == LT_E_UNSUPPORTED && direct) { /* a misaligned cache view: through a->k and a->v */
+    lt_err_clear(err);
+    direct = false;
+    st = op_gemv_qkv_rope(c, gv(a->q), gv(a->k), gv(a->v), gv(x), gv(L->wq.piece[0]), gv(L->wk.piece[0]),
+                          gv(L->wv.piece[0]), L->wq.dtype, T, L->wq.rows, L->wk.rows, L->wq.cols, nv, cf->rms_norm_eps,
+                          &r, err);
+  }
+  if (st == LT_E_UNSUPPORTED && rope) { /* a head size the epilogue does not take: the plain fused product */
+    lt_err_clear(err);
+    rope = false;
+    st = op_gemv_qkv(c, gv(a->q), gv(a->k), gv(a->v), gv(x), gv(L->wq.piece[0]), gv(L->wk.piece[0]), gv(L->wv.piece[0]),
+                     L->wq.dtype, T, L->wq.rows, L->wk.rows, L->wq.cols, nv, cf->rms_norm_eps, err);
+  }
   if (st == LT_E_UNSUPPORTED) lt_err_clear(err);
+  *roped = st == LT_OK && rope;
+  if (cache_used) *cache_used = st == LT_OK && direct;
   return st;
 }
 
@@ -502,11 +526,20 @@ static lt_status_t forward_pass(model_t *m, model_item_t *items, const uint32_t 
     if (h && h->add_vec && h->add_layer == l && (st = add_vector(&p, c, err)) != LT_OK) break;
     if (h && h->skip_block && h->skip_block[l]) continue;
     /* q, k, v: the norm folded into one fused product, else the norm and then one fused product, else four ops. */
-    st = site_unread(h, MODEL_SITE_ATTN_IN) ? fused_qkv(m, c, L, l, p.T, a->x, L->attn_norm, err) : LT_E_UNSUPPORTED;
+    bool roped = false, cached = false;
+    /* One sequence: k and v can go straight to its cache rows. */
+    gpu_view_t cache[2] = {{0}};
+    uint64_t at = n_items == 1 ? (uint64_t)items[0].seq->len * kvd * 4 : 0, align = gpu_caps(m->g)->min_storage_align;
+    if (n_items == 1 && (!align || at % align == 0)) {
+      cache[0] = (gpu_view_t){items[0].seq->k[l], at}, cache[1] = (gpu_view_t){items[0].seq->v[l], at};
+    }
+    const gpu_view_t *cv = cache[0].buf ? cache : NULL;
+    st = site_unread(h, MODEL_SITE_ATTN_IN) ? fused_qkv(m, c, L, l, p.T, a->x, L->attn_norm, cv, &roped, &cached, err)
+                                            : LT_E_UNSUPPORTED;
     if (st == LT_E_UNSUPPORTED) {
       if ((st = op_rmsnorm(c, gv(a->xn), gv(a->x), gv(L->attn_norm), p.T, d, cf->rms_norm_eps, err)) != LT_OK) break;
       if ((st = report_site(&p, &c, MODEL_SITE_ATTN_IN, l, -1, a->xn, p.T, d, err)) != LT_OK) break;
-      if ((st = fused_qkv(m, c, L, l, p.T, a->xn, NULL, err)) == LT_E_UNSUPPORTED) {
+      if ((st = fused_qkv(m, c, L, l, p.T, a->xn, NULL, cv, &roped, &cached, err)) == LT_E_UNSUPPORTED) {
         if ((st = mul(c, a->q, a->xn, &L->wq, p.T, false, err)) != LT_OK) break;
         if ((st = mul(c, a->k, a->xn, &L->wk, p.T, false, err)) != LT_OK) break;
         st = mul(c, a->v, a->xn, &L->wv, p.T, false, err);
@@ -520,18 +553,18 @@ static lt_status_t forward_pass(model_t *m, model_item_t *items, const uint32_t 
     if ((st = adapter_lora(m, c, a->q, a->xn, l, 0, p.T, err)) != LT_OK) break;
     if ((st = adapter_lora(m, c, a->k, a->xn, l, 1, p.T, err)) != LT_OK) break;
     if ((st = adapter_lora(m, c, a->v, a->xn, l, 2, p.T, err)) != LT_OK) break;
-    if ((st = op_rope(c, gv(a->q), gv(a->pos), gv(m->rope), p.T, cf->n_heads, cf->head_dim, cf->rope_dim, m->rope_neox,
-                      m->rope_rows, err)) != LT_OK)
+    if (!roped && (st = op_rope(c, gv(a->q), gv(a->pos), gv(m->rope), p.T, cf->n_heads, cf->head_dim, cf->rope_dim,
+                                m->rope_neox, m->rope_rows, err)) != LT_OK)
       break;
-    if ((st = op_rope(c, gv(a->k), gv(a->pos), gv(m->rope), p.T, cf->n_kv_heads, cf->head_dim, cf->rope_dim,
-                      m->rope_neox, m->rope_rows, err)) != LT_OK)
+    if (!roped && (st = op_rope(c, gv(a->k), gv(a->pos), gv(m->rope), p.T, cf->n_kv_heads, cf->head_dim, cf->rope_dim,
+                                m->rope_neox, m->rope_rows, err)) != LT_OK)
       break;
     for (uint32_t i = 0; i < n_items && st == LT_OK; i++) {
       model_seq_t *s = items[i].seq;
       uint64_t src = (uint64_t)p.row0[i] * kvd * 4, dst = (uint64_t)s->len * kvd * 4;
       uint64_t bytes = (uint64_t)items[i].n_tokens * kvd * 4;
-      if ((st = gpu_cmd_copy(c, a->k, src, s->k[l], dst, bytes, err)) != LT_OK) break;
-      if ((st = gpu_cmd_copy(c, a->v, src, s->v[l], dst, bytes, err)) != LT_OK) break;
+      if (!cached && (st = gpu_cmd_copy(c, a->k, src, s->k[l], dst, bytes, err)) != LT_OK) break;
+      if (!cached && (st = gpu_cmd_copy(c, a->v, src, s->v[l], dst, bytes, err)) != LT_OK) break;
       gpu_view_t o = {a->att, (uint64_t)p.row0[i] * qd * 4}, q = {a->q, (uint64_t)p.row0[i] * qd * 4};
       st = op_attention(c, o, q, gv(s->k[l]), gv(s->v[l]), items[i].n_tokens, cf->n_heads, cf->n_kv_heads, cf->head_dim,
                         s->len, s->len + items[i].n_tokens, model_config_window(cf, l), model_config_attn_scale(cf),

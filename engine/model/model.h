@@ -225,4 +225,8 @@ lt_status_t model_forward(model_t *m, model_item_t *items, uint32_t n_items, con
  * logits are the same either way). For tests and side-by-side measurements; process-wide. */
 void model_fuse_decode(bool on);
 
+/* Whether the fused q, k, v product also turns q and k by RoPE and writes k and v into a single sequence's KV
+ * cache (default on; same logits). For side-by-side measurements; process-wide. */
+void model_fuse_rope(bool on);
+
 #endif

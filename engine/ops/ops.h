@@ -142,6 +142,21 @@ lt_status_t op_gemv_qkv(gpu_cmd_t *c, gpu_view_t q, gpu_view_t k, gpu_view_t v, 
                         gpu_view_t norm, float eps, lt_err_t *err);
 /* (norm.buf: as for op_gemv_glu, RMSNorm(x) * norm folded in.) */
 
+/* RoPE for op_gemv_qkv_rope: the rows' positions (int [M]), the (cos, sin) table [max_pos, head_dim / 2] that
+ * op_rope reads, and the pair layout (neox: (i, i + head_dim / 2), else (2i, 2i + 1)). Every dim of a head turns. */
+typedef struct op_qkv_rope {
+  gpu_view_t pos, table;
+  uint32_t head_dim, max_pos;
+  bool neox;
+} op_qkv_rope_t;
+
+/* op_gemv_qkv with q and k leaving rotated as op_rope would turn them (the same float operations on the same
+ * sums), so the pass needs no RoPE dispatches. LT_E_UNSUPPORTED as op_gemv_qkv, and also when head_dim is odd or
+ * does not divide N and N2. */
+lt_status_t op_gemv_qkv_rope(gpu_cmd_t *c, gpu_view_t q, gpu_view_t k, gpu_view_t v, gpu_view_t x, gpu_view_t wq,
+                             gpu_view_t wk, gpu_view_t wv, lt_dtype_t wtype, uint32_t M, uint32_t N, uint32_t N2,
+                             uint32_t K, gpu_view_t norm, float eps, const op_qkv_rope_t *rope, lt_err_t *err);
+
 /* ---- quantised matrix multiply (engine/ops/ops_matmul_q.c) ---- */
 
 /* A quantised weight [N, K] in the layout of engine/ops/quant.h: q holds its int8 (wtype LT_I8) or packed int4 (LT_I4)

@@ -222,24 +222,34 @@ lt_status_t op_gemv_glu(gpu_cmd_t *c, gpu_view_t y, gpu_view_t x, gpu_view_t wg,
   return op_dispatch(c, f.p, id, views, bytes, writes, nm ? 5 : 4, &pc, f.gx, 1, f.gz, err);
 }
 
-lt_status_t op_gemv_qkv(gpu_cmd_t *c, gpu_view_t q, gpu_view_t k, gpu_view_t v, gpu_view_t x, gpu_view_t wq,
-                        gpu_view_t wk, gpu_view_t wv, lt_dtype_t wtype, uint32_t M, uint32_t N, uint32_t N2, uint32_t K,
-                        gpu_view_t norm, float eps, lt_err_t *err) {
+lt_status_t op_gemv_qkv_rope(gpu_cmd_t *c, gpu_view_t q, gpu_view_t k, gpu_view_t v, gpu_view_t x, gpu_view_t wq,
+                             gpu_view_t wk, gpu_view_t wv, lt_dtype_t wtype, uint32_t M, uint32_t N, uint32_t N2,
+                             uint32_t K, gpu_view_t norm, float eps, const op_qkv_rope_t *rope, lt_err_t *err) {
   fused_gemv_t f;
   const uint32_t rows[3] = {N, N2, N2};
   bool nm = norm.buf != NULL;
-  op_id_t id = nm ? OP_GEMV_QKV_N : OP_GEMV_QKV;
-  lt_status_t st = N2 == 0 ? lt_fail(err, LT_E_UNSUPPORTED, "op_gemv_qkv: no k and v rows")
-                           : fused_gemv_prep(c, id, "op_gemv_qkv", nm ? "QKV=1;NORM=1" : "QKV=1", wtype, M, N + 2 * N2,
-                                             K, rows, 3, &f, err);
+  op_id_t id = rope ? OP_GEMV_QKV_R : nm ? OP_GEMV_QKV_N : OP_GEMV_QKV;
+  const char *variant = rope ? (nm ? "QKV=1;NORM=1;ROPE=1" : "QKV=1;ROPE=1") : nm ? "QKV=1;NORM=1" : "QKV=1";
+  lt_status_t st = LT_OK;
+  if (N2 == 0)
+    st = lt_fail(err, LT_E_UNSUPPORTED, "op_gemv_qkv: no k and v rows");
+  else if (rope && (rope->head_dim < 2 || rope->head_dim % 2 || N % rope->head_dim || N2 % rope->head_dim ||
+                    !rope->pos.buf || !rope->table.buf || !rope->max_pos))
+    st = lt_fail(err, LT_E_UNSUPPORTED, "op_gemv_qkv: RoPE over heads of %u in %u and %u rows is not one it takes",
+                 rope->head_dim, N, N2);
+  if (st == LT_OK) st = fused_gemv_prep(c, id, "op_gemv_qkv", variant, wtype, M, N + 2 * N2, K, rows, 3, &f, err);
   const gpu_view_t ws[3] = {wq, wk, wv}, ys[3] = {q, k, v};
   if (st == LT_OK) st = fused_gemv_check(gpu_caps(gpu_cmd_gpu(c)), x, ws, ys, rows, 3, wtype, M, K, err);
   if (st != LT_OK) return st;
   uint64_t es = lt_dtype_size(wtype);
-  gpu_view_t views[8] = {q, x, wq, wk, wv, k, v, norm};
-  uint64_t bytes[8] = {4ull * M * N, 4ull * M * K,  es * N * K,    es * N2 * K,
-                       es * N2 * K,  4ull * M * N2, 4ull * M * N2, 4ull * K};
-  bool writes[8] = {true, false, false, false, false, true, true, false};
+  /* Without the norm, binding 7 of the RoPE variant is unused: x stands in for it. */
+  gpu_view_t views[10] = {q, x, wq, wk, wv, k, v, nm ? norm : x, rope ? rope->pos : x, rope ? rope->table : x};
+  uint64_t bytes[10] = {4ull * M * N,  4ull * M * K,
+                        es * N * K,    es * N2 * K,
+                        es * N2 * K,   4ull * M * N2,
+                        4ull * M * N2, nm ? 4ull * K : 4ull * M * K,
+                        4ull * M,      rope ? 8ull * rope->max_pos * (rope->head_dim / 2) : 4};
+  bool writes[10] = {true, false, false, false, false, true, true, false, false, false};
   pc_matmul_t pc = {.M = M,
                     .N = N,
                     .K = K,
@@ -249,8 +259,17 @@ lt_status_t op_gemv_qkv(gpu_cmd_t *c, gpu_view_t q, gpu_view_t k, gpu_view_t v, 
                     .k_base = 0,
                     .k_len = K,
                     .n2 = N2,
-                    .eps = eps};
-  return op_dispatch(c, f.p, id, views, bytes, writes, nm ? 8 : 7, &pc, f.gx, 1, f.gz, err);
+                    .eps = eps,
+                    .rope_hd = rope ? rope->head_dim : 0,
+                    .rope_neox = rope && rope->neox,
+                    .rope_max_pos = rope ? rope->max_pos : 0};
+  return op_dispatch(c, f.p, id, views, bytes, writes, rope ? 10 : nm ? 8 : 7, &pc, f.gx, 1, f.gz, err);
+}
+
+lt_status_t op_gemv_qkv(gpu_cmd_t *c, gpu_view_t q, gpu_view_t k, gpu_view_t v, gpu_view_t x, gpu_view_t wq,
+                        gpu_view_t wk, gpu_view_t wv, lt_dtype_t wtype, uint32_t M, uint32_t N, uint32_t N2, uint32_t K,
+                        gpu_view_t norm, float eps, lt_err_t *err) {
+  return op_gemv_qkv_rope(c, q, k, v, x, wq, wk, wv, wtype, M, N, N2, K, norm, eps, NULL, err);
 }
 
 lt_status_t op_matmul_path(gpu_cmd_t *c, gpu_view_t y, gpu_view_t x, gpu_view_t w, lt_dtype_t wtype, uint32_t M,

@@ -77,6 +77,9 @@ PC_BEGIN(pc_matmul)
   uint x_stride, w_stride, y_stride; /* row strides in elements */
   uint n2;            /* gemv.comp with QKV: rows of w2 and of w3 (N is w's) */
   float eps;          /* gemv.comp with NORM: the RMSNorm epsilon */
+  uint rope_hd;       /* gemv.comp with QKV and ROPE: head_dim (every dim turns), */
+  uint rope_neox;     /* 1: pairs (i, i + head_dim / 2) (Hugging Face), 0: pairs (2i, 2i + 1) (GGUF), */
+  uint rope_max_pos;  /* and the rows of the (cos, sin) table */
 PC_END(pc_matmul)
 #endif
 

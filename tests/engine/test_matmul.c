@@ -376,6 +376,84 @@ Test(matmul, qkv_gemv_equals_three_products) {
   gpu_buf_destroy(&b);
 }
 
+Test(matmul, qkv_gemv_with_rope_equals_the_products_then_op_rope) {
+  /* op_gemv_qkv_rope: q and k leave the fused product turned by RoPE. Against op_gemv_qkv followed by op_rope on q
+   * and k in the same recording, for f32 and f16 weights, both pair layouts, with and without the norm folded in,
+   * 1 to 4 rows at positions inside the table and one past it (left as it is). The sums are the same; the turn is
+   * two products and a sum in f32 either way, which a compiler may contract into an fma differently: within
+   * 3 x 2^-24 of |a| + |b| for the pair (a, b), bounded here by 4e-7 of the largest product. v is bit for bit. */
+  static const struct {
+    uint32_t M, N, N2, K, hd;
+  } shapes[] = {{1, 64, 32, 53, 16}, {3, 48, 16, 136, 8}, {4, 32, 32, 20, 32}, {2, 128, 64, 77, 64}};
+  const lt_dtype_t types[2] = {LT_F32, LT_F16};
+  const int32_t positions[4] = {3, 0, 15, 40};
+  const uint32_t max_pos = 16;
+  lt_err_t err = {0};
+  for (unsigned s = 0; s < sizeof shapes / sizeof shapes[0]; s++)
+    for (int t = 0; t < 2; t++)
+      for (int variant = 0; variant < 4; variant++) {
+        bool neox = variant & 1, norm = variant & 2;
+        uint32_t M = shapes[s].M, K = shapes[s].K, hd = shapes[s].hd,
+                 rows[3] = {shapes[s].N, shapes[s].N2, shapes[s].N2};
+        problem_t p[3];
+        gpu_buf_t *bw[3], *by[3], *b1[3];
+        for (int i = 0; i < 3; i++) {
+          p[i] = problem_new(M, rows[i], K, types[t], false, 15000 + 10 * s + 3 * t + i);
+          bw[i] = tbuf_bytes(p[i].w, (uint64_t)rows[i] * K * lt_dtype_size(types[t]));
+          by[i] = tbuf_f32(NULL, (uint64_t)M * rows[i]);
+          b1[i] = tbuf_f32(NULL, (uint64_t)M * rows[i]);
+        }
+        float *table = talloc((uint64_t)max_pos * hd), *g = talloc(K);
+        for (uint32_t ps = 0; ps < max_pos; ps++)
+          for (uint32_t j = 0; j < hd / 2; j++) {
+            double a = ps * pow(10000.0, -2.0 * j / hd);
+            table[(ps * hd / 2 + j) * 2] = (float)cos(a), table[(ps * hd / 2 + j) * 2 + 1] = (float)sin(a);
+          }
+        uint64_t seed = 5 + s;
+        trand(g, K, 0.5, 1.5, &seed);
+        gpu_buf_t *bx = tbuf_f32(p[0].x, (uint64_t)M * K), *bt = tbuf_f32(table, (uint64_t)max_pos * hd);
+        gpu_buf_t *bp = tbuf_bytes(positions, 4ull * M), *bg = tbuf_f32(g, K);
+        gpu_view_t nv = norm ? gv(bg) : (gpu_view_t){0};
+        op_qkv_rope_t r = {gv(bp), gv(bt), hd, max_pos, neox};
+        gpu_cmd_t *c = tbegin();
+        cr_assert_eq(op_gemv_qkv_rope(c, gv(by[0]), gv(by[1]), gv(by[2]), gv(bx), gv(bw[0]), gv(bw[1]), gv(bw[2]),
+                                      types[t], M, rows[0], rows[1], K, nv, 1e-5f, &r, &err),
+                     LT_OK, "%s", err.msg);
+        cr_assert_eq(op_gemv_qkv(c, gv(b1[0]), gv(b1[1]), gv(b1[2]), gv(bx), gv(bw[0]), gv(bw[1]), gv(bw[2]), types[t],
+                                 M, rows[0], rows[1], K, nv, 1e-5f, &err),
+                     LT_OK, "%s", err.msg);
+        for (int i = 0; i < 2; i++)
+          cr_assert_eq(op_rope(c, gv(b1[i]), gv(bp), gv(bt), M, rows[i] / hd, hd, hd, neox, max_pos, &err), LT_OK, "%s",
+                       err.msg);
+        tfinish(&c);
+        for (int i = 0; i < 3; i++) {
+          uint64_t n = (uint64_t)M * rows[i];
+          float *got = tread_f32(by[i], n), *want = tread_f32(b1[i], n);
+          float big = 0;
+          for (uint64_t e = 0; e < n; e++) big = fmaxf(big, fabsf(want[e]));
+          for (uint64_t e = 0; e < n; e++)
+            cr_assert(i == 2 ? got[e] == want[e] : fabsf(got[e] - want[e]) <= 4e-7f * big,
+                      "%ux%u/%ux%u %s hd %u %s%s: product %d element %llu: %.9g, apart %.9g", M, rows[0], rows[1], K,
+                      lt_dtype_str(types[t]), hd, neox ? "neox" : "interleaved", norm ? " normed" : "", i,
+                      (unsigned long long)e, got[e], want[e]);
+          free(got), free(want);
+          gpu_buf_destroy(&bw[i]), gpu_buf_destroy(&by[i]), gpu_buf_destroy(&b1[i]);
+          problem_free(&p[i]);
+        }
+        free(table), free(g);
+        gpu_buf_destroy(&bx), gpu_buf_destroy(&bt), gpu_buf_destroy(&bp), gpu_buf_destroy(&bg);
+      }
+  /* A head size that does not divide the rows is refused, nothing recorded. */
+  gpu_buf_t *b = tbuf_f32(NULL, 4096);
+  op_qkv_rope_t r = {gv(b), gv(b), 12, 4, true};
+  gpu_cmd_t *c = tbegin();
+  cr_assert_eq(op_gemv_qkv_rope(c, gv(b), gv(b), gv(b), gv(b), gv(b), gv(b), gv(b), LT_F32, 1, 32, 16, 8,
+                                (gpu_view_t){0}, 0, &r, &err),
+               LT_E_UNSUPPORTED);
+  tfinish(&c);
+  gpu_buf_destroy(&b);
+}
+
 Test(matmul, fused_gemv_with_the_norm_folded_in) {
   /* Both fused GEMVs with an RMSNorm folded in (x the residual stream, g the norm's multipliers): against the CPU
    * reference of the separate steps (ref_rmsnorm, then ref_matmul, then the activation). The fold sums x g w and

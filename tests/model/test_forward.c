@@ -337,8 +337,9 @@ static uint64_t decode_steps(const char *model_path, uint32_t items, uint32_t n,
 Test(forward, fused_decode_gives_the_same_logits_in_fewer_dispatches) {
   /* Decoding runs each block's attention norm, q, k and v products as one dispatch (op_gemv_qkv with the norm
    * folded in) and its MLP norm, gate, up and activation as one (op_gemv_glu) where it can: the logits of 8 decode
-   * steps, at batch 1 and 4, in f32 and f16, agree with the separate ops (same greedy tokens), with six dispatches
-   * fewer per block and step. */
+   * steps, at batch 1 and 4, in f32 and f16, agree with the separate ops (same greedy tokens), with eight dispatches
+   * fewer per block and step: the norm and the three products (4 -> 1), RoPE on q and k in the products' epilogue
+   * (2 -> 0), the MLP's norm, two products and activation (4 -> 1); at batch 1, 5 per block and 4 more per step. */
   static const char *const paths[] = {STORIES "/stories260K.gguf", STORIES "/stories260K-f16.gguf"};
   for (int pi = 0; pi < 2; pi++)
     for (uint32_t items = 1; items <= 4; items += 3) {
@@ -360,7 +361,10 @@ Test(forward, fused_decode_gives_the_same_logits_in_fewer_dispatches) {
         cr_assert_eq(af, aa, "%s batch %u row %llu: greedy token %u fused, %u apart", paths[pi], items,
                      (unsigned long long)r, af, aa);
       }
-      cr_assert_eq(d_apart - d_fused, 6ull * L * n, "%s batch %u: %llu dispatches apart, %llu fused", paths[pi], items,
+      /* Per block: the q, k, v product, the attention of each sequence, o, gate-and-up, down. */
+      cr_assert_eq(d_fused, ((4ull + items) * L + 4) * n, "%s batch %u: %llu dispatches fused", paths[pi], items,
+                   (unsigned long long)d_fused);
+      cr_assert_eq(d_apart - d_fused, 8ull * L * n, "%s batch %u: %llu dispatches apart, %llu fused", paths[pi], items,
                    (unsigned long long)d_apart, (unsigned long long)d_fused);
       cr_log_info("%s batch %u: %.1f dispatches per step fused, %.1f apart", paths[pi], items, (double)d_fused / n,
                   (double)d_apart / n);
