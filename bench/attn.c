@@ -141,6 +141,7 @@ int main(int argc, char **argv) {
       {"prefill 2048, 8/8 heads, hd 64", 2048, 8, 8, 64, 0, 2048},
       {"decode at 4096, 32/8, hd 128", 1, 32, 8, 128, 4095, 4096},
       {"decode at 16384, 32/8, hd 128", 1, 32, 8, 128, 16383, 16384},
+      {"decode at 1024, 4/2, hd 32 (small heads)", 1, 4, 2, 32, 1023, 1024},
   };
   int rc = 0;
   const char *only = argc > 1 ? argv[1] : "";

@@ -9,7 +9,10 @@
 // One split writes out[] directly; several write unnormalised partials (max, sum, acc[head_dim]) that
 // attn_merge.comp combines. The C wrapper sizes splits so that no invocation loops too long (lavapipe).
 // Variants (defines): BR = 4 or 16 queries per tile; DI = vec4 output columns per invocation;
-// HD4 = head_dim % 4 == 0 (vec4 loads and stores; otherwise scalar loads padded with zeros).
+// HD4 = head_dim % 4 == 0 (vec4 loads and stores; otherwise scalar loads padded with zeros);
+// KS = key slices in step 3: the invocations of a query group that a small head leaves without columns take the
+// block's keys in KS interleaved slices, each keeping its own partial O (all rescaled by the same alpha), summed
+// in slice order once at the end. Used with DI = 1.
 #extension GL_EXT_control_flow_attributes : require
 #define PC_ATTN 1
 #include "pc.h"
@@ -20,6 +23,9 @@
 #endif
 #ifndef DI
 #define DI 2
+#endif
+#ifndef KS
+#define KS 1
 #endif
 #define QG (BR / 4)        // groups of 4 queries in a tile
 #define MAX_BC 64u         // keys per block = WG_X <= MAX_BC (set by the C wrapper)
@@ -47,6 +53,9 @@ shared float red[MAX_BC];
 shared float m_s[BR], l_s[BR], alpha_s[BR];
 shared uint kend_s[BR];        // keys [k0, kend) are visible to the query; 0 for padding queries
 shared uint kbeg_s[BR];        // and keys from kbeg on (a sliding window); 0 without one
+#if KS > 1
+shared vec4 o_s[WG_X][4];      // each slice's partial O for its 4 queries, summed at the end
+#endif
 
 // vec4 of a head's dims [d, d + 4) at element offset `base` (a multiple of 4 with HD4), zero past head_dim.
 #if HD4
@@ -106,7 +115,7 @@ void main() {
   // Phase 3: query group qg3, vec4 columns dg + DG * i.
   uint KG = WG_X / QG, qg1 = tid / KG, kg = tid % KG;
   uint TPR = WG_X / BR, r2 = tid / TPR, part = tid % TPR;
-  uint DG = WG_X / QG, qg3 = tid / DG, dg = tid % DG;
+  uint DG = WG_X / QG / KS, qg3 = tid / (DG * KS), dg = tid % DG, ks = (tid % (DG * KS)) / DG;
   vec4 acc[DI][4];
   [[unroll]] for (uint i = 0u; i < DI; i++) [[unroll]] for (uint qq = 0u; qq < 4u; qq++) acc[i][qq] = vec4(0.0);
 
@@ -170,7 +179,7 @@ void main() {
     vec4 alpha = vec4(alpha_s[4u * qg3], alpha_s[4u * qg3 + 1u], alpha_s[4u * qg3 + 2u], alpha_s[4u * qg3 + 3u]);
     [[unroll]] for (uint i = 0u; i < DI; i++) [[unroll]] for (uint qq = 0u; qq < 4u; qq++) acc[i][qq] *= alpha[qq];
     uint nb = min(WG_X, kmax - kb);
-    for (uint c = 0u; c < nb; c++) {
+    for (uint c = ks; c < nb; c += KS) {
       vec4 p = p_s[c][qg3];
       uint vbase = (kb + c) * pc.kv_stride + kvo;
       [[unroll]] for (uint i = 0u; i < DI; i++) {
@@ -183,6 +192,16 @@ void main() {
     }
     barrier(); // p_s, red and alpha_s are rewritten by the next block; publishes l_s
   }
+#if KS > 1
+  [[unroll]] for (uint qq = 0u; qq < 4u; qq++) o_s[tid][qq] = acc[0][qq];
+  barrier();
+  if (ks != 0u) return; // the first slice writes; every barrier is behind us
+  [[unroll]] for (uint qq = 0u; qq < 4u; qq++) {
+    vec4 s = o_s[tid][qq];
+    for (uint j = 1u; j < KS; j++) s += o_s[tid + j * DG][qq];
+    acc[0][qq] = s;
+  }
+#endif
 
   [[unroll]] for (uint qq = 0u; qq < 4u; qq++) {
     uint r = 4u * qg3 + qq, qi = qi0 + r;

@@ -2,6 +2,8 @@
 #include <assert.h>
 #include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
 
 #include "engine/ops/ops.h"
 #include "engine/ops/qblock.h"
@@ -190,8 +192,15 @@ lt_status_t op_attention(gpu_cmd_t *c, gpu_view_t out, gpu_view_t q, gpu_view_t 
   /* Tiles of 16 queries reuse each K and V load 16 times; decode with little GQA fills only a few of them. */
   uint32_t br = (uint64_t)n_q * group >= 16 && caps->max_shared >= ATTN_BR16_SHARED ? 16 : 4;
   uint32_t dg = wg / (br / 4), hd4 = (head_dim + 3) / 4; /* invocations sharing 4 queries' columns */
+  /* With 4-query tiles a small head leaves most of those invocations without a column: they split the keys of
+   * P.V into slices instead (LATHE_ATTN_KEY_SLICES=1 turns this off, for side-by-side measurements). */
+  uint32_t ks = 1;
+  const char *no_ks = getenv("LATHE_ATTN_KEY_SLICES");
+  if (br == 4 && !(no_ks && !strcmp(no_ks, "1")))
+    while (ks * 2 <= dg && dg / (ks * 2) >= hd4) ks *= 2;
+  dg /= ks;
   char defines[64];
-  snprintf(defines, sizeof defines, "BR=%u;DI=%u;HD4=%d", br, (hd4 + dg - 1) / dg, head_dim % 4 == 0);
+  snprintf(defines, sizeof defines, "BR=%u;DI=%u;HD4=%d;KS=%u", br, (hd4 + dg - 1) / dg, head_dim % 4 == 0, ks);
   gpu_pipeline_t *pa = op_pipeline(g, OP_ATTN, defines, NULL, 0, err);
   gpu_pipeline_t *pm = pa ? op_pipeline(g, OP_ATTN_MERGE, NULL, NULL, 0, err) : NULL;
   if (!pm) return err ? err->code : LT_E_SHADER;
