@@ -1,6 +1,7 @@
 /* Matrix multiply y[M,N] (+)= x[M,K] . w[N,K]^T: a register-blocked tiled GEMM (shaders/matmul.comp) and a GEMV
  * for few rows (shaders/gemv.comp). Both walk K in chunks, one dispatch each, so no invocation loops too long. */
 #include <stdio.h>
+#include <string.h>
 
 #include "engine/ops/ops.h"
 
@@ -169,9 +170,12 @@ static lt_status_t fused_gemv_prep(gpu_cmd_t *c, op_id_t id, const char *name, c
   for (uint32_t i = 0; i < n_counts; i++)
     if (row_counts[i] % v.rows)
       return lt_fail(err, LT_E_UNSUPPORTED, "%s: %u rows are not a multiple of %u", name, row_counts[i], v.rows);
-  /* The K loop, then the final loop (two partial sums per pair with GLU): all of K in one dispatch or not at all. */
+  /* The K loop, then the final loop over pairs: one sum of the partials per pair, and one more for each of GLU's up
+   * projection, NORM's sums of squares and ROPE's pair partner. All of K in one dispatch or not at all. */
   op_loop_cost_t cost = gemv_loop_iters(&v, f->kv);
-  cost.fixed += ceil_div(v.mr * v.rows, v.wg) * v.wg;
+  uint32_t extra =
+      (strstr(variant, "GLU=") != NULL) + (strstr(variant, "NORM=1") != NULL) + (strstr(variant, "ROPE=1") != NULL);
+  cost.fixed += extra * ceil_div(v.mr * v.rows, v.wg) * v.wg;
   uint32_t budget = op_loop_budget(id);
   if (cost.fixed >= budget || (uint64_t)(budget - cost.fixed) / cost.per_unit * cost.k_per_unit < K)
     return lt_fail(err, LT_E_UNSUPPORTED, "%s: K %u needs more than one dispatch", name, K);
