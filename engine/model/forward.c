@@ -152,40 +152,31 @@ static bool fusable(const dmat_t *const *w, int n) {
 
 /* Block l's q, k and v projections for T tokens as one dispatch (op_gemv_qkv) from x (with norm: the residual
  * stream, the norm folded in) when the weights allow it (no LoRA on them); LT_E_UNSUPPORTED (err cleared)
- * otherwise, and the caller runs the three products. */
+ * otherwise, and the caller runs the three products. Where every dim turns and no bias comes between (Qwen2's are
+ * added before RoPE), q and k leave turned (*roped), and with cache (k and v views of one sequence's cache rows,
+ * aligned) k and v go straight there (*cache_used). */
 static lt_status_t fused_qkv(const model_t *m, gpu_cmd_t *c, const dlayer_t *L, uint32_t l, uint32_t T, gpu_buf_t *x,
                              gpu_buf_t *norm, const gpu_view_t *cache, bool *roped, bool *cache_used, lt_err_t *err) {
   const dmat_t *w[3] = {&L->wq, &L->wk, &L->wv};
   bool lora = adapter_has_lora(m, l, 0) || adapter_has_lora(m, l, 1) || adapter_has_lora(m, l, 2);
-  *roped = false;
+  *roped = *cache_used = false;
   if (!g_fuse || T > 4 || lora || !fusable(w, 3) || L->wk.rows != L->wv.rows) return LT_E_UNSUPPORTED;
   const acts_t *a = &m->a;
   const model_config_t *cf = &m->cfg;
   gpu_view_t nv = norm ? gv(norm) : (gpu_view_t){0};
-  /* RoPE in the product's epilogue when every dim turns and no bias comes between (Qwen2's are added before it). */
   op_qkv_rope_t r = {gv(a->pos), gv(m->rope), cf->head_dim, m->rope_rows, m->rope_neox};
-  bool rope = g_fuse_rope && !L->bq && cf->rope_dim == cf->head_dim;
-  /* Turned k and v straight into the sequence's cache (cache[0], cache[1]) when the caller gives it: no copies. */
-  bool direct = rope && cache;
-  lt_status_t st = op_gemv_qkv_rope(c, gv(a->q), direct ? cache[0] : gv(a->k), direct ? cache[1] : gv(a->v), gv(x),
-                                    gv(L->wq.piece[0]), gv(L->wk.piece[0]), gv(L->wv.piece[0]), L->wq.dtype, T,
-                                    L->wq.rows, L->wk.rows, L->wq.cols, nv, cf->rms_norm_eps, rope ? &r : NULL, err);
-  if (st == LT_E_UNSUPPORTED && direct) { /* a misaligned cache view: through a->k and a->v */
+  bool rope = g_fuse_rope && !L->bq && cf->rope_dim == cf->head_dim, direct = rope && cache;
+  /* With RoPE first; a head size its epilogue does not take falls back to the plain fused product. */
+  lt_status_t st = LT_E_UNSUPPORTED;
+  for (int turn = rope; turn >= 0 && st == LT_E_UNSUPPORTED; turn--) {
+    bool to_cache = turn && direct;
     lt_err_clear(err);
-    direct = false;
-    st = op_gemv_qkv_rope(c, gv(a->q), gv(a->k), gv(a->v), gv(x), gv(L->wq.piece[0]), gv(L->wk.piece[0]),
-                          gv(L->wv.piece[0]), L->wq.dtype, T, L->wq.rows, L->wk.rows, L->wq.cols, nv, cf->rms_norm_eps,
-                          &r, err);
-  }
-  if (st == LT_E_UNSUPPORTED && rope) { /* a head size the epilogue does not take: the plain fused product */
-    lt_err_clear(err);
-    rope = false;
-    st = op_gemv_qkv(c, gv(a->q), gv(a->k), gv(a->v), gv(x), gv(L->wq.piece[0]), gv(L->wk.piece[0]), gv(L->wv.piece[0]),
-                     L->wq.dtype, T, L->wq.rows, L->wk.rows, L->wq.cols, nv, cf->rms_norm_eps, err);
+    st = op_gemv_qkv_rope(c, gv(a->q), to_cache ? cache[0] : gv(a->k), to_cache ? cache[1] : gv(a->v), gv(x),
+                          gv(L->wq.piece[0]), gv(L->wk.piece[0]), gv(L->wv.piece[0]), L->wq.dtype, T, L->wq.rows,
+                          L->wk.rows, L->wq.cols, nv, cf->rms_norm_eps, turn ? &r : NULL, err);
+    if (st == LT_OK) *roped = turn, *cache_used = to_cache;
   }
   if (st == LT_E_UNSUPPORTED) lt_err_clear(err);
-  *roped = st == LT_OK && rope;
-  if (cache_used) *cache_used = st == LT_OK && direct;
   return st;
 }
 
