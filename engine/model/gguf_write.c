@@ -449,9 +449,7 @@ lt_status_t model_export_gguf(const char *src, const char *out_path, lt_err_t *e
   for (uint32_t l = 0; l < c->n_layers; l++) has_window |= model_config_window(c, l) != c->sliding_window;
   has_window |= c->sliding_window && !phi3; /* phi3 holds one window for every block */
   for (uint32_t l = 0; l < c->n_layers; l++) gemma2_order &= c->layer_full[l] == (l % 2 == 1);
-  /* llama.cpp's gemma2 has no key for the query scale: it takes 1/sqrt(head_dim), or 1/sqrt(hidden / heads) for the
-   * 46-block model. */
-  float g2_scale = 1.0f / sqrtf((float)(c->n_layers == 46 ? c->hidden_size / c->n_heads : c->head_dim));
+  float g2_scale = model_config_gemma2_gguf_scale(c); /* llama.cpp's gemma2 has no key for it */
   if (gemma2) has_window = false;
   bool uneven = false;
   for (uint32_t l = 0; l < c->n_layers; l++) uneven |= model_config_experts(c, l) != c->n_experts;

@@ -63,6 +63,10 @@ uint32_t model_config_window(const model_config_t *c, uint32_t layer) {
   return layer < MODEL_MAX_LAYERS && c->layer_full[layer] ? 0 : c->sliding_window;
 }
 
+float model_config_gemma2_gguf_scale(const model_config_t *c) {
+  return 1.0f / sqrtf((float)(c->n_layers == 46 ? c->hidden_size / c->n_heads : c->head_dim));
+}
+
 float model_config_attn_scale(const model_config_t *c) {
   return c->attn_scale > 0 ? c->attn_scale : 1.0f / sqrtf((float)c->head_dim);
 }
@@ -439,8 +443,7 @@ static lt_status_t gguf_u32(const gguf_t *g, const char *arch, const char *key, 
 
 /* Gemma 2 as llama.cpp's gemma2 holds it: norms already 1 + w, soft-caps under their keys (absent: 50 and 30),
  * sliding-window blocks first and then every other one, embeddings scaled by sqrt(hidden), and the query scale
- * that llama.cpp derives from the shape (1/sqrt(hidden / heads) for the 46-block 27B, else 1/sqrt(head_dim)),
- * there being no key for query_pre_attn_scalar. Called once the sizes are read. */
+ * that llama.cpp derives from the shape (model_config_gemma2_gguf_scale). Called once the sizes are read. */
 static lt_status_t gguf_gemma2(model_config_t *cfg, const gguf_t *g, const char *lab, lt_err_t *err) {
   static const struct {
     const char *key;
@@ -457,7 +460,7 @@ static lt_status_t gguf_gemma2(model_config_t *cfg, const gguf_t *g, const char 
   if (!cfg->n_heads || !cfg->hidden_size || cfg->hidden_size % cfg->n_heads)
     return lt_fail(err, LT_E_INVALID, "%s: embedding_length %u does not split into %u heads", lab, cfg->hidden_size,
                    cfg->n_heads);
-  cfg->attn_scale = 1.0f / sqrtf((float)(cfg->n_layers == 46 ? cfg->hidden_size / cfg->n_heads : cfg->head_dim));
+  cfg->attn_scale = model_config_gemma2_gguf_scale(cfg);
   cfg->embed_scale = sqrtf((float)cfg->hidden_size);
   cfg->norm_plus_one = cfg->norms_hold_one = cfg->post_norms = cfg->gelu = true;
   for (uint32_t l = 0; l < cfg->n_layers && l < MODEL_MAX_LAYERS; l++) cfg->layer_full[l] = l % 2 == 1;

@@ -67,6 +67,10 @@ uint32_t model_config_window(const model_config_t *c, uint32_t layer);
 /* The factor on q.k in attention scores: attn_scale, else 1 / sqrt(head_dim). */
 float model_config_attn_scale(const model_config_t *c);
 
+/* The query scale llama.cpp's gemma2 takes from a model's shape, having no key for it: 1/sqrt(hidden / heads) for
+ * the 46-block model (Gemma 2 27B), else 1/sqrt(head_dim). */
+float model_config_gemma2_gguf_scale(const model_config_t *c);
+
 /* Experts of block `layer` (per-layer counts after an expert drop, else n_experts; 0 for a dense model). */
 uint32_t model_config_experts(const model_config_t *c, uint32_t layer);
 
