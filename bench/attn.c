@@ -1,5 +1,6 @@
 /* Attention and RoPE throughput on the chosen device against a CPU peer measured in the same run: OpenBLAS sgemm
- * for Q.K^T and P.V per head with a scalar causal softmax between them. Prints GFLOPS and the ratio. */
+ * for Q.K^T and P.V per head with a scalar causal softmax between them. Prints GFLOPS and the ratio.
+ * LATHE_ATTN_KEY_SLICES=1 turns off the key slices of decode tiles (op_attention_key_slices), for side-by-sides. */
 #include <cblas.h>
 #include <math.h>
 #include <stdio.h>
@@ -136,6 +137,8 @@ int main(int argc, char **argv) {
   gpu_t *g = gpu_new(NULL, &err);
   if (!g) return fprintf(stderr, "%s\n", err.msg), 1;
   printf("device: %s\n", gpu_caps(g)->name);
+  const char *no_ks = getenv("LATHE_ATTN_KEY_SLICES");
+  if (no_ks && !strcmp(no_ks, "1")) op_attention_key_slices(false);
   static const shape_t shapes[] = {
       {"prefill 512, 32/8 heads, hd 128", 512, 32, 8, 128, 0, 512},
       {"prefill 2048, 8/8 heads, hd 64", 2048, 8, 8, 64, 0, 2048},

@@ -242,6 +242,11 @@ lt_status_t op_attention(gpu_cmd_t *c, gpu_view_t out, gpu_view_t q, gpu_view_t 
                          uint32_t n_heads, uint32_t n_kv_heads, uint32_t head_dim, uint32_t q_pos0, uint32_t kv_len,
                          uint32_t window, float scale, float softcap, lt_err_t *err);
 
+/* Whether op_attention's 4-query tiles split the keys of P.V into slices over the invocations a small head leaves
+ * without output columns (default on; the same result within f32 rounding). For side-by-side measurements;
+ * process-wide. */
+void op_attention_key_slices(bool on);
+
 /* y[ids[i], :] += w[i] * x[i, :] for i < n: f32 rows of width d; ids (i32) must be distinct within one call and
  * ids outside [0, y_rows) are skipped (MoE: an expert's outputs weighted back into the residual stream). */
 lt_status_t op_scatter_add(gpu_cmd_t *c, gpu_view_t y, gpu_view_t x, gpu_view_t ids, gpu_view_t w, uint32_t n,

@@ -2,8 +2,6 @@
 #include <assert.h>
 #include <math.h>
 #include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
 
 #include "engine/ops/ops.h"
 #include "engine/ops/qblock.h"
@@ -131,6 +129,10 @@ lt_status_t op_embed(gpu_cmd_t *c, gpu_view_t y, gpu_view_t table, lt_dtype_t tt
 
 static uint64_t min_u64(uint64_t a, uint64_t b) { return a < b ? a : b; }
 
+static bool g_key_slices = true;
+
+void op_attention_key_slices(bool on) { g_key_slices = on; }
+
 /* Keys per split: short enough that no invocation of attn.comp (workgroups of wg) loops past its budget, and when
  * there are few workgroups (decode), short enough to spread a long cache over the whole device. */
 static uint32_t attn_split_len(uint32_t wg, uint32_t hd, uint32_t br, uint64_t kv_used, uint64_t groups) {
@@ -193,10 +195,9 @@ lt_status_t op_attention(gpu_cmd_t *c, gpu_view_t out, gpu_view_t q, gpu_view_t 
   uint32_t br = (uint64_t)n_q * group >= 16 && caps->max_shared >= ATTN_BR16_SHARED ? 16 : 4;
   uint32_t dg = wg / (br / 4), hd4 = (head_dim + 3) / 4; /* invocations sharing 4 queries' columns */
   /* With 4-query tiles a small head leaves most of those invocations without a column: they split the keys of
-   * P.V into slices instead (LATHE_ATTN_KEY_SLICES=1 turns this off, for side-by-side measurements). */
+   * P.V into slices instead. */
   uint32_t ks = 1;
-  const char *no_ks = getenv("LATHE_ATTN_KEY_SLICES");
-  if (br == 4 && !(no_ks && !strcmp(no_ks, "1")))
+  if (br == 4 && g_key_slices)
     while (ks * 2 <= dg && dg / (ks * 2) >= hd4) ks *= 2;
   dg /= ks;
   char defines[64];
