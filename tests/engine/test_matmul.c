@@ -404,11 +404,7 @@ Test(matmul, qkv_gemv_with_rope_equals_the_products_then_op_rope) {
           b1[i] = tbuf_f32(NULL, (uint64_t)M * rows[i]);
         }
         float *table = talloc((uint64_t)max_pos * hd), *g = talloc(K);
-        for (uint32_t ps = 0; ps < max_pos; ps++)
-          for (uint32_t j = 0; j < hd / 2; j++) {
-            double a = ps * pow(10000.0, -2.0 * j / hd);
-            table[(ps * hd / 2 + j) * 2] = (float)cos(a), table[(ps * hd / 2 + j) * 2 + 1] = (float)sin(a);
-          }
+        rope_table_build(table, max_pos, hd, 10000.0, NULL);
         uint64_t seed = 5 + s;
         trand(g, K, 0.5, 1.5, &seed);
         gpu_buf_t *bx = tbuf_f32(p[0].x, (uint64_t)M * K), *bt = tbuf_f32(table, (uint64_t)max_pos * hd);
