@@ -3,7 +3,9 @@
 // element, x over the row's dims, y and z over rows. Other rows of y are not written, so a table split into
 // bindable pieces is gathered piece by piece. TABLE_F16=1 reads an f16 table, TABLE_BF16=1 a bfloat16 one (both
 // converted exactly to f32); GQ=<block format> a table of GGUF blocks (include/qblock.glsl), one invocation per
-// octet of the row's dims instead of per element.
+// octet of the row's dims instead of per element. PERTURB=1 (float tables): each value read is table[i] +
+// scale * z(seed, tensor_id, i), i counted from the piece's first element (perturb.comp's normals), for a
+// zeroth-order step's forward pass that leaves the table as it is.
 #if TABLE_F16 || TABLE_BF16
 #extension GL_EXT_shader_16bit_storage : require
 #endif
@@ -11,6 +13,15 @@
 #define PC_EMBED 1
 #include "pc.h"
 #include "common.glsl"
+#if PERTURB
+#include "philox.glsl"
+// perturb.comp's z for element i: normal i % 4 of the quad i / 4.
+float z_at(uint i) {
+  uvec4 r = philox4x32_10(uvec4(i >> 2, 0u, pc.tensor_id, 0u), uvec2(pc.seed_lo, pc.seed_hi));
+  vec2 n = (i & 2u) == 0u ? box_muller24(r.x, r.y) : box_muller24(r.z, r.w);
+  return n[i & 1u];
+}
+#endif
 
 layout(std430, binding = 0) writeonly buffer Y { float y[]; };
 #if TABLE_F16
@@ -46,6 +57,11 @@ void main() {
     y[r * pc.dim + col + 4u + i] = hi[i];
   }
 #else
-  y[r * pc.dim + col] = table_at((uint(id) - pc.row_lo) * pc.dim + col);
+  uint i = (uint(id) - pc.row_lo) * pc.dim + col;
+#if PERTURB
+  y[r * pc.dim + col] = table_at(i) + pc.scale * z_at(i);
+#else
+  y[r * pc.dim + col] = table_at(i);
+#endif
 #endif
 }

@@ -232,6 +232,18 @@ lt_status_t op_rope_backward(gpu_cmd_t *c, gpu_view_t dx, gpu_view_t pos, gpu_vi
 lt_status_t op_embed(gpu_cmd_t *c, gpu_view_t y, gpu_view_t table, lt_dtype_t ttype, gpu_view_t ids, uint32_t n_ids,
                      uint32_t dim, uint32_t row_lo, uint32_t row_hi, lt_err_t *err);
 
+/* A zeroth-order perturbation of a weight as it is read: value + scale * z(seed, tensor_id, element index within
+ * the piece), z as op_perturb() draws it. */
+typedef struct op_zread {
+  uint64_t seed;
+  uint32_t tensor_id;
+  float scale;
+} op_zread_t;
+
+/* op_embed() reading the table perturbed by *z (NULL: as op_embed()); f32, f16 and bf16 tables only. */
+lt_status_t op_embed_z(gpu_cmd_t *c, gpu_view_t y, gpu_view_t table, lt_dtype_t ttype, gpu_view_t ids, uint32_t n_ids,
+                       uint32_t dim, uint32_t row_lo, uint32_t row_hi, const op_zread_t *z, lt_err_t *err);
+
 /* Causal attention for one sequence. q, out: f32 [n_q, n_heads, head_dim]; k, v: f32 caches
  * [>= kv_len, n_kv_heads, head_dim]. Query row t is at position q_pos0 + t and sees keys [0, q_pos0 + t], or with
  * a sliding window W > 0 only the last W of them, (q_pos0 + t - W, q_pos0 + t] (Mistral). Scores are scale * q.k,
@@ -257,5 +269,17 @@ lt_status_t op_scatter_add(gpu_cmd_t *c, gpu_view_t y, gpu_view_t x, gpu_view_t 
 /* x[i] += scale * z(seed, tensor_id, i) for i < n, z standard normal from Philox-4x32-10 (see ref_normal()). */
 lt_status_t op_perturb(gpu_cmd_t *c, gpu_view_t x, uint32_t n, uint64_t seed, uint32_t tensor_id, float scale,
                        lt_err_t *err);
+
+/* The update of a zeroth-order step in x's own dtype (f32, f16 or bf16): x[i] = round(decay * x[i] + scale *
+ * z(seed, tensor_id, i)). f32 rounds to nearest; f16 and bf16 round stochastically to a neighbour (expected value
+ * the f32 one) from Philox counter (i/4, 0, tensor_id, 1), so the result is a pure function of the arguments (see
+ * ref_perturb_update()). */
+lt_status_t op_perturb_update(gpu_cmd_t *c, gpu_view_t x, lt_dtype_t dtype, uint32_t n, uint64_t seed,
+                              uint32_t tensor_id, float decay, float scale, lt_err_t *err);
+
+/* A perturbed copy: y[i] = w[i] + scale * z(seed, tensor_id, base + i) for i < n, y f32, w f32, f16 or bf16 (the
+ * weights a perturbed forward pass reads, w unchanged). base must be a multiple of 4. */
+lt_status_t op_perturb_copy(gpu_cmd_t *c, gpu_view_t y, gpu_view_t w, lt_dtype_t dtype, uint32_t n, uint64_t base,
+                            uint64_t seed, uint32_t tensor_id, float scale, lt_err_t *err);
 
 #endif

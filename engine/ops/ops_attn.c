@@ -90,7 +90,17 @@ lt_status_t op_rope_backward(gpu_cmd_t *c, gpu_view_t dx, gpu_view_t pos, gpu_vi
 
 lt_status_t op_embed(gpu_cmd_t *c, gpu_view_t y, gpu_view_t table, lt_dtype_t ttype, gpu_view_t ids, uint32_t n_ids,
                      uint32_t dim, uint32_t row_lo, uint32_t row_hi, lt_err_t *err) {
+  return op_embed_z(c, y, table, ttype, ids, n_ids, dim, row_lo, row_hi, NULL, err);
+}
+
+lt_status_t op_embed_z(gpu_cmd_t *c, gpu_view_t y, gpu_view_t table, lt_dtype_t ttype, gpu_view_t ids, uint32_t n_ids,
+                       uint32_t dim, uint32_t row_lo, uint32_t row_hi, const op_zread_t *z, lt_err_t *err) {
   bool blocks = qblock_is(ttype);
+  if (z && blocks)
+    return lt_fail(err, LT_E_INVALID, "embed: a perturbed read needs a float table, not %s", lt_dtype_str(ttype));
+  if (z && (uint64_t)(row_hi - row_lo) * dim > UINT32_MAX)
+    return lt_fail(err, LT_E_LIMIT, "embed: a perturbed piece of %u x %u elements exceeds 32-bit indexing",
+                   row_hi - row_lo, dim);
   if (ttype != LT_F32 && ttype != LT_F16 && ttype != LT_BF16 && !blocks)
     return lt_fail(err, LT_E_INVALID, "embed: table dtype %s (want f32, f16, bf16 or one of %s)", lt_dtype_str(ttype),
                    qblock_names());
@@ -105,17 +115,20 @@ lt_status_t op_embed(gpu_cmd_t *c, gpu_view_t y, gpu_view_t table, lt_dtype_t tt
   uint64_t n = (uint64_t)n_ids * dim;
   if (n > UINT32_MAX)
     return lt_fail(err, LT_E_LIMIT, "embed: %llu outputs exceed 32-bit indexing", (unsigned long long)n);
-  char defines[16];
-  snprintf(defines, sizeof defines, "GQ=%d", (int)ttype);
-  gpu_pipeline_t *p = op_pipeline(g, OP_EMBED,
-                                  ttype == LT_F16    ? "TABLE_F16=1"
-                                  : ttype == LT_BF16 ? "TABLE_BF16=1"
-                                  : blocks           ? defines
-                                                     : NULL,
-                                  NULL, 0, err);
+  char defines[40];
+  if (blocks)
+    snprintf(defines, sizeof defines, "GQ=%d", (int)ttype);
+  else
+    snprintf(defines, sizeof defines, "TABLE_F16=%d;TABLE_BF16=%d;PERTURB=%d", ttype == LT_F16, ttype == LT_BF16,
+             z != NULL);
+  gpu_pipeline_t *p = op_pipeline(g, OP_EMBED, defines, NULL, 0, err);
   if (!p) return err ? err->code : LT_E_SHADER;
   uint64_t row_bytes = blocks ? qblock_row_bytes(ttype, dim) : (uint64_t)dim * lt_dtype_size(ttype);
   pc_embed_t pc = {.n_ids = n_ids, .dim = dim, .row_lo = row_lo, .row_hi = row_hi, .row_bytes = (uint32_t)row_bytes};
+  if (z) {
+    pc.seed_lo = (uint32_t)z->seed, pc.seed_hi = (uint32_t)(z->seed >> 32);
+    pc.tensor_id = z->tensor_id, pc.scale = z->scale;
+  }
   gpu_view_t v[3] = {y, table, ids};
   /* Block rows need not end on a word: the shader reads whole words, the last one partly. */
   uint64_t tb = (uint64_t)(row_hi - row_lo) * row_bytes;

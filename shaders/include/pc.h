@@ -126,6 +126,8 @@ PC_END(pc_rope)
 PC_BEGIN(pc_embed)
   uint n_ids, dim, row_lo, row_hi;
   uint row_bytes; /* block-format tables (GQ): bytes per row */
+  uint seed_lo, seed_hi, tensor_id; /* PERTURB=1: rows read as table + scale * z(seed, tensor_id, element) */
+  float scale;
 PC_END(pc_embed)
 #endif
 
@@ -160,6 +162,8 @@ PC_BEGIN(pc_perturb)
   uint seed_lo, seed_hi;
   uint tensor_id;
   float scale;
+  float decay;  /* MODE 1 (the update): x = decay * x + scale * z */
+  uint base_q;  /* MODE 2 (a perturbed copy): z starts at element 4 * base_q of the tensor piece */
 PC_END(pc_perturb)
 #endif
 

@@ -252,3 +252,204 @@ Test(perturb, plus_minus_plus_restores_and_regenerates_bit_for_bit) {
   free(x), free(x3), free(xw), free(z), free(z2);
   gpu_buf_destroy(&b), gpu_buf_destroy(&wrong);
 }
+
+/* ---- the update in the weights' own dtype, the perturbed copy and the perturbed embedding gather ---- */
+
+/* n 16-bit weights of dtype (f16 or bf16) spread over [-4, 4] with some tiny ones and zeros among them. */
+static uint16_t *weights16(lt_dtype_t dtype, uint32_t n, uint64_t *seed) {
+  float *f = talloc(n);
+  trand(f, n, -4.0f, 4.0f, seed);
+  uint16_t *h = malloc(2ull * n);
+  for (uint32_t i = 0; i < n; i++) {
+    float v = i % 17 == 0 ? f[i] * 1e-6f : i % 29 == 0 ? 0.0f : f[i];
+    h[i] = dtype == LT_F16 ? dtype_float_to_half(v) : dtype_float_to_bf16(v);
+  }
+  free(f);
+  return h;
+}
+
+static float widen16(lt_dtype_t dtype, uint16_t h) {
+  return dtype == LT_F16 ? dtype_half_to_float(h) : dtype_bf16_to_float(h);
+}
+
+/* op_perturb_update on 16-bit weights. */
+static uint16_t *gpu_update16(const uint16_t *w, lt_dtype_t dtype, uint32_t n, uint64_t seed, uint32_t id, float decay,
+                              float scale) {
+  gpu_buf_t *b = tbuf_bytes(w, 2ull * n);
+  lt_err_t err = {0};
+  gpu_cmd_t *c = tbegin();
+  cr_assert_eq(op_perturb_update(c, gv(b), dtype, n, seed, id, decay, scale, &err), LT_OK, "%s", err.msg);
+  tfinish(&c);
+  uint16_t *got = tread_bytes(b, 2ull * n);
+  gpu_buf_destroy(&b);
+  return got;
+}
+
+Test(perturb, stochastic_rounding_matches_the_reference_bit_for_bit_and_is_unbiased) {
+  /* With scale 0 the value to round, decay * w, is one f32 multiply on both sides and the random bits are
+   * integer Philox outputs: the GPU must give the reference's bits exactly, odd tail included. decay = 1 + 2^-13
+   * moves most weights by a fraction of their spacing, so round-to-nearest would leave nearly all unchanged; with
+   * stochastic rounding the mean of (result - exact) over 40,000 weights, in units of each weight's spacing, is
+   * within 4 standard errors of 0 (one rounding has a standard deviation of at most 1/2 spacing), and the
+   * fraction moved matches the expected one. */
+  if (!gpu_caps(tgpu())->storage16) {
+    cr_log_info("no 16-bit storage: 16-bit weights are never placed on this device");
+    return;
+  }
+  const uint32_t n = 40003;
+  const float decay = 1.0f + 0x1p-13f;
+  static const lt_dtype_t types[2] = {LT_F16, LT_BF16};
+  for (int t = 0; t < 2; t++) {
+    lt_dtype_t dt = types[t];
+    uint64_t s = 77 + t;
+    uint16_t *w = weights16(dt, n, &s);
+    uint16_t *got = gpu_update16(w, dt, n, 0x1234567890abcdefull, 42, decay, 0.0f);
+    uint16_t *want = malloc(2ull * n);
+    memcpy(want, w, 2ull * n);
+    ref_perturb_update(want, dt, n, 0x1234567890abcdefull, 42, decay, 0.0f);
+    double bias = 0, moved = 0, expect_moved = 0;
+    uint32_t counted = 0;
+    for (uint32_t i = 0; i < n; i++) {
+      cr_assert_eq(got[i], want[i], "%s[%u]: %04x, reference %04x (from %04x)", lt_dtype_str(dt), i, got[i], want[i],
+                   w[i]);
+      float x = decay * widen16(dt, w[i]), lo = widen16(dt, w[i]);
+      if (x == lo) continue;
+      /* The spacing at x: the neighbour of w away from zero (|x| > |w| here). */
+      uint16_t next = w[i] + 1;
+      double gap = fabs((double)widen16(dt, next) - lo), frac = fabs((double)x - lo) / gap;
+      bias += ((double)widen16(dt, got[i]) - x) / gap * (x < 0 ? -1 : 1);
+      moved += got[i] != w[i];
+      expect_moved += frac;
+      counted++;
+    }
+    bias /= counted;
+    double se = 0.5 / sqrt((double)counted);
+    cr_log_info("%s: %u weights rounded, mean bias %.5f spacings (4 se = %.5f), moved %.0f of %.0f expected",
+                lt_dtype_str(dt), counted, bias, 4 * se, moved, expect_moved);
+    cr_assert_gt(counted, n / 2);
+    cr_assert_leq(fabs(bias), 4 * se, "%s: stochastic rounding is biased", lt_dtype_str(dt));
+    cr_assert_leq(fabs(moved - expect_moved), 4 * sqrt(expect_moved) + 1, "%s: moved %.0f, expected %.0f",
+                  lt_dtype_str(dt), moved, expect_moved);
+    free(w), free(got), free(want);
+  }
+}
+
+Test(perturb, update_with_a_step_lands_on_a_neighbour_of_the_exact_value) {
+  /* decay * w + scale * z: the GPU's z carries its own error (Z_ATOL, Z_RTOL), so the rounding may pick the other
+   * neighbour near a boundary; every result must still be one of the two representable neighbours of the exact
+   * value (spacing plus scale times z's error). The f32 update must equal the exact value to 2^-23 relative plus
+   * that error. A step of 0 anywhere would fail the count of changed weights. */
+  const uint32_t n = 10007;
+  const float decay = 0.999f, scale = -3e-3f;
+  const uint64_t seed = 99;
+  uint64_t rs = 5;
+  float *w32 = talloc(n);
+  trand(w32, n, -2.0f, 2.0f, &rs);
+  gpu_buf_t *b = tbuf_f32(w32, n);
+  lt_err_t err = {0};
+  gpu_cmd_t *c = tbegin();
+  cr_assert_eq(op_perturb_update(c, gv(b), LT_F32, n, seed, 8, decay, scale, &err), LT_OK, "%s", err.msg);
+  tfinish(&c);
+  float *g32 = tread_f32(b, n);
+  for (uint32_t i = 0; i < n; i++) {
+    double z = ref_normal(seed, 8, i), want = (double)decay * w32[i] + (double)scale * z;
+    double tol = 0x1p-23 * (fabs(want) + fabs(scale * z)) + fabs(scale) * (Z_ATOL + Z_RTOL * fabs(z));
+    cr_assert_leq(fabs(g32[i] - want), tol, "f32[%u]: %.9g, want %.9g", i, (double)g32[i], want);
+  }
+  gpu_buf_destroy(&b);
+  free(w32), free(g32);
+  if (!gpu_caps(tgpu())->storage16) return;
+  static const lt_dtype_t types[2] = {LT_F16, LT_BF16};
+  for (int t = 0; t < 2; t++) {
+    lt_dtype_t dt = types[t];
+    uint16_t *w = weights16(dt, n, &rs);
+    uint16_t *got = gpu_update16(w, dt, n, seed, 8, decay, scale);
+    uint32_t changed = 0;
+    for (uint32_t i = 0; i < n; i++) {
+      double z = ref_normal(seed, 8, i), want = (double)decay * widen16(dt, w[i]) + (double)scale * z;
+      double v = widen16(dt, got[i]);
+      /* The spacing around v: the distance to its neighbour away from zero (wider than the one toward it). */
+      uint16_t up = (uint16_t)(got[i] + ((got[i] & 0x7fff) == 0x7fff ? 0 : 1));
+      double gap = fabs((double)widen16(dt, up) - v);
+      if (gap == 0) gap = fabs(v) * (dt == LT_F16 ? 0x1p-10 : 0x1p-7);
+      double tol = gap + fabs(scale) * (Z_ATOL + Z_RTOL * fabs(z)) + 0x1p-24 * fabs(want);
+      cr_assert_leq(fabs(v - want), tol, "%s[%u]: %.9g, want %.9g (from %.9g)", lt_dtype_str(dt), i, v, want,
+                    (double)widen16(dt, w[i]));
+      changed += got[i] != w[i];
+    }
+    cr_assert_gt(changed, n / 4, "%s: only %u of %u weights moved", lt_dtype_str(dt), changed, n);
+    free(w), free(got);
+  }
+}
+
+Test(perturb, perturbed_copy_reads_the_weights_plus_scaled_normals_from_an_offset) {
+  /* y = w + scale * z(base + i), w unchanged: f32, f16 and bf16 weights, base 4 * 37, an odd length. */
+  const uint32_t n = 1001;
+  const uint64_t base = 148, seed = 5;
+  const float scale = 0.25f;
+  static const lt_dtype_t types[3] = {LT_F32, LT_F16, LT_BF16};
+  uint64_t rs = 9;
+  for (int t = 0; t < 3; t++) {
+    lt_dtype_t dt = types[t];
+    if (dt != LT_F32 && !gpu_caps(tgpu())->storage16) continue;
+    float *wf = talloc(n);
+    uint16_t *w16 = weights16(dt == LT_F32 ? LT_F16 : dt, n, &rs);
+    for (uint32_t i = 0; i < n; i++) wf[i] = dt == LT_F32 ? widen16(LT_F16, w16[i]) * 1.1f : widen16(dt, w16[i]);
+    gpu_buf_t *w = dt == LT_F32 ? tbuf_f32(wf, n) : tbuf_bytes(w16, 2ull * n), *y = tbuf_f32(NULL, n);
+    lt_err_t err = {0};
+    gpu_cmd_t *c = tbegin();
+    cr_assert_eq(op_perturb_copy(c, gv(y), gv(w), dt, n, base, seed, 3, scale, &err), LT_OK, "%s", err.msg);
+    tfinish(&c);
+    float *got = tread_f32(y, n);
+    for (uint32_t i = 0; i < n; i++) {
+      double z = ref_normal(seed, 3, base + i), want = (double)wf[i] + (double)scale * z;
+      double tol = 0x1p-24 * (fabs(wf[i]) + 2 * fabs(scale * z)) + scale * (Z_ATOL + Z_RTOL * fabs(z));
+      cr_assert_leq(fabs(got[i] - want), tol, "%s[%u]: %.9g, want %.9g", lt_dtype_str(dt), i, (double)got[i], want);
+    }
+    void *after = tread_bytes(w, (uint64_t)lt_dtype_size(dt) * n);
+    cr_assert(memcmp(after, dt == LT_F32 ? (void *)wf : (void *)w16, (uint64_t)lt_dtype_size(dt) * n) == 0,
+              "%s: the weights changed", lt_dtype_str(dt));
+    free(after), free(got), free(wf), free(w16);
+    gpu_buf_destroy(&w), gpu_buf_destroy(&y);
+  }
+  /* A base off a quad is refused by name. */
+  gpu_buf_t *w = tbuf_f32(NULL, 8), *y = tbuf_f32(NULL, 8);
+  lt_err_t err = {0};
+  gpu_cmd_t *c = tbegin();
+  cr_assert_eq(op_perturb_copy(c, gv(y), gv(w), LT_F32, 8, 6, 1, 1, 1.0f, &err), LT_E_INVALID);
+  cr_assert(strstr(err.msg, "quad") != NULL, "%s", err.msg);
+  tfinish(&c);
+  gpu_buf_destroy(&w), gpu_buf_destroy(&y);
+}
+
+Test(perturb, embedding_gather_reads_the_rows_perturbed) {
+  /* op_embed_z on a piece holding rows [10, 30) of a table of dim 13: each gathered row is the table's row plus
+   * scale * z at the element's index within the piece; ids outside the piece leave y alone. */
+  const uint32_t dim = 13, lo = 10, hi = 30, rows = hi - lo;
+  const int32_t ids[5] = {10, 29, 3, 17, 17};
+  uint64_t rs = 4;
+  float *table = talloc(rows * dim);
+  trand(table, rows * dim, -1.0f, 1.0f, &rs);
+  float init[5 * 13];
+  for (uint32_t i = 0; i < 5 * dim; i++) init[i] = -7.0f;
+  gpu_buf_t *t = tbuf_f32(table, rows * dim), *y = tbuf_f32(init, 5 * dim), *ib = tbuf_bytes(ids, sizeof ids);
+  op_zread_t z = {.seed = 0xfeedull << 32, .tensor_id = 12, .scale = 0.5f};
+  lt_err_t err = {0};
+  gpu_cmd_t *c = tbegin();
+  cr_assert_eq(op_embed_z(c, gv(y), gv(t), LT_F32, gv(ib), 5, dim, lo, hi, &z, &err), LT_OK, "%s", err.msg);
+  tfinish(&c);
+  float *got = tread_f32(y, 5 * dim);
+  for (uint32_t r = 0; r < 5; r++)
+    for (uint32_t j = 0; j < dim; j++) {
+      float g = got[r * dim + j];
+      if (ids[r] < (int32_t)lo || ids[r] >= (int32_t)hi) {
+        cr_assert_eq(g, -7.0f, "row %u outside the piece was written", r);
+        continue;
+      }
+      uint64_t e = (uint64_t)(ids[r] - (int32_t)lo) * dim + j;
+      double zz = ref_normal(z.seed, z.tensor_id, e), want = table[e] + 0.5 * zz;
+      cr_assert_leq(fabs(g - want), 0x1p-24 * 4 + 0.5 * (Z_ATOL + Z_RTOL * fabs(zz)), "row %u dim %u", r, j);
+    }
+  free(got), free(table);
+  gpu_buf_destroy(&t), gpu_buf_destroy(&y), gpu_buf_destroy(&ib);
+}

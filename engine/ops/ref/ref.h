@@ -75,5 +75,17 @@ void ref_philox4x32(uint32_t out[4], const uint32_t ctr[4], const uint32_t key[2
 float ref_normal(uint64_t seed, uint32_t tensor_id, uint64_t i);
 /* x[i] += scale * ref_normal(seed, tensor_id, i) */
 void ref_perturb(float *x, uint32_t n, uint64_t seed, uint32_t tensor_id, float scale);
+/* The 32 random bits that decide the stochastic rounding of element i in op_perturb_update(): Philox output i % 4
+ * of counter (i/4 lo, i/4 hi, tensor_id, 1). */
+uint32_t ref_round_bits(uint64_t seed, uint32_t tensor_id, uint64_t i);
+/* v rounded stochastically to f16 bits by the random bits r (perturb.comp's rule: the upper neighbour with
+ * probability (v - lo) / (hi - lo), against r's top 24 bits as a uniform). */
+uint16_t ref_round_f16(float v, uint32_t r);
+/* v rounded stochastically to bfloat16 bits: r's top 16 bits added below the kept ones, then truncated. */
+uint16_t ref_round_bf16(float v, uint32_t r);
+/* op_perturb_update() on the CPU: x[i] = round(decay * x[i] + scale * ref_normal(...)) in dtype (f32, f16 or bf16
+ * bits), f32 arithmetic; matches the shader bit for bit when scale is 0 (z's last bits differ otherwise). */
+void ref_perturb_update(void *x, lt_dtype_t dtype, uint32_t n, uint64_t seed, uint32_t tensor_id, float decay,
+                        float scale);
 
 #endif

@@ -1,6 +1,9 @@
 /* CPU references for the zeroth-order perturbation: Philox-4x32-10 and the Box-Muller normals built on it. */
 #include <math.h>
+#include <stdbool.h>
+#include <string.h>
 
+#include "engine/ops/dtype.h"
 #include "engine/ops/ref/ref.h"
 
 void ref_philox4x32(uint32_t out[4], const uint32_t ctr[4], const uint32_t key[2]) {
@@ -37,4 +40,52 @@ float ref_normal(uint64_t seed, uint32_t tensor_id, uint64_t i) {
 
 void ref_perturb(float *x, uint32_t n, uint64_t seed, uint32_t tensor_id, float scale) {
   for (uint32_t i = 0; i < n; i++) x[i] = (float)((double)x[i] + (double)scale * ref_normal(seed, tensor_id, i));
+}
+
+uint32_t ref_round_bits(uint64_t seed, uint32_t tensor_id, uint64_t i) {
+  uint64_t q = i / 4;
+  const uint32_t ctr[4] = {(uint32_t)q, (uint32_t)(q >> 32), tensor_id, 1};
+  const uint32_t key[2] = {(uint32_t)seed, (uint32_t)(seed >> 32)};
+  uint32_t r[4];
+  ref_philox4x32(r, ctr, key);
+  return r[i % 4];
+}
+
+uint16_t ref_round_f16(float v, uint32_t r) {
+  uint16_t h = dtype_float_to_half(v);
+  float n = dtype_half_to_float(h);
+  if (n == v || isnan(v)) return h;
+  bool up = v > n;
+  uint16_t h2 = (h & 0x7fff) == 0 ? (up ? 0x0001 : 0x8001) : (((h & 0x8000) == 0) == up ? h + 1 : h - 1);
+  float n2 = dtype_half_to_float(h2);
+  if (isinf(n)) return h2;
+  if (isinf(n2)) return h;
+  float lo = n < n2 ? n : n2, hi = n < n2 ? n2 : n;
+  float p = (v - lo) / (hi - lo);
+  float u = (float)(r >> 8) * 0x1p-24f;
+  return (u < p) == (hi == n2) ? h2 : h;
+}
+
+uint16_t ref_round_bf16(float v, uint32_t r) {
+  uint32_t b;
+  memcpy(&b, &v, 4);
+  if (isnan(v) || isinf(v)) return (uint16_t)(b >> 16);
+  return (uint16_t)((b + (r >> 16)) >> 16);
+}
+
+void ref_perturb_update(void *x, lt_dtype_t dtype, uint32_t n, uint64_t seed, uint32_t tensor_id, float decay,
+                        float scale) {
+  for (uint32_t i = 0; i < n; i++) {
+    float z = ref_normal(seed, tensor_id, i);
+    if (dtype == LT_F32) {
+      float *f = x;
+      f[i] = decay * f[i] + scale * z;
+    } else if (dtype == LT_F16) {
+      uint16_t *h = x;
+      h[i] = ref_round_f16(decay * dtype_half_to_float(h[i]) + scale * z, ref_round_bits(seed, tensor_id, i));
+    } else {
+      uint16_t *h = x;
+      h[i] = ref_round_bf16(decay * dtype_bf16_to_float(h[i]) + scale * z, ref_round_bits(seed, tensor_id, i));
+    }
+  }
 }
