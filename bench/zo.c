@@ -1,9 +1,10 @@
 /* Zeroth-order tuning cost (methods/zo.h), in the same run:
- * - step time of LeZO (half the blocks left out of each step) against MeZO on the same model and batch, steps
- *   interleaved, with the time of one perturbation pass: the only work LeZO saves (4 passes a step);
+ * - step time of MeZO and of LeZO (half the blocks left out of each step) as Lathe runs them now (version 2: the
+ *   forward passes read the weights perturbed, in the file's dtype), steps interleaved, against MeZO version 1
+ *   (f32 weights perturbed in place and restored: four passes over every weight a step), with the time of one
+ *   of those passes;
  * - peak device memory (gpu_stats bytes_peak, each on a fresh device) of a tuning step against plain inference of
- *   the same batch (the forward pass with per-token NLL), with the file's weights and with f32 weights (tuning
- *   needs f32).
+ *   the same batch (the forward pass with per-token NLL) with the same weights, and against version 1 on f32.
  * Models: argv[1] (default LATHE_SOURCE_DIR/models/lathe-kjv-llama, else stories260K) and the ~100M synthetic f16
  * LLaMA of bench/synth.h. LATHE_BENCH_QUICK=1 shrinks the batches. Exit status 1 on any failure. */
 #include <stdio.h>
@@ -97,9 +98,9 @@ static double median(double *v, uint32_t n) {
   return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
 }
 
-static zo_t *zo_make(model_t *m, zo_method_t method, uint32_t drop, const batch_t *b) {
+static zo_t *zo_make(model_t *m, zo_method_t method, uint32_t drop, uint32_t version, const batch_t *b) {
   lt_err_t err = {0};
-  zo_opts_t o = {.method = method, .eps = 1e-3f, .drop_layers = drop, .seed = 1};
+  zo_opts_t o = {.method = method, .eps = 1e-3f, .drop_layers = drop, .seed = 1, .version = version};
   zo_t *z = zo_new(m, &o, b->n, b->len, &err);
   if (!z) die("zo_new", err.msg);
   return z;
@@ -114,7 +115,7 @@ static double time_step(zo_t *z, uint64_t step, const batch_t *b) {
   return now_s() - t0;
 }
 
-/* Seconds of one perturbation pass of z (a +eps pass and its -eps undo, halved). */
+/* Seconds of one in-place perturbation pass of z (a +eps pass and its -eps undo, halved). */
 static double time_pass(zo_t *z, uint64_t step) {
   lt_err_t err = {0};
   uint64_t seed = zo_step_seed(1, step);
@@ -124,11 +125,26 @@ static double time_pass(zo_t *z, uint64_t step) {
   return (now_s() - t0) / 2;
 }
 
-/* MeZO against LeZO (half the blocks left out) on one model and batch, steps interleaved in ABBA order so that a busy
- * machine slows both alike (medians over `steps`); then the memory figures. */
-static int bench(const char *path, const char *label, uint32_t n, uint32_t len, uint32_t steps) {
+/* Peak device bytes of a fresh device holding the model (file dtypes, or f32) after one MeZO step of the given
+ * version. */
+static uint64_t tuning_peak(const char *path, bool f32, uint32_t version, const batch_t *b) {
   gpu_t *g = fresh_gpu();
-  model_t *m = load(g, path, true);
+  model_t *m = load(g, path, f32);
+  zo_t *z = zo_make(m, ZO_MEZO, 0, version, b);
+  time_step(z, 0, b);
+  uint64_t peak = gpu_stats(g)->bytes_peak;
+  zo_destroy(&z);
+  model_destroy(&m);
+  gpu_destroy(&g);
+  return peak;
+}
+
+/* MeZO and LeZO (half the blocks left out) of today's arithmetic and MeZO of version 1 on one model and batch,
+ * steps interleaved in rotating order so that a busy machine slows all alike (medians over `steps`); then the
+ * memory figures. */
+static int bench(const char *path, const char *label, uint32_t n, uint32_t len, uint32_t steps) {
+  gpu_t *g = fresh_gpu(), *g1 = fresh_gpu();
+  model_t *m = load(g, path, false), *m1 = load(g1, path, true);
   const model_config_t *c = model_config(m);
   uint32_t L = c->n_layers, drop = L / 2;
   uint64_t in_blocks = 0, total = 0;
@@ -139,43 +155,42 @@ static int bench(const char *path, const char *label, uint32_t n, uint32_t len, 
     if (p->layer >= 0) in_blocks += k;
   }
   batch_t b = batch_make(n, len, c->vocab_size);
-  printf("%s: %.1fM parameters (%.0f%% in its %u blocks), batch %u x %u tokens\n", label, (double)total / 1e6,
-         100.0 * (double)in_blocks / (double)total, L, n, len);
-  /* The tuning peak: the model in f32 and one MeZO step (its warm-up) on a fresh device. */
-  zo_t *mezo = zo_make(m, ZO_MEZO, 0, &b);
-  time_step(mezo, 0, &b);
-  uint64_t tune_peak = gpu_stats(g)->bytes_peak;
-  zo_t *lezo = zo_make(m, ZO_LEZO, drop, &b);
-  time_step(lezo, 0, &b);
-  double *tm = malloc(steps * sizeof *tm), *tl = malloc(steps * sizeof *tl);
-  double *pm = malloc(steps * sizeof *pm), *pl = malloc(steps * sizeof *pl);
-  if (!tm || !tl || !pm || !pl) die("malloc", "out of memory");
-  /* ABBA order: whichever method runs second in a round runs first in the next. */
+  printf("%s: %.1fM parameters (%.0f%% in its %u blocks, matrices %s on the device), batch %u x %u tokens\n", label,
+         (double)total / 1e6, 100.0 * (double)in_blocks / (double)total, L,
+         lt_dtype_str(model_param_at(m, model_param_count(m) - 1)->dtype), n, len);
+  zo_t *z[3] = {zo_make(m, ZO_MEZO, 0, ZO_VERSION, &b), zo_make(m, ZO_LEZO, drop, ZO_VERSION, &b),
+                zo_make(m1, ZO_MEZO, 0, 1, &b)};
+  for (int k = 0; k < 3; k++) time_step(z[k], 0, &b); /* warm-up: pipelines compiled */
+  double *t[3], *pass = malloc(steps * sizeof *pass);
+  for (int k = 0; k < 3; k++)
+    if (!(t[k] = malloc(steps * sizeof *t[k]))) die("malloc", "out of memory");
+  if (!pass) die("malloc", "out of memory");
+  /* Rotating order: each variant runs first, second and third in turn. */
   for (uint32_t s = 0; s < steps; s++) {
-    if (s % 2 == 0) {
-      tm[s] = time_step(mezo, s + 1, &b), tl[s] = time_step(lezo, s + 1, &b);
-      pm[s] = time_pass(mezo, s + 1), pl[s] = time_pass(lezo, s + 1);
-    } else {
-      tl[s] = time_step(lezo, s + 1, &b), tm[s] = time_step(mezo, s + 1, &b);
-      pl[s] = time_pass(lezo, s + 1), pm[s] = time_pass(mezo, s + 1);
+    for (int j = 0; j < 3; j++) {
+      int k = (int)((s + (uint32_t)j) % 3);
+      t[k][s] = time_step(z[k], s + 1, &b);
     }
+    pass[s] = time_pass(z[2], s + 1);
   }
-  double step_m = median(tm, steps), step_l = median(tl, steps), pass_m = median(pm, steps);
-  double pass_l = median(pl, steps);
-  int rc = gpu_stats(g)->validation_errors ? 1 : 0;
-  zo_destroy(&mezo), zo_destroy(&lezo);
-  free(tm), free(tl), free(pm), free(pl);
-  model_destroy(&m);
-  gpu_destroy(&g);
-  printf("  step time (median of %u): MeZO %.1f ms, LeZO (%u of %u blocks left out) %.1f ms: LeZO speed-up %.2fx\n",
-         steps, step_m * 1e3, drop, L, step_l * 1e3, step_m / step_l);
-  printf("  one perturbation pass: MeZO %.1f ms (x4 = %.0f%% of its step), LeZO %.1f ms (%.2fx less work)\n",
-         pass_m * 1e3, 400.0 * pass_m / step_m, pass_l * 1e3, pass_m / pass_l);
-  uint64_t inf_file = inference_peak(path, false, &b), inf_f32 = inference_peak(path, true, &b);
-  printf("  peak device memory: tuning %.1f MiB, inference %.1f MiB (file weights) / %.1f MiB (f32 weights): "
-         "tuning / inference %.2fx / %.2fx\n",
-         mib(tune_peak), mib(inf_file), mib(inf_f32), (double)tune_peak / (double)inf_file,
-         (double)tune_peak / (double)inf_f32);
+  double step_m = median(t[0], steps), step_l = median(t[1], steps), step_v1 = median(t[2], steps);
+  double pass_v1 = median(pass, steps);
+  int rc = gpu_stats(g)->validation_errors || gpu_stats(g1)->validation_errors ? 1 : 0;
+  for (int k = 0; k < 3; k++) zo_destroy(&z[k]), free(t[k]);
+  free(pass);
+  model_destroy(&m), model_destroy(&m1);
+  gpu_destroy(&g), gpu_destroy(&g1);
+  printf("  step time (median of %u): MeZO %.1f ms, LeZO (%u of %u blocks left out) %.1f ms: LeZO/MeZO step time "
+         "%.2f (speed-up %.2fx)\n",
+         steps, step_m * 1e3, drop, L, step_l * 1e3, step_l / step_m, step_m / step_l);
+  printf("  against version 1 (f32 perturbed in place, 4 passes a step of %.1f ms each = %.0f%% of its %.1f ms "
+         "step): MeZO steps %.2fx faster\n",
+         pass_v1 * 1e3, 400.0 * pass_v1 / step_v1, step_v1 * 1e3, step_v1 / step_m);
+  uint64_t tune = tuning_peak(path, false, ZO_VERSION, &b), tune_v1 = tuning_peak(path, true, 1, &b);
+  uint64_t inf_file = inference_peak(path, false, &b);
+  printf("  peak device memory: tuning %.1f MiB, inference %.1f MiB (same weights): tuning / inference %.2fx; "
+         "version 1 (f32) %.1f MiB: %.2fx\n",
+         mib(tune), mib(inf_file), (double)tune / (double)inf_file, mib(tune_v1), (double)tune_v1 / (double)inf_file);
   if (rc) printf("  validation layer: errors reported\n");
   free(b.ids), free(b.ex);
   return rc;

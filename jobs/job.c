@@ -239,6 +239,10 @@ lt_dtype_t job_save_dtype(job_ctx_t *c, const char *base) {
   if (!strcmp(dt, "f16")) return LT_F16;
   if (!strcmp(dt, "bf16")) return LT_BF16;
   if (!strcmp(dt, "f32")) return LT_F32;
+  return job_base_dtype(base);
+}
+
+lt_dtype_t job_base_dtype(const char *base) {
   model_file_t *f = NULL;
   lt_err_t e = {0};
   if (model_file_open(&f, base, &e) != LT_OK) return LT_F32;

@@ -115,6 +115,10 @@ void job_picture(job_ctx_t *ctx, lt_status_t st, const char *name, const char *p
  * model at base's token embedding; f32 when it cannot be read). */
 lt_dtype_t job_save_dtype(job_ctx_t *ctx, const char *base);
 
+/* The float dtype of the model at base, as its token embedding is stored (f32, f16 or bf16; f32 for anything
+ * else or a file that does not open). */
+lt_dtype_t job_base_dtype(const char *base);
+
 /* The model at path (a Hugging Face folder or a .gguf file) on the worker's device, with its tokenizer in *tok.
  * The worker keeps the last model loaded between jobs (the keep-alive), so a second job on the same model does
  * not load it again. When the job has an "adapter" parameter naming a folder (what `tune` writes: a PEFT LoRA or

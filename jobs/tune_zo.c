@@ -38,6 +38,7 @@ typedef struct run {
   job_ctx_t *ctx;
   const char *base, *output;
   zo_opts_t o;
+  bool f32; /* the weights are tuned as f32 (loaded with force_f32) */
   float lr;
   uint64_t steps, eval_every, save_every;
   uint32_t batch;
@@ -156,7 +157,7 @@ static lt_status_t open_replicas(run_t *r, const char *path, uint32_t context, l
     job_lent_device(r->ctx, i - 1, sel, sizeof sel);
     if (!sel[0]) util_copy(sel, job_param_str(r->ctx, "device"), sizeof sel);
     gpu_opts_t go = {.device = sel[0] ? sel : NULL};
-    model_load_opts_t lo = {.force_f32 = true};
+    model_load_opts_t lo = {.force_f32 = r->f32};
     if (!(r->rg[i] = gpu_new(&go, err))) return err->code;
     if (!(r->rm[i] = model_load(r->rg[i], path, &lo, err))) return err->code;
     if (!(r->zs[i] = zo_new(r->rm[i], &r->o, r->micro, context, err))) return err->code;
@@ -262,7 +263,19 @@ job_outcome_t run_tune_zo(job_ctx_t *ctx, lt_err_t *err) {
   if (start > r.steps) start = 0; /* the state of another run's length: start over */
   gpu_t *g = job_gpu(ctx, err);
   if (!g) goto done;
-  model_load_opts_t lo = {.force_f32 = true};
+  if (start) {
+    /* A run resumed goes on with the arithmetic its log began with (a version 1 log: f32 weights in place). */
+    zo_opts_t was;
+    zo_record_t *recs = NULL;
+    uint64_t n_recs = 0;
+    lt_err_t e2 = {0};
+    if (zo_log_read(r.log_path, &was, NULL, 0, &recs, &n_recs, &e2) == LT_OK) r.o.version = was.version;
+    free(recs);
+  }
+  /* Version 2 tunes a 16-bit base in its own dtype (the memory of inference) unless the output is to be another
+   * dtype: then in f32, as version 1 always did. */
+  r.f32 = r.o.version == 1 || job_save_dtype(ctx, r.base) != job_base_dtype(r.base);
+  model_load_opts_t lo = {.force_f32 = r.f32};
   if (!(r.m = model_load(g, start ? ckpt : r.base, &lo, err))) goto done;
   uint32_t L = model_config(r.m)->n_layers, max_pos = model_config(r.m)->max_position;
   /* Rows longer than the model was trained on would be scored at positions it never saw. */
@@ -284,7 +297,7 @@ job_outcome_t run_tune_zo(job_ctx_t *ctx, lt_err_t *err) {
     n_params += (uint64_t)model_param_at(r.m, i)->n_rows * model_param_at(r.m, i)->cols;
   job_log(ctx,
           "%s on %" PRIu64 " parameters (%u of %u blocks tuned each step), lr %g, eps %g, batch %u, "
-          "%.1f MiB of f32 weights",
+          "%.1f MiB of weights on the device",
           r.o.method == ZO_LEZO ? "LeZO" : "MeZO", n_params, L - r.o.drop_layers, L, (double)r.lr, (double)r.o.eps,
           r.batch, (double)model_mem(r.m)->weight_device_bytes / 1048576.0);
   if (r.eval.n && r.steps < (1u << 24) && (r.eval_curve = malloc((r.steps + 1) * sizeof *r.eval_curve)))

@@ -26,7 +26,8 @@ job_outcome_t run_zo_replay(job_ctx_t *ctx, lt_err_t *err) {
   }
   gpu_t *g = job_gpu(ctx, err);
   if (!g) goto done;
-  model_load_opts_t lo = {.force_f32 = true};
+  /* A version 1 log was made on f32 weights; version 2 tunes them in their own dtype. */
+  model_load_opts_t lo = {.force_f32 = o.version == 1};
   if (!(m = model_load(g, *model ? model : base, &lo, err))) goto done;
   if (!(z = zo_new(m, &o, 1, 2, err))) goto done;
   job_log(ctx, "replaying %" PRIu64 " of %" PRIu64 " steps on %s", steps, n, *model ? model : base);

@@ -14,14 +14,17 @@ struct zo {
   zo_opts_t o;
   uint32_t n_layers, max_batch, max_tokens;
   uint32_t n_params;
-  uint32_t *tensor_id;            /* [n_params] */
-  bool *active;                   /* [n_layers] scratch for the step at hand */
-  model_seq_t **seqs;             /* [max_batch], capacity max_tokens */
-  model_item_t *items;            /* [max_batch] */
-  int32_t *targets;               /* [max_batch * max_tokens] */
-  float *nll;                     /* [max_batch * max_tokens] */
-  uint32_t *which;                /* [max_batch] the example each forward item scores */
-  double *ex_sum, *ex_sum2;       /* [max_batch] per-example NLL sums (at +eps and -eps in a step) */
+  uint32_t *tensor_id;      /* [n_params] */
+  bool *zr;                 /* [n_params] read perturbed by the forward pass (version 2), else perturbed in place */
+  bool *zon;                /* [n_params] the pieces read perturbed in the step at hand */
+  model_zread_t zread;      /* what the step's forward passes read (zon, tensor_id) */
+  bool *active;             /* [n_layers] scratch for the step at hand */
+  model_seq_t **seqs;       /* [max_batch], capacity max_tokens */
+  model_item_t *items;      /* [max_batch] */
+  int32_t *targets;         /* [max_batch * max_tokens] */
+  float *nll;               /* [max_batch * max_tokens] */
+  uint32_t *which;          /* [max_batch] the example each forward item scores */
+  double *ex_sum, *ex_sum2; /* [max_batch] per-example NLL sums (at +eps and -eps in a step) */
   uint64_t *ex_count, *ex_count2; /* [max_batch] their scored tokens */
 };
 
@@ -113,13 +116,28 @@ zo_t *zo_new(model_t *m, const zo_opts_t *o, uint32_t max_batch, uint32_t max_to
     lt_fail(err, LT_E_INVALID, "a batch needs at least one example of at least two tokens");
     return NULL;
   }
+  uint32_t version = o->version ? o->version : ZO_VERSION;
+  if (version != 1 && version != ZO_VERSION) {
+    lt_fail(err, LT_E_INVALID, "zeroth-order arithmetic version %u: 1 or %d", version, ZO_VERSION);
+    return NULL;
+  }
   uint32_t n = model_param_count(m);
-  for (uint32_t i = 0; i < n; i++)
-    if (model_param_at(m, i)->dtype != LT_F32) {
-      lt_fail(err, LT_E_INVALID, "%s is %s on the device: tuning needs f32 weights (load with force_f32)",
-              model_param_at(m, i)->name, lt_dtype_str(model_param_at(m, i)->dtype));
+  for (uint32_t i = 0; i < n; i++) {
+    const model_param_t *p = model_param_at(m, i);
+    bool zr = version == ZO_VERSION && model_param_zreadable(m, i);
+    if (p->dtype != LT_F32 && !zr) {
+      if (version == 1)
+        lt_fail(err, LT_E_INVALID, "%s is %s on the device: a version 1 run needs f32 weights (load with force_f32)",
+                p->name, lt_dtype_str(p->dtype));
+      else if (p->dtype == LT_F16 || p->dtype == LT_BF16)
+        lt_fail(err, LT_E_INVALID, "%s is %s and is read outside a matmul: it is perturbed in place, which needs f32",
+                p->name, lt_dtype_str(p->dtype));
+      else
+        lt_fail(err, LT_E_INVALID, "%s is %s on the device: tuning needs f32, f16 or bf16 weights", p->name,
+                lt_dtype_str(p->dtype));
       return NULL;
     }
+  }
   zo_t *z = calloc(1, sizeof *z);
   if (!z) {
     lt_fail(err, LT_E_NOMEM, "out of memory");
@@ -127,11 +145,14 @@ zo_t *zo_new(model_t *m, const zo_opts_t *o, uint32_t max_batch, uint32_t max_to
   }
   z->m = m;
   z->o = *o;
+  z->o.version = version;
   z->n_layers = c->n_layers;
   z->max_batch = max_batch;
   z->max_tokens = max_tokens;
   z->n_params = n;
   z->tensor_id = calloc(n ? n : 1, sizeof *z->tensor_id);
+  z->zr = calloc(n ? n : 1, sizeof *z->zr);
+  z->zon = calloc(n ? n : 1, sizeof *z->zon);
   z->active = calloc(c->n_layers ? c->n_layers : 1, sizeof *z->active);
   z->seqs = calloc(max_batch, sizeof *z->seqs);
   z->items = calloc(max_batch, sizeof *z->items);
@@ -142,13 +163,14 @@ zo_t *zo_new(model_t *m, const zo_opts_t *o, uint32_t max_batch, uint32_t max_to
   z->ex_sum2 = calloc(max_batch, sizeof *z->ex_sum2);
   z->ex_count = calloc(max_batch, sizeof *z->ex_count);
   z->ex_count2 = calloc(max_batch, sizeof *z->ex_count2);
-  if (!z->tensor_id || !z->active || !z->seqs || !z->items || !z->targets || !z->nll || !z->which || !z->ex_sum ||
-      !z->ex_sum2 || !z->ex_count || !z->ex_count2) {
+  if (!z->tensor_id || !z->zr || !z->zon || !z->active || !z->seqs || !z->items || !z->targets || !z->nll ||
+      !z->which || !z->ex_sum || !z->ex_sum2 || !z->ex_count || !z->ex_count2) {
     lt_fail(err, LT_E_NOMEM, "out of memory");
     zo_destroy(&z);
     return NULL;
   }
   for (uint32_t i = 0; i < n; i++) {
+    z->zr[i] = version == ZO_VERSION && model_param_zreadable(m, i);
     z->tensor_id[i] = zo_tensor_id(model_param_at(m, i));
     /* Two pieces with one id would get the same direction: refuse rather than tune a correlated subspace. */
     for (uint32_t j = 0; j < i; j++)
@@ -173,7 +195,9 @@ void zo_destroy(zo_t **zp) {
   for (uint32_t b = 0; z->seqs && b < z->max_batch; b++) model_seq_destroy(&z->seqs[b]);
   free(z->seqs);
   free(z->items);
+  if (z->m) model_set_zread(z->m, NULL, NULL);
   free(z->tensor_id);
+  free(z->zr), free(z->zon);
   free(z->active);
   free(z->targets);
   free(z->nll);
@@ -185,16 +209,26 @@ void zo_destroy(zo_t **zp) {
 /* Whether parameter piece p is tuned in a step whose blocks are z->active. */
 static bool tuned(const zo_t *z, const model_param_t *p) { return p->layer < 0 || z->active[p->layer]; }
 
-/* One pass over the step's parameters: theta += scale * z, preceded by theta *= decay on non-norm tensors when
- * decay != 1. */
-static lt_status_t pass(zo_t *z, uint64_t step_seed, float decay, float scale, lt_err_t *err) {
+/* One pass over the step's parameters in place: theta += scale * z, preceded by theta *= decay on non-norm tensors
+ * when decay != 1 (version 1's update). Only the pieces perturbed in place when only_inplace. */
+static lt_status_t pass(zo_t *z, uint64_t step_seed, float decay, float scale, bool only_inplace, lt_err_t *err) {
   zo_blocks(z, step_seed, z->active);
+  uint32_t todo = 0;
+  for (uint32_t i = 0; i < z->n_params; i++) {
+    const model_param_t *p = model_param_at(z->m, i);
+    if (!tuned(z, p) || (only_inplace && z->zr[i])) continue;
+    if (p->dtype != LT_F32)
+      return lt_fail(err, LT_E_INVALID, "%s is %s: only f32 weights are perturbed in place", p->name,
+                     lt_dtype_str(p->dtype));
+    todo++;
+  }
+  if (!todo) return LT_OK;
   gpu_cmd_t *c = gpu_cmd_begin(model_gpu(z->m), err);
   if (!c) return err ? err->code : LT_E_VULKAN;
   lt_status_t st = LT_OK;
   for (uint32_t i = 0; i < z->n_params && st == LT_OK; i++) {
     const model_param_t *p = model_param_at(z->m, i);
-    if (!tuned(z, p)) continue;
+    if (!tuned(z, p) || (only_inplace && z->zr[i])) continue;
     uint32_t n = p->n_rows * p->cols;
     if (decay != 1.0f && !p->is_norm) st = op_scale(c, gv(p->buf), gv(p->buf), decay, n, err);
     if (st == LT_OK) st = op_perturb(c, gv(p->buf), n, step_seed, z->tensor_id[i], scale, err);
@@ -207,11 +241,38 @@ static lt_status_t pass(zo_t *z, uint64_t step_seed, float decay, float scale, l
 }
 
 lt_status_t zo_perturb(zo_t *z, uint64_t step_seed, float scale, lt_err_t *err) {
-  return pass(z, step_seed, 1.0f, scale, err);
+  return pass(z, step_seed, 1.0f, scale, false, err);
 }
 
 lt_status_t zo_update(zo_t *z, uint64_t step_seed, float lr, float g, lt_err_t *err) {
-  return pass(z, step_seed, 1.0f - lr * z->o.weight_decay, -lr * g, err);
+  float decay = 1.0f - lr * z->o.weight_decay;
+  if (z->o.version == 1) return pass(z, step_seed, decay, -lr * g, false, err);
+  /* One pass per tensor in its own dtype: decay and step rounded once. */
+  zo_blocks(z, step_seed, z->active);
+  gpu_cmd_t *c = gpu_cmd_begin(model_gpu(z->m), err);
+  if (!c) return err ? err->code : LT_E_VULKAN;
+  lt_status_t st = LT_OK;
+  for (uint32_t i = 0; i < z->n_params && st == LT_OK; i++) {
+    const model_param_t *p = model_param_at(z->m, i);
+    if (!tuned(z, p)) continue;
+    st = op_perturb_update(c, gv(p->buf), p->dtype, p->n_rows * p->cols, step_seed, z->tensor_id[i],
+                           p->is_norm ? 1.0f : decay, -lr * g, err);
+  }
+  if (st != LT_OK) {
+    gpu_cmd_abort(&c);
+    return st;
+  }
+  return gpu_cmd_finish(&c, err);
+}
+
+/* Version 2: the step's forward passes from now on read theta + scale * z (the pieces read perturbed), and the
+ * pieces perturbed in place move by delta * z (scale minus where they are now). */
+static lt_status_t shift(zo_t *z, uint64_t step_seed, float scale, float delta, lt_err_t *err) {
+  zo_blocks(z, step_seed, z->active);
+  for (uint32_t i = 0; i < z->n_params; i++) z->zon[i] = z->zr[i] && tuned(z, model_param_at(z->m, i));
+  z->zread = (model_zread_t){.seed = step_seed, .scale = scale, .tensor_id = z->tensor_id, .on = z->zon};
+  lt_status_t st = model_set_zread(z->m, &z->zread, err);
+  return st == LT_OK ? pass(z, step_seed, 1.0f, delta, true, err) : st;
 }
 
 lt_status_t zo_nll_each(zo_t *z, const zo_example_t *batch, uint32_t n, double *sum, uint64_t *count, lt_err_t *err) {
@@ -305,11 +366,23 @@ static void *share_run(void *arg) {
   }
   /* Every replica perturbs and restores its whole copy (the weights stay identical across replicas), even when
    * it has no micro-batch of its own this step. */
-  if ((s->st = zo_perturb(z, s->seed, eps, err)) != LT_OK) return NULL;
-  if ((s->st = share_score(s, s->sum_plus, s->count_plus, err)) != LT_OK) return NULL;
-  if ((s->st = zo_perturb(z, s->seed, -2.0f * eps, err)) != LT_OK) return NULL;
-  if ((s->st = share_score(s, s->sum_minus, s->count_minus, err)) != LT_OK) return NULL;
-  s->st = zo_perturb(z, s->seed, eps, err);
+  if (z->o.version == 1) {
+    if ((s->st = zo_perturb(z, s->seed, eps, err)) != LT_OK) return NULL;
+    if ((s->st = share_score(s, s->sum_plus, s->count_plus, err)) != LT_OK) return NULL;
+    if ((s->st = zo_perturb(z, s->seed, -2.0f * eps, err)) != LT_OK) return NULL;
+    if ((s->st = share_score(s, s->sum_minus, s->count_minus, err)) != LT_OK) return NULL;
+    s->st = zo_perturb(z, s->seed, eps, err);
+    return NULL;
+  }
+  if ((s->st = shift(z, s->seed, eps, eps, err)) == LT_OK &&
+      (s->st = share_score(s, s->sum_plus, s->count_plus, err)) == LT_OK &&
+      (s->st = shift(z, s->seed, -eps, -2.0f * eps, err)) == LT_OK)
+    s->st = share_score(s, s->sum_minus, s->count_minus, err);
+  model_set_zread(z->m, NULL, NULL);
+  /* The in-place pieces go back even after a failure (their restore is part of the step's arithmetic). */
+  lt_err_t e2 = {0};
+  lt_status_t back = pass(z, s->seed, 1.0f, eps, true, &e2);
+  if (s->st == LT_OK && back != LT_OK) s->st = back, *err = e2;
   return NULL;
 }
 
@@ -396,8 +469,9 @@ lt_status_t zo_step(zo_t *z, uint64_t step, float lr, const zo_example_t *batch,
 lt_status_t zo_replay(zo_t *z, const zo_record_t *rec, lt_err_t *err) {
   float eps = z->o.eps;
   lt_status_t st;
-  if ((st = zo_perturb(z, rec->seed, eps, err)) != LT_OK) return st;
-  if ((st = zo_perturb(z, rec->seed, -2.0f * eps, err)) != LT_OK) return st;
-  if ((st = zo_perturb(z, rec->seed, eps, err)) != LT_OK) return st;
+  bool only_inplace = z->o.version != 1; /* version 2's forward passes left the rest as it was */
+  if ((st = pass(z, rec->seed, 1.0f, eps, only_inplace, err)) != LT_OK) return st;
+  if ((st = pass(z, rec->seed, 1.0f, -2.0f * eps, only_inplace, err)) != LT_OK) return st;
+  if ((st = pass(z, rec->seed, 1.0f, eps, only_inplace, err)) != LT_OK) return st;
   return zo_update(z, rec->seed, rec->lr, rec->g, err);
 }

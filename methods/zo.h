@@ -30,7 +30,13 @@ typedef struct zo_opts {
   float weight_decay;   /* decoupled decay on every non-norm tensor: theta -= lr * wd * theta */
   uint32_t drop_layers; /* LeZO: blocks left out of each step (< n_layers); 0 under MeZO */
   uint64_t seed;        /* run seed: the step seeds derive from it (zo_step_seed()) */
+  uint32_t version;     /* the arithmetic of a step, as the run log's version names it: 2 (0 means 2) perturbs the
+                           weights as the forward pass reads them; 1 (logs of earlier runs) perturbed f32 weights in
+                           place and restored them */
 } zo_opts_t;
+
+/* The log version (and step arithmetic) new runs use. */
+#define ZO_VERSION 2
 
 /* One tokenised example (methods/dataset.h). */
 typedef lm_example_t zo_example_t;
@@ -45,9 +51,12 @@ typedef struct zo_record {
 typedef struct zo zo_t;
 
 /* Prepares tuning of m's weights in place: batches of at most max_batch examples of at most max_tokens tokens.
- * Every parameter must be f32 (load with model_load_opts_t.force_f32: perturb-and-restore in f16 would round the
- * weights at every step). Fails with LT_E_INVALID on f16 weights, bad options or a tensor-id collision. Caller
- * owns the result (zo_destroy); m must outlive it. */
+ * Version 2: the weights stay in their dtype (f32, f16 or bf16). The forward passes of a step read the matrices and
+ * the embedding perturbed (model_set_zread), so they never change until the update, which rounds f16 and bf16
+ * stochastically; the few tensors read elsewhere (norm weights, biases) are perturbed in place and must be f32.
+ * Version 1: every parameter must be f32 (load with model_load_opts_t.force_f32). Fails with LT_E_INVALID on
+ * weights it cannot tune, bad options or a tensor-id collision. Caller owns the result (zo_destroy); m must
+ * outlive it. */
 zo_t *zo_new(model_t *m, const zo_opts_t *o, uint32_t max_batch, uint32_t max_tokens, lt_err_t *err);
 
 /* Frees z (not the model) and sets *z to NULL; NULL-safe. */
@@ -68,12 +77,12 @@ void zo_blocks(const zo_t *z, uint64_t step_seed, bool *active);
 /* The tensor id of a parameter piece (a hash of its name and first row). */
 uint32_t zo_tensor_id(const model_param_t *p);
 
-/* theta += scale * z(step_seed) over the parameters of the step's blocks (zo_blocks()) and the always-tuned
- * tensors. */
+/* theta += scale * z(step_seed) in place over the parameters of the step's blocks (zo_blocks()) and the
+ * always-tuned tensors; LT_E_INVALID when one of them is not f32. */
 lt_status_t zo_perturb(zo_t *z, uint64_t step_seed, float scale, lt_err_t *err);
 
 /* The update of a step over the same parameters: theta = (1 - lr * wd) * theta for non-norm tensors, then
- * theta += (-lr * g) * z(step_seed). */
+ * theta += (-lr * g) * z(step_seed); version 2 in one pass per tensor in its dtype (op_perturb_update()). */
 lt_status_t zo_update(zo_t *z, uint64_t step_seed, float lr, float g, lt_err_t *err);
 
 /* Per example b of the batch: the NLL summed over its scored tokens into sum[b] (in token order) and their
@@ -89,9 +98,10 @@ lt_status_t zo_nll(zo_t *z, const zo_example_t *batch, uint32_t n, double *sum, 
  * is scored. */
 lt_status_t zo_loss(zo_t *z, const zo_example_t *batch, uint32_t n, double *loss, lt_err_t *err);
 
-/* One MeZO/LeZO step on the batch: perturb +eps, L+, perturb -2 eps, L-, perturb +eps (restore), g = (L+ - L-) /
- * (2 eps), update with lr. Fills *rec. The losses add the per-example NLL sums (zo_nll_each) in example order,
- * then divide by the scored tokens. */
+/* One MeZO/LeZO step on the batch: L+ at theta + eps z, L- at theta - eps z, g = (L+ - L-) / (2 eps), update with
+ * lr. Version 2 reads the perturbed weights in the forward passes (the in-place tensors: perturb +eps, -2 eps,
+ * +eps); version 1 perturbs everything in place: +eps, L+, -2 eps, L-, +eps (restore). Fills *rec. The losses add
+ * the per-example NLL sums (zo_nll_each) in example order, then divide by the scored tokens. */
 lt_status_t zo_step(zo_t *z, uint64_t step, float lr, const zo_example_t *batch, uint32_t n, zo_record_t *rec,
                     lt_err_t *err);
 
@@ -108,12 +118,14 @@ lt_status_t zo_step(zo_t *z, uint64_t step, float lr, const zo_example_t *batch,
 lt_status_t zo_step_replicas(zo_t *const *z, uint32_t n_rep, uint32_t micro, uint64_t step, float lr,
                              const zo_example_t *batch, uint32_t n, zo_record_t *rec, lt_err_t *err);
 
-/* Re-applies a logged step without forward passes: the same perturb, restore and update passes, so the weights
- * come out bit for bit as the step left them (the restore's float rounding included) on the same device. */
+/* Re-applies a logged step without forward passes: the same in-place perturb and restore passes and the same
+ * update, so the weights come out bit for bit as the step left them (the restore's float rounding included) on the
+ * same device. */
 lt_status_t zo_replay(zo_t *z, const zo_record_t *rec, lt_err_t *err);
 
 /* ---- the run log (methods/zo_log.c), JSON Lines ----
- * Line 1, the header: {"format": "lathe-zo-log", "version": 1, "base": model path, "method": "mezo" | "lezo",
+ * Line 1, the header: {"format": "lathe-zo-log", "version": 2 (1: earlier runs, read and replayed with their own
+ * arithmetic), "base": model path, "method": "mezo" | "lezo",
  * "eps", "weight_decay", "drop_layers", "seed"}. Then one line per step, in order from step 0:
  * {"step", "seed": the step seed as a decimal string (64 bits), "g", "lr", "loss_plus", "loss_minus"}; g and lr
  * are written so that they read back to the same floats. Version bump: any change to what a line means. */
@@ -124,7 +136,7 @@ lt_status_t zo_log_header(FILE *f, const char *base, const zo_opts_t *o, lt_err_
 /* Writes one step's line. */
 lt_status_t zo_log_record(FILE *f, const zo_record_t *r, lt_err_t *err);
 
-/* Reads the log at path: the header into *o and base (base_n bytes, may be 0), the steps into a new array *recs
+/* Reads the log at path: the header into *o (its version included) and base (base_n bytes, may be 0), the steps into a new array *recs
  * of *n (caller owns, free()). LT_E_CORRUPT when a line is malformed or a step is missing. */
 lt_status_t zo_log_read(const char *path, zo_opts_t *o, char *base, size_t base_n, zo_record_t **recs, uint64_t *n,
                         lt_err_t *err);

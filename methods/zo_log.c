@@ -8,7 +8,6 @@
 #include "methods/zo.h"
 
 #define LOG_FORMAT "lathe-zo-log"
-#define LOG_VERSION 1
 
 /* Writes j as one compact line and frees it. */
 static lt_status_t put_line(FILE *f, json_t *j, lt_err_t *err) {
@@ -25,7 +24,7 @@ lt_status_t zo_log_header(FILE *f, const char *base, const zo_opts_t *o, lt_err_
   char seed[24];
   snprintf(seed, sizeof seed, "%" PRIu64, o->seed);
   json_object_set_new(j, "format", json_string(LOG_FORMAT));
-  json_object_set_new(j, "version", json_integer(LOG_VERSION));
+  json_object_set_new(j, "version", json_integer(o->version ? o->version : ZO_VERSION));
   json_object_set_new(j, "base", json_string(base));
   json_object_set_new(j, "method", json_string(o->method == ZO_LEZO ? "lezo" : "mezo"));
   json_object_set_new(j, "eps", json_real(o->eps));
@@ -92,16 +91,17 @@ lt_status_t zo_log_read(const char *path, zo_opts_t *o, char *base, size_t base_
       json_t *ver = json_object_get(j, "version"), *drop = json_object_get(j, "drop_layers");
       double eps, wd;
       memset(o, 0, sizeof *o);
-      if (!fmt || strcmp(fmt, LOG_FORMAT) || json_integer_value(ver) != LOG_VERSION || !method || !b ||
-          !json_is_integer(drop) || json_integer_value(drop) < 0 || !get_num(j, "eps", &eps) ||
+      if (!fmt || strcmp(fmt, LOG_FORMAT) || (json_integer_value(ver) != 1 && json_integer_value(ver) != ZO_VERSION) ||
+          !method || !b || !json_is_integer(drop) || json_integer_value(drop) < 0 || !get_num(j, "eps", &eps) ||
           !get_num(j, "weight_decay", &wd) || !get_u64(j, "seed", &o->seed) ||
           (strcmp(method, "mezo") && strcmp(method, "lezo")))
-        st = lt_fail(err, LT_E_CORRUPT, "%s: not a version %d %s header", path, LOG_VERSION, LOG_FORMAT);
+        st = lt_fail(err, LT_E_CORRUPT, "%s: not a version 1 or %d %s header", path, ZO_VERSION, LOG_FORMAT);
       else {
         o->method = strcmp(method, "lezo") ? ZO_MEZO : ZO_LEZO;
         o->eps = (float)eps;
         o->weight_decay = (float)wd;
         o->drop_layers = (uint32_t)json_integer_value(drop);
+        o->version = (uint32_t)json_integer_value(ver);
         if (base_n) snprintf(base, base_n, "%s", b);
       }
     } else {

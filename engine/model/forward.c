@@ -90,15 +90,117 @@ void model_seq_truncate(model_seq_t *s, uint32_t n) {
 
 /* ---- the forward pass ---- */
 
+/* ---- weights read perturbed (model_set_zread) ---- */
+
+/* Whether dmat w has piece buffer b in a float dtype (what a perturbed read takes). */
+static bool dmat_has_float_piece(const dmat_t *w, const gpu_buf_t *b) {
+  if (w->scales || qblock_is(w->dtype) || (w->dtype != LT_F32 && w->dtype != LT_F16 && w->dtype != LT_BF16))
+    return false;
+  for (uint32_t p = 0; p < w->n_pieces; p++)
+    if (w->piece[p] == b) return true;
+  return false;
+}
+
+static bool ffn_has_float_piece(const dffn_t *f, const gpu_buf_t *b) {
+  return dmat_has_float_piece(&f->gate, b) || dmat_has_float_piece(&f->up, b) || dmat_has_float_piece(&f->down, b);
+}
+
+bool model_param_zreadable(const model_t *m, uint32_t i) {
+  if (i >= m->n_params) return false;
+  const gpu_buf_t *b = m->params[i].buf;
+  if (dmat_has_float_piece(&m->embed, b) || dmat_has_float_piece(&m->lm_head, b)) return true;
+  for (uint32_t l = 0; l < m->cfg.n_layers; l++) {
+    const dlayer_t *L = &m->layers[l];
+    if (dmat_has_float_piece(&L->wq, b) || dmat_has_float_piece(&L->wk, b) || dmat_has_float_piece(&L->wv, b) ||
+        dmat_has_float_piece(&L->wo, b) || dmat_has_float_piece(&L->router, b) || ffn_has_float_piece(&L->ffn, b))
+      return true;
+    for (uint32_t e = 0; L->experts && e < L->n_experts; e++)
+      if (ffn_has_float_piece(&L->experts[e], b)) return true;
+  }
+  return false;
+}
+
+/* Rows of a weight [*, cols] in dtype per perturbed chunk: a power of two at least 4 whose byte offsets, in the
+ * weight and in y, are multiples of the device's storage alignment. */
+static uint32_t zread_row_align(const model_t *m, uint32_t cols, lt_dtype_t dtype) {
+  uint64_t align = gpu_caps(m->g)->min_storage_align;
+  uint32_t r = 4;
+  while (align && r < (1u << 16) && (((uint64_t)r * cols * lt_dtype_size(dtype)) % align || (4ull * r) % align)) r *= 2;
+  return r;
+}
+
+lt_status_t model_set_zread(model_t *m, const model_zread_t *z, lt_err_t *err) {
+  if (!z) {
+    m->zread = NULL;
+    return LT_OK;
+  }
+  uint64_t need = 0;
+  for (uint32_t i = 0; i < m->n_params; i++) {
+    if (!z->on[i]) continue;
+    const model_param_t *p = &m->params[i];
+    if (!model_param_zreadable(m, i))
+      return lt_fail(err, LT_E_INVALID,
+                     "%s (%s) is not read through a matmul or the embedding in a float dtype: it "
+                     "cannot be perturbed as it is read",
+                     p->name, lt_dtype_str(p->dtype));
+    uint64_t rows = zread_row_align(m, p->cols, p->dtype), whole = (uint64_t)p->n_rows * p->cols;
+    uint64_t chunk = rows * p->cols > MODEL_ZREAD_CHUNK ? rows * p->cols : MODEL_ZREAD_CHUNK;
+    if (chunk > whole) chunk = whole;
+    if (chunk > need) need = chunk;
+  }
+  if (need * 4 > gpu_caps(m->g)->max_storage_range)
+    return lt_fail(err, LT_E_LIMIT, "a perturbed read needs %llu floats of scratch, more than one binding takes",
+                   (unsigned long long)need);
+  if (need && (!m->zscratch || gpu_buf_size(m->zscratch) < need * 4)) {
+    gpu_buf_destroy(&m->zscratch);
+    if (!(m->zscratch = gpu_buf_new(m->g, need * 4, err))) return err ? err->code : LT_E_NOMEM;
+  }
+  m->zread = z;
+  return LT_OK;
+}
+
+/* The index of the parameter piece held in buffer b when forward passes read it perturbed now, else -1. */
+static int32_t zread_param(const model_t *m, const gpu_buf_t *b) {
+  if (!m->zread) return -1;
+  for (uint32_t i = 0; i < m->n_params; i++)
+    if (m->params[i].buf == b) return m->zread->on[i] ? (int32_t)i : -1;
+  return -1;
+}
+
+/* y[M, nr] (+)= x . (piece p of w, perturbed as parameter zi)^T: the piece in chunks of rows, each copied
+ * perturbed into f32 scratch and multiplied from there. */
+static lt_status_t zread_mul(const model_t *m, gpu_cmd_t *c, gpu_view_t y, uint32_t y_stride, gpu_view_t x,
+                             const dmat_t *w, uint32_t p, uint32_t nr, uint32_t M, bool accumulate, int32_t zi,
+                             lt_err_t *err) {
+  const model_zread_t *z = m->zread;
+  uint32_t K = w->cols, align = zread_row_align(m, K, w->dtype);
+  uint64_t fit = gpu_buf_size(m->zscratch) / 4 / K;
+  uint32_t chunk = fit >= nr ? nr : (uint32_t)(fit / align * align);
+  if (chunk == 0) return lt_fail(err, LT_E_LIMIT, "%s: no room for a perturbed chunk", m->params[zi].name);
+  uint64_t es = lt_dtype_size(w->dtype);
+  for (uint32_t r = 0; r < nr; r += chunk) {
+    uint32_t n = nr - r < chunk ? nr - r : chunk;
+    gpu_view_t src = {w->piece[p], (uint64_t)r * K * es}, yr = {y.buf, y.off + (uint64_t)r * 4};
+    lt_status_t st = op_perturb_copy(c, gv(m->zscratch), src, w->dtype, n * K, (uint64_t)r * K, z->seed,
+                                     z->tensor_id[zi], z->scale, err);
+    if (st == LT_OK) st = op_matmul_strided(c, yr, y_stride, x, K, gv(m->zscratch), LT_F32, M, n, K, accumulate, err);
+    if (st != LT_OK) return st;
+  }
+  return LT_OK;
+}
+
 /* y[M, N] = x[M, K] . W^T for a weight split into row pieces: piece p fills columns of y starting at its first
- * row, through the strided matmul. */
-static lt_status_t dmat_mul(gpu_cmd_t *c, gpu_view_t y, uint32_t y_stride, gpu_view_t x, const dmat_t *w, uint32_t M,
-                            bool accumulate, lt_err_t *err) {
+ * row, through the strided matmul (through a perturbed copy when model_set_zread says so). */
+static lt_status_t dmat_mul(const model_t *m, gpu_cmd_t *c, gpu_view_t y, uint32_t y_stride, gpu_view_t x,
+                            const dmat_t *w, uint32_t M, bool accumulate, lt_err_t *err) {
   for (uint32_t p = 0; p < w->n_pieces; p++) {
     uint32_t r0 = p * w->rows_per_piece, nr = w->rows - r0 < w->rows_per_piece ? w->rows - r0 : w->rows_per_piece;
     gpu_view_t yp = {y.buf, y.off + (uint64_t)r0 * 4};
     lt_status_t st;
-    if (qblock_is(w->dtype)) {
+    int32_t zi = zread_param(m, w->piece[p]);
+    if (zi >= 0) {
+      st = zread_mul(m, c, yp, y_stride, x, w, p, nr, M, accumulate, zi, err);
+    } else if (qblock_is(w->dtype)) {
       qmat_view_t q = {gv(w->piece[p]), {0}, w->dtype, LT_F32, 0};
       st = op_matmul_q(c, yp, y_stride, x, w->cols, &q, M, nr, w->cols, accumulate, MATMUL_AUTO, err);
     } else if (w->scales) {
@@ -128,7 +230,7 @@ static lt_status_t fused_glu(const model_t *m, gpu_cmd_t *c, const dlayer_t *L, 
                              gpu_buf_t *norm, lt_err_t *err) {
   const dmat_t *g = &L->ffn.gate, *u = &L->ffn.up, *w[2] = {g, u};
   bool lora = adapter_has_lora(m, l, 4) || adapter_has_lora(m, l, 5);
-  if (!g_fuse || T > 4 || lora || !fusable(w, 2)) return LT_E_UNSUPPORTED;
+  if (!g_fuse || m->zread || T > 4 || lora || !fusable(w, 2)) return LT_E_UNSUPPORTED;
   gpu_view_t nv = norm ? gv(norm) : (gpu_view_t){0};
   lt_status_t st = op_gemv_glu(c, gv(m->a.gate), gv(x), gv(g->piece[0]), gv(u->piece[0]), g->dtype, T, g->rows, g->cols,
                                m->cfg.gelu, nv, m->cfg.rms_norm_eps, err);
@@ -160,7 +262,7 @@ static lt_status_t fused_qkv(const model_t *m, gpu_cmd_t *c, const dlayer_t *L, 
   const dmat_t *w[3] = {&L->wq, &L->wk, &L->wv};
   bool lora = adapter_has_lora(m, l, 0) || adapter_has_lora(m, l, 1) || adapter_has_lora(m, l, 2);
   *roped = *cache_used = false;
-  if (!g_fuse || T > 4 || lora || !fusable(w, 3) || L->wk.rows != L->wv.rows) return LT_E_UNSUPPORTED;
+  if (!g_fuse || m->zread || T > 4 || lora || !fusable(w, 3) || L->wk.rows != L->wv.rows) return LT_E_UNSUPPORTED;
   const acts_t *a = &m->a;
   const model_config_t *cf = &m->cfg;
   gpu_view_t nv = norm ? gv(norm) : (gpu_view_t){0};
@@ -180,8 +282,9 @@ static lt_status_t fused_qkv(const model_t *m, gpu_cmd_t *c, const dlayer_t *L, 
   return st;
 }
 
-static lt_status_t mul(gpu_cmd_t *c, gpu_buf_t *y, gpu_buf_t *x, const dmat_t *w, uint32_t M, bool acc, lt_err_t *err) {
-  return dmat_mul(c, gv(y), w->rows, gv(x), w, M, acc, err);
+static lt_status_t mul(const model_t *m, gpu_cmd_t *c, gpu_buf_t *y, gpu_buf_t *x, const dmat_t *w, uint32_t M,
+                       bool acc, lt_err_t *err) {
+  return dmat_mul(m, c, gv(y), w->rows, gv(x), w, M, acc, err);
 }
 
 /* A sub-layer's output joins the residual stream a->x: x += in . W^T plus the LoRA of `target` (block l), or with a
@@ -191,7 +294,7 @@ static lt_status_t join_stream(model_t *m, gpu_cmd_t *c, gpu_buf_t *in, const dm
   acts_t *a = &m->a;
   uint32_t d = m->cfg.hidden_size;
   gpu_buf_t *out = post_norm ? a->sub : a->x;
-  lt_status_t st = mul(c, out, in, w, T, !post_norm, err);
+  lt_status_t st = mul(m, c, out, in, w, T, !post_norm, err);
   if (st == LT_OK) st = adapter_lora(m, c, out, in, l, target, T, err);
   if (st == LT_OK && post_norm &&
       (st = op_rmsnorm(c, gv(a->xn), gv(a->sub), gv(post_norm), T, d, m->cfg.rms_norm_eps, err)) == LT_OK)
@@ -286,7 +389,7 @@ static lt_status_t moe_ffn(pass_t *p, gpu_cmd_t **c, uint32_t l, lt_err_t *err) 
   dlayer_t *L = &m->layers[l];
   uint32_t T = p->T, E = L->n_experts, K = cf->n_experts_used, d = cf->hidden_size, ffn = cf->intermediate_size;
   lt_status_t st;
-  if ((st = mul(*c, a->rlog, a->xn, &L->router, T, false, err)) != LT_OK) return st;
+  if ((st = mul(m, *c, a->rlog, a->xn, &L->router, T, false, err)) != LT_OK) return st;
   if (p->h && p->h->expert_mask) {
     gpu_view_t mk = {a->mask, (uint64_t)l * a->mask_stride * 4};
     if ((st = op_add(*c, gv(a->rlog), gv(a->rlog), mk, T * E, E, err)) != LT_OK) return st;
@@ -339,11 +442,11 @@ static lt_status_t moe_ffn(pass_t *p, gpu_cmd_t **c, uint32_t l, lt_err_t *err) 
     gpu_view_t ids = {a->eids, (uint64_t)start[e] * 4}, wts = {a->ew, (uint64_t)start[e] * 4};
     if ((st = op_embed(*c, gv(a->xe), gv(a->xn), LT_F32, ids, n, d, 0, T, err)) != LT_OK) break;
     if ((st = report_site(p, c, MODEL_SITE_EXPERT_IN, l, (int32_t)e, a->xe, n, d, err)) != LT_OK) break;
-    if ((st = mul(*c, a->ge, a->xe, &X->gate, n, false, err)) != LT_OK) break;
-    if ((st = mul(*c, a->ue, a->xe, &X->up, n, false, err)) != LT_OK) break;
+    if ((st = mul(m, *c, a->ge, a->xe, &X->gate, n, false, err)) != LT_OK) break;
+    if ((st = mul(m, *c, a->ue, a->xe, &X->up, n, false, err)) != LT_OK) break;
     if ((st = op_swiglu(*c, gv(a->ge), gv(a->ge), gv(a->ue), n * ffn, err)) != LT_OK) break;
     if ((st = report_site(p, c, MODEL_SITE_EXPERT_ACT, l, (int32_t)e, a->ge, n, ffn, err)) != LT_OK) break;
-    if ((st = mul(*c, a->oe, a->ge, &X->down, n, false, err)) != LT_OK) break;
+    if ((st = mul(m, *c, a->oe, a->ge, &X->down, n, false, err)) != LT_OK) break;
     st = op_scatter_add(*c, gv(a->x), gv(a->oe), ids, wts, n, d, T, err);
   }
 out:
@@ -392,7 +495,7 @@ static lt_status_t outputs(pass_t *p, gpu_cmd_t **c, lt_err_t *err) {
       if ((st = gpu_upload(a->sel, 0, sel, n * 4, err)) != LT_OK) break;
       if ((st = gpu_upload(a->tgt, 0, tgt, n * 4, err)) != LT_OK) break;
       if ((st = op_embed(*c, gv(a->xs), gv(a->xn), LT_F32, gv(a->sel), n, d, 0, p->T, err)) != LT_OK) break;
-      if ((st = dmat_mul(*c, gv(a->logits), V, gv(a->xs), &m->lm_head, n, false, err)) != LT_OK) break;
+      if ((st = dmat_mul(m, *c, gv(a->logits), V, gv(a->xs), &m->lm_head, n, false, err)) != LT_OK) break;
       if (m->cfg.final_softcap > 0 &&
           (st = op_softcap(*c, gv(a->logits), gv(a->logits), m->cfg.final_softcap, n * V, err)) != LT_OK)
         break;
@@ -502,7 +605,10 @@ static lt_status_t forward_pass(model_t *m, model_item_t *items, const uint32_t 
   for (uint32_t pc = 0; pc < m->embed.n_pieces && st == LT_OK; pc++) {
     uint32_t lo = pc * m->embed.rows_per_piece;
     uint32_t hi = lo + m->embed.rows_per_piece < m->embed.rows ? lo + m->embed.rows_per_piece : m->embed.rows;
-    st = op_embed(c, gv(a->x), gv(m->embed.piece[pc]), m->embed.dtype, gv(a->ids), p.T, d, lo, hi, err);
+    int32_t zi = zread_param(m, m->embed.piece[pc]);
+    op_zread_t zr = zi >= 0 ? (op_zread_t){m->zread->seed, m->zread->tensor_id[zi], m->zread->scale} : (op_zread_t){0};
+    st = op_embed_z(c, gv(a->x), gv(m->embed.piece[pc]), m->embed.dtype, gv(a->ids), p.T, d, lo, hi,
+                    zi >= 0 ? &zr : NULL, err);
   }
   if (st == LT_OK && cf->embed_scale > 0) st = op_scale(c, gv(a->x), gv(a->x), cf->embed_scale, p.T * d, err);
   for (uint32_t i = 0, row = 0; i < n_items && st == LT_OK; i++)
@@ -531,9 +637,9 @@ static lt_status_t forward_pass(model_t *m, model_item_t *items, const uint32_t 
       if ((st = op_rmsnorm(c, gv(a->xn), gv(a->x), gv(L->attn_norm), p.T, d, cf->rms_norm_eps, err)) != LT_OK) break;
       if ((st = report_site(&p, &c, MODEL_SITE_ATTN_IN, l, -1, a->xn, p.T, d, err)) != LT_OK) break;
       if ((st = fused_qkv(m, c, L, l, p.T, a->xn, NULL, cv, &roped, &cached, err)) == LT_E_UNSUPPORTED) {
-        if ((st = mul(c, a->q, a->xn, &L->wq, p.T, false, err)) != LT_OK) break;
-        if ((st = mul(c, a->k, a->xn, &L->wk, p.T, false, err)) != LT_OK) break;
-        st = mul(c, a->v, a->xn, &L->wv, p.T, false, err);
+        if ((st = mul(m, c, a->q, a->xn, &L->wq, p.T, false, err)) != LT_OK) break;
+        if ((st = mul(m, c, a->k, a->xn, &L->wk, p.T, false, err)) != LT_OK) break;
+        st = mul(m, c, a->v, a->xn, &L->wv, p.T, false, err);
       }
     }
     if (st != LT_OK) break;
@@ -584,8 +690,8 @@ static lt_status_t forward_pass(model_t *m, model_item_t *items, const uint32_t 
       if ((st = report_site(&p, &c, MODEL_SITE_FFN_ACT, l, -1, a->gate, p.T, ffn, err)) != LT_OK) break;
       st = join_stream(m, c, a->gate, &L->ffn.down, L->post_ffn_norm, l, 6, p.T, err);
     } else {
-      if ((st = mul(c, a->gate, a->xn, &L->ffn.gate, p.T, false, err)) != LT_OK) break;
-      if ((st = mul(c, a->up, a->xn, &L->ffn.up, p.T, false, err)) != LT_OK) break;
+      if ((st = mul(m, c, a->gate, a->xn, &L->ffn.gate, p.T, false, err)) != LT_OK) break;
+      if ((st = mul(m, c, a->up, a->xn, &L->ffn.up, p.T, false, err)) != LT_OK) break;
       if ((st = adapter_lora(m, c, a->gate, a->xn, l, 4, p.T, err)) != LT_OK) break;
       if ((st = adapter_lora(m, c, a->up, a->xn, l, 5, p.T, err)) != LT_OK) break;
       st = cf->gelu ? op_geglu(c, gv(a->gate), gv(a->gate), gv(a->up), p.T * ffn, err)

@@ -69,6 +69,29 @@ void model_set_adapter(model_t *m, const model_adapter_t *a);
 /* The adapter forward passes of m apply now (NULL: none); owned by whoever loaded it. */
 const model_adapter_t *model_get_adapter(const model_t *m);
 
+/* A zeroth-order perturbation that forward passes apply to the weights as they read them: parameter piece i
+ * (model_param_at) reads as w + scale * z(seed, tensor_id[i], element within the piece) where on[i], z as
+ * op_perturb() draws it; the weights themselves are not changed. */
+typedef struct model_zread {
+  uint64_t seed;
+  float scale;
+  const uint32_t *tensor_id; /* [model_param_count] */
+  const bool *on;            /* [model_param_count] */
+} model_zread_t;
+
+/* Makes later forward passes read the weights perturbed by *z (NULL: as they are). m keeps the pointer, and the
+ * arrays it points to, until the next call: the caller owns them. Pieces marked on must be model_param_zreadable.
+ * While one is set the fused decode kernels stand aside, and matmuls read a perturbed copy of at most
+ * MODEL_ZREAD_CHUNK floats of their weight at a time (a scratch buffer m keeps until it is destroyed). */
+lt_status_t model_set_zread(model_t *m, const model_zread_t *z, lt_err_t *err);
+
+/* Floats of the scratch buffer through which a perturbed matmul reads its weight, at most (4 MiB). */
+#define MODEL_ZREAD_CHUNK (1u << 20)
+
+/* Whether the forward pass reads piece i only through a matmul or the embedding gather in a float dtype, which
+ * model_set_zread() perturbs (norm weights and biases are read by other ops: they are not). */
+bool model_param_zreadable(const model_t *m, uint32_t i);
+
 /* Whether Q and K rotate in rotate-half pairs (Hugging Face layout) rather than interleaved pairs (GGUF). */
 bool model_rope_neox(const model_t *m);
 

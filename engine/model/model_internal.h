@@ -74,6 +74,8 @@ struct model {
   uint32_t n_params;
   const model_file_t *file;       /* during model_load only: where quantised weights find their scales */
   const model_adapter_t *adapter; /* applied by the forward pass when set (model_set_adapter) */
+  const model_zread_t *zread;     /* weights read perturbed when set (model_set_zread) */
+  gpu_buf_t *zscratch;            /* f32 [MODEL_ZREAD_CHUNK]: a perturbed stretch of a weight for a matmul */
 };
 
 /* Whether the model's adapter puts a LoRA pair on projection `target` of block l (adapter.c). */

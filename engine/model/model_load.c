@@ -422,6 +422,7 @@ void model_destroy(model_t **mp) {
   if (m->tied) memset(&m->lm_head, 0, sizeof m->lm_head);
   dmat_free(&m->embed);
   dmat_free(&m->lm_head);
+  gpu_buf_destroy(&m->zscratch);
   free(m->params);
   gpu_buf_destroy(&m->out_norm);
   for (uint32_t l = 0; m->layers && l < m->cfg.n_layers; l++) {

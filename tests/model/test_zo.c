@@ -125,26 +125,102 @@ Test(zo, perturb_then_restore_returns_the_weights) {
   model_destroy(&m);
 }
 
-Test(zo, f16_weights_are_refused_unless_loaded_as_f32) {
-  model_t *m = load(TINY_F16, false);
-  lt_err_t err = {0};
-  zo_opts_t o = {.method = ZO_MEZO, .eps = 1e-3f, .seed = 1};
-  bool any_f16 = false;
-  for (uint32_t i = 0; i < model_param_count(m); i++) any_f16 |= model_param_at(m, i)->dtype == LT_F16;
-  if (any_f16) {
-    zo_t *z = zo_new(m, &o, 1, 8, &err);
-    cr_assert_null(z);
-    cr_assert(strstr(err.msg, "force_f32") != NULL, "%s", err.msg);
-  } else {
-    cr_log_info("this device has no 16-bit storage: llama-tiny-f16 loads as f32 anyway");
+/* Every piece's values widened to f32, in registry order, whatever its dtype on the device. */
+static snap_t snapshot_any(model_t *m) {
+  snap_t s = {.n = model_param_count(m)};
+  s.w = calloc(s.n, sizeof *s.w);
+  for (uint32_t i = 0; i < s.n; i++) {
+    const model_param_t *p = model_param_at(m, i);
+    uint64_t n = piece_len(p);
+    if (p->dtype == LT_F32) {
+      s.w[i] = tread_f32(p->buf, n);
+      continue;
+    }
+    uint16_t *h = tread_bytes(p->buf, 2 * n);
+    s.w[i] = talloc(n);
+    for (uint64_t k = 0; k < n; k++)
+      s.w[i][k] = p->dtype == LT_F16 ? dtype_half_to_float(h[k]) : dtype_bf16_to_float(h[k]);
+    free(h);
   }
-  model_destroy(&m);
-  m = load(TINY_F16, true);
-  for (uint32_t i = 0; i < model_param_count(m); i++) cr_assert_eq(model_param_at(m, i)->dtype, LT_F32);
-  zo_t *z = zo_new(m, &o, 1, 8, &err);
-  cr_assert(z != NULL, "%s", err.msg);
+  return s;
+}
+
+static double score_batch(model_t *m, const zo_example_t *b, uint32_t n);
+static snap_t cpu_perturbed(model_t *m, const snap_t *base, uint64_t seed, float scale);
+
+Test(zo, f16_weights_tune_in_their_own_dtype) {
+  /* llama-tiny-f16 as stored: the matrices stay f16 on the device (the memory of inference), the norms f32. A step's
+   * losses are the forward passes at w + eps z and w - eps z: checked against an f32 copy of the model with those
+   * weights made on the CPU (as in the f32 test below). Its update is decay * w - lr g z rounded stochastically to
+   * one of the two f16 neighbours; replaying the log from the base gives the same bits. Version 1 (in place)
+   * still refuses f16 weights by name. */
+  model_t *m = load(TINY_F16, false);
+  uint32_t n16 = 0;
+  for (uint32_t i = 0; i < model_param_count(m); i++) n16 += model_param_at(m, i)->dtype == LT_F16;
+  if (!n16) {
+    cr_log_info("this device has no 16-bit storage: llama-tiny-f16 loads as f32");
+    model_destroy(&m);
+    return;
+  }
+  lt_err_t err = {0};
+  zo_opts_t v1 = {.method = ZO_MEZO, .eps = 1e-3f, .seed = 1, .version = 1};
+  cr_assert_null(zo_new(m, &v1, 1, 8, &err));
+  cr_assert(strstr(err.msg, "force_f32") != NULL, "%s", err.msg);
+  const float eps = 1e-2f, lr = 2e-3f, wd = 0.1f;
+  zo_t *z = zo(m, ZO_MEZO, eps, wd, 0, 11);
+  model_t *cpu = load(TINY_F16, true);
+  snap_t base = snapshot_any(m);
+  zo_record_t log[3];
+  uint64_t moved = 0, total = 0;
+  for (uint64_t step = 0; step < 3; step++) {
+    snap_t before = snapshot_any(m);
+    cr_assert_eq(zo_step(z, step, lr, tiny_batch, 3, &log[step], &err), LT_OK, "%s", err.msg);
+    const zo_record_t *rec = &log[step];
+    snap_t p = cpu_perturbed(m, &before, rec->seed, eps), q = cpu_perturbed(m, &before, rec->seed, -eps);
+    upload(cpu, &p);
+    double lp = score_batch(cpu, tiny_batch, 3);
+    upload(cpu, &q);
+    double lm = score_batch(cpu, tiny_batch, 3);
+    cr_log_info("f16 step %llu: L+ %.7f (cpu %.7f), L- %.7f (cpu %.7f), g %.5f", (unsigned long long)step,
+                rec->loss_plus, lp, rec->loss_minus, lm, (double)rec->g);
+    cr_assert_leq(fabs(rec->loss_plus - lp), 1e-5 * lp, "L+");
+    cr_assert_leq(fabs(rec->loss_minus - lm), 1e-5 * lm, "L-");
+    snap_t after = snapshot_any(m);
+    for (uint32_t i = 0; i < base.n; i++) {
+      const model_param_t *pp = model_param_at(m, i);
+      cr_assert(pp->dtype == LT_F16 || pp->is_norm, "%s is %s after tuning", pp->name, lt_dtype_str(pp->dtype));
+      float decay = pp->is_norm ? 1.0f : 1.0f - lr * wd;
+      for (uint64_t k = 0; k < piece_len(pp); k++) {
+        double th = before.w[i][k], zz = ref_normal(rec->seed, zo_tensor_id(pp), k);
+        double want = decay * th - (double)lr * rec->g * zz, got = after.w[i][k];
+        /* f16: one of the two neighbours of want (spacing 2^-10 of the binade, 2^-24 below 2^-14); f32 norms:
+         * the in-place +eps, -2 eps, +eps leaves a few roundings (see the f32 test). */
+        double tol = pp->dtype == LT_F16 ? fmax(fabs(want) * 0x1p-10, 0x1p-24) * 1.01
+                                         : 0x1p-24 * (5.0 * fabs(th) + 9.0 * (eps + lr * fabs(rec->g)) * fabs(zz));
+        tol += lr * fabs(rec->g) * Z_TOL(zz);
+        cr_assert_leq(fabs(got - want), tol, "%s[%llu]: %.9g, want %.9g", pp->name, (unsigned long long)k, got, want);
+        if (pp->dtype == LT_F16) moved += got != th, total++;
+      }
+    }
+    snap_free(&p), snap_free(&q), snap_free(&before), snap_free(&after);
+  }
+  /* lr |g| |z| is around 1e-3 of weights around 0.1: most f16 weights move at least once in three steps. */
+  cr_log_info("f16 weights changed by a step: %llu of %llu", (unsigned long long)moved, (unsigned long long)total);
+  cr_assert_gt(moved, total / 10, "stochastic rounding moved almost nothing");
+  snap_t trained = snapshot_any(m);
   zo_destroy(&z);
   model_destroy(&m);
+  /* Replay from the base weights: bit for bit. */
+  model_t *r = load(TINY_F16, false);
+  z = zo(r, ZO_MEZO, eps, wd, 0, 11);
+  for (int s2 = 0; s2 < 3; s2++) cr_assert_eq(zo_replay(z, &log[s2], &err), LT_OK, "%s", err.msg);
+  snap_t replayed = snapshot_any(r);
+  cr_assert_eq(pieces_differing(r, &replayed, &trained), 0, "replay differs from the trained f16 weights");
+  cr_assert_gt(pieces_differing(r, &replayed, &base), 0, "training changed nothing");
+  snap_free(&base), snap_free(&trained), snap_free(&replayed);
+  zo_destroy(&z);
+  model_destroy(&r);
+  model_destroy(&cpu);
 }
 
 /* Mean NLL of the scored tokens of the batch by model_score, one sequence at a time. */
@@ -423,7 +499,7 @@ Test(zo, the_log_reader_rejects_a_gap_and_a_foreign_header) {
       "\"weight_decay\":0,\"drop_layers\":0,\"seed\":\"1\"}\n"
       "{\"step\":0,\"seed\":\"5\",\"g\":1.5,\"lr\":1e-6}\n{\"step\":2,\"seed\":\"6\",\"g\":1.5,\"lr\":1e-6}\n",
       /* a newer version */
-      "{\"format\":\"lathe-zo-log\",\"version\":2,\"base\":\"/m\",\"method\":\"mezo\",\"eps\":0.001,"
+      "{\"format\":\"lathe-zo-log\",\"version\":3,\"base\":\"/m\",\"method\":\"mezo\",\"eps\":0.001,"
       "\"weight_decay\":0,\"drop_layers\":0,\"seed\":\"1\"}\n",
       /* a seed that is not a 64-bit decimal */
       "{\"format\":\"lathe-zo-log\",\"version\":1,\"base\":\"/m\",\"method\":\"mezo\",\"eps\":0.001,"
@@ -552,4 +628,54 @@ Test(zo, data_parallel_steps_equal_one_replica_bit_for_bit) {
   snap_free(&base);
   gpu_destroy(&gs[1]);
   gpu_destroy(&gs[2]);
+}
+
+Test(zo, version_1_logs_replay_with_their_own_arithmetic) {
+  /* A run logged before version 2 perturbed f32 weights in place and restored them. Its log reads back as version
+   * 1, and replaying it with that arithmetic gives its weights bit for bit; the version 2 replay of the same
+   * records does not (its steps never restored anything in place but the norms), which is why the log carries the
+   * version. */
+  char path[] = "/tmp/lathe-zo-v1-XXXXXX";
+  int fd = mkstemp(path);
+  cr_assert_geq(fd, 0);
+  close(fd);
+  zo_opts_t o = {.method = ZO_MEZO, .eps = 1e-2f, .weight_decay = 0.5f, .seed = 8, .version = 1};
+  model_t *m = load(TINY, true);
+  lt_err_t err = {0};
+  zo_t *z = zo_new(m, &o, 4, 32, &err);
+  cr_assert(z != NULL, "%s", err.msg);
+  zo_record_t log[4];
+  run_steps(z, 0, 4, log);
+  snap_t trained = snapshot(m);
+  zo_destroy(&z);
+  model_destroy(&m);
+  FILE *f = fopen(path, "w");
+  cr_assert(f != NULL);
+  cr_assert_eq(zo_log_header(f, TINY, &o, &err), LT_OK, "%s", err.msg);
+  for (int s = 0; s < 4; s++) cr_assert_eq(zo_log_record(f, &log[s], &err), LT_OK, "%s", err.msg);
+  fclose(f);
+  zo_opts_t ro;
+  zo_record_t *read = NULL;
+  uint64_t n = 0;
+  cr_assert_eq(zo_log_read(path, &ro, NULL, 0, &read, &n, &err), LT_OK, "%s", err.msg);
+  cr_assert_eq(ro.version, 1);
+  for (uint32_t version = 1; version <= 2; version++) {
+    model_t *r = load(TINY, true);
+    ro.version = version;
+    z = zo_new(r, &ro, 1, 8, &err);
+    cr_assert(z != NULL, "%s", err.msg);
+    for (uint64_t s = 0; s < n; s++) cr_assert_eq(zo_replay(z, &read[s], &err), LT_OK, "%s", err.msg);
+    snap_t got = snapshot(r);
+    uint32_t diff = pieces_differing(r, &got, &trained);
+    if (version == 1)
+      cr_assert_eq(diff, 0, "the version 1 replay differs in %u pieces", diff);
+    else
+      cr_assert_gt(diff, 0, "a version 2 replay of a version 1 log should not match it bit for bit");
+    snap_free(&got);
+    zo_destroy(&z);
+    model_destroy(&r);
+  }
+  free(read);
+  snap_free(&trained);
+  unlink(path);
 }
