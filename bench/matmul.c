@@ -123,13 +123,27 @@ static void bench_shape(gpu_t *g, uint32_t M, uint32_t N, uint32_t K, double bud
   for (int t = 0; t < 2; t++) {
     lt_dtype_t wt = t ? LT_F16 : LT_F32;
     gpu_buf_t *bw = t ? upload(g, wh, nw * 2) : upload(g, w, nw * 4);
-    double lathe = flops / time_lathe(g, by, bx, bw, wt, M, N, K, MATMUL_AUTO, budget_s) / 1e9;
+    /* On CPU drivers the weights go through texel views (op_matmul_texel); storage-buffer reads are timed beside
+     * them, interleaved, unless LATHE_MATMUL_TEXEL=0 turned texel reads off for the whole run. */
+    const char *tx = getenv("LATHE_MATMUL_TEXEL");
+    bool side = gpu_caps(g)->kind == GPU_KIND_CPU && !(tx && !strcmp(tx, "0"));
+    double lathe = 0, storage = 0;
+    for (int half = 0; half < (side ? 2 : 1); half++) {
+      double a = flops / time_lathe(g, by, bx, bw, wt, M, N, K, MATMUL_AUTO, budget_s / 2) / 1e9;
+      if (side) op_matmul_texel(false);
+      double b = side ? flops / time_lathe(g, by, bx, bw, wt, M, N, K, MATMUL_AUTO, budget_s / 2) / 1e9 : 0;
+      if (side) op_matmul_texel(true);
+      lathe += a / (side ? 2 : 1), storage += b / 2;
+    }
     lt_err_t err = {0};
     if (gpu_download(by, 0, yl, ny * 4, &err) != LT_OK) die("download", &err);
     /* f16 weights differ from OpenBLAS's f32 ones by up to 2^-11 relative. */
     double diff = rel_diff(yl, yb, ny), allowed = t ? 1e-2 : 1e-4;
-    printf("matmul %s %ux%ux%u: lathe %.2f GFLOPS, openblas %s %.2f GFLOPS, ratio %.3f%s\n", lt_dtype_str(wt), M, N, K,
-           lathe, M == 1 ? "sgemv" : "sgemm", blas, lathe / blas, diff <= allowed ? "" : "  [RESULT MISMATCH]");
+    char also[96] = "";
+    if (side) snprintf(also, sizeof also, " (storage-buffer reads %.2f GFLOPS, ratio %.3f)", storage, storage / blas);
+    printf("matmul %s %ux%ux%u: lathe %.2f GFLOPS, openblas %s %.2f GFLOPS, ratio %.3f%s%s\n", lt_dtype_str(wt), M, N,
+           K, lathe, M == 1 ? "sgemv" : "sgemm", blas, lathe / blas, also,
+           diff <= allowed ? "" : "  [RESULT MISMATCH]");
     if (diff > allowed)
       fprintf(stderr, "bench_matmul: %s %ux%ux%u differs from OpenBLAS by %.3g of max |y|\n", lt_dtype_str(wt), M, N, K,
               diff);
@@ -258,6 +272,9 @@ int main(void) {
   setenv("MESA_SHADER_CACHE_DIR", driver_cache, 1);
   lt_err_t err = {0};
   gpu_opts_t o = {.cache_dir = dir};
+  /* LATHE_MATMUL_TEXEL=0: weights read as storage buffers on CPU drivers too (the comparison for texel reads). */
+  const char *tx = getenv("LATHE_MATMUL_TEXEL");
+  if (tx && !strcmp(tx, "0")) op_matmul_texel(false);
 
   /* Cold: an empty cache folder, so every variant is compiled from GLSL. */
   gpu_t *g = gpu_new(&o, &err);

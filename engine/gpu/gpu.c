@@ -245,6 +245,15 @@ static void query_caps(gpu_t *g) {
     if (v >= 1024 && v < c->max_storage_range) c->max_storage_range = v;
   }
   c->min_storage_align = lim->minStorageBufferOffsetAlignment;
+  c->max_texels = lim->maxTexelBufferElements;
+  c->min_texel_align = lim->minTexelBufferOffsetAlignment ? lim->minTexelBufferOffsetAlignment : 1;
+  VkFormatProperties fp;
+  vkGetPhysicalDeviceFormatProperties(g->phys, VK_FORMAT_R32G32B32A32_SFLOAT, &fp);
+  c->texel_rgba32f = (fp.bufferFeatures & VK_FORMAT_FEATURE_UNIFORM_TEXEL_BUFFER_BIT) != 0;
+  vkGetPhysicalDeviceFormatProperties(g->phys, VK_FORMAT_R16G16B16A16_SFLOAT, &fp);
+  c->texel_rgba16f = (fp.bufferFeatures & VK_FORMAT_FEATURE_UNIFORM_TEXEL_BUFFER_BIT) != 0;
+  vkGetPhysicalDeviceFormatProperties(g->phys, VK_FORMAT_R32G32B32A32_UINT, &fp);
+  c->texel_rgba32ui = (fp.bufferFeatures & VK_FORMAT_FEATURE_UNIFORM_TEXEL_BUFFER_BIT) != 0;
 
   VkPhysicalDeviceMaintenance3Properties m3 = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_MAINTENANCE_3_PROPERTIES};
   VkPhysicalDeviceProperties2 p3 = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_PROPERTIES_2, .pNext = &m3};
@@ -632,6 +641,8 @@ void gpu_buf_destroy(gpu_buf_t **bp) {
   if (!bp || !*bp) return;
   gpu_buf_t *b = *bp;
   gpu_t *g = b->g;
+  for (uint32_t i = 0; i < b->n_views; i++) vkDestroyBufferView(g->dev, b->views[i].view, NULL);
+  free(b->views);
   if (b->buf) vkDestroyBuffer(g->dev, b->buf, NULL);
   if (b->blk) {
     block_give(b->blk, b->off, b->alloc_size);
@@ -773,4 +784,8 @@ lt_status_t gpu_buf_zero(gpu_buf_t *b, uint64_t off, uint64_t n, lt_err_t *err) 
   if (off % 4 || n % 4) return lt_fail(err, LT_E_INVALID, "gpu_buf_zero needs 4-byte aligned offset and size");
   fill_ctx_t f = {b->buf, off, n};
   return gpu_run_once(b->g, record_fill, &f, err);
+}
+
+uint32_t gpu_texel_size(gpu_texel_t t) {
+  return t == GPU_TEXEL_RGBA32F || t == GPU_TEXEL_RGBA32UI ? 16 : t == GPU_TEXEL_RGBA16F ? 8 : 0;
 }

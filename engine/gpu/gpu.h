@@ -48,7 +48,22 @@ typedef struct gpu_caps {
   uint64_t min_storage_align; /* minStorageBufferOffsetAlignment */
   uint64_t device_local_bytes;
   bool unified; /* a memory type is device-local and host-visible: weights written through the map */
+  /* Uniform texel buffers (a binding read through a format, gpu_texel_t): which formats the device reads that way,
+   * how many texels one may span and the offset alignment it needs. */
+  bool texel_rgba32f, texel_rgba16f, texel_rgba32ui;
+  uint64_t max_texels, min_texel_align;
 } gpu_caps_t;
+
+/* The format a binding is read through as a uniform texel buffer (0: an ordinary storage buffer). */
+typedef enum gpu_texel {
+  GPU_TEXEL_NONE = 0,
+  GPU_TEXEL_RGBA32F,  /* 16-byte texels of four f32 */
+  GPU_TEXEL_RGBA16F,  /* 8-byte texels of four f16, widened to f32 by the fetch */
+  GPU_TEXEL_RGBA32UI, /* 16-byte texels of four uint32 (eight f16 or bf16 values, unpacked by the shader) */
+} gpu_texel_t;
+
+/* Bytes per texel of format t (0 for GPU_TEXEL_NONE). */
+uint32_t gpu_texel_size(gpu_texel_t t);
 
 /* Options for gpu_new(); zero-initialised means defaults. */
 typedef struct gpu_opts {
@@ -123,6 +138,12 @@ lt_status_t gpu_buf_zero(gpu_buf_t *b, uint64_t off, uint64_t n, lt_err_t *err);
 gpu_pipeline_t *gpu_pipeline_get(gpu_t *g, const char *shader, const char *defines, uint32_t n_bindings,
                                  uint32_t push_size, const uint32_t *spec, uint32_t n_spec, lt_err_t *err);
 
+/* gpu_pipeline_get() with the bindings in texel_mask (bit i: binding i) declared as uniform texel buffers, which
+ * dispatches bind through a format (gpu_bind_t.texel). */
+gpu_pipeline_t *gpu_pipeline_get_texel(gpu_t *g, const char *shader, const char *defines, uint32_t n_bindings,
+                                       uint32_t texel_mask, uint32_t push_size, const uint32_t *spec, uint32_t n_spec,
+                                       lt_err_t *err);
+
 /* Compiles GLSL source text to SPIR-V (for tests and tools). Caller owns *spirv (free()). */
 lt_status_t gpu_compile_glsl(gpu_t *g, const char *name, const char *source, const char *defines, uint32_t **spirv,
                              size_t *n_words, lt_err_t *err);
@@ -133,7 +154,8 @@ lt_status_t gpu_compile_glsl(gpu_t *g, const char *name, const char *source, con
 typedef struct gpu_bind {
   gpu_buf_t *buf;
   uint64_t off, range;
-  bool write; /* the shader writes this range (drives barrier placement) */
+  bool write;        /* the shader writes this range (drives barrier placement) */
+  gpu_texel_t texel; /* read through this format as a uniform texel buffer (the pipeline's texel_mask says which) */
 } gpu_bind_t;
 
 /* Starts recording. Dispatches are submitted in chunks as they accumulate; barriers are inserted only where a

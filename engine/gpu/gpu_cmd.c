@@ -5,6 +5,7 @@
 #include "engine/gpu/gpu_internal.h"
 
 #define MAX_BINDS 16
+#define TEXEL_BINDS 4 /* texel bindings of one dispatch, at most */
 #define MAX_TRACK 256
 
 /* A command buffer in flight, with the descriptor pool its dispatches used. */
@@ -43,9 +44,12 @@ static lt_status_t chunk_new(gpu_cmd_t *c, lt_err_t *err) {
                                     .level = VK_COMMAND_BUFFER_LEVEL_PRIMARY,
                                     .commandBufferCount = 1};
   VK_TRY(vkAllocateCommandBuffers(g->dev, &ai, &k->cb));
-  VkDescriptorPoolSize ps = {.type = VK_DESCRIPTOR_TYPE_STORAGE_BUFFER, .descriptorCount = k->cap * MAX_BINDS};
+  /* Storage buffers for every binding, and uniform texel buffers for at most TEXEL_BINDS of a dispatch's. */
+  VkDescriptorPoolSize ps[2] = {
+      {.type = VK_DESCRIPTOR_TYPE_STORAGE_BUFFER, .descriptorCount = k->cap * MAX_BINDS},
+      {.type = VK_DESCRIPTOR_TYPE_UNIFORM_TEXEL_BUFFER, .descriptorCount = k->cap * TEXEL_BINDS}};
   VkDescriptorPoolCreateInfo pi = {
-      .sType = VK_STRUCTURE_TYPE_DESCRIPTOR_POOL_CREATE_INFO, .maxSets = k->cap, .poolSizeCount = 1, .pPoolSizes = &ps};
+      .sType = VK_STRUCTURE_TYPE_DESCRIPTOR_POOL_CREATE_INFO, .maxSets = k->cap, .poolSizeCount = 2, .pPoolSizes = ps};
   VK_TRY(vkCreateDescriptorPool(g->dev, &pi, NULL, &k->dpool));
   VkFenceCreateInfo fi = {.sType = VK_STRUCTURE_TYPE_FENCE_CREATE_INFO};
   VK_TRY(vkCreateFence(g->dev, &fi, NULL, &k->fence));
@@ -166,6 +170,52 @@ static lt_status_t next_slot(gpu_cmd_t *c, lt_err_t *err) {
   return st;
 }
 
+/* The texel view of binding b (made once per buffer, offset, range and format, kept with the buffer). */
+static lt_status_t texel_view(gpu_t *g, const gpu_bind_t *b, VkBufferView *out, lt_err_t *err) {
+  lt_status_t st = LT_OK;
+  gpu_buf_t *buf = b->buf;
+  uint32_t ts = gpu_texel_size(b->texel);
+  bool have = b->texel == GPU_TEXEL_RGBA32F    ? g->caps.texel_rgba32f
+              : b->texel == GPU_TEXEL_RGBA16F  ? g->caps.texel_rgba16f
+              : b->texel == GPU_TEXEL_RGBA32UI ? g->caps.texel_rgba32ui
+                                               : false;
+  if (!ts || !have)
+    return lt_fail(err, LT_E_UNSUPPORTED, "texel format %d is not one %s reads as a uniform texel buffer",
+                   (int)b->texel, g->caps.name);
+  if (!b->range || b->range % ts || b->off % g->caps.min_texel_align || b->off + b->range > buf->size ||
+      b->range / ts > g->caps.max_texels)
+    return lt_fail(err, LT_E_INVALID,
+                   "texel binding [%llu, +%llu) of a %llu-byte buffer: want whole %u-byte texels, at most %llu, at an "
+                   "offset aligned to %llu",
+                   (unsigned long long)b->off, (unsigned long long)b->range, (unsigned long long)buf->size, ts,
+                   (unsigned long long)g->caps.max_texels, (unsigned long long)g->caps.min_texel_align);
+  for (uint32_t i = 0; i < buf->n_views; i++)
+    if (buf->views[i].off == b->off && buf->views[i].range == b->range && buf->views[i].fmt == b->texel) {
+      *out = buf->views[i].view;
+      return LT_OK;
+    }
+  VkBufferViewCreateInfo vi = {.sType = VK_STRUCTURE_TYPE_BUFFER_VIEW_CREATE_INFO,
+                               .buffer = buf->buf,
+                               .format = b->texel == GPU_TEXEL_RGBA32F   ? VK_FORMAT_R32G32B32A32_SFLOAT
+                                         : b->texel == GPU_TEXEL_RGBA16F ? VK_FORMAT_R16G16B16A16_SFLOAT
+                                                                         : VK_FORMAT_R32G32B32A32_UINT,
+                               .offset = b->off,
+                               .range = b->range};
+  VkBufferView v;
+  VK_TRY(vkCreateBufferView(g->dev, &vi, NULL, &v));
+  /* Kept until the buffer is destroyed (a recorded dispatch may still use it): a buffer sees few distinct ranges. */
+  struct gpu_texel_view *grown = realloc(buf->views, (buf->n_views + 1) * sizeof *grown);
+  if (!grown) {
+    vkDestroyBufferView(g->dev, v, NULL);
+    return lt_fail(err, LT_E_NOMEM, "out of memory");
+  }
+  buf->views = grown;
+  buf->views[buf->n_views++] = (struct gpu_texel_view){b->off, b->range, b->texel, v};
+  *out = v;
+out:
+  return st;
+}
+
 lt_status_t gpu_cmd_dispatch(gpu_cmd_t *c, gpu_pipeline_t *p, const gpu_bind_t *binds, uint32_t n_binds,
                              const void *push, uint32_t push_size, uint32_t gx, uint32_t gy, uint32_t gz,
                              lt_err_t *err) {
@@ -184,10 +234,23 @@ lt_status_t gpu_cmd_dispatch(gpu_cmd_t *c, gpu_pipeline_t *p, const gpu_bind_t *
   track_t acc[MAX_BINDS];
   bool wr[MAX_BINDS];
   VkDescriptorBufferInfo bi[MAX_BINDS];
+  VkBufferView tv[MAX_BINDS];
   VkWriteDescriptorSet ws[MAX_BINDS];
+  uint32_t n_texel = 0;
   for (uint32_t i = 0; i < n_binds; i++) {
     const gpu_bind_t *b = &binds[i];
     if (!b->buf) return lt_fail(err, LT_E_INVALID, "binding %u has no buffer", i);
+    bool texel = (p->texel_mask >> i) & 1;
+    if (texel != (b->texel != GPU_TEXEL_NONE))
+      return lt_fail(err, LT_E_INVALID, "binding %u: the pipeline declares %s, the dispatch binds %s", i,
+                     texel ? "a texel buffer" : "a storage buffer", b->texel ? "a texel buffer" : "a storage buffer");
+    if (texel) {
+      if (++n_texel > TEXEL_BINDS) return lt_fail(err, LT_E_INVALID, "more than %d texel bindings", TEXEL_BINDS);
+      if ((st = texel_view(g, b, &tv[i], err)) != LT_OK) return st;
+      acc[i] = (track_t){b->buf->buf, b->off, b->off + b->range};
+      wr[i] = false;
+      continue;
+    }
     uint64_t range = b->range ? b->range : (b->off < b->buf->size ? b->buf->size - b->off : 0);
     if (b->off >= b->buf->size || range > b->buf->size - b->off)
       return lt_fail(err, LT_E_INVALID, "binding %u: range [%llu, +%llu) is outside a %llu-byte buffer", i,
@@ -210,13 +273,17 @@ lt_status_t gpu_cmd_dispatch(gpu_cmd_t *c, gpu_pipeline_t *p, const gpu_bind_t *
                                     .descriptorSetCount = 1,
                                     .pSetLayouts = &p->dsl};
   VK_TRY(vkAllocateDescriptorSets(g->dev, &ai, &set));
-  for (uint32_t i = 0; i < n_binds; i++)
+  for (uint32_t i = 0; i < n_binds; i++) {
+    bool texel = (p->texel_mask >> i) & 1;
     ws[i] = (VkWriteDescriptorSet){.sType = VK_STRUCTURE_TYPE_WRITE_DESCRIPTOR_SET,
                                    .dstSet = set,
                                    .dstBinding = i,
                                    .descriptorCount = 1,
-                                   .descriptorType = VK_DESCRIPTOR_TYPE_STORAGE_BUFFER,
-                                   .pBufferInfo = &bi[i]};
+                                   .descriptorType = texel ? VK_DESCRIPTOR_TYPE_UNIFORM_TEXEL_BUFFER
+                                                           : VK_DESCRIPTOR_TYPE_STORAGE_BUFFER,
+                                   .pBufferInfo = texel ? NULL : &bi[i],
+                                   .pTexelBufferView = texel ? &tv[i] : NULL};
+  }
   vkUpdateDescriptorSets(g->dev, n_binds, ws, 0, NULL);
   order(c, acc, wr, n_binds);
   VkCommandBuffer cb = c->cur->cb;

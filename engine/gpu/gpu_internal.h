@@ -37,6 +37,13 @@ struct gpu_buf {
   uint64_t size;
   gpu_block_t *blk;
   uint64_t off, alloc_size;
+  /* Texel views made for dispatches (gpu_cmd_dispatch), kept until the buffer is destroyed. */
+  struct gpu_texel_view {
+    uint64_t off, range;
+    gpu_texel_t fmt;
+    VkBufferView view;
+  } * views;
+  uint32_t n_views;
 };
 
 typedef struct gpu_pipe_entry gpu_pipe_entry_t;
@@ -46,6 +53,7 @@ struct gpu_pipeline {
   VkPipelineLayout layout;
   VkPipeline pipe;
   uint32_t n_bindings, push_size;
+  uint32_t texel_mask; /* bindings declared as uniform texel buffers */
 };
 
 struct gpu_pipe_entry {

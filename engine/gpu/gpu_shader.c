@@ -288,7 +288,9 @@ static lt_status_t make_pipeline(gpu_t *g, gpu_pipeline_t *p, const uint32_t *wo
   if (p->n_bindings > 16) return lt_fail(err, LT_E_INVALID, "more than 16 bindings");
   for (uint32_t i = 0; i < p->n_bindings; i++)
     lb[i] = (VkDescriptorSetLayoutBinding){.binding = i,
-                                           .descriptorType = VK_DESCRIPTOR_TYPE_STORAGE_BUFFER,
+                                           .descriptorType = (p->texel_mask >> i) & 1
+                                                                 ? VK_DESCRIPTOR_TYPE_UNIFORM_TEXEL_BUFFER
+                                                                 : VK_DESCRIPTOR_TYPE_STORAGE_BUFFER,
                                            .descriptorCount = 1,
                                            .stageFlags = VK_SHADER_STAGE_COMPUTE_BIT};
   VkDescriptorSetLayoutCreateInfo dl = {
@@ -331,8 +333,15 @@ static void pipeline_free(gpu_t *g, gpu_pipeline_t *p) {
 
 gpu_pipeline_t *gpu_pipeline_get(gpu_t *g, const char *shader, const char *defines, uint32_t n_bindings,
                                  uint32_t push_size, const uint32_t *spec, uint32_t n_spec, lt_err_t *err) {
+  return gpu_pipeline_get_texel(g, shader, defines, n_bindings, 0, push_size, spec, n_spec, err);
+}
+
+gpu_pipeline_t *gpu_pipeline_get_texel(gpu_t *g, const char *shader, const char *defines, uint32_t n_bindings,
+                                       uint32_t texel_mask, uint32_t push_size, const uint32_t *spec, uint32_t n_spec,
+                                       lt_err_t *err) {
   char key[1024];
-  int len = snprintf(key, sizeof key, "%s|%s|%u|%u|", shader, defines ? defines : "", n_bindings, push_size);
+  int len =
+      snprintf(key, sizeof key, "%s|%s|%u|%u|%x|", shader, defines ? defines : "", n_bindings, push_size, texel_mask);
   for (uint32_t i = 0; i < n_spec && len > 0 && (size_t)len < sizeof key; i++)
     len += snprintf(key + len, sizeof key - (size_t)len, "%u,", spec[i]);
   if (len < 0 || (size_t)len >= sizeof key) {
@@ -354,6 +363,7 @@ gpu_pipeline_t *gpu_pipeline_get(gpu_t *g, const char *shader, const char *defin
   }
   e->p.n_bindings = n_bindings;
   e->p.push_size = push_size;
+  e->p.texel_mask = texel_mask;
   uint32_t *words = NULL;
   size_t n_words = 0;
   char path[1200];
@@ -366,6 +376,7 @@ gpu_pipeline_t *gpu_pipeline_get(gpu_t *g, const char *shader, const char *defin
       pipeline_free(g, &e->p);
       e->p.n_bindings = n_bindings;
       e->p.push_size = push_size;
+      e->p.texel_mask = texel_mask;
       unlink(path);
       g->stats.spirv_cache_rejects++;
       free(words);

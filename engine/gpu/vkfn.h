@@ -28,7 +28,8 @@
   X(vkCreateComputePipelines) X(vkDestroyPipeline) X(vkCreatePipelineCache) X(vkDestroyPipelineCache)          \
   X(vkGetPipelineCacheData) X(vkCreateDescriptorPool) X(vkDestroyDescriptorPool) X(vkAllocateDescriptorSets)   \
   X(vkUpdateDescriptorSets) X(vkCmdBindPipeline) X(vkCmdBindDescriptorSets) X(vkCmdPushConstants)              \
-  X(vkCmdDispatch) X(vkCmdPipelineBarrier) X(vkCmdCopyBuffer) X(vkCmdFillBuffer)
+  X(vkCmdDispatch) X(vkCmdPipelineBarrier) X(vkCmdCopyBuffer) X(vkCmdFillBuffer)                           \
+  X(vkGetPhysicalDeviceFormatProperties) X(vkCreateBufferView) X(vkDestroyBufferView)
 /* clang-format on */
 
 #define VKFN_DECLARE(name) extern PFN_##name lt_##name;
@@ -92,6 +93,9 @@ VKFN_INSTANCE(VKFN_DECLARE)
 #define vkCmdPipelineBarrier lt_vkCmdPipelineBarrier
 #define vkCmdCopyBuffer lt_vkCmdCopyBuffer
 #define vkCmdFillBuffer lt_vkCmdFillBuffer
+#define vkGetPhysicalDeviceFormatProperties lt_vkGetPhysicalDeviceFormatProperties
+#define vkCreateBufferView lt_vkCreateBufferView
+#define vkDestroyBufferView lt_vkDestroyBufferView
 
 /* Loads libvulkan.so.1 and the global entry points (once per process; thread-safe). Returns LT_E_NO_VULKAN with a
  * message naming the package to install when the loader is missing. */

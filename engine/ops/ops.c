@@ -17,17 +17,29 @@ static const op_info_t op_table[OP_COUNT] = {
 
 gpu_pipeline_t *op_pipeline(gpu_t *g, op_id_t id, const char *defines, const uint32_t *spec, uint32_t n_spec,
                             lt_err_t *err) {
+  return op_pipeline_texel(g, id, defines, spec, n_spec, 0, err);
+}
+
+gpu_pipeline_t *op_pipeline_texel(gpu_t *g, op_id_t id, const char *defines, const uint32_t *spec, uint32_t n_spec,
+                                  uint32_t texel_mask, lt_err_t *err) {
   const op_info_t *o = &op_table[id];
   uint32_t sp[8] = {o->wg};
   if (n_spec > 8) n_spec = 8;
   for (uint32_t i = 0; i < n_spec; i++) sp[i] = spec[i];
   if (sp[0] == 0) sp[0] = o->wg;
-  return gpu_pipeline_get(g, o->shader, defines, o->n_bindings, o->push_size, sp, n_spec ? n_spec : 1, err);
+  return gpu_pipeline_get_texel(g, o->shader, defines, o->n_bindings, texel_mask, o->push_size, sp, n_spec ? n_spec : 1,
+                                err);
 }
 
 lt_status_t op_dispatch(gpu_cmd_t *c, gpu_pipeline_t *p, op_id_t id, const gpu_view_t *views, const uint64_t *bytes,
                         const bool *writes, uint32_t n, const void *push, uint32_t gx, uint32_t gy, uint32_t gz,
                         lt_err_t *err) {
+  return op_dispatch_texel(c, p, id, views, bytes, writes, NULL, n, push, gx, gy, gz, err);
+}
+
+lt_status_t op_dispatch_texel(gpu_cmd_t *c, gpu_pipeline_t *p, op_id_t id, const gpu_view_t *views,
+                              const uint64_t *bytes, const bool *writes, const gpu_texel_t *texel, uint32_t n,
+                              const void *push, uint32_t gx, uint32_t gy, uint32_t gz, lt_err_t *err) {
   const op_info_t *o = &op_table[id];
   gpu_bind_t b[16];
   if (n > 16 || n != o->n_bindings)
@@ -42,7 +54,10 @@ lt_status_t op_dispatch(gpu_cmd_t *c, gpu_pipeline_t *p, op_id_t id, const gpu_v
     /* Bind exactly what the op touches, rounded up to 4 bytes but never past the buffer. */
     uint64_t range = (want + 3) & ~3ull;
     if (range > size - views[i].off) range = size - views[i].off;
-    b[i] = (gpu_bind_t){views[i].buf, views[i].off, range, writes[i]};
+    gpu_texel_t t = texel ? texel[i] : GPU_TEXEL_NONE;
+    /* A texel binding covers whole texels of what the op reads (its bytes are a multiple of the texel). */
+    if (t) range = want;
+    b[i] = (gpu_bind_t){views[i].buf, views[i].off, range, writes[i], t};
   }
   return gpu_cmd_dispatch(c, p, b, n, push, o->push_size, gx, gy, gz, err);
 }
@@ -61,6 +76,13 @@ uint32_t op_loop_budget(op_id_t id) { return op_table[id].loop_budget; }
 lt_status_t op_dispatch_k(gpu_cmd_t *c, gpu_pipeline_t *p, op_id_t id, const gpu_view_t *views, const uint64_t *bytes,
                           const bool *writes, uint32_t n, void *pc, op_loop_cost_t cost, bool accumulate, uint32_t gx,
                           uint32_t gy, uint32_t gz, lt_err_t *err) {
+  return op_dispatch_k_texel(c, p, id, views, bytes, writes, NULL, n, pc, cost, accumulate, gx, gy, gz, err);
+}
+
+lt_status_t op_dispatch_k_texel(gpu_cmd_t *c, gpu_pipeline_t *p, op_id_t id, const gpu_view_t *views,
+                                const uint64_t *bytes, const bool *writes, const gpu_texel_t *texel, uint32_t n,
+                                void *pc, op_loop_cost_t cost, bool accumulate, uint32_t gx, uint32_t gy, uint32_t gz,
+                                lt_err_t *err) {
   const op_info_t *o = &op_table[id];
   /* Whole units per chunk, so every chunk but the last covers whole K-groups (and K tiles). */
   uint32_t units = o->loop_budget > cost.fixed ? (o->loop_budget - cost.fixed) / cost.per_unit : 0;
@@ -77,7 +99,7 @@ lt_status_t op_dispatch_k(gpu_cmd_t *c, gpu_pipeline_t *p, op_id_t id, const gpu
     h.k_len = K - k_base < k_chunk ? K - k_base : k_chunk;
     h.accumulate = accumulate || k_base > 0;
     memcpy(pc, &h, sizeof h);
-    lt_status_t st = op_dispatch(c, p, id, views, bytes, writes, n, pc, gx, gy, gz, err);
+    lt_status_t st = op_dispatch_texel(c, p, id, views, bytes, writes, texel, n, pc, gx, gy, gz, err);
     if (st != LT_OK) return st;
     k_base += h.k_len;
   } while (k_base < K);

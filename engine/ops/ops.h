@@ -33,10 +33,20 @@ typedef enum op_id {
 gpu_pipeline_t *op_pipeline(gpu_t *g, op_id_t id, const char *defines, const uint32_t *spec, uint32_t n_spec,
                             lt_err_t *err);
 
+/* op_pipeline() with the bindings in texel_mask (bit i: binding i) read as uniform texel buffers. */
+gpu_pipeline_t *op_pipeline_texel(gpu_t *g, op_id_t id, const char *defines, const uint32_t *spec, uint32_t n_spec,
+                                  uint32_t texel_mask, lt_err_t *err);
+
 /* Records one dispatch of op `id` binding n views with the given byte extents; writes[i] marks outputs. */
 lt_status_t op_dispatch(gpu_cmd_t *c, gpu_pipeline_t *p, op_id_t id, const gpu_view_t *views, const uint64_t *bytes,
                         const bool *writes, uint32_t n, const void *push, uint32_t gx, uint32_t gy, uint32_t gz,
                         lt_err_t *err);
+
+/* op_dispatch() with texel[i] the format binding i is read through (NULL: all storage buffers), for a pipeline of
+ * op_pipeline_texel(); a texel binding spans exactly bytes[i], a multiple of its texel. */
+lt_status_t op_dispatch_texel(gpu_cmd_t *c, gpu_pipeline_t *p, op_id_t id, const gpu_view_t *views,
+                              const uint64_t *bytes, const bool *writes, const gpu_texel_t *texel, uint32_t n,
+                              const void *push, uint32_t gx, uint32_t gy, uint32_t gz, lt_err_t *err);
 
 /* Splits n invocations of workgroup size wg into a 2D grid gx*gy (gx <= 65535); shaders use flat_index(). */
 void op_grid_1d(uint64_t n, uint32_t wg, uint32_t *gx, uint32_t *gy);
@@ -61,6 +71,12 @@ typedef struct op_loop_cost {
 lt_status_t op_dispatch_k(gpu_cmd_t *c, gpu_pipeline_t *p, op_id_t id, const gpu_view_t *views, const uint64_t *bytes,
                           const bool *writes, uint32_t n, void *pc, op_loop_cost_t cost, bool accumulate, uint32_t gx,
                           uint32_t gy, uint32_t gz, lt_err_t *err);
+
+/* op_dispatch_k() with texel formats as op_dispatch_texel() takes them. */
+lt_status_t op_dispatch_k_texel(gpu_cmd_t *c, gpu_pipeline_t *p, op_id_t id, const gpu_view_t *views,
+                                const uint64_t *bytes, const bool *writes, const gpu_texel_t *texel, uint32_t n,
+                                void *pc, op_loop_cost_t cost, bool accumulate, uint32_t gx, uint32_t gy, uint32_t gz,
+                                lt_err_t *err);
 
 /* ---- elementwise (engine/ops/ops_eltwise.c) ---- */
 
@@ -106,6 +122,10 @@ typedef enum matmul_path {
   MATMUL_GEMM_STAGED,
   MATMUL_GEMM_DIRECT
 } matmul_path_t;
+
+/* Whether matmuls on CPU drivers read f32 and f16 weights as uniform texel buffers where the device allows it
+ * (on by default; benchmarks and tests turn it off to compare). Process-wide. */
+void op_matmul_texel(bool on);
 
 /* y[M,N] = x[M,K] . w[N,K]^T, or y += that when accumulate. x and y are f32 row-major; w is f32 or f16 row-major
  * [N,K] (the Hugging Face Linear layout). Uses a GEMV kernel for few rows and a tiled GEMM kernel otherwise;

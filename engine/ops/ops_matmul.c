@@ -32,6 +32,24 @@ typedef struct gemv_cfg {
 
 static uint32_t ceil_div(uint64_t a, uint64_t b) { return (uint32_t)((a + b - 1) / b); }
 
+static bool g_texel = true;
+
+void op_matmul_texel(bool on) { g_texel = on; }
+
+/* The texel format weights of wtype in view w ([rows, K], kv per load) are read through on this device, or
+ * GPU_TEXEL_NONE for a storage buffer: f32 as RGBA32F, f16 and bf16 as RGBA32UI (eight values a texel, unpacked
+ * in the shader as the storage path unpacks them). Texel fetches pay on CPU drivers only (matmul.glsl, W_TEXEL). */
+static gpu_texel_t weight_texel(const gpu_caps_t *caps, gpu_view_t w, lt_dtype_t wtype, uint64_t bytes, uint32_t kv,
+                                bool staged) {
+  if (!g_texel || staged || caps->kind != GPU_KIND_CPU || kv == 1 || bytes == 0) return GPU_TEXEL_NONE;
+  gpu_texel_t t = wtype == LT_F32 && caps->texel_rgba32f               ? GPU_TEXEL_RGBA32F
+                  : wtype != LT_F32 && kv == 8 && caps->texel_rgba32ui ? GPU_TEXEL_RGBA32UI
+                                                                       : GPU_TEXEL_NONE;
+  if (t && (w.off % caps->min_texel_align || bytes % gpu_texel_size(t) || bytes / gpu_texel_size(t) > caps->max_texels))
+    return GPU_TEXEL_NONE;
+  return t;
+}
+
 /* Loop iterations one invocation of a GEMM or GEMV dispatch runs. Loops marked [[unroll]] in the shaders run no
  * iterations of their own: their trip counts are specialisation constants, so the driver unrolls them (the long-K
  * test would catch one that did not). */
@@ -106,9 +124,12 @@ static lt_status_t matmul(gpu_cmd_t *c, gpu_view_t y, uint32_t y_stride, gpu_vie
   bool staged = path == MATMUL_GEMM_STAGED || (path != MATMUL_GEMM_DIRECT && caps->kind != GPU_KIND_CPU);
   /* K-elements per load: a vec4 of f32 weights or 16 bytes of f16 ones, where K allows it. */
   uint32_t kv = w16 ? (K % 8 == 0 && x_stride % 8 == 0 ? 8 : 1) : (K % 4 == 0 && x_stride % 4 == 0 ? 4 : 1);
-  char defines[48];
-  snprintf(defines, sizeof defines, "W_F16=%d;W_BF16=%d;KV=%u;STAGED=%d", wtype == LT_F16, wtype == LT_BF16, kv,
-           staged);
+  gpu_texel_t wt = weight_texel(caps, w, wtype, wb, kv, staged || (!gemv && path == MATMUL_GEMM_STAGED));
+  /* x (f32) through a texel view as well, where the weights take one and x's view allows it. */
+  gpu_texel_t xt = wt ? weight_texel(caps, x, LT_F32, xb, kv == 8 ? 4 : kv, false) : GPU_TEXEL_NONE;
+  char defines[80];
+  snprintf(defines, sizeof defines, "W_F16=%d;W_BF16=%d;KV=%u;STAGED=%d;W_TEXEL=%d;X_TEXEL=%d", wtype == LT_F16,
+           wtype == LT_BF16, kv, staged, wt != GPU_TEXEL_NONE, xt != GPU_TEXEL_NONE);
 
   op_id_t id;
   uint32_t spec[6], n_spec, gx, gy, gz = 1;
@@ -136,14 +157,15 @@ static lt_status_t matmul(gpu_cmd_t *c, gpu_view_t y, uint32_t y_stride, gpu_vie
   if (gx > caps->max_wg_count[0] || gy > caps->max_wg_count[1] || gz > caps->max_wg_count[2])
     return lt_fail(err, LT_E_LIMIT, "op_matmul: %ux%ux%u needs %ux%ux%u workgroups, more than the device allows", M, N,
                    K, gx, gy, gz);
-  gpu_pipeline_t *p = op_pipeline(g, id, defines, spec, n_spec, err);
+  gpu_pipeline_t *p = op_pipeline_texel(g, id, defines, spec, n_spec, (wt ? 1u << 2 : 0) | (xt ? 1u << 1 : 0), err);
   if (!p) return err ? err->code : LT_E_SHADER;
 
   gpu_view_t views[3] = {y, x, w};
   uint64_t bytes[3] = {yb, xb, wb};
   bool writes[3] = {true, false, false};
+  gpu_texel_t texel[3] = {GPU_TEXEL_NONE, xt, wt};
   pc_matmul_t pc = {.M = M, .N = N, .K = K, .x_stride = x_stride, .w_stride = K, .y_stride = y_stride};
-  return op_dispatch_k(c, p, id, views, bytes, writes, 3, &pc, cost, accumulate, gx, gy, gz, err);
+  return op_dispatch_k_texel(c, p, id, views, bytes, writes, texel, 3, &pc, cost, accumulate, gx, gy, gz, err);
 }
 
 /* What the fused GEMV variants (gemv.comp with GLU or QKV) share: the shape and dtype they take, the kernel shape,
@@ -153,11 +175,13 @@ static lt_status_t matmul(gpu_cmd_t *c, gpu_view_t y, uint32_t y_stride, gpu_vie
 typedef struct fused_gemv {
   gpu_pipeline_t *p;
   uint32_t gx, gz, kv;
+  gpu_texel_t wt; /* the weights' texel format (bindings 2 and up), or none */
 } fused_gemv_t;
 
 static lt_status_t fused_gemv_prep(gpu_cmd_t *c, op_id_t id, const char *name, const char *variant, lt_dtype_t wtype,
                                    uint32_t M, uint32_t rows, uint32_t K, const uint32_t *row_counts, uint32_t n_counts,
-                                   fused_gemv_t *f, lt_err_t *err) {
+                                   const gpu_view_t *ws, const uint32_t *w_rows, uint32_t n_w, fused_gemv_t *f,
+                                   lt_err_t *err) {
   gpu_t *g = gpu_cmd_gpu(c);
   const gpu_caps_t *caps = gpu_caps(g);
   bool w16 = wtype == LT_F16 || wtype == LT_BF16;
@@ -179,13 +203,21 @@ static lt_status_t fused_gemv_prep(gpu_cmd_t *c, op_id_t id, const char *name, c
   uint32_t budget = op_loop_budget(id);
   if (cost.fixed >= budget || (uint64_t)(budget - cost.fixed) / cost.per_unit * cost.k_per_unit < K)
     return lt_fail(err, LT_E_UNSUPPORTED, "%s: K %u needs more than one dispatch", name, K);
-  char defines[64];
-  snprintf(defines, sizeof defines, "W_F16=%d;W_BF16=%d;KV=%u;STAGED=0;%s", wtype == LT_F16, wtype == LT_BF16, f->kv,
-           variant);
+  /* Every weight through a texel view, or none. */
+  f->wt = GPU_TEXEL_NONE;
+  for (uint32_t i = 0; i < n_w; i++) {
+    gpu_texel_t t = weight_texel(caps, ws[i], wtype, (uint64_t)lt_dtype_size(wtype) * w_rows[i] * K, f->kv, false);
+    if (i > 0 && t != f->wt) t = GPU_TEXEL_NONE, i = n_w;
+    f->wt = t;
+  }
+  char defines[80];
+  snprintf(defines, sizeof defines, "W_F16=%d;W_BF16=%d;KV=%u;STAGED=0;W_TEXEL=%d;%s", wtype == LT_F16,
+           wtype == LT_BF16, f->kv, f->wt != GPU_TEXEL_NONE, variant);
   uint32_t spec[3] = {v.wg, v.rows, v.mr}, groups = ceil_div(rows, v.rows);
   f->gx = groups < caps->max_wg_count[0] ? groups : caps->max_wg_count[0];
   f->gz = ceil_div(groups, f->gx);
-  if (!(f->p = op_pipeline(g, id, defines, spec, 3, err))) return err ? err->code : LT_E_SHADER;
+  uint32_t mask = f->wt ? ((1u << n_w) - 1) << 2 : 0;
+  if (!(f->p = op_pipeline_texel(g, id, defines, spec, 3, mask, err))) return err ? err->code : LT_E_SHADER;
   return LT_OK;
 }
 
@@ -212,9 +244,9 @@ lt_status_t op_gemv_glu(gpu_cmd_t *c, gpu_view_t y, gpu_view_t x, gpu_view_t wg,
   bool nm = norm.buf != NULL;
   const char *variant = gelu ? (nm ? "GLU=2;NORM=1" : "GLU=2") : (nm ? "GLU=1;NORM=1" : "GLU=1");
   op_id_t id = nm ? OP_GEMV_GLU_N : OP_GEMV_GLU;
-  lt_status_t st = fused_gemv_prep(c, id, "op_gemv_glu", variant, wtype, M, N, K, NULL, 0, &f, err);
   const gpu_view_t ws[2] = {wg, wu}, ys[2] = {y, y};
   const uint32_t rows[2] = {N, N};
+  lt_status_t st = fused_gemv_prep(c, id, "op_gemv_glu", variant, wtype, M, N, K, NULL, 0, ws, rows, 2, &f, err);
   if (st == LT_OK) st = fused_gemv_check(gpu_caps(gpu_cmd_gpu(c)), x, ws, ys, rows, 2, wtype, M, K, err);
   if (st != LT_OK) return st;
   uint64_t wb = lt_dtype_size(wtype) * N * K;
@@ -223,7 +255,8 @@ lt_status_t op_gemv_glu(gpu_cmd_t *c, gpu_view_t y, gpu_view_t x, gpu_view_t wg,
   bool writes[5] = {true, false, false, false, false};
   pc_matmul_t pc = {
       .M = M, .N = N, .K = K, .x_stride = K, .w_stride = K, .y_stride = N, .k_base = 0, .k_len = K, .eps = eps};
-  return op_dispatch(c, f.p, id, views, bytes, writes, nm ? 5 : 4, &pc, f.gx, 1, f.gz, err);
+  gpu_texel_t texel[5] = {GPU_TEXEL_NONE, GPU_TEXEL_NONE, f.wt, f.wt, GPU_TEXEL_NONE};
+  return op_dispatch_texel(c, f.p, id, views, bytes, writes, texel, nm ? 5 : 4, &pc, f.gx, 1, f.gz, err);
 }
 
 lt_status_t op_gemv_qkv_rope(gpu_cmd_t *c, gpu_view_t q, gpu_view_t k, gpu_view_t v, gpu_view_t x, gpu_view_t wq,
@@ -241,8 +274,9 @@ lt_status_t op_gemv_qkv_rope(gpu_cmd_t *c, gpu_view_t q, gpu_view_t k, gpu_view_
                     !rope->pos.buf || !rope->table.buf || !rope->max_pos))
     st = lt_fail(err, LT_E_UNSUPPORTED, "op_gemv_qkv: RoPE over heads of %u in %u and %u rows is not one it takes",
                  rope->head_dim, N, N2);
-  if (st == LT_OK) st = fused_gemv_prep(c, id, "op_gemv_qkv", variant, wtype, M, N + 2 * N2, K, rows, 3, &f, err);
   const gpu_view_t ws[3] = {wq, wk, wv}, ys[3] = {q, k, v};
+  if (st == LT_OK)
+    st = fused_gemv_prep(c, id, "op_gemv_qkv", variant, wtype, M, N + 2 * N2, K, rows, 3, ws, rows, 3, &f, err);
   if (st == LT_OK) st = fused_gemv_check(gpu_caps(gpu_cmd_gpu(c)), x, ws, ys, rows, 3, wtype, M, K, err);
   if (st != LT_OK) return st;
   uint64_t es = lt_dtype_size(wtype);
@@ -267,7 +301,8 @@ lt_status_t op_gemv_qkv_rope(gpu_cmd_t *c, gpu_view_t q, gpu_view_t k, gpu_view_
                     .rope_hd = rope ? rope->head_dim : 0,
                     .rope_neox = rope && rope->neox,
                     .rope_max_pos = rope ? rope->max_pos : 0};
-  return op_dispatch(c, f.p, id, views, bytes, writes, rope ? 10 : nm ? 8 : 7, &pc, f.gx, 1, f.gz, err);
+  gpu_texel_t texel[10] = {GPU_TEXEL_NONE, GPU_TEXEL_NONE, f.wt, f.wt, f.wt};
+  return op_dispatch_texel(c, f.p, id, views, bytes, writes, texel, rope ? 10 : nm ? 8 : 7, &pc, f.gx, 1, f.gz, err);
 }
 
 lt_status_t op_gemv_qkv(gpu_cmd_t *c, gpu_view_t q, gpu_view_t k, gpu_view_t v, gpu_view_t x, gpu_view_t wq,

@@ -4,6 +4,11 @@
 //   W_BF16=1: w holds bfloat16 values (widened exactly to f32 on load);
 //   KV=n:    K-elements per load: 1 (scalar), 4 (f32 w: vec4 loads) or 8 (f16 w: one 16-byte load of 8 halves).
 //            KV > 1 needs K and both row strides to be multiples of KV.
+//   W_TEXEL=1 (KV 4 with f32 w, or KV 8 with f16 or bf16 w): w, and w2, w3, are uniform texel buffers (RGBA32F, or
+//            RGBA32UI holding eight 16-bit values, unpacked here) read with texelFetch.
+//   X_TEXEL=1 (KV 4 or 8): x is a uniform texel buffer too (RGBA32F). CPU drivers (llvmpipe) gather a texel fetch for all lanes
+//            at once, where a storage-buffer load whose address differs per lane runs as a loop over the lanes,
+//            one guarded scalar load per lane and component.
 // A group of KV K-elements is a KTYPE: float, vec4, or mat2x4 (two vec4 columns).
 #ifndef LATHE_MATMUL_GLSL
 #define LATHE_MATMUL_GLSL
@@ -32,17 +37,34 @@ KTYPE x_at(uint i) { return x[i]; }
 #elif KV == 4 && !W_16BIT
 #define KTYPE vec4
 #define KDOT(a, b, acc) DOT4(a, b, acc)
+#if X_TEXEL
+layout(binding = 1) uniform samplerBuffer x;
+KTYPE x_at(uint i) { return texelFetch(x, int(i / 4u)); }
+#else
 layout(std430, binding = 1) readonly buffer X { vec4 x[]; };
-layout(std430, binding = 2) readonly buffer W { vec4 w[]; };
 KTYPE x_at(uint i) { return x[i / 4u]; }
+#endif
+#if W_TEXEL
+layout(binding = 2) uniform samplerBuffer w;
+KTYPE w_at(uint i) { return texelFetch(w, int(i / 4u)); }
+#else
+layout(std430, binding = 2) readonly buffer W { vec4 w[]; };
 KTYPE w_at(uint i) { return w[i / 4u]; }
+#endif
 
 #elif KV == 8 && W_16BIT
 #define KTYPE mat2x4
 #define KDOT(a, b, acc) DOT4((a)[1], (b)[1], DOT4((a)[0], (b)[0], acc))
+#if X_TEXEL
+layout(binding = 1) uniform samplerBuffer x;
+KTYPE x_at(uint i) { return mat2x4(texelFetch(x, int(i / 4u)), texelFetch(x, int(i / 4u + 1u))); }
+#else
 layout(std430, binding = 1) readonly buffer X { vec4 x[]; };
-layout(std430, binding = 2) readonly buffer W { uvec4 w[]; }; // 8 16-bit values per element
 KTYPE x_at(uint i) { return mat2x4(x[i / 4u], x[i / 4u + 1u]); }
+#endif
+#if !W_TEXEL
+layout(std430, binding = 2) readonly buffer W { uvec4 w[]; }; // 8 16-bit values per element
+#endif
 #if W_F16
 KTYPE unpack8(uvec4 h) {
   return mat2x4(vec4(unpackHalf2x16(h.x), unpackHalf2x16(h.y)), vec4(unpackHalf2x16(h.z), unpackHalf2x16(h.w)));
@@ -54,7 +76,12 @@ KTYPE unpack8(uvec4 h) {
   return mat2x4(vec4(unpack_bf16x2(h.x), unpack_bf16x2(h.y)), vec4(unpack_bf16x2(h.z), unpack_bf16x2(h.w)));
 }
 #endif
+#if W_TEXEL
+layout(binding = 2) uniform usamplerBuffer w;
+KTYPE w_at(uint i) { return unpack8(texelFetch(w, int(i / 8u))); }
+#else
 KTYPE w_at(uint i) { return unpack8(w[i / 8u]); }
+#endif
 
 #else
 #error "unsupported W_F16 / KV combination"
@@ -73,10 +100,18 @@ KTYPE w_at(uint i) { return unpack8(w[i / 8u]); }
 #define EXTRA_W(B, NAME)                                                                                              \
   layout(std430, binding = B) readonly buffer NAME##_buf { float NAME[]; };                                           \
   KTYPE NAME##_at(uint i) { return NAME[i]; }
+#elif KV == 4 && W_TEXEL
+#define EXTRA_W(B, NAME)                                                                                              \
+  layout(binding = B) uniform samplerBuffer NAME;                                                                     \
+  KTYPE NAME##_at(uint i) { return texelFetch(NAME, int(i / 4u)); }
 #elif KV == 4
 #define EXTRA_W(B, NAME)                                                                                              \
   layout(std430, binding = B) readonly buffer NAME##_buf { vec4 NAME[]; };                                            \
   KTYPE NAME##_at(uint i) { return NAME[i / 4u]; }
+#elif W_TEXEL
+#define EXTRA_W(B, NAME)                                                                                              \
+  layout(binding = B) uniform usamplerBuffer NAME;                                                                    \
+  KTYPE NAME##_at(uint i) { return unpack8(texelFetch(NAME, int(i / 8u))); }
 #else
 #define EXTRA_W(B, NAME)                                                                                              \
   layout(std430, binding = B) readonly buffer NAME##_buf { uvec4 NAME[]; };                                           \

@@ -20,7 +20,7 @@ static uint32_t *run_probe(const char *shader, uint32_t wg, pc_canary_t pc, uint
   gpu_pipeline_t *p = gpu_pipeline_get(tgpu(), shader, NULL, 1, sizeof pc, &wg, 1, &err);
   cr_assert(p != NULL, "%s: %s", shader, err.msg);
   gpu_buf_t *b = tbuf_bytes(NULL, 4ull * words);
-  gpu_bind_t bind = {b, 0, 0, true};
+  gpu_bind_t bind = {.buf = b, .write = true};
   gpu_cmd_t *c = tbegin();
   cr_assert_eq(gpu_cmd_dispatch(c, p, &bind, 1, &pc, sizeof pc, 1, 1, 1, &err), LT_OK, "%s", err.msg);
   tfinish(&c);

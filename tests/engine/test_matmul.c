@@ -122,6 +122,66 @@ Test(matmul, gemv_odd_shapes) { check_all_odd_shapes(MATMUL_GEMV, "gemv"); }
 
 Test(matmul, auto_odd_shapes) { check_all_odd_shapes(MATMUL_AUTO, "auto"); }
 
+Test(matmul, storage_buffer_weights_odd_shapes) {
+  /* CPU drivers read weights through texel views (op_matmul_texel); GPUs, and any shape or device the views do not
+   * fit, read them as storage buffers. Both paths against the reference here. */
+  op_matmul_texel(false);
+  check_all_odd_shapes(MATMUL_GEMV, "gemv, storage-buffer weights");
+  check_all_odd_shapes(MATMUL_GEMM_DIRECT, "gemm direct, storage-buffer weights");
+  op_matmul_texel(true);
+}
+
+Test(matmul, texel_and_storage_weight_reads_give_the_same_bits) {
+  /* The same loads in the same order through either kind of binding: GEMV, the direct GEMM and the gated GEMV give
+   * identical bits both ways, for f32 (vec4 texels) and f16 / bf16 (eight values a texel). On a CPU driver with the
+   * texel formats the texel runs must be pipelines of their own (the variant really ran). */
+  static const shape_t shapes[] = {{1, 37, 64}, {3, 129, 136}, {4, 16, 8}, {130, 33, 256}};
+  const lt_dtype_t types[3] = {LT_F32, LT_F16, LT_BF16};
+  const gpu_caps_t *caps = gpu_caps(tgpu());
+  bool texel = caps->kind == GPU_KIND_CPU && caps->texel_rgba32f && caps->texel_rgba32ui;
+  lt_err_t err = {0};
+  for (unsigned s = 0; s < sizeof shapes / sizeof shapes[0]; s++)
+    for (int t = 0; t < 3; t++) {
+      const shape_t *sh = &shapes[s];
+      problem_t p = problem_new(sh->M, sh->N, sh->K, types[t], false, 9100 + 3 * s + t);
+      uint64_t MN = (uint64_t)sh->M * sh->N;
+      float *got[2][3];
+      for (int on = 0; on < 2; on++) {
+        op_matmul_texel(on);
+        uint64_t pipes = gpu_stats(tgpu())->pipelines;
+        got[on][0] = run_gpu(&p, false, MATMUL_GEMV, NULL);
+        got[on][1] = run_gpu(&p, true, MATMUL_GEMM_DIRECT, NULL);
+        got[on][2] = NULL;
+        if (sh->M <= 4) {
+          uint64_t wb = (uint64_t)sh->N * sh->K * lt_dtype_size(types[t]);
+          gpu_buf_t *bx = tbuf_f32(p.x, (uint64_t)sh->M * sh->K), *bw = tbuf_bytes(p.w, wb), *by = tbuf_f32(NULL, MN);
+          gpu_cmd_t *c = tbegin();
+          cr_assert_eq(op_gemv_glu(c, gv(by), gv(bx), gv(bw), gv(bw), types[t], sh->M, sh->N, sh->K, false,
+                                   (gpu_view_t){0}, 0, &err),
+                       LT_OK, "%s", err.msg);
+          tfinish(&c);
+          got[on][2] = tread_f32(by, MN);
+          gpu_buf_destroy(&bx), gpu_buf_destroy(&bw), gpu_buf_destroy(&by);
+        }
+        if (on && texel && s == 0)
+          cr_assert_gt(gpu_stats(tgpu())->pipelines, pipes, "%s: the texel reads reused the storage pipelines",
+                       lt_dtype_str(types[t]));
+      }
+      for (int k = 0; k < 3; k++)
+        if (got[0][k]) {
+          cr_assert(memcmp(got[0][k], got[1][k], MN * 4) == 0, "%ux%ux%u %s, %s: texel and storage reads differ", sh->M,
+                    sh->N, sh->K, lt_dtype_str(types[t]),
+                    k == 0   ? "gemv"
+                    : k == 1 ? "gemm direct"
+                             : "glu");
+          free(got[0][k]), free(got[1][k]);
+        }
+      problem_free(&p);
+    }
+  op_matmul_texel(true);
+  cr_log_info("texel weight reads on this device: %s", texel ? "yes" : "no (both runs read storage buffers)");
+}
+
 Test(matmul, long_k_is_split_over_dispatches) {
   /* Each K needs more loop iterations than one invocation may run (its loop budget in engine/ops/ops.def), for
    * each kernel and load width: it is split into chunks that accumulate, the first chunk of each at the largest

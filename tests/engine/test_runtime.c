@@ -268,7 +268,8 @@ Test(runtime, bad_dispatches_are_rejected_and_the_recorder_survives, .init = tgp
   gpu_pipeline_t *p = op_pipeline(g, OP_ELTWISE, NULL, NULL, 0, &err);
   cr_assert(p != NULL, "%s", err.msg);
   pc_eltwise_t pc = {.n = n, .nb = n, .op = ELT_ADD};
-  gpu_bind_t ok[3] = {{y, 0, 4 * n, true}, {x, 0, 4 * n, false}, {x, 0, 4 * n, false}};
+  gpu_bind_t ok[3] = {
+      {y, 0, 4 * n, true, GPU_TEXEL_NONE}, {x, 0, 4 * n, false, GPU_TEXEL_NONE}, {x, 0, 4 * n, false, GPU_TEXEL_NONE}};
   gpu_bind_t bad[3];
   memcpy(bad, ok, sizeof ok);
   bad[1].range = gpu_buf_size(x) + 4;
@@ -290,6 +291,60 @@ Test(runtime, bad_dispatches_are_rejected_and_the_recorder_survives, .init = tgp
   tassert_close(got, want, n, 0, 0, "after rejected dispatches");
   free(a), free(want), free(got);
   gpu_buf_destroy(&x), gpu_buf_destroy(&y);
+}
+
+Test(runtime, texel_bindings_are_checked_before_recording, .init = tgpu_setup, .fini = tgpu_teardown) {
+  /* A binding read through a texel view must be declared so by the pipeline, cover whole texels and start on the
+   * device's texel alignment; each mistake is named and records nothing, and a good texel dispatch (GEMV with its
+   * weights as RGBA32F texels) then gives the storage-buffer result. */
+  gpu_t *g = tgpu();
+  const gpu_caps_t *caps = gpu_caps(g);
+  if (!caps->texel_rgba32f) {
+    cr_log_info("%s reads no RGBA32F uniform texel buffers", caps->name);
+    return;
+  }
+  const uint32_t N = 4, K = 8;
+  float w[32], x[8], want[4] = {0};
+  for (uint32_t i = 0; i < N * K; i++) w[i] = (float)(i % 5) - 2.0f;
+  for (uint32_t k = 0; k < K; k++) x[k] = (float)k * 0.5f;
+  for (uint32_t n = 0; n < N; n++)
+    for (uint32_t k = 0; k < K; k++) want[n] += x[k] * w[n * K + k];
+  gpu_buf_t *bw = tbuf_f32(w, N * K), *bx = tbuf_f32(x, K), *by = tbuf_f32(NULL, N);
+  lt_err_t err = {0};
+  uint32_t spec[3] = {1, 4, 1};
+  gpu_pipeline_t *p =
+      op_pipeline_texel(g, OP_GEMV, "W_F16=0;W_BF16=0;KV=4;STAGED=0;W_TEXEL=1;X_TEXEL=0", spec, 3, 1u << 2, &err);
+  cr_assert(p != NULL, "%s", err.msg);
+  pc_matmul_t pc = {.M = 1, .N = N, .K = K, .k_base = 0, .k_len = K, .x_stride = K, .w_stride = K, .y_stride = N};
+  gpu_bind_t ok[3] = {{by, 0, 4 * N, true, GPU_TEXEL_NONE},
+                      {bx, 0, 4 * K, false, GPU_TEXEL_NONE},
+                      {bw, 0, 4 * N * K, false, GPU_TEXEL_RGBA32F}};
+  gpu_bind_t bad[3];
+  gpu_cmd_t *c = tbegin();
+  memcpy(bad, ok, sizeof ok);
+  bad[2].texel = GPU_TEXEL_NONE;
+  cr_assert_eq(gpu_cmd_dispatch(c, p, bad, 3, &pc, sizeof pc, 1, 1, 1, &err), LT_E_INVALID);
+  cr_assert(strstr(err.msg, "declares a texel buffer") != NULL, "%s", err.msg);
+  memcpy(bad, ok, sizeof ok);
+  bad[2].range = 4 * N * K - 4;
+  cr_assert_eq(gpu_cmd_dispatch(c, p, bad, 3, &pc, sizeof pc, 1, 1, 1, &err), LT_E_INVALID);
+  cr_assert(strstr(err.msg, "whole 16-byte texels") != NULL, "%s", err.msg);
+  if (caps->min_texel_align > 4) {
+    memcpy(bad, ok, sizeof ok);
+    bad[2].off = 4, bad[2].range = 4 * N * K - 16;
+    cr_assert_eq(gpu_cmd_dispatch(c, p, bad, 3, &pc, sizeof pc, 1, 1, 1, &err), LT_E_INVALID);
+    cr_assert(strstr(err.msg, "aligned") != NULL, "%s", err.msg);
+  }
+  memcpy(bad, ok, sizeof ok);
+  bad[1].texel = GPU_TEXEL_RGBA32F;
+  cr_assert_eq(gpu_cmd_dispatch(c, p, bad, 3, &pc, sizeof pc, 1, 1, 1, &err), LT_E_INVALID);
+  cr_assert(strstr(err.msg, "declares a storage buffer") != NULL, "%s", err.msg);
+  cr_assert_eq(gpu_cmd_dispatch(c, p, ok, 3, &pc, sizeof pc, 1, 1, 1, &err), LT_OK, "%s", err.msg);
+  tfinish(&c);
+  float *got = tread_f32(by, N);
+  tassert_close(got, want, N, 1e-6, 0, "GEMV through a texel view");
+  free(got);
+  gpu_buf_destroy(&bw), gpu_buf_destroy(&bx), gpu_buf_destroy(&by);
 }
 
 Test(runtime, unknown_device_lists_the_devices) {
