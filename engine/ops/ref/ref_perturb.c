@@ -26,12 +26,18 @@ void ref_philox4x32(uint32_t out[4], const uint32_t ctr[4], const uint32_t key[2
 /* The uniform in (0, 1) made from the top 24 bits of r; exact in double. */
 static double uniform24(uint32_t r) { return ((double)(r >> 8) + 0.5) * 0x1p-24; }
 
-float ref_normal(uint64_t seed, uint32_t tensor_id, uint64_t i) {
+/* The four Philox outputs of element i's quad in stream `word` (counter (i/4 lo, i/4 hi, tensor_id, word), key
+ * (seed lo, seed hi)): word 0 feeds the normals, word 1 the stochastic rounding. */
+static void quad_bits(uint64_t seed, uint32_t tensor_id, uint64_t i, uint32_t word, uint32_t r[4]) {
   uint64_t q = i / 4;
-  const uint32_t ctr[4] = {(uint32_t)q, (uint32_t)(q >> 32), tensor_id, 0};
+  const uint32_t ctr[4] = {(uint32_t)q, (uint32_t)(q >> 32), tensor_id, word};
   const uint32_t key[2] = {(uint32_t)seed, (uint32_t)(seed >> 32)};
-  uint32_t r[4];
   ref_philox4x32(r, ctr, key);
+}
+
+float ref_normal(uint64_t seed, uint32_t tensor_id, uint64_t i) {
+  uint32_t r[4];
+  quad_bits(seed, tensor_id, i, 0, r);
   unsigned pair = (unsigned)(i % 4) / 2;
   double radius = sqrt(-2.0 * log(uniform24(r[2 * pair])));
   double angle = 2.0 * M_PI * uniform24(r[2 * pair + 1]);
@@ -43,11 +49,8 @@ void ref_perturb(float *x, uint32_t n, uint64_t seed, uint32_t tensor_id, float 
 }
 
 uint32_t ref_round_bits(uint64_t seed, uint32_t tensor_id, uint64_t i) {
-  uint64_t q = i / 4;
-  const uint32_t ctr[4] = {(uint32_t)q, (uint32_t)(q >> 32), tensor_id, 1};
-  const uint32_t key[2] = {(uint32_t)seed, (uint32_t)(seed >> 32)};
   uint32_t r[4];
-  ref_philox4x32(r, ctr, key);
+  quad_bits(seed, tensor_id, i, 1, r);
   return r[i % 4];
 }
 
