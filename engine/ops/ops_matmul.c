@@ -34,6 +34,15 @@ static uint32_t ceil_div(uint64_t a, uint64_t b) { return (uint32_t)((a + b - 1)
 
 static bool g_texel = true;
 
+/* The bytes a texel binding of view v spans: from its offset to the end of the buffer, in whole texels of t, so
+ * that one view per buffer and offset serves every shape (views live as long as their buffer); at most the device's
+ * texel limit, at least `need` (which weight_texel() checked against that limit). */
+static uint64_t texel_span(const gpu_caps_t *caps, gpu_view_t v, gpu_texel_t t, uint64_t need) {
+  uint64_t ts = gpu_texel_size(t), left = gpu_buf_size(v.buf) - v.off, span = left / ts * ts;
+  if (span / ts > caps->max_texels) span = caps->max_texels * ts;
+  return span >= need ? span : need;
+}
+
 void op_matmul_texel(bool on) { g_texel = on; }
 
 /* The texel format weights of wtype in view w ([rows, K], kv per load) are read through on this device, or
@@ -161,7 +170,7 @@ static lt_status_t matmul(gpu_cmd_t *c, gpu_view_t y, uint32_t y_stride, gpu_vie
   if (!p) return err ? err->code : LT_E_SHADER;
 
   gpu_view_t views[3] = {y, x, w};
-  uint64_t bytes[3] = {yb, xb, wb};
+  uint64_t bytes[3] = {yb, xt ? texel_span(caps, x, xt, xb) : xb, wt ? texel_span(caps, w, wt, wb) : wb};
   bool writes[3] = {true, false, false};
   gpu_texel_t texel[3] = {GPU_TEXEL_NONE, xt, wt};
   pc_matmul_t pc = {.M = M, .N = N, .K = K, .x_stride = x_stride, .w_stride = K, .y_stride = y_stride};
@@ -251,7 +260,9 @@ lt_status_t op_gemv_glu(gpu_cmd_t *c, gpu_view_t y, gpu_view_t x, gpu_view_t wg,
   if (st != LT_OK) return st;
   uint64_t wb = lt_dtype_size(wtype) * N * K;
   gpu_view_t views[5] = {y, x, wg, wu, norm};
-  uint64_t bytes[5] = {4ull * M * N, 4ull * M * K, wb, wb, 4ull * K};
+  const gpu_caps_t *caps = gpu_caps(gpu_cmd_gpu(c));
+  uint64_t bytes[5] = {4ull * M * N, 4ull * M * K, f.wt ? texel_span(caps, wg, f.wt, wb) : wb,
+                       f.wt ? texel_span(caps, wu, f.wt, wb) : wb, 4ull * K};
   bool writes[5] = {true, false, false, false, false};
   pc_matmul_t pc = {
       .M = M, .N = N, .K = K, .x_stride = K, .w_stride = K, .y_stride = N, .k_base = 0, .k_len = K, .eps = eps};
