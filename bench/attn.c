@@ -1,6 +1,7 @@
 /* Attention and RoPE throughput on the chosen device against a CPU peer measured in the same run: OpenBLAS sgemm
  * for Q.K^T and P.V per head with a scalar causal softmax between them. Prints GFLOPS and the ratio.
- * LATHE_ATTN_KEY_SLICES=1 turns off the key slices of decode tiles (op_attention_key_slices), for side-by-sides. */
+ * LATHE_ATTN_KEY_SLICES=1 turns off the key slices of decode tiles (op_attention_key_slices), LATHE_TEXEL_READS=0 the
+ * texel reads of K and V on CPU drivers (op_texel_reads), for side-by-sides. */
 #include <cblas.h>
 #include <math.h>
 #include <stdio.h>
@@ -139,6 +140,8 @@ int main(int argc, char **argv) {
   printf("device: %s\n", gpu_caps(g)->name);
   const char *no_ks = getenv("LATHE_ATTN_KEY_SLICES");
   if (no_ks && !strcmp(no_ks, "1")) op_attention_key_slices(false);
+  const char *tx = getenv("LATHE_TEXEL_READS");
+  if (tx && !strcmp(tx, "0")) op_texel_reads(false);
   static const shape_t shapes[] = {
       {"prefill 512, 32/8 heads, hd 128", 512, 32, 8, 128, 0, 512},
       {"prefill 2048, 8/8 heads, hd 64", 2048, 8, 8, 64, 0, 2048},

@@ -123,16 +123,16 @@ static void bench_shape(gpu_t *g, uint32_t M, uint32_t N, uint32_t K, double bud
   for (int t = 0; t < 2; t++) {
     lt_dtype_t wt = t ? LT_F16 : LT_F32;
     gpu_buf_t *bw = t ? upload(g, wh, nw * 2) : upload(g, w, nw * 4);
-    /* On CPU drivers the weights go through texel views (op_matmul_texel); storage-buffer reads are timed beside
-     * them, interleaved, unless LATHE_MATMUL_TEXEL=0 turned texel reads off for the whole run. */
-    const char *tx = getenv("LATHE_MATMUL_TEXEL");
+    /* On CPU drivers the weights go through texel views (op_texel_reads); storage-buffer reads are timed beside
+     * them, interleaved, unless LATHE_TEXEL_READS=0 turned texel reads off for the whole run. */
+    const char *tx = getenv("LATHE_TEXEL_READS");
     bool side = gpu_caps(g)->kind == GPU_KIND_CPU && !(tx && !strcmp(tx, "0"));
     double lathe = 0, storage = 0;
     for (int half = 0; half < (side ? 2 : 1); half++) {
       double a = flops / time_lathe(g, by, bx, bw, wt, M, N, K, MATMUL_AUTO, budget_s / 2) / 1e9;
-      if (side) op_matmul_texel(false);
+      if (side) op_texel_reads(false);
       double b = side ? flops / time_lathe(g, by, bx, bw, wt, M, N, K, MATMUL_AUTO, budget_s / 2) / 1e9 : 0;
-      if (side) op_matmul_texel(true);
+      if (side) op_texel_reads(true);
       lathe += a / (side ? 2 : 1), storage += b / 2;
     }
     lt_err_t err = {0};
@@ -272,9 +272,9 @@ int main(void) {
   setenv("MESA_SHADER_CACHE_DIR", driver_cache, 1);
   lt_err_t err = {0};
   gpu_opts_t o = {.cache_dir = dir};
-  /* LATHE_MATMUL_TEXEL=0: weights read as storage buffers on CPU drivers too (the comparison for texel reads). */
-  const char *tx = getenv("LATHE_MATMUL_TEXEL");
-  if (tx && !strcmp(tx, "0")) op_matmul_texel(false);
+  /* LATHE_TEXEL_READS=0: weights read as storage buffers on CPU drivers too (the comparison for texel reads). */
+  const char *tx = getenv("LATHE_TEXEL_READS");
+  if (tx && !strcmp(tx, "0")) op_texel_reads(false);
 
   /* Cold: an empty cache folder, so every variant is compiled from GLSL. */
   gpu_t *g = gpu_new(&o, &err);

@@ -16,7 +16,7 @@
  * the same number of tokens on it, right after Lathe's figures, with as many threads as OpenBLAS uses.
  * LATHE_BENCH_NO_FUSE=1 turns off the fused decode products (model_fuse_decode), LATHE_BENCH_NO_FUSE=rope only
  * RoPE and the KV-cache write in the q, k, v product's epilogue (model_fuse_rope), for side-by-sides.
- * LATHE_MATMUL_TEXEL=0 reads the weights as storage buffers on CPU drivers too (op_matmul_texel).
+ * LATHE_TEXEL_READS=0 reads the weights as storage buffers on CPU drivers too (op_texel_reads).
  * Usage: bench_model [model folder or .gguf]. Exit status 1 when the f16 model's logits differ by more than 1e-2. */
 #include <cblas.h>
 #include <errno.h>
@@ -465,8 +465,8 @@ int main(int argc, char **argv) {
     model_fuse_rope(false);
   else if (nf && *nf && strcmp(nf, "0") != 0)
     model_fuse_decode(false);
-  const char *tx = getenv("LATHE_MATMUL_TEXEL");
-  if (tx && !strcmp(tx, "0")) op_matmul_texel(false);
+  const char *tx = getenv("LATHE_TEXEL_READS");
+  if (tx && !strcmp(tx, "0")) op_texel_reads(false);
   /* The synthetic model decodes slowly on lavapipe: fewer steps there keep the whole run near 3 minutes. */
   workload_t named = quick ? (workload_t){32, 16, 8} : (workload_t){128, 16, 32};
   workload_t synth = quick ? (workload_t){32, 16, 4} : (workload_t){128, 16, 8};

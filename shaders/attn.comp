@@ -13,6 +13,8 @@
 // KS = key slices in step 3: the invocations of a query group that a small head leaves without columns take the
 // block's keys in KS interleaved slices, each keeping its own partial O (all rescaled by the same alpha), summed
 // in slice order once at the end. Used with DI = 1.
+// KV_TEXEL = 1 (with HD4; CPU drivers): K and V are read through RGBA32F texel views (see include/matmul.glsl on
+// why lavapipe gathers those faster than storage-buffer loads with per-lane addresses).
 #extension GL_EXT_control_flow_attributes : require
 #define PC_ATTN 1
 #include "pc.h"
@@ -36,8 +38,18 @@
 #if HD4
 layout(std430, binding = 0) writeonly buffer O { vec4 o4[]; };  // [n_q, n_heads, head_dim]
 layout(std430, binding = 1) readonly buffer Q { vec4 q4[]; };   // [n_q, n_heads, head_dim]
+#if KV_TEXEL
+layout(binding = 2) uniform samplerBuffer k4t; // [kv_len, n_kv_heads, head_dim] as vec4 texels
+layout(binding = 3) uniform samplerBuffer v4t;
+vec4 k_at(uint i) { return texelFetch(k4t, int(i)); }
+vec4 v_at(uint i) { return texelFetch(v4t, int(i)); }
+#else
 layout(std430, binding = 2) readonly buffer K { vec4 k4[]; };   // [kv_len, n_kv_heads, head_dim]
 layout(std430, binding = 3) readonly buffer V { vec4 v4[]; };   // [kv_len, n_kv_heads, head_dim]
+vec4 k_at(uint i) { return k4[i]; }
+vec4 v_at(uint i) { return v4[i]; }
+#endif
+vec4 q_at(uint i) { return q4[i]; }
 #else
 layout(std430, binding = 0) writeonly buffer O { float o[]; };
 layout(std430, binding = 1) readonly buffer Q { float q[]; };
@@ -59,7 +71,7 @@ shared vec4 o_s[WG_X][4];      // each slice's partial O for its 4 queries, summ
 
 // vec4 of a head's dims [d, d + 4) at element offset `base` (a multiple of 4 with HD4), zero past head_dim.
 #if HD4
-#define LOAD4(arr, base, d) arr##4[((base) + (d)) / 4u]
+#define LOAD4(arr, base, d) arr##_at(((base) + (d)) / 4u)
 #else
 #define LOAD4(arr, base, d) load4_##arr((base), (d))
 vec4 load4_q(uint base, uint d) {

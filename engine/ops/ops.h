@@ -123,9 +123,12 @@ typedef enum matmul_path {
   MATMUL_GEMM_DIRECT
 } matmul_path_t;
 
-/* Whether matmuls on CPU drivers read f32 and f16 weights as uniform texel buffers where the device allows it
- * (on by default; benchmarks and tests turn it off to compare). Process-wide. */
-void op_matmul_texel(bool on);
+/* Whether ops on CPU drivers read their large operands (matmul weights and x, attention's K and V) as uniform texel
+ * buffers where the device allows it (on by default; benchmarks and tests turn it off to compare). Process-wide. */
+void op_texel_reads(bool on);
+
+/* Whether texel reads are on and pay on this device (a CPU driver). */
+bool op_texel_reads_on(const gpu_caps_t *caps);
 
 /* y[M,N] = x[M,K] . w[N,K]^T, or y += that when accumulate. x and y are f32 row-major; w is f32 or f16 row-major
  * [N,K] (the Hugging Face Linear layout). Uses a GEMV kernel for few rows and a tiled GEMM kernel otherwise;

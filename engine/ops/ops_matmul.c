@@ -43,7 +43,9 @@ static uint64_t texel_span(const gpu_caps_t *caps, gpu_view_t v, gpu_texel_t t, 
   return span >= need ? span : need;
 }
 
-void op_matmul_texel(bool on) { g_texel = on; }
+void op_texel_reads(bool on) { g_texel = on; }
+
+bool op_texel_reads_on(const gpu_caps_t *caps) { return g_texel && caps->kind == GPU_KIND_CPU; }
 
 /* The texel format weights of wtype in view w ([rows, K], kv per load) are read through on this device, or
  * GPU_TEXEL_NONE for a storage buffer: f32 as RGBA32F, f16 and bf16 as RGBA32UI (eight values a texel, unpacked

@@ -233,6 +233,17 @@ Test(attn, decode) {
   check_attn(1, 2, 1, 8, 0, 1, "decode of the first token");
 }
 
+Test(attn, storage_buffer_keys_and_values) {
+  /* CPU drivers read K and V through texel views (op_texel_reads); GPUs, and heads of sizes not a multiple of 4,
+   * read storage buffers. The same shapes through storage buffers against the reference. */
+  op_texel_reads(false);
+  check_attn(37, 4, 4, 64, 0, 37, "prefill 37, gqa 1, hd 64, storage-buffer K and V");
+  check_attn(1, 8, 2, 128, 36, 37, "decode, gqa 4, hd 128, storage-buffer K and V");
+  check_attn(5, 4, 2, 64, 30, 32, "chunk, storage-buffer K and V");
+  check_attn(2, 4, 2, 128, 4998, 5000, "decode-like, 5000 keys, storage-buffer K and V");
+  op_texel_reads(true);
+}
+
 Test(attn, chunked_prefill) {
   check_attn(17, 6, 3, 40, 20, 37, "chunk of 17 after 20, gqa 2, hd 40");
   check_attn(13, 4, 1, 128, 24, 37, "chunk of 13 after 24, gqa 4, hd 128");

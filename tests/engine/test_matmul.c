@@ -123,12 +123,12 @@ Test(matmul, gemv_odd_shapes) { check_all_odd_shapes(MATMUL_GEMV, "gemv"); }
 Test(matmul, auto_odd_shapes) { check_all_odd_shapes(MATMUL_AUTO, "auto"); }
 
 Test(matmul, storage_buffer_weights_odd_shapes) {
-  /* CPU drivers read weights through texel views (op_matmul_texel); GPUs, and any shape or device the views do not
+  /* CPU drivers read weights through texel views (op_texel_reads); GPUs, and any shape or device the views do not
    * fit, read them as storage buffers. Both paths against the reference here. */
-  op_matmul_texel(false);
+  op_texel_reads(false);
   check_all_odd_shapes(MATMUL_GEMV, "gemv, storage-buffer weights");
   check_all_odd_shapes(MATMUL_GEMM_DIRECT, "gemm direct, storage-buffer weights");
-  op_matmul_texel(true);
+  op_texel_reads(true);
 }
 
 Test(matmul, texel_and_storage_weight_reads_give_the_same_bits) {
@@ -147,7 +147,7 @@ Test(matmul, texel_and_storage_weight_reads_give_the_same_bits) {
       uint64_t MN = (uint64_t)sh->M * sh->N;
       float *got[2][3];
       for (int on = 0; on < 2; on++) {
-        op_matmul_texel(on);
+        op_texel_reads(on);
         uint64_t pipes = gpu_stats(tgpu())->pipelines;
         got[on][0] = run_gpu(&p, false, MATMUL_GEMV, NULL);
         got[on][1] = run_gpu(&p, true, MATMUL_GEMM_DIRECT, NULL);
@@ -178,7 +178,7 @@ Test(matmul, texel_and_storage_weight_reads_give_the_same_bits) {
         }
       problem_free(&p);
     }
-  op_matmul_texel(true);
+  op_texel_reads(true);
   cr_log_info("texel weight reads on this device: %s", texel ? "yes" : "no (both runs read storage buffers)");
 }
 
