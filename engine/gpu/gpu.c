@@ -254,6 +254,8 @@ static void query_caps(gpu_t *g) {
   c->texel_rgba16f = (fp.bufferFeatures & VK_FORMAT_FEATURE_UNIFORM_TEXEL_BUFFER_BIT) != 0;
   vkGetPhysicalDeviceFormatProperties(g->phys, VK_FORMAT_R32G32B32A32_UINT, &fp);
   c->texel_rgba32ui = (fp.bufferFeatures & VK_FORMAT_FEATURE_UNIFORM_TEXEL_BUFFER_BIT) != 0;
+  vkGetPhysicalDeviceFormatProperties(g->phys, VK_FORMAT_R32_UINT, &fp);
+  c->texel_r32ui = (fp.bufferFeatures & VK_FORMAT_FEATURE_UNIFORM_TEXEL_BUFFER_BIT) != 0;
 
   VkPhysicalDeviceMaintenance3Properties m3 = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_MAINTENANCE_3_PROPERTIES};
   VkPhysicalDeviceProperties2 p3 = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_PROPERTIES_2, .pNext = &m3};
@@ -595,8 +597,9 @@ static gpu_buf_t *buf_new_typed(gpu_t *g, uint64_t bytes, uint32_t type, lt_err_
   b->size = bytes;
   VkBufferCreateInfo bi = {.sType = VK_STRUCTURE_TYPE_BUFFER_CREATE_INFO,
                            .size = bytes,
-                           .usage = VK_BUFFER_USAGE_STORAGE_BUFFER_BIT | VK_BUFFER_USAGE_TRANSFER_SRC_BIT |
-                                    VK_BUFFER_USAGE_TRANSFER_DST_BIT,
+                           /* Texel use too: ops on CPU drivers read operands through texel views (docs/speed.md). */
+                           .usage = VK_BUFFER_USAGE_STORAGE_BUFFER_BIT | VK_BUFFER_USAGE_UNIFORM_TEXEL_BUFFER_BIT |
+                                    VK_BUFFER_USAGE_TRANSFER_SRC_BIT | VK_BUFFER_USAGE_TRANSFER_DST_BIT,
                            .sharingMode = VK_SHARING_MODE_EXCLUSIVE};
   VK_TRY(vkCreateBuffer(g->dev, &bi, NULL, &b->buf));
   VkMemoryRequirements req;
@@ -787,5 +790,8 @@ lt_status_t gpu_buf_zero(gpu_buf_t *b, uint64_t off, uint64_t n, lt_err_t *err) 
 }
 
 uint32_t gpu_texel_size(gpu_texel_t t) {
-  return t == GPU_TEXEL_RGBA32F || t == GPU_TEXEL_RGBA32UI ? 16 : t == GPU_TEXEL_RGBA16F ? 8 : 0;
+  return t == GPU_TEXEL_RGBA32F || t == GPU_TEXEL_RGBA32UI ? 16
+         : t == GPU_TEXEL_RGBA16F                          ? 8
+         : t == GPU_TEXEL_R32UI                            ? 4
+                                                           : 0;
 }

@@ -50,7 +50,7 @@ typedef struct gpu_caps {
   bool unified; /* a memory type is device-local and host-visible: weights written through the map */
   /* Uniform texel buffers (a binding read through a format, gpu_texel_t): which formats the device reads that way,
    * how many texels one may span and the offset alignment it needs. */
-  bool texel_rgba32f, texel_rgba16f, texel_rgba32ui;
+  bool texel_rgba32f, texel_rgba16f, texel_rgba32ui, texel_r32ui;
   uint64_t max_texels, min_texel_align;
 } gpu_caps_t;
 
@@ -60,6 +60,7 @@ typedef enum gpu_texel {
   GPU_TEXEL_RGBA32F,  /* 16-byte texels of four f32 */
   GPU_TEXEL_RGBA16F,  /* 8-byte texels of four f16, widened to f32 by the fetch */
   GPU_TEXEL_RGBA32UI, /* 16-byte texels of four uint32 (eight f16 or bf16 values, unpacked by the shader) */
+  GPU_TEXEL_R32UI,    /* 4-byte texels of one uint32 (quantised blocks, unpacked by the shader) */
 } gpu_texel_t;
 
 /* Bytes per texel of format t (0 for GPU_TEXEL_NONE). */

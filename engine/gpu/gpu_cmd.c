@@ -178,6 +178,7 @@ static lt_status_t texel_view(gpu_t *g, const gpu_bind_t *b, VkBufferView *out, 
   bool have = b->texel == GPU_TEXEL_RGBA32F    ? g->caps.texel_rgba32f
               : b->texel == GPU_TEXEL_RGBA16F  ? g->caps.texel_rgba16f
               : b->texel == GPU_TEXEL_RGBA32UI ? g->caps.texel_rgba32ui
+              : b->texel == GPU_TEXEL_R32UI    ? g->caps.texel_r32ui
                                                : false;
   if (!ts || !have)
     return lt_fail(err, LT_E_UNSUPPORTED, "texel format %d is not one %s reads as a uniform texel buffer",
@@ -196,9 +197,10 @@ static lt_status_t texel_view(gpu_t *g, const gpu_bind_t *b, VkBufferView *out, 
     }
   VkBufferViewCreateInfo vi = {.sType = VK_STRUCTURE_TYPE_BUFFER_VIEW_CREATE_INFO,
                                .buffer = buf->buf,
-                               .format = b->texel == GPU_TEXEL_RGBA32F   ? VK_FORMAT_R32G32B32A32_SFLOAT
-                                         : b->texel == GPU_TEXEL_RGBA16F ? VK_FORMAT_R16G16B16A16_SFLOAT
-                                                                         : VK_FORMAT_R32G32B32A32_UINT,
+                               .format = b->texel == GPU_TEXEL_RGBA32F    ? VK_FORMAT_R32G32B32A32_SFLOAT
+                                         : b->texel == GPU_TEXEL_RGBA16F  ? VK_FORMAT_R16G16B16A16_SFLOAT
+                                         : b->texel == GPU_TEXEL_RGBA32UI ? VK_FORMAT_R32G32B32A32_UINT
+                                                                          : VK_FORMAT_R32_UINT,
                                .offset = b->off,
                                .range = b->range};
   VkBufferView v;

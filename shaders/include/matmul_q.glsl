@@ -4,19 +4,29 @@
 // two words of int8.
 // GQ=<block format> reads GGUF's block formats instead (include/qblock.glsl).
 // Variant defines: BITS=8|4 the integers' width; S_F16=1 reads f16 scales (else f32); VEC4=1 reads x four
-// K-elements at a time (needs K and x_stride to be multiples of 4).
+// K-elements at a time (needs K and x_stride to be multiples of 4). W_TEXEL=1 (CPU drivers) reads the weight's
+// 32-bit words through an R32UI texel view, X_TEXEL=1 (with VEC4) x through an RGBA32F one (see matmul.glsl on why).
 #ifndef LATHE_MATMUL_Q_GLSL
 #define LATHE_MATMUL_Q_GLSL
 
 layout(std430, binding = 0) buffer Y { float y[]; }; // read too when accumulating
-#if VEC4
+#if VEC4 && X_TEXEL
+layout(binding = 1) uniform samplerBuffer xt;
+#define X4(i) texelFetch(xt, int(i))
+#elif VEC4
 layout(std430, binding = 1) readonly buffer X { vec4 x[]; };
+#define X4(i) x[i]
 #else
 layout(std430, binding = 1) readonly buffer X { float x[]; };
 #endif
 
 #if GQ
+#if W_TEXEL
+layout(binding = 2) uniform usamplerBuffer wqt; // rows of blocks, pc.row_bytes apart, as 32-bit words
+#define WQ(i) texelFetch(wqt, int(i)).x
+#else
 layout(std430, binding = 2) readonly buffer W { uint wq[]; };               // rows of blocks, pc.row_bytes apart
+#endif
 layout(std430, binding = 3) readonly buffer S { uint unused_scales[]; }; // the blocks carry their scales
 #include "qblock.glsl"
 
@@ -39,7 +49,17 @@ float scale_at(uint n, uint k) { return 1.0; }
 #define QTYPE uint // one octet: eight int4, low nibble first
 #endif
 
+#if W_TEXEL
+layout(binding = 2) uniform usamplerBuffer wqt; // the octets as 32-bit words
+#if BITS == 8
+QTYPE wq_at(uint i) { return uvec2(texelFetch(wqt, int(2u * i)).x, texelFetch(wqt, int(2u * i + 1u)).x); }
+#else
+QTYPE wq_at(uint i) { return texelFetch(wqt, int(i)).x; }
+#endif
+#else
 layout(std430, binding = 2) readonly buffer W { QTYPE wq[]; };
+QTYPE wq_at(uint i) { return wq[i]; }
+#endif
 layout(std430, binding = 3) readonly buffer S { STYPE sc[]; };
 #endif // GQ
 
@@ -50,8 +70,8 @@ void load_x8(uint m, uint k, uint k_end, out vec4 lo, out vec4 hi) {
   if (m >= pc.M) return;
   uint b = m * pc.x_stride + k;
 #if VEC4
-  if (k < k_end) lo = x[b / 4u];
-  if (k + 4u < k_end) hi = x[b / 4u + 1u];
+  if (k < k_end) lo = X4(b / 4u);
+  if (k + 4u < k_end) hi = X4(b / 4u + 1u);
 #else
   [[unroll]] for (uint i = 0; i < 4u; i++) {
     if (k + i < k_end) lo[i] = x[b + i];
@@ -63,7 +83,7 @@ void load_x8(uint m, uint k, uint k_end, out vec4 lo, out vec4 hi) {
 #if !GQ
 // The integers of w[n, k .. k+8) (n < N, k a multiple of 8 below kp) into lo, hi, sign-extended.
 void load_q8(uint n, uint k, out vec4 lo, out vec4 hi) {
-  QTYPE v = wq[(n * pc.kp + k) / 8u];
+  QTYPE v = wq_at((n * pc.kp + k) / 8u);
 #if BITS == 8
   int a = int(v.x), b = int(v.y);
   lo = vec4(bitfieldExtract(a, 0, 8), bitfieldExtract(a, 8, 8), bitfieldExtract(a, 16, 8), bitfieldExtract(a, 24, 8));

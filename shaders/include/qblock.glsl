@@ -6,6 +6,11 @@
 #ifndef LATHE_QBLOCK_GLSL
 #define LATHE_QBLOCK_GLSL
 
+// Word i of the blocks: wq[i] unless the includer reads them another way (matmul_q.glsl's texel variant).
+#ifndef WQ
+#define WQ(i) wq[i]
+#endif
+
 #define GQ_Q8_0 6
 #define GQ_Q4_0 7
 #define GQ_Q4_1 8
@@ -52,13 +57,13 @@
 #endif
 
 // Byte o of the weight buffer.
-uint rd8(uint o) { return (wq[o >> 2] >> ((o & 3u) << 3)) & 0xffu; }
+uint rd8(uint o) { return (WQ(o >> 2) >> ((o & 3u) << 3)) & 0xffu; }
 // The f16 at even byte o, as f32.
-float rdh(uint o) { return unpackHalf2x16((wq[o >> 2] >> ((o & 2u) << 3)) & 0xffffu).x; }
+float rdh(uint o) { return unpackHalf2x16((WQ(o >> 2) >> ((o & 2u) << 3)) & 0xffffu).x; }
 // The four bytes from byte o on (any o; the last of them lies in the data, so the word after an unaligned o does).
 uint rd32(uint o) {
-  uint s = (o & 3u) << 3, w0 = wq[o >> 2];
-  return s == 0u ? w0 : (w0 >> s) | (wq[(o >> 2) + 1u] << (32u - s));
+  uint s = (o & 3u) << 3, w0 = WQ(o >> 2);
+  return s == 0u ? w0 : (w0 >> s) | (WQ((o >> 2) + 1u) << (32u - s));
 }
 // The four bytes of w as a vec4 of their (unsigned) values after shifting each right by sh and masking with mask.
 vec4 bytes4(uint w, uint sh, uint mask) {
