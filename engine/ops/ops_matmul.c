@@ -5,9 +5,12 @@
 
 #include "engine/ops/ops.h"
 
-/* AUTO takes the GEMV kernel up to this many rows of x. bench_matmul on lavapipe (2 vCPUs), f32 Mx4096x4096:
- * GEMV 4.3 against GEMM 2.0 GFLOPS at M = 4, 4.4 against 3.8 at M = 8, 4.5 against 9.3 at M = 16. */
+/* AUTO takes the GEMV kernel up to this many rows of x. bench_matmul on lavapipe (2 vCPUs), f32 Mx4096x4096, with
+ * storage-buffer reads: GEMV 4.3 against GEMM 2.0 GFLOPS at M = 4, 4.4 against 3.8 at M = 8, 4.5 against 9.3 at
+ * M = 16. With texel reads (CPU drivers, op_texel_reads) the GEMV keeps the lead further: 21.2 against 8.6 at
+ * M = 8, 23.2 against 17.1 at M = 16 (bench_matmul's crossover lines). */
 #define GEMV_MAX_AUTO_M 4u
+#define GEMV_MAX_AUTO_M_TEXEL 16u
 
 /* Rows of x one GEMV workgroup handles at most (its partial sums live in registers). */
 #define GEMV_MAX_MR 4u
@@ -131,7 +134,8 @@ static lt_status_t matmul(gpu_cmd_t *c, gpu_view_t y, uint32_t y_stride, gpu_vie
   snprintf(shape, sizeof shape, "[%u,%u] f32", M, N);
   if ((st = check_operand(caps, "y", y, yb, shape, err)) != LT_OK) return st;
 
-  bool gemv = path == MATMUL_GEMV || (path == MATMUL_AUTO && M <= GEMV_MAX_AUTO_M);
+  bool gemv = path == MATMUL_GEMV ||
+              (path == MATMUL_AUTO && M <= (op_texel_reads_on(caps) ? GEMV_MAX_AUTO_M_TEXEL : GEMV_MAX_AUTO_M));
   bool staged = path == MATMUL_GEMM_STAGED || (path != MATMUL_GEMM_DIRECT && caps->kind != GPU_KIND_CPU);
   /* K-elements per load: a vec4 of f32 weights or 16 bytes of f16 ones, where K allows it. */
   uint32_t kv = w16 ? (K % 8 == 0 && x_stride % 8 == 0 ? 8 : 1) : (K % 4 == 0 && x_stride % 4 == 0 ? 4 : 1);
