@@ -13,7 +13,9 @@ typedef struct chunk {
   VkCommandBuffer cb;
   VkDescriptorPool dpool;
   VkFence fence;
-  uint32_t cap; /* dispatches the descriptor pool was sized for (the chunk size when it was made) */
+  uint32_t cap;        /* dispatches the descriptor pool was sized for (the chunk size when it was made) */
+  VkBufferView *views; /* texel views made for this chunk's dispatches only, destroyed with it */
+  uint32_t n_views, cap_views;
   struct chunk *next;
 } chunk_t;
 
@@ -70,6 +72,8 @@ out:
 }
 
 static void chunk_free(gpu_t *g, chunk_t *k) {
+  for (uint32_t i = 0; i < k->n_views; i++) vkDestroyBufferView(g->dev, k->views[i], NULL);
+  free(k->views);
   vkDestroyFence(g->dev, k->fence, NULL);
   vkDestroyDescriptorPool(g->dev, k->dpool, NULL);
   vkFreeCommandBuffers(g->dev, g->pool, 1, &k->cb);
@@ -170,8 +174,27 @@ static lt_status_t next_slot(gpu_cmd_t *c, lt_err_t *err) {
   return st;
 }
 
-/* The texel view of binding b (made once per buffer, offset, range and format, kept with the buffer). */
-static lt_status_t texel_view(gpu_t *g, const gpu_bind_t *b, VkBufferView *out, lt_err_t *err) {
+/* Hands n texel views to chunk k, which destroys them once its work is done. */
+static lt_status_t chunk_keep_views(chunk_t *k, const VkBufferView *v, uint32_t n, lt_err_t *err) {
+  if (k->n_views + n > k->cap_views) {
+    uint32_t cap = k->cap_views ? 2 * k->cap_views : 16;
+    while (cap < k->n_views + n) cap *= 2;
+    VkBufferView *grown = realloc(k->views, cap * sizeof *grown);
+    if (!grown) return lt_fail(err, LT_E_NOMEM, "out of memory");
+    k->views = grown, k->cap_views = cap;
+  }
+  memcpy(k->views + k->n_views, v, n * sizeof *v);
+  k->n_views += n;
+  return LT_OK;
+}
+
+/* Texel views a buffer keeps for later dispatches; past that many distinct ranges (offsets that move from call to
+ * call, such as a mixture-of-experts layer's rows per expert) a view lives only as long as its chunk. */
+#define TEXEL_VIEWS_KEPT 32
+
+/* The texel view of binding b: one the buffer keeps (per offset, range and format), or a new one that *transient
+ * says the caller must hand to the chunk that records the dispatch. */
+static lt_status_t texel_view(gpu_t *g, const gpu_bind_t *b, VkBufferView *out, bool *transient, lt_err_t *err) {
   lt_status_t st = LT_OK;
   gpu_buf_t *buf = b->buf;
   uint32_t ts = gpu_texel_size(b->texel);
@@ -205,7 +228,10 @@ static lt_status_t texel_view(gpu_t *g, const gpu_bind_t *b, VkBufferView *out, 
                                .range = b->range};
   VkBufferView v;
   VK_TRY(vkCreateBufferView(g->dev, &vi, NULL, &v));
-  /* Kept until the buffer is destroyed (a recorded dispatch may still use it): a buffer sees few distinct ranges. */
+  *transient = buf->n_views >= TEXEL_VIEWS_KEPT;
+  *out = v;
+  if (*transient) return LT_OK;
+  /* Kept until the buffer is destroyed (a recorded dispatch may still use it). */
   struct gpu_texel_view *grown = realloc(buf->views, (buf->n_views + 1) * sizeof *grown);
   if (!grown) {
     vkDestroyBufferView(g->dev, v, NULL);
@@ -238,7 +264,8 @@ lt_status_t gpu_cmd_dispatch(gpu_cmd_t *c, gpu_pipeline_t *p, const gpu_bind_t *
   VkDescriptorBufferInfo bi[MAX_BINDS];
   VkBufferView tv[MAX_BINDS];
   VkWriteDescriptorSet ws[MAX_BINDS];
-  uint32_t n_texel = 0;
+  uint32_t n_texel = 0, n_transient = 0;
+  VkBufferView fresh[TEXEL_BINDS]; /* views of this dispatch alone, handed to the chunk that records it */
   for (uint32_t i = 0; i < n_binds; i++) {
     const gpu_bind_t *b = &binds[i];
     if (!b->buf) return lt_fail(err, LT_E_INVALID, "binding %u has no buffer", i);
@@ -247,8 +274,8 @@ lt_status_t gpu_cmd_dispatch(gpu_cmd_t *c, gpu_pipeline_t *p, const gpu_bind_t *
       return lt_fail(err, LT_E_INVALID, "binding %u: the pipeline declares %s, the dispatch binds %s", i,
                      texel ? "a texel buffer" : "a storage buffer", b->texel ? "a texel buffer" : "a storage buffer");
     if (texel) {
+      /* Its view is made below, once every binding has passed. */
       if (++n_texel > TEXEL_BINDS) return lt_fail(err, LT_E_INVALID, "more than %d texel bindings", TEXEL_BINDS);
-      if ((st = texel_view(g, b, &tv[i], err)) != LT_OK) return st;
       acc[i] = (track_t){b->buf->buf, b->off, b->off + b->range};
       wr[i] = false;
       continue;
@@ -268,7 +295,17 @@ lt_status_t gpu_cmd_dispatch(gpu_cmd_t *c, gpu_pipeline_t *p, const gpu_bind_t *
     wr[i] = b->write;
     bi[i] = (VkDescriptorBufferInfo){b->buf->buf, b->off, range};
   }
-  if ((st = next_slot(c, err)) != LT_OK) return st;
+  for (uint32_t i = 0; i < n_binds && st == LT_OK; i++) {
+    bool transient = false;
+    if ((p->texel_mask >> i) & 1 && (st = texel_view(g, &binds[i], &tv[i], &transient, err)) == LT_OK && transient)
+      fresh[n_transient++] = tv[i];
+  }
+  if (st == LT_OK && (st = next_slot(c, err)) == LT_OK && n_transient)
+    st = chunk_keep_views(c->cur, fresh, n_transient, err);
+  if (st != LT_OK) {
+    for (uint32_t j = 0; j < n_transient; j++) vkDestroyBufferView(g->dev, fresh[j], NULL);
+    return st;
+  }
   VkDescriptorSet set;
   VkDescriptorSetAllocateInfo ai = {.sType = VK_STRUCTURE_TYPE_DESCRIPTOR_SET_ALLOCATE_INFO,
                                     .descriptorPool = c->cur->dpool,

@@ -182,6 +182,30 @@ Test(matmul, texel_and_storage_weight_reads_give_the_same_bits) {
   cr_log_info("texel weight reads on this device: %s", texel ? "yes" : "no (both runs read storage buffers)");
 }
 
+Test(matmul, x_at_many_offsets_gets_views_that_live_with_their_chunk) {
+  /* A buffer keeps 32 texel views; an x bound at more offsets than that (as a mixture-of-experts layer binds its
+   * rows per expert) gets views that live only as long as the chunk that records them. 80 GEMVs, each on its own
+   * row of one x buffer, in one recorder (several chunks), all against the reference; the validation build checks
+   * no view is destroyed while a dispatch still uses it. */
+  const uint32_t N = 24, K = 64, R = 80;
+  problem_t p = problem_new(R, N, K, LT_F32, false, 4242);
+  gpu_buf_t *bx = tbuf_f32(p.x, (uint64_t)R * K), *bw = tbuf_f32(p.w, (uint64_t)N * K);
+  gpu_buf_t *by = tbuf_f32(NULL, (uint64_t)R * N);
+  lt_err_t err = {0};
+  gpu_cmd_t *c = tbegin();
+  for (uint32_t r = 0; r < R; r++)
+    cr_assert_eq(op_matmul_strided(c, (gpu_view_t){by, 4ull * r * N}, N, (gpu_view_t){bx, 4ull * r * K}, K, gv(bw),
+                                   LT_F32, 1, N, K, false, &err),
+                 LT_OK, "row %u: %s", r, err.msg);
+  tfinish(&c);
+  float *got = tread_f32(by, (uint64_t)R * N), *want = talloc((uint64_t)R * N);
+  ref_matmul(want, p.x, p.w, LT_F32, R, N, K, false);
+  tassert_close(got, want, (uint64_t)R * N, 1e-5, 1e-5, "one GEMV per row");
+  free(got), free(want);
+  gpu_buf_destroy(&bx), gpu_buf_destroy(&bw), gpu_buf_destroy(&by);
+  problem_free(&p);
+}
+
 Test(matmul, long_k_is_split_over_dispatches) {
   /* Each K needs more loop iterations than one invocation may run (its loop budget in engine/ops/ops.def), for
    * each kernel and load width: it is split into chunks that accumulate, the first chunk of each at the largest
