@@ -49,7 +49,18 @@ uint rope_row(uint slot) {
 #endif
 // NORM (with GLU or QKV): x is the residual stream and the products see RMSNorm(x) * g: each (x_k g_k) enters the
 // sums, the rows' sums of squares are kept beside them, and every result is scaled by 1 / sqrt(mean(x^2) + eps).
-#if NORM
+#if NORM && X_TEXEL
+// With x through a texel view, the norm weights too (RGBA32F; KV is 4 or 8 then).
+layout(binding = GLU != 0 ? 4 : 7) uniform samplerBuffer gt;
+#if KV == 4
+KTYPE g_at(uint k) { return texelFetch(gt, int(k / 4u)); }
+#define KMUL(a, b) ((a) * (b))
+#else
+KTYPE g_at(uint k) { return mat2x4(texelFetch(gt, int(k / 4u)), texelFetch(gt, int(k / 4u + 1u))); }
+#define KMUL(a, b) matrixCompMult((a), (b))
+#endif
+#define N_SS MR
+#elif NORM
 layout(std430, binding = GLU != 0 ? 4 : 7) readonly buffer G { float gn[]; };
 #if KV == 1
 KTYPE g_at(uint k) { return gn[k]; }

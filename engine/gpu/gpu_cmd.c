@@ -5,7 +5,7 @@
 #include "engine/gpu/gpu_internal.h"
 
 #define MAX_BINDS 16
-#define TEXEL_BINDS 4 /* texel bindings of one dispatch, at most */
+#define TEXEL_BINDS 6 /* texel bindings of one dispatch, at most */
 #define MAX_TRACK 256
 
 /* A command buffer in flight, with the descriptor pool its dispatches used. */

@@ -191,12 +191,13 @@ typedef struct fused_gemv {
   gpu_pipeline_t *p;
   uint32_t gx, gz, kv;
   gpu_texel_t wt; /* the weights' texel format (bindings 2 and up), or none */
+  bool xt;        /* x, and the norm weights with NORM, through RGBA32F texel views */
 } fused_gemv_t;
 
 static lt_status_t fused_gemv_prep(gpu_cmd_t *c, op_id_t id, const char *name, const char *variant, lt_dtype_t wtype,
                                    uint32_t M, uint32_t rows, uint32_t K, const uint32_t *row_counts, uint32_t n_counts,
-                                   const gpu_view_t *ws, const uint32_t *w_rows, uint32_t n_w, fused_gemv_t *f,
-                                   lt_err_t *err) {
+                                   const gpu_view_t *ws, const uint32_t *w_rows, uint32_t n_w, gpu_view_t x,
+                                   gpu_view_t norm, uint32_t norm_binding, fused_gemv_t *f, lt_err_t *err) {
   gpu_t *g = gpu_cmd_gpu(c);
   const gpu_caps_t *caps = gpu_caps(g);
   bool w16 = wtype == LT_F16 || wtype == LT_BF16;
@@ -225,13 +226,17 @@ static lt_status_t fused_gemv_prep(gpu_cmd_t *c, op_id_t id, const char *name, c
     if (i > 0 && t != f->wt) t = GPU_TEXEL_NONE, i = n_w;
     f->wt = t;
   }
-  char defines[80];
-  snprintf(defines, sizeof defines, "W_F16=%d;W_BF16=%d;KV=%u;STAGED=0;W_TEXEL=%d;%s", wtype == LT_F16,
-           wtype == LT_BF16, f->kv, f->wt != GPU_TEXEL_NONE, variant);
+  /* x (and the norm weights) through texel views as well, where the weights take them and the views allow it. */
+  f->xt = f->wt && caps->texel_rgba32f && x.off % caps->min_texel_align == 0 &&
+          (!norm.buf || norm.off % caps->min_texel_align == 0);
+  char defines[96];
+  snprintf(defines, sizeof defines, "W_F16=%d;W_BF16=%d;KV=%u;STAGED=0;W_TEXEL=%d;X_TEXEL=%d;%s", wtype == LT_F16,
+           wtype == LT_BF16, f->kv, f->wt != GPU_TEXEL_NONE, f->xt, variant);
   uint32_t spec[3] = {v.wg, v.rows, v.mr}, groups = ceil_div(rows, v.rows);
   f->gx = groups < caps->max_wg_count[0] ? groups : caps->max_wg_count[0];
   f->gz = ceil_div(groups, f->gx);
-  uint32_t mask = f->wt ? ((1u << n_w) - 1) << 2 : 0;
+  uint32_t mask =
+      (f->wt ? ((1u << n_w) - 1) << 2 : 0) | (f->xt ? 1u << 1 : 0) | (f->xt && norm.buf ? 1u << norm_binding : 0);
   if (!(f->p = op_pipeline_texel(g, id, defines, spec, 3, mask, err))) return err ? err->code : LT_E_SHADER;
   return LT_OK;
 }
@@ -261,18 +266,21 @@ lt_status_t op_gemv_glu(gpu_cmd_t *c, gpu_view_t y, gpu_view_t x, gpu_view_t wg,
   op_id_t id = nm ? OP_GEMV_GLU_N : OP_GEMV_GLU;
   const gpu_view_t ws[2] = {wg, wu}, ys[2] = {y, y};
   const uint32_t rows[2] = {N, N};
-  lt_status_t st = fused_gemv_prep(c, id, "op_gemv_glu", variant, wtype, M, N, K, NULL, 0, ws, rows, 2, &f, err);
+  lt_status_t st =
+      fused_gemv_prep(c, id, "op_gemv_glu", variant, wtype, M, N, K, NULL, 0, ws, rows, 2, x, norm, 4, &f, err);
   if (st == LT_OK) st = fused_gemv_check(gpu_caps(gpu_cmd_gpu(c)), x, ws, ys, rows, 2, wtype, M, K, err);
   if (st != LT_OK) return st;
   uint64_t wb = lt_dtype_size(wtype) * N * K;
   gpu_view_t views[5] = {y, x, wg, wu, norm};
   const gpu_caps_t *caps = gpu_caps(gpu_cmd_gpu(c));
-  uint64_t bytes[5] = {4ull * M * N, 4ull * M * K, f.wt ? texel_span(caps, wg, f.wt, wb) : wb,
-                       f.wt ? texel_span(caps, wu, f.wt, wb) : wb, 4ull * K};
+  uint64_t bytes[5] = {4ull * M * N, f.xt ? texel_span(caps, x, GPU_TEXEL_RGBA32F, 4ull * M * K) : 4ull * M * K,
+                       f.wt ? texel_span(caps, wg, f.wt, wb) : wb, f.wt ? texel_span(caps, wu, f.wt, wb) : wb,
+                       nm && f.xt ? texel_span(caps, norm, GPU_TEXEL_RGBA32F, 4ull * K) : 4ull * K};
   bool writes[5] = {true, false, false, false, false};
   pc_matmul_t pc = {
       .M = M, .N = N, .K = K, .x_stride = K, .w_stride = K, .y_stride = N, .k_base = 0, .k_len = K, .eps = eps};
-  gpu_texel_t texel[5] = {GPU_TEXEL_NONE, GPU_TEXEL_NONE, f.wt, f.wt, GPU_TEXEL_NONE};
+  gpu_texel_t xt = f.xt ? GPU_TEXEL_RGBA32F : GPU_TEXEL_NONE;
+  gpu_texel_t texel[5] = {GPU_TEXEL_NONE, xt, f.wt, f.wt, nm ? xt : GPU_TEXEL_NONE};
   return op_dispatch_texel(c, f.p, id, views, bytes, writes, texel, nm ? 5 : 4, &pc, f.gx, 1, f.gz, err);
 }
 
@@ -293,7 +301,8 @@ lt_status_t op_gemv_qkv_rope(gpu_cmd_t *c, gpu_view_t q, gpu_view_t k, gpu_view_
                  rope->head_dim, N, N2);
   const gpu_view_t ws[3] = {wq, wk, wv}, ys[3] = {q, k, v};
   if (st == LT_OK)
-    st = fused_gemv_prep(c, id, "op_gemv_qkv", variant, wtype, M, N + 2 * N2, K, rows, 3, ws, rows, 3, &f, err);
+    st = fused_gemv_prep(c, id, "op_gemv_qkv", variant, wtype, M, N + 2 * N2, K, rows, 3, ws, rows, 3, x, norm, 7, &f,
+                         err);
   if (st == LT_OK) st = fused_gemv_check(gpu_caps(gpu_cmd_gpu(c)), x, ws, ys, rows, 3, wtype, M, K, err);
   if (st != LT_OK) return st;
   uint64_t es = lt_dtype_size(wtype);
@@ -318,7 +327,14 @@ lt_status_t op_gemv_qkv_rope(gpu_cmd_t *c, gpu_view_t q, gpu_view_t k, gpu_view_
                     .rope_hd = rope ? rope->head_dim : 0,
                     .rope_neox = rope && rope->neox,
                     .rope_max_pos = rope ? rope->max_pos : 0};
-  gpu_texel_t texel[10] = {GPU_TEXEL_NONE, GPU_TEXEL_NONE, f.wt, f.wt, f.wt};
+  gpu_texel_t xt = f.xt ? GPU_TEXEL_RGBA32F : GPU_TEXEL_NONE;
+  gpu_texel_t texel[10] = {GPU_TEXEL_NONE,          xt, f.wt, f.wt, f.wt, GPU_TEXEL_NONE, GPU_TEXEL_NONE,
+                           nm ? xt : GPU_TEXEL_NONE};
+  const gpu_caps_t *caps = gpu_caps(gpu_cmd_gpu(c));
+  if (f.xt) {
+    bytes[1] = texel_span(caps, x, GPU_TEXEL_RGBA32F, bytes[1]);
+    if (nm) bytes[7] = texel_span(caps, norm, GPU_TEXEL_RGBA32F, bytes[7]);
+  }
   return op_dispatch_texel(c, f.p, id, views, bytes, writes, texel, rope ? 10 : nm ? 8 : 7, &pc, f.gx, 1, f.gz, err);
 }
 
