@@ -247,15 +247,12 @@ static void query_caps(gpu_t *g) {
   c->min_storage_align = lim->minStorageBufferOffsetAlignment;
   c->max_texels = lim->maxTexelBufferElements;
   c->min_texel_align = lim->minTexelBufferOffsetAlignment ? lim->minTexelBufferOffsetAlignment : 1;
-  VkFormatProperties fp;
-  vkGetPhysicalDeviceFormatProperties(g->phys, VK_FORMAT_R32G32B32A32_SFLOAT, &fp);
-  c->texel_rgba32f = (fp.bufferFeatures & VK_FORMAT_FEATURE_UNIFORM_TEXEL_BUFFER_BIT) != 0;
-  vkGetPhysicalDeviceFormatProperties(g->phys, VK_FORMAT_R16G16B16A16_SFLOAT, &fp);
-  c->texel_rgba16f = (fp.bufferFeatures & VK_FORMAT_FEATURE_UNIFORM_TEXEL_BUFFER_BIT) != 0;
-  vkGetPhysicalDeviceFormatProperties(g->phys, VK_FORMAT_R32G32B32A32_UINT, &fp);
-  c->texel_rgba32ui = (fp.bufferFeatures & VK_FORMAT_FEATURE_UNIFORM_TEXEL_BUFFER_BIT) != 0;
-  vkGetPhysicalDeviceFormatProperties(g->phys, VK_FORMAT_R32_UINT, &fp);
-  c->texel_r32ui = (fp.bufferFeatures & VK_FORMAT_FEATURE_UNIFORM_TEXEL_BUFFER_BIT) != 0;
+  c->texel_formats = 0;
+  for (uint32_t t = GPU_TEXEL_NONE + 1; t < GPU_TEXEL_COUNT; t++) {
+    VkFormatProperties fp;
+    vkGetPhysicalDeviceFormatProperties(g->phys, gpu_texel_vk_format((gpu_texel_t)t), &fp);
+    if (fp.bufferFeatures & VK_FORMAT_FEATURE_UNIFORM_TEXEL_BUFFER_BIT) c->texel_formats |= 1u << t;
+  }
 
   VkPhysicalDeviceMaintenance3Properties m3 = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_MAINTENANCE_3_PROPERTIES};
   VkPhysicalDeviceProperties2 p3 = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_PROPERTIES_2, .pNext = &m3};
@@ -789,9 +786,22 @@ lt_status_t gpu_buf_zero(gpu_buf_t *b, uint64_t off, uint64_t n, lt_err_t *err) 
   return gpu_run_once(b->g, record_fill, &f, err);
 }
 
-uint32_t gpu_texel_size(gpu_texel_t t) {
-  return t == GPU_TEXEL_RGBA32F || t == GPU_TEXEL_RGBA32UI ? 16
-         : t == GPU_TEXEL_RGBA16F                          ? 8
-         : t == GPU_TEXEL_R32UI                            ? 4
-                                                           : 0;
+/* The texel formats: Vulkan's format and the bytes of one texel, by gpu_texel_t. */
+static const struct {
+  VkFormat vk;
+  uint32_t size;
+} texel_formats[GPU_TEXEL_COUNT] = {
+    [GPU_TEXEL_RGBA32F] = {VK_FORMAT_R32G32B32A32_SFLOAT, 16},
+    [GPU_TEXEL_RGBA32UI] = {VK_FORMAT_R32G32B32A32_UINT, 16},
+    [GPU_TEXEL_R32UI] = {VK_FORMAT_R32_UINT, 4},
+};
+
+uint32_t gpu_texel_size(gpu_texel_t t) { return (unsigned)t < GPU_TEXEL_COUNT ? texel_formats[t].size : 0; }
+
+VkFormat gpu_texel_vk_format(gpu_texel_t t) {
+  return (unsigned)t < GPU_TEXEL_COUNT ? texel_formats[t].vk : VK_FORMAT_UNDEFINED;
+}
+
+bool gpu_texel_readable(const gpu_caps_t *caps, gpu_texel_t t) {
+  return t != GPU_TEXEL_NONE && (unsigned)t < GPU_TEXEL_COUNT && (caps->texel_formats >> t) & 1;
 }

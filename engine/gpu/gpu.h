@@ -48,9 +48,9 @@ typedef struct gpu_caps {
   uint64_t min_storage_align; /* minStorageBufferOffsetAlignment */
   uint64_t device_local_bytes;
   bool unified; /* a memory type is device-local and host-visible: weights written through the map */
-  /* Uniform texel buffers (a binding read through a format, gpu_texel_t): which formats the device reads that way,
-   * how many texels one may span and the offset alignment it needs. */
-  bool texel_rgba32f, texel_rgba16f, texel_rgba32ui, texel_r32ui;
+  /* Uniform texel buffers (a binding read through a format, gpu_texel_t): which formats the device reads that way
+   * (bit t for format t; gpu_texel_readable()), how many texels one may span and the offset alignment it needs. */
+  uint32_t texel_formats;
   uint64_t max_texels, min_texel_align;
 } gpu_caps_t;
 
@@ -58,13 +58,16 @@ typedef struct gpu_caps {
 typedef enum gpu_texel {
   GPU_TEXEL_NONE = 0,
   GPU_TEXEL_RGBA32F,  /* 16-byte texels of four f32 */
-  GPU_TEXEL_RGBA16F,  /* 8-byte texels of four f16, widened to f32 by the fetch */
   GPU_TEXEL_RGBA32UI, /* 16-byte texels of four uint32 (eight f16 or bf16 values, unpacked by the shader) */
   GPU_TEXEL_R32UI,    /* 4-byte texels of one uint32 (quantised blocks, unpacked by the shader) */
+  GPU_TEXEL_COUNT
 } gpu_texel_t;
 
 /* Bytes per texel of format t (0 for GPU_TEXEL_NONE). */
 uint32_t gpu_texel_size(gpu_texel_t t);
+
+/* Whether the device with caps reads format t as a uniform texel buffer (false for GPU_TEXEL_NONE). */
+bool gpu_texel_readable(const gpu_caps_t *caps, gpu_texel_t t);
 
 /* Options for gpu_new(); zero-initialised means defaults. */
 typedef struct gpu_opts {

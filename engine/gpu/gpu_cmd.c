@@ -198,12 +198,7 @@ static lt_status_t texel_view(gpu_t *g, const gpu_bind_t *b, VkBufferView *out, 
   lt_status_t st = LT_OK;
   gpu_buf_t *buf = b->buf;
   uint32_t ts = gpu_texel_size(b->texel);
-  bool have = b->texel == GPU_TEXEL_RGBA32F    ? g->caps.texel_rgba32f
-              : b->texel == GPU_TEXEL_RGBA16F  ? g->caps.texel_rgba16f
-              : b->texel == GPU_TEXEL_RGBA32UI ? g->caps.texel_rgba32ui
-              : b->texel == GPU_TEXEL_R32UI    ? g->caps.texel_r32ui
-                                               : false;
-  if (!ts || !have)
+  if (!gpu_texel_readable(&g->caps, b->texel))
     return lt_fail(err, LT_E_UNSUPPORTED, "texel format %d is not one %s reads as a uniform texel buffer",
                    (int)b->texel, g->caps.name);
   if (!b->range || b->range % ts || b->off % g->caps.min_texel_align || b->off + b->range > buf->size ||
@@ -220,17 +215,13 @@ static lt_status_t texel_view(gpu_t *g, const gpu_bind_t *b, VkBufferView *out, 
     }
   VkBufferViewCreateInfo vi = {.sType = VK_STRUCTURE_TYPE_BUFFER_VIEW_CREATE_INFO,
                                .buffer = buf->buf,
-                               .format = b->texel == GPU_TEXEL_RGBA32F    ? VK_FORMAT_R32G32B32A32_SFLOAT
-                                         : b->texel == GPU_TEXEL_RGBA16F  ? VK_FORMAT_R16G16B16A16_SFLOAT
-                                         : b->texel == GPU_TEXEL_RGBA32UI ? VK_FORMAT_R32G32B32A32_UINT
-                                                                          : VK_FORMAT_R32_UINT,
+                               .format = gpu_texel_vk_format(b->texel),
                                .offset = b->off,
                                .range = b->range};
   VkBufferView v;
   VK_TRY(vkCreateBufferView(g->dev, &vi, NULL, &v));
-  *transient = buf->n_views >= TEXEL_VIEWS_KEPT;
   *out = v;
-  if (*transient) return LT_OK;
+  if ((*transient = buf->n_views >= TEXEL_VIEWS_KEPT)) return LT_OK;
   /* Kept until the buffer is destroyed (a recorded dispatch may still use it). */
   struct gpu_texel_view *grown = realloc(buf->views, (buf->n_views + 1) * sizeof *grown);
   if (!grown) {
@@ -239,7 +230,6 @@ static lt_status_t texel_view(gpu_t *g, const gpu_bind_t *b, VkBufferView *out, 
   }
   buf->views = grown;
   buf->views[buf->n_views++] = (struct gpu_texel_view){b->off, b->range, b->texel, v};
-  *out = v;
 out:
   return st;
 }

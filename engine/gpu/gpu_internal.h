@@ -112,4 +112,7 @@ uint64_t gpu_hash_b(const void *data, size_t n, uint64_t seed);
 /* Runs a one-time command buffer recorded by fn(cb, ctx), waiting for it. */
 lt_status_t gpu_run_once(gpu_t *g, void (*fn)(VkCommandBuffer cb, void *ctx), void *ctx, lt_err_t *err);
 
+/* Vulkan's format for texel format t (VK_FORMAT_UNDEFINED for GPU_TEXEL_NONE). */
+VkFormat gpu_texel_vk_format(gpu_texel_t t);
+
 #endif

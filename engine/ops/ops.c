@@ -62,6 +62,24 @@ lt_status_t op_dispatch_texel(gpu_cmd_t *c, gpu_pipeline_t *p, op_id_t id, const
   return gpu_cmd_dispatch(c, p, b, n, push, o->push_size, gx, gy, gz, err);
 }
 
+static bool g_texel = true;
+
+void op_texel_reads(bool on) { g_texel = on; }
+
+bool op_texel_reads_on(const gpu_caps_t *caps) { return g_texel && caps->kind == GPU_KIND_CPU; }
+
+gpu_texel_t op_texel_bind(const gpu_caps_t *caps, gpu_view_t v, gpu_texel_t t, uint64_t need, uint64_t *span) {
+  *span = need;
+  uint64_t ts = gpu_texel_size(t);
+  if (!op_texel_reads_on(caps) || !gpu_texel_readable(caps, t) || !v.buf || need == 0 || need % ts ||
+      need / ts > caps->max_texels || v.off % caps->min_texel_align || v.off > gpu_buf_size(v.buf))
+    return GPU_TEXEL_NONE;
+  uint64_t whole = (gpu_buf_size(v.buf) - v.off) / ts * ts;
+  if (whole / ts > caps->max_texels) whole = caps->max_texels * ts;
+  if (whole > need) *span = whole;
+  return t;
+}
+
 void op_grid_1d(uint64_t n, uint32_t wg, uint32_t *gx, uint32_t *gy) {
   uint64_t groups = (n + wg - 1) / wg;
   if (groups == 0) groups = 1;

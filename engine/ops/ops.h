@@ -48,6 +48,19 @@ lt_status_t op_dispatch_texel(gpu_cmd_t *c, gpu_pipeline_t *p, op_id_t id, const
                               const uint64_t *bytes, const bool *writes, const gpu_texel_t *texel, uint32_t n,
                               const void *push, uint32_t gx, uint32_t gy, uint32_t gz, lt_err_t *err);
 
+/* Whether ops on CPU drivers read their large operands (matmul weights and x, attention's K and V) as uniform texel
+ * buffers where the device allows it (on by default; benchmarks and tests turn it off to compare). Process-wide. */
+void op_texel_reads(bool on);
+
+/* Whether texel reads are on and pay on this device (a CPU driver). */
+bool op_texel_reads_on(const gpu_caps_t *caps);
+
+/* The format an op binds view v through: t when texel reads are on for this device (op_texel_reads_on), it reads t,
+ * v's offset is aligned for texel views and `need` bytes are whole texels within the device's limit; else
+ * GPU_TEXEL_NONE. *span gets the bytes to bind: with t, from v's offset to the end of its buffer in whole texels
+ * (capped at the limit), so one view per buffer and offset serves every shape; otherwise need. */
+gpu_texel_t op_texel_bind(const gpu_caps_t *caps, gpu_view_t v, gpu_texel_t t, uint64_t need, uint64_t *span);
+
 /* Splits n invocations of workgroup size wg into a 2D grid gx*gy (gx <= 65535); shaders use flat_index(). */
 void op_grid_1d(uint64_t n, uint32_t wg, uint32_t *gx, uint32_t *gy);
 
@@ -122,13 +135,6 @@ typedef enum matmul_path {
   MATMUL_GEMM_STAGED,
   MATMUL_GEMM_DIRECT
 } matmul_path_t;
-
-/* Whether ops on CPU drivers read their large operands (matmul weights and x, attention's K and V) as uniform texel
- * buffers where the device allows it (on by default; benchmarks and tests turn it off to compare). Process-wide. */
-void op_texel_reads(bool on);
-
-/* Whether texel reads are on and pay on this device (a CPU driver). */
-bool op_texel_reads_on(const gpu_caps_t *caps);
 
 /* y[M,N] = x[M,K] . w[N,K]^T, or y += that when accumulate. x and y are f32 row-major; w is f32 or f16 row-major
  * [N,K] (the Hugging Face Linear layout). Uses a GEMV kernel for few rows and a tiled GEMM kernel otherwise;

@@ -214,10 +214,11 @@ lt_status_t op_attention(gpu_cmd_t *c, gpu_view_t out, gpu_view_t q, gpu_view_t 
     while (ks * 2 <= dg && dg / (ks * 2) >= hd4) ks *= 2;
   dg /= ks;
   char defines[64];
-  /* K and V through texel views on CPU drivers (op_texel_reads), spanning to the end of the cache buffer. */
-  bool kvt = op_texel_reads_on(caps) && head_dim % 4 == 0 && k.off % caps->min_texel_align == 0 &&
-             v.off % caps->min_texel_align == 0 && (gpu_buf_size(k.buf) - k.off) / 16 <= caps->max_texels &&
-             (gpu_buf_size(v.buf) - v.off) / 16 <= caps->max_texels && 4 * kv_stride * kv_len >= 16;
+  /* K and V through texel views where the device reads them (vec4 loads: heads a multiple of 4), bound over every
+   * key this call may read. */
+  uint64_t kspan, vspan, kv_bytes = 4 * kv_stride * kv_len;
+  bool kvt = head_dim % 4 == 0 && op_texel_bind(caps, k, GPU_TEXEL_RGBA32F, kv_bytes, &kspan) &&
+             op_texel_bind(caps, v, GPU_TEXEL_RGBA32F, kv_bytes, &vspan);
   snprintf(defines, sizeof defines, "BR=%u;DI=%u;HD4=%d;KS=%u;KV_TEXEL=%d", br, (hd4 + dg - 1) / dg, head_dim % 4 == 0,
            ks, kvt);
   gpu_pipeline_t *pa = op_pipeline_texel(g, OP_ATTN, defines, NULL, 0, kvt ? 3u << 2 : 0, err);
@@ -266,7 +267,7 @@ lt_status_t op_attention(gpu_cmd_t *c, gpu_view_t out, gpu_view_t q, gpu_view_t 
     gpu_view_t va[6] = {out, q, k, v, part_ml, part_acc};
     uint64_t ba[6] = {4 * row_elems * t1,   4 * row_elems * t1,    4 * kv_stride * keys,
                       4 * kv_stride * keys, ns > 1 ? 8 * recs : 4, ns > 1 ? 4 * head_dim * recs : 4};
-    if (kvt) ba[2] = (gpu_buf_size(k.buf) - k.off) / 16 * 16, ba[3] = (gpu_buf_size(v.buf) - v.off) / 16 * 16;
+    if (kvt) ba[2] = kspan, ba[3] = vspan;
     bool wa[6] = {ns == 1, false, false, false, ns > 1, ns > 1};
     gpu_texel_t ta[6] = {GPU_TEXEL_NONE,
                          GPU_TEXEL_NONE,

@@ -35,33 +35,16 @@ typedef struct gemv_cfg {
 
 static uint32_t ceil_div(uint64_t a, uint64_t b) { return (uint32_t)((a + b - 1) / b); }
 
-static bool g_texel = true;
-
-/* The bytes a texel binding of view v spans: from its offset to the end of the buffer, in whole texels of t, so
- * that one view per buffer and offset serves every shape (views live as long as their buffer); at most the device's
- * texel limit, at least `need` (which weight_texel() checked against that limit). */
-static uint64_t texel_span(const gpu_caps_t *caps, gpu_view_t v, gpu_texel_t t, uint64_t need) {
-  uint64_t ts = gpu_texel_size(t), left = gpu_buf_size(v.buf) - v.off, span = left / ts * ts;
-  if (span / ts > caps->max_texels) span = caps->max_texels * ts;
-  return span >= need ? span : need;
-}
-
-void op_texel_reads(bool on) { g_texel = on; }
-
-bool op_texel_reads_on(const gpu_caps_t *caps) { return g_texel && caps->kind == GPU_KIND_CPU; }
-
-/* The texel format weights of wtype in view w ([rows, K], kv per load) are read through on this device, or
- * GPU_TEXEL_NONE for a storage buffer: f32 as RGBA32F, f16 and bf16 as RGBA32UI (eight values a texel, unpacked
- * in the shader as the storage path unpacks them). Texel fetches pay on CPU drivers only (matmul.glsl, W_TEXEL). */
+/* The texel format weights of wtype in view w ([rows, K], kv per load, `bytes` of them) are bound through, with
+ * the bytes to bind in *span (op_texel_bind): f32 as RGBA32F, f16 and bf16 as RGBA32UI (eight values a texel,
+ * unpacked in the shader as the storage path unpacks them); none for scalar loads (kv 1). */
 static gpu_texel_t weight_texel(const gpu_caps_t *caps, gpu_view_t w, lt_dtype_t wtype, uint64_t bytes, uint32_t kv,
-                                bool staged) {
-  if (!g_texel || staged || caps->kind != GPU_KIND_CPU || kv == 1 || bytes == 0) return GPU_TEXEL_NONE;
-  gpu_texel_t t = wtype == LT_F32 && caps->texel_rgba32f               ? GPU_TEXEL_RGBA32F
-                  : wtype != LT_F32 && kv == 8 && caps->texel_rgba32ui ? GPU_TEXEL_RGBA32UI
-                                                                       : GPU_TEXEL_NONE;
-  if (t && (w.off % caps->min_texel_align || bytes % gpu_texel_size(t) || bytes / gpu_texel_size(t) > caps->max_texels))
-    return GPU_TEXEL_NONE;
-  return t;
+                                uint64_t *span) {
+  gpu_texel_t t = kv == 1           ? GPU_TEXEL_NONE
+                  : wtype == LT_F32 ? GPU_TEXEL_RGBA32F
+                  : kv == 8         ? GPU_TEXEL_RGBA32UI
+                                    : GPU_TEXEL_NONE;
+  return op_texel_bind(caps, w, t, bytes, span);
 }
 
 /* Loop iterations one invocation of a GEMM or GEMV dispatch runs. Loops marked [[unroll]] in the shaders run no
@@ -139,9 +122,10 @@ static lt_status_t matmul(gpu_cmd_t *c, gpu_view_t y, uint32_t y_stride, gpu_vie
   bool staged = path == MATMUL_GEMM_STAGED || (path != MATMUL_GEMM_DIRECT && caps->kind != GPU_KIND_CPU);
   /* K-elements per load: a vec4 of f32 weights or 16 bytes of f16 ones, where K allows it. */
   uint32_t kv = w16 ? (K % 8 == 0 && x_stride % 8 == 0 ? 8 : 1) : (K % 4 == 0 && x_stride % 4 == 0 ? 4 : 1);
-  gpu_texel_t wt = weight_texel(caps, w, wtype, wb, kv, staged || (!gemv && path == MATMUL_GEMM_STAGED));
-  /* x (f32) through a texel view as well, where the weights take one and x's view allows it. */
-  gpu_texel_t xt = wt ? weight_texel(caps, x, LT_F32, xb, kv == 8 ? 4 : kv, false) : GPU_TEXEL_NONE;
+  /* Weights, and then x, through texel views where the device reads them (not for the shared-memory GEMM). */
+  uint64_t wspan = wb, xspan = xb;
+  gpu_texel_t wt = staged ? GPU_TEXEL_NONE : weight_texel(caps, w, wtype, wb, kv, &wspan);
+  gpu_texel_t xt = wt ? op_texel_bind(caps, x, GPU_TEXEL_RGBA32F, xb, &xspan) : GPU_TEXEL_NONE;
   char defines[80];
   snprintf(defines, sizeof defines, "W_F16=%d;W_BF16=%d;KV=%u;STAGED=%d;W_TEXEL=%d;X_TEXEL=%d", wtype == LT_F16,
            wtype == LT_BF16, kv, staged, wt != GPU_TEXEL_NONE, xt != GPU_TEXEL_NONE);
@@ -176,7 +160,7 @@ static lt_status_t matmul(gpu_cmd_t *c, gpu_view_t y, uint32_t y_stride, gpu_vie
   if (!p) return err ? err->code : LT_E_SHADER;
 
   gpu_view_t views[3] = {y, x, w};
-  uint64_t bytes[3] = {yb, xt ? texel_span(caps, x, xt, xb) : xb, wt ? texel_span(caps, w, wt, wb) : wb};
+  uint64_t bytes[3] = {yb, xspan, wspan};
   bool writes[3] = {true, false, false};
   gpu_texel_t texel[3] = {GPU_TEXEL_NONE, xt, wt};
   pc_matmul_t pc = {.M = M, .N = N, .K = K, .x_stride = x_stride, .w_stride = K, .y_stride = y_stride};
@@ -190,8 +174,10 @@ static lt_status_t matmul(gpu_cmd_t *c, gpu_view_t y, uint32_t y_stride, gpu_vie
 typedef struct fused_gemv {
   gpu_pipeline_t *p;
   uint32_t gx, gz, kv;
-  gpu_texel_t wt; /* the weights' texel format (bindings 2 and up), or none */
-  bool xt;        /* x, and the norm weights with NORM, through RGBA32F texel views */
+  gpu_texel_t wt;        /* the weights' texel format (bindings 2 and up), or none */
+  gpu_texel_t xt;        /* x's, and the norm weights' with NORM (RGBA32F), or none */
+  uint64_t span[3];      /* the bytes bound of each weight */
+  uint64_t xspan, nspan; /* and of x and the norm weights */
 } fused_gemv_t;
 
 static lt_status_t fused_gemv_prep(gpu_cmd_t *c, op_id_t id, const char *name, const char *variant, lt_dtype_t wtype,
@@ -219,19 +205,23 @@ static lt_status_t fused_gemv_prep(gpu_cmd_t *c, op_id_t id, const char *name, c
   uint32_t budget = op_loop_budget(id);
   if (cost.fixed >= budget || (uint64_t)(budget - cost.fixed) / cost.per_unit * cost.k_per_unit < K)
     return lt_fail(err, LT_E_UNSUPPORTED, "%s: K %u needs more than one dispatch", name, K);
-  /* Every weight through a texel view, or none. */
+  /* Every weight through a texel view, or none; then x and the norm weights together, or neither. */
   f->wt = GPU_TEXEL_NONE;
   for (uint32_t i = 0; i < n_w; i++) {
-    gpu_texel_t t = weight_texel(caps, ws[i], wtype, (uint64_t)lt_dtype_size(wtype) * w_rows[i] * K, f->kv, false);
-    if (i > 0 && t != f->wt) t = GPU_TEXEL_NONE, i = n_w;
+    uint64_t wb = (uint64_t)lt_dtype_size(wtype) * w_rows[i] * K;
+    gpu_texel_t t = weight_texel(caps, ws[i], wtype, wb, f->kv, &f->span[i]);
+    if (i > 0 && t != f->wt) t = GPU_TEXEL_NONE;
     f->wt = t;
   }
-  /* x (and the norm weights) through texel views as well, where the weights take them and the views allow it. */
-  f->xt = f->wt && caps->texel_rgba32f && x.off % caps->min_texel_align == 0 &&
-          (!norm.buf || norm.off % caps->min_texel_align == 0);
+  if (!f->wt)
+    for (uint32_t i = 0; i < n_w; i++) f->span[i] = (uint64_t)lt_dtype_size(wtype) * w_rows[i] * K;
+  f->xt = f->wt ? op_texel_bind(caps, x, GPU_TEXEL_RGBA32F, 4ull * M * K, &f->xspan) : GPU_TEXEL_NONE;
+  f->nspan = 4ull * K;
+  if (f->xt && norm.buf && !op_texel_bind(caps, norm, GPU_TEXEL_RGBA32F, 4ull * K, &f->nspan)) f->xt = GPU_TEXEL_NONE;
+  if (!f->xt) f->xspan = 4ull * M * K, f->nspan = 4ull * K;
   char defines[96];
   snprintf(defines, sizeof defines, "W_F16=%d;W_BF16=%d;KV=%u;STAGED=0;W_TEXEL=%d;X_TEXEL=%d;%s", wtype == LT_F16,
-           wtype == LT_BF16, f->kv, f->wt != GPU_TEXEL_NONE, f->xt, variant);
+           wtype == LT_BF16, f->kv, f->wt != GPU_TEXEL_NONE, f->xt != GPU_TEXEL_NONE, variant);
   uint32_t spec[3] = {v.wg, v.rows, v.mr}, groups = ceil_div(rows, v.rows);
   f->gx = groups < caps->max_wg_count[0] ? groups : caps->max_wg_count[0];
   f->gz = ceil_div(groups, f->gx);
@@ -270,17 +260,12 @@ lt_status_t op_gemv_glu(gpu_cmd_t *c, gpu_view_t y, gpu_view_t x, gpu_view_t wg,
       fused_gemv_prep(c, id, "op_gemv_glu", variant, wtype, M, N, K, NULL, 0, ws, rows, 2, x, norm, 4, &f, err);
   if (st == LT_OK) st = fused_gemv_check(gpu_caps(gpu_cmd_gpu(c)), x, ws, ys, rows, 2, wtype, M, K, err);
   if (st != LT_OK) return st;
-  uint64_t wb = lt_dtype_size(wtype) * N * K;
   gpu_view_t views[5] = {y, x, wg, wu, norm};
-  const gpu_caps_t *caps = gpu_caps(gpu_cmd_gpu(c));
-  uint64_t bytes[5] = {4ull * M * N, f.xt ? texel_span(caps, x, GPU_TEXEL_RGBA32F, 4ull * M * K) : 4ull * M * K,
-                       f.wt ? texel_span(caps, wg, f.wt, wb) : wb, f.wt ? texel_span(caps, wu, f.wt, wb) : wb,
-                       nm && f.xt ? texel_span(caps, norm, GPU_TEXEL_RGBA32F, 4ull * K) : 4ull * K};
+  uint64_t bytes[5] = {4ull * M * N, f.xspan, f.span[0], f.span[1], f.nspan};
   bool writes[5] = {true, false, false, false, false};
   pc_matmul_t pc = {
       .M = M, .N = N, .K = K, .x_stride = K, .w_stride = K, .y_stride = N, .k_base = 0, .k_len = K, .eps = eps};
-  gpu_texel_t xt = f.xt ? GPU_TEXEL_RGBA32F : GPU_TEXEL_NONE;
-  gpu_texel_t texel[5] = {GPU_TEXEL_NONE, xt, f.wt, f.wt, nm ? xt : GPU_TEXEL_NONE};
+  gpu_texel_t texel[5] = {GPU_TEXEL_NONE, f.xt, f.wt, f.wt, nm ? f.xt : GPU_TEXEL_NONE};
   return op_dispatch_texel(c, f.p, id, views, bytes, writes, texel, nm ? 5 : 4, &pc, f.gx, 1, f.gz, err);
 }
 
@@ -305,13 +290,12 @@ lt_status_t op_gemv_qkv_rope(gpu_cmd_t *c, gpu_view_t q, gpu_view_t k, gpu_view_
                          err);
   if (st == LT_OK) st = fused_gemv_check(gpu_caps(gpu_cmd_gpu(c)), x, ws, ys, rows, 3, wtype, M, K, err);
   if (st != LT_OK) return st;
-  uint64_t es = lt_dtype_size(wtype);
   /* Without the norm, binding 7 of the RoPE variant is unused: x stands in for it. */
   gpu_view_t views[10] = {q, x, wq, wk, wv, k, v, nm ? norm : x, rope ? rope->pos : x, rope ? rope->table : x};
-  uint64_t bytes[10] = {4ull * M * N,  4ull * M * K,
-                        es * N * K,    es * N2 * K,
-                        es * N2 * K,   4ull * M * N2,
-                        4ull * M * N2, nm ? 4ull * K : 4ull * M * K,
+  uint64_t bytes[10] = {4ull * M * N,  f.xspan,
+                        f.span[0],     f.span[1],
+                        f.span[2],     4ull * M * N2,
+                        4ull * M * N2, nm ? f.nspan : 4ull * M * K,
                         4ull * M,      rope ? 8ull * rope->max_pos * (rope->head_dim / 2) : 4};
   bool writes[10] = {true, false, false, false, false, true, true, false, false, false};
   pc_matmul_t pc = {.M = M,
@@ -327,14 +311,8 @@ lt_status_t op_gemv_qkv_rope(gpu_cmd_t *c, gpu_view_t q, gpu_view_t k, gpu_view_
                     .rope_hd = rope ? rope->head_dim : 0,
                     .rope_neox = rope && rope->neox,
                     .rope_max_pos = rope ? rope->max_pos : 0};
-  gpu_texel_t xt = f.xt ? GPU_TEXEL_RGBA32F : GPU_TEXEL_NONE;
-  gpu_texel_t texel[10] = {GPU_TEXEL_NONE,          xt, f.wt, f.wt, f.wt, GPU_TEXEL_NONE, GPU_TEXEL_NONE,
-                           nm ? xt : GPU_TEXEL_NONE};
-  const gpu_caps_t *caps = gpu_caps(gpu_cmd_gpu(c));
-  if (f.xt) {
-    bytes[1] = texel_span(caps, x, GPU_TEXEL_RGBA32F, bytes[1]);
-    if (nm) bytes[7] = texel_span(caps, norm, GPU_TEXEL_RGBA32F, bytes[7]);
-  }
+  gpu_texel_t texel[10] = {GPU_TEXEL_NONE, f.xt,           f.wt,           f.wt,
+                           f.wt,           GPU_TEXEL_NONE, GPU_TEXEL_NONE, nm ? f.xt : GPU_TEXEL_NONE};
   return op_dispatch_texel(c, f.p, id, views, bytes, writes, texel, rope ? 10 : nm ? 8 : 7, &pc, f.gx, 1, f.gz, err);
 }
 

@@ -107,19 +107,13 @@ lt_status_t op_matmul_q(gpu_cmd_t *c, gpu_view_t y, uint32_t y_stride, gpu_view_
 
   bool gemv = path == MATMUL_GEMV || (path == MATMUL_AUTO && M <= GEMV_MAX_AUTO_M);
   bool vec4 = K % 4 == 0 && x_stride % 4 == 0;
-  /* On CPU drivers the weight's words, and x, through texel views (op_texel_reads), spanning to the buffer's end. */
-  bool on = op_texel_reads_on(caps) && caps->texel_r32ui;
-  uint64_t qspan = on ? (gpu_buf_size(w->q.buf) - w->q.off) / 4 * 4 : 0, xspan = 0;
-  if (qspan / 4 > caps->max_texels) qspan = caps->max_texels * 4;
-  bool wt = on && w->q.off % caps->min_texel_align == 0 && qspan >= qb;
-  if (wt && vec4 && caps->texel_rgba32f && x.off % caps->min_texel_align == 0) {
-    xspan = (gpu_buf_size(x.buf) - x.off) / 16 * 16;
-    if (xspan / 16 > caps->max_texels) xspan = caps->max_texels * 16;
-    if (xspan < xb) xspan = 0;
-  }
+  /* The weight's words, and then x (vec4 loads), through texel views where the device reads them. */
+  uint64_t qspan, xspan = xb;
+  gpu_texel_t wt = op_texel_bind(caps, w->q, GPU_TEXEL_R32UI, qb, &qspan);
+  gpu_texel_t xt = wt && vec4 ? op_texel_bind(caps, x, GPU_TEXEL_RGBA32F, xb, &xspan) : GPU_TEXEL_NONE;
   char defines[80];
   snprintf(defines, sizeof defines, "BITS=%u;S_F16=%d;VEC4=%d;GQ=%d;W_TEXEL=%d;X_TEXEL=%d", bits,
-           !blocks && w->stype == LT_F16, vec4, blocks ? (int)w->wtype : 0, wt, xspan != 0);
+           !blocks && w->stype == LT_F16, vec4, blocks ? (int)w->wtype : 0, wt != GPU_TEXEL_NONE, xt != GPU_TEXEL_NONE);
 
   op_id_t id;
   uint32_t spec[6], n_spec, gx, gy, gz = 1;
@@ -149,14 +143,13 @@ lt_status_t op_matmul_q(gpu_cmd_t *c, gpu_view_t y, uint32_t y_stride, gpu_view_
   if (gx > caps->max_wg_count[0] || gy > caps->max_wg_count[1] || gz > caps->max_wg_count[2])
     return lt_fail(err, LT_E_LIMIT, "op_matmul_q: %ux%ux%u needs %ux%ux%u workgroups, more than the device allows", M,
                    N, K, gx, gy, gz);
-  gpu_pipeline_t *p = op_pipeline_texel(g, id, defines, spec, n_spec, (wt ? 1u << 2 : 0) | (xspan ? 1u << 1 : 0), err);
+  gpu_pipeline_t *p = op_pipeline_texel(g, id, defines, spec, n_spec, (wt ? 1u << 2 : 0) | (xt ? 1u << 1 : 0), err);
   if (!p) return err ? err->code : LT_E_SHADER;
 
   /* The block formats carry their scales: their shader binds the blocks in the scales' slot too, unread. */
   gpu_view_t views[4] = {y, x, w->q, blocks ? w->q : w->scales};
-  uint64_t bytes[4] = {yb, xspan ? xspan : xb, wt ? qspan : qb, blocks ? qb : sb};
-  gpu_texel_t texel[4] = {GPU_TEXEL_NONE, xspan ? GPU_TEXEL_RGBA32F : GPU_TEXEL_NONE,
-                          wt ? GPU_TEXEL_R32UI : GPU_TEXEL_NONE, GPU_TEXEL_NONE};
+  uint64_t bytes[4] = {yb, xspan, qspan, blocks ? qb : sb};
+  gpu_texel_t texel[4] = {GPU_TEXEL_NONE, xt, wt, GPU_TEXEL_NONE};
   bool writes[4] = {true, false, false, false};
   pc_matmul_q_t pc = {.M = M,
                       .N = N,

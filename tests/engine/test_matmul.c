@@ -138,7 +138,8 @@ Test(matmul, texel_and_storage_weight_reads_give_the_same_bits) {
   static const shape_t shapes[] = {{1, 37, 64}, {3, 129, 136}, {4, 16, 8}, {130, 33, 256}};
   const lt_dtype_t types[3] = {LT_F32, LT_F16, LT_BF16};
   const gpu_caps_t *caps = gpu_caps(tgpu());
-  bool texel = caps->kind == GPU_KIND_CPU && caps->texel_rgba32f && caps->texel_rgba32ui;
+  bool texel = caps->kind == GPU_KIND_CPU && gpu_texel_readable(caps, GPU_TEXEL_RGBA32F) &&
+               gpu_texel_readable(caps, GPU_TEXEL_RGBA32UI);
   lt_err_t err = {0};
   for (unsigned s = 0; s < sizeof shapes / sizeof shapes[0]; s++)
     for (int t = 0; t < 3; t++) {

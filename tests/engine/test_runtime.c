@@ -299,7 +299,7 @@ Test(runtime, texel_bindings_are_checked_before_recording, .init = tgpu_setup, .
    * weights as RGBA32F texels) then gives the storage-buffer result. */
   gpu_t *g = tgpu();
   const gpu_caps_t *caps = gpu_caps(g);
-  if (!caps->texel_rgba32f) {
+  if (!gpu_texel_readable(caps, GPU_TEXEL_RGBA32F)) {
     cr_log_info("%s reads no RGBA32F uniform texel buffers", caps->name);
     return;
   }
