@@ -122,22 +122,6 @@ zo_t *zo_new(model_t *m, const zo_opts_t *o, uint32_t max_batch, uint32_t max_to
     return NULL;
   }
   uint32_t n = model_param_count(m);
-  for (uint32_t i = 0; i < n; i++) {
-    const model_param_t *p = model_param_at(m, i);
-    bool zr = version == ZO_VERSION && model_param_zreadable(m, i);
-    if (p->dtype != LT_F32 && !zr) {
-      if (version == 1)
-        lt_fail(err, LT_E_INVALID, "%s is %s on the device: a version 1 run needs f32 weights (load with force_f32)",
-                p->name, lt_dtype_str(p->dtype));
-      else if (p->dtype == LT_F16 || p->dtype == LT_BF16)
-        lt_fail(err, LT_E_INVALID, "%s is %s and is read outside a matmul: it is perturbed in place, which needs f32",
-                p->name, lt_dtype_str(p->dtype));
-      else
-        lt_fail(err, LT_E_INVALID, "%s is %s on the device: tuning needs f32, f16 or bf16 weights", p->name,
-                lt_dtype_str(p->dtype));
-      return NULL;
-    }
-  }
   zo_t *z = calloc(1, sizeof *z);
   if (!z) {
     lt_fail(err, LT_E_NOMEM, "out of memory");
@@ -170,8 +154,22 @@ zo_t *zo_new(model_t *m, const zo_opts_t *o, uint32_t max_batch, uint32_t max_to
     return NULL;
   }
   for (uint32_t i = 0; i < n; i++) {
+    const model_param_t *p = model_param_at(m, i);
     z->zr[i] = version == ZO_VERSION && model_param_zreadable(m, i);
-    z->tensor_id[i] = zo_tensor_id(model_param_at(m, i));
+    if (p->dtype != LT_F32 && !z->zr[i]) {
+      if (version == 1)
+        lt_fail(err, LT_E_INVALID, "%s is %s on the device: a version 1 run needs f32 weights (load with force_f32)",
+                p->name, lt_dtype_str(p->dtype));
+      else if (p->dtype == LT_F16 || p->dtype == LT_BF16)
+        lt_fail(err, LT_E_INVALID, "%s is %s and is read outside a matmul: it is perturbed in place, which needs f32",
+                p->name, lt_dtype_str(p->dtype));
+      else
+        lt_fail(err, LT_E_INVALID, "%s is %s on the device: tuning needs f32, f16 or bf16 weights", p->name,
+                lt_dtype_str(p->dtype));
+      zo_destroy(&z);
+      return NULL;
+    }
+    z->tensor_id[i] = zo_tensor_id(p);
     /* Two pieces with one id would get the same direction: refuse rather than tune a correlated subspace. */
     for (uint32_t j = 0; j < i; j++)
       if (z->tensor_id[j] == z->tensor_id[i]) {
@@ -209,15 +207,21 @@ void zo_destroy(zo_t **zp) {
 /* Whether parameter piece p is tuned in a step whose blocks are z->active. */
 static bool tuned(const zo_t *z, const model_param_t *p) { return p->layer < 0 || z->active[p->layer]; }
 
-/* One pass over the step's parameters in place: theta += scale * z, preceded by theta *= decay on non-norm tensors
- * when decay != 1 (version 1's update). Only the pieces perturbed in place when only_inplace. */
-static lt_status_t pass(zo_t *z, uint64_t step_seed, float decay, float scale, bool only_inplace, lt_err_t *err) {
+/* What a pass over the step's parameters does, and to which. */
+typedef enum pass_kind {
+  PASS_ALL,     /* every piece in place (f32): theta += scale * z, after theta *= decay when decay != 1 */
+  PASS_INPLACE, /* the same, on the pieces version 2 perturbs in place only */
+  PASS_UPDATE,  /* version 2's update of every piece in its own dtype: theta = round(decay theta + scale z) */
+} pass_kind_t;
+
+/* One pass over the step's parameters (zo_blocks()); decay applies to non-norm tensors only. */
+static lt_status_t pass(zo_t *z, uint64_t step_seed, float decay, float scale, pass_kind_t kind, lt_err_t *err) {
   zo_blocks(z, step_seed, z->active);
   uint32_t todo = 0;
   for (uint32_t i = 0; i < z->n_params; i++) {
     const model_param_t *p = model_param_at(z->m, i);
-    if (!tuned(z, p) || (only_inplace && z->zr[i])) continue;
-    if (p->dtype != LT_F32)
+    if (!tuned(z, p) || (kind == PASS_INPLACE && z->zr[i])) continue;
+    if (kind != PASS_UPDATE && p->dtype != LT_F32)
       return lt_fail(err, LT_E_INVALID, "%s is %s: only f32 weights are perturbed in place", p->name,
                      lt_dtype_str(p->dtype));
     todo++;
@@ -228,9 +232,14 @@ static lt_status_t pass(zo_t *z, uint64_t step_seed, float decay, float scale, b
   lt_status_t st = LT_OK;
   for (uint32_t i = 0; i < z->n_params && st == LT_OK; i++) {
     const model_param_t *p = model_param_at(z->m, i);
-    if (!tuned(z, p) || (only_inplace && z->zr[i])) continue;
+    if (!tuned(z, p) || (kind == PASS_INPLACE && z->zr[i])) continue;
     uint32_t n = p->n_rows * p->cols;
-    if (decay != 1.0f && !p->is_norm) st = op_scale(c, gv(p->buf), gv(p->buf), decay, n, err);
+    float d = p->is_norm ? 1.0f : decay;
+    if (kind == PASS_UPDATE) {
+      st = op_perturb_update(c, gv(p->buf), p->dtype, n, step_seed, z->tensor_id[i], d, scale, err);
+      continue;
+    }
+    if (d != 1.0f) st = op_scale(c, gv(p->buf), gv(p->buf), d, n, err);
     if (st == LT_OK) st = op_perturb(c, gv(p->buf), n, step_seed, z->tensor_id[i], scale, err);
   }
   if (st != LT_OK) {
@@ -241,28 +250,12 @@ static lt_status_t pass(zo_t *z, uint64_t step_seed, float decay, float scale, b
 }
 
 lt_status_t zo_perturb(zo_t *z, uint64_t step_seed, float scale, lt_err_t *err) {
-  return pass(z, step_seed, 1.0f, scale, false, err);
+  return pass(z, step_seed, 1.0f, scale, PASS_ALL, err);
 }
 
 lt_status_t zo_update(zo_t *z, uint64_t step_seed, float lr, float g, lt_err_t *err) {
-  float decay = 1.0f - lr * z->o.weight_decay;
-  if (z->o.version == 1) return pass(z, step_seed, decay, -lr * g, false, err);
-  /* One pass per tensor in its own dtype: decay and step rounded once. */
-  zo_blocks(z, step_seed, z->active);
-  gpu_cmd_t *c = gpu_cmd_begin(model_gpu(z->m), err);
-  if (!c) return err ? err->code : LT_E_VULKAN;
-  lt_status_t st = LT_OK;
-  for (uint32_t i = 0; i < z->n_params && st == LT_OK; i++) {
-    const model_param_t *p = model_param_at(z->m, i);
-    if (!tuned(z, p)) continue;
-    st = op_perturb_update(c, gv(p->buf), p->dtype, p->n_rows * p->cols, step_seed, z->tensor_id[i],
-                           p->is_norm ? 1.0f : decay, -lr * g, err);
-  }
-  if (st != LT_OK) {
-    gpu_cmd_abort(&c);
-    return st;
-  }
-  return gpu_cmd_finish(&c, err);
+  /* Version 2: one pass per tensor in its own dtype, decay and step rounded once. */
+  return pass(z, step_seed, 1.0f - lr * z->o.weight_decay, -lr * g, z->o.version == 1 ? PASS_ALL : PASS_UPDATE, err);
 }
 
 /* Version 2: the step's forward passes from now on read theta + scale * z (the pieces read perturbed), and the
@@ -272,7 +265,7 @@ static lt_status_t shift(zo_t *z, uint64_t step_seed, float scale, float delta, 
   for (uint32_t i = 0; i < z->n_params; i++) z->zon[i] = z->zr[i] && tuned(z, model_param_at(z->m, i));
   z->zread = (model_zread_t){.seed = step_seed, .scale = scale, .tensor_id = z->tensor_id, .on = z->zon};
   lt_status_t st = model_set_zread(z->m, &z->zread, err);
-  return st == LT_OK ? pass(z, step_seed, 1.0f, delta, true, err) : st;
+  return st == LT_OK ? pass(z, step_seed, 1.0f, delta, PASS_INPLACE, err) : st;
 }
 
 lt_status_t zo_nll_each(zo_t *z, const zo_example_t *batch, uint32_t n, double *sum, uint64_t *count, lt_err_t *err) {
@@ -381,7 +374,7 @@ static void *share_run(void *arg) {
   model_set_zread(z->m, NULL, NULL);
   /* The in-place pieces go back even after a failure (their restore is part of the step's arithmetic). */
   lt_err_t e2 = {0};
-  lt_status_t back = pass(z, s->seed, 1.0f, eps, true, &e2);
+  lt_status_t back = pass(z, s->seed, 1.0f, eps, PASS_INPLACE, &e2);
   if (s->st == LT_OK && back != LT_OK) s->st = back, *err = e2;
   return NULL;
 }
@@ -469,9 +462,10 @@ lt_status_t zo_step(zo_t *z, uint64_t step, float lr, const zo_example_t *batch,
 lt_status_t zo_replay(zo_t *z, const zo_record_t *rec, lt_err_t *err) {
   float eps = z->o.eps;
   lt_status_t st;
-  bool only_inplace = z->o.version != 1; /* version 2's forward passes left the rest as it was */
-  if ((st = pass(z, rec->seed, 1.0f, eps, only_inplace, err)) != LT_OK) return st;
-  if ((st = pass(z, rec->seed, 1.0f, -2.0f * eps, only_inplace, err)) != LT_OK) return st;
-  if ((st = pass(z, rec->seed, 1.0f, eps, only_inplace, err)) != LT_OK) return st;
+  /* Version 2's forward passes left all but the in-place pieces as they were. */
+  pass_kind_t kind = z->o.version == 1 ? PASS_ALL : PASS_INPLACE;
+  if ((st = pass(z, rec->seed, 1.0f, eps, kind, err)) != LT_OK) return st;
+  if ((st = pass(z, rec->seed, 1.0f, -2.0f * eps, kind, err)) != LT_OK) return st;
+  if ((st = pass(z, rec->seed, 1.0f, eps, kind, err)) != LT_OK) return st;
   return zo_update(z, rec->seed, rec->lr, rec->g, err);
 }
