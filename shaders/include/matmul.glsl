@@ -5,10 +5,10 @@
 //   KV=n:    K-elements per load: 1 (scalar), 4 (f32 w: vec4 loads) or 8 (f16 w: one 16-byte load of 8 halves).
 //            KV > 1 needs K and both row strides to be multiples of KV.
 //   W_TEXEL=1 (KV 4 with f32 w, or KV 8 with f16 or bf16 w): w, and w2, w3, are uniform texel buffers (RGBA32F, or
-//            RGBA32UI holding eight 16-bit values, unpacked here) read with texelFetch.
-//   X_TEXEL=1 (KV 4 or 8): x is a uniform texel buffer too (RGBA32F). CPU drivers (llvmpipe) gather a texel fetch for all lanes
-//            at once, where a storage-buffer load whose address differs per lane runs as a loop over the lanes,
-//            one guarded scalar load per lane and component.
+//            RGBA32UI holding eight 16-bit values, unpacked here) read with texelFetch;
+//   X_TEXEL=1 (KV 4 or 8): x is a uniform texel buffer too (RGBA32F).
+//   CPU drivers (llvmpipe) gather a texel fetch for all lanes at once, where a storage-buffer load whose address
+//   differs per lane runs as a loop over the lanes, one guarded scalar load per lane and component.
 // A group of KV K-elements is a KTYPE: float, vec4, or mat2x4 (two vec4 columns).
 #ifndef LATHE_MATMUL_GLSL
 #define LATHE_MATMUL_GLSL
@@ -17,6 +17,17 @@
 #extension GL_EXT_shader_16bit_storage : require
 #endif
 #define W_16BIT (W_F16 || W_BF16)
+
+#if KV > 1
+// The vec4 of x at quad q (elements 4q .. 4q+3).
+#if X_TEXEL
+layout(binding = 1) uniform samplerBuffer x;
+vec4 x4_at(uint q) { return texelFetch(x, int(q)); }
+#else
+layout(std430, binding = 1) readonly buffer X { vec4 x[]; };
+vec4 x4_at(uint q) { return x[q]; }
+#endif
+#endif
 
 #if KV == 1
 #define KTYPE float
@@ -37,13 +48,7 @@ KTYPE x_at(uint i) { return x[i]; }
 #elif KV == 4 && !W_16BIT
 #define KTYPE vec4
 #define KDOT(a, b, acc) DOT4(a, b, acc)
-#if X_TEXEL
-layout(binding = 1) uniform samplerBuffer x;
-KTYPE x_at(uint i) { return texelFetch(x, int(i / 4u)); }
-#else
-layout(std430, binding = 1) readonly buffer X { vec4 x[]; };
-KTYPE x_at(uint i) { return x[i / 4u]; }
-#endif
+KTYPE x_at(uint i) { return x4_at(i / 4u); }
 #if W_TEXEL
 layout(binding = 2) uniform samplerBuffer w;
 KTYPE w_at(uint i) { return texelFetch(w, int(i / 4u)); }
@@ -55,16 +60,7 @@ KTYPE w_at(uint i) { return w[i / 4u]; }
 #elif KV == 8 && W_16BIT
 #define KTYPE mat2x4
 #define KDOT(a, b, acc) DOT4((a)[1], (b)[1], DOT4((a)[0], (b)[0], acc))
-#if X_TEXEL
-layout(binding = 1) uniform samplerBuffer x;
-KTYPE x_at(uint i) { return mat2x4(texelFetch(x, int(i / 4u)), texelFetch(x, int(i / 4u + 1u))); }
-#else
-layout(std430, binding = 1) readonly buffer X { vec4 x[]; };
-KTYPE x_at(uint i) { return mat2x4(x[i / 4u], x[i / 4u + 1u]); }
-#endif
-#if !W_TEXEL
-layout(std430, binding = 2) readonly buffer W { uvec4 w[]; }; // 8 16-bit values per element
-#endif
+KTYPE x_at(uint i) { return mat2x4(x4_at(i / 4u), x4_at(i / 4u + 1u)); }
 #if W_F16
 KTYPE unpack8(uvec4 h) {
   return mat2x4(vec4(unpackHalf2x16(h.x), unpackHalf2x16(h.y)), vec4(unpackHalf2x16(h.z), unpackHalf2x16(h.w)));
@@ -80,6 +76,7 @@ KTYPE unpack8(uvec4 h) {
 layout(binding = 2) uniform usamplerBuffer w;
 KTYPE w_at(uint i) { return unpack8(texelFetch(w, int(i / 8u))); }
 #else
+layout(std430, binding = 2) readonly buffer W { uvec4 w[]; }; // 8 16-bit values per element
 KTYPE w_at(uint i) { return unpack8(w[i / 8u]); }
 #endif
 
