@@ -49,29 +49,23 @@ uint rope_row(uint slot) {
 #endif
 // NORM (with GLU or QKV): x is the residual stream and the products see RMSNorm(x) * g: each (x_k g_k) enters the
 // sums, the rows' sums of squares are kept beside them, and every result is scaled by 1 / sqrt(mean(x^2) + eps).
-#if NORM && X_TEXEL
-// With x through a texel view, the norm weights too (RGBA32F; KV is 4 or 8 then).
+#if NORM
+// The norm weights g[k .. k+4): through a texel view (RGBA32F) with x's, else four scalar loads.
+#if X_TEXEL
 layout(binding = GLU != 0 ? 4 : 7) uniform samplerBuffer gt;
-#if KV == 4
-KTYPE g_at(uint k) { return texelFetch(gt, int(k / 4u)); }
-#define KMUL(a, b) ((a) * (b))
+vec4 g4_at(uint k) { return texelFetch(gt, int(k / 4u)); }
 #else
-KTYPE g_at(uint k) { return mat2x4(texelFetch(gt, int(k / 4u)), texelFetch(gt, int(k / 4u + 1u))); }
-#define KMUL(a, b) matrixCompMult((a), (b))
-#endif
-#define N_SS MR
-#elif NORM
 layout(std430, binding = GLU != 0 ? 4 : 7) readonly buffer G { float gn[]; };
+vec4 g4_at(uint k) { return vec4(gn[k], gn[k + 1u], gn[k + 2u], gn[k + 3u]); }
+#endif
 #if KV == 1
-KTYPE g_at(uint k) { return gn[k]; }
+KTYPE g_at(uint k) { return gn[k]; } // scalar loads never come with X_TEXEL
 #define KMUL(a, b) ((a) * (b))
 #elif KV == 4
-KTYPE g_at(uint k) { return vec4(gn[k], gn[k + 1u], gn[k + 2u], gn[k + 3u]); }
+KTYPE g_at(uint k) { return g4_at(k); }
 #define KMUL(a, b) ((a) * (b))
 #else
-KTYPE g_at(uint k) {
-  return mat2x4(vec4(gn[k], gn[k + 1u], gn[k + 2u], gn[k + 3u]), vec4(gn[k + 4u], gn[k + 5u], gn[k + 6u], gn[k + 7u]));
-}
+KTYPE g_at(uint k) { return mat2x4(g4_at(k), g4_at(k + 4u)); }
 #define KMUL(a, b) matrixCompMult((a), (b))
 #endif
 #define N_SS MR // the rows' sums of squares, after the products' sums

@@ -132,8 +132,8 @@ Test(matmul, storage_buffer_weights_odd_shapes) {
 }
 
 Test(matmul, texel_and_storage_weight_reads_give_the_same_bits) {
-  /* The same loads in the same order through either kind of binding: GEMV, the direct GEMM and the gated GEMV give
-   * identical bits both ways, for f32 (vec4 texels) and f16 / bf16 (eight values a texel). On a CPU driver with the
+  /* The same loads in the same order through either kind of binding: GEMV, the direct GEMM and the gated GEMV
+   * (without and with the folded RMSNorm, whose weights follow x's binding) give identical bits both ways, for f32 (vec4 texels) and f16 / bf16 (eight values a texel). On a CPU driver with the
    * texel formats the texel runs must be pipelines of their own (the variant really ran). */
   static const shape_t shapes[] = {{1, 37, 64}, {3, 129, 136}, {4, 16, 8}, {130, 33, 256}};
   const lt_dtype_t types[3] = {LT_F32, LT_F16, LT_BF16};
@@ -146,35 +146,37 @@ Test(matmul, texel_and_storage_weight_reads_give_the_same_bits) {
       const shape_t *sh = &shapes[s];
       problem_t p = problem_new(sh->M, sh->N, sh->K, types[t], false, 9100 + 3 * s + t);
       uint64_t MN = (uint64_t)sh->M * sh->N;
-      float *got[2][3];
+      float *got[2][4];
       for (int on = 0; on < 2; on++) {
         op_texel_reads(on);
         uint64_t pipes = gpu_stats(tgpu())->pipelines;
         got[on][0] = run_gpu(&p, false, MATMUL_GEMV, NULL);
         got[on][1] = run_gpu(&p, true, MATMUL_GEMM_DIRECT, NULL);
-        got[on][2] = NULL;
+        got[on][2] = got[on][3] = NULL;
         if (sh->M <= 4) {
+          /* The gated GEMV, without and with the RMSNorm folded in (its weights: the first K of x's values). */
           uint64_t wb = (uint64_t)sh->N * sh->K * lt_dtype_size(types[t]);
           gpu_buf_t *bx = tbuf_f32(p.x, (uint64_t)sh->M * sh->K), *bw = tbuf_bytes(p.w, wb), *by = tbuf_f32(NULL, MN);
-          gpu_cmd_t *c = tbegin();
-          cr_assert_eq(op_gemv_glu(c, gv(by), gv(bx), gv(bw), gv(bw), types[t], sh->M, sh->N, sh->K, false,
-                                   (gpu_view_t){0}, 0, &err),
-                       LT_OK, "%s", err.msg);
-          tfinish(&c);
-          got[on][2] = tread_f32(by, MN);
-          gpu_buf_destroy(&bx), gpu_buf_destroy(&bw), gpu_buf_destroy(&by);
+          gpu_buf_t *bn = tbuf_f32(p.x, sh->K);
+          for (int nm = 0; nm < 2; nm++) {
+            gpu_cmd_t *c = tbegin();
+            cr_assert_eq(op_gemv_glu(c, gv(by), gv(bx), gv(bw), gv(bw), types[t], sh->M, sh->N, sh->K, false,
+                                     nm ? gv(bn) : (gpu_view_t){0}, 1e-5f, &err),
+                         LT_OK, "%s", err.msg);
+            tfinish(&c);
+            got[on][2 + nm] = tread_f32(by, MN);
+          }
+          gpu_buf_destroy(&bx), gpu_buf_destroy(&bw), gpu_buf_destroy(&by), gpu_buf_destroy(&bn);
         }
         if (on && texel && s == 0)
           cr_assert_gt(gpu_stats(tgpu())->pipelines, pipes, "%s: the texel reads reused the storage pipelines",
                        lt_dtype_str(types[t]));
       }
-      for (int k = 0; k < 3; k++)
+      static const char *const what[4] = {"gemv", "gemm direct", "glu", "glu with the norm"};
+      for (int k = 0; k < 4; k++)
         if (got[0][k]) {
           cr_assert(memcmp(got[0][k], got[1][k], MN * 4) == 0, "%ux%ux%u %s, %s: texel and storage reads differ", sh->M,
-                    sh->N, sh->K, lt_dtype_str(types[t]),
-                    k == 0   ? "gemv"
-                    : k == 1 ? "gemm direct"
-                             : "glu");
+                    sh->N, sh->K, lt_dtype_str(types[t]), what[k]);
           free(got[0][k]), free(got[1][k]);
         }
       problem_free(&p);
