@@ -17,7 +17,7 @@
 #include "philox.glsl"
 // perturb.comp's z for element i: normal i % 4 of the quad i / 4.
 float z_at(uint i) {
-  uvec4 r = philox4x32_10(uvec4(i >> 2, 0u, pc.tensor_id, 0u), uvec2(pc.seed_lo, pc.seed_hi));
+  uvec4 r = quad_bits(i >> 2, pc.tensor_id, 0u, pc.seed_lo, pc.seed_hi);
   vec2 n = (i & 2u) == 0u ? box_muller24(r.x, r.y) : box_muller24(r.z, r.w);
   return n[i & 1u];
 }

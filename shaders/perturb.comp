@@ -86,10 +86,10 @@ void main() {
   uint zq = q;
 #endif
   // Counter high word: the element index i = 4q + j is a uint (n is 32-bit), so q < 2^30 and q's high word is 0.
-  uvec4 r = philox4x32_10(uvec4(zq, 0u, pc.tensor_id, 0u), uvec2(pc.seed_lo, pc.seed_hi));
+  uvec4 r = quad_bits(zq, pc.tensor_id, 0u, pc.seed_lo, pc.seed_hi);
   vec4 z = vec4(box_muller24(r.x, r.y), box_muller24(r.z, r.w));
 #if MODE == 1 && (W_F16 || W_BF16)
-  uvec4 u = philox4x32_10(uvec4(zq, 0u, pc.tensor_id, 1u), uvec2(pc.seed_lo, pc.seed_hi));
+  uvec4 u = quad_bits(zq, pc.tensor_id, 1u, pc.seed_lo, pc.seed_hi);
 #endif
   if (q < full) {
 #if MODE == 0

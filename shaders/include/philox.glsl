@@ -46,4 +46,12 @@ vec2 box_muller24(uint r1, uint r2) {
   return -radius * vec2(cos(theta), sin(theta));
 }
 
+// The four Philox outputs of quad q (elements 4q .. 4q+3) of a tensor in stream `word` under the 64-bit seed
+// (lo, hi): counter (q, 0, tensor_id, word), key (seed lo, seed hi), the layout every zeroth-order shader shares.
+// Word 0 feeds the normals (element i takes normal i % 4 of its quad), word 1 the stochastic rounding.
+// engine/ops/ref/ref_perturb.c's quad_bits() is its CPU reference.
+uvec4 quad_bits(uint q, uint tensor_id, uint word, uint seed_lo, uint seed_hi) {
+  return philox4x32_10(uvec4(q, 0u, tensor_id, word), uvec2(seed_lo, seed_hi));
+}
+
 #endif
