@@ -1,7 +1,8 @@
 /* Attention and RoPE throughput on the chosen device against a CPU peer measured in the same run: OpenBLAS sgemm
  * for Q.K^T and P.V per head with a scalar causal softmax between them. Prints GFLOPS and the ratio.
- * LATHE_ATTN_KEY_SLICES=1 turns off the key slices of decode tiles (op_attention_key_slices), LATHE_TEXEL_READS=0 the
- * texel reads of K and V on CPU drivers (op_texel_reads), for side-by-sides. */
+ * LATHE_ATTN_KEY_SLICES=1 turns off the key slices of decode tiles (op_attention_key_slices), LATHE_ATTN_DECODE=0 the
+ * decode kernel (op_attention_decode_kernel: decode then runs the tiles prefill uses), LATHE_TEXEL_READS=0 the texel
+ * reads of K and V on CPU drivers (op_texel_reads), for side-by-sides. */
 #include <cblas.h>
 #include <math.h>
 #include <stdio.h>
@@ -27,6 +28,7 @@ static void fill(float *x, uint64_t n, uint64_t seed) {
 typedef struct shape {
   const char *name;
   uint32_t n_q, n_heads, n_kv, hd, q_pos0, kv_len;
+  uint32_t calls; /* calls recorded per submission (0: 1); small shapes time the dispatch, not the submit */
 } shape_t;
 
 /* The CPU peer: per head, S = Q_h K_h^T (sgemm over the strided cache), causal softmax, O_h = P V_h. */
@@ -68,18 +70,20 @@ static int bench_attention(gpu_t *g, const shape_t *sh) {
   for (uint32_t t = 0; t < sh->n_q; t++) keys += fmin(sh->kv_len, sh->q_pos0 + t + 1.0);
   double flops = 4.0 * keys * sh->hd * sh->n_heads;
   double t_gpu = 1e30, t_cpu = 1e30;
+  uint32_t calls = sh->calls ? sh->calls : 1;
   for (int rep = 0; rep < 4; rep++) { /* first rep compiles and warms up; best of the rest */
     gpu_cmd_t *c = gpu_cmd_begin(g, &err);
     double t0 = now();
-    if (!c ||
-        op_attention(c, gv(bo), gv(bq), gv(bk), gv(bv), sh->n_q, sh->n_heads, sh->n_kv, sh->hd, sh->q_pos0, sh->kv_len,
-                     0, scale, 0.0f, &err) != LT_OK ||
-        gpu_cmd_finish(&c, &err) != LT_OK)
-      return fprintf(stderr, "%s: %s\n", sh->name, err.msg), 1;
-    if (rep) t_gpu = fmin(t_gpu, now() - t0);
+    if (!c) return fprintf(stderr, "%s: %s\n", sh->name, err.msg), 1;
+    for (uint32_t i = 0; i < calls; i++)
+      if (op_attention(c, gv(bo), gv(bq), gv(bk), gv(bv), sh->n_q, sh->n_heads, sh->n_kv, sh->hd, sh->q_pos0,
+                       sh->kv_len, 0, scale, 0.0f, &err) != LT_OK)
+        return gpu_cmd_abort(&c), fprintf(stderr, "%s: %s\n", sh->name, err.msg), 1;
+    if (gpu_cmd_finish(&c, &err) != LT_OK) return fprintf(stderr, "%s: %s\n", sh->name, err.msg), 1;
+    if (rep) t_gpu = fmin(t_gpu, (now() - t0) / calls);
     t0 = now();
-    cpu_attention(o, q, k, v, s, sh, scale);
-    if (rep) t_cpu = fmin(t_cpu, now() - t0);
+    for (uint32_t i = 0; i < calls; i++) cpu_attention(o, q, k, v, s, sh, scale);
+    if (rep) t_cpu = fmin(t_cpu, (now() - t0) / calls);
   }
   printf("attention %-28s gpu %8.3f ms %7.2f GFLOPS | openblas %8.3f ms %7.2f GFLOPS | gpu/cpu speed %.2fx\n", sh->name,
          1e3 * t_gpu, flops / t_gpu * 1e-9, 1e3 * t_cpu, flops / t_cpu * 1e-9, t_cpu / t_gpu);
@@ -142,12 +146,17 @@ int main(int argc, char **argv) {
   if (no_ks && !strcmp(no_ks, "1")) op_attention_key_slices(false);
   const char *tx = getenv("LATHE_TEXEL_READS");
   if (tx && !strcmp(tx, "0")) op_texel_reads(false);
+  const char *dk = getenv("LATHE_ATTN_DECODE");
+  if (dk && !strcmp(dk, "0")) op_attention_decode_kernel(false);
   static const shape_t shapes[] = {
-      {"prefill 512, 32/8 heads, hd 128", 512, 32, 8, 128, 0, 512},
-      {"prefill 2048, 8/8 heads, hd 64", 2048, 8, 8, 64, 0, 2048},
-      {"decode at 4096, 32/8, hd 128", 1, 32, 8, 128, 4095, 4096},
-      {"decode at 16384, 32/8, hd 128", 1, 32, 8, 128, 16383, 16384},
-      {"decode at 1024, 4/2, hd 32 (small heads)", 1, 4, 2, 32, 1023, 1024},
+      {"prefill 512, 32/8 heads, hd 128", 512, 32, 8, 128, 0, 512, 0},
+      {"prefill 2048, 8/8 heads, hd 64", 2048, 8, 8, 64, 0, 2048, 0},
+      {"decode at 4096, 32/8, hd 128", 1, 32, 8, 128, 4095, 4096, 0},
+      {"decode at 16384, 32/8, hd 128", 1, 32, 8, 128, 16383, 16384, 0},
+      {"decode at 1024, 4/2, hd 32 (small heads)", 1, 4, 2, 32, 1023, 1024, 0},
+      {"decode at 64, 8/4, hd 8 (stories260K), 32 calls a submit", 1, 8, 4, 8, 63, 64, 32},
+      {"decode at 1, 8/4, hd 8 (floor), 32 calls a submit", 1, 8, 4, 8, 0, 1, 32},
+      {"decode at 256, 12/4, hd 64 (100M), 32 calls a submit", 1, 12, 4, 64, 255, 256, 32},
   };
   int rc = 0;
   const char *only = argc > 1 ? argv[1] : "";

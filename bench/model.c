@@ -13,7 +13,9 @@
  * With LATHE_BENCH_LLAMA=/path/to/llama-bench (tools/llama_cpp_build.sh builds it from a llama.cpp checkout kept
  * outside this repository), llama.cpp's CPU backend is a second peer: the model is written as GGUF
  * (model_export_gguf; a .gguf is taken as it is) and llama-bench runs prefill of the same length and decoding of
- * the same number of tokens on it, right after Lathe's figures, with as many threads as OpenBLAS uses.
+ * the same number of tokens on it, right after Lathe's figures, with as many threads as OpenBLAS uses. With
+ * LATHE_BENCH_LLAMA_VULKAN=/path/to/llama-bench of a Vulkan build (tools/llama_cpp_build.sh --vulkan), llama.cpp's
+ * Vulkan backend on the same driver is a third.
  * LATHE_BENCH_NO_FUSE=1 turns off the fused decode products (model_fuse_decode), LATHE_BENCH_NO_FUSE=rope only
  * RoPE and the KV-cache write in the q, k, v product's epilogue (model_fuse_rope), for side-by-sides.
  * LATHE_TEXEL_READS=0 reads the weights as storage buffers on CPU drivers too (op_texel_reads).
@@ -297,7 +299,8 @@ static const char *mib_str(char *buf, uint64_t bytes) {
   return buf;
 }
 
-static void llama_peer(const char *path, const char *label, const workload_t *w, double lathe_pp, double lathe_tg);
+static void llama_peer(const char *env, const char *peer, const char *path, const char *label, const workload_t *w,
+                       double lathe_pp, double lathe_tg);
 
 /* Measures every figure for the model at path; returns 1 when its logits disagree beyond tol (tol < 0: only
  * printed). */
@@ -369,7 +372,8 @@ static int bench_model(gpu_t *g, const char *path, const char *label, const work
            f.new_pipelines ? " (pipelines were built while timing!)" : "", f.peer_s, 100 * r.p->t_blas / f.peer_s);
     if (tol >= 0 && !(f.diff <= tol)) bad = 1;
   }
-  llama_peer(path, label, w, lathe_pp, lathe_tg);
+  llama_peer("LATHE_BENCH_LLAMA", "llama.cpp-cpu", path, label, w, lathe_pp, lathe_tg);
+  llama_peer("LATHE_BENCH_LLAMA_VULKAN", "llama.cpp-vulkan", path, label, w, lathe_pp, lathe_tg);
   const model_mem_t *mm = model_mem(r.m);
   char a[32], b[32], d[32], e[32];
   printf("model %s memory: lathe weights %s on the device for %s in the file (ratio %.2f), activations %s; "
@@ -386,10 +390,11 @@ static int bench_model(gpu_t *g, const char *path, const char *label, const work
 
 /* llama-bench's mean tokens per second for its prompt test (-p) and generation test (-n) from its JSON output;
  * false when it did not run. */
-static bool llama_bench(const char *bench, const char *gguf, uint32_t prefill, uint32_t steps, double *pp, double *tg) {
+static bool llama_bench(const char *bench, const char *gguf, uint32_t prefill, uint32_t steps, bool gpu, double *pp,
+                        double *tg) {
   char cmd[1536];
-  snprintf(cmd, sizeof cmd, "'%s' -m '%s' -p %u -n %u -t %d -r 3 -o json 2>/dev/null", bench, gguf, prefill, steps,
-           openblas_get_num_threads());
+  snprintf(cmd, sizeof cmd, "'%s' -m '%s' -p %u -n %u -t %d -ngl %d -r 3 -o json 2>/dev/null", bench, gguf, prefill,
+           steps, openblas_get_num_threads(), gpu ? 99 : 0);
   FILE *f = popen(cmd, "r");
   if (!f) return false;
   static char out[1 << 16];
@@ -410,10 +415,13 @@ static bool llama_bench(const char *bench, const char *gguf, uint32_t prefill, u
   return st == 0 && *pp > 0 && *tg > 0;
 }
 
-/* The llama.cpp peer (LATHE_BENCH_LLAMA) for the model at path: prints its prefill and decode rates against Lathe's
- * (lathe_pp, lathe_tg tokens per second, batch 1) as ratios. */
-static void llama_peer(const char *path, const char *label, const workload_t *w, double lathe_pp, double lathe_tg) {
-  const char *bench = getenv("LATHE_BENCH_LLAMA");
+/* A llama.cpp peer for the model at path: llama-bench named by the environment variable `env` (LATHE_BENCH_LLAMA:
+ * the CPU backend; LATHE_BENCH_LLAMA_VULKAN: a Vulkan build, every layer offloaded, on the device Vulkan lists
+ * first), printed as `peer`; prints its prefill and decode rates against Lathe's (lathe_pp, lathe_tg tokens per
+ * second, batch 1) as ratios. */
+static void llama_peer(const char *env, const char *peer, const char *path, const char *label, const workload_t *w,
+                       double lathe_pp, double lathe_tg) {
+  const char *bench = getenv(env);
   if (!bench || !*bench) return;
   char gguf[512];
   size_t len = strlen(path);
@@ -422,20 +430,21 @@ static void llama_peer(const char *path, const char *label, const workload_t *w,
   if (own) {
     snprintf(gguf, sizeof gguf, "%s/lathe-bench-%d.gguf", getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp", (int)getpid());
     if (model_export_gguf(path, gguf, &err) != LT_OK) {
-      printf("model %s llama.cpp-cpu: not measured: cannot write it as GGUF: %s\n", label, err.msg);
+      printf("model %s %s: not measured: cannot write it as GGUF: %s\n", label, peer, err.msg);
       return;
     }
   } else {
     snprintf(gguf, sizeof gguf, "%s", path);
   }
   double pp, tg;
-  if (llama_bench(bench, gguf, w->prefill, w->steps, &pp, &tg)) {
-    printf("model %s prefill %u: lathe %.1f tok/s, llama.cpp-cpu %.1f tok/s, ratio %.2f\n", label, w->prefill, lathe_pp,
-           pp, lathe_pp / pp);
-    printf("model %s decode batch 1 (%u tokens): lathe %.1f tok/s, llama.cpp-cpu %.1f tok/s, ratio %.2f\n", label,
-           w->steps, lathe_tg, tg, lathe_tg / tg);
+  bool gpu = strcmp(env, "LATHE_BENCH_LLAMA") != 0;
+  if (llama_bench(bench, gguf, w->prefill, w->steps, gpu, &pp, &tg)) {
+    printf("model %s prefill %u: lathe %.1f tok/s, %s %.1f tok/s, ratio %.2f\n", label, w->prefill, lathe_pp, peer, pp,
+           lathe_pp / pp);
+    printf("model %s decode batch 1 (%u tokens): lathe %.1f tok/s, %s %.1f tok/s, ratio %.2f\n", label, w->steps,
+           lathe_tg, peer, tg, lathe_tg / tg);
   } else {
-    printf("model %s llama.cpp-cpu: %s did not run on %s\n", label, bench, gguf);
+    printf("model %s %s: %s did not run on %s\n", label, peer, bench, gguf);
   }
   if (own) unlink(gguf);
 }

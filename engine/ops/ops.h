@@ -288,6 +288,12 @@ lt_status_t op_attention(gpu_cmd_t *c, gpu_view_t out, gpu_view_t q, gpu_view_t 
  * process-wide. */
 void op_attention_key_slices(bool on);
 
+/* Whether op_attention runs few queries per KV head (decode: rows x query heads per KV head up to 32, heads a
+ * multiple of 4) through its decode kernel, one workgroup per KV head and key split with the softmax kept in
+ * registers (default on), or through the tiled kernel that prefill uses. For tests and side-by-side measurements;
+ * process-wide. */
+void op_attention_decode_kernel(bool on);
+
 /* y[ids[i], :] += w[i] * x[i, :] for i < n: f32 rows of width d; ids (i32) must be distinct within one call and
  * ids outside [0, y_rows) are skipped (MoE: an expert's outputs weighted back into the residual stream). */
 lt_status_t op_scatter_add(gpu_cmd_t *c, gpu_view_t y, gpu_view_t x, gpu_view_t ids, gpu_view_t w, uint32_t n,

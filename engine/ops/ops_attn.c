@@ -142,9 +142,11 @@ lt_status_t op_embed_z(gpu_cmd_t *c, gpu_view_t y, gpu_view_t table, lt_dtype_t 
 
 static uint64_t min_u64(uint64_t a, uint64_t b) { return a < b ? a : b; }
 
-static bool g_key_slices = true;
+static bool g_key_slices = true, g_decode_kernel = true;
 
 void op_attention_key_slices(bool on) { g_key_slices = on; }
+
+void op_attention_decode_kernel(bool on) { g_decode_kernel = on; }
 
 /* Keys per split: short enough that no invocation of attn.comp (workgroups of wg) loops past its budget, and when
  * there are few workgroups (decode), short enough to spread a long cache over the whole device. */
@@ -182,6 +184,101 @@ static uint32_t attn_chunk_rows(const gpu_caps_t *caps, uint32_t n_heads, uint32
   return rows ? (uint32_t)min_u64(rows, UINT32_MAX) : 1;
 }
 
+/* Decode attention (attn_dec.comp) shapes: at most this many queries per KV head (rows x query heads), and per
+ * invocation at most this many vec4 columns of a head and vec4 output registers over all its queries. */
+#define ATTN_DEC_MAX_QN 32u
+#define ATTN_DEC_MAX_CW 4u
+#define ATTN_DEC_MAX_REGS 32u
+
+/* Split partials of `recs` (row, head, split) records of head_dim floats: scratch of c, the (max, sum) pairs at 0
+ * and the sums at *acc_off. */
+static gpu_buf_t *attn_scratch(gpu_cmd_t *c, const gpu_caps_t *caps, uint64_t recs, uint32_t head_dim,
+                               uint64_t *acc_off, lt_err_t *err) {
+  uint64_t align = caps->min_storage_align ? caps->min_storage_align : 4;
+  *acc_off = (recs * 8 + align - 1) / align * align;
+  return gpu_cmd_scratch(c, *acc_off + recs * head_dim * 4, err);
+}
+
+/* op_attention through attn_dec.comp when the shape suits it (few queries per KV head, heads a multiple of 4);
+ * *used says whether it did. */
+static lt_status_t attn_decode(gpu_cmd_t *c, gpu_view_t out, gpu_view_t q, gpu_view_t k, gpu_view_t v, uint32_t n_q,
+                               uint32_t n_heads, uint32_t n_kv_heads, uint32_t head_dim, uint32_t q_pos0,
+                               uint32_t kv_len, uint32_t window, float scale, float softcap, bool *used,
+                               lt_err_t *err) {
+  *used = false;
+  gpu_t *g = gpu_cmd_gpu(c);
+  const gpu_caps_t *caps = gpu_caps(g);
+  uint32_t group = n_heads / n_kv_heads, qn = n_q * group, hd4 = head_dim / 4, wg = op_wg(OP_ATTN_DEC);
+  if (!g_decode_kernel || head_dim % 4 || (uint64_t)n_q * group > ATTN_DEC_MAX_QN) return LT_OK;
+  /* D invocations share a key's dims: as few as keep each one's columns and registers in bounds, and within a
+   * subgroup (shuffles). */
+  uint32_t d = 1;
+  while (d < 8 && d * 2 <= hd4 && ((hd4 + d - 1) / d > ATTN_DEC_MAX_CW || qn * ((hd4 + d - 1) / d) > ATTN_DEC_MAX_REGS))
+    d *= 2;
+  uint32_t cw = (hd4 + d - 1) / d;
+  if (qn * cw > ATTN_DEC_MAX_REGS || (d > 1 && (!caps->subgroup_shuffle || caps->subgroup_size < d))) return LT_OK;
+  /* The lanes' merge in shared memory: fewer lanes (a smaller workgroup, still whole subgroups) where it would not
+   * fit. */
+  uint32_t sg = caps->subgroup_size > d ? caps->subgroup_size : d;
+  while ((uint64_t)(wg / d) * qn * (16ull * hd4 + 8) > caps->max_shared && wg / 2 >= sg && wg / 2 >= 2 * d) wg /= 2;
+  uint32_t lanes = wg / d;
+  if ((uint64_t)lanes * qn * (16ull * hd4 + 8) > caps->max_shared) return LT_OK;
+  uint32_t kc = lanes >= 64 ? 1 : lanes >= 32 ? 2 : 4, block = lanes * kc;
+  uint64_t kv_stride = (uint64_t)n_kv_heads * head_dim, kv_used = min_u64(kv_len, (uint64_t)q_pos0 + n_q);
+  /* Splits: within the loop budget (one iteration a block, and the merge's two walks over the lanes), and spread
+   * over the device when there are few KV heads. */
+  uint64_t merge = 2ull * lanes * ((qn * hd4 + wg - 1) / wg);
+  uint64_t split = min_u64((op_loop_budget(OP_ATTN_DEC) - merge) * block, ATTN_MAX_SPLIT * 8ull);
+  if (n_kv_heads < ATTN_TARGET_GROUPS) {
+    uint64_t want = (ATTN_TARGET_GROUPS + n_kv_heads - 1) / n_kv_heads;
+    uint64_t even = ((kv_used + want - 1) / want + block - 1) / block * block;
+    split = min_u64(split, even > ATTN_MIN_SPLIT ? even : ATTN_MIN_SPLIT);
+  }
+  uint32_t ns = (uint32_t)((kv_used + split - 1) / split);
+  if (ns > caps->max_wg_count[0]) return LT_OK;
+  uint64_t recs = (uint64_t)n_q * n_heads * ns, acc_off = 0;
+  gpu_buf_t *scratch = NULL;
+  if (ns > 1 && !(scratch = attn_scratch(c, caps, recs, head_dim, &acc_off, err))) return err ? err->code : LT_E_NOMEM;
+  uint64_t kspan, vspan, kv_bytes = 4 * kv_stride * kv_len;
+  bool kvt = op_texel_bind(caps, k, GPU_TEXEL_RGBA32F, kv_bytes, &kspan) &&
+             op_texel_bind(caps, v, GPU_TEXEL_RGBA32F, kv_bytes, &vspan);
+  char defines[80];
+  snprintf(defines, sizeof defines, "QN=%u;G=%u;HD4N=%u;D=%u;KC=%u;KV_TEXEL=%d", qn, group, hd4, d, kc, kvt);
+  gpu_pipeline_t *pd = op_pipeline_texel(g, OP_ATTN_DEC, defines, &wg, 1, kvt ? 3u << 2 : 0, err);
+  gpu_pipeline_t *pm = pd && ns > 1 ? op_pipeline(g, OP_ATTN_MERGE, NULL, NULL, 0, err) : pd;
+  if (!pm) return err ? err->code : LT_E_SHADER;
+  pc_attn_t pc = {.n_q = n_q,
+                  .n_heads = n_heads,
+                  .n_kv_heads = n_kv_heads,
+                  .head_dim = head_dim,
+                  .q_pos0 = q_pos0,
+                  .kv_len = kv_len,
+                  .kv_stride = (uint32_t)kv_stride,
+                  .scale = scale,
+                  .split_len = (uint32_t)split,
+                  .n_splits = ns,
+                  .window = window,
+                  .softcap = softcap > 0 ? softcap : 0.0f};
+  uint64_t row_elems = (uint64_t)n_heads * head_dim, keys = kv_used;
+  gpu_view_t part_ml = ns > 1 ? (gpu_view_t){scratch, 0} : q, part_acc = ns > 1 ? (gpu_view_t){scratch, acc_off} : q;
+  gpu_view_t va[6] = {out, q, k, v, part_ml, part_acc};
+  uint64_t ba[6] = {4 * row_elems * n_q,  4 * row_elems * n_q,   4 * kv_stride * keys,
+                    4 * kv_stride * keys, ns > 1 ? 8 * recs : 4, ns > 1 ? 4 * head_dim * recs : 4};
+  if (kvt) ba[2] = kspan, ba[3] = vspan;
+  bool wa[6] = {ns == 1, false, false, false, ns > 1, ns > 1};
+  gpu_texel_t tt = kvt ? GPU_TEXEL_RGBA32F : GPU_TEXEL_NONE;
+  gpu_texel_t ta[6] = {GPU_TEXEL_NONE, GPU_TEXEL_NONE, tt, tt, GPU_TEXEL_NONE, GPU_TEXEL_NONE};
+  *used = true;
+  lt_status_t st = op_dispatch_texel(c, pd, OP_ATTN_DEC, va, ba, wa, ta, 6, &pc, ns, n_kv_heads, 1, err);
+  if (st == LT_OK && ns > 1) {
+    gpu_view_t vm[3] = {out, part_ml, part_acc};
+    uint64_t bm[3] = {4 * row_elems * n_q, 8 * recs, 4 * head_dim * recs};
+    bool wm[3] = {true, false, false};
+    st = op_dispatch(c, pm, OP_ATTN_MERGE, vm, bm, wm, 3, &pc, n_heads, n_q, 1, err);
+  }
+  return st;
+}
+
 lt_status_t op_attention(gpu_cmd_t *c, gpu_view_t out, gpu_view_t q, gpu_view_t k, gpu_view_t v, uint32_t n_q,
                          uint32_t n_heads, uint32_t n_kv_heads, uint32_t head_dim, uint32_t q_pos0, uint32_t kv_len,
                          uint32_t window, float scale, float softcap, lt_err_t *err) {
@@ -201,6 +298,10 @@ lt_status_t op_attention(gpu_cmd_t *c, gpu_view_t out, gpu_view_t q, gpu_view_t 
     return lt_fail(err, LT_E_LIMIT, "attention: %u KV heads exceed the grid limit %u", n_kv_heads,
                    caps->max_wg_count[1]);
   uint32_t group = n_heads / n_kv_heads;
+  bool used;
+  lt_status_t sd = attn_decode(c, out, q, k, v, n_q, n_heads, n_kv_heads, head_dim, q_pos0, kv_len, window, scale,
+                               softcap, &used, err);
+  if (used || sd != LT_OK) return sd;
   /* attn.comp holds blocks of at most 64 keys (MAX_BC) and splits a block evenly over a tile's rows. */
   uint32_t wg = op_wg(OP_ATTN);
   assert(wg <= 64 && wg % 16 == 0);
@@ -236,12 +337,8 @@ lt_status_t op_attention(gpu_cmd_t *c, gpu_view_t out, gpu_view_t q, gpu_view_t 
   }
   gpu_buf_t *scratch = NULL;
   uint64_t acc_off = 0;
-  if (most) {
-    uint64_t align = caps->min_storage_align ? caps->min_storage_align : 4;
-    acc_off = (most * n_heads * 8 + align - 1) / align * align;
-    scratch = gpu_cmd_scratch(c, acc_off + most * row_elems * 4, err);
-    if (!scratch) return err ? err->code : LT_E_DEVICE_OOM;
-  }
+  if (most && !(scratch = attn_scratch(c, caps, most * n_heads, head_dim, &acc_off, err)))
+    return err ? err->code : LT_E_DEVICE_OOM;
 
   pc_attn_t pc = {.window = window,
                   .softcap = softcap > 0 ? softcap : 0.0f,

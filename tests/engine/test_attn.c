@@ -233,6 +233,66 @@ Test(attn, decode) {
   check_attn(1, 2, 1, 8, 0, 1, "decode of the first token");
 }
 
+Test(attn, decode_kernel_shapes) {
+  /* Few queries per KV head run attn_dec.comp: one to eight query heads per KV head, one to four rows, heads of 4 to
+   * 256 (one to eight invocations sharing a key's dims), a cache in one split and in several, windows and caps. */
+  check_attn(1, 8, 4, 8, 63, 64, "decode, gqa 2, hd 8 (stories260K)");
+  check_attn(1, 12, 4, 64, 255, 256, "decode, gqa 3, hd 64");
+  check_attn(4, 12, 4, 64, 252, 256, "4 rows, gqa 3, hd 64");
+  check_attn(3, 16, 2, 4, 40, 43, "3 rows, gqa 8, hd 4");
+  check_attn(1, 2, 2, 256, 99, 100, "decode, gqa 1, hd 256");
+  check_attn(2, 4, 2, 256, 30, 32, "2 rows, gqa 2, hd 256");
+  check_attn(1, 32, 4, 128, 2999, 3000, "decode at 3000 keys (splits), gqa 8, hd 128");
+  check_attn(4, 8, 8, 96, 5000, 5004, "4 rows at 5004 keys (splits), gqa 1, hd 96");
+  check_attn_wc(2, 8, 2, 32, 1020, 1022, 300, 0.0f, "2 rows, window 300 across splits");
+  check_attn_wc(1, 4, 2, 64, 700, 701, 0, 1.5f, "decode, cap 1.5");
+  check_attn(2, 4, 2, 16, 8, 9, "rows past the cache see only kv_len keys");
+}
+
+/* max |a - b| over n floats, and whether any pair differs in its bits. */
+static double max_diff(const float *a, const float *b, uint64_t n, bool *bits_differ) {
+  double worst = 0;
+  *bits_differ = false;
+  for (uint64_t i = 0; i < n; i++) {
+    worst = fmax(worst, fabs((double)a[i] - b[i]));
+    *bits_differ |= memcmp(&a[i], &b[i], 4) != 0;
+  }
+  return worst;
+}
+
+Test(attn, decode_kernel_against_the_tiled_kernel) {
+  /* The same decode problems through attn_dec.comp and through attn.comp's tiles (op_attention_decode_kernel):
+   * within f32 rounding of each other, and not the same bits (so the switch really changed kernels). */
+  static const uint32_t shapes[][6] = {{1, 8, 4, 8, 63, 64}, {1, 12, 4, 64, 255, 256}, {2, 32, 8, 128, 1998, 2000}};
+  for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++) {
+    const uint32_t *sh = shapes[i];
+    uint64_t nq = (uint64_t)sh[0] * sh[1] * sh[3], nkv = (uint64_t)sh[5] * sh[2] * sh[3], seed = 77 + i;
+    float *q = talloc(nq), *k = talloc(nkv), *v = talloc(nkv);
+    trand(q, nq, -2, 2, &seed), trand(k, nkv, -1, 1, &seed), trand(v, nkv, -1, 1, &seed);
+    gpu_buf_t *bq = tbuf_f32(q, nq), *bk = tbuf_f32(k, nkv), *bv = tbuf_f32(v, nkv);
+    gpu_buf_t *bo[2] = {tbuf_f32(NULL, nq), tbuf_f32(NULL, nq)};
+    float *got[2];
+    for (int tiled = 0; tiled < 2; tiled++) {
+      op_attention_decode_kernel(!tiled);
+      lt_err_t err = {0};
+      gpu_cmd_t *c = tbegin();
+      cr_assert_eq(op_attention(c, gv(bo[tiled]), gv(bq), gv(bk), gv(bv), sh[0], sh[1], sh[2], sh[3], sh[4], sh[5], 0,
+                                1.0f / sqrtf((float)sh[3]), 0.0f, &err),
+                   LT_OK, "%s", err.msg);
+      tfinish(&c);
+      got[tiled] = tread_f32(bo[tiled], nq);
+    }
+    op_attention_decode_kernel(true);
+    bool differ;
+    double d = max_diff(got[0], got[1], nq, &differ);
+    /* Outputs in [-1, 1]: f32 sums in two orders agree to a few 1e-7 (the reference tolerance is 1e-5). */
+    cr_assert_leq(d, 1e-5, "shape %zu: decode and tiled kernels differ by %g", i, d);
+    cr_assert(differ, "shape %zu: the same bits both ways: the decode kernel did not run", i);
+    free(got[0]), free(got[1]), free(q), free(k), free(v);
+    gpu_buf_destroy(&bq), gpu_buf_destroy(&bk), gpu_buf_destroy(&bv), gpu_buf_destroy(&bo[0]), gpu_buf_destroy(&bo[1]);
+  }
+}
+
 Test(attn, storage_buffer_keys_and_values) {
   /* CPU drivers read K and V through texel views (op_texel_reads); GPUs, and heads of sizes not a multiple of 4,
    * read storage buffers. The same shapes through storage buffers against the reference. */
