@@ -1,8 +1,9 @@
 /* Attention and RoPE throughput on the chosen device against a CPU peer measured in the same run: OpenBLAS sgemm
  * for Q.K^T and P.V per head with a scalar causal softmax between them. Prints GFLOPS and the ratio.
  * LATHE_ATTN_KEY_SLICES=1 turns off the key slices of decode tiles (op_attention_key_slices), LATHE_ATTN_DECODE=0 the
- * decode kernel (op_attention_decode_kernel: decode then runs the tiles prefill uses), LATHE_TEXEL_READS=0 the texel
- * reads of K and V on CPU drivers (op_texel_reads), for side-by-sides. */
+ * decode kernel (op_attention_decode_kernel: decode then runs the tiles prefill uses), LATHE_ATTN_ROWS=0 the row
+ * kernel of small heads (op_attention_row_kernel), LATHE_TEXEL_READS=0 the texel reads of K and V on CPU drivers
+ * (op_texel_reads), for side-by-sides. */
 #include <cblas.h>
 #include <math.h>
 #include <stdio.h>
@@ -148,9 +149,12 @@ int main(int argc, char **argv) {
   if (tx && !strcmp(tx, "0")) op_texel_reads(false);
   const char *dk = getenv("LATHE_ATTN_DECODE");
   if (dk && !strcmp(dk, "0")) op_attention_decode_kernel(false);
+  const char *rk = getenv("LATHE_ATTN_ROWS");
+  if (rk && !strcmp(rk, "0")) op_attention_row_kernel(false);
   static const shape_t shapes[] = {
       {"prefill 512, 32/8 heads, hd 128", 512, 32, 8, 128, 0, 512, 0},
       {"prefill 2048, 8/8 heads, hd 64", 2048, 8, 8, 64, 0, 2048, 0},
+      {"prefill 512, 8/4 heads, hd 8 (stories260K)", 512, 8, 4, 8, 0, 512, 0},
       {"decode at 4096, 32/8, hd 128", 1, 32, 8, 128, 4095, 4096, 0},
       {"decode at 16384, 32/8, hd 128", 1, 32, 8, 128, 16383, 16384, 0},
       {"decode at 1024, 4/2, hd 32 (small heads)", 1, 4, 2, 32, 1023, 1024, 0},

@@ -6,9 +6,10 @@
  *
  * Two models: the one named by argv[1] (default LATHE_SOURCE_DIR/models/lathe-kjv-llama, else stories260K), and a
  * synthetic LLaMA of about 100M parameters in f16 with random weights, written by this program into a temporary
- * folder and deleted afterwards. Figures: prefill of one 128-token prompt and of 4 x 128, decoding at batch 1 and
- * 4 after a 16-token prompt, and the bytes the loader placed. Each figure is one timed run after a warm-up that
- * builds every pipeline. LATHE_BENCH_QUICK=1 shrinks the workloads.
+ * folder and deleted afterwards. Figures: prefill of one prompt (512 tokens for the named model, 128 for the
+ * synthetic one) and of 4 such prompts, decoding at batch 1 and 4 after a 16-token prompt, and the bytes the loader
+ * placed. Each figure is one timed run after a warm-up that builds every pipeline. LATHE_BENCH_QUICK=1 shrinks the
+ * synthetic model's prompts to 32 tokens and every decode to fewer steps.
  *
  * With LATHE_BENCH_LLAMA=/path/to/llama-bench (tools/llama_cpp_build.sh builds it from a llama.cpp checkout kept
  * outside this repository), llama.cpp's CPU backend is a second peer: the model is written as GGUF
@@ -336,9 +337,11 @@ static int bench_model(gpu_t *g, const char *path, const char *label, const work
          "lathe, %.2f s by the peer\n",
          label, path, (double)params / 1e6, c->hidden_size, c->n_layers, c->n_heads, c->n_kv_heads,
          c->intermediate_size, c->vocab_size, t_load, t_peer_load);
-  /* Warm-up: every pipeline the timed runs use (GEMM rows, GEMV for 1 and for 4 rows, both attention tilings)
+  /* Warm-up: every pipeline the timed runs use (GEMM rows, GEMV for 1 and for 4 rows, every attention kernel)
    * is built here (the detail lines say if one was not), and OpenBLAS starts its threads. */
   t0 = now_s();
+  lathe_step(&r, 1, 0, w->prefill); /* a prompt of the prefill's length: its attention may take other kernels */
+  reset(&r);
   lathe_step(&r, MAX_ITEMS, 0, w->prompt);
   lathe_step(&r, 1, w->prompt, 1);
   lathe_step(&r, MAX_ITEMS, w->prompt + 1, 1);
@@ -477,7 +480,7 @@ int main(int argc, char **argv) {
   const char *tx = getenv("LATHE_TEXEL_READS");
   if (tx && !strcmp(tx, "0")) op_texel_reads(false);
   /* The synthetic model decodes slowly on lavapipe: fewer steps there keep the whole run near 3 minutes. */
-  workload_t named = quick ? (workload_t){32, 16, 8} : (workload_t){128, 16, 32};
+  workload_t named = quick ? (workload_t){512, 16, 64} : (workload_t){512, 16, 64};
   workload_t synth = quick ? (workload_t){32, 16, 4} : (workload_t){128, 16, 8};
   lt_err_t err = {0};
   gpu_t *g = gpu_new(NULL, &err);

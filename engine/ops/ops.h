@@ -294,6 +294,11 @@ void op_attention_key_slices(bool on);
  * process-wide. */
 void op_attention_decode_kernel(bool on);
 
+/* Whether op_attention runs the queries of small heads (at most 32 dims, a multiple of 4) that its decode kernel
+ * does not take through its row kernel, one invocation per query with the softmax in registers (default on), or
+ * through the tiled kernel. For tests and side-by-side measurements; process-wide. */
+void op_attention_row_kernel(bool on);
+
 /* y[ids[i], :] += w[i] * x[i, :] for i < n: f32 rows of width d; ids (i32) must be distinct within one call and
  * ids outside [0, y_rows) are skipped (MoE: an expert's outputs weighted back into the residual stream). */
 lt_status_t op_scatter_add(gpu_cmd_t *c, gpu_view_t y, gpu_view_t x, gpu_view_t ids, gpu_view_t w, uint32_t n,

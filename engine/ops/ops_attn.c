@@ -142,11 +142,13 @@ lt_status_t op_embed_z(gpu_cmd_t *c, gpu_view_t y, gpu_view_t table, lt_dtype_t 
 
 static uint64_t min_u64(uint64_t a, uint64_t b) { return a < b ? a : b; }
 
-static bool g_key_slices = true, g_decode_kernel = true;
+static bool g_key_slices = true, g_decode_kernel = true, g_row_kernel = true;
 
 void op_attention_key_slices(bool on) { g_key_slices = on; }
 
 void op_attention_decode_kernel(bool on) { g_decode_kernel = on; }
+
+void op_attention_row_kernel(bool on) { g_row_kernel = on; }
 
 /* Keys per split: short enough that no invocation of attn.comp (workgroups of wg) loops past its budget, and when
  * there are few workgroups (decode), short enough to spread a long cache over the whole device. */
@@ -189,6 +191,13 @@ static uint32_t attn_chunk_rows(const gpu_caps_t *caps, uint32_t n_heads, uint32
 #define ATTN_DEC_MAX_QN 32u
 #define ATTN_DEC_MAX_CW 4u
 #define ATTN_DEC_MAX_REGS 32u
+/* attn_rows.comp (one invocation per query) for heads of at most this many vec4s, where the tiles of attn.comp
+ * would be nearly idle; on CPU drivers, whose invocations are SIMD lanes of few threads, for heads up to the
+ * second bound (bench_attn: prefill 512 with 12/4 heads of 64 ran 3x faster than the tiles, 32/8 of 128 1.5x).
+ * KC keys a step. */
+#define ATTN_ROWS_MAX_HD4 8u
+#define ATTN_ROWS_MAX_HD4_CPU 32u
+#define ATTN_ROWS_KC 4u
 
 /* Split partials of `recs` (row, head, split) records of head_dim floats: scratch of c, the (max, sum) pairs at 0
  * and the sums at *acc_off. */
@@ -320,13 +329,31 @@ lt_status_t op_attention(gpu_cmd_t *c, gpu_view_t out, gpu_view_t q, gpu_view_t 
   uint64_t kspan, vspan, kv_bytes = 4 * kv_stride * kv_len;
   bool kvt = head_dim % 4 == 0 && op_texel_bind(caps, k, GPU_TEXEL_RGBA32F, kv_bytes, &kspan) &&
              op_texel_bind(caps, v, GPU_TEXEL_RGBA32F, kv_bytes, &vspan);
-  snprintf(defines, sizeof defines, "BR=%u;DI=%u;HD4=%d;KS=%u;KV_TEXEL=%d", br, (hd4 + dg - 1) / dg, head_dim % 4 == 0,
-           ks, kvt);
-  gpu_pipeline_t *pa = op_pipeline_texel(g, OP_ATTN, defines, NULL, 0, kvt ? 3u << 2 : 0, err);
+  /* Small heads leave the tiles nearly idle: one invocation per query instead (attn_rows.comp), its "tile" a
+   * workgroup of queries. */
+  uint32_t rows_hd4 = caps->kind == GPU_KIND_CPU ? ATTN_ROWS_MAX_HD4_CPU : ATTN_ROWS_MAX_HD4;
+  op_id_t aid = g_row_kernel && head_dim % 4 == 0 && hd4 <= rows_hd4 ? OP_ATTN_ROWS : OP_ATTN;
+  uint32_t split;
+  if (aid == OP_ATTN_ROWS) {
+    br = op_wg(OP_ATTN_ROWS);
+    snprintf(defines, sizeof defines, "HD4N=%u;KC=%u;KV_TEXEL=%d", hd4, ATTN_ROWS_KC, kvt);
+    uint64_t len = (uint64_t)(op_loop_budget(OP_ATTN_ROWS) - 1) * ATTN_ROWS_KC;
+    uint64_t groups = ((uint64_t)n_q * group + br - 1) / br * n_kv_heads;
+    if (groups < ATTN_TARGET_GROUPS) {
+      uint64_t want = (ATTN_TARGET_GROUPS + groups - 1) / groups;
+      uint64_t even = ((kv_used + want - 1) / want + ATTN_ROWS_KC - 1) / ATTN_ROWS_KC * ATTN_ROWS_KC;
+      len = min_u64(len, even > ATTN_MIN_SPLIT ? even : ATTN_MIN_SPLIT);
+    }
+    split = (uint32_t)len;
+  } else {
+    snprintf(defines, sizeof defines, "BR=%u;DI=%u;HD4=%d;KS=%u;KV_TEXEL=%d", br, (hd4 + dg - 1) / dg,
+             head_dim % 4 == 0, ks, kvt);
+    uint64_t tiles = ((uint64_t)n_q * group + br - 1) / br * n_kv_heads;
+    split = attn_split_len(wg, head_dim, br, kv_used, tiles);
+  }
+  gpu_pipeline_t *pa = op_pipeline_texel(g, aid, defines, NULL, 0, kvt ? 3u << 2 : 0, err);
   gpu_pipeline_t *pm = pa ? op_pipeline(g, OP_ATTN_MERGE, NULL, NULL, 0, err) : NULL;
   if (!pm) return err ? err->code : LT_E_SHADER;
-  uint64_t tiles = ((uint64_t)n_q * group + br - 1) / br * n_kv_heads;
-  uint32_t split = attn_split_len(wg, head_dim, br, kv_used, tiles);
 
   /* Scratch for the largest dispatch that writes partials: `most` (rows x splits) partial records per head. */
   uint64_t most = 0;
@@ -373,7 +400,7 @@ lt_status_t op_attention(gpu_cmd_t *c, gpu_view_t out, gpu_view_t q, gpu_view_t 
                          GPU_TEXEL_NONE,
                          GPU_TEXEL_NONE};
     uint32_t gx = (uint32_t)(((uint64_t)rows * group + br - 1) / br);
-    st = op_dispatch_texel(c, pa, OP_ATTN, va, ba, wa, ta, 6, &pc, gx, n_kv_heads, ns, err);
+    st = op_dispatch_texel(c, pa, aid, va, ba, wa, ta, 6, &pc, gx, n_kv_heads, ns, err);
     if (st == LT_OK && ns > 1) {
       gpu_view_t vm[3] = {out, part_ml, part_acc};
       uint64_t bm[3] = {4 * row_elems * t1, 8 * recs, 4 * head_dim * recs};

@@ -293,6 +293,62 @@ Test(attn, decode_kernel_against_the_tiled_kernel) {
   }
 }
 
+Test(attn, tiled_kernel_shapes) {
+  /* With the decode and row kernels off every shape runs attn.comp's tiles (what GPUs run for heads over 32 dims,
+   * and any device for heads not a multiple of 4): prefill, decode, windows, caps and splits. */
+  op_attention_decode_kernel(false);
+  op_attention_row_kernel(false);
+  check_attn(37, 4, 4, 64, 0, 37, "tiles: prefill 37, gqa 1, hd 64");
+  check_attn(37, 8, 2, 8, 0, 37, "tiles: prefill 37, gqa 4, hd 8");
+  check_attn(1, 8, 2, 128, 36, 37, "tiles: decode, gqa 4, hd 128");
+  check_attn(13, 4, 1, 128, 24, 37, "tiles: chunk of 13 after 24, gqa 4, hd 128");
+  check_attn_w(100, 6, 3, 40, 0, 100, 70, "tiles: prefill 100, window 70");
+  check_attn_wc(13, 4, 1, 64, 24, 37, 5, 1.5f, "tiles: chunk of 13 after 24, window 5, cap 1.5");
+  check_attn(2, 4, 2, 128, 4998, 5000, "tiles: decode-like, 5000 keys");
+  check_attn(300, 2, 1, 36, 0, 300, "tiles: prefill across a split boundary");
+  op_attention_decode_kernel(true);
+  op_attention_row_kernel(true);
+}
+
+Test(attn, row_kernel_shapes) {
+  /* Small heads (and on CPU drivers heads up to 128) run one invocation per query (attn_rows.comp): GQA 1 to 8,
+   * heads of 4 to 128, chunks after a cache, windows, caps, and a cache split over several workgroups. */
+  check_attn(512, 8, 4, 8, 0, 512, "rows: prefill 512, gqa 2, hd 8 (stories260K)");
+  check_attn(70, 16, 2, 4, 0, 70, "rows: prefill 70, gqa 8, hd 4");
+  check_attn(33, 4, 4, 32, 10, 43, "rows: chunk of 33 after 10, gqa 1, hd 32");
+  check_attn_w(90, 4, 2, 16, 0, 90, 7, "rows: prefill 90, window 7");
+  check_attn_wc(40, 4, 2, 16, 0, 40, 0, 1.5f, "rows: prefill 40, cap 1.5");
+  check_attn(40, 2, 2, 32, 3000, 3040, "rows: 40 rows after 3000 keys (splits)");
+}
+
+Test(attn, row_kernel_against_the_tiled_kernel) {
+  /* Prefill of small heads through attn_rows.comp and through attn.comp's tiles: within f32 rounding of each other,
+   * and not the same bits (so the switch really changed kernels). */
+  uint32_t n_q = 200, H = 8, KV = 4, hd = 8;
+  uint64_t nq = (uint64_t)n_q * H * hd, nkv = (uint64_t)n_q * KV * hd, seed = 99;
+  float *q = talloc(nq), *k = talloc(nkv), *v = talloc(nkv);
+  trand(q, nq, -2, 2, &seed), trand(k, nkv, -1, 1, &seed), trand(v, nkv, -1, 1, &seed);
+  gpu_buf_t *bq = tbuf_f32(q, nq), *bk = tbuf_f32(k, nkv), *bv = tbuf_f32(v, nkv);
+  gpu_buf_t *bo[2] = {tbuf_f32(NULL, nq), tbuf_f32(NULL, nq)};
+  float *got[2];
+  for (int tiled = 0; tiled < 2; tiled++) {
+    op_attention_row_kernel(!tiled);
+    lt_err_t err = {0};
+    gpu_cmd_t *c = tbegin();
+    cr_assert_eq(op_attention(c, gv(bo[tiled]), gv(bq), gv(bk), gv(bv), n_q, H, KV, hd, 0, n_q, 0, 0.35f, 0.0f, &err),
+                 LT_OK, "%s", err.msg);
+    tfinish(&c);
+    got[tiled] = tread_f32(bo[tiled], nq);
+  }
+  op_attention_row_kernel(true);
+  bool differ;
+  double d = max_diff(got[0], got[1], nq, &differ);
+  cr_assert_leq(d, 1e-5, "row and tiled kernels differ by %g", d);
+  cr_assert(differ, "the same bits both ways: the row kernel did not run");
+  free(got[0]), free(got[1]), free(q), free(k), free(v);
+  gpu_buf_destroy(&bq), gpu_buf_destroy(&bk), gpu_buf_destroy(&bv), gpu_buf_destroy(&bo[0]), gpu_buf_destroy(&bo[1]);
+}
+
 Test(attn, storage_buffer_keys_and_values) {
   /* CPU drivers read K and V through texel views (op_texel_reads); GPUs, and heads of sizes not a multiple of 4,
    * read storage buffers. The same shapes through storage buffers against the reference. */
