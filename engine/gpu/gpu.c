@@ -724,6 +724,10 @@ static lt_status_t transfer(gpu_buf_t *b, uint64_t off, void *host, uint64_t n, 
   gpu_t *g = b->g;
   lt_status_t st = check_range(b, off, n, up ? "an upload" : "a download", err);
   if (st != LT_OK || n == 0) return st;
+  if (up)
+    g->stats.bytes_uploaded += n;
+  else
+    g->stats.bytes_downloaded += n;
   if (b->blk->map && !g->force_staging) {
     char *p = (char *)b->blk->map + b->off + off;
     if (up)

@@ -87,9 +87,10 @@ typedef struct gpu_stats {
   bool pipeline_cache_loaded;   /* VkPipelineCache data read from disk and accepted */
   bool pipeline_cache_rejected; /* pipeline cache file present but rejected */
   uint64_t dispatches, barriers, submits;
-  uint64_t bytes_allocated;   /* device bytes in live buffers */
-  uint64_t bytes_peak;        /* highest bytes_allocated since gpu_new() */
-  uint64_t validation_errors; /* messages of error severity from the validation layer */
+  uint64_t bytes_allocated;                  /* device bytes in live buffers */
+  uint64_t bytes_peak;                       /* highest bytes_allocated since gpu_new() */
+  uint64_t validation_errors;                /* messages of error severity from the validation layer */
+  uint64_t bytes_uploaded, bytes_downloaded; /* through gpu_upload() and gpu_download() */
 } gpu_stats_t;
 
 /* Opens the chosen Vulkan device. Returns NULL and fills err (naming the package to install when no loader,

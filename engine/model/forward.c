@@ -462,7 +462,8 @@ static lt_status_t outputs(pass_t *p, gpu_cmd_t **c, lt_err_t *err) {
   int32_t sel[LOGIT_ROWS], tgt[LOGIT_ROWS];
   uint32_t who[LOGIT_ROWS], tok[LOGIT_ROWS];
   float *logits = malloc((uint64_t)LOGIT_ROWS * V * 4);
-  float nll[LOGIT_ROWS];
+  float nll[LOGIT_ROWS], top_val[LOGIT_ROWS * MODEL_TOP_MAX];
+  uint32_t top_idx[LOGIT_ROWS * MODEL_TOP_MAX];
   if (!logits) return lt_fail(err, LT_E_NOMEM, "out of memory");
   lt_status_t st = LT_OK;
   uint32_t n = 0;
@@ -471,7 +472,7 @@ static lt_status_t outputs(pass_t *p, gpu_cmd_t **c, lt_err_t *err) {
     const model_item_t *it = i < p->n_items ? &p->items[i] : NULL;
     uint32_t first = 0, last = 0;
     if (it && it->out != MODEL_OUT_NONE && it->n_tokens) {
-      first = it->out == MODEL_OUT_LAST ? it->n_tokens - 1 : 0;
+      first = it->out == MODEL_OUT_LAST || it->out == MODEL_OUT_TOP ? it->n_tokens - 1 : 0;
       last = it->n_tokens;
     }
     for (uint32_t t = first; t <= last && st == LT_OK; t++) {
@@ -486,9 +487,13 @@ static lt_status_t outputs(pass_t *p, gpu_cmd_t **c, lt_err_t *err) {
       bool end = it == NULL && t == last;
       if (n == 0 || (n < a->logit_rows && !end)) continue;
       bool any_nll = false, any_logits = false;
+      uint32_t top = 0; /* candidates to select: the most any row of the chunk wants */
       for (uint32_t r = 0; r < n; r++) {
-        if (p->items[who[r]].out == MODEL_OUT_NLL)
+        const model_item_t *ir = &p->items[who[r]];
+        if (ir->out == MODEL_OUT_NLL)
           any_nll = true;
+        else if (ir->out == MODEL_OUT_TOP)
+          top = ir->top_k > top ? ir->top_k : top;
         else
           any_logits = true;
       }
@@ -501,17 +506,25 @@ static lt_status_t outputs(pass_t *p, gpu_cmd_t **c, lt_err_t *err) {
         break;
       if (any_nll && (st = op_logsumexp(*c, gv(a->lse), gv(a->nll), gv(a->logits), gv(a->tgt), n, V, err)) != LT_OK)
         break;
+      if (top && (st = op_topk(*c, gv(a->top_idx), gv(a->top_val), gv(a->logits), n, V, top, err)) != LT_OK) break;
       if ((st = flush(m->g, c, err)) != LT_OK) break;
+      if (top && ((st = gpu_download(a->top_idx, 0, top_idx, (uint64_t)n * top * 4, err)) != LT_OK ||
+                  (st = gpu_download(a->top_val, 0, top_val, (uint64_t)n * top * 4, err)) != LT_OK))
+        break;
       if (any_logits && (st = gpu_download(a->logits, 0, logits, (uint64_t)n * V * 4, err)) != LT_OK) break;
       if (any_nll && (st = gpu_download(a->nll, 0, nll, n * 4, err)) != LT_OK) break;
       for (uint32_t r = 0; r < n; r++) {
         model_item_t *ir = &p->items[who[r]];
-        if (ir->out == MODEL_OUT_NLL)
+        if (ir->out == MODEL_OUT_NLL) {
           ir->result[tok[r]] = nll[r];
-        else if (ir->out == MODEL_OUT_LAST)
+        } else if (ir->out == MODEL_OUT_TOP) {
+          memcpy(ir->result, top_val + (uint64_t)r * top, ir->top_k * 4ull);
+          for (uint32_t j = 0; j < ir->top_k; j++) ir->top_ids[j] = (int32_t)top_idx[r * top + j];
+        } else if (ir->out == MODEL_OUT_LAST) {
           memcpy(ir->result, logits + (uint64_t)r * V, (uint64_t)V * 4);
-        else
+        } else {
           memcpy(ir->result + (uint64_t)tok[r] * V, logits + (uint64_t)r * V, (uint64_t)V * 4);
+        }
       }
       n = 0;
     }
@@ -727,6 +740,10 @@ lt_status_t model_forward(model_t *m, model_item_t *items, uint32_t n_items, con
                      it->n_tokens, it->seq->cap);
     if (it->out != MODEL_OUT_NONE && !it->result) return lt_fail(err, LT_E_INVALID, "item %u: no result buffer", i);
     if (it->out == MODEL_OUT_NLL && !it->targets) return lt_fail(err, LT_E_INVALID, "item %u: NLL without targets", i);
+    if (it->out == MODEL_OUT_TOP &&
+        (!it->top_ids || it->top_k < 1 || it->top_k > MODEL_TOP_MAX || it->top_k > m->cfg.vocab_size))
+      return lt_fail(err, LT_E_INVALID, "item %u: top %u candidates (want 1..%u, at most the vocabulary %u, and ids)",
+                     i, it->top_k, MODEL_TOP_MAX, m->cfg.vocab_size);
     if (it->n_embeds && (!it->embeds || (uint64_t)it->embeds_at + it->n_embeds > it->n_tokens))
       return lt_fail(err, LT_E_INVALID, "item %u: input embeddings for tokens %u..%u of %u", i, it->embeds_at,
                      it->embeds_at + it->n_embeds, it->n_tokens);
@@ -757,7 +774,7 @@ lt_status_t model_forward(model_t *m, model_item_t *items, uint32_t n_items, con
       piece.tokens = it->tokens + done;
       piece.n_tokens = take;
       bool final = done + take == it->n_tokens;
-      if (it->out == MODEL_OUT_LAST && !final) piece.out = MODEL_OUT_NONE;
+      if ((it->out == MODEL_OUT_LAST || it->out == MODEL_OUT_TOP) && !final) piece.out = MODEL_OUT_NONE;
       if (it->out == MODEL_OUT_ALL) piece.result = it->result + (uint64_t)done * m->cfg.vocab_size;
       if (it->out == MODEL_OUT_NLL) {
         piece.result = it->result + done;

@@ -30,20 +30,11 @@ static int cand_desc(const void *a, const void *b) {
   return x->id < y->id ? -1 : (x->id > y->id);
 }
 
-int32_t sample_token(const float *logits, uint32_t vocab, const sample_opts_t *o, sample_rng_t *rng, float *scratch) {
-  if (o->temperature <= 0) return argmax(logits, vocab);
-  cand_t *c = (cand_t *)scratch; /* 2 * vocab floats hold vocab candidates */
-  float mx = logits[argmax(logits, vocab)];
-  double sum = 0;
-  for (uint32_t i = 0; i < vocab; i++) {
-    double p = exp(((double)logits[i] - mx) / o->temperature);
-    c[i] = (cand_t){(float)p, i};
-    sum += p;
-  }
-  uint32_t n = vocab;
-  bool cut = (o->top_k && o->top_k < vocab) || (o->top_p > 0 && o->top_p < 1);
+/* Draws from n candidates c (their weights summing to sum), sorting and cutting them first (top-k, then top-p)
+ * when cut is set. */
+static int32_t draw(cand_t *c, uint32_t n, double sum, bool cut, const sample_opts_t *o, sample_rng_t *rng) {
   if (cut) {
-    qsort(c, vocab, sizeof *c, cand_desc);
+    qsort(c, n, sizeof *c, cand_desc);
     if (o->top_k && o->top_k < n) n = o->top_k;
     double kept = 0;
     for (uint32_t i = 0; i < n; i++) kept += c[i].p;
@@ -68,6 +59,33 @@ int32_t sample_token(const float *logits, uint32_t vocab, const sample_opts_t *o
   return (int32_t)c[n - 1].id;
 }
 
+int32_t sample_token(const float *logits, uint32_t vocab, const sample_opts_t *o, sample_rng_t *rng, float *scratch) {
+  if (o->temperature <= 0) return argmax(logits, vocab);
+  cand_t *c = (cand_t *)scratch; /* 2 * vocab floats hold vocab candidates */
+  float mx = logits[argmax(logits, vocab)];
+  double sum = 0;
+  for (uint32_t i = 0; i < vocab; i++) {
+    double p = exp(((double)logits[i] - mx) / o->temperature);
+    c[i] = (cand_t){(float)p, i};
+    sum += p;
+  }
+  return draw(c, vocab, sum, (o->top_k && o->top_k < vocab) || (o->top_p > 0 && o->top_p < 1), o, rng);
+}
+
+int32_t sample_top(const float *top, const int32_t *ids, uint32_t k, const sample_opts_t *o, sample_rng_t *rng) {
+  if (o->temperature <= 0) return ids[0];
+  cand_t c[MODEL_TOP_MAX];
+  if (k > MODEL_TOP_MAX) k = MODEL_TOP_MAX;
+  if (o->top_k && o->top_k < k) k = o->top_k;
+  double sum = 0;
+  for (uint32_t i = 0; i < k; i++) {
+    double p = exp(((double)top[i] - top[0]) / o->temperature);
+    c[i] = (cand_t){(float)p, (uint32_t)ids[i]};
+    sum += p;
+  }
+  return draw(c, k, sum, true, o, rng);
+}
+
 /* Whether t ends a sequence: one of the model's end-of-sequence tokens or of the caller's stop tokens. */
 static bool is_eos(const model_config_t *c, const gen_opts_t *o, int32_t t) {
   for (uint32_t i = 0; i < c->n_eos; i++)
@@ -75,6 +93,27 @@ static bool is_eos(const model_config_t *c, const gen_opts_t *o, int32_t t) {
   for (uint32_t i = 0; i < o->n_stop_ids; i++)
     if (o->stop_ids[i] == t) return true;
   return false;
+}
+
+/* Where a forward pass leaves what prompt i's next token is chosen from. */
+typedef struct sample_dst {
+  bool dev; /* the device selects `top` candidates (MODEL_OUT_TOP) */
+  uint32_t top, V;
+  float *logits, *top_val; /* [n, V]; [n, MODEL_TOP_MAX] */
+  int32_t *top_ids;        /* [n, MODEL_TOP_MAX] */
+} sample_dst_t;
+
+/* The item that runs n_tokens of seq and returns what prompt i samples from. */
+static model_item_t sampled_item(const sample_dst_t *d, model_seq_t *seq, const int32_t *tokens, uint32_t n_tokens,
+                                 uint32_t i) {
+  model_item_t it = {.seq = seq, .tokens = tokens, .n_tokens = n_tokens};
+  if (d->dev) {
+    it.out = MODEL_OUT_TOP, it.top_k = d->top;
+    it.result = d->top_val + (uint64_t)i * MODEL_TOP_MAX, it.top_ids = d->top_ids + (uint64_t)i * MODEL_TOP_MAX;
+  } else {
+    it.out = MODEL_OUT_LAST, it.result = d->logits + (uint64_t)i * d->V;
+  }
+  return it;
 }
 
 lt_status_t model_generate(model_t *m, const int32_t *const *prompts, const uint32_t *prompt_lens, uint32_t n,
@@ -89,12 +128,19 @@ lt_status_t model_generate(model_t *m, const int32_t *const *prompts, const uint
   memset(res, 0, n * sizeof *res);
   model_seq_t **seq = calloc((size_t)n * per, sizeof *seq);
   model_item_t *items = calloc((size_t)n * per, sizeof *items);
+  /* The device selects the candidates (MODEL_OUT_TOP) where the host needs no more of the logits than those. */
+  const sample_opts_t *so = &o->sample;
+  uint32_t top = so->temperature <= 0 ? 1 : so->top_k;
+  bool dev = !o->forced && !o->on_logits && !o->host_sampling && top >= 1 && top <= MODEL_TOP_MAX && top <= V;
   float *logits = malloc((uint64_t)n * per * V * 4), *scratch = malloc((uint64_t)V * 2 * 4);
+  float *top_val = malloc((uint64_t)n * MODEL_TOP_MAX * 4);
+  int32_t *top_ids = malloc((uint64_t)n * MODEL_TOP_MAX * 4);
   sample_rng_t *rng = calloc(n, sizeof *rng);
   bool *done = calloc(n, sizeof *done);
   int32_t *next = calloc(n, sizeof *next);
   uint32_t *limit = calloc(n, sizeof *limit);
-  if (!seq || !items || !logits || !scratch || !rng || !done || !next || !limit) {
+  sample_dst_t dst = {.dev = dev, .top = top, .V = V, .logits = logits, .top_val = top_val, .top_ids = top_ids};
+  if (!seq || !items || !logits || !scratch || !rng || !done || !next || !limit || !top_val || !top_ids) {
     st = lt_fail(err, LT_E_NOMEM, "out of memory");
     goto out;
   }
@@ -123,12 +169,7 @@ lt_status_t model_generate(model_t *m, const int32_t *const *prompts, const uint
   if (!any) goto out;
   uint32_t k = 0;
   if (!pair) {
-    for (uint32_t i = 0; i < n; i++)
-      items[i] = (model_item_t){.seq = seq[i],
-                                .tokens = prompts[i],
-                                .n_tokens = prompt_lens[i],
-                                .out = MODEL_OUT_LAST,
-                                .result = logits + (uint64_t)i * V};
+    for (uint32_t i = 0; i < n; i++) items[i] = sampled_item(&dst, seq[i], prompts[i], prompt_lens[i], i);
     k = n;
   } else {
     /* Every token but the last, both sequences together, without hooks; then the last tokens in pair order. */
@@ -147,11 +188,7 @@ lt_status_t model_generate(model_t *m, const int32_t *const *prompts, const uint
                                   .n_tokens = 1,
                                   .out = out2,
                                   .result = logits + (uint64_t)(n + i) * V};
-      items[k++] = (model_item_t){.seq = seq[i],
-                                  .tokens = prompts[i] + prompt_lens[i] - 1,
-                                  .n_tokens = 1,
-                                  .out = MODEL_OUT_LAST,
-                                  .result = logits + (uint64_t)i * V};
+      items[k++] = sampled_item(&dst, seq[i], prompts[i] + prompt_lens[i] - 1, 1, i);
     }
   }
   if ((st = model_forward(m, items, k, hooks, err)) != LT_OK) goto out;
@@ -163,7 +200,10 @@ lt_status_t model_generate(model_t *m, const int32_t *const *prompts, const uint
       float *lg = logits + (uint64_t)i * V;
       if (o->on_logits)
         o->on_logits(o->logits_ctx, i, res[i].n_tokens, lg, out2 ? logits + (uint64_t)(n + i) * V : NULL, V);
-      int32_t t = o->forced ? o->forced[i][res[i].n_tokens] : sample_token(lg, V, &o->sample, &rng[i], scratch);
+      int32_t t = o->forced ? o->forced[i][res[i].n_tokens]
+                  : dev ? sample_top(top_val + (uint64_t)i * MODEL_TOP_MAX, top_ids + (uint64_t)i * MODEL_TOP_MAX, top,
+                                     so, &rng[i])
+                        : sample_token(lg, V, so, &rng[i], scratch);
       if (!o->forced && !o->ignore_eos && is_eos(cf, o, t)) {
         done[i] = true;
         res[i].stopped_at_eos = true;
@@ -182,8 +222,7 @@ lt_status_t model_generate(model_t *m, const int32_t *const *prompts, const uint
                                          .n_tokens = 1,
                                          .out = out2,
                                          .result = logits + (uint64_t)(n + i) * V};
-      items[active++] = (model_item_t){
-          .seq = seq[i], .tokens = &next[i], .n_tokens = 1, .out = MODEL_OUT_LAST, .result = logits + (uint64_t)i * V};
+      items[active++] = sampled_item(&dst, seq[i], &next[i], 1, i);
     }
     if (stop || active == 0) break;
     if ((st = model_forward(m, items, active, hooks, err)) != LT_OK) break;
@@ -196,7 +235,8 @@ out:
       res[i].tokens = NULL;
       res[i].n_tokens = 0;
     }
-  free(seq), free(items), free(logits), free(scratch), free(rng), free(done), free(next), free(limit);
+  free(seq), free(items), free(logits), free(scratch), free(rng), free(done), free(next), free(limit), free(top_val);
+  free(top_ids);
   return st;
 }
 

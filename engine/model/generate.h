@@ -22,6 +22,10 @@ typedef struct sample_rng {
 /* Picks a token from logits[vocab] (left unchanged). scratch holds 2 * vocab floats; caller owns both. */
 int32_t sample_token(const float *logits, uint32_t vocab, const sample_opts_t *o, sample_rng_t *rng, float *scratch);
 
+/* Picks a token as sample_token() would, from the k largest logits of a row (descending, the lower id first on ties:
+ * MODEL_OUT_TOP) and their ids, for greedy options or a top_k of at most k. */
+int32_t sample_top(const float *top, const int32_t *ids, uint32_t k, const sample_opts_t *o, sample_rng_t *rng);
+
 /* Called for prompt `item` at decoding step `step` with the logits the next token is chosen from (vocab floats;
  * it may change them in place: ROSE combines them with `second`, the logits of the prompt's second sequence, or
  * NULL when there is none or it was not asked for). */
@@ -56,6 +60,9 @@ typedef struct gen_opts {
   gen_logits_fn on_logits; /* NULL: none */
   void *logits_ctx;
   const gen_pair_t *pair; /* NULL: one sequence per prompt */
+  /* Download every step's logits and sample on the host even where the device could select the candidates (greedy,
+   * or a top_k of at most MODEL_TOP_MAX, with no on_logits and no forcing); for comparisons. */
+  bool host_sampling;
 } gen_opts_t;
 
 /* One prompt's generated tokens; tokens is owned by the caller of model_generate (free()). */

@@ -220,7 +220,10 @@ typedef struct model_hooks {
 } model_hooks_t;
 
 /* What a forward pass returns for one batch item. */
-typedef enum model_out { MODEL_OUT_NONE = 0, MODEL_OUT_LAST, MODEL_OUT_ALL, MODEL_OUT_NLL } model_out_t;
+typedef enum model_out { MODEL_OUT_NONE = 0, MODEL_OUT_LAST, MODEL_OUT_ALL, MODEL_OUT_NLL, MODEL_OUT_TOP } model_out_t;
+
+/* Most candidates MODEL_OUT_TOP returns. */
+#define MODEL_TOP_MAX 32u
 
 /* One sequence's share of a batched forward pass. */
 typedef struct model_item {
@@ -232,6 +235,11 @@ typedef struct model_item {
    * out[i] = -log p(targets[i] | sequence up to token i). Caller owns. */
   float *result;
   const int32_t *targets; /* MODEL_OUT_NLL only: n_tokens ids (a negative id gives NaN) */
+  /* MODEL_OUT_TOP: the top_k (1..MODEL_TOP_MAX, at most the vocabulary) largest logits of the last position,
+   * descending with the lower id first on ties, into result, and their ids into top_ids (caller owns): selected on
+   * the device, so a decoding step downloads 8 bytes per candidate instead of the vocabulary's logits. */
+  uint32_t top_k;
+  int32_t *top_ids;
   /* Input embeddings from outside (a speech connector's rows): tokens [embeds_at, embeds_at + n_embeds) of this
    * item enter the first block as these hidden-size vectors (host floats, used as they are: no embedding scale)
    * instead of their tokens' embeddings; the tokens there must still be valid ids. n_embeds 0: none. */

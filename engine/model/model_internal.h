@@ -45,6 +45,7 @@ typedef struct acts {
   gpu_buf_t *x, *xn, *q, *k, *v, *att, *gate, *up; /* [cap, width] f32 */
   gpu_buf_t *ids, *pos;                            /* i32 [cap] */
   gpu_buf_t *sel, *tgt, *lse, *nll;                /* [LOGIT_ROWS] */
+  gpu_buf_t *top_idx, *top_val;                    /* [LOGIT_ROWS, MODEL_TOP_MAX] (MODEL_OUT_TOP) */
   gpu_buf_t *xs, *logits;                          /* [LOGIT_ROWS, hidden], [LOGIT_ROWS, vocab] */
   gpu_buf_t *addv;                                 /* f32 [hidden] */
   gpu_buf_t *sub;                                  /* [cap, hidden]: a sub-layer's output before its post-norm */

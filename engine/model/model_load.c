@@ -177,10 +177,10 @@ static void ffn_free(dffn_t *f) {
 }
 
 static void acts_free(acts_t *a) {
-  gpu_buf_t **all[] = {&a->x,    &a->xn,   &a->q,     &a->k,      &a->v,      &a->att, &a->gate, &a->up,
-                       &a->ids,  &a->pos,  &a->sel,   &a->tgt,    &a->lse,    &a->nll, &a->xs,   &a->logits,
-                       &a->addv, &a->rlog, &a->rprob, &a->tk_idx, &a->tk_val, &a->xe,  &a->ge,   &a->ue,
-                       &a->oe,   &a->eids, &a->ew,    &a->mask,   &a->sub};
+  gpu_buf_t **all[] = {&a->x,    &a->xn,   &a->q,     &a->k,      &a->v,      &a->att,     &a->gate,   &a->up,
+                       &a->ids,  &a->pos,  &a->sel,   &a->tgt,    &a->lse,    &a->nll,     &a->xs,     &a->logits,
+                       &a->addv, &a->rlog, &a->rprob, &a->tk_idx, &a->tk_val, &a->xe,      &a->ge,     &a->ue,
+                       &a->oe,   &a->eids, &a->ew,    &a->mask,   &a->sub,    &a->top_idx, &a->top_val};
   for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) gpu_buf_destroy(all[i]);
   a->cap = 0;
 }
@@ -225,6 +225,8 @@ static lt_status_t acts_alloc(model_t *m, uint32_t cap, lt_err_t *err) {
       {&a->tgt, LOGIT_ROWS * 4},
       {&a->lse, LOGIT_ROWS * 4},
       {&a->nll, LOGIT_ROWS * 4},
+      {&a->top_idx, LOGIT_ROWS * MODEL_TOP_MAX * 4},
+      {&a->top_val, LOGIT_ROWS * MODEL_TOP_MAX * 4},
       {&a->xs, LOGIT_ROWS * d * 4},
       {&a->logits, (uint64_t)a->logit_rows * c->vocab_size * 4},
       {&a->addv, d * 4},

@@ -122,6 +122,51 @@ Test(forward, batch_equals_single_sequences) {
   model_destroy(&m);
 }
 
+Test(forward, device_selected_candidates_sample_like_the_host) {
+  /* Greedy and top-k sampling (with and without top-p) through candidates the device selects (MODEL_OUT_TOP, a
+   * step downloads k ids and logits) choose the same tokens as sampling the downloaded logits on the host, for
+   * the same seeds, in a batch of three prompts; and the sampled runs do differ from greedy (the draws matter). */
+  model_t *m = stories();
+  lt_err_t err = {0};
+  const int32_t *prompts[3] = {story_ids, story_ids + 3, story_ids + 1};
+  uint32_t lens[3] = {5, 9, 2};
+  static const sample_opts_t opts[] = {{0, 0, 1}, {1.0f, 20, 1}, {0.8f, 32, 0.9f}, {1.5f, 1, 1}};
+  gen_result_t greedy[3];
+  for (size_t c = 0; c < sizeof opts / sizeof opts[0]; c++) {
+    gen_result_t dev[3], host[3];
+    gen_opts_t o = {.max_tokens = 24, .sample = opts[c], .seed = 1234 + c, .ignore_eos = true};
+    uint64_t d0 = gpu_stats(tgpu())->bytes_downloaded;
+    cr_assert_eq(model_generate(m, prompts, lens, 3, &o, NULL, NULL, NULL, dev, &err), LT_OK, "%s", err.msg);
+    uint64_t d1 = gpu_stats(tgpu())->bytes_downloaded;
+    o.host_sampling = true;
+    cr_assert_eq(model_generate(m, prompts, lens, 3, &o, NULL, NULL, NULL, host, &err), LT_OK, "%s", err.msg);
+    uint64_t d2 = gpu_stats(tgpu())->bytes_downloaded;
+    /* 24 steps x 3 prompts: the host path downloads every step's 512 logits, the device path k ids and logits. */
+    uint64_t V = model_config(m)->vocab_size, cand = opts[c].temperature <= 0 ? 1 : opts[c].top_k;
+    cr_assert_geq(d2 - d1, 24 * 3 * V * 4, "options %zu: the host path downloaded %llu bytes", c,
+                  (unsigned long long)(d2 - d1));
+    cr_assert_leq(d1 - d0, 24 * 3 * cand * 8, "options %zu: the device path downloaded %llu bytes", c,
+                  (unsigned long long)(d1 - d0));
+    bool differs = false;
+    for (uint32_t i = 0; i < 3; i++) {
+      cr_assert_eq(dev[i].n_tokens, 24, "options %zu, prompt %u: %u tokens", c, i, dev[i].n_tokens);
+      cr_assert_eq(host[i].n_tokens, 24, "options %zu, prompt %u: %u tokens", c, i, host[i].n_tokens);
+      cr_assert_arr_eq(dev[i].tokens, host[i].tokens, 24 * sizeof(int32_t), "options %zu, prompt %u", c, i);
+      if (c == 0)
+        greedy[i] = dev[i];
+      else
+        differs |= memcmp(dev[i].tokens, greedy[i].tokens, 24 * sizeof(int32_t)) != 0, free(dev[i].tokens);
+      free(host[i].tokens);
+    }
+    /* top_k 1 is greedy whatever the temperature; the others sample. */
+    if (c > 0)
+      cr_assert_eq(differs, opts[c].top_k != 1, "options %zu: sampled tokens %s greedy's", c,
+                   differs ? "differ from" : "equal");
+  }
+  for (uint32_t i = 0; i < 3; i++) free(greedy[i].tokens);
+  model_destroy(&m);
+}
+
 Test(forward, score_matches_log_softmax_of_logits) {
   /* model_score's log-probabilities (log-sum-exp on the GPU) equal log-softmax of the full logits computed here
    * in double: f32 logsumexp over 512 terms, 1e-4 absolute. */
