@@ -150,6 +150,16 @@ void op_attention_decode_kernel(bool on) { g_decode_kernel = on; }
 
 void op_attention_row_kernel(bool on) { g_row_kernel = on; }
 
+/* Splits of len keys, shortened when fewer than ATTN_TARGET_GROUPS workgroups would run (decode, few rows) so that
+ * a long cache spreads over the whole device: about kv_used / (target / groups) keys, whole blocks of `block`
+ * keys, no fewer than ATTN_MIN_SPLIT. */
+static uint64_t attn_spread(uint64_t len, uint64_t kv_used, uint64_t groups, uint32_t block) {
+  if (groups >= ATTN_TARGET_GROUPS) return len;
+  uint64_t want = (ATTN_TARGET_GROUPS + groups - 1) / groups;
+  uint64_t even = ((kv_used + want - 1) / want + block - 1) / block * block;
+  return min_u64(len, even > ATTN_MIN_SPLIT ? even : ATTN_MIN_SPLIT);
+}
+
 /* Keys per split: short enough that no invocation of attn.comp (workgroups of wg) loops past its budget, and when
  * there are few workgroups (decode), short enough to spread a long cache over the whole device. */
 static uint32_t attn_split_len(uint32_t wg, uint32_t hd, uint32_t br, uint64_t kv_used, uint64_t groups) {
@@ -158,13 +168,7 @@ static uint32_t attn_split_len(uint32_t wg, uint32_t hd, uint32_t br, uint64_t k
    * unrolled. */
   uint32_t tpr = wg / br;
   uint32_t per_block = (hd + 3) / 4 + 2 * (wg / tpr) + 2 * tpr + wg;
-  uint64_t len = min_u64(op_loop_budget(OP_ATTN) / per_block * wg, ATTN_MAX_SPLIT);
-  if (groups < ATTN_TARGET_GROUPS) {
-    uint64_t want = (ATTN_TARGET_GROUPS + groups - 1) / groups;
-    uint64_t even = ((kv_used + want - 1) / want + wg - 1) / wg * wg;
-    len = min_u64(len, even > ATTN_MIN_SPLIT ? even : ATTN_MIN_SPLIT);
-  }
-  return (uint32_t)len;
+  return (uint32_t)attn_spread(min_u64(op_loop_budget(OP_ATTN) / per_block * wg, ATTN_MAX_SPLIT), kv_used, groups, wg);
 }
 
 /* Query rows share a split count while their causal key ranges end in the same split: returns the end of the run
@@ -199,26 +203,63 @@ static uint32_t attn_chunk_rows(const gpu_caps_t *caps, uint32_t n_heads, uint32
 #define ATTN_ROWS_MAX_HD4_CPU 32u
 #define ATTN_ROWS_KC 4u
 
-/* Split partials of `recs` (row, head, split) records of head_dim floats: scratch of c, the (max, sum) pairs at 0
- * and the sums at *acc_off. */
-static gpu_buf_t *attn_scratch(gpu_cmd_t *c, const gpu_caps_t *caps, uint64_t recs, uint32_t head_dim,
-                               uint64_t *acc_off, lt_err_t *err) {
+/* One op_attention call: its tensors, how K and V are bound (texel views where kvt, over kspan and vspan bytes) and
+ * the push constants its dispatches share. */
+typedef struct attn_call {
+  gpu_view_t out, q, k, v;
+  bool kvt;
+  uint64_t kspan, vspan;
+  pc_attn_t pc;
+} attn_call_t;
+
+/* Scratch of c for the split partials of `recs` (row, head, split) records of head_dim floats: the (max, sum)
+ * pairs at 0 and the sums at *acc_off. */
+static lt_status_t attn_scratch(gpu_cmd_t *c, uint64_t recs, uint32_t head_dim, gpu_buf_t **scratch, uint64_t *acc_off,
+                                lt_err_t *err) {
+  const gpu_caps_t *caps = gpu_caps(gpu_cmd_gpu(c));
   uint64_t align = caps->min_storage_align ? caps->min_storage_align : 4;
   *acc_off = (recs * 8 + align - 1) / align * align;
-  return gpu_cmd_scratch(c, *acc_off + recs * head_dim * 4, err);
+  *scratch = gpu_cmd_scratch(c, *acc_off + recs * head_dim * 4, err);
+  return *scratch ? LT_OK : err ? err->code : LT_E_DEVICE_OOM;
 }
 
-/* op_attention through attn_dec.comp when the shape suits it (few queries per KV head, heads a multiple of 4);
- * *used says whether it did. */
-static lt_status_t attn_decode(gpu_cmd_t *c, gpu_view_t out, gpu_view_t q, gpu_view_t k, gpu_view_t v, uint32_t n_q,
-                               uint32_t n_heads, uint32_t n_kv_heads, uint32_t head_dim, uint32_t q_pos0,
-                               uint32_t kv_len, uint32_t window, float scale, float softcap, bool *used,
-                               lt_err_t *err) {
+/* Records query rows [pc.row_base, pc.n_q) over pc.n_splits key splits: pa (op aid) on a gx x gy x gz grid and,
+ * with several splits, attn_merge.comp (pm) over the partials in scratch (sums at acc_off). */
+static lt_status_t attn_run(gpu_cmd_t *c, const attn_call_t *a, gpu_pipeline_t *pa, op_id_t aid, gpu_pipeline_t *pm,
+                            gpu_buf_t *scratch, uint64_t acc_off, uint32_t gx, uint32_t gy, uint32_t gz,
+                            lt_err_t *err) {
+  const pc_attn_t *pc = &a->pc;
+  uint32_t ns = pc->n_splits, rows = pc->n_q - pc->row_base, hd = pc->head_dim;
+  uint64_t row_elems = (uint64_t)pc->n_heads * hd, keys = min_u64(pc->kv_len, (uint64_t)pc->q_pos0 + pc->n_q);
+  uint64_t recs = (uint64_t)rows * pc->n_heads * ns;
+  /* One split writes out directly; its partial bindings then only need a valid placeholder. */
+  gpu_view_t part_ml = ns > 1 ? (gpu_view_t){scratch, 0} : a->q;
+  gpu_view_t part_acc = ns > 1 ? (gpu_view_t){scratch, acc_off} : a->q;
+  gpu_view_t va[6] = {a->out, a->q, a->k, a->v, part_ml, part_acc};
+  uint64_t ba[6] = {4 * row_elems * pc->n_q,     4 * row_elems * pc->n_q, 4ull * pc->kv_stride * keys,
+                    4ull * pc->kv_stride * keys, ns > 1 ? 8 * recs : 4,   ns > 1 ? 4 * hd * recs : 4};
+  if (a->kvt) ba[2] = a->kspan, ba[3] = a->vspan;
+  bool wa[6] = {ns == 1, false, false, false, ns > 1, ns > 1};
+  gpu_texel_t tt = a->kvt ? GPU_TEXEL_RGBA32F : GPU_TEXEL_NONE;
+  gpu_texel_t ta[6] = {GPU_TEXEL_NONE, GPU_TEXEL_NONE, tt, tt, GPU_TEXEL_NONE, GPU_TEXEL_NONE};
+  lt_status_t st = op_dispatch_texel(c, pa, aid, va, ba, wa, ta, 6, pc, gx, gy, gz, err);
+  if (st != LT_OK || ns == 1) return st;
+  gpu_view_t vm[3] = {a->out, part_ml, part_acc};
+  uint64_t bm[3] = {4 * row_elems * pc->n_q, 8 * recs, 4 * hd * recs};
+  bool wm[3] = {true, false, false};
+  return op_dispatch(c, pm, OP_ATTN_MERGE, vm, bm, wm, 3, pc, pc->n_heads, rows, 1, err);
+}
+
+/* The call through attn_dec.comp when its shape suits it (few queries per KV head, heads a multiple of 4, K and V
+ * as the call binds them); *used says whether it did. */
+static lt_status_t attn_decode(gpu_cmd_t *c, attn_call_t *a, bool *used, lt_err_t *err) {
   *used = false;
   gpu_t *g = gpu_cmd_gpu(c);
   const gpu_caps_t *caps = gpu_caps(g);
-  uint32_t group = n_heads / n_kv_heads, qn = n_q * group, hd4 = head_dim / 4, wg = op_wg(OP_ATTN_DEC);
-  if (!g_decode_kernel || head_dim % 4 || (uint64_t)n_q * group > ATTN_DEC_MAX_QN) return LT_OK;
+  pc_attn_t *pc = &a->pc;
+  uint32_t group = pc->n_heads / pc->n_kv_heads, qn = pc->n_q * group, hd4 = pc->head_dim / 4;
+  uint32_t wg = op_wg(OP_ATTN_DEC);
+  if (!g_decode_kernel || pc->head_dim % 4 || (uint64_t)pc->n_q * group > ATTN_DEC_MAX_QN) return LT_OK;
   /* D invocations share a key's dims: as few as keep each one's columns and registers in bounds, and within a
    * subgroup (shuffles). */
   uint32_t d = 1;
@@ -233,59 +274,27 @@ static lt_status_t attn_decode(gpu_cmd_t *c, gpu_view_t out, gpu_view_t q, gpu_v
   uint32_t lanes = wg / d;
   if ((uint64_t)lanes * qn * (16ull * hd4 + 8) > caps->max_shared) return LT_OK;
   uint32_t kc = lanes >= 64 ? 1 : lanes >= 32 ? 2 : 4, block = lanes * kc;
-  uint64_t kv_stride = (uint64_t)n_kv_heads * head_dim, kv_used = min_u64(kv_len, (uint64_t)q_pos0 + n_q);
+  uint64_t kv_used = min_u64(pc->kv_len, (uint64_t)pc->q_pos0 + pc->n_q);
   /* Splits: within the loop budget (one iteration a block, and the merge's two walks over the lanes), and spread
    * over the device when there are few KV heads. */
   uint64_t merge = 2ull * lanes * ((qn * hd4 + wg - 1) / wg);
-  uint64_t split = min_u64((op_loop_budget(OP_ATTN_DEC) - merge) * block, ATTN_MAX_SPLIT * 8ull);
-  if (n_kv_heads < ATTN_TARGET_GROUPS) {
-    uint64_t want = (ATTN_TARGET_GROUPS + n_kv_heads - 1) / n_kv_heads;
-    uint64_t even = ((kv_used + want - 1) / want + block - 1) / block * block;
-    split = min_u64(split, even > ATTN_MIN_SPLIT ? even : ATTN_MIN_SPLIT);
-  }
+  uint64_t split = attn_spread(min_u64((op_loop_budget(OP_ATTN_DEC) - merge) * block, ATTN_MAX_SPLIT * 8ull), kv_used,
+                               pc->n_kv_heads, block);
   uint32_t ns = (uint32_t)((kv_used + split - 1) / split);
   if (ns > caps->max_wg_count[0]) return LT_OK;
-  uint64_t recs = (uint64_t)n_q * n_heads * ns, acc_off = 0;
   gpu_buf_t *scratch = NULL;
-  if (ns > 1 && !(scratch = attn_scratch(c, caps, recs, head_dim, &acc_off, err))) return err ? err->code : LT_E_NOMEM;
-  uint64_t kspan, vspan, kv_bytes = 4 * kv_stride * kv_len;
-  bool kvt = op_texel_bind(caps, k, GPU_TEXEL_RGBA32F, kv_bytes, &kspan) &&
-             op_texel_bind(caps, v, GPU_TEXEL_RGBA32F, kv_bytes, &vspan);
+  uint64_t acc_off = 0;
+  lt_status_t st;
+  if (ns > 1 && (st = attn_scratch(c, (uint64_t)pc->n_q * pc->n_heads * ns, pc->head_dim, &scratch, &acc_off, err)))
+    return st;
   char defines[80];
-  snprintf(defines, sizeof defines, "QN=%u;G=%u;HD4N=%u;D=%u;KC=%u;KV_TEXEL=%d", qn, group, hd4, d, kc, kvt);
-  gpu_pipeline_t *pd = op_pipeline_texel(g, OP_ATTN_DEC, defines, &wg, 1, kvt ? 3u << 2 : 0, err);
+  snprintf(defines, sizeof defines, "QN=%u;G=%u;HD4N=%u;D=%u;KC=%u;KV_TEXEL=%d", qn, group, hd4, d, kc, a->kvt);
+  gpu_pipeline_t *pd = op_pipeline_texel(g, OP_ATTN_DEC, defines, &wg, 1, a->kvt ? 3u << 2 : 0, err);
   gpu_pipeline_t *pm = pd && ns > 1 ? op_pipeline(g, OP_ATTN_MERGE, NULL, NULL, 0, err) : pd;
   if (!pm) return err ? err->code : LT_E_SHADER;
-  pc_attn_t pc = {.n_q = n_q,
-                  .n_heads = n_heads,
-                  .n_kv_heads = n_kv_heads,
-                  .head_dim = head_dim,
-                  .q_pos0 = q_pos0,
-                  .kv_len = kv_len,
-                  .kv_stride = (uint32_t)kv_stride,
-                  .scale = scale,
-                  .split_len = (uint32_t)split,
-                  .n_splits = ns,
-                  .window = window,
-                  .softcap = softcap > 0 ? softcap : 0.0f};
-  uint64_t row_elems = (uint64_t)n_heads * head_dim, keys = kv_used;
-  gpu_view_t part_ml = ns > 1 ? (gpu_view_t){scratch, 0} : q, part_acc = ns > 1 ? (gpu_view_t){scratch, acc_off} : q;
-  gpu_view_t va[6] = {out, q, k, v, part_ml, part_acc};
-  uint64_t ba[6] = {4 * row_elems * n_q,  4 * row_elems * n_q,   4 * kv_stride * keys,
-                    4 * kv_stride * keys, ns > 1 ? 8 * recs : 4, ns > 1 ? 4 * head_dim * recs : 4};
-  if (kvt) ba[2] = kspan, ba[3] = vspan;
-  bool wa[6] = {ns == 1, false, false, false, ns > 1, ns > 1};
-  gpu_texel_t tt = kvt ? GPU_TEXEL_RGBA32F : GPU_TEXEL_NONE;
-  gpu_texel_t ta[6] = {GPU_TEXEL_NONE, GPU_TEXEL_NONE, tt, tt, GPU_TEXEL_NONE, GPU_TEXEL_NONE};
+  pc->row_base = 0, pc->split_len = (uint32_t)split, pc->n_splits = ns;
   *used = true;
-  lt_status_t st = op_dispatch_texel(c, pd, OP_ATTN_DEC, va, ba, wa, ta, 6, &pc, ns, n_kv_heads, 1, err);
-  if (st == LT_OK && ns > 1) {
-    gpu_view_t vm[3] = {out, part_ml, part_acc};
-    uint64_t bm[3] = {4 * row_elems * n_q, 8 * recs, 4 * head_dim * recs};
-    bool wm[3] = {true, false, false};
-    st = op_dispatch(c, pm, OP_ATTN_MERGE, vm, bm, wm, 3, &pc, n_heads, n_q, 1, err);
-  }
-  return st;
+  return attn_run(c, a, pd, OP_ATTN_DEC, pm, scratch, acc_off, ns, pc->n_kv_heads, 1, err);
 }
 
 lt_status_t op_attention(gpu_cmd_t *c, gpu_view_t out, gpu_view_t q, gpu_view_t k, gpu_view_t v, uint32_t n_q,
@@ -307,51 +316,58 @@ lt_status_t op_attention(gpu_cmd_t *c, gpu_view_t out, gpu_view_t q, gpu_view_t 
     return lt_fail(err, LT_E_LIMIT, "attention: %u KV heads exceed the grid limit %u", n_kv_heads,
                    caps->max_wg_count[1]);
   uint32_t group = n_heads / n_kv_heads;
-  bool used;
-  lt_status_t sd = attn_decode(c, out, q, k, v, n_q, n_heads, n_kv_heads, head_dim, q_pos0, kv_len, window, scale,
-                               softcap, &used, err);
-  if (used || sd != LT_OK) return sd;
-  /* attn.comp holds blocks of at most 64 keys (MAX_BC) and splits a block evenly over a tile's rows. */
-  uint32_t wg = op_wg(OP_ATTN);
-  assert(wg <= 64 && wg % 16 == 0);
-  /* Tiles of 16 queries reuse each K and V load 16 times; decode with little GQA fills only a few of them. */
-  uint32_t br = (uint64_t)n_q * group >= 16 && caps->max_shared >= ATTN_BR16_SHARED ? 16 : 4;
-  uint32_t dg = wg / (br / 4), hd4 = (head_dim + 3) / 4; /* invocations sharing 4 queries' columns */
-  /* With 4-query tiles a small head leaves most of those invocations without a column: they split the keys of
-   * P.V into slices instead. */
-  uint32_t ks = 1;
-  if (br == 4 && g_key_slices)
-    while (ks * 2 <= dg && dg / (ks * 2) >= hd4) ks *= 2;
-  dg /= ks;
-  char defines[64];
   /* K and V through texel views where the device reads them (vec4 loads: heads a multiple of 4), bound over every
    * key this call may read. */
-  uint64_t kspan, vspan, kv_bytes = 4 * kv_stride * kv_len;
-  bool kvt = head_dim % 4 == 0 && op_texel_bind(caps, k, GPU_TEXEL_RGBA32F, kv_bytes, &kspan) &&
-             op_texel_bind(caps, v, GPU_TEXEL_RGBA32F, kv_bytes, &vspan);
+  attn_call_t a = {.out = out,
+                   .q = q,
+                   .k = k,
+                   .v = v,
+                   .pc = {.window = window,
+                          .softcap = softcap > 0 ? softcap : 0.0f,
+                          .n_q = n_q,
+                          .n_heads = n_heads,
+                          .n_kv_heads = n_kv_heads,
+                          .head_dim = head_dim,
+                          .q_pos0 = q_pos0,
+                          .kv_len = kv_len,
+                          .kv_stride = (uint32_t)kv_stride,
+                          .scale = scale}};
+  uint64_t kv_bytes = 4 * kv_stride * kv_len;
+  a.kvt = head_dim % 4 == 0 && op_texel_bind(caps, k, GPU_TEXEL_RGBA32F, kv_bytes, &a.kspan) &&
+          op_texel_bind(caps, v, GPU_TEXEL_RGBA32F, kv_bytes, &a.vspan);
+  bool used;
+  lt_status_t st = attn_decode(c, &a, &used, err);
+  if (used || st != LT_OK) return st;
   /* Small heads leave the tiles nearly idle: one invocation per query instead (attn_rows.comp), its "tile" a
    * workgroup of queries. */
-  uint32_t rows_hd4 = caps->kind == GPU_KIND_CPU ? ATTN_ROWS_MAX_HD4_CPU : ATTN_ROWS_MAX_HD4;
+  uint32_t hd4 = (head_dim + 3) / 4, rows_hd4 = caps->kind == GPU_KIND_CPU ? ATTN_ROWS_MAX_HD4_CPU : ATTN_ROWS_MAX_HD4;
   op_id_t aid = g_row_kernel && head_dim % 4 == 0 && hd4 <= rows_hd4 ? OP_ATTN_ROWS : OP_ATTN;
-  uint32_t split;
+  /* attn.comp holds blocks of at most 64 keys (MAX_BC) and splits a block evenly over a tile's rows. */
+  uint32_t wg = op_wg(OP_ATTN), br;
+  assert(wg <= 64 && wg % 16 == 0);
+  char defines[64];
   if (aid == OP_ATTN_ROWS) {
     br = op_wg(OP_ATTN_ROWS);
-    snprintf(defines, sizeof defines, "HD4N=%u;KC=%u;KV_TEXEL=%d", hd4, ATTN_ROWS_KC, kvt);
-    uint64_t len = (uint64_t)(op_loop_budget(OP_ATTN_ROWS) - 1) * ATTN_ROWS_KC;
-    uint64_t groups = ((uint64_t)n_q * group + br - 1) / br * n_kv_heads;
-    if (groups < ATTN_TARGET_GROUPS) {
-      uint64_t want = (ATTN_TARGET_GROUPS + groups - 1) / groups;
-      uint64_t even = ((kv_used + want - 1) / want + ATTN_ROWS_KC - 1) / ATTN_ROWS_KC * ATTN_ROWS_KC;
-      len = min_u64(len, even > ATTN_MIN_SPLIT ? even : ATTN_MIN_SPLIT);
-    }
-    split = (uint32_t)len;
+    snprintf(defines, sizeof defines, "HD4N=%u;KC=%u;KV_TEXEL=%d", hd4, ATTN_ROWS_KC, a.kvt);
   } else {
+    /* Tiles of 16 queries reuse each K and V load 16 times; decode with little GQA fills only a few of them. */
+    br = (uint64_t)n_q * group >= 16 && caps->max_shared >= ATTN_BR16_SHARED ? 16 : 4;
+    uint32_t dg = wg / (br / 4); /* invocations sharing 4 queries' columns */
+    /* With 4-query tiles a small head leaves most of those invocations without a column: they split the keys of
+     * P.V into slices instead. */
+    uint32_t ks = 1;
+    if (br == 4 && g_key_slices)
+      while (ks * 2 <= dg && dg / (ks * 2) >= hd4) ks *= 2;
+    dg /= ks;
     snprintf(defines, sizeof defines, "BR=%u;DI=%u;HD4=%d;KS=%u;KV_TEXEL=%d", br, (hd4 + dg - 1) / dg,
-             head_dim % 4 == 0, ks, kvt);
-    uint64_t tiles = ((uint64_t)n_q * group + br - 1) / br * n_kv_heads;
-    split = attn_split_len(wg, head_dim, br, kv_used, tiles);
+             head_dim % 4 == 0, ks, a.kvt);
   }
-  gpu_pipeline_t *pa = op_pipeline_texel(g, aid, defines, NULL, 0, kvt ? 3u << 2 : 0, err);
+  uint64_t groups = ((uint64_t)n_q * group + br - 1) / br * n_kv_heads; /* tiles, or workgroups of queries */
+  uint32_t split = aid == OP_ATTN_ROWS
+                       ? (uint32_t)attn_spread((uint64_t)(op_loop_budget(OP_ATTN_ROWS) - 1) * ATTN_ROWS_KC, kv_used,
+                                               groups, ATTN_ROWS_KC)
+                       : attn_split_len(wg, head_dim, br, kv_used, groups);
+  gpu_pipeline_t *pa = op_pipeline_texel(g, aid, defines, NULL, 0, a.kvt ? 3u << 2 : 0, err);
   gpu_pipeline_t *pm = pa ? op_pipeline(g, OP_ATTN_MERGE, NULL, NULL, 0, err) : NULL;
   if (!pm) return err ? err->code : LT_E_SHADER;
 
@@ -364,49 +380,17 @@ lt_status_t op_attention(gpu_cmd_t *c, gpu_view_t out, gpu_view_t q, gpu_view_t 
   }
   gpu_buf_t *scratch = NULL;
   uint64_t acc_off = 0;
-  if (most && !(scratch = attn_scratch(c, caps, most * n_heads, head_dim, &acc_off, err)))
-    return err ? err->code : LT_E_DEVICE_OOM;
+  if (most && (st = attn_scratch(c, most * n_heads, head_dim, &scratch, &acc_off, err)) != LT_OK) return st;
 
-  pc_attn_t pc = {.window = window,
-                  .softcap = softcap > 0 ? softcap : 0.0f,
-                  .n_heads = n_heads,
-                  .n_kv_heads = n_kv_heads,
-                  .head_dim = head_dim,
-                  .q_pos0 = q_pos0,
-                  .kv_len = kv_len,
-                  .kv_stride = (uint32_t)kv_stride,
-                  .scale = scale,
-                  .split_len = split};
-  lt_status_t st = LT_OK;
+  a.pc.split_len = split;
   for (uint32_t t0 = 0, t1, ns; t0 < n_q && st == LT_OK; t0 = t1) {
     t1 = attn_run_end(t0, n_q, q_pos0, kv_len, split, &ns);
     t1 = (uint32_t)min_u64(t1, (uint64_t)t0 + attn_chunk_rows(caps, n_heads, group, head_dim, br, ns));
-    uint32_t rows = t1 - t0;
-    uint64_t keys = min_u64(kv_len, (uint64_t)q_pos0 + t1), recs = (uint64_t)rows * n_heads * ns;
-    pc.n_q = t1;
-    pc.row_base = t0;
-    pc.n_splits = ns;
-    /* One split writes out directly; its partial bindings then only need a valid placeholder. */
-    gpu_view_t part_ml = ns > 1 ? (gpu_view_t){scratch, 0} : q, part_acc = ns > 1 ? (gpu_view_t){scratch, acc_off} : q;
-    gpu_view_t va[6] = {out, q, k, v, part_ml, part_acc};
-    uint64_t ba[6] = {4 * row_elems * t1,   4 * row_elems * t1,    4 * kv_stride * keys,
-                      4 * kv_stride * keys, ns > 1 ? 8 * recs : 4, ns > 1 ? 4 * head_dim * recs : 4};
-    if (kvt) ba[2] = kspan, ba[3] = vspan;
-    bool wa[6] = {ns == 1, false, false, false, ns > 1, ns > 1};
-    gpu_texel_t ta[6] = {GPU_TEXEL_NONE,
-                         GPU_TEXEL_NONE,
-                         kvt ? GPU_TEXEL_RGBA32F : GPU_TEXEL_NONE,
-                         kvt ? GPU_TEXEL_RGBA32F : GPU_TEXEL_NONE,
-                         GPU_TEXEL_NONE,
-                         GPU_TEXEL_NONE};
-    uint32_t gx = (uint32_t)(((uint64_t)rows * group + br - 1) / br);
-    st = op_dispatch_texel(c, pa, aid, va, ba, wa, ta, 6, &pc, gx, n_kv_heads, ns, err);
-    if (st == LT_OK && ns > 1) {
-      gpu_view_t vm[3] = {out, part_ml, part_acc};
-      uint64_t bm[3] = {4 * row_elems * t1, 8 * recs, 4 * head_dim * recs};
-      bool wm[3] = {true, false, false};
-      st = op_dispatch(c, pm, OP_ATTN_MERGE, vm, bm, wm, 3, &pc, n_heads, rows, 1, err);
-    }
+    a.pc.n_q = t1;
+    a.pc.row_base = t0;
+    a.pc.n_splits = ns;
+    uint32_t gx = (uint32_t)(((uint64_t)(t1 - t0) * group + br - 1) / br);
+    st = attn_run(c, &a, pa, aid, pm, scratch, acc_off, gx, n_kv_heads, ns, err);
   }
   return st;
 }

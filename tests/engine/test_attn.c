@@ -260,37 +260,43 @@ static double max_diff(const float *a, const float *b, uint64_t n, bool *bits_di
   return worst;
 }
 
-Test(attn, decode_kernel_against_the_tiled_kernel) {
-  /* The same decode problems through attn_dec.comp and through attn.comp's tiles (op_attention_decode_kernel):
-   * within f32 rounding of each other, and not the same bits (so the switch really changed kernels). */
-  static const uint32_t shapes[][6] = {{1, 8, 4, 8, 63, 64}, {1, 12, 4, 64, 255, 256}, {2, 32, 8, 128, 1998, 2000}};
-  for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++) {
-    const uint32_t *sh = shapes[i];
-    uint64_t nq = (uint64_t)sh[0] * sh[1] * sh[3], nkv = (uint64_t)sh[5] * sh[2] * sh[3], seed = 77 + i;
-    float *q = talloc(nq), *k = talloc(nkv), *v = talloc(nkv);
-    trand(q, nq, -2, 2, &seed), trand(k, nkv, -1, 1, &seed), trand(v, nkv, -1, 1, &seed);
-    gpu_buf_t *bq = tbuf_f32(q, nq), *bk = tbuf_f32(k, nkv), *bv = tbuf_f32(v, nkv);
-    gpu_buf_t *bo[2] = {tbuf_f32(NULL, nq), tbuf_f32(NULL, nq)};
-    float *got[2];
-    for (int tiled = 0; tiled < 2; tiled++) {
-      op_attention_decode_kernel(!tiled);
-      lt_err_t err = {0};
-      gpu_cmd_t *c = tbegin();
-      cr_assert_eq(op_attention(c, gv(bo[tiled]), gv(bq), gv(bk), gv(bv), sh[0], sh[1], sh[2], sh[3], sh[4], sh[5], 0,
-                                1.0f / sqrtf((float)sh[3]), 0.0f, &err),
-                   LT_OK, "%s", err.msg);
-      tfinish(&c);
-      got[tiled] = tread_f32(bo[tiled], nq);
-    }
-    op_attention_decode_kernel(true);
-    bool differ;
-    double d = max_diff(got[0], got[1], nq, &differ);
-    /* Outputs in [-1, 1]: f32 sums in two orders agree to a few 1e-7 (the reference tolerance is 1e-5). */
-    cr_assert_leq(d, 1e-5, "shape %zu: decode and tiled kernels differ by %g", i, d);
-    cr_assert(differ, "shape %zu: the same bits both ways: the decode kernel did not run", i);
-    free(got[0]), free(got[1]), free(q), free(k), free(v);
-    gpu_buf_destroy(&bq), gpu_buf_destroy(&bk), gpu_buf_destroy(&bv), gpu_buf_destroy(&bo[0]), gpu_buf_destroy(&bo[1]);
+/* Runs one problem sh = {n_q, n_heads, n_kv, hd, q_pos0, kv_len} (random q, k, v from seed) with a kernel switched
+ * on and off (`kernel`: op_attention_decode_kernel or op_attention_row_kernel; off, attn.comp's tiles run): the two
+ * agree within f32 rounding and are not the same bits (so the switch really changed kernels). */
+static void check_against_tiles(void (*kernel)(bool), const uint32_t sh[6], uint64_t seed, float scale,
+                                const char *what) {
+  uint64_t nq = (uint64_t)sh[0] * sh[1] * sh[3], nkv = (uint64_t)sh[5] * sh[2] * sh[3];
+  float *q = talloc(nq), *k = talloc(nkv), *v = talloc(nkv);
+  trand(q, nq, -2, 2, &seed), trand(k, nkv, -1, 1, &seed), trand(v, nkv, -1, 1, &seed);
+  gpu_buf_t *bq = tbuf_f32(q, nq), *bk = tbuf_f32(k, nkv), *bv = tbuf_f32(v, nkv);
+  gpu_buf_t *bo[2] = {tbuf_f32(NULL, nq), tbuf_f32(NULL, nq)};
+  float *got[2];
+  for (int tiled = 0; tiled < 2; tiled++) {
+    kernel(!tiled);
+    lt_err_t err = {0};
+    gpu_cmd_t *c = tbegin();
+    cr_assert_eq(op_attention(c, gv(bo[tiled]), gv(bq), gv(bk), gv(bv), sh[0], sh[1], sh[2], sh[3], sh[4], sh[5], 0,
+                              scale, 0.0f, &err),
+                 LT_OK, "%s: %s", what, err.msg);
+    tfinish(&c);
+    got[tiled] = tread_f32(bo[tiled], nq);
   }
+  kernel(true);
+  bool differ;
+  double d = max_diff(got[0], got[1], nq, &differ);
+  /* Outputs in [-1, 1]: f32 sums in two orders agree to a few 1e-7 (the reference tolerance is 1e-5). */
+  cr_assert_leq(d, 1e-5, "%s: the kernel and the tiles differ by %g", what, d);
+  cr_assert(differ, "%s: the same bits both ways: the kernel did not run", what);
+  free(got[0]), free(got[1]), free(q), free(k), free(v);
+  gpu_buf_destroy(&bq), gpu_buf_destroy(&bk), gpu_buf_destroy(&bv), gpu_buf_destroy(&bo[0]), gpu_buf_destroy(&bo[1]);
+}
+
+Test(attn, decode_kernel_against_the_tiled_kernel) {
+  /* The same decode problems through attn_dec.comp and through attn.comp's tiles (op_attention_decode_kernel). */
+  static const uint32_t shapes[][6] = {{1, 8, 4, 8, 63, 64}, {1, 12, 4, 64, 255, 256}, {2, 32, 8, 128, 1998, 2000}};
+  static const char *what[] = {"decode, gqa 2, hd 8", "decode, gqa 3, hd 64", "2 rows, gqa 4, hd 128"};
+  for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++)
+    check_against_tiles(op_attention_decode_kernel, shapes[i], 77 + i, 1.0f / sqrtf((float)shapes[i][3]), what[i]);
 }
 
 Test(attn, tiled_kernel_shapes) {
@@ -322,31 +328,9 @@ Test(attn, row_kernel_shapes) {
 }
 
 Test(attn, row_kernel_against_the_tiled_kernel) {
-  /* Prefill of small heads through attn_rows.comp and through attn.comp's tiles: within f32 rounding of each other,
-   * and not the same bits (so the switch really changed kernels). */
-  uint32_t n_q = 200, H = 8, KV = 4, hd = 8;
-  uint64_t nq = (uint64_t)n_q * H * hd, nkv = (uint64_t)n_q * KV * hd, seed = 99;
-  float *q = talloc(nq), *k = talloc(nkv), *v = talloc(nkv);
-  trand(q, nq, -2, 2, &seed), trand(k, nkv, -1, 1, &seed), trand(v, nkv, -1, 1, &seed);
-  gpu_buf_t *bq = tbuf_f32(q, nq), *bk = tbuf_f32(k, nkv), *bv = tbuf_f32(v, nkv);
-  gpu_buf_t *bo[2] = {tbuf_f32(NULL, nq), tbuf_f32(NULL, nq)};
-  float *got[2];
-  for (int tiled = 0; tiled < 2; tiled++) {
-    op_attention_row_kernel(!tiled);
-    lt_err_t err = {0};
-    gpu_cmd_t *c = tbegin();
-    cr_assert_eq(op_attention(c, gv(bo[tiled]), gv(bq), gv(bk), gv(bv), n_q, H, KV, hd, 0, n_q, 0, 0.35f, 0.0f, &err),
-                 LT_OK, "%s", err.msg);
-    tfinish(&c);
-    got[tiled] = tread_f32(bo[tiled], nq);
-  }
-  op_attention_row_kernel(true);
-  bool differ;
-  double d = max_diff(got[0], got[1], nq, &differ);
-  cr_assert_leq(d, 1e-5, "row and tiled kernels differ by %g", d);
-  cr_assert(differ, "the same bits both ways: the row kernel did not run");
-  free(got[0]), free(got[1]), free(q), free(k), free(v);
-  gpu_buf_destroy(&bq), gpu_buf_destroy(&bk), gpu_buf_destroy(&bv), gpu_buf_destroy(&bo[0]), gpu_buf_destroy(&bo[1]);
+  /* Prefill of small heads through attn_rows.comp and through attn.comp's tiles (op_attention_row_kernel). */
+  static const uint32_t shape[6] = {200, 8, 4, 8, 0, 200};
+  check_against_tiles(op_attention_row_kernel, shape, 99, 0.35f, "prefill 200, gqa 2, hd 8");
 }
 
 Test(attn, storage_buffer_keys_and_values) {
