@@ -9,7 +9,7 @@
  * folder and deleted afterwards. Figures: prefill of one prompt (512 tokens for the named model, 128 for the
  * synthetic one) and of 4 such prompts, decoding at batch 1 and 4 after a 16-token prompt, and the bytes the loader
  * placed. Each figure is one timed run after a warm-up that builds every pipeline. LATHE_BENCH_QUICK=1 shrinks the
- * synthetic model's prompts to 32 tokens and every decode to fewer steps.
+ * synthetic model's workloads (32-token prompts, 4 decoding steps instead of 8).
  *
  * With LATHE_BENCH_LLAMA=/path/to/llama-bench (tools/llama_cpp_build.sh builds it from a llama.cpp checkout kept
  * outside this repository), llama.cpp's CPU backend is a second peer: the model is written as GGUF
@@ -300,8 +300,8 @@ static const char *mib_str(char *buf, uint64_t bytes) {
   return buf;
 }
 
-static void llama_peer(const char *env, const char *peer, const char *path, const char *label, const workload_t *w,
-                       double lathe_pp, double lathe_tg);
+static void llama_peer(const char *env, bool offload, const char *peer, const char *path, const char *label,
+                       const workload_t *w, double lathe_pp, double lathe_tg);
 
 /* Measures every figure for the model at path; returns 1 when its logits disagree beyond tol (tol < 0: only
  * printed). */
@@ -375,8 +375,8 @@ static int bench_model(gpu_t *g, const char *path, const char *label, const work
            f.new_pipelines ? " (pipelines were built while timing!)" : "", f.peer_s, 100 * r.p->t_blas / f.peer_s);
     if (tol >= 0 && !(f.diff <= tol)) bad = 1;
   }
-  llama_peer("LATHE_BENCH_LLAMA", "llama.cpp-cpu", path, label, w, lathe_pp, lathe_tg);
-  llama_peer("LATHE_BENCH_LLAMA_VULKAN", "llama.cpp-vulkan", path, label, w, lathe_pp, lathe_tg);
+  llama_peer("LATHE_BENCH_LLAMA", false, "llama.cpp-cpu", path, label, w, lathe_pp, lathe_tg);
+  llama_peer("LATHE_BENCH_LLAMA_VULKAN", true, "llama.cpp-vulkan", path, label, w, lathe_pp, lathe_tg);
   const model_mem_t *mm = model_mem(r.m);
   char a[32], b[32], d[32], e[32];
   printf("model %s memory: lathe weights %s on the device for %s in the file (ratio %.2f), activations %s; "
@@ -393,11 +393,11 @@ static int bench_model(gpu_t *g, const char *path, const char *label, const work
 
 /* llama-bench's mean tokens per second for its prompt test (-p) and generation test (-n) from its JSON output;
  * false when it did not run. */
-static bool llama_bench(const char *bench, const char *gguf, uint32_t prefill, uint32_t steps, bool gpu, double *pp,
+static bool llama_bench(const char *bench, const char *gguf, uint32_t prefill, uint32_t steps, bool offload, double *pp,
                         double *tg) {
   char cmd[1536];
   snprintf(cmd, sizeof cmd, "'%s' -m '%s' -p %u -n %u -t %d -ngl %d -r 3 -o json 2>/dev/null", bench, gguf, prefill,
-           steps, openblas_get_num_threads(), gpu ? 99 : 0);
+           steps, openblas_get_num_threads(), offload ? 99 : 0);
   FILE *f = popen(cmd, "r");
   if (!f) return false;
   static char out[1 << 16];
@@ -418,12 +418,11 @@ static bool llama_bench(const char *bench, const char *gguf, uint32_t prefill, u
   return st == 0 && *pp > 0 && *tg > 0;
 }
 
-/* A llama.cpp peer for the model at path: llama-bench named by the environment variable `env` (LATHE_BENCH_LLAMA:
- * the CPU backend; LATHE_BENCH_LLAMA_VULKAN: a Vulkan build, every layer offloaded, on the device Vulkan lists
- * first), printed as `peer`; prints its prefill and decode rates against Lathe's (lathe_pp, lathe_tg tokens per
- * second, batch 1) as ratios. */
-static void llama_peer(const char *env, const char *peer, const char *path, const char *label, const workload_t *w,
-                       double lathe_pp, double lathe_tg) {
+/* A llama.cpp peer for the model at path: llama-bench named by the environment variable `env`, every layer
+ * offloaded to the GPU when `offload` (a Vulkan build: the device Vulkan lists first), printed as `peer`; prints its
+ * prefill and decode rates against Lathe's (lathe_pp, lathe_tg tokens per second, batch 1) as ratios. */
+static void llama_peer(const char *env, bool offload, const char *peer, const char *path, const char *label,
+                       const workload_t *w, double lathe_pp, double lathe_tg) {
   const char *bench = getenv(env);
   if (!bench || !*bench) return;
   char gguf[512];
@@ -440,8 +439,7 @@ static void llama_peer(const char *env, const char *peer, const char *path, cons
     snprintf(gguf, sizeof gguf, "%s", path);
   }
   double pp, tg;
-  bool gpu = strcmp(env, "LATHE_BENCH_LLAMA") != 0;
-  if (llama_bench(bench, gguf, w->prefill, w->steps, gpu, &pp, &tg)) {
+  if (llama_bench(bench, gguf, w->prefill, w->steps, offload, &pp, &tg)) {
     printf("model %s prefill %u: lathe %.1f tok/s, %s %.1f tok/s, ratio %.2f\n", label, w->prefill, lathe_pp, peer, pp,
            lathe_pp / pp);
     printf("model %s decode batch 1 (%u tokens): lathe %.1f tok/s, %s %.1f tok/s, ratio %.2f\n", label, w->steps,
@@ -480,7 +478,7 @@ int main(int argc, char **argv) {
   const char *tx = getenv("LATHE_TEXEL_READS");
   if (tx && !strcmp(tx, "0")) op_texel_reads(false);
   /* The synthetic model decodes slowly on lavapipe: fewer steps there keep the whole run near 3 minutes. */
-  workload_t named = quick ? (workload_t){512, 16, 64} : (workload_t){512, 16, 64};
+  workload_t named = {512, 16, 64};
   workload_t synth = quick ? (workload_t){32, 16, 4} : (workload_t){128, 16, 8};
   lt_err_t err = {0};
   gpu_t *g = gpu_new(NULL, &err);

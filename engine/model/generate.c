@@ -123,7 +123,8 @@ lt_status_t model_generate(model_t *m, const int32_t *const *prompts, const uint
   uint32_t V = cf->vocab_size;
   const gen_pair_t *pair = o->pair;
   uint32_t per = pair ? 2 : 1; /* sequences per prompt: seq[i] is prompt i's first, seq[n + i] its second */
-  model_out_t out2 = pair && pair->second_logits ? MODEL_OUT_LAST : MODEL_OUT_NONE;
+  /* The second sequence's logits are for on_logits alone. */
+  model_out_t out2 = pair && pair->second_logits && o->on_logits ? MODEL_OUT_LAST : MODEL_OUT_NONE;
   lt_status_t st = LT_OK;
   memset(res, 0, n * sizeof *res);
   model_seq_t **seq = calloc((size_t)n * per, sizeof *seq);
@@ -132,7 +133,8 @@ lt_status_t model_generate(model_t *m, const int32_t *const *prompts, const uint
   const sample_opts_t *so = &o->sample;
   uint32_t top = so->temperature <= 0 ? 1 : so->top_k;
   bool dev = !o->forced && !o->on_logits && !o->host_sampling && top >= 1 && top <= MODEL_TOP_MAX && top <= V;
-  float *logits = malloc((uint64_t)n * per * V * 4), *scratch = malloc((uint64_t)V * 2 * 4);
+  /* Host sampling only: every sequence's logits, and the candidates of one row. */
+  float *logits = dev ? NULL : malloc((uint64_t)n * per * V * 4), *scratch = dev ? NULL : malloc((uint64_t)V * 2 * 4);
   float *top_val = malloc((uint64_t)n * MODEL_TOP_MAX * 4);
   int32_t *top_ids = malloc((uint64_t)n * MODEL_TOP_MAX * 4);
   sample_rng_t *rng = calloc(n, sizeof *rng);
@@ -140,7 +142,7 @@ lt_status_t model_generate(model_t *m, const int32_t *const *prompts, const uint
   int32_t *next = calloc(n, sizeof *next);
   uint32_t *limit = calloc(n, sizeof *limit);
   sample_dst_t dst = {.dev = dev, .top = top, .V = V, .logits = logits, .top_val = top_val, .top_ids = top_ids};
-  if (!seq || !items || !logits || !scratch || !rng || !done || !next || !limit || !top_val || !top_ids) {
+  if (!seq || !items || (!dev && (!logits || !scratch)) || !rng || !done || !next || !limit || !top_val || !top_ids) {
     st = lt_fail(err, LT_E_NOMEM, "out of memory");
     goto out;
   }
@@ -187,7 +189,7 @@ lt_status_t model_generate(model_t *m, const int32_t *const *prompts, const uint
                                   .tokens = pair->prompts[i] + pair->prompt_lens[i] - 1,
                                   .n_tokens = 1,
                                   .out = out2,
-                                  .result = logits + (uint64_t)(n + i) * V};
+                                  .result = out2 ? logits + (uint64_t)(n + i) * V : NULL};
       items[k++] = sampled_item(&dst, seq[i], prompts[i] + prompt_lens[i] - 1, 1, i);
     }
   }
@@ -197,7 +199,7 @@ lt_status_t model_generate(model_t *m, const int32_t *const *prompts, const uint
     bool stop = false;
     for (uint32_t i = 0; i < n; i++) {
       if (done[i]) continue;
-      float *lg = logits + (uint64_t)i * V;
+      float *lg = dev ? NULL : logits + (uint64_t)i * V;
       if (o->on_logits)
         o->on_logits(o->logits_ctx, i, res[i].n_tokens, lg, out2 ? logits + (uint64_t)(n + i) * V : NULL, V);
       int32_t t = o->forced ? o->forced[i][res[i].n_tokens]
@@ -221,7 +223,7 @@ lt_status_t model_generate(model_t *m, const int32_t *const *prompts, const uint
                                          .tokens = &next[i],
                                          .n_tokens = 1,
                                          .out = out2,
-                                         .result = logits + (uint64_t)(n + i) * V};
+                                         .result = out2 ? logits + (uint64_t)(n + i) * V : NULL};
       items[active++] = sampled_item(&dst, seq[i], &next[i], 1, i);
     }
     if (stop || active == 0) break;
