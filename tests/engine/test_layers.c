@@ -6,6 +6,8 @@
 #include <sys/stat.h>
 #include <sys/wait.h>
 
+#include "support/tdata.h"
+
 /* Runs the layer check on the tree at root; returns its exit status. */
 static int check_tree(const char *root) {
   char cmd[8192];
@@ -28,33 +30,31 @@ static void write_file(const char *root, const char *dir, const char *file, cons
   fclose(f);
 }
 
+TestSuite(layers, .fini = tdata_cleanup);
+
 Test(layers, real_tree_passes) { cr_assert_eq(check_tree(LATHE_SOURCE_DIR), 0); }
 
 Test(layers, downward_include_passes) {
-  char root[] = "/tmp/lathe-layers-XXXXXX";
-  cr_assert_not_null(mkdtemp(root));
+  const char *root = tdata_dir();
   write_file(root, "engine/model", "engine/model/ok.c", "engine/gpu/gpu.h");
   write_file(root, "methods", "methods/ok.c", "engine/model/model.h");
   cr_assert_eq(check_tree(root), 0);
 }
 
 Test(layers, gpu_including_model_fails) {
-  char root[] = "/tmp/lathe-layers-XXXXXX";
-  cr_assert_not_null(mkdtemp(root));
+  const char *root = tdata_dir();
   write_file(root, "engine/gpu", "engine/gpu/bad.c", "engine/model/model.h");
   cr_assert_neq(check_tree(root), 0);
 }
 
 Test(layers, text_including_model_fails) {
-  char root[] = "/tmp/lathe-layers-XXXXXX";
-  cr_assert_not_null(mkdtemp(root));
+  const char *root = tdata_dir();
   write_file(root, "engine/text", "engine/text/bad.h", "engine/model/gguf.h");
   cr_assert_neq(check_tree(root), 0);
 }
 
 Test(layers, production_including_references_fails) {
-  char root[] = "/tmp/lathe-layers-XXXXXX";
-  cr_assert_not_null(mkdtemp(root));
+  const char *root = tdata_dir();
   write_file(root, "engine/model", "engine/model/bad.c", "engine/ops/ref/ref.h");
   cr_assert_neq(check_tree(root), 0);
 }

@@ -13,17 +13,23 @@
 #include "engine/model/generate.h"
 #include "engine/model/model_tok.h"
 #include "jobs/job_local.h"
+#include "support/tdata.h"
 #include "support/tgpu.h"
 #include "jobs/tjobs.h"
 
 #define TINY LATHE_SOURCE_DIR "/tests/fixtures/llama-tiny"
 
-TestSuite(runners, .init = tgpu_setup, .fini = tgpu_teardown);
+static void teardown(void) {
+  tgpu_teardown();
+  tdata_cleanup();
+}
 
-static char dir[] = "/tmp/lathe-runners-XXXXXX";
+TestSuite(runners, .init = tgpu_setup, .fini = teardown);
+
+static char dir[256];
 
 static job_local_t *host(void) {
-  if (dir[strlen(dir) - 1] == 'X') cr_assert(mkdtemp(dir));
+  if (!dir[0]) snprintf(dir, sizeof dir, "%s", tdata_dir());
   lt_err_t err = {0};
   job_local_t *l = job_local_new(tgpu(), dir, &err);
   cr_assert(l, "%s", err.msg);

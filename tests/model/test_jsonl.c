@@ -11,17 +11,15 @@
 #include "engine/model/model_tok.h"
 #include "methods/prefs.h"
 
+#include "support/tdata.h"
+
 #define STORIES LATHE_SOURCE_DIR "/tests/fixtures/stories260K/hf"
 
 static char path[64];
 
-static void write_file(const char *text) {
-  strcpy(path, "/tmp/lathe-jsonl-XXXXXX");
-  int fd = mkstemp(path);
-  cr_assert(fd >= 0);
-  cr_assert_eq(write(fd, text, strlen(text)), (ssize_t)strlen(text));
-  close(fd);
-}
+static void write_file(const char *text) { snprintf(path, sizeof path, "%s", tdata_file("rows.jsonl", text, 0)); }
+
+TestSuite(jsonl, .fini = tdata_cleanup);
 
 Test(jsonl, rows_blank_lines_and_errors_name_the_line) {
   write_file("{\"text\": \"a\"}\n\n  \r\n{\"text\": \"b\"}\r\n[1, 2]\n{\"text\": \"c\"}\n");
