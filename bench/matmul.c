@@ -5,7 +5,8 @@
  * time with cold and warm caches. LATHE_BENCH_QUICK=1 shrinks the shapes. Upload time is excluded; each figure
  * is the mean of several timed repetitions after one warm-up run.
  * Compile times: Mesa drivers keep their own disk cache of compiled shaders, which would make a "cold" start
- * warm; the benchmark points MESA_SHADER_CACHE_DIR into its temporary folder so that both caches start empty. */
+ * warm; the benchmark points MESA_SHADER_CACHE_DIR into its temporary folder so that both caches start empty.
+ * Usage: bench_matmul [MxNxK ...]; shapes named on the command line are timed alone (f32 and f16 weights). */
 #include <cblas.h>
 #include <ftw.h>
 #include <math.h>
@@ -262,7 +263,19 @@ static int rm_entry(const char *path, const struct stat *sb, int flag, struct FT
   return remove(path);
 }
 
-int main(void) {
+int main(int argc, char **argv) {
+  /* Shapes named on the command line (MxNxK: M rows of x, N output columns, K inputs) are timed alone. */
+  uint32_t shapes[16][3], n_shapes = 0;
+  for (int i = 1; i < argc; i++) {
+    if (n_shapes == 16 ||
+        sscanf(argv[i], "%ux%ux%u", &shapes[n_shapes][0], &shapes[n_shapes][1], &shapes[n_shapes][2]) != 3 ||
+        !shapes[n_shapes][0] || !shapes[n_shapes][1] || !shapes[n_shapes][2]) {
+      fprintf(stderr, "usage: bench_matmul [MxNxK ...] (up to 16 shapes, each dimension at least 1); got %s\n",
+              argv[i]);
+      return 2;
+    }
+    n_shapes++;
+  }
   const char *q = getenv("LATHE_BENCH_QUICK");
   bool quick = q && *q && strcmp(q, "0") != 0;
   char dir[] = "/tmp/lathe-bench-matmul-XXXXXX";
@@ -298,6 +311,12 @@ int main(void) {
   fflush(stdout);
 
   double budget = quick ? 0.3 : 1.5; /* seconds of timed repetitions per figure */
+  if (n_shapes) {
+    for (uint32_t i = 0; i < n_shapes; i++) bench_shape(g, shapes[i][0], shapes[i][1], shapes[i][2], budget);
+    gpu_destroy(&g);
+    nftw(dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+    return 0;
+  }
   uint32_t big = quick ? 1024 : 4096, sq = quick ? 512 : 2048, rows = quick ? 128 : 512;
   bench_shape(g, 1, big, big, budget);
   bench_shape(g, rows, big, big, budget);

@@ -9,7 +9,7 @@
  * folder and deleted afterwards. Figures: prefill of one prompt (512 tokens for the named model, 128 for the
  * synthetic one) and of 4 such prompts, decoding at batch 1 and 4 after a 16-token prompt, and the bytes the loader
  * placed. Each figure is one timed run after a warm-up that builds every pipeline. LATHE_BENCH_QUICK=1 shrinks the
- * synthetic model's workloads (32-token prompts, 4 decoding steps instead of 8).
+ * synthetic model's workloads (32-token prompts, 16 decoding steps instead of 32).
  *
  * With LATHE_BENCH_LLAMA=/path/to/llama-bench (tools/llama_cpp_build.sh builds it from a llama.cpp checkout kept
  * outside this repository), llama.cpp's CPU backend is a second peer: the model is written as GGUF
@@ -477,9 +477,9 @@ int main(int argc, char **argv) {
     model_fuse_decode(false);
   const char *tx = getenv("LATHE_TEXEL_READS");
   if (tx && !strcmp(tx, "0")) op_texel_reads(false);
-  /* The synthetic model decodes slowly on lavapipe: fewer steps there keep the whole run near 3 minutes. */
+  /* The synthetic model decodes slowly on lavapipe: fewer steps there keep the whole run to a few minutes. */
   workload_t named = {512, 16, 64};
-  workload_t synth = quick ? (workload_t){32, 16, 4} : (workload_t){128, 16, 8};
+  workload_t synth = quick ? (workload_t){32, 16, 16} : (workload_t){128, 16, 32};
   lt_err_t err = {0};
   gpu_t *g = gpu_new(NULL, &err);
   if (!g) die("gpu_new", err.msg);
