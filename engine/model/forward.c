@@ -454,6 +454,25 @@ out:
   return st;
 }
 
+/* Whether item it asks for its row's mass beside the candidates (a nucleus cut over the whole vocabulary). */
+static bool nucleus_row(const model_item_t *it) {
+  return it->out == MODEL_OUT_TOP && it->top_mass && it->top_temp > 0 && it->top_p > 0 && it->top_p < 1;
+}
+
+/* Sets a nucleus row's *top_mass from its log-sum-exp at the sampling temperature (lse); where its candidates (in
+ * it->result, descending) hold less than top_p of that mass, downloads the row's logits (V floats at byte off of
+ * logits) into top_logits instead and sets *top_mass to 0. */
+static lt_status_t nucleus_mass(const model_item_t *it, float lse, gpu_buf_t *logits, uint64_t off, uint32_t V,
+                                lt_err_t *err) {
+  /* The candidates' weights as the sampler computes them: exp((l - max) / T), rounded to f32, summed in double. */
+  double inv_t = (double)(1.0f / it->top_temp), mass = exp((double)lse - (double)it->result[0] * inv_t), held = 0;
+  for (uint32_t j = 0; j < it->top_k; j++) held += (float)exp(((double)it->result[j] - it->result[0]) / it->top_temp);
+  *it->top_mass = mass;
+  if (held >= it->top_p * mass && isfinite(mass)) return LT_OK;
+  *it->top_mass = 0;
+  return gpu_download(logits, off, it->top_logits, (uint64_t)V * 4, err);
+}
+
 /* Computes logits for the rows the items ask for, in chunks of LOGIT_ROWS, and fills their results. */
 static lt_status_t outputs(pass_t *p, gpu_cmd_t **c, lt_err_t *err) {
   model_t *m = p->m;
@@ -462,7 +481,7 @@ static lt_status_t outputs(pass_t *p, gpu_cmd_t **c, lt_err_t *err) {
   int32_t sel[LOGIT_ROWS], tgt[LOGIT_ROWS];
   uint32_t who[LOGIT_ROWS], tok[LOGIT_ROWS];
   float *logits = malloc((uint64_t)LOGIT_ROWS * V * 4);
-  float nll[LOGIT_ROWS], top_val[LOGIT_ROWS * MODEL_TOP_MAX];
+  float nll[LOGIT_ROWS], lse[LOGIT_ROWS], top_val[LOGIT_ROWS * MODEL_TOP_MAX];
   uint32_t top_idx[LOGIT_ROWS * MODEL_TOP_MAX];
   if (!logits) return lt_fail(err, LT_E_NOMEM, "out of memory");
   lt_status_t st = LT_OK;
@@ -480,20 +499,24 @@ static lt_status_t outputs(pass_t *p, gpu_cmd_t **c, lt_err_t *err) {
       if (have_row) {
         sel[n] = (int32_t)(p->row0[i] + t);
         tgt[n] = it->out == MODEL_OUT_NLL ? it->targets[t] : -1;
+        if (nucleus_row(it)) {
+          float s = 1.0f / it->top_temp; /* the scale op_logsumexp_scaled reads from this row's slot */
+          memcpy(&tgt[n], &s, 4);
+        }
         who[n] = i;
         tok[n] = t;
         n++;
       }
       bool end = it == NULL && t == last;
       if (n == 0 || (n < a->logit_rows && !end)) continue;
-      bool any_nll = false, any_logits = false;
+      bool any_nll = false, any_logits = false, any_mass = false;
       uint32_t top = 0; /* candidates to select: the most any row of the chunk wants */
       for (uint32_t r = 0; r < n; r++) {
         const model_item_t *ir = &p->items[who[r]];
         if (ir->out == MODEL_OUT_NLL)
           any_nll = true;
         else if (ir->out == MODEL_OUT_TOP)
-          top = ir->top_k > top ? ir->top_k : top;
+          top = ir->top_k > top ? ir->top_k : top, any_mass |= nucleus_row(ir);
         else
           any_logits = true;
       }
@@ -507,12 +530,15 @@ static lt_status_t outputs(pass_t *p, gpu_cmd_t **c, lt_err_t *err) {
       if (any_nll && (st = op_logsumexp(*c, gv(a->lse), gv(a->nll), gv(a->logits), gv(a->tgt), n, V, err)) != LT_OK)
         break;
       if (top && (st = op_topk(*c, gv(a->top_idx), gv(a->top_val), gv(a->logits), n, V, top, err)) != LT_OK) break;
+      /* After the cross-entropy, which has read a->lse's rows: the nucleus rows' sums (their scales in tgt). */
+      if (any_mass && (st = op_logsumexp_scaled(*c, gv(a->lse), gv(a->logits), gv(a->tgt), n, V, err)) != LT_OK) break;
       if ((st = flush(m->g, c, err)) != LT_OK) break;
       if (top && ((st = gpu_download(a->top_idx, 0, top_idx, (uint64_t)n * top * 4, err)) != LT_OK ||
                   (st = gpu_download(a->top_val, 0, top_val, (uint64_t)n * top * 4, err)) != LT_OK))
         break;
       if (any_logits && (st = gpu_download(a->logits, 0, logits, (uint64_t)n * V * 4, err)) != LT_OK) break;
       if (any_nll && (st = gpu_download(a->nll, 0, nll, n * 4, err)) != LT_OK) break;
+      if (any_mass && (st = gpu_download(a->lse, 0, lse, n * 4, err)) != LT_OK) break;
       for (uint32_t r = 0; r < n; r++) {
         model_item_t *ir = &p->items[who[r]];
         if (ir->out == MODEL_OUT_NLL) {
@@ -520,6 +546,8 @@ static lt_status_t outputs(pass_t *p, gpu_cmd_t **c, lt_err_t *err) {
         } else if (ir->out == MODEL_OUT_TOP) {
           memcpy(ir->result, top_val + (uint64_t)r * top, ir->top_k * 4ull);
           for (uint32_t j = 0; j < ir->top_k; j++) ir->top_ids[j] = (int32_t)top_idx[r * top + j];
+          if (nucleus_row(ir) && (st = nucleus_mass(ir, lse[r], a->logits, (uint64_t)r * V * 4, V, err)) != LT_OK)
+            break;
         } else if (ir->out == MODEL_OUT_LAST) {
           memcpy(ir->result, logits + (uint64_t)r * V, (uint64_t)V * 4);
         } else {
@@ -744,6 +772,8 @@ lt_status_t model_forward(model_t *m, model_item_t *items, uint32_t n_items, con
         (!it->top_ids || it->top_k < 1 || it->top_k > MODEL_TOP_MAX || it->top_k > m->cfg.vocab_size))
       return lt_fail(err, LT_E_INVALID, "item %u: top %u candidates (want 1..%u, at most the vocabulary %u, and ids)",
                      i, it->top_k, MODEL_TOP_MAX, m->cfg.vocab_size);
+    if (nucleus_row(it) && !it->top_logits)
+      return lt_fail(err, LT_E_INVALID, "item %u: a nucleus cut's mass needs top_logits for the rows it outgrows", i);
     if (it->n_embeds && (!it->embeds || (uint64_t)it->embeds_at + it->n_embeds > it->n_tokens))
       return lt_fail(err, LT_E_INVALID, "item %u: input embeddings for tokens %u..%u of %u", i, it->embeds_at,
                      it->embeds_at + it->n_embeds, it->n_tokens);

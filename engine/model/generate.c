@@ -31,13 +31,16 @@ static int cand_desc(const void *a, const void *b) {
 }
 
 /* Draws from n candidates c (their weights summing to sum), sorting and cutting them first (top-k, then top-p)
- * when cut is set. */
-static int32_t draw(cand_t *c, uint32_t n, double sum, bool cut, const sample_opts_t *o, sample_rng_t *rng) {
+ * when cut is set; the top-p cut is a share of mass when that is positive (the whole row's, of which c are the
+ * largest), else of the kept candidates' own sum. */
+static int32_t draw(cand_t *c, uint32_t n, double sum, bool cut, double mass, const sample_opts_t *o,
+                    sample_rng_t *rng) {
   if (cut) {
     qsort(c, n, sizeof *c, cand_desc);
     if (o->top_k && o->top_k < n) n = o->top_k;
     double kept = 0;
     for (uint32_t i = 0; i < n; i++) kept += c[i].p;
+    if (mass > 0) kept = mass;
     if (o->top_p > 0 && o->top_p < 1) {
       double acc = 0;
       for (uint32_t i = 0; i < n; i++) {
@@ -69,10 +72,13 @@ int32_t sample_token(const float *logits, uint32_t vocab, const sample_opts_t *o
     c[i] = (cand_t){(float)p, i};
     sum += p;
   }
-  return draw(c, vocab, sum, (o->top_k && o->top_k < vocab) || (o->top_p > 0 && o->top_p < 1), o, rng);
+  return draw(c, vocab, sum, (o->top_k && o->top_k < vocab) || (o->top_p > 0 && o->top_p < 1), 0, o, rng);
 }
 
-int32_t sample_top(const float *top, const int32_t *ids, uint32_t k, const sample_opts_t *o, sample_rng_t *rng) {
+/* sample_top and sample_nucleus: the draw from k device-selected candidates, the top-p cut against mass (> 0) or
+ * against the candidates' own sum (0). */
+static int32_t sample_cands(const float *top, const int32_t *ids, uint32_t k, double mass, const sample_opts_t *o,
+                            sample_rng_t *rng) {
   if (o->temperature <= 0) return ids[0];
   cand_t c[MODEL_TOP_MAX];
   if (k > MODEL_TOP_MAX) k = MODEL_TOP_MAX;
@@ -83,7 +89,16 @@ int32_t sample_top(const float *top, const int32_t *ids, uint32_t k, const sampl
     c[i] = (cand_t){(float)p, (uint32_t)ids[i]};
     sum += p;
   }
-  return draw(c, k, sum, true, o, rng);
+  return draw(c, k, sum, true, mass, o, rng);
+}
+
+int32_t sample_top(const float *top, const int32_t *ids, uint32_t k, const sample_opts_t *o, sample_rng_t *rng) {
+  return sample_cands(top, ids, k, 0, o, rng);
+}
+
+int32_t sample_nucleus(const float *top, const int32_t *ids, uint32_t k, double mass, const sample_opts_t *o,
+                       sample_rng_t *rng) {
+  return sample_cands(top, ids, k, mass, o, rng);
 }
 
 /* Whether t ends a sequence: one of the model's end-of-sequence tokens or of the caller's stop tokens. */
@@ -97,10 +112,13 @@ static bool is_eos(const model_config_t *c, const gen_opts_t *o, int32_t t) {
 
 /* Where a forward pass leaves what prompt i's next token is chosen from. */
 typedef struct sample_dst {
-  bool dev; /* the device selects `top` candidates (MODEL_OUT_TOP) */
+  bool dev;     /* the device selects `top` candidates (MODEL_OUT_TOP) */
+  bool nucleus; /* with the row's mass, for a top-p cut over the whole vocabulary (logits where it outgrows them) */
   uint32_t top, V;
+  const sample_opts_t *so;
   float *logits, *top_val; /* [n, V]; [n, MODEL_TOP_MAX] */
   int32_t *top_ids;        /* [n, MODEL_TOP_MAX] */
+  double *mass;            /* [n] */
 } sample_dst_t;
 
 /* The item that runs n_tokens of seq and returns what prompt i samples from. */
@@ -110,6 +128,10 @@ static model_item_t sampled_item(const sample_dst_t *d, model_seq_t *seq, const 
   if (d->dev) {
     it.out = MODEL_OUT_TOP, it.top_k = d->top;
     it.result = d->top_val + (uint64_t)i * MODEL_TOP_MAX, it.top_ids = d->top_ids + (uint64_t)i * MODEL_TOP_MAX;
+    if (d->nucleus) {
+      it.top_temp = d->so->temperature, it.top_p = d->so->top_p;
+      it.top_mass = d->mass + i, it.top_logits = d->logits + (uint64_t)i * d->V;
+    }
   } else {
     it.out = MODEL_OUT_LAST, it.result = d->logits + (uint64_t)i * d->V;
   }
@@ -132,17 +154,33 @@ lt_status_t model_generate(model_t *m, const int32_t *const *prompts, const uint
   /* The device selects the candidates (MODEL_OUT_TOP) where the host needs no more of the logits than those. */
   const sample_opts_t *so = &o->sample;
   uint32_t top = so->temperature <= 0 ? 1 : so->top_k;
+  /* A top-p cut with no top-k: the device's largest candidates and the row's mass, where the nucleus fits them. */
+  bool nucleus = so->temperature > 0 && (top == 0 || top >= V) && so->top_p > 0 && so->top_p < 1;
+  if (nucleus) top = V < MODEL_TOP_MAX ? V : MODEL_TOP_MAX;
   bool dev = !o->forced && !o->on_logits && !o->host_sampling && top >= 1 && top <= MODEL_TOP_MAX && top <= V;
-  /* Host sampling only: every sequence's logits, and the candidates of one row. */
-  float *logits = dev ? NULL : malloc((uint64_t)n * per * V * 4), *scratch = dev ? NULL : malloc((uint64_t)V * 2 * 4);
+  nucleus &= dev;
+  /* Host sampling (and a nucleus that outgrows the candidates): every sequence's logits, one row's candidates. */
+  bool host_rows = !dev || nucleus;
+  float *logits = host_rows ? malloc((uint64_t)n * per * V * 4) : NULL,
+        *scratch = host_rows ? malloc((uint64_t)V * 2 * 4) : NULL;
+  double *mass = calloc(n, sizeof *mass);
   float *top_val = malloc((uint64_t)n * MODEL_TOP_MAX * 4);
   int32_t *top_ids = malloc((uint64_t)n * MODEL_TOP_MAX * 4);
   sample_rng_t *rng = calloc(n, sizeof *rng);
   bool *done = calloc(n, sizeof *done);
   int32_t *next = calloc(n, sizeof *next);
   uint32_t *limit = calloc(n, sizeof *limit);
-  sample_dst_t dst = {.dev = dev, .top = top, .V = V, .logits = logits, .top_val = top_val, .top_ids = top_ids};
-  if (!seq || !items || (!dev && (!logits || !scratch)) || !rng || !done || !next || !limit || !top_val || !top_ids) {
+  sample_dst_t dst = {.dev = dev,
+                      .nucleus = nucleus,
+                      .top = top,
+                      .V = V,
+                      .so = so,
+                      .logits = logits,
+                      .top_val = top_val,
+                      .top_ids = top_ids,
+                      .mass = mass};
+  if (!seq || !items || (host_rows && (!logits || !scratch)) || !mass || !rng || !done || !next || !limit || !top_val ||
+      !top_ids) {
     st = lt_fail(err, LT_E_NOMEM, "out of memory");
     goto out;
   }
@@ -202,10 +240,13 @@ lt_status_t model_generate(model_t *m, const int32_t *const *prompts, const uint
       float *lg = dev ? NULL : logits + (uint64_t)i * V;
       if (o->on_logits)
         o->on_logits(o->logits_ctx, i, res[i].n_tokens, lg, out2 ? logits + (uint64_t)(n + i) * V : NULL, V);
-      int32_t t = o->forced ? o->forced[i][res[i].n_tokens]
-                  : dev ? sample_top(top_val + (uint64_t)i * MODEL_TOP_MAX, top_ids + (uint64_t)i * MODEL_TOP_MAX, top,
-                                     so, &rng[i])
-                        : sample_token(lg, V, so, &rng[i], scratch);
+      const float *tv = top_val + (uint64_t)i * MODEL_TOP_MAX;
+      const int32_t *ti = top_ids + (uint64_t)i * MODEL_TOP_MAX;
+      int32_t t = o->forced                ? o->forced[i][res[i].n_tokens]
+                  : nucleus && mass[i] > 0 ? sample_nucleus(tv, ti, top, mass[i], so, &rng[i])
+                  : nucleus                ? sample_token(logits + (uint64_t)i * V, V, so, &rng[i], scratch)
+                  : dev                    ? sample_top(tv, ti, top, so, &rng[i])
+                                           : sample_token(lg, V, so, &rng[i], scratch);
       if (!o->forced && !o->ignore_eos && is_eos(cf, o, t)) {
         done[i] = true;
         res[i].stopped_at_eos = true;
@@ -238,7 +279,7 @@ out:
       res[i].n_tokens = 0;
     }
   free(seq), free(items), free(logits), free(scratch), free(rng), free(done), free(next), free(limit), free(top_val);
-  free(top_ids);
+  free(top_ids), free(mass);
   return st;
 }
 

@@ -222,8 +222,8 @@ typedef struct model_hooks {
 /* What a forward pass returns for one batch item. */
 typedef enum model_out { MODEL_OUT_NONE = 0, MODEL_OUT_LAST, MODEL_OUT_ALL, MODEL_OUT_NLL, MODEL_OUT_TOP } model_out_t;
 
-/* Most candidates MODEL_OUT_TOP returns. */
-#define MODEL_TOP_MAX 32u
+/* Most candidates MODEL_OUT_TOP returns (op_topk's limit; 64 covers the usual top_k settings, 40 and 50). */
+#define MODEL_TOP_MAX 64u
 
 /* One sequence's share of a batched forward pass. */
 typedef struct model_item {
@@ -240,6 +240,13 @@ typedef struct model_item {
    * the device, so a decoding step downloads 8 bytes per candidate instead of the vocabulary's logits. */
   uint32_t top_k;
   int32_t *top_ids;
+  /* MODEL_OUT_TOP for a nucleus cut over the whole vocabulary (top_p in (0, 1), top_temp > 0, top_mass set): the
+   * row's mass at that temperature, sum over the vocabulary of exp((logit - max) / top_temp), into *top_mass (an
+   * f32 log-sum-exp on the device). Where the candidates hold less than top_p of it, the nucleus reaches past them:
+   * the row's logits are then downloaded into top_logits (vocabulary floats, caller owns) and *top_mass is 0. */
+  float top_temp, top_p;
+  double *top_mass;
+  float *top_logits;
   /* Input embeddings from outside (a speech connector's rows): tokens [embeds_at, embeds_at + n_embeds) of this
    * item enter the first block as these hidden-size vectors (host floats, used as they are: no embedding scale)
    * instead of their tokens' embeddings; the tokens there must still be valid ids. n_embeds 0: none. */

@@ -218,14 +218,20 @@ lt_status_t op_layernorm(gpu_cmd_t *c, gpu_view_t y, gpu_view_t x, gpu_view_t w,
 lt_status_t op_softmax(gpu_cmd_t *c, gpu_view_t y, gpu_view_t x, uint32_t rows, uint32_t n, lt_err_t *err);
 /* idx[r] = index of the largest x[r,:] (u32; the lowest index wins ties). */
 lt_status_t op_argmax(gpu_cmd_t *c, gpu_view_t idx, gpu_view_t x, uint32_t rows, uint32_t n, lt_err_t *err);
+/* Most candidates op_topk selects per row. */
+#define OP_TOPK_MAX 64u
 /* idx[r,:k], val[r,:k] = the k largest x[r,:] in descending order (u32 indices; lower index first on ties);
- * 1 <= k <= 32 (MoE routing). */
+ * 1 <= k <= OP_TOPK_MAX (MoE routing, sampling candidates). */
 lt_status_t op_topk(gpu_cmd_t *c, gpu_view_t idx, gpu_view_t val, gpu_view_t x, uint32_t rows, uint32_t n, uint32_t k,
                     lt_err_t *err);
 /* lse[r] = log(sum(exp(x[r,:]))); when targets (i32 [rows]) has a buffer, also nll[r] = lse[r] - x[r,t[r]]
  * (cross-entropy); pass a view with buf NULL for targets and nll to skip it. */
 lt_status_t op_logsumexp(gpu_cmd_t *c, gpu_view_t lse, gpu_view_t nll, gpu_view_t x, gpu_view_t targets, uint32_t rows,
                          uint32_t n, lt_err_t *err);
+/* lse[r] = log(sum(exp(x[r,:] * scales[r]))) (f32 [rows] scales; 1 / temperature gives a sampling temperature's
+ * normaliser). scales may be a buffer that also holds i32 targets for other rows (its bits are read as f32). */
+lt_status_t op_logsumexp_scaled(gpu_cmd_t *c, gpu_view_t lse, gpu_view_t x, gpu_view_t scales, uint32_t rows,
+                                uint32_t n, lt_err_t *err);
 /* out[r] = cos(a[r,:], b[r,:]) (0 when either row is all zeros). */
 lt_status_t op_cosine(gpu_cmd_t *c, gpu_view_t out, gpu_view_t a, gpu_view_t b, uint32_t rows, uint32_t n,
                       lt_err_t *err);

@@ -117,7 +117,7 @@ lt_status_t op_argmax(gpu_cmd_t *c, gpu_view_t idx, gpu_view_t x, uint32_t rows,
 
 lt_status_t op_topk(gpu_cmd_t *c, gpu_view_t idx, gpu_view_t val, gpu_view_t x, uint32_t rows, uint32_t n, uint32_t k,
                     lt_err_t *err) {
-  if (k < 1 || k > 32) return lt_fail(err, LT_E_INVALID, "topk: k = %u, must be 1..32", k);
+  if (k < 1 || k > OP_TOPK_MAX) return lt_fail(err, LT_E_INVALID, "topk: k = %u, must be 1..%u", k, OP_TOPK_MAX);
   if (k > n) return lt_fail(err, LT_E_INVALID, "topk: k = %u exceeds the row width %u", k, n);
   if (rows == 0) return LT_OK;
   bool vec4 = rows_vec4(n, &x, 1);
@@ -139,23 +139,35 @@ lt_status_t op_topk(gpu_cmd_t *c, gpu_view_t idx, gpu_view_t val, gpu_view_t x, 
   return op_dispatch(c, p, OP_TOPK, v, bytes, wr, 3, &pc, gx, gy, 1, err);
 }
 
-lt_status_t op_logsumexp(gpu_cmd_t *c, gpu_view_t lse, gpu_view_t nll, gpu_view_t x, gpu_view_t targets, uint32_t rows,
-                         uint32_t n, lt_err_t *err) {
-  if (!nll.buf != !targets.buf)
-    return lt_fail(err, LT_E_INVALID, "logsumexp: targets and nll must both have buffers or both be empty");
+/* The log-sum-exp dispatch: mode 0 plain, 1 with targets (and nll), 2 with a scale per row in `extra`. */
+static lt_status_t lse_rows(gpu_cmd_t *c, gpu_view_t lse, gpu_view_t nll, gpu_view_t x, gpu_view_t extra, uint32_t mode,
+                            uint32_t rows, uint32_t n, lt_err_t *err) {
   if (rows == 0) return LT_OK;
   if (n == 0) return lt_fail(err, LT_E_INVALID, "logsumexp: rows of 0 elements");
   gpu_pipeline_t *p = rows_pipeline(c, OP_LSE, "logsumexp", n, 1, rows_vec4(n, &x, 1), err);
   if (!p) return err ? err->code : LT_E_SHADER;
-  bool has_target = targets.buf != NULL;
-  pc_rows_t pc = {.rows = rows, .n = n, .has_target = has_target};
-  /* Without targets the shader never touches bindings 1 and 3: lse and x stand in for them (4 bytes each). */
-  gpu_view_t v[4] = {lse, has_target ? nll : lse, x, has_target ? targets : x};
-  uint64_t bytes[4] = {4ull * rows, has_target ? 4ull * rows : 4, 4ull * rows * n, has_target ? 4ull * rows : 4};
-  bool wr[4] = {true, has_target, false, false};
+  pc_rows_t pc = {.rows = rows, .n = n, .has_target = mode};
+  /* The shader touches binding 1 only with targets and binding 3 only with targets or scales: lse and x stand in
+   * for them otherwise (4 bytes each). */
+  gpu_view_t v[4] = {lse, mode == 1 ? nll : lse, x, mode ? extra : x};
+  uint64_t bytes[4] = {4ull * rows, mode == 1 ? 4ull * rows : 4, 4ull * rows * n, mode ? 4ull * rows : 4};
+  bool wr[4] = {true, mode == 1, false, false};
   uint32_t gx, gy;
   rows_grid(rows, &gx, &gy);
   return op_dispatch(c, p, OP_LSE, v, bytes, wr, 4, &pc, gx, gy, 1, err);
+}
+
+lt_status_t op_logsumexp(gpu_cmd_t *c, gpu_view_t lse, gpu_view_t nll, gpu_view_t x, gpu_view_t targets, uint32_t rows,
+                         uint32_t n, lt_err_t *err) {
+  if (!nll.buf != !targets.buf)
+    return lt_fail(err, LT_E_INVALID, "logsumexp: targets and nll must both have buffers or both be empty");
+  return lse_rows(c, lse, nll, x, targets, targets.buf ? 1 : 0, rows, n, err);
+}
+
+lt_status_t op_logsumexp_scaled(gpu_cmd_t *c, gpu_view_t lse, gpu_view_t x, gpu_view_t scales, uint32_t rows,
+                                uint32_t n, lt_err_t *err) {
+  if (!scales.buf) return lt_fail(err, LT_E_INVALID, "logsumexp: no scales");
+  return lse_rows(c, lse, (gpu_view_t){0}, x, scales, 2, rows, n, err);
 }
 
 lt_status_t op_cosine(gpu_cmd_t *c, gpu_view_t out, gpu_view_t a, gpu_view_t b, uint32_t rows, uint32_t n,

@@ -56,7 +56,7 @@ PC_END(pc_norm)
 PC_BEGIN(pc_rows)
   uint rows, n;
   uint k;        /* top-k: how many */
-  uint has_target; /* cross-entropy: targets bound */
+  uint has_target; /* log-sum-exp: 1 cross-entropy targets bound, 2 a scale per row bound instead */
 PC_END(pc_rows)
 #endif
 

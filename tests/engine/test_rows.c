@@ -116,8 +116,23 @@ static void check_lse(uint32_t rows, uint32_t n, float lo, float hi) {
   tassert_close(got, want, rows, LSE_ATOL, LSE_RTOL, what);
   tassert_close(got2, want, rows, LSE_ATOL, LSE_RTOL, "logsumexp without targets");
   tassert_close(got_nll, want_nll, rows, LSE_ATOL, LSE_RTOL, "cross-entropy");
+  /* A scale per row (a sampling temperature's 1 / T): the reference sums the f32 products x * s the shader forms. */
+  float *s = talloc(rows), *xs = talloc(len), *want_s = talloc(rows);
+  for (uint32_t r = 0; r < rows; r++) {
+    s[r] = 0.25f + 0.37f * (float)(r % 7);
+    for (uint32_t i = 0; i < n; i++) xs[(uint64_t)r * n + i] = x[(uint64_t)r * n + i] * s[r];
+  }
+  ref_logsumexp(want_s, NULL, xs, NULL, rows, n);
+  gpu_buf_t *bs = tbuf_f32(s, rows);
+  c = tbegin();
+  cr_assert_eq(op_logsumexp_scaled(c, gv(bl), gv(bx), gv(bs), rows, n, &err), LT_OK, "%s", err.msg);
+  tfinish(&c);
+  float *got_s = tread_f32(bl, rows);
+  tassert_close(got_s, want_s, rows, LSE_ATOL, LSE_RTOL, "logsumexp with a scale per row");
   free(got), free(got_nll), free(got2), free(x), free(want), free(want_nll), free(t);
+  free(s), free(xs), free(want_s), free(got_s);
   gpu_buf_destroy(&bx), gpu_buf_destroy(&bt), gpu_buf_destroy(&bl), gpu_buf_destroy(&bn), gpu_buf_destroy(&bl2);
+  gpu_buf_destroy(&bs);
 }
 
 static void check_cosine(uint32_t rows, uint32_t n) {
@@ -365,6 +380,10 @@ Test(rows, topk_routing_rows) {
 Test(rows, topk_wide_rows) {
   float *x = rand_rows(3, 4097, -5, 5, 20);
   check_rank(x, 3, 4097, 32, "k 32");
+  check_rank(x, 3, 4097, OP_TOPK_MAX, "k at the limit");
+  free(x);
+  x = tied_rows(2, 32000, 200, 23);
+  check_rank(x, 2, 32000, OP_TOPK_MAX, "sampling candidates, tied");
   free(x);
   x = tied_rows(2, 150001, 40, 21);
   check_rank(x, 2, 150001, 5, "vocabulary, tied");
@@ -422,7 +441,7 @@ Test(rows, bad_arguments_are_errors) {
   lt_err_t err = {0};
   gpu_cmd_t *c = tbegin();
   cr_assert_eq(op_topk(c, gv(b), gv(b), gv(b), 1, 16, 0, &err), LT_E_INVALID);
-  cr_assert_eq(op_topk(c, gv(b), gv(b), gv(b), 1, 40, 33, &err), LT_E_INVALID);
+  cr_assert_eq(op_topk(c, gv(b), gv(b), gv(b), 1, 80, OP_TOPK_MAX + 1, &err), LT_E_INVALID);
   cr_assert_eq(op_topk(c, gv(b), gv(b), gv(b), 1, 4, 5, &err), LT_E_INVALID);
   cr_assert_eq(op_logsumexp(c, gv(b), gv(b), gv(b), none, 1, 16, &err), LT_E_INVALID);
   cr_assert_eq(op_argmax(c, gv(b), gv(b), 1, 0, &err), LT_E_INVALID);
