@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "engine/ops/qblock.h"
+#include "engine/model/generate.h"
 #include "engine/model/model_internal.h"
 #include "engine/ops/ops.h"
 
@@ -454,19 +455,24 @@ out:
   return st;
 }
 
+_Static_assert(MODEL_TOP_MAX <= OP_TOPK_MAX, "MODEL_OUT_TOP's candidates are op_topk's");
+
 /* Whether item it asks for its row's mass beside the candidates (a nucleus cut over the whole vocabulary). */
 static bool nucleus_row(const model_item_t *it) {
   return it->out == MODEL_OUT_TOP && it->top_mass && it->top_temp > 0 && it->top_p > 0 && it->top_p < 1;
 }
+
+/* The f32 scale a nucleus row's logits take in op_logsumexp_scaled: 1 / temperature. */
+static float nucleus_scale(const model_item_t *it) { return 1.0f / it->top_temp; }
 
 /* Sets a nucleus row's *top_mass from its log-sum-exp at the sampling temperature (lse); where its candidates (in
  * it->result, descending) hold less than top_p of that mass, downloads the row's logits (V floats at byte off of
  * logits) into top_logits instead and sets *top_mass to 0. */
 static lt_status_t nucleus_mass(const model_item_t *it, float lse, gpu_buf_t *logits, uint64_t off, uint32_t V,
                                 lt_err_t *err) {
-  /* The candidates' weights as the sampler computes them: exp((l - max) / T), rounded to f32, summed in double. */
-  double inv_t = (double)(1.0f / it->top_temp), mass = exp((double)lse - (double)it->result[0] * inv_t), held = 0;
-  for (uint32_t j = 0; j < it->top_k; j++) held += (float)exp(((double)it->result[j] - it->result[0]) / it->top_temp);
+  /* The candidates' weights as the sampler computes them, rounded to f32, summed in double. */
+  double mass = exp((double)lse - (double)it->result[0] * nucleus_scale(it)), held = 0;
+  for (uint32_t j = 0; j < it->top_k; j++) held += (float)sample_weight(it->result[j], it->result[0], it->top_temp);
   *it->top_mass = mass;
   if (held >= it->top_p * mass && isfinite(mass)) return LT_OK;
   *it->top_mass = 0;
@@ -500,7 +506,7 @@ static lt_status_t outputs(pass_t *p, gpu_cmd_t **c, lt_err_t *err) {
         sel[n] = (int32_t)(p->row0[i] + t);
         tgt[n] = it->out == MODEL_OUT_NLL ? it->targets[t] : -1;
         if (nucleus_row(it)) {
-          float s = 1.0f / it->top_temp; /* the scale op_logsumexp_scaled reads from this row's slot */
+          float s = nucleus_scale(it); /* op_logsumexp_scaled reads it from this row's slot */
           memcpy(&tgt[n], &s, 4);
         }
         who[n] = i;

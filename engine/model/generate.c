@@ -38,9 +38,9 @@ static int32_t draw(cand_t *c, uint32_t n, double sum, bool cut, double mass, co
   if (cut) {
     qsort(c, n, sizeof *c, cand_desc);
     if (o->top_k && o->top_k < n) n = o->top_k;
-    double kept = 0;
-    for (uint32_t i = 0; i < n; i++) kept += c[i].p;
-    if (mass > 0) kept = mass;
+    double kept = mass;
+    if (kept <= 0)
+      for (uint32_t i = 0; i < n; i++) kept += c[i].p;
     if (o->top_p > 0 && o->top_p < 1) {
       double acc = 0;
       for (uint32_t i = 0; i < n; i++) {
@@ -62,43 +62,34 @@ static int32_t draw(cand_t *c, uint32_t n, double sum, bool cut, double mass, co
   return (int32_t)c[n - 1].id;
 }
 
+double sample_weight(float logit, float max, float temperature) { return exp(((double)logit - max) / temperature); }
+
 int32_t sample_token(const float *logits, uint32_t vocab, const sample_opts_t *o, sample_rng_t *rng, float *scratch) {
   if (o->temperature <= 0) return argmax(logits, vocab);
   cand_t *c = (cand_t *)scratch; /* 2 * vocab floats hold vocab candidates */
   float mx = logits[argmax(logits, vocab)];
   double sum = 0;
   for (uint32_t i = 0; i < vocab; i++) {
-    double p = exp(((double)logits[i] - mx) / o->temperature);
+    double p = sample_weight(logits[i], mx, o->temperature);
     c[i] = (cand_t){(float)p, i};
     sum += p;
   }
   return draw(c, vocab, sum, (o->top_k && o->top_k < vocab) || (o->top_p > 0 && o->top_p < 1), 0, o, rng);
 }
 
-/* sample_top and sample_nucleus: the draw from k device-selected candidates, the top-p cut against mass (> 0) or
- * against the candidates' own sum (0). */
-static int32_t sample_cands(const float *top, const int32_t *ids, uint32_t k, double mass, const sample_opts_t *o,
-                            sample_rng_t *rng) {
+int32_t sample_top(const float *top, const int32_t *ids, uint32_t k, double mass, const sample_opts_t *o,
+                   sample_rng_t *rng) {
   if (o->temperature <= 0) return ids[0];
   cand_t c[MODEL_TOP_MAX];
   if (k > MODEL_TOP_MAX) k = MODEL_TOP_MAX;
   if (o->top_k && o->top_k < k) k = o->top_k;
   double sum = 0;
   for (uint32_t i = 0; i < k; i++) {
-    double p = exp(((double)top[i] - top[0]) / o->temperature);
+    double p = sample_weight(top[i], top[0], o->temperature);
     c[i] = (cand_t){(float)p, (uint32_t)ids[i]};
     sum += p;
   }
   return draw(c, k, sum, true, mass, o, rng);
-}
-
-int32_t sample_top(const float *top, const int32_t *ids, uint32_t k, const sample_opts_t *o, sample_rng_t *rng) {
-  return sample_cands(top, ids, k, 0, o, rng);
-}
-
-int32_t sample_nucleus(const float *top, const int32_t *ids, uint32_t k, double mass, const sample_opts_t *o,
-                       sample_rng_t *rng) {
-  return sample_cands(top, ids, k, mass, o, rng);
 }
 
 /* Whether t ends a sequence: one of the model's end-of-sequence tokens or of the caller's stop tokens. */
@@ -237,16 +228,15 @@ lt_status_t model_generate(model_t *m, const int32_t *const *prompts, const uint
     bool stop = false;
     for (uint32_t i = 0; i < n; i++) {
       if (done[i]) continue;
-      float *lg = dev ? NULL : logits + (uint64_t)i * V;
+      float *lg = host_rows ? logits + (uint64_t)i * V : NULL; /* with a nucleus, the rows that outgrew it */
       if (o->on_logits)
         o->on_logits(o->logits_ctx, i, res[i].n_tokens, lg, out2 ? logits + (uint64_t)(n + i) * V : NULL, V);
       const float *tv = top_val + (uint64_t)i * MODEL_TOP_MAX;
       const int32_t *ti = top_ids + (uint64_t)i * MODEL_TOP_MAX;
-      int32_t t = o->forced                ? o->forced[i][res[i].n_tokens]
-                  : nucleus && mass[i] > 0 ? sample_nucleus(tv, ti, top, mass[i], so, &rng[i])
-                  : nucleus                ? sample_token(logits + (uint64_t)i * V, V, so, &rng[i], scratch)
-                  : dev                    ? sample_top(tv, ti, top, so, &rng[i])
-                                           : sample_token(lg, V, so, &rng[i], scratch);
+      /* Candidates unless a nucleus outgrew them (mass 0): then the row, as in host sampling. */
+      int32_t t = o->forced                          ? o->forced[i][res[i].n_tokens]
+                  : dev && (!nucleus || mass[i] > 0) ? sample_top(tv, ti, top, mass[i], so, &rng[i])
+                                                     : sample_token(lg, V, so, &rng[i], scratch);
       if (!o->forced && !o->ignore_eos && is_eos(cf, o, t)) {
         done[i] = true;
         res[i].stopped_at_eos = true;

@@ -19,18 +19,20 @@ typedef struct sample_rng {
   uint64_t state;
 } sample_rng_t;
 
+/* The weight sampling gives a logit, exp((logit - max) / temperature), before rounding (the candidates keep it as
+ * f32). */
+double sample_weight(float logit, float max, float temperature);
+
 /* Picks a token from logits[vocab] (left unchanged). scratch holds 2 * vocab floats; caller owns both. */
 int32_t sample_token(const float *logits, uint32_t vocab, const sample_opts_t *o, sample_rng_t *rng, float *scratch);
 
 /* Picks a token as sample_token() would, from the k largest logits of a row (descending, the lower id first on ties:
- * MODEL_OUT_TOP) and their ids, for greedy options or a top_k of at most k. */
-int32_t sample_top(const float *top, const int32_t *ids, uint32_t k, const sample_opts_t *o, sample_rng_t *rng);
-
-/* Samples like sample_token for options with a top-p cut and no top-k, from the row's k largest logits (descending)
- * and the whole row's mass at the temperature (MODEL_OUT_TOP's top_mass), where those candidates hold top_p of it:
- * the same tokens as sample_token unless the cut falls within the mass's f32 rounding. */
-int32_t sample_nucleus(const float *top, const int32_t *ids, uint32_t k, double mass, const sample_opts_t *o,
-                       sample_rng_t *rng);
+ * MODEL_OUT_TOP) and their ids: for greedy options or a top_k of at most k with mass 0 (a top-p cut is then a share
+ * of the candidates' own sum); for a top-p cut with no top-k, with mass the whole row's sum of weights at the
+ * temperature (MODEL_OUT_TOP's top_mass) where the candidates hold top_p of it: the same tokens as sample_token
+ * unless the cut falls within the mass's f32 rounding. */
+int32_t sample_top(const float *top, const int32_t *ids, uint32_t k, double mass, const sample_opts_t *o,
+                   sample_rng_t *rng);
 
 /* Called for prompt `item` at decoding step `step` with the logits the next token is chosen from (vocab floats;
  * it may change them in place: ROSE combines them with `second`, the logits of the prompt's second sequence, or
