@@ -1,8 +1,8 @@
 #version 450
 // GEMV for few rows of x: y[M,N] (+)= x[M,K] . w[N,K]^T over columns [k_base, k_base + k_len) of K.
-// A workgroup owns ROWS consecutive rows of w (outputs n) and MR rows of x (workgroup y index = block of M);
-// its invocations stride over K, KV elements at a time, each keeping MR x ROWS partial sums, which are then
-// reduced per subgroup (or through shared memory) and summed in a fixed order. Variants: include/matmul.glsl.
+// A workgroup owns ROWS rows of w (outputs n, SPREAD rows apart: spread_row) and MR rows of x (workgroup y index =
+// block of M); its invocations stride over K, KV elements at a time, each keeping MR x ROWS partial sums, which are
+// then reduced per subgroup (or through shared memory) and summed in a fixed order. Variants: include/matmul.glsl.
 // The C wrapper (engine/ops/ops_matmul.c) counts this shader's loop iterations to size the K chunks (loops marked
 // [[unroll]] have trip counts fixed by specialisation and are unrolled): keep gemv_loop_iters() in step.
 // GLU=1 (SwiGLU) or 2 (GeGLU): a gated MLP's two products in one dispatch, y = act(x.w^T) * (x.w2^T), over the
@@ -76,6 +76,12 @@ KTYPE g_at(uint k) { return mat2x4(g4_at(k), g4_at(k + 4u)); }
 
 layout(constant_id = 1) const uint ROWS = 2; // rows of w (outputs n) per workgroup
 layout(constant_id = 2) const uint MR = 1;   // rows of x per workgroup
+layout(constant_id = 3) const uint SPREAD = 1; // workgroups sharing each block of ROWS * SPREAD rows (spread_row)
+#if ROPE
+#define UNIT 2u // a rotation pair's two rows stay adjacent in a workgroup's slots
+#else
+#define UNIT 1u
+#endif
 
 // red[(a * MR * ROWS + p) * WG_X + slot]: partial sum a (gate, or up with GLU) of pair p = (m, r) from one subgroup
 // (or one invocation).
@@ -83,18 +89,23 @@ shared float red[(N_ACC * MR * ROWS + N_SS) * WG_X];
 
 void main() {
   const uint tid = gl_LocalInvocationID.x;
+  const uint g = gl_WorkGroupID.z * gl_NumWorkGroups.x + gl_WorkGroupID.x;
 #if QKV
-  // Which matrix this workgroup reads (uniform over it), its row count, and the first of its rows.
-  const uint g0 = (gl_WorkGroupID.z * gl_NumWorkGroups.x + gl_WorkGroupID.x) * ROWS;
-  const uint mat = g0 < pc.N ? 0u : g0 < pc.N + pc.n2 ? 1u : 2u;
+  // Which matrix this workgroup reads (uniform over it), its row count, and its index among that matrix's
+  // workgroups: each matrix has whole blocks of ROWS * SPREAD rows' worth of workgroups.
+  const uint gq = (pc.N + ROWS * SPREAD - 1u) / (ROWS * SPREAD) * SPREAD;
+  const uint gk = (pc.n2 + ROWS * SPREAD - 1u) / (ROWS * SPREAD) * SPREAD;
+  const uint mat = g < gq ? 0u : g < gq + gk ? 1u : 2u;
   const uint n_rows = mat == 0u ? pc.N : pc.n2;
-  const uint n0 = mat == 0u ? g0 : mat == 1u ? g0 - pc.N : g0 - pc.N - pc.n2;
-  if (g0 >= pc.N + 2u * pc.n2) return;
+  const uint gm = mat == 0u ? g : mat == 1u ? g - gq : g - gq - gk;
+  if (g >= gq + 2u * gk) return;
 #else
   const uint n_rows = pc.N;
-  const uint n0 = (gl_WorkGroupID.z * gl_NumWorkGroups.x + gl_WorkGroupID.x) * ROWS;
-  if (n0 >= pc.N) return; // the whole workgroup leaves together (the grid's last z row may overhang)
+  const uint gm = g;
 #endif
+  // The whole workgroup leaves together when its first row is past the end (a block's last workgroups, or the
+  // grid's last z row, may overhang); its later rows are larger.
+  if (spread_row(gm, 0u, ROWS, SPREAD, UNIT) >= n_rows) return;
   const uint mb = gl_WorkGroupID.y * MR;
   const uint k_end = pc.k_base + pc.k_len;
 
@@ -103,11 +114,12 @@ void main() {
   [[unroll]] for (uint m = 0; m < MR; m++) xrow[m] = min(mb + m, pc.M - 1) * pc.x_stride;
 #if ROPE
   [[unroll]] for (uint r = 0; r < ROWS; r++) {
-    uint slot = min(n0 + r, n_rows - 1);
+    uint slot = min(spread_row(gm, r, ROWS, SPREAD, UNIT), n_rows - 1);
     wrow[r] = (mat < 2u ? rope_row(slot) : slot) * pc.w_stride;
   }
 #else
-  [[unroll]] for (uint r = 0; r < ROWS; r++) wrow[r] = min(n0 + r, n_rows - 1) * pc.w_stride;
+  [[unroll]] for (uint r = 0; r < ROWS; r++)
+    wrow[r] = min(spread_row(gm, r, ROWS, SPREAD, UNIT), n_rows - 1) * pc.w_stride;
 #endif
   float acc[N_ACC * MR * ROWS + N_SS];
   [[unroll]] for (uint p = 0; p < N_ACC * MR * ROWS + N_SS; p++) acc[p] = 0.0;
@@ -148,7 +160,7 @@ void main() {
 #endif
   barrier();
   for (uint p = tid; p < MR * ROWS; p += WG_X) {
-    uint m = mb + p / ROWS, n = n0 + p % ROWS;
+    uint m = mb + p / ROWS, n = spread_row(gm, p % ROWS, ROWS, SPREAD, UNIT);
     if (m < pc.M && n < n_rows) {
       float s = 0.0;
       for (uint i = 0; i < n_slots; i++) s += red[p * WG_X + i];

@@ -28,9 +28,9 @@ typedef struct gemm_cfg {
 static const gemm_cfg_t gemm_staged = {.bm = 64, .bn = 64, .bk = 16, .tm = 8, .tn = 8};
 static const gemm_cfg_t gemm_direct = {.bm = 128, .bn = 128, .bk = 16, .tm = 16, .tn = 16};
 
-/* GEMV shape (workgroup size and specialisation constants 1..2 of gemv.comp). */
+/* GEMV shape (workgroup size and specialisation constants 1..3 of gemv.comp). */
 typedef struct gemv_cfg {
-  uint32_t wg, rows, mr;
+  uint32_t wg, rows, mr, spread;
 } gemv_cfg_t;
 
 static uint32_t ceil_div(uint64_t a, uint64_t b) { return (uint32_t)((a + b - 1) / b); }
@@ -58,10 +58,33 @@ static op_loop_cost_t gemm_loop_iters(const gemm_cfg_t *c, bool staged, uint32_t
   return (op_loop_cost_t){0, 1 + stage, c->bk};
 }
 
-/* The GEMV shape for mr rows of x with op id's kernel: on CPU drivers one subgroup per workgroup (its barrier is
- * nearly free) with many rows to share each load of x; on GPUs the op's workgroup over 4 rows. */
-static gemv_cfg_t gemv_cfg(const gpu_caps_t *caps, op_id_t id, uint32_t mr) {
-  return caps->kind == GPU_KIND_CPU ? (gemv_cfg_t){caps->subgroup_size, 16, mr} : (gemv_cfg_t){op_wg(id), 4, mr};
+/* How far apart (in rows) a GEMV workgroup's rows sit on CPU drivers, for weight rows of row_bytes (spread_row in
+ * shaders/include/common.glsl): about 12 KiB. A workgroup reads its 16 rows side by side; adjacent rows shorter
+ * than a page then interleave in the same pages and the CPU's stream prefetcher, which follows one direction per
+ * page, stops fetching ahead, so every row's first lines wait on memory. Measured on 2 vCPUs (bench_matmul,
+ * interleaved runs), 1x32000x768 f16 went from 5.2-6.1 GFLOPS adjacent to 11.8-12.7 with rows 8 apart (4 apart:
+ * 8.6-11.3, 16: 10.1-12.1); f32 from 4.7-5.1 to 9.3-9.7 with rows 4 apart; 1x8000x2048 f16 from 12.2 to 13.9-14.1
+ * with 4. Rows of 12 KiB and more stay adjacent. */
+static uint32_t gemv_spread(uint64_t row_bytes) {
+  uint64_t s = row_bytes ? (12288 + row_bytes - 1) / row_bytes : 1;
+  return s > 16 ? 16 : (uint32_t)s;
+}
+
+/* The GEMV shape for mr rows of x with op id's kernel over matrices of n rows or more, each row_bytes long: on CPU
+ * drivers one subgroup per workgroup (its barrier is nearly free) with many rows to share each load of x, spread
+ * (gemv_spread); on GPUs the op's workgroup over 4 adjacent rows. */
+static gemv_cfg_t gemv_cfg(const gpu_caps_t *caps, op_id_t id, uint32_t mr, uint64_t row_bytes, uint32_t n) {
+  if (caps->kind != GPU_KIND_CPU) return (gemv_cfg_t){op_wg(id), 4, mr, 1};
+  gemv_cfg_t c = {caps->subgroup_size, 16, mr, gemv_spread(row_bytes)};
+  /* A block of rows * spread rows no larger than the matrix, so few rows do not leave most of a block empty. */
+  uint32_t most = n / c.rows ? n / c.rows : 1;
+  if (c.spread > most) c.spread = most;
+  return c;
+}
+
+/* Workgroups of a GEMV over n rows: whole blocks of rows * spread rows (spread_row). */
+static uint32_t gemv_groups(const gemv_cfg_t *c, uint32_t n) {
+  return ceil_div(n, (uint64_t)c->rows * c->spread) * c->spread;
 }
 
 static op_loop_cost_t gemv_loop_iters(const gemv_cfg_t *c, uint32_t kv) {
@@ -136,11 +159,11 @@ static lt_status_t matmul(gpu_cmd_t *c, gpu_view_t y, uint32_t y_stride, gpu_vie
   if (gemv) {
     /* On CPU drivers one subgroup per workgroup (its barrier is nearly free) with many rows to share each load of
      * x: on lavapipe, 1x4096x4096 f32, 8 invocations x 16 rows ran at 2.7 GFLOPS, 16 x 8 at 1.2, 64 x 4 at 0.4. */
-    gemv_cfg_t v = gemv_cfg(caps, OP_GEMV, M < GEMV_MAX_MR ? M : GEMV_MAX_MR);
-    uint32_t groups = ceil_div(N, v.rows);
+    gemv_cfg_t v = gemv_cfg(caps, OP_GEMV, M < GEMV_MAX_MR ? M : GEMV_MAX_MR, ws * K, N);
+    uint32_t groups = gemv_groups(&v, N);
     cost = gemv_loop_iters(&v, kv);
     id = OP_GEMV;
-    spec[0] = v.wg, spec[1] = v.rows, spec[2] = v.mr, n_spec = 3;
+    spec[0] = v.wg, spec[1] = v.rows, spec[2] = v.mr, spec[3] = v.spread, n_spec = 4;
     gx = groups < caps->max_wg_count[0] ? groups : caps->max_wg_count[0];
     gz = ceil_div(groups, gx);
     gy = ceil_div(M, v.mr);
@@ -192,7 +215,9 @@ static lt_status_t fused_gemv_prep(gpu_cmd_t *c, op_id_t id, const char *name, c
     return lt_fail(err, LT_E_UNSUPPORTED, "%s: %ux%ux%u %s is not a shape it takes", name, M, rows, K,
                    lt_dtype_str(wtype));
   f->kv = w16 ? (K % 8 == 0 ? 8 : 1) : (K % 4 == 0 ? 4 : 1);
-  gemv_cfg_t v = gemv_cfg(caps, id, M);
+  uint32_t fewest = rows;
+  for (uint32_t i = 0; i < n_counts; i++) fewest = row_counts[i] < fewest ? row_counts[i] : fewest;
+  gemv_cfg_t v = gemv_cfg(caps, id, M, (uint64_t)lt_dtype_size(wtype) * K, fewest);
   for (uint32_t i = 0; i < n_counts; i++)
     if (row_counts[i] % v.rows)
       return lt_fail(err, LT_E_UNSUPPORTED, "%s: %u rows are not a multiple of %u", name, row_counts[i], v.rows);
@@ -222,12 +247,15 @@ static lt_status_t fused_gemv_prep(gpu_cmd_t *c, op_id_t id, const char *name, c
   char defines[96];
   snprintf(defines, sizeof defines, "W_F16=%d;W_BF16=%d;KV=%u;STAGED=0;W_TEXEL=%d;X_TEXEL=%d;%s", wtype == LT_F16,
            wtype == LT_BF16, f->kv, f->wt != GPU_TEXEL_NONE, f->xt != GPU_TEXEL_NONE, variant);
-  uint32_t spec[3] = {v.wg, v.rows, v.mr}, groups = ceil_div(rows, v.rows);
+  /* With row_counts (QKV) each matrix has its own blocks of workgroups, which gemv.comp walks in order. */
+  uint32_t groups = n_counts ? 0 : gemv_groups(&v, rows);
+  for (uint32_t i = 0; i < n_counts; i++) groups += gemv_groups(&v, row_counts[i]);
+  uint32_t spec[4] = {v.wg, v.rows, v.mr, v.spread};
   f->gx = groups < caps->max_wg_count[0] ? groups : caps->max_wg_count[0];
   f->gz = ceil_div(groups, f->gx);
   uint32_t mask =
       (f->wt ? ((1u << n_w) - 1) << 2 : 0) | (f->xt ? 1u << 1 : 0) | (f->xt && norm.buf ? 1u << norm_binding : 0);
-  if (!(f->p = op_pipeline_texel(g, id, defines, spec, 3, mask, err))) return err ? err->code : LT_E_SHADER;
+  if (!(f->p = op_pipeline_texel(g, id, defines, spec, 4, mask, err))) return err ? err->code : LT_E_SHADER;
   return LT_OK;
 }
 

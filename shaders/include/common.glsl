@@ -15,4 +15,14 @@ uint flat_index() {
   return (gl_WorkGroupID.y * gl_NumWorkGroups.x + gl_WorkGroupID.x) * WG_X + gl_LocalInvocationID.x;
 }
 
+// Row `r` of workgroup `g` of a GEMV whose workgroups own `rows` rows each, spread `spread` apart: every block of
+// rows * spread rows is shared by spread consecutive workgroups, each taking units of `unit` adjacent rows (a RoPE
+// pair, or one row) spread units apart. With spread 1 a workgroup's rows are adjacent. CPU drivers read a workgroup's
+// rows side by side; short adjacent rows then interleave in the same memory pages, which defeats the CPU's stream
+// prefetcher, while rows a few KiB apart each stream on their own (engine/ops/ops_matmul.c, gemv_spread()).
+uint spread_row(uint g, uint r, uint rows, uint spread, uint unit) {
+  uint b = g / spread, o = g - b * spread;
+  return b * rows * spread + ((r / unit) * spread + o) * unit + r % unit;
+}
+
 #endif

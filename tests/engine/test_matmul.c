@@ -122,6 +122,20 @@ Test(matmul, gemv_odd_shapes) { check_all_odd_shapes(MATMUL_GEMV, "gemv"); }
 
 Test(matmul, auto_odd_shapes) { check_all_odd_shapes(MATMUL_AUTO, "auto"); }
 
+Test(matmul, gemv_rows_spread_over_workgroups) {
+  /* On CPU drivers a GEMV workgroup's rows sit several rows apart when rows are short (gemv_spread): 768 f16
+   * values a row put them 8 apart, in blocks of 128 rows shared by 8 workgroups. Row counts that fill whole
+   * blocks, leave a last block part full, or leave it one row; 1 and 4 rows of x; every dtype. */
+  static const shape_t shapes[] = {{1, 1024, 768}, {1, 1000, 768}, {4, 1153, 768}, {2, 300, 1536}, {1, 129, 96}};
+  const lt_dtype_t types[3] = {LT_F32, LT_F16, LT_BF16};
+  for (unsigned s = 0; s < sizeof shapes / sizeof shapes[0]; s++)
+    for (int t = 0; t < 3; t++) {
+      problem_t p = problem_new(shapes[s].M, shapes[s].N, shapes[s].K, types[t], false, 4000 + 10 * s + t);
+      check(&p, t == 1, MATMUL_GEMV, false, "gemv, rows spread");
+      problem_free(&p);
+    }
+}
+
 Test(matmul, storage_buffer_weights_odd_shapes) {
   /* CPU drivers read weights through texel views (op_texel_reads); GPUs, and any shape or device the views do not
    * fit, read them as storage buffers. Both paths against the reference here. */
@@ -471,7 +485,11 @@ Test(matmul, qkv_gemv_with_rope_equals_the_products_then_op_rope) {
    * 3 x 2^-24 of |a| + |b| for the pair (a, b), bounded here by 4e-7 of the largest product. v is bit for bit. */
   static const struct {
     uint32_t M, N, N2, K, hd;
-  } shapes[] = {{1, 64, 32, 53, 16}, {3, 48, 16, 136, 8}, {4, 32, 32, 20, 32}, {2, 128, 64, 77, 64}};
+  } shapes[] = {{1, 64, 32, 53, 16},
+                {3, 48, 16, 136, 8},
+                {4, 32, 32, 20, 32},
+                {2, 128, 64, 77, 64},
+                {1, 768, 256, 768, 64}}; /* the last: RoPE pairs in workgroups whose rows are spread (gemv_spread) */
   const lt_dtype_t types[2] = {LT_F32, LT_F16};
   const int32_t positions[4] = {3, 0, 15, 40};
   const uint32_t max_pos = 16;
