@@ -6,7 +6,8 @@
  * is the mean of several timed repetitions after one warm-up run.
  * Compile times: Mesa drivers keep their own disk cache of compiled shaders, which would make a "cold" start
  * warm; the benchmark points MESA_SHADER_CACHE_DIR into its temporary folder so that both caches start empty.
- * Usage: bench_matmul [MxNxK ...]; shapes named on the command line are timed alone (f32 and f16 weights). */
+ * Usage: bench_matmul [MxNxK ...]; shapes named on the command line are timed alone (f32, f16 and the block
+ * formats). */
 #include <cblas.h>
 #include <ftw.h>
 #include <math.h>
@@ -312,7 +313,10 @@ int main(int argc, char **argv) {
 
   double budget = quick ? 0.3 : 1.5; /* seconds of timed repetitions per figure */
   if (n_shapes) {
-    for (uint32_t i = 0; i < n_shapes; i++) bench_shape(g, shapes[i][0], shapes[i][1], shapes[i][2], budget);
+    for (uint32_t i = 0; i < n_shapes; i++) {
+      bench_shape(g, shapes[i][0], shapes[i][1], shapes[i][2], budget);
+      bench_blocks(g, shapes[i][0], shapes[i][1], shapes[i][2], budget);
+    }
     gpu_destroy(&g);
     nftw(dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
     return 0;

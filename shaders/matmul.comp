@@ -9,9 +9,20 @@
 //   STAGED=0 (CPU drivers): each invocation reads its operands straight from the buffers. lavapipe runs a
 //     non-uniform load one lane at a time, so staging would only add a load and a store per element; what pays
 //     there is many sums per load (large TM x TN). Rows ty*TM + i, so invocations past M stop at once.
+//     XSHARE=1 (with it, where a subgroup is BN / TN invocations and TM a multiple of that): a subgroup's lanes
+//     load the rows of x they share once between them and pass them round by shuffles.
 // The C wrapper (engine/ops/ops_matmul.c) counts this shader's loop iterations to size the K chunks (loops marked
 // [[unroll]] have trip counts fixed by specialisation and are unrolled): keep gemm_loop_iters() in step.
 #extension GL_EXT_control_flow_attributes : enable
+#if XSHARE
+#extension GL_KHR_shader_subgroup_basic : require
+#extension GL_KHR_shader_subgroup_shuffle : require
+#if KV == 8
+#define KSHUFFLE(v, l) mat2x4(subgroupShuffle((v)[0], (l)), subgroupShuffle((v)[1], (l)))
+#else
+#define KSHUFFLE(v, l) subgroupShuffle((v), (l))
+#endif
+#endif
 #define PC_MATMUL 1
 #include "pc.h"
 #include "common.glsl"
@@ -42,7 +53,12 @@ shared vec4 ws[BN * XS]; // ws[c * XS + q] = w[n0 + c, k0 + 4q .. +4)
 #define COL(j) (n0 + tx + (j) * (BN / TN))
 
 void main() {
+#if XSHARE
+  // Numbered by subgroup, so that the BN / TN invocations of one row of tiles (one ty) are one subgroup.
+  const uint tid = gl_SubgroupID * SUBGROUP_SIZE + gl_SubgroupInvocationID;
+#else
   const uint tid = gl_LocalInvocationID.x;
+#endif
   const uint tx = tid % (BN / TN), ty = tid / (BN / TN);
   const uint m0 = gl_WorkGroupID.y * BM, n0 = gl_WorkGroupID.x * BN;
   const uint k_end = pc.k_base + pc.k_len;
@@ -80,9 +96,22 @@ void main() {
   uint xrow[TM], wrow[TN];
   [[unroll]] for (uint i = 0; i < TM; i++) xrow[i] = min(ROW(i), pc.M - 1) * pc.x_stride;
   [[unroll]] for (uint j = 0; j < TN; j++) wrow[j] = min(COL(j), pc.N - 1) * pc.w_stride;
+#if XSHARE
+  // The subgroup's lanes share their rows of x (one ty): each lane loads TM / SUBGROUP_SIZE of them and the others
+  // arrive by shuffles, a register move where a load is a gather on CPU drivers.
+  const uint XR = TM / SUBGROUP_SIZE, lane = gl_SubgroupInvocationID;
+  uint xmine[XR];
+  [[unroll]] for (uint t = 0; t < XR; t++) xmine[t] = xrow[lane * XR + t];
+#endif
   for (uint k = pc.k_base; k < k_end; k += KV) {
     KTYPE a[TM];
+#if XSHARE
+    KTYPE own[XR];
+    [[unroll]] for (uint t = 0; t < XR; t++) own[t] = x_at(xmine[t] + k);
+    [[unroll]] for (uint i = 0; i < TM; i++) a[i] = KSHUFFLE(own[i % XR], i / XR);
+#else
     [[unroll]] for (uint i = 0; i < TM; i++) a[i] = x_at(xrow[i] + k);
+#endif
     [[unroll]] for (uint j = 0; j < TN; j++) {
       KTYPE b = w_at(wrow[j] + k);
       [[unroll]] for (uint i = 0; i < TM; i++) acc[i * TN + j] = KDOT(a[i], b, acc[i * TN + j]);

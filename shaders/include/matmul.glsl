@@ -2,7 +2,8 @@
 // Variant defines (GLU and QKV: gemv.comp's fused variants, which also bind w2, and w3, y2, y3):
 //   W_F16=1: w holds f16 values (widened to f32 on load; sums are f32);
 //   W_BF16=1: w holds bfloat16 values (widened exactly to f32 on load);
-//   KV=n:    K-elements per load: 1 (scalar), 4 (f32 w: vec4 loads) or 8 (f16 w: one 16-byte load of 8 halves).
+//   KV=n:    K-elements per load: 1 (scalar), 4 (f32 w: vec4 loads) or 8 (f16 w: one 16-byte load of 8 halves;
+//            f32 w in the GEMM: two vec4 loads).
 //            KV > 1 needs K and both row strides to be multiples of KV.
 //   W_TEXEL=1 (KV 4 with f32 w, or KV 8 with f16 or bf16 w): w, and w2, w3, are uniform texel buffers (RGBA32F, or
 //            RGBA32UI holding eight 16-bit values, unpacked here) read with texelFetch;
@@ -55,6 +56,19 @@ KTYPE w_at(uint i) { return texelFetch(w, int(i / 4u)); }
 #else
 layout(std430, binding = 2) readonly buffer W { vec4 w[]; };
 KTYPE w_at(uint i) { return w[i / 4u]; }
+#endif
+
+#elif KV == 8 && !W_16BIT && !GLU && !QKV
+// f32 w two vec4s at a time (matmul.comp: twice the products per update of each sum).
+#define KTYPE mat2x4
+#define KDOT(a, b, acc) DOT4((a)[1], (b)[1], DOT4((a)[0], (b)[0], acc))
+KTYPE x_at(uint i) { return mat2x4(x4_at(i / 4u), x4_at(i / 4u + 1u)); }
+#if W_TEXEL
+layout(binding = 2) uniform samplerBuffer w;
+KTYPE w_at(uint i) { return mat2x4(texelFetch(w, int(i / 4u)), texelFetch(w, int(i / 4u + 1u))); }
+#else
+layout(std430, binding = 2) readonly buffer W { vec4 w[]; };
+KTYPE w_at(uint i) { return mat2x4(w[i / 4u], w[i / 4u + 1u]); }
 #endif
 
 #elif KV == 8 && W_16BIT

@@ -235,7 +235,8 @@ Test(matmul, long_k_is_split_over_dispatches) {
     bool accumulate;
   } cases[] = {
       {3, 2, 1100001, MATMUL_GEMV, LT_F32, false},       {1, 2, 1100001, MATMUL_GEMV, LT_F16, true},
-      {3, 5, 20001, MATMUL_GEMM_DIRECT, LT_F32, false},  {2, 3, 70000, MATMUL_GEMM_DIRECT, LT_F32, true},
+      {3, 5, 20001, MATMUL_GEMM_DIRECT, LT_F32, false},  {2, 3, 70004, MATMUL_GEMM_DIRECT, LT_F32, true},
+      {2, 3, 140000, MATMUL_GEMM_DIRECT, LT_F32, true}, /* K % 8 == 0: f32 eight at a time */
       {2, 3, 140000, MATMUL_GEMM_DIRECT, LT_F16, false}, {9, 70, 8003, MATMUL_GEMM_STAGED, LT_F32, false},
       {3, 5, 30000, MATMUL_GEMM_STAGED, LT_F32, true},   {3, 5, 52800, MATMUL_GEMM_STAGED, LT_F16, false},
   };
