@@ -119,11 +119,18 @@ lt_status_t op_matmul_q(gpu_cmd_t *c, gpu_view_t y, uint32_t y_stride, gpu_view_
   uint32_t spec[6], n_spec, gx, gy, gz = 1;
   op_loop_cost_t cost;
   if (gemv) {
-    /* Enough invocations for the octets of one row (short rows leave most of a wide workgroup idle), from 32 up to
-     * the table's size. */
-    uint32_t wg = 32;
-    while (wg < op_wg(OP_GEMV_Q) && wg * OCTET < K) wg *= 2;
-    gemv_q_cfg_t v = {.wg = wg, .rows = 2, .mr = M < GEMV_MAX_MR ? M : GEMV_MAX_MR};
+    /* GPUs: enough invocations for the octets of one row (short rows leave most of a wide workgroup idle), from 32
+     * up to the table's size, over 2 rows. CPU drivers: one subgroup over 8 rows, as the f16 GEMV, so that each
+     * load of x serves 8 rows and no workgroup waits at a barrier. On lavapipe (bench_matmul, one run each) that
+     * took 1x32000x768 from 1.8 to 7.8 GFLOPS in Q8_0 and 1.3 to 4.7 in Q4_K, 1x4096x4096 from 4.3 to 9.6 (Q8_0)
+     * and 3.2 to 5.4 (Q4_K), 4x4096x4096 from 7.2 to 21.3 (Q8_0); 16 rows ran about the same as 8, and
+     * workgroups of 16 slower. Rows spread apart as the f16 GEMV's (gemv_spread) ran no faster: these kernels are
+     * bound by unpacking, not memory. */
+    gemv_q_cfg_t v = {.wg = caps->subgroup_size, .rows = 8, .mr = M < GEMV_MAX_MR ? M : GEMV_MAX_MR};
+    if (caps->kind != GPU_KIND_CPU) {
+      v.wg = 32, v.rows = 2;
+      while (v.wg < op_wg(OP_GEMV_Q) && v.wg * OCTET < K) v.wg *= 2;
+    }
     uint32_t groups = ceil_div(N, v.rows);
     cost = gemv_q_loop_iters(&v, vec4);
     id = OP_GEMV_Q;
