@@ -20,6 +20,7 @@
 #include "engine/gpu/gpu.h"
 #include "engine/ops/ops.h"
 #include "engine/ops/qblock.h"
+#include "engine/ops/quant.h"
 #include "engine/ops/ref/ref.h"
 
 static void die(const char *what, const lt_err_t *err) {
@@ -198,6 +199,43 @@ static void bench_blocks(gpu_t *g, uint32_t M, uint32_t N, uint32_t K, double bu
   free(x), free(w), free(yb), free(yl);
 }
 
+/* Lathe's own int8 and int4 weights (round-to-nearest, f16 scales per group of 128), read in place by the quantised
+ * kernels, against OpenBLAS on the same weights dequantised to f32, as bench_blocks reports them. */
+static void bench_ints(gpu_t *g, uint32_t M, uint32_t N, uint32_t K, double budget_s) {
+  const uint32_t group = 128;
+  uint64_t nx = (uint64_t)M * K, nw = (uint64_t)N * K, ny = (uint64_t)M * N;
+  float *x = xmalloc(nx * 4), *w = xmalloc(nw * 4), *wd = xmalloc(nw * 4), *yb = xmalloc(ny * 4), *yl = xmalloc(ny * 4);
+  fill(x, nx, 29);
+  fill(w, nw, 31);
+  gpu_buf_t *bx = upload(g, x, nx * 4), *by = upload(g, yl, ny * 4);
+  double flops = 2.0 * M * N * K;
+  for (uint32_t bits = 8; bits >= 4; bits -= 4) {
+    uint64_t qbytes = (uint64_t)N * quant_row_bytes(bits, K), sbytes = (uint64_t)N * quant_groups(K, group) * 2;
+    uint8_t *q = xmalloc((qbytes + 3) / 4 * 4);
+    uint16_t *sc = xmalloc((sbytes + 3) / 4 * 4);
+    memset(q, 0, (qbytes + 3) / 4 * 4), memset(sc, 0, (sbytes + 3) / 4 * 4);
+    quant_rtn(q, sc, w, N, K, bits, group);
+    quant_dequant(wd, q, sc, N, K, bits, group);
+    double blas = flops / time_blas(yb, x, wd, M, N, K, budget_s) / 1e9;
+    gpu_buf_t *bq = upload(g, q, (qbytes + 3) / 4 * 4), *bs = upload(g, sc, (sbytes + 3) / 4 * 4);
+    qmat_view_t qv = {gv(bq), gv(bs), bits == 8 ? LT_I8 : LT_I4, LT_F16, group};
+    double secs = time_lathe_q(g, by, bx, NULL, qv.wtype, &qv, M, N, K, MATMUL_AUTO, budget_s);
+    lt_err_t err = {0};
+    if (gpu_download(by, 0, yl, ny * 4, &err) != LT_OK) die("download", &err);
+    double diff = rel_diff(yl, yb, ny);
+    printf("matmul int%u g%u %ux%ux%u: lathe %.2f GFLOPS (weights %.2f GB/s), openblas %s on f32 %.2f GFLOPS, ratio "
+           "%.3f%s\n",
+           bits, group, M, N, K, flops / secs / 1e9, (qbytes + sbytes) / secs / 1e9, M == 1 ? "sgemv" : "sgemm", blas,
+           flops / secs / 1e9 / blas, diff <= 1e-4 ? "" : "  [RESULT MISMATCH]");
+    if (diff > 1e-4) fprintf(stderr, "bench_matmul: int%u differs from OpenBLAS by %.3g of max |y|\n", bits, diff);
+    fflush(stdout);
+    gpu_buf_destroy(&bq), gpu_buf_destroy(&bs);
+    free(q), free(sc);
+  }
+  gpu_buf_destroy(&bx), gpu_buf_destroy(&by);
+  free(x), free(w), free(wd), free(yb), free(yl);
+}
+
 /* The device's GEMM variant against the other one (shared-memory staging or direct loads) on one shape. */
 static void bench_variants(gpu_t *g, uint32_t M, uint32_t N, uint32_t K, double budget_s) {
   uint64_t nx = (uint64_t)M * K, nw = (uint64_t)N * K;
@@ -316,6 +354,7 @@ int main(int argc, char **argv) {
     for (uint32_t i = 0; i < n_shapes; i++) {
       bench_shape(g, shapes[i][0], shapes[i][1], shapes[i][2], budget);
       bench_blocks(g, shapes[i][0], shapes[i][1], shapes[i][2], budget);
+      bench_ints(g, shapes[i][0], shapes[i][1], shapes[i][2], budget);
     }
     gpu_destroy(&g);
     nftw(dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
@@ -326,7 +365,9 @@ int main(int argc, char **argv) {
   bench_shape(g, rows, big, big, budget);
   bench_shape(g, sq, sq, sq, budget);
   bench_blocks(g, 1, big, big, budget);
+  bench_ints(g, 1, big, big, budget);
   bench_blocks(g, rows / 4, big, big, budget);
+  bench_ints(g, rows / 4, big, big, budget);
   bench_variants(g, rows / 2, big / 2, big / 2, budget / 2);
   bench_crossover(g, big, big, budget / 3);
 

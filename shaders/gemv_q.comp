@@ -31,6 +31,28 @@ void main() {
 
   float acc[MR * ROWS];
   [[unroll]] for (uint p = 0; p < MR * ROWS; p++) acc[p] = 0.0;
+#if OPL > 1
+  // OPL octets a step from one texel, all under one scale (the group is a multiple of 8 * OPL); their products are
+  // summed before the scale is applied.
+  for (uint k = pc.k_base + tid * 8u * OPL; k < k_end; k += WG_X * 8u * OPL) {
+    vec4 xl[MR * OPL], xh[MR * OPL];
+    [[unroll]] for (uint m = 0; m < MR; m++)
+      [[unroll]] for (uint o = 0; o < OPL; o++) load_x8(mb + m, k + 8u * o, k_end, xl[m * OPL + o], xh[m * OPL + o]);
+    [[unroll]] for (uint r = 0; r < ROWS; r++) {
+      uint n = n0 + r;
+      if (n >= pc.N) continue;
+      uvec4 t = texelFetch(wq4, int((n * pc.kp + k) / (8u * OPL)));
+      vec4 ql[OPL], qh[OPL];
+      [[unroll]] for (uint o = 0; o < OPL; o++) octet_of(t, o, ql[o], qh[o]);
+      float s = scale_at(n, k);
+      [[unroll]] for (uint m = 0; m < MR; m++) {
+        float d = 0.0;
+        [[unroll]] for (uint o = 0; o < OPL; o++) d += dot(xl[m * OPL + o], ql[o]) + dot(xh[m * OPL + o], qh[o]);
+        acc[m * ROWS + r] = fma(s, d, acc[m * ROWS + r]);
+      }
+    }
+  }
+#else
   for (uint k = pc.k_base + tid * 8u; k < k_end; k += WG_X * 8u) {
     vec4 xl[MR], xh[MR];
     [[unroll]] for (uint m = 0; m < MR; m++) load_x8(mb + m, k, k_end, xl[m], xh[m]);
@@ -43,6 +65,7 @@ void main() {
       [[unroll]] for (uint m = 0; m < MR; m++) acc[m * ROWS + r] = fma(s, dot(xl[m], ql) + dot(xh[m], qh), acc[m * ROWS + r]);
     }
   }
+#endif
 
 #if HAS_SUBGROUP_ARITH
   const uint n_slots = gl_NumSubgroups;

@@ -44,11 +44,11 @@ static op_loop_cost_t gemm_q_loop_iters(const gemm_q_cfg_t *c, bool vec4) {
   return (op_loop_cost_t){c->tm * c->tn + c->tm * (1 + c->tn), per_tile, c->bk};
 }
 
-/* Loop iterations of one gemv_q.comp invocation, per step of wg octets, as above. */
-static op_loop_cost_t gemv_q_loop_iters(const gemv_q_cfg_t *c, bool vec4) {
+/* Loop iterations of one gemv_q.comp invocation, per step of wg * opl octets, as above. */
+static op_loop_cost_t gemv_q_loop_iters(const gemv_q_cfg_t *c, bool vec4, uint32_t opl) {
   uint32_t pairs = c->mr * c->rows;
-  uint32_t per_step = 1 + c->mr * (vec4 ? 1 : 5) + c->rows * (1 + c->mr);
-  return (op_loop_cost_t){2 * pairs + ceil_div(pairs, c->wg) * (1 + c->wg), per_step, c->wg * OCTET};
+  uint32_t per_step = 1 + c->mr * opl * (vec4 ? 1 : 5) + c->rows * (1 + c->mr) * opl;
+  return (op_loop_cost_t){2 * pairs + ceil_div(pairs, c->wg) * (1 + c->wg), per_step, c->wg * OCTET * opl};
 }
 
 /* Checks one operand: a buffer, an aligned offset, at most one binding's range. */
@@ -109,11 +109,19 @@ lt_status_t op_matmul_q(gpu_cmd_t *c, gpu_view_t y, uint32_t y_stride, gpu_view_
   bool vec4 = K % 4 == 0 && x_stride % 4 == 0;
   /* The weight's words, and then x (vec4 loads), through texel views where the device reads them. */
   uint64_t qspan, xspan = xb;
-  gpu_texel_t wt = op_texel_bind(caps, w->q, GPU_TEXEL_R32UI, qb, &qspan);
+  /* The GEMV of int8 / int4 on CPU drivers reads 16 bytes a lane (two octets of int8, four of int4) where rows
+   * and scale groups start on such a texel: one texel fetch then stands for two or four of R32UI's. */
+  uint32_t opl = 1, o = bits == 8 ? 2 : 4;
+  gpu_texel_t wt = GPU_TEXEL_NONE;
+  if (gemv && !blocks && caps->kind == GPU_KIND_CPU && quant_padded_cols(K) % (OCTET * o) == 0 &&
+      w->group % (OCTET * o) == 0 && (wt = op_texel_bind(caps, w->q, GPU_TEXEL_RGBA32UI, qb, &qspan)))
+    opl = o;
+  if (!wt) wt = op_texel_bind(caps, w->q, GPU_TEXEL_R32UI, qb, &qspan);
   gpu_texel_t xt = wt && vec4 ? op_texel_bind(caps, x, GPU_TEXEL_RGBA32F, xb, &xspan) : GPU_TEXEL_NONE;
-  char defines[80];
-  snprintf(defines, sizeof defines, "BITS=%u;S_F16=%d;VEC4=%d;GQ=%d;W_TEXEL=%d;X_TEXEL=%d", bits,
-           !blocks && w->stype == LT_F16, vec4, blocks ? (int)w->wtype : 0, wt != GPU_TEXEL_NONE, xt != GPU_TEXEL_NONE);
+  char defines[96];
+  snprintf(defines, sizeof defines, "BITS=%u;S_F16=%d;VEC4=%d;GQ=%d;W_TEXEL=%d;X_TEXEL=%d;OPL=%u", bits,
+           !blocks && w->stype == LT_F16, vec4, blocks ? (int)w->wtype : 0, wt != GPU_TEXEL_NONE, xt != GPU_TEXEL_NONE,
+           opl);
 
   op_id_t id;
   uint32_t spec[6], n_spec, gx, gy, gz = 1;
@@ -132,7 +140,7 @@ lt_status_t op_matmul_q(gpu_cmd_t *c, gpu_view_t y, uint32_t y_stride, gpu_view_
       while (v.wg < op_wg(OP_GEMV_Q) && v.wg * OCTET < K) v.wg *= 2;
     }
     uint32_t groups = ceil_div(N, v.rows);
-    cost = gemv_q_loop_iters(&v, vec4);
+    cost = gemv_q_loop_iters(&v, vec4, opl);
     id = OP_GEMV_Q;
     spec[0] = v.wg, spec[1] = v.rows, spec[2] = v.mr, n_spec = 3;
     gx = groups < caps->max_wg_count[0] ? groups : caps->max_wg_count[0];

@@ -3,11 +3,16 @@
 // consecutive K-elements, which share one scale (the group is a multiple of 8) and one 32-bit word of int4 or
 // two words of int8.
 // GQ=<block format> reads GGUF's block formats instead (include/qblock.glsl).
-// Variant defines: BITS=8|4 the integers' width; S_F16=1 reads f16 scales (else f32); VEC4=1 reads x four
-// K-elements at a time (needs K and x_stride to be multiples of 4). W_TEXEL=1 (CPU drivers) reads the weight's
-// 32-bit words through an R32UI texel view, X_TEXEL=1 (with VEC4) x through an RGBA32F one (see matmul.glsl on why).
+// Variant defines: OPL=2 (int8) or 4 (int4): gemv_q.comp reads OPL octets at a time through an RGBA32UI view (CPU
+// drivers; needs kp and the group to be multiples of 8 * OPL); BITS=8|4 the integers' width; S_F16=1 reads f16
+// scales (else f32); VEC4=1 reads x four K-elements at a time (needs K and x_stride to be multiples of 4).
+// W_TEXEL=1 (CPU drivers) reads the weight's 32-bit words through an R32UI texel view, X_TEXEL=1 (with VEC4) x
+// through an RGBA32F one (see matmul.glsl on why).
 #ifndef LATHE_MATMUL_Q_GLSL
 #define LATHE_MATMUL_Q_GLSL
+#ifndef OPL
+#define OPL 1
+#endif
 
 layout(std430, binding = 0) buffer Y { float y[]; }; // read too when accumulating
 #if VEC4 && X_TEXEL
@@ -49,7 +54,22 @@ float scale_at(uint n, uint k) { return 1.0; }
 #define QTYPE uint // one octet: eight int4, low nibble first
 #endif
 
-#if W_TEXEL
+#if OPL > 1
+// OPL octets a texel (RGBA32UI: 16 bytes, two octets of int8 or four of int4), rows starting on a texel.
+layout(binding = 2) uniform usamplerBuffer wq4;
+// Octet o of texel t into lo, hi, sign-extended as load_q8 does.
+void octet_of(uvec4 t, uint o, out vec4 lo, out vec4 hi) {
+#if BITS == 8
+  int a = int(t[2u * o]), b = int(t[2u * o + 1u]);
+  lo = vec4(bitfieldExtract(a, 0, 8), bitfieldExtract(a, 8, 8), bitfieldExtract(a, 16, 8), bitfieldExtract(a, 24, 8));
+  hi = vec4(bitfieldExtract(b, 0, 8), bitfieldExtract(b, 8, 8), bitfieldExtract(b, 16, 8), bitfieldExtract(b, 24, 8));
+#else
+  int a = int(t[o]);
+  lo = vec4(bitfieldExtract(a, 0, 4), bitfieldExtract(a, 4, 4), bitfieldExtract(a, 8, 4), bitfieldExtract(a, 12, 4));
+  hi = vec4(bitfieldExtract(a, 16, 4), bitfieldExtract(a, 20, 4), bitfieldExtract(a, 24, 4), bitfieldExtract(a, 28, 4));
+#endif
+}
+#elif W_TEXEL
 layout(binding = 2) uniform usamplerBuffer wqt; // the octets as 32-bit words
 #if BITS == 8
 QTYPE wq_at(uint i) { return uvec2(texelFetch(wqt, int(2u * i)).x, texelFetch(wqt, int(2u * i + 1u)).x); }
@@ -80,7 +100,7 @@ void load_x8(uint m, uint k, uint k_end, out vec4 lo, out vec4 hi) {
 #endif
 }
 
-#if !GQ
+#if !GQ && !(OPL > 1)
 // The integers of w[n, k .. k+8) (n < N, k a multiple of 8 below kp) into lo, hi, sign-extended.
 void load_q8(uint n, uint k, out vec4 lo, out vec4 hi) {
   QTYPE v = wq_at((n * pc.kp + k) / 8u);
@@ -95,6 +115,8 @@ void load_q8(uint n, uint k, out vec4 lo, out vec4 hi) {
 #endif
 }
 
+#endif
+#if !GQ
 // The scale of w[n, k].
 float scale_at(uint n, uint k) { return float(sc[n * pc.n_groups + k / pc.group]); }
 #endif // !GQ

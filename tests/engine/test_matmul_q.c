@@ -131,9 +131,11 @@ typedef struct qshape {
 
 /* Shapes that are no multiples of any tile, workgroup or group size; K both a multiple of 4 (vec4 loads of x) and
  * not, below one octet, and with a partial last group. */
-static const qshape_t odd_q[] = {{1, 37, 53, 8},    {3, 129, 77, 32}, {67, 65, 131, 128}, {130, 33, 257, 64},
-                                 {5, 70, 64, 128},  {2, 3, 1, 8},     {65, 1, 4, 16},     {1, 1, 1, 128},
-                                 {4, 19, 300, 128}, {70, 66, 136, 24}};
+static const qshape_t odd_q[] = {{1, 37, 53, 8},    {3, 129, 77, 32},  {67, 65, 131, 128}, {130, 33, 257, 64},
+                                 {5, 70, 64, 128},  {2, 3, 1, 8},      {65, 1, 4, 16},     {1, 1, 1, 128},
+                                 {4, 19, 300, 128}, {70, 66, 136, 24}, {3, 41, 250, 32},   {2, 37, 480, 32}};
+/* (The last two, {5, 70, 64, 128} and, for int8, {4, 19, 300, 128} take the CPU drivers' GEMV that reads two or
+ * four octets a texel: padded K and the group multiples of 16 for int8, 32 for int4.) */
 #define N_ODD_Q (sizeof odd_q / sizeof odd_q[0])
 
 static void check_odd(matmul_path_t path, const char *what) {
@@ -167,10 +169,10 @@ Test(matmul_q, long_k_is_split_over_dispatches) {
     lt_dtype_t wtype;
     bool accumulate;
   } cases[] = {
-      {1, 2, 2000003, MATMUL_GEMV, LT_I4, false},
-      {4, 1, 1200008, MATMUL_GEMV, LT_I8, true},
-      {9, 70, 2003, MATMUL_GEMM, LT_I8, false},
-      {66, 3, 2000, MATMUL_GEMM, LT_I4, true},
+      {1, 2, 2000003, MATMUL_GEMV, LT_I4, false}, {4, 1, 1200008, MATMUL_GEMV, LT_I8, true},
+      {1, 2, 2000000, MATMUL_GEMV, LT_I4, true},  /* four octets a texel on CPU drivers */
+      {3, 2, 1200000, MATMUL_GEMV, LT_I8, false}, /* two */
+      {9, 70, 2003, MATMUL_GEMM, LT_I8, false},   {66, 3, 2000, MATMUL_GEMM, LT_I4, true},
   };
   for (unsigned i = 0; i < sizeof cases / sizeof cases[0]; i++) {
     qproblem_t p = qproblem_new(cases[i].M, cases[i].N, cases[i].K, cases[i].wtype, 128, 0, 0, true, 99 + i);
