@@ -54,19 +54,30 @@ float scale_at(uint n, uint k) { return 1.0; }
 #define QTYPE uint // one octet: eight int4, low nibble first
 #endif
 
+// The eight integers of one octet (int8: two words; int4: one word, low nibble first) into lo, hi, sign-extended.
+#if BITS == 8
+void unpack_octet(uvec2 v, out vec4 lo, out vec4 hi) {
+  int a = int(v.x), b = int(v.y);
+  lo = vec4(bitfieldExtract(a, 0, 8), bitfieldExtract(a, 8, 8), bitfieldExtract(a, 16, 8), bitfieldExtract(a, 24, 8));
+  hi = vec4(bitfieldExtract(b, 0, 8), bitfieldExtract(b, 8, 8), bitfieldExtract(b, 16, 8), bitfieldExtract(b, 24, 8));
+}
+#else
+void unpack_octet(uint v, out vec4 lo, out vec4 hi) {
+  int a = int(v);
+  lo = vec4(bitfieldExtract(a, 0, 4), bitfieldExtract(a, 4, 4), bitfieldExtract(a, 8, 4), bitfieldExtract(a, 12, 4));
+  hi = vec4(bitfieldExtract(a, 16, 4), bitfieldExtract(a, 20, 4), bitfieldExtract(a, 24, 4), bitfieldExtract(a, 28, 4));
+}
+#endif
+
 #if OPL > 1
 // OPL octets a texel (RGBA32UI: 16 bytes, two octets of int8 or four of int4), rows starting on a texel.
 layout(binding = 2) uniform usamplerBuffer wq4;
-// Octet o of texel t into lo, hi, sign-extended as load_q8 does.
+// Octet o of texel t into lo, hi, sign-extended.
 void octet_of(uvec4 t, uint o, out vec4 lo, out vec4 hi) {
 #if BITS == 8
-  int a = int(t[2u * o]), b = int(t[2u * o + 1u]);
-  lo = vec4(bitfieldExtract(a, 0, 8), bitfieldExtract(a, 8, 8), bitfieldExtract(a, 16, 8), bitfieldExtract(a, 24, 8));
-  hi = vec4(bitfieldExtract(b, 0, 8), bitfieldExtract(b, 8, 8), bitfieldExtract(b, 16, 8), bitfieldExtract(b, 24, 8));
+  unpack_octet(uvec2(t[2u * o], t[2u * o + 1u]), lo, hi);
 #else
-  int a = int(t[o]);
-  lo = vec4(bitfieldExtract(a, 0, 4), bitfieldExtract(a, 4, 4), bitfieldExtract(a, 8, 4), bitfieldExtract(a, 12, 4));
-  hi = vec4(bitfieldExtract(a, 16, 4), bitfieldExtract(a, 20, 4), bitfieldExtract(a, 24, 4), bitfieldExtract(a, 28, 4));
+  unpack_octet(t[o], lo, hi);
 #endif
 }
 #elif W_TEXEL
@@ -102,18 +113,7 @@ void load_x8(uint m, uint k, uint k_end, out vec4 lo, out vec4 hi) {
 
 #if !GQ && !(OPL > 1)
 // The integers of w[n, k .. k+8) (n < N, k a multiple of 8 below kp) into lo, hi, sign-extended.
-void load_q8(uint n, uint k, out vec4 lo, out vec4 hi) {
-  QTYPE v = wq_at((n * pc.kp + k) / 8u);
-#if BITS == 8
-  int a = int(v.x), b = int(v.y);
-  lo = vec4(bitfieldExtract(a, 0, 8), bitfieldExtract(a, 8, 8), bitfieldExtract(a, 16, 8), bitfieldExtract(a, 24, 8));
-  hi = vec4(bitfieldExtract(b, 0, 8), bitfieldExtract(b, 8, 8), bitfieldExtract(b, 16, 8), bitfieldExtract(b, 24, 8));
-#else
-  int a = int(v);
-  lo = vec4(bitfieldExtract(a, 0, 4), bitfieldExtract(a, 4, 4), bitfieldExtract(a, 8, 4), bitfieldExtract(a, 12, 4));
-  hi = vec4(bitfieldExtract(a, 16, 4), bitfieldExtract(a, 20, 4), bitfieldExtract(a, 24, 4), bitfieldExtract(a, 28, 4));
-#endif
-}
+void load_q8(uint n, uint k, out vec4 lo, out vec4 hi) { unpack_octet(wq_at((n * pc.kp + k) / 8u), lo, hi); }
 
 #endif
 #if !GQ
