@@ -1,8 +1,8 @@
 #version 450
 // GEMV with a quantised weight for few rows of x: y[M,N] (+)= x[M,K] . dequant(w)[N,K]^T over columns
 // [k_base, k_base + k_len) of K. A workgroup owns ROWS consecutive rows of w (outputs n) and MR rows of x
-// (workgroup y index = block of M); its invocations stride over K one octet (8 elements, one scale) at a time,
-// each keeping MR x ROWS partial sums (the scale applied once per octet), which are then reduced per subgroup
+// (workgroup y index = block of M); its invocations stride over K OPL octets (8 elements each, one scale for all)
+// at a time, each keeping MR x ROWS partial sums (the scale applied once per step), which are then reduced per subgroup
 // (or through shared memory) and summed in a fixed order. Variants: include/matmul_q.glsl.
 // The C wrapper (engine/ops/ops_matmul_q.c) counts this shader's loop iterations to size the K chunks: keep
 // gemv_q_loop_iters() in step with the loops here.
@@ -31,9 +31,8 @@ void main() {
 
   float acc[MR * ROWS];
   [[unroll]] for (uint p = 0; p < MR * ROWS; p++) acc[p] = 0.0;
-#if OPL > 1
-  // OPL octets a step from one texel, all under one scale (the group is a multiple of 8 * OPL); their products are
-  // summed before the scale is applied.
+  // OPL octets a step (one, or on CPU drivers the two or four of a texel), all under one scale (the group is a
+  // multiple of 8 * OPL); their products are summed before the scale is applied.
   for (uint k = pc.k_base + tid * 8u * OPL; k < k_end; k += WG_X * 8u * OPL) {
     vec4 xl[MR * OPL], xh[MR * OPL];
     [[unroll]] for (uint m = 0; m < MR; m++)
@@ -41,31 +40,16 @@ void main() {
     [[unroll]] for (uint r = 0; r < ROWS; r++) {
       uint n = n0 + r;
       if (n >= pc.N) continue;
-      uvec4 t = texelFetch(wq4, int((n * pc.kp + k) / (8u * OPL)));
       vec4 ql[OPL], qh[OPL];
-      [[unroll]] for (uint o = 0; o < OPL; o++) octet_of(t, o, ql[o], qh[o]);
+      load_octets(n, k, ql, qh);
       float s = scale_at(n, k);
       [[unroll]] for (uint m = 0; m < MR; m++) {
-        float d = 0.0;
-        [[unroll]] for (uint o = 0; o < OPL; o++) d += dot(xl[m * OPL + o], ql[o]) + dot(xh[m * OPL + o], qh[o]);
+        float d = dot(xl[m * OPL], ql[0]) + dot(xh[m * OPL], qh[0]);
+        [[unroll]] for (uint o = 1; o < OPL; o++) d += dot(xl[m * OPL + o], ql[o]) + dot(xh[m * OPL + o], qh[o]);
         acc[m * ROWS + r] = fma(s, d, acc[m * ROWS + r]);
       }
     }
   }
-#else
-  for (uint k = pc.k_base + tid * 8u; k < k_end; k += WG_X * 8u) {
-    vec4 xl[MR], xh[MR];
-    [[unroll]] for (uint m = 0; m < MR; m++) load_x8(mb + m, k, k_end, xl[m], xh[m]);
-    [[unroll]] for (uint r = 0; r < ROWS; r++) {
-      uint n = n0 + r;
-      if (n >= pc.N) continue;
-      vec4 ql, qh;
-      load_q8(n, k, ql, qh);
-      float s = scale_at(n, k);
-      [[unroll]] for (uint m = 0; m < MR; m++) acc[m * ROWS + r] = fma(s, dot(xl[m], ql) + dot(xh[m], qh), acc[m * ROWS + r]);
-    }
-  }
-#endif
 
 #if HAS_SUBGROUP_ARITH
   const uint n_slots = gl_NumSubgroups;

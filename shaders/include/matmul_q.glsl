@@ -72,14 +72,6 @@ void unpack_octet(uint v, out vec4 lo, out vec4 hi) {
 #if OPL > 1
 // OPL octets a texel (RGBA32UI: 16 bytes, two octets of int8 or four of int4), rows starting on a texel.
 layout(binding = 2) uniform usamplerBuffer wq4;
-// Octet o of texel t into lo, hi, sign-extended.
-void octet_of(uvec4 t, uint o, out vec4 lo, out vec4 hi) {
-#if BITS == 8
-  unpack_octet(uvec2(t[2u * o], t[2u * o + 1u]), lo, hi);
-#else
-  unpack_octet(t[o], lo, hi);
-#endif
-}
 #elif W_TEXEL
 layout(binding = 2) uniform usamplerBuffer wqt; // the octets as 32-bit words
 #if BITS == 8
@@ -114,8 +106,23 @@ void load_x8(uint m, uint k, uint k_end, out vec4 lo, out vec4 hi) {
 #if !GQ && !(OPL > 1)
 // The integers of w[n, k .. k+8) (n < N, k a multiple of 8 below kp) into lo, hi, sign-extended.
 void load_q8(uint n, uint k, out vec4 lo, out vec4 hi) { unpack_octet(wq_at((n * pc.kp + k) / 8u), lo, hi); }
-
 #endif
+
+// The OPL octets of w[n, k .. k + 8 * OPL) (k a multiple of 8 * OPL) into lo[o], hi[o]: load_q8's, or with OPL > 1
+// those of one texel, sign-extended.
+void load_octets(uint n, uint k, out vec4 lo[OPL], out vec4 hi[OPL]) {
+#if OPL > 1
+  uvec4 t = texelFetch(wq4, int((n * pc.kp + k) / (8u * OPL)));
+#if BITS == 8
+  [[unroll]] for (uint o = 0; o < OPL; o++) unpack_octet(uvec2(t[2u * o], t[2u * o + 1u]), lo[o], hi[o]);
+#else
+  [[unroll]] for (uint o = 0; o < OPL; o++) unpack_octet(t[o], lo[o], hi[o]);
+#endif
+#else
+  load_q8(n, k, lo[0], hi[0]);
+#endif
+}
+
 #if !GQ
 // The scale of w[n, k].
 float scale_at(uint n, uint k) { return float(sc[n * pc.n_groups + k / pc.group]); }
