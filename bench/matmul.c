@@ -157,6 +157,26 @@ static void bench_shape(gpu_t *g, uint32_t M, uint32_t N, uint32_t K, double bud
   free(x), free(w), free(wh), free(yb), free(yl);
 }
 
+/* Times the quantised weight qv (named `name`, `bytes` of it read per product) against OpenBLAS on wd, the same
+ * weights dequantised to f32, on x (host, and bx on the device; yb, yl and by the host and device outputs), and
+ * prints GFLOPS, the weight bytes read per second and the ratio, flagging a result that differs. */
+static void report_q(gpu_t *g, const char *name, const qmat_view_t *qv, uint64_t bytes, const float *x, const float *wd,
+                     gpu_buf_t *bx, gpu_buf_t *by, float *yb, float *yl, uint32_t M, uint32_t N, uint32_t K,
+                     double budget_s) {
+  uint64_t ny = (uint64_t)M * N;
+  double flops = 2.0 * M * N * K;
+  double blas = flops / time_blas(yb, x, wd, M, N, K, budget_s) / 1e9;
+  double secs = time_lathe_q(g, by, bx, NULL, qv->wtype, qv, M, N, K, MATMUL_AUTO, budget_s);
+  lt_err_t err = {0};
+  if (gpu_download(by, 0, yl, ny * 4, &err) != LT_OK) die("download", &err);
+  double diff = rel_diff(yl, yb, ny);
+  printf("matmul %s %ux%ux%u: lathe %.2f GFLOPS (weights %.2f GB/s), openblas %s on f32 %.2f GFLOPS, ratio %.3f%s\n",
+         name, M, N, K, flops / secs / 1e9, bytes / secs / 1e9, M == 1 ? "sgemv" : "sgemm", blas,
+         flops / secs / 1e9 / blas, diff <= 1e-4 ? "" : "  [RESULT MISMATCH]");
+  if (diff > 1e-4) fprintf(stderr, "bench_matmul: %s differs from OpenBLAS by %.3g of max |y|\n", name, diff);
+  fflush(stdout);
+}
+
 /* Weights in GGUF's block formats, read in place by the quantised kernels (random blocks with finite scales, as a
  * quantiser would leave them), against OpenBLAS on the same weights dequantised to f32: GFLOPS, their ratio, and the
  * bytes of weight read per second (what bounds a GEMV). */
@@ -166,7 +186,6 @@ static void bench_blocks(gpu_t *g, uint32_t M, uint32_t N, uint32_t K, double bu
   float *x = xmalloc(nx * 4), *w = xmalloc(nw * 4), *yb = xmalloc(ny * 4), *yl = xmalloc(ny * 4);
   fill(x, nx, 23);
   gpu_buf_t *bx = upload(g, x, nx * 4), *by = upload(g, yl, ny * 4);
-  double flops = 2.0 * M * N * K;
   for (unsigned t = 0; t < sizeof types / sizeof types[0]; t++) {
     const qblock_info_t *qi = qblock_info(types[t]);
     uint64_t bytes = N * qblock_row_bytes(types[t], K), padded = (bytes + 3) / 4 * 4;
@@ -180,18 +199,9 @@ static void bench_blocks(gpu_t *g, uint32_t M, uint32_t N, uint32_t K, double bu
           memcpy(q + b * qi->bytes + qi->half_at[f], &h, 2);
         }
     qblock_dequant(types[t], q, w, nw);
-    double blas = flops / time_blas(yb, x, w, M, N, K, budget_s) / 1e9;
     gpu_buf_t *bq = upload(g, q, padded);
     qmat_view_t qv = {gv(bq), {0}, types[t], LT_F32, 0};
-    double secs = time_lathe_q(g, by, bx, NULL, types[t], &qv, M, N, K, MATMUL_AUTO, budget_s);
-    lt_err_t err = {0};
-    if (gpu_download(by, 0, yl, ny * 4, &err) != LT_OK) die("download", &err);
-    double diff = rel_diff(yl, yb, ny);
-    printf("matmul %s %ux%ux%u: lathe %.2f GFLOPS (weights %.2f GB/s), openblas %s on f32 %.2f GFLOPS, ratio %.3f%s\n",
-           qi->name, M, N, K, flops / secs / 1e9, bytes / secs / 1e9, M == 1 ? "sgemv" : "sgemm", blas,
-           flops / secs / 1e9 / blas, diff <= 1e-4 ? "" : "  [RESULT MISMATCH]");
-    if (diff > 1e-4) fprintf(stderr, "bench_matmul: %s differs from OpenBLAS by %.3g of max |y|\n", qi->name, diff);
-    fflush(stdout);
+    report_q(g, qi->name, &qv, bytes, x, w, bx, by, yb, yl, M, N, K, budget_s);
     gpu_buf_destroy(&bq);
     free(q);
   }
@@ -208,7 +218,6 @@ static void bench_ints(gpu_t *g, uint32_t M, uint32_t N, uint32_t K, double budg
   fill(x, nx, 29);
   fill(w, nw, 31);
   gpu_buf_t *bx = upload(g, x, nx * 4), *by = upload(g, yl, ny * 4);
-  double flops = 2.0 * M * N * K;
   for (uint32_t bits = 8; bits >= 4; bits -= 4) {
     uint64_t qbytes = (uint64_t)N * quant_row_bytes(bits, K), sbytes = (uint64_t)N * quant_groups(K, group) * 2;
     uint8_t *q = xmalloc((qbytes + 3) / 4 * 4);
@@ -216,19 +225,11 @@ static void bench_ints(gpu_t *g, uint32_t M, uint32_t N, uint32_t K, double budg
     memset(q, 0, (qbytes + 3) / 4 * 4), memset(sc, 0, (sbytes + 3) / 4 * 4);
     quant_rtn(q, sc, w, N, K, bits, group);
     quant_dequant(wd, q, sc, N, K, bits, group);
-    double blas = flops / time_blas(yb, x, wd, M, N, K, budget_s) / 1e9;
     gpu_buf_t *bq = upload(g, q, (qbytes + 3) / 4 * 4), *bs = upload(g, sc, (sbytes + 3) / 4 * 4);
     qmat_view_t qv = {gv(bq), gv(bs), bits == 8 ? LT_I8 : LT_I4, LT_F16, group};
-    double secs = time_lathe_q(g, by, bx, NULL, qv.wtype, &qv, M, N, K, MATMUL_AUTO, budget_s);
-    lt_err_t err = {0};
-    if (gpu_download(by, 0, yl, ny * 4, &err) != LT_OK) die("download", &err);
-    double diff = rel_diff(yl, yb, ny);
-    printf("matmul int%u g%u %ux%ux%u: lathe %.2f GFLOPS (weights %.2f GB/s), openblas %s on f32 %.2f GFLOPS, ratio "
-           "%.3f%s\n",
-           bits, group, M, N, K, flops / secs / 1e9, (qbytes + sbytes) / secs / 1e9, M == 1 ? "sgemv" : "sgemm", blas,
-           flops / secs / 1e9 / blas, diff <= 1e-4 ? "" : "  [RESULT MISMATCH]");
-    if (diff > 1e-4) fprintf(stderr, "bench_matmul: int%u differs from OpenBLAS by %.3g of max |y|\n", bits, diff);
-    fflush(stdout);
+    char name[32];
+    snprintf(name, sizeof name, "int%u g%u", bits, group);
+    report_q(g, name, &qv, qbytes + sbytes, x, wd, bx, by, yb, yl, M, N, K, budget_s);
     gpu_buf_destroy(&bq), gpu_buf_destroy(&bs);
     free(q), free(sc);
   }
